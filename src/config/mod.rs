@@ -1,0 +1,220 @@
+//! Configuration: raw YAML types, validation that reports every error with its key path, and loading.
+
+mod model;
+pub mod raw;
+pub mod units;
+mod validate;
+
+pub use model::*;
+#[cfg(test)]
+pub(crate) use validate::parse_host_pattern;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One problem in a config, at a key path such as `routes[2].pool`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in one config, optionally with the file it came from.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors {
+    pub file: Option<PathBuf>,
+    pub errors: Vec<ConfigError>,
+}
+
+impl ConfigErrors {
+    pub fn new(errors: Vec<ConfigError>) -> Self {
+        ConfigErrors { file: None, errors }
+    }
+
+    fn in_file(mut self, file: &Path) -> Self {
+        self.file = Some(file.to_path_buf());
+        self
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        match &self.file {
+            Some(p) => writeln!(
+                f,
+                "{}: {n} error{}",
+                p.display(),
+                if n == 1 { "" } else { "s" }
+            )?,
+            None => writeln!(f, "config: {n} error{}", if n == 1 { "" } else { "s" })?,
+        }
+        for e in &self.errors {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Parse and validate YAML text.
+    pub fn from_yaml_str(text: &str) -> Result<Config, ConfigErrors> {
+        let doc: raw::RawDocument = if text.trim().is_empty() {
+            raw::RawDocument::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| {
+                ConfigErrors::new(vec![ConfigError {
+                    path: String::new(),
+                    message: e.to_string(),
+                }])
+            })?
+        };
+        validate::validate_document(doc, text).map_err(ConfigErrors::new)
+    }
+
+    /// Read, parse and validate a config file; errors name the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors::new(vec![ConfigError {
+                path: String::new(),
+                message: format!("cannot read file: {e}"),
+            }])
+            .in_file(path)
+        })?;
+        Self::from_yaml_str(&text).map_err(|e| e.in_file(path))
+    }
+
+    /// The pool a route points at (validation guarantees it exists).
+    pub fn pool(&self, name: &str) -> Option<&PoolSpec> {
+        self.pools.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listeners:
+  - listen: 127.0.0.1:8080
+pools:
+  web:
+    backends: ["127.0.0.1:9000", {addr: "127.0.0.1:9001", weight: 3}]
+    health_check: {type: http, path: /health, interval: 1s}
+  api:
+    backends: ["127.0.0.1:9100"]
+    selection: consistent
+    hash_key: header:x-user
+routes:
+  - hosts: [example.com, "*.example.com"]
+    pool: web
+  - hosts: [example.com]
+    path: /api
+    pool: api
+    strip_prefix: true
+    request_headers: {set: {x-env: prod}, remove: [x-debug]}
+"#;
+
+    #[test]
+    fn good_config_validates() {
+        let c = Config::from_yaml_str(GOOD).expect("valid");
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.pools["web"].backends[1].weight, 3);
+        assert_eq!(c.pools["web"].timeouts.connect.as_secs(), 3);
+        assert!(matches!(
+            c.pools["api"].selection,
+            Selection::Consistent(HashKey::Header(_))
+        ));
+        assert!(c.version.starts_with("sha-"));
+        assert_eq!(c.server.grace_period.as_secs(), 5);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let bad = r#"
+listeners:
+  - listen: nonsense
+  - listen: 127.0.0.1:8080
+    bogus: 1
+pools:
+  web:
+    backends: []
+  ok:
+    backends: ["127.0.0.1:1"]
+    selection: fastest
+routes:
+  - hosts: [example.com]
+    pool: api
+  - hosts: ["bad host"]
+    path: nope
+    pool: ok
+  - hosts: [a.com]
+    pool: ok
+    timeouts: {connect: soon}
+"#;
+        let errs = Config::from_yaml_str(bad).expect_err("invalid").errors;
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let has = |p: &str| text.iter().any(|t| t.starts_with(p));
+        assert!(has("listeners[0].listen"), "{text:#?}");
+        assert!(has("listeners[1]: unknown field `bogus`"), "{text:#?}");
+        assert!(has("pools.web.backends"), "{text:#?}");
+        assert!(has("pools.ok.selection"), "{text:#?}");
+        assert!(has("routes[0].pool: unknown pool \"api\""), "{text:#?}");
+        assert!(has("routes[1].hosts[0]"), "{text:#?}");
+        assert!(has("routes[1].path"), "{text:#?}");
+        assert!(has("routes[2]"), "{text:#?}");
+    }
+
+    #[test]
+    fn duplicate_routes_are_rejected() {
+        let bad = r#"
+listeners: [{listen: "127.0.0.1:8080"}]
+pools: {p: {backends: ["127.0.0.1:1"]}}
+routes:
+  - {name: a, hosts: [x.com], pool: p}
+  - {name: b, hosts: [X.com], pool: p}
+"#;
+        let errs = Config::from_yaml_str(bad).expect_err("dup").errors;
+        assert!(errs[0].message.contains("already routed by routes[0]"));
+    }
+
+    #[test]
+    fn unknown_top_level_key() {
+        let errs = Config::from_yaml_str("lisners: []\n")
+            .expect_err("typo")
+            .errors;
+        assert!(errs[0].message.contains("unknown field `lisners`"));
+    }
+
+    #[test]
+    fn missing_tls_files_are_errors_not_panics() {
+        let bad = r#"
+listeners:
+  - listen: 127.0.0.1:8443
+    tls: {cert: /nonexistent/cert.pem, key: /nonexistent/key.pem}
+pools: {p: {backends: ["127.0.0.1:1"]}}
+routes: [{hosts: ["*"], pool: p}]
+"#;
+        let errs = Config::from_yaml_str(bad).expect_err("tls").errors;
+        assert_eq!(errs.len(), 2);
+        assert_eq!(errs[0].path, "listeners[0].tls.cert");
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let e = Config::load(Path::new("/nonexistent/verge.yaml")).expect_err("missing");
+        assert!(e
+            .to_string()
+            .starts_with("/nonexistent/verge.yaml: 1 error"));
+    }
+}

@@ -1,0 +1,244 @@
+//! Validated config types: what the rest of verge consumes. Built only by `validate`.
+
+use http::{HeaderName, HeaderValue};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Version label shown in `/status` and metrics: the file's `version`, or a content hash.
+    pub version: String,
+    pub server: ServerSettings,
+    pub admin: AdminSettings,
+    pub listeners: Vec<ListenerSpec>,
+    pub pools: BTreeMap<String, PoolSpec>,
+    pub routes: Vec<RouteSpec>,
+}
+
+/// Process-level settings handed to Pingora's `ServerConf`.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub graceful_shutdown_timeout: Duration,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+    pub error_log: Option<String>,
+    pub ca_file: Option<String>,
+}
+
+/// The admin listener (`/healthz`, `/readyz`, `/status`, `/metrics`).
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+}
+
+/// One client-facing listener.
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub h2c: bool,
+    pub tls: Option<TlsSpec>,
+    pub limits: Limits,
+}
+
+/// Server-side TLS for a listener.
+#[derive(Debug, Clone)]
+pub struct TlsSpec {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub h2: bool,
+}
+
+/// Request-head limits and client timeouts enforced before a request reaches the proxy logic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_request_line: usize,
+    pub max_header_line: usize,
+    pub max_headers_size: usize,
+    pub max_headers: usize,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub keepalive_requests: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_line: 8 << 10,
+            max_header_line: 8 << 10,
+            max_headers_size: 32 << 10,
+            max_headers: 100,
+            header_timeout: Duration::from_secs(15),
+            keepalive_timeout: Duration::from_secs(60),
+            keepalive_requests: 1000,
+        }
+    }
+}
+
+/// Upstream timeouts (all set: Pingora's own defaults are "none").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub write: Duration,
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(3),
+            read: Duration::from_secs(30),
+            write: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Per-route timeout overrides; unset fields fall back to the pool's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteTimeouts {
+    pub connect: Option<Duration>,
+    pub read: Option<Duration>,
+    pub write: Option<Duration>,
+    pub idle: Option<Duration>,
+}
+
+/// A pool of backends with its selection, health checking and upstream settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSpec {
+    pub name: String,
+    pub backends: Vec<BackendSpec>,
+    pub selection: Selection,
+    pub tls: Option<UpstreamTls>,
+    pub health_check: Option<HealthCheckSpec>,
+    pub passive: PassiveSpec,
+    pub timeouts: Timeouts,
+    /// Extra attempts on other backends after a connect failure (idempotent requests only).
+    pub retries: usize,
+}
+
+/// One backend of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSpec {
+    /// As written in the config (`localhost:9000`), for display.
+    pub label: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+/// How a pool picks a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// Weighted round robin.
+    RoundRobin,
+    /// Ketama consistent hashing on the given key.
+    Consistent(HashKey),
+}
+
+/// What a consistent-hash pool hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// Path and query.
+    Uri,
+    Header(HeaderName),
+    Cookie(String),
+    ClientIp,
+}
+
+/// TLS towards the backends of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    pub sni: String,
+    pub verify: bool,
+}
+
+/// Active health checking of a pool's backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckSpec {
+    pub probe: HealthProbe,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_after: usize,
+    pub unhealthy_after: usize,
+}
+
+/// The kind of active probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthProbe {
+    Http {
+        path: String,
+        host: String,
+        expect_status: u16,
+    },
+    Tcp,
+}
+
+/// Passive ejection: a backend that fails `max_connect_failures` connects in a row is skipped for
+/// `eject_for`. `max_connect_failures == 0` turns it off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassiveSpec {
+    pub max_connect_failures: u32,
+    pub eject_for: Duration,
+}
+
+impl Default for PassiveSpec {
+    fn default() -> Self {
+        PassiveSpec {
+            max_connect_failures: 3,
+            eject_for: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A route: hosts × path prefix → pool.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub name: String,
+    pub hosts: Vec<HostPattern>,
+    pub path_prefix: String,
+    pub pool: String,
+    pub strip_prefix: bool,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    pub timeouts: RouteTimeouts,
+}
+
+/// A host a route answers for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostPattern {
+    /// `example.com` (lowercase, no port).
+    Exact(String),
+    /// `*.example.com`, stored as the suffix `.example.com`; matches one or more labels.
+    Wildcard(String),
+    /// `*`: any host not matched otherwise.
+    Any,
+}
+
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Wildcard(s) => write!(f, "*{s}"),
+            HostPattern::Any => f.write_str("*"),
+        }
+    }
+}
+
+/// Header edits applied to a request or a response.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderOps {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+}

@@ -1,0 +1,162 @@
+//! Raw config types exactly as written in YAML (serde, `deny_unknown_fields`), before validation.
+
+use super::units::{ConfDuration, ConfSize};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The top level of a config file. Each section stays a YAML value here so that a type error in
+/// one route or pool does not hide the errors in the others: sections are decoded one by one.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawDocument {
+    pub version: Option<serde_yaml::Value>,
+    pub server: Option<serde_yaml::Value>,
+    pub admin: Option<serde_yaml::Value>,
+    pub listeners: Option<serde_yaml::Value>,
+    pub upstream_defaults: Option<serde_yaml::Value>,
+    pub pools: Option<serde_yaml::Value>,
+    pub routes: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub threads: Option<usize>,
+    pub grace_period: Option<ConfDuration>,
+    pub graceful_shutdown_timeout: Option<ConfDuration>,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+    pub error_log: Option<String>,
+    pub ca_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: Option<String>,
+    pub listen: String,
+    #[serde(default)]
+    pub h2c: bool,
+    pub tls: Option<RawListenerTls>,
+    pub limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    pub cert: String,
+    pub key: String,
+    pub h2: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_request_line: Option<ConfSize>,
+    pub max_header_line: Option<ConfSize>,
+    pub max_headers_size: Option<ConfSize>,
+    pub max_headers: Option<usize>,
+    pub header_timeout: Option<ConfDuration>,
+    pub keepalive_timeout: Option<ConfDuration>,
+    pub keepalive_requests: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect: Option<ConfDuration>,
+    pub read: Option<ConfDuration>,
+    pub write: Option<ConfDuration>,
+    pub idle: Option<ConfDuration>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamDefaults {
+    pub timeouts: Option<RawTimeouts>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub backends: Vec<RawBackend>,
+    pub selection: Option<String>,
+    pub hash_key: Option<String>,
+    pub tls: Option<RawUpstreamTls>,
+    pub health_check: Option<RawHealthCheck>,
+    pub passive: Option<RawPassive>,
+    pub timeouts: Option<RawTimeouts>,
+    pub retries: Option<usize>,
+}
+
+/// A backend: either `"host:port"` or `{addr: "host:port", weight: 3}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawBackend {
+    Addr(String),
+    Full(RawBackendFull),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackendFull {
+    pub addr: String,
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub sni: Option<String>,
+    pub verify: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub expect_status: Option<u16>,
+    pub interval: Option<ConfDuration>,
+    pub timeout: Option<ConfDuration>,
+    pub healthy_after: Option<usize>,
+    pub unhealthy_after: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPassive {
+    pub max_connect_failures: Option<u32>,
+    pub eject_for: Option<ConfDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<String>,
+    pub hosts: Vec<String>,
+    pub path: Option<String>,
+    pub pool: String,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    pub request_headers: Option<RawHeaderOps>,
+    pub response_headers: Option<RawHeaderOps>,
+    pub timeouts: Option<RawTimeouts>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderOps {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}

@@ -1,0 +1,413 @@
+//! The HTTP/1 front door: reads each request head itself under a whole-head deadline and size,
+//! line and count limits, rejects ambiguous framing, then hands the bytes to Pingora's proxy.
+//!
+//! Pingora reads heads with a per-read timeout and a ~1 MiB cap, which leaves slowloris and
+//! oversized heads to us. HTTP/2 connections (ALPN `h2`, or h2c when enabled) go straight to
+//! Pingora, whose H2 limits are bounded.
+
+use crate::config::Limits;
+use crate::metrics::METRICS;
+use crate::proxy::EdgeProxy;
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::server::ShutdownWatch;
+use pingora_proxy::HttpProxy;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Outcome of scanning the bytes read so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadScan {
+    /// A whole head is buffered.
+    Complete,
+    /// More bytes are needed.
+    Incomplete,
+    /// Refuse the request with this status; `reason` labels the metric.
+    Reject { status: u16, reason: &'static str },
+}
+
+fn reject(status: u16, reason: &'static str) -> HeadScan {
+    HeadScan::Reject { status, reason }
+}
+
+/// Check a (possibly partial) request head against the limits and RFC 9112 framing rules.
+/// Pure: looks only at `buf`.
+pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
+    // RFC 9112 §2.2: ignore empty lines before the request line.
+    let mut pos = 0;
+    while pos < buf.len() && (buf[pos] == b'\r' || buf[pos] == b'\n') {
+        pos += 1;
+    }
+    if pos > 64 {
+        return reject(400, "bad_request_line");
+    }
+    let Some(line_end) = find_lf(&buf[pos..]) else {
+        return if buf.len() - pos > limits.max_request_line {
+            reject(414, "request_line_too_long")
+        } else {
+            HeadScan::Incomplete
+        };
+    };
+    let request_line = trim_cr(&buf[pos..pos + line_end]);
+    if request_line.len() > limits.max_request_line {
+        return reject(414, "request_line_too_long");
+    }
+    let http10 = request_line.ends_with(b"HTTP/1.0");
+    pos += line_end + 1;
+    let headers_start = pos;
+
+    let mut count = 0usize;
+    let mut content_lengths = 0usize;
+    let mut transfer_encodings = 0usize;
+    let mut te_chunked_only = true;
+    loop {
+        let Some(end) = find_lf(&buf[pos..]) else {
+            let partial = buf.len() - pos;
+            if partial > limits.max_header_line {
+                return reject(431, "header_line_too_long");
+            }
+            if buf.len() - headers_start > limits.max_headers_size {
+                return reject(431, "headers_too_large");
+            }
+            return HeadScan::Incomplete;
+        };
+        let line = trim_cr(&buf[pos..pos + end]);
+        pos += end + 1;
+        if pos - headers_start > limits.max_headers_size {
+            return reject(431, "headers_too_large");
+        }
+        if line.is_empty() {
+            break;
+        }
+        if line.len() > limits.max_header_line {
+            return reject(431, "header_line_too_long");
+        }
+        count += 1;
+        if count > limits.max_headers {
+            return reject(431, "too_many_headers");
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            return reject(400, "obs_fold");
+        }
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            return reject(400, "bad_header");
+        };
+        let name = &line[..colon];
+        if name.is_empty() || !name.iter().all(|b| is_tchar(*b)) {
+            return reject(400, "bad_header");
+        }
+        let value = line[colon + 1..].trim_ascii();
+        if value.iter().any(|b| *b == b'\r' || *b == 0) {
+            return reject(400, "bad_header");
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            content_lengths += 1 + value.iter().filter(|b| **b == b',').count();
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            transfer_encodings += 1;
+            te_chunked_only &= value.eq_ignore_ascii_case(b"chunked");
+        }
+    }
+    if content_lengths > 1 {
+        return reject(400, "duplicate_content_length");
+    }
+    if transfer_encodings > 0 {
+        if content_lengths > 0 {
+            return reject(400, "content_length_and_transfer_encoding");
+        }
+        if http10 {
+            return reject(400, "transfer_encoding_on_http10");
+        }
+        if transfer_encodings > 1 {
+            return reject(400, "multiple_transfer_encoding");
+        }
+        if !te_chunked_only {
+            return reject(501, "unsupported_transfer_encoding");
+        }
+    }
+    HeadScan::Complete
+}
+
+fn find_lf(b: &[u8]) -> Option<usize> {
+    b.iter().position(|c| *c == b'\n')
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// RFC 9110 token characters.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// What reading one request head produced.
+enum Head {
+    Ready(BytesMut),
+    Closed,
+    Reject { status: u16, reason: &'static str },
+}
+
+/// Wraps Pingora's HTTP proxy app for one listener.
+pub struct Ingress {
+    proxy: Arc<HttpProxy<EdgeProxy>>,
+    limits: Limits,
+    listener: String,
+    h2c: bool,
+}
+
+impl Ingress {
+    pub fn new(proxy: HttpProxy<EdgeProxy>, limits: Limits, listener: String, h2c: bool) -> Self {
+        Ingress {
+            proxy: Arc::new(proxy),
+            limits,
+            listener,
+            h2c,
+        }
+    }
+
+    async fn is_http2(&self, stream: &mut Stream) -> bool {
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return true;
+        }
+        if !self.h2c || stream.get_ssl_digest().is_some() {
+            return false;
+        }
+        let mut buf = [0u8; H2_PREFACE.len()];
+        matches!(stream.try_peek(&mut buf).await, Ok(true)) && buf == H2_PREFACE
+    }
+
+    /// Read one head. `deadline` bounds the whole head; `idle` bounds the wait for its first byte.
+    async fn read_head(
+        &self,
+        stream: &mut Stream,
+        idle: Duration,
+        shutdown: &ShutdownWatch,
+    ) -> Head {
+        let limits = &self.limits;
+        let cap = limits.max_request_line + limits.max_headers_size + 128;
+        let mut buf = BytesMut::with_capacity(4096);
+        let mut deadline: Option<Instant> = None;
+        let mut shutdown = shutdown.clone();
+        if *shutdown.borrow() {
+            return Head::Closed;
+        }
+        loop {
+            let wait_until = deadline.unwrap_or_else(|| Instant::now() + idle);
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(4096);
+            }
+            let read = tokio::select! {
+                r = tokio::time::timeout_at(wait_until, stream.read_buf(&mut buf)) => r,
+                _ = shutdown.changed(), if buf.is_empty() => return Head::Closed,
+            };
+            match read {
+                Err(_) if buf.is_empty() => return Head::Closed,
+                Err(_) => {
+                    return Head::Reject {
+                        status: 408,
+                        reason: "header_timeout",
+                    }
+                }
+                Ok(Ok(0)) | Ok(Err(_)) => return Head::Closed,
+                Ok(Ok(_)) => {}
+            }
+            if deadline.is_none() {
+                deadline = Some(Instant::now() + limits.header_timeout);
+            }
+            match scan_head(&buf, limits) {
+                HeadScan::Complete => return Head::Ready(buf),
+                HeadScan::Reject { status, reason } => return Head::Reject { status, reason },
+                HeadScan::Incomplete if buf.len() > cap => {
+                    return Head::Reject {
+                        status: 431,
+                        reason: "headers_too_large",
+                    }
+                }
+                HeadScan::Incomplete => {}
+            }
+        }
+    }
+}
+
+/// Keeps the open-connection gauge right however the connection ends.
+struct OpenConnection(prometheus::IntGauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+async fn write_rejection(stream: &mut Stream, status: u16) {
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let body = format!("verge: {reason}\n");
+    let resp = format!(
+        "HTTP/1.1 {status} {reason}\r\nServer: verge\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let write = async {
+        stream.write_all(resp.as_bytes()).await?;
+        stream.flush().await?;
+        stream.shutdown().await
+    };
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(5), write).await {
+        log::debug!("rejection not delivered: {e}");
+    }
+}
+
+#[async_trait]
+impl ServerApp for Ingress {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        METRICS
+            .connections_total
+            .with_label_values(&[&self.listener])
+            .inc();
+        let gauge = METRICS
+            .connections_open
+            .with_label_values(&[&self.listener]);
+        gauge.inc();
+        let _open = OpenConnection(gauge);
+
+        if self.is_http2(&mut stream).await {
+            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+        }
+
+        let mut settings: Option<HttpPersistentSettings> = None;
+        let mut idle = self.limits.header_timeout;
+        loop {
+            match self.read_head(&mut stream, idle, shutdown).await {
+                Head::Closed => return None,
+                Head::Reject { status, reason } => {
+                    METRICS.rejected.with_label_values(&[reason]).inc();
+                    write_rejection(&mut stream, status).await;
+                    return None;
+                }
+                Head::Ready(buf) => {
+                    let mut session = ServerSession::new_http1(stream);
+                    match settings.take() {
+                        Some(s) => s.apply_to_session(&mut session),
+                        None => {
+                            session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs()));
+                            session.set_keepalive_reuses_remaining(Some(
+                                self.limits.keepalive_requests.saturating_sub(1),
+                            ));
+                        }
+                    }
+                    if *shutdown.borrow() {
+                        session.set_keepalive(None);
+                    }
+                    session.set_pipelined_prefix(buf);
+                    let reused = self.proxy.process_new_http(session, shutdown).await?;
+                    let (next, persistent) = reused.consume();
+                    stream = next;
+                    settings = persistent;
+                    idle = self.limits.keepalive_timeout;
+                }
+            }
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.http_cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(text: &str) -> HeadScan {
+        scan_head(text.as_bytes(), &Limits::default())
+    }
+
+    fn rejected(text: &str) -> u16 {
+        match scan(text) {
+            HeadScan::Reject { status, .. } => status,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn complete_and_incomplete() {
+        assert_eq!(
+            scan("GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            HeadScan::Complete
+        );
+        assert_eq!(
+            scan("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            HeadScan::Complete
+        );
+        assert_eq!(scan("GET / HTTP/1.1\r\nHost: a\r\n"), HeadScan::Incomplete);
+        assert_eq!(scan("GET / HT"), HeadScan::Incomplete);
+    }
+
+    #[test]
+    fn size_limits() {
+        let long_uri = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(9000));
+        assert_eq!(rejected(&long_uri), 414);
+        // a partial request line over the limit is refused before it ends
+        assert_eq!(rejected(&format!("GET /{}", "a".repeat(9000))), 414);
+        let long_header = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "b".repeat(9000));
+        assert_eq!(rejected(&long_header), 431);
+        let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert_eq!(rejected(&format!("GET / HTTP/1.1\r\n{many}\r\n")), 431);
+        let big: String = (0..8)
+            .map(|i| format!("X-{i}: {}\r\n", "c".repeat(5000)))
+            .collect();
+        assert_eq!(rejected(&format!("GET / HTTP/1.1\r\n{big}\r\n")), 431);
+    }
+
+    #[test]
+    fn ambiguous_framing() {
+        assert_eq!(
+            rejected("POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            rejected("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            rejected("POST / HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            rejected("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            501
+        );
+        assert_eq!(
+            rejected("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            rejected("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            scan("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            HeadScan::Complete
+        );
+    }
+
+    #[test]
+    fn malformed_lines() {
+        assert_eq!(rejected("GET / HTTP/1.1\r\nX: a\r\n  folded\r\n\r\n"), 400);
+        assert_eq!(rejected("GET / HTTP/1.1\r\nX a\r\n\r\n"), 400);
+        assert_eq!(rejected("GET / HTTP/1.1\r\nX : a\r\n\r\n"), 400);
+        assert_eq!(rejected("GET / HTTP/1.1\r\nX: a\rb\r\n\r\n"), 400);
+    }
+}

@@ -1,0 +1,31 @@
+//! verge: a programmable edge proxy and shared HTTP cache on Pingora.
+//!
+//! Request flow (one listener):
+//!
+//! ```text
+//! client ─► ingress (head deadline, size/count limits, framing checks)
+//!        ─► EdgeProxy::request_filter   route by canonical host + longest path prefix
+//!        ─► EdgeProxy::upstream_peer    pick a healthy, non-ejected backend of the route's pool
+//!        ─► upstream_request_filter     forwarding headers, prefix strip, route header edits
+//!        ─► origin ─► response_filter   route response header edits ─► client
+//!        ─► logging                     metrics
+//! ```
+//!
+//! Crate map:
+//! - [`config`]: raw YAML types, validation with every error's key path, validated types.
+//! - [`snapshot`]: the immutable routing table + pools behind one `ArcSwap`.
+//! - [`proxy`]: the `ProxyHttp` implementation and its pure helpers (routing, headers, peers).
+//! - [`ingress`]: the HTTP/1 front door that enforces head limits before Pingora parses.
+//! - [`upstream`]: pools, selection, passive ejection, active health checks.
+//! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`.
+//! - [`metrics`]: every metric name, in one place.
+//! - [`server`]: assembling the Pingora server from a config.
+
+pub mod admin;
+pub mod config;
+pub mod ingress;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;

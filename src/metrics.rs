@@ -1,0 +1,168 @@
+//! Every Prometheus metric verge exports, registered in one place on verge's own registry.
+
+use once_cell::sync::Lazy;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// All metrics. Names and labels are part of verge's interface: change them with care.
+pub struct Metrics {
+    pub registry: Registry,
+    /// `verge_requests_total{route,status}`: responses sent to clients.
+    pub requests: IntCounterVec,
+    /// `verge_upstream_response_seconds{pool}`: from sending upstream to its response header.
+    pub upstream_latency: HistogramVec,
+    /// `verge_upstream_connect_failures_total{pool,backend}`.
+    pub connect_failures: IntCounterVec,
+    /// `verge_upstream_retries_total{pool}`: retries on another backend after a connect failure.
+    pub retries: IntCounterVec,
+    /// `verge_backend_ejections_total{pool,backend}`: passive ejections.
+    pub ejections: IntCounterVec,
+    /// `verge_backend_healthy{pool,backend}`: 1 healthy, 0 not (active checks).
+    pub backend_healthy: IntGaugeVec,
+    /// `verge_no_healthy_backend_total{pool}`: requests answered 502 because nothing was usable.
+    pub no_backend: IntCounterVec,
+    /// `verge_downstream_connections{listener}`: open client connections.
+    pub connections_open: IntGaugeVec,
+    /// `verge_downstream_connections_total{listener}`: accepted client connections.
+    pub connections_total: IntCounterVec,
+    /// `verge_requests_rejected_total{reason}`: requests refused before routing (limits, framing).
+    pub rejected: IntCounterVec,
+    /// `verge_config_info{version}`: 1 for the version being served.
+    pub config_info: IntGaugeVec,
+    /// `verge_config_loaded_timestamp_seconds`.
+    pub config_loaded: IntGauge,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| {
+        // Names and labels are constants in this file; a failure is a programming error
+        // caught by the unit test below, never by input.
+        panic!("metric {name}: {e}")
+    });
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = registry.register(Box::new(g.clone()));
+    g
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let upstream_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "verge_upstream_response_seconds",
+                "Time from sending a request upstream to receiving its response header",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["pool"],
+        )
+        .unwrap_or_else(|e| panic!("metric verge_upstream_response_seconds: {e}"));
+        let _ = registry.register(Box::new(upstream_latency.clone()));
+        let config_loaded = IntGauge::new(
+            "verge_config_loaded_timestamp_seconds",
+            "Unix time the serving config was loaded",
+        )
+        .unwrap_or_else(|e| panic!("metric verge_config_loaded_timestamp_seconds: {e}"));
+        let _ = registry.register(Box::new(config_loaded.clone()));
+        Metrics {
+            requests: counter(
+                &registry,
+                "verge_requests_total",
+                "Responses sent to clients, by route and status",
+                &["route", "status"],
+            ),
+            upstream_latency,
+            connect_failures: counter(
+                &registry,
+                "verge_upstream_connect_failures_total",
+                "Failed connects to a backend",
+                &["pool", "backend"],
+            ),
+            retries: counter(
+                &registry,
+                "verge_upstream_retries_total",
+                "Retries on another backend after a connect failure",
+                &["pool"],
+            ),
+            ejections: counter(
+                &registry,
+                "verge_backend_ejections_total",
+                "Backends ejected after consecutive connect failures",
+                &["pool", "backend"],
+            ),
+            backend_healthy: gauge(
+                &registry,
+                "verge_backend_healthy",
+                "1 when the active health check passes for the backend",
+                &["pool", "backend"],
+            ),
+            no_backend: counter(
+                &registry,
+                "verge_no_healthy_backend_total",
+                "Requests answered 502 because no backend of the pool was usable",
+                &["pool"],
+            ),
+            connections_open: gauge(
+                &registry,
+                "verge_downstream_connections",
+                "Open client connections",
+                &["listener"],
+            ),
+            connections_total: counter(
+                &registry,
+                "verge_downstream_connections_total",
+                "Accepted client connections",
+                &["listener"],
+            ),
+            rejected: counter(
+                &registry,
+                "verge_requests_rejected_total",
+                "Requests refused before routing, by reason",
+                &["reason"],
+            ),
+            config_info: gauge(
+                &registry,
+                "verge_config_info",
+                "1 for the config version being served",
+                &["version"],
+            ),
+            config_loaded,
+            registry,
+        }
+    }
+
+    /// Render every metric in the Prometheus text format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
+            log::error!("metrics encoding failed: {e}");
+        }
+        out
+    }
+}
+
+/// The process-wide metrics.
+pub static METRICS: Lazy<Metrics> = Lazy::new(Metrics::new);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_metrics_register_and_render() {
+        METRICS.requests.with_label_values(&["r", "200"]).inc();
+        let text = String::from_utf8(METRICS.render()).expect("utf8");
+        assert!(text.contains("verge_requests_total{route=\"r\",status=\"200\"} 1"));
+        assert_eq!(METRICS.registry.gather().len() >= 2, true);
+    }
+}

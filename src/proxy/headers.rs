@@ -1,0 +1,140 @@
+//! Header edits on the way upstream and back: forwarding headers, route header ops, prefix strip.
+
+use crate::config::HeaderOps;
+use pingora_error::Result;
+use pingora_http::{RequestHeader, ResponseHeader};
+use std::net::IpAddr;
+
+/// What verge adds to `Via`.
+pub const VIA: &str = "1.1 verge";
+
+/// Client-sent headers that could steer the origin or poison what it answers. verge drops them
+/// and writes its own forwarding headers from what it saw itself.
+pub const UNTRUSTED_REQUEST_HEADERS: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-real-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Replace client-sent forwarding headers with verge's own view of the connection.
+pub fn set_forwarding_headers(
+    req: &mut RequestHeader,
+    client_ip: Option<IpAddr>,
+    scheme: &str,
+    host: &str,
+) -> Result<()> {
+    for name in UNTRUSTED_REQUEST_HEADERS {
+        req.remove_header(*name);
+    }
+    if let Some(ip) = client_ip {
+        req.insert_header("x-forwarded-for", ip.to_string())?;
+    }
+    req.insert_header("x-forwarded-proto", scheme)?;
+    if !host.is_empty() {
+        req.insert_header("x-forwarded-host", host)?;
+    }
+    append_via(req.headers.get("via").map(|v| v.as_bytes()))
+        .map(|via| req.insert_header("via", via))
+        .transpose()?;
+    Ok(())
+}
+
+/// The `Via` value after verge's hop is appended to an existing one.
+fn append_via(existing: Option<&[u8]>) -> Option<Vec<u8>> {
+    let mut v = match existing {
+        Some(e) if !e.is_empty() => {
+            let mut v = e.to_vec();
+            v.extend_from_slice(b", ");
+            v
+        }
+        _ => Vec::new(),
+    };
+    v.extend_from_slice(VIA.as_bytes());
+    Some(v)
+}
+
+/// Apply a route's request header edits (removals first, then sets).
+pub fn apply_request_ops(req: &mut RequestHeader, ops: &HeaderOps) -> Result<()> {
+    for name in &ops.remove {
+        req.remove_header(name);
+    }
+    for (name, value) in &ops.set {
+        req.insert_header(name.clone(), value.clone())?;
+    }
+    Ok(())
+}
+
+/// Apply a route's response header edits (removals first, then sets).
+pub fn apply_response_ops(resp: &mut ResponseHeader, ops: &HeaderOps) -> Result<()> {
+    for name in &ops.remove {
+        resp.remove_header(name);
+    }
+    for (name, value) in &ops.set {
+        resp.insert_header(name.clone(), value.clone())?;
+    }
+    Ok(())
+}
+
+/// Remove a route's path prefix from a path-and-query; the result always starts with `/`.
+pub fn strip_path_prefix(path_and_query: &str, prefix: &str) -> String {
+    let prefix = prefix.trim_end_matches('/');
+    let rest = path_and_query
+        .strip_prefix(prefix)
+        .unwrap_or(path_and_query);
+    if rest.starts_with('/') {
+        rest.to_string()
+    } else {
+        format!("/{rest}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarding_headers_replace_client_copies() {
+        let mut req = RequestHeader::build("GET", b"/", None).expect("req");
+        req.insert_header("x-forwarded-for", "6.6.6.6").expect("h");
+        req.insert_header("x-forwarded-host", "evil.com")
+            .expect("h");
+        req.insert_header("x-original-url", "/admin").expect("h");
+        req.insert_header("via", "1.1 cdn").expect("h");
+        set_forwarding_headers(
+            &mut req,
+            Some("10.0.0.1".parse().expect("ip")),
+            "https",
+            "a.com",
+        )
+        .expect("ok");
+        let get = |n: &str| {
+            req.headers
+                .get(n)
+                .map(|v| v.to_str().unwrap_or("?").to_string())
+        };
+        assert_eq!(get("x-forwarded-for").as_deref(), Some("10.0.0.1"));
+        assert_eq!(get("x-forwarded-proto").as_deref(), Some("https"));
+        assert_eq!(get("x-forwarded-host").as_deref(), Some("a.com"));
+        assert_eq!(get("x-original-url"), None);
+        assert_eq!(get("via").as_deref(), Some("1.1 cdn, 1.1 verge"));
+        assert_eq!(req.headers.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn prefix_strip() {
+        assert_eq!(strip_path_prefix("/api/users?x=1", "/api"), "/users?x=1");
+        assert_eq!(strip_path_prefix("/api", "/api"), "/");
+        assert_eq!(strip_path_prefix("/api?x", "/api"), "/?x");
+        assert_eq!(strip_path_prefix("/api/", "/api/"), "/");
+        assert_eq!(strip_path_prefix("/other", "/api"), "/other");
+    }
+}

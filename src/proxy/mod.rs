@@ -1,0 +1,356 @@
+//! `EdgeProxy`: verge's `ProxyHttp` implementation. Each phase method is short and delegates to
+//! the pure modules beside it (routing, headers, peers) and to the pool.
+
+pub mod headers;
+pub mod peer;
+pub mod route;
+
+use crate::metrics::METRICS;
+use crate::snapshot::{Route, SharedSnapshot};
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the proxy knows about the listener a request came in on.
+#[derive(Debug, Clone)]
+pub struct ListenerInfo {
+    pub name: String,
+    pub tls: bool,
+}
+
+/// The proxy for one listener. Cheap to clone: the snapshot handle is shared.
+pub struct EdgeProxy {
+    snapshot: SharedSnapshot,
+    listener: ListenerInfo,
+}
+
+impl EdgeProxy {
+    pub fn new(snapshot: SharedSnapshot, listener: ListenerInfo) -> Self {
+        EdgeProxy { snapshot, listener }
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.listener.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+/// Per-request state carried between phases.
+#[derive(Default)]
+pub struct RequestCtx {
+    /// Canonical host (lowercase, no port).
+    pub host: String,
+    pub route: Option<Arc<Route>>,
+    /// Backends tried so far (in order); the last one is the current one.
+    pub tried: Vec<SocketAddr>,
+    pub upstream_sent_at: Option<Instant>,
+    /// Why verge answered with an error itself, for the response body.
+    pub failure: Option<String>,
+}
+
+impl RequestCtx {
+    fn route_name(&self) -> &str {
+        self.route.as_ref().map_or("", |r| r.spec.name.as_str())
+    }
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// Host the request is for: the absolute-form authority if present, else the Host header.
+fn request_host(req: &RequestHeader) -> Option<String> {
+    let raw = match req.uri.authority() {
+        Some(a) => a.as_str().to_string(),
+        None => req
+            .headers
+            .get(http::header::HOST)?
+            .to_str()
+            .ok()?
+            .to_string(),
+    };
+    route::canonical_host(&raw)
+}
+
+/// Write a short plain-text response that verge generated itself.
+async fn respond_plain(session: &mut Session, status: u16, text: &str) -> Result<()> {
+    let body = Bytes::from(format!("{text}\n"));
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("cache-control", "no-store")?;
+    resp.insert_header("server", "verge")?;
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// The status a client gets for a failure verge could not proxy around.
+fn failure_status(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            if e.esource() == &ErrorSource::Upstream =>
+        {
+            504
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                ErrorType::ReadTimedout => 408,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        let Some(host) = request_host(req) else {
+            METRICS.rejected.with_label_values(&["bad_host"]).inc();
+            respond_plain(session, 400, "verge: missing or invalid Host").await?;
+            return Ok(true);
+        };
+        let snapshot = self.snapshot.load();
+        let route = snapshot.table.lookup(&host, req.uri.path()).cloned();
+        ctx.host = host;
+        match route {
+            Some(r) => {
+                ctx.route = Some(r);
+                Ok(false)
+            }
+            None => {
+                let text = format!("verge: no route for host {:?}", ctx.host);
+                respond_plain(session, 404, &text).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route.clone() else {
+            return Error::e_explain(ErrorType::InternalError, "no route chosen");
+        };
+        let pool = &route.pool;
+        let key = crate::upstream::pool::hash_input(
+            &pool.spec.selection,
+            session.req_header(),
+            client_ip(session),
+        );
+        let Some(addr) = pool.select(&key, &ctx.tried) else {
+            METRICS.no_backend.with_label_values(&[pool.name()]).inc();
+            ctx.failure = Some(format!(
+                "verge: no healthy backend in pool {:?}",
+                pool.name()
+            ));
+            return Err(crate::upstream::pool::no_backend_error(pool.name()));
+        };
+        ctx.tried.push(addr);
+        Ok(Box::new(peer::build_peer(
+            &pool.spec,
+            &route.spec.timeouts,
+            addr,
+        )))
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let (Some(route), Some(addr)) = (ctx.route.as_ref(), ctx.tried.last()) else {
+            return e;
+        };
+        let pool = &route.pool;
+        let label = addr.to_string();
+        METRICS
+            .connect_failures
+            .with_label_values(&[pool.name(), &label])
+            .inc();
+        if pool.report_connect_failure(addr) {
+            log::warn!(
+                "pool {}: ejecting {addr} after connect failures",
+                pool.name()
+            );
+            METRICS
+                .ejections
+                .with_label_values(&[pool.name(), &label])
+                .inc();
+        }
+        let idempotent = session.req_header().method.is_idempotent();
+        let attempts_left = ctx.tried.len() <= pool.spec.retries;
+        if idempotent && attempts_left {
+            METRICS.retries.with_label_values(&[pool.name()]).inc();
+            e.set_retry(true);
+        } else {
+            e.set_retry(false);
+            ctx.failure = Some(format!(
+                "verge: could not connect to a backend of pool {:?}",
+                pool.name()
+            ));
+        }
+        e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(route), Some(addr)) = (ctx.route.as_ref(), ctx.tried.last()) {
+            route.pool.report_connect_success(addr);
+        }
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(route) = ctx.route.as_ref() else {
+            return Ok(());
+        };
+        headers::set_forwarding_headers(upstream, client_ip(session), self.scheme(), &ctx.host)?;
+        if route.spec.strip_prefix {
+            let pq = upstream
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string();
+            let new = headers::strip_path_prefix(&pq, &route.spec.path_prefix);
+            let uri = http::Uri::try_from(new)
+                .map_err(|e| Error::because(ErrorType::InternalError, "rewrite path", e))?;
+            upstream.set_uri(uri);
+        }
+        headers::apply_request_ops(upstream, &route.spec.request_headers)?;
+        ctx.upstream_sent_at = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(route), Some(at)) = (ctx.route.as_ref(), ctx.upstream_sent_at) {
+            METRICS
+                .upstream_latency
+                .with_label_values(&[route.pool.name()])
+                .observe(at.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(route) = ctx.route.as_ref() {
+            headers::apply_response_ops(resp, &route.spec.response_headers)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = failure_status(e);
+        if code > 0 {
+            let text = ctx.failure.clone().unwrap_or_else(|| match code {
+                504 => "verge: upstream timed out".to_string(),
+                502 => "verge: bad gateway".to_string(),
+                408 => "verge: request timed out".to_string(),
+                400 => "verge: bad request".to_string(),
+                _ => "verge: internal error".to_string(),
+            });
+            if let Err(err) = respond_plain(session, code, &text).await {
+                log::debug!("could not send error response: {err}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let mut buf = itoa::Buffer::new();
+        METRICS
+            .requests
+            .with_label_values(&[ctx.route_name(), buf.format(status)])
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_from_header_or_authority() {
+        let mut req = RequestHeader::build("GET", b"/x", None).expect("req");
+        req.insert_header("host", "Example.com:8080").expect("h");
+        assert_eq!(request_host(&req).as_deref(), Some("example.com"));
+        let mut req = RequestHeader::build("GET", b"/x", None).expect("req");
+        req.set_uri(http::Uri::from_static("http://a.org/x"));
+        req.insert_header("host", "ignored.com").expect("h");
+        assert_eq!(request_host(&req).as_deref(), Some("a.org"));
+        let req = RequestHeader::build("GET", b"/x", None).expect("req");
+        assert_eq!(request_host(&req), None);
+    }
+
+    #[test]
+    fn statuses_for_failures() {
+        let up = |t| {
+            let mut e = Error::new(t);
+            e.as_up();
+            e
+        };
+        assert_eq!(failure_status(&up(ErrorType::ConnectRefused)), 502);
+        assert_eq!(failure_status(&up(ErrorType::ReadTimedout)), 504);
+        assert_eq!(failure_status(&Error::new(ErrorType::HTTPStatus(502))), 502);
+        assert_eq!(failure_status(&Error::new(ErrorType::InternalError)), 500);
+    }
+}

@@ -1,0 +1,138 @@
+//! Assembles a Pingora `Server` from a validated config: listeners, admin, health checks.
+
+use crate::admin::AdminApp;
+use crate::config::{Config, ListenerSpec};
+use crate::ingress::Ingress;
+use crate::metrics::METRICS;
+use crate::proxy::{EdgeProxy, ListenerInfo};
+use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::upstream::health::HealthService;
+use arc_swap::ArcSwap;
+use pingora_core::apps::http_app::HttpServer;
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Why verge could not be assembled (validation passed, but a runtime resource failed).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Pool(#[from] crate::upstream::pool::PoolBuildError),
+    #[error("listener {listener}: TLS setup failed: {reason}")]
+    Tls { listener: String, reason: String },
+}
+
+/// How the process was started (Pingora's own flags).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Take over listening sockets from a running verge (graceful upgrade).
+    pub upgrade: bool,
+    /// Detach into the background.
+    pub daemon: bool,
+}
+
+/// Build the shared snapshot for a config and publish config metrics.
+pub fn initial_snapshot(config: &Config) -> Result<SharedSnapshot, ServeError> {
+    let snapshot = Snapshot::build(config, None)?;
+    METRICS
+        .config_info
+        .with_label_values(&[&config.version])
+        .set(1);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    METRICS.config_loaded.set(now);
+    Ok(Arc::new(ArcSwap::from_pointee(snapshot)))
+}
+
+fn server_conf(config: &Config, opts: RunOptions) -> ServerConf {
+    let s = &config.server;
+    let mut conf = ServerConf {
+        threads: s.threads,
+        daemon: opts.daemon,
+        pid_file: s.pid_file.clone(),
+        upgrade_sock: s.upgrade_sock.clone(),
+        error_log: s.error_log.clone(),
+        ca_file: s.ca_file.clone(),
+        ..ServerConf::default()
+    };
+    conf.grace_period_seconds = Some(s.grace_period.as_secs_f64().ceil() as u64);
+    conf.graceful_shutdown_timeout_seconds =
+        Some(s.graceful_shutdown_timeout.as_secs_f64().ceil() as u64);
+    conf
+}
+
+fn listener_service(
+    conf: &Arc<ServerConf>,
+    spec: &ListenerSpec,
+    snapshot: &SharedSnapshot,
+) -> Result<Service<Ingress>, ServeError> {
+    let info = ListenerInfo {
+        name: spec.name.clone(),
+        tls: spec.tls.is_some(),
+    };
+    let mut proxy = pingora_proxy::http_proxy(conf, EdgeProxy::new(snapshot.clone(), info));
+    let mut options = HttpServerOptions::default();
+    options.h2c = spec.h2c;
+    options.keepalive_request_limit = Some(spec.limits.keepalive_requests);
+    proxy.server_options = Some(options);
+    let ingress = Ingress::new(proxy, spec.limits, spec.name.clone(), spec.h2c);
+    let mut service = Service::new(format!("verge listener {}", spec.name), ingress);
+    let addr = spec.addr.to_string();
+    match &spec.tls {
+        None => service.add_tcp(&addr),
+        Some(tls) => {
+            let err = |reason: String| ServeError::Tls {
+                listener: spec.name.clone(),
+                reason,
+            };
+            let cert = tls
+                .cert
+                .to_str()
+                .ok_or_else(|| err("cert path is not UTF-8".into()))?;
+            let key = tls
+                .key
+                .to_str()
+                .ok_or_else(|| err("key path is not UTF-8".into()))?;
+            let mut settings =
+                TlsSettings::intermediate(cert, key).map_err(|e| err(e.to_string()))?;
+            if tls.h2 {
+                settings.enable_h2();
+            }
+            service.add_tls_with_settings(&addr, None, settings);
+        }
+    }
+    Ok(service)
+}
+
+/// Build the whole server for `config`. Nothing listens until `run_forever`.
+pub fn build_server(config: &Config, opts: RunOptions) -> Result<Server, ServeError> {
+    let snapshot = initial_snapshot(config)?;
+    let pingora_opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(pingora_opt, server_conf(config, opts));
+    server.bootstrap();
+    let conf = server.configuration.clone();
+    for spec in &config.listeners {
+        server.add_service(listener_service(&conf, spec, &snapshot)?);
+    }
+    let mut admin = Service::new(
+        "verge admin".to_string(),
+        HttpServer::new_app(AdminApp::new(snapshot.clone())),
+    );
+    admin.add_tcp(&config.admin.listen.to_string());
+    server.add_service(admin);
+    server.add_service(background_service(
+        "verge health checks",
+        HealthService::new(snapshot),
+    ));
+    Ok(server)
+}

@@ -1,0 +1,107 @@
+//! The one immutable value the hot path reads: routing table and pools, swapped whole via `ArcSwap`.
+
+use crate::config::{Config, RouteSpec};
+use crate::proxy::route::RouteTable;
+use crate::upstream::pool::{Pool, PoolBuildError};
+use arc_swap::ArcSwap;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// A compiled route: its spec plus the pool it sends to.
+#[derive(Debug)]
+pub struct Route {
+    pub spec: RouteSpec,
+    pub pool: Arc<Pool>,
+}
+
+/// Everything a request needs from configuration, built once and never mutated.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: String,
+    pub built_at: SystemTime,
+    pub table: RouteTable<Route>,
+    /// Routes in config order (for `/status`).
+    pub routes: Vec<Arc<Route>>,
+    pub pools: BTreeMap<String, Arc<Pool>>,
+}
+
+/// The shared handle: readers `load()`, the writer `store()`s a whole new snapshot.
+pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+impl Snapshot {
+    /// Build a snapshot from a validated config. Pools whose spec did not change since
+    /// `previous` are reused, so they keep their health state and upstream connections.
+    pub fn build(config: &Config, previous: Option<&Snapshot>) -> Result<Snapshot, PoolBuildError> {
+        let mut pools = BTreeMap::new();
+        for (name, spec) in &config.pools {
+            let reused = previous
+                .and_then(|p| p.pools.get(name))
+                .filter(|p| &p.spec == spec)
+                .cloned();
+            let pool = match reused {
+                Some(p) => p,
+                None => Arc::new(Pool::build(spec)?),
+            };
+            pools.insert(name.clone(), pool);
+        }
+        let mut table = RouteTable::default();
+        let mut routes = Vec::new();
+        for spec in &config.routes {
+            let Some(pool) = pools.get(&spec.pool).cloned() else {
+                return Err(PoolBuildError {
+                    pool: spec.pool.clone(),
+                    reason: format!("route {:?} names a pool that does not exist", spec.name),
+                });
+            };
+            let route = Arc::new(Route {
+                spec: spec.clone(),
+                pool,
+            });
+            table.insert(&spec.hosts, &spec.path_prefix, route.clone());
+            routes.push(route);
+        }
+        Ok(Snapshot {
+            version: config.version.clone(),
+            built_at: SystemTime::now(),
+            table,
+            routes,
+            pools,
+        })
+    }
+
+    /// True when every pool has finished its first health-check pass.
+    pub fn ready(&self) -> bool {
+        self.pools.values().all(|p| p.has_been_checked())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONF: &str = r#"
+listeners: [{listen: "127.0.0.1:1"}]
+pools:
+  a: {backends: ["127.0.0.1:2"]}
+  b: {backends: ["127.0.0.1:3"], health_check: {type: tcp}}
+routes:
+  - {hosts: [x.com], pool: a}
+  - {hosts: [x.com], path: /b, pool: b}
+"#;
+
+    #[test]
+    fn builds_and_reuses_unchanged_pools() {
+        let c = Config::from_yaml_str(CONF).expect("config");
+        let s1 = Snapshot::build(&c, None).expect("snapshot");
+        assert_eq!(
+            s1.table.lookup("x.com", "/b/1").map(|r| r.pool.name()),
+            Some("b")
+        );
+        assert!(!s1.ready(), "pool b has not been checked yet");
+        let c2 = Config::from_yaml_str(&CONF.replace("127.0.0.1:3", "127.0.0.1:4")).expect("c2");
+        let s2 = Snapshot::build(&c2, Some(&s1)).expect("snapshot");
+        assert!(Arc::ptr_eq(&s1.pools["a"], &s2.pools["a"]));
+        assert!(!Arc::ptr_eq(&s1.pools["b"], &s2.pools["b"]));
+    }
+}
