@@ -79,6 +79,12 @@ fn serve(path: &std::path::Path, upgrade: bool, daemon: bool) -> anyhow::Result<
     let server =
         verge::server::build_server(&config, verge::server::RunOptions { upgrade, daemon })
             .context("cannot start")?;
+    if !daemon {
+        // Pingora writes the pid file only when it daemonizes; the upgrade recipe and service
+        // managers need it in the foreground too.
+        std::fs::write(&config.server.pid_file, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot write pid file {}", config.server.pid_file))?;
+    }
     log::info!(
         "verge serving config {} on {}; admin on {}",
         config.version,

@@ -97,8 +97,11 @@ pub(super) fn validate_document(
         &mut errs,
     );
 
-    let pools = validate_pools(doc.pools, default_timeouts, &mut errs);
-    let routes = validate_routes(doc.routes, &pools, &mut errs);
+    let mut declared_pools = HashSet::new();
+    let pools = validate_pools(doc.pools, default_timeouts, &mut declared_pools, &mut errs);
+    // Routes are checked against every declared pool, valid or not, so that one broken pool
+    // is reported once rather than again for each route that uses it.
+    let routes = validate_routes(doc.routes, &declared_pools, &mut errs);
 
     if errs.0.is_empty() {
         Ok(Config {
@@ -367,6 +370,7 @@ fn route_timeouts(raw: Option<&RawTimeouts>, path: &str, errs: &mut Errors) -> R
 fn validate_pools(
     value: Option<serde_yaml::Value>,
     default_timeouts: Timeouts,
+    declared: &mut HashSet<String>,
     errs: &mut Errors,
 ) -> BTreeMap<String, PoolSpec> {
     let mut out = BTreeMap::new();
@@ -378,6 +382,7 @@ fn validate_pools(
         return out;
     };
     for (name, item) in items {
+        declared.insert(name.clone());
         let path = format!("pools.{name}");
         if !valid_name(&name) {
             errs.push(
@@ -620,7 +625,7 @@ fn validate_health_check(
 
 fn validate_routes(
     value: Option<serde_yaml::Value>,
-    pools: &BTreeMap<String, PoolSpec>,
+    pools: &HashSet<String>,
     errs: &mut Errors,
 ) -> Vec<RouteSpec> {
     let Some(value) = value else {
@@ -656,7 +661,7 @@ fn validate_routes(
         if let Err(e) = check_path_prefix(&path_prefix) {
             errs.push(format!("{path}.path"), e);
         }
-        if !pools.contains_key(&raw.pool) {
+        if !pools.contains(&raw.pool) {
             errs.push(
                 format!("{path}.pool"),
                 format!("unknown pool {:?}", raw.pool),

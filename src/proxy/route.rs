@@ -17,7 +17,7 @@ impl<T> Default for PrefixList<T> {
 impl<T> PrefixList<T> {
     fn insert(&mut self, prefix: &str, target: Arc<T>) {
         self.0.push((prefix.to_string(), target));
-        self.0.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.0.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
     }
 
     fn find(&self, path: &str) -> Option<&Arc<T>> {
@@ -78,7 +78,7 @@ impl<T> RouteTable<T> {
                             let mut list = PrefixList::default();
                             list.insert(prefix, target.clone());
                             self.wildcard.push((suffix.clone(), list));
-                            self.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+                            self.wildcard.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
                         }
                     }
                 }

@@ -172,7 +172,7 @@ impl Pool {
                     .is_some_and(|s| s.ejected_until_ms.load(Ordering::Relaxed) <= now)
         };
         let picked = self.selector.select_with(key, |b, healthy| {
-            healthy && b.addr.as_inet().is_some_and(|a| usable(a))
+            healthy && b.addr.as_inet().is_some_and(&usable)
         });
         if let Some(addr) = picked.and_then(|b| b.addr.as_inet().copied()) {
             return Some(addr);

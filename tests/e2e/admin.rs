@@ -1,0 +1,73 @@
+//! The admin endpoints: health, readiness, status JSON and Prometheus metrics.
+
+use crate::harness::{get, Verge};
+use crate::origin::Origin;
+
+#[tokio::test]
+async fn status_and_metrics_describe_what_is_served() {
+    let o = Origin::start("o").await;
+    let v = Verge::start(&format!(
+        r#"
+version: v-test-7
+pools:
+  web:
+    backends: ["{}"]
+    health_check: {{type: tcp, interval: 200ms}}
+routes: [{{name: main, hosts: [a.com], pool: web}}]
+"#,
+        o.addr
+    ))
+    .await;
+    assert_eq!(v.admin_get("/healthz").await.0, 200);
+    assert_eq!(v.admin_get("/readyz").await.0, 200);
+    for _ in 0..3 {
+        assert_eq!(get(&v, "a.com", "/").await.0, 200);
+    }
+    get(&v, "nope.com", "/").await;
+
+    let (status, body) = v.admin_get("/status").await;
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(doc["config_version"], "v-test-7");
+    assert_eq!(doc["ready"], true);
+    assert_eq!(doc["routes"][0]["name"], "main");
+    assert_eq!(doc["pools"]["web"]["backends"][0]["healthy"], true);
+
+    let (_, metrics) = v.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("verge_requests_total{route=\"main\",status=\"200\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("verge_requests_total{route=\"\",status=\"404\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("verge_upstream_response_seconds_count{pool=\"web\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("verge_config_info{version=\"v-test-7\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("verge_downstream_connections_total"),
+        "{metrics}"
+    );
+    assert_eq!(v.admin_get("/nope").await.0, 404);
+}
+
+#[tokio::test]
+async fn readiness_waits_for_the_first_health_check() {
+    // A pool whose health check cannot complete quickly: a blackhole-ish timeout on a port that
+    // accepts nothing still finishes (refused) — so instead check the ordering via /status.
+    let o = Origin::start("o").await;
+    let v = Verge::start(&format!(
+        "pools: {{p: {{backends: [\"{}\"], health_check: {{type: http, path: /health, interval: 60s}}}}}}\nroutes: [{{hosts: [\"*\"], pool: p}}]\n",
+        o.addr
+    ))
+    .await;
+    // the harness returned only after /readyz said 200, which requires the first pass
+    let (_, body) = v.admin_get("/status").await;
+    assert!(body.contains("\"first_check_done\": true"), "{body}");
+}

@@ -1,0 +1,202 @@
+//! Weighted round robin, consistent hashing, retries on connect failure, all-down.
+
+use crate::harness::{client, free_port, get, Verge};
+use crate::origin::Origin;
+use std::collections::HashMap;
+
+#[tokio::test]
+async fn weighted_round_robin_follows_weights() {
+    let (a, b) = (Origin::start("a").await, Origin::start("b").await);
+    let v = Verge::start(&format!(
+        r#"
+pools:
+  p: {{backends: [{{addr: "{}", weight: 1}}, {{addr: "{}", weight: 3}}]}}
+routes: [{{hosts: ["*"], pool: p}}]
+"#,
+        a.addr, b.addr
+    ))
+    .await;
+    for i in 0..400 {
+        assert_eq!(get(&v, "x.com", &format!("/{i}")).await.0, 200);
+    }
+    let share_b = b.total() as f64 / 400.0;
+    assert_eq!(a.total() + b.total(), 400);
+    assert!(
+        (0.68..=0.82).contains(&share_b),
+        "weight 3 of 4 got {share_b}"
+    );
+}
+
+#[tokio::test]
+async fn consistent_hashing_is_sticky_and_moves_only_the_lost_backends_keys() {
+    let mut origins = Vec::new();
+    for i in 0..5 {
+        origins.push(Origin::start(&format!("o{i}")).await);
+    }
+    let backends: Vec<String> = origins.iter().map(|o| format!("\"{}\"", o.addr)).collect();
+    let v = Verge::start(&format!(
+        r#"
+pools:
+  p:
+    backends: [{}]
+    selection: consistent
+    hash_key: header:x-user
+    health_check: {{type: http, path: /health, interval: 200ms, unhealthy_after: 1}}
+routes: [{{hosts: ["*"], pool: p}}]
+"#,
+        backends.join(", ")
+    ))
+    .await;
+    let owner = |user: usize| {
+        let url = v.url("/k");
+        async move {
+            let r = client()
+                .get(url)
+                .header("host", "x.com")
+                .header("x-user", format!("user-{user}"))
+                .send()
+                .await
+                .expect("request");
+            r.headers()["x-origin"].to_str().expect("ascii").to_string()
+        }
+    };
+    let mut before = HashMap::new();
+    for u in 0..200 {
+        let o = owner(u).await;
+        assert_eq!(owner(u).await, o, "the same key stays on one backend");
+        before.insert(u, o);
+    }
+    let spread: std::collections::HashSet<_> = before.values().collect();
+    assert_eq!(spread.len(), 5, "keys spread over every backend");
+
+    // o2 fails its health check: only its keys may move.
+    origins[2].set_health_status(500);
+    let moved_off = crate::harness::eventually(std::time::Duration::from_secs(5), || async {
+        owner(
+            before
+                .iter()
+                .find(|(_, o)| *o == "o2")
+                .map(|(u, _)| *u)
+                .unwrap_or(0),
+        )
+        .await
+            != "o2"
+    })
+    .await;
+    assert!(moved_off, "unhealthy backend left the ring");
+    let mut moved = 0;
+    for (u, o) in &before {
+        let now = owner(*u).await;
+        if o == "o2" {
+            assert_ne!(now, "o2");
+            moved += 1;
+        } else {
+            assert_eq!(&now, o, "key {u} moved although its backend is healthy");
+        }
+    }
+    assert!(
+        (10..=80).contains(&moved),
+        "about 1/5 of 200 keys move, moved {moved}"
+    );
+}
+
+#[tokio::test]
+async fn connect_failure_retries_idempotent_requests_only() {
+    let live = Origin::start("live").await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let v = Verge::start(&format!(
+        r#"
+pools:
+  p:
+    backends: ["{dead}", "{}"]
+    passive: {{max_connect_failures: 0}}
+    retries: 1
+routes: [{{hosts: ["*"], pool: p}}]
+"#,
+        live.addr
+    ))
+    .await;
+    for i in 0..20 {
+        let (status, origin, _) = get(&v, "x.com", &format!("/g{i}")).await;
+        assert_eq!(
+            (status, origin.as_str()),
+            (200, "live"),
+            "GET retried on the live backend"
+        );
+    }
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        let r = client()
+            .post(v.url(&format!("/p{i}")))
+            .header("host", "x.com")
+            .body("x")
+            .send()
+            .await
+            .expect("post");
+        statuses.push(r.status().as_u16());
+    }
+    assert!(
+        statuses.contains(&502),
+        "a POST that hit the dead backend is not retried: {statuses:?}"
+    );
+    assert!(statuses.contains(&200), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn passive_ejection_stops_sending_to_a_dead_backend() {
+    let live = Origin::start("live").await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let v = Verge::start(&format!(
+        r#"
+pools:
+  p:
+    backends: ["{dead}", "{}"]
+    passive: {{max_connect_failures: 2, eject_for: 60s}}
+routes: [{{hosts: ["*"], pool: p}}]
+"#,
+        live.addr
+    ))
+    .await;
+    for i in 0..30 {
+        assert_eq!(get(&v, "x.com", &format!("/{i}")).await.0, 200);
+    }
+    let (_, status) = v.admin_get("/status").await;
+    let doc: serde_json::Value = serde_json::from_str(&status).expect("json");
+    let backends = doc["pools"]["p"]["backends"].as_array().expect("backends");
+    let dead_entry = backends
+        .iter()
+        .find(|b| b["addr"] == dead.as_str())
+        .expect("dead backend listed");
+    assert_eq!(dead_entry["ejected"], true);
+    let (_, metrics) = v.admin_get("/metrics").await;
+    let failures = metrics
+        .lines()
+        .find(|l| l.starts_with("verge_upstream_connect_failures_total") && l.contains(&dead))
+        .expect("connect failures counted");
+    let n: f64 = failures
+        .rsplit(' ')
+        .next()
+        .and_then(|x| x.parse().ok())
+        .expect("number");
+    assert_eq!(
+        n, 2.0,
+        "after ejection no more connects to the dead backend: {failures}"
+    );
+}
+
+#[tokio::test]
+async fn every_backend_down_is_a_502_naming_the_pool() {
+    let dead1 = format!("127.0.0.1:{}", free_port());
+    let dead2 = format!("127.0.0.1:{}", free_port());
+    let v = Verge::start(&format!(
+        "pools: {{checkout: {{backends: [\"{dead1}\", \"{dead2}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: checkout}}]\n"
+    ))
+    .await;
+    for _ in 0..5 {
+        let (status, _, body) = get(&v, "x.com", "/").await;
+        assert_eq!(status, 502);
+        assert!(body.contains("\"checkout\""), "body names the pool: {body}");
+    }
+    // still serving afterwards
+    assert_eq!(v.admin_get("/healthz").await.0, 200);
+}

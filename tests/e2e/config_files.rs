@@ -1,0 +1,89 @@
+//! `verge check`: every shipped config validates; a bad one lists every error with its path.
+
+use crate::harness::verge_bin;
+use std::process::Command;
+
+#[test]
+fn every_file_in_conf_validates() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/conf");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).expect("conf dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let out = Command::new(verge_bin())
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .args(["check", "-c"])
+                .arg(&path)
+                .output()
+                .expect("run verge check");
+            assert!(
+                out.status.success(),
+                "{} failed: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "found {checked} configs");
+}
+
+#[test]
+fn check_lists_every_error_and_exits_non_zero() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        r#"
+listeners: [{listen: "127.0.0.1:8080"}, {listen: "127.0.0.1:8080"}]
+pools:
+  web: {backends: ["127.0.0.1:9000"], selection: random}
+routes:
+  - {hosts: [a.com], pool: web}
+  - {hosts: [b.com], pool: web}
+  - {hosts: [c.com], pool: api}
+  - {hosts: [d.com], pool: web, timeouts: {read: forever}}
+"#,
+    )
+    .expect("write");
+    let out = Command::new(verge_bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml: 4 errors"), "{err}");
+    assert!(
+        err.contains("listeners[1].listen: 127.0.0.1:8080 is used by another listener"),
+        "{err}"
+    );
+    assert!(
+        err.contains("pools.web.selection: unknown selection \"random\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("routes[2].pool: unknown pool \"api\""),
+        "{err}"
+    );
+    assert!(err.contains("routes[3]"), "{err}");
+}
+
+#[test]
+fn serve_refuses_a_bad_config_and_names_the_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("broken.yaml");
+    std::fs::write(&path, "listeners: []\n").expect("write");
+    let out = Command::new(verge_bin())
+        .args(["serve", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.yaml"), "{err}");
+    assert!(
+        err.contains("listeners: at least one listener is required"),
+        "{err}"
+    );
+}

@@ -1,0 +1,12 @@
+//! End-to-end tests: the real verge binary on loopback, in front of real counting origins.
+
+mod harness;
+mod origin;
+
+mod admin;
+mod balancing;
+mod config_files;
+mod health;
+mod limits;
+mod routing;
+mod tls;

@@ -1,0 +1,211 @@
+//! A real origin for tests: counts requests per path, echoes what it received, and can be
+//! stopped, restarted on the same port, or told to fail its health checks.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// What one request looked like when it reached the origin.
+#[derive(Debug, Clone)]
+#[allow(dead_code)] // fields read by some tests only
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+    pub body_len: usize,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct State {
+    name: String,
+    total: AtomicU64,
+    per_path: Mutex<BTreeMap<String, u64>>,
+    seen: Mutex<Vec<Seen>>,
+    health_status: AtomicU16,
+}
+
+pub struct Origin {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    stop: Mutex<Option<watch::Sender<bool>>>,
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<State>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    let method = req.method().to_string();
+    let uri = req.uri().to_string();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+        .collect();
+    let body_len = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
+    if path == "/health" {
+        let status = state.health_status.load(Ordering::Relaxed);
+        let resp = Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from_static(b"health\n")))
+            .unwrap_or_default();
+        return Ok(resp);
+    }
+    state.total.fetch_add(1, Ordering::Relaxed);
+    *state
+        .per_path
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(path.clone())
+        .or_default() += 1;
+    let seen = Seen {
+        method,
+        uri: uri.clone(),
+        headers,
+        body_len,
+    };
+    state
+        .seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(seen);
+    let body = format!("origin={} uri={uri}\n", state.name);
+    let resp = Response::builder()
+        .status(200)
+        .header("x-origin", state.name.as_str())
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_default();
+    Ok(resp)
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>, stop: watch::Receiver<bool>) {
+    loop {
+        let mut stop_accept = stop.clone();
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop_accept.changed() => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let state = state.clone();
+        let mut stop_conn = stop.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(req, state.clone()));
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = stop_conn.changed() => {}
+            }
+        });
+    }
+}
+
+impl Origin {
+    /// Start an origin on an ephemeral loopback port.
+    pub async fn start(name: &str) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        let addr = listener.local_addr().expect("origin addr");
+        let state = Arc::new(State {
+            name: name.to_string(),
+            health_status: AtomicU16::new(200),
+            ..Default::default()
+        });
+        let origin = Origin {
+            addr,
+            state,
+            stop: Mutex::new(None),
+        };
+        origin.spawn(listener);
+        origin
+    }
+
+    fn spawn(&self, listener: TcpListener) {
+        let (tx, rx) = watch::channel(false);
+        *self.stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        tokio::spawn(accept_loop(listener, self.state.clone(), rx));
+    }
+
+    /// Stop listening and drop every open connection: connects are refused from now on.
+    pub fn stop(&self) {
+        if let Some(tx) = self.stop.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = tx.send(true);
+        }
+    }
+
+    /// Listen again on the same port.
+    pub async fn restart(&self) {
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("rebind {}: {e}", self.addr),
+            }
+        };
+        self.spawn(listener);
+    }
+
+    pub fn set_health_status(&self, status: u16) {
+        self.state.health_status.store(status, Ordering::Relaxed);
+    }
+
+    /// Requests seen (health checks excluded).
+    pub fn total(&self) -> u64 {
+        self.state.total.load(Ordering::Relaxed)
+    }
+
+    pub fn hits(&self, path: &str) -> u64 {
+        self.state
+            .per_path
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The last request that reached this origin.
+    pub fn last_seen(&self) -> Option<Seen> {
+        self.state
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last()
+            .cloned()
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
