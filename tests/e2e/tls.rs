@@ -69,3 +69,42 @@ async fn h2c_prior_knowledge_on_a_plain_listener() {
         .expect("h1");
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn upstream_tls_with_sni() {
+    // A TLS "origin": a second verge terminating TLS in front of a plain origin.
+    let o = Origin::start("o").await;
+    let tls_origin = Verge::start_with_listeners(
+        &format!("pools: {{p: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p}}]\n", o.addr),
+        Some(&format!(
+            "listeners:\n  - listen: \"{{http}}\"\n    tls: {{cert: {d}/server.crt, key: {d}/server.key}}\n",
+            d = cert_dir()
+        )),
+    )
+    .await;
+    let edge = Verge::start(&format!(
+        r#"
+pools:
+  secure:
+    backends: ["{}"]
+    tls: {{sni: localhost, verify: false}}
+    health_check: {{type: tcp, interval: 1s}}
+routes: [{{hosts: ["*"], pool: secure}}]
+"#,
+        tls_origin.http
+    ))
+    .await;
+    let (status, origin, body) = crate::harness::get(&edge, "edge.test", "/over-tls").await;
+    assert_eq!((status, origin.as_str()), (200, "o"), "{body}");
+    let seen = o.last_seen().expect("seen");
+    assert_eq!(
+        seen.header("x-forwarded-proto"),
+        Some("https"),
+        "inner hop was TLS"
+    );
+    assert_eq!(
+        seen.header("via"),
+        Some("1.1 verge, 1.1 verge"),
+        "both hops appended to Via"
+    );
+}
