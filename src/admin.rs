@@ -1,5 +1,6 @@
 //! The admin listener: `/healthz`, `/readyz`, `/status` (JSON) and `/metrics` (Prometheus text).
 
+use crate::cache::CacheEngine;
 use crate::metrics::METRICS;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use async_trait::async_trait;
@@ -12,11 +13,22 @@ use std::time::UNIX_EPOCH;
 /// Serves the admin endpoints from the current snapshot.
 pub struct AdminApp {
     snapshot: SharedSnapshot,
+    cache: &'static CacheEngine,
 }
 
 impl AdminApp {
-    pub fn new(snapshot: SharedSnapshot) -> Self {
-        AdminApp { snapshot }
+    pub fn new(snapshot: SharedSnapshot, cache: &'static CacheEngine) -> Self {
+        AdminApp { snapshot, cache }
+    }
+
+    fn refresh_cache_gauges(&self) {
+        METRICS.cache_bytes.set(self.cache.storage.bytes() as i64);
+        METRICS
+            .cache_objects
+            .set(self.cache.storage.objects() as i64);
+        METRICS
+            .cache_evictions
+            .set(self.cache.evicted_items() as i64);
     }
 }
 
@@ -108,7 +120,10 @@ impl ServeHttp for AdminApp {
                 let body = serde_json::to_vec_pretty(&status_json(&snapshot)).unwrap_or_default();
                 reply(200, "application/json", body)
             }
-            "/metrics" => reply(200, "text/plain; version=0.0.4", METRICS.render()),
+            "/metrics" => {
+                self.refresh_cache_gauges();
+                reply(200, "text/plain; version=0.0.4", METRICS.render())
+            }
             _ => reply(404, "text/plain", b"not found\n".to_vec()),
         }
     }

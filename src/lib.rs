@@ -12,6 +12,7 @@
 //! ```
 //!
 //! Crate map:
+//! - [`cache`]: in-memory storage, cache key, Vary, RFC 9111 policy, `Cache-Status`.
 //! - [`config`]: raw YAML types, validation with every error's key path, validated types.
 //! - [`snapshot`]: the immutable routing table + pools behind one `ArcSwap`.
 //! - [`proxy`]: the `ProxyHttp` implementation and its pure helpers (routing, headers, peers).
@@ -22,6 +23,7 @@
 //! - [`server`]: assembling the Pingora server from a config.
 
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod ingress;
 pub mod metrics;

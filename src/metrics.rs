@@ -33,6 +33,15 @@ pub struct Metrics {
     pub config_info: IntGaugeVec,
     /// `verge_config_loaded_timestamp_seconds`.
     pub config_loaded: IntGauge,
+    /// `verge_cache_lookups_total{route,result}`: hit, miss, stale, stale_error, expired,
+    /// revalidated, bypass, uncacheable. Hit ratio = hit / all.
+    pub cache_lookups: IntCounterVec,
+    /// `verge_cache_bytes`: bytes held by the cache (headers + bodies + per-entry overhead).
+    pub cache_bytes: IntGauge,
+    /// `verge_cache_objects`: entries held by the cache.
+    pub cache_objects: IntGauge,
+    /// `verge_cache_evictions`: entries evicted to stay within `cache.memory` (since start).
+    pub cache_evictions: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -52,6 +61,12 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGau
     g
 }
 
+fn plain_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = registry.register(Box::new(g.clone()));
+    g
+}
+
 impl Metrics {
     fn new() -> Metrics {
         let registry = Registry::new();
@@ -67,12 +82,11 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("metric verge_upstream_response_seconds: {e}"));
         let _ = registry.register(Box::new(upstream_latency.clone()));
-        let config_loaded = IntGauge::new(
+        let config_loaded = plain_gauge(
+            &registry,
             "verge_config_loaded_timestamp_seconds",
             "Unix time the serving config was loaded",
-        )
-        .unwrap_or_else(|e| panic!("metric verge_config_loaded_timestamp_seconds: {e}"));
-        let _ = registry.register(Box::new(config_loaded.clone()));
+        );
         Metrics {
             requests: counter(
                 &registry,
@@ -136,6 +150,23 @@ impl Metrics {
                 &["version"],
             ),
             config_loaded,
+            cache_lookups: counter(
+                &registry,
+                "verge_cache_lookups_total",
+                "Cache lookups by route and result",
+                &["route", "result"],
+            ),
+            cache_bytes: plain_gauge(&registry, "verge_cache_bytes", "Bytes held by the cache"),
+            cache_objects: plain_gauge(
+                &registry,
+                "verge_cache_objects",
+                "Entries held by the cache",
+            ),
+            cache_evictions: plain_gauge(
+                &registry,
+                "verge_cache_evictions",
+                "Entries evicted to stay within the memory budget, since start",
+            ),
             registry,
         }
     }

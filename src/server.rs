@@ -1,6 +1,7 @@
 //! Assembles a Pingora `Server` from a validated config: listeners, admin, health checks.
 
 use crate::admin::AdminApp;
+use crate::cache::CacheEngine;
 use crate::config::{Config, ListenerSpec};
 use crate::ingress::Ingress;
 use crate::metrics::METRICS;
@@ -71,12 +72,13 @@ fn listener_service(
     conf: &Arc<ServerConf>,
     spec: &ListenerSpec,
     snapshot: &SharedSnapshot,
+    cache: &'static CacheEngine,
 ) -> Result<Service<Ingress>, ServeError> {
     let info = ListenerInfo {
         name: spec.name.clone(),
         tls: spec.tls.is_some(),
     };
-    let mut proxy = pingora_proxy::http_proxy(conf, EdgeProxy::new(snapshot.clone(), info));
+    let mut proxy = pingora_proxy::http_proxy(conf, EdgeProxy::new(snapshot.clone(), info, cache));
     let mut options = HttpServerOptions::default();
     options.h2c = spec.h2c;
     options.keepalive_request_limit = Some(spec.limits.keepalive_requests);
@@ -121,12 +123,13 @@ pub fn build_server(config: &Config, opts: RunOptions) -> Result<Server, ServeEr
     let mut server = Server::new_with_opt_and_conf(pingora_opt, server_conf(config, opts));
     server.bootstrap();
     let conf = server.configuration.clone();
+    let cache = CacheEngine::new(config.cache);
     for spec in &config.listeners {
-        server.add_service(listener_service(&conf, spec, &snapshot)?);
+        server.add_service(listener_service(&conf, spec, &snapshot, cache)?);
     }
     let mut admin = Service::new(
         "verge admin".to_string(),
-        HttpServer::new_app(AdminApp::new(snapshot.clone())),
+        HttpServer::new_app(AdminApp::new(snapshot.clone(), cache)),
     );
     admin.add_tcp(&config.admin.listen.to_string());
     server.add_service(admin);

@@ -16,6 +16,46 @@ pub struct Config {
     pub listeners: Vec<ListenerSpec>,
     pub pools: BTreeMap<String, PoolSpec>,
     pub routes: Vec<RouteSpec>,
+    pub cache: CacheSettings,
+}
+
+/// The shared cache: one memory budget for every route that caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Bytes of headers + bodies + per-entry overhead kept in memory.
+    pub memory: u64,
+    /// Larger responses are served but not stored.
+    pub max_object_size: u64,
+    /// How long the one request fetching a missing object may hold others waiting.
+    pub lock_timeout: Duration,
+    /// How long a waiting request waits in total before going to the origin itself.
+    pub lock_wait: Duration,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            memory: 256 << 20,
+            max_object_size: 8 << 20,
+            lock_timeout: Duration::from_secs(10),
+            lock_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A route's cache rules. A route without them does not cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RouteCache {
+    /// Freshness for heuristically cacheable responses that carry no freshness information.
+    pub default_ttl: Option<Duration>,
+    /// Upper bound on any freshness lifetime.
+    pub max_ttl: Option<Duration>,
+    /// Default stale-while-revalidate window when the origin gives none.
+    pub stale_while_revalidate: Duration,
+    /// Default stale-if-error window when the origin gives none.
+    pub stale_if_error: Duration,
+    /// Requests with Cookie or Authorization may use the cache (the content is public).
+    pub public: bool,
 }
 
 /// Process-level settings handed to Pingora's `ServerConf`.
@@ -207,6 +247,7 @@ pub struct RouteSpec {
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
     pub timeouts: RouteTimeouts,
+    pub cache: Option<RouteCache>,
 }
 
 /// A host a route answers for.

@@ -16,6 +16,33 @@ pub struct RawDocument {
     pub upstream_defaults: Option<serde_yaml::Value>,
     pub pools: Option<serde_yaml::Value>,
     pub routes: Option<serde_yaml::Value>,
+    pub cache: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub memory: Option<ConfSize>,
+    pub max_object_size: Option<ConfSize>,
+    pub lock_timeout: Option<ConfDuration>,
+    pub lock_wait: Option<ConfDuration>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteCache {
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    pub default_ttl: Option<ConfDuration>,
+    pub max_ttl: Option<ConfDuration>,
+    pub stale_while_revalidate: Option<ConfDuration>,
+    pub stale_if_error: Option<ConfDuration>,
+    #[serde(default)]
+    pub public: bool,
+}
+
+fn enabled_by_default() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -150,6 +177,7 @@ pub struct RawRoute {
     pub request_headers: Option<RawHeaderOps>,
     pub response_headers: Option<RawHeaderOps>,
     pub timeouts: Option<RawTimeouts>,
+    pub cache: Option<RawRouteCache>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -103,8 +103,15 @@ pub(super) fn validate_document(
     // is reported once rather than again for each route that uses it.
     let routes = validate_routes(doc.routes, &declared_pools, &mut errs);
 
+    let cache = doc
+        .cache
+        .and_then(|v| errs.decode::<RawCache>("cache", v))
+        .unwrap_or_default();
+    let cache = validate_cache(cache, &mut errs);
+
     if errs.0.is_empty() {
         Ok(Config {
+            cache,
             version,
             server,
             admin,
@@ -115,6 +122,58 @@ pub(super) fn validate_document(
     } else {
         Err(errs.0)
     }
+}
+
+fn validate_cache(raw: RawCache, errs: &mut Errors) -> CacheSettings {
+    let d = CacheSettings::default();
+    let memory = raw.memory.map_or(d.memory, |s| s.0);
+    if memory < (1 << 20) {
+        errs.push("cache.memory", "must be at least 1MiB");
+    }
+    let max_object_size = raw.max_object_size.map_or(d.max_object_size, |s| s.0);
+    if max_object_size == 0 || max_object_size > memory {
+        errs.push(
+            "cache.max_object_size",
+            "must be greater than zero and at most cache.memory",
+        );
+    }
+    let lock_timeout = raw.lock_timeout.map_or(d.lock_timeout, |x| x.0);
+    let lock_wait = raw.lock_wait.map_or(d.lock_wait, |x| x.0);
+    for (key, v) in [("lock_timeout", lock_timeout), ("lock_wait", lock_wait)] {
+        if v.is_zero() {
+            errs.push(format!("cache.{key}"), "must be greater than zero");
+        }
+    }
+    CacheSettings {
+        memory,
+        max_object_size,
+        lock_timeout,
+        lock_wait,
+    }
+}
+
+fn validate_route_cache(
+    path: &str,
+    raw: Option<RawRouteCache>,
+    errs: &mut Errors,
+) -> Option<RouteCache> {
+    let raw = raw.filter(|r| r.enabled)?;
+    let c = RouteCache {
+        default_ttl: raw.default_ttl.map(|d| d.0),
+        max_ttl: raw.max_ttl.map(|d| d.0),
+        stale_while_revalidate: raw.stale_while_revalidate.map_or(Duration::ZERO, |d| d.0),
+        stale_if_error: raw.stale_if_error.map_or(Duration::ZERO, |d| d.0),
+        public: raw.public,
+    };
+    if let (Some(d), Some(m)) = (c.default_ttl, c.max_ttl) {
+        if d > m {
+            errs.push(format!("{path}.default_ttl"), "is larger than max_ttl");
+        }
+    }
+    if c.max_ttl.is_some_and(|m| m.is_zero()) {
+        errs.push(format!("{path}.max_ttl"), "must be greater than zero");
+    }
+    Some(c)
 }
 
 fn fnv_hex(text: &str) -> String {
@@ -684,6 +743,7 @@ fn validate_routes(
             errs,
         );
         let timeouts = route_timeouts(raw.timeouts.as_ref(), &format!("{path}.timeouts"), errs);
+        let cache = validate_route_cache(&format!("{path}.cache"), raw.cache, errs);
         let name = raw.name.clone().unwrap_or_else(|| {
             let host = hosts.first().map(|h| h.to_string()).unwrap_or_default();
             format!("{host}{path_prefix}")
@@ -714,6 +774,7 @@ fn validate_routes(
                 request_headers,
                 response_headers,
                 timeouts,
+                cache,
             });
         }
     }

@@ -5,10 +5,14 @@ pub mod headers;
 pub mod peer;
 pub mod route;
 
+use crate::cache::{policy, CacheEngine};
 use crate::metrics::METRICS;
 use crate::snapshot::{Route, SharedSnapshot};
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora_cache::{
+    key::HashBinary, CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, RespCacheable,
+};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -28,11 +32,20 @@ pub struct ListenerInfo {
 pub struct EdgeProxy {
     snapshot: SharedSnapshot,
     listener: ListenerInfo,
+    cache: &'static CacheEngine,
 }
 
 impl EdgeProxy {
-    pub fn new(snapshot: SharedSnapshot, listener: ListenerInfo) -> Self {
-        EdgeProxy { snapshot, listener }
+    pub fn new(
+        snapshot: SharedSnapshot,
+        listener: ListenerInfo,
+        cache: &'static CacheEngine,
+    ) -> Self {
+        EdgeProxy {
+            snapshot,
+            listener,
+            cache,
+        }
     }
 
     fn scheme(&self) -> &'static str {
@@ -55,6 +68,10 @@ pub struct RequestCtx {
     pub upstream_sent_at: Option<Instant>,
     /// Why verge answered with an error itself, for the response body.
     pub failure: Option<String>,
+    /// Why a cached route skipped the cache for this request.
+    pub bypass: Option<policy::Bypass>,
+    /// The response was admitted to the cache.
+    pub stored: bool,
 }
 
 impl RequestCtx {
@@ -82,6 +99,30 @@ fn request_host(req: &RequestHeader) -> Option<String> {
             .to_string(),
     };
     route::canonical_host(&raw)
+}
+
+/// Seconds of freshness left (negative when stale).
+fn cache_ttl_left(meta: &CacheMeta) -> i64 {
+    let now = std::time::SystemTime::now();
+    match meta.fresh_until().duration_since(now) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
+/// The `result` label of `verge_cache_lookups_total`.
+fn lookup_result(phase: CachePhase, ctx: &RequestCtx) -> &'static str {
+    match phase {
+        CachePhase::Hit => "hit",
+        CachePhase::Miss if ctx.stored => "miss",
+        CachePhase::Miss => "uncacheable",
+        CachePhase::StaleUpdating => "stale",
+        CachePhase::Stale => "stale_error",
+        CachePhase::Expired => "expired",
+        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "revalidated",
+        _ if ctx.bypass.is_some() => "bypass",
+        _ => "uncacheable",
+    }
 }
 
 /// Write a short plain-text response that verge generated itself.
@@ -147,6 +188,85 @@ impl ProxyHttp for EdgeProxy {
                 Ok(true)
             }
         }
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let Some(rules) = ctx.route.as_ref().and_then(|r| r.spec.cache) else {
+            return Ok(());
+        };
+        if let Some(bypass) = policy::request_bypass(session.req_header(), &rules) {
+            ctx.bypass = Some(bypass);
+            return Ok(());
+        }
+        let engine = self.cache;
+        let mut overrides = CacheOptionOverrides::default();
+        overrides.wait_timeout = Some(engine.settings.lock_wait);
+        session.cache.enable(
+            engine.storage,
+            Some(engine.eviction),
+            None,
+            Some(engine.lock),
+            Some(overrides),
+        );
+        session.cache.set_max_file_size_bytes(
+            usize::try_from(engine.settings.max_object_size).unwrap_or(usize::MAX),
+        );
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        let pq = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str());
+        Ok(crate::cache::cache_key(self.scheme(), &ctx.host, pq))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        crate::cache::variance(meta, req)
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        let Some(rules) = ctx.route.as_ref().and_then(|r| r.spec.cache) else {
+            return Ok(RespCacheable::Uncacheable(
+                pingora_cache::NoCacheReason::NeverEnabled,
+            ));
+        };
+        let auth = session
+            .req_header()
+            .headers
+            .contains_key(http::header::AUTHORIZATION);
+        Ok(
+            match policy::response_meta(resp, auth, &rules, std::time::SystemTime::now()) {
+                Ok(meta) => {
+                    ctx.stored = true;
+                    RespCacheable::Cacheable(meta)
+                }
+                Err(reason) => RespCacheable::Uncacheable(reason),
+            },
+        )
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        // None: stale-while-revalidate (the meta's window was already checked); Some: the
+        // origin failed and the stale-if-error window allows it.
+        error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
     }
 
     async fn upstream_peer(
@@ -279,11 +399,27 @@ impl ProxyHttp for EdgeProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        resp.remove_header(policy::TARGETED_CACHE_CONTROL);
         if let Some(route) = ctx.route.as_ref() {
+            if route.spec.cache.is_some() {
+                let phase = session.cache.phase();
+                let ttl_left = matches!(
+                    phase,
+                    CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating
+                )
+                .then(|| cache_ttl_left(session.cache.cache_meta()));
+                let status = policy::cache_status(
+                    phase,
+                    ttl_left,
+                    ctx.stored,
+                    ctx.bypass.map(policy::Bypass::as_str),
+                );
+                resp.insert_header("cache-status", status)?;
+            }
             headers::apply_response_ops(resp, &route.spec.response_headers)?;
         }
         Ok(())
@@ -321,6 +457,13 @@ impl ProxyHttp for EdgeProxy {
             .requests
             .with_label_values(&[ctx.route_name(), buf.format(status)])
             .inc();
+        if ctx.route.as_ref().is_some_and(|r| r.spec.cache.is_some()) {
+            let result = lookup_result(session.cache.phase(), ctx);
+            METRICS
+                .cache_lookups
+                .with_label_values(&[ctx.route_name(), result])
+                .inc();
+        }
     }
 }
 

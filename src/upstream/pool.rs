@@ -327,12 +327,15 @@ pub fn cookie_value(req: &RequestHeader, name: &str) -> Option<Vec<u8>> {
         })
 }
 
-/// Build an error that names the pool, for the 502 a client sees when nothing is usable.
+/// Build an error that names the pool, for the 502 a client sees when nothing is usable. It is
+/// an upstream failure, so stale-if-error may answer instead.
 pub fn no_backend_error(pool: &str) -> Box<Error> {
-    Error::explain(
+    let mut e = Error::explain(
         ErrorType::HTTPStatus(502),
         format!("no healthy backend in pool {pool:?}"),
-    )
+    );
+    e.as_up();
+    e
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ mod origin;
 
 mod admin;
 mod balancing;
+mod cache;
 mod config_files;
 mod health;
 mod limits;

@@ -42,6 +42,9 @@ struct State {
     per_path: Mutex<BTreeMap<String, u64>>,
     seen: Mutex<Vec<Seen>>,
     health_status: AtomicU16,
+    /// Extra response headers per path.
+    headers: Mutex<BTreeMap<String, Vec<(String, String)>>>,
+    delay_ms: AtomicU64,
 }
 
 pub struct Origin {
@@ -94,14 +97,29 @@ async fn handle(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(seen);
-    let body = format!("origin={} uri={uri}\n", state.name);
-    let resp = Response::builder()
+    let delay = state.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
+    let n = state.total.load(Ordering::Relaxed);
+    let body = format!("origin={} uri={uri} n={n}\n", state.name);
+    let mut builder = Response::builder()
         .status(200)
         .header("x-origin", state.name.as_str())
-        .header("content-type", "text/plain")
-        .body(Full::new(Bytes::from(body)))
+        .header("content-type", "text/plain");
+    let extra = state
+        .headers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&path)
+        .cloned()
         .unwrap_or_default();
-    Ok(resp)
+    for (k, v) in extra {
+        builder = builder.header(k, v);
+    }
+    Ok(builder
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_default())
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<State>, stop: watch::Receiver<bool>) {
@@ -172,6 +190,26 @@ impl Origin {
             }
         };
         self.spawn(listener);
+    }
+
+    /// Send these headers with every response for `path`.
+    pub fn set_headers(&self, path: &str, headers: &[(&str, &str)]) {
+        self.state
+            .headers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                path.to_string(),
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            );
+    }
+
+    /// Wait this long before answering any request.
+    pub fn set_delay_ms(&self, ms: u64) {
+        self.state.delay_ms.store(ms, Ordering::Relaxed);
     }
 
     pub fn set_health_status(&self, status: u16) {

@@ -1,0 +1,372 @@
+//! Shared-cache rules (RFC 9111) as pure functions: may a request use the cache, may a response
+//! be stored, for how long, and what a client sees in `Cache-Status`.
+
+use crate::config::RouteCache;
+use pingora_cache::cache_control::{CacheControl, InterpretCacheControl};
+use pingora_cache::{CacheMeta, NoCacheReason};
+use pingora_http::{RequestHeader, ResponseHeader};
+use std::time::{Duration, SystemTime};
+
+/// Why a request skips the cache entirely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bypass {
+    Method,
+    Authorization,
+    Cookie,
+    NoStore,
+}
+
+impl Bypass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bypass::Method => "method",
+            Bypass::Authorization => "authorization",
+            Bypass::Cookie => "cookie",
+            Bypass::NoStore => "no-store",
+        }
+    }
+}
+
+/// Decide whether a request may be answered from, or stored into, the shared cache.
+pub fn request_bypass(req: &RequestHeader, rules: &RouteCache) -> Option<Bypass> {
+    if !matches!(req.method, http::Method::GET | http::Method::HEAD) {
+        return Some(Bypass::Method);
+    }
+    if !rules.public {
+        if req.headers.contains_key(http::header::AUTHORIZATION) {
+            return Some(Bypass::Authorization);
+        }
+        if req.headers.contains_key(http::header::COOKIE) {
+            return Some(Bypass::Cookie);
+        }
+    }
+    if CacheControl::from_req_headers(req).is_some_and(|cc| cc.no_store()) {
+        return Some(Bypass::NoStore);
+    }
+    None
+}
+
+/// Statuses a cache may store with heuristic or default freshness (RFC 9110 §15.1), minus the
+/// ones verge never stores.
+fn heuristically_cacheable(status: u16) -> bool {
+    matches!(status, 200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410)
+}
+
+/// Statuses never stored, whatever the origin says: server errors, partial content, and errors
+/// a client can provoke (so one client cannot poison the cache for others).
+fn never_stored(status: u16) -> bool {
+    !(200..500).contains(&status) || matches!(status, 206 | 304 | 400 | 413 | 414 | 431)
+}
+
+fn header_date(resp: &ResponseHeader, name: &str) -> Option<SystemTime> {
+    let mut values = resp.headers.get_all(name).iter();
+    let v = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    httpdate::parse_http_date(v.to_str().ok()?).ok()
+}
+
+/// The freshness lifetime the origin gave, if any: s-maxage > max-age > Expires − Date.
+fn explicit_lifetime(cc: Option<&CacheControl>, resp: &ResponseHeader) -> Option<Duration> {
+    if let Some(d) = cc.and_then(|cc| cc.fresh_duration()) {
+        return Some(d);
+    }
+    let mut expires = resp.headers.get_all(http::header::EXPIRES).iter();
+    if let Some(v) = expires.next() {
+        // several or unparseable Expires mean "already expired" (RFC 9111 §5.3)
+        let when = (expires.next().is_none())
+            .then(|| {
+                v.to_str()
+                    .ok()
+                    .and_then(|s| httpdate::parse_http_date(s).ok())
+            })
+            .flatten();
+        let Some(when) = when else {
+            return Some(Duration::ZERO);
+        };
+        let date = header_date(resp, "date").unwrap_or_else(SystemTime::now);
+        return Some(when.duration_since(date).unwrap_or(Duration::ZERO));
+    }
+    None
+}
+
+/// Heuristic freshness: 10% of the time since Last-Modified, capped at one day (RFC 9111 §4.2.2).
+fn heuristic_lifetime(resp: &ResponseHeader, now: SystemTime) -> Option<Duration> {
+    let lm = header_date(resp, "last-modified")?;
+    let date = header_date(resp, "date").unwrap_or(now);
+    let age = date.duration_since(lm).ok()?;
+    Some((age / 10).min(Duration::from_secs(86_400)))
+}
+
+/// The age the response already had when it arrived (RFC 9111 §4.2.3, with response delay ~0).
+fn initial_age(resp: &ResponseHeader, now: SystemTime) -> Duration {
+    let age_value = resp
+        .headers
+        .get(http::header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs);
+    let apparent = header_date(resp, "date")
+        .and_then(|d| now.duration_since(d).ok())
+        .unwrap_or(Duration::ZERO);
+    age_value.max(apparent)
+}
+
+/// The targeted field verge obeys first (RFC 9213), then `Cache-Control`.
+pub const TARGETED_CACHE_CONTROL: &str = "cdn-cache-control";
+
+/// Decide whether `resp` may be stored and build its meta. `authorization` tells whether the
+/// request carried credentials.
+pub fn response_meta(
+    resp: &ResponseHeader,
+    authorization: bool,
+    rules: &RouteCache,
+    now: SystemTime,
+) -> Result<CacheMeta, NoCacheReason> {
+    let status = resp.status.as_u16();
+    if never_stored(status) {
+        return Err(NoCacheReason::Custom("status"));
+    }
+    if resp.headers.contains_key(http::header::SET_COOKIE) {
+        return Err(NoCacheReason::Custom("set-cookie"));
+    }
+    let vary_star = resp.headers.get_all(http::header::VARY).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|p| p.trim_ascii() == b"*")
+    });
+    if vary_star {
+        return Err(NoCacheReason::Custom("vary-star"));
+    }
+    let cc = CacheControl::from_resp_headers_named(TARGETED_CACHE_CONTROL, resp)
+        .or_else(|| CacheControl::from_resp_headers(resp));
+    if cc.as_ref().is_some_and(|c| c.no_store() || c.private()) {
+        return Err(NoCacheReason::OriginNotCache);
+    }
+    if authorization
+        && !cc
+            .as_ref()
+            .is_some_and(|c| c.allow_caching_authorized_req())
+    {
+        return Err(NoCacheReason::OriginNotCache);
+    }
+    let mut lifetime = match explicit_lifetime(cc.as_ref(), resp) {
+        Some(l) => l,
+        None if heuristically_cacheable(status) => rules
+            .default_ttl
+            .or_else(|| heuristic_lifetime(resp, now))
+            .ok_or(NoCacheReason::OriginNotCache)?,
+        None => return Err(NoCacheReason::OriginNotCache),
+    };
+    if cc.as_ref().is_some_and(|c| c.no_cache()) {
+        lifetime = Duration::ZERO;
+    }
+    if let Some(max) = rules.max_ttl {
+        lifetime = lifetime.min(max);
+    }
+    let strict = cc
+        .as_ref()
+        .is_some_and(|c| c.must_revalidate() || c.proxy_revalidate());
+    let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+    let (swr, sie) = if strict {
+        (0, 0)
+    } else {
+        (
+            cc.as_ref()
+                .and_then(|c| c.serve_stale_while_revalidate_duration())
+                .map_or(secs(rules.stale_while_revalidate), secs),
+            cc.as_ref()
+                .and_then(|c| c.serve_stale_if_error_duration())
+                .map_or(secs(rules.stale_if_error), secs),
+        )
+    };
+    let created = now.checked_sub(initial_age(resp, now)).unwrap_or(now);
+    let fresh_until = if lifetime.is_zero() {
+        created
+            .checked_sub(Duration::from_secs(1))
+            .unwrap_or(created)
+    } else {
+        created + lifetime
+    };
+    let mut stored = resp.clone();
+    if let Some(c) = cc.as_ref() {
+        c.strip_private_headers(&mut stored);
+    }
+    stored.remove_header(TARGETED_CACHE_CONTROL);
+    stored.remove_header(&http::header::AGE);
+    Ok(CacheMeta::new(fresh_until, created, swr, sie, stored))
+}
+
+/// The RFC 9211 `Cache-Status` value for a response.
+pub fn cache_status(
+    phase: pingora_cache::CachePhase,
+    ttl_left: Option<i64>,
+    stored: bool,
+    detail: Option<&str>,
+) -> String {
+    use pingora_cache::CachePhase as P;
+    let mut s = String::from("verge");
+    match phase {
+        P::Hit => {
+            s.push_str("; hit");
+            if let Some(t) = ttl_left {
+                s.push_str(&format!("; ttl={t}"));
+            }
+        }
+        P::Stale | P::StaleUpdating => {
+            s.push_str("; hit; fwd=stale");
+            if let Some(t) = ttl_left {
+                s.push_str(&format!("; ttl={t}"));
+            }
+        }
+        P::Miss => s.push_str("; fwd=uri-miss"),
+        P::Expired => s.push_str("; fwd=stale"),
+        P::Revalidated | P::RevalidatedNoCache(_) => s.push_str("; fwd=stale; fwd-status=304"),
+        _ => s.push_str("; fwd=bypass"),
+    }
+    if stored {
+        s.push_str("; stored");
+    }
+    if let Some(d) = detail {
+        s.push_str(&format!("; detail={d}"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> RouteCache {
+        RouteCache::default()
+    }
+
+    fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(status, None).expect("resp");
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).expect("header");
+        }
+        r
+    }
+
+    fn ttl(m: &CacheMeta, now: SystemTime) -> u64 {
+        m.fresh_until()
+            .duration_since(now)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    #[test]
+    fn freshness_precedence() {
+        let now = SystemTime::now();
+        let r = resp(200, &[("cache-control", "max-age=60, s-maxage=120")]);
+        assert_eq!(
+            ttl(&response_meta(&r, false, &rules(), now).expect("c"), now),
+            120
+        );
+        let r = resp(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("cdn-cache-control", "max-age=5"),
+            ],
+        );
+        let m = response_meta(&r, false, &rules(), now).expect("c");
+        assert_eq!(ttl(&m, now), 5);
+        assert!(m.headers().get("cdn-cache-control").is_none());
+    }
+
+    #[test]
+    fn never_stores_private_or_personal() {
+        let now = SystemTime::now();
+        for h in [
+            vec![("cache-control", "private, max-age=60")],
+            vec![("cache-control", "no-store")],
+            vec![("cache-control", "max-age=60"), ("set-cookie", "a=b")],
+            vec![("cache-control", "max-age=60"), ("vary", "*")],
+        ] {
+            assert!(
+                response_meta(&resp(200, &h), false, &rules(), now).is_err(),
+                "{h:?}"
+            );
+        }
+        for status in [500, 503, 400, 206] {
+            let r = resp(status, &[("cache-control", "max-age=60")]);
+            assert!(response_meta(&r, false, &rules(), now).is_err(), "{status}");
+        }
+        let r = resp(200, &[("cache-control", "max-age=60")]);
+        assert!(
+            response_meta(&r, true, &rules(), now).is_err(),
+            "authorized needs public"
+        );
+        let r = resp(200, &[("cache-control", "public, max-age=60")]);
+        assert!(response_meta(&r, true, &rules(), now).is_ok());
+    }
+
+    #[test]
+    fn defaults_heuristics_and_caps() {
+        let now = SystemTime::now();
+        assert!(response_meta(&resp(200, &[]), false, &rules(), now).is_err());
+        let with_default = RouteCache {
+            default_ttl: Some(Duration::from_secs(30)),
+            max_ttl: Some(Duration::from_secs(100)),
+            ..rules()
+        };
+        let m = response_meta(&resp(200, &[]), false, &with_default, now).expect("default");
+        assert_eq!(ttl(&m, now), 30);
+        assert!(response_meta(&resp(302, &[]), false, &with_default, now).is_err());
+        let r = resp(200, &[("cache-control", "max-age=1000")]);
+        assert_eq!(
+            ttl(
+                &response_meta(&r, false, &with_default, now).expect("c"),
+                now
+            ),
+            100
+        );
+        let lm = httpdate::fmt_http_date(now - Duration::from_secs(1000));
+        let d = httpdate::fmt_http_date(now);
+        let m = response_meta(
+            &resp(200, &[("last-modified", &lm), ("date", &d)]),
+            false,
+            &rules(),
+            now,
+        )
+        .expect("heuristic");
+        assert!((99..=100).contains(&ttl(&m, now)));
+    }
+
+    #[test]
+    fn upstream_age_counts() {
+        let now = SystemTime::now();
+        let r = resp(200, &[("cache-control", "max-age=100"), ("age", "40")]);
+        let m = response_meta(&r, false, &rules(), now).expect("c");
+        assert!((59..=60).contains(&ttl(&m, now)));
+        assert!(m.age() >= Duration::from_secs(40));
+    }
+
+    #[test]
+    fn no_cache_is_stored_but_stale() {
+        let now = SystemTime::now();
+        let r = resp(
+            200,
+            &[("cache-control", "no-cache, max-age=60"), ("etag", "\"x\"")],
+        );
+        let m = response_meta(&r, false, &rules(), now).expect("stored");
+        assert!(!m.is_fresh(now));
+    }
+
+    #[test]
+    fn request_bypass_rules() {
+        let mut req = RequestHeader::build("GET", b"/", None).expect("req");
+        assert_eq!(request_bypass(&req, &rules()), None);
+        req.insert_header("cookie", "sid=1").expect("h");
+        assert_eq!(request_bypass(&req, &rules()), Some(Bypass::Cookie));
+        let public = RouteCache {
+            public: true,
+            ..rules()
+        };
+        assert_eq!(request_bypass(&req, &public), None);
+        let post = RequestHeader::build("POST", b"/", None).expect("req");
+        assert_eq!(request_bypass(&post, &rules()), Some(Bypass::Method));
+    }
+}

@@ -1,0 +1,366 @@
+//! In-memory cache storage for pingora-cache: sharded, zero-copy body reads, byte-accounted
+//! (headers + body + per-entry overhead), with a per-object size cap. Eviction is driven by
+//! pingora's sharded LRU manager, which is fed the same byte sizes.
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use parking_lot::RwLock;
+use pingora_cache::key::{CacheHashKey, CacheKey, CompactCacheKey, HashBinary};
+use pingora_cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType, Storage,
+};
+use pingora_cache::trace::SpanHandle;
+use pingora_cache::CacheMeta;
+use pingora_error::{Error, ErrorType, Result};
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Bytes charged per entry on top of headers and body (map slot, Arc, meta buffers).
+pub const ENTRY_OVERHEAD: usize = 256;
+const SHARDS: usize = 64;
+
+/// One stored response: serialized meta and the whole body.
+struct Entry {
+    meta: (Vec<u8>, Vec<u8>),
+    body: Bytes,
+    size: usize,
+}
+
+type Shard = RwLock<HashMap<HashBinary, Arc<Entry>>>;
+
+/// The storage. `'static` (leaked once at startup) because pingora-cache requires it.
+pub struct MemoryStorage {
+    shards: Box<[Shard]>,
+    max_object_size: usize,
+    bytes: AtomicU64,
+    objects: AtomicU64,
+}
+
+impl MemoryStorage {
+    pub fn new(max_object_size: usize) -> Self {
+        MemoryStorage {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            max_object_size,
+            bytes: AtomicU64::new(0),
+            objects: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, key: &HashBinary) -> &Shard {
+        &self.shards[key[0] as usize % SHARDS]
+    }
+
+    /// Bytes currently charged to stored entries.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Number of stored entries.
+    pub fn objects(&self) -> u64 {
+        self.objects.load(Ordering::Relaxed)
+    }
+
+    fn insert(&self, key: HashBinary, entry: Entry) {
+        let size = entry.size as u64;
+        let old = self.shard(&key).write().insert(key, Arc::new(entry));
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        match old {
+            Some(old) => {
+                self.bytes.fetch_sub(old.size as u64, Ordering::Relaxed);
+            }
+            None => {
+                self.objects.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn remove(&self, key: &HashBinary) -> bool {
+        let old = self.shard(key).write().remove(key);
+        match old {
+            Some(old) => {
+                self.bytes.fetch_sub(old.size as u64, Ordering::Relaxed);
+                self.objects.fetch_sub(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn get(&self, key: &HashBinary) -> Option<Arc<Entry>> {
+        self.shard(key).read().get(key).cloned()
+    }
+}
+
+fn storage_error(context: &'static str, e: Box<Error>) -> Box<Error> {
+    Error::because(ErrorType::InternalError, context, e)
+}
+
+#[async_trait]
+impl Storage for MemoryStorage {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some(entry) = self.get(&key.combined_bin()) else {
+            return Ok(None);
+        };
+        let meta = CacheMeta::deserialize(&entry.meta.0, &entry.meta.1)
+            .map_err(|e| storage_error("stored meta is unreadable", e))?;
+        let hit = MemoryHit {
+            end: entry.body.len(),
+            body: entry.body.clone(),
+            pos: 0,
+            done: false,
+        };
+        Ok(Some((meta, Box::new(hit))))
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let meta = meta
+            .serialize()
+            .map_err(|e| storage_error("cannot serialize meta", e))?;
+        Ok(Box::new(MemoryMiss {
+            key: key.combined_bin(),
+            meta: Some(meta),
+            body: BytesMut::new(),
+            storage: self,
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let key: &CompactCacheKey = target.key();
+        Ok(if self.remove(&key.combined_bin()) {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let bin = key.combined_bin();
+        let Some(old) = self.get(&bin) else {
+            return Ok(false);
+        };
+        let meta = meta
+            .serialize()
+            .map_err(|e| storage_error("cannot serialize meta", e))?;
+        let size = entry_size(&meta, old.body.len());
+        self.insert(
+            bin,
+            Entry {
+                meta,
+                body: old.body.clone(),
+                size,
+            },
+        );
+        Ok(true)
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+fn entry_size(meta: &(Vec<u8>, Vec<u8>), body: usize) -> usize {
+    meta.0.len() + meta.1.len() + body + ENTRY_OVERHEAD
+}
+
+/// Reads a stored body without copying; supports ranges through `seek`.
+struct MemoryHit {
+    body: Bytes,
+    pos: usize,
+    end: usize,
+    done: bool,
+}
+
+#[async_trait]
+impl HandleHit for MemoryHit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done || self.pos >= self.end {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(self.body.slice(self.pos..self.end)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        let len = self.body.len();
+        let end = end.map_or(len, |e| e.min(len));
+        if start > end {
+            return Error::e_explain(ErrorType::InternalError, "seek start past end");
+        }
+        self.pos = start;
+        self.end = end;
+        self.done = false;
+        Ok(())
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        self.body.len() + ENTRY_OVERHEAD
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+/// Buffers a response body; the entry appears only when `finish` is called, so a writer that
+/// fails midway never leaves a truncated object behind.
+struct MemoryMiss {
+    key: HashBinary,
+    meta: Option<(Vec<u8>, Vec<u8>)>,
+    body: BytesMut,
+    storage: &'static MemoryStorage,
+}
+
+#[async_trait]
+impl HandleMiss for MemoryMiss {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        if self.body.len() + data.len() > self.storage.max_object_size {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "object larger than cache.max_object_size",
+            );
+        }
+        self.body.extend_from_slice(&data);
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        let Some(meta) = self.meta.take() else {
+            return Error::e_explain(ErrorType::InternalError, "miss finished twice");
+        };
+        let body = std::mem::take(&mut self.body).freeze();
+        let size = entry_size(&meta, body.len());
+        self.storage.insert(self.key, Entry { meta, body, size });
+        Ok(MissFinishType::Created(size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora_http::ResponseHeader;
+    use std::time::{Duration, SystemTime};
+
+    fn storage() -> &'static MemoryStorage {
+        Box::leak(Box::new(MemoryStorage::new(1024)))
+    }
+
+    fn meta() -> CacheMeta {
+        let now = SystemTime::now();
+        let header = ResponseHeader::build(200, None).expect("header");
+        CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header)
+    }
+
+    #[tokio::test]
+    async fn write_then_read_and_seek() {
+        let s = storage();
+        let key = CacheKey::new("k", "tag");
+        let span = pingora_cache::trace::Span::inactive().handle();
+        let mut miss = s
+            .get_miss_handler(&key, &meta(), &span)
+            .await
+            .expect("miss");
+        miss.write_body(Bytes::from_static(b"hello "), false)
+            .await
+            .expect("w");
+        miss.write_body(Bytes::from_static(b"world"), true)
+            .await
+            .expect("w");
+        miss.finish().await.expect("finish");
+        assert_eq!(s.objects(), 1);
+        assert!(s.bytes() > 11 + ENTRY_OVERHEAD as u64);
+        let (_, mut hit) = s.lookup(&key, &span).await.expect("lookup").expect("hit");
+        assert_eq!(
+            hit.read_body().await.expect("r").as_deref(),
+            Some(&b"hello world"[..])
+        );
+        assert_eq!(hit.read_body().await.expect("r"), None);
+        hit.seek(6, Some(8)).expect("seek");
+        assert_eq!(
+            hit.read_body().await.expect("r").as_deref(),
+            Some(&b"wo"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn unfinished_or_oversized_writes_store_nothing() {
+        let s = storage();
+        let span = pingora_cache::trace::Span::inactive().handle();
+        let key = CacheKey::new("dropped", "");
+        let mut miss = s
+            .get_miss_handler(&key, &meta(), &span)
+            .await
+            .expect("miss");
+        miss.write_body(Bytes::from_static(b"partial"), false)
+            .await
+            .expect("w");
+        drop(miss);
+        assert!(s.lookup(&key, &span).await.expect("lookup").is_none());
+        let key = CacheKey::new("big", "");
+        let mut miss = s
+            .get_miss_handler(&key, &meta(), &span)
+            .await
+            .expect("miss");
+        assert!(miss
+            .write_body(Bytes::from(vec![0u8; 2048]), true)
+            .await
+            .is_err());
+        assert_eq!(s.objects(), 0);
+    }
+
+    #[tokio::test]
+    async fn purge_and_update_meta_of_missing_key() {
+        let s = storage();
+        let span = pingora_cache::trace::Span::inactive().handle();
+        let key = CacheKey::new("absent", "");
+        assert!(!s.update_meta(&key, &meta(), &span).await.expect("update"));
+        let compact = key.to_compact();
+        let out = s
+            .purge(
+                PurgeTarget::Active(&compact),
+                PurgeType::Invalidation,
+                &span,
+            )
+            .await
+            .expect("purge");
+        assert_eq!(out, PurgeOutcome::NotFound);
+    }
+}

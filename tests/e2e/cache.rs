@@ -1,0 +1,273 @@
+//! The shared cache as a client and the origin see it: what is stored, for how long, what is
+//! never stored, variants, miss collapsing, stale serving, and `Cache-Status`/`Age`.
+
+use crate::harness::{client, eventually, Verge};
+use crate::origin::Origin;
+use std::time::Duration;
+
+async fn cached_verge(o: &Origin, route_cache: &str) -> Verge {
+    Verge::start(&format!(
+        "pools: {{p: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p, cache: {route_cache}}}]\n",
+        o.addr
+    ))
+    .await
+}
+
+struct Got {
+    status: u16,
+    cache_status: String,
+    age: Option<u64>,
+    body: String,
+}
+
+async fn fetch(v: &Verge, path: &str, headers: &[(&str, &str)]) -> Got {
+    let mut req = client().get(v.url(path)).header("host", "c.test");
+    for (k, val) in headers {
+        req = req.header(*k, *val);
+    }
+    let r = req.send().await.expect("request");
+    let h = r.headers();
+    let cache_status = h
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let age = h
+        .get("age")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    Got {
+        status: r.status().as_u16(),
+        cache_status,
+        age,
+        body: r.text().await.unwrap_or_default(),
+    }
+}
+
+#[tokio::test]
+async fn fresh_response_is_served_from_cache_with_age_and_cache_status() {
+    let o = Origin::start("o").await;
+    o.set_headers("/a", &[("cache-control", "public, max-age=60")]);
+    let v = cached_verge(&o, "{}").await;
+    let first = fetch(&v, "/a", &[]).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.cache_status, "verge; fwd=uri-miss; stored");
+    let second = fetch(&v, "/a", &[]).await;
+    assert!(
+        second.cache_status.starts_with("verge; hit; ttl="),
+        "{}",
+        second.cache_status
+    );
+    assert_eq!(second.body, first.body);
+    assert!(second.age.is_some(), "Age on a hit");
+    assert_eq!(o.hits("/a"), 1);
+    // HEAD shares GET's entry
+    let head = client()
+        .head(v.url("/a"))
+        .header("host", "c.test")
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(head.status(), 200);
+    assert_eq!(o.hits("/a"), 1);
+    // another host is another key
+    let other = client()
+        .get(v.url("/a"))
+        .header("host", "other.test")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(other.status(), 200);
+    assert_eq!(o.hits("/a"), 2);
+    let (_, metrics) = v.admin_get("/metrics").await;
+    assert!(metrics.contains("result=\"hit\""), "{metrics}");
+    assert!(metrics.contains("verge_cache_objects 2"), "{metrics}");
+}
+
+#[tokio::test]
+async fn personal_or_forbidden_responses_are_never_stored() {
+    let o = Origin::start("o").await;
+    o.set_headers(
+        "/cookie",
+        &[
+            ("cache-control", "max-age=60"),
+            ("set-cookie", "sid=secret"),
+        ],
+    );
+    o.set_headers("/private", &[("cache-control", "private, max-age=60")]);
+    o.set_headers("/nostore", &[("cache-control", "no-store")]);
+    o.set_headers(
+        "/vary-star",
+        &[("cache-control", "max-age=60"), ("vary", "*")],
+    );
+    o.set_headers("/none", &[]);
+    let v = cached_verge(&o, "{}").await;
+    for path in ["/cookie", "/private", "/nostore", "/vary-star", "/none"] {
+        for _ in 0..2 {
+            let g = fetch(&v, path, &[]).await;
+            assert_eq!(g.status, 200);
+            assert!(
+                !g.cache_status.contains("stored"),
+                "{path}: {}",
+                g.cache_status
+            );
+        }
+        assert_eq!(o.hits(path), 2, "{path} went to the origin both times");
+    }
+}
+
+#[tokio::test]
+async fn credentials_bypass_the_cache_unless_the_route_is_public() {
+    let o = Origin::start("o").await;
+    o.set_headers("/p", &[("cache-control", "max-age=60")]);
+    let v = cached_verge(&o, "{}").await;
+    fetch(&v, "/p", &[]).await;
+    let g = fetch(&v, "/p", &[("cookie", "sid=1")]).await;
+    assert_eq!(g.cache_status, "verge; fwd=bypass; detail=cookie");
+    let g = fetch(&v, "/p", &[("authorization", "Bearer x")]).await;
+    assert_eq!(g.cache_status, "verge; fwd=bypass; detail=authorization");
+    assert_eq!(o.hits("/p"), 3);
+    let public = cached_verge(&o, "{public: true}").await;
+    fetch(&public, "/p", &[("cookie", "sid=1")]).await;
+    let g = fetch(&public, "/p", &[("cookie", "sid=2")]).await;
+    assert!(g.cache_status.contains("hit"), "{}", g.cache_status);
+}
+
+#[tokio::test]
+async fn vary_keeps_variants_apart() {
+    let o = Origin::start("o").await;
+    o.set_headers(
+        "/v",
+        &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
+    );
+    let v = cached_verge(&o, "{}").await;
+    let en = fetch(&v, "/v", &[("accept-language", "en")]).await;
+    let fr = fetch(&v, "/v", &[("accept-language", "fr")]).await;
+    assert_ne!(en.body, fr.body);
+    assert_eq!(o.hits("/v"), 2);
+    let en2 = fetch(&v, "/v", &[("accept-language", "en")]).await;
+    let fr2 = fetch(&v, "/v", &[("accept-language", "fr")]).await;
+    assert_eq!((en2.body, fr2.body), (en.body, fr.body));
+    assert_eq!(o.hits("/v"), 2);
+}
+
+#[tokio::test]
+async fn expired_entries_are_fetched_again_and_default_ttl_applies() {
+    let o = Origin::start("o").await;
+    o.set_headers("/short", &[("cache-control", "max-age=1")]);
+    o.set_headers("/plain", &[]);
+    let v = cached_verge(&o, "{default_ttl: 60s}").await;
+    fetch(&v, "/short", &[]).await;
+    fetch(&v, "/short", &[]).await;
+    assert_eq!(o.hits("/short"), 1);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    fetch(&v, "/short", &[]).await;
+    assert_eq!(o.hits("/short"), 2);
+    fetch(&v, "/plain", &[]).await;
+    let g = fetch(&v, "/plain", &[]).await;
+    assert!(
+        g.cache_status.contains("hit"),
+        "default_ttl stores it: {}",
+        g.cache_status
+    );
+    assert_eq!(o.hits("/plain"), 1);
+}
+
+#[tokio::test]
+async fn concurrent_misses_cause_one_origin_fetch() {
+    let o = Origin::start("o").await;
+    o.set_headers("/cold", &[("cache-control", "max-age=60")]);
+    o.set_delay_ms(300);
+    let v = cached_verge(&o, "{}").await;
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let url = v.url("/cold");
+        tasks.push(tokio::spawn(async move {
+            client()
+                .get(url)
+                .header("host", "c.test")
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("join").expect("request"), 200);
+    }
+    assert_eq!(
+        o.hits("/cold"),
+        1,
+        "one origin fetch for 50 concurrent misses"
+    );
+}
+
+#[tokio::test]
+async fn an_uncacheable_answer_releases_waiters() {
+    let o = Origin::start("o").await;
+    o.set_headers("/priv", &[("cache-control", "private")]);
+    o.set_delay_ms(200);
+    let v = cached_verge(&o, "{}").await;
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let url = v.url("/priv");
+        tasks.push(tokio::spawn(async move {
+            client()
+                .get(url)
+                .header("host", "c.test")
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("join").expect("request"), 200);
+    }
+    // waiters are released when the first answer turns out uncacheable; nobody waits for the
+    // lock timeout (10 s)
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_stale_and_refreshes_in_background() {
+    let o = Origin::start("o").await;
+    o.set_headers(
+        "/swr",
+        &[("cache-control", "max-age=1, stale-while-revalidate=30")],
+    );
+    let v = cached_verge(&o, "{}").await;
+    let first = fetch(&v, "/swr", &[]).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    o.set_delay_ms(500);
+    let started = std::time::Instant::now();
+    let stale = fetch(&v, "/swr", &[]).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "served without waiting"
+    );
+    assert_eq!(stale.body, first.body);
+    assert!(
+        stale.cache_status.contains("fwd=stale"),
+        "{}",
+        stale.cache_status
+    );
+    let refreshed = eventually(Duration::from_secs(5), || async { o.hits("/swr") == 2 }).await;
+    assert!(refreshed, "background refresh reached the origin");
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_stale_when_the_origin_is_down() {
+    let o = Origin::start("o").await;
+    o.set_headers("/sie", &[("cache-control", "max-age=1, stale-if-error=60")]);
+    let v = cached_verge(&o, "{}").await;
+    let first = fetch(&v, "/sie", &[]).await;
+    o.stop();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let g = fetch(&v, "/sie", &[]).await;
+    assert_eq!(g.status, 200);
+    assert_eq!(g.body, first.body);
+}
