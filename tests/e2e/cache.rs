@@ -173,26 +173,36 @@ async fn expired_entries_are_fetched_again_and_default_ttl_applies() {
     assert_eq!(o.hits("/plain"), 1);
 }
 
+/// Send `n` GETs for `path` at once; returns their statuses.
+async fn concurrent_gets(v: &Verge, path: &str, n: usize) -> Vec<u16> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let url = v.url(path);
+            tokio::spawn(async move {
+                client()
+                    .get(url)
+                    .header("host", "c.test")
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.expect("join").expect("request"));
+    }
+    statuses
+}
+
 #[tokio::test]
 async fn concurrent_misses_cause_one_origin_fetch() {
     let o = Origin::start("o").await;
     o.set_headers("/cold", &[("cache-control", "max-age=60")]);
     o.set_delay_ms(300);
     let v = cached_verge(&o, "{}").await;
-    let mut tasks = Vec::new();
-    for _ in 0..50 {
-        let url = v.url("/cold");
-        tasks.push(tokio::spawn(async move {
-            client()
-                .get(url)
-                .header("host", "c.test")
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.expect("join").expect("request"), 200);
+    for status in concurrent_gets(&v, "/cold", 50).await {
+        assert_eq!(status, 200);
     }
     assert_eq!(
         o.hits("/cold"),
@@ -208,20 +218,8 @@ async fn an_uncacheable_answer_releases_waiters() {
     o.set_delay_ms(200);
     let v = cached_verge(&o, "{}").await;
     let started = std::time::Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..10 {
-        let url = v.url("/priv");
-        tasks.push(tokio::spawn(async move {
-            client()
-                .get(url)
-                .header("host", "c.test")
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.expect("join").expect("request"), 200);
+    for status in concurrent_gets(&v, "/priv", 10).await {
+        assert_eq!(status, 200);
     }
     // waiters are released when the first answer turns out uncacheable; nobody waits for the
     // lock timeout (10 s)
