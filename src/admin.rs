@@ -100,6 +100,12 @@ pub fn status_json(snapshot: &Snapshot) -> Value {
         "ready": snapshot.ready(),
         "routes": routes,
         "pools": pools,
+        "control": {
+            "policy_version": snapshot.control.position.policy_version,
+            "invalidation_seq": snapshot.control.position.seq,
+            "invalidations": snapshot.control.invalidations.len(),
+            "from_control_plane": snapshot.control.policy.is_some(),
+        },
     })
 }
 
@@ -122,6 +128,7 @@ impl ServeHttp for AdminApp {
             }
             "/metrics" => {
                 self.refresh_cache_gauges();
+                crate::control::poller::refresh_age_gauge();
                 reply(200, "text/plain; version=0.0.4", METRICS.render())
             }
             _ => reply(404, "text/plain", b"not found\n".to_vec()),

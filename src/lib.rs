@@ -25,6 +25,7 @@
 pub mod admin;
 pub mod cache;
 pub mod config;
+pub mod control;
 pub mod ingress;
 pub mod metrics;
 pub mod proxy;

@@ -31,6 +31,12 @@ enum Command {
         #[arg(short, long)]
         daemon: bool,
     },
+    /// Run the control plane (policy, invalidations, snapshots for nodes).
+    Control {
+        /// Control-plane config file.
+        #[arg(short, long, default_value = "conf/control.yaml")]
+        config: PathBuf,
+    },
     /// Validate a config file and list every error; starts nothing.
     Check {
         /// Config file.
@@ -60,6 +66,13 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Control { config } => match control(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("verge control: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Serve {
             config,
             upgrade,
@@ -72,6 +85,15 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn control(path: &std::path::Path) -> anyhow::Result<()> {
+    let settings = verge::control::settings::ControlSettings::load(path)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let listen = settings.listen;
+    let server = verge::server::build_control_server(settings).context("cannot start")?;
+    log::info!("verge control listening on {listen}");
+    server.run_forever()
 }
 
 fn serve(path: &std::path::Path, upgrade: bool, daemon: bool) -> anyhow::Result<()> {

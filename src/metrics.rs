@@ -42,6 +42,33 @@ pub struct Metrics {
     pub cache_objects: IntGauge,
     /// `verge_cache_evictions`: entries evicted to stay within `cache.memory` (since start).
     pub cache_evictions: IntGauge,
+    /// `verge_cache_invalidated_total{verdict}`: stored entries refused by an invalidation
+    /// (`hard`: refetched, `soft`: treated as stale).
+    pub cache_invalidated: IntCounterVec,
+    /// `verge_policy_version`: control-plane policy version this node serves (0: file config).
+    pub policy_version: IntGauge,
+    /// `verge_invalidation_seq`: last invalidation sequence this node applied.
+    pub invalidation_seq: IntGauge,
+    /// `verge_snapshot_age_seconds`: seconds since this node last heard from the control plane
+    /// that its snapshot is current (refreshed on scrape).
+    pub snapshot_age: IntGauge,
+    /// `verge_snapshot_applied_total{kind}`: snapshots swapped in (`full`, `delta`, `disk`).
+    pub snapshot_applied: IntCounterVec,
+    /// `verge_snapshot_rejected_total{reason}`: snapshots or polls refused (`unreachable`,
+    /// `http_status`, `decode`, `older`, `invalid_policy`, `invalid_invalidation`, `build`).
+    pub snapshot_rejected: IntCounterVec,
+    /// `verge_control_policy_version` (control plane): head policy version.
+    pub control_policy_version: IntGauge,
+    /// `verge_control_invalidation_seq` (control plane): head invalidation sequence.
+    pub control_invalidation_seq: IntGauge,
+    /// `verge_control_writes_total{kind,outcome}` (control plane): policy and purge writes.
+    pub control_writes: IntCounterVec,
+    /// `verge_control_node_seq_lag{node}` (control plane): invalidations a node has not applied.
+    pub control_node_seq_lag: IntGaugeVec,
+    /// `verge_control_node_policy_lag{node}` (control plane): policy versions a node is behind.
+    pub control_node_policy_lag: IntGaugeVec,
+    /// `verge_control_node_report_age_seconds{node}` (control plane): since the node's last report.
+    pub control_node_report_age: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -166,6 +193,73 @@ impl Metrics {
                 &registry,
                 "verge_cache_evictions",
                 "Entries evicted to stay within the memory budget, since start",
+            ),
+            cache_invalidated: counter(
+                &registry,
+                "verge_cache_invalidated_total",
+                "Stored entries refused by an invalidation, by verdict",
+                &["verdict"],
+            ),
+            policy_version: plain_gauge(
+                &registry,
+                "verge_policy_version",
+                "Control-plane policy version served (0: file config only)",
+            ),
+            invalidation_seq: plain_gauge(
+                &registry,
+                "verge_invalidation_seq",
+                "Last invalidation sequence applied",
+            ),
+            snapshot_age: plain_gauge(
+                &registry,
+                "verge_snapshot_age_seconds",
+                "Seconds since the control plane last confirmed this node's snapshot",
+            ),
+            snapshot_applied: counter(
+                &registry,
+                "verge_snapshot_applied_total",
+                "Snapshots swapped in, by kind",
+                &["kind"],
+            ),
+            snapshot_rejected: counter(
+                &registry,
+                "verge_snapshot_rejected_total",
+                "Snapshots or polls refused, by reason",
+                &["reason"],
+            ),
+            control_policy_version: plain_gauge(
+                &registry,
+                "verge_control_policy_version",
+                "Head policy version of the control plane",
+            ),
+            control_invalidation_seq: plain_gauge(
+                &registry,
+                "verge_control_invalidation_seq",
+                "Head invalidation sequence of the control plane",
+            ),
+            control_writes: counter(
+                &registry,
+                "verge_control_writes_total",
+                "Control-plane writes by kind and outcome",
+                &["kind", "outcome"],
+            ),
+            control_node_seq_lag: gauge(
+                &registry,
+                "verge_control_node_seq_lag",
+                "Invalidations a node has not applied yet",
+                &["node"],
+            ),
+            control_node_policy_lag: gauge(
+                &registry,
+                "verge_control_node_policy_lag",
+                "Policy versions a node is behind",
+                &["node"],
+            ),
+            control_node_report_age: gauge(
+                &registry,
+                "verge_control_node_report_age_seconds",
+                "Seconds since a node last reported what it applied",
+                &["node"],
             ),
             registry,
         }

@@ -3,6 +3,11 @@
 use crate::admin::AdminApp;
 use crate::cache::CacheEngine;
 use crate::config::{Config, ListenerSpec};
+use crate::control::api::ControlApi;
+use crate::control::plane::ControlPlane;
+use crate::control::poller::{publish_position, ControlPoller, PersistedSnapshot};
+use crate::control::settings::ControlSettings;
+use crate::control::store::FileStore;
 use crate::ingress::Ingress;
 use crate::metrics::METRICS;
 use crate::proxy::{EdgeProxy, ListenerInfo};
@@ -37,9 +42,36 @@ pub struct RunOptions {
     pub daemon: bool,
 }
 
+/// The snapshot a node starts from: with a `control:` block, the last good snapshot persisted
+/// on disk when there is one (so a restart with the control plane down serves what it had,
+/// invalidations included); otherwise the file config.
+fn starting_snapshot(config: &Config) -> Result<Snapshot, ServeError> {
+    if let Some(spec) = &config.control {
+        if spec.state_file.exists() {
+            match PersistedSnapshot::restore(&spec.state_file, config) {
+                Ok((restored, state)) => match Snapshot::build_with(&restored, None, state) {
+                    Ok(s) => {
+                        log::info!(
+                            "restored snapshot {} from {}",
+                            s.control.position,
+                            spec.state_file.display()
+                        );
+                        METRICS.snapshot_applied.with_label_values(&["disk"]).inc();
+                        publish_position(s.control.position);
+                        return Ok(s);
+                    }
+                    Err(e) => log::warn!("persisted snapshot unusable, using the file config: {e}"),
+                },
+                Err(e) => log::warn!("persisted snapshot unusable, using the file config: {e}"),
+            }
+        }
+    }
+    Ok(Snapshot::build(config, None)?)
+}
+
 /// Build the shared snapshot for a config and publish config metrics.
 pub fn initial_snapshot(config: &Config) -> Result<SharedSnapshot, ServeError> {
-    let snapshot = Snapshot::build(config, None)?;
+    let snapshot = starting_snapshot(config)?;
     METRICS
         .config_info
         .with_label_values(&[&config.version])
@@ -133,9 +165,45 @@ pub fn build_server(config: &Config, opts: RunOptions) -> Result<Server, ServeEr
     );
     admin.add_tcp(&config.admin.listen.to_string());
     server.add_service(admin);
+    if let Some(spec) = &config.control {
+        server.add_service(background_service(
+            "verge control poller",
+            ControlPoller::new(config.clone(), spec.clone(), snapshot.clone()),
+        ));
+    }
     server.add_service(background_service(
         "verge health checks",
         HealthService::new(snapshot),
     ));
     Ok(server)
+}
+
+/// Build the `verge control` server: the API on its listener, backed by the file store.
+pub fn build_control_server(settings: ControlSettings) -> Result<Server, ControlStartError> {
+    let store = FileStore::open(&settings.data_dir)?;
+    let listen = settings.listen.to_string();
+    let threads = settings.threads;
+    let plane = ControlPlane::open(settings, Box::new(store))?;
+    let conf = ServerConf {
+        threads,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    server.bootstrap();
+    let mut api = Service::new(
+        "verge control api".to_string(),
+        HttpServer::new_app(ControlApi::new(plane)),
+    );
+    api.add_tcp(&listen);
+    server.add_service(api);
+    Ok(server)
+}
+
+/// Why `verge control` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlStartError {
+    #[error(transparent)]
+    Store(#[from] crate::control::store::StoreError),
+    #[error(transparent)]
+    Plane(#[from] crate::control::plane::PlaneError),
 }

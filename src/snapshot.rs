@@ -1,6 +1,8 @@
 //! The one immutable value the hot path reads: routing table and pools, swapped whole via `ArcSwap`.
 
 use crate::config::{Config, RouteSpec};
+use crate::control::index::InvalidationIndex;
+use crate::control::wire::Position;
 use crate::proxy::route::RouteTable;
 use crate::upstream::pool::{Pool, PoolBuildError};
 use arc_swap::ArcSwap;
@@ -24,6 +26,21 @@ pub struct Snapshot {
     /// Routes in config order (for `/status`).
     pub routes: Vec<Arc<Route>>,
     pub pools: BTreeMap<String, Arc<Pool>>,
+    /// The config this snapshot was built from (file config, with a control-plane policy).
+    pub config: Arc<Config>,
+    /// What came from the control plane (defaults when the node runs from its file alone).
+    pub control: ControlState,
+}
+
+/// The control plane's part of a snapshot: its position, the policy document, invalidations.
+#[derive(Debug, Clone, Default)]
+pub struct ControlState {
+    pub position: Position,
+    /// The policy document in force (`None`: the file's pools and routes).
+    pub policy: Option<Arc<serde_json::Value>>,
+    pub invalidations: Arc<InvalidationIndex>,
+    /// How long applied invalidations are remembered.
+    pub retention: std::time::Duration,
 }
 
 /// The shared handle: readers `load()`, the writer `store()`s a whole new snapshot.
@@ -33,6 +50,15 @@ impl Snapshot {
     /// Build a snapshot from a validated config. Pools whose spec did not change since
     /// `previous` are reused, so they keep their health state and upstream connections.
     pub fn build(config: &Config, previous: Option<&Snapshot>) -> Result<Snapshot, PoolBuildError> {
+        Self::build_with(config, previous, ControlState::default())
+    }
+
+    /// Build with the control plane's state (position, policy, invalidations) attached.
+    pub fn build_with(
+        config: &Config,
+        previous: Option<&Snapshot>,
+        control: ControlState,
+    ) -> Result<Snapshot, PoolBuildError> {
         let mut pools = BTreeMap::new();
         for (name, spec) in &config.pools {
             let reused = previous
@@ -67,6 +93,8 @@ impl Snapshot {
             table,
             routes,
             pools,
+            control,
+            config: Arc::new(config.clone()),
         })
     }
 

@@ -5,9 +5,12 @@ pub mod policy;
 pub mod storage;
 
 use crate::config::CacheSettings;
+use crate::control::index::{response_tags, InvalidationIndex, Verdict};
+use crate::metrics::METRICS;
 use pingora_cache::eviction::{lru, EvictionManager};
 use pingora_cache::key::HashBinary;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora_cache::ForcedFreshness;
 use pingora_cache::{CacheKey, CacheMeta, VarianceBuilder};
 use pingora_http::RequestHeader;
 use storage::MemoryStorage;
@@ -54,6 +57,35 @@ impl CacheEngine {
     /// Objects evicted so far to stay under the memory budget.
     pub fn evicted_items(&self) -> usize {
         self.eviction.evicted_items()
+    }
+}
+
+/// What the invalidation index says about a stored entry, as pingora's forced freshness:
+/// hard → treat as a miss (refetch, collapsed by the lock); soft → stale since the purge, so it
+/// is revalidated and SWR/SIE windows still apply.
+pub fn invalidation_override(
+    index: &InvalidationIndex,
+    host: &str,
+    path_query: &str,
+    meta: &CacheMeta,
+) -> Option<ForcedFreshness> {
+    if index.is_empty() {
+        return None;
+    }
+    let tags = response_tags(meta.headers(), &policy::TAG_HEADERS);
+    let fetched = policy::fetched_at(meta).unwrap_or_else(|| meta.created());
+    match index.verdict(host, path_query, tags, fetched) {
+        Verdict::Valid => None,
+        Verdict::Stale { since } => {
+            METRICS.cache_invalidated.with_label_values(&["soft"]).inc();
+            Some(ForcedFreshness::ForceExpiredServeStale {
+                expired_at: Some(since),
+            })
+        }
+        Verdict::Invalid => {
+            METRICS.cache_invalidated.with_label_values(&["hard"]).inc();
+            Some(ForcedFreshness::ForceMiss)
+        }
     }
 }
 

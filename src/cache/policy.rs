@@ -27,6 +27,14 @@ impl Bypass {
     }
 }
 
+/// Response headers carrying an entry's invalidation tags. Kept in the stored copy, removed from
+/// what clients see.
+pub static TAG_HEADERS: [http::HeaderName; 3] = [
+    http::HeaderName::from_static("surrogate-key"),
+    http::HeaderName::from_static("cache-tag"),
+    http::HeaderName::from_static("cache-groups"),
+];
+
 /// Decide whether a request may be answered from, or stored into, the shared cache.
 pub fn request_bypass(req: &RequestHeader, rules: &RouteCache) -> Option<Bypass> {
     if !matches!(req.method, http::Method::GET | http::Method::HEAD) {
@@ -111,6 +119,34 @@ fn initial_age(resp: &ResponseHeader, now: SystemTime) -> Duration {
         .and_then(|d| now.duration_since(d).ok())
         .unwrap_or(Duration::ZERO);
     age_value.max(apparent)
+}
+
+/// Stored with each entry (and never shown to clients): when its origin fetch started, in Unix
+/// milliseconds. `created` cannot serve, because the age correction from `Date` (one-second
+/// resolution) can move it before an invalidation the fetch actually followed.
+pub const FETCHED_AT: &str = "verge-fetched-at";
+
+/// Record when the fetch behind `meta` started.
+pub fn set_fetched_at(meta: &mut CacheMeta, started: SystemTime) {
+    let ms = started
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    // A decimal number is always a valid header value.
+    let _ = meta
+        .response_header_mut()
+        .insert_header(FETCHED_AT, ms.to_string());
+}
+
+/// When the fetch behind a stored entry started, if recorded.
+pub fn fetched_at(meta: &CacheMeta) -> Option<SystemTime> {
+    let ms: u64 = meta
+        .headers()
+        .get(FETCHED_AT)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
 }
 
 /// The targeted field verge obeys first (RFC 9213), then `Cache-Control`.

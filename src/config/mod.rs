@@ -94,9 +94,48 @@ impl Config {
         Self::from_yaml_str(&text).map_err(|e| e.in_file(path))
     }
 
+    /// The same config with its pools and routes replaced by a control plane's policy.
+    pub fn with_policy(&self, policy: &Policy) -> Config {
+        Config {
+            pools: policy.pools.clone(),
+            routes: policy.routes.clone(),
+            ..self.clone()
+        }
+    }
+
     /// The pool a route points at (validation guarantees it exists).
     pub fn pool(&self, name: &str) -> Option<&PoolSpec> {
         self.pools.get(name)
+    }
+}
+
+impl Policy {
+    /// Validate a policy document given as JSON (the control plane's wire format), with the same
+    /// rules a node applies to its config file.
+    pub fn from_json(value: &serde_json::Value) -> Result<Policy, ConfigErrors> {
+        let one = |message: String| {
+            ConfigErrors::new(vec![ConfigError {
+                path: String::new(),
+                message,
+            }])
+        };
+        if !value.is_object() {
+            return Err(one("a policy document must be a JSON object".into()));
+        }
+        let yaml = serde_yaml::to_value(value).map_err(|e| one(e.to_string()))?;
+        let raw: raw::RawPolicy = serde_yaml::from_value(yaml).map_err(|e| one(e.to_string()))?;
+        validate::validate_policy(raw).map_err(ConfigErrors::new)
+    }
+
+    /// Parse a policy document written as YAML (or JSON) text into its JSON form, without
+    /// validating it: what `verge policy push` sends.
+    pub fn document_from_text(text: &str) -> Result<serde_json::Value, ConfigErrors> {
+        serde_yaml::from_str::<serde_json::Value>(text).map_err(|e| {
+            ConfigErrors::new(vec![ConfigError {
+                path: String::new(),
+                message: e.to_string(),
+            }])
+        })
     }
 }
 

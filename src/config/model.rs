@@ -17,6 +17,30 @@ pub struct Config {
     pub pools: BTreeMap<String, PoolSpec>,
     pub routes: Vec<RouteSpec>,
     pub cache: CacheSettings,
+    /// Where policy and invalidations come from; `None` runs from this file alone.
+    pub control: Option<ControlSpec>,
+}
+
+/// The routing part of a config, which a control plane may own: pools and the routes to them.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub pools: BTreeMap<String, PoolSpec>,
+    pub routes: Vec<RouteSpec>,
+}
+
+/// A node's link to `verge control`.
+#[derive(Debug, Clone)]
+pub struct ControlSpec {
+    /// Base URL of the control plane, e.g. `http://127.0.0.1:9900`.
+    pub url: String,
+    /// This node's name in the control plane's `/v1/nodes`.
+    pub node_id: String,
+    /// Bearer token with the `read` scope, if the control plane requires one.
+    pub token: Option<String>,
+    /// Where the last good snapshot is persisted.
+    pub state_file: PathBuf,
+    /// How long one long-poll waits for news.
+    pub wait: Duration,
 }
 
 /// The shared cache: one memory budget for every route that caches.

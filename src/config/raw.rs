@@ -17,6 +17,29 @@ pub struct RawDocument {
     pub pools: Option<serde_yaml::Value>,
     pub routes: Option<serde_yaml::Value>,
     pub cache: Option<serde_yaml::Value>,
+    pub control: Option<serde_yaml::Value>,
+}
+
+/// A policy document as the control plane stores and serves it: the routing and pool part of a
+/// node config. Sections stay YAML values so every error is reported (see `RawDocument`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub upstream_defaults: Option<serde_yaml::Value>,
+    pub pools: Option<serde_yaml::Value>,
+    pub routes: Option<serde_yaml::Value>,
+}
+
+/// The node's `control:` block: where its policy and invalidations come from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawControl {
+    pub url: String,
+    pub node_id: Option<String>,
+    pub token_file: Option<String>,
+    pub token_env: Option<String>,
+    pub state_file: Option<String>,
+    pub wait: Option<ConfDuration>,
 }
 
 #[derive(Debug, Deserialize, Default)]

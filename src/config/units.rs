@@ -19,9 +19,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => 0.001,
         "m" => 60.0,
         "h" => 3600.0,
+        "d" => 86400.0,
         other => {
             return Err(format!(
-                "invalid duration unit {other:?} in {text:?}: use ms, s, m or h"
+                "invalid duration unit {other:?} in {text:?}: use ms, s, m, h or d"
             ))
         }
     };

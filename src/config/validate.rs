@@ -86,22 +86,17 @@ pub(super) fn validate_document(
 
     let listeners = validate_listeners(doc.listeners, admin.listen, &mut errs);
 
-    let defaults = doc
-        .upstream_defaults
-        .and_then(|v| errs.decode::<RawUpstreamDefaults>("upstream_defaults", v))
-        .unwrap_or_default();
-    let default_timeouts = merge_timeouts(
-        Timeouts::default(),
-        defaults.timeouts.as_ref(),
-        "upstream_defaults.timeouts",
-        &mut errs,
-    );
-
-    let mut declared_pools = HashSet::new();
-    let pools = validate_pools(doc.pools, default_timeouts, &mut declared_pools, &mut errs);
-    // Routes are checked against every declared pool, valid or not, so that one broken pool
-    // is reported once rather than again for each route that uses it.
-    let routes = validate_routes(doc.routes, &declared_pools, &mut errs);
+    let control = doc
+        .control
+        .and_then(|v| errs.decode::<RawControl>("control", v))
+        .and_then(|c| validate_control(c, &mut errs));
+    // A node fed by a control plane may start without any routes of its own.
+    let policy_optional = control.is_some() && doc.pools.is_none() && doc.routes.is_none();
+    let (pools, routes) = if policy_optional {
+        (BTreeMap::new(), Vec::new())
+    } else {
+        validate_policy_sections(doc.upstream_defaults, doc.pools, doc.routes, &mut errs)
+    };
 
     let cache = doc
         .cache
@@ -118,10 +113,119 @@ pub(super) fn validate_document(
             listeners,
             pools,
             routes,
+            control,
         })
     } else {
         Err(errs.0)
     }
+}
+
+/// Validate a policy document (what `verge control` stores) with the node's own rules.
+pub(super) fn validate_policy(raw: RawPolicy) -> Result<Policy, Vec<ConfigError>> {
+    let mut errs = Errors::default();
+    let (pools, routes) =
+        validate_policy_sections(raw.upstream_defaults, raw.pools, raw.routes, &mut errs);
+    if errs.0.is_empty() {
+        Ok(Policy { pools, routes })
+    } else {
+        Err(errs.0)
+    }
+}
+
+/// The sections a node config and a policy document share: defaults, pools and routes.
+fn validate_policy_sections(
+    upstream_defaults: Option<serde_yaml::Value>,
+    pools: Option<serde_yaml::Value>,
+    routes: Option<serde_yaml::Value>,
+    errs: &mut Errors,
+) -> (BTreeMap<String, PoolSpec>, Vec<RouteSpec>) {
+    let defaults = upstream_defaults
+        .and_then(|v| errs.decode::<RawUpstreamDefaults>("upstream_defaults", v))
+        .unwrap_or_default();
+    let default_timeouts = merge_timeouts(
+        Timeouts::default(),
+        defaults.timeouts.as_ref(),
+        "upstream_defaults.timeouts",
+        errs,
+    );
+    let mut declared_pools = HashSet::new();
+    let pools = validate_pools(pools, default_timeouts, &mut declared_pools, errs);
+    // Routes are checked against every declared pool, valid or not, so that one broken pool
+    // is reported once rather than again for each route that uses it.
+    let routes = validate_routes(routes, &declared_pools, errs);
+    (pools, routes)
+}
+
+fn validate_control(raw: RawControl, errs: &mut Errors) -> Option<ControlSpec> {
+    let before = errs.0.len();
+    let url = raw.url.trim_end_matches('/').to_string();
+    match url.parse::<http::Uri>() {
+        Ok(u) if u.scheme_str() == Some("http") || u.scheme_str() == Some("https") => {
+            if u.host().is_none() {
+                errs.push("control.url", format!("{url:?} has no host"));
+            }
+        }
+        _ => errs.push(
+            "control.url",
+            format!("{url:?} is not an http:// or https:// URL"),
+        ),
+    }
+    let node_id = raw.node_id.unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "verge-node".into())
+    });
+    if !valid_name(&node_id) {
+        errs.push(
+            "control.node_id",
+            "use letters, digits, '-', '_' and '.' only (at most 128)",
+        );
+    }
+    let token = match (raw.token_file, raw.token_env) {
+        (Some(_), Some(_)) => {
+            errs.push("control", "set token_file or token_env, not both");
+            None
+        }
+        (Some(file), None) => match std::fs::read_to_string(&file) {
+            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            Ok(_) => {
+                errs.push("control.token_file", format!("{file:?} is empty"));
+                None
+            }
+            Err(e) => {
+                errs.push("control.token_file", format!("cannot read {file:?}: {e}"));
+                None
+            }
+        },
+        (None, Some(var)) => match std::env::var(&var) {
+            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            _ => {
+                errs.push(
+                    "control.token_env",
+                    format!("environment variable {var} is not set"),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    let wait = raw.wait.map_or(Duration::from_secs(30), |d| d.0);
+    if wait.is_zero() || wait > Duration::from_secs(300) {
+        errs.push("control.wait", "must be between 1ms and 300s");
+    }
+    let state_file = raw
+        .state_file
+        .unwrap_or_else(|| format!("/var/lib/verge/{node_id}.snapshot.json"))
+        .into();
+    (errs.0.len() == before).then_some(ControlSpec {
+        url,
+        node_id,
+        token,
+        state_file,
+        wait,
+    })
 }
 
 fn validate_cache(raw: RawCache, errs: &mut Errors) -> CacheSettings {

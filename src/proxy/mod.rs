@@ -11,7 +11,8 @@ use crate::snapshot::{Route, SharedSnapshot};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_cache::{
-    key::HashBinary, CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, RespCacheable,
+    key::HashBinary, CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness,
+    HitHandler, RespCacheable,
 };
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
@@ -66,6 +67,9 @@ pub struct RequestCtx {
     /// Backends tried so far (in order); the last one is the current one.
     pub tried: Vec<SocketAddr>,
     pub upstream_sent_at: Option<Instant>,
+    /// When the origin request was sent (wall clock): the stored entry's `created`, which
+    /// invalidations are compared against.
+    pub fetch_started: Option<std::time::SystemTime>,
     /// Why verge answered with an error itself, for the response body.
     pub failure: Option<String>,
     /// Why a cached route skipped the cache for this request.
@@ -247,15 +251,41 @@ impl ProxyHttp for EdgeProxy {
             .req_header()
             .headers
             .contains_key(http::header::AUTHORIZATION);
+        // Ages count from when the request went out (RFC 9111 §4.2.3 `request_time`), which
+        // is also what invalidations compare against (design invariant 2).
+        let fetch_started = ctx.fetch_started.unwrap_or_else(std::time::SystemTime::now);
         Ok(
-            match policy::response_meta(resp, auth, &rules, std::time::SystemTime::now()) {
-                Ok(meta) => {
+            match policy::response_meta(resp, auth, &rules, fetch_started) {
+                Ok(mut meta) => {
                     ctx.stored = true;
+                    policy::set_fetched_at(&mut meta, fetch_started);
                     RespCacheable::Cacheable(meta)
                 }
                 Err(reason) => RespCacheable::Uncacheable(reason),
             },
         )
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        _is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        let snapshot = self.snapshot.load();
+        let pq = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str());
+        Ok(crate::cache::invalidation_override(
+            &snapshot.control.invalidations,
+            &ctx.host,
+            pq,
+            meta,
+        ))
     }
 
     fn should_serve_stale(
@@ -379,6 +409,7 @@ impl ProxyHttp for EdgeProxy {
         }
         headers::apply_request_ops(upstream, &route.spec.request_headers)?;
         ctx.upstream_sent_at = Some(Instant::now());
+        ctx.fetch_started = Some(std::time::SystemTime::now());
         Ok(())
     }
 
@@ -404,6 +435,10 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         resp.remove_header(policy::TARGETED_CACHE_CONTROL);
+        for name in &policy::TAG_HEADERS {
+            resp.remove_header(name);
+        }
+        resp.remove_header(policy::FETCHED_AT);
         if let Some(route) = ctx.route.as_ref() {
             if route.spec.cache.is_some() {
                 let phase = session.cache.phase();

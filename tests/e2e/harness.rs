@@ -18,11 +18,24 @@ pub struct Verge {
     child: Child,
     pub http: SocketAddr,
     pub admin: SocketAddr,
+    config: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 pub fn verge_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_verge"))
+}
+
+/// Start the verge binary with `args` followed by `config`, stderr captured.
+pub fn spawn_verge(args: &[&str], config: &std::path::Path) -> Child {
+    Command::new(verge_bin())
+        .args(args)
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn verge")
 }
 
 impl Verge {
@@ -44,25 +57,27 @@ impl Verge {
             "server:\n  threads: 2\n  grace_period: 0s\n  graceful_shutdown_timeout: 1s\n  pid_file: {d}/verge.pid\n  upgrade_sock: {d}/upgrade.sock\nadmin:\n  listen: \"{admin}\"\n{listeners}{body}",
             d = dir.path().display(),
         )
-        .replace("{http}", &http.to_string());
+        .replace("{http}", &http.to_string())
+        .replace("{dir}", &dir.path().display().to_string());
         let path = dir.path().join("verge.yaml");
         std::fs::write(&path, yaml).expect("write config");
-        let child = Command::new(verge_bin())
-            .args(["serve", "-c"])
-            .arg(&path)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn verge");
         let mut v = Verge {
-            child,
+            child: spawn_verge(&["serve", "-c"], &path),
             http,
             admin,
+            config: path,
             _dir: dir,
         };
         v.wait_ready().await;
         v
+    }
+
+    /// Kill the process and start it again with the same config, ports and state directory.
+    pub async fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_verge(&["serve", "-c"], &self.config);
+        self.wait_ready().await;
     }
 
     async fn wait_ready(&mut self) {

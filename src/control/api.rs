@@ -1,0 +1,544 @@
+//! The control plane's HTTP JSON API (`/v1/...`), with bearer-token scopes, on Pingora's HTTP app.
+
+use super::plane::{ControlPlane, InvalidationRequest, PlaneError};
+use super::settings::{Scope, Token};
+use super::wire::{unix_ms, AppliedReport, InvalidationKind, Position};
+use crate::config::units::parse_duration;
+use crate::metrics::METRICS;
+use async_trait::async_trait;
+use http::{header, HeaderValue, Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Serves the control-plane API for one `ControlPlane`.
+pub struct ControlApi {
+    plane: Arc<ControlPlane>,
+}
+
+impl ControlApi {
+    pub fn new(plane: Arc<ControlPlane>) -> Self {
+        ControlApi { plane }
+    }
+}
+
+/// A parsed request: what the handlers need, nothing else.
+#[derive(Debug, Default)]
+pub struct ApiRequest {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub authorization: Option<String>,
+    pub if_match: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// A reply before it becomes an HTTP response.
+#[derive(Debug)]
+pub struct ApiReply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub content_type: &'static str,
+    pub etag: Option<u64>,
+    pub retry_after: Option<u64>,
+    pub www_authenticate: bool,
+}
+
+impl ApiReply {
+    fn json(status: u16, v: Value) -> ApiReply {
+        let mut body = serde_json::to_vec_pretty(&v).unwrap_or_default();
+        body.push(b'\n');
+        ApiReply {
+            status,
+            body,
+            content_type: "application/json",
+            etag: None,
+            retry_after: None,
+            www_authenticate: false,
+        }
+    }
+
+    fn error(status: u16, message: impl Into<String>) -> ApiReply {
+        ApiReply::json(status, json!({ "error": message.into() }))
+    }
+
+    fn with_etag(mut self, v: u64) -> ApiReply {
+        self.etag = Some(v);
+        self
+    }
+}
+
+fn plane_error(e: PlaneError) -> ApiReply {
+    match e {
+        PlaneError::Conflict { current, given } => ApiReply::json(
+            412,
+            json!({"error": format!("version {given} is not current"), "current_version": current}),
+        )
+        .with_etag(current),
+        PlaneError::PreconditionRequired => ApiReply::error(
+            428,
+            "send If-Match with the version you read (0 before the first policy)",
+        ),
+        PlaneError::Invalid(errs) => ApiReply::json(
+            422,
+            json!({
+                "error": "invalid policy",
+                "errors": errs.errors.iter().map(|e| json!({"path": e.path, "message": e.message})).collect::<Vec<_>>(),
+            }),
+        ),
+        PlaneError::BadRequest(m) => ApiReply::error(400, m),
+        PlaneError::NotFound(m) => ApiReply::error(404, m),
+        PlaneError::RateLimited { retry_after_secs } => {
+            let mut r = ApiReply::error(
+                429,
+                format!("purge rate limit exceeded; retry in {retry_after_secs}s"),
+            );
+            r.retry_after = Some(retry_after_secs);
+            r
+        }
+        PlaneError::Store(e) => {
+            log::error!("control store: {e}");
+            ApiReply::error(503, format!("store failed, nothing was written: {e}"))
+        }
+    }
+}
+
+/// Compare secrets without an early exit on the first differing byte.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// The token a request presents, or the reply refusing it.
+fn authenticate<'a>(
+    tokens: &'a [Token],
+    authorization: Option<&str>,
+) -> Result<&'a Token, ApiReply> {
+    let unauthorized = || {
+        let mut r = ApiReply::error(401, "missing or unknown bearer token");
+        r.www_authenticate = true;
+        r
+    };
+    let presented = authorization
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(unauthorized)?;
+    tokens
+        .iter()
+        .find(|t| same_secret(&t.secret, presented))
+        .ok_or_else(unauthorized)
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// `If-Match: "7"`, `W/"7"` or `7` → 7.
+fn parse_if_match(v: &str) -> Option<u64> {
+    v.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .ok()
+}
+
+/// A policy body: JSON, or YAML text (JSON is YAML too).
+fn parse_document(body: &[u8]) -> Result<Value, ApiReply> {
+    let text = std::str::from_utf8(body).map_err(|_| ApiReply::error(400, "body is not UTF-8"))?;
+    crate::config::Policy::document_from_text(text)
+        .map_err(|e| ApiReply::error(400, format!("body is not a JSON or YAML document: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeBody {
+    kind: Option<InvalidationKind>,
+    target: Option<String>,
+    targets: Option<Vec<String>>,
+    #[serde(default)]
+    soft: bool,
+    confirm: Option<String>,
+    invalidations: Option<Vec<PurgeItem>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeItem {
+    kind: InvalidationKind,
+    #[serde(default)]
+    target: String,
+    #[serde(default)]
+    soft: bool,
+}
+
+/// Turn any of the accepted purge bodies into requests. `all` needs `"confirm": "all"`.
+fn purge_requests(body: &[u8]) -> Result<Vec<InvalidationRequest>, ApiReply> {
+    let b: PurgeBody = serde_json::from_slice(body)
+        .map_err(|e| ApiReply::error(400, format!("invalid purge body: {e}")))?;
+    let mut out = Vec::new();
+    match (b.kind, b.invalidations) {
+        (Some(kind), None) => {
+            let targets = match (b.target, b.targets) {
+                (Some(t), None) => vec![t],
+                (None, Some(ts)) => ts,
+                (None, None) if kind == InvalidationKind::All => vec![String::new()],
+                _ => return Err(ApiReply::error(400, "give either target or targets")),
+            };
+            out.extend(targets.into_iter().map(|target| InvalidationRequest {
+                kind,
+                target,
+                soft: b.soft,
+            }));
+        }
+        (None, Some(items)) => out.extend(items.into_iter().map(|i| InvalidationRequest {
+            kind: i.kind,
+            target: i.target,
+            soft: i.soft,
+        })),
+        _ => {
+            return Err(ApiReply::error(
+                400,
+                "give kind (+ target/targets) or invalidations",
+            ))
+        }
+    }
+    if out.iter().any(|r| r.kind == InvalidationKind::All) && b.confirm.as_deref() != Some("all") {
+        return Err(ApiReply::error(400, "kind all needs \"confirm\": \"all\""));
+    }
+    Ok(out)
+}
+
+fn policy_json(p: &super::store::PolicyVersion) -> Value {
+    json!({
+        "version": p.version,
+        "written_ms": p.written_ms,
+        "author": p.author,
+        "rollback_of": p.rollback_of,
+        "policy": p.document,
+    })
+}
+
+impl ControlApi {
+    /// Answer one request (the HTTP layer only reads and writes bytes around this).
+    pub async fn handle(&self, req: &ApiRequest) -> ApiReply {
+        let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+        let method = req.method.as_str();
+        match (method, segments.as_slice()) {
+            ("GET", ["healthz"]) => return ApiReply::json(200, json!({"ok": true})),
+            ("GET", ["metrics"]) => {
+                self.plane.nodes();
+                let mut r = ApiReply::json(200, Value::Null);
+                r.body = METRICS.render();
+                r.content_type = "text/plain; version=0.0.4";
+                return r;
+            }
+            _ => {}
+        }
+        let token = if self.plane.settings.insecure_no_auth && self.plane.settings.tokens.is_empty()
+        {
+            None
+        } else {
+            match authenticate(&self.plane.settings.tokens, req.authorization.as_deref()) {
+                Ok(t) => Some(t),
+                Err(reply) => return reply,
+            }
+        };
+        let who = token.map_or("anonymous", |t| t.name.as_str());
+        let need = |scope: Scope| -> Result<(), ApiReply> {
+            match token {
+                Some(t) if !t.scopes.contains(&scope) => Err(ApiReply::error(
+                    403,
+                    format!("token {:?} lacks the {} scope", t.name, scope.as_str()),
+                )),
+                _ => Ok(()),
+            }
+        };
+        let result = match (method, segments.as_slice()) {
+            ("GET", ["v1", "policy"]) => need(Scope::Read).map(|()| match self.plane.policy() {
+                Some(p) => ApiReply::json(200, policy_json(&p)).with_etag(p.version),
+                None => ApiReply::json(200, json!({"version": 0, "policy": null})).with_etag(0),
+            }),
+            ("PUT", ["v1", "policy"]) => match need(Scope::PolicyWrite).and_then(|()| parse_document(&req.body)) {
+                Err(r) => Err(r),
+                Ok(doc) => {
+                    let if_match = req.if_match.as_deref().and_then(parse_if_match);
+                    match self.plane.put_policy(doc, if_match, who) {
+                        Ok(p) => Ok(ApiReply::json(200, json!({"version": p.version})).with_etag(p.version)),
+                        Err(e) => Err(plane_error(e)),
+                    }
+                }
+            },
+            ("GET", ["v1", "policy", "history"]) => need(Scope::Read).map(|()| {
+                let versions: Vec<Value> = self
+                    .plane
+                    .history()
+                    .iter()
+                    .map(|p| json!({"version": p.version, "written_ms": p.written_ms, "author": p.author, "rollback_of": p.rollback_of}))
+                    .collect();
+                ApiReply::json(200, json!({ "versions": versions }))
+            }),
+            ("GET", ["v1", "policy", "versions", v]) => need(Scope::Read).and_then(|()| {
+                let p = v
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(|v| self.plane.policy_version(v))
+                    .ok_or_else(|| ApiReply::error(404, format!("policy version {v} is not kept")))?;
+                Ok(ApiReply::json(200, policy_json(&p)).with_etag(p.version))
+            }),
+            ("POST", ["v1", "policy", "rollback"]) => need(Scope::PolicyWrite).and_then(|()| {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Rollback {
+                    version: u64,
+                }
+                let body: Rollback = serde_json::from_slice(&req.body)
+                    .map_err(|e| ApiReply::error(400, format!("expected {{\"version\": N}}: {e}")))?;
+                let if_match = req.if_match.as_deref().and_then(parse_if_match);
+                let p = self.plane.rollback(body.version, if_match, who).map_err(plane_error)?;
+                Ok(ApiReply::json(200, json!({"version": p.version, "rollback_of": body.version})).with_etag(p.version))
+            }),
+            ("POST", ["v1", "invalidations"]) => purge_requests(&req.body).and_then(|requests| {
+                need(Scope::Purge)?;
+                if requests.iter().any(|r| r.kind == InvalidationKind::All) {
+                    need(Scope::PurgeAll)?;
+                }
+                let accepted = self.plane.invalidate(&requests, who).map_err(plane_error)?;
+                let seq = accepted.iter().map(|a| a.seq).max().unwrap_or(0);
+                Ok(ApiReply::json(
+                    202,
+                    json!({
+                        "seq": seq,
+                        "seqs": accepted.iter().map(|a| a.seq).collect::<Vec<_>>(),
+                        "coalesced": accepted.iter().map(|a| a.coalesced).collect::<Vec<_>>(),
+                    }),
+                ))
+            }),
+            ("GET", ["v1", "invalidations"]) => need(Scope::Read).and_then(|()| {
+                let after = match query_param(&req.query, "after") {
+                    None => 0,
+                    Some(v) => v.parse().map_err(|_| ApiReply::error(400, "after must be a number"))?,
+                };
+                Ok(ApiReply::json(200, json!({"invalidations": self.plane.invalidations_after(after)})))
+            }),
+            ("GET", ["v1", "snapshot"]) => match need(Scope::Read) {
+                Err(r) => Err(r),
+                Ok(()) => self.snapshot(req).await,
+            },
+            ("POST", ["v1", "nodes", id, "applied"]) => need(Scope::Read).and_then(|()| {
+                if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                    return Err(ApiReply::error(400, "node id: letters, digits, '-', '_', '.'"));
+                }
+                let report: AppliedReport = serde_json::from_slice(&req.body)
+                    .map_err(|e| ApiReply::error(400, format!("invalid report: {e}")))?;
+                self.plane.report(id, report);
+                Ok(ApiReply::json(200, json!({"ok": true})))
+            }),
+            ("GET", ["v1", "nodes"]) => need(Scope::Read).map(|()| {
+                let (head, nodes) = self.plane.nodes();
+                let now = unix_ms(SystemTime::now());
+                let list: Vec<Value> = nodes
+                    .iter()
+                    .map(|(id, n)| {
+                        let reported_ms = unix_ms(n.reported);
+                        json!({
+                            "node": id,
+                            "policy_version": n.applied.policy_version,
+                            "seq": n.applied.seq,
+                            "applied_at_ms": n.applied.applied_at_ms,
+                            "reported_ms": reported_ms,
+                            "report_age_ms": now.saturating_sub(reported_ms),
+                            "policy_lag": head.policy_version.saturating_sub(n.applied.policy_version),
+                            "seq_lag": head.seq.saturating_sub(n.applied.seq),
+                            "current": n.applied.policy_version == head.policy_version && n.applied.seq == head.seq,
+                        })
+                    })
+                    .collect();
+                ApiReply::json(200, json!({"head": {"policy_version": head.policy_version, "seq": head.seq}, "nodes": list}))
+            }),
+            (_, ["v1", ..]) | (_, ["healthz"]) | (_, ["metrics"]) => {
+                Err(ApiReply::error(405, format!("{method} is not allowed on {}", req.path)))
+            }
+            _ => Err(ApiReply::error(404, format!("no such endpoint {}", req.path))),
+        };
+        result.unwrap_or_else(|r| r)
+    }
+
+    async fn snapshot(&self, req: &ApiRequest) -> Result<ApiReply, ApiReply> {
+        let after = match query_param(&req.query, "after") {
+            None | Some("") => None,
+            Some(v) => Some(v.parse::<Position>().map_err(|e| ApiReply::error(400, e))?),
+        };
+        let wait = match query_param(&req.query, "wait") {
+            None | Some("") => Duration::ZERO,
+            Some(v) => parse_duration(v).map_err(|e| ApiReply::error(400, e))?,
+        };
+        match self.plane.wait_snapshot(after, wait).await {
+            Some(msg) => Ok(ApiReply::json(
+                200,
+                serde_json::to_value(&msg).unwrap_or(Value::Null),
+            )),
+            None => {
+                let mut r = ApiReply::json(204, Value::Null);
+                r.body.clear();
+                Ok(r)
+            }
+        }
+    }
+}
+
+fn into_response(reply: ApiReply) -> Response<Vec<u8>> {
+    let len = reply.body.len();
+    let mut resp = Response::new(reply.body);
+    *resp.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = resp.headers_mut();
+    if reply.status != 204 {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(reply.content_type),
+        );
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(v) = reply.etag {
+        if let Ok(v) = HeaderValue::from_str(&format!("\"{v}\"")) {
+            h.insert(header::ETAG, v);
+        }
+    }
+    if let Some(s) = reply.retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    if reply.www_authenticate {
+        h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    resp
+}
+
+#[async_trait]
+impl ServeHttp for ControlApi {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let head = session.req_header();
+        let header_text = |name: header::HeaderName| {
+            head.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let mut req = ApiRequest {
+            method: head.method.as_str().to_string(),
+            path: head.uri.path().to_string(),
+            query: head.uri.query().unwrap_or("").to_string(),
+            authorization: header_text(header::AUTHORIZATION),
+            if_match: header_text(header::IF_MATCH),
+            body: Vec::new(),
+        };
+        let limit = self.plane.settings.max_body;
+        let declared = head
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            session.set_keepalive(None);
+            return into_response(ApiReply::error(
+                413,
+                format!("body larger than {limit} bytes"),
+            ));
+        }
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if req.body.len() + chunk.len() > limit {
+                        session.set_keepalive(None);
+                        return into_response(ApiReply::error(
+                            413,
+                            format!("body larger than {limit} bytes"),
+                        ));
+                    }
+                    req.body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    session.set_keepalive(None);
+                    return into_response(ApiReply::error(400, format!("cannot read body: {e}")));
+                }
+            }
+        }
+        into_response(self.handle(&req).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purge_bodies() {
+        let one = purge_requests(br#"{"kind":"url","target":"a.com/x"}"#).unwrap();
+        assert_eq!(one.len(), 1);
+        assert!(!one[0].soft);
+        let many = purge_requests(br#"{"kind":"tag","targets":["a","b"],"soft":true}"#).unwrap();
+        assert_eq!(many.len(), 2);
+        assert!(many[1].soft);
+        let mixed = purge_requests(
+            br#"{"invalidations":[{"kind":"host","target":"a.com"},{"kind":"prefix","target":"b.com/x"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(mixed[1].kind, InvalidationKind::Prefix);
+        assert_eq!(
+            purge_requests(br#"{"kind":"all"}"#).unwrap_err().status,
+            400
+        );
+        assert_eq!(
+            purge_requests(br#"{"kind":"all","confirm":"all"}"#)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            purge_requests(br#"{"kind":"url"}"#).unwrap_err().status,
+            400
+        );
+        assert_eq!(
+            purge_requests(br#"{"kind":"nope","target":"x"}"#)
+                .unwrap_err()
+                .status,
+            400
+        );
+    }
+
+    #[test]
+    fn tokens_and_headers() {
+        let tokens = vec![Token {
+            name: "ops".into(),
+            secret: "s3cret-s3cret-s3cret".into(),
+            scopes: [Scope::Read].into_iter().collect(),
+        }];
+        assert!(authenticate(&tokens, Some("Bearer s3cret-s3cret-s3cret")).is_ok());
+        assert_eq!(
+            authenticate(&tokens, Some("Bearer nope"))
+                .unwrap_err()
+                .status,
+            401
+        );
+        assert_eq!(authenticate(&tokens, None).unwrap_err().status, 401);
+        assert_eq!(parse_if_match("\"7\""), Some(7));
+        assert_eq!(parse_if_match("W/\"7\""), Some(7));
+        assert_eq!(parse_if_match("x"), None);
+        assert_eq!(query_param("after=1.2&wait=5s", "wait"), Some("5s"));
+        assert_eq!(query_param("after", "after"), Some(""));
+    }
+}

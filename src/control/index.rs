@@ -1,0 +1,344 @@
+//! The node's invalidation index: latest hard/soft invalidation time per URL, prefix, host, tag.
+//!
+//! A lookup costs a few hash probes (plus one per byte of the longest prefix purged on that
+//! host), however long the invalidation log is: there is no ban list to scan.
+
+use super::wire::{from_unix_ms, parse_target, unix_ms, Invalidation, Target};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+/// The latest hard and soft invalidation times recorded for one target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Mark {
+    hard: Option<SystemTime>,
+    soft: Option<SystemTime>,
+}
+
+impl Mark {
+    fn record(&mut self, soft: bool, at: SystemTime) {
+        let slot = if soft { &mut self.soft } else { &mut self.hard };
+        *slot = Some(slot.map_or(at, |t| t.max(at)));
+    }
+
+    /// What this mark says about an entry whose origin fetch started at `created`.
+    fn verdict(&self, created: SystemTime) -> Verdict {
+        if self.hard.is_some_and(|t| created < t) {
+            Verdict::Invalid
+        } else {
+            match self.soft {
+                Some(t) if created < t => Verdict::Stale { since: t },
+                _ => Verdict::Valid,
+            }
+        }
+    }
+}
+
+/// Whether a stored entry may still be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// No invalidation applies.
+    Valid,
+    /// A soft invalidation applies: stale since `since` (revalidate; SWR/SIE may serve it).
+    Stale { since: SystemTime },
+    /// A hard invalidation applies: refetch.
+    Invalid,
+}
+
+impl Verdict {
+    fn stronger(self, other: Verdict) -> Verdict {
+        match (self, other) {
+            (Verdict::Invalid, _) | (_, Verdict::Invalid) => Verdict::Invalid,
+            (Verdict::Stale { since: a }, Verdict::Stale { since: b }) => {
+                Verdict::Stale { since: a.max(b) }
+            }
+            (s @ Verdict::Stale { .. }, _) | (_, s @ Verdict::Stale { .. }) => s,
+            _ => Verdict::Valid,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct HostMarks {
+    whole: Mark,
+    urls: HashMap<String, Mark>,
+    prefixes: HashMap<String, Mark>,
+    longest_prefix: usize,
+}
+
+/// An invalidation together with the moment this node applied it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedInvalidation {
+    #[serde(flatten)]
+    pub invalidation: Invalidation,
+    pub applied_ms: u64,
+}
+
+/// Every invalidation a node has applied, indexed for lookups on the hit path.
+#[derive(Debug, Clone, Default)]
+pub struct InvalidationIndex {
+    hosts: HashMap<String, HostMarks>,
+    tags: HashMap<String, Mark>,
+    all: Mark,
+    applied: Vec<AppliedInvalidation>,
+}
+
+impl InvalidationIndex {
+    /// Record an invalidation applied at `applied_at`. Fails only for an unusable target.
+    pub fn apply(&mut self, inv: &Invalidation, applied_at: SystemTime) -> Result<(), String> {
+        let target = parse_target(inv.kind, &inv.target)?;
+        self.record(&target, inv.soft, applied_at);
+        self.applied.push(AppliedInvalidation {
+            invalidation: inv.clone(),
+            applied_ms: unix_ms(applied_at),
+        });
+        Ok(())
+    }
+
+    fn record(&mut self, target: &Target, soft: bool, at: SystemTime) {
+        match target {
+            Target::All => self.all.record(soft, at),
+            Target::Tag(t) => self.tags.entry(t.clone()).or_default().record(soft, at),
+            Target::Host(h) => self
+                .hosts
+                .entry(h.clone())
+                .or_default()
+                .whole
+                .record(soft, at),
+            Target::Url { host, path_query } => self
+                .hosts
+                .entry(host.clone())
+                .or_default()
+                .urls
+                .entry(path_query.clone())
+                .or_default()
+                .record(soft, at),
+            Target::Prefix { host, prefix } => {
+                let marks = self.hosts.entry(host.clone()).or_default();
+                marks.longest_prefix = marks.longest_prefix.max(prefix.len());
+                marks
+                    .prefixes
+                    .entry(prefix.clone())
+                    .or_default()
+                    .record(soft, at);
+            }
+        }
+    }
+
+    /// Rebuild from previously applied invalidations (a persisted snapshot), keeping their
+    /// original application times. Entries with unusable targets are skipped.
+    pub fn from_applied(list: Vec<AppliedInvalidation>) -> InvalidationIndex {
+        let mut index = InvalidationIndex::default();
+        for a in list {
+            if let Ok(target) = parse_target(a.invalidation.kind, &a.invalidation.target) {
+                index.record(&target, a.invalidation.soft, from_unix_ms(a.applied_ms));
+                index.applied.push(a);
+            }
+        }
+        index
+    }
+
+    /// The same index without invalidations applied more than `retention` before `now`.
+    pub fn pruned(&self, now: SystemTime, retention: Duration) -> InvalidationIndex {
+        let cutoff = unix_ms(now.checked_sub(retention).unwrap_or(SystemTime::UNIX_EPOCH));
+        if self.applied.iter().all(|a| a.applied_ms >= cutoff) {
+            return self.clone();
+        }
+        InvalidationIndex::from_applied(
+            self.applied
+                .iter()
+                .filter(|a| a.applied_ms >= cutoff)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Whether an entry for `host` + `path_query`, tagged `tags`, whose origin fetch started
+    /// at `created`, may still be used.
+    pub fn verdict<'a>(
+        &self,
+        host: &str,
+        path_query: &str,
+        tags: impl Iterator<Item = &'a str>,
+        created: SystemTime,
+    ) -> Verdict {
+        let mut v = self.all.verdict(created);
+        if let Some(h) = self.hosts.get(host) {
+            v = v.stronger(h.whole.verdict(created));
+            if let Some(m) = h.urls.get(path_query) {
+                v = v.stronger(m.verdict(created));
+            }
+            if !h.prefixes.is_empty() {
+                let limit = h.longest_prefix.min(path_query.len());
+                for end in (1..=limit).filter(|&e| path_query.is_char_boundary(e)) {
+                    if let Some(m) = h.prefixes.get(&path_query[..end]) {
+                        v = v.stronger(m.verdict(created));
+                    }
+                }
+            }
+        }
+        if !self.tags.is_empty() {
+            for t in tags {
+                if let Some(m) = self.tags.get(t) {
+                    v = v.stronger(m.verdict(created));
+                }
+            }
+        }
+        v
+    }
+
+    /// Invalidations applied so far, oldest first (what a node persists).
+    pub fn applied(&self) -> &[AppliedInvalidation] {
+        &self.applied
+    }
+
+    pub fn len(&self) -> usize {
+        self.applied.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.applied.is_empty()
+    }
+}
+
+/// Tags a stored response carries, from `Surrogate-Key` (space separated), `Cache-Tag` (comma
+/// separated) or `Cache-Groups` (RFC 9875, a list of quoted strings).
+pub fn response_tags<'a>(
+    headers: &'a http::HeaderMap,
+    names: &'a [http::HeaderName],
+) -> impl Iterator<Item = &'a str> + 'a {
+    names
+        .iter()
+        .flat_map(move |n| headers.get_all(n).iter())
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ' ', '\t']))
+        .map(|t| t.trim().trim_matches('"'))
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::wire::InvalidationKind;
+    use super::*;
+
+    fn inv(seq: u64, kind: InvalidationKind, target: &str, soft: bool) -> Invalidation {
+        Invalidation {
+            seq,
+            kind,
+            target: target.into(),
+            soft,
+            created_ms: 0,
+        }
+    }
+
+    fn t(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + secs)
+    }
+
+    #[test]
+    fn only_entries_fetched_before_the_invalidation_are_hit() {
+        let mut ix = InvalidationIndex::default();
+        ix.apply(&inv(1, InvalidationKind::Url, "a.com/x?1", false), t(10))
+            .unwrap();
+        let none = std::iter::empty();
+        assert_eq!(
+            ix.verdict("a.com", "/x?1", none.clone(), t(9)),
+            Verdict::Invalid
+        );
+        assert_eq!(
+            ix.verdict("a.com", "/x?1", none.clone(), t(11)),
+            Verdict::Valid
+        );
+        assert_eq!(
+            ix.verdict("a.com", "/x?2", none.clone(), t(9)),
+            Verdict::Valid
+        );
+        assert_eq!(ix.verdict("b.com", "/x?1", none, t(9)), Verdict::Valid);
+    }
+
+    #[test]
+    fn kinds_match_what_they_should() {
+        let mut ix = InvalidationIndex::default();
+        ix.apply(
+            &inv(1, InvalidationKind::Prefix, "a.com/img/", false),
+            t(10),
+        )
+        .unwrap();
+        ix.apply(&inv(2, InvalidationKind::Host, "B.com", true), t(10))
+            .unwrap();
+        ix.apply(&inv(3, InvalidationKind::Tag, "product-1", false), t(10))
+            .unwrap();
+        let none = || std::iter::empty();
+        assert_eq!(
+            ix.verdict("a.com", "/img/1.png", none(), t(1)),
+            Verdict::Invalid
+        );
+        assert_eq!(ix.verdict("a.com", "/img", none(), t(1)), Verdict::Valid);
+        assert_eq!(ix.verdict("a.com", "/css/x", none(), t(1)), Verdict::Valid);
+        assert_eq!(
+            ix.verdict("b.com", "/anything", none(), t(1)),
+            Verdict::Stale { since: t(10) }
+        );
+        let tags = ["x", "product-1"];
+        assert_eq!(
+            ix.verdict("c.com", "/", tags.into_iter(), t(1)),
+            Verdict::Invalid
+        );
+        assert_eq!(
+            ix.verdict("c.com", "/", ["y"].into_iter(), t(1)),
+            Verdict::Valid
+        );
+        ix.apply(&inv(4, InvalidationKind::All, "", false), t(20))
+            .unwrap();
+        assert_eq!(ix.verdict("z.com", "/", none(), t(15)), Verdict::Invalid);
+        assert_eq!(ix.verdict("z.com", "/", none(), t(25)), Verdict::Valid);
+    }
+
+    #[test]
+    fn hard_beats_soft_and_latest_time_wins() {
+        let mut ix = InvalidationIndex::default();
+        ix.apply(&inv(1, InvalidationKind::Url, "a.com/x", true), t(30))
+            .unwrap();
+        ix.apply(&inv(2, InvalidationKind::Url, "a.com/x", false), t(10))
+            .unwrap();
+        let none = || std::iter::empty();
+        assert_eq!(ix.verdict("a.com", "/x", none(), t(5)), Verdict::Invalid);
+        assert_eq!(
+            ix.verdict("a.com", "/x", none(), t(20)),
+            Verdict::Stale { since: t(30) }
+        );
+        assert_eq!(ix.verdict("a.com", "/x", none(), t(31)), Verdict::Valid);
+    }
+
+    #[test]
+    fn rebuild_and_prune_keep_application_times() {
+        let mut ix = InvalidationIndex::default();
+        ix.apply(&inv(1, InvalidationKind::Host, "a.com", false), t(10))
+            .unwrap();
+        ix.apply(&inv(2, InvalidationKind::Host, "b.com", false), t(100))
+            .unwrap();
+        let again = InvalidationIndex::from_applied(ix.applied().to_vec());
+        let none = || std::iter::empty();
+        assert_eq!(again.verdict("a.com", "/", none(), t(5)), Verdict::Invalid);
+        assert_eq!(again.verdict("a.com", "/", none(), t(15)), Verdict::Valid);
+        let pruned = ix.pruned(t(120), Duration::from_secs(50));
+        assert_eq!(pruned.len(), 1);
+        assert_eq!(pruned.verdict("a.com", "/", none(), t(5)), Verdict::Valid);
+        assert_eq!(pruned.verdict("b.com", "/", none(), t(5)), Verdict::Invalid);
+    }
+
+    #[test]
+    fn tags_from_all_three_headers() {
+        let mut h = http::HeaderMap::new();
+        h.insert("surrogate-key", "a b  c".parse().unwrap());
+        h.insert("cache-tag", "d,e".parse().unwrap());
+        h.insert("cache-groups", "\"f\", \"g\"".parse().unwrap());
+        let names = [
+            http::HeaderName::from_static("surrogate-key"),
+            http::HeaderName::from_static("cache-tag"),
+            http::HeaderName::from_static("cache-groups"),
+        ];
+        let tags: Vec<&str> = response_tags(&h, &names).collect();
+        assert_eq!(tags, ["a", "b", "c", "d", "e", "f", "g"]);
+    }
+}

@@ -1,0 +1,738 @@
+//! The control plane's state machine: versioned policy (compare-and-set), the invalidation log,
+//! snapshots and deltas for nodes, and what each node reported it applied.
+
+use super::settings::ControlSettings;
+use super::store::{PolicyVersion, Record, Store, StoreError, StoreState};
+use super::wire::{
+    parse_target, unix_ms, AppliedReport, Invalidation, InvalidationKind, Position,
+    SnapshotMessage, Target,
+};
+use crate::config::{ConfigErrors, Policy};
+use crate::metrics::METRICS;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+
+/// Why a control-plane operation was refused. Each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaneError {
+    #[error("version {current} is current, not {given}")]
+    Conflict { current: u64, given: u64 },
+    #[error("If-Match with the current version is required")]
+    PreconditionRequired,
+    #[error("invalid policy")]
+    Invalid(ConfigErrors),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("purge rate limit exceeded; retry in {retry_after_secs}s")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("store failed, nothing was written: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// One invalidation as asked for by a client, before it gets a sequence number.
+#[derive(Debug, Clone)]
+pub struct InvalidationRequest {
+    pub kind: InvalidationKind,
+    pub target: String,
+    pub soft: bool,
+}
+
+/// What happened to one requested invalidation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    pub seq: u64,
+    /// An identical invalidation was accepted within the coalescing window; this is its `seq`.
+    pub coalesced: bool,
+}
+
+/// A node as the control plane sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeStatus {
+    pub applied: AppliedReport,
+    pub reported: SystemTime,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+struct PlaneState {
+    policies: VecDeque<PolicyVersion>,
+    invalidations: VecDeque<Invalidation>,
+    floor: u64,
+    head: Position,
+    appended_since_compaction: usize,
+    recent: HashMap<(Target, bool), (u64, Instant)>,
+    /// Highest `seq` any node has been sent. An invalidation already delivered is never
+    /// coalesced into: content fetched after a node applied it must be purgeable again.
+    delivered: u64,
+    buckets: HashMap<String, Bucket>,
+    nodes: BTreeMap<String, NodeStatus>,
+}
+
+/// The control plane: one per `verge control` process.
+pub struct ControlPlane {
+    pub settings: ControlSettings,
+    store: Box<dyn Store>,
+    state: Mutex<PlaneState>,
+    head: watch::Sender<Position>,
+}
+
+impl ControlPlane {
+    /// Load the store (and write the seed policy into an empty one).
+    pub fn open(
+        settings: ControlSettings,
+        store: Box<dyn Store>,
+    ) -> Result<Arc<ControlPlane>, PlaneError> {
+        let StoreState {
+            policies,
+            invalidations,
+            floor,
+        } = store.load()?;
+        let head = Position {
+            policy_version: policies.last().map_or(0, |p| p.version),
+            seq: invalidations.last().map_or(floor, |i| i.seq.max(floor)),
+        };
+        let plane = Arc::new(ControlPlane {
+            state: Mutex::new(PlaneState {
+                policies: policies.into(),
+                invalidations: invalidations.into(),
+                floor,
+                head,
+                appended_since_compaction: 0,
+                recent: HashMap::new(),
+                delivered: 0,
+                buckets: HashMap::new(),
+                nodes: BTreeMap::new(),
+            }),
+            head: watch::channel(head).0,
+            settings,
+            store,
+        });
+        if head.policy_version == 0 {
+            if let Some(path) = plane.settings.seed_policy.clone() {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| PlaneError::BadRequest(format!("{}: {e}", path.display())))?;
+                let doc = Policy::document_from_text(&text).map_err(PlaneError::Invalid)?;
+                plane.put_policy(doc, Some(0), "seed_policy")?;
+            }
+        }
+        plane.publish_head(head);
+        Ok(plane)
+    }
+
+    fn publish_head(&self, head: Position) {
+        METRICS
+            .control_policy_version
+            .set(gauge(head.policy_version));
+        METRICS.control_invalidation_seq.set(gauge(head.seq));
+        self.head.send_replace(head);
+    }
+
+    pub fn head(&self) -> Position {
+        self.state.lock().head
+    }
+
+    /// The current policy version, if any policy was ever written.
+    pub fn policy(&self) -> Option<PolicyVersion> {
+        self.state.lock().policies.back().cloned()
+    }
+
+    /// One version from the history.
+    pub fn policy_version(&self, version: u64) -> Option<PolicyVersion> {
+        let st = self.state.lock();
+        st.policies.iter().find(|p| p.version == version).cloned()
+    }
+
+    /// Versions kept for history and rollback, oldest first.
+    pub fn history(&self) -> Vec<PolicyVersion> {
+        self.state.lock().policies.iter().cloned().collect()
+    }
+
+    /// Compare-and-set the policy: `if_match` must be the current version (0 before the first).
+    pub fn put_policy(
+        &self,
+        document: serde_json::Value,
+        if_match: Option<u64>,
+        author: &str,
+    ) -> Result<PolicyVersion, PlaneError> {
+        self.write_policy(document, if_match, author, None)
+    }
+
+    /// Write an older version's document again as a new version.
+    pub fn rollback(
+        &self,
+        to: u64,
+        if_match: Option<u64>,
+        author: &str,
+    ) -> Result<PolicyVersion, PlaneError> {
+        let old = self
+            .policy_version(to)
+            .ok_or_else(|| PlaneError::NotFound(format!("policy version {to} is not kept")))?;
+        self.write_policy(old.document, if_match, author, Some(to))
+    }
+
+    fn write_policy(
+        &self,
+        document: serde_json::Value,
+        if_match: Option<u64>,
+        author: &str,
+        rollback_of: Option<u64>,
+    ) -> Result<PolicyVersion, PlaneError> {
+        let kind = if rollback_of.is_some() {
+            "rollback"
+        } else {
+            "policy"
+        };
+        let result = (|| {
+            let given = if_match.ok_or(PlaneError::PreconditionRequired)?;
+            // The same validator the nodes use, so nodes never receive a policy they refuse.
+            Policy::from_json(&document).map_err(PlaneError::Invalid)?;
+            let mut st = self.state.lock();
+            if given != st.head.policy_version {
+                return Err(PlaneError::Conflict {
+                    current: st.head.policy_version,
+                    given,
+                });
+            }
+            let version = PolicyVersion {
+                version: st.head.policy_version + 1,
+                document,
+                written_ms: unix_ms(SystemTime::now()),
+                author: author.to_string(),
+                rollback_of,
+            };
+            self.store.append(&[Record::Policy(version.clone())])?;
+            st.policies.push_back(version.clone());
+            while st.policies.len() > self.settings.policy_history {
+                st.policies.pop_front();
+            }
+            st.head.policy_version = version.version;
+            self.publish_head(st.head);
+            Ok(version)
+        })();
+        count_write(kind, &result);
+        result
+    }
+
+    /// Take `n` purge tokens from `who`'s bucket, or say how long to wait.
+    fn take_tokens(&self, st: &mut PlaneState, who: &str, n: usize) -> Result<(), PlaneError> {
+        let rate = self.settings.purge_rate;
+        let now = Instant::now();
+        let b = st.buckets.entry(who.to_string()).or_insert(Bucket {
+            tokens: rate.burst,
+            at: now,
+        });
+        b.tokens =
+            (b.tokens + now.duration_since(b.at).as_secs_f64() * rate.per_second).min(rate.burst);
+        b.at = now;
+        let need = n as f64;
+        if need > rate.burst {
+            return Err(PlaneError::BadRequest(format!(
+                "{n} invalidations in one call exceed the burst of {}",
+                rate.burst
+            )));
+        }
+        if b.tokens < need {
+            let wait = (need - b.tokens) / rate.per_second;
+            return Err(PlaneError::RateLimited {
+                retry_after_secs: wait.ceil().max(1.0) as u64,
+            });
+        }
+        b.tokens -= need;
+        Ok(())
+    }
+
+    /// Accept a batch of invalidations: all targets are checked first, then they are written
+    /// durably in one append. Repeats within the coalescing window return the earlier `seq`.
+    pub fn invalidate(
+        &self,
+        requests: &[InvalidationRequest],
+        who: &str,
+    ) -> Result<Vec<Accepted>, PlaneError> {
+        let result = self.invalidate_inner(requests, who);
+        count_write("invalidation", &result);
+        result
+    }
+
+    fn invalidate_inner(
+        &self,
+        requests: &[InvalidationRequest],
+        who: &str,
+    ) -> Result<Vec<Accepted>, PlaneError> {
+        if requests.is_empty() {
+            return Err(PlaneError::BadRequest("no invalidation given".into()));
+        }
+        let mut targets = Vec::with_capacity(requests.len());
+        let mut problems = Vec::new();
+        for (i, r) in requests.iter().enumerate() {
+            match parse_target(r.kind, &r.target) {
+                Ok(t) => targets.push(t),
+                Err(e) => problems.push(format!("targets[{i}] ({:?}): {e}", r.target)),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(PlaneError::BadRequest(problems.join("; ")));
+        }
+        let mut st = self.state.lock();
+        self.take_tokens(&mut st, who, requests.len())?;
+        let now = Instant::now();
+        let window = self.settings.coalesce_window;
+        let delivered = st.delivered;
+        st.recent
+            .retain(|_, (seq, at)| *seq > delivered && now.duration_since(*at) < window);
+        let created_ms = unix_ms(SystemTime::now());
+        let mut next = st.head.seq;
+        let mut out = Vec::with_capacity(requests.len());
+        let mut fresh = Vec::new();
+        let mut batch_keys: HashMap<(Target, bool), u64> = HashMap::new();
+        for (r, t) in requests.iter().zip(targets) {
+            let key = (t, r.soft);
+            if let Some(&(seq, _)) = st.recent.get(&key) {
+                out.push(Accepted {
+                    seq,
+                    coalesced: true,
+                });
+                continue;
+            }
+            if let Some(&seq) = batch_keys.get(&key) {
+                out.push(Accepted {
+                    seq,
+                    coalesced: true,
+                });
+                continue;
+            }
+            next += 1;
+            batch_keys.insert(key, next);
+            fresh.push(Invalidation {
+                seq: next,
+                kind: r.kind,
+                target: r.target.trim().to_string(),
+                soft: r.soft,
+                created_ms,
+            });
+            out.push(Accepted {
+                seq: next,
+                coalesced: false,
+            });
+        }
+        if !fresh.is_empty() {
+            let records: Vec<Record> = fresh.iter().cloned().map(Record::Invalidation).collect();
+            self.store.append(&records)?;
+            for (key, seq) in batch_keys {
+                st.recent.insert(key, (seq, now));
+            }
+            st.appended_since_compaction += fresh.len();
+            st.invalidations.extend(fresh);
+            st.head.seq = next;
+            self.publish_head(st.head);
+            if st.appended_since_compaction >= self.settings.compact_after {
+                if let Err(e) = self.compact_locked(&mut st, SystemTime::now()) {
+                    log::error!("compaction failed (the log keeps growing): {e}");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drop invalidations older than the retention and old policy versions from the store.
+    pub fn compact(&self, now: SystemTime) -> Result<(), StoreError> {
+        let mut st = self.state.lock();
+        self.compact_locked(&mut st, now)
+    }
+
+    fn compact_locked(&self, st: &mut PlaneState, now: SystemTime) -> Result<(), StoreError> {
+        let cutoff = unix_ms(
+            now.checked_sub(self.settings.invalidation_retention)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        );
+        let mut floor = st.floor;
+        let keep: Vec<Invalidation> = st
+            .invalidations
+            .iter()
+            .filter(|i| {
+                let old = i.created_ms < cutoff;
+                if old {
+                    floor = floor.max(i.seq);
+                }
+                !old
+            })
+            .cloned()
+            .collect();
+        let state = StoreState {
+            policies: st.policies.iter().cloned().collect(),
+            invalidations: keep.clone(),
+            floor,
+        };
+        self.store.rewrite(&state)?;
+        st.invalidations = keep.into();
+        st.floor = floor;
+        st.appended_since_compaction = 0;
+        Ok(())
+    }
+
+    /// What a node at `after` needs, or `None` when it is current.
+    pub fn snapshot_for(&self, after: Option<Position>) -> Option<SnapshotMessage> {
+        let mut st = self.state.lock();
+        let msg = Self::snapshot_locked(&st, after, self.settings.invalidation_retention)?;
+        st.delivered = st.delivered.max(msg.seq);
+        Some(msg)
+    }
+
+    fn snapshot_locked(
+        st: &PlaneState,
+        after: Option<Position>,
+        retention: Duration,
+    ) -> Option<SnapshotMessage> {
+        let head = st.head;
+        let retention_secs = retention.as_secs();
+        let full = |st: &PlaneState| SnapshotMessage {
+            full: true,
+            policy_version: head.policy_version,
+            seq: head.seq,
+            policy: st.policies.back().map(|p| p.document.clone()),
+            invalidations: st.invalidations.iter().cloned().collect(),
+            retention_secs,
+        };
+        let Some(after) = after else {
+            return Some(full(st));
+        };
+        if after == head {
+            return None;
+        }
+        // A node ahead of us (another control plane, or lost state) or behind the compacted
+        // part of the log gets everything; it decides what to do with it.
+        if !head.is_at_or_after(&after) || after.seq < st.floor {
+            return Some(full(st));
+        }
+        let policy = (after.policy_version < head.policy_version)
+            .then(|| st.policies.back().map(|p| p.document.clone()))
+            .flatten();
+        let start = st.invalidations.partition_point(|i| i.seq <= after.seq);
+        Some(SnapshotMessage {
+            full: false,
+            policy_version: head.policy_version,
+            seq: head.seq,
+            policy,
+            invalidations: st.invalidations.iter().skip(start).cloned().collect(),
+            retention_secs,
+        })
+    }
+
+    /// Long-poll: answer at once when there is news for `after`, else wait up to `wait`.
+    pub async fn wait_snapshot(
+        &self,
+        after: Option<Position>,
+        wait: Duration,
+    ) -> Option<SnapshotMessage> {
+        let mut rx = self.head.subscribe();
+        if let Some(msg) = self.snapshot_for(after) {
+            return Some(msg);
+        }
+        let wait = wait.min(self.settings.max_wait);
+        let news = |h: &Position| Some(*h) != after;
+        if tokio::time::timeout(wait, rx.wait_for(news)).await.is_err() {
+            return None;
+        }
+        self.snapshot_for(after)
+    }
+
+    /// Invalidations after `seq` still in the log.
+    pub fn invalidations_after(&self, seq: u64) -> Vec<Invalidation> {
+        let st = self.state.lock();
+        let start = st.invalidations.partition_point(|i| i.seq <= seq);
+        st.invalidations.iter().skip(start).cloned().collect()
+    }
+
+    /// Record what a node applied.
+    pub fn report(&self, node: &str, applied: AppliedReport) {
+        let mut st = self.state.lock();
+        st.nodes.insert(
+            node.to_string(),
+            NodeStatus {
+                applied,
+                reported: SystemTime::now(),
+            },
+        );
+    }
+
+    /// Every node that reported, with the head to compare against; refreshes the lag gauges.
+    pub fn nodes(&self) -> (Position, Vec<(String, NodeStatus)>) {
+        let st = self.state.lock();
+        let now = SystemTime::now();
+        for (id, n) in &st.nodes {
+            let seq_lag = st.head.seq.saturating_sub(n.applied.seq);
+            let policy_lag = st
+                .head
+                .policy_version
+                .saturating_sub(n.applied.policy_version);
+            METRICS
+                .control_node_seq_lag
+                .with_label_values(&[id])
+                .set(gauge(seq_lag));
+            METRICS
+                .control_node_policy_lag
+                .with_label_values(&[id])
+                .set(gauge(policy_lag));
+            let age = now.duration_since(n.reported).map_or(0, |d| d.as_secs());
+            METRICS
+                .control_node_report_age
+                .with_label_values(&[id])
+                .set(gauge(age));
+        }
+        (
+            st.head,
+            st.nodes.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        )
+    }
+}
+
+fn gauge(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn count_write<T>(kind: &str, result: &Result<T, PlaneError>) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(PlaneError::Conflict { .. }) | Err(PlaneError::PreconditionRequired) => "conflict",
+        Err(PlaneError::Invalid(_)) | Err(PlaneError::BadRequest(_)) => "invalid",
+        Err(PlaneError::RateLimited { .. }) => "rate_limited",
+        Err(PlaneError::NotFound(_)) => "not_found",
+        Err(PlaneError::Store(_)) => "store_error",
+    };
+    METRICS
+        .control_writes
+        .with_label_values(&[kind, outcome])
+        .inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::store::FileStore;
+    use super::*;
+    use serde_json::json;
+
+    fn settings(dir: &std::path::Path) -> ControlSettings {
+        let mut s = ControlSettings::from_yaml_str("insecure_no_auth: true\n").unwrap();
+        s.data_dir = dir.to_path_buf();
+        s
+    }
+
+    fn open(dir: &std::path::Path) -> Arc<ControlPlane> {
+        let s = settings(dir);
+        ControlPlane::open(s, Box::new(FileStore::open(dir).unwrap())).unwrap()
+    }
+
+    fn policy_doc(backend: &str) -> serde_json::Value {
+        json!({"pools": {"web": {"backends": [backend]}},
+               "routes": [{"hosts": ["*"], "pool": "web"}]})
+    }
+
+    fn purge(kind: InvalidationKind, target: &str) -> InvalidationRequest {
+        InvalidationRequest {
+            kind,
+            target: target.into(),
+            soft: false,
+        }
+    }
+
+    #[test]
+    fn policy_is_compare_and_set_and_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = open(dir.path());
+        assert!(matches!(
+            cp.put_policy(policy_doc("127.0.0.1:1"), None, "t"),
+            Err(PlaneError::PreconditionRequired)
+        ));
+        let v1 = cp
+            .put_policy(policy_doc("127.0.0.1:1"), Some(0), "t")
+            .unwrap();
+        assert_eq!(v1.version, 1);
+        assert!(matches!(
+            cp.put_policy(policy_doc("127.0.0.1:2"), Some(0), "t"),
+            Err(PlaneError::Conflict {
+                current: 1,
+                given: 0
+            })
+        ));
+        let bad = json!({"pools": {"web": {"backends": []}}, "routes": [{"hosts": ["*"], "pool": "nope"}]});
+        match cp.put_policy(bad, Some(1), "t") {
+            Err(PlaneError::Invalid(e)) => assert_eq!(e.errors.len(), 2, "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cp.head().policy_version, 1);
+        cp.put_policy(policy_doc("127.0.0.1:2"), Some(1), "t")
+            .unwrap();
+        let v3 = cp.rollback(1, Some(2), "t").unwrap();
+        assert_eq!((v3.version, v3.rollback_of), (3, Some(1)));
+        assert_eq!(v3.document, policy_doc("127.0.0.1:1"));
+        drop(cp);
+        let cp = open(dir.path());
+        assert_eq!(cp.head().policy_version, 3);
+        assert_eq!(cp.history().len(), 3);
+    }
+
+    #[test]
+    fn invalidations_get_sequences_coalesce_and_survive_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = open(dir.path());
+        let a = cp
+            .invalidate(&[purge(InvalidationKind::Url, "a.com/x")], "t")
+            .unwrap();
+        assert_eq!(
+            a,
+            vec![Accepted {
+                seq: 1,
+                coalesced: false
+            }]
+        );
+        let b = cp
+            .invalidate(
+                &[
+                    purge(InvalidationKind::Url, "A.com/x"),
+                    purge(InvalidationKind::Tag, "t1"),
+                    purge(InvalidationKind::Tag, "t1"),
+                ],
+                "t",
+            )
+            .unwrap();
+        assert_eq!(
+            b,
+            vec![
+                Accepted {
+                    seq: 1,
+                    coalesced: true
+                },
+                Accepted {
+                    seq: 2,
+                    coalesced: false
+                },
+                Accepted {
+                    seq: 2,
+                    coalesced: true
+                }
+            ]
+        );
+        // once delivered to a node, the same purge is a new invalidation
+        cp.snapshot_for(None).unwrap();
+        let c = cp
+            .invalidate(&[purge(InvalidationKind::Url, "a.com/x")], "t")
+            .unwrap();
+        assert_eq!(
+            c,
+            vec![Accepted {
+                seq: 3,
+                coalesced: false
+            }]
+        );
+        assert!(matches!(
+            cp.invalidate(&[purge(InvalidationKind::Host, "bad host")], "t"),
+            Err(PlaneError::BadRequest(_))
+        ));
+        drop(cp);
+        let cp = open(dir.path());
+        assert_eq!(cp.head().seq, 3);
+        assert_eq!(cp.invalidations_after(0).len(), 3);
+    }
+
+    #[test]
+    fn snapshots_and_deltas() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = open(dir.path());
+        cp.put_policy(policy_doc("127.0.0.1:1"), Some(0), "t")
+            .unwrap();
+        cp.invalidate(&[purge(InvalidationKind::Host, "a.com")], "t")
+            .unwrap();
+        let full = cp.snapshot_for(None).unwrap();
+        assert!(full.full && full.policy.is_some() && full.invalidations.len() == 1);
+        assert!(cp.snapshot_for(Some(full.position())).is_none());
+        cp.invalidate(&[purge(InvalidationKind::Host, "b.com")], "t")
+            .unwrap();
+        let delta = cp.snapshot_for(Some(full.position())).unwrap();
+        assert!(!delta.full && delta.policy.is_none());
+        assert_eq!(delta.invalidations.len(), 1);
+        assert_eq!(delta.invalidations[0].seq, 2);
+        // a node from the future gets the full state to judge for itself
+        let ahead = Position {
+            policy_version: 9,
+            seq: 0,
+        };
+        assert!(cp.snapshot_for(Some(ahead)).unwrap().full);
+    }
+
+    #[test]
+    fn compaction_moves_the_floor_and_old_nodes_get_full_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = open(dir.path());
+        cp.invalidate(&[purge(InvalidationKind::Host, "a.com")], "t")
+            .unwrap();
+        cp.invalidate(&[purge(InvalidationKind::Host, "b.com")], "t")
+            .unwrap();
+        // everything is older than the retention seen from far in the future
+        let later = SystemTime::now() + Duration::from_secs(30 * 86400);
+        cp.compact(later).unwrap();
+        let snap = cp
+            .snapshot_for(Some(Position {
+                policy_version: 0,
+                seq: 1,
+            }))
+            .unwrap();
+        assert!(snap.full);
+        assert!(snap.invalidations.is_empty());
+        assert_eq!(snap.seq, 2);
+        drop(cp);
+        let cp = open(dir.path());
+        assert_eq!(cp.head().seq, 2, "the sequence survives compaction");
+        let next = cp
+            .invalidate(&[purge(InvalidationKind::Host, "c.com")], "t")
+            .unwrap();
+        assert_eq!(next[0].seq, 3);
+    }
+
+    #[test]
+    fn purges_are_rate_limited() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path());
+        s.purge_rate = super::super::settings::Rate {
+            per_second: 0.001,
+            burst: 2.0,
+        };
+        let cp = ControlPlane::open(s, Box::new(FileStore::open(dir.path()).unwrap())).unwrap();
+        cp.invalidate(&[purge(InvalidationKind::Host, "a.com")], "t")
+            .unwrap();
+        cp.invalidate(&[purge(InvalidationKind::Host, "b.com")], "t")
+            .unwrap();
+        assert!(matches!(
+            cp.invalidate(&[purge(InvalidationKind::Host, "c.com")], "t"),
+            Err(PlaneError::RateLimited { .. })
+        ));
+        // another token has its own bucket
+        cp.invalidate(&[purge(InvalidationKind::Host, "c.com")], "other")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn long_poll_returns_when_something_happens() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = open(dir.path());
+        let at = cp.snapshot_for(None).unwrap().position();
+        assert!(cp
+            .wait_snapshot(Some(at), Duration::from_millis(20))
+            .await
+            .is_none());
+        let cp2 = cp.clone();
+        let waiter =
+            tokio::spawn(async move { cp2.wait_snapshot(Some(at), Duration::from_secs(30)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        cp.invalidate(&[purge(InvalidationKind::Host, "a.com")], "t")
+            .unwrap();
+        let msg = waiter.await.unwrap().unwrap();
+        assert_eq!(msg.seq, 1);
+    }
+}

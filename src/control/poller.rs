@@ -1,0 +1,375 @@
+//! The node sidecar: long-polls `verge control`, validates what it gets, swaps one new snapshot
+//! in, persists it, and reports what it applied. Keeps the last good snapshot on any failure.
+
+use super::index::{AppliedInvalidation, InvalidationIndex};
+use super::wire::{unix_ms, AppliedReport, Position, SnapshotMessage};
+use crate::config::{Config, ControlSpec, Policy};
+use crate::metrics::METRICS;
+use crate::snapshot::{ControlState, SharedSnapshot, Snapshot};
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Unix ms of the last poll that told this node where the control plane stands (0: never).
+static LAST_CONTACT_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Refresh `verge_snapshot_age_seconds` (called when metrics are scraped).
+pub fn refresh_age_gauge() {
+    let last = LAST_CONTACT_MS.load(Ordering::Relaxed);
+    if last == 0 {
+        return;
+    }
+    let age = unix_ms(SystemTime::now()).saturating_sub(last) / 1000;
+    METRICS
+        .snapshot_age
+        .set(i64::try_from(age).unwrap_or(i64::MAX));
+}
+
+/// Why a snapshot from the control plane was refused; the label of `verge_snapshot_rejected_total`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("older than what this node has ({have} > {got})")]
+    Older { have: Position, got: Position },
+    #[error("invalid policy: {0}")]
+    InvalidPolicy(String),
+    #[error("invalid invalidation seq {seq}: {reason}")]
+    InvalidInvalidation { seq: u64, reason: String },
+    #[error("cannot build the snapshot: {0}")]
+    Build(String),
+}
+
+impl Rejection {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Older { .. } => "older",
+            Rejection::InvalidPolicy(_) => "invalid_policy",
+            Rejection::InvalidInvalidation { .. } => "invalid_invalidation",
+            Rejection::Build(_) => "build",
+        }
+    }
+}
+
+/// What a node writes to disk after every applied snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistedSnapshot {
+    pub policy_version: u64,
+    pub seq: u64,
+    pub policy: Option<serde_json::Value>,
+    pub invalidations: Vec<AppliedInvalidation>,
+    pub retention_secs: u64,
+    pub saved_ms: u64,
+}
+
+impl PersistedSnapshot {
+    fn of(state: &ControlState) -> PersistedSnapshot {
+        PersistedSnapshot {
+            policy_version: state.position.policy_version,
+            seq: state.position.seq,
+            policy: state.policy.as_deref().cloned(),
+            invalidations: state.invalidations.applied().to_vec(),
+            retention_secs: state.retention.as_secs(),
+            saved_ms: unix_ms(SystemTime::now()),
+        }
+    }
+
+    /// Write atomically: a temporary file, fsync, rename over the old one.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        let data = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Read a persisted snapshot and turn it into a config + control state, validating the
+    /// policy exactly as if it had just arrived.
+    pub fn restore(path: &Path, base: &Config) -> Result<(Config, ControlState), String> {
+        let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let p: PersistedSnapshot =
+            serde_json::from_slice(&data).map_err(|e| format!("{}: {e}", path.display()))?;
+        let config = match &p.policy {
+            Some(doc) => config_for(base, doc, p.policy_version)
+                .map_err(|e| format!("{}: {e}", path.display()))?,
+            None => base.clone(),
+        };
+        let state = ControlState {
+            position: Position {
+                policy_version: p.policy_version,
+                seq: p.seq,
+            },
+            policy: p.policy.map(Arc::new),
+            invalidations: Arc::new(InvalidationIndex::from_applied(p.invalidations)),
+            retention: Duration::from_secs(p.retention_secs),
+        };
+        Ok((config, state))
+    }
+}
+
+/// The node config with a control-plane policy in place of the file's pools and routes.
+fn config_for(base: &Config, doc: &serde_json::Value, version: u64) -> Result<Config, Rejection> {
+    let policy = Policy::from_json(doc)
+        .map_err(|e| Rejection::InvalidPolicy(e.to_string().trim().into()))?;
+    let mut config = base.with_policy(&policy);
+    config.version = format!("policy-{version}");
+    Ok(config)
+}
+
+/// Decide what a message turns the current state into. Pure apart from parsing: the caller
+/// builds and swaps the snapshot.
+pub fn next_state(
+    current: &Snapshot,
+    base: &Config,
+    msg: &SnapshotMessage,
+    now: SystemTime,
+) -> Result<Option<(Config, ControlState)>, Rejection> {
+    let have = current.control.position;
+    let got = msg.position();
+    if !got.is_at_or_after(&have) {
+        return Err(Rejection::Older { have, got });
+    }
+    if got == have && !msg.full {
+        return Ok(None);
+    }
+    let policy_changed = got.policy_version != have.policy_version
+        || (msg.full && msg.policy.as_ref() != current.control.policy.as_deref());
+    let (config, policy) = match (&msg.policy, policy_changed) {
+        (Some(doc), true) => (
+            Some(config_for(base, doc, got.policy_version)?),
+            Some(Arc::new(doc.clone())),
+        ),
+        (None, true) if msg.full => (Some(base.clone()), None),
+        (None, true) => {
+            return Err(Rejection::InvalidPolicy(format!(
+                "policy version moved to {} without a document",
+                got.policy_version
+            )))
+        }
+        _ => (None, current.control.policy.clone()),
+    };
+    let retention = Duration::from_secs(msg.retention_secs);
+    let mut index = (*current.control.invalidations).clone();
+    for inv in msg.invalidations.iter().filter(|i| i.seq > have.seq) {
+        if inv.seq > got.seq {
+            return Err(Rejection::InvalidInvalidation {
+                seq: inv.seq,
+                reason: format!("beyond the snapshot's own seq {}", got.seq),
+            });
+        }
+        index
+            .apply(inv, now)
+            .map_err(|reason| Rejection::InvalidInvalidation {
+                seq: inv.seq,
+                reason,
+            })?;
+    }
+    let index = if retention.is_zero() {
+        index
+    } else {
+        index.pruned(now, retention)
+    };
+    // Same policy: keep the config the current snapshot was built from.
+    let config = config.unwrap_or_else(|| Config::clone(&current.config));
+    Ok(Some((
+        config,
+        ControlState {
+            position: got,
+            policy,
+            invalidations: Arc::new(index),
+            retention,
+        },
+    )))
+}
+
+/// The sidecar service.
+pub struct ControlPoller {
+    base: Config,
+    spec: ControlSpec,
+    snapshot: SharedSnapshot,
+}
+
+impl ControlPoller {
+    pub fn new(base: Config, spec: ControlSpec, snapshot: SharedSnapshot) -> Self {
+        ControlPoller {
+            base,
+            spec,
+            snapshot,
+        }
+    }
+
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let r = client.request(method, format!("{}{path}", self.spec.url));
+        match &self.spec.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    /// One long-poll round: Ok(true) when something was applied.
+    async fn poll_once(&self, client: &reqwest::Client) -> Result<bool, &'static str> {
+        let current = self.snapshot.load_full();
+        let position = current.control.position;
+        // A node that never heard from the control plane asks for everything.
+        let after =
+            if LAST_CONTACT_MS.load(Ordering::Relaxed) == 0 && position == Position::default() {
+                String::new()
+            } else {
+                position.to_string()
+            };
+        let wait_ms = self.spec.wait.as_millis();
+        let resp = self
+            .request(
+                client,
+                reqwest::Method::GET,
+                &format!("/v1/snapshot?after={after}&wait={wait_ms}ms"),
+            )
+            .timeout(self.spec.wait + Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| {
+                log::warn!("control plane {} unreachable: {e}", self.spec.url);
+                "unreachable"
+            })?;
+        match resp.status().as_u16() {
+            204 => {
+                LAST_CONTACT_MS.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+                return Ok(false);
+            }
+            200 => {}
+            s => {
+                log::warn!("control plane answered {s} to a snapshot poll");
+                return Err("http_status");
+            }
+        }
+        let body = resp.bytes().await.map_err(|_| "unreachable")?;
+        let msg: SnapshotMessage = serde_json::from_slice(&body).map_err(|e| {
+            log::warn!("control plane sent an undecodable snapshot: {e}");
+            "decode"
+        })?;
+        LAST_CONTACT_MS.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+        let now = SystemTime::now();
+        let next = next_state(&current, &self.base, &msg, now).map_err(|r| {
+            log::warn!("snapshot {} rejected: {r}", msg.position());
+            r.reason()
+        })?;
+        let Some((config, state)) = next else {
+            return Ok(false);
+        };
+        let snapshot = Snapshot::build_with(&config, Some(&current), state).map_err(|e| {
+            log::warn!("snapshot {} rejected: {e}", msg.position());
+            "build"
+        })?;
+        let persisted = PersistedSnapshot::of(&snapshot.control);
+        let position = snapshot.control.position;
+        // The single swap: readers see the old snapshot or the new one, never a mix.
+        self.snapshot.store(Arc::new(snapshot));
+        METRICS
+            .snapshot_applied
+            .with_label_values(&[if msg.full { "full" } else { "delta" }])
+            .inc();
+        publish_position(position);
+        log::info!(
+            "applied {} snapshot {position} ({} invalidation(s))",
+            if msg.full { "full" } else { "delta" },
+            msg.invalidations.len()
+        );
+        if let Err(e) = persisted.save(&self.spec.state_file) {
+            log::error!(
+                "cannot persist snapshot to {}: {e}",
+                self.spec.state_file.display()
+            );
+        }
+        self.report(client, position, now).await;
+        Ok(true)
+    }
+
+    async fn report(&self, client: &reqwest::Client, position: Position, applied: SystemTime) {
+        let report = AppliedReport {
+            policy_version: position.policy_version,
+            seq: position.seq,
+            applied_at_ms: unix_ms(applied),
+        };
+        let path = format!("/v1/nodes/{}/applied", self.spec.node_id);
+        let sent = self
+            .request(client, reqwest::Method::POST, &path)
+            .timeout(Duration::from_secs(5))
+            .json(&report)
+            .send()
+            .await;
+        if let Err(e) = sent {
+            log::warn!("cannot report applied snapshot: {e}");
+        }
+    }
+}
+
+/// Publish the position gauges.
+pub fn publish_position(p: Position) {
+    METRICS
+        .policy_version
+        .set(i64::try_from(p.policy_version).unwrap_or(i64::MAX));
+    METRICS
+        .invalidation_seq
+        .set(i64::try_from(p.seq).unwrap_or(i64::MAX));
+}
+
+#[async_trait]
+impl BackgroundService for ControlPoller {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let client = match reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("control poller cannot start its HTTP client: {e}");
+                return;
+            }
+        };
+        let mut backoff = Duration::from_millis(100);
+        let mut reported_once = false;
+        loop {
+            let outcome = tokio::select! {
+                _ = shutdown.changed() => return,
+                r = self.poll_once(&client) => r,
+            };
+            match outcome {
+                Ok(applied) => {
+                    backoff = Duration::from_millis(100);
+                    if !applied && !reported_once {
+                        // Tell the control plane where a restored node stands.
+                        let p = self.snapshot.load().control.position;
+                        self.report(&client, p, SystemTime::now()).await;
+                    }
+                    reported_once = true;
+                }
+                Err(reason) => {
+                    METRICS.snapshot_rejected.with_label_values(&[reason]).inc();
+                    tokio::select! {
+                        _ = shutdown.changed() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! The `verge control` config file: raw serde types and their validation (every error, with its key).
+
+use crate::config::units::{ConfDuration, ConfSize};
+use crate::config::{ConfigError, ConfigErrors};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControlSettings {
+    listen: Option<String>,
+    data_dir: Option<String>,
+    #[serde(default)]
+    tokens: Vec<RawToken>,
+    #[serde(default)]
+    insecure_no_auth: bool,
+    invalidation_retention: Option<ConfDuration>,
+    coalesce_window: Option<ConfDuration>,
+    purge_rate: Option<RawRate>,
+    max_body: Option<ConfSize>,
+    max_wait: Option<ConfDuration>,
+    compact_after: Option<usize>,
+    policy_history: Option<usize>,
+    seed_policy: Option<String>,
+    threads: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: String,
+    token: Option<String>,
+    token_file: Option<String>,
+    token_env: Option<String>,
+    scopes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRate {
+    per_second: f64,
+    burst: Option<f64>,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Read policy, history, nodes; poll snapshots; report what a node applied.
+    Read,
+    /// Write (and roll back) the policy.
+    PolicyWrite,
+    /// Invalidate URLs, prefixes, hosts and tags.
+    Purge,
+    /// Invalidate everything.
+    PurgeAll,
+}
+
+impl Scope {
+    fn parse(s: &str) -> Option<Scope> {
+        Some(match s {
+            "read" => Scope::Read,
+            "policy:write" => Scope::PolicyWrite,
+            "purge" => Scope::Purge,
+            "purge:all" => Scope::PurgeAll,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::PolicyWrite => "policy:write",
+            Scope::Purge => "purge",
+            Scope::PurgeAll => "purge:all",
+        }
+    }
+}
+
+/// One bearer token and what it may do.
+#[derive(Debug, Clone)]
+pub struct Token {
+    pub name: String,
+    pub secret: String,
+    pub scopes: HashSet<Scope>,
+}
+
+/// Token-bucket rate for purges, per token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+/// Validated control-plane settings.
+#[derive(Debug, Clone)]
+pub struct ControlSettings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub tokens: Vec<Token>,
+    /// No tokens: every request is allowed (only for a loopback-only lab setup).
+    pub insecure_no_auth: bool,
+    /// Invalidations older than this are compacted away; nodes forget them after it too.
+    pub invalidation_retention: Duration,
+    /// The same invalidation repeated within this window returns the first one's `seq`.
+    pub coalesce_window: Duration,
+    pub purge_rate: Rate,
+    pub max_body: usize,
+    /// Longest long-poll a node may ask for.
+    pub max_wait: Duration,
+    /// Compact once this many invalidations were appended since the last compaction.
+    pub compact_after: usize,
+    /// Policy versions kept for history and rollback.
+    pub policy_history: usize,
+    /// Policy file written as version 1 when the store is empty.
+    pub seed_policy: Option<PathBuf>,
+    pub threads: usize,
+}
+
+impl ControlSettings {
+    /// Read and validate a control-plane config file; errors name the file and every key.
+    pub fn load(path: &Path) -> Result<ControlSettings, ConfigErrors> {
+        let with_file = |errors: Vec<ConfigError>| ConfigErrors {
+            file: Some(path.to_path_buf()),
+            errors,
+        };
+        let one = |message: String| {
+            with_file(vec![ConfigError {
+                path: String::new(),
+                message,
+            }])
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| one(format!("cannot read: {e}")))?;
+        Self::from_yaml_str(&text).map_err(|e| with_file(e.errors))
+    }
+
+    /// Parse and validate YAML text.
+    pub fn from_yaml_str(text: &str) -> Result<ControlSettings, ConfigErrors> {
+        let raw: RawControlSettings = serde_yaml::from_str(text).map_err(|e| {
+            ConfigErrors::new(vec![ConfigError {
+                path: String::new(),
+                message: e.to_string(),
+            }])
+        })?;
+        validate(raw).map_err(ConfigErrors::new)
+    }
+}
+
+fn validate(raw: RawControlSettings) -> Result<ControlSettings, Vec<ConfigError>> {
+    let mut errs = Vec::new();
+    let mut push = |path: &str, message: String| {
+        errs.push(ConfigError {
+            path: path.into(),
+            message,
+        })
+    };
+    let listen_text = raw.listen.unwrap_or_else(|| "127.0.0.1:9900".into());
+    let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
+        push("listen", format!("{listen_text:?} is not ip:port"));
+        SocketAddr::from(([127, 0, 0, 1], 9900))
+    });
+    let mut tokens = Vec::new();
+    let mut names = HashSet::new();
+    for (i, t) in raw.tokens.into_iter().enumerate() {
+        let path = format!("tokens[{i}]");
+        if !names.insert(t.name.clone()) {
+            push(
+                &format!("{path}.name"),
+                format!("duplicate token name {:?}", t.name),
+            );
+        }
+        let secret = match (t.token, t.token_file, t.token_env) {
+            (Some(s), None, None) => Some(s),
+            (None, Some(f), None) => match std::fs::read_to_string(&f) {
+                Ok(s) => Some(s.trim().to_string()),
+                Err(e) => {
+                    push(
+                        &format!("{path}.token_file"),
+                        format!("cannot read {f:?}: {e}"),
+                    );
+                    None
+                }
+            },
+            (None, None, Some(v)) => match std::env::var(&v) {
+                Ok(s) => Some(s.trim().to_string()),
+                Err(_) => {
+                    push(&format!("{path}.token_env"), format!("{v} is not set"));
+                    None
+                }
+            },
+            _ => {
+                push(
+                    &path,
+                    "set exactly one of token, token_file, token_env".into(),
+                );
+                None
+            }
+        };
+        if let Some(s) = &secret {
+            if s.len() < 16 {
+                push(&path, "a token must be at least 16 characters".into());
+            }
+        }
+        let mut scopes = HashSet::new();
+        for (j, s) in t.scopes.iter().enumerate() {
+            match Scope::parse(s) {
+                Some(sc) => {
+                    scopes.insert(sc);
+                }
+                None => push(
+                    &format!("{path}.scopes[{j}]"),
+                    format!("unknown scope {s:?} (read, policy:write, purge, purge:all)"),
+                ),
+            }
+        }
+        if let Some(secret) = secret {
+            tokens.push(Token {
+                name: t.name,
+                secret,
+                scopes,
+            });
+        }
+    }
+    if tokens.is_empty() && !raw.insecure_no_auth {
+        push(
+            "tokens",
+            "configure at least one token (or set insecure_no_auth: true for a lab)".into(),
+        );
+    }
+    let positive = |push: &mut dyn FnMut(&str, String), key: &str, d: Option<ConfDuration>, def| {
+        let v = d.map_or(def, |d| d.0);
+        if v.is_zero() {
+            push(key, "must be greater than zero".into());
+        }
+        v
+    };
+    let invalidation_retention = positive(
+        &mut push,
+        "invalidation_retention",
+        raw.invalidation_retention,
+        Duration::from_secs(7 * 86400),
+    );
+    let coalesce_window = raw.coalesce_window.map_or(Duration::from_secs(1), |d| d.0);
+    let max_wait = positive(&mut push, "max_wait", raw.max_wait, Duration::from_secs(60));
+    let purge_rate = match raw.purge_rate {
+        None => Rate {
+            per_second: 100.0,
+            burst: 1000.0,
+        },
+        Some(r) => {
+            let burst = r.burst.unwrap_or(r.per_second.max(1.0));
+            if !(r.per_second.is_finite() && r.per_second > 0.0) {
+                push("purge_rate.per_second", "must be a positive number".into());
+            }
+            if !(burst.is_finite() && burst >= 1.0) {
+                push("purge_rate.burst", "must be at least 1".into());
+            }
+            Rate {
+                per_second: r.per_second,
+                burst,
+            }
+        }
+    };
+    let max_body = raw.max_body.map_or(4 << 20, |s| s.0);
+    if !(1024..=(64 << 20)).contains(&max_body) {
+        push("max_body", "must be between 1KiB and 64MiB".into());
+    }
+    let threads = raw.threads.unwrap_or(2);
+    if threads == 0 || threads > 64 {
+        push("threads", "must be between 1 and 64".into());
+    }
+    let seed_policy = raw.seed_policy.map(PathBuf::from);
+    if let Some(p) = &seed_policy {
+        if !p.is_file() {
+            push("seed_policy", format!("{} does not exist", p.display()));
+        }
+    }
+    let settings = ControlSettings {
+        listen,
+        data_dir: raw
+            .data_dir
+            .map_or_else(|| PathBuf::from("/var/lib/verge-control"), PathBuf::from),
+        tokens,
+        insecure_no_auth: raw.insecure_no_auth,
+        invalidation_retention,
+        coalesce_window,
+        purge_rate,
+        max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
+        max_wait,
+        compact_after: raw.compact_after.unwrap_or(10_000).max(1),
+        policy_history: raw.policy_history.unwrap_or(100).max(1),
+        seed_policy,
+        threads,
+    };
+    if errs.is_empty() {
+        Ok(settings)
+    } else {
+        Err(errs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn good_settings() {
+        let s = ControlSettings::from_yaml_str(
+            "listen: 127.0.0.1:7000\ndata_dir: /tmp/x\ntokens:\n  - {name: ops, token: aaaaaaaaaaaaaaaaaaaa, scopes: [read, purge]}\n",
+        )
+        .unwrap();
+        assert_eq!(s.listen.port(), 7000);
+        assert!(s.tokens[0].scopes.contains(&Scope::Purge));
+        assert!(!s.tokens[0].scopes.contains(&Scope::PurgeAll));
+        assert_eq!(s.invalidation_retention, Duration::from_secs(7 * 86400));
+    }
+
+    #[test]
+    fn every_error_named() {
+        let e = ControlSettings::from_yaml_str(
+            "listen: nope\ntokens:\n  - {name: a, token: short, scopes: [read, root]}\n  - {name: a, scopes: []}\nmax_wait: 0s\n",
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        for needle in [
+            "listen:",
+            "tokens[0]: a token must be at least 16",
+            "tokens[0].scopes[1]: unknown scope",
+            "tokens[1].name: duplicate",
+            "tokens[1]: set exactly one",
+            "max_wait: must be greater",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in {text}");
+        }
+        let e = ControlSettings::from_yaml_str("tokens: []\n").unwrap_err();
+        assert!(e.to_string().contains("insecure_no_auth"));
+        let e = ControlSettings::from_yaml_str("bogus: 1\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `bogus`"));
+    }
+}

@@ -1,0 +1,334 @@
+//! The control plane's durable store: a trait, and the embedded file store (an fsynced log).
+//!
+//! Every accepted write is appended as one JSON line and `fsync`ed before the API answers 2xx.
+//! Compaction rewrites the log (policy history + retained invalidations) into a temporary file
+//! and renames it over the old one, so a crash at any point leaves one complete log.
+
+use super::wire::Invalidation;
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+/// One version of the policy document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyVersion {
+    pub version: u64,
+    pub document: serde_json::Value,
+    pub written_ms: u64,
+    /// Name of the token that wrote it.
+    pub author: String,
+    /// Set when this version restores an older one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<u64>,
+}
+
+/// One line of the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    Policy(PolicyVersion),
+    Invalidation(Invalidation),
+    /// Written first by compaction: invalidations up to `seq` were dropped.
+    Floor {
+        seq: u64,
+    },
+}
+
+/// Everything a store holds, in write order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreState {
+    pub policies: Vec<PolicyVersion>,
+    pub invalidations: Vec<Invalidation>,
+    /// Highest sequence number compacted away (0: none).
+    pub floor: u64,
+}
+
+impl StoreState {
+    fn push(&mut self, r: Record) {
+        match r {
+            Record::Policy(p) => self.policies.push(p),
+            Record::Invalidation(i) => self.invalidations.push(i),
+            Record::Floor { seq } => self.floor = self.floor.max(seq),
+        }
+    }
+}
+
+/// Why the store failed. Writes that fail are not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: line {line} is corrupt: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+}
+
+/// Where the control plane keeps policy versions and the invalidation log. Implementations must
+/// make a write durable before `append` returns.
+pub trait Store: Send + Sync {
+    /// Read everything back (at startup).
+    fn load(&self) -> Result<StoreState, StoreError>;
+    /// Append records durably, all or nothing from the caller's point of view.
+    fn append(&self, records: &[Record]) -> Result<(), StoreError>;
+    /// Replace the whole content with `state` (compaction).
+    fn rewrite(&self, state: &StoreState) -> Result<(), StoreError>;
+}
+
+/// The embedded store: `<dir>/control.log`, one JSON record per line.
+pub struct FileStore {
+    dir: PathBuf,
+    log: parking_lot::Mutex<Option<File>>,
+}
+
+impl FileStore {
+    /// Open (creating the directory if needed). Nothing is read until `load`.
+    pub fn open(dir: &Path) -> Result<FileStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(FileStore {
+            dir: dir.to_path_buf(),
+            log: parking_lot::Mutex::new(None),
+        })
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("control.log")
+    }
+
+    fn io(&self, path: &Path) -> impl Fn(std::io::Error) -> StoreError {
+        let path = path.to_path_buf();
+        move |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        }
+    }
+
+    fn open_append(&self) -> Result<File, StoreError> {
+        let path = self.log_path();
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(self.io(&path))
+    }
+
+    fn sync_dir(&self) -> Result<(), StoreError> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(self.io(&self.dir))
+    }
+}
+
+fn encode(records: &[Record]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    for r in records {
+        // Serialising plain data with string keys cannot fail.
+        if let Ok(line) = serde_json::to_vec(r) {
+            buf.extend_from_slice(&line);
+            buf.push(b'\n');
+        }
+    }
+    buf
+}
+
+impl Store for FileStore {
+    fn load(&self) -> Result<StoreState, StoreError> {
+        let path = self.log_path();
+        let mut state = StoreState::default();
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(state),
+            Err(e) => return Err(self.io(&path)(e)),
+        };
+        let mut reader = BufReader::new(file);
+        let mut line = Vec::new();
+        let mut good_len = 0u64;
+        let mut n = 0;
+        loop {
+            line.clear();
+            let read = reader
+                .read_until(b'\n', &mut line)
+                .map_err(self.io(&path))?;
+            if read == 0 {
+                break;
+            }
+            n += 1;
+            let complete = line.last() == Some(&b'\n');
+            match serde_json::from_slice::<Record>(&line) {
+                Ok(r) if complete => {
+                    state.push(r);
+                    good_len += read as u64;
+                }
+                // A torn last line is a write that crashed before its fsync returned, so it
+                // was never acknowledged: drop it. Anywhere else the log is corrupt.
+                result => {
+                    let mut rest = Vec::new();
+                    let more = reader
+                        .read_until(b'\n', &mut rest)
+                        .map_err(self.io(&path))?;
+                    if more > 0 {
+                        let reason = match result {
+                            Err(e) => e.to_string(),
+                            Ok(_) => "missing newline".into(),
+                        };
+                        return Err(StoreError::Corrupt {
+                            path,
+                            line: n,
+                            reason,
+                        });
+                    }
+                    log::warn!(
+                        "{}: dropping an incomplete last record (a write that never finished)",
+                        path.display()
+                    );
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(self.io(&path))?;
+                    f.set_len(good_len).map_err(self.io(&path))?;
+                    f.sync_all().map_err(self.io(&path))?;
+                    break;
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    fn append(&self, records: &[Record]) -> Result<(), StoreError> {
+        let path = self.log_path();
+        let mut guard = self.log.lock();
+        if guard.is_none() {
+            *guard = Some(self.open_append()?);
+            // A new file's directory entry must be durable too.
+            self.sync_dir()?;
+        }
+        let Some(file) = guard.as_mut() else {
+            return Ok(());
+        };
+        let result = file
+            .write_all(&encode(records))
+            .and_then(|()| file.sync_data());
+        if result.is_err() {
+            // Reopen next time rather than keep writing after a partial line.
+            *guard = None;
+        }
+        result.map_err(self.io(&path))
+    }
+
+    fn rewrite(&self, state: &StoreState) -> Result<(), StoreError> {
+        let path = self.log_path();
+        let tmp = self.dir.join("control.log.tmp");
+        let mut records = vec![Record::Floor { seq: state.floor }];
+        records.extend(state.policies.iter().cloned().map(Record::Policy));
+        records.extend(
+            state
+                .invalidations
+                .iter()
+                .cloned()
+                .map(Record::Invalidation),
+        );
+        let mut guard = self.log.lock();
+        let mut f = File::create(&tmp).map_err(self.io(&tmp))?;
+        f.write_all(&encode(&records))
+            .and_then(|()| f.sync_all())
+            .map_err(self.io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(self.io(&path))?;
+        self.sync_dir()?;
+        *guard = Some(self.open_append()?);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::wire::InvalidationKind;
+    use super::*;
+
+    fn inv(seq: u64) -> Invalidation {
+        Invalidation {
+            seq,
+            kind: InvalidationKind::Host,
+            target: "a.com".into(),
+            soft: false,
+            created_ms: seq,
+        }
+    }
+
+    fn policy(version: u64) -> PolicyVersion {
+        PolicyVersion {
+            version,
+            document: serde_json::json!({"routes": []}),
+            written_ms: 1,
+            author: "test".into(),
+            rollback_of: None,
+        }
+    }
+
+    #[test]
+    fn writes_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::open(dir.path()).unwrap();
+        assert_eq!(s.load().unwrap(), StoreState::default());
+        s.append(&[Record::Policy(policy(1))]).unwrap();
+        s.append(&[Record::Invalidation(inv(1)), Record::Invalidation(inv(2))])
+            .unwrap();
+        drop(s);
+        let s = FileStore::open(dir.path()).unwrap();
+        let st = s.load().unwrap();
+        assert_eq!(st.policies, vec![policy(1)]);
+        assert_eq!(st.invalidations, vec![inv(1), inv(2)]);
+    }
+
+    #[test]
+    fn torn_last_line_is_dropped_but_corruption_inside_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::open(dir.path()).unwrap();
+        s.append(&[Record::Invalidation(inv(1))]).unwrap();
+        let log = dir.path().join("control.log");
+        let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(b"{\"type\":\"invalidation\",\"se").unwrap();
+        drop(f);
+        let st = FileStore::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(st.invalidations, vec![inv(1)]);
+        // the torn tail was cut, so appending continues on a clean line
+        let s = FileStore::open(dir.path()).unwrap();
+        s.append(&[Record::Invalidation(inv(2))]).unwrap();
+        assert_eq!(s.load().unwrap().invalidations.len(), 2);
+
+        let mut text = std::fs::read_to_string(&log).unwrap();
+        text.insert_str(0, "garbage\n");
+        std::fs::write(&log, text).unwrap();
+        let err = FileStore::open(dir.path()).unwrap().load().unwrap_err();
+        assert!(err.to_string().contains("line 1 is corrupt"), "{err}");
+    }
+
+    #[test]
+    fn rewrite_compacts_and_keeps_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::open(dir.path()).unwrap();
+        for i in 1..=5 {
+            s.append(&[Record::Invalidation(inv(i))]).unwrap();
+        }
+        let state = StoreState {
+            policies: vec![policy(3)],
+            invalidations: vec![inv(4), inv(5)],
+            floor: 3,
+        };
+        s.rewrite(&state).unwrap();
+        s.append(&[Record::Invalidation(inv(6))]).unwrap();
+        let st = FileStore::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(st.floor, 3);
+        assert_eq!(st.policies, vec![policy(3)]);
+        assert_eq!(st.invalidations, vec![inv(4), inv(5), inv(6)]);
+    }
+}

@@ -1,0 +1,267 @@
+//! What the control plane and nodes exchange: invalidations, snapshots, positions, reports.
+
+use crate::proxy::route::canonical_host;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What an invalidation matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InvalidationKind {
+    /// One URL (host + path and query), every variant.
+    Url,
+    /// Every URL of a host under a path prefix.
+    Prefix,
+    /// Every URL of a host.
+    Host,
+    /// Every entry whose response carried this surrogate key / cache tag.
+    Tag,
+    /// Everything.
+    All,
+}
+
+impl InvalidationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvalidationKind::Url => "url",
+            InvalidationKind::Prefix => "prefix",
+            InvalidationKind::Host => "host",
+            InvalidationKind::Tag => "tag",
+            InvalidationKind::All => "all",
+        }
+    }
+}
+
+/// A target in its canonical form, as the node's invalidation index stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    Url { host: String, path_query: String },
+    Prefix { host: String, prefix: String },
+    Host(String),
+    Tag(String),
+    All,
+}
+
+/// Longest target accepted (a URL's request line is capped at 8 KiB by default).
+pub const MAX_TARGET_LEN: usize = 8192;
+
+/// Split `http://host/path?q`, `//host/path` or `host/path` into canonical host and the rest.
+fn split_url(text: &str) -> Result<(String, String), String> {
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .or_else(|| text.strip_prefix("//"))
+        .unwrap_or(text);
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let host = canonical_host(authority).ok_or_else(|| format!("{authority:?} is not a host"))?;
+    let path = if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_string()
+    };
+    if path.contains('#') {
+        return Err("a URL target cannot contain a fragment".into());
+    }
+    Ok((host, path))
+}
+
+/// Parse and canonicalise a target for its kind; the error says why it is unusable.
+pub fn parse_target(kind: InvalidationKind, text: &str) -> Result<Target, String> {
+    let text = text.trim();
+    if text.len() > MAX_TARGET_LEN {
+        return Err(format!("target is longer than {MAX_TARGET_LEN} bytes"));
+    }
+    if text.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err("target contains spaces or control characters".into());
+    }
+    if text.is_empty() && kind != InvalidationKind::All {
+        return Err("target is empty".into());
+    }
+    match kind {
+        InvalidationKind::Url => {
+            let (host, path_query) = split_url(text)?;
+            Ok(Target::Url { host, path_query })
+        }
+        InvalidationKind::Prefix => {
+            let (host, prefix) = split_url(text)?;
+            if prefix.contains('?') {
+                return Err("a prefix target cannot contain a query".into());
+            }
+            Ok(Target::Prefix { host, prefix })
+        }
+        InvalidationKind::Host => canonical_host(text)
+            .map(Target::Host)
+            .ok_or_else(|| format!("{text:?} is not a host")),
+        InvalidationKind::Tag => {
+            if text.len() > 1024 || text.contains([',', '"']) {
+                Err("a tag is at most 1024 bytes without ',' or '\"'".into())
+            } else {
+                Ok(Target::Tag(text.to_string()))
+            }
+        }
+        InvalidationKind::All => Ok(Target::All),
+    }
+}
+
+/// One accepted invalidation, as logged by the control plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invalidation {
+    pub seq: u64,
+    pub kind: InvalidationKind,
+    pub target: String,
+    pub soft: bool,
+    /// When the control plane accepted it (Unix milliseconds).
+    pub created_ms: u64,
+}
+
+/// How far a node (or the control plane) has got: policy version and invalidation sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+pub struct Position {
+    pub policy_version: u64,
+    pub seq: u64,
+}
+
+impl Position {
+    /// True when neither part of `other` is behind this one's.
+    pub fn is_at_or_after(&self, other: &Position) -> bool {
+        self.policy_version >= other.policy_version && self.seq >= other.seq
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.policy_version, self.seq)
+    }
+}
+
+impl FromStr for Position {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (p, q) = s
+            .split_once('.')
+            .ok_or_else(|| format!("{s:?} is not <policy_version>.<seq>"))?;
+        let num = |t: &str| {
+            t.parse::<u64>()
+                .map_err(|_| format!("{s:?} is not <policy_version>.<seq>"))
+        };
+        Ok(Position {
+            policy_version: num(p)?,
+            seq: num(q)?,
+        })
+    }
+}
+
+/// What `GET /v1/snapshot` returns: everything (`full`) or what is new after the node's position.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotMessage {
+    /// A full snapshot replaces the node's state; a delta adds to it.
+    pub full: bool,
+    pub policy_version: u64,
+    pub seq: u64,
+    /// The policy document; in a delta only when it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<serde_json::Value>,
+    /// Invalidations after the node's `seq` (delta) or the whole retained log (full).
+    #[serde(default)]
+    pub invalidations: Vec<Invalidation>,
+    /// How long the control plane keeps invalidations; nodes forget theirs after the same time.
+    pub retention_secs: u64,
+}
+
+impl SnapshotMessage {
+    pub fn position(&self) -> Position {
+        Position {
+            policy_version: self.policy_version,
+            seq: self.seq,
+        }
+    }
+}
+
+/// What a node reports after applying a snapshot (`POST /v1/nodes/<id>/applied`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AppliedReport {
+    pub policy_version: u64,
+    pub seq: u64,
+    /// When the node swapped the snapshot in (Unix milliseconds).
+    pub applied_at_ms: u64,
+}
+
+/// Unix milliseconds for a time (0 before the epoch).
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The time for Unix milliseconds.
+pub fn from_unix_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_targets_are_canonical() {
+        let t = parse_target(InvalidationKind::Url, "https://Example.COM:443/a/b?x=1").unwrap();
+        assert_eq!(
+            t,
+            Target::Url {
+                host: "example.com".into(),
+                path_query: "/a/b?x=1".into()
+            }
+        );
+        let t = parse_target(InvalidationKind::Url, "example.com").unwrap();
+        assert_eq!(
+            t,
+            Target::Url {
+                host: "example.com".into(),
+                path_query: "/".into()
+            }
+        );
+        let t = parse_target(InvalidationKind::Url, "example.com?q").unwrap();
+        assert!(matches!(t, Target::Url { path_query, .. } if path_query == "/?q"));
+    }
+
+    #[test]
+    fn bad_targets_say_why() {
+        let k = InvalidationKind::Url;
+        assert!(parse_target(k, "").unwrap_err().contains("empty"));
+        assert!(parse_target(k, "bad host/x").is_err());
+        assert!(parse_target(k, "a.com/x#frag")
+            .unwrap_err()
+            .contains("fragment"));
+        assert!(parse_target(InvalidationKind::Prefix, "a.com/x?y").is_err());
+        assert!(parse_target(InvalidationKind::Host, "a b").is_err());
+        assert!(parse_target(InvalidationKind::Tag, "a,b").is_err());
+        assert!(parse_target(k, &"a".repeat(9000)).is_err());
+        assert_eq!(parse_target(InvalidationKind::All, ""), Ok(Target::All));
+    }
+
+    #[test]
+    fn positions_parse_and_order() {
+        let p: Position = "7.42".parse().unwrap();
+        assert_eq!(
+            p,
+            Position {
+                policy_version: 7,
+                seq: 42
+            }
+        );
+        assert_eq!(p.to_string(), "7.42");
+        assert!("7".parse::<Position>().is_err());
+        assert!("x.1".parse::<Position>().is_err());
+        let q = Position {
+            policy_version: 8,
+            seq: 40,
+        };
+        assert!(!q.is_at_or_after(&p));
+        assert!(!p.is_at_or_after(&q));
+    }
+}
