@@ -1008,6 +1008,28 @@ mod tests {
         assert_eq!(shard.entries.get(&id).map(|e| e.queue), Some(Queue::Main));
     }
 
+    /// S3-FIFO: an entry used while on probation moves to the main queue when its turn comes,
+    /// and the unused ones around it leave.
+    #[test]
+    fn an_entry_used_on_probation_moves_to_main() {
+        let m = S3FifoEviction::with_shards(10 * 100, 1);
+        for i in 0..10 {
+            m.admit(key(&format!("a{i}")), 100, fresh());
+        }
+        assert!(m.access(&key("a3"), 100, fresh()));
+        for i in 0..9 {
+            m.admit(key(&format!("b{i}")), 100, fresh());
+        }
+        assert_eq!(m.rejected_items(), 0, "newcomers as popular as their victims get in");
+        assert!(m.peek(&key("a3")));
+        for i in (0..10).filter(|&i| i != 3) {
+            assert!(!m.peek(&key(&format!("a{i}"))), "a{i} left unused");
+        }
+        let shard = m.shards[0].lock();
+        let (id, _) = identify_owned(&key("a3"));
+        assert_eq!(shard.entries.get(&id).map(|e| e.queue), Some(Queue::Main));
+    }
+
     #[tokio::test]
     async fn save_and_load_are_no_ops() {
         let m = S3FifoEviction::new(MIB, 64 * KIB);
