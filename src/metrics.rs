@@ -42,6 +42,10 @@ pub struct Metrics {
     pub cache_objects: IntGauge,
     /// `verge_cache_evictions`: entries evicted to stay within `cache.memory` (since start).
     pub cache_evictions: IntGauge,
+    /// `verge_cache_admission_rejections`: new objects not kept (since start), because the
+    /// admission filter had seen them less often than what they would replace, or because they
+    /// were larger than a shard of `cache.memory`.
+    pub cache_rejections: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -166,6 +170,11 @@ impl Metrics {
                 &registry,
                 "verge_cache_evictions",
                 "Entries evicted to stay within the memory budget, since start",
+            ),
+            cache_rejections: plain_gauge(
+                &registry,
+                "verge_cache_admission_rejections",
+                "New objects the admission filter did not keep, since start",
             ),
             registry,
         }

@@ -37,9 +37,11 @@ const MIN_GHOST: usize = 64;
 ///
 /// - Never holds more than its budget once `admit`/`increment_weight` return: each shard keeps
 ///   to `budget / shards`, and whatever must go is returned for the caller to purge.
-/// - A newcomer that needs room is compared with the entry that would be evicted for it; if the
-///   sketch has seen the newcomer less often, the newcomer is rejected instead. One-time
-///   requests (a crawler, a cache sweep) therefore never displace entries that are used often.
+/// - New entries start on probation in the small FIFO and leave it in order unless they are used
+///   there, so one-time requests (a crawler, a cache sweep) cycle through the small FIFO and
+///   never reach the entries in the main FIFO.
+/// - When a newcomer would push out a main-FIFO entry, the sketch decides: a newcomer seen less
+///   often than that entry is rejected instead.
 /// - An object larger than a shard's budget is rejected outright.
 /// - The state is not persisted: [`EvictionManager::save`] and [`EvictionManager::load`] do
 ///   nothing, because the storage it tracks lives in memory and starts empty.
@@ -360,13 +362,16 @@ impl Shard {
             return out;
         }
         if self.bytes + weight > self.budget {
-            // TinyLFU: the newcomer must have been seen at least as often as the entry it would
-            // push out first.
-            if let Some(victim) = self.next_victim() {
-                let victim_freq = self
-                    .entries
-                    .get(&victim)
-                    .map_or(0, |e| self.sketch.estimate(&e.hashes));
+            // TinyLFU guards the main FIFO: a newcomer may push out a main entry only if it has
+            // been seen at least as often. An unused probation entry leaves whatever its count
+            // (S3-FIFO's own decision), so one entry with an inflated count cannot stall the
+            // small FIFO and make every newcomer bounce off it.
+            let main_victim = self
+                .next_victim()
+                .and_then(|v| self.entries.get(&v))
+                .filter(|e| e.queue == Queue::Main);
+            if let Some(victim) = main_victim {
+                let victim_freq = self.sketch.estimate(&victim.hashes);
                 if candidate_freq < victim_freq {
                     totals.rejected_items.fetch_add(1, Ordering::Relaxed);
                     out.push(item);
@@ -1020,7 +1025,11 @@ mod tests {
         for i in 0..9 {
             m.admit(key(&format!("b{i}")), 100, fresh());
         }
-        assert_eq!(m.rejected_items(), 0, "newcomers as popular as their victims get in");
+        assert_eq!(
+            m.rejected_items(),
+            0,
+            "newcomers as popular as their victims get in"
+        );
         assert!(m.peek(&key("a3")));
         for i in (0..10).filter(|&i| i != 3) {
             assert!(!m.peek(&key(&format!("a{i}"))), "a{i} left unused");
@@ -1028,6 +1037,29 @@ mod tests {
         let shard = m.shards[0].lock();
         let (id, _) = identify_owned(&key("a3"));
         assert_eq!(shard.entries.get(&id).map(|e| e.queue), Some(Queue::Main));
+    }
+
+    /// An unused probation entry leaves in FIFO order even when the sketch counts it higher than
+    /// the newcomers (a hash collision, or requests before it was stored), so it cannot make
+    /// every newcomer bounce.
+    #[test]
+    fn a_popular_but_unused_probation_entry_does_not_stall_admission() {
+        let m = S3FifoEviction::with_shards(10 * 100, 1);
+        for _ in 0..4 {
+            assert!(!m.access(&key("x"), 100, fresh()), "not tracked yet");
+        }
+        assert!(m.admit(key("x"), 100, fresh()).is_empty());
+        for i in 1..10 {
+            assert!(m.admit(key(&format!("a{i}")), 100, fresh()).is_empty());
+        }
+        assert_eq!(m.admit(key("b0"), 100, fresh()), vec![key("x")]);
+        for i in 1..5 {
+            assert_eq!(
+                m.admit(key(&format!("b{i}")), 100, fresh()),
+                vec![key(&format!("a{i}"))]
+            );
+        }
+        assert_eq!(m.rejected_items(), 0);
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@ mod admin;
 mod balancing;
 mod cache;
 mod config_files;
+mod eviction;
 mod health;
 mod limits;
 mod routing;
