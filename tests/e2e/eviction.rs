@@ -1,7 +1,8 @@
 //! Eviction with admission as a client and the origin see it: a hot set warmed by repeated
 //! requests stays cached through a one-time sweep of cold URLs, within `cache.memory`.
 
-use crate::harness::{client, eventually, Verge};
+use crate::cache::fetch;
+use crate::harness::{eventually, Verge};
 use crate::origin::Origin;
 use std::time::Duration;
 
@@ -15,23 +16,12 @@ fn metric(text: &str, name: &str) -> Option<u64> {
         .find_map(|v| v.trim().parse().ok())
 }
 
+/// GET `path` through verge; checks the whole body came back and returns `Cache-Status`.
 async fn get_cache_status(v: &Verge, path: &str) -> String {
-    let r = client()
-        .get(v.url(path))
-        .header("host", "c.test")
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(r.status(), 200, "{path}");
-    let status = r
-        .headers()
-        .get("cache-status")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let body = r.bytes().await.expect("body");
-    assert!(body.len() as u64 >= BODY, "{path}: whole body");
-    status
+    let got = fetch(v, path, &[]).await;
+    assert_eq!(got.status, 200, "{path}");
+    assert!(got.body.len() as u64 >= BODY, "{path}: whole body");
+    got.cache_status
 }
 
 #[tokio::test]
