@@ -29,6 +29,9 @@ impl AdminApp {
         METRICS
             .cache_evictions
             .set(self.cache.evicted_items() as i64);
+        METRICS
+            .cache_rejections
+            .set(self.cache.rejected_items() as i64);
     }
 }
 

@@ -69,6 +69,10 @@ pub struct Metrics {
     pub control_node_policy_lag: IntGaugeVec,
     /// `verge_control_node_report_age_seconds{node}` (control plane): since the node's last report.
     pub control_node_report_age: IntGaugeVec,
+    /// `verge_cache_admission_rejections`: new objects not kept (since start), because the
+    /// admission filter had seen them less often than what they would replace, or because they
+    /// were larger than a shard of `cache.memory`.
+    pub cache_rejections: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -260,6 +264,11 @@ impl Metrics {
                 "verge_control_node_report_age_seconds",
                 "Seconds since a node last reported what it applied",
                 &["node"],
+            ),
+            cache_rejections: plain_gauge(
+                &registry,
+                "verge_cache_admission_rejections",
+                "New objects the admission filter did not keep, since start",
             ),
             registry,
         }

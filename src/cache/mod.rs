@@ -1,13 +1,15 @@
 //! The shared HTTP cache: storage, eviction and miss-collapsing lock (built once per process),
 //! the cache key, Vary variants, and the RFC 9111 policy.
 
+pub mod eviction;
 pub mod policy;
 pub mod storage;
 
 use crate::config::CacheSettings;
 use crate::control::index::{response_tags, InvalidationIndex, Verdict};
 use crate::metrics::METRICS;
-use pingora_cache::eviction::{lru, EvictionManager};
+use eviction::S3FifoEviction;
+use pingora_cache::eviction::EvictionManager;
 use pingora_cache::key::HashBinary;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_cache::ForcedFreshness;
@@ -18,7 +20,7 @@ use storage::MemoryStorage;
 /// Everything `HttpCache::enable` needs, all `'static` as pingora-cache requires.
 pub struct CacheEngine {
     pub storage: &'static MemoryStorage,
-    pub eviction: &'static lru::Manager<16>,
+    pub eviction: &'static S3FifoEviction,
     pub lock: &'static CacheKeyLockImpl,
     pub settings: CacheSettings,
 }
@@ -37,8 +39,8 @@ impl CacheEngine {
         let memory = usize::try_from(settings.memory).unwrap_or(usize::MAX);
         let max_object = usize::try_from(settings.max_object_size).unwrap_or(usize::MAX);
         let storage: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(max_object)));
-        let eviction: &'static lru::Manager<16> =
-            Box::leak(Box::new(lru::Manager::with_capacity(memory, 1024)));
+        let eviction: &'static S3FifoEviction =
+            Box::leak(Box::new(S3FifoEviction::new(memory, max_object)));
         let lock: &'static CacheKeyLockImpl =
             Box::leak(CacheLock::new_boxed(settings.lock_timeout));
         Box::leak(Box::new(CacheEngine {
@@ -57,6 +59,12 @@ impl CacheEngine {
     /// Objects evicted so far to stay under the memory budget.
     pub fn evicted_items(&self) -> usize {
         self.eviction.evicted_items()
+    }
+
+    /// New objects turned away by admission (less popular than what they would replace, or
+    /// larger than a shard's budget); the storage drops them again.
+    pub fn rejected_items(&self) -> usize {
+        self.eviction.rejected_items()
     }
 }
 

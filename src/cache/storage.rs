@@ -1,6 +1,6 @@
 //! In-memory cache storage for pingora-cache: sharded, zero-copy body reads, byte-accounted
 //! (headers + body + per-entry overhead), with a per-object size cap. Eviction is driven by
-//! pingora's sharded LRU manager, which is fed the same byte sizes.
+//! `super::eviction::S3FifoEviction`, which is fed the same byte sizes.
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};

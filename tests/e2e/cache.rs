@@ -13,14 +13,15 @@ async fn cached_verge(o: &Origin, route_cache: &str) -> Verge {
     .await
 }
 
-struct Got {
-    status: u16,
-    cache_status: String,
-    age: Option<u64>,
-    body: String,
+pub struct Got {
+    pub status: u16,
+    pub cache_status: String,
+    pub age: Option<u64>,
+    pub body: String,
 }
 
-async fn fetch(v: &Verge, path: &str, headers: &[(&str, &str)]) -> Got {
+/// GET `path` with Host `c.test` and `headers`; what the client got.
+pub async fn fetch(v: &Verge, path: &str, headers: &[(&str, &str)]) -> Got {
     let mut req = client().get(v.url(path)).header("host", "c.test");
     for (k, val) in headers {
         req = req.header(*k, *val);

@@ -8,6 +8,7 @@ mod balancing;
 mod cache;
 mod config_files;
 mod control;
+mod eviction;
 mod health;
 mod limits;
 mod routing;

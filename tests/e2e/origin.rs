@@ -45,6 +45,8 @@ struct State {
     /// Extra response headers per path.
     headers: Mutex<BTreeMap<String, Vec<(String, String)>>>,
     delay_ms: AtomicU64,
+    /// Pad every response body to at least this many bytes.
+    body_size: AtomicU64,
 }
 
 pub struct Origin {
@@ -102,7 +104,11 @@ async fn handle(
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
     let n = state.total.load(Ordering::Relaxed);
-    let body = format!("origin={} uri={uri} n={n}\n", state.name);
+    let mut body = format!("origin={} uri={uri} n={n}\n", state.name);
+    let body_size = usize::try_from(state.body_size.load(Ordering::Relaxed)).unwrap_or(0);
+    if body.len() < body_size {
+        body.push_str(&".".repeat(body_size - body.len()));
+    }
     let mut builder = Response::builder()
         .status(200)
         .header("x-origin", state.name.as_str())
@@ -210,6 +216,11 @@ impl Origin {
     /// Wait this long before answering any request.
     pub fn set_delay_ms(&self, ms: u64) {
         self.state.delay_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Pad every response body to at least `bytes`.
+    pub fn set_body_size(&self, bytes: u64) {
+        self.state.body_size.store(bytes, Ordering::Relaxed);
     }
 
     pub fn set_health_status(&self, status: u16) {
