@@ -2,6 +2,7 @@
 //! the cache key, Vary variants, and the RFC 9111 policy.
 
 pub mod policy;
+pub mod request_directives;
 pub mod storage;
 
 use crate::config::CacheSettings;

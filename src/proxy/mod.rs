@@ -5,13 +5,15 @@ pub mod headers;
 pub mod peer;
 pub mod route;
 
+use crate::cache::request_directives::{self, HitVerdict, RequestDirectives};
 use crate::cache::{policy, CacheEngine};
 use crate::metrics::METRICS;
 use crate::snapshot::{Route, SharedSnapshot};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_cache::{
-    key::HashBinary, CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, RespCacheable,
+    key::HashBinary, CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness,
+    HitHandler, RespCacheable,
 };
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
@@ -72,6 +74,8 @@ pub struct RequestCtx {
     pub bypass: Option<policy::Bypass>,
     /// The response was admitted to the cache.
     pub stored: bool,
+    /// The request's cache directives (only read on routes that cache).
+    pub directives: RequestDirectives,
 }
 
 impl RequestCtx {
@@ -194,6 +198,7 @@ impl ProxyHttp for EdgeProxy {
         let Some(rules) = ctx.route.as_ref().and_then(|r| r.spec.cache) else {
             return Ok(());
         };
+        ctx.directives = request_directives::parse(session.req_header());
         if let Some(bypass) = policy::request_bypass(session.req_header(), &rules) {
             ctx.bypass = Some(bypass);
             return Ok(());
@@ -201,11 +206,13 @@ impl ProxyHttp for EdgeProxy {
         let engine = self.cache;
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(engine.settings.lock_wait);
+        // only-if-cached never fetches, so it must not take (or wait on) the miss lock
+        let lock = (!ctx.directives.only_if_cached).then_some(engine.lock);
         session.cache.enable(
             engine.storage,
             Some(engine.eviction),
             None,
-            Some(engine.lock),
+            lock,
             Some(overrides),
         );
         session.cache.set_max_file_size_bytes(
@@ -230,6 +237,50 @@ impl ProxyHttp for EdgeProxy {
         req: &RequestHeader,
     ) -> Option<HashBinary> {
         crate::cache::variance(meta, req)
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        _is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        if ctx.directives.is_empty() {
+            return Ok(None);
+        }
+        let verdict = request_directives::hit_verdict(
+            &ctx.directives,
+            meta.age(),
+            meta.fresh_until(),
+            request_directives::forbids_stale(meta.response_header()),
+            std::time::SystemTime::now(),
+        );
+        Ok(match verdict {
+            HitVerdict::AsStored => None,
+            HitVerdict::Revalidate => Some(ForcedFreshness::ForceExpired),
+            HitVerdict::ServeStale => Some(ForcedFreshness::ForceFresh),
+        })
+    }
+
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        let caches = ctx.route.as_ref().is_some_and(|r| r.spec.cache.is_some());
+        if caches && ctx.directives.only_if_cached {
+            // RFC 9111 §5.2.1.7: nothing stored is usable, and the origin must not be asked
+            respond_plain(
+                session,
+                504,
+                "verge: only-if-cached, and no usable stored response",
+            )
+            .await?;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     fn response_cache_filter(
