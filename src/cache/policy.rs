@@ -1,7 +1,7 @@
 //! Shared-cache rules (RFC 9111) as pure functions: may a request use the cache, may a response
 //! be stored, for how long, and what a client sees in `Cache-Status`.
 
-use crate::config::RouteCache;
+use crate::config::{RouteCache, SetCookiePolicy};
 use pingora_cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora_cache::{CacheMeta, NoCacheReason};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -113,6 +113,29 @@ fn initial_age(resp: &ResponseHeader, now: SystemTime) -> Duration {
     age_value.max(apparent)
 }
 
+/// The freshness lifetime from the origin's explicit one and the route's rules, before the
+/// Last-Modified heuristic. In order: `force_ttl` for storable 2xx/3xx (explicitly fresh or
+/// heuristically cacheable), the origin's explicit lifetime, `negative_ttl` for 404/410, then
+/// `default_ttl` for heuristically cacheable statuses.
+fn lifetime(status: u16, explicit: Option<Duration>, rules: &RouteCache) -> Option<Duration> {
+    let storable = explicit.is_some() || heuristically_cacheable(status);
+    if let Some(forced) = rules.force_ttl {
+        if storable && (200..400).contains(&status) {
+            return Some(forced);
+        }
+    }
+    if explicit.is_some() {
+        return explicit;
+    }
+    if matches!(status, 404 | 410) && rules.negative_ttl.is_some() {
+        return rules.negative_ttl;
+    }
+    if heuristically_cacheable(status) {
+        return rules.default_ttl;
+    }
+    None
+}
+
 /// The targeted field verge obeys first (RFC 9213), then `Cache-Control`.
 pub const TARGETED_CACHE_CONTROL: &str = "cdn-cache-control";
 
@@ -128,7 +151,8 @@ pub fn response_meta(
     if never_stored(status) {
         return Err(NoCacheReason::Custom("status"));
     }
-    if resp.headers.contains_key(http::header::SET_COOKIE) {
+    let has_cookie = resp.headers.contains_key(http::header::SET_COOKIE);
+    if has_cookie && rules.set_cookie == SetCookiePolicy::Refuse {
         return Err(NoCacheReason::Custom("set-cookie"));
     }
     let vary_star = resp.headers.get_all(http::header::VARY).iter().any(|v| {
@@ -151,14 +175,13 @@ pub fn response_meta(
     {
         return Err(NoCacheReason::OriginNotCache);
     }
-    let mut lifetime = match explicit_lifetime(cc.as_ref(), resp) {
-        Some(l) => l,
-        None if heuristically_cacheable(status) => rules
-            .default_ttl
-            .or_else(|| heuristic_lifetime(resp, now))
-            .ok_or(NoCacheReason::OriginNotCache)?,
-        None => return Err(NoCacheReason::OriginNotCache),
-    };
+    let mut lifetime = lifetime(status, explicit_lifetime(cc.as_ref(), resp), rules)
+        .or_else(|| {
+            heuristically_cacheable(status)
+                .then(|| heuristic_lifetime(resp, now))
+                .flatten()
+        })
+        .ok_or(NoCacheReason::OriginNotCache)?;
     if cc.as_ref().is_some_and(|c| c.no_cache()) {
         lifetime = Duration::ZERO;
     }
@@ -194,6 +217,9 @@ pub fn response_meta(
         c.strip_private_headers(&mut stored);
     }
     stored.remove_header(TARGETED_CACHE_CONTROL);
+    if has_cookie {
+        stored.remove_header(&http::header::SET_COOKIE);
+    }
     stored.remove_header(&http::header::AGE);
     Ok(CacheMeta::new(fresh_until, created, swr, sie, stored))
 }
@@ -333,6 +359,106 @@ mod tests {
         )
         .expect("heuristic");
         assert!((99..=100).contains(&ttl(&m, now)));
+    }
+
+    #[test]
+    fn negative_ttl_for_404_and_410_without_freshness() {
+        let now = SystemTime::now();
+        let neg = RouteCache {
+            negative_ttl: Some(Duration::from_secs(7)),
+            default_ttl: Some(Duration::from_secs(30)),
+            ..rules()
+        };
+        for status in [404, 410] {
+            let m = response_meta(&resp(status, &[]), false, &neg, now).expect("negative");
+            assert_eq!(ttl(&m, now), 7, "{status}");
+        }
+        // the origin's explicit freshness still wins
+        let r = resp(404, &[("cache-control", "max-age=100")]);
+        assert_eq!(
+            ttl(&response_meta(&r, false, &neg, now).expect("c"), now),
+            100
+        );
+        // other statuses keep default_ttl
+        assert_eq!(
+            ttl(
+                &response_meta(&resp(200, &[]), false, &neg, now).expect("c"),
+                now
+            ),
+            30
+        );
+        // other client errors are not covered
+        assert!(response_meta(&resp(403, &[]), false, &neg, now).is_err());
+        // without negative_ttl (or default_ttl) a bare 404 is not stored
+        assert!(response_meta(&resp(404, &[]), false, &rules(), now).is_err());
+    }
+
+    #[test]
+    fn force_ttl_replaces_origin_freshness_but_not_the_never_store_rules() {
+        let now = SystemTime::now();
+        let forced = RouteCache {
+            force_ttl: Some(Duration::from_secs(500)),
+            ..rules()
+        };
+        for h in [
+            vec![("cache-control", "max-age=5")],
+            vec![("cache-control", "s-maxage=10000")],
+            vec![],
+        ] {
+            let m = response_meta(&resp(200, &h), false, &forced, now).expect("forced");
+            assert_eq!(ttl(&m, now), 500, "{h:?}");
+        }
+        for h in [
+            vec![("cache-control", "private, max-age=60")],
+            vec![("cache-control", "no-store")],
+            vec![("set-cookie", "a=b")],
+        ] {
+            assert!(
+                response_meta(&resp(200, &h), false, &forced, now).is_err(),
+                "{h:?}"
+            );
+        }
+        // a 302 without freshness is not storable, forced or not; errors keep the origin's rules
+        assert!(response_meta(&resp(302, &[]), false, &forced, now).is_err());
+        let r = resp(404, &[("cache-control", "max-age=3")]);
+        assert_eq!(
+            ttl(&response_meta(&r, false, &forced, now).expect("c"), now),
+            3
+        );
+        // no-cache still means revalidate every time
+        let r = resp(200, &[("cache-control", "no-cache")]);
+        assert!(!response_meta(&r, false, &forced, now)
+            .expect("c")
+            .is_fresh(now));
+    }
+
+    #[test]
+    fn set_cookie_strip_stores_without_the_cookie() {
+        let now = SystemTime::now();
+        let strip = RouteCache {
+            set_cookie: SetCookiePolicy::Strip,
+            ..rules()
+        };
+        let r = resp(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("set-cookie", "sid=1"),
+                ("x-a", "b"),
+            ],
+        );
+        let m = response_meta(&r, false, &strip, now).expect("stored");
+        assert!(m.headers().get("set-cookie").is_none());
+        assert_eq!(
+            m.headers().get("x-a").map(|v| v.as_bytes()),
+            Some(&b"b"[..])
+        );
+        // private still wins
+        let r = resp(
+            200,
+            &[("cache-control", "private"), ("set-cookie", "sid=1")],
+        );
+        assert!(response_meta(&r, false, &strip, now).is_err());
     }
 
     #[test]

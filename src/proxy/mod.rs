@@ -195,11 +195,11 @@ impl ProxyHttp for EdgeProxy {
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        let Some(rules) = ctx.route.as_ref().and_then(|r| r.spec.cache) else {
+        let Some(rules) = ctx.route.as_ref().and_then(|r| r.spec.cache.as_ref()) else {
             return Ok(());
         };
         ctx.directives = request_directives::parse(session.req_header());
-        if let Some(bypass) = policy::request_bypass(session.req_header(), &rules) {
+        if let Some(bypass) = policy::request_bypass(session.req_header(), rules) {
             ctx.bypass = Some(bypass);
             return Ok(());
         }
@@ -289,7 +289,7 @@ impl ProxyHttp for EdgeProxy {
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
-        let Some(rules) = ctx.route.as_ref().and_then(|r| r.spec.cache) else {
+        let Some(rules) = ctx.route.as_ref().and_then(|r| r.spec.cache.as_ref()) else {
             return Ok(RespCacheable::Uncacheable(
                 pingora_cache::NoCacheReason::NeverEnabled,
             ));
@@ -299,7 +299,7 @@ impl ProxyHttp for EdgeProxy {
             .headers
             .contains_key(http::header::AUTHORIZATION);
         Ok(
-            match policy::response_meta(resp, auth, &rules, std::time::SystemTime::now()) {
+            match policy::response_meta(resp, auth, rules, std::time::SystemTime::now()) {
                 Ok(meta) => {
                     ctx.stored = true;
                     RespCacheable::Cacheable(meta)
@@ -456,7 +456,11 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         resp.remove_header(policy::TARGETED_CACHE_CONTROL);
         if let Some(route) = ctx.route.as_ref() {
-            if route.spec.cache.is_some() {
+            if let Some(rules) = route.spec.cache.as_ref() {
+                if ctx.stored && rules.set_cookie == crate::config::SetCookiePolicy::Strip {
+                    // stored without it: the client that caused the fetch gets what others get
+                    resp.remove_header(&http::header::SET_COOKIE);
+                }
                 let phase = session.cache.phase();
                 let ttl_left = matches!(
                     phase,
