@@ -6,7 +6,7 @@ pub mod peer;
 pub mod route;
 
 use crate::cache::request_directives::{self, HitVerdict, RequestDirectives};
-use crate::cache::{policy, CacheEngine};
+use crate::cache::{invalidation, policy, CacheEngine};
 use crate::metrics::METRICS;
 use crate::snapshot::{Route, SharedSnapshot};
 use async_trait::async_trait;
@@ -55,6 +55,58 @@ impl EdgeProxy {
             "https"
         } else {
             "http"
+        }
+    }
+
+    /// Whether the response being fetched may be stored without exceeding the route's variant
+    /// cap for its URL (a refresh of a stored variant always may).
+    fn variant_admitted(&self, session: &Session, max_variants: usize) -> bool {
+        if !session.cache.enabled() {
+            return true;
+        }
+        session
+            .cache
+            .maybe_cache_key()
+            .is_none_or(|key| self.cache.admits_variant(key, max_variants))
+    }
+
+    /// RFC 9111 §4.4: a successful unsafe request takes its URL, and same-host `Location` /
+    /// `Content-Location`, out of the cache (every variant), each under its own route's key rules.
+    fn invalidate_after_unsafe(&self, req: &RequestHeader, resp: &ResponseHeader, host: &str) {
+        let header = |name| resp.headers.get(name).and_then(|v| v.to_str().ok());
+        let targets = invalidation::targets(
+            &req.method,
+            resp.status.as_u16(),
+            self.scheme(),
+            host,
+            req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            header(http::header::LOCATION),
+            header(http::header::CONTENT_LOCATION),
+        );
+        if targets.is_empty() {
+            return;
+        }
+        let snapshot = self.snapshot.load();
+        for t in targets {
+            let Some(route) = snapshot.table.lookup(&t.host, t.path()) else {
+                continue;
+            };
+            let Some(rules) = route.spec.cache.as_ref() else {
+                continue;
+            };
+            let key =
+                crate::cache::route_cache_key(&t.scheme, &t.host, &t.path_and_query, &rules.key);
+            let removed = self.cache.invalidate(&key);
+            if removed > 0 {
+                log::debug!(
+                    "{} {}: invalidated {removed} entries of {}://{}{}",
+                    req.method,
+                    resp.status,
+                    t.scheme,
+                    t.host,
+                    t.path_and_query
+                );
+            }
         }
     }
 }
@@ -227,16 +279,26 @@ impl ProxyHttp for EdgeProxy {
             .uri
             .path_and_query()
             .map_or("/", |p| p.as_str());
-        Ok(crate::cache::cache_key(self.scheme(), &ctx.host, pq))
+        Ok(
+            match ctx.route.as_ref().and_then(|r| r.spec.cache.as_ref()) {
+                Some(rules) => {
+                    crate::cache::route_cache_key(self.scheme(), &ctx.host, pq, &rules.key)
+                }
+                None => crate::cache::cache_key(self.scheme(), &ctx.host, pq),
+            },
+        )
     }
 
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        crate::cache::variance(meta, req)
+        match ctx.route.as_ref().and_then(|r| r.spec.cache.as_ref()) {
+            Some(rules) => crate::cache::variance_with_rules(meta, req, &rules.key),
+            None => crate::cache::variance(meta, req),
+        }
     }
 
     async fn cache_hit_filter(
@@ -300,6 +362,9 @@ impl ProxyHttp for EdgeProxy {
             .contains_key(http::header::AUTHORIZATION);
         Ok(
             match policy::response_meta(resp, auth, rules, std::time::SystemTime::now()) {
+                Ok(_) if !self.variant_admitted(session, rules.max_variants) => {
+                    RespCacheable::Uncacheable(pingora_cache::NoCacheReason::Custom("max-variants"))
+                }
                 Ok(meta) => {
                     ctx.stored = true;
                     RespCacheable::Cacheable(meta)
@@ -435,10 +500,13 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _upstream: &mut ResponseHeader,
+        session: &mut Session,
+        upstream: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if !session.req_header().method.is_safe() {
+            self.invalidate_after_unsafe(session.req_header(), upstream, &ctx.host);
+        }
         if let (Some(route), Some(at)) = (ctx.route.as_ref(), ctx.upstream_sent_at) {
             METRICS
                 .upstream_latency
