@@ -224,6 +224,24 @@ pub fn response_meta(
     Ok(CacheMeta::new(fresh_until, created, swr, sie, stored))
 }
 
+/// The stored header refreshed by a 304 (RFC 9111 §4.3.4) for the freshness fields pingora's
+/// merge leaves out: `Date` and `Age` come from the 304, or go when it has none. Without this
+/// the stored `Date` would make a just-validated entry look as old as the first fetch.
+pub fn refreshed_by_not_modified(
+    merged: &ResponseHeader,
+    not_modified: &ResponseHeader,
+) -> ResponseHeader {
+    let mut out = merged.clone();
+    for name in [http::header::DATE, http::header::AGE] {
+        out.remove_header(&name);
+        for v in not_modified.headers.get_all(&name) {
+            // appending a value that came from a parsed header cannot fail
+            let _ = out.append_header(name.clone(), v.clone());
+        }
+    }
+    out
+}
+
 /// The RFC 9211 `Cache-Status` value for a response.
 pub fn cache_status(
     phase: pingora_cache::CachePhase,
@@ -459,6 +477,38 @@ mod tests {
             &[("cache-control", "private"), ("set-cookie", "sid=1")],
         );
         assert!(response_meta(&r, false, &strip, now).is_err());
+    }
+
+    #[test]
+    fn a_304_refreshes_date_and_age() {
+        let now = SystemTime::now();
+        let old = httpdate::fmt_http_date(now - Duration::from_secs(100));
+        let merged = resp(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("date", &old),
+                ("etag", "\"x\""),
+            ],
+        );
+        // with the first fetch's Date the entry would be stale at once
+        assert!(!response_meta(&merged, false, &rules(), now)
+            .expect("c")
+            .is_fresh(now));
+        let fresh = httpdate::fmt_http_date(now);
+        let nm = resp(304, &[("date", &fresh)]);
+        let refreshed = refreshed_by_not_modified(&merged, &nm);
+        let m = response_meta(&refreshed, false, &rules(), now).expect("c");
+        assert!((59..=60).contains(&ttl(&m, now)));
+        assert_eq!(
+            m.headers().get("etag").map(|v| v.as_bytes()),
+            Some(&b"\"x\""[..])
+        );
+        // a 304 without Date: the validation itself is the new reference point
+        let refreshed = refreshed_by_not_modified(&merged, &resp(304, &[]));
+        assert!(refreshed.headers.get("date").is_none());
+        let m = response_meta(&refreshed, false, &rules(), now).expect("c");
+        assert!((59..=60).contains(&ttl(&m, now)));
     }
 
     #[test]

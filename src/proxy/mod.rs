@@ -128,6 +128,8 @@ pub struct RequestCtx {
     pub stored: bool,
     /// The request's cache directives (only read on routes that cache).
     pub directives: RequestDirectives,
+    /// The origin's 304 while revalidating, for the fields that refresh the stored header.
+    pub not_modified: Option<Box<ResponseHeader>>,
 }
 
 impl RequestCtx {
@@ -360,6 +362,11 @@ impl ProxyHttp for EdgeProxy {
             .req_header()
             .headers
             .contains_key(http::header::AUTHORIZATION);
+        let refreshed = ctx
+            .not_modified
+            .as_deref()
+            .map(|nm| policy::refreshed_by_not_modified(resp, nm));
+        let resp = refreshed.as_ref().unwrap_or(resp);
         Ok(
             match policy::response_meta(resp, auth, rules, std::time::SystemTime::now()) {
                 Ok(_) if !self.variant_admitted(session, rules.max_variants) => {
@@ -506,6 +513,9 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         if !session.req_header().method.is_safe() {
             self.invalidate_after_unsafe(session.req_header(), upstream, &ctx.host);
+        }
+        if upstream.status == http::StatusCode::NOT_MODIFIED {
+            ctx.not_modified = Some(Box::new(upstream.clone()));
         }
         if let (Some(route), Some(at)) = (ctx.route.as_ref(), ctx.upstream_sent_at) {
             METRICS
