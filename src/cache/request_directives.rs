@@ -34,6 +34,18 @@ impl RequestDirectives {
     pub fn is_empty(&self) -> bool {
         *self == RequestDirectives::default()
     }
+
+    /// The directives without those that make the cache revalidate (`no-cache`, `max-age`,
+    /// `min-fresh`), for routes that do not let clients force origin fetches. `max-stale` and
+    /// `only-if-cached` stay: they never add origin traffic.
+    pub fn without_revalidation(self) -> RequestDirectives {
+        RequestDirectives {
+            no_cache: false,
+            max_age: None,
+            min_fresh: None,
+            ..self
+        }
+    }
 }
 
 fn delta_seconds(cc: &CacheControl, name: &str) -> Option<Duration> {
@@ -247,6 +259,29 @@ mod tests {
         assert_eq!(v("max-stale, max-age=100", false), HitVerdict::ServeStale);
         // min-fresh cannot be met by a stale response
         assert_eq!(v("max-stale, min-fresh=1", false), HitVerdict::AsStored);
+    }
+
+    #[test]
+    fn routes_may_ignore_client_revalidation() {
+        let d = parse(&req(&[(
+            "cache-control",
+            "no-cache, max-age=0, min-fresh=5, max-stale, only-if-cached",
+        )]))
+        .without_revalidation();
+        assert_eq!(
+            d,
+            RequestDirectives {
+                max_stale: Some(MaxStale::Any),
+                only_if_cached: true,
+                ..RequestDirectives::default()
+            }
+        );
+        let now = SystemTime::now();
+        let d = parse(&req(&[("pragma", "no-cache")])).without_revalidation();
+        assert_eq!(
+            hit_verdict(&d, secs(5), now + secs(5), false, now),
+            HitVerdict::AsStored
+        );
     }
 
     #[test]

@@ -225,7 +225,7 @@ routes:
       set_cookie: strip
       max_variants: 4
       key: {query: {allow: [id, page]}, headers: [X-Device], cookies: [lang]}
-  - {hosts: [b.com], pool: p, cache: {key: {query: sorted}}}
+  - {hosts: [b.com], pool: p, cache: {key: {query: sorted}, client_revalidation: false}}
   - {hosts: [c.com], pool: p, cache: {key: {query: {deny: [utm_source]}}}}
 "#;
         let c = Config::from_yaml_str(good).expect("valid");
@@ -242,6 +242,7 @@ routes:
         let sorted = c.routes[1].cache.as_ref().expect("cache");
         assert_eq!(sorted.key.query, QueryKey::Sorted);
         assert_eq!(sorted.max_variants, DEFAULT_MAX_VARIANTS);
+        assert!(rc.client_revalidation && !sorted.client_revalidation);
         let deny = &c.routes[2].cache.as_ref().expect("cache").key.query;
         assert_eq!(deny, &QueryKey::Deny(vec!["utm_source".into()]));
 

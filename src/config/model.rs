@@ -66,6 +66,9 @@ pub struct RouteCache {
     pub max_variants: usize,
     /// What besides scheme, host and path makes up the key.
     pub key: CacheKeyRules,
+    /// Obey request `no-cache`, `Pragma: no-cache`, `max-age` and `min-fresh` (clients may force
+    /// a revalidation). `false` ignores them, as nginx and Varnish do by default.
+    pub client_revalidation: bool,
 }
 
 /// Default cap on variants per URL.
@@ -85,6 +88,7 @@ impl Default for RouteCache {
             set_cookie: SetCookiePolicy::Refuse,
             max_variants: DEFAULT_MAX_VARIANTS,
             key: CacheKeyRules::default(),
+            client_revalidation: true,
         }
     }
 }

@@ -45,6 +45,7 @@ pub struct RawRouteCache {
     pub set_cookie: Option<String>,
     pub max_variants: Option<usize>,
     pub key: Option<RawCacheKey>,
+    pub client_revalidation: Option<bool>,
 }
 
 /// `routes[].cache.key`. `query` stays a YAML value: it is a word (`all`, `sorted`, `ignore`)

@@ -194,6 +194,7 @@ fn validate_route_cache(
         set_cookie,
         max_variants,
         key,
+        client_revalidation: raw.client_revalidation.unwrap_or(true),
     };
     if let Some(m) = c.max_ttl {
         for (name, ttl) in [

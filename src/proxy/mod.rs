@@ -252,7 +252,12 @@ impl ProxyHttp for EdgeProxy {
         let Some(rules) = ctx.route.as_ref().and_then(|r| r.spec.cache.as_ref()) else {
             return Ok(());
         };
-        ctx.directives = request_directives::parse(session.req_header());
+        let directives = request_directives::parse(session.req_header());
+        ctx.directives = if rules.client_revalidation {
+            directives
+        } else {
+            directives.without_revalidation()
+        };
         if let Some(bypass) = policy::request_bypass(session.req_header(), rules) {
             ctx.bypass = Some(bypass);
             return Ok(());

@@ -132,6 +132,23 @@ async fn request_max_age_zero_and_no_cache_revalidate_with_the_origin() {
 }
 
 #[tokio::test]
+async fn a_route_can_ignore_client_revalidation() {
+    let o = Origin::start("o").await;
+    o.set_headers("/n", &[("cache-control", "max-age=60")]);
+    let v = cached_verge(&o, "{client_revalidation: false}").await;
+    fetch(&v, "/n", &[]).await;
+    for h in [
+        ("cache-control", "no-cache"),
+        ("cache-control", "max-age=0"),
+        ("pragma", "no-cache"),
+    ] {
+        let g = fetch(&v, "/n", &[h]).await;
+        assert!(g.cache_status.contains("hit"), "{h:?}: {}", g.cache_status);
+    }
+    assert_eq!(o.hits("/n"), 1);
+}
+
+#[tokio::test]
 async fn max_stale_serves_a_stale_entry_without_the_origin() {
     let o = Origin::start("o").await;
     o.set_headers("/ms", &[("cache-control", "max-age=1")]);
