@@ -1,5 +1,6 @@
 //! The shared HTTP cache: storage, eviction and miss-collapsing lock (built once per process),
-//! the cache key, Vary variants, and the RFC 9111 policy.
+//! the cache key, Vary variants, and the RFC 9111 policy (responses, request directives,
+//! invalidation).
 
 pub mod invalidation;
 pub mod key_rules;
