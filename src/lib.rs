@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Crate map:
-//! - [`cache`]: in-memory storage, cache key, Vary, RFC 9111 policy, `Cache-Status`.
+//! - [`cache`]: in-memory storage, cache key and per-route key rules, Vary, RFC 9111 policy
+//!   (response and request directives, invalidation by unsafe methods), `Cache-Status`.
 //! - [`config`]: raw YAML types, validation with every error's key path, validated types.
 //! - [`snapshot`]: the immutable routing table + pools behind one `ArcSwap`.
 //! - [`proxy`]: the `ProxyHttp` implementation and its pure helpers (routing, headers, peers).

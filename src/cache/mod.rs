@@ -1,16 +1,20 @@
 //! The shared HTTP cache: storage, eviction and miss-collapsing lock (built once per process),
-//! the cache key, Vary variants, and the RFC 9111 policy.
+//! the cache key, Vary variants, and the RFC 9111 policy (responses, request directives,
+//! invalidation).
 
 pub mod eviction;
+pub mod invalidation;
+pub mod key_rules;
 pub mod policy;
+pub mod request_directives;
 pub mod storage;
 
-use crate::config::CacheSettings;
+use crate::config::{CacheKeyRules, CacheSettings};
 use crate::control::index::{response_tags, InvalidationIndex, Verdict};
 use crate::metrics::METRICS;
 use eviction::S3FifoEviction;
-use pingora_cache::eviction::EvictionManager;
-use pingora_cache::key::HashBinary;
+use pingora_cache::eviction::{CacheEntryKeyRef, EvictionManager};
+use pingora_cache::key::{CacheHashKey, HashBinary};
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_cache::ForcedFreshness;
 use pingora_cache::{CacheKey, CacheMeta, VarianceBuilder};
@@ -66,23 +70,48 @@ impl CacheEngine {
     pub fn rejected_items(&self) -> usize {
         self.eviction.rejected_items()
     }
+
+    /// Remove a URL (the key's primary part) with every stored variant, from storage and from
+    /// the eviction manager's accounting. Returns how many entries went.
+    pub fn invalidate(&self, key: &CacheKey) -> usize {
+        let removed = self.storage.remove_all_variants(&key.primary_bin());
+        for k in &removed {
+            self.eviction
+                .remove(CacheEntryKeyRef::from_entry_id(k, None));
+        }
+        removed.len()
+    }
+
+    /// Whether a response may be stored under `key` without exceeding `max_variants` for its
+    /// URL: always when it replaces an entry already stored there.
+    pub fn admits_variant(&self, key: &CacheKey, max_variants: usize) -> bool {
+        self.storage.variant_count(&key.primary_bin()) < max_variants
+            || self.storage.contains(&key.combined_bin())
+    }
 }
 
 /// What the invalidation index says about a stored entry, as pingora's forced freshness:
 /// hard → treat as a miss (refetch, collapsed by the lock); soft → stale since the purge, so it
-/// is revalidated and SWR/SIE windows still apply.
+/// is revalidated and SWR/SIE windows still apply. The URL is looked up both as requested and
+/// as the route's key rules normalise it (`key_path_query`), so a purge of `/a` reaches
+/// `/a?utm=1` on a route that ignores the query.
 pub fn invalidation_override(
     index: &InvalidationIndex,
     host: &str,
     path_query: &str,
+    key_path_query: Option<&str>,
     meta: &CacheMeta,
 ) -> Option<ForcedFreshness> {
     if index.is_empty() {
         return None;
     }
-    let tags = response_tags(meta.headers(), &policy::TAG_HEADERS);
     let fetched = policy::fetched_at(meta).unwrap_or_else(|| meta.created());
-    match index.verdict(host, path_query, tags, fetched) {
+    let tags = || response_tags(meta.headers(), &policy::TAG_HEADERS);
+    let mut verdict = index.verdict(host, path_query, tags(), fetched);
+    if let Some(k) = key_path_query.filter(|k| *k != path_query) {
+        verdict = verdict.stronger(index.verdict(host, k, std::iter::empty(), fetched));
+    }
+    match verdict {
         Verdict::Valid => None,
         Verdict::Stale { since } => {
             METRICS.cache_invalidated.with_label_values(&["soft"]).inc();
@@ -107,6 +136,21 @@ pub fn cache_key(scheme: &str, host: &str, path_and_query: &str) -> CacheKey {
         primary.extend_from_slice(part.as_bytes());
     }
     CacheKey::new(primary, host)
+}
+
+/// The cache key under a route's key rules: the query enters as the rules say (`key.query`).
+/// With the default rules this is exactly [`cache_key`].
+pub fn route_cache_key(
+    scheme: &str,
+    host: &str,
+    path_and_query: &str,
+    rules: &CacheKeyRules,
+) -> CacheKey {
+    cache_key(
+        scheme,
+        host,
+        &key_rules::key_path_and_query(path_and_query, &rules.query),
+    )
 }
 
 /// Normalise `Accept-Encoding` to the encodings that matter, so `gzip, deflate, br` and
@@ -140,6 +184,22 @@ fn normalize_accept_encoding(value: &str) -> String {
 /// The variant a request selects for a stored response that carries `Vary`, or `None` when the
 /// response does not vary.
 pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+    vary_builder(meta, req).finalize()
+}
+
+/// The variant a request selects: the stored response's `Vary` plus the route's key headers and
+/// cookies. `None` when neither applies.
+pub fn variance_with_rules(
+    meta: &CacheMeta,
+    req: &RequestHeader,
+    rules: &CacheKeyRules,
+) -> Option<HashBinary> {
+    let mut builder = vary_builder(meta, req);
+    key_rules::add_key_inputs(&mut builder, rules, req);
+    builder.finalize()
+}
+
+fn vary_builder(meta: &CacheMeta, req: &RequestHeader) -> VarianceBuilder<'static> {
     let mut names: Vec<String> = meta
         .headers()
         .get_all(http::header::VARY)
@@ -149,12 +209,12 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
         .map(|n| n.trim().to_ascii_lowercase())
         .filter(|n| !n.is_empty())
         .collect();
+    let mut builder = VarianceBuilder::new();
     if names.is_empty() {
-        return None;
+        return builder;
     }
     names.sort_unstable();
     names.dedup();
-    let mut builder = VarianceBuilder::new();
     for name in names {
         let values: Vec<&[u8]> = req
             .headers
@@ -170,13 +230,13 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
         };
         builder.add_owned_name_value(name, value);
     }
-    builder.finalize()
+    builder
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pingora_cache::key::CacheHashKey;
+    use pingora_cache::storage::Storage;
     use pingora_http::ResponseHeader;
     use std::time::{Duration, SystemTime};
 
@@ -190,6 +250,120 @@ mod tests {
         assert_eq!(
             a.combined_bin(),
             cache_key("http", "a.com", "/x?y").combined_bin()
+        );
+    }
+
+    #[tokio::test]
+    async fn invalidate_removes_every_variant_and_its_accounting() {
+        use pingora_cache::eviction::CacheEntryKey;
+        let engine = CacheEngine::new(CacheSettings::default());
+        let span = pingora_cache::trace::Span::inactive().handle();
+        let now = SystemTime::now();
+        let meta = || {
+            let h = ResponseHeader::build(200, None).expect("h");
+            CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, h)
+        };
+        let url = cache_key("http", "a.com", "/x");
+        let mut variant = cache_key("http", "a.com", "/x");
+        variant.set_variance_key([7; 16]);
+        let other = cache_key("http", "a.com", "/y");
+        for key in [&url, &variant, &other] {
+            let mut miss = engine
+                .storage
+                .get_miss_handler(key, &meta(), &span)
+                .await
+                .expect("miss");
+            miss.write_body(bytes::Bytes::from_static(b"body"), true)
+                .await
+                .expect("write");
+            let size = match miss.finish().await.expect("finish") {
+                pingora_cache::storage::MissFinishType::Created(n) => n,
+                _ => panic!("storage finishes with Created"),
+            };
+            engine.eviction.admit(
+                CacheEntryKey::key_only(key.to_compact()),
+                size,
+                now + Duration::from_secs(60),
+            );
+        }
+        let before = engine.tracked_bytes();
+        // the variant cap counts stored variants of the URL; a stored slot may always refresh
+        assert!(engine.admits_variant(&url, 2) && engine.admits_variant(&variant, 2));
+        let mut third = cache_key("http", "a.com", "/x");
+        third.set_variance_key([8; 16]);
+        assert!(!engine.admits_variant(&third, 2));
+        assert!(engine.admits_variant(&third, 3));
+
+        assert_eq!(engine.invalidate(&cache_key("http", "a.com", "/x")), 2);
+        assert_eq!(engine.storage.objects(), 1);
+        assert!(engine.tracked_bytes() < before);
+        assert_eq!(engine.tracked_bytes() as u64, engine.storage.bytes());
+        assert_eq!(engine.invalidate(&url), 0);
+    }
+
+    #[test]
+    fn route_keys_apply_query_rules_and_default_to_the_plain_key() {
+        use crate::config::QueryKey;
+        let plain = CacheKeyRules::default();
+        assert_eq!(
+            route_cache_key("http", "a.com", "/x?b=1&a=2", &plain).combined_bin(),
+            cache_key("http", "a.com", "/x?b=1&a=2").combined_bin()
+        );
+        let sorted = CacheKeyRules {
+            query: QueryKey::Sorted,
+            ..CacheKeyRules::default()
+        };
+        assert_eq!(
+            route_cache_key("http", "a.com", "/x?b=1&a=2", &sorted).combined_bin(),
+            route_cache_key("http", "a.com", "/x?a=2&b=1", &sorted).combined_bin()
+        );
+        let ignore = CacheKeyRules {
+            query: QueryKey::Ignore,
+            ..CacheKeyRules::default()
+        };
+        assert_eq!(
+            route_cache_key("http", "a.com", "/x?z=9", &ignore).combined_bin(),
+            cache_key("http", "a.com", "/x").combined_bin()
+        );
+        // framing still separates host and path under any rule
+        assert_ne!(
+            route_cache_key("http", "a.co", "m/x", &ignore).combined_bin(),
+            route_cache_key("http", "a.com", "/x", &ignore).combined_bin()
+        );
+    }
+
+    #[test]
+    fn key_headers_add_to_vary() {
+        let now = SystemTime::now();
+        let mut h = ResponseHeader::build(200, None).expect("h");
+        h.insert_header("vary", "accept-language").expect("h");
+        let varying = CacheMeta::new(now, now, 0, 0, h);
+        let plain = CacheMeta::new(now, now, 0, 0, ResponseHeader::build(200, None).expect("h"));
+        let rules = CacheKeyRules {
+            headers: vec![http::HeaderName::from_static("x-device")],
+            ..CacheKeyRules::default()
+        };
+        let req = |lang: &str, dev: &str| {
+            let mut r = RequestHeader::build("GET", b"/", None).expect("r");
+            r.insert_header("accept-language", lang).expect("h");
+            r.insert_header("x-device", dev).expect("h");
+            r
+        };
+        // key headers vary even when the response has no Vary
+        assert!(variance_with_rules(&plain, &req("en", "m"), &rules).is_some());
+        assert_ne!(
+            variance_with_rules(&plain, &req("en", "m"), &rules),
+            variance_with_rules(&plain, &req("en", "d"), &rules)
+        );
+        // both Vary and key headers count
+        assert_ne!(
+            variance_with_rules(&varying, &req("en", "m"), &rules),
+            variance_with_rules(&varying, &req("fr", "m"), &rules)
+        );
+        // no key rules: the same as plain Vary
+        assert_eq!(
+            variance_with_rules(&varying, &req("en", "m"), &CacheKeyRules::default()),
+            variance(&varying, &req("en", "m"))
         );
     }
 

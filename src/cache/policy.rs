@@ -1,7 +1,7 @@
 //! Shared-cache rules (RFC 9111) as pure functions: may a request use the cache, may a response
 //! be stored, for how long, and what a client sees in `Cache-Status`.
 
-use crate::config::RouteCache;
+use crate::config::{RouteCache, SetCookiePolicy};
 use pingora_cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora_cache::{CacheMeta, NoCacheReason};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -149,6 +149,29 @@ pub fn fetched_at(meta: &CacheMeta) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
 }
 
+/// The freshness lifetime from the origin's explicit one and the route's rules, before the
+/// Last-Modified heuristic. In order: `force_ttl` for storable 2xx/3xx (explicitly fresh or
+/// heuristically cacheable), the origin's explicit lifetime, `negative_ttl` for 404/410, then
+/// `default_ttl` for heuristically cacheable statuses.
+fn lifetime(status: u16, explicit: Option<Duration>, rules: &RouteCache) -> Option<Duration> {
+    let storable = explicit.is_some() || heuristically_cacheable(status);
+    if let Some(forced) = rules.force_ttl {
+        if storable && (200..400).contains(&status) {
+            return Some(forced);
+        }
+    }
+    if explicit.is_some() {
+        return explicit;
+    }
+    if matches!(status, 404 | 410) && rules.negative_ttl.is_some() {
+        return rules.negative_ttl;
+    }
+    if heuristically_cacheable(status) {
+        return rules.default_ttl;
+    }
+    None
+}
+
 /// The targeted field verge obeys first (RFC 9213), then `Cache-Control`.
 pub const TARGETED_CACHE_CONTROL: &str = "cdn-cache-control";
 
@@ -164,7 +187,8 @@ pub fn response_meta(
     if never_stored(status) {
         return Err(NoCacheReason::Custom("status"));
     }
-    if resp.headers.contains_key(http::header::SET_COOKIE) {
+    let has_cookie = resp.headers.contains_key(http::header::SET_COOKIE);
+    if has_cookie && rules.set_cookie == SetCookiePolicy::Refuse {
         return Err(NoCacheReason::Custom("set-cookie"));
     }
     let vary_star = resp.headers.get_all(http::header::VARY).iter().any(|v| {
@@ -187,14 +211,13 @@ pub fn response_meta(
     {
         return Err(NoCacheReason::OriginNotCache);
     }
-    let mut lifetime = match explicit_lifetime(cc.as_ref(), resp) {
-        Some(l) => l,
-        None if heuristically_cacheable(status) => rules
-            .default_ttl
-            .or_else(|| heuristic_lifetime(resp, now))
-            .ok_or(NoCacheReason::OriginNotCache)?,
-        None => return Err(NoCacheReason::OriginNotCache),
-    };
+    let mut lifetime = lifetime(status, explicit_lifetime(cc.as_ref(), resp), rules)
+        .or_else(|| {
+            heuristically_cacheable(status)
+                .then(|| heuristic_lifetime(resp, now))
+                .flatten()
+        })
+        .ok_or(NoCacheReason::OriginNotCache)?;
     if cc.as_ref().is_some_and(|c| c.no_cache()) {
         lifetime = Duration::ZERO;
     }
@@ -230,8 +253,29 @@ pub fn response_meta(
         c.strip_private_headers(&mut stored);
     }
     stored.remove_header(TARGETED_CACHE_CONTROL);
+    if has_cookie {
+        stored.remove_header(&http::header::SET_COOKIE);
+    }
     stored.remove_header(&http::header::AGE);
     Ok(CacheMeta::new(fresh_until, created, swr, sie, stored))
+}
+
+/// The stored header refreshed by a 304 (RFC 9111 §4.3.4) for the freshness fields pingora's
+/// merge leaves out: `Date` and `Age` come from the 304, or go when it has none. Without this
+/// the stored `Date` would make a just-validated entry look as old as the first fetch.
+pub fn refreshed_by_not_modified(
+    merged: &ResponseHeader,
+    not_modified: &ResponseHeader,
+) -> ResponseHeader {
+    let mut out = merged.clone();
+    for name in [http::header::DATE, http::header::AGE] {
+        out.remove_header(&name);
+        for v in not_modified.headers.get_all(&name) {
+            // appending a value that came from a parsed header cannot fail
+            let _ = out.append_header(name.clone(), v.clone());
+        }
+    }
+    out
 }
 
 /// The RFC 9211 `Cache-Status` value for a response.
@@ -369,6 +413,138 @@ mod tests {
         )
         .expect("heuristic");
         assert!((99..=100).contains(&ttl(&m, now)));
+    }
+
+    #[test]
+    fn negative_ttl_for_404_and_410_without_freshness() {
+        let now = SystemTime::now();
+        let neg = RouteCache {
+            negative_ttl: Some(Duration::from_secs(7)),
+            default_ttl: Some(Duration::from_secs(30)),
+            ..rules()
+        };
+        for status in [404, 410] {
+            let m = response_meta(&resp(status, &[]), false, &neg, now).expect("negative");
+            assert_eq!(ttl(&m, now), 7, "{status}");
+        }
+        // the origin's explicit freshness still wins
+        let r = resp(404, &[("cache-control", "max-age=100")]);
+        assert_eq!(
+            ttl(&response_meta(&r, false, &neg, now).expect("c"), now),
+            100
+        );
+        // other statuses keep default_ttl
+        assert_eq!(
+            ttl(
+                &response_meta(&resp(200, &[]), false, &neg, now).expect("c"),
+                now
+            ),
+            30
+        );
+        // other client errors are not covered
+        assert!(response_meta(&resp(403, &[]), false, &neg, now).is_err());
+        // without negative_ttl (or default_ttl) a bare 404 is not stored
+        assert!(response_meta(&resp(404, &[]), false, &rules(), now).is_err());
+    }
+
+    #[test]
+    fn force_ttl_replaces_origin_freshness_but_not_the_never_store_rules() {
+        let now = SystemTime::now();
+        let forced = RouteCache {
+            force_ttl: Some(Duration::from_secs(500)),
+            ..rules()
+        };
+        for h in [
+            vec![("cache-control", "max-age=5")],
+            vec![("cache-control", "s-maxage=10000")],
+            vec![],
+        ] {
+            let m = response_meta(&resp(200, &h), false, &forced, now).expect("forced");
+            assert_eq!(ttl(&m, now), 500, "{h:?}");
+        }
+        for h in [
+            vec![("cache-control", "private, max-age=60")],
+            vec![("cache-control", "no-store")],
+            vec![("set-cookie", "a=b")],
+        ] {
+            assert!(
+                response_meta(&resp(200, &h), false, &forced, now).is_err(),
+                "{h:?}"
+            );
+        }
+        // a 302 without freshness is not storable, forced or not; errors keep the origin's rules
+        assert!(response_meta(&resp(302, &[]), false, &forced, now).is_err());
+        let r = resp(404, &[("cache-control", "max-age=3")]);
+        assert_eq!(
+            ttl(&response_meta(&r, false, &forced, now).expect("c"), now),
+            3
+        );
+        // no-cache still means revalidate every time
+        let r = resp(200, &[("cache-control", "no-cache")]);
+        assert!(!response_meta(&r, false, &forced, now)
+            .expect("c")
+            .is_fresh(now));
+    }
+
+    #[test]
+    fn set_cookie_strip_stores_without_the_cookie() {
+        let now = SystemTime::now();
+        let strip = RouteCache {
+            set_cookie: SetCookiePolicy::Strip,
+            ..rules()
+        };
+        let r = resp(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("set-cookie", "sid=1"),
+                ("x-a", "b"),
+            ],
+        );
+        let m = response_meta(&r, false, &strip, now).expect("stored");
+        assert!(m.headers().get("set-cookie").is_none());
+        assert_eq!(
+            m.headers().get("x-a").map(|v| v.as_bytes()),
+            Some(&b"b"[..])
+        );
+        // private still wins
+        let r = resp(
+            200,
+            &[("cache-control", "private"), ("set-cookie", "sid=1")],
+        );
+        assert!(response_meta(&r, false, &strip, now).is_err());
+    }
+
+    #[test]
+    fn a_304_refreshes_date_and_age() {
+        let now = SystemTime::now();
+        let old = httpdate::fmt_http_date(now - Duration::from_secs(100));
+        let merged = resp(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("date", &old),
+                ("etag", "\"x\""),
+            ],
+        );
+        // with the first fetch's Date the entry would be stale at once
+        assert!(!response_meta(&merged, false, &rules(), now)
+            .expect("c")
+            .is_fresh(now));
+        let fresh = httpdate::fmt_http_date(now);
+        let nm = resp(304, &[("date", &fresh)]);
+        let refreshed = refreshed_by_not_modified(&merged, &nm);
+        let m = response_meta(&refreshed, false, &rules(), now).expect("c");
+        assert!((59..=60).contains(&ttl(&m, now)));
+        assert_eq!(
+            m.headers().get("etag").map(|v| v.as_bytes()),
+            Some(&b"\"x\""[..])
+        );
+        // a 304 without Date: the validation itself is the new reference point
+        let refreshed = refreshed_by_not_modified(&merged, &resp(304, &[]));
+        assert!(refreshed.headers.get("date").is_none());
+        let m = response_meta(&refreshed, false, &rules(), now).expect("c");
+        assert!((59..=60).contains(&ttl(&m, now)));
     }
 
     #[test]

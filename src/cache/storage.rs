@@ -1,6 +1,7 @@
 //! In-memory cache storage for pingora-cache: sharded, zero-copy body reads, byte-accounted
 //! (headers + body + per-entry overhead), with a per-object size cap. Eviction is driven by
-//! `super::eviction::S3FifoEviction`, which is fed the same byte sizes.
+//! `super::eviction::S3FifoEviction`, which is fed the same byte sizes. A second index maps each
+//! primary key (the URL) to its stored variants, so one URL can be taken out with all of them.
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -27,13 +28,18 @@ struct Entry {
     meta: (Vec<u8>, Vec<u8>),
     body: Bytes,
     size: usize,
+    /// The key it was written under (primary slot: no variance), as the eviction manager knows it.
+    key: CompactCacheKey,
 }
 
 type Shard = RwLock<HashMap<HashBinary, Arc<Entry>>>;
+/// Primary key → the combined keys of its stored variants (the primary slot included).
+type VariantShard = RwLock<HashMap<HashBinary, Vec<HashBinary>>>;
 
 /// The storage. `'static` (leaked once at startup) because pingora-cache requires it.
 pub struct MemoryStorage {
     shards: Box<[Shard]>,
+    variants: Box<[VariantShard]>,
     max_object_size: usize,
     bytes: AtomicU64,
     objects: AtomicU64,
@@ -43,6 +49,7 @@ impl MemoryStorage {
     pub fn new(max_object_size: usize) -> Self {
         MemoryStorage {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            variants: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             max_object_size,
             bytes: AtomicU64::new(0),
             objects: AtomicU64::new(0),
@@ -51,6 +58,38 @@ impl MemoryStorage {
 
     fn shard(&self, key: &HashBinary) -> &Shard {
         &self.shards[key[0] as usize % SHARDS]
+    }
+
+    fn variant_shard(&self, primary: &HashBinary) -> &VariantShard {
+        &self.variants[primary[0] as usize % SHARDS]
+    }
+
+    /// How many variants of this primary key (URL) are stored.
+    pub fn variant_count(&self, primary: &HashBinary) -> usize {
+        self.variant_shard(primary)
+            .read()
+            .get(primary)
+            .map_or(0, Vec::len)
+    }
+
+    /// Whether an entry is stored under this combined key (primary + variance).
+    pub fn contains(&self, combined: &HashBinary) -> bool {
+        self.shard(combined).read().contains_key(combined)
+    }
+
+    /// Remove every stored variant of a primary key (a URL), not only the primary slot. Returns
+    /// the keys removed, for the eviction manager.
+    pub fn remove_all_variants(&self, primary: &HashBinary) -> Vec<CompactCacheKey> {
+        let combined = self
+            .variant_shard(primary)
+            .write()
+            .remove(primary)
+            .unwrap_or_default();
+        combined
+            .iter()
+            .filter_map(|c| self.remove_entry(c))
+            .map(|e| e.key.clone())
+            .collect()
     }
 
     /// Bytes currently charged to stored entries.
@@ -65,7 +104,9 @@ impl MemoryStorage {
 
     fn insert(&self, key: HashBinary, entry: Entry) {
         let size = entry.size as u64;
-        let old = self.shard(&key).write().insert(key, Arc::new(entry));
+        let primary = entry.key.primary_bin();
+        let mut shard = self.shard(&key).write();
+        let old = shard.insert(key, Arc::new(entry));
         self.bytes.fetch_add(size, Ordering::Relaxed);
         match old {
             Some(old) => {
@@ -73,20 +114,37 @@ impl MemoryStorage {
             }
             None => {
                 self.objects.fetch_add(1, Ordering::Relaxed);
+                // under the entry shard's lock, so a concurrent remove of this key cannot
+                // interleave between the two maps (lock order: entry shard, then variant shard)
+                let mut index = self.variant_shard(&primary).write();
+                let list = index.entry(primary).or_default();
+                if !list.contains(&key) {
+                    list.push(key);
+                }
             }
         }
     }
 
     fn remove(&self, key: &HashBinary) -> bool {
-        let old = self.shard(key).write().remove(key);
-        match old {
-            Some(old) => {
-                self.bytes.fetch_sub(old.size as u64, Ordering::Relaxed);
-                self.objects.fetch_sub(1, Ordering::Relaxed);
-                true
+        self.remove_entry(key).is_some()
+    }
+
+    fn remove_entry(&self, key: &HashBinary) -> Option<Arc<Entry>> {
+        let mut shard = self.shard(key).write();
+        let old = shard.remove(key)?;
+        self.bytes.fetch_sub(old.size as u64, Ordering::Relaxed);
+        self.objects.fetch_sub(1, Ordering::Relaxed);
+        let primary = old.key.primary_bin();
+        let mut index = self.variant_shard(&primary).write();
+        if let Some(list) = index.get_mut(&primary) {
+            list.retain(|c| c != key);
+            if list.is_empty() {
+                index.remove(&primary);
             }
-            None => false,
         }
+        drop(index);
+        drop(shard);
+        Some(old)
     }
 
     fn get(&self, key: &HashBinary) -> Option<Arc<Entry>> {
@@ -130,6 +188,7 @@ impl Storage for MemoryStorage {
             .map_err(|e| storage_error("cannot serialize meta", e))?;
         Ok(Box::new(MemoryMiss {
             key: key.combined_bin(),
+            compact: key.to_compact(),
             meta: Some(meta),
             body: BytesMut::new(),
             storage: self,
@@ -170,6 +229,7 @@ impl Storage for MemoryStorage {
                 meta,
                 body: old.body.clone(),
                 size,
+                key: old.key.clone(),
             },
         );
         Ok(true)
@@ -244,6 +304,7 @@ impl HandleHit for MemoryHit {
 /// fails midway never leaves a truncated object behind.
 struct MemoryMiss {
     key: HashBinary,
+    compact: CompactCacheKey,
     meta: Option<(Vec<u8>, Vec<u8>)>,
     body: BytesMut,
     storage: &'static MemoryStorage,
@@ -268,7 +329,16 @@ impl HandleMiss for MemoryMiss {
         };
         let body = std::mem::take(&mut self.body).freeze();
         let size = entry_size(&meta, body.len());
-        self.storage.insert(self.key, Entry { meta, body, size });
+        let key = self.compact.clone();
+        self.storage.insert(
+            self.key,
+            Entry {
+                meta,
+                body,
+                size,
+                key,
+            },
+        );
         Ok(MissFinishType::Created(size))
     }
 }
@@ -344,6 +414,59 @@ mod tests {
             .await
             .is_err());
         assert_eq!(s.objects(), 0);
+    }
+
+    async fn store(s: &'static MemoryStorage, key: &CacheKey, body: &'static [u8]) {
+        let span = pingora_cache::trace::Span::inactive().handle();
+        let mut miss = s.get_miss_handler(key, &meta(), &span).await.expect("miss");
+        miss.write_body(Bytes::from_static(body), true)
+            .await
+            .expect("w");
+        miss.finish().await.expect("finish");
+    }
+
+    #[tokio::test]
+    async fn removing_a_url_takes_out_every_variant() {
+        let s = storage();
+        let span = pingora_cache::trace::Span::inactive().handle();
+        let primary_slot = CacheKey::new("url", "host");
+        let mut en = CacheKey::new("url", "host");
+        en.set_variance_key([1; 16]);
+        let mut fr = CacheKey::new("url", "host");
+        fr.set_variance_key([2; 16]);
+        let other = CacheKey::new("other", "host");
+        for k in [&primary_slot, &en, &fr, &other] {
+            store(s, k, b"x").await;
+        }
+        let primary = primary_slot.primary_bin();
+        assert_eq!(s.variant_count(&primary), 3);
+        assert!(s.contains(&en.combined_bin()));
+        // storing a variant again does not count it twice
+        store(s, &en, b"y").await;
+        assert_eq!(s.variant_count(&primary), 3);
+        assert_eq!(s.objects(), 4);
+        let removed = s.remove_all_variants(&primary);
+        assert_eq!(removed.len(), 3);
+        assert!(removed.contains(&en.to_compact()));
+        assert!(removed.contains(&primary_slot.to_compact()));
+        for k in [&primary_slot, &en, &fr] {
+            assert!(s.lookup(k, &span).await.expect("lookup").is_none());
+        }
+        assert!(s.lookup(&other, &span).await.expect("lookup").is_some());
+        assert_eq!(s.objects(), 1);
+        assert_eq!(s.variant_count(&primary), 0);
+        assert!(s.remove_all_variants(&primary).is_empty());
+        // a single purge keeps the index in step
+        let compact = other.to_compact();
+        s.purge(
+            PurgeTarget::Active(&compact),
+            PurgeType::Invalidation,
+            &span,
+        )
+        .await
+        .expect("purge");
+        assert_eq!(s.variant_count(&other.primary_bin()), 0);
+        assert_eq!((s.objects(), s.bytes()), (0, 0));
     }
 
     #[tokio::test]

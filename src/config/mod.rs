@@ -250,6 +250,75 @@ routes: [{hosts: ["*"], pool: p}]
     }
 
     #[test]
+    fn route_cache_rules_validate() {
+        let good = r#"
+listeners: [{listen: "127.0.0.1:8080"}]
+pools: {p: {backends: ["127.0.0.1:1"]}}
+routes:
+  - hosts: [a.com]
+    pool: p
+    cache:
+      public: true
+      negative_ttl: 10s
+      force_ttl: 1m
+      set_cookie: strip
+      max_variants: 4
+      key: {query: {allow: [id, page]}, headers: [X-Device], cookies: [lang]}
+  - {hosts: [b.com], pool: p, cache: {key: {query: sorted}, client_revalidation: false}}
+  - {hosts: [c.com], pool: p, cache: {key: {query: {deny: [utm_source]}}}}
+"#;
+        let c = Config::from_yaml_str(good).expect("valid");
+        let rc = c.routes[0].cache.as_ref().expect("cache");
+        assert_eq!(rc.negative_ttl, Some(std::time::Duration::from_secs(10)));
+        assert_eq!(rc.set_cookie, SetCookiePolicy::Strip);
+        assert_eq!(rc.max_variants, 4);
+        assert_eq!(
+            rc.key.query,
+            QueryKey::Allow(vec!["id".into(), "page".into()])
+        );
+        assert_eq!(rc.key.headers[0].as_str(), "x-device");
+        assert_eq!(rc.key.cookies, vec!["lang".to_string()]);
+        let sorted = c.routes[1].cache.as_ref().expect("cache");
+        assert_eq!(sorted.key.query, QueryKey::Sorted);
+        assert_eq!(sorted.max_variants, DEFAULT_MAX_VARIANTS);
+        assert!(rc.client_revalidation && !sorted.client_revalidation);
+        let deny = &c.routes[2].cache.as_ref().expect("cache").key.query;
+        assert_eq!(deny, &QueryKey::Deny(vec!["utm_source".into()]));
+
+        let bad = r#"
+listeners: [{listen: "127.0.0.1:8080"}]
+pools: {p: {backends: ["127.0.0.1:1"]}}
+routes:
+  - hosts: [a.com]
+    pool: p
+    cache:
+      max_ttl: 10s
+      force_ttl: 1m
+      set_cookie: keep
+      max_variants: 0
+      key: {query: shuffled, headers: ["bad header", cookie], cookies: [sid]}
+  - {hosts: [b.com], pool: p, cache: {key: {query: {allow: id}}}}
+  - {hosts: [c.com], pool: p, cache: {key: {query: {keep: [id]}}}}
+"#;
+        let errs = Config::from_yaml_str(bad).expect_err("invalid").errors;
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        for p in [
+            "routes[0].cache.force_ttl: is larger than max_ttl",
+            "routes[0].cache.set_cookie",
+            "routes[0].cache.max_variants",
+            "routes[0].cache.key.query: must be all, sorted",
+            "routes[0].cache.key.headers[0]",
+            "routes[0].cache.key.headers[1]: use key.cookies",
+            "routes[0].cache.key.cookies: needs public: true",
+            "routes[1].cache.key.query.allow: must be a list",
+            "routes[2].cache.key.query: must be all",
+        ] {
+            assert!(text.iter().any(|t| t.starts_with(p)), "{p}: {text:#?}");
+        }
+        assert_eq!(text.len(), 9, "{text:#?}");
+    }
+
+    #[test]
     fn load_names_the_file() {
         let e = Config::load(Path::new("/nonexistent/verge.yaml")).expect_err("missing");
         assert!(e

@@ -68,7 +68,7 @@ impl Default for CacheSettings {
 }
 
 /// A route's cache rules. A route without them does not cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteCache {
     /// Freshness for heuristically cacheable responses that carry no freshness information.
     pub default_ttl: Option<Duration>,
@@ -80,6 +80,87 @@ pub struct RouteCache {
     pub stale_if_error: Duration,
     /// Requests with Cookie or Authorization may use the cache (the content is public).
     pub public: bool,
+    /// Freshness for 404 and 410 responses that carry no freshness information.
+    pub negative_ttl: Option<Duration>,
+    /// Freshness that replaces the origin's for storable 2xx/3xx responses.
+    pub force_ttl: Option<Duration>,
+    /// What to do with a response that carries `Set-Cookie`.
+    pub set_cookie: SetCookiePolicy,
+    /// At most this many Vary/key variants per URL; a new variant beyond it is not stored.
+    pub max_variants: usize,
+    /// What besides scheme, host and path makes up the key.
+    pub key: CacheKeyRules,
+    /// Obey request `no-cache`, `Pragma: no-cache`, `max-age` and `min-fresh` (clients may force
+    /// a revalidation). `false` ignores them, as nginx and Varnish do by default.
+    pub client_revalidation: bool,
+}
+
+/// Default cap on variants per URL.
+pub const DEFAULT_MAX_VARIANTS: usize = 32;
+
+impl Default for RouteCache {
+    /// `cache: {}`: obey the origin alone.
+    fn default() -> Self {
+        RouteCache {
+            default_ttl: None,
+            max_ttl: None,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            public: false,
+            negative_ttl: None,
+            force_ttl: None,
+            set_cookie: SetCookiePolicy::Refuse,
+            max_variants: DEFAULT_MAX_VARIANTS,
+            key: CacheKeyRules::default(),
+            client_revalidation: true,
+        }
+    }
+}
+
+/// A cacheable response with `Set-Cookie`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SetCookiePolicy {
+    /// Never store it (the default; nginx and Varnish do the same).
+    #[default]
+    Refuse,
+    /// Store it without `Set-Cookie`, and remove `Set-Cookie` from what the client that caused
+    /// the fetch receives too, so every client gets the same response.
+    Strip,
+}
+
+/// Per-route cache-key rules. The origin always receives the request as the client sent it;
+/// only the key changes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CacheKeyRules {
+    pub query: QueryKey,
+    /// Request headers whose values select a variant (lowercase names).
+    pub headers: Vec<HeaderName>,
+    /// Request cookies whose values select a variant.
+    pub cookies: Vec<String>,
+}
+
+impl CacheKeyRules {
+    /// Headers or cookies add to the variant key.
+    pub fn has_variant_inputs(&self) -> bool {
+        !self.headers.is_empty() || !self.cookies.is_empty()
+    }
+}
+
+/// How the query string enters the cache key. Parameter names are compared after
+/// percent-decoding.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum QueryKey {
+    /// The query exactly as requested.
+    #[default]
+    All,
+    /// Parameters sorted by name (a stable sort: repeated names keep their order).
+    Sorted,
+    /// No query at all.
+    Ignore,
+    /// Only these parameters, in request order.
+    Allow(Vec<String>),
+    /// Every parameter except these, in request order.
+    Deny(Vec<String>),
 }
 
 /// Process-level settings handed to Pingora's `ServerConf`.

@@ -62,6 +62,25 @@ pub struct RawRouteCache {
     pub stale_if_error: Option<ConfDuration>,
     #[serde(default)]
     pub public: bool,
+    pub negative_ttl: Option<ConfDuration>,
+    pub force_ttl: Option<ConfDuration>,
+    /// `refuse` (default) or `strip`.
+    pub set_cookie: Option<String>,
+    pub max_variants: Option<usize>,
+    pub key: Option<RawCacheKey>,
+    pub client_revalidation: Option<bool>,
+}
+
+/// `routes[].cache.key`. `query` stays a YAML value: it is a word (`all`, `sorted`, `ignore`)
+/// or a map (`{allow: [..]}` / `{deny: [..]}`), checked by the validator with clear messages.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawCacheKey {
+    pub query: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub headers: Vec<String>,
+    #[serde(default)]
+    pub cookies: Vec<String>,
 }
 
 fn enabled_by_default() -> bool {

@@ -262,22 +262,155 @@ fn validate_route_cache(
     errs: &mut Errors,
 ) -> Option<RouteCache> {
     let raw = raw.filter(|r| r.enabled)?;
+    let set_cookie = match raw.set_cookie.as_deref() {
+        None | Some("refuse") => SetCookiePolicy::Refuse,
+        Some("strip") => SetCookiePolicy::Strip,
+        Some(other) => {
+            errs.push(
+                format!("{path}.set_cookie"),
+                format!("must be \"refuse\" or \"strip\", not {other:?}"),
+            );
+            SetCookiePolicy::Refuse
+        }
+    };
+    let max_variants = raw.max_variants.unwrap_or(DEFAULT_MAX_VARIANTS);
+    if !(1..=1024).contains(&max_variants) {
+        errs.push(format!("{path}.max_variants"), "must be between 1 and 1024");
+    }
+    let key = raw
+        .key
+        .map(|k| cache_key_rules(&format!("{path}.key"), k, errs))
+        .unwrap_or_default();
+    if !key.cookies.is_empty() && !raw.public {
+        errs.push(
+            format!("{path}.key.cookies"),
+            "needs public: true (requests with Cookie bypass the cache otherwise)",
+        );
+    }
     let c = RouteCache {
         default_ttl: raw.default_ttl.map(|d| d.0),
         max_ttl: raw.max_ttl.map(|d| d.0),
         stale_while_revalidate: raw.stale_while_revalidate.map_or(Duration::ZERO, |d| d.0),
         stale_if_error: raw.stale_if_error.map_or(Duration::ZERO, |d| d.0),
         public: raw.public,
+        negative_ttl: raw.negative_ttl.map(|d| d.0),
+        force_ttl: raw.force_ttl.map(|d| d.0),
+        set_cookie,
+        max_variants,
+        key,
+        client_revalidation: raw.client_revalidation.unwrap_or(true),
     };
-    if let (Some(d), Some(m)) = (c.default_ttl, c.max_ttl) {
-        if d > m {
-            errs.push(format!("{path}.default_ttl"), "is larger than max_ttl");
+    if let Some(m) = c.max_ttl {
+        for (name, ttl) in [
+            ("default_ttl", c.default_ttl),
+            ("negative_ttl", c.negative_ttl),
+            ("force_ttl", c.force_ttl),
+        ] {
+            if ttl.is_some_and(|t| t > m) {
+                errs.push(format!("{path}.{name}"), "is larger than max_ttl");
+            }
         }
     }
-    if c.max_ttl.is_some_and(|m| m.is_zero()) {
-        errs.push(format!("{path}.max_ttl"), "must be greater than zero");
+    for (name, ttl) in [("max_ttl", c.max_ttl), ("force_ttl", c.force_ttl)] {
+        if ttl.is_some_and(|t| t.is_zero()) {
+            errs.push(format!("{path}.{name}"), "must be greater than zero");
+        }
     }
     Some(c)
+}
+
+/// `routes[].cache.key`: query rule, headers and cookies that select variants.
+fn cache_key_rules(path: &str, raw: RawCacheKey, errs: &mut Errors) -> CacheKeyRules {
+    let query = raw
+        .query
+        .map(|v| query_key(&format!("{path}.query"), v, errs))
+        .unwrap_or_default();
+    let mut headers = Vec::new();
+    for (i, name) in raw.headers.iter().enumerate() {
+        match HeaderName::from_bytes(name.trim().as_bytes()) {
+            Ok(h) if h == http::header::COOKIE => errs.push(
+                format!("{path}.headers[{i}]"),
+                "use key.cookies to key on cookies",
+            ),
+            Ok(h) if !headers.contains(&h) => headers.push(h),
+            Ok(_) => errs.push(format!("{path}.headers[{i}]"), "listed twice"),
+            Err(_) => errs.push(
+                format!("{path}.headers[{i}]"),
+                format!("{name:?} is not a header name"),
+            ),
+        }
+    }
+    let mut cookies: Vec<String> = Vec::new();
+    for (i, name) in raw.cookies.iter().enumerate() {
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+        if !valid {
+            errs.push(
+                format!("{path}.cookies[{i}]"),
+                format!("{name:?} is not a cookie name"),
+            );
+        } else if cookies.contains(name) {
+            errs.push(format!("{path}.cookies[{i}]"), "listed twice");
+        } else {
+            cookies.push(name.clone());
+        }
+    }
+    CacheKeyRules {
+        query,
+        headers,
+        cookies,
+    }
+}
+
+/// `all` | `sorted` | `ignore` | `{allow: [names]}` | `{deny: [names]}`.
+fn query_key(path: &str, value: serde_yaml::Value, errs: &mut Errors) -> QueryKey {
+    use serde_yaml::Value;
+    const EXPECTED: &str = "must be all, sorted, ignore, {allow: [names]} or {deny: [names]}";
+    let names = |path: &str, list: &Value, errs: &mut Errors| -> Vec<String> {
+        let Some(items) = list.as_sequence() else {
+            errs.push(path, "must be a list of parameter names");
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item.as_str() {
+                Some(n) if !n.is_empty() => out.push(n.to_string()),
+                _ => errs.push(format!("{path}[{i}]"), "must be a non-empty string"),
+            }
+        }
+        out
+    };
+    match &value {
+        Value::String(s) => match s.as_str() {
+            "all" => QueryKey::All,
+            "sorted" => QueryKey::Sorted,
+            "ignore" => QueryKey::Ignore,
+            _ => {
+                errs.push(path, format!("{EXPECTED}, not {s:?}"));
+                QueryKey::All
+            }
+        },
+        Value::Mapping(m) if m.len() == 1 => {
+            let (k, v) = m
+                .iter()
+                .next()
+                .map_or((None, &Value::Null), |(k, v)| (k.as_str(), v));
+            match k {
+                Some("allow") => QueryKey::Allow(names(&format!("{path}.allow"), v, errs)),
+                Some("deny") => QueryKey::Deny(names(&format!("{path}.deny"), v, errs)),
+                _ => {
+                    errs.push(path, EXPECTED);
+                    QueryKey::All
+                }
+            }
+        }
+        _ => {
+            errs.push(path, EXPECTED);
+            QueryKey::All
+        }
+    }
 }
 
 fn fnv_hex(text: &str) -> String {

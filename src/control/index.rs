@@ -46,7 +46,8 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    fn stronger(self, other: Verdict) -> Verdict {
+    /// The stricter of two verdicts (invalid > stale > valid).
+    pub fn stronger(self, other: Verdict) -> Verdict {
         match (self, other) {
             (Verdict::Invalid, _) | (_, Verdict::Invalid) => Verdict::Invalid,
             (Verdict::Stale { since: a }, Verdict::Stale { since: b }) => {

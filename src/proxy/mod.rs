@@ -5,7 +5,8 @@ pub mod headers;
 pub mod peer;
 pub mod route;
 
-use crate::cache::{policy, CacheEngine};
+use crate::cache::request_directives::{self, HitVerdict, RequestDirectives};
+use crate::cache::{invalidation, policy, CacheEngine};
 use crate::metrics::METRICS;
 use crate::snapshot::{Route, SharedSnapshot};
 use async_trait::async_trait;
@@ -56,6 +57,58 @@ impl EdgeProxy {
             "http"
         }
     }
+
+    /// Whether the response being fetched may be stored without exceeding the route's variant
+    /// cap for its URL (a refresh of a stored variant always may).
+    fn variant_admitted(&self, session: &Session, max_variants: usize) -> bool {
+        if !session.cache.enabled() {
+            return true;
+        }
+        session
+            .cache
+            .maybe_cache_key()
+            .is_none_or(|key| self.cache.admits_variant(key, max_variants))
+    }
+
+    /// RFC 9111 §4.4: a successful unsafe request takes its URL, and same-host `Location` /
+    /// `Content-Location`, out of the cache (every variant), each under its own route's key rules.
+    fn invalidate_after_unsafe(&self, req: &RequestHeader, resp: &ResponseHeader, host: &str) {
+        let header = |name| resp.headers.get(name).and_then(|v| v.to_str().ok());
+        let targets = invalidation::targets(
+            &req.method,
+            resp.status.as_u16(),
+            self.scheme(),
+            host,
+            req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            header(http::header::LOCATION),
+            header(http::header::CONTENT_LOCATION),
+        );
+        if targets.is_empty() {
+            return;
+        }
+        let snapshot = self.snapshot.load();
+        for t in targets {
+            let Some(route) = snapshot.table.lookup(&t.host, t.path()) else {
+                continue;
+            };
+            let Some(rules) = route.spec.cache.as_ref() else {
+                continue;
+            };
+            let key =
+                crate::cache::route_cache_key(&t.scheme, &t.host, &t.path_and_query, &rules.key);
+            let removed = self.cache.invalidate(&key);
+            if removed > 0 {
+                log::debug!(
+                    "{} {}: invalidated {removed} entries of {}://{}{}",
+                    req.method,
+                    resp.status,
+                    t.scheme,
+                    t.host,
+                    t.path_and_query
+                );
+            }
+        }
+    }
 }
 
 /// Per-request state carried between phases.
@@ -76,6 +129,10 @@ pub struct RequestCtx {
     pub bypass: Option<policy::Bypass>,
     /// The response was admitted to the cache.
     pub stored: bool,
+    /// The request's cache directives (only read on routes that cache).
+    pub directives: RequestDirectives,
+    /// The origin's 304 while revalidating, for the fields that refresh the stored header.
+    pub not_modified: Option<Box<ResponseHeader>>,
 }
 
 impl RequestCtx {
@@ -195,21 +252,29 @@ impl ProxyHttp for EdgeProxy {
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        let Some(rules) = ctx.route.as_ref().and_then(|r| r.spec.cache) else {
+        let Some(rules) = ctx.route.as_ref().and_then(|r| r.spec.cache.as_ref()) else {
             return Ok(());
         };
-        if let Some(bypass) = policy::request_bypass(session.req_header(), &rules) {
+        let directives = request_directives::parse(session.req_header());
+        ctx.directives = if rules.client_revalidation {
+            directives
+        } else {
+            directives.without_revalidation()
+        };
+        if let Some(bypass) = policy::request_bypass(session.req_header(), rules) {
             ctx.bypass = Some(bypass);
             return Ok(());
         }
         let engine = self.cache;
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(engine.settings.lock_wait);
+        // only-if-cached never fetches, so it must not take (or wait on) the miss lock
+        let lock = (!ctx.directives.only_if_cached).then_some(engine.lock);
         session.cache.enable(
             engine.storage,
             Some(engine.eviction),
             None,
-            Some(engine.lock),
+            lock,
             Some(overrides),
         );
         session.cache.set_max_file_size_bytes(
@@ -224,46 +289,26 @@ impl ProxyHttp for EdgeProxy {
             .uri
             .path_and_query()
             .map_or("/", |p| p.as_str());
-        Ok(crate::cache::cache_key(self.scheme(), &ctx.host, pq))
+        Ok(
+            match ctx.route.as_ref().and_then(|r| r.spec.cache.as_ref()) {
+                Some(rules) => {
+                    crate::cache::route_cache_key(self.scheme(), &ctx.host, pq, &rules.key)
+                }
+                None => crate::cache::cache_key(self.scheme(), &ctx.host, pq),
+            },
+        )
     }
 
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        crate::cache::variance(meta, req)
-    }
-
-    fn response_cache_filter(
-        &self,
-        session: &Session,
-        resp: &ResponseHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<RespCacheable> {
-        let Some(rules) = ctx.route.as_ref().and_then(|r| r.spec.cache) else {
-            return Ok(RespCacheable::Uncacheable(
-                pingora_cache::NoCacheReason::NeverEnabled,
-            ));
-        };
-        let auth = session
-            .req_header()
-            .headers
-            .contains_key(http::header::AUTHORIZATION);
-        // Ages count from when the request went out (RFC 9111 §4.2.3 `request_time`), which
-        // is also what invalidations compare against (design invariant 2).
-        let fetch_started = ctx.fetch_started.unwrap_or_else(std::time::SystemTime::now);
-        Ok(
-            match policy::response_meta(resp, auth, &rules, fetch_started) {
-                Ok(mut meta) => {
-                    ctx.stored = true;
-                    policy::set_fetched_at(&mut meta, fetch_started);
-                    RespCacheable::Cacheable(meta)
-                }
-                Err(reason) => RespCacheable::Uncacheable(reason),
-            },
-        )
+        match ctx.route.as_ref().and_then(|r| r.spec.cache.as_ref()) {
+            Some(rules) => crate::cache::variance_with_rules(meta, req, &rules.key),
+            None => crate::cache::variance(meta, req),
+        }
     }
 
     async fn cache_hit_filter(
@@ -274,18 +319,102 @@ impl ProxyHttp for EdgeProxy {
         _is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
+        // Invalidations first: a purged entry is never served as fresh, whatever the client asks.
         let snapshot = self.snapshot.load();
-        let pq = session
+        if !snapshot.control.invalidations.is_empty() {
+            let pq = session
+                .req_header()
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str());
+            let key_pq = ctx
+                .route
+                .as_ref()
+                .and_then(|r| r.spec.cache.as_ref())
+                .map(|rules| crate::cache::key_rules::key_path_and_query(pq, &rules.key.query));
+            let forced = crate::cache::invalidation_override(
+                &snapshot.control.invalidations,
+                &ctx.host,
+                pq,
+                key_pq.as_deref(),
+                meta,
+            );
+            if forced.is_some() {
+                return Ok(forced);
+            }
+        }
+        if ctx.directives.is_empty() {
+            return Ok(None);
+        }
+        let verdict = request_directives::hit_verdict(
+            &ctx.directives,
+            meta.age(),
+            meta.fresh_until(),
+            request_directives::forbids_stale(meta.response_header()),
+            std::time::SystemTime::now(),
+        );
+        Ok(match verdict {
+            HitVerdict::AsStored => None,
+            HitVerdict::Revalidate => Some(ForcedFreshness::ForceExpired),
+            HitVerdict::ServeStale => Some(ForcedFreshness::ForceFresh),
+        })
+    }
+
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        let caches = ctx.route.as_ref().is_some_and(|r| r.spec.cache.is_some());
+        if caches && ctx.directives.only_if_cached {
+            // RFC 9111 §5.2.1.7: nothing stored is usable, and the origin must not be asked
+            respond_plain(
+                session,
+                504,
+                "verge: only-if-cached, and no usable stored response",
+            )
+            .await?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        let Some(rules) = ctx.route.as_ref().and_then(|r| r.spec.cache.as_ref()) else {
+            return Ok(RespCacheable::Uncacheable(
+                pingora_cache::NoCacheReason::NeverEnabled,
+            ));
+        };
+        let auth = session
             .req_header()
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str());
-        Ok(crate::cache::invalidation_override(
-            &snapshot.control.invalidations,
-            &ctx.host,
-            pq,
-            meta,
-        ))
+            .headers
+            .contains_key(http::header::AUTHORIZATION);
+        let refreshed = ctx
+            .not_modified
+            .as_deref()
+            .map(|nm| policy::refreshed_by_not_modified(resp, nm));
+        let resp = refreshed.as_ref().unwrap_or(resp);
+        // Ages count from when the request went out (RFC 9111 §4.2.3 `request_time`), which
+        // is also what invalidations compare against (design invariant 2).
+        let fetch_started = ctx.fetch_started.unwrap_or_else(std::time::SystemTime::now);
+        Ok(
+            match policy::response_meta(resp, auth, rules, fetch_started) {
+                Ok(_) if !self.variant_admitted(session, rules.max_variants) => {
+                    RespCacheable::Uncacheable(pingora_cache::NoCacheReason::Custom("max-variants"))
+                }
+                Ok(mut meta) => {
+                    ctx.stored = true;
+                    policy::set_fetched_at(&mut meta, fetch_started);
+                    RespCacheable::Cacheable(meta)
+                }
+                Err(reason) => RespCacheable::Uncacheable(reason),
+            },
+        )
     }
 
     fn should_serve_stale(
@@ -415,10 +544,16 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _upstream: &mut ResponseHeader,
+        session: &mut Session,
+        upstream: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if !session.req_header().method.is_safe() {
+            self.invalidate_after_unsafe(session.req_header(), upstream, &ctx.host);
+        }
+        if upstream.status == http::StatusCode::NOT_MODIFIED {
+            ctx.not_modified = Some(Box::new(upstream.clone()));
+        }
         if let (Some(route), Some(at)) = (ctx.route.as_ref(), ctx.upstream_sent_at) {
             METRICS
                 .upstream_latency
@@ -440,7 +575,11 @@ impl ProxyHttp for EdgeProxy {
         }
         resp.remove_header(policy::FETCHED_AT);
         if let Some(route) = ctx.route.as_ref() {
-            if route.spec.cache.is_some() {
+            if let Some(rules) = route.spec.cache.as_ref() {
+                if ctx.stored && rules.set_cookie == crate::config::SetCookiePolicy::Strip {
+                    // stored without it: the client that caused the fetch gets what others get
+                    resp.remove_header(&http::header::SET_COOKIE);
+                }
                 let phase = session.cache.phase();
                 let ttl_left = matches!(
                     phase,

@@ -5,7 +5,8 @@ use crate::harness::{client, eventually, Verge};
 use crate::origin::Origin;
 use std::time::Duration;
 
-async fn cached_verge(o: &Origin, route_cache: &str) -> Verge {
+/// verge with one catch-all route to `o` whose `cache:` block is `route_cache`.
+pub(crate) async fn cached_verge(o: &Origin, route_cache: &str) -> Verge {
     Verge::start(&format!(
         "pools: {{p: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p, cache: {route_cache}}}]\n",
         o.addr
@@ -13,16 +14,36 @@ async fn cached_verge(o: &Origin, route_cache: &str) -> Verge {
     .await
 }
 
-pub struct Got {
+/// What a client got from verge.
+pub(crate) struct Got {
     pub status: u16,
     pub cache_status: String,
     pub age: Option<u64>,
+    pub headers: reqwest::header::HeaderMap,
     pub body: String,
 }
 
-/// GET `path` with Host `c.test` and `headers`; what the client got.
-pub async fn fetch(v: &Verge, path: &str, headers: &[(&str, &str)]) -> Got {
-    let mut req = client().get(v.url(path)).header("host", "c.test");
+impl Got {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// GET `path` for host `c.test` with extra request headers.
+pub(crate) async fn fetch(v: &Verge, path: &str, headers: &[(&str, &str)]) -> Got {
+    fetch_with(v, reqwest::Method::GET, path, headers).await
+}
+
+/// Send `method` for `path` to host `c.test` with extra request headers.
+pub(crate) async fn fetch_with(
+    v: &Verge,
+    method: reqwest::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Got {
+    let mut req = client()
+        .request(method, v.url(path))
+        .header("host", "c.test");
     for (k, val) in headers {
         req = req.header(*k, *val);
     }
@@ -37,10 +58,12 @@ pub async fn fetch(v: &Verge, path: &str, headers: &[(&str, &str)]) -> Got {
         .get("age")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
+    let headers = h.clone();
     Got {
         status: r.status().as_u16(),
         cache_status,
         age,
+        headers,
         body: r.text().await.unwrap_or_default(),
     }
 }

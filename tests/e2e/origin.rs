@@ -1,5 +1,6 @@
 //! A real origin for tests: counts requests per path, echoes what it received, and can be
-//! stopped, restarted on the same port, or told to fail its health checks.
+//! stopped, restarted on the same port, or told to fail its health checks. Per path it can
+//! answer with another status, extra headers, or an ETag it honours with 304 Not Modified.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -44,6 +45,12 @@ struct State {
     health_status: AtomicU16,
     /// Extra response headers per path.
     headers: Mutex<BTreeMap<String, Vec<(String, String)>>>,
+    /// Status per path (200 otherwise).
+    status: Mutex<BTreeMap<String, u16>>,
+    /// ETag per path; a matching If-None-Match gets a 304.
+    etags: Mutex<BTreeMap<String, String>>,
+    /// 304s sent per path.
+    not_modified: Mutex<BTreeMap<String, u64>>,
     delay_ms: AtomicU64,
     /// Pad every response body to at least this many bytes.
     body_size: AtomicU64,
@@ -62,6 +69,11 @@ async fn handle(
     let path = req.uri().path().to_string();
     let method = req.method().to_string();
     let uri = req.uri().to_string();
+    let if_none_match = req
+        .headers()
+        .get("if-none-match")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
@@ -109,23 +121,39 @@ async fn handle(
     if body.len() < body_size {
         body.push_str(&".".repeat(body_size - body.len()));
     }
+    let etag = lock(&state.etags).get(&path).cloned();
+    let matches_etag = etag.as_deref().is_some_and(|tag| {
+        if_none_match
+            .as_deref()
+            .is_some_and(|inm| inm.split(',').any(|t| t.trim() == tag || t.trim() == "*"))
+    });
+    let status = if matches_etag {
+        *lock(&state.not_modified).entry(path.clone()).or_default() += 1;
+        304
+    } else {
+        lock(&state.status).get(&path).copied().unwrap_or(200)
+    };
     let mut builder = Response::builder()
-        .status(200)
+        .status(status)
         .header("x-origin", state.name.as_str())
         .header("content-type", "text/plain");
-    let extra = state
-        .headers
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&path)
-        .cloned()
-        .unwrap_or_default();
+    if let Some(tag) = etag {
+        builder = builder.header("etag", tag);
+    }
+    let extra = lock(&state.headers).get(&path).cloned().unwrap_or_default();
     for (k, v) in extra {
         builder = builder.header(k, v);
     }
-    Ok(builder
-        .body(Full::new(Bytes::from(body)))
-        .unwrap_or_default())
+    let body = if status == 304 {
+        Bytes::new()
+    } else {
+        Bytes::from(body)
+    };
+    Ok(builder.body(Full::new(body)).unwrap_or_default())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<State>, stop: watch::Receiver<bool>) {
@@ -211,6 +239,33 @@ impl Origin {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
             );
+    }
+
+    /// Answer requests for `path` with this status.
+    pub fn set_status(&self, path: &str, status: u16) {
+        lock(&self.state.status).insert(path.to_string(), status);
+    }
+
+    /// Send this ETag for `path`, and answer a matching `If-None-Match` with 304.
+    pub fn set_etag(&self, path: &str, etag: &str) {
+        lock(&self.state.etags).insert(path.to_string(), etag.to_string());
+    }
+
+    /// 304s sent for `path`.
+    pub fn not_modified(&self, path: &str) -> u64 {
+        lock(&self.state.not_modified)
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Every request for `path` that reached this origin, in order.
+    pub fn seen_for(&self, path: &str) -> Vec<Seen> {
+        lock(&self.state.seen)
+            .iter()
+            .filter(|s| s.uri.split('?').next() == Some(path))
+            .cloned()
+            .collect()
     }
 
     /// Wait this long before answering any request.
