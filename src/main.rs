@@ -1,10 +1,13 @@
-//! The `verge` command line: `serve` runs the proxy, `check` validates a config.
+//! The `verge` command line: `serve` runs the proxy, `control` the control plane, `check`
+//! validates a config; `policy`, `purge` and `nodes` talk to a running control plane.
+
+mod ops;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use verge::config::Config;
+use verge::config::{Config, Policy};
 
 #[derive(Parser)]
 #[command(
@@ -34,14 +37,47 @@ enum Command {
     /// Run the control plane (policy, invalidations, snapshots for nodes).
     Control {
         /// Control-plane config file.
-        #[arg(short, long, default_value = "conf/control.yaml")]
+        #[arg(short, long, default_value = "conf/control/control.yaml")]
         config: PathBuf,
+        /// Only validate the config (and its seed policy) and list every error.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Read, push, list or roll back the control plane's policy.
+    Policy {
+        #[command(subcommand)]
+        action: ops::PolicyAction,
+        #[command(flatten)]
+        control: ops::ControlArgs,
+    },
+    /// Invalidate cached content on every node (hard unless --soft).
+    Purge {
+        #[arg(value_enum)]
+        kind: ops::PurgeKind,
+        /// URLs (`host/path?query`), `host/prefix`, hosts or tags.
+        targets: Vec<String>,
+        /// Mark stale (revalidate) instead of removing.
+        #[arg(long)]
+        soft: bool,
+        /// Required with `all`.
+        #[arg(long)]
+        confirm_all: bool,
+        #[command(flatten)]
+        control: ops::ControlArgs,
+    },
+    /// Show every node's applied policy version and invalidation sequence, and its lag.
+    Nodes {
+        #[command(flatten)]
+        control: ops::ControlArgs,
     },
     /// Validate a config file and list every error; starts nothing.
     Check {
         /// Config file.
         #[arg(short, long, default_value = "conf/verge.yaml")]
         config: PathBuf,
+        /// The file is a policy document (pools and routes), as pushed to `verge control`.
+        #[arg(long)]
+        policy: bool,
     },
 }
 
@@ -49,7 +85,44 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
+        Command::Policy { action, control } => ops::policy(&control, action),
+        Command::Purge {
+            kind,
+            targets,
+            soft,
+            confirm_all,
+            control,
+        } => ops::purge(&control, kind, targets, soft, confirm_all),
+        Command::Nodes { control } => ops::nodes(&control),
+        Command::Check {
+            config,
+            policy: true,
+        } => check_policy(&config),
+        Command::Control {
+            config,
+            check: true,
+        } => match verge::control::settings::ControlSettings::load(&config) {
+            Ok(s) => {
+                println!(
+                    "{}: ok (listen {}, {} token(s))",
+                    config.display(),
+                    s.listen,
+                    s.tokens.len()
+                );
+                match &s.seed_policy {
+                    Some(p) => check_policy(p),
+                    None => ExitCode::SUCCESS,
+                }
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Check {
+            config,
+            policy: false,
+        } => match Config::load(&config) {
             Ok(c) => {
                 println!(
                     "{}: ok (version {}, {} listener(s), {} pool(s), {} route(s))",
@@ -66,7 +139,10 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Control { config } => match control(&config) {
+        Command::Control {
+            config,
+            check: false,
+        } => match control(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("verge control: {e:#}");
@@ -84,6 +160,31 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+    }
+}
+
+/// Validate a policy document file with the node's rules; exit 2 with every error.
+fn check_policy(path: &std::path::Path) -> ExitCode {
+    let result = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read: {e}"))
+        .and_then(|text| {
+            let doc = Policy::document_from_text(&text).map_err(|e| e.to_string())?;
+            Policy::from_json(&doc).map_err(|e| e.to_string())
+        });
+    match result {
+        Ok(p) => {
+            println!(
+                "{}: ok ({} pool(s), {} route(s))",
+                path.display(),
+                p.pools.len(),
+                p.routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("{}: {e}", path.display());
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -541,4 +541,26 @@ mod tests {
         assert_eq!(query_param("after=1.2&wait=5s", "wait"), Some("5s"));
         assert_eq!(query_param("after", "after"), Some(""));
     }
+
+    #[test]
+    fn openapi_document_lists_every_endpoint() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/control/openapi.yaml");
+        let doc: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let paths = doc["paths"].as_mapping().unwrap();
+        for p in [
+            "/healthz",
+            "/metrics",
+            "/v1/policy",
+            "/v1/policy/history",
+            "/v1/policy/versions/{version}",
+            "/v1/policy/rollback",
+            "/v1/invalidations",
+            "/v1/snapshot",
+            "/v1/nodes/{id}/applied",
+            "/v1/nodes",
+        ] {
+            assert!(paths.contains_key(p), "{p} missing from openapi.yaml");
+        }
+    }
 }

@@ -29,6 +29,47 @@ fn every_file_in_conf_validates() {
 }
 
 #[test]
+fn control_plane_examples_validate() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for args in [
+        ["control", "--check", "-c", "conf/control/control.yaml"],
+        ["check", "--policy", "-c", "conf/control/policy.yaml"],
+        ["check", "-c", "conf/control/node.yaml", ""],
+    ] {
+        let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
+        let out = Command::new(verge_bin())
+            .current_dir(root)
+            .args(&args)
+            .output()
+            .expect("run verge");
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // a broken policy lists every error and exits 2
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad = dir.path().join("policy.yaml");
+    std::fs::write(
+        &bad,
+        "pools: {p: {backends: []}}\nroutes: [{hosts: [\"*\"], pool: q}]\n",
+    )
+    .expect("write");
+    let out = Command::new(verge_bin())
+        .args(["check", "--policy", "-c"])
+        .arg(&bad)
+        .output()
+        .expect("run verge");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pools.p.backends") && err.contains("routes[0].pool"),
+        "{err}"
+    );
+}
+
+#[test]
 fn check_lists_every_error_and_exits_non_zero() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("bad.yaml");

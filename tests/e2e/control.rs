@@ -32,6 +32,7 @@ impl Cp {
         let config = dir.path().join("control.yaml");
         std::fs::write(&config, yaml).expect("write control config");
         std::fs::write(dir.path().join("node.token"), NODE).expect("token file");
+        std::fs::write(dir.path().join("ops.token"), OPS).expect("token file");
         let mut cp = Cp {
             child: spawn_verge(&["control", "-c"], &config),
             addr,
@@ -462,4 +463,86 @@ async fn a_fetch_that_started_before_a_purge_is_not_served_as_fresh_after_it() {
     );
     get(&n, "/slow").await;
     assert_eq!(o.hits("/slow"), 2, "the refetched copy is cached again");
+}
+
+#[tokio::test]
+async fn operator_cli_pushes_rolls_back_purges_and_lists_nodes() {
+    let o = Origin::start("o").await;
+    let cp = Cp::start().await;
+    let _n = node(&cp, "cli").await;
+    let dir = cp.dir.path();
+    let run = |args: &[&str], token: &str| {
+        let out = std::process::Command::new(crate::harness::verge_bin())
+            .args(args)
+            .args(["--control", &format!("http://{}", cp.addr), "--token-file"])
+            .arg(dir.join(token))
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("run verge");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let good = dir.join("policy.yaml");
+    std::fs::write(
+        &good,
+        format!(
+            "pools: {{o: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: o}}]\n",
+            o.addr
+        ),
+    )
+    .unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "pools: {o: {backends: []}}\nroutes: [{hosts: [\"*\"], pool: x}]\n",
+    )
+    .unwrap();
+    let good = good.to_str().unwrap();
+
+    let (code, out, err) = run(&["policy", "push", good], "ops.token");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("\"version\": 1"), "{out}");
+    let (code, _, err) = run(&["policy", "push", bad.to_str().unwrap()], "ops.token");
+    assert_eq!(code, Some(2), "invalid locally: {err}");
+    assert!(err.contains("routes[0].pool"), "{err}");
+    let (code, _, _) = run(&["policy", "push", good, "--if-match", "0"], "ops.token");
+    assert_eq!(code, Some(3), "stale version");
+    let (code, _, _) = run(&["policy", "push", good], "node.token");
+    assert_eq!(code, Some(4), "read-only token");
+    assert_eq!(run(&["policy", "push", good], "ops.token").0, Some(0));
+    let (code, out, _) = run(&["policy", "rollback", "1"], "ops.token");
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("\"rollback_of\": 1") && out.contains("\"version\": 3"),
+        "{out}"
+    );
+    let (code, out, _) = run(&["policy", "history"], "ops.token");
+    assert_eq!(code, Some(0));
+    assert_eq!(out.matches("\"version\"").count(), 3, "{out}");
+
+    let (code, out, err) = run(
+        &["purge", "url", "site.test/a", "site.test/b", "--soft"],
+        "ops.token",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("\"seq\": 2"), "{out}");
+    assert_eq!(
+        run(&["purge", "all"], "ops.token").0,
+        Some(2),
+        "all needs --confirm-all"
+    );
+    assert_eq!(
+        run(&["purge", "all", "--confirm-all"], "ops.token").0,
+        Some(0)
+    );
+    assert!(cp.converged(1).await);
+    let (code, out, _) = run(&["nodes"], "ops.token");
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("\"node\": \"cli\"") && out.contains("\"seq\": 3"),
+        "{out}"
+    );
 }
