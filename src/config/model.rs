@@ -19,6 +19,65 @@ pub struct Config {
     pub cache: CacheSettings,
     /// Where policy and invalidations come from; `None` runs from this file alone.
     pub control: Option<ControlSpec>,
+    /// The `PURGE` method on listeners; `None`: refused with 405.
+    pub purge: Option<PurgeSpec>,
+}
+
+/// Who may send `PURGE` requests to the data plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeSpec {
+    pub allow: Vec<IpNet>,
+}
+
+/// An address block such as `10.0.0.0/8` or `::1/128`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    /// Parse `ip/len` (or a bare ip, meaning the one address).
+    pub fn parse(text: &str) -> Result<IpNet, String> {
+        let (ip, len) = match text.trim().split_once('/') {
+            Some((ip, len)) => (ip, Some(len)),
+            None => (text.trim(), None),
+        };
+        let addr: std::net::IpAddr = ip
+            .parse()
+            .map_err(|_| format!("{text:?} is not an IP address or CIDR block"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match len {
+            None => max,
+            Some(l) => l
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?}: prefix length must be 0 to {max}"))?,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+
+    /// Whether `ip` is inside this block (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let (net, ip, bits) = match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => {
+                (u128::from(u32::from(n)), u128::from(u32::from(i)), 32)
+            }
+            (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i), 128),
+            _ => return false,
+        };
+        let shift = bits - u32::from(self.prefix);
+        if shift >= 128 {
+            return true;
+        }
+        (net >> shift) == (ip >> shift)
+    }
 }
 
 /// The routing part of a config, which a control plane may own: pools and the routes to them.

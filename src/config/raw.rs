@@ -18,6 +18,14 @@ pub struct RawDocument {
     pub routes: Option<serde_yaml::Value>,
     pub cache: Option<serde_yaml::Value>,
     pub control: Option<serde_yaml::Value>,
+    pub purge: Option<serde_yaml::Value>,
+}
+
+/// The data-plane `PURGE` method: off unless this block lists the clients allowed to use it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPurge {
+    pub allow: Vec<String>,
 }
 
 /// A policy document as the control plane stores and serves it: the routing and pool part of a

@@ -90,6 +90,25 @@ pub(super) fn validate_document(
         .control
         .and_then(|v| errs.decode::<RawControl>("control", v))
         .and_then(|c| validate_control(c, &mut errs));
+    let purge = doc
+        .purge
+        .and_then(|v| errs.decode::<RawPurge>("purge", v))
+        .map(|raw| {
+            if raw.allow.is_empty() {
+                errs.push(
+                    "purge.allow",
+                    "list at least one client address or CIDR block",
+                );
+            }
+            let mut allow = Vec::new();
+            for (i, text) in raw.allow.iter().enumerate() {
+                match IpNet::parse(text) {
+                    Ok(n) => allow.push(n),
+                    Err(e) => errs.push(format!("purge.allow[{i}]"), e),
+                }
+            }
+            PurgeSpec { allow }
+        });
     // A node fed by a control plane may start without any routes of its own.
     let policy_optional = control.is_some() && doc.pools.is_none() && doc.routes.is_none();
     let (pools, routes) = if policy_optional {
@@ -114,6 +133,7 @@ pub(super) fn validate_document(
             pools,
             routes,
             control,
+            purge,
         })
     } else {
         Err(errs.0)

@@ -3,6 +3,7 @@
 
 pub mod headers;
 pub mod peer;
+pub mod purge;
 pub mod route;
 
 use crate::cache::request_directives::{self, HitVerdict, RequestDirectives};
@@ -220,6 +221,57 @@ fn failure_status(e: &Error) -> u16 {
     }
 }
 
+impl EdgeProxy {
+    /// Answer a `PURGE` request: 405 when disabled, 403 for clients not allowed, else remove the
+    /// URL (both schemes, every variant) from this node's cache: 200, or 404 when not cached.
+    async fn answer_purge(
+        &self,
+        session: &mut Session,
+        decision: purge::PurgeDecision,
+        route: Option<&Route>,
+        host: &str,
+    ) -> Result<bool> {
+        let (status, text) = match decision {
+            purge::PurgeDecision::Disabled => (405, "verge: PURGE is not enabled".to_string()),
+            purge::PurgeDecision::Forbidden => {
+                (403, "verge: PURGE not allowed from this client".to_string())
+            }
+            _ => match route.and_then(|r| r.spec.cache.as_ref()) {
+                None => (404, "verge: this URL is not on a caching route".to_string()),
+                Some(rules) => {
+                    let pq = session
+                        .req_header()
+                        .uri
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str());
+                    let removed: usize = ["http", "https"]
+                        .iter()
+                        .map(|scheme| {
+                            self.cache.invalidate(&crate::cache::route_cache_key(
+                                scheme, host, pq, &rules.key,
+                            ))
+                        })
+                        .sum();
+                    if removed == 0 {
+                        (404, "verge: not cached".to_string())
+                    } else {
+                        (
+                            200,
+                            format!(
+                                "verge: purged {removed} entr{}",
+                                if removed == 1 { "y" } else { "ies" }
+                            ),
+                        )
+                    }
+                }
+            },
+        };
+        session.set_keepalive(None);
+        respond_plain(session, status, &text).await?;
+        Ok(true)
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
@@ -238,6 +290,16 @@ impl ProxyHttp for EdgeProxy {
         let snapshot = self.snapshot.load();
         let route = snapshot.table.lookup(&host, req.uri.path()).cloned();
         ctx.host = host;
+        let purge = purge::decide(
+            req.method.as_str(),
+            snapshot.config.purge.as_ref(),
+            client_ip(session),
+        );
+        if purge != purge::PurgeDecision::NotPurge {
+            return self
+                .answer_purge(session, purge, route.as_deref(), &ctx.host)
+                .await;
+        }
         match route {
             Some(r) => {
                 ctx.route = Some(r);

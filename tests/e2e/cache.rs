@@ -293,3 +293,49 @@ async fn stale_if_error_serves_stale_when_the_origin_is_down() {
     assert_eq!(g.status, 200);
     assert_eq!(g.body, first.body);
 }
+
+#[tokio::test]
+async fn purge_method_is_off_by_default_and_limited_to_allowed_clients() {
+    let o = Origin::start("o").await;
+    o.set_headers("/p", &[("cache-control", "max-age=300")]);
+    let purge = |v: &Verge| {
+        let url = v.url("/p");
+        async move {
+            client()
+                .request(reqwest::Method::from_bytes(b"PURGE").unwrap(), url)
+                .header("host", "c.test")
+                .send()
+                .await
+                .expect("purge")
+                .status()
+                .as_u16()
+        }
+    };
+    let body = |allow: &str| {
+        format!(
+            "{allow}pools: {{p: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p, cache: {{}}}}]\n",
+            o.addr
+        )
+    };
+    let off = Verge::start(&body("")).await;
+    assert_eq!(purge(&off).await, 405);
+    let elsewhere = Verge::start(&body("purge: {allow: [\"10.0.0.0/8\"]}\n")).await;
+    assert_eq!(purge(&elsewhere).await, 403);
+
+    let v = Verge::start(&body("purge: {allow: [\"127.0.0.1/32\", \"::1\"]}\n")).await;
+    fetch(&v, "/p", &[]).await;
+    assert_eq!(
+        fetch(&v, "/p", &[]).await.cache_status.split(';').nth(1),
+        Some(" hit")
+    );
+    assert_eq!(o.hits("/p"), 1);
+    assert_eq!(purge(&v).await, 200);
+    assert_eq!(purge(&v).await, 404, "nothing left to purge");
+    let after = fetch(&v, "/p", &[]).await;
+    assert!(
+        after.cache_status.contains("fwd=uri-miss"),
+        "{}",
+        after.cache_status
+    );
+    assert_eq!(o.hits("/p"), 2, "the purged URL was fetched again");
+}
