@@ -45,6 +45,9 @@ pub struct Metrics {
     /// `verge_cache_invalidated_total{verdict}`: stored entries refused by an invalidation
     /// (`hard`: refetched, `soft`: treated as stale).
     pub cache_invalidated: IntCounterVec,
+    /// `verge_cache_reclaimed_total{cause}`: entries removed from memory in the background
+    /// (`invalidation`: a hard invalidation made them unusable).
+    pub cache_reclaimed: IntCounterVec,
     /// `verge_policy_version`: control-plane policy version this node serves (0: file config).
     pub policy_version: IntGauge,
     /// `verge_invalidation_seq`: last invalidation sequence this node applied.
@@ -203,6 +206,12 @@ impl Metrics {
                 "verge_cache_invalidated_total",
                 "Stored entries refused by an invalidation, by verdict",
                 &["verdict"],
+            ),
+            cache_reclaimed: counter(
+                &registry,
+                "verge_cache_reclaimed_total",
+                "Entries removed from memory in the background, by cause",
+                &["cause"],
             ),
             policy_version: plain_gauge(
                 &registry,

@@ -1,6 +1,7 @@
 //! Assembles a Pingora `Server` from a validated config: listeners, admin, health checks.
 
 use crate::admin::AdminApp;
+use crate::cache::reclaim::ReclaimService;
 use crate::cache::CacheEngine;
 use crate::config::{Config, ListenerSpec};
 use crate::control::api::ControlApi;
@@ -165,6 +166,10 @@ pub fn build_server(config: &Config, opts: RunOptions) -> Result<Server, ServeEr
     );
     admin.add_tcp(&config.admin.listen.to_string());
     server.add_service(admin);
+    server.add_service(background_service(
+        "verge cache reclaim",
+        ReclaimService::new(snapshot.clone(), cache),
+    ));
     if let Some(spec) = &config.control {
         server.add_service(background_service(
             "verge control poller",

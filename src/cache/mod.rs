@@ -6,6 +6,7 @@ pub mod eviction;
 pub mod invalidation;
 pub mod key_rules;
 pub mod policy;
+pub mod reclaim;
 pub mod request_directives;
 pub mod storage;
 
@@ -87,6 +88,29 @@ impl CacheEngine {
     pub fn admits_variant(&self, key: &CacheKey, max_variants: usize) -> bool {
         self.storage.variant_count(&key.primary_bin()) < max_variants
             || self.storage.contains(&key.combined_bin())
+    }
+}
+
+impl CacheEngine {
+    /// Remove from memory every entry a hard invalidation in `index` makes unusable, so purged
+    /// bytes come back without waiting for a request or eviction. Returns how many went.
+    pub fn reclaim(&self, index: &InvalidationIndex) -> usize {
+        let removed = self.storage.remove_where(|(internal, header)| {
+            let Ok(meta) = CacheMeta::deserialize(internal, header) else {
+                return false;
+            };
+            let Some((host, pq)) = policy::entry_url(&meta) else {
+                return false;
+            };
+            let fetched = policy::fetched_at(&meta).unwrap_or_else(|| meta.created());
+            let tags = response_tags(meta.headers(), &policy::TAG_HEADERS);
+            index.verdict(host, pq, tags, fetched) == Verdict::Invalid
+        });
+        for k in &removed {
+            self.eviction
+                .remove(CacheEntryKeyRef::from_entry_id(k, None));
+        }
+        removed.len()
     }
 }
 

@@ -126,6 +126,27 @@ fn initial_age(resp: &ResponseHeader, now: SystemTime) -> Duration {
 /// resolution) can move it before an invalidation the fetch actually followed.
 pub const FETCHED_AT: &str = "verge-fetched-at";
 
+/// Stored with each entry (never shown to clients): the host and the path and query it is keyed
+/// under, so entries can be matched against invalidations away from a request (reclaiming).
+pub const ENTRY_URL: &str = "verge-entry-url";
+
+/// Headers verge adds to stored entries for itself; removed from every client response.
+pub const PRIVATE_HEADERS: [&str; 2] = [FETCHED_AT, ENTRY_URL];
+
+/// Record the URL an entry is stored under (`host` + path and query, as keyed).
+pub fn set_entry_url(meta: &mut CacheMeta, host: &str, path_query: &str) {
+    let _ = meta
+        .response_header_mut()
+        .insert_header(ENTRY_URL, format!("{host}{path_query}"));
+}
+
+/// The host and path-and-query an entry is stored under, if recorded.
+pub fn entry_url(meta: &CacheMeta) -> Option<(&str, &str)> {
+    let v = meta.headers().get(ENTRY_URL)?.to_str().ok()?;
+    let i = v.find('/')?;
+    Some((&v[..i], &v[i..]))
+}
+
 /// Record when the fetch behind `meta` started.
 pub fn set_fetched_at(meta: &mut CacheMeta, started: SystemTime) {
     let ms = started

@@ -92,6 +92,34 @@ impl MemoryStorage {
             .collect()
     }
 
+    /// Remove every entry for which `judge(meta)` says so, one shard at a time, without holding
+    /// a shard's lock while judging. An entry replaced meanwhile is left alone. Returns the keys
+    /// removed, for the eviction manager.
+    pub fn remove_where(
+        &self,
+        mut judge: impl FnMut(&(Vec<u8>, Vec<u8>)) -> bool,
+    ) -> Vec<CompactCacheKey> {
+        let mut removed = Vec::new();
+        for shard in self.shards.iter() {
+            let entries: Vec<(HashBinary, Arc<Entry>)> =
+                shard.read().iter().map(|(k, e)| (*k, e.clone())).collect();
+            for (key, entry) in entries {
+                if !judge(&entry.meta) {
+                    continue;
+                }
+                let same = self
+                    .shard(&key)
+                    .read()
+                    .get(&key)
+                    .is_some_and(|now| Arc::ptr_eq(now, &entry));
+                if same && self.remove_entry(&key).is_some() {
+                    removed.push(entry.key.clone());
+                }
+            }
+        }
+        removed
+    }
+
     /// Bytes currently charged to stored entries.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)

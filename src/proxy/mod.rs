@@ -472,6 +472,13 @@ impl ProxyHttp for EdgeProxy {
                 Ok(mut meta) => {
                     ctx.stored = true;
                     policy::set_fetched_at(&mut meta, fetch_started);
+                    let pq = session
+                        .req_header()
+                        .uri
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str());
+                    let key_pq = crate::cache::key_rules::key_path_and_query(pq, &rules.key.query);
+                    policy::set_entry_url(&mut meta, &ctx.host, &key_pq);
                     RespCacheable::Cacheable(meta)
                 }
                 Err(reason) => RespCacheable::Uncacheable(reason),
@@ -635,7 +642,9 @@ impl ProxyHttp for EdgeProxy {
         for name in &policy::TAG_HEADERS {
             resp.remove_header(name);
         }
-        resp.remove_header(policy::FETCHED_AT);
+        for name in policy::PRIVATE_HEADERS {
+            resp.remove_header(name);
+        }
         if let Some(route) = ctx.route.as_ref() {
             if let Some(rules) = route.spec.cache.as_ref() {
                 if ctx.stored && rules.set_cookie == crate::config::SetCookiePolicy::Strip {

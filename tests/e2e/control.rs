@@ -546,3 +546,39 @@ async fn operator_cli_pushes_rolls_back_purges_and_lists_nodes() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn hard_purges_free_memory_in_the_background() {
+    let o = Origin::start("o").await;
+    let cp = Cp::start().await;
+    let n = node(&cp, "reclaim").await;
+    cp.put_policy(policy(&o, json!({"default_ttl": "300s"})), 0)
+        .await;
+    assert!(cp.converged(1).await);
+    for i in 0..5 {
+        get(&n, &format!("/r/{i}")).await;
+    }
+    get(&n, "/keep").await;
+    let objects = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("verge_cache_objects "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    assert_eq!(objects(&n.admin_get("/metrics").await.1), Some(6));
+    cp.purge(json!({"kind": "prefix", "target": "site.test/r/"}))
+        .await;
+    // No client asks for the purged URLs again: the memory still comes back.
+    let freed = eventually(Duration::from_secs(10), || async {
+        objects(&n.admin_get("/metrics").await.1) == Some(1)
+    })
+    .await;
+    let (_, metrics) = n.admin_get("/metrics").await;
+    assert!(freed, "{metrics}");
+    assert!(
+        metrics.contains("verge_cache_reclaimed_total{cause=\"invalidation\"} 5"),
+        "{metrics}"
+    );
+    let hits = o.hits("/keep");
+    get(&n, "/keep").await;
+    assert_eq!(o.hits("/keep"), hits, "entries not matched stay cached");
+}
