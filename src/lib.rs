@@ -23,6 +23,7 @@
 //! - [`metrics`]: every metric name, in one place.
 //! - [`server`]: assembling the Pingora server from a config.
 
+pub mod access_log;
 pub mod admin;
 pub mod cache;
 pub mod config;

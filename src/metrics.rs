@@ -48,6 +48,8 @@ pub struct Metrics {
     /// `verge_cache_reclaimed_total{cause}`: entries removed from memory in the background
     /// (`invalidation`: a hard invalidation made them unusable).
     pub cache_reclaimed: IntCounterVec,
+    /// `verge_access_log_dropped_total`: access-log lines dropped because the writer was behind.
+    pub access_log_dropped: prometheus::IntCounter,
     /// `verge_policy_version`: control-plane policy version this node serves (0: file config).
     pub policy_version: IntGauge,
     /// `verge_invalidation_seq`: last invalidation sequence this node applied.
@@ -207,6 +209,15 @@ impl Metrics {
                 "Stored entries refused by an invalidation, by verdict",
                 &["verdict"],
             ),
+            access_log_dropped: {
+                let c = prometheus::IntCounter::new(
+                    "verge_access_log_dropped_total",
+                    "Access-log lines dropped because the writer was behind",
+                )
+                .unwrap_or_else(|e| panic!("metric verge_access_log_dropped_total: {e}"));
+                let _ = registry.register(Box::new(c.clone()));
+                c
+            },
             cache_reclaimed: counter(
                 &registry,
                 "verge_cache_reclaimed_total",

@@ -1,5 +1,6 @@
 //! Assembles a Pingora `Server` from a validated config: listeners, admin, health checks.
 
+use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
 use crate::cache::reclaim::ReclaimService;
 use crate::cache::CacheEngine;
@@ -30,6 +31,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub enum ServeError {
     #[error(transparent)]
     Pool(#[from] crate::upstream::pool::PoolBuildError),
+    #[error("access log {0}")]
+    AccessLog(String),
     #[error("listener {listener}: TLS setup failed: {reason}")]
     Tls { listener: String, reason: String },
 }
@@ -106,12 +109,14 @@ fn listener_service(
     spec: &ListenerSpec,
     snapshot: &SharedSnapshot,
     cache: &'static CacheEngine,
+    access_log: &Option<Arc<AccessLog>>,
 ) -> Result<Service<Ingress>, ServeError> {
     let info = ListenerInfo {
         name: spec.name.clone(),
         tls: spec.tls.is_some(),
     };
-    let mut proxy = pingora_proxy::http_proxy(conf, EdgeProxy::new(snapshot.clone(), info, cache));
+    let edge = EdgeProxy::new(snapshot.clone(), info, cache).with_access_log(access_log.clone());
+    let mut proxy = pingora_proxy::http_proxy(conf, edge);
     let mut options = HttpServerOptions::default();
     options.h2c = spec.h2c;
     options.keepalive_request_limit = Some(spec.limits.keepalive_requests);
@@ -157,8 +162,22 @@ pub fn build_server(config: &Config, opts: RunOptions) -> Result<Server, ServeEr
     server.bootstrap();
     let conf = server.configuration.clone();
     let cache = CacheEngine::new(config.cache);
+    let access_log = match &config.access_log {
+        None => None,
+        Some(target) => {
+            Some(Arc::new(AccessLog::start(target.clone()).map_err(|e| {
+                ServeError::AccessLog(format!("{target:?}: {e}"))
+            })?))
+        }
+    };
     for spec in &config.listeners {
-        server.add_service(listener_service(&conf, spec, &snapshot, cache)?);
+        server.add_service(listener_service(
+            &conf,
+            spec,
+            &snapshot,
+            cache,
+            &access_log,
+        )?);
     }
     let mut admin = Service::new(
         "verge admin".to_string(),

@@ -21,6 +21,8 @@ pub struct Config {
     pub control: Option<ControlSpec>,
     /// The `PURGE` method on listeners; `None`: refused with 405.
     pub purge: Option<PurgeSpec>,
+    /// Where the JSON access log goes; `None`: no access log.
+    pub access_log: Option<crate::access_log::LogTarget>,
 }
 
 /// Who may send `PURGE` requests to the data plane.

@@ -19,6 +19,14 @@ pub struct RawDocument {
     pub cache: Option<serde_yaml::Value>,
     pub control: Option<serde_yaml::Value>,
     pub purge: Option<serde_yaml::Value>,
+    pub access_log: Option<serde_yaml::Value>,
+}
+
+/// `access_log: {path: /var/log/verge/access.log}` (`-` for stdout).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    pub path: String,
 }
 
 /// The data-plane `PURGE` method: off unless this block lists the clients allowed to use it.

@@ -109,6 +109,25 @@ pub(super) fn validate_document(
             }
             PurgeSpec { allow }
         });
+    let access_log = doc
+        .access_log
+        .and_then(|v| errs.decode::<RawAccessLog>("access_log", v))
+        .and_then(|raw| {
+            if raw.path == "-" {
+                return Some(crate::access_log::LogTarget::Stdout);
+            }
+            let path = std::path::PathBuf::from(&raw.path);
+            match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(dir) if !dir.is_dir() => {
+                    errs.push(
+                        "access_log.path",
+                        format!("directory {} does not exist", dir.display()),
+                    );
+                    None
+                }
+                _ => Some(crate::access_log::LogTarget::File(path)),
+            }
+        });
     // A node fed by a control plane may start without any routes of its own.
     let policy_optional = control.is_some() && doc.pools.is_none() && doc.routes.is_none();
     let (pools, routes) = if policy_optional {
@@ -134,6 +153,7 @@ pub(super) fn validate_document(
             routes,
             control,
             purge,
+            access_log,
         })
     } else {
         Err(errs.0)

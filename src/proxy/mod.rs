@@ -6,6 +6,7 @@ pub mod peer;
 pub mod purge;
 pub mod route;
 
+use crate::access_log::AccessLog;
 use crate::cache::request_directives::{self, HitVerdict, RequestDirectives};
 use crate::cache::{invalidation, policy, CacheEngine};
 use crate::metrics::METRICS;
@@ -36,6 +37,7 @@ pub struct EdgeProxy {
     snapshot: SharedSnapshot,
     listener: ListenerInfo,
     cache: &'static CacheEngine,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl EdgeProxy {
@@ -48,7 +50,46 @@ impl EdgeProxy {
             snapshot,
             listener,
             cache,
+            access_log: None,
         }
+    }
+
+    /// Write one JSON line per request to `log`.
+    pub fn with_access_log(mut self, log: Option<Arc<AccessLog>>) -> Self {
+        self.access_log = log;
+        self
+    }
+
+    fn write_access_log(&self, log: &AccessLog, session: &Session, ctx: &RequestCtx, status: u16) {
+        let req = session.req_header();
+        let snapshot = self.snapshot.load();
+        let caches = ctx.route.as_ref().is_some_and(|r| r.spec.cache.is_some());
+        let key = session.cache.maybe_cache_key().map(|k| {
+            pingora_cache::key::CacheHashKey::combined_bin(k)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        });
+        log.log(&crate::access_log::Record {
+            time: Some(std::time::SystemTime::now()),
+            client: client_ip(session).map(|ip| ip.to_string()),
+            host: &ctx.host,
+            method: req.method.as_str(),
+            path: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            status,
+            bytes: session.body_bytes_sent(),
+            route: ctx.route.as_ref().map(|r| r.spec.name.as_str()),
+            pool: ctx.route.as_ref().map(|r| r.pool.name()),
+            backend: ctx.tried.last().map(|a| a.to_string()),
+            cache: caches.then(|| lookup_result(session.cache.phase(), ctx)),
+            key,
+            origin_ms: ctx.origin_ms,
+            total_ms: ctx
+                .started
+                .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0),
+            config: &snapshot.version,
+            seq: snapshot.control.position.seq,
+        });
     }
 
     fn scheme(&self) -> &'static str {
@@ -124,6 +165,10 @@ pub struct RequestCtx {
     /// When the origin request was sent (wall clock): the stored entry's `created`, which
     /// invalidations are compared against.
     pub fetch_started: Option<std::time::SystemTime>,
+    /// When the request arrived (for the access log's total time).
+    pub started: Option<Instant>,
+    /// From sending upstream to the response header, in milliseconds.
+    pub origin_ms: Option<f64>,
     /// Why verge answered with an error itself, for the response body.
     pub failure: Option<String>,
     /// Why a cached route skipped the cache for this request.
@@ -277,7 +322,10 @@ impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        RequestCtx {
+            started: Some(Instant::now()),
+            ..RequestCtx::default()
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -624,10 +672,12 @@ impl ProxyHttp for EdgeProxy {
             ctx.not_modified = Some(Box::new(upstream.clone()));
         }
         if let (Some(route), Some(at)) = (ctx.route.as_ref(), ctx.upstream_sent_at) {
+            let elapsed = at.elapsed().as_secs_f64();
+            ctx.origin_ms = Some(elapsed * 1000.0);
             METRICS
                 .upstream_latency
                 .with_label_values(&[route.pool.name()])
-                .observe(at.elapsed().as_secs_f64());
+                .observe(elapsed);
         }
         Ok(())
     }
@@ -708,6 +758,9 @@ impl ProxyHttp for EdgeProxy {
                 .cache_lookups
                 .with_label_values(&[ctx.route_name(), result])
                 .inc();
+        }
+        if let Some(log) = &self.access_log {
+            self.write_access_log(log, session, ctx, status);
         }
     }
 }

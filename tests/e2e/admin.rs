@@ -71,3 +71,47 @@ async fn readiness_waits_for_the_first_health_check() {
     let (_, body) = v.admin_get("/status").await;
     assert!(body.contains("\"first_check_done\": true"), "{body}");
 }
+
+#[tokio::test]
+async fn access_log_has_one_json_line_per_request() {
+    let o = Origin::start("o").await;
+    o.set_headers("/c", &[("cache-control", "max-age=60")]);
+    let v = Verge::start(&format!(
+        "access_log: {{path: \"{{dir}}/access.log\"}}\npools: {{web: {{backends: [\"{}\"]}}}}\nroutes: [{{name: main, hosts: [a.com], pool: web, cache: {{}}}}]\n",
+        o.addr
+    ))
+    .await;
+    get(&v, "a.com", "/c?x=1").await;
+    get(&v, "a.com", "/c?x=1").await;
+    get(&v, "nope.com", "/").await;
+    let path = v.dir().join("access.log");
+    let lines = || {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("each line is JSON"))
+            .collect::<Vec<_>>()
+    };
+    let complete = crate::harness::eventually(std::time::Duration::from_secs(5), || async {
+        lines().len() == 3
+    })
+    .await;
+    let got = lines();
+    assert!(complete, "{got:?}");
+    assert_eq!(got[0]["path"], "/c?x=1");
+    assert_eq!(got[0]["host"], "a.com");
+    assert_eq!(got[0]["route"], "main");
+    assert_eq!(got[0]["pool"], "web");
+    assert_eq!(got[0]["backend"], o.addr.to_string());
+    assert_eq!(got[0]["cache"], "miss");
+    assert_eq!(got[0]["status"], 200);
+    assert!(got[0]["origin_ms"].as_f64().is_some());
+    assert!(got[0]["bytes"].as_u64().unwrap_or(0) > 0);
+    assert_eq!(got[1]["cache"], "hit");
+    assert!(got[1]["backend"].is_null(), "a hit never went upstream");
+    assert_eq!(got[1]["key"], got[0]["key"]);
+    assert_eq!(got[2]["status"], 404);
+    assert!(got[2]["route"].is_null());
+    assert!(got[0]["time"].as_str().unwrap_or("").ends_with('Z'));
+    assert_eq!(got[0]["client"], "127.0.0.1");
+}

@@ -102,6 +102,11 @@ impl Verge {
         }
     }
 
+    /// The directory holding this instance's config (and anything `{dir}` pointed at).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
     }
