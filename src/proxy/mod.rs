@@ -5,6 +5,7 @@ pub mod headers;
 pub mod peer;
 pub mod purge;
 pub mod route;
+pub mod target;
 
 use crate::access_log::AccessLog;
 use crate::cache::request_directives::{self, HitVerdict, RequestDirectives};
@@ -330,6 +331,12 @@ impl ProxyHttp for EdgeProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
+        if let Err(bad) = target::check_path(req.method.as_str(), req.uri.path()) {
+            METRICS.rejected.with_label_values(&[bad.reason()]).inc();
+            session.set_keepalive(None);
+            respond_plain(session, 400, "verge: request target refused").await?;
+            return Ok(true);
+        }
         let Some(host) = request_host(req) else {
             METRICS.rejected.with_label_values(&["bad_host"]).inc();
             respond_plain(session, 400, "verge: missing or invalid Host").await?;

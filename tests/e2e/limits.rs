@@ -124,3 +124,46 @@ async fn keepalive_serves_several_requests_on_one_connection() {
     }
     assert_eq!(o.total(), 6);
 }
+
+#[tokio::test]
+async fn ambiguous_targets_are_refused_before_routing_and_never_reach_the_origin() {
+    let o = Origin::start("o").await;
+    let v = verge_with_short_timeout(&o).await;
+    let wait = Duration::from_secs(5);
+    for target in [
+        "/a%2Fb",
+        "/a%5cb",
+        "/a\\b",
+        "/a%00b",
+        "/a%zz",
+        "/../etc/passwd",
+        "/public/../admin",
+        "/a/./b",
+        "/a/%2e%2e/b",
+    ] {
+        let out = raw(
+            v.http,
+            format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(),
+            wait,
+        )
+        .await;
+        assert!(out.starts_with("HTTP/1.1 400 "), "{target}: {out}");
+        assert!(
+            !out.ends_with("<no close>"),
+            "{target}: connection left open"
+        );
+    }
+    assert_eq!(o.total(), 0, "nothing reached the origin");
+    let ok = raw(
+        v.http,
+        b"GET /caf%C3%A9/a.b?x=../y HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        wait,
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200 "), "{ok}");
+    assert_eq!(
+        o.last_seen().map(|s| s.uri),
+        Some("/caf%C3%A9/a.b?x=../y".to_string()),
+        "forwarded byte for byte"
+    );
+}

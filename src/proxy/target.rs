@@ -1,0 +1,133 @@
+//! Request-target checks: the path the router and the cache key see is the path the origin gets,
+//! so anything an origin might decode or normalise differently is refused with 400.
+
+/// Why a request target is refused; also the `verge_requests_rejected_total` reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadTarget {
+    /// Not origin-form (`/...`); `*` is allowed for OPTIONS only.
+    NotOriginForm,
+    /// `%2F` or `%5C`: an encoded slash or backslash the origin may decode into a separator.
+    EncodedSeparator,
+    /// A raw backslash.
+    Backslash,
+    /// NUL or another control byte, raw or percent-encoded.
+    ControlByte,
+    /// `%` not followed by two hex digits.
+    BadPercentEncoding,
+    /// A `.` or `..` segment (raw or encoded): routing and the origin could disagree on the path.
+    DotSegment,
+}
+
+impl BadTarget {
+    pub fn reason(self) -> &'static str {
+        match self {
+            BadTarget::NotOriginForm => "target_not_origin_form",
+            BadTarget::EncodedSeparator => "target_encoded_separator",
+            BadTarget::Backslash => "target_backslash",
+            BadTarget::ControlByte => "target_control_byte",
+            BadTarget::BadPercentEncoding => "target_bad_percent_encoding",
+            BadTarget::DotSegment => "target_dot_segment",
+        }
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Check a request path (without the query). `method` allows `*` for OPTIONS.
+pub fn check_path(method: &str, path: &str) -> Result<(), BadTarget> {
+    if path == "*" && method.eq_ignore_ascii_case("OPTIONS") {
+        return Ok(());
+    }
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(BadTarget::NotOriginForm);
+    }
+    // Decode once, checking each byte as the origin would see it after one decoding pass.
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let (value, encoded) = if b == b'%' {
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err(BadTarget::BadPercentEncoding);
+            };
+            i += 3;
+            (h << 4 | l, true)
+        } else {
+            i += 1;
+            (b, false)
+        };
+        match value {
+            b'/' if encoded => return Err(BadTarget::EncodedSeparator),
+            b'\\' if encoded => return Err(BadTarget::EncodedSeparator),
+            b'\\' => return Err(BadTarget::Backslash),
+            0..=0x1f | 0x7f => return Err(BadTarget::ControlByte),
+            _ => decoded.push(value),
+        }
+    }
+    if decoded
+        .split(|&b| b == b'/')
+        .any(|seg| seg == b"." || seg == b"..")
+    {
+        return Err(BadTarget::DotSegment);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinary_paths_pass() {
+        for p in [
+            "/",
+            "/a/b",
+            "/a%20b",
+            "/a.b/c..d",
+            "/.well-known/x",
+            "/a//b",
+            "/%41",
+            "/caf%C3%A9",
+        ] {
+            assert_eq!(check_path("GET", p), Ok(()), "{p}");
+        }
+        assert_eq!(check_path("OPTIONS", "*"), Ok(()));
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        let cases = [
+            ("*", BadTarget::NotOriginForm),
+            ("a/b", BadTarget::NotOriginForm),
+            ("", BadTarget::NotOriginForm),
+            ("/a%2Fb", BadTarget::EncodedSeparator),
+            ("/a%2fb", BadTarget::EncodedSeparator),
+            ("/a%5Cb", BadTarget::EncodedSeparator),
+            ("/a\\b", BadTarget::Backslash),
+            ("/a%00b", BadTarget::ControlByte),
+            ("/a\u{1}b", BadTarget::ControlByte),
+            ("/a%zz", BadTarget::BadPercentEncoding),
+            ("/a%2", BadTarget::BadPercentEncoding),
+            ("/../etc/passwd", BadTarget::DotSegment),
+            ("/a/../b", BadTarget::DotSegment),
+            ("/a/./b", BadTarget::DotSegment),
+            ("/a/..", BadTarget::DotSegment),
+            ("/a/%2e%2e/b", BadTarget::DotSegment),
+            ("/a/.%2E/b", BadTarget::DotSegment),
+        ];
+        for (p, want) in cases {
+            assert_eq!(check_path("GET", p), Err(want), "{p:?}");
+        }
+    }
+}
