@@ -65,6 +65,7 @@ pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
 
     let mut count = 0usize;
     let mut content_lengths = 0usize;
+    let mut declared_length: Option<u64> = None;
     let mut transfer_encodings = 0usize;
     let mut te_chunked_only = true;
     loop {
@@ -109,6 +110,9 @@ pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
         }
         if name.eq_ignore_ascii_case(b"content-length") {
             content_lengths += 1 + value.iter().filter(|b| **b == b',').count();
+            declared_length = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok());
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encodings += 1;
             te_chunked_only &= value.eq_ignore_ascii_case(b"chunked");
@@ -116,6 +120,9 @@ pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
     }
     if content_lengths > 1 {
         return reject(400, "duplicate_content_length");
+    }
+    if declared_length.is_some_and(|n| n > limits.max_body) {
+        return reject(413, "body_too_large");
     }
     if transfer_encodings > 0 {
         if content_lengths > 0 {

@@ -114,6 +114,7 @@ fn listener_service(
     let info = ListenerInfo {
         name: spec.name.clone(),
         tls: spec.tls.is_some(),
+        max_body: spec.limits.max_body,
     };
     let edge = EdgeProxy::new(snapshot.clone(), info, cache).with_access_log(access_log.clone());
     let mut proxy = pingora_proxy::http_proxy(conf, edge);

@@ -270,6 +270,8 @@ pub struct Limits {
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub keepalive_requests: u32,
+    /// Largest request body accepted (declared or streamed); larger gets 413.
+    pub max_body: u64,
 }
 
 impl Default for Limits {
@@ -282,6 +284,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(15),
             keepalive_timeout: Duration::from_secs(60),
             keepalive_requests: 1000,
+            max_body: 64 << 20,
         }
     }
 }

@@ -150,6 +150,7 @@ pub struct RawLimits {
     pub header_timeout: Option<ConfDuration>,
     pub keepalive_timeout: Option<ConfDuration>,
     pub keepalive_requests: Option<u32>,
+    pub max_body: Option<ConfSize>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]

@@ -654,6 +654,14 @@ fn validate_limits(path: &str, raw: Option<RawLimits>, errs: &mut Errors) -> Lim
         raw.keepalive_timeout,
         d.keepalive_timeout,
     );
+    let max_body = match raw.max_body {
+        None => d.max_body,
+        Some(s) if s.0 <= (16u64 << 30) => s.0,
+        Some(_) => {
+            errs.push(format!("{path}.max_body"), "must be at most 16GiB");
+            d.max_body
+        }
+    };
     Limits {
         max_request_line,
         max_header_line,
@@ -662,6 +670,7 @@ fn validate_limits(path: &str, raw: Option<RawLimits>, errs: &mut Errors) -> Lim
         header_timeout,
         keepalive_timeout,
         keepalive_requests: raw.keepalive_requests.unwrap_or(d.keepalive_requests),
+        max_body,
     }
 }
 

@@ -31,6 +31,8 @@ use std::time::Instant;
 pub struct ListenerInfo {
     pub name: String,
     pub tls: bool,
+    /// Largest request body accepted; a streamed (chunked) body over it fails with 413.
+    pub max_body: u64,
 }
 
 /// The proxy for one listener. Cheap to clone: the snapshot handle is shared.
@@ -170,6 +172,8 @@ pub struct RequestCtx {
     pub started: Option<Instant>,
     /// From sending upstream to the response header, in milliseconds.
     pub origin_ms: Option<f64>,
+    /// Request body bytes read so far.
+    pub body_bytes: u64,
     /// Why verge answered with an error itself, for the response body.
     pub failure: Option<String>,
     /// Why a cached route skipped the cache for this request.
@@ -550,6 +554,30 @@ impl ProxyHttp for EdgeProxy {
         // None: stale-while-revalidate (the meta's window was already checked); Some: the
         // origin failed and the stale-if-error window allows it.
         error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > self.listener.max_body {
+                METRICS
+                    .rejected
+                    .with_label_values(&["body_too_large"])
+                    .inc();
+                session.set_keepalive(None);
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    format!("request body over {} bytes", self.listener.max_body),
+                );
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(

@@ -167,3 +167,42 @@ async fn ambiguous_targets_are_refused_before_routing_and_never_reach_the_origin
         "forwarded byte for byte"
     );
 }
+
+#[tokio::test]
+async fn bodies_over_max_body_get_413() {
+    let o = Origin::start("o").await;
+    let v = Verge::start_with_listeners(
+        &format!(
+            "pools: {{p: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p}}]\n",
+            o.addr
+        ),
+        Some("listeners:\n  - listen: \"{http}\"\n    limits: {max_body: 1KiB}\n"),
+    )
+    .await;
+    let wait = Duration::from_secs(5);
+    let declared = format!(
+        "POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 2000\r\n\r\n{}",
+        "x".repeat(2000)
+    );
+    let out = raw(v.http, declared.as_bytes(), wait).await;
+    assert!(out.starts_with("HTTP/1.1 413 "), "{out}");
+    assert!(!out.ends_with("<no close>"), "closed after 413");
+    assert_eq!(
+        o.total(),
+        0,
+        "a declared oversized body never reaches the origin"
+    );
+
+    let chunk = format!("258\r\n{}\r\n", "y".repeat(600));
+    let streamed = format!("POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}{chunk}{chunk}0\r\n\r\n");
+    let out = raw(v.http, streamed.as_bytes(), wait).await;
+    assert!(out.starts_with("HTTP/1.1 413 "), "{out}");
+
+    let small = format!(
+        "POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n{}",
+        "z".repeat(1000)
+    );
+    let out = raw(v.http, small.as_bytes(), wait).await;
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+    assert_eq!(o.last_seen().map(|s| s.body_len), Some(1000));
+}
