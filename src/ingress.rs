@@ -287,7 +287,18 @@ impl ServerApp for Ingress {
             .connections_open
             .with_label_values(&[&self.listener]);
         gauge.inc();
+        let open = gauge.get();
         let _open = OpenConnection(gauge);
+        if open > i64::from(self.limits.max_connections) {
+            METRICS
+                .rejected
+                .with_label_values(&["too_many_connections"])
+                .inc();
+            if !matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+                write_rejection(&mut stream, 503).await;
+            }
+            return None;
+        }
 
         if self.is_http2(&mut stream).await {
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;

@@ -272,6 +272,8 @@ pub struct Limits {
     pub keepalive_requests: u32,
     /// Largest request body accepted (declared or streamed); larger gets 413.
     pub max_body: u64,
+    /// Open client connections accepted at once; more are answered 503 and closed.
+    pub max_connections: u32,
 }
 
 impl Default for Limits {
@@ -285,6 +287,7 @@ impl Default for Limits {
             keepalive_timeout: Duration::from_secs(60),
             keepalive_requests: 1000,
             max_body: 64 << 20,
+            max_connections: 10_000,
         }
     }
 }

@@ -151,6 +151,7 @@ pub struct RawLimits {
     pub keepalive_timeout: Option<ConfDuration>,
     pub keepalive_requests: Option<u32>,
     pub max_body: Option<ConfSize>,
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]

@@ -662,6 +662,17 @@ fn validate_limits(path: &str, raw: Option<RawLimits>, errs: &mut Errors) -> Lim
             d.max_body
         }
     };
+    let max_connections = match raw.max_connections {
+        None => d.max_connections,
+        Some(n) if (1..=1_000_000).contains(&n) => n,
+        Some(_) => {
+            errs.push(
+                format!("{path}.max_connections"),
+                "must be between 1 and 1000000",
+            );
+            d.max_connections
+        }
+    };
     Limits {
         max_request_line,
         max_header_line,
@@ -671,6 +682,7 @@ fn validate_limits(path: &str, raw: Option<RawLimits>, errs: &mut Errors) -> Lim
         keepalive_timeout,
         keepalive_requests: raw.keepalive_requests.unwrap_or(d.keepalive_requests),
         max_body,
+        max_connections,
     }
 }
 

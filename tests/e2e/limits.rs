@@ -206,3 +206,47 @@ async fn bodies_over_max_body_get_413() {
     assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
     assert_eq!(o.last_seen().map(|s| s.body_len), Some(1000));
 }
+
+#[tokio::test]
+async fn connections_over_the_cap_get_503_and_others_are_served_after() {
+    let o = Origin::start("o").await;
+    let v = Verge::start_with_listeners(
+        &format!(
+            "pools: {{p: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p}}]\n",
+            o.addr
+        ),
+        Some("listeners:\n  - listen: \"{http}\"\n    limits: {max_connections: 3}\n"),
+    )
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(
+            tokio::net::TcpStream::connect(v.http)
+                .await
+                .expect("connect"),
+        );
+    }
+    let wait = Duration::from_secs(5);
+    // Wait until verge itself holds the 3 idle connections (not just the kernel backlog).
+    let held = crate::harness::eventually(wait, || async {
+        v.admin_get("/metrics")
+            .await
+            .1
+            .contains("verge_downstream_connections{listener=\"listener0\"} 3")
+    })
+    .await;
+    assert!(held, "verge did not take the idle connections");
+    let req = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let out = raw(v.http, req, wait).await;
+    assert!(
+        out.starts_with("HTTP/1.1 503 "),
+        "a 4th connection is refused: {out}"
+    );
+    assert_eq!(o.total(), 0);
+    drop(idle);
+    let served = crate::harness::eventually(wait, || async {
+        raw(v.http, req, wait).await.starts_with("HTTP/1.1 200 ")
+    })
+    .await;
+    assert!(served, "served again once the idle connections are gone");
+}
