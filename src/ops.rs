@@ -101,11 +101,18 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start a runtime: {e}"))
 }
 
+/// The client and a runtime to drive it, or the exit code for a bad setup.
+fn connect(args: &ControlArgs) -> Result<(ControlClient, tokio::runtime::Runtime), ExitCode> {
+    client(args)
+        .and_then(|c| runtime().map(|r| (c, r)))
+        .map_err(|e| fail(e, 2))
+}
+
 /// `verge policy ...`
 pub fn policy(args: &ControlArgs, action: PolicyAction) -> ExitCode {
-    let (c, rt) = match client(args).and_then(|c| runtime().map(|r| (c, r))) {
+    let (c, rt) = match connect(args) {
         Ok(x) => x,
-        Err(e) => return fail(e, 2),
+        Err(code) => return code,
     };
     rt.block_on(async move {
         let answer = match action {
@@ -165,9 +172,9 @@ pub fn purge(
     soft: bool,
     confirm_all: bool,
 ) -> ExitCode {
-    let (c, rt) = match client(args).and_then(|c| runtime().map(|r| (c, r))) {
+    let (c, rt) = match connect(args) {
         Ok(x) => x,
-        Err(e) => return fail(e, 2),
+        Err(code) => return code,
     };
     let mut body = json!({ "kind": kind.as_str(), "soft": soft });
     match kind {
@@ -193,9 +200,9 @@ pub fn purge(
 
 /// `verge nodes`
 pub fn nodes(args: &ControlArgs) -> ExitCode {
-    let (c, rt) = match client(args).and_then(|c| runtime().map(|r| (c, r))) {
+    let (c, rt) = match connect(args) {
         Ok(x) => x,
-        Err(e) => return fail(e, 2),
+        Err(code) => return code,
     };
     rt.block_on(async move {
         match c.call(Method::GET, "/v1/nodes", None, None).await {

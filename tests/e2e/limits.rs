@@ -5,12 +5,22 @@ use crate::harness::{raw, Verge};
 use crate::origin::Origin;
 use std::time::{Duration, Instant};
 
-async fn verge_with_short_timeout(o: &Origin) -> Verge {
+/// verge in front of `o` for every host, with `limits` (YAML flow map) on its one listener.
+async fn verge_with_limits(o: &Origin, limits: &str) -> Verge {
     Verge::start_with_listeners(
-        &format!("pools: {{p: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p}}]\n", o.addr),
-        Some("listeners:\n  - listen: \"{http}\"\n    limits: {header_timeout: 1s, max_headers: 20}\n"),
+        &format!(
+            "pools: {{p: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p}}]\n",
+            o.addr
+        ),
+        Some(&format!(
+            "listeners:\n  - listen: \"{{http}}\"\n    limits: {limits}\n"
+        )),
     )
     .await
+}
+
+async fn verge_with_short_timeout(o: &Origin) -> Verge {
+    verge_with_limits(o, "{header_timeout: 1s, max_headers: 20}").await
 }
 
 #[tokio::test]
@@ -171,14 +181,7 @@ async fn ambiguous_targets_are_refused_before_routing_and_never_reach_the_origin
 #[tokio::test]
 async fn bodies_over_max_body_get_413() {
     let o = Origin::start("o").await;
-    let v = Verge::start_with_listeners(
-        &format!(
-            "pools: {{p: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p}}]\n",
-            o.addr
-        ),
-        Some("listeners:\n  - listen: \"{http}\"\n    limits: {max_body: 1KiB}\n"),
-    )
-    .await;
+    let v = verge_with_limits(&o, "{max_body: 1KiB}").await;
     let wait = Duration::from_secs(5);
     let declared = format!(
         "POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 2000\r\n\r\n{}",
@@ -210,14 +213,7 @@ async fn bodies_over_max_body_get_413() {
 #[tokio::test]
 async fn connections_over_the_cap_get_503_and_others_are_served_after() {
     let o = Origin::start("o").await;
-    let v = Verge::start_with_listeners(
-        &format!(
-            "pools: {{p: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p}}]\n",
-            o.addr
-        ),
-        Some("listeners:\n  - listen: \"{http}\"\n    limits: {max_connections: 3}\n"),
-    )
-    .await;
+    let v = verge_with_limits(&o, "{max_connections: 3}").await;
     let mut idle = Vec::new();
     for _ in 0..3 {
         idle.push(
