@@ -9,6 +9,7 @@ pub mod policy;
 pub mod reclaim;
 pub mod request_directives;
 pub mod storage;
+pub mod stored_meta;
 
 use crate::config::{CacheKeyRules, CacheSettings};
 use crate::control::index::{response_tags, InvalidationIndex, Verdict};
@@ -95,8 +96,8 @@ impl CacheEngine {
     /// Remove from memory every entry a hard invalidation in `index` makes unusable, so purged
     /// bytes come back without waiting for a request or eviction. Returns how many went.
     pub fn reclaim(&self, index: &InvalidationIndex) -> usize {
-        let removed = self.storage.remove_where(|(internal, header)| {
-            let Ok(meta) = CacheMeta::deserialize(internal, header) else {
+        let removed = self.storage.remove_where(|stored| {
+            let Ok(meta) = stored.to_meta() else {
                 return false;
             };
             let Some((host, pq)) = policy::entry_url(&meta) else {

@@ -13,6 +13,8 @@ use pingora_cache::storage::{
 };
 use pingora_cache::trace::SpanHandle;
 use pingora_cache::CacheMeta;
+
+use super::stored_meta::StoredMeta;
 use pingora_error::{Error, ErrorType, Result};
 use std::any::Any;
 use std::collections::HashMap;
@@ -23,9 +25,9 @@ use std::sync::Arc;
 pub const ENTRY_OVERHEAD: usize = 256;
 const SHARDS: usize = 64;
 
-/// One stored response: serialized meta and the whole body.
+/// One stored response: its metadata and the whole body.
 struct Entry {
-    meta: (Vec<u8>, Vec<u8>),
+    meta: StoredMeta,
     body: Bytes,
     size: usize,
     /// The key it was written under (primary slot: no variance), as the eviction manager knows it.
@@ -97,7 +99,7 @@ impl MemoryStorage {
     /// removed, for the eviction manager.
     pub fn remove_where(
         &self,
-        mut judge: impl FnMut(&(Vec<u8>, Vec<u8>)) -> bool,
+        mut judge: impl FnMut(&StoredMeta) -> bool,
     ) -> Vec<CompactCacheKey> {
         let mut removed = Vec::new();
         for shard in self.shards.iter() {
@@ -194,7 +196,9 @@ impl Storage for MemoryStorage {
         let Some(entry) = self.get(&key.combined_bin()) else {
             return Ok(None);
         };
-        let meta = CacheMeta::deserialize(&entry.meta.0, &entry.meta.1)
+        let meta = entry
+            .meta
+            .to_meta()
             .map_err(|e| storage_error("stored meta is unreadable", e))?;
         let hit = MemoryHit {
             end: entry.body.len(),
@@ -211,9 +215,8 @@ impl Storage for MemoryStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let meta = meta
-            .serialize()
-            .map_err(|e| storage_error("cannot serialize meta", e))?;
+        let meta =
+            StoredMeta::from_meta(meta).map_err(|e| storage_error("cannot store meta", e))?;
         Ok(Box::new(MemoryMiss {
             key: key.combined_bin(),
             compact: key.to_compact(),
@@ -247,9 +250,8 @@ impl Storage for MemoryStorage {
         let Some(old) = self.get(&bin) else {
             return Ok(false);
         };
-        let meta = meta
-            .serialize()
-            .map_err(|e| storage_error("cannot serialize meta", e))?;
+        let meta =
+            StoredMeta::from_meta(meta).map_err(|e| storage_error("cannot store meta", e))?;
         let size = entry_size(&meta, old.body.len());
         self.insert(
             bin,
@@ -268,8 +270,8 @@ impl Storage for MemoryStorage {
     }
 }
 
-fn entry_size(meta: &(Vec<u8>, Vec<u8>), body: usize) -> usize {
-    meta.0.len() + meta.1.len() + body + ENTRY_OVERHEAD
+fn entry_size(meta: &StoredMeta, body: usize) -> usize {
+    meta.size() + body + ENTRY_OVERHEAD
 }
 
 /// Reads a stored body without copying; supports ranges through `seek`.
@@ -333,7 +335,7 @@ impl HandleHit for MemoryHit {
 struct MemoryMiss {
     key: HashBinary,
     compact: CompactCacheKey,
-    meta: Option<(Vec<u8>, Vec<u8>)>,
+    meta: Option<StoredMeta>,
     body: BytesMut,
     storage: &'static MemoryStorage,
 }
