@@ -1,7 +1,7 @@
-//! How a cache entry's metadata is kept in memory: pingora's internal meta as its own MessagePack
-//! bytes plus the response header already parsed, so a hit rebuilds its `CacheMeta` without the
-//! zstd decompression and header reparse of `CacheMeta::deserialize`, and a write skips the
-//! header compression of `CacheMeta::serialize`.
+//! How a cache entry's metadata is kept in memory: pingora's internal fields plus the response
+//! header already parsed, so a hit rebuilds its `CacheMeta` without the zstd decompression and
+//! header reparse of `CacheMeta::deserialize`, and a write skips the header compression of
+//! `CacheMeta::serialize`.
 
 use http::Version;
 use once_cell::sync::Lazy;
@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 /// pingora-cache's `InternalMetaV2`, field for field in its order, so `rmp_serde` encodes it to
 /// the bytes `CacheMeta::deserialize` reads (checked against pingora's own encoding in tests).
-#[derive(Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct InternalMetaV2 {
     version: u8,
     fresh_until: SystemTime,
@@ -41,7 +41,10 @@ static EMPTY_HEADER: Lazy<Option<Vec<u8>>> = Lazy::new(|| {
 /// One entry's metadata, ready to become a `CacheMeta` again.
 #[derive(Debug)]
 pub struct StoredMeta {
-    internal: Vec<u8>,
+    fields: InternalMetaV2,
+    /// pingora's encoding of `fields`, kept only for an entry `CacheMeta::new` cannot rebuild
+    /// (revalidated or refetched: `updated` or `provenance` differ from `created`).
+    internal: Option<Vec<u8>>,
     header: ResponseHeader,
 }
 
@@ -52,7 +55,7 @@ fn meta_error(context: &'static str) -> Box<Error> {
 impl StoredMeta {
     /// Capture `meta` for storage.
     pub fn from_meta(meta: &CacheMeta) -> Result<Self> {
-        let internal = InternalMetaV2 {
+        let fields = InternalMetaV2 {
             version: 2,
             fresh_until: meta.fresh_until(),
             created: meta.created(),
@@ -63,23 +66,51 @@ impl StoredMeta {
             epoch_override: meta.epoch_override(),
             provenance: Some(meta.provenance()),
         };
-        let internal = rmp_serde::encode::to_vec(&internal)
-            .map_err(|_| meta_error("cannot encode cache meta"))?;
+        let simple = fields.updated == fields.created && fields.provenance == Some(fields.created);
+        let internal = if simple {
+            None
+        } else {
+            Some(
+                rmp_serde::encode::to_vec(&fields)
+                    .map_err(|_| meta_error("cannot encode cache meta"))?,
+            )
+        };
         let mut header = meta.response_header_copy();
         // what pingora's header serialization keeps: HTTP/1.x version, canonical reason phrase
         if header.version != Version::HTTP_10 {
             header.set_version(Version::HTTP_11);
         }
         header.set_reason_phrase(None)?;
-        Ok(StoredMeta { internal, header })
+        Ok(StoredMeta {
+            fields,
+            internal,
+            header,
+        })
     }
 
     /// A fresh `CacheMeta` equal to the one stored.
     pub fn to_meta(&self) -> Result<CacheMeta> {
+        let Some(internal) = &self.internal else {
+            let f = &self.fields;
+            let mut meta = CacheMeta::new(
+                f.fresh_until,
+                f.created,
+                f.stale_while_revalidate_sec,
+                f.stale_if_error_sec,
+                self.header.clone(),
+            );
+            if let Some(v) = f.variance {
+                meta.set_variance(v);
+            }
+            if let Some(epoch) = f.epoch_override {
+                meta.set_epoch_override(epoch);
+            }
+            return Ok(meta);
+        };
         let empty = EMPTY_HEADER
             .as_deref()
             .ok_or_else(|| meta_error("header serializer unavailable"))?;
-        let mut meta = CacheMeta::deserialize(&self.internal, empty)?;
+        let mut meta = CacheMeta::deserialize(internal, empty)?;
         *meta.response_header_mut() = self.header.clone();
         Ok(meta)
     }
@@ -97,7 +128,10 @@ impl StoredMeta {
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + 4)
             .sum();
-        self.internal.len() + 16 + fields
+        std::mem::size_of::<InternalMetaV2>()
+            + self.internal.as_ref().map_or(0, Vec::len)
+            + 16
+            + fields
     }
 }
 
@@ -135,17 +169,53 @@ mod tests {
         assert_eq!(a.headers(), b.headers());
     }
 
+    fn encoded(meta: &CacheMeta) -> Vec<u8> {
+        let ours = StoredMeta::from_meta(meta).expect("store");
+        rmp_serde::encode::to_vec(&ours.fields).expect("encode")
+    }
+
+    /// A meta as pingora leaves it after a revalidation: admitted earlier than last updated,
+    /// with an older provenance. Only reachable through pingora's own decoding.
+    fn revalidated() -> CacheMeta {
+        let now = SystemTime::now();
+        let fields = InternalMetaV2 {
+            version: 2,
+            fresh_until: now + Duration::from_secs(60),
+            created: now - Duration::from_secs(20),
+            updated: now - Duration::from_secs(5),
+            stale_while_revalidate_sec: 1,
+            stale_if_error_sec: 2,
+            variance: Some([4; 16]),
+            epoch_override: None,
+            provenance: Some(now - Duration::from_secs(50)),
+        };
+        let internal = rmp_serde::encode::to_vec(&fields).expect("encode");
+        let (_, header) = sample().serialize().expect("serialize");
+        CacheMeta::deserialize(&internal, &header).expect("pingora decodes our encoding")
+    }
+
     #[test]
     fn encodes_the_bytes_pingora_does() {
         let mut meta = sample();
-        let ours = StoredMeta::from_meta(&meta).expect("store");
-        let (theirs, _) = meta.serialize().expect("serialize");
-        assert_eq!(ours.internal, theirs);
+        assert_eq!(encoded(&meta), meta.serialize().expect("serialize").0);
         meta.set_variance_key([3; 16]);
         meta.set_epoch_override(SystemTime::now() - Duration::from_secs(5));
-        let ours = StoredMeta::from_meta(&meta).expect("store");
-        let (theirs, _) = meta.serialize().expect("serialize");
-        assert_eq!(ours.internal, theirs);
+        assert_eq!(encoded(&meta), meta.serialize().expect("serialize").0);
+        let meta = revalidated();
+        assert_eq!(encoded(&meta), meta.serialize().expect("serialize").0);
+    }
+
+    #[test]
+    fn new_entries_take_the_fast_path_and_refreshed_ones_keep_every_field() {
+        let fresh = StoredMeta::from_meta(&sample()).expect("store");
+        assert!(fresh.internal.is_none());
+        let meta = revalidated();
+        let stored = StoredMeta::from_meta(&meta).expect("store");
+        assert!(stored.internal.is_some());
+        let back = stored.to_meta().expect("load");
+        assert_same(&meta, &back);
+        assert!(back.created() < back.updated());
+        assert!(back.provenance() < back.created());
     }
 
     #[test]
