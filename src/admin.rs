@@ -24,6 +24,9 @@ impl AdminApp {
     fn refresh_cache_gauges(&self) {
         METRICS.cache_bytes.set(self.cache.storage.bytes() as i64);
         METRICS
+            .cache_capacity
+            .set(i64::try_from(self.cache.settings.memory).unwrap_or(i64::MAX));
+        METRICS
             .cache_objects
             .set(self.cache.storage.objects() as i64);
         METRICS

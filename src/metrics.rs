@@ -78,6 +78,14 @@ pub struct Metrics {
     /// admission filter had seen them less often than what they would replace, or because they
     /// were larger than a shard of `cache.memory`.
     pub cache_rejections: IntGauge,
+    /// `verge_cache_capacity_bytes`: the cache's byte budget (`cache.memory`).
+    pub cache_capacity: IntGauge,
+    /// `verge_response_body_bytes_total{route,source}`: body bytes sent to clients, by where
+    /// they came from: `cache` (hits, stale, revalidated), `origin`, or `local` (verge's own
+    /// answers). Byte offload = cache / (cache + origin).
+    pub response_bytes: IntCounterVec,
+    /// `verge_request_duration_seconds{route}`: from the request head to the end of logging.
+    pub request_duration: HistogramVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -118,6 +126,19 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("metric verge_upstream_response_seconds: {e}"));
         let _ = registry.register(Box::new(upstream_latency.clone()));
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "verge_request_duration_seconds",
+                "Time from reading a request head to having sent the whole response",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            &["route"],
+        )
+        .unwrap_or_else(|e| panic!("metric verge_request_duration_seconds: {e}"));
+        let _ = registry.register(Box::new(request_duration.clone()));
         let config_loaded = plain_gauge(
             &registry,
             "verge_config_loaded_timestamp_seconds",
@@ -290,6 +311,18 @@ impl Metrics {
                 "verge_cache_admission_rejections",
                 "New objects the admission filter did not keep, since start",
             ),
+            cache_capacity: plain_gauge(
+                &registry,
+                "verge_cache_capacity_bytes",
+                "The cache's byte budget (cache.memory)",
+            ),
+            response_bytes: counter(
+                &registry,
+                "verge_response_body_bytes_total",
+                "Response body bytes sent to clients, by route and source (cache, origin, local)",
+                &["route", "source"],
+            ),
+            request_duration,
             registry,
         }
     }

@@ -97,10 +97,7 @@ impl MemoryStorage {
     /// Remove every entry for which `judge(meta)` says so, one shard at a time, without holding
     /// a shard's lock while judging. An entry replaced meanwhile is left alone. Returns the keys
     /// removed, for the eviction manager.
-    pub fn remove_where(
-        &self,
-        mut judge: impl FnMut(&StoredMeta) -> bool,
-    ) -> Vec<CompactCacheKey> {
+    pub fn remove_where(&self, mut judge: impl FnMut(&StoredMeta) -> bool) -> Vec<CompactCacheKey> {
         let mut removed = Vec::new();
         for shard in self.shards.iter() {
             let entries: Vec<(HashBinary, Arc<Entry>)> =

@@ -143,7 +143,9 @@ mod tests {
     fn sample() -> CacheMeta {
         let now = SystemTime::now();
         let mut header = ResponseHeader::build(200, None).expect("header");
-        header.append_header("Content-Type", "text/plain").expect("h");
+        header
+            .append_header("Content-Type", "text/plain")
+            .expect("h");
         header.append_header("ETag", "\"v1\"").expect("h");
         header.append_header("x-multi", "a").expect("h");
         header.append_header("x-multi", "b").expect("h");
@@ -161,7 +163,10 @@ mod tests {
         assert_eq!(a.created(), b.created());
         assert_eq!(a.updated(), b.updated());
         assert_eq!(a.provenance(), b.provenance());
-        assert_eq!(a.stale_while_revalidate_sec(), b.stale_while_revalidate_sec());
+        assert_eq!(
+            a.stale_while_revalidate_sec(),
+            b.stale_while_revalidate_sec()
+        );
         assert_eq!(a.stale_if_error_sec(), b.stale_if_error_sec());
         assert_eq!(a.variance(), b.variance());
         assert_eq!(a.epoch_override(), b.epoch_override());

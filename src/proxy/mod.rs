@@ -237,6 +237,20 @@ fn lookup_result(phase: CachePhase, ctx: &RequestCtx) -> &'static str {
     }
 }
 
+/// The `source` label of `verge_response_body_bytes_total`: where the body a client got came
+/// from.
+fn response_source(phase: CachePhase, ctx: &RequestCtx) -> &'static str {
+    match phase {
+        CachePhase::Hit
+        | CachePhase::StaleUpdating
+        | CachePhase::Stale
+        | CachePhase::Revalidated
+        | CachePhase::RevalidatedNoCache(_) => "cache",
+        _ if ctx.upstream_sent_at.is_some() => "origin",
+        _ => "local",
+    }
+}
+
 /// Write a short plain-text response that verge generated itself.
 async fn respond_plain(session: &mut Session, status: u16, text: &str) -> Result<()> {
     let body = Bytes::from(format!("{text}\n"));
@@ -793,6 +807,19 @@ impl ProxyHttp for EdgeProxy {
                 .cache_lookups
                 .with_label_values(&[ctx.route_name(), result])
                 .inc();
+        }
+        METRICS
+            .response_bytes
+            .with_label_values(&[
+                ctx.route_name(),
+                response_source(session.cache.phase(), ctx),
+            ])
+            .inc_by(session.body_bytes_sent() as u64);
+        if let Some(started) = ctx.started {
+            METRICS
+                .request_duration
+                .with_label_values(&[ctx.route_name()])
+                .observe(started.elapsed().as_secs_f64());
         }
         if let Some(log) = &self.access_log {
             self.write_access_log(log, session, ctx, status);

@@ -339,3 +339,42 @@ async fn purge_method_is_off_by_default_and_limited_to_allowed_clients() {
     );
     assert_eq!(o.hits("/p"), 2, "the purged URL was fetched again");
 }
+
+/// The sum of every sample of `name` whose labels contain all of `labels` (`key="value"`).
+fn metric_sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn byte_offload_latency_and_budget_are_measured() {
+    let o = Origin::start("o").await;
+    o.set_body_size(3000);
+    o.set_headers("/b", &[("cache-control", "public, max-age=60")]);
+    let v = cached_verge(&o, "{}").await;
+    for _ in 0..3 {
+        let got = fetch(&v, "/b", &[]).await;
+        assert_eq!((got.status, got.body.len()), (200, 3000));
+    }
+    let not_routed = client()
+        .get(v.url("/b"))
+        .header("host", "bad host")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(not_routed.status(), 400);
+    assert_eq!(o.hits("/b"), 1);
+    let (_, metrics) = v.admin_get("/metrics").await;
+    let bytes = "verge_response_body_bytes_total";
+    assert_eq!(metric_sum(&metrics, bytes, &["source=\"origin\""]), 3000.0);
+    assert_eq!(metric_sum(&metrics, bytes, &["source=\"cache\""]), 6000.0);
+    assert!(metric_sum(&metrics, bytes, &["source=\"local\""]) > 0.0);
+    let count = metric_sum(&metrics, "verge_request_duration_seconds_count", &[]);
+    assert_eq!(count, 4.0, "{metrics}");
+    assert!(metric_sum(&metrics, "verge_request_duration_seconds_sum", &[]) > 0.0);
+    assert!(metric_sum(&metrics, "verge_cache_capacity_bytes", &[]) > 0.0);
+}
