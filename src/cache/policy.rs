@@ -130,8 +130,16 @@ pub const FETCHED_AT: &str = "verge-fetched-at";
 /// under, so entries can be matched against invalidations away from a request (reclaiming).
 pub const ENTRY_URL: &str = "verge-entry-url";
 
-/// Headers verge adds to stored entries for itself; removed from every client response.
-pub const PRIVATE_HEADERS: [&str; 2] = [FETCHED_AT, ENTRY_URL];
+/// Headers removed from every client response: the ones verge adds to stored entries for
+/// itself, the invalidation tags, and the targeted cache field (meant for this cache only).
+pub static CLIENT_HIDDEN_HEADERS: [http::HeaderName; 6] = [
+    http::HeaderName::from_static(FETCHED_AT),
+    http::HeaderName::from_static(ENTRY_URL),
+    http::HeaderName::from_static("surrogate-key"),
+    http::HeaderName::from_static("cache-tag"),
+    http::HeaderName::from_static("cache-groups"),
+    http::HeaderName::from_static(TARGETED_CACHE_CONTROL),
+];
 
 /// Record the URL an entry is stored under (`host` + path and query, as keyed).
 pub fn set_entry_url(meta: &mut CacheMeta, host: &str, path_query: &str) {
@@ -338,6 +346,17 @@ pub fn cache_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clients_never_see_tags_or_private_headers() {
+        let hidden = |n: &str| CLIENT_HIDDEN_HEADERS.iter().any(|h| h.as_str() == n);
+        for tag in &TAG_HEADERS {
+            assert!(hidden(tag.as_str()), "{tag}");
+        }
+        for private in [FETCHED_AT, ENTRY_URL, TARGETED_CACHE_CONTROL] {
+            assert!(hidden(private), "{private}");
+        }
+    }
 
     fn rules() -> RouteCache {
         RouteCache::default()

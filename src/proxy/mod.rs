@@ -737,11 +737,7 @@ impl ProxyHttp for EdgeProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        resp.remove_header(policy::TARGETED_CACHE_CONTROL);
-        for name in &policy::TAG_HEADERS {
-            resp.remove_header(name);
-        }
-        for name in policy::PRIVATE_HEADERS {
+        for name in &policy::CLIENT_HIDDEN_HEADERS {
             resp.remove_header(name);
         }
         if let Some(route) = ctx.route.as_ref() {
