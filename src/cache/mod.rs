@@ -18,6 +18,7 @@ use eviction::S3FifoEviction;
 use pingora_cache::eviction::{CacheEntryKeyRef, EvictionManager};
 use pingora_cache::key::{CacheHashKey, HashBinary};
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora_cache::predictor::Predictor;
 use pingora_cache::ForcedFreshness;
 use pingora_cache::{CacheKey, CacheMeta, VarianceBuilder};
 use pingora_http::RequestHeader;
@@ -28,6 +29,9 @@ pub struct CacheEngine {
     pub storage: &'static MemoryStorage,
     pub eviction: &'static S3FifoEviction,
     pub lock: &'static CacheKeyLockImpl,
+    /// Hit-for-pass: URLs whose last response was uncacheable for a lasting reason skip the
+    /// lookup and the miss lock until a response says otherwise (LRU, 16 × 4096 URLs).
+    pub predictor: &'static Predictor<16>,
     pub settings: CacheSettings,
 }
 
@@ -49,10 +53,15 @@ impl CacheEngine {
             Box::leak(Box::new(S3FifoEviction::new(memory, max_object)));
         let lock: &'static CacheKeyLockImpl =
             Box::leak(CacheLock::new_boxed(settings.lock_timeout));
+        let predictor: &'static Predictor<16> = Box::leak(Box::new(Predictor::new(
+            4096,
+            Some(policy::transient_no_cache_reason),
+        )));
         Box::leak(Box::new(CacheEngine {
             storage,
             eviction,
             lock,
+            predictor,
             settings,
         }))
     }

@@ -62,6 +62,20 @@ fn heuristically_cacheable(status: u16) -> bool {
 
 /// Statuses never stored, whatever the origin says: server errors, partial content, and errors
 /// a client can provoke (so one client cannot poison the cache for others).
+/// Uncacheable because the request carried credentials: says nothing about the URL.
+pub const AUTHORIZED: &str = "authorization";
+/// Uncacheable because of this response's status (an error, a partial): says nothing lasting.
+pub const STATUS: &str = "status";
+/// Uncacheable because the URL already has its route's `max_variants`.
+pub const MAX_VARIANTS: &str = "max-variants";
+
+/// Whether an uncacheable response with this custom reason should NOT make verge remember its
+/// URL as uncacheable (hit-for-pass): the reason is about this request or this one response,
+/// not about what the origin serves at that URL.
+pub fn transient_no_cache_reason(reason: &'static str) -> bool {
+    matches!(reason, AUTHORIZED | STATUS | MAX_VARIANTS)
+}
+
 fn never_stored(status: u16) -> bool {
     !(200..500).contains(&status) || matches!(status, 206 | 304 | 400 | 413 | 414 | 431)
 }
@@ -214,7 +228,7 @@ pub fn response_meta(
 ) -> Result<CacheMeta, NoCacheReason> {
     let status = resp.status.as_u16();
     if never_stored(status) {
-        return Err(NoCacheReason::Custom("status"));
+        return Err(NoCacheReason::Custom(STATUS));
     }
     let has_cookie = resp.headers.contains_key(http::header::SET_COOKIE);
     if has_cookie && rules.set_cookie == SetCookiePolicy::Refuse {
@@ -238,7 +252,7 @@ pub fn response_meta(
             .as_ref()
             .is_some_and(|c| c.allow_caching_authorized_req())
     {
-        return Err(NoCacheReason::OriginNotCache);
+        return Err(NoCacheReason::Custom(AUTHORIZED));
     }
     let mut lifetime = lifetime(status, explicit_lifetime(cc.as_ref(), resp), rules)
         .or_else(|| {
@@ -332,6 +346,11 @@ pub fn cache_status(
         P::Miss => s.push_str("; fwd=uri-miss"),
         P::Expired => s.push_str("; fwd=stale"),
         P::Revalidated | P::RevalidatedNoCache(_) => s.push_str("; fwd=stale; fwd-status=304"),
+        // looked up, missed, and the answer turned out not storable (or a lock waiter was
+        // released to fetch for itself)
+        P::Disabled(reason) if reason != pingora_cache::NoCacheReason::NeverEnabled => {
+            s.push_str("; fwd=uri-miss")
+        }
         _ => s.push_str("; fwd=bypass"),
     }
     if stored {

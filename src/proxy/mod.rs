@@ -408,7 +408,7 @@ impl ProxyHttp for EdgeProxy {
         session.cache.enable(
             engine.storage,
             Some(engine.eviction),
-            None,
+            Some(engine.predictor),
             lock,
             Some(overrides),
         );
@@ -540,7 +540,9 @@ impl ProxyHttp for EdgeProxy {
         Ok(
             match policy::response_meta(resp, auth, rules, fetch_started) {
                 Ok(_) if !self.variant_admitted(session, rules.max_variants) => {
-                    RespCacheable::Uncacheable(pingora_cache::NoCacheReason::Custom("max-variants"))
+                    RespCacheable::Uncacheable(pingora_cache::NoCacheReason::Custom(
+                        policy::MAX_VARIANTS,
+                    ))
                 }
                 Ok(mut meta) => {
                     ctx.stored = true;
@@ -752,12 +754,14 @@ impl ProxyHttp for EdgeProxy {
                     CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating
                 )
                 .then(|| cache_ttl_left(session.cache.cache_meta()));
-                let status = policy::cache_status(
-                    phase,
-                    ttl_left,
-                    ctx.stored,
-                    ctx.bypass.map(policy::Bypass::as_str),
-                );
+                // the predictor remembered this URL as uncacheable: no lookup, no lock
+                let passed = !ctx.stored && session.cache.predicted_uncacheable_reason().is_some();
+                let (phase, detail) = match ctx.bypass {
+                    Some(b) => (phase, Some(b.as_str())),
+                    None if passed => (CachePhase::Bypass, Some("hit-for-pass")),
+                    None => (phase, None),
+                };
+                let status = policy::cache_status(phase, ttl_left, ctx.stored, detail);
                 resp.insert_header("cache-status", status)?;
             }
             headers::apply_response_ops(resp, &route.spec.response_headers)?;

@@ -368,13 +368,63 @@ async fn byte_offload_latency_and_budget_are_measured() {
         .expect("get");
     assert_eq!(not_routed.status(), 400);
     assert_eq!(o.hits("/b"), 1);
+    // a request is counted when it is logged, just after its response went out
+    let count = "verge_request_duration_seconds_count";
+    let all_logged = eventually(Duration::from_secs(5), || async {
+        metric_sum(&v.admin_get("/metrics").await.1, count, &[]) >= 4.0
+    })
+    .await;
+    assert!(all_logged);
     let (_, metrics) = v.admin_get("/metrics").await;
     let bytes = "verge_response_body_bytes_total";
     assert_eq!(metric_sum(&metrics, bytes, &["source=\"origin\""]), 3000.0);
     assert_eq!(metric_sum(&metrics, bytes, &["source=\"cache\""]), 6000.0);
     assert!(metric_sum(&metrics, bytes, &["source=\"local\""]) > 0.0);
-    let count = metric_sum(&metrics, "verge_request_duration_seconds_count", &[]);
-    assert_eq!(count, 4.0, "{metrics}");
+    assert_eq!(metric_sum(&metrics, count, &[]), 4.0, "{metrics}");
     assert!(metric_sum(&metrics, "verge_request_duration_seconds_sum", &[]) > 0.0);
     assert!(metric_sum(&metrics, "verge_cache_capacity_bytes", &[]) > 0.0);
+}
+
+#[tokio::test]
+async fn uncacheable_urls_are_remembered_and_skip_the_lock_until_they_turn_cacheable() {
+    let o = Origin::start("o").await;
+    o.set_headers("/hfp", &[("cache-control", "private")]);
+    o.set_headers("/err", &[("cache-control", "max-age=60")]);
+    o.set_status("/err", 503);
+    let v = cached_verge(&o, "{}").await;
+    let first = fetch(&v, "/hfp", &[]).await;
+    assert_eq!(first.cache_status, "verge; fwd=uri-miss");
+    // now known as uncacheable: concurrent requests all go straight to the origin, none waits
+    // on a miss lock behind another
+    let all = futures::future::join_all((0..8).map(|_| fetch(&v, "/hfp", &[]))).await;
+    for g in &all {
+        assert_eq!(g.status, 200);
+        assert_eq!(g.cache_status, "verge; fwd=bypass; detail=hit-for-pass");
+    }
+    assert_eq!(o.hits("/hfp"), 9);
+    // the origin changes its mind: the next response is stored and the URL forgotten
+    o.set_headers("/hfp", &[("cache-control", "public, max-age=60")]);
+    let stored = fetch(&v, "/hfp", &[]).await;
+    assert_eq!(stored.cache_status, "verge; fwd=uri-miss; stored");
+    let hit = fetch(&v, "/hfp", &[]).await;
+    assert!(
+        hit.cache_status.starts_with("verge; hit"),
+        "{}",
+        hit.cache_status
+    );
+    assert_eq!(o.hits("/hfp"), 10);
+    // an error or a request with credentials says nothing lasting about the URL
+    assert_eq!(fetch(&v, "/err", &[]).await.status, 503);
+    assert_eq!(
+        fetch(&v, "/err", &[]).await.cache_status,
+        "verge; fwd=uri-miss"
+    );
+    let mut authed = fetch(&v, "/auth", &[("authorization", "Bearer x")]).await;
+    assert_eq!(authed.status, 200);
+    authed = fetch(&v, "/auth", &[]).await;
+    assert!(
+        !authed.cache_status.contains("hit-for-pass"),
+        "{}",
+        authed.cache_status
+    );
 }
