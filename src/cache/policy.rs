@@ -121,14 +121,32 @@ fn heuristic_lifetime(resp: &ResponseHeader, now: SystemTime) -> Option<Duration
     Some((age / 10).min(Duration::from_secs(86_400)))
 }
 
+/// The `Age` field: `None` when absent, `Some(Err(()))` when it is not exactly one field line
+/// holding only digits (a list, a sign, a fraction, parameters: RFC 9111 §5.1 leaves no way
+/// to tell which part is meant, so such a response is treated as stale).
+fn age_field(resp: &ResponseHeader) -> Option<Result<u64, ()>> {
+    let mut lines = resp.headers.get_all(http::header::AGE).iter();
+    let first = lines.next()?;
+    if lines.next().is_some() {
+        return Some(Err(()));
+    }
+    let v = first.as_bytes().trim_ascii();
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return Some(Err(()));
+    }
+    // all digits: only overflow can fail, and a huge age is as stale as it gets
+    Some(Ok(std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(u64::MAX)))
+}
+
 /// The age the response already had when it arrived (RFC 9111 §4.2.3, with response delay ~0).
 fn initial_age(resp: &ResponseHeader, now: SystemTime) -> Duration {
-    let age_value = resp
-        .headers
-        .get(http::header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
+    let age_value = match age_field(resp) {
+        Some(Ok(secs)) => Duration::from_secs(secs.min(u64::from(u32::MAX))),
+        Some(Err(())) | None => Duration::ZERO,
+    };
     let apparent = header_date(resp, "date")
         .and_then(|d| now.duration_since(d).ok())
         .unwrap_or(Duration::ZERO);
@@ -146,13 +164,14 @@ pub const ENTRY_URL: &str = "verge-entry-url";
 
 /// Headers removed from every client response: the ones verge adds to stored entries for
 /// itself, the invalidation tags, and the targeted cache field (meant for this cache only).
-pub static CLIENT_HIDDEN_HEADERS: [http::HeaderName; 6] = [
+pub static CLIENT_HIDDEN_HEADERS: [http::HeaderName; 7] = [
     http::HeaderName::from_static(FETCHED_AT),
     http::HeaderName::from_static(ENTRY_URL),
     http::HeaderName::from_static("surrogate-key"),
     http::HeaderName::from_static("cache-tag"),
     http::HeaderName::from_static("cache-groups"),
     http::HeaderName::from_static(TARGETED_CACHE_CONTROL),
+    http::HeaderName::from_static(SURROGATE_CONTROL),
 ];
 
 /// Record the URL an entry is stored under (`host` + path and query, as keyed).
@@ -218,6 +237,18 @@ fn lifetime(status: u16, explicit: Option<Duration>, rules: &RouteCache) -> Opti
 /// The targeted field verge obeys first (RFC 9213), then `Cache-Control`.
 pub const TARGETED_CACHE_CONTROL: &str = "cdn-cache-control";
 
+/// The older targeted field of the Edge Architecture spec, obeyed when `CDN-Cache-Control` is
+/// absent (what Varnish, Fastly and Akamai setups send). Never forwarded to clients.
+pub const SURROGATE_CONTROL: &str = "surrogate-control";
+
+/// The cache directives verge obeys for `resp`: the first targeted field present
+/// (`CDN-Cache-Control`, then `Surrogate-Control`), else `Cache-Control`.
+fn governing_cache_control(resp: &ResponseHeader) -> Option<CacheControl> {
+    CacheControl::from_resp_headers_named(TARGETED_CACHE_CONTROL, resp)
+        .or_else(|| CacheControl::from_resp_headers_named(SURROGATE_CONTROL, resp))
+        .or_else(|| CacheControl::from_resp_headers(resp))
+}
+
 /// Decide whether `resp` may be stored and build its meta. `authorization` tells whether the
 /// request carried credentials.
 pub fn response_meta(
@@ -242,8 +273,7 @@ pub fn response_meta(
     if vary_star {
         return Err(NoCacheReason::Custom("vary-star"));
     }
-    let cc = CacheControl::from_resp_headers_named(TARGETED_CACHE_CONTROL, resp)
-        .or_else(|| CacheControl::from_resp_headers(resp));
+    let cc = governing_cache_control(resp);
     if cc.as_ref().is_some_and(|c| c.no_store() || c.private()) {
         return Err(NoCacheReason::OriginNotCache);
     }
@@ -261,7 +291,7 @@ pub fn response_meta(
                 .flatten()
         })
         .ok_or(NoCacheReason::OriginNotCache)?;
-    if cc.as_ref().is_some_and(|c| c.no_cache()) {
+    if cc.as_ref().is_some_and(|c| c.no_cache()) || matches!(age_field(resp), Some(Err(()))) {
         lifetime = Duration::ZERO;
     }
     if let Some(max) = rules.max_ttl {
@@ -295,7 +325,6 @@ pub fn response_meta(
     if let Some(c) = cc.as_ref() {
         c.strip_private_headers(&mut stored);
     }
-    stored.remove_header(TARGETED_CACHE_CONTROL);
     if has_cookie {
         stored.remove_header(&http::header::SET_COOKIE);
     }
@@ -303,19 +332,65 @@ pub fn response_meta(
     Ok(CacheMeta::new(fresh_until, created, swr, sie, stored))
 }
 
-/// The stored header refreshed by a 304 (RFC 9111 §4.3.4) for the freshness fields pingora's
-/// merge leaves out: `Date` and `Age` come from the 304, or go when it has none. Without this
-/// the stored `Date` would make a just-validated entry look as old as the first fetch.
+/// Fields a 304 never changes in the stored response (RFC 9111 §3.2): framing and content
+/// coding describe the stored body, the validator is what was matched, hop-by-hop fields belong
+/// to one connection, and `Set-Cookie` is never stored by a shared cache.
+const NOT_UPDATED_BY_304: [http::HeaderName; 14] = [
+    http::header::CONTENT_LENGTH,
+    http::header::CONTENT_ENCODING,
+    http::header::CONTENT_RANGE,
+    http::HeaderName::from_static("content-md5"),
+    http::header::ETAG,
+    http::header::TRANSFER_ENCODING,
+    http::header::CONNECTION,
+    http::HeaderName::from_static("keep-alive"),
+    http::HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
+    http::header::SET_COOKIE,
+];
+
+/// The stored header refreshed by a 304 (RFC 9111 §3.2, §4.3.4): every field the 304 carries
+/// replaces the stored one (`Date` and `Age` included, or they go when the 304 has none, so a
+/// just-validated entry does not look as old as the first fetch), except the fields in
+/// `NOT_UPDATED_BY_304`, those the 304 lists in `Connection`, and verge's own. `merged` is
+/// pingora's partial merge; `stored` is the entry before revalidation, whose validator stays.
 pub fn refreshed_by_not_modified(
     merged: &ResponseHeader,
     not_modified: &ResponseHeader,
+    stored: Option<&ResponseHeader>,
 ) -> ResponseHeader {
     let mut out = merged.clone();
-    for name in [http::header::DATE, http::header::AGE] {
-        out.remove_header(&name);
-        for v in not_modified.headers.get_all(&name) {
+    let connection_listed = crate::proxy::headers::connection_tokens(&not_modified.headers);
+    let mut names: Vec<&http::HeaderName> = not_modified.headers.keys().collect();
+    for always in [&http::header::DATE, &http::header::AGE] {
+        if !names.contains(&always) {
+            names.push(always);
+        }
+    }
+    for name in names {
+        let keep = NOT_UPDATED_BY_304.contains(name)
+            || CLIENT_HIDDEN_HEADERS[..2].contains(name)
+            || connection_listed
+                .iter()
+                .any(|t| name.as_str().eq_ignore_ascii_case(t));
+        if keep {
+            continue;
+        }
+        out.remove_header(name);
+        for v in not_modified.headers.get_all(name) {
             // appending a value that came from a parsed header cannot fail
             let _ = out.append_header(name.clone(), v.clone());
+        }
+    }
+    // pingora's merge copies the 304's ETag; the stored one identifies the stored body
+    let stored_etags = stored.map(|s| s.headers.get_all(http::header::ETAG));
+    if let Some(etags) = stored_etags.filter(|e| e.iter().next().is_some()) {
+        out.remove_header(&http::header::ETAG);
+        for v in etags {
+            let _ = out.append_header(http::header::ETAG, v.clone());
         }
     }
     out
@@ -372,7 +447,12 @@ mod tests {
         for tag in &TAG_HEADERS {
             assert!(hidden(tag.as_str()), "{tag}");
         }
-        for private in [FETCHED_AT, ENTRY_URL, TARGETED_CACHE_CONTROL] {
+        for private in [
+            FETCHED_AT,
+            ENTRY_URL,
+            TARGETED_CACHE_CONTROL,
+            SURROGATE_CONTROL,
+        ] {
             assert!(hidden(private), "{private}");
         }
     }
@@ -412,7 +492,11 @@ mod tests {
         );
         let m = response_meta(&r, false, &rules(), now).expect("c");
         assert_eq!(ttl(&m, now), 5);
-        assert!(m.headers().get("cdn-cache-control").is_none());
+        // kept in the stored copy (a later 304 may omit it), hidden from clients
+        assert!(m.headers().get("cdn-cache-control").is_some());
+        assert!(CLIENT_HIDDEN_HEADERS
+            .iter()
+            .any(|h| h == "cdn-cache-control"));
     }
 
     #[test]
@@ -592,7 +676,7 @@ mod tests {
             .is_fresh(now));
         let fresh = httpdate::fmt_http_date(now);
         let nm = resp(304, &[("date", &fresh)]);
-        let refreshed = refreshed_by_not_modified(&merged, &nm);
+        let refreshed = refreshed_by_not_modified(&merged, &nm, Some(&merged));
         let m = response_meta(&refreshed, false, &rules(), now).expect("c");
         assert!((59..=60).contains(&ttl(&m, now)));
         assert_eq!(
@@ -600,10 +684,119 @@ mod tests {
             Some(&b"\"x\""[..])
         );
         // a 304 without Date: the validation itself is the new reference point
-        let refreshed = refreshed_by_not_modified(&merged, &resp(304, &[]));
+        let refreshed = refreshed_by_not_modified(&merged, &resp(304, &[]), Some(&merged));
         assert!(refreshed.headers.get("date").is_none());
         let m = response_meta(&refreshed, false, &rules(), now).expect("c");
         assert!((59..=60).contains(&ttl(&m, now)));
+    }
+
+    #[test]
+    fn a_304_replaces_stored_fields_but_not_validator_framing_cookies_or_hop_fields() {
+        let stored = resp(
+            200,
+            &[
+                ("cache-control", "max-age=1"),
+                ("etag", "\"a\""),
+                ("content-length", "10"),
+                ("content-type", "text/plain"),
+                ("x-kept", "1"),
+                ("x-multi", "old"),
+            ],
+        );
+        // pingora's merge already copied the 304's cache-control and etag
+        let mut merged = resp(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("etag", "\"b\""),
+                ("content-length", "10"),
+                ("content-type", "text/plain"),
+                ("x-kept", "1"),
+                ("x-multi", "old"),
+            ],
+        );
+        merged.append_header(FETCHED_AT, "1").expect("h");
+        let nm = resp(
+            304,
+            &[
+                ("etag", "\"b\""),
+                ("content-length", "0"),
+                ("content-type", "text/plain;charset=utf-8"),
+                ("x-multi", "new1"),
+                ("x-multi", "new2"),
+                ("set-cookie", "s=1"),
+                ("connection", "x-hop"),
+                ("x-hop", "1"),
+                (FETCHED_AT, "2"),
+            ],
+        );
+        let out = refreshed_by_not_modified(&merged, &nm, Some(&stored));
+        let all = |n: &str| -> Vec<&str> {
+            out.headers
+                .get_all(n)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect()
+        };
+        assert_eq!(all("content-type"), ["text/plain;charset=utf-8"]);
+        assert_eq!(all("x-multi"), ["new1", "new2"]);
+        assert_eq!(all("x-kept"), ["1"]);
+        assert_eq!(all("cache-control"), ["max-age=60"]);
+        assert_eq!(all("etag"), ["\"a\""]);
+        assert_eq!(all("content-length"), ["10"]);
+        assert_eq!(all(FETCHED_AT), ["1"]);
+        assert!(all("set-cookie").is_empty() && all("x-hop").is_empty());
+        assert!(all("connection").is_empty());
+    }
+
+    #[test]
+    fn an_age_that_is_not_one_plain_number_makes_the_response_stale() {
+        let now = SystemTime::now();
+        for bad in ["abc", "-7200", "7200.0", "0, 0", "7200;foo=bar", ""] {
+            let r = resp(200, &[("cache-control", "max-age=3600"), ("age", bad)]);
+            let m = response_meta(&r, false, &rules(), now).expect("stored");
+            assert!(!m.is_fresh(now), "Age: {bad:?}");
+        }
+        let mut two = resp(200, &[("cache-control", "max-age=3600"), ("age", "0")]);
+        two.append_header("age", "0").expect("h");
+        assert!(!response_meta(&two, false, &rules(), now)
+            .expect("stored")
+            .is_fresh(now));
+        let ok = resp(200, &[("cache-control", "max-age=3600"), ("age", " 10 ")]);
+        assert!(response_meta(&ok, false, &rules(), now)
+            .expect("stored")
+            .is_fresh(now));
+    }
+
+    #[test]
+    fn surrogate_control_governs_when_cdn_cache_control_is_absent() {
+        let now = SystemTime::now();
+        let fresh_sc = resp(
+            200,
+            &[
+                ("cache-control", "no-store"),
+                ("surrogate-control", "max-age=60"),
+            ],
+        );
+        let m = response_meta(&fresh_sc, false, &rules(), now).expect("stored");
+        assert!((59..=60).contains(&ttl(&m, now)));
+        let nostore_sc = resp(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("surrogate-control", "no-store"),
+            ],
+        );
+        assert!(response_meta(&nostore_sc, false, &rules(), now).is_err());
+        let both = resp(
+            200,
+            &[
+                ("cdn-cache-control", "max-age=30"),
+                ("surrogate-control", "max-age=60"),
+            ],
+        );
+        let m = response_meta(&both, false, &rules(), now).expect("stored");
+        assert!((29..=30).contains(&ttl(&m, now)));
     }
 
     #[test]

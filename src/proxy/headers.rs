@@ -85,6 +85,27 @@ pub fn apply_response_ops(resp: &mut ResponseHeader, ops: &HeaderOps) -> Result<
 }
 
 /// Remove a route's path prefix from a path-and-query; the result always starts with `/`.
+/// The field names a message lists in `Connection` (lowercase), which belong to that one
+/// connection only (RFC 9110 §7.6.1).
+pub fn connection_tokens(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive")
+        .collect()
+}
+
+/// Remove from an upstream response the fields its `Connection` header lists: they were for
+/// the hop between verge and the origin, not for the client or the cache.
+pub fn strip_connection_listed(resp: &mut ResponseHeader) {
+    for name in connection_tokens(&resp.headers) {
+        resp.remove_header(name.as_str());
+    }
+}
+
 pub fn strip_path_prefix(path_and_query: &str, prefix: &str) -> String {
     let prefix = prefix.trim_end_matches('/');
     let rest = path_and_query
@@ -127,6 +148,19 @@ mod tests {
         assert_eq!(get("x-original-url"), None);
         assert_eq!(get("via").as_deref(), Some("1.1 cdn, 1.1 verge"));
         assert_eq!(req.headers.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn fields_listed_in_connection_are_dropped() {
+        let mut resp = ResponseHeader::build(200, None).expect("resp");
+        resp.append_header("connection", "a, B").expect("h");
+        resp.append_header("connection", "close").expect("h");
+        for n in ["a", "b", "c", "content-type"] {
+            resp.append_header(n, "1").expect("h");
+        }
+        strip_connection_listed(&mut resp);
+        assert!(resp.headers.get("a").is_none() && resp.headers.get("b").is_none());
+        assert!(resp.headers.get("c").is_some() && resp.headers.get("content-type").is_some());
     }
 
     #[test]

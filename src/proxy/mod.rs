@@ -529,10 +529,13 @@ impl ProxyHttp for EdgeProxy {
             .req_header()
             .headers
             .contains_key(http::header::AUTHORIZATION);
-        let refreshed = ctx
-            .not_modified
-            .as_deref()
-            .map(|nm| policy::refreshed_by_not_modified(resp, nm));
+        let refreshed = ctx.not_modified.as_deref().map(|nm| {
+            let stored = session
+                .cache
+                .maybe_cache_meta()
+                .map(|m| m.response_header());
+            policy::refreshed_by_not_modified(resp, nm, stored)
+        });
         let resp = refreshed.as_ref().unwrap_or(resp);
         // Ages count from when the request went out (RFC 9111 §4.2.3 `request_time`), which
         // is also what invalidations compare against (design invariant 2).
@@ -719,6 +722,9 @@ impl ProxyHttp for EdgeProxy {
         if !session.req_header().method.is_safe() {
             self.invalidate_after_unsafe(session.req_header(), upstream, &ctx.host);
         }
+        if upstream.status != http::StatusCode::SWITCHING_PROTOCOLS {
+            headers::strip_connection_listed(upstream);
+        }
         if upstream.status == http::StatusCode::NOT_MODIFIED {
             ctx.not_modified = Some(Box::new(upstream.clone()));
         }
@@ -749,6 +755,11 @@ impl ProxyHttp for EdgeProxy {
                     resp.remove_header(&http::header::SET_COOKIE);
                 }
                 let phase = session.cache.phase();
+                if phase == CachePhase::Stale {
+                    // stale-if-error: pingora will not reuse this connection after the failed
+                    // fetch, so say so rather than promise keep-alive and then close
+                    session.set_keepalive(None);
+                }
                 let ttl_left = matches!(
                     phase,
                     CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating

@@ -335,3 +335,120 @@ async fn force_ttl_overrides_a_short_origin_lifetime() {
     assert!(g.cache_status.contains("hit"), "{}", g.cache_status);
     assert_eq!(o.hits("/f"), 1);
 }
+
+#[tokio::test]
+async fn a_304_updates_the_stored_headers_for_every_later_hit() {
+    let o = Origin::start("o").await;
+    o.set_headers("/u", &[("cache-control", "max-age=1"), ("x-version", "1")]);
+    o.set_etag("/u", "\"v1\"");
+    let v = cached_verge(&o, "{}").await;
+    assert_eq!(fetch(&v, "/u", &[]).await.header("x-version"), Some("1"));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    o.set_headers(
+        "/u",
+        &[
+            ("cache-control", "max-age=60"),
+            ("x-version", "2"),
+            ("connection", "x-hop"),
+            ("x-hop", "for verge only"),
+        ],
+    );
+    let revalidated = fetch(&v, "/u", &[]).await;
+    assert!(
+        revalidated.cache_status.contains("fwd-status=304"),
+        "{}",
+        revalidated.cache_status
+    );
+    assert_eq!(revalidated.header("x-version"), Some("2"));
+    let hit = fetch(&v, "/u", &[]).await;
+    assert!(
+        hit.cache_status.starts_with("verge; hit"),
+        "{}",
+        hit.cache_status
+    );
+    assert_eq!(hit.header("x-version"), Some("2"));
+    assert_eq!(hit.header("x-hop"), None);
+    assert_eq!((o.hits("/u"), o.not_modified("/u")), (2, 1));
+}
+
+#[tokio::test]
+async fn fields_listed_in_connection_never_reach_the_client() {
+    let o = Origin::start("o").await;
+    o.set_headers(
+        "/c",
+        &[
+            ("cache-control", "max-age=60"),
+            ("connection", "x-a, x-b"),
+            ("x-a", "1"),
+            ("x-b", "2"),
+            ("x-c", "3"),
+        ],
+    );
+    let v = cached_verge(&o, "{}").await;
+    for _ in 0..2 {
+        let got = fetch(&v, "/c", &[]).await;
+        assert_eq!((got.header("x-a"), got.header("x-b")), (None, None));
+        assert_eq!(got.header("x-c"), Some("3"));
+    }
+    assert_eq!(o.hits("/c"), 1);
+}
+
+#[tokio::test]
+async fn an_unparseable_age_makes_a_response_stale_at_once() {
+    let o = Origin::start("o").await;
+    o.set_headers("/a", &[("cache-control", "max-age=3600"), ("age", "0, 0")]);
+    o.set_headers("/ok", &[("cache-control", "max-age=3600"), ("age", "10")]);
+    let v = cached_verge(&o, "{}").await;
+    for _ in 0..2 {
+        fetch(&v, "/a", &[]).await;
+        fetch(&v, "/ok", &[]).await;
+    }
+    assert_eq!((o.hits("/a"), o.hits("/ok")), (2, 1));
+}
+
+#[tokio::test]
+async fn surrogate_control_governs_and_is_not_forwarded() {
+    let o = Origin::start("o").await;
+    o.set_headers(
+        "/s",
+        &[
+            ("cache-control", "no-store"),
+            ("surrogate-control", "max-age=60"),
+        ],
+    );
+    o.set_headers(
+        "/n",
+        &[
+            ("cache-control", "max-age=60"),
+            ("surrogate-control", "no-store"),
+        ],
+    );
+    let v = cached_verge(&o, "{}").await;
+    for _ in 0..2 {
+        let s = fetch(&v, "/s", &[]).await;
+        assert_eq!(s.header("surrogate-control"), None);
+        assert_eq!(s.header("cache-control"), Some("no-store"));
+        fetch(&v, "/n", &[]).await;
+    }
+    assert_eq!((o.hits("/s"), o.hits("/n")), (1, 2));
+}
+
+#[tokio::test]
+async fn a_stale_if_error_answer_says_connection_close() {
+    let o = Origin::start("o").await;
+    o.set_headers("/sie", &[("cache-control", "max-age=1, stale-if-error=60")]);
+    let v = cached_verge(&o, "{}").await;
+    fetch(&v, "/sie", &[]).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    o.set_status("/sie", 503);
+    let stale = fetch(&v, "/sie", &[]).await;
+    assert_eq!(stale.status, 200);
+    assert!(
+        stale.cache_status.contains("fwd=stale"),
+        "{}",
+        stale.cache_status
+    );
+    assert_eq!(stale.header("connection"), Some("close"));
+    // and the next request on a new connection is served as usual
+    assert_eq!(fetch(&v, "/sie", &[]).await.status, 200);
+}
