@@ -6,6 +6,7 @@ pub mod peer;
 pub mod purge;
 pub mod route;
 pub mod target;
+pub mod upstream_error;
 
 use crate::access_log::AccessLog;
 use crate::cache::request_directives::{self, HitVerdict, RequestDirectives};
@@ -184,6 +185,17 @@ pub struct RequestCtx {
     pub directives: RequestDirectives,
     /// The origin's 304 while revalidating, for the fields that refresh the stored header.
     pub not_modified: Option<Box<ResponseHeader>>,
+    /// Informational (1xx) heads received from the origin for this request.
+    pub informational: usize,
+}
+
+/// Informational (1xx) responses relayed per request; an origin sending more gets a 502, so it
+/// cannot hold a request open forever with a trickle of `100 Continue`s.
+pub const MAX_INFORMATIONAL: usize = 8;
+
+/// Whether a final (non-1xx) response head has gone to the client already.
+fn final_head_sent(written: Option<&ResponseHeader>) -> bool {
+    written.is_some_and(|r| !r.status.is_informational())
 }
 
 impl RequestCtx {
@@ -651,6 +663,33 @@ impl ProxyHttp for EdgeProxy {
         e
     }
 
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if let (Some(kind), Some(route)) = (upstream_error::kind(&e), ctx.route.as_ref()) {
+            log::debug!("pool {}: upstream {kind}: {e}", route.pool.name());
+            METRICS
+                .upstream_errors
+                .with_label_values(&[route.pool.name(), kind])
+                .inc();
+        }
+        // Pingora's own policy: retry only idempotent requests whose body is still buffered,
+        // and only when the failed connection was a reused one.
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
@@ -700,6 +739,20 @@ impl ProxyHttp for EdgeProxy {
         upstream: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if upstream.status.is_informational()
+            && upstream.status != http::StatusCode::SWITCHING_PROTOCOLS
+        {
+            ctx.informational += 1;
+            if ctx.informational > MAX_INFORMATIONAL {
+                let mut e = Error::explain(
+                    ErrorType::Custom(upstream_error::INFORMATIONAL_FLOOD),
+                    format!("more than {MAX_INFORMATIONAL} informational responses"),
+                );
+                e.as_up();
+                return Err(e);
+            }
+            return Ok(());
+        }
         if !session.req_header().method.is_safe() {
             self.invalidate_after_unsafe(session.req_header(), upstream, &ctx.host);
         }
@@ -723,6 +776,10 @@ impl ProxyHttp for EdgeProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if resp.status.is_informational() {
+            // 1xx heads pass through as the origin sent them
+            return Ok(());
+        }
         resp.remove_header(policy::TARGETED_CACHE_CONTROL);
         for name in &policy::TAG_HEADERS {
             resp.remove_header(name);
@@ -762,7 +819,9 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let code = failure_status(e);
-        if code > 0 {
+        // Once a final response head is out, an error page would be read as the end of that
+        // response's body; closing the connection is the only honest signal left.
+        if code > 0 && !final_head_sent(session.response_written()) {
             let text = ctx.failure.clone().unwrap_or_else(|| match code {
                 504 => "verge: upstream timed out".to_string(),
                 502 => "verge: bad gateway".to_string(),
@@ -815,6 +874,16 @@ mod tests {
         assert_eq!(request_host(&req).as_deref(), Some("a.org"));
         let req = RequestHeader::build("GET", b"/x", None).expect("req");
         assert_eq!(request_host(&req), None);
+    }
+
+    #[test]
+    fn error_page_only_before_a_final_head() {
+        let head = |status| ResponseHeader::build(status, None).expect("resp");
+        assert!(!final_head_sent(None));
+        assert!(!final_head_sent(Some(&head(100))));
+        assert!(!final_head_sent(Some(&head(103))));
+        assert!(final_head_sent(Some(&head(200))));
+        assert!(final_head_sent(Some(&head(502))));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real verge binary on loopback, in front of real counting origins.
 
+mod bad_origin;
 mod harness;
 mod origin;
 
@@ -12,5 +13,6 @@ mod control;
 mod eviction;
 mod health;
 mod limits;
+mod origin_faults;
 mod routing;
 mod tls;
