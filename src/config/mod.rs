@@ -319,6 +319,47 @@ routes:
     }
 
     #[test]
+    fn get_body_policy_validates() {
+        let good = r#"
+listeners: [{listen: "127.0.0.1:8080"}]
+pools: {p: {backends: ["127.0.0.1:1"]}}
+routes:
+  - {hosts: [a.com], pool: p, cache: {}}
+  - {hosts: [b.com], pool: p, get_body: reject, cache: {}}
+  - {hosts: [c.com], pool: p, get_body: forward}
+"#;
+        let c = Config::from_yaml_str(good).expect("valid");
+        let policies: Vec<GetBodyPolicy> = c.routes.iter().map(|r| r.get_body).collect();
+        assert_eq!(
+            policies,
+            [
+                GetBodyPolicy::Drop,
+                GetBodyPolicy::Reject,
+                GetBodyPolicy::Forward
+            ]
+        );
+        let bad = r#"
+listeners: [{listen: "127.0.0.1:8080"}]
+pools: {p: {backends: ["127.0.0.1:1"]}}
+routes:
+  - {hosts: [a.com], pool: p, get_body: forward, cache: {}}
+  - {hosts: [b.com], pool: p, get_body: keep}
+"#;
+        let errs = Config::from_yaml_str(bad).expect_err("invalid").errors;
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text[0]
+                .starts_with("routes[0].get_body: forward is not allowed on a route that caches"),
+            "{text:#?}"
+        );
+        assert!(
+            text[1].starts_with("routes[1].get_body: must be drop, reject or forward"),
+            "{text:#?}"
+        );
+        assert_eq!(text.len(), 2, "{text:#?}");
+    }
+
+    #[test]
     fn load_names_the_file() {
         let e = Config::load(Path::new("/nonexistent/verge.yaml")).expect_err("missing");
         assert!(e

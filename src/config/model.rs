@@ -420,6 +420,22 @@ pub struct RouteSpec {
     pub response_headers: HeaderOps,
     pub timeouts: RouteTimeouts,
     pub cache: Option<RouteCache>,
+    /// What to do with a body sent with GET or HEAD.
+    pub get_body: GetBodyPolicy,
+}
+
+/// A request body on GET or HEAD has no defined meaning (RFC 9110 §9.3.1), and a shared cache
+/// keys those requests without it: an origin that read it could make one client's body decide
+/// what every other client is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GetBodyPolicy {
+    /// Read and discard it; the origin gets the request with `Content-Length: 0`.
+    #[default]
+    Drop,
+    /// Answer 400 and close the connection.
+    Reject,
+    /// Pass it to the origin (routes without a cache only).
+    Forward,
 }
 
 /// A host a route answers for.

@@ -238,6 +238,8 @@ pub struct RawRoute {
     pub response_headers: Option<RawHeaderOps>,
     pub timeouts: Option<RawTimeouts>,
     pub cache: Option<RawRouteCache>,
+    /// A body on GET or HEAD: `drop` (default), `reject` or `forward`.
+    pub get_body: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

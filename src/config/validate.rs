@@ -1042,6 +1042,26 @@ fn validate_routes(
         );
         let timeouts = route_timeouts(raw.timeouts.as_ref(), &format!("{path}.timeouts"), errs);
         let cache = validate_route_cache(&format!("{path}.cache"), raw.cache, errs);
+        let get_body = match raw.get_body.as_deref() {
+            None | Some("drop") => GetBodyPolicy::Drop,
+            Some("reject") => GetBodyPolicy::Reject,
+            Some("forward") if cache.is_some() => {
+                errs.push(
+                    format!("{path}.get_body"),
+                    "forward is not allowed on a route that caches: the cache key does not \
+                     include the body, so one client's body could decide what others get",
+                );
+                GetBodyPolicy::Drop
+            }
+            Some("forward") => GetBodyPolicy::Forward,
+            Some(other) => {
+                errs.push(
+                    format!("{path}.get_body"),
+                    format!("must be drop, reject or forward, not {other:?}"),
+                );
+                GetBodyPolicy::Drop
+            }
+        };
         let name = raw.name.clone().unwrap_or_else(|| {
             let host = hosts.first().map(|h| h.to_string()).unwrap_or_default();
             format!("{host}{path_prefix}")
@@ -1073,6 +1093,7 @@ fn validate_routes(
                 response_headers,
                 timeouts,
                 cache,
+                get_body,
             });
         }
     }

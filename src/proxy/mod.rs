@@ -4,6 +4,7 @@
 pub mod headers;
 pub mod peer;
 pub mod purge;
+pub mod request_body;
 pub mod route;
 pub mod target;
 pub mod upstream_error;
@@ -187,6 +188,8 @@ pub struct RequestCtx {
     pub not_modified: Option<Box<ResponseHeader>>,
     /// Informational (1xx) heads received from the origin for this request.
     pub informational: usize,
+    /// The request body (sent with GET or HEAD) is read and discarded, never forwarded.
+    pub drop_body: bool,
 }
 
 /// Informational (1xx) responses relayed per request; an origin sending more gets a 502, so it
@@ -373,6 +376,18 @@ impl ProxyHttp for EdgeProxy {
         }
         match route {
             Some(r) => {
+                let has_body = !session.is_body_empty();
+                match request_body::action(&session.req_header().method, has_body, r.spec.get_body)
+                {
+                    request_body::BodyAction::Reject => {
+                        METRICS.rejected.with_label_values(&["get_body"]).inc();
+                        respond_plain(session, 400, "verge: no body allowed with GET or HEAD")
+                            .await?;
+                        return Ok(true);
+                    }
+                    request_body::BodyAction::Drop => ctx.drop_body = true,
+                    request_body::BodyAction::Forward => {}
+                }
                 ctx.route = Some(r);
                 Ok(false)
             }
@@ -589,6 +604,9 @@ impl ProxyHttp for EdgeProxy {
                 );
             }
         }
+        if ctx.drop_body {
+            *body = None;
+        }
         Ok(())
     }
 
@@ -728,6 +746,11 @@ impl ProxyHttp for EdgeProxy {
             upstream.set_uri(uri);
         }
         headers::apply_request_ops(upstream, &route.spec.request_headers)?;
+        if ctx.drop_body {
+            // the body is discarded as it arrives; say so with an explicit empty length
+            upstream.remove_header(&http::header::TRANSFER_ENCODING);
+            upstream.insert_header(http::header::CONTENT_LENGTH, "0")?;
+        }
         ctx.upstream_sent_at = Some(Instant::now());
         ctx.fetch_started = Some(std::time::SystemTime::now());
         Ok(())

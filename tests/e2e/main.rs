@@ -11,6 +11,7 @@ mod cache_rules;
 mod config_files;
 mod control;
 mod eviction;
+mod get_body;
 mod health;
 mod limits;
 mod origin_faults;
