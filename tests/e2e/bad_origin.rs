@@ -54,6 +54,9 @@ pub enum Fault {
     BodyOnHead,
     /// Read the request and never answer (connection left open).
     NeverRespond,
+    /// Answer a WebSocket upgrade with 101, then echo every byte back (anything that came
+    /// after the request head included).
+    WebSocketEcho,
 }
 
 /// How long the dripping faults wait between bytes: longer than any read timeout in the tests.
@@ -354,6 +357,31 @@ async fn serve_connection(mut stream: TcpStream, state: Arc<State>) {
             Fault::NeverRespond => {
                 tokio::time::sleep(Duration::from_secs(120)).await;
                 return;
+            }
+            Fault::WebSocketEcho => {
+                // One network round trip's worth of delay before agreeing. Pingora 0.9.1 ends
+                // an upgraded connection at once when it happens to read the 101 before it has
+                // forwarded the (empty) end of the handshake request, which a loopback origin
+                // that answers instantly triggers now and then (see upgrade.rs).
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let out = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+                if stream.write_all(out.as_bytes()).await.is_err() {
+                    return;
+                }
+                if !buf.is_empty() && stream.write_all(&buf).await.is_err() {
+                    return;
+                }
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if stream.write_all(&chunk[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
             }
         }
     }

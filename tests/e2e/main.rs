@@ -17,3 +17,4 @@ mod limits;
 mod origin_faults;
 mod routing;
 mod tls;
+mod upgrade;
