@@ -12,6 +12,7 @@ mod config_files;
 mod control;
 mod eviction;
 mod get_body;
+mod h2_limits;
 mod health;
 mod limits;
 mod origin_faults;
