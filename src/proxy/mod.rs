@@ -192,10 +192,6 @@ pub struct RequestCtx {
     pub drop_body: bool,
 }
 
-/// Informational (1xx) responses relayed per request; an origin sending more gets a 502, so it
-/// cannot hold a request open forever with a trickle of `100 Continue`s.
-pub const MAX_INFORMATIONAL: usize = 8;
-
 /// Whether a final (non-1xx) response head has gone to the client already.
 fn final_head_sent(written: Option<&ResponseHeader>) -> bool {
     written.is_some_and(|r| !r.status.is_informational())
@@ -765,16 +761,7 @@ impl ProxyHttp for EdgeProxy {
         if upstream.status.is_informational()
             && upstream.status != http::StatusCode::SWITCHING_PROTOCOLS
         {
-            ctx.informational += 1;
-            if ctx.informational > MAX_INFORMATIONAL {
-                let mut e = Error::explain(
-                    ErrorType::Custom(upstream_error::INFORMATIONAL_FLOOD),
-                    format!("more than {MAX_INFORMATIONAL} informational responses"),
-                );
-                e.as_up();
-                return Err(e);
-            }
-            return Ok(());
+            return upstream_error::count_informational(&mut ctx.informational);
         }
         if !session.req_header().method.is_safe() {
             self.invalidate_after_unsafe(session.req_header(), upstream, &ctx.host);

@@ -33,6 +33,25 @@ pub fn kind(e: &Error) -> Option<&'static str> {
 /// The error type of an origin that keeps sending informational (1xx) responses.
 pub const INFORMATIONAL_FLOOD: &str = "InformationalFlood";
 
+/// Informational (1xx) responses relayed per request; an origin sending more gets a 502, so it
+/// cannot hold a request open forever with a trickle of `100 Continue`s.
+pub const MAX_INFORMATIONAL: usize = 8;
+
+/// Count one more informational head for a request (`seen` so far); an upstream error once
+/// there were more than `MAX_INFORMATIONAL`.
+pub fn count_informational(seen: &mut usize) -> Result<(), Box<Error>> {
+    *seen += 1;
+    if *seen <= MAX_INFORMATIONAL {
+        return Ok(());
+    }
+    let mut e = Error::explain(
+        ErrorType::Custom(INFORMATIONAL_FLOOD),
+        format!("more than {MAX_INFORMATIONAL} informational responses"),
+    );
+    e.as_up();
+    Err(e)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,6 +80,12 @@ mod tests {
             Some("invalid_response")
         );
         assert_eq!(kind(&up(ErrorType::InternalError)), Some("other"));
+        let mut seen = 0;
+        for _ in 0..MAX_INFORMATIONAL {
+            assert!(count_informational(&mut seen).is_ok());
+        }
+        let flood = count_informational(&mut seen).expect_err("one too many");
+        assert_eq!(kind(&flood), Some("invalid_response"));
         let mut down = Error::new(ErrorType::ReadError);
         down.as_down();
         assert_eq!(kind(&down), None);
