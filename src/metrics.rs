@@ -15,6 +15,9 @@ pub struct Metrics {
     pub upstream_latency: HistogramVec,
     /// `verge_upstream_connect_failures_total{pool,backend}`.
     pub connect_failures: IntCounterVec,
+    /// `verge_upstream_errors_total{pool,kind}`: origins that failed after the connect
+    /// (`timeout`, `closed`, `reset`, `invalid_response`, `other`; see `proxy::upstream_error`).
+    pub upstream_errors: IntCounterVec,
     /// `verge_upstream_retries_total{pool}`: retries on another backend after a connect failure.
     pub retries: IntCounterVec,
     /// `verge_backend_ejections_total{pool,backend}`: passive ejections.
@@ -157,6 +160,12 @@ impl Metrics {
                 "verge_upstream_connect_failures_total",
                 "Failed connects to a backend",
                 &["pool", "backend"],
+            ),
+            upstream_errors: counter(
+                &registry,
+                "verge_upstream_errors_total",
+                "Origin failures after the connect: timeouts, closes, resets, invalid responses",
+                &["pool", "kind"],
             ),
             retries: counter(
                 &registry,

@@ -4,7 +4,7 @@ use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
 use crate::cache::reclaim::ReclaimService;
 use crate::cache::CacheEngine;
-use crate::config::{Config, ListenerSpec};
+use crate::config::{Config, H2Limits, ListenerSpec};
 use crate::control::api::ControlApi;
 use crate::control::plane::ControlPlane;
 use crate::control::poller::{publish_position, ControlPoller, PersistedSnapshot};
@@ -19,6 +19,7 @@ use arc_swap::ArcSwap;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::protocols::http::v2::server::{default_h2_options, H2Options};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
@@ -104,6 +105,19 @@ fn server_conf(config: &Config, opts: RunOptions) -> ServerConf {
     conf
 }
 
+/// The HTTP/2 settings a listener advertises and enforces, from its `limits.h2`.
+fn h2_options(limits: &H2Limits) -> H2Options {
+    let mut options = default_h2_options();
+    options
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_list_size)
+        .initial_window_size(limits.stream_window)
+        .initial_connection_window_size(limits.connection_window)
+        .max_pending_accept_reset_streams(limits.max_pending_resets)
+        .max_local_error_reset_streams(Some(limits.max_error_resets));
+    options
+}
+
 fn listener_service(
     conf: &Arc<ServerConf>,
     spec: &ListenerSpec,
@@ -121,7 +135,9 @@ fn listener_service(
     let mut options = HttpServerOptions::default();
     options.h2c = spec.h2c;
     options.keepalive_request_limit = Some(spec.limits.keepalive_requests);
+    options.h2_idle_timeout = Some(spec.limits.keepalive_timeout);
     proxy.server_options = Some(options);
+    proxy.h2_options = Some(h2_options(&spec.limits.h2));
     let ingress = Ingress::new(proxy, spec.limits, spec.name.clone(), spec.h2c);
     let mut service = Service::new(format!("verge listener {}", spec.name), ingress);
     let addr = spec.addr.to_string();

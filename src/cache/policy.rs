@@ -14,6 +14,8 @@ pub enum Bypass {
     Authorization,
     Cookie,
     NoStore,
+    /// A WebSocket handshake: its 101 and what follows are one client's connection.
+    Upgrade,
 }
 
 impl Bypass {
@@ -23,6 +25,7 @@ impl Bypass {
             Bypass::Authorization => "authorization",
             Bypass::Cookie => "cookie",
             Bypass::NoStore => "no-store",
+            Bypass::Upgrade => "upgrade",
         }
     }
 }
@@ -40,6 +43,9 @@ pub fn request_bypass(req: &RequestHeader, rules: &RouteCache) -> Option<Bypass>
     if !matches!(req.method, http::Method::GET | http::Method::HEAD) {
         return Some(Bypass::Method);
     }
+    if is_websocket_upgrade(req) {
+        return Some(Bypass::Upgrade);
+    }
     if !rules.public {
         if req.headers.contains_key(http::header::AUTHORIZATION) {
             return Some(Bypass::Authorization);
@@ -52,6 +58,17 @@ pub fn request_bypass(req: &RequestHeader, rules: &RouteCache) -> Option<Bypass>
         return Some(Bypass::NoStore);
     }
     None
+}
+
+/// An HTTP/1.1 request for a WebSocket: the one upgrade Pingora forwards (its default
+/// `H1UpgradePolicy::WebSocketOnly`). Other `Upgrade` values (`h2c`, …) are stripped before the
+/// origin sees them, so those requests stay ordinary, cacheable GETs.
+pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
+    req.version == http::Version::HTTP_11
+        && req
+            .headers
+            .get(http::header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
 /// Statuses a cache may store with heuristic or default freshness (RFC 9110 §15.1), minus the
@@ -832,5 +849,11 @@ mod tests {
         assert_eq!(request_bypass(&req, &public), None);
         let post = RequestHeader::build("POST", b"/", None).expect("req");
         assert_eq!(request_bypass(&post, &rules()), Some(Bypass::Method));
+        let mut ws = RequestHeader::build("GET", b"/", None).expect("req");
+        ws.insert_header("upgrade", "WebSocket").expect("h");
+        assert_eq!(request_bypass(&ws, &public), Some(Bypass::Upgrade));
+        let mut h2c = RequestHeader::build("GET", b"/", None).expect("req");
+        h2c.insert_header("upgrade", "h2c").expect("h");
+        assert_eq!(request_bypass(&h2c, &rules()), None);
     }
 }

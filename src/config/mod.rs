@@ -319,6 +319,99 @@ routes:
     }
 
     #[test]
+    fn get_body_policy_validates() {
+        let good = r#"
+listeners: [{listen: "127.0.0.1:8080"}]
+pools: {p: {backends: ["127.0.0.1:1"]}}
+routes:
+  - {hosts: [a.com], pool: p, cache: {}}
+  - {hosts: [b.com], pool: p, get_body: reject, cache: {}}
+  - {hosts: [c.com], pool: p, get_body: forward}
+"#;
+        let c = Config::from_yaml_str(good).expect("valid");
+        let policies: Vec<GetBodyPolicy> = c.routes.iter().map(|r| r.get_body).collect();
+        assert_eq!(
+            policies,
+            [
+                GetBodyPolicy::Drop,
+                GetBodyPolicy::Reject,
+                GetBodyPolicy::Forward
+            ]
+        );
+        let bad = r#"
+listeners: [{listen: "127.0.0.1:8080"}]
+pools: {p: {backends: ["127.0.0.1:1"]}}
+routes:
+  - {hosts: [a.com], pool: p, get_body: forward, cache: {}}
+  - {hosts: [b.com], pool: p, get_body: keep}
+"#;
+        let errs = Config::from_yaml_str(bad).expect_err("invalid").errors;
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text[0]
+                .starts_with("routes[0].get_body: forward is not allowed on a route that caches"),
+            "{text:#?}"
+        );
+        assert!(
+            text[1].starts_with("routes[1].get_body: must be drop, reject or forward"),
+            "{text:#?}"
+        );
+        assert_eq!(text.len(), 2, "{text:#?}");
+    }
+
+    #[test]
+    fn h2_limits_validate() {
+        let good = r#"
+listeners:
+  - listen: "127.0.0.1:8080"
+  - listen: "127.0.0.1:8081"
+    limits: {h2: {max_concurrent_streams: 10, max_header_list_size: 16KiB, stream_window: 1MiB, connection_window: 4MiB, max_pending_resets: 5, max_error_resets: 50}}
+pools: {p: {backends: ["127.0.0.1:1"]}}
+routes: [{hosts: [a.com], pool: p}]
+"#;
+        let c = Config::from_yaml_str(good).expect("valid");
+        assert_eq!(c.listeners[0].limits.h2, H2Limits::default());
+        assert_eq!(
+            c.listeners[1].limits.h2,
+            H2Limits {
+                max_concurrent_streams: 10,
+                max_header_list_size: 16 << 10,
+                stream_window: 1 << 20,
+                connection_window: 4 << 20,
+                max_pending_resets: 5,
+                max_error_resets: 50,
+            }
+        );
+        let bad = r#"
+listeners:
+  - listen: "127.0.0.1:8080"
+    limits: {h2: {max_concurrent_streams: 0, max_header_list_size: 2MiB, stream_window: 100, connection_window: 1KiB, max_pending_resets: 0, max_error_resets: 0, max_streams: 3}}
+  - listen: "127.0.0.1:8081"
+    limits: {h2: {max_concurrent_streams: 5000, max_header_list_size: 2MiB, stream_window: 100, connection_window: 1KiB, max_pending_resets: 0, max_error_resets: 0}}
+pools: {p: {backends: ["127.0.0.1:1"]}}
+routes: [{hosts: [a.com], pool: p}]
+"#;
+        let errs = Config::from_yaml_str(bad).expect_err("invalid").errors;
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text[0].starts_with("listeners[0]") && text[0].contains("max_streams"),
+            "an unknown key: {text:#?}"
+        );
+        for key in [
+            "max_concurrent_streams: must be between 1 and 1000",
+            "max_header_list_size: must be between 1024 bytes and 1048576 bytes",
+            "stream_window",
+            "connection_window",
+            "max_pending_resets",
+            "max_error_resets",
+        ] {
+            let p = format!("listeners[1].limits.h2.{key}");
+            assert!(text.iter().any(|t| t.starts_with(&p)), "{p}: {text:#?}");
+        }
+        assert_eq!(text.len(), 7, "{text:#?}");
+    }
+
+    #[test]
     fn load_names_the_file() {
         let e = Config::load(Path::new("/nonexistent/verge.yaml")).expect_err("missing");
         assert!(e

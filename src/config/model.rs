@@ -274,6 +274,43 @@ pub struct Limits {
     pub max_body: u64,
     /// Open client connections accepted at once; more are answered 503 and closed.
     pub max_connections: u32,
+    /// What an HTTP/2 client may use of one connection.
+    pub h2: H2Limits,
+}
+
+/// HTTP/2 caps per client connection, advertised in SETTINGS and enforced by the h2 codec.
+/// Defaults: 100 streams and a 64 KiB header list (Pingora's own, Varnish's 100), a 64 KiB
+/// stream and 1 MiB connection window (Envoy's edge guidance), h2's reset budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct H2Limits {
+    /// Requests in flight at once (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub max_concurrent_streams: u32,
+    /// Decoded size of one request's header list (`SETTINGS_MAX_HEADER_LIST_SIZE`).
+    pub max_header_list_size: u32,
+    /// Request body bytes a client may send on one stream before verge reads them
+    /// (`SETTINGS_INITIAL_WINDOW_SIZE`).
+    pub stream_window: u32,
+    /// The same for the whole connection.
+    pub connection_window: u32,
+    /// Streams the client may reset before verge accepted them (Rapid Reset, CVE-2023-44487);
+    /// more end the connection.
+    pub max_pending_resets: usize,
+    /// Streams verge may have to reset for the client's protocol errors (MadeYouReset,
+    /// CVE-2025-8671); more end the connection with `ENHANCE_YOUR_CALM`.
+    pub max_error_resets: usize,
+}
+
+impl Default for H2Limits {
+    fn default() -> Self {
+        H2Limits {
+            max_concurrent_streams: 100,
+            max_header_list_size: 64 << 10,
+            stream_window: 64 << 10,
+            connection_window: 1 << 20,
+            max_pending_resets: 20,
+            max_error_resets: 1024,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -288,6 +325,7 @@ impl Default for Limits {
             keepalive_requests: 1000,
             max_body: 64 << 20,
             max_connections: 10_000,
+            h2: H2Limits::default(),
         }
     }
 }
@@ -420,6 +458,22 @@ pub struct RouteSpec {
     pub response_headers: HeaderOps,
     pub timeouts: RouteTimeouts,
     pub cache: Option<RouteCache>,
+    /// What to do with a body sent with GET or HEAD.
+    pub get_body: GetBodyPolicy,
+}
+
+/// A request body on GET or HEAD has no defined meaning (RFC 9110 §9.3.1), and a shared cache
+/// keys those requests without it: an origin that read it could make one client's body decide
+/// what every other client is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GetBodyPolicy {
+    /// Read and discard it; the origin gets the request with `Content-Length: 0`.
+    #[default]
+    Drop,
+    /// Answer 400 and close the connection.
+    Reject,
+    /// Pass it to the origin (routes without a cache only).
+    Forward,
 }
 
 /// A host a route answers for.

@@ -152,6 +152,19 @@ pub struct RawLimits {
     pub keepalive_requests: Option<u32>,
     pub max_body: Option<ConfSize>,
     pub max_connections: Option<u32>,
+    pub h2: Option<RawH2Limits>,
+}
+
+/// `listeners[].limits.h2`: what an HTTP/2 client may use of one connection.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawH2Limits {
+    pub max_concurrent_streams: Option<u32>,
+    pub max_header_list_size: Option<ConfSize>,
+    pub stream_window: Option<ConfSize>,
+    pub connection_window: Option<ConfSize>,
+    pub max_pending_resets: Option<usize>,
+    pub max_error_resets: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
@@ -238,6 +251,8 @@ pub struct RawRoute {
     pub response_headers: Option<RawHeaderOps>,
     pub timeouts: Option<RawTimeouts>,
     pub cache: Option<RawRouteCache>,
+    /// A body on GET or HEAD: `drop` (default), `reject` or `forward`.
+    pub get_body: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

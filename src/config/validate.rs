@@ -673,6 +673,7 @@ fn validate_limits(path: &str, raw: Option<RawLimits>, errs: &mut Errors) -> Lim
             d.max_connections
         }
     };
+    let h2 = validate_h2_limits(&format!("{path}.h2"), raw.h2, errs);
     Limits {
         max_request_line,
         max_header_line,
@@ -683,6 +684,80 @@ fn validate_limits(path: &str, raw: Option<RawLimits>, errs: &mut Errors) -> Lim
         keepalive_requests: raw.keepalive_requests.unwrap_or(d.keepalive_requests),
         max_body,
         max_connections,
+        h2,
+    }
+}
+
+fn validate_h2_limits(path: &str, raw: Option<RawH2Limits>, errs: &mut Errors) -> H2Limits {
+    let d = H2Limits::default();
+    let Some(raw) = raw else { return d };
+    let mut within =
+        |key: &str, v: Option<u64>, default: u64, range: (u64, u64), unit: &str| match v {
+            None => default,
+            Some(n) if (range.0..=range.1).contains(&n) => n,
+            Some(_) => {
+                errs.push(
+                    format!("{path}.{key}"),
+                    format!("must be between {}{unit} and {}{unit}", range.0, range.1),
+                );
+                default
+            }
+        };
+    let size = |s: Option<super::units::ConfSize>| s.map(|s| s.0);
+    let count = |n: Option<usize>| n.map(|n| n as u64);
+    let max_concurrent_streams = within(
+        "max_concurrent_streams",
+        raw.max_concurrent_streams.map(u64::from),
+        d.max_concurrent_streams.into(),
+        (1, 1000),
+        "",
+    );
+    let max_header_list_size = within(
+        "max_header_list_size",
+        size(raw.max_header_list_size),
+        d.max_header_list_size.into(),
+        (1 << 10, 1 << 20),
+        " bytes",
+    );
+    let stream_window = within(
+        "stream_window",
+        size(raw.stream_window),
+        d.stream_window.into(),
+        (1 << 10, 16 << 20),
+        " bytes",
+    );
+    // the connection window starts at 65535 and can only be raised
+    let connection_window = within(
+        "connection_window",
+        size(raw.connection_window),
+        d.connection_window.into(),
+        (64 << 10, 64 << 20),
+        " bytes",
+    );
+    let max_pending_resets = within(
+        "max_pending_resets",
+        count(raw.max_pending_resets),
+        d.max_pending_resets as u64,
+        (1, 1000),
+        "",
+    );
+    let max_error_resets = within(
+        "max_error_resets",
+        count(raw.max_error_resets),
+        d.max_error_resets as u64,
+        (1, 100_000),
+        "",
+    );
+    // every value was range-checked above, so these conversions cannot fail
+    let u32_of = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    let usize_of = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    H2Limits {
+        max_concurrent_streams: u32_of(max_concurrent_streams),
+        max_header_list_size: u32_of(max_header_list_size),
+        stream_window: u32_of(stream_window),
+        connection_window: u32_of(connection_window),
+        max_pending_resets: usize_of(max_pending_resets),
+        max_error_resets: usize_of(max_error_resets),
     }
 }
 
@@ -1042,6 +1117,26 @@ fn validate_routes(
         );
         let timeouts = route_timeouts(raw.timeouts.as_ref(), &format!("{path}.timeouts"), errs);
         let cache = validate_route_cache(&format!("{path}.cache"), raw.cache, errs);
+        let get_body = match raw.get_body.as_deref() {
+            None | Some("drop") => GetBodyPolicy::Drop,
+            Some("reject") => GetBodyPolicy::Reject,
+            Some("forward") if cache.is_some() => {
+                errs.push(
+                    format!("{path}.get_body"),
+                    "forward is not allowed on a route that caches: the cache key does not \
+                     include the body, so one client's body could decide what others get",
+                );
+                GetBodyPolicy::Drop
+            }
+            Some("forward") => GetBodyPolicy::Forward,
+            Some(other) => {
+                errs.push(
+                    format!("{path}.get_body"),
+                    format!("must be drop, reject or forward, not {other:?}"),
+                );
+                GetBodyPolicy::Drop
+            }
+        };
         let name = raw.name.clone().unwrap_or_else(|| {
             let host = hosts.first().map(|h| h.to_string()).unwrap_or_default();
             format!("{host}{path_prefix}")
@@ -1073,6 +1168,7 @@ fn validate_routes(
                 response_headers,
                 timeouts,
                 cache,
+                get_body,
             });
         }
     }

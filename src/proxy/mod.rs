@@ -4,8 +4,10 @@
 pub mod headers;
 pub mod peer;
 pub mod purge;
+pub mod request_body;
 pub mod route;
 pub mod target;
+pub mod upstream_error;
 
 use crate::access_log::AccessLog;
 use crate::cache::request_directives::{self, HitVerdict, RequestDirectives};
@@ -184,6 +186,15 @@ pub struct RequestCtx {
     pub directives: RequestDirectives,
     /// The origin's 304 while revalidating, for the fields that refresh the stored header.
     pub not_modified: Option<Box<ResponseHeader>>,
+    /// Informational (1xx) heads received from the origin for this request.
+    pub informational: usize,
+    /// The request body (sent with GET or HEAD) is read and discarded, never forwarded.
+    pub drop_body: bool,
+}
+
+/// Whether a final (non-1xx) response head has gone to the client already.
+fn final_head_sent(written: Option<&ResponseHeader>) -> bool {
+    written.is_some_and(|r| !r.status.is_informational())
 }
 
 impl RequestCtx {
@@ -375,6 +386,18 @@ impl ProxyHttp for EdgeProxy {
         }
         match route {
             Some(r) => {
+                let has_body = !session.is_body_empty();
+                match request_body::action(&session.req_header().method, has_body, r.spec.get_body)
+                {
+                    request_body::BodyAction::Reject => {
+                        METRICS.rejected.with_label_values(&["get_body"]).inc();
+                        respond_plain(session, 400, "verge: no body allowed with GET or HEAD")
+                            .await?;
+                        return Ok(true);
+                    }
+                    request_body::BodyAction::Drop => ctx.drop_body = true,
+                    request_body::BodyAction::Forward => {}
+                }
                 ctx.route = Some(r);
                 Ok(false)
             }
@@ -596,6 +619,9 @@ impl ProxyHttp for EdgeProxy {
                 );
             }
         }
+        if ctx.drop_body {
+            *body = None;
+        }
         Ok(())
     }
 
@@ -670,6 +696,33 @@ impl ProxyHttp for EdgeProxy {
         e
     }
 
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if let (Some(kind), Some(route)) = (upstream_error::kind(&e), ctx.route.as_ref()) {
+            log::debug!("pool {}: upstream {kind}: {e}", route.pool.name());
+            METRICS
+                .upstream_errors
+                .with_label_values(&[route.pool.name(), kind])
+                .inc();
+        }
+        // Pingora's own policy: retry only idempotent requests whose body is still buffered,
+        // and only when the failed connection was a reused one.
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
@@ -708,6 +761,11 @@ impl ProxyHttp for EdgeProxy {
             upstream.set_uri(uri);
         }
         headers::apply_request_ops(upstream, &route.spec.request_headers)?;
+        if ctx.drop_body {
+            // the body is discarded as it arrives; say so with an explicit empty length
+            upstream.remove_header(&http::header::TRANSFER_ENCODING);
+            upstream.insert_header(http::header::CONTENT_LENGTH, "0")?;
+        }
         ctx.upstream_sent_at = Some(Instant::now());
         ctx.fetch_started = Some(std::time::SystemTime::now());
         Ok(())
@@ -719,6 +777,11 @@ impl ProxyHttp for EdgeProxy {
         upstream: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if upstream.status.is_informational()
+            && upstream.status != http::StatusCode::SWITCHING_PROTOCOLS
+        {
+            return upstream_error::count_informational(&mut ctx.informational);
+        }
         if !session.req_header().method.is_safe() {
             self.invalidate_after_unsafe(session.req_header(), upstream, &ctx.host);
         }
@@ -745,6 +808,10 @@ impl ProxyHttp for EdgeProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if resp.status.is_informational() {
+            // 1xx heads pass through as the origin sent them
+            return Ok(());
+        }
         for name in &policy::CLIENT_HIDDEN_HEADERS {
             resp.remove_header(name);
         }
@@ -787,7 +854,9 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let code = failure_status(e);
-        if code > 0 {
+        // Once a final response head is out, an error page would be read as the end of that
+        // response's body; closing the connection is the only honest signal left.
+        if code > 0 && !final_head_sent(session.response_written()) {
             let text = ctx.failure.clone().unwrap_or_else(|| match code {
                 504 => "verge: upstream timed out".to_string(),
                 502 => "verge: bad gateway".to_string(),
@@ -853,6 +922,16 @@ mod tests {
         assert_eq!(request_host(&req).as_deref(), Some("a.org"));
         let req = RequestHeader::build("GET", b"/x", None).expect("req");
         assert_eq!(request_host(&req), None);
+    }
+
+    #[test]
+    fn error_page_only_before_a_final_head() {
+        let head = |status| ResponseHeader::build(status, None).expect("resp");
+        assert!(!final_head_sent(None));
+        assert!(!final_head_sent(Some(&head(100))));
+        assert!(!final_head_sent(Some(&head(103))));
+        assert!(final_head_sent(Some(&head(200))));
+        assert!(final_head_sent(Some(&head(502))));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real verge binary on loopback, in front of real counting origins.
 
+mod bad_origin;
 mod harness;
 mod origin;
 
@@ -10,7 +11,11 @@ mod cache_rules;
 mod config_files;
 mod control;
 mod eviction;
+mod get_body;
+mod h2_limits;
 mod health;
 mod limits;
+mod origin_faults;
 mod routing;
 mod tls;
+mod upgrade;

@@ -1,0 +1,93 @@
+//! Names what went wrong with an origin after verge connected to it, for
+//! `verge_upstream_errors_total{pool,kind}` (pure: looks only at the error).
+
+use pingora_error::{Error, ErrorSource, ErrorType};
+
+/// The `kind` label for an upstream failure on an established connection, or `None` when the
+/// error did not come from the origin (the client went away, or verge itself failed).
+///
+/// - `timeout`: no byte within the read (or write) timeout;
+/// - `closed`: the origin closed the connection before the response (or its body) was whole;
+/// - `reset`: an I/O error on the connection, typically a TCP reset;
+/// - `invalid_response`: bytes that are not a valid HTTP response (status line, head size or
+///   field count, framing, chunk sizes, too many informational responses);
+/// - `other`: anything else the origin caused.
+pub fn kind(e: &Error) -> Option<&'static str> {
+    if e.esource() != &ErrorSource::Upstream {
+        return None;
+    }
+    Some(match e.etype() {
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
+        ErrorType::ConnectionClosed | ErrorType::Custom("PrematureBodyEnd") => "closed",
+        ErrorType::ReadError | ErrorType::WriteError => "reset",
+        ErrorType::InvalidHTTPHeader
+        | ErrorType::H1Error
+        | ErrorType::H2Error
+        | ErrorType::InvalidH2
+        | ErrorType::Custom("InvalidChunk")
+        | ErrorType::Custom(INFORMATIONAL_FLOOD) => "invalid_response",
+        _ => "other",
+    })
+}
+
+/// The error type of an origin that keeps sending informational (1xx) responses.
+pub const INFORMATIONAL_FLOOD: &str = "InformationalFlood";
+
+/// Informational (1xx) responses relayed per request; an origin sending more gets a 502, so it
+/// cannot hold a request open forever with a trickle of `100 Continue`s.
+pub const MAX_INFORMATIONAL: usize = 8;
+
+/// Count one more informational head for a request (`seen` so far); an upstream error once
+/// there were more than `MAX_INFORMATIONAL`.
+pub fn count_informational(seen: &mut usize) -> Result<(), Box<Error>> {
+    *seen += 1;
+    if *seen <= MAX_INFORMATIONAL {
+        return Ok(());
+    }
+    let mut e = Error::explain(
+        ErrorType::Custom(INFORMATIONAL_FLOOD),
+        format!("more than {MAX_INFORMATIONAL} informational responses"),
+    );
+    e.as_up();
+    Err(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(t: ErrorType) -> Box<Error> {
+        let mut e = Error::new(t);
+        e.as_up();
+        e
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(kind(&up(ErrorType::ReadTimedout)), Some("timeout"));
+        assert_eq!(kind(&up(ErrorType::ConnectionClosed)), Some("closed"));
+        assert_eq!(
+            kind(&up(ErrorType::Custom("PrematureBodyEnd"))),
+            Some("closed")
+        );
+        assert_eq!(kind(&up(ErrorType::ReadError)), Some("reset"));
+        assert_eq!(
+            kind(&up(ErrorType::InvalidHTTPHeader)),
+            Some("invalid_response")
+        );
+        assert_eq!(
+            kind(&up(ErrorType::Custom("InvalidChunk"))),
+            Some("invalid_response")
+        );
+        assert_eq!(kind(&up(ErrorType::InternalError)), Some("other"));
+        let mut seen = 0;
+        for _ in 0..MAX_INFORMATIONAL {
+            assert!(count_informational(&mut seen).is_ok());
+        }
+        let flood = count_informational(&mut seen).expect_err("one too many");
+        assert_eq!(kind(&flood), Some("invalid_response"));
+        let mut down = Error::new(ErrorType::ReadError);
+        down.as_down();
+        assert_eq!(kind(&down), None);
+    }
+}

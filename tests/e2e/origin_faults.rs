@@ -1,0 +1,537 @@
+//! Origins that misbehave (`bad_origin.rs`), seen from a client of verge.
+//!
+//! For every fault the suite checks four things:
+//! 1. what the client gets: a complete `502`/`504` with verge's short plain-text body when the
+//!    origin failed before its response head was usable, or, once a response head has gone out,
+//!    a response the client can tell is cut (fewer bytes than `Content-Length`, or no last
+//!    chunk) — never a complete-looking response that the origin did not fully send;
+//! 2. that verge stays up and answers the next request;
+//! 3. that nothing was stored: the same cacheable URL, asked again once the origin behaves,
+//!    reaches the origin again (its request count goes up) and is then a hit;
+//! 4. `verge_upstream_errors_total` names the failure.
+//!
+//! The cache lock is held up to 60 s in these configs (`lock_timeout`, `lock_wait`), so a
+//! fault that left the lock of its URL taken would make the follow-up request outlast the
+//! client's 10 s timeout and fail the test.
+//!
+//! Expectations per fault and why:
+//! - close before any response, reset mid-head, garbage status line, a head over Pingora's
+//!   1 MiB limit, 300 header fields (Pingora parses at most 256), two different
+//!   `Content-Length`s: 502, since there is no usable response to pass on (RFC 9112 §6.3 makes
+//!   conflicting lengths an unrecoverable framing error).
+//! - a response head dripped slower than the route's read timeout, or no answer at all: 504.
+//! - reset or clean close in the middle of a `Content-Length` body, a chunked body cut before
+//!   its last chunk, a body dripped slower than the read timeout: the head has already been
+//!   sent, so the client gets a truncated body and a closed connection.
+//! - an invalid chunk size: 502 if verge had not sent the head yet, else a truncated body.
+//! - `Content-Length` together with `Transfer-Encoding: chunked`: Pingora removes the
+//!   `Content-Length` before any verge hook sees the head (RFC 9112 §6.3 lets a proxy do
+//!   that), so verge forwards the chunked reading; the bytes after the last chunk (a
+//!   well-formed `POISON` response) must never be served, not to this client and not on a
+//!   reused upstream connection.
+//! - a flood of `100 Continue` heads: verge gives up after a few informational heads with a
+//!   502, instead of relaying them for as long as the origin keeps sending.
+//! - a body on a `200` to `HEAD` (on a route that does not cache, so the origin sees `HEAD`):
+//!   the client gets the head only, and the body (itself a complete response) is never read
+//!   as the answer to a later request.
+//! - with `stale-if-error`, a failure before the response head serves the stale copy instead;
+//!   a failure after the origin's head went out cannot (the client sees that response cut
+//!   short), and leaves the stale copy as it was. A flood of `100 Continue`s gets a 502 even
+//!   then, because the first informational heads already went to the client.
+
+use crate::bad_origin::{BadOrigin, Fault};
+use crate::cache::fetch;
+use crate::harness::Verge;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// verge in front of `o`: host `c.test` caches (obeying the origin), host `n.test` does not;
+/// upstream read timeout 1 s.
+async fn verge_for(o: &BadOrigin) -> Verge {
+    Verge::start(&format!(
+        "cache: {{lock_timeout: 60s, lock_wait: 60s}}\n\
+         pools: {{bad: {{backends: [\"{}\"], timeouts: {{read: 1s}}}}}}\n\
+         routes:\n\
+         \x20 - {{name: cached, hosts: [c.test], pool: bad, cache: {{}}}}\n\
+         \x20 - {{name: plain, hosts: [n.test], pool: bad}}\n",
+        o.addr
+    ))
+    .await
+}
+
+/// One HTTP/1.1 response as a client reads it off the wire, until the connection closed.
+enum Wire {
+    /// The connection closed with no response head.
+    Nothing,
+    /// Bytes that are not a response head.
+    Unparseable(String),
+    /// A head and a body its framing says is whole.
+    Complete {
+        status: u16,
+        head: String,
+        body: Vec<u8>,
+    },
+    /// A head whose body ended before its framing said it would, with the body bytes that
+    /// did arrive (decoded, for a chunked body).
+    Truncated {
+        status: u16,
+        head: String,
+        partial: Vec<u8>,
+    },
+    /// The connection did not close within the deadline.
+    StillOpen(String),
+}
+
+/// At most 300 characters of `bytes`, for failure messages.
+fn excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    match text.char_indices().nth(300) {
+        Some((i, _)) => format!("{}… ({} bytes)", &text[..i], bytes.len()),
+        None => text.into_owned(),
+    }
+}
+
+impl std::fmt::Debug for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Wire::Nothing => write!(f, "Nothing"),
+            Wire::Unparseable(t) => write!(f, "Unparseable({})", excerpt(t.as_bytes())),
+            Wire::Complete { head, body, .. } => {
+                write!(f, "Complete({}{})", excerpt(head.as_bytes()), excerpt(body))
+            }
+            Wire::Truncated { head, partial, .. } => write!(
+                f,
+                "Truncated({}{})",
+                excerpt(head.as_bytes()),
+                excerpt(partial)
+            ),
+            Wire::StillOpen(t) => write!(f, "StillOpen({})", excerpt(t.as_bytes())),
+        }
+    }
+}
+
+impl Wire {
+    fn status(&self) -> Option<u16> {
+        match self {
+            Wire::Complete { status, .. } | Wire::Truncated { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+fn header_value<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .collect()
+}
+
+/// Decode a chunked body: `Ok` with the body when its last chunk and trailers arrived, `Err`
+/// with what did arrive otherwise.
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return Err(body);
+        };
+        let size = std::str::from_utf8(&rest[..eol])
+            .ok()
+            .and_then(|t| t.split(';').next())
+            .and_then(|t| usize::from_str_radix(t.trim(), 16).ok());
+        let Some(size) = size else {
+            return Err(body);
+        };
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            // trailers end with an empty line
+            loop {
+                let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+                    return Err(body);
+                };
+                if eol == 0 {
+                    return Ok(body);
+                }
+                rest = &rest[eol + 2..];
+            }
+        }
+        if rest.len() < size + 2 {
+            body.extend_from_slice(&rest[..size.min(rest.len())]);
+            return Err(body);
+        }
+        body.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+/// Classify what came back for one request (`head_only`: it was a HEAD). Informational
+/// (1xx) heads before the final one are skipped.
+fn classify(mut bytes: &[u8], closed: bool, head_only: bool) -> Wire {
+    if !closed {
+        return Wire::StillOpen(String::from_utf8_lossy(bytes).into_owned());
+    }
+    loop {
+        if bytes.is_empty() {
+            return Wire::Nothing;
+        }
+        let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return Wire::Unparseable(String::from_utf8_lossy(bytes).into_owned());
+        };
+        let head = String::from_utf8_lossy(&bytes[..end + 2]).into_owned();
+        let rest = &bytes[end + 4..];
+        let status = head
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|s| s.get(..3))
+            .and_then(|s| s.parse::<u16>().ok());
+        let Some(status) = status else {
+            return Wire::Unparseable(head);
+        };
+        if (100..200).contains(&status) && status != 101 {
+            bytes = rest;
+            continue;
+        }
+        if head_only || status == 204 || status == 304 {
+            return Wire::Complete {
+                status,
+                head,
+                body: rest.to_vec(),
+            };
+        }
+        let chunked = header_value(&head, "transfer-encoding")
+            .iter()
+            .any(|v| v.eq_ignore_ascii_case("chunked"));
+        let lengths = header_value(&head, "content-length");
+        if chunked {
+            return match dechunk(rest) {
+                Ok(body) => Wire::Complete { status, head, body },
+                Err(partial) => Wire::Truncated {
+                    status,
+                    head,
+                    partial,
+                },
+            };
+        }
+        return match lengths.first().and_then(|v| v.parse::<usize>().ok()) {
+            Some(n) if rest.len() >= n => Wire::Complete {
+                status,
+                head,
+                body: rest[..n].to_vec(),
+            },
+            Some(_) => Wire::Truncated {
+                status,
+                head,
+                partial: rest.to_vec(),
+            },
+            None => Wire::Complete {
+                status,
+                head,
+                body: rest.to_vec(),
+            },
+        };
+    }
+}
+
+/// Send one request (`Connection: close`) on a new connection and read until verge closes it
+/// or 15 s pass.
+async fn exchange(v: &Verge, method: &str, host: &str, path: &str) -> Wire {
+    let mut s = tokio::net::TcpStream::connect(v.http)
+        .await
+        .expect("connect");
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut buf = [0u8; 16384];
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    classify(&out, closed, method == "HEAD")
+}
+
+/// The response is verge's own plain-text error with `status`.
+fn assert_plain_error(w: &Wire, status: u16) {
+    match w {
+        Wire::Complete {
+            status: s,
+            head,
+            body,
+        } if *s == status => {
+            assert!(
+                header_value(head, "content-type")
+                    .first()
+                    .is_some_and(|v| v.starts_with("text/plain")),
+                "{head}"
+            );
+            assert!(
+                header_value(head, "cache-control").contains(&"no-store"),
+                "{head}"
+            );
+            assert!(
+                body.starts_with(b"verge: "),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        other => panic!("expected verge's own {status}, got {other:?}"),
+    }
+}
+
+/// A 200 the client can tell is cut short, whose body bytes are all `filler` (what the origin
+/// sent): nothing of verge's own was mixed into it.
+fn assert_truncated(w: &Wire, filler: u8) {
+    match w {
+        Wire::Truncated {
+            status: 200,
+            partial,
+            ..
+        } => assert!(
+            partial.iter().all(|b| *b == filler),
+            "only the origin's bytes: {w:?}"
+        ),
+        other => panic!("expected a 200 the client can tell is cut short, got {other:?}"),
+    }
+}
+
+/// The URL now reaches the origin again (nothing was stored from the fault), and is then a
+/// hit: the route does cache, and verge is still serving.
+async fn assert_nothing_stored(v: &Verge, o: &BadOrigin, path: &str) {
+    let before = o.hits(path);
+    o.set(path, Fault::Good);
+    let fresh = fetch(v, path, &[]).await;
+    assert_eq!(fresh.status, 200, "{}", fresh.body);
+    assert_eq!(o.hits(path), before + 1, "went to the origin again");
+    assert_eq!(fresh.body, format!("good {path} #{}\n", before + 1));
+    let again = fetch(v, path, &[]).await;
+    assert!(again.cache_status.contains("hit"), "{}", again.cache_status);
+    assert_eq!(again.body, fresh.body);
+    assert_eq!(o.hits(path), before + 1);
+}
+
+/// `verge_upstream_errors_total{pool="bad",kind}` reached at least 1.
+async fn assert_upstream_error_counted(v: &Verge, kind: &str) {
+    let metrics = v.admin_get("/metrics").await.1;
+    let line = format!("verge_upstream_errors_total{{kind=\"{kind}\",pool=\"bad\"}}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with(&line) && !l.ends_with(" 0")),
+        "{line} missing in:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("verge_upstream"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// Run `fault` on a cacheable URL and check the client sees verge's own `status`, nothing is
+/// stored, and the failure is counted as `kind`.
+async fn fault_gives_error(fault: Fault, status: u16, kind: &str) {
+    let o = BadOrigin::start().await;
+    let v = verge_for(&o).await;
+    let path = "/f";
+    o.set(path, fault);
+    let w = exchange(&v, "GET", "c.test", path).await;
+    assert_plain_error(&w, status);
+    assert_eq!(
+        o.hits(path),
+        1,
+        "one attempt, no retry after a sent request"
+    );
+    assert_upstream_error_counted(&v, kind).await;
+    assert_nothing_stored(&v, &o, path).await;
+}
+
+/// Run `fault` on a cacheable URL and check the client sees a cut 200, nothing is stored, and
+/// the failure is counted as `kind`.
+async fn fault_gives_truncated(fault: Fault, filler: u8, kind: &str) {
+    let o = BadOrigin::start().await;
+    let v = verge_for(&o).await;
+    let path = "/t";
+    o.set(path, fault);
+    let w = exchange(&v, "GET", "c.test", path).await;
+    assert_truncated(&w, filler);
+    assert_upstream_error_counted(&v, kind).await;
+    assert_nothing_stored(&v, &o, path).await;
+}
+
+#[tokio::test]
+async fn origin_closing_before_any_response_gives_502() {
+    fault_gives_error(Fault::CloseBeforeResponse, 502, "closed").await;
+}
+
+#[tokio::test]
+async fn origin_reset_mid_headers_gives_502() {
+    fault_gives_error(Fault::ResetMidHeaders, 502, "reset").await;
+}
+
+#[tokio::test]
+async fn garbage_status_line_gives_502() {
+    fault_gives_error(Fault::Garbage, 502, "invalid_response").await;
+}
+
+#[tokio::test]
+async fn response_head_over_the_size_limit_gives_502() {
+    fault_gives_error(Fault::OversizedHead, 502, "invalid_response").await;
+}
+
+#[tokio::test]
+async fn response_with_too_many_header_fields_gives_502() {
+    fault_gives_error(Fault::ManyHeaders, 502, "invalid_response").await;
+}
+
+#[tokio::test]
+async fn conflicting_content_lengths_give_502() {
+    fault_gives_error(Fault::ConflictingContentLength, 502, "invalid_response").await;
+}
+
+#[tokio::test]
+async fn response_head_dripped_slower_than_the_read_timeout_gives_504() {
+    fault_gives_error(Fault::DripHead, 504, "timeout").await;
+}
+
+#[tokio::test]
+async fn origin_that_never_answers_gives_504() {
+    fault_gives_error(Fault::NeverRespond, 504, "timeout").await;
+}
+
+#[tokio::test]
+async fn informational_flood_gives_502() {
+    fault_gives_error(Fault::InformationalFlood, 502, "invalid_response").await;
+}
+
+#[tokio::test]
+async fn reset_mid_body_is_seen_truncated_and_not_stored() {
+    fault_gives_truncated(Fault::ResetMidBody, b'x', "reset").await;
+}
+
+#[tokio::test]
+async fn short_body_then_close_is_seen_truncated_and_not_stored() {
+    fault_gives_truncated(Fault::ShortBody, b'x', "closed").await;
+}
+
+#[tokio::test]
+async fn chunked_body_cut_before_its_last_chunk_is_seen_truncated_and_not_stored() {
+    fault_gives_truncated(Fault::ChunkedThenClose, b'y', "closed").await;
+}
+
+#[tokio::test]
+async fn body_dripped_slower_than_the_read_timeout_is_seen_truncated_and_not_stored() {
+    fault_gives_truncated(Fault::DripBody, b'z', "timeout").await;
+}
+
+#[tokio::test]
+async fn invalid_chunk_size_is_an_error_or_truncated_and_not_stored() {
+    let o = BadOrigin::start().await;
+    let v = verge_for(&o).await;
+    o.set("/c", Fault::BadChunkSize);
+    let w = exchange(&v, "GET", "c.test", "/c").await;
+    match w.status() {
+        Some(502) => assert_plain_error(&w, 502),
+        _ => assert_truncated(&w, b'h'),
+    }
+    assert_upstream_error_counted(&v, "invalid_response").await;
+    assert_nothing_stored(&v, &o, "/c").await;
+}
+
+#[tokio::test]
+async fn content_length_with_chunked_never_serves_what_follows_the_last_chunk() {
+    let o = BadOrigin::start().await;
+    let v = verge_for(&o).await;
+    o.set("/cl-te", Fault::ContentLengthAndChunked);
+    let w = exchange(&v, "GET", "c.test", "/cl-te").await;
+    match &w {
+        Wire::Complete { status: 502, .. } => assert_plain_error(&w, 502),
+        Wire::Complete {
+            status: 200, body, ..
+        } => assert_eq!(body, b"hello", "the chunked reading, nothing after it"),
+        other => panic!("unexpected {other:?}"),
+    }
+    // The next requests (same origin, maybe a pooled connection) never see the poison.
+    for path in ["/next1", "/next2"] {
+        let g = fetch(&v, path, &[]).await;
+        assert_eq!(g.status, 200);
+        assert_eq!(g.body, format!("good {path} #1\n"));
+    }
+}
+
+#[tokio::test]
+async fn body_on_a_head_response_is_never_read_as_the_next_response() {
+    let o = BadOrigin::start().await;
+    let v = verge_for(&o).await;
+    o.set("/h", Fault::BodyOnHead);
+    let w = exchange(&v, "HEAD", "n.test", "/h").await;
+    match &w {
+        Wire::Complete {
+            status: 200, body, ..
+        } => {
+            assert!(
+                body.is_empty(),
+                "no body on HEAD: {}",
+                String::from_utf8_lossy(body)
+            )
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(
+        o.heads("/h")[0].starts_with("HEAD /h "),
+        "the origin saw HEAD"
+    );
+    for path in ["/after1", "/after2"] {
+        let r = crate::harness::client()
+            .get(v.url(path))
+            .header("host", "n.test")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.text().await.unwrap_or_default(),
+            format!("good {path} #1\n")
+        );
+        assert_eq!(
+            o.connections(),
+            2,
+            "{path}: a new connection after the HEAD one, then that one reused"
+        );
+    }
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_the_stale_copy_when_the_origin_misbehaves() {
+    let o = BadOrigin::start().await;
+    o.set_cache_control("max-age=1, stale-if-error=600");
+    let v = verge_for(&o).await;
+    let first = fetch(&v, "/s", &[]).await;
+    assert_eq!(first.body, "good /s #1\n");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    for fault in [
+        Fault::CloseBeforeResponse,
+        Fault::ResetMidHeaders,
+        Fault::Garbage,
+        Fault::ConflictingContentLength,
+        Fault::DripHead,
+        Fault::NeverRespond,
+    ] {
+        o.set("/s", fault);
+        let before = o.hits("/s");
+        let g = fetch(&v, "/s", &[]).await;
+        assert_eq!(g.status, 200, "{fault:?}: {}", g.body);
+        assert_eq!(g.body, first.body, "{fault:?}: the stale copy");
+        assert_eq!(o.hits("/s"), before + 1, "{fault:?}: the origin was tried");
+    }
+    // Once the origin's head has gone out, the stale copy can no longer be sent instead: the
+    // client sees the new response cut short, and the stale copy stays, untouched.
+    for (fault, filler) in [(Fault::ResetMidBody, b'x'), (Fault::ShortBody, b'x')] {
+        o.set("/s", fault);
+        assert_truncated(&exchange(&v, "GET", "c.test", "/s").await, filler);
+    }
+    o.set("/s", Fault::CloseBeforeResponse);
+    let g = fetch(&v, "/s", &[]).await;
+    assert_eq!((g.status, g.body), (200, first.body));
+}
