@@ -159,8 +159,8 @@ fn age_field(resp: &ResponseHeader) -> Option<Result<u64, ()>> {
 }
 
 /// The age the response already had when it arrived (RFC 9111 §4.2.3, with response delay ~0).
-fn initial_age(resp: &ResponseHeader, now: SystemTime) -> Duration {
-    let age_value = match age_field(resp) {
+fn initial_age(resp: &ResponseHeader, age: Option<Result<u64, ()>>, now: SystemTime) -> Duration {
+    let age_value = match age {
         Some(Ok(secs)) => Duration::from_secs(secs.min(u64::from(u32::MAX))),
         Some(Err(())) | None => Duration::ZERO,
     };
@@ -308,7 +308,8 @@ pub fn response_meta(
                 .flatten()
         })
         .ok_or(NoCacheReason::OriginNotCache)?;
-    if cc.as_ref().is_some_and(|c| c.no_cache()) || matches!(age_field(resp), Some(Err(()))) {
+    let age = age_field(resp);
+    if cc.as_ref().is_some_and(|c| c.no_cache()) || matches!(age, Some(Err(()))) {
         lifetime = Duration::ZERO;
     }
     if let Some(max) = rules.max_ttl {
@@ -330,7 +331,7 @@ pub fn response_meta(
                 .map_or(secs(rules.stale_if_error), secs),
         )
     };
-    let created = now.checked_sub(initial_age(resp, now)).unwrap_or(now);
+    let created = now.checked_sub(initial_age(resp, age, now)).unwrap_or(now);
     let fresh_until = if lifetime.is_zero() {
         created
             .checked_sub(Duration::from_secs(1))
@@ -389,7 +390,8 @@ pub fn refreshed_by_not_modified(
     }
     for name in names {
         let keep = NOT_UPDATED_BY_304.contains(name)
-            || CLIENT_HIDDEN_HEADERS[..2].contains(name)
+            || name == FETCHED_AT
+            || name == ENTRY_URL
             || connection_listed
                 .iter()
                 .any(|t| name.as_str().eq_ignore_ascii_case(t));
