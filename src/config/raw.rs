@@ -238,6 +238,8 @@ pub struct RawRoute {
     pub response_headers: Option<RawHeaderOps>,
     pub timeouts: Option<RawTimeouts>,
     pub cache: Option<RawRouteCache>,
+    /// Names of the registered filters that run on this route (absent: all of them).
+    pub filters: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
