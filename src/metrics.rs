@@ -78,6 +78,12 @@ pub struct Metrics {
     /// admission filter had seen them less often than what they would replace, or because they
     /// were larger than a shard of `cache.memory`.
     pub cache_rejections: IntGauge,
+    /// `verge_filter_errors_total{filter,phase}`: user filters that failed (answered 500/502);
+    /// `phase` is `request`, `upstream_request` or `response`.
+    pub filter_errors: IntCounterVec,
+    /// `verge_filter_responses_total{filter,status}`: requests a user filter answered itself
+    /// in `on_request` (no cache lookup, no origin request).
+    pub filter_responses: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -289,6 +295,18 @@ impl Metrics {
                 &registry,
                 "verge_cache_admission_rejections",
                 "New objects the admission filter did not keep, since start",
+            ),
+            filter_errors: counter(
+                &registry,
+                "verge_filter_errors_total",
+                "User filters that failed, by filter and phase",
+                &["filter", "phase"],
+            ),
+            filter_responses: counter(
+                &registry,
+                "verge_filter_responses_total",
+                "Requests a user filter answered itself, by filter and status",
+                &["filter", "status"],
             ),
             registry,
         }

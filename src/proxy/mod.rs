@@ -1,6 +1,7 @@
 //! `EdgeProxy`: verge's `ProxyHttp` implementation. Each phase method is short and delegates to
-//! the pure modules beside it (routing, headers, peers) and to the pool.
+//! the pure modules beside it (routing, headers, peers), to the pool, and to user filters.
 
+pub mod filter;
 pub mod headers;
 pub mod peer;
 pub mod purge;
@@ -14,6 +15,7 @@ use crate::metrics::METRICS;
 use crate::snapshot::{Route, SharedSnapshot};
 use async_trait::async_trait;
 use bytes::Bytes;
+use filter::{FilterState, Filters};
 use pingora_cache::{
     key::HashBinary, CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness,
     HitHandler, RespCacheable,
@@ -41,6 +43,7 @@ pub struct EdgeProxy {
     listener: ListenerInfo,
     cache: &'static CacheEngine,
     access_log: Option<Arc<AccessLog>>,
+    filters: Filters,
 }
 
 impl EdgeProxy {
@@ -54,7 +57,14 @@ impl EdgeProxy {
             listener,
             cache,
             access_log: None,
+            filters: Filters::default(),
         }
+    }
+
+    /// Run these user filters on the routes that select them.
+    pub fn with_filters(mut self, filters: Filters) -> Self {
+        self.filters = filters;
+        self
     }
 
     /// Write one JSON line per request to `log`.
@@ -184,6 +194,8 @@ pub struct RequestCtx {
     pub directives: RequestDirectives,
     /// The origin's 304 while revalidating, for the fields that refresh the stored header.
     pub not_modified: Option<Box<ResponseHeader>>,
+    /// What user filters keep for this request (selection, extensions, cache-key parts).
+    pub filters: FilterState,
 }
 
 impl RequestCtx {
@@ -359,10 +371,14 @@ impl ProxyHttp for EdgeProxy {
                 .answer_purge(session, purge, route.as_deref(), &ctx.host)
                 .await;
         }
+        drop(snapshot);
         match route {
             Some(r) => {
                 ctx.route = Some(r);
-                Ok(false)
+                // after routing, before the cache and the origin
+                self.filters
+                    .request_phase(session, ctx, &self.snapshot)
+                    .await
             }
             None => {
                 let text = format!("verge: no route for host {:?}", ctx.host);
@@ -426,10 +442,8 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        match ctx.route.as_ref().and_then(|r| r.spec.cache.as_ref()) {
-            Some(rules) => crate::cache::variance_with_rules(meta, req, &rules.key),
-            None => crate::cache::variance(meta, req),
-        }
+        let rules = ctx.route.as_ref().and_then(|r| r.spec.cache.as_ref());
+        crate::cache::request_variance(meta, req, rules.map(|r| &r.key), ctx.filters.cache_key())
     }
 
     async fn cache_hit_filter(
@@ -689,6 +703,7 @@ impl ProxyHttp for EdgeProxy {
             upstream.set_uri(uri);
         }
         headers::apply_request_ops(upstream, &route.spec.request_headers)?;
+        self.filters.upstream_phase(session, upstream, ctx).await?;
         ctx.upstream_sent_at = Some(Instant::now());
         ctx.fetch_started = Some(std::time::SystemTime::now());
         Ok(())
@@ -752,7 +767,7 @@ impl ProxyHttp for EdgeProxy {
             }
             headers::apply_response_ops(resp, &route.spec.response_headers)?;
         }
-        Ok(())
+        self.filters.response_phase(session, resp, ctx).await
     }
 
     async fn fail_to_proxy(
@@ -762,7 +777,8 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let code = failure_status(e);
-        if code > 0 {
+        // a filter that failed in on_response has answered already
+        if code > 0 && session.response_written().is_none() {
             let text = ctx.failure.clone().unwrap_or_else(|| match code {
                 504 => "verge: upstream timed out".to_string(),
                 502 => "verge: bad gateway".to_string(),
@@ -787,7 +803,9 @@ impl ProxyHttp for EdgeProxy {
             .requests
             .with_label_values(&[ctx.route_name(), buf.format(status)])
             .inc();
-        if ctx.route.as_ref().is_some_and(|r| r.spec.cache.is_some()) {
+        let caches = ctx.route.as_ref().is_some_and(|r| r.spec.cache.is_some());
+        // a request a filter answered never reached the cache
+        if caches && !ctx.filters.answered() {
             let result = lookup_result(session.cache.phase(), ctx);
             METRICS
                 .cache_lookups
