@@ -10,6 +10,7 @@ mod cache_rules;
 mod config_files;
 mod control;
 mod eviction;
+mod filters;
 mod health;
 mod limits;
 mod routing;
