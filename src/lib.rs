@@ -4,12 +4,18 @@
 //!
 //! ```text
 //! client ─► ingress (head deadline, size/count limits, framing checks)
-//!        ─► EdgeProxy::request_filter   route by canonical host + longest path prefix
+//!        ─► EdgeProxy::request_filter   route by canonical host + longest path prefix,
+//!                                       then user filters' on_request (may answer, re-route)
+//!        ─► cache lookup                key: scheme + host + path?query + variant
 //!        ─► EdgeProxy::upstream_peer    pick a healthy, non-ejected backend of the route's pool
-//!        ─► upstream_request_filter     forwarding headers, prefix strip, route header edits
-//!        ─► origin ─► response_filter   route response header edits ─► client
-//!        ─► logging                     metrics
+//!        ─► upstream_request_filter     forwarding headers, prefix strip, route header edits,
+//!                                       user filters' on_upstream_request
+//!        ─► origin ─► response_filter   route response header edits, on_response ─► client
+//!        ─► logging                     access log, metrics
 //! ```
+//!
+//! Extending verge in Rust: implement [`Filter`] and register it with
+//! [`Verge::builder`]`(config).filter(MyFilter).run()`; see [`proxy::filter`] and `examples/`.
 //!
 //! Crate map:
 //! - [`cache`]: in-memory storage, cache key and per-route key rules, Vary, RFC 9111 policy
@@ -22,15 +28,27 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`.
 //! - [`metrics`]: every metric name, in one place.
 //! - [`server`]: assembling the Pingora server from a config.
+//! - [`embed`]: [`Verge`], the library entry point (config + user filters → running node).
 
 pub mod access_log;
 pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod control;
+pub mod embed;
 pub mod ingress;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod snapshot;
 pub mod upstream;
+
+pub use async_trait::async_trait;
+pub use config::Config;
+pub use embed::{StartError, Verge, VergeBuilder};
+pub use http;
+pub use proxy::filter::{
+    percent_bucket, Decision, Filter, FilterCtx, FilterError, Filters, Phase, Reply, RequestHeader,
+    ResponseHeader,
+};
+pub use server::RunOptions;

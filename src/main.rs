@@ -122,7 +122,7 @@ fn main() -> ExitCode {
         Command::Check {
             config,
             policy: false,
-        } => match Config::load(&config) {
+        } => match Config::load(&config).and_then(|c| c.check_filters(&[]).map(|()| c)) {
             Ok(c) => {
                 println!(
                     "{}: ok (version {}, {} listener(s), {} pool(s), {} route(s))",
@@ -199,25 +199,9 @@ fn control(path: &std::path::Path) -> anyhow::Result<()> {
 
 fn serve(path: &std::path::Path, upgrade: bool, daemon: bool) -> anyhow::Result<()> {
     let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let server =
-        verge::server::build_server(&config, verge::server::RunOptions { upgrade, daemon })
-            .context("cannot start")?;
-    if !daemon {
-        // Pingora writes the pid file only when it daemonizes; the upgrade recipe and service
-        // managers need it in the foreground too.
-        std::fs::write(&config.server.pid_file, format!("{}\n", std::process::id()))
-            .with_context(|| format!("cannot write pid file {}", config.server.pid_file))?;
-    }
-    log::info!(
-        "verge serving config {} on {}; admin on {}",
-        config.version,
-        config
-            .listeners
-            .iter()
-            .map(|l| l.addr.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        config.admin.listen
-    );
-    server.run_forever()
+    // the plain binary registers no filters: a route with `filters:` is refused here
+    verge::Verge::builder(config)
+        .options(verge::RunOptions { upgrade, daemon })
+        .run()
+        .context("cannot start")
 }

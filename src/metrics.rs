@@ -89,6 +89,12 @@ pub struct Metrics {
     pub response_bytes: IntCounterVec,
     /// `verge_request_duration_seconds{route}`: from the request head to the end of logging.
     pub request_duration: HistogramVec,
+    /// `verge_filter_errors_total{filter,phase}`: user filters that failed (answered 500/502);
+    /// `phase` is `request`, `upstream_request` or `response`.
+    pub filter_errors: IntCounterVec,
+    /// `verge_filter_responses_total{filter,status}`: requests a user filter answered itself
+    /// in `on_request` (no cache lookup, no origin request).
+    pub filter_responses: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -332,6 +338,18 @@ impl Metrics {
                 &["route", "source"],
             ),
             request_duration,
+            filter_errors: counter(
+                &registry,
+                "verge_filter_errors_total",
+                "User filters that failed, by filter and phase",
+                &["filter", "phase"],
+            ),
+            filter_responses: counter(
+                &registry,
+                "verge_filter_responses_total",
+                "Requests a user filter answered itself, by filter and status",
+                &["filter", "status"],
+            ),
             registry,
         }
     }

@@ -12,6 +12,7 @@ use crate::control::settings::ControlSettings;
 use crate::control::store::FileStore;
 use crate::ingress::Ingress;
 use crate::metrics::METRICS;
+use crate::proxy::filter::Filters;
 use crate::proxy::{EdgeProxy, ListenerInfo};
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::upstream::health::HealthService;
@@ -36,6 +37,9 @@ pub enum ServeError {
     AccessLog(String),
     #[error("listener {listener}: TLS setup failed: {reason}")]
     Tls { listener: String, reason: String },
+    /// Routes select filters this binary does not register.
+    #[error("{0}")]
+    Filters(crate::config::ConfigErrors),
 }
 
 /// How the process was started (Pingora's own flags).
@@ -50,10 +54,16 @@ pub struct RunOptions {
 /// The snapshot a node starts from: with a `control:` block, the last good snapshot persisted
 /// on disk when there is one (so a restart with the control plane down serves what it had,
 /// invalidations included); otherwise the file config.
-fn starting_snapshot(config: &Config) -> Result<Snapshot, ServeError> {
+fn starting_snapshot(config: &Config, filters: &Filters) -> Result<Snapshot, ServeError> {
     if let Some(spec) = &config.control {
         if spec.state_file.exists() {
-            match PersistedSnapshot::restore(&spec.state_file, config) {
+            let restored = PersistedSnapshot::restore(&spec.state_file, config).and_then(|r| {
+                match crate::config::unknown_filters(&r.0.routes, &filters.names()).first() {
+                    Some(e) => Err(format!("{}: {e}", spec.state_file.display())),
+                    None => Ok(r),
+                }
+            });
+            match restored {
                 Ok((restored, state)) => match Snapshot::build_with(&restored, None, state) {
                     Ok(s) => {
                         log::info!(
@@ -76,7 +86,11 @@ fn starting_snapshot(config: &Config) -> Result<Snapshot, ServeError> {
 
 /// Build the shared snapshot for a config and publish config metrics.
 pub fn initial_snapshot(config: &Config) -> Result<SharedSnapshot, ServeError> {
-    let snapshot = starting_snapshot(config)?;
+    shared_snapshot(config, &Filters::default())
+}
+
+fn shared_snapshot(config: &Config, filters: &Filters) -> Result<SharedSnapshot, ServeError> {
+    let snapshot = starting_snapshot(config, filters)?;
     METRICS
         .config_info
         .with_label_values(&[&config.version])
@@ -124,13 +138,16 @@ fn listener_service(
     snapshot: &SharedSnapshot,
     cache: &'static CacheEngine,
     access_log: &Option<Arc<AccessLog>>,
+    filters: &Filters,
 ) -> Result<Service<Ingress>, ServeError> {
     let info = ListenerInfo {
         name: spec.name.clone(),
         tls: spec.tls.is_some(),
         max_body: spec.limits.max_body,
     };
-    let edge = EdgeProxy::new(snapshot.clone(), info, cache).with_access_log(access_log.clone());
+    let edge = EdgeProxy::new(snapshot.clone(), info, cache)
+        .with_access_log(access_log.clone())
+        .with_filters(filters.clone());
     let mut proxy = pingora_proxy::http_proxy(conf, edge);
     let mut options = HttpServerOptions::default();
     options.h2c = spec.h2c;
@@ -167,9 +184,23 @@ fn listener_service(
     Ok(service)
 }
 
-/// Build the whole server for `config`. Nothing listens until `run_forever`.
+/// Build the whole server for `config`, with no user filters (the plain `verge` binary): a route
+/// that selects filters is an error. Nothing listens until `run_forever`.
 pub fn build_server(config: &Config, opts: RunOptions) -> Result<Server, ServeError> {
-    let snapshot = initial_snapshot(config)?;
+    build_server_with_filters(config, opts, &Filters::default())
+}
+
+/// Build the whole server for `config` with these user filters (see [`crate::Verge`]). Every
+/// `routes[].filters` name must be registered. Nothing listens until `run_forever`.
+pub fn build_server_with_filters(
+    config: &Config,
+    opts: RunOptions,
+    filters: &Filters,
+) -> Result<Server, ServeError> {
+    config
+        .check_filters(&filters.names())
+        .map_err(ServeError::Filters)?;
+    let snapshot = shared_snapshot(config, filters)?;
     let pingora_opt = Opt {
         upgrade: opts.upgrade,
         daemon: opts.daemon,
@@ -194,6 +225,7 @@ pub fn build_server(config: &Config, opts: RunOptions) -> Result<Server, ServeEr
             &snapshot,
             cache,
             &access_log,
+            filters,
         )?);
     }
     let mut admin = Service::new(
@@ -209,7 +241,8 @@ pub fn build_server(config: &Config, opts: RunOptions) -> Result<Server, ServeEr
     if let Some(spec) = &config.control {
         server.add_service(background_service(
             "verge control poller",
-            ControlPoller::new(config.clone(), spec.clone(), snapshot.clone()),
+            ControlPoller::new(config.clone(), spec.clone(), snapshot.clone())
+                .with_filters(filters.names().into_iter().map(String::from).collect()),
         ));
     }
     server.add_service(background_service(

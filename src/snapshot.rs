@@ -10,10 +10,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-/// A compiled route: its spec plus the pool it sends to.
+/// A compiled route: its spec plus the pool it sends to. The spec is shared, so a filter's
+/// pool override (`FilterCtx::use_pool`) is a new `Route` around the same spec.
 #[derive(Debug)]
 pub struct Route {
-    pub spec: RouteSpec,
+    pub spec: Arc<RouteSpec>,
     pub pool: Arc<Pool>,
 }
 
@@ -81,7 +82,7 @@ impl Snapshot {
                 });
             };
             let route = Arc::new(Route {
-                spec: spec.clone(),
+                spec: Arc::new(spec.clone()),
                 pool,
             });
             table.insert(&spec.hosts, &spec.path_prefix, route.clone());
@@ -96,6 +97,11 @@ impl Snapshot {
             control,
             config: Arc::new(config.clone()),
         })
+    }
+
+    /// The route with this `name` (names are unique in a validated config).
+    pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| r.spec.name == name)
     }
 
     /// True when every pool has finished its first health-check pass.
@@ -127,6 +133,12 @@ routes:
             Some("b")
         );
         assert!(!s1.ready(), "pool b has not been checked yet");
+        assert_eq!(
+            s1.route("x.com/b").map(|r| r.pool.name()),
+            Some("b"),
+            "routes are found by name"
+        );
+        assert!(s1.route("nope").is_none());
         let c2 = Config::from_yaml_str(&CONF.replace("127.0.0.1:3", "127.0.0.1:4")).expect("c2");
         let s2 = Snapshot::build(&c2, Some(&s1)).expect("snapshot");
         assert!(Arc::ptr_eq(&s1.pools["a"], &s2.pools["a"]));

@@ -228,8 +228,26 @@ pub fn variance_with_rules(
     req: &RequestHeader,
     rules: &CacheKeyRules,
 ) -> Option<HashBinary> {
+    request_variance(meta, req, Some(rules), &[])
+}
+
+/// The variant a request selects: the stored response's `Vary`, the route's key headers and
+/// cookies, and the `(name, value)` parts user filters added to the key
+/// (`FilterCtx::add_cache_key`). `None` when nothing varies. Filter parts are named
+/// `filter:NAME`, which no header name can collide with.
+pub fn request_variance(
+    meta: &CacheMeta,
+    req: &RequestHeader,
+    rules: Option<&CacheKeyRules>,
+    filter_parts: &[(String, String)],
+) -> Option<HashBinary> {
     let mut builder = vary_builder(meta, req);
-    key_rules::add_key_inputs(&mut builder, rules, req);
+    if let Some(rules) = rules {
+        key_rules::add_key_inputs(&mut builder, rules, req);
+    }
+    for (name, value) in filter_parts {
+        builder.add_owned_name_value(format!("filter:{name}"), value.as_bytes().to_vec());
+    }
     builder.finalize()
 }
 
@@ -398,6 +416,37 @@ mod tests {
         assert_eq!(
             variance_with_rules(&varying, &req("en", "m"), &CacheKeyRules::default()),
             variance(&varying, &req("en", "m"))
+        );
+    }
+
+    #[test]
+    fn filter_key_parts_select_variants() {
+        let now = SystemTime::now();
+        let plain = CacheMeta::new(now, now, 0, 0, ResponseHeader::build(200, None).expect("h"));
+        let req = RequestHeader::build("GET", b"/", None).expect("r");
+        let part = |v: &str| vec![("device".to_string(), v.to_string())];
+        let rules = CacheKeyRules::default();
+        assert_eq!(request_variance(&plain, &req, Some(&rules), &[]), None);
+        let mobile = request_variance(&plain, &req, Some(&rules), &part("mobile"));
+        assert!(mobile.is_some());
+        assert_eq!(
+            mobile,
+            request_variance(&plain, &req, None, &part("mobile"))
+        );
+        assert_ne!(
+            mobile,
+            request_variance(&plain, &req, None, &part("desktop"))
+        );
+        // a filter part never equals a header of the same name
+        let mut with_header = RequestHeader::build("GET", b"/", None).expect("r");
+        with_header.insert_header("device", "mobile").expect("h");
+        let by_header = CacheKeyRules {
+            headers: vec![http::HeaderName::from_static("device")],
+            ..CacheKeyRules::default()
+        };
+        assert_ne!(
+            mobile,
+            request_variance(&plain, &with_header, Some(&by_header), &[])
         );
     }
 

@@ -8,6 +8,7 @@ mod validate;
 pub use model::*;
 #[cfg(test)]
 pub(crate) use validate::parse_host_pattern;
+pub(crate) use validate::valid_name;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -91,7 +92,24 @@ impl Config {
             }])
             .in_file(path)
         })?;
-        Self::from_yaml_str(&text).map_err(|e| e.in_file(path))
+        let mut config = Self::from_yaml_str(&text).map_err(|e| e.in_file(path))?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Check every `routes[].filters` name against the filters this binary registered
+    /// (`registered`, in registration order); errors name the route key and, when the config
+    /// came from a file, the file.
+    pub fn check_filters(&self, registered: &[&str]) -> Result<(), ConfigErrors> {
+        let errors = unknown_filters(&self.routes, registered);
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let errors = ConfigErrors::new(errors);
+        Err(match &self.source {
+            Some(path) => errors.in_file(path),
+            None => errors,
+        })
     }
 
     /// The same config with its pools and routes replaced by a control plane's policy.
@@ -107,6 +125,29 @@ impl Config {
     pub fn pool(&self, name: &str) -> Option<&PoolSpec> {
         self.pools.get(name)
     }
+}
+
+/// `routes[i].filters[j]` errors for names not in `registered`.
+pub(crate) fn unknown_filters(routes: &[RouteSpec], registered: &[&str]) -> Vec<ConfigError> {
+    let known = if registered.is_empty() {
+        "this binary registers no filters (the plain verge binary has none: filters come from \
+         a Rust program built with verge::Verge::builder)"
+            .to_string()
+    } else {
+        format!("registered: {}", registered.join(", "))
+    };
+    let mut errors = Vec::new();
+    for (i, route) in routes.iter().enumerate() {
+        for (j, name) in route.filters.iter().flatten().enumerate() {
+            if !registered.contains(&name.as_str()) {
+                errors.push(ConfigError {
+                    path: format!("routes[{i}].filters[{j}]"),
+                    message: format!("unknown filter {name:?}; {known}"),
+                });
+            }
+        }
+    }
+    errors
 }
 
 impl Policy {
@@ -409,6 +450,53 @@ routes: [{hosts: [a.com], pool: p}]
             assert!(text.iter().any(|t| t.starts_with(&p)), "{p}: {text:#?}");
         }
         assert_eq!(text.len(), 7, "{text:#?}");
+    }
+
+    #[test]
+    fn route_filters_validate_and_check_against_registered_names() {
+        let text = r#"
+listeners: [{listen: "127.0.0.1:8080"}]
+pools: {p: {backends: ["127.0.0.1:1"]}}
+routes:
+  - {hosts: [a.com], pool: p, filters: [auth, device-key]}
+  - {hosts: [b.com], pool: p, filters: []}
+  - {hosts: [c.com], pool: p}
+"#;
+        let c = Config::from_yaml_str(text).expect("valid");
+        assert_eq!(
+            c.routes[0].filters.as_deref(),
+            Some(&["auth".to_string(), "device-key".to_string()][..])
+        );
+        assert_eq!(c.routes[1].filters.as_deref(), Some(&[][..]));
+        assert_eq!(c.routes[2].filters, None);
+        assert!(c.check_filters(&["device-key", "auth"]).is_ok());
+        let errs = c.check_filters(&["auth"]).expect_err("unknown").errors;
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, "routes[0].filters[1]");
+        assert!(errs[0].message.contains("\"device-key\"; registered: auth"));
+        let none = c.check_filters(&[]).expect_err("plain binary").errors;
+        assert_eq!(none.len(), 2);
+        assert!(none[0].message.contains("registers no filters"));
+
+        let bad = r#"
+listeners: [{listen: "127.0.0.1:8080"}]
+pools: {p: {backends: ["127.0.0.1:1"]}}
+routes:
+  - {hosts: [a.com], pool: p, filters: [auth, "no spaces", auth]}
+  - {hosts: [b.com], pool: p, filters: auth}
+"#;
+        let errs = Config::from_yaml_str(bad).expect_err("invalid").errors;
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text[0].starts_with("routes[0].filters[1]: \"no spaces\" is not"),
+            "{text:#?}"
+        );
+        assert!(
+            text[1].starts_with("routes[0].filters[2]: \"auth\" is listed twice"),
+            "{text:#?}"
+        );
+        assert!(text[2].starts_with("routes[1]: invalid type"), "{text:#?}");
+        assert_eq!(text.len(), 3, "{text:#?}");
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct Config {
     pub purge: Option<PurgeSpec>,
     /// Where the JSON access log goes; `None`: no access log.
     pub access_log: Option<crate::access_log::LogTarget>,
+    /// The file this config was loaded from (`None`: built from text), for error messages.
+    pub source: Option<PathBuf>,
 }
 
 /// Who may send `PURGE` requests to the data plane.
@@ -458,6 +460,9 @@ pub struct RouteSpec {
     pub response_headers: HeaderOps,
     pub timeouts: RouteTimeouts,
     pub cache: Option<RouteCache>,
+    /// Which registered `Filter`s run on this route, by name, in registration order:
+    /// `None` (no `filters:` key) runs every registered filter, `Some([])` none.
+    pub filters: Option<Vec<String>>,
     /// What to do with a body sent with GET or HEAD.
     pub get_body: GetBodyPolicy,
 }

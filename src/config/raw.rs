@@ -253,6 +253,8 @@ pub struct RawRoute {
     pub cache: Option<RawRouteCache>,
     /// A body on GET or HEAD: `drop` (default), `reject` or `forward`.
     pub get_body: Option<String>,
+    /// Names of the registered filters that run on this route (absent: all of them).
+    pub filters: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -154,6 +154,7 @@ pub(super) fn validate_document(
             control,
             purge,
             access_log,
+            source: None,
         })
     } else {
         Err(errs.0)
@@ -832,7 +833,8 @@ fn validate_pools(
     out
 }
 
-fn valid_name(name: &str) -> bool {
+/// A pool, route or filter name: 1-128 ASCII letters, digits, `-`, `_` or `.`.
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && name
@@ -1137,6 +1139,9 @@ fn validate_routes(
                 GetBodyPolicy::Drop
             }
         };
+        let filters = raw
+            .filters
+            .map(|names| filter_names(&format!("{path}.filters"), names, errs));
         let name = raw.name.clone().unwrap_or_else(|| {
             let host = hosts.first().map(|h| h.to_string()).unwrap_or_default();
             format!("{host}{path_prefix}")
@@ -1169,10 +1174,28 @@ fn validate_routes(
                 timeouts,
                 cache,
                 get_body,
+                filters,
             });
         }
     }
     out
+}
+
+/// `routes[].filters`: well-formed, distinct names. Whether a filter of that name is registered
+/// is only known to the binary that runs the config (`Config::check_filters`).
+fn filter_names(path: &str, names: Vec<String>, errs: &mut Errors) -> Vec<String> {
+    let mut seen = HashSet::new();
+    for (j, name) in names.iter().enumerate() {
+        if !valid_name(name) {
+            errs.push(
+                format!("{path}[{j}]"),
+                format!("{name:?} is not a filter name (1-128 letters, digits, '-', '_', '.')"),
+            );
+        } else if !seen.insert(name.as_str()) {
+            errs.push(format!("{path}[{j}]"), format!("{name:?} is listed twice"));
+        }
+    }
+    names
 }
 
 /// Parse a route host: `example.com`, `*.example.com` or `*`.

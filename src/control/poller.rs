@@ -200,6 +200,8 @@ pub struct ControlPoller {
     base: Config,
     spec: ControlSpec,
     snapshot: SharedSnapshot,
+    /// Names of the user filters this binary registered: a policy selecting others is refused.
+    filters: Vec<String>,
 }
 
 impl ControlPoller {
@@ -208,7 +210,14 @@ impl ControlPoller {
             base,
             spec,
             snapshot,
+            filters: Vec::new(),
         }
+    }
+
+    /// The user filters this binary registered (routes of a policy may only select these).
+    pub fn with_filters(mut self, names: Vec<String>) -> Self {
+        self.filters = names;
+        self
     }
 
     fn request(
@@ -274,6 +283,11 @@ impl ControlPoller {
         let Some((config, state)) = next else {
             return Ok(false);
         };
+        let registered: Vec<&str> = self.filters.iter().map(String::as_str).collect();
+        if let Some(e) = crate::config::unknown_filters(&config.routes, &registered).first() {
+            log::warn!("snapshot {} rejected: invalid policy: {e}", msg.position());
+            return Err("invalid_policy");
+        }
         let snapshot = Snapshot::build_with(&config, Some(&current), state).map_err(|e| {
             log::warn!("snapshot {} rejected: {e}", msg.position());
             "build"

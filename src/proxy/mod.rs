@@ -1,6 +1,7 @@
 //! `EdgeProxy`: verge's `ProxyHttp` implementation. Each phase method is short and delegates to
-//! the pure modules beside it (routing, headers, peers) and to the pool.
+//! the pure modules beside it (routing, headers, peers), to the pool, and to user filters.
 
+pub mod filter;
 pub mod headers;
 pub mod peer;
 pub mod purge;
@@ -16,6 +17,7 @@ use crate::metrics::METRICS;
 use crate::snapshot::{Route, SharedSnapshot};
 use async_trait::async_trait;
 use bytes::Bytes;
+use filter::{FilterState, Filters};
 use pingora_cache::{
     key::HashBinary, CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness,
     HitHandler, RespCacheable,
@@ -43,6 +45,7 @@ pub struct EdgeProxy {
     listener: ListenerInfo,
     cache: &'static CacheEngine,
     access_log: Option<Arc<AccessLog>>,
+    filters: Filters,
 }
 
 impl EdgeProxy {
@@ -56,7 +59,14 @@ impl EdgeProxy {
             listener,
             cache,
             access_log: None,
+            filters: Filters::default(),
         }
+    }
+
+    /// Run these user filters on the routes that select them.
+    pub fn with_filters(mut self, filters: Filters) -> Self {
+        self.filters = filters;
+        self
     }
 
     /// Write one JSON line per request to `log`.
@@ -190,6 +200,8 @@ pub struct RequestCtx {
     pub informational: usize,
     /// The request body (sent with GET or HEAD) is read and discarded, never forwarded.
     pub drop_body: bool,
+    /// What user filters keep for this request (selection, extensions, cache-key parts).
+    pub filters: FilterState,
 }
 
 /// Whether a final (non-1xx) response head has gone to the client already.
@@ -384,6 +396,7 @@ impl ProxyHttp for EdgeProxy {
                 .answer_purge(session, purge, route.as_deref(), &ctx.host)
                 .await;
         }
+        drop(snapshot);
         match route {
             Some(r) => {
                 let has_body = !session.is_body_empty();
@@ -399,7 +412,10 @@ impl ProxyHttp for EdgeProxy {
                     request_body::BodyAction::Forward => {}
                 }
                 ctx.route = Some(r);
-                Ok(false)
+                // after routing, before the cache and the origin
+                self.filters
+                    .request_phase(session, ctx, &self.snapshot)
+                    .await
             }
             None => {
                 let text = format!("verge: no route for host {:?}", ctx.host);
@@ -463,10 +479,8 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        match ctx.route.as_ref().and_then(|r| r.spec.cache.as_ref()) {
-            Some(rules) => crate::cache::variance_with_rules(meta, req, &rules.key),
-            None => crate::cache::variance(meta, req),
-        }
+        let rules = ctx.route.as_ref().and_then(|r| r.spec.cache.as_ref());
+        crate::cache::request_variance(meta, req, rules.map(|r| &r.key), ctx.filters.cache_key())
     }
 
     async fn cache_hit_filter(
@@ -766,6 +780,7 @@ impl ProxyHttp for EdgeProxy {
             upstream.remove_header(&http::header::TRANSFER_ENCODING);
             upstream.insert_header(http::header::CONTENT_LENGTH, "0")?;
         }
+        self.filters.upstream_phase(session, upstream, ctx).await?;
         ctx.upstream_sent_at = Some(Instant::now());
         ctx.fetch_started = Some(std::time::SystemTime::now());
         Ok(())
@@ -844,7 +859,7 @@ impl ProxyHttp for EdgeProxy {
             }
             headers::apply_response_ops(resp, &route.spec.response_headers)?;
         }
-        Ok(())
+        self.filters.response_phase(session, resp, ctx).await
     }
 
     async fn fail_to_proxy(
@@ -854,8 +869,9 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let code = failure_status(e);
-        // Once a final response head is out, an error page would be read as the end of that
-        // response's body; closing the connection is the only honest signal left.
+        // Once a final response head is out (including one a failed filter wrote in
+        // on_response), an error page would be read as the end of that response's body;
+        // closing the connection is the only honest signal left.
         if code > 0 && !final_head_sent(session.response_written()) {
             let text = ctx.failure.clone().unwrap_or_else(|| match code {
                 504 => "verge: upstream timed out".to_string(),
@@ -881,7 +897,9 @@ impl ProxyHttp for EdgeProxy {
             .requests
             .with_label_values(&[ctx.route_name(), buf.format(status)])
             .inc();
-        if ctx.route.as_ref().is_some_and(|r| r.spec.cache.is_some()) {
+        let caches = ctx.route.as_ref().is_some_and(|r| r.spec.cache.is_some());
+        // a request a filter answered never reached the cache
+        if caches && !ctx.filters.answered() {
             let result = lookup_result(session.cache.phase(), ctx);
             METRICS
                 .cache_lookups

@@ -1,9 +1,11 @@
-//! Runs the real `verge` binary on ephemeral loopback ports with a generated config.
+//! Runs the real `verge` binary (or an example embedding verge) on ephemeral loopback ports with
+//! a generated config.
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// A free loopback port (bound then released; the race is harmless on a test machine).
@@ -19,11 +21,137 @@ pub struct Verge {
     pub http: SocketAddr,
     pub admin: SocketAddr,
     config: PathBuf,
+    launch: Launch,
     _dir: tempfile::TempDir,
 }
 
 pub fn verge_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_verge"))
+}
+
+/// The binary of example `name` (`examples/NAME.rs`), built first by `cargo build --examples`
+/// (once per test process, so a focused `cargo test --test e2e` never runs a stale example).
+pub fn example_bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    // CARGO_BIN_EXE_verge is <target-dir>/<profile-dir>/verge
+    let bin = verge_bin();
+    let profile_dir = bin.parent().expect("profile dir");
+    let built = BUILT.get_or_init(|| {
+        let target_dir = profile_dir.parent().expect("target dir");
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev".to_string(),
+            Some(other) => other.to_string(),
+        };
+        let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "--examples", "--profile", &profile, "--target-dir"])
+            .arg(target_dir)
+            .output()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    });
+    if let Err(e) = built {
+        panic!("cargo build --examples failed: {e}");
+    }
+    profile_dir.join("examples").join(name)
+}
+
+/// How to start the process under test with a config file.
+#[derive(Clone)]
+pub struct Launch {
+    program: PathBuf,
+    /// Arguments before the config path.
+    before: Vec<String>,
+    /// Arguments after it.
+    after: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Launch {
+    /// `verge serve -c CONFIG`.
+    pub fn verge() -> Launch {
+        Launch {
+            program: verge_bin(),
+            before: vec!["serve".into(), "-c".into()],
+            after: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// An example binary that takes the config path as its first argument.
+    pub fn example(name: &str) -> Launch {
+        Launch {
+            program: example_bin(name),
+            before: Vec::new(),
+            after: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// One more argument after the config path.
+    pub fn arg(mut self, arg: &str) -> Launch {
+        self.after.push(arg.to_string());
+        self
+    }
+
+    /// An environment variable for the process.
+    pub fn env(mut self, key: &str, value: &str) -> Launch {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Start it with `config`, stderr captured.
+    pub fn spawn(&self, config: &Path) -> Child {
+        Command::new(&self.program)
+            .args(&self.before)
+            .arg(config)
+            .args(&self.after)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.program.display()))
+    }
+}
+
+/// A test config: a fresh state directory, ephemeral listener and admin ports, and `body`
+/// (pools and routes, plus anything else) with `{http}` and `{dir}` replaced.
+pub struct TestConfig {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl TestConfig {
+    /// Write the config; `listeners` replaces the default single plain listener.
+    pub fn write(body: &str, listeners: Option<&str>) -> TestConfig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let listeners = listeners
+            .map(str::to_string)
+            .unwrap_or_else(|| "listeners:\n  - name: http\n    listen: \"{http}\"\n".to_string());
+        let yaml = format!(
+            "server:\n  threads: 2\n  grace_period: 0s\n  graceful_shutdown_timeout: 1s\n  pid_file: {d}/verge.pid\n  upgrade_sock: {d}/upgrade.sock\nadmin:\n  listen: \"{admin}\"\n{listeners}{body}",
+            d = dir.path().display(),
+        )
+        .replace("{http}", &http.to_string())
+        .replace("{dir}", &dir.path().display().to_string());
+        let path = dir.path().join("verge.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        TestConfig {
+            dir,
+            path,
+            http,
+            admin,
+        }
+    }
 }
 
 /// Start the verge binary with `args` followed by `config`, stderr captured.
@@ -47,25 +175,23 @@ impl Verge {
 
     /// Like `start`, with the `listeners:` section given (`{http}` still available).
     pub async fn start_with_listeners(body: &str, listeners: Option<&str>) -> Verge {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let listeners = listeners
-            .map(str::to_string)
-            .unwrap_or_else(|| "listeners:\n  - name: http\n    listen: \"{http}\"\n".to_string());
-        let yaml = format!(
-            "server:\n  threads: 2\n  grace_period: 0s\n  graceful_shutdown_timeout: 1s\n  pid_file: {d}/verge.pid\n  upgrade_sock: {d}/upgrade.sock\nadmin:\n  listen: \"{admin}\"\n{listeners}{body}",
-            d = dir.path().display(),
-        )
-        .replace("{http}", &http.to_string())
-        .replace("{dir}", &dir.path().display().to_string());
-        let path = dir.path().join("verge.yaml");
-        std::fs::write(&path, yaml).expect("write config");
+        Self::launch(Launch::verge(), body, listeners).await
+    }
+
+    /// Start `launch` (verge, or an example embedding it) with a generated config.
+    pub async fn launch(launch: Launch, body: &str, listeners: Option<&str>) -> Verge {
+        let TestConfig {
+            dir,
+            path,
+            http,
+            admin,
+        } = TestConfig::write(body, listeners);
         let mut v = Verge {
-            child: spawn_verge(&["serve", "-c"], &path),
+            child: launch.spawn(&path),
             http,
             admin,
             config: path,
+            launch,
             _dir: dir,
         };
         v.wait_ready().await;
@@ -76,7 +202,7 @@ impl Verge {
     pub async fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn_verge(&["serve", "-c"], &self.config);
+        self.child = self.launch.spawn(&self.config);
         self.wait_ready().await;
     }
 

@@ -11,6 +11,7 @@ mod cache_rules;
 mod config_files;
 mod control;
 mod eviction;
+mod filters;
 mod get_body;
 mod h2_limits;
 mod health;
