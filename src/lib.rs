@@ -30,6 +30,11 @@
 //! - [`server`]: assembling the Pingora server from a config.
 //! - [`embed`]: [`Verge`], the library entry point (config + user filters → running node).
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod access_log;
 pub mod admin;
 pub mod cache;

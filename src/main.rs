@@ -1,6 +1,11 @@
 //! The `verge` command line: `serve` runs the proxy, `control` the control plane, `check`
 //! validates a config; `policy`, `purge` and `nodes` talk to a running control plane.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 mod ops;
 
 use anyhow::Context;

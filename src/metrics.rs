@@ -97,57 +97,73 @@ pub struct Metrics {
     pub filter_responses: IntCounterVec,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| {
-        // Names and labels are constants in this file; a failure is a programming error
-        // caught by the unit test below, never by input.
-        panic!("metric {name}: {e}")
-    });
+/// Registers a metric built from the constant names and labels in this file. Building fails
+/// only for an invalid name or label: a programming error that the unit test below catches and
+/// no input can cause, so it panics at start-up.
+#[allow(clippy::panic)]
+fn registered<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    name: &str,
+    built: prometheus::Result<C>,
+) -> C {
+    let c = built.unwrap_or_else(|e| panic!("metric {name}: {e}"));
     let _ = registry.register(Box::new(c.clone()));
     c
 }
 
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    registered(
+        registry,
+        name,
+        IntCounterVec::new(Opts::new(name, help), labels),
+    )
+}
+
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    let _ = registry.register(Box::new(g.clone()));
-    g
+    registered(
+        registry,
+        name,
+        IntGaugeVec::new(Opts::new(name, help), labels),
+    )
 }
 
 fn plain_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    let _ = registry.register(Box::new(g.clone()));
-    g
+    registered(registry, name, IntGauge::new(name, help))
 }
 
 impl Metrics {
     fn new() -> Metrics {
         let registry = Registry::new();
-        let upstream_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "verge_upstream_response_seconds",
-                "Time from sending a request upstream to receiving its response header",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
-            &["pool"],
-        )
-        .unwrap_or_else(|e| panic!("metric verge_upstream_response_seconds: {e}"));
-        let _ = registry.register(Box::new(upstream_latency.clone()));
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "verge_request_duration_seconds",
-                "Time from reading a request head to having sent the whole response",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0, 30.0,
-            ]),
-            &["route"],
-        )
-        .unwrap_or_else(|e| panic!("metric verge_request_duration_seconds: {e}"));
-        let _ = registry.register(Box::new(request_duration.clone()));
+        let upstream_latency = registered(
+            &registry,
+            "verge_upstream_response_seconds",
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "verge_upstream_response_seconds",
+                    "Time from sending a request upstream to receiving its response header",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0,
+                ]),
+                &["pool"],
+            ),
+        );
+        let request_duration = registered(
+            &registry,
+            "verge_request_duration_seconds",
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "verge_request_duration_seconds",
+                    "Time from reading a request head to having sent the whole response",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0,
+                ]),
+                &["route"],
+            ),
+        );
         let config_loaded = plain_gauge(
             &registry,
             "verge_config_loaded_timestamp_seconds",
@@ -245,15 +261,14 @@ impl Metrics {
                 "Stored entries refused by an invalidation, by verdict",
                 &["verdict"],
             ),
-            access_log_dropped: {
-                let c = prometheus::IntCounter::new(
+            access_log_dropped: registered(
+                &registry,
+                "verge_access_log_dropped_total",
+                prometheus::IntCounter::new(
                     "verge_access_log_dropped_total",
                     "Access-log lines dropped because the writer was behind",
-                )
-                .unwrap_or_else(|e| panic!("metric verge_access_log_dropped_total: {e}"));
-                let _ = registry.register(Box::new(c.clone()));
-                c
-            },
+                ),
+            ),
             cache_reclaimed: counter(
                 &registry,
                 "verge_cache_reclaimed_total",
