@@ -16,7 +16,9 @@ const QUEUE: usize = 65_536;
 /// Where the log goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogTarget {
+    /// Standard output (`path: -`).
     Stdout,
+    /// Appended to this file; reopened within a second when it is moved or removed (logrotate).
     File(PathBuf),
 }
 
@@ -134,25 +136,42 @@ fn continue_draining(rx: &Receiver<String>, out: &mut Output) {
 /// One request, as the access log records it.
 #[derive(Debug, Clone, Default)]
 pub struct Record<'a> {
+    /// When the request head arrived.
     pub time: Option<SystemTime>,
+    /// The client's IP address.
     pub client: Option<String>,
+    /// The canonical host.
     pub host: &'a str,
+    /// The request method.
     pub method: &'a str,
+    /// The path and query as received.
     pub path: &'a str,
+    /// The status sent to the client.
     pub status: u16,
+    /// Response body bytes sent.
     pub bytes: usize,
+    /// The matched route, if any.
     pub route: Option<&'a str>,
+    /// The route's pool, if one was picked.
     pub pool: Option<&'a str>,
+    /// The backend that answered, if the request reached one.
     pub backend: Option<String>,
+    /// The `verge_cache_lookups_total` result (`hit`, `miss`, …), on routes that cache.
     pub cache: Option<&'static str>,
+    /// The cache key's hash (hex), on routes that cache.
     pub key: Option<String>,
+    /// From sending the request upstream to its response header.
     pub origin_ms: Option<f64>,
+    /// From the request head to the end of the response.
     pub total_ms: f64,
+    /// The config or policy version that served the request.
     pub config: &'a str,
+    /// The last invalidation sequence number applied.
     pub seq: u64,
 }
 
 impl Record<'_> {
+    /// The line written to the log.
     pub fn to_json(&self) -> Value {
         let round = |v: f64| (v * 1000.0).round() / 1000.0;
         json!({

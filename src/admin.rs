@@ -17,6 +17,7 @@ pub struct AdminApp {
 }
 
 impl AdminApp {
+    /// The admin app over the node's live snapshot and cache.
     pub fn new(snapshot: SharedSnapshot, cache: &'static CacheEngine) -> Self {
         AdminApp { snapshot, cache }
     }

@@ -30,7 +30,12 @@ pub enum HeadScan {
     /// More bytes are needed.
     Incomplete,
     /// Refuse the request with this status; `reason` labels the metric.
-    Reject { status: u16, reason: &'static str },
+    Reject {
+        /// The status answered before closing.
+        status: u16,
+        /// The `verge_requests_rejected_total` reason label.
+        reason: &'static str,
+    },
 }
 
 fn reject(status: u16, reason: &'static str) -> HeadScan {
@@ -170,6 +175,7 @@ pub struct Ingress {
 }
 
 impl Ingress {
+    /// The front door for one listener, handing accepted heads to `proxy`.
     pub fn new(proxy: HttpProxy<EdgeProxy>, limits: Limits, listener: String, h2c: bool) -> Self {
         Ingress {
             proxy: Arc::new(proxy),

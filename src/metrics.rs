@@ -8,6 +8,7 @@ use prometheus::{
 
 /// All metrics. Names and labels are part of verge's interface: change them with care.
 pub struct Metrics {
+    /// The registry `/metrics` renders.
     pub registry: Registry,
     /// `verge_requests_total{route,status}`: responses sent to clients.
     pub requests: IntCounterVec,

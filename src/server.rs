@@ -31,12 +31,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Why verge could not be assembled (validation passed, but a runtime resource failed).
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// A pool's backends or health checks could not be set up.
     #[error(transparent)]
     Pool(#[from] crate::upstream::pool::PoolBuildError),
+    /// The access log could not be opened.
     #[error("access log {0}")]
     AccessLog(String),
+    /// A listener's certificate or key could not be loaded.
     #[error("listener {listener}: TLS setup failed: {reason}")]
-    Tls { listener: String, reason: String },
+    Tls {
+        /// The listener's name.
+        listener: String,
+        /// What failed.
+        reason: String,
+    },
     /// Routes select filters this binary does not register.
     #[error("{0}")]
     Filters(crate::config::ConfigErrors),
@@ -276,8 +284,10 @@ pub fn build_control_server(settings: ControlSettings) -> Result<Server, Control
 /// Why `verge control` could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlStartError {
+    /// The durable store could not be opened or read.
     #[error(transparent)]
     Store(#[from] crate::control::store::StoreError),
+    /// The stored state could not be turned into a serving plane.
     #[error(transparent)]
     Plane(#[from] crate::control::plane::PlaneError),
 }

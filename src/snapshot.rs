@@ -14,18 +14,24 @@ use std::time::SystemTime;
 /// pool override (`FilterCtx::use_pool`) is a new `Route` around the same spec.
 #[derive(Debug)]
 pub struct Route {
+    /// The validated route.
     pub spec: Arc<RouteSpec>,
+    /// The pool it forwards to.
     pub pool: Arc<Pool>,
 }
 
 /// Everything a request needs from configuration, built once and never mutated.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// The config (or control-plane policy) version it was built from.
     pub version: String,
+    /// When it was built.
     pub built_at: SystemTime,
+    /// Host and longest-prefix lookup.
     pub table: RouteTable<Route>,
     /// Routes in config order (for `/status`).
     pub routes: Vec<Arc<Route>>,
+    /// Pools by name, with their live health state.
     pub pools: BTreeMap<String, Arc<Pool>>,
     /// The config this snapshot was built from (file config, with a control-plane policy).
     pub config: Arc<Config>,
@@ -36,9 +42,11 @@ pub struct Snapshot {
 /// The control plane's part of a snapshot: its position, the policy document, invalidations.
 #[derive(Debug, Clone, Default)]
 pub struct ControlState {
+    /// The policy version and invalidation sequence this snapshot reflects.
     pub position: Position,
     /// The policy document in force (`None`: the file's pools and routes).
     pub policy: Option<Arc<serde_json::Value>>,
+    /// Invalidations applied and still remembered, for the cache to consult on lookups.
     pub invalidations: Arc<InvalidationIndex>,
     /// How long applied invalidations are remembered.
     pub retention: std::time::Duration,

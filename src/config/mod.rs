@@ -1,7 +1,7 @@
 //! Configuration: raw YAML types, validation that reports every error with its key path, and loading.
 
 mod model;
-pub mod raw;
+mod raw;
 pub mod units;
 mod validate;
 
@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 /// One problem in a config, at a key path such as `routes[2].pool`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    /// Where: a key path such as `routes[2].pool` (empty for the whole document).
     pub path: String,
+    /// What is wrong, and what would be right.
     pub message: String,
 }
 
@@ -33,11 +35,14 @@ impl fmt::Display for ConfigError {
 /// Every problem found in one config, optionally with the file it came from.
 #[derive(Debug, Clone, thiserror::Error)]
 pub struct ConfigErrors {
+    /// The file the config came from, if any.
     pub file: Option<PathBuf>,
+    /// Every error, in document order.
     pub errors: Vec<ConfigError>,
 }
 
 impl ConfigErrors {
+    /// Errors not tied to a file.
     pub fn new(errors: Vec<ConfigError>) -> Self {
         ConfigErrors { file: None, errors }
     }

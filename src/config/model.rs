@@ -11,11 +11,17 @@ use std::time::Duration;
 pub struct Config {
     /// Version label shown in `/status` and metrics: the file's `version`, or a content hash.
     pub version: String,
+    /// Process settings (`server:`).
     pub server: ServerSettings,
+    /// The admin listener (`admin:`).
     pub admin: AdminSettings,
+    /// Client-facing listeners (`listeners:`).
     pub listeners: Vec<ListenerSpec>,
+    /// Backend pools by name (`pools:`).
     pub pools: BTreeMap<String, PoolSpec>,
+    /// Routes in config order (`routes:`); matching picks the longest path prefix.
     pub routes: Vec<RouteSpec>,
+    /// The shared cache (`cache:`).
     pub cache: CacheSettings,
     /// Where policy and invalidations come from; `None` runs from this file alone.
     pub control: Option<ControlSpec>,
@@ -30,13 +36,16 @@ pub struct Config {
 /// Who may send `PURGE` requests to the data plane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PurgeSpec {
+    /// Client address blocks allowed to purge.
     pub allow: Vec<IpNet>,
 }
 
 /// An address block such as `10.0.0.0/8` or `::1/128`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpNet {
+    /// The network address.
     pub addr: std::net::IpAddr,
+    /// Prefix length in bits (32 or 128 for a single address).
     pub prefix: u8,
 }
 
@@ -87,7 +96,9 @@ impl IpNet {
 /// The routing part of a config, which a control plane may own: pools and the routes to them.
 #[derive(Debug, Clone)]
 pub struct Policy {
+    /// Backend pools by name.
     pub pools: BTreeMap<String, PoolSpec>,
+    /// Routes in policy order.
     pub routes: Vec<RouteSpec>,
 }
 
@@ -195,6 +206,7 @@ pub enum SetCookiePolicy {
 /// only the key changes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CacheKeyRules {
+    /// How the query string enters the key.
     pub query: QueryKey,
     /// Request headers whose values select a variant (lowercase names).
     pub headers: Vec<HeaderName>,
@@ -229,48 +241,71 @@ pub enum QueryKey {
 /// Process-level settings handed to Pingora's `ServerConf`.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
+    /// Worker threads (Pingora `threads`).
     pub threads: usize,
+    /// How long an old process keeps serving after a graceful upgrade hands over its listeners.
     pub grace_period: Duration,
+    /// How long a graceful shutdown waits for in-flight requests.
     pub graceful_shutdown_timeout: Duration,
+    /// Where the process id is written.
     pub pid_file: String,
+    /// The Unix socket a graceful upgrade hands listeners over.
     pub upgrade_sock: String,
+    /// Pingora's error log file (`None`: stderr).
     pub error_log: Option<String>,
+    /// CA bundle for verifying TLS backends (`None`: the system store).
     pub ca_file: Option<String>,
 }
 
 /// The admin listener (`/healthz`, `/readyz`, `/status`, `/metrics`).
 #[derive(Debug, Clone)]
 pub struct AdminSettings {
+    /// Where the admin endpoints listen.
     pub listen: SocketAddr,
 }
 
 /// One client-facing listener.
 #[derive(Debug, Clone)]
 pub struct ListenerSpec {
+    /// Label in metrics and `/status`.
     pub name: String,
+    /// The address listened on.
     pub addr: SocketAddr,
+    /// Cleartext HTTP/2 (prior knowledge or upgrade) besides HTTP/1.1.
     pub h2c: bool,
+    /// TLS termination on this listener.
     pub tls: Option<TlsSpec>,
+    /// Request-head limits and client timeouts.
     pub limits: Limits,
 }
 
 /// Server-side TLS for a listener.
 #[derive(Debug, Clone)]
 pub struct TlsSpec {
+    /// PEM certificate chain.
     pub cert: PathBuf,
+    /// PEM private key.
     pub key: PathBuf,
+    /// Offer HTTP/2 through ALPN.
     pub h2: bool,
 }
 
 /// Request-head limits and client timeouts enforced before a request reaches the proxy logic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// Longest request line; longer gets 414.
     pub max_request_line: usize,
+    /// Longest single header line; longer gets 431.
     pub max_header_line: usize,
+    /// Largest request head in total; larger gets 431.
     pub max_headers_size: usize,
+    /// Most header fields in one request; more gets 431.
     pub max_headers: usize,
+    /// Time a client has to send a whole request head; slower gets 408 and a close.
     pub header_timeout: Duration,
+    /// How long an idle keep-alive connection stays open.
     pub keepalive_timeout: Duration,
+    /// Requests served on one connection before it is closed.
     pub keepalive_requests: u32,
     /// Largest request body accepted (declared or streamed); larger gets 413.
     pub max_body: u64,
@@ -335,9 +370,13 @@ impl Default for Limits {
 /// Upstream timeouts (all set: Pingora's own defaults are "none").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
+    /// Time to establish a connection (TCP and TLS).
     pub connect: Duration,
+    /// Longest wait for each read from the backend.
     pub read: Duration,
+    /// Longest wait for each write to the backend.
     pub write: Duration,
+    /// How long an idle pooled connection is kept.
     pub idle: Duration,
 }
 
@@ -355,21 +394,32 @@ impl Default for Timeouts {
 /// Per-route timeout overrides; unset fields fall back to the pool's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RouteTimeouts {
+    /// Overrides the pool's connect timeout.
     pub connect: Option<Duration>,
+    /// Overrides the pool's read timeout.
     pub read: Option<Duration>,
+    /// Overrides the pool's write timeout.
     pub write: Option<Duration>,
+    /// Overrides the pool's idle timeout.
     pub idle: Option<Duration>,
 }
 
 /// A pool of backends with its selection, health checking and upstream settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSpec {
+    /// The pool's name, as routes refer to it.
     pub name: String,
+    /// Its backends, in config order.
     pub backends: Vec<BackendSpec>,
+    /// How a backend is picked.
     pub selection: Selection,
+    /// TLS towards the backends; `None`: plain HTTP.
     pub tls: Option<UpstreamTls>,
+    /// Active health checking; `None`: every backend counts as healthy.
     pub health_check: Option<HealthCheckSpec>,
+    /// Passive ejection after connect failures.
     pub passive: PassiveSpec,
+    /// Upstream timeouts for this pool.
     pub timeouts: Timeouts,
     /// Extra attempts on other backends after a connect failure (idempotent requests only).
     pub retries: usize,
@@ -380,7 +430,9 @@ pub struct PoolSpec {
 pub struct BackendSpec {
     /// As written in the config (`localhost:9000`), for display.
     pub label: String,
+    /// The resolved address.
     pub addr: SocketAddr,
+    /// Relative share of requests under round robin (and of the ring under consistent hashing).
     pub weight: u32,
 }
 
@@ -398,36 +450,51 @@ pub enum Selection {
 pub enum HashKey {
     /// Path and query.
     Uri,
+    /// The value of this request header.
     Header(HeaderName),
+    /// The value of this request cookie.
     Cookie(String),
+    /// The client's IP address.
     ClientIp,
 }
 
 /// TLS towards the backends of a pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTls {
+    /// Server name sent in the TLS handshake and checked against the certificate.
     pub sni: String,
+    /// Whether the backend's certificate is verified.
     pub verify: bool,
 }
 
 /// Active health checking of a pool's backends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheckSpec {
+    /// What a probe sends.
     pub probe: HealthProbe,
+    /// Time between probes of one backend.
     pub interval: Duration,
+    /// How long one probe may take.
     pub timeout: Duration,
+    /// Consecutive successes that mark a backend healthy.
     pub healthy_after: usize,
+    /// Consecutive failures that mark a backend unhealthy.
     pub unhealthy_after: usize,
 }
 
 /// The kind of active probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthProbe {
+    /// An HTTP request; healthy when the status is `expect_status`.
     Http {
+        /// Request path.
         path: String,
+        /// `Host` header sent.
         host: String,
+        /// The status that counts as healthy.
         expect_status: u16,
     },
+    /// A TCP connect; healthy when it succeeds.
     Tcp,
 }
 
@@ -435,7 +502,9 @@ pub enum HealthProbe {
 /// `eject_for`. `max_connect_failures == 0` turns it off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PassiveSpec {
+    /// Consecutive connect failures that eject a backend (0: never).
     pub max_connect_failures: u32,
+    /// How long an ejected backend is skipped.
     pub eject_for: Duration,
 }
 
@@ -451,14 +520,23 @@ impl Default for PassiveSpec {
 /// A route: hosts × path prefix → pool.
 #[derive(Debug, Clone)]
 pub struct RouteSpec {
+    /// Label in metrics and `/status`; unique.
     pub name: String,
+    /// The hosts it answers for.
     pub hosts: Vec<HostPattern>,
+    /// Path prefix matched on segment boundaries (`/` matches everything).
     pub path_prefix: String,
+    /// The pool it forwards to.
     pub pool: String,
+    /// Remove `path_prefix` from the forwarded path.
     pub strip_prefix: bool,
+    /// Edits to the forwarded request's headers.
     pub request_headers: HeaderOps,
+    /// Edits to the response's headers before they reach the client.
     pub response_headers: HeaderOps,
+    /// Timeout overrides for this route.
     pub timeouts: RouteTimeouts,
+    /// Cache rules; `None`: the route does not cache.
     pub cache: Option<RouteCache>,
     /// Which registered `Filter`s run on this route, by name, in registration order:
     /// `None` (no `filters:` key) runs every registered filter, `Some([])` none.
@@ -505,11 +583,14 @@ impl std::fmt::Display for HostPattern {
 /// Header edits applied to a request or a response.
 #[derive(Debug, Clone, Default)]
 pub struct HeaderOps {
+    /// Fields set (replacing any existing value).
     pub set: Vec<(HeaderName, HeaderValue)>,
+    /// Fields removed.
     pub remove: Vec<HeaderName>,
 }
 
 impl HeaderOps {
+    /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.set.is_empty() && self.remove.is_empty()
     }

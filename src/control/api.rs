@@ -20,6 +20,7 @@ pub struct ControlApi {
 }
 
 impl ControlApi {
+    /// The API over `plane`.
     pub fn new(plane: Arc<ControlPlane>) -> Self {
         ControlApi { plane }
     }
@@ -28,22 +29,34 @@ impl ControlApi {
 /// A parsed request: what the handlers need, nothing else.
 #[derive(Debug, Default)]
 pub struct ApiRequest {
+    /// The request method.
     pub method: String,
+    /// The path, without the query.
     pub path: String,
+    /// The query string, without `?` (empty if none).
     pub query: String,
+    /// The `Authorization` header.
     pub authorization: Option<String>,
+    /// The `If-Match` header (the policy version a write expects to replace).
     pub if_match: Option<String>,
+    /// The request body.
     pub body: Vec<u8>,
 }
 
 /// A reply before it becomes an HTTP response.
 #[derive(Debug)]
 pub struct ApiReply {
+    /// The HTTP status.
     pub status: u16,
+    /// The body.
     pub body: Vec<u8>,
+    /// Its media type.
     pub content_type: &'static str,
+    /// The current policy version, sent as `ETag`.
     pub etag: Option<u64>,
+    /// Seconds for `Retry-After` (rate-limited purges).
     pub retry_after: Option<u64>,
+    /// Whether to send `WWW-Authenticate: Bearer` (401 answers).
     pub www_authenticate: bool,
 }
 

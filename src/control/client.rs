@@ -14,21 +14,33 @@ pub struct ControlClient {
 /// An answer from the control plane: status and JSON body (Null when empty or not JSON).
 #[derive(Debug, Clone)]
 pub struct Answer {
+    /// The HTTP status.
     pub status: u16,
+    /// The decoded body.
     pub body: Value,
+    /// The `ETag` (the current policy version on policy reads).
     pub etag: Option<String>,
 }
 
 /// Why a call could not be made at all.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// Connecting or reading the answer failed.
     #[error("cannot reach the control plane at {url}: {reason}")]
-    Unreachable { url: String, reason: String },
+    Unreachable {
+        /// The URL called.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Setup(String),
 }
 
 impl ControlClient {
+    /// A client for the control plane at `base` (e.g. `http://127.0.0.1:9900`), sending
+    /// `token` as a bearer token when given.
     pub fn new(base: &str, token: Option<String>) -> Result<ControlClient, ClientError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))

@@ -40,7 +40,10 @@ pub enum Verdict {
     /// No invalidation applies.
     Valid,
     /// A soft invalidation applies: stale since `since` (revalidate; SWR/SIE may serve it).
-    Stale { since: SystemTime },
+    Stale {
+        /// When the newest applying invalidation was applied.
+        since: SystemTime,
+    },
     /// A hard invalidation applies: refetch.
     Invalid,
 }
@@ -70,8 +73,10 @@ struct HostMarks {
 /// An invalidation together with the moment this node applied it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppliedInvalidation {
+    /// The invalidation.
     #[serde(flatten)]
     pub invalidation: Invalidation,
+    /// When this node applied it (Unix milliseconds).
     pub applied_ms: u64,
 }
 
@@ -193,10 +198,12 @@ impl InvalidationIndex {
         &self.applied
     }
 
+    /// How many invalidations are remembered.
     pub fn len(&self) -> usize {
         self.applied.len()
     }
 
+    /// Whether none are.
     pub fn is_empty(&self) -> bool {
         self.applied.is_empty()
     }

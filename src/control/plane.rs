@@ -18,18 +18,33 @@ use tokio::sync::watch;
 /// Why a control-plane operation was refused. Each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum PlaneError {
+    /// The write named an older version than the current one (412).
     #[error("version {current} is current, not {given}")]
-    Conflict { current: u64, given: u64 },
+    Conflict {
+        /// The version in force.
+        current: u64,
+        /// The version the writer expected.
+        given: u64,
+    },
+    /// A policy write without `If-Match` (428).
     #[error("If-Match with the current version is required")]
     PreconditionRequired,
+    /// The policy does not validate; every error is listed (422).
     #[error("invalid policy")]
     Invalid(ConfigErrors),
+    /// The request itself is malformed (400).
     #[error("{0}")]
     BadRequest(String),
+    /// The token's purge budget is spent (429).
     #[error("purge rate limit exceeded; retry in {retry_after_secs}s")]
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        /// When the budget allows the next purge.
+        retry_after_secs: u64,
+    },
+    /// No such policy version or node (404).
     #[error("{0}")]
     NotFound(String),
+    /// The durable store failed; nothing changed (503).
     #[error("store failed, nothing was written: {0}")]
     Store(#[from] StoreError),
 }
@@ -37,14 +52,18 @@ pub enum PlaneError {
 /// One invalidation as asked for by a client, before it gets a sequence number.
 #[derive(Debug, Clone)]
 pub struct InvalidationRequest {
+    /// What `target` names.
     pub kind: InvalidationKind,
+    /// The URL, prefix, host or tag.
     pub target: String,
+    /// Mark stale instead of removing.
     pub soft: bool,
 }
 
 /// What happened to one requested invalidation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Accepted {
+    /// Its sequence number in the invalidation log.
     pub seq: u64,
     /// An identical invalidation was accepted within the coalescing window; this is its `seq`.
     pub coalesced: bool,
@@ -53,7 +72,9 @@ pub struct Accepted {
 /// A node as the control plane sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeStatus {
+    /// What the node last said it applied.
     pub applied: AppliedReport,
+    /// When it said so.
     pub reported: SystemTime,
 }
 
@@ -78,6 +99,7 @@ struct PlaneState {
 
 /// The control plane: one per `verge control` process.
 pub struct ControlPlane {
+    /// Listener, tokens, rate limits and retention.
     pub settings: ControlSettings,
     store: Box<dyn Store>,
     state: Mutex<PlaneState>,
@@ -135,6 +157,7 @@ impl ControlPlane {
         self.head.send_replace(head);
     }
 
+    /// The newest policy version and invalidation sequence.
     pub fn head(&self) -> Position {
         self.state.lock().head
     }

@@ -34,17 +34,32 @@ pub fn refresh_age_gauge() {
 /// Why a snapshot from the control plane was refused; the label of `verge_snapshot_rejected_total`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
+    /// It would move the node backwards.
     #[error("older than what this node has ({have} > {got})")]
-    Older { have: Position, got: Position },
+    Older {
+        /// Where the node is.
+        have: Position,
+        /// Where the message would take it.
+        got: Position,
+    },
+    /// Its policy does not validate against this node's config.
     #[error("invalid policy: {0}")]
     InvalidPolicy(String),
+    /// One of its invalidations has a target that does not parse.
     #[error("invalid invalidation seq {seq}: {reason}")]
-    InvalidInvalidation { seq: u64, reason: String },
+    InvalidInvalidation {
+        /// The invalidation's sequence number.
+        seq: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The policy validated but its pools could not be built.
     #[error("cannot build the snapshot: {0}")]
     Build(String),
 }
 
 impl Rejection {
+    /// The `reason` label of `verge_snapshot_rejected_total`.
     pub fn reason(&self) -> &'static str {
         match self {
             Rejection::Older { .. } => "older",
@@ -59,11 +74,17 @@ impl Rejection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PersistedSnapshot {
+    /// The policy version applied.
     pub policy_version: u64,
+    /// The last invalidation applied.
     pub seq: u64,
+    /// The policy document (`None`: the file's pools and routes).
     pub policy: Option<serde_json::Value>,
+    /// Invalidations still remembered, with when they were applied.
     pub invalidations: Vec<AppliedInvalidation>,
+    /// How long invalidations are remembered.
     pub retention_secs: u64,
+    /// When this file was written (Unix milliseconds).
     pub saved_ms: u64,
 }
 
@@ -205,6 +226,7 @@ pub struct ControlPoller {
 }
 
 impl ControlPoller {
+    /// A poller that applies control-plane policy on top of `base` and swaps it into `snapshot`.
     pub fn new(base: Config, spec: ControlSpec, snapshot: SharedSnapshot) -> Self {
         ControlPoller {
             base,

@@ -69,6 +69,7 @@ impl Scope {
         })
     }
 
+    /// The scope as written in the settings file.
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Read => "read",
@@ -82,23 +83,31 @@ impl Scope {
 /// One bearer token and what it may do.
 #[derive(Debug, Clone)]
 pub struct Token {
+    /// Its name, recorded as the author of writes.
     pub name: String,
+    /// The bearer secret.
     pub secret: String,
+    /// What it may do.
     pub scopes: HashSet<Scope>,
 }
 
 /// Token-bucket rate for purges, per token.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rate {
+    /// Sustained purges per second.
     pub per_second: f64,
+    /// Purges allowed at once.
     pub burst: f64,
 }
 
 /// Validated control-plane settings.
 #[derive(Debug, Clone)]
 pub struct ControlSettings {
+    /// Where the API listens.
     pub listen: SocketAddr,
+    /// Where the durable log lives.
     pub data_dir: PathBuf,
+    /// Bearer tokens and their scopes.
     pub tokens: Vec<Token>,
     /// No tokens: every request is allowed (only for a loopback-only lab setup).
     pub insecure_no_auth: bool,
@@ -106,7 +115,9 @@ pub struct ControlSettings {
     pub invalidation_retention: Duration,
     /// The same invalidation repeated within this window returns the first one's `seq`.
     pub coalesce_window: Duration,
+    /// Purge rate per token.
     pub purge_rate: Rate,
+    /// Largest request body the API reads.
     pub max_body: usize,
     /// Longest long-poll a node may ask for.
     pub max_wait: Duration,
@@ -116,6 +127,7 @@ pub struct ControlSettings {
     pub policy_history: usize,
     /// Policy file written as version 1 when the store is empty.
     pub seed_policy: Option<PathBuf>,
+    /// Worker threads.
     pub threads: usize,
 }
 

@@ -13,8 +13,11 @@ use std::path::{Path, PathBuf};
 /// One version of the policy document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PolicyVersion {
+    /// Its version number (1, 2, …).
     pub version: u64,
+    /// The policy document (pools and routes).
     pub document: serde_json::Value,
+    /// When it was written (Unix milliseconds).
     pub written_ms: u64,
     /// Name of the token that wrote it.
     pub author: String,
@@ -27,10 +30,13 @@ pub struct PolicyVersion {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
+    /// A new policy version.
     Policy(PolicyVersion),
+    /// An accepted invalidation.
     Invalidation(Invalidation),
     /// Written first by compaction: invalidations up to `seq` were dropped.
     Floor {
+        /// The highest sequence number dropped.
         seq: u64,
     },
 }
@@ -38,7 +44,9 @@ pub enum Record {
 /// Everything a store holds, in write order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StoreState {
+    /// Policy versions, oldest first.
     pub policies: Vec<PolicyVersion>,
+    /// Invalidations after `floor`, oldest first.
     pub invalidations: Vec<Invalidation>,
     /// Highest sequence number compacted away (0: none).
     pub floor: u64,
@@ -57,16 +65,23 @@ impl StoreState {
 /// Why the store failed. Writes that fail are not acknowledged.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Reading, writing or syncing a file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
+    /// A line of the log does not decode (a torn last line is not corrupt: it is dropped).
     #[error("{path}: line {line} is corrupt: {reason}")]
     Corrupt {
+        /// The file.
         path: PathBuf,
+        /// Its 1-based line number.
         line: usize,
+        /// Why it does not decode.
         reason: String,
     },
 }

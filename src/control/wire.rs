@@ -23,6 +23,7 @@ pub enum InvalidationKind {
 }
 
 impl InvalidationKind {
+    /// The kind as written in the API and the CLI (`url`, `prefix`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             InvalidationKind::Url => "url",
@@ -37,10 +38,25 @@ impl InvalidationKind {
 /// A target in its canonical form, as the node's invalidation index stores it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
-    Url { host: String, path_query: String },
-    Prefix { host: String, prefix: String },
+    /// One URL of one host.
+    Url {
+        /// Canonical host (lowercase, default port dropped).
+        host: String,
+        /// Path and query as the cache keys them.
+        path_query: String,
+    },
+    /// Every URL of a host whose path starts with `prefix` on a segment boundary.
+    Prefix {
+        /// Canonical host.
+        host: String,
+        /// Path prefix, starting with `/`.
+        prefix: String,
+    },
+    /// Every URL of a canonical host.
     Host(String),
+    /// Every entry tagged with this surrogate key.
     Tag(String),
+    /// Everything.
     All,
 }
 
@@ -111,9 +127,14 @@ pub fn parse_target(kind: InvalidationKind, text: &str) -> Result<Target, String
 /// One accepted invalidation, as logged by the control plane.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Invalidation {
+    /// Its place in the invalidation log (1, 2, …).
     pub seq: u64,
+    /// What `target` names.
     pub kind: InvalidationKind,
+    /// The URL, prefix, host or tag, as submitted.
     pub target: String,
+    /// Soft: entries become stale (still usable for stale-while-revalidate / stale-if-error);
+    /// hard: entries are refetched.
     pub soft: bool,
     /// When the control plane accepted it (Unix milliseconds).
     pub created_ms: u64,
@@ -122,7 +143,9 @@ pub struct Invalidation {
 /// How far a node (or the control plane) has got: policy version and invalidation sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
 pub struct Position {
+    /// The policy version (0: none yet).
     pub policy_version: u64,
+    /// The last invalidation sequence number applied (0: none).
     pub seq: u64,
 }
 
@@ -161,7 +184,9 @@ impl FromStr for Position {
 pub struct SnapshotMessage {
     /// A full snapshot replaces the node's state; a delta adds to it.
     pub full: bool,
+    /// The policy version this message brings the node to.
     pub policy_version: u64,
+    /// The invalidation sequence this message brings the node to.
     pub seq: u64,
     /// The policy document; in a delta only when it changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -174,6 +199,7 @@ pub struct SnapshotMessage {
 }
 
 impl SnapshotMessage {
+    /// Where a node stands after applying this message.
     pub fn position(&self) -> Position {
         Position {
             policy_version: self.policy_version,
@@ -186,7 +212,9 @@ impl SnapshotMessage {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AppliedReport {
+    /// The policy version in force on the node.
     pub policy_version: u64,
+    /// The last invalidation applied on the node.
     pub seq: u64,
     /// When the node swapped the snapshot in (Unix milliseconds).
     pub applied_at_ms: u64,

@@ -17,6 +17,7 @@ pub struct HealthService {
 }
 
 impl HealthService {
+    /// A service that runs the active checks of every pool in the current snapshot.
     pub fn new(snapshot: SharedSnapshot) -> Self {
         HealthService { snapshot }
     }

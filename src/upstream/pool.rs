@@ -17,8 +17,11 @@ use std::time::{Duration, Instant};
 /// One backend of a pool and its passive-ejection state.
 #[derive(Debug)]
 pub struct BackendSlot {
+    /// As written in the config, for display.
     pub label: String,
+    /// The resolved address.
     pub addr: SocketAddr,
+    /// Its share of requests.
     pub weight: u32,
     connect_failures: AtomicU32,
     /// Milliseconds since the pool's epoch until which this backend is skipped (0: not ejected).
@@ -49,6 +52,7 @@ impl Selector {
 
 /// A pool built from a validated `PoolSpec`. Lives inside a snapshot; shared by `Arc`.
 pub struct Pool {
+    /// The validated spec it was built from.
     pub spec: PoolSpec,
     selector: Selector,
     slots: Vec<BackendSlot>,
@@ -71,7 +75,9 @@ impl std::fmt::Debug for Pool {
 #[derive(Debug, thiserror::Error)]
 #[error("pool {pool}: {reason}")]
 pub struct PoolBuildError {
+    /// The pool's name.
     pub pool: String,
+    /// What could not be built.
     pub reason: String,
 }
 
@@ -129,10 +135,12 @@ impl Pool {
         })
     }
 
+    /// The pool's name.
     pub fn name(&self) -> &str {
         &self.spec.name
     }
 
+    /// Its backends with their ejection state, in config order.
     pub fn slots(&self) -> &[BackendSlot] {
         &self.slots
     }
