@@ -90,6 +90,10 @@ pub struct Metrics {
     pub response_bytes: IntCounterVec,
     /// `verge_request_duration_seconds{route}`: from the request head to the end of logging.
     pub request_duration: HistogramVec,
+    /// `verge_cache_lock_waits_total{route,outcome}`: requests that waited on another
+    /// request's fetch of the same key: `collapsed` (served from it: an origin fetch avoided),
+    /// `timeout` (gave up after `cache.lock_wait`), `fetched` (went to the origin after all).
+    pub cache_lock_waits: IntCounterVec,
     /// `verge_filter_errors_total{filter,phase}`: user filters that failed (answered 500/502);
     /// `phase` is `request`, `upstream_request` or `response`.
     pub filter_errors: IntCounterVec,
@@ -354,6 +358,12 @@ impl Metrics {
                 &["route", "source"],
             ),
             request_duration,
+            cache_lock_waits: counter(
+                &registry,
+                "verge_cache_lock_waits_total",
+                "Requests that waited on another request's fetch of the same key, by outcome",
+                &["route", "outcome"],
+            ),
             filter_errors: counter(
                 &registry,
                 "verge_filter_errors_total",

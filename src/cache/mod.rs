@@ -2,6 +2,7 @@
 //! the cache key, Vary variants, and the RFC 9111 policy (responses, request directives,
 //! invalidation).
 
+pub mod collapse;
 pub mod eviction;
 pub mod invalidation;
 pub mod key_rules;

@@ -11,6 +11,7 @@ pub mod target;
 pub mod upstream_error;
 
 use crate::access_log::AccessLog;
+use crate::cache::collapse::LockWait;
 use crate::cache::request_directives::{self, HitVerdict, RequestDirectives};
 use crate::cache::{invalidation, policy, CacheEngine};
 use crate::metrics::METRICS;
@@ -852,7 +853,11 @@ impl ProxyHttp for EdgeProxy {
                 let (phase, detail) = match ctx.bypass {
                     Some(b) => (phase, Some(b.as_str())),
                     None if passed => (CachePhase::Bypass, Some("hit-for-pass")),
-                    None => (phase, None),
+                    None => (
+                        phase,
+                        LockWait::of(phase, session.cache.lock_duration().is_some())
+                            .and_then(LockWait::detail),
+                    ),
                 };
                 let status = policy::cache_status(phase, ttl_left, ctx.stored, detail);
                 resp.insert_header("cache-status", status)?;
@@ -900,11 +905,17 @@ impl ProxyHttp for EdgeProxy {
         let caches = ctx.route.as_ref().is_some_and(|r| r.spec.cache.is_some());
         // a request a filter answered never reached the cache
         if caches && !ctx.filters.answered() {
-            let result = lookup_result(session.cache.phase(), ctx);
+            let phase = session.cache.phase();
             METRICS
                 .cache_lookups
-                .with_label_values(&[ctx.route_name(), result])
+                .with_label_values(&[ctx.route_name(), lookup_result(phase, ctx)])
                 .inc();
+            if let Some(wait) = LockWait::of(phase, session.cache.lock_duration().is_some()) {
+                METRICS
+                    .cache_lock_waits
+                    .with_label_values(&[ctx.route_name(), wait.as_str()])
+                    .inc();
+            }
         }
         METRICS
             .response_bytes

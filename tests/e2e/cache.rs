@@ -254,6 +254,110 @@ async fn an_uncacheable_answer_releases_waiters() {
     );
 }
 
+/// Send `n` GETs for `path` at once; returns their `Cache-Status` values.
+async fn concurrent_cache_statuses(v: &Verge, path: &str, n: usize) -> Vec<String> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let url = v.url(path);
+            tokio::spawn(async move {
+                let r = client().get(url).header("host", "c.test").send().await?;
+                assert_eq!(r.status(), 200);
+                let status = r
+                    .headers()
+                    .get("cache-status")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                r.bytes().await.map(|_| status)
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.expect("join").expect("request"));
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn collapsed_waiters_are_told_and_counted() {
+    let o = Origin::start("o").await;
+    o.set_headers("/c", &[("cache-control", "max-age=60")]);
+    o.set_delay_ms(400);
+    let v = cached_verge(&o, "{}").await;
+    let statuses = concurrent_cache_statuses(&v, "/c", 20).await;
+    assert_eq!(o.hits("/c"), 1);
+    let fetched = statuses
+        .iter()
+        .filter(|s| s.contains("fwd=uri-miss"))
+        .count();
+    let collapsed = statuses
+        .iter()
+        .filter(|s| s.contains("; hit") && s.contains("detail=collapsed"))
+        .count();
+    assert_eq!(fetched, 1, "{statuses:#?}");
+    assert!(collapsed >= 1, "{statuses:#?}");
+    // the rest arrived after the fill and are plain hits
+    assert_eq!(
+        statuses.iter().filter(|s| s.contains("; hit")).count(),
+        19,
+        "{statuses:#?}"
+    );
+    let counted = |outcome: &'static str| {
+        let v = &v;
+        async move {
+            metric_sum(
+                &v.admin_get("/metrics").await.1,
+                "verge_cache_lock_waits_total",
+                &[&format!("outcome=\"{outcome}\"")],
+            )
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            counted("collapsed").await == collapsed as f64
+        })
+        .await,
+        "verge_cache_lock_waits_total{{outcome=collapsed}} = {} for {collapsed} collapsed answers",
+        counted("collapsed").await
+    );
+    assert_eq!(counted("timeout").await, 0.0);
+}
+
+#[tokio::test]
+async fn waiters_give_up_after_lock_wait_and_fetch_for_themselves() {
+    let o = Origin::start("o").await;
+    o.set_headers("/slow", &[("cache-control", "max-age=60")]);
+    o.set_delay_ms(2500);
+    let v = Verge::start(&format!(
+        "cache: {{lock_wait: 500ms}}\npools: {{p: {{backends: [\"{}\"]}}}}\n\
+         routes: [{{hosts: [\"*\"], pool: p, cache: {{}}}}]\n",
+        o.addr
+    ))
+    .await;
+    let statuses = concurrent_cache_statuses(&v, "/slow", 4).await;
+    let timed_out = statuses
+        .iter()
+        .filter(|s| s.contains("fwd=uri-miss") && s.contains("detail=lock-timeout"))
+        .count();
+    assert_eq!(timed_out, 3, "{statuses:#?}");
+    assert_eq!(
+        o.hits("/slow"),
+        4,
+        "each waiter that gave up fetched for itself"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metric_sum(
+                &v.admin_get("/metrics").await.1,
+                "verge_cache_lock_waits_total",
+                &["outcome=\"timeout\""],
+            ) == 3.0
+        })
+        .await
+    );
+}
+
 #[tokio::test]
 async fn stale_while_revalidate_serves_stale_and_refreshes_in_background() {
     let o = Origin::start("o").await;
