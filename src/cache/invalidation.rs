@@ -6,8 +6,11 @@ use http::Method;
 /// A URL to invalidate: scheme, canonical host, and path with query as a client would request it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// `http` or `https`.
     pub scheme: String,
+    /// Canonical host.
     pub host: String,
+    /// Path and query.
     pub path_and_query: String,
 }
 

@@ -27,12 +27,16 @@ use storage::MemoryStorage;
 
 /// Everything `HttpCache::enable` needs, all `'static` as pingora-cache requires.
 pub struct CacheEngine {
+    /// Entries: meta and body, byte-budgeted.
     pub storage: &'static MemoryStorage,
+    /// Which entries to keep when over budget (S3-FIFO with TinyLFU admission).
     pub eviction: &'static S3FifoEviction,
+    /// Miss collapsing: one fetch per key, others wait.
     pub lock: &'static CacheKeyLockImpl,
     /// Hit-for-pass: URLs whose last response was uncacheable for a lasting reason skip the
     /// lookup and the miss lock until a response says otherwise (LRU, 16 × 4096 URLs).
     pub predictor: &'static Predictor<16>,
+    /// The `cache:` block it was built from.
     pub settings: CacheSettings,
 }
 

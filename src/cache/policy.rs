@@ -10,15 +10,20 @@ use std::time::{Duration, SystemTime};
 /// Why a request skips the cache entirely.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bypass {
+    /// Not GET or HEAD.
     Method,
+    /// The request carries `Authorization` and the route is not `public`.
     Authorization,
+    /// The request carries `Cookie` and the route is not `public`.
     Cookie,
+    /// The request says `Cache-Control: no-store`.
     NoStore,
     /// A WebSocket handshake: its 101 and what follows are one client's connection.
     Upgrade,
 }
 
 impl Bypass {
+    /// The `Cache-Status` detail.
     pub fn as_str(self) -> &'static str {
         match self {
             Bypass::Method => "method",

@@ -16,6 +16,7 @@ pub struct ReclaimService {
 }
 
 impl ReclaimService {
+    /// Sweeps `cache` against the invalidations of the current `snapshot`.
     pub fn new(snapshot: SharedSnapshot, cache: &'static CacheEngine) -> Self {
         ReclaimService {
             snapshot,

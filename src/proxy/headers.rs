@@ -106,6 +106,7 @@ pub fn strip_connection_listed(resp: &mut ResponseHeader) {
     }
 }
 
+/// `path_and_query` without the route's `prefix` (always starting with `/`).
 pub fn strip_path_prefix(path_and_query: &str, prefix: &str) -> String {
     let prefix = prefix.trim_end_matches('/');
     let rest = path_and_query

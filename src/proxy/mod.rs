@@ -34,7 +34,9 @@ use std::time::Instant;
 /// What the proxy knows about the listener a request came in on.
 #[derive(Debug, Clone)]
 pub struct ListenerInfo {
+    /// The listener's name (metrics label).
     pub name: String,
+    /// Whether it terminates TLS (the scheme in cache keys and `X-Forwarded-Proto`).
     pub tls: bool,
     /// Largest request body accepted; a streamed (chunked) body over it fails with 413.
     pub max_body: u64,
@@ -50,6 +52,7 @@ pub struct EdgeProxy {
 }
 
 impl EdgeProxy {
+    /// The proxy for one listener, serving from `snapshot` through `cache`.
     pub fn new(
         snapshot: SharedSnapshot,
         listener: ListenerInfo,
@@ -174,9 +177,11 @@ impl EdgeProxy {
 pub struct RequestCtx {
     /// Canonical host (lowercase, no port).
     pub host: String,
+    /// The matched route (with a filter's pool override applied).
     pub route: Option<Arc<Route>>,
     /// Backends tried so far (in order); the last one is the current one.
     pub tried: Vec<SocketAddr>,
+    /// When the request was sent upstream (for the origin latency).
     pub upstream_sent_at: Option<Instant>,
     /// When the origin request was sent (wall clock): the stored entry's `created`, which
     /// invalidations are compared against.

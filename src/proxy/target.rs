@@ -19,6 +19,7 @@ pub enum BadTarget {
 }
 
 impl BadTarget {
+    /// The `verge_requests_rejected_total` reason label.
     pub fn reason(self) -> &'static str {
         match self {
             BadTarget::NotOriginForm => "target_not_origin_form",
