@@ -5,6 +5,7 @@ pub mod filter;
 pub mod headers;
 pub mod peer;
 pub mod purge;
+pub mod refresh;
 pub mod request_body;
 pub mod route;
 pub mod target;
@@ -208,6 +209,9 @@ pub struct RequestCtx {
     pub drop_body: bool,
     /// What user filters keep for this request (selection, extensions, cache-key parts).
     pub filters: FilterState,
+    /// The client's HTTP/2 head was rewritten as HTTP/1.1 so a background refresh can be
+    /// built from it (`refresh.rs`); its version is put back before the response goes out.
+    pub h2_head_downgraded: bool,
 }
 
 /// Whether a final (non-1xx) response head has gone to the client already.
@@ -365,6 +369,57 @@ impl EdgeProxy {
     }
 }
 
+impl EdgeProxy {
+    /// How a stored entry found for this request is to be treated, beyond its own freshness:
+    /// invalidations first (a purged entry is never served as fresh, whatever the client asks),
+    /// then the request's directives.
+    fn hit_override(
+        &self,
+        session: &Session,
+        meta: &CacheMeta,
+        ctx: &RequestCtx,
+    ) -> Option<ForcedFreshness> {
+        let snapshot = self.snapshot.load();
+        if !snapshot.control.invalidations.is_empty() {
+            let pq = session
+                .req_header()
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str());
+            let key_pq = ctx
+                .route
+                .as_ref()
+                .and_then(|r| r.spec.cache.as_ref())
+                .map(|rules| crate::cache::key_rules::key_path_and_query(pq, &rules.key.query));
+            let forced = crate::cache::invalidation_override(
+                &snapshot.control.invalidations,
+                &ctx.host,
+                pq,
+                key_pq.as_deref(),
+                meta,
+            );
+            if forced.is_some() {
+                return forced;
+            }
+        }
+        if ctx.directives.is_empty() {
+            return None;
+        }
+        let verdict = request_directives::hit_verdict(
+            &ctx.directives,
+            meta.age(),
+            meta.fresh_until(),
+            request_directives::forbids_stale(meta.response_header()),
+            std::time::SystemTime::now(),
+        );
+        match verdict {
+            HitVerdict::AsStored => None,
+            HitVerdict::Revalidate => Some(ForcedFreshness::ForceExpired),
+            HitVerdict::ServeStale => Some(ForcedFreshness::ForceFresh),
+        }
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
@@ -436,7 +491,11 @@ impl ProxyHttp for EdgeProxy {
             return Ok(());
         };
         let directives = request_directives::parse(session.req_header());
-        ctx.directives = if rules.client_revalidation {
+        ctx.directives = if session.subrequest_ctx.is_some() {
+            // a background refresh copies the client's head, but not its say: it must fetch
+            // (`only-if-cached` would leave it without the cache lock it was handed)
+            RequestDirectives::default()
+        } else if rules.client_revalidation {
             directives
         } else {
             directives.without_revalidation()
@@ -494,48 +553,24 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         meta: &CacheMeta,
         _hit_handler: &mut HitHandler,
-        _is_fresh: bool,
+        is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
-        // Invalidations first: a purged entry is never served as fresh, whatever the client asks.
-        let snapshot = self.snapshot.load();
-        if !snapshot.control.invalidations.is_empty() {
-            let pq = session
-                .req_header()
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str());
-            let key_pq = ctx
-                .route
-                .as_ref()
-                .and_then(|r| r.spec.cache.as_ref())
-                .map(|rules| crate::cache::key_rules::key_path_and_query(pq, &rules.key.query));
-            let forced = crate::cache::invalidation_override(
-                &snapshot.control.invalidations,
-                &ctx.host,
-                pq,
-                key_pq.as_deref(),
-                meta,
-            );
-            if forced.is_some() {
-                return Ok(forced);
-            }
+        let forced = self.hit_override(session, meta, ctx);
+        let served_fresh = match forced {
+            None => is_fresh,
+            Some(ForcedFreshness::ForceFresh) => true,
+            Some(_) => false,
+        };
+        if !served_fresh
+            && !matches!(forced, Some(ForcedFreshness::ForceMiss))
+            && !ctx.h2_head_downgraded
+        {
+            // pingora may refresh this entry in the background (stale-while-revalidate), from
+            // this request's head
+            ctx.h2_head_downgraded = refresh::h1_head_for_subrequest(session.req_header_mut())?;
         }
-        if ctx.directives.is_empty() {
-            return Ok(None);
-        }
-        let verdict = request_directives::hit_verdict(
-            &ctx.directives,
-            meta.age(),
-            meta.fresh_until(),
-            request_directives::forbids_stale(meta.response_header()),
-            std::time::SystemTime::now(),
-        );
-        Ok(match verdict {
-            HitVerdict::AsStored => None,
-            HitVerdict::Revalidate => Some(ForcedFreshness::ForceExpired),
-            HitVerdict::ServeStale => Some(ForcedFreshness::ForceFresh),
-        })
+        Ok(forced)
     }
 
     async fn proxy_upstream_filter(
@@ -829,6 +864,11 @@ impl ProxyHttp for EdgeProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.h2_head_downgraded {
+            // any background refresh was spawned by now
+            refresh::restore_h2_version(session.req_header_mut());
+            ctx.h2_head_downgraded = false;
+        }
         if resp.status.is_informational() {
             // 1xx heads pass through as the origin sent them
             return Ok(());

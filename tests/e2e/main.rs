@@ -17,6 +17,7 @@ mod h2_limits;
 mod health;
 mod limits;
 mod origin_faults;
+mod refresh;
 mod routing;
 mod tls;
 mod upgrade;
