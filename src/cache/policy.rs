@@ -264,8 +264,9 @@ pub const TARGETED_CACHE_CONTROL: &str = "cdn-cache-control";
 pub const SURROGATE_CONTROL: &str = "surrogate-control";
 
 /// The cache directives verge obeys for `resp`: the first targeted field present
-/// (`CDN-Cache-Control`, then `Surrogate-Control`), else `Cache-Control`.
-fn governing_cache_control(resp: &ResponseHeader) -> Option<CacheControl> {
+/// (`CDN-Cache-Control`, then `Surrogate-Control`), else `Cache-Control`. A targeted field
+/// replaces `Cache-Control` for this cache entirely (RFC 9213 §2.1), `must-revalidate` and all.
+pub fn governing_cache_control(resp: &ResponseHeader) -> Option<CacheControl> {
     CacheControl::from_resp_headers_named(TARGETED_CACHE_CONTROL, resp)
         .or_else(|| CacheControl::from_resp_headers_named(SURROGATE_CONTROL, resp))
         .or_else(|| CacheControl::from_resp_headers(resp))
@@ -420,14 +421,18 @@ pub fn refreshed_by_not_modified(
     out
 }
 
-/// The RFC 9211 `Cache-Status` value for a response.
+/// The RFC 9211 `Cache-Status` value for a response. `request_forced`: a fresh stored response
+/// was found, but the request's own directives (`no-cache`, `max-age`, `min-fresh`, `Pragma`)
+/// sent it to the origin, which RFC 9211 §2.2 calls `fwd=request`.
 pub fn cache_status(
     phase: pingora_cache::CachePhase,
     ttl_left: Option<i64>,
     stored: bool,
+    request_forced: bool,
     detail: Option<&str>,
 ) -> String {
     use pingora_cache::CachePhase as P;
+    let forward = |usual: &'static str| if request_forced { "request" } else { usual };
     let mut s = String::from("verge");
     match phase {
         P::Hit => {
@@ -442,13 +447,24 @@ pub fn cache_status(
                 s.push_str(&format!("; ttl={t}"));
             }
         }
-        P::Miss => s.push_str("; fwd=uri-miss"),
-        P::Expired => s.push_str("; fwd=stale"),
-        P::Revalidated | P::RevalidatedNoCache(_) => s.push_str("; fwd=stale; fwd-status=304"),
+        P::Miss => {
+            s.push_str("; fwd=");
+            s.push_str(forward("uri-miss"));
+        }
+        P::Expired => {
+            s.push_str("; fwd=");
+            s.push_str(forward("stale"));
+        }
+        P::Revalidated | P::RevalidatedNoCache(_) => {
+            s.push_str("; fwd=");
+            s.push_str(forward("stale"));
+            s.push_str("; fwd-status=304");
+        }
         // looked up, missed, and the answer turned out not storable (or a lock waiter was
         // released to fetch for itself)
         P::Disabled(reason) if reason != pingora_cache::NoCacheReason::NeverEnabled => {
-            s.push_str("; fwd=uri-miss")
+            s.push_str("; fwd=");
+            s.push_str(forward("uri-miss"));
         }
         _ => s.push_str("; fwd=bypass"),
     }
@@ -464,6 +480,59 @@ pub fn cache_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_status_names_what_went_forward_and_why() {
+        use pingora_cache::CachePhase as P;
+        assert_eq!(
+            cache_status(P::Hit, Some(42), false, false, None),
+            "verge; hit; ttl=42"
+        );
+        assert_eq!(
+            cache_status(P::Hit, Some(9), false, false, Some("early-refresh")),
+            "verge; hit; ttl=9; detail=early-refresh"
+        );
+        assert_eq!(
+            cache_status(P::Miss, None, true, false, None),
+            "verge; fwd=uri-miss; stored"
+        );
+        assert_eq!(
+            cache_status(P::Expired, None, true, false, None),
+            "verge; fwd=stale; stored"
+        );
+        assert_eq!(
+            cache_status(P::Revalidated, None, true, false, None),
+            "verge; fwd=stale; fwd-status=304; stored"
+        );
+        // a fresh entry the request's own directives refused (RFC 9211 §2.2)
+        assert_eq!(
+            cache_status(P::Expired, None, true, true, None),
+            "verge; fwd=request; stored"
+        );
+        assert_eq!(
+            cache_status(P::Revalidated, None, true, true, None),
+            "verge; fwd=request; fwd-status=304; stored"
+        );
+        assert_eq!(
+            cache_status(
+                P::Disabled(NoCacheReason::OriginNotCache),
+                None,
+                false,
+                true,
+                None
+            ),
+            "verge; fwd=request"
+        );
+        // served from the cache after all: no forward to name
+        assert_eq!(
+            cache_status(P::StaleUpdating, Some(-3), false, true, None),
+            "verge; hit; fwd=stale; ttl=-3"
+        );
+        assert_eq!(
+            cache_status(P::Bypass, None, false, false, Some("cookie")),
+            "verge; fwd=bypass; detail=cookie"
+        );
+    }
 
     #[test]
     fn clients_never_see_tags_or_private_headers() {

@@ -107,9 +107,12 @@ pub enum HitVerdict {
 
 /// Whether the stored response forbids serving it stale whatever the client says: a shared
 /// cache must revalidate `no-cache`, `must-revalidate` and `proxy-revalidate` responses
-/// (RFC 9111 §5.2.2.1, §5.2.2.4, §5.2.2.8), and `s-maxage` implies `proxy-revalidate`.
+/// (RFC 9111 §5.2.2.1, §5.2.2.4, §5.2.2.8), and `s-maxage` implies `proxy-revalidate`. The
+/// directives are those of the field that governs this cache: `CDN-Cache-Control` (else
+/// `Surrogate-Control`) replaces `Cache-Control` entirely when present (RFC 9213 §2.1), so a
+/// `must-revalidate` given only there counts, and one given only in `Cache-Control` does not.
 pub fn forbids_stale(stored: &ResponseHeader) -> bool {
-    CacheControl::from_resp_headers(stored).is_some_and(|cc| {
+    crate::cache::policy::governing_cache_control(stored).is_some_and(|cc| {
         cc.no_cache()
             || cc.must_revalidate()
             || cc.proxy_revalidate()
@@ -299,5 +302,50 @@ mod tests {
         assert!(!forbids_stale(
             &ResponseHeader::build(200, None).expect("h")
         ));
+    }
+
+    #[test]
+    fn the_targeted_field_decides_whether_stale_may_be_served() {
+        let resp = |fields: &[(&str, &str)]| {
+            let mut h = ResponseHeader::build(200, None).expect("h");
+            for (k, v) in fields {
+                h.append_header(k.to_string(), *v).expect("h");
+            }
+            h
+        };
+        // must-revalidate only in CDN-Cache-Control: it governs this cache
+        assert!(forbids_stale(&resp(&[
+            ("cache-control", "max-age=5"),
+            ("cdn-cache-control", "max-age=5, must-revalidate"),
+        ])));
+        assert!(forbids_stale(&resp(&[
+            ("cache-control", "max-age=5"),
+            ("cdn-cache-control", "proxy-revalidate"),
+        ])));
+        // ... or in Surrogate-Control when there is no CDN-Cache-Control
+        assert!(forbids_stale(&resp(&[
+            ("cache-control", "max-age=5"),
+            ("surrogate-control", "max-age=5, must-revalidate"),
+        ])));
+        // must-revalidate only in Cache-Control: replaced by the targeted field (RFC 9213 §2.1)
+        assert!(!forbids_stale(&resp(&[
+            ("cache-control", "max-age=5, must-revalidate"),
+            ("cdn-cache-control", "max-age=5"),
+        ])));
+        // CDN-Cache-Control wins over Surrogate-Control
+        assert!(!forbids_stale(&resp(&[
+            ("surrogate-control", "must-revalidate"),
+            ("cdn-cache-control", "max-age=5"),
+        ])));
+        let now = SystemTime::now();
+        let d = parse(&req(&[("cache-control", "max-stale")]));
+        let stored = resp(&[
+            ("cache-control", "max-age=1"),
+            ("cdn-cache-control", "max-age=1, must-revalidate"),
+        ]);
+        assert_eq!(
+            hit_verdict(&d, secs(10), now - secs(9), forbids_stale(&stored), now),
+            HitVerdict::AsStored
+        );
     }
 }

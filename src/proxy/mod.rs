@@ -212,6 +212,9 @@ pub struct RequestCtx {
     /// The client's HTTP/2 head was rewritten as HTTP/1.1 so a background refresh can be
     /// built from it (`refresh.rs`); its version is put back before the response goes out.
     pub h2_head_downgraded: bool,
+    /// A fresh stored response was found, but the request's own directives sent it to the
+    /// origin (`Cache-Status: fwd=request`).
+    pub request_forced: bool,
 }
 
 /// Whether a final (non-1xx) response head has gone to the client already.
@@ -377,7 +380,8 @@ impl EdgeProxy {
         &self,
         session: &Session,
         meta: &CacheMeta,
-        ctx: &RequestCtx,
+        is_fresh: bool,
+        ctx: &mut RequestCtx,
     ) -> Option<ForcedFreshness> {
         let snapshot = self.snapshot.load();
         if !snapshot.control.invalidations.is_empty() {
@@ -414,7 +418,10 @@ impl EdgeProxy {
         );
         match verdict {
             HitVerdict::AsStored => None,
-            HitVerdict::Revalidate => Some(ForcedFreshness::ForceExpired),
+            HitVerdict::Revalidate => {
+                ctx.request_forced = is_fresh;
+                Some(ForcedFreshness::ForceExpired)
+            }
             HitVerdict::ServeStale => Some(ForcedFreshness::ForceFresh),
         }
     }
@@ -556,7 +563,7 @@ impl ProxyHttp for EdgeProxy {
         is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
-        let forced = self.hit_override(session, meta, ctx);
+        let forced = self.hit_override(session, meta, is_fresh, ctx);
         let served_fresh = match forced {
             None => is_fresh,
             Some(ForcedFreshness::ForceFresh) => true,
@@ -904,7 +911,8 @@ impl ProxyHttp for EdgeProxy {
                             .and_then(LockWait::detail),
                     ),
                 };
-                let status = policy::cache_status(phase, ttl_left, ctx.stored, detail);
+                let status =
+                    policy::cache_status(phase, ttl_left, ctx.stored, ctx.request_forced, detail);
                 resp.insert_header("cache-status", status)?;
             }
             headers::apply_response_ops(resp, &route.spec.response_headers)?;

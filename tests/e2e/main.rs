@@ -10,6 +10,7 @@ mod cache;
 mod cache_rules;
 mod config_files;
 mod control;
+mod directives;
 mod eviction;
 mod filters;
 mod get_body;
