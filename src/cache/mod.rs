@@ -3,6 +3,7 @@
 //! invalidation).
 
 pub mod collapse;
+pub mod early_refresh;
 pub mod eviction;
 pub mod invalidation;
 pub mod key_rules;
@@ -36,6 +37,8 @@ pub struct CacheEngine {
     /// Hit-for-pass: URLs whose last response was uncacheable for a lasting reason skip the
     /// lookup and the miss lock until a response says otherwise (LRU, 16 × 4096 URLs).
     pub predictor: &'static Predictor<16>,
+    /// Keys being refreshed early (XFetch) right now: one refresh per key at a time.
+    pub refreshing: &'static early_refresh::RefreshSet,
     /// The `cache:` block it was built from.
     pub settings: CacheSettings,
 }
@@ -67,6 +70,7 @@ impl CacheEngine {
             eviction,
             lock,
             predictor,
+            refreshing: Box::leak(Box::default()),
             settings,
         }))
     }

@@ -184,11 +184,16 @@ pub const FETCHED_AT: &str = "verge-fetched-at";
 /// under, so entries can be matched against invalidations away from a request (reclaiming).
 pub const ENTRY_URL: &str = "verge-entry-url";
 
+/// Stored with each entry (never shown to clients): how long its origin fetch took, request
+/// sent to response head, in milliseconds: XFetch's `delta` for early refresh.
+pub const FETCH_MS: &str = "verge-fetch-ms";
+
 /// Headers removed from every client response: the ones verge adds to stored entries for
 /// itself, the invalidation tags, and the targeted cache field (meant for this cache only).
-pub static CLIENT_HIDDEN_HEADERS: [http::HeaderName; 7] = [
+pub static CLIENT_HIDDEN_HEADERS: [http::HeaderName; 8] = [
     http::HeaderName::from_static(FETCHED_AT),
     http::HeaderName::from_static(ENTRY_URL),
+    http::HeaderName::from_static(FETCH_MS),
     http::HeaderName::from_static("surrogate-key"),
     http::HeaderName::from_static("cache-tag"),
     http::HeaderName::from_static("cache-groups"),
@@ -208,6 +213,20 @@ pub fn entry_url(meta: &CacheMeta) -> Option<(&str, &str)> {
     let v = meta.headers().get(ENTRY_URL)?.to_str().ok()?;
     let i = v.find('/')?;
     Some((&v[..i], &v[i..]))
+}
+
+/// Record how long the fetch behind `meta` took (to its response head).
+pub fn set_fetch_duration(meta: &mut CacheMeta, took: Duration) {
+    // A decimal number is always a valid header value.
+    let _ = meta
+        .response_header_mut()
+        .insert_header(FETCH_MS, took.as_millis().to_string());
+}
+
+/// How long the fetch behind a stored entry took, if recorded.
+pub fn fetch_duration(meta: &CacheMeta) -> Option<Duration> {
+    let ms: u64 = meta.headers().get(FETCH_MS)?.to_str().ok()?.parse().ok()?;
+    Some(Duration::from_millis(ms))
 }
 
 /// Record when the fetch behind `meta` started.
@@ -398,6 +417,7 @@ pub fn refreshed_by_not_modified(
         let keep = NOT_UPDATED_BY_304.contains(name)
             || name == FETCHED_AT
             || name == ENTRY_URL
+            || name == FETCH_MS
             || connection_listed
                 .iter()
                 .any(|t| name.as_str().eq_ignore_ascii_case(t));
@@ -535,6 +555,22 @@ mod tests {
     }
 
     #[test]
+    fn fetch_durations_round_trip_and_a_304_cannot_set_them() {
+        let now = SystemTime::now();
+        let r = resp(200, &[("cache-control", "max-age=60")]);
+        let mut m = response_meta(&r, false, &rules(), now).expect("c");
+        assert_eq!(fetch_duration(&m), None);
+        set_fetch_duration(&mut m, Duration::from_millis(1234));
+        assert_eq!(fetch_duration(&m), Some(Duration::from_millis(1234)));
+        let nm = resp(304, &[(FETCH_MS, "1")]);
+        let out = refreshed_by_not_modified(m.response_header(), &nm, None);
+        assert_eq!(
+            out.headers.get(FETCH_MS).map(|v| v.as_bytes()),
+            Some(&b"1234"[..])
+        );
+    }
+
+    #[test]
     fn clients_never_see_tags_or_private_headers() {
         let hidden = |n: &str| CLIENT_HIDDEN_HEADERS.iter().any(|h| h.as_str() == n);
         for tag in &TAG_HEADERS {
@@ -543,6 +579,7 @@ mod tests {
         for private in [
             FETCHED_AT,
             ENTRY_URL,
+            FETCH_MS,
             TARGETED_CACHE_CONTROL,
             SURROGATE_CONTROL,
         ] {

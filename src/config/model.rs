@@ -167,7 +167,37 @@ pub struct RouteCache {
     /// Obey request `no-cache`, `Pragma: no-cache`, `max-age` and `min-fresh` (clients may force
     /// a revalidation). `false` ignores them, as nginx and Varnish do by default.
     pub client_revalidation: bool,
+    /// Refresh fresh entries in the background before they expire (XFetch); `None`: off.
+    pub early_refresh: Option<EarlyRefresh>,
 }
+
+/// XFetch early refresh (`routes[].cache.early_refresh`): a fresh hit refreshes its entry in
+/// the background with a probability that rises as expiry nears.
+#[derive(Debug, Clone, Copy)]
+pub struct EarlyRefresh {
+    /// Eagerness: 1.0 is XFetch's optimum; larger refreshes earlier.
+    pub beta: f64,
+    /// How long a fetch takes, as XFetch's `delta`; `None`: the time the entry's own fetch took
+    /// (request sent to response head).
+    pub delta: Option<Duration>,
+}
+
+impl Default for EarlyRefresh {
+    fn default() -> Self {
+        EarlyRefresh {
+            beta: 1.0,
+            delta: None,
+        }
+    }
+}
+
+impl PartialEq for EarlyRefresh {
+    fn eq(&self, other: &Self) -> bool {
+        self.beta.to_bits() == other.beta.to_bits() && self.delta == other.delta
+    }
+}
+
+impl Eq for EarlyRefresh {}
 
 /// Default cap on variants per URL.
 pub const DEFAULT_MAX_VARIANTS: usize = 32;
@@ -187,6 +217,7 @@ impl Default for RouteCache {
             max_variants: DEFAULT_MAX_VARIANTS,
             key: CacheKeyRules::default(),
             client_revalidation: true,
+            early_refresh: None,
         }
     }
 }

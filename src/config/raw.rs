@@ -85,6 +85,15 @@ pub struct RawRouteCache {
     pub max_variants: Option<usize>,
     pub key: Option<RawCacheKey>,
     pub client_revalidation: Option<bool>,
+    pub early_refresh: Option<RawEarlyRefresh>,
+}
+
+/// `routes[].cache.early_refresh`: XFetch probabilistic refresh of fresh entries.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawEarlyRefresh {
+    pub beta: Option<f64>,
+    pub delta: Option<ConfDuration>,
 }
 
 /// `routes[].cache.key`. `query` stays a YAML value: it is a word (`all`, `sorted`, `ignore`)

@@ -340,6 +340,9 @@ fn validate_route_cache(
         max_variants,
         key,
         client_revalidation: raw.client_revalidation.unwrap_or(true),
+        early_refresh: raw
+            .early_refresh
+            .map(|e| early_refresh(&format!("{path}.early_refresh"), e, errs)),
     };
     if let Some(m) = c.max_ttl {
         for (name, ttl) in [
@@ -358,6 +361,32 @@ fn validate_route_cache(
         }
     }
     Some(c)
+}
+
+/// Largest `early_refresh.beta`: beyond it every hit of a long-lived entry would refresh.
+const MAX_EARLY_REFRESH_BETA: f64 = 1000.0;
+
+/// `routes[].cache.early_refresh`: `beta` in (0, 1000] (default 1.0), `delta` above zero.
+fn early_refresh(path: &str, raw: RawEarlyRefresh, errs: &mut Errors) -> EarlyRefresh {
+    let mut e = EarlyRefresh::default();
+    if let Some(beta) = raw.beta {
+        if beta.is_finite() && beta > 0.0 && beta <= MAX_EARLY_REFRESH_BETA {
+            e.beta = beta;
+        } else {
+            errs.push(
+                format!("{path}.beta"),
+                format!("must be above 0 and at most {MAX_EARLY_REFRESH_BETA}, not {beta}"),
+            );
+        }
+    }
+    if let Some(delta) = raw.delta {
+        if delta.0.is_zero() {
+            errs.push(format!("{path}.delta"), "must be greater than zero");
+        } else {
+            e.delta = Some(delta.0);
+        }
+    }
+    e
 }
 
 /// `routes[].cache.key`: query rule, headers and cookies that select variants.

@@ -215,6 +215,8 @@ pub struct RequestCtx {
     /// A fresh stored response was found, but the request's own directives sent it to the
     /// origin (`Cache-Status: fwd=request`).
     pub request_forced: bool,
+    /// This fresh hit started an early (XFetch) refresh of its entry.
+    pub early_refresh: bool,
 }
 
 /// Whether a final (non-1xx) response head has gone to the client already.
@@ -427,6 +429,74 @@ impl EdgeProxy {
     }
 }
 
+impl EdgeProxy {
+    /// XFetch on a fresh hit (routes with `cache.early_refresh`): maybe start one background
+    /// refresh of the entry (none when one is already running for its key). The client is
+    /// answered from the entry either way.
+    fn maybe_refresh_early(
+        &self,
+        session: &mut Session,
+        meta: &CacheMeta,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        use crate::cache::early_refresh;
+        let Some(settings) = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.spec.cache.as_ref())
+            .and_then(|c| c.early_refresh)
+        else {
+            return Ok(());
+        };
+        let left = meta
+            .fresh_until()
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        let delta = settings
+            .delta
+            .or_else(|| policy::fetch_duration(meta))
+            .unwrap_or(early_refresh::DEFAULT_DELTA);
+        if session.subrequest_spawner.is_none()
+            || !early_refresh::should_refresh(
+                left,
+                delta,
+                settings.beta,
+                early_refresh::unit_random(),
+            )
+        {
+            return Ok(());
+        }
+        let key = pingora_cache::key::CacheHashKey::combined_bin(session.cache.cache_key());
+        let Some(claim) = self.cache.refreshing.try_start(key) else {
+            return Ok(());
+        };
+        // the subrequest is rebuilt from this head as HTTP/1 text
+        let downgraded = refresh::h1_head_for_subrequest(session.req_header_mut())?;
+        if let Some(spawner) = session.subrequest_spawner.as_ref() {
+            let sub = pingora_proxy::subrequest::Ctx::builder()
+                .user_ctx(Box::new(refresh::EarlyRefreshTicket::new(claim)))
+                .build();
+            spawner.spawn_background_subrequest(session.downstream_session.as_ref(), sub);
+            ctx.early_refresh = true;
+        }
+        if downgraded {
+            refresh::restore_h2_version(session.req_header_mut());
+        }
+        Ok(())
+    }
+}
+
+/// Whether this request is an early refresh whose stored entry is still to be revalidated
+/// (`true` once per refresh).
+fn early_refresh_turn(session: &Session) -> bool {
+    session
+        .subrequest_ctx
+        .as_ref()
+        .and_then(|c| c.user_ctx())
+        .and_then(|u| u.downcast_ref::<refresh::EarlyRefreshTicket>())
+        .is_some_and(|t| t.take_turn())
+}
+
 #[async_trait]
 impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
@@ -436,6 +506,11 @@ impl ProxyHttp for EdgeProxy {
             started: Some(Instant::now()),
             ..RequestCtx::default()
         }
+    }
+
+    fn allow_spawning_subrequest(&self, session: &Session, _ctx: &RequestCtx) -> bool {
+        // early refreshes are spawned by client requests, never by a refresh itself
+        session.subrequest_ctx.is_none()
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -563,12 +638,19 @@ impl ProxyHttp for EdgeProxy {
         is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
-        let forced = self.hit_override(session, meta, is_fresh, ctx);
+        let mut forced = self.hit_override(session, meta, is_fresh, ctx);
+        if forced.is_none() && early_refresh_turn(session) {
+            // this is an early refresh: have the entry revalidated (and not served stale)
+            forced = Some(ForcedFreshness::ForceExpired);
+        }
         let served_fresh = match forced {
             None => is_fresh,
             Some(ForcedFreshness::ForceFresh) => true,
             Some(_) => false,
         };
+        if served_fresh && forced.is_none() && session.subrequest_ctx.is_none() {
+            self.maybe_refresh_early(session, meta, ctx)?;
+        }
         if !served_fresh
             && !matches!(forced, Some(ForcedFreshness::ForceMiss))
             && !ctx.h2_head_downgraded
@@ -635,6 +717,15 @@ impl ProxyHttp for EdgeProxy {
                 Ok(mut meta) => {
                     ctx.stored = true;
                     policy::set_fetched_at(&mut meta, fetch_started);
+                    if ctx.not_modified.is_none() {
+                        // XFetch's delta: what a full fetch costs (a 304 keeps the old figure)
+                        if let Some(ms) = ctx.origin_ms {
+                            policy::set_fetch_duration(
+                                &mut meta,
+                                std::time::Duration::from_secs_f64(ms / 1000.0),
+                            );
+                        }
+                    }
                     let pq = session
                         .req_header()
                         .uri
@@ -905,6 +996,7 @@ impl ProxyHttp for EdgeProxy {
                 let (phase, detail) = match ctx.bypass {
                     Some(b) => (phase, Some(b.as_str())),
                     None if passed => (CachePhase::Bypass, Some("hit-for-pass")),
+                    None if ctx.early_refresh => (phase, Some("early-refresh")),
                     None => (
                         phase,
                         LockWait::of(phase, session.cache.lock_duration().is_some())

@@ -4,9 +4,38 @@
 //! be written with the version `HTTP/2` and no `Host` (HTTP/2 carries `:authority` instead), the
 //! subrequest's HTTP/1 parser refuses it, and the refresh never reaches the origin (its cache
 //! lock is dropped unreleased: "Dangling cache lock").
+//!
+//! Pingora refreshes only entries that are already stale (stale-while-revalidate); an early
+//! refresh of a fresh entry (`routes[].cache.early_refresh`) is a subrequest verge spawns
+//! itself, carrying an [`EarlyRefreshTicket`].
 
+use crate::cache::early_refresh::RefreshClaim;
 use pingora_error::Result;
 use pingora_http::RequestHeader;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What an early-refresh subrequest carries (as its subrequest user context): the claim on its
+/// key, released when the subrequest ends however it ends, and whether it has already had the
+/// stored entry revalidated (a lock wait makes pingora look the entry up again).
+#[derive(Debug)]
+pub struct EarlyRefreshTicket {
+    _claim: RefreshClaim,
+    used: AtomicBool,
+}
+
+impl EarlyRefreshTicket {
+    pub fn new(claim: RefreshClaim) -> Self {
+        EarlyRefreshTicket {
+            _claim: claim,
+            used: AtomicBool::new(false),
+        }
+    }
+
+    /// `true` the first time only: this lookup is the one to revalidate.
+    pub fn take_turn(&self) -> bool {
+        !self.used.swap(true, Ordering::Relaxed)
+    }
+}
 
 /// Make an HTTP/2 request head one Pingora can rebuild as an HTTP/1.1 request: version
 /// HTTP/1.1, and a `Host` from the `:authority` when the client sent none (what an HTTP/2 to
@@ -77,6 +106,17 @@ mod tests {
         req.insert_header("host", "example.com").expect("h");
         assert!(h1_head_for_subrequest(&mut req).expect("ok"));
         assert_eq!(req.headers.get_all("host").iter().count(), 1);
+    }
+
+    #[test]
+    fn an_early_refresh_revalidates_once_and_frees_its_key_when_done() {
+        let set: &'static crate::cache::early_refresh::RefreshSet = Box::leak(Box::default());
+        let ticket = EarlyRefreshTicket::new(set.try_start([3; 16]).expect("claim"));
+        assert!(set.try_start([3; 16]).is_none());
+        assert!(ticket.take_turn());
+        assert!(!ticket.take_turn(), "a second lookup serves what it finds");
+        drop(ticket);
+        assert_eq!(set.running(), 0);
     }
 
     #[test]

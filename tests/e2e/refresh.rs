@@ -77,3 +77,130 @@ async fn stale_while_revalidate_refreshes_once_for_http2_clients() {
     let (s, _, _) = crate::harness::get(&v, "x.test", "/other").await;
     assert_eq!(s, 200);
 }
+
+/// A route whose fresh hits refresh early with near certainty: XFetch refreshes when
+/// `delta · beta · −ln(rand) ≥ time left`; with delta 1 h, beta 1000 and 60 s left, a draw
+/// misses only when −ln(rand) < 1.7e-5, i.e. about once in 60,000 hits.
+const EAGER: &str = "{early_refresh: {beta: 1000, delta: 1h}}";
+
+/// (Cache-Status, body) of a GET over HTTP/1.1 with extra request headers (the same host as
+/// [`h2_get`]'s, so both use one cache key).
+async fn h1_get_with(v: &Verge, path: &str, headers: &[(&str, &str)]) -> (String, String) {
+    let mut req = crate::harness::client().get(v.url(path));
+    for (k, val) in headers {
+        req = req.header(*k, *val);
+    }
+    let r = req.send().await.expect("request");
+    assert_eq!(r.status(), 200);
+    let cs = r
+        .headers()
+        .get("cache-status")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    (cs, r.text().await.unwrap_or_default())
+}
+
+async fn h1_get(v: &Verge, path: &str) -> (String, String) {
+    h1_get_with(v, path, &[]).await
+}
+
+/// Send GETs for `path` (with `headers`) until one says it started an early refresh; at most 3,
+/// so a one-in-60,000 draw cannot fail a test. Each must be a hit with `body`.
+async fn trigger_early_refresh(v: &Verge, path: &str, headers: &[(&str, &str)], body: &str) {
+    for _ in 0..3 {
+        let (cs, got) = h1_get_with(v, path, headers).await;
+        assert!(cs.starts_with("verge; hit; ttl="), "{cs}");
+        assert_eq!(got, body, "the stored body, not waiting for the origin");
+        if cs.ends_with("; detail=early-refresh") {
+            return;
+        }
+    }
+    panic!("no fresh hit started an early refresh");
+}
+
+#[tokio::test]
+async fn early_refresh_serves_the_hit_and_refreshes_once_in_the_background() {
+    let o = Origin::start("o").await;
+    o.set_headers("/er", &[("cache-control", "max-age=60")]);
+    let v = h2c_cached_verge(&o, EAGER).await;
+    let (cs, first) = h1_get(&v, "/er").await;
+    assert!(cs.contains("fwd=uri-miss; stored"), "{cs}");
+    assert_eq!(o.hits("/er"), 1);
+    // the origin is slow from now on, so the refresh stays in flight for a while
+    o.set_delay_ms(3000);
+    // A fresh hit, from an HTTP/2 client: answered from the entry at once, and it starts the
+    // refresh. Up to 3 tries, so a one-in-60,000 draw cannot fail the test.
+    let mut triggered = false;
+    for _ in 0..3 {
+        let (status, cs, body, version) = h2_get(&v, "/er").await;
+        assert_eq!((status, version), (200, reqwest::Version::HTTP_2));
+        assert!(cs.starts_with("verge; hit; ttl="), "{cs}");
+        assert_eq!(body, first, "the stored body, not waiting for the origin");
+        if cs.ends_with("; detail=early-refresh") {
+            triggered = true;
+            break;
+        }
+    }
+    assert!(triggered, "a fresh hit started an early refresh");
+    // While it runs, more hits of the same key are served from the entry and start no other.
+    let concurrent = futures::future::join_all((0..10).map(|_| h1_get(&v, "/er"))).await;
+    for (cs, body) in &concurrent {
+        assert!(cs.starts_with("verge; hit"), "{cs}");
+        assert!(
+            !cs.contains("early-refresh"),
+            "one refresh per key at a time: {cs}"
+        );
+        assert_eq!(body, &first);
+    }
+    let refreshed = eventually(Duration::from_secs(10), || async { o.hits("/er") == 2 }).await;
+    assert!(refreshed, "the early refresh reached the origin");
+    // the refreshed entry is served; the next fresh hit may start the next refresh
+    o.set_delay_ms(0);
+    let stored = eventually(Duration::from_secs(5), || async {
+        let (cs, body) = h1_get(&v, "/er").await;
+        cs.starts_with("verge; hit") && body != first
+    })
+    .await;
+    assert!(stored, "the refresh replaced the stored response");
+    assert!(o.hits("/er") <= 4, "one refresh per triggering hit");
+}
+
+#[tokio::test]
+async fn without_early_refresh_fresh_hits_never_reach_the_origin() {
+    let o = Origin::start("o").await;
+    o.set_headers("/off", &[("cache-control", "max-age=60")]);
+    o.set_headers("/default", &[("cache-control", "max-age=600")]);
+    let off = h2c_cached_verge(&o, "{}").await;
+    // beta 1 and the measured fetch time (about a millisecond here): with 10 min left the
+    // chance of a refresh is e^(−600/0.001), nil
+    let measured = h2c_cached_verge(&o, "{early_refresh: {}}").await;
+    h1_get(&off, "/off").await;
+    h1_get(&measured, "/default").await;
+    for _ in 0..20 {
+        let (cs, _) = h1_get(&off, "/off").await;
+        assert!(
+            cs.starts_with("verge; hit") && !cs.contains("detail"),
+            "{cs}"
+        );
+        let (cs, _) = h1_get(&measured, "/default").await;
+        assert!(
+            cs.starts_with("verge; hit") && !cs.contains("detail"),
+            "{cs}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!((o.hits("/off"), o.hits("/default")), (1, 1));
+}
+
+#[tokio::test]
+async fn an_early_refresh_fetches_even_when_the_client_said_only_if_cached() {
+    // the refresh copies the client's head, but not its directives: it must reach the origin
+    let o = Origin::start("o").await;
+    o.set_headers("/oic", &[("cache-control", "max-age=60")]);
+    let v = h2c_cached_verge(&o, EAGER).await;
+    let (_, first) = h1_get(&v, "/oic").await;
+    trigger_early_refresh(&v, "/oic", &[("cache-control", "only-if-cached")], &first).await;
+    let refreshed = eventually(Duration::from_secs(5), || async { o.hits("/oic") == 2 }).await;
+    assert!(refreshed, "the early refresh reached the origin");
+}
