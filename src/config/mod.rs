@@ -365,6 +365,60 @@ routes:
     }
 
     #[test]
+    fn total_timeouts_and_early_refresh_validate() {
+        use std::time::Duration;
+        let good = r#"
+listeners: [{listen: "127.0.0.1:8080"}]
+upstream_defaults: {timeouts: {total: 2m}}
+pools:
+  p: {backends: ["127.0.0.1:1"]}
+  q: {backends: ["127.0.0.1:2"], timeouts: {total: 0s}}
+routes:
+  - {hosts: [a.com], pool: p, timeouts: {total: 5s}, cache: {early_refresh: {beta: 2.5, delta: 250ms}}}
+  - {hosts: [b.com], pool: p, timeouts: {total: 0s}, cache: {early_refresh: {}}}
+  - {hosts: [c.com], pool: q, cache: {}}
+"#;
+        let c = Config::from_yaml_str(good).expect("valid");
+        let pool = |name: &str| c.pools.get(name).expect("pool").timeouts;
+        assert_eq!(pool("p").total, Some(Duration::from_secs(120)));
+        assert_eq!(pool("q").total, None, "0s turns the default off");
+        assert_eq!(c.routes[0].timeouts.total, Some(Duration::from_secs(5)));
+        assert_eq!(c.routes[1].timeouts.total, Some(Duration::ZERO));
+        let er = |i: usize| c.routes[i].cache.as_ref().and_then(|rc| rc.early_refresh);
+        assert_eq!(
+            er(0),
+            Some(EarlyRefresh {
+                beta: 2.5,
+                delta: Some(Duration::from_millis(250))
+            })
+        );
+        assert_eq!(er(1), Some(EarlyRefresh::default()));
+        assert_eq!(er(2), None, "off unless asked for");
+
+        let bad = r#"
+listeners: [{listen: "127.0.0.1:8080"}]
+pools: {p: {backends: ["127.0.0.1:1"], timeouts: {totl: 5s}}}
+routes:
+  - {hosts: [a.com], pool: p, cache: {early_refresh: {beta: 0}}}
+  - {hosts: [b.com], pool: p, cache: {early_refresh: {beta: 5000, delta: 0s}}}
+  - {hosts: [c.com], pool: p, cache: {early_refresh: {beta: -1}}}
+  - {hosts: [d.com], pool: p, cache: {early_refresh: {probability: 1}}}
+"#;
+        let errs = Config::from_yaml_str(bad).expect_err("invalid").errors;
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        for p in [
+            "pools.p",
+            "routes[0].cache.early_refresh.beta: must be above 0 and at most 1000",
+            "routes[1].cache.early_refresh.beta",
+            "routes[1].cache.early_refresh.delta: must be greater than zero",
+            "routes[2].cache.early_refresh.beta",
+            "routes[3]",
+        ] {
+            assert!(text.iter().any(|t| t.starts_with(p)), "{p}: {text:#?}");
+        }
+    }
+
+    #[test]
     fn get_body_policy_validates() {
         let good = r#"
 listeners: [{listen: "127.0.0.1:8080"}]

@@ -409,6 +409,9 @@ pub struct Timeouts {
     pub write: Duration,
     /// How long an idle pooled connection is kept.
     pub idle: Duration,
+    /// Deadline for a whole origin response, from the first connect attempt to its last byte
+    /// (retries included); `None`: no deadline beyond the per-read ones.
+    pub total: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -418,6 +421,7 @@ impl Default for Timeouts {
             read: Duration::from_secs(30),
             write: Duration::from_secs(30),
             idle: Duration::from_secs(60),
+            total: None,
         }
     }
 }
@@ -433,6 +437,8 @@ pub struct RouteTimeouts {
     pub write: Option<Duration>,
     /// Overrides the pool's idle timeout.
     pub idle: Option<Duration>,
+    /// `Some(0)`: no whole-response deadline on this route, whatever the pool says.
+    pub total: Option<Duration>,
 }
 
 /// A pool of backends with its selection, health checking and upstream settings.

@@ -183,6 +183,8 @@ pub struct RawTimeouts {
     pub read: Option<ConfDuration>,
     pub write: Option<ConfDuration>,
     pub idle: Option<ConfDuration>,
+    /// Whole origin response deadline; `0s` turns it off.
+    pub total: Option<ConfDuration>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -803,6 +803,12 @@ fn merge_timeouts(
         read: r.read.unwrap_or(base.read),
         write: r.write.unwrap_or(base.write),
         idle: r.idle.unwrap_or(base.idle),
+        // 0s: off
+        total: match r.total {
+            Some(t) if t.is_zero() => None,
+            Some(t) => Some(t),
+            None => base.total,
+        },
     }
 }
 
@@ -826,6 +832,8 @@ fn route_timeouts(raw: Option<&RawTimeouts>, path: &str, errs: &mut Errors) -> R
         write: check("write", raw.write, false),
         // idle 0 means "do not pool upstream connections"
         idle: check("idle", raw.idle, true),
+        // total 0 means "no whole-response deadline"
+        total: check("total", raw.total, true),
     }
 }
 

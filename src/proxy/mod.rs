@@ -1,6 +1,7 @@
 //! `EdgeProxy`: verge's `ProxyHttp` implementation. Each phase method is short and delegates to
 //! the pure modules beside it (routing, headers, peers), to the pool, and to user filters.
 
+pub mod deadline;
 pub mod filter;
 pub mod headers;
 pub mod peer;
@@ -217,11 +218,16 @@ pub struct RequestCtx {
     pub request_forced: bool,
     /// This fresh hit started an early (XFetch) refresh of its entry.
     pub early_refresh: bool,
+    /// The whole-response deadline (`timeouts.total`), from the first connect attempt.
+    pub deadline: Option<deadline::ResponseDeadline>,
 }
 
-/// Whether a final (non-1xx) response head has gone to the client already.
+/// Whether a final response head has gone to the client already: anything but an interim 1xx
+/// (a 101 is final: the connection is a tunnel from then on).
 fn final_head_sent(written: Option<&ResponseHeader>) -> bool {
-    written.is_some_and(|r| !r.status.is_informational())
+    written.is_some_and(|r| {
+        !r.status.is_informational() || r.status == http::StatusCode::SWITCHING_PROTOCOLS
+    })
 }
 
 impl RequestCtx {
@@ -800,12 +806,21 @@ impl ProxyHttp for EdgeProxy {
             ));
             return Err(crate::upstream::pool::no_backend_error(pool.name()));
         };
+        if ctx.deadline.is_none() {
+            if let Some(total) = peer::total_deadline(&pool.spec.timeouts, &route.spec.timeouts) {
+                ctx.deadline = Some(deadline::ResponseDeadline::new(Instant::now(), total));
+            }
+        }
+        let mut upstream = peer::build_peer(&pool.spec, &route.spec.timeouts, addr);
+        if let Some(d) = ctx.deadline.as_ref() {
+            let now = Instant::now();
+            if d.expired(now) {
+                return Err(d.error(None));
+            }
+            peer::clamp_connect(&mut upstream, d.remaining(now));
+        }
         ctx.tried.push(addr);
-        Ok(Box::new(peer::build_peer(
-            &pool.spec,
-            &route.spec.timeouts,
-            addr,
-        )))
+        Ok(Box::new(upstream))
     }
 
     fn fail_to_connect(
@@ -857,6 +872,15 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
+        // a connection cut by the whole-response deadline is a timeout, never retried
+        let over_deadline = ctx.deadline.as_mut().and_then(|d| {
+            d.disarm();
+            d.expired(Instant::now()).then_some(d)
+        });
+        let e = match over_deadline {
+            Some(d) => d.error(Some(e)),
+            None => e,
+        };
         if let (Some(kind), Some(route)) = (upstream_error::kind(&e), ctx.route.as_ref()) {
             log::debug!("pool {}: upstream {kind}: {e}", route.pool.name());
             METRICS
@@ -867,7 +891,12 @@ impl ProxyHttp for EdgeProxy {
         // Pingora's own policy: retry only idempotent requests whose body is still buffered,
         // and only when the failed connection was a reused one.
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        if ctx
+            .deadline
+            .as_ref()
+            .is_some_and(|d| d.expired(Instant::now()))
+            || !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
         {
             e.set_retry(false);
         } else {
@@ -881,7 +910,7 @@ impl ProxyHttp for EdgeProxy {
         _session: &mut Session,
         _reused: bool,
         _peer: &HttpPeer,
-        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(unix)] fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
         _digest: Option<&pingora_core::protocols::Digest>,
         ctx: &mut RequestCtx,
@@ -889,7 +918,38 @@ impl ProxyHttp for EdgeProxy {
         if let (Some(route), Some(addr)) = (ctx.route.as_ref(), ctx.tried.last()) {
             route.pool.report_connect_success(addr);
         }
+        if let Some(d) = ctx.deadline.as_mut() {
+            if d.expired(Instant::now()) {
+                return Err(d.error(None));
+            }
+            #[cfg(unix)]
+            if let Err(e) = d.arm(fd) {
+                log::warn!("timeouts.total: cannot watch the origin connection: {e}");
+            }
+        }
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(d) = ctx.deadline.as_mut() {
+            // Over the deadline, even a body that ends here (a close-delimited one ends when
+            // the deadline cut its connection) is not the origin's whole response: fail it,
+            // so it is not stored.
+            if d.expired(Instant::now()) {
+                return Err(d.error(None));
+            }
+            if end_of_stream {
+                // the whole response is in: no deadline for what follows
+                ctx.deadline = None;
+            }
+        }
+        Ok(None)
     }
 
     async fn upstream_request_filter(
@@ -935,6 +995,13 @@ impl ProxyHttp for EdgeProxy {
             && upstream.status != http::StatusCode::SWITCHING_PROTOCOLS
         {
             return upstream_error::count_informational(&mut ctx.informational);
+        }
+        // a tunnel (101) has no end to wait for; a head without a body is the whole response
+        if ctx.deadline.is_some()
+            && (upstream.status == http::StatusCode::SWITCHING_PROTOCOLS
+                || !deadline::body_follows(upstream))
+        {
+            ctx.deadline = None;
         }
         if !session.req_header().method.is_safe() {
             self.invalidate_after_unsafe(session.req_header(), upstream, &ctx.host);
@@ -1041,6 +1108,9 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(d) = ctx.deadline.as_mut() {
+            d.disarm();
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let mut buf = itoa::Buffer::new();
         METRICS
@@ -1104,6 +1174,7 @@ mod tests {
         assert!(!final_head_sent(None));
         assert!(!final_head_sent(Some(&head(100))));
         assert!(!final_head_sent(Some(&head(103))));
+        assert!(final_head_sent(Some(&head(101))), "a tunnel");
         assert!(final_head_sent(Some(&head(200))));
         assert!(final_head_sent(Some(&head(502))));
     }

@@ -1,8 +1,23 @@
 //! Builds the `HttpPeer` for a chosen backend: TLS, SNI and every timeout set explicitly.
 
-use crate::config::{PoolSpec, RouteTimeouts};
+use crate::config::{PoolSpec, RouteTimeouts, Timeouts};
 use pingora_core::upstreams::peer::HttpPeer;
 use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The whole-response deadline (`timeouts.total`) for a route of this pool: the route's, else
+/// the pool's; a route's `0s` turns the pool's off.
+pub fn total_deadline(pool: &Timeouts, route: &RouteTimeouts) -> Option<Duration> {
+    route.total.or(pool.total).filter(|t| !t.is_zero())
+}
+
+/// Connect no longer than the whole-response deadline leaves (`remaining`).
+pub fn clamp_connect(peer: &mut HttpPeer, remaining: Duration) {
+    let o = &mut peer.options;
+    for t in [&mut o.connection_timeout, &mut o.total_connection_timeout] {
+        *t = Some(t.map_or(remaining, |t| t.min(remaining)));
+    }
+}
 
 /// The upstream peer for `addr` in `pool`, with route timeout overrides applied.
 pub fn build_peer(pool: &PoolSpec, route: &RouteTimeouts, addr: SocketAddr) -> HttpPeer {
@@ -28,8 +43,7 @@ pub fn build_peer(pool: &PoolSpec, route: &RouteTimeouts, addr: SocketAddr) -> H
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{PassiveSpec, Selection, Timeouts, UpstreamTls};
-    use std::time::Duration;
+    use crate::config::{PassiveSpec, Selection, UpstreamTls};
 
     #[test]
     fn timeouts_and_tls() {
@@ -60,5 +74,56 @@ mod tests {
         assert_eq!(peer.options.read_timeout, Some(Duration::from_secs(2)));
         assert_eq!(peer.options.idle_timeout, Some(Duration::from_secs(60)));
         assert!(peer.options.verify_cert);
+    }
+
+    #[test]
+    fn total_deadline_route_over_pool_and_zero_is_off() {
+        let secs = Duration::from_secs;
+        let pool = |total| Timeouts {
+            total,
+            ..Timeouts::default()
+        };
+        let route = |total| RouteTimeouts {
+            total,
+            ..RouteTimeouts::default()
+        };
+        assert_eq!(total_deadline(&pool(None), &route(None)), None);
+        assert_eq!(
+            total_deadline(&pool(Some(secs(60))), &route(None)),
+            Some(secs(60))
+        );
+        assert_eq!(
+            total_deadline(&pool(Some(secs(60))), &route(Some(secs(5)))),
+            Some(secs(5))
+        );
+        assert_eq!(
+            total_deadline(&pool(Some(secs(60))), &route(Some(Duration::ZERO))),
+            None
+        );
+        assert_eq!(
+            total_deadline(&pool(None), &route(Some(secs(5)))),
+            Some(secs(5))
+        );
+    }
+
+    #[test]
+    fn connects_never_outlast_the_deadline() {
+        let mut peer = HttpPeer::new("127.0.0.1:1", false, String::new());
+        peer.options.connection_timeout = Some(Duration::from_secs(3));
+        peer.options.total_connection_timeout = Some(Duration::from_secs(6));
+        clamp_connect(&mut peer, Duration::from_secs(4));
+        assert_eq!(
+            peer.options.connection_timeout,
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            peer.options.total_connection_timeout,
+            Some(Duration::from_secs(4))
+        );
+        clamp_connect(&mut peer, Duration::from_millis(500));
+        assert_eq!(
+            peer.options.connection_timeout,
+            Some(Duration::from_millis(500))
+        );
     }
 }

@@ -17,6 +17,7 @@ mod get_body;
 mod h2_limits;
 mod health;
 mod limits;
+mod origin_deadline;
 mod origin_faults;
 mod refresh;
 mod routing;
