@@ -92,7 +92,9 @@ pub struct RawRouteCache {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawEarlyRefresh {
+    /// Eagerness, above 0 and at most 1000 (default 1.0).
     pub beta: Option<f64>,
+    /// XFetch's `delta` (default: the entry's measured fetch time).
     pub delta: Option<ConfDuration>,
 }
 

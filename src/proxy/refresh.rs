@@ -24,6 +24,7 @@ pub struct EarlyRefreshTicket {
 }
 
 impl EarlyRefreshTicket {
+    /// A ticket holding `claim` until the subrequest carrying it ends.
     pub fn new(claim: RefreshClaim) -> Self {
         EarlyRefreshTicket {
             _claim: claim,
