@@ -2,7 +2,9 @@
 //! verge built in-process with test filters (errors in every phase, per-route selection and
 //! order, route and pool overrides); unknown filter names refused at startup.
 
-use crate::harness::{client, eventually, example_bin, verge_bin, Launch, TestConfig, Verge};
+use crate::harness::{
+    accepts, client, eventually, example_bin, verge_bin, Launch, TestConfig, Verge,
+};
 use crate::origin::Origin;
 use pingora_core::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
 use std::net::SocketAddr;
@@ -393,6 +395,7 @@ impl InProcess {
             reqwest::get(format!("http://{}/readyz", config.admin))
                 .await
                 .is_ok_and(|r| r.status() == 200)
+                && accepts(config.http).await
         })
         .await;
         assert!(ready, "in-process verge not ready");

@@ -219,7 +219,7 @@ impl Verge {
             }
             let url = format!("http://{}/readyz", self.admin);
             if let Ok(r) = client.get(&url).send().await {
-                if r.status() == 200 {
+                if r.status() == 200 && accepts(self.http).await {
                     return;
                 }
             }
@@ -298,6 +298,23 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether something accepts connections on `addr`. `/readyz` answers from the admin service,
+/// whose listener may be up before the proxy's. The probe connection is closed and its end
+/// awaited, so it is gone from verge's connection count when this returns.
+pub async fn accepts(addr: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut conn) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    let _ = conn.shutdown().await;
+    let mut sink = [0u8; 256];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while matches!(conn.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    true
 }
 
 /// Poll `check` until it returns true or `within` passes.
