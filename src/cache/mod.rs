@@ -7,6 +7,8 @@ pub mod fill;
 pub mod invalidation;
 pub mod key_rules;
 pub mod policy;
+#[cfg(test)]
+mod pressure;
 pub mod reclaim;
 pub mod request_directives;
 pub mod storage;
