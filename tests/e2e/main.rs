@@ -18,5 +18,6 @@ mod health;
 mod limits;
 mod origin_faults;
 mod routing;
+mod streaming;
 mod tls;
 mod upgrade;
