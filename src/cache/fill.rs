@@ -161,8 +161,11 @@ pub struct Fill {
     expected_len: Option<usize>,
     max_body: usize,
     window: usize,
-    /// Readers may still attach: writing, not oversize, not revoked.
+    /// Readers may still attach: writing, not oversize, not revoked, not failed. Stays set
+    /// while a complete body is being stored, so a lookup always finds the fill or its entry.
     open: AtomicBool,
+    /// Purged while in flight: not to be stored.
+    revoked: AtomicBool,
     state: Mutex<State>,
     wake: watch::Sender<()>,
     /// The storage's count of bytes held by fills.
@@ -192,6 +195,7 @@ impl Fill {
             max_body,
             window: max_body.max(MIN_LAG_WINDOW),
             open: AtomicBool::new(!oversize),
+            revoked: AtomicBool::new(false),
             state: Mutex::new(State {
                 chunks: VecDeque::new(),
                 starts: VecDeque::new(),
@@ -256,7 +260,13 @@ impl Fill {
     /// Purged while in flight: readers already attached finish reading it, but it is not
     /// stored and no new reader attaches.
     pub fn revoke(&self) {
+        self.revoked.store(true, Ordering::Release);
         self.open.store(false, Ordering::Release);
+    }
+
+    /// Whether the fill was purged while in flight.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
     }
 
     /// The fetch failed: every reader gets an error from now on.
@@ -277,8 +287,6 @@ impl Fill {
     /// The writer is done: decide what to keep. A body to store replaces the chunks (readers
     /// go on reading it, without copies), and stops counting as in flight.
     pub fn seal(&self) -> Sealed {
-        // closed by now only if oversize, revoked or failed
-        let storable = self.open.swap(false, Ordering::AcqRel);
         let mut st = self.state.lock();
         if st.phase != Phase::Writing {
             return Sealed::Broken;
@@ -288,7 +296,7 @@ impl Fill {
             self.fail();
             return Sealed::Broken;
         }
-        if st.oversize || !storable {
+        if st.oversize || self.is_revoked() {
             return Sealed::NotStored;
         }
         let body = if st.chunks.len() == 1 {
@@ -311,6 +319,7 @@ impl Fill {
 
     /// Readers may finish: everything written is all there is.
     pub fn complete(&self) {
+        self.open.store(false, Ordering::Release);
         {
             let mut st = self.state.lock();
             if st.phase != Phase::Writing {
@@ -528,7 +537,15 @@ mod tests {
             _ => panic!("storable"),
         }
         assert_eq!(inflight.load(Ordering::Relaxed), 0, "now the entry's bytes");
+        // while the storage moves the body to its entry, the fill still takes readers
+        assert!(f.is_open());
+        let mut sealed_late = f.reader();
         f.complete();
+        assert!(!f.is_open());
+        assert_eq!(
+            read_all(&mut sealed_late).await.expect("sealed late"),
+            b"hello world"
+        );
         assert_eq!(read_all(&mut early).await.expect("early"), b"world");
         assert_eq!(read_all(&mut late).await.expect("late"), b"hello world");
     }

@@ -209,10 +209,11 @@ async fn stored_bytes_never_exceed_the_budget_while_concurrent_writers_overfill_
         peak_inflight <= inflight_bound,
         "in flight peaked at {peak_inflight}"
     );
-    // nothing left in flight, and storage and eviction agree to the byte
+    // nothing left in flight, and eviction accounts for at least what is stored (a purge that
+    // races a fill's commit may leave the key tracked, never stored and untracked)
     assert_eq!((storage.fills(), storage.inflight_bytes()), (0, 0));
-    assert_eq!(storage.bytes(), eviction.total_size() as u64);
-    assert_eq!(storage.objects(), eviction.total_items() as u64);
+    assert!(storage.bytes() <= eviction.total_size() as u64);
+    assert!(storage.objects() <= eviction.total_items() as u64);
     assert!(eviction.evicted_items() + eviction.rejected_items() > 0);
 }
 

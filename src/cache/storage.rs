@@ -285,13 +285,18 @@ impl MemoryStorage {
         keep
     }
 
-    /// Take `fill` out of the in-flight map and, in the same step, store `entry` in its place
-    /// (`Some`), or remove whatever is stored there (`None`: the eviction manager let the key go).
+    /// Take `fill` out of the in-flight map and, in the same step (so a lookup finds one or
+    /// the other), store `entry` in its place (`Some`), or remove whatever is stored there
+    /// (`None`: the eviction manager let the key go). A fill purged meanwhile stores nothing:
+    /// a purge marks fills before it takes this lock to remove the entry, so either this sees
+    /// the mark or the purge removes what this stored. (The eviction manager may then track the
+    /// key until it is evicted: more tracked than stored, never the other way round.)
     fn settle(&self, fill: &Fill, entry: Option<Entry>) {
         let mut maps = self.shard(&fill.key).write();
         remove_fill(&mut maps, fill);
         match entry {
-            Some(entry) => self.insert_locked(&mut maps, fill.key, entry),
+            Some(entry) if !fill.is_revoked() => self.insert_locked(&mut maps, fill.key, entry),
+            Some(_) => {}
             None => {
                 self.remove_locked(&mut maps, &fill.key);
             }
@@ -893,6 +898,49 @@ mod tests {
             "a stored hit"
         );
         assert_eq!(read_to_end(&mut hit).await.expect("r"), b"hello world");
+    }
+
+    /// From the moment a fill exists until long after it is stored, a lookup of its key always
+    /// finds something: a gap would send a request the miss lock already released to the
+    /// origin a second time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_lookup_never_misses_while_a_fill_turns_into_its_entry() {
+        let (s, _) = engine_parts(64 << 20, 4 << 20);
+        for round in 0..50 {
+            let key = CacheKey::new(format!("k{round}"), "");
+            let span = pingora_cache::trace::Span::inactive().handle();
+            let mut miss = s
+                .get_miss_handler(&key, &meta(), &span)
+                .await
+                .expect("miss");
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let lookers: Vec<_> = (0..3)
+                .map(|_| {
+                    let (key, done) = (key.clone(), done.clone());
+                    tokio::spawn(async move {
+                        let span = pingora_cache::trace::Span::inactive().handle();
+                        let mut looks = 0u32;
+                        while !done.load(std::sync::atomic::Ordering::Relaxed) || looks < 10 {
+                            let found = s.lookup(&key, &span).await.expect("lookup");
+                            assert!(found.is_some(), "a lookup found neither fill nor entry");
+                            looks += 1;
+                            tokio::task::yield_now().await;
+                        }
+                    })
+                })
+                .collect();
+            // a body big enough that moving it into the entry takes a moment
+            for _ in 0..64 {
+                miss.write_body(Bytes::from(vec![b'z'; 16 << 10]), false)
+                    .await
+                    .expect("w");
+            }
+            miss.finish().await.expect("finish");
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            for l in lookers {
+                l.await.expect("looker");
+            }
+        }
     }
 
     #[tokio::test]
