@@ -13,9 +13,9 @@
 //!   (`ServeFromCache::CacheBodyMiss`, pingora-proxy `proxy_cache.rs:2499-2520`). So a failed
 //!   cache write (`write_body` or pingora's own max-file-size check returning an error) aborts
 //!   the whole response (`proxy_h1.rs:881-896`), and disabling the cache mid-body fails the
-//!   next read with "Cache disabled". Writing therefore never fails here: an object that turns
-//!   out larger than `cache.max_object_size` keeps streaming, marked oversize, and is simply not
-//!   stored at the end.
+//!   next read with "Cache disabled". Writing therefore does not fail here while anyone reads:
+//!   an object that turns out larger than `cache.max_object_size` keeps streaming, marked
+//!   oversize, and is simply not stored at the end.
 //! - A hit reader's error ends the client response without its last chunk and without reuse
 //!   of the connection (`proxy_cache.rs:513`, then pingora-proxy `lib.rs:521-556` with
 //!   `reuse = false`).
@@ -33,7 +33,11 @@
 //! newest byte (plus the chunk being added): a reader that falls further behind loses its
 //! place and gets an error. A reader keeps up by taking everything available (up to 1 MiB) on
 //! each read, so the fetching request's own client, which pingora serves in turns with reading
-//! the origin, stays far inside the window.
+//! the origin, stays far inside the window. Once no reader of an oversize fill can read on
+//! (every one dropped or left behind, the fetching request's own client included: pingora
+//! keeps filling after that client is gone, `proxy_h1.rs:564-567, 692-696`), the next write fails and
+//! pingora ends the fetch, so an abandoned oversize download costs the origin at most about one
+//! window more.
 
 use super::stored_meta::StoredMeta;
 use async_trait::async_trait;
@@ -64,6 +68,17 @@ pub enum Phase {
     Done,
     /// The fetch failed (or its body did not match its `Content-Length`): readers get errors.
     Failed,
+}
+
+/// What [`Fill::append`] found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// This piece took the body over `max_object_size`.
+    pub became_oversize: bool,
+    /// The fill is oversize and no reader can read on: all are gone or left behind the lag
+    /// window (the fetching request's own client too, which pingora stops reading from once
+    /// that client is gone). Fetching the rest would be for nobody.
+    pub orphaned: bool,
 }
 
 /// How a fill ended, as [`Fill::seal`] found it.
@@ -225,16 +240,17 @@ impl Fill {
         self.state.lock().held
     }
 
-    /// Append a piece of the body. Returns true when this made the fill oversize.
-    pub fn append(&self, data: Bytes) -> bool {
+    /// Append a piece of the body.
+    pub fn append(&self, data: Bytes) -> Appended {
+        let mut out = Appended::default();
         if data.is_empty() {
-            return false;
+            return out;
         }
         let len = data.len();
-        let became_oversize = {
+        {
             let mut st = self.state.lock();
             if st.phase != Phase::Writing {
-                return false;
+                return out;
             }
             let start = st.written;
             st.chunks.push_back(data);
@@ -242,19 +258,20 @@ impl Fill {
             st.written += len;
             st.held += len;
             self.inflight.fetch_add(len as u64, Ordering::Relaxed);
-            let became = !st.oversize && st.written > self.max_body;
-            if became {
+            if !st.oversize && st.written > self.max_body {
                 st.oversize = true;
+                out.became_oversize = true;
                 self.open.store(false, Ordering::Release);
             }
             if st.oversize {
                 let freed = st.trim(self.window);
                 self.inflight.fetch_sub(freed as u64, Ordering::Relaxed);
+                let base = st.base();
+                out.orphaned = !st.readers.iter().flatten().any(|&p| p >= base);
             }
-            became
-        };
+        }
         self.wake.send_replace(());
-        became_oversize
+        out
     }
 
     /// Purged while in flight: readers already attached finish reading it, but it is not
@@ -586,9 +603,10 @@ mod tests {
         let f = fill(None, 1000, inflight);
         let mut keeping_up = f.reader();
         let mut stalled = f.reader();
-        assert!(!f.append(Bytes::from(vec![1u8; 600])));
+        assert_eq!(f.append(Bytes::from(vec![1u8; 600])), Appended::default());
         assert!(f.is_open());
-        assert!(f.append(Bytes::from(vec![2u8; 600])), "became oversize");
+        let became = f.append(Bytes::from(vec![2u8; 600]));
+        assert!(became.became_oversize && !became.orphaned);
         assert!(!f.is_open(), "no new readers");
         let mut total = keeping_up
             .read_body()
@@ -598,7 +616,8 @@ mod tests {
         assert_eq!(total, 1200);
         let chunk = 64 * 1024;
         for i in 0..(2 * MIN_LAG_WINDOW / chunk) {
-            f.append(Bytes::from(vec![(i % 251) as u8; chunk]));
+            let appended = f.append(Bytes::from(vec![(i % 251) as u8; chunk]));
+            assert!(!appended.orphaned, "one reader keeps up");
             let got = keeping_up.read_body().await.expect("keeps up");
             assert_eq!(got.map(|b| b.len()), Some(chunk));
             total += chunk;
@@ -626,11 +645,14 @@ mod tests {
         let mut r = f.reader();
         f.append(Bytes::from(vec![0u8; 100]));
         assert_eq!(r.read_body().await.expect("r").map(|b| b.len()), Some(100));
-        f.append(Bytes::from(vec![0u8; 100]));
+        assert!(!f.append(Bytes::from(vec![0u8; 100])).orphaned);
         // the first chunk was read by everyone: let go
         assert_eq!(f.held(), 100);
         drop(r);
-        f.append(Bytes::from(vec![0u8; 100]));
+        assert!(
+            f.append(Bytes::from(vec![0u8; 100])).orphaned,
+            "nobody left to read it"
+        );
         assert_eq!(f.held(), 0, "no readers: nothing kept");
         assert_eq!(inflight.load(Ordering::Relaxed), 0);
         drop(f);

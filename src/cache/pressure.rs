@@ -7,6 +7,7 @@ use super::eviction::S3FifoEviction;
 use super::fill::MIN_LAG_WINDOW;
 use super::storage::MemoryStorage;
 use bytes::Bytes;
+use futures::FutureExt;
 use pingora_cache::eviction::{CacheEntryKey, EvictionManager};
 use pingora_cache::key::CacheKey;
 use pingora_cache::storage::{HitHandler, Storage};
@@ -77,6 +78,12 @@ async fn write_object(
         .get_miss_handler(key, &meta(announced), &span)
         .await
         .expect("miss handler");
+    // the fetching request's own reader, which pingora takes right away and serves its client from
+    let (_, mut own) = storage
+        .lookup_streaming_write(key, miss.streaming_write_tag(), &span)
+        .await
+        .expect("streaming lookup")
+        .expect("own reader");
     let body = Bytes::from(vec![b'b'; size]);
     let mut at = 0;
     while at < size {
@@ -87,11 +94,14 @@ async fn write_object(
         }
         miss.write_body(body.slice(at..end), end == size)
             .await
-            .expect("writes never fail");
+            .expect("writes do not fail while the client reads");
+        // the client keeps up
+        while let Some(Ok(Some(_))) = own.read_body().now_or_never() {}
         at = end;
         tokio::task::yield_now().await;
     }
     miss.finish().await.expect("finish");
+    assert!(read_all(&mut own).await <= size);
 }
 
 async fn read_all(hit: &mut HitHandler) -> usize {

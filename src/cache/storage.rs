@@ -618,8 +618,8 @@ impl HandleHit for MemoryHit {
     }
 }
 
-/// Writes a response body into its fill, where readers stream it. Writing never fails (see
-/// `super::fill`); the entry is stored only by `finish`, and only when the body is complete,
+/// Writes a response body into its fill, where readers stream it. Writing does not fail while
+/// anyone can still read the fill (see `super::fill`); the entry is stored only by `finish`, and only when the body is complete,
 /// matches its `Content-Length`, fits `max_object_size` and was not purged meanwhile. Dropped
 /// without `finish` (the fetch failed): every reader of the fill gets an error.
 struct MemoryMiss {
@@ -631,9 +631,18 @@ struct MemoryMiss {
 
 #[async_trait]
 impl HandleMiss for MemoryMiss {
+    /// Fails only when an oversize body has no reader left (see `Appended::orphaned`): pingora
+    /// then ends a fetch nobody would see.
     async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
-        if self.fill.append(data) {
+        let appended = self.fill.append(data);
+        if appended.became_oversize {
             self.storage.mark_too_large(self.fill.primary);
+        }
+        if appended.orphaned {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "nobody reads this response any more, and it is too large to store",
+            );
         }
         Ok(())
     }
@@ -742,10 +751,40 @@ mod tests {
             .get_miss_handler(&key, &meta(), &span)
             .await
             .expect("miss");
+        let (_, mut own) = s
+            .lookup_streaming_write(&key, miss.streaming_write_tag(), &span)
+            .await
+            .expect("streaming lookup")
+            .expect("own reader");
         miss.write_body(Bytes::from(vec![0u8; 2048]), true)
             .await
-            .expect("an oversize write does not fail");
+            .expect("an oversize write does not fail while its client reads");
         miss.finish().await.expect("finish");
+        assert_eq!(
+            own.read_body().await.expect("r").map(|b| b.len()),
+            Some(2048)
+        );
+        assert_eq!(own.read_body().await.expect("r"), None);
+        drop(own);
+        // ... and once nobody can read it, the next write fails, ending the fetch
+        let mut miss = s
+            .get_miss_handler(&key, &meta(), &span)
+            .await
+            .expect("miss");
+        let (_, own) = s
+            .lookup_streaming_write(&key, miss.streaming_write_tag(), &span)
+            .await
+            .expect("streaming lookup")
+            .expect("own reader");
+        miss.write_body(Bytes::from(vec![0u8; 2048]), false)
+            .await
+            .expect("its client may still read");
+        drop(own);
+        assert!(miss
+            .write_body(Bytes::from(vec![0u8; 10]), false)
+            .await
+            .is_err());
+        drop(miss);
         assert!(s.lookup(&key, &span).await.expect("lookup").is_none());
         assert_eq!((s.objects(), s.bytes(), s.inflight_bytes()), (0, 0, 0));
         assert_eq!(s.fills(), 0);
@@ -1040,6 +1079,10 @@ mod tests {
             .get_miss_handler(&key, &meta(), &span)
             .await
             .expect("miss");
+        let _own = s
+            .lookup_streaming_write(&key, miss.streaming_write_tag(), &span)
+            .await
+            .expect("streaming lookup");
         miss.write_body(Bytes::from_static(b"0123456789"), false)
             .await
             .expect("w");

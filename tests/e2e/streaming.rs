@@ -75,6 +75,8 @@ struct PathState {
     requests: u64,
     /// Body pieces written by the latest response.
     sent: usize,
+    /// The latest response could not be written to the end: verge closed the connection.
+    aborted: bool,
 }
 
 struct Shared {
@@ -127,6 +129,12 @@ impl ScriptedOrigin {
         lock(&self.shared.paths).get(path).map_or(0, |p| p.sent)
     }
 
+    fn aborted(&self, path: &str) -> bool {
+        lock(&self.shared.paths)
+            .get(path)
+            .is_some_and(|p| p.aborted)
+    }
+
     fn open_gate(&self) {
         self.shared.gate.send_replace(true);
     }
@@ -176,6 +184,7 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
             let p = paths.entry(path.clone()).or_default();
             p.requests += 1;
             p.sent = 0;
+            p.aborted = false;
         }
         let Some(script) = lock(&shared.scripts).get(&path).cloned() else {
             let _ = stream
@@ -211,6 +220,9 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
                 stream.write_all(piece).await
             };
             if written.is_err() || stream.flush().await.is_err() {
+                if let Some(p) = lock(&shared.paths).get_mut(&path) {
+                    p.aborted = true;
+                }
                 return;
             }
             if let Some(p) = lock(&shared.paths).get_mut(&path) {
@@ -548,6 +560,40 @@ async fn an_oversize_body_without_content_length_reaches_every_client_whole_and_
         assert!(c.body().bytes == expected);
         assert_eq!(o.requests("/big-cl"), n);
     }
+}
+
+/// A client that leaves an oversize download: nobody reads the rest, so verge stops fetching it
+/// (about one lag window, 4 MiB, after the client's reader fell behind) instead of pulling the
+/// whole body from the origin for nobody.
+#[tokio::test]
+async fn an_abandoned_oversize_download_stops_the_origin_fetch() {
+    const PIECES: usize = 256;
+    let o = ScriptedOrigin::start().await;
+    // 32 MiB, chunked, as fast as the connection takes it
+    let mut script = Script::new(pieces(PIECES, 128 * 1024));
+    script.chunked = true;
+    o.script("/huge", script);
+    let v = verge_for(&o, ", max_object_size: 64KiB").await;
+    let mut c = Exchange::start(&v, "/huge").await;
+    assert!(c.first_body_bytes().await);
+    drop(c);
+    let stopped = crate::harness::eventually(PATIENCE, || async { o.aborted("/huge") }).await;
+    let sent = o.sent("/huge");
+    assert!(
+        stopped,
+        "the origin was read to the end ({sent} of {PIECES} pieces)"
+    );
+    assert!(sent < PIECES, "{sent} of {PIECES} pieces");
+    // verge is fine, and the next client gets the whole body
+    let whole = client()
+        .get(v.url("/huge"))
+        .header("host", "c.test")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(whole.status(), 200);
+    let body = whole.bytes().await.expect("whole body");
+    assert_eq!(body.len(), PIECES * 128 * 1024);
 }
 
 #[tokio::test]
