@@ -8,7 +8,7 @@
 //! requests and the body pieces it has written, so a test can tell "a client got bytes before
 //! the origin sent its last piece" from the origin's side rather than from a clock.
 
-use crate::harness::{client, Verge};
+use crate::harness::Verge;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,6 +20,23 @@ use tokio::sync::watch;
 
 /// How long any wait in these tests may take before it counts as a failure.
 const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Where the clients here connect from: 127.0.0.2, so the hundreds of connections these tests
+/// open take their ephemeral ports on another address than the 127.0.0.1 ports the harness
+/// hands out (`free_port`) for verge instances still starting in other tests.
+const CLIENT_SOURCE: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2)),
+    0,
+);
+
+/// A client like `harness::client`, connecting from [`CLIENT_SOURCE`].
+fn local_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(PATIENCE)
+        .local_address(CLIENT_SOURCE.ip())
+        .build()
+        .expect("client")
+}
 
 /// What the origin does for a path.
 #[derive(Clone)]
@@ -261,7 +278,9 @@ impl Exchange {
     /// Send `GET path` for host `c.test` on a new connection, without `Connection: close`, so
     /// a whole response leaves the connection open and only a failure closes it.
     async fn start(v: &Verge, path: &str) -> Exchange {
-        let mut stream = TcpStream::connect(v.http).await.expect("connect");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(CLIENT_SOURCE).expect("bind client source");
+        let mut stream = socket.connect(v.http).await.expect("connect");
         let req = format!("GET {path} HTTP/1.1\r\nHost: c.test\r\n\r\n");
         stream.write_all(req.as_bytes()).await.expect("write");
         Exchange {
@@ -585,7 +604,7 @@ async fn an_abandoned_oversize_download_stops_the_origin_fetch() {
     );
     assert!(sent < PIECES, "{sent} of {PIECES} pieces");
     // verge is fine, and the next client gets the whole body
-    let whole = client()
+    let whole = local_client()
         .get(v.url("/huge"))
         .header("host", "c.test")
         .send()
@@ -611,7 +630,7 @@ async fn two_hundred_concurrent_misses_make_one_origin_request() {
         .map(|_| {
             let url = v.url("/cold");
             tokio::spawn(async move {
-                let r = client()
+                let r = local_client()
                     .get(url)
                     .header("host", "c.test")
                     .send()
@@ -656,7 +675,7 @@ async fn the_cache_bytes_gauge_never_exceeds_the_budget_while_concurrent_clients
         let done = done.clone();
         let admin = format!("http://{}/metrics", v.admin);
         tokio::spawn(async move {
-            let c = client();
+            let c = local_client();
             let mut samples = Vec::new();
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 if let Ok(r) = c.get(&admin).send().await {
@@ -673,7 +692,7 @@ async fn the_cache_bytes_gauge_never_exceeds_the_budget_while_concurrent_clients
         .map(|c| {
             let url = v.url("/fill/");
             tokio::spawn(async move {
-                let http = client();
+                let http = local_client();
                 for j in 0..PER_CLIENT {
                     let i = j * CLIENTS + c;
                     let r = http
