@@ -2,12 +2,16 @@
 //! S3-FIFO (small FIFO, main FIFO with frequency bits, ghost queue) behind TinyLFU admission (a
 //! 4-bit count-min sketch that is halved periodically), implementing pingora's `EvictionManager`.
 //!
-//! How pingora drives it: `HttpCache::finish_miss_handler` stores the object, then calls
-//! [`EvictionManager::admit`] with the size the storage reported and `tokio::spawn`s a
-//! `Storage::purge(PurgeTarget::Exact, PurgeType::Eviction)` for every key returned. A rejected
-//! newcomer is therefore returned as its own "victim", so the storage drops it again. Hits call
-//! [`EvictionManager::access`]; invalidations that removed an entry call
-//! [`EvictionManager::remove`].
+//! How it is driven: left to itself, pingora's `HttpCache::finish_miss_handler` stores the
+//! object, then calls [`EvictionManager::admit`] with the size the storage reported and
+//! `tokio::spawn`s a `Storage::purge(PurgeTarget::Exact, PurgeType::Eviction)` for every key
+//! returned (a rejected newcomer is returned as its own "victim"), so the stored bytes run over
+//! the budget until those purges land. `MemoryStorage` therefore admits each object itself,
+//! through [`S3FifoEviction::admit_with`], and drops the victims before it stores the newcomer,
+//! all under the shard's lock; it then reports `MissFinishType::Appended(0, Some(0))`, which
+//! pingora turns into an `increment_weight` that changes nothing. A 304 that changes an entry's
+//! size goes through [`S3FifoEviction::resize_with`]. Hits call [`EvictionManager::access`];
+//! invalidations that removed an entry call [`EvictionManager::remove`].
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -73,8 +77,8 @@ impl Totals {
     }
 }
 
-/// How many shards a budget gets: a power of two, at most [`MAX_SHARDS`], so that each shard
-/// keeps at least [`MIN_SHARD_BYTES`] and room for [`MIN_OBJECTS_PER_SHARD`] of the largest
+/// How many shards a budget gets: a power of two, at most 16 (`MAX_SHARDS`), so that each
+/// shard keeps at least 4 MiB and room for 4 of the largest
 /// objects. Budgets too small for that get one shard.
 pub fn shard_count(budget: usize, max_object_size: usize) -> usize {
     let floor = MIN_SHARD_BYTES.max(max_object_size.saturating_mul(MIN_OBJECTS_PER_SHARD));
@@ -116,6 +120,56 @@ impl S3FifoEviction {
 
     fn shard(&self, hashes: &KeyHashes) -> &Mutex<Shard> {
         &self.shards[hashes.shard as usize % self.shards.len()]
+    }
+
+    /// Admit `item` with `weight` (or resize it, if tracked) exactly as [`EvictionManager::admit`]
+    /// does, and run `apply` with what must leave (possibly `item` itself) while the shard's lock
+    /// is still held. Victims always come from `item`'s own shard, so a storage that drops them
+    /// and stores the newcomer inside `apply` never holds more than the tracked bytes, and the
+    /// tracked bytes never exceed the budget, even with concurrent writers.
+    pub fn admit_with<R>(
+        &self,
+        item: CacheEntryKey,
+        weight: usize,
+        apply: impl FnOnce(&[CacheEntryKey]) -> R,
+    ) -> R {
+        let (id, hashes) = identify_owned(&item);
+        let mut shard = self.shard(&hashes).lock();
+        let gone = shard.admit(item, id, hashes, weight, &self.totals);
+        apply(&gone)
+    }
+
+    /// Give a tracked entry a new weight (its stored headers changed size, after a 304) and run
+    /// `apply` with what must leave (possibly `item` itself, if it no longer fits) under the
+    /// shard's lock, as in [`S3FifoEviction::admit_with`]. Frequency is not touched: the request
+    /// behind the update was already counted as an access. `None` (and nothing changed) when
+    /// `item` is not tracked (it was rejected or evicted and its purge is on the way) or when
+    /// `still_current`, asked under the lock, says the update no longer applies.
+    pub fn resize_with<R>(
+        &self,
+        item: &CacheEntryKey,
+        still_current: impl FnOnce() -> bool,
+        weight: usize,
+        apply: impl FnOnce(&[CacheEntryKey]) -> R,
+    ) -> Option<R> {
+        let (id, hashes) = identify_owned(item);
+        let mut shard = self.shard(&hashes).lock();
+        if !shard.entries.contains_key(&id) || !still_current() {
+            return None;
+        }
+        let mut gone = Vec::new();
+        shard.resize(&id, weight.max(1), &self.totals, &mut gone);
+        Some(apply(&gone))
+    }
+
+    /// The weight `item` is tracked with, if it is.
+    pub fn weight_of(&self, item: &CacheEntryKey) -> Option<usize> {
+        let (id, hashes) = identify_owned(item);
+        self.shard(&hashes)
+            .lock()
+            .entries
+            .get(&id)
+            .map(|e| e.weight)
     }
 }
 
@@ -589,6 +643,12 @@ impl EvictionManager for S3FifoEviction {
         let mut shard = self.shard(&hashes).lock();
         let Some(current) = shard.entries.get(&id).map(|e| e.weight) else {
             let initial = max_weight.map_or(delta, |max| delta.min(max));
+            if initial == 0 {
+                // Nothing to track. `MemoryStorage` admits its entries itself (see
+                // `S3FifoEviction::admit_with`) and reports `Appended(0, Some(0))`, which pingora
+                // turns into this call: a rejected or unstored object must not come back here.
+                return Vec::new();
+            }
             return shard.admit(item.clone(), id, hashes, initial, &self.totals);
         };
         let grown = current.saturating_add(delta);
@@ -951,7 +1011,16 @@ mod tests {
         let m = S3FifoEviction::new(MIB, 64 * KIB);
         let k = key("streamed");
         assert!(m.increment_weight(&k, 0, None).is_empty());
-        assert_eq!(m.total_size(), 1, "floored to 1");
+        assert!(m.increment_weight(&k, 10, Some(0)).is_empty());
+        assert_eq!(
+            (m.total_size(), m.total_items()),
+            (0, 0),
+            "an untracked key is not taken on with weight 0"
+        );
+        assert!(m.increment_weight(&k, 1, None).is_empty());
+        assert_eq!(m.total_size(), 1);
+        assert!(m.increment_weight(&k, 0, Some(0)).is_empty());
+        assert_eq!(m.total_size(), 1, "a tracked entry keeps its weight");
         EvictionManager::remove(&m, CacheEntryKeyRef::from(&k));
         assert!(m.increment_weight(&k, 500, Some(300)).is_empty());
         assert_eq!(m.total_size(), 300);
@@ -1060,6 +1129,36 @@ mod tests {
             );
         }
         assert_eq!(m.rejected_items(), 0);
+    }
+
+    #[test]
+    fn storage_side_admission_and_resizing() {
+        let m = S3FifoEviction::with_shards(1000, 1);
+        for i in 0..10 {
+            let gone = m.admit_with(key(&format!("a{i}")), 100, <[CacheEntryKey]>::to_vec);
+            assert!(gone.is_empty());
+        }
+        // the victim is handed over while the newcomer is admitted
+        let gone = m.admit_with(key("b"), 100, <[CacheEntryKey]>::to_vec);
+        assert_eq!(gone, vec![key("a0")]);
+        assert_eq!(m.total_size(), 1000);
+        // resizing: only tracked entries, and only while the caller says it still applies
+        assert_eq!(m.resize_with(&key("a0"), || true, 50, |_| ()), None);
+        assert_eq!(m.resize_with(&key("b"), || false, 50, |_| ()), None);
+        assert_eq!(m.weight_of(&key("b")), Some(100));
+        assert_eq!(
+            m.resize_with(&key("b"), || true, 50, <[CacheEntryKey]>::to_vec),
+            Some(vec![])
+        );
+        assert_eq!((m.weight_of(&key("b")), m.total_size()), (Some(50), 950));
+        // growing makes room; growing past the shard evicts the entry itself
+        let gone = m.resize_with(&key("b"), || true, 250, <[CacheEntryKey]>::to_vec);
+        assert_eq!(gone.map(|g| g.len()), Some(2));
+        assert!(m.total_size() <= 1000);
+        let gone = m.resize_with(&key("b"), || true, 1001, <[CacheEntryKey]>::to_vec);
+        assert!(gone.is_some_and(|g| g.contains(&key("b"))));
+        assert!(!m.peek(&key("b")));
+        assert_eq!(m.total_size(), m.total_items() * 100);
     }
 
     #[tokio::test]

@@ -5,9 +5,12 @@
 pub mod collapse;
 pub mod early_refresh;
 pub mod eviction;
+pub mod fill;
 pub mod invalidation;
 pub mod key_rules;
 pub mod policy;
+#[cfg(test)]
+mod pressure;
 pub mod reclaim;
 pub mod request_directives;
 pub mod storage;
@@ -21,8 +24,8 @@ use pingora_cache::eviction::{CacheEntryKeyRef, EvictionManager};
 use pingora_cache::key::{CacheHashKey, HashBinary};
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_cache::predictor::Predictor;
-use pingora_cache::ForcedFreshness;
 use pingora_cache::{CacheKey, CacheMeta, VarianceBuilder};
+use pingora_cache::{ForcedFreshness, HttpCache, NoCacheReason};
 use pingora_http::RequestHeader;
 use storage::MemoryStorage;
 
@@ -56,7 +59,6 @@ impl CacheEngine {
     pub fn new(settings: CacheSettings) -> &'static CacheEngine {
         let memory = usize::try_from(settings.memory).unwrap_or(usize::MAX);
         let max_object = usize::try_from(settings.max_object_size).unwrap_or(usize::MAX);
-        let storage: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(max_object)));
         let eviction: &'static S3FifoEviction =
             Box::leak(Box::new(S3FifoEviction::new(memory, max_object)));
         let lock: &'static CacheKeyLockImpl =
@@ -65,6 +67,11 @@ impl CacheEngine {
             4096,
             Some(policy::transient_no_cache_reason),
         )));
+        let storage: &'static MemoryStorage = Box::leak(Box::new(
+            MemoryStorage::new(max_object)
+                .with_eviction(eviction)
+                .with_predictor(predictor),
+        ));
         Box::leak(Box::new(CacheEngine {
             storage,
             eviction,
@@ -102,6 +109,25 @@ impl CacheEngine {
         removed.len()
     }
 
+    /// The response of a request that is filling the cache failed before it reached the client
+    /// (an `on_response` filter error): keep it out of the cache. With streaming, the body may
+    /// already be complete and stored by then (a small one arrives with its head), so the entry
+    /// is removed; a fill still in flight is kept from being stored (pingora also drops its
+    /// miss handler when the request fails, which ends the fill with an error for its readers).
+    pub fn discard_fill_of(&self, cache: &HttpCache) {
+        let writing = matches!(
+            cache.phase(),
+            pingora_cache::CachePhase::Miss | pingora_cache::CachePhase::Expired
+        );
+        if !cache.enabled() || !writing {
+            return;
+        }
+        if let Some(k) = self.storage.discard(&cache.cache_key().combined_bin()) {
+            self.eviction
+                .remove(CacheEntryKeyRef::from_entry_id(&k, None));
+        }
+    }
+
     /// Whether a response may be stored under `key` without exceeding `max_variants` for its
     /// URL: always when it replaces an entry already stored there.
     pub fn admits_variant(&self, key: &CacheKey, max_variants: usize) -> bool {
@@ -130,6 +156,31 @@ impl CacheEngine {
                 .remove(CacheEntryKeyRef::from_entry_id(k, None));
         }
         removed.len()
+    }
+}
+
+/// Leave the `cache.max_object_size` check of a response without `Content-Length` to
+/// [`MemoryStorage`], which streams such a body to the end and simply does not store it.
+///
+/// Call it from `upstream_response_filter`, which pingora runs before its cache write. Pingora's
+/// own check counts body bytes as they arrive and, once over the limit, fails the cache write
+/// (pingora-proxy 0.9.1 `proxy_cache.rs:718-738`); with a streaming storage the client is
+/// served from that write, so pingora then aborts the client's response too (`proxy_h1.rs:
+/// 881-896`). A response with a `Content-Length` keeps pingora's check, which decides at the
+/// head, before anything is streamed (`proxy_cache.rs:655-676`). So does a request that bypassed
+/// the cache because its URL was too large: pingora measures that response against the limit to
+/// learn whether the URL became cacheable again (`proxy_h1.rs:907-1014`).
+pub fn defer_body_size_check(cache: &mut HttpCache, resp: &pingora_http::ResponseHeader) {
+    if resp.headers.contains_key(http::header::CONTENT_LENGTH) {
+        return;
+    }
+    let applies = cache.enabled()
+        || (cache.bypassing()
+            && cache
+                .predicted_uncacheable_reason()
+                .is_some_and(|r| r != NoCacheReason::ResponseTooLarge));
+    if applies && cache.max_file_size_bytes().is_some() {
+        cache.set_max_file_size_bytes(usize::MAX);
     }
 }
 
@@ -337,16 +388,16 @@ mod tests {
             miss.write_body(bytes::Bytes::from_static(b"body"), true)
                 .await
                 .expect("write");
-            let size = match miss.finish().await.expect("finish") {
-                pingora_cache::storage::MissFinishType::Created(n) => n,
-                _ => panic!("storage finishes with Created"),
-            };
-            engine.eviction.admit(
-                CacheEntryKey::key_only(key.to_compact()),
-                size,
-                now + Duration::from_secs(60),
-            );
+            // the storage admits the entry itself; what pingora is told to add is nothing
+            assert!(matches!(
+                miss.finish().await.expect("finish"),
+                pingora_cache::storage::MissFinishType::Appended(0, Some(0))
+            ));
+            assert!(engine
+                .eviction
+                .peek(&CacheEntryKey::key_only(key.to_compact())));
         }
+        assert_eq!(engine.tracked_bytes() as u64, engine.storage.bytes());
         let before = engine.tracked_bytes();
         // the variant cap counts stored variants of the URL; a stored slot may always refresh
         assert!(engine.admits_variant(&url, 2) && engine.admits_variant(&variant, 2));

@@ -1,19 +1,27 @@
 //! In-memory cache storage for pingora-cache: sharded, zero-copy body reads, byte-accounted
-//! (headers + body + per-entry overhead), with a per-object size cap. Eviction is driven by
-//! `super::eviction::S3FifoEviction`, which is fed the same byte sizes. A second index maps each
-//! primary key (the URL) to its stored variants, so one URL can be taken out with all of them.
+//! (headers + body + per-entry overhead), with a per-object size cap. Responses stream to
+//! readers while they are fetched (`super::fill`). Eviction is `super::eviction::S3FifoEviction`:
+//! the storage admits each finished object itself, under the eviction shard's lock, dropping the
+//! victims before the newcomer is stored, so the stored bytes never exceed `cache.memory`. A
+//! second index maps each primary key (the URL) to its stored variants, so one URL can be taken
+//! out with all of them.
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use parking_lot::RwLock;
+use pingora_cache::eviction::CacheEntryKey;
 use pingora_cache::key::{CacheHashKey, CacheKey, CompactCacheKey, HashBinary};
+use pingora_cache::predictor::CacheablePredictor;
+use pingora_cache::storage::streaming_write::U64WriteId;
 use pingora_cache::storage::{
     HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
     PurgeType, Storage,
 };
 use pingora_cache::trace::SpanHandle;
-use pingora_cache::CacheMeta;
+use pingora_cache::{CacheMeta, NoCacheReason};
 
+use super::eviction::S3FifoEviction;
+use super::fill::{Fill, Sealed};
 use super::stored_meta::StoredMeta;
 use pingora_error::{Error, ErrorType, Result};
 use std::any::Any;
@@ -27,14 +35,24 @@ const SHARDS: usize = 64;
 
 /// One stored response: its metadata and the whole body.
 struct Entry {
-    meta: StoredMeta,
+    meta: Arc<StoredMeta>,
     body: Bytes,
     size: usize,
     /// The key it was written under (primary slot: no variance), as the eviction manager knows it.
     key: CompactCacheKey,
 }
 
-type Shard = RwLock<HashMap<HashBinary, Arc<Entry>>>;
+/// One shard: the stored entries, and the fills in flight (usually none; more than one for a
+/// key only when requests bypassed the miss lock or a refetch was forced). Both under one lock,
+/// so a hit takes no lock beyond the one it always took, and a finished fill turns into its
+/// entry in one step.
+#[derive(Default)]
+struct ShardMaps {
+    entries: HashMap<HashBinary, Arc<Entry>>,
+    fills: HashMap<HashBinary, Vec<Arc<Fill>>>,
+}
+
+type Shard = RwLock<ShardMaps>;
 /// Primary key → the combined keys of its stored variants (the primary slot included).
 type VariantShard = RwLock<HashMap<HashBinary, Vec<HashBinary>>>;
 
@@ -45,17 +63,43 @@ pub struct MemoryStorage {
     max_object_size: usize,
     bytes: AtomicU64,
     objects: AtomicU64,
+    /// Body bytes held by fills in flight (not counted in `bytes`).
+    inflight: AtomicU64,
+    next_fill: AtomicU64,
+    /// Admits what the storage stores (see the module doc). Without it, pingora's own call to
+    /// the eviction manager after `finish` does the admission.
+    eviction: Option<&'static S3FifoEviction>,
+    /// Told when a response turns out larger than `max_object_size` mid-body, as pingora's
+    /// own size check would (hit-for-pass, reason `ResponseTooLarge`).
+    predictor: Option<&'static (dyn CacheablePredictor + Sync)>,
 }
 
 impl MemoryStorage {
+    /// An empty store that refuses bodies over `max_object_size`.
     pub fn new(max_object_size: usize) -> Self {
         MemoryStorage {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             variants: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             max_object_size,
             bytes: AtomicU64::new(0),
             objects: AtomicU64::new(0),
+            inflight: AtomicU64::new(0),
+            next_fill: AtomicU64::new(0),
+            eviction: None,
+            predictor: None,
         }
+    }
+
+    /// Admit every finished object through `eviction` before storing it.
+    pub fn with_eviction(mut self, eviction: &'static S3FifoEviction) -> Self {
+        self.eviction = Some(eviction);
+        self
+    }
+
+    /// Remember URLs whose body outgrew `max_object_size` in `predictor`.
+    pub fn with_predictor(mut self, predictor: &'static (dyn CacheablePredictor + Sync)) -> Self {
+        self.predictor = Some(predictor);
+        self
     }
 
     fn shard(&self, key: &HashBinary) -> &Shard {
@@ -76,12 +120,21 @@ impl MemoryStorage {
 
     /// Whether an entry is stored under this combined key (primary + variance).
     pub fn contains(&self, combined: &HashBinary) -> bool {
-        self.shard(combined).read().contains_key(combined)
+        self.shard(combined).read().entries.contains_key(combined)
     }
 
-    /// Remove every stored variant of a primary key (a URL), not only the primary slot. Returns
-    /// the keys removed, for the eviction manager.
+    /// Remove every stored variant of a primary key (a URL), not only the primary slot. Fills of
+    /// the URL still in flight are not stored when they finish. Returns the keys removed, for
+    /// the eviction manager.
     pub fn remove_all_variants(&self, primary: &HashBinary) -> Vec<CompactCacheKey> {
+        for shard in self.shards.iter() {
+            let maps = shard.read();
+            for fill in maps.fills.values().flatten() {
+                if fill.primary == *primary {
+                    fill.revoke();
+                }
+            }
+        }
         let combined = self
             .variant_shard(primary)
             .write()
@@ -100,23 +153,36 @@ impl MemoryStorage {
     pub fn remove_where(&self, mut judge: impl FnMut(&StoredMeta) -> bool) -> Vec<CompactCacheKey> {
         let mut removed = Vec::new();
         for shard in self.shards.iter() {
-            let entries: Vec<(HashBinary, Arc<Entry>)> =
-                shard.read().iter().map(|(k, e)| (*k, e.clone())).collect();
+            let entries: Vec<(HashBinary, Arc<Entry>)> = shard
+                .read()
+                .entries
+                .iter()
+                .map(|(k, e)| (*k, e.clone()))
+                .collect();
             for (key, entry) in entries {
                 if !judge(&entry.meta) {
                     continue;
                 }
-                let same = self
-                    .shard(&key)
-                    .read()
-                    .get(&key)
-                    .is_some_and(|now| Arc::ptr_eq(now, &entry));
-                if same && self.remove_entry(&key).is_some() {
+                if self.remove_if_same(&key, &entry) {
                     removed.push(entry.key.clone());
                 }
             }
         }
         removed
+    }
+
+    /// Keep every fill of `combined` in flight from being stored, and remove what is stored
+    /// there. Returns the removed entry's key, for the eviction manager.
+    pub fn discard(&self, combined: &HashBinary) -> Option<CompactCacheKey> {
+        self.revoke_fills(combined);
+        self.remove_entry(combined).map(|e| e.key.clone())
+    }
+
+    /// Keep every fill of `combined` in flight from being stored.
+    fn revoke_fills(&self, combined: &HashBinary) {
+        if let Some(list) = self.shard(combined).read().fills.get(combined) {
+            list.iter().for_each(|f| f.revoke());
+        }
     }
 
     /// Bytes currently charged to stored entries.
@@ -129,17 +195,36 @@ impl MemoryStorage {
         self.objects.load(Ordering::Relaxed)
     }
 
-    fn insert(&self, key: HashBinary, entry: Entry) {
+    /// Body bytes held by responses still being fetched (not part of [`MemoryStorage::bytes`]).
+    /// Each fill holds at most `max_object_size` (or its lag window, once oversize).
+    pub fn inflight_bytes(&self) -> u64 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Number of fills in flight.
+    pub fn fills(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().fills.values().map(Vec::len).sum::<usize>())
+            .sum()
+    }
+
+    /// Store `entry` under `key` in the locked shard `maps` (replacing what was there).
+    fn insert_locked(&self, maps: &mut ShardMaps, key: HashBinary, entry: Entry) {
         let size = entry.size as u64;
         let primary = entry.key.primary_bin();
-        let mut shard = self.shard(&key).write();
-        let old = shard.insert(key, Arc::new(entry));
-        self.bytes.fetch_add(size, Ordering::Relaxed);
-        match old {
+        match maps.entries.insert(key, Arc::new(entry)) {
             Some(old) => {
-                self.bytes.fetch_sub(old.size as u64, Ordering::Relaxed);
+                // one step each way, so a reader of the gauge never sees both sizes at once
+                let old = old.size as u64;
+                if size >= old {
+                    self.bytes.fetch_add(size - old, Ordering::Relaxed);
+                } else {
+                    self.bytes.fetch_sub(old - size, Ordering::Relaxed);
+                }
             }
             None => {
+                self.bytes.fetch_add(size, Ordering::Relaxed);
                 self.objects.fetch_add(1, Ordering::Relaxed);
                 // under the entry shard's lock, so a concurrent remove of this key cannot
                 // interleave between the two maps (lock order: entry shard, then variant shard)
@@ -152,13 +237,9 @@ impl MemoryStorage {
         }
     }
 
-    fn remove(&self, key: &HashBinary) -> bool {
-        self.remove_entry(key).is_some()
-    }
-
-    fn remove_entry(&self, key: &HashBinary) -> Option<Arc<Entry>> {
-        let mut shard = self.shard(key).write();
-        let old = shard.remove(key)?;
+    /// Remove the entry under `key` from the locked shard `maps`.
+    fn remove_locked(&self, maps: &mut ShardMaps, key: &HashBinary) -> Option<Arc<Entry>> {
+        let old = maps.entries.remove(key)?;
         self.bytes.fetch_sub(old.size as u64, Ordering::Relaxed);
         self.objects.fetch_sub(1, Ordering::Relaxed);
         let primary = old.key.primary_bin();
@@ -169,13 +250,107 @@ impl MemoryStorage {
                 index.remove(&primary);
             }
         }
-        drop(index);
-        drop(shard);
         Some(old)
     }
 
+    fn remove_entry(&self, key: &HashBinary) -> Option<Arc<Entry>> {
+        let mut maps = self.shard(key).write();
+        self.remove_locked(&mut maps, key)
+    }
+
+    /// Remove the entry under `key` only if it is still `entry`.
+    fn remove_if_same(&self, key: &HashBinary, entry: &Arc<Entry>) -> bool {
+        let mut maps = self.shard(key).write();
+        if !maps.entries.get(key).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            return false;
+        }
+        self.remove_locked(&mut maps, key).is_some()
+    }
+
     fn get(&self, key: &HashBinary) -> Option<Arc<Entry>> {
-        self.shard(key).read().get(key).cloned()
+        self.shard(key).read().entries.get(key).cloned()
+    }
+
+    /// Drop what the eviction manager let go, except `own` (the key being written or updated);
+    /// returns whether `own` may stay.
+    fn drop_victims(&self, victims: &[CacheEntryKey], own: &HashBinary) -> bool {
+        let mut keep = true;
+        for victim in victims {
+            let key = victim.key().combined_bin();
+            if key == *own {
+                keep = false;
+            } else {
+                self.remove_entry(&key);
+            }
+        }
+        keep
+    }
+
+    /// Take `fill` out of the in-flight map and, in the same step (so a lookup finds one or
+    /// the other), store `entry` in its place (`Some`), or remove whatever is stored there
+    /// (`None`: the eviction manager let the key go). A fill purged meanwhile stores nothing:
+    /// a purge marks fills before it takes this lock to remove the entry, so either this sees
+    /// the mark or the purge removes what this stored. (The eviction manager may then track the
+    /// key until it is evicted: more tracked than stored, never the other way round.)
+    fn settle(&self, fill: &Fill, entry: Option<Entry>) {
+        let mut maps = self.shard(&fill.key).write();
+        remove_fill(&mut maps, fill);
+        match entry {
+            Some(entry) if !fill.is_revoked() => self.insert_locked(&mut maps, fill.key, entry),
+            Some(_) => {}
+            None => {
+                self.remove_locked(&mut maps, &fill.key);
+            }
+        }
+    }
+
+    /// Take `fill` out of the in-flight map, storing nothing.
+    fn forget(&self, fill: &Fill) {
+        remove_fill(&mut self.shard(&fill.key).write(), fill);
+    }
+
+    /// Store a finished fill's body, admitted by the eviction manager (see the module doc).
+    fn commit(&self, fill: &Fill, body: Bytes) -> MissFinishType {
+        let size = entry_size(&fill.meta, body.len());
+        let entry = Entry {
+            meta: fill.meta.clone(),
+            body,
+            size,
+            key: fill.compact.clone(),
+        };
+        let Some(eviction) = self.eviction else {
+            self.settle(fill, Some(entry));
+            return MissFinishType::Created(size);
+        };
+        eviction.admit_with(
+            CacheEntryKey::key_only(fill.compact.clone()),
+            size,
+            |victims| {
+                let keep = self.drop_victims(victims, &fill.key);
+                self.settle(fill, keep.then_some(entry));
+            },
+        );
+        // already admitted: pingora's `increment_weight(key, 0, Some(0))` changes nothing
+        MissFinishType::Appended(0, Some(0))
+    }
+
+    /// A fill outgrew `max_object_size`: remember the URL as too large, as pingora does when
+    /// its own size check trips, so the next requests bypass the cache (and the lock).
+    fn mark_too_large(&self, primary: HashBinary) {
+        if let Some(predictor) = self.predictor {
+            let mut key = CacheKey::new(Vec::<u8>::new(), "");
+            key.set_primary_bin_override(primary);
+            predictor.mark_uncacheable(&key, NoCacheReason::ResponseTooLarge);
+        }
+    }
+}
+
+fn remove_fill(maps: &mut ShardMaps, fill: &Fill) {
+    if let Some(list) = maps.fills.get_mut(&fill.key) {
+        list.retain(|f| f.id != fill.id);
+        if list.is_empty() {
+            maps.fills.remove(&fill.key);
+        }
     }
 }
 
@@ -183,14 +358,53 @@ fn storage_error(context: &'static str, e: Box<Error>) -> Box<Error> {
     Error::because(ErrorType::InternalError, context, e)
 }
 
+/// The `Content-Length` a stored response announces.
+fn content_length(meta: &CacheMeta) -> Option<usize> {
+    let headers = meta.headers();
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return None;
+    }
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 #[async_trait]
 impl Storage for MemoryStorage {
+    /// A fill in flight wins over a stored entry (it is newer: a refetch of a stale or purged
+    /// one); the stored entry is served without copying.
     async fn lookup(
         &'static self,
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let Some(entry) = self.get(&key.combined_bin()) else {
+        let bin = key.combined_bin();
+        let (fill, entry) = {
+            let maps = self.shard(&bin).read();
+            let fill = if maps.fills.is_empty() {
+                None
+            } else {
+                maps.fills
+                    .get(&bin)
+                    .and_then(|list| list.iter().rev().find(|f| f.is_open()).cloned())
+            };
+            match fill {
+                Some(fill) => (Some(fill), None),
+                None => (None, maps.entries.get(&bin).cloned()),
+            }
+        };
+        if let Some(fill) = fill {
+            let meta = fill
+                .meta
+                .to_meta()
+                .map_err(|e| storage_error("stored meta is unreadable", e))?;
+            return Ok(Some((meta, Box::new(fill.reader()))));
+        }
+        let Some(entry) = entry else {
             return Ok(None);
         };
         let meta = entry
@@ -206,37 +420,87 @@ impl Storage for MemoryStorage {
         Ok(Some((meta, Box::new(hit))))
     }
 
+    /// The fetching request's own reader of its fill. Never `None` (pingora panics on that):
+    /// a fill stays findable until its miss handler is finished or dropped, whatever purges
+    /// happen meanwhile.
+    async fn lookup_streaming_write(
+        &'static self,
+        key: &CacheKey,
+        streaming_write_tag: Option<&[u8]>,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let id = streaming_write_tag
+            .and_then(|t| U64WriteId::try_from(t).ok())
+            .map(u64::from);
+        let bin = key.combined_bin();
+        let fill = id.and_then(|id| {
+            self.shard(&bin)
+                .read()
+                .fills
+                .get(&bin)
+                .and_then(|list| list.iter().find(|f| f.id == id).cloned())
+        });
+        let Some(fill) = fill else {
+            return Error::e_explain(ErrorType::InternalError, "no fill for this streaming write");
+        };
+        let meta = fill
+            .meta
+            .to_meta()
+            .map_err(|e| storage_error("stored meta is unreadable", e))?;
+        Ok(Some((meta, Box::new(fill.reader()))))
+    }
+
     async fn get_miss_handler(
         &'static self,
         key: &CacheKey,
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let meta =
+        let stored =
             StoredMeta::from_meta(meta).map_err(|e| storage_error("cannot store meta", e))?;
+        let id = self.next_fill.fetch_add(1, Ordering::Relaxed);
+        let fill = Fill::new(
+            id,
+            key,
+            Arc::new(stored),
+            content_length(meta),
+            self.max_object_size,
+            &self.inflight,
+        );
+        self.shard(&fill.key)
+            .write()
+            .fills
+            .entry(fill.key)
+            .or_default()
+            .push(fill.clone());
         Ok(Box::new(MemoryMiss {
-            key: key.combined_bin(),
-            compact: key.to_compact(),
-            meta: Some(meta),
-            body: BytesMut::new(),
+            tag: U64WriteId::from(id),
+            fill,
             storage: self,
+            finished: false,
         }))
     }
 
+    /// An invalidation also keeps fills of the key in flight from being stored; an eviction
+    /// only removes the stored entry.
     async fn purge(
         &'static self,
         target: PurgeTarget<'_>,
-        _purge_type: PurgeType,
+        purge_type: PurgeType,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        let key: &CompactCacheKey = target.key();
-        Ok(if self.remove(&key.combined_bin()) {
-            PurgeOutcome::Purged(None)
-        } else {
-            PurgeOutcome::NotFound
+        let key = target.key().combined_bin();
+        if matches!(purge_type, PurgeType::Invalidation) {
+            self.revoke_fills(&key);
+        }
+        Ok(match self.remove_entry(&key) {
+            Some(_) => PurgeOutcome::Purged(None),
+            None => PurgeOutcome::NotFound,
         })
     }
 
+    /// After a 304: the entry keeps its body and takes the new headers, and is charged (in the
+    /// byte total and in the eviction manager) for its new size.
     async fn update_meta(
         &'static self,
         key: &CacheKey,
@@ -247,19 +511,47 @@ impl Storage for MemoryStorage {
         let Some(old) = self.get(&bin) else {
             return Ok(false);
         };
-        let meta =
-            StoredMeta::from_meta(meta).map_err(|e| storage_error("cannot store meta", e))?;
-        let size = entry_size(&meta, old.body.len());
-        self.insert(
-            bin,
-            Entry {
-                meta,
-                body: old.body.clone(),
-                size,
-                key: old.key.clone(),
-            },
+        let meta = Arc::new(
+            StoredMeta::from_meta(meta).map_err(|e| storage_error("cannot store meta", e))?,
         );
-        Ok(true)
+        let size = entry_size(&meta, old.body.len());
+        let entry = Entry {
+            meta,
+            body: old.body.clone(),
+            size,
+            key: old.key.clone(),
+        };
+        let replace = |victims: &[CacheEntryKey]| {
+            let keep = self.drop_victims(victims, &bin);
+            let mut maps = self.shard(&bin).write();
+            if !maps.entries.get(&bin).is_some_and(|e| Arc::ptr_eq(e, &old)) {
+                return false;
+            }
+            if keep {
+                self.insert_locked(&mut maps, bin, entry);
+            } else {
+                self.remove_locked(&mut maps, &bin);
+            }
+            keep
+        };
+        let Some(eviction) = self.eviction else {
+            return Ok(replace(&[]));
+        };
+        // Resized under the eviction shard's lock, which every write of this key takes too, so
+        // the entry cannot change between the check and the update.
+        let current = || self.get(&bin).is_some_and(|e| Arc::ptr_eq(&e, &old));
+        Ok(eviction
+            .resize_with(
+                &CacheEntryKey::key_only(old.key.clone()),
+                current,
+                size,
+                replace,
+            )
+            .unwrap_or(false))
+    }
+
+    fn support_streaming_partial_write(&self) -> bool {
+        true
     }
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
@@ -327,52 +619,75 @@ impl HandleHit for MemoryHit {
     }
 }
 
-/// Buffers a response body; the entry appears only when `finish` is called, so a writer that
-/// fails midway never leaves a truncated object behind.
+/// Writes a response body into its fill, where readers stream it. Writing does not fail while
+/// anyone can still read the fill (see `super::fill`); the entry is stored only by `finish`, and only when the body is complete,
+/// matches its `Content-Length`, fits `max_object_size` and was not purged meanwhile. Dropped
+/// without `finish` (the fetch failed): every reader of the fill gets an error.
 struct MemoryMiss {
-    key: HashBinary,
-    compact: CompactCacheKey,
-    meta: Option<StoredMeta>,
-    body: BytesMut,
+    fill: Arc<Fill>,
+    tag: U64WriteId,
     storage: &'static MemoryStorage,
+    finished: bool,
 }
 
 #[async_trait]
 impl HandleMiss for MemoryMiss {
+    /// Fails only when an oversize body has no reader left (see `Appended::orphaned`): pingora
+    /// then ends a fetch nobody would see.
     async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
-        if self.body.len() + data.len() > self.storage.max_object_size {
+        let appended = self.fill.append(data);
+        if appended.became_oversize {
+            self.storage.mark_too_large(self.fill.primary);
+        }
+        if appended.orphaned {
             return Error::e_explain(
                 ErrorType::InternalError,
-                "object larger than cache.max_object_size",
+                "nobody reads this response any more, and it is too large to store",
             );
         }
-        self.body.extend_from_slice(&data);
         Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
-        let Some(meta) = self.meta.take() else {
-            return Error::e_explain(ErrorType::InternalError, "miss finished twice");
+        self.finished = true;
+        let fill = self.fill.clone();
+        let outcome = match fill.seal() {
+            Sealed::Broken => {
+                self.storage.forget(&fill);
+                return Error::e_explain(
+                    ErrorType::InternalError,
+                    "response body does not match its Content-Length",
+                );
+            }
+            Sealed::NotStored => {
+                self.storage.forget(&fill);
+                MissFinishType::Appended(0, Some(0))
+            }
+            Sealed::Body(body) => self.storage.commit(&fill, body),
         };
-        let body = std::mem::take(&mut self.body).freeze();
-        let size = entry_size(&meta, body.len());
-        let key = self.compact.clone();
-        self.storage.insert(
-            self.key,
-            Entry {
-                meta,
-                body,
-                size,
-                key,
-            },
-        );
-        Ok(MissFinishType::Created(size))
+        fill.complete();
+        Ok(outcome)
+    }
+
+    fn streaming_write_tag(&self) -> Option<&[u8]> {
+        Some(self.tag.as_bytes())
+    }
+}
+
+impl Drop for MemoryMiss {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.fill.fail();
+            self.storage.forget(&self.fill);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora_cache::eviction::EvictionManager;
+    use pingora_cache::predictor::CacheablePredictor;
     use pingora_http::ResponseHeader;
     use std::time::{Duration, SystemTime};
 
@@ -431,16 +746,49 @@ mod tests {
             .expect("w");
         drop(miss);
         assert!(s.lookup(&key, &span).await.expect("lookup").is_none());
+        // over max_object_size: writing goes on (the client is served from it), storing not
         let key = CacheKey::new("big", "");
         let mut miss = s
             .get_miss_handler(&key, &meta(), &span)
             .await
             .expect("miss");
+        let (_, mut own) = s
+            .lookup_streaming_write(&key, miss.streaming_write_tag(), &span)
+            .await
+            .expect("streaming lookup")
+            .expect("own reader");
+        miss.write_body(Bytes::from(vec![0u8; 2048]), true)
+            .await
+            .expect("an oversize write does not fail while its client reads");
+        miss.finish().await.expect("finish");
+        assert_eq!(
+            own.read_body().await.expect("r").map(|b| b.len()),
+            Some(2048)
+        );
+        assert_eq!(own.read_body().await.expect("r"), None);
+        drop(own);
+        // ... and once nobody can read it, the next write fails, ending the fetch
+        let mut miss = s
+            .get_miss_handler(&key, &meta(), &span)
+            .await
+            .expect("miss");
+        let (_, own) = s
+            .lookup_streaming_write(&key, miss.streaming_write_tag(), &span)
+            .await
+            .expect("streaming lookup")
+            .expect("own reader");
+        miss.write_body(Bytes::from(vec![0u8; 2048]), false)
+            .await
+            .expect("its client may still read");
+        drop(own);
         assert!(miss
-            .write_body(Bytes::from(vec![0u8; 2048]), true)
+            .write_body(Bytes::from(vec![0u8; 10]), false)
             .await
             .is_err());
-        assert_eq!(s.objects(), 0);
+        drop(miss);
+        assert!(s.lookup(&key, &span).await.expect("lookup").is_none());
+        assert_eq!((s.objects(), s.bytes(), s.inflight_bytes()), (0, 0, 0));
+        assert_eq!(s.fills(), 0);
     }
 
     async fn store(s: &'static MemoryStorage, key: &CacheKey, body: &'static [u8]) {
@@ -512,5 +860,303 @@ mod tests {
             .await
             .expect("purge");
         assert_eq!(out, PurgeOutcome::NotFound);
+    }
+
+    fn engine_parts(
+        budget: usize,
+        max_object: usize,
+    ) -> (&'static MemoryStorage, &'static S3FifoEviction) {
+        let eviction: &'static S3FifoEviction =
+            Box::leak(Box::new(S3FifoEviction::new(budget, max_object)));
+        let storage = Box::leak(Box::new(
+            MemoryStorage::new(max_object).with_eviction(eviction),
+        ));
+        (storage, eviction)
+    }
+
+    fn meta_with(headers: &[(&str, String)]) -> CacheMeta {
+        let now = SystemTime::now();
+        let mut header = ResponseHeader::build(200, None).expect("header");
+        for (k, v) in headers {
+            header.append_header(k.to_string(), v.as_str()).expect("h");
+        }
+        CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header)
+    }
+
+    async fn read_to_end(hit: &mut HitHandler) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(b) = hit.read_body().await? {
+            out.extend_from_slice(&b);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn a_response_being_fetched_is_readable_as_it_arrives_then_stored() {
+        let (s, eviction) = engine_parts(16 << 20, 1 << 20);
+        let span = pingora_cache::trace::Span::inactive().handle();
+        let key = CacheKey::new("streamed", "");
+        assert!(s.lookup(&key, &span).await.expect("lookup").is_none());
+        let meta = meta_with(&[("content-length", "11".into())]);
+        let mut miss = s.get_miss_handler(&key, &meta, &span).await.expect("miss");
+        // the fetching request's own reader, found by its write tag
+        let (_, mut own) = s
+            .lookup_streaming_write(&key, miss.streaming_write_tag(), &span)
+            .await
+            .expect("streaming lookup")
+            .expect("own reader");
+        miss.write_body(Bytes::from_static(b"hello "), false)
+            .await
+            .expect("w");
+        // a collapsed request: the fill, before the body is complete
+        let (_, mut collapsed) = s
+            .lookup(&key, &span)
+            .await
+            .expect("lookup")
+            .expect("partial");
+        assert_eq!(
+            collapsed.read_body().await.expect("r").as_deref(),
+            Some(&b"hello "[..])
+        );
+        assert_eq!(s.objects(), 0, "nothing stored yet");
+        assert_eq!(s.inflight_bytes(), 6);
+        miss.write_body(Bytes::from_static(b"world"), true)
+            .await
+            .expect("w");
+        miss.finish().await.expect("finish");
+        assert_eq!(read_to_end(&mut collapsed).await.expect("r"), b"world");
+        assert_eq!(read_to_end(&mut own).await.expect("r"), b"hello world");
+        assert_eq!((s.objects(), s.fills(), s.inflight_bytes()), (1, 0, 0));
+        assert_eq!(
+            s.bytes(),
+            eviction.total_size() as u64,
+            "admitted by the storage"
+        );
+        let (_, mut hit) = s.lookup(&key, &span).await.expect("lookup").expect("hit");
+        assert!(
+            hit.as_any().downcast_ref::<MemoryHit>().is_some(),
+            "a stored hit"
+        );
+        assert_eq!(read_to_end(&mut hit).await.expect("r"), b"hello world");
+    }
+
+    /// From the moment a fill exists until long after it is stored, a lookup of its key always
+    /// finds something: a gap would send a request the miss lock already released to the
+    /// origin a second time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_lookup_never_misses_while_a_fill_turns_into_its_entry() {
+        let (s, _) = engine_parts(64 << 20, 4 << 20);
+        for round in 0..50 {
+            let key = CacheKey::new(format!("k{round}"), "");
+            let span = pingora_cache::trace::Span::inactive().handle();
+            let mut miss = s
+                .get_miss_handler(&key, &meta(), &span)
+                .await
+                .expect("miss");
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let lookers: Vec<_> = (0..3)
+                .map(|_| {
+                    let (key, done) = (key.clone(), done.clone());
+                    tokio::spawn(async move {
+                        let span = pingora_cache::trace::Span::inactive().handle();
+                        let mut looks = 0u32;
+                        while !done.load(std::sync::atomic::Ordering::Relaxed) || looks < 10 {
+                            let found = s.lookup(&key, &span).await.expect("lookup");
+                            assert!(found.is_some(), "a lookup found neither fill nor entry");
+                            looks += 1;
+                            tokio::task::yield_now().await;
+                        }
+                    })
+                })
+                .collect();
+            // a body big enough that moving it into the entry takes a moment
+            for _ in 0..64 {
+                miss.write_body(Bytes::from(vec![b'z'; 16 << 10]), false)
+                    .await
+                    .expect("w");
+            }
+            miss.finish().await.expect("finish");
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            for l in lookers {
+                l.await.expect("looker");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_fetch_fails_its_readers_and_leaves_nothing() {
+        let (s, eviction) = engine_parts(16 << 20, 1 << 20);
+        let span = pingora_cache::trace::Span::inactive().handle();
+        let key = CacheKey::new("reset", "");
+        let meta = meta_with(&[("content-length", "1000".into())]);
+        let mut miss = s.get_miss_handler(&key, &meta, &span).await.expect("miss");
+        miss.write_body(Bytes::from(vec![b'x'; 100]), false)
+            .await
+            .expect("w");
+        let mut readers = Vec::new();
+        for _ in 0..3 {
+            let (_, mut r) = s
+                .lookup(&key, &span)
+                .await
+                .expect("lookup")
+                .expect("partial");
+            assert_eq!(r.read_body().await.expect("r").map(|b| b.len()), Some(100));
+            readers.push(tokio::spawn(async move { read_to_end(&mut r).await }));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(miss); // the origin reset: pingora drops the handler without finish
+        for r in readers {
+            assert!(r.await.expect("join").is_err(), "an error, never an end");
+        }
+        assert!(s.lookup(&key, &span).await.expect("lookup").is_none());
+        assert_eq!(
+            (s.objects(), s.bytes(), s.fills(), s.inflight_bytes()),
+            (0, 0, 0, 0)
+        );
+        assert_eq!(eviction.total_items(), 0);
+        // a body short of its Content-Length that pingora did finish is not stored either
+        let mut miss = s.get_miss_handler(&key, &meta, &span).await.expect("miss");
+        miss.write_body(Bytes::from(vec![b'x'; 999]), true)
+            .await
+            .expect("w");
+        assert!(miss.finish().await.is_err());
+        assert!(s.lookup(&key, &span).await.expect("lookup").is_none());
+        assert_eq!((s.objects(), s.fills()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_purge_during_the_fetch_keeps_it_from_being_stored() {
+        let (s, _) = engine_parts(16 << 20, 1 << 20);
+        let span = pingora_cache::trace::Span::inactive().handle();
+        let key = CacheKey::new("purged", "");
+        let mut miss = s
+            .get_miss_handler(&key, &meta(), &span)
+            .await
+            .expect("miss");
+        miss.write_body(Bytes::from_static(b"old "), false)
+            .await
+            .expect("w");
+        let (_, mut attached) = s
+            .lookup(&key, &span)
+            .await
+            .expect("lookup")
+            .expect("partial");
+        let compact = key.to_compact();
+        s.purge(
+            PurgeTarget::Active(&compact),
+            PurgeType::Invalidation,
+            &span,
+        )
+        .await
+        .expect("purge");
+        assert!(
+            s.lookup(&key, &span).await.expect("lookup").is_none(),
+            "no new reader attaches"
+        );
+        // the writer's own reader is still found (pingora panics otherwise)
+        assert!(s
+            .lookup_streaming_write(&key, miss.streaming_write_tag(), &span)
+            .await
+            .expect("streaming lookup")
+            .is_some());
+        miss.write_body(Bytes::from_static(b"body"), true)
+            .await
+            .expect("w");
+        miss.finish().await.expect("finish");
+        assert_eq!(read_to_end(&mut attached).await.expect("r"), b"old body");
+        assert!(s.lookup(&key, &span).await.expect("lookup").is_none());
+        assert_eq!(s.objects(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_oversize_body_is_remembered_as_too_large() {
+        use pingora_cache::predictor::Predictor;
+        let predictor: &'static Predictor<1> = Box::leak(Box::new(Predictor::new(16, None)));
+        let s: &'static MemoryStorage =
+            Box::leak(Box::new(MemoryStorage::new(10).with_predictor(predictor)));
+        let span = pingora_cache::trace::Span::inactive().handle();
+        let key = CacheKey::new("big", "");
+        let mut miss = s
+            .get_miss_handler(&key, &meta(), &span)
+            .await
+            .expect("miss");
+        let _own = s
+            .lookup_streaming_write(&key, miss.streaming_write_tag(), &span)
+            .await
+            .expect("streaming lookup");
+        miss.write_body(Bytes::from_static(b"0123456789"), false)
+            .await
+            .expect("w");
+        assert!(predictor.cacheable_prediction(&key), "not over yet");
+        miss.write_body(Bytes::from_static(b"!"), true)
+            .await
+            .expect("w");
+        assert_eq!(
+            predictor.predicted_uncacheable_reason(&key),
+            Some(NoCacheReason::ResponseTooLarge)
+        );
+        miss.finish().await.expect("finish");
+        assert_eq!(s.objects(), 0);
+    }
+
+    /// A 304 that changes the stored headers' size is charged at the new size, in the byte
+    /// total (`verge_cache_bytes`) and in the eviction manager, growing and shrinking.
+    #[tokio::test]
+    async fn a_304_update_reaccounts_the_entry_at_its_new_size() {
+        let (s, eviction) = engine_parts(16 << 20, 1 << 20);
+        let span = pingora_cache::trace::Span::inactive().handle();
+        let key = CacheKey::new("revalidated", "");
+        let entry_key = CacheEntryKey::key_only(key.to_compact());
+        let mut miss = s
+            .get_miss_handler(&key, &meta(), &span)
+            .await
+            .expect("miss");
+        miss.write_body(Bytes::from(vec![b'b'; 1000]), true)
+            .await
+            .expect("w");
+        miss.finish().await.expect("finish");
+        let before = s.bytes();
+        assert_eq!(eviction.weight_of(&entry_key), Some(before as usize));
+        for extra in [4000usize, 100, 0] {
+            let meta = meta_with(&[("x-grown", "v".repeat(extra))]);
+            assert!(s.update_meta(&key, &meta, &span).await.expect("update"));
+            let now = s.bytes();
+            let expected =
+                StoredMeta::from_meta(&meta).expect("meta").size() + 1000 + ENTRY_OVERHEAD;
+            assert_eq!(now as usize, expected, "the byte total has the new size");
+            assert_eq!(
+                eviction.weight_of(&entry_key),
+                Some(expected),
+                "eviction tracks the new size, not the old"
+            );
+            assert_eq!(eviction.total_size() as u64, now);
+        }
+        let (_, mut hit) = s.lookup(&key, &span).await.expect("lookup").expect("hit");
+        assert_eq!(
+            read_to_end(&mut hit).await.expect("r").len(),
+            1000,
+            "same body"
+        );
+    }
+
+    /// A 304 whose headers no longer fit the shard's budget takes the entry out of both.
+    #[tokio::test]
+    async fn a_304_that_outgrows_the_budget_removes_the_entry_everywhere() {
+        let (s, eviction) = engine_parts(8 << 10, 4 << 10);
+        let span = pingora_cache::trace::Span::inactive().handle();
+        let key = CacheKey::new("bloated", "");
+        let mut miss = s
+            .get_miss_handler(&key, &meta(), &span)
+            .await
+            .expect("miss");
+        miss.write_body(Bytes::from(vec![b'b'; 1000]), true)
+            .await
+            .expect("w");
+        miss.finish().await.expect("finish");
+        assert_eq!(s.objects(), 1);
+        let meta = meta_with(&[("x-huge", "v".repeat(9000))]);
+        assert!(!s.update_meta(&key, &meta, &span).await.expect("update"));
+        assert_eq!((s.objects(), s.bytes()), (0, 0));
+        assert_eq!((eviction.total_items(), eviction.total_size()), (0, 0));
     }
 }

@@ -1003,6 +1003,9 @@ impl ProxyHttp for EdgeProxy {
         {
             ctx.deadline = None;
         }
+        // before pingora's cache write: a streamed body without Content-Length that outgrows
+        // cache.max_object_size must reach the client whole (see the function's doc)
+        crate::cache::defer_body_size_check(&mut session.cache, upstream);
         if !session.req_header().method.is_safe() {
             self.invalidate_after_unsafe(session.req_header(), upstream, &ctx.host);
         }
@@ -1076,7 +1079,12 @@ impl ProxyHttp for EdgeProxy {
             }
             headers::apply_response_ops(resp, &route.spec.response_headers)?;
         }
-        self.filters.response_phase(session, resp, ctx).await
+        let result = self.filters.response_phase(session, resp, ctx).await;
+        if result.is_err() {
+            // a failed response is not cached, even when its body already streamed into storage
+            self.cache.discard_fill_of(&session.cache);
+        }
+        result
     }
 
     async fn fail_to_proxy(

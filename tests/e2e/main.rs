@@ -21,5 +21,6 @@ mod origin_deadline;
 mod origin_faults;
 mod refresh;
 mod routing;
+mod streaming;
 mod tls;
 mod upgrade;
