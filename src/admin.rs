@@ -25,6 +25,9 @@ impl AdminApp {
     fn refresh_cache_gauges(&self) {
         METRICS.cache_bytes.set(self.cache.storage.bytes() as i64);
         METRICS
+            .cache_inflight_bytes
+            .set(i64::try_from(self.cache.storage.inflight_bytes()).unwrap_or(i64::MAX));
+        METRICS
             .cache_capacity
             .set(i64::try_from(self.cache.settings.memory).unwrap_or(i64::MAX));
         METRICS

@@ -42,6 +42,9 @@ pub struct Metrics {
     pub cache_lookups: IntCounterVec,
     /// `verge_cache_bytes`: bytes held by the cache (headers + bodies + per-entry overhead).
     pub cache_bytes: IntGauge,
+    /// `verge_cache_inflight_bytes`: body bytes held by responses still being fetched (readers
+    /// stream them; not part of `verge_cache_bytes` until stored).
+    pub cache_inflight_bytes: IntGauge,
     /// `verge_cache_objects`: entries held by the cache.
     pub cache_objects: IntGauge,
     /// `verge_cache_evictions`: entries evicted to stay within `cache.memory` (since start).
@@ -250,6 +253,11 @@ impl Metrics {
                 &["route", "result"],
             ),
             cache_bytes: plain_gauge(&registry, "verge_cache_bytes", "Bytes held by the cache"),
+            cache_inflight_bytes: plain_gauge(
+                &registry,
+                "verge_cache_inflight_bytes",
+                "Body bytes held by responses still being fetched",
+            ),
             cache_objects: plain_gauge(
                 &registry,
                 "verge_cache_objects",
