@@ -185,15 +185,23 @@ impl Ingress {
         }
     }
 
-    async fn is_http2(&self, stream: &mut Stream) -> bool {
+    /// Whether the connection speaks HTTP/2. `None` when, on an h2c listener, fewer bytes than
+    /// the 24-byte preface arrived within the head deadline: Pingora's peek has no timeout of its
+    /// own (an idle client would hold the connection forever), and a timed-out peek may have
+    /// consumed what did arrive, so the connection can only be closed.
+    async fn is_http2(&self, stream: &mut Stream) -> Option<bool> {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            return true;
+            return Some(true);
         }
         if !self.h2c || stream.get_ssl_digest().is_some() {
-            return false;
+            return Some(false);
         }
         let mut buf = [0u8; H2_PREFACE.len()];
-        matches!(stream.try_peek(&mut buf).await, Ok(true)) && buf == H2_PREFACE
+        let peek = tokio::time::timeout(self.limits.header_timeout, stream.try_peek(&mut buf));
+        match peek.await {
+            Ok(read) => Some(matches!(read, Ok(true)) && buf == H2_PREFACE),
+            Err(_) => None,
+        }
     }
 
     /// Read one head. `deadline` bounds the whole head; `idle` bounds the wait for its first byte.
@@ -306,8 +314,16 @@ impl ServerApp for Ingress {
             return None;
         }
 
-        if self.is_http2(&mut stream).await {
-            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+        match self.is_http2(&mut stream).await {
+            Some(true) => return ServerApp::process_new(&self.proxy, stream, shutdown).await,
+            Some(false) => {}
+            None => {
+                METRICS
+                    .rejected
+                    .with_label_values(&["header_timeout"])
+                    .inc();
+                return None;
+            }
         }
 
         let mut settings: Option<HttpPersistentSettings> = None;

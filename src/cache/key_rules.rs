@@ -7,10 +7,11 @@ use pingora_http::RequestHeader;
 use std::borrow::Cow;
 
 /// Percent-decode a query parameter name (`+` is a space, as in form encoding), for comparing
-/// names only; the key keeps the bytes as sent.
-fn decoded_name(raw: &str) -> Cow<'_, str> {
+/// names only; the key keeps the bytes as sent. Bytes, not text: decoded names that are not
+/// UTF-8 must still sort and compare as what they are.
+fn decoded_name(raw: &str) -> Cow<'_, [u8]> {
     if !raw.bytes().any(|b| b == b'%' || b == b'+') {
-        return Cow::Borrowed(raw);
+        return Cow::Borrowed(raw.as_bytes());
     }
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -31,10 +32,10 @@ fn decoded_name(raw: &str) -> Cow<'_, str> {
         }
         i += 1;
     }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+    Cow::Owned(out)
 }
 
-fn param_name(pair: &str) -> Cow<'_, str> {
+fn param_name(pair: &str) -> Cow<'_, [u8]> {
     decoded_name(pair.split_once('=').map_or(pair, |(n, _)| n))
 }
 
@@ -44,7 +45,7 @@ pub fn key_query<'a>(query: &'a str, rule: &QueryKey) -> Cow<'a, str> {
     let pairs = || query.split('&').filter(|p| !p.is_empty());
     let listed = |names: &[String], pair: &str| {
         let name = param_name(pair);
-        names.iter().any(|n| n.as_str() == name)
+        names.iter().any(|n| n.as_bytes() == &*name)
     };
     match rule {
         QueryKey::All => Cow::Borrowed(query),
@@ -153,6 +154,25 @@ mod tests {
         assert_eq!(key_query("flag&b=1", &allow(&["flag"])), "flag");
         // broken escapes do not panic and are compared literally
         assert_eq!(key_query("%=1&%4=2&%zz=3", &deny(&["%"])), "%4=2&%zz=3");
+        assert_eq!(
+            key_query("caf%C3%A9=1&x=2", &allow(&["café"])),
+            "caf%C3%A9=1"
+        );
+    }
+
+    /// Found by the `cache_key` fuzz target (fuzz/corpus/cache_key/bug-sorted-non-utf8): names
+    /// that decode to invalid UTF-8 used to sort as U+FFFD, so they all compared equal and kept
+    /// their request order, and the sorted key depended on the order after all.
+    #[test]
+    fn sorted_key_ignores_order_of_non_utf8_names() {
+        let sorted = QueryKey::Sorted;
+        assert_eq!(
+            key_query("%FF=1&%FE=2", &sorted),
+            key_query("%FE=2&%FF=1", &sorted)
+        );
+        assert_eq!(key_query("%FF=1&%FE=2", &sorted), "%FE=2&%FF=1");
+        // and a configured name never matches an invalid sequence by way of U+FFFD
+        assert_eq!(key_query("%FF=1&b=2", &deny(&["\u{FFFD}"])), "%FF=1&b=2");
     }
 
     #[test]

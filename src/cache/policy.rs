@@ -111,8 +111,13 @@ fn header_date(resp: &ResponseHeader, name: &str) -> Option<SystemTime> {
     httpdate::parse_http_date(v.to_str().ok()?).ok()
 }
 
-/// The freshness lifetime the origin gave, if any: s-maxage > max-age > Expires − Date.
-fn explicit_lifetime(cc: Option<&CacheControl>, resp: &ResponseHeader) -> Option<Duration> {
+/// The freshness lifetime the origin gave, if any: s-maxage > max-age > Expires − Date (`now`
+/// when `Date` is missing or unusable).
+fn explicit_lifetime(
+    cc: Option<&CacheControl>,
+    resp: &ResponseHeader,
+    now: SystemTime,
+) -> Option<Duration> {
     if let Some(d) = cc.and_then(|cc| cc.fresh_duration()) {
         return Some(d);
     }
@@ -129,7 +134,7 @@ fn explicit_lifetime(cc: Option<&CacheControl>, resp: &ResponseHeader) -> Option
         let Some(when) = when else {
             return Some(Duration::ZERO);
         };
-        let date = header_date(resp, "date").unwrap_or_else(SystemTime::now);
+        let date = header_date(resp, "date").unwrap_or(now);
         return Some(when.duration_since(date).unwrap_or(Duration::ZERO));
     }
     None
@@ -326,7 +331,7 @@ pub fn response_meta(
     {
         return Err(NoCacheReason::Custom(AUTHORIZED));
     }
-    let mut lifetime = lifetime(status, explicit_lifetime(cc.as_ref(), resp), rules)
+    let mut lifetime = lifetime(status, explicit_lifetime(cc.as_ref(), resp, now), rules)
         .or_else(|| {
             heuristically_cacheable(status)
                 .then(|| heuristic_lifetime(resp, now))
@@ -627,6 +632,20 @@ mod tests {
         assert!(CLIENT_HIDDEN_HEADERS
             .iter()
             .any(|h| h == "cdn-cache-control"));
+    }
+
+    /// Found by the `cache_policy` fuzz target (fuzz/corpus/cache_policy/bug-expires-bad-date):
+    /// with `Expires` and no usable `Date`, the lifetime used the wall clock instead of `now`.
+    #[test]
+    fn expires_without_date_counts_from_now() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let expires = httpdate::fmt_http_date(now + Duration::from_secs(600));
+        for date in [None, Some("not a date")] {
+            let mut h = vec![("expires", expires.as_str())];
+            h.extend(date.map(|d| ("date", d)));
+            let m = response_meta(&resp(200, &h), false, &rules(), now).expect("stored");
+            assert_eq!(ttl(&m, now), 600, "{h:?}");
+        }
     }
 
     #[test]

@@ -1251,8 +1251,18 @@ pub(crate) fn parse_host_pattern(text: &str) -> Result<HostPattern, String> {
             && l.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
-    let ip_ok = name.parse::<std::net::IpAddr>().is_ok();
-    if name.is_empty() || name.len() > 253 || !(ip_ok || name.split('.').all(label_ok)) {
+    if !wild {
+        // An IPv6 address (bracketed or not), written as `canonical_host` writes a request's
+        // host: a bare `::1` could never match one.
+        let bare = name
+            .strip_prefix('[')
+            .and_then(|n| n.strip_suffix(']'))
+            .unwrap_or(name);
+        if let Ok(ip) = bare.parse::<std::net::Ipv6Addr>() {
+            return Ok(HostPattern::Exact(format!("[{ip}]")));
+        }
+    }
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
         return Err(format!(
             "invalid host {text:?}: use example.com, *.example.com or * (no port, no scheme)"
         ));
@@ -1271,6 +1281,13 @@ fn check_path_prefix(p: &str) -> Result<(), String> {
     if p.contains(['?', '#']) || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return Err(format!(
             "{p:?} must be a plain path (no query, fragment, spaces or control bytes)"
+        ));
+    }
+    // Every request under such a prefix gets a 400 before routing: the route could never match.
+    if let Err(bad) = crate::proxy::target::check_path("GET", p) {
+        return Err(format!(
+            "{p:?} can never match: requests with such a path are refused ({})",
+            bad.reason()
         ));
     }
     Ok(())
@@ -1351,6 +1368,30 @@ mod tests {
             parse_host_pattern("127.0.0.1"),
             Ok(HostPattern::Exact("127.0.0.1".into()))
         );
+    }
+
+    /// Found by the `config` fuzz target: every route must be able to match some request
+    /// (fuzz/corpus/config/bug-*).
+    #[test]
+    fn routes_that_could_never_match_are_refused() {
+        // IPv6 hosts are written as canonical_host writes a request's Host: `[::1]`
+        for h in ["::1", "[::1]", "[0:0::1]"] {
+            assert_eq!(
+                parse_host_pattern(h),
+                Ok(HostPattern::Exact("[::1]".into())),
+                "{h}"
+            );
+        }
+        assert!(parse_host_pattern("*.::1").is_err());
+        // prefixes that every request under them would be refused for (400 before routing)
+        for p in [
+            "/a/../b", "/a/./b", "/..", "/a%2Fb", "/a\\b", "/a%zz", "/a%00",
+        ] {
+            assert!(check_path_prefix(p).is_err(), "{p}");
+        }
+        for p in ["/", "/a", "/a/", "/a.b/c..d", "/caf%C3%A9"] {
+            assert_eq!(check_path_prefix(p), Ok(()), "{p}");
+        }
     }
 
     #[test]

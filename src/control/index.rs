@@ -218,7 +218,8 @@ pub fn response_tags<'a>(
     names
         .iter()
         .flat_map(move |n| headers.get_all(n).iter())
-        .filter_map(|v| v.to_str().ok())
+        // UTF-8, not only visible ASCII (`to_str`): the control plane accepts such tags
+        .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
         .flat_map(|v| v.split([',', ' ', '\t']))
         .map(|t| t.trim().trim_matches('"'))
         .filter(|t| !t.is_empty())
@@ -348,5 +349,26 @@ mod tests {
         ];
         let tags: Vec<&str> = response_tags(&h, &names).collect();
         assert_eq!(tags, ["a", "b", "c", "d", "e", "f", "g"]);
+    }
+
+    /// Found by the `snapshot` fuzz target (fuzz/corpus/snapshot/bug-*): the control plane
+    /// accepts a purge of tag "café", which used to never match, because non-ASCII header
+    /// values were skipped.
+    #[test]
+    fn utf8_tags_can_be_purged() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "surrogate-key",
+            http::HeaderValue::from_bytes("café x".as_bytes()).unwrap(),
+        );
+        let names = [http::HeaderName::from_static("surrogate-key")];
+        assert_eq!(response_tags(&h, &names).collect::<Vec<_>>(), ["café", "x"]);
+        let mut ix = InvalidationIndex::default();
+        ix.apply(&inv(1, InvalidationKind::Tag, "café", false), t(10))
+            .unwrap();
+        assert_eq!(
+            ix.verdict("a.com", "/", response_tags(&h, &names), t(5)),
+            Verdict::Invalid
+        );
     }
 }

@@ -152,3 +152,38 @@ async fn configured_h2_caps_are_announced_and_enforced() {
     assert_eq!(o.hits("/big"), 0, "never reached the origin");
     assert_eq!(o.hits("/small"), 1);
 }
+
+/// Found by scripts/soak: on an h2c listener, a connection that sent fewer bytes than the HTTP/2
+/// preface (nothing at all, or the start of a request line) was never closed, whatever
+/// `header_timeout` said, because the protocol sniffing waited for 24 bytes without a deadline.
+#[tokio::test]
+async fn h2c_listener_closes_connections_that_never_send_a_preface() {
+    let o = Origin::start("o").await;
+    let v = h2c_verge(&o, "{header_timeout: 1s}").await;
+    for sent in [&b""[..], b"GET / HT"] {
+        let mut s = tokio::net::TcpStream::connect(v.http)
+            .await
+            .expect("connect");
+        s.write_all(sent).await.expect("write");
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 256];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "still open after 5 s with {sent:?} sent: {read:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(3), "{sent:?}");
+    }
+    // HTTP/1 and HTTP/2 still work on the listener
+    let ok = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client")
+        .get(v.url("/h2"))
+        .send()
+        .await
+        .expect("h2c request");
+    assert_eq!(ok.status(), 200);
+    let ok = reqwest::get(v.url("/h1")).await.expect("http/1 request");
+    assert_eq!(ok.status(), 200);
+}
