@@ -97,6 +97,9 @@ pub struct Metrics {
     /// request's fetch of the same key: `collapsed` (served from it: an origin fetch avoided),
     /// `timeout` (gave up after `cache.lock_wait`), `fetched` (went to the origin after all).
     pub cache_lock_waits: IntCounterVec,
+    /// `verge_cache_early_refreshes_total{route}`: background refreshes started by a fresh hit
+    /// (`routes[].cache.early_refresh`, XFetch).
+    pub cache_early_refreshes: IntCounterVec,
     /// `verge_filter_errors_total{filter,phase}`: user filters that failed (answered 500/502);
     /// `phase` is `request`, `upstream_request` or `response`.
     pub filter_errors: IntCounterVec,
@@ -371,6 +374,12 @@ impl Metrics {
                 "verge_cache_lock_waits_total",
                 "Requests that waited on another request's fetch of the same key, by outcome",
                 &["route", "outcome"],
+            ),
+            cache_early_refreshes: counter(
+                &registry,
+                "verge_cache_early_refreshes_total",
+                "Background refreshes started by a fresh hit (XFetch), by route",
+                &["route"],
             ),
             filter_errors: counter(
                 &registry,

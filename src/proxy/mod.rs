@@ -484,6 +484,10 @@ impl EdgeProxy {
                 .build();
             spawner.spawn_background_subrequest(session.downstream_session.as_ref(), sub);
             ctx.early_refresh = true;
+            METRICS
+                .cache_early_refreshes
+                .with_label_values(&[ctx.route_name()])
+                .inc();
         }
         if downgraded {
             refresh::restore_h2_version(session.req_header_mut());

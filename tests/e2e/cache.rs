@@ -445,7 +445,7 @@ async fn purge_method_is_off_by_default_and_limited_to_allowed_clients() {
 }
 
 /// The sum of every sample of `name` whose labels contain all of `labels` (`key="value"`).
-fn metric_sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+pub(crate) fn metric_sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
     metrics
         .lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))

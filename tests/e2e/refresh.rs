@@ -155,6 +155,12 @@ async fn early_refresh_serves_the_hit_and_refreshes_once_in_the_background() {
     }
     let refreshed = eventually(Duration::from_secs(10), || async { o.hits("/er") == 2 }).await;
     assert!(refreshed, "the early refresh reached the origin");
+    let counted = crate::cache::metric_sum(
+        &v.admin_get("/metrics").await.1,
+        "verge_cache_early_refreshes_total",
+        &[],
+    );
+    assert_eq!(counted, 1.0, "verge_cache_early_refreshes_total");
     // the refreshed entry is served; the next fresh hit may start the next refresh
     o.set_delay_ms(0);
     let stored = eventually(Duration::from_secs(5), || async {
