@@ -3,6 +3,7 @@
 //! every request head it reads (per path) and every connection, so tests can tell whether verge
 //! went back to it and whether it reused a connection. It also plays a WebSocket echo server.
 
+use crate::harness::lock;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,10 +76,6 @@ struct State {
     heads: Mutex<BTreeMap<String, Vec<String>>>,
     connections: AtomicU64,
     cache_control: Mutex<String>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub struct BadOrigin {

@@ -317,6 +317,11 @@ pub async fn accepts(addr: SocketAddr) -> bool {
     true
 }
 
+/// Lock a test origin's state, even after a panicking thread poisoned it.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Poll `check` until it returns true or `within` passes.
 pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
 where

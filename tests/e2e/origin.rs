@@ -2,6 +2,7 @@
 //! stopped, restarted on the same port, or told to fail its health checks. Per path it can
 //! answer with another status, extra headers, or an ETag it honours with 304 Not Modified.
 
+use crate::harness::lock;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -150,10 +151,6 @@ async fn handle(
         Bytes::from(body)
     };
     Ok(builder.body(Full::new(body)).unwrap_or_default())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<State>, stop: watch::Receiver<bool>) {

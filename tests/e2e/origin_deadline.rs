@@ -9,6 +9,7 @@
 //!   close-delimited body cut by the deadline would otherwise look complete);
 //! - a route's `timeouts.total` overrides its pool's; a well-behaved origin is unaffected.
 
+use crate::harness::lock;
 use crate::harness::Verge;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -38,10 +39,6 @@ struct State {
     modes: Mutex<BTreeMap<String, Mode>>,
     hits: Mutex<BTreeMap<String, u64>>,
     cache_control: Mutex<String>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct DripOrigin {

@@ -8,6 +8,7 @@
 //! requests and the body pieces it has written, so a test can tell "a client got bytes before
 //! the origin sent its last piece" from the origin's side rather than from a clock.
 
+use crate::harness::lock;
 use crate::harness::Verge;
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -100,10 +101,6 @@ struct Shared {
     scripts: Mutex<BTreeMap<String, Script>>,
     paths: Mutex<BTreeMap<String, PathState>>,
     gate: watch::Sender<bool>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct ScriptedOrigin {
