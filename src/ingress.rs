@@ -54,7 +54,8 @@ pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
         return reject(400, "bad_request_line");
     }
     let Some(line_end) = find_lf(&buf[pos..]) else {
-        return if buf.len() - pos > limits.max_request_line {
+        // a line's own CR may already be here without its LF: it does not count toward the limit
+        return if trim_cr(&buf[pos..]).len() > limits.max_request_line {
             reject(414, "request_line_too_long")
         } else {
             HeadScan::Incomplete
@@ -75,7 +76,7 @@ pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
     let mut te_chunked_only = true;
     loop {
         let Some(end) = find_lf(&buf[pos..]) else {
-            let partial = buf.len() - pos;
+            let partial = trim_cr(&buf[pos..]).len();
             if partial > limits.max_header_line {
                 return reject(431, "header_line_too_long");
             }
@@ -393,6 +394,30 @@ mod tests {
         );
         assert_eq!(scan("GET / HTTP/1.1\r\nHost: a\r\n"), HeadScan::Incomplete);
         assert_eq!(scan("GET / HT"), HeadScan::Incomplete);
+    }
+
+    #[test]
+    fn a_line_at_its_limit_is_accepted_wherever_the_network_splits_it() {
+        let limits = Limits {
+            max_request_line: 32,
+            max_header_line: 24,
+            ..Limits::default()
+        };
+        let head = format!(
+            "GET /{} HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(18),
+            "b".repeat(21)
+        );
+        for end in 0..head.len() {
+            assert!(
+                !matches!(
+                    scan_head(&head.as_bytes()[..end], &limits),
+                    HeadScan::Reject { .. }
+                ),
+                "split after {end} bytes"
+            );
+        }
+        assert_eq!(scan_head(head.as_bytes(), &limits), HeadScan::Complete);
     }
 
     #[test]

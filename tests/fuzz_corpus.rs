@@ -64,6 +64,11 @@ fn every_target_has_a_corpus() {
 }
 
 #[test]
+fn request_head_corpus() {
+    replay("request_head", invariants::request_head::check);
+}
+
+#[test]
 fn request_target_corpus() {
     replay("request_target", invariants::request_target::check);
 }

@@ -26,6 +26,11 @@ impl<'a> Input<'a> {
         (0..4).fold(0u32, |n, _| (n << 8) | u32::from(self.byte()))
     }
 
+    /// Everything left, as bytes.
+    pub fn rest_bytes(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.bytes)
+    }
+
     /// Everything left, as text (invalid UTF-8 replaced).
     pub fn rest_text(&mut self) -> String {
         let text = String::from_utf8_lossy(self.bytes).into_owned();

@@ -8,6 +8,7 @@ pub mod cache_key;
 pub mod cache_policy;
 pub mod config;
 pub mod input;
+pub mod request_head;
 pub mod request_target;
 pub mod snapshot;
 
@@ -15,7 +16,8 @@ pub mod snapshot;
 pub type Check = fn(&[u8]);
 
 /// Every target, by the name of its fuzz binary and corpus directory.
-pub const TARGETS: [(&str, Check); 5] = [
+pub const TARGETS: [(&str, Check); 6] = [
+    ("request_head", request_head::check),
     ("request_target", request_target::check),
     ("cache_key", cache_key::check),
     ("cache_policy", cache_policy::check),

@@ -1,0 +1,72 @@
+//! The HTTP/1 request-head scanner (`src/ingress.rs`, `scan_head`), which decides before Pingora
+//! parses anything.
+//!
+//! Input: one byte choosing the limits (defaults, or tight ones so limits are reached), then the
+//! raw head bytes.
+//!
+//! Invariants:
+//! - a decision never depends on where the bytes were split by the network: if any prefix of the
+//!   input is already `Complete` or refused, the whole input gets the same decision (status);
+//! - `Complete` only once an empty line ends the head;
+//! - refusals are one of 400, 413, 414, 431, 501, with a non-empty reason;
+//! - the same input always gets the same decision.
+
+use super::input::Input;
+use std::time::Duration;
+use verge::config::Limits;
+use verge::ingress::{scan_head, HeadScan};
+
+pub fn check(data: &[u8]) {
+    let mut input = Input::new(data);
+    let limits = if input.byte() % 2 == 0 {
+        Limits::default()
+    } else {
+        Limits {
+            max_request_line: 32,
+            max_header_line: 24,
+            max_headers_size: 96,
+            max_headers: 4,
+            max_body: 100,
+            header_timeout: Duration::from_secs(1),
+            ..Limits::default()
+        }
+    };
+    let head = input.rest_bytes();
+    let whole = scan_head(head, &limits);
+    assert_eq!(whole, scan_head(head, &limits), "deterministic");
+    match &whole {
+        HeadScan::Complete => assert!(
+            ends_a_head(head),
+            "Complete without an empty line: {:?}",
+            String::from_utf8_lossy(head)
+        ),
+        HeadScan::Reject { status, reason } => {
+            assert!(
+                [400, 413, 414, 431, 501].contains(status),
+                "status {status}"
+            );
+            assert!(!reason.is_empty());
+        }
+        HeadScan::Incomplete => {}
+    }
+    // every split point of short inputs, a sample of long ones
+    let step = (head.len() / 256).max(1);
+    for end in (0..head.len()).step_by(step) {
+        let early = scan_head(&head[..end], &limits);
+        match (&early, &whole) {
+            (HeadScan::Incomplete, _) => {}
+            (HeadScan::Complete, HeadScan::Complete) => {}
+            (HeadScan::Reject { status: a, .. }, HeadScan::Reject { status: b, .. }) if a == b => {}
+            _ => panic!(
+                "the first {end} bytes give {early:?} but all {} give {whole:?}: {:?}",
+                head.len(),
+                String::from_utf8_lossy(head)
+            ),
+        }
+    }
+}
+
+/// Whether an empty line (after at least one other line) appears: `\n\n` or `\n\r\n`.
+fn ends_a_head(b: &[u8]) -> bool {
+    b.windows(2).any(|w| w == b"\n\n") || b.windows(3).any(|w| w == b"\n\r\n")
+}
