@@ -709,19 +709,7 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(2_000_000_000)
     }
 
-    /// Deterministic xorshift, so failures reproduce.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::cache::xorshift::Rng;
 
     #[test]
     fn shard_count_keeps_shards_large_enough() {

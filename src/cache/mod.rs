@@ -15,6 +15,8 @@ pub mod reclaim;
 pub mod request_directives;
 pub mod storage;
 pub mod stored_meta;
+#[cfg(test)]
+mod xorshift;
 
 use crate::config::{CacheKeyRules, CacheSettings};
 use crate::control::index::{response_tags, InvalidationIndex, Verdict};

@@ -21,25 +21,7 @@ use std::time::{Duration, SystemTime};
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
 
-/// Deterministic xorshift, so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+use super::xorshift::Rng;
 
 fn parts(budget: usize, max_object: usize) -> (&'static MemoryStorage, &'static S3FifoEviction) {
     let eviction: &'static S3FifoEviction =

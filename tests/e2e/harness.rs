@@ -300,6 +300,29 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Send `request` on a new connection and read until the server closes it or `within` passes;
+/// returns the bytes read and whether the connection was closed.
+pub async fn exchange_until_closed(
+    addr: SocketAddr,
+    request: &[u8],
+    within: Duration,
+) -> (Vec<u8>, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = [0u8; 16384];
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (out, closed)
+}
+
 /// Whether something accepts connections on `addr`. `/readyz` answers from the admin service,
 /// whose listener may be up before the proxy's. The probe connection is closed and its end
 /// awaited, so it is gone from verge's connection count when this returns.

@@ -9,8 +9,7 @@
 //!   close-delimited body cut by the deadline would otherwise look complete);
 //! - a route's `timeouts.total` overrides its pool's; a well-behaved origin is unaffected.
 
-use crate::harness::lock;
-use crate::harness::Verge;
+use crate::harness::{exchange_until_closed, lock, Verge};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -189,19 +188,9 @@ impl Reply {
 }
 
 async fn exchange(v: &Verge, host: &str, path: &str) -> Reply {
-    let mut s = TcpStream::connect(v.http).await.expect("connect");
     let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut buf = [0u8; 16384];
-    let closed = loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => break false,
-        }
-    };
+    let (out, closed) =
+        exchange_until_closed(v.http, req.as_bytes(), Duration::from_secs(20)).await;
     let end = out
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -43,7 +43,6 @@ use crate::bad_origin::{BadOrigin, Fault};
 use crate::cache::fetch;
 use crate::harness::Verge;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// verge in front of `o`: host `c.test` caches (obeying the origin), host `n.test` does not;
 /// upstream read timeout 1 s.
@@ -235,21 +234,10 @@ fn classify(mut bytes: &[u8], closed: bool, head_only: bool) -> Wire {
 /// Send one request (`Connection: close`) on a new connection and read until verge closes it
 /// or 15 s pass.
 async fn exchange(v: &Verge, method: &str, host: &str, path: &str) -> Wire {
-    let mut s = tokio::net::TcpStream::connect(v.http)
-        .await
-        .expect("connect");
     let req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let mut buf = [0u8; 16384];
-    let closed = loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => break false,
-        }
-    };
+    let (out, closed) =
+        crate::harness::exchange_until_closed(v.http, req.as_bytes(), Duration::from_secs(15))
+            .await;
     classify(&out, closed, method == "HEAD")
 }
 
