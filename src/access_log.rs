@@ -170,6 +170,16 @@ pub struct Record<'a> {
     pub seq: u64,
 }
 
+/// A cache key's hash as the log writes it (lowercase hex).
+pub fn key_hex(key: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(key.len() * 2);
+    for b in key {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
 impl Record<'_> {
     /// The line written to the log.
     pub fn to_json(&self) -> Value {

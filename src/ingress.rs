@@ -6,11 +6,12 @@
 //! Pingora, whose H2 limits are bounded.
 
 use crate::config::Limits;
+use crate::fast_hit::FastHits;
 use crate::metrics::METRICS;
 use crate::proxy::EdgeProxy;
 use async_trait::async_trait;
 use bytes::BytesMut;
-use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
@@ -173,6 +174,7 @@ pub struct Ingress {
     limits: Limits,
     listener: String,
     h2c: bool,
+    hits: Option<FastHits>,
 }
 
 impl Ingress {
@@ -183,7 +185,37 @@ impl Ingress {
             limits,
             listener,
             h2c,
+            hits: None,
         }
+    }
+
+    /// Answer plain hits in the front door (see [`crate::fast_hit`]).
+    pub fn with_fast_hits(mut self, hits: FastHits) -> Self {
+        self.hits = Some(hits);
+        self
+    }
+
+    /// Answer the request in `head` from the hit lane, if it can: `None` when it goes the full
+    /// way. `Some(true)`: answered, and the connection stays open for the next request.
+    async fn answer_hit(&self, stream: &mut Stream, head: &[u8], last: bool) -> Option<bool> {
+        let hits = self.hits.as_ref()?;
+        let started = std::time::Instant::now();
+        let answer = hits.answer(head, last)?;
+        let write = async {
+            stream.write_all(&answer.head).await?;
+            if let Some(body) = &answer.body {
+                stream.write_all(body).await?;
+            }
+            stream.flush().await
+        };
+        let sent = write.await.is_ok();
+        let client = hits
+            .logs()
+            .then(|| stream.get_socket_digest())
+            .flatten()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        hits.record(&answer, head, sent, client, started.elapsed());
+        Some(sent && !answer.close)
     }
 
     /// Whether the connection speaks HTTP/2. `None` when, on an h2c listener, fewer bytes than
@@ -327,7 +359,8 @@ impl ServerApp for Ingress {
             }
         }
 
-        let mut settings: Option<HttpPersistentSettings> = None;
+        // requests answered on this connection so far (for the keep-alive request limit)
+        let mut served: u32 = 0;
         let mut idle = self.limits.header_timeout;
         loop {
             match self.read_head(&mut stream, idle, shutdown).await {
@@ -338,25 +371,26 @@ impl ServerApp for Ingress {
                     return None;
                 }
                 Head::Ready(buf) => {
+                    // reuses left after this request (0: it is the connection's last)
+                    let reuses = self.limits.keepalive_requests.saturating_sub(served + 1);
+                    let last = reuses == 0 || *shutdown.borrow();
+                    served = served.saturating_add(1);
+                    idle = self.limits.keepalive_timeout;
+                    match self.answer_hit(&mut stream, &buf, last).await {
+                        Some(true) => continue,
+                        Some(false) => return None,
+                        None => {}
+                    }
                     let mut session = ServerSession::new_http1(stream);
-                    match settings.take() {
-                        Some(s) => s.apply_to_session(&mut session),
-                        None => {
-                            session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs()));
-                            session.set_keepalive_reuses_remaining(Some(
-                                self.limits.keepalive_requests.saturating_sub(1),
-                            ));
-                        }
-                    }
-                    if *shutdown.borrow() {
-                        session.set_keepalive(None);
-                    }
+                    session.set_keepalive(if last {
+                        None
+                    } else {
+                        Some(self.limits.keepalive_timeout.as_secs())
+                    });
+                    session.set_keepalive_reuses_remaining(Some(reuses));
                     session.set_pipelined_prefix(buf);
                     let reused = self.proxy.process_new_http(session, shutdown).await?;
-                    let (next, persistent) = reused.consume();
-                    stream = next;
-                    settings = persistent;
-                    idle = self.limits.keepalive_timeout;
+                    stream = reused.consume().0;
                 }
             }
         }

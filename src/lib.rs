@@ -42,6 +42,7 @@ pub mod cache;
 pub mod config;
 pub mod control;
 pub mod embed;
+pub mod fast_hit;
 pub mod ingress;
 pub mod metrics;
 pub mod proxy;

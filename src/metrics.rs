@@ -40,6 +40,9 @@ pub struct Metrics {
     /// `verge_cache_lookups_total{route,result}`: hit, miss, stale, stale_error, expired,
     /// revalidated, bypass, uncacheable. Hit ratio = hit / all.
     pub cache_lookups: IntCounterVec,
+    /// `verge_cache_fast_hits_total{route}`: the hits among `verge_cache_lookups_total{result=
+    /// "hit"}` that the front door answered itself (`fast_hit`), without Pingora's phases.
+    pub cache_fast_hits: IntCounterVec,
     /// `verge_cache_bytes`: bytes held by the cache (headers + bodies + per-entry overhead).
     pub cache_bytes: IntGauge,
     /// `verge_cache_inflight_bytes`: body bytes held by responses still being fetched (readers
@@ -255,6 +258,12 @@ impl Metrics {
                 "Cache lookups by route and result",
                 &["route", "result"],
             ),
+            cache_fast_hits: counter(
+                &registry,
+                "verge_cache_fast_hits_total",
+                "Cache hits answered by the front door's hit lane, by route",
+                &["route"],
+            ),
             cache_bytes: plain_gauge(&registry, "verge_cache_bytes", "Bytes held by the cache"),
             cache_inflight_bytes: plain_gauge(
                 &registry,
@@ -410,6 +419,48 @@ impl Metrics {
 
 /// The process-wide metrics.
 pub static METRICS: Lazy<Metrics> = Lazy::new(Metrics::new);
+
+/// How one finished request counts in the per-route request metrics, whichever path answered it
+/// (Pingora's phases, or the front door's hit lane).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestOutcome<'a> {
+    /// The route's name (`""` when none matched).
+    pub route: &'a str,
+    /// The status sent (0: none).
+    pub status: u16,
+    /// The `verge_cache_lookups_total` result, on routes that cache and that a filter did not
+    /// answer.
+    pub lookup: Option<&'static str>,
+    /// The `verge_response_body_bytes_total` source.
+    pub source: &'static str,
+    /// Body bytes sent to the client.
+    pub body_bytes: u64,
+    /// Since the request head arrived.
+    pub elapsed: Option<std::time::Duration>,
+}
+
+impl Metrics {
+    /// Count one finished request.
+    pub fn record_request(&self, o: &RequestOutcome<'_>) {
+        let mut buf = itoa::Buffer::new();
+        self.requests
+            .with_label_values(&[o.route, buf.format(o.status)])
+            .inc();
+        if let Some(result) = o.lookup {
+            self.cache_lookups
+                .with_label_values(&[o.route, result])
+                .inc();
+        }
+        self.response_bytes
+            .with_label_values(&[o.route, o.source])
+            .inc_by(o.body_bytes);
+        if let Some(elapsed) = o.elapsed {
+            self.request_duration
+                .with_label_values(&[o.route])
+                .observe(elapsed.as_secs_f64());
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

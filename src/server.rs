@@ -10,6 +10,7 @@ use crate::control::plane::ControlPlane;
 use crate::control::poller::{publish_position, ControlPoller, PersistedSnapshot};
 use crate::control::settings::ControlSettings;
 use crate::control::store::FileStore;
+use crate::fast_hit::FastHits;
 use crate::ingress::Ingress;
 use crate::metrics::METRICS;
 use crate::proxy::filter::Filters;
@@ -164,7 +165,15 @@ fn listener_service(
     options.h2_idle_timeout = Some(spec.limits.keepalive_timeout);
     proxy.server_options = Some(options);
     proxy.h2_options = Some(h2_options(&spec.limits.h2));
-    let ingress = Ingress::new(proxy, spec.limits, spec.name.clone(), spec.h2c);
+    let hits = FastHits::new(
+        snapshot.clone(),
+        cache,
+        filters.clone(),
+        access_log.clone(),
+        spec.tls.is_some(),
+    );
+    let ingress =
+        Ingress::new(proxy, spec.limits, spec.name.clone(), spec.h2c).with_fast_hits(hits);
     let mut service = Service::new(format!("verge listener {}", spec.name), ingress);
     let mut endpoint = ListenerConfig::tcp(spec.addr.to_string()).l4_buffer(L4BufferSettings {
         read: Some(CLIENT_READ_BUFFER),

@@ -143,15 +143,12 @@ impl CacheEngine {
     /// bytes come back without waiting for a request or eviction. Returns how many went.
     pub fn reclaim(&self, index: &InvalidationIndex) -> usize {
         let removed = self.storage.remove_where(|stored| {
-            let Ok(meta) = stored.to_meta() else {
+            let headers = &stored.header().headers;
+            let Some((host, pq)) = policy::entry_url(headers) else {
                 return false;
             };
-            let Some((host, pq)) = policy::entry_url(&meta) else {
-                return false;
-            };
-            let fetched = policy::fetched_at(&meta).unwrap_or_else(|| meta.created());
-            let tags = response_tags(meta.headers(), &policy::TAG_HEADERS);
-            index.verdict(host, pq, tags, fetched) == Verdict::Invalid
+            invalidation_verdict(index, host, pq, None, headers, stored.created())
+                == Verdict::Invalid
         });
         for k in &removed {
             self.eviction
@@ -201,12 +198,14 @@ pub fn invalidation_override(
     if index.is_empty() {
         return None;
     }
-    let fetched = policy::fetched_at(meta).unwrap_or_else(|| meta.created());
-    let tags = || response_tags(meta.headers(), &policy::TAG_HEADERS);
-    let mut verdict = index.verdict(host, path_query, tags(), fetched);
-    if let Some(k) = key_path_query.filter(|k| *k != path_query) {
-        verdict = verdict.stronger(index.verdict(host, k, std::iter::empty(), fetched));
-    }
+    let verdict = invalidation_verdict(
+        index,
+        host,
+        path_query,
+        key_path_query,
+        meta.headers(),
+        meta.created(),
+    );
     match verdict {
         Verdict::Valid => None,
         Verdict::Stale { since } => {
@@ -220,6 +219,28 @@ pub fn invalidation_override(
             Some(ForcedFreshness::ForceMiss)
         }
     }
+}
+
+/// What the invalidation index says about a stored entry with these stored `headers`, admitted
+/// at `created` (its fetch start, when recorded, counts instead). Counts nothing.
+pub fn invalidation_verdict(
+    index: &InvalidationIndex,
+    host: &str,
+    path_query: &str,
+    key_path_query: Option<&str>,
+    headers: &http::HeaderMap,
+    created: std::time::SystemTime,
+) -> Verdict {
+    if index.is_empty() {
+        return Verdict::Valid;
+    }
+    let fetched = policy::fetched_at(headers).unwrap_or(created);
+    let tags = response_tags(headers, &policy::TAG_HEADERS);
+    let mut verdict = index.verdict(host, path_query, tags, fetched);
+    if let Some(k) = key_path_query.filter(|k| *k != path_query) {
+        verdict = verdict.stronger(index.verdict(host, k, std::iter::empty(), fetched));
+    }
+    verdict
 }
 
 /// The cache key: scheme, canonical host and the exact path and query the origin will be asked

@@ -214,8 +214,8 @@ pub fn set_entry_url(meta: &mut CacheMeta, host: &str, path_query: &str) {
 }
 
 /// The host and path-and-query an entry is stored under, if recorded.
-pub fn entry_url(meta: &CacheMeta) -> Option<(&str, &str)> {
-    let v = meta.headers().get(ENTRY_URL)?.to_str().ok()?;
+pub fn entry_url(headers: &http::HeaderMap) -> Option<(&str, &str)> {
+    let v = headers.get(ENTRY_URL)?.to_str().ok()?;
     let i = v.find('/')?;
     Some((&v[..i], &v[i..]))
 }
@@ -246,14 +246,8 @@ pub fn set_fetched_at(meta: &mut CacheMeta, started: SystemTime) {
 }
 
 /// When the fetch behind a stored entry started, if recorded.
-pub fn fetched_at(meta: &CacheMeta) -> Option<SystemTime> {
-    let ms: u64 = meta
-        .headers()
-        .get(FETCHED_AT)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()?;
+pub fn fetched_at(headers: &http::HeaderMap) -> Option<SystemTime> {
+    let ms: u64 = headers.get(FETCHED_AT)?.to_str().ok()?.parse().ok()?;
     Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
 }
 
@@ -446,6 +440,15 @@ pub fn refreshed_by_not_modified(
     out
 }
 
+/// Whole seconds of freshness left at `now` (negative when stale), as `Cache-Status` `ttl`
+/// gives them.
+pub fn ttl_left(fresh_until: SystemTime, now: SystemTime) -> i64 {
+    match fresh_until.duration_since(now) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
 /// The RFC 9211 `Cache-Status` value for a response. `request_forced`: a fresh stored response
 /// was found, but the request's own directives (`no-cache`, `max-age`, `min-fresh`, `Pragma`)
 /// sent it to the origin, which RFC 9211 §2.2 calls `fwd=request`.
@@ -505,6 +508,14 @@ pub fn cache_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ttl_counts_whole_seconds_either_way() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        assert_eq!(ttl_left(now + Duration::from_millis(2500), now), 2);
+        assert_eq!(ttl_left(now - Duration::from_millis(2500), now), -2);
+        assert_eq!(ttl_left(now, now), 0);
+    }
 
     #[test]
     fn cache_status_names_what_went_forward_and_why() {

@@ -22,7 +22,7 @@ use pingora_cache::{CacheMeta, NoCacheReason};
 
 use super::eviction::S3FifoEviction;
 use super::fill::{Fill, Sealed};
-use super::stored_meta::StoredMeta;
+use super::stored_meta::{ClientHead, StoredMeta};
 use pingora_error::{Error, ErrorType, Result};
 use std::any::Any;
 use std::collections::HashMap;
@@ -32,6 +32,36 @@ use std::sync::Arc;
 /// Bytes charged per entry on top of headers and body (map slot, Arc, meta buffers).
 pub const ENTRY_OVERHEAD: usize = 256;
 const SHARDS: usize = 64;
+
+/// A stored response found by [`MemoryStorage::servable`].
+pub struct Servable {
+    entry: Arc<Entry>,
+}
+
+impl Servable {
+    /// Its metadata.
+    pub fn meta(&self) -> &StoredMeta {
+        &self.entry.meta
+    }
+
+    /// The head a hit sends (present: checked when it was found).
+    pub fn head(&self) -> Option<&ClientHead> {
+        self.entry.meta.client_head()
+    }
+
+    /// The whole body.
+    pub fn body(&self) -> &Bytes {
+        &self.entry.body
+    }
+
+    /// The entry as the eviction manager tracks it, and the weight pingora reports for a hit.
+    pub fn eviction_key(&self) -> (CacheEntryKey, usize) {
+        (
+            CacheEntryKey::from_entry_id(self.entry.key.clone(), None),
+            self.entry.body.len() + ENTRY_OVERHEAD,
+        )
+    }
+}
 
 /// One stored response: its metadata and the whole body.
 struct Entry {
@@ -116,6 +146,22 @@ impl MemoryStorage {
             .read()
             .get(primary)
             .map_or(0, Vec::len)
+    }
+
+    /// The stored response under `combined`, when a plain hit on it may be answered straight
+    /// from the front door (`crate::fast_hit`): nothing is being fetched for the key (a fill
+    /// in flight is newer), the entry has a [`ClientHead`] and its body is as long as that head
+    /// announces. Freshness and invalidations are the caller's to check.
+    pub fn servable(&self, combined: &HashBinary) -> Option<Servable> {
+        let entry = {
+            let maps = self.shard(combined).read();
+            if !maps.fills.is_empty() && maps.fills.contains_key(combined) {
+                return None;
+            }
+            maps.entries.get(combined)?.clone()
+        };
+        let head = entry.meta.client_head()?;
+        (head.content_length == entry.body.len()).then_some(Servable { entry })
     }
 
     /// Whether an entry is stored under this combined key (primary + variance).

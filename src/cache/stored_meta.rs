@@ -46,6 +46,63 @@ pub struct StoredMeta {
     /// (revalidated or refetched: `updated` or `provenance` differ from `created`).
     internal: Option<Vec<u8>>,
     header: ResponseHeader,
+    /// The head a plain hit sends (see [`ClientHead`]); `None` when the entry is not one the
+    /// front door may answer by itself.
+    client_head: Option<ClientHead>,
+}
+
+/// The HTTP/1.1 head of a stored `200` with a `Content-Length`, no `Vary` and no variance, as
+/// every hit sends it before the per-request fields: status line and stored fields in their
+/// stored order and case, without the fields verge keeps from clients
+/// ([`super::policy::CLIENT_HIDDEN_HEADERS`]) and without `Age`, `Accept-Ranges` and
+/// `Connection`, which each response sets. No final empty line.
+#[derive(Debug)]
+pub struct ClientHead {
+    /// The bytes, ending with the last stored field's CRLF.
+    pub bytes: bytes::Bytes,
+    /// The `Content-Length` it announces.
+    pub content_length: usize,
+    /// Whether it carries a `Date` (a response stored without one gets the time it is served).
+    pub has_date: bool,
+}
+
+impl ClientHead {
+    /// The head for `header`, when a hit on it can be answered as stored.
+    fn of(header: &ResponseHeader, variance: Option<HashBinary>) -> Option<ClientHead> {
+        use http::header;
+        let fields = &header.headers;
+        if header.status != http::StatusCode::OK
+            || variance.is_some()
+            || fields.contains_key(header::VARY)
+            || fields.contains_key(header::TRANSFER_ENCODING)
+            || fields.get_all(header::CONTENT_LENGTH).iter().count() != 1
+        {
+            return None;
+        }
+        let content_length = fields
+            .get(header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let mut client = header.clone();
+        for name in super::policy::CLIENT_HIDDEN_HEADERS.iter().chain([
+            &header::AGE,
+            &header::ACCEPT_RANGES,
+            &header::CONNECTION,
+        ]) {
+            client.remove_header(name);
+        }
+        let mut bytes = bytes::BytesMut::with_capacity(256);
+        bytes.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        client.header_to_h1_wire(&mut bytes);
+        Some(ClientHead {
+            bytes: bytes.freeze(),
+            content_length,
+            has_date: fields.contains_key(header::DATE),
+        })
+    }
 }
 
 fn meta_error(context: &'static str) -> Box<Error> {
@@ -81,10 +138,12 @@ impl StoredMeta {
             header.set_version(Version::HTTP_11);
         }
         header.set_reason_phrase(None)?;
+        let client_head = ClientHead::of(&header, fields.variance);
         Ok(StoredMeta {
             fields,
             internal,
             header,
+            client_head,
         })
     }
 
@@ -120,7 +179,31 @@ impl StoredMeta {
         &self.header
     }
 
-    /// Bytes charged for this metadata: the internal fields plus the header as it would be sent.
+    /// The head a plain hit on this entry sends, if the front door may answer it by itself.
+    pub fn client_head(&self) -> Option<&ClientHead> {
+        self.client_head.as_ref()
+    }
+
+    /// Until when the entry is fresh (pingora's `CacheMeta::fresh_until`).
+    pub fn fresh_until(&self) -> SystemTime {
+        self.fields.fresh_until
+    }
+
+    /// When the entry was admitted (pingora's `CacheMeta::created`).
+    pub fn created(&self) -> SystemTime {
+        self.fields.created
+    }
+
+    /// The entry's age at `now`, as pingora's `CacheMeta::age` computes it: from the epoch
+    /// override if set, else from the last update.
+    pub fn age(&self, now: SystemTime) -> std::time::Duration {
+        let f = &self.fields;
+        now.duration_since(f.epoch_override.unwrap_or(f.updated))
+            .unwrap_or_default()
+    }
+
+    /// Bytes charged for this metadata: the internal fields plus the header as it would be sent,
+    /// plus the client head kept for plain hits.
     pub fn size(&self) -> usize {
         let fields: usize = self
             .header
@@ -132,6 +215,7 @@ impl StoredMeta {
             + self.internal.as_ref().map_or(0, Vec::len)
             + 16
             + fields
+            + self.client_head.as_ref().map_or(0, |h| h.bytes.len())
     }
 }
 

@@ -421,6 +421,12 @@ impl Filters {
         self.list.is_empty()
     }
 
+    /// Whether a request on a route with this `filters:` selection runs any filter. A selection
+    /// naming a filter this binary lacks counts: the request phase fails it closed.
+    pub fn run_on(&self, selection: Option<&[String]>) -> bool {
+        !self.list.is_empty() && selection.is_none_or(|names| !names.is_empty())
+    }
+
     /// `on_request` of every filter selected by the request's route. `Ok(true)`: a response
     /// was sent (a filter's reply, or the error a failing filter caused).
     pub(crate) async fn request_phase(

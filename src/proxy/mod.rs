@@ -16,7 +16,7 @@ use crate::access_log::AccessLog;
 use crate::cache::collapse::LockWait;
 use crate::cache::request_directives::{self, HitVerdict, RequestDirectives};
 use crate::cache::{invalidation, policy, CacheEngine};
-use crate::metrics::METRICS;
+use crate::metrics::{RequestOutcome, METRICS};
 use crate::snapshot::{Route, SharedSnapshot};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -86,10 +86,7 @@ impl EdgeProxy {
         let snapshot = self.snapshot.load();
         let caches = ctx.route.as_ref().is_some_and(|r| r.spec.cache.is_some());
         let key = session.cache.maybe_cache_key().map(|k| {
-            pingora_cache::key::CacheHashKey::combined_bin(k)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect()
+            crate::access_log::key_hex(&pingora_cache::key::CacheHashKey::combined_bin(k))
         });
         log.log(&crate::access_log::Record {
             time: Some(std::time::SystemTime::now()),
@@ -259,11 +256,7 @@ fn request_host(req: &RequestHeader) -> Option<String> {
 
 /// Seconds of freshness left (negative when stale).
 fn cache_ttl_left(meta: &CacheMeta) -> i64 {
-    let now = std::time::SystemTime::now();
-    match meta.fresh_until().duration_since(now) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    }
+    policy::ttl_left(meta.fresh_until(), std::time::SystemTime::now())
 }
 
 /// The `result` label of `verge_cache_lookups_total`.
@@ -1124,38 +1117,25 @@ impl ProxyHttp for EdgeProxy {
             d.disarm();
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let mut buf = itoa::Buffer::new();
-        METRICS
-            .requests
-            .with_label_values(&[ctx.route_name(), buf.format(status)])
-            .inc();
         let caches = ctx.route.as_ref().is_some_and(|r| r.spec.cache.is_some());
         // a request a filter answered never reached the cache
-        if caches && !ctx.filters.answered() {
-            let phase = session.cache.phase();
-            METRICS
-                .cache_lookups
-                .with_label_values(&[ctx.route_name(), lookup_result(phase, ctx)])
-                .inc();
+        let counted = caches && !ctx.filters.answered();
+        let phase = session.cache.phase();
+        METRICS.record_request(&RequestOutcome {
+            route: ctx.route_name(),
+            status,
+            lookup: counted.then(|| lookup_result(phase, ctx)),
+            source: response_source(phase, ctx),
+            body_bytes: session.body_bytes_sent() as u64,
+            elapsed: ctx.started.map(|t| t.elapsed()),
+        });
+        if counted {
             if let Some(wait) = LockWait::of(phase, session.cache.lock_duration().is_some()) {
                 METRICS
                     .cache_lock_waits
                     .with_label_values(&[ctx.route_name(), wait.as_str()])
                     .inc();
             }
-        }
-        METRICS
-            .response_bytes
-            .with_label_values(&[
-                ctx.route_name(),
-                response_source(session.cache.phase(), ctx),
-            ])
-            .inc_by(session.body_bytes_sent() as u64);
-        if let Some(started) = ctx.started {
-            METRICS
-                .request_duration
-                .with_label_values(&[ctx.route_name()])
-                .observe(started.elapsed().as_secs_f64());
         }
         if let Some(log) = &self.access_log {
             self.write_access_log(log, session, ctx, status);

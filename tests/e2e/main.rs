@@ -12,6 +12,7 @@ mod config_files;
 mod control;
 mod directives;
 mod eviction;
+mod fast_hit;
 mod filters;
 mod get_body;
 mod h2_limits;

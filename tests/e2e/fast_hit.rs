@@ -1,0 +1,231 @@
+//! The front door's hit lane (`src/fast_hit.rs`): a plain GET or HEAD for a fresh stored
+//! response is answered without Pingora's phases, with what the full path would send (and the
+//! stored `Date`); everything else still goes the full way.
+
+use crate::cache::{cached_verge, fetch, fetch_with, metric_sum};
+use crate::harness::{exchange_until_closed, Verge};
+use crate::origin::Origin;
+use std::time::{Duration, SystemTime};
+
+async fn fast_hits(v: &Verge) -> f64 {
+    let (_, text) = v.admin_get("/metrics").await;
+    metric_sum(&text, "verge_cache_fast_hits_total", &[])
+}
+
+async fn lookups(v: &Verge, result: &str) -> f64 {
+    let (_, text) = v.admin_get("/metrics").await;
+    metric_sum(
+        &text,
+        "verge_cache_lookups_total",
+        &[&format!("result=\"{result}\"")],
+    )
+}
+
+/// Metrics are counted after each response goes out: wait until `want` shows.
+async fn wait_for(v: &Verge, want_fast: f64, want_hits: f64) {
+    let seen = crate::harness::eventually(Duration::from_secs(5), || async {
+        fast_hits(v).await == want_fast && lookups(v, "hit").await == want_hits
+    })
+    .await;
+    assert!(
+        seen,
+        "fast hits {} (want {want_fast}), hits {} (want {want_hits})",
+        fast_hits(v).await,
+        lookups(v, "hit").await
+    );
+}
+
+#[tokio::test]
+async fn a_plain_hit_is_answered_by_the_front_door_as_the_full_path_would() {
+    let o = Origin::start("o").await;
+    let origin_date = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(100));
+    o.set_headers(
+        "/d",
+        &[
+            ("cache-control", "max-age=600"),
+            ("date", &origin_date),
+            ("surrogate-key", "t1"),
+            ("x-extra", "yes"),
+        ],
+    );
+    let v = cached_verge(&o, "{}").await;
+    let miss = fetch(&v, "/d", &[]).await;
+    assert!(
+        miss.cache_status.contains("fwd=uri-miss"),
+        "{}",
+        miss.cache_status
+    );
+    let fast = fetch(&v, "/d", &[]).await;
+    wait_for(&v, 1.0, 1.0).await;
+    // a precondition that does not match: still a 200 hit, through Pingora's phases
+    let full = fetch(&v, "/d", &[("if-none-match", "\"other\"")]).await;
+    wait_for(&v, 1.0, 2.0).await;
+    assert_eq!(o.hits("/d"), 1);
+
+    for got in [&fast, &full] {
+        assert_eq!(got.status, 200);
+        assert_eq!(got.body, miss.body);
+        assert!(
+            got.cache_status.starts_with("verge; hit; ttl="),
+            "{}",
+            got.cache_status
+        );
+        assert!(
+            got.age.is_some_and(|a| a >= 100),
+            "Age counts the origin's Date: {:?}",
+            got.age
+        );
+        assert_eq!(got.header("accept-ranges"), Some("bytes"));
+        assert_eq!(got.header("x-extra"), Some("yes"));
+        assert_eq!(got.header("surrogate-key"), None, "tags stay private");
+        assert_eq!(got.header("connection"), Some("keep-alive"));
+    }
+    let names = |h: &reqwest::header::HeaderMap| {
+        let mut n: Vec<String> = h.keys().map(|k| k.to_string()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&fast.headers), names(&full.headers));
+    // RFC 9111 §4: the stored Date goes out; the full path's writer stamps the time of sending
+    assert_eq!(fast.header("date"), Some(origin_date.as_str()));
+
+    // HEAD: the same head, no body
+    let head = fetch_with(&v, reqwest::Method::HEAD, "/d", &[]).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(head.header("content-length"), fast.header("content-length"));
+    wait_for(&v, 2.0, 3.0).await;
+    assert_eq!(o.hits("/d"), 1);
+}
+
+/// Read one response (head and `Content-Length` body) from `s`; returns its head, lowercased.
+async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end + 4]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("content-length");
+            if got.len() >= end + 4 + len {
+                assert_eq!(got.len(), end + 4 + len, "nothing after the response");
+                return head;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .expect("read");
+        assert!(n > 0, "closed before a whole response");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn the_keep_alive_limit_and_connection_close_hold_on_the_hit_lane() {
+    let o = Origin::start("o").await;
+    o.set_headers("/k", &[("cache-control", "max-age=600")]);
+    let v = Verge::start_with_listeners(
+        &format!(
+            "pools: {{p: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p, cache: {{}}}}]\n",
+            o.addr
+        ),
+        Some("listeners:\n  - listen: \"{http}\"\n    limits: {keepalive_requests: 3}\n"),
+    )
+    .await;
+    fetch(&v, "/k", &[]).await;
+    let one = "GET /k HTTP/1.1\r\nHost: c.test\r\n\r\n";
+    // four requests written at once would be pipelined; the lane answers only a head that
+    // arrived alone, so send them one by one on one connection
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(v.http)
+        .await
+        .expect("connect");
+    let mut heads = Vec::new();
+    for _ in 0..3 {
+        s.write_all(one.as_bytes()).await.expect("write");
+        heads.push(read_response(&mut s).await);
+    }
+    assert!(heads[0].contains("connection: keep-alive"), "{}", heads[0]);
+    assert!(heads[1].contains("connection: keep-alive"), "{}", heads[1]);
+    assert!(
+        heads[2].contains("connection: close"),
+        "the third of 3: {}",
+        heads[2]
+    );
+    let mut rest = [0u8; 16];
+    let end = tokio::time::timeout(Duration::from_secs(5), s.read(&mut rest)).await;
+    assert!(
+        matches!(end, Ok(Ok(0)) | Ok(Err(_))),
+        "closed after the limit"
+    );
+
+    // a client that asks to close gets that
+    let (bytes, closed) = exchange_until_closed(
+        v.http,
+        b"GET /k HTTP/1.1\r\nHost: c.test\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&bytes).to_lowercase();
+    assert!(closed && text.contains("connection: close"), "{text}");
+    wait_for(&v, 4.0, 4.0).await;
+    assert_eq!(o.hits("/k"), 1);
+}
+
+#[tokio::test]
+async fn what_the_lane_cannot_answer_exactly_goes_the_full_way() {
+    let o = Origin::start("o").await;
+    o.set_headers("/e", &[("cache-control", "max-age=600")]);
+    o.set_headers(
+        "/v",
+        &[("cache-control", "max-age=600"), ("vary", "accept")],
+    );
+    o.set_headers(
+        "/s",
+        &[("cache-control", "max-age=1, stale-while-revalidate=60")],
+    );
+    let v = Verge::start(&format!(
+        "pools: {{p: {{backends: [\"{}\"]}}}}\nroutes:\n  - {{hosts: [\"*\"], path: /e, pool: p, cache: {{}}, response_headers: {{set: {{x-edge: on}}}}}}\n  - {{hosts: [\"*\"], pool: p, cache: {{}}}}\n",
+        o.addr
+    ))
+    .await;
+    for path in ["/e", "/v", "/s"] {
+        fetch(&v, path, &[]).await;
+    }
+    // a route that edits response headers
+    let edited = fetch(&v, "/e", &[]).await;
+    assert!(
+        edited.cache_status.starts_with("verge; hit"),
+        "{}",
+        edited.cache_status
+    );
+    assert_eq!(edited.header("x-edge"), Some("on"));
+    // a response with Vary
+    let varied = fetch(&v, "/v", &[]).await;
+    assert!(
+        varied.cache_status.starts_with("verge; hit"),
+        "{}",
+        varied.cache_status
+    );
+    // a stale entry, served while it is refreshed
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let stale = fetch(&v, "/s", &[]).await;
+    assert!(
+        stale.cache_status.contains("fwd=stale"),
+        "{}",
+        stale.cache_status
+    );
+    // a cookie on a route that is not `public`: bypass
+    let cookie = fetch(&v, "/v", &[("cookie", "a=1")]).await;
+    assert!(
+        cookie.cache_status.contains("detail=cookie"),
+        "{}",
+        cookie.cache_status
+    );
+    assert_eq!(fast_hits(&v).await, 0.0);
+}
