@@ -3,7 +3,7 @@
 //!
 //! Every other request goes the full way through Pingora's phases, and so does every hit this
 //! lane could not answer exactly as those phases would: conditional and range requests, request
-//! cache directives, credentials on a non-`public` route, user filters or response header edits
+//! cache directives that refuse the fresh entry, credentials on a non-`public` route, user filters or response header edits
 //! on the route, early refresh, `Vary` and key variants, stale or invalidated entries, responses
 //! still being fetched, pipelined bytes. What it sends is what the full path sends (stored
 //! fields, `Age`, `Accept-Ranges`, `Cache-Status`, `Connection`), except `Date`: the stored one
@@ -11,8 +11,11 @@
 //! same metrics and writes the same access-log line.
 
 use crate::access_log::{AccessLog, Record};
+use crate::cache::request_directives::{self, HitVerdict};
 use crate::cache::storage::Servable;
+use crate::cache::stored_meta::StoredMeta;
 use crate::cache::{self, policy, CacheEngine};
+use crate::config::RouteCache;
 use crate::control::index::Verdict;
 use crate::metrics::{RequestOutcome, METRICS};
 use crate::proxy::filter::Filters;
@@ -21,6 +24,7 @@ use crate::snapshot::{Route, SharedSnapshot};
 use bytes::{Bytes, BytesMut};
 use pingora_cache::eviction::EvictionManager;
 use pingora_cache::key::CacheHashKey;
+use pingora_http::RequestHeader;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -31,11 +35,10 @@ const MAX_FIELDS: usize = 64;
 /// Bodies up to this size go out in the same write as the head.
 const COALESCE_BODY: usize = 64 * 1024;
 
-/// Request fields that can make the answer differ from the stored response as it is: request
-/// cache directives, preconditions, ranges, credentials' companions, framing and upgrades.
-const DECLINED_FIELDS: [&str; 14] = [
-    "cache-control",
-    "pragma",
+/// Request fields that can make the answer differ from the stored response as it is:
+/// preconditions, ranges, credentials, framing and upgrades. (Cache directives are read, and
+/// decide as on the full path.)
+const DECLINED_FIELDS: [&str; 12] = [
     "authorization",
     "if-match",
     "if-none-match",
@@ -65,6 +68,8 @@ pub struct PlainRequest<'a> {
     pub close: bool,
     /// The request carries a `Cookie` (a non-`public` route bypasses the cache for it).
     pub cookie: bool,
+    /// Its `Cache-Control` and `Pragma` fields (name, value), in order.
+    pub directives: Vec<(&'static str, &'a [u8])>,
 }
 
 /// Read a whole request head (and nothing after it) as a plain request. `None` when it is not
@@ -96,6 +101,7 @@ pub fn plain_request(head: &[u8]) -> Option<PlainRequest<'_>> {
     }
     let path = &target[..parsed.path().len()];
     let (mut host, mut close, mut cookie) = (None, false, false);
+    let mut directives = Vec::new();
     for field in req.headers.iter() {
         let name = field.name;
         if name.eq_ignore_ascii_case("host") {
@@ -114,6 +120,10 @@ pub fn plain_request(head: &[u8]) -> Option<PlainRequest<'_>> {
             }
         } else if name.eq_ignore_ascii_case("cookie") {
             cookie = true;
+        } else if name.eq_ignore_ascii_case("cache-control") {
+            directives.push(("cache-control", field.value));
+        } else if name.eq_ignore_ascii_case("pragma") {
+            directives.push(("pragma", field.value));
         } else if DECLINED_FIELDS.iter().any(|d| name.eq_ignore_ascii_case(d)) {
             return None;
         }
@@ -125,7 +135,50 @@ pub fn plain_request(head: &[u8]) -> Option<PlainRequest<'_>> {
         host: host?,
         close,
         cookie,
+        directives,
     })
+}
+
+/// Whether the request's cache directives leave a fresh stored response to be served as it is,
+/// decided as the full path decides (`request_directives`, the route's `client_revalidation`,
+/// `no-store` bypass): `false` sends the request the full way.
+fn directives_allow(
+    fields: &[(&'static str, &[u8])],
+    rules: &RouteCache,
+    stored: &StoredMeta,
+    now: SystemTime,
+) -> bool {
+    if fields.is_empty() {
+        return true;
+    }
+    let Ok(mut req) = RequestHeader::build("GET", b"/", Some(fields.len())) else {
+        return false;
+    };
+    for (name, value) in fields {
+        let Ok(value) = http::HeaderValue::from_bytes(value) else {
+            return false;
+        };
+        if req.append_header(*name, value).is_err() {
+            return false;
+        }
+    }
+    if policy::request_bypass(&req, rules).is_some() {
+        return false;
+    }
+    let parsed = request_directives::parse(&req);
+    let parsed = if rules.client_revalidation {
+        parsed
+    } else {
+        parsed.without_revalidation()
+    };
+    parsed.is_empty()
+        || request_directives::hit_verdict(
+            &parsed,
+            stored.age(now),
+            stored.fresh_until(),
+            request_directives::forbids_stale(stored.header()),
+            now,
+        ) == HitVerdict::AsStored
 }
 
 /// Whether hits on `route` may be answered by the hit lane at all: it caches, and nothing on it
@@ -232,7 +285,7 @@ impl FastHits {
         let entry = self.cache.storage.servable(&combined)?;
         let meta = entry.meta();
         let now = SystemTime::now();
-        if meta.fresh_until() < now {
+        if meta.fresh_until() < now || !directives_allow(&req.directives, rules, meta, now) {
             return None;
         }
         let invalidations = &snapshot.control.invalidations;
@@ -385,7 +438,18 @@ mod tests {
                 host: "Example.com",
                 close: false,
                 cookie: false,
+                directives: vec![],
             }
+        );
+        let r =
+            plain("GET / HTTP/1.1\r\nHost: a\r\nPragma: foo\r\nCache-Control: max-age=5\r\n\r\n")
+                .expect("plain");
+        assert_eq!(
+            r.directives,
+            [
+                ("pragma", &b"foo"[..]),
+                ("cache-control", &b"max-age=5"[..])
+            ]
         );
         let r = plain("HEAD / HTTP/1.1\r\nhost: a\r\nConnection: Close\r\nCookie: c=1\r\n\r\n")
             .expect("plain");
@@ -403,8 +467,6 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
             "GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n",
             "GET /a/../b HTTP/1.1\r\nHost: a\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nCache-Control: no-cache\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nPragma: no-cache\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nIf-None-Match: \"x\"\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nIf-Modified-Since: x\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nRange: bytes=0-1\r\n\r\n",

@@ -119,9 +119,60 @@ pub fn strip_path_prefix(path_and_query: &str, prefix: &str) -> String {
     }
 }
 
+/// The fields of `sent` whose name `kept` lacks altogether, in order (every value of each).
+pub fn missing_from(
+    sent: &http::HeaderMap,
+    kept: &http::HeaderMap,
+) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    sent.iter()
+        .filter(|(name, _)| !kept.contains_key(*name))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
+/// Add back `fields` whose name `resp` does not carry (a name it has is left as it is).
+pub fn restore_fields(
+    resp: &mut ResponseHeader,
+    fields: Vec<(http::HeaderName, http::HeaderValue)>,
+) -> Result<()> {
+    let absent: Vec<_> = fields
+        .into_iter()
+        .filter(|(name, _)| !resp.headers.contains_key(name))
+        .collect();
+    for (name, value) in absent {
+        resp.append_header(name, value)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_left_out_of_the_stored_head_are_given_back_once() {
+        let mut sent = ResponseHeader::build(200, None).expect("resp");
+        for (n, v) in [("age", "30"), ("a", "1"), ("a", "2"), ("etag", "\"x\"")] {
+            sent.append_header(n, v).expect("h");
+        }
+        let mut stored = ResponseHeader::build(200, None).expect("resp");
+        stored.append_header("etag", "\"x\"").expect("h");
+        let missing = missing_from(&sent.headers, &stored.headers);
+        assert_eq!(missing.len(), 3);
+        stored.append_header("age", "5").expect("h");
+        restore_fields(&mut stored, missing).expect("restore");
+        let values = |n: &str| -> Vec<&str> {
+            stored
+                .headers
+                .get_all(n)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect()
+        };
+        assert_eq!(values("a"), ["1", "2"]);
+        assert_eq!(values("age"), ["5"], "a field the head has is left alone");
+        assert_eq!(values("etag"), ["\"x\""]);
+    }
 
     #[test]
     fn forwarding_headers_replace_client_copies() {

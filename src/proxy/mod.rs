@@ -217,6 +217,10 @@ pub struct RequestCtx {
     pub early_refresh: bool,
     /// The whole-response deadline (`timeouts.total`), from the first connect attempt.
     pub deadline: Option<deadline::ResponseDeadline>,
+    /// Origin fields the stored form of this response leaves out (`Age`, fields named by
+    /// `no-cache="…"`/`private="…"`, a stripped `Set-Cookie`): the fetching client, which
+    /// pingora serves from the stored head as the body streams into the cache, gets them back.
+    pub unstored_fields: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 /// Whether a final response head has gone to the client already: anything but an interim 1xx
@@ -719,6 +723,9 @@ impl ProxyHttp for EdgeProxy {
                 }
                 Ok(mut meta) => {
                     ctx.stored = true;
+                    if ctx.not_modified.is_none() {
+                        ctx.unstored_fields = headers::missing_from(&resp.headers, meta.headers());
+                    }
                     policy::set_fetched_at(&mut meta, fetch_started);
                     if ctx.not_modified.is_none() {
                         // XFetch's delta: what a full fetch costs (a 304 keeps the old figure)
@@ -1037,6 +1044,10 @@ impl ProxyHttp for EdgeProxy {
         if resp.status.is_informational() {
             // 1xx heads pass through as the origin sent them
             return Ok(());
+        }
+        if !ctx.unstored_fields.is_empty() && session.cache.phase() == CachePhase::Miss {
+            // this head is the stored one: give the fetching client what the origin sent
+            headers::restore_fields(resp, std::mem::take(&mut ctx.unstored_fields))?;
         }
         for name in &policy::CLIENT_HIDDEN_HEADERS {
             resp.remove_header(name);

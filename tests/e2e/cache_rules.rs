@@ -452,3 +452,39 @@ async fn a_stale_if_error_answer_says_connection_close() {
     // and the next request on a new connection is served as usual
     assert_eq!(fetch(&v, "/sie", &[]).await.status, 200);
 }
+
+#[tokio::test]
+async fn the_fetching_client_gets_the_fields_the_stored_response_leaves_out() {
+    let o = Origin::start("o").await;
+    o.set_headers(
+        "/u",
+        &[
+            ("cache-control", "max-age=600, no-cache=\"x-private\""),
+            ("age", "30"),
+            ("x-private", "1"),
+        ],
+    );
+    let v = cached_verge(&o, "{}").await;
+    // the first client is answered from the stored head while the body streams into the cache
+    let first = fetch(&v, "/u", &[]).await;
+    assert!(
+        first.cache_status.contains("stored"),
+        "{}",
+        first.cache_status
+    );
+    assert_eq!(first.age, Some(30), "the origin's Age passes through");
+    assert_eq!(first.header("x-private"), Some("1"));
+    let hit = fetch(&v, "/u", &[]).await;
+    assert!(
+        hit.cache_status.starts_with("verge; hit"),
+        "{}",
+        hit.cache_status
+    );
+    assert!(hit.age.is_some_and(|a| a >= 30), "{:?}", hit.age);
+    assert_eq!(
+        hit.header("x-private"),
+        None,
+        "no-cache=\"x-private\" is not reused"
+    );
+    assert_eq!(o.hits("/u"), 1);
+}

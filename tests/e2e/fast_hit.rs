@@ -96,6 +96,29 @@ async fn a_plain_hit_is_answered_by_the_front_door_as_the_full_path_would() {
     assert_eq!(head.header("content-length"), fast.header("content-length"));
     wait_for(&v, 2.0, 3.0).await;
     assert_eq!(o.hits("/d"), 1);
+
+    // request directives decide as on the full path: these leave the fresh entry as it is
+    let plain = fetch(
+        &v,
+        "/d",
+        &[("cache-control", "max-age=3600"), ("pragma", "x")],
+    )
+    .await;
+    assert!(
+        plain.cache_status.starts_with("verge; hit"),
+        "{}",
+        plain.cache_status
+    );
+    wait_for(&v, 3.0, 4.0).await;
+    // and this one refuses it (Age ≥ 100 > 10): the full path fetches it again
+    let refused = fetch(&v, "/d", &[("cache-control", "max-age=10")]).await;
+    assert!(
+        refused.cache_status.contains("fwd=request"),
+        "{}",
+        refused.cache_status
+    );
+    assert_eq!(o.hits("/d"), 2);
+    assert_eq!(fast_hits(&v).await, 3.0);
 }
 
 /// Read one response (head and `Content-Length` body) from `s`; returns its head, lowercased.

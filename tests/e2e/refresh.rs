@@ -54,6 +54,12 @@ async fn stale_while_revalidate_refreshes_once_for_http2_clients() {
     let (status, _, first, version) = h2_get(&v, "/swr2").await;
     assert_eq!((status, version), (200, reqwest::Version::HTTP_2));
     assert_eq!(o.hits("/swr2"), 1);
+    // what the refresh will get: fresh for long enough that the next request is a plain hit
+    // (with max-age=1 and Date's one-second resolution it could be stale on arrival)
+    o.set_headers(
+        "/swr2",
+        &[("cache-control", "max-age=60, stale-while-revalidate=60")],
+    );
     // wait until the entry is stale (the ttl in Cache-Status says so; no timing asserted)
     let stale = eventually(Duration::from_secs(10), || async {
         tokio::time::sleep(Duration::from_millis(200)).await;
