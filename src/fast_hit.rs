@@ -194,15 +194,18 @@ fn lane_serves(route: &Route, filters: &Filters) -> bool {
 }
 
 /// The response head a hit sends: the stored head, then `Date` (only when none was stored),
-/// `Age`, `Accept-Ranges`, `Cache-Status` and `Connection`, as the full path adds them. Pure.
+/// `Age`, `Accept-Ranges`, `Cache-Status` and `Connection`, as the full path adds them, in a
+/// buffer with room for `then` more bytes (the body, when it goes in the same write). Pure.
 pub fn response_head(
     stored: &[u8],
     date: Option<&[u8]>,
     age: u64,
     cache_status: &str,
     close: bool,
+    then: usize,
 ) -> BytesMut {
-    let mut out = BytesMut::with_capacity(stored.len() + 128);
+    let date_len = date.map_or(0, |d| d.len() + 8);
+    let mut out = BytesMut::with_capacity(stored.len() + date_len + cache_status.len() + 96 + then);
     out.extend_from_slice(stored);
     if let Some(date) = date {
         out.extend_from_slice(b"Date: ");
@@ -337,17 +340,19 @@ impl FastHits {
             Some(h) if !h.has_date => Some(pingora_core::protocols::http::date::get_cached_date()),
             _ => None,
         };
+        let body = entry.body();
+        let coalesce = !req.head_only && body.len() <= COALESCE_BODY;
         let mut head = response_head(
             stored,
             date.as_ref().map(|d| d.as_bytes()),
             meta.age(now).as_secs(),
             &status,
             close,
+            if coalesce { body.len() } else { 0 },
         );
-        let body = entry.body();
         let body = if req.head_only {
             None
-        } else if body.len() <= COALESCE_BODY {
+        } else if coalesce {
             head.extend_from_slice(body);
             None
         } else {
@@ -485,12 +490,13 @@ mod tests {
     #[test]
     fn the_head_adds_what_the_full_path_adds() {
         let stored = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nDate: D\r\n";
-        let head = response_head(stored, None, 7, "verge; hit; ttl=3", false);
+        let head = response_head(stored, None, 7, "verge; hit; ttl=3", false, 0);
         assert_eq!(
             &head[..],
             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nDate: D\r\nAge: 7\r\nAccept-Ranges: bytes\r\ncache-status: verge; hit; ttl=3\r\nConnection: keep-alive\r\n\r\n"
         );
-        let head = response_head(b"HTTP/1.1 200 OK\r\n", Some(b"N"), 0, "s", true);
+        let head = response_head(b"HTTP/1.1 200 OK\r\n", Some(b"N"), 0, "s", true, 10);
+        assert!(head.capacity() - head.len() >= 10, "room for the body");
         assert_eq!(
             &head[..],
             b"HTTP/1.1 200 OK\r\nDate: N\r\nAge: 0\r\nAccept-Ranges: bytes\r\ncache-status: s\r\nConnection: close\r\n\r\n"

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! client ─► ingress (head deadline, size/count limits, framing checks)
+//!        ─► fast_hit                    a plain fresh hit is answered here; the rest goes on
 //!        ─► EdgeProxy::request_filter   route by canonical host + longest path prefix,
 //!                                       then user filters' on_request (may answer, re-route)
 //!        ─► cache lookup                key: scheme + host + path?query + variant
@@ -24,6 +25,8 @@
 //! - [`snapshot`]: the immutable routing table + pools behind one `ArcSwap`.
 //! - [`proxy`]: the `ProxyHttp` implementation and its pure helpers (routing, headers, peers).
 //! - [`ingress`]: the HTTP/1 front door that enforces head limits before Pingora parses.
+//! - [`fast_hit`]: the hit lane: plain fresh hits answered in the front door, without Pingora's
+//!   per-request session.
 //! - [`upstream`]: pools, selection, passive ejection, active health checks.
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`.
 //! - [`metrics`]: every metric name, in one place.

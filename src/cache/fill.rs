@@ -105,6 +105,17 @@ struct State {
     readers: Vec<Option<usize>>,
 }
 
+/// `body` in an allocation of its own size. A chunk read from the origin can be a slice of a
+/// larger read buffer, which storing it would keep alive whole (RSS well over the bytes
+/// cached); it is copied unless it is the only owner of a buffer that fits it.
+fn exact_size(body: Bytes) -> Bytes {
+    match body.try_into_mut() {
+        Ok(whole) if whole.capacity() <= whole.len() + whole.len() / 64 + 64 => whole.freeze(),
+        Ok(whole) => Bytes::copy_from_slice(&whole),
+        Err(shared) => Bytes::copy_from_slice(&shared),
+    }
+}
+
 impl State {
     /// Body offset of the first byte still held.
     fn base(&self) -> usize {
@@ -319,7 +330,9 @@ impl Fill {
             return Sealed::NotStored;
         }
         let body = if st.chunks.len() == 1 {
-            st.chunks.front().cloned().unwrap_or_default()
+            let chunk = st.chunks.pop_front().unwrap_or_default();
+            st.starts.clear();
+            exact_size(chunk)
         } else {
             let mut all = BytesMut::with_capacity(st.written);
             for c in &st.chunks {
@@ -509,6 +522,30 @@ impl Drop for PartialHit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn capacity(b: Bytes) -> usize {
+        b.try_into_mut().map_or(usize::MAX, |m| m.capacity())
+    }
+
+    #[test]
+    fn a_stored_body_does_not_keep_a_larger_read_buffer_alive() {
+        let mut read = BytesMut::with_capacity(64 * 1024);
+        read.extend_from_slice(&[7u8; 1000]);
+        let chunk = read.split().freeze();
+        drop(read);
+        assert!(
+            capacity(chunk.clone()) == usize::MAX,
+            "shared with the clone"
+        );
+        let stored = exact_size(chunk);
+        assert_eq!(stored.len(), 1000);
+        assert!(capacity(stored) <= 1000 + 1000 / 64 + 64);
+        // a buffer that already fits is kept as it is
+        let fits = Bytes::from(vec![1u8; 5000]);
+        let ptr = fits.as_ptr();
+        let kept = exact_size(fits);
+        assert_eq!(kept.as_ptr(), ptr);
+    }
     use pingora_http::ResponseHeader;
     use std::time::{Duration, SystemTime};
 

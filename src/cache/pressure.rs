@@ -245,10 +245,10 @@ async fn request(
 }
 
 /// Zipf-distributed requests (mixed object sizes) through storage and eviction as pingora
-/// drives them; with `scan`, a one-time request for each of many cold URLs (about 40× what the
+/// drives them; with `scan`, a one-time request for each of many cold URLs (about 20× what the
 /// store holds) is woven in. Returns the hit ratio of the Zipf requests after warm-up.
 async fn zipf_hit_ratio(scan: bool) -> f64 {
-    let budget = MIB;
+    let budget = 2 * MIB;
     let (storage, eviction) = parts(budget, 64 * KIB);
     let span = Span::inactive().handle();
     let keys = 4000usize;
