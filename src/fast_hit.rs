@@ -32,9 +32,6 @@ use std::time::{Duration, SystemTime};
 /// Most header fields a request may have and still be parsed here.
 const MAX_FIELDS: usize = 64;
 
-/// Bodies up to this size go out in the same write as the head.
-const COALESCE_BODY: usize = 64 * 1024;
-
 /// Request fields that can make the answer differ from the stored response as it is:
 /// preconditions, ranges, credentials, framing and upgrades. (Cache directives are read, and
 /// decide as on the full path.)
@@ -194,18 +191,16 @@ fn lane_serves(route: &Route, filters: &Filters) -> bool {
 }
 
 /// The response head a hit sends: the stored head, then `Date` (only when none was stored),
-/// `Age`, `Accept-Ranges`, `Cache-Status` and `Connection`, as the full path adds them, in a
-/// buffer with room for `then` more bytes (the body, when it goes in the same write). Pure.
+/// `Age`, `Accept-Ranges`, `Cache-Status` and `Connection`, as the full path adds them. Pure.
 pub fn response_head(
     stored: &[u8],
     date: Option<&[u8]>,
     age: u64,
     cache_status: &str,
     close: bool,
-    then: usize,
 ) -> BytesMut {
     let date_len = date.map_or(0, |d| d.len() + 8);
-    let mut out = BytesMut::with_capacity(stored.len() + date_len + cache_status.len() + 96 + then);
+    let mut out = BytesMut::with_capacity(stored.len() + date_len + cache_status.len() + 96);
     out.extend_from_slice(stored);
     if let Some(date) = date {
         out.extend_from_slice(b"Date: ");
@@ -224,12 +219,12 @@ pub fn response_head(
     out
 }
 
-/// A hit ready to go out.
+/// A hit ready to go out: head and body, to be sent together (one vectored write).
 pub struct Answer {
-    /// The response head (and, for small bodies, the body too).
+    /// The response head.
     pub head: Bytes,
-    /// The body, when it goes out in its own write.
-    pub body: Option<Bytes>,
+    /// The body (empty for `HEAD`).
+    pub body: Bytes,
     /// Close the connection after it.
     pub close: bool,
     body_len: usize,
@@ -340,29 +335,23 @@ impl FastHits {
             Some(h) if !h.has_date => Some(pingora_core::protocols::http::date::get_cached_date()),
             _ => None,
         };
-        let body = entry.body();
-        let coalesce = !req.head_only && body.len() <= COALESCE_BODY;
-        let mut head = response_head(
+        let head = response_head(
             stored,
             date.as_ref().map(|d| d.as_bytes()),
             meta.age(now).as_secs(),
             &status,
             close,
-            if coalesce { body.len() } else { 0 },
         );
         let body = if req.head_only {
-            None
-        } else if coalesce {
-            head.extend_from_slice(body);
-            None
+            Bytes::new()
         } else {
-            Some(body.clone())
+            entry.body().clone()
         };
         Answer {
             head: head.freeze(),
+            body_len: body.len(),
             body,
             close,
-            body_len: if req.head_only { 0 } else { entry.body().len() },
             head_only: req.head_only,
             route,
             host,
@@ -490,13 +479,12 @@ mod tests {
     #[test]
     fn the_head_adds_what_the_full_path_adds() {
         let stored = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nDate: D\r\n";
-        let head = response_head(stored, None, 7, "verge; hit; ttl=3", false, 0);
+        let head = response_head(stored, None, 7, "verge; hit; ttl=3", false);
         assert_eq!(
             &head[..],
             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nDate: D\r\nAge: 7\r\nAccept-Ranges: bytes\r\ncache-status: verge; hit; ttl=3\r\nConnection: keep-alive\r\n\r\n"
         );
-        let head = response_head(b"HTTP/1.1 200 OK\r\n", Some(b"N"), 0, "s", true, 10);
-        assert!(head.capacity() - head.len() >= 10, "room for the body");
+        let head = response_head(b"HTTP/1.1 200 OK\r\n", Some(b"N"), 0, "s", true);
         assert_eq!(
             &head[..],
             b"HTTP/1.1 200 OK\r\nDate: N\r\nAge: 0\r\nAccept-Ranges: bytes\r\ncache-status: s\r\nConnection: close\r\n\r\n"

@@ -201,14 +201,7 @@ impl Ingress {
         let hits = self.hits.as_ref()?;
         let started = std::time::Instant::now();
         let answer = hits.answer(head, last)?;
-        let write = async {
-            stream.write_all(&answer.head).await?;
-            if let Some(body) = &answer.body {
-                stream.write_all(body).await?;
-            }
-            stream.flush().await
-        };
-        let sent = write.await.is_ok();
+        let sent = write_both(stream, &answer.head, &answer.body).await.is_ok();
         let client = hits
             .logs()
             .then(|| stream.get_socket_digest())
@@ -288,6 +281,23 @@ impl Ingress {
             }
         }
     }
+}
+
+/// Write `head` then `body` with as few writes as the socket takes (vectored: one `writev` for a
+/// whole response when it fits the socket buffer), then flush.
+async fn write_both(stream: &mut Stream, head: &[u8], body: &[u8]) -> std::io::Result<()> {
+    let (mut head, mut body) = (head, body);
+    while !head.is_empty() || !body.is_empty() {
+        let parts = [std::io::IoSlice::new(head), std::io::IoSlice::new(body)];
+        let n = stream.write_vectored(&parts).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        body = &body[(n - from_head).min(body.len())..];
+    }
+    stream.flush().await
 }
 
 /// Keeps the open-connection gauge right however the connection ends.
