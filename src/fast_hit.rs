@@ -11,6 +11,7 @@
 //! same metrics and writes the same access-log line.
 
 use crate::access_log::{AccessLog, Record};
+use crate::cache::collapse::LockWait;
 use crate::cache::request_directives::{self, HitVerdict};
 use crate::cache::storage::Servable;
 use crate::cache::stored_meta::StoredMeta;
@@ -219,6 +220,24 @@ pub fn response_head(
     out
 }
 
+/// How long the hit lane waited for another request's fetch before handing a request to
+/// Pingora (passed through the session's connection context; the cache lock's wait is
+/// shortened by it).
+#[derive(Debug, Clone, Copy)]
+pub struct LaneWaited(pub Duration);
+
+/// What the hit lane makes of a request.
+pub enum Lane {
+    /// Answer it with this.
+    Answer(Answer),
+    /// Its response is being fetched by another request: wait on this (resolves when that
+    /// fetch's head arrives, when it is stored, or when it ends), then ask again: a stored
+    /// entry is answered here, one still streaming goes to Pingora, which streams it.
+    Wait(tokio::sync::watch::Receiver<()>),
+    /// It goes the full way.
+    Decline,
+}
+
 /// A hit ready to go out: head and body, to be sent together (one vectored write).
 pub struct Answer {
     /// The response head.
@@ -227,6 +246,9 @@ pub struct Answer {
     pub body: Bytes,
     /// Close the connection after it.
     pub close: bool,
+    /// It was served after waiting for another request's fetch (`Cache-Status` says
+    /// `detail=collapsed`, and it counts as a collapsed lock wait).
+    pub collapsed: bool,
     body_len: usize,
     head_only: bool,
     route: Arc<Route>,
@@ -266,7 +288,11 @@ impl FastHits {
     /// uninvalidated stored response. `last`: this response must close the connection (the
     /// keep-alive request limit, or shutdown). Counts the hit with the eviction manager, as a
     /// Pingora hit does.
-    pub fn answer(&self, head: &[u8], last: bool) -> Option<Answer> {
+    pub fn answer(&self, head: &[u8], last: bool, waited: bool) -> Lane {
+        self.try_answer(head, last, waited).unwrap_or(Lane::Decline)
+    }
+
+    fn try_answer(&self, head: &[u8], last: bool, waited: bool) -> Option<Lane> {
         let req = plain_request(head)?;
         let host = route::canonical_host(req.host)?;
         let snapshot = self.snapshot.load();
@@ -280,7 +306,20 @@ impl FastHits {
         }
         let key = cache::route_cache_key(self.scheme, &host, req.path_and_query, &rules.key);
         let combined = key.combined_bin();
-        let entry = self.cache.storage.servable(&combined)?;
+        let Some(entry) = self.cache.storage.servable(&combined) else {
+            if waited {
+                return None;
+            }
+            // Another request may be fetching it. Subscribe first, then look: a head that
+            // arrives after the look still wakes this request.
+            let fetched = self.cache.storage.pending.wait_for(&combined)?;
+            let storage = self.cache.storage;
+            if storage.servable(&combined).is_some() {
+                return self.try_answer(head, last, true);
+            }
+            // a response already streaming in is Pingora's to stream to this client
+            return (!storage.is_filling(&combined)).then_some(Lane::Wait(fetched));
+        };
         let meta = entry.meta();
         let now = SystemTime::now();
         if meta.fresh_until() < now || !directives_allow(&req.directives, rules, meta, now) {
@@ -307,7 +346,9 @@ impl FastHits {
         self.cache
             .eviction
             .access(&eviction_key, weight, meta.fresh_until());
-        Some(self.build(&entry, req, now, last, route, host, combined))
+        Some(Lane::Answer(self.build(
+            &entry, req, now, last, route, host, combined, waited,
+        )))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -320,6 +361,7 @@ impl FastHits {
         route: Arc<Route>,
         host: String,
         key: pingora_cache::key::HashBinary,
+        waited: bool,
     ) -> Answer {
         let meta = entry.meta();
         let close = last || req.close;
@@ -328,7 +370,7 @@ impl FastHits {
             Some(policy::ttl_left(meta.fresh_until(), now)),
             false,
             false,
-            None,
+            waited.then_some(LockWait::Collapsed.as_str()),
         );
         let stored = entry.head().map_or(&[][..], |h| &h.bytes[..]);
         let date = match entry.head() {
@@ -352,11 +394,17 @@ impl FastHits {
             body_len: body.len(),
             body,
             close,
+            collapsed: waited,
             head_only: req.head_only,
             route,
             host,
             key,
         }
+    }
+
+    /// How long a request may wait for another's fetch (`cache.lock_wait`).
+    pub fn lock_wait(&self) -> Duration {
+        self.cache.settings.lock_wait
     }
 
     /// Whether it writes an access log (the caller then looks up the client's address).
@@ -385,6 +433,12 @@ impl FastHits {
             elapsed: Some(elapsed),
         });
         METRICS.cache_fast_hits.with_label_values(&[name]).inc();
+        if answer.collapsed {
+            METRICS
+                .cache_lock_waits
+                .with_label_values(&[name, LockWait::Collapsed.as_str()])
+                .inc();
+        }
         let Some(log) = &self.access_log else {
             return;
         };

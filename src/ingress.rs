@@ -6,7 +6,7 @@
 //! Pingora, whose H2 limits are bounded.
 
 use crate::config::Limits;
-use crate::fast_hit::FastHits;
+use crate::fast_hit::{FastHits, Lane, LaneWaited};
 use crate::metrics::METRICS;
 use crate::proxy::EdgeProxy;
 use async_trait::async_trait;
@@ -197,10 +197,29 @@ impl Ingress {
 
     /// Answer the request in `head` from the hit lane, if it can: `None` when it goes the full
     /// way. `Some(true)`: answered, and the connection stays open for the next request.
-    async fn answer_hit(&self, stream: &mut Stream, head: &[u8], last: bool) -> Option<bool> {
+    async fn answer_hit(
+        &self,
+        stream: &mut Stream,
+        head: &[u8],
+        last: bool,
+        waited: &mut Option<Duration>,
+    ) -> Option<bool> {
         let hits = self.hits.as_ref()?;
         let started = std::time::Instant::now();
-        let answer = hits.answer(head, last)?;
+        let answer = match hits.answer(head, last, false) {
+            Lane::Answer(answer) => answer,
+            Lane::Decline => return None,
+            Lane::Wait(mut fetched) => {
+                // collapse onto the other request's fetch here, within the cache lock's wait
+                let limit = hits.lock_wait();
+                let _ = tokio::time::timeout(limit, fetched.changed()).await;
+                *waited = Some(started.elapsed());
+                match hits.answer(head, last, true) {
+                    Lane::Answer(answer) => answer,
+                    Lane::Decline | Lane::Wait(_) => return None,
+                }
+            }
+        };
         let sent = write_both(stream, &answer.head, &answer.body).await.is_ok();
         let client = hits
             .logs()
@@ -386,12 +405,17 @@ impl ServerApp for Ingress {
                     let last = reuses == 0 || *shutdown.borrow();
                     served = served.saturating_add(1);
                     idle = self.limits.keepalive_timeout;
-                    match self.answer_hit(&mut stream, &buf, last).await {
+                    let mut waited = None;
+                    match self.answer_hit(&mut stream, &buf, last, &mut waited).await {
                         Some(true) => continue,
                         Some(false) => return None,
                         None => {}
                     }
                     let mut session = ServerSession::new_http1(stream);
+                    if let Some(waited) = waited {
+                        // the lock's wait goes on from where the hit lane's stopped
+                        session.set_connection_user_context(Some(Box::new(LaneWaited(waited))));
+                    }
                     session.set_keepalive(if last {
                         None
                     } else {

@@ -8,6 +8,7 @@ pub mod eviction;
 pub mod fill;
 pub mod invalidation;
 pub mod key_rules;
+pub mod pending;
 pub mod policy;
 #[cfg(test)]
 mod pressure;

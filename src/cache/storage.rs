@@ -22,6 +22,7 @@ use pingora_cache::{CacheMeta, NoCacheReason};
 
 use super::eviction::S3FifoEviction;
 use super::fill::{Fill, Sealed};
+use super::pending::PendingFetches;
 use super::stored_meta::{ClientHead, StoredMeta};
 use pingora_error::{Error, ErrorType, Result};
 use std::any::Any;
@@ -105,6 +106,9 @@ pub struct MemoryStorage {
     /// Told when a response turns out larger than `max_object_size` mid-body, as pingora's
     /// own size check would (hit-for-pass, reason `ResponseTooLarge`).
     predictor: Option<&'static (dyn CacheablePredictor + Sync)>,
+    /// Fetches in progress that the hit lane may wait on; told when a fill starts and when a
+    /// response is stored.
+    pub pending: PendingFetches,
 }
 
 impl MemoryStorage {
@@ -120,6 +124,7 @@ impl MemoryStorage {
             next_fill: AtomicU64::new(0),
             eviction: None,
             predictor: None,
+            pending: PendingFetches::default(),
         }
     }
 
@@ -165,6 +170,12 @@ impl MemoryStorage {
         };
         let head = entry.meta.client_head()?;
         (head.content_length == entry.body.len()).then_some(Servable { entry })
+    }
+
+    /// Whether a response for this combined key is being fetched into the store right now.
+    pub fn is_filling(&self, combined: &HashBinary) -> bool {
+        let maps = self.shard(combined).read();
+        !maps.fills.is_empty() && maps.fills.contains_key(combined)
     }
 
     /// Whether an entry is stored under this combined key (primary + variance).
@@ -345,7 +356,11 @@ impl MemoryStorage {
         let mut maps = self.shard(&fill.key).write();
         remove_fill(&mut maps, fill);
         match entry {
-            Some(entry) if !fill.is_revoked() => self.insert_locked(&mut maps, fill.key, entry),
+            Some(entry) if !fill.is_revoked() => {
+                self.insert_locked(&mut maps, fill.key, entry);
+                drop(maps);
+                self.pending.progressed(&fill.key);
+            }
             Some(_) => {}
             None => {
                 self.remove_locked(&mut maps, &fill.key);
@@ -522,6 +537,8 @@ impl Storage for MemoryStorage {
             .entry(fill.key)
             .or_default()
             .push(fill.clone());
+        // the head is here: requests held in the hit lane can now read the body as it streams
+        self.pending.progressed(&fill.key);
         Ok(Box::new(MemoryMiss {
             tag: U64WriteId::from(id),
             fill,

@@ -221,6 +221,11 @@ pub struct RequestCtx {
     /// `no-cache="…"`/`private="…"`, a stripped `Set-Cookie`): the fetching client, which
     /// pingora serves from the stored head as the body streams into the cache, gets them back.
     pub unstored_fields: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// This request is the cache lock's writer: the hit lane's waiters wait on it.
+    pub pending_fetch: Option<crate::cache::pending::PendingFetch>,
+    /// How long the hit lane already waited for another request's fetch before handing this
+    /// request over; taken off the cache lock's wait.
+    pub lane_waited: Option<std::time::Duration>,
 }
 
 /// Whether a final response head has gone to the client already: anything but an interim 1xx
@@ -493,6 +498,12 @@ impl EdgeProxy {
     }
 }
 
+/// Whether this request waited for another request's fetch: on the cache lock, or in the hit
+/// lane before it was handed over (it then reads that fetch's response as it streams in).
+fn waited_on_fetch(session: &Session, ctx: &RequestCtx) -> bool {
+    session.cache.lock_duration().is_some() || ctx.lane_waited.is_some()
+}
+
 /// Whether this request is an early refresh whose stored entry is still to be revalidated
 /// (`true` once per refresh).
 fn early_refresh_turn(session: &Session) -> bool {
@@ -512,6 +523,28 @@ impl ProxyHttp for EdgeProxy {
         RequestCtx {
             started: Some(Instant::now()),
             ..RequestCtx::default()
+        }
+    }
+
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        prev_ctx: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        if let Some(waited) = prev_ctx.downcast_ref::<crate::fast_hit::LaneWaited>() {
+            ctx.lane_waited = Some(waited.0);
+        }
+    }
+
+    fn cache_miss(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        session.cache.cache_miss();
+        // the hit lane may hold plain requests for this key until the response is stored
+        if session.subrequest_ctx.is_none() {
+            if let Some(key) = session.cache.maybe_cache_key() {
+                let key = pingora_cache::key::CacheHashKey::combined_bin(key);
+                ctx.pending_fetch = Some(self.cache.storage.pending.begin(key));
+            }
         }
     }
 
@@ -595,7 +628,13 @@ impl ProxyHttp for EdgeProxy {
         }
         let engine = self.cache;
         let mut overrides = CacheOptionOverrides::default();
-        overrides.wait_timeout = Some(engine.settings.lock_wait);
+        // one wait in all, whether it began in the hit lane or here
+        overrides.wait_timeout = Some(
+            engine
+                .settings
+                .lock_wait
+                .saturating_sub(ctx.lane_waited.unwrap_or_default()),
+        );
         // only-if-cached never fetches, so it must not take (or wait on) the miss lock
         let lock = (!ctx.directives.only_if_cached).then_some(engine.lock);
         session.cache.enable(
@@ -1077,7 +1116,7 @@ impl ProxyHttp for EdgeProxy {
                     None if ctx.early_refresh => (phase, Some("early-refresh")),
                     None => (
                         phase,
-                        LockWait::of(phase, session.cache.lock_duration().is_some())
+                        LockWait::of(phase, waited_on_fetch(session, ctx))
                             .and_then(LockWait::detail),
                     ),
                 };
@@ -1141,7 +1180,7 @@ impl ProxyHttp for EdgeProxy {
             elapsed: ctx.started.map(|t| t.elapsed()),
         });
         if counted {
-            if let Some(wait) = LockWait::of(phase, session.cache.lock_duration().is_some()) {
+            if let Some(wait) = LockWait::of(phase, waited_on_fetch(session, ctx)) {
                 METRICS
                     .cache_lock_waits
                     .with_label_values(&[ctx.route_name(), wait.as_str()])

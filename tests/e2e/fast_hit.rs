@@ -252,3 +252,105 @@ async fn what_the_lane_cannot_answer_exactly_goes_the_full_way() {
     );
     assert_eq!(fast_hits(&v).await, 0.0);
 }
+
+#[tokio::test]
+async fn requests_that_arrive_during_a_fetch_wait_in_the_lane_and_are_answered_there() {
+    let o = Origin::start("o").await;
+    o.set_headers("/w", &[("cache-control", "max-age=600")]);
+    o.set_delay_ms(1500);
+    let v = cached_verge(&o, "{}").await;
+    let leader = {
+        let url = v.url("/w");
+        tokio::spawn(async move {
+            crate::harness::client()
+                .get(url)
+                .header("host", "c.test")
+                .send()
+                .await
+                .expect("leader")
+                .text()
+                .await
+                .expect("body")
+        })
+    };
+    // the leader is the cache lock's writer by the time the others arrive
+    assert!(
+        crate::harness::eventually(Duration::from_secs(5), || async { o.hits("/w") == 1 }).await
+    );
+    let waiters: Vec<_> = (0..10)
+        .map(|_| {
+            let v = &v;
+            async move { fetch(v, "/w", &[]).await }
+        })
+        .collect();
+    let got = futures::future::join_all(waiters).await;
+    let body = leader.await.expect("leader");
+    for g in &got {
+        assert_eq!(g.status, 200);
+        assert_eq!(g.body, body);
+        assert!(
+            g.cache_status.starts_with("verge; hit") && g.cache_status.contains("detail=collapsed"),
+            "{}",
+            g.cache_status
+        );
+    }
+    assert_eq!(o.hits("/w"), 1);
+    // each waiter is answered by the lane from the stored entry, or, when it wakes to the
+    // response still streaming in, handed to Pingora to stream it: collapsed either way
+    let collapsed = || async {
+        let (_, text) = v.admin_get("/metrics").await;
+        metric_sum(
+            &text,
+            "verge_cache_lock_waits_total",
+            &["outcome=\"collapsed\""],
+        )
+    };
+    assert!(
+        crate::harness::eventually(Duration::from_secs(5), || async {
+            collapsed().await == 10.0 && lookups(&v, "hit").await == 10.0
+        })
+        .await,
+        "collapsed {}",
+        collapsed().await
+    );
+    // waiters held in Pingora's lock (no lane) could never be answered by the lane
+    assert!(fast_hits(&v).await >= 1.0, "the lane answered none of them");
+}
+
+#[tokio::test]
+async fn a_lane_waiter_for_an_uncacheable_answer_goes_to_the_origin_itself() {
+    let o = Origin::start("o").await;
+    o.set_headers("/n", &[("cache-control", "no-store")]);
+    o.set_delay_ms(800);
+    let v = cached_verge(&o, "{}").await;
+    let first = {
+        let url = v.url("/n");
+        tokio::spawn(async move {
+            crate::harness::client()
+                .get(url)
+                .header("host", "c.test")
+                .send()
+                .await
+                .expect("first")
+                .status()
+                .as_u16()
+        })
+    };
+    assert!(
+        crate::harness::eventually(Duration::from_secs(5), || async { o.hits("/n") == 1 }).await
+    );
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let v = &v;
+            async move { fetch(v, "/n", &[]).await }
+        })
+        .collect();
+    let got = futures::future::join_all(waiters).await;
+    assert_eq!(first.await.expect("first"), 200);
+    for g in &got {
+        assert_eq!(g.status, 200);
+        assert!(!g.cache_status.contains("; hit"), "{}", g.cache_status);
+    }
+    assert_eq!(o.hits("/n"), 4, "nothing stored: each waiter fetched");
+    assert_eq!(fast_hits(&v).await, 0.0);
+}
