@@ -254,6 +254,8 @@ pub struct Answer {
     route: Arc<Route>,
     host: String,
     key: pingora_cache::key::HashBinary,
+    /// The request's path and query, kept only when an access log is written.
+    logged_path: Option<String>,
 }
 
 /// The hit lane of one listener.
@@ -396,6 +398,10 @@ impl FastHits {
             close,
             collapsed: waited,
             head_only: req.head_only,
+            logged_path: self
+                .access_log
+                .is_some()
+                .then(|| req.path_and_query.to_string()),
             route,
             host,
             key,
@@ -414,14 +420,7 @@ impl FastHits {
 
     /// Count a hit this lane answered (`sent`: the whole response was written), in the same
     /// metrics and access log as the full path.
-    pub fn record(
-        &self,
-        answer: &Answer,
-        head: &[u8],
-        sent: bool,
-        client: Option<IpAddr>,
-        elapsed: Duration,
-    ) {
+    pub fn record(&self, answer: &Answer, sent: bool, client: Option<IpAddr>, elapsed: Duration) {
         let name = answer.route.spec.name.as_str();
         let bytes = if sent { answer.body_len } else { 0 };
         METRICS.record_request(&RequestOutcome {
@@ -442,7 +441,7 @@ impl FastHits {
         let Some(log) = &self.access_log else {
             return;
         };
-        let path = plain_request(head).map_or("/", |r| r.path_and_query);
+        let path = answer.logged_path.as_deref().unwrap_or("/");
         let snapshot = self.snapshot.load();
         log.log(&Record {
             time: Some(SystemTime::now()),

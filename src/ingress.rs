@@ -226,7 +226,7 @@ impl Ingress {
             .then(|| stream.get_socket_digest())
             .flatten()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        hits.record(&answer, head, sent, client, started.elapsed());
+        hits.record(&answer, sent, client, started.elapsed());
         Some(sent && !answer.close)
     }
 

@@ -29,6 +29,15 @@ impl Got {
     }
 }
 
+/// The `Cache-Status` a response carried (`""` when none).
+pub(crate) fn cache_status_of(headers: &reqwest::header::HeaderMap) -> String {
+    headers
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
 /// GET `path` for host `c.test` with extra request headers.
 pub(crate) async fn fetch(v: &Verge, path: &str, headers: &[(&str, &str)]) -> Got {
     fetch_with(v, reqwest::Method::GET, path, headers).await
@@ -49,11 +58,7 @@ pub(crate) async fn fetch_with(
     }
     let r = req.send().await.expect("request");
     let h = r.headers();
-    let cache_status = h
-        .get("cache-status")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let cache_status = cache_status_of(h);
     let age = h
         .get("age")
         .and_then(|v| v.to_str().ok())
@@ -236,12 +241,7 @@ async fn concurrent_cache_statuses(v: &Verge, path: &str, n: usize) -> Vec<Strin
             tokio::spawn(async move {
                 let r = client().get(url).header("host", "c.test").send().await?;
                 assert_eq!(r.status(), 200);
-                let status = r
-                    .headers()
-                    .get("cache-status")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string();
+                let status = cache_status_of(r.headers());
                 r.bytes().await.map(|_| status)
             })
         })

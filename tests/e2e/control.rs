@@ -254,11 +254,7 @@ async fn soft_purge_serves_stale_while_revalidating() {
     let (status, body, headers) = get(&n, "/s").await;
     assert_eq!(status, 200);
     assert_eq!(body, first, "the stale copy is served at once");
-    let cs = headers
-        .get("cache-status")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let cs = crate::cache::cache_status_of(&headers);
     assert!(cs.contains("fwd=stale"), "{cs}");
     assert!(
         eventually(Duration::from_secs(5), || async { o.hits("/s") == 2 }).await,

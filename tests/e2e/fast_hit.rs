@@ -2,7 +2,7 @@
 //! response is answered without Pingora's phases, with what the full path would send (and the
 //! stored `Date`); everything else still goes the full way.
 
-use crate::cache::{cached_verge, fetch, fetch_with, metric_sum};
+use crate::cache::{cached_verge, fetch, fetch_with, metric_sum, Got};
 use crate::harness::{exchange_until_closed, Verge};
 use crate::origin::Origin;
 use std::time::{Duration, SystemTime};
@@ -253,38 +253,41 @@ async fn what_the_lane_cannot_answer_exactly_goes_the_full_way() {
     assert_eq!(fast_hits(&v).await, 0.0);
 }
 
+/// GET `path` (host `c.test`) on a task of its own, and once the origin has seen it (that fetch
+/// is in flight, its request the cache lock's writer), `n` more GETs of it at once. Returns the
+/// first request's (status, body) task and what the others got.
+async fn a_fetch_then_requests_during_it(
+    v: &Verge,
+    o: &Origin,
+    path: &str,
+    n: usize,
+) -> (tokio::task::JoinHandle<(u16, String)>, Vec<Got>) {
+    let url = v.url(path);
+    let first = tokio::spawn(async move {
+        let r = crate::harness::client()
+            .get(url)
+            .header("host", "c.test")
+            .send()
+            .await
+            .expect("first request");
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap_or_default())
+    });
+    assert!(
+        crate::harness::eventually(Duration::from_secs(5), || async { o.hits(path) == 1 }).await
+    );
+    let during = (0..n).map(|_| fetch(v, path, &[]));
+    (first, futures::future::join_all(during).await)
+}
+
 #[tokio::test]
 async fn requests_that_arrive_during_a_fetch_wait_in_the_lane_and_are_answered_there() {
     let o = Origin::start("o").await;
     o.set_headers("/w", &[("cache-control", "max-age=600")]);
     o.set_delay_ms(1500);
     let v = cached_verge(&o, "{}").await;
-    let leader = {
-        let url = v.url("/w");
-        tokio::spawn(async move {
-            crate::harness::client()
-                .get(url)
-                .header("host", "c.test")
-                .send()
-                .await
-                .expect("leader")
-                .text()
-                .await
-                .expect("body")
-        })
-    };
-    // the leader is the cache lock's writer by the time the others arrive
-    assert!(
-        crate::harness::eventually(Duration::from_secs(5), || async { o.hits("/w") == 1 }).await
-    );
-    let waiters: Vec<_> = (0..10)
-        .map(|_| {
-            let v = &v;
-            async move { fetch(v, "/w", &[]).await }
-        })
-        .collect();
-    let got = futures::future::join_all(waiters).await;
-    let body = leader.await.expect("leader");
+    let (leader, got) = a_fetch_then_requests_during_it(&v, &o, "/w", 10).await;
+    let (_, body) = leader.await.expect("leader");
     for g in &got {
         assert_eq!(g.status, 200);
         assert_eq!(g.body, body);
@@ -323,30 +326,8 @@ async fn a_lane_waiter_for_an_uncacheable_answer_goes_to_the_origin_itself() {
     o.set_headers("/n", &[("cache-control", "no-store")]);
     o.set_delay_ms(800);
     let v = cached_verge(&o, "{}").await;
-    let first = {
-        let url = v.url("/n");
-        tokio::spawn(async move {
-            crate::harness::client()
-                .get(url)
-                .header("host", "c.test")
-                .send()
-                .await
-                .expect("first")
-                .status()
-                .as_u16()
-        })
-    };
-    assert!(
-        crate::harness::eventually(Duration::from_secs(5), || async { o.hits("/n") == 1 }).await
-    );
-    let waiters: Vec<_> = (0..3)
-        .map(|_| {
-            let v = &v;
-            async move { fetch(v, "/n", &[]).await }
-        })
-        .collect();
-    let got = futures::future::join_all(waiters).await;
-    assert_eq!(first.await.expect("first"), 200);
+    let (first, got) = a_fetch_then_requests_during_it(&v, &o, "/n", 3).await;
+    assert_eq!(first.await.expect("first").0, 200);
     for g in &got {
         assert_eq!(g.status, 200);
         assert!(!g.cache_status.contains("; hit"), "{}", g.cache_status);

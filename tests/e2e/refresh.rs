@@ -34,12 +34,7 @@ async fn h2_get(v: &Verge, path: &str) -> (u16, String, String, reqwest::Version
         .expect("h2c request");
     let status = r.status().as_u16();
     let version = r.version();
-    let cs = r
-        .headers()
-        .get("cache-status")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let cs = crate::cache::cache_status_of(r.headers());
     (status, cs, r.text().await.unwrap_or_default(), version)
 }
 
@@ -98,12 +93,7 @@ async fn h1_get_with(v: &Verge, path: &str, headers: &[(&str, &str)]) -> (String
     }
     let r = req.send().await.expect("request");
     assert_eq!(r.status(), 200);
-    let cs = r
-        .headers()
-        .get("cache-status")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let cs = crate::cache::cache_status_of(r.headers());
     (cs, r.text().await.unwrap_or_default())
 }
 
