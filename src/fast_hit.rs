@@ -17,10 +17,10 @@ use crate::cache::storage::Servable;
 use crate::cache::stored_meta::StoredMeta;
 use crate::cache::{self, policy, CacheEngine};
 use crate::config::RouteCache;
-use crate::control::index::Verdict;
+use crate::cache::invalidation::index::Verdict;
 use crate::metrics::{RequestOutcome, METRICS};
 use crate::proxy::filter::Filters;
-use crate::proxy::{route, target};
+use crate::http_syntax::{host::canonical_host, target};
 use crate::snapshot::{Route, SharedSnapshot};
 use bytes::{Bytes, BytesMut};
 use pingora_cache::eviction::EvictionManager;
@@ -296,7 +296,7 @@ impl FastHits {
 
     fn try_answer(&self, head: &[u8], last: bool, waited: bool) -> Option<Lane> {
         let req = plain_request(head)?;
-        let host = route::canonical_host(req.host)?;
+        let host = canonical_host(req.host)?;
         let snapshot = self.snapshot.load();
         let route = snapshot.table.lookup(&host, req.path)?;
         if !lane_serves(route, &self.filters) {

@@ -2,12 +2,12 @@
 
 use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
-use crate::cache::reclaim::ReclaimService;
+use crate::node::reclaim::ReclaimService;
 use crate::cache::CacheEngine;
 use crate::config::{Config, H2Limits, ListenerSpec};
 use crate::control::api::ControlApi;
 use crate::control::plane::ControlPlane;
-use crate::control::poller::{publish_position, ControlPoller, PersistedSnapshot};
+use crate::node::poller::{publish_position, ControlPoller, PersistedSnapshot};
 use crate::control::settings::ControlSettings;
 use crate::control::store::FileStore;
 use crate::fast_hit::FastHits;
@@ -16,7 +16,7 @@ use crate::metrics::METRICS;
 use crate::proxy::filter::Filters;
 use crate::proxy::{EdgeProxy, ListenerInfo};
 use crate::snapshot::{SharedSnapshot, Snapshot};
-use crate::upstream::health::HealthService;
+use crate::node::health_checks::HealthService;
 use arc_swap::ArcSwap;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;

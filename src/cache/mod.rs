@@ -12,15 +12,15 @@ pub mod pending;
 pub mod policy;
 #[cfg(test)]
 mod pressure;
-pub mod reclaim;
 pub mod request_directives;
 pub mod storage;
 pub mod stored_meta;
+pub mod unsafe_methods;
 #[cfg(test)]
 mod xorshift;
 
 use crate::config::{CacheKeyRules, CacheSettings};
-use crate::control::index::{response_tags, InvalidationIndex, Verdict};
+use crate::cache::invalidation::index::{response_tags, InvalidationIndex, Verdict};
 use crate::metrics::METRICS;
 use eviction::S3FifoEviction;
 use pingora_cache::eviction::{CacheEntryKeyRef, EvictionManager};

@@ -405,7 +405,7 @@ pub fn refreshed_by_not_modified(
     stored: Option<&ResponseHeader>,
 ) -> ResponseHeader {
     let mut out = merged.clone();
-    let connection_listed = crate::proxy::headers::connection_tokens(&not_modified.headers);
+    let connection_listed = crate::http_syntax::fields::connection_tokens(&not_modified.headers);
     let mut names: Vec<&http::HeaderName> = not_modified.headers.keys().collect();
     for always in [&http::header::DATE, &http::header::AGE] {
         if !names.contains(&always) {

@@ -84,24 +84,10 @@ pub fn apply_response_ops(resp: &mut ResponseHeader, ops: &HeaderOps) -> Result<
     Ok(())
 }
 
-/// Remove a route's path prefix from a path-and-query; the result always starts with `/`.
-/// The field names a message lists in `Connection` (lowercase), which belong to that one
-/// connection only (RFC 9110 §7.6.1).
-pub fn connection_tokens(headers: &http::HeaderMap) -> Vec<String> {
-    headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive")
-        .collect()
-}
-
 /// Remove from an upstream response the fields its `Connection` header lists: they were for
 /// the hop between verge and the origin, not for the client or the cache.
 pub fn strip_connection_listed(resp: &mut ResponseHeader) {
-    for name in connection_tokens(&resp.headers) {
+    for name in crate::http_syntax::fields::connection_tokens(&resp.headers) {
         resp.remove_header(name.as_str());
     }
 }

@@ -8,14 +8,16 @@ pub mod peer;
 pub mod purge;
 pub mod refresh;
 pub mod request_body;
-pub mod route;
-pub mod target;
+
+
 pub mod upstream_error;
 
 use crate::access_log::AccessLog;
 use crate::cache::collapse::LockWait;
 use crate::cache::request_directives::{self, HitVerdict, RequestDirectives};
-use crate::cache::{invalidation, policy, CacheEngine};
+use crate::cache::{policy, unsafe_methods, CacheEngine};
+use crate::http_syntax::host::request_host;
+use crate::http_syntax::target;
 use crate::metrics::{RequestOutcome, METRICS};
 use crate::snapshot::{Route, SharedSnapshot};
 use async_trait::async_trait;
@@ -134,7 +136,7 @@ impl EdgeProxy {
     /// `Content-Location`, out of the cache (every variant), each under its own route's key rules.
     fn invalidate_after_unsafe(&self, req: &RequestHeader, resp: &ResponseHeader, host: &str) {
         let header = |name| resp.headers.get(name).and_then(|v| v.to_str().ok());
-        let targets = invalidation::targets(
+        let targets = unsafe_methods::targets(
             &req.method,
             resp.status.as_u16(),
             self.scheme(),
@@ -247,20 +249,6 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip())
-}
-
-/// Host the request is for: the absolute-form authority if present, else the Host header.
-fn request_host(req: &RequestHeader) -> Option<String> {
-    let raw = match req.uri.authority() {
-        Some(a) => a.as_str().to_string(),
-        None => req
-            .headers
-            .get(http::header::HOST)?
-            .to_str()
-            .ok()?
-            .to_string(),
-    };
-    route::canonical_host(&raw)
 }
 
 /// Seconds of freshness left (negative when stale).
@@ -1196,19 +1184,6 @@ impl ProxyHttp for EdgeProxy {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_from_header_or_authority() {
-        let mut req = RequestHeader::build("GET", b"/x", None).expect("req");
-        req.insert_header("host", "Example.com:8080").expect("h");
-        assert_eq!(request_host(&req).as_deref(), Some("example.com"));
-        let mut req = RequestHeader::build("GET", b"/x", None).expect("req");
-        req.set_uri(http::Uri::from_static("http://a.org/x"));
-        req.insert_header("host", "ignored.com").expect("h");
-        assert_eq!(request_host(&req).as_deref(), Some("a.org"));
-        let req = RequestHeader::build("GET", b"/x", None).expect("req");
-        assert_eq!(request_host(&req), None);
-    }
 
     #[test]
     fn error_page_only_before_a_final_head() {

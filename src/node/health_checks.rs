@@ -1,6 +1,6 @@
 //! The background service that runs active health checks for every pool of the current snapshot.
 
-use super::pool::Pool;
+use crate::upstream::pool::Pool;
 use crate::metrics::METRICS;
 use crate::snapshot::SharedSnapshot;
 use async_trait::async_trait;
