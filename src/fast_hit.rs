@@ -15,7 +15,7 @@ use crate::cache::collapse::LockWait;
 use crate::cache::request_directives::{self, HitVerdict};
 use crate::cache::storage::Servable;
 use crate::cache::stored_meta::StoredMeta;
-use crate::cache::{self, policy, CacheEngine};
+use crate::cache::{self, cache_status, rfc9111, CacheEngine};
 use crate::config::RouteCache;
 use crate::cache::invalidation::index::Verdict;
 use crate::metrics::{RequestOutcome, METRICS};
@@ -160,7 +160,7 @@ fn directives_allow(
             return false;
         }
     }
-    if policy::request_bypass(&req, rules).is_some() {
+    if rfc9111::request_bypass(&req, rules).is_some() {
         return false;
     }
     let parsed = request_directives::parse(&req);
@@ -367,9 +367,9 @@ impl FastHits {
     ) -> Answer {
         let meta = entry.meta();
         let close = last || req.close;
-        let status = policy::cache_status(
+        let status = cache_status::cache_status(
             pingora_cache::CachePhase::Hit,
-            Some(policy::ttl_left(meta.fresh_until(), now)),
+            Some(cache_status::ttl_left(meta.fresh_until(), now)),
             false,
             false,
             waited.then_some(LockWait::Collapsed.as_str()),

@@ -20,7 +20,7 @@ use super::input::Input;
 use pingora_cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::time::{Duration, SystemTime};
-use verge::cache::policy::{refreshed_by_not_modified, request_bypass, response_meta};
+use verge::cache::rfc9111::{refreshed_by_not_modified, request_bypass, response_meta};
 use verge::cache::request_directives::{
     forbids_stale, hit_verdict, parse, HitVerdict, MaxStale, RequestDirectives,
 };

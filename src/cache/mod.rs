@@ -2,6 +2,7 @@
 //! the cache key, Vary variants, and the RFC 9111 policy (responses, request directives,
 //! invalidation).
 
+pub mod cache_status;
 pub mod collapse;
 pub mod early_refresh;
 pub mod eviction;
@@ -9,7 +10,7 @@ pub mod fill;
 pub mod invalidation;
 pub mod key_rules;
 pub mod pending;
-pub mod policy;
+pub mod rfc9111;
 #[cfg(test)]
 mod pressure;
 pub mod request_directives;
@@ -68,7 +69,7 @@ impl CacheEngine {
             Box::leak(CacheLock::new_boxed(settings.lock_timeout));
         let predictor: &'static Predictor<16> = Box::leak(Box::new(Predictor::new(
             4096,
-            Some(policy::transient_no_cache_reason),
+            Some(rfc9111::transient_no_cache_reason),
         )));
         let storage: &'static MemoryStorage = Box::leak(Box::new(
             MemoryStorage::new(max_object)
@@ -145,7 +146,7 @@ impl CacheEngine {
     pub fn reclaim(&self, index: &InvalidationIndex) -> usize {
         let removed = self.storage.remove_where(|stored| {
             let headers = &stored.header().headers;
-            let Some((host, pq)) = policy::entry_url(headers) else {
+            let Some((host, pq)) = rfc9111::entry_url(headers) else {
                 return false;
             };
             invalidation_verdict(index, host, pq, None, headers, stored.created())
@@ -235,8 +236,8 @@ pub fn invalidation_verdict(
     if index.is_empty() {
         return Verdict::Valid;
     }
-    let fetched = policy::fetched_at(headers).unwrap_or(created);
-    let tags = response_tags(headers, &policy::TAG_HEADERS);
+    let fetched = rfc9111::fetched_at(headers).unwrap_or(created);
+    let tags = response_tags(headers, &rfc9111::TAG_HEADERS);
     let mut verdict = index.verdict(host, path_query, tags, fetched);
     if let Some(k) = key_path_query.filter(|k| *k != path_query) {
         verdict = verdict.stronger(index.verdict(host, k, std::iter::empty(), fetched));

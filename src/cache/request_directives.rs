@@ -112,7 +112,7 @@ pub enum HitVerdict {
 /// `Surrogate-Control`) replaces `Cache-Control` entirely when present (RFC 9213 §2.1), so a
 /// `must-revalidate` given only there counts, and one given only in `Cache-Control` does not.
 pub fn forbids_stale(stored: &ResponseHeader) -> bool {
-    crate::cache::policy::governing_cache_control(stored).is_some_and(|cc| {
+    crate::cache::rfc9111::governing_cache_control(stored).is_some_and(|cc| {
         cc.no_cache()
             || cc.must_revalidate()
             || cc.proxy_revalidate()

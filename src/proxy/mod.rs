@@ -15,7 +15,7 @@ pub mod upstream_error;
 use crate::access_log::AccessLog;
 use crate::cache::collapse::LockWait;
 use crate::cache::request_directives::{self, HitVerdict, RequestDirectives};
-use crate::cache::{policy, unsafe_methods, CacheEngine};
+use crate::cache::{cache_status, rfc9111, unsafe_methods, CacheEngine};
 use crate::http_syntax::host::request_host;
 use crate::http_syntax::target;
 use crate::metrics::{RequestOutcome, METRICS};
@@ -196,7 +196,7 @@ pub struct RequestCtx {
     /// Why verge answered with an error itself, for the response body.
     pub failure: Option<String>,
     /// Why a cached route skipped the cache for this request.
-    pub bypass: Option<policy::Bypass>,
+    pub bypass: Option<rfc9111::Bypass>,
     /// The response was admitted to the cache.
     pub stored: bool,
     /// The request's cache directives (only read on routes that cache).
@@ -253,7 +253,7 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
 
 /// Seconds of freshness left (negative when stale).
 fn cache_ttl_left(meta: &CacheMeta) -> i64 {
-    policy::ttl_left(meta.fresh_until(), std::time::SystemTime::now())
+    cache_status::ttl_left(meta.fresh_until(), std::time::SystemTime::now())
 }
 
 /// The `result` label of `verge_cache_lookups_total`.
@@ -450,7 +450,7 @@ impl EdgeProxy {
             .unwrap_or_default();
         let delta = settings
             .delta
-            .or_else(|| policy::fetch_duration(meta))
+            .or_else(|| rfc9111::fetch_duration(meta))
             .unwrap_or(early_refresh::DEFAULT_DELTA);
         if session.subrequest_spawner.is_none()
             || !early_refresh::should_refresh(
@@ -610,7 +610,7 @@ impl ProxyHttp for EdgeProxy {
         } else {
             directives.without_revalidation()
         };
-        if let Some(bypass) = policy::request_bypass(session.req_header(), rules) {
+        if let Some(bypass) = rfc9111::request_bypass(session.req_header(), rules) {
             ctx.bypass = Some(bypass);
             return Ok(());
         }
@@ -735,17 +735,17 @@ impl ProxyHttp for EdgeProxy {
                 .cache
                 .maybe_cache_meta()
                 .map(|m| m.response_header());
-            policy::refreshed_by_not_modified(resp, nm, stored)
+            rfc9111::refreshed_by_not_modified(resp, nm, stored)
         });
         let resp = refreshed.as_ref().unwrap_or(resp);
         // Ages count from when the request went out (RFC 9111 §4.2.3 `request_time`), which
         // is also what invalidations compare against (design invariant 2).
         let fetch_started = ctx.fetch_started.unwrap_or_else(std::time::SystemTime::now);
         Ok(
-            match policy::response_meta(resp, auth, rules, fetch_started) {
+            match rfc9111::response_meta(resp, auth, rules, fetch_started) {
                 Ok(_) if !self.variant_admitted(session, rules.max_variants) => {
                     RespCacheable::Uncacheable(pingora_cache::NoCacheReason::Custom(
-                        policy::MAX_VARIANTS,
+                        rfc9111::MAX_VARIANTS,
                     ))
                 }
                 Ok(mut meta) => {
@@ -753,11 +753,11 @@ impl ProxyHttp for EdgeProxy {
                     if ctx.not_modified.is_none() {
                         ctx.unstored_fields = headers::missing_from(&resp.headers, meta.headers());
                     }
-                    policy::set_fetched_at(&mut meta, fetch_started);
+                    rfc9111::set_fetched_at(&mut meta, fetch_started);
                     if ctx.not_modified.is_none() {
                         // XFetch's delta: what a full fetch costs (a 304 keeps the old figure)
                         if let Some(ms) = ctx.origin_ms {
-                            policy::set_fetch_duration(
+                            rfc9111::set_fetch_duration(
                                 &mut meta,
                                 std::time::Duration::from_secs_f64(ms / 1000.0),
                             );
@@ -769,7 +769,7 @@ impl ProxyHttp for EdgeProxy {
                         .path_and_query()
                         .map_or("/", |p| p.as_str());
                     let key_pq = crate::cache::key_rules::key_path_and_query(pq, &rules.key.query);
-                    policy::set_entry_url(&mut meta, &ctx.host, &key_pq);
+                    rfc9111::set_entry_url(&mut meta, &ctx.host, &key_pq);
                     RespCacheable::Cacheable(meta)
                 }
                 Err(reason) => RespCacheable::Uncacheable(reason),
@@ -1076,7 +1076,7 @@ impl ProxyHttp for EdgeProxy {
             // this head is the stored one: give the fetching client what the origin sent
             headers::restore_fields(resp, std::mem::take(&mut ctx.unstored_fields))?;
         }
-        for name in &policy::CLIENT_HIDDEN_HEADERS {
+        for name in &rfc9111::CLIENT_HIDDEN_HEADERS {
             resp.remove_header(name);
         }
         if let Some(route) = ctx.route.as_ref() {
@@ -1109,7 +1109,7 @@ impl ProxyHttp for EdgeProxy {
                     ),
                 };
                 let status =
-                    policy::cache_status(phase, ttl_left, ctx.stored, ctx.request_forced, detail);
+                    cache_status::cache_status(phase, ttl_left, ctx.stored, ctx.request_forced, detail);
                 resp.insert_header("cache-status", status)?;
             }
             headers::apply_response_ops(resp, &route.spec.response_headers)?;
