@@ -45,7 +45,6 @@ pub mod cache;
 pub mod config;
 pub mod control;
 pub mod embed;
-pub mod fast_hit;
 pub mod http_syntax;
 pub mod ingress;
 pub mod metrics;

@@ -1,7 +1,7 @@
 //! The one immutable value the hot path reads: routing table and pools, swapped whole via `ArcSwap`.
 
-use crate::config::{Config, RouteSpec};
 use crate::cache::invalidation::index::InvalidationIndex;
+use crate::config::{Config, RouteSpec};
 use crate::control::wire::Position;
 use crate::routing::RouteTable;
 use crate::upstream::pool::{Pool, PoolBuildError};

@@ -16,8 +16,8 @@
 
 use super::input::Input;
 use verge::http_syntax::host::canonical_host;
-use verge::routing::prefix_matches;
 use verge::http_syntax::target::{check_path, BadTarget};
+use verge::routing::prefix_matches;
 
 pub fn check(data: &[u8]) {
     let mut input = Input::new(data);

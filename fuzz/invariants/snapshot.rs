@@ -19,12 +19,12 @@
 use super::input::{hermetic_json, Input};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
-use verge::config::{Config, Policy};
 use verge::cache::invalidation::index::{response_tags, InvalidationIndex, Verdict};
-use verge::node::poller::{next_state, Rejection};
+use verge::config::{Config, Policy};
 use verge::control::wire::{
     parse_target, Invalidation, InvalidationKind, Position, SnapshotMessage, Target, MAX_TARGET_LEN,
 };
+use verge::node::poller::{next_state, Rejection};
 use verge::snapshot::{ControlState, Snapshot};
 
 const BASE: &str = r#"

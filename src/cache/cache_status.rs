@@ -67,6 +67,44 @@ pub fn cache_status(
     s
 }
 
+/// How a request on a caching route went, as far as its `Cache-Status` tells. The hit lane and
+/// the full path both describe their responses with it.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    /// The cache phase the request ended in.
+    pub phase: pingora_cache::CachePhase,
+    /// When the entry served stops (or stopped) being fresh, for an answer from the cache.
+    pub fresh_until: Option<SystemTime>,
+    /// The response was admitted to the cache.
+    pub stored: bool,
+    /// The request's own directives sent a fresh entry to the origin.
+    pub request_forced: bool,
+    /// A request rule skipped the cache.
+    pub bypass: Option<super::rfc9111::Bypass>,
+    /// The URL is remembered as uncacheable (hit-for-pass): no lookup, no lock.
+    pub passed: bool,
+    /// This hit started an early refresh of its entry.
+    pub early_refresh: bool,
+    /// How a wait for another request's fetch ended, if the request waited.
+    pub lock_wait: Option<super::collapse::LockWait>,
+}
+
+/// The `Cache-Status` value for `o` at `now`.
+pub fn value(o: &Outcome, now: SystemTime) -> String {
+    use pingora_cache::CachePhase as P;
+    let ttl_left = match o.phase {
+        P::Hit | P::Stale | P::StaleUpdating => o.fresh_until.map(|f| ttl_left(f, now)),
+        _ => None,
+    };
+    let (phase, detail) = match o.bypass {
+        Some(b) => (o.phase, Some(b.as_str())),
+        None if o.passed => (P::Bypass, Some("hit-for-pass")),
+        None if o.early_refresh => (o.phase, Some("early-refresh")),
+        None => (o.phase, o.lock_wait.and_then(|w| w.detail())),
+    };
+    cache_status(phase, ttl_left, o.stored, o.request_forced, detail)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,21 +7,23 @@ pub mod collapse;
 pub mod early_refresh;
 pub mod eviction;
 pub mod fill;
+pub mod hit_decision;
 pub mod invalidation;
 pub mod key_rules;
 pub mod pending;
-pub mod rfc9111;
 #[cfg(test)]
 mod pressure;
 pub mod request_directives;
+pub mod request_view;
+pub mod rfc9111;
 pub mod storage;
 pub mod stored_meta;
 pub mod unsafe_methods;
 #[cfg(test)]
 mod xorshift;
 
-use crate::config::{CacheKeyRules, CacheSettings};
 use crate::cache::invalidation::index::{response_tags, InvalidationIndex, Verdict};
+use crate::config::{CacheKeyRules, CacheSettings};
 use crate::metrics::METRICS;
 use eviction::S3FifoEviction;
 use pingora_cache::eviction::{CacheEntryKeyRef, EvictionManager};

@@ -2,10 +2,11 @@
 //! be stored and for how long, and the fields verge stores with an entry for itself (its URL,
 //! fetch time and duration) that no client sees.
 
+use super::request_view::RequestView;
 use crate::config::{RouteCache, SetCookiePolicy};
 use pingora_cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora_cache::{CacheMeta, NoCacheReason};
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::ResponseHeader;
 use std::time::{Duration, SystemTime};
 
 /// Why a request skips the cache entirely.
@@ -45,22 +46,22 @@ pub static TAG_HEADERS: [http::HeaderName; 3] = [
 ];
 
 /// Decide whether a request may be answered from, or stored into, the shared cache.
-pub fn request_bypass(req: &RequestHeader, rules: &RouteCache) -> Option<Bypass> {
-    if !matches!(req.method, http::Method::GET | http::Method::HEAD) {
+pub fn request_bypass(req: &RequestView<'_>, rules: &RouteCache) -> Option<Bypass> {
+    if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
         return Some(Bypass::Method);
     }
     if is_websocket_upgrade(req) {
         return Some(Bypass::Upgrade);
     }
     if !rules.public {
-        if req.headers.contains_key(http::header::AUTHORIZATION) {
+        if req.contains("authorization") {
             return Some(Bypass::Authorization);
         }
-        if req.headers.contains_key(http::header::COOKIE) {
+        if req.contains("cookie") {
             return Some(Bypass::Cookie);
         }
     }
-    if CacheControl::from_req_headers(req).is_some_and(|cc| cc.no_store()) {
+    if req.cache_control().is_some_and(|cc| cc.no_store()) {
         return Some(Bypass::NoStore);
     }
     None
@@ -69,12 +70,12 @@ pub fn request_bypass(req: &RequestHeader, rules: &RouteCache) -> Option<Bypass>
 /// An HTTP/1.1 request for a WebSocket: the one upgrade Pingora forwards (its default
 /// `H1UpgradePolicy::WebSocketOnly`). Other `Upgrade` values (`h2c`, …) are stripped before the
 /// origin sees them, so those requests stay ordinary, cacheable GETs.
-pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
-    req.version == http::Version::HTTP_11
+pub fn is_websocket_upgrade(req: &RequestView<'_>) -> bool {
+    req.version() == http::Version::HTTP_11
         && req
-            .headers
-            .get(http::header::UPGRADE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+            .values("upgrade")
+            .next()
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"))
 }
 
 /// Statuses a cache may store with heuristic or default freshness (RFC 9110 §15.1), minus the
@@ -444,6 +445,7 @@ pub fn refreshed_by_not_modified(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora_http::RequestHeader;
 
     #[test]
     fn fetch_durations_round_trip_and_a_304_cannot_set_them() {
@@ -857,21 +859,36 @@ mod tests {
     #[test]
     fn request_bypass_rules() {
         let mut req = RequestHeader::build("GET", b"/", None).expect("req");
-        assert_eq!(request_bypass(&req, &rules()), None);
+        assert_eq!(
+            request_bypass(&RequestView::from_head(&req), &rules()),
+            None
+        );
         req.insert_header("cookie", "sid=1").expect("h");
-        assert_eq!(request_bypass(&req, &rules()), Some(Bypass::Cookie));
+        assert_eq!(
+            request_bypass(&RequestView::from_head(&req), &rules()),
+            Some(Bypass::Cookie)
+        );
         let public = RouteCache {
             public: true,
             ..rules()
         };
-        assert_eq!(request_bypass(&req, &public), None);
+        assert_eq!(request_bypass(&RequestView::from_head(&req), &public), None);
         let post = RequestHeader::build("POST", b"/", None).expect("req");
-        assert_eq!(request_bypass(&post, &rules()), Some(Bypass::Method));
+        assert_eq!(
+            request_bypass(&RequestView::from_head(&post), &rules()),
+            Some(Bypass::Method)
+        );
         let mut ws = RequestHeader::build("GET", b"/", None).expect("req");
         ws.insert_header("upgrade", "WebSocket").expect("h");
-        assert_eq!(request_bypass(&ws, &public), Some(Bypass::Upgrade));
+        assert_eq!(
+            request_bypass(&RequestView::from_head(&ws), &public),
+            Some(Bypass::Upgrade)
+        );
         let mut h2c = RequestHeader::build("GET", b"/", None).expect("req");
         h2c.insert_header("upgrade", "h2c").expect("h");
-        assert_eq!(request_bypass(&h2c, &rules()), None);
+        assert_eq!(
+            request_bypass(&RequestView::from_head(&h2c), &rules()),
+            None
+        );
     }
 }

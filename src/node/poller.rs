@@ -2,8 +2,8 @@
 //! in, persists it, and reports what it applied. Keeps the last good snapshot on any failure.
 
 use crate::cache::invalidation::index::{AppliedInvalidation, InvalidationIndex};
-use crate::control::wire::{unix_ms, AppliedReport, Position, SnapshotMessage};
 use crate::config::{Config, ControlSpec, Policy};
+use crate::control::wire::{unix_ms, AppliedReport, Position, SnapshotMessage};
 use crate::metrics::METRICS;
 use crate::snapshot::{ControlState, SharedSnapshot, Snapshot};
 use async_trait::async_trait;

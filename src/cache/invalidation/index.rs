@@ -228,8 +228,8 @@ pub fn response_tags<'a>(
 
 #[cfg(test)]
 mod tests {
-    use crate::cache::invalidation::InvalidationKind;
     use super::*;
+    use crate::cache::invalidation::InvalidationKind;
 
     fn inv(seq: u64, kind: InvalidationKind, target: &str, soft: bool) -> Invalidation {
         Invalidation {
