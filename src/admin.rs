@@ -2,24 +2,55 @@
 
 use crate::cache::CacheEngine;
 use crate::metrics::METRICS;
+use crate::node::readiness::Readiness;
+use crate::node::reload::FileReloader;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use async_trait::async_trait;
 use http::{header, HeaderValue, Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 /// Serves the admin endpoints from the current snapshot.
 pub struct AdminApp {
     snapshot: SharedSnapshot,
     cache: &'static CacheEngine,
+    readiness: Arc<Readiness>,
+    reloader: Arc<FileReloader>,
 }
 
 impl AdminApp {
-    /// The admin app over the node's live snapshot and cache.
-    pub fn new(snapshot: SharedSnapshot, cache: &'static CacheEngine) -> Self {
-        AdminApp { snapshot, cache }
+    /// The admin app over the node's live snapshot and cache, its readiness facts and its
+    /// config reloader (for `/status`).
+    pub fn new(
+        snapshot: SharedSnapshot,
+        cache: &'static CacheEngine,
+        readiness: Arc<Readiness>,
+        reloader: Arc<FileReloader>,
+    ) -> Self {
+        AdminApp {
+            snapshot,
+            cache,
+            readiness,
+            reloader,
+        }
+    }
+
+    /// The `/status` document: [`status_json`] plus the process, readiness and reloads.
+    fn status(&self, snapshot: &Snapshot) -> Value {
+        let mut doc = status_json(snapshot);
+        let verdict = self.readiness.verdict(snapshot);
+        doc["pid"] = json!(std::process::id());
+        doc["ready"] = json!(verdict.is_ok());
+        doc["readiness"] = json!({
+            "listeners_bound": self.readiness.listeners_bound(),
+            "snapshot_received": self.readiness.snapshot_received(),
+            "first_health_checks_done": snapshot.ready(),
+        });
+        doc["reload"] = self.reloader.status_json();
+        doc
     }
 
     fn refresh_cache_gauges(&self) {
@@ -126,14 +157,12 @@ impl ServeHttp for AdminApp {
         let snapshot = self.snapshot.load();
         match path.as_str() {
             "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
-            "/readyz" if snapshot.ready() => reply(200, "text/plain", b"ready\n".to_vec()),
-            "/readyz" => reply(
-                503,
-                "text/plain",
-                b"not ready: waiting for first health checks\n".to_vec(),
-            ),
+            "/readyz" => match self.readiness.verdict(&snapshot) {
+                Ok(()) => reply(200, "text/plain", b"ready\n".to_vec()),
+                Err(why) => reply(503, "text/plain", format!("{why}\n").into_bytes()),
+            },
             "/status" => {
-                let body = serde_json::to_vec_pretty(&status_json(&snapshot)).unwrap_or_default();
+                let body = serde_json::to_vec_pretty(&self.status(&snapshot)).unwrap_or_default();
                 reply(200, "application/json", body)
             }
             "/metrics" => {

@@ -30,9 +30,11 @@
 //! ```
 
 use crate::config::Config;
+use crate::node::signals::{NodeSignals, Successor};
 use crate::proxy::filter::{Filter, Filters, RegistrationError};
 use crate::server::{build_server_with_filters, RunOptions, ServeError};
-use pingora_core::server::Server;
+use pingora_core::server::{RunArgs, Server};
+use std::time::Duration;
 
 /// Why verge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -131,10 +133,12 @@ impl Verge {
     }
 
     /// Serve until a signal stops the process (SIGTERM: graceful; SIGQUIT: hand the listeners
-    /// to a new process). Writes `server.pid_file` first. Returns only when startup fails; on
-    /// shutdown the process exits.
+    /// to a new process; SIGUSR2: start this binary again with `--upgrade` and hand the
+    /// listeners to it; SIGHUP: reload the config file, see [`crate::node::reload`]). Writes
+    /// `server.pid_file` first. Returns only when startup fails; on shutdown the process exits.
     pub fn run(self) -> Result<(), StartError> {
         let server = self.server()?;
+        let signals = NodeSignals::new(self.successor());
         let pid_file = &self.config.server.pid_file;
         if !self.options.daemon {
             // Pingora writes the pid file only when it daemonizes; the upgrade recipe and
@@ -158,6 +162,30 @@ impl Verge {
             self.config.admin.listen,
             self.filters.names().join(", ")
         );
-        server.run_forever()
+        server.run(RunArgs {
+            shutdown_signal: Box::new(signals),
+        });
+        std::process::exit(0)
+    }
+
+    /// The process SIGUSR2 starts: this binary (as on disk now) with this process's arguments,
+    /// `--upgrade` instead of any given.
+    fn successor(&self) -> Successor {
+        let program = std::env::current_exe()
+            .unwrap_or_else(|_| std::env::args().next().unwrap_or_default().into());
+        let args = std::env::args()
+            .skip(1)
+            .filter(|a| a != "--upgrade" && a != "-u")
+            .collect();
+        Successor {
+            program,
+            args,
+            upgrade_sock: self.config.server.upgrade_sock.clone().into(),
+            ready_within: SUCCESSOR_READY_WITHIN,
+        }
     }
 }
+
+/// How long a binary upgrade waits for the new process to load its config and ask for the
+/// listening sockets.
+const SUCCESSOR_READY_WITHIN: Duration = Duration::from_secs(30);

@@ -1,18 +1,21 @@
 //! The `verge` command line: `serve` runs the proxy, `control` the control plane, `check`
-//! validates a config; `policy`, `purge` and `nodes` talk to a running control plane.
+//! validates a config; `reload` and `upgrade` signal a running node; `policy`, `purge` and
+//! `nodes` talk to a running control plane.
 
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod lifecycle;
 mod ops;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use verge::config::{Config, Policy};
+use std::time::{Duration, SystemTime};
+use verge::config::{Config, ConfigErrors, Policy};
 
 #[derive(Parser)]
 #[command(
@@ -75,6 +78,27 @@ enum Command {
         #[command(flatten)]
         control: ops::ControlArgs,
     },
+    /// Reload the config file of the running node (SIGHUP to `server.pid_file`) and report
+    /// whether it was applied. Listeners, admin, server, cache, access log and control
+    /// settings need `verge upgrade` or a restart instead.
+    Reload {
+        /// Config file (the running node's).
+        #[arg(short, long, default_value = "conf/verge.yaml")]
+        config: PathBuf,
+        /// How long to wait for the outcome, in seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// Replace the running node by the binary on disk without closing its listening sockets
+    /// (SIGUSR2 to `server.pid_file`); waits until the new process is ready.
+    Upgrade {
+        /// Config file (the running node's; the new process loads it again).
+        #[arg(short, long, default_value = "conf/verge.yaml")]
+        config: PathBuf,
+        /// How long to wait for the new process, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// Validate a config file and list every error; starts nothing.
     Check {
         /// Config file.
@@ -99,6 +123,12 @@ fn main() -> ExitCode {
             control,
         } => ops::purge(&control, kind, targets, soft, confirm_all),
         Command::Nodes { control } => ops::nodes(&control),
+        Command::Reload { config, timeout } => {
+            lifecycle::reload(&config, Duration::from_secs(timeout))
+        }
+        Command::Upgrade { config, timeout } => {
+            lifecycle::upgrade(&config, Duration::from_secs(timeout))
+        }
         Command::Check {
             config,
             policy: true,
@@ -127,7 +157,7 @@ fn main() -> ExitCode {
         Command::Check {
             config,
             policy: false,
-        } => match Config::load(&config).and_then(|c| c.check_filters(&[]).map(|()| c)) {
+        } => match load_checked(&config) {
             Ok(c) => {
                 println!(
                     "{}: ok (version {}, {} listener(s), {} pool(s), {} route(s))",
@@ -168,6 +198,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// Load and validate a node config, then check its filters and load every listener's
+/// certificate and key.
+fn load_checked(path: &std::path::Path) -> Result<Config, ConfigErrors> {
+    let config = Config::load(path)?;
+    config.check_filters(&[])?;
+    verge::tls_check::check_certificates(&config, SystemTime::now())?;
+    Ok(config)
+}
+
 /// Validate a policy document file with the node's rules; exit 2 with every error.
 fn check_policy(path: &std::path::Path) -> ExitCode {
     let result = std::fs::read_to_string(path)
@@ -197,13 +236,18 @@ fn control(path: &std::path::Path) -> anyhow::Result<()> {
     let settings = verge::control::settings::ControlSettings::load(path)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let listen = settings.listen;
-    let server = verge::server::build_control_server(settings).context("cannot start")?;
+    // control.yaml has no shutdown keys yet: 5 s + 5 s, like a node's defaults
+    let server =
+        verge::server::build_control_server(settings, verge::server::ControlShutdown::default())
+            .context("cannot start")?;
     log::info!("verge control listening on {listen}");
     server.run_forever()
 }
 
 fn serve(path: &std::path::Path, upgrade: bool, daemon: bool) -> anyhow::Result<()> {
     let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    verge::tls_check::check_certificates(&config, SystemTime::now())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     // the plain binary registers no filters: a route with `filters:` is refused here
     verge::Verge::builder(config)
         .options(verge::RunOptions { upgrade, daemon })

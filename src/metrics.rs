@@ -2,8 +2,8 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// All metrics. Names and labels are part of verge's interface: change them with care.
@@ -37,6 +37,14 @@ pub struct Metrics {
     pub config_info: IntGaugeVec,
     /// `verge_config_loaded_timestamp_seconds`.
     pub config_loaded: IntGauge,
+    /// `verge_config_reloads_total{outcome}`: config file reloads (SIGHUP, `verge reload`):
+    /// `success`, `invalid` (the file does not validate), `needs_restart` (it changes what only
+    /// a new process can: listeners, admin, server, cache, access log, control), `failed` (its
+    /// pools could not be built).
+    pub config_reloads: IntCounterVec,
+    /// `verge_config_last_reload_success_timestamp_seconds`: Unix time of the last reload that
+    /// was applied (0: none since start).
+    pub config_last_reload_success: IntGauge,
     /// `verge_cache_lookups_total{route,result}`: hit, miss, stale, stale_error, expired,
     /// revalidated, bypass, uncacheable. Hit ratio = hit / all.
     pub cache_lookups: IntCounterVec,
@@ -65,8 +73,9 @@ pub struct Metrics {
     /// `verge_invalidation_seq`: last invalidation sequence this node applied.
     pub invalidation_seq: IntGauge,
     /// `verge_snapshot_age_seconds`: seconds since this node last heard from the control plane
-    /// that its snapshot is current (refreshed on scrape).
-    pub snapshot_age: IntGauge,
+    /// that its snapshot is current (refreshed on scrape); `+Inf` on a node with a `control:`
+    /// block that has not heard from it yet, 0 on a node without one.
+    pub snapshot_age: Gauge,
     /// `verge_snapshot_applied_total{kind}`: snapshots swapped in (`full`, `delta`, `disk`).
     pub snapshot_applied: IntCounterVec,
     /// `verge_snapshot_rejected_total{reason}`: snapshots or polls refused (`unreachable`,
@@ -184,6 +193,17 @@ impl Metrics {
             "Unix time the serving config was loaded",
         );
         Metrics {
+            config_reloads: counter(
+                &registry,
+                "verge_config_reloads_total",
+                "Config file reloads, by outcome",
+                &["outcome"],
+            ),
+            config_last_reload_success: plain_gauge(
+                &registry,
+                "verge_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last config reload that was applied (0: none)",
+            ),
             requests: counter(
                 &registry,
                 "verge_requests_total",
@@ -310,10 +330,14 @@ impl Metrics {
                 "verge_invalidation_seq",
                 "Last invalidation sequence applied",
             ),
-            snapshot_age: plain_gauge(
+            snapshot_age: registered(
                 &registry,
                 "verge_snapshot_age_seconds",
-                "Seconds since the control plane last confirmed this node's snapshot",
+                Gauge::new(
+                    "verge_snapshot_age_seconds",
+                    "Seconds since the control plane last confirmed this node's snapshot \
+                     (+Inf: never, on a node with a control block)",
+                ),
             ),
             snapshot_applied: counter(
                 &registry,

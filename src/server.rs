@@ -11,8 +11,12 @@ use crate::control::store::FileStore;
 use crate::ingress::Ingress;
 use crate::metrics::METRICS;
 use crate::node::health_checks::HealthService;
+use crate::node::listeners::{check_bindable, BindError, ListenAddr, ListenerWatch};
 use crate::node::poller::{publish_position, ControlPoller, PersistedSnapshot};
+use crate::node::readiness::Readiness;
 use crate::node::reclaim::ReclaimService;
+use crate::node::reload::{FileReloader, ReloadService};
+use crate::node::writer::SnapshotWriter;
 use crate::proxy::filter::Filters;
 use crate::proxy::hit_lane::HitLane;
 use crate::proxy::{EdgeProxy, ListenerInfo};
@@ -28,7 +32,7 @@ use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Why verge could not be assembled (validation passed, but a runtime resource failed).
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +54,9 @@ pub enum ServeError {
     /// Routes select filters this binary does not register.
     #[error("{0}")]
     Filters(crate::config::ConfigErrors),
+    /// A listening address cannot be bound (in use, or not permitted).
+    #[error(transparent)]
+    Bind(#[from] BindError),
 }
 
 /// How the process was started (Pingora's own flags).
@@ -64,7 +71,11 @@ pub struct RunOptions {
 /// The snapshot a node starts from: with a `control:` block, the last good snapshot persisted
 /// on disk when there is one (so a restart with the control plane down serves what it had,
 /// invalidations included); otherwise the file config.
-fn starting_snapshot(config: &Config, filters: &Filters) -> Result<Snapshot, ServeError> {
+fn starting_snapshot(
+    config: &Config,
+    filters: &Filters,
+    readiness: &Readiness,
+) -> Result<Snapshot, ServeError> {
     if let Some(spec) = &config.control {
         if spec.state_file.exists() {
             let restored = PersistedSnapshot::restore(&spec.state_file, config).and_then(|r| {
@@ -83,6 +94,7 @@ fn starting_snapshot(config: &Config, filters: &Filters) -> Result<Snapshot, Ser
                         );
                         METRICS.snapshot_applied.with_label_values(&["disk"]).inc();
                         publish_position(s.control.position);
+                        readiness.mark_received();
                         return Ok(s);
                     }
                     Err(e) => log::warn!("persisted snapshot unusable, using the file config: {e}"),
@@ -96,11 +108,19 @@ fn starting_snapshot(config: &Config, filters: &Filters) -> Result<Snapshot, Ser
 
 /// Build the shared snapshot for a config and publish config metrics.
 pub fn initial_snapshot(config: &Config) -> Result<SharedSnapshot, ServeError> {
-    shared_snapshot(config, &Filters::default())
+    shared_snapshot(
+        config,
+        &Filters::default(),
+        &Readiness::new(config.control.is_some()),
+    )
 }
 
-fn shared_snapshot(config: &Config, filters: &Filters) -> Result<SharedSnapshot, ServeError> {
-    let snapshot = starting_snapshot(config, filters)?;
+fn shared_snapshot(
+    config: &Config,
+    filters: &Filters,
+    readiness: &Readiness,
+) -> Result<SharedSnapshot, ServeError> {
+    let snapshot = starting_snapshot(config, filters, readiness)?;
     METRICS
         .config_info
         .with_label_values(&[&config.version])
@@ -210,6 +230,25 @@ fn listener_service(
 /// ingress into its own buffer, and 16 KiB is one TLS record, so bodies lose little.
 const CLIENT_READ_BUFFER: usize = 16 << 10;
 
+/// How long after start every listening socket must be held by the process, or it exits.
+const LISTENER_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Every socket the node listens on: its listeners, then the admin listener.
+fn listen_addrs(config: &Config) -> Vec<ListenAddr> {
+    config
+        .listeners
+        .iter()
+        .map(|l| ListenAddr {
+            what: format!("listener {}", l.name),
+            addr: l.addr,
+        })
+        .chain(std::iter::once(ListenAddr {
+            what: "admin".into(),
+            addr: config.admin.listen,
+        }))
+        .collect()
+}
+
 /// Build the whole server for `config`, with no user filters (the plain `verge` binary): a route
 /// that selects filters is an error. Nothing listens until `run_forever`.
 pub fn build_server(config: &Config, opts: RunOptions) -> Result<Server, ServeError> {
@@ -226,7 +265,19 @@ pub fn build_server_with_filters(
     config
         .check_filters(&filters.names())
         .map_err(ServeError::Filters)?;
-    let snapshot = shared_snapshot(config, filters)?;
+    let sockets = listen_addrs(config);
+    if !opts.upgrade {
+        // With --upgrade the sockets come from the running process, which still holds them.
+        check_bindable(&sockets)?;
+    }
+    let readiness = Arc::new(Readiness::new(config.control.is_some()));
+    let snapshot = shared_snapshot(config, filters, &readiness)?;
+    let writer = SnapshotWriter::new(
+        snapshot.clone(),
+        config.clone(),
+        filters.names().into_iter().map(String::from).collect(),
+    );
+    let reloader = FileReloader::new(writer.clone());
     let pingora_opt = Opt {
         upgrade: opts.upgrade,
         daemon: opts.daemon,
@@ -256,7 +307,12 @@ pub fn build_server_with_filters(
     }
     let mut admin = Service::new(
         "verge admin".to_string(),
-        HttpServer::new_app(AdminApp::new(snapshot.clone(), cache)),
+        HttpServer::new_app(AdminApp::new(
+            snapshot.clone(),
+            cache,
+            readiness.clone(),
+            reloader.clone(),
+        )),
     );
     admin.add_tcp(&config.admin.listen.to_string());
     server.add_service(admin);
@@ -267,10 +323,17 @@ pub fn build_server_with_filters(
     if let Some(spec) = &config.control {
         server.add_service(background_service(
             "verge control poller",
-            ControlPoller::new(config.clone(), spec.clone(), snapshot.clone())
-                .with_filters(filters.names().into_iter().map(String::from).collect()),
+            ControlPoller::new(spec.clone(), writer, readiness.clone()),
         ));
     }
+    server.add_service(background_service(
+        "verge config reload",
+        ReloadService::new(reloader),
+    ));
+    server.add_service(background_service(
+        "verge listener watch",
+        ListenerWatch::new(sockets, readiness, LISTENER_DEADLINE),
+    ));
     server.add_service(background_service(
         "verge health checks",
         HealthService::new(snapshot),
@@ -278,14 +341,46 @@ pub fn build_server_with_filters(
     Ok(server)
 }
 
+/// How `verge control` stops on SIGTERM: its API listener closes at once, requests already
+/// being answered get `grace_period`, then the runtime gets `graceful_shutdown_timeout`.
+/// (Pingora's own default grace period is 300 s.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlShutdown {
+    /// How long requests in flight may keep running after SIGTERM.
+    pub grace_period: Duration,
+    /// How long the runtime may take to stop after that.
+    pub graceful_shutdown_timeout: Duration,
+}
+
+impl Default for ControlShutdown {
+    /// 5 s each, like a node's `server.grace_period` and `server.graceful_shutdown_timeout`.
+    fn default() -> Self {
+        ControlShutdown {
+            grace_period: Duration::from_secs(5),
+            graceful_shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 /// Build the `verge control` server: the API on its listener, backed by the file store.
-pub fn build_control_server(settings: ControlSettings) -> Result<Server, ControlStartError> {
+pub fn build_control_server(
+    settings: ControlSettings,
+    shutdown: ControlShutdown,
+) -> Result<Server, ControlStartError> {
     let store = FileStore::open(&settings.data_dir)?;
-    let listen = settings.listen.to_string();
+    let listen = settings.listen;
     let threads = settings.threads;
+    check_bindable(&[ListenAddr {
+        what: "control api".into(),
+        addr: listen,
+    }])?;
     let plane = ControlPlane::open(settings, Box::new(store))?;
     let conf = ServerConf {
         threads,
+        grace_period_seconds: Some(shutdown.grace_period.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(
+            shutdown.graceful_shutdown_timeout.as_secs_f64().ceil() as u64,
+        ),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
@@ -294,7 +389,7 @@ pub fn build_control_server(settings: ControlSettings) -> Result<Server, Control
         "verge control api".to_string(),
         HttpServer::new_app(ControlApi::new(plane)),
     );
-    api.add_tcp(&listen);
+    api.add_tcp(&listen.to_string());
     server.add_service(api);
     Ok(server)
 }
@@ -308,4 +403,7 @@ pub enum ControlStartError {
     /// The stored state could not be turned into a serving plane.
     #[error(transparent)]
     Plane(#[from] crate::control::plane::PlaneError),
+    /// The API address cannot be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
 }

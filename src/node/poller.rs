@@ -5,7 +5,9 @@ use crate::cache::invalidation::index::{AppliedInvalidation, InvalidationIndex};
 use crate::config::{Config, ControlSpec, Policy};
 use crate::control::wire::{unix_ms, AppliedReport, Position, SnapshotMessage};
 use crate::metrics::METRICS;
-use crate::snapshot::{ControlState, SharedSnapshot, Snapshot};
+use crate::node::readiness::Readiness;
+use crate::node::writer::SnapshotWriter;
+use crate::snapshot::{ControlState, Snapshot};
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
@@ -26,9 +28,7 @@ pub fn refresh_age_gauge() {
         return;
     }
     let age = unix_ms(SystemTime::now()).saturating_sub(last) / 1000;
-    METRICS
-        .snapshot_age
-        .set(i64::try_from(age).unwrap_or(i64::MAX));
+    METRICS.snapshot_age.set(age as f64);
 }
 
 /// Why a snapshot from the control plane was refused; the label of `verge_snapshot_rejected_total`.
@@ -142,7 +142,11 @@ impl PersistedSnapshot {
 }
 
 /// The node config with a control-plane policy in place of the file's pools and routes.
-fn config_for(base: &Config, doc: &serde_json::Value, version: u64) -> Result<Config, Rejection> {
+pub(crate) fn config_for(
+    base: &Config,
+    doc: &serde_json::Value,
+    version: u64,
+) -> Result<Config, Rejection> {
     let policy = Policy::from_json(doc)
         .map_err(|e| Rejection::InvalidPolicy(e.to_string().trim().into()))?;
     let mut config = base.with_policy(&policy);
@@ -218,28 +222,23 @@ pub fn next_state(
 
 /// The sidecar service.
 pub struct ControlPoller {
-    base: Config,
     spec: ControlSpec,
-    snapshot: SharedSnapshot,
-    /// Names of the user filters this binary registered: a policy selecting others is refused.
-    filters: Vec<String>,
+    /// Swaps snapshots in, on top of the node's file config, one writer at a time.
+    writer: Arc<SnapshotWriter>,
+    readiness: Arc<Readiness>,
 }
 
 impl ControlPoller {
-    /// A poller that applies control-plane policy on top of `base` and swaps it into `snapshot`.
-    pub fn new(base: Config, spec: ControlSpec, snapshot: SharedSnapshot) -> Self {
+    /// A poller that applies control-plane policy on top of the writer's file config and swaps
+    /// the result in; it tells `readiness` once the node serves a control-plane snapshot.
+    pub fn new(spec: ControlSpec, writer: Arc<SnapshotWriter>, readiness: Arc<Readiness>) -> Self {
+        // Never heard from the control plane: the snapshot is infinitely old, not 0 s old.
+        METRICS.snapshot_age.set(f64::INFINITY);
         ControlPoller {
-            base,
             spec,
-            snapshot,
-            filters: Vec::new(),
+            writer,
+            readiness,
         }
-    }
-
-    /// The user filters this binary registered (routes of a policy may only select these).
-    pub fn with_filters(mut self, names: Vec<String>) -> Self {
-        self.filters = names;
-        self
     }
 
     fn request(
@@ -257,8 +256,7 @@ impl ControlPoller {
 
     /// One long-poll round: Ok(true) when something was applied.
     async fn poll_once(&self, client: &reqwest::Client) -> Result<bool, &'static str> {
-        let current = self.snapshot.load_full();
-        let position = current.control.position;
+        let position = self.writer.snapshot().load().control.position;
         // A node that never heard from the control plane asks for everything.
         let after =
             if LAST_CONTACT_MS.load(Ordering::Relaxed) == 0 && position == Position::default() {
@@ -283,6 +281,7 @@ impl ControlPoller {
         match resp.status().as_u16() {
             204 => {
                 LAST_CONTACT_MS.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+                self.readiness.mark_received();
                 return Ok(false);
             }
             200 => {}
@@ -298,26 +297,32 @@ impl ControlPoller {
         })?;
         LAST_CONTACT_MS.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
         let now = SystemTime::now();
-        let next = next_state(&current, &self.base, &msg, now).map_err(|r| {
-            log::warn!("snapshot {} rejected: {r}", msg.position());
-            r.reason()
-        })?;
-        let Some((config, state)) = next else {
+        let registered = self.writer.filters();
+        let stored = self
+            .writer
+            .update(|current, base| {
+                let Some((config, state)) = next_state(current, base, &msg, now)? else {
+                    return Ok(None);
+                };
+                if let Some(e) = crate::config::unknown_filters(&config.routes, &registered).first()
+                {
+                    return Err(Rejection::InvalidPolicy(e.to_string()));
+                }
+                let snapshot = Snapshot::build_with(&config, Some(current), state)
+                    .map_err(|e| Rejection::Build(e.to_string()))?;
+                Ok(Some((snapshot, None)))
+            })
+            .map_err(|r| {
+                log::warn!("snapshot {} rejected: {r}", msg.position());
+                r.reason()
+            })?;
+        // Already current, or now current: the node serves what the control plane has.
+        self.readiness.mark_received();
+        let Some(snapshot) = stored else {
             return Ok(false);
         };
-        let registered: Vec<&str> = self.filters.iter().map(String::as_str).collect();
-        if let Some(e) = crate::config::unknown_filters(&config.routes, &registered).first() {
-            log::warn!("snapshot {} rejected: invalid policy: {e}", msg.position());
-            return Err("invalid_policy");
-        }
-        let snapshot = Snapshot::build_with(&config, Some(&current), state).map_err(|e| {
-            log::warn!("snapshot {} rejected: {e}", msg.position());
-            "build"
-        })?;
         let persisted = PersistedSnapshot::of(&snapshot.control);
         let position = snapshot.control.position;
-        // The single swap: readers see the old snapshot or the new one, never a mix.
-        self.snapshot.store(Arc::new(snapshot));
         METRICS
             .snapshot_applied
             .with_label_values(&[if msg.full { "full" } else { "delta" }])
@@ -392,7 +397,7 @@ impl BackgroundService for ControlPoller {
                     backoff = Duration::from_millis(100);
                     if !applied && !reported_once {
                         // Tell the control plane where a restored node stands.
-                        let p = self.snapshot.load().control.position;
+                        let p = self.writer.snapshot().load().control.position;
                         self.report(&client, p, SystemTime::now()).await;
                     }
                     reported_once = true;
