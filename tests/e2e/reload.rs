@@ -1,0 +1,241 @@
+//! In-place reload: SIGHUP and `verge reload` re-read the config file and swap the routes and
+//! pools in without a new process, so cached objects keep being hits; a file that does not
+//! validate, or that changes what only a new process can (listeners), is refused and the old
+//! config keeps serving. The outcome shows in `/status` and in `verge_config_reloads_total`.
+
+use crate::harness::{client, spawn_verge, verge_bin, TestConfig};
+use crate::origin::Origin;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// A verge process started on a config file the test rewrites; killed on drop.
+struct Node {
+    child: Child,
+    cfg: TestConfig,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Node {
+    async fn start(body: &str) -> Node {
+        let cfg = TestConfig::write(body, None);
+        let child = spawn_verge(&["serve", "-c"], &cfg.path);
+        let mut node = Node { child, cfg };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while get_status(node.cfg.admin, "/readyz").await != Some(200) {
+            assert!(
+                node.child.try_wait().expect("wait").is_none(),
+                "verge exited"
+            );
+            assert!(Instant::now() < deadline, "verge not ready in time");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        node
+    }
+
+    /// Replace `from` by `to` in the config file.
+    fn edit(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.cfg.path).expect("read config");
+        assert!(text.contains(from), "{from:?} not in the config");
+        std::fs::write(&self.cfg.path, text.replace(from, to)).expect("write config");
+    }
+
+    fn hangup(&self) {
+        let ok = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "SIGHUP sent");
+    }
+
+    async fn status(&self) -> Value {
+        let r = client()
+            .get(format!("http://{}/status", self.cfg.admin))
+            .send()
+            .await
+            .expect("status");
+        r.json().await.expect("status json")
+    }
+
+    /// Wait until `/status` shows `n` reload attempts; returns the last one.
+    async fn reload_attempt(&self, n: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.status().await;
+            if s["reload"]["attempts"] == n {
+                return s["reload"]["last"].clone();
+            }
+            assert!(Instant::now() < deadline, "no reload attempt {n}: {s}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn metric(&self, line_start: &str) -> Option<String> {
+        let text = client()
+            .get(format!("http://{}/metrics", self.cfg.admin))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .find_map(|l| l.strip_prefix(line_start).map(|v| v.trim().to_string()))
+    }
+
+    /// GET `path` with `host`: status and `Cache-Status`.
+    async fn get(&self, host: &str, path: &str) -> (u16, String) {
+        let r = client()
+            .get(format!("http://{}{path}", self.cfg.http))
+            .header("host", host)
+            .send()
+            .await
+            .expect("request");
+        let cache = r
+            .headers()
+            .get("cache-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        (r.status().as_u16(), cache)
+    }
+
+    fn verge_reload(&self) -> (Option<i32>, String, String) {
+        let out = Command::new(verge_bin())
+            .args(["reload", "-c"])
+            .arg(&self.cfg.path)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("verge reload");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+async fn get_status(admin: SocketAddr, path: &str) -> Option<u16> {
+    let r = client()
+        .get(format!("http://{admin}{path}"))
+        .send()
+        .await
+        .ok()?;
+    Some(r.status().as_u16())
+}
+
+fn body(origin: &Origin) -> String {
+    format!(
+        "version: one\npools:\n  o: {{backends: [\"{}\"]}}\nroutes:\n  - {{hosts: [site.test], pool: o, cache: {{}}}}\n",
+        origin.addr
+    )
+}
+
+#[tokio::test]
+async fn sighup_applies_a_good_file_keeps_the_cache_and_refuses_a_bad_one() {
+    let o = Origin::start("o").await;
+    o.set_headers("/kept", &[("cache-control", "max-age=300")]);
+    let mut node = Node::start(&body(&o)).await;
+    assert_eq!(node.get("site.test", "/kept").await.0, 200);
+    let (status, cache) = node.get("site.test", "/kept").await;
+    assert_eq!((status, o.hits("/kept")), (200, 1));
+    assert!(cache.contains("hit"), "{cache}");
+    assert_eq!(node.get("new.test", "/kept").await.0, 404);
+
+    // A good file: a new version with one more route.
+    node.edit("version: one", "version: two");
+    node.edit(
+        "routes:\n",
+        "routes:\n  - {hosts: [new.test], pool: o, cache: {}}\n",
+    );
+    node.hangup();
+    let last = node.reload_attempt(1).await;
+    assert_eq!(last["outcome"], "success", "{last}");
+    assert_eq!(last["version"], "two");
+    assert_eq!(node.status().await["config_version"], "two");
+    // The new route serves, and the object cached before the reload is still a hit.
+    assert_eq!(node.get("new.test", "/fresh").await.0, 200);
+    let (status, cache) = node.get("site.test", "/kept").await;
+    assert_eq!(status, 200);
+    assert!(
+        cache.contains("hit"),
+        "still a hit after the reload: {cache}"
+    );
+    assert_eq!(o.hits("/kept"), 1, "the origin was not asked again");
+    assert_eq!(
+        node.metric("verge_config_reloads_total{outcome=\"success\"}")
+            .await
+            .as_deref(),
+        Some("1")
+    );
+    assert_ne!(
+        node.metric("verge_config_last_reload_success_timestamp_seconds")
+            .await
+            .as_deref(),
+        Some("0")
+    );
+
+    // A bad file: a route to a pool that does not exist. Refused; version two keeps serving.
+    node.edit(
+        "pool: o, cache: {}}\n  - {hosts: [site.test]",
+        "pool: nope, cache: {}}\n  - {hosts: [site.test]",
+    );
+    node.hangup();
+    let last = node.reload_attempt(2).await;
+    assert_eq!(last["outcome"], "invalid", "{last}");
+    let errors = last["errors"].to_string();
+    assert!(errors.contains("routes[0].pool"), "{errors}");
+    assert_eq!(node.status().await["config_version"], "two");
+    assert_eq!(node.get("new.test", "/fresh").await.0, 200);
+    assert_eq!(
+        node.metric("verge_config_reloads_total{outcome=\"invalid\"}")
+            .await
+            .as_deref(),
+        Some("1")
+    );
+    assert!(
+        node.child.try_wait().expect("wait").is_none(),
+        "SIGHUP never ends the process"
+    );
+}
+
+#[tokio::test]
+async fn verge_reload_reports_the_outcome_and_refuses_socket_changes() {
+    let o = Origin::start("o").await;
+    let node = Node::start(&body(&o)).await;
+
+    node.edit("version: one", "version: three");
+    let (code, out, err) = node.verge_reload();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("serves config three"), "{out}");
+
+    // A listener on another port needs a new process: refused, with the way to do it.
+    let moved = format!("127.0.0.1:{}", crate::harness::free_port());
+    node.edit(&node.cfg.http.to_string(), &moved);
+    node.edit("version: three", "version: four");
+    let (code, _, err) = node.verge_reload();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("listeners[0]") && err.contains("verge upgrade"),
+        "{err}"
+    );
+    let last = node.reload_attempt(2).await;
+    assert_eq!(last["outcome"], "needs_restart", "{last}");
+    assert_eq!(node.status().await["config_version"], "three");
+    assert_eq!(node.get("site.test", "/still").await.0, 200);
+
+    // A file that does not parse is not even signalled.
+    std::fs::write(&node.cfg.path, "routes: [").expect("write");
+    let (code, _, err) = node.verge_reload();
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("nothing was signalled"), "{err}");
+    assert_eq!(node.status().await["reload"]["attempts"], 2);
+}
