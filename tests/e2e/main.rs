@@ -6,6 +6,7 @@ mod origin;
 
 mod admin;
 mod balancing;
+mod binary_upgrade;
 mod cache;
 mod cache_rules;
 mod config_files;
