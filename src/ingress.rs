@@ -250,11 +250,13 @@ impl Ingress {
         }
     }
 
-    /// Read one head. `deadline` bounds the whole head; `idle` bounds the wait for its first byte.
+    /// Read one head. `deadline` bounds the whole head; `idle` bounds the wait for its first byte;
+    /// `served` counts the requests already answered on the connection.
     async fn read_head(
         &self,
         stream: &mut Stream,
         idle: Duration,
+        served: u32,
         shutdown: &ShutdownWatch,
     ) -> Head {
         let limits = &self.limits;
@@ -262,7 +264,11 @@ impl Ingress {
         let mut buf = BytesMut::with_capacity(4096);
         let mut deadline: Option<Instant> = None;
         let mut shutdown = shutdown.clone();
-        if *shutdown.borrow() {
+        // A connection's first request is awaited even during a shutdown: the client has sent
+        // it or is sending it (the header timeout bounds the wait); an idle keep-alive
+        // connection has no request to lose.
+        let first = served == 0;
+        if *shutdown.borrow() && !first {
             return Head::Closed;
         }
         loop {
@@ -272,7 +278,7 @@ impl Ingress {
             }
             let read = tokio::select! {
                 r = tokio::time::timeout_at(wait_until, stream.read_buf(&mut buf)) => r,
-                _ = shutdown.changed(), if buf.is_empty() => return Head::Closed,
+                _ = shutdown.changed(), if buf.is_empty() && !first => return Head::Closed,
             };
             match read {
                 Err(_) if buf.is_empty() => return Head::Closed,
@@ -393,7 +399,7 @@ impl ServerApp for Ingress {
         let mut served: u32 = 0;
         let mut idle = self.limits.header_timeout;
         loop {
-            match self.read_head(&mut stream, idle, shutdown).await {
+            match self.read_head(&mut stream, idle, served, shutdown).await {
                 Head::Closed => return None,
                 Head::Reject { status, reason } => {
                     METRICS.rejected.with_label_values(&[reason]).inc();
