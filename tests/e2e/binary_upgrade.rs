@@ -48,6 +48,14 @@ async fn an_upgrade_under_load_fails_no_request() {
         ),
         None,
     );
+    // Requests in flight when the old process stops get a grace period, as in production
+    // (the test harness's 0 s would cancel them).
+    let text = std::fs::read_to_string(&cfg.path).expect("config");
+    std::fs::write(
+        &cfg.path,
+        text.replace("grace_period: 0s", "grace_period: 2s"),
+    )
+    .expect("config");
     let mut node = Reaper {
         child: spawn_verge(&["serve", "-c"], &cfg.path),
         pid_file: cfg.dir.path().join("verge.pid"),
@@ -87,7 +95,7 @@ async fn an_upgrade_under_load_fails_no_request() {
                         r.text().await.map(|_| ()).map_err(|e| e.to_string())
                     }
                     Ok(r) => Err(format!("status {}", r.status())),
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(format!("{e:?}")),
                 };
                 match outcome {
                     Ok(()) => {
