@@ -34,13 +34,13 @@ fn read_pid(pid_file: &str) -> Result<u32, String> {
         .map_err(|_| format!("{pid_file} does not hold a process id: {:?}", text.trim()))
 }
 
-/// Send `signal` (a `kill` name such as `HUP`, or `0` to test) to `pid`.
-fn send(signal: &str, pid: u32) -> Result<(), String> {
-    let out = std::process::Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
+/// Send `signal` (a `kill` name such as `HUP`, or `0` to test) to `pid`, with the shell's
+/// `kill` (a builtin of every POSIX shell, so no package is needed for it).
+fn send(signal: &'static str, pid: u32) -> Result<(), String> {
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -{signal} {pid}")])
         .output()
-        .map_err(|e| format!("cannot run kill: {e}"))?;
+        .map_err(|e| format!("cannot run sh: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
