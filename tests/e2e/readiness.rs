@@ -103,10 +103,11 @@ async fn a_node_that_never_heard_from_its_control_plane_is_not_ready() {
         }
     };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !admin("/readyz")
-        .await
-        .is_some_and(|(_, why)| !why.contains("listeners"))
-    {
+    loop {
+        let answer = admin("/readyz").await;
+        if answer.is_some_and(|(_, why)| !why.contains("listeners")) {
+            break;
+        }
         assert!(Instant::now() < deadline, "listeners never bound");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
