@@ -246,8 +246,6 @@ fn control(path: &std::path::Path) -> anyhow::Result<()> {
 
 fn serve(path: &std::path::Path, upgrade: bool, daemon: bool) -> anyhow::Result<()> {
     let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    verge::tls_check::check_certificates(&config, SystemTime::now())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
     // the plain binary registers no filters: a route with `filters:` is refused here
     verge::Verge::builder(config)
         .options(verge::RunOptions { upgrade, daemon })

@@ -54,6 +54,9 @@ pub enum ServeError {
     /// Routes select filters this binary does not register.
     #[error("{0}")]
     Filters(crate::config::ConfigErrors),
+    /// A listener's certificate or key does not load, does not match, or is not valid now.
+    #[error("{0}")]
+    Certificates(crate::config::ConfigErrors),
     /// A listening address cannot be bound (in use, or not permitted).
     #[error(transparent)]
     Bind(#[from] BindError),
@@ -265,6 +268,8 @@ pub fn build_server_with_filters(
     config
         .check_filters(&filters.names())
         .map_err(ServeError::Filters)?;
+    crate::tls_check::check_certificates(config, SystemTime::now())
+        .map_err(ServeError::Certificates)?;
     let sockets = listen_addrs(config);
     if !opts.upgrade {
         // With --upgrade the sockets come from the running process, which still holds them.
