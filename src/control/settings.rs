@@ -1,5 +1,6 @@
 //! The `verge control` config file: raw serde types and their validation (every error, with its key).
 
+use crate::config::secret::{read_secret, SecretSource};
 use crate::config::units::{ConfDuration, ConfSize};
 use crate::config::{ConfigError, ConfigErrors};
 use serde::Deserialize;
@@ -185,23 +186,12 @@ fn validate(raw: RawControlSettings) -> Result<ControlSettings, Vec<ConfigError>
         }
         let secret = match (t.token, t.token_file, t.token_env) {
             (Some(s), None, None) => Some(s),
-            (None, Some(f), None) => match std::fs::read_to_string(&f) {
-                Ok(s) => Some(s.trim().to_string()),
-                Err(e) => {
-                    push(
-                        &format!("{path}.token_file"),
-                        format!("cannot read {f:?}: {e}"),
-                    );
-                    None
-                }
-            },
-            (None, None, Some(v)) => match std::env::var(&v) {
-                Ok(s) => Some(s.trim().to_string()),
-                Err(_) => {
-                    push(&format!("{path}.token_env"), format!("{v} is not set"));
-                    None
-                }
-            },
+            (None, Some(f), None) => read_secret(SecretSource::File(Path::new(&f)))
+                .map_err(|e| push(&format!("{path}.token_file"), e.to_string()))
+                .ok(),
+            (None, None, Some(v)) => read_secret(SecretSource::Env(&v))
+                .map_err(|e| push(&format!("{path}.token_env"), e.to_string()))
+                .ok(),
             _ => {
                 push(
                     &path,
