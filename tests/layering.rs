@@ -179,3 +179,68 @@ fn the_reader_sees_what_a_file_imports() {
     let found: Vec<String> = imports(text).into_iter().collect();
     assert_eq!(found, ["cache", "config", "metrics", "upstream"]);
 }
+
+/// The files the Layout section of `docs/architecture.md` lists, as paths under `src/`.
+fn listed_in_layout(doc: &str) -> BTreeSet<String> {
+    let layout = doc
+        .split("\n## Layout")
+        .nth(1)
+        .expect("docs/architecture.md has a Layout section");
+    let layout = layout.split("\n## ").next().unwrap_or(layout);
+    let mut listed = BTreeSet::new();
+    let mut dir: Option<String> = None;
+    for line in layout.lines() {
+        if let Some(heading) = line.strip_prefix("### ") {
+            dir = heading
+                .trim()
+                .strip_prefix("`src/")
+                .and_then(|d| d.strip_suffix("/`"))
+                .map(str::to_string);
+            if heading.trim() == "Top level" {
+                dir = Some(String::new());
+            }
+            continue;
+        }
+        let (Some(dir), Some(cell)) = (dir.as_ref(), line.strip_prefix("| `")) else {
+            continue;
+        };
+        let Some(name) = cell.split('`').next() else {
+            continue;
+        };
+        if !name.ends_with(".rs") {
+            continue;
+        }
+        let name = name.strip_prefix("src/").unwrap_or(name);
+        listed.insert(if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        });
+    }
+    listed
+}
+
+#[test]
+fn the_layout_in_the_docs_names_every_source_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let present: BTreeSet<String> = files
+        .iter()
+        .map(|f| {
+            f.strip_prefix(&src)
+                .expect("under src")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let doc = fs::read_to_string(root.join("docs/architecture.md")).expect("architecture.md");
+    let listed = listed_in_layout(&doc);
+    let missing: Vec<_> = present.difference(&listed).collect();
+    let gone: Vec<_> = listed.difference(&present).collect();
+    assert!(
+        missing.is_empty() && gone.is_empty(),
+        "docs/architecture.md Layout is out of step with src/: not listed {missing:?}, listed but gone {gone:?}"
+    );
+}
