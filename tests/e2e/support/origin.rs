@@ -2,7 +2,7 @@
 //! stopped, restarted on the same port, or told to fail its health checks. Per path it can
 //! answer with another status, extra headers, or an ETag it honours with 304 Not Modified.
 
-use crate::harness::lock;
+use super::lock;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
