@@ -260,13 +260,16 @@ async fn waiters_give_up_after_lock_wait_and_fetch_for_themselves() {
 #[tokio::test]
 async fn stale_while_revalidate_serves_stale_and_refreshes_in_background() {
     let o = Origin::start("o").await;
+    // stored already stale: an Age over its lifetime
     o.set_headers(
         "/swr",
-        &[("cache-control", "max-age=1, stale-while-revalidate=30")],
+        &[
+            ("cache-control", "max-age=1, stale-while-revalidate=30"),
+            ("age", "2"),
+        ],
     );
     let v = cached_verge(o.addr, RouteCache::new()).await;
     let first = fetch(&v, "/swr", &[]).await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
     // an origin slow enough that waiting for it could not go unnoticed, even on a busy machine
     o.set_delay_ms(3000);
     let started = std::time::Instant::now();
@@ -288,11 +291,17 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_in_background() {
 #[tokio::test]
 async fn stale_if_error_serves_stale_when_the_origin_is_down() {
     let o = Origin::start("o").await;
-    o.set_headers("/sie", &[("cache-control", "max-age=1, stale-if-error=60")]);
+    // stored already stale: an Age over its lifetime
+    o.set_headers(
+        "/sie",
+        &[
+            ("cache-control", "max-age=1, stale-if-error=60"),
+            ("age", "2"),
+        ],
+    );
     let v = cached_verge(o.addr, RouteCache::new()).await;
     let first = fetch(&v, "/sie", &[]).await;
     o.stop();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
     let g = fetch(&v, "/sie", &[]).await;
     assert_eq!(g.status, 200);
     assert_eq!(g.body, first.body);

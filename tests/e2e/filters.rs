@@ -102,13 +102,16 @@ async fn auth_gate_answers_401_before_cache_and_origin() {
     assert_eq!(status, 200);
 
     // verge's own background refresh of a stale copy (stale-while-revalidate) passes the gate
+    // (stored already stale: an Age over its lifetime)
     origin.set_headers(
         "/swr",
-        &[("cache-control", "max-age=1, stale-while-revalidate=30")],
+        &[
+            ("cache-control", "max-age=1, stale-while-revalidate=30"),
+            ("age", "2"),
+        ],
     );
     let key = [("x-api-key", "alice-key-1")];
     assert_eq!(fetch(v.http, "a.test", "/swr", &key).await.0, 200);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
     let (status, h, _) = fetch(v.http, "a.test", "/swr", &key).await;
     assert_eq!(status, 200);
     assert!(header(&h, "cache-status").contains("fwd=stale"), "{h:?}");
@@ -756,9 +759,13 @@ impl Filter for Counting {
 #[tokio::test]
 async fn background_refreshes_are_told_apart() {
     let origin = Origin::start("web").await;
+    // stored already stale: an Age over its lifetime
     origin.set_headers(
         "/swr",
-        &[("cache-control", "max-age=1, stale-while-revalidate=30")],
+        &[
+            ("cache-control", "max-age=1, stale-while-revalidate=30"),
+            ("age", "2"),
+        ],
     );
     let config = TestYaml::new()
         .pool(Pool::new("web", &[origin.addr]))
@@ -771,7 +778,6 @@ async fn background_refreshes_are_told_apart() {
     };
     let v = InProcess::start(&config, |b| b.filter(filter)).await;
     assert_eq!(fetch(v.http, "a.test", "/swr", &[]).await.0, 200);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
     let (status, h, _) = fetch(v.http, "a.test", "/swr", &[]).await;
     assert_eq!(status, 200);
     assert!(header(&h, "cache-status").contains("fwd=stale"), "{h:?}");

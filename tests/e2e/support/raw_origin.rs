@@ -53,6 +53,8 @@ pub struct Asked<'a> {
     pub n: u64,
     /// The origin's `Cache-Control` for cacheable answers.
     pub cache_control: &'a str,
+    /// The `Age` cacheable answers carry, if any.
+    pub age: Option<u64>,
 }
 
 /// Makes the steps for one request.
@@ -80,10 +82,14 @@ impl From<Fault> for Script {
     }
 }
 
-/// A cacheable 200 head (the origin's `Cache-Control`) with these framing fields.
+/// A cacheable 200 head (the origin's `Cache-Control` and `Age`) with these framing fields.
 pub fn cacheable_head(asked: &Asked, framing: &str) -> String {
+    let age = asked
+        .age
+        .map(|a| format!("Age: {a}\r\n"))
+        .unwrap_or_default();
     format!(
-        "HTTP/1.1 200 OK\r\nCache-Control: {}\r\nContent-Type: text/plain\r\n{framing}\r\n",
+        "HTTP/1.1 200 OK\r\nCache-Control: {}\r\n{age}Content-Type: text/plain\r\n{framing}\r\n",
         asked.cache_control
     )
 }
@@ -286,6 +292,7 @@ struct State {
     paths: Mutex<BTreeMap<String, PathLog>>,
     connections: AtomicU64,
     cache_control: Mutex<String>,
+    age: Mutex<Option<u64>>,
     gate: watch::Sender<bool>,
     /// Set when the origin is dropped: every connection task ends.
     stop: watch::Sender<bool>,
@@ -307,6 +314,7 @@ impl RawOrigin {
             paths: Mutex::new(BTreeMap::new()),
             connections: AtomicU64::new(0),
             cache_control: Mutex::new("max-age=600".into()),
+            age: Mutex::new(None),
             gate: watch::channel(false).0,
             stop: watch::channel(false).0,
         });
@@ -322,6 +330,11 @@ impl RawOrigin {
     /// The `Cache-Control` of cacheable answers.
     pub fn set_cache_control(&self, value: &str) {
         *lock(&self.state.cache_control) = value.to_string();
+    }
+
+    /// The `Age` of cacheable answers (`None`: no `Age` field).
+    pub fn set_age(&self, age: Option<u64>) {
+        *lock(&self.state.age) = age;
     }
 
     /// Requests read for `path`.
@@ -455,6 +468,7 @@ async fn serve_connection(mut stream: TcpStream, state: Arc<State>) {
             path: &req.path,
             n,
             cache_control: &cache_control,
+            age: *lock(&state.age),
         };
         let steps = match script {
             Some(s) => (s.0)(&asked),
