@@ -5,7 +5,6 @@
 use crate::support::Origin;
 use crate::support::{cached_verge, fetch, fetch_with, Config, Pool, Route, RouteCache, Verge};
 use reqwest::Method;
-use std::time::Duration;
 
 #[tokio::test]
 async fn a_stale_entry_is_revalidated_and_a_304_serves_the_stored_body() {
