@@ -1,6 +1,8 @@
 //! Weighted round robin, consistent hashing, retries on connect failure, all-down.
 
+use crate::support::fetch::send;
 use crate::support::{client, get, ports, Config, HealthCheck, Origin, Pool, Route, Verge};
+use reqwest::Method;
 use std::collections::HashMap;
 
 #[tokio::test]
@@ -41,16 +43,11 @@ async fn consistent_hashing_is_sticky_and_moves_only_the_lost_backends_keys() {
     )
     .await;
     let owner = |user: usize| {
-        let url = v.url("/k");
+        let addr = v.http;
         async move {
-            let r = client()
-                .get(url)
-                .header("host", "x.com")
-                .header("x-user", format!("user-{user}"))
-                .send()
-                .await
-                .expect("request");
-            r.headers()["x-origin"].to_str().expect("ascii").to_string()
+            let id = format!("user-{user}");
+            let g = send(addr, Method::GET, Some("x.com"), "/k", &[("x-user", &id)]).await;
+            g.header("x-origin").expect("x-origin").to_string()
         }
     };
     let mut before = HashMap::new();

@@ -4,7 +4,8 @@
 use crate::support::fetch::cache_status_of;
 use crate::support::metrics::sum_eventually;
 use crate::support::{
-    cached_verge, client, eventually, fetch, Cache, Config, Origin, Pool, Route, RouteCache, Verge,
+    cached_verge, client, eventually, fetch, fetch_with, get, Cache, Config, Origin, Pool, Route,
+    RouteCache, Verge,
 };
 use std::time::Duration;
 
@@ -26,22 +27,12 @@ async fn fresh_response_is_served_from_cache_with_age_and_cache_status() {
     assert!(second.age.is_some(), "Age on a hit");
     assert_eq!(o.hits("/a"), 1);
     // HEAD shares GET's entry
-    let head = client()
-        .head(v.url("/a"))
-        .header("host", "c.test")
-        .send()
-        .await
-        .expect("head");
-    assert_eq!(head.status(), 200);
+    let head = fetch_with(&v, reqwest::Method::HEAD, "/a", &[]).await;
+    assert_eq!(head.status, 200);
     assert_eq!(o.hits("/a"), 1);
     // another host is another key
-    let other = client()
-        .get(v.url("/a"))
-        .header("host", "other.test")
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(other.status(), 200);
+    let other = get(&v, "other.test", "/a").await;
+    assert_eq!(other.status, 200);
     assert_eq!(o.hits("/a"), 2);
     let m = v.metrics().await;
     assert!(m.any_with_label("result", "hit"), "{}", m.text);
@@ -260,13 +251,9 @@ async fn waiters_give_up_after_lock_wait_and_fetch_for_themselves() {
 #[tokio::test]
 async fn stale_while_revalidate_serves_stale_and_refreshes_in_background() {
     let o = Origin::start("o").await;
-    // stored already stale: an Age over its lifetime
-    o.set_headers(
+    o.set_headers_stale(
         "/swr",
-        &[
-            ("cache-control", "max-age=1, stale-while-revalidate=30"),
-            ("age", "2"),
-        ],
+        &[("cache-control", "max-age=1, stale-while-revalidate=30")],
     );
     let v = cached_verge(o.addr, RouteCache::new()).await;
     let first = fetch(&v, "/swr", &[]).await;
@@ -291,14 +278,7 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_in_background() {
 #[tokio::test]
 async fn stale_if_error_serves_stale_when_the_origin_is_down() {
     let o = Origin::start("o").await;
-    // stored already stale: an Age over its lifetime
-    o.set_headers(
-        "/sie",
-        &[
-            ("cache-control", "max-age=1, stale-if-error=60"),
-            ("age", "2"),
-        ],
-    );
+    o.set_headers_stale("/sie", &[("cache-control", "max-age=1, stale-if-error=60")]);
     let v = cached_verge(o.addr, RouteCache::new()).await;
     let first = fetch(&v, "/sie", &[]).await;
     o.stop();
@@ -311,19 +291,10 @@ async fn stale_if_error_serves_stale_when_the_origin_is_down() {
 async fn purge_method_is_off_by_default_and_limited_to_allowed_clients() {
     let o = Origin::start("o").await;
     o.set_headers("/p", &[("cache-control", "max-age=300")]);
-    let purge = |v: &Verge| {
-        let url = v.url("/p");
-        async move {
-            client()
-                .request(reqwest::Method::from_bytes(b"PURGE").unwrap(), url)
-                .header("host", "c.test")
-                .send()
-                .await
-                .expect("purge")
-                .status()
-                .as_u16()
-        }
-    };
+    async fn purge(v: &Verge) -> u16 {
+        let method = reqwest::Method::from_bytes(b"PURGE").expect("method");
+        fetch_with(v, method, "/p", &[]).await.status
+    }
     let config = Config::new()
         .pool(Pool::new("p", &[o.addr]))
         .route(Route::to("p").cache(RouteCache::new()));
@@ -360,13 +331,8 @@ async fn byte_offload_latency_and_budget_are_measured() {
         let got = fetch(&v, "/b", &[]).await;
         assert_eq!((got.status, got.body.len()), (200, 3000));
     }
-    let not_routed = client()
-        .get(v.url("/b"))
-        .header("host", "bad host")
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(not_routed.status(), 400);
+    let not_routed = get(&v, "bad host", "/b").await;
+    assert_eq!(not_routed.status, 400);
     assert_eq!(o.hits("/b"), 1);
     // a request is counted when it is logged, just after its response went out
     let count = "verge_request_duration_seconds_count";

@@ -11,7 +11,7 @@ async fn a_stale_entry_is_revalidated_and_a_304_serves_the_stored_body() {
     let o = Origin::start("o").await;
     // max-age=2: stored already stale (an Age over its lifetime), and, the 304 carrying no
     // Age, still fresh for ≥1 s after it even though Date has one-second resolution
-    o.set_headers("/e", &[("cache-control", "max-age=2"), ("age", "3")]);
+    o.set_headers_stale("/e", &[("cache-control", "max-age=2")]);
     o.set_etag("/e", "\"v1\"");
     let v = cached_verge(o.addr, RouteCache::new()).await;
     let first = fetch(&v, "/e", &[]).await;
@@ -153,8 +153,7 @@ async fn a_route_can_ignore_client_revalidation() {
 #[tokio::test]
 async fn max_stale_serves_a_stale_entry_without_the_origin() {
     let o = Origin::start("o").await;
-    // stored already stale: an Age over its lifetime
-    o.set_headers("/ms", &[("cache-control", "max-age=1"), ("age", "2")]);
+    o.set_headers_stale("/ms", &[("cache-control", "max-age=1")]);
     let v = cached_verge(o.addr, RouteCache::new()).await;
     let first = fetch(&v, "/ms", &[]).await;
     let g = fetch(&v, "/ms", &[("cache-control", "max-stale=60")]).await;
@@ -343,15 +342,7 @@ async fn force_ttl_overrides_a_short_origin_lifetime() {
 #[tokio::test]
 async fn a_304_updates_the_stored_headers_for_every_later_hit() {
     let o = Origin::start("o").await;
-    // stored already stale: an Age over its lifetime
-    o.set_headers(
-        "/u",
-        &[
-            ("cache-control", "max-age=1"),
-            ("x-version", "1"),
-            ("age", "2"),
-        ],
-    );
+    o.set_headers_stale("/u", &[("cache-control", "max-age=1"), ("x-version", "1")]);
     o.set_etag("/u", "\"v1\"");
     let v = cached_verge(o.addr, RouteCache::new()).await;
     assert_eq!(fetch(&v, "/u", &[]).await.header("x-version"), Some("1"));
@@ -447,14 +438,7 @@ async fn surrogate_control_governs_and_is_not_forwarded() {
 #[tokio::test]
 async fn a_stale_if_error_answer_says_connection_close() {
     let o = Origin::start("o").await;
-    // stored already stale: an Age over its lifetime
-    o.set_headers(
-        "/sie",
-        &[
-            ("cache-control", "max-age=1, stale-if-error=60"),
-            ("age", "2"),
-        ],
-    );
+    o.set_headers_stale("/sie", &[("cache-control", "max-age=1, stale-if-error=60")]);
     let v = cached_verge(o.addr, RouteCache::new()).await;
     fetch(&v, "/sie", &[]).await;
     o.set_status("/sie", 503);

@@ -2,10 +2,11 @@
 //! response is answered without Pingora's phases, with what the full path would send (and the
 //! stored `Date`); everything else still goes the full way.
 
+use crate::support::fetch::send;
 use crate::support::wire::{exchange, Conn};
 use crate::support::{
-    cached_verge, client, eventually, fetch, fetch_with, Config, Got, Limits, Listener, Origin,
-    Pool, Route, RouteCache, Verge,
+    cached_verge, eventually, fetch, fetch_with, Config, Got, Limits, Listener, Origin, Pool,
+    Route, RouteCache, Verge,
 };
 use std::time::{Duration, SystemTime};
 
@@ -186,13 +187,9 @@ async fn what_the_lane_cannot_answer_exactly_goes_the_full_way() {
         "/v",
         &[("cache-control", "max-age=600"), ("vary", "accept")],
     );
-    // stored already stale: an Age over its lifetime
-    o.set_headers(
+    o.set_headers_stale(
         "/s",
-        &[
-            ("cache-control", "max-age=1, stale-while-revalidate=60"),
-            ("age", "2"),
-        ],
+        &[("cache-control", "max-age=1, stale-while-revalidate=60")],
     );
     let v = Verge::start(
         &Config::new()
@@ -250,16 +247,10 @@ async fn a_fetch_then_requests_during_it(
     path: &str,
     n: usize,
 ) -> (tokio::task::JoinHandle<(u16, String)>, Vec<Got>) {
-    let url = v.url(path);
+    let (addr, owned_path) = (v.http, path.to_string());
     let first = tokio::spawn(async move {
-        let r = client()
-            .get(url)
-            .header("host", "c.test")
-            .send()
-            .await
-            .expect("first request");
-        let status = r.status().as_u16();
-        (status, r.text().await.unwrap_or_default())
+        let g = send(addr, reqwest::Method::GET, Some("c.test"), &owned_path, &[]).await;
+        (g.status, g.body)
     });
     assert!(eventually(Duration::from_secs(5), || async { o.hits(path) == 1 }).await);
     let during = (0..n).map(|_| fetch(v, path, &[]));

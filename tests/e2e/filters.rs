@@ -5,7 +5,7 @@
 use crate::support::fetch::send;
 use crate::support::process::{example_bin, verge_bin, wait_until_serving, TestConfig};
 use crate::support::{
-    client, eventually, Config as TestYaml, Launch, Metrics, Origin, Pool, Route, RouteCache, Verge,
+    eventually, Config as TestYaml, Launch, Metrics, Origin, Pool, Route, RouteCache, Verge,
 };
 use pingora_core::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
 use std::net::SocketAddr;
@@ -102,13 +102,9 @@ async fn auth_gate_answers_401_before_cache_and_origin() {
     assert_eq!(status, 200);
 
     // verge's own background refresh of a stale copy (stale-while-revalidate) passes the gate
-    // (stored already stale: an Age over its lifetime)
-    origin.set_headers(
+    origin.set_headers_stale(
         "/swr",
-        &[
-            ("cache-control", "max-age=1, stale-while-revalidate=30"),
-            ("age", "2"),
-        ],
+        &[("cache-control", "max-age=1, stale-while-revalidate=30")],
     );
     let key = [("x-api-key", "alice-key-1")];
     assert_eq!(fetch(v.http, "a.test", "/swr", &key).await.0, 200);
@@ -245,21 +241,10 @@ async fn device_key_caches_one_copy_per_device_class() {
         }
     }
     // the class is in the key's variant: one purge of the URL removes every class's copy
-    let r = client()
-        .request(
-            reqwest::Method::from_bytes(b"PURGE").expect("method"),
-            v.url("/page"),
-        )
-        .header("host", "a.test")
-        .send()
-        .await
-        .expect("purge");
-    assert_eq!(r.status(), 200);
-    assert!(r
-        .text()
-        .await
-        .unwrap_or_default()
-        .contains("purged 3 entries"));
+    let purge = reqwest::Method::from_bytes(b"PURGE").expect("method");
+    let r = send(v.http, purge, Some("a.test"), "/page", &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("purged 3 entries"), "{}", r.body);
     let (_, h, _) = fetch(v.http, "a.test", "/page", &[("user-agent", android)]).await;
     assert!(!header(&h, "cache-status").contains("hit"));
     assert_eq!(origin.hits("/page"), 4);
@@ -759,13 +744,9 @@ impl Filter for Counting {
 #[tokio::test]
 async fn background_refreshes_are_told_apart() {
     let origin = Origin::start("web").await;
-    // stored already stale: an Age over its lifetime
-    origin.set_headers(
+    origin.set_headers_stale(
         "/swr",
-        &[
-            ("cache-control", "max-age=1, stale-while-revalidate=30"),
-            ("age", "2"),
-        ],
+        &[("cache-control", "max-age=1, stale-while-revalidate=30")],
     );
     let config = TestYaml::new()
         .pool(Pool::new("web", &[origin.addr]))

@@ -9,10 +9,10 @@
 //!   close-delimited body cut by the deadline would otherwise look complete);
 //! - a route's `timeouts.total` overrides its pool's; a well-behaved origin is unaffected.
 
-use crate::support::raw_origin::{cacheable_head, Script};
+use crate::support::raw_origin::{assert_nothing_stored, cacheable_head, Script};
 use crate::support::wire::{exchange as send_raw, Conn, Response};
 use crate::support::{
-    client, fetch, Cache, Config, Fault, Pool, RawOrigin, Route, RouteCache, Step, Timeouts, Verge,
+    fetch, get, Cache, Config, Fault, Pool, RawOrigin, Route, RouteCache, Step, Timeouts, Verge,
 };
 use std::time::Duration;
 
@@ -104,18 +104,6 @@ async fn timeouts_counted(v: &Verge) -> f64 {
     upstream_errors(v, Some("timeout")).await
 }
 
-/// Nothing was stored for `path`: once the origin behaves it is fetched again, then a hit.
-async fn assert_nothing_stored(v: &Verge, o: &RawOrigin, path: &str) {
-    let before = o.hits(path);
-    o.set(path, Fault::Good);
-    let fresh = fetch(v, path, &[]).await;
-    assert_eq!(fresh.status, 200, "{}", fresh.body);
-    assert_eq!(o.hits(path), before + 1, "went to the origin again");
-    let again = fetch(v, path, &[]).await;
-    assert!(again.cache_status.contains("hit"), "{}", again.cache_status);
-    assert_eq!(again.body, fresh.body);
-}
-
 #[tokio::test]
 async fn a_head_dripped_past_the_deadline_gets_504() {
     let o = RawOrigin::start().await;
@@ -180,29 +168,16 @@ async fn a_well_behaved_origin_is_unaffected() {
     let v = verge_for(&o).await;
     // several requests on pooled connections, each well inside the deadline
     for i in 1..=5 {
-        let r = client()
-            .get(v.url(&format!("/ok{i}")))
-            .header("host", "n.test")
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(r.status(), 200);
-        assert_eq!(
-            r.text().await.unwrap_or_default(),
-            format!("good /ok{i} #1\n")
-        );
+        let g = get(&v, "n.test", &format!("/ok{i}")).await;
+        assert_eq!(g.status, 200);
+        assert_eq!(g.body, format!("good /ok{i} #1\n"));
     }
     // and after the deadline has long passed for the first of them, the pooled connections
     // still work (no timer outlived its request)
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let r = client()
-        .get(v.url("/ok1"))
-        .header("host", "n.test")
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap_or_default(), "good /ok1 #2\n");
+    let g = get(&v, "n.test", "/ok1").await;
+    assert_eq!(g.status, 200);
+    assert_eq!(g.body, "good /ok1 #2\n");
     assert_eq!(
         upstream_errors(&v, None).await,
         0.0,

@@ -39,6 +39,7 @@
 //!   short), and leaves the stale copy as it was. A flood of `100 Continue`s gets a 502 even
 //!   then, because the first informational heads already went to the client.
 
+use crate::support::raw_origin::assert_nothing_stored;
 use crate::support::wire::{excerpt, exchange as send_raw, Parsed, Response};
 use crate::support::{
     fetch, Cache, Config, Fault, Pool, RawOrigin, Route, RouteCache, Timeouts, Verge,
@@ -146,21 +147,6 @@ fn assert_truncated(w: &Wire, filler: u8) {
         ),
         _ => panic!("expected a 200 the client can tell is cut short, got {w:?}"),
     }
-}
-
-/// The URL now reaches the origin again (nothing was stored from the fault), and is then a
-/// hit: the route does cache, and verge is still serving.
-async fn assert_nothing_stored(v: &Verge, o: &RawOrigin, path: &str) {
-    let before = o.hits(path);
-    o.set(path, Fault::Good);
-    let fresh = fetch(v, path, &[]).await;
-    assert_eq!(fresh.status, 200, "{}", fresh.body);
-    assert_eq!(o.hits(path), before + 1, "went to the origin again");
-    assert_eq!(fresh.body, format!("good {path} #{}\n", before + 1));
-    let again = fetch(v, path, &[]).await;
-    assert!(again.cache_status.contains("hit"), "{}", again.cache_status);
-    assert_eq!(again.body, fresh.body);
-    assert_eq!(o.hits(path), before + 1);
 }
 
 /// `verge_upstream_errors_total{pool="bad",kind}` reached at least 1.

@@ -1,6 +1,7 @@
 //! TLS termination with HTTP/2 via ALPN, and h2c on a plain listener.
 
-use crate::support::{client, get, Config, HealthCheck, Listener, Origin, Pool, Route, Verge};
+use crate::support::fetch::send;
+use crate::support::{get, Config, HealthCheck, Listener, Origin, Pool, Route, Verge};
 use std::path::{Path, PathBuf};
 
 fn cert(file: &str) -> PathBuf {
@@ -63,8 +64,8 @@ async fn h2c_prior_knowledge_on_a_plain_listener() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     // HTTP/1 still works on the same listener
-    let r = client().get(v.url("/h1")).send().await.expect("h1");
-    assert_eq!(r.status(), 200);
+    let r = send(v.http, reqwest::Method::GET, None, "/h1", &[]).await;
+    assert_eq!(r.status, 200);
 }
 
 #[tokio::test]

@@ -145,14 +145,8 @@ pub async fn metric_eventually(
     labels: &[(&str, &str)],
     holds: impl Fn(Option<f64>) -> bool,
 ) -> Metrics {
-    let probe = || async {
-        let m = v.metrics().await;
-        Reading(m.value(name, labels), m)
-    };
     let what = format!("{name}{labels:?}");
-    assert_eventually(within, &what, probe, |r| holds(r.0))
-        .await
-        .1
+    scrape_until(v, within, &what, |m| m.value(name, labels), holds).await
 }
 
 /// Like [`metric_eventually`], for the sum over the series `name` that carry `labels`.
@@ -163,12 +157,22 @@ pub async fn sum_eventually(
     labels: &[(&str, &str)],
     holds: impl Fn(f64) -> bool,
 ) -> Metrics {
+    let what = format!("sum of {name}{labels:?}");
+    scrape_until(v, within, &what, |m| m.sum(name, labels), holds).await
+}
+
+/// Scrape `v` until `read` of a scrape satisfies `holds`; returns that scrape.
+async fn scrape_until<T: std::fmt::Debug + Copy>(
+    v: &Verge,
+    within: Duration,
+    what: &str,
+    read: impl Fn(&Metrics) -> T,
+    holds: impl Fn(T) -> bool,
+) -> Metrics {
     let probe = || async {
         let m = v.metrics().await;
-        Reading(m.sum(name, labels), m)
+        Reading(read(&m), m)
     };
-    let what = format!("sum of {name}{labels:?}");
-    assert_eventually(within, &what, probe, |r| holds(r.0))
-        .await
-        .1
+    let reading = assert_eventually(within, what, probe, |r| holds(r.0)).await;
+    reading.1
 }

@@ -7,7 +7,9 @@
 //!
 //! [`Fault`] names the misbehaviours the suite uses in several files.
 
+use super::fetch::fetch;
 use super::lock;
+use super::process::Verge;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -274,6 +276,22 @@ impl Fault {
             ],
         }
     }
+}
+
+/// `path` (host `c.test` on `v`) now reaches `o` again (nothing was stored from what it did
+/// before), is answered [`good`], and is then a hit: the route does cache, and verge still
+/// serves.
+pub async fn assert_nothing_stored(v: &Verge, o: &RawOrigin, path: &str) {
+    let before = o.hits(path);
+    o.set(path, Fault::Good);
+    let fresh = fetch(v, path, &[]).await;
+    assert_eq!(fresh.status, 200, "{}", fresh.body);
+    assert_eq!(o.hits(path), before + 1, "went to the origin again");
+    assert_eq!(fresh.body, format!("good {path} #{}\n", before + 1));
+    let again = fetch(v, path, &[]).await;
+    assert!(again.cache_status.contains("hit"), "{}", again.cache_status);
+    assert_eq!(again.body, fresh.body);
+    assert_eq!(o.hits(path), before + 1);
 }
 
 #[derive(Default)]
