@@ -435,7 +435,7 @@ impl HealthCheck {
     }
 }
 
-/// One entry of `listeners:`, listening on `{http}` (the address the harness hands out).
+/// One entry of `listeners:`, listening on `{http}` (the address the kit hands out).
 #[derive(Clone)]
 pub struct Listener(Block);
 block_builder!(Listener);
