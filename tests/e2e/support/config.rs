@@ -117,7 +117,6 @@ impl Config {
     }
 
     /// Top-level YAML merged in last (its keys replace the builder's).
-    #[allow(dead_code)] // the escape hatch for odd YAML: no test needs it today
     pub fn raw(mut self, top_level_yaml: &str) -> Config {
         self.raw.push(top_level_yaml.to_string());
         self
@@ -526,5 +525,45 @@ impl Control {
     /// How long the node waits for its first snapshot.
     pub fn wait(self, d: &str) -> Control {
         Control(self.0.put("wait", text(d)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_yaml_has_every_section_with_addresses_filled_in() {
+        let http: SocketAddr = "127.0.0.1:10001".parse().expect("addr");
+        let admin: SocketAddr = "127.0.0.1:10002".parse().expect("addr");
+        let out = Config::new()
+            .access_log("{dir}/access.log")
+            .cache(Cache::new().lock("60s", "60s"))
+            .pool(Pool::new("p", &["127.0.0.1:9"]).timeouts(Timeouts::new().read("1s")))
+            .route(
+                Route::to("p")
+                    .hosts(&["c.test"])
+                    .cache(RouteCache::new().public()),
+            )
+            .raw("version: v7")
+            .render(http, admin, Path::new("/state"));
+        let doc: Value = serde_yaml::from_str(&out).expect("YAML");
+        let at = |path: &str| {
+            path.split('.').fold(&doc, |v, k| match k.parse::<usize>() {
+                Ok(i) => &v[i],
+                Err(_) => &v[k],
+            })
+        };
+        assert_eq!(at("admin.listen"), &text("127.0.0.1:10002"), "{out}");
+        assert_eq!(at("listeners.0.name"), &text("http"), "{out}");
+        assert_eq!(at("listeners.0.listen"), &text("127.0.0.1:10001"), "{out}");
+        assert_eq!(at("server.pid_file"), &text("/state/verge.pid"), "{out}");
+        assert_eq!(at("access_log.path"), &text("/state/access.log"), "{out}");
+        assert_eq!(at("cache.lock_wait"), &text("60s"), "{out}");
+        assert_eq!(at("pools.p.backends.0"), &text("127.0.0.1:9"), "{out}");
+        assert_eq!(at("pools.p.timeouts.read"), &text("1s"), "{out}");
+        assert_eq!(at("routes.0.hosts.0"), &text("c.test"), "{out}");
+        assert_eq!(at("routes.0.cache.public"), &Value::Bool(true), "{out}");
+        assert_eq!(at("version"), &text("v7"), "{out}");
     }
 }

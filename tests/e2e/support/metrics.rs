@@ -176,3 +176,44 @@ async fn scrape_until<T: std::fmt::Debug + Copy>(
     let reading = assert_eventually(within, what, probe, |r| holds(r.0)).await;
     reading.1
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    #[test]
+    fn series_are_found_by_name_and_labels() {
+        let m = Metrics::parse(
+            "# HELP verge_x a counter\n\
+             # TYPE verge_x counter\n\
+             verge_x{kind=\"a\",pool=\"p\"} 2\n\
+             verge_x{kind=\"b\",pool=\"p\"} 3.5\n\
+             verge_x_total 9\n\
+             verge_y{path=\"a \\\"quoted\\\", value\"} 1\n\
+             verge_z 7\n",
+        );
+        assert_eq!(
+            m.value("verge_x", &[("kind", "a"), ("pool", "p")]),
+            Some(2.0)
+        );
+        assert_eq!(
+            m.value("verge_x", &[("pool", "p")]),
+            None,
+            "labels must match exactly"
+        );
+        assert_eq!(m.sum("verge_x", &[("pool", "p")]), 5.5);
+        assert_eq!(
+            m.sum("verge_x", &[]),
+            5.5,
+            "verge_x_total is another series"
+        );
+        assert_eq!(
+            m.value("verge_y", &[("path", "a \"quoted\", value")]),
+            Some(1.0)
+        );
+        assert_eq!(m.value("verge_z", &[]), Some(7.0));
+        assert!(m.has("verge_x", &[("kind", "b")]));
+        assert!(!m.has("verge_x", &[("kind", "c")]));
+        assert!(m.any_with_label("kind", "b"));
+    }
+}

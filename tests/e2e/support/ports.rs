@@ -54,3 +54,23 @@ pub fn port() -> u16 {
 pub fn addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port()))
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ports_are_distinct_free_and_below_the_ephemeral_range() {
+        let (low, high) = super::range();
+        let got: Vec<u16> = (0..50).map(|_| super::port()).collect();
+        let mut distinct = got.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), got.len(), "{got:?}");
+        for p in got {
+            assert!((low..high).contains(&p), "{p} outside {low}..{high}");
+            assert!(
+                std::net::TcpListener::bind(("127.0.0.1", p)).is_ok(),
+                "{p} taken"
+            );
+        }
+    }
+}
