@@ -1,8 +1,6 @@
 //! End-to-end tests: the real verge binary on loopback, in front of real counting origins.
 
-mod bad_origin;
-mod harness;
-mod origin;
+mod support;
 
 mod admin;
 mod balancing;
