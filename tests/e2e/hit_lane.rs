@@ -1,4 +1,4 @@
-//! The front door's hit lane (`src/fast_hit.rs`): a plain GET or HEAD for a fresh stored
+//! The front door's hit lane (`src/proxy/hit_lane.rs`): a plain GET or HEAD for a fresh stored
 //! response is answered without Pingora's phases, with what the full path would send (and the
 //! stored `Date`); everything else still goes the full way.
 
