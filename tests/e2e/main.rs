@@ -8,6 +8,7 @@ mod cache;
 mod cache_rules;
 mod config_files;
 mod control;
+mod control_limits;
 mod directives;
 mod eviction;
 mod filters;
