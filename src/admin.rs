@@ -138,7 +138,7 @@ impl ServeHttp for AdminApp {
             }
             "/metrics" => {
                 self.refresh_cache_gauges();
-                crate::control::poller::refresh_age_gauge();
+                crate::node::poller::refresh_age_gauge();
                 reply(200, "text/plain; version=0.0.4", METRICS.render())
             }
             _ => reply(404, "text/plain", b"not found\n".to_vec()),

@@ -6,9 +6,10 @@
 //! Pingora, whose H2 limits are bounded.
 
 use crate::config::Limits;
-use crate::fast_hit::{FastHits, Lane, LaneWaited};
 use crate::metrics::METRICS;
+use crate::proxy::hit_lane::{HitLane, Lane};
 use crate::proxy::EdgeProxy;
+use crate::proxy::LaneWaited;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora_core::apps::{HttpServerApp, ServerApp};
@@ -174,7 +175,7 @@ pub struct Ingress {
     limits: Limits,
     listener: String,
     h2c: bool,
-    hits: Option<FastHits>,
+    hits: Option<HitLane>,
 }
 
 impl Ingress {
@@ -189,8 +190,8 @@ impl Ingress {
         }
     }
 
-    /// Answer plain hits in the front door (see [`crate::fast_hit`]).
-    pub fn with_fast_hits(mut self, hits: FastHits) -> Self {
+    /// Answer plain hits in the front door (see [`crate::proxy::hit_lane`]).
+    pub fn with_hit_lane(mut self, hits: HitLane) -> Self {
         self.hits = Some(hits);
         self
     }

@@ -45,12 +45,15 @@ pub mod cache;
 pub mod config;
 pub mod control;
 pub mod embed;
-pub mod fast_hit;
+pub mod http_syntax;
 pub mod ingress;
 pub mod metrics;
+pub mod node;
 pub mod proxy;
+pub mod routing;
 pub mod server;
 pub mod snapshot;
+pub mod unix_time;
 pub mod upstream;
 
 pub use async_trait::async_trait;

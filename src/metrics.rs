@@ -41,7 +41,7 @@ pub struct Metrics {
     /// revalidated, bypass, uncacheable. Hit ratio = hit / all.
     pub cache_lookups: IntCounterVec,
     /// `verge_cache_fast_hits_total{route}`: the hits among `verge_cache_lookups_total{result=
-    /// "hit"}` that the front door answered itself (`fast_hit`), without Pingora's phases.
+    /// "hit"}` that the front door answered itself (`proxy::hit_lane`), without Pingora's phases.
     pub cache_fast_hits: IntCounterVec,
     /// `verge_cache_bytes`: bytes held by the cache (headers + bodies + per-entry overhead).
     pub cache_bytes: IntGauge,

@@ -2,21 +2,21 @@
 
 use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
-use crate::cache::reclaim::ReclaimService;
 use crate::cache::CacheEngine;
 use crate::config::{Config, H2Limits, ListenerSpec};
 use crate::control::api::ControlApi;
 use crate::control::plane::ControlPlane;
-use crate::control::poller::{publish_position, ControlPoller, PersistedSnapshot};
 use crate::control::settings::ControlSettings;
 use crate::control::store::FileStore;
-use crate::fast_hit::FastHits;
 use crate::ingress::Ingress;
 use crate::metrics::METRICS;
+use crate::node::health_checks::HealthService;
+use crate::node::poller::{publish_position, ControlPoller, PersistedSnapshot};
+use crate::node::reclaim::ReclaimService;
 use crate::proxy::filter::Filters;
+use crate::proxy::hit_lane::HitLane;
 use crate::proxy::{EdgeProxy, ListenerInfo};
 use crate::snapshot::{SharedSnapshot, Snapshot};
-use crate::upstream::health::HealthService;
 use arc_swap::ArcSwap;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
@@ -165,15 +165,16 @@ fn listener_service(
     options.h2_idle_timeout = Some(spec.limits.keepalive_timeout);
     proxy.server_options = Some(options);
     proxy.h2_options = Some(h2_options(&spec.limits.h2));
-    let hits = FastHits::new(
-        snapshot.clone(),
-        cache,
-        filters.clone(),
-        access_log.clone(),
-        spec.tls.is_some(),
-    );
-    let ingress =
-        Ingress::new(proxy, spec.limits, spec.name.clone(), spec.h2c).with_fast_hits(hits);
+    let mut ingress = Ingress::new(proxy, spec.limits, spec.name.clone(), spec.h2c);
+    if cache.settings.hit_lane {
+        ingress = ingress.with_hit_lane(HitLane::new(
+            snapshot.clone(),
+            cache,
+            filters.clone(),
+            access_log.clone(),
+            spec.tls.is_some(),
+        ));
+    }
     let mut service = Service::new(format!("verge listener {}", spec.name), ingress);
     let mut endpoint = ListenerConfig::tcp(spec.addr.to_string()).l4_buffer(L4BufferSettings {
         read: Some(CLIENT_READ_BUFFER),

@@ -1,9 +1,9 @@
 //! The one immutable value the hot path reads: routing table and pools, swapped whole via `ArcSwap`.
 
+use crate::cache::invalidation::index::InvalidationIndex;
 use crate::config::{Config, RouteSpec};
-use crate::control::index::InvalidationIndex;
 use crate::control::wire::Position;
-use crate::proxy::route::RouteTable;
+use crate::routing::RouteTable;
 use crate::upstream::pool::{Pool, PoolBuildError};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;

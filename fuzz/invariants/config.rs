@@ -16,8 +16,8 @@
 
 use super::input::hermetic_yaml;
 use verge::config::{Config, HostPattern, Policy};
-use verge::proxy::route::canonical_host;
-use verge::proxy::target::check_path;
+use verge::http_syntax::host::canonical_host;
+use verge::http_syntax::target::check_path;
 use verge::snapshot::Snapshot;
 
 pub fn check(data: &[u8]) {

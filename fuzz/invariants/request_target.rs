@@ -15,8 +15,9 @@
 //!   input does not change the result.
 
 use super::input::Input;
-use verge::proxy::route::{canonical_host, prefix_matches};
-use verge::proxy::target::{check_path, BadTarget};
+use verge::http_syntax::host::canonical_host;
+use verge::http_syntax::target::{check_path, BadTarget};
+use verge::routing::prefix_matches;
 
 pub fn check(data: &[u8]) {
     let mut input = Input::new(data);

@@ -19,12 +19,12 @@
 use super::input::{hermetic_json, Input};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
+use verge::cache::invalidation::index::{response_tags, InvalidationIndex, Verdict};
 use verge::config::{Config, Policy};
-use verge::control::index::{response_tags, InvalidationIndex, Verdict};
-use verge::control::poller::{next_state, Rejection};
 use verge::control::wire::{
     parse_target, Invalidation, InvalidationKind, Position, SnapshotMessage, Target, MAX_TARGET_LEN,
 };
+use verge::node::poller::{next_state, Rejection};
 use verge::snapshot::{ControlState, Snapshot};
 
 const BASE: &str = r#"
@@ -267,7 +267,7 @@ fn target_invariants(kind: InvalidationKind, text: &str) {
     assert!(text.trim().len() <= MAX_TARGET_LEN);
     let canonical = |h: &str| {
         assert_eq!(
-            verge::proxy::route::canonical_host(h).as_deref(),
+            verge::http_syntax::host::canonical_host(h).as_deref(),
             Some(h),
             "{text:?} gives a host that is not canonical"
         );

@@ -112,7 +112,7 @@ pub fn add_key_inputs(
         builder.add_owned_name_value(format!("key-header:{name}"), value);
     }
     for name in &rules.cookies {
-        let value = match crate::upstream::pool::cookie_value(req, name) {
+        let value = match crate::http_syntax::fields::cookie_value(&req.headers, name) {
             Some(v) => {
                 let mut out = b"=".to_vec();
                 out.extend(v);

@@ -2,25 +2,28 @@
 //! the cache key, Vary variants, and the RFC 9111 policy (responses, request directives,
 //! invalidation).
 
+pub mod cache_status;
 pub mod collapse;
 pub mod early_refresh;
 pub mod eviction;
 pub mod fill;
+pub mod hit_decision;
 pub mod invalidation;
 pub mod key_rules;
 pub mod pending;
-pub mod policy;
 #[cfg(test)]
 mod pressure;
-pub mod reclaim;
 pub mod request_directives;
+pub mod request_view;
+pub mod rfc9111;
 pub mod storage;
 pub mod stored_meta;
+pub mod unsafe_methods;
 #[cfg(test)]
 mod xorshift;
 
+use crate::cache::invalidation::index::{response_tags, InvalidationIndex, Verdict};
 use crate::config::{CacheKeyRules, CacheSettings};
-use crate::control::index::{response_tags, InvalidationIndex, Verdict};
 use crate::metrics::METRICS;
 use eviction::S3FifoEviction;
 use pingora_cache::eviction::{CacheEntryKeyRef, EvictionManager};
@@ -68,7 +71,7 @@ impl CacheEngine {
             Box::leak(CacheLock::new_boxed(settings.lock_timeout));
         let predictor: &'static Predictor<16> = Box::leak(Box::new(Predictor::new(
             4096,
-            Some(policy::transient_no_cache_reason),
+            Some(rfc9111::transient_no_cache_reason),
         )));
         let storage: &'static MemoryStorage = Box::leak(Box::new(
             MemoryStorage::new(max_object)
@@ -145,7 +148,7 @@ impl CacheEngine {
     pub fn reclaim(&self, index: &InvalidationIndex) -> usize {
         let removed = self.storage.remove_where(|stored| {
             let headers = &stored.header().headers;
-            let Some((host, pq)) = policy::entry_url(headers) else {
+            let Some((host, pq)) = rfc9111::entry_url(headers) else {
                 return false;
             };
             invalidation_verdict(index, host, pq, None, headers, stored.created())
@@ -164,12 +167,12 @@ impl CacheEngine {
 ///
 /// Call it from `upstream_response_filter`, which pingora runs before its cache write. Pingora's
 /// own check counts body bytes as they arrive and, once over the limit, fails the cache write
-/// (pingora-proxy 0.9.1 `proxy_cache.rs:718-738`); with a streaming storage the client is
-/// served from that write, so pingora then aborts the client's response too (`proxy_h1.rs:
-/// 881-896`). A response with a `Content-Length` keeps pingora's check, which decides at the
-/// head, before anything is streamed (`proxy_cache.rs:655-676`). So does a request that bypassed
-/// the cache because its URL was too large: pingora measures that response against the limit to
-/// learn whether the URL became cacheable again (`proxy_h1.rs:907-1014`).
+/// (pingora-proxy's `cache_http_task`); with a streaming storage the client is served from that
+/// write, so pingora then aborts the client's response too (its `h1_response_filter`). A
+/// response with a `Content-Length` keeps pingora's check, which decides at the head, before
+/// anything is streamed (also in `cache_http_task`). So does a request that bypassed the cache
+/// because its URL was too large: pingora measures that response against the limit to learn
+/// whether the URL became cacheable again (in `h1_response_filter`).
 pub fn defer_body_size_check(cache: &mut HttpCache, resp: &pingora_http::ResponseHeader) {
     if resp.headers.contains_key(http::header::CONTENT_LENGTH) {
         return;
@@ -235,8 +238,8 @@ pub fn invalidation_verdict(
     if index.is_empty() {
         return Verdict::Valid;
     }
-    let fetched = policy::fetched_at(headers).unwrap_or(created);
-    let tags = response_tags(headers, &policy::TAG_HEADERS);
+    let fetched = rfc9111::fetched_at(headers).unwrap_or(created);
+    let tags = response_tags(headers, &rfc9111::TAG_HEADERS);
     let mut verdict = index.verdict(host, path_query, tags, fetched);
     if let Some(k) = key_path_query.filter(|k| *k != path_query) {
         verdict = verdict.stronger(index.verdict(host, k, std::iter::empty(), fetched));

@@ -1,8 +1,9 @@
 //! Request cache directives (RFC 9111 §5.2.1): what a client allows the cache to serve, as pure
 //! functions from the request and a stored entry's freshness to a verdict.
 
+use super::request_view::RequestView;
 use pingora_cache::cache_control::{CacheControl, DirectiveKey};
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::ResponseHeader;
 use std::time::{Duration, SystemTime};
 
 /// `max-stale`: how much staleness the client accepts.
@@ -61,15 +62,12 @@ fn delta_seconds(cc: &CacheControl, name: &str) -> Option<Duration> {
 
 /// Read the request's cache directives. `Pragma: no-cache` counts only when the request has no
 /// `Cache-Control` (RFC 9111 §5.4).
-pub fn parse(req: &RequestHeader) -> RequestDirectives {
-    let Some(cc) = CacheControl::from_req_headers(req) else {
+pub fn parse(req: &RequestView<'_>) -> RequestDirectives {
+    let Some(cc) = req.cache_control() else {
         let pragma_no_cache = req
-            .headers
-            .get_all(http::header::PRAGMA)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|d| d.trim().eq_ignore_ascii_case("no-cache"));
+            .values("pragma")
+            .flat_map(|v| v.split(|b| *b == b','))
+            .any(|d| d.trim_ascii().eq_ignore_ascii_case(b"no-cache"));
         return RequestDirectives {
             no_cache: pragma_no_cache,
             ..RequestDirectives::default()
@@ -93,6 +91,18 @@ pub fn parse(req: &RequestHeader) -> RequestDirectives {
     }
 }
 
+/// The directives a request on a route with cache `rules` brings to the cache: all of them
+/// when the route lets clients force revalidation (`client_revalidation`), else only those that
+/// never add origin traffic.
+pub fn for_route(req: &RequestView<'_>, rules: &crate::config::RouteCache) -> RequestDirectives {
+    let parsed = parse(req);
+    if rules.client_revalidation {
+        parsed
+    } else {
+        parsed.without_revalidation()
+    }
+}
+
 /// What to do with a stored response the request found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HitVerdict {
@@ -112,7 +122,7 @@ pub enum HitVerdict {
 /// `Surrogate-Control`) replaces `Cache-Control` entirely when present (RFC 9213 §2.1), so a
 /// `must-revalidate` given only there counts, and one given only in `Cache-Control` does not.
 pub fn forbids_stale(stored: &ResponseHeader) -> bool {
-    crate::cache::policy::governing_cache_control(stored).is_some_and(|cc| {
+    crate::cache::rfc9111::governing_cache_control(stored).is_some_and(|cc| {
         cc.no_cache()
             || cc.must_revalidate()
             || cc.proxy_revalidate()
@@ -161,6 +171,11 @@ pub fn hit_verdict(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora_http::RequestHeader;
+
+    fn parse_head(req: &RequestHeader) -> RequestDirectives {
+        parse(&RequestView::from_head(req))
+    }
 
     fn req(headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("GET", b"/", None).expect("req");
@@ -176,7 +191,7 @@ mod tests {
 
     #[test]
     fn parses_each_directive() {
-        let d = parse(&req(&[(
+        let d = parse_head(&req(&[(
             "cache-control",
             "max-age=5, min-fresh=3, max-stale=10, only-if-cached",
         )]));
@@ -190,20 +205,20 @@ mod tests {
                 only_if_cached: true,
             }
         );
-        let d = parse(&req(&[("cache-control", "No-Cache, max-stale")]));
+        let d = parse_head(&req(&[("cache-control", "No-Cache, max-stale")]));
         assert!(d.no_cache);
         assert_eq!(d.max_stale, Some(MaxStale::Any));
-        assert!(parse(&req(&[])).is_empty());
+        assert!(parse_head(&req(&[])).is_empty());
         // invalid numbers count as absent, not as zero
-        let d = parse(&req(&[("cache-control", "max-age=abc, max-stale=-1")]));
+        let d = parse_head(&req(&[("cache-control", "max-age=abc, max-stale=-1")]));
         assert!(d.is_empty(), "{d:?}");
     }
 
     #[test]
     fn pragma_counts_only_without_cache_control() {
-        assert!(parse(&req(&[("pragma", "no-cache")])).no_cache);
-        assert!(parse(&req(&[("pragma", "foo, No-Cache")])).no_cache);
-        let d = parse(&req(&[
+        assert!(parse_head(&req(&[("pragma", "no-cache")])).no_cache);
+        assert!(parse_head(&req(&[("pragma", "foo, No-Cache")])).no_cache);
+        let d = parse_head(&req(&[
             ("pragma", "no-cache"),
             ("cache-control", "max-age=60"),
         ]));
@@ -217,7 +232,7 @@ mod tests {
         let fresh_until = now + secs(30);
         let v = |cc: &str, age: u64| {
             hit_verdict(
-                &parse(&req(&[("cache-control", cc)])),
+                &parse_head(&req(&[("cache-control", cc)])),
                 secs(age),
                 fresh_until,
                 false,
@@ -231,7 +246,7 @@ mod tests {
         assert_eq!(v("max-age=10", 11), HitVerdict::Revalidate);
         assert_eq!(v("min-fresh=20", 0), HitVerdict::AsStored);
         assert_eq!(v("min-fresh=31", 0), HitVerdict::Revalidate);
-        let pragma = parse(&req(&[("pragma", "no-cache")]));
+        let pragma = parse_head(&req(&[("pragma", "no-cache")]));
         assert_eq!(
             hit_verdict(&pragma, secs(0), fresh_until, false, now),
             HitVerdict::Revalidate
@@ -244,7 +259,7 @@ mod tests {
         let fresh_until = now - secs(20);
         let v = |cc: &str, forbids: bool| {
             hit_verdict(
-                &parse(&req(&[("cache-control", cc)])),
+                &parse_head(&req(&[("cache-control", cc)])),
                 secs(80),
                 fresh_until,
                 forbids,
@@ -266,7 +281,7 @@ mod tests {
 
     #[test]
     fn routes_may_ignore_client_revalidation() {
-        let d = parse(&req(&[(
+        let d = parse_head(&req(&[(
             "cache-control",
             "no-cache, max-age=0, min-fresh=5, max-stale, only-if-cached",
         )]))
@@ -280,7 +295,7 @@ mod tests {
             }
         );
         let now = SystemTime::now();
-        let d = parse(&req(&[("pragma", "no-cache")])).without_revalidation();
+        let d = parse_head(&req(&[("pragma", "no-cache")])).without_revalidation();
         assert_eq!(
             hit_verdict(&d, secs(5), now + secs(5), false, now),
             HitVerdict::AsStored
@@ -338,7 +353,7 @@ mod tests {
             ("cdn-cache-control", "max-age=5"),
         ])));
         let now = SystemTime::now();
-        let d = parse(&req(&[("cache-control", "max-stale")]));
+        let d = parse_head(&req(&[("cache-control", "max-stale")]));
         let stored = resp(&[
             ("cache-control", "max-age=1"),
             ("cdn-cache-control", "max-age=1, must-revalidate"),

@@ -157,7 +157,7 @@ impl MemoryStorage {
     }
 
     /// The stored response under `combined`, when a plain hit on it may be answered straight
-    /// from the front door (`crate::fast_hit`): nothing is being fetched for the key (a fill
+    /// from the front door (`crate::proxy::hit_lane`): nothing is being fetched for the key (a fill
     /// in flight is newer), the entry has a [`ClientHead`] and its body is as long as that head
     /// announces. Freshness and invalidations are the caller's to check.
     pub fn servable(&self, combined: &HashBinary) -> Option<Servable> {

@@ -88,7 +88,7 @@ pub struct StoredMeta {
 /// The HTTP/1.1 head of a stored `200` with a `Content-Length`, no `Vary` and no variance, as
 /// every hit sends it before the per-request fields: status line and stored fields in their
 /// stored order and case, without the fields verge keeps from clients
-/// ([`super::policy::CLIENT_HIDDEN_HEADERS`]) and without `Age`, `Accept-Ranges` and
+/// ([`super::rfc9111::CLIENT_HIDDEN_HEADERS`]) and without `Age`, `Accept-Ranges` and
 /// `Connection`, which each response sets. No final empty line.
 #[derive(Debug)]
 pub struct ClientHead {
@@ -121,7 +121,7 @@ impl ClientHead {
             .parse()
             .ok()?;
         let mut client = header.clone();
-        for name in super::policy::CLIENT_HIDDEN_HEADERS.iter().chain([
+        for name in super::rfc9111::CLIENT_HIDDEN_HEADERS.iter().chain([
             &header::AGE,
             &header::ACCEPT_RANGES,
             &header::CONNECTION,

@@ -65,6 +65,7 @@ pub struct RawCache {
     pub max_object_size: Option<ConfSize>,
     pub lock_timeout: Option<ConfDuration>,
     pub lock_wait: Option<ConfDuration>,
+    pub hit_lane: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]

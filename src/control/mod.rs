@@ -1,10 +1,9 @@
-//! The control path: `verge control` (API, store, state) and the node side (index, poller).
+//! The control plane (`verge control`: API, plane, store, settings), its CLI client, and the wire
+//! format it shares with nodes.
 
 pub mod api;
 pub mod client;
-pub mod index;
 pub mod plane;
-pub mod poller;
 pub mod settings;
 pub mod store;
 pub mod wire;

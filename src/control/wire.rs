@@ -1,144 +1,12 @@
 //! What the control plane and nodes exchange: invalidations, snapshots, positions, reports.
 
-use crate::proxy::route::canonical_host;
+pub use crate::cache::invalidation::{
+    parse_target, Invalidation, InvalidationKind, Target, MAX_TARGET_LEN,
+};
+pub use crate::unix_time::{from_unix_ms, unix_ms};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// What an invalidation matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InvalidationKind {
-    /// One URL (host + path and query), every variant.
-    Url,
-    /// Every URL of a host under a path prefix.
-    Prefix,
-    /// Every URL of a host.
-    Host,
-    /// Every entry whose response carried this surrogate key / cache tag.
-    Tag,
-    /// Everything.
-    All,
-}
-
-impl InvalidationKind {
-    /// The kind as written in the API and the CLI (`url`, `prefix`, …).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InvalidationKind::Url => "url",
-            InvalidationKind::Prefix => "prefix",
-            InvalidationKind::Host => "host",
-            InvalidationKind::Tag => "tag",
-            InvalidationKind::All => "all",
-        }
-    }
-}
-
-/// A target in its canonical form, as the node's invalidation index stores it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Target {
-    /// One URL of one host.
-    Url {
-        /// Canonical host (lowercase, default port dropped).
-        host: String,
-        /// Path and query as the cache keys them.
-        path_query: String,
-    },
-    /// Every URL of a host whose path starts with `prefix` on a segment boundary.
-    Prefix {
-        /// Canonical host.
-        host: String,
-        /// Path prefix, starting with `/`.
-        prefix: String,
-    },
-    /// Every URL of a canonical host.
-    Host(String),
-    /// Every entry tagged with this surrogate key.
-    Tag(String),
-    /// Everything.
-    All,
-}
-
-/// Longest target accepted (a URL's request line is capped at 8 KiB by default).
-pub const MAX_TARGET_LEN: usize = 8192;
-
-/// Split `http://host/path?q`, `//host/path` or `host/path` into canonical host and the rest.
-fn split_url(text: &str) -> Result<(String, String), String> {
-    let rest = text
-        .strip_prefix("https://")
-        .or_else(|| text.strip_prefix("http://"))
-        .or_else(|| text.strip_prefix("//"))
-        .unwrap_or(text);
-    let (authority, path) = match rest.find(['/', '?']) {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let host = canonical_host(authority).ok_or_else(|| format!("{authority:?} is not a host"))?;
-    let path = if path.starts_with('?') {
-        format!("/{path}")
-    } else {
-        path.to_string()
-    };
-    if path.contains('#') {
-        return Err("a URL target cannot contain a fragment".into());
-    }
-    Ok((host, path))
-}
-
-/// Parse and canonicalise a target for its kind; the error says why it is unusable.
-pub fn parse_target(kind: InvalidationKind, text: &str) -> Result<Target, String> {
-    let text = text.trim();
-    if text.len() > MAX_TARGET_LEN {
-        return Err(format!("target is longer than {MAX_TARGET_LEN} bytes"));
-    }
-    if text.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        return Err("target contains spaces or control characters".into());
-    }
-    if text.is_empty() && kind != InvalidationKind::All {
-        return Err("target is empty".into());
-    }
-    match kind {
-        InvalidationKind::Url => {
-            let (host, path_query) = split_url(text)?;
-            Ok(Target::Url { host, path_query })
-        }
-        InvalidationKind::Prefix => {
-            let (host, prefix) = split_url(text)?;
-            if prefix.contains('?') {
-                return Err("a prefix target cannot contain a query".into());
-            }
-            Ok(Target::Prefix { host, prefix })
-        }
-        InvalidationKind::Host => canonical_host(text)
-            .map(Target::Host)
-            .ok_or_else(|| format!("{text:?} is not a host")),
-        InvalidationKind::Tag => {
-            if text.len() > 1024 || text.contains([',', '"']) {
-                Err("a tag is at most 1024 bytes without ',' or '\"'".into())
-            } else {
-                Ok(Target::Tag(text.to_string()))
-            }
-        }
-        InvalidationKind::All => Ok(Target::All),
-    }
-}
-
-/// One accepted invalidation, as logged by the control plane.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Invalidation {
-    /// Its place in the invalidation log (1, 2, …).
-    pub seq: u64,
-    /// What `target` names.
-    pub kind: InvalidationKind,
-    /// The URL, prefix, host or tag, as submitted.
-    pub target: String,
-    /// Soft: entries become stale (still usable for stale-while-revalidate / stale-if-error);
-    /// hard: entries are refetched.
-    pub soft: bool,
-    /// When the control plane accepted it (Unix milliseconds).
-    pub created_ms: u64,
-}
 
 /// How far a node (or the control plane) has got: policy version and invalidation sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
@@ -220,57 +88,9 @@ pub struct AppliedReport {
     pub applied_at_ms: u64,
 }
 
-/// Unix milliseconds for a time (0 before the epoch).
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The time for Unix milliseconds.
-pub fn from_unix_ms(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn url_targets_are_canonical() {
-        let t = parse_target(InvalidationKind::Url, "https://Example.COM:443/a/b?x=1").unwrap();
-        assert_eq!(
-            t,
-            Target::Url {
-                host: "example.com".into(),
-                path_query: "/a/b?x=1".into()
-            }
-        );
-        let t = parse_target(InvalidationKind::Url, "example.com").unwrap();
-        assert_eq!(
-            t,
-            Target::Url {
-                host: "example.com".into(),
-                path_query: "/".into()
-            }
-        );
-        let t = parse_target(InvalidationKind::Url, "example.com?q").unwrap();
-        assert!(matches!(t, Target::Url { path_query, .. } if path_query == "/?q"));
-    }
-
-    #[test]
-    fn bad_targets_say_why() {
-        let k = InvalidationKind::Url;
-        assert!(parse_target(k, "").unwrap_err().contains("empty"));
-        assert!(parse_target(k, "bad host/x").is_err());
-        assert!(parse_target(k, "a.com/x#frag")
-            .unwrap_err()
-            .contains("fragment"));
-        assert!(parse_target(InvalidationKind::Prefix, "a.com/x?y").is_err());
-        assert!(parse_target(InvalidationKind::Host, "a b").is_err());
-        assert!(parse_target(InvalidationKind::Tag, "a,b").is_err());
-        assert!(parse_target(k, &"a".repeat(9000)).is_err());
-        assert_eq!(parse_target(InvalidationKind::All, ""), Ok(Target::All));
-    }
 
     #[test]
     fn positions_parse_and_order() {

@@ -19,7 +19,8 @@
 //! Requests verge answers before routing completes (a refused target, a missing host, no
 //! route, `PURGE`) never reach filters.
 
-use super::{client_ip, respond_plain, RequestCtx};
+use super::context::{client_ip, RequestCtx};
+use super::error_page::respond_plain;
 use crate::metrics::METRICS;
 use crate::snapshot::{Route, SharedSnapshot, Snapshot};
 use async_trait::async_trait;

@@ -1,7 +1,10 @@
 //! Header edits on the way upstream and back: forwarding headers, route header ops, prefix strip.
 
+use super::context::RequestCtx;
 use crate::config::HeaderOps;
-use pingora_error::Result;
+use crate::http_syntax::path_and_query;
+use crate::snapshot::Route;
+use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::net::IpAddr;
 
@@ -84,24 +87,10 @@ pub fn apply_response_ops(resp: &mut ResponseHeader, ops: &HeaderOps) -> Result<
     Ok(())
 }
 
-/// Remove a route's path prefix from a path-and-query; the result always starts with `/`.
-/// The field names a message lists in `Connection` (lowercase), which belong to that one
-/// connection only (RFC 9110 §7.6.1).
-pub fn connection_tokens(headers: &http::HeaderMap) -> Vec<String> {
-    headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive")
-        .collect()
-}
-
 /// Remove from an upstream response the fields its `Connection` header lists: they were for
 /// the hop between verge and the origin, not for the client or the cache.
 pub fn strip_connection_listed(resp: &mut ResponseHeader) {
-    for name in connection_tokens(&resp.headers) {
+    for name in crate::http_syntax::fields::connection_tokens(&resp.headers) {
         resp.remove_header(name.as_str());
     }
 }
@@ -141,6 +130,32 @@ pub fn restore_fields(
         .collect();
     for (name, value) in absent {
         resp.append_header(name, value)?;
+    }
+    Ok(())
+}
+
+/// `upstream_request_filter`: what verge writes into the forwarded request before user
+/// filters see it: forwarding fields from what verge saw, the route's prefix strip and header
+/// edits, and an explicit empty body where a GET/HEAD body is dropped.
+pub fn prepare_upstream(
+    upstream: &mut RequestHeader,
+    route: &Route,
+    ctx: &RequestCtx,
+    client: Option<IpAddr>,
+    scheme: &str,
+) -> Result<()> {
+    set_forwarding_headers(upstream, client, scheme, &ctx.host)?;
+    if route.spec.strip_prefix {
+        let new = strip_path_prefix(path_and_query(&upstream.uri), &route.spec.path_prefix);
+        let uri = http::Uri::try_from(new)
+            .map_err(|e| Error::because(ErrorType::InternalError, "rewrite path", e))?;
+        upstream.set_uri(uri);
+    }
+    apply_request_ops(upstream, &route.spec.request_headers)?;
+    if ctx.drop_body {
+        // the body is discarded as it arrives; say so with an explicit empty length
+        upstream.remove_header(&http::header::TRANSFER_ENCODING);
+        upstream.insert_header(http::header::CONTENT_LENGTH, "0")?;
     }
     Ok(())
 }

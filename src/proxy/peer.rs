@@ -1,9 +1,16 @@
-//! Builds the `HttpPeer` for a chosen backend: TLS, SNI and every timeout set explicitly.
+//! Picks the backend for a request and builds its `HttpPeer` (TLS, SNI and every timeout set
+//! explicitly); counts connect failures, ejects, and decides retries.
 
+use super::context::{client_ip, RequestCtx};
+use super::deadline::ResponseDeadline;
 use crate::config::{PoolSpec, RouteTimeouts, Timeouts};
+use crate::metrics::METRICS;
 use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_proxy::Session;
 use std::net::SocketAddr;
 use std::time::Duration;
+use std::time::Instant;
 
 /// The whole-response deadline (`timeouts.total`) for a route of this pool: the route's, else
 /// the pool's; a route's `0s` turns the pool's off.
@@ -38,6 +45,85 @@ pub fn build_peer(pool: &PoolSpec, route: &RouteTimeouts, addr: SocketAddr) -> H
         o.verify_hostname = t.verify;
     }
     peer
+}
+
+/// `upstream_peer`: a healthy, non-ejected backend of the route's pool (skipping those tried
+/// already), as a peer with the route's timeouts, within what the whole-response deadline
+/// leaves. The deadline starts with the first attempt.
+pub fn select(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    let Some(route) = ctx.route.clone() else {
+        return Error::e_explain(ErrorType::InternalError, "no route chosen");
+    };
+    let pool = &route.pool;
+    let key = crate::upstream::pool::hash_input(
+        &pool.spec.selection,
+        session.req_header(),
+        client_ip(session),
+    );
+    let Some(addr) = pool.select(&key, &ctx.tried) else {
+        METRICS.no_backend.with_label_values(&[pool.name()]).inc();
+        ctx.failure = Some(format!(
+            "verge: no healthy backend in pool {:?}",
+            pool.name()
+        ));
+        return Err(crate::upstream::pool::no_backend_error(pool.name()));
+    };
+    if ctx.deadline.is_none() {
+        if let Some(total) = total_deadline(&pool.spec.timeouts, &route.spec.timeouts) {
+            ctx.deadline = Some(ResponseDeadline::new(Instant::now(), total));
+        }
+    }
+    let mut upstream = build_peer(&pool.spec, &route.spec.timeouts, addr);
+    if let Some(d) = ctx.deadline.as_ref() {
+        let now = Instant::now();
+        if d.expired(now) {
+            return Err(d.error(None));
+        }
+        clamp_connect(&mut upstream, d.remaining(now));
+    }
+    ctx.tried.push(addr);
+    Ok(Box::new(upstream))
+}
+
+/// `fail_to_connect`: count the failure against the backend (passive ejection after N in a
+/// row), and retry on another backend for idempotent requests while attempts are left.
+pub fn on_connect_failure(
+    session: &Session,
+    ctx: &mut RequestCtx,
+    mut e: Box<Error>,
+) -> Box<Error> {
+    let (Some(route), Some(addr)) = (ctx.route.as_ref(), ctx.tried.last()) else {
+        return e;
+    };
+    let pool = &route.pool;
+    let label = addr.to_string();
+    METRICS
+        .connect_failures
+        .with_label_values(&[pool.name(), &label])
+        .inc();
+    if pool.report_connect_failure(addr) {
+        log::warn!(
+            "pool {}: ejecting {addr} after connect failures",
+            pool.name()
+        );
+        METRICS
+            .ejections
+            .with_label_values(&[pool.name(), &label])
+            .inc();
+    }
+    let idempotent = session.req_header().method.is_idempotent();
+    let attempts_left = ctx.tried.len() <= pool.spec.retries;
+    if idempotent && attempts_left {
+        METRICS.retries.with_label_values(&[pool.name()]).inc();
+        e.set_retry(true);
+    } else {
+        e.set_retry(false);
+        ctx.failure = Some(format!(
+            "verge: could not connect to a backend of pool {:?}",
+            pool.name()
+        ));
+    }
+    e
 }
 
 #[cfg(test)]

@@ -1,7 +1,13 @@
 //! The data-plane `PURGE` method: who may use it, and what it removes (one URL, every variant,
 //! on this node only; fleet-wide purges go through `verge control`).
 
+use super::error_page::respond_plain;
+use crate::cache::CacheEngine;
 use crate::config::PurgeSpec;
+use crate::http_syntax::path_and_query;
+use crate::snapshot::Route;
+use pingora_error::Result;
+use pingora_proxy::Session;
 use std::net::IpAddr;
 
 /// What to do with a request, as far as `PURGE` is concerned.
@@ -29,6 +35,43 @@ pub fn decide(method: &str, spec: Option<&PurgeSpec>, client: Option<IpAddr>) ->
         Some(ip) if spec.allow.iter().any(|n| n.contains(ip)) => PurgeDecision::Allowed,
         _ => PurgeDecision::Forbidden,
     }
+}
+
+/// Answer a `PURGE` request: 405 when disabled, 403 for clients not allowed, else remove the
+/// URL (both schemes, every variant) from this node's cache: 200, or 404 when not cached.
+pub async fn answer(
+    engine: &CacheEngine,
+    session: &mut Session,
+    decision: PurgeDecision,
+    route: Option<&Route>,
+    host: &str,
+) -> Result<bool> {
+    let (status, text) = match decision {
+        PurgeDecision::Disabled => (405, "verge: PURGE is not enabled".to_string()),
+        PurgeDecision::Forbidden => (403, "verge: PURGE not allowed from this client".to_string()),
+        _ => match route.and_then(|r| r.spec.cache.as_ref()) {
+            None => (404, "verge: this URL is not on a caching route".to_string()),
+            Some(rules) => {
+                let pq = path_and_query(&session.req_header().uri);
+                let removed: usize = ["http", "https"]
+                    .iter()
+                    .map(|scheme| {
+                        engine.invalidate(&crate::cache::route_cache_key(
+                            scheme, host, pq, &rules.key,
+                        ))
+                    })
+                    .sum();
+                if removed == 0 {
+                    (404, "verge: not cached".to_string())
+                } else {
+                    let plural = if removed == 1 { "y" } else { "ies" };
+                    (200, format!("verge: purged {removed} entr{plural}"))
+                }
+            }
+        },
+    };
+    respond_plain(session, status, &text).await?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -9,9 +9,15 @@
 //! refresh of a fresh entry (`routes[].cache.early_refresh`) is a subrequest verge spawns
 //! itself, carrying an [`EarlyRefreshTicket`].
 
-use crate::cache::early_refresh::RefreshClaim;
+use super::context::RequestCtx;
+use crate::cache::early_refresh::{self, RefreshClaim};
+use crate::cache::{rfc9111, CacheEngine};
+use crate::metrics::METRICS;
+use pingora_cache::key::CacheHashKey;
+use pingora_cache::CacheMeta;
 use pingora_error::Result;
 use pingora_http::RequestHeader;
+use pingora_proxy::Session;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What an early-refresh subrequest carries (as its subrequest user context): the claim on its
@@ -60,6 +66,70 @@ pub fn h1_head_for_subrequest(req: &mut RequestHeader) -> Result<bool> {
 /// the same authority).
 pub fn restore_h2_version(req: &mut RequestHeader) {
     req.set_version(http::Version::HTTP_2);
+}
+
+/// XFetch on a fresh hit (routes with `cache.early_refresh`): maybe start one background
+/// refresh of the entry (none when one is already running for its key). The client is answered
+/// from the entry either way.
+pub fn maybe_refresh_early(
+    engine: &CacheEngine,
+    session: &mut Session,
+    meta: &CacheMeta,
+    ctx: &mut RequestCtx,
+) -> Result<()> {
+    let Some(settings) = ctx
+        .route
+        .as_ref()
+        .and_then(|r| r.spec.cache.as_ref())
+        .and_then(|c| c.early_refresh)
+    else {
+        return Ok(());
+    };
+    let left = meta
+        .fresh_until()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    let delta = settings
+        .delta
+        .or_else(|| rfc9111::fetch_duration(meta))
+        .unwrap_or(early_refresh::DEFAULT_DELTA);
+    if session.subrequest_spawner.is_none()
+        || !early_refresh::should_refresh(left, delta, settings.beta, early_refresh::unit_random())
+    {
+        return Ok(());
+    }
+    let key = CacheHashKey::combined_bin(session.cache.cache_key());
+    let Some(claim) = engine.refreshing.try_start(key) else {
+        return Ok(());
+    };
+    // the subrequest is rebuilt from this head as HTTP/1 text
+    let downgraded = h1_head_for_subrequest(session.req_header_mut())?;
+    if let Some(spawner) = session.subrequest_spawner.as_ref() {
+        let sub = pingora_proxy::subrequest::Ctx::builder()
+            .user_ctx(Box::new(EarlyRefreshTicket::new(claim)))
+            .build();
+        spawner.spawn_background_subrequest(session.downstream_session.as_ref(), sub);
+        ctx.early_refresh = true;
+        METRICS
+            .cache_early_refreshes
+            .with_label_values(&[ctx.route_name()])
+            .inc();
+    }
+    if downgraded {
+        restore_h2_version(session.req_header_mut());
+    }
+    Ok(())
+}
+
+/// Whether this request is an early refresh whose stored entry is still to be revalidated
+/// (`true` once per refresh).
+pub fn early_refresh_turn(session: &Session) -> bool {
+    session
+        .subrequest_ctx
+        .as_ref()
+        .and_then(|c| c.user_ctx())
+        .and_then(|u| u.downcast_ref::<EarlyRefreshTicket>())
+        .is_some_and(|t| t.take_turn())
 }
 
 #[cfg(test)]

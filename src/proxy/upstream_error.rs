@@ -1,7 +1,12 @@
 //! Names what went wrong with an origin after verge connected to it, for
 //! `verge_upstream_errors_total{pool,kind}` (pure: looks only at the error).
 
+use super::context::RequestCtx;
+use crate::metrics::METRICS;
+use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType};
+use pingora_proxy::Session;
+use std::time::Instant;
 
 /// The `kind` label for an upstream failure on an established connection, or `None` when the
 /// error did not come from the origin (the client went away, or verge itself failed).
@@ -50,6 +55,48 @@ pub fn count_informational(seen: &mut usize) -> Result<(), Box<Error>> {
     );
     e.as_up();
     Err(e)
+}
+
+/// `error_while_proxy`: count an origin failure by kind, turn a cut by the whole-response
+/// deadline into a timeout, and retry only as Pingora's own policy allows: idempotent requests
+/// whose body is still buffered, on a failed connection that was a reused one, never past the
+/// deadline.
+pub fn while_proxying(
+    peer: &HttpPeer,
+    session: &Session,
+    e: Box<Error>,
+    ctx: &mut RequestCtx,
+    client_reused: bool,
+) -> Box<Error> {
+    // a connection cut by the whole-response deadline is a timeout, never retried
+    let over_deadline = ctx.deadline.as_mut().and_then(|d| {
+        d.disarm();
+        d.expired(Instant::now()).then_some(d)
+    });
+    let e = match over_deadline {
+        Some(d) => d.error(Some(e)),
+        None => e,
+    };
+    if let (Some(kind), Some(route)) = (kind(&e), ctx.route.as_ref()) {
+        log::debug!("pool {}: upstream {kind}: {e}", route.pool.name());
+        METRICS
+            .upstream_errors
+            .with_label_values(&[route.pool.name(), kind])
+            .inc();
+    }
+    let mut e = e.more_context(format!("Peer: {peer}"));
+    if ctx
+        .deadline
+        .as_ref()
+        .is_some_and(|d| d.expired(Instant::now()))
+        || !session.req_header().method.is_idempotent()
+        || session.as_ref().retry_buffer_truncated()
+    {
+        e.set_retry(false);
+    } else {
+        e.retry.decide_reuse(client_reused);
+    }
+    e
 }
 
 #[cfg(test)]

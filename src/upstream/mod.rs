@@ -1,4 +1,4 @@
-//! Upstream side: backend pools, selection, passive ejection and active health checks.
+//! Upstream side: backend pools, selection, passive ejection, and the probes of active health
+//! checks.
 
-pub mod health;
 pub mod pool;

@@ -304,6 +304,7 @@ pub fn hash_input(
     client_ip: Option<std::net::IpAddr>,
 ) -> Vec<u8> {
     use crate::config::HashKey;
+    use crate::http_syntax::fields::cookie_value;
     let Selection::Consistent(key) = selection else {
         return Vec::new();
     };
@@ -316,23 +317,9 @@ pub fn hash_input(
             .headers
             .get(name)
             .map_or(Vec::new(), |v| v.as_bytes().to_vec()),
-        HashKey::Cookie(name) => cookie_value(req, name).unwrap_or_default(),
+        HashKey::Cookie(name) => cookie_value(&req.headers, name).unwrap_or_default(),
         HashKey::ClientIp => client_ip.map_or(Vec::new(), |ip| ip.to_string().into_bytes()),
     }
-}
-
-/// The value of cookie `name` in the request's `Cookie` headers.
-pub fn cookie_value(req: &RequestHeader, name: &str) -> Option<Vec<u8>> {
-    req.headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
-        .find_map(|pair| {
-            let pair = pair.trim_ascii();
-            let eq = pair.iter().position(|b| *b == b'=')?;
-            (pair[..eq].trim_ascii() == name.as_bytes())
-                .then(|| pair[eq + 1..].trim_ascii().to_vec())
-        })
 }
 
 /// Build an error that names the pool, for the 502 a client sees when nothing is usable. It is
@@ -405,15 +392,5 @@ mod tests {
                 assert_eq!(pool.select(key.as_bytes(), &[]), first);
             }
         }
-    }
-
-    #[test]
-    fn cookie_parsing() {
-        let mut req = RequestHeader::build("GET", b"/", None).expect("req");
-        req.insert_header("cookie", "a=1; sid = xyz ;b=2")
-            .expect("hdr");
-        assert_eq!(cookie_value(&req, "sid"), Some(b"xyz".to_vec()));
-        assert_eq!(cookie_value(&req, "b"), Some(b"2".to_vec()));
-        assert_eq!(cookie_value(&req, "c"), None);
     }
 }

@@ -31,6 +31,7 @@ pub(super) fn validate_cache(raw: RawCache, errs: &mut Errors) -> CacheSettings 
         max_object_size,
         lock_timeout,
         lock_wait,
+        hit_lane: raw.hit_lane.unwrap_or(d.hit_lane),
     }
 }
 

@@ -199,7 +199,7 @@ fn check_path_prefix(p: &str) -> Result<(), String> {
         ));
     }
     // Every request under such a prefix gets a 400 before routing: the route could never match.
-    if let Err(bad) = crate::proxy::target::check_path("GET", p) {
+    if let Err(bad) = crate::http_syntax::target::check_path("GET", p) {
         return Err(format!(
             "{p:?} can never match: requests with such a path are refused ({})",
             bad.reason()

@@ -124,9 +124,9 @@ pub(super) fn validate_purge(raw: RawPurge, errs: &mut Errors) -> PurgeSpec {
 pub(super) fn validate_access_log(
     raw: RawAccessLog,
     errs: &mut Errors,
-) -> Option<crate::access_log::LogTarget> {
+) -> Option<crate::config::LogTarget> {
     if raw.path == "-" {
-        return Some(crate::access_log::LogTarget::Stdout);
+        return Some(crate::config::LogTarget::Stdout);
     }
     let path = std::path::PathBuf::from(&raw.path);
     match path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -137,6 +137,6 @@ pub(super) fn validate_access_log(
             );
             None
         }
-        _ => Some(crate::access_log::LogTarget::File(path)),
+        _ => Some(crate::config::LogTarget::File(path)),
     }
 }

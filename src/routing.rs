@@ -104,45 +104,6 @@ impl<T> RouteTable<T> {
     }
 }
 
-/// Canonical form of a Host header or URI authority: lowercase, no port, no trailing dot.
-/// Returns `None` for a value that is not a plausible host name or IP literal.
-pub fn canonical_host(raw: &str) -> Option<String> {
-    let raw = raw.trim();
-    let host = if let Some(rest) = raw.strip_prefix('[') {
-        // IPv6 literal, keep the brackets
-        let end = rest.find(']')?;
-        let after = &rest[end + 1..];
-        if !(after.is_empty() || valid_port(after.strip_prefix(':')?)) {
-            return None;
-        }
-        // only an address, in its one canonical spelling (RFC 5952)
-        let ip: std::net::Ipv6Addr = rest[..end].parse().ok()?;
-        return Some(format!("[{ip}]"));
-    } else {
-        match raw.rsplit_once(':') {
-            Some((h, port)) if valid_port(port) => h,
-            Some(_) => return None,
-            None => raw,
-        }
-    };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    // empty labels (`a..b`, a second trailing dot) would make the result not canonical
-    if host.is_empty()
-        || host.len() > 253
-        || host.split('.').any(str::is_empty)
-        || !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
-    {
-        return None;
-    }
-    Some(host.to_ascii_lowercase())
-}
-
-fn valid_port(p: &str) -> bool {
-    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,49 +160,5 @@ mod tests {
     fn unknown_host_without_catch_all() {
         let t = table(&[(&["a.com"], "/", "a")]);
         assert!(t.lookup("b.com", "/").is_none());
-    }
-
-    #[test]
-    fn canonical_hosts() {
-        assert_eq!(
-            canonical_host("Example.COM:8080").as_deref(),
-            Some("example.com")
-        );
-        assert_eq!(
-            canonical_host("example.com.").as_deref(),
-            Some("example.com")
-        );
-        assert_eq!(canonical_host("[::1]:80").as_deref(), Some("[::1]"));
-        assert_eq!(canonical_host("127.0.0.1").as_deref(), Some("127.0.0.1"));
-        assert_eq!(canonical_host("a.com:x"), None);
-        assert_eq!(canonical_host("a b.com"), None);
-        assert_eq!(canonical_host(""), None);
-        assert_eq!(canonical_host("a.com\0"), None);
-    }
-
-    /// Found by the `request_target` fuzz target: canonical output must be a fixed point and a
-    /// plausible host (fuzz/corpus/request_target/bug-*).
-    #[test]
-    fn canonical_hosts_are_canonical() {
-        // a second trailing dot used to give "example.com.", which is not canonical
-        assert_eq!(canonical_host("example.com.."), None);
-        assert_eq!(canonical_host("a..b"), None);
-        assert_eq!(canonical_host(".a"), None);
-        assert_eq!(canonical_host("."), None);
-        // brackets used to accept anything
-        assert_eq!(canonical_host("[x y]"), None);
-        assert_eq!(canonical_host("[a/b]:80"), None);
-        assert_eq!(
-            canonical_host("[FE80:0::1]:443").as_deref(),
-            Some("[fe80::1]")
-        );
-        for raw in ["Example.COM.", "[::FFFF:1.2.3.4]", "a-b_c.d:1", "1.2.3.4"] {
-            let once = canonical_host(raw).expect(raw);
-            assert_eq!(
-                canonical_host(&once).as_deref(),
-                Some(once.as_str()),
-                "{raw}"
-            );
-        }
     }
 }

@@ -48,7 +48,7 @@ fn resolve(value: &str, scheme: &str, host: &str, request_path: &str) -> Option<
         if target_scheme != "http" && target_scheme != "https" {
             return None;
         }
-        let target_host = crate::proxy::route::canonical_host(uri.authority()?.as_str())?;
+        let target_host = crate::http_syntax::host::canonical_host(uri.authority()?.as_str())?;
         if target_host != host {
             return None;
         }

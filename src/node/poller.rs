@@ -1,9 +1,9 @@
 //! The node sidecar: long-polls `verge control`, validates what it gets, swaps one new snapshot
 //! in, persists it, and reports what it applied. Keeps the last good snapshot on any failure.
 
-use super::index::{AppliedInvalidation, InvalidationIndex};
-use super::wire::{unix_ms, AppliedReport, Position, SnapshotMessage};
+use crate::cache::invalidation::index::{AppliedInvalidation, InvalidationIndex};
 use crate::config::{Config, ControlSpec, Policy};
+use crate::control::wire::{unix_ms, AppliedReport, Position, SnapshotMessage};
 use crate::metrics::METRICS;
 use crate::snapshot::{ControlState, SharedSnapshot, Snapshot};
 use async_trait::async_trait;

@@ -3,7 +3,8 @@
 //! A lookup costs a few hash probes (plus one per byte of the longest prefix purged on that
 //! host), however long the invalidation log is: there is no ban list to scan.
 
-use super::wire::{from_unix_ms, parse_target, unix_ms, Invalidation, Target};
+use super::{parse_target, Invalidation, Target};
+use crate::unix_time::{from_unix_ms, unix_ms};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -227,8 +228,8 @@ pub fn response_tags<'a>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::wire::InvalidationKind;
     use super::*;
+    use crate::cache::invalidation::InvalidationKind;
 
     fn inv(seq: u64, kind: InvalidationKind, target: &str, soft: bool) -> Invalidation {
         Invalidation {

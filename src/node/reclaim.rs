@@ -1,6 +1,6 @@
 //! The background service that frees memory held by entries a hard invalidation made unusable.
 
-use super::CacheEngine;
+use crate::cache::CacheEngine;
 use crate::metrics::METRICS;
 use crate::snapshot::SharedSnapshot;
 use async_trait::async_trait;

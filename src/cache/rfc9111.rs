@@ -1,10 +1,12 @@
 //! Shared-cache rules (RFC 9111) as pure functions: may a request use the cache, may a response
-//! be stored, for how long, and what a client sees in `Cache-Status`.
+//! be stored and for how long, and the fields verge stores with an entry for itself (its URL,
+//! fetch time and duration) that no client sees.
 
+use super::request_view::RequestView;
 use crate::config::{RouteCache, SetCookiePolicy};
 use pingora_cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora_cache::{CacheMeta, NoCacheReason};
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::ResponseHeader;
 use std::time::{Duration, SystemTime};
 
 /// Why a request skips the cache entirely.
@@ -44,22 +46,22 @@ pub static TAG_HEADERS: [http::HeaderName; 3] = [
 ];
 
 /// Decide whether a request may be answered from, or stored into, the shared cache.
-pub fn request_bypass(req: &RequestHeader, rules: &RouteCache) -> Option<Bypass> {
-    if !matches!(req.method, http::Method::GET | http::Method::HEAD) {
+pub fn request_bypass(req: &RequestView<'_>, rules: &RouteCache) -> Option<Bypass> {
+    if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
         return Some(Bypass::Method);
     }
     if is_websocket_upgrade(req) {
         return Some(Bypass::Upgrade);
     }
     if !rules.public {
-        if req.headers.contains_key(http::header::AUTHORIZATION) {
+        if req.contains("authorization") {
             return Some(Bypass::Authorization);
         }
-        if req.headers.contains_key(http::header::COOKIE) {
+        if req.contains("cookie") {
             return Some(Bypass::Cookie);
         }
     }
-    if CacheControl::from_req_headers(req).is_some_and(|cc| cc.no_store()) {
+    if req.cache_control().is_some_and(|cc| cc.no_store()) {
         return Some(Bypass::NoStore);
     }
     None
@@ -68,12 +70,12 @@ pub fn request_bypass(req: &RequestHeader, rules: &RouteCache) -> Option<Bypass>
 /// An HTTP/1.1 request for a WebSocket: the one upgrade Pingora forwards (its default
 /// `H1UpgradePolicy::WebSocketOnly`). Other `Upgrade` values (`h2c`, …) are stripped before the
 /// origin sees them, so those requests stay ordinary, cacheable GETs.
-pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
-    req.version == http::Version::HTTP_11
+pub fn is_websocket_upgrade(req: &RequestView<'_>) -> bool {
+    req.version() == http::Version::HTTP_11
         && req
-            .headers
-            .get(http::header::UPGRADE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+            .values("upgrade")
+            .next()
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"))
 }
 
 /// Statuses a cache may store with heuristic or default freshness (RFC 9110 §15.1), minus the
@@ -405,7 +407,7 @@ pub fn refreshed_by_not_modified(
     stored: Option<&ResponseHeader>,
 ) -> ResponseHeader {
     let mut out = merged.clone();
-    let connection_listed = crate::proxy::headers::connection_tokens(&not_modified.headers);
+    let connection_listed = crate::http_syntax::fields::connection_tokens(&not_modified.headers);
     let mut names: Vec<&http::HeaderName> = not_modified.headers.keys().collect();
     for always in [&http::header::DATE, &http::header::AGE] {
         if !names.contains(&always) {
@@ -440,135 +442,10 @@ pub fn refreshed_by_not_modified(
     out
 }
 
-/// Whole seconds of freshness left at `now` (negative when stale), as `Cache-Status` `ttl`
-/// gives them.
-pub fn ttl_left(fresh_until: SystemTime, now: SystemTime) -> i64 {
-    match fresh_until.duration_since(now) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
-    }
-}
-
-/// The RFC 9211 `Cache-Status` value for a response. `request_forced`: a fresh stored response
-/// was found, but the request's own directives (`no-cache`, `max-age`, `min-fresh`, `Pragma`)
-/// sent it to the origin, which RFC 9211 §2.2 calls `fwd=request`.
-pub fn cache_status(
-    phase: pingora_cache::CachePhase,
-    ttl_left: Option<i64>,
-    stored: bool,
-    request_forced: bool,
-    detail: Option<&str>,
-) -> String {
-    use pingora_cache::CachePhase as P;
-    let forward = |usual: &'static str| if request_forced { "request" } else { usual };
-    let mut s = String::from("verge");
-    match phase {
-        P::Hit => {
-            s.push_str("; hit");
-            if let Some(t) = ttl_left {
-                s.push_str(&format!("; ttl={t}"));
-            }
-        }
-        P::Stale | P::StaleUpdating => {
-            s.push_str("; hit; fwd=stale");
-            if let Some(t) = ttl_left {
-                s.push_str(&format!("; ttl={t}"));
-            }
-        }
-        P::Miss => {
-            s.push_str("; fwd=");
-            s.push_str(forward("uri-miss"));
-        }
-        P::Expired => {
-            s.push_str("; fwd=");
-            s.push_str(forward("stale"));
-        }
-        P::Revalidated | P::RevalidatedNoCache(_) => {
-            s.push_str("; fwd=");
-            s.push_str(forward("stale"));
-            s.push_str("; fwd-status=304");
-        }
-        // looked up, missed, and the answer turned out not storable (or a lock waiter was
-        // released to fetch for itself)
-        P::Disabled(reason) if reason != pingora_cache::NoCacheReason::NeverEnabled => {
-            s.push_str("; fwd=");
-            s.push_str(forward("uri-miss"));
-        }
-        _ => s.push_str("; fwd=bypass"),
-    }
-    if stored {
-        s.push_str("; stored");
-    }
-    if let Some(d) = detail {
-        s.push_str(&format!("; detail={d}"));
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ttl_counts_whole_seconds_either_way() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
-        assert_eq!(ttl_left(now + Duration::from_millis(2500), now), 2);
-        assert_eq!(ttl_left(now - Duration::from_millis(2500), now), -2);
-        assert_eq!(ttl_left(now, now), 0);
-    }
-
-    #[test]
-    fn cache_status_names_what_went_forward_and_why() {
-        use pingora_cache::CachePhase as P;
-        assert_eq!(
-            cache_status(P::Hit, Some(42), false, false, None),
-            "verge; hit; ttl=42"
-        );
-        assert_eq!(
-            cache_status(P::Hit, Some(9), false, false, Some("early-refresh")),
-            "verge; hit; ttl=9; detail=early-refresh"
-        );
-        assert_eq!(
-            cache_status(P::Miss, None, true, false, None),
-            "verge; fwd=uri-miss; stored"
-        );
-        assert_eq!(
-            cache_status(P::Expired, None, true, false, None),
-            "verge; fwd=stale; stored"
-        );
-        assert_eq!(
-            cache_status(P::Revalidated, None, true, false, None),
-            "verge; fwd=stale; fwd-status=304; stored"
-        );
-        // a fresh entry the request's own directives refused (RFC 9211 §2.2)
-        assert_eq!(
-            cache_status(P::Expired, None, true, true, None),
-            "verge; fwd=request; stored"
-        );
-        assert_eq!(
-            cache_status(P::Revalidated, None, true, true, None),
-            "verge; fwd=request; fwd-status=304; stored"
-        );
-        assert_eq!(
-            cache_status(
-                P::Disabled(NoCacheReason::OriginNotCache),
-                None,
-                false,
-                true,
-                None
-            ),
-            "verge; fwd=request"
-        );
-        // served from the cache after all: no forward to name
-        assert_eq!(
-            cache_status(P::StaleUpdating, Some(-3), false, true, None),
-            "verge; hit; fwd=stale; ttl=-3"
-        );
-        assert_eq!(
-            cache_status(P::Bypass, None, false, false, Some("cookie")),
-            "verge; fwd=bypass; detail=cookie"
-        );
-    }
+    use pingora_http::RequestHeader;
 
     #[test]
     fn fetch_durations_round_trip_and_a_304_cannot_set_them() {
@@ -982,21 +859,36 @@ mod tests {
     #[test]
     fn request_bypass_rules() {
         let mut req = RequestHeader::build("GET", b"/", None).expect("req");
-        assert_eq!(request_bypass(&req, &rules()), None);
+        assert_eq!(
+            request_bypass(&RequestView::from_head(&req), &rules()),
+            None
+        );
         req.insert_header("cookie", "sid=1").expect("h");
-        assert_eq!(request_bypass(&req, &rules()), Some(Bypass::Cookie));
+        assert_eq!(
+            request_bypass(&RequestView::from_head(&req), &rules()),
+            Some(Bypass::Cookie)
+        );
         let public = RouteCache {
             public: true,
             ..rules()
         };
-        assert_eq!(request_bypass(&req, &public), None);
+        assert_eq!(request_bypass(&RequestView::from_head(&req), &public), None);
         let post = RequestHeader::build("POST", b"/", None).expect("req");
-        assert_eq!(request_bypass(&post, &rules()), Some(Bypass::Method));
+        assert_eq!(
+            request_bypass(&RequestView::from_head(&post), &rules()),
+            Some(Bypass::Method)
+        );
         let mut ws = RequestHeader::build("GET", b"/", None).expect("req");
         ws.insert_header("upgrade", "WebSocket").expect("h");
-        assert_eq!(request_bypass(&ws, &public), Some(Bypass::Upgrade));
+        assert_eq!(
+            request_bypass(&RequestView::from_head(&ws), &public),
+            Some(Bypass::Upgrade)
+        );
         let mut h2c = RequestHeader::build("GET", b"/", None).expect("req");
         h2c.insert_header("upgrade", "h2c").expect("h");
-        assert_eq!(request_bypass(&h2c, &rules()), None);
+        assert_eq!(
+            request_bypass(&RequestView::from_head(&h2c), &rules()),
+            None
+        );
     }
 }

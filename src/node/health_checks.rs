@@ -1,8 +1,8 @@
 //! The background service that runs active health checks for every pool of the current snapshot.
 
-use super::pool::Pool;
 use crate::metrics::METRICS;
 use crate::snapshot::SharedSnapshot;
+use crate::upstream::pool::Pool;
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;

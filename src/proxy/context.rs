@@ -1,0 +1,97 @@
+//! What one request carries between Pingora's phases, and what the hit lane hands over with a
+//! request it passes on.
+
+use super::deadline::ResponseDeadline;
+use super::filter::FilterState;
+use crate::cache::request_directives::RequestDirectives;
+use crate::cache::rfc9111::Bypass;
+use crate::snapshot::Route;
+use pingora_http::ResponseHeader;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long the hit lane waited for another request's fetch before handing a request to
+/// Pingora (passed through the session's connection context; the cache lock's wait is
+/// shortened by it).
+#[derive(Debug, Clone, Copy)]
+pub struct LaneWaited(pub Duration);
+
+/// Per-request state carried between phases.
+#[derive(Default)]
+pub struct RequestCtx {
+    /// Canonical host (lowercase, no port).
+    pub host: String,
+    /// The matched route (with a filter's pool override applied).
+    pub route: Option<Arc<Route>>,
+    /// Backends tried so far (in order); the last one is the current one.
+    pub tried: Vec<SocketAddr>,
+    /// When the request was sent upstream (for the origin latency).
+    pub upstream_sent_at: Option<Instant>,
+    /// When the origin request was sent (wall clock): the stored entry's `created`, which
+    /// invalidations are compared against.
+    pub fetch_started: Option<std::time::SystemTime>,
+    /// When the request arrived (for the access log's total time).
+    pub started: Option<Instant>,
+    /// From sending upstream to the response header, in milliseconds.
+    pub origin_ms: Option<f64>,
+    /// Request body bytes read so far.
+    pub body_bytes: u64,
+    /// Why verge answered with an error itself, for the response body.
+    pub failure: Option<String>,
+    /// Why a cached route skipped the cache for this request.
+    pub bypass: Option<Bypass>,
+    /// The response was admitted to the cache.
+    pub stored: bool,
+    /// The request's cache directives (only read on routes that cache).
+    pub directives: RequestDirectives,
+    /// The origin's 304 while revalidating, for the fields that refresh the stored header.
+    pub not_modified: Option<Box<ResponseHeader>>,
+    /// Informational (1xx) heads received from the origin for this request.
+    pub informational: usize,
+    /// The request body (sent with GET or HEAD) is read and discarded, never forwarded.
+    pub drop_body: bool,
+    /// What user filters keep for this request (selection, extensions, cache-key parts).
+    pub filters: FilterState,
+    /// The client's HTTP/2 head was rewritten as HTTP/1.1 so a background refresh can be
+    /// built from it (`refresh.rs`); its version is put back before the response goes out.
+    pub h2_head_downgraded: bool,
+    /// A fresh stored response was found, but the request's own directives sent it to the
+    /// origin (`Cache-Status: fwd=request`).
+    pub request_forced: bool,
+    /// This fresh hit started an early (XFetch) refresh of its entry.
+    pub early_refresh: bool,
+    /// The whole-response deadline (`timeouts.total`), from the first connect attempt.
+    pub deadline: Option<ResponseDeadline>,
+    /// Origin fields the stored form of this response leaves out (`Age`, fields named by
+    /// `no-cache="…"`/`private="…"`, a stripped `Set-Cookie`): the fetching client, which
+    /// pingora serves from the stored head as the body streams into the cache, gets them back.
+    pub unstored_fields: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// This request is the cache lock's writer: the hit lane's waiters wait on it.
+    pub pending_fetch: Option<crate::cache::pending::PendingFetch>,
+    /// How long the hit lane already waited for another request's fetch before handing this
+    /// request over; taken off the cache lock's wait.
+    pub lane_waited: Option<Duration>,
+}
+
+impl RequestCtx {
+    /// The matched route's name (empty before routing).
+    pub fn route_name(&self) -> &str {
+        self.route.as_ref().map_or("", |r| r.spec.name.as_str())
+    }
+}
+
+/// Whether this request waited for another request's fetch: on the cache lock (`locked`), or
+/// in the hit lane before it was handed over (it then reads that fetch's response as it
+/// streams in).
+pub fn waited_on_fetch(locked: bool, ctx: &RequestCtx) -> bool {
+    locked || ctx.lane_waited.is_some()
+}
+
+/// The client's IP address, when it came over TCP.
+pub fn client_ip(session: &pingora_proxy::Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}

@@ -1,0 +1,99 @@
+//! The short plain-text answers verge writes itself (refusals, routing misses, purges, proxy
+//! failures), and which status a failure becomes.
+
+use bytes::Bytes;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+/// Write a short plain-text response that verge generated itself, and close the connection
+/// after it.
+pub async fn respond_plain(session: &mut Session, status: u16, text: &str) -> Result<()> {
+    let body = Bytes::from(format!("{text}\n"));
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("cache-control", "no-store")?;
+    resp.insert_header("server", "verge")?;
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// The status a client gets for a failure verge could not proxy around (0: none, the client
+/// is gone).
+pub fn failure_status(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            if e.esource() == &ErrorSource::Upstream =>
+        {
+            504
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                ErrorType::ReadTimedout => 408,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+/// The body of the error page for `code`, unless the request said why it failed.
+pub fn failure_text(code: u16, why: Option<&str>) -> String {
+    if let Some(why) = why {
+        return why.to_string();
+    }
+    match code {
+        504 => "verge: upstream timed out",
+        502 => "verge: bad gateway",
+        408 => "verge: request timed out",
+        400 => "verge: bad request",
+        _ => "verge: internal error",
+    }
+    .to_string()
+}
+
+/// Whether a final response head has gone to the client already: anything but an interim 1xx
+/// (a 101 is final: the connection is a tunnel from then on). After one, an error page would
+/// be read as the end of that response's body; closing the connection is the only honest
+/// signal left.
+pub fn final_head_sent(written: Option<&ResponseHeader>) -> bool {
+    written.is_some_and(|r| {
+        !r.status.is_informational() || r.status == http::StatusCode::SWITCHING_PROTOCOLS
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_page_only_before_a_final_head() {
+        let head = |status| ResponseHeader::build(status, None).expect("resp");
+        assert!(!final_head_sent(None));
+        assert!(!final_head_sent(Some(&head(100))));
+        assert!(!final_head_sent(Some(&head(103))));
+        assert!(final_head_sent(Some(&head(101))), "a tunnel");
+        assert!(final_head_sent(Some(&head(200))));
+        assert!(final_head_sent(Some(&head(502))));
+    }
+
+    #[test]
+    fn statuses_for_failures() {
+        let up = |t| {
+            let mut e = Error::new(t);
+            e.as_up();
+            e
+        };
+        assert_eq!(failure_status(&up(ErrorType::ConnectRefused)), 502);
+        assert_eq!(failure_status(&up(ErrorType::ReadTimedout)), 504);
+        assert_eq!(failure_status(&Error::new(ErrorType::HTTPStatus(502))), 502);
+        assert_eq!(failure_status(&Error::new(ErrorType::InternalError)), 500);
+        assert_eq!(failure_text(504, None), "verge: upstream timed out");
+        assert_eq!(failure_text(502, Some("why")), "why");
+    }
+}

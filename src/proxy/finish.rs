@@ -1,0 +1,116 @@
+//! The end of every request, whichever way it was answered: the request metrics, the lock-wait
+//! count and the access-log line. Pingora's `logging` phase and the hit lane both finish here,
+//! so both count and log alike.
+
+use crate::access_log::{key_hex, AccessLog, Record};
+use crate::cache::collapse::LockWait;
+use crate::metrics::{RequestOutcome, METRICS};
+use crate::snapshot::{Route, SharedSnapshot};
+use pingora_cache::CachePhase;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime};
+
+/// One finished request, as the metrics and the access log see it.
+pub struct Finished<'a> {
+    /// Its route, if it was routed.
+    pub route: Option<&'a Route>,
+    /// The canonical host.
+    pub host: &'a str,
+    /// The request method.
+    pub method: &'a str,
+    /// The path and query as received.
+    pub path: &'a str,
+    /// The status sent (0: none).
+    pub status: u16,
+    /// Response body bytes sent.
+    pub body_bytes: usize,
+    /// The `verge_cache_lookups_total` result, when the request is counted as a lookup.
+    pub lookup: Option<&'static str>,
+    /// The lookup result the access log shows (every request on a caching route).
+    pub logged_lookup: Option<&'static str>,
+    /// Where the body came from (`cache`, `origin`, `local`).
+    pub source: &'static str,
+    /// How its wait for another request's fetch ended, if it waited.
+    pub lock_wait: Option<LockWait>,
+    /// The backend that answered, if one was reached.
+    pub backend: Option<SocketAddr>,
+    /// The cache key's hash, on routes that cache.
+    pub key: Option<&'a [u8]>,
+    /// From sending upstream to the response head, in milliseconds.
+    pub origin_ms: Option<f64>,
+    /// From the request head to the end of the response.
+    pub elapsed: Option<Duration>,
+    /// The client's address.
+    pub client: Option<IpAddr>,
+}
+
+/// Count `f` in the metrics and write its access-log line (when there is a log).
+pub fn finish(f: &Finished<'_>, log: Option<&AccessLog>, snapshot: &SharedSnapshot) {
+    let route = f.route.map_or("", |r| r.spec.name.as_str());
+    METRICS.record_request(&RequestOutcome {
+        route,
+        status: f.status,
+        lookup: f.lookup,
+        source: f.source,
+        body_bytes: f.body_bytes as u64,
+        elapsed: f.elapsed,
+    });
+    if let Some(wait) = f.lock_wait {
+        METRICS
+            .cache_lock_waits
+            .with_label_values(&[route, wait.as_str()])
+            .inc();
+    }
+    let Some(log) = log else {
+        return;
+    };
+    let snapshot = snapshot.load();
+    log.log(&Record {
+        time: Some(SystemTime::now()),
+        client: f.client.map(|ip| ip.to_string()),
+        host: f.host,
+        method: f.method,
+        path: f.path,
+        status: f.status,
+        bytes: f.body_bytes,
+        route: f.route.map(|r| r.spec.name.as_str()),
+        pool: f.route.map(|r| r.pool.name()),
+        backend: f.backend.map(|a| a.to_string()),
+        cache: f.logged_lookup,
+        key: f.key.map(key_hex),
+        origin_ms: f.origin_ms,
+        total_ms: f.elapsed.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        config: &snapshot.version,
+        seq: snapshot.control.position.seq,
+    });
+}
+
+/// The `result` label of `verge_cache_lookups_total` for a request that ended in `phase`
+/// (`stored`: its response was admitted; `bypassed`: a request rule skipped the cache).
+pub fn lookup_result(phase: CachePhase, stored: bool, bypassed: bool) -> &'static str {
+    match phase {
+        CachePhase::Hit => "hit",
+        CachePhase::Miss if stored => "miss",
+        CachePhase::Miss => "uncacheable",
+        CachePhase::StaleUpdating => "stale",
+        CachePhase::Stale => "stale_error",
+        CachePhase::Expired => "expired",
+        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "revalidated",
+        _ if bypassed => "bypass",
+        _ => "uncacheable",
+    }
+}
+
+/// The `source` label of `verge_response_body_bytes_total`: where the body a client got came
+/// from (`sent_upstream`: the request went to the origin).
+pub fn response_source(phase: CachePhase, sent_upstream: bool) -> &'static str {
+    match phase {
+        CachePhase::Hit
+        | CachePhase::StaleUpdating
+        | CachePhase::Stale
+        | CachePhase::Revalidated
+        | CachePhase::RevalidatedNoCache(_) => "cache",
+        _ if sent_upstream => "origin",
+        _ => "local",
+    }
+}

@@ -1,0 +1,567 @@
+//! The front door's hit lane: a plain HTTP/1.1 request for a fresh stored `200` is answered
+//! straight from the cache, without building Pingora's per-request session.
+//!
+//! The lane is a shortcut, never a second opinion. It fills the same [`RequestView`] the full
+//! path fills and decides through the same functions: the route's bypass rules
+//! ([`rfc9111::request_bypass`]), the request's directives ([`request_directives::for_route`]),
+//! invalidations and directives against the stored entry ([`hit_decision::decide`]), the
+//! `Cache-Status` ([`cache_status::value`]), and the finish (metrics, access log:
+//! [`finish`]). Which routes it may serve is an exhaustive match over the route's fields
+//! ([`lane_rules`]): a new field does not compile until someone decides what the lane does
+//! with it.
+//!
+//! What it leaves to Pingora: conditional and range requests, bodies, upgrades and other
+//! connection options (those change the answer's shape, not the cache's say), HTTP/1.0 and
+//! HTTP/2, pipelined bytes, stale or invalidated entries, responses still being fetched. What it
+//! sends is what the full path sends (stored fields, `Age`, `Accept-Ranges`, `Cache-Status`,
+//! `Connection`), except `Date`: the stored one goes out, as RFC 9111 asks, where Pingora's
+//! writer stamps the time of sending.
+
+use super::filter::Filters;
+use super::finish::{finish, Finished};
+use crate::access_log::AccessLog;
+use crate::cache::collapse::LockWait;
+use crate::cache::hit_decision::{self, HitDecision, StoredEntry};
+use crate::cache::request_view::RequestView;
+use crate::cache::storage::Servable;
+use crate::cache::{self, cache_status, request_directives, rfc9111, CacheEngine};
+use crate::config::{RouteCache, RouteSpec};
+use crate::http_syntax::{host::canonical_host, scheme, target};
+use crate::metrics::METRICS;
+use crate::snapshot::{Route, SharedSnapshot};
+use bytes::{Bytes, BytesMut};
+use http::{Method, Version};
+use pingora_cache::eviction::EvictionManager;
+use pingora_cache::key::CacheHashKey;
+use pingora_cache::CachePhase;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Most header fields a request may have and still be parsed here.
+const MAX_FIELDS: usize = 64;
+
+/// Request fields that change the shape of the answer rather than the cache's say, which the
+/// lane leaves to Pingora: preconditions (304/412), ranges (206), bodies and their framing,
+/// `Expect`, and upgrades. (Credentials, cookies, methods, WebSocket handshakes and cache
+/// directives are the cache's rules, decided by the functions both paths call.)
+const SHAPING_FIELDS: [&str; 11] = [
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "if-range",
+    "range",
+    "expect",
+    "upgrade",
+    "content-length",
+    "transfer-encoding",
+    "http2-settings",
+];
+
+/// A request whose answer, if it is a hit, has the shape the lane writes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PlainRequest<'a> {
+    /// The method, as the cache rules read it.
+    pub method: Method,
+    /// The origin-form target (path and query, no fragment).
+    pub path_and_query: &'a str,
+    /// The path part of the target.
+    pub path: &'a str,
+    /// The `Host` field as sent.
+    pub host: &'a str,
+    /// The client asked to close the connection after this response.
+    pub close: bool,
+    /// Every field line, in order.
+    pub fields: &'a [httparse::Header<'a>],
+}
+
+impl<'a> PlainRequest<'a> {
+    /// The view the cache's rules read.
+    pub fn view(&'a self) -> RequestView<'a> {
+        RequestView::from_lines(&self.method, Version::HTTP_11, self.fields)
+    }
+
+    /// `HEAD`: the head alone.
+    pub fn head_only(&self) -> bool {
+        self.method == Method::HEAD
+    }
+}
+
+/// Read a whole request head (and nothing after it) into `lines`. `None` when the answer would
+/// not have the lane's shape: anything but HTTP/1.1 in origin form with exactly one `Host`, a
+/// target the full path refuses, a field in `SHAPING_FIELDS`, or a `Connection` option other
+/// than `keep-alive` and `close`. Pure.
+pub fn plain_request<'a>(
+    head: &'a [u8],
+    lines: &'a mut [httparse::Header<'a>],
+) -> Option<PlainRequest<'a>> {
+    let mut req = httparse::Request::new(lines);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+        _ => return None,
+    }
+    let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
+    if req.version? != 1 {
+        return None;
+    }
+    let target = req.path?;
+    if target.contains('#') {
+        return None;
+    }
+    let parsed = http::uri::PathAndQuery::try_from(target).ok()?;
+    if parsed.as_str() != target || target::check_path(method.as_str(), parsed.path()).is_err() {
+        return None;
+    }
+    let path = &target[..parsed.path().len()];
+    let (mut host, mut close) = (None, false);
+    let fields: &'a [httparse::Header<'a>] = req.headers;
+    for field in fields {
+        let name = field.name;
+        if name.eq_ignore_ascii_case("host") {
+            if host.is_some() {
+                return None;
+            }
+            host = Some(std::str::from_utf8(field.value).ok()?);
+        } else if name.eq_ignore_ascii_case("connection") {
+            for option in field.value.split(|b| *b == b',') {
+                let option = option.trim_ascii();
+                if option.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !option.eq_ignore_ascii_case(b"keep-alive") && !option.is_empty() {
+                    return None;
+                }
+            }
+        } else if SHAPING_FIELDS.iter().any(|d| name.eq_ignore_ascii_case(d)) {
+            return None;
+        }
+    }
+    Some(PlainRequest {
+        method,
+        path_and_query: target,
+        path,
+        host: host?,
+        close,
+        fields,
+    })
+}
+
+/// The cache rules of `route` when the lane may answer its hits: every field of the route is
+/// classified here, with no `..`, so a new one fails to compile until it is. `None`: the route
+/// does not cache, or something on it acts on a hit beyond what the lane does.
+pub fn lane_rules<'r>(route: &'r Route, filters: &Filters) -> Option<&'r RouteCache> {
+    let Route { spec, pool: _ } = route; // a hit never reaches the pool
+    let RouteSpec {
+        name: _,            // a label
+        hosts: _,           // routing, done before the lane looks
+        path_prefix: _,     // routing
+        pool: _,            // a hit never reaches the pool
+        strip_prefix: _,    // shapes the forwarded request only
+        request_headers: _, // the forwarded request only
+        response_headers,   // edits every response: the full path applies them
+        timeouts: _,        // the origin only
+        cache,
+        filters: selected, // user filters see hits too: the full path runs them
+        get_body: _,       // the lane takes no request with a body
+    } = &**spec;
+    let rules = cache.as_ref()?;
+    let RouteCache {
+        default_ttl: _,            // decided when the entry was stored
+        max_ttl: _,                // stored
+        stale_while_revalidate: _, // stored; the lane serves fresh entries only
+        stale_if_error: _,         // the lane never reaches the origin
+        public: _,                 // read by `rfc9111::request_bypass`
+        negative_ttl: _,           // stored; the lane serves 200s only
+        force_ttl: _,              // stored
+        set_cookie: _,             // applies to fills only
+        max_variants: _,           // applies to fills only
+        key,                       // key variants from request fields: the full path
+        client_revalidation: _,    // read by `request_directives::for_route`
+        early_refresh,             // a hit may start a refresh: the full path
+    } = rules;
+    let lane = early_refresh.is_none()
+        && !key.has_variant_inputs()
+        && response_headers.is_empty()
+        && !filters.run_on(selected.as_deref());
+    lane.then_some(rules)
+}
+
+/// The response head a hit sends: the stored head, then `Date` (only when none was stored),
+/// `Age`, `Accept-Ranges`, `Cache-Status` and `Connection`, as the full path adds them. Pure.
+pub fn response_head(
+    stored: &[u8],
+    date: Option<&[u8]>,
+    age: u64,
+    cache_status: &str,
+    close: bool,
+) -> BytesMut {
+    let date_len = date.map_or(0, |d| d.len() + 8);
+    let mut out = BytesMut::with_capacity(stored.len() + date_len + cache_status.len() + 96);
+    out.extend_from_slice(stored);
+    if let Some(date) = date {
+        out.extend_from_slice(b"Date: ");
+        out.extend_from_slice(date);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Age: ");
+    out.extend_from_slice(itoa::Buffer::new().format(age).as_bytes());
+    out.extend_from_slice(b"\r\nAccept-Ranges: bytes\r\ncache-status: ");
+    out.extend_from_slice(cache_status.as_bytes());
+    out.extend_from_slice(if close {
+        b"\r\nConnection: close\r\n\r\n".as_slice()
+    } else {
+        b"\r\nConnection: keep-alive\r\n\r\n".as_slice()
+    });
+    out
+}
+
+/// What the hit lane makes of a request.
+pub enum Lane {
+    /// Answer it with this.
+    Answer(Answer),
+    /// Its response is being fetched by another request: wait on this (resolves when that
+    /// fetch's head arrives, when it is stored, or when it ends), then ask again: a stored
+    /// entry is answered here, one still streaming goes to Pingora, which streams it.
+    Wait(tokio::sync::watch::Receiver<()>),
+    /// It goes the full way.
+    Decline,
+}
+
+/// A hit ready to go out: head and body, to be sent together (one vectored write).
+pub struct Answer {
+    /// The response head.
+    pub head: Bytes,
+    /// The body (empty for `HEAD`).
+    pub body: Bytes,
+    /// Close the connection after it.
+    pub close: bool,
+    /// It was served after waiting for another request's fetch (`Cache-Status` says
+    /// `detail=collapsed`, and it counts as a collapsed lock wait).
+    pub collapsed: bool,
+    body_len: usize,
+    head_only: bool,
+    route: Arc<Route>,
+    host: String,
+    key: pingora_cache::key::HashBinary,
+    /// The request's path and query, kept only when an access log is written.
+    logged_path: Option<String>,
+}
+
+/// The hit lane of one listener.
+pub struct HitLane {
+    snapshot: SharedSnapshot,
+    cache: &'static CacheEngine,
+    filters: Filters,
+    access_log: Option<Arc<AccessLog>>,
+    scheme: &'static str,
+}
+
+impl HitLane {
+    /// The hit lane for a listener serving `snapshot` through `cache`; `tls` picks the key's
+    /// scheme.
+    pub fn new(
+        snapshot: SharedSnapshot,
+        cache: &'static CacheEngine,
+        filters: Filters,
+        access_log: Option<Arc<AccessLog>>,
+        tls: bool,
+    ) -> Self {
+        HitLane {
+            snapshot,
+            cache,
+            filters,
+            access_log,
+            scheme: scheme(tls),
+        }
+    }
+
+    /// The answer to the request in `head`, if it is a plain request for a fresh, servable,
+    /// uninvalidated stored response. `last`: this response must close the connection (the
+    /// keep-alive request limit, or shutdown). Counts the hit with the eviction manager, as a
+    /// Pingora hit does.
+    pub fn answer(&self, head: &[u8], last: bool, waited: bool) -> Lane {
+        let mut lines = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        plain_request(head, &mut lines)
+            .and_then(|req| self.try_answer(&req, last, waited))
+            .unwrap_or(Lane::Decline)
+    }
+
+    fn try_answer(&self, req: &PlainRequest<'_>, last: bool, waited: bool) -> Option<Lane> {
+        let host = canonical_host(req.host)?;
+        let snapshot = self.snapshot.load();
+        let route = snapshot.table.lookup(&host, req.path)?;
+        let rules = lane_rules(route, &self.filters)?;
+        let view = req.view();
+        if rfc9111::request_bypass(&view, rules).is_some() {
+            return None;
+        }
+        let key = cache::route_cache_key(self.scheme, &host, req.path_and_query, &rules.key);
+        let combined = key.combined_bin();
+        let Some(entry) = self.cache.storage.servable(&combined) else {
+            if waited {
+                return None;
+            }
+            // Another request may be fetching it. Subscribe first, then look: a head that
+            // arrives after the look still wakes this request.
+            let fetched = self.cache.storage.pending.wait_for(&combined)?;
+            let storage = self.cache.storage;
+            if storage.servable(&combined).is_some() {
+                return self.try_answer(req, last, true);
+            }
+            // a response already streaming in is Pingora's to stream to this client
+            return (!storage.is_filling(&combined)).then_some(Lane::Wait(fetched));
+        };
+        let meta = entry.meta();
+        let now = SystemTime::now();
+        if meta.fresh_until() < now {
+            return None;
+        }
+        let stored = StoredEntry {
+            header: meta.header(),
+            created: meta.created(),
+            age: meta.age(now),
+            fresh_until: meta.fresh_until(),
+        };
+        let directives = request_directives::for_route(&view, rules);
+        let decision = hit_decision::decide(
+            &snapshot.control.invalidations,
+            &host,
+            req.path_and_query,
+            rules,
+            &directives,
+            stored,
+            now,
+        );
+        if decision != HitDecision::AsStored {
+            return None;
+        }
+        let route = route.clone();
+        drop(snapshot);
+        let (eviction_key, weight) = entry.eviction_key();
+        self.cache
+            .eviction
+            .access(&eviction_key, weight, meta.fresh_until());
+        let answer = self.build(&entry, req, now, last, route, host, combined, waited);
+        Some(Lane::Answer(answer))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        &self,
+        entry: &Servable,
+        req: &PlainRequest<'_>,
+        now: SystemTime,
+        last: bool,
+        route: Arc<Route>,
+        host: String,
+        key: pingora_cache::key::HashBinary,
+        waited: bool,
+    ) -> Answer {
+        let meta = entry.meta();
+        let close = last || req.close;
+        let status = cache_status::value(
+            &cache_status::Outcome {
+                phase: CachePhase::Hit,
+                fresh_until: Some(meta.fresh_until()),
+                stored: false,
+                request_forced: false,
+                bypass: None,
+                passed: false,
+                early_refresh: false,
+                lock_wait: waited.then_some(LockWait::Collapsed),
+            },
+            now,
+        );
+        let stored = entry.head().map_or(&[][..], |h| &h.bytes[..]);
+        let date = match entry.head() {
+            Some(h) if !h.has_date => Some(pingora_core::protocols::http::date::get_cached_date()),
+            _ => None,
+        };
+        let head = response_head(
+            stored,
+            date.as_ref().map(|d| d.as_bytes()),
+            meta.age(now).as_secs(),
+            &status,
+            close,
+        );
+        let head_only = req.head_only();
+        let body = if head_only {
+            Bytes::new()
+        } else {
+            entry.body().clone()
+        };
+        Answer {
+            head: head.freeze(),
+            body_len: body.len(),
+            body,
+            close,
+            collapsed: waited,
+            head_only,
+            logged_path: self
+                .access_log
+                .is_some()
+                .then(|| req.path_and_query.to_string()),
+            route,
+            host,
+            key,
+        }
+    }
+
+    /// How long a request may wait for another's fetch (`cache.lock_wait`).
+    pub fn lock_wait(&self) -> Duration {
+        self.cache.settings.lock_wait
+    }
+
+    /// Whether it writes an access log (the caller then looks up the client's address).
+    pub fn logs(&self) -> bool {
+        self.access_log.is_some()
+    }
+
+    /// Count a hit this lane answered (`sent`: the whole response was written), through the
+    /// finish the full path uses.
+    pub fn record(&self, answer: &Answer, sent: bool, client: Option<IpAddr>, elapsed: Duration) {
+        let route: &Route = &answer.route;
+        let finished = Finished {
+            route: Some(route),
+            host: &answer.host,
+            method: if answer.head_only { "HEAD" } else { "GET" },
+            path: answer.logged_path.as_deref().unwrap_or("/"),
+            status: 200,
+            body_bytes: if sent { answer.body_len } else { 0 },
+            lookup: Some("hit"),
+            logged_lookup: Some("hit"),
+            source: "cache",
+            lock_wait: answer.collapsed.then_some(LockWait::Collapsed),
+            backend: None,
+            key: Some(&answer.key[..]),
+            origin_ms: None,
+            elapsed: Some(elapsed),
+            client,
+        };
+        finish(&finished, self.access_log.as_deref(), &self.snapshot);
+        METRICS
+            .cache_fast_hits
+            .with_label_values(&[route.spec.name.as_str()])
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parse `text` and hand the plain request (if any) to `check`.
+    fn with_plain(text: &str, check: impl FnOnce(Option<&PlainRequest<'_>>)) {
+        let mut lines = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        check(plain_request(text.as_bytes(), &mut lines).as_ref());
+    }
+
+    #[test]
+    fn a_plain_get_or_head_is_read() {
+        with_plain(
+            "GET /a/b?x=1 HTTP/1.1\r\nHost: Example.com\r\nAccept: */*\r\n\r\n",
+            |r| {
+                let r = r.expect("plain");
+                assert_eq!(r.method, Method::GET);
+                assert_eq!(
+                    (r.path_and_query, r.path, r.host, r.close),
+                    ("/a/b?x=1", "/a/b", "Example.com", false)
+                );
+                assert_eq!(r.view().values("accept").collect::<Vec<_>>(), [b"*/*"]);
+            },
+        );
+        with_plain(
+            "HEAD / HTTP/1.1\r\nhost: a\r\nConnection: Close\r\nCookie: c=1\r\n\r\n",
+            |r| {
+                let r = r.expect("plain");
+                assert!(r.head_only() && r.close && r.view().contains("cookie"));
+            },
+        );
+        with_plain(
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+            |r| assert!(r.is_some()),
+        );
+    }
+
+    #[test]
+    fn a_different_shape_of_answer_goes_the_full_way() {
+        for head in [
+            "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+            "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /a/../b HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nIf-None-Match: \"x\"\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nIf-Modified-Since: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nRange: bytes=0-1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: x-hop\r\n\r\n",
+            // a pipelined second request, or an unfinished head
+            "GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\n",
+        ] {
+            with_plain(head, |r| assert_eq!(r, None, "{head:?}"));
+        }
+    }
+
+    #[test]
+    fn the_cache_rules_decide_on_the_lanes_view_as_on_the_full_path() {
+        let rules = RouteCache::default();
+        let public = RouteCache {
+            public: true,
+            ..RouteCache::default()
+        };
+        for (head, bypass_private, bypass_public) in [
+            ("GET / HTTP/1.1\r\nHost: a\r\n\r\n", false, false),
+            ("POST / HTTP/1.1\r\nHost: a\r\n\r\n", true, true),
+            ("PURGE / HTTP/1.1\r\nHost: a\r\n\r\n", true, true),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: x\r\n\r\n",
+                true,
+                false,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nCookie: c=1\r\n\r\n",
+                true,
+                false,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nCache-Control: no-store\r\n\r\n",
+                true,
+                true,
+            ),
+        ] {
+            with_plain(head, |r| {
+                let r = r.expect("plain");
+                let view = r.view();
+                assert_eq!(
+                    rfc9111::request_bypass(&view, &rules).is_some(),
+                    bypass_private,
+                    "{head:?}"
+                );
+                assert_eq!(
+                    rfc9111::request_bypass(&view, &public).is_some(),
+                    bypass_public,
+                    "{head:?}"
+                );
+            });
+        }
+    }
+
+    #[test]
+    fn the_head_adds_what_the_full_path_adds() {
+        let stored = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nDate: D\r\n";
+        let head = response_head(stored, None, 7, "verge; hit; ttl=3", false);
+        assert_eq!(
+            &head[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nDate: D\r\nAge: 7\r\nAccept-Ranges: bytes\r\ncache-status: verge; hit; ttl=3\r\nConnection: keep-alive\r\n\r\n"
+        );
+        let head = response_head(b"HTTP/1.1 200 OK\r\n", Some(b"N"), 0, "s", true);
+        assert_eq!(
+            &head[..],
+            b"HTTP/1.1 200 OK\r\nDate: N\r\nAge: 0\r\nAccept-Ranges: bytes\r\ncache-status: s\r\nConnection: close\r\n\r\n"
+        );
+    }
+}

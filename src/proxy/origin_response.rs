@@ -1,0 +1,48 @@
+//! What happens when an origin's response head arrives, before the cache decides on it: the
+//! whole-response deadline ends where no body follows, the body-size check is deferred for
+//! streamed bodies, hop-by-hop fields go, a 304 is kept for the refresh, and the origin's
+//! latency is measured.
+
+use super::context::RequestCtx;
+use super::{deadline, headers};
+use crate::metrics::METRICS;
+use pingora_error::Result;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+/// An interim (1xx) head other than `101`: it passes through, and is counted against the
+/// origin's budget for them.
+pub fn is_interim(upstream: &ResponseHeader) -> bool {
+    upstream.status.is_informational() && upstream.status != http::StatusCode::SWITCHING_PROTOCOLS
+}
+
+/// `upstream_response_filter` for a final head.
+pub fn head_arrived(
+    session: &mut Session,
+    upstream: &mut ResponseHeader,
+    ctx: &mut RequestCtx,
+) -> Result<()> {
+    let tunnel = upstream.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    // a tunnel (101) has no end to wait for; a head without a body is the whole response
+    if ctx.deadline.is_some() && (tunnel || !deadline::body_follows(upstream)) {
+        ctx.deadline = None;
+    }
+    // before pingora's cache write: a streamed body without Content-Length that outgrows
+    // cache.max_object_size must reach the client whole (see the function's doc)
+    crate::cache::defer_body_size_check(&mut session.cache, upstream);
+    if !tunnel {
+        headers::strip_connection_listed(upstream);
+    }
+    if upstream.status == http::StatusCode::NOT_MODIFIED {
+        ctx.not_modified = Some(Box::new(upstream.clone()));
+    }
+    if let (Some(route), Some(at)) = (ctx.route.as_ref(), ctx.upstream_sent_at) {
+        let elapsed = at.elapsed().as_secs_f64();
+        ctx.origin_ms = Some(elapsed * 1000.0);
+        METRICS
+            .upstream_latency
+            .with_label_values(&[route.pool.name()])
+            .observe(elapsed);
+    }
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! The start of `request_filter`: refuse a target or host the router and the origin could read
+//! differently, route by canonical host and path, answer `PURGE`, and apply the route's rule for
+//! bodies on GET and HEAD. What is left goes on to user filters and the cache.
+
+use super::context::{client_ip, RequestCtx};
+use super::error_page::respond_plain;
+use super::{purge, request_body};
+use crate::cache::CacheEngine;
+use crate::http_syntax::host::request_host;
+use crate::http_syntax::target;
+use crate::metrics::METRICS;
+use crate::snapshot::SharedSnapshot;
+use pingora_error::Result;
+use pingora_proxy::Session;
+
+/// Route the request into `ctx`; `true` when verge answered it here (a refusal, `PURGE`, no
+/// route) and it goes no further.
+pub async fn answered_before_routing(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    snapshot: &SharedSnapshot,
+    engine: &CacheEngine,
+) -> Result<bool> {
+    let req = session.req_header();
+    if let Err(bad) = target::check_path(req.method.as_str(), req.uri.path()) {
+        METRICS.rejected.with_label_values(&[bad.reason()]).inc();
+        respond_plain(session, 400, "verge: request target refused").await?;
+        return Ok(true);
+    }
+    let Some(host) = request_host(req) else {
+        METRICS.rejected.with_label_values(&["bad_host"]).inc();
+        respond_plain(session, 400, "verge: missing or invalid Host").await?;
+        return Ok(true);
+    };
+    let current = snapshot.load();
+    let route = current.table.lookup(&host, req.uri.path()).cloned();
+    ctx.host = host;
+    let purge = purge::decide(
+        req.method.as_str(),
+        current.config.purge.as_ref(),
+        client_ip(session),
+    );
+    drop(current);
+    if purge != purge::PurgeDecision::NotPurge {
+        return purge::answer(engine, session, purge, route.as_deref(), &ctx.host).await;
+    }
+    let Some(route) = route else {
+        let text = format!("verge: no route for host {:?}", ctx.host);
+        respond_plain(session, 404, &text).await?;
+        return Ok(true);
+    };
+    let has_body = !session.is_body_empty();
+    let method = &session.req_header().method;
+    match request_body::action(method, has_body, route.spec.get_body) {
+        request_body::BodyAction::Reject => {
+            METRICS.rejected.with_label_values(&["get_body"]).inc();
+            respond_plain(session, 400, "verge: no body allowed with GET or HEAD").await?;
+            return Ok(true);
+        }
+        request_body::BodyAction::Drop => ctx.drop_body = true,
+        request_body::BodyAction::Forward => {}
+    }
+    ctx.route = Some(route);
+    Ok(false)
+}
