@@ -21,14 +21,30 @@ pub struct ConfigError {
     pub path: String,
     /// What is wrong, and what would be right.
     pub message: String,
+    /// The line of the config text it is on (1-based), when the config came as text.
+    pub line: Option<usize>,
+}
+
+impl ConfigError {
+    /// An error at a key path, without a line.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+            line: None,
+        }
+    }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)?;
+        match self.line {
+            Some(line) => write!(f, " (line {line})"),
+            None => Ok(()),
         }
     }
 }
@@ -76,27 +92,14 @@ impl fmt::Display for ConfigErrors {
 impl Config {
     /// Parse and validate YAML text.
     pub fn from_yaml_str(text: &str) -> Result<Config, ConfigErrors> {
-        let doc: raw::RawDocument = if text.trim().is_empty() {
-            raw::RawDocument::default()
-        } else {
-            serde_yaml::from_str(text).map_err(|e| {
-                ConfigErrors::new(vec![ConfigError {
-                    path: String::new(),
-                    message: e.to_string(),
-                }])
-            })?
-        };
-        validate::validate_document(doc, text).map_err(ConfigErrors::new)
+        validate::validate_yaml(text).map_err(ConfigErrors::new)
     }
 
     /// Read, parse and validate a config file; errors name the file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors::new(vec![ConfigError {
-                path: String::new(),
-                message: format!("cannot read file: {e}"),
-            }])
-            .in_file(path)
+            ConfigErrors::new(vec![ConfigError::new("", format!("cannot read file: {e}"))])
+                .in_file(path)
         })?;
         let mut config = Self::from_yaml_str(&text).map_err(|e| e.in_file(path))?;
         config.source = Some(path.to_path_buf());
@@ -146,10 +149,10 @@ pub(crate) fn unknown_filters(routes: &[RouteSpec], registered: &[&str]) -> Vec<
     for (i, route) in routes.iter().enumerate() {
         for (j, name) in route.filters.iter().flatten().enumerate() {
             if !registered.contains(&name.as_str()) {
-                errors.push(ConfigError {
-                    path: format!("routes[{i}].filters[{j}]"),
-                    message: format!("unknown filter {name:?}; {known}"),
-                });
+                errors.push(ConfigError::new(
+                    format!("routes[{i}].filters[{j}]"),
+                    format!("unknown filter {name:?}; {known}"),
+                ));
             }
         }
     }
@@ -160,28 +163,21 @@ impl Policy {
     /// Validate a policy document given as JSON (the control plane's wire format), with the same
     /// rules a node applies to its config file.
     pub fn from_json(value: &serde_json::Value) -> Result<Policy, ConfigErrors> {
-        let one = |message: String| {
-            ConfigErrors::new(vec![ConfigError {
-                path: String::new(),
-                message,
-            }])
-        };
+        let one = |message: String| ConfigErrors::new(vec![ConfigError::new("", message)]);
         if !value.is_object() {
             return Err(one("a policy document must be a JSON object".into()));
         }
         let yaml = serde_yaml::to_value(value).map_err(|e| one(e.to_string()))?;
-        let raw: raw::RawPolicy = serde_yaml::from_value(yaml).map_err(|e| one(e.to_string()))?;
-        validate::validate_policy(raw).map_err(ConfigErrors::new)
+        validate::validate_policy(yaml).map_err(ConfigErrors::new)
     }
 
     /// Parse a policy document written as YAML (or JSON) text into its JSON form, without
     /// validating it: what `verge policy push` sends.
     pub fn document_from_text(text: &str) -> Result<serde_json::Value, ConfigErrors> {
         serde_yaml::from_str::<serde_json::Value>(text).map_err(|e| {
-            ConfigErrors::new(vec![ConfigError {
-                path: String::new(),
-                message: e.to_string(),
-            }])
+            let mut error = ConfigError::new("", e.to_string());
+            error.line = e.location().map(|l| l.line());
+            ConfigErrors::new(vec![error])
         })
     }
 }
@@ -269,6 +265,188 @@ routes:
         assert!(errs[0].message.contains("unknown field `lisners`"));
     }
 
+    /// `(path, message, line)` of every error, in order.
+    fn report(text: &str) -> Vec<(String, String, Option<usize>)> {
+        Config::from_yaml_str(text)
+            .expect_err("invalid")
+            .errors
+            .into_iter()
+            .map(|e| (e.path, e.message, e.line))
+            .collect()
+    }
+
+    #[test]
+    fn several_errors_in_one_route_are_all_reported() {
+        let errs = report(
+            r#"
+listeners: [{listen: "127.0.0.1:8080"}]
+pools: {web: {backends: ["127.0.0.1:1"]}}
+routes:
+  - hosts: ["bad host", a.com]
+    path: nope
+    pool: api
+    strip_prefix: maybe
+    timeouts: {read: forever, connect: 0s}
+    cache: {max_ttl: 1s, default_ttl: 1m, key: {query: shuffled}}
+"#,
+        );
+        let paths: Vec<&str> = errs.iter().map(|(p, _, _)| p.as_str()).collect();
+        // type errors first (each found by decoding), then what the checks of the rest find
+        assert_eq!(
+            paths,
+            [
+                "routes[0].strip_prefix",
+                "routes[0].timeouts.read",
+                "routes[0].hosts[0]",
+                "routes[0].path",
+                "routes[0].pool",
+                "routes[0].timeouts.connect",
+                "routes[0].cache.key.query",
+                "routes[0].cache.default_ttl",
+            ],
+            "{errs:#?}"
+        );
+        assert!(errs[0].1.contains("expected a boolean"), "{errs:#?}");
+        assert!(
+            errs[1].1.starts_with("invalid duration \"forever\""),
+            "{errs:#?}"
+        );
+        let lines: Vec<Option<usize>> = errs.iter().map(|(_, _, l)| *l).collect();
+        assert_eq!(lines, [8, 9, 5, 6, 7, 9, 10, 10].map(Some), "{errs:#?}");
+    }
+
+    #[test]
+    fn errors_carry_their_full_key_path() {
+        let errs = report(
+            r#"
+listeners: [{listen: "127.0.0.1:8080", limits: {h2: {stream_window: lots}}}]
+pools:
+  demo:
+    backends: ["127.0.0.1:1", {addr: "127.0.0.1:2", weight: heavy}, 42, {adr: "127.0.0.1:3"}]
+    health_check: {interval: soon}
+routes:
+  - {hosts: [a.com], pool: demo, timeouts: {read: forever}}
+  - {hosts: [b.com], pool: demo, cache: {key: {headers: [[x]]}}}
+"#,
+        );
+        let paths: Vec<&str> = errs.iter().map(|(p, _, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "listeners[0].limits.h2.stream_window",
+                "pools.demo.backends[1].weight",
+                "pools.demo.backends[2]",
+                "pools.demo.backends[3]",
+                "pools.demo.backends[3]",
+                "pools.demo.health_check.interval",
+                "routes[0].timeouts.read",
+                "routes[1].cache.key.headers[0]",
+            ],
+            "{errs:#?}"
+        );
+        assert!(errs[3].1.starts_with("unknown field `adr`"), "{errs:#?}");
+        assert_eq!(errs[4].1, "missing field `addr`", "{errs:#?}");
+        let text =
+            Config::from_yaml_str("routes: [{hosts: [a.com], pool: p, timeouts: {read: x}}]")
+                .expect_err("invalid")
+                .to_string();
+        assert!(
+            text.contains("\n  routes[0].timeouts.read: invalid duration \"x\""),
+            "{text}"
+        );
+        // a policy (JSON, no text to number) gets the same paths, without lines
+        let policy = serde_json::json!({
+            "pools": {"demo": {"backends": ["127.0.0.1:1", {"addr": "127.0.0.1:2", "weight": "x"}]}},
+            "routes": [{"hosts": ["a.com"], "pool": "demo", "timeouts": {"read": "forever"}}],
+        });
+        let errs = Policy::from_json(&policy).expect_err("invalid").errors;
+        let found: Vec<(&str, Option<usize>)> =
+            errs.iter().map(|e| (e.path.as_str(), e.line)).collect();
+        assert_eq!(
+            found,
+            [
+                ("pools.demo.backends[1].weight", None),
+                ("routes[0].timeouts.read", None)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_type_error_in_the_third_item_has_its_line_and_hides_nothing() {
+        let errs = report(
+            r#"listeners:
+  - listen: 127.0.0.1:8080
+pools:
+  web: {backends: ["127.0.0.1:1"]}
+routes:
+  - hosts: [a.com]
+    pool: api
+  - hosts: ["bad host"]
+    pool: web
+  - hosts: [c.com]
+    pool: web
+    timeouts:
+      connect: 1s
+      read: forever
+  - hosts: [d.com]
+    pool: web
+    get_body: keep
+"#,
+        );
+        assert_eq!(
+            errs,
+            [
+                (
+                    "routes[0].pool".to_string(),
+                    "unknown pool \"api\"".to_string(),
+                    Some(7)
+                ),
+                (
+                    "routes[1].hosts[0]".to_string(),
+                    "invalid host \"bad host\": use example.com, *.example.com or * (no port, no \
+                     scheme)"
+                        .to_string(),
+                    Some(8)
+                ),
+                (
+                    "routes[2].timeouts.read".to_string(),
+                    "invalid duration \"forever\": expected e.g. 250ms, 5s, 2m".to_string(),
+                    Some(14)
+                ),
+                (
+                    "routes[3].get_body".to_string(),
+                    "must be drop, reject or forward, not \"keep\"".to_string(),
+                    Some(17)
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_do_not_stop_validation() {
+        let errs = report("lisners: []\nlisteners: []\npools: {}\nroutes: []\nbogus: 1\n");
+        let found: Vec<(&str, Option<usize>)> =
+            errs.iter().map(|(p, _, l)| (p.as_str(), *l)).collect();
+        assert_eq!(
+            found,
+            [
+                ("", Some(1)),
+                ("", Some(5)),
+                ("listeners", Some(2)),
+                ("routes", Some(4)),
+            ],
+            "{errs:#?}"
+        );
+        assert!(errs[1].1.starts_with("unknown field `bogus`"));
+    }
+
+    #[test]
+    fn a_syntax_error_has_its_line() {
+        let errs = report("listeners: []\npools: {a: [1, 2}\n");
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert_eq!(errs[0].2, Some(2), "{errs:#?}");
+    }
+
     #[test]
     fn route_filters_validate_and_check_against_registered_names() {
         let text = r#"
@@ -312,7 +490,10 @@ routes:
             text[1].starts_with("routes[0].filters[2]: \"auth\" is listed twice"),
             "{text:#?}"
         );
-        assert!(text[2].starts_with("routes[1]: invalid type"), "{text:#?}");
+        assert!(
+            text[2].starts_with("routes[1].filters: invalid type"),
+            "{text:#?}"
+        );
         assert_eq!(text.len(), 3, "{text:#?}");
     }
 

@@ -139,36 +139,22 @@ impl ControlSettings {
             file: Some(path.to_path_buf()),
             errors,
         };
-        let one = |message: String| {
-            with_file(vec![ConfigError {
-                path: String::new(),
-                message,
-            }])
-        };
+        let one = |message: String| with_file(vec![ConfigError::new("", message)]);
         let text = std::fs::read_to_string(path).map_err(|e| one(format!("cannot read: {e}")))?;
         Self::from_yaml_str(&text).map_err(|e| with_file(e.errors))
     }
 
     /// Parse and validate YAML text.
     pub fn from_yaml_str(text: &str) -> Result<ControlSettings, ConfigErrors> {
-        let raw: RawControlSettings = serde_yaml::from_str(text).map_err(|e| {
-            ConfigErrors::new(vec![ConfigError {
-                path: String::new(),
-                message: e.to_string(),
-            }])
-        })?;
+        let raw: RawControlSettings = serde_yaml::from_str(text)
+            .map_err(|e| ConfigErrors::new(vec![ConfigError::new("", e.to_string())]))?;
         validate(raw).map_err(ConfigErrors::new)
     }
 }
 
 fn validate(raw: RawControlSettings) -> Result<ControlSettings, Vec<ConfigError>> {
     let mut errs = Vec::new();
-    let mut push = |path: &str, message: String| {
-        errs.push(ConfigError {
-            path: path.into(),
-            message,
-        })
-    };
+    let mut push = |path: &str, message: String| errs.push(ConfigError::new(path, message));
     let listen_text = raw.listen.unwrap_or_else(|| "127.0.0.1:9900".into());
     let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
         push("listen", format!("{listen_text:?} is not ip:port"));

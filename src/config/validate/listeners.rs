@@ -335,17 +335,24 @@ routes: [{hosts: [a.com], pool: p}]
             text[0].starts_with("listeners[0]") && text[0].contains("max_streams"),
             "an unknown key: {text:#?}"
         );
-        for key in [
-            "max_concurrent_streams: must be between 1 and 1000",
-            "max_header_list_size: must be between 1024 bytes and 1048576 bytes",
-            "stream_window",
-            "connection_window",
-            "max_pending_resets",
-            "max_error_resets",
-        ] {
-            let p = format!("listeners[1].limits.h2.{key}");
-            assert!(text.iter().any(|t| t.starts_with(&p)), "{p}: {text:#?}");
+        assert!(
+            text[0].starts_with("listeners[0].limits.h2: unknown field `max_streams`"),
+            "{text:#?}"
+        );
+        // the unknown key does not hide the errors in the values beside it
+        for i in [0, 1] {
+            for key in [
+                "max_concurrent_streams: must be between 1 and 1000",
+                "max_header_list_size: must be between 1024 bytes and 1048576 bytes",
+                "stream_window",
+                "connection_window",
+                "max_pending_resets",
+                "max_error_resets",
+            ] {
+                let p = format!("listeners[{i}].limits.h2.{key}");
+                assert!(text.iter().any(|t| t.starts_with(&p)), "{p}: {text:#?}");
+            }
         }
-        assert_eq!(text.len(), 7, "{text:#?}");
+        assert_eq!(text.len(), 13, "{text:#?}");
     }
 }

@@ -50,7 +50,7 @@ fn validate_pool(
     default_timeouts: Timeouts,
     errs: &mut Errors,
 ) -> Option<PoolSpec> {
-    let before = errs.0.len();
+    let before = errs.len();
     if raw.backends.is_empty() {
         errs.push(
             format!("{path}.backends"),
@@ -155,7 +155,7 @@ fn validate_pool(
         errs.push(format!("{path}.retries"), "must be at most 16");
     }
 
-    (errs.0.len() == before).then(|| PoolSpec {
+    (errs.len() == before).then(|| PoolSpec {
         name: name.to_string(),
         backends,
         selection,
@@ -189,7 +189,7 @@ fn validate_health_check(
     tls: Option<&UpstreamTls>,
     errs: &mut Errors,
 ) -> Option<HealthCheckSpec> {
-    let before = errs.0.len();
+    let before = errs.len();
     let probe = match raw.kind.as_deref().unwrap_or("http") {
         "http" => {
             let p = raw.path.clone().unwrap_or_else(|| "/".into());
@@ -249,7 +249,7 @@ fn validate_health_check(
             errs.push(format!("{path}.{key}"), "must be between 1 and 100");
         }
     }
-    (errs.0.len() == before).then_some(HealthCheckSpec {
+    (errs.len() == before).then_some(HealthCheckSpec {
         probe,
         interval,
         timeout,

@@ -32,7 +32,7 @@ pub(super) fn validate_routes(
         let Some(raw) = errs.decode::<RawRoute>(&path, item) else {
             continue;
         };
-        let before = errs.0.len();
+        let before = errs.len();
         if raw.hosts.is_empty() {
             errs.push(format!("{path}.hosts"), "list at least one host (or \"*\")");
         }
@@ -114,7 +114,7 @@ pub(super) fn validate_routes(
                 );
             }
         }
-        if errs.0.len() == before {
+        if errs.len() == before {
             out.push(RouteSpec {
                 name,
                 hosts,

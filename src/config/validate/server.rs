@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub(super) fn validate_control(raw: RawControl, errs: &mut Errors) -> Option<ControlSpec> {
-    let before = errs.0.len();
+    let before = errs.len();
     let url = raw.url.trim_end_matches('/').to_string();
     match url.parse::<http::Uri>() {
         Ok(u) if u.scheme_str() == Some("http") || u.scheme_str() == Some("https") => {
@@ -58,7 +58,7 @@ pub(super) fn validate_control(raw: RawControl, errs: &mut Errors) -> Option<Con
         .state_file
         .unwrap_or_else(|| format!("/var/lib/verge/{node_id}.snapshot.json"))
         .into();
-    (errs.0.len() == before).then_some(ControlSpec {
+    (errs.len() == before).then_some(ControlSpec {
         url,
         node_id,
         token,
