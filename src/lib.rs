@@ -56,7 +56,6 @@ pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod snapshot;
-pub mod tls_check;
 pub mod unix_time;
 pub mod upstream;
 

@@ -144,7 +144,9 @@ pub fn upgrade(path: &Path, timeout: Duration) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Err(e) = verge::tls_check::check_certificates(&config, std::time::SystemTime::now()) {
+    if let Err(e) =
+        verge::config::certificates::check_certificates(&config, std::time::SystemTime::now())
+    {
         eprint!("{e}");
         return fail(
             format!("{} is not valid; nothing was signalled", path.display()),

@@ -203,7 +203,7 @@ fn main() -> ExitCode {
 fn load_checked(path: &std::path::Path) -> Result<Config, ConfigErrors> {
     let config = Config::load(path)?;
     config.check_filters(&[])?;
-    verge::tls_check::check_certificates(&config, SystemTime::now())?;
+    verge::config::certificates::check_certificates(&config, SystemTime::now())?;
     Ok(config)
 }
 

@@ -270,7 +270,7 @@ pub fn build_server_with_filters(
     config
         .check_filters(&filters.names())
         .map_err(ServeError::Filters)?;
-    crate::tls_check::check_certificates(config, SystemTime::now())
+    crate::config::certificates::check_certificates(config, SystemTime::now())
         .map_err(ServeError::Certificates)?;
     let sockets = listen_addrs(config);
     if !opts.upgrade {

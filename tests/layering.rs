@@ -75,7 +75,15 @@ const LAYERS: &[(&str, &[&str])] = &[
 ];
 
 /// Modules at the top: they assemble the rest and may import anything.
-const TOP: &[&str] = &["admin", "server", "embed", "ops", "lib", "main"];
+const TOP: &[&str] = &[
+    "admin",
+    "server",
+    "embed",
+    "ops",
+    "lifecycle",
+    "lib",
+    "main",
+];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = fs::read_dir(dir) else {

@@ -1,5 +1,6 @@
 //! Configuration: raw YAML types, validation that reports every error with its key path, and loading.
 
+pub mod certificates;
 mod model;
 mod raw;
 pub mod relative_paths;

@@ -2,8 +2,8 @@
 //! clients keep sending requests, and none of them fails; `verge control` stops within its
 //! bounded grace period on SIGTERM.
 
-use crate::harness::{client, free_port, spawn_verge, verge_bin, TestConfig};
-use crate::origin::Origin;
+use crate::support::process::{verge_bin, Launch, TestConfig};
+use crate::support::{client, ports, Config, Origin, Pool, Route};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,23 +41,19 @@ impl Drop for Reaper {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upgrade_under_load_fails_no_request() {
     let o = Origin::start("o").await;
-    let cfg = TestConfig::write(
-        &format!(
-            "pools: {{o: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [site.test], pool: o}}]\n",
-            o.addr
-        ),
-        None,
-    );
     // Requests in flight when the old process stops get a grace period, as in production
-    // (the test harness's 0 s would cancel them).
-    let text = std::fs::read_to_string(&cfg.path).expect("config");
-    std::fs::write(
-        &cfg.path,
-        text.replace("grace_period: 0s", "grace_period: 2s"),
-    )
-    .expect("config");
+    // (the kit's 0 s would cancel them).
+    let cfg = TestConfig::write(
+        &Config::new()
+            .pool(Pool::new("o", &[o.addr]))
+            .route(Route::to("o").hosts(&["site.test"]))
+            .raw(
+                "server: {threads: 2, grace_period: 2s, graceful_shutdown_timeout: 1s, \
+                 pid_file: \"{dir}/verge.pid\", upgrade_sock: \"{dir}/upgrade.sock\"}",
+            ),
+    );
     let mut node = Reaper {
-        child: spawn_verge(&["serve", "-c"], &cfg.path),
+        child: Launch::verge().spawn(&cfg.path),
         pid_file: cfg.dir.path().join("verge.pid"),
     };
     let old = node.child.id();
@@ -181,7 +177,7 @@ async fn an_upgrade_under_load_fails_no_request() {
 #[tokio::test]
 async fn verge_control_stops_within_its_grace_period_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = ports::addr();
     let config = dir.path().join("control.yaml");
     std::fs::write(
         &config,
@@ -191,7 +187,7 @@ async fn verge_control_stops_within_its_grace_period_on_sigterm() {
         ),
     )
     .expect("write");
-    let mut child = spawn_verge(&["control", "-c"], &config);
+    let mut child = Launch::verge_with(&["control", "-c"]).spawn(&config);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !client()
         .get(format!("http://{addr}/healthz"))

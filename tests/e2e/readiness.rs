@@ -2,14 +2,19 @@
 //! key stops verge at once with the cause named (no process stays up serving nothing), and
 //! `/readyz` stays 503 on a node fed by a control plane it has never heard from.
 
-use crate::harness::{client, free_port, spawn_verge, verge_bin, TestConfig};
+use crate::support::config::Control;
+use crate::support::process::{verge_bin, Launch, TestConfig};
+use crate::support::{client, ports, Config, Listener, Metrics, Pool, Route};
 use std::io::Read;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// One pool and one route, so that only what a test breaks is wrong.
-const ROUTES: &str =
-    "pools: {o: {backends: [\"127.0.0.1:9\"]}}\nroutes: [{hosts: [site.test], pool: o}]\n";
+fn routed() -> Config {
+    Config::new()
+        .pool(Pool::new("o", &[ports::addr()]))
+        .route(Route::to("o").hosts(&["site.test"]))
+}
 
 /// Wait for `child` to exit (at most `within`); its status code and stderr.
 fn exit_of(child: &mut Child, within: Duration) -> (Option<i32>, String) {
@@ -34,14 +39,14 @@ fn exit_of(child: &mut Child, within: Duration) -> (Option<i32>, String) {
 #[test]
 fn a_port_in_use_ends_verge_at_once_with_the_address() {
     for which in ["listener", "admin"] {
-        let cfg = TestConfig::write(ROUTES, None);
+        let cfg = TestConfig::write(&routed());
         let busy = if which == "listener" {
             cfg.http
         } else {
             cfg.admin
         };
         let _holder = std::net::TcpListener::bind(busy).expect("hold the port");
-        let mut child = spawn_verge(&["serve", "-c"], &cfg.path);
+        let mut child = Launch::verge().spawn(&cfg.path);
         // Pingora alone retries a busy port for 30 s and then stays up without it.
         let (code, err) = exit_of(&mut child, Duration::from_secs(10));
         assert_eq!(code, Some(1), "{which}: {err}");
@@ -56,15 +61,18 @@ fn a_port_in_use_ends_verge_at_once_with_the_address() {
 
 #[test]
 fn a_key_that_does_not_match_its_certificate_is_refused_by_check_and_serve() {
-    let certs = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/test-certs");
+    let certs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/test-certs");
     for (cert, key, expected) in [
         ("server.crt", "other.key", "does not match the certificate"),
         ("expired.crt", "expired.key", "expired on 2020-02-01"),
     ] {
-        let listeners = format!(
-            "listeners:\n  - name: https\n    listen: \"{{http}}\"\n    tls: {{cert: {certs}/{cert}, key: {certs}/{key}}}\n"
+        let cfg = TestConfig::write(
+            &routed().listener(
+                Listener::new()
+                    .name("https")
+                    .tls(&certs.join(cert), &certs.join(key)),
+            ),
         );
-        let cfg = TestConfig::write(ROUTES, Some(&listeners));
         let out = Command::new(verge_bin())
             .args(["check", "-c"])
             .arg(&cfg.path)
@@ -77,7 +85,7 @@ fn a_key_that_does_not_match_its_certificate_is_refused_by_check_and_serve() {
             "{err}"
         );
 
-        let mut child = spawn_verge(&["serve", "-c"], &cfg.path);
+        let mut child = Launch::verge().spawn(&cfg.path);
         let (code, err) = exit_of(&mut child, Duration::from_secs(10));
         assert_eq!(code, Some(1), "{err}");
         assert!(err.contains(expected), "{err}");
@@ -86,14 +94,19 @@ fn a_key_that_does_not_match_its_certificate_is_refused_by_check_and_serve() {
 
 #[tokio::test]
 async fn a_node_that_never_heard_from_its_control_plane_is_not_ready() {
-    let dead = format!("127.0.0.1:{}", free_port());
+    // nothing listens there
+    let dead = ports::addr();
+    let tokens = tempfile::tempdir().expect("tempdir");
+    let token = tokens.path().join("node.token");
+    std::fs::write(&token, "node-token-0123456789abcdef").expect("token");
     let cfg = TestConfig::write(
-        &format!(
-            "control:\n  url: http://{dead}\n  node_id: lonely\n  state_file: \"{{dir}}/snapshot.json\"\n  wait: 1s\n"
+        &Config::new().control(
+            Control::new(&format!("http://{dead}"), "lonely", &token)
+                .state_file("{dir}/snapshot.json")
+                .wait("1s"),
         ),
-        None,
     );
-    let mut child = spawn_verge(&["serve", "-c"], &cfg.path);
+    let mut child = Launch::verge().spawn(&cfg.path);
     let admin = |path: &str| {
         let url = format!("http://{}{path}", cfg.admin);
         async move {
@@ -123,17 +136,10 @@ async fn a_node_that_never_heard_from_its_control_plane_is_not_ready() {
     assert_eq!(status["ready"], false);
     assert_eq!(status["readiness"]["listeners_bound"], true, "{status}");
     assert_eq!(status["readiness"]["snapshot_received"], false, "{status}");
-    let (_, metrics) = admin("/metrics").await.expect("metrics");
     // The prometheus crate writes +Inf as `inf`, which Prometheus parses as +Inf.
-    let age = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("verge_snapshot_age_seconds "))
-        .and_then(|v| {
-            v.trim_start_matches('+')
-                .to_ascii_lowercase()
-                .parse::<f64>()
-                .ok()
-        });
+    let age = Metrics::scrape(cfg.admin)
+        .await
+        .value("verge_snapshot_age_seconds", &[]);
     assert_eq!(
         age,
         Some(f64::INFINITY),

@@ -3,8 +3,8 @@
 //! validate, or that changes what only a new process can (listeners), is refused and the old
 //! config keeps serving. The outcome shows in `/status` and in `verge_config_reloads_total`.
 
-use crate::harness::{client, spawn_verge, verge_bin, TestConfig};
-use crate::origin::Origin;
+use crate::support::process::{verge_bin, Launch, TestConfig};
+use crate::support::{client, ports, Config, Listener, Metrics, Origin, Pool, Route, RouteCache};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::process::{Child, Command};
@@ -24,9 +24,9 @@ impl Drop for Node {
 }
 
 impl Node {
-    async fn start(body: &str) -> Node {
-        let cfg = TestConfig::write(body, None);
-        let child = spawn_verge(&["serve", "-c"], &cfg.path);
+    async fn start(config: &Config) -> Node {
+        let cfg = TestConfig::write(config);
+        let child = Launch::verge().spawn(&cfg.path);
         let mut node = Node { child, cfg };
         let deadline = Instant::now() + Duration::from_secs(20);
         while get_status(node.cfg.admin, "/readyz").await != Some(200) {
@@ -40,11 +40,10 @@ impl Node {
         node
     }
 
-    /// Replace `from` by `to` in the config file.
-    fn edit(&self, from: &str, to: &str) {
-        let text = std::fs::read_to_string(&self.cfg.path).expect("read config");
-        assert!(text.contains(from), "{from:?} not in the config");
-        std::fs::write(&self.cfg.path, text.replace(from, to)).expect("write config");
+    /// Write `config` over the file the node was started with (same ports and directory).
+    fn rewrite(&self, config: &Config) {
+        let text = config.render(self.cfg.http, self.cfg.admin, self.cfg.dir.path());
+        std::fs::write(&self.cfg.path, text).expect("write config");
     }
 
     fn hangup(&self) {
@@ -78,17 +77,8 @@ impl Node {
         }
     }
 
-    async fn metric(&self, line_start: &str) -> Option<String> {
-        let text = client()
-            .get(format!("http://{}/metrics", self.cfg.admin))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body");
-        text.lines()
-            .find_map(|l| l.strip_prefix(line_start).map(|v| v.trim().to_string()))
+    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        Metrics::scrape(self.cfg.admin).await.value(name, labels)
     }
 
     /// GET `path` with `host`: status and `Cache-Status`.
@@ -132,10 +122,19 @@ async fn get_status(admin: SocketAddr, path: &str) -> Option<u16> {
     Some(r.status().as_u16())
 }
 
-fn body(origin: &Origin) -> String {
-    format!(
-        "version: one\npools:\n  o: {{backends: [\"{}\"]}}\nroutes:\n  - {{hosts: [site.test], pool: o, cache: {{}}}}\n",
-        origin.addr
+/// Version `version`: pool `o`, a caching route for site.test, and one for each of `more`
+/// (to pool `pool`).
+fn config(origin: &Origin, version: &str, pool: &str, more: &[&str]) -> Config {
+    let mut c = Config::new()
+        .version(version)
+        .pool(Pool::new("o", &[origin.addr]));
+    for host in more {
+        c = c.route(Route::to(pool).hosts(&[host]).cache(RouteCache::new()));
+    }
+    c.route(
+        Route::to("o")
+            .hosts(&["site.test"])
+            .cache(RouteCache::new()),
     )
 }
 
@@ -143,7 +142,7 @@ fn body(origin: &Origin) -> String {
 async fn sighup_applies_a_good_file_keeps_the_cache_and_refuses_a_bad_one() {
     let o = Origin::start("o").await;
     o.set_headers("/kept", &[("cache-control", "max-age=300")]);
-    let mut node = Node::start(&body(&o)).await;
+    let mut node = Node::start(&config(&o, "one", "o", &[])).await;
     assert_eq!(node.get("site.test", "/kept").await.0, 200);
     let (status, cache) = node.get("site.test", "/kept").await;
     assert_eq!((status, o.hits("/kept")), (200, 1));
@@ -151,11 +150,7 @@ async fn sighup_applies_a_good_file_keeps_the_cache_and_refuses_a_bad_one() {
     assert_eq!(node.get("new.test", "/kept").await.0, 404);
 
     // A good file: a new version with one more route.
-    node.edit("version: one", "version: two");
-    node.edit(
-        "routes:\n",
-        "routes:\n  - {hosts: [new.test], pool: o, cache: {}}\n",
-    );
+    node.rewrite(&config(&o, "two", "o", &["new.test"]));
     node.hangup();
     let last = node.reload_attempt(1).await;
     assert_eq!(last["outcome"], "success", "{last}");
@@ -171,23 +166,17 @@ async fn sighup_applies_a_good_file_keeps_the_cache_and_refuses_a_bad_one() {
     );
     assert_eq!(o.hits("/kept"), 1, "the origin was not asked again");
     assert_eq!(
-        node.metric("verge_config_reloads_total{outcome=\"success\"}")
-            .await
-            .as_deref(),
-        Some("1")
+        node.metric("verge_config_reloads_total", &[("outcome", "success")])
+            .await,
+        Some(1.0)
     );
-    assert_ne!(
-        node.metric("verge_config_last_reload_success_timestamp_seconds")
-            .await
-            .as_deref(),
-        Some("0")
-    );
+    assert!(node
+        .metric("verge_config_last_reload_success_timestamp_seconds", &[])
+        .await
+        .is_some_and(|t| t > 0.0));
 
     // A bad file: a route to a pool that does not exist. Refused; version two keeps serving.
-    node.edit(
-        "pool: o, cache: {}}\n  - {hosts: [site.test]",
-        "pool: nope, cache: {}}\n  - {hosts: [site.test]",
-    );
+    node.rewrite(&config(&o, "bad", "nope", &["new.test"]));
     node.hangup();
     let last = node.reload_attempt(2).await;
     assert_eq!(last["outcome"], "invalid", "{last}");
@@ -196,10 +185,9 @@ async fn sighup_applies_a_good_file_keeps_the_cache_and_refuses_a_bad_one() {
     assert_eq!(node.status().await["config_version"], "two");
     assert_eq!(node.get("new.test", "/fresh").await.0, 200);
     assert_eq!(
-        node.metric("verge_config_reloads_total{outcome=\"invalid\"}")
-            .await
-            .as_deref(),
-        Some("1")
+        node.metric("verge_config_reloads_total", &[("outcome", "invalid")])
+            .await,
+        Some(1.0)
     );
     assert!(
         node.child.try_wait().expect("wait").is_none(),
@@ -210,17 +198,22 @@ async fn sighup_applies_a_good_file_keeps_the_cache_and_refuses_a_bad_one() {
 #[tokio::test]
 async fn verge_reload_reports_the_outcome_and_refuses_socket_changes() {
     let o = Origin::start("o").await;
-    let node = Node::start(&body(&o)).await;
+    let node = Node::start(&config(&o, "one", "o", &[])).await;
 
-    node.edit("version: one", "version: three");
+    node.rewrite(&config(&o, "three", "o", &[]));
     let (code, out, err) = node.verge_reload();
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("serves config three"), "{out}");
 
     // A listener on another port needs a new process: refused, with the way to do it.
-    let moved = format!("127.0.0.1:{}", crate::harness::free_port());
-    node.edit(&node.cfg.http.to_string(), &moved);
-    node.edit("version: three", "version: four");
+    let moved = ports::addr().to_string();
+    node.rewrite(
+        &config(&o, "four", "o", &[]).listener(
+            Listener::new()
+                .name("http")
+                .set("listen", &format!("\"{moved}\"")),
+        ),
+    );
     let (code, _, err) = node.verge_reload();
     assert_eq!(code, Some(1), "{err}");
     assert!(

@@ -32,10 +32,7 @@ pub fn check_certificates(config: &Config, now: SystemTime) -> Result<(), Config
 
 /// The problems of one certificate chain file and key file.
 pub fn check_pair(path: &str, cert: &Path, key: &Path, now: SystemTime) -> Vec<ConfigError> {
-    let error = |key: &str, message: String| ConfigError {
-        path: format!("{path}.{key}"),
-        message,
-    };
+    let error = |key: &str, message: String| ConfigError::new(format!("{path}.{key}"), message);
     let certs = match read_certs(cert) {
         Ok(c) => c,
         Err(m) => return vec![error("cert", m)],
