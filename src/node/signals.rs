@@ -106,7 +106,13 @@ impl ShutdownSignalWatch for NodeSignals {
                 _ = int.recv() => return ShutdownSignal::FastShutdown,
                 _ = usr2.recv() => {
                     log::info!("SIGUSR2 received, starting {} for a binary upgrade", self.successor.program.display());
-                    match self.successor.start().await {
+                    // a stop signal while the new process starts still stops this one
+                    let started = tokio::select! {
+                        r = self.successor.start() => r,
+                        _ = term.recv() => return ShutdownSignal::GracefulTerminate,
+                        _ = int.recv() => return ShutdownSignal::FastShutdown,
+                    };
+                    match started {
                         Ok(pid) => {
                             log::info!("process {pid} waits for the listening sockets; handing them over");
                             return ShutdownSignal::GracefulUpgrade;
