@@ -1,6 +1,8 @@
-//! What `/readyz` answers: ready once every listener is bound, the node serves a snapshot from
-//! an authoritative source (its file; with a `control:` block, the control plane or the state
-//! file), and every pool has had its first health-check pass.
+//! What `/readyz` answers: ready once every listener is bound, the node serves routes or a
+//! snapshot from an authoritative source (with a `control:` block: the control plane or the
+//! state file, even one without routes), and every pool has had its first health-check pass.
+//! A control-fed node with no routes of its own that has never heard from its control plane
+//! is not ready: it would answer 404 to everything.
 
 use crate::snapshot::Snapshot;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,8 +51,10 @@ impl Readiness {
         if !self.listeners_bound() {
             return Err("not ready: listeners not bound yet");
         }
-        if !self.snapshot_received() {
-            return Err("not ready: no snapshot from the control plane or the state file yet");
+        if snapshot.routes.is_empty() && !self.snapshot_received() {
+            return Err(
+                "not ready: no routes, and no snapshot from the control plane or the state file yet",
+            );
         }
         if !snapshot.ready() {
             return Err("not ready: waiting for first health checks");
@@ -62,7 +66,7 @@ impl Readiness {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Config, Policy};
 
     #[test]
     fn every_condition_is_needed() {
@@ -77,8 +81,22 @@ mod tests {
         assert_eq!(file.verdict(&s), Ok(()));
         let fed = Readiness::new(true);
         fed.mark_listeners_bound();
-        assert!(fed.verdict(&s).unwrap_err().contains("control plane"));
+        assert_eq!(
+            fed.verdict(&s),
+            Ok(()),
+            "the file's routes serve until contact"
+        );
+        let empty = c.with_policy(&Policy {
+            pools: Default::default(),
+            routes: Vec::new(),
+        });
+        let none = Snapshot::build(&empty, None).expect("empty snapshot");
+        assert!(fed.verdict(&none).unwrap_err().contains("control plane"));
         fed.mark_received();
-        assert_eq!(fed.verdict(&s), Ok(()));
+        assert_eq!(
+            fed.verdict(&none),
+            Ok(()),
+            "an empty policy is what it was told"
+        );
     }
 }
