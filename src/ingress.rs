@@ -1,11 +1,15 @@
 //! The HTTP/1 front door: reads each request head itself under a whole-head deadline and size,
-//! line and count limits, rejects ambiguous framing, then hands the bytes to Pingora's proxy.
+//! line and count limits, rejects ambiguous framing, request lines other than a plain
+//! origin-form one and Hosts naming a port the listener does not answer for, then hands the bytes
+//! to Pingora's proxy. Every refusal happens here, before the hit lane could answer.
 //!
 //! Pingora reads heads with a per-read timeout and a ~1 MiB cap, which leaves slowloris and
 //! oversized heads to us. HTTP/2 connections (ALPN `h2`, or h2c when enabled) go straight to
 //! Pingora, whose H2 limits are bounded.
 
 use crate::config::Limits;
+use crate::http_syntax::host::{port_allowed, HostPorts};
+use crate::http_syntax::request_line;
 use crate::metrics::METRICS;
 use crate::proxy::hit_lane::{HitLane, Lane};
 use crate::proxy::EdgeProxy;
@@ -44,9 +48,11 @@ fn reject(status: u16, reason: &'static str) -> HeadScan {
     HeadScan::Reject { status, reason }
 }
 
-/// Check a (possibly partial) request head against the limits and RFC 9112 framing rules.
-/// Pure: looks only at `buf`.
-pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
+/// Check a (possibly partial) request head against the limits, the request-line rules
+/// ([`request_line::parse`]), RFC 9112 framing rules and the Host ports of the listener. Each
+/// line is judged once it is whole, so a decision never depends on how the network split the
+/// bytes. Pure: looks only at its arguments.
+pub fn scan_head(buf: &[u8], limits: &Limits, ports: HostPorts) -> HeadScan {
     // RFC 9112 §2.2: ignore empty lines before the request line.
     let mut pos = 0;
     while pos < buf.len() && (buf[pos] == b'\r' || buf[pos] == b'\n') {
@@ -67,7 +73,10 @@ pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
     if request_line.len() > limits.max_request_line {
         return reject(414, "request_line_too_long");
     }
-    let http10 = request_line.ends_with(b"HTTP/1.0");
+    let http10 = match request_line::parse(request_line) {
+        Ok(line) => line.http10,
+        Err(bad) => return reject(400, bad.reason()),
+    };
     pos += line_end + 1;
     let headers_start = pos;
 
@@ -124,6 +133,11 @@ pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encodings += 1;
             te_chunked_only &= value.eq_ignore_ascii_case(b"chunked");
+        } else if name.eq_ignore_ascii_case(b"host") && !port_allowed(value, ports) {
+            return reject(400, "host_port");
+        } else if name.eq_ignore_ascii_case(b"connection") && names_framing(value) {
+            // framing is never hop-by-hop: a proxy that honoured it would drop the body's length
+            return reject(400, "connection_names_framing");
         }
     }
     if content_lengths > 1 {
@@ -147,6 +161,15 @@ pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
         }
     }
     HeadScan::Complete
+}
+
+/// Whether a `Connection` value lists `Content-Length` or `Transfer-Encoding`.
+fn names_framing(connection: &[u8]) -> bool {
+    connection.split(|b| *b == b',').any(|option| {
+        let option = option.trim_ascii();
+        option.eq_ignore_ascii_case(b"content-length")
+            || option.eq_ignore_ascii_case(b"transfer-encoding")
+    })
 }
 
 fn find_lf(b: &[u8]) -> Option<usize> {
@@ -175,17 +198,26 @@ pub struct Ingress {
     limits: Limits,
     listener: String,
     h2c: bool,
+    ports: HostPorts,
     hits: Option<HitLane>,
 }
 
 impl Ingress {
-    /// The front door for one listener, handing accepted heads to `proxy`.
-    pub fn new(proxy: HttpProxy<EdgeProxy>, limits: Limits, listener: String, h2c: bool) -> Self {
+    /// The front door for one listener, handing accepted heads to `proxy`; `ports`: what a
+    /// request's Host may name.
+    pub fn new(
+        proxy: HttpProxy<EdgeProxy>,
+        limits: Limits,
+        listener: String,
+        h2c: bool,
+        ports: HostPorts,
+    ) -> Self {
         Ingress {
             proxy: Arc::new(proxy),
             limits,
             listener,
             h2c,
+            ports,
             hits: None,
         }
     }
@@ -288,7 +320,7 @@ impl Ingress {
             if deadline.is_none() {
                 deadline = Some(Instant::now() + limits.header_timeout);
             }
-            match scan_head(&buf, limits) {
+            match scan_head(&buf, limits, self.ports) {
                 HeadScan::Complete => return Head::Ready(buf),
                 HeadScan::Reject { status, reason } => return Head::Reject { status, reason },
                 HeadScan::Incomplete if buf.len() > cap => {
@@ -440,8 +472,10 @@ impl ServerApp for Ingress {
 mod tests {
     use super::*;
 
+    const PORTS: HostPorts = HostPorts::new(8080, false);
+
     fn scan(text: &str) -> HeadScan {
-        scan_head(text.as_bytes(), &Limits::default())
+        scan_head(text.as_bytes(), &Limits::default(), PORTS)
     }
 
     fn rejected(text: &str) -> u16 {
@@ -480,13 +514,16 @@ mod tests {
         for end in 0..head.len() {
             assert!(
                 !matches!(
-                    scan_head(&head.as_bytes()[..end], &limits),
+                    scan_head(&head.as_bytes()[..end], &limits, PORTS),
                     HeadScan::Reject { .. }
                 ),
                 "split after {end} bytes"
             );
         }
-        assert_eq!(scan_head(head.as_bytes(), &limits), HeadScan::Complete);
+        assert_eq!(
+            scan_head(head.as_bytes(), &limits, PORTS),
+            HeadScan::Complete
+        );
     }
 
     #[test]
@@ -543,5 +580,65 @@ mod tests {
         assert_eq!(rejected("GET / HTTP/1.1\r\nX a\r\n\r\n"), 400);
         assert_eq!(rejected("GET / HTTP/1.1\r\nX : a\r\n\r\n"), 400);
         assert_eq!(rejected("GET / HTTP/1.1\r\nX: a\rb\r\n\r\n"), 400);
+    }
+
+    fn reason(text: &str) -> &'static str {
+        match scan(text) {
+            HeadScan::Reject {
+                status: 400,
+                reason,
+            } => reason,
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn request_lines_are_plain_origin_form() {
+        assert_eq!(
+            reason("GET !foo HTTP/1.1\r\nHost: a\r\n\r\n"),
+            "target_not_origin_form"
+        );
+        assert_eq!(
+            reason("GET /a b HTTP/1.1\r\nHost: a\r\n\r\n"),
+            "bad_request_line"
+        );
+        assert_eq!(reason("gET / HTTP/1.1\r\nHost: a\r\n\r\n"), "bad_method");
+        // refused as soon as the line is whole
+        assert_eq!(
+            reason("GET http://a/ HTTP/1.1\r\n"),
+            "target_not_origin_form"
+        );
+        assert_eq!(
+            scan("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"),
+            HeadScan::Complete
+        );
+    }
+
+    #[test]
+    fn a_host_names_this_listeners_port_or_none() {
+        for ok in ["a", "a:8080", "a:80", "[::1]:8080"] {
+            let head = format!("GET / HTTP/1.1\r\nHost: {ok}\r\n\r\n");
+            assert_eq!(scan(&head), HeadScan::Complete, "{ok}");
+        }
+        for bad in ["a:1337", "a:443", "a:99999"] {
+            let head = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
+            assert_eq!(reason(&head), "host_port", "{bad}");
+        }
+    }
+
+    #[test]
+    fn framing_is_never_hop_by_hop() {
+        for value in [
+            "Content-Length",
+            "close, transfer-encoding",
+            "TE,Content-length ",
+        ] {
+            let head = format!("POST / HTTP/1.1\r\nHost: a\r\nConnection: {value}\r\n\r\n");
+            assert_eq!(reason(&head), "connection_names_framing", "{value}");
+        }
+        assert_eq!(
+            scan("GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, x-content-length\r\n\r\n"),
+            HeadScan::Complete
+        );
     }
 }

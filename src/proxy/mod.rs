@@ -51,6 +51,10 @@ pub struct ListenerInfo {
     pub tls: bool,
     /// Largest request body accepted; a streamed (chunked) body over it fails with 413.
     pub max_body: u64,
+    /// The ports a request's Host (or `:authority`) may name.
+    pub host_ports: crate::http_syntax::host::HostPorts,
+    /// The forwarding fields a trusted hop in front of this listener may set.
+    pub forwarding_trust: headers::ForwardingTrust,
 }
 
 /// The proxy for one listener. Cheap to clone: the snapshot handle is shared.
@@ -133,7 +137,8 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        if request_routing::answered_before_routing(session, ctx, &self.snapshot, self.cache)
+        let ports = self.listener.host_ports;
+        if request_routing::answered_before_routing(session, ctx, &self.snapshot, self.cache, ports)
             .await?
         {
             return Ok(true);
@@ -345,7 +350,9 @@ impl ProxyHttp for EdgeProxy {
         let Some(route) = ctx.route.as_ref() else {
             return Ok(());
         };
-        headers::prepare_upstream(upstream, route, ctx, client_ip(session), self.scheme())?;
+        let client = client_ip(session);
+        let trusted = self.listener.forwarding_trust.fields_for(client);
+        headers::prepare_upstream(upstream, route, ctx, client, self.scheme(), trusted)?;
         self.filters.upstream_phase(session, upstream, ctx).await?;
         ctx.upstream_sent_at = Some(Instant::now());
         ctx.fetch_started = Some(std::time::SystemTime::now());
@@ -358,6 +365,7 @@ impl ProxyHttp for EdgeProxy {
         upstream: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        upstream_error::refuse_status(upstream, session.is_upgrade_req())?;
         if origin_response::is_interim(upstream) {
             return upstream_error::count_informational(&mut ctx.informational);
         }
