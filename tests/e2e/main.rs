@@ -16,6 +16,7 @@ mod fast_hit;
 mod filters;
 mod get_body;
 mod h2_limits;
+mod hardening;
 mod health;
 mod limits;
 mod origin_deadline;
