@@ -1,14 +1,13 @@
 //! The HTTP/1 front door: reads each request head itself under a whole-head deadline and size,
-//! line and count limits, rejects ambiguous framing, request lines other than a plain
-//! origin-form one and Hosts naming a port the listener does not answer for, then hands the bytes
-//! to Pingora's proxy. Every refusal happens here, before the hit lane could answer.
+//! line and count limits, rejects ambiguous framing and request lines other than a plain
+//! origin-form one, then hands the bytes to Pingora's proxy. These refusals happen here, before
+//! the hit lane could answer.
 //!
 //! Pingora reads heads with a per-read timeout and a ~1 MiB cap, which leaves slowloris and
 //! oversized heads to us. HTTP/2 connections (ALPN `h2`, or h2c when enabled) go straight to
 //! Pingora, whose H2 limits are bounded.
 
 use crate::config::Limits;
-use crate::http_syntax::host::{port_allowed, HostPorts};
 use crate::http_syntax::request_line;
 use crate::metrics::METRICS;
 use crate::proxy::hit_lane::{HitLane, Lane};
@@ -49,10 +48,9 @@ fn reject(status: u16, reason: &'static str) -> HeadScan {
 }
 
 /// Check a (possibly partial) request head against the limits, the request-line rules
-/// ([`request_line::parse`]), RFC 9112 framing rules and the Host ports of the listener. Each
-/// line is judged once it is whole, so a decision never depends on how the network split the
-/// bytes. Pure: looks only at its arguments.
-pub fn scan_head(buf: &[u8], limits: &Limits, ports: HostPorts) -> HeadScan {
+/// ([`request_line::parse`]) and RFC 9112 framing rules. Each line is judged once it is whole,
+/// so a decision never depends on how the network split the bytes. Pure: looks only at `buf`.
+pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
     // RFC 9112 §2.2: ignore empty lines before the request line.
     let mut pos = 0;
     while pos < buf.len() && (buf[pos] == b'\r' || buf[pos] == b'\n') {
@@ -133,8 +131,6 @@ pub fn scan_head(buf: &[u8], limits: &Limits, ports: HostPorts) -> HeadScan {
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encodings += 1;
             te_chunked_only &= value.eq_ignore_ascii_case(b"chunked");
-        } else if name.eq_ignore_ascii_case(b"host") && !port_allowed(value, ports) {
-            return reject(400, "host_port");
         } else if name.eq_ignore_ascii_case(b"connection") && names_framing(value) {
             // framing is never hop-by-hop: a proxy that honoured it would drop the body's length
             return reject(400, "connection_names_framing");
@@ -198,26 +194,17 @@ pub struct Ingress {
     limits: Limits,
     listener: String,
     h2c: bool,
-    ports: HostPorts,
     hits: Option<HitLane>,
 }
 
 impl Ingress {
-    /// The front door for one listener, handing accepted heads to `proxy`; `ports`: what a
-    /// request's Host may name.
-    pub fn new(
-        proxy: HttpProxy<EdgeProxy>,
-        limits: Limits,
-        listener: String,
-        h2c: bool,
-        ports: HostPorts,
-    ) -> Self {
+    /// The front door for one listener, handing accepted heads to `proxy`.
+    pub fn new(proxy: HttpProxy<EdgeProxy>, limits: Limits, listener: String, h2c: bool) -> Self {
         Ingress {
             proxy: Arc::new(proxy),
             limits,
             listener,
             h2c,
-            ports,
             hits: None,
         }
     }
@@ -320,7 +307,7 @@ impl Ingress {
             if deadline.is_none() {
                 deadline = Some(Instant::now() + limits.header_timeout);
             }
-            match scan_head(&buf, limits, self.ports) {
+            match scan_head(&buf, limits) {
                 HeadScan::Complete => return Head::Ready(buf),
                 HeadScan::Reject { status, reason } => return Head::Reject { status, reason },
                 HeadScan::Incomplete if buf.len() > cap => {
@@ -472,10 +459,8 @@ impl ServerApp for Ingress {
 mod tests {
     use super::*;
 
-    const PORTS: HostPorts = HostPorts::new(8080, false);
-
     fn scan(text: &str) -> HeadScan {
-        scan_head(text.as_bytes(), &Limits::default(), PORTS)
+        scan_head(text.as_bytes(), &Limits::default())
     }
 
     fn rejected(text: &str) -> u16 {
@@ -514,16 +499,13 @@ mod tests {
         for end in 0..head.len() {
             assert!(
                 !matches!(
-                    scan_head(&head.as_bytes()[..end], &limits, PORTS),
+                    scan_head(&head.as_bytes()[..end], &limits),
                     HeadScan::Reject { .. }
                 ),
                 "split after {end} bytes"
             );
         }
-        assert_eq!(
-            scan_head(head.as_bytes(), &limits, PORTS),
-            HeadScan::Complete
-        );
+        assert_eq!(scan_head(head.as_bytes(), &limits), HeadScan::Complete);
     }
 
     #[test]
@@ -612,18 +594,6 @@ mod tests {
             scan("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"),
             HeadScan::Complete
         );
-    }
-
-    #[test]
-    fn a_host_names_this_listeners_port_or_none() {
-        for ok in ["a", "a:8080", "a:80", "[::1]:8080"] {
-            let head = format!("GET / HTTP/1.1\r\nHost: {ok}\r\n\r\n");
-            assert_eq!(scan(&head), HeadScan::Complete, "{ok}");
-        }
-        for bad in ["a:1337", "a:443", "a:99999"] {
-            let head = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
-            assert_eq!(reason(&head), "host_port", "{bad}");
-        }
     }
 
     #[test]

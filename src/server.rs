@@ -8,14 +8,12 @@ use crate::control::api::ControlApi;
 use crate::control::plane::ControlPlane;
 use crate::control::settings::ControlSettings;
 use crate::control::store::FileStore;
-use crate::http_syntax::host::HostPorts;
 use crate::ingress::Ingress;
 use crate::metrics::METRICS;
 use crate::node::health_checks::HealthService;
 use crate::node::poller::{publish_position, ControlPoller, PersistedSnapshot};
 use crate::node::reclaim::ReclaimService;
 use crate::proxy::filter::Filters;
-use crate::proxy::headers::ForwardingTrust;
 use crate::proxy::hit_lane::HitLane;
 use crate::proxy::{EdgeProxy, ListenerInfo};
 use crate::snapshot::{SharedSnapshot, Snapshot};
@@ -152,14 +150,10 @@ fn listener_service(
     access_log: &Option<Arc<AccessLog>>,
     filters: &Filters,
 ) -> Result<Service<Ingress>, ServeError> {
-    let host_ports = HostPorts::new(spec.addr.port(), spec.tls.is_some());
     let info = ListenerInfo {
         name: spec.name.clone(),
         tls: spec.tls.is_some(),
         max_body: spec.limits.max_body,
-        host_ports,
-        // no trusted hop until the config names one
-        forwarding_trust: ForwardingTrust::default(),
     };
     let edge = EdgeProxy::new(snapshot.clone(), info, cache)
         .with_access_log(access_log.clone())
@@ -178,8 +172,7 @@ fn listener_service(
         access_log.clone(),
         spec.tls.is_some(),
     );
-    let ingress = Ingress::new(proxy, spec.limits, spec.name.clone(), spec.h2c, host_ports)
-        .with_hit_lane(hits);
+    let ingress = Ingress::new(proxy, spec.limits, spec.name.clone(), spec.h2c).with_hit_lane(hits);
     let mut service = Service::new(format!("verge listener {}", spec.name), ingress);
     let mut endpoint = ListenerConfig::tcp(spec.addr.to_string()).l4_buffer(L4BufferSettings {
         read: Some(CLIENT_READ_BUFFER),

@@ -1,32 +1,27 @@
 //! The HTTP/1 request-head scanner (`src/ingress.rs`, `scan_head`), which decides before Pingora
 //! parses anything.
 //!
-//! Input: one byte choosing the limits (bit 0: defaults, or tight ones so limits are reached)
-//! and the listener (bit 1: TLS, so port 443 rather than 80 is the default beside 8080), then
-//! the raw head bytes.
+//! Input: one byte choosing the limits (defaults, or tight ones so limits are reached), then the
+//! raw head bytes.
 //!
 //! Invariants:
 //! - a decision never depends on where the bytes were split by the network: if any prefix of the
 //!   input is already `Complete` or refused, the whole input gets the same decision (status);
 //! - `Complete` only once an empty line ends the head, and only for a request line
-//!   `request_line::parse` accepts (uppercase method, origin-form target, HTTP/1.0 or 1.1), Host
-//!   fields naming no port or one of the listener's, and no `Connection` listing
-//!   `Content-Length` or `Transfer-Encoding`;
+//!   `request_line::parse` accepts (uppercase method, origin-form target, HTTP/1.0 or 1.1), and
+//!   no `Connection` listing `Content-Length` or `Transfer-Encoding`;
 //! - refusals are one of 400, 413, 414, 431, 501, with a non-empty reason;
 //! - the same input always gets the same decision.
 
 use super::input::Input;
 use std::time::Duration;
 use verge::config::Limits;
-use verge::http_syntax::host::{port_allowed, HostPorts};
 use verge::http_syntax::request_line;
 use verge::ingress::{scan_head, HeadScan};
 
 pub fn check(data: &[u8]) {
     let mut input = Input::new(data);
-    let choice = input.byte();
-    let ports = HostPorts::new(8080, choice & 2 != 0);
-    let limits = if choice % 2 == 0 {
+    let limits = if input.byte() % 2 == 0 {
         Limits::default()
     } else {
         Limits {
@@ -40,8 +35,8 @@ pub fn check(data: &[u8]) {
         }
     };
     let head = input.rest_bytes();
-    let whole = scan_head(head, &limits, ports);
-    assert_eq!(whole, scan_head(head, &limits, ports), "deterministic");
+    let whole = scan_head(head, &limits);
+    assert_eq!(whole, scan_head(head, &limits), "deterministic");
     match &whole {
         HeadScan::Complete => {
             assert!(
@@ -49,7 +44,7 @@ pub fn check(data: &[u8]) {
                 "Complete without an empty line: {:?}",
                 String::from_utf8_lossy(head)
             );
-            complete_head_invariants(head, ports);
+            complete_head_invariants(head);
         }
         HeadScan::Reject { status, reason } => {
             assert!(
@@ -63,7 +58,7 @@ pub fn check(data: &[u8]) {
     // every split point of short inputs, a sample of long ones
     let step = (head.len() / 256).max(1);
     for end in (0..head.len()).step_by(step) {
-        let early = scan_head(&head[..end], &limits, ports);
+        let early = scan_head(&head[..end], &limits);
         match (&early, &whole) {
             (HeadScan::Incomplete, _) => {}
             (HeadScan::Complete, HeadScan::Complete) => {}
@@ -78,7 +73,7 @@ pub fn check(data: &[u8]) {
 }
 
 /// What a head the scanner accepted must be: its lines, split here independently of the scanner.
-fn complete_head_invariants(head: &[u8], ports: HostPorts) {
+fn complete_head_invariants(head: &[u8]) {
     let text = String::from_utf8_lossy(head);
     let mut lines = head
         .split(|b| *b == b'\n')
@@ -94,9 +89,6 @@ fn complete_head_invariants(head: &[u8], ports: HostPorts) {
             panic!("accepted a field line without a colon: {text:?}");
         };
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        if name.eq_ignore_ascii_case(b"host") {
-            assert!(port_allowed(value, ports), "accepted a Host port: {text:?}");
-        }
         if name.eq_ignore_ascii_case(b"connection") {
             let lists_framing = value.split(|b| *b == b',').any(|o| {
                 let o = o.trim_ascii().to_ascii_lowercase();

@@ -51,10 +51,6 @@ pub struct ListenerInfo {
     pub tls: bool,
     /// Largest request body accepted; a streamed (chunked) body over it fails with 413.
     pub max_body: u64,
-    /// The ports a request's Host (or `:authority`) may name.
-    pub host_ports: crate::http_syntax::host::HostPorts,
-    /// The forwarding fields a trusted hop in front of this listener may set.
-    pub forwarding_trust: headers::ForwardingTrust,
 }
 
 /// The proxy for one listener. Cheap to clone: the snapshot handle is shared.
@@ -64,6 +60,7 @@ pub struct EdgeProxy {
     cache: &'static CacheEngine,
     access_log: Option<Arc<AccessLog>>,
     filters: Filters,
+    forwarding_trust: headers::ForwardingTrust,
 }
 
 impl EdgeProxy {
@@ -79,7 +76,15 @@ impl EdgeProxy {
             cache,
             access_log: None,
             filters: Filters::default(),
+            forwarding_trust: headers::ForwardingTrust::default(),
         }
+    }
+
+    /// Let these trusted hops in front of the listener set forwarding fields (by default no
+    /// client may: every one is dropped).
+    pub fn with_forwarding_trust(mut self, trust: headers::ForwardingTrust) -> Self {
+        self.forwarding_trust = trust;
+        self
     }
 
     /// Run these user filters on the routes that select them.
@@ -137,8 +142,7 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let ports = self.listener.host_ports;
-        if request_routing::answered_before_routing(session, ctx, &self.snapshot, self.cache, ports)
+        if request_routing::answered_before_routing(session, ctx, &self.snapshot, self.cache)
             .await?
         {
             return Ok(true);
@@ -351,7 +355,7 @@ impl ProxyHttp for EdgeProxy {
             return Ok(());
         };
         let client = client_ip(session);
-        let trusted = self.listener.forwarding_trust.fields_for(client);
+        let trusted = self.forwarding_trust.fields_for(client);
         headers::prepare_upstream(upstream, route, ctx, client, self.scheme(), trusted)?;
         self.filters.upstream_phase(session, upstream, ctx).await?;
         ctx.upstream_sent_at = Some(Instant::now());

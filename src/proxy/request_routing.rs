@@ -9,7 +9,7 @@ use super::context::{client_ip, RequestCtx};
 use super::error_page::respond_plain;
 use super::{purge, request_body};
 use crate::cache::CacheEngine;
-use crate::http_syntax::host::{request_host, HostPorts};
+use crate::http_syntax::host::request_host;
 use crate::http_syntax::{path_and_query, request_line, target};
 use crate::metrics::METRICS;
 use crate::snapshot::SharedSnapshot;
@@ -17,13 +17,12 @@ use pingora_error::Result;
 use pingora_proxy::Session;
 
 /// Route the request into `ctx`; `true` when verge answered it here (a refusal, `PURGE`, no
-/// route) and it goes no further. `ports`: what the Host may name on this listener.
+/// route) and it goes no further.
 pub async fn answered_before_routing(
     session: &mut Session,
     ctx: &mut RequestCtx,
     snapshot: &SharedSnapshot,
     engine: &CacheEngine,
-    ports: HostPorts,
 ) -> Result<bool> {
     let req = session.req_header();
     let method = req.method.as_str().as_bytes();
@@ -38,13 +37,10 @@ pub async fn answered_before_routing(
         respond_plain(session, 400, "verge: request target refused").await?;
         return Ok(true);
     }
-    let host = match request_host(req, ports) {
-        Ok(host) => host,
-        Err(bad) => {
-            METRICS.rejected.with_label_values(&[bad.reason()]).inc();
-            respond_plain(session, 400, "verge: missing or invalid Host").await?;
-            return Ok(true);
-        }
+    let Some(host) = request_host(req) else {
+        METRICS.rejected.with_label_values(&["bad_host"]).inc();
+        respond_plain(session, 400, "verge: missing or invalid Host").await?;
+        return Ok(true);
     };
     let current = snapshot.load();
     let route = current.table.lookup(&host, req.uri.path()).cloned();

@@ -183,36 +183,46 @@ async fn client_forwarding_fields_are_dropped_by_rule_on_a_miss_and_a_hit() {
 }
 
 #[tokio::test]
-async fn a_host_naming_a_foreign_port_is_refused_on_a_miss_and_a_hit() {
+async fn a_host_port_never_reaches_the_key_or_the_origin() {
     let o = RawOrigin::start().await;
     let v = verge_for(&o).await;
-    let port = v.http.port();
-    for host in [
-        "shop.test:1337",
-        "shop.test:443",
-        "shop.test:99999",
-        "shop.test:",
-    ] {
-        let refused = get(&v, host, "/reflect-port", "").await;
-        assert_eq!(status(&refused), "400", "{host}: {refused}");
-    }
-    assert_eq!(o.total(), 0, "nothing reached the origin");
-    // now the URL is stored under `shop.test`
-    let miss = get(&v, "shop.test", "/reflect-port", "").await;
+    // a port the listener is not on: the origin sees the host the key uses, nothing else
+    let miss = get(&v, "shop.test:1337", "/reflect-port", "").await;
     assert_eq!(status(&miss), "200", "{miss}");
-    let refused = get(&v, "shop.test:1337", "/reflect-port", "").await;
-    assert_eq!(status(&refused), "400", "a would-be hit: {refused}");
-    // the listener's own port and the scheme's default name the same resource: one key
-    for host in [format!("SHOP.Test.:{port}"), "shop.test:80".to_string()] {
-        let hit = get(&v, &host, "/reflect-port", "").await;
+    let seen = o.heads_for("/reflect-port");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(field(&seen[0], "host"), Some("shop.test"), "{}", seen[0]);
+    assert!(!seen[0].contains("1337"), "{}", seen[0]);
+    // every spelling of the host is one entry, and what it holds names no port
+    for host in [
+        "shop.test",
+        "shop.test:1337",
+        "shop.test:80",
+        "SHOP.test.:8080",
+    ] {
+        let hit = get(&v, host, "/reflect-port", "").await;
         assert_eq!(status(&hit), "200", "{host}: {hit}");
         assert!(
             hit.to_ascii_lowercase()
                 .contains("cache-status: verge; hit"),
             "{hit}"
         );
+        assert!(!hit.contains("1337"), "{host}: {hit}");
     }
     assert_eq!(o.heads_for("/reflect-port").len(), 1);
+    // a port that is not one makes the Host invalid, on a would-be hit and on a miss
+    for path in ["/reflect-port", "/reflect-port-never"] {
+        for host in [
+            "shop.test:",
+            "shop.test:0",
+            "shop.test:99999",
+            "shop.test:x",
+        ] {
+            let refused = get(&v, host, path, "").await;
+            assert_eq!(status(&refused), "400", "{host}{path}: {refused}");
+        }
+    }
+    assert_eq!(o.total(), 1, "nothing more reached the origin");
 }
 
 #[tokio::test]
@@ -356,4 +366,99 @@ async fn an_unsolicited_101_is_a_502_and_no_tunnel_byte_reaches_the_client() {
         );
         assert_eq!(o.heads_for(path).len(), 1);
     }
+}
+
+/// One HTTP/2 frame: length, type, flags, stream, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len())
+        .expect("small frame")
+        .to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Send one HTTP/2 request (prior knowledge, no body) with these pseudo-header values, and
+/// return the first byte of the response's header block: HPACK's static-table index of its
+/// `:status` (`0x88`: 200, `0x8c`: 400), or 0 when the stream or connection ended without one.
+async fn h2_status(v: &Verge, method: &str, authority: &str, path: &str) -> u8 {
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", method),
+        (":scheme", "http"),
+        (":authority", authority),
+        (":path", path),
+    ] {
+        // literal field without indexing, new name, no Huffman coding
+        block.push(0);
+        for text in [name, value] {
+            block.push(u8::try_from(text.len()).expect("short"));
+            block.extend_from_slice(text.as_bytes());
+        }
+    }
+    let mut request = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    request.extend(h2_frame(4, 0, 0, &[]));
+    request.extend(h2_frame(1, 0x5, 1, &block)); // END_STREAM | END_HEADERS
+    let mut s = TcpStream::connect(v.http).await.expect("connect");
+    s.write_all(&request).await.expect("write");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        loop {
+            while buf.len() >= 9 {
+                let len =
+                    usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+                let (kind, first) = (buf[3], buf.get(9).copied().unwrap_or(0));
+                buf.drain(..9 + len);
+                match (kind, stream) {
+                    (1, 1) => return first,      // HEADERS
+                    (3, 1) | (7, _) => return 0, // RST_STREAM, GOAWAY
+                    _ => {}
+                }
+            }
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return 0,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("an answer in time")
+}
+
+#[tokio::test]
+async fn http2_requests_get_the_same_host_and_method_rules() {
+    let o = RawOrigin::start().await;
+    let v = Verge::start_with_listeners(
+        &format!(
+            "pools: {{p: {{backends: [\"{}\"]}}}}\n\
+             routes: [{{hosts: [shop.test], pool: p, cache: {{}}}}]\n",
+            o.addr
+        ),
+        Some("listeners:\n  - listen: \"{http}\"\n    h2c: true\n"),
+    )
+    .await;
+    let (ok, refused) = (0x88, 0x8c);
+    for (method, authority, path) in [
+        ("GET", "shop.test:0", "/reflect-h2-a"),
+        ("gET", "shop.test", "/reflect-h2-a"),
+        ("get", "shop.test", "/reflect-h2-a"),
+    ] {
+        let got = h2_status(&v, method, authority, path).await;
+        assert_eq!(got, refused, "{method} {authority}");
+    }
+    assert_eq!(o.total(), 0, "nothing reached the origin");
+    assert_eq!(
+        h2_status(&v, "GET", "SHOP.test.:1337", "/reflect-h2-b").await,
+        ok
+    );
+    let seen = o.heads_for("/reflect-h2-b");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(field(&seen[0], "host"), Some("shop.test"), "{}", seen[0]);
 }
