@@ -17,14 +17,14 @@ use tokio::net::{TcpListener, TcpStream};
 /// The bytes a `/switch*` answer sends after its 101.
 const TUNNEL: &str = "TUNNEL-BYTES";
 
-struct RawOrigin {
+struct RecordingOrigin {
     addr: SocketAddr,
     heads: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl RawOrigin {
-    async fn start() -> RawOrigin {
+impl RecordingOrigin {
+    async fn start() -> RecordingOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let heads = Arc::new(Mutex::new(Vec::new()));
@@ -34,7 +34,7 @@ impl RawOrigin {
                 tokio::spawn(answer(stream, seen.clone()));
             }
         });
-        RawOrigin { addr, heads, task }
+        RecordingOrigin { addr, heads, task }
     }
 
     /// Every head read for a target starting with `path`.
@@ -52,7 +52,7 @@ impl RawOrigin {
     }
 }
 
-impl Drop for RawOrigin {
+impl Drop for RecordingOrigin {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -91,7 +91,7 @@ async fn answer(mut stream: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
 }
 
 /// verge in front of `o`: `shop.test` caches, `pass.test` does not.
-async fn verge_for(o: &RawOrigin) -> Verge {
+async fn verge_for(o: &RecordingOrigin) -> Verge {
     Verge::start(&format!(
         "pools: {{p: {{backends: [\"{}\"]}}}}\n\
          routes:\n\
@@ -142,7 +142,7 @@ fn field<'h>(head: &'h str, name: &str) -> Option<&'h str> {
 
 #[tokio::test]
 async fn client_forwarding_fields_are_dropped_by_rule_on_a_miss_and_a_hit() {
-    let o = RawOrigin::start().await;
+    let o = RecordingOrigin::start().await;
     let v = verge_for(&o).await;
     let evil = "X-Forwarded-Scheme: evil\r\nX-Forwarded-Server: evil\r\n\
                 X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil.test\r\n\
@@ -184,7 +184,7 @@ async fn client_forwarding_fields_are_dropped_by_rule_on_a_miss_and_a_hit() {
 
 #[tokio::test]
 async fn a_host_port_never_reaches_the_key_or_the_origin() {
-    let o = RawOrigin::start().await;
+    let o = RecordingOrigin::start().await;
     let v = verge_for(&o).await;
     // a port the listener is not on: the origin sees the host the key uses, nothing else
     let miss = get(&v, "shop.test:1337", "/reflect-port", "").await;
@@ -227,7 +227,7 @@ async fn a_host_port_never_reaches_the_key_or_the_origin() {
 
 #[tokio::test]
 async fn the_origin_gets_the_canonical_host_the_router_and_the_key_used() {
-    let o = RawOrigin::start().await;
+    let o = RecordingOrigin::start().await;
     let v = verge_for(&o).await;
     let port = v.http.port();
     for (host, path) in [
@@ -256,7 +256,7 @@ async fn the_origin_gets_the_canonical_host_the_router_and_the_key_used() {
 
 #[tokio::test]
 async fn field_names_with_an_underscore_never_reach_the_origin() {
-    let o = RawOrigin::start().await;
+    let o = RecordingOrigin::start().await;
     let v = verge_for(&o).await;
     let sneaky = "Transfer_Encoding: chunked\r\nContent_Length: 5\r\n\
                   X_Forwarded_For: 6.6.6.6\r\nX_Custom: 1\r\nX-Plain: kept\r\n";
@@ -283,7 +283,7 @@ async fn field_names_with_an_underscore_never_reach_the_origin() {
 
 #[tokio::test]
 async fn targets_and_methods_other_than_plain_are_refused_before_routing() {
-    let o = RawOrigin::start().await;
+    let o = RecordingOrigin::start().await;
     let v = verge_for(&o).await;
     // `/reflect-t` is stored (a would-be hit); `/reflect-u` never was (a miss)
     let stored = get(&v, "shop.test", "/reflect-t", "").await;
@@ -322,7 +322,7 @@ async fn targets_and_methods_other_than_plain_are_refused_before_routing() {
 
 #[tokio::test]
 async fn a_connection_field_naming_framing_is_refused() {
-    let o = RawOrigin::start().await;
+    let o = RecordingOrigin::start().await;
     let v = verge_for(&o).await;
     let stored = get(&v, "shop.test", "/reflect-c", "").await;
     assert_eq!(status(&stored), "200", "{stored}");
@@ -340,7 +340,7 @@ async fn a_connection_field_naming_framing_is_refused() {
 
 #[tokio::test]
 async fn an_origin_status_outside_100_to_599_is_a_502_and_never_stored() {
-    let o = RawOrigin::start().await;
+    let o = RecordingOrigin::start().await;
     let v = verge_for(&o).await;
     for host in ["shop.test", "shop.test", "pass.test"] {
         let answer = get(&v, host, "/status999", "").await;
@@ -355,7 +355,7 @@ async fn an_origin_status_outside_100_to_599_is_a_502_and_never_stored() {
 
 #[tokio::test]
 async fn an_unsolicited_101_is_a_502_and_no_tunnel_byte_reaches_the_client() {
-    let o = RawOrigin::start().await;
+    let o = RecordingOrigin::start().await;
     let v = verge_for(&o).await;
     for (host, path) in [("shop.test", "/switch-a"), ("pass.test", "/switch-b")] {
         let answer = get(&v, host, path, "").await;
@@ -434,7 +434,7 @@ async fn h2_status(v: &Verge, method: &str, authority: &str, path: &str) -> u8 {
 
 #[tokio::test]
 async fn http2_requests_get_the_same_host_and_method_rules() {
-    let o = RawOrigin::start().await;
+    let o = RecordingOrigin::start().await;
     let v = Verge::start_with_listeners(
         &format!(
             "pools: {{p: {{backends: [\"{}\"]}}}}\n\
