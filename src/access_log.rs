@@ -6,21 +6,13 @@ use crate::metrics::METRICS;
 use serde_json::{json, Value};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
-use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Lines buffered between requests and the writer thread.
 const QUEUE: usize = 65_536;
 
-/// Where the log goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LogTarget {
-    /// Standard output (`path: -`).
-    Stdout,
-    /// Appended to this file; reopened within a second when it is moved or removed (logrotate).
-    File(PathBuf),
-}
+pub use crate::config::LogTarget;
 
 /// A running access log.
 #[derive(Debug)]

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! client ─► ingress (head deadline, size/count limits, framing checks)
-//!        ─► fast_hit                    a plain fresh hit is answered here; the rest goes on
+//!        ─► hit lane                    a plain fresh hit is answered here, decided by the
+//!                                       same functions as the phases below; the rest goes on
 //!        ─► EdgeProxy::request_filter   route by canonical host + longest path prefix,
 //!                                       then user filters' on_request (may answer, re-route)
 //!        ─► cache lookup                key: scheme + host + path?query + variant
@@ -12,24 +13,26 @@
 //!        ─► upstream_request_filter     forwarding headers, prefix strip, route header edits,
 //!                                       user filters' on_upstream_request
 //!        ─► origin ─► response_filter   route response header edits, on_response ─► client
-//!        ─► logging                     access log, metrics
+//!        ─► logging                     access log, metrics (the finish the hit lane shares)
 //! ```
 //!
 //! Extending verge in Rust: implement [`Filter`] and register it with
 //! [`Verge::builder`]`(config).filter(MyFilter).run()`; see [`proxy::filter`] and `examples/`.
 //!
-//! Crate map:
-//! - [`cache`]: in-memory storage, cache key and per-route key rules, Vary, RFC 9111 policy
-//!   (response and request directives, invalidation by unsafe methods), `Cache-Status`.
+//! Crate map, lowest layer first (`tests/layering.rs` keeps imports pointing down):
+//! - [`http_syntax`], [`unix_time`], [`metrics`]: the leaves: canonical hosts, target checks,
+//!   field values; timestamps; every metric name, in one place.
 //! - [`config`]: raw YAML types, validation with every error's key path, validated types.
+//! - [`routing`], [`access_log`]: the routing table; the JSON access log.
+//! - [`cache`]: in-memory storage, cache key and per-route key rules, Vary, the request view,
+//!   RFC 9111 rules, the hit decision, `Cache-Status`, invalidations and their index.
+//! - [`upstream`]: pools, selection, passive ejection, health-check probes.
+//! - [`control`]: the control plane, its client and its wire format.
 //! - [`snapshot`]: the immutable routing table + pools behind one `ArcSwap`.
-//! - [`proxy`]: the `ProxyHttp` implementation and its pure helpers (routing, headers, peers).
+//! - [`node`]: background services over the snapshot (control poller, health checks, reclaim).
+//! - [`proxy`]: the `ProxyHttp` implementation and the hit lane, and the modules they share.
 //! - [`ingress`]: the HTTP/1 front door that enforces head limits before Pingora parses.
-//! - [`fast_hit`]: the hit lane: plain fresh hits answered in the front door, without Pingora's
-//!   per-request session.
-//! - [`upstream`]: pools, selection, passive ejection, active health checks.
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`.
-//! - [`metrics`]: every metric name, in one place.
 //! - [`server`]: assembling the Pingora server from a config.
 //! - [`embed`]: [`Verge`], the library entry point (config + user filters → running node).
 

@@ -5,6 +5,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use verge::config::secret::{read_secret, SecretSource};
 use verge::config::Policy;
 use verge::control::client::{exit_code, Answer, ControlClient};
 
@@ -65,13 +66,11 @@ fn client(args: &ControlArgs) -> Result<ControlClient, String> {
         .or_else(|| std::env::var("VERGE_CONTROL_URL").ok())
         .unwrap_or_else(|| "http://127.0.0.1:9900".into());
     let token = match &args.token_file {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .map_err(|e| format!("cannot read token file {}: {e}", f.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => std::env::var("VERGE_TOKEN").ok(),
+        Some(f) => {
+            Some(read_secret(SecretSource::File(f)).map_err(|e| format!("--token-file: {e}"))?)
+        }
+        // unset (or blank): no token
+        None => read_secret(SecretSource::Env("VERGE_TOKEN")).ok(),
     };
     ControlClient::new(&base, token).map_err(|e| e.to_string())
 }

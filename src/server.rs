@@ -165,14 +165,16 @@ fn listener_service(
     options.h2_idle_timeout = Some(spec.limits.keepalive_timeout);
     proxy.server_options = Some(options);
     proxy.h2_options = Some(h2_options(&spec.limits.h2));
-    let hits = HitLane::new(
-        snapshot.clone(),
-        cache,
-        filters.clone(),
-        access_log.clone(),
-        spec.tls.is_some(),
-    );
-    let ingress = Ingress::new(proxy, spec.limits, spec.name.clone(), spec.h2c).with_hit_lane(hits);
+    let mut ingress = Ingress::new(proxy, spec.limits, spec.name.clone(), spec.h2c);
+    if cache.settings.hit_lane {
+        ingress = ingress.with_hit_lane(HitLane::new(
+            snapshot.clone(),
+            cache,
+            filters.clone(),
+            access_log.clone(),
+            spec.tls.is_some(),
+        ));
+    }
     let mut service = Service::new(format!("verge listener {}", spec.name), ingress);
     let mut endpoint = ListenerConfig::tcp(spec.addr.to_string()).l4_buffer(L4BufferSettings {
         read: Some(CLIENT_READ_BUFFER),

@@ -143,7 +143,7 @@ fn verdict_for(index: &InvalidationIndex, target: &Target, at: SystemTime) -> Ve
             index.verdict(host, path_query, std::iter::empty(), before)
         }
         Target::Prefix { host, prefix } => {
-            index.verdict(host, &format!("{prefix}x"), std::iter::empty(), before)
+            index.verdict(host, &format!("{prefix}/x"), std::iter::empty(), before)
         }
         Target::Host(h) => index.verdict(h, "/any", std::iter::empty(), before),
         Target::Tag(t) => index.verdict("any.host", "/", std::iter::once(t.as_str()), before),

@@ -4,27 +4,28 @@
 //!
 //! How pingora 0.9.1 drives this, because `MemoryStorage::support_streaming_partial_write` is
 //! true:
-//! - `HttpCache::set_miss_handler` (pingora-cache `lib.rs:997-1058`) releases the miss lock with
+//! - pingora-cache's `HttpCache::set_miss_handler` releases the miss lock with
 //!   `LockStatus::Done` as soon as the response head is stored, so every waiter looks the key up
 //!   again and gets a [`PartialHit`] from `Storage::lookup`. It then asks
 //!   `Storage::lookup_streaming_write` for the fetching request's own reader and **panics** if
 //!   that returns `None`; the storage answers an error instead when it cannot find the fill.
 //! - The fetching request's client is served from that reader, not from the upstream stream
-//!   (`ServeFromCache::CacheBodyMiss`, pingora-proxy `proxy_cache.rs:2499-2520`). So a failed
+//!   (`ServeFromCache::CacheBodyMiss` in pingora-proxy's `ServeFromCache::next_http_task`). So a failed
 //!   cache write (`write_body` or pingora's own max-file-size check returning an error) aborts
-//!   the whole response (`proxy_h1.rs:881-896`), and disabling the cache mid-body fails the
+//!   the whole response (pingora-proxy's `h1_response_filter`), and disabling the cache mid-body fails the
 //!   next read with "Cache disabled". Writing therefore does not fail here while anyone reads:
 //!   an object that turns out larger than `cache.max_object_size` keeps streaming, marked
 //!   oversize, and is simply not stored at the end.
 //! - A hit reader's error ends the client response without its last chunk and without reuse
-//!   of the connection (`proxy_cache.rs:513`, then pingora-proxy `lib.rs:521-556` with
+//!   of the connection (pingora-proxy's `proxy_cache_hit`, then its `finish` with
 //!   `reuse = false`).
 //!   That is how a failed fetch reaches every reader: the miss handler is dropped without
 //!   `finish`, the fill turns [`Phase::Failed`], and every read after that is an error, so
 //!   no reader ever sees a cut body end like a complete one.
 //! - Readers get bytes as soon as they are appended. Pingora's HTTP/1 writer does not flush a
-//!   response with `Content-Length` by itself, though (pingora-core `v1/server.rs:917-923`), so
-//!   such a body reaches the client in steps of its 1460-byte write buffer (`l4/stream.rs:370`);
+//!   response with `Content-Length` by itself, though (pingora-core's HTTP/1 server session,
+//!   `prepare_response_header`), so such a body reaches the client in steps of its write buffer
+//!   (`DEFAULT_L4_WRITE_BUFFER_SIZE`, 1460 bytes);
 //!   chunked responses are flushed chunk by chunk.
 //!
 //! Memory: a fill that may still be stored keeps its whole body, at most `max_object_size`
@@ -35,7 +36,8 @@
 //! each read, so the fetching request's own client, which pingora serves in turns with reading
 //! the origin, stays far inside the window. Once no reader of an oversize fill can read on
 //! (every one dropped or left behind, the fetching request's own client included: pingora
-//! keeps filling after that client is gone, `proxy_h1.rs:564-567, 692-696`), the next write fails and
+//! keeps filling after that client is gone, in pingora-proxy's `proxy_handle_downstream`), the
+//! next write fails and
 //! pingora ends the fetch, so an abandoned oversize download costs the origin at most about one
 //! window more.
 

@@ -167,12 +167,12 @@ impl CacheEngine {
 ///
 /// Call it from `upstream_response_filter`, which pingora runs before its cache write. Pingora's
 /// own check counts body bytes as they arrive and, once over the limit, fails the cache write
-/// (pingora-proxy 0.9.1 `proxy_cache.rs:718-738`); with a streaming storage the client is
-/// served from that write, so pingora then aborts the client's response too (`proxy_h1.rs:
-/// 881-896`). A response with a `Content-Length` keeps pingora's check, which decides at the
-/// head, before anything is streamed (`proxy_cache.rs:655-676`). So does a request that bypassed
-/// the cache because its URL was too large: pingora measures that response against the limit to
-/// learn whether the URL became cacheable again (`proxy_h1.rs:907-1014`).
+/// (pingora-proxy's `cache_http_task`); with a streaming storage the client is served from that
+/// write, so pingora then aborts the client's response too (its `h1_response_filter`). A
+/// response with a `Content-Length` keeps pingora's check, which decides at the head, before
+/// anything is streamed (also in `cache_http_task`). So does a request that bypassed the cache
+/// because its URL was too large: pingora measures that response against the limit to learn
+/// whether the URL became cacheable again (in `h1_response_filter`).
 pub fn defer_body_size_check(cache: &mut HttpCache, resp: &pingora_http::ResponseHeader) {
     if resp.headers.contains_key(http::header::CONTENT_LENGTH) {
         return;

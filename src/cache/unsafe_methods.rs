@@ -52,7 +52,7 @@ fn resolve(value: &str, scheme: &str, host: &str, request_path: &str) -> Option<
         if target_host != host {
             return None;
         }
-        let pq = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let pq = crate::http_syntax::path_and_query(&uri).to_string();
         return Some(Target {
             scheme: target_scheme,
             host: target_host,

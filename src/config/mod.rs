@@ -2,6 +2,7 @@
 
 mod model;
 mod raw;
+pub mod secret;
 pub mod units;
 mod validate;
 
@@ -20,14 +21,30 @@ pub struct ConfigError {
     pub path: String,
     /// What is wrong, and what would be right.
     pub message: String,
+    /// The line of the config text it is on (1-based), when the config came as text.
+    pub line: Option<usize>,
+}
+
+impl ConfigError {
+    /// An error at a key path, without a line.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+            line: None,
+        }
+    }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)?;
+        match self.line {
+            Some(line) => write!(f, " (line {line})"),
+            None => Ok(()),
         }
     }
 }
@@ -75,27 +92,14 @@ impl fmt::Display for ConfigErrors {
 impl Config {
     /// Parse and validate YAML text.
     pub fn from_yaml_str(text: &str) -> Result<Config, ConfigErrors> {
-        let doc: raw::RawDocument = if text.trim().is_empty() {
-            raw::RawDocument::default()
-        } else {
-            serde_yaml::from_str(text).map_err(|e| {
-                ConfigErrors::new(vec![ConfigError {
-                    path: String::new(),
-                    message: e.to_string(),
-                }])
-            })?
-        };
-        validate::validate_document(doc, text).map_err(ConfigErrors::new)
+        validate::validate_yaml(text).map_err(ConfigErrors::new)
     }
 
     /// Read, parse and validate a config file; errors name the file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors::new(vec![ConfigError {
-                path: String::new(),
-                message: format!("cannot read file: {e}"),
-            }])
-            .in_file(path)
+            ConfigErrors::new(vec![ConfigError::new("", format!("cannot read file: {e}"))])
+                .in_file(path)
         })?;
         let mut config = Self::from_yaml_str(&text).map_err(|e| e.in_file(path))?;
         config.source = Some(path.to_path_buf());
@@ -145,10 +149,10 @@ pub(crate) fn unknown_filters(routes: &[RouteSpec], registered: &[&str]) -> Vec<
     for (i, route) in routes.iter().enumerate() {
         for (j, name) in route.filters.iter().flatten().enumerate() {
             if !registered.contains(&name.as_str()) {
-                errors.push(ConfigError {
-                    path: format!("routes[{i}].filters[{j}]"),
-                    message: format!("unknown filter {name:?}; {known}"),
-                });
+                errors.push(ConfigError::new(
+                    format!("routes[{i}].filters[{j}]"),
+                    format!("unknown filter {name:?}; {known}"),
+                ));
             }
         }
     }
@@ -159,28 +163,21 @@ impl Policy {
     /// Validate a policy document given as JSON (the control plane's wire format), with the same
     /// rules a node applies to its config file.
     pub fn from_json(value: &serde_json::Value) -> Result<Policy, ConfigErrors> {
-        let one = |message: String| {
-            ConfigErrors::new(vec![ConfigError {
-                path: String::new(),
-                message,
-            }])
-        };
+        let one = |message: String| ConfigErrors::new(vec![ConfigError::new("", message)]);
         if !value.is_object() {
             return Err(one("a policy document must be a JSON object".into()));
         }
         let yaml = serde_yaml::to_value(value).map_err(|e| one(e.to_string()))?;
-        let raw: raw::RawPolicy = serde_yaml::from_value(yaml).map_err(|e| one(e.to_string()))?;
-        validate::validate_policy(raw).map_err(ConfigErrors::new)
+        validate::validate_policy(yaml).map_err(ConfigErrors::new)
     }
 
     /// Parse a policy document written as YAML (or JSON) text into its JSON form, without
     /// validating it: what `verge policy push` sends.
     pub fn document_from_text(text: &str) -> Result<serde_json::Value, ConfigErrors> {
         serde_yaml::from_str::<serde_json::Value>(text).map_err(|e| {
-            ConfigErrors::new(vec![ConfigError {
-                path: String::new(),
-                message: e.to_string(),
-            }])
+            let mut error = ConfigError::new("", e.to_string());
+            error.line = e.location().map(|l| l.line());
+            ConfigErrors::new(vec![error])
         })
     }
 }
@@ -261,19 +258,6 @@ routes:
     }
 
     #[test]
-    fn duplicate_routes_are_rejected() {
-        let bad = r#"
-listeners: [{listen: "127.0.0.1:8080"}]
-pools: {p: {backends: ["127.0.0.1:1"]}}
-routes:
-  - {name: a, hosts: [x.com], pool: p}
-  - {name: b, hosts: [X.com], pool: p}
-"#;
-        let errs = Config::from_yaml_str(bad).expect_err("dup").errors;
-        assert!(errs[0].message.contains("already routed by routes[0]"));
-    }
-
-    #[test]
     fn unknown_top_level_key() {
         let errs = Config::from_yaml_str("lisners: []\n")
             .expect_err("typo")
@@ -281,234 +265,186 @@ routes:
         assert!(errs[0].message.contains("unknown field `lisners`"));
     }
 
-    #[test]
-    fn missing_tls_files_are_errors_not_panics() {
-        let bad = r#"
-listeners:
-  - listen: 127.0.0.1:8443
-    tls: {cert: /nonexistent/cert.pem, key: /nonexistent/key.pem}
-pools: {p: {backends: ["127.0.0.1:1"]}}
-routes: [{hosts: ["*"], pool: p}]
-"#;
-        let errs = Config::from_yaml_str(bad).expect_err("tls").errors;
-        assert_eq!(errs.len(), 2);
-        assert_eq!(errs[0].path, "listeners[0].tls.cert");
+    /// `(path, message, line)` of every error, in order.
+    fn report(text: &str) -> Vec<(String, String, Option<usize>)> {
+        Config::from_yaml_str(text)
+            .expect_err("invalid")
+            .errors
+            .into_iter()
+            .map(|e| (e.path, e.message, e.line))
+            .collect()
     }
 
     #[test]
-    fn route_cache_rules_validate() {
-        let good = r#"
+    fn several_errors_in_one_route_are_all_reported() {
+        let errs = report(
+            r#"
 listeners: [{listen: "127.0.0.1:8080"}]
-pools: {p: {backends: ["127.0.0.1:1"]}}
+pools: {web: {backends: ["127.0.0.1:1"]}}
 routes:
-  - hosts: [a.com]
-    pool: p
-    cache:
-      public: true
-      negative_ttl: 10s
-      force_ttl: 1m
-      set_cookie: strip
-      max_variants: 4
-      key: {query: {allow: [id, page]}, headers: [X-Device], cookies: [lang]}
-  - {hosts: [b.com], pool: p, cache: {key: {query: sorted}, client_revalidation: false}}
-  - {hosts: [c.com], pool: p, cache: {key: {query: {deny: [utm_source]}}}}
-"#;
-        let c = Config::from_yaml_str(good).expect("valid");
-        let rc = c.routes[0].cache.as_ref().expect("cache");
-        assert_eq!(rc.negative_ttl, Some(std::time::Duration::from_secs(10)));
-        assert_eq!(rc.set_cookie, SetCookiePolicy::Strip);
-        assert_eq!(rc.max_variants, 4);
-        assert_eq!(
-            rc.key.query,
-            QueryKey::Allow(vec!["id".into(), "page".into()])
+  - hosts: ["bad host", a.com]
+    path: nope
+    pool: api
+    strip_prefix: maybe
+    timeouts: {read: forever, connect: 0s}
+    cache: {max_ttl: 1s, default_ttl: 1m, key: {query: shuffled}}
+"#,
         );
-        assert_eq!(rc.key.headers[0].as_str(), "x-device");
-        assert_eq!(rc.key.cookies, vec!["lang".to_string()]);
-        let sorted = c.routes[1].cache.as_ref().expect("cache");
-        assert_eq!(sorted.key.query, QueryKey::Sorted);
-        assert_eq!(sorted.max_variants, DEFAULT_MAX_VARIANTS);
-        assert!(rc.client_revalidation && !sorted.client_revalidation);
-        let deny = &c.routes[2].cache.as_ref().expect("cache").key.query;
-        assert_eq!(deny, &QueryKey::Deny(vec!["utm_source".into()]));
-
-        let bad = r#"
-listeners: [{listen: "127.0.0.1:8080"}]
-pools: {p: {backends: ["127.0.0.1:1"]}}
-routes:
-  - hosts: [a.com]
-    pool: p
-    cache:
-      max_ttl: 10s
-      force_ttl: 1m
-      set_cookie: keep
-      max_variants: 0
-      key: {query: shuffled, headers: ["bad header", cookie], cookies: [sid]}
-  - {hosts: [b.com], pool: p, cache: {key: {query: {allow: id}}}}
-  - {hosts: [c.com], pool: p, cache: {key: {query: {keep: [id]}}}}
-"#;
-        let errs = Config::from_yaml_str(bad).expect_err("invalid").errors;
-        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-        for p in [
-            "routes[0].cache.force_ttl: is larger than max_ttl",
-            "routes[0].cache.set_cookie",
-            "routes[0].cache.max_variants",
-            "routes[0].cache.key.query: must be all, sorted",
-            "routes[0].cache.key.headers[0]",
-            "routes[0].cache.key.headers[1]: use key.cookies",
-            "routes[0].cache.key.cookies: needs public: true",
-            "routes[1].cache.key.query.allow: must be a list",
-            "routes[2].cache.key.query: must be all",
-        ] {
-            assert!(text.iter().any(|t| t.starts_with(p)), "{p}: {text:#?}");
-        }
-        assert_eq!(text.len(), 9, "{text:#?}");
-    }
-
-    #[test]
-    fn total_timeouts_and_early_refresh_validate() {
-        use std::time::Duration;
-        let good = r#"
-listeners: [{listen: "127.0.0.1:8080"}]
-upstream_defaults: {timeouts: {total: 2m}}
-pools:
-  p: {backends: ["127.0.0.1:1"]}
-  q: {backends: ["127.0.0.1:2"], timeouts: {total: 0s}}
-routes:
-  - {hosts: [a.com], pool: p, timeouts: {total: 5s}, cache: {early_refresh: {beta: 2.5, delta: 250ms}}}
-  - {hosts: [b.com], pool: p, timeouts: {total: 0s}, cache: {early_refresh: {}}}
-  - {hosts: [c.com], pool: q, cache: {}}
-"#;
-        let c = Config::from_yaml_str(good).expect("valid");
-        let pool = |name: &str| c.pools.get(name).expect("pool").timeouts;
-        assert_eq!(pool("p").total, Some(Duration::from_secs(120)));
-        assert_eq!(pool("q").total, None, "0s turns the default off");
-        assert_eq!(c.routes[0].timeouts.total, Some(Duration::from_secs(5)));
-        assert_eq!(c.routes[1].timeouts.total, Some(Duration::ZERO));
-        let er = |i: usize| c.routes[i].cache.as_ref().and_then(|rc| rc.early_refresh);
+        let paths: Vec<&str> = errs.iter().map(|(p, _, _)| p.as_str()).collect();
+        // type errors first (each found by decoding), then what the checks of the rest find
         assert_eq!(
-            er(0),
-            Some(EarlyRefresh {
-                beta: 2.5,
-                delta: Some(Duration::from_millis(250))
-            })
-        );
-        assert_eq!(er(1), Some(EarlyRefresh::default()));
-        assert_eq!(er(2), None, "off unless asked for");
-
-        let bad = r#"
-listeners: [{listen: "127.0.0.1:8080"}]
-pools: {p: {backends: ["127.0.0.1:1"], timeouts: {totl: 5s}}}
-routes:
-  - {hosts: [a.com], pool: p, cache: {early_refresh: {beta: 0}}}
-  - {hosts: [b.com], pool: p, cache: {early_refresh: {beta: 5000, delta: 0s}}}
-  - {hosts: [c.com], pool: p, cache: {early_refresh: {beta: -1}}}
-  - {hosts: [d.com], pool: p, cache: {early_refresh: {probability: 1}}}
-"#;
-        let errs = Config::from_yaml_str(bad).expect_err("invalid").errors;
-        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-        for p in [
-            "pools.p",
-            "routes[0].cache.early_refresh.beta: must be above 0 and at most 1000",
-            "routes[1].cache.early_refresh.beta",
-            "routes[1].cache.early_refresh.delta: must be greater than zero",
-            "routes[2].cache.early_refresh.beta",
-            "routes[3]",
-        ] {
-            assert!(text.iter().any(|t| t.starts_with(p)), "{p}: {text:#?}");
-        }
-    }
-
-    #[test]
-    fn get_body_policy_validates() {
-        let good = r#"
-listeners: [{listen: "127.0.0.1:8080"}]
-pools: {p: {backends: ["127.0.0.1:1"]}}
-routes:
-  - {hosts: [a.com], pool: p, cache: {}}
-  - {hosts: [b.com], pool: p, get_body: reject, cache: {}}
-  - {hosts: [c.com], pool: p, get_body: forward}
-"#;
-        let c = Config::from_yaml_str(good).expect("valid");
-        let policies: Vec<GetBodyPolicy> = c.routes.iter().map(|r| r.get_body).collect();
-        assert_eq!(
-            policies,
+            paths,
             [
-                GetBodyPolicy::Drop,
-                GetBodyPolicy::Reject,
-                GetBodyPolicy::Forward
+                "routes[0].strip_prefix",
+                "routes[0].timeouts.read",
+                "routes[0].hosts[0]",
+                "routes[0].path",
+                "routes[0].pool",
+                "routes[0].timeouts.connect",
+                "routes[0].cache.key.query",
+                "routes[0].cache.default_ttl",
+            ],
+            "{errs:#?}"
+        );
+        assert!(errs[0].1.contains("expected a boolean"), "{errs:#?}");
+        assert!(
+            errs[1].1.starts_with("invalid duration \"forever\""),
+            "{errs:#?}"
+        );
+        let lines: Vec<Option<usize>> = errs.iter().map(|(_, _, l)| *l).collect();
+        assert_eq!(lines, [8, 9, 5, 6, 7, 9, 10, 10].map(Some), "{errs:#?}");
+    }
+
+    #[test]
+    fn errors_carry_their_full_key_path() {
+        let errs = report(
+            r#"
+listeners: [{listen: "127.0.0.1:8080", limits: {h2: {stream_window: lots}}}]
+pools:
+  demo:
+    backends: ["127.0.0.1:1", {addr: "127.0.0.1:2", weight: heavy}, 42, {adr: "127.0.0.1:3"}]
+    health_check: {interval: soon}
+routes:
+  - {hosts: [a.com], pool: demo, timeouts: {read: forever}}
+  - {hosts: [b.com], pool: demo, cache: {key: {headers: [[x]]}}}
+"#,
+        );
+        let paths: Vec<&str> = errs.iter().map(|(p, _, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "listeners[0].limits.h2.stream_window",
+                "pools.demo.backends[1].weight",
+                "pools.demo.backends[2]",
+                "pools.demo.backends[3]",
+                "pools.demo.backends[3]",
+                "pools.demo.health_check.interval",
+                "routes[0].timeouts.read",
+                "routes[1].cache.key.headers[0]",
+            ],
+            "{errs:#?}"
+        );
+        assert!(errs[3].1.starts_with("unknown field `adr`"), "{errs:#?}");
+        assert_eq!(errs[4].1, "missing field `addr`", "{errs:#?}");
+        let text =
+            Config::from_yaml_str("routes: [{hosts: [a.com], pool: p, timeouts: {read: x}}]")
+                .expect_err("invalid")
+                .to_string();
+        assert!(
+            text.contains("\n  routes[0].timeouts.read: invalid duration \"x\""),
+            "{text}"
+        );
+        // a policy (JSON, no text to number) gets the same paths, without lines
+        let policy = serde_json::json!({
+            "pools": {"demo": {"backends": ["127.0.0.1:1", {"addr": "127.0.0.1:2", "weight": "x"}]}},
+            "routes": [{"hosts": ["a.com"], "pool": "demo", "timeouts": {"read": "forever"}}],
+        });
+        let errs = Policy::from_json(&policy).expect_err("invalid").errors;
+        let found: Vec<(&str, Option<usize>)> =
+            errs.iter().map(|e| (e.path.as_str(), e.line)).collect();
+        assert_eq!(
+            found,
+            [
+                ("pools.demo.backends[1].weight", None),
+                ("routes[0].timeouts.read", None)
             ]
         );
-        let bad = r#"
-listeners: [{listen: "127.0.0.1:8080"}]
-pools: {p: {backends: ["127.0.0.1:1"]}}
-routes:
-  - {hosts: [a.com], pool: p, get_body: forward, cache: {}}
-  - {hosts: [b.com], pool: p, get_body: keep}
-"#;
-        let errs = Config::from_yaml_str(bad).expect_err("invalid").errors;
-        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-        assert!(
-            text[0]
-                .starts_with("routes[0].get_body: forward is not allowed on a route that caches"),
-            "{text:#?}"
-        );
-        assert!(
-            text[1].starts_with("routes[1].get_body: must be drop, reject or forward"),
-            "{text:#?}"
-        );
-        assert_eq!(text.len(), 2, "{text:#?}");
     }
 
     #[test]
-    fn h2_limits_validate() {
-        let good = r#"
-listeners:
-  - listen: "127.0.0.1:8080"
-  - listen: "127.0.0.1:8081"
-    limits: {h2: {max_concurrent_streams: 10, max_header_list_size: 16KiB, stream_window: 1MiB, connection_window: 4MiB, max_pending_resets: 5, max_error_resets: 50}}
-pools: {p: {backends: ["127.0.0.1:1"]}}
-routes: [{hosts: [a.com], pool: p}]
-"#;
-        let c = Config::from_yaml_str(good).expect("valid");
-        assert_eq!(c.listeners[0].limits.h2, H2Limits::default());
+    fn a_type_error_in_the_third_item_has_its_line_and_hides_nothing() {
+        let errs = report(
+            r#"listeners:
+  - listen: 127.0.0.1:8080
+pools:
+  web: {backends: ["127.0.0.1:1"]}
+routes:
+  - hosts: [a.com]
+    pool: api
+  - hosts: ["bad host"]
+    pool: web
+  - hosts: [c.com]
+    pool: web
+    timeouts:
+      connect: 1s
+      read: forever
+  - hosts: [d.com]
+    pool: web
+    get_body: keep
+"#,
+        );
         assert_eq!(
-            c.listeners[1].limits.h2,
-            H2Limits {
-                max_concurrent_streams: 10,
-                max_header_list_size: 16 << 10,
-                stream_window: 1 << 20,
-                connection_window: 4 << 20,
-                max_pending_resets: 5,
-                max_error_resets: 50,
-            }
+            errs,
+            [
+                (
+                    "routes[0].pool".to_string(),
+                    "unknown pool \"api\"".to_string(),
+                    Some(7)
+                ),
+                (
+                    "routes[1].hosts[0]".to_string(),
+                    "invalid host \"bad host\": use example.com, *.example.com or * (no port, no \
+                     scheme)"
+                        .to_string(),
+                    Some(8)
+                ),
+                (
+                    "routes[2].timeouts.read".to_string(),
+                    "invalid duration \"forever\": expected e.g. 250ms, 5s, 2m".to_string(),
+                    Some(14)
+                ),
+                (
+                    "routes[3].get_body".to_string(),
+                    "must be drop, reject or forward, not \"keep\"".to_string(),
+                    Some(17)
+                ),
+            ]
         );
-        let bad = r#"
-listeners:
-  - listen: "127.0.0.1:8080"
-    limits: {h2: {max_concurrent_streams: 0, max_header_list_size: 2MiB, stream_window: 100, connection_window: 1KiB, max_pending_resets: 0, max_error_resets: 0, max_streams: 3}}
-  - listen: "127.0.0.1:8081"
-    limits: {h2: {max_concurrent_streams: 5000, max_header_list_size: 2MiB, stream_window: 100, connection_window: 1KiB, max_pending_resets: 0, max_error_resets: 0}}
-pools: {p: {backends: ["127.0.0.1:1"]}}
-routes: [{hosts: [a.com], pool: p}]
-"#;
-        let errs = Config::from_yaml_str(bad).expect_err("invalid").errors;
-        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-        assert!(
-            text[0].starts_with("listeners[0]") && text[0].contains("max_streams"),
-            "an unknown key: {text:#?}"
+    }
+
+    #[test]
+    fn unknown_keys_do_not_stop_validation() {
+        let errs = report("lisners: []\nlisteners: []\npools: {}\nroutes: []\nbogus: 1\n");
+        let found: Vec<(&str, Option<usize>)> =
+            errs.iter().map(|(p, _, l)| (p.as_str(), *l)).collect();
+        assert_eq!(
+            found,
+            [
+                ("", Some(1)),
+                ("", Some(5)),
+                ("listeners", Some(2)),
+                ("routes", Some(4)),
+            ],
+            "{errs:#?}"
         );
-        for key in [
-            "max_concurrent_streams: must be between 1 and 1000",
-            "max_header_list_size: must be between 1024 bytes and 1048576 bytes",
-            "stream_window",
-            "connection_window",
-            "max_pending_resets",
-            "max_error_resets",
-        ] {
-            let p = format!("listeners[1].limits.h2.{key}");
-            assert!(text.iter().any(|t| t.starts_with(&p)), "{p}: {text:#?}");
-        }
-        assert_eq!(text.len(), 7, "{text:#?}");
+        assert!(errs[1].1.starts_with("unknown field `bogus`"));
+    }
+
+    #[test]
+    fn a_syntax_error_has_its_line() {
+        let errs = report("listeners: []\npools: {a: [1, 2}\n");
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert_eq!(errs[0].2, Some(2), "{errs:#?}");
     }
 
     #[test]
@@ -554,7 +490,10 @@ routes:
             text[1].starts_with("routes[0].filters[2]: \"auth\" is listed twice"),
             "{text:#?}"
         );
-        assert!(text[2].starts_with("routes[1]: invalid type"), "{text:#?}");
+        assert!(
+            text[2].starts_with("routes[1].filters: invalid type"),
+            "{text:#?}"
+        );
         assert_eq!(text.len(), 3, "{text:#?}");
     }
 

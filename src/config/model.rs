@@ -28,7 +28,7 @@ pub struct Config {
     /// The `PURGE` method on listeners; `None`: refused with 405.
     pub purge: Option<PurgeSpec>,
     /// Where the JSON access log goes; `None`: no access log.
-    pub access_log: Option<crate::access_log::LogTarget>,
+    pub access_log: Option<LogTarget>,
     /// The file this config was loaded from (`None`: built from text), for error messages.
     pub source: Option<PathBuf>,
 }
@@ -128,6 +128,10 @@ pub struct CacheSettings {
     pub lock_timeout: Duration,
     /// How long a waiting request waits in total before going to the origin itself.
     pub lock_wait: Duration,
+    /// Answer plain fresh hits in the front door, without Pingora's per-request session (the
+    /// hit lane). `false` sends every request through Pingora's phases; the responses are the
+    /// same but for `Date`.
+    pub hit_lane: bool,
 }
 
 impl Default for CacheSettings {
@@ -137,6 +141,7 @@ impl Default for CacheSettings {
             max_object_size: 8 << 20,
             lock_timeout: Duration::from_secs(10),
             lock_wait: Duration::from_secs(5),
+            hit_lane: true,
         }
     }
 }
@@ -631,4 +636,13 @@ impl HeaderOps {
     pub fn is_empty(&self) -> bool {
         self.set.is_empty() && self.remove.is_empty()
     }
+}
+
+/// Where the access log goes (`server.access_log`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Standard output (`path: -`).
+    Stdout,
+    /// Appended to this file; reopened within a second when it is moved or removed (logrotate).
+    File(std::path::PathBuf),
 }

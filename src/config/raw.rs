@@ -65,6 +65,7 @@ pub struct RawCache {
     pub max_object_size: Option<ConfSize>,
     pub lock_timeout: Option<ConfDuration>,
     pub lock_wait: Option<ConfDuration>,
+    pub hit_lane: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -209,11 +210,36 @@ pub struct RawPool {
 }
 
 /// A backend: either `"host:port"` or `{addr: "host:port", weight: 3}`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+///
+/// Not `#[serde(untagged)]`: that decodes the backend before trying its forms, so its errors
+/// lose their place (the list, not the backend, and no word on what is wrong in the map).
+#[derive(Debug)]
 pub enum RawBackend {
     Addr(String),
     Full(RawBackendFull),
+}
+
+impl<'de> Deserialize<'de> for RawBackend {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Backend;
+        impl<'de> serde::de::Visitor<'de> for Backend {
+            type Value = RawBackend;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"host:port\" or {addr: \"host:port\", weight: N}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawBackend, E> {
+                Ok(RawBackend::Addr(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawBackend, A::Error> {
+                RawBackendFull::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawBackend::Full)
+            }
+        }
+        deserializer.deserialize_any(Backend)
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,5 +1,6 @@
 //! The `verge control` config file: raw serde types and their validation (every error, with its key).
 
+use crate::config::secret::{read_secret, SecretSource};
 use crate::config::units::{ConfDuration, ConfSize};
 use crate::config::{ConfigError, ConfigErrors};
 use serde::Deserialize;
@@ -138,36 +139,22 @@ impl ControlSettings {
             file: Some(path.to_path_buf()),
             errors,
         };
-        let one = |message: String| {
-            with_file(vec![ConfigError {
-                path: String::new(),
-                message,
-            }])
-        };
+        let one = |message: String| with_file(vec![ConfigError::new("", message)]);
         let text = std::fs::read_to_string(path).map_err(|e| one(format!("cannot read: {e}")))?;
         Self::from_yaml_str(&text).map_err(|e| with_file(e.errors))
     }
 
     /// Parse and validate YAML text.
     pub fn from_yaml_str(text: &str) -> Result<ControlSettings, ConfigErrors> {
-        let raw: RawControlSettings = serde_yaml::from_str(text).map_err(|e| {
-            ConfigErrors::new(vec![ConfigError {
-                path: String::new(),
-                message: e.to_string(),
-            }])
-        })?;
+        let raw: RawControlSettings = serde_yaml::from_str(text)
+            .map_err(|e| ConfigErrors::new(vec![ConfigError::new("", e.to_string())]))?;
         validate(raw).map_err(ConfigErrors::new)
     }
 }
 
 fn validate(raw: RawControlSettings) -> Result<ControlSettings, Vec<ConfigError>> {
     let mut errs = Vec::new();
-    let mut push = |path: &str, message: String| {
-        errs.push(ConfigError {
-            path: path.into(),
-            message,
-        })
-    };
+    let mut push = |path: &str, message: String| errs.push(ConfigError::new(path, message));
     let listen_text = raw.listen.unwrap_or_else(|| "127.0.0.1:9900".into());
     let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
         push("listen", format!("{listen_text:?} is not ip:port"));
@@ -185,23 +172,12 @@ fn validate(raw: RawControlSettings) -> Result<ControlSettings, Vec<ConfigError>
         }
         let secret = match (t.token, t.token_file, t.token_env) {
             (Some(s), None, None) => Some(s),
-            (None, Some(f), None) => match std::fs::read_to_string(&f) {
-                Ok(s) => Some(s.trim().to_string()),
-                Err(e) => {
-                    push(
-                        &format!("{path}.token_file"),
-                        format!("cannot read {f:?}: {e}"),
-                    );
-                    None
-                }
-            },
-            (None, None, Some(v)) => match std::env::var(&v) {
-                Ok(s) => Some(s.trim().to_string()),
-                Err(_) => {
-                    push(&format!("{path}.token_env"), format!("{v} is not set"));
-                    None
-                }
-            },
+            (None, Some(f), None) => read_secret(SecretSource::File(Path::new(&f)))
+                .map_err(|e| push(&format!("{path}.token_file"), e.to_string()))
+                .ok(),
+            (None, None, Some(v)) => read_secret(SecretSource::Env(&v))
+                .map_err(|e| push(&format!("{path}.token_env"), e.to_string()))
+                .ok(),
             _ => {
                 push(
                     &path,

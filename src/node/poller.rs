@@ -1,6 +1,7 @@
 //! The node sidecar: long-polls `verge control`, validates what it gets, swaps one new snapshot
 //! in, persists it, and reports what it applied. Keeps the last good snapshot on any failure.
 
+use crate::cache::early_refresh::unit_random;
 use crate::cache::invalidation::index::{AppliedInvalidation, InvalidationIndex};
 use crate::config::{Config, ControlSpec, Policy};
 use crate::control::wire::{unix_ms, AppliedReport, Position, SnapshotMessage};
@@ -291,7 +292,7 @@ impl ControlPoller {
                 return Err("http_status");
             }
         }
-        let body = resp.bytes().await.map_err(|_| "unreachable")?;
+        let body = read_limited(resp, MAX_SNAPSHOT_BYTES).await?;
         let msg: SnapshotMessage = serde_json::from_slice(&body).map_err(|e| {
             log::warn!("control plane sent an undecodable snapshot: {e}");
             "decode"
@@ -401,11 +402,58 @@ impl BackgroundService for ControlPoller {
                     METRICS.snapshot_rejected.with_label_values(&[reason]).inc();
                     tokio::select! {
                         _ = shutdown.changed() => return,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(jittered(backoff, unit_random())) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
+    }
+}
+/// The largest snapshot message a node accepts. A larger one is refused before it is parsed
+/// (`verge_snapshot_rejected_total{reason="too_large"}`) and the last good snapshot keeps
+/// serving, so what a control plane sends cannot grow a node without bound.
+pub const MAX_SNAPSHOT_BYTES: usize = 64 << 20;
+
+/// The body of `resp`, refused as `too_large` as soon as it passes `limit` bytes.
+async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, &'static str> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        log::warn!("control plane sent a snapshot over {limit} bytes: refused");
+        return Err("too_large");
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|_| "unreachable")? {
+        if body.len() + chunk.len() > limit {
+            log::warn!("control plane sent a snapshot over {limit} bytes: refused");
+            return Err("too_large");
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The wait before the next attempt: somewhere in the upper half of `backoff`, by `unit` in
+/// (0, 1]. Nodes that lost the control plane together then come back spread over time, not
+/// as a herd at the same instants.
+pub fn jittered(backoff: Duration, unit: f64) -> Duration {
+    backoff.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnects_are_spread_over_the_upper_half_of_the_backoff() {
+        let b = Duration::from_millis(800);
+        assert_eq!(jittered(b, 1.0), b);
+        assert_eq!(jittered(b, 0.0), Duration::from_millis(400));
+        let spread: std::collections::BTreeSet<Duration> =
+            (0..50).map(|_| jittered(b, unit_random())).collect();
+        assert!(
+            spread.len() > 10,
+            "waits differ from one node to the next: {spread:?}"
+        );
+        assert!(spread.iter().all(|d| *d >= b / 2 && *d <= b));
     }
 }

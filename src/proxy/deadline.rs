@@ -114,6 +114,43 @@ pub fn body_follows(resp: &pingora_http::ResponseHeader) -> bool {
         .is_none_or(|v| v.as_bytes().trim_ascii() != b"0")
 }
 
+/// `connected_to_upstream`: a request already over its deadline fails now; otherwise the
+/// origin connection `fd` is watched, so the deadline can cut it.
+#[cfg(unix)]
+pub fn watch_connection(
+    deadline: &mut Option<ResponseDeadline>,
+    fd: std::os::unix::io::RawFd,
+) -> pingora_error::Result<()> {
+    if let Some(d) = deadline.as_mut() {
+        if d.expired(Instant::now()) {
+            return Err(d.error(None));
+        }
+        if let Err(e) = d.arm(fd) {
+            log::warn!("timeouts.total: cannot watch the origin connection: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// `upstream_response_body_filter`: over the deadline, even a body that ends here (a
+/// close-delimited one ends when the deadline cut its connection) is not the origin's whole
+/// response, so it fails, and is not stored; once the whole response is in, no deadline
+/// applies to what follows.
+pub fn body_arrived(
+    deadline: &mut Option<ResponseDeadline>,
+    end_of_stream: bool,
+) -> pingora_error::Result<()> {
+    if let Some(d) = deadline.as_ref() {
+        if d.expired(Instant::now()) {
+            return Err(d.error(None));
+        }
+        if end_of_stream {
+            *deadline = None;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -187,7 +187,8 @@ pub fn lane_rules<'r>(route: &'r Route, filters: &Filters) -> Option<&'r RouteCa
 }
 
 /// The response head a hit sends: the stored head, then `Date` (only when none was stored),
-/// `Age`, `Accept-Ranges`, `Cache-Status` and `Connection`, as the full path adds them. Pure.
+/// `Accept-Ranges`, `Age`, `Cache-Status` and `Connection`, as the full path adds them and in
+/// its order. Pure.
 pub fn response_head(
     stored: &[u8],
     date: Option<&[u8]>,
@@ -203,9 +204,9 @@ pub fn response_head(
         out.extend_from_slice(date);
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"Age: ");
+    out.extend_from_slice(b"Accept-Ranges: bytes\r\nAge: ");
     out.extend_from_slice(itoa::Buffer::new().format(age).as_bytes());
-    out.extend_from_slice(b"\r\nAccept-Ranges: bytes\r\ncache-status: ");
+    out.extend_from_slice(b"\r\ncache-status: ");
     out.extend_from_slice(cache_status.as_bytes());
     out.extend_from_slice(if close {
         b"\r\nConnection: close\r\n\r\n".as_slice()
@@ -556,12 +557,12 @@ mod tests {
         let head = response_head(stored, None, 7, "verge; hit; ttl=3", false);
         assert_eq!(
             &head[..],
-            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nDate: D\r\nAge: 7\r\nAccept-Ranges: bytes\r\ncache-status: verge; hit; ttl=3\r\nConnection: keep-alive\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nDate: D\r\nAccept-Ranges: bytes\r\nAge: 7\r\ncache-status: verge; hit; ttl=3\r\nConnection: keep-alive\r\n\r\n"
         );
         let head = response_head(b"HTTP/1.1 200 OK\r\n", Some(b"N"), 0, "s", true);
         assert_eq!(
             &head[..],
-            b"HTTP/1.1 200 OK\r\nDate: N\r\nAge: 0\r\nAccept-Ranges: bytes\r\ncache-status: s\r\nConnection: close\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nDate: N\r\nAccept-Ranges: bytes\r\nAge: 0\r\ncache-status: s\r\nConnection: close\r\n\r\n"
         );
     }
 }

@@ -23,7 +23,6 @@ pub use context::{LaneWaited, RequestCtx};
 use crate::access_log::AccessLog;
 use crate::cache::{rfc9111, CacheEngine};
 use crate::http_syntax::{path_and_query, scheme};
-use crate::metrics::METRICS;
 use crate::snapshot::SharedSnapshot;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -36,7 +35,7 @@ use pingora_cache::{
     key::HashBinary, CacheKey, CacheMeta, CachePhase, ForcedFreshness, HitHandler, RespCacheable,
 };
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_error::{Error, ErrorSource, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
@@ -249,22 +248,9 @@ impl ProxyHttp for EdgeProxy {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(b) = body {
-            ctx.body_bytes += b.len() as u64;
-            if ctx.body_bytes > self.listener.max_body {
-                METRICS
-                    .rejected
-                    .with_label_values(&["body_too_large"])
-                    .inc();
-                session.set_keepalive(None);
-                return Error::e_explain(
-                    ErrorType::HTTPStatus(413),
-                    format!("request body over {} bytes", self.listener.max_body),
-                );
-            }
-        }
-        if ctx.drop_body {
-            *body = None;
+        if let Err(e) = request_body::count(ctx, body, self.listener.max_body) {
+            session.set_keepalive(None);
+            return Err(e);
         }
         Ok(())
     }
@@ -311,15 +297,9 @@ impl ProxyHttp for EdgeProxy {
         if let (Some(route), Some(addr)) = (ctx.route.as_ref(), ctx.tried.last()) {
             route.pool.report_connect_success(addr);
         }
-        if let Some(d) = ctx.deadline.as_mut() {
-            if d.expired(Instant::now()) {
-                return Err(d.error(None));
-            }
-            #[cfg(unix)]
-            if let Err(e) = d.arm(fd) {
-                log::warn!("timeouts.total: cannot watch the origin connection: {e}");
-            }
-        }
+        #[cfg(unix)]
+        return deadline::watch_connection(&mut ctx.deadline, fd);
+        #[cfg(not(unix))]
         Ok(())
     }
 
@@ -330,18 +310,7 @@ impl ProxyHttp for EdgeProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        if let Some(d) = ctx.deadline.as_mut() {
-            // Over the deadline, even a body that ends here (a close-delimited one ends when
-            // the deadline cut its connection) is not the origin's whole response: fail it,
-            // so it is not stored.
-            if d.expired(Instant::now()) {
-                return Err(d.error(None));
-            }
-            if end_of_stream {
-                // the whole response is in: no deadline for what follows
-                ctx.deadline = None;
-            }
-        }
+        deadline::body_arrived(&mut ctx.deadline, end_of_stream)?;
         Ok(None)
     }
 

@@ -309,10 +309,9 @@ pub fn hash_input(
         return Vec::new();
     };
     match key {
-        HashKey::Uri => req
-            .uri
-            .path_and_query()
-            .map_or(b"/".to_vec(), |pq| pq.as_str().as_bytes().to_vec()),
+        HashKey::Uri => crate::http_syntax::path_and_query(&req.uri)
+            .as_bytes()
+            .to_vec(),
         HashKey::Header(name) => req
             .headers
             .get(name)

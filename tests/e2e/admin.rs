@@ -1,27 +1,21 @@
 //! The admin endpoints: health, readiness, status JSON and Prometheus metrics.
 
-use crate::harness::{get, Verge};
-use crate::origin::Origin;
+use crate::support::{get, Config, HealthCheck, Origin, Pool, Route, Verge};
 
 #[tokio::test]
 async fn status_and_metrics_describe_what_is_served() {
     let o = Origin::start("o").await;
-    let v = Verge::start(&format!(
-        r#"
-version: v-test-7
-pools:
-  web:
-    backends: ["{}"]
-    health_check: {{type: tcp, interval: 200ms}}
-routes: [{{name: main, hosts: [a.com], pool: web}}]
-"#,
-        o.addr
-    ))
+    let v = Verge::start(
+        &Config::new()
+            .version("v-test-7")
+            .pool(Pool::new("web", &[o.addr]).health_check(HealthCheck::tcp("200ms")))
+            .route(Route::to("web").name("main").hosts(&["a.com"])),
+    )
     .await;
     assert_eq!(v.admin_get("/healthz").await.0, 200);
     assert_eq!(v.admin_get("/readyz").await.0, 200);
     for _ in 0..3 {
-        assert_eq!(get(&v, "a.com", "/").await.0, 200);
+        assert_eq!(get(&v, "a.com", "/").await.status, 200);
     }
     get(&v, "nope.com", "/").await;
 
@@ -33,27 +27,32 @@ routes: [{{name: main, hosts: [a.com], pool: web}}]
     assert_eq!(doc["routes"][0]["name"], "main");
     assert_eq!(doc["pools"]["web"]["backends"][0]["healthy"], true);
 
-    let (_, metrics) = v.admin_get("/metrics").await;
-    assert!(
-        metrics.contains("verge_requests_total{route=\"main\",status=\"200\"} 3"),
-        "{metrics}"
+    let m = v.metrics().await;
+    let text = &m.text;
+    assert_eq!(
+        m.value(
+            "verge_requests_total",
+            &[("route", "main"), ("status", "200")]
+        ),
+        Some(3.0),
+        "{text}"
     );
-    assert!(
-        metrics.contains("verge_requests_total{route=\"\",status=\"404\"} 1"),
-        "{metrics}"
+    assert_eq!(
+        m.value("verge_requests_total", &[("route", ""), ("status", "404")]),
+        Some(1.0),
+        "{text}"
     );
-    assert!(
-        metrics.contains("verge_upstream_response_seconds_count{pool=\"web\"} 3"),
-        "{metrics}"
+    assert_eq!(
+        m.value("verge_upstream_response_seconds_count", &[("pool", "web")]),
+        Some(3.0),
+        "{text}"
     );
-    assert!(
-        metrics.contains("verge_config_info{version=\"v-test-7\"} 1"),
-        "{metrics}"
+    assert_eq!(
+        m.value("verge_config_info", &[("version", "v-test-7")]),
+        Some(1.0),
+        "{text}"
     );
-    assert!(
-        metrics.contains("verge_downstream_connections_total"),
-        "{metrics}"
-    );
+    assert!(m.has("verge_downstream_connections_total", &[]), "{text}");
     assert_eq!(v.admin_get("/nope").await.0, 404);
 }
 
@@ -62,10 +61,11 @@ async fn readiness_waits_for_the_first_health_check() {
     // A pool whose health check cannot complete quickly: a blackhole-ish timeout on a port that
     // accepts nothing still finishes (refused) — so instead check the ordering via /status.
     let o = Origin::start("o").await;
-    let v = Verge::start(&format!(
-        "pools: {{p: {{backends: [\"{}\"], health_check: {{type: http, path: /health, interval: 60s}}}}}}\nroutes: [{{hosts: [\"*\"], pool: p}}]\n",
-        o.addr
-    ))
+    let v = Verge::start(
+        &Config::new()
+            .pool(Pool::new("p", &[o.addr]).health_check(HealthCheck::http("/health", "60s")))
+            .route(Route::to("p")),
+    )
     .await;
     // the harness returned only after /readyz said 200, which requires the first pass
     let (_, body) = v.admin_get("/status").await;
@@ -76,10 +76,17 @@ async fn readiness_waits_for_the_first_health_check() {
 async fn access_log_has_one_json_line_per_request() {
     let o = Origin::start("o").await;
     o.set_headers("/c", &[("cache-control", "max-age=60")]);
-    let v = Verge::start(&format!(
-        "access_log: {{path: \"{{dir}}/access.log\"}}\npools: {{web: {{backends: [\"{}\"]}}}}\nroutes: [{{name: main, hosts: [a.com], pool: web, cache: {{}}}}]\n",
-        o.addr
-    ))
+    let v = Verge::start(
+        &Config::new()
+            .access_log("{dir}/access.log")
+            .pool(Pool::new("web", &[o.addr]))
+            .route(
+                Route::to("web")
+                    .name("main")
+                    .hosts(&["a.com"])
+                    .cache(crate::support::RouteCache::new()),
+            ),
+    )
     .await;
     get(&v, "a.com", "/c?x=1").await;
     get(&v, "a.com", "/c?x=1").await;
@@ -92,7 +99,7 @@ async fn access_log_has_one_json_line_per_request() {
             .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("each line is JSON"))
             .collect::<Vec<_>>()
     };
-    let complete = crate::harness::eventually(std::time::Duration::from_secs(5), || async {
+    let complete = crate::support::eventually(std::time::Duration::from_secs(5), || async {
         lines().len() == 3
     })
     .await;

@@ -1,23 +1,21 @@
 //! Weighted round robin, consistent hashing, retries on connect failure, all-down.
 
-use crate::harness::{client, free_port, get, Verge};
-use crate::origin::Origin;
+use crate::support::fetch::send;
+use crate::support::{client, get, ports, Config, HealthCheck, Origin, Pool, Route, Verge};
+use reqwest::Method;
 use std::collections::HashMap;
 
 #[tokio::test]
 async fn weighted_round_robin_follows_weights() {
     let (a, b) = (Origin::start("a").await, Origin::start("b").await);
-    let v = Verge::start(&format!(
-        r#"
-pools:
-  p: {{backends: [{{addr: "{}", weight: 1}}, {{addr: "{}", weight: 3}}]}}
-routes: [{{hosts: ["*"], pool: p}}]
-"#,
-        a.addr, b.addr
-    ))
+    let v = Verge::start(
+        &Config::new()
+            .pool(Pool::weighted("p", &[(a.addr, 1), (b.addr, 3)]))
+            .route(Route::to("p")),
+    )
     .await;
     for i in 0..400 {
-        assert_eq!(get(&v, "x.com", &format!("/{i}")).await.0, 200);
+        assert_eq!(get(&v, "x.com", &format!("/{i}")).await.status, 200);
     }
     let share_b = b.total() as f64 / 400.0;
     assert_eq!(a.total() + b.total(), 400);
@@ -33,31 +31,23 @@ async fn consistent_hashing_is_sticky_and_moves_only_the_lost_backends_keys() {
     for i in 0..5 {
         origins.push(Origin::start(&format!("o{i}")).await);
     }
-    let backends: Vec<String> = origins.iter().map(|o| format!("\"{}\"", o.addr)).collect();
-    let v = Verge::start(&format!(
-        r#"
-pools:
-  p:
-    backends: [{}]
-    selection: consistent
-    hash_key: header:x-user
-    health_check: {{type: http, path: /health, interval: 200ms, unhealthy_after: 1}}
-routes: [{{hosts: ["*"], pool: p}}]
-"#,
-        backends.join(", ")
-    ))
+    let backends: Vec<_> = origins.iter().map(|o| o.addr).collect();
+    let v = Verge::start(
+        &Config::new()
+            .pool(
+                Pool::new("p", &backends)
+                    .consistent("header:x-user")
+                    .health_check(HealthCheck::http("/health", "200ms").unhealthy_after(1)),
+            )
+            .route(Route::to("p")),
+    )
     .await;
     let owner = |user: usize| {
-        let url = v.url("/k");
+        let addr = v.http;
         async move {
-            let r = client()
-                .get(url)
-                .header("host", "x.com")
-                .header("x-user", format!("user-{user}"))
-                .send()
-                .await
-                .expect("request");
-            r.headers()["x-origin"].to_str().expect("ascii").to_string()
+            let id = format!("user-{user}");
+            let g = send(addr, Method::GET, Some("x.com"), "/k", &[("x-user", &id)]).await;
+            g.header("x-origin").expect("x-origin").to_string()
         }
     };
     let mut before = HashMap::new();
@@ -71,7 +61,7 @@ routes: [{{hosts: ["*"], pool: p}}]
 
     // o2 fails its health check: only its keys may move.
     origins[2].set_health_status(500);
-    let moved_off = crate::harness::eventually(std::time::Duration::from_secs(5), || async {
+    let moved_off = crate::support::eventually(std::time::Duration::from_secs(5), || async {
         owner(
             before
                 .iter()
@@ -103,23 +93,21 @@ routes: [{{hosts: ["*"], pool: p}}]
 #[tokio::test]
 async fn connect_failure_retries_idempotent_requests_only() {
     let live = Origin::start("live").await;
-    let dead = format!("127.0.0.1:{}", free_port());
-    let v = Verge::start(&format!(
-        r#"
-pools:
-  p:
-    backends: ["{dead}", "{}"]
-    passive: {{max_connect_failures: 0}}
-    retries: 1
-routes: [{{hosts: ["*"], pool: p}}]
-"#,
-        live.addr
-    ))
+    let dead = ports::addr().to_string();
+    let v = Verge::start(
+        &Config::new()
+            .pool(
+                Pool::new("p", &[dead, live.addr.to_string()])
+                    .passive(0, None)
+                    .retries(1),
+            )
+            .route(Route::to("p")),
+    )
     .await;
     for i in 0..20 {
-        let (status, origin, _) = get(&v, "x.com", &format!("/g{i}")).await;
+        let g = get(&v, "x.com", &format!("/g{i}")).await;
         assert_eq!(
-            (status, origin.as_str()),
+            (g.status, g.origin()),
             (200, "live"),
             "GET retried on the live backend"
         );
@@ -145,20 +133,15 @@ routes: [{{hosts: ["*"], pool: p}}]
 #[tokio::test]
 async fn passive_ejection_stops_sending_to_a_dead_backend() {
     let live = Origin::start("live").await;
-    let dead = format!("127.0.0.1:{}", free_port());
-    let v = Verge::start(&format!(
-        r#"
-pools:
-  p:
-    backends: ["{dead}", "{}"]
-    passive: {{max_connect_failures: 2, eject_for: 60s}}
-routes: [{{hosts: ["*"], pool: p}}]
-"#,
-        live.addr
-    ))
+    let dead = ports::addr().to_string();
+    let v = Verge::start(
+        &Config::new()
+            .pool(Pool::new("p", &[dead.clone(), live.addr.to_string()]).passive(2, Some("60s")))
+            .route(Route::to("p")),
+    )
     .await;
     for i in 0..30 {
-        assert_eq!(get(&v, "x.com", &format!("/{i}")).await.0, 200);
+        assert_eq!(get(&v, "x.com", &format!("/{i}")).await.status, 200);
     }
     let (_, status) = v.admin_get("/status").await;
     let doc: serde_json::Value = serde_json::from_str(&status).expect("json");
@@ -168,34 +151,35 @@ routes: [{{hosts: ["*"], pool: p}}]
         .find(|b| b["addr"] == dead.as_str())
         .expect("dead backend listed");
     assert_eq!(dead_entry["ejected"], true);
-    let (_, metrics) = v.admin_get("/metrics").await;
-    let failures = metrics
-        .lines()
-        .find(|l| l.starts_with("verge_upstream_connect_failures_total") && l.contains(&dead))
-        .expect("connect failures counted");
-    let n: f64 = failures
-        .rsplit(' ')
-        .next()
-        .and_then(|x| x.parse().ok())
-        .expect("number");
+    let m = v.metrics().await;
+    let failures = m.value(
+        "verge_upstream_connect_failures_total",
+        &[("backend", &dead), ("pool", "p")],
+    );
     assert_eq!(
-        n, 2.0,
-        "after ejection no more connects to the dead backend: {failures}"
+        failures,
+        Some(2.0),
+        "after ejection no more connects to the dead backend: {}",
+        m.text
     );
 }
 
 #[tokio::test]
 async fn every_backend_down_is_a_502_naming_the_pool() {
-    let dead1 = format!("127.0.0.1:{}", free_port());
-    let dead2 = format!("127.0.0.1:{}", free_port());
-    let v = Verge::start(&format!(
-        "pools: {{checkout: {{backends: [\"{dead1}\", \"{dead2}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: checkout}}]\n"
-    ))
+    let v = Verge::start(
+        &Config::new()
+            .pool(Pool::new("checkout", &[ports::addr(), ports::addr()]))
+            .route(Route::to("checkout")),
+    )
     .await;
     for _ in 0..5 {
-        let (status, _, body) = get(&v, "x.com", "/").await;
-        assert_eq!(status, 502);
-        assert!(body.contains("\"checkout\""), "body names the pool: {body}");
+        let g = get(&v, "x.com", "/").await;
+        assert_eq!(g.status, 502);
+        assert!(
+            g.body.contains("\"checkout\""),
+            "body names the pool: {}",
+            g.body
+        );
     }
     // still serving afterwards
     assert_eq!(v.admin_get("/healthz").await.0, 200);

@@ -1,83 +1,19 @@
 //! The shared cache as a client and the origin see it: what is stored, for how long, what is
 //! never stored, variants, miss collapsing, stale serving, and `Cache-Status`/`Age`.
 
-use crate::harness::{client, eventually, Verge};
-use crate::origin::Origin;
+use crate::support::fetch::cache_status_of;
+use crate::support::metrics::sum_eventually;
+use crate::support::{
+    cached_verge, client, eventually, fetch, fetch_with, get, Cache, Config, Origin, Pool, Route,
+    RouteCache, Verge,
+};
 use std::time::Duration;
-
-/// verge with one catch-all route to `o` whose `cache:` block is `route_cache`.
-pub(crate) async fn cached_verge(o: &Origin, route_cache: &str) -> Verge {
-    Verge::start(&format!(
-        "pools: {{p: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p, cache: {route_cache}}}]\n",
-        o.addr
-    ))
-    .await
-}
-
-/// What a client got from verge.
-pub(crate) struct Got {
-    pub status: u16,
-    pub cache_status: String,
-    pub age: Option<u64>,
-    pub headers: reqwest::header::HeaderMap,
-    pub body: String,
-}
-
-impl Got {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-/// The `Cache-Status` a response carried (`""` when none).
-pub(crate) fn cache_status_of(headers: &reqwest::header::HeaderMap) -> String {
-    headers
-        .get("cache-status")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
-}
-
-/// GET `path` for host `c.test` with extra request headers.
-pub(crate) async fn fetch(v: &Verge, path: &str, headers: &[(&str, &str)]) -> Got {
-    fetch_with(v, reqwest::Method::GET, path, headers).await
-}
-
-/// Send `method` for `path` to host `c.test` with extra request headers.
-pub(crate) async fn fetch_with(
-    v: &Verge,
-    method: reqwest::Method,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Got {
-    let mut req = client()
-        .request(method, v.url(path))
-        .header("host", "c.test");
-    for (k, val) in headers {
-        req = req.header(*k, *val);
-    }
-    let r = req.send().await.expect("request");
-    let h = r.headers();
-    let cache_status = cache_status_of(h);
-    let age = h
-        .get("age")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    let headers = h.clone();
-    Got {
-        status: r.status().as_u16(),
-        cache_status,
-        age,
-        headers,
-        body: r.text().await.unwrap_or_default(),
-    }
-}
 
 #[tokio::test]
 async fn fresh_response_is_served_from_cache_with_age_and_cache_status() {
     let o = Origin::start("o").await;
     o.set_headers("/a", &[("cache-control", "public, max-age=60")]);
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     let first = fetch(&v, "/a", &[]).await;
     assert_eq!(first.status, 200);
     assert_eq!(first.cache_status, "verge; fwd=uri-miss; stored");
@@ -91,26 +27,16 @@ async fn fresh_response_is_served_from_cache_with_age_and_cache_status() {
     assert!(second.age.is_some(), "Age on a hit");
     assert_eq!(o.hits("/a"), 1);
     // HEAD shares GET's entry
-    let head = client()
-        .head(v.url("/a"))
-        .header("host", "c.test")
-        .send()
-        .await
-        .expect("head");
-    assert_eq!(head.status(), 200);
+    let head = fetch_with(&v, reqwest::Method::HEAD, "/a", &[]).await;
+    assert_eq!(head.status, 200);
     assert_eq!(o.hits("/a"), 1);
     // another host is another key
-    let other = client()
-        .get(v.url("/a"))
-        .header("host", "other.test")
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(other.status(), 200);
+    let other = get(&v, "other.test", "/a").await;
+    assert_eq!(other.status, 200);
     assert_eq!(o.hits("/a"), 2);
-    let (_, metrics) = v.admin_get("/metrics").await;
-    assert!(metrics.contains("result=\"hit\""), "{metrics}");
-    assert!(metrics.contains("verge_cache_objects 2"), "{metrics}");
+    let m = v.metrics().await;
+    assert!(m.any_with_label("result", "hit"), "{}", m.text);
+    assert_eq!(m.value("verge_cache_objects", &[]), Some(2.0), "{}", m.text);
 }
 
 #[tokio::test]
@@ -130,7 +56,7 @@ async fn personal_or_forbidden_responses_are_never_stored() {
         &[("cache-control", "max-age=60"), ("vary", "*")],
     );
     o.set_headers("/none", &[]);
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     for path in ["/cookie", "/private", "/nostore", "/vary-star", "/none"] {
         for _ in 0..2 {
             let g = fetch(&v, path, &[]).await;
@@ -149,14 +75,14 @@ async fn personal_or_forbidden_responses_are_never_stored() {
 async fn credentials_bypass_the_cache_unless_the_route_is_public() {
     let o = Origin::start("o").await;
     o.set_headers("/p", &[("cache-control", "max-age=60")]);
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     fetch(&v, "/p", &[]).await;
     let g = fetch(&v, "/p", &[("cookie", "sid=1")]).await;
     assert_eq!(g.cache_status, "verge; fwd=bypass; detail=cookie");
     let g = fetch(&v, "/p", &[("authorization", "Bearer x")]).await;
     assert_eq!(g.cache_status, "verge; fwd=bypass; detail=authorization");
     assert_eq!(o.hits("/p"), 3);
-    let public = cached_verge(&o, "{public: true}").await;
+    let public = cached_verge(o.addr, RouteCache::new().public()).await;
     fetch(&public, "/p", &[("cookie", "sid=1")]).await;
     let g = fetch(&public, "/p", &[("cookie", "sid=2")]).await;
     assert!(g.cache_status.contains("hit"), "{}", g.cache_status);
@@ -169,7 +95,7 @@ async fn vary_keeps_variants_apart() {
         "/v",
         &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
     );
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     let en = fetch(&v, "/v", &[("accept-language", "en")]).await;
     let fr = fetch(&v, "/v", &[("accept-language", "fr")]).await;
     assert_ne!(en.body, fr.body);
@@ -185,7 +111,7 @@ async fn expired_entries_are_fetched_again_and_default_ttl_applies() {
     let o = Origin::start("o").await;
     o.set_headers("/short", &[("cache-control", "max-age=1")]);
     o.set_headers("/plain", &[]);
-    let v = cached_verge(&o, "{default_ttl: 60s}").await;
+    let v = cached_verge(o.addr, RouteCache::new().default_ttl("60s")).await;
     fetch(&v, "/short", &[]).await;
     fetch(&v, "/short", &[]).await;
     assert_eq!(o.hits("/short"), 1);
@@ -207,7 +133,7 @@ async fn concurrent_misses_cause_one_origin_fetch() {
     let o = Origin::start("o").await;
     o.set_headers("/cold", &[("cache-control", "max-age=60")]);
     o.set_delay_ms(300);
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     concurrent_cache_statuses(&v, "/cold", 50).await;
     assert_eq!(
         o.hits("/cold"),
@@ -221,7 +147,7 @@ async fn an_uncacheable_answer_releases_waiters() {
     let o = Origin::start("o").await;
     o.set_headers("/priv", &[("cache-control", "private")]);
     o.set_delay_ms(200);
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     let started = std::time::Instant::now();
     concurrent_cache_statuses(&v, "/priv", 10).await;
     // waiters are released when the first answer turns out uncacheable; nobody waits for the
@@ -258,7 +184,7 @@ async fn collapsed_waiters_are_told_and_counted() {
     let o = Origin::start("o").await;
     o.set_headers("/c", &[("cache-control", "max-age=60")]);
     o.set_delay_ms(400);
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     let statuses = concurrent_cache_statuses(&v, "/c", 20).await;
     assert_eq!(o.hits("/c"), 1);
     let fetched = statuses
@@ -277,25 +203,16 @@ async fn collapsed_waiters_are_told_and_counted() {
         19,
         "{statuses:#?}"
     );
-    let counted = |outcome: &'static str| {
-        let v = &v;
-        async move {
-            metric_sum(
-                &v.admin_get("/metrics").await.1,
-                "verge_cache_lock_waits_total",
-                &[&format!("outcome=\"{outcome}\"")],
-            )
-        }
-    };
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            counted("collapsed").await == collapsed as f64
-        })
-        .await,
-        "verge_cache_lock_waits_total{{outcome=collapsed}} = {} for {collapsed} collapsed answers",
-        counted("collapsed").await
-    );
-    assert_eq!(counted("timeout").await, 0.0);
+    let waits = "verge_cache_lock_waits_total";
+    let m = sum_eventually(
+        &v,
+        Duration::from_secs(5),
+        waits,
+        &[("outcome", "collapsed")],
+        |n| n == collapsed as f64,
+    )
+    .await;
+    assert_eq!(m.sum(waits, &[("outcome", "timeout")]), 0.0);
 }
 
 #[tokio::test]
@@ -303,11 +220,12 @@ async fn waiters_give_up_after_lock_wait_and_fetch_for_themselves() {
     let o = Origin::start("o").await;
     o.set_headers("/slow", &[("cache-control", "max-age=60")]);
     o.set_delay_ms(2500);
-    let v = Verge::start(&format!(
-        "cache: {{lock_wait: 500ms}}\npools: {{p: {{backends: [\"{}\"]}}}}\n\
-         routes: [{{hosts: [\"*\"], pool: p, cache: {{}}}}]\n",
-        o.addr
-    ))
+    let v = Verge::start(
+        &Config::new()
+            .cache(Cache::new().lock_wait("500ms"))
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p").cache(RouteCache::new())),
+    )
     .await;
     let statuses = concurrent_cache_statuses(&v, "/slow", 4).await;
     let timed_out = statuses
@@ -320,28 +238,25 @@ async fn waiters_give_up_after_lock_wait_and_fetch_for_themselves() {
         4,
         "each waiter that gave up fetched for itself"
     );
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            metric_sum(
-                &v.admin_get("/metrics").await.1,
-                "verge_cache_lock_waits_total",
-                &["outcome=\"timeout\""],
-            ) == 3.0
-        })
-        .await
-    );
+    sum_eventually(
+        &v,
+        Duration::from_secs(5),
+        "verge_cache_lock_waits_total",
+        &[("outcome", "timeout")],
+        |n| n == 3.0,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn stale_while_revalidate_serves_stale_and_refreshes_in_background() {
     let o = Origin::start("o").await;
-    o.set_headers(
+    o.set_headers_stale(
         "/swr",
         &[("cache-control", "max-age=1, stale-while-revalidate=30")],
     );
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     let first = fetch(&v, "/swr", &[]).await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
     // an origin slow enough that waiting for it could not go unnoticed, even on a busy machine
     o.set_delay_ms(3000);
     let started = std::time::Instant::now();
@@ -363,11 +278,10 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_in_background() {
 #[tokio::test]
 async fn stale_if_error_serves_stale_when_the_origin_is_down() {
     let o = Origin::start("o").await;
-    o.set_headers("/sie", &[("cache-control", "max-age=1, stale-if-error=60")]);
-    let v = cached_verge(&o, "{}").await;
+    o.set_headers_stale("/sie", &[("cache-control", "max-age=1, stale-if-error=60")]);
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     let first = fetch(&v, "/sie", &[]).await;
     o.stop();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
     let g = fetch(&v, "/sie", &[]).await;
     assert_eq!(g.status, 200);
     assert_eq!(g.body, first.body);
@@ -377,31 +291,19 @@ async fn stale_if_error_serves_stale_when_the_origin_is_down() {
 async fn purge_method_is_off_by_default_and_limited_to_allowed_clients() {
     let o = Origin::start("o").await;
     o.set_headers("/p", &[("cache-control", "max-age=300")]);
-    let purge = |v: &Verge| {
-        let url = v.url("/p");
-        async move {
-            client()
-                .request(reqwest::Method::from_bytes(b"PURGE").unwrap(), url)
-                .header("host", "c.test")
-                .send()
-                .await
-                .expect("purge")
-                .status()
-                .as_u16()
-        }
-    };
-    let body = |allow: &str| {
-        format!(
-            "{allow}pools: {{p: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p, cache: {{}}}}]\n",
-            o.addr
-        )
-    };
-    let off = Verge::start(&body("")).await;
+    async fn purge(v: &Verge) -> u16 {
+        let method = reqwest::Method::from_bytes(b"PURGE").expect("method");
+        fetch_with(v, method, "/p", &[]).await.status
+    }
+    let config = Config::new()
+        .pool(Pool::new("p", &[o.addr]))
+        .route(Route::to("p").cache(RouteCache::new()));
+    let off = Verge::start(&config).await;
     assert_eq!(purge(&off).await, 405);
-    let elsewhere = Verge::start(&body("purge: {allow: [\"10.0.0.0/8\"]}\n")).await;
+    let elsewhere = Verge::start(&config.clone().purge_allow(&["10.0.0.0/8"])).await;
     assert_eq!(purge(&elsewhere).await, 403);
 
-    let v = Verge::start(&body("purge: {allow: [\"127.0.0.1/32\", \"::1\"]}\n")).await;
+    let v = Verge::start(&config.purge_allow(&["127.0.0.1/32", "::1"])).await;
     fetch(&v, "/p", &[]).await;
     assert_eq!(
         fetch(&v, "/p", &[]).await.cache_status.split(';').nth(1),
@@ -419,49 +321,30 @@ async fn purge_method_is_off_by_default_and_limited_to_allowed_clients() {
     assert_eq!(o.hits("/p"), 2, "the purged URL was fetched again");
 }
 
-/// The sum of every sample of `name` whose labels contain all of `labels` (`key="value"`).
-pub(crate) fn metric_sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test]
 async fn byte_offload_latency_and_budget_are_measured() {
     let o = Origin::start("o").await;
     o.set_body_size(3000);
     o.set_headers("/b", &[("cache-control", "public, max-age=60")]);
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     for _ in 0..3 {
         let got = fetch(&v, "/b", &[]).await;
         assert_eq!((got.status, got.body.len()), (200, 3000));
     }
-    let not_routed = client()
-        .get(v.url("/b"))
-        .header("host", "bad host")
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(not_routed.status(), 400);
+    let not_routed = get(&v, "bad host", "/b").await;
+    assert_eq!(not_routed.status, 400);
     assert_eq!(o.hits("/b"), 1);
     // a request is counted when it is logged, just after its response went out
     let count = "verge_request_duration_seconds_count";
-    let all_logged = eventually(Duration::from_secs(5), || async {
-        metric_sum(&v.admin_get("/metrics").await.1, count, &[]) >= 4.0
-    })
-    .await;
-    assert!(all_logged);
-    let (_, metrics) = v.admin_get("/metrics").await;
+    sum_eventually(&v, Duration::from_secs(5), count, &[], |n| n >= 4.0).await;
+    let m = v.metrics().await;
     let bytes = "verge_response_body_bytes_total";
-    assert_eq!(metric_sum(&metrics, bytes, &["source=\"origin\""]), 3000.0);
-    assert_eq!(metric_sum(&metrics, bytes, &["source=\"cache\""]), 6000.0);
-    assert!(metric_sum(&metrics, bytes, &["source=\"local\""]) > 0.0);
-    assert_eq!(metric_sum(&metrics, count, &[]), 4.0, "{metrics}");
-    assert!(metric_sum(&metrics, "verge_request_duration_seconds_sum", &[]) > 0.0);
-    assert!(metric_sum(&metrics, "verge_cache_capacity_bytes", &[]) > 0.0);
+    assert_eq!(m.sum(bytes, &[("source", "origin")]), 3000.0);
+    assert_eq!(m.sum(bytes, &[("source", "cache")]), 6000.0);
+    assert!(m.sum(bytes, &[("source", "local")]) > 0.0);
+    assert_eq!(m.sum(count, &[]), 4.0, "{}", m.text);
+    assert!(m.sum("verge_request_duration_seconds_sum", &[]) > 0.0);
+    assert!(m.sum("verge_cache_capacity_bytes", &[]) > 0.0);
 }
 
 #[tokio::test]
@@ -470,7 +353,7 @@ async fn uncacheable_urls_are_remembered_and_skip_the_lock_until_they_turn_cache
     o.set_headers("/hfp", &[("cache-control", "private")]);
     o.set_headers("/err", &[("cache-control", "max-age=60")]);
     o.set_status("/err", 503);
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     let first = fetch(&v, "/hfp", &[]).await;
     assert_eq!(first.cache_status, "verge; fwd=uri-miss");
     // now known as uncacheable: concurrent requests all go straight to the origin, none waits

@@ -2,23 +2,21 @@
 //! revalidation with validators, client conditionals and ranges from cache, request directives,
 //! negative caching, invalidation by unsafe methods, key rules, Set-Cookie stripping, variant caps.
 
-use crate::cache::{cached_verge, fetch, fetch_with};
-use crate::harness::Verge;
-use crate::origin::Origin;
+use crate::support::Origin;
+use crate::support::{cached_verge, fetch, fetch_with, Config, Pool, Route, RouteCache, Verge};
 use reqwest::Method;
-use std::time::Duration;
 
 #[tokio::test]
 async fn a_stale_entry_is_revalidated_and_a_304_serves_the_stored_body() {
     let o = Origin::start("o").await;
-    // max-age=2: stale after the 2.1 s sleep, and still fresh for ≥1 s after the 304 even
-    // though Date has one-second resolution
-    o.set_headers("/e", &[("cache-control", "max-age=2")]);
+    // max-age=2: stored already stale (an Age over its lifetime), and, the 304 carrying no
+    // Age, still fresh for ≥1 s after it even though Date has one-second resolution
+    o.set_headers_stale("/e", &[("cache-control", "max-age=2")]);
     o.set_etag("/e", "\"v1\"");
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     let first = fetch(&v, "/e", &[]).await;
     assert_eq!(first.status, 200);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    o.set_headers("/e", &[("cache-control", "max-age=2")]);
     let second = fetch(&v, "/e", &[]).await;
     assert_eq!(second.status, 200);
     assert_eq!(second.body, first.body, "the stored body, not a new one");
@@ -48,7 +46,7 @@ async fn a_client_conditional_is_answered_304_from_cache() {
     let o = Origin::start("o").await;
     o.set_headers("/c", &[("cache-control", "max-age=60")]);
     o.set_etag("/c", "\"abc\"");
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     fetch(&v, "/c", &[]).await;
     let g = fetch(&v, "/c", &[("if-none-match", "\"abc\"")]).await;
     assert_eq!(g.status, 304);
@@ -63,7 +61,7 @@ async fn a_client_conditional_is_answered_304_from_cache() {
 async fn a_range_of_a_cached_object_is_served_from_cache() {
     let o = Origin::start("o").await;
     o.set_headers("/r", &[("cache-control", "max-age=60")]);
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     let full = fetch(&v, "/r", &[]).await;
     let len = full.body.len();
     assert!(len > 10, "{}", full.body);
@@ -84,7 +82,7 @@ async fn a_range_of_a_cached_object_is_served_from_cache() {
 async fn only_if_cached_gets_504_and_never_reaches_the_origin() {
     let o = Origin::start("o").await;
     o.set_headers("/oic", &[("cache-control", "max-age=60")]);
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     let g = fetch(&v, "/oic", &[("cache-control", "only-if-cached")]).await;
     assert_eq!(g.status, 504);
     assert_eq!(o.hits("/oic"), 0);
@@ -109,7 +107,7 @@ async fn request_max_age_zero_and_no_cache_revalidate_with_the_origin() {
     let o = Origin::start("o").await;
     o.set_headers("/m", &[("cache-control", "max-age=60")]);
     o.set_etag("/m", "\"m1\"");
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     let first = fetch(&v, "/m", &[]).await;
     let g = fetch(&v, "/m", &[("cache-control", "max-age=0")]).await;
     assert_eq!((g.status, g.body.as_str()), (200, first.body.as_str()));
@@ -135,7 +133,11 @@ async fn request_max_age_zero_and_no_cache_revalidate_with_the_origin() {
 async fn a_route_can_ignore_client_revalidation() {
     let o = Origin::start("o").await;
     o.set_headers("/n", &[("cache-control", "max-age=60")]);
-    let v = cached_verge(&o, "{client_revalidation: false}").await;
+    let v = cached_verge(
+        o.addr,
+        RouteCache::new().set("client_revalidation", "false"),
+    )
+    .await;
     fetch(&v, "/n", &[]).await;
     for h in [
         ("cache-control", "no-cache"),
@@ -151,10 +153,9 @@ async fn a_route_can_ignore_client_revalidation() {
 #[tokio::test]
 async fn max_stale_serves_a_stale_entry_without_the_origin() {
     let o = Origin::start("o").await;
-    o.set_headers("/ms", &[("cache-control", "max-age=1")]);
-    let v = cached_verge(&o, "{}").await;
+    o.set_headers_stale("/ms", &[("cache-control", "max-age=1")]);
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     let first = fetch(&v, "/ms", &[]).await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
     let g = fetch(&v, "/ms", &[("cache-control", "max-stale=60")]).await;
     assert_eq!(g.body, first.body);
     assert_eq!(o.hits("/ms"), 1);
@@ -169,14 +170,14 @@ async fn negative_ttl_caches_404_but_explicit_freshness_wins() {
     o.set_status("/missing", 404);
     o.set_status("/gone-now", 404);
     o.set_headers("/gone-now", &[("cache-control", "max-age=0")]);
-    let v = cached_verge(&o, "{negative_ttl: 60s}").await;
+    let v = cached_verge(o.addr, RouteCache::new().negative_ttl("60s")).await;
     for _ in 0..3 {
         assert_eq!(fetch(&v, "/missing", &[]).await.status, 404);
         assert_eq!(fetch(&v, "/gone-now", &[]).await.status, 404);
     }
     assert_eq!(o.hits("/missing"), 1, "404 stored for negative_ttl");
     assert_eq!(o.hits("/gone-now"), 3, "max-age=0 from the origin wins");
-    let plain = cached_verge(&o, "{}").await;
+    let plain = cached_verge(o.addr, RouteCache::new()).await;
     fetch(&plain, "/missing", &[]).await;
     fetch(&plain, "/missing", &[]).await;
     assert_eq!(o.hits("/missing"), 3, "no negative_ttl: not stored");
@@ -195,7 +196,7 @@ async fn a_successful_post_invalidates_the_url_every_variant_and_its_location() 
     );
     o.set_headers("/list", &[("cache-control", "max-age=60")]);
     o.set_headers("/keep", &[("cache-control", "max-age=60")]);
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     let fill = || async {
         fetch(&v, "/item", &[("accept-language", "en")]).await;
         fetch(&v, "/item", &[("accept-language", "fr")]).await;
@@ -232,16 +233,18 @@ async fn sorted_and_ignored_query_keys_share_entries_while_the_origin_sees_the_q
         o.set_headers(p, &[("cache-control", "max-age=60")]);
     }
     let route = |path: &str, key: &str| {
-        format!("  - {{hosts: [\"*\"], path: {path}, pool: p, cache: {{key: {key}}}}}\n")
+        Route::to("p")
+            .path(path)
+            .cache(RouteCache::new().set("key", key))
     };
-    let v = Verge::start(&format!(
-        "pools: {{p: {{backends: [\"{}\"]}}}}\nroutes:\n{}{}{}{}",
-        o.addr,
-        route("/s", "{query: sorted}"),
-        route("/i", "{query: ignore}"),
-        route("/d", "{query: {deny: [utm_source]}}"),
-        route("/a", "{query: {allow: [id]}, headers: [x-device]}"),
-    ))
+    let v = Verge::start(
+        &Config::new()
+            .pool(Pool::new("p", &[o.addr]))
+            .route(route("/s", "{query: sorted}"))
+            .route(route("/i", "{query: ignore}"))
+            .route(route("/d", "{query: {deny: [utm_source]}}"))
+            .route(route("/a", "{query: {allow: [id]}, headers: [x-device]}")),
+    )
     .await;
     let a = fetch(&v, "/s?b=1&a=2", &[]).await;
     let b = fetch(&v, "/s?a=2&b=1", &[]).await;
@@ -286,7 +289,7 @@ async fn set_cookie_strip_stores_the_response_without_the_cookie_for_everyone() 
             ("set-cookie", "sid=secret"),
         ],
     );
-    let v = cached_verge(&o, "{set_cookie: strip}").await;
+    let v = cached_verge(o.addr, RouteCache::new().set("set_cookie", "strip")).await;
     let first = fetch(&v, "/sc", &[]).await;
     assert_eq!(first.status, 200);
     assert_eq!(first.cache_status, "verge; fwd=uri-miss; stored");
@@ -317,7 +320,7 @@ async fn variants_beyond_max_variants_are_served_but_not_stored() {
         "/mv",
         &[("cache-control", "max-age=60"), ("vary", "accept-language")],
     );
-    let v = cached_verge(&o, "{max_variants: 2}").await;
+    let v = cached_verge(o.addr, RouteCache::new().max_variants(2)).await;
     for lang in ["en", "fr", "de", "de", "en", "fr"] {
         let g = fetch(&v, "/mv", &[("accept-language", lang)]).await;
         assert_eq!(g.status, 200);
@@ -329,7 +332,7 @@ async fn variants_beyond_max_variants_are_served_but_not_stored() {
 async fn force_ttl_overrides_a_short_origin_lifetime() {
     let o = Origin::start("o").await;
     o.set_headers("/f", &[("cache-control", "max-age=0")]);
-    let v = cached_verge(&o, "{force_ttl: 60s}").await;
+    let v = cached_verge(o.addr, RouteCache::new().force_ttl("60s")).await;
     fetch(&v, "/f", &[]).await;
     let g = fetch(&v, "/f", &[]).await;
     assert!(g.cache_status.contains("hit"), "{}", g.cache_status);
@@ -339,11 +342,10 @@ async fn force_ttl_overrides_a_short_origin_lifetime() {
 #[tokio::test]
 async fn a_304_updates_the_stored_headers_for_every_later_hit() {
     let o = Origin::start("o").await;
-    o.set_headers("/u", &[("cache-control", "max-age=1"), ("x-version", "1")]);
+    o.set_headers_stale("/u", &[("cache-control", "max-age=1"), ("x-version", "1")]);
     o.set_etag("/u", "\"v1\"");
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     assert_eq!(fetch(&v, "/u", &[]).await.header("x-version"), Some("1"));
-    tokio::time::sleep(Duration::from_millis(2100)).await;
     o.set_headers(
         "/u",
         &[
@@ -384,7 +386,7 @@ async fn fields_listed_in_connection_never_reach_the_client() {
             ("x-c", "3"),
         ],
     );
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     for _ in 0..2 {
         let got = fetch(&v, "/c", &[]).await;
         assert_eq!((got.header("x-a"), got.header("x-b")), (None, None));
@@ -398,7 +400,7 @@ async fn an_unparseable_age_makes_a_response_stale_at_once() {
     let o = Origin::start("o").await;
     o.set_headers("/a", &[("cache-control", "max-age=3600"), ("age", "0, 0")]);
     o.set_headers("/ok", &[("cache-control", "max-age=3600"), ("age", "10")]);
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     for _ in 0..2 {
         fetch(&v, "/a", &[]).await;
         fetch(&v, "/ok", &[]).await;
@@ -423,7 +425,7 @@ async fn surrogate_control_governs_and_is_not_forwarded() {
             ("surrogate-control", "no-store"),
         ],
     );
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     for _ in 0..2 {
         let s = fetch(&v, "/s", &[]).await;
         assert_eq!(s.header("surrogate-control"), None);
@@ -436,10 +438,9 @@ async fn surrogate_control_governs_and_is_not_forwarded() {
 #[tokio::test]
 async fn a_stale_if_error_answer_says_connection_close() {
     let o = Origin::start("o").await;
-    o.set_headers("/sie", &[("cache-control", "max-age=1, stale-if-error=60")]);
-    let v = cached_verge(&o, "{}").await;
+    o.set_headers_stale("/sie", &[("cache-control", "max-age=1, stale-if-error=60")]);
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     fetch(&v, "/sie", &[]).await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
     o.set_status("/sie", 503);
     let stale = fetch(&v, "/sie", &[]).await;
     assert_eq!(stale.status, 200);
@@ -464,7 +465,7 @@ async fn the_fetching_client_gets_the_fields_the_stored_response_leaves_out() {
             ("x-private", "1"),
         ],
     );
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     // the first client is answered from the stored head while the body streams into the cache
     let first = fetch(&v, "/u", &[]).await;
     assert!(

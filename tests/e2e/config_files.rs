@@ -1,6 +1,6 @@
 //! `verge check`: every shipped config validates; a bad one lists every error with its path.
 
-use crate::harness::verge_bin;
+use crate::support::process::verge_bin;
 use std::process::Command;
 
 #[test]

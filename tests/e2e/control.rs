@@ -1,8 +1,11 @@
 //! `verge control` with nodes on loopback: versioned policy, purges by every kind, soft purges,
 //! refusal of bad writes, persisted snapshots, and a control plane that keeps accepted writes.
 
-use crate::harness::{client, eventually, free_port, spawn_verge, Verge};
-use crate::origin::Origin;
+use crate::support::config::Control;
+use crate::support::fetch::cache_status_of;
+use crate::support::metrics::metric_eventually;
+use crate::support::process::verge_bin;
+use crate::support::{client, eventually, ports, Config, Launch, Origin, Verge};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,7 +27,7 @@ struct Cp {
 impl Cp {
     async fn start() -> Cp {
         let dir = tempfile::tempdir().expect("tempdir");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let addr = ports::addr();
         let yaml = format!(
             "listen: \"{addr}\"\ndata_dir: {d}/data\ntokens:\n  - {{name: ops, token: {OPS}, scopes: [read, policy:write, purge, purge:all]}}\n  - {{name: node, token: {NODE}, scopes: [read]}}\n  - {{name: purger, token: {PURGER}, scopes: [purge]}}\n",
             d = dir.path().display()
@@ -34,7 +37,7 @@ impl Cp {
         std::fs::write(dir.path().join("node.token"), NODE).expect("token file");
         std::fs::write(dir.path().join("ops.token"), OPS).expect("token file");
         let mut cp = Cp {
-            child: spawn_verge(&["control", "-c"], &config),
+            child: Launch::verge_with(&["control", "-c"]).spawn(&config),
             addr,
             config,
             dir,
@@ -66,7 +69,7 @@ impl Cp {
 
     async fn restart(&mut self) {
         self.kill();
-        self.child = spawn_verge(&["control", "-c"], &self.config);
+        self.child = Launch::verge_with(&["control", "-c"]).spawn(&self.config);
         self.wait_ready().await;
     }
 
@@ -134,25 +137,20 @@ fn policy(origin: &Origin, route_cache: Value) -> Value {
 }
 
 async fn node(cp: &Cp, id: &str) -> Verge {
-    Verge::start(&format!(
-        "control:\n  url: http://{}\n  node_id: {id}\n  token_file: {}/node.token\n  state_file: \"{{dir}}/snapshot.json\"\n  wait: 5s\n",
-        cp.addr,
-        cp.dir.path().display()
-    ))
-    .await
+    let control = Control::new(
+        &format!("http://{}", cp.addr),
+        id,
+        &cp.dir.path().join("node.token"),
+    )
+    .state_file("{dir}/snapshot.json")
+    .wait("5s");
+    Verge::start(&Config::new().control(control)).await
 }
 
 /// GET through a node; returns status, body and the response headers.
 async fn get(v: &Verge, path: &str) -> (u16, String, reqwest::header::HeaderMap) {
-    let r = client()
-        .get(v.url(path))
-        .header("host", "site.test")
-        .send()
-        .await
-        .expect("request");
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    (status, r.text().await.unwrap_or_default(), headers)
+    let g = crate::support::get(v, "site.test", path).await;
+    (g.status, g.body, g.headers)
 }
 
 #[tokio::test]
@@ -227,12 +225,19 @@ async fn policy_reaches_every_node_and_each_purge_kind_makes_them_refetch() {
             assert_eq!(o.hits(p), expected, "{body}: {p}");
         }
     }
-    let (_, metrics) = nodes[0].admin_get("/metrics").await;
+    let m = nodes[0].metrics().await;
     assert!(
-        metrics.contains("verge_cache_invalidated_total{verdict=\"hard\"}"),
-        "{metrics}"
+        m.value("verge_cache_invalidated_total", &[("verdict", "hard")])
+            .is_some(),
+        "{}",
+        m.text
     );
-    assert!(metrics.contains("verge_policy_version 1"), "{metrics}");
+    assert_eq!(
+        m.value("verge_policy_version", &[]),
+        Some(1.0),
+        "{}",
+        m.text
+    );
 }
 
 #[tokio::test]
@@ -254,7 +259,7 @@ async fn soft_purge_serves_stale_while_revalidating() {
     let (status, body, headers) = get(&n, "/s").await;
     assert_eq!(status, 200);
     assert_eq!(body, first, "the stale copy is served at once");
-    let cs = crate::cache::cache_status_of(&headers);
+    let cs = cache_status_of(&headers);
     assert!(cs.contains("fwd=stale"), "{cs}");
     assert!(
         eventually(Duration::from_secs(5), || async { o.hits("/s") == 2 }).await,
@@ -403,17 +408,15 @@ async fn restarts_keep_what_was_accepted_and_applied() {
     assert_eq!(s["control"]["policy_version"], json!(1));
     assert_eq!(s["control"]["invalidation_seq"], json!(3));
     assert_eq!(s["control"]["invalidations"], json!(3));
-    let unreachable = eventually(Duration::from_secs(5), || async {
-        n.admin_get("/metrics")
-            .await
-            .1
-            .contains("verge_snapshot_rejected_total{reason=\"unreachable\"}")
-    })
+    // the node says it cannot reach the control plane
+    metric_eventually(
+        &n,
+        Duration::from_secs(5),
+        "verge_snapshot_rejected_total",
+        &[("reason", "unreachable")],
+        |v| v.is_some(),
+    )
     .await;
-    assert!(
-        unreachable,
-        "the node says it cannot reach the control plane"
-    );
 
     // The control plane returns; the node resumes from where it was.
     cp.restart().await;
@@ -468,7 +471,7 @@ async fn operator_cli_pushes_rolls_back_purges_and_lists_nodes() {
     let _n = node(&cp, "cli").await;
     let dir = cp.dir.path();
     let run = |args: &[&str], token: &str| {
-        let out = std::process::Command::new(crate::harness::verge_bin())
+        let out = std::process::Command::new(verge_bin())
             .args(args)
             .args(["--control", &format!("http://{}", cp.addr), "--token-file"])
             .arg(dir.join(token))
@@ -555,24 +558,21 @@ async fn hard_purges_free_memory_in_the_background() {
         get(&n, &format!("/r/{i}")).await;
     }
     get(&n, "/keep").await;
-    let objects = |text: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix("verge_cache_objects "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    };
-    assert_eq!(objects(&n.admin_get("/metrics").await.1), Some(6));
+    let objects = "verge_cache_objects";
+    assert_eq!(n.metrics().await.value(objects, &[]), Some(6.0));
     cp.purge(json!({"kind": "prefix", "target": "site.test/r/"}))
         .await;
     // No client asks for the purged URLs again: the memory still comes back.
-    let freed = eventually(Duration::from_secs(10), || async {
-        objects(&n.admin_get("/metrics").await.1) == Some(1)
+    metric_eventually(&n, Duration::from_secs(10), objects, &[], |v| {
+        v == Some(1.0)
     })
     .await;
-    let (_, metrics) = n.admin_get("/metrics").await;
-    assert!(freed, "{metrics}");
-    assert!(
-        metrics.contains("verge_cache_reclaimed_total{cause=\"invalidation\"} 5"),
-        "{metrics}"
+    let m = n.metrics().await;
+    assert_eq!(
+        m.value("verge_cache_reclaimed_total", &[("cause", "invalidation")]),
+        Some(5.0),
+        "{}",
+        m.text
     );
     let hits = o.hits("/keep");
     get(&n, "/keep").await;

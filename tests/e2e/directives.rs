@@ -3,8 +3,8 @@
 //! from the field that governs this cache (`CDN-Cache-Control` replaces `Cache-Control`,
 //! RFC 9213 §2.1).
 
-use crate::cache::{cached_verge, fetch};
-use crate::origin::Origin;
+use crate::support::Origin;
+use crate::support::{cached_verge, fetch, RouteCache};
 
 #[tokio::test]
 async fn a_fresh_entry_refused_by_the_request_is_fwd_request() {
@@ -12,7 +12,7 @@ async fn a_fresh_entry_refused_by_the_request_is_fwd_request() {
     o.set_headers("/r", &[("cache-control", "max-age=600")]);
     o.set_etag("/r", "\"r1\"");
     o.set_headers("/plain", &[("cache-control", "max-age=600")]);
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     let first = fetch(&v, "/r", &[]).await;
     assert!(
         first.cache_status.contains("fwd=uri-miss"),
@@ -69,7 +69,7 @@ async fn a_stale_entry_revalidated_for_a_no_cache_request_stays_fwd_stale() {
     // stored, but stale from the start
     o.set_headers("/s", &[("cache-control", "max-age=0")]);
     o.set_etag("/s", "\"s1\"");
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     fetch(&v, "/s", &[]).await;
     let g = fetch(&v, "/s", &[("cache-control", "no-cache")]).await;
     assert!(
@@ -103,7 +103,7 @@ async fn max_stale_obeys_must_revalidate_in_cdn_cache_control() {
             ("cdn-cache-control", "max-age=0"),
         ],
     );
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     for path in ["/cdn-mr", "/cdn-pr"] {
         let first = fetch(&v, path, &[]).await;
         assert!(

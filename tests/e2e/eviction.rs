@@ -1,20 +1,12 @@
 //! Eviction with admission as a client and the origin see it: a hot set warmed by repeated
 //! requests stays cached through a one-time sweep of cold URLs, within `cache.memory`.
 
-use crate::cache::fetch;
-use crate::harness::{eventually, Verge};
-use crate::origin::Origin;
+use crate::support::metrics::metric_eventually;
+use crate::support::{fetch, Cache, Config, Origin, Pool, Route, RouteCache, Verge};
 use std::time::Duration;
 
 const BUDGET: u64 = 1 << 20;
 const BODY: u64 = 16 * 1024;
-
-/// The value of an unlabelled metric in Prometheus text.
-fn metric(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .find_map(|v| v.trim().parse().ok())
-}
 
 /// GET `path` through verge; checks the whole body came back and returns `Cache-Status`.
 async fn get_cache_status(v: &Verge, path: &str) -> String {
@@ -28,10 +20,12 @@ async fn get_cache_status(v: &Verge, path: &str) -> String {
 async fn hot_set_survives_a_sweep_of_cold_urls_within_the_memory_budget() {
     let o = Origin::start("o").await;
     o.set_body_size(BODY);
-    let v = Verge::start(&format!(
-        "cache: {{memory: {BUDGET}, max_object_size: 64KiB}}\npools: {{p: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p, cache: {{default_ttl: 300s}}}}]\n",
-        o.addr
-    ))
+    let v = Verge::start(
+        &Config::new()
+            .cache(Cache::new().memory(BUDGET).max_object_size("64KiB"))
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p").cache(RouteCache::new().default_ttl("300s"))),
+    )
     .await;
     // about 60 objects of 16 KiB fit in 1 MiB; 10 hot ones, each asked for 4 times
     let hot: Vec<String> = (0..10).map(|i| format!("/hot/{i}")).collect();
@@ -59,16 +53,15 @@ async fn hot_set_survives_a_sweep_of_cold_urls_within_the_memory_budget() {
         assert_eq!(o.hits(path), 1, "{path} still served from cache");
     }
     // evicted and rejected objects are purged from storage asynchronously
-    let within_budget = eventually(Duration::from_secs(5), || async {
-        let (_, text) = v.admin_get("/metrics").await;
-        metric(&text, "verge_cache_bytes").is_some_and(|b| b > 0 && b <= BUDGET)
+    let budget = BUDGET as f64;
+    let last = metric_eventually(&v, Duration::from_secs(5), "verge_cache_bytes", &[], |b| {
+        b.is_some_and(|b| b > 0.0 && b <= budget)
     })
     .await;
-    let (_, last) = v.admin_get("/metrics").await;
-    assert!(within_budget, "verge_cache_bytes over {BUDGET}:\n{last}");
-    let objects = metric(&last, "verge_cache_objects").expect("objects");
-    let evicted = metric(&last, "verge_cache_evictions").expect("evictions");
-    let rejected = metric(&last, "verge_cache_admission_rejections").expect("rejections");
+    let count = |name: &str| last.value(name, &[]).map(|n| n as u64);
+    let objects = count("verge_cache_objects").expect("objects");
+    let evicted = count("verge_cache_evictions").expect("evictions");
+    let rejected = count("verge_cache_admission_rejections").expect("rejections");
     assert!(objects > 10 && objects < BUDGET / BODY, "{objects} objects");
     assert_eq!(
         evicted + rejected + objects,

@@ -2,10 +2,11 @@
 //! verge built in-process with test filters (errors in every phase, per-route selection and
 //! order, route and pool overrides); unknown filter names refused at startup.
 
-use crate::harness::{
-    accepts, client, eventually, example_bin, verge_bin, Launch, TestConfig, Verge,
+use crate::support::fetch::send;
+use crate::support::process::{example_bin, verge_bin, wait_until_serving, TestConfig};
+use crate::support::{
+    eventually, Config as TestYaml, Launch, Metrics, Origin, Pool, Route, RouteCache, Verge,
 };
-use crate::origin::Origin;
 use pingora_core::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
 use std::net::SocketAddr;
 use std::process::Command;
@@ -18,16 +19,12 @@ use verge::{
     StartError, VergeBuilder,
 };
 
-/// The value of one sample line of `/metrics` (0 when absent).
-async fn metric(admin: SocketAddr, sample: &str) -> u64 {
-    let text = reqwest::get(format!("http://{admin}/metrics"))
+/// The value of the series `name` with exactly `labels` on `admin`'s `/metrics` (0 when
+/// absent).
+async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> u64 {
+    Metrics::scrape(admin)
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.trim().parse::<f64>().ok())
+        .value(name, labels)
         .map_or(0, |v| v as u64)
 }
 
@@ -38,16 +35,8 @@ async fn fetch(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, reqwest::header::HeaderMap, String) {
-    let mut req = client()
-        .get(format!("http://{http}{path}"))
-        .header("host", host);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let r = req.send().await.expect("request");
-    let status = r.status().as_u16();
-    let h = r.headers().clone();
-    (status, h, r.text().await.unwrap_or_default())
+    let g = send(http, reqwest::Method::GET, Some(host), path, headers).await;
+    (g.status, g.headers, g.body)
 }
 
 fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
@@ -61,18 +50,20 @@ fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
 async fn auth_gate_answers_401_before_cache_and_origin() {
     let origin = Origin::start("app").await;
     origin.set_headers("/doc", &[("cache-control", "max-age=60")]);
-    let body = format!(
-        r#"access_log: {{path: "{{dir}}/access.log"}}
-pools: {{app: {{backends: ["{o}"]}}}}
-routes:
-  - {{name: public, hosts: ["*"], path: /public, pool: app, filters: []}}
-  - {{name: api, hosts: ["*"], path: /, pool: app, filters: [auth], cache: {{default_ttl: 60s, public: true}}}}
-"#,
-        o = origin.addr
-    );
+    let config = TestYaml::new()
+        .access_log("{dir}/access.log")
+        .pool(Pool::new("app", &[origin.addr]))
+        .route(Route::to("app").name("public").path("/public").filters(&[]))
+        .route(
+            Route::to("app")
+                .name("api")
+                .path("/")
+                .filters(&["auth"])
+                .cache(RouteCache::new().default_ttl("60s").public()),
+        );
     let launch =
         Launch::example("auth_gate").env("VERGE_API_KEYS", "alice:alice-key-1,bob:bob-key-22");
-    let v = Verge::launch(launch, &body, None).await;
+    let v = Verge::launch(launch, &config).await;
 
     let (status, h, text) = fetch(v.http, "a.test", "/doc", &[]).await;
     assert_eq!(status, 401, "{text}");
@@ -82,7 +73,7 @@ routes:
     assert!(header(&h, "www-authenticate").contains("error=\"invalid_token\""));
     assert_eq!(origin.total(), 0, "refused requests never reach the origin");
     assert_eq!(
-        metric(v.admin, "verge_cache_objects").await,
+        metric(v.admin, "verge_cache_objects", &[]).await,
         0,
         "nothing cached"
     );
@@ -111,13 +102,12 @@ routes:
     assert_eq!(status, 200);
 
     // verge's own background refresh of a stale copy (stale-while-revalidate) passes the gate
-    origin.set_headers(
+    origin.set_headers_stale(
         "/swr",
         &[("cache-control", "max-age=1, stale-while-revalidate=30")],
     );
     let key = [("x-api-key", "alice-key-1")];
     assert_eq!(fetch(v.http, "a.test", "/swr", &key).await.0, 200);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
     let (status, h, _) = fetch(v.http, "a.test", "/swr", &key).await;
     assert_eq!(status, 200);
     assert!(header(&h, "cache-status").contains("fwd=stale"), "{h:?}");
@@ -127,12 +117,19 @@ routes:
     .await;
     assert!(refreshed, "the background refresh passed the gate");
 
-    let responses = "verge_filter_responses_total{filter=\"auth\",status=\"401\"}";
-    assert_eq!(metric(v.admin, responses).await, 3);
-    let requests = "verge_requests_total{route=\"api\",status=\"401\"}";
-    assert_eq!(metric(v.admin, requests).await, 3);
-    let lookups = "verge_cache_lookups_total{result=\"uncacheable\",route=\"api\"}";
-    assert_eq!(metric(v.admin, lookups).await, 0, "a refusal is no lookup");
+    let responses = [("filter", "auth"), ("status", "401")];
+    assert_eq!(
+        metric(v.admin, "verge_filter_responses_total", &responses).await,
+        3
+    );
+    let requests = [("route", "api"), ("status", "401")];
+    assert_eq!(metric(v.admin, "verge_requests_total", &requests).await, 3);
+    let lookups = [("result", "uncacheable"), ("route", "api")];
+    assert_eq!(
+        metric(v.admin, "verge_cache_lookups_total", &lookups).await,
+        0,
+        "a refusal is no lookup"
+    );
     // refusals are in the access log like any other request
     let log = v.dir().join("access.log");
     let logged = eventually(Duration::from_secs(5), || async {
@@ -151,17 +148,11 @@ routes:
 async fn canary_sends_a_stable_share_of_ids_to_the_canary_pool() {
     let stable = Origin::start("stable").await;
     let canary = Origin::start("canary").await;
-    let body = format!(
-        r#"pools:
-  stable: {{backends: ["{s}"]}}
-  canary: {{backends: ["{c}"]}}
-routes:
-  - {{name: site, hosts: ["*"], pool: stable, filters: [canary]}}
-"#,
-        s = stable.addr,
-        c = canary.addr
-    );
-    let v = Verge::launch(Launch::example("canary").arg("30"), &body, None).await;
+    let config = TestYaml::new()
+        .pool(Pool::new("stable", &[stable.addr]))
+        .pool(Pool::new("canary", &[canary.addr]))
+        .route(Route::to("stable").name("site").filters(&["canary"]));
+    let v = Verge::launch(Launch::example("canary").arg("30"), &config).await;
 
     let (_, h, text) = fetch(v.http, "a.test", "/", &[]).await;
     assert!(text.contains("origin=stable"), "no cookie: stable ({text})");
@@ -213,15 +204,11 @@ routes:
 async fn device_key_caches_one_copy_per_device_class() {
     let origin = Origin::start("app").await;
     origin.set_headers("/page", &[("cache-control", "max-age=60")]);
-    let body = format!(
-        r#"purge: {{allow: [127.0.0.1]}}
-pools: {{app: {{backends: ["{o}"]}}}}
-routes:
-  - {{name: pages, hosts: ["*"], pool: app, cache: {{}}}}
-"#,
-        o = origin.addr
-    );
-    let v = Verge::launch(Launch::example("device_key"), &body, None).await;
+    let config = TestYaml::new()
+        .purge_allow(&["127.0.0.1"])
+        .pool(Pool::new("app", &[origin.addr]))
+        .route(Route::to("app").name("pages").cache(RouteCache::new()));
+    let v = Verge::launch(Launch::example("device_key"), &config).await;
     let iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) Mobile/15E148";
     let android = "Mozilla/5.0 (Linux; Android 14; Pixel 8) Chrome/120.0 Mobile Safari/537.36";
     let windows = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/120.0 Safari/537.36";
@@ -254,21 +241,10 @@ routes:
         }
     }
     // the class is in the key's variant: one purge of the URL removes every class's copy
-    let r = client()
-        .request(
-            reqwest::Method::from_bytes(b"PURGE").expect("method"),
-            v.url("/page"),
-        )
-        .header("host", "a.test")
-        .send()
-        .await
-        .expect("purge");
-    assert_eq!(r.status(), 200);
-    assert!(r
-        .text()
-        .await
-        .unwrap_or_default()
-        .contains("purged 3 entries"));
+    let purge = reqwest::Method::from_bytes(b"PURGE").expect("method");
+    let r = send(v.http, purge, Some("a.test"), "/page", &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("purged 3 entries"), "{}", r.body);
     let (_, h, _) = fetch(v.http, "a.test", "/page", &[("user-agent", android)]).await;
     assert!(!header(&h, "cache-status").contains("hit"));
     assert_eq!(origin.hits("/page"), 4);
@@ -277,11 +253,10 @@ routes:
 #[tokio::test]
 async fn embed_example_runs_its_filter() {
     let origin = Origin::start("app").await;
-    let body = format!(
-        "pools: {{app: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: app}}]\n",
-        origin.addr
-    );
-    let v = Verge::launch(Launch::example("embed"), &body, None).await;
+    let config = TestYaml::new()
+        .pool(Pool::new("app", &[origin.addr]))
+        .route(Route::to("app"));
+    let v = Verge::launch(Launch::example("embed"), &config).await;
     let (status, h, text) = fetch(v.http, "a.test", "/hello", &[]).await;
     assert_eq!(status, 200);
     assert!(text.contains("origin=app"));
@@ -290,12 +265,11 @@ async fn embed_example_runs_its_filter() {
 
 /// Start `program` with a config whose route selects `filters`; it must exit non-zero.
 /// Returns the config path and stderr.
-fn refused_start(program: &std::path::Path, args: &[&str], filters: &str) -> (String, String) {
+fn refused_start(program: &std::path::Path, args: &[&str], filters: &[&str]) -> (String, String) {
     let config = TestConfig::write(
-        &format!(
-            "pools: {{p: {{backends: [\"127.0.0.1:1\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p, filters: {filters}}}]\n"
-        ),
-        None,
+        &TestYaml::new()
+            .pool(Pool::new("p", &["127.0.0.1:1"]))
+            .route(Route::to("p").filters(filters)),
     );
     let out = Command::new(program)
         .args(args)
@@ -313,7 +287,7 @@ fn refused_start(program: &std::path::Path, args: &[&str], filters: &str) -> (St
 fn unknown_filter_names_are_startup_errors() {
     // the plain binary registers none: serve and check both refuse, naming file and key
     let verge = verge_bin();
-    let (file, err) = refused_start(&verge, &["serve", "-c"], "[auth]");
+    let (file, err) = refused_start(&verge, &["serve", "-c"], &["auth"]);
     assert!(err.contains(&file), "{err}");
     assert!(
         err.contains(
@@ -321,14 +295,14 @@ fn unknown_filter_names_are_startup_errors() {
         ),
         "{err}"
     );
-    let (file, err) = refused_start(&verge, &["check", "-c"], "[auth]");
+    let (file, err) = refused_start(&verge, &["check", "-c"], &["auth"]);
     assert!(
         err.contains(&file) && err.contains("routes[0].filters[0]"),
         "{err}"
     );
     // a custom binary lists what it has
     let embed = example_bin("embed");
-    let (file, err) = refused_start(&embed, &[], "[powered-by, nope]");
+    let (file, err) = refused_start(&embed, &[], &["powered-by", "nope"]);
     assert!(err.contains(&file), "{err}");
     assert!(
         err.contains("routes[0].filters[1]: unknown filter \"nope\"; registered: powered-by"),
@@ -377,8 +351,11 @@ struct InProcess {
 }
 
 impl InProcess {
-    async fn start(body: &str, filters: impl FnOnce(VergeBuilder) -> VergeBuilder) -> InProcess {
-        let config = TestConfig::write(body, None);
+    async fn start(
+        config: &TestYaml,
+        filters: impl FnOnce(VergeBuilder) -> VergeBuilder,
+    ) -> InProcess {
+        let config = TestConfig::write(config);
         let loaded = Config::load(&config.path).unwrap_or_else(|e| panic!("{e}"));
         let node = filters(verge::Verge::builder(loaded))
             .build()
@@ -391,13 +368,7 @@ impl InProcess {
                 shutdown_signal: Box::new(signal),
             })
         });
-        let ready = eventually(Duration::from_secs(20), || async {
-            reqwest::get(format!("http://{}/readyz", config.admin))
-                .await
-                .is_ok_and(|r| r.status() == 200)
-                && accepts(config.http).await
-        })
-        .await;
+        let ready = wait_until_serving(config.admin, config.http).await;
         assert!(ready, "in-process verge not ready");
         InProcess {
             http: config.http,
@@ -482,11 +453,10 @@ impl Filter for Boom {
 async fn filter_errors_become_plain_5xx_and_metrics_in_every_phase() {
     let origin = Origin::start("web").await;
     origin.set_headers("/r", &[("cache-control", "max-age=60")]);
-    let body = format!(
-        "pools: {{web: {{backends: [\"{}\"]}}}}\nroutes: [{{name: boom-route, hosts: [\"*\"], pool: web, cache: {{}}}}]\n",
-        origin.addr
-    );
-    let v = InProcess::start(&body, |b| b.filter(Boom)).await;
+    let config = TestYaml::new()
+        .pool(Pool::new("web", &[origin.addr]))
+        .route(Route::to("web").name("boom-route").cache(RouteCache::new()));
+    let v = InProcess::start(&config, |b| b.filter(Boom)).await;
     let fail = |at: &'static str| [("x-fail", at)];
 
     let (status, h, text) = fetch(v.http, "a.test", "/r", &fail("request")).await;
@@ -516,13 +486,16 @@ async fn filter_errors_become_plain_5xx_and_metrics_in_every_phase() {
     assert!(header(&h, "cache-status").contains("hit"), "{h:?}");
     assert_eq!(origin.hits("/r"), 2);
 
-    let errors =
-        |phase: &str| format!("verge_filter_errors_total{{filter=\"boom\",phase=\"{phase}\"}}");
-    assert_eq!(metric(v.admin, &errors("request")).await, 2);
-    assert_eq!(metric(v.admin, &errors("upstream_request")).await, 2);
-    assert_eq!(metric(v.admin, &errors("response")).await, 2);
-    let served_500 = "verge_requests_total{route=\"boom-route\",status=\"500\"}";
-    assert_eq!(metric(v.admin, served_500).await, 4);
+    let errors = "verge_filter_errors_total";
+    for phase in ["request", "upstream_request", "response"] {
+        let labels = [("filter", "boom"), ("phase", phase)];
+        assert_eq!(metric(v.admin, errors, &labels).await, 2, "{phase}");
+    }
+    let served_500 = [("route", "boom-route"), ("status", "500")];
+    assert_eq!(
+        metric(v.admin, "verge_requests_total", &served_500).await,
+        4
+    );
 }
 
 /// Appends its name to `x-chain` on the request (the origin sees it) and on the response.
@@ -567,17 +540,20 @@ impl Filter for Chain {
 #[tokio::test]
 async fn routes_select_filters_which_run_in_registration_order() {
     let origin = Origin::start("web").await;
-    let body = format!(
-        r#"pools: {{web: {{backends: ["{o}"]}}}}
-routes:
-  - {{hosts: [all.test], pool: web}}
-  - {{hosts: [b.test], pool: web, filters: [second]}}
-  - {{hosts: [none.test], pool: web, filters: []}}
-  - {{hosts: [reversed.test], pool: web, filters: [second, first]}}
-"#,
-        o = origin.addr
-    );
-    let v = InProcess::start(&body, |b| b.filter(Chain("first")).filter(Chain("second"))).await;
+    let config = TestYaml::new()
+        .pool(Pool::new("web", &[origin.addr]))
+        .route(Route::to("web").hosts(&["all.test"]))
+        .route(Route::to("web").hosts(&["b.test"]).filters(&["second"]))
+        .route(Route::to("web").hosts(&["none.test"]).filters(&[]))
+        .route(
+            Route::to("web")
+                .hosts(&["reversed.test"])
+                .filters(&["second", "first"]),
+        );
+    let v = InProcess::start(&config, |b| {
+        b.filter(Chain("first")).filter(Chain("second"))
+    })
+    .await;
     for (host, want) in [
         ("all.test", Some("first,second")),
         ("b.test", Some("second")),
@@ -662,18 +638,18 @@ impl Filter for Steer {
 async fn filters_override_route_and_pool_by_name() {
     let main = Origin::start("main").await;
     let alt = Origin::start("alt").await;
-    let body = format!(
-        r#"pools:
-  main: {{backends: ["{m}"]}}
-  alt: {{backends: ["{a}"]}}
-routes:
-  - {{name: main-route, hosts: [main.test], pool: main}}
-  - {{name: alt-route, hosts: [alt.test], path: /alt, strip_prefix: true, pool: alt}}
-"#,
-        m = main.addr,
-        a = alt.addr
-    );
-    let v = InProcess::start(&body, |b| b.filter(Steer)).await;
+    let config = TestYaml::new()
+        .pool(Pool::new("main", &[main.addr]))
+        .pool(Pool::new("alt", &[alt.addr]))
+        .route(Route::to("main").name("main-route").hosts(&["main.test"]))
+        .route(
+            Route::to("alt")
+                .name("alt-route")
+                .hosts(&["alt.test"])
+                .path("/alt")
+                .strip_prefix(),
+        );
+    let v = InProcess::start(&config, |b| b.filter(Steer)).await;
 
     let (status, h, text) = fetch(v.http, "main.test:8080", "/x", &[]).await;
     assert_eq!(status, 200);
@@ -702,8 +678,11 @@ routes:
     let (status, _, _) = fetch(v.http, "main.test", "/x", &[("x-route", "nope")]).await;
     assert_eq!(status, 500);
     assert_eq!((main.total(), alt.total()), (1, 2));
-    let errors = "verge_filter_errors_total{filter=\"steer\",phase=\"request\"}";
-    assert_eq!(metric(v.admin, errors).await, 2);
+    let errors = [("filter", "steer"), ("phase", "request")];
+    assert_eq!(
+        metric(v.admin, "verge_filter_errors_total", &errors).await,
+        2
+    );
 }
 
 #[test]
@@ -765,23 +744,21 @@ impl Filter for Counting {
 #[tokio::test]
 async fn background_refreshes_are_told_apart() {
     let origin = Origin::start("web").await;
-    origin.set_headers(
+    origin.set_headers_stale(
         "/swr",
         &[("cache-control", "max-age=1, stale-while-revalidate=30")],
     );
-    let body = format!(
-        "pools: {{web: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: web, cache: {{}}}}]\n",
-        origin.addr
-    );
+    let config = TestYaml::new()
+        .pool(Pool::new("web", &[origin.addr]))
+        .route(Route::to("web").cache(RouteCache::new()));
     let clients = Arc::new(AtomicU64::new(0));
     let refreshes = Arc::new(AtomicU64::new(0));
     let filter = Counting {
         clients: clients.clone(),
         refreshes: refreshes.clone(),
     };
-    let v = InProcess::start(&body, |b| b.filter(filter)).await;
+    let v = InProcess::start(&config, |b| b.filter(filter)).await;
     assert_eq!(fetch(v.http, "a.test", "/swr", &[]).await.0, 200);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
     let (status, h, _) = fetch(v.http, "a.test", "/swr", &[]).await;
     assert_eq!(status, 200);
     assert!(header(&h, "cache-status").contains("fwd=stale"), "{h:?}");

@@ -3,20 +3,18 @@
 //! a miss or a HEAD), refused with 400 and a closed connection on `reject` routes, and
 //! forwarded on `forward` routes (which may not cache).
 
-use crate::harness::{raw, Verge};
-use crate::origin::Origin;
+use crate::support::wire::{raw, Conn};
+use crate::support::{Config, Origin, Pool, Route, RouteCache, Verge};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn verge_for(o: &Origin) -> Verge {
-    Verge::start(&format!(
-        "pools: {{p: {{backends: [\"{}\"]}}}}\n\
-         routes:\n\
-         \x20 - {{hosts: [c.test], pool: p, cache: {{}}}}\n\
-         \x20 - {{hosts: [r.test], pool: p, get_body: reject}}\n\
-         \x20 - {{hosts: [f.test], pool: p, get_body: forward}}\n",
-        o.addr
-    ))
+    Verge::start(
+        &Config::new()
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p").hosts(&["c.test"]).cache(RouteCache::new()))
+            .route(Route::to("p").hosts(&["r.test"]).get_body("reject"))
+            .route(Route::to("p").hosts(&["f.test"]).get_body("forward")),
+    )
     .await
 }
 
@@ -32,41 +30,24 @@ fn smuggling(method: &str, path: &str) -> String {
 /// Send `first`, read its whole response (`head_only` for HEAD), then send `GET /next` on the
 /// same connection; returns both responses as text.
 async fn then_next(v: &Verge, first: &str, head_only: bool) -> (String, String) {
-    let mut s = tokio::net::TcpStream::connect(v.http)
-        .await
-        .expect("connect");
-    s.write_all(first.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let read_one = async {
-        loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let len = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-                    .unwrap_or(0);
-                if head_only || buf.len() >= end + 4 + len {
-                    return;
-                }
-            }
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read_one)
-        .await
-        .expect("first response in time");
-    let first_response = String::from_utf8_lossy(&buf).into_owned();
-    let mut rest = Vec::new();
+    let mut c = Conn::open(v.http, None).await;
+    c.send(first.as_bytes()).await;
+    let answered = c
+        .read_until(Duration::from_secs(10), |c| {
+            c.closed || c.response(head_only).is_complete()
+        })
+        .await;
+    assert!(answered || c.closed, "first response in time");
+    let first_response = String::from_utf8_lossy(&c.bytes).into_owned();
+    c.bytes.clear();
     let next = b"GET /next HTTP/1.1\r\nHost: c.test\r\nConnection: close\r\n\r\n";
-    if s.write_all(next).await.is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    if c.try_send(next).await {
+        c.read_to_close(Duration::from_secs(10)).await;
     }
-    (first_response, String::from_utf8_lossy(&rest).into_owned())
+    (
+        first_response,
+        String::from_utf8_lossy(&c.bytes).into_owned(),
+    )
 }
 
 #[tokio::test]

@@ -2,8 +2,7 @@
 //! WINDOW_UPDATE verge sends a new h2c client, with the defaults and with configured values,
 //! and a request whose header list is over the cap refused with 431 before the origin.
 
-use crate::harness::Verge;
-use crate::origin::Origin;
+use crate::support::{Config, Limits, Listener, Origin, Pool, Route, Verge};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,15 +11,12 @@ const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
 const SETTINGS_MAX_HEADER_LIST_SIZE: u16 = 0x6;
 
-async fn h2c_verge(o: &Origin, limits: &str) -> Verge {
-    Verge::start_with_listeners(
-        &format!(
-            "pools: {{p: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p}}]\n",
-            o.addr
-        ),
-        Some(&format!(
-            "listeners:\n  - listen: \"{{http}}\"\n    h2c: true\n    limits: {limits}\n"
-        )),
+async fn h2c_verge(o: &Origin, limits: Limits) -> Verge {
+    Verge::start(
+        &Config::new()
+            .listener(Listener::new().h2c().limits(limits))
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p")),
     )
     .await
 }
@@ -92,7 +88,7 @@ async fn announced(v: &Verge) -> (BTreeMap<u16, u32>, u64) {
 #[tokio::test]
 async fn default_h2_caps_are_announced() {
     let o = Origin::start("o").await;
-    let v = h2c_verge(&o, "{}").await;
+    let v = h2c_verge(&o, Limits::new()).await;
     let (settings, window) = announced(&v).await;
     assert_eq!(
         settings.get(&SETTINGS_MAX_CONCURRENT_STREAMS),
@@ -115,11 +111,8 @@ async fn default_h2_caps_are_announced() {
 #[tokio::test]
 async fn configured_h2_caps_are_announced_and_enforced() {
     let o = Origin::start("o").await;
-    let v = h2c_verge(
-        &o,
-        "{h2: {max_concurrent_streams: 7, max_header_list_size: 4KiB, stream_window: 32KiB, connection_window: 2MiB}}",
-    )
-    .await;
+    let h2 = "{max_concurrent_streams: 7, max_header_list_size: 4KiB, stream_window: 32KiB, connection_window: 2MiB}";
+    let v = h2c_verge(&o, Limits::new().set("h2", h2)).await;
     let (settings, window) = announced(&v).await;
     assert_eq!(settings.get(&SETTINGS_MAX_CONCURRENT_STREAMS), Some(&7));
     assert_eq!(settings.get(&SETTINGS_MAX_HEADER_LIST_SIZE), Some(&4096));
@@ -159,7 +152,7 @@ async fn configured_h2_caps_are_announced_and_enforced() {
 #[tokio::test]
 async fn h2c_listener_closes_connections_that_never_send_a_preface() {
     let o = Origin::start("o").await;
-    let v = h2c_verge(&o, "{header_timeout: 1s}").await;
+    let v = h2c_verge(&o, Limits::new().header_timeout("1s")).await;
     for sent in [&b""[..], b"GET / HT"] {
         let mut s = tokio::net::TcpStream::connect(v.http)
             .await

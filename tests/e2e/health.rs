@@ -1,25 +1,26 @@
 //! Active health checks: a killed backend stops receiving traffic within the check window and
 //! returns when it comes back; readiness waits for the first check.
 
-use crate::harness::{eventually, get, Verge};
-use crate::origin::Origin;
+use crate::support::{eventually, get, Config, HealthCheck, Origin, Pool, Route, Verge};
 use std::time::Duration;
 
 #[tokio::test]
 async fn killed_backend_leaves_and_returns() {
     let (a, b) = (Origin::start("a").await, Origin::start("b").await);
-    let v = Verge::start(&format!(
-        r#"
-pools:
-  p:
-    backends: ["{}", "{}"]
-    health_check: {{type: http, path: /health, interval: 200ms, timeout: 200ms, unhealthy_after: 1, healthy_after: 1}}
-    passive: {{max_connect_failures: 0}}
-    retries: 0
-routes: [{{hosts: ["*"], pool: p}}]
-"#,
-        a.addr, b.addr
-    ))
+    let check = HealthCheck::http("/health", "200ms")
+        .timeout("200ms")
+        .unhealthy_after(1)
+        .healthy_after(1);
+    let v = Verge::start(
+        &Config::new()
+            .pool(
+                Pool::new("p", &[a.addr, b.addr])
+                    .health_check(check)
+                    .passive(0, None)
+                    .retries(0),
+            )
+            .route(Route::to("p")),
+    )
     .await;
     for i in 0..10 {
         get(&v, "x.com", &format!("/warm{i}")).await;
@@ -36,14 +37,15 @@ routes: [{{hosts: ["*"], pool: p}}]
     assert!(left, "b marked unhealthy");
     let before = b.total();
     for i in 0..20 {
-        let (status, origin, _) = get(&v, "x.com", &format!("/after{i}")).await;
-        assert_eq!((status, origin.as_str()), (200, "a"));
+        let g = get(&v, "x.com", &format!("/after{i}")).await;
+        assert_eq!((g.status, g.origin()), (200, "a"));
     }
     assert_eq!(b.total(), before);
 
     b.restart().await;
     let back = eventually(Duration::from_secs(3), || async {
-        get(&v, "x.com", "/back").await.1 == "b" || get(&v, "x.com", "/back").await.1 == "b"
+        get(&v, "x.com", "/back").await.origin() == "b"
+            || get(&v, "x.com", "/back").await.origin() == "b"
     })
     .await;
     assert!(back, "b receives traffic again after it recovers");
@@ -53,27 +55,28 @@ routes: [{{hosts: ["*"], pool: p}}]
 async fn unhealthy_status_code_counts_as_down() {
     let (a, b) = (Origin::start("a").await, Origin::start("b").await);
     b.set_health_status(503);
-    let v = Verge::start(&format!(
-        r#"
-pools:
-  p:
-    backends: ["{}", "{}"]
-    health_check: {{type: http, path: /health, expect_status: 200, interval: 200ms, unhealthy_after: 1}}
-routes: [{{hosts: ["*"], pool: p}}]
-"#,
-        a.addr, b.addr
-    ))
+    let check = HealthCheck::http("/health", "200ms")
+        .expect_status(200)
+        .unhealthy_after(1);
+    let v = Verge::start(
+        &Config::new()
+            .pool(Pool::new("p", &[a.addr, b.addr]).health_check(check))
+            .route(Route::to("p")),
+    )
     .await;
     // readiness came after the first pass, so b is already out
     for i in 0..10 {
-        assert_eq!(get(&v, "x.com", &format!("/{i}")).await.1, "a");
+        assert_eq!(get(&v, "x.com", &format!("/{i}")).await.origin(), "a");
     }
-    let (_, metrics) = v.admin_get("/metrics").await;
-    assert!(
-        metrics.contains(&format!(
-            "verge_backend_healthy{{backend=\"{}\",pool=\"p\"}} 0",
-            b.addr
-        )),
-        "{metrics}"
+    let m = v.metrics().await;
+    let b_addr = b.addr.to_string();
+    assert_eq!(
+        m.value(
+            "verge_backend_healthy",
+            &[("backend", &b_addr), ("pool", "p")]
+        ),
+        Some(0.0),
+        "{}",
+        m.text
     );
 }

@@ -1,26 +1,24 @@
 //! Request-head limits and framing rules, checked with raw bytes: the status, the closed
 //! connection, and that nothing reached the origin.
 
-use crate::harness::{raw, Verge};
-use crate::origin::Origin;
+use crate::support::metrics::metric_eventually;
+use crate::support::wire::raw;
+use crate::support::{client, eventually, Config, Limits, Listener, Origin, Pool, Route, Verge};
 use std::time::{Duration, Instant};
 
-/// verge in front of `o` for every host, with `limits` (YAML flow map) on its one listener.
-async fn verge_with_limits(o: &Origin, limits: &str) -> Verge {
-    Verge::start_with_listeners(
-        &format!(
-            "pools: {{p: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p}}]\n",
-            o.addr
-        ),
-        Some(&format!(
-            "listeners:\n  - listen: \"{{http}}\"\n    limits: {limits}\n"
-        )),
+/// verge in front of `o` for every host, with `limits` on its one listener.
+async fn verge_with_limits(o: &Origin, limits: Limits) -> Verge {
+    Verge::start(
+        &Config::new()
+            .listener(Listener::new().limits(limits))
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p")),
     )
     .await
 }
 
 async fn verge_with_short_timeout(o: &Origin) -> Verge {
-    verge_with_limits(o, "{header_timeout: 1s, max_headers: 20}").await
+    verge_with_limits(o, Limits::new().header_timeout("1s").max_headers(20)).await
 }
 
 #[tokio::test]
@@ -122,7 +120,7 @@ async fn keepalive_serves_several_requests_on_one_connection() {
         out.ends_with("<no close>"),
         "connection kept open for the next request"
     );
-    let client = crate::harness::client();
+    let client = client();
     for i in 0..5 {
         let r = client
             .get(v.url(&format!("/k{i}")))
@@ -181,7 +179,7 @@ async fn ambiguous_targets_are_refused_before_routing_and_never_reach_the_origin
 #[tokio::test]
 async fn bodies_over_max_body_get_413() {
     let o = Origin::start("o").await;
-    let v = verge_with_limits(&o, "{max_body: 1KiB}").await;
+    let v = verge_with_limits(&o, Limits::new().max_body("1KiB")).await;
     let wait = Duration::from_secs(5);
     let declared = format!(
         "POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 2000\r\n\r\n{}",
@@ -213,7 +211,7 @@ async fn bodies_over_max_body_get_413() {
 #[tokio::test]
 async fn connections_over_the_cap_get_503_and_others_are_served_after() {
     let o = Origin::start("o").await;
-    let v = verge_with_limits(&o, "{max_connections: 3}").await;
+    let v = verge_with_limits(&o, Limits::new().max_connections(3)).await;
     let mut idle = Vec::new();
     for _ in 0..3 {
         idle.push(
@@ -224,14 +222,14 @@ async fn connections_over_the_cap_get_503_and_others_are_served_after() {
     }
     let wait = Duration::from_secs(5);
     // Wait until verge itself holds the 3 idle connections (not just the kernel backlog).
-    let held = crate::harness::eventually(wait, || async {
-        v.admin_get("/metrics")
-            .await
-            .1
-            .contains("verge_downstream_connections{listener=\"listener0\"} 3")
-    })
+    metric_eventually(
+        &v,
+        wait,
+        "verge_downstream_connections",
+        &[("listener", "listener0")],
+        |n| n == Some(3.0),
+    )
     .await;
-    assert!(held, "verge did not take the idle connections");
     let req = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
     let out = raw(v.http, req, wait).await;
     assert!(
@@ -240,7 +238,7 @@ async fn connections_over_the_cap_get_503_and_others_are_served_after() {
     );
     assert_eq!(o.total(), 0);
     drop(idle);
-    let served = crate::harness::eventually(wait, || async {
+    let served = eventually(wait, || async {
         raw(v.http, req, wait).await.starts_with("HTTP/1.1 200 ")
     })
     .await;

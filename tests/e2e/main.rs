@@ -1,8 +1,6 @@
 //! End-to-end tests: the real verge binary on loopback, in front of real counting origins.
 
-mod bad_origin;
-mod harness;
-mod origin;
+mod support;
 
 mod admin;
 mod balancing;
@@ -10,14 +8,16 @@ mod cache;
 mod cache_rules;
 mod config_files;
 mod control;
+mod control_limits;
 mod directives;
 mod eviction;
-mod fast_hit;
 mod filters;
 mod get_body;
 mod h2_limits;
 mod hardening;
 mod health;
+mod hit_lane;
+mod hit_lane_parity;
 mod limits;
 mod origin_deadline;
 mod origin_faults;

@@ -1,4 +1,4 @@
-//! Origins that misbehave (`bad_origin.rs`), seen from a client of verge.
+//! Origins that misbehave (`support/raw_origin.rs`'s `Fault`s), seen from a client of verge.
 //!
 //! For every fault the suite checks four things:
 //! 1. what the client gets: a complete `502`/`504` with verge's short plain-text body when the
@@ -39,195 +39,69 @@
 //!   short), and leaves the stale copy as it was. A flood of `100 Continue`s gets a 502 even
 //!   then, because the first informational heads already went to the client.
 
-use crate::bad_origin::{BadOrigin, Fault};
-use crate::cache::fetch;
-use crate::harness::Verge;
+use crate::support::raw_origin::assert_nothing_stored;
+use crate::support::wire::{excerpt, exchange as send_raw, Parsed, Response};
+use crate::support::{
+    fetch, Cache, Config, Fault, Pool, RawOrigin, Route, RouteCache, Timeouts, Verge,
+};
 use std::time::Duration;
 
 /// verge in front of `o`: host `c.test` caches (obeying the origin), host `n.test` does not;
 /// upstream read timeout 1 s.
-async fn verge_for(o: &BadOrigin) -> Verge {
-    Verge::start(&format!(
-        "cache: {{lock_timeout: 60s, lock_wait: 60s}}\n\
-         pools: {{bad: {{backends: [\"{}\"], timeouts: {{read: 1s}}}}}}\n\
-         routes:\n\
-         \x20 - {{name: cached, hosts: [c.test], pool: bad, cache: {{}}}}\n\
-         \x20 - {{name: plain, hosts: [n.test], pool: bad}}\n",
-        o.addr
-    ))
+async fn verge_for(o: &RawOrigin) -> Verge {
+    Verge::start(
+        &Config::new()
+            .cache(Cache::new().lock("60s", "60s"))
+            .pool(Pool::new("bad", &[o.addr]).timeouts(Timeouts::new().read("1s")))
+            .route(
+                Route::to("bad")
+                    .name("cached")
+                    .hosts(&["c.test"])
+                    .cache(RouteCache::new()),
+            )
+            .route(Route::to("bad").name("plain").hosts(&["n.test"])),
+    )
     .await
 }
 
 /// One HTTP/1.1 response as a client reads it off the wire, until the connection closed.
 enum Wire {
-    /// The connection closed with no response head.
-    Nothing,
-    /// Bytes that are not a response head.
-    Unparseable(String),
-    /// A head and a body its framing says is whole.
-    Complete {
-        status: u16,
-        head: String,
-        body: Vec<u8>,
-    },
-    /// A head whose body ended before its framing said it would, with the body bytes that
-    /// did arrive (decoded, for a chunked body).
-    Truncated {
-        status: u16,
-        head: String,
-        partial: Vec<u8>,
-    },
+    /// The connection closed with what [`Parsed`] says (a response complete by its framing or
+    /// cut short, no byte, or no response head).
+    Closed(Parsed),
     /// The connection did not close within the deadline.
     StillOpen(String),
-}
-
-/// At most 300 characters of `bytes`, for failure messages.
-fn excerpt(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    match text.char_indices().nth(300) {
-        Some((i, _)) => format!("{}… ({} bytes)", &text[..i], bytes.len()),
-        None => text.into_owned(),
-    }
 }
 
 impl std::fmt::Debug for Wire {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Wire::Nothing => write!(f, "Nothing"),
-            Wire::Unparseable(t) => write!(f, "Unparseable({})", excerpt(t.as_bytes())),
-            Wire::Complete { head, body, .. } => {
-                write!(f, "Complete({}{})", excerpt(head.as_bytes()), excerpt(body))
-            }
-            Wire::Truncated { head, partial, .. } => write!(
-                f,
-                "Truncated({}{})",
-                excerpt(head.as_bytes()),
-                excerpt(partial)
-            ),
+            Wire::Closed(p) => p.fmt(f),
             Wire::StillOpen(t) => write!(f, "StillOpen({})", excerpt(t.as_bytes())),
         }
     }
 }
 
 impl Wire {
-    fn status(&self) -> Option<u16> {
+    fn response(&self) -> Option<&Response> {
         match self {
-            Wire::Complete { status, .. } | Wire::Truncated { status, .. } => Some(*status),
-            _ => None,
+            Wire::Closed(p) => p.response(),
+            Wire::StillOpen(_) => None,
         }
     }
-}
 
-fn header_value<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
-    head.split("\r\n")
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim())
-        .collect()
-}
-
-/// Decode a chunked body: `Ok` with the body when its last chunk and trailers arrived, `Err`
-/// with what did arrive otherwise.
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
-            return Err(body);
-        };
-        let size = std::str::from_utf8(&rest[..eol])
-            .ok()
-            .and_then(|t| t.split(';').next())
-            .and_then(|t| usize::from_str_radix(t.trim(), 16).ok());
-        let Some(size) = size else {
-            return Err(body);
-        };
-        rest = &rest[eol + 2..];
-        if size == 0 {
-            // trailers end with an empty line
-            loop {
-                let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
-                    return Err(body);
-                };
-                if eol == 0 {
-                    return Ok(body);
-                }
-                rest = &rest[eol + 2..];
-            }
-        }
-        if rest.len() < size + 2 {
-            body.extend_from_slice(&rest[..size.min(rest.len())]);
-            return Err(body);
-        }
-        body.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
+    fn status(&self) -> Option<u16> {
+        self.response().map(|r| r.status)
     }
-}
 
-/// Classify what came back for one request (`head_only`: it was a HEAD). Informational
-/// (1xx) heads before the final one are skipped.
-fn classify(mut bytes: &[u8], closed: bool, head_only: bool) -> Wire {
-    if !closed {
-        return Wire::StillOpen(String::from_utf8_lossy(bytes).into_owned());
+    /// The response, when its framing says it is whole.
+    fn complete(&self) -> Option<&Response> {
+        self.response().filter(|r| r.complete)
     }
-    loop {
-        if bytes.is_empty() {
-            return Wire::Nothing;
-        }
-        let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
-            return Wire::Unparseable(String::from_utf8_lossy(bytes).into_owned());
-        };
-        let head = String::from_utf8_lossy(&bytes[..end + 2]).into_owned();
-        let rest = &bytes[end + 4..];
-        let status = head
-            .strip_prefix("HTTP/1.1 ")
-            .and_then(|s| s.get(..3))
-            .and_then(|s| s.parse::<u16>().ok());
-        let Some(status) = status else {
-            return Wire::Unparseable(head);
-        };
-        if (100..200).contains(&status) && status != 101 {
-            bytes = rest;
-            continue;
-        }
-        if head_only || status == 204 || status == 304 {
-            return Wire::Complete {
-                status,
-                head,
-                body: rest.to_vec(),
-            };
-        }
-        let chunked = header_value(&head, "transfer-encoding")
-            .iter()
-            .any(|v| v.eq_ignore_ascii_case("chunked"));
-        let lengths = header_value(&head, "content-length");
-        if chunked {
-            return match dechunk(rest) {
-                Ok(body) => Wire::Complete { status, head, body },
-                Err(partial) => Wire::Truncated {
-                    status,
-                    head,
-                    partial,
-                },
-            };
-        }
-        return match lengths.first().and_then(|v| v.parse::<usize>().ok()) {
-            Some(n) if rest.len() >= n => Wire::Complete {
-                status,
-                head,
-                body: rest[..n].to_vec(),
-            },
-            Some(_) => Wire::Truncated {
-                status,
-                head,
-                partial: rest.to_vec(),
-            },
-            None => Wire::Complete {
-                status,
-                head,
-                body: rest.to_vec(),
-            },
-        };
+
+    /// The response, when it is cut short of what its framing announced.
+    fn truncated(&self) -> Option<&Response> {
+        self.response().filter(|r| !r.complete)
     }
 }
 
@@ -235,81 +109,55 @@ fn classify(mut bytes: &[u8], closed: bool, head_only: bool) -> Wire {
 /// or 15 s pass.
 async fn exchange(v: &Verge, method: &str, host: &str, path: &str) -> Wire {
     let req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    let (out, closed) =
-        crate::harness::exchange_until_closed(v.http, req.as_bytes(), Duration::from_secs(15))
-            .await;
-    classify(&out, closed, method == "HEAD")
+    let c = send_raw(v.http, req.as_bytes(), Duration::from_secs(15)).await;
+    if !c.closed {
+        return Wire::StillOpen(String::from_utf8_lossy(&c.bytes).into_owned());
+    }
+    Wire::Closed(c.response(method == "HEAD"))
 }
 
 /// The response is verge's own plain-text error with `status`.
 fn assert_plain_error(w: &Wire, status: u16) {
-    match w {
-        Wire::Complete {
-            status: s,
-            head,
-            body,
-        } if *s == status => {
+    match w.complete() {
+        Some(r) if r.status == status => {
+            let head = &r.head;
             assert!(
-                header_value(head, "content-type")
-                    .first()
+                r.header("content-type")
                     .is_some_and(|v| v.starts_with("text/plain")),
                 "{head}"
             );
+            assert!(r.headers("cache-control").contains(&"no-store"), "{head}");
             assert!(
-                header_value(head, "cache-control").contains(&"no-store"),
-                "{head}"
-            );
-            assert!(
-                body.starts_with(b"verge: "),
+                r.body.starts_with(b"verge: "),
                 "{}",
-                String::from_utf8_lossy(body)
+                String::from_utf8_lossy(&r.body)
             );
         }
-        other => panic!("expected verge's own {status}, got {other:?}"),
+        _ => panic!("expected verge's own {status}, got {w:?}"),
     }
 }
 
 /// A 200 the client can tell is cut short, whose body bytes are all `filler` (what the origin
 /// sent): nothing of verge's own was mixed into it.
 fn assert_truncated(w: &Wire, filler: u8) {
-    match w {
-        Wire::Truncated {
-            status: 200,
-            partial,
-            ..
-        } => assert!(
-            partial.iter().all(|b| *b == filler),
+    match w.truncated() {
+        Some(r) if r.status == 200 => assert!(
+            r.body.iter().all(|b| *b == filler),
             "only the origin's bytes: {w:?}"
         ),
-        other => panic!("expected a 200 the client can tell is cut short, got {other:?}"),
+        _ => panic!("expected a 200 the client can tell is cut short, got {w:?}"),
     }
-}
-
-/// The URL now reaches the origin again (nothing was stored from the fault), and is then a
-/// hit: the route does cache, and verge is still serving.
-async fn assert_nothing_stored(v: &Verge, o: &BadOrigin, path: &str) {
-    let before = o.hits(path);
-    o.set(path, Fault::Good);
-    let fresh = fetch(v, path, &[]).await;
-    assert_eq!(fresh.status, 200, "{}", fresh.body);
-    assert_eq!(o.hits(path), before + 1, "went to the origin again");
-    assert_eq!(fresh.body, format!("good {path} #{}\n", before + 1));
-    let again = fetch(v, path, &[]).await;
-    assert!(again.cache_status.contains("hit"), "{}", again.cache_status);
-    assert_eq!(again.body, fresh.body);
-    assert_eq!(o.hits(path), before + 1);
 }
 
 /// `verge_upstream_errors_total{pool="bad",kind}` reached at least 1.
 async fn assert_upstream_error_counted(v: &Verge, kind: &str) {
-    let metrics = v.admin_get("/metrics").await.1;
-    let line = format!("verge_upstream_errors_total{{kind=\"{kind}\",pool=\"bad\"}}");
+    let m = v.metrics().await;
+    let labels = [("kind", kind), ("pool", "bad")];
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with(&line) && !l.ends_with(" 0")),
-        "{line} missing in:\n{}",
-        metrics
+        m.value("verge_upstream_errors_total", &labels)
+            .is_some_and(|n| n != 0.0),
+        "verge_upstream_errors_total{labels:?} missing in:\n{}",
+        m.text
             .lines()
             .filter(|l| l.starts_with("verge_upstream"))
             .collect::<Vec<_>>()
@@ -320,7 +168,7 @@ async fn assert_upstream_error_counted(v: &Verge, kind: &str) {
 /// Run `fault` on a cacheable URL and check the client sees verge's own `status`, nothing is
 /// stored, and the failure is counted as `kind`.
 async fn fault_gives_error(fault: Fault, status: u16, kind: &str) {
-    let o = BadOrigin::start().await;
+    let o = RawOrigin::start().await;
     let v = verge_for(&o).await;
     let path = "/f";
     o.set(path, fault);
@@ -338,7 +186,7 @@ async fn fault_gives_error(fault: Fault, status: u16, kind: &str) {
 /// Run `fault` on a cacheable URL and check the client sees a cut 200, nothing is stored, and
 /// the failure is counted as `kind`.
 async fn fault_gives_truncated(fault: Fault, filler: u8, kind: &str) {
-    let o = BadOrigin::start().await;
+    let o = RawOrigin::start().await;
     let v = verge_for(&o).await;
     let path = "/t";
     o.set(path, fault);
@@ -415,7 +263,7 @@ async fn body_dripped_slower_than_the_read_timeout_is_seen_truncated_and_not_sto
 
 #[tokio::test]
 async fn invalid_chunk_size_is_an_error_or_truncated_and_not_stored() {
-    let o = BadOrigin::start().await;
+    let o = RawOrigin::start().await;
     let v = verge_for(&o).await;
     o.set("/c", Fault::BadChunkSize);
     let w = exchange(&v, "GET", "c.test", "/c").await;
@@ -429,16 +277,18 @@ async fn invalid_chunk_size_is_an_error_or_truncated_and_not_stored() {
 
 #[tokio::test]
 async fn content_length_with_chunked_never_serves_what_follows_the_last_chunk() {
-    let o = BadOrigin::start().await;
+    let o = RawOrigin::start().await;
     let v = verge_for(&o).await;
     o.set("/cl-te", Fault::ContentLengthAndChunked);
     let w = exchange(&v, "GET", "c.test", "/cl-te").await;
-    match &w {
-        Wire::Complete { status: 502, .. } => assert_plain_error(&w, 502),
-        Wire::Complete {
-            status: 200, body, ..
-        } => assert_eq!(body, b"hello", "the chunked reading, nothing after it"),
-        other => panic!("unexpected {other:?}"),
+    match w.complete().map(|r| r.status) {
+        Some(502) => assert_plain_error(&w, 502),
+        Some(200) => assert_eq!(
+            w.complete().map(|r| r.body.as_slice()),
+            Some(&b"hello"[..]),
+            "the chunked reading, nothing after it"
+        ),
+        _ => panic!("unexpected {w:?}"),
     }
     // The next requests (same origin, maybe a pooled connection) never see the poison.
     for path in ["/next1", "/next2"] {
@@ -450,38 +300,26 @@ async fn content_length_with_chunked_never_serves_what_follows_the_last_chunk() 
 
 #[tokio::test]
 async fn body_on_a_head_response_is_never_read_as_the_next_response() {
-    let o = BadOrigin::start().await;
+    let o = RawOrigin::start().await;
     let v = verge_for(&o).await;
     o.set("/h", Fault::BodyOnHead);
     let w = exchange(&v, "HEAD", "n.test", "/h").await;
-    match &w {
-        Wire::Complete {
-            status: 200, body, ..
-        } => {
-            assert!(
-                body.is_empty(),
-                "no body on HEAD: {}",
-                String::from_utf8_lossy(body)
-            )
-        }
-        other => panic!("unexpected {other:?}"),
+    match w.complete() {
+        Some(r) if r.status == 200 => assert!(
+            r.body.is_empty(),
+            "no body on HEAD: {}",
+            String::from_utf8_lossy(&r.body)
+        ),
+        _ => panic!("unexpected {w:?}"),
     }
     assert!(
         o.heads("/h")[0].starts_with("HEAD /h "),
         "the origin saw HEAD"
     );
     for path in ["/after1", "/after2"] {
-        let r = crate::harness::client()
-            .get(v.url(path))
-            .header("host", "n.test")
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(r.status(), 200);
-        assert_eq!(
-            r.text().await.unwrap_or_default(),
-            format!("good {path} #1\n")
-        );
+        let g = crate::support::get(&v, "n.test", path).await;
+        assert_eq!(g.status, 200);
+        assert_eq!(g.body, format!("good {path} #1\n"));
         assert_eq!(
             o.connections(),
             2,
@@ -492,12 +330,14 @@ async fn body_on_a_head_response_is_never_read_as_the_next_response() {
 
 #[tokio::test]
 async fn stale_if_error_serves_the_stale_copy_when_the_origin_misbehaves() {
-    let o = BadOrigin::start().await;
+    let o = RawOrigin::start().await;
     o.set_cache_control("max-age=1, stale-if-error=600");
+    // stored already stale: an Age over its lifetime
+    o.set_age(Some(2));
     let v = verge_for(&o).await;
     let first = fetch(&v, "/s", &[]).await;
     assert_eq!(first.body, "good /s #1\n");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    o.set_age(None);
     for fault in [
         Fault::CloseBeforeResponse,
         Fault::ResetMidHeaders,

@@ -1,7 +1,7 @@
 //! Routing by exact host, wildcard host and longest path prefix; forwarding hygiene.
 
-use crate::harness::{get, Verge};
-use crate::origin::Origin;
+use crate::support::fetch::send;
+use crate::support::{get, Config, Origin, Pool, Route, Verge};
 
 #[tokio::test]
 async fn routes_by_host_wildcard_and_longest_prefix() {
@@ -11,42 +11,47 @@ async fn routes_by_host_wildcard_and_longest_prefix() {
         Origin::start("api").await,
         Origin::start("any").await,
     );
-    let v = Verge::start(&format!(
-        r#"
-pools:
-  www: {{backends: ["{}"]}}
-  wild: {{backends: ["{}"]}}
-  api: {{backends: ["{}"]}}
-  any: {{backends: ["{}"]}}
-routes:
-  - {{hosts: [www.example.com], pool: www}}
-  - {{hosts: ["*.example.com"], pool: wild}}
-  - {{hosts: [www.example.com], path: /api, pool: api, strip_prefix: true}}
-  - {{hosts: ["*"], pool: any}}
-"#,
-        www.addr, wild.addr, api.addr, any.addr
-    ))
+    let v = Verge::start(
+        &Config::new()
+            .pool(Pool::new("www", &[www.addr]))
+            .pool(Pool::new("wild", &[wild.addr]))
+            .pool(Pool::new("api", &[api.addr]))
+            .pool(Pool::new("any", &[any.addr]))
+            .route(Route::to("www").hosts(&["www.example.com"]))
+            .route(Route::to("wild").hosts(&["*.example.com"]))
+            .route(
+                Route::to("api")
+                    .hosts(&["www.example.com"])
+                    .path("/api")
+                    .strip_prefix(),
+            )
+            .route(Route::to("any")),
+    )
     .await;
 
-    assert_eq!(get(&v, "www.example.com", "/").await.1, "www");
-    assert_eq!(get(&v, "WWW.Example.com:8080", "/page").await.1, "www");
-    assert_eq!(get(&v, "img.example.com", "/").await.1, "wild");
-    assert_eq!(get(&v, "a.b.example.com", "/").await.1, "wild");
+    assert_eq!(get(&v, "www.example.com", "/").await.origin(), "www");
     assert_eq!(
-        get(&v, "example.com", "/").await.1,
+        get(&v, "WWW.Example.com:8080", "/page").await.origin(),
+        "www"
+    );
+    assert_eq!(get(&v, "img.example.com", "/").await.origin(), "wild");
+    assert_eq!(get(&v, "a.b.example.com", "/").await.origin(), "wild");
+    assert_eq!(
+        get(&v, "example.com", "/").await.origin(),
         "any",
         "bare domain is not *.example.com"
     );
-    assert_eq!(get(&v, "other.org", "/").await.1, "any");
+    assert_eq!(get(&v, "other.org", "/").await.origin(), "any");
 
-    let (status, origin, body) = get(&v, "www.example.com", "/api/users?id=7").await;
-    assert_eq!((status, origin.as_str()), (200, "api"));
+    let g = get(&v, "www.example.com", "/api/users?id=7").await;
+    assert_eq!((g.status, g.origin()), (200, "api"));
     assert!(
-        body.contains("uri=/users?id=7"),
-        "prefix stripped upstream: {body}"
+        g.body.contains("uri=/users?id=7"),
+        "prefix stripped upstream: {}",
+        g.body
     );
     assert_eq!(
-        get(&v, "www.example.com", "/apix").await.1,
+        get(&v, "www.example.com", "/apix").await.origin(),
         "www",
         "prefix matches whole segments"
     );
@@ -57,53 +62,51 @@ routes:
 #[tokio::test]
 async fn unknown_host_is_404_and_reaches_no_origin() {
     let o = Origin::start("o").await;
-    let v = Verge::start(&format!(
-        "pools: {{p: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [known.com], pool: p}}]\n",
-        o.addr
-    ))
+    let v = Verge::start(
+        &Config::new()
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p").hosts(&["known.com"])),
+    )
     .await;
-    let (status, _, body) = get(&v, "unknown.com", "/").await;
-    assert_eq!(status, 404);
-    assert!(body.contains("no route for host \"unknown.com\""), "{body}");
-    let (status, _, _) = get(&v, "bad host!", "/").await;
-    assert_eq!(status, 400);
+    let g = get(&v, "unknown.com", "/").await;
+    assert_eq!(g.status, 404);
+    assert!(
+        g.body.contains("no route for host \"unknown.com\""),
+        "{}",
+        g.body
+    );
+    assert_eq!(get(&v, "bad host!", "/").await.status, 400);
     assert_eq!(o.total(), 0);
 }
 
 #[tokio::test]
 async fn forwarding_headers_are_verges_own_and_header_ops_apply() {
     let o = Origin::start("o").await;
-    let v = Verge::start(&format!(
-        r#"
-pools: {{p: {{backends: ["{}"]}}}}
-routes:
-  - hosts: [a.com]
-    pool: p
-    request_headers: {{set: {{x-edge: verge}}, remove: [x-debug]}}
-    response_headers: {{set: {{x-served: edge}}, remove: [x-origin]}}
-"#,
-        o.addr
-    ))
+    let v = Verge::start(
+        &Config::new().pool(Pool::new("p", &[o.addr])).route(
+            Route::to("p")
+                .hosts(&["a.com"])
+                .set(
+                    "request_headers",
+                    "{set: {x-edge: verge}, remove: [x-debug]}",
+                )
+                .set(
+                    "response_headers",
+                    "{set: {x-served: edge}, remove: [x-origin]}",
+                ),
+        ),
+    )
     .await;
-    let r = crate::harness::client()
-        .get(v.url("/f"))
-        .header("host", "a.com")
-        .header("x-forwarded-for", "6.6.6.6")
-        .header("x-forwarded-host", "evil.com")
-        .header("x-original-url", "/admin")
-        .header("x-debug", "1")
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(r.status(), 200);
-    assert_eq!(
-        r.headers().get("x-served").map(|h| h.as_bytes()),
-        Some(&b"edge"[..])
-    );
-    assert!(
-        r.headers().get("x-origin").is_none(),
-        "response header removed"
-    );
+    let sent = [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-host", "evil.com"),
+        ("x-original-url", "/admin"),
+        ("x-debug", "1"),
+    ];
+    let r = send(v.http, reqwest::Method::GET, Some("a.com"), "/f", &sent).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-served"), Some("edge"));
+    assert!(r.header("x-origin").is_none(), "response header removed");
     let seen = o.last_seen().expect("origin saw the request");
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(seen.header("x-forwarded-host"), Some("a.com"));

@@ -8,40 +8,35 @@
 //! requests and the body pieces it has written, so a test can tell "a client got bytes before
 //! the origin sent its last piece" from the origin's side rather than from a clock.
 
-use crate::harness::lock;
-use crate::harness::Verge;
+use crate::support::wire::Conn;
+use crate::support::{
+    eventually, Cache, Config, Metrics, Pool, RawOrigin, Route, RouteCache, Step, Verge,
+};
 use bytes::Bytes;
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 /// How long any wait in these tests may take before it counts as a failure.
 const PATIENCE: Duration = Duration::from_secs(10);
 
 /// Where the clients here connect from: 127.0.0.2, so the hundreds of connections these tests
-/// open take their ephemeral ports on another address than the 127.0.0.1 ports the harness
-/// hands out (`free_port`) for verge instances still starting in other tests.
-const CLIENT_SOURCE: SocketAddr = SocketAddr::new(
-    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2)),
-    0,
-);
+/// open take their ephemeral ports on another address than the 127.0.0.1 the other tests'
+/// processes listen on.
+const CLIENT_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
-/// A client like `harness::client`, connecting from [`CLIENT_SOURCE`].
+/// A client like `support::client`, connecting from [`CLIENT_SOURCE`].
 fn local_client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(PATIENCE)
-        .local_address(CLIENT_SOURCE.ip())
+        .local_address(CLIENT_SOURCE)
         .build()
         .expect("client")
 }
 
-/// What the origin does for a path.
+/// What the origin answers for a path: a cacheable 200 head, then body pieces one at a time.
 #[derive(Clone)]
-struct Script {
+struct Stream {
     /// Chunked framing, else `Content-Length` of the full body (or `declared_len`).
     chunked: bool,
     /// A `Content-Length` other than the length of `pieces` (the origin means to send more).
@@ -58,9 +53,9 @@ struct Script {
     gate_head: bool,
 }
 
-impl Script {
-    fn new(pieces: Vec<Bytes>) -> Script {
-        Script {
+impl Stream {
+    fn new(pieces: Vec<Bytes>) -> Stream {
+        Stream {
             chunked: false,
             declared_len: None,
             pieces,
@@ -73,6 +68,50 @@ impl Script {
 
     fn body(&self) -> Vec<u8> {
         self.pieces.iter().flat_map(|p| p.iter().copied()).collect()
+    }
+
+    /// The origin's steps for this answer.
+    fn steps(&self) -> Vec<Step> {
+        let mut steps = Vec::new();
+        if self.gate_head {
+            steps.push(Step::Gate);
+        }
+        let framing = if self.chunked {
+            "Transfer-Encoding: chunked\r\n".to_string()
+        } else {
+            let len = self.declared_len.unwrap_or(self.body().len());
+            format!("Content-Length: {len}\r\n")
+        };
+        steps.push(Step::Write(
+            format!(
+                "HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Type: text/plain\r\n{framing}\r\n"
+            )
+            .into_bytes(),
+        ));
+        for (i, piece) in self.pieces.iter().enumerate() {
+            if self.gate_before == Some(i) {
+                steps.push(Step::Gate);
+            }
+            let framed = if self.chunked {
+                let mut framed = format!("{:x}\r\n", piece.len()).into_bytes();
+                framed.extend_from_slice(piece);
+                framed.extend_from_slice(b"\r\n");
+                framed
+            } else {
+                piece.to_vec()
+            };
+            steps.push(Step::Piece(framed));
+            steps.push(Step::Sleep(self.pace));
+        }
+        if self.gate_before == Some(self.pieces.len()) {
+            steps.push(Step::Gate);
+        }
+        if self.reset {
+            steps.push(Step::Reset);
+        } else if self.chunked {
+            steps.push(Step::Write(b"0\r\n\r\n".to_vec()));
+        }
+        steps
     }
 }
 
@@ -88,181 +127,8 @@ fn pieces(n: usize, size: usize) -> Vec<Bytes> {
         .collect()
 }
 
-#[derive(Default)]
-struct PathState {
-    requests: u64,
-    /// Body pieces written by the latest response.
-    sent: usize,
-    /// The latest response could not be written to the end: verge closed the connection.
-    aborted: bool,
-}
-
-struct Shared {
-    scripts: Mutex<BTreeMap<String, Script>>,
-    paths: Mutex<BTreeMap<String, PathState>>,
-    gate: watch::Sender<bool>,
-}
-
-struct ScriptedOrigin {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl ScriptedOrigin {
-    async fn start() -> ScriptedOrigin {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (gate, _) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            scripts: Mutex::new(BTreeMap::new()),
-            paths: Mutex::new(BTreeMap::new()),
-            gate,
-        });
-        let accept = shared.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(serve(stream, accept.clone()));
-            }
-        });
-        ScriptedOrigin { addr, shared, task }
-    }
-
-    fn script(&self, path: &str, script: Script) {
-        lock(&self.shared.scripts).insert(path.to_string(), script);
-    }
-
-    fn requests(&self, path: &str) -> u64 {
-        lock(&self.shared.paths).get(path).map_or(0, |p| p.requests)
-    }
-
-    fn sent(&self, path: &str) -> usize {
-        lock(&self.shared.paths).get(path).map_or(0, |p| p.sent)
-    }
-
-    fn aborted(&self, path: &str) -> bool {
-        lock(&self.shared.paths)
-            .get(path)
-            .is_some_and(|p| p.aborted)
-    }
-
-    fn open_gate(&self) {
-        self.shared.gate.send_replace(true);
-    }
-}
-
-impl Drop for ScriptedOrigin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Read one request head; `None` when the peer went away.
-async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
-    loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..i + 4]).into_owned();
-            buf.drain(..i + 4);
-            return Some(head);
-        }
-        let mut chunk = [0u8; 4096];
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-/// Wait until the gate is open (or, so a broken test fails rather than hangs, `PATIENCE` x 2).
-async fn pass_gate(shared: &Shared) {
-    let mut rx = shared.gate.subscribe();
-    let _ = tokio::time::timeout(2 * PATIENCE, rx.wait_for(|open| *open)).await;
-}
-
-async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
-    let mut buf = Vec::new();
-    while let Some(head) = read_head(&mut stream, &mut buf).await {
-        let path = head
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or("/")
-            .split('?')
-            .next()
-            .unwrap_or("/")
-            .to_string();
-        {
-            let mut paths = lock(&shared.paths);
-            let p = paths.entry(path.clone()).or_default();
-            p.requests += 1;
-            p.sent = 0;
-            p.aborted = false;
-        }
-        let Some(script) = lock(&shared.scripts).get(&path).cloned() else {
-            let _ = stream
-                .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
-                .await;
-            continue;
-        };
-        if script.gate_head {
-            pass_gate(&shared).await;
-        }
-        let framing = if script.chunked {
-            "Transfer-Encoding: chunked\r\n".to_string()
-        } else {
-            let len = script.declared_len.unwrap_or(script.body().len());
-            format!("Content-Length: {len}\r\n")
-        };
-        let out = format!(
-            "HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Type: text/plain\r\n{framing}\r\n"
-        );
-        if stream.write_all(out.as_bytes()).await.is_err() {
-            return;
-        }
-        for (i, piece) in script.pieces.iter().enumerate() {
-            if script.gate_before == Some(i) {
-                pass_gate(&shared).await;
-            }
-            let written = if script.chunked {
-                let mut framed = format!("{:x}\r\n", piece.len()).into_bytes();
-                framed.extend_from_slice(piece);
-                framed.extend_from_slice(b"\r\n");
-                stream.write_all(&framed).await
-            } else {
-                stream.write_all(piece).await
-            };
-            if written.is_err() || stream.flush().await.is_err() {
-                if let Some(p) = lock(&shared.paths).get_mut(&path) {
-                    p.aborted = true;
-                }
-                return;
-            }
-            if let Some(p) = lock(&shared.paths).get_mut(&path) {
-                p.sent = i + 1;
-            }
-            tokio::time::sleep(script.pace).await;
-        }
-        if script.gate_before == Some(script.pieces.len()) {
-            pass_gate(&shared).await;
-        }
-        if script.reset {
-            let _ = stream.set_zero_linger();
-            return;
-        }
-        if script.chunked && stream.write_all(b"0\r\n\r\n").await.is_err() {
-            return;
-        }
-    }
-}
-
 /// One keep-alive HTTP/1.1 exchange read off the wire, as far as it has arrived.
-struct Exchange {
-    stream: TcpStream,
-    bytes: Vec<u8>,
-    closed: bool,
-}
+struct Exchange(Conn);
 
 /// The body of a response as far as it arrived: the bytes, and whether its framing says it is
 /// whole (`Content-Length` reached, or the last chunk and its empty trailer line seen).
@@ -275,155 +141,85 @@ impl Exchange {
     /// Send `GET path` for host `c.test` on a new connection, without `Connection: close`, so
     /// a whole response leaves the connection open and only a failure closes it.
     async fn start(v: &Verge, path: &str) -> Exchange {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.bind(CLIENT_SOURCE).expect("bind client source");
-        let mut stream = socket.connect(v.http).await.expect("connect");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: c.test\r\n\r\n");
-        stream.write_all(req.as_bytes()).await.expect("write");
-        Exchange {
-            stream,
-            bytes: Vec::new(),
-            closed: false,
-        }
+        let mut c = Conn::open(v.http, Some(CLIENT_SOURCE)).await;
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: c.test\r\n\r\n").as_bytes())
+            .await;
+        Exchange(c)
     }
 
     fn head(&self) -> Option<String> {
-        let end = self.bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
-        Some(String::from_utf8_lossy(&self.bytes[..end + 2]).into_owned())
+        self.0.response(false).response().map(|r| r.head.clone())
     }
 
     fn header(&self, name: &str) -> Option<String> {
-        let head = self.head()?;
-        head.split("\r\n")
-            .skip(1)
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim().to_string())
+        let parsed = self.0.response(false);
+        parsed.response()?.header(name).map(str::to_string)
     }
 
     fn status(&self) -> Option<u16> {
-        self.head()?.get(9..12)?.parse().ok()
+        self.0.response(false).response().map(|r| r.status)
     }
 
     fn body(&self) -> Body {
-        let Some(end) = self.bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
-            return Body {
+        match self.0.response(false) {
+            crate::support::wire::Parsed::Response(r) => Body {
+                bytes: r.body,
+                complete: r.complete,
+            },
+            _ => Body {
                 bytes: Vec::new(),
                 complete: false,
-            };
-        };
-        let rest = &self.bytes[end + 4..];
-        let chunked = self
-            .header("transfer-encoding")
-            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-        if chunked {
-            let (bytes, complete) = dechunk(rest);
-            return Body { bytes, complete };
-        }
-        let length = self.header("content-length").and_then(|v| v.parse().ok());
-        match length {
-            Some(n) => Body {
-                bytes: rest[..rest.len().min(n)].to_vec(),
-                complete: rest.len() >= n,
-            },
-            None => Body {
-                bytes: rest.to_vec(),
-                complete: self.closed,
             },
         }
-    }
-
-    /// Read until `done(self)` holds, the connection closes, or `PATIENCE` passes. Returns
-    /// whether `done` held.
-    async fn read_until(&mut self, done: impl Fn(&Exchange) -> bool) -> bool {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        let mut buf = [0u8; 16384];
-        while !done(self) {
-            if self.closed {
-                return false;
-            }
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => self.closed = true,
-                Ok(Ok(n)) => self.bytes.extend_from_slice(&buf[..n]),
-                Err(_) => return false,
-            }
-        }
-        true
     }
 
     /// Read until some body bytes arrived.
     async fn first_body_bytes(&mut self) -> bool {
-        self.read_until(|e| !e.body().bytes.is_empty()).await
+        self.0
+            .read_until(PATIENCE, |c| {
+                c.response(false)
+                    .response()
+                    .is_some_and(|r| !r.body.is_empty())
+            })
+            .await
     }
 
     /// Read until the body is whole.
     async fn complete(&mut self) -> bool {
-        self.read_until(|e| e.body().complete).await
+        self.0
+            .read_until(PATIENCE, |c| c.response(false).is_complete())
+            .await
     }
 
     /// Read until verge closes the connection.
     async fn until_closed(&mut self) -> bool {
-        self.read_until(|e| e.closed).await
-    }
-}
-
-/// Decode a chunked body as far as it goes: the bytes, and whether the last chunk and the end
-/// of the trailers arrived.
-fn dechunk(mut rest: &[u8]) -> (Vec<u8>, bool) {
-    let mut body = Vec::new();
-    loop {
-        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
-            return (body, false);
-        };
-        let size = std::str::from_utf8(&rest[..eol])
-            .ok()
-            .and_then(|t| usize::from_str_radix(t.split(';').next()?.trim(), 16).ok());
-        let Some(size) = size else {
-            return (body, false);
-        };
-        rest = &rest[eol + 2..];
-        if size == 0 {
-            return (body, rest.starts_with(b"\r\n"));
-        }
-        let take = size.min(rest.len());
-        body.extend_from_slice(&rest[..take]);
-        if rest.len() < size + 2 {
-            return (body, false);
-        }
-        rest = &rest[size + 2..];
+        self.0.read_to_close(PATIENCE).await
     }
 }
 
 /// verge caching everything for host `c.test` from `o`, with `cache` as the top-level cache
 /// block. The miss lock is held for up to 60 s, so a lock left behind by a failed fetch would
 /// make a follow-up request outlast `PATIENCE`.
-async fn verge_for(o: &ScriptedOrigin, cache: &str) -> Verge {
-    Verge::start(&format!(
-        "cache: {{lock_timeout: 60s, lock_wait: 60s{cache}}}\n\
-         pools: {{o: {{backends: [\"{}\"]}}}}\n\
-         routes: [{{hosts: [c.test], pool: o, cache: {{}}}}]\n",
-        o.addr
-    ))
+async fn verge_for(o: &RawOrigin, cache: Cache) -> Verge {
+    Verge::start(
+        &Config::new()
+            .cache(cache.lock("60s", "60s"))
+            .pool(Pool::new("o", &[o.addr]))
+            .route(Route::to("o").hosts(&["c.test"]).cache(RouteCache::new())),
+    )
     .await
-}
-
-/// The value of an unlabelled metric in Prometheus text.
-fn metric(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .find_map(|v| v.trim().parse().ok())
 }
 
 #[tokio::test]
 async fn a_collapsed_request_streams_the_body_while_the_origin_still_sends_it() {
-    let o = ScriptedOrigin::start().await;
+    let o = RawOrigin::start().await;
     // ten pieces about 100 ms apart; the last one waits for the test
-    let mut script = Script::new(pieces(10, 1000));
+    let mut script = Stream::new(pieces(10, 1000));
     script.pace = Duration::from_millis(100);
     script.gate_before = Some(9);
     let expected = script.body();
-    o.script("/drip", script);
-    let v = verge_for(&o, "").await;
+    o.set("/drip", script.steps());
+    let v = verge_for(&o, Cache::new()).await;
 
     let mut first = Exchange::start(&v, "/drip").await;
     assert!(
@@ -435,7 +231,7 @@ async fn a_collapsed_request_streams_the_body_while_the_origin_still_sends_it() 
         second.first_body_bytes().await,
         "the collapsed request got body bytes while the fetch was in flight"
     );
-    let sent = o.sent("/drip");
+    let sent = o.pieces_sent("/drip");
     assert!(
         sent < 10,
         "first bytes before the origin sent its last piece (it has sent {sent})"
@@ -453,12 +249,12 @@ async fn a_collapsed_request_streams_the_body_while_the_origin_still_sends_it() 
     assert!(second.complete().await, "second body whole");
     assert_eq!(first.body().bytes, expected);
     assert_eq!(second.body().bytes, expected);
-    assert_eq!(o.requests("/drip"), 1, "one origin request");
+    assert_eq!(o.hits("/drip"), 1, "one origin request");
     // stored whole: a later request is an ordinary hit
     let mut third = Exchange::start(&v, "/drip").await;
     assert!(third.complete().await);
     assert_eq!(third.body().bytes, expected);
-    assert_eq!(o.requests("/drip"), 1);
+    assert_eq!(o.hits("/drip"), 1);
 }
 
 /// The origin sends a head and 4000 of the 10000 body bytes it announces (a `Content-Length`,
@@ -467,14 +263,14 @@ async fn a_collapsed_request_streams_the_body_while_the_origin_still_sends_it() 
 /// fills, so a smaller piece would not reach the clients before the reset.)
 async fn reset_mid_body_fails_every_reader(chunked: bool) {
     const READERS: usize = 4;
-    let o = ScriptedOrigin::start().await;
-    let mut script = Script::new(vec![Bytes::from(vec![b'x'; 4000])]);
+    let o = RawOrigin::start().await;
+    let mut script = Stream::new(vec![Bytes::from(vec![b'x'; 4000])]);
     script.chunked = chunked;
     script.declared_len = Some(10_000);
     script.gate_before = Some(1);
     script.reset = true;
-    o.script("/reset", script);
-    let v = verge_for(&o, "").await;
+    o.set("/reset", script.steps());
+    let v = verge_for(&o, Cache::new()).await;
 
     let mut clients = vec![Exchange::start(&v, "/reset").await];
     assert!(clients[0].first_body_bytes().await);
@@ -483,7 +279,7 @@ async fn reset_mid_body_fails_every_reader(chunked: bool) {
         assert!(c.first_body_bytes().await, "collapsed reader streams");
         clients.push(c);
     }
-    assert_eq!(o.requests("/reset"), 1, "all collapsed onto one fetch");
+    assert_eq!(o.hits("/reset"), 1, "all collapsed onto one fetch");
     o.open_gate();
     for (i, c) in clients.iter_mut().enumerate() {
         assert!(c.until_closed().await, "client {i}: connection closed");
@@ -506,16 +302,16 @@ async fn reset_mid_body_fails_every_reader(chunked: bool) {
     }
 
     // nothing truncated was kept: the next request refetches, and that one is stored
-    let good = Script::new(vec![Bytes::from_static(b"whole body")]);
-    o.script("/reset", good);
+    let good = Stream::new(vec![Bytes::from_static(b"whole body")]);
+    o.set("/reset", good.steps());
     let mut next = Exchange::start(&v, "/reset").await;
     assert!(next.complete().await);
     assert_eq!(next.body().bytes, b"whole body");
-    assert_eq!(o.requests("/reset"), 2, "refetched");
+    assert_eq!(o.hits("/reset"), 2, "refetched");
     let mut hit = Exchange::start(&v, "/reset").await;
     assert!(hit.complete().await);
     assert_eq!(hit.body().bytes, b"whole body");
-    assert_eq!(o.requests("/reset"), 2);
+    assert_eq!(o.hits("/reset"), 2);
 }
 
 #[tokio::test]
@@ -530,15 +326,15 @@ async fn an_origin_reset_mid_body_fails_every_collapsed_reader_chunked() {
 
 #[tokio::test]
 async fn an_oversize_body_without_content_length_reaches_every_client_whole_and_is_not_stored() {
-    let o = ScriptedOrigin::start().await;
+    let o = RawOrigin::start().await;
     // 512 KiB, chunked, against a 64 KiB max_object_size; a second client attaches while the
     // body is still small enough to be stored
-    let mut script = Script::new(pieces(32, 16 * 1024));
+    let mut script = Stream::new(pieces(32, 16 * 1024));
     script.chunked = true;
     script.gate_before = Some(1);
     let expected = script.body();
-    o.script("/big", script);
-    let v = verge_for(&o, ", max_object_size: 64KiB").await;
+    o.set("/big", script.steps());
+    let v = verge_for(&o, Cache::new().max_object_size("64KiB")).await;
 
     let mut first = Exchange::start(&v, "/big").await;
     assert!(first.first_body_bytes().await);
@@ -550,31 +346,27 @@ async fn an_oversize_body_without_content_length_reaches_every_client_whole_and_
         assert_eq!(c.body().bytes.len(), expected.len(), "{name}");
         assert!(c.body().bytes == expected, "{name}: the origin's bytes");
     }
-    assert_eq!(o.requests("/big"), 1);
-    let (_, metrics) = v.admin_get("/metrics").await;
-    assert_eq!(
-        metric(&metrics, "verge_cache_objects"),
-        Some(0),
-        "not stored"
-    );
-    assert_eq!(metric(&metrics, "verge_cache_bytes"), Some(0));
+    assert_eq!(o.hits("/big"), 1);
+    let m = v.metrics().await;
+    assert_eq!(m.value("verge_cache_objects", &[]), Some(0.0), "not stored");
+    assert_eq!(m.value("verge_cache_bytes", &[]), Some(0.0));
     // the next requests go to the origin, and are whole too
     for n in 2..=3 {
         let mut again = Exchange::start(&v, "/big").await;
         assert!(again.complete().await);
         assert!(again.body().bytes == expected);
-        assert_eq!(o.requests("/big"), n, "request {n} went to the origin");
+        assert_eq!(o.hits("/big"), n, "request {n} went to the origin");
     }
 
     // with a Content-Length, pingora decides at the head: served whole, not stored
-    let mut script = Script::new(pieces(32, 16 * 1024));
+    let mut script = Stream::new(pieces(32, 16 * 1024));
     script.chunked = false;
-    o.script("/big-cl", script);
+    o.set("/big-cl", script.steps());
     for n in 1..=2 {
         let mut c = Exchange::start(&v, "/big-cl").await;
         assert!(c.complete().await);
         assert!(c.body().bytes == expected);
-        assert_eq!(o.requests("/big-cl"), n);
+        assert_eq!(o.hits("/big-cl"), n);
     }
 }
 
@@ -584,17 +376,17 @@ async fn an_oversize_body_without_content_length_reaches_every_client_whole_and_
 #[tokio::test]
 async fn an_abandoned_oversize_download_stops_the_origin_fetch() {
     const PIECES: usize = 256;
-    let o = ScriptedOrigin::start().await;
+    let o = RawOrigin::start().await;
     // 32 MiB, chunked, as fast as the connection takes it
-    let mut script = Script::new(pieces(PIECES, 128 * 1024));
+    let mut script = Stream::new(pieces(PIECES, 128 * 1024));
     script.chunked = true;
-    o.script("/huge", script);
-    let v = verge_for(&o, ", max_object_size: 64KiB").await;
+    o.set("/huge", script.steps());
+    let v = verge_for(&o, Cache::new().max_object_size("64KiB")).await;
     let mut c = Exchange::start(&v, "/huge").await;
     assert!(c.first_body_bytes().await);
     drop(c);
-    let stopped = crate::harness::eventually(PATIENCE, || async { o.aborted("/huge") }).await;
-    let sent = o.sent("/huge");
+    let stopped = eventually(PATIENCE, || async { o.aborted("/huge") }).await;
+    let sent = o.pieces_sent("/huge");
     assert!(
         stopped,
         "the origin was read to the end ({sent} of {PIECES} pieces)"
@@ -614,15 +406,15 @@ async fn an_abandoned_oversize_download_stops_the_origin_fetch() {
 
 #[tokio::test]
 async fn two_hundred_concurrent_misses_make_one_origin_request() {
-    let o = ScriptedOrigin::start().await;
+    let o = RawOrigin::start().await;
     // the head waits for the gate, so the requests pile up on the miss lock; the body then
     // arrives in pieces, so some are served while it streams
-    let mut script = Script::new(pieces(8, 512));
+    let mut script = Stream::new(pieces(8, 512));
     script.gate_head = true;
     script.pace = Duration::from_millis(20);
     let expected = String::from_utf8(script.body()).expect("ascii");
-    o.script("/cold", script);
-    let v = verge_for(&o, "").await;
+    o.set("/cold", script.steps());
+    let v = verge_for(&o, Cache::new()).await;
     let tasks: Vec<_> = (0..200)
         .map(|_| {
             let url = v.url("/cold");
@@ -645,7 +437,7 @@ async fn two_hundred_concurrent_misses_make_one_origin_request() {
         assert_eq!(status, 200);
         assert!(body == expected, "whole body ({} bytes)", body.len());
     }
-    assert_eq!(o.requests("/cold"), 1, "one origin request for 200 misses");
+    assert_eq!(o.hits("/cold"), 1, "one origin request for 200 misses");
 }
 
 /// Concurrent clients fill the cache with about 10× `cache.memory` of mixed sizes while the
@@ -655,18 +447,18 @@ async fn the_cache_bytes_gauge_never_exceeds_the_budget_while_concurrent_clients
     const BUDGET: u64 = 1 << 20;
     const CLIENTS: usize = 8;
     const PER_CLIENT: usize = 40;
-    let o = ScriptedOrigin::start().await;
+    let o = RawOrigin::start().await;
     let mut total = 0;
     for i in 0..CLIENTS * PER_CLIENT {
         // 1 KiB .. 64 KiB, half of them chunked
         let kib = 1 + (i * 37) % 64;
-        let mut script = Script::new(pieces(kib, 1024));
+        let mut script = Stream::new(pieces(kib, 1024));
         script.chunked = i % 2 == 1;
         total += kib * 1024;
-        o.script(&format!("/fill/{i}"), script);
+        o.set(&format!("/fill/{i}"), script.steps());
     }
     assert!(total as u64 > 8 * BUDGET);
-    let v = verge_for(&o, &format!(", memory: {BUDGET}, max_object_size: 64KiB")).await;
+    let v = verge_for(&o, Cache::new().memory(BUDGET).max_object_size("64KiB")).await;
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let poller = {
         let done = done.clone();
@@ -677,8 +469,8 @@ async fn the_cache_bytes_gauge_never_exceeds_the_budget_while_concurrent_clients
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 if let Ok(r) = c.get(&admin).send().await {
                     let text = r.text().await.unwrap_or_default();
-                    if let Some(b) = metric(&text, "verge_cache_bytes") {
-                        samples.push(b);
+                    if let Some(b) = Metrics::parse(&text).value("verge_cache_bytes", &[]) {
+                        samples.push(b as u64);
                     }
                 }
             }

@@ -1,25 +1,28 @@
 //! TLS termination with HTTP/2 via ALPN, and h2c on a plain listener.
 
-use crate::harness::Verge;
-use crate::origin::Origin;
+use crate::support::fetch::send;
+use crate::support::{get, Config, HealthCheck, Listener, Origin, Pool, Route, Verge};
+use std::path::{Path, PathBuf};
 
-fn cert_dir() -> String {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/conf/test-certs").to_string()
+fn cert(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("conf/test-certs")
+        .join(file)
+}
+
+/// A listener terminating TLS with the test certificate.
+fn tls_listener() -> Listener {
+    Listener::new().tls(&cert("server.crt"), &cert("server.key"))
 }
 
 #[tokio::test]
 async fn tls_listener_speaks_h2_and_http1() {
     let o = Origin::start("o").await;
-    let listeners = format!(
-        "listeners:\n  - name: https\n    listen: \"{{http}}\"\n    tls: {{cert: {d}/server.crt, key: {d}/server.key}}\n",
-        d = cert_dir()
-    );
-    let v = Verge::start_with_listeners(
-        &format!(
-            "pools: {{p: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [localhost], pool: p}}]\n",
-            o.addr
-        ),
-        Some(&listeners),
+    let v = Verge::start(
+        &Config::new()
+            .listener(tls_listener().name("https"))
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p").hosts(&["localhost"])),
     )
     .await;
     let url = format!("https://localhost:{}/secure", v.http.port());
@@ -46,12 +49,11 @@ async fn tls_listener_speaks_h2_and_http1() {
 #[tokio::test]
 async fn h2c_prior_knowledge_on_a_plain_listener() {
     let o = Origin::start("o").await;
-    let v = Verge::start_with_listeners(
-        &format!(
-            "pools: {{p: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p}}]\n",
-            o.addr
-        ),
-        Some("listeners:\n  - listen: \"{http}\"\n    h2c: true\n"),
+    let v = Verge::start(
+        &Config::new()
+            .listener(Listener::new().h2c())
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p")),
     )
     .await;
     let c = reqwest::Client::builder()
@@ -62,40 +64,33 @@ async fn h2c_prior_knowledge_on_a_plain_listener() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     // HTTP/1 still works on the same listener
-    let r = crate::harness::client()
-        .get(v.url("/h1"))
-        .send()
-        .await
-        .expect("h1");
-    assert_eq!(r.status(), 200);
+    let r = send(v.http, reqwest::Method::GET, None, "/h1", &[]).await;
+    assert_eq!(r.status, 200);
 }
 
 #[tokio::test]
 async fn upstream_tls_with_sni() {
     // A TLS "origin": a second verge terminating TLS in front of a plain origin.
     let o = Origin::start("o").await;
-    let tls_origin = Verge::start_with_listeners(
-        &format!("pools: {{p: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p}}]\n", o.addr),
-        Some(&format!(
-            "listeners:\n  - listen: \"{{http}}\"\n    tls: {{cert: {d}/server.crt, key: {d}/server.key}}\n",
-            d = cert_dir()
-        )),
+    let tls_origin = Verge::start(
+        &Config::new()
+            .listener(tls_listener())
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p")),
     )
     .await;
-    let edge = Verge::start(&format!(
-        r#"
-pools:
-  secure:
-    backends: ["{}"]
-    tls: {{sni: localhost, verify: false}}
-    health_check: {{type: tcp, interval: 1s}}
-routes: [{{hosts: ["*"], pool: secure}}]
-"#,
-        tls_origin.http
-    ))
+    let edge = Verge::start(
+        &Config::new()
+            .pool(
+                Pool::new("secure", &[tls_origin.http])
+                    .tls_unverified("localhost")
+                    .health_check(HealthCheck::tcp("1s")),
+            )
+            .route(Route::to("secure")),
+    )
     .await;
-    let (status, origin, body) = crate::harness::get(&edge, "edge.test", "/over-tls").await;
-    assert_eq!((status, origin.as_str()), (200, "o"), "{body}");
+    let g = get(&edge, "edge.test", "/over-tls").await;
+    assert_eq!((g.status, g.origin()), (200, "o"), "{}", g.body);
     let seen = o.last_seen().expect("seen");
     assert_eq!(
         seen.header("x-forwarded-proto"),

@@ -11,23 +11,19 @@
 //! loopback origin that answers instantly hit it in about 3% of handshakes under load, so the
 //! test origin waits 100 ms (a network round trip) before its 101.
 
-use crate::bad_origin::{BadOrigin, Fault};
-use crate::cache::fetch;
-use crate::harness::Verge;
+use crate::support::wire::{head_end, Conn};
+use crate::support::{fetch, get, Cache, Config, Fault, Pool, RawOrigin, Route, RouteCache, Verge};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// verge in front of `o`: `c.test` caches (cache lock held up to 60 s), `n.test` does not.
-async fn verge_for(o: &BadOrigin) -> Verge {
-    Verge::start(&format!(
-        "cache: {{lock_timeout: 60s, lock_wait: 60s}}\n\
-         pools: {{p: {{backends: [\"{}\"]}}}}\n\
-         routes:\n\
-         \x20 - {{hosts: [c.test], pool: p, cache: {{}}}}\n\
-         \x20 - {{hosts: [n.test], pool: p}}\n",
-        o.addr
-    ))
+async fn verge_for(o: &RawOrigin) -> Verge {
+    Verge::start(
+        &Config::new()
+            .cache(Cache::new().lock("60s", "60s"))
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p").hosts(&["c.test"]).cache(RouteCache::new()))
+            .route(Route::to("p").hosts(&["n.test"])),
+    )
     .await
 }
 
@@ -38,53 +34,44 @@ fn handshake(host: &str, path: &str) -> String {
     )
 }
 
-/// Read until `want` bytes arrived after the response head; returns (head, what followed).
-async fn read_head_and(s: &mut TcpStream, want: usize) -> (String, Vec<u8>) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let read = async {
-        loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                if buf.len() >= end + 4 + want {
-                    return Some(end + 4);
-                }
-            }
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
-    match tokio::time::timeout(Duration::from_secs(10), read).await {
-        Ok(Some(end)) => (
-            String::from_utf8_lossy(&buf[..end]).into_owned(),
-            buf[end..].to_vec(),
-        ),
-        _ => panic!(
+/// Read until `want` bytes arrived after the response head; returns (head, what followed)
+/// and takes them off the connection's bytes.
+async fn read_head_and(c: &mut Conn, want: usize) -> (String, Vec<u8>) {
+    let enough = |c: &Conn| head_end(&c.bytes).is_some_and(|end| c.bytes.len() >= end + want);
+    if !c.read_until(Duration::from_secs(10), enough).await {
+        panic!(
             "no complete answer: {:?}",
-            String::from_utf8_lossy(&buf).into_owned()
-        ),
+            String::from_utf8_lossy(&c.bytes).into_owned()
+        );
     }
+    let end = head_end(&c.bytes).expect("head");
+    let out = (
+        String::from_utf8_lossy(&c.bytes[..end]).into_owned(),
+        c.bytes[end..].to_vec(),
+    );
+    c.bytes.clear();
+    out
 }
 
 /// Send `msg` on an upgraded connection and read exactly as many bytes back.
-async fn echo(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
-    s.write_all(msg).await.expect("write");
-    let mut back = vec![0u8; msg.len()];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back))
-        .await
-        .expect("echo in time")
-        .expect("echo");
-    back
+async fn echo(c: &mut Conn, msg: &[u8]) -> Vec<u8> {
+    c.send(msg).await;
+    let arrived = c
+        .read_until(Duration::from_secs(10), |c| c.bytes.len() >= msg.len())
+        .await;
+    assert!(
+        arrived,
+        "echo in time: {:?}",
+        String::from_utf8_lossy(&c.bytes)
+    );
+    c.bytes.drain(..msg.len()).collect()
 }
 
 /// Open a WebSocket to `path` through verge and check the handshake reached the origin.
-async fn open_websocket(v: &Verge, o: &BadOrigin, host: &str, path: &str) -> TcpStream {
+async fn open_websocket(v: &Verge, o: &RawOrigin, host: &str, path: &str) -> Conn {
     o.set(path, Fault::WebSocketEcho);
-    let mut s = TcpStream::connect(v.http).await.expect("connect");
-    s.write_all(handshake(host, path).as_bytes())
-        .await
-        .expect("write");
+    let mut s = Conn::open(v.http, None).await;
+    s.send(handshake(host, path).as_bytes()).await;
     let (head, rest) = read_head_and(&mut s, 0).await;
     assert!(head.starts_with("HTTP/1.1 101 "), "{host}{path}: {head}");
     assert!(
@@ -107,19 +94,14 @@ async fn open_websocket(v: &Verge, o: &BadOrigin, host: &str, path: &str) -> Tcp
 }
 
 async fn plain_get(v: &Verge, host: &str, path: &str) -> String {
-    let r = crate::harness::client()
-        .get(v.url(path))
-        .header("host", host)
-        .send()
-        .await
-        .expect("plain GET");
-    assert_eq!(r.status(), 200);
-    r.text().await.unwrap_or_default()
+    let g = get(v, host, path).await;
+    assert_eq!(g.status, 200);
+    g.body
 }
 
 #[tokio::test]
 async fn websocket_upgrade_passes_through_both_ways_and_is_never_cached() {
-    let o = BadOrigin::start().await;
+    let o = RawOrigin::start().await;
     let v = verge_for(&o).await;
     for host in ["c.test", "n.test"] {
         let path = format!("/ws-{host}");
@@ -147,7 +129,7 @@ async fn websocket_upgrade_passes_through_both_ways_and_is_never_cached() {
 
 #[tokio::test]
 async fn websocket_upgrade_reaches_the_origin_even_when_the_url_is_cached() {
-    let o = BadOrigin::start().await;
+    let o = RawOrigin::start().await;
     let v = verge_for(&o).await;
     // stored (fresh for 10 minutes) on the caching host
     assert_eq!(plain_get(&v, "c.test", "/both").await, "good /both #1\n");
@@ -164,19 +146,18 @@ async fn websocket_upgrade_reaches_the_origin_even_when_the_url_is_cached() {
 
 #[tokio::test]
 async fn bytes_sent_before_the_origin_agrees_to_switch_are_never_a_request() {
-    let o = BadOrigin::start().await;
+    let o = RawOrigin::start().await;
     let v = verge_for(&o).await;
     // The origin answers the upgrade request with a plain 200 and keeps its connection open
     // for more requests; the client already sent a second request after the handshake.
     let smuggled = "GET /smuggled HTTP/1.1\r\nHost: n.test\r\n\r\n";
-    let mut s = TcpStream::connect(v.http).await.expect("connect");
-    s.write_all((handshake("n.test", "/refuses") + smuggled).as_bytes())
-        .await
-        .expect("write");
-    let (head, _) = read_head_and(&mut s, 0).await;
+    let mut s = Conn::open(v.http, None).await;
+    s.send((handshake("n.test", "/refuses") + smuggled).as_bytes())
+        .await;
+    let (head, after_head) = read_head_and(&mut s, 0).await;
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
-    let mut rest = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    s.read_to_close(Duration::from_secs(5)).await;
+    let rest = [after_head, s.bytes.clone()].concat();
     // a second request on a fresh connection reuses verge's pooled origin connection, which
     // must carry nothing the client smuggled
     let g = fetch(&v, "/after", &[]).await;
@@ -190,7 +171,7 @@ async fn bytes_sent_before_the_origin_agrees_to_switch_are_never_a_request() {
 
 #[tokio::test]
 async fn h2c_upgrade_is_neither_forwarded_nor_honoured() {
-    let o = BadOrigin::start().await;
+    let o = RawOrigin::start().await;
     let v = verge_for(&o).await;
     for host in ["c.test", "n.test"] {
         let path = format!("/h2c-{host}");
@@ -198,8 +179,8 @@ async fn h2c_upgrade_is_neither_forwarded_nor_honoured() {
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade, HTTP2-Settings\r\n\
              Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
         );
-        let mut s = TcpStream::connect(v.http).await.expect("connect");
-        s.write_all(req.as_bytes()).await.expect("write");
+        let mut s = Conn::open(v.http, None).await;
+        s.send(req.as_bytes()).await;
         let body = format!("good {path} #1\n");
         let (head, rest) = read_head_and(&mut s, body.len()).await;
         assert!(head.starts_with("HTTP/1.1 200 "), "{host}: {head}");

@@ -94,12 +94,34 @@ impl InvalidationIndex {
     /// Record an invalidation applied at `applied_at`. Fails only for an unusable target.
     pub fn apply(&mut self, inv: &Invalidation, applied_at: SystemTime) -> Result<(), String> {
         let target = parse_target(inv.kind, &inv.target)?;
+        let applied_ms = unix_ms(applied_at);
+        if matches!(target, Target::Host(_) | Target::All) {
+            self.drop_covered(&target, inv.soft, applied_ms);
+        }
         self.record(&target, inv.soft, applied_at);
         self.applied.push(AppliedInvalidation {
             invalidation: inv.clone(),
-            applied_ms: unix_ms(applied_at),
+            applied_ms,
         });
         Ok(())
+    }
+
+    /// Forget the invalidations that `broad` (a host or everything, applied at `at_ms`) makes
+    /// redundant: those it reaches, applied no later, and no harder (a soft one does not cover
+    /// a hard one). Verdicts stay the same, and the index stays compact however many URL purges
+    /// a host purge follows.
+    fn drop_covered(&mut self, broad: &Target, soft: bool, at_ms: u64) {
+        let before = self.applied.len();
+        self.applied.retain(|a| {
+            let inv = &a.invalidation;
+            let covered = a.applied_ms <= at_ms
+                && (!soft || inv.soft)
+                && parse_target(inv.kind, &inv.target).is_ok_and(|t| reaches(broad, &t));
+            !covered
+        });
+        if self.applied.len() != before {
+            *self = InvalidationIndex::from_applied(std::mem::take(&mut self.applied));
+        }
     }
 
     fn record(&mut self, target: &Target, soft: bool, at: SystemTime) {
@@ -177,7 +199,7 @@ impl InvalidationIndex {
             }
             if !h.prefixes.is_empty() {
                 let limit = h.longest_prefix.min(path_query.len());
-                for end in (1..=limit).filter(|&e| path_query.is_char_boundary(e)) {
+                for end in (1..=limit).filter(|&e| segment_boundary(path_query, e)) {
                     if let Some(m) = h.prefixes.get(&path_query[..end]) {
                         v = v.stronger(m.verdict(created));
                     }
@@ -208,6 +230,27 @@ impl InvalidationIndex {
     pub fn is_empty(&self) -> bool {
         self.applied.is_empty()
     }
+}
+
+/// Whether a host or all-purge `broad` reaches every entry `other` reaches.
+fn reaches(broad: &Target, other: &Target) -> bool {
+    match (broad, other) {
+        (Target::All, _) => true,
+        (Target::Host(h), Target::Host(o)) => h == o,
+        (Target::Host(h), Target::Url { host, .. } | Target::Prefix { host, .. }) => h == host,
+        _ => false,
+    }
+}
+
+/// Whether `path_query[..end]` ends on a path-segment boundary, so that a prefix purge of it
+/// reaches this URL as routing would: `/static` reaches `/static`, `/static/a` and
+/// `/static?v=1`, never `/static-private/a`; a prefix ending in `/` reaches what is under it.
+fn segment_boundary(path_query: &str, end: usize) -> bool {
+    if !path_query.is_char_boundary(end) {
+        return false;
+    }
+    let (prefix, rest) = path_query.split_at(end);
+    prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?'])
 }
 
 /// Tags a stored response carries, from `Surrogate-Key` (space separated), `Cache-Tag` (comma
@@ -284,6 +327,26 @@ mod tests {
             Verdict::Invalid
         );
         assert_eq!(ix.verdict("a.com", "/img", none(), t(1)), Verdict::Valid);
+        // on path-segment boundaries, as routing matches prefixes
+        ix.apply(
+            &inv(5, InvalidationKind::Prefix, "a.com/static", false),
+            t(10),
+        )
+        .unwrap();
+        for hit in ["/static", "/static/a.css", "/static?v=1"] {
+            assert_eq!(
+                ix.verdict("a.com", hit, none(), t(1)),
+                Verdict::Invalid,
+                "{hit}"
+            );
+        }
+        for miss in ["/static-private/a", "/staticx", "/stat"] {
+            assert_eq!(
+                ix.verdict("a.com", miss, none(), t(1)),
+                Verdict::Valid,
+                "{miss}"
+            );
+        }
         assert_eq!(ix.verdict("a.com", "/css/x", none(), t(1)), Verdict::Valid);
         assert_eq!(
             ix.verdict("b.com", "/anything", none(), t(1)),
@@ -302,6 +365,42 @@ mod tests {
             .unwrap();
         assert_eq!(ix.verdict("z.com", "/", none(), t(15)), Verdict::Invalid);
         assert_eq!(ix.verdict("z.com", "/", none(), t(25)), Verdict::Valid);
+    }
+
+    #[test]
+    fn a_broader_later_purge_replaces_what_it_covers() {
+        let mut ix = InvalidationIndex::default();
+        for (i, url) in ["a.com/1", "a.com/2", "b.com/1"].iter().enumerate() {
+            ix.apply(&inv(i as u64 + 1, InvalidationKind::Url, url, false), t(10))
+                .unwrap();
+        }
+        ix.apply(&inv(4, InvalidationKind::Prefix, "a.com/p", true), t(10))
+            .unwrap();
+        ix.apply(&inv(5, InvalidationKind::Tag, "x", false), t(10))
+            .unwrap();
+        // a soft host purge covers the soft prefix, not the hard URLs
+        ix.apply(&inv(6, InvalidationKind::Host, "a.com", true), t(20))
+            .unwrap();
+        assert_eq!(ix.len(), 5);
+        // a hard one covers every earlier purge of the host
+        ix.apply(&inv(7, InvalidationKind::Host, "a.com", false), t(30))
+            .unwrap();
+        let seqs: Vec<u64> = ix.applied().iter().map(|a| a.invalidation.seq).collect();
+        assert_eq!(seqs, [3, 5, 7]);
+        let none = || std::iter::empty();
+        assert_eq!(ix.verdict("a.com", "/1", none(), t(25)), Verdict::Invalid);
+        assert_eq!(ix.verdict("a.com", "/1", none(), t(35)), Verdict::Valid);
+        assert_eq!(ix.verdict("b.com", "/1", none(), t(5)), Verdict::Invalid);
+        assert_eq!(
+            ix.verdict("c.com", "/", ["x"].into_iter(), t(5)),
+            Verdict::Invalid
+        );
+        // everything, hard, leaves itself alone
+        ix.apply(&inv(8, InvalidationKind::All, "", false), t(40))
+            .unwrap();
+        let seqs: Vec<u64> = ix.applied().iter().map(|a| a.invalidation.seq).collect();
+        assert_eq!(seqs, [8]);
+        assert_eq!(ix.verdict("b.com", "/1", none(), t(35)), Verdict::Invalid);
     }
 
     #[test]

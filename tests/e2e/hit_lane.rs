@@ -1,38 +1,38 @@
-//! The front door's hit lane (`src/fast_hit.rs`): a plain GET or HEAD for a fresh stored
+//! The front door's hit lane (`src/proxy/hit_lane.rs`): a plain GET or HEAD for a fresh stored
 //! response is answered without Pingora's phases, with what the full path would send (and the
 //! stored `Date`); everything else still goes the full way.
 
-use crate::cache::{cached_verge, fetch, fetch_with, metric_sum, Got};
-use crate::harness::{exchange_until_closed, Verge};
-use crate::origin::Origin;
+use crate::support::fetch::send;
+use crate::support::wire::{exchange, Conn};
+use crate::support::{
+    cached_verge, eventually, fetch, fetch_with, Config, Got, Limits, Listener, Origin, Pool,
+    Route, RouteCache, Verge,
+};
 use std::time::{Duration, SystemTime};
 
 async fn fast_hits(v: &Verge) -> f64 {
-    let (_, text) = v.admin_get("/metrics").await;
-    metric_sum(&text, "verge_cache_fast_hits_total", &[])
+    v.metrics().await.sum("verge_cache_fast_hits_total", &[])
 }
 
-async fn lookups(v: &Verge, result: &str) -> f64 {
-    let (_, text) = v.admin_get("/metrics").await;
-    metric_sum(
-        &text,
-        "verge_cache_lookups_total",
-        &[&format!("result=\"{result}\"")],
+/// (fast hits, hit lookups, collapsed lock waits) in one scrape.
+async fn counts(v: &Verge) -> (f64, f64, f64) {
+    let m = v.metrics().await;
+    (
+        m.sum("verge_cache_fast_hits_total", &[]),
+        m.sum("verge_cache_lookups_total", &[("result", "hit")]),
+        m.sum("verge_cache_lock_waits_total", &[("outcome", "collapsed")]),
     )
 }
 
 /// Metrics are counted after each response goes out: wait until `want` shows.
 async fn wait_for(v: &Verge, want_fast: f64, want_hits: f64) {
-    let seen = crate::harness::eventually(Duration::from_secs(5), || async {
-        fast_hits(v).await == want_fast && lookups(v, "hit").await == want_hits
-    })
+    crate::support::assert_eventually(
+        Duration::from_secs(5),
+        &format!("(fast hits, hits, collapsed), want fast {want_fast} and hits {want_hits}"),
+        || counts(v),
+        |(fast, hits, _)| *fast == want_fast && *hits == want_hits,
+    )
     .await;
-    assert!(
-        seen,
-        "fast hits {} (want {want_fast}), hits {} (want {want_hits})",
-        fast_hits(v).await,
-        lookups(v, "hit").await
-    );
 }
 
 #[tokio::test]
@@ -48,7 +48,7 @@ async fn a_plain_hit_is_answered_by_the_front_door_as_the_full_path_would() {
             ("x-extra", "yes"),
         ],
     );
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     let miss = fetch(&v, "/d", &[]).await;
     assert!(
         miss.cache_status.contains("fwd=uri-miss"),
@@ -121,57 +121,38 @@ async fn a_plain_hit_is_answered_by_the_front_door_as_the_full_path_would() {
     assert_eq!(fast_hits(&v).await, 3.0);
 }
 
-/// Read one response (head and `Content-Length` body) from `s`; returns its head, lowercased.
-async fn read_response(s: &mut tokio::net::TcpStream) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&got[..end + 4]).to_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .and_then(|v| v.trim().parse().ok())
-                .expect("content-length");
-            if got.len() >= end + 4 + len {
-                assert_eq!(got.len(), end + 4 + len, "nothing after the response");
-                return head;
-            }
-        }
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("an answer")
-            .expect("read");
-        assert!(n > 0, "closed before a whole response");
-        got.extend_from_slice(&buf[..n]);
-    }
+/// Read one whole response off `c` and take it off the connection's bytes; returns its head,
+/// lowercased.
+async fn read_response(c: &mut Conn) -> String {
+    let got = c.read_response(Duration::from_secs(5), false).await;
+    let r = got.response().filter(|r| r.complete).expect("an answer");
+    assert!(r.header("content-length").is_some(), "{}", r.head);
+    assert_eq!(c.bytes.len(), r.len, "nothing after the response");
+    let head = r.head.to_lowercase();
+    c.bytes.clear();
+    head
 }
 
 #[tokio::test]
 async fn the_keep_alive_limit_and_connection_close_hold_on_the_hit_lane() {
     let o = Origin::start("o").await;
     o.set_headers("/k", &[("cache-control", "max-age=600")]);
-    let v = Verge::start_with_listeners(
-        &format!(
-            "pools: {{p: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p, cache: {{}}}}]\n",
-            o.addr
-        ),
-        Some("listeners:\n  - listen: \"{http}\"\n    limits: {keepalive_requests: 3}\n"),
+    let v = Verge::start(
+        &Config::new()
+            .listener(Listener::new().limits(Limits::new().keepalive_requests(3)))
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p").cache(RouteCache::new())),
     )
     .await;
     fetch(&v, "/k", &[]).await;
     let one = "GET /k HTTP/1.1\r\nHost: c.test\r\n\r\n";
     // four requests written at once would be pipelined; the lane answers only a head that
     // arrived alone, so send them one by one on one connection
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(v.http)
-        .await
-        .expect("connect");
+    let mut c = Conn::open(v.http, None).await;
     let mut heads = Vec::new();
     for _ in 0..3 {
-        s.write_all(one.as_bytes()).await.expect("write");
-        heads.push(read_response(&mut s).await);
+        c.send(one.as_bytes()).await;
+        heads.push(read_response(&mut c).await);
     }
     assert!(heads[0].contains("connection: keep-alive"), "{}", heads[0]);
     assert!(heads[1].contains("connection: keep-alive"), "{}", heads[1]);
@@ -180,22 +161,20 @@ async fn the_keep_alive_limit_and_connection_close_hold_on_the_hit_lane() {
         "the third of 3: {}",
         heads[2]
     );
-    let mut rest = [0u8; 16];
-    let end = tokio::time::timeout(Duration::from_secs(5), s.read(&mut rest)).await;
     assert!(
-        matches!(end, Ok(Ok(0)) | Ok(Err(_))),
+        c.read_to_close(Duration::from_secs(5)).await && c.bytes.is_empty(),
         "closed after the limit"
     );
 
     // a client that asks to close gets that
-    let (bytes, closed) = exchange_until_closed(
+    let c = exchange(
         v.http,
         b"GET /k HTTP/1.1\r\nHost: c.test\r\nConnection: close\r\n\r\n",
         Duration::from_secs(5),
     )
     .await;
-    let text = String::from_utf8_lossy(&bytes).to_lowercase();
-    assert!(closed && text.contains("connection: close"), "{text}");
+    let text = String::from_utf8_lossy(&c.bytes).to_lowercase();
+    assert!(c.closed && text.contains("connection: close"), "{text}");
     wait_for(&v, 4.0, 4.0).await;
     assert_eq!(o.hits("/k"), 1);
 }
@@ -208,14 +187,21 @@ async fn what_the_lane_cannot_answer_exactly_goes_the_full_way() {
         "/v",
         &[("cache-control", "max-age=600"), ("vary", "accept")],
     );
-    o.set_headers(
+    o.set_headers_stale(
         "/s",
         &[("cache-control", "max-age=1, stale-while-revalidate=60")],
     );
-    let v = Verge::start(&format!(
-        "pools: {{p: {{backends: [\"{}\"]}}}}\nroutes:\n  - {{hosts: [\"*\"], path: /e, pool: p, cache: {{}}, response_headers: {{set: {{x-edge: on}}}}}}\n  - {{hosts: [\"*\"], pool: p, cache: {{}}}}\n",
-        o.addr
-    ))
+    let v = Verge::start(
+        &Config::new()
+            .pool(Pool::new("p", &[o.addr]))
+            .route(
+                Route::to("p")
+                    .path("/e")
+                    .cache(RouteCache::new())
+                    .set("response_headers", "{set: {x-edge: on}}"),
+            )
+            .route(Route::to("p").cache(RouteCache::new())),
+    )
     .await;
     for path in ["/e", "/v", "/s"] {
         fetch(&v, path, &[]).await;
@@ -236,7 +222,6 @@ async fn what_the_lane_cannot_answer_exactly_goes_the_full_way() {
         varied.cache_status
     );
     // a stale entry, served while it is refreshed
-    tokio::time::sleep(Duration::from_millis(2100)).await;
     let stale = fetch(&v, "/s", &[]).await;
     assert!(
         stale.cache_status.contains("fwd=stale"),
@@ -262,20 +247,12 @@ async fn a_fetch_then_requests_during_it(
     path: &str,
     n: usize,
 ) -> (tokio::task::JoinHandle<(u16, String)>, Vec<Got>) {
-    let url = v.url(path);
+    let (addr, owned_path) = (v.http, path.to_string());
     let first = tokio::spawn(async move {
-        let r = crate::harness::client()
-            .get(url)
-            .header("host", "c.test")
-            .send()
-            .await
-            .expect("first request");
-        let status = r.status().as_u16();
-        (status, r.text().await.unwrap_or_default())
+        let g = send(addr, reqwest::Method::GET, Some("c.test"), &owned_path, &[]).await;
+        (g.status, g.body)
     });
-    assert!(
-        crate::harness::eventually(Duration::from_secs(5), || async { o.hits(path) == 1 }).await
-    );
+    assert!(eventually(Duration::from_secs(5), || async { o.hits(path) == 1 }).await);
     let during = (0..n).map(|_| fetch(v, path, &[]));
     (first, futures::future::join_all(during).await)
 }
@@ -285,7 +262,7 @@ async fn requests_that_arrive_during_a_fetch_wait_in_the_lane_and_are_answered_t
     let o = Origin::start("o").await;
     o.set_headers("/w", &[("cache-control", "max-age=600")]);
     o.set_delay_ms(1500);
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     let (leader, got) = a_fetch_then_requests_during_it(&v, &o, "/w", 10).await;
     let (_, body) = leader.await.expect("leader");
     for g in &got {
@@ -300,22 +277,13 @@ async fn requests_that_arrive_during_a_fetch_wait_in_the_lane_and_are_answered_t
     assert_eq!(o.hits("/w"), 1);
     // each waiter is answered by the lane from the stored entry, or, when it wakes to the
     // response still streaming in, handed to Pingora to stream it: collapsed either way
-    let collapsed = || async {
-        let (_, text) = v.admin_get("/metrics").await;
-        metric_sum(
-            &text,
-            "verge_cache_lock_waits_total",
-            &["outcome=\"collapsed\""],
-        )
-    };
-    assert!(
-        crate::harness::eventually(Duration::from_secs(5), || async {
-            collapsed().await == 10.0 && lookups(&v, "hit").await == 10.0
-        })
-        .await,
-        "collapsed {}",
-        collapsed().await
-    );
+    crate::support::assert_eventually(
+        Duration::from_secs(5),
+        "(fast hits, hits, collapsed), want 10 hits and 10 collapsed",
+        || counts(&v),
+        |(_, hits, collapsed)| *collapsed == 10.0 && *hits == 10.0,
+    )
+    .await;
     // waiters held in Pingora's lock (no lane) could never be answered by the lane
     assert!(fast_hits(&v).await >= 1.0, "the lane answered none of them");
 }
@@ -325,7 +293,7 @@ async fn a_lane_waiter_for_an_uncacheable_answer_goes_to_the_origin_itself() {
     let o = Origin::start("o").await;
     o.set_headers("/n", &[("cache-control", "no-store")]);
     o.set_delay_ms(800);
-    let v = cached_verge(&o, "{}").await;
+    let v = cached_verge(o.addr, RouteCache::new()).await;
     let (first, got) = a_fetch_then_requests_during_it(&v, &o, "/n", 3).await;
     assert_eq!(first.await.expect("first").0, 200);
     for g in &got {

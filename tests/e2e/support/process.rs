@@ -1,29 +1,16 @@
-//! Runs the real `verge` binary (or an example embedding verge) on ephemeral loopback ports with
-//! a generated config.
+//! Runs the real `verge` binary (or an example embedding verge) with a config from
+//! [`Config`], on ports from [`ports`](super::ports), and waits until it is ready.
 
+use super::config::Config;
+use super::metrics::Metrics;
+use super::ports;
+use super::wait::eventually;
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-/// A free loopback port (bound then released; the race is harmless on a test machine).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-pub struct Verge {
-    child: Child,
-    pub http: SocketAddr,
-    pub admin: SocketAddr,
-    config: PathBuf,
-    launch: Launch,
-    _dir: tempfile::TempDir,
-}
 
 pub fn verge_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_verge"))
@@ -74,9 +61,14 @@ pub struct Launch {
 impl Launch {
     /// `verge serve -c CONFIG`.
     pub fn verge() -> Launch {
+        Launch::verge_with(&["serve", "-c"])
+    }
+
+    /// `verge ARGS CONFIG` (`&["control", "-c"]`: the control plane).
+    pub fn verge_with(args: &[&str]) -> Launch {
         Launch {
             program: verge_bin(),
-            before: vec!["serve".into(), "-c".into()],
+            before: args.iter().map(|a| a.to_string()).collect(),
             after: Vec::new(),
             env: Vec::new(),
         }
@@ -119,8 +111,8 @@ impl Launch {
     }
 }
 
-/// A test config: a fresh state directory, ephemeral listener and admin ports, and `body`
-/// (pools and routes, plus anything else) with `{http}` and `{dir}` replaced.
+/// A config written to a fresh state directory, with the listener and admin addresses it
+/// was given.
 pub struct TestConfig {
     pub dir: tempfile::TempDir,
     pub path: PathBuf,
@@ -129,22 +121,11 @@ pub struct TestConfig {
 }
 
 impl TestConfig {
-    /// Write the config; `listeners` replaces the default single plain listener.
-    pub fn write(body: &str, listeners: Option<&str>) -> TestConfig {
+    pub fn write(config: &Config) -> TestConfig {
         let dir = tempfile::tempdir().expect("tempdir");
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let listeners = listeners
-            .map(str::to_string)
-            .unwrap_or_else(|| "listeners:\n  - name: http\n    listen: \"{http}\"\n".to_string());
-        let yaml = format!(
-            "server:\n  threads: 2\n  grace_period: 0s\n  graceful_shutdown_timeout: 1s\n  pid_file: {d}/verge.pid\n  upgrade_sock: {d}/upgrade.sock\nadmin:\n  listen: \"{admin}\"\n{listeners}{body}",
-            d = dir.path().display(),
-        )
-        .replace("{http}", &http.to_string())
-        .replace("{dir}", &dir.path().display().to_string());
+        let (http, admin) = (ports::addr(), ports::addr());
         let path = dir.path().join("verge.yaml");
-        std::fs::write(&path, yaml).expect("write config");
+        std::fs::write(&path, config.render(http, admin, dir.path())).expect("write config");
         TestConfig {
             dir,
             path,
@@ -154,45 +135,37 @@ impl TestConfig {
     }
 }
 
-/// Start the verge binary with `args` followed by `config`, stderr captured.
-pub fn spawn_verge(args: &[&str], config: &std::path::Path) -> Child {
-    Command::new(verge_bin())
-        .args(args)
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn verge")
+/// A running verge process; killed when dropped.
+pub struct Verge {
+    child: Child,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    config: PathBuf,
+    launch: Launch,
+    dir: tempfile::TempDir,
 }
 
 impl Verge {
-    /// Start verge with `body` (pools and routes, plus anything else); `{http}` in it is replaced
-    /// by the main listener address. Waits until `/readyz` answers 200.
-    pub async fn start(body: &str) -> Verge {
-        Self::start_with_listeners(body, None).await
+    /// Start `verge serve` with `config`. Waits until `/readyz` answers 200.
+    pub async fn start(config: &Config) -> Verge {
+        Self::launch(Launch::verge(), config).await
     }
 
-    /// Like `start`, with the `listeners:` section given (`{http}` still available).
-    pub async fn start_with_listeners(body: &str, listeners: Option<&str>) -> Verge {
-        Self::launch(Launch::verge(), body, listeners).await
-    }
-
-    /// Start `launch` (verge, or an example embedding it) with a generated config.
-    pub async fn launch(launch: Launch, body: &str, listeners: Option<&str>) -> Verge {
+    /// Start `launch` (verge, or an example embedding it) with `config`.
+    pub async fn launch(launch: Launch, config: &Config) -> Verge {
         let TestConfig {
             dir,
             path,
             http,
             admin,
-        } = TestConfig::write(body, listeners);
+        } = TestConfig::write(config);
         let mut v = Verge {
             child: launch.spawn(&path),
             http,
             admin,
             config: path,
             launch,
-            _dir: dir,
+            dir,
         };
         v.wait_ready().await;
         v
@@ -229,8 +202,8 @@ impl Verge {
     }
 
     /// The directory holding this instance's config (and anything `{dir}` pointed at).
-    pub fn dir(&self) -> &std::path::Path {
-        self._dir.path()
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -244,6 +217,11 @@ impl Verge {
         let status = r.status().as_u16();
         (status, r.text().await.expect("admin body"))
     }
+
+    /// `/metrics`, parsed.
+    pub async fn metrics(&self) -> Metrics {
+        Metrics::scrape(self.admin).await
+    }
 }
 
 impl Drop for Verge {
@@ -251,76 +229,6 @@ impl Drop for Verge {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A client that never reuses connections across tests and has a short timeout.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client")
-}
-
-/// GET `path` on verge with a Host header; returns status, `x-origin` and body.
-pub async fn get(v: &Verge, host: &str, path: &str) -> (u16, String, String) {
-    let r = client()
-        .get(v.url(path))
-        .header("host", host)
-        .send()
-        .await
-        .expect("request");
-    let status = r.status().as_u16();
-    let origin = r
-        .headers()
-        .get("x-origin")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    (status, origin, r.text().await.unwrap_or_default())
-}
-
-/// Send raw bytes, read until the server closes (or `wait` passes with no byte); returns what
-/// came back, with `<no close>` appended when the connection stayed open.
-pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(bytes).await.expect("write");
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        match tokio::time::timeout(wait, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => {
-                out.extend_from_slice(b"<no close>");
-                break;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Send `request` on a new connection and read until the server closes it or `within` passes;
-/// returns the bytes read and whether the connection was closed.
-pub async fn exchange_until_closed(
-    addr: SocketAddr,
-    request: &[u8],
-    within: Duration,
-) -> (Vec<u8>, bool) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(request).await.expect("write");
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + within;
-    let mut buf = [0u8; 16384];
-    let closed = loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => break false,
-        }
-    };
-    (out, closed)
 }
 
 /// Whether something accepts connections on `addr`. `/readyz` answers from the admin service,
@@ -340,25 +248,13 @@ pub async fn accepts(addr: SocketAddr) -> bool {
     true
 }
 
-/// Lock a test origin's state, even after a panicking thread poisoned it.
-pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Poll `check` until it returns true or `within` passes.
-pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Wait until `admin` says ready and `http` accepts connections (an in-process verge).
+pub async fn wait_until_serving(admin: SocketAddr, http: SocketAddr) -> bool {
+    eventually(Duration::from_secs(20), || async {
+        reqwest::get(format!("http://{admin}/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+            && accepts(http).await
+    })
+    .await
 }

@@ -2,7 +2,7 @@
 //! stopped, restarted on the same port, or told to fail its health checks. Per path it can
 //! answer with another status, extra headers, or an ETag it honours with 304 Not Modified.
 
-use crate::harness::lock;
+use super::lock;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -236,6 +236,26 @@ impl Origin {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
             );
+    }
+
+    /// Like [`set_headers`](Self::set_headers), plus an `Age` one second over the `max-age` in
+    /// their `cache-control`: verge stores such a response already stale (its age counts from
+    /// before it arrived), so a test that needs a stale entry has one at once, without
+    /// sleeping. Every later response for `path` says the same, until headers are set again.
+    pub fn set_headers_stale(&self, path: &str, headers: &[(&str, &str)]) {
+        let max_age: u64 = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("cache-control"))
+            .and_then(|(_, v)| {
+                v.split(',')
+                    .find_map(|d| d.trim().strip_prefix("max-age="))
+                    .and_then(|n| n.parse().ok())
+            })
+            .expect("a cache-control with max-age");
+        let age = (max_age + 1).to_string();
+        let mut all = headers.to_vec();
+        all.push(("age", &age));
+        self.set_headers(path, &all);
     }
 
     /// Answer requests for `path` with this status.

@@ -1,0 +1,358 @@
+//! The `listeners` section: addresses, TLS files and per-listener limits (HTTP/1 and HTTP/2).
+
+use super::Errors;
+use crate::config::model::*;
+use crate::config::raw::*;
+use crate::config::units::{ConfDuration, ConfSize};
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+/// Parse `ip:port` (or `host:port`, resolved once now) into a socket address.
+pub(super) fn parse_listen_addr(path: &str, text: &str, errs: &mut Errors) -> Option<SocketAddr> {
+    match resolve_addr(text) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            errs.push(path, e);
+            None
+        }
+    }
+}
+
+pub(super) fn resolve_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !text.contains(':') {
+        return Err(format!("{text:?} is not host:port"));
+    }
+    match text.to_socket_addrs() {
+        Ok(mut it) => it
+            .next()
+            .ok_or_else(|| format!("{text:?} resolves to no address")),
+        Err(e) => Err(format!("cannot resolve {text:?}: {e}")),
+    }
+}
+
+pub(super) fn validate_listeners(
+    value: Option<serde_yaml::Value>,
+    admin: SocketAddr,
+    errs: &mut Errors,
+) -> Vec<ListenerSpec> {
+    let Some(value) = value else {
+        errs.push("listeners", "at least one listener is required");
+        return Vec::new();
+    };
+    let Some(items) = errs.decode::<Vec<serde_yaml::Value>>("listeners", value) else {
+        return Vec::new();
+    };
+    if items.is_empty() {
+        errs.push("listeners", "at least one listener is required");
+    }
+    let mut out = Vec::new();
+    let mut seen_addrs = HashSet::new();
+    let mut seen_names = HashSet::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let path = format!("listeners[{i}]");
+        let Some(raw) = errs.decode::<RawListener>(&path, item) else {
+            continue;
+        };
+        let Some(addr) = parse_listen_addr(&format!("{path}.listen"), &raw.listen, errs) else {
+            continue;
+        };
+        if addr == admin {
+            errs.push(
+                format!("{path}.listen"),
+                format!("{addr} is also the admin listener"),
+            );
+        }
+        if !seen_addrs.insert(addr) {
+            errs.push(
+                format!("{path}.listen"),
+                format!("{addr} is used by another listener"),
+            );
+        }
+        let name = raw.name.clone().unwrap_or_else(|| format!("listener{i}"));
+        if !seen_names.insert(name.clone()) {
+            errs.push(
+                format!("{path}.name"),
+                format!("duplicate listener name {name:?}"),
+            );
+        }
+        let tls = raw
+            .tls
+            .as_ref()
+            .and_then(|t| validate_listener_tls(&format!("{path}.tls"), t, errs));
+        let limits = validate_limits(&format!("{path}.limits"), raw.limits, errs);
+        out.push(ListenerSpec {
+            name,
+            addr,
+            h2c: raw.h2c,
+            tls,
+            limits,
+        });
+    }
+    out
+}
+
+fn validate_listener_tls(path: &str, raw: &RawListenerTls, errs: &mut Errors) -> Option<TlsSpec> {
+    let cert_ok = check_pem(&format!("{path}.cert"), &raw.cert, PemKind::Cert, errs);
+    let key_ok = check_pem(&format!("{path}.key"), &raw.key, PemKind::Key, errs);
+    (cert_ok && key_ok).then(|| TlsSpec {
+        cert: raw.cert.clone().into(),
+        key: raw.key.clone().into(),
+        h2: raw.h2.unwrap_or(true),
+    })
+}
+
+enum PemKind {
+    Cert,
+    Key,
+}
+
+/// Pingora's TLS setup panics on unreadable files, so check them here first.
+fn check_pem(path: &str, file: &str, kind: PemKind, errs: &mut Errors) -> bool {
+    let data = match std::fs::read(file) {
+        Ok(d) => d,
+        Err(e) => {
+            errs.push(path, format!("cannot read {file:?}: {e}"));
+            return false;
+        }
+    };
+    let mut reader = std::io::BufReader::new(&data[..]);
+    let ok = match kind {
+        PemKind::Cert => rustls_pemfile::certs(&mut reader).any(|c| c.is_ok()),
+        PemKind::Key => matches!(rustls_pemfile::private_key(&mut reader), Ok(Some(_))),
+    };
+    if !ok {
+        let what = match kind {
+            PemKind::Cert => "a PEM certificate",
+            PemKind::Key => "a PEM private key",
+        };
+        errs.push(path, format!("{file:?} does not contain {what}"));
+    }
+    ok
+}
+
+fn validate_limits(path: &str, raw: Option<RawLimits>, errs: &mut Errors) -> Limits {
+    let d = Limits::default();
+    let Some(raw) = raw else { return d };
+    let mut size = |key: &str, v: Option<ConfSize>, default: usize| -> usize {
+        match v {
+            None => default,
+            Some(s) if (64..=(1 << 20)).contains(&s.0) => s.0 as usize,
+            Some(_) => {
+                errs.push(format!("{path}.{key}"), "must be between 64 bytes and 1MiB");
+                default
+            }
+        }
+    };
+    let max_request_line = size("max_request_line", raw.max_request_line, d.max_request_line);
+    let max_header_line = size("max_header_line", raw.max_header_line, d.max_header_line);
+    let max_headers_size = size("max_headers_size", raw.max_headers_size, d.max_headers_size);
+    let max_headers = match raw.max_headers {
+        None => d.max_headers,
+        Some(n) if (1..=256).contains(&n) => n,
+        Some(_) => {
+            errs.push(format!("{path}.max_headers"), "must be between 1 and 256");
+            d.max_headers
+        }
+    };
+    let mut positive = |key: &str, v: Option<ConfDuration>, default: Duration| match v {
+        None => default,
+        Some(x) if !x.0.is_zero() => x.0,
+        Some(_) => {
+            errs.push(format!("{path}.{key}"), "must be greater than zero");
+            default
+        }
+    };
+    let header_timeout = positive("header_timeout", raw.header_timeout, d.header_timeout);
+    let keepalive_timeout = positive(
+        "keepalive_timeout",
+        raw.keepalive_timeout,
+        d.keepalive_timeout,
+    );
+    let max_body = match raw.max_body {
+        None => d.max_body,
+        Some(s) if s.0 <= (16u64 << 30) => s.0,
+        Some(_) => {
+            errs.push(format!("{path}.max_body"), "must be at most 16GiB");
+            d.max_body
+        }
+    };
+    let max_connections = match raw.max_connections {
+        None => d.max_connections,
+        Some(n) if (1..=1_000_000).contains(&n) => n,
+        Some(_) => {
+            errs.push(
+                format!("{path}.max_connections"),
+                "must be between 1 and 1000000",
+            );
+            d.max_connections
+        }
+    };
+    let h2 = validate_h2_limits(&format!("{path}.h2"), raw.h2, errs);
+    Limits {
+        max_request_line,
+        max_header_line,
+        max_headers_size,
+        max_headers,
+        header_timeout,
+        keepalive_timeout,
+        keepalive_requests: raw.keepalive_requests.unwrap_or(d.keepalive_requests),
+        max_body,
+        max_connections,
+        h2,
+    }
+}
+
+fn validate_h2_limits(path: &str, raw: Option<RawH2Limits>, errs: &mut Errors) -> H2Limits {
+    let d = H2Limits::default();
+    let Some(raw) = raw else { return d };
+    let mut within =
+        |key: &str, v: Option<u64>, default: u64, range: (u64, u64), unit: &str| match v {
+            None => default,
+            Some(n) if (range.0..=range.1).contains(&n) => n,
+            Some(_) => {
+                errs.push(
+                    format!("{path}.{key}"),
+                    format!("must be between {}{unit} and {}{unit}", range.0, range.1),
+                );
+                default
+            }
+        };
+    let size = |s: Option<ConfSize>| s.map(|s| s.0);
+    let count = |n: Option<usize>| n.map(|n| n as u64);
+    let max_concurrent_streams = within(
+        "max_concurrent_streams",
+        raw.max_concurrent_streams.map(u64::from),
+        d.max_concurrent_streams.into(),
+        (1, 1000),
+        "",
+    );
+    let max_header_list_size = within(
+        "max_header_list_size",
+        size(raw.max_header_list_size),
+        d.max_header_list_size.into(),
+        (1 << 10, 1 << 20),
+        " bytes",
+    );
+    let stream_window = within(
+        "stream_window",
+        size(raw.stream_window),
+        d.stream_window.into(),
+        (1 << 10, 16 << 20),
+        " bytes",
+    );
+    // the connection window starts at 65535 and can only be raised
+    let connection_window = within(
+        "connection_window",
+        size(raw.connection_window),
+        d.connection_window.into(),
+        (64 << 10, 64 << 20),
+        " bytes",
+    );
+    let max_pending_resets = within(
+        "max_pending_resets",
+        count(raw.max_pending_resets),
+        d.max_pending_resets as u64,
+        (1, 1000),
+        "",
+    );
+    let max_error_resets = within(
+        "max_error_resets",
+        count(raw.max_error_resets),
+        d.max_error_resets as u64,
+        (1, 100_000),
+        "",
+    );
+    // every value was range-checked above, so these conversions cannot fail
+    let u32_of = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    let usize_of = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    H2Limits {
+        max_concurrent_streams: u32_of(max_concurrent_streams),
+        max_header_list_size: u32_of(max_header_list_size),
+        stream_window: u32_of(stream_window),
+        connection_window: u32_of(connection_window),
+        max_pending_resets: usize_of(max_pending_resets),
+        max_error_resets: usize_of(max_error_resets),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_tls_files_are_errors_not_panics() {
+        let bad = r#"
+listeners:
+  - listen: 127.0.0.1:8443
+    tls: {cert: /nonexistent/cert.pem, key: /nonexistent/key.pem}
+pools: {p: {backends: ["127.0.0.1:1"]}}
+routes: [{hosts: ["*"], pool: p}]
+"#;
+        let errs = Config::from_yaml_str(bad).expect_err("tls").errors;
+        assert_eq!(errs.len(), 2);
+        assert_eq!(errs[0].path, "listeners[0].tls.cert");
+    }
+
+    #[test]
+    fn h2_limits_validate() {
+        let good = r#"
+listeners:
+  - listen: "127.0.0.1:8080"
+  - listen: "127.0.0.1:8081"
+    limits: {h2: {max_concurrent_streams: 10, max_header_list_size: 16KiB, stream_window: 1MiB, connection_window: 4MiB, max_pending_resets: 5, max_error_resets: 50}}
+pools: {p: {backends: ["127.0.0.1:1"]}}
+routes: [{hosts: [a.com], pool: p}]
+"#;
+        let c = Config::from_yaml_str(good).expect("valid");
+        assert_eq!(c.listeners[0].limits.h2, H2Limits::default());
+        assert_eq!(
+            c.listeners[1].limits.h2,
+            H2Limits {
+                max_concurrent_streams: 10,
+                max_header_list_size: 16 << 10,
+                stream_window: 1 << 20,
+                connection_window: 4 << 20,
+                max_pending_resets: 5,
+                max_error_resets: 50,
+            }
+        );
+        let bad = r#"
+listeners:
+  - listen: "127.0.0.1:8080"
+    limits: {h2: {max_concurrent_streams: 0, max_header_list_size: 2MiB, stream_window: 100, connection_window: 1KiB, max_pending_resets: 0, max_error_resets: 0, max_streams: 3}}
+  - listen: "127.0.0.1:8081"
+    limits: {h2: {max_concurrent_streams: 5000, max_header_list_size: 2MiB, stream_window: 100, connection_window: 1KiB, max_pending_resets: 0, max_error_resets: 0}}
+pools: {p: {backends: ["127.0.0.1:1"]}}
+routes: [{hosts: [a.com], pool: p}]
+"#;
+        let errs = Config::from_yaml_str(bad).expect_err("invalid").errors;
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text[0].starts_with("listeners[0]") && text[0].contains("max_streams"),
+            "an unknown key: {text:#?}"
+        );
+        assert!(
+            text[0].starts_with("listeners[0].limits.h2: unknown field `max_streams`"),
+            "{text:#?}"
+        );
+        // the unknown key does not hide the errors in the values beside it
+        for i in [0, 1] {
+            for key in [
+                "max_concurrent_streams: must be between 1 and 1000",
+                "max_header_list_size: must be between 1024 bytes and 1048576 bytes",
+                "stream_window",
+                "connection_window",
+                "max_pending_resets",
+                "max_error_resets",
+            ] {
+                let p = format!("listeners[{i}].limits.h2.{key}");
+                assert!(text.iter().any(|t| t.starts_with(&p)), "{p}: {text:#?}");
+            }
+        }
+        assert_eq!(text.len(), 13, "{text:#?}");
+    }
+}

@@ -1,0 +1,142 @@
+//! The node's own sections: `server`, `admin`, `control`, `purge` and `access_log`.
+
+use super::listeners::parse_listen_addr;
+use super::valid_name;
+use super::Errors;
+use crate::config::model::*;
+use crate::config::raw::*;
+use crate::config::secret::{read_secret, SecretSource};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub(super) fn validate_control(raw: RawControl, errs: &mut Errors) -> Option<ControlSpec> {
+    let before = errs.len();
+    let url = raw.url.trim_end_matches('/').to_string();
+    match url.parse::<http::Uri>() {
+        Ok(u) if u.scheme_str() == Some("http") || u.scheme_str() == Some("https") => {
+            if u.host().is_none() {
+                errs.push("control.url", format!("{url:?} has no host"));
+            }
+        }
+        _ => errs.push(
+            "control.url",
+            format!("{url:?} is not an http:// or https:// URL"),
+        ),
+    }
+    let node_id = raw.node_id.unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "verge-node".into())
+    });
+    if !valid_name(&node_id) {
+        errs.push(
+            "control.node_id",
+            "use letters, digits, '-', '_' and '.' only (at most 128)",
+        );
+    }
+    let token = match (raw.token_file, raw.token_env) {
+        (Some(_), Some(_)) => {
+            errs.push("control", "set token_file or token_env, not both");
+            None
+        }
+        (Some(file), None) => read_secret(SecretSource::File(Path::new(&file)))
+            .map_err(|e| errs.push("control.token_file", e.to_string()))
+            .ok(),
+        (None, Some(var)) => read_secret(SecretSource::Env(&var))
+            .map_err(|e| errs.push("control.token_env", e.to_string()))
+            .ok(),
+        (None, None) => None,
+    };
+    let wait = raw.wait.map_or(Duration::from_secs(30), |d| d.0);
+    if wait.is_zero() || wait > Duration::from_secs(300) {
+        errs.push("control.wait", "must be between 1ms and 300s");
+    }
+    let state_file = raw
+        .state_file
+        .unwrap_or_else(|| format!("/var/lib/verge/{node_id}.snapshot.json"))
+        .into();
+    (errs.len() == before).then_some(ControlSpec {
+        url,
+        node_id,
+        token,
+        state_file,
+        wait,
+    })
+}
+
+pub(super) fn validate_server(raw: RawServer, errs: &mut Errors) -> ServerSettings {
+    let threads = raw.threads.unwrap_or(1);
+    if threads == 0 || threads > 1024 {
+        errs.push("server.threads", "must be between 1 and 1024");
+    }
+    let grace_period = raw.grace_period.map_or(Duration::from_secs(5), |d| d.0);
+    let graceful_shutdown_timeout = raw
+        .graceful_shutdown_timeout
+        .map_or(Duration::from_secs(5), |d| d.0);
+    if let Some(ca) = &raw.ca_file {
+        if !Path::new(ca).is_file() {
+            errs.push("server.ca_file", format!("file {ca:?} does not exist"));
+        }
+    }
+    ServerSettings {
+        threads,
+        grace_period,
+        graceful_shutdown_timeout,
+        pid_file: raw.pid_file.unwrap_or_else(|| "/tmp/verge.pid".into()),
+        upgrade_sock: raw
+            .upgrade_sock
+            .unwrap_or_else(|| "/tmp/verge_upgrade.sock".into()),
+        error_log: raw.error_log,
+        ca_file: raw.ca_file,
+    }
+}
+
+pub(super) fn validate_admin(raw: RawAdmin, errs: &mut Errors) -> AdminSettings {
+    let listen = raw.listen.as_deref().unwrap_or("127.0.0.1:9901");
+    AdminSettings {
+        listen: parse_listen_addr("admin.listen", listen, errs)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901))),
+    }
+}
+
+/// `purge.allow`: the clients allowed to send `PURGE`.
+pub(super) fn validate_purge(raw: RawPurge, errs: &mut Errors) -> PurgeSpec {
+    if raw.allow.is_empty() {
+        errs.push(
+            "purge.allow",
+            "list at least one client address or CIDR block",
+        );
+    }
+    let mut allow = Vec::new();
+    for (i, text) in raw.allow.iter().enumerate() {
+        match IpNet::parse(text) {
+            Ok(n) => allow.push(n),
+            Err(e) => errs.push(format!("purge.allow[{i}]"), e),
+        }
+    }
+    PurgeSpec { allow }
+}
+
+/// `access_log.path`: `-` for stdout, else a file in a directory that exists.
+pub(super) fn validate_access_log(
+    raw: RawAccessLog,
+    errs: &mut Errors,
+) -> Option<crate::config::LogTarget> {
+    if raw.path == "-" {
+        return Some(crate::config::LogTarget::Stdout);
+    }
+    let path = std::path::PathBuf::from(&raw.path);
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) if !dir.is_dir() => {
+            errs.push(
+                "access_log.path",
+                format!("directory {} does not exist", dir.display()),
+            );
+            None
+        }
+        _ => Some(crate::config::LogTarget::File(path)),
+    }
+}
