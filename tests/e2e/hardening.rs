@@ -7,7 +7,7 @@
 //! answers `/reflect*` with a cacheable 200 whose body is that head, `/status999` with status
 //! 999, and `/switch*` with a 101 nobody asked for followed by "tunnel" bytes.
 
-use crate::harness::{lock, Verge};
+use crate::support::{lock, Config, Listener, Pool, Route, RouteCache, Verge};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -92,13 +92,16 @@ async fn answer(mut stream: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
 
 /// verge in front of `o`: `shop.test` caches, `pass.test` does not.
 async fn verge_for(o: &RecordingOrigin) -> Verge {
-    Verge::start(&format!(
-        "pools: {{p: {{backends: [\"{}\"]}}}}\n\
-         routes:\n\
-         \x20 - {{hosts: [shop.test], pool: p, cache: {{}}}}\n\
-         \x20 - {{hosts: [pass.test], pool: p}}\n",
-        o.addr
-    ))
+    Verge::start(
+        &Config::new()
+            .pool(Pool::new("p", &[o.addr]))
+            .route(
+                Route::to("p")
+                    .hosts(&["shop.test"])
+                    .cache(RouteCache::new()),
+            )
+            .route(Route::to("p").hosts(&["pass.test"])),
+    )
     .await
 }
 
@@ -435,13 +438,15 @@ async fn h2_status(v: &Verge, method: &str, authority: &str, path: &str) -> u8 {
 #[tokio::test]
 async fn http2_requests_get_the_same_host_and_method_rules() {
     let o = RecordingOrigin::start().await;
-    let v = Verge::start_with_listeners(
-        &format!(
-            "pools: {{p: {{backends: [\"{}\"]}}}}\n\
-             routes: [{{hosts: [shop.test], pool: p, cache: {{}}}}]\n",
-            o.addr
-        ),
-        Some("listeners:\n  - listen: \"{http}\"\n    h2c: true\n"),
+    let v = Verge::start(
+        &Config::new()
+            .listener(Listener::new().h2c())
+            .pool(Pool::new("p", &[o.addr]))
+            .route(
+                Route::to("p")
+                    .hosts(&["shop.test"])
+                    .cache(RouteCache::new()),
+            ),
     )
     .await;
     let (ok, refused) = (0x88, 0x8c);
