@@ -1,11 +1,14 @@
 //! The origin `scripts/bench` puts behind verge, nginx and Varnish: fixed-size cacheable objects,
-//! a slow endpoint, and per-path request counters read after a run.
+//! fixed-size objects no cache may store, a slow endpoint, and per-path request counters read
+//! after a run.
 //!
 //! ```text
 //! cargo run --release --example bench_origin -- --listen 127.0.0.1:9100 --max-age 3600
 //! curl -si 127.0.0.1:9100/obj/1024/a      # 1024 bytes, Cache-Control: public, max-age=3600, ETag
+//! curl -si 127.0.0.1:9100/nostore/1024/a  # 1024 bytes, Cache-Control: no-store
 //! curl -s  127.0.0.1:9100/slow/200/k      # answers after 200 ms (cacheable)
 //! curl -s  127.0.0.1:9100/stats           # {"total": N, "paths": {"/obj/1024/a": 1, ...}}
+//! curl -s  127.0.0.1:9100/stats/total     # {"total": N}: cheap to read after a run of unique keys
 //! ```
 //!
 //! It runs on one thread (the harness pins it to a core) and answers from one shared buffer, so
@@ -42,16 +45,20 @@ struct Counts {
 #[derive(Debug, PartialEq, Eq)]
 enum Endpoint {
     Object { size: usize, key: String },
+    NoStore { size: usize },
     Slow { ms: u64, key: String },
     Stats,
+    StatsTotal,
     NotFound,
 }
 
-/// `/obj/<size>/<key>`, `/slow/<ms>/<key>`, `/stats`; anything else (or a size/ms out of range)
-/// is `NotFound`.
+/// `/obj/<size>/<key>`, `/nostore/<size>/<key>`, `/slow/<ms>/<key>`, `/stats`, `/stats/total`;
+/// anything else (or a size/ms out of range) is `NotFound`.
 fn endpoint(path: &str) -> Endpoint {
-    if path == "/stats" {
-        return Endpoint::Stats;
+    match path {
+        "/stats" => return Endpoint::Stats,
+        "/stats/total" => return Endpoint::StatsTotal,
+        _ => {}
     }
     let mut parts = path.trim_start_matches('/').splitn(3, '/');
     let (Some(kind), Some(n), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
@@ -63,6 +70,10 @@ fn endpoint(path: &str) -> Endpoint {
                 size,
                 key: key.to_string(),
             },
+            _ => Endpoint::NotFound,
+        },
+        "nostore" => match n.parse::<usize>() {
+            Ok(size) if size <= MAX_OBJECT => Endpoint::NoStore { size },
             _ => Endpoint::NotFound,
         },
         "slow" => match n.parse::<u64>() {
@@ -105,9 +116,14 @@ fn response(status: u16, headers: &[(&str, &str)], body: Bytes) -> Response<Full
 }
 
 impl Origin {
-    fn stats_json(&self) -> Bytes {
+    /// The counters as JSON; `paths` only when asked (it grows with every unique key).
+    fn stats_json(&self, with_paths: bool) -> Bytes {
         let c = self.counts.borrow();
-        let json = serde_json::json!({ "total": c.total, "paths": c.paths });
+        let json = if with_paths {
+            serde_json::json!({ "total": c.total, "paths": c.paths })
+        } else {
+            serde_json::json!({ "total": c.total })
+        };
         Bytes::from(serde_json::to_vec(&json).unwrap_or_default())
     }
 
@@ -125,7 +141,7 @@ impl Origin {
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path();
         let which = endpoint(path);
-        if which != Endpoint::Stats {
+        if !matches!(which, Endpoint::Stats | Endpoint::StatsTotal) {
             self.count(path);
         }
         let inm = req
@@ -133,13 +149,13 @@ impl Origin {
             .get(hyper::header::IF_NONE_MATCH)
             .and_then(|v| v.to_str().ok());
         match which {
-            Endpoint::Stats => response(
+            Endpoint::Stats | Endpoint::StatsTotal => response(
                 200,
                 &[
                     ("content-type", "application/json"),
                     ("cache-control", "no-store"),
                 ],
-                self.stats_json(),
+                self.stats_json(which == Endpoint::Stats),
             ),
             Endpoint::Object { size, key } => {
                 let tag = etag(size, &key);
@@ -153,6 +169,14 @@ impl Origin {
                 }
                 response(200, &headers, self.body.slice(..size))
             }
+            Endpoint::NoStore { size } => response(
+                200,
+                &[
+                    ("content-type", "application/octet-stream"),
+                    ("cache-control", "no-store"),
+                ],
+                self.body.slice(..size),
+            ),
             Endpoint::Slow { ms, key } => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 let tag = etag(0, &key);
@@ -260,6 +284,15 @@ mod tests {
             }
         );
         assert_eq!(endpoint("/stats"), Endpoint::Stats);
+        assert_eq!(endpoint("/stats/total"), Endpoint::StatsTotal);
+        assert_eq!(
+            endpoint("/nostore/16384/k-1"),
+            Endpoint::NoStore { size: 16384 }
+        );
+        assert_eq!(
+            endpoint(&format!("/nostore/{}/a", MAX_OBJECT + 1)),
+            Endpoint::NotFound
+        );
         assert_eq!(endpoint("/obj/1024"), Endpoint::NotFound);
         assert_eq!(endpoint("/obj/x/a"), Endpoint::NotFound);
         assert_eq!(

@@ -2,6 +2,7 @@
 
 mod model;
 mod raw;
+pub mod relative_paths;
 pub mod secret;
 pub mod units;
 mod validate;
@@ -92,7 +93,7 @@ impl fmt::Display for ConfigErrors {
 impl Config {
     /// Parse and validate YAML text.
     pub fn from_yaml_str(text: &str) -> Result<Config, ConfigErrors> {
-        validate::validate_yaml(text).map_err(ConfigErrors::new)
+        validate::validate_yaml(text, None).map_err(ConfigErrors::new)
     }
 
     /// Read, parse and validate a config file; errors name the file.
@@ -101,7 +102,10 @@ impl Config {
             ConfigErrors::new(vec![ConfigError::new("", format!("cannot read file: {e}"))])
                 .in_file(path)
         })?;
-        let mut config = Self::from_yaml_str(&text).map_err(|e| e.in_file(path))?;
+        // paths in the file are read from its directory
+        let base = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let mut config =
+            validate::validate_yaml(&text, base).map_err(|e| ConfigErrors::new(e).in_file(path))?;
         config.source = Some(path.to_path_buf());
         Ok(config)
     }

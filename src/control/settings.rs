@@ -2,7 +2,7 @@
 
 use crate::config::secret::{read_secret, SecretSource};
 use crate::config::units::{ConfDuration, ConfSize};
-use crate::config::{ConfigError, ConfigErrors};
+use crate::config::{relative_paths, ConfigError, ConfigErrors};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -141,13 +141,24 @@ impl ControlSettings {
         };
         let one = |message: String| with_file(vec![ConfigError::new("", message)]);
         let text = std::fs::read_to_string(path).map_err(|e| one(format!("cannot read: {e}")))?;
-        Self::from_yaml_str(&text).map_err(|e| with_file(e.errors))
+        // paths in the file are read from its directory
+        let base = path.parent().filter(|d| !d.as_os_str().is_empty());
+        Self::parse(&text, base).map_err(|e| with_file(e.errors))
     }
 
-    /// Parse and validate YAML text.
+    /// Parse and validate YAML text (relative paths as they stand).
     pub fn from_yaml_str(text: &str) -> Result<ControlSettings, ConfigErrors> {
-        let raw: RawControlSettings = serde_yaml::from_str(text)
-            .map_err(|e| ConfigErrors::new(vec![ConfigError::new("", e.to_string())]))?;
+        Self::parse(text, None)
+    }
+
+    fn parse(text: &str, base: Option<&Path>) -> Result<ControlSettings, ConfigErrors> {
+        let fail =
+            |e: serde_yaml::Error| ConfigErrors::new(vec![ConfigError::new("", e.to_string())]);
+        let mut doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(fail)?;
+        if let Some(base) = base {
+            relative_paths::resolve(&mut doc, base, relative_paths::CONTROL_PATHS);
+        }
+        let raw: RawControlSettings = serde_yaml::from_value(doc).map_err(fail)?;
         validate(raw).map_err(ConfigErrors::new)
     }
 }

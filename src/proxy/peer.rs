@@ -62,10 +62,9 @@ pub fn select(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> 
     );
     let Some(addr) = pool.select(&key, &ctx.tried) else {
         METRICS.no_backend.with_label_values(&[pool.name()]).inc();
-        ctx.failure = Some(format!(
-            "verge: no healthy backend in pool {:?}",
-            pool.name()
-        ));
+        // the pool is internal: the log and the metric name it, the client's page does not
+        log::warn!("{}: no healthy backend in pool {:?}", ctx.host, pool.name());
+        ctx.failure = Some("verge: no healthy backend".to_string());
         return Err(crate::upstream::pool::no_backend_error(pool.name()));
     };
     if ctx.deadline.is_none() {
@@ -118,10 +117,12 @@ pub fn on_connect_failure(
         e.set_retry(true);
     } else {
         e.set_retry(false);
-        ctx.failure = Some(format!(
-            "verge: could not connect to a backend of pool {:?}",
+        log::warn!(
+            "{}: could not connect to a backend of pool {:?}",
+            ctx.host,
             pool.name()
-        ));
+        );
+        ctx.failure = Some("verge: could not connect to a backend".to_string());
     }
     e
 }

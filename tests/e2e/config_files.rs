@@ -128,3 +128,48 @@ fn serve_refuses_a_bad_config_and_names_the_file() {
         "{err}"
     );
 }
+
+#[test]
+fn paths_in_a_config_are_read_from_its_directory() {
+    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/conf");
+    // started from elsewhere: the certificates, tokens and seed policy are still found
+    for args in [
+        vec!["check", "-c", "tls-example.yaml"],
+        vec!["check", "-c", "control/node.yaml"],
+        vec!["control", "--check", "-c", "control/control.yaml"],
+    ] {
+        let mut cmd = Command::new(verge_bin());
+        cmd.current_dir("/").args(&args[..args.len() - 1]);
+        let out = cmd
+            .arg(format!("{conf}/{}", args[args.len() - 1]))
+            .output()
+            .expect("run verge");
+        assert!(
+            out.status.success(),
+            "{args:?} from /: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // a relative path that is not there is named as the file's directory reads it
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("verge.yaml");
+    std::fs::write(
+        &file,
+        "listeners: [{listen: \"127.0.0.1:0\", tls: {cert: missing.pem, key: missing.key}}]\n",
+    )
+    .expect("write");
+    let out = Command::new(verge_bin())
+        .current_dir("/")
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .expect("run verge check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let expected = dir.path().join("missing.pem");
+    assert!(
+        stderr.contains(&expected.display().to_string()),
+        "names {}: {stderr}",
+        expected.display()
+    );
+}

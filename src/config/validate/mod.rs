@@ -17,6 +17,7 @@ use super::raw::*;
 use super::{ConfigError, ConfigErrors};
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
 
 /// Collects errors while a document is validated.
 #[derive(Default)]
@@ -100,14 +101,24 @@ impl TryFrom<RawDocument> for Config {
     }
 }
 
-/// Parse and validate a config's YAML text; errors carry the line they are on.
-pub(super) fn validate_yaml(text: &str) -> Result<Config, Vec<ConfigError>> {
+/// Parse and validate a config's YAML text; errors carry the line they are on. Relative paths
+/// are read from `base`, the config file's directory, when there is one.
+pub(super) fn validate_yaml(text: &str, base: Option<&Path>) -> Result<Config, Vec<ConfigError>> {
     let mut errs = Errors::default();
     let doc = if text.trim().is_empty() {
         Some(RawDocument::default())
     } else {
         match serde_yaml::from_str::<serde_yaml::Value>(text) {
-            Ok(value) => errs.decode::<RawDocument>("", value),
+            Ok(mut value) => {
+                if let Some(base) = base {
+                    super::relative_paths::resolve(
+                        &mut value,
+                        base,
+                        super::relative_paths::NODE_PATHS,
+                    );
+                }
+                errs.decode::<RawDocument>("", value)
+            }
             Err(e) => {
                 let mut error = ConfigError::new("", e.to_string());
                 error.line = e.location().map(|l| l.line());

@@ -68,7 +68,10 @@ pub(super) fn validate_control(raw: RawControl, errs: &mut Errors) -> Option<Con
 }
 
 pub(super) fn validate_server(raw: RawServer, errs: &mut Errors) -> ServerSettings {
-    let threads = raw.threads.unwrap_or(1);
+    // one worker thread per core, as nginx's `worker_processes auto`
+    let threads = raw.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
     if threads == 0 || threads > 1024 {
         errs.push("server.threads", "must be between 1 and 1024");
     }
