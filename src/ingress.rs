@@ -1,11 +1,14 @@
 //! The HTTP/1 front door: reads each request head itself under a whole-head deadline and size,
-//! line and count limits, rejects ambiguous framing, then hands the bytes to Pingora's proxy.
+//! line and count limits, rejects ambiguous framing and request lines other than a plain
+//! origin-form one, then hands the bytes to Pingora's proxy. These refusals happen here, before
+//! the hit lane could answer.
 //!
 //! Pingora reads heads with a per-read timeout and a ~1 MiB cap, which leaves slowloris and
 //! oversized heads to us. HTTP/2 connections (ALPN `h2`, or h2c when enabled) go straight to
 //! Pingora, whose H2 limits are bounded.
 
 use crate::config::Limits;
+use crate::http_syntax::request_line;
 use crate::metrics::METRICS;
 use crate::proxy::hit_lane::{HitLane, Lane};
 use crate::proxy::EdgeProxy;
@@ -44,8 +47,9 @@ fn reject(status: u16, reason: &'static str) -> HeadScan {
     HeadScan::Reject { status, reason }
 }
 
-/// Check a (possibly partial) request head against the limits and RFC 9112 framing rules.
-/// Pure: looks only at `buf`.
+/// Check a (possibly partial) request head against the limits, the request-line rules
+/// ([`request_line::parse`]) and RFC 9112 framing rules. Each line is judged once it is whole,
+/// so a decision never depends on how the network split the bytes. Pure: looks only at `buf`.
 pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
     // RFC 9112 §2.2: ignore empty lines before the request line.
     let mut pos = 0;
@@ -67,7 +71,10 @@ pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
     if request_line.len() > limits.max_request_line {
         return reject(414, "request_line_too_long");
     }
-    let http10 = request_line.ends_with(b"HTTP/1.0");
+    let http10 = match request_line::parse(request_line) {
+        Ok(line) => line.http10,
+        Err(bad) => return reject(400, bad.reason()),
+    };
     pos += line_end + 1;
     let headers_start = pos;
 
@@ -124,6 +131,9 @@ pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encodings += 1;
             te_chunked_only &= value.eq_ignore_ascii_case(b"chunked");
+        } else if name.eq_ignore_ascii_case(b"connection") && names_framing(value) {
+            // framing is never hop-by-hop: a proxy that honoured it would drop the body's length
+            return reject(400, "connection_names_framing");
         }
     }
     if content_lengths > 1 {
@@ -147,6 +157,15 @@ pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
         }
     }
     HeadScan::Complete
+}
+
+/// Whether a `Connection` value lists `Content-Length` or `Transfer-Encoding`.
+fn names_framing(connection: &[u8]) -> bool {
+    connection.split(|b| *b == b',').any(|option| {
+        let option = option.trim_ascii();
+        option.eq_ignore_ascii_case(b"content-length")
+            || option.eq_ignore_ascii_case(b"transfer-encoding")
+    })
 }
 
 fn find_lf(b: &[u8]) -> Option<usize> {
@@ -549,5 +568,53 @@ mod tests {
         assert_eq!(rejected("GET / HTTP/1.1\r\nX a\r\n\r\n"), 400);
         assert_eq!(rejected("GET / HTTP/1.1\r\nX : a\r\n\r\n"), 400);
         assert_eq!(rejected("GET / HTTP/1.1\r\nX: a\rb\r\n\r\n"), 400);
+    }
+
+    fn reason(text: &str) -> &'static str {
+        match scan(text) {
+            HeadScan::Reject {
+                status: 400,
+                reason,
+            } => reason,
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn request_lines_are_plain_origin_form() {
+        assert_eq!(
+            reason("GET !foo HTTP/1.1\r\nHost: a\r\n\r\n"),
+            "target_not_origin_form"
+        );
+        assert_eq!(
+            reason("GET /a b HTTP/1.1\r\nHost: a\r\n\r\n"),
+            "bad_request_line"
+        );
+        assert_eq!(reason("gET / HTTP/1.1\r\nHost: a\r\n\r\n"), "bad_method");
+        // refused as soon as the line is whole
+        assert_eq!(
+            reason("GET http://a/ HTTP/1.1\r\n"),
+            "target_not_origin_form"
+        );
+        assert_eq!(
+            scan("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"),
+            HeadScan::Complete
+        );
+    }
+
+    #[test]
+    fn framing_is_never_hop_by_hop() {
+        for value in [
+            "Content-Length",
+            "close, transfer-encoding",
+            "TE,Content-length ",
+        ] {
+            let head = format!("POST / HTTP/1.1\r\nHost: a\r\nConnection: {value}\r\n\r\n");
+            assert_eq!(reason(&head), "connection_names_framing", "{value}");
+        }
+        assert_eq!(
+            scan("GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, x-content-length\r\n\r\n"),
+            HeadScan::Complete
+        );
     }
 }

@@ -7,13 +7,16 @@
 //! Invariants:
 //! - a decision never depends on where the bytes were split by the network: if any prefix of the
 //!   input is already `Complete` or refused, the whole input gets the same decision (status);
-//! - `Complete` only once an empty line ends the head;
+//! - `Complete` only once an empty line ends the head, and only for a request line
+//!   `request_line::parse` accepts (uppercase method, origin-form target, HTTP/1.0 or 1.1), and
+//!   no `Connection` listing `Content-Length` or `Transfer-Encoding`;
 //! - refusals are one of 400, 413, 414, 431, 501, with a non-empty reason;
 //! - the same input always gets the same decision.
 
 use super::input::Input;
 use std::time::Duration;
 use verge::config::Limits;
+use verge::http_syntax::request_line;
 use verge::ingress::{scan_head, HeadScan};
 
 pub fn check(data: &[u8]) {
@@ -35,11 +38,14 @@ pub fn check(data: &[u8]) {
     let whole = scan_head(head, &limits);
     assert_eq!(whole, scan_head(head, &limits), "deterministic");
     match &whole {
-        HeadScan::Complete => assert!(
-            ends_a_head(head),
-            "Complete without an empty line: {:?}",
-            String::from_utf8_lossy(head)
-        ),
+        HeadScan::Complete => {
+            assert!(
+                ends_a_head(head),
+                "Complete without an empty line: {:?}",
+                String::from_utf8_lossy(head)
+            );
+            complete_head_invariants(head);
+        }
         HeadScan::Reject { status, reason } => {
             assert!(
                 [400, 413, 414, 431, 501].contains(status),
@@ -62,6 +68,33 @@ pub fn check(data: &[u8]) {
                 head.len(),
                 String::from_utf8_lossy(head)
             ),
+        }
+    }
+}
+
+/// What a head the scanner accepted must be: its lines, split here independently of the scanner.
+fn complete_head_invariants(head: &[u8]) {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = head
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .skip_while(|l| l.is_empty());
+    let request_line = lines.next().unwrap_or_default();
+    assert!(
+        request_line::parse(request_line).is_ok(),
+        "accepted a request line parse refuses: {text:?}"
+    );
+    for line in lines.take_while(|l| !l.is_empty()) {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            panic!("accepted a field line without a colon: {text:?}");
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"connection") {
+            let lists_framing = value.split(|b| *b == b',').any(|o| {
+                let o = o.trim_ascii().to_ascii_lowercase();
+                o == b"content-length" || o == b"transfer-encoding"
+            });
+            assert!(!lists_framing, "accepted framing in Connection: {text:?}");
         }
     }
 }

@@ -10,13 +10,15 @@
 //! - an accepted path is forwarded as is, so it is its own canonical form: checking it again
 //!   accepts it, decoding it once never creates a `/`, and every prefix ending before a `/`
 //!   matches it on a segment boundary (what the router relies on);
+//! - `check_target` (the whole target, query included) accepts exactly `*` for OPTIONS or an
+//!   origin-form target of visible ASCII without `#` whose path `check_path` accepts;
 //! - `canonical_host` is idempotent, lowercase, without port or trailing dot, and gives a name of
 //!   non-empty labels of `[a-z0-9-_]`, or a bracketed IPv6 address; a port or upper case in the
 //!   input does not change the result.
 
 use super::input::Input;
 use verge::http_syntax::host::canonical_host;
-use verge::http_syntax::target::{check_path, BadTarget};
+use verge::http_syntax::target::{check_path, check_target, BadTarget};
 use verge::routing::prefix_matches;
 
 pub fn check(data: &[u8]) {
@@ -31,6 +33,8 @@ pub fn check(data: &[u8]) {
     let (path, host) = text.split_once('\n').unwrap_or((text.as_str(), ""));
     path_invariants(method, path);
     path_invariants(method, &text);
+    target_invariants(method, path);
+    target_invariants(method, &text);
     host_invariants(host);
     host_invariants(path);
 }
@@ -89,6 +93,30 @@ fn oracle_accepts(method: &str, path: &str) -> bool {
         && !has_dot_segment(&decoded)
 }
 
+fn is_bad_byte(b: u8) -> bool {
+    b == b' ' || b == b'#' || b >= 0x80
+}
+
+/// `check_target` accepts exactly a `*` for OPTIONS, or an origin-form target of visible ASCII
+/// without `#` whose path (before the first `?`) the path rule accepts; a refusal is one the
+/// target really has.
+fn target_invariants(method: &str, target: &str) {
+    let verdict = check_target(method.as_bytes(), target.as_bytes());
+    let path = target.split('?').next().unwrap_or_default();
+    let oracle = (target == "*" && method == "OPTIONS")
+        || (target.starts_with('/')
+            && !target.bytes().any(|b| is_control(b) || is_bad_byte(b))
+            && oracle_accepts("GET", path));
+    assert_eq!(
+        verdict.is_ok(),
+        oracle,
+        "check_target({method}, {target:?}) = {verdict:?} disagrees with the rule"
+    );
+    if let Err(BadTarget::BadByte) = verdict {
+        assert!(target.bytes().any(is_bad_byte), "{target:?}");
+    }
+}
+
 fn path_invariants(method: &str, path: &str) {
     let verdict = check_path(method, path);
     assert_eq!(
@@ -129,6 +157,7 @@ fn path_invariants(method: &str, path: &str) {
                 }
                 BadTarget::BadPercentEncoding => decode_once(path).is_none(),
                 BadTarget::DotSegment => decode_once(path).is_some_and(|d| has_dot_segment(&d)),
+                BadTarget::BadByte => path.bytes().any(is_bad_byte),
             };
             assert!(
                 truthful,

@@ -72,6 +72,7 @@ fn nodes() -> &'static Nodes {
                 target: target.into(),
                 soft: false,
                 created_ms: 0,
+                id: None,
             };
             index.apply(&inv, applied_at).expect("invalidation");
         }
@@ -318,6 +319,7 @@ fn target_invariants(kind: InvalidationKind, text: &str) {
             target: text.to_string(),
             soft,
             created_ms: 0,
+            id: None,
         };
         let at = now();
         assert_eq!(index.apply(&inv, at), Ok(()));

@@ -128,6 +128,7 @@ mod tests {
                     target: "a/x".into(),
                     soft: false,
                     created_ms: 0,
+                    id: None,
                 },
                 t0 + Duration::from_secs(1),
             )

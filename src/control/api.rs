@@ -185,6 +185,8 @@ struct PurgeBody {
     soft: bool,
     confirm: Option<String>,
     invalidations: Option<Vec<PurgeItem>>,
+    /// The client's id for a single-target purge (idempotent redelivery).
+    id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -195,6 +197,7 @@ struct PurgeItem {
     target: String,
     #[serde(default)]
     soft: bool,
+    id: Option<String>,
 }
 
 /// Turn any of the accepted purge bodies into requests. `all` needs `"confirm": "all"`.
@@ -210,17 +213,27 @@ fn purge_requests(body: &[u8]) -> Result<Vec<InvalidationRequest>, ApiReply> {
                 (None, None) if kind == InvalidationKind::All => vec![String::new()],
                 _ => return Err(ApiReply::error(400, "give either target or targets")),
             };
+            if b.id.is_some() && targets.len() != 1 {
+                return Err(ApiReply::error(
+                    400,
+                    "an id names one invalidation: give one per item of \"invalidations\"",
+                ));
+            }
             out.extend(targets.into_iter().map(|target| InvalidationRequest {
                 kind,
                 target,
                 soft: b.soft,
+                id: b.id.clone(),
             }));
         }
-        (None, Some(items)) => out.extend(items.into_iter().map(|i| InvalidationRequest {
-            kind: i.kind,
-            target: i.target,
-            soft: i.soft,
-        })),
+        (None, Some(items)) if b.id.is_none() => {
+            out.extend(items.into_iter().map(|i| InvalidationRequest {
+                kind: i.kind,
+                target: i.target,
+                soft: i.soft,
+                id: i.id,
+            }))
+        }
         _ => {
             return Err(ApiReply::error(
                 400,
@@ -336,6 +349,7 @@ impl ControlApi {
                         "seq": seq,
                         "seqs": accepted.iter().map(|a| a.seq).collect::<Vec<_>>(),
                         "coalesced": accepted.iter().map(|a| a.coalesced).collect::<Vec<_>>(),
+                        "duplicate": accepted.iter().map(|a| a.duplicate).collect::<Vec<_>>(),
                     }),
                 ))
             }),

@@ -58,6 +58,8 @@ pub struct InvalidationRequest {
     pub target: String,
     /// Mark stale instead of removing.
     pub soft: bool,
+    /// The client's id for this invalidation (idempotent redelivery), if it gave one.
+    pub id: Option<String>,
 }
 
 /// What happened to one requested invalidation.
@@ -67,7 +69,13 @@ pub struct Accepted {
     pub seq: u64,
     /// An identical invalidation was accepted within the coalescing window; this is its `seq`.
     pub coalesced: bool,
+    /// An invalidation with the same client id was accepted before; this is its `seq`, and
+    /// nothing was purged again.
+    pub duplicate: bool,
 }
+
+/// Longest client id accepted for an invalidation.
+pub const MAX_ID_LEN: usize = 256;
 
 /// A node as the control plane sees it.
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +103,15 @@ struct PlaneState {
     delivered: u64,
     buckets: HashMap<String, Bucket>,
     nodes: BTreeMap<String, NodeStatus>,
+    /// Client ids of the retained invalidations, with their `seq`.
+    ids: HashMap<String, u64>,
+}
+
+/// The client ids of `invalidations`, with their `seq`.
+fn ids_of<'a>(invalidations: impl Iterator<Item = &'a Invalidation>) -> HashMap<String, u64> {
+    invalidations
+        .filter_map(|i| Some((i.id.clone()?, i.seq)))
+        .collect()
 }
 
 /// The control plane: one per `verge control` process.
@@ -121,6 +138,7 @@ impl ControlPlane {
             policy_version: policies.last().map_or(0, |p| p.version),
             seq: invalidations.last().map_or(floor, |i| i.seq.max(floor)),
         };
+        let ids = ids_of(invalidations.iter());
         let plane = Arc::new(ControlPlane {
             state: Mutex::new(PlaneState {
                 policies: policies.into(),
@@ -132,6 +150,7 @@ impl ControlPlane {
                 delivered: 0,
                 buckets: HashMap::new(),
                 nodes: BTreeMap::new(),
+                ids,
             }),
             head: watch::channel(head).0,
             settings,
@@ -299,12 +318,29 @@ impl ControlPlane {
                 Ok(t) => targets.push(t),
                 Err(e) => problems.push(format!("targets[{i}] ({:?}): {e}", r.target)),
             }
+            if let Some(id) = &r.id {
+                if id.is_empty()
+                    || id.len() > MAX_ID_LEN
+                    || id.bytes().any(|b| b.is_ascii_control())
+                {
+                    problems.push(format!(
+                        "targets[{i}]: id must be 1 to {MAX_ID_LEN} bytes without control characters"
+                    ));
+                }
+            }
         }
         if !problems.is_empty() {
             return Err(PlaneError::BadRequest(problems.join("; ")));
         }
         let mut st = self.state.lock();
-        self.take_tokens(&mut st, who, requests.len())?;
+        // a redelivery costs no purge budget: it purges nothing
+        let redelivered = requests
+            .iter()
+            .filter(|r| r.id.as_ref().is_some_and(|id| st.ids.contains_key(id)))
+            .count();
+        if redelivered < requests.len() {
+            self.take_tokens(&mut st, who, requests.len() - redelivered)?;
+        }
         let now = Instant::now();
         let window = self.settings.coalesce_window;
         let delivered = st.delivered;
@@ -315,34 +351,52 @@ impl ControlPlane {
         let mut out = Vec::with_capacity(requests.len());
         let mut fresh = Vec::new();
         let mut batch_keys: HashMap<(Target, bool), u64> = HashMap::new();
+        let mut batch_ids: HashMap<&str, u64> = HashMap::new();
         for (r, t) in requests.iter().zip(targets) {
-            let key = (t, r.soft);
-            if let Some(&(seq, _)) = st.recent.get(&key) {
+            let known =
+                r.id.as_deref()
+                    .and_then(|id| st.ids.get(id).or_else(|| batch_ids.get(id)).copied());
+            if let Some(seq) = known {
                 out.push(Accepted {
                     seq,
-                    coalesced: true,
+                    coalesced: false,
+                    duplicate: true,
                 });
                 continue;
             }
-            if let Some(&seq) = batch_keys.get(&key) {
+            let key = (t, r.soft);
+            let coalesced = st
+                .recent
+                .get(&key)
+                .map(|&(seq, _)| seq)
+                .or_else(|| batch_keys.get(&key).copied());
+            // an id is recorded with its own invalidation, so a coalesced one with an id
+            // is written (the nodes apply it once more; a redelivery never is)
+            if let (Some(seq), None) = (coalesced, &r.id) {
                 out.push(Accepted {
                     seq,
                     coalesced: true,
+                    duplicate: false,
                 });
                 continue;
             }
             next += 1;
             batch_keys.insert(key, next);
+            if let Some(id) = r.id.as_deref() {
+                batch_ids.insert(id, next);
+            }
             fresh.push(Invalidation {
                 seq: next,
                 kind: r.kind,
                 target: r.target.trim().to_string(),
                 soft: r.soft,
                 created_ms,
+                id: r.id.clone(),
             });
             out.push(Accepted {
                 seq: next,
                 coalesced: false,
+                duplicate: false,
             });
         }
         if !fresh.is_empty() {
@@ -350,6 +404,9 @@ impl ControlPlane {
             self.store.append(&records)?;
             for (key, seq) in batch_keys {
                 st.recent.insert(key, (seq, now));
+            }
+            for (id, seq) in batch_ids {
+                st.ids.insert(id.to_string(), seq);
             }
             st.appended_since_compaction += fresh.len();
             st.invalidations.extend(fresh);
@@ -394,6 +451,8 @@ impl ControlPlane {
             floor,
         };
         self.store.rewrite(&state)?;
+        // ids are remembered as long as their invalidations are retained
+        st.ids = ids_of(keep.iter());
         st.invalidations = keep.into();
         st.floor = floor;
         st.appended_since_compaction = 0;
@@ -559,6 +618,7 @@ mod tests {
 
     fn purge(kind: InvalidationKind, target: &str) -> InvalidationRequest {
         InvalidationRequest {
+            id: None,
             kind,
             target: target.into(),
             soft: false,
@@ -602,6 +662,44 @@ mod tests {
     }
 
     #[test]
+    fn a_redelivered_purge_id_gets_its_first_seq_and_purges_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = open(dir.path());
+        let with_id = |target: &str, id: &str| InvalidationRequest {
+            id: Some(id.into()),
+            ..purge(InvalidationKind::Url, target)
+        };
+        let first = cp.invalidate(&[with_id("a.com/x", "evt-1")], "t").unwrap();
+        assert_eq!((first[0].seq, first[0].duplicate), (1, false));
+        // the same target again with a new id is a new purge, not coalesced into the first
+        let other = cp.invalidate(&[with_id("a.com/x", "evt-2")], "t").unwrap();
+        assert_eq!((other[0].seq, other[0].duplicate), (2, false));
+        // redeliveries, alone and inside a batch, purge nothing again
+        let again = cp
+            .invalidate(
+                &[with_id("a.com/x", "evt-1"), with_id("a.com/y", "evt-3")],
+                "t",
+            )
+            .unwrap();
+        assert_eq!(
+            again
+                .iter()
+                .map(|a| (a.seq, a.duplicate))
+                .collect::<Vec<_>>(),
+            [(1, true), (3, false)]
+        );
+        assert_eq!(cp.head().seq, 3);
+        drop(cp);
+        // after a restart the ids are still known
+        let cp = open(dir.path());
+        let later = cp.invalidate(&[with_id("a.com/y", "evt-3")], "t").unwrap();
+        assert_eq!((later[0].seq, later[0].duplicate), (3, true));
+        assert_eq!(cp.head().seq, 3);
+        let bad = cp.invalidate(&[with_id("a.com/z", "")], "t");
+        assert!(matches!(bad, Err(PlaneError::BadRequest(_))), "{bad:?}");
+    }
+
+    #[test]
     fn invalidations_get_sequences_coalesce_and_survive_restart() {
         let dir = tempfile::tempdir().unwrap();
         let cp = open(dir.path());
@@ -612,7 +710,8 @@ mod tests {
             a,
             vec![Accepted {
                 seq: 1,
-                coalesced: false
+                coalesced: false,
+                duplicate: false
             }]
         );
         let b = cp
@@ -630,15 +729,18 @@ mod tests {
             vec![
                 Accepted {
                     seq: 1,
-                    coalesced: true
+                    coalesced: true,
+                    duplicate: false
                 },
                 Accepted {
                     seq: 2,
-                    coalesced: false
+                    coalesced: false,
+                    duplicate: false
                 },
                 Accepted {
                     seq: 2,
-                    coalesced: true
+                    coalesced: true,
+                    duplicate: false
                 }
             ]
         );
@@ -651,7 +753,8 @@ mod tests {
             c,
             vec![Accepted {
                 seq: 3,
-                coalesced: false
+                coalesced: false,
+                duplicate: false
             }]
         );
         assert!(matches!(

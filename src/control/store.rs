@@ -276,6 +276,7 @@ mod tests {
             target: "a.com".into(),
             soft: false,
             created_ms: seq,
+            id: None,
         }
     }
 

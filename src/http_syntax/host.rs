@@ -1,10 +1,15 @@
-//! Host names as the router, the cache key and invalidations compare them: the canonical form
-//! of a `Host` field or URI authority.
+//! Host names as the router, the cache key, invalidations and the origin see them: the
+//! canonical form of a `Host` field or URI authority.
+//!
+//! A port never reaches the key or the origin: the canonical form has none, and it is also the
+//! `Host` verge forwards. Otherwise `Host: shop.test:1337` would be keyed as `shop.test` while the
+//! origin, seeing the port, built its answer (a redirect, absolute links) for `:1337`. A port
+//! that is not one (empty, not decimal, 0, over 65535) makes the whole value invalid.
 
 use pingora_http::RequestHeader;
 
 /// Canonical form of a Host header or URI authority: lowercase, no port, no trailing dot.
-/// Returns `None` for a value that is not a plausible host name or IP literal.
+/// Returns `None` for a value that is not a plausible host name or IP literal on a valid port.
 pub fn canonical_host(raw: &str) -> Option<String> {
     let raw = raw.trim();
     let host = if let Some(rest) = raw.strip_prefix('[') {
@@ -38,8 +43,9 @@ pub fn canonical_host(raw: &str) -> Option<String> {
     Some(host.to_ascii_lowercase())
 }
 
+/// A TCP port a client could have connected to: 1 to 65535, in decimal digits.
 fn valid_port(p: &str) -> bool {
-    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+    !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|n| n > 0)
 }
 
 /// The host a request is for, canonical: the absolute-form authority if present, else the
@@ -82,6 +88,18 @@ mod tests {
         assert_eq!(canonical_host("[::1]:80").as_deref(), Some("[::1]"));
         assert_eq!(canonical_host("127.0.0.1").as_deref(), Some("127.0.0.1"));
         assert_eq!(canonical_host("a.com:x"), None);
+        for bad_port in [
+            "a.com:",
+            "a.com:0",
+            "a.com:65536",
+            "a.com:99999",
+            "a.com:+80",
+            "[::1]:0",
+        ] {
+            assert_eq!(canonical_host(bad_port), None, "{bad_port}");
+        }
+        assert_eq!(canonical_host("a.com:65535").as_deref(), Some("a.com"));
+        assert_eq!(canonical_host("a.com:080").as_deref(), Some("a.com"));
         assert_eq!(canonical_host("a b.com"), None);
         assert_eq!(canonical_host(""), None);
         assert_eq!(canonical_host("a.com\0"), None);

@@ -3,6 +3,7 @@
 
 pub mod fields;
 pub mod host;
+pub mod request_line;
 pub mod target;
 
 /// The scheme of a listener's requests, as the cache key and `X-Forwarded-Proto` name it.

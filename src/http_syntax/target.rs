@@ -16,6 +16,9 @@ pub enum BadTarget {
     BadPercentEncoding,
     /// A `.` or `..` segment (raw or encoded): routing and the origin could disagree on the path.
     DotSegment,
+    /// A space, a `#` (a fragment is never sent) or a byte outside ASCII: RFC 3986 wants them
+    /// percent-encoded, and origins decode raw ones differently.
+    BadByte,
 }
 
 impl BadTarget {
@@ -28,6 +31,7 @@ impl BadTarget {
             BadTarget::ControlByte => "target_control_byte",
             BadTarget::BadPercentEncoding => "target_bad_percent_encoding",
             BadTarget::DotSegment => "target_dot_segment",
+            BadTarget::BadByte => "target_bad_byte",
         }
     }
 }
@@ -39,6 +43,28 @@ fn hex(b: u8) -> Option<u8> {
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     }
+}
+
+/// Check a whole request target as the client sent it (path and query): origin-form (`*` for
+/// `OPTIONS` only), visible ASCII without `#`, and a path [`check_path`] accepts.
+pub fn check_target(method: &[u8], target: &[u8]) -> Result<(), BadTarget> {
+    if target == b"*" && method == b"OPTIONS" {
+        return Ok(());
+    }
+    if target.first() != Some(&b'/') {
+        return Err(BadTarget::NotOriginForm);
+    }
+    for b in target {
+        match b {
+            0..=0x1f | 0x7f => return Err(BadTarget::ControlByte),
+            b' ' | b'#' | 0x80.. => return Err(BadTarget::BadByte),
+            _ => {}
+        }
+    }
+    let path = target.split(|b| *b == b'?').next().unwrap_or_default();
+    // visible ASCII, so UTF-8
+    let path = std::str::from_utf8(path).map_err(|_| BadTarget::BadByte)?;
+    check_path("GET", path)
 }
 
 /// Check a request path (without the query). `method` allows `*` for OPTIONS.
@@ -130,5 +156,33 @@ mod tests {
         for (p, want) in cases {
             assert_eq!(check_path("GET", p), Err(want), "{p:?}");
         }
+    }
+
+    #[test]
+    fn whole_targets() {
+        for ok in ["/", "/a?b=c&d[]=e|f", "/a?x=../y", "/%7B%7D"] {
+            assert_eq!(check_target(b"GET", ok.as_bytes()), Ok(()), "{ok}");
+        }
+        assert_eq!(check_target(b"OPTIONS", b"*"), Ok(()));
+        for (t, want) in [
+            ("*", BadTarget::NotOriginForm),
+            ("!foo", BadTarget::NotOriginForm),
+            ("?x", BadTarget::NotOriginForm),
+            ("http://a/b", BadTarget::NotOriginForm),
+            ("/a b", BadTarget::BadByte),
+            ("/a#b", BadTarget::BadByte),
+            ("/a?b#c", BadTarget::BadByte),
+            ("/caf\u{e9}", BadTarget::BadByte),
+            ("/a\tb", BadTarget::ControlByte),
+            ("/a?\u{7f}", BadTarget::ControlByte),
+            ("/a/../b?x", BadTarget::DotSegment),
+            ("/a%2fb?x", BadTarget::EncodedSeparator),
+        ] {
+            assert_eq!(check_target(b"GET", t.as_bytes()), Err(want), "{t:?}");
+        }
+        assert_eq!(
+            check_target(b"GET", b"/caf\xc3\xa9"),
+            Err(BadTarget::BadByte)
+        );
     }
 }

@@ -1,9 +1,11 @@
-//! Header edits on the way upstream and back: forwarding headers, route header ops, prefix strip.
+//! Header edits on the way upstream and back: forwarding headers, the canonical Host, route
+//! header ops, prefix strip.
 
 use super::context::RequestCtx;
-use crate::config::HeaderOps;
+use crate::config::{HeaderOps, IpNet};
 use crate::http_syntax::path_and_query;
 use crate::snapshot::Route;
+use http::header::{HeaderName, HOST, VIA as VIA_HEADER};
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::net::IpAddr;
@@ -11,15 +13,11 @@ use std::net::IpAddr;
 /// What verge adds to `Via`.
 pub const VIA: &str = "1.1 verge";
 
-/// Client-sent headers that could steer the origin or poison what it answers. verge drops them
-/// and writes its own forwarding headers from what it saw itself.
+/// Client-sent fields that could steer the origin or poison what it answers, besides every
+/// `X-Forwarded-*` field ([`FORWARDED_PREFIX`]). verge drops them and writes its own forwarding
+/// fields from what it saw itself.
 pub const UNTRUSTED_REQUEST_HEADERS: &[&str] = &[
     "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
     "x-real-ip",
     "x-original-url",
     "x-rewrite-url",
@@ -28,25 +26,90 @@ pub const UNTRUSTED_REQUEST_HEADERS: &[&str] = &[
     "x-method-override",
 ];
 
-/// Replace client-sent forwarding headers with verge's own view of the connection.
+/// Every client field whose name starts with this is dropped, whatever comes after it
+/// (`X-Forwarded-Scheme`, `X-Forwarded-Server`, …): origins and frameworks read many of them.
+pub const FORWARDED_PREFIX: &str = "x-forwarded-";
+
+/// Whether verge drops a client field named `name` (lowercase, as `http` stores names) before
+/// the origin sees it: a forwarding or override field, or a name with `_`. Many origins (CGI,
+/// PHP, WSGI, Rack) read `_` and `-` alike, so `Transfer_Encoding` or `X_Forwarded_For` could
+/// reach them as the field verge checked or wrote itself; nginx drops such names too.
+pub fn dropped_request_field(name: &str) -> bool {
+    name.starts_with(FORWARDED_PREFIX)
+        || name.contains('_')
+        || UNTRUSTED_REQUEST_HEADERS.contains(&name)
+}
+
+/// Client fields a trusted hop in front of verge (a load balancer, a CDN) may set: when a
+/// request comes from `from`, its `fields` reach the origin as that hop sent them, and verge
+/// appends to a trusted `X-Forwarded-For` instead of replacing it. Empty (the default): no
+/// client is trusted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardingTrust {
+    /// The hops' addresses.
+    pub from: Vec<IpNet>,
+    /// The fields they may set (dropped for everyone else).
+    pub fields: Vec<HeaderName>,
+}
+
+impl ForwardingTrust {
+    /// The fields trusted on a request from `client` (none when it is not a trusted hop).
+    pub fn fields_for(&self, client: Option<IpAddr>) -> &[HeaderName] {
+        match client {
+            Some(ip) if self.from.iter().any(|net| net.contains(ip)) => &self.fields,
+            _ => &[],
+        }
+    }
+}
+
+/// Replace client-sent forwarding fields with verge's own view of the connection, except the
+/// `trusted` ones a trusted hop sent: those stay, and a trusted `X-Forwarded-For` gets the
+/// client's address appended. Underscore names go too ([`dropped_request_field`]).
 pub fn set_forwarding_headers(
     req: &mut RequestHeader,
     client_ip: Option<IpAddr>,
     scheme: &str,
     host: &str,
+    trusted: &[HeaderName],
 ) -> Result<()> {
-    for name in UNTRUSTED_REQUEST_HEADERS {
-        req.remove_header(*name);
+    let dropped: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|name| dropped_request_field(name.as_str()) && !trusted.contains(name))
+        .cloned()
+        .collect();
+    for name in &dropped {
+        req.remove_header(name);
     }
+    // what a trusted hop set is kept; verge's own value otherwise
+    let kept = |req: &RequestHeader, name: &str| {
+        req.headers.contains_key(name) && trusted.iter().any(|t| t.as_str() == name)
+    };
     if let Some(ip) = client_ip {
-        req.insert_header("x-forwarded-for", ip.to_string())?;
+        let chain = kept(req, "x-forwarded-for").then(|| {
+            let hops: Vec<&[u8]> = req
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect();
+            hops.join(&b", "[..])
+        });
+        let mut value = chain.unwrap_or_default();
+        if !value.is_empty() {
+            value.extend_from_slice(b", ");
+        }
+        value.extend_from_slice(ip.to_string().as_bytes());
+        req.insert_header("x-forwarded-for", value)?;
     }
-    req.insert_header("x-forwarded-proto", scheme)?;
-    if !host.is_empty() {
+    if !kept(req, "x-forwarded-proto") {
+        req.insert_header("x-forwarded-proto", scheme)?;
+    }
+    if !host.is_empty() && !kept(req, "x-forwarded-host") {
         req.insert_header("x-forwarded-host", host)?;
     }
-    append_via(req.headers.get("via").map(|v| v.as_bytes()))
-        .map(|via| req.insert_header("via", via))
+    append_via(req.headers.get(VIA_HEADER).map(|v| v.as_bytes()))
+        .map(|via| req.insert_header(VIA_HEADER, via))
         .transpose()?;
     Ok(())
 }
@@ -135,16 +198,22 @@ pub fn restore_fields(
 }
 
 /// `upstream_request_filter`: what verge writes into the forwarded request before user
-/// filters see it: forwarding fields from what verge saw, the route's prefix strip and header
-/// edits, and an explicit empty body where a GET/HEAD body is dropped.
+/// filters see it: the Host the router and the cache key used (canonical: lowercase, no port,
+/// no trailing dot), forwarding fields from what verge saw (`trusted`: those a trusted hop may
+/// set), the route's prefix strip and header edits, and an explicit empty body where a GET/HEAD
+/// body is dropped.
 pub fn prepare_upstream(
     upstream: &mut RequestHeader,
     route: &Route,
     ctx: &RequestCtx,
     client: Option<IpAddr>,
     scheme: &str,
+    trusted: &[HeaderName],
 ) -> Result<()> {
-    set_forwarding_headers(upstream, client, scheme, &ctx.host)?;
+    if !ctx.host.is_empty() {
+        upstream.insert_header(HOST, &ctx.host)?;
+    }
+    set_forwarding_headers(upstream, client, scheme, &ctx.host, trusted)?;
     if route.spec.strip_prefix {
         let new = strip_path_prefix(path_and_query(&upstream.uri), &route.spec.path_prefix);
         let uri = http::Uri::try_from(new)
@@ -197,13 +266,31 @@ mod tests {
             .expect("h");
         req.insert_header("x-original-url", "/admin").expect("h");
         req.insert_header("via", "1.1 cdn").expect("h");
+        req.insert_header("x-forwarded-scheme", "evil").expect("h");
+        req.insert_header("X-Forwarded-Server", "evil").expect("h");
+        req.insert_header("x-forwarded-anything-else", "evil")
+            .expect("h");
+        for name in [
+            "transfer_encoding",
+            "content_length",
+            "x_forwarded_for",
+            "x_a",
+        ] {
+            req.insert_header(name, "evil").expect("h");
+        }
+        req.insert_header("x-kept", "1").expect("h");
         set_forwarding_headers(
             &mut req,
             Some("10.0.0.1".parse().expect("ip")),
             "https",
             "a.com",
+            &[],
         )
         .expect("ok");
+        for (name, value) in req.headers.iter() {
+            assert_ne!(value, "evil", "{name} kept");
+        }
+        assert!(req.headers.contains_key("x-kept"));
         let get = |n: &str| {
             req.headers
                 .get(n)
@@ -214,6 +301,42 @@ mod tests {
         assert_eq!(get("x-forwarded-host").as_deref(), Some("a.com"));
         assert_eq!(get("x-original-url"), None);
         assert_eq!(get("via").as_deref(), Some("1.1 cdn, 1.1 verge"));
+        assert_eq!(req.headers.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn a_trusted_hop_keeps_the_fields_it_may_set() {
+        let trust = ForwardingTrust {
+            from: vec![IpNet::parse("10.0.0.0/8").expect("net")],
+            fields: ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-scheme"]
+                .map(HeaderName::from_static)
+                .to_vec(),
+        };
+        let hop: IpAddr = "10.1.2.3".parse().expect("ip");
+        let stranger: IpAddr = "192.0.2.1".parse().expect("ip");
+        assert!(trust.fields_for(Some(stranger)).is_empty());
+        assert!(trust.fields_for(None).is_empty());
+        assert!(ForwardingTrust::default().fields_for(Some(hop)).is_empty());
+        let mut req = RequestHeader::build("GET", b"/", None).expect("req");
+        req.append_header("x-forwarded-for", "1.1.1.1").expect("h");
+        req.append_header("x-forwarded-for", "2.2.2.2").expect("h");
+        req.insert_header("x-forwarded-proto", "https").expect("h");
+        req.insert_header("x-forwarded-scheme", "https").expect("h");
+        req.insert_header("x-forwarded-host", "evil.com")
+            .expect("h");
+        set_forwarding_headers(
+            &mut req,
+            Some(hop),
+            "http",
+            "a.com",
+            trust.fields_for(Some(hop)),
+        )
+        .expect("ok");
+        let get = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
+        assert_eq!(get("x-forwarded-for"), Some("1.1.1.1, 2.2.2.2, 10.1.2.3"));
+        assert_eq!(get("x-forwarded-proto"), Some("https"));
+        assert_eq!(get("x-forwarded-scheme"), Some("https"));
+        assert_eq!(get("x-forwarded-host"), Some("a.com"), "not trusted");
         assert_eq!(req.headers.get_all("x-forwarded-for").iter().count(), 1);
     }
 

@@ -59,6 +59,7 @@ pub struct EdgeProxy {
     cache: &'static CacheEngine,
     access_log: Option<Arc<AccessLog>>,
     filters: Filters,
+    forwarding_trust: headers::ForwardingTrust,
 }
 
 impl EdgeProxy {
@@ -74,7 +75,15 @@ impl EdgeProxy {
             cache,
             access_log: None,
             filters: Filters::default(),
+            forwarding_trust: headers::ForwardingTrust::default(),
         }
+    }
+
+    /// Let these trusted hops in front of the listener set forwarding fields (by default no
+    /// client may: every one is dropped).
+    pub fn with_forwarding_trust(mut self, trust: headers::ForwardingTrust) -> Self {
+        self.forwarding_trust = trust;
+        self
     }
 
     /// Run these user filters on the routes that select them.
@@ -314,7 +323,9 @@ impl ProxyHttp for EdgeProxy {
         let Some(route) = ctx.route.as_ref() else {
             return Ok(());
         };
-        headers::prepare_upstream(upstream, route, ctx, client_ip(session), self.scheme())?;
+        let client = client_ip(session);
+        let trusted = self.forwarding_trust.fields_for(client);
+        headers::prepare_upstream(upstream, route, ctx, client, self.scheme(), trusted)?;
         self.filters.upstream_phase(session, upstream, ctx).await?;
         ctx.upstream_sent_at = Some(Instant::now());
         ctx.fetch_started = Some(std::time::SystemTime::now());
@@ -327,6 +338,7 @@ impl ProxyHttp for EdgeProxy {
         upstream: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        upstream_error::refuse_status(upstream, session.is_upgrade_req())?;
         if origin_response::is_interim(upstream) {
             return upstream_error::count_informational(&mut ctx.informational);
         }

@@ -1,13 +1,16 @@
-//! The start of `request_filter`: refuse a target or host the router and the origin could read
-//! differently, route by canonical host and path, answer `PURGE`, and apply the route's rule for
-//! bodies on GET and HEAD. What is left goes on to user filters and the cache.
+//! The start of `request_filter`: refuse a method, target or host the router and the origin
+//! could read differently, route by canonical host and path, answer `PURGE`, and apply the
+//! route's rule for bodies on GET and HEAD. What is left goes on to user filters and the cache.
+//!
+//! HTTP/1 requests were already held to the same rules in the front door
+//! ([`crate::ingress::scan_head`]); these checks are the ones HTTP/2 requests get.
 
 use super::context::{client_ip, RequestCtx};
 use super::error_page::respond_plain;
 use super::{purge, request_body};
 use crate::cache::CacheEngine;
 use crate::http_syntax::host::request_host;
-use crate::http_syntax::target;
+use crate::http_syntax::{path_and_query, request_line, target};
 use crate::metrics::METRICS;
 use crate::snapshot::SharedSnapshot;
 use pingora_error::Result;
@@ -22,7 +25,14 @@ pub async fn answered_before_routing(
     engine: &CacheEngine,
 ) -> Result<bool> {
     let req = session.req_header();
-    if let Err(bad) = target::check_path(req.method.as_str(), req.uri.path()) {
+    let method = req.method.as_str().as_bytes();
+    if !request_line::method_allowed(method) {
+        METRICS.rejected.with_label_values(&["bad_method"]).inc();
+        respond_plain(session, 400, "verge: method refused").await?;
+        return Ok(true);
+    }
+    let target = path_and_query(&req.uri).as_bytes();
+    if let Err(bad) = target::check_target(method, target) {
         METRICS.rejected.with_label_values(&[bad.reason()]).inc();
         respond_plain(session, 400, "verge: request target refused").await?;
         return Ok(true);

@@ -1,10 +1,13 @@
 //! Names what went wrong with an origin after verge connected to it, for
-//! `verge_upstream_errors_total{pool,kind}` (pure: looks only at the error).
+//! `verge_upstream_errors_total{pool,kind}` (pure: looks only at the error), and refuses
+//! response heads no client may see: a status outside 100–599, a 101 nobody asked for, a
+//! flood of informational heads.
 
 use super::context::RequestCtx;
 use crate::metrics::METRICS;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType};
+use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use std::time::Instant;
 
@@ -53,6 +56,24 @@ pub fn count_informational(seen: &mut usize) -> Result<(), Box<Error>> {
         ErrorType::Custom(INFORMATIONAL_FLOOD),
         format!("more than {MAX_INFORMATIONAL} informational responses"),
     );
+    e.as_up();
+    Err(e)
+}
+
+/// Refuse an origin's response head with an upstream error (the client gets a 502, nothing is
+/// stored and no byte of it is relayed) when its status is outside 100–599 (RFC 9110 §15: `http`
+/// parses anything up to 999), or when it is a `101` and the client's request was no upgrade
+/// (`upgrade_requested`): its "tunnel" bytes would reach a client that expects a response.
+pub fn refuse_status(head: &ResponseHeader, upgrade_requested: bool) -> Result<(), Box<Error>> {
+    let status = head.status.as_u16();
+    let why = if !(100..=599).contains(&status) {
+        format!("origin status {status} is outside 100-599")
+    } else if head.status == http::StatusCode::SWITCHING_PROTOCOLS && !upgrade_requested {
+        "origin switched protocols on a request that asked for no upgrade".to_string()
+    } else {
+        return Ok(());
+    };
+    let mut e = Error::explain(ErrorType::InvalidHTTPHeader, why);
     e.as_up();
     Err(e)
 }
@@ -133,6 +154,15 @@ mod tests {
         }
         let flood = count_informational(&mut seen).expect_err("one too many");
         assert_eq!(kind(&flood), Some("invalid_response"));
+        let head = |status: u16| ResponseHeader::build(status, None).expect("head");
+        for status in [100, 103, 200, 599] {
+            assert!(refuse_status(&head(status), false).is_ok(), "{status}");
+        }
+        assert!(refuse_status(&head(101), true).is_ok());
+        for (status, upgrade) in [(600, false), (999, true), (101, false)] {
+            let refused = refuse_status(&head(status), upgrade).expect_err("refused");
+            assert_eq!(kind(&refused), Some("invalid_response"), "{status}");
+        }
         let mut down = Error::new(ErrorType::ReadError);
         down.as_down();
         assert_eq!(kind(&down), None);

@@ -274,6 +274,54 @@ async fn soft_purge_serves_stale_while_revalidating() {
 }
 
 #[tokio::test]
+async fn a_purge_redelivered_with_its_id_purges_once() {
+    let o = Origin::start("o").await;
+    o.set_headers("/e", &[("cache-control", "max-age=300")]);
+    let mut cp = Cp::start().await;
+    let n = node(&cp, "idem").await;
+    cp.put_policy(policy(&o, json!({})), 0).await;
+    assert!(cp.converged(1).await);
+    get(&n, "/e").await;
+    let body = json!({"kind": "url", "target": "site.test/e", "id": "order-42-updated"});
+    let (status, first) = cp
+        .send("POST", "/v1/invalidations", OPS, Some(body.clone()), None)
+        .await;
+    assert_eq!(status, 202, "{first}");
+    assert_eq!(first["duplicate"], json!([false]));
+    assert!(cp.converged(1).await);
+    get(&n, "/e").await;
+    assert_eq!(o.hits("/e"), 2, "purged once, refetched");
+    // the pipeline delivers the same event again, at once and after a control-plane restart
+    for restart in [false, true] {
+        if restart {
+            cp.restart().await;
+        }
+        let (status, again) = cp
+            .send("POST", "/v1/invalidations", OPS, Some(body.clone()), None)
+            .await;
+        assert_eq!(status, 202, "{again}");
+        assert_eq!(again["seq"], first["seq"], "the first seq comes back");
+        assert_eq!(again["duplicate"], json!([true]));
+        // nothing new to deliver: the node stays where it was
+        let (_, log) = cp.send("GET", "/v1/invalidations", OPS, None, None).await;
+        assert_eq!(
+            log["invalidations"].as_array().map(Vec::len),
+            Some(1),
+            "{log}"
+        );
+        let (_, _, headers) = get(&n, "/e").await;
+        let cs = cache_status_of(&headers);
+        assert!(
+            cs.contains("hit"),
+            "the refilled object is not purged again: {cs}"
+        );
+        assert_eq!(o.hits("/e"), 2);
+    }
+    let (_, log) = cp.send("GET", "/v1/invalidations", OPS, None, None).await;
+    assert_eq!(log["invalidations"][0]["id"], json!("order-42-updated"));
+}
+
+#[tokio::test]
 async fn bad_writes_are_refused_and_change_nothing() {
     let o = Origin::start("o").await;
     let cp = Cp::start().await;

@@ -15,6 +15,7 @@ mod eviction;
 mod filters;
 mod get_body;
 mod h2_limits;
+mod hardening;
 mod health;
 mod hit_lane;
 mod hit_lane_parity;

@@ -281,6 +281,7 @@ mod tests {
             target: target.into(),
             soft,
             created_ms: 0,
+            id: None,
         }
     }
 

@@ -138,6 +138,10 @@ pub struct Invalidation {
     pub soft: bool,
     /// When the control plane accepted it (Unix milliseconds).
     pub created_ms: u64,
+    /// The client's id for it (an event id from an at-least-once pipeline): a redelivery with
+    /// the same id gets this `seq` back and purges nothing again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 #[cfg(test)]
