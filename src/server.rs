@@ -179,6 +179,7 @@ fn listener_service(
         max_body: spec.limits.max_body,
     };
     let edge = EdgeProxy::new(snapshot.clone(), info, cache)
+        .with_forwarding_trust(spec.trusted_forwarding.clone())
         .with_access_log(access_log.clone())
         .with_filters(filters.clone());
     let mut proxy = pingora_proxy::http_proxy(conf, edge);

@@ -313,6 +313,8 @@ pub struct ListenerSpec {
     pub tls: Option<TlsSpec>,
     /// Request-head limits and client timeouts.
     pub limits: Limits,
+    /// The hops in front of this listener whose forwarding fields are kept.
+    pub trusted_forwarding: ForwardingTrust,
 }
 
 /// Server-side TLS for a listener.
@@ -645,4 +647,26 @@ pub enum LogTarget {
     Stdout,
     /// Appended to this file; reopened within a second when it is moved or removed (logrotate).
     File(std::path::PathBuf),
+}
+
+/// Client fields a trusted hop in front of verge (a load balancer, a CDN) may set: when a
+/// request comes from `from`, its `fields` reach the origin as that hop sent them, and verge
+/// appends to a trusted `X-Forwarded-For` instead of replacing it. Empty (the default): no
+/// client is trusted. Per listener (`listeners[].trusted_forwarding`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardingTrust {
+    /// The hops' addresses.
+    pub from: Vec<IpNet>,
+    /// The fields they may set (dropped for everyone else).
+    pub fields: Vec<http::HeaderName>,
+}
+
+impl ForwardingTrust {
+    /// The fields trusted on a request from `client` (none when it is not a trusted hop).
+    pub fn fields_for(&self, client: Option<std::net::IpAddr>) -> &[http::HeaderName] {
+        match client {
+            Some(ip) if self.from.iter().any(|net| net.contains(ip)) => &self.fields,
+            _ => &[],
+        }
+    }
 }

@@ -142,6 +142,15 @@ pub struct RawListener {
     pub h2c: bool,
     pub tls: Option<RawListenerTls>,
     pub limits: Option<RawLimits>,
+    pub trusted_forwarding: Option<RawTrustedForwarding>,
+}
+
+/// `listeners[].trusted_forwarding: {from: [CIDR], fields: [name]}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrustedForwarding {
+    pub from: Vec<String>,
+    pub fields: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,7 +2,7 @@
 //! header ops, prefix strip.
 
 use super::context::RequestCtx;
-use crate::config::{HeaderOps, IpNet};
+use crate::config::HeaderOps;
 use crate::http_syntax::path_and_query;
 use crate::snapshot::Route;
 use http::header::{HeaderName, HOST, VIA as VIA_HEADER};
@@ -40,27 +40,7 @@ pub fn dropped_request_field(name: &str) -> bool {
         || UNTRUSTED_REQUEST_HEADERS.contains(&name)
 }
 
-/// Client fields a trusted hop in front of verge (a load balancer, a CDN) may set: when a
-/// request comes from `from`, its `fields` reach the origin as that hop sent them, and verge
-/// appends to a trusted `X-Forwarded-For` instead of replacing it. Empty (the default): no
-/// client is trusted.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ForwardingTrust {
-    /// The hops' addresses.
-    pub from: Vec<IpNet>,
-    /// The fields they may set (dropped for everyone else).
-    pub fields: Vec<HeaderName>,
-}
-
-impl ForwardingTrust {
-    /// The fields trusted on a request from `client` (none when it is not a trusted hop).
-    pub fn fields_for(&self, client: Option<IpAddr>) -> &[HeaderName] {
-        match client {
-            Some(ip) if self.from.iter().any(|net| net.contains(ip)) => &self.fields,
-            _ => &[],
-        }
-    }
-}
+pub use crate::config::ForwardingTrust;
 
 /// Replace client-sent forwarding fields with verge's own view of the connection, except the
 /// `trusted` ones a trusted hop sent: those stay, and a trusted `X-Forwarded-For` gets the
@@ -232,6 +212,7 @@ pub fn prepare_upstream(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::IpNet;
 
     #[test]
     fn fields_left_out_of_the_stored_head_are_given_back_once() {

@@ -391,3 +391,50 @@ async fn http2_requests_get_the_same_host_and_method_rules() {
     assert_eq!(seen.len(), 1);
     assert_eq!(field(&seen[0], "host"), Some("shop.test"), "{}", seen[0]);
 }
+
+#[tokio::test]
+async fn a_trusted_hop_keeps_the_forwarding_fields_it_is_trusted_for() {
+    let o = RawOrigin::start().await;
+    let listener = |from: &str| {
+        Listener::new().set(
+            "trusted_forwarding",
+            &format!("{{from: [\"{from}\"], fields: [x-forwarded-proto, X-Forwarded-For]}}"),
+        )
+    };
+    let start = |from: &'static str| {
+        let o = &o;
+        async move {
+            Verge::start(
+                &Config::new()
+                    .listener(listener(from))
+                    .pool(Pool::new("p", &[o.addr]))
+                    .route(Route::to("p")),
+            )
+            .await
+        }
+    };
+    let sent = "X-Forwarded-Proto: https\r\nX-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Host: evil.test\r\n";
+    // the tests' client is 127.0.0.1: trusted here
+    let trusted = start("127.0.0.0/8").await;
+    let answer = get(&trusted, "shop.test", "/t1", sent).await;
+    assert_eq!(status(&answer), "200", "{answer}");
+    let head = o.heads("/t1")[0].to_ascii_lowercase();
+    assert_eq!(field(&head, "x-forwarded-proto"), Some("https"), "{head}");
+    assert_eq!(
+        field(&head, "x-forwarded-for"),
+        Some("203.0.113.7, 127.0.0.1"),
+        "{head}"
+    );
+    assert_eq!(
+        field(&head, "x-forwarded-host"),
+        Some("shop.test"),
+        "not trusted: {head}"
+    );
+    // and not trusted here
+    let other = start("10.0.0.0/8").await;
+    let answer = get(&other, "shop.test", "/t2", sent).await;
+    assert_eq!(status(&answer), "200", "{answer}");
+    let head = o.heads("/t2")[0].to_ascii_lowercase();
+    assert_eq!(field(&head, "x-forwarded-proto"), Some("http"), "{head}");
+    assert_eq!(field(&head, "x-forwarded-for"), Some("127.0.0.1"), "{head}");
+}

@@ -84,13 +84,53 @@ pub(super) fn validate_listeners(
             .as_ref()
             .and_then(|t| validate_listener_tls(&format!("{path}.tls"), t, errs));
         let limits = validate_limits(&format!("{path}.limits"), raw.limits, errs);
+        let trusted_forwarding = raw
+            .trusted_forwarding
+            .map(|t| validate_trusted_forwarding(&format!("{path}.trusted_forwarding"), t, errs))
+            .unwrap_or_default();
         out.push(ListenerSpec {
             name,
             addr,
             h2c: raw.h2c,
             tls,
             limits,
+            trusted_forwarding,
         });
+    }
+    out
+}
+
+/// The hops whose forwarding fields a listener keeps: addresses, and the forwarding fields
+/// (`forwarded`, `x-forwarded-*`, `x-real-ip`) they may set.
+fn validate_trusted_forwarding(
+    path: &str,
+    raw: RawTrustedForwarding,
+    errs: &mut Errors,
+) -> ForwardingTrust {
+    let mut out = ForwardingTrust::default();
+    if raw.from.is_empty() {
+        errs.push(format!("{path}.from"), "list the trusted hops' addresses");
+    }
+    for (i, text) in raw.from.iter().enumerate() {
+        match IpNet::parse(text) {
+            Ok(n) => out.from.push(n),
+            Err(e) => errs.push(format!("{path}.from[{i}]"), e),
+        }
+    }
+    if raw.fields.is_empty() {
+        errs.push(format!("{path}.fields"), "list the fields the hops may set");
+    }
+    for (i, text) in raw.fields.iter().enumerate() {
+        let lower = text.trim().to_ascii_lowercase();
+        let forwarding =
+            lower == "forwarded" || lower == "x-real-ip" || lower.starts_with("x-forwarded-");
+        match http::HeaderName::from_bytes(lower.as_bytes()) {
+            Ok(name) if forwarding => out.fields.push(name),
+            _ => errs.push(
+                format!("{path}.fields[{i}]"),
+                format!("{text:?} is not a forwarding field (forwarded, x-forwarded-*, x-real-ip)"),
+            ),
+        }
     }
     out
 }
@@ -295,6 +335,43 @@ routes: [{hosts: ["*"], pool: p}]
         let errs = Config::from_yaml_str(bad).expect_err("tls").errors;
         assert_eq!(errs.len(), 2);
         assert_eq!(errs[0].path, "listeners[0].tls.cert");
+    }
+
+    #[test]
+    fn trusted_forwarding_names_hops_and_forwarding_fields_only() {
+        let good = r#"
+listeners:
+  - listen: 127.0.0.1:8080
+    trusted_forwarding: {from: [10.0.0.0/8], fields: [X-Forwarded-For, forwarded]}
+pools: {p: {backends: ["127.0.0.1:1"]}}
+routes: [{hosts: ["*"], pool: p}]
+"#;
+        let c = Config::from_yaml_str(good).expect("valid");
+        let t = &c.listeners[0].trusted_forwarding;
+        assert_eq!(t.fields, ["x-forwarded-for", "forwarded"]);
+        assert_eq!(t.fields_for("10.1.2.3".parse().ok()).len(), 2);
+        assert!(t.fields_for("192.0.2.1".parse().ok()).is_empty());
+        let bad = r#"
+listeners:
+  - listen: 127.0.0.1:8080
+    trusted_forwarding: {from: [nope], fields: [host, "x forwarded"]}
+  - listen: 127.0.0.1:8081
+    trusted_forwarding: {from: [], fields: []}
+pools: {p: {backends: ["127.0.0.1:1"]}}
+routes: [{hosts: ["*"], pool: p}]
+"#;
+        let errs = Config::from_yaml_str(bad).expect_err("invalid").errors;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "listeners[0].trusted_forwarding.from[0]",
+                "listeners[0].trusted_forwarding.fields[0]",
+                "listeners[0].trusted_forwarding.fields[1]",
+                "listeners[1].trusted_forwarding.from",
+                "listeners[1].trusted_forwarding.fields",
+            ]
+        );
     }
 
     #[test]
