@@ -5,6 +5,7 @@
 pub mod caching;
 pub mod context;
 pub mod deadline;
+pub mod edge;
 pub mod error_page;
 pub mod filter;
 pub mod finish;
@@ -13,6 +14,7 @@ pub mod hit_lane;
 pub mod origin_response;
 pub mod peer;
 pub mod purge;
+pub mod redirect;
 pub mod refresh;
 pub mod request_body;
 pub mod request_routing;
@@ -135,6 +137,9 @@ impl ProxyHttp for EdgeProxy {
         if request_routing::answered_before_routing(session, ctx, &self.snapshot, self.cache)
             .await?
         {
+            return Ok(true);
+        }
+        if edge::answered(session, ctx, self.listener.tls).await? {
             return Ok(true);
         }
         // after routing, before the cache and the origin

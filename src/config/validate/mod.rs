@@ -2,6 +2,7 @@
 
 mod cache;
 mod decode;
+mod edge;
 mod listeners;
 mod locate;
 mod pools;
