@@ -72,6 +72,8 @@ pub struct RequestCtx {
     /// How long the hit lane already waited for another request's fetch before handing this
     /// request over; taken off the cache lock's wait.
     pub lane_waited: Option<Duration>,
+    /// This request's `X-Request-Id`, on routes that give one (`request_id.rs`).
+    pub request_id: Option<String>,
 }
 
 impl RequestCtx {

@@ -454,6 +454,7 @@ impl HitLane {
             origin_ms: None,
             elapsed: Some(elapsed),
             client,
+            request_id: None, // the lane declines routes that give ids (`lane_rules`)
         };
         finish(&finished, self.access_log.as_deref(), &self.snapshot);
         METRICS

@@ -17,6 +17,7 @@ pub mod purge;
 pub mod redirect;
 pub mod refresh;
 pub mod request_body;
+pub mod request_id;
 pub mod request_routing;
 pub mod upstream_error;
 
@@ -320,6 +321,7 @@ impl ProxyHttp for EdgeProxy {
             return Ok(());
         };
         headers::prepare_upstream(upstream, route, ctx, client_ip(session), self.scheme())?;
+        request_id::set_upstream(upstream, ctx)?;
         self.filters.upstream_phase(session, upstream, ctx).await?;
         ctx.upstream_sent_at = Some(Instant::now());
         ctx.fetch_started = Some(std::time::SystemTime::now());
@@ -378,6 +380,7 @@ impl ProxyHttp for EdgeProxy {
             }
             headers::apply_response_ops(resp, &route.spec.response_headers)?;
         }
+        request_id::set_response(resp, ctx)?;
         let result = self.filters.response_phase(session, resp, ctx).await;
         if result.is_err() {
             // a failed response is not cached, even when its body already streamed into storage
@@ -397,7 +400,9 @@ impl ProxyHttp for EdgeProxy {
         // on_response), only closing the connection is left.
         if code > 0 && !error_page::final_head_sent(session.response_written()) {
             let text = error_page::failure_text(code, ctx.failure.as_deref());
-            if let Err(err) = respond_plain(session, code, &text).await {
+            let (text, id) = request_id::on_local_answer(&text, ctx.request_id.as_deref());
+            let fields: Vec<_> = id.into_iter().collect();
+            if let Err(err) = error_page::respond_local(session, code, &text, &fields).await {
                 log::debug!("could not send error response: {err}");
             }
         }
@@ -438,6 +443,7 @@ impl ProxyHttp for EdgeProxy {
             origin_ms: ctx.origin_ms,
             elapsed: ctx.started.map(|t| t.elapsed()),
             client: client_ip(session),
+            request_id: ctx.request_id.as_deref(),
         };
         finish(&finished, self.access_log.as_deref(), &self.snapshot);
     }

@@ -151,3 +151,112 @@ async fn deny_and_allow_refuse_clients_by_address_even_on_cache_hits() {
     assert_eq!(o.hits("/a"), 1);
     assert_eq!(o.hits("/c"), 1);
 }
+
+/// The access log's lines, once `n` are written.
+async fn log_lines(v: &Verge, n: usize) -> Vec<serde_json::Value> {
+    let path = v.dir().join("access.log");
+    let lines = || {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("each line is JSON"))
+            .collect::<Vec<_>>()
+    };
+    crate::support::assert_eventually(
+        Duration::from_secs(5),
+        &format!("{n} access-log lines"),
+        || async { lines() },
+        |got| got.len() >= n,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn request_ids_reach_the_origin_the_client_the_log_and_error_pages() {
+    let o = Origin::start("o").await;
+    o.set_headers("/c", &[("cache-control", "max-age=600")]);
+    // nothing listens on the port of a stopped origin
+    let dead = Origin::start("dead").await;
+    dead.stop();
+    let v = Verge::start(
+        &Config::new()
+            .access_log("{dir}/access.log")
+            .pool(Pool::new("p", &[o.addr]))
+            .pool(Pool::new("dead", &[dead.addr]).retries(0))
+            .route(
+                Route::to("p")
+                    .hosts(&["ids.test"])
+                    .set("request_id", "{}")
+                    .cache(RouteCache::new()),
+            )
+            .route(
+                Route::to("p")
+                    .hosts(&["trusted.test"])
+                    .set("request_id", "{trust_client: true}"),
+            )
+            .route(
+                Route::to("dead")
+                    .hosts(&["dead.test"])
+                    .set("request_id", "{}"),
+            )
+            .route(Route::to("p").hosts(&["plain.test"])),
+    )
+    .await;
+    let sent = "X-Request-Id: from-client-1\r\n";
+    let miss = request(v.http, "127.0.0.1", "ids.test", "/c", sent).await;
+    let id = miss.header("x-request-id").expect("an id").to_string();
+    assert_eq!(id.len(), 32, "{id}");
+    assert_ne!(id, "from-client-1", "an untrusted client's id is replaced");
+    assert_eq!(
+        o.last_seen().expect("seen").header("x-request-id"),
+        Some(id.as_str()),
+        "the origin got the same id"
+    );
+    let hit = request(v.http, "127.0.0.1", "ids.test", "/c", "").await;
+    assert!(hit.header("cache-status").unwrap_or("").contains("hit"));
+    let hit_id = hit.header("x-request-id").expect("a hit has an id too");
+    assert_ne!(hit_id, id, "each request its own");
+    assert_eq!(o.hits("/c"), 1);
+
+    let trusted = request(v.http, "127.0.0.1", "trusted.test", "/t", sent).await;
+    assert_eq!(trusted.header("x-request-id"), Some("from-client-1"));
+    assert_eq!(
+        o.last_seen().expect("seen").header("x-request-id"),
+        Some("from-client-1")
+    );
+    let bad = "X-Request-Id: no spaces allowed\r\n";
+    let replaced = request(v.http, "127.0.0.1", "trusted.test", "/t", bad).await;
+    assert_eq!(replaced.header("x-request-id").map(str::len), Some(32));
+
+    let failed = request(v.http, "127.0.0.1", "dead.test", "/d", "").await;
+    assert_eq!(failed.status, 502);
+    let failed_id = failed
+        .header("x-request-id")
+        .expect("the error page has an id");
+    let body = String::from_utf8_lossy(&failed.body).into_owned();
+    assert!(body.contains(&format!("request id: {failed_id}")), "{body}");
+
+    let plain = request(v.http, "127.0.0.1", "plain.test", "/p", sent).await;
+    assert_eq!(
+        plain.header("x-request-id"),
+        None,
+        "a route without ids adds none"
+    );
+    assert_eq!(
+        o.last_seen().expect("seen").header("x-request-id"),
+        Some("from-client-1"),
+        "and passes the client's field on as it is"
+    );
+
+    let lines = log_lines(&v, 6).await;
+    let logged = |id: &str| lines.iter().any(|l| l["request_id"] == id);
+    for id in [id.as_str(), hit_id, "from-client-1", failed_id] {
+        assert!(logged(id), "{id} is in the access log: {lines:?}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["host"] == "plain.test" && l["request_id"].is_null()),
+        "{lines:?}"
+    );
+}
