@@ -1,14 +1,17 @@
 //! A route's edge rules in `request_filter`, after routing and before the cache: the request
-//! id first, then access rules (403), then redirects (`https_redirect`, `redirect`). Each
-//! answer is verge's own, and carries the request id.
+//! id first, then access rules (403), the rate limit (429), then redirects (`https_redirect`,
+//! `redirect`). Each answer is verge's own, and carries the request id.
 
 use super::context::{client_ip, RequestCtx};
 use super::error_page::respond_local;
+use super::rate_limit::{self, Verdict};
 use super::redirect::{redirect_for, RequestParts};
 use super::request_id;
 use crate::http_syntax::scheme;
+use crate::metrics::METRICS;
 use pingora_error::Result;
 use pingora_proxy::Session;
+use std::time::Instant;
 
 /// Apply the routed request's edge rules; `true` when verge answered it here. `tls`: the
 /// listener terminates TLS.
@@ -24,6 +27,22 @@ pub async fn answered(session: &mut Session, ctx: &mut RequestCtx, tls: bool) ->
     if edge.refuses(client_ip(session)) {
         answer(session, ctx, 403, "verge: forbidden", &[]).await?;
         return Ok(true);
+    }
+    if let Some(spec) = &edge.rate_limit {
+        let mut buf = [0; 16];
+        let headers = &session.req_header().headers;
+        let key = rate_limit::bucket_key(&spec.key, client_ip(session), headers, &mut buf);
+        let verdict = rate_limit::limiter(&route.spec.name, spec).check(key, Instant::now());
+        if let Verdict::Deny(wait) = verdict {
+            METRICS
+                .rate_limited
+                .with_label_values(&[route.spec.name.as_str()])
+                .inc();
+            let secs = rate_limit::retry_after_secs(wait).to_string();
+            let text = "verge: too many requests";
+            answer(session, ctx, 429, text, &[("retry-after", &secs)]).await?;
+            return Ok(true);
+        }
     }
     let uri = &session.req_header().uri;
     let parts = RequestParts {

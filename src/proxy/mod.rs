@@ -14,6 +14,7 @@ pub mod hit_lane;
 pub mod origin_response;
 pub mod peer;
 pub mod purge;
+pub mod rate_limit;
 pub mod redirect;
 pub mod refresh;
 pub mod request_body;

@@ -260,3 +260,78 @@ async fn request_ids_reach_the_origin_the_client_the_log_and_error_pages() {
         "{lines:?}"
     );
 }
+
+#[tokio::test]
+async fn a_burst_over_the_rate_limit_gets_429_with_retry_after_per_client_and_per_header() {
+    let o = Origin::start("o").await;
+    o.set_headers("/c", &[("cache-control", "max-age=600")]);
+    let v = Verge::start(
+        &Config::new()
+            .pool(Pool::new("p", &[o.addr]))
+            .route(
+                Route::to("p")
+                    .name("limited")
+                    .hosts(&["ip.test"])
+                    .set("rate_limit", "{rate: 1, per: 1h, burst: 3}")
+                    .cache(RouteCache::new()),
+            )
+            .route(Route::to("p").name("by-key").hosts(&["key.test"]).set(
+                "rate_limit",
+                r#"{rate: 2, per: 1h, key: "header:X-Api-Key"}"#,
+            )),
+    )
+    .await;
+    // ten at once on separate connections (verge's threads share the bucket)
+    let burst: Vec<_> = (0..10)
+        .map(|_| {
+            let addr = v.http;
+            tokio::spawn(async move { request(addr, "127.0.0.1", "ip.test", "/c", "").await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for r in burst {
+        let r = r.await.expect("task");
+        if r.status == 429 {
+            let wait: u64 = r
+                .header("retry-after")
+                .and_then(|s| s.parse().ok())
+                .expect("Retry-After in seconds");
+            assert!((1..=3600).contains(&wait), "{wait}");
+            assert!(String::from_utf8_lossy(&r.body).contains("too many requests"));
+        }
+        statuses.push(r.status);
+    }
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 429, 429, 429, 429, 429, 429, 429],
+        "the burst of 3"
+    );
+    assert_eq!(o.hits("/c"), 1, "hits count against the limit too");
+    // another client has its own bucket
+    assert_eq!(
+        request(v.http, "127.0.0.2", "ip.test", "/c", "")
+            .await
+            .status,
+        200
+    );
+    crate::support::metrics::metric_eventually(
+        &v,
+        Duration::from_secs(5),
+        "verge_rate_limited_total",
+        &[("route", "limited")],
+        |n| n == Some(7.0),
+    )
+    .await;
+
+    let with_key = |k: &'static str| async move {
+        let field = format!("X-Api-Key: {k}\r\n");
+        request(v.http, "127.0.0.1", "key.test", "/k", &field)
+            .await
+            .status
+    };
+    assert_eq!(with_key("a").await, 200);
+    assert_eq!(with_key("a").await, 200);
+    assert_eq!(with_key("a").await, 429, "the burst defaults to the rate");
+    assert_eq!(with_key("b").await, 200, "a header value is its own bucket");
+}
