@@ -74,6 +74,8 @@ pub struct RequestCtx {
     pub lane_waited: Option<Duration>,
     /// This request's `X-Request-Id`, on routes that give one (`request_id.rs`).
     pub request_id: Option<String>,
+    /// A route's edge rule answered the request (403, 429, a redirect): no cache lookup.
+    pub edge_answered: bool,
 }
 
 impl RequestCtx {

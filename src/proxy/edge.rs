@@ -62,11 +62,12 @@ pub async fn answered(session: &mut Session, ctx: &mut RequestCtx, tls: bool) ->
 /// Write verge's own answer, with the request id when there is one.
 async fn answer(
     session: &mut Session,
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
     status: u16,
     text: &str,
     fields: &[(&'static str, &str)],
 ) -> Result<()> {
+    ctx.edge_answered = true;
     let (text, id_field) = request_id::on_local_answer(text, ctx.request_id.as_deref());
     let mut all = fields.to_vec();
     all.extend(id_field);

@@ -418,8 +418,8 @@ impl ProxyHttp for EdgeProxy {
             d.disarm();
         }
         let caches = ctx.route.as_ref().is_some_and(|r| r.spec.cache.is_some());
-        // a request a filter answered never reached the cache
-        let counted = caches && !ctx.filters.answered();
+        // a request a filter or an edge rule answered never reached the cache
+        let counted = caches && !ctx.filters.answered() && !ctx.edge_answered;
         let phase = session.cache.phase();
         let lookup = lookup_result(phase, ctx.stored, ctx.bypass.is_some());
         let key = self
@@ -436,7 +436,7 @@ impl ProxyHttp for EdgeProxy {
             status: session.response_written().map_or(0, |r| r.status.as_u16()),
             body_bytes: session.body_bytes_sent(),
             lookup: counted.then_some(lookup),
-            logged_lookup: caches.then_some(lookup),
+            logged_lookup: (caches && !ctx.edge_answered).then_some(lookup),
             source: response_source(phase, ctx.upstream_sent_at.is_some()),
             lock_wait: counted.then(|| caching::lock_wait(session, ctx)).flatten(),
             backend: ctx.tried.last().copied(),

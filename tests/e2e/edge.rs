@@ -150,6 +150,22 @@ async fn deny_and_allow_refuse_clients_by_address_even_on_cache_hits() {
     );
     assert_eq!(o.hits("/a"), 1);
     assert_eq!(o.hits("/c"), 1);
+    // a refused request is counted as a request, never as a cache lookup
+    let route = [("route", "deny.test/")];
+    crate::support::metrics::metric_eventually(
+        &v,
+        Duration::from_secs(5),
+        "verge_requests_total",
+        &[("route", "deny.test/"), ("status", "403")],
+        |n| n == Some(2.0),
+    )
+    .await;
+    let m = v.metrics().await;
+    assert_eq!(
+        m.sum("verge_cache_lookups_total", &route),
+        2.0,
+        "the miss and the hit"
+    );
 }
 
 /// The access log's lines, once `n` are written.

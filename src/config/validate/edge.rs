@@ -222,6 +222,23 @@ routes:
     }
 
     #[test]
+    fn a_control_plane_policy_carries_edge_rules_with_the_same_checks() {
+        let policy: serde_yaml::Value = serde_yaml::from_str(
+            r#"
+pools: {p: {backends: ["127.0.0.1:1"]}}
+routes:
+  - {hosts: [a.com], pool: p, deny: [10.0.0.0/8], rate_limit: {rate: 5}, request_id: {}}
+  - {hosts: [b.com], pool: p, redirect: {to: "/x", status: 999}}
+"#,
+        )
+        .expect("yaml");
+        let errs = super::super::validate_policy(policy).expect_err("invalid");
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 1, "{text:#?}");
+        assert_eq!(errs[0].path, "routes[1].redirect.status");
+    }
+
+    #[test]
     fn edge_rules_validate_with_their_defaults() {
         let good = r#"
 listeners: [{listen: "127.0.0.1:8080"}]
