@@ -291,6 +291,18 @@ pub struct ServerSettings {
     pub error_log: Option<String>,
     /// CA bundle for verifying TLS backends (`None`: the system store).
     pub ca_file: Option<String>,
+    /// Where routes' edge rules read the client's address when a trusted proxy connects
+    /// (`None`: always the connection's).
+    pub client_ip: Option<ClientIpSpec>,
+}
+
+/// `server.client_ip`: a client address from a header written by trusted proxies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIpSpec {
+    /// The header listing addresses, nearest hop last (`X-Forwarded-For`).
+    pub header: HeaderName,
+    /// Proxies whose header is believed.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// The admin listener (`/healthz`, `/readyz`, `/status`, `/metrics`).

@@ -125,6 +125,15 @@ pub struct RawServer {
     pub upgrade_sock: Option<String>,
     pub error_log: Option<String>,
     pub ca_file: Option<String>,
+    pub client_ip: Option<RawClientIp>,
+}
+
+/// `server.client_ip: {header: X-Forwarded-For, trusted_proxies: [10.0.0.0/8]}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientIp {
+    pub header: Option<String>,
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -2,20 +2,29 @@
 //! id first, then access rules (403), the rate limit (429), then redirects (`https_redirect`,
 //! `redirect`). Each answer is verge's own, and carries the request id.
 
+use super::client_address::client_address;
 use super::context::{client_ip, RequestCtx};
 use super::error_page::respond_local;
 use super::rate_limit::{self, Verdict};
 use super::redirect::{redirect_for, RequestParts};
 use super::request_id;
+use crate::config::RateKey;
 use crate::http_syntax::scheme;
 use crate::metrics::METRICS;
+use crate::snapshot::SharedSnapshot;
 use pingora_error::Result;
 use pingora_proxy::Session;
 use std::time::Instant;
 
 /// Apply the routed request's edge rules; `true` when verge answered it here. `tls`: the
-/// listener terminates TLS.
-pub async fn answered(session: &mut Session, ctx: &mut RequestCtx, tls: bool) -> Result<bool> {
+/// listener terminates TLS. The client address is the connection's, or the one trusted proxies
+/// name (`server.client_ip`, in `snapshot`'s config).
+pub async fn answered(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    tls: bool,
+    snapshot: &SharedSnapshot,
+) -> Result<bool> {
     let Some(route) = ctx.route.clone() else {
         return Ok(false);
     };
@@ -24,14 +33,24 @@ pub async fn answered(session: &mut Session, ctx: &mut RequestCtx, tls: bool) ->
         let sent = session.req_header().headers.get(request_id::HEADER);
         ctx.request_id = Some(request_id::for_request(spec, sent));
     }
-    if edge.refuses(client_ip(session)) {
+    let reads_client = !edge.deny.is_empty()
+        || !edge.allow.is_empty()
+        || edge.rate_limit.as_ref().map(|r| &r.key) == Some(&RateKey::ClientIp);
+    let client = if reads_client {
+        let headers = &session.req_header().headers;
+        let trusted = snapshot.load().config.server.client_ip.clone();
+        client_address(client_ip(session), headers, trusted.as_ref())
+    } else {
+        None
+    };
+    if edge.refuses(client) {
         answer(session, ctx, 403, "verge: forbidden", &[]).await?;
         return Ok(true);
     }
     if let Some(spec) = &edge.rate_limit {
         let mut buf = [0; 16];
         let headers = &session.req_header().headers;
-        let key = rate_limit::bucket_key(&spec.key, client_ip(session), headers, &mut buf);
+        let key = rate_limit::bucket_key(&spec.key, client, headers, &mut buf);
         let verdict = rate_limit::limiter(&route.spec.name, spec).check(key, Instant::now());
         if let Verdict::Deny(wait) = verdict {
             METRICS

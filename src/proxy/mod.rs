@@ -3,6 +3,7 @@
 //! finish shared with the hit lane), which hold the logic, mostly as pure functions.
 
 pub mod caching;
+pub mod client_address;
 pub mod context;
 pub mod deadline;
 pub mod edge;
@@ -141,7 +142,7 @@ impl ProxyHttp for EdgeProxy {
         {
             return Ok(true);
         }
-        if edge::answered(session, ctx, self.listener.tls).await? {
+        if edge::answered(session, ctx, self.listener.tls, &self.snapshot).await? {
             return Ok(true);
         }
         // after routing, before the cache and the origin

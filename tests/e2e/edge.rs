@@ -351,3 +351,44 @@ async fn a_burst_over_the_rate_limit_gets_429_with_retry_after_per_client_and_pe
     assert_eq!(with_key("a").await, 429, "the burst defaults to the rate");
     assert_eq!(with_key("b").await, 200, "a header value is its own bucket");
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_rules_read_the_client_from_its_header() {
+    let o = Origin::start("o").await;
+    let v = Verge::start(
+        &Config::new()
+            .raw(
+                "server: {threads: 2, grace_period: 0s, graceful_shutdown_timeout: 1s, \
+                 pid_file: \"{dir}/verge.pid\", upgrade_sock: \"{dir}/upgrade.sock\", \
+                 client_ip: {trusted_proxies: [127.0.0.1]}}",
+            )
+            .pool(Pool::new("p", &[o.addr]))
+            .route(
+                Route::to("p")
+                    .hosts(&["c.test"])
+                    .set("deny", r#"["203.0.113.7"]"#),
+            ),
+    )
+    .await;
+    let status = |from: &'static str, xff: &'static str| async move {
+        let field = format!("X-Forwarded-For: {xff}\r\n");
+        request(v.http, from, "c.test", "/x", &field).await.status
+    };
+    assert_eq!(status("127.0.0.1", "203.0.113.7").await, 403);
+    assert_eq!(
+        status("127.0.0.1", "198.51.100.1, 203.0.113.7").await,
+        403,
+        "the nearest untrusted hop is the client"
+    );
+    assert_eq!(
+        status("127.0.0.1", "203.0.113.7, 198.51.100.1").await,
+        200,
+        "entries a client wrote itself, left of it, do not count"
+    );
+    assert_eq!(
+        status("127.0.0.2", "203.0.113.7").await,
+        200,
+        "an untrusted peer's header is not read"
+    );
+    assert_eq!(o.hits("/x"), 2);
+}
