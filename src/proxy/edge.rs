@@ -4,7 +4,6 @@
 
 use super::client_address::client_address;
 use super::context::{client_ip, RequestCtx};
-use super::error_page::respond_local;
 use super::rate_limit::{self, Verdict};
 use super::redirect::{redirect_for, RequestParts};
 use super::request_id;
@@ -87,8 +86,5 @@ async fn answer(
     fields: &[(&'static str, &str)],
 ) -> Result<()> {
     ctx.edge_answered = true;
-    let (text, id_field) = request_id::on_local_answer(text, ctx.request_id.as_deref());
-    let mut all = fields.to_vec();
-    all.extend(id_field);
-    respond_local(session, status, &text, &all).await
+    request_id::respond(session, ctx.request_id.as_deref(), status, text, fields).await
 }

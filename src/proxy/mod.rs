@@ -32,7 +32,6 @@ use crate::snapshot::SharedSnapshot;
 use async_trait::async_trait;
 use bytes::Bytes;
 use context::client_ip;
-use error_page::respond_plain;
 use filter::Filters;
 use finish::{finish, lookup_result, response_source, Finished};
 use pingora_cache::key::CacheHashKey;
@@ -214,7 +213,7 @@ impl ProxyHttp for EdgeProxy {
         if caches && ctx.directives.only_if_cached {
             // RFC 9111 §5.2.1.7: nothing stored is usable, and the origin must not be asked
             let text = "verge: only-if-cached, and no usable stored response";
-            respond_plain(session, 504, text).await?;
+            request_id::respond(session, ctx.request_id.as_deref(), 504, text, &[]).await?;
             return Ok(false);
         }
         Ok(true)
@@ -402,9 +401,8 @@ impl ProxyHttp for EdgeProxy {
         // on_response), only closing the connection is left.
         if code > 0 && !error_page::final_head_sent(session.response_written()) {
             let text = error_page::failure_text(code, ctx.failure.as_deref());
-            let (text, id) = request_id::on_local_answer(&text, ctx.request_id.as_deref());
-            let fields: Vec<_> = id.into_iter().collect();
-            if let Err(err) = error_page::respond_local(session, code, &text, &fields).await {
+            let id = ctx.request_id.as_deref();
+            if let Err(err) = request_id::respond(session, id, code, &text, &[]).await {
                 log::debug!("could not send error response: {err}");
             }
         }

@@ -65,8 +65,23 @@ pub fn set_response(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
     Ok(())
 }
 
+/// Write verge's own answer (see `error_page::respond_local`), naming the request's id in a
+/// field and in the text when it has one.
+pub async fn respond(
+    session: &mut pingora_proxy::Session,
+    id: Option<&str>,
+    status: u16,
+    text: &str,
+    fields: &[(&'static str, &str)],
+) -> Result<()> {
+    let (text, id_field) = on_local_answer(text, id);
+    let mut all = fields.to_vec();
+    all.extend(id_field);
+    super::error_page::respond_local(session, status, &text, &all).await
+}
+
 /// The fields and text of an answer verge writes itself for a request with `id`.
-pub fn on_local_answer<'a>(
+fn on_local_answer<'a>(
     text: &str,
     id: Option<&'a str>,
 ) -> (String, Option<(&'static str, &'a str)>) {

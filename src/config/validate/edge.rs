@@ -121,6 +121,12 @@ pub(crate) fn parse_template(text: &str) -> Result<Vec<TemplatePart>, String> {
              same host)"
         ));
     }
+    if text.starts_with("/${") {
+        // `/${path}` would send a request for `//evil.example/` to another site
+        return Err(format!(
+            "{text:?}: a variable right after the leading / could make a URL to another host"
+        ));
+    }
     if let Some(bad) = text.chars().find(|c| !c.is_ascii_graphic()) {
         return Err(format!(
             "{text:?} contains {bad:?}: write spaces and non-ASCII characters percent-encoded"
@@ -171,13 +177,14 @@ mod tests {
             ])
         );
         assert_eq!(
-            parse_template("/${host}/x$y"),
+            parse_template("/v2${path}/x$y"),
             Ok(vec![
-                TemplatePart::Literal("/".into()),
-                TemplatePart::Host,
+                TemplatePart::Literal("/v2".into()),
+                TemplatePart::Path,
                 TemplatePart::Literal("/x$y".into())
             ])
         );
+        assert!(parse_template("/${path}").is_err(), "//evil.example");
         assert!(parse_template("new.example/x").is_err(), "no scheme");
         assert!(parse_template("https://a b").is_err(), "a space");
         assert!(parse_template("https://a${path").is_err(), "unclosed");
