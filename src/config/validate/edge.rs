@@ -1,7 +1,7 @@
 //! Each route's edge rules: access rules (`allow`, `deny`), `rate_limit`, `https_redirect`,
 //! `redirect` (with its target template) and `request_id`.
 
-use super::Errors;
+use super::{address_blocks, Errors};
 use crate::config::model::*;
 use crate::config::raw::*;
 use http::HeaderName;
@@ -33,17 +33,6 @@ pub(super) fn edge_rules(path: &str, raw: RawEdge, errs: &mut Errors) -> EdgeRul
             trust_client: r.trust_client,
         }),
     }
-}
-
-fn address_blocks(path: &str, texts: &[String], errs: &mut Errors) -> Vec<IpNet> {
-    let mut out = Vec::new();
-    for (i, text) in texts.iter().enumerate() {
-        match IpNet::parse(text) {
-            Ok(n) => out.push(n),
-            Err(e) => errs.push(format!("{path}[{i}]"), e),
-        }
-    }
-    out
 }
 
 /// Largest `rate` and `burst`.

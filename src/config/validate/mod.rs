@@ -249,6 +249,19 @@ fn fnv_hex(text: &str) -> String {
     format!("{:012x}", h >> 16)
 }
 
+/// A list of addresses or CIDR blocks (`purge.allow`, a route's `allow`/`deny`, trusted
+/// proxies), each error at its index under `path`.
+fn address_blocks(path: &str, texts: &[String], errs: &mut Errors) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        match IpNet::parse(text) {
+            Ok(n) => out.push(n),
+            Err(e) => errs.push(format!("{path}[{i}]"), e),
+        }
+    }
+    out
+}
+
 /// A pool, route or filter name: 1-128 ASCII letters, digits, `-`, `_` or `.`.
 pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()

@@ -3,7 +3,7 @@
 
 use super::listeners::parse_listen_addr;
 use super::valid_name;
-use super::Errors;
+use super::{address_blocks, Errors};
 use crate::config::model::*;
 use crate::config::raw::*;
 use crate::config::secret::{read_secret, SecretSource};
@@ -116,13 +116,7 @@ pub(super) fn validate_purge(raw: RawPurge, errs: &mut Errors) -> PurgeSpec {
             "list at least one client address or CIDR block",
         );
     }
-    let mut allow = Vec::new();
-    for (i, text) in raw.allow.iter().enumerate() {
-        match IpNet::parse(text) {
-            Ok(n) => allow.push(n),
-            Err(e) => errs.push(format!("purge.allow[{i}]"), e),
-        }
-    }
+    let allow = address_blocks("purge.allow", &raw.allow, errs);
     PurgeSpec { allow }
 }
 
@@ -163,16 +157,10 @@ fn validate_client_ip(raw: RawClientIp, errs: &mut Errors) -> ClientIpSpec {
             "list at least one proxy address or CIDR block",
         );
     }
-    let mut trusted_proxies = Vec::new();
-    for (i, text) in raw.trusted_proxies.iter().enumerate() {
-        match IpNet::parse(text) {
-            Ok(n) => trusted_proxies.push(n),
-            Err(e) => errs.push(format!("server.client_ip.trusted_proxies[{i}]"), e),
-        }
-    }
+    let path = "server.client_ip.trusted_proxies";
     ClientIpSpec {
         header,
-        trusted_proxies,
+        trusted_proxies: address_blocks(path, &raw.trusted_proxies, errs),
     }
 }
 
