@@ -392,3 +392,110 @@ async fn behind_a_trusted_proxy_the_rules_read_the_client_from_its_header() {
     );
     assert_eq!(o.hits("/x"), 2);
 }
+
+/// A `verge control` process for one test, stopped when dropped.
+struct ControlPlane {
+    child: std::process::Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const OPS: &str = "ops-token-0123456789abcdef";
+
+impl ControlPlane {
+    async fn start() -> ControlPlane {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr = crate::support::ports::addr();
+        let yaml = format!(
+            "listen: \"{addr}\"\ndata_dir: {d}/data\ntokens:\n  - {{name: ops, token: {OPS}, \
+             scopes: [read, policy:write]}}\n",
+            d = dir.path().display()
+        );
+        let config = dir.path().join("control.yaml");
+        std::fs::write(&config, yaml).expect("control config");
+        std::fs::write(dir.path().join("ops.token"), OPS).expect("token file");
+        let child = crate::support::Launch::verge_with(&["control", "-c"]).spawn(&config);
+        let url = format!("http://{addr}/healthz");
+        let up = crate::support::eventually(Duration::from_secs(20), || {
+            let url = url.clone();
+            async move {
+                let r = crate::support::client().get(url).send().await;
+                r.is_ok_and(|r| r.status() == 200)
+            }
+        })
+        .await;
+        assert!(up, "control plane not ready");
+        ControlPlane { child, addr, dir }
+    }
+
+    async fn put_policy(&self, doc: serde_json::Value, if_match: u64) {
+        let r = crate::support::client()
+            .put(format!("http://{}/v1/policy", self.addr))
+            .bearer_auth(OPS)
+            .header("if-match", format!("\"{if_match}\""))
+            .json(&doc)
+            .send()
+            .await
+            .expect("policy write");
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    }
+}
+
+#[tokio::test]
+async fn edge_rules_from_the_control_plane_apply_without_a_restart_and_buckets_outlive_a_swap() {
+    let o = Origin::start("o").await;
+    let cp = ControlPlane::start().await;
+    let control = crate::support::config::Control::new(
+        &format!("http://{}", cp.addr),
+        "edge-node",
+        &cp.dir.path().join("ops.token"),
+    )
+    .state_file("{dir}/snapshot.json")
+    .wait("5s");
+    let v = Verge::start(&Config::new().control(control)).await;
+    let policy = |route: serde_json::Value| {
+        let mut r = serde_json::json!({"hosts": ["*"], "pool": "o"});
+        if let (Some(r), Some(extra)) = (r.as_object_mut(), route.as_object()) {
+            r.extend(extra.clone());
+        }
+        serde_json::json!({"pools": {"o": {"backends": [o.addr.to_string()]}}, "routes": [r]})
+    };
+    let status = |from: &'static str| async move {
+        request(v.http, from, "site.test", "/p", "").await.status
+    };
+    let becomes = |from: &'static str, want: u16| async move {
+        crate::support::assert_eventually(
+            Duration::from_secs(15),
+            &format!("{from} gets {want}"),
+            || status(from),
+            |s| *s == want,
+        )
+        .await
+    };
+    cp.put_policy(policy(serde_json::json!({})), 0).await;
+    becomes("127.0.0.2", 200).await;
+
+    let limit = serde_json::json!({"rate": 1, "per": "1h", "burst": 2});
+    cp.put_policy(
+        policy(serde_json::json!({"deny": ["127.0.0.2"], "rate_limit": limit})),
+        1,
+    )
+    .await;
+    becomes("127.0.0.2", 403).await;
+    assert_eq!(status("127.0.0.1").await, 200);
+    assert_eq!(status("127.0.0.1").await, 200);
+    assert_eq!(status("127.0.0.1").await, 429);
+
+    // the same limit without the deny rule: the client's bucket is still empty
+    cp.put_policy(policy(serde_json::json!({"rate_limit": limit})), 2)
+        .await;
+    becomes("127.0.0.2", 200).await;
+    assert_eq!(status("127.0.0.1").await, 429);
+}
