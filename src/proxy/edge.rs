@@ -36,9 +36,9 @@ pub async fn answered(
         || !edge.allow.is_empty()
         || edge.rate_limit.as_ref().map(|r| &r.key) == Some(&RateKey::ClientIp);
     let client = if reads_client {
-        let headers = &session.req_header().headers;
-        let trusted = snapshot.load().config.server.client_ip.clone();
-        client_address(client_ip(session), headers, trusted.as_ref())
+        let current = snapshot.load();
+        let trusted = current.config.server.client_ip.as_ref();
+        client_address(client_ip(session), &session.req_header().headers, trusted)
     } else {
         None
     };
