@@ -160,6 +160,8 @@ pub struct Record<'a> {
     pub config: &'a str,
     /// The last invalidation sequence number applied.
     pub seq: u64,
+    /// The request's `X-Request-Id`, on routes that give one.
+    pub request_id: Option<&'a str>,
 }
 
 /// A cache key's hash as the log writes it (lowercase hex).
@@ -193,6 +195,7 @@ impl Record<'_> {
             "total_ms": round(self.total_ms),
             "config": self.config,
             "seq": self.seq,
+            "request_id": self.request_id,
         })
     }
 }

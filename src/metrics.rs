@@ -119,6 +119,8 @@ pub struct Metrics {
     /// `verge_filter_responses_total{filter,status}`: requests a user filter answered itself
     /// in `on_request` (no cache lookup, no origin request).
     pub filter_responses: IntCounterVec,
+    /// `verge_rate_limited_total{route}`: requests answered 429 by a route's `rate_limit`.
+    pub rate_limited: IntCounterVec,
 }
 
 /// Registers a metric built from the constant names and labels in this file. Building fails
@@ -426,6 +428,12 @@ impl Metrics {
                 "verge_filter_responses_total",
                 "Requests a user filter answered itself, by filter and status",
                 &["filter", "status"],
+            ),
+            rate_limited: counter(
+                &registry,
+                "verge_rate_limited_total",
+                "Requests answered 429 by a route's rate limit, by route",
+                &["route"],
             ),
             registry,
         }

@@ -291,6 +291,18 @@ pub struct ServerSettings {
     pub error_log: Option<String>,
     /// CA bundle for verifying TLS backends (`None`: the system store).
     pub ca_file: Option<String>,
+    /// Where routes' edge rules read the client's address when a trusted proxy connects
+    /// (`None`: always the connection's).
+    pub client_ip: Option<ClientIpSpec>,
+}
+
+/// `server.client_ip`: a client address from a header written by trusted proxies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIpSpec {
+    /// The header listing addresses, nearest hop last (`X-Forwarded-For`).
+    pub header: HeaderName,
+    /// Proxies whose header is believed.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// The admin listener (`/healthz`, `/readyz`, `/status`, `/metrics`).
@@ -587,6 +599,98 @@ pub struct RouteSpec {
     pub filters: Option<Vec<String>>,
     /// What to do with a body sent with GET or HEAD.
     pub get_body: GetBodyPolicy,
+    /// Answers verge gives at the edge before the cache: access rules, rate limit, redirects,
+    /// request ids.
+    pub edge: EdgeRules,
+}
+
+/// A route's edge rules, applied after routing and before the cache, in this order: access
+/// rules (403), rate limit (429), HTTPS redirect, redirect. Request ids are given first, so
+/// every one of those answers carries one.
+#[derive(Debug, Clone, Default)]
+pub struct EdgeRules {
+    /// Client addresses refused with 403 (`deny` wins over `allow`).
+    pub deny: Vec<IpNet>,
+    /// When not empty: only these client addresses get through; others get 403.
+    pub allow: Vec<IpNet>,
+    /// Over this rate, requests get 429 with `Retry-After`.
+    pub rate_limit: Option<RateLimitSpec>,
+    /// A request that came in on a plain listener is redirected to `https://` (308).
+    pub https_redirect: bool,
+    /// Every request is answered with this redirect; nothing goes to the pool.
+    pub redirect: Option<Redirect>,
+    /// Each request gets an `X-Request-Id`; `None`: requests carry none of verge's.
+    pub request_id: Option<RequestIdSpec>,
+}
+
+impl EdgeRules {
+    /// Whether the client address is refused by `allow`/`deny`.
+    pub fn refuses(&self, client: Option<std::net::IpAddr>) -> bool {
+        if self.deny.is_empty() && self.allow.is_empty() {
+            return false;
+        }
+        let Some(ip) = client else {
+            return true; // no address to check (not TCP): refused where rules exist
+        };
+        self.deny.iter().any(|n| n.contains(ip))
+            || (!self.allow.is_empty() && !self.allow.iter().any(|n| n.contains(ip)))
+    }
+}
+
+/// `routes[].redirect`: answer every request with a redirect to `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// Where to: literal text and request variables.
+    pub to: Vec<TemplatePart>,
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
+}
+
+/// A piece of a redirect target (`to`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart {
+    /// Text copied as written.
+    Literal(String),
+    /// `${scheme}`: `http` or `https`, as the request came in.
+    Scheme,
+    /// `${host}`: the canonical host (lowercase, no port).
+    Host,
+    /// `${path}`: the request's path.
+    Path,
+    /// `${query}`: `?` and the query when there is one, else nothing.
+    Query,
+}
+
+/// `routes[].request_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RequestIdSpec {
+    /// Keep a well-formed `X-Request-Id` the client sent (set this when the hop in front of
+    /// verge writes it); otherwise verge always makes its own.
+    pub trust_client: bool,
+}
+
+/// `routes[].rate_limit`: a token bucket per key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RateLimitSpec {
+    /// Tokens added per `per`.
+    pub rate: u32,
+    /// The period `rate` is counted over.
+    pub per: Duration,
+    /// Bucket size: requests allowed at once after an idle spell.
+    pub burst: u32,
+    /// What a bucket belongs to.
+    pub key: RateKey,
+}
+
+/// What a rate-limit bucket belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RateKey {
+    /// The client's IP address.
+    ClientIp,
+    /// The value of this request header (requests without it share one bucket).
+    Header(HeaderName),
+    /// The route as a whole: one bucket.
+    Route,
 }
 
 /// A request body on GET or HEAD has no defined meaning (RFC 9110 §9.3.1), and a shared cache

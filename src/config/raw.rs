@@ -125,6 +125,15 @@ pub struct RawServer {
     pub upgrade_sock: Option<String>,
     pub error_log: Option<String>,
     pub ca_file: Option<String>,
+    pub client_ip: Option<RawClientIp>,
+}
+
+/// `server.client_ip: {header: X-Forwarded-For, trusted_proxies: [10.0.0.0/8]}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientIp {
+    pub header: Option<String>,
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -303,6 +312,44 @@ pub struct RawRoute {
     pub get_body: Option<String>,
     /// Names of the registered filters that run on this route (absent: all of them).
     pub filters: Option<Vec<String>>,
+    /// Client addresses or CIDR blocks refused with 403.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// When present: the only client addresses or CIDR blocks let through.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    pub rate_limit: Option<RawRateLimit>,
+    #[serde(default)]
+    pub https_redirect: bool,
+    pub redirect: Option<RawRedirect>,
+    pub request_id: Option<RawRequestId>,
+}
+
+/// `routes[].redirect: {to: "https://new.example${path}${query}", status: 301}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedirect {
+    pub to: String,
+    pub status: Option<u16>,
+}
+
+/// `routes[].request_id: {}` or `{trust_client: true}`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequestId {
+    #[serde(default)]
+    pub trust_client: bool,
+}
+
+/// `routes[].rate_limit: {rate: 10, per: 1s, burst: 20, key: client_ip}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub rate: u32,
+    pub per: Option<ConfDuration>,
+    pub burst: Option<u32>,
+    /// `client_ip` (default), `route` or `header:NAME`.
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

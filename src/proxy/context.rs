@@ -72,6 +72,10 @@ pub struct RequestCtx {
     /// How long the hit lane already waited for another request's fetch before handing this
     /// request over; taken off the cache lock's wait.
     pub lane_waited: Option<Duration>,
+    /// This request's `X-Request-Id`, on routes that give one (`request_id.rs`).
+    pub request_id: Option<String>,
+    /// A route's edge rule answered the request (403, 429, a redirect): no cache lookup.
+    pub edge_answered: bool,
 }
 
 impl RequestCtx {

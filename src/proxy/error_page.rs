@@ -9,8 +9,21 @@ use pingora_proxy::Session;
 /// Write a short plain-text response that verge generated itself, and close the connection
 /// after it.
 pub async fn respond_plain(session: &mut Session, status: u16, text: &str) -> Result<()> {
+    respond_local(session, status, text, &[]).await
+}
+
+/// [`respond_plain`] with extra fields (`Location`, `Retry-After`, `X-Request-Id`).
+pub async fn respond_local(
+    session: &mut Session,
+    status: u16,
+    text: &str,
+    fields: &[(&'static str, &str)],
+) -> Result<()> {
     let body = Bytes::from(format!("{text}\n"));
-    let mut resp = ResponseHeader::build(status, Some(4))?;
+    let mut resp = ResponseHeader::build(status, Some(4 + fields.len()))?;
+    for (name, value) in fields {
+        resp.insert_header(*name, *value)?;
+    }
     resp.insert_header("content-type", "text/plain; charset=utf-8")?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("cache-control", "no-store")?;

@@ -42,6 +42,8 @@ pub struct Finished<'a> {
     pub elapsed: Option<Duration>,
     /// The client's address.
     pub client: Option<IpAddr>,
+    /// Its `X-Request-Id`, on routes that give one.
+    pub request_id: Option<&'a str>,
 }
 
 /// Count `f` in the metrics and write its access-log line (when there is a log).
@@ -82,6 +84,7 @@ pub fn finish(f: &Finished<'_>, log: Option<&AccessLog>, snapshot: &SharedSnapsh
         total_ms: f.elapsed.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
         config: &snapshot.version,
         seq: snapshot.control.position.seq,
+        request_id: f.request_id,
     });
 }
 

@@ -25,7 +25,7 @@ use crate::cache::hit_decision::{self, HitDecision, StoredEntry};
 use crate::cache::request_view::RequestView;
 use crate::cache::storage::Servable;
 use crate::cache::{self, cache_status, request_directives, rfc9111, CacheEngine};
-use crate::config::{RouteCache, RouteSpec};
+use crate::config::{EdgeRules, RouteCache, RouteSpec};
 use crate::http_syntax::{host::canonical_host, scheme, target};
 use crate::metrics::METRICS;
 use crate::snapshot::{Route, SharedSnapshot};
@@ -163,7 +163,22 @@ pub fn lane_rules<'r>(route: &'r Route, filters: &Filters) -> Option<&'r RouteCa
         cache,
         filters: selected, // user filters see hits too: the full path runs them
         get_body: _,       // the lane takes no request with a body
+        edge,
     } = &**spec;
+    let EdgeRules {
+        deny,           // refuses clients of a hit too: the full path
+        allow,          // likewise
+        rate_limit,     // counts hits too: the full path
+        https_redirect, // answers instead of the hit: the full path
+        redirect,       // likewise
+        request_id,     // every response carries one: the full path
+    } = edge;
+    let edge_free = deny.is_empty()
+        && allow.is_empty()
+        && rate_limit.is_none()
+        && !https_redirect
+        && redirect.is_none()
+        && request_id.is_none();
     let rules = cache.as_ref()?;
     let RouteCache {
         default_ttl: _,            // decided when the entry was stored
@@ -179,7 +194,8 @@ pub fn lane_rules<'r>(route: &'r Route, filters: &Filters) -> Option<&'r RouteCa
         client_revalidation: _,    // read by `request_directives::for_route`
         early_refresh,             // a hit may start a refresh: the full path
     } = rules;
-    let lane = early_refresh.is_none()
+    let lane = edge_free
+        && early_refresh.is_none()
         && !key.has_variant_inputs()
         && response_headers.is_empty()
         && !filters.run_on(selected.as_deref());
@@ -438,6 +454,7 @@ impl HitLane {
             origin_ms: None,
             elapsed: Some(elapsed),
             client,
+            request_id: None, // the lane declines routes that give ids (`lane_rules`)
         };
         finish(&finished, self.access_log.as_deref(), &self.snapshot);
         METRICS

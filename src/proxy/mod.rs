@@ -3,8 +3,10 @@
 //! finish shared with the hit lane), which hold the logic, mostly as pure functions.
 
 pub mod caching;
+pub mod client_address;
 pub mod context;
 pub mod deadline;
+pub mod edge;
 pub mod error_page;
 pub mod filter;
 pub mod finish;
@@ -13,8 +15,11 @@ pub mod hit_lane;
 pub mod origin_response;
 pub mod peer;
 pub mod purge;
+pub mod rate_limit;
+pub mod redirect;
 pub mod refresh;
 pub mod request_body;
+pub mod request_id;
 pub mod request_routing;
 pub mod upstream_error;
 
@@ -27,7 +32,6 @@ use crate::snapshot::SharedSnapshot;
 use async_trait::async_trait;
 use bytes::Bytes;
 use context::client_ip;
-use error_page::respond_plain;
 use filter::Filters;
 use finish::{finish, lookup_result, response_source, Finished};
 use pingora_cache::key::CacheHashKey;
@@ -146,6 +150,9 @@ impl ProxyHttp for EdgeProxy {
         {
             return Ok(true);
         }
+        if edge::answered(session, ctx, self.listener.tls, &self.snapshot).await? {
+            return Ok(true);
+        }
         // after routing, before the cache and the origin
         self.filters
             .request_phase(session, ctx, &self.snapshot)
@@ -215,7 +222,7 @@ impl ProxyHttp for EdgeProxy {
         if caches && ctx.directives.only_if_cached {
             // RFC 9111 §5.2.1.7: nothing stored is usable, and the origin must not be asked
             let text = "verge: only-if-cached, and no usable stored response";
-            respond_plain(session, 504, text).await?;
+            request_id::respond(session, ctx.request_id.as_deref(), 504, text, &[]).await?;
             return Ok(false);
         }
         Ok(true)
@@ -326,6 +333,7 @@ impl ProxyHttp for EdgeProxy {
         let client = client_ip(session);
         let trusted = self.forwarding_trust.fields_for(client);
         headers::prepare_upstream(upstream, route, ctx, client, self.scheme(), trusted)?;
+        request_id::set_upstream(upstream, ctx)?;
         self.filters.upstream_phase(session, upstream, ctx).await?;
         ctx.upstream_sent_at = Some(Instant::now());
         ctx.fetch_started = Some(std::time::SystemTime::now());
@@ -385,6 +393,7 @@ impl ProxyHttp for EdgeProxy {
             }
             headers::apply_response_ops(resp, &route.spec.response_headers)?;
         }
+        request_id::set_response(resp, ctx)?;
         let result = self.filters.response_phase(session, resp, ctx).await;
         if result.is_err() {
             // a failed response is not cached, even when its body already streamed into storage
@@ -404,7 +413,8 @@ impl ProxyHttp for EdgeProxy {
         // on_response), only closing the connection is left.
         if code > 0 && !error_page::final_head_sent(session.response_written()) {
             let text = error_page::failure_text(code, ctx.failure.as_deref());
-            if let Err(err) = respond_plain(session, code, &text).await {
+            let id = ctx.request_id.as_deref();
+            if let Err(err) = request_id::respond(session, id, code, &text, &[]).await {
                 log::debug!("could not send error response: {err}");
             }
         }
@@ -419,8 +429,8 @@ impl ProxyHttp for EdgeProxy {
             d.disarm();
         }
         let caches = ctx.route.as_ref().is_some_and(|r| r.spec.cache.is_some());
-        // a request a filter answered never reached the cache
-        let counted = caches && !ctx.filters.answered();
+        // a request a filter or an edge rule answered never reached the cache
+        let counted = caches && !ctx.filters.answered() && !ctx.edge_answered;
         let phase = session.cache.phase();
         let lookup = lookup_result(phase, ctx.stored, ctx.bypass.is_some());
         let key = self
@@ -437,7 +447,7 @@ impl ProxyHttp for EdgeProxy {
             status: session.response_written().map_or(0, |r| r.status.as_u16()),
             body_bytes: session.body_bytes_sent(),
             lookup: counted.then_some(lookup),
-            logged_lookup: caches.then_some(lookup),
+            logged_lookup: (caches && !ctx.edge_answered).then_some(lookup),
             source: response_source(phase, ctx.upstream_sent_at.is_some()),
             lock_wait: counted.then(|| caching::lock_wait(session, ctx)).flatten(),
             backend: ctx.tried.last().copied(),
@@ -445,6 +455,7 @@ impl ProxyHttp for EdgeProxy {
             origin_ms: ctx.origin_ms,
             elapsed: ctx.started.map(|t| t.elapsed()),
             client: client_ip(session),
+            request_id: ctx.request_id.as_deref(),
         };
         finish(&finished, self.access_log.as_deref(), &self.snapshot);
     }

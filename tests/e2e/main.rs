@@ -11,6 +11,7 @@ mod config_files;
 mod control;
 mod control_limits;
 mod directives;
+mod edge;
 mod eviction;
 mod filters;
 mod get_body;

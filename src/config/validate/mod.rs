@@ -2,6 +2,7 @@
 
 mod cache;
 mod decode;
+mod edge;
 mod listeners;
 mod locate;
 mod pools;
@@ -246,6 +247,19 @@ fn fnv_hex(text: &str) -> String {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     format!("{:012x}", h >> 16)
+}
+
+/// A list of addresses or CIDR blocks (`purge.allow`, a route's `allow`/`deny`, trusted
+/// proxies), each error at its index under `path`.
+fn address_blocks(path: &str, texts: &[String], errs: &mut Errors) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        match IpNet::parse(text) {
+            Ok(n) => out.push(n),
+            Err(e) => errs.push(format!("{path}[{i}]"), e),
+        }
+    }
+    out
 }
 
 /// A pool, route or filter name: 1-128 ASCII letters, digits, `-`, `_` or `.`.

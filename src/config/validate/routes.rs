@@ -1,6 +1,8 @@
-//! The `routes` section: hosts, path prefixes, header rules, GET bodies and filters.
+//! The `routes` section: hosts, path prefixes, header rules, GET bodies and filters (edge
+//! rules in `edge.rs`).
 
 use super::cache::validate_route_cache;
+use super::edge::{edge_rules, RawEdge};
 use super::timeouts::route_timeouts;
 use super::valid_name;
 use super::Errors;
@@ -94,6 +96,24 @@ pub(super) fn validate_routes(
         let filters = raw
             .filters
             .map(|names| filter_names(&format!("{path}.filters"), names, errs));
+        if raw.redirect.is_some() && cache.is_some() {
+            errs.push(
+                format!("{path}.redirect"),
+                "answers every request itself: remove the route's cache block",
+            );
+        }
+        let edge = edge_rules(
+            &path,
+            RawEdge {
+                deny: raw.deny,
+                allow: raw.allow,
+                rate_limit: raw.rate_limit,
+                https_redirect: raw.https_redirect,
+                redirect: raw.redirect,
+                request_id: raw.request_id,
+            },
+            errs,
+        );
         let name = raw.name.clone().unwrap_or_else(|| {
             let host = hosts.first().map(|h| h.to_string()).unwrap_or_default();
             format!("{host}{path_prefix}")
@@ -127,6 +147,7 @@ pub(super) fn validate_routes(
                 cache,
                 get_body,
                 filters,
+                edge,
             });
         }
     }

@@ -1,8 +1,9 @@
-//! The node's own sections: `server`, `admin`, `control`, `purge` and `access_log`.
+//! The node's own sections: `server` (with `client_ip`), `admin`, `control`, `purge` and
+//! `access_log`.
 
 use super::listeners::parse_listen_addr;
 use super::valid_name;
-use super::Errors;
+use super::{address_blocks, Errors};
 use crate::config::model::*;
 use crate::config::raw::*;
 use crate::config::secret::{read_secret, SecretSource};
@@ -84,7 +85,9 @@ pub(super) fn validate_server(raw: RawServer, errs: &mut Errors) -> ServerSettin
             errs.push("server.ca_file", format!("file {ca:?} does not exist"));
         }
     }
+    let client_ip = raw.client_ip.map(|c| validate_client_ip(c, errs));
     ServerSettings {
+        client_ip,
         threads,
         grace_period,
         graceful_shutdown_timeout,
@@ -113,13 +116,7 @@ pub(super) fn validate_purge(raw: RawPurge, errs: &mut Errors) -> PurgeSpec {
             "list at least one client address or CIDR block",
         );
     }
-    let mut allow = Vec::new();
-    for (i, text) in raw.allow.iter().enumerate() {
-        match IpNet::parse(text) {
-            Ok(n) => allow.push(n),
-            Err(e) => errs.push(format!("purge.allow[{i}]"), e),
-        }
-    }
+    let allow = address_blocks("purge.allow", &raw.allow, errs);
     PurgeSpec { allow }
 }
 
@@ -141,5 +138,58 @@ pub(super) fn validate_access_log(
             None
         }
         _ => Some(crate::config::LogTarget::File(path)),
+    }
+}
+
+/// `server.client_ip`: the header and the proxies trusted to write it.
+fn validate_client_ip(raw: RawClientIp, errs: &mut Errors) -> ClientIpSpec {
+    let name = raw.header.as_deref().unwrap_or("x-forwarded-for");
+    let header = http::HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|_| {
+        errs.push(
+            "server.client_ip.header",
+            format!("invalid header name {name:?}"),
+        );
+        http::header::FORWARDED
+    });
+    if raw.trusted_proxies.is_empty() {
+        errs.push(
+            "server.client_ip.trusted_proxies",
+            "list at least one proxy address or CIDR block",
+        );
+    }
+    let path = "server.client_ip.trusted_proxies";
+    ClientIpSpec {
+        header,
+        trusted_proxies: address_blocks(path, &raw.trusted_proxies, errs),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn client_ip_validates_with_every_error_at_its_key_path() {
+        let base = "listeners: [{listen: \"127.0.0.1:8080\"}]\npools: {p: {backends: \
+                    [\"127.0.0.1:1\"]}}\nroutes: [{hosts: [a.com], pool: p}]\n";
+        let good = format!("{base}server: {{client_ip: {{trusted_proxies: [10.0.0.0/8]}}}}\n");
+        let c = Config::from_yaml_str(&good).expect("valid");
+        let spec = c.server.client_ip.expect("client_ip");
+        assert_eq!(
+            spec.header.as_str(),
+            "x-forwarded-for",
+            "the default header"
+        );
+        let bad =
+            format!("{base}server: {{client_ip: {{header: \"a b\", trusted_proxies: [nope]}}}}\n");
+        let errs = Config::from_yaml_str(&bad).expect_err("invalid").errors;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "server.client_ip.header",
+                "server.client_ip.trusted_proxies[0]"
+            ]
+        );
     }
 }

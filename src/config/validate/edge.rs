@@ -1,0 +1,271 @@
+//! Each route's edge rules: access rules (`allow`, `deny`), `rate_limit`, `https_redirect`,
+//! `redirect` (with its target template) and `request_id`.
+
+use super::{address_blocks, Errors};
+use crate::config::model::*;
+use crate::config::raw::*;
+use http::HeaderName;
+use std::time::Duration;
+
+/// The parts of a raw route that make up its edge rules.
+pub(super) struct RawEdge {
+    pub deny: Vec<String>,
+    pub allow: Vec<String>,
+    pub rate_limit: Option<RawRateLimit>,
+    pub https_redirect: bool,
+    pub redirect: Option<RawRedirect>,
+    pub request_id: Option<RawRequestId>,
+}
+
+/// Validate a route's edge rules; `path` is the route's key path (`routes[3]`).
+pub(super) fn edge_rules(path: &str, raw: RawEdge, errs: &mut Errors) -> EdgeRules {
+    EdgeRules {
+        deny: address_blocks(&format!("{path}.deny"), &raw.deny, errs),
+        allow: address_blocks(&format!("{path}.allow"), &raw.allow, errs),
+        rate_limit: raw
+            .rate_limit
+            .map(|r| rate_limit(&format!("{path}.rate_limit"), r, errs)),
+        https_redirect: raw.https_redirect,
+        redirect: raw
+            .redirect
+            .map(|r| redirect(&format!("{path}.redirect"), r, errs)),
+        request_id: raw.request_id.map(|r| RequestIdSpec {
+            trust_client: r.trust_client,
+        }),
+    }
+}
+
+/// Largest `rate` and `burst`.
+const MAX_RATE: u32 = 1_000_000;
+
+fn rate_limit(path: &str, raw: RawRateLimit, errs: &mut Errors) -> RateLimitSpec {
+    if raw.rate == 0 || raw.rate > MAX_RATE {
+        errs.push(format!("{path}.rate"), format!("must be 1 to {MAX_RATE}"));
+    }
+    let per = raw.per.map_or(Duration::from_secs(1), |d| d.0);
+    if per.is_zero() || per > Duration::from_secs(86_400) {
+        errs.push(format!("{path}.per"), "must be between 1ms and 1d");
+    }
+    let burst = raw.burst.unwrap_or(raw.rate);
+    // a default burst (the rate) is wrong only where the rate is, and reported there
+    if raw.burst.is_some() && (burst == 0 || burst > MAX_RATE) {
+        errs.push(format!("{path}.burst"), format!("must be 1 to {MAX_RATE}"));
+    }
+    let key = match raw.key.as_deref() {
+        None | Some("client_ip") => RateKey::ClientIp,
+        Some("route") => RateKey::Route,
+        Some(other) => match other.strip_prefix("header:").map(str::trim) {
+            Some(name) => match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(n) => RateKey::Header(n),
+                Err(_) => {
+                    errs.push(
+                        format!("{path}.key"),
+                        format!("invalid header name {name:?}"),
+                    );
+                    RateKey::Route
+                }
+            },
+            None => {
+                errs.push(
+                    format!("{path}.key"),
+                    format!("must be client_ip, route or header:NAME, not {other:?}"),
+                );
+                RateKey::Route
+            }
+        },
+    };
+    RateLimitSpec {
+        rate: raw.rate,
+        per,
+        burst,
+        key,
+    }
+}
+
+fn redirect(path: &str, raw: RawRedirect, errs: &mut Errors) -> Redirect {
+    let status = raw.status.unwrap_or(301);
+    if ![301, 302, 303, 307, 308].contains(&status) {
+        errs.push(
+            format!("{path}.status"),
+            format!("must be 301, 302, 303, 307 or 308, not {status}"),
+        );
+    }
+    let to = match parse_template(&raw.to) {
+        Ok(parts) => parts,
+        Err(e) => {
+            errs.push(format!("{path}.to"), e);
+            Vec::new()
+        }
+    };
+    Redirect { to, status }
+}
+
+/// Parse a redirect target: text with `${scheme}`, `${host}`, `${path}` and `${query}`. It
+/// must start with `http://`, `https://`, `${scheme}://` or `/`, and be visible ASCII. Pure.
+pub(crate) fn parse_template(text: &str) -> Result<Vec<TemplatePart>, String> {
+    let absolute = ["http://", "https://", "${scheme}://"];
+    if !(absolute.iter().any(|a| text.starts_with(a)) || text.starts_with('/')) {
+        return Err(format!(
+            "{text:?} must start with http://, https://, ${{scheme}}:// or / (a path on the \
+             same host)"
+        ));
+    }
+    if text.starts_with("/${") {
+        // `/${path}` would send a request for `//evil.example/` to another site
+        return Err(format!(
+            "{text:?}: a variable right after the leading / could make a URL to another host"
+        ));
+    }
+    if let Some(bad) = text.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "{text:?} contains {bad:?}: write spaces and non-ASCII characters percent-encoded"
+        ));
+    }
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        if start > 0 {
+            parts.push(TemplatePart::Literal(rest[..start].to_string()));
+        }
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("{text:?}: \"${{\" is not closed by \"}}\""));
+        };
+        parts.push(match &after[..end] {
+            "scheme" => TemplatePart::Scheme,
+            "host" => TemplatePart::Host,
+            "path" => TemplatePart::Path,
+            "query" => TemplatePart::Query,
+            other => {
+                return Err(format!(
+                    "unknown variable ${{{other}}}: use ${{scheme}}, ${{host}}, ${{path}} or \
+                     ${{query}}"
+                ))
+            }
+        });
+        rest = &after[end + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(TemplatePart::Literal(rest.to_string()));
+    }
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_parse_into_text_and_variables() {
+        assert_eq!(
+            parse_template("https://new.example${path}${query}"),
+            Ok(vec![
+                TemplatePart::Literal("https://new.example".into()),
+                TemplatePart::Path,
+                TemplatePart::Query
+            ])
+        );
+        assert_eq!(
+            parse_template("/v2${path}/x$y"),
+            Ok(vec![
+                TemplatePart::Literal("/v2".into()),
+                TemplatePart::Path,
+                TemplatePart::Literal("/x$y".into())
+            ])
+        );
+        assert!(parse_template("/${path}").is_err(), "//evil.example");
+        assert!(parse_template("new.example/x").is_err(), "no scheme");
+        assert!(parse_template("https://a b").is_err(), "a space");
+        assert!(parse_template("https://a${path").is_err(), "unclosed");
+        let err = parse_template("https://a${uri}").expect_err("unknown");
+        assert!(err.contains("unknown variable ${uri}"), "{err}");
+    }
+
+    #[test]
+    fn every_edge_error_is_reported_with_its_key_path() {
+        let bad = r#"
+listeners: [{listen: "127.0.0.1:8080"}]
+pools: {p: {backends: ["127.0.0.1:1"]}}
+routes:
+  - hosts: [a.com]
+    pool: p
+    deny: [10.0.0.0/33]
+    allow: [nope]
+    rate_limit: {rate: 0, per: 0s, key: cookie}
+    redirect: {to: "https://x${nope}", status: 200}
+  - hosts: [b.com]
+    pool: p
+    rate_limit: {rate: 5, burst: 0, key: "header:bad name"}
+"#;
+        let errs = Config::from_yaml_str(bad).expect_err("invalid").errors;
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "routes[0].deny[0]",
+                "routes[0].allow[0]",
+                "routes[0].rate_limit.rate",
+                "routes[0].rate_limit.per",
+                "routes[0].rate_limit.key",
+                "routes[0].redirect.status",
+                "routes[0].redirect.to",
+                "routes[1].rate_limit.burst",
+                "routes[1].rate_limit.key",
+            ],
+            "{text:#?}"
+        );
+    }
+
+    #[test]
+    fn a_control_plane_policy_carries_edge_rules_with_the_same_checks() {
+        let policy: serde_yaml::Value = serde_yaml::from_str(
+            r#"
+pools: {p: {backends: ["127.0.0.1:1"]}}
+routes:
+  - {hosts: [a.com], pool: p, deny: [10.0.0.0/8], rate_limit: {rate: 5}, request_id: {}}
+  - {hosts: [b.com], pool: p, redirect: {to: "/x", status: 999}}
+"#,
+        )
+        .expect("yaml");
+        let errs = super::super::validate_policy(policy).expect_err("invalid");
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 1, "{text:#?}");
+        assert_eq!(errs[0].path, "routes[1].redirect.status");
+    }
+
+    #[test]
+    fn edge_rules_validate_with_their_defaults() {
+        let good = r#"
+listeners: [{listen: "127.0.0.1:8080"}]
+pools: {p: {backends: ["127.0.0.1:1"]}}
+routes:
+  - hosts: [a.com]
+    pool: p
+    allow: [10.0.0.0/8, "::1"]
+    deny: [10.1.0.0/16]
+    rate_limit: {rate: 10, key: "header:X-Api-Key"}
+    https_redirect: true
+    redirect: {to: "https://b.com${path}"}
+    request_id: {}
+"#;
+        let c = Config::from_yaml_str(good).expect("valid");
+        let edge = &c.routes[0].edge;
+        assert_eq!(edge.allow.len(), 2);
+        let limit = edge.rate_limit.as_ref().expect("limit");
+        assert_eq!((limit.rate, limit.burst), (10, 10));
+        assert_eq!(limit.per, Duration::from_secs(1));
+        assert_eq!(
+            limit.key,
+            RateKey::Header(HeaderName::from_static("x-api-key"))
+        );
+        assert_eq!(edge.redirect.as_ref().map(|r| r.status), Some(301));
+        assert_eq!(edge.request_id, Some(RequestIdSpec::default()));
+        let ip = |s: &str| s.parse().ok();
+        assert!(!edge.refuses(ip("10.2.3.4")));
+        assert!(edge.refuses(ip("10.1.3.4")), "deny wins");
+        assert!(edge.refuses(ip("192.168.1.1")), "not allowed");
+        assert!(!edge.refuses(ip("::1")));
+        assert!(!EdgeRules::default().refuses(None), "no rules");
+    }
+}

@@ -1,0 +1,90 @@
+//! A route's edge rules in `request_filter`, after routing and before the cache: the request
+//! id first, then access rules (403), the rate limit (429), then redirects (`https_redirect`,
+//! `redirect`). Each answer is verge's own, and carries the request id.
+
+use super::client_address::client_address;
+use super::context::{client_ip, RequestCtx};
+use super::rate_limit::{self, Verdict};
+use super::redirect::{redirect_for, RequestParts};
+use super::request_id;
+use crate::config::RateKey;
+use crate::http_syntax::scheme;
+use crate::metrics::METRICS;
+use crate::snapshot::SharedSnapshot;
+use pingora_error::Result;
+use pingora_proxy::Session;
+use std::time::Instant;
+
+/// Apply the routed request's edge rules; `true` when verge answered it here. `tls`: the
+/// listener terminates TLS. The client address is the connection's, or the one trusted proxies
+/// name (`server.client_ip`, in `snapshot`'s config).
+pub async fn answered(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    tls: bool,
+    snapshot: &SharedSnapshot,
+) -> Result<bool> {
+    let Some(route) = ctx.route.clone() else {
+        return Ok(false);
+    };
+    let edge = &route.spec.edge;
+    if let Some(spec) = &edge.request_id {
+        let sent = session.req_header().headers.get(request_id::HEADER);
+        ctx.request_id = Some(request_id::for_request(spec, sent));
+    }
+    let reads_client = !edge.deny.is_empty()
+        || !edge.allow.is_empty()
+        || edge.rate_limit.as_ref().map(|r| &r.key) == Some(&RateKey::ClientIp);
+    let client = if reads_client {
+        let current = snapshot.load();
+        let trusted = current.config.server.client_ip.as_ref();
+        client_address(client_ip(session), &session.req_header().headers, trusted)
+    } else {
+        None
+    };
+    if edge.refuses(client) {
+        answer(session, ctx, 403, "verge: forbidden", &[]).await?;
+        return Ok(true);
+    }
+    if let Some(spec) = &edge.rate_limit {
+        let mut buf = [0; 16];
+        let headers = &session.req_header().headers;
+        let key = rate_limit::bucket_key(&spec.key, client, headers, &mut buf);
+        let verdict = rate_limit::limiter(&route.spec.name, spec).check(key, Instant::now());
+        if let Verdict::Deny(wait) = verdict {
+            METRICS
+                .rate_limited
+                .with_label_values(&[route.spec.name.as_str()])
+                .inc();
+            let secs = rate_limit::retry_after_secs(wait).to_string();
+            let text = "verge: too many requests";
+            answer(session, ctx, 429, text, &[("retry-after", &secs)]).await?;
+            return Ok(true);
+        }
+    }
+    let uri = &session.req_header().uri;
+    let parts = RequestParts {
+        scheme: scheme(tls),
+        host: &ctx.host,
+        path: uri.path(),
+        query: uri.query(),
+    };
+    if let Some((status, location)) = redirect_for(edge, &parts) {
+        let text = format!("verge: moved to {location}");
+        answer(session, ctx, status, &text, &[("location", &location)]).await?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Write verge's own answer, with the request id when there is one.
+async fn answer(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    text: &str,
+    fields: &[(&'static str, &str)],
+) -> Result<()> {
+    ctx.edge_answered = true;
+    request_id::respond(session, ctx.request_id.as_deref(), status, text, fields).await
+}
