@@ -236,10 +236,11 @@ fn control(path: &std::path::Path) -> anyhow::Result<()> {
     let settings = verge::control::settings::ControlSettings::load(path)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let listen = settings.listen;
-    // control.yaml has no shutdown keys yet: 5 s + 5 s, like a node's defaults
-    let server =
-        verge::server::build_control_server(settings, verge::server::ControlShutdown::default())
-            .context("cannot start")?;
+    let shutdown = verge::server::ControlShutdown {
+        grace_period: settings.grace_period,
+        graceful_shutdown_timeout: settings.graceful_shutdown_timeout,
+    };
+    let server = verge::server::build_control_server(settings, shutdown).context("cannot start")?;
     log::info!("verge control listening on {listen}");
     server.run_forever()
 }

@@ -27,6 +27,8 @@ struct RawControlSettings {
     policy_history: Option<usize>,
     seed_policy: Option<String>,
     threads: Option<usize>,
+    grace_period: Option<ConfDuration>,
+    graceful_shutdown_timeout: Option<ConfDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,6 +132,10 @@ pub struct ControlSettings {
     pub seed_policy: Option<PathBuf>,
     /// Worker threads.
     pub threads: usize,
+    /// How long requests in flight may keep running after SIGTERM (5 s, as a node's).
+    pub grace_period: Duration,
+    /// How long the runtime may take to stop after that (5 s).
+    pub graceful_shutdown_timeout: Duration,
 }
 
 impl ControlSettings {
@@ -292,6 +298,10 @@ fn validate(raw: RawControlSettings) -> Result<ControlSettings, Vec<ConfigError>
         policy_history: raw.policy_history.unwrap_or(100).max(1),
         seed_policy,
         threads,
+        grace_period: raw.grace_period.map_or(Duration::from_secs(5), |d| d.0),
+        graceful_shutdown_timeout: raw
+            .graceful_shutdown_timeout
+            .map_or(Duration::from_secs(5), |d| d.0),
     };
     if errs.is_empty() {
         Ok(settings)
