@@ -150,32 +150,30 @@ fn heuristic_lifetime(resp: &ResponseHeader, now: SystemTime) -> Option<Duration
     Some((age / 10).min(Duration::from_secs(86_400)))
 }
 
-/// The `Age` field: `None` when absent, `Some(Err(()))` when it is not exactly one field line
-/// holding only digits (a list, a sign, a fraction, parameters: RFC 9111 §5.1 leaves no way
-/// to tell which part is meant, so such a response is treated as stale).
-fn age_field(resp: &ResponseHeader) -> Option<Result<u64, ()>> {
-    let mut lines = resp.headers.get_all(http::header::AGE).iter();
-    let first = lines.next()?;
-    if lines.next().is_some() {
-        return Some(Err(()));
-    }
-    let v = first.as_bytes().trim_ascii();
-    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
-        return Some(Err(()));
+/// The `Age` field (RFC 9111 §5.1): the first member of the first field line counts (a list or
+/// several lines: the rest are discarded), parameters after `;` are dropped, and a value that is
+/// not a non-negative integer (`abc`, `-7200`, `7200.0`) is ignored like an absent field.
+fn age_field(resp: &ResponseHeader) -> Option<u64> {
+    let first = resp.headers.get_all(http::header::AGE).iter().next()?;
+    let member = first.as_bytes().split(|b| *b == b',').next()?;
+    let item = member.split(|b| *b == b';').next()?.trim_ascii();
+    if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
+        return None;
     }
     // all digits: only overflow can fail, and a huge age is as stale as it gets
-    Some(Ok(std::str::from_utf8(v)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(u64::MAX)))
+    Some(
+        std::str::from_utf8(item)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(u64::MAX),
+    )
 }
 
 /// The age the response already had when it arrived (RFC 9111 §4.2.3, with response delay ~0).
-fn initial_age(resp: &ResponseHeader, age: Option<Result<u64, ()>>, now: SystemTime) -> Duration {
-    let age_value = match age {
-        Some(Ok(secs)) => Duration::from_secs(secs.min(u64::from(u32::MAX))),
-        Some(Err(())) | None => Duration::ZERO,
-    };
+fn initial_age(resp: &ResponseHeader, age: Option<u64>, now: SystemTime) -> Duration {
+    let age_value = age.map_or(Duration::ZERO, |secs| {
+        Duration::from_secs(secs.min(u64::from(u32::MAX)))
+    });
     let apparent = header_date(resp, "date")
         .and_then(|d| now.duration_since(d).ok())
         .unwrap_or(Duration::ZERO);
@@ -196,15 +194,16 @@ pub const ENTRY_URL: &str = "verge-entry-url";
 pub const FETCH_MS: &str = "verge-fetch-ms";
 
 /// Headers removed from every client response: the ones verge adds to stored entries for
-/// itself, the invalidation tags, and the targeted cache field (meant for this cache only).
-pub static CLIENT_HIDDEN_HEADERS: [http::HeaderName; 8] = [
+/// itself, the invalidation tags, and `Surrogate-Control` (the Edge Architecture spec has the
+/// surrogate that obeys it remove it). `CDN-Cache-Control` is passed on: RFC 9213 lets it
+/// travel through, and a CDN behind another may be its target too.
+pub static CLIENT_HIDDEN_HEADERS: [http::HeaderName; 7] = [
     http::HeaderName::from_static(FETCHED_AT),
     http::HeaderName::from_static(ENTRY_URL),
     http::HeaderName::from_static(FETCH_MS),
     http::HeaderName::from_static("surrogate-key"),
     http::HeaderName::from_static("cache-tag"),
     http::HeaderName::from_static("cache-groups"),
-    http::HeaderName::from_static(TARGETED_CACHE_CONTROL),
     http::HeaderName::from_static(SURROGATE_CONTROL),
 ];
 
@@ -280,16 +279,289 @@ fn lifetime(status: u16, explicit: Option<Duration>, rules: &RouteCache) -> Opti
 pub const TARGETED_CACHE_CONTROL: &str = "cdn-cache-control";
 
 /// The older targeted field of the Edge Architecture spec, obeyed when `CDN-Cache-Control` is
-/// absent (what Varnish, Fastly and Akamai setups send). Never forwarded to clients.
+/// absent or unusable (what Varnish, Fastly and Akamai setups send). Never forwarded to
+/// clients.
 pub const SURROGATE_CONTROL: &str = "surrogate-control";
 
-/// The cache directives verge obeys for `resp`: the first targeted field present
+/// The cache directives verge obeys for `resp`: the first usable targeted field
 /// (`CDN-Cache-Control`, then `Surrogate-Control`), else `Cache-Control`. A targeted field
 /// replaces `Cache-Control` for this cache entirely (RFC 9213 §2.1), `must-revalidate` and all.
+/// `CDN-Cache-Control` is a Structured Fields dictionary: when its lines together are empty,
+/// not a valid dictionary, or give a delta-seconds directive anything but a non-negative
+/// integer, it is ignored as if absent (RFC 9213 §2.1).
 pub fn governing_cache_control(resp: &ResponseHeader) -> Option<CacheControl> {
-    CacheControl::from_resp_headers_named(TARGETED_CACHE_CONTROL, resp)
+    targeted_cache_control_usable(&resp.headers)
+        .then(|| CacheControl::from_resp_headers_named(TARGETED_CACHE_CONTROL, resp))
+        .flatten()
         .or_else(|| CacheControl::from_resp_headers_named(SURROGATE_CONTROL, resp))
         .or_else(|| CacheControl::from_resp_headers(resp))
+}
+
+/// Directives whose value is a number of seconds: in `CDN-Cache-Control` an Integer, ≥ 0.
+const DELTA_DIRECTIVES: [&str; 4] = [
+    "max-age",
+    "s-maxage",
+    "stale-while-revalidate",
+    "stale-if-error",
+];
+
+/// Whether the `CDN-Cache-Control` lines in `headers` form a usable field: present, not empty,
+/// a valid Structured Fields dictionary (the lines joined with `,`), and every delta-seconds
+/// directive in it a non-negative Integer.
+fn targeted_cache_control_usable(headers: &http::HeaderMap) -> bool {
+    let mut joined = Vec::new();
+    for (i, line) in headers.get_all(TARGETED_CACHE_CONTROL).iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(line.as_bytes());
+    }
+    if joined.trim_ascii().is_empty() {
+        return false;
+    }
+    let mut members = Vec::new();
+    if !structured_field::dictionary(&joined, |key, value| members.push((key, value))) {
+        return false;
+    }
+    members.iter().all(|(key, value)| {
+        !DELTA_DIRECTIVES.iter().any(|d| d.as_bytes() == *key)
+            || matches!(value, structured_field::MemberValue::Item(structured_field::BareItem::Integer(n)) if *n >= 0)
+    })
+}
+
+pub mod structured_field {
+    //! A validating reader of RFC 8941 Structured Fields dictionaries: the grammar of §3.2,
+    //! parsed as §4.2 says (surrounding spaces dropped, `OWS` around commas, no trailing
+    //! comma), reporting each member's key and the type of its value. Pure; never panics on
+    //! any input.
+
+    /// A bare item's type (and, for an Integer, its value).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum BareItem {
+        /// `-?[0-9]{1,15}`
+        Integer(i64),
+        /// `-?[0-9]{1,12}.[0-9]{1,3}`
+        Decimal,
+        /// A quoted string.
+        String,
+        /// A token.
+        Token,
+        /// `:base64:`
+        Binary,
+        /// `?0` or `?1` (a member without `=` is a `true` Boolean).
+        Boolean,
+    }
+
+    /// A dictionary member's value.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum MemberValue {
+        /// An item.
+        Item(BareItem),
+        /// An inner list.
+        InnerList,
+    }
+
+    /// Parse `input` as a dictionary, calling `member` with each member's key and value type in
+    /// order. False when it is not a valid dictionary (then some members may have been
+    /// reported already).
+    pub fn dictionary<'a>(input: &'a [u8], mut member: impl FnMut(&'a [u8], MemberValue)) -> bool {
+        let mut p = Parser { s: input, i: 0 };
+        p.skip_sp();
+        let end = input.len() - input.iter().rev().take_while(|b| **b == b' ').count();
+        p.s = &input[..end.max(p.i)];
+        while !p.done() {
+            let Some(key) = p.key() else { return false };
+            let value = if p.eat(b'=') {
+                if p.peek() == Some(b'(') {
+                    if !p.inner_list() {
+                        return false;
+                    }
+                    MemberValue::InnerList
+                } else {
+                    match p.item() {
+                        Some(item) => MemberValue::Item(item),
+                        None => return false,
+                    }
+                }
+            } else {
+                if !p.parameters() {
+                    return false;
+                }
+                MemberValue::Item(BareItem::Boolean)
+            };
+            member(key, value);
+            p.skip_ows();
+            if p.done() {
+                return true;
+            }
+            if !p.eat(b',') {
+                return false;
+            }
+            p.skip_ows();
+            if p.done() {
+                return false; // a trailing comma
+            }
+        }
+        true
+    }
+
+    struct Parser<'a> {
+        s: &'a [u8],
+        i: usize,
+    }
+
+    impl<'a> Parser<'a> {
+        fn done(&self) -> bool {
+            self.i >= self.s.len()
+        }
+
+        fn peek(&self) -> Option<u8> {
+            self.s.get(self.i).copied()
+        }
+
+        fn eat(&mut self, b: u8) -> bool {
+            let hit = self.peek() == Some(b);
+            if hit {
+                self.i += 1;
+            }
+            hit
+        }
+
+        fn take_while(&mut self, f: impl Fn(u8) -> bool) -> &'a [u8] {
+            let start = self.i;
+            while self.peek().is_some_and(&f) {
+                self.i += 1;
+            }
+            &self.s[start..self.i]
+        }
+
+        fn skip_sp(&mut self) {
+            self.take_while(|b| b == b' ');
+        }
+
+        fn skip_ows(&mut self) {
+            self.take_while(|b| b == b' ' || b == b'\t');
+        }
+
+        /// `key = ( lcalpha / "*" ) *( lcalpha / DIGIT / "_" / "-" / "." / "*" )`
+        fn key(&mut self) -> Option<&'a [u8]> {
+            if !self
+                .peek()
+                .is_some_and(|b| b.is_ascii_lowercase() || b == b'*')
+            {
+                return None;
+            }
+            Some(self.take_while(|b| {
+                b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || matches!(b, b'_' | b'-' | b'.' | b'*')
+            }))
+        }
+
+        /// `parameters = *( ";" *SP parameter )`, `parameter = key [ "=" bare-item ]`
+        fn parameters(&mut self) -> bool {
+            while self.eat(b';') {
+                self.skip_sp();
+                if self.key().is_none() {
+                    return false;
+                }
+                if self.eat(b'=') && self.bare_item().is_none() {
+                    return false;
+                }
+            }
+            true
+        }
+
+        /// `sf-item = bare-item parameters`
+        fn item(&mut self) -> Option<BareItem> {
+            let item = self.bare_item()?;
+            self.parameters().then_some(item)
+        }
+
+        /// `inner-list = "(" *SP [ sf-item *( 1*SP sf-item ) *SP ] ")" parameters`
+        fn inner_list(&mut self) -> bool {
+            if !self.eat(b'(') {
+                return false;
+            }
+            loop {
+                self.skip_sp();
+                if self.eat(b')') {
+                    return self.parameters();
+                }
+                if self.item().is_none() {
+                    return false;
+                }
+                if !matches!(self.peek(), Some(b' ' | b')')) {
+                    return false;
+                }
+            }
+        }
+
+        fn bare_item(&mut self) -> Option<BareItem> {
+            match self.peek()? {
+                b'-' | b'0'..=b'9' => self.number(),
+                b'"' => self.string(),
+                b':' => self.binary(),
+                b'?' => {
+                    self.i += 1;
+                    let ok = self.eat(b'0') || self.eat(b'1');
+                    ok.then_some(BareItem::Boolean)
+                }
+                b if b.is_ascii_alphabetic() || b == b'*' => {
+                    self.take_while(|b| {
+                        b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b)
+                    });
+                    Some(BareItem::Token)
+                }
+                _ => None,
+            }
+        }
+
+        fn number(&mut self) -> Option<BareItem> {
+            let negative = self.eat(b'-');
+            let int = self.take_while(|b| b.is_ascii_digit());
+            if int.is_empty() {
+                return None;
+            }
+            if self.eat(b'.') {
+                let frac = self.take_while(|b| b.is_ascii_digit());
+                let ok = int.len() <= 12 && (1..=3).contains(&frac.len());
+                return ok.then_some(BareItem::Decimal);
+            }
+            if int.len() > 15 {
+                return None;
+            }
+            let n: i64 = std::str::from_utf8(int).ok()?.parse().ok()?;
+            Some(BareItem::Integer(if negative { -n } else { n }))
+        }
+
+        fn string(&mut self) -> Option<BareItem> {
+            self.i += 1; // the opening quote
+            loop {
+                match self.peek()? {
+                    b'"' => {
+                        self.i += 1;
+                        return Some(BareItem::String);
+                    }
+                    b'\\' => {
+                        self.i += 1;
+                        if !matches!(self.peek()?, b'"' | b'\\') {
+                            return None;
+                        }
+                        self.i += 1;
+                    }
+                    0x20..=0x7e => self.i += 1,
+                    _ => return None,
+                }
+            }
+        }
+
+        fn binary(&mut self) -> Option<BareItem> {
+            self.i += 1; // the opening colon
+            self.take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
+            self.eat(b':').then_some(BareItem::Binary)
+        }
+    }
 }
 
 /// Decide whether `resp` may be stored and build its meta. `authorization` tells whether the
@@ -335,7 +607,7 @@ pub fn response_meta(
         })
         .ok_or(NoCacheReason::OriginNotCache)?;
     let age = age_field(resp);
-    if cc.as_ref().is_some_and(|c| c.no_cache()) || matches!(age, Some(Err(()))) {
+    if cc.as_ref().is_some_and(|c| c.no_cache()) {
         lifetime = Duration::ZERO;
     }
     if let Some(max) = rules.max_ttl {
@@ -469,15 +741,11 @@ mod tests {
         for tag in &TAG_HEADERS {
             assert!(hidden(tag.as_str()), "{tag}");
         }
-        for private in [
-            FETCHED_AT,
-            ENTRY_URL,
-            FETCH_MS,
-            TARGETED_CACHE_CONTROL,
-            SURROGATE_CONTROL,
-        ] {
+        for private in [FETCHED_AT, ENTRY_URL, FETCH_MS, SURROGATE_CONTROL] {
             assert!(hidden(private), "{private}");
         }
+        // the targeted field is the origin's word to every CDN on the way: it travels on
+        assert!(!hidden(TARGETED_CACHE_CONTROL));
     }
 
     fn rules() -> RouteCache {
@@ -515,9 +783,9 @@ mod tests {
         );
         let m = response_meta(&r, false, &rules(), now).expect("c");
         assert_eq!(ttl(&m, now), 5);
-        // kept in the stored copy (a later 304 may omit it), hidden from clients
+        // kept in the stored copy (a later 304 may omit it), and passed on to clients
         assert!(m.headers().get("cdn-cache-control").is_some());
-        assert!(CLIENT_HIDDEN_HEADERS
+        assert!(!CLIENT_HIDDEN_HEADERS
             .iter()
             .any(|h| h == "cdn-cache-control"));
     }
@@ -787,22 +1055,134 @@ mod tests {
     }
 
     #[test]
-    fn an_age_that_is_not_one_plain_number_makes_the_response_stale() {
+    fn the_first_age_member_counts_and_an_invalid_age_is_ignored() {
         let now = SystemTime::now();
-        for bad in ["abc", "-7200", "7200.0", "0, 0", "7200;foo=bar", ""] {
-            let r = resp(200, &[("cache-control", "max-age=3600"), ("age", bad)]);
-            let m = response_meta(&r, false, &rules(), now).expect("stored");
-            assert!(!m.is_fresh(now), "Age: {bad:?}");
+        let fresh = |lines: &[&str]| {
+            let mut r = resp(200, &[("cache-control", "max-age=3600")]);
+            for l in lines {
+                r.append_header("age", *l).expect("h");
+            }
+            response_meta(&r, false, &rules(), now)
+                .expect("stored")
+                .is_fresh(now)
+        };
+        // invalid: ignored, as if absent
+        for bad in ["abc", "-7200", "7200.0", "", " ", "0x10"] {
+            assert!(fresh(&[bad]), "Age: {bad:?}");
         }
-        let mut two = resp(200, &[("cache-control", "max-age=3600"), ("age", "0")]);
-        two.append_header("age", "0").expect("h");
-        assert!(!response_meta(&two, false, &rules(), now)
-            .expect("stored")
-            .is_fresh(now));
-        let ok = resp(200, &[("cache-control", "max-age=3600"), ("age", " 10 ")]);
-        assert!(response_meta(&ok, false, &rules(), now)
-            .expect("stored")
-            .is_fresh(now));
+        // the first member of a list, the first of several lines
+        assert!(fresh(&["0, 7200"]) && fresh(&["0", "7200"]) && fresh(&["0, 0"]));
+        assert!(!fresh(&["7200, 0"]) && !fresh(&["7200", "0"]));
+        // parameters are dropped, the number stays
+        assert!(!fresh(&["7200;foo=bar"]));
+        assert!(fresh(&[" 10 "]));
+        // larger than any lifetime: stale
+        assert!(!fresh(&["2147483648"]) && !fresh(&["99999999999999999999999"]));
+    }
+
+    #[test]
+    fn structured_field_dictionaries_are_validated() {
+        use structured_field::{dictionary, BareItem, MemberValue};
+        let members = |s: &str| {
+            let mut out = Vec::new();
+            dictionary(s.as_bytes(), |k, v| {
+                out.push((String::from_utf8_lossy(k).into_owned(), v))
+            })
+            .then_some(out)
+        };
+        let item = MemberValue::Item;
+        assert_eq!(
+            members("  max-age=3600, no-store ,\tprivate;x=?1  "),
+            Some(vec![
+                ("max-age".into(), item(BareItem::Integer(3600))),
+                ("no-store".into(), item(BareItem::Boolean)),
+                ("private".into(), item(BareItem::Boolean)),
+            ])
+        );
+        assert_eq!(
+            members(r#"a="x\"y", b=tok/en:1, c=:aGk=:, d=-1.5, e=(1 "s" t);p, f=?0, *g"#)
+                .map(|m| m.into_iter().map(|(_, v)| v).collect::<Vec<_>>()),
+            Some(vec![
+                item(BareItem::String),
+                item(BareItem::Token),
+                item(BareItem::Binary),
+                item(BareItem::Decimal),
+                MemberValue::InnerList,
+                item(BareItem::Boolean),
+                item(BareItem::Boolean),
+            ])
+        );
+        assert_eq!(members(""), Some(vec![]));
+        for bad in [
+            "max-age=10000, &&&&&",
+            "max-age =100",
+            "max-age= 100",
+            "MaX-aGe=1",
+            "a=1,",
+            "a=1,,b",
+            "a=1 b",
+            "a=\"open",
+            "a=\"bad\\q\"",
+            "a=1234567890123456",
+            "a=1.2345",
+            "a=1.",
+            "a=-",
+            "a=?2",
+            "a=:abc",
+            "a=(1 2",
+            "a=(1,2)",
+            "a;=1",
+            "a=\u{e9}",
+        ] {
+            assert_eq!(members(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_unusable_cdn_cache_control_is_ignored_as_a_whole() {
+        let now = SystemTime::now();
+        for cdn in [
+            "max-age=10000, &&&&&",
+            "max-age=\"10000\"",
+            "max-age=10000, s-maxage=1.5",
+            "max-age=-1",
+            "max-age =10000",
+            "",
+        ] {
+            let r = resp(
+                200,
+                &[("cache-control", "no-store"), ("cdn-cache-control", cdn)],
+            );
+            assert!(response_meta(&r, false, &rules(), now).is_err(), "{cdn:?}");
+        }
+        // valid, with an extension directive: it governs
+        let r = resp(
+            200,
+            &[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "foobar, max-age=600"),
+            ],
+        );
+        let m = response_meta(&r, false, &rules(), now).expect("stored");
+        assert!((599..=600).contains(&ttl(&m, now)));
+        // an invalid CDN-Cache-Control falls back to Surrogate-Control
+        let r = resp(
+            200,
+            &[
+                ("cdn-cache-control", "max-age=\"1\""),
+                ("surrogate-control", "max-age=50"),
+                ("cache-control", "no-store"),
+            ],
+        );
+        let m = response_meta(&r, false, &rules(), now).expect("stored");
+        assert!((49..=50).contains(&ttl(&m, now)));
+        // several lines are one dictionary
+        let mut two = resp(200, &[("cdn-cache-control", "max-age=70")]);
+        two.append_header("cdn-cache-control", "must-revalidate")
+            .expect("h");
+        let m = response_meta(&two, false, &rules(), now).expect("stored");
+        assert!((69..=70).contains(&ttl(&m, now)));
+        assert_eq!(m.stale_if_error_sec(), 0);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod balancing;
 mod cache;
 mod cache_rules;
 mod config_files;
+mod conformance_rules;
 mod control;
 mod directives;
 mod eviction;
