@@ -14,8 +14,6 @@ use std::time::{Duration, SystemTime};
 pub enum Bypass {
     /// Not GET or HEAD.
     Method,
-    /// The request carries `Authorization` and the route is not `public`.
-    Authorization,
     /// The request carries `Cookie` and the route is not `public`.
     Cookie,
     /// The request says `Cache-Control: no-store`.
@@ -29,7 +27,6 @@ impl Bypass {
     pub fn as_str(self) -> &'static str {
         match self {
             Bypass::Method => "method",
-            Bypass::Authorization => "authorization",
             Bypass::Cookie => "cookie",
             Bypass::NoStore => "no-store",
             Bypass::Upgrade => "upgrade",
@@ -45,7 +42,10 @@ pub static TAG_HEADERS: [http::HeaderName; 3] = [
     http::HeaderName::from_static("cache-groups"),
 ];
 
-/// Decide whether a request may be answered from, or stored into, the shared cache.
+/// Decide whether a request may be answered from, or stored into, the shared cache. A request
+/// with `Authorization` does not bypass it: its response is stored only when marked for sharing
+/// ([`response_meta`]), and a stored response answers it only when so marked
+/// ([`shared_with_credentials`], through `RequestDirectives::credentials`), RFC 9111 §3.5.
 pub fn request_bypass(req: &RequestView<'_>, rules: &RouteCache) -> Option<Bypass> {
     if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
         return Some(Bypass::Method);
@@ -53,13 +53,8 @@ pub fn request_bypass(req: &RequestView<'_>, rules: &RouteCache) -> Option<Bypas
     if is_websocket_upgrade(req) {
         return Some(Bypass::Upgrade);
     }
-    if !rules.public {
-        if req.contains("authorization") {
-            return Some(Bypass::Authorization);
-        }
-        if req.contains("cookie") {
-            return Some(Bypass::Cookie);
-        }
+    if !rules.public && req.contains("cookie") {
+        return Some(Bypass::Cookie);
     }
     if req.cache_control().is_some_and(|cc| cc.no_store()) {
         return Some(Bypass::NoStore);
@@ -562,6 +557,18 @@ pub mod structured_field {
             self.eat(b':').then_some(BareItem::Binary)
         }
     }
+}
+
+/// Whether a request with credentials must be kept from stored responses not marked for
+/// sharing: it carries `Authorization` and the route is not `public`.
+pub fn credentials_apply(req: &RequestView<'_>, rules: &RouteCache) -> bool {
+    !rules.public && req.contains("authorization")
+}
+
+/// Whether a response may be stored for, and answer, requests with credentials: its governing
+/// field says `public`, `s-maxage` or `must-revalidate` (RFC 9111 §3.5).
+pub fn shared_with_credentials(resp: &ResponseHeader) -> bool {
+    governing_cache_control(resp).is_some_and(|c| c.allow_caching_authorized_req())
 }
 
 /// Decide whether `resp` may be stored and build its meta. `authorization` tells whether the

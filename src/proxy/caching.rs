@@ -107,6 +107,10 @@ pub fn hit_override(
             ctx.request_forced = is_fresh;
             Some(ForcedFreshness::ForceExpired)
         }
+        HitDecision::NotShared => {
+            ctx.request_forced = is_fresh;
+            Some(ForcedFreshness::ForceMiss)
+        }
         HitDecision::ServeStale => Some(ForcedFreshness::ForceFresh),
     }
 }

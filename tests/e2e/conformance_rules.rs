@@ -129,3 +129,170 @@ async fn an_unusable_cdn_cache_control_is_ignored_and_a_usable_one_reaches_the_c
     let passed = get(&v, "/private", &[]).await;
     assert_eq!(passed.header("cdn-cache-control"), Some("private"));
 }
+
+#[tokio::test]
+async fn requests_with_authorization_share_only_responses_marked_for_sharing() {
+    let o = Origin::start("o").await;
+    let auth = [("authorization", "Bearer alice")];
+    for (path, cc) in [
+        ("/public", "public, max-age=600"),
+        ("/must-revalidate", "max-age=600, must-revalidate"),
+        ("/s-maxage", "s-maxage=600"),
+        ("/plain", "max-age=600"),
+    ] {
+        o.set_headers(path, &[("cache-control", cc)]);
+    }
+    let v = verge_for(&o, "{}").await;
+    // answers to a request with credentials are stored only when marked for sharing (§3.5)
+    for path in ["/public", "/must-revalidate", "/s-maxage"] {
+        let first = get(&v, path, &auth).await;
+        assert!(
+            first.cache_status().contains("stored"),
+            "{path}: {}",
+            first.cache_status()
+        );
+        let seen = o.seen_for(path);
+        assert_eq!(
+            seen[0].header("authorization"),
+            Some("Bearer alice"),
+            "{path}"
+        );
+        for headers in [&auth[..], &[]] {
+            let again = get(&v, path, headers).await;
+            assert_eq!(again.body, first.body, "{path} {headers:?}");
+            assert!(
+                again.cache_status().contains("hit"),
+                "{path}: {}",
+                again.cache_status()
+            );
+        }
+        assert_eq!(o.hits(path), 1, "{path}");
+    }
+    let first = get(&v, "/plain", &auth).await;
+    assert!(
+        !first.cache_status().contains("stored"),
+        "{}",
+        first.cache_status()
+    );
+    let second = get(&v, "/plain", &auth).await;
+    assert_ne!(second.body, first.body);
+    assert_eq!(o.hits("/plain"), 2);
+
+    // a response stored for everyone without the marking: a request with credentials goes to
+    // the origin (its answer may differ), and the stored copy stays for the others
+    o.set_headers("/anon", &[("cache-control", "max-age=600")]);
+    let anon = get(&v, "/anon", &[]).await;
+    assert!(
+        anon.cache_status().contains("stored"),
+        "{}",
+        anon.cache_status()
+    );
+    let authed = get(&v, "/anon", &auth).await;
+    assert_ne!(authed.body, anon.body);
+    assert_eq!(authed.cache_status(), "verge; fwd=request");
+    assert_eq!(
+        o.seen_for("/anon")[1].header("authorization"),
+        Some("Bearer alice")
+    );
+    let later = get(&v, "/anon", &[]).await;
+    assert_eq!(later.body, anon.body);
+    assert!(
+        later.cache_status().contains("hit"),
+        "{}",
+        later.cache_status()
+    );
+    assert_eq!(o.hits("/anon"), 2);
+}
+
+#[tokio::test]
+async fn errors_are_stored_only_with_explicit_freshness_and_briefly() {
+    let o = Origin::start("o").await;
+    for (path, status) in [
+        ("/500", 500),
+        ("/503", 503),
+        ("/bare-502", 502),
+        ("/400", 400),
+    ] {
+        o.set_status(path, status);
+    }
+    o.set_headers("/500", &[("cache-control", "max-age=3600")]);
+    o.set_headers("/503", &[("expires", "Thu, 01 Jan 2099 00:00:00 GMT")]);
+    o.set_headers("/400", &[("cache-control", "max-age=3600")]);
+    let v = verge_for(&o, "{default_ttl: 60s}").await;
+    for path in ["/500", "/503"] {
+        assert!(reused(&v, &o, path).await, "{path}");
+        let hit = get(&v, path, &[]).await;
+        // the origin asked for an hour (or years): an error is kept a minute at most
+        let ttl: i64 = hit
+            .cache_status()
+            .split("ttl=")
+            .nth(1)
+            .and_then(|t| t.split(';').next())
+            .and_then(|t| t.trim().parse().ok())
+            .expect("ttl");
+        assert!((0..=60).contains(&ttl), "{path}: {}", hit.cache_status());
+    }
+    // no freshness from the origin: never stored, default_ttl or not
+    assert!(!reused(&v, &o, "/bare-502").await);
+    // an error a client can provoke is never stored (cache poisoning)
+    assert!(!reused(&v, &o, "/400").await);
+}
+
+#[tokio::test]
+async fn a_stale_copy_answers_when_the_origin_is_gone_unless_the_origin_forbade_it() {
+    let o = Origin::start("o").await;
+    let forbidding = [
+        ("/must-revalidate", "max-age=1, must-revalidate"),
+        ("/proxy-revalidate", "max-age=1, proxy-revalidate"),
+        ("/no-cache", "max-age=1, no-cache"),
+        ("/s-maxage", "s-maxage=1"),
+    ];
+    o.set_headers("/plain", &[("cache-control", "max-age=1")]);
+    o.set_headers("/5xx", &[("cache-control", "max-age=1")]);
+    for (path, cc) in forbidding {
+        o.set_headers(path, &[("cache-control", cc), ("etag", "\"e\"")]);
+    }
+    let v = verge_for(&o, "{}").await;
+    let plain = get(&v, "/plain", &[]).await;
+    get(&v, "/5xx", &[]).await;
+    for (path, _) in forbidding {
+        get(&v, path, &[]).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    // an origin that answers with an error is not "disconnected": its answer goes through
+    o.set_status("/5xx", 503);
+    assert_eq!(get(&v, "/5xx", &[]).await.status, 503);
+    o.stop();
+    let stale = get(&v, "/plain", &[]).await;
+    assert_eq!(
+        (stale.status, stale.body.as_str()),
+        (200, plain.body.as_str())
+    );
+    assert!(
+        stale.cache_status().contains("fwd=stale"),
+        "{}",
+        stale.cache_status()
+    );
+    for (path, cc) in forbidding {
+        let g = get(&v, path, &[]).await;
+        assert_eq!(g.status, 502, "{path} ({cc}): {}", g.body);
+    }
+}
+
+#[tokio::test]
+async fn a_stale_copy_answers_when_the_origin_closes_without_a_response() {
+    use crate::bad_origin::{BadOrigin, Fault};
+    let o = BadOrigin::start().await;
+    o.set_cache_control("max-age=1");
+    let v = Verge::start(&format!(
+        "pools: {{p: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p, cache: {{}}}}]\n",
+        o.addr
+    ))
+    .await;
+    let first = get(&v, "/c", &[]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    o.set("/c", Fault::CloseBeforeResponse);
+    let g = get(&v, "/c", &[]).await;
+    assert_eq!((g.status, g.body.as_str()), (200, first.body.as_str()));
+    assert_eq!(o.hits("/c"), 2, "the origin was tried");
+}
