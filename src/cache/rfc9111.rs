@@ -79,8 +79,9 @@ fn heuristically_cacheable(status: u16) -> bool {
     matches!(status, 200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410)
 }
 
-/// Statuses never stored, whatever the origin says: server errors, partial content, and errors
-/// a client can provoke (so one client cannot poison the cache for others).
+/// Statuses never stored, whatever the origin says (`never_stored`): interim responses, partial
+/// content, 304, statuses past 599, and errors a client can provoke (400, 413, 414, 431: one
+/// client could poison the URL for others).
 /// Uncacheable because the request carried credentials: says nothing about the URL.
 pub const AUTHORIZED: &str = "authorization";
 /// Uncacheable because of this response's status (an error, a partial): says nothing lasting.
@@ -96,7 +97,18 @@ pub fn transient_no_cache_reason(reason: &'static str) -> bool {
 }
 
 fn never_stored(status: u16) -> bool {
-    !(200..500).contains(&status) || matches!(status, 206 | 304 | 400 | 413 | 414 | 431)
+    !(200..600).contains(&status) || matches!(status, 206 | 304 | 400 | 413 | 414 | 431)
+}
+
+/// The longest a server error (5xx) is kept fresh, whatever freshness its origin gave. A
+/// constant for now; meant to become a route setting.
+pub const ERROR_MAX_TTL: Duration = Duration::from_secs(60);
+
+/// Server errors: stored only when their origin gave them explicit freshness (never on a
+/// route's TTLs or the Last-Modified heuristic), for at most [`ERROR_MAX_TTL`], and never
+/// served stale.
+fn server_error(status: u16) -> bool {
+    (500..600).contains(&status)
 }
 
 fn header_date(resp: &ResponseHeader, name: &str) -> Option<SystemTime> {
@@ -572,8 +584,22 @@ pub fn shared_with_credentials(resp: &ResponseHeader) -> bool {
 }
 
 /// Decide whether `resp` may be stored and build its meta. `authorization` tells whether the
-/// request carried credentials.
+/// request carried credentials. A server error that is not stored says nothing lasting about
+/// its URL ([`STATUS`], no hit-for-pass), whatever the reason.
 pub fn response_meta(
+    resp: &ResponseHeader,
+    authorization: bool,
+    rules: &RouteCache,
+    now: SystemTime,
+) -> Result<CacheMeta, NoCacheReason> {
+    let meta = storable_meta(resp, authorization, rules, now);
+    if server_error(resp.status.as_u16()) {
+        return meta.map_err(|_| NoCacheReason::Custom(STATUS));
+    }
+    meta
+}
+
+fn storable_meta(
     resp: &ResponseHeader,
     authorization: bool,
     rules: &RouteCache,
@@ -620,9 +646,17 @@ pub fn response_meta(
     if let Some(max) = rules.max_ttl {
         lifetime = lifetime.min(max);
     }
-    let strict = cc
-        .as_ref()
-        .is_some_and(|c| c.must_revalidate() || c.proxy_revalidate());
+    let error = server_error(status);
+    if error {
+        if lifetime.is_zero() {
+            return Err(NoCacheReason::Custom(STATUS));
+        }
+        lifetime = lifetime.min(ERROR_MAX_TTL);
+    }
+    let strict = error
+        || cc
+            .as_ref()
+            .is_some_and(|c| c.must_revalidate() || c.proxy_revalidate());
     let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
     let (swr, sie) = if strict {
         (0, 0)
@@ -825,7 +859,7 @@ mod tests {
                 "{h:?}"
             );
         }
-        for status in [500, 503, 400, 206] {
+        for status in [400, 413, 414, 431, 206, 304, 103, 600] {
             let r = resp(status, &[("cache-control", "max-age=60")]);
             assert!(response_meta(&r, false, &rules(), now).is_err(), "{status}");
         }
@@ -836,6 +870,68 @@ mod tests {
         );
         let r = resp(200, &[("cache-control", "public, max-age=60")]);
         assert!(response_meta(&r, true, &rules(), now).is_ok());
+    }
+
+    #[test]
+    fn server_errors_are_stored_only_on_explicit_freshness_within_the_cap() {
+        let now = SystemTime::now();
+        let generous = RouteCache {
+            default_ttl: Some(Duration::from_secs(30)),
+            force_ttl: Some(Duration::from_secs(40)),
+            stale_if_error: Duration::from_secs(50),
+            stale_while_revalidate: Duration::from_secs(50),
+            ..rules()
+        };
+        let far = httpdate::fmt_http_date(now + Duration::from_secs(7200));
+        let lm = httpdate::fmt_http_date(now - Duration::from_secs(100_000));
+        for status in [500, 502, 503, 504, 599] {
+            for fresh in [
+                vec![("cache-control", "max-age=3600")],
+                vec![("cache-control", "s-maxage=5")],
+                vec![("expires", far.as_str())],
+                vec![
+                    ("cdn-cache-control", "max-age=30"),
+                    ("cache-control", "no-store"),
+                ],
+            ] {
+                let m =
+                    response_meta(&resp(status, &fresh), false, &generous, now).expect("stored");
+                let want = fresh_secs(&fresh).min(ERROR_MAX_TTL.as_secs());
+                assert!(
+                    (want - 1..=want).contains(&ttl(&m, now)),
+                    "{status} {fresh:?}"
+                );
+                assert_eq!(
+                    (m.stale_while_revalidate_sec(), m.stale_if_error_sec()),
+                    (0, 0)
+                );
+            }
+            // no freshness of its own: never stored, and not remembered as uncacheable
+            for none in [
+                vec![],
+                vec![("last-modified", lm.as_str())],
+                vec![("cache-control", "max-age=0")],
+                vec![("cache-control", "no-cache, max-age=60")],
+                vec![("expires", "not a date")],
+                vec![("cache-control", "no-store")],
+            ] {
+                assert_eq!(
+                    response_meta(&resp(status, &none), false, &generous, now).err(),
+                    Some(NoCacheReason::Custom(STATUS)),
+                    "{status} {none:?}"
+                );
+            }
+        }
+    }
+
+    /// The lifetime the test responses above ask for, in seconds.
+    fn fresh_secs(h: &[(&str, &str)]) -> u64 {
+        match h[0] {
+            ("cache-control", "max-age=3600") => 3600,
+            ("cache-control", "s-maxage=5") => 5,
+            ("expires", _) => 7200,
+            _ => 30,
+        }
     }
 
     #[test]
