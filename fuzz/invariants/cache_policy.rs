@@ -5,7 +5,8 @@
 //! then `name: value` response header lines, an empty line, and request header lines.
 //!
 //! Invariants:
-//! - `response_meta` stores nothing verge never stores (status, `no-store`/`private` in the
+//! - `response_meta` stores nothing verge never stores (status, a server error beyond
+//!   `ERROR_MAX_TTL` or stale windows, `no-store`/`private` in the
 //!   governing field, `Vary: *`, `Set-Cookie` unless stripped, credentials without
 //!   `public`/`s-maxage`/`must-revalidate`), and what it stores has no `Set-Cookie` or `Age`;
 //! - its times never go negative or overflow: `created` is not after now, the lifetime is at most
@@ -26,7 +27,8 @@ use verge::cache::request_directives::{
 };
 use verge::cache::request_view::RequestView;
 use verge::cache::rfc9111::{
-    governing_cache_control, refreshed_by_not_modified, request_bypass, response_meta,
+    governing_cache_control, refreshed_by_not_modified, refuses_stale, request_bypass,
+    response_meta, DISCONNECTED_STALE, ERROR_MAX_TTL,
 };
 use verge::config::{RouteCache, SetCookiePolicy};
 
@@ -86,7 +88,7 @@ fn header_lines(text: &str) -> impl Iterator<Item = (&str, &str)> {
 }
 
 fn never_stored(status: u16) -> bool {
-    !(200..500).contains(&status) || matches!(status, 206 | 304 | 400 | 413 | 414 | 431)
+    !(200..600).contains(&status) || matches!(status, 206 | 304 | 400 | 413 | 414 | 431)
 }
 
 /// The field whose directives a shared cache obeys: a usable `CDN-Cache-Control`,
@@ -191,10 +193,33 @@ fn response_invariants(
         assert_eq!(meta.stale_while_revalidate_sec(), 0);
         assert_eq!(meta.stale_if_error_sec(), 0);
     }
-    if cc.is_none() && rules.force_ttl.is_none() {
-        // Route defaults for the stale windows apply when the origin names none.
+    if (500..600).contains(&status) {
+        // Server errors: only on explicit freshness, briefly, never stale.
+        assert!(
+            lifetime <= ERROR_MAX_TTL,
+            "a server error kept {lifetime:?}"
+        );
+        assert!(
+            meta.is_fresh(created),
+            "a server error stored without freshness"
+        );
+        assert_eq!(meta.stale_while_revalidate_sec(), 0);
+        assert_eq!(meta.stale_if_error_sec(), 0);
+    } else if cc.is_none() && rules.force_ttl.is_none() {
+        // Route defaults for the stale windows apply when the origin names none; a
+        // disconnected origin gets at least DISCONNECTED_STALE.
         assert_eq!(meta.stale_while_revalidate_sec(), 30);
-        assert_eq!(meta.stale_if_error_sec(), 60);
+        assert_eq!(
+            u64::from(meta.stale_if_error_sec()),
+            DISCONNECTED_STALE.as_secs().max(60)
+        );
+    }
+    if cc.as_ref().is_some_and(refuses_stale) {
+        assert_eq!(
+            meta.stale_if_error_sec(),
+            0,
+            "stale-if-error despite {cc:?}"
+        );
     }
 }
 

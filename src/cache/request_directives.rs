@@ -130,12 +130,8 @@ pub enum HitVerdict {
 /// `Surrogate-Control`) replaces `Cache-Control` entirely when present (RFC 9213 §2.1), so a
 /// `must-revalidate` given only there counts, and one given only in `Cache-Control` does not.
 pub fn forbids_stale(stored: &ResponseHeader) -> bool {
-    crate::cache::rfc9111::governing_cache_control(stored).is_some_and(|cc| {
-        cc.no_cache()
-            || cc.must_revalidate()
-            || cc.proxy_revalidate()
-            || cc.has_directive(&DirectiveKey::SMaxAge)
-    })
+    use crate::cache::rfc9111::{governing_cache_control, refuses_stale};
+    governing_cache_control(stored).is_some_and(|cc| refuses_stale(&cc))
 }
 
 /// Decide how a stored entry may answer a request with these directives. `age` is the entry's

@@ -571,6 +571,63 @@ pub mod structured_field {
     }
 }
 
+/// How long after it goes stale a stored response may still answer when its origin gives no
+/// response at all: cannot be reached, refuses or drops the connection, times out, or answers
+/// with something that is not HTTP (RFC 9111 §4.2.4 lets a disconnected cache serve stale).
+/// A constant for now, meant to become a route setting; never for a response that refuses to
+/// be served stale ([`refuses_stale`]) or is a server error.
+pub const DISCONNECTED_STALE: Duration = Duration::from_secs(86_400);
+
+/// Whether a response's governing directives forbid serving it stale: a shared cache must
+/// revalidate `no-cache`, `must-revalidate` and `proxy-revalidate` responses (RFC 9111
+/// §5.2.2.1, §5.2.2.4, §5.2.2.8), and `s-maxage` implies `proxy-revalidate` (§5.2.2.10).
+pub fn refuses_stale(cc: &CacheControl) -> bool {
+    cc.no_cache()
+        || cc.must_revalidate()
+        || cc.proxy_revalidate()
+        || cc.has_directive(&pingora_cache::cache_control::DirectiveKey::SMaxAge)
+}
+
+/// How long after going stale a response with governing directives `cc` and this `status`
+/// may answer for an origin that answered with a server error: its `stale-if-error`, else the
+/// route's. `None` when it may never be served stale ([`refuses_stale`], or a server error
+/// itself).
+fn stale_if_error_window(
+    cc: Option<&CacheControl>,
+    status: u16,
+    rules: &RouteCache,
+) -> Option<Duration> {
+    if server_error(status) || cc.is_some_and(refuses_stale) {
+        return None;
+    }
+    Some(
+        cc.and_then(|c| c.serve_stale_if_error_duration())
+            .unwrap_or(rules.stale_if_error),
+    )
+}
+
+/// Whether a stored response that has been stale for `stale_for` may answer instead of what
+/// the origin did: `origin_answered` (with a server error) allows it only within the
+/// stale-if-error window; an origin that gave no response allows it within
+/// [`DISCONNECTED_STALE`] or that window, whichever is longer. Never for a response that
+/// refuses to be served stale.
+pub fn may_serve_stale_after(
+    stored: &ResponseHeader,
+    stale_for: Duration,
+    origin_answered: bool,
+    rules: &RouteCache,
+) -> bool {
+    let cc = governing_cache_control(stored);
+    stale_if_error_window(cc.as_ref(), stored.status.as_u16(), rules).is_some_and(|w| {
+        let window = if origin_answered {
+            w
+        } else {
+            w.max(DISCONNECTED_STALE)
+        };
+        stale_for <= window
+    })
+}
+
 /// Whether a request with credentials must be kept from stored responses not marked for
 /// sharing: it carries `Authorization` and the route is not `public`.
 pub fn credentials_apply(req: &RequestView<'_>, rules: &RouteCache) -> bool {
@@ -658,18 +715,17 @@ fn storable_meta(
             .as_ref()
             .is_some_and(|c| c.must_revalidate() || c.proxy_revalidate());
     let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
-    let (swr, sie) = if strict {
-        (0, 0)
+    let swr = if strict {
+        0
     } else {
-        (
-            cc.as_ref()
-                .and_then(|c| c.serve_stale_while_revalidate_duration())
-                .map_or(secs(rules.stale_while_revalidate), secs),
-            cc.as_ref()
-                .and_then(|c| c.serve_stale_if_error_duration())
-                .map_or(secs(rules.stale_if_error), secs),
-        )
+        cc.as_ref()
+            .and_then(|c| c.serve_stale_while_revalidate_duration())
+            .map_or(secs(rules.stale_while_revalidate), secs)
     };
+    // pingora keeps one window for every failure; `may_serve_stale_after` narrows it to the
+    // stale-if-error window proper when the origin did answer (with a 5xx)
+    let sie = stale_if_error_window(cc.as_ref(), status, rules)
+        .map_or(0, |w| secs(w.max(DISCONNECTED_STALE)));
     let created = now.checked_sub(initial_age(resp, age, now)).unwrap_or(now);
     let fresh_until = if lifetime.is_zero() {
         created
@@ -931,6 +987,74 @@ mod tests {
             ("cache-control", "s-maxage=5") => 5,
             ("expires", _) => 7200,
             _ => 30,
+        }
+    }
+
+    #[test]
+    fn a_stale_copy_answers_a_disconnected_origin_longer_than_an_erring_one() {
+        let now = SystemTime::now();
+        let route = RouteCache {
+            stale_if_error: Duration::from_secs(30),
+            ..rules()
+        };
+        let day = DISCONNECTED_STALE;
+        let secs = |n: u64| Duration::from_secs(n);
+        // (response, the stored window, longest stale for a 5xx, for a disconnected origin)
+        for (h, stored, answered, disconnected) in [
+            (vec![("cache-control", "max-age=5")], day, secs(30), day),
+            (
+                vec![("cache-control", "max-age=5, stale-if-error=600")],
+                day,
+                secs(600),
+                day,
+            ),
+            (
+                vec![("cache-control", "max-age=5, stale-if-error=200000")],
+                secs(200_000),
+                secs(200_000),
+                secs(200_000),
+            ),
+            (
+                vec![
+                    ("cdn-cache-control", "max-age=5, stale-if-error=60"),
+                    ("cache-control", "must-revalidate"),
+                ],
+                day,
+                secs(60),
+                day,
+            ),
+        ] {
+            let r = resp(200, &h);
+            let m = response_meta(&r, false, &route, now).expect("stored");
+            assert_eq!(u64::from(m.stale_if_error_sec()), stored.as_secs(), "{h:?}");
+            for (origin_answered, limit) in [(true, answered), (false, disconnected)] {
+                assert!(
+                    may_serve_stale_after(&r, limit, origin_answered, &route),
+                    "{h:?}"
+                );
+                assert!(
+                    !may_serve_stale_after(&r, limit + secs(1), origin_answered, &route),
+                    "{h:?}"
+                );
+            }
+        }
+        // refusing to be served stale, or a server error: never, and no window is stored
+        for (status, cc) in [
+            (200, "max-age=5, must-revalidate"),
+            (200, "max-age=5, proxy-revalidate"),
+            (200, "max-age=5, no-cache"),
+            (200, "s-maxage=5, stale-if-error=600"),
+            (503, "max-age=5, stale-if-error=600"),
+        ] {
+            let r = resp(status, &[("cache-control", cc)]);
+            let m = response_meta(&r, false, &route, now).expect("stored");
+            assert_eq!(m.stale_if_error_sec(), 0, "{status} {cc}");
+            for origin_answered in [true, false] {
+                assert!(
+                    !may_serve_stale_after(&r, Duration::ZERO, origin_answered, &route),
+                    "{status} {cc}"
+                );
+            }
         }
     }
 
