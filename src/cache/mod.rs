@@ -8,6 +8,7 @@ pub mod early_refresh;
 pub mod eviction;
 pub mod fill;
 pub mod hit_decision;
+pub mod http_date;
 pub mod invalidation;
 pub mod key_rules;
 pub mod pending;
@@ -18,6 +19,7 @@ pub mod request_view;
 pub mod rfc9111;
 pub mod storage;
 pub mod stored_meta;
+pub mod structured_field;
 pub mod unsafe_methods;
 #[cfg(test)]
 mod xorshift;

@@ -3,6 +3,7 @@
 //! fetch time and duration) that no client sees.
 
 use super::request_view::RequestView;
+use super::{http_date, structured_field};
 use crate::config::{RouteCache, SetCookiePolicy};
 use pingora_cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora_cache::{CacheMeta, NoCacheReason};
@@ -111,13 +112,13 @@ fn server_error(status: u16) -> bool {
     (500..600).contains(&status)
 }
 
-fn header_date(resp: &ResponseHeader, name: &str) -> Option<SystemTime> {
+fn header_date(resp: &ResponseHeader, name: &str, now: SystemTime) -> Option<SystemTime> {
     let mut values = resp.headers.get_all(name).iter();
     let v = values.next()?;
     if values.next().is_some() {
         return None;
     }
-    httpdate::parse_http_date(v.to_str().ok()?).ok()
+    http_date::parse(v.as_bytes(), now)
 }
 
 /// The freshness lifetime the origin gave, if any: s-maxage > max-age > Expires − Date (`now`
@@ -134,16 +135,12 @@ fn explicit_lifetime(
     if let Some(v) = expires.next() {
         // several or unparseable Expires mean "already expired" (RFC 9111 §5.3)
         let when = (expires.next().is_none())
-            .then(|| {
-                v.to_str()
-                    .ok()
-                    .and_then(|s| httpdate::parse_http_date(s).ok())
-            })
+            .then(|| http_date::parse(v.as_bytes(), now))
             .flatten();
         let Some(when) = when else {
             return Some(Duration::ZERO);
         };
-        let date = header_date(resp, "date").unwrap_or(now);
+        let date = header_date(resp, "date", now).unwrap_or(now);
         return Some(when.duration_since(date).unwrap_or(Duration::ZERO));
     }
     None
@@ -151,8 +148,8 @@ fn explicit_lifetime(
 
 /// Heuristic freshness: 10% of the time since Last-Modified, capped at one day (RFC 9111 §4.2.2).
 fn heuristic_lifetime(resp: &ResponseHeader, now: SystemTime) -> Option<Duration> {
-    let lm = header_date(resp, "last-modified")?;
-    let date = header_date(resp, "date").unwrap_or(now);
+    let lm = header_date(resp, "last-modified", now)?;
+    let date = header_date(resp, "date", now).unwrap_or(now);
     let age = date.duration_since(lm).ok()?;
     Some((age / 10).min(Duration::from_secs(86_400)))
 }
@@ -181,7 +178,7 @@ fn initial_age(resp: &ResponseHeader, age: Option<u64>, now: SystemTime) -> Dura
     let age_value = age.map_or(Duration::ZERO, |secs| {
         Duration::from_secs(secs.min(u64::from(u32::MAX)))
     });
-    let apparent = header_date(resp, "date")
+    let apparent = header_date(resp, "date", now)
         .and_then(|d| now.duration_since(d).ok())
         .unwrap_or(Duration::ZERO);
     age_value.max(apparent)
@@ -334,241 +331,6 @@ fn targeted_cache_control_usable(headers: &http::HeaderMap) -> bool {
         !DELTA_DIRECTIVES.iter().any(|d| d.as_bytes() == *key)
             || matches!(value, structured_field::MemberValue::Item(structured_field::BareItem::Integer(n)) if *n >= 0)
     })
-}
-
-pub mod structured_field {
-    //! A validating reader of RFC 8941 Structured Fields dictionaries: the grammar of §3.2,
-    //! parsed as §4.2 says (surrounding spaces dropped, `OWS` around commas, no trailing
-    //! comma), reporting each member's key and the type of its value. Pure; never panics on
-    //! any input.
-
-    /// A bare item's type (and, for an Integer, its value).
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum BareItem {
-        /// `-?[0-9]{1,15}`
-        Integer(i64),
-        /// `-?[0-9]{1,12}.[0-9]{1,3}`
-        Decimal,
-        /// A quoted string.
-        String,
-        /// A token.
-        Token,
-        /// `:base64:`
-        Binary,
-        /// `?0` or `?1` (a member without `=` is a `true` Boolean).
-        Boolean,
-    }
-
-    /// A dictionary member's value.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum MemberValue {
-        /// An item.
-        Item(BareItem),
-        /// An inner list.
-        InnerList,
-    }
-
-    /// Parse `input` as a dictionary, calling `member` with each member's key and value type in
-    /// order. False when it is not a valid dictionary (then some members may have been
-    /// reported already).
-    pub fn dictionary<'a>(input: &'a [u8], mut member: impl FnMut(&'a [u8], MemberValue)) -> bool {
-        let mut p = Parser { s: input, i: 0 };
-        p.skip_sp();
-        let end = input.len() - input.iter().rev().take_while(|b| **b == b' ').count();
-        p.s = &input[..end.max(p.i)];
-        while !p.done() {
-            let Some(key) = p.key() else { return false };
-            let value = if p.eat(b'=') {
-                if p.peek() == Some(b'(') {
-                    if !p.inner_list() {
-                        return false;
-                    }
-                    MemberValue::InnerList
-                } else {
-                    match p.item() {
-                        Some(item) => MemberValue::Item(item),
-                        None => return false,
-                    }
-                }
-            } else {
-                if !p.parameters() {
-                    return false;
-                }
-                MemberValue::Item(BareItem::Boolean)
-            };
-            member(key, value);
-            p.skip_ows();
-            if p.done() {
-                return true;
-            }
-            if !p.eat(b',') {
-                return false;
-            }
-            p.skip_ows();
-            if p.done() {
-                return false; // a trailing comma
-            }
-        }
-        true
-    }
-
-    struct Parser<'a> {
-        s: &'a [u8],
-        i: usize,
-    }
-
-    impl<'a> Parser<'a> {
-        fn done(&self) -> bool {
-            self.i >= self.s.len()
-        }
-
-        fn peek(&self) -> Option<u8> {
-            self.s.get(self.i).copied()
-        }
-
-        fn eat(&mut self, b: u8) -> bool {
-            let hit = self.peek() == Some(b);
-            if hit {
-                self.i += 1;
-            }
-            hit
-        }
-
-        fn take_while(&mut self, f: impl Fn(u8) -> bool) -> &'a [u8] {
-            let start = self.i;
-            while self.peek().is_some_and(&f) {
-                self.i += 1;
-            }
-            &self.s[start..self.i]
-        }
-
-        fn skip_sp(&mut self) {
-            self.take_while(|b| b == b' ');
-        }
-
-        fn skip_ows(&mut self) {
-            self.take_while(|b| b == b' ' || b == b'\t');
-        }
-
-        /// `key = ( lcalpha / "*" ) *( lcalpha / DIGIT / "_" / "-" / "." / "*" )`
-        fn key(&mut self) -> Option<&'a [u8]> {
-            if !self
-                .peek()
-                .is_some_and(|b| b.is_ascii_lowercase() || b == b'*')
-            {
-                return None;
-            }
-            Some(self.take_while(|b| {
-                b.is_ascii_lowercase()
-                    || b.is_ascii_digit()
-                    || matches!(b, b'_' | b'-' | b'.' | b'*')
-            }))
-        }
-
-        /// `parameters = *( ";" *SP parameter )`, `parameter = key [ "=" bare-item ]`
-        fn parameters(&mut self) -> bool {
-            while self.eat(b';') {
-                self.skip_sp();
-                if self.key().is_none() {
-                    return false;
-                }
-                if self.eat(b'=') && self.bare_item().is_none() {
-                    return false;
-                }
-            }
-            true
-        }
-
-        /// `sf-item = bare-item parameters`
-        fn item(&mut self) -> Option<BareItem> {
-            let item = self.bare_item()?;
-            self.parameters().then_some(item)
-        }
-
-        /// `inner-list = "(" *SP [ sf-item *( 1*SP sf-item ) *SP ] ")" parameters`
-        fn inner_list(&mut self) -> bool {
-            if !self.eat(b'(') {
-                return false;
-            }
-            loop {
-                self.skip_sp();
-                if self.eat(b')') {
-                    return self.parameters();
-                }
-                if self.item().is_none() {
-                    return false;
-                }
-                if !matches!(self.peek(), Some(b' ' | b')')) {
-                    return false;
-                }
-            }
-        }
-
-        fn bare_item(&mut self) -> Option<BareItem> {
-            match self.peek()? {
-                b'-' | b'0'..=b'9' => self.number(),
-                b'"' => self.string(),
-                b':' => self.binary(),
-                b'?' => {
-                    self.i += 1;
-                    let ok = self.eat(b'0') || self.eat(b'1');
-                    ok.then_some(BareItem::Boolean)
-                }
-                b if b.is_ascii_alphabetic() || b == b'*' => {
-                    self.take_while(|b| {
-                        b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b)
-                    });
-                    Some(BareItem::Token)
-                }
-                _ => None,
-            }
-        }
-
-        fn number(&mut self) -> Option<BareItem> {
-            let negative = self.eat(b'-');
-            let int = self.take_while(|b| b.is_ascii_digit());
-            if int.is_empty() {
-                return None;
-            }
-            if self.eat(b'.') {
-                let frac = self.take_while(|b| b.is_ascii_digit());
-                let ok = int.len() <= 12 && (1..=3).contains(&frac.len());
-                return ok.then_some(BareItem::Decimal);
-            }
-            if int.len() > 15 {
-                return None;
-            }
-            let n: i64 = std::str::from_utf8(int).ok()?.parse().ok()?;
-            Some(BareItem::Integer(if negative { -n } else { n }))
-        }
-
-        fn string(&mut self) -> Option<BareItem> {
-            self.i += 1; // the opening quote
-            loop {
-                match self.peek()? {
-                    b'"' => {
-                        self.i += 1;
-                        return Some(BareItem::String);
-                    }
-                    b'\\' => {
-                        self.i += 1;
-                        if !matches!(self.peek()?, b'"' | b'\\') {
-                            return None;
-                        }
-                        self.i += 1;
-                    }
-                    0x20..=0x7e => self.i += 1,
-                    _ => return None,
-                }
-            }
-        }
-
-        fn binary(&mut self) -> Option<BareItem> {
-            self.i += 1; // the opening colon
-            self.take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
-            self.eat(b':').then_some(BareItem::Binary)
-        }
-    }
 }
 
 /// How long after it goes stale a stored response may still answer when its origin gives no
@@ -1308,61 +1070,21 @@ mod tests {
     }
 
     #[test]
-    fn structured_field_dictionaries_are_validated() {
-        use structured_field::{dictionary, BareItem, MemberValue};
-        let members = |s: &str| {
-            let mut out = Vec::new();
-            dictionary(s.as_bytes(), |k, v| {
-                out.push((String::from_utf8_lossy(k).into_owned(), v))
-            })
-            .then_some(out)
-        };
-        let item = MemberValue::Item;
-        assert_eq!(
-            members("  max-age=3600, no-store ,\tprivate;x=?1  "),
-            Some(vec![
-                ("max-age".into(), item(BareItem::Integer(3600))),
-                ("no-store".into(), item(BareItem::Boolean)),
-                ("private".into(), item(BareItem::Boolean)),
-            ])
-        );
-        assert_eq!(
-            members(r#"a="x\"y", b=tok/en:1, c=:aGk=:, d=-1.5, e=(1 "s" t);p, f=?0, *g"#)
-                .map(|m| m.into_iter().map(|(_, v)| v).collect::<Vec<_>>()),
-            Some(vec![
-                item(BareItem::String),
-                item(BareItem::Token),
-                item(BareItem::Binary),
-                item(BareItem::Decimal),
-                MemberValue::InnerList,
-                item(BareItem::Boolean),
-                item(BareItem::Boolean),
-            ])
-        );
-        assert_eq!(members(""), Some(vec![]));
-        for bad in [
-            "max-age=10000, &&&&&",
-            "max-age =100",
-            "max-age= 100",
-            "MaX-aGe=1",
-            "a=1,",
-            "a=1,,b",
-            "a=1 b",
-            "a=\"open",
-            "a=\"bad\\q\"",
-            "a=1234567890123456",
-            "a=1.2345",
-            "a=1.",
-            "a=-",
-            "a=?2",
-            "a=:abc",
-            "a=(1 2",
-            "a=(1,2)",
-            "a;=1",
-            "a=\u{e9}",
+    fn expires_in_any_accepted_format_gives_freshness() {
+        let now = SystemTime::now();
+        for expires in [
+            "THU, 18 AUG 2050 02:01:18 gMT",
+            "Thu Aug  8 02:01:18 2050",
+            "Thursday, 18-Aug-50 02:01:18 GMT",
         ] {
-            assert_eq!(members(bad), None, "{bad:?}");
+            let m = response_meta(&resp(200, &[("expires", expires)]), false, &rules(), now)
+                .expect("stored");
+            assert!(m.is_fresh(now), "{expires}");
         }
+        let r = resp(200, &[("expires", "Thu, 18 Aug 2050 02:01:18 UTC")]);
+        assert!(!response_meta(&r, false, &rules(), now)
+            .expect("stored")
+            .is_fresh(now));
     }
 
     #[test]

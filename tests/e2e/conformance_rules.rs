@@ -296,3 +296,30 @@ async fn a_stale_copy_answers_when_the_origin_closes_without_a_response() {
     assert_eq!((g.status, g.body.as_str()), (200, first.body.as_str()));
     assert_eq!(o.hits("/c"), 2, "the origin was tried");
 }
+
+#[tokio::test]
+async fn expires_is_read_in_every_date_format_recipients_accept() {
+    let o = Origin::start("o").await;
+    let cases = [
+        ("/imf", "Thu, 18 Aug 2050 02:01:18 GMT", true),
+        ("/asctime", "Thu Aug  8 02:01:18 2050", true),
+        ("/rfc850", "Thursday, 18-Aug-50 02:01:18 GMT", true),
+        ("/upper", "THU, 18 AUG 2050 02:01:18 GMT", true),
+        ("/lower-zone", "Thu, 18 Aug 2050 02:01:18 gmt", true),
+        ("/utc", "Thu, 18 Aug 2050 02:01:18 UTC", false),
+        ("/two-digit-year", "Thu, 18 Aug 50 02:01:18 GMT", false),
+        ("/dashes", "Thu, 18-Aug-2050 02:01:18 GMT", false),
+        ("/one-digit-hour", "Thu, 18 Aug 2050 2:01:18 GMT", false),
+    ];
+    for (path, expires, _) in cases {
+        o.set_headers(path, &[("expires", expires)]);
+    }
+    let v = verge_for(&o, "{}").await;
+    for (path, expires, fresh) in cases {
+        assert_eq!(
+            reused(&v, &o, path).await,
+            fresh,
+            "{path}: Expires {expires:?}"
+        );
+    }
+}
