@@ -323,3 +323,31 @@ async fn expires_is_read_in_every_date_format_recipients_accept() {
         );
     }
 }
+
+#[tokio::test]
+async fn vary_ignores_whitespace_and_accept_language_order_and_case() {
+    let o = Origin::start("o").await;
+    o.set_headers(
+        "/lang",
+        &[("cache-control", "max-age=600"), ("vary", "Accept-Language")],
+    );
+    o.set_headers("/foo", &[("cache-control", "max-age=600"), ("vary", "Foo")]);
+    let v = verge_for(&o, "{}").await;
+    let lang = get(&v, "/lang", &[("accept-language", "en, de")]).await;
+    for same in ["de, en", "eN, De", " en ,   de"] {
+        let g = get(&v, "/lang", &[("accept-language", same)]).await;
+        assert_eq!(g.body, lang.body, "{same:?}");
+    }
+    assert_eq!(o.hits("/lang"), 1);
+    let other = get(&v, "/lang", &[("accept-language", "fr, en")]).await;
+    assert_ne!(other.body, lang.body);
+    assert_eq!(o.hits("/lang"), 2);
+
+    let foo = get(&v, "/foo", &[("foo", "1,2")]).await;
+    let spaced = get(&v, "/foo", &[("foo", " 1, 2 ")]).await;
+    assert_eq!(spaced.body, foo.body);
+    // the order of an unknown field's members is its own business
+    let reordered = get(&v, "/foo", &[("foo", "2,1")]).await;
+    assert_ne!(reordered.body, foo.body);
+    assert_eq!(o.hits("/foo"), 2);
+}
