@@ -116,8 +116,13 @@ fn response_invariants(
     }
     assert!(!never_stored(status), "status {status} stored");
     let cc = governing(resp);
+    // `must-understand` lifts `no-store` (for the statuses verge knows)
+    let must_understand = cc
+        .as_ref()
+        .is_some_and(|c| c.directives.keys().any(|k| k.as_str() == "must-understand"));
     assert!(
-        !cc.as_ref().is_some_and(|c| c.no_store() || c.private()),
+        !cc.as_ref()
+            .is_some_and(|c| (c.no_store() && !must_understand) || c.private()),
         "no-store or private stored"
     );
     let vary_star = resp.headers.get_all("vary").iter().any(|v| {

@@ -101,6 +101,15 @@ fn never_stored(status: u16) -> bool {
     !(200..600).contains(&status) || matches!(status, 206 | 304 | 400 | 413 | 414 | 431)
 }
 
+/// Statuses whose requirements verge knows (those RFC 9110 defines), for `must-understand`
+/// (RFC 9111 §5.2.2.3).
+fn understood(status: u16) -> bool {
+    matches!(
+        status,
+        200..=206 | 300..=305 | 307 | 308 | 400..=417 | 421 | 422 | 426 | 500..=505
+    )
+}
+
 /// The longest a server error (5xx) is kept fresh, whatever freshness its origin gave. A
 /// constant for now; meant to become a route setting.
 pub const ERROR_MAX_TTL: Duration = Duration::from_secs(60);
@@ -441,7 +450,17 @@ fn storable_meta(
         return Err(NoCacheReason::Custom("vary-star"));
     }
     let cc = governing_cache_control(resp);
-    if cc.as_ref().is_some_and(|c| c.no_store() || c.private()) {
+    let must_understand = cc.as_ref().is_some_and(|c| {
+        c.has_directive(&pingora_cache::cache_control::DirectiveKey::from_lowercase(
+            "must-understand",
+        ))
+    });
+    if must_understand && !understood(status) {
+        return Err(NoCacheReason::OriginNotCache);
+    }
+    // `must-understand` lifts `no-store` for a cache that understands the status (§5.2.2.3)
+    let no_store = cc.as_ref().is_some_and(|c| c.no_store()) && !must_understand;
+    if no_store || cc.as_ref().is_some_and(|c| c.private()) {
         return Err(NoCacheReason::OriginNotCache);
     }
     if authorization
@@ -818,6 +837,33 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn must_understand_lifts_no_store_for_statuses_verge_knows() {
+        let now = SystemTime::now();
+        let cc = [("cache-control", "max-age=3600, no-store, must-understand")];
+        for status in [200, 404, 500] {
+            let m = response_meta(&resp(status, &cc), false, &rules(), now).expect("stored");
+            assert!(m.is_fresh(now), "{status}");
+        }
+        for status in [599, 299, 418] {
+            assert!(
+                response_meta(&resp(status, &cc), false, &rules(), now).is_err(),
+                "{status}"
+            );
+        }
+        // without no-store, an unknown status is still refused; private still wins
+        let r = resp(599, &[("cache-control", "max-age=60, must-understand")]);
+        assert!(response_meta(&r, false, &rules(), now).is_err());
+        let r = resp(
+            200,
+            &[(
+                "cache-control",
+                "max-age=60, private, no-store, must-understand",
+            )],
+        );
+        assert!(response_meta(&r, false, &rules(), now).is_err());
     }
 
     #[test]

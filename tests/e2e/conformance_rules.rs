@@ -329,7 +329,10 @@ async fn vary_ignores_whitespace_and_accept_language_order_and_case() {
     let o = Origin::start("o").await;
     o.set_headers(
         "/lang",
-        &[("cache-control", "max-age=600"), ("vary", "Accept-Language")],
+        &[
+            ("cache-control", "max-age=600"),
+            ("vary", "Accept-Language"),
+        ],
     );
     o.set_headers("/foo", &[("cache-control", "max-age=600"), ("vary", "Foo")]);
     let v = verge_for(&o, "{}").await;
@@ -350,4 +353,21 @@ async fn vary_ignores_whitespace_and_accept_language_order_and_case() {
     let reordered = get(&v, "/foo", &[("foo", "2,1")]).await;
     assert_ne!(reordered.body, foo.body);
     assert_eq!(o.hits("/foo"), 2);
+}
+
+#[tokio::test]
+async fn must_understand_lifts_no_store_only_for_statuses_verge_knows() {
+    let o = Origin::start("o").await;
+    let cc = ("cache-control", "max-age=3600, no-store, must-understand");
+    o.set_headers("/known", &[cc]);
+    o.set_headers("/unknown", &[cc]);
+    o.set_status("/unknown", 599);
+    o.set_headers(
+        "/plain-no-store",
+        &[("cache-control", "max-age=3600, no-store")],
+    );
+    let v = verge_for(&o, "{}").await;
+    assert!(reused(&v, &o, "/known").await);
+    assert!(!reused(&v, &o, "/unknown").await);
+    assert!(!reused(&v, &o, "/plain-no-store").await);
 }
