@@ -80,9 +80,6 @@ fn heuristically_cacheable(status: u16) -> bool {
     matches!(status, 200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410)
 }
 
-/// Statuses never stored, whatever the origin says (`never_stored`): interim responses, partial
-/// content, 304, statuses past 599, and errors a client can provoke (400, 413, 414, 431: one
-/// client could poison the URL for others).
 /// Uncacheable because the request carried credentials: says nothing about the URL.
 pub const AUTHORIZED: &str = "authorization";
 /// Uncacheable because of this response's status (an error, a partial): says nothing lasting.
@@ -97,6 +94,9 @@ pub fn transient_no_cache_reason(reason: &'static str) -> bool {
     matches!(reason, AUTHORIZED | STATUS | MAX_VARIANTS)
 }
 
+/// Statuses never stored, whatever the origin says: interim responses, partial content, 304,
+/// statuses past 599, and errors a client can provoke (400, 413, 414, 431: one client could
+/// poison the URL for others).
 fn never_stored(status: u16) -> bool {
     !(200..600).contains(&status) || matches!(status, 206 | 304 | 400 | 413 | 414 | 431)
 }
@@ -336,9 +336,10 @@ fn targeted_cache_control_usable(headers: &http::HeaderMap) -> bool {
     if !structured_field::dictionary(&joined, |key, value| members.push((key, value))) {
         return false;
     }
+    use structured_field::{BareItem, MemberValue};
     members.iter().all(|(key, value)| {
-        !DELTA_DIRECTIVES.iter().any(|d| d.as_bytes() == *key)
-            || matches!(value, structured_field::MemberValue::Item(structured_field::BareItem::Integer(n)) if *n >= 0)
+        let delta = DELTA_DIRECTIVES.iter().any(|d| d.as_bytes() == *key);
+        !delta || matches!(value, MemberValue::Item(BareItem::Integer(n)) if *n >= 0)
     })
 }
 
