@@ -65,7 +65,9 @@ async fn reused(v: &Verge, o: &Origin, path: &str) -> bool {
 #[tokio::test]
 async fn an_invalid_age_is_ignored_and_the_first_member_counts() {
     let o = Origin::start("o").await;
-    let cases: [(&str, &[(&str, &str)], bool); 8] = [
+    /// A path, the `Age` lines its response carries, and whether it is fresh.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], bool);
+    let cases: [Case; 8] = [
         ("/nonnumeric", &[("age", "abc")], true),
         ("/negative", &[("age", "-7200")], true),
         ("/fraction", &[("age", "7200.0")], true),
