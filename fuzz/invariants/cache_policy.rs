@@ -1,16 +1,18 @@
-//! Cache-Control and the response policy (`src/cache/policy.rs`) and request directives
+//! Cache-Control and the response policy (`src/cache/rfc9111.rs`) and request directives
 //! (`src/cache/request_directives.rs`).
 //!
 //! Input: status (2 bytes), a flags byte, four TTL numbers and a clock offset (4 bytes each),
 //! then `name: value` response header lines, an empty line, and request header lines.
 //!
 //! Invariants:
-//! - `response_meta` stores nothing verge never stores (status, `no-store`/`private` in the
+//! - `response_meta` stores nothing verge never stores (status, a server error beyond
+//!   `ERROR_MAX_TTL` or stale windows, `no-store`/`private` in the
 //!   governing field, `Vary: *`, `Set-Cookie` unless stripped, credentials without
 //!   `public`/`s-maxage`/`must-revalidate`), and what it stores has no `Set-Cookie` or `Age`;
 //! - its times never go negative or overflow: `created` is not after now, the lifetime is at most
-//!   `max_ttl` and at most what the origin or the route could give; `no-cache`, a bad `Age` and
-//!   `must-revalidate` have their effect (stale at once, no stale windows);
+//!   `max_ttl` and at most what the origin or the route could give; `no-cache` and
+//!   `must-revalidate` have their effect (stale at once, no stale windows), an invalid `Age`
+//!   none;
 //! - request directives: every delta-seconds value fits in `u32` seconds, `Pragma` counts only
 //!   without `Cache-Control`, and the hit verdict follows them (`no-cache` revalidates, without
 //!   revalidation directives nothing revalidates, stale is served only within `max-stale`);
@@ -24,7 +26,10 @@ use verge::cache::request_directives::{
     forbids_stale, hit_verdict, parse, HitVerdict, MaxStale, RequestDirectives,
 };
 use verge::cache::request_view::RequestView;
-use verge::cache::rfc9111::{refreshed_by_not_modified, request_bypass, response_meta};
+use verge::cache::rfc9111::{
+    governing_cache_control, refreshed_by_not_modified, refuses_stale, request_bypass,
+    response_meta, DISCONNECTED_STALE, ERROR_MAX_TTL,
+};
 use verge::config::{RouteCache, SetCookiePolicy};
 
 /// Ten years: the largest route TTL the fuzzer sets.
@@ -83,15 +88,13 @@ fn header_lines(text: &str) -> impl Iterator<Item = (&str, &str)> {
 }
 
 fn never_stored(status: u16) -> bool {
-    !(200..500).contains(&status) || matches!(status, 206 | 304 | 400 | 413 | 414 | 431)
+    !(200..600).contains(&status) || matches!(status, 206 | 304 | 400 | 413 | 414 | 431)
 }
 
-/// The field whose directives a shared cache obeys: `CDN-Cache-Control`, `Surrogate-Control`,
-/// then `Cache-Control`.
+/// The field whose directives a shared cache obeys: a usable `CDN-Cache-Control`,
+/// `Surrogate-Control`, then `Cache-Control`.
 fn governing(resp: &ResponseHeader) -> Option<CacheControl> {
-    CacheControl::from_resp_headers_named("cdn-cache-control", resp)
-        .or_else(|| CacheControl::from_resp_headers_named("surrogate-control", resp))
-        .or_else(|| CacheControl::from_resp_headers(resp))
+    governing_cache_control(resp)
 }
 
 fn response_invariants(
@@ -113,8 +116,13 @@ fn response_invariants(
     }
     assert!(!never_stored(status), "status {status} stored");
     let cc = governing(resp);
+    // `must-understand` lifts `no-store` (for the statuses verge knows)
+    let must_understand = cc
+        .as_ref()
+        .is_some_and(|c| c.directives.keys().any(|k| k.as_str() == "must-understand"));
     assert!(
-        !cc.as_ref().is_some_and(|c| c.no_store() || c.private()),
+        !cc.as_ref()
+            .is_some_and(|c| (c.no_store() && !must_understand) || c.private()),
         "no-store or private stored"
     );
     let vary_star = resp.headers.get_all("vary").iter().any(|v| {
@@ -160,19 +168,28 @@ fn response_invariants(
         .max(Duration::from_secs(253_402_300_800))
         .max(rules.force_ttl.unwrap_or_default());
     assert!(lifetime <= bound, "lifetime {lifetime:?} out of range");
-    let bad_age = {
-        let mut lines = resp.headers.get_all("age").iter();
-        match (lines.next(), lines.next()) {
-            (None, _) => false,
-            (Some(v), None) => {
-                let v = v.as_bytes().trim_ascii();
-                v.is_empty() || !v.iter().all(u8::is_ascii_digit)
-            }
-            (Some(_), Some(_)) => true,
-        }
-    };
-    if cc.as_ref().is_some_and(|c| c.no_cache()) || bad_age {
-        assert!(!meta.is_fresh(now), "no-cache or a bad Age stored as fresh");
+    if cc.as_ref().is_some_and(|c| c.no_cache()) {
+        assert!(!meta.is_fresh(now), "no-cache stored as fresh");
+    }
+    // An Age whose first member is no number counts as absent (RFC 9111 §5.1).
+    let first_age = resp.headers.get_all("age").iter().next().map(|v| {
+        let member = v
+            .as_bytes()
+            .split(|b| *b == b',')
+            .next()
+            .unwrap_or_default();
+        let item = member.split(|b| *b == b';').next().unwrap_or_default();
+        item.trim_ascii().to_vec()
+    });
+    if first_age.is_some_and(|a| a.is_empty() || !a.iter().all(u8::is_ascii_digit)) {
+        let mut without = resp.clone();
+        without.remove_header("age");
+        let m = response_meta(&without, authorization, rules, now).expect("stored with Age");
+        assert_eq!(
+            m.fresh_until(),
+            meta.fresh_until(),
+            "an invalid Age counted"
+        );
     }
     if cc
         .as_ref()
@@ -181,10 +198,33 @@ fn response_invariants(
         assert_eq!(meta.stale_while_revalidate_sec(), 0);
         assert_eq!(meta.stale_if_error_sec(), 0);
     }
-    if cc.is_none() && rules.force_ttl.is_none() {
-        // Route defaults for the stale windows apply when the origin names none.
+    if (500..600).contains(&status) {
+        // Server errors: only on explicit freshness, briefly, never stale.
+        assert!(
+            lifetime <= ERROR_MAX_TTL,
+            "a server error kept {lifetime:?}"
+        );
+        assert!(
+            meta.is_fresh(created),
+            "a server error stored without freshness"
+        );
+        assert_eq!(meta.stale_while_revalidate_sec(), 0);
+        assert_eq!(meta.stale_if_error_sec(), 0);
+    } else if cc.is_none() && rules.force_ttl.is_none() {
+        // Route defaults for the stale windows apply when the origin names none; a
+        // disconnected origin gets at least DISCONNECTED_STALE.
         assert_eq!(meta.stale_while_revalidate_sec(), 30);
-        assert_eq!(meta.stale_if_error_sec(), 60);
+        assert_eq!(
+            u64::from(meta.stale_if_error_sec()),
+            DISCONNECTED_STALE.as_secs().max(60)
+        );
+    }
+    if cc.as_ref().is_some_and(refuses_stale) {
+        assert_eq!(
+            meta.stale_if_error_sec(),
+            0,
+            "stale-if-error despite {cc:?}"
+        );
     }
 }
 

@@ -1,6 +1,6 @@
 //! May a stored entry answer a request as it is? One decision, called by the hit lane and by the
 //! full path alike: invalidations first (a purged entry is never served as fresh, whatever the
-//! client asks), then the request's cache directives.
+//! client asks), then the request's credentials, then its cache directives.
 
 use super::invalidation::index::{InvalidationIndex, Verdict};
 use super::key_rules::key_path_and_query;
@@ -17,6 +17,9 @@ pub enum HitDecision {
     AsStored,
     /// A hard invalidation applies: refetch.
     Invalidated,
+    /// The request carries credentials and the entry is not marked for sharing with such
+    /// requests (RFC 9111 §3.5): fetch for this request, leave the entry for the others.
+    NotShared,
     /// A soft invalidation applies: stale since `since` (revalidate; SWR/SIE windows apply).
     SoftInvalidated {
         /// When the newest applying invalidation was applied.
@@ -69,6 +72,9 @@ pub fn decide(
             Verdict::Stale { since } => return HitDecision::SoftInvalidated { since },
             Verdict::Invalid => return HitDecision::Invalidated,
         }
+    }
+    if directives.credentials && !super::rfc9111::shared_with_credentials(entry.header) {
+        return HitDecision::NotShared;
     }
     if directives.is_empty() {
         return HitDecision::AsStored;
@@ -150,5 +156,33 @@ mod tests {
             decide(&index, "a", "/y", &rules, &stale_ok, stale, t0),
             HitDecision::ServeStale
         );
+        // credentials: only an entry marked for sharing answers, and invalidations still
+        // come first
+        let credentials = RequestDirectives {
+            credentials: true,
+            ..RequestDirectives::default()
+        };
+        assert_eq!(
+            decide(&index, "a", "/y", &rules, &credentials, e, t0),
+            HitDecision::NotShared
+        );
+        assert_eq!(
+            decide(&index, "a", "/x", &rules, &credentials, e, t0),
+            HitDecision::Invalidated
+        );
+        for cc in [
+            "public, max-age=9",
+            "s-maxage=9",
+            "max-age=9, must-revalidate",
+        ] {
+            let mut shared = ResponseHeader::build(200, None).expect("resp");
+            shared.insert_header("cache-control", cc).expect("h");
+            let e = entry(&shared, t0, t0 + Duration::from_secs(60));
+            assert_eq!(
+                decide(&index, "a", "/y", &rules, &credentials, e, t0),
+                HitDecision::AsStored,
+                "{cc}"
+            );
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod early_refresh;
 pub mod eviction;
 pub mod fill;
 pub mod hit_decision;
+pub mod http_date;
 pub mod invalidation;
 pub mod key_rules;
 pub mod pending;
@@ -18,6 +19,7 @@ pub mod request_view;
 pub mod rfc9111;
 pub mod storage;
 pub mod stored_meta;
+pub mod structured_field;
 pub mod unsafe_methods;
 #[cfg(test)]
 mod xorshift;
@@ -355,21 +357,69 @@ fn vary_builder(meta: &CacheMeta, req: &RequestHeader) -> VarianceBuilder<'stati
     names.sort_unstable();
     names.dedup();
     for name in names {
-        let values: Vec<&[u8]> = req
+        let lines = req
             .headers
             .get_all(name.as_str())
             .iter()
-            .map(|v| v.as_bytes())
-            .collect();
-        let joined = values.join(&b","[..]);
+            .map(|v| v.as_bytes());
         let value = if name == "accept-encoding" {
+            let joined = lines.collect::<Vec<_>>().join(&b","[..]);
             normalize_accept_encoding(&String::from_utf8_lossy(&joined)).into_bytes()
         } else {
-            joined
+            normalize_vary_value(&name, lines)
         };
         builder.add_owned_name_value(name, value);
     }
     builder
+}
+
+/// A request field's value as it selects a variant (RFC 9111 §4.1 lets a cache normalise what
+/// has identical semantics): the members of all its lines, split at commas outside quoted
+/// strings, without the whitespace around them, empty ones dropped, joined with `,`. So
+/// `1, 2`, ` 1,2 ` and the two lines `1` and `2` select one variant. `Accept-Language`
+/// members (`name` in lower case) also lose the whitespace inside them and their case, and
+/// are sorted: language ranges are case-insensitive, and the weights, not the order, carry
+/// the preference (RFC 9110 §12.4.2, §12.5.4).
+fn normalize_vary_value<'a>(name: &str, lines: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut members: Vec<Vec<u8>> = Vec::new();
+    for line in lines {
+        let mut quoted = false;
+        let mut escaped = false;
+        let mut start = 0;
+        for (i, b) in line.iter().enumerate() {
+            match (*b, quoted, escaped) {
+                (_, true, true) => escaped = false,
+                (b'\\', true, false) => escaped = true,
+                (b'"', _, false) => quoted = !quoted,
+                (b',', false, _) => {
+                    members.push(line[start..i].to_vec());
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        members.push(line[start..].to_vec());
+    }
+    let language = name == "accept-language";
+    let mut members: Vec<Vec<u8>> = members
+        .into_iter()
+        .map(|m| {
+            if language {
+                m.iter()
+                    .filter(|b| !matches!(b, b' ' | b'\t'))
+                    .map(u8::to_ascii_lowercase)
+                    .collect()
+            } else {
+                m.trim_ascii().to_vec()
+            }
+        })
+        .filter(|m| !m.is_empty())
+        .collect();
+    if language {
+        members.sort_unstable();
+        members.dedup();
+    }
+    members.join(&b","[..])
 }
 
 #[cfg(test)]
@@ -534,6 +584,49 @@ mod tests {
         assert_ne!(
             mobile,
             request_variance(&plain, &with_header, Some(&by_header), &[])
+        );
+    }
+
+    #[test]
+    fn vary_values_lose_whitespace_and_accept_language_its_order_and_case() {
+        let norm = |name: &str, lines: &[&str]| {
+            String::from_utf8(normalize_vary_value(
+                name,
+                lines.iter().map(|l| l.as_bytes()),
+            ))
+            .expect("utf-8")
+        };
+        for lines in [
+            &["1, 2"][..],
+            &[" 1,2 "],
+            &["1", "2"],
+            &["1 ,\t2", ""],
+            &["1,,2"],
+        ] {
+            assert_eq!(norm("foo", lines), "1,2", "{lines:?}");
+        }
+        // commas and spaces inside a quoted string are the value's own
+        assert_eq!(norm("foo", &[r#"a="x, y" , b"#]), r#"a="x, y",b"#);
+        assert_eq!(norm("foo", &[r#""a\", b", c"#]), r#""a\", b",c"#);
+        // other fields keep their order and case
+        assert_eq!(norm("foo", &["B, a"]), "B,a");
+        assert_ne!(norm("foo", &["en, de"]), norm("foo", &["de, en"]));
+        for lines in [
+            &["en, de"][..],
+            &["de, en"],
+            &["eN, De"],
+            &[" en ,   de"],
+            &["de", "en"],
+        ] {
+            assert_eq!(norm("accept-language", lines), "de,en", "{lines:?}");
+        }
+        assert_eq!(
+            norm("accept-language", &["fr; q=0.5, DE;Q=1.0"]),
+            "de;q=1.0,fr;q=0.5"
+        );
+        assert_ne!(
+            norm("accept-language", &["en;q=0.5, de"]),
+            norm("accept-language", &["en, de;q=0.5"])
         );
     }
 

@@ -28,6 +28,10 @@ pub struct RequestDirectives {
     pub max_stale: Option<MaxStale>,
     /// `only-if-cached`: never contact the origin; 504 when nothing stored is usable.
     pub only_if_cached: bool,
+    /// Not a directive: the request carries `Authorization` on a route that is not `public`
+    /// ([`crate::cache::rfc9111::credentials_apply`]), so only a stored response marked for
+    /// sharing may answer it (RFC 9111 §3.5).
+    pub credentials: bool,
 }
 
 impl RequestDirectives {
@@ -88,14 +92,18 @@ pub fn parse(req: &RequestView<'_>) -> RequestDirectives {
         min_fresh: delta_seconds(&cc, "min-fresh"),
         max_stale,
         only_if_cached: cc.only_if_cached(),
+        credentials: false,
     }
 }
 
 /// The directives a request on a route with cache `rules` brings to the cache: all of them
 /// when the route lets clients force revalidation (`client_revalidation`), else only those that
-/// never add origin traffic.
+/// never add origin traffic; and whether its credentials apply.
 pub fn for_route(req: &RequestView<'_>, rules: &crate::config::RouteCache) -> RequestDirectives {
-    let parsed = parse(req);
+    let parsed = RequestDirectives {
+        credentials: crate::cache::rfc9111::credentials_apply(req, rules),
+        ..parse(req)
+    };
     if rules.client_revalidation {
         parsed
     } else {
@@ -122,12 +130,8 @@ pub enum HitVerdict {
 /// `Surrogate-Control`) replaces `Cache-Control` entirely when present (RFC 9213 §2.1), so a
 /// `must-revalidate` given only there counts, and one given only in `Cache-Control` does not.
 pub fn forbids_stale(stored: &ResponseHeader) -> bool {
-    crate::cache::rfc9111::governing_cache_control(stored).is_some_and(|cc| {
-        cc.no_cache()
-            || cc.must_revalidate()
-            || cc.proxy_revalidate()
-            || cc.has_directive(&DirectiveKey::SMaxAge)
-    })
+    use crate::cache::rfc9111::{governing_cache_control, refuses_stale};
+    governing_cache_control(stored).is_some_and(|cc| refuses_stale(&cc))
 }
 
 /// Decide how a stored entry may answer a request with these directives. `age` is the entry's
@@ -203,6 +207,7 @@ mod tests {
                 min_fresh: Some(secs(3)),
                 max_stale: Some(MaxStale::Within(secs(10))),
                 only_if_cached: true,
+                credentials: false,
             }
         );
         let d = parse_head(&req(&[("cache-control", "No-Cache, max-stale")]));

@@ -3,6 +3,7 @@
 //! fetch time and duration) that no client sees.
 
 use super::request_view::RequestView;
+use super::{http_date, structured_field};
 use crate::config::{RouteCache, SetCookiePolicy};
 use pingora_cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora_cache::{CacheMeta, NoCacheReason};
@@ -14,8 +15,6 @@ use std::time::{Duration, SystemTime};
 pub enum Bypass {
     /// Not GET or HEAD.
     Method,
-    /// The request carries `Authorization` and the route is not `public`.
-    Authorization,
     /// The request carries `Cookie` and the route is not `public`.
     Cookie,
     /// The request says `Cache-Control: no-store`.
@@ -29,7 +28,6 @@ impl Bypass {
     pub fn as_str(self) -> &'static str {
         match self {
             Bypass::Method => "method",
-            Bypass::Authorization => "authorization",
             Bypass::Cookie => "cookie",
             Bypass::NoStore => "no-store",
             Bypass::Upgrade => "upgrade",
@@ -45,7 +43,10 @@ pub static TAG_HEADERS: [http::HeaderName; 3] = [
     http::HeaderName::from_static("cache-groups"),
 ];
 
-/// Decide whether a request may be answered from, or stored into, the shared cache.
+/// Decide whether a request may be answered from, or stored into, the shared cache. A request
+/// with `Authorization` does not bypass it: its response is stored only when marked for sharing
+/// ([`response_meta`]), and a stored response answers it only when so marked
+/// ([`shared_with_credentials`], through `RequestDirectives::credentials`), RFC 9111 §3.5.
 pub fn request_bypass(req: &RequestView<'_>, rules: &RouteCache) -> Option<Bypass> {
     if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
         return Some(Bypass::Method);
@@ -53,13 +54,8 @@ pub fn request_bypass(req: &RequestView<'_>, rules: &RouteCache) -> Option<Bypas
     if is_websocket_upgrade(req) {
         return Some(Bypass::Upgrade);
     }
-    if !rules.public {
-        if req.contains("authorization") {
-            return Some(Bypass::Authorization);
-        }
-        if req.contains("cookie") {
-            return Some(Bypass::Cookie);
-        }
+    if !rules.public && req.contains("cookie") {
+        return Some(Bypass::Cookie);
     }
     if req.cache_control().is_some_and(|cc| cc.no_store()) {
         return Some(Bypass::NoStore);
@@ -84,8 +80,6 @@ fn heuristically_cacheable(status: u16) -> bool {
     matches!(status, 200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410)
 }
 
-/// Statuses never stored, whatever the origin says: server errors, partial content, and errors
-/// a client can provoke (so one client cannot poison the cache for others).
 /// Uncacheable because the request carried credentials: says nothing about the URL.
 pub const AUTHORIZED: &str = "authorization";
 /// Uncacheable because of this response's status (an error, a partial): says nothing lasting.
@@ -100,17 +94,40 @@ pub fn transient_no_cache_reason(reason: &'static str) -> bool {
     matches!(reason, AUTHORIZED | STATUS | MAX_VARIANTS)
 }
 
+/// Statuses never stored, whatever the origin says: interim responses, partial content, 304,
+/// statuses past 599, and errors a client can provoke (400, 413, 414, 431: one client could
+/// poison the URL for others).
 fn never_stored(status: u16) -> bool {
-    !(200..500).contains(&status) || matches!(status, 206 | 304 | 400 | 413 | 414 | 431)
+    !(200..600).contains(&status) || matches!(status, 206 | 304 | 400 | 413 | 414 | 431)
 }
 
-fn header_date(resp: &ResponseHeader, name: &str) -> Option<SystemTime> {
+/// Statuses whose requirements verge knows (those RFC 9110 defines), for `must-understand`
+/// (RFC 9111 §5.2.2.3).
+fn understood(status: u16) -> bool {
+    matches!(
+        status,
+        200..=206 | 300..=305 | 307 | 308 | 400..=417 | 421 | 422 | 426 | 500..=505
+    )
+}
+
+/// The longest a server error (5xx) is kept fresh, whatever freshness its origin gave. A
+/// constant for now; meant to become a route setting.
+pub const ERROR_MAX_TTL: Duration = Duration::from_secs(60);
+
+/// Server errors: stored only when their origin gave them explicit freshness (never on a
+/// route's TTLs or the Last-Modified heuristic), for at most [`ERROR_MAX_TTL`], and never
+/// served stale.
+fn server_error(status: u16) -> bool {
+    (500..600).contains(&status)
+}
+
+fn header_date(resp: &ResponseHeader, name: &str, now: SystemTime) -> Option<SystemTime> {
     let mut values = resp.headers.get_all(name).iter();
     let v = values.next()?;
     if values.next().is_some() {
         return None;
     }
-    httpdate::parse_http_date(v.to_str().ok()?).ok()
+    http_date::parse(v.as_bytes(), now)
 }
 
 /// The freshness lifetime the origin gave, if any: s-maxage > max-age > Expires − Date (`now`
@@ -127,16 +144,12 @@ fn explicit_lifetime(
     if let Some(v) = expires.next() {
         // several or unparseable Expires mean "already expired" (RFC 9111 §5.3)
         let when = (expires.next().is_none())
-            .then(|| {
-                v.to_str()
-                    .ok()
-                    .and_then(|s| httpdate::parse_http_date(s).ok())
-            })
+            .then(|| http_date::parse(v.as_bytes(), now))
             .flatten();
         let Some(when) = when else {
             return Some(Duration::ZERO);
         };
-        let date = header_date(resp, "date").unwrap_or(now);
+        let date = header_date(resp, "date", now).unwrap_or(now);
         return Some(when.duration_since(date).unwrap_or(Duration::ZERO));
     }
     None
@@ -144,39 +157,37 @@ fn explicit_lifetime(
 
 /// Heuristic freshness: 10% of the time since Last-Modified, capped at one day (RFC 9111 §4.2.2).
 fn heuristic_lifetime(resp: &ResponseHeader, now: SystemTime) -> Option<Duration> {
-    let lm = header_date(resp, "last-modified")?;
-    let date = header_date(resp, "date").unwrap_or(now);
+    let lm = header_date(resp, "last-modified", now)?;
+    let date = header_date(resp, "date", now).unwrap_or(now);
     let age = date.duration_since(lm).ok()?;
     Some((age / 10).min(Duration::from_secs(86_400)))
 }
 
-/// The `Age` field: `None` when absent, `Some(Err(()))` when it is not exactly one field line
-/// holding only digits (a list, a sign, a fraction, parameters: RFC 9111 §5.1 leaves no way
-/// to tell which part is meant, so such a response is treated as stale).
-fn age_field(resp: &ResponseHeader) -> Option<Result<u64, ()>> {
-    let mut lines = resp.headers.get_all(http::header::AGE).iter();
-    let first = lines.next()?;
-    if lines.next().is_some() {
-        return Some(Err(()));
-    }
-    let v = first.as_bytes().trim_ascii();
-    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
-        return Some(Err(()));
+/// The `Age` field (RFC 9111 §5.1): the first member of the first field line counts (a list or
+/// several lines: the rest are discarded), parameters after `;` are dropped, and a value that is
+/// not a non-negative integer (`abc`, `-7200`, `7200.0`) is ignored like an absent field.
+fn age_field(resp: &ResponseHeader) -> Option<u64> {
+    let first = resp.headers.get_all(http::header::AGE).iter().next()?;
+    let member = first.as_bytes().split(|b| *b == b',').next()?;
+    let item = member.split(|b| *b == b';').next()?.trim_ascii();
+    if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
+        return None;
     }
     // all digits: only overflow can fail, and a huge age is as stale as it gets
-    Some(Ok(std::str::from_utf8(v)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(u64::MAX)))
+    Some(
+        std::str::from_utf8(item)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(u64::MAX),
+    )
 }
 
 /// The age the response already had when it arrived (RFC 9111 §4.2.3, with response delay ~0).
-fn initial_age(resp: &ResponseHeader, age: Option<Result<u64, ()>>, now: SystemTime) -> Duration {
-    let age_value = match age {
-        Some(Ok(secs)) => Duration::from_secs(secs.min(u64::from(u32::MAX))),
-        Some(Err(())) | None => Duration::ZERO,
-    };
-    let apparent = header_date(resp, "date")
+fn initial_age(resp: &ResponseHeader, age: Option<u64>, now: SystemTime) -> Duration {
+    let age_value = age.map_or(Duration::ZERO, |secs| {
+        Duration::from_secs(secs.min(u64::from(u32::MAX)))
+    });
+    let apparent = header_date(resp, "date", now)
         .and_then(|d| now.duration_since(d).ok())
         .unwrap_or(Duration::ZERO);
     age_value.max(apparent)
@@ -196,15 +207,16 @@ pub const ENTRY_URL: &str = "verge-entry-url";
 pub const FETCH_MS: &str = "verge-fetch-ms";
 
 /// Headers removed from every client response: the ones verge adds to stored entries for
-/// itself, the invalidation tags, and the targeted cache field (meant for this cache only).
-pub static CLIENT_HIDDEN_HEADERS: [http::HeaderName; 8] = [
+/// itself, the invalidation tags, and `Surrogate-Control` (the Edge Architecture spec has the
+/// surrogate that obeys it remove it). `CDN-Cache-Control` is passed on: RFC 9213 lets it
+/// travel through, and a CDN behind another may be its target too.
+pub static CLIENT_HIDDEN_HEADERS: [http::HeaderName; 7] = [
     http::HeaderName::from_static(FETCHED_AT),
     http::HeaderName::from_static(ENTRY_URL),
     http::HeaderName::from_static(FETCH_MS),
     http::HeaderName::from_static("surrogate-key"),
     http::HeaderName::from_static("cache-tag"),
     http::HeaderName::from_static("cache-groups"),
-    http::HeaderName::from_static(TARGETED_CACHE_CONTROL),
     http::HeaderName::from_static(SURROGATE_CONTROL),
 ];
 
@@ -280,21 +292,143 @@ fn lifetime(status: u16, explicit: Option<Duration>, rules: &RouteCache) -> Opti
 pub const TARGETED_CACHE_CONTROL: &str = "cdn-cache-control";
 
 /// The older targeted field of the Edge Architecture spec, obeyed when `CDN-Cache-Control` is
-/// absent (what Varnish, Fastly and Akamai setups send). Never forwarded to clients.
+/// absent or unusable (what Varnish, Fastly and Akamai setups send). Never forwarded to
+/// clients.
 pub const SURROGATE_CONTROL: &str = "surrogate-control";
 
-/// The cache directives verge obeys for `resp`: the first targeted field present
+/// The cache directives verge obeys for `resp`: the first usable targeted field
 /// (`CDN-Cache-Control`, then `Surrogate-Control`), else `Cache-Control`. A targeted field
 /// replaces `Cache-Control` for this cache entirely (RFC 9213 §2.1), `must-revalidate` and all.
+/// `CDN-Cache-Control` is a Structured Fields dictionary: when its lines together are empty,
+/// not a valid dictionary, or give a delta-seconds directive anything but a non-negative
+/// integer, it is ignored as if absent (RFC 9213 §2.1).
 pub fn governing_cache_control(resp: &ResponseHeader) -> Option<CacheControl> {
-    CacheControl::from_resp_headers_named(TARGETED_CACHE_CONTROL, resp)
+    targeted_cache_control_usable(&resp.headers)
+        .then(|| CacheControl::from_resp_headers_named(TARGETED_CACHE_CONTROL, resp))
+        .flatten()
         .or_else(|| CacheControl::from_resp_headers_named(SURROGATE_CONTROL, resp))
         .or_else(|| CacheControl::from_resp_headers(resp))
 }
 
+/// Directives whose value is a number of seconds: in `CDN-Cache-Control` an Integer, ≥ 0.
+const DELTA_DIRECTIVES: [&str; 4] = [
+    "max-age",
+    "s-maxage",
+    "stale-while-revalidate",
+    "stale-if-error",
+];
+
+/// Whether the `CDN-Cache-Control` lines in `headers` form a usable field: present, not empty,
+/// a valid Structured Fields dictionary (the lines joined with `,`), and every delta-seconds
+/// directive in it a non-negative Integer.
+fn targeted_cache_control_usable(headers: &http::HeaderMap) -> bool {
+    let mut joined = Vec::new();
+    for (i, line) in headers.get_all(TARGETED_CACHE_CONTROL).iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(line.as_bytes());
+    }
+    if joined.trim_ascii().is_empty() {
+        return false;
+    }
+    let mut members = Vec::new();
+    if !structured_field::dictionary(&joined, |key, value| members.push((key, value))) {
+        return false;
+    }
+    use structured_field::{BareItem, MemberValue};
+    members.iter().all(|(key, value)| {
+        let delta = DELTA_DIRECTIVES.iter().any(|d| d.as_bytes() == *key);
+        !delta || matches!(value, MemberValue::Item(BareItem::Integer(n)) if *n >= 0)
+    })
+}
+
+/// How long after it goes stale a stored response may still answer when its origin gives no
+/// response at all: cannot be reached, refuses or drops the connection, times out, or answers
+/// with something that is not HTTP (RFC 9111 §4.2.4 lets a disconnected cache serve stale).
+/// A constant for now, meant to become a route setting; never for a response that refuses to
+/// be served stale ([`refuses_stale`]) or is a server error.
+pub const DISCONNECTED_STALE: Duration = Duration::from_secs(86_400);
+
+/// Whether a response's governing directives forbid serving it stale: a shared cache must
+/// revalidate `no-cache`, `must-revalidate` and `proxy-revalidate` responses (RFC 9111
+/// §5.2.2.1, §5.2.2.4, §5.2.2.8), and `s-maxage` implies `proxy-revalidate` (§5.2.2.10).
+pub fn refuses_stale(cc: &CacheControl) -> bool {
+    cc.no_cache()
+        || cc.must_revalidate()
+        || cc.proxy_revalidate()
+        || cc.has_directive(&pingora_cache::cache_control::DirectiveKey::SMaxAge)
+}
+
+/// How long after going stale a response with governing directives `cc` and this `status`
+/// may answer for an origin that answered with a server error: its `stale-if-error`, else the
+/// route's. `None` when it may never be served stale ([`refuses_stale`], or a server error
+/// itself).
+fn stale_if_error_window(
+    cc: Option<&CacheControl>,
+    status: u16,
+    rules: &RouteCache,
+) -> Option<Duration> {
+    if server_error(status) || cc.is_some_and(refuses_stale) {
+        return None;
+    }
+    Some(
+        cc.and_then(|c| c.serve_stale_if_error_duration())
+            .unwrap_or(rules.stale_if_error),
+    )
+}
+
+/// Whether a stored response that has been stale for `stale_for` may answer instead of what
+/// the origin did: `origin_answered` (with a server error) allows it only within the
+/// stale-if-error window; an origin that gave no response allows it within
+/// [`DISCONNECTED_STALE`] or that window, whichever is longer. Never for a response that
+/// refuses to be served stale.
+pub fn may_serve_stale_after(
+    stored: &ResponseHeader,
+    stale_for: Duration,
+    origin_answered: bool,
+    rules: &RouteCache,
+) -> bool {
+    let cc = governing_cache_control(stored);
+    stale_if_error_window(cc.as_ref(), stored.status.as_u16(), rules).is_some_and(|w| {
+        let window = if origin_answered {
+            w
+        } else {
+            w.max(DISCONNECTED_STALE)
+        };
+        stale_for <= window
+    })
+}
+
+/// Whether a request with credentials must be kept from stored responses not marked for
+/// sharing: it carries `Authorization` and the route is not `public`.
+pub fn credentials_apply(req: &RequestView<'_>, rules: &RouteCache) -> bool {
+    !rules.public && req.contains("authorization")
+}
+
+/// Whether a response may be stored for, and answer, requests with credentials: its governing
+/// field says `public`, `s-maxage` or `must-revalidate` (RFC 9111 §3.5).
+pub fn shared_with_credentials(resp: &ResponseHeader) -> bool {
+    governing_cache_control(resp).is_some_and(|c| c.allow_caching_authorized_req())
+}
+
 /// Decide whether `resp` may be stored and build its meta. `authorization` tells whether the
-/// request carried credentials.
+/// request carried credentials. A server error that is not stored says nothing lasting about
+/// its URL ([`STATUS`], no hit-for-pass), whatever the reason.
 pub fn response_meta(
+    resp: &ResponseHeader,
+    authorization: bool,
+    rules: &RouteCache,
+    now: SystemTime,
+) -> Result<CacheMeta, NoCacheReason> {
+    let meta = storable_meta(resp, authorization, rules, now);
+    if server_error(resp.status.as_u16()) {
+        return meta.map_err(|_| NoCacheReason::Custom(STATUS));
+    }
+    meta
+}
+
+fn storable_meta(
     resp: &ResponseHeader,
     authorization: bool,
     rules: &RouteCache,
@@ -317,7 +451,17 @@ pub fn response_meta(
         return Err(NoCacheReason::Custom("vary-star"));
     }
     let cc = governing_cache_control(resp);
-    if cc.as_ref().is_some_and(|c| c.no_store() || c.private()) {
+    let must_understand = cc.as_ref().is_some_and(|c| {
+        c.has_directive(&pingora_cache::cache_control::DirectiveKey::from_lowercase(
+            "must-understand",
+        ))
+    });
+    if must_understand && !understood(status) {
+        return Err(NoCacheReason::OriginNotCache);
+    }
+    // `must-understand` lifts `no-store` for a cache that understands the status (§5.2.2.3)
+    let no_store = cc.as_ref().is_some_and(|c| c.no_store()) && !must_understand;
+    if no_store || cc.as_ref().is_some_and(|c| c.private()) {
         return Err(NoCacheReason::OriginNotCache);
     }
     if authorization
@@ -335,28 +479,35 @@ pub fn response_meta(
         })
         .ok_or(NoCacheReason::OriginNotCache)?;
     let age = age_field(resp);
-    if cc.as_ref().is_some_and(|c| c.no_cache()) || matches!(age, Some(Err(()))) {
+    if cc.as_ref().is_some_and(|c| c.no_cache()) {
         lifetime = Duration::ZERO;
     }
     if let Some(max) = rules.max_ttl {
         lifetime = lifetime.min(max);
     }
-    let strict = cc
-        .as_ref()
-        .is_some_and(|c| c.must_revalidate() || c.proxy_revalidate());
+    let error = server_error(status);
+    if error {
+        if lifetime.is_zero() {
+            return Err(NoCacheReason::Custom(STATUS));
+        }
+        lifetime = lifetime.min(ERROR_MAX_TTL);
+    }
+    let strict = error
+        || cc
+            .as_ref()
+            .is_some_and(|c| c.must_revalidate() || c.proxy_revalidate());
     let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
-    let (swr, sie) = if strict {
-        (0, 0)
+    let swr = if strict {
+        0
     } else {
-        (
-            cc.as_ref()
-                .and_then(|c| c.serve_stale_while_revalidate_duration())
-                .map_or(secs(rules.stale_while_revalidate), secs),
-            cc.as_ref()
-                .and_then(|c| c.serve_stale_if_error_duration())
-                .map_or(secs(rules.stale_if_error), secs),
-        )
+        cc.as_ref()
+            .and_then(|c| c.serve_stale_while_revalidate_duration())
+            .map_or(secs(rules.stale_while_revalidate), secs)
     };
+    // pingora keeps one window for every failure; `may_serve_stale_after` narrows it to the
+    // stale-if-error window proper when the origin did answer (with a 5xx)
+    let sie = stale_if_error_window(cc.as_ref(), status, rules)
+        .map_or(0, |w| secs(w.max(DISCONNECTED_STALE)));
     let created = now.checked_sub(initial_age(resp, age, now)).unwrap_or(now);
     let fresh_until = if lifetime.is_zero() {
         created
@@ -469,15 +620,11 @@ mod tests {
         for tag in &TAG_HEADERS {
             assert!(hidden(tag.as_str()), "{tag}");
         }
-        for private in [
-            FETCHED_AT,
-            ENTRY_URL,
-            FETCH_MS,
-            TARGETED_CACHE_CONTROL,
-            SURROGATE_CONTROL,
-        ] {
+        for private in [FETCHED_AT, ENTRY_URL, FETCH_MS, SURROGATE_CONTROL] {
             assert!(hidden(private), "{private}");
         }
+        // the targeted field is the origin's word to every CDN on the way: it travels on
+        assert!(!hidden(TARGETED_CACHE_CONTROL));
     }
 
     fn rules() -> RouteCache {
@@ -515,9 +662,9 @@ mod tests {
         );
         let m = response_meta(&r, false, &rules(), now).expect("c");
         assert_eq!(ttl(&m, now), 5);
-        // kept in the stored copy (a later 304 may omit it), hidden from clients
+        // kept in the stored copy (a later 304 may omit it), and passed on to clients
         assert!(m.headers().get("cdn-cache-control").is_some());
-        assert!(CLIENT_HIDDEN_HEADERS
+        assert!(!CLIENT_HIDDEN_HEADERS
             .iter()
             .any(|h| h == "cdn-cache-control"));
     }
@@ -550,7 +697,7 @@ mod tests {
                 "{h:?}"
             );
         }
-        for status in [500, 503, 400, 206] {
+        for status in [400, 413, 414, 431, 206, 304, 103, 600] {
             let r = resp(status, &[("cache-control", "max-age=60")]);
             assert!(response_meta(&r, false, &rules(), now).is_err(), "{status}");
         }
@@ -561,6 +708,163 @@ mod tests {
         );
         let r = resp(200, &[("cache-control", "public, max-age=60")]);
         assert!(response_meta(&r, true, &rules(), now).is_ok());
+    }
+
+    #[test]
+    fn server_errors_are_stored_only_on_explicit_freshness_within_the_cap() {
+        let now = SystemTime::now();
+        let generous = RouteCache {
+            default_ttl: Some(Duration::from_secs(30)),
+            force_ttl: Some(Duration::from_secs(40)),
+            stale_if_error: Duration::from_secs(50),
+            stale_while_revalidate: Duration::from_secs(50),
+            ..rules()
+        };
+        let far = httpdate::fmt_http_date(now + Duration::from_secs(7200));
+        let lm = httpdate::fmt_http_date(now - Duration::from_secs(100_000));
+        for status in [500, 502, 503, 504, 599] {
+            for fresh in [
+                vec![("cache-control", "max-age=3600")],
+                vec![("cache-control", "s-maxage=5")],
+                vec![("expires", far.as_str())],
+                vec![
+                    ("cdn-cache-control", "max-age=30"),
+                    ("cache-control", "no-store"),
+                ],
+            ] {
+                let m =
+                    response_meta(&resp(status, &fresh), false, &generous, now).expect("stored");
+                let want = fresh_secs(&fresh).min(ERROR_MAX_TTL.as_secs());
+                assert!(
+                    (want - 1..=want).contains(&ttl(&m, now)),
+                    "{status} {fresh:?}"
+                );
+                assert_eq!(
+                    (m.stale_while_revalidate_sec(), m.stale_if_error_sec()),
+                    (0, 0)
+                );
+            }
+            // no freshness of its own: never stored, and not remembered as uncacheable
+            for none in [
+                vec![],
+                vec![("last-modified", lm.as_str())],
+                vec![("cache-control", "max-age=0")],
+                vec![("cache-control", "no-cache, max-age=60")],
+                vec![("expires", "not a date")],
+                vec![("cache-control", "no-store")],
+            ] {
+                assert_eq!(
+                    response_meta(&resp(status, &none), false, &generous, now).err(),
+                    Some(NoCacheReason::Custom(STATUS)),
+                    "{status} {none:?}"
+                );
+            }
+        }
+    }
+
+    /// The lifetime the test responses above ask for, in seconds.
+    fn fresh_secs(h: &[(&str, &str)]) -> u64 {
+        match h[0] {
+            ("cache-control", "max-age=3600") => 3600,
+            ("cache-control", "s-maxage=5") => 5,
+            ("expires", _) => 7200,
+            _ => 30,
+        }
+    }
+
+    #[test]
+    fn a_stale_copy_answers_a_disconnected_origin_longer_than_an_erring_one() {
+        let now = SystemTime::now();
+        let route = RouteCache {
+            stale_if_error: Duration::from_secs(30),
+            ..rules()
+        };
+        let day = DISCONNECTED_STALE;
+        let secs = |n: u64| Duration::from_secs(n);
+        // (response, the stored window, longest stale for a 5xx, for a disconnected origin)
+        for (h, stored, answered, disconnected) in [
+            (vec![("cache-control", "max-age=5")], day, secs(30), day),
+            (
+                vec![("cache-control", "max-age=5, stale-if-error=600")],
+                day,
+                secs(600),
+                day,
+            ),
+            (
+                vec![("cache-control", "max-age=5, stale-if-error=200000")],
+                secs(200_000),
+                secs(200_000),
+                secs(200_000),
+            ),
+            (
+                vec![
+                    ("cdn-cache-control", "max-age=5, stale-if-error=60"),
+                    ("cache-control", "must-revalidate"),
+                ],
+                day,
+                secs(60),
+                day,
+            ),
+        ] {
+            let r = resp(200, &h);
+            let m = response_meta(&r, false, &route, now).expect("stored");
+            assert_eq!(u64::from(m.stale_if_error_sec()), stored.as_secs(), "{h:?}");
+            for (origin_answered, limit) in [(true, answered), (false, disconnected)] {
+                assert!(
+                    may_serve_stale_after(&r, limit, origin_answered, &route),
+                    "{h:?}"
+                );
+                assert!(
+                    !may_serve_stale_after(&r, limit + secs(1), origin_answered, &route),
+                    "{h:?}"
+                );
+            }
+        }
+        // refusing to be served stale, or a server error: never, and no window is stored
+        for (status, cc) in [
+            (200, "max-age=5, must-revalidate"),
+            (200, "max-age=5, proxy-revalidate"),
+            (200, "max-age=5, no-cache"),
+            (200, "s-maxage=5, stale-if-error=600"),
+            (503, "max-age=5, stale-if-error=600"),
+        ] {
+            let r = resp(status, &[("cache-control", cc)]);
+            let m = response_meta(&r, false, &route, now).expect("stored");
+            assert_eq!(m.stale_if_error_sec(), 0, "{status} {cc}");
+            for origin_answered in [true, false] {
+                assert!(
+                    !may_serve_stale_after(&r, Duration::ZERO, origin_answered, &route),
+                    "{status} {cc}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn must_understand_lifts_no_store_for_statuses_verge_knows() {
+        let now = SystemTime::now();
+        let cc = [("cache-control", "max-age=3600, no-store, must-understand")];
+        for status in [200, 404, 500] {
+            let m = response_meta(&resp(status, &cc), false, &rules(), now).expect("stored");
+            assert!(m.is_fresh(now), "{status}");
+        }
+        for status in [599, 299, 418] {
+            assert!(
+                response_meta(&resp(status, &cc), false, &rules(), now).is_err(),
+                "{status}"
+            );
+        }
+        // without no-store, an unknown status is still refused; private still wins
+        let r = resp(599, &[("cache-control", "max-age=60, must-understand")]);
+        assert!(response_meta(&r, false, &rules(), now).is_err());
+        let r = resp(
+            200,
+            &[(
+                "cache-control",
+                "max-age=60, private, no-store, must-understand",
+            )],
+        );
+        assert!(response_meta(&r, false, &rules(), now).is_err());
     }
 
     #[test]
@@ -787,22 +1091,94 @@ mod tests {
     }
 
     #[test]
-    fn an_age_that_is_not_one_plain_number_makes_the_response_stale() {
+    fn the_first_age_member_counts_and_an_invalid_age_is_ignored() {
         let now = SystemTime::now();
-        for bad in ["abc", "-7200", "7200.0", "0, 0", "7200;foo=bar", ""] {
-            let r = resp(200, &[("cache-control", "max-age=3600"), ("age", bad)]);
-            let m = response_meta(&r, false, &rules(), now).expect("stored");
-            assert!(!m.is_fresh(now), "Age: {bad:?}");
+        let fresh = |lines: &[&str]| {
+            let mut r = resp(200, &[("cache-control", "max-age=3600")]);
+            for l in lines {
+                r.append_header("age", *l).expect("h");
+            }
+            response_meta(&r, false, &rules(), now)
+                .expect("stored")
+                .is_fresh(now)
+        };
+        // invalid: ignored, as if absent
+        for bad in ["abc", "-7200", "7200.0", "", " ", "0x10"] {
+            assert!(fresh(&[bad]), "Age: {bad:?}");
         }
-        let mut two = resp(200, &[("cache-control", "max-age=3600"), ("age", "0")]);
-        two.append_header("age", "0").expect("h");
-        assert!(!response_meta(&two, false, &rules(), now)
+        // the first member of a list, the first of several lines
+        assert!(fresh(&["0, 7200"]) && fresh(&["0", "7200"]) && fresh(&["0, 0"]));
+        assert!(!fresh(&["7200, 0"]) && !fresh(&["7200", "0"]));
+        // parameters are dropped, the number stays
+        assert!(!fresh(&["7200;foo=bar"]));
+        assert!(fresh(&[" 10 "]));
+        // larger than any lifetime: stale
+        assert!(!fresh(&["2147483648"]) && !fresh(&["99999999999999999999999"]));
+    }
+
+    #[test]
+    fn expires_in_any_accepted_format_gives_freshness() {
+        let now = SystemTime::now();
+        for expires in [
+            "THU, 18 AUG 2050 02:01:18 gMT",
+            "Thu Aug  8 02:01:18 2050",
+            "Thursday, 18-Aug-50 02:01:18 GMT",
+        ] {
+            let m = response_meta(&resp(200, &[("expires", expires)]), false, &rules(), now)
+                .expect("stored");
+            assert!(m.is_fresh(now), "{expires}");
+        }
+        let r = resp(200, &[("expires", "Thu, 18 Aug 2050 02:01:18 UTC")]);
+        assert!(!response_meta(&r, false, &rules(), now)
             .expect("stored")
             .is_fresh(now));
-        let ok = resp(200, &[("cache-control", "max-age=3600"), ("age", " 10 ")]);
-        assert!(response_meta(&ok, false, &rules(), now)
-            .expect("stored")
-            .is_fresh(now));
+    }
+
+    #[test]
+    fn an_unusable_cdn_cache_control_is_ignored_as_a_whole() {
+        let now = SystemTime::now();
+        for cdn in [
+            "max-age=10000, &&&&&",
+            "max-age=\"10000\"",
+            "max-age=10000, s-maxage=1.5",
+            "max-age=-1",
+            "max-age =10000",
+            "",
+        ] {
+            let r = resp(
+                200,
+                &[("cache-control", "no-store"), ("cdn-cache-control", cdn)],
+            );
+            assert!(response_meta(&r, false, &rules(), now).is_err(), "{cdn:?}");
+        }
+        // valid, with an extension directive: it governs
+        let r = resp(
+            200,
+            &[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "foobar, max-age=600"),
+            ],
+        );
+        let m = response_meta(&r, false, &rules(), now).expect("stored");
+        assert!((599..=600).contains(&ttl(&m, now)));
+        // an invalid CDN-Cache-Control falls back to Surrogate-Control
+        let r = resp(
+            200,
+            &[
+                ("cdn-cache-control", "max-age=\"1\""),
+                ("surrogate-control", "max-age=50"),
+                ("cache-control", "no-store"),
+            ],
+        );
+        let m = response_meta(&r, false, &rules(), now).expect("stored");
+        assert!((49..=50).contains(&ttl(&m, now)));
+        // several lines are one dictionary
+        let mut two = resp(200, &[("cdn-cache-control", "max-age=70")]);
+        two.append_header("cdn-cache-control", "must-revalidate")
+            .expect("h");
+        let m = response_meta(&two, false, &rules(), now).expect("stored");
+        assert!((69..=70).contains(&ttl(&m, now)));
+        assert_eq!(m.stale_if_error_sec(), 0);
     }
 
     #[test]

@@ -107,6 +107,10 @@ pub fn hit_override(
             ctx.request_forced = is_fresh;
             Some(ForcedFreshness::ForceExpired)
         }
+        HitDecision::NotShared => {
+            ctx.request_forced = is_fresh;
+            Some(ForcedFreshness::ForceMiss)
+        }
         HitDecision::ServeStale => Some(ForcedFreshness::ForceFresh),
     }
 }
@@ -211,6 +215,37 @@ pub fn response_fields(
     }
     resp.insert_header("cache-status", status(session, ctx))?;
     Ok(())
+}
+
+/// `should_serve_stale`: may the stale entry answer? `None`: stale-while-revalidate, whose
+/// window pingora already checked. An error: only one from the origin's side, and then the
+/// stored response's rules ([`rfc9111::may_serve_stale_after`]): an origin that answered with
+/// a 5xx allows the stale-if-error window, one that gave no response at all (pingora's
+/// connection errors and timeouts, or no healthy backend, which verge reports with a
+/// `failure` text) allows the longer disconnected window too.
+pub fn may_serve_stale(
+    session: &Session,
+    ctx: &RequestCtx,
+    error: Option<&pingora_error::Error>,
+) -> bool {
+    let Some(e) = error else {
+        return true;
+    };
+    if e.esource() != &pingora_error::ErrorSource::Upstream {
+        return false;
+    }
+    let answered =
+        matches!(e.etype(), pingora_error::ErrorType::HTTPStatus(_)) && ctx.failure.is_none();
+    let (Some(rules), Some(meta)) = (
+        ctx.route.as_ref().and_then(|r| r.spec.cache.as_ref()),
+        session.cache.maybe_cache_meta(),
+    ) else {
+        return false;
+    };
+    let stale_for = SystemTime::now()
+        .duration_since(meta.fresh_until())
+        .unwrap_or_default();
+    rfc9111::may_serve_stale_after(meta.response_header(), stale_for, answered, rules)
 }
 
 /// How this request's wait for another's fetch ended, if it waited.

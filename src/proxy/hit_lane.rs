@@ -185,7 +185,7 @@ pub fn lane_rules<'r>(route: &'r Route, filters: &Filters) -> Option<&'r RouteCa
         max_ttl: _,                // stored
         stale_while_revalidate: _, // stored; the lane serves fresh entries only
         stale_if_error: _,         // the lane never reaches the origin
-        public: _,                 // read by `rfc9111::request_bypass`
+        public: _,                 // read by `rfc9111::request_bypass`, `credentials_apply`
         negative_ttl: _,           // stored; the lane serves 200s only
         force_ttl: _,              // stored
         set_cookie: _,             // applies to fills only
@@ -535,9 +535,10 @@ mod tests {
             ("GET / HTTP/1.1\r\nHost: a\r\n\r\n", false, false),
             ("POST / HTTP/1.1\r\nHost: a\r\n\r\n", true, true),
             ("PURGE / HTTP/1.1\r\nHost: a\r\n\r\n", true, true),
+            // credentials are decided against the stored entry (`hit_decision::decide`)
             (
                 "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: x\r\n\r\n",
-                true,
+                false,
                 false,
             ),
             (
@@ -564,6 +565,13 @@ mod tests {
                     bypass_public,
                     "{head:?}"
                 );
+                let authorized = head.contains("Authorization");
+                assert_eq!(
+                    request_directives::for_route(&view, &rules).credentials,
+                    authorized,
+                    "{head:?}"
+                );
+                assert!(!request_directives::for_route(&view, &public).credentials);
             });
         }
     }

@@ -39,7 +39,7 @@ use pingora_cache::{
     key::HashBinary, CacheKey, CacheMeta, CachePhase, ForcedFreshness, HitHandler, RespCacheable,
 };
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, Result};
+use pingora_error::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
@@ -239,13 +239,11 @@ impl ProxyHttp for EdgeProxy {
 
     fn should_serve_stale(
         &self,
-        _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
         error: Option<&Error>,
     ) -> bool {
-        // None: stale-while-revalidate (the meta's window was already checked); Some: the
-        // origin failed and the stale-if-error window allows it.
-        error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
+        caching::may_serve_stale(session, ctx, error)
     }
 
     async fn request_body_filter(

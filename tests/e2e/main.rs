@@ -8,6 +8,7 @@ mod binary_upgrade;
 mod cache;
 mod cache_rules;
 mod config_files;
+mod conformance_rules;
 mod control;
 mod control_limits;
 mod directives;
