@@ -81,7 +81,7 @@ pub fn refuse_status(head: &ResponseHeader, upgrade_requested: bool) -> Result<(
 /// `error_while_proxy`: count an origin failure by kind, turn a cut by the whole-response
 /// deadline into a timeout, and retry only as Pingora's own policy allows: idempotent requests
 /// whose body is still buffered, on a failed connection that was a reused one, never past the
-/// deadline.
+/// deadline. Such a retry may go to the same backend, on another connection.
 pub fn while_proxying(
     peer: &HttpPeer,
     session: &Session,
@@ -116,6 +116,12 @@ pub fn while_proxying(
         e.set_retry(false);
     } else {
         e.retry.decide_reuse(client_reused);
+        if client_reused && e.retry() {
+            // A pooled connection the origin had closed (the race between its keep-alive
+            // timeout and our next request) says nothing against the backend: the retry may
+            // pick it again, and gets a fresh connection once the stale idle ones are used up.
+            ctx.tried.pop();
+        }
     }
     e
 }

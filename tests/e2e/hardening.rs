@@ -438,3 +438,43 @@ async fn a_trusted_hop_keeps_the_forwarding_fields_it_is_trusted_for() {
     assert_eq!(field(&head, "x-forwarded-proto"), Some("http"), "{head}");
     assert_eq!(field(&head, "x-forwarded-for"), Some("127.0.0.1"), "{head}");
 }
+
+#[tokio::test]
+async fn a_pooled_connection_the_origin_closed_is_retried_once_on_a_fresh_one() {
+    use crate::support::raw_origin::{good, Script};
+    let o = RawOrigin::start().await;
+    // the 2nd request arrives on the pooled connection just as the origin closes it
+    o.set(
+        "/k",
+        Script::new(|asked| {
+            if asked.n == 2 {
+                vec![Step::Close]
+            } else {
+                good(asked)
+            }
+        }),
+    );
+    // one backend: the retry can only go back to it, on a new connection
+    let v = Verge::start(
+        &Config::new()
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p")),
+    )
+    .await;
+    let mut c = crate::support::wire::Conn::open(v.http, None).await;
+    for expect in ["#1", "#3"] {
+        c.send(b"GET /k HTTP/1.1\r\nHost: shop.test\r\n\r\n").await;
+        let before = c.bytes.len();
+        let got = c
+            .read_until(Duration::from_secs(5), |c| {
+                crate::support::wire::parse(&c.bytes[before..], c.closed, false).is_complete()
+            })
+            .await;
+        let answer = String::from_utf8_lossy(&c.bytes[before..]).into_owned();
+        assert!(got, "{answer}");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains(expect), "{answer}");
+    }
+    assert_eq!(o.hits("/k"), 3, "the closed one and its retry");
+    assert_eq!(o.connections(), 2, "the retry took a fresh connection");
+}
