@@ -351,7 +351,15 @@ async fn stale_if_error_serves_the_stale_copy_when_the_origin_misbehaves() {
         let g = fetch(&v, "/s", &[]).await;
         assert_eq!(g.status, 200, "{fault:?}: {}", g.body);
         assert_eq!(g.body, first.body, "{fault:?}: the stale copy");
-        assert_eq!(o.hits("/s"), before + 1, "{fault:?}: the origin was tried");
+        // tried once; twice when the first try was on a pooled connection the origin closed
+        // without a byte, which is retried once on a fresh one
+        let tried = o.hits("/s") - before;
+        let expected = if fault == Fault::CloseBeforeResponse {
+            2
+        } else {
+            1
+        };
+        assert_eq!(tried, expected, "{fault:?}: the origin was tried");
     }
     // Once the origin's head has gone out, the stale copy can no longer be sent instead: the
     // client sees the new response cut short, and the stale copy stays, untouched.
