@@ -6,7 +6,7 @@
 //!
 //! Invariants:
 //! - `response_meta` stores nothing verge never stores (status, a server error beyond
-//!   `ERROR_MAX_TTL` or stale windows, `no-store`/`private` in the
+//!   the route's `error_max_ttl` or stale windows, `no-store`/`private` in the
 //!   governing field, `Vary: *`, `Set-Cookie` unless stripped, credentials without
 //!   `public`/`s-maxage`/`must-revalidate`), and what it stores has no `Set-Cookie` or `Age`;
 //! - its times never go negative or overflow: `created` is not after now, the lifetime is at most
@@ -28,7 +28,7 @@ use verge::cache::request_directives::{
 use verge::cache::request_view::RequestView;
 use verge::cache::rfc9111::{
     governing_cache_control, refreshed_by_not_modified, refuses_stale, request_bypass,
-    response_meta, DISCONNECTED_STALE, ERROR_MAX_TTL,
+    response_meta,
 };
 use verge::config::{RouteCache, SetCookiePolicy};
 
@@ -201,7 +201,7 @@ fn response_invariants(
     if (500..600).contains(&status) {
         // Server errors: only on explicit freshness, briefly, never stale.
         assert!(
-            lifetime <= ERROR_MAX_TTL,
+            lifetime <= rules.error_max_ttl,
             "a server error kept {lifetime:?}"
         );
         assert!(
@@ -212,11 +212,11 @@ fn response_invariants(
         assert_eq!(meta.stale_if_error_sec(), 0);
     } else if cc.is_none() && rules.force_ttl.is_none() {
         // Route defaults for the stale windows apply when the origin names none; a
-        // disconnected origin gets at least DISCONNECTED_STALE.
+        // disconnected origin gets at least the route's stale_if_disconnected.
         assert_eq!(meta.stale_while_revalidate_sec(), 30);
         assert_eq!(
             u64::from(meta.stale_if_error_sec()),
-            DISCONNECTED_STALE.as_secs().max(60)
+            rules.stale_if_disconnected.as_secs().max(60)
         );
     }
     if cc.as_ref().is_some_and(refuses_stale) {

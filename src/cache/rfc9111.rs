@@ -110,12 +110,8 @@ fn understood(status: u16) -> bool {
     )
 }
 
-/// The longest a server error (5xx) is kept fresh, whatever freshness its origin gave. A
-/// constant for now; meant to become a route setting.
-pub const ERROR_MAX_TTL: Duration = Duration::from_secs(60);
-
 /// Server errors: stored only when their origin gave them explicit freshness (never on a
-/// route's TTLs or the Last-Modified heuristic), for at most [`ERROR_MAX_TTL`], and never
+/// route's TTLs or the Last-Modified heuristic), for at most the route's `error_max_ttl`, and never
 /// served stale.
 fn server_error(status: u16) -> bool {
     (500..600).contains(&status)
@@ -343,13 +339,6 @@ fn targeted_cache_control_usable(headers: &http::HeaderMap) -> bool {
     })
 }
 
-/// How long after it goes stale a stored response may still answer when its origin gives no
-/// response at all: cannot be reached, refuses or drops the connection, times out, or answers
-/// with something that is not HTTP (RFC 9111 §4.2.4 lets a disconnected cache serve stale).
-/// A constant for now, meant to become a route setting; never for a response that refuses to
-/// be served stale ([`refuses_stale`]) or is a server error.
-pub const DISCONNECTED_STALE: Duration = Duration::from_secs(86_400);
-
 /// Whether a response's governing directives forbid serving it stale: a shared cache must
 /// revalidate `no-cache`, `must-revalidate` and `proxy-revalidate` responses (RFC 9111
 /// §5.2.2.1, §5.2.2.4, §5.2.2.8), and `s-maxage` implies `proxy-revalidate` (§5.2.2.10).
@@ -381,7 +370,7 @@ fn stale_if_error_window(
 /// Whether a stored response that has been stale for `stale_for` may answer instead of what
 /// the origin did: `origin_answered` (with a server error) allows it only within the
 /// stale-if-error window; an origin that gave no response allows it within
-/// [`DISCONNECTED_STALE`] or that window, whichever is longer. Never for a response that
+/// the route's `stale_if_disconnected` (RFC 9111 §4.2.4) or that window, whichever is longer. Never for a response that
 /// refuses to be served stale.
 pub fn may_serve_stale_after(
     stored: &ResponseHeader,
@@ -394,7 +383,7 @@ pub fn may_serve_stale_after(
         let window = if origin_answered {
             w
         } else {
-            w.max(DISCONNECTED_STALE)
+            w.max(rules.stale_if_disconnected)
         };
         stale_for <= window
     })
@@ -490,7 +479,7 @@ fn storable_meta(
         if lifetime.is_zero() {
             return Err(NoCacheReason::Custom(STATUS));
         }
-        lifetime = lifetime.min(ERROR_MAX_TTL);
+        lifetime = lifetime.min(rules.error_max_ttl);
     }
     let strict = error
         || cc
@@ -507,7 +496,7 @@ fn storable_meta(
     // pingora keeps one window for every failure; `may_serve_stale_after` narrows it to the
     // stale-if-error window proper when the origin did answer (with a 5xx)
     let sie = stale_if_error_window(cc.as_ref(), status, rules)
-        .map_or(0, |w| secs(w.max(DISCONNECTED_STALE)));
+        .map_or(0, |w| secs(w.max(rules.stale_if_disconnected)));
     let created = now.checked_sub(initial_age(resp, age, now)).unwrap_or(now);
     let fresh_until = if lifetime.is_zero() {
         created
@@ -734,7 +723,7 @@ mod tests {
             ] {
                 let m =
                     response_meta(&resp(status, &fresh), false, &generous, now).expect("stored");
-                let want = fresh_secs(&fresh).min(ERROR_MAX_TTL.as_secs());
+                let want = fresh_secs(&fresh).min(rules().error_max_ttl.as_secs());
                 assert!(
                     (want - 1..=want).contains(&ttl(&m, now)),
                     "{status} {fresh:?}"
@@ -760,6 +749,19 @@ mod tests {
                 );
             }
         }
+        // the cap is the route's
+        let brief = RouteCache {
+            error_max_ttl: Duration::from_secs(3),
+            ..rules()
+        };
+        let m = response_meta(
+            &resp(503, &[("cache-control", "max-age=3600")]),
+            false,
+            &brief,
+            now,
+        )
+        .expect("stored");
+        assert!((2..=3).contains(&ttl(&m, now)));
     }
 
     /// The lifetime the test responses above ask for, in seconds.
@@ -779,7 +781,7 @@ mod tests {
             stale_if_error: Duration::from_secs(30),
             ..rules()
         };
-        let day = DISCONNECTED_STALE;
+        let day = rules().stale_if_disconnected;
         let secs = |n: u64| Duration::from_secs(n);
         // (response, the stored window, longest stale for a 5xx, for a disconnected origin)
         for (h, stored, answered, disconnected) in [

@@ -157,6 +157,12 @@ pub struct RouteCache {
     pub stale_while_revalidate: Duration,
     /// Default stale-if-error window when the origin gives none.
     pub stale_if_error: Duration,
+    /// How long after going stale an entry may still answer when its origin gives no response
+    /// at all (unreachable, closed or reset before a head, timed out, not HTTP): RFC 9111
+    /// §4.2.4. Never for responses that refuse to be served stale. `0` turns it off.
+    pub stale_if_disconnected: Duration,
+    /// The longest a server error (5xx) with explicit freshness from its origin is kept.
+    pub error_max_ttl: Duration,
     /// Requests with Cookie or Authorization may use the cache (the content is public).
     pub public: bool,
     /// Freshness for 404 and 410 responses that carry no freshness information.
@@ -204,6 +210,12 @@ impl PartialEq for EarlyRefresh {
 
 impl Eq for EarlyRefresh {}
 
+/// Default `stale_if_disconnected`: a day.
+pub const DEFAULT_STALE_IF_DISCONNECTED: Duration = Duration::from_secs(86_400);
+
+/// Default `error_max_ttl`: a minute.
+pub const DEFAULT_ERROR_MAX_TTL: Duration = Duration::from_secs(60);
+
 /// Default cap on variants per URL.
 pub const DEFAULT_MAX_VARIANTS: usize = 32;
 
@@ -215,6 +227,8 @@ impl Default for RouteCache {
             max_ttl: None,
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
+            stale_if_disconnected: DEFAULT_STALE_IF_DISCONNECTED,
+            error_max_ttl: DEFAULT_ERROR_MAX_TTL,
             public: false,
             negative_ttl: None,
             force_ttl: None,

@@ -77,6 +77,8 @@ pub struct RawRouteCache {
     pub max_ttl: Option<ConfDuration>,
     pub stale_while_revalidate: Option<ConfDuration>,
     pub stale_if_error: Option<ConfDuration>,
+    pub stale_if_disconnected: Option<ConfDuration>,
+    pub error_max_ttl: Option<ConfDuration>,
     #[serde(default)]
     pub public: bool,
     pub negative_ttl: Option<ConfDuration>,

@@ -185,6 +185,8 @@ pub fn lane_rules<'r>(route: &'r Route, filters: &Filters) -> Option<&'r RouteCa
         max_ttl: _,                // stored
         stale_while_revalidate: _, // stored; the lane serves fresh entries only
         stale_if_error: _,         // the lane never reaches the origin
+        stale_if_disconnected: _,  // the same
+        error_max_ttl: _,          // stored; the lane serves 200s only
         public: _,                 // read by `rfc9111::request_bypass`, `credentials_apply`
         negative_ttl: _,           // stored; the lane serves 200s only
         force_ttl: _,              // stored

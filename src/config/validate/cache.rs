@@ -71,6 +71,10 @@ pub(super) fn validate_route_cache(
         max_ttl: raw.max_ttl.map(|d| d.0),
         stale_while_revalidate: raw.stale_while_revalidate.map_or(Duration::ZERO, |d| d.0),
         stale_if_error: raw.stale_if_error.map_or(Duration::ZERO, |d| d.0),
+        stale_if_disconnected: raw
+            .stale_if_disconnected
+            .map_or(DEFAULT_STALE_IF_DISCONNECTED, |d| d.0),
+        error_max_ttl: raw.error_max_ttl.map_or(DEFAULT_ERROR_MAX_TTL, |d| d.0),
         public: raw.public,
         negative_ttl: raw.negative_ttl.map(|d| d.0),
         force_ttl: raw.force_ttl.map(|d| d.0),
