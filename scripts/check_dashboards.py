@@ -87,7 +87,7 @@ class Metric:
 
 CTOR = re.compile(
     r"\b(HistogramOpts::new|IntCounter::new|IntGauge::new|Counter::new|Gauge::new|Opts::new"
-    r"|plain_gauge|counter|gauge|histogram)\s*\(\s*(?:&\s*registry\s*,\s*)?\"([a-zA-Z_:][a-zA-Z0-9_:]*)\""
+    r"|plain_gauge|plain_counter|counter|gauge|histogram)\s*\(\s*(?:&\s*registry\s*,\s*)?\"([a-zA-Z_:][a-zA-Z0-9_:]*)\""
 )
 KIND = {
     "HistogramOpts::new": "histogram",
@@ -95,6 +95,7 @@ KIND = {
     "IntCounter::new": "counter",
     "Counter::new": "counter",
     "counter": "counter",
+    "plain_counter": "counter",
     "IntGauge::new": "gauge",
     "Gauge::new": "gauge",
     "plain_gauge": "gauge",

@@ -30,6 +30,7 @@ impl AdminApp {
         readiness: Arc<Readiness>,
         reloader: Arc<FileReloader>,
     ) -> Self {
+        started(); // uptime counts from here
         AdminApp {
             snapshot,
             cache,
@@ -43,6 +44,16 @@ impl AdminApp {
         let mut doc = status_json(snapshot);
         let verdict = self.readiness.verdict(snapshot);
         doc["pid"] = json!(std::process::id());
+        doc["version"] = json!(crate::metrics::VERSION);
+        doc["commit"] = json!(crate::metrics::COMMIT);
+        doc["uptime_seconds"] = json!(started().elapsed().as_secs());
+        doc["cache"] = json!({
+            "bytes": self.cache.storage.bytes(),
+            "objects": self.cache.storage.objects(),
+            "capacity": self.cache.settings.memory,
+            "evictions": self.cache.evicted_items(),
+            "admission_rejections": self.cache.rejected_items(),
+        });
         doc["ready"] = json!(verdict.is_ok());
         doc["readiness"] = json!({
             "listeners_bound": self.readiness.listeners_bound(),
@@ -64,12 +75,11 @@ impl AdminApp {
         METRICS
             .cache_objects
             .set(self.cache.storage.objects() as i64);
-        METRICS
-            .cache_evictions
-            .set(self.cache.evicted_items() as i64);
-        METRICS
-            .cache_rejections
-            .set(self.cache.rejected_items() as i64);
+        crate::metrics::catch_up(&METRICS.cache_evictions, self.cache.evicted_items() as u64);
+        crate::metrics::catch_up(
+            &METRICS.cache_rejections,
+            self.cache.rejected_items() as u64,
+        );
     }
 }
 
@@ -173,4 +183,11 @@ impl ServeHttp for AdminApp {
             _ => reply(404, "text/plain", b"not found\n".to_vec()),
         }
     }
+}
+
+/// When this process started (first asked at start-up by the admin app), for `uptime_seconds`.
+fn started() -> std::time::Instant {
+    static STARTED: once_cell::sync::Lazy<std::time::Instant> =
+        once_cell::sync::Lazy::new(std::time::Instant::now);
+    *STARTED
 }

@@ -2,14 +2,16 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// All metrics. Names and labels are part of verge's interface: change them with care.
 pub struct Metrics {
     /// The registry `/metrics` renders.
     pub registry: Registry,
+    /// `verge_build_info{version,commit}`: always 1.
+    pub build_info: IntGaugeVec,
     /// `verge_requests_total{route,status}`: responses sent to clients.
     pub requests: IntCounterVec,
     /// `verge_upstream_response_seconds{pool}`: from sending upstream to its response header.
@@ -58,8 +60,8 @@ pub struct Metrics {
     pub cache_inflight_bytes: IntGauge,
     /// `verge_cache_objects`: entries held by the cache.
     pub cache_objects: IntGauge,
-    /// `verge_cache_evictions`: entries evicted to stay within `cache.memory` (since start).
-    pub cache_evictions: IntGauge,
+    /// `verge_cache_evictions_total`: entries evicted to stay within `cache.memory`.
+    pub cache_evictions: IntCounter,
     /// `verge_cache_invalidated_total{verdict}`: stored entries refused by an invalidation
     /// (`hard`: refetched, `soft`: treated as stale).
     pub cache_invalidated: IntCounterVec,
@@ -94,10 +96,10 @@ pub struct Metrics {
     pub control_node_policy_lag: IntGaugeVec,
     /// `verge_control_node_report_age_seconds{node}` (control plane): since the node's last report.
     pub control_node_report_age: IntGaugeVec,
-    /// `verge_cache_admission_rejections`: new objects not kept (since start), because the
+    /// `verge_cache_admission_rejections_total`: new objects not kept, because the
     /// admission filter had seen them less often than what they would replace, or because they
     /// were larger than a shard of `cache.memory`.
-    pub cache_rejections: IntGauge,
+    pub cache_rejections: IntCounter,
     /// `verge_cache_capacity_bytes`: the cache's byte budget (`cache.memory`).
     pub cache_capacity: IntGauge,
     /// `verge_response_body_bytes_total{route,source}`: body bytes sent to clients, by where
@@ -157,6 +159,24 @@ fn plain_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     registered(registry, name, IntGauge::new(name, help))
 }
 
+fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    registered(registry, name, IntCounter::new(name, help))
+}
+
+/// The version and the commit this binary was built from (`verge_build_info`, `/status`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit this binary was built from (`unknown` outside a checkout).
+pub const COMMIT: &str = env!("VERGE_COMMIT");
+
+/// Raise a counter that mirrors a monotonic count kept elsewhere (the eviction manager's) to
+/// `total`; it never goes down.
+pub fn catch_up(counter: &IntCounter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
+}
+
 impl Metrics {
     fn new() -> Metrics {
         let registry = Registry::new();
@@ -195,7 +215,20 @@ impl Metrics {
             "verge_config_loaded_timestamp_seconds",
             "Unix time the serving config was loaded",
         );
+        let build_info = gauge(
+            &registry,
+            "verge_build_info",
+            "Always 1: the version and the commit this binary was built from",
+            &["version", "commit"],
+        );
+        build_info.with_label_values(&[VERSION, COMMIT]).set(1);
+        // the process's CPU, memory, file descriptors and start time (`process_*`)
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        if let Err(e) = registry.register(Box::new(process)) {
+            log::warn!("process metrics unavailable: {e}");
+        }
         Metrics {
+            build_info,
             config_reloads: counter(
                 &registry,
                 "verge_config_reloads_total",
@@ -298,10 +331,10 @@ impl Metrics {
                 "verge_cache_objects",
                 "Entries held by the cache",
             ),
-            cache_evictions: plain_gauge(
+            cache_evictions: plain_counter(
                 &registry,
-                "verge_cache_evictions",
-                "Entries evicted to stay within the memory budget, since start",
+                "verge_cache_evictions_total",
+                "Entries evicted to stay within the memory budget",
             ),
             cache_invalidated: counter(
                 &registry,
@@ -388,10 +421,10 @@ impl Metrics {
                 "Seconds since a node last reported what it applied",
                 &["node"],
             ),
-            cache_rejections: plain_gauge(
+            cache_rejections: plain_counter(
                 &registry,
-                "verge_cache_admission_rejections",
-                "New objects the admission filter did not keep, since start",
+                "verge_cache_admission_rejections_total",
+                "New objects the admission filter did not keep",
             ),
             cache_capacity: plain_gauge(
                 &registry,

@@ -129,3 +129,48 @@ async fn access_log_has_one_json_line_per_request() {
     assert!(miss["time"].as_str().unwrap_or("").ends_with('Z'));
     assert_eq!(miss["client"], "127.0.0.1");
 }
+
+#[tokio::test]
+async fn status_and_metrics_name_the_build_and_the_process() {
+    let o = Origin::start("o").await;
+    let v = Verge::start(
+        &Config::new()
+            .pool(Pool::new("web", &[o.addr]))
+            .route(Route::to("web").cache(crate::support::RouteCache::new())),
+    )
+    .await;
+    o.set_headers("/c", &[("cache-control", "max-age=60")]);
+    get(&v, "a.com", "/c").await;
+    let (_, body) = v.admin_get("/status").await;
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(doc["version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        doc["commit"].as_str().is_some_and(|c| !c.is_empty()),
+        "{doc}"
+    );
+    assert!(doc["uptime_seconds"].as_u64().is_some(), "{doc}");
+    assert_eq!(doc["cache"]["objects"], 1, "{doc}");
+    assert!(
+        doc["cache"]["bytes"].as_u64().is_some_and(|b| b > 0),
+        "{doc}"
+    );
+    let m = v.metrics().await;
+    let build = m.sum(
+        "verge_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+    );
+    assert_eq!(build, 1.0, "{}", m.text);
+    assert!(
+        m.sum("process_resident_memory_bytes", &[]) > 0.0,
+        "{}",
+        m.text
+    );
+    assert!(m.sum("process_open_fds", &[]) > 0.0, "{}", m.text);
+    // counts are counters
+    assert!(
+        m.text
+            .contains("# TYPE verge_cache_evictions_total counter"),
+        "{}",
+        m.text
+    );
+}

@@ -60,8 +60,8 @@ async fn hot_set_survives_a_sweep_of_cold_urls_within_the_memory_budget() {
     .await;
     let count = |name: &str| last.value(name, &[]).map(|n| n as u64);
     let objects = count("verge_cache_objects").expect("objects");
-    let evicted = count("verge_cache_evictions").expect("evictions");
-    let rejected = count("verge_cache_admission_rejections").expect("rejections");
+    let evicted = count("verge_cache_evictions_total").expect("evictions");
+    let rejected = count("verge_cache_admission_rejections_total").expect("rejections");
     assert!(objects > 10 && objects < BUDGET / BODY, "{objects} objects");
     assert_eq!(
         evicted + rejected + objects,
