@@ -1,4 +1,4 @@
-//! Request-target and Host checks (`src/proxy/target.rs`, `src/proxy/route.rs`).
+//! Request-target and Host checks (`src/http_syntax/target.rs`, `src/http_syntax/host.rs`, `src/routing.rs`).
 //!
 //! Input: one method byte, then `path \n host`.
 //!
@@ -77,7 +77,7 @@ fn has_encoded_separator(path: &str) -> bool {
     lower.contains("%2f") || lower.contains("%5c")
 }
 
-/// The rule of `src/proxy/target.rs`, stated independently.
+/// The rule of `src/http_syntax/target.rs`, stated independently.
 fn oracle_accepts(method: &str, path: &str) -> bool {
     if path == "*" {
         return method.eq_ignore_ascii_case("OPTIONS");

@@ -1,5 +1,5 @@
 //! Control-plane snapshots and deltas as a node decodes and validates them
-//! (`src/control/wire.rs`, `next_state` in `src/control/poller.rs`, `src/control/index.rs`).
+//! (`src/control/wire.rs`, `next_state` in `src/node/poller.rs`, `src/cache/invalidation/index.rs`).
 //!
 //! Input: a `SnapshotMessage` as JSON; any input is also tried as an invalidation target of
 //! every kind and as a position (`7.42`).
