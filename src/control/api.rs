@@ -58,6 +58,8 @@ pub struct ApiReply {
     pub retry_after: Option<u64>,
     /// Whether to send `WWW-Authenticate: Bearer` (401 answers).
     pub www_authenticate: bool,
+    /// Whether to send the body's checksum (`verge-checksum`: snapshot messages).
+    pub checksum: bool,
 }
 
 impl ApiReply {
@@ -71,6 +73,7 @@ impl ApiReply {
             etag: None,
             retry_after: None,
             www_authenticate: false,
+            checksum: false,
         }
     }
 
@@ -413,10 +416,11 @@ impl ControlApi {
             Some(v) => parse_duration(v).map_err(|e| ApiReply::error(400, e))?,
         };
         match self.plane.wait_snapshot(after, wait).await {
-            Some(msg) => Ok(ApiReply::json(
-                200,
-                serde_json::to_value(&msg).unwrap_or(Value::Null),
-            )),
+            Some(msg) => {
+                let mut r = ApiReply::json(200, serde_json::to_value(&msg).unwrap_or(Value::Null));
+                r.checksum = true;
+                Ok(r)
+            }
             None => {
                 let mut r = ApiReply::json(204, Value::Null);
                 r.body.clear();
@@ -428,6 +432,10 @@ impl ControlApi {
 
 fn into_response(reply: ApiReply) -> Response<Vec<u8>> {
     let len = reply.body.len();
+    let sum = reply
+        .checksum
+        .then(|| super::wire::checksum(&reply.body))
+        .and_then(|s| HeaderValue::from_str(&s).ok());
     let mut resp = Response::new(reply.body);
     *resp.status_mut() =
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -450,6 +458,9 @@ fn into_response(reply: ApiReply) -> Response<Vec<u8>> {
     }
     if reply.www_authenticate {
         h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if let Some(sum) = sum {
+        h.insert(super::wire::CHECKSUM_FIELD, sum);
     }
     resp
 }

@@ -88,9 +88,50 @@ pub struct AppliedReport {
     pub applied_at_ms: u64,
 }
 
+/// The field that carries a snapshot message's checksum, so a node applies only the bytes the
+/// control plane sent (a bit flipped on the way, or by a box in the middle, is refused).
+pub const CHECKSUM_FIELD: &str = "verge-checksum";
+
+/// The checksum of a snapshot message's body, as `CHECKSUM_FIELD` carries it.
+pub fn checksum(body: &[u8]) -> String {
+    use blake2::digest::{Update, VariableOutput};
+    use std::fmt::Write;
+    let mut out = String::from("blake2b-256=");
+    if let Ok(mut h) = blake2::Blake2bVar::new(32) {
+        h.update(body);
+        let mut digest = [0u8; 32];
+        if h.finalize_variable(&mut digest).is_ok() {
+            for b in digest {
+                let _ = write!(out, "{b:02x}");
+            }
+        }
+    }
+    out
+}
+
+/// Whether `sent` (the field as received, if any) is the checksum of `body`.
+pub fn checksum_matches(body: &[u8], sent: Option<&[u8]>) -> bool {
+    sent.is_some_and(|s| s == checksum(body).as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flipped_bit_fails_the_checksum() {
+        let body = br#"{"full":true,"policy_version":3,"seq":7}"#.to_vec();
+        let sum = checksum(&body);
+        assert!(
+            sum.starts_with("blake2b-256=") && sum.len() == 12 + 64,
+            "{sum}"
+        );
+        assert!(checksum_matches(&body, Some(sum.as_bytes())));
+        let mut flipped = body.clone();
+        flipped[20] ^= 0x01;
+        assert!(!checksum_matches(&flipped, Some(sum.as_bytes())));
+        assert!(!checksum_matches(&body, None), "no checksum, no trust");
+    }
 
     #[test]
     fn positions_parse_and_order() {

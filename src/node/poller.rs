@@ -291,7 +291,15 @@ impl ControlPoller {
                 return Err("http_status");
             }
         }
+        let sent_checksum = resp
+            .headers()
+            .get(crate::control::wire::CHECKSUM_FIELD)
+            .map(|v| v.as_bytes().to_vec());
         let body = read_limited(resp, MAX_SNAPSHOT_BYTES).await?;
+        if !crate::control::wire::checksum_matches(&body, sent_checksum.as_deref()) {
+            log::warn!("control plane sent a snapshot whose checksum does not match: refused");
+            return Err("checksum");
+        }
         let msg: SnapshotMessage = serde_json::from_slice(&body).map_err(|e| {
             log::warn!("control plane sent an undecodable snapshot: {e}");
             "decode"

@@ -49,3 +49,83 @@ async fn a_snapshot_over_the_limit_is_refused_and_the_last_good_one_serves() {
     assert_eq!(got.status, 200);
     assert!(got.body.contains("origin=o"), "{}", got.body);
 }
+
+/// A control plane that always answers a snapshot poll with `body` and the `checksum` field.
+fn control_sending(body: Vec<u8>, checksum: String) -> Script {
+    Script::new(move |_| {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nverge-checksum: {checksum}\r\n\r\n",
+            body.len()
+        );
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(&body);
+        vec![Step::Write(bytes), Step::Sleep(Duration::from_millis(200))]
+    })
+}
+
+#[tokio::test]
+async fn a_snapshot_whose_checksum_does_not_match_is_refused() {
+    let origin = Origin::start("o").await;
+    let elsewhere = Origin::start("elsewhere").await;
+    let message = |backend: std::net::SocketAddr| {
+        serde_json::to_vec(&serde_json::json!({
+            "full": true, "policy_version": 1, "seq": 0, "retention_secs": 3600,
+            "policy": {
+                "pools": {"p": {"backends": [backend.to_string()]}},
+                "routes": [{"hosts": ["*"], "pool": "p"}],
+            },
+        }))
+        .expect("json")
+    };
+    let good = message(elsewhere.addr);
+    // the same bytes with one bit flipped on the way
+    let mut flipped = good.clone();
+    let at = good.len() - 40;
+    flipped[at] ^= 0x01;
+    let dir = tempfile::tempdir().expect("dir");
+    let token = dir.path().join("node.token");
+    std::fs::write(&token, "node-token-0123456789abcdef").expect("token");
+    let node = |control: &RawOrigin| {
+        Config::new()
+            .pool(Pool::new("p", &[origin.addr]))
+            .route(Route::to("p"))
+            .control(Control::new(&format!("http://{}", control.addr), "n1", &token).wait("1s"))
+    };
+    let tampered = RawOrigin::start().await;
+    tampered.set(
+        "/v1/snapshot",
+        control_sending(flipped, verge::control::wire::checksum(&good)),
+    );
+    let v = Verge::start(&node(&tampered)).await;
+    sum_eventually(
+        &v,
+        Duration::from_secs(10),
+        "verge_snapshot_rejected_total",
+        &[("reason", "checksum")],
+        |n| n >= 1.0,
+    )
+    .await;
+    let got = fetch(&v, "/x", &[]).await;
+    assert!(
+        got.body.contains("origin=o"),
+        "the file's routes still serve: {}",
+        got.body
+    );
+    // the bytes the checksum names are applied
+    let honest = RawOrigin::start().await;
+    honest.set(
+        "/v1/snapshot",
+        control_sending(good.clone(), verge::control::wire::checksum(&good)),
+    );
+    let v = Verge::start(&node(&honest)).await;
+    sum_eventually(
+        &v,
+        Duration::from_secs(10),
+        "verge_snapshot_applied_total",
+        &[],
+        |n| n >= 1.0,
+    )
+    .await;
+    let got = fetch(&v, "/x", &[]).await;
+    assert!(got.body.contains("origin=elsewhere"), "{}", got.body);
+}
