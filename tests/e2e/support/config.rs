@@ -509,12 +509,18 @@ block_builder!(Control);
 
 impl Control {
     /// A node `node_id` of the control plane at `url`, reading its token from `token_file`.
+    /// Its last good snapshot is kept in the test's own state directory, never in the
+    /// machine-wide default (which would leak one test's snapshot into the next run).
     pub fn new(url: &str, node_id: &str, token_file: &Path) -> Control {
         Control(
             Block::default()
                 .put("url", text(url))
                 .put("node_id", text(node_id))
-                .put("token_file", text(&token_file.display().to_string())),
+                .put("token_file", text(&token_file.display().to_string()))
+                .put(
+                    "state_file",
+                    text(&format!("{{dir}}/{node_id}.snapshot.json")),
+                ),
         )
     }
 
