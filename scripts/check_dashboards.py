@@ -87,7 +87,7 @@ class Metric:
 
 CTOR = re.compile(
     r"\b(HistogramOpts::new|IntCounter::new|IntGauge::new|Counter::new|Gauge::new|Opts::new"
-    r"|plain_gauge|plain_counter|counter|gauge|histogram)\s*\(\s*(?:&\s*registry\s*,\s*)?\"([a-zA-Z_:][a-zA-Z0-9_:]*)\""
+    r"|plain_gauge|plain_counter|counter|gauge|histogram)\s*\(\s*(?:&\s*(?:registry|node|control)\s*,\s*)?\"([a-zA-Z_:][a-zA-Z0-9_:]*)\""
 )
 KIND = {
     "HistogramOpts::new": "histogram",
@@ -135,6 +135,14 @@ def load_source_literals():
 
 
 SOURCE_LITERALS = set()
+# series name -> "counter" (histogram parts included) or "gauge", from src/metrics.rs
+SERIES_KIND = {}
+# the series `verge control` exports (declared on `&control`); every other verge_* series is a
+# node's, except SHARED_SERIES, which both export
+CONTROL_SERIES = set()
+SHARED_SERIES = {"verge_build_info"}
+# the functions that only make sense over a counter
+COUNTER_FUNCS = {"rate", "irate", "increase", "resets"}
 
 
 def load_metrics():
@@ -171,8 +179,18 @@ def load_metrics():
             series[m.name + "_bucket"] = m.labels | {"le"}
             series[m.name + "_sum"] = set(m.labels)
             series[m.name + "_count"] = set(m.labels)
+            parts = [m.name + "_bucket", m.name + "_sum", m.name + "_count"]
+            SERIES_KIND.update({p: "counter" for p in parts})
         else:
             series[m.name] = set(m.labels)
+            SERIES_KIND[m.name] = m.kind
+    for m in matches:
+        # the registry a metric is declared on: the nearest `&node` / `&control` before it
+        regs = re.findall(r"&\s*(node|control)\b", code[: m.end()])
+        if regs and regs[-1] == "control":
+            CONTROL_SERIES.add(m.group(2))
+    if not CONTROL_SERIES:
+        problem(rel(METRICS_RS), "no metric is declared on the control registry (&control)")
     return declared, series
 
 
@@ -559,13 +577,13 @@ def infer_selector(node, ctx):
     if ctx.job_rule and (name.startswith("verge_") or name in BUILTIN_METRICS):
         node_jobs, control_jobs = ctx.job_rule
         jobs = [v for (lbl, op, v) in matchers if lbl == "job" and op in ("=", "=~")]
-        want = control_jobs if name.startswith("verge_control_") else node_jobs
-        if name in BUILTIN_METRICS:
+        want = control_jobs if name in CONTROL_SERIES else node_jobs
+        if name in BUILTIN_METRICS or name in SHARED_SERIES:
             want = node_jobs | control_jobs
         if not jobs:
             ctx.err(
-                f"{name} has no job matcher: nodes and the control plane both export every "
-                f"verge_* metric, so scope it with job=\"{sorted(want)[0]}\""
+                f"{name} has no job matcher: scope it with job=\"{sorted(want)[0]}\" "
+                f"(nodes and the control plane are different targets with different series)"
             )
         elif not any(j in want for j in jobs):
             ctx.err(f"{name}{{job=\"{jobs[0]}\"}}: expected job to be one of {sorted(want)}")
@@ -583,6 +601,11 @@ def infer_call(node, ctx):
         if not matrices:
             ctx.err(f"{fname}() needs a range vector such as x[5m]")
             return "vector", None
+        if fname in COUNTER_FUNCS:
+            for a in args:
+                inner = a[1] if a[0] == "paren" else a
+                if inner[0] == "sel" and SERIES_KIND.get(inner[1]) == "gauge":
+                    ctx.err(f"{fname}({inner[1]}[...]): {inner[1]} is a gauge; {fname}() only applies to counters")
         return "vector", labelsets[matrices[0]]
     elif matrices:
         ctx.err(f"{fname}() does not take a range vector")
