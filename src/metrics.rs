@@ -337,11 +337,7 @@ impl Metrics {
                 "verge_cache_inflight_bytes",
                 "Body bytes held by responses still being fetched",
             ),
-            cache_objects: plain_gauge(
-                &node,
-                "verge_cache_objects",
-                "Entries held by the cache",
-            ),
+            cache_objects: plain_gauge(&node, "verge_cache_objects", "Entries held by the cache"),
             cache_evictions: plain_counter(
                 &node,
                 "verge_cache_evictions_total",
@@ -573,8 +569,14 @@ mod tests {
 
     #[test]
     fn control_plane_series_appear_only_on_the_control_registry() {
-        METRICS.control_writes.with_label_values(&["policy", "ok"]).inc();
-        METRICS.control_node_seq_lag.with_label_values(&["n"]).set(0);
+        METRICS
+            .control_writes
+            .with_label_values(&["policy", "ok"])
+            .inc();
+        METRICS
+            .control_node_seq_lag
+            .with_label_values(&["n"])
+            .set(0);
         METRICS.requests.with_label_values(&["r", "200"]).inc();
         let node = names(&METRICS.node_registry);
         let control = names(&METRICS.control_registry);
@@ -594,7 +596,10 @@ mod tests {
             );
         }
         for n in ["verge_build_info", "process_start_time_seconds"] {
-            assert!(node.iter().any(|x| x == n) && control.iter().any(|x| x == n), "{n}");
+            assert!(
+                node.iter().any(|x| x == n) && control.iter().any(|x| x == n),
+                "{n}"
+            );
         }
     }
 }

@@ -12,8 +12,8 @@ use verge::config::secret::{read_secret, SecretSource};
 use verge::config::units::parse_duration;
 use verge::config::Policy;
 use verge::control::cli_output::{
-    diff, diff_json, diff_text, history_table, nodes_table, policy_yaml, pushable,
-    readable_times, Times,
+    diff, diff_json, diff_text, history_table, nodes_table, policy_yaml, pushable, readable_times,
+    Times,
 };
 use verge::control::client::{exit_code, Answer, ControlClient};
 use verge::control::wire::unix_ms;
@@ -262,15 +262,13 @@ async fn push(
 ) -> Result<(), ExitCode> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| fail(format!("cannot read {}: {e}", file.display()), 2))?;
-    let doc =
-        Policy::document_from_text(&text).map_err(|e| fail(format!("{}: {e}", file.display()), 2))?;
+    let doc = Policy::document_from_text(&text)
+        .map_err(|e| fail(format!("{}: {e}", file.display()), 2))?;
     let (doc, read_at) = pushable(doc);
     Policy::from_json(&doc).map_err(|e| fail(format!("{}: {e}", file.display()), 2))?;
     let expected = match if_match.or(read_at) {
         Some(v) => v,
-        None => get(c, "/v1/policy").await?["version"]
-            .as_u64()
-            .unwrap_or(0),
+        None => get(c, "/v1/policy").await?["version"].as_u64().unwrap_or(0),
     };
     let answer = call(c, Method::PUT, "/v1/policy", Some(&doc), Some(expected)).await?;
     written(out, &answer, "");

@@ -273,7 +273,11 @@ fn diff_at(path: String, a: Option<&Value>, b: Option<&Value>, out: &mut Vec<Cha
         }
         _ if a == b => {}
         _ => out.push(Change {
-            path: if path.is_empty() { "(document)".into() } else { path },
+            path: if path.is_empty() {
+                "(document)".into()
+            } else {
+                path
+            },
             before: a.cloned(),
             after: b.cloned(),
         }),
@@ -285,7 +289,10 @@ pub fn diff_text(from: u64, to: u64, changes: &[Change]) -> String {
     if changes.is_empty() {
         return format!("policy versions {from} and {to} are identical\n");
     }
-    let mut out = format!("policy version {from} -> {to}: {} change(s)\n", changes.len());
+    let mut out = format!(
+        "policy version {from} -> {to}: {} change(s)\n",
+        changes.len()
+    );
     for c in changes {
         let _ = match (&c.before, &c.after) {
             (Some(x), Some(y)) => writeln!(out, "~ {}: {x} -> {y}", c.path),
@@ -343,7 +350,9 @@ mod tests {
 
     #[test]
     fn json_for_scripts_has_no_epoch_milliseconds() {
-        let v = readable_times(&json!({"nodes": [{"reported_ms": 0, "report_age_ms": 1500, "seq": 2}]}));
+        let v = readable_times(
+            &json!({"nodes": [{"reported_ms": 0, "report_age_ms": 1500, "seq": 2}]}),
+        );
         assert_eq!(
             v,
             json!({"nodes": [{"reported": "1970-01-01T00:00:00Z", "report_age_seconds": 1.5, "seq": 2}]})
@@ -359,7 +368,10 @@ mod tests {
                 vec!["b".into(), "dead".into()],
             ],
         );
-        assert_eq!(t, "NODE         STATE\na-long-name  alive\nb            dead\n");
+        assert_eq!(
+            t,
+            "NODE         STATE\na-long-name  alive\nb            dead\n"
+        );
     }
 
     #[test]
@@ -367,7 +379,9 @@ mod tests {
         let body = envelope();
         let yaml = policy_yaml(&body, Times::Absolute).unwrap();
         assert!(
-            yaml.starts_with("# verge policy version 3, written 2026-12-04T10:17:34Z by ops (rollback of 1)\n"),
+            yaml.starts_with(
+                "# verge policy version 3, written 2026-12-04T10:17:34Z by ops (rollback of 1)\n"
+            ),
             "{yaml}"
         );
         let parsed = Policy::document_from_text(&yaml).unwrap();
@@ -395,7 +409,13 @@ mod tests {
              + pools.o.lb: \"ketama\"\n\
              ~ routes[0].cache.default_ttl: \"300s\" -> \"60s\"\n"
         );
-        assert_eq!(diff_text(1, 1, &diff(&a, &a)), "policy versions 1 and 1 are identical\n");
-        assert_eq!(diff_json(1, 2, &changes)["changes"][2]["after"], json!("60s"));
+        assert_eq!(
+            diff_text(1, 1, &diff(&a, &a)),
+            "policy versions 1 and 1 are identical\n"
+        );
+        assert_eq!(
+            diff_json(1, 2, &changes)["changes"][2]["after"],
+            json!("60s")
+        );
     }
 }

@@ -126,16 +126,28 @@ async fn nodes_are_alive_late_or_dead_by_report_age_against_their_poll_interval(
     assert_eq!(piped.code, Some(0), "{piped:?}");
     let lines: Vec<&str> = piped.out.lines().collect();
     assert!(lines[0].starts_with("head 1.0"), "{}", piped.out);
-    assert!(lines[1].starts_with("NODE") && lines[1].contains("STATE"), "{}", piped.out);
+    assert!(
+        lines[1].starts_with("NODE") && lines[1].contains("STATE"),
+        "{}",
+        piped.out
+    );
     let goes = lines.iter().find(|l| l.starts_with("goes")).expect("row");
     let stays = lines.iter().find(|l| l.starts_with("stays")).expect("row");
-    assert!(goes.contains(" dead ") && stays.contains(" alive "), "{}", piped.out);
+    assert!(
+        goes.contains(" dead ") && stays.contains(" alive "),
+        "{}",
+        piped.out
+    );
     assert!(stays.contains('T') && stays.contains('Z'), "{}", piped.out);
     assert!(!has_epoch_ms(&piped.out), "{}", piped.out);
     // ... and on a terminal, ages
     let tty = cli_on_terminal(&cp, &["nodes"], "ops.token");
     assert_eq!(tty.code, Some(0), "{tty:?}");
-    let stays = tty.out.lines().find(|l| l.starts_with("stays")).expect("row");
+    let stays = tty
+        .out
+        .lines()
+        .find(|l| l.starts_with("stays"))
+        .expect("row");
     assert!(stays.contains(" ago"), "{}", tty.out);
     assert!(!has_epoch_ms(&tty.out), "{}", tty.out);
     drop(a);
@@ -158,7 +170,10 @@ async fn nodes_report_again_after_a_control_plane_restart() {
         |r| r["state"] == "alive",
     )
     .await;
-    assert_eq!((row["policy_version"].clone(), row["current"].clone()), (json!(1), json!(true)));
+    assert_eq!(
+        (row["policy_version"].clone(), row["current"].clone()),
+        (json!(1), json!(true))
+    );
     assert_eq!(get(&n, "/x").await.0, 200);
 }
 
@@ -188,11 +203,23 @@ async fn policy_get_pushes_back_as_it_is_and_old_versions_can_be_read_and_compar
     // `policy get` (YAML, with its version in comments) pushed back as it is: nothing written
     let got = cli(&cp, &["policy", "get"], "ops.token");
     assert_eq!(got.code, Some(0), "{got:?}");
-    assert!(got.out.starts_with("# verge policy version 1, written "), "{}", got.out);
+    assert!(
+        got.out.starts_with("# verge policy version 1, written "),
+        "{}",
+        got.out
+    );
     assert!(!has_epoch_ms(&got.out), "{}", got.out);
-    let again = cli(&cp, &["policy", "push", &file("got.yaml", &got.out)], "ops.token");
+    let again = cli(
+        &cp,
+        &["policy", "push", &file("got.yaml", &got.out)],
+        "ops.token",
+    );
     assert_eq!(again.code, Some(0), "{again:?}");
-    assert!(again.out.starts_with("policy unchanged: version 1"), "{}", again.out);
+    assert!(
+        again.out.starts_with("policy unchanged: version 1"),
+        "{}",
+        again.out
+    );
     // the same with --json
     let got_json = cli(&cp, &["policy", "get", "--json"], "ops.token");
     assert_eq!(got_json.json()["version"], json!(1));
@@ -204,21 +231,33 @@ async fn policy_get_pushes_back_as_it_is_and_old_versions_can_be_read_and_compar
     );
     assert_eq!(again.json(), json!({"version": 1, "unchanged": true}));
     let history = cli(&cp, &["policy", "history", "--json"], "ops.token").json();
-    assert_eq!(history["versions"].as_array().map(Vec::len), Some(1), "{history}");
+    assert_eq!(
+        history["versions"].as_array().map(Vec::len),
+        Some(1),
+        "{history}"
+    );
 
     // a real change is a new version; the node follows
     let second = got
         .out
         .replace(&o1.addr.to_string(), &o2.addr.to_string())
         .replace("300s", "60s");
-    let pushed = cli(&cp, &["policy", "push", &file("second.yaml", &second)], "ops.token");
+    let pushed = cli(
+        &cp,
+        &["policy", "push", &file("second.yaml", &second)],
+        "ops.token",
+    );
     assert_eq!(pushed.out, "policy version 2 written\n", "{pushed:?}");
     assert!(cp.converged(1).await);
     assert_eq!(get(&n, "/via").await.0, 200);
     assert_eq!((o1.hits("/via"), o2.hits("/via")), (0, 1));
 
     // what `policy get --json` read at version 1 cannot overwrite version 2
-    let stale = cli(&cp, &["policy", "push", &file("got.json", &got_json.out)], "ops.token");
+    let stale = cli(
+        &cp,
+        &["policy", "push", &file("got.json", &got_json.out)],
+        "ops.token",
+    );
     assert_eq!(stale.code, Some(3), "{stale:?}");
     assert!(stale.err.contains("current version 2"), "{}", stale.err);
 
@@ -239,21 +278,42 @@ async fn policy_get_pushes_back_as_it_is_and_old_versions_can_be_read_and_compar
     );
     let d = cli(&cp, &["policy", "diff", "1", "--json"], "ops.token").json();
     assert_eq!((d["from"].clone(), d["to"].clone()), (json!(1), json!(2)));
-    assert_eq!(d["changes"][1]["path"], json!("routes[0].cache.default_ttl"));
+    assert_eq!(
+        d["changes"][1]["path"],
+        json!("routes[0].cache.default_ttl")
+    );
     let none = cli(&cp, &["policy", "get", "7"], "ops.token");
     assert_eq!(none.code, Some(2), "{none:?}");
-    assert!(none.err.contains("policy version 7 is not kept"), "{}", none.err);
+    assert!(
+        none.err.contains("policy version 7 is not kept"),
+        "{}",
+        none.err
+    );
 
     // rolling back to the version in force writes nothing either
     let back = cli(&cp, &["policy", "rollback", "1"], "ops.token");
-    assert_eq!(back.out, "policy version 3 written (rollback of 1)\n", "{back:?}");
+    assert_eq!(
+        back.out, "policy version 3 written (rollback of 1)\n",
+        "{back:?}"
+    );
     let back = cli(&cp, &["policy", "rollback", "3"], "ops.token");
-    assert!(back.out.starts_with("policy unchanged: version 3"), "{back:?}");
+    assert!(
+        back.out.starts_with("policy unchanged: version 3"),
+        "{back:?}"
+    );
     let table = cli(&cp, &["policy", "history"], "ops.token");
     let lines: Vec<&str> = table.out.lines().collect();
     assert_eq!(lines.len(), 4, "{}", table.out);
-    assert!(lines[0].starts_with("VERSION") && lines[0].contains("WRITTEN"), "{}", table.out);
-    assert!(lines[3].starts_with('3') && lines[3].contains("rollback of 1, current"), "{}", table.out);
+    assert!(
+        lines[0].starts_with("VERSION") && lines[0].contains("WRITTEN"),
+        "{}",
+        table.out
+    );
+    assert!(
+        lines[3].starts_with('3') && lines[3].contains("rollback of 1, current"),
+        "{}",
+        table.out
+    );
     assert!(!has_epoch_ms(&table.out), "{}", table.out);
 }
 
@@ -273,7 +333,11 @@ async fn purge_wait_returns_once_every_live_node_applied_and_names_those_that_ha
     assert_eq!(o.hits("/p"), 2, "one fetch per node, then hits");
 
     // every node applied it when the command returns: both refetch at once
-    let r = cli(&cp, &["purge", "url", "site.test/p", "--wait=20s"], "ops.token");
+    let r = cli(
+        &cp,
+        &["purge", "url", "site.test/p", "--wait=20s"],
+        "ops.token",
+    );
     assert_eq!(r.code, Some(0), "{r:?}");
     assert_eq!(r.out, "purge seq 1 applied by every live node (2): a, b\n");
     for n in [&a, &b] {
@@ -283,7 +347,11 @@ async fn purge_wait_returns_once_every_live_node_applied_and_names_those_that_ha
 
     // a node that stops is still live (alive, then late) for a while: the wait names it
     drop(b);
-    let r = cli(&cp, &["purge", "url", "site.test/p", "--wait=1s"], "ops.token");
+    let r = cli(
+        &cp,
+        &["purge", "url", "site.test/p", "--wait=1s"],
+        "ops.token",
+    );
     assert_eq!(r.code, Some(6), "{r:?}");
     assert!(
         r.err.contains("purge seq 2 not applied within 1s by: b (") && r.err.contains("at seq 1)"),
@@ -339,14 +407,20 @@ async fn nodes_and_the_control_plane_each_export_only_their_own_series() {
         .await
         .expect("body");
     let control = Metrics::parse(&text);
-    assert_eq!(control.value("verge_control_policy_version", &[]), Some(1.0));
+    assert_eq!(
+        control.value("verge_control_policy_version", &[]),
+        Some(1.0)
+    );
     assert!(
         control.has("verge_control_node_report_age_seconds", &[("node", "m")]),
         "{text}"
     );
     assert!(control.has("verge_build_info", &[]), "{text}");
     assert!(control.has("process_start_time_seconds", &[]), "{text}");
-    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         assert!(
             line.starts_with("verge_control_")
                 || line.starts_with("verge_build_info")
