@@ -550,7 +550,7 @@ impl ControlPlane {
         self.report_polling(node, applied, None);
     }
 
-    /// Record what a node applied, and the wait of its long polls (it reports after each).
+    /// Record what a node applied, and the wait of its long polls (it reports before each).
     pub fn report_polling(
         &self,
         node: &str,
