@@ -323,7 +323,9 @@ pub fn purge(
             }
             return Ok(());
         };
-        let waited = wait_applied(&c, seq, timeout).await?;
+        let waited = wait_applied(&c, seq, timeout).await.inspect_err(|_| {
+            eprintln!("verge: purge seq {seq} was accepted, but the nodes could not be followed");
+        })?;
         let pending = waited.pending();
         if out.json {
             answer["wait"] = json!({

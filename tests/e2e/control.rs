@@ -13,7 +13,7 @@ use std::time::Duration;
 
 pub(crate) const OPS: &str = "ops-token-0123456789abcdef";
 const NODE: &str = "node-token-0123456789abcdef";
-const PURGER: &str = "purge-token-0123456789abcdef";
+pub(crate) const PURGER: &str = "purge-token-0123456789abcdef";
 
 /// A `verge control` process with its own data directory, restartable on the same port.
 pub(crate) struct Cp {

@@ -3,7 +3,7 @@
 //! identical pushes that write nothing, `purge --wait`, nodes alive, late or dead, nodes that
 //! report again after a control-plane restart, and each process exporting only its own series.
 
-use crate::control::{get, node_polling, policy, Cp};
+use crate::control::{get, node_polling, policy, Cp, PURGER};
 use crate::support::process::verge_bin;
 use crate::support::{assert_eventually, eventually, Metrics, Origin};
 use serde_json::{json, Value};
@@ -381,6 +381,18 @@ async fn purge_wait_returns_once_every_live_node_applied_and_names_those_that_ha
     assert_eq!(v["wait"]["dead"], json!(["b"]), "{v}");
     assert_eq!(v["wait"]["pending"], json!([]), "{v}");
     assert!(!has_epoch_ms(&r.out), "{}", r.out);
+
+    // a token that may purge but not read: the purge is taken, the wait cannot follow nodes
+    std::fs::write(cp.dir.path().join("purger.token"), PURGER).expect("token file");
+    let r = cli(
+        &cp,
+        &["purge", "url", "site.test/p", "--wait"],
+        "purger.token",
+    );
+    assert_eq!(r.code, Some(4), "{r:?}");
+    assert!(r.err.contains("purge seq 4 was accepted"), "{}", r.err);
+    get(&a, "/p").await;
+    assert_eq!(o.hits("/p"), 6, "node a applied purge 3 (waited for above)");
 }
 
 #[tokio::test]
