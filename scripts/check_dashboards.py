@@ -15,15 +15,18 @@ Run through scripts/check-dashboards, which finds PyYAML and promtool first. Wha
   `sum by (route) (x)` is checked against x only;
 - a binary operation between two vectors without on()/ignoring() has the same label names on
   both sides (otherwise it silently matches nothing);
-- every verge_* selector carries a job matcher naming the right job: the node and the control
-  plane both serve the whole registry, so an unscoped selector mixes the control plane's zeros
-  into node panels (and the other way round);
+- every verge_* selector carries a job matcher naming the right job: the series declared on the
+  control registry (`&control` in src/metrics.rs) the control plane's job, every other one the
+  nodes' job (verge_build_info either);
 - parentheses, brackets and braces balance and every expression parses;
 - the dashboard: JSON, schemaVersion, the ${DS_PROMETHEUS} datasource variable, the job/instance/
   route variables, unique panel ids and refIds, panels within the 24-column grid and not
   overlapping, every $variable defined;
 - the alerts: every rule has expr, for, labels.severity (critical|warning|info) and the
-  annotations summary, description and runbook; unique names;
+  annotations summary, description, runbook and runbook_url; unique names; each runbook_url
+  (`docs/FILE.md#section`) names a section that exists in that file, one per alert;
+- rate(), irate(), increase() and resets() apply to counters only (histogram series count as
+  counters), never to a gauge; and in an alert every counter goes through one of them;
 - the scrape config: its rule_files exist, its targets include the admin listeners of
   conf/verge.yaml and conf/control/*.yaml and the control plane's listen from
   conf/control/control.yaml; the alerts' job matchers must name its jobs (node metrics the
@@ -33,7 +36,8 @@ Run through scripts/check-dashboards, which finds PyYAML and promtool first. Wha
 
 Exits 1 with the list of problems, 0 with a one-line summary. With --self-test it breaks a copy
 of the tree in a few known ways (a misspelt metric, a label that is not there, a metric renamed in
-src/metrics.rs, a missing severity) and checks each one is reported.
+src/metrics.rs, a missing severity, a runbook section renamed, a raw counter in an alert, rate()
+of a gauge) and checks each one is reported.
 """
 
 import json
@@ -87,7 +91,7 @@ class Metric:
 
 CTOR = re.compile(
     r"\b(HistogramOpts::new|IntCounter::new|IntGauge::new|Counter::new|Gauge::new|Opts::new"
-    r"|plain_gauge|plain_counter|counter|gauge|histogram)\s*\(\s*(?:&\s*registry\s*,\s*)?\"([a-zA-Z_:][a-zA-Z0-9_:]*)\""
+    r"|plain_gauge|plain_counter|counter|gauge|histogram)\s*\(\s*(?:&\s*(?:registry|node|control)\s*,\s*)?\"([a-zA-Z_:][a-zA-Z0-9_:]*)\""
 )
 KIND = {
     "HistogramOpts::new": "histogram",
@@ -135,6 +139,14 @@ def load_source_literals():
 
 
 SOURCE_LITERALS = set()
+# series name -> "counter" (histogram parts included) or "gauge", from src/metrics.rs
+SERIES_KIND = {}
+# the series `verge control` exports (declared on `&control`); every other verge_* series is a
+# node's, except SHARED_SERIES, which both export
+CONTROL_SERIES = set()
+SHARED_SERIES = {"verge_build_info"}
+# the functions that only make sense over a counter
+COUNTER_FUNCS = {"rate", "irate", "increase", "resets"}
 
 
 def load_metrics():
@@ -171,8 +183,18 @@ def load_metrics():
             series[m.name + "_bucket"] = m.labels | {"le"}
             series[m.name + "_sum"] = set(m.labels)
             series[m.name + "_count"] = set(m.labels)
+            parts = [m.name + "_bucket", m.name + "_sum", m.name + "_count"]
+            SERIES_KIND.update({p: "counter" for p in parts})
         else:
             series[m.name] = set(m.labels)
+            SERIES_KIND[m.name] = m.kind
+    for m in matches:
+        # the registry a metric is declared on: the nearest `&node` / `&control` before it
+        regs = re.findall(r"&\s*(node|control)\b", code[: m.end()])
+        if regs and regs[-1] == "control":
+            CONTROL_SERIES.add(m.group(2))
+    if not CONTROL_SERIES:
+        problem(rel(METRICS_RS), "no metric is declared on the control registry (&control)")
     return declared, series
 
 
@@ -486,6 +508,8 @@ class Context:
         # (node_job_values, control_job_values) or None: required job matcher values.
         self.job_rule = job_rule
         self.metrics_used = set()
+        # alerts: every counter goes through rate()/increase() (a raw counter value means nothing)
+        self.counters_need_rate = False
 
     def err(self, msg):
         problem(self.where, msg)
@@ -559,13 +583,13 @@ def infer_selector(node, ctx):
     if ctx.job_rule and (name.startswith("verge_") or name in BUILTIN_METRICS):
         node_jobs, control_jobs = ctx.job_rule
         jobs = [v for (lbl, op, v) in matchers if lbl == "job" and op in ("=", "=~")]
-        want = control_jobs if name.startswith("verge_control_") else node_jobs
-        if name in BUILTIN_METRICS:
+        want = control_jobs if name in CONTROL_SERIES else node_jobs
+        if name in BUILTIN_METRICS or name in SHARED_SERIES:
             want = node_jobs | control_jobs
         if not jobs:
             ctx.err(
-                f"{name} has no job matcher: nodes and the control plane both export every "
-                f"verge_* metric, so scope it with job=\"{sorted(want)[0]}\""
+                f"{name} has no job matcher: scope it with job=\"{sorted(want)[0]}\" "
+                f"(nodes and the control plane are different targets with different series)"
             )
         elif not any(j in want for j in jobs):
             ctx.err(f"{name}{{job=\"{jobs[0]}\"}}: expected job to be one of {sorted(want)}")
@@ -583,6 +607,11 @@ def infer_call(node, ctx):
         if not matrices:
             ctx.err(f"{fname}() needs a range vector such as x[5m]")
             return "vector", None
+        if fname in COUNTER_FUNCS:
+            for a in args:
+                inner = a[1] if a[0] == "paren" else a
+                if inner[0] == "sel" and SERIES_KIND.get(inner[1]) == "gauge":
+                    ctx.err(f"{fname}({inner[1]}[...]): {inner[1]} is a gauge; {fname}() only applies to counters")
         return "vector", labelsets[matrices[0]]
     elif matrices:
         ctx.err(f"{fname}() does not take a range vector")
@@ -739,7 +768,22 @@ def check_promql(expr, ctx):
     except PromQLError as e:
         ctx.err(f"does not parse: {e}: {expr}")
         return None
+    if ctx.counters_need_rate:
+        for name in raw_counters(ast):
+            ctx.err(f"{name} is a counter: an alert takes rate() or increase() of it, not its raw value")
     return infer(ast, ctx)
+
+
+def raw_counters(node):
+    """Counter series used outside rate(), irate(), increase() or resets()."""
+    if isinstance(node, tuple) and node and node[0] == "sel":
+        return [node[1]] if SERIES_KIND.get(node[1]) == "counter" else []
+    if isinstance(node, tuple) and node and node[0] == "call" and node[1] in COUNTER_FUNCS:
+        return []
+    found = []
+    for part in node if isinstance(node, (tuple, list)) else []:
+        found += raw_counters(part)
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -995,6 +1039,40 @@ def check_prometheus_config():
     return node_jobs, control_jobs, rule_files
 
 
+def heading_anchors(path):
+    """The anchors GitHub gives the headings of a Markdown file (outside code blocks)."""
+    anchors, seen, fenced = set(), {}, False
+    for line in open(path, encoding="utf-8"):
+        if line.startswith("```"):
+            fenced = not fenced
+        m = None if fenced else re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if m:
+            slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+            n = seen.get(slug, 0)
+            seen[slug] = n + 1
+            anchors.add(slug if n == 0 else f"{slug}-{n}")
+    return anchors
+
+
+def check_runbook_url(where, url, sections):
+    """runbook_url: `docs/FILE.md#anchor`, a section that exists, one per alert."""
+    if not url:
+        return
+    m = re.fullmatch(r"docs/([\w.-]+\.md)#([\w-]+)", url)
+    if not m:
+        problem(where, f"runbook_url {url!r}: expected docs/FILE.md#section")
+        return
+    path = os.path.join(ROOT, "docs", m.group(1))
+    if not os.path.isfile(path):
+        problem(where, f"runbook_url {url!r}: no file {rel(path)}")
+        return
+    if m.group(2) not in heading_anchors(path):
+        problem(where, f"runbook_url {url!r}: {rel(path)} has no section #{m.group(2)}")
+    if url in sections:
+        problem(where, f"runbook_url {url!r} is also the runbook of {sections[url]}")
+    sections[url] = where
+
+
 def check_rules(path, series, node_jobs, control_jobs, counts):
     where = rel(path)
     try:
@@ -1003,6 +1081,7 @@ def check_rules(path, series, node_jobs, control_jobs, counts):
         problem(where, f"cannot read: {e}")
         return
     names, groups = set(), set()
+    runbook_sections = {}
     for g in (doc or {}).get("groups") or []:
         gname = g.get("name")
         if not gname or gname in groups:
@@ -1016,6 +1095,7 @@ def check_rules(path, series, node_jobs, control_jobs, counts):
                 problem(rwhere, "no expr")
                 continue
             ctx = Context(rwhere, series, (node_jobs, control_jobs))
+            ctx.counters_need_rate = "alert" in r
             result = check_promql(expr, ctx)
             counts["metrics"] |= ctx.metrics_used
             if "record" in r:
@@ -1032,9 +1112,10 @@ def check_rules(path, series, node_jobs, control_jobs, counts):
             if sev not in SEVERITIES:
                 problem(rwhere, f"labels.severity {sev!r}: expected one of {sorted(SEVERITIES)}")
             ann = r.get("annotations") or {}
-            for key in ("summary", "description", "runbook"):
+            for key in ("summary", "description", "runbook", "runbook_url"):
                 if not str(ann.get(key, "")).strip():
                     problem(rwhere, f"needs annotations.{key}")
+            check_runbook_url(rwhere, str(ann.get("runbook_url", "")), runbook_sections)
             labels = result[1] if result else None
             for key, text in ann.items():
                 for lbl in re.findall(r"\$labels\.([a-zA-Z_][a-zA-Z0-9_]*)", str(text)):
@@ -1085,7 +1166,7 @@ def run_promtool(promtool, rule_files, dashboard_exprs):
 
 
 SELF_TEST_MUTATIONS = [
-    # (file, text, replacement, message the check must print)
+    # (file, text replaced wherever it occurs, replacement, message the check must print)
     ("conf/grafana/verge-dashboard.json", "verge_cache_lookups_total{", "verge_cache_lookup_total{",
      "metric verge_cache_lookup_total is not declared in src/metrics.rs"),
     ("conf/prometheus/verge-alerts.yml", "sum by (job, instance, pool) (verge_backend_healthy",
@@ -1094,6 +1175,14 @@ SELF_TEST_MUTATIONS = [
      "metric verge_snapshot_age_seconds is not declared"),
     ("conf/prometheus/verge-alerts.yml", "          severity: critical\n", "",
      "labels.severity None"),
+    ("docs/runbooks.md", "### VergeSnapshotStale\n", "### Snapshot stale\n",
+     "docs/runbooks.md has no section #vergesnapshotstale"),
+    ("conf/prometheus/verge-alerts.yml", "rate(verge_access_log_dropped_total{job=\"verge\"}[5m]) > 0",
+     "verge_access_log_dropped_total{job=\"verge\"} > 0",
+     "verge_access_log_dropped_total is a counter: an alert takes rate()"),
+    ("conf/prometheus/verge-alerts.yml", "expr: verge_snapshot_age_seconds{job=\"verge\"} > 120",
+     "expr: rate(verge_snapshot_age_seconds{job=\"verge\"}[5m]) > 120",
+     "verge_snapshot_age_seconds is a gauge; rate() only applies to counters"),
 ]
 
 
@@ -1103,7 +1192,7 @@ def self_test():
 
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
-        for d in ("scripts", "src", "conf"):
+        for d in ("scripts", "src", "conf", "docs"):
             shutil.copytree(os.path.join(ROOT, d), os.path.join(tmp, d))
         script = os.path.join(tmp, "scripts", os.path.basename(__file__))
         env = dict(os.environ, PROMTOOL="")
@@ -1116,7 +1205,7 @@ def self_test():
                     print(f"self-test: {mutation[0]} no longer contains {mutation[1]!r}")
                     failures += 1
                     continue
-                open(path, "w", encoding="utf-8").write(restore.replace(mutation[1], mutation[2], 1))
+                open(path, "w", encoding="utf-8").write(restore.replace(mutation[1], mutation[2]))
             out = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env)
             if mutation is None:
                 ok = out.returncode == 0

@@ -178,7 +178,7 @@ impl ServeHttp for AdminApp {
             "/metrics" => {
                 self.refresh_cache_gauges();
                 crate::node::poller::refresh_age_gauge();
-                reply(200, "text/plain; version=0.0.4", METRICS.render())
+                reply(200, "text/plain; version=0.0.4", METRICS.render_node())
             }
             _ => reply(404, "text/plain", b"not found\n".to_vec()),
         }

@@ -51,7 +51,7 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
-    /// Read, push, list or roll back the control plane's policy.
+    /// Read, push, list, compare or roll back the control plane's policy.
     Policy {
         #[command(subcommand)]
         action: ops::PolicyAction,
@@ -70,10 +70,16 @@ enum Command {
         /// Required with `all`.
         #[arg(long)]
         confirm_all: bool,
+        /// Return once every live node has applied the purge, or fail (exit 6) naming the
+        /// nodes that have not within TIMEOUT (default 30s).
+        #[arg(long, value_name = "TIMEOUT", num_args = 0..=1, require_equals = true,
+              default_missing_value = "30s")]
+        wait: Option<String>,
         #[command(flatten)]
         control: ops::ControlArgs,
     },
-    /// Show every node's applied policy version and invalidation sequence, and its lag.
+    /// Show every node: alive, late or dead, its applied policy version and invalidation
+    /// sequence, its lag and when it last reported.
     Nodes {
         #[command(flatten)]
         control: ops::ControlArgs,
@@ -120,8 +126,9 @@ fn main() -> ExitCode {
             targets,
             soft,
             confirm_all,
+            wait,
             control,
-        } => ops::purge(&control, kind, targets, soft, confirm_all),
+        } => ops::purge(&control, kind, targets, soft, confirm_all, wait),
         Command::Nodes { control } => ops::nodes(&control),
         Command::Reload { config, timeout } => {
             lifecycle::reload(&config, Duration::from_secs(timeout))

@@ -1,4 +1,5 @@
-//! Every Prometheus metric verge exports, registered in one place on verge's own registry.
+//! Every Prometheus metric verge exports, declared in one place: a node's on one registry, the
+//! control plane's on another.
 
 use once_cell::sync::Lazy;
 use prometheus::{
@@ -8,8 +9,11 @@ use prometheus::{
 
 /// All metrics. Names and labels are part of verge's interface: change them with care.
 pub struct Metrics {
-    /// The registry `/metrics` renders.
-    pub registry: Registry,
+    /// What a node's admin `/metrics` renders: every series but the control plane's.
+    pub node_registry: Registry,
+    /// What `verge control`'s `/metrics` renders: `verge_control_*`, `verge_build_info` and the
+    /// process's own series.
+    pub control_registry: Registry,
     /// `verge_build_info{version,commit}`: always 1.
     pub build_info: IntGaugeVec,
     /// `verge_requests_total{route,status}`: responses sent to clients.
@@ -179,9 +183,12 @@ pub fn catch_up(counter: &IntCounter, total: u64) {
 
 impl Metrics {
     fn new() -> Metrics {
-        let registry = Registry::new();
+        // a node's series and the control plane's, each on its own registry: a node's
+        // `/metrics` never shows `verge_control_*`, the control plane's shows nothing else
+        let node = Registry::new();
+        let control = Registry::new();
         let upstream_latency = registered(
-            &registry,
+            &node,
             "verge_upstream_response_seconds",
             HistogramVec::new(
                 HistogramOpts::new(
@@ -196,7 +203,7 @@ impl Metrics {
             ),
         );
         let request_duration = registered(
-            &registry,
+            &node,
             "verge_request_duration_seconds",
             HistogramVec::new(
                 HistogramOpts::new(
@@ -211,139 +218,139 @@ impl Metrics {
             ),
         );
         let config_loaded = plain_gauge(
-            &registry,
+            &node,
             "verge_config_loaded_timestamp_seconds",
             "Unix time the serving config was loaded",
         );
         let build_info = gauge(
-            &registry,
+            &node,
             "verge_build_info",
             "Always 1: the version and the commit this binary was built from",
             &["version", "commit"],
         );
         build_info.with_label_values(&[VERSION, COMMIT]).set(1);
-        // the process's CPU, memory, file descriptors and start time (`process_*`)
-        let process = prometheus::process_collector::ProcessCollector::for_self();
-        if let Err(e) = registry.register(Box::new(process)) {
-            log::warn!("process metrics unavailable: {e}");
+        // both processes say what they are and export the process's CPU, memory, file
+        // descriptors and start time (`process_*`)
+        let _ = control.register(Box::new(build_info.clone()));
+        for registry in [&node, &control] {
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            if let Err(e) = registry.register(Box::new(process)) {
+                log::warn!("process metrics unavailable: {e}");
+            }
         }
         Metrics {
             build_info,
             config_reloads: counter(
-                &registry,
+                &node,
                 "verge_config_reloads_total",
                 "Config file reloads, by outcome",
                 &["outcome"],
             ),
             config_last_reload_success: plain_gauge(
-                &registry,
+                &node,
                 "verge_config_last_reload_success_timestamp_seconds",
                 "Unix time of the last config reload that was applied (0: none)",
             ),
             requests: counter(
-                &registry,
+                &node,
                 "verge_requests_total",
                 "Responses sent to clients, by route and status",
                 &["route", "status"],
             ),
             upstream_latency,
             connect_failures: counter(
-                &registry,
+                &node,
                 "verge_upstream_connect_failures_total",
                 "Failed connects to a backend",
                 &["pool", "backend"],
             ),
             upstream_errors: counter(
-                &registry,
+                &node,
                 "verge_upstream_errors_total",
                 "Origin failures after the connect: timeouts, closes, resets, invalid responses",
                 &["pool", "kind"],
             ),
             retries: counter(
-                &registry,
+                &node,
                 "verge_upstream_retries_total",
                 "Retries on another backend after a connect failure",
                 &["pool"],
             ),
             ejections: counter(
-                &registry,
+                &node,
                 "verge_backend_ejections_total",
                 "Backends ejected after consecutive connect failures",
                 &["pool", "backend"],
             ),
             backend_healthy: gauge(
-                &registry,
+                &node,
                 "verge_backend_healthy",
                 "1 when the active health check passes for the backend",
                 &["pool", "backend"],
             ),
             no_backend: counter(
-                &registry,
+                &node,
                 "verge_no_healthy_backend_total",
                 "Requests answered 502 because no backend of the pool was usable",
                 &["pool"],
             ),
             connections_open: gauge(
-                &registry,
+                &node,
                 "verge_downstream_connections",
                 "Open client connections",
                 &["listener"],
             ),
             connections_total: counter(
-                &registry,
+                &node,
                 "verge_downstream_connections_total",
                 "Accepted client connections",
                 &["listener"],
             ),
             rejected: counter(
-                &registry,
+                &node,
                 "verge_requests_rejected_total",
                 "Requests refused before routing, by reason",
                 &["reason"],
             ),
             config_info: gauge(
-                &registry,
+                &node,
                 "verge_config_info",
                 "1 for the config version being served",
                 &["version"],
             ),
             config_loaded,
             cache_lookups: counter(
-                &registry,
+                &node,
                 "verge_cache_lookups_total",
                 "Cache lookups by route and result",
                 &["route", "result"],
             ),
             cache_fast_hits: counter(
-                &registry,
+                &node,
                 "verge_cache_fast_hits_total",
                 "Cache hits answered by the front door's hit lane, by route",
                 &["route"],
             ),
-            cache_bytes: plain_gauge(&registry, "verge_cache_bytes", "Bytes held by the cache"),
+            cache_bytes: plain_gauge(&node, "verge_cache_bytes", "Bytes held by the cache"),
             cache_inflight_bytes: plain_gauge(
-                &registry,
+                &node,
                 "verge_cache_inflight_bytes",
                 "Body bytes held by responses still being fetched",
             ),
-            cache_objects: plain_gauge(
-                &registry,
-                "verge_cache_objects",
-                "Entries held by the cache",
-            ),
+            cache_objects: plain_gauge(&node, "verge_cache_objects", "Entries held by the cache"),
             cache_evictions: plain_counter(
-                &registry,
+                &node,
                 "verge_cache_evictions_total",
                 "Entries evicted to stay within the memory budget",
             ),
             cache_invalidated: counter(
-                &registry,
+                &node,
                 "verge_cache_invalidated_total",
                 "Stored entries refused by an invalidation, by verdict",
                 &["verdict"],
             ),
             access_log_dropped: registered(
-                &registry,
+                &node,
                 "verge_access_log_dropped_total",
                 prometheus::IntCounter::new(
                     "verge_access_log_dropped_total",
@@ -351,23 +358,23 @@ impl Metrics {
                 ),
             ),
             cache_reclaimed: counter(
-                &registry,
+                &node,
                 "verge_cache_reclaimed_total",
                 "Entries removed from memory in the background, by cause",
                 &["cause"],
             ),
             policy_version: plain_gauge(
-                &registry,
+                &node,
                 "verge_policy_version",
                 "Control-plane policy version served (0: file config only)",
             ),
             invalidation_seq: plain_gauge(
-                &registry,
+                &node,
                 "verge_invalidation_seq",
                 "Last invalidation sequence applied",
             ),
             snapshot_age: registered(
-                &registry,
+                &node,
                 "verge_snapshot_age_seconds",
                 Gauge::new(
                     "verge_snapshot_age_seconds",
@@ -376,111 +383,121 @@ impl Metrics {
                 ),
             ),
             snapshot_applied: counter(
-                &registry,
+                &node,
                 "verge_snapshot_applied_total",
                 "Snapshots swapped in, by kind",
                 &["kind"],
             ),
             snapshot_rejected: counter(
-                &registry,
+                &node,
                 "verge_snapshot_rejected_total",
                 "Snapshots or polls refused, by reason",
                 &["reason"],
             ),
             control_policy_version: plain_gauge(
-                &registry,
+                &control,
                 "verge_control_policy_version",
                 "Head policy version of the control plane",
             ),
             control_invalidation_seq: plain_gauge(
-                &registry,
+                &control,
                 "verge_control_invalidation_seq",
                 "Head invalidation sequence of the control plane",
             ),
             control_writes: counter(
-                &registry,
+                &control,
                 "verge_control_writes_total",
                 "Control-plane writes by kind and outcome",
                 &["kind", "outcome"],
             ),
             control_node_seq_lag: gauge(
-                &registry,
+                &control,
                 "verge_control_node_seq_lag",
                 "Invalidations a node has not applied yet",
                 &["node"],
             ),
             control_node_policy_lag: gauge(
-                &registry,
+                &control,
                 "verge_control_node_policy_lag",
                 "Policy versions a node is behind",
                 &["node"],
             ),
             control_node_report_age: gauge(
-                &registry,
+                &control,
                 "verge_control_node_report_age_seconds",
                 "Seconds since a node last reported what it applied",
                 &["node"],
             ),
             cache_rejections: plain_counter(
-                &registry,
+                &node,
                 "verge_cache_admission_rejections_total",
                 "New objects the admission filter did not keep",
             ),
             cache_capacity: plain_gauge(
-                &registry,
+                &node,
                 "verge_cache_capacity_bytes",
                 "The cache's byte budget (cache.memory)",
             ),
             response_bytes: counter(
-                &registry,
+                &node,
                 "verge_response_body_bytes_total",
                 "Response body bytes sent to clients, by route and source (cache, origin, local)",
                 &["route", "source"],
             ),
             request_duration,
             cache_lock_waits: counter(
-                &registry,
+                &node,
                 "verge_cache_lock_waits_total",
                 "Requests that waited on another request's fetch of the same key, by outcome",
                 &["route", "outcome"],
             ),
             cache_early_refreshes: counter(
-                &registry,
+                &node,
                 "verge_cache_early_refreshes_total",
                 "Background refreshes started by a fresh hit (XFetch), by route",
                 &["route"],
             ),
             filter_errors: counter(
-                &registry,
+                &node,
                 "verge_filter_errors_total",
                 "User filters that failed, by filter and phase",
                 &["filter", "phase"],
             ),
             filter_responses: counter(
-                &registry,
+                &node,
                 "verge_filter_responses_total",
                 "Requests a user filter answered itself, by filter and status",
                 &["filter", "status"],
             ),
             rate_limited: counter(
-                &registry,
+                &node,
                 "verge_rate_limited_total",
                 "Requests answered 429 by a route's rate limit, by route",
                 &["route"],
             ),
-            registry,
+            node_registry: node,
+            control_registry: control,
         }
     }
 
-    /// Render every metric in the Prometheus text format.
-    pub fn render(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        let encoder = TextEncoder::new();
-        if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
-            log::error!("metrics encoding failed: {e}");
-        }
-        out
+    /// A node's metrics in the Prometheus text format (the admin listener's `/metrics`).
+    pub fn render_node(&self) -> Vec<u8> {
+        render(&self.node_registry)
     }
+
+    /// The control plane's metrics in the Prometheus text format (`verge control`'s `/metrics`).
+    pub fn render_control(&self) -> Vec<u8> {
+        render(&self.control_registry)
+    }
+}
+
+fn render(registry: &Registry) -> Vec<u8> {
+    let mut out = Vec::new();
+    let encoder = TextEncoder::new();
+    if let Err(e) = encoder.encode(&registry.gather(), &mut out) {
+        log::error!("metrics encoding failed: {e}");
+    }
+    out
 }
 
 /// The process-wide metrics.
@@ -535,9 +552,54 @@ mod tests {
     #[test]
     fn all_metrics_register_and_render() {
         METRICS.requests.with_label_values(&["r", "200"]).inc();
-        let text = String::from_utf8(METRICS.render()).expect("utf8");
+        let text = String::from_utf8(METRICS.render_node()).expect("utf8");
         assert!(text.contains("verge_requests_total{route=\"r\",status=\"200\"} 1"));
-        let families = METRICS.registry.gather();
+        let families = METRICS.node_registry.gather();
         assert!(families.iter().any(|f| f.name() == "verge_requests_total"));
+    }
+
+    /// Every series on the registry, vectors included once they have a child.
+    fn names(registry: &Registry) -> Vec<String> {
+        registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn control_plane_series_appear_only_on_the_control_registry() {
+        METRICS
+            .control_writes
+            .with_label_values(&["policy", "ok"])
+            .inc();
+        METRICS
+            .control_node_seq_lag
+            .with_label_values(&["n"])
+            .set(0);
+        METRICS.requests.with_label_values(&["r", "200"]).inc();
+        let node = names(&METRICS.node_registry);
+        let control = names(&METRICS.control_registry);
+        let shared = |n: &str| n == "verge_build_info" || n.starts_with("process_");
+        assert!(node.iter().any(|n| n == "verge_requests_total"), "{node:?}");
+        assert!(
+            control.iter().any(|n| n == "verge_control_writes_total"),
+            "{control:?}"
+        );
+        for n in &node {
+            assert!(!n.starts_with("verge_control_"), "{n} on a node");
+        }
+        for n in &control {
+            assert!(
+                n.starts_with("verge_control_") || shared(n),
+                "{n} on the control plane"
+            );
+        }
+        for n in ["verge_build_info", "process_start_time_seconds"] {
+            assert!(
+                node.iter().any(|x| x == n) && control.iter().any(|x| x == n),
+                "{n}"
+            );
+        }
     }
 }

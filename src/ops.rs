@@ -1,16 +1,28 @@
-//! The operator subcommands (`verge policy`, `verge purge`, `verge nodes`): calls to `verge control`.
+//! The operator subcommands (`verge policy`, `verge purge`, `verge nodes`): calls to `verge control`,
+//! printed as tables for people (see `control::cli_output`) or as JSON with `--json`.
 
 use clap::{Args, Subcommand, ValueEnum};
 use reqwest::Method;
 use serde_json::{json, Value};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
 use verge::config::secret::{read_secret, SecretSource};
+use verge::config::units::parse_duration;
 use verge::config::Policy;
+use verge::control::cli_output::{
+    diff, diff_json, diff_text, history_table, nodes_table, policy_yaml, pushable, readable_times,
+    Times,
+};
 use verge::control::client::{exit_code, Answer, ControlClient};
+use verge::control::wire::unix_ms;
 
-/// Where the control plane is. The token comes from `--token-file` or `VERGE_TOKEN`, never from
-/// the command line itself.
+/// The exit code of `verge purge --wait` when a live node has not applied the purge in time.
+const NOT_APPLIED: u8 = 6;
+
+/// Where the control plane is, and how to print. The token comes from `--token-file` or
+/// `VERGE_TOKEN`, never from the command line itself.
 #[derive(Args, Debug)]
 pub struct ControlArgs {
     /// Control-plane URL (or VERGE_CONTROL_URL).
@@ -19,21 +31,28 @@ pub struct ControlArgs {
     /// File holding the bearer token (or set VERGE_TOKEN).
     #[arg(long, global = true)]
     token_file: Option<PathBuf>,
+    /// Print JSON for scripts (times in RFC 3339) instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum PolicyAction {
-    /// Print the current policy document and its version.
-    Get,
-    /// Validate FILE locally, then write it as the next version (compare-and-set).
+    /// Print the current policy (or VERSION) as YAML that `policy push` takes back as it is.
+    Get { version: Option<u64> },
+    /// Validate FILE locally, then write it as the next version (compare-and-set). The
+    /// document in force already writes nothing.
     Push {
         file: PathBuf,
-        /// The version you expect to replace; default: the current one, read just before.
+        /// The version you expect to replace; default: the version in a `policy get --json`
+        /// file, else the current one, read just before.
         #[arg(long)]
         if_match: Option<u64>,
     },
     /// List the versions kept.
     History,
+    /// Show what changed from version FROM to version TO (default: the current one).
+    Diff { from: u64, to: Option<u64> },
     /// Write an old version's document again as a new version.
     Rollback { version: u64 },
 }
@@ -75,17 +94,35 @@ fn client(args: &ControlArgs) -> Result<ControlClient, String> {
     ControlClient::new(&base, token).map_err(|e| e.to_string())
 }
 
-/// Print an answer (pretty JSON) and turn its status into the exit code.
-fn finish(answer: &Answer) -> ExitCode {
-    let text = serde_json::to_string_pretty(&answer.body).unwrap_or_default();
-    if (200..300).contains(&answer.status) {
-        if !answer.body.is_null() {
-            println!("{text}");
+/// How this run prints: JSON, or tables with times relative on a terminal and RFC 3339
+/// otherwise.
+#[derive(Clone, Copy)]
+struct Out {
+    json: bool,
+    times: Times,
+}
+
+impl Out {
+    fn of(args: &ControlArgs) -> Out {
+        let times = if std::io::stdout().is_terminal() {
+            Times::Relative {
+                now_ms: unix_ms(SystemTime::now()),
+            }
+        } else {
+            Times::Absolute
+        };
+        Out {
+            json: args.json,
+            times,
         }
-    } else {
-        eprintln!("verge: control plane answered {}: {text}", answer.status);
     }
-    ExitCode::from(exit_code(answer.status))
+
+    fn json(self, v: &Value) {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&readable_times(v)).unwrap_or_default()
+        );
+    }
 }
 
 fn fail(message: impl std::fmt::Display, code: u8) -> ExitCode {
@@ -93,88 +130,173 @@ fn fail(message: impl std::fmt::Display, code: u8) -> ExitCode {
     ExitCode::from(code)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start a runtime: {e}"))
+/// A refusal from the control plane on stderr (its error, the current version on a conflict,
+/// every validation error), and its exit code.
+fn refused(a: &Answer) -> ExitCode {
+    let mut msg = format!("control plane answered {}", a.status);
+    match a.body["error"].as_str() {
+        Some(e) => msg.push_str(&format!(": {e}")),
+        None if !a.body.is_null() => msg.push_str(&format!(": {}", a.body)),
+        None => {}
+    }
+    if let Some(v) = a.body["current_version"].as_u64() {
+        msg.push_str(&format!(" (current version {v})"));
+    }
+    for e in a.body["errors"].as_array().into_iter().flatten() {
+        msg.push_str(&format!(
+            "\n  {}: {}",
+            e["path"].as_str().unwrap_or(""),
+            e["message"].as_str().unwrap_or("")
+        ));
+    }
+    fail(msg, exit_code(a.status))
 }
 
-/// The client and a runtime to drive it, or the exit code for a bad setup.
-fn connect(args: &ControlArgs) -> Result<(ControlClient, tokio::runtime::Runtime), ExitCode> {
-    client(args)
-        .and_then(|c| runtime().map(|r| (c, r)))
-        .map_err(|e| fail(e, 2))
+/// One call whose answer must be a success: its body, or the exit code already reported.
+async fn call(
+    c: &ControlClient,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+    if_match: Option<u64>,
+) -> Result<Value, ExitCode> {
+    match c.call(method, path, body, if_match).await {
+        Ok(a) if (200..300).contains(&a.status) => Ok(a.body),
+        Ok(a) => Err(refused(&a)),
+        Err(e) => Err(fail(e, 1)),
+    }
+}
+
+async fn get(c: &ControlClient, path: &str) -> Result<Value, ExitCode> {
+    call(c, Method::GET, path, None, None).await
+}
+
+fn version_path(version: Option<u64>) -> String {
+    version.map_or_else(
+        || "/v1/policy".to_string(),
+        |v| format!("/v1/policy/versions/{v}"),
+    )
+}
+
+/// Run `work` on a small runtime with a client for the control plane.
+fn run<F, Fut>(args: &ControlArgs, work: F) -> ExitCode
+where
+    F: FnOnce(ControlClient, Out) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ExitCode>>,
+{
+    let c = match client(args) {
+        Ok(c) => c,
+        Err(e) => return fail(e, 2),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start a runtime: {e}"), 1),
+    };
+    let out = Out::of(args);
+    match rt.block_on(work(c, out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
 }
 
 /// `verge policy ...`
 pub fn policy(args: &ControlArgs, action: PolicyAction) -> ExitCode {
-    let (c, rt) = match connect(args) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
-    rt.block_on(async move {
-        let answer = match action {
-            PolicyAction::Get => c.call(Method::GET, "/v1/policy", None, None).await,
-            PolicyAction::History => c.call(Method::GET, "/v1/policy/history", None, None).await,
-            PolicyAction::Push { file, if_match } => {
-                let text = match std::fs::read_to_string(&file) {
-                    Ok(t) => t,
-                    Err(e) => return fail(format!("cannot read {}: {e}", file.display()), 2),
-                };
-                let doc = match Policy::document_from_text(&text) {
-                    Ok(d) => d,
-                    Err(e) => return fail(format!("{}: {e}", file.display()), 2),
-                };
-                if let Err(e) = Policy::from_json(&doc) {
-                    return fail(format!("{}: {e}", file.display()), 2);
+    run(args, |c, out| async move {
+        match action {
+            PolicyAction::Get { version } => {
+                let body = get(&c, &version_path(version)).await?;
+                if out.json {
+                    out.json(&body);
+                } else {
+                    print!("{}", policy_yaml(&body, out.times).map_err(|e| fail(e, 1))?);
                 }
-                let expected = match if_match {
-                    Some(v) => v,
-                    None => match c.policy_version().await {
-                        Ok(a) if a.status == 200 => a.body["version"].as_u64().unwrap_or(0),
-                        Ok(a) => return finish(&a),
-                        Err(e) => return fail(e, 1),
-                    },
-                };
-                c.call(Method::PUT, "/v1/policy", Some(&doc), Some(expected))
-                    .await
             }
+            PolicyAction::History => {
+                let body = get(&c, "/v1/policy/history").await?;
+                if out.json {
+                    out.json(&body);
+                } else {
+                    print!("{}", history_table(&body, out.times));
+                }
+            }
+            PolicyAction::Diff { from, to } => {
+                let a = get(&c, &version_path(Some(from))).await?;
+                let b = get(&c, &version_path(to)).await?;
+                let to = b["version"].as_u64().unwrap_or(0);
+                let changes = diff(&a["policy"], &b["policy"]);
+                if out.json {
+                    out.json(&diff_json(from, to, &changes));
+                } else {
+                    print!("{}", diff_text(from, to, &changes));
+                }
+            }
+            PolicyAction::Push { file, if_match } => push(&c, out, &file, if_match).await?,
             PolicyAction::Rollback { version } => {
-                let current = match c.policy_version().await {
-                    Ok(a) if a.status == 200 => a.body["version"].as_u64().unwrap_or(0),
-                    Ok(a) => return finish(&a),
-                    Err(e) => return fail(e, 1),
-                };
+                let current = get(&c, "/v1/policy").await?["version"]
+                    .as_u64()
+                    .unwrap_or(0);
                 let body = json!({ "version": version });
-                c.call(
+                let answer = call(
+                    &c,
                     Method::POST,
                     "/v1/policy/rollback",
                     Some(&body),
                     Some(current),
                 )
-                .await
+                .await?;
+                written(out, &answer, &format!(" (rollback of {version})"));
             }
-        };
-        match answer {
-            Ok(a) => finish(&a),
-            Err(e) => fail(e, 1),
         }
+        Ok(())
     })
 }
 
-/// `verge purge KIND TARGET... [--soft]`
+async fn push(
+    c: &ControlClient,
+    out: Out,
+    file: &std::path::Path,
+    if_match: Option<u64>,
+) -> Result<(), ExitCode> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| fail(format!("cannot read {}: {e}", file.display()), 2))?;
+    let doc = Policy::document_from_text(&text)
+        .map_err(|e| fail(format!("{}: {e}", file.display()), 2))?;
+    let (doc, read_at) = pushable(doc);
+    Policy::from_json(&doc).map_err(|e| fail(format!("{}: {e}", file.display()), 2))?;
+    let expected = match if_match.or(read_at) {
+        Some(v) => v,
+        None => get(c, "/v1/policy").await?["version"].as_u64().unwrap_or(0),
+    };
+    let answer = call(c, Method::PUT, "/v1/policy", Some(&doc), Some(expected)).await?;
+    written(out, &answer, "");
+    Ok(())
+}
+
+/// What a policy write did: a new version, or nothing when the document was in force already.
+fn written(out: Out, answer: &Value, note: &str) {
+    if out.json {
+        return out.json(answer);
+    }
+    let v = answer["version"].as_u64().unwrap_or(0);
+    if answer["unchanged"] == json!(true) {
+        println!("policy unchanged: version {v} is already this document; nothing was written");
+    } else {
+        println!("policy version {v} written{note}");
+    }
+}
+
+/// `verge purge KIND TARGET... [--soft] [--wait[=TIMEOUT]]`
 pub fn purge(
     args: &ControlArgs,
     kind: PurgeKind,
     targets: Vec<String>,
     soft: bool,
     confirm_all: bool,
+    wait: Option<String>,
 ) -> ExitCode {
-    let (c, rt) = match connect(args) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
     let mut body = json!({ "kind": kind.as_str(), "soft": soft });
     match kind {
         PurgeKind::All => {
@@ -186,27 +308,135 @@ pub fn purge(
         _ if targets.is_empty() => return fail("give at least one target", 2),
         _ => body["targets"] = Value::from(targets),
     }
-    rt.block_on(async move {
-        match c
-            .call(Method::POST, "/v1/invalidations", Some(&body), None)
-            .await
-        {
-            Ok(a) => finish(&a),
-            Err(e) => fail(e, 1),
+    let wait = match wait.as_deref().map(parse_duration).transpose() {
+        Ok(w) => w,
+        Err(e) => return fail(format!("--wait: {e}"), 2),
+    };
+    run(args, |c, out| async move {
+        let mut answer = call(&c, Method::POST, "/v1/invalidations", Some(&body), None).await?;
+        let seq = answer["seq"].as_u64().unwrap_or(0);
+        let Some(timeout) = wait else {
+            if out.json {
+                out.json(&answer);
+            } else {
+                println!("purge accepted as seq {seq}");
+            }
+            return Ok(());
+        };
+        let waited = wait_applied(&c, seq, timeout).await.inspect_err(|_| {
+            eprintln!("verge: purge seq {seq} was accepted, but the nodes could not be followed");
+        })?;
+        let pending = waited.pending();
+        if out.json {
+            answer["wait"] = json!({
+                "applied": pending.is_empty(),
+                "pending": pending.iter().map(|n| &n["node"]).collect::<Vec<_>>(),
+                "dead": waited.dead(),
+                "nodes": waited.nodes,
+            });
+            out.json(&answer);
+        } else if pending.is_empty() {
+            let live = waited.live();
+            match live.len() {
+                0 => println!("purge seq {seq} accepted; no live node to wait for"),
+                n => println!(
+                    "purge seq {seq} applied by every live node ({n}): {}",
+                    names(&live)
+                ),
+            }
+            let dead = waited.dead();
+            if !dead.is_empty() {
+                println!("not waited for (dead): {}", dead.join(", "));
+            }
         }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let who: Vec<String> = pending
+            .iter()
+            .map(|n| {
+                format!(
+                    "{} ({}, at seq {})",
+                    n["node"].as_str().unwrap_or(""),
+                    n["state"].as_str().unwrap_or(""),
+                    n["seq"].as_u64().unwrap_or(0)
+                )
+            })
+            .collect();
+        Err(fail(
+            format!(
+                "purge seq {seq} not applied within {} by: {}",
+                verge::control::cli_output::duration(
+                    u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)
+                ),
+                who.join(", ")
+            ),
+            NOT_APPLIED,
+        ))
     })
+}
+
+/// The nodes as the control plane listed them when the wait ended.
+struct Waited {
+    seq: u64,
+    nodes: Vec<Value>,
+}
+
+impl Waited {
+    fn live(&self) -> Vec<&Value> {
+        self.nodes.iter().filter(|n| n["state"] != "dead").collect()
+    }
+
+    fn pending(&self) -> Vec<&Value> {
+        self.live()
+            .into_iter()
+            .filter(|n| n["seq"].as_u64().unwrap_or(0) < self.seq)
+            .collect()
+    }
+
+    fn dead(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n["state"] == "dead")
+            .map(|n| n["node"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+}
+
+fn names(nodes: &[&Value]) -> String {
+    nodes
+        .iter()
+        .map(|n| n["node"].as_str().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Poll the node list until every live (alive or late) node reports `seq` or later, or until
+/// `timeout`.
+async fn wait_applied(c: &ControlClient, seq: u64, timeout: Duration) -> Result<Waited, ExitCode> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let body = get(c, "/v1/nodes").await?;
+        let waited = Waited {
+            seq,
+            nodes: body["nodes"].as_array().cloned().unwrap_or_default(),
+        };
+        if waited.pending().is_empty() || Instant::now() >= deadline {
+            return Ok(waited);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// `verge nodes`
 pub fn nodes(args: &ControlArgs) -> ExitCode {
-    let (c, rt) = match connect(args) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
-    rt.block_on(async move {
-        match c.call(Method::GET, "/v1/nodes", None, None).await {
-            Ok(a) => finish(&a),
-            Err(e) => fail(e, 1),
+    run(args, |c, out| async move {
+        let body = get(&c, "/v1/nodes").await?;
+        if out.json {
+            out.json(&body);
+        } else {
+            print!("{}", nodes_table(&body, out.times));
         }
+        Ok(())
     })
 }

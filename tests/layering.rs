@@ -12,7 +12,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("unix_time", &[]),
     ("metrics", &[]),
     ("config", &["http_syntax", "unix_time", "metrics"]),
-    ("access_log", &["config", "http_syntax", "metrics"]),
+    (
+        "access_log",
+        &["config", "http_syntax", "unix_time", "metrics"],
+    ),
     ("routing", &["config", "http_syntax"]),
     ("cache", &["config", "http_syntax", "unix_time", "metrics"]),
     ("upstream", &["config", "http_syntax", "metrics"]),

@@ -1,5 +1,6 @@
 //! The control plane's HTTP JSON API (`/v1/...`), with bearer-token scopes, on Pingora's HTTP app.
 
+use super::liveness::judge;
 use super::plane::{ControlPlane, InvalidationRequest, PlaneError};
 use super::settings::{Scope, Token};
 use super::wire::{unix_ms, AppliedReport, InvalidationKind, Position};
@@ -162,6 +163,16 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// The long-poll wait a node's receipt gives (`?wait=30000ms`): how often it reports.
+fn report_wait(query: &str) -> Result<Option<Duration>, ApiReply> {
+    match query_param(query, "wait") {
+        None | Some("") => Ok(None),
+        Some(v) => parse_duration(v)
+            .map(Some)
+            .map_err(|e| ApiReply::error(400, format!("wait: {e}"))),
+    }
+}
+
 /// `If-Match: "7"`, `W/"7"` or `7` → 7.
 fn parse_if_match(v: &str) -> Option<u64> {
     v.trim()
@@ -270,7 +281,7 @@ impl ControlApi {
             ("GET", ["metrics"]) => {
                 self.plane.nodes();
                 let mut r = ApiReply::json(200, Value::Null);
-                r.body = METRICS.render();
+                r.body = METRICS.render_control();
                 r.content_type = "text/plain; version=0.0.4";
                 return r;
             }
@@ -305,7 +316,7 @@ impl ControlApi {
                 Ok(doc) => {
                     let if_match = req.if_match.as_deref().and_then(parse_if_match);
                     match self.plane.put_policy(doc, if_match, who) {
-                        Ok(p) => Ok(ApiReply::json(200, json!({"version": p.version})).with_etag(p.version)),
+                        Ok(p) => Ok(ApiReply::json(200, json!({"version": p.version, "unchanged": if_match == Some(p.version)})).with_etag(p.version)),
                         Err(e) => Err(plane_error(e)),
                     }
                 }
@@ -337,7 +348,7 @@ impl ControlApi {
                     .map_err(|e| ApiReply::error(400, format!("expected {{\"version\": N}}: {e}")))?;
                 let if_match = req.if_match.as_deref().and_then(parse_if_match);
                 let p = self.plane.rollback(body.version, if_match, who).map_err(plane_error)?;
-                Ok(ApiReply::json(200, json!({"version": p.version, "rollback_of": body.version})).with_etag(p.version))
+                Ok(ApiReply::json(200, json!({"version": p.version, "rollback_of": body.version, "unchanged": if_match == Some(p.version)})).with_etag(p.version))
             }),
             ("POST", ["v1", "invalidations"]) => purge_requests(&req.body).and_then(|requests| {
                 need(Scope::Purge)?;
@@ -373,7 +384,8 @@ impl ControlApi {
                 }
                 let report: AppliedReport = serde_json::from_slice(&req.body)
                     .map_err(|e| ApiReply::error(400, format!("invalid report: {e}")))?;
-                self.plane.report(id, report);
+                let poll_interval = report_wait(&req.query)?;
+                self.plane.report_polling(id, report, poll_interval);
                 Ok(ApiReply::json(200, json!({"ok": true})))
             }),
             ("GET", ["v1", "nodes"]) => need(Scope::Read).map(|()| {
@@ -390,6 +402,8 @@ impl ControlApi {
                             "applied_at_ms": n.applied.applied_at_ms,
                             "reported_ms": reported_ms,
                             "report_age_ms": now.saturating_sub(reported_ms),
+                            "state": judge(Duration::from_millis(now.saturating_sub(reported_ms)), self.plane.expected_interval(n)).as_str(),
+                            "poll_interval_ms": u64::try_from(self.plane.expected_interval(n).as_millis()).unwrap_or(u64::MAX),
                             "policy_lag": head.policy_version.saturating_sub(n.applied.policy_version),
                             "seq_lag": head.seq.saturating_sub(n.applied.seq),
                             "current": n.applied.policy_version == head.policy_version && n.applied.seq == head.seq,

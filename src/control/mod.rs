@@ -2,7 +2,9 @@
 //! format it shares with nodes.
 
 pub mod api;
+pub mod cli_output;
 pub mod client;
+pub mod liveness;
 pub mod plane;
 pub mod settings;
 pub mod store;

@@ -84,6 +84,8 @@ pub struct NodeStatus {
     pub applied: AppliedReport,
     /// When it said so.
     pub reported: SystemTime,
+    /// How long its long polls wait, as it said in its report (`None`: it did not say).
+    pub poll_interval: Option<Duration>,
 }
 
 struct Bucket {
@@ -198,6 +200,7 @@ impl ControlPlane {
     }
 
     /// Compare-and-set the policy: `if_match` must be the current version (0 before the first).
+    /// The document in force written again is a no-op: the current version comes back.
     pub fn put_policy(
         &self,
         document: serde_json::Value,
@@ -243,6 +246,10 @@ impl ControlPlane {
                     given,
                 });
             }
+            // The document in force again: nothing is written, the version stays.
+            if let Some(current) = st.policies.back().filter(|p| p.document == document) {
+                return Ok((current.clone(), false));
+            }
             let version = PolicyVersion {
                 version: st.head.policy_version + 1,
                 document,
@@ -257,10 +264,16 @@ impl ControlPlane {
             }
             st.head.policy_version = version.version;
             self.publish_head(st.head);
-            Ok(version)
+            Ok((version, true))
         })();
-        count_write(kind, &result);
-        result
+        match &result {
+            Ok((_, false)) => METRICS
+                .control_writes
+                .with_label_values(&[kind, "unchanged"])
+                .inc(),
+            _ => count_write(kind, &result),
+        }
+        result.map(|(version, _)| version)
     }
 
     /// Take `n` purge tokens from `who`'s bucket, or say how long to wait.
@@ -534,14 +547,32 @@ impl ControlPlane {
 
     /// Record what a node applied.
     pub fn report(&self, node: &str, applied: AppliedReport) {
+        self.report_polling(node, applied, None);
+    }
+
+    /// Record what a node applied, and the wait of its long polls (it reports before each).
+    pub fn report_polling(
+        &self,
+        node: &str,
+        applied: AppliedReport,
+        poll_interval: Option<Duration>,
+    ) {
         let mut st = self.state.lock();
         st.nodes.insert(
             node.to_string(),
             NodeStatus {
                 applied,
                 reported: SystemTime::now(),
+                poll_interval,
             },
         );
+    }
+
+    /// How often a node is expected to report: its long-poll wait, capped by `max_wait` (the
+    /// cap itself when it did not say).
+    pub fn expected_interval(&self, status: &NodeStatus) -> Duration {
+        let cap = self.settings.max_wait;
+        status.poll_interval.map_or(cap, |w| w.min(cap))
     }
 
     /// Every node that reported, with the head to compare against; refreshes the lag gauges.
@@ -650,6 +681,12 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(cp.head().policy_version, 1);
+        // the same document again writes nothing
+        let same = cp
+            .put_policy(policy_doc("127.0.0.1:1"), Some(1), "t")
+            .unwrap();
+        assert_eq!(same.version, 1);
+        assert_eq!(cp.history().len(), 1);
         cp.put_policy(policy_doc("127.0.0.1:2"), Some(1), "t")
             .unwrap();
         let v3 = cp.rollback(1, Some(2), "t").unwrap();

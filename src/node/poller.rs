@@ -1,5 +1,6 @@
 //! The node sidecar: long-polls `verge control`, validates what it gets, swaps one new snapshot
-//! in, persists it, and reports what it applied. Keeps the last good snapshot on any failure.
+//! in, persists it, and reports what it applied (before every poll, so also while idle). Keeps
+//! the last good snapshot on any failure.
 
 use crate::cache::early_refresh::unit_random;
 use crate::cache::invalidation::index::{AppliedInvalidation, InvalidationIndex};
@@ -227,6 +228,8 @@ pub struct ControlPoller {
     /// Swaps snapshots in, on top of the node's file config, one writer at a time.
     writer: Arc<SnapshotWriter>,
     readiness: Arc<Readiness>,
+    /// Unix ms when the snapshot served now was swapped in (start, for a restored one).
+    applied_ms: AtomicU64,
 }
 
 impl ControlPoller {
@@ -239,6 +242,7 @@ impl ControlPoller {
             spec,
             writer,
             readiness,
+            applied_ms: AtomicU64::new(unix_ms(SystemTime::now())),
         }
     }
 
@@ -348,25 +352,36 @@ impl ControlPoller {
                 self.spec.state_file.display()
             );
         }
-        self.report(client, position, now).await;
+        self.applied_ms.store(unix_ms(now), Ordering::Relaxed);
         Ok(true)
     }
 
-    async fn report(&self, client: &reqwest::Client, position: Position, applied: SystemTime) {
+    /// Tell the control plane where this node stands (`POST /v1/nodes/<id>/applied`), and how
+    /// long its long polls wait, so it can judge the node alive, late or dead.
+    async fn report(&self, client: &reqwest::Client) {
+        let position = self.writer.snapshot().load().control.position;
         let report = AppliedReport {
             policy_version: position.policy_version,
             seq: position.seq,
-            applied_at_ms: unix_ms(applied),
+            applied_at_ms: self.applied_ms.load(Ordering::Relaxed),
         };
-        let path = format!("/v1/nodes/{}/applied", self.spec.node_id);
+        let path = format!(
+            "/v1/nodes/{}/applied?wait={}ms",
+            self.spec.node_id,
+            self.spec.wait.as_millis()
+        );
         let sent = self
             .request(client, reqwest::Method::POST, &path)
             .timeout(Duration::from_secs(5))
             .json(&report)
             .send()
             .await;
-        if let Err(e) = sent {
-            log::warn!("cannot report applied snapshot: {e}");
+        match sent {
+            Ok(r) if !r.status().is_success() => {
+                log::warn!("control plane answered {} to a report", r.status());
+            }
+            Ok(_) => {}
+            Err(e) => log::debug!("cannot report where this node stands: {e}"),
         }
     }
 }
@@ -395,22 +410,20 @@ impl BackgroundService for ControlPoller {
             }
         };
         let mut backoff = Duration::from_millis(100);
-        let mut reported_once = false;
         loop {
+            // A report before every poll: after an applied snapshot it is the receipt, after an
+            // idle round it says the node is alive, and after a failure it tells a control plane
+            // that restarted (and lost its list of nodes) where this node stands at once.
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = self.report(&client) => {}
+            }
             let outcome = tokio::select! {
                 _ = shutdown.changed() => return,
                 r = self.poll_once(&client) => r,
             };
             match outcome {
-                Ok(applied) => {
-                    backoff = Duration::from_millis(100);
-                    if !applied && !reported_once {
-                        // Tell the control plane where a restored node stands.
-                        let p = self.writer.snapshot().load().control.position;
-                        self.report(&client, p, SystemTime::now()).await;
-                    }
-                    reported_once = true;
-                }
+                Ok(_) => backoff = Duration::from_millis(100),
                 Err(reason) => {
                     METRICS.snapshot_rejected.with_label_values(&[reason]).inc();
                     tokio::select! {

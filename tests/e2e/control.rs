@@ -4,7 +4,6 @@
 use crate::support::config::Control;
 use crate::support::fetch::cache_status_of;
 use crate::support::metrics::metric_eventually;
-use crate::support::process::verge_bin;
 use crate::support::{client, eventually, ports, Config, Launch, Origin, Verge};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -12,20 +11,20 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::Duration;
 
-const OPS: &str = "ops-token-0123456789abcdef";
+pub(crate) const OPS: &str = "ops-token-0123456789abcdef";
 const NODE: &str = "node-token-0123456789abcdef";
-const PURGER: &str = "purge-token-0123456789abcdef";
+pub(crate) const PURGER: &str = "purge-token-0123456789abcdef";
 
 /// A `verge control` process with its own data directory, restartable on the same port.
-struct Cp {
+pub(crate) struct Cp {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     config: PathBuf,
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Cp {
-    async fn start() -> Cp {
+    pub(crate) async fn start() -> Cp {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr = ports::addr();
         let yaml = format!(
@@ -62,12 +61,12 @@ impl Cp {
         assert!(ok, "control plane not ready: {:?}", self.child.try_wait());
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         self.kill();
         self.child = Launch::verge_with(&["control", "-c"]).spawn(&self.config);
         self.wait_ready().await;
@@ -77,7 +76,7 @@ impl Cp {
         format!("http://{}{}", self.addr, path)
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: &str,
         path: &str,
@@ -99,12 +98,12 @@ impl Cp {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    async fn put_policy(&self, doc: Value, if_match: u64) -> (u16, Value) {
+    pub(crate) async fn put_policy(&self, doc: Value, if_match: u64) -> (u16, Value) {
         self.send("PUT", "/v1/policy", OPS, Some(doc), Some(if_match))
             .await
     }
 
-    async fn purge(&self, body: Value) -> u64 {
+    pub(crate) async fn purge(&self, body: Value) -> u64 {
         let (status, v) = self
             .send("POST", "/v1/invalidations", OPS, Some(body), None)
             .await;
@@ -113,7 +112,7 @@ impl Cp {
     }
 
     /// Wait until every one of `n` nodes reports the control plane's head.
-    async fn converged(&self, n: usize) -> bool {
+    pub(crate) async fn converged(&self, n: usize) -> bool {
         eventually(Duration::from_secs(15), || async {
             let (_, v) = self.send("GET", "/v1/nodes", OPS, None, None).await;
             let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
@@ -129,7 +128,7 @@ impl Drop for Cp {
     }
 }
 
-fn policy(origin: &Origin, route_cache: Value) -> Value {
+pub(crate) fn policy(origin: &Origin, route_cache: Value) -> Value {
     json!({
         "pools": {"o": {"backends": [origin.addr.to_string()]}},
         "routes": [{"hosts": ["*"], "pool": "o", "cache": route_cache}],
@@ -137,18 +136,23 @@ fn policy(origin: &Origin, route_cache: Value) -> Value {
 }
 
 async fn node(cp: &Cp, id: &str) -> Verge {
+    node_polling(cp, id, "5s").await
+}
+
+/// A node fed by `cp` whose long polls wait `wait`.
+pub(crate) async fn node_polling(cp: &Cp, id: &str, wait: &str) -> Verge {
     let control = Control::new(
         &format!("http://{}", cp.addr),
         id,
         &cp.dir.path().join("node.token"),
     )
     .state_file("{dir}/snapshot.json")
-    .wait("5s");
+    .wait(wait);
     Verge::start(&Config::new().control(control)).await
 }
 
 /// GET through a node; returns status, body and the response headers.
-async fn get(v: &Verge, path: &str) -> (u16, String, reqwest::header::HeaderMap) {
+pub(crate) async fn get(v: &Verge, path: &str) -> (u16, String, reqwest::header::HeaderMap) {
     let g = crate::support::get(v, "site.test", path).await;
     (g.status, g.body, g.headers)
 }
@@ -518,19 +522,10 @@ async fn operator_cli_pushes_rolls_back_purges_and_lists_nodes() {
     let cp = Cp::start().await;
     let _n = node(&cp, "cli").await;
     let dir = cp.dir.path();
+    // scripts read --json
     let run = |args: &[&str], token: &str| {
-        let out = std::process::Command::new(verge_bin())
-            .args(args)
-            .args(["--control", &format!("http://{}", cp.addr), "--token-file"])
-            .arg(dir.join(token))
-            .env("RUST_LOG", "error")
-            .output()
-            .expect("run verge");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let r = crate::operator_cli::cli(&cp, &[args, &["--json"]].concat(), token);
+        (r.code, r.out, r.err)
     };
     let good = dir.join("policy.yaml");
     std::fs::write(
@@ -548,6 +543,16 @@ async fn operator_cli_pushes_rolls_back_purges_and_lists_nodes() {
     )
     .unwrap();
     let good = good.to_str().unwrap();
+    // a second document (the same one again would write nothing)
+    let changed = dir.join("changed.yaml");
+    std::fs::write(
+        &changed,
+        format!(
+            "pools: {{o: {{backends: [\"{}\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: o, cache: {{}}}}]\n",
+            o.addr
+        ),
+    )
+    .unwrap();
 
     let (code, out, err) = run(&["policy", "push", good], "ops.token");
     assert_eq!(code, Some(0), "{err}");
@@ -559,7 +564,10 @@ async fn operator_cli_pushes_rolls_back_purges_and_lists_nodes() {
     assert_eq!(code, Some(3), "stale version");
     let (code, _, _) = run(&["policy", "push", good], "node.token");
     assert_eq!(code, Some(4), "read-only token");
-    assert_eq!(run(&["policy", "push", good], "ops.token").0, Some(0));
+    assert_eq!(
+        run(&["policy", "push", changed.to_str().unwrap()], "ops.token").0,
+        Some(0)
+    );
     let (code, out, _) = run(&["policy", "rollback", "1"], "ops.token");
     assert_eq!(code, Some(0));
     assert!(

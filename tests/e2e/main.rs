@@ -22,6 +22,7 @@ mod health;
 mod hit_lane;
 mod hit_lane_parity;
 mod limits;
+mod operator_cli;
 mod origin_deadline;
 mod origin_faults;
 mod readiness;
