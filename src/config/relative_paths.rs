@@ -14,6 +14,7 @@ pub const NODE_PATHS: &[&[&str]] = &[
     &["server", "ca_file"],
     &["control", "token_file"],
     &["control", "state_file"],
+    &["control", "verify_keys", "*"],
     &["access_log", "path"],
     &["listeners", "*", "tls", "cert"],
     &["listeners", "*", "tls", "key"],
@@ -23,6 +24,8 @@ pub const NODE_PATHS: &[&[&str]] = &[
 pub const CONTROL_PATHS: &[&[&str]] = &[
     &["data_dir"],
     &["seed_policy"],
+    &["signing_key"],
+    &["audit_log"],
     &["tokens", "*", "token_file"],
 ];
 

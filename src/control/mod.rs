@@ -2,8 +2,10 @@
 //! format it shares with nodes.
 
 pub mod api;
+pub mod audit;
 pub mod client;
 pub mod plane;
+pub mod purge_scope;
 pub mod settings;
 pub mod store;
 pub mod wire;

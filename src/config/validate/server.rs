@@ -59,12 +59,20 @@ pub(super) fn validate_control(raw: RawControl, errs: &mut Errors) -> Option<Con
         .state_file
         .unwrap_or_else(|| format!("/var/lib/verge/{node_id}.snapshot.json"))
         .into();
+    let mut verify_keys = Vec::new();
+    for (i, path) in raw.verify_keys.iter().enumerate() {
+        match crate::config::keys::read_verifying_key(Path::new(path)) {
+            Ok(k) => verify_keys.push(k),
+            Err(e) => errs.push(format!("control.verify_keys[{i}]"), e),
+        }
+    }
     (errs.len() == before).then_some(ControlSpec {
         url,
         node_id,
         token,
         state_file,
         wait,
+        verify_keys,
     })
 }
 
