@@ -1,4 +1,5 @@
-//! What the control plane and nodes exchange: invalidations, snapshots, positions, reports.
+//! What the control plane and nodes exchange: invalidations, snapshots, positions, reports, and
+//! the checksum and signature of a snapshot message.
 
 pub use crate::cache::invalidation::{
     parse_target, Invalidation, InvalidationKind, Target, MAX_TARGET_LEN,

@@ -231,9 +231,8 @@ impl ControlPoller {
             checksum,
             signature,
         };
-        received.verify(&self.spec.verify_keys).map_err(|why| {
+        received.verify(&self.spec.verify_keys).inspect_err(|why| {
             log::warn!("control plane sent a snapshot whose {why} does not verify: refused");
-            why
         })?;
         let msg: SnapshotMessage = serde_json::from_slice(&received.body).map_err(|e| {
             log::warn!("control plane sent an undecodable snapshot: {e}");
