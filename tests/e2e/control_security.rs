@@ -99,6 +99,12 @@ async fn a_snapshot_altered_on_the_way_is_refused_even_with_a_fresh_checksum() {
         .expect("json")
     };
     std::fs::write(keys.path().join("t"), NODE).expect("token file");
+    // a node that verifies with `a`, of a control plane that is `control`
+    let node_of = |control: &RawOrigin| {
+        let url = format!("http://{}", control.addr);
+        let link = Control::new(&url, "n1", &keys.path().join("t"));
+        Config::new().control(link.verify_keys(&[&a_public]).wait("1s"))
+    };
     let legit = message(o.addr);
     let altered = message(evil.addr);
     // each with a checksum that matches what is sent: only the signature can tell
@@ -121,18 +127,7 @@ async fn a_snapshot_altered_on_the_way_is_refused_even_with_a_fresh_checksum() {
             "/v1/snapshot",
             sends_snapshot(body.clone(), checksum(&body), sig),
         );
-        let v = Verge::start_unready(
-            &Config::new().control(
-                Control::new(
-                    &format!("http://{}", control.addr),
-                    "n1",
-                    &keys.path().join("t"),
-                )
-                .verify_keys(&[&a_public])
-                .wait("1s"),
-            ),
-        )
-        .await;
+        let v = Verge::start_unready(&node_of(&control)).await;
         sum_eventually(
             &v,
             Duration::from_secs(10),
@@ -150,18 +145,7 @@ async fn a_snapshot_altered_on_the_way_is_refused_even_with_a_fresh_checksum() {
         "/v1/snapshot",
         sends_snapshot(legit.clone(), checksum(&legit), Some(signature(&a, &legit))),
     );
-    let v = Verge::start(
-        &Config::new().control(
-            Control::new(
-                &format!("http://{}", control.addr),
-                "n1",
-                &keys.path().join("t"),
-            )
-            .verify_keys(&[&a_public])
-            .wait("1s"),
-        ),
-    )
-    .await;
+    let v = Verge::start(&node_of(&control)).await;
     let got = get(&v, "site.test", "/x").await;
     assert_eq!((got.status, got.origin()), (200, "o"), "{}", got.body);
 }

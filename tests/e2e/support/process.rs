@@ -153,22 +153,27 @@ impl Verge {
 
     /// Start `launch` (verge, or an example embedding it) with `config`.
     pub async fn launch(launch: Launch, config: &Config) -> Verge {
+        let mut v = Self::spawned(launch, config);
+        v.wait_ready().await;
+        v
+    }
+
+    /// `launch` started with `config`, not waited for.
+    fn spawned(launch: Launch, config: &Config) -> Verge {
         let TestConfig {
             dir,
             path,
             http,
             admin,
         } = TestConfig::write(config);
-        let mut v = Verge {
+        Verge {
             child: launch.spawn(&path),
             http,
             admin,
             config: path,
             launch,
             dir,
-        };
-        v.wait_ready().await;
-        v
+        }
     }
 
     /// Kill the process and start it again with the same config, ports and state directory.
@@ -181,21 +186,7 @@ impl Verge {
     /// answers `/readyz`, whatever the answer, and its listener accepts): for a node that is
     /// meant not to be ready.
     pub async fn start_unready(config: &Config) -> Verge {
-        let TestConfig {
-            dir,
-            path,
-            http,
-            admin,
-        } = TestConfig::write(config);
-        let launch = Launch::verge();
-        let mut v = Verge {
-            child: launch.spawn(&path),
-            http,
-            admin,
-            config: path,
-            launch,
-            dir,
-        };
+        let mut v = Self::spawned(Launch::verge(), config);
         v.wait_listening().await;
         v
     }
