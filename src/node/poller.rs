@@ -8,7 +8,7 @@ use crate::control::wire::{
 };
 use crate::metrics::METRICS;
 use crate::node::readiness::Readiness;
-use crate::node::state_file::{Received, StateJournal};
+use crate::node::state_file::{Received, StateWriter};
 use crate::node::writer::SnapshotWriter;
 use crate::snapshot::{ControlState, Snapshot};
 use async_trait::async_trait;
@@ -153,8 +153,8 @@ pub fn next_state(
 /// The sidecar service.
 pub struct ControlPoller {
     spec: ControlSpec,
-    /// The messages behind the snapshot served, as the state file keeps them.
-    journal: parking_lot::Mutex<StateJournal>,
+    /// Keeps the state file in step with what is applied.
+    state_file: parking_lot::Mutex<StateWriter>,
     /// Swaps snapshots in, on top of the node's file config, one writer at a time.
     writer: Arc<SnapshotWriter>,
     readiness: Arc<Readiness>,
@@ -166,9 +166,10 @@ impl ControlPoller {
     pub fn new(spec: ControlSpec, writer: Arc<SnapshotWriter>, readiness: Arc<Readiness>) -> Self {
         // Never heard from the control plane: the snapshot is infinitely old, not 0 s old.
         METRICS.snapshot_age.set(f64::INFINITY);
+        let state_file = parking_lot::Mutex::new(StateWriter::new(spec.state_file.clone()));
         ControlPoller {
             spec,
-            journal: Default::default(),
+            state_file,
             writer,
             readiness,
         }
@@ -192,7 +193,7 @@ impl ControlPoller {
         let position = self.writer.snapshot().load().control.position;
         // A node without a full message behind what it serves (a new process, or many deltas
         // since) asks for everything, so its state file always starts from one.
-        let after = if self.journal.lock().wants_full() {
+        let after = if self.state_file.lock().wants_full() {
             String::new()
         } else {
             position.to_string()
@@ -275,17 +276,11 @@ impl ControlPoller {
             if msg.full { "full" } else { "delta" },
             msg.invalidations.len()
         );
-        {
-            let mut journal = self.journal.lock();
-            journal.record(msg.full, &received, now);
-            if journal.has_full() {
-                if let Err(e) = journal.save(&self.spec.state_file) {
-                    log::error!(
-                        "cannot persist snapshot to {}: {e}",
-                        self.spec.state_file.display()
-                    );
-                }
-            }
+        if let Err(e) = self.state_file.lock().record(msg.full, &received, now) {
+            log::error!(
+                "cannot persist snapshot to {}: {e}",
+                self.spec.state_file.display()
+            );
         }
         self.report(client, position, now).await;
         Ok(true)

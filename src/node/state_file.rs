@@ -12,7 +12,7 @@ use crate::snapshot::{ControlState, Snapshot};
 use crate::unix_time::{from_unix_ms, unix_ms};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 /// The first line of a state file, before the checksum of the rest.
@@ -61,6 +61,18 @@ struct Entry {
 }
 
 impl Entry {
+    fn of(msg: &Received, applied: SystemTime) -> std::io::Result<Entry> {
+        let text = |b: &Option<Vec<u8>>| b.as_ref().map(|b| String::from_utf8_lossy(b).into());
+        // JSON is UTF-8: a body that parsed as a message always is.
+        let body = String::from_utf8(msg.body.clone()).map_err(std::io::Error::other)?;
+        Ok(Entry {
+            body,
+            checksum: text(&msg.checksum).unwrap_or_default(),
+            signature: text(&msg.signature),
+            applied_ms: unix_ms(applied),
+        })
+    }
+
     fn received(&self) -> Received {
         Received {
             body: self.body.as_bytes().to_vec(),
@@ -92,42 +104,63 @@ pub struct StateJournal {
     entries: Vec<Entry>,
 }
 
-impl StateJournal {
-    /// Whether the journal starts from a full message (only then can it be saved or replayed).
-    pub fn has_full(&self) -> bool {
-        !self.entries.is_empty()
+/// Keeps the state file in step with what the poller applies. Only the count of deltas is
+/// held in memory: a delta is added to the file as it is on disk, so a node never keeps a
+/// (possibly large) full message's bytes beyond applying it.
+#[derive(Debug)]
+pub struct StateWriter {
+    path: PathBuf,
+    /// Deltas in the file after its full message (`None`: this process wrote no full one yet).
+    deltas: Option<usize>,
+}
+
+impl StateWriter {
+    /// A writer for the state file at `path`; it writes nothing until a full message arrives.
+    pub fn new(path: PathBuf) -> Self {
+        StateWriter { path, deltas: None }
     }
 
-    /// Whether the node should ask for a full message: it has none, or too many deltas since.
+    /// Whether the node should ask for a full message: it wrote none yet (a new process, or
+    /// the file could not be written), or too many deltas since.
     pub fn wants_full(&self) -> bool {
-        self.entries.is_empty() || self.entries.len() > MAX_DELTAS
+        self.deltas.is_none_or(|n| n >= MAX_DELTAS)
     }
 
-    /// Add an applied message: a full one replaces everything before it; a delta without a
-    /// full one before it cannot be replayed and is not kept.
-    pub fn record(&mut self, full: bool, msg: &Received, applied: SystemTime) {
-        if full {
-            self.entries.clear();
-        } else if self.entries.is_empty() {
-            return;
-        }
-        let text = |b: &Option<Vec<u8>>| b.as_ref().map(|b| String::from_utf8_lossy(b).into());
-        let Ok(body) = String::from_utf8(msg.body.clone()) else {
-            // JSON is UTF-8: what parsed as a message always is.
-            self.entries.clear();
-            return;
+    /// Record an applied message: a full one starts the file anew; a delta is added to it. A
+    /// delta before any full one cannot be replayed, and is not written.
+    pub fn record(
+        &mut self,
+        full: bool,
+        msg: &Received,
+        applied: SystemTime,
+    ) -> std::io::Result<()> {
+        let entry = Entry::of(msg, applied)?;
+        let journal = match (full, self.deltas) {
+            (true, _) => StateJournal {
+                entries: vec![entry],
+            },
+            (false, None) => return Ok(()),
+            (false, Some(_)) => {
+                // verified when it was applied; re-read for its checksum only
+                let mut journal = StateJournal::load(&self.path, &[]).map_err(|e| {
+                    self.deltas = None;
+                    std::io::Error::other(e.to_string())
+                })?;
+                journal.entries.push(entry);
+                journal
+            }
         };
-        self.entries.push(Entry {
-            body,
-            checksum: text(&msg.checksum).unwrap_or_default(),
-            signature: text(&msg.signature),
-            applied_ms: unix_ms(applied),
-        });
+        self.deltas = None;
+        journal.save(&self.path)?;
+        self.deltas = Some(journal.entries.len() - 1);
+        Ok(())
     }
+}
 
+impl StateJournal {
     /// Write atomically (temporary file, fsync, rename): the magic line with the checksum of
     /// the rest, then one JSON line per message.
-    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+    fn save(&self, path: &Path) -> std::io::Result<()> {
         let mut lines = Vec::new();
         for e in &self.entries {
             serde_json::to_writer(&mut lines, e).map_err(std::io::Error::other)?;
@@ -258,12 +291,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         let key = SigningKey::from_bytes(&[9u8; 32]);
-        let mut j = StateJournal::default();
-        j.record(false, &message(false, 1, Some(&key)), SystemTime::now());
-        assert!(!j.has_full(), "a delta alone is not kept");
-        j.record(true, &message(true, 1, Some(&key)), SystemTime::now());
-        j.record(false, &message(false, 2, Some(&key)), SystemTime::now());
-        j.save(&path).unwrap();
+        let mut w = StateWriter::new(path.clone());
+        assert!(w.wants_full());
+        w.record(false, &message(false, 1, Some(&key)), SystemTime::now())
+            .unwrap();
+        assert!(!path.exists(), "a delta alone is not written");
+        w.record(true, &message(true, 1, Some(&key)), SystemTime::now())
+            .unwrap();
+        w.record(false, &message(false, 2, Some(&key)), SystemTime::now())
+            .unwrap();
+        assert!(!w.wants_full());
         let loaded = StateJournal::load(&path, &[key.verifying_key()]).unwrap();
         let s = loaded.replay(&base(), &[]).unwrap();
         assert_eq!(s.control.position.to_string(), "1.2");
@@ -283,9 +320,9 @@ mod tests {
             StateJournal::load(&path, &[]),
             Err(StateFileError::Missing(_))
         ));
-        let mut j = StateJournal::default();
-        j.record(true, &message(true, 1, None), SystemTime::now());
-        j.save(&path).unwrap();
+        let mut w = StateWriter::new(path.clone());
+        w.record(true, &message(true, 1, None), SystemTime::now())
+            .unwrap();
         let good = std::fs::read(&path).unwrap();
         let mut flipped = good.clone();
         let at = good.len() - 30;
@@ -317,5 +354,25 @@ mod tests {
         }
         std::fs::write(&path, &good).unwrap();
         assert!(StateJournal::load(&path, &[]).is_ok());
+        // a file damaged while the node runs: the next delta is not added to it, and the
+        // node asks for a full message again
+        std::fs::write(&path, &good[..10]).unwrap();
+        assert!(w
+            .record(false, &message(false, 2, None), SystemTime::now())
+            .is_err());
+        assert!(w.wants_full());
+        for seq in 2..=(MAX_DELTAS as u64 + 1) {
+            if seq == 2 {
+                w.record(true, &message(true, 1, None), SystemTime::now())
+                    .unwrap();
+            }
+            assert!(!w.wants_full(), "{seq}");
+            w.record(false, &message(false, seq, None), SystemTime::now())
+                .unwrap();
+        }
+        assert!(
+            w.wants_full(),
+            "after {MAX_DELTAS} deltas a full message again"
+        );
     }
 }

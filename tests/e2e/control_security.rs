@@ -230,11 +230,17 @@ async fn a_missing_truncated_or_corrupt_state_file_without_the_control_plane_mea
     let o = Origin::start("o").await;
     let mut cp = Cp::start().await;
     cp.put_policy(policy(&o, json!({})), 0).await;
-    cp.purge(json!({"kind": "url", "target": "site.test/gone"}))
-        .await;
     let mut n = node(&cp, "n").await;
     assert!(cp.converged(1).await);
+    cp.purge(json!({"kind": "url", "target": "site.test/gone"}))
+        .await;
+    assert!(cp.converged(1).await);
     let state = n.dir().join("snapshot.json");
+    assert_eq!(
+        read_state(&state).len(),
+        2,
+        "the full message, then the purge's delta"
+    );
     let good = std::fs::read(&state).expect("the node saved its snapshot");
     cp.kill();
 
