@@ -34,6 +34,14 @@ mod tests {
     use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePrivateKey, EncodePublicKey};
 
     #[test]
+    fn the_demo_pair_made_by_openssl_reads_and_matches() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/control");
+        let private = read_signing_key(&dir.join("dev-signing.key")).unwrap();
+        let public = read_verifying_key(&dir.join("dev-signing.pub")).unwrap();
+        assert_eq!(private.verifying_key(), public);
+    }
+
+    #[test]
     fn keys_read_from_pem_and_garbage_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let key = SigningKey::from_bytes(&[7u8; 32]);
