@@ -200,4 +200,30 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn verify_keys_are_read_and_each_bad_one_named() {
+        let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/control");
+        let doc = |list: &str| {
+            format!("listeners: [{{listen: \"127.0.0.1:8080\"}}]\ncontrol: {{url: \"http://127.0.0.1:9\", verify_keys: [{list}]}}\n")
+        };
+        let good = Config::from_yaml_str(&doc(&format!("{keys}/dev-signing.pub"))).expect("valid");
+        assert_eq!(good.control.expect("control").verify_keys.len(), 1);
+        let bad = doc(&format!(
+            "{keys}/dev-signing.pub, {keys}/dev-signing.key, /nonexistent.pub"
+        ));
+        let errs = Config::from_yaml_str(&bad).expect_err("invalid").errors;
+        // (without a usable control block, pools and routes are required too)
+        let paths: Vec<&str> = errs
+            .iter()
+            .map(|e| e.path.as_str())
+            .filter(|p| p.starts_with("control"))
+            .collect();
+        assert_eq!(paths, ["control.verify_keys[1]", "control.verify_keys[2]"]);
+        assert!(
+            errs[0].message.contains("not an Ed25519 public key"),
+            "{}",
+            errs[0].message
+        );
+    }
 }
