@@ -85,8 +85,8 @@ pub struct Metrics {
     /// `verge_snapshot_applied_total{kind}`: snapshots swapped in (`full`, `delta`, `disk`).
     pub snapshot_applied: IntCounterVec,
     /// `verge_snapshot_rejected_total{reason}`: snapshots or polls refused (`unreachable`,
-    /// `http_status`, `too_large`, `checksum`, `decode`, `older`, `invalid_policy`,
-    /// `invalid_invalidation`, `build`).
+    /// `http_status`, `too_large`, `checksum`, `signature`, `decode`, `older`, `invalid_policy`,
+    /// `invalid_invalidation`, `build`; `state_file` at start).
     pub snapshot_rejected: IntCounterVec,
     /// `verge_control_policy_version` (control plane): head policy version.
     pub control_policy_version: IntGauge,

@@ -12,15 +12,16 @@ use crate::ingress::Ingress;
 use crate::metrics::METRICS;
 use crate::node::health_checks::HealthService;
 use crate::node::listeners::{check_bindable, BindError, ListenAddr, ListenerWatch};
-use crate::node::poller::{publish_position, ControlPoller, PersistedSnapshot};
+use crate::node::poller::{publish_position, ControlPoller};
 use crate::node::readiness::Readiness;
 use crate::node::reclaim::ReclaimService;
 use crate::node::reload::{FileReloader, ReloadService};
+use crate::node::state_file::StateJournal;
 use crate::node::writer::SnapshotWriter;
 use crate::proxy::filter::Filters;
 use crate::proxy::hit_lane::HitLane;
 use crate::proxy::{EdgeProxy, ListenerInfo};
-use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::snapshot::{ControlState, SharedSnapshot, Snapshot};
 use arc_swap::ArcSwap;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
@@ -71,42 +72,47 @@ pub struct RunOptions {
     pub daemon: bool,
 }
 
-/// The snapshot a node starts from: with a `control:` block, the last good snapshot persisted
-/// on disk when there is one (so a restart with the control plane down serves what it had,
-/// invalidations included); otherwise the file config.
+/// The snapshot a node starts from: with a `control:` block, the one its state file comes to
+/// when that file verifies (so a restart with the control plane down serves what it had,
+/// invalidations included); otherwise the file config. A control-fed node without a good
+/// state file starts `awaiting` its control plane.
 fn starting_snapshot(
     config: &Config,
     filters: &Filters,
     readiness: &Readiness,
 ) -> Result<Snapshot, ServeError> {
-    if let Some(spec) = &config.control {
-        if spec.state_file.exists() {
-            let restored = PersistedSnapshot::restore(&spec.state_file, config).and_then(|r| {
-                match crate::config::unknown_filters(&r.0.routes, &filters.names()).first() {
-                    Some(e) => Err(format!("{}: {e}", spec.state_file.display())),
-                    None => Ok(r),
-                }
-            });
-            match restored {
-                Ok((restored, state)) => match Snapshot::build_with(&restored, None, state) {
-                    Ok(s) => {
-                        log::info!(
-                            "restored snapshot {} from {}",
-                            s.control.position,
-                            spec.state_file.display()
-                        );
-                        METRICS.snapshot_applied.with_label_values(&["disk"]).inc();
-                        publish_position(s.control.position);
-                        readiness.mark_received();
-                        return Ok(s);
-                    }
-                    Err(e) => log::warn!("persisted snapshot unusable, using the file config: {e}"),
-                },
-                Err(e) => log::warn!("persisted snapshot unusable, using the file config: {e}"),
-            }
+    let Some(spec) = &config.control else {
+        return Ok(Snapshot::build(config, None)?);
+    };
+    let restored = StateJournal::load(&spec.state_file, &spec.verify_keys)
+        .map_err(|e| e.to_string())
+        .and_then(|journal| journal.replay(config, &filters.names()));
+    match restored {
+        Ok(s) => {
+            log::info!(
+                "restored snapshot {} from {}",
+                s.control.position,
+                spec.state_file.display()
+            );
+            METRICS.snapshot_applied.with_label_values(&["disk"]).inc();
+            publish_position(s.control.position);
+            readiness.mark_received();
+            return Ok(s);
+        }
+        Err(e) if !spec.state_file.exists() => log::info!("{e}: waiting for the control plane"),
+        Err(e) => {
+            METRICS
+                .snapshot_rejected
+                .with_label_values(&["state_file"])
+                .inc();
+            log::error!("state file refused, waiting for the control plane: {e}");
         }
     }
-    Ok(Snapshot::build(config, None)?)
+    let awaiting = ControlState {
+        awaiting: true,
+        ..ControlState::default()
+    };
+    Ok(Snapshot::build_with(config, None, awaiting)?)
 }
 
 /// Build the shared snapshot for a config and publish config metrics.
@@ -382,6 +388,15 @@ pub fn build_control_server(
         what: "control api".into(),
         addr: listen,
     }])?;
+    let audit = match &settings.audit_log {
+        Some(path) => Some(crate::control::audit::AuditLog::open(path).map_err(|e| {
+            ControlStartError::Audit {
+                path: path.clone(),
+                reason: e.to_string(),
+            }
+        })?),
+        None => None,
+    };
     let plane = ControlPlane::open(settings, Box::new(store))?;
     let conf = ServerConf {
         threads,
@@ -395,7 +410,7 @@ pub fn build_control_server(
     server.bootstrap();
     let mut api = Service::new(
         "verge control api".to_string(),
-        HttpServer::new_app(ControlApi::new(plane)),
+        HttpServer::new_app(ControlApi::new(plane, audit)),
     );
     api.add_tcp(&listen.to_string());
     server.add_service(api);
@@ -414,4 +429,12 @@ pub enum ControlStartError {
     /// The API address cannot be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// The audit log cannot be opened for appending.
+    #[error("audit_log {}: {reason}", path.display())]
+    Audit {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
 }

@@ -50,6 +50,9 @@ pub struct ControlState {
     pub invalidations: Arc<InvalidationIndex>,
     /// How long applied invalidations are remembered.
     pub retention: std::time::Duration,
+    /// A node fed by a control plane that has neither heard from it nor restored a good state
+    /// file: a request no route takes is answered 503 (not ready), not 404.
+    pub awaiting: bool,
 }
 
 /// The shared handle: readers `load()`, the writer `store()`s a whole new snapshot.

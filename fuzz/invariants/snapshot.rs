@@ -84,6 +84,7 @@ fn nodes() -> &'static Nodes {
             policy: Some(std::sync::Arc::new(doc)),
             invalidations: std::sync::Arc::new(index),
             retention: Duration::from_secs(3600),
+            awaiting: false,
         };
         let advanced = Snapshot::build_with(&config, None, state).expect("advanced snapshot");
         Nodes {

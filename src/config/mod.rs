@@ -1,6 +1,7 @@
 //! Configuration: raw YAML types, validation that reports every error with its key path, and loading.
 
 pub mod certificates;
+pub mod keys;
 mod model;
 mod raw;
 pub mod relative_paths;

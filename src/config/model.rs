@@ -115,6 +115,9 @@ pub struct ControlSpec {
     pub state_file: PathBuf,
     /// How long one long-poll waits for news.
     pub wait: Duration,
+    /// The control plane's public keys: when any is set, a snapshot (and the state file) must
+    /// carry a signature one of them verifies. Several keys let a key be rotated.
+    pub verify_keys: Vec<crate::config::keys::VerifyingKey>,
 }
 
 /// The shared cache: one memory budget for every route that caches.

@@ -56,6 +56,8 @@ pub struct RawControl {
     pub token_env: Option<String>,
     pub state_file: Option<String>,
     pub wait: Option<ConfDuration>,
+    #[serde(default)]
+    pub verify_keys: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

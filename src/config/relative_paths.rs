@@ -14,6 +14,7 @@ pub const NODE_PATHS: &[&[&str]] = &[
     &["server", "ca_file"],
     &["control", "token_file"],
     &["control", "state_file"],
+    &["control", "verify_keys", "*"],
     &["access_log", "path"],
     &["listeners", "*", "tls", "cert"],
     &["listeners", "*", "tls", "key"],
@@ -23,6 +24,8 @@ pub const NODE_PATHS: &[&[&str]] = &[
 pub const CONTROL_PATHS: &[&[&str]] = &[
     &["data_dir"],
     &["seed_policy"],
+    &["signing_key"],
+    &["audit_log"],
     &["tokens", "*", "token_file"],
 ];
 
@@ -68,7 +71,7 @@ mod tests {
         let mut doc: Value = serde_yaml::from_str(
             "server: {pid_file: run/verge.pid, upgrade_sock: /run/verge.sock}\n\
              access_log: {path: '-'}\n\
-             control: {url: 'http://c', state_file: state.json}\n\
+             control: {url: 'http://c', state_file: state.json, verify_keys: [k/a.pub, /k/b.pub]}\n\
              listeners:\n\
              - {listen: ':80'}\n\
              - {listen: ':443', tls: {cert: certs/a.pem, key: /k.pem}}\n\
@@ -99,6 +102,11 @@ mod tests {
             Some("/etc/verge/state.json")
         );
         assert_eq!(
+            at("control.verify_keys.0").as_deref(),
+            Some("/etc/verge/k/a.pub")
+        );
+        assert_eq!(at("control.verify_keys.1").as_deref(), Some("/k/b.pub"));
+        assert_eq!(
             at("listeners.1.tls.cert").as_deref(),
             Some("/etc/verge/certs/a.pem")
         );
@@ -107,6 +115,15 @@ mod tests {
             at("routes.0.pool").as_deref(),
             Some("certs/x"),
             "not a path"
+        );
+        let mut control: Value =
+            serde_yaml::from_str("signing_key: sign.key\naudit_log: log/audit.jsonl\n")
+                .expect("yaml");
+        resolve(&mut control, Path::new("/etc/vc"), CONTROL_PATHS);
+        assert_eq!(control["signing_key"].as_str(), Some("/etc/vc/sign.key"));
+        assert_eq!(
+            control["audit_log"].as_str(),
+            Some("/etc/vc/log/audit.jsonl")
         );
     }
 }

@@ -1,9 +1,11 @@
 //! The control plane's HTTP JSON API (`/v1/...`), with bearer-token scopes, on Pingora's HTTP app.
 
 use super::liveness::judge;
+use super::audit::{AuditEntry, AuditLog};
 use super::plane::{ControlPlane, InvalidationRequest, PlaneError};
+use super::purge_scope;
 use super::settings::{Scope, Token};
-use super::wire::{unix_ms, AppliedReport, InvalidationKind, Position};
+use super::wire::{unix_ms, AppliedReport, InvalidationKind, Position, SigningKey};
 use crate::config::units::parse_duration;
 use crate::metrics::METRICS;
 use async_trait::async_trait;
@@ -18,12 +20,38 @@ use std::time::{Duration, SystemTime};
 /// Serves the control-plane API for one `ControlPlane`.
 pub struct ControlApi {
     plane: Arc<ControlPlane>,
+    audit: Option<AuditLog>,
 }
 
 impl ControlApi {
-    /// The API over `plane`.
-    pub fn new(plane: Arc<ControlPlane>) -> Self {
-        ControlApi { plane }
+    /// The API over `plane`, recording every call in `audit` when there is one.
+    pub fn new(plane: Arc<ControlPlane>, audit: Option<AuditLog>) -> Self {
+        ControlApi { plane, audit }
+    }
+
+    /// Record a call and its answer in the audit log (probes of `/healthz` and `/metrics` are
+    /// not API calls).
+    fn audit(&self, req: &ApiRequest, reply: &ApiReply) {
+        let Some(log) = &self.audit else { return };
+        if req.method == "GET" && matches!(req.path.as_str(), "/healthz" | "/metrics") {
+            return;
+        }
+        let settings = &self.plane.settings;
+        let token = match authenticate(&settings.tokens, req.authorization.as_deref()) {
+            Ok(t) => Some(t.name.as_str()),
+            Err(_) if settings.insecure_no_auth && settings.tokens.is_empty() => Some("anonymous"),
+            Err(_) => None,
+        };
+        log.record(&AuditEntry {
+            token,
+            client: req.client.as_deref(),
+            method: &req.method,
+            path: &req.path,
+            query: &req.query,
+            body: &req.body,
+            status: reply.status,
+            answer: &reply.body,
+        });
     }
 }
 
@@ -40,6 +68,8 @@ pub struct ApiRequest {
     pub authorization: Option<String>,
     /// The `If-Match` header (the policy version a write expects to replace).
     pub if_match: Option<String>,
+    /// The caller's address (`ip:port`), for the audit log.
+    pub client: Option<String>,
     /// The request body.
     pub body: Vec<u8>,
 }
@@ -351,9 +381,8 @@ impl ControlApi {
                 Ok(ApiReply::json(200, json!({"version": p.version, "rollback_of": body.version, "unchanged": if_match == Some(p.version)})).with_etag(p.version))
             }),
             ("POST", ["v1", "invalidations"]) => purge_requests(&req.body).and_then(|requests| {
-                need(Scope::Purge)?;
-                if requests.iter().any(|r| r.kind == InvalidationKind::All) {
-                    need(Scope::PurgeAll)?;
+                if let Some(t) = token {
+                    purge_scope::authorize(t, &requests).map_err(|e| ApiReply::error(403, e))?;
                 }
                 let accepted = self.plane.invalidate(&requests, who).map_err(plane_error)?;
                 let seq = accepted.iter().map(|a| a.seq).max().unwrap_or(0);
@@ -444,11 +473,16 @@ impl ControlApi {
     }
 }
 
-fn into_response(reply: ApiReply) -> Response<Vec<u8>> {
+/// The HTTP response for `reply`; a snapshot message is signed with `key` when there is one.
+fn into_response(reply: ApiReply, key: Option<&SigningKey>) -> Response<Vec<u8>> {
     let len = reply.body.len();
     let sum = reply
         .checksum
         .then(|| super::wire::checksum(&reply.body))
+        .and_then(|s| HeaderValue::from_str(&s).ok());
+    let signature = key
+        .filter(|_| reply.checksum)
+        .map(|k| super::wire::signature(k, &reply.body))
         .and_then(|s| HeaderValue::from_str(&s).ok());
     let mut resp = Response::new(reply.body);
     *resp.status_mut() =
@@ -476,6 +510,9 @@ fn into_response(reply: ApiReply) -> Response<Vec<u8>> {
     if let Some(sum) = sum {
         h.insert(super::wire::CHECKSUM_FIELD, sum);
     }
+    if let Some(sig) = signature {
+        h.insert(super::wire::SIGNATURE_FIELD, sig);
+    }
     resp
 }
 
@@ -495,41 +532,48 @@ impl ServeHttp for ControlApi {
             query: head.uri.query().unwrap_or("").to_string(),
             authorization: header_text(header::AUTHORIZATION),
             if_match: header_text(header::IF_MATCH),
+            client: session.client_addr().map(|a| a.to_string()),
             body: Vec::new(),
         };
-        let limit = self.plane.settings.max_body;
-        let declared = head
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            session.set_keepalive(None);
-            return into_response(ApiReply::error(
-                413,
-                format!("body larger than {limit} bytes"),
-            ));
-        }
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) => {
-                    if req.body.len() + chunk.len() > limit {
-                        session.set_keepalive(None);
-                        return into_response(ApiReply::error(
-                            413,
-                            format!("body larger than {limit} bytes"),
-                        ));
-                    }
-                    req.body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    session.set_keepalive(None);
-                    return into_response(ApiReply::error(400, format!("cannot read body: {e}")));
-                }
+        let reply = match read_body(session, &mut req.body, self.plane.settings.max_body).await {
+            Ok(()) => self.handle(&req).await,
+            Err(refused) => {
+                session.set_keepalive(None);
+                refused
             }
+        };
+        self.audit(&req, &reply);
+        into_response(reply, self.plane.settings.signing_key.as_ref())
+    }
+}
+
+/// Read the request body into `body`, refusing one over `limit` bytes (413) or unreadable (400).
+async fn read_body(
+    session: &mut ServerSession,
+    body: &mut Vec<u8>,
+    limit: usize,
+) -> Result<(), ApiReply> {
+    let too_large = || ApiReply::error(413, format!("body larger than {limit} bytes"));
+    let declared = session
+        .req_header()
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(ApiReply::error(400, format!("cannot read body: {e}"))),
         }
-        into_response(self.handle(&req).await)
     }
 }
 
@@ -578,6 +622,7 @@ mod tests {
             name: "ops".into(),
             secret: "s3cret-s3cret-s3cret".into(),
             scopes: [Scope::Read].into_iter().collect(),
+            hosts: Vec::new(),
         }];
         assert!(authenticate(&tokens, Some("Bearer s3cret-s3cret-s3cret")).is_ok());
         assert_eq!(

@@ -3,9 +3,11 @@
 
 pub mod api;
 pub mod cli_output;
+pub mod audit;
 pub mod client;
 pub mod liveness;
 pub mod plane;
+pub mod purge_scope;
 pub mod settings;
 pub mod store;
 pub mod wire;

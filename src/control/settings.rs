@@ -1,5 +1,7 @@
 //! The `verge control` config file: raw serde types and their validation (every error, with its key).
 
+use super::purge_scope::HostPattern;
+use crate::config::keys::{read_signing_key, SigningKey};
 use crate::config::secret::{read_secret, SecretSource};
 use crate::config::units::{ConfDuration, ConfSize};
 use crate::config::{relative_paths, ConfigError, ConfigErrors};
@@ -29,6 +31,8 @@ struct RawControlSettings {
     threads: Option<usize>,
     grace_period: Option<ConfDuration>,
     graceful_shutdown_timeout: Option<ConfDuration>,
+    signing_key: Option<String>,
+    audit_log: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -39,6 +43,8 @@ struct RawToken {
     token_file: Option<String>,
     token_env: Option<String>,
     scopes: Vec<String>,
+    #[serde(default)]
+    hosts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,9 +61,13 @@ pub enum Scope {
     Read,
     /// Write (and roll back) the policy.
     PolicyWrite,
-    /// Invalidate URLs, prefixes, hosts and tags.
+    /// Invalidate URLs, tags, prefixes and whole hosts (as `PurgeHost`).
     Purge,
-    /// Invalidate everything.
+    /// Invalidate URLs, tags and prefixes below a host's root.
+    PurgeUrl,
+    /// Invalidate whole hosts (and prefixes covering one), and all `PurgeUrl` may.
+    PurgeHost,
+    /// Invalidate everything, and all `PurgeHost` may.
     PurgeAll,
 }
 
@@ -67,6 +77,8 @@ impl Scope {
             "read" => Scope::Read,
             "policy:write" => Scope::PolicyWrite,
             "purge" => Scope::Purge,
+            "purge:url" => Scope::PurgeUrl,
+            "purge:host" => Scope::PurgeHost,
             "purge:all" => Scope::PurgeAll,
             _ => return None,
         })
@@ -78,6 +90,8 @@ impl Scope {
             Scope::Read => "read",
             Scope::PolicyWrite => "policy:write",
             Scope::Purge => "purge",
+            Scope::PurgeUrl => "purge:url",
+            Scope::PurgeHost => "purge:host",
             Scope::PurgeAll => "purge:all",
         }
     }
@@ -92,6 +106,8 @@ pub struct Token {
     pub secret: String,
     /// What it may do.
     pub scopes: HashSet<Scope>,
+    /// The hosts it may purge (empty: any).
+    pub hosts: Vec<HostPattern>,
 }
 
 /// Token-bucket rate for purges, per token.
@@ -136,6 +152,10 @@ pub struct ControlSettings {
     pub grace_period: Duration,
     /// How long the runtime may take to stop after that (5 s).
     pub graceful_shutdown_timeout: Duration,
+    /// Signs every snapshot message (`verge-signature`), for nodes with `control.verify_keys`.
+    pub signing_key: Option<SigningKey>,
+    /// Where every API call is recorded (JSON lines), if anywhere.
+    pub audit_log: Option<PathBuf>,
 }
 
 impl ControlSettings {
@@ -216,15 +236,34 @@ fn validate(raw: RawControlSettings) -> Result<ControlSettings, Vec<ConfigError>
                 }
                 None => push(
                     &format!("{path}.scopes[{j}]"),
-                    format!("unknown scope {s:?} (read, policy:write, purge, purge:all)"),
+                    format!(
+                        "unknown scope {s:?} (read, policy:write, purge, purge:url, purge:host, purge:all)"
+                    ),
                 ),
             }
+        }
+        let mut hosts = Vec::new();
+        for (j, h) in t.hosts.iter().enumerate() {
+            match HostPattern::parse(h) {
+                Some(p) => hosts.push(p),
+                None => push(
+                    &format!("{path}.hosts[{j}]"),
+                    format!("{h:?} is not a host or *.domain"),
+                ),
+            }
+        }
+        if !hosts.is_empty() && scopes.contains(&Scope::PurgeAll) {
+            push(
+                &format!("{path}.hosts"),
+                "a token limited to hosts cannot have purge:all (it reaches every host)".into(),
+            );
         }
         if let Some(secret) = secret {
             tokens.push(Token {
                 name: t.name,
                 secret,
                 scopes,
+                hosts,
             });
         }
     }
@@ -282,6 +321,11 @@ fn validate(raw: RawControlSettings) -> Result<ControlSettings, Vec<ConfigError>
             push("seed_policy", format!("{} does not exist", p.display()));
         }
     }
+    let signing_key = raw.signing_key.and_then(|p| {
+        read_signing_key(Path::new(&p))
+            .map_err(|e| push("signing_key", e))
+            .ok()
+    });
     let settings = ControlSettings {
         listen,
         data_dir: raw
@@ -302,6 +346,8 @@ fn validate(raw: RawControlSettings) -> Result<ControlSettings, Vec<ConfigError>
         graceful_shutdown_timeout: raw
             .graceful_shutdown_timeout
             .map_or(Duration::from_secs(5), |d| d.0),
+        signing_key,
+        audit_log: raw.audit_log.map(PathBuf::from),
     };
     if errs.is_empty() {
         Ok(settings)
@@ -342,6 +388,18 @@ mod tests {
             "max_wait: must be greater",
         ] {
             assert!(text.contains(needle), "{needle} missing in {text}");
+        }
+        let e = ControlSettings::from_yaml_str(
+            "tokens:\n  - {name: a, token: aaaaaaaaaaaaaaaaaaaa, scopes: [purge:all], hosts: [ok.test, 'bad host']}\nsigning_key: /nonexistent/key.pem\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "tokens[0].hosts[1]: \"bad host\" is not a host",
+            "tokens[0].hosts: a token limited to hosts cannot have purge:all",
+            "signing_key: /nonexistent/key.pem",
+        ] {
+            assert!(e.contains(needle), "{needle} missing in {e}");
         }
         let e = ControlSettings::from_yaml_str("tokens: []\n").unwrap_err();
         assert!(e.to_string().contains("insecure_no_auth"));

@@ -1,8 +1,10 @@
-//! What the control plane and nodes exchange: invalidations, snapshots, positions, reports.
+//! What the control plane and nodes exchange: invalidations, snapshots, positions, reports, and
+//! the checksum and signature of a snapshot message.
 
 pub use crate::cache::invalidation::{
     parse_target, Invalidation, InvalidationKind, Target, MAX_TARGET_LEN,
 };
+pub use crate::config::keys::{SigningKey, VerifyingKey};
 pub use crate::unix_time::{from_unix_ms, unix_ms};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -95,23 +97,73 @@ pub const CHECKSUM_FIELD: &str = "verge-checksum";
 /// The checksum of a snapshot message's body, as `CHECKSUM_FIELD` carries it.
 pub fn checksum(body: &[u8]) -> String {
     use blake2::digest::{Update, VariableOutput};
-    use std::fmt::Write;
-    let mut out = String::from("blake2b-256=");
+    let mut digest = [0u8; 32];
     if let Ok(mut h) = blake2::Blake2bVar::new(32) {
         h.update(body);
-        let mut digest = [0u8; 32];
-        if h.finalize_variable(&mut digest).is_ok() {
-            for b in digest {
-                let _ = write!(out, "{b:02x}");
-            }
-        }
+        let _ = h.finalize_variable(&mut digest);
     }
-    out
+    format!("blake2b-256={}", to_hex(&digest))
 }
 
 /// Whether `sent` (the field as received, if any) is the checksum of `body`.
 pub fn checksum_matches(body: &[u8], sent: Option<&[u8]>) -> bool {
     sent.is_some_and(|s| s == checksum(body).as_bytes())
+}
+
+/// The field that carries the control plane's Ed25519 signature of a snapshot message's body
+/// (`ed25519=<hex>`), when the control plane has a `signing_key`.
+pub const SIGNATURE_FIELD: &str = "verge-signature";
+
+/// What is signed: the body after this context, so a signature made for anything else never
+/// passes for a snapshot's.
+const SIGNED_CONTEXT: &[u8] = b"verge-snapshot-v1\n";
+
+fn signed_bytes(body: &[u8]) -> Vec<u8> {
+    [SIGNED_CONTEXT, body].concat()
+}
+
+/// The signature of a snapshot message's body, as `SIGNATURE_FIELD` carries it.
+pub fn signature(key: &SigningKey, body: &[u8]) -> String {
+    use ed25519_dalek::Signer;
+    format!(
+        "ed25519={}",
+        to_hex(&key.sign(&signed_bytes(body)).to_bytes())
+    )
+}
+
+/// Whether `sent` (the field as received, if any) is a signature of `body` by one of `keys`
+/// (any of them: a key being rotated in or out still verifies).
+pub fn signature_matches(keys: &[VerifyingKey], body: &[u8], sent: Option<&[u8]>) -> bool {
+    let Some(hex) = sent.and_then(|s| s.strip_prefix(b"ed25519=")) else {
+        return false;
+    };
+    let Some(bytes) = from_hex::<64>(hex) else {
+        return false;
+    };
+    let sig = ed25519_dalek::Signature::from_bytes(&bytes);
+    let signed = signed_bytes(body);
+    keys.iter().any(|k| k.verify_strict(&signed, &sig).is_ok())
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+fn from_hex<const N: usize>(hex: &[u8]) -> Option<[u8; N]> {
+    if hex.len() != 2 * N {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16);
+    let mut out = [0u8; N];
+    for (o, pair) in out.iter_mut().zip(hex.chunks(2)) {
+        *o = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -131,6 +183,31 @@ mod tests {
         flipped[20] ^= 0x01;
         assert!(!checksum_matches(&flipped, Some(sum.as_bytes())));
         assert!(!checksum_matches(&body, None), "no checksum, no trust");
+    }
+
+    #[test]
+    fn any_configured_key_verifies_and_nothing_else_does() {
+        let old = SigningKey::from_bytes(&[1u8; 32]);
+        let new = SigningKey::from_bytes(&[2u8; 32]);
+        let stranger = SigningKey::from_bytes(&[3u8; 32]);
+        let keys = [old.verifying_key(), new.verifying_key()];
+        let body = br#"{"full":true,"policy_version":3,"seq":7}"#.to_vec();
+        for signer in [&old, &new] {
+            let sig = signature(signer, &body);
+            assert!(sig.starts_with("ed25519=") && sig.len() == 8 + 128, "{sig}");
+            assert!(signature_matches(&keys, &body, Some(sig.as_bytes())));
+        }
+        let sig = signature(&new, &body);
+        let mut flipped = body.clone();
+        flipped[20] ^= 0x01;
+        assert!(!signature_matches(&keys, &flipped, Some(sig.as_bytes())));
+        let forged = signature(&stranger, &body);
+        assert!(!signature_matches(&keys, &body, Some(forged.as_bytes())));
+        assert!(!signature_matches(&keys, &body, None));
+        assert!(!signature_matches(&keys, &body, Some(b"ed25519=zz")));
+        assert!(!signature_matches(&[], &body, Some(sig.as_bytes())));
+        let bad_hex = format!("ed25519={}", "g".repeat(128));
+        assert!(!signature_matches(&keys, &body, Some(bad_hex.as_bytes())));
     }
 
     #[test]

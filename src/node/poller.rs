@@ -3,19 +3,18 @@
 //! the last good snapshot on any failure.
 
 use crate::cache::early_refresh::unit_random;
-use crate::cache::invalidation::index::{AppliedInvalidation, InvalidationIndex};
 use crate::config::{Config, ControlSpec, Policy};
-use crate::control::wire::{unix_ms, AppliedReport, Position, SnapshotMessage};
+use crate::control::wire::{
+    unix_ms, AppliedReport, Position, SnapshotMessage, CHECKSUM_FIELD, SIGNATURE_FIELD,
+};
 use crate::metrics::METRICS;
 use crate::node::readiness::Readiness;
+use crate::node::state_file::{Received, StateWriter};
 use crate::node::writer::SnapshotWriter;
 use crate::snapshot::{ControlState, Snapshot};
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -69,77 +68,6 @@ impl Rejection {
             Rejection::InvalidInvalidation { .. } => "invalid_invalidation",
             Rejection::Build(_) => "build",
         }
-    }
-}
-
-/// What a node writes to disk after every applied snapshot.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PersistedSnapshot {
-    /// The policy version applied.
-    pub policy_version: u64,
-    /// The last invalidation applied.
-    pub seq: u64,
-    /// The policy document (`None`: the file's pools and routes).
-    pub policy: Option<serde_json::Value>,
-    /// Invalidations still remembered, with when they were applied.
-    pub invalidations: Vec<AppliedInvalidation>,
-    /// How long invalidations are remembered.
-    pub retention_secs: u64,
-    /// When this file was written (Unix milliseconds).
-    pub saved_ms: u64,
-}
-
-impl PersistedSnapshot {
-    fn of(state: &ControlState) -> PersistedSnapshot {
-        PersistedSnapshot {
-            policy_version: state.position.policy_version,
-            seq: state.position.seq,
-            policy: state.policy.as_deref().cloned(),
-            invalidations: state.invalidations.applied().to_vec(),
-            retention_secs: state.retention.as_secs(),
-            saved_ms: unix_ms(SystemTime::now()),
-        }
-    }
-
-    /// Write atomically: a temporary file, fsync, rename over the old one.
-    pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("tmp");
-        let data = serde_json::to_vec(self).map_err(std::io::Error::other)?;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    }
-
-    /// Read a persisted snapshot and turn it into a config + control state, validating the
-    /// policy exactly as if it had just arrived.
-    pub fn restore(path: &Path, base: &Config) -> Result<(Config, ControlState), String> {
-        let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let p: PersistedSnapshot =
-            serde_json::from_slice(&data).map_err(|e| format!("{}: {e}", path.display()))?;
-        let config = match &p.policy {
-            Some(doc) => config_for(base, doc, p.policy_version)
-                .map_err(|e| format!("{}: {e}", path.display()))?,
-            None => base.clone(),
-        };
-        let state = ControlState {
-            position: Position {
-                policy_version: p.policy_version,
-                seq: p.seq,
-            },
-            policy: p.policy.map(Arc::new),
-            invalidations: Arc::new(InvalidationIndex::from_applied(p.invalidations)),
-            retention: Duration::from_secs(p.retention_secs),
-        };
-        Ok((config, state))
     }
 }
 
@@ -218,6 +146,7 @@ pub fn next_state(
             policy,
             invalidations: Arc::new(index),
             retention,
+            awaiting: false,
         },
     )))
 }
@@ -225,6 +154,8 @@ pub fn next_state(
 /// The sidecar service.
 pub struct ControlPoller {
     spec: ControlSpec,
+    /// Keeps the state file in step with what is applied.
+    state_file: parking_lot::Mutex<StateWriter>,
     /// Swaps snapshots in, on top of the node's file config, one writer at a time.
     writer: Arc<SnapshotWriter>,
     readiness: Arc<Readiness>,
@@ -238,8 +169,10 @@ impl ControlPoller {
     pub fn new(spec: ControlSpec, writer: Arc<SnapshotWriter>, readiness: Arc<Readiness>) -> Self {
         // Never heard from the control plane: the snapshot is infinitely old, not 0 s old.
         METRICS.snapshot_age.set(f64::INFINITY);
+        let state_file = parking_lot::Mutex::new(StateWriter::new(spec.state_file.clone()));
         ControlPoller {
             spec,
+            state_file,
             writer,
             readiness,
             applied_ms: AtomicU64::new(unix_ms(SystemTime::now())),
@@ -262,13 +195,13 @@ impl ControlPoller {
     /// One long-poll round: Ok(true) when something was applied.
     async fn poll_once(&self, client: &reqwest::Client) -> Result<bool, &'static str> {
         let position = self.writer.snapshot().load().control.position;
-        // A node that never heard from the control plane asks for everything.
-        let after =
-            if LAST_CONTACT_MS.load(Ordering::Relaxed) == 0 && position == Position::default() {
-                String::new()
-            } else {
-                position.to_string()
-            };
+        // A node without a full message behind what it serves (a new process, or many deltas
+        // since) asks for everything, so its state file always starts from one.
+        let after = if self.state_file.lock().wants_full() {
+            String::new()
+        } else {
+            position.to_string()
+        };
         let wait_ms = self.spec.wait.as_millis();
         let resp = self
             .request(
@@ -295,16 +228,18 @@ impl ControlPoller {
                 return Err("http_status");
             }
         }
-        let sent_checksum = resp
-            .headers()
-            .get(crate::control::wire::CHECKSUM_FIELD)
-            .map(|v| v.as_bytes().to_vec());
-        let body = read_limited(resp, MAX_SNAPSHOT_BYTES).await?;
-        if !crate::control::wire::checksum_matches(&body, sent_checksum.as_deref()) {
-            log::warn!("control plane sent a snapshot whose checksum does not match: refused");
-            return Err("checksum");
-        }
-        let msg: SnapshotMessage = serde_json::from_slice(&body).map_err(|e| {
+        let field = |name: &str| resp.headers().get(name).map(|v| v.as_bytes().to_vec());
+        let checksum = field(CHECKSUM_FIELD);
+        let signature = field(SIGNATURE_FIELD);
+        let received = Received {
+            body: read_limited(resp, MAX_SNAPSHOT_BYTES).await?,
+            checksum,
+            signature,
+        };
+        received.verify(&self.spec.verify_keys).inspect_err(|why| {
+            log::warn!("control plane sent a snapshot whose {why} does not verify: refused");
+        })?;
+        let msg: SnapshotMessage = serde_json::from_slice(&received.body).map_err(|e| {
             log::warn!("control plane sent an undecodable snapshot: {e}");
             "decode"
         })?;
@@ -334,7 +269,6 @@ impl ControlPoller {
         let Some(snapshot) = stored else {
             return Ok(false);
         };
-        let persisted = PersistedSnapshot::of(&snapshot.control);
         let position = snapshot.control.position;
         METRICS
             .snapshot_applied
@@ -346,7 +280,7 @@ impl ControlPoller {
             if msg.full { "full" } else { "delta" },
             msg.invalidations.len()
         );
-        if let Err(e) = persisted.save(&self.spec.state_file) {
+        if let Err(e) = self.state_file.lock().record(msg.full, &received, now) {
             log::error!(
                 "cannot persist snapshot to {}: {e}",
                 self.spec.state_file.display()

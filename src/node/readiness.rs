@@ -1,8 +1,8 @@
 //! What `/readyz` answers: ready once every listener is bound, the node serves routes or a
 //! snapshot from an authoritative source (with a `control:` block: the control plane or the
 //! state file, even one without routes), and every pool has had its first health-check pass.
-//! A control-fed node with no routes of its own that has never heard from its control plane
-//! is not ready: it would answer 404 to everything.
+//! A control-fed node with no routes of its own that has neither heard from its control plane
+//! nor restored a state file that verifies is not ready (and its listeners answer 503).
 
 use crate::snapshot::Snapshot;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -44,6 +44,7 @@ pub async fn answered_before_routing(
     };
     let current = snapshot.load();
     let route = current.table.lookup(&host, req.uri.path()).cloned();
+    let awaiting = current.control.awaiting;
     ctx.host = host;
     let purge = purge::decide(
         req.method.as_str(),
@@ -55,6 +56,12 @@ pub async fn answered_before_routing(
         return purge::answer(engine, session, purge, route.as_deref(), &ctx.host).await;
     }
     let Some(route) = route else {
+        if awaiting {
+            // A node still waiting for its control plane does not know its routes yet.
+            let text = "verge: not ready: no snapshot from the control plane yet";
+            respond_plain(session, 503, text).await?;
+            return Ok(true);
+        }
         let text = format!("verge: no route for host {:?}", ctx.host);
         respond_plain(session, 404, &text).await?;
         return Ok(true);

@@ -2,6 +2,7 @@
 //! refused before it is read, counted, and the last good snapshot keeps serving.
 
 use crate::support::config::Control;
+use crate::support::control_plane::sends_snapshot;
 use crate::support::metrics::sum_eventually;
 use crate::support::raw_origin::{Script, Step};
 use crate::support::{fetch, Config, Origin, Pool, RawOrigin, Route, Verge};
@@ -50,19 +51,6 @@ async fn a_snapshot_over_the_limit_is_refused_and_the_last_good_one_serves() {
     assert!(got.body.contains("origin=o"), "{}", got.body);
 }
 
-/// A control plane that always answers a snapshot poll with `body` and the `checksum` field.
-fn control_sending(body: Vec<u8>, checksum: String) -> Script {
-    Script::new(move |_| {
-        let head = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nverge-checksum: {checksum}\r\n\r\n",
-            body.len()
-        );
-        let mut bytes = head.into_bytes();
-        bytes.extend_from_slice(&body);
-        vec![Step::Write(bytes), Step::Sleep(Duration::from_millis(200))]
-    })
-}
-
 #[tokio::test]
 async fn a_snapshot_whose_checksum_does_not_match_is_refused() {
     let origin = Origin::start("o").await;
@@ -94,7 +82,7 @@ async fn a_snapshot_whose_checksum_does_not_match_is_refused() {
     let tampered = RawOrigin::start().await;
     tampered.set(
         "/v1/snapshot",
-        control_sending(flipped, verge::control::wire::checksum(&good)),
+        sends_snapshot(flipped, verge::control::wire::checksum(&good), None),
     );
     let v = Verge::start(&node(&tampered)).await;
     sum_eventually(
@@ -115,7 +103,7 @@ async fn a_snapshot_whose_checksum_does_not_match_is_refused() {
     let honest = RawOrigin::start().await;
     honest.set(
         "/v1/snapshot",
-        control_sending(good.clone(), verge::control::wire::checksum(&good)),
+        sends_snapshot(good.clone(), verge::control::wire::checksum(&good), None),
     );
     let v = Verge::start(&node(&honest)).await;
     sum_eventually(

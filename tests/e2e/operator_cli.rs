@@ -3,7 +3,8 @@
 //! identical pushes that write nothing, `purge --wait`, nodes alive, late or dead, nodes that
 //! report again after a control-plane restart, and each process exporting only its own series.
 
-use crate::control::{get, node_polling, policy, Cp, PURGER};
+use crate::control::get;
+use crate::support::control_plane::{node_polling, policy, Cp, PURGER};
 use crate::support::process::verge_bin;
 use crate::support::{assert_eventually, eventually, Metrics, Origin};
 use serde_json::{json, Value};

@@ -59,12 +59,20 @@ pub(super) fn validate_control(raw: RawControl, errs: &mut Errors) -> Option<Con
         .state_file
         .unwrap_or_else(|| format!("/var/lib/verge/{node_id}.snapshot.json"))
         .into();
+    let mut verify_keys = Vec::new();
+    for (i, path) in raw.verify_keys.iter().enumerate() {
+        match crate::config::keys::read_verifying_key(Path::new(path)) {
+            Ok(k) => verify_keys.push(k),
+            Err(e) => errs.push(format!("control.verify_keys[{i}]"), e),
+        }
+    }
     (errs.len() == before).then_some(ControlSpec {
         url,
         node_id,
         token,
         state_file,
         wait,
+        verify_keys,
     })
 }
 
@@ -190,6 +198,32 @@ mod tests {
                 "server.client_ip.header",
                 "server.client_ip.trusted_proxies[0]"
             ]
+        );
+    }
+
+    #[test]
+    fn verify_keys_are_read_and_each_bad_one_named() {
+        let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/control");
+        let doc = |list: &str| {
+            format!("listeners: [{{listen: \"127.0.0.1:8080\"}}]\ncontrol: {{url: \"http://127.0.0.1:9\", verify_keys: [{list}]}}\n")
+        };
+        let good = Config::from_yaml_str(&doc(&format!("{keys}/dev-signing.pub"))).expect("valid");
+        assert_eq!(good.control.expect("control").verify_keys.len(), 1);
+        let bad = doc(&format!(
+            "{keys}/dev-signing.pub, {keys}/dev-signing.key, /nonexistent.pub"
+        ));
+        let errs = Config::from_yaml_str(&bad).expect_err("invalid").errors;
+        // (without a usable control block, pools and routes are required too)
+        let paths: Vec<&str> = errs
+            .iter()
+            .map(|e| e.path.as_str())
+            .filter(|p| p.starts_with("control"))
+            .collect();
+        assert_eq!(paths, ["control.verify_keys[1]", "control.verify_keys[2]"]);
+        assert!(
+            errs[0].message.contains("not an Ed25519 public key"),
+            "{}",
+            errs[0].message
         );
     }
 }

@@ -532,6 +532,12 @@ impl Control {
     pub fn wait(self, d: &str) -> Control {
         Control(self.0.put("wait", text(d)))
     }
+
+    /// `verify_keys`: the public keys a snapshot's signature must verify with (any of them).
+    pub fn verify_keys(self, paths: &[&Path]) -> Control {
+        let paths: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        Control(self.0.put("verify_keys", list(&paths)))
+    }
 }
 
 #[cfg(test)]

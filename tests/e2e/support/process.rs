@@ -153,33 +153,68 @@ impl Verge {
 
     /// Start `launch` (verge, or an example embedding it) with `config`.
     pub async fn launch(launch: Launch, config: &Config) -> Verge {
+        let mut v = Self::spawned(launch, config);
+        v.wait_ready().await;
+        v
+    }
+
+    /// `launch` started with `config`, not waited for.
+    fn spawned(launch: Launch, config: &Config) -> Verge {
         let TestConfig {
             dir,
             path,
             http,
             admin,
         } = TestConfig::write(config);
-        let mut v = Verge {
+        Verge {
             child: launch.spawn(&path),
             http,
             admin,
             config: path,
             launch,
             dir,
-        };
-        v.wait_ready().await;
-        v
+        }
     }
 
     /// Kill the process and start it again with the same config, ports and state directory.
     pub async fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.child = self.launch.spawn(&self.config);
+        self.restart_unready().await;
         self.wait_ready().await;
     }
 
+    /// Start `verge serve` with `config` and wait only until it listens (its admin listener
+    /// answers `/readyz`, whatever the answer, and its listener accepts): for a node that is
+    /// meant not to be ready.
+    pub async fn start_unready(config: &Config) -> Verge {
+        let mut v = Self::spawned(Launch::verge(), config);
+        v.wait_listening().await;
+        v
+    }
+
+    /// [`Verge::restart`] without waiting for `/readyz` to say ready.
+    pub async fn restart_unready(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = self.launch.spawn(&self.config);
+        self.wait_listening().await;
+    }
+
+    /// `/readyz` as it answers now: status and reason.
+    pub async fn readyz(&self) -> (u16, String) {
+        self.admin_get("/readyz").await
+    }
+
+    async fn wait_listening(&mut self) {
+        self.wait_until(|status, body| status == 200 || !body.contains("listeners"))
+            .await;
+    }
+
     async fn wait_ready(&mut self) {
+        self.wait_until(|status, _| status == 200).await;
+    }
+
+    /// Wait until `/readyz` answers something `done` accepts and the listener accepts.
+    async fn wait_until(&mut self, done: impl Fn(u16, &str) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         let client = reqwest::Client::new();
         loop {
@@ -192,7 +227,9 @@ impl Verge {
             }
             let url = format!("http://{}/readyz", self.admin);
             if let Ok(r) = client.get(&url).send().await {
-                if r.status() == 200 && accepts(self.http).await {
+                let status = r.status().as_u16();
+                let body = r.text().await.unwrap_or_default();
+                if done(status, &body) && accepts(self.http).await {
                     return;
                 }
             }
