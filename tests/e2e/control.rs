@@ -4,7 +4,6 @@
 use crate::support::control_plane::{node, policy, Cp, NODE, OPS, PURGER};
 use crate::support::fetch::cache_status_of;
 use crate::support::metrics::metric_eventually;
-use crate::support::process::verge_bin;
 use crate::support::{client, eventually, Origin, Verge};
 use serde_json::{json, Value};
 use std::time::Duration;
