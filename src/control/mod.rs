@@ -3,7 +3,10 @@
 
 pub mod api;
 pub mod client;
+pub mod etcd_store;
+mod etcd_watch;
 pub mod plane;
 pub mod settings;
 pub mod store;
+pub mod store_settings;
 pub mod wire;

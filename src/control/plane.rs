@@ -2,7 +2,7 @@
 //! snapshots and deltas for nodes, and what each node reported it applied.
 
 use super::settings::ControlSettings;
-use super::store::{PolicyVersion, Record, Store, StoreError, StoreState};
+use super::store::{PolicyVersion, Record, Store, StoreChange, StoreError, StoreState};
 use super::wire::{
     parse_target, unix_ms, AppliedReport, Invalidation, InvalidationKind, Position,
     SnapshotMessage, Target,
@@ -107,6 +107,20 @@ struct PlaneState {
     ids: HashMap<String, u64>,
 }
 
+/// Compare-and-set attempts for a batch of invalidations when other replicas append first.
+const APPEND_ATTEMPTS: usize = 5;
+
+/// The newest policy version and sequence a stored state holds.
+fn head_of(state: &StoreState) -> Position {
+    Position {
+        policy_version: state.policies.last().map_or(0, |p| p.version),
+        seq: state
+            .invalidations
+            .last()
+            .map_or(state.floor, |i| i.seq.max(state.floor)),
+    }
+}
+
 /// The client ids of `invalidations`, with their `seq`.
 fn ids_of<'a>(invalidations: impl Iterator<Item = &'a Invalidation>) -> HashMap<String, u64> {
     invalidations
@@ -129,15 +143,13 @@ impl ControlPlane {
         settings: ControlSettings,
         store: Box<dyn Store>,
     ) -> Result<Arc<ControlPlane>, PlaneError> {
+        let loaded = store.load()?;
+        let head = head_of(&loaded);
         let StoreState {
             policies,
             invalidations,
             floor,
-        } = store.load()?;
-        let head = Position {
-            policy_version: policies.last().map_or(0, |p| p.version),
-            seq: invalidations.last().map_or(floor, |i| i.seq.max(floor)),
-        };
+        } = loaded;
         let ids = ids_of(invalidations.iter());
         let plane = Arc::new(ControlPlane {
             state: Mutex::new(PlaneState {
@@ -156,12 +168,23 @@ impl ControlPlane {
             settings,
             store,
         });
+        // a shared store delivers what every replica commits, from the state just loaded on
+        let weak = Arc::downgrade(&plane);
+        plane.store.subscribe(Box::new(move |change| {
+            if let Some(plane) = weak.upgrade() {
+                plane.apply_change(change);
+            }
+        }));
         if head.policy_version == 0 {
             if let Some(path) = plane.settings.seed_policy.clone() {
                 let text = std::fs::read_to_string(&path)
                     .map_err(|e| PlaneError::BadRequest(format!("{}: {e}", path.display())))?;
                 let doc = Policy::document_from_text(&text).map_err(PlaneError::Invalid)?;
-                plane.put_policy(doc, Some(0), "seed_policy")?;
+                match plane.put_policy(doc, Some(0), "seed_policy") {
+                    // another replica sharing the store seeded it first
+                    Ok(_) | Err(PlaneError::Conflict { .. }) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         plane.publish_head(head);
@@ -236,6 +259,8 @@ impl ControlPlane {
             let given = if_match.ok_or(PlaneError::PreconditionRequired)?;
             // The same validator the nodes use, so nodes never receive a policy they refuse.
             Policy::from_json(&document).map_err(PlaneError::Invalid)?;
+            // a shared store: start from everything other replicas committed
+            self.store.sync()?;
             let mut st = self.state.lock();
             if given != st.head.policy_version {
                 return Err(PlaneError::Conflict {
@@ -250,7 +275,12 @@ impl ControlPlane {
                 author: author.to_string(),
                 rollback_of,
             };
-            self.store.append(&[Record::Policy(version.clone())])?;
+            self.store
+                .append(&[Record::Policy(version.clone())])
+                .map_err(|e| match e {
+                    StoreError::Conflict { current } => PlaneError::Conflict { current, given },
+                    e => PlaneError::Store(e),
+                })?;
             st.policies.push_back(version.clone());
             while st.policies.len() > self.settings.policy_history {
                 st.policies.pop_front();
@@ -298,7 +328,23 @@ impl ControlPlane {
         requests: &[InvalidationRequest],
         who: &str,
     ) -> Result<Vec<Accepted>, PlaneError> {
-        let result = self.invalidate_inner(requests, who);
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            // a shared store: start from everything other replicas committed, and again when
+            // one of them took the next `seq` first
+            let result = self
+                .store
+                .sync()
+                .map_err(PlaneError::Store)
+                .and_then(|()| self.invalidate_inner(requests, who));
+            match result {
+                Err(PlaneError::Store(StoreError::Conflict { .. })) if attempt < APPEND_ATTEMPTS => {
+                    continue
+                }
+                result => break result,
+            }
+        };
         count_write("invalidation", &result);
         result
     }
@@ -338,8 +384,9 @@ impl ControlPlane {
             .iter()
             .filter(|r| r.id.as_ref().is_some_and(|id| st.ids.contains_key(id)))
             .count();
-        if redelivered < requests.len() {
-            self.take_tokens(&mut st, who, requests.len() - redelivered)?;
+        let charged = requests.len() - redelivered;
+        if charged > 0 {
+            self.take_tokens(&mut st, who, charged)?;
         }
         let now = Instant::now();
         let window = self.settings.coalesce_window;
@@ -401,9 +448,19 @@ impl ControlPlane {
         }
         if !fresh.is_empty() {
             let records: Vec<Record> = fresh.iter().cloned().map(Record::Invalidation).collect();
-            self.store.append(&records)?;
-            for (key, seq) in batch_keys {
-                st.recent.insert(key, (seq, now));
+            if let Err(e) = self.store.append(&records) {
+                // nothing was written: the budget is not spent
+                if let Some(b) = st.buckets.get_mut(who) {
+                    b.tokens += charged as f64;
+                }
+                return Err(e.into());
+            }
+            // With a shared store another replica may already have sent any earlier
+            // invalidation to its nodes, so only this batch's own repeats coalesce.
+            if !self.store.shared() {
+                for (key, seq) in batch_keys {
+                    st.recent.insert(key, (seq, now));
+                }
             }
             for (id, seq) in batch_ids {
                 st.ids.insert(id.to_string(), seq);
@@ -457,6 +514,56 @@ impl ControlPlane {
         st.floor = floor;
         st.appended_since_compaction = 0;
         Ok(())
+    }
+
+    /// Take in what a shared store saw committed (by any replica, this one included: what is
+    /// already here is skipped by its version or `seq`).
+    pub fn apply_change(&self, change: StoreChange) {
+        let mut st = self.state.lock();
+        let before = st.head;
+        match change {
+            StoreChange::Records(records) => {
+                for r in records {
+                    match r {
+                        Record::Policy(p) if p.version > st.head.policy_version => {
+                            st.head.policy_version = p.version;
+                            st.policies.push_back(p);
+                        }
+                        Record::Invalidation(i) if i.seq > st.head.seq => {
+                            if let Some(id) = &i.id {
+                                st.ids.insert(id.clone(), i.seq);
+                            }
+                            st.head.seq = i.seq;
+                            st.invalidations.push_back(i);
+                        }
+                        Record::Floor { seq } if seq > st.floor => {
+                            st.floor = seq;
+                            let start = st.invalidations.partition_point(|i| i.seq <= seq);
+                            st.invalidations.drain(..start);
+                            st.ids = ids_of(st.invalidations.iter());
+                            st.head.seq = st.head.seq.max(seq);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            StoreChange::Reset(state) => {
+                st.head = head_of(&state);
+                st.ids = ids_of(state.invalidations.iter());
+                st.policies = state.policies.into();
+                st.invalidations = state.invalidations.into();
+                st.floor = state.floor;
+                // what was delivered before the reset says nothing about the new content
+                st.delivered = st.head.seq;
+                st.recent.clear();
+            }
+        }
+        while st.policies.len() > self.settings.policy_history {
+            st.policies.pop_front();
+        }
+        if st.head != before {
+            self.publish_head(st.head);
+        }
     }
 
     /// What a node at `after` needs, or `None` when it is current.

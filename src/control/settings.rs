@@ -3,6 +3,7 @@
 use crate::config::secret::{read_secret, SecretSource};
 use crate::config::units::{ConfDuration, ConfSize};
 use crate::config::{relative_paths, ConfigError, ConfigErrors};
+use super::store_settings::{validate_store, RawStore, StoreSettings};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ struct RawControlSettings {
     threads: Option<usize>,
     grace_period: Option<ConfDuration>,
     graceful_shutdown_timeout: Option<ConfDuration>,
+    store: Option<RawStore>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +138,8 @@ pub struct ControlSettings {
     pub grace_period: Duration,
     /// How long the runtime may take to stop after that (5 s).
     pub graceful_shutdown_timeout: Duration,
+    /// Where policy and invalidations are kept (`store:`).
+    pub store: StoreSettings,
 }
 
 impl ControlSettings {
@@ -276,6 +280,7 @@ fn validate(raw: RawControlSettings) -> Result<ControlSettings, Vec<ConfigError>
     if threads == 0 || threads > 64 {
         push("threads", "must be between 1 and 64".into());
     }
+    let store = validate_store(raw.store, &mut push);
     let seed_policy = raw.seed_policy.map(PathBuf::from);
     if let Some(p) = &seed_policy {
         if !p.is_file() {
@@ -302,6 +307,7 @@ fn validate(raw: RawControlSettings) -> Result<ControlSettings, Vec<ConfigError>
         graceful_shutdown_timeout: raw
             .graceful_shutdown_timeout
             .map_or(Duration::from_secs(5), |d| d.0),
+        store,
     };
     if errs.is_empty() {
         Ok(settings)

@@ -12,24 +12,29 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::Duration;
 
-const OPS: &str = "ops-token-0123456789abcdef";
+pub(crate) const OPS: &str = "ops-token-0123456789abcdef";
 const NODE: &str = "node-token-0123456789abcdef";
 const PURGER: &str = "purge-token-0123456789abcdef";
 
 /// A `verge control` process with its own data directory, restartable on the same port.
-struct Cp {
+pub(crate) struct Cp {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     config: PathBuf,
     dir: tempfile::TempDir,
 }
 
 impl Cp {
     async fn start() -> Cp {
+        Cp::start_with("").await
+    }
+
+    /// A control plane whose config starts with `extra_yaml` (top-level keys, e.g. `store:`).
+    pub(crate) async fn start_with(extra_yaml: &str) -> Cp {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr = ports::addr();
         let yaml = format!(
-            "listen: \"{addr}\"\ndata_dir: {d}/data\ntokens:\n  - {{name: ops, token: {OPS}, scopes: [read, policy:write, purge, purge:all]}}\n  - {{name: node, token: {NODE}, scopes: [read]}}\n  - {{name: purger, token: {PURGER}, scopes: [purge]}}\n",
+            "{extra_yaml}\nlisten: \"{addr}\"\ndata_dir: {d}/data\ntokens:\n  - {{name: ops, token: {OPS}, scopes: [read, policy:write, purge, purge:all]}}\n  - {{name: node, token: {NODE}, scopes: [read]}}\n  - {{name: purger, token: {PURGER}, scopes: [purge]}}\n",
             d = dir.path().display()
         );
         let config = dir.path().join("control.yaml");
@@ -62,22 +67,22 @@ impl Cp {
         assert!(ok, "control plane not ready: {:?}", self.child.try_wait());
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         self.kill();
         self.child = Launch::verge_with(&["control", "-c"]).spawn(&self.config);
         self.wait_ready().await;
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: &str,
         path: &str,
@@ -99,12 +104,12 @@ impl Cp {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    async fn put_policy(&self, doc: Value, if_match: u64) -> (u16, Value) {
+    pub(crate) async fn put_policy(&self, doc: Value, if_match: u64) -> (u16, Value) {
         self.send("PUT", "/v1/policy", OPS, Some(doc), Some(if_match))
             .await
     }
 
-    async fn purge(&self, body: Value) -> u64 {
+    pub(crate) async fn purge(&self, body: Value) -> u64 {
         let (status, v) = self
             .send("POST", "/v1/invalidations", OPS, Some(body), None)
             .await;
@@ -113,7 +118,7 @@ impl Cp {
     }
 
     /// Wait until every one of `n` nodes reports the control plane's head.
-    async fn converged(&self, n: usize) -> bool {
+    pub(crate) async fn converged(&self, n: usize) -> bool {
         eventually(Duration::from_secs(15), || async {
             let (_, v) = self.send("GET", "/v1/nodes", OPS, None, None).await;
             let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
@@ -129,14 +134,14 @@ impl Drop for Cp {
     }
 }
 
-fn policy(origin: &Origin, route_cache: Value) -> Value {
+pub(crate) fn policy(origin: &Origin, route_cache: Value) -> Value {
     json!({
         "pools": {"o": {"backends": [origin.addr.to_string()]}},
         "routes": [{"hosts": ["*"], "pool": "o", "cache": route_cache}],
     })
 }
 
-async fn node(cp: &Cp, id: &str) -> Verge {
+pub(crate) async fn node(cp: &Cp, id: &str) -> Verge {
     let control = Control::new(
         &format!("http://{}", cp.addr),
         id,
@@ -148,7 +153,7 @@ async fn node(cp: &Cp, id: &str) -> Verge {
 }
 
 /// GET through a node; returns status, body and the response headers.
-async fn get(v: &Verge, path: &str) -> (u16, String, reqwest::header::HeaderMap) {
+pub(crate) async fn get(v: &Verge, path: &str) -> (u16, String, reqwest::header::HeaderMap) {
     let g = crate::support::get(v, "site.test", path).await;
     (g.status, g.body, g.headers)
 }

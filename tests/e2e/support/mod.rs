@@ -3,6 +3,7 @@
 //! view of `/metrics`, bounded waits, and ports from one allocator. See `tests/README.md`.
 
 pub mod config;
+pub mod etcd;
 pub mod fetch;
 pub mod metrics;
 pub mod origin;

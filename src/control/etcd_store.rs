@@ -1,0 +1,449 @@
+//! The control plane's store on etcd (v3 API, etcd 3.4 and later): every replica with the same
+//! key prefix shares one policy and one invalidation log, and each commits with a transaction.
+//!
+//! Keys under the prefix `P` (see docs/etcd.md):
+//!
+//! - `P policy`: the current policy version. Its etcd `version` (puts since it was created) is
+//!   the policy version, so a write with `If-Match: N` is a transaction that compares that
+//!   key's version with `N` and writes `P policy` and the history entry `P history/<N+1>`
+//!   together: of two replicas racing on `N`, exactly one commits.
+//! - `P seq`: the last invalidation sequence number. An append compares it with the `seq` the
+//!   replica started from and writes it with the batch's `P inv/<seq>` keys in the same
+//!   transaction, so sequence numbers are dense and global and their order is etcd's revision
+//!   order.
+//! - `P floor`: the highest `seq` dropped by retention; it only moves up.
+//!
+//! The plane calls this store from synchronous code, so the store runs its own small runtime
+//! and waits for each call there, bounded by `store.etcd.timeout`: a call that cannot commit
+//! (no quorum, no member reachable) is an error, and the API answers 503.
+
+use super::etcd_watch::{self, Delivered, Loaded};
+use super::store::{ChangeSink, PolicyVersion, Record, Store, StoreError, StoreState};
+use super::store_settings::EtcdSettings;
+use super::wire::Invalidation;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, SortOrder,
+    SortTarget, Txn, TxnOp, TxnOpResponse,
+};
+use parking_lot::Mutex;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The keys of one control plane in etcd.
+#[derive(Debug, Clone)]
+pub(super) struct Keys {
+    prefix: String,
+}
+
+/// What a key under the prefix holds.
+#[derive(Debug, PartialEq)]
+pub(super) enum KeyKind {
+    /// `P policy`: the compare-and-set anchor (its content is also in the history).
+    Policy,
+    /// `P history/<version>`
+    History,
+    /// `P seq`
+    Seq,
+    /// `P inv/<seq>`
+    Invalidation,
+    /// `P floor`
+    Floor,
+    /// Anything else (left alone).
+    Other,
+}
+
+/// Numbers in keys are zero-padded so that key order is numeric order.
+fn padded(n: u64) -> String {
+    format!("{n:020}")
+}
+
+impl Keys {
+    pub(super) fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_string(),
+        }
+    }
+    pub(super) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    fn policy(&self) -> String {
+        format!("{}policy", self.prefix)
+    }
+    fn history(&self, version: u64) -> String {
+        format!("{}history/{}", self.prefix, padded(version))
+    }
+    fn seq(&self) -> String {
+        format!("{}seq", self.prefix)
+    }
+    fn invalidation(&self, seq: u64) -> String {
+        format!("{}inv/{}", self.prefix, padded(seq))
+    }
+    fn floor(&self) -> String {
+        format!("{}floor", self.prefix)
+    }
+    pub(super) fn kind(&self, key: &[u8]) -> KeyKind {
+        let Some(rest) = key.strip_prefix(self.prefix.as_bytes()) else {
+            return KeyKind::Other;
+        };
+        match rest {
+            b"policy" => KeyKind::Policy,
+            b"seq" => KeyKind::Seq,
+            b"floor" => KeyKind::Floor,
+            r if r.starts_with(b"history/") => KeyKind::History,
+            r if r.starts_with(b"inv/") => KeyKind::Invalidation,
+            _ => KeyKind::Other,
+        }
+    }
+
+    /// The record a stored key-value is, if it is one.
+    pub(super) fn record(&self, kv: &KeyValue) -> Result<Option<Record>, StoreError> {
+        let bad = |reason: String| StoreError::Undecodable {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            reason,
+        };
+        Ok(Some(match self.kind(kv.key()) {
+            KeyKind::History => Record::Policy(
+                serde_json::from_slice::<PolicyVersion>(kv.value())
+                    .map_err(|e| bad(e.to_string()))?,
+            ),
+            KeyKind::Invalidation => Record::Invalidation(
+                serde_json::from_slice::<Invalidation>(kv.value())
+                    .map_err(|e| bad(e.to_string()))?,
+            ),
+            KeyKind::Floor => Record::Floor {
+                seq: number(kv.value()).map_err(bad)?,
+            },
+            KeyKind::Policy | KeyKind::Seq | KeyKind::Other => return Ok(None),
+        }))
+    }
+
+    /// Every record under the prefix, as one state.
+    pub(super) fn state(&self, kvs: &[KeyValue]) -> Result<StoreState, StoreError> {
+        let mut state = StoreState::default();
+        for kv in kvs {
+            match self.record(kv)? {
+                Some(Record::Policy(p)) => state.policies.push(p),
+                Some(Record::Invalidation(i)) => state.invalidations.push(i),
+                Some(Record::Floor { seq }) => state.floor = state.floor.max(seq),
+                None => {}
+            }
+        }
+        state.policies.sort_by_key(|p| p.version);
+        state.invalidations.sort_by_key(|i| i.seq);
+        // invalidations the floor covers are dropped, even if their deletion is still to come
+        let floor = state.floor;
+        state.invalidations.retain(|i| i.seq > floor);
+        Ok(state)
+    }
+}
+
+/// A decimal number stored as text.
+fn number(value: &[u8]) -> Result<u64, String> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| format!("{:?} is not a number", String::from_utf8_lossy(value)))
+}
+
+pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn json(value: &impl serde::Serialize) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Unavailable(format!("encoding: {e}")))
+}
+
+/// The store on etcd. One per `verge control` process.
+pub struct EtcdStore {
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    client: Client,
+    keys: Keys,
+    timeout: Duration,
+    /// Revision and cluster id of the last `load`, where the watch starts.
+    loaded: Mutex<Option<Loaded>>,
+    delivered: Arc<Delivered>,
+}
+
+impl EtcdStore {
+    /// Connect to the cluster (members are reached lazily; nothing is read until `load`).
+    pub fn connect(settings: &EtcdSettings) -> Result<EtcdStore, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("verge-etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| unavailable(format!("cannot start the etcd client's runtime: {e}")))?;
+        let handle = runtime.handle().clone();
+        let endpoints = settings.endpoints.clone();
+        let options = ConnectOptions::new()
+            .with_connect_timeout(settings.timeout)
+            .with_timeout(settings.timeout)
+            .with_keep_alive(Duration::from_secs(5), settings.timeout);
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        handle.spawn(async move {
+            let _ = tx.send(Client::connect(endpoints, Some(options)).await);
+        });
+        let client = rx
+            .recv()
+            .map_err(unavailable)?
+            .map_err(|e| unavailable(format!("etcd {:?}: {e}", settings.endpoints)))?;
+        Ok(EtcdStore {
+            runtime: Some(runtime),
+            handle,
+            client,
+            keys: Keys::new(&settings.prefix),
+            timeout: settings.timeout,
+            loaded: Mutex::new(None),
+            delivered: Arc::new(Delivered::default()),
+        })
+    }
+
+    /// Run `call` on the store's runtime and wait for it, at most `timeout`.
+    fn run<T, F>(&self, call: impl FnOnce(Client, Keys) -> F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let fut = call(self.client.clone(), self.keys.clone());
+        let timeout = self.timeout;
+        self.handle.spawn(async move {
+            let result = match tokio::time::timeout(timeout, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(unavailable(format!("no answer from etcd within {timeout:?}"))),
+            };
+            let _ = tx.send(result);
+        });
+        rx.recv()
+            .unwrap_or_else(|_| Err(unavailable("the etcd client's runtime stopped")))
+    }
+
+    /// Commit a new policy version if `P policy` is still at the version before it.
+    fn append_policy(&self, p: &PolicyVersion) -> Result<(), StoreError> {
+        let value = json(p)?;
+        let expected = i64::try_from(p.version.saturating_sub(1)).unwrap_or(i64::MAX);
+        let version = p.version;
+        self.run(move |mut client, keys| async move {
+            let txn = Txn::new()
+                .when([Compare::version(keys.policy(), CompareOp::Equal, expected)])
+                .and_then([
+                    TxnOp::put(keys.policy(), value.clone(), None),
+                    TxnOp::put(keys.history(version), value, None),
+                ])
+                .or_else([TxnOp::get(keys.policy(), None)]);
+            let resp = client.txn(txn).await.map_err(unavailable)?;
+            if resp.succeeded() {
+                return Ok(());
+            }
+            let current = first_kv(&resp.op_responses()).map_or(0, |kv| kv.version());
+            Err(StoreError::Conflict {
+                current: u64::try_from(current).unwrap_or(0),
+            })
+        })
+    }
+
+    /// Commit a batch of invalidations if `P seq` is still the `seq` before the first.
+    fn append_invalidations(&self, batch: &[&Invalidation]) -> Result<(), StoreError> {
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            return Ok(());
+        };
+        let before = first.seq.saturating_sub(1);
+        let last = last.seq;
+        let mut puts = Vec::with_capacity(batch.len());
+        for i in batch {
+            puts.push((i.seq, json(i)?));
+        }
+        self.run(move |mut client, keys| async move {
+            let compare = if before == 0 {
+                Compare::version(keys.seq(), CompareOp::Equal, 0)
+            } else {
+                Compare::value(keys.seq(), CompareOp::Equal, padded(before))
+            };
+            let mut ops: Vec<TxnOp> = puts
+                .into_iter()
+                .map(|(seq, v)| TxnOp::put(keys.invalidation(seq), v, None))
+                .collect();
+            ops.push(TxnOp::put(keys.seq(), padded(last), None));
+            let txn = Txn::new()
+                .when([compare])
+                .and_then(ops)
+                .or_else([TxnOp::get(keys.seq(), None)]);
+            let resp = client.txn(txn).await.map_err(unavailable)?;
+            if resp.succeeded() {
+                return Ok(());
+            }
+            let current = first_kv(&resp.op_responses())
+                .map(|kv| number(kv.value()).unwrap_or(0))
+                .unwrap_or(0);
+            Err(StoreError::Conflict { current })
+        })
+    }
+}
+
+/// The first key-value of the first `get` among a transaction's responses.
+fn first_kv(responses: &[TxnOpResponse]) -> Option<KeyValue> {
+    responses.iter().find_map(|r| match r {
+        TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+        _ => None,
+    })
+}
+
+impl Store for EtcdStore {
+    fn load(&self) -> Result<StoreState, StoreError> {
+        let (state, loaded) = self.run(|mut client, keys| async move {
+            etcd_watch::list(&mut client, &keys).await
+        })?;
+        self.delivered.advance(loaded.revision);
+        *self.loaded.lock() = Some(loaded);
+        Ok(state)
+    }
+
+    fn append(&self, records: &[Record]) -> Result<(), StoreError> {
+        match records {
+            [Record::Policy(p)] => self.append_policy(p),
+            _ => {
+                let mut batch = Vec::with_capacity(records.len());
+                for r in records {
+                    match r {
+                        Record::Invalidation(i) => batch.push(i),
+                        _ => {
+                            return Err(unavailable(
+                                "etcd store: a policy is written alone, a floor only by compaction",
+                            ))
+                        }
+                    }
+                }
+                self.append_invalidations(&batch)
+            }
+        }
+    }
+
+    /// Drop what `state` no longer holds: invalidations up to its floor and policy versions
+    /// older than its oldest. Several replicas may do this at once: deletions of old keys are
+    /// idempotent and the floor only moves up (a compare on its current value).
+    fn rewrite(&self, state: &StoreState) -> Result<(), StoreError> {
+        let floor = state.floor;
+        let oldest = state.policies.first().map(|p| p.version);
+        self.run(move |mut client, keys| async move {
+            for _ in 0..5 {
+                let got = client
+                    .get(keys.floor(), None)
+                    .await
+                    .map_err(unavailable)?;
+                let current = match got.kvs().first() {
+                    None => None,
+                    Some(kv) => Some(number(kv.value()).unwrap_or(0)),
+                };
+                let mut ops = vec![TxnOp::delete(
+                    format!("{}inv/", keys.prefix),
+                    Some(DeleteOptions::new().with_range(keys.invalidation(floor + 1))),
+                )];
+                if let Some(oldest) = oldest {
+                    ops.push(TxnOp::delete(
+                        format!("{}history/", keys.prefix),
+                        Some(DeleteOptions::new().with_range(keys.history(oldest))),
+                    ));
+                }
+                let compare = match current {
+                    Some(c) if c >= floor => {
+                        // the floor is already there or higher: only the deletions
+                        Compare::value(keys.floor(), CompareOp::Equal, padded(c))
+                    }
+                    Some(c) => {
+                        ops.push(TxnOp::put(keys.floor(), padded(floor), None));
+                        Compare::value(keys.floor(), CompareOp::Equal, padded(c))
+                    }
+                    None => {
+                        ops.push(TxnOp::put(keys.floor(), padded(floor), None));
+                        Compare::version(keys.floor(), CompareOp::Equal, 0)
+                    }
+                };
+                let resp = client
+                    .txn(Txn::new().when([compare]).and_then(ops))
+                    .await
+                    .map_err(unavailable)?;
+                if resp.succeeded() {
+                    return Ok(());
+                }
+            }
+            Err(StoreError::Conflict { current: floor })
+        })
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn subscribe(&self, sink: ChangeSink) {
+        let Some(loaded) = *self.loaded.lock() else {
+            log::error!("etcd store: subscribe before load; no changes will be delivered");
+            return;
+        };
+        etcd_watch::start(
+            &self.handle,
+            self.client.clone(),
+            self.keys.clone(),
+            loaded,
+            sink,
+            self.delivered.clone(),
+            self.timeout,
+        );
+    }
+
+    /// Read the newest revision among this prefix's keys (a linearizable read: it needs a
+    /// quorum) and wait until the watch has delivered it.
+    fn sync(&self) -> Result<(), StoreError> {
+        let newest = self.run(|mut client, keys| async move {
+            let options = GetOptions::new()
+                .with_prefix()
+                .with_keys_only()
+                .with_limit(1)
+                .with_sort(SortTarget::Mod, SortOrder::Descend);
+            let got = client
+                .get(keys.prefix().to_string(), Some(options))
+                .await
+                .map_err(unavailable)?;
+            Ok(got.kvs().first().map_or(0, |kv| kv.mod_revision()))
+        })?;
+        if self.delivered.wait_for(newest, self.timeout) {
+            Ok(())
+        } else {
+            Err(unavailable(format!(
+                "the watch has not delivered revision {newest} within {:?}",
+                self.timeout
+            )))
+        }
+    }
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        // dropping a runtime inside another one's context would panic
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_numerically_and_are_told_apart() {
+        let k = Keys::new("/verge/");
+        assert!(k.invalidation(9) < k.invalidation(10));
+        assert!(k.history(99) < k.history(100));
+        assert_eq!(k.kind(b"/verge/policy"), KeyKind::Policy);
+        assert_eq!(k.kind(k.history(3).as_bytes()), KeyKind::History);
+        assert_eq!(k.kind(k.invalidation(3).as_bytes()), KeyKind::Invalidation);
+        assert_eq!(k.kind(b"/verge/seq"), KeyKind::Seq);
+        assert_eq!(k.kind(b"/verge/floor"), KeyKind::Floor);
+        assert_eq!(k.kind(b"/verge/else"), KeyKind::Other);
+        assert_eq!(k.kind(b"/other/policy"), KeyKind::Other);
+        assert_eq!(number(b"00000000000000000042"), Ok(42));
+        assert!(number(b"x").is_err());
+    }
+}

@@ -1,0 +1,174 @@
+//! `verge control` on etcd: two replicas share a 3-member etcd cluster on loopback. A write on
+//! one replica reaches a node polling the other, racing compare-and-sets have one winner, a
+//! member's loss changes nothing, a lost quorum refuses writes while nodes keep serving, and a
+//! restarted replica loses nothing.
+
+use crate::control::{get, node, policy, Cp, OPS};
+use crate::support::etcd::EtcdCluster;
+use crate::support::{eventually, Origin};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// A replica on `etcd` under `prefix`.
+async fn replica(etcd: &EtcdCluster, prefix: &str) -> Cp {
+    Cp::start_with(&format!(
+        "store:\n  etcd:\n    endpoints: {}\n    prefix: {prefix}\n    timeout: 2s",
+        etcd.endpoints_yaml()
+    ))
+    .await
+}
+
+/// `GET path` on a replica, as the ops token.
+async fn read(cp: &Cp, path: &str) -> Value {
+    let (status, v) = cp.send("GET", path, OPS, None, None).await;
+    assert_eq!(status, 200, "{path}: {v}");
+    v
+}
+
+/// Wait until `cp` holds policy `version` and invalidations up to `seq`.
+async fn holds(cp: &Cp, version: u64, seq: u64) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        let (_, p) = cp.send("GET", "/v1/policy", OPS, None, None).await;
+        let (_, i) = cp.send("GET", "/v1/invalidations", OPS, None, None).await;
+        let last = i["invalidations"]
+            .as_array()
+            .and_then(|a| a.last())
+            .and_then(|x| x["seq"].as_u64())
+            .unwrap_or(0);
+        p["version"] == json!(version) && last == seq
+    })
+    .await
+}
+
+/// Fetch `path` through `n` until the origin has seen `hits` requests for it.
+async fn refetched(n: &crate::support::Verge, o: &Origin, path: &str, hits: u64) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        get(n, path).await;
+        o.hits(path) >= hits
+    })
+    .await
+}
+
+#[tokio::test]
+async fn replicas_share_policy_purges_and_compare_and_set() {
+    let Some(etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let o = Origin::start("o").await;
+    o.set_headers("/p", &[("cache-control", "max-age=300")]);
+    let a = replica(&etcd, "/share/").await;
+    let b = replica(&etcd, "/share/").await;
+    let n = node(&b, "on-b").await;
+
+    // A policy written through A reaches the node polling B.
+    let (status, v) = a.put_policy(policy(&o, json!({})), 0).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(b.converged(1).await, "the node on B applied A's policy");
+    assert_eq!(get(&n, "/p").await.0, 200);
+    assert_eq!(get(&n, "/p").await.0, 200);
+    assert_eq!(o.hits("/p"), 1, "the second GET was a hit");
+
+    // Two replicas racing on the same version: exactly one wins, the other gets 412.
+    for version in 1..=4u64 {
+        let doc = policy(&o, json!({"default_ttl": format!("{version}m")}));
+        let (ra, rb) = tokio::join!(a.put_policy(doc.clone(), version), b.put_policy(doc, version));
+        let mut statuses = [ra.0, rb.0];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 412], "round {version}: {} / {}", ra.1, rb.1);
+        let winner = if ra.0 == 200 { ra.1 } else { rb.1 };
+        assert_eq!(winner["version"], json!(version + 1));
+    }
+    let history = read(&a, "/v1/policy/history").await;
+    let versions: Vec<u64> = history["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .filter_map(|v| v["version"].as_u64())
+        .collect();
+    assert_eq!(versions, [1, 2, 3, 4, 5], "one writer per version, none lost");
+
+    // A purge through A is applied by the node on B; both replicas agree on its seq.
+    let seq = a.purge(json!({"kind": "url", "target": "site.test/p"})).await;
+    assert_eq!(seq, 1);
+    assert!(refetched(&n, &o, "/p", 2).await, "the node on B refetched after A's purge");
+    assert!(holds(&b, 5, 1).await);
+    // Purges through both replicas get distinct, dense sequence numbers.
+    let (sa, sb) = tokio::join!(
+        a.purge(json!({"kind": "tag", "target": "x"})),
+        b.purge(json!({"kind": "tag", "target": "y"}))
+    );
+    let mut seqs = [sa, sb];
+    seqs.sort_unstable();
+    assert_eq!(seqs, [2, 3]);
+    assert!(holds(&a, 5, 3).await && holds(&b, 5, 3).await);
+    assert_eq!(
+        read(&a, "/v1/invalidations").await,
+        read(&b, "/v1/invalidations").await,
+        "one log, the same on every replica"
+    );
+    assert!(b.converged(1).await, "the node reached the shared head");
+}
+
+#[tokio::test]
+async fn etcd_member_and_quorum_loss_and_a_replica_restart() {
+    let Some(mut etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let o = Origin::start("o").await;
+    o.set_headers("/p", &[("cache-control", "max-age=300")]);
+    let a = replica(&etcd, "/faults/").await;
+    let mut b = replica(&etcd, "/faults/").await;
+    let n = node(&b, "on-b").await;
+    assert_eq!(a.put_policy(policy(&o, json!({})), 0).await.0, 200);
+    assert!(b.converged(1).await);
+    assert_eq!(get(&n, "/p").await.0, 200);
+
+    // One member down: writes still commit, and still reach the node.
+    etcd.kill(0);
+    let (status, v) = a.put_policy(policy(&o, json!({})), 1).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(a.purge(json!({"kind": "url", "target": "site.test/p"})).await, 1);
+    assert!(refetched(&n, &o, "/p", 2).await, "the purge reached the node");
+    assert!(b.converged(1).await);
+
+    // Two down, no quorum: writes are refused with 503, never a 2xx; reads and the node go on.
+    etcd.kill(1);
+    let (status, v) = a.put_policy(policy(&o, json!({})), 2).await;
+    assert_eq!(status, 503, "{v}");
+    let (status, v) = b
+        .send(
+            "POST",
+            "/v1/invalidations",
+            OPS,
+            Some(json!({"kind": "url", "target": "site.test/p"})),
+            None,
+        )
+        .await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(read(&b, "/v1/policy").await["version"], json!(2));
+    let hits = o.hits("/p");
+    assert_eq!(get(&n, "/p").await.0, 200, "the node keeps serving");
+    assert_eq!(o.hits("/p"), hits, "from its cache");
+
+    // Quorum back: writes commit again.
+    etcd.start_stopped().await;
+    let ok = eventually(Duration::from_secs(15), || async {
+        a.put_policy(policy(&o, json!({})), 2).await.0 == 200
+    })
+    .await;
+    assert!(ok, "writes commit once the quorum is back");
+    assert_eq!(b.purge(json!({"kind": "url", "target": "site.test/p"})).await, 2);
+
+    // B restarts while A writes: B comes back with everything, and its node catches up.
+    b.kill();
+    assert_eq!(a.purge(json!({"kind": "host", "target": "site.test"})).await, 3);
+    assert_eq!(a.put_policy(policy(&o, json!({})), 3).await.0, 200);
+    b.restart().await;
+    assert!(holds(&b, 4, 3).await, "B has every write after its restart");
+    assert_eq!(
+        read(&a, "/v1/invalidations").await,
+        read(&b, "/v1/invalidations").await
+    );
+    assert!(b.converged(1).await, "the node on B reached the head after B's restart");
+    assert!(refetched(&n, &o, "/p", 3).await);
+}
