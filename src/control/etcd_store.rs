@@ -22,8 +22,8 @@ use super::store::{ChangeSink, PolicyVersion, Record, Store, StoreError, StoreSt
 use super::store_settings::EtcdSettings;
 use super::wire::Invalidation;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, SortOrder,
-    SortTarget, Txn, TxnOp, TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, GetResponse, KeyValue,
+    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
 use parking_lot::Mutex;
 use std::future::Future;
@@ -146,6 +146,84 @@ fn number(value: &[u8]) -> Result<u64, String> {
         .ok_or_else(|| format!("{:?} is not a number", String::from_utf8_lossy(value)))
 }
 
+/// Whether a call failed before any member got it (its connection could not be made).
+fn never_sent(e: &etcd_client::Error) -> bool {
+    // tonic is not a direct dependency: its connect error is recognised by name
+    matches!(e, etcd_client::Error::GRpcStatus(s) if format!("{s:?}").contains("ConnectError"))
+}
+
+/// Whether a call may work if sent again: the member was down, the leader changed, the
+/// connection broke (gRPC `Unavailable`).
+fn retryable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => format!("{:?}", s.code()) == "Unavailable",
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
+}
+
+/// Pause between two attempts of one call.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Commit the compare-and-set `t`: `Ok(Ok(()))` when it committed, `Ok(Err(response))` when
+/// its compare failed. An attempt that failed where it may still have committed (a leader
+/// change, a broken connection) is sent again; if the first did commit, the retry's compare
+/// fails, and reading back `mine` (a key `t` writes, with the value it writes) tells that the
+/// commit was this one. The caller's timeout bounds the attempts.
+async fn commit(
+    client: &Client,
+    t: Txn,
+    mine: (String, Vec<u8>),
+) -> Result<Result<(), TxnResponse>, StoreError> {
+    let mut maybe_committed = false;
+    loop {
+        let mut c = client.clone();
+        match c.txn(t.clone()).await {
+            Ok(resp) if resp.succeeded() => return Ok(Ok(())),
+            Ok(resp) => {
+                if maybe_committed {
+                    let got = get(client, mine.0.clone(), None).await?;
+                    if got.kvs().first().is_some_and(|kv| kv.value() == mine.1) {
+                        return Ok(Ok(()));
+                    }
+                }
+                return Ok(Err(resp));
+            }
+            Err(e) if retryable(&e) => {
+                maybe_committed |= !never_sent(&e);
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
+}
+
+/// A transaction without a compare that matters (sent again like a read).
+async fn txn(client: &Client, t: Txn) -> Result<TxnResponse, StoreError> {
+    loop {
+        let mut c = client.clone();
+        match c.txn(t.clone()).await {
+            Err(e) if retryable(&e) => tokio::time::sleep(RETRY_PAUSE).await,
+            result => return result.map_err(unavailable),
+        }
+    }
+}
+
+/// A read, sent again while it fails with `Unavailable` (the caller's timeout bounds it).
+pub(super) async fn get(
+    client: &Client,
+    key: String,
+    options: Option<GetOptions>,
+) -> Result<GetResponse, StoreError> {
+    loop {
+        let mut c = client.clone();
+        match c.get(key.clone(), options.clone()).await {
+            Err(e) if retryable(&e) => tokio::time::sleep(RETRY_PAUSE).await,
+            result => return result.map_err(unavailable),
+        }
+    }
+}
+
 pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -225,18 +303,17 @@ impl EtcdStore {
         let value = json(p)?;
         let expected = i64::try_from(p.version.saturating_sub(1)).unwrap_or(i64::MAX);
         let version = p.version;
-        self.run(move |mut client, keys| async move {
-            let txn = Txn::new()
+        self.run(move |client, keys| async move {
+            let t = Txn::new()
                 .when([Compare::version(keys.policy(), CompareOp::Equal, expected)])
                 .and_then([
                     TxnOp::put(keys.policy(), value.clone(), None),
-                    TxnOp::put(keys.history(version), value, None),
+                    TxnOp::put(keys.history(version), value.clone(), None),
                 ])
                 .or_else([TxnOp::get(keys.policy(), None)]);
-            let resp = client.txn(txn).await.map_err(unavailable)?;
-            if resp.succeeded() {
+            let Err(resp) = commit(&client, t, (keys.history(version), value)).await? else {
                 return Ok(());
-            }
+            };
             let current = first_kv(&resp.op_responses()).map_or(0, |kv| kv.version());
             Err(StoreError::Conflict {
                 current: u64::try_from(current).unwrap_or(0),
@@ -250,30 +327,34 @@ impl EtcdStore {
             return Ok(());
         };
         let before = first.seq.saturating_sub(1);
+        let first_seq = first.seq;
         let last = last.seq;
         let mut puts = Vec::with_capacity(batch.len());
         for i in batch {
             puts.push((i.seq, json(i)?));
         }
-        self.run(move |mut client, keys| async move {
+        self.run(move |client, keys| async move {
             let compare = if before == 0 {
                 Compare::version(keys.seq(), CompareOp::Equal, 0)
             } else {
                 Compare::value(keys.seq(), CompareOp::Equal, padded(before))
             };
+            let mine = (
+                keys.invalidation(first_seq),
+                puts.first().map(|(_, v)| v.clone()).unwrap_or_default(),
+            );
             let mut ops: Vec<TxnOp> = puts
                 .into_iter()
                 .map(|(seq, v)| TxnOp::put(keys.invalidation(seq), v, None))
                 .collect();
             ops.push(TxnOp::put(keys.seq(), padded(last), None));
-            let txn = Txn::new()
+            let t = Txn::new()
                 .when([compare])
                 .and_then(ops)
                 .or_else([TxnOp::get(keys.seq(), None)]);
-            let resp = client.txn(txn).await.map_err(unavailable)?;
-            if resp.succeeded() {
+            let Err(resp) = commit(&client, t, mine).await? else {
                 return Ok(());
-            }
+            };
             let current = first_kv(&resp.op_responses())
                 .map(|kv| number(kv.value()).unwrap_or(0))
                 .unwrap_or(0);
@@ -292,9 +373,8 @@ fn first_kv(responses: &[TxnOpResponse]) -> Option<KeyValue> {
 
 impl Store for EtcdStore {
     fn load(&self) -> Result<StoreState, StoreError> {
-        let (state, loaded) = self.run(|mut client, keys| async move {
-            etcd_watch::list(&mut client, &keys).await
-        })?;
+        let (state, loaded) =
+            self.run(|client, keys| async move { etcd_watch::list(&client, &keys).await })?;
         self.delivered.advance(loaded.revision);
         *self.loaded.lock() = Some(loaded);
         Ok(state)
@@ -326,12 +406,9 @@ impl Store for EtcdStore {
     fn rewrite(&self, state: &StoreState) -> Result<(), StoreError> {
         let floor = state.floor;
         let oldest = state.policies.first().map(|p| p.version);
-        self.run(move |mut client, keys| async move {
+        self.run(move |client, keys| async move {
             for _ in 0..5 {
-                let got = client
-                    .get(keys.floor(), None)
-                    .await
-                    .map_err(unavailable)?;
+                let got = get(&client, keys.floor(), None).await?;
                 let current = match got.kvs().first() {
                     None => None,
                     Some(kv) => Some(number(kv.value()).unwrap_or(0)),
@@ -360,10 +437,7 @@ impl Store for EtcdStore {
                         Compare::version(keys.floor(), CompareOp::Equal, 0)
                     }
                 };
-                let resp = client
-                    .txn(Txn::new().when([compare]).and_then(ops))
-                    .await
-                    .map_err(unavailable)?;
+                let resp = txn(&client, Txn::new().when([compare]).and_then(ops)).await?;
                 if resp.succeeded() {
                     return Ok(());
                 }
@@ -395,16 +469,13 @@ impl Store for EtcdStore {
     /// Read the newest revision among this prefix's keys (a linearizable read: it needs a
     /// quorum) and wait until the watch has delivered it.
     fn sync(&self) -> Result<(), StoreError> {
-        let newest = self.run(|mut client, keys| async move {
+        let newest = self.run(|client, keys| async move {
             let options = GetOptions::new()
                 .with_prefix()
                 .with_keys_only()
                 .with_limit(1)
                 .with_sort(SortTarget::Mod, SortOrder::Descend);
-            let got = client
-                .get(keys.prefix().to_string(), Some(options))
-                .await
-                .map_err(unavailable)?;
+            let got = get(&client, keys.prefix().to_string(), Some(options)).await?;
             Ok(got.kvs().first().map_or(0, |kv| kv.mod_revision()))
         })?;
         if self.delivered.wait_for(newest, self.timeout) {

@@ -12,7 +12,7 @@
 //! - A revision lower than one already seen, or another cluster id, means etcd was wiped or
 //!   restored: the same full read replaces the plane's state.
 
-use super::etcd_store::{unavailable, Keys};
+use super::etcd_store::{get, Keys};
 use super::store::{ChangeSink, Record, StoreChange, StoreError, StoreState};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchResponse};
 use std::sync::mpsc;
@@ -60,13 +60,15 @@ impl Delivered {
 
 /// Read everything under the prefix at one revision.
 pub(super) async fn list(
-    client: &mut Client,
+    client: &Client,
     keys: &Keys,
 ) -> Result<(StoreState, Loaded), StoreError> {
-    let got = client
-        .get(keys.prefix().to_string(), Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(unavailable)?;
+    let got = get(
+        client,
+        keys.prefix().to_string(),
+        Some(GetOptions::new().with_prefix()),
+    )
+    .await?;
     let loaded = got.header().map_or(
         Loaded {
             revision: 0,
@@ -165,7 +167,7 @@ async fn watch(mut client: Client, keys: Keys, mut at: Loaded, tx: mpsc::Sender<
                 Step::Nothing => {}
                 Step::Relist(why) => {
                     log::warn!("etcd store: {why}; reading everything again");
-                    match relist(&mut client, &keys, &tx, timeout).await {
+                    match relist(&client, &keys, &tx, timeout).await {
                         Some(now) => at = now,
                         None => return,
                     }
@@ -253,7 +255,7 @@ fn step(keys: &Keys, at: &mut Loaded, resp: &WatchResponse) -> Step {
 
 /// Read everything again and hand it to the plane; retried until it works or the plane is gone.
 async fn relist(
-    client: &mut Client,
+    client: &Client,
     keys: &Keys,
     tx: &mpsc::Sender<Delivery>,
     timeout: Duration,

@@ -3,7 +3,7 @@
 use crate::config::secret::{read_secret, SecretSource};
 use crate::config::units::{ConfDuration, ConfSize};
 use crate::config::{relative_paths, ConfigError, ConfigErrors};
-use super::store_settings::{validate_store, RawStore, StoreSettings};
+use super::store_settings::{validate_store, StoreSettings};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -30,7 +30,7 @@ struct RawControlSettings {
     threads: Option<usize>,
     grace_period: Option<ConfDuration>,
     graceful_shutdown_timeout: Option<ConfDuration>,
-    store: Option<RawStore>,
+    store: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,20 +5,10 @@ use crate::config::units::ConfDuration;
 use serde::Deserialize;
 use std::time::Duration;
 
-/// `store:` as written.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub(super) enum RawStore {
-    /// `store: file`
-    File,
-    /// `store: {etcd: {...}}`
-    Etcd(RawEtcd),
-}
-
 /// `store.etcd` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawEtcd {
+struct RawEtcd {
     #[serde(default)]
     endpoints: Vec<String>,
     prefix: Option<String>,
@@ -48,13 +38,28 @@ pub struct EtcdSettings {
 }
 
 /// Validate `store:` (absent: the file store), pushing every error with its key path.
+/// `store:` is `file` or `{etcd: {...}}` (YAML text, not serde_yaml 0.9's enum tags).
 pub(super) fn validate_store(
-    raw: Option<RawStore>,
+    raw: Option<serde_yaml::Value>,
     push: &mut dyn FnMut(&str, String),
 ) -> StoreSettings {
     let etcd = match raw {
-        None | Some(RawStore::File) => return StoreSettings::File,
-        Some(RawStore::Etcd(e)) => e,
+        None => return StoreSettings::File,
+        Some(serde_yaml::Value::String(s)) if s == "file" => return StoreSettings::File,
+        Some(serde_yaml::Value::Mapping(m)) if m.len() == 1 && m.contains_key("etcd") => {
+            let value = m.get("etcd").cloned().unwrap_or_default();
+            match serde_yaml::from_value::<RawEtcd>(value) {
+                Ok(e) => e,
+                Err(e) => {
+                    push("store.etcd", e.to_string());
+                    return StoreSettings::File;
+                }
+            }
+        }
+        Some(_) => {
+            push("store", "file, or etcd: {endpoints, prefix, timeout}".into());
+            return StoreSettings::File;
+        }
     };
     if etcd.endpoints.is_empty() {
         push(
@@ -170,6 +175,12 @@ mod tests {
         let e = ControlSettings::from_yaml_str("insecure_no_auth: true\nstore: zookeeper\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("unknown variant"), "{e}");
+        assert!(e.contains("store: file, or etcd"), "{e}");
+        let e = ControlSettings::from_yaml_str(
+            "insecure_no_auth: true\nstore: {etcd: {endpoints: [a:1], bogus: 1}}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("store.etcd: unknown field `bogus`"), "{e}");
     }
 }

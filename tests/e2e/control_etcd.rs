@@ -40,6 +40,11 @@ async fn holds(cp: &Cp, version: u64, seq: u64) -> bool {
     .await
 }
 
+/// Wait until `cp` holds policy `version` and `seq`, and its one node applied them.
+async fn node_at(cp: &Cp, version: u64, seq: u64) -> bool {
+    holds(cp, version, seq).await && cp.converged(1).await
+}
+
 /// Fetch `path` through `n` until the origin has seen `hits` requests for it.
 async fn refetched(n: &crate::support::Verge, o: &Origin, path: &str, hits: u64) -> bool {
     eventually(Duration::from_secs(10), || async {
@@ -63,7 +68,7 @@ async fn replicas_share_policy_purges_and_compare_and_set() {
     // A policy written through A reaches the node polling B.
     let (status, v) = a.put_policy(policy(&o, json!({})), 0).await;
     assert_eq!(status, 200, "{v}");
-    assert!(b.converged(1).await, "the node on B applied A's policy");
+    assert!(node_at(&b, 1, 0).await, "the node on B applied A's policy");
     assert_eq!(get(&n, "/p").await.0, 200);
     assert_eq!(get(&n, "/p").await.0, 200);
     assert_eq!(o.hits("/p"), 1, "the second GET was a hit");
@@ -106,7 +111,7 @@ async fn replicas_share_policy_purges_and_compare_and_set() {
         read(&b, "/v1/invalidations").await,
         "one log, the same on every replica"
     );
-    assert!(b.converged(1).await, "the node reached the shared head");
+    assert!(node_at(&b, 5, 3).await, "the node reached the shared head");
 }
 
 #[tokio::test]
@@ -120,7 +125,7 @@ async fn etcd_member_and_quorum_loss_and_a_replica_restart() {
     let mut b = replica(&etcd, "/faults/").await;
     let n = node(&b, "on-b").await;
     assert_eq!(a.put_policy(policy(&o, json!({})), 0).await.0, 200);
-    assert!(b.converged(1).await);
+    assert!(node_at(&b, 1, 0).await);
     assert_eq!(get(&n, "/p").await.0, 200);
 
     // One member down: writes still commit, and still reach the node.
@@ -129,7 +134,7 @@ async fn etcd_member_and_quorum_loss_and_a_replica_restart() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(a.purge(json!({"kind": "url", "target": "site.test/p"})).await, 1);
     assert!(refetched(&n, &o, "/p", 2).await, "the purge reached the node");
-    assert!(b.converged(1).await);
+    assert!(node_at(&b, 2, 1).await);
 
     // Two down, no quorum: writes are refused with 503, never a 2xx; reads and the node go on.
     etcd.kill(1);
@@ -164,11 +169,10 @@ async fn etcd_member_and_quorum_loss_and_a_replica_restart() {
     assert_eq!(a.purge(json!({"kind": "host", "target": "site.test"})).await, 3);
     assert_eq!(a.put_policy(policy(&o, json!({})), 3).await.0, 200);
     b.restart().await;
-    assert!(holds(&b, 4, 3).await, "B has every write after its restart");
+    assert!(node_at(&b, 4, 3).await, "B has every write after its restart, and so does its node");
     assert_eq!(
         read(&a, "/v1/invalidations").await,
         read(&b, "/v1/invalidations").await
     );
-    assert!(b.converged(1).await, "the node on B reached the head after B's restart");
     assert!(refetched(&n, &o, "/p", 3).await);
 }
