@@ -290,7 +290,9 @@ impl EtcdStore {
         self.handle.spawn(async move {
             let result = match tokio::time::timeout(timeout, fut).await {
                 Ok(r) => r,
-                Err(_) => Err(unavailable(format!("no answer from etcd within {timeout:?}"))),
+                Err(_) => Err(unavailable(format!(
+                    "no answer from etcd within {timeout:?}"
+                ))),
             };
             let _ = tx.send(result);
         });
@@ -409,10 +411,7 @@ impl Store for EtcdStore {
         self.run(move |client, keys| async move {
             for _ in 0..5 {
                 let got = get(&client, keys.floor(), None).await?;
-                let current = match got.kvs().first() {
-                    None => None,
-                    Some(kv) => Some(number(kv.value()).unwrap_or(0)),
-                };
+                let current = got.kvs().first().map(|kv| number(kv.value()).unwrap_or(0));
                 let mut ops = vec![TxnOp::delete(
                     format!("{}inv/", keys.prefix),
                     Some(DeleteOptions::new().with_range(keys.invalidation(floor + 1))),

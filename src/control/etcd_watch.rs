@@ -59,10 +59,7 @@ impl Delivered {
 }
 
 /// Read everything under the prefix at one revision.
-pub(super) async fn list(
-    client: &Client,
-    keys: &Keys,
-) -> Result<(StoreState, Loaded), StoreError> {
+pub(super) async fn list(client: &Client, keys: &Keys) -> Result<(StoreState, Loaded), StoreError> {
     let got = get(
         client,
         keys.prefix().to_string(),
@@ -122,16 +119,24 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Watch from `at.revision + 1` for as long as the plane lives.
-async fn watch(mut client: Client, keys: Keys, mut at: Loaded, tx: mpsc::Sender<Delivery>, timeout: Duration) {
+async fn watch(
+    mut client: Client,
+    keys: Keys,
+    mut at: Loaded,
+    tx: mpsc::Sender<Delivery>,
+    timeout: Duration,
+) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(at.revision + 1)
             .with_progress_notify();
-        let started =
-            tokio::time::timeout(timeout, client.watch(keys.prefix().to_string(), Some(options)))
-                .await;
+        let started = tokio::time::timeout(
+            timeout,
+            client.watch(keys.prefix().to_string(), Some(options)),
+        )
+        .await;
         let mut stream = match started {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {

@@ -339,7 +339,9 @@ impl ControlPlane {
                 .map_err(PlaneError::Store)
                 .and_then(|()| self.invalidate_inner(requests, who));
             match result {
-                Err(PlaneError::Store(StoreError::Conflict { .. })) if attempt < APPEND_ATTEMPTS => {
+                Err(PlaneError::Store(StoreError::Conflict { .. }))
+                    if attempt < APPEND_ATTEMPTS =>
+                {
                     continue
                 }
                 result => break result,
@@ -948,6 +950,66 @@ mod tests {
         // another token has its own bucket
         cp.invalidate(&[purge(InvalidationKind::Host, "c.com")], "other")
             .unwrap();
+    }
+
+    #[test]
+    fn changes_from_a_shared_store_are_taken_in_once_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = open(dir.path());
+        let p1 = PolicyVersion {
+            version: 1,
+            document: policy_doc("127.0.0.1:1"),
+            written_ms: 1,
+            author: "other".into(),
+            rollback_of: None,
+        };
+        let inv = |seq: u64, id: Option<&str>| Invalidation {
+            seq,
+            kind: InvalidationKind::Host,
+            target: format!("h{seq}.com"),
+            soft: false,
+            created_ms: 1,
+            id: id.map(str::to_string),
+        };
+        let at = cp.snapshot_for(None).unwrap().position();
+        cp.apply_change(StoreChange::Records(vec![
+            Record::Policy(p1.clone()),
+            Record::Invalidation(inv(1, Some("evt"))),
+            Record::Invalidation(inv(2, None)),
+        ]));
+        // a second delivery of the same records (this replica's own writes) changes nothing
+        cp.apply_change(StoreChange::Records(vec![
+            Record::Policy(p1),
+            Record::Invalidation(inv(2, None)),
+        ]));
+        assert_eq!(
+            cp.head(),
+            Position {
+                policy_version: 1,
+                seq: 2
+            }
+        );
+        let delta = cp.snapshot_for(Some(at)).unwrap();
+        assert_eq!(delta.invalidations.len(), 2);
+        assert!(delta.policy.is_some());
+        // the client id came with it: a redelivery through this replica purges nothing
+        let again = cp
+            .invalidate(
+                &[InvalidationRequest {
+                    id: Some("evt".into()),
+                    ..purge(InvalidationKind::Host, "h1.com")
+                }],
+                "t",
+            )
+            .unwrap();
+        assert_eq!((again[0].seq, again[0].duplicate), (1, true));
+        // retention elsewhere moves the floor here too
+        cp.apply_change(StoreChange::Records(vec![Record::Floor { seq: 1 }]));
+        assert_eq!(cp.invalidations_after(0).len(), 1);
+        // a wiped or restored store replaces everything, even backwards
+        cp.apply_change(StoreChange::Reset(StoreState::default()));
+        assert_eq!(cp.head(), Position::default());
+        assert!(cp.policy().is_none());
     }
 
     #[tokio::test]

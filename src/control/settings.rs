@@ -1,9 +1,9 @@
 //! The `verge control` config file: raw serde types and their validation (every error, with its key).
 
+use super::store_settings::{validate_store, StoreSettings};
 use crate::config::secret::{read_secret, SecretSource};
 use crate::config::units::{ConfDuration, ConfSize};
 use crate::config::{relative_paths, ConfigError, ConfigErrors};
-use super::store_settings::{validate_store, StoreSettings};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::SocketAddr;

@@ -57,7 +57,10 @@ pub(super) fn validate_store(
             }
         }
         Some(_) => {
-            push("store", "file, or etcd: {endpoints, prefix, timeout}".into());
+            push(
+                "store",
+                "file, or etcd: {endpoints, prefix, timeout}".into(),
+            );
             return StoreSettings::File;
         }
     };

@@ -76,7 +76,10 @@ async fn replicas_share_policy_purges_and_compare_and_set() {
     // Two replicas racing on the same version: exactly one wins, the other gets 412.
     for version in 1..=4u64 {
         let doc = policy(&o, json!({"default_ttl": format!("{version}m")}));
-        let (ra, rb) = tokio::join!(a.put_policy(doc.clone(), version), b.put_policy(doc, version));
+        let (ra, rb) = tokio::join!(
+            a.put_policy(doc.clone(), version),
+            b.put_policy(doc, version)
+        );
         let mut statuses = [ra.0, rb.0];
         statuses.sort_unstable();
         assert_eq!(statuses, [200, 412], "round {version}: {} / {}", ra.1, rb.1);
@@ -90,12 +93,21 @@ async fn replicas_share_policy_purges_and_compare_and_set() {
         .iter()
         .filter_map(|v| v["version"].as_u64())
         .collect();
-    assert_eq!(versions, [1, 2, 3, 4, 5], "one writer per version, none lost");
+    assert_eq!(
+        versions,
+        [1, 2, 3, 4, 5],
+        "one writer per version, none lost"
+    );
 
     // A purge through A is applied by the node on B; both replicas agree on its seq.
-    let seq = a.purge(json!({"kind": "url", "target": "site.test/p"})).await;
+    let seq = a
+        .purge(json!({"kind": "url", "target": "site.test/p"}))
+        .await;
     assert_eq!(seq, 1);
-    assert!(refetched(&n, &o, "/p", 2).await, "the node on B refetched after A's purge");
+    assert!(
+        refetched(&n, &o, "/p", 2).await,
+        "the node on B refetched after A's purge"
+    );
     assert!(holds(&b, 5, 1).await);
     // Purges through both replicas get distinct, dense sequence numbers.
     let (sa, sb) = tokio::join!(
@@ -132,8 +144,15 @@ async fn etcd_member_and_quorum_loss_and_a_replica_restart() {
     etcd.kill(0);
     let (status, v) = a.put_policy(policy(&o, json!({})), 1).await;
     assert_eq!(status, 200, "{v}");
-    assert_eq!(a.purge(json!({"kind": "url", "target": "site.test/p"})).await, 1);
-    assert!(refetched(&n, &o, "/p", 2).await, "the purge reached the node");
+    assert_eq!(
+        a.purge(json!({"kind": "url", "target": "site.test/p"}))
+            .await,
+        1
+    );
+    assert!(
+        refetched(&n, &o, "/p", 2).await,
+        "the purge reached the node"
+    );
     assert!(node_at(&b, 2, 1).await);
 
     // Two down, no quorum: writes are refused with 503, never a 2xx; reads and the node go on.
@@ -162,14 +181,25 @@ async fn etcd_member_and_quorum_loss_and_a_replica_restart() {
     })
     .await;
     assert!(ok, "writes commit once the quorum is back");
-    assert_eq!(b.purge(json!({"kind": "url", "target": "site.test/p"})).await, 2);
+    assert_eq!(
+        b.purge(json!({"kind": "url", "target": "site.test/p"}))
+            .await,
+        2
+    );
 
     // B restarts while A writes: B comes back with everything, and its node catches up.
     b.kill();
-    assert_eq!(a.purge(json!({"kind": "host", "target": "site.test"})).await, 3);
+    assert_eq!(
+        a.purge(json!({"kind": "host", "target": "site.test"}))
+            .await,
+        3
+    );
     assert_eq!(a.put_policy(policy(&o, json!({})), 3).await.0, 200);
     b.restart().await;
-    assert!(node_at(&b, 4, 3).await, "B has every write after its restart, and so does its node");
+    assert!(
+        node_at(&b, 4, 3).await,
+        "B has every write after its restart, and so does its node"
+    );
     assert_eq!(
         read(&a, "/v1/invalidations").await,
         read(&b, "/v1/invalidations").await

@@ -128,7 +128,11 @@ impl EtcdCluster {
             }
         })
         .await;
-        assert!(ok, "etcd member {i} not healthy; see {}", self.dir.path().display());
+        assert!(
+            ok,
+            "etcd member {i} not healthy; see {}",
+            self.dir.path().display()
+        );
     }
 
     /// Stop member `i` (SIGKILL).
