@@ -14,6 +14,7 @@
 
 use super::etcd_store::{get, Keys};
 use super::store::{ChangeSink, Record, StoreChange, StoreError, StoreState};
+use crate::metrics::METRICS;
 use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchResponse};
 use std::sync::mpsc;
 use std::sync::{Condvar, Mutex};
@@ -170,8 +171,12 @@ async fn watch(
                     }
                 }
                 Step::Nothing => {}
-                Step::Relist(why) => {
+                Step::Relist(why, reason) => {
                     log::warn!("etcd store: {why}; reading everything again");
+                    METRICS
+                        .control_store_resyncs
+                        .with_label_values(&[reason])
+                        .inc();
                     match relist(&client, &keys, &tx, timeout).await {
                         Some(now) => at = now,
                         None => return,
@@ -188,37 +193,50 @@ async fn watch(
 enum Step {
     Deliver(Delivery),
     Nothing,
-    Relist(String),
+    /// Read everything again: why (for the log) and the metric's reason.
+    Relist(String, &'static str),
 }
 
 /// What one watch response means for a plane at `at`.
 fn step(keys: &Keys, at: &mut Loaded, resp: &WatchResponse) -> Step {
     if resp.compact_revision() > 0 {
-        return Step::Relist(format!(
-            "history compacted up to revision {} (the watch was at {})",
-            resp.compact_revision(),
-            at.revision
-        ));
+        return Step::Relist(
+            format!(
+                "history compacted up to revision {} (the watch was at {})",
+                resp.compact_revision(),
+                at.revision
+            ),
+            "compacted",
+        );
     }
     if resp.canceled() {
-        return Step::Relist(format!("watch canceled: {}", resp.cancel_reason()));
+        return Step::Relist(
+            format!("watch canceled: {}", resp.cancel_reason()),
+            "canceled",
+        );
     }
     let Some(h) = resp.header() else {
         return Step::Nothing;
     };
     if h.cluster_id() != at.cluster_id {
-        return Step::Relist(format!(
-            "cluster id changed from {:x} to {:x}",
-            at.cluster_id,
-            h.cluster_id()
-        ));
+        return Step::Relist(
+            format!(
+                "cluster id changed from {:x} to {:x}",
+                at.cluster_id,
+                h.cluster_id()
+            ),
+            "cluster_changed",
+        );
     }
     if h.revision() < at.revision {
-        return Step::Relist(format!(
-            "revision went back from {} to {}",
-            at.revision,
-            h.revision()
-        ));
+        return Step::Relist(
+            format!(
+                "revision went back from {} to {}",
+                at.revision,
+                h.revision()
+            ),
+            "revision_back",
+        );
     }
     if resp.created() {
         // its header is the store's revision now, not how far this stream has delivered

@@ -67,6 +67,11 @@ impl Cp {
         assert!(ok, "control plane not ready: {:?}", self.child.try_wait());
     }
 
+    /// The process id (to stop and continue it).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -5,7 +5,7 @@
 
 use crate::control::{get, node, policy, Cp, OPS};
 use crate::support::etcd::EtcdCluster;
-use crate::support::{eventually, Origin};
+use crate::support::{eventually, Metrics, Origin};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -205,4 +205,78 @@ async fn etcd_member_and_quorum_loss_and_a_replica_restart() {
         read(&b, "/v1/invalidations").await
     );
     assert!(refetched(&n, &o, "/p", 3).await);
+}
+
+/// Whether `cp` counted a full read of the store for `reason`.
+async fn resynced(cp: &Cp, reason: &str) -> bool {
+    eventually(Duration::from_secs(15), || async {
+        let r = crate::support::client()
+            .get(cp.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics");
+        let m = Metrics::parse(&r.text().await.unwrap_or_default());
+        m.value("verge_control_store_resyncs_total", &[("reason", reason)])
+            .is_some_and(|v| v >= 1.0)
+    })
+    .await
+}
+
+/// Send SIGSTOP or SIGCONT to a process.
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[tokio::test]
+async fn a_replica_behind_a_compaction_or_on_a_wiped_etcd_reads_everything_again() {
+    let Some(mut etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let o = Origin::start("o").await;
+    let a = replica(&etcd, "/resync/").await;
+    let b = replica(&etcd, "/resync/").await;
+    let _n = node(&b, "on-b").await;
+    assert_eq!(a.put_policy(policy(&o, json!({})), 0).await.0, 200);
+    assert!(node_at(&b, 1, 0).await);
+
+    // B stops answering and etcd drops its connection (no ping answered: 1 s + 1 s); then A
+    // writes, and etcd compacts past B's revision.
+    signal(b.pid(), "-STOP");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for target in ["a", "b", "c"] {
+        a.purge(json!({"kind": "tag", "target": target})).await;
+    }
+    assert_eq!(a.put_policy(policy(&o, json!({})), 1).await.0, 200);
+    etcd.compact().await;
+    signal(b.pid(), "-CONT");
+    assert!(
+        resynced(&b, "compacted").await,
+        "B's watch met the compaction"
+    );
+    assert!(
+        node_at(&b, 2, 3).await,
+        "B read everything again, and its node has it"
+    );
+    assert_eq!(
+        read(&a, "/v1/invalidations").await,
+        read(&b, "/v1/invalidations").await
+    );
+
+    // etcd wiped: a new cluster id. Both replicas read everything again and take the empty
+    // store, rather than keep answering from what no longer exists.
+    etcd.wipe().await;
+    assert!(resynced(&a, "cluster_changed").await);
+    assert!(resynced(&b, "cluster_changed").await);
+    assert!(holds(&a, 0, 0).await && holds(&b, 0, 0).await);
+    let ok = eventually(Duration::from_secs(10), || async {
+        b.put_policy(policy(&o, json!({})), 0).await.0 == 200
+    })
+    .await;
+    assert!(ok, "the new store takes writes from version 0");
+    assert!(holds(&a, 1, 0).await);
 }

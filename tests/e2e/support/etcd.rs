@@ -107,6 +107,13 @@ impl EtcdCluster {
             .args(["--initial-cluster-state", "new"])
             // a loaded 2-core machine: leader elections should not flap
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+            // a client that stops answering pings loses its streams within seconds
+            .args([
+                "--grpc-keepalive-interval",
+                "1s",
+                "--grpc-keepalive-timeout",
+                "1s",
+            ])
             .args(["--logger", "zap", "--log-level", "warn"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -155,6 +162,53 @@ impl EtcdCluster {
         for i in stopped {
             self.wait_healthy(i).await;
         }
+    }
+}
+
+impl EtcdCluster {
+    /// The URL of `path` on the first running member (the v3 JSON gateway).
+    fn gateway(&self, path: &str) -> String {
+        let m = self
+            .members
+            .iter()
+            .find(|m| m.child.is_some())
+            .expect("a running member");
+        format!("http://127.0.0.1:{}{path}", m.client)
+    }
+
+    /// Compact etcd's history up to its current revision (physically: a watch from before it
+    /// gets `compact_revision`).
+    pub async fn compact(&self) {
+        let range: serde_json::Value = super::client()
+            .post(self.gateway("/v3/kv/range"))
+            .json(&serde_json::json!({"key": "AA=="}))
+            .send()
+            .await
+            .expect("range")
+            .json()
+            .await
+            .expect("range answer");
+        let revision = range["header"]["revision"].clone();
+        let r = super::client()
+            .post(self.gateway("/v3/kv/compaction"))
+            .json(&serde_json::json!({"revision": revision, "physical": true}))
+            .send()
+            .await
+            .expect("compaction");
+        assert_eq!(r.status(), 200, "compaction at {revision}");
+    }
+
+    /// Stop every member, delete their data, and start a new cluster (a new cluster id) on the
+    /// same ports: etcd wiped.
+    pub async fn wipe(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+        for m in &self.members {
+            let _ = std::fs::remove_dir_all(self.dir.path().join(&m.name));
+        }
+        self.token = format!("{}-wiped", self.token);
+        self.start_stopped().await;
     }
 }
 
