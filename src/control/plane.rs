@@ -451,7 +451,8 @@ impl ControlPlane {
         if !fresh.is_empty() {
             let records: Vec<Record> = fresh.iter().cloned().map(Record::Invalidation).collect();
             if let Err(e) = self.store.append(&records) {
-                // nothing was written: the budget is not spent
+                // the write was refused (a lost race, or a store that could not commit)
+                // and answered as such: the budget is not spent
                 if let Some(b) = st.buckets.get_mut(who) {
                     b.tokens += charged as f64;
                 }
