@@ -17,6 +17,7 @@
 //! and waits for each call there, bounded by `store.etcd.timeout`: a call that cannot commit
 //! (no quorum, no member reachable) is an error, and the API answers 503.
 
+use super::etcd_leader::{self, Leadership};
 use super::etcd_watch::{self, Delivered, Loaded};
 use super::store::{ChangeSink, PolicyVersion, Record, Store, StoreError, StoreState};
 use super::store_settings::EtcdSettings;
@@ -81,6 +82,10 @@ impl Keys {
     }
     fn floor(&self) -> String {
         format!("{}floor", self.prefix)
+    }
+    /// The election of the replica doing retention (etcd puts candidates' keys below it).
+    fn election(&self) -> String {
+        format!("{}leader", self.prefix)
     }
     pub(super) fn kind(&self, key: &[u8]) -> KeyKind {
         let Some(rest) = key.strip_prefix(self.prefix.as_bytes()) else {
@@ -242,6 +247,7 @@ pub struct EtcdStore {
     /// Revision and cluster id of the last `load`, where the watch starts.
     loaded: Mutex<Option<Loaded>>,
     delivered: Arc<Delivered>,
+    leadership: Arc<Leadership>,
 }
 
 impl EtcdStore {
@@ -275,6 +281,7 @@ impl EtcdStore {
             timeout: settings.timeout,
             loaded: Mutex::new(None),
             delivered: Arc::new(Delivered::default()),
+            leadership: Arc::new(Leadership::default()),
         })
     }
 
@@ -403,9 +410,14 @@ impl Store for EtcdStore {
     }
 
     /// Drop what `state` no longer holds: invalidations up to its floor and policy versions
-    /// older than its oldest. Several replicas may do this at once: deletions of old keys are
-    /// idempotent and the floor only moves up (a compare on its current value).
+    /// older than its oldest. Only the elected replica does it, and each transaction compares
+    /// the election key's create revision (the fencing token), so a replica that lost the
+    /// leadership meanwhile changes nothing. Deletions of old keys are idempotent and the floor
+    /// only moves up (a compare on its current value).
     fn rewrite(&self, state: &StoreState) -> Result<(), StoreError> {
+        let Some((leader_key, leader_rev)) = self.leadership.fence() else {
+            return Err(unavailable("not the replica elected to do retention"));
+        };
         let floor = state.floor;
         let oldest = state.policies.first().map(|p| p.version);
         self.run(move |client, keys| async move {
@@ -436,7 +448,9 @@ impl Store for EtcdStore {
                         Compare::version(keys.floor(), CompareOp::Equal, 0)
                     }
                 };
-                let resp = txn(&client, Txn::new().when([compare]).and_then(ops)).await?;
+                let fence =
+                    Compare::create_revision(leader_key.clone(), CompareOp::Equal, leader_rev);
+                let resp = txn(&client, Txn::new().when([compare, fence]).and_then(ops)).await?;
                 if resp.succeeded() {
                     return Ok(());
                 }
@@ -447,6 +461,10 @@ impl Store for EtcdStore {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn may_compact(&self) -> bool {
+        self.leadership.fence().is_some()
     }
 
     fn subscribe(&self, sink: ChangeSink) {
@@ -462,6 +480,14 @@ impl Store for EtcdStore {
             sink,
             self.delivered.clone(),
             self.timeout,
+        );
+        // the lease outlives a member's loss and a leader change, but not a dead replica for long
+        etcd_leader::start(
+            &self.handle,
+            self.client.clone(),
+            self.keys.election(),
+            self.leadership.clone(),
+            (self.timeout * 2).max(Duration::from_secs(2)),
         );
     }
 

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod client;
+mod etcd_leader;
 pub mod etcd_store;
 mod etcd_watch;
 pub mod plane;

@@ -472,13 +472,19 @@ impl ControlPlane {
             st.invalidations.extend(fresh);
             st.head.seq = next;
             self.publish_head(st.head);
-            if st.appended_since_compaction >= self.settings.compact_after {
-                if let Err(e) = self.compact_locked(&mut st, SystemTime::now()) {
-                    log::error!("compaction failed (the log keeps growing): {e}");
-                }
-            }
+            self.compact_when_due(&mut st);
         }
         Ok(out)
+    }
+
+    /// Compact once `compact_after` invalidations were appended since the last time, if this
+    /// control plane may (with a shared store: the elected replica).
+    fn compact_when_due(&self, st: &mut PlaneState) {
+        if st.appended_since_compaction >= self.settings.compact_after && self.store.may_compact() {
+            if let Err(e) = self.compact_locked(st, SystemTime::now()) {
+                log::error!("compaction failed (the log keeps growing): {e}");
+            }
+        }
     }
 
     /// Drop invalidations older than the retention and old policy versions from the store.
@@ -538,6 +544,7 @@ impl ControlPlane {
                             }
                             st.head.seq = i.seq;
                             st.invalidations.push_back(i);
+                            st.appended_since_compaction += 1;
                         }
                         Record::Floor { seq } if seq > st.floor => {
                             st.floor = seq;
@@ -545,6 +552,8 @@ impl ControlPlane {
                             st.invalidations.drain(..start);
                             st.ids = ids_of(st.invalidations.iter());
                             st.head.seq = st.head.seq.max(seq);
+                            // the elected replica compacted: count from here
+                            st.appended_since_compaction = 0;
                         }
                         _ => {}
                     }
@@ -567,6 +576,8 @@ impl ControlPlane {
         if st.head != before {
             self.publish_head(st.head);
         }
+        // the elected replica compacts what every replica appended
+        self.compact_when_due(&mut st);
     }
 
     /// What a node at `after` needs, or `None` when it is current.

@@ -131,6 +131,11 @@ pub trait Store: Send + Sync {
     fn append(&self, records: &[Record]) -> Result<(), StoreError>;
     /// Replace the whole content with `state` (compaction).
     fn rewrite(&self, state: &StoreState) -> Result<(), StoreError>;
+    /// Whether this control plane may compact now (with a shared store: only the replica
+    /// elected to do retention).
+    fn may_compact(&self) -> bool {
+        true
+    }
     /// Whether other control planes write to this store too.
     fn shared(&self) -> bool {
         false

@@ -11,8 +11,13 @@ use std::time::Duration;
 
 /// A replica on `etcd` under `prefix`.
 async fn replica(etcd: &EtcdCluster, prefix: &str) -> Cp {
+    replica_with(etcd, prefix, "").await
+}
+
+/// A replica on `etcd` under `prefix`, with more top-level settings.
+async fn replica_with(etcd: &EtcdCluster, prefix: &str, extra_yaml: &str) -> Cp {
     Cp::start_with(&format!(
-        "store:\n  etcd:\n    endpoints: {}\n    prefix: {prefix}\n    timeout: 2s",
+        "{extra_yaml}\nstore:\n  etcd:\n    endpoints: {}\n    prefix: {prefix}\n    timeout: 2s",
         etcd.endpoints_yaml()
     ))
     .await
@@ -222,6 +227,37 @@ async fn resynced(cp: &Cp, reason: &str) -> bool {
     .await
 }
 
+/// `verge_control_leader` on `cp` (0 when it cannot be read).
+async fn leader(cp: &Cp) -> f64 {
+    let Ok(r) = crate::support::client()
+        .get(cp.url("/metrics"))
+        .send()
+        .await
+    else {
+        return 0.0;
+    };
+    let m = Metrics::parse(&r.text().await.unwrap_or_default());
+    m.value("verge_control_leader", &[]).unwrap_or(0.0)
+}
+
+/// The sequence numbers `cp` still lists.
+async fn seqs(cp: &Cp) -> Vec<u64> {
+    read(cp, "/v1/invalidations").await["invalidations"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|i| i["seq"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+/// Wait until both replicas list only invalidations from `from` on (retention dropped the
+/// older ones) and agree.
+async fn retained_from(a: &Cp, b: &Cp, from: u64) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        let (x, y) = (seqs(a).await, seqs(b).await);
+        x == y && x.iter().all(|&s| s >= from)
+    })
+    .await
+}
+
 /// Send SIGSTOP or SIGCONT to a process.
 fn signal(pid: u32, sig: &str) {
     let ok = std::process::Command::new("kill")
@@ -279,4 +315,59 @@ async fn a_replica_behind_a_compaction_or_on_a_wiped_etcd_reads_everything_again
     .await;
     assert!(ok, "the new store takes writes from version 0");
     assert!(holds(&a, 1, 0).await);
+}
+
+#[tokio::test]
+async fn one_elected_replica_does_retention_and_another_takes_over_when_it_dies() {
+    let Some(etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    // every invalidation is past its retention at once; compact after every third
+    let extra = "compact_after: 3\ninvalidation_retention: 1ms";
+    let mut replicas = [
+        replica_with(&etcd, "/retention/", extra).await,
+        replica_with(&etcd, "/retention/", extra).await,
+    ];
+    let elected = eventually(Duration::from_secs(10), || async {
+        leader(&replicas[0]).await + leader(&replicas[1]).await == 1.0
+    })
+    .await;
+    assert!(elected, "exactly one replica is elected");
+    let l = usize::from(leader(&replicas[1]).await == 1.0);
+    let f = 1 - l;
+
+    // Purges through the follower: the leader compacts, and the follower follows its floor.
+    for target in ["a", "b", "c"] {
+        replicas[f]
+            .purge(json!({"kind": "tag", "target": target}))
+            .await;
+    }
+    assert!(
+        retained_from(&replicas[0], &replicas[1], 3).await,
+        "the leader compacted what the follower appended"
+    );
+    assert_eq!(
+        read(&replicas[f], "/v1/nodes").await["head"]["seq"],
+        json!(3)
+    );
+
+    // The leader dies: once its lease expires the other replica is elected and compacts.
+    replicas[l].kill();
+    let took_over = eventually(Duration::from_secs(15), || async {
+        leader(&replicas[f]).await == 1.0
+    })
+    .await;
+    assert!(took_over, "the surviving replica was elected");
+    for target in ["d", "e", "f"] {
+        replicas[f]
+            .purge(json!({"kind": "tag", "target": target}))
+            .await;
+    }
+    let compacted = eventually(Duration::from_secs(10), || async {
+        seqs(&replicas[f]).await.iter().all(|&s| s >= 6)
+    })
+    .await;
+    assert!(compacted, "the new leader compacted");
+    replicas[l].restart().await;
+    assert!(retained_from(&replicas[0], &replicas[1], 6).await);
 }
