@@ -94,6 +94,12 @@ pub struct Metrics {
     pub control_invalidation_seq: IntGauge,
     /// `verge_control_writes_total{kind,outcome}` (control plane): policy and purge writes.
     pub control_writes: IntCounterVec,
+    /// `verge_control_leader` (control plane on etcd): 1 while this replica is the elected
+    /// one doing retention.
+    pub control_leader: IntGauge,
+    /// `verge_control_store_resyncs_total{reason}` (control plane on etcd): full reads of the
+    /// store after its history was compacted past the watch, or after it was wiped or restored.
+    pub control_store_resyncs: IntCounterVec,
     /// `verge_control_node_seq_lag{node}` (control plane): invalidations a node has not applied.
     pub control_node_seq_lag: IntGaugeVec,
     /// `verge_control_node_policy_lag{node}` (control plane): policy versions a node is behind.
@@ -409,6 +415,17 @@ impl Metrics {
                 "verge_control_writes_total",
                 "Control-plane writes by kind and outcome",
                 &["kind", "outcome"],
+            ),
+            control_leader: plain_gauge(
+                &control,
+                "verge_control_leader",
+                "1 while this control-plane replica is the elected one doing retention (etcd store)",
+            ),
+            control_store_resyncs: counter(
+                &control,
+                "verge_control_store_resyncs_total",
+                "Full reads of the control plane's shared store, by reason",
+                &["reason"],
             ),
             control_node_seq_lag: gauge(
                 &control,

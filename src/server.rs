@@ -5,9 +5,11 @@ use crate::admin::AdminApp;
 use crate::cache::CacheEngine;
 use crate::config::{Config, H2Limits, ListenerSpec};
 use crate::control::api::ControlApi;
+use crate::control::etcd_store::EtcdStore;
 use crate::control::plane::ControlPlane;
 use crate::control::settings::ControlSettings;
-use crate::control::store::FileStore;
+use crate::control::store::{FileStore, Store};
+use crate::control::store_settings::StoreSettings;
 use crate::ingress::Ingress;
 use crate::metrics::METRICS;
 use crate::node::health_checks::HealthService;
@@ -381,7 +383,10 @@ pub fn build_control_server(
     settings: ControlSettings,
     shutdown: ControlShutdown,
 ) -> Result<Server, ControlStartError> {
-    let store = FileStore::open(&settings.data_dir)?;
+    let store: Box<dyn Store> = match &settings.store {
+        StoreSettings::File => Box::new(FileStore::open(&settings.data_dir)?),
+        StoreSettings::Etcd(etcd) => Box::new(EtcdStore::connect(etcd)?),
+    };
     let listen = settings.listen;
     let threads = settings.threads;
     check_bindable(&[ListenAddr {
@@ -397,7 +402,7 @@ pub fn build_control_server(
         })?),
         None => None,
     };
-    let plane = ControlPlane::open(settings, Box::new(store))?;
+    let plane = ControlPlane::open(settings, store)?;
     let conf = ServerConf {
         threads,
         grace_period_seconds: Some(shutdown.grace_period.as_secs_f64().ceil() as u64),

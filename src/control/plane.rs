@@ -2,7 +2,7 @@
 //! snapshots and deltas for nodes, and what each node reported it applied.
 
 use super::settings::ControlSettings;
-use super::store::{PolicyVersion, Record, Store, StoreError, StoreState};
+use super::store::{PolicyVersion, Record, Store, StoreChange, StoreError, StoreState};
 use super::wire::{
     parse_target, unix_ms, AppliedReport, Invalidation, InvalidationKind, Position,
     SnapshotMessage, Target,
@@ -109,6 +109,20 @@ struct PlaneState {
     ids: HashMap<String, u64>,
 }
 
+/// Compare-and-set attempts for a batch of invalidations when other replicas append first.
+const APPEND_ATTEMPTS: usize = 5;
+
+/// The newest policy version and sequence a stored state holds.
+fn head_of(state: &StoreState) -> Position {
+    Position {
+        policy_version: state.policies.last().map_or(0, |p| p.version),
+        seq: state
+            .invalidations
+            .last()
+            .map_or(state.floor, |i| i.seq.max(state.floor)),
+    }
+}
+
 /// The client ids of `invalidations`, with their `seq`.
 fn ids_of<'a>(invalidations: impl Iterator<Item = &'a Invalidation>) -> HashMap<String, u64> {
     invalidations
@@ -131,15 +145,13 @@ impl ControlPlane {
         settings: ControlSettings,
         store: Box<dyn Store>,
     ) -> Result<Arc<ControlPlane>, PlaneError> {
+        let loaded = store.load()?;
+        let head = head_of(&loaded);
         let StoreState {
             policies,
             invalidations,
             floor,
-        } = store.load()?;
-        let head = Position {
-            policy_version: policies.last().map_or(0, |p| p.version),
-            seq: invalidations.last().map_or(floor, |i| i.seq.max(floor)),
-        };
+        } = loaded;
         let ids = ids_of(invalidations.iter());
         let plane = Arc::new(ControlPlane {
             state: Mutex::new(PlaneState {
@@ -158,12 +170,23 @@ impl ControlPlane {
             settings,
             store,
         });
+        // a shared store delivers what every replica commits, from the state just loaded on
+        let weak = Arc::downgrade(&plane);
+        plane.store.subscribe(Box::new(move |change| {
+            if let Some(plane) = weak.upgrade() {
+                plane.apply_change(change);
+            }
+        }));
         if head.policy_version == 0 {
             if let Some(path) = plane.settings.seed_policy.clone() {
                 let text = std::fs::read_to_string(&path)
                     .map_err(|e| PlaneError::BadRequest(format!("{}: {e}", path.display())))?;
                 let doc = Policy::document_from_text(&text).map_err(PlaneError::Invalid)?;
-                plane.put_policy(doc, Some(0), "seed_policy")?;
+                match plane.put_policy(doc, Some(0), "seed_policy") {
+                    // another replica sharing the store seeded it first
+                    Ok(_) | Err(PlaneError::Conflict { .. }) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         plane.publish_head(head);
@@ -239,6 +262,8 @@ impl ControlPlane {
             let given = if_match.ok_or(PlaneError::PreconditionRequired)?;
             // The same validator the nodes use, so nodes never receive a policy they refuse.
             Policy::from_json(&document).map_err(PlaneError::Invalid)?;
+            // a shared store: start from everything other replicas committed
+            self.store.sync()?;
             let mut st = self.state.lock();
             if given != st.head.policy_version {
                 return Err(PlaneError::Conflict {
@@ -257,7 +282,12 @@ impl ControlPlane {
                 author: author.to_string(),
                 rollback_of,
             };
-            self.store.append(&[Record::Policy(version.clone())])?;
+            self.store
+                .append(&[Record::Policy(version.clone())])
+                .map_err(|e| match e {
+                    StoreError::Conflict { current } => PlaneError::Conflict { current, given },
+                    e => PlaneError::Store(e),
+                })?;
             st.policies.push_back(version.clone());
             while st.policies.len() > self.settings.policy_history {
                 st.policies.pop_front();
@@ -311,7 +341,25 @@ impl ControlPlane {
         requests: &[InvalidationRequest],
         who: &str,
     ) -> Result<Vec<Accepted>, PlaneError> {
-        let result = self.invalidate_inner(requests, who);
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            // a shared store: start from everything other replicas committed, and again when
+            // one of them took the next `seq` first
+            let result = self
+                .store
+                .sync()
+                .map_err(PlaneError::Store)
+                .and_then(|()| self.invalidate_inner(requests, who));
+            match result {
+                Err(PlaneError::Store(StoreError::Conflict { .. }))
+                    if attempt < APPEND_ATTEMPTS =>
+                {
+                    continue
+                }
+                result => break result,
+            }
+        };
         count_write("invalidation", &result);
         result
     }
@@ -351,8 +399,9 @@ impl ControlPlane {
             .iter()
             .filter(|r| r.id.as_ref().is_some_and(|id| st.ids.contains_key(id)))
             .count();
-        if redelivered < requests.len() {
-            self.take_tokens(&mut st, who, requests.len() - redelivered)?;
+        let charged = requests.len() - redelivered;
+        if charged > 0 {
+            self.take_tokens(&mut st, who, charged)?;
         }
         let now = Instant::now();
         let window = self.settings.coalesce_window;
@@ -414,9 +463,20 @@ impl ControlPlane {
         }
         if !fresh.is_empty() {
             let records: Vec<Record> = fresh.iter().cloned().map(Record::Invalidation).collect();
-            self.store.append(&records)?;
-            for (key, seq) in batch_keys {
-                st.recent.insert(key, (seq, now));
+            if let Err(e) = self.store.append(&records) {
+                // the write was refused (a lost race, or a store that could not commit)
+                // and answered as such: the budget is not spent
+                if let Some(b) = st.buckets.get_mut(who) {
+                    b.tokens += charged as f64;
+                }
+                return Err(e.into());
+            }
+            // With a shared store another replica may already have sent any earlier
+            // invalidation to its nodes, so only this batch's own repeats coalesce.
+            if !self.store.shared() {
+                for (key, seq) in batch_keys {
+                    st.recent.insert(key, (seq, now));
+                }
             }
             for (id, seq) in batch_ids {
                 st.ids.insert(id.to_string(), seq);
@@ -425,13 +485,19 @@ impl ControlPlane {
             st.invalidations.extend(fresh);
             st.head.seq = next;
             self.publish_head(st.head);
-            if st.appended_since_compaction >= self.settings.compact_after {
-                if let Err(e) = self.compact_locked(&mut st, SystemTime::now()) {
-                    log::error!("compaction failed (the log keeps growing): {e}");
-                }
-            }
+            self.compact_when_due(&mut st);
         }
         Ok(out)
+    }
+
+    /// Compact once `compact_after` invalidations were appended since the last time, if this
+    /// control plane may (with a shared store: the elected replica).
+    fn compact_when_due(&self, st: &mut PlaneState) {
+        if st.appended_since_compaction >= self.settings.compact_after && self.store.may_compact() {
+            if let Err(e) = self.compact_locked(st, SystemTime::now()) {
+                log::error!("compaction failed (the log keeps growing): {e}");
+            }
+        }
     }
 
     /// Drop invalidations older than the retention and old policy versions from the store.
@@ -470,6 +536,61 @@ impl ControlPlane {
         st.floor = floor;
         st.appended_since_compaction = 0;
         Ok(())
+    }
+
+    /// Take in what a shared store saw committed (by any replica, this one included: what is
+    /// already here is skipped by its version or `seq`).
+    pub fn apply_change(&self, change: StoreChange) {
+        let mut st = self.state.lock();
+        let before = st.head;
+        match change {
+            StoreChange::Records(records) => {
+                for r in records {
+                    match r {
+                        Record::Policy(p) if p.version > st.head.policy_version => {
+                            st.head.policy_version = p.version;
+                            st.policies.push_back(p);
+                        }
+                        Record::Invalidation(i) if i.seq > st.head.seq => {
+                            if let Some(id) = &i.id {
+                                st.ids.insert(id.clone(), i.seq);
+                            }
+                            st.head.seq = i.seq;
+                            st.invalidations.push_back(i);
+                            st.appended_since_compaction += 1;
+                        }
+                        Record::Floor { seq } if seq > st.floor => {
+                            st.floor = seq;
+                            let start = st.invalidations.partition_point(|i| i.seq <= seq);
+                            st.invalidations.drain(..start);
+                            st.ids = ids_of(st.invalidations.iter());
+                            st.head.seq = st.head.seq.max(seq);
+                            // the elected replica compacted: count from here
+                            st.appended_since_compaction = 0;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            StoreChange::Reset(state) => {
+                st.head = head_of(&state);
+                st.ids = ids_of(state.invalidations.iter());
+                st.policies = state.policies.into();
+                st.invalidations = state.invalidations.into();
+                st.floor = state.floor;
+                // what was delivered before the reset says nothing about the new content
+                st.delivered = st.head.seq;
+                st.recent.clear();
+            }
+        }
+        while st.policies.len() > self.settings.policy_history {
+            st.policies.pop_front();
+        }
+        if st.head != before {
+            self.publish_head(st.head);
+        }
+        // the elected replica compacts what every replica appended
+        self.compact_when_due(&mut st);
     }
 
     /// What a node at `after` needs, or `None` when it is current.
@@ -878,6 +999,66 @@ mod tests {
         // another token has its own bucket
         cp.invalidate(&[purge(InvalidationKind::Host, "c.com")], "other")
             .unwrap();
+    }
+
+    #[test]
+    fn changes_from_a_shared_store_are_taken_in_once_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = open(dir.path());
+        let p1 = PolicyVersion {
+            version: 1,
+            document: policy_doc("127.0.0.1:1"),
+            written_ms: 1,
+            author: "other".into(),
+            rollback_of: None,
+        };
+        let inv = |seq: u64, id: Option<&str>| Invalidation {
+            seq,
+            kind: InvalidationKind::Host,
+            target: format!("h{seq}.com"),
+            soft: false,
+            created_ms: 1,
+            id: id.map(str::to_string),
+        };
+        let at = cp.snapshot_for(None).unwrap().position();
+        cp.apply_change(StoreChange::Records(vec![
+            Record::Policy(p1.clone()),
+            Record::Invalidation(inv(1, Some("evt"))),
+            Record::Invalidation(inv(2, None)),
+        ]));
+        // a second delivery of the same records (this replica's own writes) changes nothing
+        cp.apply_change(StoreChange::Records(vec![
+            Record::Policy(p1),
+            Record::Invalidation(inv(2, None)),
+        ]));
+        assert_eq!(
+            cp.head(),
+            Position {
+                policy_version: 1,
+                seq: 2
+            }
+        );
+        let delta = cp.snapshot_for(Some(at)).unwrap();
+        assert_eq!(delta.invalidations.len(), 2);
+        assert!(delta.policy.is_some());
+        // the client id came with it: a redelivery through this replica purges nothing
+        let again = cp
+            .invalidate(
+                &[InvalidationRequest {
+                    id: Some("evt".into()),
+                    ..purge(InvalidationKind::Host, "h1.com")
+                }],
+                "t",
+            )
+            .unwrap();
+        assert_eq!((again[0].seq, again[0].duplicate), (1, true));
+        // retention elsewhere moves the floor here too
+        cp.apply_change(StoreChange::Records(vec![Record::Floor { seq: 1 }]));
+        assert_eq!(cp.invalidations_after(0).len(), 1);
+        // a wiped or restored store replaces everything, even backwards
+        cp.apply_change(StoreChange::Reset(StoreState::default()));
+        assert_eq!(cp.head(), Position::default());
+        assert!(cp.policy().is_none());
     }
 
     #[tokio::test]

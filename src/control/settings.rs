@@ -2,6 +2,7 @@
 
 use super::purge_scope::HostPattern;
 use crate::config::keys::{read_signing_key, SigningKey};
+use super::store_settings::{validate_store, StoreSettings};
 use crate::config::secret::{read_secret, SecretSource};
 use crate::config::units::{ConfDuration, ConfSize};
 use crate::config::{relative_paths, ConfigError, ConfigErrors};
@@ -33,6 +34,7 @@ struct RawControlSettings {
     graceful_shutdown_timeout: Option<ConfDuration>,
     signing_key: Option<String>,
     audit_log: Option<String>,
+    store: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +158,8 @@ pub struct ControlSettings {
     pub signing_key: Option<SigningKey>,
     /// Where every API call is recorded (JSON lines), if anywhere.
     pub audit_log: Option<PathBuf>,
+    /// Where policy and invalidations are kept (`store:`).
+    pub store: StoreSettings,
 }
 
 impl ControlSettings {
@@ -315,6 +319,7 @@ fn validate(raw: RawControlSettings) -> Result<ControlSettings, Vec<ConfigError>
     if threads == 0 || threads > 64 {
         push("threads", "must be between 1 and 64".into());
     }
+    let store = validate_store(raw.store, &mut push);
     let seed_policy = raw.seed_policy.map(PathBuf::from);
     if let Some(p) = &seed_policy {
         if !p.is_file() {
@@ -348,6 +353,7 @@ fn validate(raw: RawControlSettings) -> Result<ControlSettings, Vec<ConfigError>
             .map_or(Duration::from_secs(5), |d| d.0),
         signing_key,
         audit_log: raw.audit_log.map(PathBuf::from),
+        store,
     };
     if errs.is_empty() {
         Ok(settings)

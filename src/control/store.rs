@@ -1,5 +1,9 @@
 //! The control plane's durable store: a trait, and the embedded file store (an fsynced log).
 //!
+//! A store several control planes share (etcd: `etcd_store.rs`) also delivers what any of them
+//! commits to each one (`subscribe`), and lets a writer catch up before a compare-and-set
+//! (`sync`).
+//!
 //! Every accepted write is appended as one JSON line and `fsync`ed before the API answers 2xx.
 //! Compaction rewrites the log (policy history + retained invalidations) into a temporary file
 //! and renames it over the old one, so a crash at any point leaves one complete log.
@@ -84,7 +88,39 @@ pub enum StoreError {
         /// Why it does not decode.
         reason: String,
     },
+    /// Another writer committed first: the compare-and-set failed and nothing was written.
+    /// `current` is the policy version (a policy write) or the last `seq` (invalidations).
+    #[error("another writer committed first (current: {current})")]
+    Conflict {
+        /// What the store holds now.
+        current: u64,
+    },
+    /// The store cannot be reached or cannot commit (no quorum, timeout); the write may not
+    /// have happened and is not acknowledged.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored value does not decode.
+    #[error("key {key}: {reason}")]
+    Undecodable {
+        /// The key.
+        key: String,
+        /// Why it does not decode.
+        reason: String,
+    },
 }
+
+/// What a shared store saw committed, delivered in commit order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreChange {
+    /// Records committed (by any writer, this one included), oldest first.
+    Records(Vec<Record>),
+    /// The whole content, read again: after the store's history was compacted past what was
+    /// delivered, or after it went back in time or changed identity (a wipe or a restore).
+    Reset(StoreState),
+}
+
+/// Where a shared store delivers its changes.
+pub type ChangeSink = Box<dyn Fn(StoreChange) + Send + Sync>;
 
 /// Where the control plane keeps policy versions and the invalidation log. Implementations must
 /// make a write durable before `append` returns.
@@ -95,6 +131,23 @@ pub trait Store: Send + Sync {
     fn append(&self, records: &[Record]) -> Result<(), StoreError>;
     /// Replace the whole content with `state` (compaction).
     fn rewrite(&self, state: &StoreState) -> Result<(), StoreError>;
+    /// Whether this control plane may compact now (with a shared store: only the replica
+    /// elected to do retention).
+    fn may_compact(&self) -> bool {
+        true
+    }
+    /// Whether other control planes write to this store too.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Deliver every change committed after `load` to `sink`, in commit order (a shared store;
+    /// a store only this process writes has nothing to deliver).
+    fn subscribe(&self, _sink: ChangeSink) {}
+    /// Return once every change committed before the call was delivered to the sink, so a
+    /// compare-and-set starts from the newest state.
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The embedded store: `<dir>/control.log`, one JSON record per line.

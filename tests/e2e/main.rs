@@ -10,6 +10,7 @@ mod cache_rules;
 mod config_files;
 mod conformance_rules;
 mod control;
+mod control_etcd;
 mod control_limits;
 mod control_security;
 mod directives;

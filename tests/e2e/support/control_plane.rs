@@ -80,6 +80,13 @@ impl CpConfig {
         self.put("audit_log", path)
     }
 
+    /// More top-level settings, given as a YAML mapping (e.g. a `store:` block).
+    pub fn yaml(mut self, doc: &str) -> CpConfig {
+        let extra: Mapping = serde_yaml::from_str(doc).expect("extra control config YAML");
+        self.top.extend(extra);
+        self
+    }
+
     fn put(mut self, key: &str, value: &str) -> CpConfig {
         self.top.insert(key.into(), value.into());
         self
@@ -142,6 +149,11 @@ impl Cp {
         })
         .await;
         assert!(ok, "control plane not ready: {:?}", self.child.try_wait());
+    }
+
+    /// The process id (to stop and continue it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn kill(&mut self) {

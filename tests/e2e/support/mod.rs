@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod control_plane;
+pub mod etcd;
 pub mod fetch;
 pub mod metrics;
 pub mod origin;

@@ -1,0 +1,303 @@
+//! What feeds a replica's memory from etcd: one read of everything under the prefix, then one
+//! watch from that read's revision + 1, so every commit of every replica reaches every plane in
+//! revision order, and the long-polls are answered from memory.
+//!
+//! - The watch only moves forward on what its own stream says: past an event's revision, or to
+//!   a progress notification's revision. A broken stream is watched again from there, never
+//!   from "now".
+//! - History compacted past that revision (`compact_revision` / `ErrCompacted`): read
+//!   everything again and hand the plane the whole state (positions are global, so its nodes
+//!   still get deltas from where they are); then watch from the new read. This happens only
+//!   when the watch fell behind etcd's compaction, not on every compaction.
+//! - A revision lower than one already seen, or another cluster id, means etcd was wiped or
+//!   restored: the same full read replaces the plane's state.
+
+use super::etcd_store::{get, Keys};
+use super::store::{ChangeSink, Record, StoreChange, StoreError, StoreState};
+use crate::metrics::METRICS;
+use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchResponse};
+use std::sync::mpsc;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+/// Where a full read left the store: the watch starts after `revision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Loaded {
+    /// The revision the read was served at.
+    pub revision: i64,
+    /// The etcd cluster that served it.
+    pub cluster_id: u64,
+}
+
+/// The newest revision whose changes the plane has taken in; `sync` waits on it.
+#[derive(Debug, Default)]
+pub(super) struct Delivered {
+    revision: Mutex<i64>,
+    moved: Condvar,
+}
+
+impl Delivered {
+    /// Everything up to `revision` was delivered.
+    pub(super) fn advance(&self, revision: i64) {
+        self.set(revision, false);
+    }
+
+    fn set(&self, revision: i64, reset: bool) {
+        let mut r = self.revision.lock().unwrap_or_else(|p| p.into_inner());
+        *r = if reset { revision } else { (*r).max(revision) };
+        self.moved.notify_all();
+    }
+
+    /// Wait until `revision` was delivered, at most `timeout`; whether it was.
+    pub(super) fn wait_for(&self, revision: i64, timeout: Duration) -> bool {
+        let r = self.revision.lock().unwrap_or_else(|p| p.into_inner());
+        let (r, _) = self
+            .moved
+            .wait_timeout_while(r, timeout, |r| *r < revision)
+            .unwrap_or_else(|p| p.into_inner());
+        *r >= revision
+    }
+}
+
+/// Read everything under the prefix at one revision.
+pub(super) async fn list(client: &Client, keys: &Keys) -> Result<(StoreState, Loaded), StoreError> {
+    let got = get(
+        client,
+        keys.prefix().to_string(),
+        Some(GetOptions::new().with_prefix()),
+    )
+    .await?;
+    let loaded = got.header().map_or(
+        Loaded {
+            revision: 0,
+            cluster_id: 0,
+        },
+        |h| Loaded {
+            revision: h.revision(),
+            cluster_id: h.cluster_id(),
+        },
+    );
+    Ok((keys.state(got.kvs())?, loaded))
+}
+
+/// One change for the plane, and the revision it brings the plane to.
+struct Delivery {
+    change: Option<StoreChange>,
+    revision: i64,
+    reset: bool,
+}
+
+/// Start the watch on `handle`, delivering to `sink` on a thread of its own (the sink takes
+/// the plane's lock, which a writer holds while it waits for etcd on this runtime).
+pub(super) fn start(
+    handle: &tokio::runtime::Handle,
+    client: Client,
+    keys: Keys,
+    from: Loaded,
+    sink: ChangeSink,
+    delivered: std::sync::Arc<Delivered>,
+    timeout: Duration,
+) {
+    let (tx, rx) = mpsc::channel::<Delivery>();
+    let spawned = std::thread::Builder::new()
+        .name("verge-etcd-apply".into())
+        .spawn(move || {
+            for d in rx {
+                if let Some(change) = d.change {
+                    sink(change);
+                }
+                delivered.set(d.revision, d.reset);
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("etcd store: cannot start the thread applying changes: {e}");
+        return;
+    }
+    handle.spawn(watch(client, keys, from, tx, timeout));
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Watch from `at.revision + 1` for as long as the plane lives.
+async fn watch(
+    mut client: Client,
+    keys: Keys,
+    mut at: Loaded,
+    tx: mpsc::Sender<Delivery>,
+    timeout: Duration,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(at.revision + 1)
+            .with_progress_notify();
+        let started = tokio::time::timeout(
+            timeout,
+            client.watch(keys.prefix().to_string(), Some(options)),
+        )
+        .await;
+        let mut stream = match started {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                log::warn!("etcd watch from revision {}: {e}", at.revision + 1);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+            Err(_) => {
+                log::warn!("etcd watch from revision {}: no answer", at.revision + 1);
+                continue;
+            }
+        };
+        loop {
+            let resp = match stream.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    log::warn!("etcd watch stream ended at revision {}", at.revision);
+                    break;
+                }
+                Err(e) => {
+                    log::warn!("etcd watch stream at revision {}: {e}", at.revision);
+                    break;
+                }
+            };
+            backoff = BACKOFF_MIN;
+            match step(&keys, &mut at, &resp) {
+                Step::Deliver(d) => {
+                    if tx.send(d).is_err() {
+                        return; // the plane is gone
+                    }
+                }
+                Step::Nothing => {}
+                Step::Relist(why, reason) => {
+                    log::warn!("etcd store: {why}; reading everything again");
+                    METRICS
+                        .control_store_resyncs
+                        .with_label_values(&[reason])
+                        .inc();
+                    match relist(&client, &keys, &tx, timeout).await {
+                        Some(now) => at = now,
+                        None => return,
+                    }
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+enum Step {
+    Deliver(Delivery),
+    Nothing,
+    /// Read everything again: why (for the log) and the metric's reason.
+    Relist(String, &'static str),
+}
+
+/// What one watch response means for a plane at `at`.
+fn step(keys: &Keys, at: &mut Loaded, resp: &WatchResponse) -> Step {
+    if resp.compact_revision() > 0 {
+        return Step::Relist(
+            format!(
+                "history compacted up to revision {} (the watch was at {})",
+                resp.compact_revision(),
+                at.revision
+            ),
+            "compacted",
+        );
+    }
+    if resp.canceled() {
+        return Step::Relist(
+            format!("watch canceled: {}", resp.cancel_reason()),
+            "canceled",
+        );
+    }
+    let Some(h) = resp.header() else {
+        return Step::Nothing;
+    };
+    if h.cluster_id() != at.cluster_id {
+        return Step::Relist(
+            format!(
+                "cluster id changed from {:x} to {:x}",
+                at.cluster_id,
+                h.cluster_id()
+            ),
+            "cluster_changed",
+        );
+    }
+    if h.revision() < at.revision {
+        return Step::Relist(
+            format!(
+                "revision went back from {} to {}",
+                at.revision,
+                h.revision()
+            ),
+            "revision_back",
+        );
+    }
+    if resp.created() {
+        // its header is the store's revision now, not how far this stream has delivered
+        return Step::Nothing;
+    }
+    if resp.events().is_empty() {
+        // a progress notification: every event up to its revision was sent
+        at.revision = h.revision();
+        return Step::Deliver(Delivery {
+            change: None,
+            revision: at.revision,
+            reset: false,
+        });
+    }
+    let mut records = Vec::new();
+    for ev in resp.events() {
+        let Some(kv) = ev.kv() else { continue };
+        at.revision = at.revision.max(kv.mod_revision());
+        if ev.event_type() != EventType::Put {
+            continue; // deletions are retention's: the floor record says what they cover
+        }
+        match keys.record(kv) {
+            Ok(Some(r)) => records.push(r),
+            Ok(None) => {}
+            Err(e) => log::error!("etcd store: skipping a record: {e}"),
+        }
+    }
+    records.sort_by_key(|r| match r {
+        Record::Policy(p) => (0, p.version),
+        Record::Invalidation(i) => (1, i.seq),
+        Record::Floor { seq } => (2, *seq),
+    });
+    Step::Deliver(Delivery {
+        change: Some(StoreChange::Records(records)),
+        revision: at.revision,
+        reset: false,
+    })
+}
+
+/// Read everything again and hand it to the plane; retried until it works or the plane is gone.
+async fn relist(
+    client: &Client,
+    keys: &Keys,
+    tx: &mpsc::Sender<Delivery>,
+    timeout: Duration,
+) -> Option<Loaded> {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match tokio::time::timeout(timeout, list(client, keys)).await {
+            Ok(Ok((state, loaded))) => {
+                let d = Delivery {
+                    change: Some(StoreChange::Reset(state)),
+                    revision: loaded.revision,
+                    reset: true,
+                };
+                return tx.send(d).ok().map(|()| loaded);
+            }
+            Ok(Err(e)) => log::warn!("etcd store: reading everything again: {e}"),
+            Err(_) => log::warn!("etcd store: reading everything again: no answer"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}

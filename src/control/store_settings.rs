@@ -1,0 +1,189 @@
+//! The `store:` block of the `verge control` config: the embedded file log (the default) or an
+//! etcd cluster several replicas share; raw serde types and their validation, errors keyed.
+
+use crate::config::units::ConfDuration;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// `store.etcd` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEtcd {
+    #[serde(default)]
+    endpoints: Vec<String>,
+    prefix: Option<String>,
+    timeout: Option<ConfDuration>,
+    tls: Option<serde_yaml::Value>,
+    auth: Option<serde_yaml::Value>,
+}
+
+/// Where the control plane keeps policy and invalidations.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreSettings {
+    /// The embedded fsynced log under `data_dir` (one replica).
+    File,
+    /// An etcd cluster: every replica with the same prefix is part of one control plane.
+    Etcd(EtcdSettings),
+}
+
+/// A validated `store.etcd` block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdSettings {
+    /// `http://host:port` of each member (a bare `host:port` gets `http://`).
+    pub endpoints: Vec<String>,
+    /// Every key of this control plane starts with it; it ends with `/`.
+    pub prefix: String,
+    /// Longest wait for one etcd call (a write that takes longer gets 503).
+    pub timeout: Duration,
+}
+
+/// Validate `store:` (absent: the file store), pushing every error with its key path.
+/// `store:` is `file` or `{etcd: {...}}` (YAML text, not serde_yaml 0.9's enum tags).
+pub(super) fn validate_store(
+    raw: Option<serde_yaml::Value>,
+    push: &mut dyn FnMut(&str, String),
+) -> StoreSettings {
+    let etcd = match raw {
+        None => return StoreSettings::File,
+        Some(serde_yaml::Value::String(s)) if s == "file" => return StoreSettings::File,
+        Some(serde_yaml::Value::Mapping(m)) if m.len() == 1 && m.contains_key("etcd") => {
+            let value = m.get("etcd").cloned().unwrap_or_default();
+            match serde_yaml::from_value::<RawEtcd>(value) {
+                Ok(e) => e,
+                Err(e) => {
+                    push("store.etcd", e.to_string());
+                    return StoreSettings::File;
+                }
+            }
+        }
+        Some(_) => {
+            push(
+                "store",
+                "file, or etcd: {endpoints, prefix, timeout}".into(),
+            );
+            return StoreSettings::File;
+        }
+    };
+    if etcd.endpoints.is_empty() {
+        push(
+            "store.etcd.endpoints",
+            "list at least one member (http://host:port)".into(),
+        );
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in etcd.endpoints.iter().enumerate() {
+        let key = format!("store.etcd.endpoints[{i}]");
+        let e = e.trim();
+        if e.starts_with("https://") {
+            push(&key, "https endpoints need store.etcd.tls, which is not supported yet; use http:// on a private network".into());
+            continue;
+        }
+        let url = if e.starts_with("http://") {
+            e.to_string()
+        } else {
+            format!("http://{e}")
+        };
+        if is_host_port(&url) {
+            endpoints.push(url);
+        } else {
+            push(&key, format!("{e:?} is not http://host:port"));
+        }
+    }
+    let prefix = etcd.prefix.unwrap_or_else(|| "/verge/".into());
+    if !prefix.starts_with('/') || prefix.len() < 2 || prefix.contains(char::is_whitespace) {
+        push(
+            "store.etcd.prefix",
+            format!("{prefix:?}: a key prefix like /verge/ (a leading /, no spaces)"),
+        );
+    }
+    let prefix = if prefix.ends_with('/') {
+        prefix
+    } else {
+        format!("{prefix}/")
+    };
+    let timeout = etcd.timeout.map_or(Duration::from_secs(5), |d| d.0);
+    if timeout.is_zero() {
+        push("store.etcd.timeout", "must be greater than zero".into());
+    }
+    if etcd.tls.is_some() {
+        push(
+            "store.etcd.tls",
+            "not supported yet (planned: CA, client certificate and key)".into(),
+        );
+    }
+    if etcd.auth.is_some() {
+        push(
+            "store.etcd.auth",
+            "not supported yet (planned: user and password from a file or the environment)".into(),
+        );
+    }
+    StoreSettings::Etcd(EtcdSettings {
+        endpoints,
+        prefix,
+        timeout,
+    })
+}
+
+/// `http://host:port`, with no path.
+fn is_host_port(url: &str) -> bool {
+    url.parse::<http::Uri>()
+        .is_ok_and(|u| u.port_u16().is_some() && u.path_and_query().is_none_or(|p| p == "/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::settings::ControlSettings;
+    use super::*;
+
+    #[test]
+    fn file_is_the_default_and_etcd_is_validated_with_key_paths() {
+        let s = ControlSettings::from_yaml_str("insecure_no_auth: true\n").unwrap();
+        assert_eq!(s.store, StoreSettings::File);
+        let s = ControlSettings::from_yaml_str("insecure_no_auth: true\nstore: file\n").unwrap();
+        assert_eq!(s.store, StoreSettings::File);
+        let s = ControlSettings::from_yaml_str(
+            "insecure_no_auth: true\nstore:\n  etcd:\n    endpoints: [127.0.0.1:2379, \"http://127.0.0.1:2380\"]\n    prefix: /cp1\n    timeout: 2s\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.store,
+            StoreSettings::Etcd(EtcdSettings {
+                endpoints: vec![
+                    "http://127.0.0.1:2379".into(),
+                    "http://127.0.0.1:2380".into()
+                ],
+                prefix: "/cp1/".into(),
+                timeout: Duration::from_secs(2),
+            })
+        );
+        let e = ControlSettings::from_yaml_str(
+            "insecure_no_auth: true\nstore:\n  etcd:\n    endpoints: [\"https://a:1\", \"nope/x\"]\n    prefix: verge\n    timeout: 0s\n    tls: {ca: x}\n    auth: {user: u}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "store.etcd.endpoints[0]: https endpoints need store.etcd.tls",
+            "store.etcd.endpoints[1]: \"nope/x\" is not http://host:port",
+            "store.etcd.prefix:",
+            "store.etcd.timeout: must be greater than zero",
+            "store.etcd.tls: not supported yet",
+            "store.etcd.auth: not supported yet",
+        ] {
+            assert!(e.contains(needle), "{needle} missing in {e}");
+        }
+        let e = ControlSettings::from_yaml_str("insecure_no_auth: true\nstore: {etcd: {}}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.etcd.endpoints: list at least one"), "{e}");
+        let e = ControlSettings::from_yaml_str("insecure_no_auth: true\nstore: zookeeper\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store: file, or etcd"), "{e}");
+        let e = ControlSettings::from_yaml_str(
+            "insecure_no_auth: true\nstore: {etcd: {endpoints: [a:1], bogus: 1}}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("store.etcd: unknown field `bogus`"), "{e}");
+    }
+}

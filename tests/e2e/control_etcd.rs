@@ -1,0 +1,374 @@
+//! `verge control` on etcd: two replicas share a 3-member etcd cluster on loopback. A write on
+//! one replica reaches a node polling the other, racing compare-and-sets have one winner, a
+//! member's loss changes nothing, a lost quorum refuses writes while nodes keep serving, and a
+//! restarted replica loses nothing.
+
+use crate::control::get;
+use crate::support::control_plane::{node, policy, Cp, CpConfig, OPS};
+use crate::support::etcd::EtcdCluster;
+use crate::support::{eventually, Metrics, Origin};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// A replica on `etcd` under `prefix`.
+async fn replica(etcd: &EtcdCluster, prefix: &str) -> Cp {
+    replica_with(etcd, prefix, "").await
+}
+
+/// A replica on `etcd` under `prefix`, with more top-level settings.
+async fn replica_with(etcd: &EtcdCluster, prefix: &str, extra_yaml: &str) -> Cp {
+    let cfg = CpConfig::new().yaml(&format!(
+        "{extra_yaml}\nstore:\n  etcd:\n    endpoints: {}\n    prefix: {prefix}\n    timeout: 2s",
+        etcd.endpoints_yaml()
+    ));
+    Cp::start_with(&cfg).await
+}
+
+/// `GET path` on a replica, as the ops token.
+async fn read(cp: &Cp, path: &str) -> Value {
+    let (status, v) = cp.send("GET", path, OPS, None, None).await;
+    assert_eq!(status, 200, "{path}: {v}");
+    v
+}
+
+/// Wait until `cp` holds policy `version` and invalidations up to `seq`.
+async fn holds(cp: &Cp, version: u64, seq: u64) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        let (_, p) = cp.send("GET", "/v1/policy", OPS, None, None).await;
+        let (_, i) = cp.send("GET", "/v1/invalidations", OPS, None, None).await;
+        let last = i["invalidations"]
+            .as_array()
+            .and_then(|a| a.last())
+            .and_then(|x| x["seq"].as_u64())
+            .unwrap_or(0);
+        p["version"] == json!(version) && last == seq
+    })
+    .await
+}
+
+/// Wait until `cp` holds policy `version` and `seq`, and its one node applied them.
+async fn node_at(cp: &Cp, version: u64, seq: u64) -> bool {
+    holds(cp, version, seq).await && cp.converged(1).await
+}
+
+/// Fetch `path` through `n` until the origin has seen `hits` requests for it.
+async fn refetched(n: &crate::support::Verge, o: &Origin, path: &str, hits: u64) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        get(n, path).await;
+        o.hits(path) >= hits
+    })
+    .await
+}
+
+#[tokio::test]
+async fn replicas_share_policy_purges_and_compare_and_set() {
+    let Some(etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let o = Origin::start("o").await;
+    o.set_headers("/p", &[("cache-control", "max-age=300")]);
+    let a = replica(&etcd, "/share/").await;
+    let b = replica(&etcd, "/share/").await;
+    let n = node(&b, "on-b").await;
+
+    // A policy written through A reaches the node polling B.
+    let (status, v) = a.put_policy(policy(&o, json!({})), 0).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(node_at(&b, 1, 0).await, "the node on B applied A's policy");
+    assert_eq!(get(&n, "/p").await.0, 200);
+    assert_eq!(get(&n, "/p").await.0, 200);
+    assert_eq!(o.hits("/p"), 1, "the second GET was a hit");
+
+    // Two replicas racing on the same version: exactly one wins, the other gets 412.
+    for version in 1..=4u64 {
+        let doc = policy(&o, json!({"default_ttl": format!("{version}m")}));
+        let (ra, rb) = tokio::join!(
+            a.put_policy(doc.clone(), version),
+            b.put_policy(doc, version)
+        );
+        let mut statuses = [ra.0, rb.0];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 412], "round {version}: {} / {}", ra.1, rb.1);
+        let winner = if ra.0 == 200 { ra.1 } else { rb.1 };
+        assert_eq!(winner["version"], json!(version + 1));
+    }
+    let history = read(&a, "/v1/policy/history").await;
+    let versions: Vec<u64> = history["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .filter_map(|v| v["version"].as_u64())
+        .collect();
+    assert_eq!(
+        versions,
+        [1, 2, 3, 4, 5],
+        "one writer per version, none lost"
+    );
+
+    // A purge through A is applied by the node on B; both replicas agree on its seq.
+    let seq = a
+        .purge(json!({"kind": "url", "target": "site.test/p"}))
+        .await;
+    assert_eq!(seq, 1);
+    assert!(
+        refetched(&n, &o, "/p", 2).await,
+        "the node on B refetched after A's purge"
+    );
+    assert!(holds(&b, 5, 1).await);
+    // Purges through both replicas get distinct, dense sequence numbers.
+    let (sa, sb) = tokio::join!(
+        a.purge(json!({"kind": "tag", "target": "x"})),
+        b.purge(json!({"kind": "tag", "target": "y"}))
+    );
+    let mut seqs = [sa, sb];
+    seqs.sort_unstable();
+    assert_eq!(seqs, [2, 3]);
+    assert!(holds(&a, 5, 3).await && holds(&b, 5, 3).await);
+    assert_eq!(
+        read(&a, "/v1/invalidations").await,
+        read(&b, "/v1/invalidations").await,
+        "one log, the same on every replica"
+    );
+    assert!(node_at(&b, 5, 3).await, "the node reached the shared head");
+}
+
+#[tokio::test]
+async fn etcd_member_and_quorum_loss_and_a_replica_restart() {
+    let Some(mut etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let o = Origin::start("o").await;
+    o.set_headers("/p", &[("cache-control", "max-age=300")]);
+    let a = replica(&etcd, "/faults/").await;
+    let mut b = replica(&etcd, "/faults/").await;
+    let n = node(&b, "on-b").await;
+    assert_eq!(a.put_policy(policy(&o, json!({})), 0).await.0, 200);
+    assert!(node_at(&b, 1, 0).await);
+    assert_eq!(get(&n, "/p").await.0, 200);
+
+    // One member down: writes still commit, and still reach the node.
+    etcd.kill(0);
+    let (status, v) = a.put_policy(policy(&o, json!({})), 1).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        a.purge(json!({"kind": "url", "target": "site.test/p"}))
+            .await,
+        1
+    );
+    assert!(
+        refetched(&n, &o, "/p", 2).await,
+        "the purge reached the node"
+    );
+    assert!(node_at(&b, 2, 1).await);
+
+    // Two down, no quorum: writes are refused with 503, never a 2xx; reads and the node go on.
+    etcd.kill(1);
+    let (status, v) = a.put_policy(policy(&o, json!({})), 2).await;
+    assert_eq!(status, 503, "{v}");
+    let (status, v) = b
+        .send(
+            "POST",
+            "/v1/invalidations",
+            OPS,
+            Some(json!({"kind": "url", "target": "site.test/p"})),
+            None,
+        )
+        .await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(read(&b, "/v1/policy").await["version"], json!(2));
+    let hits = o.hits("/p");
+    assert_eq!(get(&n, "/p").await.0, 200, "the node keeps serving");
+    assert_eq!(o.hits("/p"), hits, "from its cache");
+
+    // Quorum back: writes commit again.
+    etcd.start_stopped().await;
+    let ok = eventually(Duration::from_secs(15), || async {
+        a.put_policy(policy(&o, json!({})), 2).await.0 == 200
+    })
+    .await;
+    assert!(ok, "writes commit once the quorum is back");
+    assert_eq!(
+        b.purge(json!({"kind": "url", "target": "site.test/p"}))
+            .await,
+        2
+    );
+
+    // B restarts while A writes: B comes back with everything, and its node catches up.
+    b.kill();
+    assert_eq!(
+        a.purge(json!({"kind": "host", "target": "site.test"}))
+            .await,
+        3
+    );
+    assert_eq!(a.put_policy(policy(&o, json!({})), 3).await.0, 200);
+    b.restart().await;
+    assert!(
+        node_at(&b, 4, 3).await,
+        "B has every write after its restart, and so does its node"
+    );
+    assert_eq!(
+        read(&a, "/v1/invalidations").await,
+        read(&b, "/v1/invalidations").await
+    );
+    assert!(refetched(&n, &o, "/p", 3).await);
+}
+
+/// Whether `cp` counted a full read of the store for `reason`.
+async fn resynced(cp: &Cp, reason: &str) -> bool {
+    eventually(Duration::from_secs(15), || async {
+        let r = crate::support::client()
+            .get(cp.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics");
+        let m = Metrics::parse(&r.text().await.unwrap_or_default());
+        m.value("verge_control_store_resyncs_total", &[("reason", reason)])
+            .is_some_and(|v| v >= 1.0)
+    })
+    .await
+}
+
+/// `verge_control_leader` on `cp` (0 when it cannot be read).
+async fn leader(cp: &Cp) -> f64 {
+    let Ok(r) = crate::support::client()
+        .get(cp.url("/metrics"))
+        .send()
+        .await
+    else {
+        return 0.0;
+    };
+    let m = Metrics::parse(&r.text().await.unwrap_or_default());
+    m.value("verge_control_leader", &[]).unwrap_or(0.0)
+}
+
+/// The sequence numbers `cp` still lists.
+async fn seqs(cp: &Cp) -> Vec<u64> {
+    read(cp, "/v1/invalidations").await["invalidations"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|i| i["seq"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+/// Wait until both replicas list only invalidations from `from` on (retention dropped the
+/// older ones) and agree.
+async fn retained_from(a: &Cp, b: &Cp, from: u64) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        let (x, y) = (seqs(a).await, seqs(b).await);
+        x == y && x.iter().all(|&s| s >= from)
+    })
+    .await
+}
+
+/// Send SIGSTOP or SIGCONT to a process.
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[tokio::test]
+async fn a_replica_behind_a_compaction_or_on_a_wiped_etcd_reads_everything_again() {
+    let Some(mut etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let o = Origin::start("o").await;
+    let a = replica(&etcd, "/resync/").await;
+    let b = replica(&etcd, "/resync/").await;
+    let _n = node(&b, "on-b").await;
+    assert_eq!(a.put_policy(policy(&o, json!({})), 0).await.0, 200);
+    assert!(node_at(&b, 1, 0).await);
+
+    // B stops answering and etcd drops its connection (no ping answered: 1 s + 1 s); then A
+    // writes, and etcd compacts past B's revision.
+    signal(b.pid(), "-STOP");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for target in ["a", "b", "c"] {
+        a.purge(json!({"kind": "tag", "target": target})).await;
+    }
+    assert_eq!(a.put_policy(policy(&o, json!({})), 1).await.0, 200);
+    etcd.compact().await;
+    signal(b.pid(), "-CONT");
+    assert!(
+        resynced(&b, "compacted").await,
+        "B's watch met the compaction"
+    );
+    assert!(
+        node_at(&b, 2, 3).await,
+        "B read everything again, and its node has it"
+    );
+    assert_eq!(
+        read(&a, "/v1/invalidations").await,
+        read(&b, "/v1/invalidations").await
+    );
+
+    // etcd wiped: a new cluster id. Both replicas read everything again and take the empty
+    // store, rather than keep answering from what no longer exists.
+    etcd.wipe().await;
+    assert!(resynced(&a, "cluster_changed").await);
+    assert!(resynced(&b, "cluster_changed").await);
+    assert!(holds(&a, 0, 0).await && holds(&b, 0, 0).await);
+    let ok = eventually(Duration::from_secs(10), || async {
+        b.put_policy(policy(&o, json!({})), 0).await.0 == 200
+    })
+    .await;
+    assert!(ok, "the new store takes writes from version 0");
+    assert!(holds(&a, 1, 0).await);
+}
+
+#[tokio::test]
+async fn one_elected_replica_does_retention_and_another_takes_over_when_it_dies() {
+    let Some(etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    // every invalidation is past its retention at once; compact after every third
+    let extra = "compact_after: 3\ninvalidation_retention: 1ms";
+    let mut replicas = [
+        replica_with(&etcd, "/retention/", extra).await,
+        replica_with(&etcd, "/retention/", extra).await,
+    ];
+    let elected = eventually(Duration::from_secs(10), || async {
+        leader(&replicas[0]).await + leader(&replicas[1]).await == 1.0
+    })
+    .await;
+    assert!(elected, "exactly one replica is elected");
+    let l = usize::from(leader(&replicas[1]).await == 1.0);
+    let f = 1 - l;
+
+    // Purges through the follower: the leader compacts, and the follower follows its floor.
+    for target in ["a", "b", "c"] {
+        replicas[f]
+            .purge(json!({"kind": "tag", "target": target}))
+            .await;
+    }
+    assert!(
+        retained_from(&replicas[0], &replicas[1], 3).await,
+        "the leader compacted what the follower appended"
+    );
+    assert_eq!(
+        read(&replicas[f], "/v1/nodes").await["head"]["seq"],
+        json!(3)
+    );
+
+    // The leader dies: once its lease expires the other replica is elected and compacts.
+    replicas[l].kill();
+    let took_over = eventually(Duration::from_secs(15), || async {
+        leader(&replicas[f]).await == 1.0
+    })
+    .await;
+    assert!(took_over, "the surviving replica was elected");
+    for target in ["d", "e", "f"] {
+        replicas[f]
+            .purge(json!({"kind": "tag", "target": target}))
+            .await;
+    }
+    let compacted = eventually(Duration::from_secs(10), || async {
+        seqs(&replicas[f]).await.iter().all(|&s| s >= 6)
+    })
+    .await;
+    assert!(compacted, "the new leader compacted");
+    replicas[l].restart().await;
+    assert!(retained_from(&replicas[0], &replicas[1], 6).await);
+}
