@@ -373,6 +373,11 @@ pub struct Limits {
     pub keepalive_requests: u32,
     /// Largest request body accepted (declared or streamed); larger gets 413.
     pub max_body: u64,
+    /// Longest wait for the next byte of a request body; longer gets 408 and a close.
+    pub body_timeout: Duration,
+    /// Slowest average rate a request body may arrive at, in bytes per second, once
+    /// `body_timeout` of grace is used up (0: no minimum); slower gets 408 and a close.
+    pub body_min_rate: u64,
     /// Open client connections accepted at once; more are answered 503 and closed.
     pub max_connections: u32,
     /// What an HTTP/2 client may use of one connection.
@@ -425,6 +430,8 @@ impl Default for Limits {
             keepalive_timeout: Duration::from_secs(60),
             keepalive_requests: 1000,
             max_body: 64 << 20,
+            body_timeout: Duration::from_secs(15),
+            body_min_rate: 512,
             max_connections: 10_000,
             h2: H2Limits::default(),
         }

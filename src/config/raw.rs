@@ -183,6 +183,9 @@ pub struct RawLimits {
     pub keepalive_timeout: Option<ConfDuration>,
     pub keepalive_requests: Option<u32>,
     pub max_body: Option<ConfSize>,
+    pub body_timeout: Option<ConfDuration>,
+    /// Bytes per second (`512`, `1KiB`); `0` turns the minimum off.
+    pub body_min_rate: Option<ConfSize>,
     pub max_connections: Option<u32>,
     pub h2: Option<RawH2Limits>,
 }

@@ -1,6 +1,7 @@
 //! HTTP syntax every layer reads the same way, as pure functions: canonical hosts, request-target
 //! checks, field values. The leaf of the crate: it imports nothing of verge.
 
+pub mod chunked;
 pub mod fields;
 pub mod host;
 pub mod request_line;

@@ -212,12 +212,24 @@ fn validate_limits(path: &str, raw: Option<RawLimits>, errs: &mut Errors) -> Lim
         raw.keepalive_timeout,
         d.keepalive_timeout,
     );
+    let body_timeout = positive("body_timeout", raw.body_timeout, d.body_timeout);
     let max_body = match raw.max_body {
         None => d.max_body,
         Some(s) if s.0 <= (16u64 << 30) => s.0,
         Some(_) => {
             errs.push(format!("{path}.max_body"), "must be at most 16GiB");
             d.max_body
+        }
+    };
+    let body_min_rate = match raw.body_min_rate {
+        None => d.body_min_rate,
+        Some(s) if s.0 <= (1 << 30) => s.0,
+        Some(_) => {
+            errs.push(
+                format!("{path}.body_min_rate"),
+                "must be at most 1GiB (bytes per second)",
+            );
+            d.body_min_rate
         }
     };
     let max_connections = match raw.max_connections {
@@ -241,6 +253,8 @@ fn validate_limits(path: &str, raw: Option<RawLimits>, errs: &mut Errors) -> Lim
         keepalive_timeout,
         keepalive_requests: raw.keepalive_requests.unwrap_or(d.keepalive_requests),
         max_body,
+        body_timeout,
+        body_min_rate,
         max_connections,
         h2,
     }
@@ -431,5 +445,34 @@ routes: [{hosts: [a.com], pool: p}]
             }
         }
         assert_eq!(text.len(), 13, "{text:#?}");
+    }
+
+    #[test]
+    fn body_pace_limits_validate() {
+        let yaml = |limits: &str| {
+            format!(
+                "listeners:\n  - listen: 127.0.0.1:8080\n    limits: {limits}\npools: {{p: {{backends: [\"127.0.0.1:1\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p}}]\n"
+            )
+        };
+        let c = Config::from_yaml_str(&yaml("{}")).expect("defaults");
+        assert_eq!(c.listeners[0].limits.body_timeout, Duration::from_secs(15));
+        assert_eq!(c.listeners[0].limits.body_min_rate, 512);
+        let c = Config::from_yaml_str(&yaml("{body_timeout: 3s, body_min_rate: 2KiB}"))
+            .expect("valid");
+        assert_eq!(c.listeners[0].limits.body_timeout, Duration::from_secs(3));
+        assert_eq!(c.listeners[0].limits.body_min_rate, 2048);
+        let off = Config::from_yaml_str(&yaml("{body_min_rate: 0}")).expect("valid");
+        assert_eq!(off.listeners[0].limits.body_min_rate, 0);
+        let errs = Config::from_yaml_str(&yaml("{body_timeout: 0s, body_min_rate: 2GiB}"))
+            .expect_err("invalid")
+            .errors;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "listeners[0].limits.body_timeout",
+                "listeners[0].limits.body_min_rate"
+            ]
+        );
     }
 }
