@@ -74,6 +74,11 @@ fn request_target_corpus() {
 }
 
 #[test]
+fn chunked_body_corpus() {
+    replay("chunked_body", invariants::chunked_body::check);
+}
+
+#[test]
 fn cache_key_corpus() {
     replay("cache_key", invariants::cache_key::check);
 }
