@@ -4,7 +4,8 @@
 //! the hit lane could answer.
 //!
 //! Pingora reads heads with a per-read timeout and a ~1 MiB cap, which leaves slowloris and
-//! oversized heads to us. HTTP/2 connections (ALPN `h2`, or h2c when enabled) go straight to
+//! oversized heads to us. After the head, the connection stays watched ([`body_guard`]): the
+//! request body's chunked framing is checked strictly and its pace kept, as Pingora reads it. HTTP/2 connections (ALPN `h2`, or h2c when enabled) go straight to
 //! Pingora, whose H2 limits are bounded.
 
 use crate::config::Limits;
