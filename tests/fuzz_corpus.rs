@@ -79,6 +79,11 @@ fn chunked_body_corpus() {
 }
 
 #[test]
+fn h2_fields_corpus() {
+    replay("h2_fields", invariants::h2_fields::check);
+}
+
+#[test]
 fn cache_key_corpus() {
     replay("cache_key", invariants::cache_key::check);
 }

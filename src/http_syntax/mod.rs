@@ -3,6 +3,7 @@
 
 pub mod chunked;
 pub mod fields;
+pub mod h2_request;
 pub mod host;
 pub mod request_line;
 pub mod target;

@@ -4,6 +4,7 @@
 //! the client got and what the origin received; HTTP/1 is written as raw bytes, HTTP/2 as raw
 //! frames.
 
+use crate::support::h2_wire::{self, H2Conn, Outcome};
 use crate::support::metrics::sum_eventually;
 use crate::support::wire::Conn;
 use crate::support::{Config, Limits, Listener, Origin, Pool, Route, Verge};
@@ -201,4 +202,109 @@ async fn an_idle_body_gets_408_and_a_body_at_a_fair_pace_goes_through() {
     let seen = o.seen_for("/fair");
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].body_len, 200);
+}
+
+// ---- 9. malformed HTTP/2 fields are stream errors ----
+
+/// Fields of a GET for `path`, with `edit` applied: `(name, Some(value))` sets or adds,
+/// `(name, None)` removes; extra fields go last, in order.
+fn edited(path: &str, edits: &[(&'static str, Option<&'static [u8]>)]) -> Vec<(&'static str, Vec<u8>)> {
+    let mut fields = h2_wire::get_fields(path);
+    for (name, value) in edits {
+        match value {
+            None => fields.retain(|(n, _)| n != name),
+            Some(v) => match fields.iter_mut().find(|(n, _)| n == name && n.starts_with(':')) {
+                Some(field) => field.1 = v.to_vec(),
+                None => fields.push((*name, v.to_vec())),
+            },
+        }
+    }
+    fields
+}
+
+async fn h2_request(v: &Verge, fields: &[(&str, Vec<u8>)]) -> Outcome {
+    let fields: Vec<(&str, &[u8])> = fields.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+    H2Conn::open(v.http).await.request(1, &fields).await
+}
+
+/// Refused as RFC 9113 has it: a 400, or RST_STREAM / GOAWAY with PROTOCOL_ERROR.
+fn refused(outcome: Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Status(400)
+            | Outcome::Reset(h2_wire::PROTOCOL_ERROR)
+            | Outcome::GoAway(h2_wire::PROTOCOL_ERROR)
+    )
+}
+
+#[tokio::test]
+async fn malformed_http2_fields_are_refused_and_never_reach_the_origin() {
+    let o = Origin::start("o").await;
+    let v = Verge::start(
+        &Config::new()
+            .listener(Listener::new().h2c())
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p")),
+    )
+    .await;
+    // what verge checks itself: a 400 from verge
+    let verge_checks: [(&str, Vec<(&str, Vec<u8>)>); 4] = [
+        ("leading space", edited("/ws1", &[("x-a", Some(b" v"))])),
+        ("trailing space", edited("/ws2", &[("x-a", Some(b"v "))])),
+        ("trailing tab", edited("/ws3", &[("user-agent", Some(b"ua\t"))])),
+        ("a scheme verge does not serve", edited("/scheme", &[(":scheme", Some(b"ftp"))])),
+    ];
+    for (what, fields) in &verge_checks {
+        assert_eq!(h2_request(&v, fields).await, Outcome::Status(400), "{what}");
+    }
+    // what the h2 codec or Pingora refuses before verge sees the request
+    let below: Vec<(&str, Vec<(&str, Vec<u8>)>)> = vec![
+        ("an empty :scheme", edited("/e1", &[(":scheme", Some(b""))])),
+        ("no :scheme", edited("/e2", &[(":scheme", None)])),
+        ("an empty :path", edited("", &[])),
+        ("no :path", edited("/e3", &[(":path", None)])),
+        ("no :method", edited("/e4", &[(":method", None)])),
+        ("a repeated pseudo-header", {
+            let mut f = edited("/e5", &[]);
+            f.push((":path", b"/other".to_vec()));
+            f
+        }),
+        ("a pseudo-header after a field", {
+            let mut f = edited("/e6", &[(":path", None), ("x-a", Some(b"1"))]);
+            f.push((":path", b"/e6".to_vec()));
+            f
+        }),
+        ("an unknown pseudo-header", edited("/e7", &[(":foo", Some(b"1"))])),
+        (":status in a request", edited("/e8", &[(":status", Some(b"200"))])),
+        ("an upper-case name", edited("/e9", &[("X-A", Some(b"1"))])),
+        ("a NUL in a value", edited("/e10", &[("x-a", Some(b"a\0b"))])),
+        ("a LF in a value", edited("/e11", &[("x-a", Some(b"a\nb"))])),
+        ("a connection field", edited("/e12", &[("connection", Some(b"close"))])),
+        ("TE other than trailers", edited("/e13", &[("te", Some(b"gzip"))])),
+        ("userinfo in :authority", edited("/e14", &[(":authority", Some(b"u@c.test"))])),
+        ("a Host against :authority", edited("/e15", &[("host", Some(b"other.test"))])),
+        ("conflicting lengths", edited("/e16", &[("content-length", Some(b"0")), ("content-length", Some(b"5"))])),
+        ("a space in :path", edited("/e17 x", &[])),
+        ("a relative :path", edited("e18", &[])),
+    ];
+    for (what, fields) in &below {
+        let outcome = h2_request(&v, fields).await;
+        assert!(refused(outcome), "{what}: {outcome:?}");
+    }
+    assert_eq!(o.total(), 0, "a malformed request reached the origin");
+    sum_eventually(
+        &v,
+        Duration::from_secs(5),
+        REJECTED,
+        &[("reason", "h2_field_whitespace")],
+        |n| n >= 3.0,
+    )
+    .await;
+
+    // a well-formed request, with inner whitespace and an empty value, goes through
+    let fine = edited("/fine", &[("x-a", Some(b"a b\tc")), ("x-empty", Some(b""))]);
+    assert_eq!(h2_request(&v, &fine).await, Outcome::Status(200));
+    let seen = o.seen_for("/fine");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("x-a"), Some("a b\tc"));
 }

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod fetch;
+pub mod h2_wire;
 pub mod metrics;
 pub mod origin;
 pub mod ports;
