@@ -5,8 +5,9 @@
 //!
 //! Pingora reads heads with a per-read timeout and a ~1 MiB cap, which leaves slowloris and
 //! oversized heads to us. After the head, the connection stays watched ([`body_guard`]): the
-//! request body's chunked framing is checked strictly and its pace kept, as Pingora reads it. HTTP/2 connections (ALPN `h2`, or h2c when enabled) go straight to
-//! Pingora, whose H2 limits are bounded.
+//! request body's chunked framing is checked strictly and its pace kept, as Pingora reads it.
+//! HTTP/2 connections (ALPN `h2`, or h2c when enabled) go to Pingora, whose H2 limits are
+//! bounded, with their frames counted against a budget on the way ([`h2_frames`]).
 
 use crate::config::Limits;
 use crate::http_syntax::request_line;
@@ -27,10 +28,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 mod body_guard;
+mod h2_frames;
 mod watched_stream;
 
 pub use body_guard::{BodyFraming, BodyPace};
 use body_guard::BodyGuard;
+use h2_frames::{FrameBudget, FrameBudgetSpec};
 use watched_stream::Watched;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -444,7 +447,14 @@ impl ServerApp for Ingress {
         }
 
         match self.is_http2(&mut stream).await {
-            Some(true) => return ServerApp::process_new(&self.proxy, stream, shutdown).await,
+            Some(true) => {
+                let spec = FrameBudgetSpec {
+                    burst: self.limits.h2.frame_budget,
+                    per_second: self.limits.h2.frame_rate,
+                };
+                let stream: Stream = Box::new(Watched::new(stream, FrameBudget::new(spec)));
+                return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+            }
             Some(false) => {}
             None => {
                 METRICS

@@ -404,6 +404,12 @@ pub struct H2Limits {
     /// Streams verge may have to reset for the client's protocol errors (MadeYouReset,
     /// CVE-2025-8671); more end the connection with `ENHANCE_YOUR_CALM`.
     pub max_error_resets: usize,
+    /// Frames that carry no request (PRIORITY, SETTINGS, PING, WINDOW_UPDATE, GOAWAY, empty
+    /// DATA, unknown types) a connection may send at once; past its budget it gets a GOAWAY
+    /// with `ENHANCE_YOUR_CALM`.
+    pub frame_budget: u32,
+    /// Such frames a connection earns back per second (and two per DATA frame verge sends).
+    pub frame_rate: u32,
 }
 
 impl Default for H2Limits {
@@ -415,6 +421,8 @@ impl Default for H2Limits {
             connection_window: 1 << 20,
             max_pending_resets: 20,
             max_error_resets: 1024,
+            frame_budget: 1000,
+            frame_rate: 100,
         }
     }
 }

@@ -200,6 +200,8 @@ pub struct RawH2Limits {
     pub connection_window: Option<ConfSize>,
     pub max_pending_resets: Option<usize>,
     pub max_error_resets: Option<usize>,
+    pub frame_budget: Option<u32>,
+    pub frame_rate: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]

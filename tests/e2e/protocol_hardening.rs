@@ -308,3 +308,125 @@ async fn malformed_http2_fields_are_refused_and_never_reach_the_origin() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].header("x-a"), Some("a b\tc"));
 }
+
+// ---- 10. every HTTP/2 frame type has a budget ----
+
+/// Open an h2c connection, send `prelude`, then `one` over and over (in batches) while reading
+/// what verge sends: the error code of its GOAWAY, if one came before the connection closed.
+async fn flood(v: &Verge, prelude: &[u8], one: &[u8]) -> Option<u32> {
+    let H2Conn {
+        mut reader,
+        mut writer,
+    } = H2Conn::open(v.http).await;
+    writer.write_all(prelude).await.expect("prelude");
+    let batch = one.repeat(100);
+    let sender = tokio::spawn(async move {
+        // at most a million frames, as the flood
+        for _ in 0..10_000 {
+            if writer.write_all(&batch).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut code = None;
+    while let Some(f) = reader.next_frame(Duration::from_secs(20)).await {
+        if f.kind == h2_wire::GOAWAY {
+            code = Some(f.error_code());
+        }
+    }
+    sender.abort();
+    code
+}
+
+async fn h2c_verge(o: &Origin, h2: &str) -> Verge {
+    Verge::start(
+        &Config::new()
+            .listener(Listener::new().h2c().limits(Limits::new().set("h2", h2)))
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p")),
+    )
+    .await
+}
+
+async fn h2_get_is_fine(v: &Verge, o: &Origin, path: &str) {
+    let fields = h2_wire::get_fields(path);
+    assert_eq!(h2_request(v, &fields).await, Outcome::Status(200), "{path}");
+    assert_eq!(o.hits(path), 1, "{path}");
+}
+
+#[tokio::test]
+async fn a_flood_of_priority_frames_gets_goaway_enhance_your_calm_with_the_defaults() {
+    let o = Origin::start("o").await;
+    let v = h2c_verge(&o, "{}").await;
+    // PRIORITY for stream 3 on stream 1, exclusive of nothing, weight 16
+    let priority = h2_wire::frame(h2_wire::PRIORITY, 0, 3, &[0, 0, 0, 1, 15]);
+    assert_eq!(
+        flood(&v, &[], &priority).await,
+        Some(h2_wire::ENHANCE_YOUR_CALM)
+    );
+    sum_eventually(
+        &v,
+        Duration::from_secs(5),
+        REJECTED,
+        &[("reason", "h2_priority_flood")],
+        |n| n >= 1.0,
+    )
+    .await;
+    h2_get_is_fine(&v, &o, "/after").await;
+}
+
+#[tokio::test]
+async fn every_cheap_frame_type_has_a_budget() {
+    let o = Origin::start("o").await;
+    let v = h2c_verge(&o, "{frame_budget: 50, frame_rate: 1}").await;
+    let ping = h2_wire::frame(h2_wire::PING, 0, 0, b"12345678");
+    let settings = h2_wire::frame(h2_wire::SETTINGS, 0, 0, &[]);
+    let window_update = h2_wire::frame(h2_wire::WINDOW_UPDATE, 0, 0, &[0, 0, 0, 1]);
+    let unknown = h2_wire::frame(0xfa, 0, 0, b"?");
+    for (what, one, reason) in [
+        ("PING", ping, "h2_ping_flood"),
+        ("SETTINGS", settings, "h2_settings_flood"),
+        ("WINDOW_UPDATE", window_update, "h2_window_update_flood"),
+        ("unknown", unknown, "h2_unknown_frame_flood"),
+    ] {
+        assert_eq!(
+            flood(&v, &[], &one).await,
+            Some(h2_wire::ENHANCE_YOUR_CALM),
+            "{what}"
+        );
+        sum_eventually(
+            &v,
+            Duration::from_secs(5),
+            REJECTED,
+            &[("reason", reason)],
+            |n| n >= 1.0,
+        )
+        .await;
+    }
+    // empty DATA frames on an open request stream: h2 counts these itself (100 per connection)
+    let post = [
+        (":method", &b"POST"[..]),
+        (":scheme", b"http"),
+        (":authority", b"c.test"),
+        (":path", b"/upload"),
+    ];
+    let open = h2_wire::frame(h2_wire::HEADERS, h2_wire::END_HEADERS, 1, &h2_wire::block(&post));
+    let empty = h2_wire::frame(h2_wire::DATA, 0, 1, &[]);
+    assert_eq!(
+        flood(&v, &open, &empty).await,
+        Some(h2_wire::ENHANCE_YOUR_CALM),
+        "empty DATA"
+    );
+    // under the same tight budget, requests and a download of many DATA frames go through:
+    // the WINDOW_UPDATEs a download draws are earned by the DATA frames verge sends
+    h2_get_is_fine(&v, &o, "/small").await;
+    o.set_body_size(8 << 20);
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let big = c.get(v.url("/big")).send().await.expect("answered");
+    assert_eq!(big.status(), 200);
+    assert_eq!(big.bytes().await.expect("whole body").len(), 8 << 20);
+}

@@ -4,7 +4,8 @@
 
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -90,11 +91,10 @@ pub enum Outcome {
     Silent,
 }
 
-/// A frame as read: type, flags, stream, payload.
+/// A frame as read: type, stream, payload.
 #[derive(Debug, Clone)]
 pub struct Frame {
     pub kind: u8,
-    pub flags: u8,
     pub stream: u32,
     pub payload: Vec<u8>,
 }
@@ -172,28 +172,18 @@ pub fn status_of(block: &[u8]) -> u16 {
         .unwrap_or(0)
 }
 
-/// A raw HTTP/2 client connection (prior knowledge).
-pub struct H2Conn {
-    stream: TcpStream,
+/// Reads frames off one side of a connection.
+pub struct FrameReader<R> {
+    read: R,
     buf: Vec<u8>,
 }
 
-impl H2Conn {
-    /// Connect and send the preface and an empty SETTINGS.
-    pub async fn open(addr: SocketAddr) -> H2Conn {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        let mut hello = PREFACE.to_vec();
-        hello.extend(frame(SETTINGS, 0, 0, &[]));
-        stream.write_all(&hello).await.expect("preface");
-        H2Conn {
-            stream,
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(read: R) -> Self {
+        FrameReader {
+            read,
             buf: Vec::new(),
         }
-    }
-
-    /// Write bytes; whether they went out (verge may have closed already).
-    pub async fn send(&mut self, bytes: &[u8]) -> bool {
-        self.stream.write_all(bytes).await.is_ok()
     }
 
     /// The next frame, or `None` at a close or after `within`.
@@ -209,7 +199,6 @@ impl H2Conn {
                     let b = &self.buf;
                     let f = Frame {
                         kind: b[3],
-                        flags: b[4],
                         stream: u32::from_be_bytes([b[5], b[6], b[7], b[8]]) & 0x7fff_ffff,
                         payload: b[9..9 + len].to_vec(),
                     };
@@ -217,7 +206,7 @@ impl H2Conn {
                     return Some(f);
                 }
             }
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+            match tokio::time::timeout_at(deadline, self.read.read(&mut chunk)).await {
                 Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
                 _ => return None,
             }
@@ -244,6 +233,32 @@ impl H2Conn {
             }
         }
     }
+}
+
+/// A raw HTTP/2 client connection (prior knowledge).
+pub struct H2Conn {
+    pub reader: FrameReader<OwnedReadHalf>,
+    pub writer: OwnedWriteHalf,
+}
+
+impl H2Conn {
+    /// Connect and send the preface and an empty SETTINGS.
+    pub async fn open(addr: SocketAddr) -> H2Conn {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (read, mut writer) = stream.into_split();
+        let mut hello = PREFACE.to_vec();
+        hello.extend(frame(SETTINGS, 0, 0, &[]));
+        writer.write_all(&hello).await.expect("preface");
+        H2Conn {
+            reader: FrameReader::new(read),
+            writer,
+        }
+    }
+
+    /// Write bytes; whether they went out (verge may have closed already).
+    pub async fn send(&mut self, bytes: &[u8]) -> bool {
+        self.writer.write_all(bytes).await.is_ok()
+    }
 
     /// Send one request with exactly these fields on stream `id` (no body), and read how verge
     /// answered it.
@@ -252,7 +267,7 @@ impl H2Conn {
         if !self.send(&headers).await {
             return Outcome::Closed;
         }
-        self.outcome(id, Duration::from_secs(10)).await
+        self.reader.outcome(id, Duration::from_secs(10)).await
     }
 }
 
