@@ -31,8 +31,8 @@ mod body_guard;
 mod h2_frames;
 mod watched_stream;
 
-pub use body_guard::{BodyFraming, BodyPace};
 use body_guard::BodyGuard;
+pub use body_guard::{BodyFraming, BodyPace};
 use h2_frames::{FrameBudget, FrameBudgetSpec};
 use watched_stream::Watched;
 
@@ -223,7 +223,10 @@ enum Head {
         body: BodyFraming,
     },
     Closed,
-    Reject { status: u16, reason: &'static str },
+    Reject {
+        status: u16,
+        reason: &'static str,
+    },
 }
 
 /// Wraps Pingora's HTTP proxy app for one listener.

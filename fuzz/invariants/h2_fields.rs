@@ -30,7 +30,9 @@ pub fn check(data: &[u8]) {
         }
     };
     let verdict = check_request(scheme.as_deref(), lines.iter().copied());
-    let bad_scheme = scheme.as_deref().is_some_and(|s| s != "http" && s != "https");
+    let bad_scheme = scheme
+        .as_deref()
+        .is_some_and(|s| s != "http" && s != "https");
     let ws = |b: u8| b == b' ' || b == b'\t';
     let edge = lines
         .iter()
@@ -60,4 +62,3 @@ fn trim_ows(v: &[u8]) -> &[u8] {
     let end = v.iter().rposition(|b| !ws(b)).map_or(start, |i| i + 1);
     &v[start..end.max(start)]
 }
-

@@ -202,11 +202,19 @@ impl ChunkedBody {
     fn step(&mut self, b: u8) -> Result<(), BadChunk> {
         use State::*;
         match self.state {
-            Size | SizeBws | Bws { .. } | ExtNameStart | ExtName | ExtValueStart | ExtToken | ExtQuoted
-            | ExtQuotedPair | ExtAfterQuoted => {
-                if b != b'\r' {
-                    self.line_byte()?;
-                }
+            Size
+            | SizeBws
+            | Bws { .. }
+            | ExtNameStart
+            | ExtName
+            | ExtValueStart
+            | ExtToken
+            | ExtQuoted
+            | ExtQuotedPair
+            | ExtAfterQuoted
+                if b != b'\r' =>
+            {
+                self.line_byte()?
             }
             TrailerStart | TrailerName | TrailerValue | TrailerLf | FinalLf => {
                 self.trailer_byte()?
@@ -318,7 +326,9 @@ mod tests {
     /// Feed `body` whole, then split at every position: the verdicts must agree.
     fn verdict(body: &[u8]) -> Result<usize, BadChunk> {
         let mut whole = ChunkedBody::new(1024);
-        let once = whole.feed(body).map(|n| if whole.is_done() { n } else { usize::MAX });
+        let once = whole
+            .feed(body)
+            .map(|n| if whole.is_done() { n } else { usize::MAX });
         for split in 0..body.len() {
             let mut parts = ChunkedBody::new(1024);
             let split_verdict = parts.feed(&body[..split]).and_then(|first| {
@@ -381,9 +391,18 @@ mod tests {
         assert_eq!(refused("5\r\nhello\r\n\r\n"), BadChunk::Size);
         // NUL or a bare LF inside a chunk extension
         assert_eq!(refused("5;a\0b\r\nhello\r\n0\r\n\r\n"), BadChunk::Extension);
-        assert_eq!(refused("5;a=\"\0\"\r\nhello\r\n0\r\n\r\n"), BadChunk::Extension);
-        assert_eq!(refused("5;a\nb\r\nhello\r\n0\r\n\r\n"), BadChunk::LineEnding);
-        assert_eq!(refused("5;a=b\n\r\nhello\r\n0\r\n\r\n"), BadChunk::LineEnding);
+        assert_eq!(
+            refused("5;a=\"\0\"\r\nhello\r\n0\r\n\r\n"),
+            BadChunk::Extension
+        );
+        assert_eq!(
+            refused("5;a\nb\r\nhello\r\n0\r\n\r\n"),
+            BadChunk::LineEnding
+        );
+        assert_eq!(
+            refused("5;a=b\n\r\nhello\r\n0\r\n\r\n"),
+            BadChunk::LineEnding
+        );
     }
 
     #[test]
@@ -398,7 +417,10 @@ mod tests {
         assert_eq!(refused("10000000000000000\r\n"), BadChunk::Size);
         assert_eq!(refused("5;\r\nhello\r\n0\r\n\r\n"), BadChunk::Extension);
         assert_eq!(refused("5;a=b \r\nhello\r\n0\r\n\r\n"), BadChunk::Extension);
-        assert_eq!(refused("5;a=\"b\r\nhello\r\n0\r\n\r\n"), BadChunk::Extension);
+        assert_eq!(
+            refused("5;a=\"b\r\nhello\r\n0\r\n\r\n"),
+            BadChunk::Extension
+        );
         assert_eq!(refused("5;a=\r\nhello\r\n0\r\n\r\n"), BadChunk::Extension);
         assert_eq!(refused("0\r\n x: folded\r\n\r\n"), BadChunk::Trailer);
         assert_eq!(refused("0\r\nx y: 1\r\n\r\n"), BadChunk::Trailer);
@@ -408,6 +430,9 @@ mod tests {
         let long = format!("5;a={}\r\nhello\r\n0\r\n\r\n", "b".repeat(MAX_CHUNK_LINE));
         assert_eq!(refused(&long), BadChunk::LineTooLong);
         let mut small = ChunkedBody::new(8);
-        assert_eq!(small.feed(b"0\r\nx: 123456\r\n\r\n"), Err(BadChunk::Trailer));
+        assert_eq!(
+            small.feed(b"0\r\nx: 123456\r\n\r\n"),
+            Err(BadChunk::Trailer)
+        );
     }
 }

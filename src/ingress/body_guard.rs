@@ -128,7 +128,10 @@ impl BodyGuard {
 
     fn refuse(&mut self, refusal: BodyRefusal) -> BodyRefusal {
         if self.refused.is_none() {
-            METRICS.rejected.with_label_values(&[refusal.reason()]).inc();
+            METRICS
+                .rejected
+                .with_label_values(&[refusal.reason()])
+                .inc();
             self.refused = Some(refusal);
         }
         refusal
@@ -230,7 +233,10 @@ mod tests {
         let mut g = guard(100);
         let t = Instant::now();
         // nothing yet: the idle timeout and the rate allowance end together; idle is named
-        assert_eq!(g.deadline(t), (t + Duration::from_secs(10), BodyRefusal::Idle));
+        assert_eq!(
+            g.deadline(t),
+            (t + Duration::from_secs(10), BodyRefusal::Idle)
+        );
         // 500 bytes earned 5 s, but 12 s of waiting were spent already
         g.received = 500;
         g.waited = Duration::from_secs(12);

@@ -132,7 +132,8 @@ impl Bucket {
 
     /// Take one token at `now`; `false` when there was none.
     fn take(&mut self, now: Instant) -> bool {
-        let earned = now.duration_since(self.refilled).as_secs_f64() * f64::from(self.spec.per_second);
+        let earned =
+            now.duration_since(self.refilled).as_secs_f64() * f64::from(self.spec.per_second);
         self.refilled = now;
         self.credit(earned);
         if self.tokens < 1.0 {
@@ -219,7 +220,10 @@ impl FrameBudget {
 }
 
 fn ended() -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionAborted, "HTTP/2 frame flood: GOAWAY sent")
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "HTTP/2 frame flood: GOAWAY sent",
+    )
 }
 
 impl StreamWatch for FrameBudget {
@@ -331,7 +335,12 @@ mod tests {
         b.bucket.tokens = 0.0;
         let mut cursor = FrameCursor::default();
         let mut data_frames = 0;
-        let out = [frame(0x1, 0x4, 1, 10), frame(0x0, 0, 1, 100), frame(0x0, 0x1, 1, 0)].concat();
+        let out = [
+            frame(0x1, 0x4, 1, 10),
+            frame(0x0, 0, 1, 100),
+            frame(0x0, 0x1, 1, 0),
+        ]
+        .concat();
         cursor.advance(&out, |head| {
             if head.kind == DATA && head.len > 0 {
                 data_frames += 1;

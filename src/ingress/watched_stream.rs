@@ -81,7 +81,11 @@ impl<W: StreamWatch> AsyncRead for Watched<W> {
 }
 
 impl<W: StreamWatch> AsyncWrite for Watched<W> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.watch.poll_write(&mut this.inner, cx, data)
     }
@@ -95,7 +99,10 @@ impl<W: StreamWatch> AsyncWrite for Watched<W> {
         if this.watch.vectored_writes() {
             return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         }
-        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &**b);
         this.watch.poll_write(&mut this.inner, cx, first)
     }
 
@@ -179,4 +186,3 @@ impl<W: StreamWatch> Peek for Watched<W> {
         self.inner.try_peek(buf).await
     }
 }
-

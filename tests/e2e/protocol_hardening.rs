@@ -107,7 +107,12 @@ async fn a_bad_chunk_line_that_arrives_later_never_reaches_the_origin() {
 
 /// Send `head`, then `piece` every `every` until the peer stops taking them; returns the
 /// client's reading half's view: status and whether the connection closed.
-async fn drip(v: &Verge, head: &str, piece: &'static [u8], every: Duration) -> (u16, bool, Vec<u8>) {
+async fn drip(
+    v: &Verge,
+    head: &str,
+    piece: &'static [u8],
+    every: Duration,
+) -> (u16, bool, Vec<u8>) {
     let stream = TcpStream::connect(v.http).await.expect("connect");
     let (mut read, mut write) = stream.into_split();
     write.write_all(head.as_bytes()).await.expect("head");
@@ -206,14 +211,20 @@ async fn an_idle_body_gets_408_and_a_body_at_a_fair_pace_goes_through() {
 
 // ---- 9. malformed HTTP/2 fields are stream errors ----
 
+/// A request's fields, pseudo-headers first, in the order they are sent.
+type Fields = Vec<(&'static str, Vec<u8>)>;
+
 /// Fields of a GET for `path`, with `edit` applied: `(name, Some(value))` sets or adds,
 /// `(name, None)` removes; extra fields go last, in order.
-fn edited(path: &str, edits: &[(&'static str, Option<&'static [u8]>)]) -> Vec<(&'static str, Vec<u8>)> {
+fn edited(path: &str, edits: &[(&'static str, Option<&'static [u8]>)]) -> Fields {
     let mut fields = h2_wire::get_fields(path);
     for (name, value) in edits {
         match value {
             None => fields.retain(|(n, _)| n != name),
-            Some(v) => match fields.iter_mut().find(|(n, _)| n == name && n.starts_with(':')) {
+            Some(v) => match fields
+                .iter_mut()
+                .find(|(n, _)| n == name && n.starts_with(':'))
+            {
                 Some(field) => field.1 = v.to_vec(),
                 None => fields.push((*name, v.to_vec())),
             },
@@ -248,17 +259,23 @@ async fn malformed_http2_fields_are_refused_and_never_reach_the_origin() {
     )
     .await;
     // what verge checks itself: a 400 from verge
-    let verge_checks: [(&str, Vec<(&str, Vec<u8>)>); 4] = [
+    let verge_checks: [(&str, Fields); 4] = [
         ("leading space", edited("/ws1", &[("x-a", Some(b" v"))])),
         ("trailing space", edited("/ws2", &[("x-a", Some(b"v "))])),
-        ("trailing tab", edited("/ws3", &[("user-agent", Some(b"ua\t"))])),
-        ("a scheme verge does not serve", edited("/scheme", &[(":scheme", Some(b"ftp"))])),
+        (
+            "trailing tab",
+            edited("/ws3", &[("user-agent", Some(b"ua\t"))]),
+        ),
+        (
+            "a scheme verge does not serve",
+            edited("/scheme", &[(":scheme", Some(b"ftp"))]),
+        ),
     ];
     for (what, fields) in &verge_checks {
         assert_eq!(h2_request(&v, fields).await, Outcome::Status(400), "{what}");
     }
     // what the h2 codec or Pingora refuses before verge sees the request
-    let below: Vec<(&str, Vec<(&str, Vec<u8>)>)> = vec![
+    let below: Vec<(&str, Fields)> = vec![
         ("an empty :scheme", edited("/e1", &[(":scheme", Some(b""))])),
         ("no :scheme", edited("/e2", &[(":scheme", None)])),
         ("an empty :path", edited("", &[])),
@@ -274,16 +291,46 @@ async fn malformed_http2_fields_are_refused_and_never_reach_the_origin() {
             f.push((":path", b"/e6".to_vec()));
             f
         }),
-        ("an unknown pseudo-header", edited("/e7", &[(":foo", Some(b"1"))])),
-        (":status in a request", edited("/e8", &[(":status", Some(b"200"))])),
+        (
+            "an unknown pseudo-header",
+            edited("/e7", &[(":foo", Some(b"1"))]),
+        ),
+        (
+            ":status in a request",
+            edited("/e8", &[(":status", Some(b"200"))]),
+        ),
         ("an upper-case name", edited("/e9", &[("X-A", Some(b"1"))])),
-        ("a NUL in a value", edited("/e10", &[("x-a", Some(b"a\0b"))])),
+        (
+            "a NUL in a value",
+            edited("/e10", &[("x-a", Some(b"a\0b"))]),
+        ),
         ("a LF in a value", edited("/e11", &[("x-a", Some(b"a\nb"))])),
-        ("a connection field", edited("/e12", &[("connection", Some(b"close"))])),
-        ("TE other than trailers", edited("/e13", &[("te", Some(b"gzip"))])),
-        ("userinfo in :authority", edited("/e14", &[(":authority", Some(b"u@c.test"))])),
-        ("a Host against :authority", edited("/e15", &[("host", Some(b"other.test"))])),
-        ("conflicting lengths", edited("/e16", &[("content-length", Some(b"0")), ("content-length", Some(b"5"))])),
+        (
+            "a connection field",
+            edited("/e12", &[("connection", Some(b"close"))]),
+        ),
+        (
+            "TE other than trailers",
+            edited("/e13", &[("te", Some(b"gzip"))]),
+        ),
+        (
+            "userinfo in :authority",
+            edited("/e14", &[(":authority", Some(b"u@c.test"))]),
+        ),
+        (
+            "a Host against :authority",
+            edited("/e15", &[("host", Some(b"other.test"))]),
+        ),
+        (
+            "conflicting lengths",
+            edited(
+                "/e16",
+                &[
+                    ("content-length", Some(b"0")),
+                    ("content-length", Some(b"5")),
+                ],
+            ),
+        ),
         ("a space in :path", edited("/e17 x", &[])),
         ("a relative :path", edited("e18", &[])),
     ];
@@ -410,7 +457,12 @@ async fn every_cheap_frame_type_has_a_budget() {
         (":authority", b"c.test"),
         (":path", b"/upload"),
     ];
-    let open = h2_wire::frame(h2_wire::HEADERS, h2_wire::END_HEADERS, 1, &h2_wire::block(&post));
+    let open = h2_wire::frame(
+        h2_wire::HEADERS,
+        h2_wire::END_HEADERS,
+        1,
+        &h2_wire::block(&post),
+    );
     let empty = h2_wire::frame(h2_wire::DATA, 0, 1, &[]);
     assert_eq!(
         flood(&v, &open, &empty).await,

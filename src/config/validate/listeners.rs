@@ -474,18 +474,20 @@ routes: [{hosts: [a.com], pool: p}]
         let c = Config::from_yaml_str(&yaml("{}")).expect("defaults");
         assert_eq!(c.listeners[0].limits.body_timeout, Duration::from_secs(15));
         assert_eq!(c.listeners[0].limits.body_min_rate, 512);
-        let c = Config::from_yaml_str(&yaml("{body_timeout: 3s, body_min_rate: 2KiB}"))
-            .expect("valid");
+        let c =
+            Config::from_yaml_str(&yaml("{body_timeout: 3s, body_min_rate: 2KiB}")).expect("valid");
         assert_eq!(c.listeners[0].limits.body_timeout, Duration::from_secs(3));
         assert_eq!(c.listeners[0].limits.body_min_rate, 2048);
         let off = Config::from_yaml_str(&yaml("{body_min_rate: 0}")).expect("valid");
         assert_eq!(off.listeners[0].limits.body_min_rate, 0);
-        let c = Config::from_yaml_str(&yaml("{h2: {frame_budget: 50, frame_rate: 5}}"))
-            .expect("valid");
+        let c =
+            Config::from_yaml_str(&yaml("{h2: {frame_budget: 50, frame_rate: 5}}")).expect("valid");
         assert_eq!(c.listeners[0].limits.h2.frame_budget, 50);
         assert_eq!(c.listeners[0].limits.h2.frame_rate, 5);
         let bad = "{body_timeout: 0s, body_min_rate: 2GiB, h2: {frame_budget: 1, frame_rate: 0}}";
-        let errs = Config::from_yaml_str(&yaml(bad)).expect_err("invalid").errors;
+        let errs = Config::from_yaml_str(&yaml(bad))
+            .expect_err("invalid")
+            .errors;
         let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             paths,

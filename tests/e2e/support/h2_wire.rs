@@ -133,10 +133,7 @@ fn huffman_digits(bytes: &[u8]) -> Option<u16> {
         let digit = DIGIT_CODES.iter().position(|&(code, len)| {
             let len = len as usize;
             bits.len() >= len
-                && bits[..len]
-                    .iter()
-                    .fold(0u32, |n, b| n << 1 | u32::from(*b))
-                    == code
+                && bits[..len].iter().fold(0u32, |n, b| n << 1 | u32::from(*b)) == code
         })?;
         bits.drain(..DIGIT_CODES[digit].1 as usize);
         value = value * 10 + digit as u16;
@@ -155,7 +152,11 @@ pub fn status_of(block: &[u8]) -> u16 {
         return INDEXED[usize::from(first - 0x88)];
     }
     // literal with an indexed name 8..=14 (`:status`): 6-bit (indexing) or 4-bit prefix
-    let name = if first & 0xc0 == 0x40 { first & 0x3f } else { first & 0x0f };
+    let name = if first & 0xc0 == 0x40 {
+        first & 0x3f
+    } else {
+        first & 0x0f
+    };
     if !(8..=14).contains(&name) || block.len() < 2 {
         return 0;
     }
