@@ -4,6 +4,7 @@
 //! the client got and what the origin received; HTTP/1 is written as raw bytes, HTTP/2 as raw
 //! frames.
 
+use crate::limits::verge_with_limits;
 use crate::support::h2_wire::{self, H2Conn, Outcome};
 use crate::support::metrics::sum_eventually;
 use crate::support::wire::Conn;
@@ -13,16 +14,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const REJECTED: &str = "verge_requests_rejected_total";
-
-async fn verge_with(o: &Origin, limits: Limits) -> Verge {
-    Verge::start(
-        &Config::new()
-            .listener(Listener::new().limits(limits))
-            .pool(Pool::new("p", &[o.addr]))
-            .route(Route::to("p")),
-    )
-    .await
-}
 
 fn chunked_post(path: &str) -> String {
     format!("POST {path} HTTP/1.1\r\nHost: c.test\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -40,7 +31,7 @@ async fn status_then_close(c: &mut Conn) -> (u16, bool) {
 #[tokio::test]
 async fn chunk_lines_two_parsers_could_read_differently_get_400_and_a_close() {
     let o = Origin::start("o").await;
-    let v = verge_with(&o, Limits::new()).await;
+    let v = verge_with_limits(&o, Limits::new()).await;
     let cases: [(&str, &str); 6] = [
         ("/size-space", "5 \r\nhello\r\n0\r\n\r\n"),
         ("/size-tab", "5\t\r\nhello\r\n0\r\n\r\n"),
@@ -79,7 +70,7 @@ async fn chunk_lines_two_parsers_could_read_differently_get_400_and_a_close() {
 #[tokio::test]
 async fn a_bad_chunk_line_that_arrives_later_never_reaches_the_origin() {
     let o = Origin::start("o").await;
-    let v = verge_with(&o, Limits::new()).await;
+    let v = verge_with_limits(&o, Limits::new()).await;
     let mut c = Conn::open(v.http, None).await;
     c.send(format!("{}5\r\nhello\r\n", chunked_post("/later")).as_bytes())
         .await;
@@ -146,7 +137,7 @@ async fn a_body_that_drips_below_the_minimum_rate_gets_408() {
     let limits = Limits::new()
         .set("body_timeout", "1s")
         .set("body_min_rate", "100");
-    let v = verge_with(&o, limits).await;
+    let v = verge_with_limits(&o, limits).await;
     // one byte every 300 ms: never idle for a whole second, but far below 100 bytes/s
     let head = "POST /drip HTTP/1.1\r\nHost: c.test\r\nContent-Length: 100\r\n\r\n";
     let (status, closed, got) = drip(&v, head, b"x", Duration::from_millis(300)).await;
@@ -177,7 +168,7 @@ async fn an_idle_body_gets_408_and_a_body_at_a_fair_pace_goes_through() {
     let limits = Limits::new()
         .set("body_timeout", "1s")
         .set("body_min_rate", "100");
-    let v = verge_with(&o, limits).await;
+    let v = verge_with_limits(&o, limits).await;
     let mut c = Conn::open(v.http, None).await;
     c.send(b"POST /idle HTTP/1.1\r\nHost: c.test\r\nContent-Length: 10\r\n\r\nabc")
         .await;
@@ -251,13 +242,7 @@ fn refused(outcome: Outcome) -> bool {
 #[tokio::test]
 async fn malformed_http2_fields_are_refused_and_never_reach_the_origin() {
     let o = Origin::start("o").await;
-    let v = Verge::start(
-        &Config::new()
-            .listener(Listener::new().h2c())
-            .pool(Pool::new("p", &[o.addr]))
-            .route(Route::to("p")),
-    )
-    .await;
+    let v = h2c_verge(&o, "{}").await;
     // what verge checks itself: a 400 from verge
     let verge_checks: [(&str, Fields); 4] = [
         ("leading space", edited("/ws1", &[("x-a", Some(b" v"))])),
