@@ -4,10 +4,11 @@
 //! the hit lane could answer.
 //!
 //! Pingora reads heads with a per-read timeout and a ~1 MiB cap, which leaves slowloris and
-//! oversized heads to us. After the head, the connection stays watched ([`body_guard`]): the
-//! request body's chunked framing is checked strictly and its pace kept, as Pingora reads it.
+//! oversized heads to us. After the head, the connection stays watched
+//! (`ingress/body_guard.rs`): the request body's chunked framing is checked strictly and its
+//! pace kept, as Pingora reads it.
 //! HTTP/2 connections (ALPN `h2`, or h2c when enabled) go to Pingora, whose H2 limits are
-//! bounded, with their frames counted against a budget on the way ([`h2_frames`]).
+//! bounded, with their frames counted against a budget on the way (`ingress/h2_frames.rs`).
 
 use crate::config::Limits;
 use crate::http_syntax::request_line;
