@@ -521,6 +521,11 @@ impl ServerApp for Ingress {
                     // the body guard times body reads; Pingora's own per-read timeout stays
                     // behind it as a backstop
                     session.set_read_timeout(Some(self.limits.body_timeout + BACKSTOP));
+                    // Responses go out through Pingora's cancel-safe proxy tasks: while this
+                    // client is slow to read, Pingora keeps taking the origin's body into the
+                    // cache, so a fill runs at the origin's pace for every other reader
+                    // (without them, one stalled client stalls everyone reading the fill)
+                    session.set_proxy_tasks_enabled(true);
                     session.set_pipelined_prefix(buf);
                     let reused = self.proxy.process_new_http(session, shutdown).await?;
                     stream = Watched::recover(reused.consume().0)?;

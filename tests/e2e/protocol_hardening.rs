@@ -1,6 +1,7 @@
-//! Protocol strictness (issue #15, points 5, 8, 9 and 10), through real sockets: chunked request
-//! bodies read strictly, a dripping request body cut off, malformed HTTP/2 fields refused as
-//! stream errors, and floods of cheap HTTP/2 frames answered with GOAWAY. Each test asserts what
+//! Protocol strictness (issue #15, points 5, 8, 9, 10 and 14), through real sockets: chunked
+//! request bodies read strictly, a dripping request body cut off, malformed HTTP/2 fields refused
+//! as stream errors, floods of cheap HTTP/2 frames answered with GOAWAY, and a fill that goes on
+//! when the client that started it stops reading. Each test asserts what
 //! the client got and what the origin received; HTTP/1 is written as raw bytes, HTTP/2 as raw
 //! frames.
 
@@ -8,7 +9,10 @@ use crate::limits::verge_with_limits;
 use crate::support::h2_wire::{self, H2Conn, Outcome};
 use crate::support::metrics::sum_eventually;
 use crate::support::wire::Conn;
-use crate::support::{Config, Limits, Listener, Origin, Pool, Route, Verge};
+use crate::support::{
+    assert_eventually, cached_verge, fetch, Config, Limits, Listener, Origin, Pool, Route,
+    RouteCache, Verge,
+};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -466,4 +470,45 @@ async fn every_cheap_frame_type_has_a_budget() {
     let big = c.get(v.url("/big")).send().await.expect("answered");
     assert_eq!(big.status(), 200);
     assert_eq!(big.bytes().await.expect("whole body").len(), 8 << 20);
+}
+
+// ---- 14. no client can stall a fill ----
+
+#[tokio::test]
+async fn a_client_that_stops_reading_does_not_stall_the_fill_for_the_others() {
+    let o = Origin::start("o").await;
+    o.set_headers("/big", &[("cache-control", "max-age=60")]);
+    // larger than what the socket buffers between verge and a client take in (a few MiB), and
+    // within the default max_object_size, so it is stored
+    let size = 6 << 20;
+    o.set_body_size(size);
+    let v = cached_verge(o.addr, RouteCache::new()).await;
+    // the client whose request starts the fill, and which then reads nothing at all
+    let mut stalled = TcpStream::connect(v.http).await.expect("connect");
+    stalled
+        .write_all(b"GET /big HTTP/1.1\r\nHost: c.test\r\n\r\n")
+        .await
+        .expect("request");
+    assert_eventually(
+        Duration::from_secs(10),
+        "the origin was asked",
+        || async { o.hits("/big") },
+        |hits| *hits == 1,
+    )
+    .await;
+    // a second reader of the same object gets all of it, from the same fill
+    let other = fetch(&v, "/big", &[]).await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.body.len() as u64, size);
+    assert_eq!(o.hits("/big"), 1, "one fetch from the origin");
+    drop(stalled);
+    // and the object was stored whole
+    let again = fetch(&v, "/big", &[]).await;
+    assert!(
+        again.cache_status.starts_with("verge; hit"),
+        "{}",
+        again.cache_status
+    );
+    assert_eq!(again.body.len() as u64, size);
+    assert_eq!(o.hits("/big"), 1);
 }
