@@ -476,7 +476,7 @@ impl ServerApp for Ingress {
             idle: self.limits.body_timeout,
             min_rate: self.limits.body_min_rate,
         };
-        let guard = BodyGuard::new(pace, self.limits.max_headers_size);
+        let guard = BodyGuard::new(pace, self.limits.max_headers_size, self.limits.send_timeout);
         let mut stream = Watched::new(stream, guard);
         loop {
             match self.read_head(&mut stream, idle, served, shutdown).await {
@@ -524,7 +524,8 @@ impl ServerApp for Ingress {
                     // Responses go out through Pingora's cancel-safe proxy tasks: while this
                     // client is slow to read, Pingora keeps taking the origin's body into the
                     // cache, so a fill runs at the origin's pace for every other reader
-                    // (without them, one stalled client stalls everyone reading the fill)
+                    // (without them, one stalled client stalls everyone reading the fill). A
+                    // client that takes nothing in is cut off by the body guard's send timeout.
                     session.set_proxy_tasks_enabled(true);
                     session.set_pipelined_prefix(buf);
                     let reused = self.proxy.process_new_http(session, shutdown).await?;

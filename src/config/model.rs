@@ -378,6 +378,9 @@ pub struct Limits {
     /// Slowest average rate a request body may arrive at, in bytes per second, once
     /// `body_timeout` of grace is used up (0: no minimum); slower gets 408 and a close.
     pub body_min_rate: u64,
+    /// Longest an HTTP/1 client may take to accept the next piece of a response; a slower one
+    /// is cut off (a fill it started goes on for the others).
+    pub send_timeout: Duration,
     /// Open client connections accepted at once; more are answered 503 and closed.
     pub max_connections: u32,
     /// What an HTTP/2 client may use of one connection.
@@ -440,6 +443,7 @@ impl Default for Limits {
             max_body: 64 << 20,
             body_timeout: Duration::from_secs(15),
             body_min_rate: 512,
+            send_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             h2: H2Limits::default(),
         }

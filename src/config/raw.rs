@@ -186,6 +186,7 @@ pub struct RawLimits {
     pub body_timeout: Option<ConfDuration>,
     /// Bytes per second (`512`, `1KiB`); `0` turns the minimum off.
     pub body_min_rate: Option<ConfSize>,
+    pub send_timeout: Option<ConfDuration>,
     pub max_connections: Option<u32>,
     pub h2: Option<RawH2Limits>,
 }

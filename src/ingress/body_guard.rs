@@ -1,5 +1,6 @@
 //! The watch on an HTTP/1 connection's request bodies: chunked framing checked strictly before
-//! Pingora's parser reads it, and a body that drips cut off.
+//! Pingora's parser reads it, and a body that drips cut off; and on its responses: a client that
+//! takes nothing in for `send_timeout` is cut off.
 //!
 //! Why here, on the raw stream: Pingora 0.9 reads chunk lines with `httparse`, which takes what
 //! RFC 9112 does not (see [`crate::http_syntax::chunked`]), and it has no hook between the socket
@@ -14,6 +15,11 @@
 //! the body it already has is not the client's. A body may be idle for at most `idle`, and it
 //! may take in all `idle` plus one second per `min_rate` bytes received (Apache's
 //! `mod_reqtimeout` rule), so a drip of one byte every ten seconds ends after `idle`.
+//!
+//! Responses: a write the client's socket takes nothing of for `send_timeout` fails (nginx's
+//! `send_timeout`: the time between two successful writes, however large the response). Pingora
+//! then gives up on that client; when it was the one fetching a cached object, Pingora keeps
+//! filling the cache for the other readers.
 
 use super::watched_stream::StreamWatch;
 use crate::http_syntax::chunked::ChunkedBody;
@@ -25,7 +31,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 /// How a request's body is framed, as the front door read its head.
@@ -67,12 +73,16 @@ pub struct BodyGuard {
     timer: Pin<Box<Sleep>>,
     timer_at: Option<Instant>,
     refused: Option<BodyRefusal>,
+    send_timeout: Duration,
+    send_stalled: Option<Instant>,
+    send_timer: Pin<Box<Sleep>>,
 }
 
 impl BodyGuard {
     /// A watch for a connection whose bodies keep `pace`, with trailer sections of at most
-    /// `max_trailers` bytes. Needs a Tokio runtime (it holds a timer).
-    pub fn new(pace: BodyPace, max_trailers: usize) -> Self {
+    /// `max_trailers` bytes, and whose client must take response bytes in within
+    /// `send_timeout`. Needs a Tokio runtime (it holds timers).
+    pub fn new(pace: BodyPace, max_trailers: usize, send_timeout: Duration) -> Self {
         BodyGuard {
             pace,
             max_trailers,
@@ -83,7 +93,34 @@ impl BodyGuard {
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             timer_at: None,
             refused: None,
+            send_timeout,
+            send_stalled: None,
+            send_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
         }
+    }
+
+    /// Follow a write: any progress restarts the clock; none for `send_timeout` fails it.
+    fn sent(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if write.is_ready() {
+            self.send_stalled = None;
+            return write;
+        }
+        if self.send_stalled.is_none() {
+            let now = Instant::now();
+            self.send_stalled = Some(now);
+            self.send_timer.as_mut().reset(now + self.send_timeout);
+        }
+        if self.send_timer.as_mut().poll(cx).is_ready() {
+            self.send_stalled = None;
+            METRICS.rejected.with_label_values(&["send_timeout"]).inc();
+            let stalled = io::Error::new(io::ErrorKind::TimedOut, "client took no response bytes");
+            return Poll::Ready(Err(stalled));
+        }
+        Poll::Pending
     }
 
     /// A new request's body starts, framed as `framing`; `arrived` is what came with the head.
@@ -155,6 +192,26 @@ impl BodyGuard {
 }
 
 impl StreamWatch for BodyGuard {
+    fn poll_write(
+        &mut self,
+        inner: &mut Stream,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let write = Pin::new(inner).poll_write(cx, data);
+        self.sent(cx, write)
+    }
+
+    fn poll_write_vectored(
+        &mut self,
+        inner: &mut Stream,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let write = Pin::new(inner).poll_write_vectored(cx, bufs);
+        self.sent(cx, write)
+    }
+
     fn poll_read(
         &mut self,
         inner: &mut Stream,
@@ -208,7 +265,7 @@ mod tests {
             idle: Duration::from_secs(10),
             min_rate,
         };
-        BodyGuard::new(pace, 1024)
+        BodyGuard::new(pace, 1024, Duration::from_secs(30))
     }
 
     #[tokio::test]

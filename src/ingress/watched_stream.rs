@@ -42,8 +42,18 @@ pub trait StreamWatch: Debug + Send + Sync + Unpin + 'static {
         Pin::new(inner).poll_write(cx, data)
     }
 
-    /// Whether writers may hand over several buffers at once (then [`Self::poll_write`] is
-    /// bypassed for them).
+    /// Write several buffers to `inner` at once (only called when [`Self::vectored_writes`]).
+    fn poll_write_vectored(
+        &mut self,
+        inner: &mut Stream,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(inner).poll_write_vectored(cx, bufs)
+    }
+
+    /// Whether writers may hand over several buffers at once; when not, each write goes through
+    /// [`Self::poll_write`] with one buffer.
     fn vectored_writes(&self) -> bool {
         true
     }
@@ -97,7 +107,7 @@ impl<W: StreamWatch> AsyncWrite for Watched<W> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if this.watch.vectored_writes() {
-            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+            return this.watch.poll_write_vectored(&mut this.inner, cx, bufs);
         }
         let first = bufs
             .iter()

@@ -10,8 +10,7 @@ use crate::support::h2_wire::{self, H2Conn, Outcome};
 use crate::support::metrics::sum_eventually;
 use crate::support::wire::Conn;
 use crate::support::{
-    assert_eventually, cached_verge, fetch, Config, Limits, Listener, Origin, Pool, Route,
-    RouteCache, Verge,
+    assert_eventually, fetch, Config, Limits, Listener, Origin, Pool, Route, RouteCache, Verge,
 };
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -482,7 +481,13 @@ async fn a_client_that_stops_reading_does_not_stall_the_fill_for_the_others() {
     // within the default max_object_size, so it is stored
     let size = 6 << 20;
     o.set_body_size(size);
-    let v = cached_verge(o.addr, RouteCache::new()).await;
+    let v = Verge::start(
+        &Config::new()
+            .listener(Listener::new().limits(Limits::new().set("send_timeout", "1s")))
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p").cache(RouteCache::new())),
+    )
+    .await;
     // the client whose request starts the fill, and which then reads nothing at all
     let mut stalled = TcpStream::connect(v.http).await.expect("connect");
     stalled
@@ -501,7 +506,27 @@ async fn a_client_that_stops_reading_does_not_stall_the_fill_for_the_others() {
     assert_eq!(other.status, 200);
     assert_eq!(other.body.len() as u64, size);
     assert_eq!(o.hits("/big"), 1, "one fetch from the origin");
-    drop(stalled);
+    // the client that took nothing in for send_timeout was cut off, mid-body
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut got));
+    assert!(
+        matches!(read.await, Ok(Ok(_))),
+        "verge closed the connection"
+    );
+    assert!(
+        (got.len() as u64) < size,
+        "the stalled client was not cut off: it got {} bytes",
+        got.len()
+    );
+    sum_eventually(
+        &v,
+        Duration::from_secs(5),
+        REJECTED,
+        &[("reason", "send_timeout")],
+        |n| n >= 1.0,
+    )
+    .await;
     // and the object was stored whole
     let again = fetch(&v, "/big", &[]).await;
     assert!(

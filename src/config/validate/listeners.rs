@@ -213,6 +213,7 @@ fn validate_limits(path: &str, raw: Option<RawLimits>, errs: &mut Errors) -> Lim
         d.keepalive_timeout,
     );
     let body_timeout = positive("body_timeout", raw.body_timeout, d.body_timeout);
+    let send_timeout = positive("send_timeout", raw.send_timeout, d.send_timeout);
     let max_body = match raw.max_body {
         None => d.max_body,
         Some(s) if s.0 <= (16u64 << 30) => s.0,
@@ -255,6 +256,7 @@ fn validate_limits(path: &str, raw: Option<RawLimits>, errs: &mut Errors) -> Lim
         max_body,
         body_timeout,
         body_min_rate,
+        send_timeout,
         max_connections,
         h2,
     }
@@ -465,7 +467,7 @@ routes: [{hosts: [a.com], pool: p}]
     }
 
     #[test]
-    fn body_pace_and_frame_budget_validate() {
+    fn body_pace_send_timeout_and_frame_budget_validate() {
         let yaml = |limits: &str| {
             format!(
                 "listeners:\n  - listen: 127.0.0.1:8080\n    limits: {limits}\npools: {{p: {{backends: [\"127.0.0.1:1\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p}}]\n"
@@ -484,7 +486,9 @@ routes: [{hosts: [a.com], pool: p}]
             Config::from_yaml_str(&yaml("{h2: {frame_budget: 50, frame_rate: 5}}")).expect("valid");
         assert_eq!(c.listeners[0].limits.h2.frame_budget, 50);
         assert_eq!(c.listeners[0].limits.h2.frame_rate, 5);
-        let bad = "{body_timeout: 0s, body_min_rate: 2GiB, h2: {frame_budget: 1, frame_rate: 0}}";
+        let c = Config::from_yaml_str(&yaml("{send_timeout: 5s}")).expect("valid");
+        assert_eq!(c.listeners[0].limits.send_timeout, Duration::from_secs(5));
+        let bad = "{body_timeout: 0s, send_timeout: 0s, body_min_rate: 2GiB, h2: {frame_budget: 1, frame_rate: 0}}";
         let errs = Config::from_yaml_str(&yaml(bad))
             .expect_err("invalid")
             .errors;
@@ -493,6 +497,7 @@ routes: [{hosts: [a.com], pool: p}]
             paths,
             [
                 "listeners[0].limits.body_timeout",
+                "listeners[0].limits.send_timeout",
                 "listeners[0].limits.body_min_rate",
                 "listeners[0].limits.h2.frame_budget",
                 "listeners[0].limits.h2.frame_rate"
