@@ -42,7 +42,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How much longer Pingora's own body read timeout is than the body guard's.
 const BACKSTOP: Duration = Duration::from_secs(1);
 
-/// An HTTP/1 client connection, its request bodies watched.
+/// An HTTP/1 client connection, watched by its body guard.
 type Client = Watched<BodyGuard>;
 
 /// Outcome of scanning the bytes read so far.
