@@ -263,6 +263,15 @@ impl StreamWatch for FrameBudget {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(inner, cx, &[io::IoSlice::new(data)])
+    }
+
+    fn poll_write_vectored(
+        &mut self,
+        inner: &mut Stream,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         if self.goaway.is_some() {
             return match self.poll_goaway(inner, cx) {
                 Poll::Ready(Ok(())) => Poll::Ready(Err(ended())),
@@ -270,21 +279,25 @@ impl StreamWatch for FrameBudget {
                 Poll::Pending => Poll::Pending,
             };
         }
-        let written = Pin::new(inner).poll_write(cx, data);
+        let written = Pin::new(inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = written {
+            // follow verge's own frames through the bytes the socket took
             let bucket = &mut self.bucket;
-            self.outgoing.advance(&data[..n], |head| {
-                if head.kind == DATA && head.len > 0 {
-                    bucket.credit(2.0);
+            let mut left = n;
+            for buf in bufs {
+                let taken = left.min(buf.len());
+                self.outgoing.advance(&buf[..taken], |head| {
+                    if head.kind == DATA && head.len > 0 {
+                        bucket.credit(2.0);
+                    }
+                });
+                left -= taken;
+                if left == 0 {
+                    break;
                 }
-            });
+            }
         }
         written
-    }
-
-    /// Every write goes through [`Self::poll_write`], to keep track of verge's frames.
-    fn vectored_writes(&self) -> bool {
-        false
     }
 }
 
