@@ -97,6 +97,47 @@ async fn a_bad_chunk_line_that_arrives_later_never_reaches_the_origin() {
     .await;
 }
 
+#[tokio::test]
+async fn uploads_that_keep_the_rules_go_through_whole() {
+    let o = Origin::start("o").await;
+    let v = verge_with_limits(&o, Limits::new()).await;
+    // a large body with Content-Length, in one go
+    let big = vec![b'a'; 3 << 20];
+    let mut c = Conn::open(v.http, None).await;
+    let head = format!(
+        "POST /length HTTP/1.1\r\nHost: c.test\r\nContent-Length: {}\r\n\r\n",
+        big.len()
+    );
+    c.send(head.as_bytes()).await;
+    c.send(&big).await;
+    let parsed = c.read_response(Duration::from_secs(20), false).await;
+    assert_eq!(parsed.response().map(|r| r.status), Some(200));
+    assert_eq!(o.seen_for("/length")[0].body_len, big.len());
+    // many chunks, in many writes
+    let mut c = Conn::open(v.http, None).await;
+    c.send(chunked_post("/chunks").as_bytes()).await;
+    let chunk = format!("2800;n=v\r\n{}\r\n", "b".repeat(0x2800));
+    for _ in 0..100 {
+        c.send(chunk.as_bytes()).await;
+    }
+    c.send(b"0\r\n\r\n").await;
+    let parsed = c.read_response(Duration::from_secs(20), false).await;
+    assert_eq!(parsed.response().map(|r| r.status), Some(200));
+    assert_eq!(o.seen_for("/chunks")[0].body_len, 100 * 0x2800);
+    // a client that waits for 100 Continue before its body
+    let mut c = Conn::open(v.http, None).await;
+    c.send(b"POST /expect HTTP/1.1\r\nHost: c.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await;
+    c.read_until(Duration::from_secs(3), |c| {
+        c.bytes.starts_with(b"HTTP/1.1 100")
+    })
+    .await;
+    c.send(b"hello").await;
+    let parsed = c.read_response(Duration::from_secs(10), false).await;
+    assert_eq!(parsed.response().map(|r| r.status), Some(200));
+    assert_eq!(o.seen_for("/expect")[0].body_len, 5);
+}
+
 // ---- 8. a request body that drips gets cut off ----
 
 /// Send `head`, then `piece` every `every` until the peer stops taking them; returns the
