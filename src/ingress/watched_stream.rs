@@ -3,8 +3,9 @@
 //! Everything else (TLS, socket and timing digests, peek, shutdown) is the inner stream's.
 //!
 //! This is how the front door keeps rules on the bytes after a request head, which Pingora's
-//! HTTP/1 and HTTP/2 codecs would otherwise read on their own: strict chunked framing and body
-//! pace ([`super::body_guard`]), HTTP/2 frame budgets ([`super::h2_frames`]).
+//! HTTP/1 and HTTP/2 codecs would otherwise read on their own: strict chunked framing, the pace
+//! of request bodies and of a client taking its response in ([`super::body_guard`]), HTTP/2
+//! frame budgets ([`super::h2_frames`]).
 
 use async_trait::async_trait;
 use pingora_core::protocols::raw_connect::ProxyDigest;
