@@ -578,3 +578,53 @@ async fn a_client_that_stops_reading_does_not_stall_the_fill_for_the_others() {
     assert_eq!(again.body.len() as u64, size);
     assert_eq!(o.hits("/big"), 1);
 }
+
+#[tokio::test]
+async fn an_http2_client_that_stops_reading_holds_a_fill_back_for_send_timeout_at_most() {
+    let o = Origin::start("o").await;
+    o.set_headers("/big2", &[("cache-control", "max-age=60")]);
+    let size = 6 << 20;
+    o.set_body_size(size);
+    let limits = Limits::new().set("send_timeout", "1s");
+    let v = Verge::start(
+        &Config::new()
+            .listener(Listener::new().h2c().limits(limits))
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p").cache(RouteCache::new())),
+    )
+    .await;
+    // an HTTP/2 client that starts the fill and never opens its flow-control window: verge can
+    // send it 64 KiB, no more
+    let mut stalled = H2Conn::open(v.http).await;
+    let fields = h2_wire::get_fields("/big2");
+    let fields: Vec<(&str, &[u8])> = fields.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+    let headers = h2_wire::frame(
+        h2_wire::HEADERS,
+        h2_wire::END_STREAM | h2_wire::END_HEADERS,
+        1,
+        &h2_wire::block(&fields),
+    );
+    assert!(stalled.send(&headers).await);
+    assert_eventually(
+        Duration::from_secs(10),
+        "the origin was asked",
+        || async { o.hits("/big2") },
+        |hits| *hits == 1,
+    )
+    .await;
+    let other = fetch(&v, "/big2", &[]).await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.body.len() as u64, size);
+    assert_eq!(o.hits("/big2"), 1, "one fetch from the origin");
+    // the stalled stream was given up on: reset, or the connection ended
+    let started = tokio::time::Instant::now();
+    let given_up = loop {
+        match stalled.reader.next_frame(Duration::from_secs(10)).await {
+            Some(f) if f.kind == h2_wire::RST_STREAM && f.stream == 1 => break true,
+            Some(f) if f.kind == h2_wire::GOAWAY => break true,
+            Some(_) => {}
+            None => break started.elapsed() < Duration::from_secs(10),
+        }
+    };
+    assert!(given_up, "the stalled stream is still open");
+}
