@@ -1,9 +1,8 @@
 //! Protocol strictness (issue #15, points 5, 8, 9, 10 and 14), through real sockets: chunked
 //! request bodies read strictly, a dripping request body cut off, malformed HTTP/2 fields refused
 //! as stream errors, floods of cheap HTTP/2 frames answered with GOAWAY, and a fill that goes on
-//! when the client that started it stops reading. Each test asserts what
-//! the client got and what the origin received; HTTP/1 is written as raw bytes, HTTP/2 as raw
-//! frames.
+//! when the client that started it stops reading. Each test asserts what the client got and what
+//! the origin received; HTTP/1 is written as raw bytes, HTTP/2 as raw frames.
 
 use crate::limits::verge_with_limits;
 use crate::support::h2_wire::{self, H2Conn, Outcome};
