@@ -513,39 +513,53 @@ async fn every_cheap_frame_type_has_a_budget() {
 
 // ---- 14. no client can stall a fill ----
 
-#[tokio::test]
-async fn a_client_that_stops_reading_does_not_stall_the_fill_for_the_others() {
+/// Larger than what the socket buffers between verge and a client take in (a few MiB), and
+/// within the default `max_object_size`, so it is stored.
+const BIG: u64 = 6 << 20;
+
+/// An origin with a cacheable `BIG` object at `path`, and verge caching it on `listener`, whose
+/// `send_timeout` is one second.
+async fn big_object(path: &str, listener: Listener) -> (Origin, Verge) {
     let o = Origin::start("o").await;
-    o.set_headers("/big", &[("cache-control", "max-age=60")]);
-    // larger than what the socket buffers between verge and a client take in (a few MiB), and
-    // within the default max_object_size, so it is stored
-    let size = 6 << 20;
-    o.set_body_size(size);
+    o.set_headers(path, &[("cache-control", "max-age=60")]);
+    o.set_body_size(BIG);
+    let limits = Limits::new().set("send_timeout", "1s");
     let v = Verge::start(
         &Config::new()
-            .listener(Listener::new().limits(Limits::new().set("send_timeout", "1s")))
+            .listener(listener.limits(limits))
             .pool(Pool::new("p", &[o.addr]))
             .route(Route::to("p").cache(RouteCache::new())),
     )
     .await;
+    (o, v)
+}
+
+/// Once the stalled client's request reached the origin, another reader of `path` gets all of
+/// it, from that one origin fetch.
+async fn another_reader_gets_everything(o: &Origin, v: &Verge, path: &str) {
+    assert_eventually(
+        Duration::from_secs(10),
+        "the origin was asked",
+        || async { o.hits(path) },
+        |hits| *hits == 1,
+    )
+    .await;
+    let other = fetch(v, path, &[]).await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.body.len() as u64, BIG);
+    assert_eq!(o.hits(path), 1, "one fetch from the origin");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_does_not_stall_the_fill_for_the_others() {
+    let (o, v) = big_object("/big", Listener::new()).await;
     // the client whose request starts the fill, and which then reads nothing at all
     let mut stalled = TcpStream::connect(v.http).await.expect("connect");
     stalled
         .write_all(b"GET /big HTTP/1.1\r\nHost: c.test\r\n\r\n")
         .await
         .expect("request");
-    assert_eventually(
-        Duration::from_secs(10),
-        "the origin was asked",
-        || async { o.hits("/big") },
-        |hits| *hits == 1,
-    )
-    .await;
-    // a second reader of the same object gets all of it, from the same fill
-    let other = fetch(&v, "/big", &[]).await;
-    assert_eq!(other.status, 200);
-    assert_eq!(other.body.len() as u64, size);
-    assert_eq!(o.hits("/big"), 1, "one fetch from the origin");
+    another_reader_gets_everything(&o, &v, "/big").await;
     // the client that took nothing in for send_timeout was cut off, mid-body
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut got = Vec::new();
@@ -555,7 +569,7 @@ async fn a_client_that_stops_reading_does_not_stall_the_fill_for_the_others() {
         "verge closed the connection"
     );
     assert!(
-        (got.len() as u64) < size,
+        (got.len() as u64) < BIG,
         "the stalled client was not cut off: it got {} bytes",
         got.len()
     );
@@ -574,24 +588,13 @@ async fn a_client_that_stops_reading_does_not_stall_the_fill_for_the_others() {
         "{}",
         again.cache_status
     );
-    assert_eq!(again.body.len() as u64, size);
+    assert_eq!(again.body.len() as u64, BIG);
     assert_eq!(o.hits("/big"), 1);
 }
 
 #[tokio::test]
 async fn an_http2_client_that_stops_reading_holds_a_fill_back_for_send_timeout_at_most() {
-    let o = Origin::start("o").await;
-    o.set_headers("/big2", &[("cache-control", "max-age=60")]);
-    let size = 6 << 20;
-    o.set_body_size(size);
-    let limits = Limits::new().set("send_timeout", "1s");
-    let v = Verge::start(
-        &Config::new()
-            .listener(Listener::new().h2c().limits(limits))
-            .pool(Pool::new("p", &[o.addr]))
-            .route(Route::to("p").cache(RouteCache::new())),
-    )
-    .await;
+    let (o, v) = big_object("/big2", Listener::new().h2c()).await;
     // an HTTP/2 client that starts the fill and never opens its flow-control window: verge can
     // send it 64 KiB, no more
     let mut stalled = H2Conn::open(v.http).await;
@@ -604,17 +607,7 @@ async fn an_http2_client_that_stops_reading_holds_a_fill_back_for_send_timeout_a
         &h2_wire::block(&fields),
     );
     assert!(stalled.send(&headers).await);
-    assert_eventually(
-        Duration::from_secs(10),
-        "the origin was asked",
-        || async { o.hits("/big2") },
-        |hits| *hits == 1,
-    )
-    .await;
-    let other = fetch(&v, "/big2", &[]).await;
-    assert_eq!(other.status, 200);
-    assert_eq!(other.body.len() as u64, size);
-    assert_eq!(o.hits("/big2"), 1, "one fetch from the origin");
+    another_reader_gets_everything(&o, &v, "/big2").await;
     // the stalled stream was given up on: reset, or the connection ended
     let started = tokio::time::Instant::now();
     let given_up = loop {
