@@ -4,8 +4,11 @@
 //! the hit lane could answer.
 //!
 //! Pingora reads heads with a per-read timeout and a ~1 MiB cap, which leaves slowloris and
-//! oversized heads to us. HTTP/2 connections (ALPN `h2`, or h2c when enabled) go straight to
-//! Pingora, whose H2 limits are bounded.
+//! oversized heads to us. After the head, the connection stays watched
+//! (`ingress/body_guard.rs`): the request body's chunked framing is checked strictly and its
+//! pace kept, as Pingora reads it.
+//! HTTP/2 connections (ALPN `h2`, or h2c when enabled) go to Pingora, whose H2 limits are
+//! bounded, with their frames counted against a budget on the way (`ingress/h2_frames.rs`).
 
 use crate::config::Limits;
 use crate::http_syntax::request_line;
@@ -17,7 +20,7 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::protocols::{GetSocketDigest, Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use std::sync::Arc;
@@ -25,13 +28,33 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
+mod body_guard;
+mod h2_frames;
+mod watched_stream;
+
+use body_guard::BodyGuard;
+pub use body_guard::{BodyFraming, BodyPace};
+use h2_frames::{FrameBudget, FrameBudgetSpec};
+use watched_stream::Watched;
+
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How much longer Pingora's own body read timeout is than the body guard's.
+const BACKSTOP: Duration = Duration::from_secs(1);
+
+/// An HTTP/1 client connection, watched by its body guard.
+type Client = Watched<BodyGuard>;
 
 /// Outcome of scanning the bytes read so far.
 #[derive(Debug, PartialEq, Eq)]
 pub enum HeadScan {
-    /// A whole head is buffered.
-    Complete,
+    /// A whole head is buffered: its first `head_len` bytes, then a body framed as `body`.
+    Complete {
+        /// Bytes of the head, its final empty line included.
+        head_len: usize,
+        /// How the body that follows is framed.
+        body: BodyFraming,
+    },
     /// More bytes are needed.
     Incomplete,
     /// Refuse the request with this status; `reason` labels the metric.
@@ -127,6 +150,7 @@ pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
             content_lengths += 1 + value.iter().filter(|b| **b == b',').count();
             declared_length = std::str::from_utf8(value)
                 .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|v| v.parse::<u64>().ok());
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encodings += 1;
@@ -138,6 +162,9 @@ pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
     }
     if content_lengths > 1 {
         return reject(400, "duplicate_content_length");
+    }
+    if content_lengths == 1 && declared_length.is_none() {
+        return reject(400, "bad_content_length");
     }
     if declared_length.is_some_and(|n| n > limits.max_body) {
         return reject(413, "body_too_large");
@@ -156,7 +183,15 @@ pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
             return reject(501, "unsupported_transfer_encoding");
         }
     }
-    HeadScan::Complete
+    let body = match (transfer_encodings, declared_length) {
+        (0, Some(n)) => BodyFraming::Length(n),
+        (0, None) => BodyFraming::None,
+        _ => BodyFraming::Chunked,
+    };
+    HeadScan::Complete {
+        head_len: pos,
+        body,
+    }
 }
 
 /// Whether a `Connection` value lists `Content-Length` or `Transfer-Encoding`.
@@ -183,9 +218,16 @@ fn is_tchar(b: u8) -> bool {
 
 /// What reading one request head produced.
 enum Head {
-    Ready(BytesMut),
+    Ready {
+        buf: BytesMut,
+        head_len: usize,
+        body: BodyFraming,
+    },
     Closed,
-    Reject { status: u16, reason: &'static str },
+    Reject {
+        status: u16,
+        reason: &'static str,
+    },
 }
 
 /// Wraps Pingora's HTTP proxy app for one listener.
@@ -219,7 +261,7 @@ impl Ingress {
     /// way. `Some(true)`: answered, and the connection stays open for the next request.
     async fn answer_hit(
         &self,
-        stream: &mut Stream,
+        stream: &mut Client,
         head: &[u8],
         last: bool,
         waited: &mut Option<Duration>,
@@ -273,7 +315,7 @@ impl Ingress {
     /// `served` counts the requests already answered on the connection.
     async fn read_head(
         &self,
-        stream: &mut Stream,
+        stream: &mut Client,
         idle: Duration,
         served: u32,
         shutdown: &ShutdownWatch,
@@ -314,7 +356,13 @@ impl Ingress {
                 deadline = Some(Instant::now() + limits.header_timeout);
             }
             match scan_head(&buf, limits) {
-                HeadScan::Complete => return Head::Ready(buf),
+                HeadScan::Complete { head_len, body } => {
+                    return Head::Ready {
+                        buf,
+                        head_len,
+                        body,
+                    }
+                }
                 HeadScan::Reject { status, reason } => return Head::Reject { status, reason },
                 HeadScan::Incomplete if buf.len() > cap => {
                     return Head::Reject {
@@ -330,7 +378,7 @@ impl Ingress {
 
 /// Write `head` then `body` with as few writes as the socket takes (vectored: one `writev` for a
 /// whole response when it fits the socket buffer), then flush.
-async fn write_both(stream: &mut Stream, head: &[u8], body: &[u8]) -> std::io::Result<()> {
+async fn write_both(stream: &mut Client, head: &[u8], body: &[u8]) -> std::io::Result<()> {
     let (mut head, mut body) = (head, body);
     while !head.is_empty() || !body.is_empty() {
         let parts = [std::io::IoSlice::new(head), std::io::IoSlice::new(body)];
@@ -354,7 +402,7 @@ impl Drop for OpenConnection {
     }
 }
 
-async fn write_rejection(stream: &mut Stream, status: u16) {
+async fn write_rejection<S: AsyncWriteExt + Unpin>(stream: &mut S, status: u16) {
     let reason = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
@@ -403,7 +451,14 @@ impl ServerApp for Ingress {
         }
 
         match self.is_http2(&mut stream).await {
-            Some(true) => return ServerApp::process_new(&self.proxy, stream, shutdown).await,
+            Some(true) => {
+                let spec = FrameBudgetSpec {
+                    burst: self.limits.h2.frame_budget,
+                    per_second: self.limits.h2.frame_rate,
+                };
+                let stream: Stream = Box::new(Watched::new(stream, FrameBudget::new(spec)));
+                return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+            }
             Some(false) => {}
             None => {
                 METRICS
@@ -417,6 +472,12 @@ impl ServerApp for Ingress {
         // requests answered on this connection so far (for the keep-alive request limit)
         let mut served: u32 = 0;
         let mut idle = self.limits.header_timeout;
+        let pace = BodyPace {
+            idle: self.limits.body_timeout,
+            min_rate: self.limits.body_min_rate,
+        };
+        let guard = BodyGuard::new(pace, self.limits.max_headers_size, self.limits.send_timeout);
+        let mut stream = Watched::new(stream, guard);
         loop {
             match self.read_head(&mut stream, idle, served, shutdown).await {
                 Head::Closed => return None,
@@ -425,7 +486,11 @@ impl ServerApp for Ingress {
                     write_rejection(&mut stream, status).await;
                     return None;
                 }
-                Head::Ready(buf) => {
+                Head::Ready {
+                    buf,
+                    head_len,
+                    body,
+                } => {
                     // reuses left after this request (0: it is the connection's last)
                     let reuses = self.limits.keepalive_requests.saturating_sub(served + 1);
                     let last = reuses == 0 || *shutdown.borrow();
@@ -437,7 +502,12 @@ impl ServerApp for Ingress {
                         Some(false) => return None,
                         None => {}
                     }
-                    let mut session = ServerSession::new_http1(stream);
+                    // the body bytes that came with the head are judged before routing
+                    if let Err(refusal) = stream.watch.start(body, &buf[head_len..]) {
+                        write_rejection(&mut stream, refusal.status()).await;
+                        return None;
+                    }
+                    let mut session = ServerSession::new_http1(Box::new(stream));
                     if let Some(waited) = waited {
                         // the lock's wait goes on from where the hit lane's stopped
                         session.set_connection_user_context(Some(Box::new(LaneWaited(waited))));
@@ -448,9 +518,18 @@ impl ServerApp for Ingress {
                         Some(self.limits.keepalive_timeout.as_secs())
                     });
                     session.set_keepalive_reuses_remaining(Some(reuses));
+                    // the body guard times body reads; Pingora's own per-read timeout stays
+                    // behind it as a backstop
+                    session.set_read_timeout(Some(self.limits.body_timeout + BACKSTOP));
+                    // Responses go out through Pingora's cancel-safe proxy tasks: while this
+                    // client is slow to read, Pingora keeps taking the origin's body into the
+                    // cache, so a fill runs at the origin's pace for every other reader
+                    // (without them, one stalled client stalls everyone reading the fill). A
+                    // client that takes nothing in is cut off by the body guard's send timeout.
+                    session.set_proxy_tasks_enabled(true);
                     session.set_pipelined_prefix(buf);
                     let reused = self.proxy.process_new_http(session, shutdown).await?;
-                    stream = reused.consume().0;
+                    stream = Watched::recover(reused.consume().0)?;
                 }
             }
         }
@@ -478,14 +557,14 @@ mod tests {
 
     #[test]
     fn complete_and_incomplete() {
-        assert_eq!(
+        assert!(matches!(
             scan("GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
-            HeadScan::Complete
-        );
-        assert_eq!(
+            HeadScan::Complete { .. }
+        ));
+        assert!(matches!(
             scan("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"),
-            HeadScan::Complete
-        );
+            HeadScan::Complete { .. }
+        ));
         assert_eq!(scan("GET / HTTP/1.1\r\nHost: a\r\n"), HeadScan::Incomplete);
         assert_eq!(scan("GET / HT"), HeadScan::Incomplete);
     }
@@ -511,7 +590,10 @@ mod tests {
                 "split after {end} bytes"
             );
         }
-        assert_eq!(scan_head(head.as_bytes(), &limits), HeadScan::Complete);
+        assert!(matches!(
+            scan_head(head.as_bytes(), &limits),
+            HeadScan::Complete { .. }
+        ));
     }
 
     #[test]
@@ -556,10 +638,31 @@ mod tests {
             rejected("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
             400
         );
-        assert_eq!(
+        assert!(matches!(
             scan("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            HeadScan::Complete
+            HeadScan::Complete { .. }
+        ));
+    }
+
+    #[test]
+    fn the_body_framing_is_read_off_the_head() {
+        let framed = |text: &str| match scan(text) {
+            HeadScan::Complete { head_len, body } => (head_len, body),
+            other => panic!("{text:?}: {other:?}"),
+        };
+        let head = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(
+            framed(&format!("{head}5\r\nhello")),
+            (head.len(), BodyFraming::Chunked)
         );
+        let head = "POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n";
+        assert_eq!(framed(head), (head.len(), BodyFraming::Length(12)));
+        let head = "\r\nGET / HTTP/1.1\n\n";
+        assert_eq!(framed(head), (head.len(), BodyFraming::None));
+        for length in ["+5", "0x5", "", "5 5", "-1"] {
+            let head = format!("POST / HTTP/1.1\r\nContent-Length: {length}\r\n\r\n");
+            assert_eq!(reason(&head), "bad_content_length", "{length:?}");
+        }
     }
 
     #[test]
@@ -596,10 +699,10 @@ mod tests {
             reason("GET http://a/ HTTP/1.1\r\n"),
             "target_not_origin_form"
         );
-        assert_eq!(
+        assert!(matches!(
             scan("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"),
-            HeadScan::Complete
-        );
+            HeadScan::Complete { .. }
+        ));
     }
 
     #[test]
@@ -612,9 +715,9 @@ mod tests {
             let head = format!("POST / HTTP/1.1\r\nHost: a\r\nConnection: {value}\r\n\r\n");
             assert_eq!(reason(&head), "connection_names_framing", "{value}");
         }
-        assert_eq!(
+        assert!(matches!(
             scan("GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, x-content-length\r\n\r\n"),
-            HeadScan::Complete
-        );
+            HeadScan::Complete { .. }
+        ));
     }
 }

@@ -185,6 +185,7 @@ fn listener_service(
         name: spec.name.clone(),
         tls: spec.tls.is_some(),
         max_body: spec.limits.max_body,
+        send_timeout: spec.limits.send_timeout,
     };
     let edge = EdgeProxy::new(snapshot.clone(), info, cache)
         .with_forwarding_trust(spec.trusted_forwarding.clone())

@@ -74,6 +74,16 @@ fn request_target_corpus() {
 }
 
 #[test]
+fn chunked_body_corpus() {
+    replay("chunked_body", invariants::chunked_body::check);
+}
+
+#[test]
+fn h2_fields_corpus() {
+    replay("h2_fields", invariants::h2_fields::check);
+}
+
+#[test]
 fn cache_key_corpus() {
     replay("cache_key", invariants::cache_key::check);
 }

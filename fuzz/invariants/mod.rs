@@ -6,7 +6,9 @@
 
 pub mod cache_key;
 pub mod cache_policy;
+pub mod chunked_body;
 pub mod config;
+pub mod h2_fields;
 pub mod input;
 pub mod request_head;
 pub mod request_target;
@@ -16,11 +18,13 @@ pub mod snapshot;
 pub type Check = fn(&[u8]);
 
 /// Every target, by the name of its fuzz binary and corpus directory.
-pub const TARGETS: [(&str, Check); 6] = [
+pub const TARGETS: [(&str, Check); 8] = [
     ("request_head", request_head::check),
     ("request_target", request_target::check),
     ("cache_key", cache_key::check),
     ("cache_policy", cache_policy::check),
     ("config", config::check),
     ("snapshot", snapshot::check),
+    ("chunked_body", chunked_body::check),
+    ("h2_fields", h2_fields::check),
 ];

@@ -376,6 +376,14 @@ pub struct Limits {
     pub keepalive_requests: u32,
     /// Largest request body accepted (declared or streamed); larger gets 413.
     pub max_body: u64,
+    /// Longest wait for the next byte of a request body; longer gets 408 and a close.
+    pub body_timeout: Duration,
+    /// Slowest average rate a request body may arrive at, in bytes per second, once
+    /// `body_timeout` of grace is used up (0: no minimum); slower gets 408 and a close.
+    pub body_min_rate: u64,
+    /// Longest an HTTP/1 client may take to accept the next piece of a response; a slower one
+    /// is cut off (a fill it started goes on for the others).
+    pub send_timeout: Duration,
     /// Open client connections accepted at once; more are answered 503 and closed.
     pub max_connections: u32,
     /// What an HTTP/2 client may use of one connection.
@@ -402,6 +410,12 @@ pub struct H2Limits {
     /// Streams verge may have to reset for the client's protocol errors (MadeYouReset,
     /// CVE-2025-8671); more end the connection with `ENHANCE_YOUR_CALM`.
     pub max_error_resets: usize,
+    /// Frames that carry no request (PRIORITY, SETTINGS, PING, WINDOW_UPDATE, GOAWAY, empty
+    /// DATA, unknown types) a connection may send at once; past its budget it gets a GOAWAY
+    /// with `ENHANCE_YOUR_CALM`.
+    pub frame_budget: u32,
+    /// Such frames a connection earns back per second (and two per DATA frame verge sends).
+    pub frame_rate: u32,
 }
 
 impl Default for H2Limits {
@@ -413,6 +427,8 @@ impl Default for H2Limits {
             connection_window: 1 << 20,
             max_pending_resets: 20,
             max_error_resets: 1024,
+            frame_budget: 1000,
+            frame_rate: 100,
         }
     }
 }
@@ -428,6 +444,9 @@ impl Default for Limits {
             keepalive_timeout: Duration::from_secs(60),
             keepalive_requests: 1000,
             max_body: 64 << 20,
+            body_timeout: Duration::from_secs(15),
+            body_min_rate: 512,
+            send_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             h2: H2Limits::default(),
         }

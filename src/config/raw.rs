@@ -185,6 +185,10 @@ pub struct RawLimits {
     pub keepalive_timeout: Option<ConfDuration>,
     pub keepalive_requests: Option<u32>,
     pub max_body: Option<ConfSize>,
+    pub body_timeout: Option<ConfDuration>,
+    /// Bytes per second (`512`, `1KiB`); `0` turns the minimum off.
+    pub body_min_rate: Option<ConfSize>,
+    pub send_timeout: Option<ConfDuration>,
     pub max_connections: Option<u32>,
     pub h2: Option<RawH2Limits>,
 }
@@ -199,6 +203,8 @@ pub struct RawH2Limits {
     pub connection_window: Option<ConfSize>,
     pub max_pending_resets: Option<usize>,
     pub max_error_resets: Option<usize>,
+    pub frame_budget: Option<u32>,
+    pub frame_rate: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]

@@ -1,7 +1,9 @@
 //! HTTP syntax every layer reads the same way, as pure functions: canonical hosts, request-target
 //! checks, field values. The leaf of the crate: it imports nothing of verge.
 
+pub mod chunked;
 pub mod fields;
+pub mod h2_request;
 pub mod host;
 pub mod request_line;
 pub mod target;

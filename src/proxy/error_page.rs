@@ -36,6 +36,9 @@ pub async fn respond_local(
 /// The status a client gets for a failure verge could not proxy around (0: none, the client
 /// is gone).
 pub fn failure_status(e: &Error) -> u16 {
+    if let Some(refusal) = super::request_body::BodyRefusal::behind(e) {
+        return refusal.status();
+    }
     match e.etype() {
         ErrorType::HTTPStatus(code) => *code,
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout

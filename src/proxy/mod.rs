@@ -54,6 +54,9 @@ pub struct ListenerInfo {
     pub tls: bool,
     /// Largest request body accepted; a streamed (chunked) body over it fails with 413.
     pub max_body: u64,
+    /// Longest an HTTP/2 stream may go without being able to send the client more of its
+    /// response (HTTP/1 clients have the front door's body guard for this).
+    pub send_timeout: std::time::Duration,
 }
 
 /// The proxy for one listener. Cheap to clone: the snapshot handle is shared.
@@ -145,6 +148,11 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if session.is_http2() {
+            // Pingora times each wait for the client's flow-control window with this: a stream
+            // the client stops reading fails, and a fill it started goes on for the others
+            session.set_write_timeout(Some(self.listener.send_timeout));
+        }
         if request_routing::answered_before_routing(session, ctx, &self.snapshot, self.cache)
             .await?
         {

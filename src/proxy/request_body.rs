@@ -8,6 +8,7 @@
 
 use super::context::RequestCtx;
 use crate::config::GetBodyPolicy;
+use crate::http_syntax::chunked::BadChunk;
 use crate::metrics::METRICS;
 use bytes::Bytes;
 use http::Method;
@@ -60,6 +61,47 @@ pub fn count(
         *body = None;
     }
     Ok(())
+}
+
+/// Why the front door stopped a request body as Pingora read it (`crate::ingress`'s body
+/// guard): the client gets [`BodyRefusal::status`] unless a response has started, and the
+/// connection closes either way. It travels to `fail_to_proxy` inside the read's I/O error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyRefusal {
+    /// Chunked framing that is not strictly RFC 9112's.
+    #[error("chunked framing refused: {0}")]
+    Framing(BadChunk),
+    /// No body byte arrived for the listener's `body_timeout` while verge waited for one.
+    #[error("request body idle past the body timeout")]
+    Idle,
+    /// The body fell below the listener's `body_min_rate`.
+    #[error("request body slower than the minimum rate")]
+    TooSlow,
+}
+
+impl BodyRefusal {
+    /// The status answered when no response has started.
+    pub fn status(self) -> u16 {
+        match self {
+            BodyRefusal::Framing(_) => 400,
+            BodyRefusal::Idle | BodyRefusal::TooSlow => 408,
+        }
+    }
+
+    /// The `verge_requests_rejected_total` reason label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            BodyRefusal::Framing(bad) => bad.reason(),
+            BodyRefusal::Idle => "body_idle_timeout",
+            BodyRefusal::TooSlow => "body_too_slow",
+        }
+    }
+
+    /// The refusal behind a proxy error, if that is what it is.
+    pub fn behind(e: &Error) -> Option<Self> {
+        let io = e.root_cause().downcast_ref::<std::io::Error>()?;
+        io.get_ref()?.downcast_ref::<Self>().copied()
+    }
 }
 
 #[cfg(test)]

@@ -3,14 +3,15 @@
 //! route's rule for bodies on GET and HEAD. What is left goes on to user filters and the cache.
 //!
 //! HTTP/1 requests were already held to the same rules in the front door
-//! ([`crate::ingress::scan_head`]); these checks are the ones HTTP/2 requests get.
+//! ([`crate::ingress::scan_head`]); these checks are the ones HTTP/2 requests get, after the
+//! field rules only HTTP/2 needs ([`h2_request`]).
 
 use super::context::{client_ip, RequestCtx};
 use super::error_page::respond_plain;
 use super::{purge, request_body};
 use crate::cache::CacheEngine;
 use crate::http_syntax::host::request_host;
-use crate::http_syntax::{path_and_query, request_line, target};
+use crate::http_syntax::{h2_request, path_and_query, request_line, target};
 use crate::metrics::METRICS;
 use crate::snapshot::SharedSnapshot;
 use pingora_error::Result;
@@ -25,6 +26,14 @@ pub async fn answered_before_routing(
     engine: &CacheEngine,
 ) -> Result<bool> {
     let req = session.req_header();
+    if session.is_http2() {
+        let values = req.headers.values().map(|v| v.as_bytes());
+        if let Err(bad) = h2_request::check(req.uri.scheme_str(), values) {
+            METRICS.rejected.with_label_values(&[bad.reason()]).inc();
+            respond_plain(session, 400, "verge: malformed HTTP/2 request").await?;
+            return Ok(true);
+        }
+    }
     let method = req.method.as_str().as_bytes();
     if !request_line::method_allowed(method) {
         METRICS.rejected.with_label_values(&["bad_method"]).inc();

@@ -4,6 +4,7 @@
 //! never reaches the client. The origin is the kit's [`RawOrigin`], which keeps every request
 //! head it reads; HTTP/2 requests are written as frames here.
 
+use crate::support::h2_wire::frame as h2_frame;
 use crate::support::raw_origin::Step;
 use crate::support::wire::raw;
 use crate::support::{Config, Listener, Pool, RawOrigin, Route, RouteCache, Verge};
@@ -296,17 +297,6 @@ async fn an_unsolicited_101_is_a_502_and_no_tunnel_byte_reaches_the_client() {
         );
         assert_eq!(o.hits(path), 1);
     }
-}
-
-/// One HTTP/2 frame: length, type, flags, stream, payload.
-fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len())
-        .expect("small frame")
-        .to_be_bytes();
-    let mut f = vec![len[1], len[2], len[3], kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
 }
 
 /// Send one HTTP/2 request (prior knowledge, no body) with these pseudo-header values, and

@@ -7,7 +7,7 @@ use crate::support::{client, eventually, Config, Limits, Listener, Origin, Pool,
 use std::time::{Duration, Instant};
 
 /// verge in front of `o` for every host, with `limits` on its one listener.
-async fn verge_with_limits(o: &Origin, limits: Limits) -> Verge {
+pub(crate) async fn verge_with_limits(o: &Origin, limits: Limits) -> Verge {
     Verge::start(
         &Config::new()
             .listener(Listener::new().limits(limits))

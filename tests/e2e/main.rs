@@ -27,6 +27,7 @@ mod limits;
 mod operator_cli;
 mod origin_deadline;
 mod origin_faults;
+mod protocol_hardening;
 mod readiness;
 mod refresh;
 mod reload;

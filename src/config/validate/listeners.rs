@@ -212,12 +212,25 @@ fn validate_limits(path: &str, raw: Option<RawLimits>, errs: &mut Errors) -> Lim
         raw.keepalive_timeout,
         d.keepalive_timeout,
     );
+    let body_timeout = positive("body_timeout", raw.body_timeout, d.body_timeout);
+    let send_timeout = positive("send_timeout", raw.send_timeout, d.send_timeout);
     let max_body = match raw.max_body {
         None => d.max_body,
         Some(s) if s.0 <= (16u64 << 30) => s.0,
         Some(_) => {
             errs.push(format!("{path}.max_body"), "must be at most 16GiB");
             d.max_body
+        }
+    };
+    let body_min_rate = match raw.body_min_rate {
+        None => d.body_min_rate,
+        Some(s) if s.0 <= (1 << 30) => s.0,
+        Some(_) => {
+            errs.push(
+                format!("{path}.body_min_rate"),
+                "must be at most 1GiB (bytes per second)",
+            );
+            d.body_min_rate
         }
     };
     let max_connections = match raw.max_connections {
@@ -241,6 +254,9 @@ fn validate_limits(path: &str, raw: Option<RawLimits>, errs: &mut Errors) -> Lim
         keepalive_timeout,
         keepalive_requests: raw.keepalive_requests.unwrap_or(d.keepalive_requests),
         max_body,
+        body_timeout,
+        body_min_rate,
+        send_timeout,
         max_connections,
         h2,
     }
@@ -306,6 +322,20 @@ fn validate_h2_limits(path: &str, raw: Option<RawH2Limits>, errs: &mut Errors) -
         (1, 100_000),
         "",
     );
+    let frame_budget = within(
+        "frame_budget",
+        raw.frame_budget.map(u64::from),
+        d.frame_budget.into(),
+        (10, 1_000_000),
+        "",
+    );
+    let frame_rate = within(
+        "frame_rate",
+        raw.frame_rate.map(u64::from),
+        d.frame_rate.into(),
+        (1, 1_000_000),
+        "",
+    );
     // every value was range-checked above, so these conversions cannot fail
     let u32_of = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
     let usize_of = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
@@ -316,6 +346,8 @@ fn validate_h2_limits(path: &str, raw: Option<RawH2Limits>, errs: &mut Errors) -
         connection_window: u32_of(connection_window),
         max_pending_resets: usize_of(max_pending_resets),
         max_error_resets: usize_of(max_error_resets),
+        frame_budget: u32_of(frame_budget),
+        frame_rate: u32_of(frame_rate),
     }
 }
 
@@ -395,6 +427,7 @@ routes: [{hosts: [a.com], pool: p}]
                 connection_window: 4 << 20,
                 max_pending_resets: 5,
                 max_error_resets: 50,
+                ..H2Limits::default()
             }
         );
         let bad = r#"
@@ -431,5 +464,44 @@ routes: [{hosts: [a.com], pool: p}]
             }
         }
         assert_eq!(text.len(), 13, "{text:#?}");
+    }
+
+    #[test]
+    fn body_pace_send_timeout_and_frame_budget_validate() {
+        let yaml = |limits: &str| {
+            format!(
+                "listeners:\n  - listen: 127.0.0.1:8080\n    limits: {limits}\npools: {{p: {{backends: [\"127.0.0.1:1\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p}}]\n"
+            )
+        };
+        let c = Config::from_yaml_str(&yaml("{}")).expect("defaults");
+        assert_eq!(c.listeners[0].limits.body_timeout, Duration::from_secs(15));
+        assert_eq!(c.listeners[0].limits.body_min_rate, 512);
+        let c =
+            Config::from_yaml_str(&yaml("{body_timeout: 3s, body_min_rate: 2KiB}")).expect("valid");
+        assert_eq!(c.listeners[0].limits.body_timeout, Duration::from_secs(3));
+        assert_eq!(c.listeners[0].limits.body_min_rate, 2048);
+        let off = Config::from_yaml_str(&yaml("{body_min_rate: 0}")).expect("valid");
+        assert_eq!(off.listeners[0].limits.body_min_rate, 0);
+        let c =
+            Config::from_yaml_str(&yaml("{h2: {frame_budget: 50, frame_rate: 5}}")).expect("valid");
+        assert_eq!(c.listeners[0].limits.h2.frame_budget, 50);
+        assert_eq!(c.listeners[0].limits.h2.frame_rate, 5);
+        let c = Config::from_yaml_str(&yaml("{send_timeout: 5s}")).expect("valid");
+        assert_eq!(c.listeners[0].limits.send_timeout, Duration::from_secs(5));
+        let bad = "{body_timeout: 0s, send_timeout: 0s, body_min_rate: 2GiB, h2: {frame_budget: 1, frame_rate: 0}}";
+        let errs = Config::from_yaml_str(&yaml(bad))
+            .expect_err("invalid")
+            .errors;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "listeners[0].limits.body_timeout",
+                "listeners[0].limits.send_timeout",
+                "listeners[0].limits.body_min_rate",
+                "listeners[0].limits.h2.frame_budget",
+                "listeners[0].limits.h2.frame_rate"
+            ]
+        );
     }
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod control_plane;
 pub mod etcd;
 pub mod fetch;
+pub mod h2_wire;
 pub mod metrics;
 pub mod origin;
 pub mod ports;
