@@ -1,6 +1,7 @@
 //! Configuration: raw YAML types, validation that reports every error with its key path, and loading.
 
 pub mod certificates;
+mod edge;
 mod model;
 mod raw;
 pub mod relative_paths;
@@ -8,6 +9,7 @@ pub mod secret;
 pub mod units;
 mod validate;
 
+pub use edge::*;
 pub use model::*;
 #[cfg(test)]
 pub(crate) use validate::parse_host_pattern;

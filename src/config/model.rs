@@ -1,5 +1,6 @@
 //! Validated config types: what the rest of verge consumes. Built only by `validate`.
 
+use super::edge::{ErrorPages, Rewrite};
 use http::{HeaderName, HeaderValue};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -614,8 +615,10 @@ pub struct RouteSpec {
     /// What to do with a body sent with GET or HEAD.
     pub get_body: GetBodyPolicy,
     /// Answers verge gives at the edge before the cache: access rules, rate limit, redirects,
-    /// request ids.
+    /// request ids, rewrites.
     pub edge: EdgeRules,
+    /// Pages for verge's own error answers on this route, by status (before the listener's).
+    pub error_pages: ErrorPages,
 }
 
 /// A route's edge rules, applied after routing and before the cache, in this order: access
@@ -635,6 +638,9 @@ pub struct EdgeRules {
     pub redirect: Option<Redirect>,
     /// Each request gets an `X-Request-Id`; `None`: requests carry none of verge's.
     pub request_id: Option<RequestIdSpec>,
+    /// What the upstream is asked for instead (path and `Host`); the cache key follows the
+    /// rewritten path.
+    pub rewrite: Rewrite,
 }
 
 impl EdgeRules {

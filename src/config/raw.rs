@@ -325,6 +325,33 @@ pub struct RawRoute {
     pub https_redirect: bool,
     pub redirect: Option<RawRedirect>,
     pub request_id: Option<RawRequestId>,
+    pub rewrite: Option<RawRewrite>,
+    pub error_pages: Option<BTreeMap<u16, RawErrorPage>>,
+}
+
+/// `routes[].rewrite: {path: {from: "^/old/(.*)$", to: "/new/$1"}, host: origin.internal}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRewrite {
+    pub path: Option<RawPathRewrite>,
+    pub host: Option<String>,
+}
+
+/// `routes[].rewrite.path`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPathRewrite {
+    pub from: String,
+    pub to: String,
+}
+
+/// One `error_pages` entry: `{file: errors/502.html}` or `{body: "...", content_type: ...}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawErrorPage {
+    pub file: Option<String>,
+    pub body: Option<String>,
+    pub content_type: Option<String>,
 }
 
 /// `routes[].redirect: {to: "https://new.example${path}${query}", status: 301}`.

@@ -1,12 +1,13 @@
 //! A route's edge rules in `request_filter`, after routing and before the cache: the request
 //! id first, then access rules (403), the rate limit (429), then redirects (`https_redirect`,
-//! `redirect`). Each answer is verge's own, and carries the request id.
+//! `redirect`), then the path rewrite. Each answer is verge's own, and carries the request id.
 
 use super::client_address::client_address;
 use super::context::{client_ip, RequestCtx};
 use super::rate_limit::{self, Verdict};
 use super::redirect::{redirect_for, RequestParts};
 use super::request_id;
+use super::rewrite;
 use crate::config::RateKey;
 use crate::http_syntax::scheme;
 use crate::metrics::METRICS;
@@ -73,6 +74,22 @@ pub async fn answered(
         let text = format!("verge: moved to {location}");
         answer(session, ctx, status, &text, &[("location", &location)]).await?;
         return Ok(true);
+    }
+    if let Some(rule) = &edge.rewrite.path {
+        let req = session.req_header();
+        let (method, path, query) = (req.method.as_str(), req.uri.path(), req.uri.query());
+        match rewrite::rewritten_target(rule, method, path, query) {
+            None => {}
+            Some(Ok(target)) => ctx.rewritten = Some(target),
+            Some(Err(rewrite::Refused)) => {
+                METRICS
+                    .rejected
+                    .with_label_values(&["rewritten_target"])
+                    .inc();
+                answer(session, ctx, 400, "verge: rewritten target refused", &[]).await?;
+                return Ok(true);
+            }
+        }
     }
     Ok(false)
 }

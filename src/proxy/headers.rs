@@ -179,7 +179,7 @@ pub fn restore_fields(
 
 /// `upstream_request_filter`: what verge writes into the forwarded request before user
 /// filters see it: the Host the router and the cache key used (canonical: lowercase, no port,
-/// no trailing dot), forwarding fields from what verge saw (`trusted`: those a trusted hop may
+/// no trailing dot) or the route's `rewrite.host`, the rewritten path, forwarding fields from what verge saw (`trusted`: those a trusted hop may
 /// set), the route's prefix strip and header edits, and an explicit empty body where a GET/HEAD
 /// body is dropped.
 pub fn prepare_upstream(
@@ -190,10 +190,17 @@ pub fn prepare_upstream(
     scheme: &str,
     trusted: &[HeaderName],
 ) -> Result<()> {
-    if !ctx.host.is_empty() {
-        upstream.insert_header(HOST, &ctx.host)?;
+    match &route.spec.edge.rewrite.host {
+        Some(host) => upstream.insert_header(HOST, host)?,
+        None if !ctx.host.is_empty() => upstream.insert_header(HOST, &ctx.host)?,
+        None => {}
     }
     set_forwarding_headers(upstream, client, scheme, &ctx.host, trusted)?;
+    if let Some(target) = &ctx.rewritten {
+        let uri = http::Uri::try_from(target.as_str())
+            .map_err(|e| Error::because(ErrorType::InternalError, "rewrite path", e))?;
+        upstream.set_uri(uri);
+    }
     if route.spec.strip_prefix {
         let new = strip_path_prefix(path_and_query(&upstream.uri), &route.spec.path_prefix);
         let uri = http::Uri::try_from(new)

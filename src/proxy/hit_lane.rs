@@ -25,7 +25,7 @@ use crate::cache::hit_decision::{self, HitDecision, StoredEntry};
 use crate::cache::request_view::RequestView;
 use crate::cache::storage::Servable;
 use crate::cache::{self, cache_status, request_directives, rfc9111, CacheEngine};
-use crate::config::{EdgeRules, RouteCache, RouteSpec};
+use crate::config::{EdgeRules, Rewrite, RouteCache, RouteSpec};
 use crate::http_syntax::{host::canonical_host, scheme, target};
 use crate::metrics::METRICS;
 use crate::snapshot::{Route, SharedSnapshot};
@@ -164,6 +164,7 @@ pub fn lane_rules<'r>(route: &'r Route, filters: &Filters) -> Option<&'r RouteCa
         filters: selected, // user filters see hits too: the full path runs them
         get_body: _,       // the lane takes no request with a body
         edge,
+        error_pages: _, // verge's own errors: the lane writes none
     } = &**spec;
     let EdgeRules {
         deny,           // refuses clients of a hit too: the full path
@@ -172,13 +173,19 @@ pub fn lane_rules<'r>(route: &'r Route, filters: &Filters) -> Option<&'r RouteCa
         https_redirect, // answers instead of the hit: the full path
         redirect,       // likewise
         request_id,     // every response carries one: the full path
+        rewrite,
     } = edge;
+    let Rewrite {
+        path: rewrite_path, // the key reads the rewritten path: the full path
+        host: _,            // the forwarded request only
+    } = rewrite;
     let edge_free = deny.is_empty()
         && allow.is_empty()
         && rate_limit.is_none()
         && !https_redirect
         && redirect.is_none()
-        && request_id.is_none();
+        && request_id.is_none()
+        && rewrite_path.is_none();
     let rules = cache.as_ref()?;
     let RouteCache {
         default_ttl: _,            // decided when the entry was stored

@@ -21,6 +21,7 @@ pub mod refresh;
 pub mod request_body;
 pub mod request_id;
 pub mod request_routing;
+pub mod rewrite;
 pub mod upstream_error;
 
 pub use context::{LaneWaited, RequestCtx};

@@ -10,7 +10,13 @@ use std::time::Duration;
 
 /// `GET target` for `host` on a new connection from `from` (any loopback address), read to its
 /// close.
-async fn request(addr: SocketAddr, from: &str, host: &str, target: &str, extra: &str) -> Response {
+pub(crate) async fn request(
+    addr: SocketAddr,
+    from: &str,
+    host: &str,
+    target: &str,
+    extra: &str,
+) -> Response {
     let from: IpAddr = from.parse().expect("address");
     let mut c = Conn::open(addr, Some(from)).await;
     let head = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
@@ -394,10 +400,10 @@ async fn behind_a_trusted_proxy_the_rules_read_the_client_from_its_header() {
 }
 
 /// A `verge control` process for one test, stopped when dropped.
-struct ControlPlane {
+pub(crate) struct ControlPlane {
     child: std::process::Child,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
+    pub(crate) addr: SocketAddr,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Drop for ControlPlane {
@@ -410,7 +416,7 @@ impl Drop for ControlPlane {
 const OPS: &str = "ops-token-0123456789abcdef";
 
 impl ControlPlane {
-    async fn start() -> ControlPlane {
+    pub(crate) async fn start() -> ControlPlane {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr = crate::support::ports::addr();
         let yaml = format!(
@@ -435,7 +441,7 @@ impl ControlPlane {
         ControlPlane { child, addr, dir }
     }
 
-    async fn put_policy(&self, doc: serde_json::Value, if_match: u64) {
+    pub(crate) async fn put_policy(&self, doc: serde_json::Value, if_match: u64) {
         let r = crate::support::client()
             .put(format!("http://{}/v1/policy", self.addr))
             .bearer_auth(OPS)

@@ -3,6 +3,7 @@
 
 use super::cache::validate_route_cache;
 use super::edge::{edge_rules, RawEdge};
+use super::error_pages::error_pages;
 use super::timeouts::route_timeouts;
 use super::valid_name;
 use super::Errors;
@@ -111,9 +112,15 @@ pub(super) fn validate_routes(
                 https_redirect: raw.https_redirect,
                 redirect: raw.redirect,
                 request_id: raw.request_id,
+                rewrite: raw.rewrite,
+                strip_prefix: raw.strip_prefix,
             },
             errs,
         );
+        let error_pages = raw
+            .error_pages
+            .map(|p| error_pages(&format!("{path}.error_pages"), p, errs))
+            .unwrap_or_default();
         let name = raw.name.clone().unwrap_or_else(|| {
             let host = hosts.first().map(|h| h.to_string()).unwrap_or_default();
             format!("{host}{path_prefix}")
@@ -148,6 +155,7 @@ pub(super) fn validate_routes(
                 get_body,
                 filters,
                 edge,
+                error_pages,
             });
         }
     }

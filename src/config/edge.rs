@@ -1,0 +1,104 @@
+//! Validated types of the edge features besides access rules and redirects: rewrites toward the
+//! upstream, custom error pages, and header values with request variables.
+
+use http::HeaderValue;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// `routes[].rewrite`: what the upstream is asked for instead of what the client asked.
+#[derive(Debug, Clone, Default)]
+pub struct Rewrite {
+    /// A new path from a regex match of the request's path; the query is kept.
+    pub path: Option<PathRewrite>,
+    /// The `Host` the upstream receives (routing, the cache key and `X-Forwarded-Host` keep the
+    /// client's).
+    pub host: Option<HeaderValue>,
+}
+
+impl Rewrite {
+    /// Whether there is nothing to rewrite.
+    pub fn is_empty(&self) -> bool {
+        self.path.is_none() && self.host.is_none()
+    }
+}
+
+/// `routes[].rewrite.path: {from, to}`: a path matching `from` becomes `to`, with `$1`,
+/// `${name}`… replaced by the match's groups. A path that does not match is left as it is.
+#[derive(Debug, Clone)]
+pub struct PathRewrite {
+    /// The pattern, matched against the path (not the query).
+    pub from: regex::Regex,
+    /// The new path, with group references.
+    pub to: String,
+}
+
+impl PathRewrite {
+    /// The rewritten path for `path`, or `None` when `from` does not match it. Pure.
+    pub fn apply(&self, path: &str) -> Option<String> {
+        let captures = self.from.captures(path)?;
+        let mut out = String::with_capacity(self.to.len() + path.len());
+        captures.expand(&self.to, &mut out);
+        Some(out)
+    }
+}
+
+/// Error pages by status (`error_pages:` of a route or a listener).
+#[derive(Debug, Clone, Default)]
+pub struct ErrorPages(pub BTreeMap<u16, Arc<ErrorPage>>);
+
+impl ErrorPages {
+    /// The page for `status`, if one is configured.
+    pub fn get(&self, status: u16) -> Option<&ErrorPage> {
+        self.0.get(&status).map(|p| &**p)
+    }
+
+    /// Whether no page is configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One custom error page: its body (read from a file when the config is validated, or written
+/// inline) and its `Content-Type`. `${request_id}` and `${status}` in the body are replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorPage {
+    /// The body, with its variables.
+    pub body: String,
+    /// Its `Content-Type`.
+    pub content_type: HeaderValue,
+}
+
+impl ErrorPage {
+    /// The body for one answer: `${request_id}` (empty without one) and `${status}` filled in.
+    pub fn render(&self, status: u16, request_id: Option<&str>) -> String {
+        self.body
+            .replace("${request_id}", request_id.unwrap_or(""))
+            .replace("${status}", &status.to_string())
+    }
+}
+
+/// A header value set by a route's header rules: text with request variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderTemplate {
+    /// No variables: the value as written.
+    Fixed(HeaderValue),
+    /// Text and variables, filled in per request.
+    Parts(Vec<ValuePart>),
+}
+
+/// A piece of a header value template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValuePart {
+    /// Text copied as written.
+    Literal(String),
+    /// `${client_ip}`: the client address the route's edge rules read.
+    ClientIp,
+    /// `${request_id}`: the request's id (empty on routes without `request_id`).
+    RequestId,
+    /// `${route}`: the route's name.
+    Route,
+    /// `${scheme}`: `http` or `https`, as the request came in.
+    Scheme,
+    /// `${host}`: the canonical host (lowercase, no port).
+    Host,
+}
