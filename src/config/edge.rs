@@ -42,14 +42,14 @@ impl PathRewrite {
     }
 }
 
-/// Error pages by status (`error_pages:` of a route or a listener).
-#[derive(Debug, Clone, Default)]
-pub struct ErrorPages(pub BTreeMap<u16, Arc<ErrorPage>>);
+/// Error pages by status (`error_pages:` of a route or a listener). Cheap to clone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorPages(pub Arc<BTreeMap<u16, ErrorPage>>);
 
 impl ErrorPages {
     /// The page for `status`, if one is configured.
     pub fn get(&self, status: u16) -> Option<&ErrorPage> {
-        self.0.get(&status).map(|p| &**p)
+        self.0.get(&status)
     }
 
     /// Whether no page is configured.

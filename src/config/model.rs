@@ -342,6 +342,8 @@ pub struct ListenerSpec {
     pub limits: Limits,
     /// The hops in front of this listener whose forwarding fields are kept.
     pub trusted_forwarding: ForwardingTrust,
+    /// Pages for verge's own error answers on this listener, by status (a route's come first).
+    pub error_pages: ErrorPages,
 }
 
 /// Server-side TLS for a listener.

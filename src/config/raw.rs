@@ -154,6 +154,7 @@ pub struct RawListener {
     pub tls: Option<RawListenerTls>,
     pub limits: Option<RawLimits>,
     pub trusted_forwarding: Option<RawTrustedForwarding>,
+    pub error_pages: Option<BTreeMap<StatusKey, RawErrorPage>>,
 }
 
 /// `listeners[].trusted_forwarding: {from: [CIDR], fields: [name]}`.
@@ -326,7 +327,7 @@ pub struct RawRoute {
     pub redirect: Option<RawRedirect>,
     pub request_id: Option<RawRequestId>,
     pub rewrite: Option<RawRewrite>,
-    pub error_pages: Option<BTreeMap<u16, RawErrorPage>>,
+    pub error_pages: Option<BTreeMap<StatusKey, RawErrorPage>>,
 }
 
 /// `routes[].rewrite: {path: {from: "^/old/(.*)$", to: "/new/$1"}, host: origin.internal}`.
@@ -343,6 +344,39 @@ pub struct RawRewrite {
 pub struct RawPathRewrite {
     pub from: String,
     pub to: String,
+}
+
+/// A status as a map key: `502` in YAML, `"502"` in JSON (whose keys are strings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StatusKey(pub u16);
+
+impl<'de> Deserialize<'de> for StatusKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Status;
+        impl serde::de::Visitor<'_> for Status {
+            type Value = StatusKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an HTTP status such as 502")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<StatusKey, E> {
+                u16::try_from(v)
+                    .map(StatusKey)
+                    .map_err(|_| E::custom(format!("{v} is not an HTTP status")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<StatusKey, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("{v} is not an HTTP status")))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StatusKey, E> {
+                v.trim()
+                    .parse::<u16>()
+                    .map(StatusKey)
+                    .map_err(|_| E::custom(format!("{v:?} is not an HTTP status")))
+            }
+        }
+        deserializer.deserialize_any(Status)
+    }
 }
 
 /// One `error_pages` entry: `{file: errors/502.html}` or `{body: "...", content_type: ...}`.

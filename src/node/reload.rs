@@ -69,8 +69,13 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     if running.listeners.len() != new.listeners.len() {
         changed.push("listeners".to_string());
     } else {
+        // error pages are read per request from the snapshot: a reload applies them
+        let sockets = |l: &crate::config::ListenerSpec| crate::config::ListenerSpec {
+            error_pages: Default::default(),
+            ..l.clone()
+        };
         for (i, (a, b)) in running.listeners.iter().zip(&new.listeners).enumerate() {
-            if differs(a, b) {
+            if differs(&sockets(a), &sockets(b)) {
                 changed.push(format!("listeners[{i}]"));
             }
         }
@@ -290,6 +295,15 @@ mod tests {
         assert_eq!(
             restart_only_changes(&a, &moved),
             vec!["listeners[0]", "server.threads", "cache"]
+        );
+        let pages = Config::from_yaml_str(&BASE.replace(
+            "\"127.0.0.1:1\"}",
+            "\"127.0.0.1:1\", error_pages: {404: {body: gone}}}",
+        ))
+        .expect("pages");
+        assert!(
+            restart_only_changes(&a, &pages).is_empty(),
+            "a listener's error pages apply on reload"
         );
     }
 }

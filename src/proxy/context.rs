@@ -82,7 +82,7 @@ pub struct RequestCtx {
     /// the cache key reads (`None`: the request's own).
     pub rewritten: Option<String>,
     /// The listener's error pages (`listeners[].error_pages`), for answers verge writes itself.
-    pub listener_pages: Option<Arc<ErrorPages>>,
+    pub listener_pages: Option<ErrorPages>,
 }
 
 impl RequestCtx {

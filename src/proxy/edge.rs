@@ -94,7 +94,8 @@ pub async fn answered(
     Ok(false)
 }
 
-/// Write verge's own answer, with the request id when there is one.
+/// Write verge's own answer (a custom page, or the text), with the request id when there is
+/// one.
 async fn answer(
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -103,5 +104,5 @@ async fn answer(
     fields: &[(&'static str, &str)],
 ) -> Result<()> {
     ctx.edge_answered = true;
-    request_id::respond(session, ctx.request_id.as_deref(), status, text, fields).await
+    super::error_page::answer(session, ctx, status, text, fields).await
 }

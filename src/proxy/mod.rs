@@ -106,6 +106,17 @@ impl EdgeProxy {
     fn scheme(&self) -> &'static str {
         scheme(self.listener.tls)
     }
+
+    /// This listener's error pages in the current snapshot (`None`: it has none).
+    fn listener_pages(&self) -> Option<crate::config::ErrorPages> {
+        let snapshot = self.snapshot.load();
+        let spec = snapshot
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.name == self.listener.name)?;
+        (!spec.error_pages.is_empty()).then(|| spec.error_pages.clone())
+    }
 }
 
 #[async_trait]
@@ -146,6 +157,7 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.listener_pages = self.listener_pages();
         if request_routing::answered_before_routing(session, ctx, &self.snapshot, self.cache)
             .await?
         {
@@ -223,7 +235,7 @@ impl ProxyHttp for EdgeProxy {
         if caches && ctx.directives.only_if_cached {
             // RFC 9111 §5.2.1.7: nothing stored is usable, and the origin must not be asked
             let text = "verge: only-if-cached, and no usable stored response";
-            request_id::respond(session, ctx.request_id.as_deref(), 504, text, &[]).await?;
+            error_page::answer(session, ctx, 504, text, &[]).await?;
             return Ok(false);
         }
         Ok(true)
@@ -412,8 +424,7 @@ impl ProxyHttp for EdgeProxy {
         // on_response), only closing the connection is left.
         if code > 0 && !error_page::final_head_sent(session.response_written()) {
             let text = error_page::failure_text(code, ctx.failure.as_deref());
-            let id = ctx.request_id.as_deref();
-            if let Err(err) = request_id::respond(session, id, code, &text, &[]).await {
+            if let Err(err) = error_page::answer(session, ctx, code, &text, &[]).await {
                 log::debug!("could not send error response: {err}");
             }
         }

@@ -88,6 +88,10 @@ pub(super) fn validate_listeners(
             .trusted_forwarding
             .map(|t| validate_trusted_forwarding(&format!("{path}.trusted_forwarding"), t, errs))
             .unwrap_or_default();
+        let error_pages = raw
+            .error_pages
+            .map(|p| super::error_pages::error_pages(&format!("{path}.error_pages"), p, errs))
+            .unwrap_or_default();
         out.push(ListenerSpec {
             name,
             addr,
@@ -95,6 +99,7 @@ pub(super) fn validate_listeners(
             tls,
             limits,
             trusted_forwarding,
+            error_pages,
         });
     }
     out
