@@ -191,13 +191,16 @@ fn listener_service(
     proxy.h2_options = Some(h2_options(&spec.limits.h2));
     let mut ingress = Ingress::new(proxy, spec.limits, spec.name.clone(), spec.h2c);
     if cache.settings.hit_lane {
-        ingress = ingress.with_hit_lane(HitLane::new(
-            snapshot.clone(),
-            cache,
-            filters.clone(),
-            access_log.clone(),
-            spec.tls.is_some(),
-        ));
+        ingress = ingress.with_hit_lane(
+            HitLane::new(
+                snapshot.clone(),
+                cache,
+                filters.clone(),
+                access_log.clone(),
+                spec.tls.is_some(),
+            )
+            .with_listener_name(&spec.name),
+        );
     }
     let mut service = Service::new(format!("verge listener {}", spec.name), ingress);
     let mut endpoint = ListenerConfig::tcp(spec.addr.to_string()).l4_buffer(L4BufferSettings {
@@ -297,9 +300,9 @@ pub fn build_server_with_filters(
     let cache = CacheEngine::new(config.cache);
     let access_log = match &config.access_log {
         None => None,
-        Some(target) => {
-            Some(Arc::new(AccessLog::start(target.clone()).map_err(|e| {
-                ServeError::AccessLog(format!("{target:?}: {e}"))
+        Some(spec) => {
+            Some(Arc::new(AccessLog::start(spec.clone()).map_err(|e| {
+                ServeError::AccessLog(format!("{:?}: {e}", spec.target))
             })?))
         }
     };

@@ -2,6 +2,7 @@
 
 pub mod certificates;
 mod edge;
+mod log_format;
 mod model;
 mod raw;
 pub mod relative_paths;
@@ -10,6 +11,7 @@ pub mod units;
 mod validate;
 
 pub use edge::*;
+pub use log_format::*;
 pub use model::*;
 #[cfg(test)]
 pub(crate) use validate::parse_host_pattern;

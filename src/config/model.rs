@@ -28,8 +28,8 @@ pub struct Config {
     pub control: Option<ControlSpec>,
     /// The `PURGE` method on listeners; `None`: refused with 405.
     pub purge: Option<PurgeSpec>,
-    /// Where the JSON access log goes; `None`: no access log.
-    pub access_log: Option<LogTarget>,
+    /// Where the access log goes and its format; `None`: no access log.
+    pub access_log: Option<super::log_format::AccessLogSpec>,
     /// The file this config was loaded from (`None`: built from text), for error messages.
     pub source: Option<PathBuf>,
 }

@@ -22,11 +22,16 @@ pub struct RawDocument {
     pub access_log: Option<serde_yaml::Value>,
 }
 
-/// `access_log: {path: /var/log/verge/access.log}` (`-` for stdout).
+/// `access_log: {path: /var/log/verge/access.log, format: json, fields: [time, ...]}` (`-`
+/// for stdout).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAccessLog {
     pub path: String,
+    /// `json` (default) or `combined`.
+    pub format: Option<String>,
+    /// JSON fields, in order (`time` is always first).
+    pub fields: Option<Vec<String>>,
 }
 
 /// The data-plane `PURGE` method: off unless this block lists the clients allowed to use it.

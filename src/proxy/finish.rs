@@ -44,6 +44,41 @@ pub struct Finished<'a> {
     pub client: Option<IpAddr>,
     /// Its `X-Request-Id`, on routes that give one.
     pub request_id: Option<&'a str>,
+    /// What the access log may record of the request and its connection.
+    pub seen: Seen<'a>,
+}
+
+/// What the access log may record of a request and its connection besides its outcome.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen<'a> {
+    /// The `User-Agent` field.
+    pub user_agent: Option<&'a str>,
+    /// The `Referer` field.
+    pub referer: Option<&'a str>,
+    /// `HTTP/1.1`, `HTTP/2.0`…
+    pub protocol: &'static str,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// The listener's name.
+    pub listener: &'a str,
+    /// The TLS version (`TLSv1.3`), on TLS connections.
+    pub tls_version: Option<&'a str>,
+}
+
+/// A protocol version as logs write it.
+pub fn protocol_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// A TLS version as logs write it: `TLSv1.3` for rustls's `TLSv1_3`.
+pub fn tls_version_name(version: &str) -> String {
+    version.replace('_', ".")
 }
 
 /// Count `f` in the metrics and write its access-log line (when there is a log).
@@ -85,6 +120,12 @@ pub fn finish(f: &Finished<'_>, log: Option<&AccessLog>, snapshot: &SharedSnapsh
         config: &snapshot.version,
         seq: snapshot.control.position.seq,
         request_id: f.request_id,
+        user_agent: f.seen.user_agent,
+        referer: f.seen.referer,
+        protocol: f.seen.protocol,
+        scheme: f.seen.scheme,
+        listener: f.seen.listener,
+        tls_version: f.seen.tls_version,
     });
 }
 

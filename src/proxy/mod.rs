@@ -449,6 +449,11 @@ impl ProxyHttp for EdgeProxy {
             .and_then(|_| session.cache.maybe_cache_key())
             .map(|k| k.combined_bin());
         let req = session.req_header();
+        let field = |name| req.headers.get(name).and_then(|v| v.to_str().ok());
+        let tls_version = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .map(|d| finish::tls_version_name(&d.version));
         let finished = Finished {
             route: ctx.route.as_deref(),
             host: &ctx.host,
@@ -466,6 +471,14 @@ impl ProxyHttp for EdgeProxy {
             elapsed: ctx.started.map(|t| t.elapsed()),
             client: client_ip(session),
             request_id: ctx.request_id.as_deref(),
+            seen: finish::Seen {
+                user_agent: field(http::header::USER_AGENT),
+                referer: field(http::header::REFERER),
+                protocol: finish::protocol_name(req.version),
+                scheme: self.scheme(),
+                listener: &self.listener.name,
+                tls_version: tls_version.as_deref(),
+            },
         };
         finish(&finished, self.access_log.as_deref(), &self.snapshot);
     }
