@@ -1,7 +1,7 @@
 //! Validated config types: what the rest of verge consumes. Built only by `validate`.
 
 use super::edge::{ErrorPages, Rewrite};
-use http::{HeaderName, HeaderValue};
+use http::HeaderName;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -753,8 +753,8 @@ impl std::fmt::Display for HostPattern {
 /// Header edits applied to a request or a response.
 #[derive(Debug, Clone, Default)]
 pub struct HeaderOps {
-    /// Fields set (replacing any existing value).
-    pub set: Vec<(HeaderName, HeaderValue)>,
+    /// Fields set (replacing any existing value), each value text with request variables.
+    pub set: Vec<(HeaderName, super::edge::HeaderTemplate)>,
     /// Fields removed.
     pub remove: Vec<HeaderName>,
 }
@@ -763,6 +763,16 @@ impl HeaderOps {
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.set.is_empty() && self.remove.is_empty()
+    }
+
+    /// Whether a value set reads the client's address (`${client_ip}`).
+    pub fn reads_client_ip(&self) -> bool {
+        self.set.iter().any(|(_, t)| match t {
+            super::edge::HeaderTemplate::Fixed(_) => false,
+            super::edge::HeaderTemplate::Parts(parts) => {
+                parts.contains(&super::edge::ValuePart::ClientIp)
+            }
+        })
     }
 }
 

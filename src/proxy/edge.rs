@@ -37,9 +37,7 @@ pub async fn answered(
         || !edge.allow.is_empty()
         || edge.rate_limit.as_ref().map(|r| &r.key) == Some(&RateKey::ClientIp);
     let client = if reads_client {
-        let current = snapshot.load();
-        let trusted = current.config.server.client_ip.as_ref();
-        client_address(client_ip(session), &session.req_header().headers, trusted)
+        rule_client(session, snapshot)
     } else {
         None
     };
@@ -92,6 +90,14 @@ pub async fn answered(
         }
     }
     Ok(false)
+}
+
+/// The client address a route's rules read: the connection's, or the one trusted proxies name
+/// (`server.client_ip`, in `snapshot`'s config).
+pub fn rule_client(session: &Session, snapshot: &SharedSnapshot) -> Option<std::net::IpAddr> {
+    let current = snapshot.load();
+    let trusted = current.config.server.client_ip.as_ref();
+    client_address(client_ip(session), &session.req_header().headers, trusted)
 }
 
 /// Write verge's own answer (a custom page, or the text), with the request id when there is

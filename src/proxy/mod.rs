@@ -107,6 +107,25 @@ impl EdgeProxy {
         scheme(self.listener.tls)
     }
 
+    /// The values `ops` may name for this request (the client address only when read).
+    fn header_vars<'a>(
+        &'a self,
+        session: &Session,
+        ctx: &'a RequestCtx,
+        ops: &crate::config::HeaderOps,
+    ) -> headers::HeaderVars<'a> {
+        headers::HeaderVars {
+            client_ip: ops
+                .reads_client_ip()
+                .then(|| edge::rule_client(session, &self.snapshot))
+                .flatten(),
+            request_id: ctx.request_id.as_deref(),
+            route: ctx.route_name(),
+            scheme: self.scheme(),
+            host: &ctx.host,
+        }
+    }
+
     /// This listener's error pages in the current snapshot (`None`: it has none).
     fn listener_pages(&self) -> Option<crate::config::ErrorPages> {
         let snapshot = self.snapshot.load();
@@ -343,7 +362,8 @@ impl ProxyHttp for EdgeProxy {
         };
         let client = client_ip(session);
         let trusted = self.forwarding_trust.fields_for(client);
-        headers::prepare_upstream(upstream, route, ctx, client, self.scheme(), trusted)?;
+        let vars = self.header_vars(session, ctx, &route.spec.request_headers);
+        headers::prepare_upstream(upstream, route, ctx, client, &vars, trusted)?;
         request_id::set_upstream(upstream, ctx)?;
         self.filters.upstream_phase(session, upstream, ctx).await?;
         ctx.upstream_sent_at = Some(Instant::now());
@@ -402,7 +422,8 @@ impl ProxyHttp for EdgeProxy {
             if let Some(rules) = route.spec.cache.as_ref() {
                 caching::response_fields(session, resp, ctx, rules)?;
             }
-            headers::apply_response_ops(resp, &route.spec.response_headers)?;
+            let vars = self.header_vars(session, ctx, &route.spec.response_headers);
+            headers::apply_response_ops(resp, &route.spec.response_headers, &vars)?;
         }
         request_id::set_response(resp, ctx)?;
         let result = self.filters.response_phase(session, resp, ctx).await;

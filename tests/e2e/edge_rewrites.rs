@@ -1,6 +1,6 @@
-//! Rewrites toward the upstream through real sockets: a path rewritten by a regex with its
-//! groups and a host rewrite reach the origin; the cache key, `PURGE` and a policy from the
-//! control plane follow the rewritten request.
+//! Rewrites and header rules through real sockets: a path rewritten by a regex with its groups
+//! and a host rewrite reach the origin; the cache key, `PURGE` and a policy from the control
+//! plane follow the rewritten request; header values fill in request variables.
 
 use crate::edge::ControlPlane;
 use crate::support::Verge;
@@ -131,4 +131,53 @@ async fn a_rewrite_from_the_control_plane_applies_without_a_restart() {
         |uri| uri == "/api/v2/item?q",
     )
     .await;
+}
+
+#[tokio::test]
+async fn header_rules_fill_in_the_client_the_request_id_the_route_the_scheme_and_the_host() {
+    let o = Origin::start("o").await;
+    let v = Verge::start(
+        &Config::new()
+            .raw(
+                "server: {threads: 2, grace_period: 0s, graceful_shutdown_timeout: 1s, \
+                 pid_file: \"{dir}/verge.pid\", upgrade_sock: \"{dir}/upgrade.sock\", \
+                 client_ip: {trusted_proxies: [127.0.0.1]}}",
+            )
+            .pool(Pool::new("p", &[o.addr]))
+            .route(
+                Route::to("p")
+                    .name("site")
+                    .hosts(&["c.test"])
+                    .set("request_id", "{}")
+                    .set(
+                        "request_headers",
+                        r#"{set: {x-client: "${client_ip}", x-trace: "id=${request_id};route=${route}", x-plain: "a $b {c}"}}"#,
+                    )
+                    .set(
+                        "response_headers",
+                        r#"{set: {x-served: "${scheme}://${host} by ${route}", x-client: "${client_ip}"}}"#,
+                    ),
+            ),
+    )
+    .await;
+    let got = fetch(&v, "/h", &[("x-forwarded-for", "203.0.113.9")]).await;
+    assert_eq!(got.status, 200);
+    let id = got.header("x-request-id").expect("an id").to_string();
+    let seen = o.last_seen().expect("the origin saw it");
+    assert_eq!(
+        seen.header("x-client"),
+        Some("203.0.113.9"),
+        "the address the trusted proxy named"
+    );
+    assert_eq!(
+        seen.header("x-trace"),
+        Some(format!("id={id};route=site").as_str())
+    );
+    assert_eq!(
+        seen.header("x-plain"),
+        Some("a $b {c}"),
+        "no variable: as written"
+    );
+    assert_eq!(got.header("x-served"), Some("http://c.test by site"));
+    assert_eq!(got.header("x-client"), Some("203.0.113.9"));
 }

@@ -230,6 +230,45 @@ fn redirect(path: &str, raw: RawRedirect, errs: &mut Errors) -> Redirect {
     Redirect { to, status }
 }
 
+/// Parse a header value set by a route: text with `${client_ip}`, `${request_id}`,
+/// `${route}`, `${scheme}` and `${host}` (a value without `${` is kept as it is). Pure.
+pub(crate) fn parse_header_template(text: &str) -> Result<HeaderTemplate, String> {
+    if !text.contains("${") {
+        return http::HeaderValue::from_str(text)
+            .map(HeaderTemplate::Fixed)
+            .map_err(|_| format!("invalid header value {text:?}"));
+    }
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        if start > 0 {
+            parts.push(ValuePart::Literal(rest[..start].to_string()));
+        }
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("{text:?}: \"${{\" is not closed by \"}}\""));
+        };
+        parts.push(match &after[..end] {
+            "client_ip" => ValuePart::ClientIp,
+            "request_id" => ValuePart::RequestId,
+            "route" => ValuePart::Route,
+            "scheme" => ValuePart::Scheme,
+            "host" => ValuePart::Host,
+            other => {
+                return Err(format!(
+                    "unknown variable ${{{other}}}: use ${{client_ip}}, ${{request_id}}, \
+                     ${{route}}, ${{scheme}} or ${{host}}"
+                ))
+            }
+        });
+        rest = &after[end + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(ValuePart::Literal(rest.to_string()));
+    }
+    Ok(HeaderTemplate::Parts(parts))
+}
+
 /// Parse a redirect target: text with `${scheme}`, `${host}`, `${path}` and `${query}`. It
 /// must start with `http://`, `https://`, `${scheme}://` or `/`, and be visible ASCII. Pure.
 pub(crate) fn parse_template(text: &str) -> Result<Vec<TemplatePart>, String> {
@@ -284,6 +323,7 @@ pub(crate) fn parse_template(text: &str) -> Result<Vec<TemplatePart>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{HeaderTemplate, ValuePart};
 
     #[test]
     fn templates_parse_into_text_and_variables() {
@@ -362,6 +402,50 @@ routes:
         let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         assert_eq!(errs.len(), 1, "{text:#?}");
         assert_eq!(errs[0].path, "routes[1].redirect.status");
+    }
+
+    #[test]
+    fn header_values_parse_into_text_and_variables() {
+        assert_eq!(
+            parse_header_template("plain $x {y}"),
+            Ok(HeaderTemplate::Fixed(http::HeaderValue::from_static(
+                "plain $x {y}"
+            )))
+        );
+        assert_eq!(
+            parse_header_template("${client_ip}, ${request_id}/${route}:${scheme}:${host}"),
+            Ok(HeaderTemplate::Parts(vec![
+                ValuePart::ClientIp,
+                ValuePart::Literal(", ".into()),
+                ValuePart::RequestId,
+                ValuePart::Literal("/".into()),
+                ValuePart::Route,
+                ValuePart::Literal(":".into()),
+                ValuePart::Scheme,
+                ValuePart::Literal(":".into()),
+                ValuePart::Host,
+            ]))
+        );
+        assert!(parse_header_template("${path}").is_err());
+        assert!(parse_header_template("${host").is_err());
+        let bad = r#"
+listeners: [{listen: "127.0.0.1:8080"}]
+pools: {p: {backends: ["127.0.0.1:1"]}}
+routes:
+  - hosts: [a.com]
+    pool: p
+    request_headers: {set: {x-a: "${nope}"}}
+    response_headers: {set: {x-b: "${host"}}
+"#;
+        let errs = Config::from_yaml_str(bad).expect_err("invalid").errors;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "routes[0].request_headers.set.x-a",
+                "routes[0].response_headers.set.x-b"
+            ]
+        );
     }
 
     #[test]

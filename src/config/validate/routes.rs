@@ -10,6 +10,7 @@ use super::Errors;
 use crate::config::model::*;
 use crate::config::raw::*;
 use http::{HeaderName, HeaderValue};
+
 use std::collections::{BTreeMap, HashSet};
 
 pub(super) fn validate_routes(
@@ -244,7 +245,9 @@ fn header_ops(path: &str, raw: Option<RawHeaderOps>, errs: &mut Errors) -> Heade
     let mut ops = HeaderOps::default();
     for (name, value) in raw.set {
         let n = HeaderName::from_bytes(name.as_bytes());
-        let v = HeaderValue::from_str(&value);
+        let v = HeaderValue::from_str(&value)
+            .map_err(|_| format!("invalid header value {value:?}"))
+            .and_then(|_| super::edge::parse_header_template(&value));
         match (n, v) {
             (Ok(n), _) if is_hop_by_hop(&n) => errs.push(
                 format!("{path}.set"),
@@ -255,10 +258,7 @@ fn header_ops(path: &str, raw: Option<RawHeaderOps>, errs: &mut Errors) -> Heade
                 format!("{path}.set"),
                 format!("invalid header name {name:?}"),
             ),
-            (_, Err(_)) => errs.push(
-                format!("{path}.set.{name}"),
-                format!("invalid header value {value:?}"),
-            ),
+            (_, Err(e)) => errs.push(format!("{path}.set.{name}"), e),
         }
     }
     for (i, name) in raw.remove.iter().enumerate() {
