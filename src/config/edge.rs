@@ -1,9 +1,44 @@
 //! Validated types of the edge features besides access rules and redirects: rewrites toward the
-//! upstream, custom error pages, and header values with request variables.
+//! upstream, custom error pages, header values with request variables, and a TLS listener's
+//! certificates by SNI, ALPN and minimum version.
 
 use http::HeaderValue;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
+
+/// One more certificate of a TLS listener (`tls.certificates[]`), for the hosts it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniCertificate {
+    /// Server names it is chosen for: `a.example` exactly, or `*.a.example` (one label).
+    pub hosts: Vec<String>,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// The protocols a TLS listener offers through ALPN (`tls.alpn`), in order of preference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Alpn {
+    /// `[h2, http/1.1]` (the default).
+    #[default]
+    H2H1,
+    /// `[http/1.1]` (also `h2: false`).
+    H1,
+    /// `[h2]`: a client whose ALPN offers no `h2` is refused.
+    H2,
+}
+
+/// The oldest TLS version a listener accepts (`tls.min_version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3 (the default).
+    #[default]
+    V1_2,
+    /// TLS 1.3 only.
+    V1_3,
+}
 
 /// `routes[].rewrite`: what the upstream is asked for instead of what the client asked.
 #[derive(Debug, Clone, Default)]

@@ -347,14 +347,18 @@ pub struct ListenerSpec {
 }
 
 /// Server-side TLS for a listener.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSpec {
-    /// PEM certificate chain.
+    /// PEM certificate chain: the default certificate (no SNI, or no other one matches).
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
-    /// Offer HTTP/2 through ALPN.
-    pub h2: bool,
+    /// The protocols offered through ALPN.
+    pub alpn: super::edge::Alpn,
+    /// More certificates, each chosen when the client's SNI names one of its hosts.
+    pub certificates: Vec<super::edge::SniCertificate>,
+    /// The oldest TLS version accepted.
+    pub min_version: super::edge::TlsVersion,
 }
 
 /// Request-head limits and client timeouts enforced before a request reaches the proxy logic.

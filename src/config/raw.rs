@@ -176,6 +176,22 @@ pub struct RawListenerTls {
     pub cert: String,
     pub key: String,
     pub h2: Option<bool>,
+    /// `[h2, http/1.1]` (default), `[http/1.1]` or `[h2]`.
+    pub alpn: Option<Vec<String>>,
+    /// `"1.2"` (default) or `"1.3"`.
+    pub min_version: Option<String>,
+    /// More certificates, chosen by SNI.
+    #[serde(default)]
+    pub certificates: Vec<RawSniCertificate>,
+}
+
+/// `listeners[].tls.certificates[]: {hosts: [a.example, "*.a.example"], cert, key}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSniCertificate {
+    pub hosts: Vec<String>,
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -17,6 +17,8 @@ pub const NODE_PATHS: &[&[&str]] = &[
     &["access_log", "path"],
     &["listeners", "*", "tls", "cert"],
     &["listeners", "*", "tls", "key"],
+    &["listeners", "*", "tls", "certificates", "*", "cert"],
+    &["listeners", "*", "tls", "certificates", "*", "key"],
     &["listeners", "*", "error_pages", "*", "file"],
     &["routes", "*", "error_pages", "*", "file"],
 ];

@@ -10,4 +10,5 @@ pub mod readiness;
 pub mod reclaim;
 pub mod reload;
 pub mod signals;
+pub mod tls_certificates;
 pub mod writer;

@@ -16,6 +16,7 @@ mod edge;
 mod edge_logs;
 mod edge_pages;
 mod edge_rewrites;
+mod edge_tls;
 mod eviction;
 mod filters;
 mod get_body;
