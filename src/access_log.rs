@@ -177,6 +177,13 @@ pub struct Record<'a> {
     pub seq: u64,
     /// The request's `X-Request-Id`, on routes that give one.
     pub request_id: Option<&'a str>,
+    /// What it records of the request and its connection besides the outcome.
+    pub seen: Seen<'a>,
+}
+
+/// What the access log may record of a request and its connection besides its outcome.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen<'a> {
     /// The `User-Agent` field.
     pub user_agent: Option<&'a str>,
     /// The `Referer` field.
@@ -262,12 +269,12 @@ impl Record<'_> {
                 let _ = write!(out, "{}", self.seq);
             }
             LogField::RequestId => text(out, self.request_id),
-            LogField::UserAgent => text(out, self.user_agent),
-            LogField::Referer => text(out, self.referer),
-            LogField::Protocol => text(out, Some(self.protocol)),
-            LogField::Scheme => text(out, Some(self.scheme)),
-            LogField::Listener => text(out, Some(self.listener)),
-            LogField::TlsVersion => text(out, self.tls_version),
+            LogField::UserAgent => text(out, self.seen.user_agent),
+            LogField::Referer => text(out, self.seen.referer),
+            LogField::Protocol => text(out, Some(self.seen.protocol)),
+            LogField::Scheme => text(out, Some(self.seen.scheme)),
+            LogField::Listener => text(out, Some(self.seen.listener)),
+            LogField::TlsVersion => text(out, self.seen.tls_version),
         }
     }
 
@@ -283,14 +290,14 @@ impl Record<'_> {
         out.push(' ');
         push_escaped(&mut out, self.path);
         out.push(' ');
-        push_escaped(&mut out, self.protocol);
+        push_escaped(&mut out, self.seen.protocol);
         let _ = write!(out, "\" {} ", self.status);
         if self.bytes == 0 {
             out.push('-');
         } else {
             let _ = write!(out, "{}", self.bytes);
         }
-        for value in [self.referer, self.user_agent] {
+        for value in [self.seen.referer, self.seen.user_agent] {
             out.push_str(" \"");
             push_escaped(&mut out, value.unwrap_or("-"));
             out.push('"');
@@ -424,11 +431,14 @@ mod tests {
         let r = Record {
             time: Some(UNIX_EPOCH),
             status: 404,
-            user_agent: Some("curl/8 \"x\""),
-            protocol: "HTTP/2.0",
-            scheme: "https",
-            listener: "tls",
-            tls_version: Some("TLSv1.3"),
+            seen: Seen {
+                user_agent: Some("curl/8 \"x\""),
+                referer: None,
+                protocol: "HTTP/2.0",
+                scheme: "https",
+                listener: "tls",
+                tls_version: Some("TLSv1.3"),
+            },
             origin_ms: Some(2.5),
             ..Record::default()
         };
@@ -459,11 +469,14 @@ mod tests {
             client: Some("10.0.0.1".into()),
             method: "GET",
             path: "/a?b=\"c\"",
-            protocol: "HTTP/1.1",
             status: 200,
             bytes: 1234,
-            referer: Some("https://r.example/"),
-            user_agent: Some("agent/1.0 é"),
+            seen: Seen {
+                protocol: "HTTP/1.1",
+                referer: Some("https://r.example/"),
+                user_agent: Some("agent/1.0 é"),
+                ..Seen::default()
+            },
             ..Record::default()
         };
         assert_eq!(

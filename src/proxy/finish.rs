@@ -2,6 +2,7 @@
 //! count and the access-log line. Pingora's `logging` phase and the hit lane both finish here,
 //! so both count and log alike.
 
+pub use crate::access_log::Seen;
 use crate::access_log::{key_hex, AccessLog, Record};
 use crate::cache::collapse::LockWait;
 use crate::metrics::{RequestOutcome, METRICS};
@@ -46,23 +47,6 @@ pub struct Finished<'a> {
     pub request_id: Option<&'a str>,
     /// What the access log may record of the request and its connection.
     pub seen: Seen<'a>,
-}
-
-/// What the access log may record of a request and its connection besides its outcome.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Seen<'a> {
-    /// The `User-Agent` field.
-    pub user_agent: Option<&'a str>,
-    /// The `Referer` field.
-    pub referer: Option<&'a str>,
-    /// `HTTP/1.1`, `HTTP/2.0`…
-    pub protocol: &'static str,
-    /// `http` or `https`.
-    pub scheme: &'static str,
-    /// The listener's name.
-    pub listener: &'a str,
-    /// The TLS version (`TLSv1.3`), on TLS connections.
-    pub tls_version: Option<&'a str>,
 }
 
 /// A protocol version as logs write it.
@@ -120,12 +104,7 @@ pub fn finish(f: &Finished<'_>, log: Option<&AccessLog>, snapshot: &SharedSnapsh
         config: &snapshot.version,
         seq: snapshot.control.position.seq,
         request_id: f.request_id,
-        user_agent: f.seen.user_agent,
-        referer: f.seen.referer,
-        protocol: f.seen.protocol,
-        scheme: f.seen.scheme,
-        listener: f.seen.listener,
-        tls_version: f.seen.tls_version,
+        seen: f.seen,
     });
 }
 

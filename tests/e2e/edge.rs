@@ -441,6 +441,27 @@ impl ControlPlane {
         ControlPlane { child, addr, dir }
     }
 
+    /// A node's `control:` block for this control plane (its snapshot in the test's directory).
+    pub(crate) fn node(&self, node_id: &str) -> crate::support::config::Control {
+        crate::support::config::Control::new(
+            &format!("http://{}", self.addr),
+            node_id,
+            &self.dir.path().join("ops.token"),
+        )
+        .state_file("{dir}/snapshot.json")
+        .wait("5s")
+    }
+
+    /// A policy with pool `o` (backend `origin`) and one route for every host to it, with the
+    /// keys of `route` added.
+    pub(crate) fn policy(origin: SocketAddr, route: serde_json::Value) -> serde_json::Value {
+        let mut r = serde_json::json!({"hosts": ["*"], "pool": "o"});
+        if let (Some(r), Some(extra)) = (r.as_object_mut(), route.as_object()) {
+            r.extend(extra.clone());
+        }
+        serde_json::json!({"pools": {"o": {"backends": [origin.to_string()]}}, "routes": [r]})
+    }
+
     pub(crate) async fn put_policy(&self, doc: serde_json::Value, if_match: u64) {
         let r = crate::support::client()
             .put(format!("http://{}/v1/policy", self.addr))
@@ -458,21 +479,8 @@ impl ControlPlane {
 async fn edge_rules_from_the_control_plane_apply_without_a_restart_and_buckets_outlive_a_swap() {
     let o = Origin::start("o").await;
     let cp = ControlPlane::start().await;
-    let control = crate::support::config::Control::new(
-        &format!("http://{}", cp.addr),
-        "edge-node",
-        &cp.dir.path().join("ops.token"),
-    )
-    .state_file("{dir}/snapshot.json")
-    .wait("5s");
-    let v = Verge::start(&Config::new().control(control)).await;
-    let policy = |route: serde_json::Value| {
-        let mut r = serde_json::json!({"hosts": ["*"], "pool": "o"});
-        if let (Some(r), Some(extra)) = (r.as_object_mut(), route.as_object()) {
-            r.extend(extra.clone());
-        }
-        serde_json::json!({"pools": {"o": {"backends": [o.addr.to_string()]}}, "routes": [r]})
-    };
+    let v = Verge::start(&Config::new().control(cp.node("edge-node"))).await;
+    let policy = |route| ControlPlane::policy(o.addr, route);
     let status = |from: &'static str| async move {
         request(v.http, from, "site.test", "/p", "").await.status
     };

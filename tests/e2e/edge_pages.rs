@@ -118,18 +118,10 @@ async fn verge_answers_with_the_routes_then_the_listeners_page_and_the_request_i
 async fn a_page_from_the_control_plane_applies_without_a_restart() {
     let o = Origin::start("o").await;
     let cp = ControlPlane::start().await;
-    let control = crate::support::config::Control::new(
-        &format!("http://{}", cp.addr),
-        "pages-node",
-        &cp.dir.path().join("ops.token"),
-    )
-    .state_file("{dir}/snapshot.json")
-    .wait("5s");
-    let v = Verge::start(&Config::new().control(control)).await;
+    let v = Verge::start(&Config::new().control(cp.node("pages-node"))).await;
     let policy = |pages: serde_json::Value| {
-        let route = serde_json::json!({"hosts": ["*"], "pool": "o", "deny": ["127.0.0.2"],
-            "error_pages": pages});
-        serde_json::json!({"pools": {"o": {"backends": [o.addr.to_string()]}}, "routes": [route]})
+        let route = serde_json::json!({"deny": ["127.0.0.2"], "error_pages": pages});
+        ControlPlane::policy(o.addr, route)
     };
     let denied = || async { request(v.http, "127.0.0.2", "site.test", "/", "").await };
     cp.put_policy(policy(serde_json::json!({})), 0).await;

@@ -92,21 +92,8 @@ async fn a_regex_path_rewrite_and_a_host_rewrite_reach_the_origin_and_the_key_fo
 async fn a_rewrite_from_the_control_plane_applies_without_a_restart() {
     let o = Origin::start("o").await;
     let cp = ControlPlane::start().await;
-    let control = crate::support::config::Control::new(
-        &format!("http://{}", cp.addr),
-        "rewrite-node",
-        &cp.dir.path().join("ops.token"),
-    )
-    .state_file("{dir}/snapshot.json")
-    .wait("5s");
-    let v = Verge::start(&Config::new().control(control)).await;
-    let policy = |route: serde_json::Value| {
-        let mut r = serde_json::json!({"hosts": ["*"], "pool": "o"});
-        if let (Some(r), Some(extra)) = (r.as_object_mut(), route.as_object()) {
-            r.extend(extra.clone());
-        }
-        serde_json::json!({"pools": {"o": {"backends": [o.addr.to_string()]}}, "routes": [r]})
-    };
+    let v = Verge::start(&Config::new().control(cp.node("rewrite-node"))).await;
+    let policy = |route| ControlPlane::policy(o.addr, route);
     let last_uri = |o: &Origin| o.last_seen().map(|s| s.uri).unwrap_or_default();
     cp.put_policy(policy(serde_json::json!({})), 0).await;
     assert_eventually(

@@ -78,7 +78,17 @@ fn path_rewrite(path: &str, raw: RawPathRewrite, errs: &mut Errors) -> Option<Pa
     {
         Ok(r) => Some(r),
         Err(e) => {
-            errs.push(format!("{path}.from"), format!("not a valid pattern: {e}"));
+            // the regex crate draws the pattern and a caret over several lines: keep the last
+            let text = e.to_string();
+            let why = text
+                .lines()
+                .last()
+                .unwrap_or("")
+                .trim_start_matches("error: ");
+            errs.push(
+                format!("{path}.from"),
+                format!("{:?} is not a valid pattern: {why}", raw.from),
+            );
             None
         }
     };
@@ -238,35 +248,63 @@ pub(crate) fn parse_header_template(text: &str) -> Result<HeaderTemplate, String
             .map(HeaderTemplate::Fixed)
             .map_err(|_| format!("invalid header value {text:?}"));
     }
+    let parts = parse_variables(text, ValuePart::Literal, |name| match name {
+        "client_ip" => Some(ValuePart::ClientIp),
+        "request_id" => Some(ValuePart::RequestId),
+        "route" => Some(ValuePart::Route),
+        "scheme" => Some(ValuePart::Scheme),
+        "host" => Some(ValuePart::Host),
+        _ => None,
+    })
+    .map_err(|e| {
+        e.describe(
+            text,
+            "${client_ip}, ${request_id}, ${route}, ${scheme} or ${host}",
+        )
+    })?;
+    Ok(HeaderTemplate::Parts(parts))
+}
+
+/// What is wrong with a text's `${…}` variables.
+enum VariableError {
+    /// A `${` without its `}`.
+    Unclosed,
+    /// A name that is not one of the text's variables.
+    Unknown(String),
+}
+
+impl VariableError {
+    /// The message, naming the variables `text` may use (`known`).
+    fn describe(&self, text: &str, known: &str) -> String {
+        match self {
+            VariableError::Unclosed => format!("{text:?}: \"${{\" is not closed by \"}}\""),
+            VariableError::Unknown(name) => format!("unknown variable ${{{name}}}: use {known}"),
+        }
+    }
+}
+
+/// Split `text` into literal pieces and the variables `variable` knows (`${name}`). Pure.
+fn parse_variables<T>(
+    text: &str,
+    literal: fn(String) -> T,
+    variable: impl Fn(&str) -> Option<T>,
+) -> Result<Vec<T>, VariableError> {
     let mut parts = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find("${") {
         if start > 0 {
-            parts.push(ValuePart::Literal(rest[..start].to_string()));
+            parts.push(literal(rest[..start].to_string()));
         }
         let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
-            return Err(format!("{text:?}: \"${{\" is not closed by \"}}\""));
-        };
-        parts.push(match &after[..end] {
-            "client_ip" => ValuePart::ClientIp,
-            "request_id" => ValuePart::RequestId,
-            "route" => ValuePart::Route,
-            "scheme" => ValuePart::Scheme,
-            "host" => ValuePart::Host,
-            other => {
-                return Err(format!(
-                    "unknown variable ${{{other}}}: use ${{client_ip}}, ${{request_id}}, \
-                     ${{route}}, ${{scheme}} or ${{host}}"
-                ))
-            }
-        });
+        let end = after.find('}').ok_or(VariableError::Unclosed)?;
+        let name = &after[..end];
+        parts.push(variable(name).ok_or_else(|| VariableError::Unknown(name.to_string()))?);
         rest = &after[end + 1..];
     }
     if !rest.is_empty() {
-        parts.push(ValuePart::Literal(rest.to_string()));
+        parts.push(literal(rest.to_string()));
     }
-    Ok(HeaderTemplate::Parts(parts))
+    Ok(parts)
 }
 
 /// Parse a redirect target: text with `${scheme}`, `${host}`, `${path}` and `${query}`. It
@@ -290,34 +328,14 @@ pub(crate) fn parse_template(text: &str) -> Result<Vec<TemplatePart>, String> {
             "{text:?} contains {bad:?}: write spaces and non-ASCII characters percent-encoded"
         ));
     }
-    let mut parts = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        if start > 0 {
-            parts.push(TemplatePart::Literal(rest[..start].to_string()));
-        }
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
-            return Err(format!("{text:?}: \"${{\" is not closed by \"}}\""));
-        };
-        parts.push(match &after[..end] {
-            "scheme" => TemplatePart::Scheme,
-            "host" => TemplatePart::Host,
-            "path" => TemplatePart::Path,
-            "query" => TemplatePart::Query,
-            other => {
-                return Err(format!(
-                    "unknown variable ${{{other}}}: use ${{scheme}}, ${{host}}, ${{path}} or \
-                     ${{query}}"
-                ))
-            }
-        });
-        rest = &after[end + 1..];
-    }
-    if !rest.is_empty() {
-        parts.push(TemplatePart::Literal(rest.to_string()));
-    }
-    Ok(parts)
+    parse_variables(text, TemplatePart::Literal, |name| match name {
+        "scheme" => Some(TemplatePart::Scheme),
+        "host" => Some(TemplatePart::Host),
+        "path" => Some(TemplatePart::Path),
+        "query" => Some(TemplatePart::Query),
+        _ => None,
+    })
+    .map_err(|e| e.describe(text, "${scheme}, ${host}, ${path} or ${query}"))
 }
 
 #[cfg(test)]
