@@ -358,16 +358,17 @@ async fn a_burst_over_the_rate_limit_gets_429_with_retry_after_per_client_and_pe
     assert_eq!(with_key("b").await, 200, "a header value is its own bucket");
 }
 
+/// The `server:` block of a node behind a trusted proxy on 127.0.0.1 (`server.client_ip`).
+pub(crate) const BEHIND_LOCAL_PROXY: &str = "server: {threads: 2, grace_period: 0s, \
+     graceful_shutdown_timeout: 1s, pid_file: \"{dir}/verge.pid\", upgrade_sock: \
+     \"{dir}/upgrade.sock\", client_ip: {trusted_proxies: [127.0.0.1]}}";
+
 #[tokio::test]
 async fn behind_a_trusted_proxy_the_rules_read_the_client_from_its_header() {
     let o = Origin::start("o").await;
     let v = Verge::start(
         &Config::new()
-            .raw(
-                "server: {threads: 2, grace_period: 0s, graceful_shutdown_timeout: 1s, \
-                 pid_file: \"{dir}/verge.pid\", upgrade_sock: \"{dir}/upgrade.sock\", \
-                 client_ip: {trusted_proxies: [127.0.0.1]}}",
-            )
+            .raw(BEHIND_LOCAL_PROXY)
             .pool(Pool::new("p", &[o.addr]))
             .route(
                 Route::to("p")

@@ -2,7 +2,7 @@
 //! and a host rewrite reach the origin; the cache key, `PURGE` and a policy from the control
 //! plane follow the rewritten request; header values fill in request variables.
 
-use crate::edge::ControlPlane;
+use crate::edge::{ControlPlane, BEHIND_LOCAL_PROXY};
 use crate::support::Verge;
 use crate::support::{
     assert_eventually, fetch, fetch_with, Config, Origin, Pool, Route, RouteCache,
@@ -125,11 +125,7 @@ async fn header_rules_fill_in_the_client_the_request_id_the_route_the_scheme_and
     let o = Origin::start("o").await;
     let v = Verge::start(
         &Config::new()
-            .raw(
-                "server: {threads: 2, grace_period: 0s, graceful_shutdown_timeout: 1s, \
-                 pid_file: \"{dir}/verge.pid\", upgrade_sock: \"{dir}/upgrade.sock\", \
-                 client_ip: {trusted_proxies: [127.0.0.1]}}",
-            )
+            .raw(BEHIND_LOCAL_PROXY)
             .pool(Pool::new("p", &[o.addr]))
             .route(
                 Route::to("p")
