@@ -50,13 +50,6 @@ pub struct Rewrite {
     pub host: Option<HeaderValue>,
 }
 
-impl Rewrite {
-    /// Whether there is nothing to rewrite.
-    pub fn is_empty(&self) -> bool {
-        self.path.is_none() && self.host.is_none()
-    }
-}
-
 /// `routes[].rewrite.path: {from, to}`: a path matching `from` becomes `to`, with `$1`,
 /// `${name}`… replaced by the match's groups. A path that does not match is left as it is.
 #[derive(Debug, Clone)]

@@ -202,7 +202,8 @@ impl PreTlsProcess for MinimumVersion {
         let hello = async {
             let mut header = [0u8; 5];
             stream.try_peek(&mut header).await?;
-            let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+            // a record holds at most 2^14 bytes of plaintext (RFC 8446 §5.1)
+            let len = usize::from(u16::from_be_bytes([header[3], header[4]])).min(1 << 14);
             let mut record = vec![0u8; 5 + len];
             stream.try_peek(&mut record).await?;
             Ok::<_, std::io::Error>(record)

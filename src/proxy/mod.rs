@@ -471,8 +471,10 @@ impl ProxyHttp for EdgeProxy {
             .map(|k| k.combined_bin());
         let req = session.req_header();
         let field = |name| req.headers.get(name).and_then(|v| v.to_str().ok());
-        let tls_version = session
-            .digest()
+        let tls_version = self
+            .access_log
+            .as_ref()
+            .and(session.digest())
             .and_then(|d| d.ssl_digest.as_ref())
             .map(|d| finish::tls_version_name(&d.version));
         let finished = Finished {
