@@ -1,8 +1,8 @@
 //! Validated types of the edge features besides access rules and redirects: rewrites toward the
-//! upstream, custom error pages, header values with request variables, and a TLS listener's
-//! certificates by SNI, ALPN and minimum version.
+//! upstream, custom error pages, route header edits (values with request variables), and a TLS
+//! listener's certificates by SNI, ALPN and minimum version.
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -102,6 +102,30 @@ impl ErrorPage {
         self.body
             .replace("${request_id}", request_id.unwrap_or(""))
             .replace("${status}", &status.to_string())
+    }
+}
+
+/// Header edits applied to a request or a response.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderOps {
+    /// Fields set (replacing any existing value), each value text with request variables.
+    pub set: Vec<(HeaderName, HeaderTemplate)>,
+    /// Fields removed.
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+
+    /// Whether a value set reads the client's address (`${client_ip}`).
+    pub fn reads_client_ip(&self) -> bool {
+        self.set.iter().any(|(_, t)| match t {
+            HeaderTemplate::Fixed(_) => false,
+            HeaderTemplate::Parts(parts) => parts.contains(&ValuePart::ClientIp),
+        })
     }
 }
 

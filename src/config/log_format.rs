@@ -1,7 +1,14 @@
 //! The access log's validated settings: where it goes, and its format: JSON lines with chosen
 //! fields (`time` always first), or the combined format of Apache and nginx.
 
-use super::model::LogTarget;
+/// Where the access log goes (`access_log.path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Standard output (`path: -`).
+    Stdout,
+    /// Appended to this file; reopened within a second when it is moved or removed (logrotate).
+    File(std::path::PathBuf),
+}
 
 /// `access_log:`: where lines go, and how they are written.
 #[derive(Debug, Clone, PartialEq, Eq)]

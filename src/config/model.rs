@@ -1,6 +1,6 @@
 //! Validated config types: what the rest of verge consumes. Built only by `validate`.
 
-use super::edge::{ErrorPages, Rewrite};
+use super::edge::{ErrorPages, HeaderOps, Rewrite};
 use http::HeaderName;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -752,41 +752,6 @@ impl std::fmt::Display for HostPattern {
             HostPattern::Any => f.write_str("*"),
         }
     }
-}
-
-/// Header edits applied to a request or a response.
-#[derive(Debug, Clone, Default)]
-pub struct HeaderOps {
-    /// Fields set (replacing any existing value), each value text with request variables.
-    pub set: Vec<(HeaderName, super::edge::HeaderTemplate)>,
-    /// Fields removed.
-    pub remove: Vec<HeaderName>,
-}
-
-impl HeaderOps {
-    /// Whether there is nothing to do.
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.remove.is_empty()
-    }
-
-    /// Whether a value set reads the client's address (`${client_ip}`).
-    pub fn reads_client_ip(&self) -> bool {
-        self.set.iter().any(|(_, t)| match t {
-            super::edge::HeaderTemplate::Fixed(_) => false,
-            super::edge::HeaderTemplate::Parts(parts) => {
-                parts.contains(&super::edge::ValuePart::ClientIp)
-            }
-        })
-    }
-}
-
-/// Where the access log goes (`server.access_log`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LogTarget {
-    /// Standard output (`path: -`).
-    Stdout,
-    /// Appended to this file; reopened within a second when it is moved or removed (logrotate).
-    File(std::path::PathBuf),
 }
 
 /// Client fields a trusted hop in front of verge (a load balancer, a CDN) may set: when a

@@ -115,6 +115,30 @@ async fn verge_answers_with_the_routes_then_the_listeners_page_and_the_request_i
 }
 
 #[tokio::test]
+async fn a_listeners_pages_change_on_a_reload() {
+    let o = Origin::start("o").await;
+    let config = |page: &str| {
+        Config::new()
+            .listener(Listener::new().set(
+                "error_pages",
+                &format!("{{404: {{body: \"{page}\", content_type: text/plain}}}}"),
+            ))
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p").hosts(&["c.test"]))
+    };
+    let v = Verge::start(&config("first")).await;
+    assert_eq!(get(&v, "nowhere.test", "/").await.body, "first");
+    v.reload_with(&config("second"));
+    assert_eventually(
+        Duration::from_secs(10),
+        "the reloaded page",
+        || async { get(&v, "nowhere.test", "/").await.body },
+        |b| b == "second",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_page_from_the_control_plane_applies_without_a_restart() {
     let o = Origin::start("o").await;
     let cp = ControlPlane::start().await;

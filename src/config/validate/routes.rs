@@ -7,6 +7,7 @@ use super::error_pages::error_pages;
 use super::timeouts::route_timeouts;
 use super::valid_name;
 use super::Errors;
+use crate::config::edge::HeaderOps;
 use crate::config::model::*;
 use crate::config::raw::*;
 use http::{HeaderName, HeaderValue};
