@@ -1,9 +1,11 @@
-//! The JSON access log: one line per request, written by a background thread to a file (reopened
-//! when logrotate moves it) or stdout; never blocks a request (lines are dropped and counted when
-//! the writer falls behind).
+//! The access log: one line per request, JSON (the configured fields, `time` first) or the
+//! combined format, written by a background thread to a file (reopened when logrotate moves it)
+//! or stdout; never blocks a request (lines are dropped and counted when the writer falls
+//! behind).
 
+use crate::config::{AccessLogSpec, LogField, LogFormat};
 use crate::metrics::METRICS;
-use serde_json::{json, Value};
+use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -18,23 +20,36 @@ pub use crate::config::LogTarget;
 #[derive(Debug)]
 pub struct AccessLog {
     tx: SyncSender<String>,
+    format: LogFormat,
 }
 
 impl AccessLog {
     /// Open the target and start the writer thread.
-    pub fn start(target: LogTarget) -> std::io::Result<AccessLog> {
+    pub fn start(spec: AccessLogSpec) -> std::io::Result<AccessLog> {
+        let target = spec.target;
         let out = Output::open(&target)?;
         let (tx, rx) = sync_channel(QUEUE);
         std::thread::Builder::new()
             .name("verge-access-log".into())
             .spawn(move || write_loop(rx, out, target))?;
-        Ok(AccessLog { tx })
+        Ok(AccessLog {
+            tx,
+            format: spec.format,
+        })
     }
 
     /// Queue one line; drops it (and counts it) rather than wait when the writer is behind.
     pub fn log(&self, record: &Record<'_>) {
-        if self.tx.try_send(record.to_json().to_string()).is_err() {
+        if self.tx.try_send(record.line(&self.format)).is_err() {
             METRICS.access_log_dropped.inc();
+        }
+    }
+
+    /// Whether lines carry this field.
+    pub fn writes(&self, field: LogField) -> bool {
+        match &self.format {
+            LogFormat::Json(fields) => fields.contains(&field),
+            LogFormat::Combined => false,
         }
     }
 }
@@ -162,6 +177,25 @@ pub struct Record<'a> {
     pub seq: u64,
     /// The request's `X-Request-Id`, on routes that give one.
     pub request_id: Option<&'a str>,
+    /// What it records of the request and its connection besides the outcome.
+    pub seen: Seen<'a>,
+}
+
+/// What the access log may record of a request and its connection besides its outcome.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen<'a> {
+    /// The `User-Agent` field.
+    pub user_agent: Option<&'a str>,
+    /// The `Referer` field.
+    pub referer: Option<&'a str>,
+    /// `HTTP/1.1`, `HTTP/2.0`…
+    pub protocol: &'a str,
+    /// `http` or `https`.
+    pub scheme: &'a str,
+    /// The listener's name.
+    pub listener: &'a str,
+    /// The TLS version (`TLSv1.3`), on TLS connections.
+    pub tls_version: Option<&'a str>,
 }
 
 /// A cache key's hash as the log writes it (lowercase hex).
@@ -175,29 +209,137 @@ pub fn key_hex(key: &[u8]) -> String {
 }
 
 impl Record<'_> {
-    /// The line written to the log.
-    pub fn to_json(&self) -> Value {
-        let round = |v: f64| (v * 1000.0).round() / 1000.0;
-        json!({
-            "time": self.time.map(rfc3339_millis),
-            "client": self.client,
-            "host": self.host,
-            "method": self.method,
-            "path": self.path,
-            "status": self.status,
-            "bytes": self.bytes,
-            "route": self.route,
-            "pool": self.pool,
-            "backend": self.backend,
-            "cache": self.cache,
-            "key": self.key,
-            "origin_ms": self.origin_ms.map(round),
-            "total_ms": round(self.total_ms),
-            "config": self.config,
-            "seq": self.seq,
-            "request_id": self.request_id,
-        })
+    /// The line written to the log (without its newline).
+    pub fn line(&self, format: &LogFormat) -> String {
+        match format {
+            LogFormat::Json(fields) => self.json(fields),
+            LogFormat::Combined => self.combined(),
+        }
     }
+
+    /// One JSON object with `fields`, in their order (absent values are `null`).
+    fn json(&self, fields: &[LogField]) -> String {
+        let mut out = String::with_capacity(384);
+        out.push('{');
+        for (i, field) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_str(&mut out, field.name());
+            out.push(':');
+            self.push_value(&mut out, *field);
+        }
+        out.push('}');
+        out
+    }
+
+    fn push_value(&self, out: &mut String, field: LogField) {
+        let text = |out: &mut String, v: Option<&str>| match v {
+            Some(v) => push_json_str(out, v),
+            None => out.push_str("null"),
+        };
+        let round = |v: f64| (v * 1000.0).round() / 1000.0;
+        let number = |out: &mut String, v: Option<f64>| match v.map(serde_json::Value::from) {
+            Some(v) => {
+                let _ = write!(out, "{v}");
+            }
+            None => out.push_str("null"),
+        };
+        match field {
+            LogField::Time => text(out, self.time.map(rfc3339_millis).as_deref()),
+            LogField::Client => text(out, self.client.as_deref()),
+            LogField::Host => text(out, Some(self.host)),
+            LogField::Method => text(out, Some(self.method)),
+            LogField::Path => text(out, Some(self.path)),
+            LogField::Status => {
+                let _ = write!(out, "{}", self.status);
+            }
+            LogField::Bytes => {
+                let _ = write!(out, "{}", self.bytes);
+            }
+            LogField::Route => text(out, self.route),
+            LogField::Pool => text(out, self.pool),
+            LogField::Backend => text(out, self.backend.as_deref()),
+            LogField::Cache => text(out, self.cache),
+            LogField::Key => text(out, self.key.as_deref()),
+            LogField::OriginMs => number(out, self.origin_ms.map(round)),
+            LogField::TotalMs => number(out, Some(round(self.total_ms))),
+            LogField::Config => text(out, Some(self.config)),
+            LogField::Seq => {
+                let _ = write!(out, "{}", self.seq);
+            }
+            LogField::RequestId => text(out, self.request_id),
+            LogField::UserAgent => text(out, self.seen.user_agent),
+            LogField::Referer => text(out, self.seen.referer),
+            LogField::Protocol => text(out, Some(self.seen.protocol)),
+            LogField::Scheme => text(out, Some(self.seen.scheme)),
+            LogField::Listener => text(out, Some(self.seen.listener)),
+            LogField::TlsVersion => text(out, self.seen.tls_version),
+        }
+    }
+
+    /// The combined format (Apache's and nginx's `combined`): `client - - [time] "method path
+    /// protocol" status bytes "referer" "user agent"`, `-` for what is absent and for an empty
+    /// body, quotes and bytes outside visible ASCII escaped as `\xHH` (as nginx does).
+    fn combined(&self) -> String {
+        let mut out = String::with_capacity(256);
+        let client = self.client.as_deref().unwrap_or("-");
+        let time = self.time.map_or_else(|| "-".to_string(), clf_time);
+        let _ = write!(out, "{client} - - [{time}] \"");
+        push_escaped(&mut out, self.method);
+        out.push(' ');
+        push_escaped(&mut out, self.path);
+        out.push(' ');
+        push_escaped(&mut out, self.seen.protocol);
+        let _ = write!(out, "\" {} ", self.status);
+        if self.bytes == 0 {
+            out.push('-');
+        } else {
+            let _ = write!(out, "{}", self.bytes);
+        }
+        for value in [self.seen.referer, self.seen.user_agent] {
+            out.push_str(" \"");
+            push_escaped(&mut out, value.unwrap_or("-"));
+            out.push('"');
+        }
+        out
+    }
+}
+
+/// `text` as a JSON string.
+fn push_json_str(out: &mut String, text: &str) {
+    match serde_json::to_string(text) {
+        Ok(quoted) => out.push_str(&quoted),
+        Err(_) => out.push_str("null"),
+    }
+}
+
+/// `text` inside a quoted combined-format field: `"`, `\\` and bytes outside visible ASCII and
+/// space as `\xHH`.
+fn push_escaped(out: &mut String, text: &str) {
+    for b in text.bytes() {
+        if (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "\\x{b:02X}");
+        }
+    }
+}
+
+/// A UTC time as the combined format writes it: `04/Dec/2026:10:40:28 +0000`.
+pub fn clf_time(t: SystemTime) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let c = crate::unix_time::Civil::of_unix_secs(crate::unix_time::unix_ms(t) / 1000);
+    let month = MONTHS
+        .get(usize::try_from(c.month - 1).unwrap_or(0))
+        .copied()
+        .unwrap_or("Jan");
+    format!(
+        "{:02}/{month}/{:04}:{:02}:{:02}:{:02} +0000",
+        c.day, c.year, c.hour, c.minute, c.second
+    )
 }
 
 /// `2026-11-22T10:40:28.123Z`.
@@ -230,20 +372,97 @@ mod tests {
             cache: Some("hit"),
             ..Record::default()
         };
-        let line = r.to_json().to_string();
+        let line = r.line(&LogFormat::default());
         assert!(!line.contains('\n'));
-        let v: Value = serde_json::from_str(&line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["path"], "/x?y=\"z\"");
         assert_eq!(v["total_ms"], 1.235);
         assert_eq!(v["cache"], "hit");
         assert!(v["backend"].is_null());
+        assert!(line.starts_with("{\"time\":"), "{line}");
+        assert_eq!(
+            v.as_object().map(|o| o.len()),
+            Some(LogField::DEFAULT.len())
+        );
+    }
+
+    #[test]
+    fn chosen_fields_come_in_order_after_the_time() {
+        let r = Record {
+            time: Some(UNIX_EPOCH),
+            status: 404,
+            seen: Seen {
+                user_agent: Some("curl/8 \"x\""),
+                referer: None,
+                protocol: "HTTP/2.0",
+                scheme: "https",
+                listener: "tls",
+                tls_version: Some("TLSv1.3"),
+            },
+            origin_ms: Some(2.5),
+            ..Record::default()
+        };
+        let fields = [
+            LogField::Time,
+            LogField::Status,
+            LogField::UserAgent,
+            LogField::Referer,
+            LogField::Protocol,
+            LogField::Scheme,
+            LogField::Listener,
+            LogField::TlsVersion,
+            LogField::OriginMs,
+        ];
+        assert_eq!(
+            r.line(&LogFormat::Json(fields.to_vec())),
+            "{\"time\":\"1970-01-01T00:00:00.000Z\",\"status\":404,\"user_agent\":\"curl/8 \\\"x\\\"\",\
+             \"referer\":null,\"protocol\":\"HTTP/2.0\",\"scheme\":\"https\",\"listener\":\"tls\",\
+             \"tls_version\":\"TLSv1.3\",\"origin_ms\":2.5}"
+        );
+    }
+
+    #[test]
+    fn combined_lines_read_like_apaches() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_343_523_811);
+        let r = Record {
+            time: Some(t),
+            client: Some("10.0.0.1".into()),
+            method: "GET",
+            path: "/a?b=\"c\"",
+            status: 200,
+            bytes: 1234,
+            seen: Seen {
+                protocol: "HTTP/1.1",
+                referer: Some("https://r.example/"),
+                user_agent: Some("agent/1.0 é"),
+                ..Seen::default()
+            },
+            ..Record::default()
+        };
+        assert_eq!(
+            r.line(&LogFormat::Combined),
+            "10.0.0.1 - - [22/Nov/2026:10:32:03 +0000] \"GET /a?b=\\x22c\\x22 HTTP/1.1\" 200 1234 \
+             \"https://r.example/\" \"agent/1.0 \\xC3\\xA9\""
+        );
+        let empty = Record {
+            status: 304,
+            ..Record::default()
+        };
+        assert_eq!(
+            empty.line(&LogFormat::Combined),
+            "- - - [-] \"  \" 304 - \"-\" \"-\""
+        );
     }
 
     #[test]
     fn file_log_is_written_and_reopened_after_rotation() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.log");
-        let log = AccessLog::start(LogTarget::File(path.clone())).unwrap();
+        let log = AccessLog::start(AccessLogSpec {
+            target: LogTarget::File(path.clone()),
+            format: LogFormat::default(),
+        })
+        .unwrap();
         let rec = Record {
             host: "a",
             method: "GET",

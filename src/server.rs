@@ -3,7 +3,7 @@
 use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
 use crate::cache::CacheEngine;
-use crate::config::{Config, H2Limits, ListenerSpec};
+use crate::config::{Alpn, Config, H2Limits, ListenerSpec};
 use crate::control::api::ControlApi;
 use crate::control::etcd_store::EtcdStore;
 use crate::control::plane::ControlPlane;
@@ -19,6 +19,7 @@ use crate::node::readiness::Readiness;
 use crate::node::reclaim::ReclaimService;
 use crate::node::reload::{FileReloader, ReloadService};
 use crate::node::state_file::StateJournal;
+use crate::node::tls_certificates::{CertificateReload, ListenerCertificates, MinimumVersion};
 use crate::node::writer::SnapshotWriter;
 use crate::proxy::filter::Filters;
 use crate::proxy::hit_lane::HitLane;
@@ -28,8 +29,9 @@ use arc_swap::ArcSwap;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
-use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig, Listeners};
 use pingora_core::protocols::http::v2::server::{default_h2_options, H2Options};
+use pingora_core::protocols::ALPN;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
@@ -180,6 +182,7 @@ fn listener_service(
     cache: &'static CacheEngine,
     access_log: &Option<Arc<AccessLog>>,
     filters: &Filters,
+    certificates: &mut Vec<Arc<ListenerCertificates>>,
 ) -> Result<Service<Ingress>, ServeError> {
     let info = ListenerInfo {
         name: spec.name.clone(),
@@ -200,15 +203,18 @@ fn listener_service(
     proxy.h2_options = Some(h2_options(&spec.limits.h2));
     let mut ingress = Ingress::new(proxy, spec.limits, spec.name.clone(), spec.h2c);
     if cache.settings.hit_lane {
-        ingress = ingress.with_hit_lane(HitLane::new(
-            snapshot.clone(),
-            cache,
-            filters.clone(),
-            access_log.clone(),
-            spec.tls.is_some(),
-        ));
+        ingress = ingress.with_hit_lane(
+            HitLane::new(
+                snapshot.clone(),
+                cache,
+                filters.clone(),
+                access_log.clone(),
+                spec.tls.is_some(),
+            )
+            .with_listener_name(&spec.name),
+        );
     }
-    let mut service = Service::new(format!("verge listener {}", spec.name), ingress);
+    let mut min_version = None;
     let mut endpoint = ListenerConfig::tcp(spec.addr.to_string()).l4_buffer(L4BufferSettings {
         read: Some(CLIENT_READ_BUFFER),
         write: None,
@@ -230,13 +236,29 @@ fn listener_service(
                 .ok_or_else(|| err("key path is not UTF-8".into()))?;
             let mut settings =
                 TlsSettings::intermediate(cert, key).map_err(|e| err(e.to_string()))?;
-            if tls.h2 {
-                settings.enable_h2();
-            }
+            // the certificate of each handshake comes from the listener's set (SNI, reloads)
+            let resolver = ListenerCertificates::load(&spec.name, tls).map_err(err)?;
+            settings.set_cert_resolver(resolver.clone());
+            min_version = Some(MinimumVersion::new(
+                resolver.clone(),
+                spec.limits.header_timeout,
+            ));
+            certificates.push(resolver);
+            settings.set_alpn(match tls.alpn {
+                Alpn::H2H1 => ALPN::H2H1,
+                Alpn::H1 => ALPN::H1,
+                Alpn::H2 => ALPN::H2,
+            });
             endpoint = endpoint.tls(settings);
         }
     }
-    service.add_listener(endpoint);
+    let mut listeners = Listeners::new();
+    listeners.add_listener(endpoint);
+    if let Some(check) = min_version {
+        listeners.set_pre_tls_callback(check);
+    }
+    let service =
+        Service::with_listeners(format!("verge listener {}", spec.name), listeners, ingress);
     Ok(service)
 }
 
@@ -306,12 +328,13 @@ pub fn build_server_with_filters(
     let cache = CacheEngine::new(config.cache);
     let access_log = match &config.access_log {
         None => None,
-        Some(target) => {
-            Some(Arc::new(AccessLog::start(target.clone()).map_err(|e| {
-                ServeError::AccessLog(format!("{target:?}: {e}"))
+        Some(spec) => {
+            Some(Arc::new(AccessLog::start(spec.clone()).map_err(|e| {
+                ServeError::AccessLog(format!("{:?}: {e}", spec.target))
             })?))
         }
     };
+    let mut certificates = Vec::new();
     for spec in &config.listeners {
         server.add_service(listener_service(
             &conf,
@@ -320,7 +343,14 @@ pub fn build_server_with_filters(
             cache,
             &access_log,
             filters,
+            &mut certificates,
         )?);
+    }
+    if !certificates.is_empty() {
+        server.add_service(background_service(
+            "verge certificate reload",
+            CertificateReload::new(snapshot.clone(), certificates),
+        ));
     }
     let mut admin = Service::new(
         "verge admin".to_string(),

@@ -1,4 +1,4 @@
-//! Unix-millisecond timestamps, as the control plane's messages and state files carry times.
+//! Unix-millisecond timestamps and UTC calendar times, as the control plane's messages, state files and access logs carry them.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,23 +25,51 @@ pub fn rfc3339_millis(ms: u64) -> String {
 
 /// `2026-12-04T10:17:34` (UTC) for Unix seconds.
 fn date_time(secs: u64) -> String {
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // civil date from days since 1970-01-01 (Howard Hinnant's algorithm)
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
+    let c = Civil::of_unix_secs(secs);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        c.year, c.month, c.day, c.hour, c.minute, c.second
     )
+}
+
+/// A UTC time split into its calendar parts.
+pub struct Civil {
+    /// Year (1970 onwards).
+    pub year: u64,
+    /// Month, 1 to 12.
+    pub month: u64,
+    /// Day of the month, 1 to 31.
+    pub day: u64,
+    /// Hour, 0 to 23.
+    pub hour: u64,
+    /// Minute, 0 to 59.
+    pub minute: u64,
+    /// Second, 0 to 59.
+    pub second: u64,
+}
+
+impl Civil {
+    /// The calendar parts of Unix seconds.
+    pub fn of_unix_secs(secs: u64) -> Civil {
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        // civil date from days since 1970-01-01 (Howard Hinnant's algorithm)
+        let z = days + 719_468;
+        let era = z / 146_097;
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        Civil {
+            year: yoe + era * 400 + u64::from(month <= 2),
+            month,
+            day,
+            hour: rem / 3600,
+            minute: rem % 3600 / 60,
+            second: rem % 60,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,9 +3,11 @@
 //! match its certificate, a certificate that has expired or is not valid yet.
 
 use crate::config::{Config, ConfigError, ConfigErrors};
-use pingora_core::tls::{CertificateDer, CryptoProvider, RusTlsError, ServerConfig};
+use pingora_core::tls::sign::CertifiedKey;
+use pingora_core::tls::{CertificateDer, CryptoProvider, PrivateKeyDer, RusTlsError, ServerConfig};
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Every certificate problem of `config`'s listeners at time `now`, with key paths such as
@@ -14,12 +16,12 @@ pub fn check_certificates(config: &Config, now: SystemTime) -> Result<(), Config
     let mut errors = Vec::new();
     for (i, listener) in config.listeners.iter().enumerate() {
         if let Some(tls) = &listener.tls {
-            errors.extend(check_pair(
-                &format!("listeners[{i}].tls"),
-                &tls.cert,
-                &tls.key,
-                now,
-            ));
+            let path = format!("listeners[{i}].tls");
+            errors.extend(check_pair(&path, &tls.cert, &tls.key, now));
+            for (j, more) in tls.certificates.iter().enumerate() {
+                let path = format!("{path}.certificates[{j}]");
+                errors.extend(check_pair(&path, &more.cert, &more.key, now));
+            }
         }
     }
     if errors.is_empty() {
@@ -37,13 +39,7 @@ pub fn check_pair(path: &str, cert: &Path, key: &Path, now: SystemTime) -> Vec<C
         Ok(c) => c,
         Err(m) => return vec![error("cert", m)],
     };
-    let key_der = match std::fs::read(key)
-        .map_err(|e| format!("{}: {e}", key.display()))
-        .and_then(|bytes| {
-            rustls_pemfile::private_key(&mut bytes.as_slice())
-                .map_err(|e| format!("{}: undecodable PEM: {e}", key.display()))?
-                .ok_or_else(|| format!("{}: no PEM private key in it", key.display()))
-        }) {
+    let key_der = match read_key(key) {
         Ok(k) => k,
         Err(m) => return vec![error("key", m)],
     };
@@ -99,6 +95,39 @@ pub fn check_pair(path: &str, cert: &Path, key: &Path, now: SystemTime) -> Vec<C
         )),
     }
     errors
+}
+
+/// A certificate chain and its key, loaded as a TLS listener serves them (the same reading as
+/// [`check_pair`], without the validity dates).
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let certs = read_certs(cert)?;
+    let key_der = read_key(key)?;
+    pingora_core::tls::install_default_crypto_provider();
+    let provider = CryptoProvider::get_default()
+        .ok_or_else(|| "no TLS crypto provider to load the key with".to_string())?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| format!("{}: {e}", key.display()))?;
+    let certified = CertifiedKey::new(certs, signing);
+    certified.keys_match().map_err(|_| {
+        format!(
+            "{} does not match the certificate in {}",
+            key.display(),
+            cert.display()
+        )
+    })?;
+    Ok(Arc::new(certified))
+}
+
+fn read_key(key: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    std::fs::read(key)
+        .map_err(|e| format!("{}: {e}", key.display()))
+        .and_then(|bytes| {
+            rustls_pemfile::private_key(&mut bytes.as_slice())
+                .map_err(|e| format!("{}: undecodable PEM: {e}", key.display()))?
+                .ok_or_else(|| format!("{}: no PEM private key in it", key.display()))
+        })
 }
 
 fn read_certs(cert: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -304,6 +333,26 @@ mod tests {
             e[0].message.contains("does not match the certificate"),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn every_sni_certificate_is_checked_at_its_key_path() {
+        let yaml = format!(
+            "listeners:\n  - listen: 127.0.0.1:8443\n    tls: {{cert: {c}, key: {k}, certificates: \
+             [{{hosts: [a.test], cert: {c2}, key: {k}}}]}}\npools: {{p: {{backends: \
+             [\"127.0.0.1:1\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p}}]\n",
+            c = certs("server.crt").display(),
+            k = certs("server.key").display(),
+            c2 = certs("second.crt").display(),
+        );
+        let config = Config::from_yaml_str(&yaml).expect("valid YAML");
+        let e = check_certificates(&config, at(2_000_000_000)).expect_err("a mismatched key");
+        let paths: Vec<&str> = e.errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["listeners[0].tls.certificates[0].key"]);
+        assert!(load_certified_key(&certs("second.crt"), &certs("second.key")).is_ok());
+        let err =
+            load_certified_key(&certs("second.crt"), &certs("server.key")).expect_err("mismatched");
+        assert!(err.contains("does not match"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 pub mod certificates;
 pub mod keys;
+mod edge;
+mod log_format;
 mod model;
 mod raw;
 pub mod relative_paths;
@@ -9,6 +11,8 @@ pub mod secret;
 pub mod units;
 mod validate;
 
+pub use edge::*;
+pub use log_format::*;
 pub use model::*;
 #[cfg(test)]
 pub(crate) use validate::parse_host_pattern;

@@ -1,6 +1,7 @@
 //! Validated config types: what the rest of verge consumes. Built only by `validate`.
 
-use http::{HeaderName, HeaderValue};
+use super::edge::{ErrorPages, HeaderOps, Rewrite};
+use http::HeaderName;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,8 +28,8 @@ pub struct Config {
     pub control: Option<ControlSpec>,
     /// The `PURGE` method on listeners; `None`: refused with 405.
     pub purge: Option<PurgeSpec>,
-    /// Where the JSON access log goes; `None`: no access log.
-    pub access_log: Option<LogTarget>,
+    /// Where the access log goes and its format; `None`: no access log.
+    pub access_log: Option<super::log_format::AccessLogSpec>,
     /// The file this config was loaded from (`None`: built from text), for error messages.
     pub source: Option<PathBuf>,
 }
@@ -344,17 +345,23 @@ pub struct ListenerSpec {
     pub limits: Limits,
     /// The hops in front of this listener whose forwarding fields are kept.
     pub trusted_forwarding: ForwardingTrust,
+    /// Pages for verge's own error answers on this listener, by status (a route's come first).
+    pub error_pages: ErrorPages,
 }
 
 /// Server-side TLS for a listener.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSpec {
-    /// PEM certificate chain.
+    /// PEM certificate chain: the default certificate (no SNI, or no other one matches).
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
-    /// Offer HTTP/2 through ALPN.
-    pub h2: bool,
+    /// The protocols offered through ALPN.
+    pub alpn: super::edge::Alpn,
+    /// More certificates, each chosen when the client's SNI names one of its hosts.
+    pub certificates: Vec<super::edge::SniCertificate>,
+    /// The oldest TLS version accepted.
+    pub min_version: super::edge::TlsVersion,
 }
 
 /// Request-head limits and client timeouts enforced before a request reaches the proxy logic.
@@ -636,8 +643,10 @@ pub struct RouteSpec {
     /// What to do with a body sent with GET or HEAD.
     pub get_body: GetBodyPolicy,
     /// Answers verge gives at the edge before the cache: access rules, rate limit, redirects,
-    /// request ids.
+    /// request ids, rewrites.
     pub edge: EdgeRules,
+    /// Pages for verge's own error answers on this route, by status (before the listener's).
+    pub error_pages: ErrorPages,
 }
 
 /// A route's edge rules, applied after routing and before the cache, in this order: access
@@ -657,6 +666,9 @@ pub struct EdgeRules {
     pub redirect: Option<Redirect>,
     /// Each request gets an `X-Request-Id`; `None`: requests carry none of verge's.
     pub request_id: Option<RequestIdSpec>,
+    /// What the upstream is asked for instead (path and `Host`); the cache key follows the
+    /// rewritten path.
+    pub rewrite: Rewrite,
 }
 
 impl EdgeRules {
@@ -762,31 +774,6 @@ impl std::fmt::Display for HostPattern {
             HostPattern::Any => f.write_str("*"),
         }
     }
-}
-
-/// Header edits applied to a request or a response.
-#[derive(Debug, Clone, Default)]
-pub struct HeaderOps {
-    /// Fields set (replacing any existing value).
-    pub set: Vec<(HeaderName, HeaderValue)>,
-    /// Fields removed.
-    pub remove: Vec<HeaderName>,
-}
-
-impl HeaderOps {
-    /// Whether there is nothing to do.
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.remove.is_empty()
-    }
-}
-
-/// Where the access log goes (`server.access_log`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LogTarget {
-    /// Standard output (`path: -`).
-    Stdout,
-    /// Appended to this file; reopened within a second when it is moved or removed (logrotate).
-    File(std::path::PathBuf),
 }
 
 /// Client fields a trusted hop in front of verge (a load balancer, a CDN) may set: when a

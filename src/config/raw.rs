@@ -22,11 +22,16 @@ pub struct RawDocument {
     pub access_log: Option<serde_yaml::Value>,
 }
 
-/// `access_log: {path: /var/log/verge/access.log}` (`-` for stdout).
+/// `access_log: {path: /var/log/verge/access.log, format: json, fields: [time, ...]}` (`-`
+/// for stdout).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAccessLog {
     pub path: String,
+    /// `json` (default) or `combined`.
+    pub format: Option<String>,
+    /// JSON fields, in order (`time` is always first).
+    pub fields: Option<Vec<String>>,
 }
 
 /// The data-plane `PURGE` method: off unless this block lists the clients allowed to use it.
@@ -156,6 +161,7 @@ pub struct RawListener {
     pub tls: Option<RawListenerTls>,
     pub limits: Option<RawLimits>,
     pub trusted_forwarding: Option<RawTrustedForwarding>,
+    pub error_pages: Option<BTreeMap<StatusKey, RawErrorPage>>,
 }
 
 /// `listeners[].trusted_forwarding: {from: [CIDR], fields: [name]}`.
@@ -172,6 +178,22 @@ pub struct RawListenerTls {
     pub cert: String,
     pub key: String,
     pub h2: Option<bool>,
+    /// `[h2, http/1.1]` (default), `[http/1.1]` or `[h2]`.
+    pub alpn: Option<Vec<String>>,
+    /// `"1.2"` (default) or `"1.3"`.
+    pub min_version: Option<String>,
+    /// More certificates, chosen by SNI.
+    #[serde(default)]
+    pub certificates: Vec<RawSniCertificate>,
+}
+
+/// `listeners[].tls.certificates[]: {hosts: [a.example, "*.a.example"], cert, key}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSniCertificate {
+    pub hosts: Vec<String>,
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -333,6 +355,66 @@ pub struct RawRoute {
     pub https_redirect: bool,
     pub redirect: Option<RawRedirect>,
     pub request_id: Option<RawRequestId>,
+    pub rewrite: Option<RawRewrite>,
+    pub error_pages: Option<BTreeMap<StatusKey, RawErrorPage>>,
+}
+
+/// `routes[].rewrite: {path: {from: "^/old/(.*)$", to: "/new/$1"}, host: origin.internal}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRewrite {
+    pub path: Option<RawPathRewrite>,
+    pub host: Option<String>,
+}
+
+/// `routes[].rewrite.path`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPathRewrite {
+    pub from: String,
+    pub to: String,
+}
+
+/// A status as a map key: `502` in YAML, `"502"` in JSON (whose keys are strings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StatusKey(pub u16);
+
+impl<'de> Deserialize<'de> for StatusKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Status;
+        impl serde::de::Visitor<'_> for Status {
+            type Value = StatusKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an HTTP status such as 502")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<StatusKey, E> {
+                u16::try_from(v)
+                    .map(StatusKey)
+                    .map_err(|_| E::custom(format!("{v} is not an HTTP status")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<StatusKey, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("{v} is not an HTTP status")))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StatusKey, E> {
+                v.trim()
+                    .parse::<u16>()
+                    .map(StatusKey)
+                    .map_err(|_| E::custom(format!("{v:?} is not an HTTP status")))
+            }
+        }
+        deserializer.deserialize_any(Status)
+    }
+}
+
+/// One `error_pages` entry: `{file: errors/502.html}` or `{body: "...", content_type: ...}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawErrorPage {
+    pub file: Option<String>,
+    pub body: Option<String>,
+    pub content_type: Option<String>,
 }
 
 /// `routes[].redirect: {to: "https://new.example${path}${query}", status: 301}`.

@@ -18,6 +18,10 @@ pub const NODE_PATHS: &[&[&str]] = &[
     &["access_log", "path"],
     &["listeners", "*", "tls", "cert"],
     &["listeners", "*", "tls", "key"],
+    &["listeners", "*", "tls", "certificates", "*", "cert"],
+    &["listeners", "*", "tls", "certificates", "*", "key"],
+    &["listeners", "*", "error_pages", "*", "file"],
+    &["routes", "*", "error_pages", "*", "file"],
 ];
 
 /// The keys of the control plane's config (`verge control`) that hold file paths.
@@ -50,6 +54,11 @@ fn resolve_at(node: &mut Value, keys: &[&str], base: &Path) {
     match (*first, node) {
         ("*", Value::Sequence(items)) => {
             for item in items {
+                resolve_at(item, rest, base);
+            }
+        }
+        ("*", Value::Mapping(map)) => {
+            for (_, item) in map.iter_mut() {
                 resolve_at(item, rest, base);
             }
         }

@@ -11,4 +11,5 @@ pub mod reclaim;
 pub mod reload;
 pub mod signals;
 pub mod state_file;
+pub mod tls_certificates;
 pub mod writer;

@@ -69,8 +69,21 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     if running.listeners.len() != new.listeners.len() {
         changed.push("listeners".to_string());
     } else {
+        // error pages are read per request from the snapshot, and certificates (with the
+        // minimum version) are re-read from it (`tls_certificates`): a reload applies them
+        let sockets = |l: &crate::config::ListenerSpec| crate::config::ListenerSpec {
+            error_pages: Default::default(),
+            tls: l.tls.as_ref().map(|t| crate::config::TlsSpec {
+                cert: Default::default(),
+                key: Default::default(),
+                certificates: Vec::new(),
+                min_version: Default::default(),
+                ..t.clone()
+            }),
+            ..l.clone()
+        };
         for (i, (a, b)) in running.listeners.iter().zip(&new.listeners).enumerate() {
-            if differs(a, b) {
+            if differs(&sockets(a), &sockets(b)) {
                 changed.push(format!("listeners[{i}]"));
             }
         }
@@ -144,6 +157,9 @@ impl FileReloader {
     pub fn reload(&self) -> Result<String, ReloadError> {
         let path = self.path.as_ref().ok_or(ReloadError::NoFile)?;
         let new = Config::load(path).map_err(ReloadError::Invalid)?;
+        // certificates are swapped in after the reload: refuse ones that would not serve
+        crate::config::certificates::check_certificates(&new, std::time::SystemTime::now())
+            .map_err(ReloadError::Invalid)?;
         new.check_filters(&self.writer.filters())
             .map_err(ReloadError::Invalid)?;
         self.writer.update(|current, base| {
@@ -290,6 +306,15 @@ mod tests {
         assert_eq!(
             restart_only_changes(&a, &moved),
             vec!["listeners[0]", "server.threads", "cache"]
+        );
+        let pages = Config::from_yaml_str(&BASE.replace(
+            "\"127.0.0.1:1\"}",
+            "\"127.0.0.1:1\", error_pages: {404: {body: gone}}}",
+        ))
+        .expect("pages");
+        assert!(
+            restart_only_changes(&a, &pages).is_empty(),
+            "a listener's error pages apply on reload"
         );
     }
 }

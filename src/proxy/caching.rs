@@ -59,7 +59,7 @@ pub fn enable(session: &mut Session, ctx: &mut RequestCtx, engine: &'static Cach
 
 /// `cache_key_callback`: the key under the route's key rules.
 pub fn key(scheme: &str, req: &RequestHeader, ctx: &RequestCtx) -> CacheKey {
-    let pq = path_and_query(&req.uri);
+    let pq = ctx.target(req);
     match ctx.route.as_ref().and_then(|r| r.spec.cache.as_ref()) {
         Some(rules) => crate::cache::route_cache_key(scheme, &ctx.host, pq, &rules.key),
         None => crate::cache::cache_key(scheme, &ctx.host, pq),
@@ -85,7 +85,7 @@ pub fn hit_override(
     let decision = hit_decision::decide(
         &snapshot.control.invalidations,
         &ctx.host,
-        path_and_query(&req.uri),
+        ctx.target(req),
         rules,
         &ctx.directives,
         entry,
@@ -156,7 +156,7 @@ pub fn storable(
             rfc9111::set_fetch_duration(&mut meta, Duration::from_secs_f64(ms / 1000.0));
         }
     }
-    let key_pq = key_rules::key_path_and_query(path_and_query(&req.uri), &rules.key.query);
+    let key_pq = key_rules::key_path_and_query(ctx.target(req), &rules.key.query);
     rfc9111::set_entry_url(&mut meta, &ctx.host, &key_pq);
     RespCacheable::Cacheable(meta)
 }
@@ -281,7 +281,10 @@ pub fn invalidate_after_unsafe(
         let Some(rules) = route.spec.cache.as_ref() else {
             continue;
         };
-        let key = crate::cache::route_cache_key(&t.scheme, &t.host, &t.path_and_query, &rules.key);
+        // the URL as a client names it, stored under the route's rewrite
+        let pq =
+            super::rewrite::key_target(route.spec.edge.rewrite.path.as_ref(), &t.path_and_query);
+        let key = crate::cache::route_cache_key(&t.scheme, &t.host, &pq, &rules.key);
         let removed = engine.invalidate(&key);
         if removed > 0 {
             log::debug!(

@@ -5,8 +5,10 @@ use super::deadline::ResponseDeadline;
 use super::filter::FilterState;
 use crate::cache::request_directives::RequestDirectives;
 use crate::cache::rfc9111::Bypass;
+use crate::config::{ErrorPage, ErrorPages};
+use crate::http_syntax::path_and_query;
 use crate::snapshot::Route;
-use pingora_http::ResponseHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,12 +78,32 @@ pub struct RequestCtx {
     pub request_id: Option<String>,
     /// A route's edge rule answered the request (403, 429, a redirect): no cache lookup.
     pub edge_answered: bool,
+    /// The path and query after the route's `rewrite.path`: what the upstream is asked for and
+    /// the cache key reads (`None`: the request's own).
+    pub rewritten: Option<String>,
+    /// The listener's error pages (`listeners[].error_pages`), for answers verge writes itself.
+    pub listener_pages: Option<ErrorPages>,
 }
 
 impl RequestCtx {
     /// The matched route's name (empty before routing).
     pub fn route_name(&self) -> &str {
         self.route.as_ref().map_or("", |r| r.spec.name.as_str())
+    }
+
+    /// The path and query the cache and the upstream read: the rewritten one, or `req`'s.
+    pub fn target<'a>(&'a self, req: &'a RequestHeader) -> &'a str {
+        self.rewritten
+            .as_deref()
+            .unwrap_or_else(|| path_and_query(&req.uri))
+    }
+
+    /// The error page for `status`: the route's, then the listener's.
+    pub fn error_page(&self, status: u16) -> Option<&ErrorPage> {
+        self.route
+            .as_ref()
+            .and_then(|r| r.spec.error_pages.get(status))
+            .or_else(|| self.listener_pages.as_ref()?.get(status))
     }
 }
 

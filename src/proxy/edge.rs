@@ -1,12 +1,13 @@
 //! A route's edge rules in `request_filter`, after routing and before the cache: the request
 //! id first, then access rules (403), the rate limit (429), then redirects (`https_redirect`,
-//! `redirect`). Each answer is verge's own, and carries the request id.
+//! `redirect`), then the path rewrite. Each answer is verge's own, and carries the request id.
 
 use super::client_address::client_address;
 use super::context::{client_ip, RequestCtx};
 use super::rate_limit::{self, Verdict};
 use super::redirect::{redirect_for, RequestParts};
 use super::request_id;
+use super::rewrite;
 use crate::config::RateKey;
 use crate::http_syntax::scheme;
 use crate::metrics::METRICS;
@@ -36,9 +37,7 @@ pub async fn answered(
         || !edge.allow.is_empty()
         || edge.rate_limit.as_ref().map(|r| &r.key) == Some(&RateKey::ClientIp);
     let client = if reads_client {
-        let current = snapshot.load();
-        let trusted = current.config.server.client_ip.as_ref();
-        client_address(client_ip(session), &session.req_header().headers, trusted)
+        rule_client(session, snapshot)
     } else {
         None
     };
@@ -74,10 +73,35 @@ pub async fn answered(
         answer(session, ctx, status, &text, &[("location", &location)]).await?;
         return Ok(true);
     }
+    if let Some(rule) = &edge.rewrite.path {
+        let req = session.req_header();
+        let (method, path, query) = (req.method.as_str(), req.uri.path(), req.uri.query());
+        match rewrite::rewritten_target(rule, method, path, query) {
+            None => {}
+            Some(Ok(target)) => ctx.rewritten = Some(target),
+            Some(Err(rewrite::Refused)) => {
+                METRICS
+                    .rejected
+                    .with_label_values(&["rewritten_target"])
+                    .inc();
+                answer(session, ctx, 400, "verge: rewritten target refused", &[]).await?;
+                return Ok(true);
+            }
+        }
+    }
     Ok(false)
 }
 
-/// Write verge's own answer, with the request id when there is one.
+/// The client address a route's rules read: the connection's, or the one trusted proxies name
+/// (`server.client_ip`, in `snapshot`'s config).
+pub fn rule_client(session: &Session, snapshot: &SharedSnapshot) -> Option<std::net::IpAddr> {
+    let current = snapshot.load();
+    let trusted = current.config.server.client_ip.as_ref();
+    client_address(client_ip(session), &session.req_header().headers, trusted)
+}
+
+/// Write verge's own answer (a custom page, or the text), with the request id when there is
+/// one.
 async fn answer(
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -86,5 +110,5 @@ async fn answer(
     fields: &[(&'static str, &str)],
 ) -> Result<()> {
     ctx.edge_answered = true;
-    request_id::respond(session, ctx.request_id.as_deref(), status, text, fields).await
+    super::error_page::answer(session, ctx, status, text, fields).await
 }

@@ -1,6 +1,10 @@
-//! The short plain-text answers verge writes itself (refusals, routing misses, purges, proxy
-//! failures), and which status a failure becomes.
+//! The answers verge writes itself (refusals, routing misses, purges, proxy failures): a short
+//! plain text, or the route's or listener's custom page for the status (`error_pages`), with
+//! the request id; and which status a failure becomes.
 
+use super::context::RequestCtx;
+use super::request_id;
+use crate::config::ErrorPage;
 use bytes::Bytes;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
@@ -12,6 +16,42 @@ pub async fn respond_plain(session: &mut Session, status: u16, text: &str) -> Re
     respond_local(session, status, text, &[]).await
 }
 
+/// verge's own answer for a routed (or refused) request: the custom page for `status` of the
+/// request's route or listener when there is one, else `text`; with the request id in a field
+/// and in the body, and extra `fields` (`Location`, `Retry-After`).
+pub async fn answer(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    status: u16,
+    text: &str,
+    fields: &[(&'static str, &str)],
+) -> Result<()> {
+    let id = ctx.request_id.as_deref();
+    let mut all = fields.to_vec();
+    if let Some(id) = id {
+        all.push((request_id::HEADER, id));
+    }
+    match ctx.error_page(status) {
+        Some(page) => respond_page(session, status, page, id, &all).await,
+        None => {
+            let text = request_id::on_local_answer(text, id);
+            respond_local(session, status, &text, &all).await
+        }
+    }
+}
+
+/// Write a custom error page, its variables filled in, and close the connection after it.
+async fn respond_page(
+    session: &mut Session,
+    status: u16,
+    page: &ErrorPage,
+    id: Option<&str>,
+    fields: &[(&'static str, &str)],
+) -> Result<()> {
+    let body = Bytes::from(page.render(status, id));
+    write_local(session, status, page.content_type.as_bytes(), body, fields).await
+}
+
 /// [`respond_plain`] with extra fields (`Location`, `Retry-After`, `X-Request-Id`).
 pub async fn respond_local(
     session: &mut Session,
@@ -20,11 +60,21 @@ pub async fn respond_local(
     fields: &[(&'static str, &str)],
 ) -> Result<()> {
     let body = Bytes::from(format!("{text}\n"));
+    write_local(session, status, b"text/plain; charset=utf-8", body, fields).await
+}
+
+async fn write_local(
+    session: &mut Session,
+    status: u16,
+    content_type: &[u8],
+    body: Bytes,
+    fields: &[(&'static str, &str)],
+) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(4 + fields.len()))?;
     for (name, value) in fields {
         resp.insert_header(*name, *value)?;
     }
-    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+    resp.insert_header("content-type", content_type.to_vec())?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("cache-control", "no-store")?;
     resp.insert_header("server", "verge")?;

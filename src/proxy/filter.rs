@@ -20,7 +20,7 @@
 //! route, `PURGE`) never reach filters.
 
 use super::context::{client_ip, RequestCtx};
-use super::error_page::respond_plain;
+use super::error_page::answer;
 use crate::metrics::METRICS;
 use crate::snapshot::{Route, SharedSnapshot, Snapshot};
 use async_trait::async_trait;
@@ -558,7 +558,7 @@ impl Filters {
             };
             if let Err(e) = filter.on_response(resp, &mut fctx).await {
                 record_failure(filter.name(), Phase::Response, &ctx.host, &e);
-                respond_plain(session, e.status(), failure_text(e.status())).await?;
+                answer(session, ctx, e.status(), failure_text(e.status()), &[]).await?;
                 return Error::e_explain(
                     ErrorType::HTTPStatus(e.status()),
                     format!("filter {} failed", filter.name()),
@@ -579,7 +579,14 @@ async fn fail_in_request(
     record_failure(filter, Phase::Request, &ctx.host, &error);
     ctx.filters.answered = true;
     session.set_keepalive(None);
-    respond_plain(session, error.status(), failure_text(error.status())).await?;
+    answer(
+        session,
+        ctx,
+        error.status(),
+        failure_text(error.status()),
+        &[],
+    )
+    .await?;
     Ok(true)
 }
 

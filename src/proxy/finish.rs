@@ -2,6 +2,7 @@
 //! count and the access-log line. Pingora's `logging` phase and the hit lane both finish here,
 //! so both count and log alike.
 
+pub use crate::access_log::Seen;
 use crate::access_log::{key_hex, AccessLog, Record};
 use crate::cache::collapse::LockWait;
 use crate::metrics::{RequestOutcome, METRICS};
@@ -44,6 +45,24 @@ pub struct Finished<'a> {
     pub client: Option<IpAddr>,
     /// Its `X-Request-Id`, on routes that give one.
     pub request_id: Option<&'a str>,
+    /// What the access log may record of the request and its connection.
+    pub seen: Seen<'a>,
+}
+
+/// A protocol version as logs write it.
+pub fn protocol_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// A TLS version as logs write it: `TLSv1.3` for rustls's `TLSv1_3`.
+pub fn tls_version_name(version: &str) -> String {
+    version.replace('_', ".")
 }
 
 /// Count `f` in the metrics and write its access-log line (when there is a log).
@@ -85,6 +104,7 @@ pub fn finish(f: &Finished<'_>, log: Option<&AccessLog>, snapshot: &SharedSnapsh
         config: &snapshot.version,
         seq: snapshot.control.position.seq,
         request_id: f.request_id,
+        seen: f.seen,
     });
 }
 

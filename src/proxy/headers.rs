@@ -1,11 +1,11 @@
 //! Header edits on the way upstream and back: forwarding headers, the canonical Host, route
-//! header ops, prefix strip.
+//! header ops (values with request variables), prefix strip.
 
 use super::context::RequestCtx;
-use crate::config::HeaderOps;
+use crate::config::{HeaderOps, HeaderTemplate, ValuePart};
 use crate::http_syntax::path_and_query;
 use crate::snapshot::Route;
-use http::header::{HeaderName, HOST, VIA as VIA_HEADER};
+use http::header::{HeaderName, HeaderValue, HOST, VIA as VIA_HEADER};
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::net::IpAddr;
@@ -108,24 +108,76 @@ fn append_via(existing: Option<&[u8]>) -> Option<Vec<u8>> {
     Some(v)
 }
 
+/// The request values a route's header values may name.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeaderVars<'a> {
+    /// `${client_ip}`: the address the route's edge rules read (`server.client_ip`).
+    pub client_ip: Option<IpAddr>,
+    /// `${request_id}`.
+    pub request_id: Option<&'a str>,
+    /// `${route}`.
+    pub route: &'a str,
+    /// `${scheme}`.
+    pub scheme: &'a str,
+    /// `${host}`: canonical.
+    pub host: &'a str,
+}
+
+/// A header value with the request's values in place of its variables (an absent one is
+/// empty). `None`: the result is not a valid field value. Pure.
+pub fn fill(template: &HeaderTemplate, vars: &HeaderVars<'_>) -> Option<HeaderValue> {
+    let parts = match template {
+        HeaderTemplate::Fixed(value) => return Some(value.clone()),
+        HeaderTemplate::Parts(parts) => parts,
+    };
+    let mut out = String::with_capacity(64);
+    for part in parts {
+        match part {
+            ValuePart::Literal(text) => out.push_str(text),
+            ValuePart::ClientIp => {
+                if let Some(ip) = vars.client_ip {
+                    out.push_str(&ip.to_string());
+                }
+            }
+            ValuePart::RequestId => out.push_str(vars.request_id.unwrap_or("")),
+            ValuePart::Route => out.push_str(vars.route),
+            ValuePart::Scheme => out.push_str(vars.scheme),
+            ValuePart::Host => out.push_str(vars.host),
+        }
+    }
+    HeaderValue::from_str(&out).ok()
+}
+
 /// Apply a route's request header edits (removals first, then sets).
-pub fn apply_request_ops(req: &mut RequestHeader, ops: &HeaderOps) -> Result<()> {
+pub fn apply_request_ops(
+    req: &mut RequestHeader,
+    ops: &HeaderOps,
+    vars: &HeaderVars<'_>,
+) -> Result<()> {
     for name in &ops.remove {
         req.remove_header(name);
     }
-    for (name, value) in &ops.set {
-        req.insert_header(name.clone(), value.clone())?;
+    for (name, template) in &ops.set {
+        if let Some(value) = fill(template, vars) {
+            req.insert_header(name.clone(), value)?;
+        }
     }
     Ok(())
 }
 
 /// Apply a route's response header edits (removals first, then sets).
-pub fn apply_response_ops(resp: &mut ResponseHeader, ops: &HeaderOps) -> Result<()> {
+pub fn apply_response_ops(
+    resp: &mut ResponseHeader,
+    ops: &HeaderOps,
+    vars: &HeaderVars<'_>,
+) -> Result<()> {
     for name in &ops.remove {
         resp.remove_header(name);
     }
-    for (name, value) in &ops.set {
-        resp.insert_header(name.clone(), value.clone())?;
+    for (name, template) in &ops.set {
+        if let Some(value) = fill(template, vars) {
+            resp.insert_header(name.clone(), value)?;
+        }
     }
     Ok(())
 }
@@ -179,7 +231,7 @@ pub fn restore_fields(
 
 /// `upstream_request_filter`: what verge writes into the forwarded request before user
 /// filters see it: the Host the router and the cache key used (canonical: lowercase, no port,
-/// no trailing dot), forwarding fields from what verge saw (`trusted`: those a trusted hop may
+/// no trailing dot) or the route's `rewrite.host`, the rewritten path, forwarding fields from what verge saw (`trusted`: those a trusted hop may
 /// set), the route's prefix strip and header edits, and an explicit empty body where a GET/HEAD
 /// body is dropped.
 pub fn prepare_upstream(
@@ -187,20 +239,28 @@ pub fn prepare_upstream(
     route: &Route,
     ctx: &RequestCtx,
     client: Option<IpAddr>,
-    scheme: &str,
+    vars: &HeaderVars<'_>,
     trusted: &[HeaderName],
 ) -> Result<()> {
-    if !ctx.host.is_empty() {
-        upstream.insert_header(HOST, &ctx.host)?;
+    let scheme = vars.scheme;
+    match &route.spec.edge.rewrite.host {
+        Some(host) => upstream.insert_header(HOST, host)?,
+        None if !ctx.host.is_empty() => upstream.insert_header(HOST, &ctx.host)?,
+        None => {}
     }
     set_forwarding_headers(upstream, client, scheme, &ctx.host, trusted)?;
+    if let Some(target) = &ctx.rewritten {
+        let uri = http::Uri::try_from(target.as_str())
+            .map_err(|e| Error::because(ErrorType::InternalError, "rewrite path", e))?;
+        upstream.set_uri(uri);
+    }
     if route.spec.strip_prefix {
         let new = strip_path_prefix(path_and_query(&upstream.uri), &route.spec.path_prefix);
         let uri = http::Uri::try_from(new)
             .map_err(|e| Error::because(ErrorType::InternalError, "rewrite path", e))?;
         upstream.set_uri(uri);
     }
-    apply_request_ops(upstream, &route.spec.request_headers)?;
+    apply_request_ops(upstream, &route.spec.request_headers, vars)?;
     if ctx.drop_body {
         // the body is discarded as it arrives; say so with an explicit empty length
         upstream.remove_header(&http::header::TRANSFER_ENCODING);
@@ -332,6 +392,55 @@ mod tests {
         strip_connection_listed(&mut resp);
         assert!(resp.headers.get("a").is_none() && resp.headers.get("b").is_none());
         assert!(resp.headers.get("c").is_some() && resp.headers.get("content-type").is_some());
+    }
+
+    #[test]
+    fn header_values_take_the_request_values() {
+        let parts = vec![
+            ValuePart::Literal("c=".into()),
+            ValuePart::ClientIp,
+            ValuePart::Literal(" id=".into()),
+            ValuePart::RequestId,
+            ValuePart::Literal(" ".into()),
+            ValuePart::Scheme,
+            ValuePart::Literal("://".into()),
+            ValuePart::Host,
+            ValuePart::Literal("/".into()),
+            ValuePart::Route,
+        ];
+        let vars = HeaderVars {
+            client_ip: "2001:db8::1".parse().ok(),
+            request_id: Some("r1"),
+            route: "site",
+            scheme: "https",
+            host: "a.com",
+        };
+        let filled = fill(&HeaderTemplate::Parts(parts.clone()), &vars);
+        assert_eq!(
+            filled.as_ref().and_then(|v| v.to_str().ok()),
+            Some("c=2001:db8::1 id=r1 https://a.com/site")
+        );
+        let empty = fill(&HeaderTemplate::Parts(parts), &HeaderVars::default());
+        assert_eq!(
+            empty.as_ref().and_then(|v| v.to_str().ok()),
+            Some("c= id= :///"),
+            "absent values are empty"
+        );
+        let mut req = RequestHeader::build("GET", b"/", None).expect("req");
+        req.insert_header("x-gone", "1").expect("h");
+        let ops = HeaderOps {
+            set: vec![(
+                HeaderName::from_static("x-route"),
+                HeaderTemplate::Parts(vec![ValuePart::Route]),
+            )],
+            remove: vec![HeaderName::from_static("x-gone")],
+        };
+        apply_request_ops(&mut req, &ops, &vars).expect("ops");
+        assert_eq!(
+            req.headers.get("x-route").map(|v| v.as_bytes()),
+            Some(&b"site"[..])
+        );
+        assert!(req.headers.get("x-gone").is_none());
     }
 
     #[test]

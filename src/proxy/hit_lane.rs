@@ -18,14 +18,14 @@
 //! writer stamps the time of sending.
 
 use super::filter::Filters;
-use super::finish::{finish, Finished};
+use super::finish::{finish, Finished, Seen};
 use crate::access_log::AccessLog;
 use crate::cache::collapse::LockWait;
 use crate::cache::hit_decision::{self, HitDecision, StoredEntry};
 use crate::cache::request_view::RequestView;
 use crate::cache::storage::Servable;
 use crate::cache::{self, cache_status, request_directives, rfc9111, CacheEngine};
-use crate::config::{EdgeRules, RouteCache, RouteSpec};
+use crate::config::{EdgeRules, Rewrite, RouteCache, RouteSpec};
 use crate::http_syntax::{host::canonical_host, scheme, target};
 use crate::metrics::METRICS;
 use crate::snapshot::{Route, SharedSnapshot};
@@ -164,6 +164,7 @@ pub fn lane_rules<'r>(route: &'r Route, filters: &Filters) -> Option<&'r RouteCa
         filters: selected, // user filters see hits too: the full path runs them
         get_body: _,       // the lane takes no request with a body
         edge,
+        error_pages: _, // verge's own errors: the lane writes none
     } = &**spec;
     let EdgeRules {
         deny,           // refuses clients of a hit too: the full path
@@ -172,13 +173,19 @@ pub fn lane_rules<'r>(route: &'r Route, filters: &Filters) -> Option<&'r RouteCa
         https_redirect, // answers instead of the hit: the full path
         redirect,       // likewise
         request_id,     // every response carries one: the full path
+        rewrite,
     } = edge;
+    let Rewrite {
+        path: rewrite_path, // the key reads the rewritten path: the full path
+        host: _,            // the forwarded request only
+    } = rewrite;
     let edge_free = deny.is_empty()
         && allow.is_empty()
         && rate_limit.is_none()
         && !https_redirect
         && redirect.is_none()
-        && request_id.is_none();
+        && request_id.is_none()
+        && rewrite_path.is_none();
     let rules = cache.as_ref()?;
     let RouteCache {
         default_ttl: _,            // decided when the entry was stored
@@ -262,8 +269,15 @@ pub struct Answer {
     route: Arc<Route>,
     host: String,
     key: pingora_cache::key::HashBinary,
-    /// The request's path and query, kept only when an access log is written.
-    logged_path: Option<String>,
+    /// What the access log records of the request, kept only when one is written.
+    logged: Option<Logged>,
+}
+
+/// What the access log records of a request the lane answered.
+struct Logged {
+    path: String,
+    user_agent: Option<String>,
+    referer: Option<String>,
 }
 
 /// The hit lane of one listener.
@@ -273,6 +287,11 @@ pub struct HitLane {
     filters: Filters,
     access_log: Option<Arc<AccessLog>>,
     scheme: &'static str,
+    /// The listener's name, for the access log.
+    listener: String,
+    /// The access log records the TLS version, which the lane does not read: the full path
+    /// answers.
+    declines: bool,
 }
 
 impl HitLane {
@@ -285,13 +304,25 @@ impl HitLane {
         access_log: Option<Arc<AccessLog>>,
         tls: bool,
     ) -> Self {
+        let declines = tls
+            && access_log
+                .as_ref()
+                .is_some_and(|log| log.writes(crate::config::LogField::TlsVersion));
         HitLane {
             snapshot,
             cache,
             filters,
             access_log,
             scheme: scheme(tls),
+            listener: String::new(),
+            declines,
         }
+    }
+
+    /// Name the listener in the access log's lines.
+    pub fn with_listener_name(mut self, name: &str) -> Self {
+        self.listener = name.to_string();
+        self
     }
 
     /// The answer to the request in `head`, if it is a plain request for a fresh, servable,
@@ -299,6 +330,9 @@ impl HitLane {
     /// keep-alive request limit, or shutdown). Counts the hit with the eviction manager, as a
     /// Pingora hit does.
     pub fn answer(&self, head: &[u8], last: bool, waited: bool) -> Lane {
+        if self.declines {
+            return Lane::Decline;
+        }
         let mut lines = [httparse::EMPTY_HEADER; MAX_FIELDS];
         plain_request(head, &mut lines)
             .and_then(|req| self.try_answer(&req, last, waited))
@@ -416,10 +450,19 @@ impl HitLane {
             close,
             collapsed: waited,
             head_only,
-            logged_path: self
-                .access_log
-                .is_some()
-                .then(|| req.path_and_query.to_string()),
+            logged: self.access_log.is_some().then(|| {
+                let field = |name: &str| {
+                    req.fields
+                        .iter()
+                        .find(|f| f.name.eq_ignore_ascii_case(name))
+                        .map(|f| String::from_utf8_lossy(f.value).into_owned())
+                };
+                Logged {
+                    path: req.path_and_query.to_string(),
+                    user_agent: field("user-agent"),
+                    referer: field("referer"),
+                }
+            }),
             route,
             host,
             key,
@@ -440,11 +483,12 @@ impl HitLane {
     /// finish the full path uses.
     pub fn record(&self, answer: &Answer, sent: bool, client: Option<IpAddr>, elapsed: Duration) {
         let route: &Route = &answer.route;
+        let logged = answer.logged.as_ref();
         let finished = Finished {
             route: Some(route),
             host: &answer.host,
             method: if answer.head_only { "HEAD" } else { "GET" },
-            path: answer.logged_path.as_deref().unwrap_or("/"),
+            path: logged.map_or("/", |l| l.path.as_str()),
             status: 200,
             body_bytes: if sent { answer.body_len } else { 0 },
             lookup: Some("hit"),
@@ -457,6 +501,14 @@ impl HitLane {
             elapsed: Some(elapsed),
             client,
             request_id: None, // the lane declines routes that give ids (`lane_rules`)
+            seen: Seen {
+                user_agent: logged.and_then(|l| l.user_agent.as_deref()),
+                referer: logged.and_then(|l| l.referer.as_deref()),
+                protocol: "HTTP/1.1", // the lane answers HTTP/1.1 only
+                scheme: self.scheme,
+                listener: &self.listener,
+                tls_version: None, // a log that wants it has the lane decline
+            },
         };
         finish(&finished, self.access_log.as_deref(), &self.snapshot);
         METRICS

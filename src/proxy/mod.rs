@@ -21,6 +21,7 @@ pub mod refresh;
 pub mod request_body;
 pub mod request_id;
 pub mod request_routing;
+pub mod rewrite;
 pub mod upstream_error;
 
 pub use context::{LaneWaited, RequestCtx};
@@ -108,6 +109,36 @@ impl EdgeProxy {
     fn scheme(&self) -> &'static str {
         scheme(self.listener.tls)
     }
+
+    /// The values `ops` may name for this request (the client address only when read).
+    fn header_vars<'a>(
+        &'a self,
+        session: &Session,
+        ctx: &'a RequestCtx,
+        ops: &crate::config::HeaderOps,
+    ) -> headers::HeaderVars<'a> {
+        headers::HeaderVars {
+            client_ip: ops
+                .reads_client_ip()
+                .then(|| edge::rule_client(session, &self.snapshot))
+                .flatten(),
+            request_id: ctx.request_id.as_deref(),
+            route: ctx.route_name(),
+            scheme: self.scheme(),
+            host: &ctx.host,
+        }
+    }
+
+    /// This listener's error pages in the current snapshot (`None`: it has none).
+    fn listener_pages(&self) -> Option<crate::config::ErrorPages> {
+        let snapshot = self.snapshot.load();
+        let spec = snapshot
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.name == self.listener.name)?;
+        (!spec.error_pages.is_empty()).then(|| spec.error_pages.clone())
+    }
 }
 
 #[async_trait]
@@ -153,6 +184,7 @@ impl ProxyHttp for EdgeProxy {
             // the client stops reading fails, and a fill it started goes on for the others
             session.set_write_timeout(Some(self.listener.send_timeout));
         }
+        ctx.listener_pages = self.listener_pages();
         if request_routing::answered_before_routing(session, ctx, &self.snapshot, self.cache)
             .await?
         {
@@ -230,7 +262,7 @@ impl ProxyHttp for EdgeProxy {
         if caches && ctx.directives.only_if_cached {
             // RFC 9111 §5.2.1.7: nothing stored is usable, and the origin must not be asked
             let text = "verge: only-if-cached, and no usable stored response";
-            request_id::respond(session, ctx.request_id.as_deref(), 504, text, &[]).await?;
+            error_page::answer(session, ctx, 504, text, &[]).await?;
             return Ok(false);
         }
         Ok(true)
@@ -338,7 +370,8 @@ impl ProxyHttp for EdgeProxy {
         };
         let client = client_ip(session);
         let trusted = self.forwarding_trust.fields_for(client);
-        headers::prepare_upstream(upstream, route, ctx, client, self.scheme(), trusted)?;
+        let vars = self.header_vars(session, ctx, &route.spec.request_headers);
+        headers::prepare_upstream(upstream, route, ctx, client, &vars, trusted)?;
         request_id::set_upstream(upstream, ctx)?;
         self.filters.upstream_phase(session, upstream, ctx).await?;
         ctx.upstream_sent_at = Some(Instant::now());
@@ -397,7 +430,8 @@ impl ProxyHttp for EdgeProxy {
             if let Some(rules) = route.spec.cache.as_ref() {
                 caching::response_fields(session, resp, ctx, rules)?;
             }
-            headers::apply_response_ops(resp, &route.spec.response_headers)?;
+            let vars = self.header_vars(session, ctx, &route.spec.response_headers);
+            headers::apply_response_ops(resp, &route.spec.response_headers, &vars)?;
         }
         request_id::set_response(resp, ctx)?;
         let result = self.filters.response_phase(session, resp, ctx).await;
@@ -419,8 +453,7 @@ impl ProxyHttp for EdgeProxy {
         // on_response), only closing the connection is left.
         if code > 0 && !error_page::final_head_sent(session.response_written()) {
             let text = error_page::failure_text(code, ctx.failure.as_deref());
-            let id = ctx.request_id.as_deref();
-            if let Err(err) = request_id::respond(session, id, code, &text, &[]).await {
+            if let Err(err) = error_page::answer(session, ctx, code, &text, &[]).await {
                 log::debug!("could not send error response: {err}");
             }
         }
@@ -445,6 +478,13 @@ impl ProxyHttp for EdgeProxy {
             .and_then(|_| session.cache.maybe_cache_key())
             .map(|k| k.combined_bin());
         let req = session.req_header();
+        let field = |name| req.headers.get(name).and_then(|v| v.to_str().ok());
+        let tls_version = self
+            .access_log
+            .as_ref()
+            .and(session.digest())
+            .and_then(|d| d.ssl_digest.as_ref())
+            .map(|d| finish::tls_version_name(&d.version));
         let finished = Finished {
             route: ctx.route.as_deref(),
             host: &ctx.host,
@@ -462,6 +502,14 @@ impl ProxyHttp for EdgeProxy {
             elapsed: ctx.started.map(|t| t.elapsed()),
             client: client_ip(session),
             request_id: ctx.request_id.as_deref(),
+            seen: finish::Seen {
+                user_agent: field(http::header::USER_AGENT),
+                referer: field(http::header::REFERER),
+                protocol: finish::protocol_name(req.version),
+                scheme: self.scheme(),
+                listener: &self.listener.name,
+                tls_version: tls_version.as_deref(),
+            },
         };
         finish(&finished, self.access_log.as_deref(), &self.snapshot);
     }

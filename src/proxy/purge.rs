@@ -49,10 +49,15 @@ pub async fn answer(
     let (status, text) = match decision {
         PurgeDecision::Disabled => (405, "verge: PURGE is not enabled".to_string()),
         PurgeDecision::Forbidden => (403, "verge: PURGE not allowed from this client".to_string()),
-        _ => match route.and_then(|r| r.spec.cache.as_ref()) {
+        _ => match route.and_then(|r| Some((r, r.spec.cache.as_ref()?))) {
             None => (404, "verge: this URL is not on a caching route".to_string()),
-            Some(rules) => {
-                let pq = path_and_query(&session.req_header().uri);
+            Some((route, rules)) => {
+                // the URL as the client names it, stored under the route's rewrite
+                let pq = super::rewrite::key_target(
+                    route.spec.edge.rewrite.path.as_ref(),
+                    path_and_query(&session.req_header().uri),
+                );
+                let pq = pq.as_str();
                 let removed: usize = ["http", "https"]
                     .iter()
                     .map(|scheme| {

@@ -65,29 +65,12 @@ pub fn set_response(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
     Ok(())
 }
 
-/// Write verge's own answer (see `error_page::respond_local`), naming the request's id in a
-/// field and in the text when it has one.
-pub async fn respond(
-    session: &mut pingora_proxy::Session,
-    id: Option<&str>,
-    status: u16,
-    text: &str,
-    fields: &[(&'static str, &str)],
-) -> Result<()> {
-    let (text, id_field) = on_local_answer(text, id);
-    let mut all = fields.to_vec();
-    all.extend(id_field);
-    super::error_page::respond_local(session, status, &text, &all).await
-}
-
-/// The fields and text of an answer verge writes itself for a request with `id`.
-fn on_local_answer<'a>(
-    text: &str,
-    id: Option<&'a str>,
-) -> (String, Option<(&'static str, &'a str)>) {
+/// The text of an answer verge writes itself for a request with `id`: the id named on a line
+/// of its own.
+pub fn on_local_answer(text: &str, id: Option<&str>) -> String {
     match id {
-        Some(id) => (format!("{text}\nrequest id: {id}"), Some((HEADER, id))),
-        None => (text.to_string(), None),
+        Some(id) => format!("{text}\nrequest id: {id}"),
+        None => text.to_string(),
     }
 }
 
@@ -120,11 +103,8 @@ mod tests {
     fn local_answers_name_the_id() {
         assert_eq!(
             on_local_answer("verge: forbidden", Some("r1")),
-            (
-                "verge: forbidden\nrequest id: r1".to_string(),
-                Some((HEADER, "r1"))
-            )
+            "verge: forbidden\nrequest id: r1"
         );
-        assert_eq!(on_local_answer("x", None), ("x".to_string(), None));
+        assert_eq!(on_local_answer("x", None), "x");
     }
 }

@@ -7,7 +7,7 @@
 //! field rules only HTTP/2 needs ([`h2_request`]).
 
 use super::context::{client_ip, RequestCtx};
-use super::error_page::respond_plain;
+use super::error_page::answer;
 use super::{purge, request_body};
 use crate::cache::CacheEngine;
 use crate::http_syntax::host::request_host;
@@ -30,25 +30,25 @@ pub async fn answered_before_routing(
         let values = req.headers.values().map(|v| v.as_bytes());
         if let Err(bad) = h2_request::check(req.uri.scheme_str(), values) {
             METRICS.rejected.with_label_values(&[bad.reason()]).inc();
-            respond_plain(session, 400, "verge: malformed HTTP/2 request").await?;
+            answer(session, ctx, 400, "verge: malformed HTTP/2 request", &[]).await?;
             return Ok(true);
         }
     }
     let method = req.method.as_str().as_bytes();
     if !request_line::method_allowed(method) {
         METRICS.rejected.with_label_values(&["bad_method"]).inc();
-        respond_plain(session, 400, "verge: method refused").await?;
+        answer(session, ctx, 400, "verge: method refused", &[]).await?;
         return Ok(true);
     }
     let target = path_and_query(&req.uri).as_bytes();
     if let Err(bad) = target::check_target(method, target) {
         METRICS.rejected.with_label_values(&[bad.reason()]).inc();
-        respond_plain(session, 400, "verge: request target refused").await?;
+        answer(session, ctx, 400, "verge: request target refused", &[]).await?;
         return Ok(true);
     }
     let Some(host) = request_host(req) else {
         METRICS.rejected.with_label_values(&["bad_host"]).inc();
-        respond_plain(session, 400, "verge: missing or invalid Host").await?;
+        answer(session, ctx, 400, "verge: missing or invalid Host", &[]).await?;
         return Ok(true);
     };
     let current = snapshot.load();
@@ -68,11 +68,11 @@ pub async fn answered_before_routing(
         if awaiting {
             // A node still waiting for its control plane does not know its routes yet.
             let text = "verge: not ready: no snapshot from the control plane yet";
-            respond_plain(session, 503, text).await?;
+            answer(session, ctx, 503, text, &[]).await?;
             return Ok(true);
         }
         let text = format!("verge: no route for host {:?}", ctx.host);
-        respond_plain(session, 404, &text).await?;
+        answer(session, ctx, 404, &text, &[]).await?;
         return Ok(true);
     };
     let has_body = !session.is_body_empty();
@@ -80,7 +80,8 @@ pub async fn answered_before_routing(
     match request_body::action(method, has_body, route.spec.get_body) {
         request_body::BodyAction::Reject => {
             METRICS.rejected.with_label_values(&["get_body"]).inc();
-            respond_plain(session, 400, "verge: no body allowed with GET or HEAD").await?;
+            let text = "verge: no body allowed with GET or HEAD";
+            answer(session, ctx, 400, text, &[]).await?;
             return Ok(true);
         }
         request_body::BodyAction::Drop => ctx.drop_body = true,

@@ -10,7 +10,13 @@ use std::time::Duration;
 
 /// `GET target` for `host` on a new connection from `from` (any loopback address), read to its
 /// close.
-async fn request(addr: SocketAddr, from: &str, host: &str, target: &str, extra: &str) -> Response {
+pub(crate) async fn request(
+    addr: SocketAddr,
+    from: &str,
+    host: &str,
+    target: &str,
+    extra: &str,
+) -> Response {
     let from: IpAddr = from.parse().expect("address");
     let mut c = Conn::open(addr, Some(from)).await;
     let head = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
@@ -352,16 +358,17 @@ async fn a_burst_over_the_rate_limit_gets_429_with_retry_after_per_client_and_pe
     assert_eq!(with_key("b").await, 200, "a header value is its own bucket");
 }
 
+/// The `server:` block of a node behind a trusted proxy on 127.0.0.1 (`server.client_ip`).
+pub(crate) const BEHIND_LOCAL_PROXY: &str = "server: {threads: 2, grace_period: 0s, \
+     graceful_shutdown_timeout: 1s, pid_file: \"{dir}/verge.pid\", upgrade_sock: \
+     \"{dir}/upgrade.sock\", client_ip: {trusted_proxies: [127.0.0.1]}}";
+
 #[tokio::test]
 async fn behind_a_trusted_proxy_the_rules_read_the_client_from_its_header() {
     let o = Origin::start("o").await;
     let v = Verge::start(
         &Config::new()
-            .raw(
-                "server: {threads: 2, grace_period: 0s, graceful_shutdown_timeout: 1s, \
-                 pid_file: \"{dir}/verge.pid\", upgrade_sock: \"{dir}/upgrade.sock\", \
-                 client_ip: {trusted_proxies: [127.0.0.1]}}",
-            )
+            .raw(BEHIND_LOCAL_PROXY)
             .pool(Pool::new("p", &[o.addr]))
             .route(
                 Route::to("p")
@@ -394,10 +401,10 @@ async fn behind_a_trusted_proxy_the_rules_read_the_client_from_its_header() {
 }
 
 /// A `verge control` process for one test, stopped when dropped.
-struct ControlPlane {
+pub(crate) struct ControlPlane {
     child: std::process::Child,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
+    pub(crate) addr: SocketAddr,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Drop for ControlPlane {
@@ -410,7 +417,7 @@ impl Drop for ControlPlane {
 const OPS: &str = "ops-token-0123456789abcdef";
 
 impl ControlPlane {
-    async fn start() -> ControlPlane {
+    pub(crate) async fn start() -> ControlPlane {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr = crate::support::ports::addr();
         let yaml = format!(
@@ -435,7 +442,28 @@ impl ControlPlane {
         ControlPlane { child, addr, dir }
     }
 
-    async fn put_policy(&self, doc: serde_json::Value, if_match: u64) {
+    /// A node's `control:` block for this control plane (its snapshot in the test's directory).
+    pub(crate) fn node(&self, node_id: &str) -> crate::support::config::Control {
+        crate::support::config::Control::new(
+            &format!("http://{}", self.addr),
+            node_id,
+            &self.dir.path().join("ops.token"),
+        )
+        .state_file("{dir}/snapshot.json")
+        .wait("5s")
+    }
+
+    /// A policy with pool `o` (backend `origin`) and one route for every host to it, with the
+    /// keys of `route` added.
+    pub(crate) fn policy(origin: SocketAddr, route: serde_json::Value) -> serde_json::Value {
+        let mut r = serde_json::json!({"hosts": ["*"], "pool": "o"});
+        if let (Some(r), Some(extra)) = (r.as_object_mut(), route.as_object()) {
+            r.extend(extra.clone());
+        }
+        serde_json::json!({"pools": {"o": {"backends": [origin.to_string()]}}, "routes": [r]})
+    }
+
+    pub(crate) async fn put_policy(&self, doc: serde_json::Value, if_match: u64) {
         let r = crate::support::client()
             .put(format!("http://{}/v1/policy", self.addr))
             .bearer_auth(OPS)
@@ -452,21 +480,8 @@ impl ControlPlane {
 async fn edge_rules_from_the_control_plane_apply_without_a_restart_and_buckets_outlive_a_swap() {
     let o = Origin::start("o").await;
     let cp = ControlPlane::start().await;
-    let control = crate::support::config::Control::new(
-        &format!("http://{}", cp.addr),
-        "edge-node",
-        &cp.dir.path().join("ops.token"),
-    )
-    .state_file("{dir}/snapshot.json")
-    .wait("5s");
-    let v = Verge::start(&Config::new().control(control)).await;
-    let policy = |route: serde_json::Value| {
-        let mut r = serde_json::json!({"hosts": ["*"], "pool": "o"});
-        if let (Some(r), Some(extra)) = (r.as_object_mut(), route.as_object()) {
-            r.extend(extra.clone());
-        }
-        serde_json::json!({"pools": {"o": {"backends": [o.addr.to_string()]}}, "routes": [r]})
-    };
+    let v = Verge::start(&Config::new().control(cp.node("edge-node"))).await;
+    let policy = |route| ControlPlane::policy(o.addr, route);
     let status = |from: &'static str| async move {
         request(v.http, from, "site.test", "/p", "").await.status
     };

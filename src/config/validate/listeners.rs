@@ -1,6 +1,7 @@
 //! The `listeners` section: addresses, TLS files and per-listener limits (HTTP/1 and HTTP/2).
 
 use super::Errors;
+use crate::config::edge::{Alpn, SniCertificate, TlsVersion};
 use crate::config::model::*;
 use crate::config::raw::*;
 use crate::config::units::{ConfDuration, ConfSize};
@@ -88,6 +89,10 @@ pub(super) fn validate_listeners(
             .trusted_forwarding
             .map(|t| validate_trusted_forwarding(&format!("{path}.trusted_forwarding"), t, errs))
             .unwrap_or_default();
+        let error_pages = raw
+            .error_pages
+            .map(|p| super::error_pages::error_pages(&format!("{path}.error_pages"), p, errs))
+            .unwrap_or_default();
         out.push(ListenerSpec {
             name,
             addr,
@@ -95,6 +100,7 @@ pub(super) fn validate_listeners(
             tls,
             limits,
             trusted_forwarding,
+            error_pages,
         });
     }
     out
@@ -136,13 +142,91 @@ fn validate_trusted_forwarding(
 }
 
 fn validate_listener_tls(path: &str, raw: &RawListenerTls, errs: &mut Errors) -> Option<TlsSpec> {
-    let cert_ok = check_pem(&format!("{path}.cert"), &raw.cert, PemKind::Cert, errs);
-    let key_ok = check_pem(&format!("{path}.key"), &raw.key, PemKind::Key, errs);
-    (cert_ok && key_ok).then(|| TlsSpec {
+    let before = errs.len();
+    check_pem(&format!("{path}.cert"), &raw.cert, PemKind::Cert, errs);
+    check_pem(&format!("{path}.key"), &raw.key, PemKind::Key, errs);
+    let alpn = match (&raw.alpn, raw.h2) {
+        (Some(_), Some(_)) => {
+            errs.push(format!("{path}.h2"), "give alpn or h2, not both");
+            Alpn::default()
+        }
+        (Some(list), None) => {
+            let names: Vec<&str> = list.iter().map(String::as_str).collect();
+            match names.as_slice() {
+                ["h2", "http/1.1"] => Alpn::H2H1,
+                ["http/1.1"] => Alpn::H1,
+                ["h2"] => Alpn::H2,
+                _ => {
+                    errs.push(
+                        format!("{path}.alpn"),
+                        format!("must be [h2, http/1.1], [http/1.1] or [h2], not {names:?}"),
+                    );
+                    Alpn::default()
+                }
+            }
+        }
+        (None, Some(false)) => Alpn::H1,
+        (None, _) => Alpn::H2H1,
+    };
+    let min_version = match raw.min_version.as_deref() {
+        None | Some("1.2") => TlsVersion::V1_2,
+        Some("1.3") => TlsVersion::V1_3,
+        Some(other) => {
+            errs.push(
+                format!("{path}.min_version"),
+                format!("must be \"1.2\" or \"1.3\", not {other:?}"),
+            );
+            TlsVersion::V1_2
+        }
+    };
+    let mut certificates = Vec::new();
+    let mut named = HashSet::new();
+    for (i, c) in raw.certificates.iter().enumerate() {
+        let at = format!("{path}.certificates[{i}]");
+        check_pem(&format!("{at}.cert"), &c.cert, PemKind::Cert, errs);
+        check_pem(&format!("{at}.key"), &c.key, PemKind::Key, errs);
+        if c.hosts.is_empty() {
+            errs.push(format!("{at}.hosts"), "list the server names it is for");
+        }
+        let mut hosts = Vec::new();
+        for (j, h) in c.hosts.iter().enumerate() {
+            match sni_host(h) {
+                Ok(h) if !named.insert(h.clone()) => errs.push(
+                    format!("{at}.hosts[{j}]"),
+                    format!("{h:?} is named by another certificate of this listener"),
+                ),
+                Ok(h) => hosts.push(h),
+                Err(e) => errs.push(format!("{at}.hosts[{j}]"), e),
+            }
+        }
+        certificates.push(SniCertificate {
+            hosts,
+            cert: c.cert.clone().into(),
+            key: c.key.clone().into(),
+        });
+    }
+    (errs.len() == before).then(|| TlsSpec {
         cert: raw.cert.clone().into(),
         key: raw.key.clone().into(),
-        h2: raw.h2.unwrap_or(true),
+        alpn,
+        certificates,
+        min_version,
     })
+}
+
+/// A server name a certificate is chosen for: a DNS name, or `*.` and one (lowercase). Pure.
+fn sni_host(text: &str) -> Result<String, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let name = lower.strip_prefix("*.").unwrap_or(&lower);
+    let label_ok = |l: &str| {
+        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "{text:?} is not a server name (a.example, or *.a.example for one more label)"
+        ));
+    }
+    Ok(lower)
 }
 
 enum PemKind {
@@ -354,6 +438,61 @@ fn validate_h2_limits(path: &str, raw: Option<RawH2Limits>, errs: &mut Errors) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sni_certificates_alpn_and_minimum_version_validate_at_their_key_paths() {
+        let dir = env!("CARGO_MANIFEST_DIR");
+        let good = format!(
+            r#"
+listeners:
+  - listen: 127.0.0.1:8443
+    tls:
+      cert: {dir}/conf/test-certs/server.crt
+      key: {dir}/conf/test-certs/server.key
+      alpn: [http/1.1]
+      min_version: "1.3"
+      certificates:
+        - {{hosts: [Second.Test, "*.second.test"], cert: {dir}/conf/test-certs/second.crt, key: {dir}/conf/test-certs/second.key}}
+pools: {{p: {{backends: ["127.0.0.1:1"]}}}}
+routes: [{{hosts: ["*"], pool: p}}]
+"#
+        );
+        let c = Config::from_yaml_str(&good).expect("valid");
+        let tls = c.listeners[0].tls.as_ref().expect("tls");
+        assert_eq!(tls.alpn, Alpn::H1);
+        assert_eq!(tls.min_version, TlsVersion::V1_3);
+        assert_eq!(tls.certificates[0].hosts, ["second.test", "*.second.test"]);
+        let bad = format!(
+            r#"
+listeners:
+  - listen: 127.0.0.1:8443
+    tls:
+      cert: {dir}/conf/test-certs/server.crt
+      key: {dir}/conf/test-certs/server.key
+      h2: true
+      alpn: [spdy]
+      min_version: "1.1"
+      certificates:
+        - {{hosts: [], cert: /nonexistent.crt, key: {dir}/conf/test-certs/second.key}}
+        - {{hosts: ["bad name", a.test, a.test], cert: {dir}/conf/test-certs/second.crt, key: {dir}/conf/test-certs/second.key}}
+pools: {{p: {{backends: ["127.0.0.1:1"]}}}}
+routes: [{{hosts: ["*"], pool: p}}]
+"#
+        );
+        let errs = Config::from_yaml_str(&bad).expect_err("invalid").errors;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "listeners[0].tls.h2",
+                "listeners[0].tls.min_version",
+                "listeners[0].tls.certificates[0].cert",
+                "listeners[0].tls.certificates[0].hosts",
+                "listeners[0].tls.certificates[1].hosts[0]",
+                "listeners[0].tls.certificates[1].hosts[2]",
+            ]
+        );
+    }
 
     #[test]
     fn missing_tls_files_are_errors_not_panics() {

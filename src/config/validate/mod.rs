@@ -3,6 +3,7 @@
 mod cache;
 mod decode;
 mod edge;
+mod error_pages;
 mod listeners;
 mod locate;
 mod pools;

@@ -3,12 +3,15 @@
 
 use super::cache::validate_route_cache;
 use super::edge::{edge_rules, RawEdge};
+use super::error_pages::error_pages;
 use super::timeouts::route_timeouts;
 use super::valid_name;
 use super::Errors;
+use crate::config::edge::HeaderOps;
 use crate::config::model::*;
 use crate::config::raw::*;
 use http::{HeaderName, HeaderValue};
+
 use std::collections::{BTreeMap, HashSet};
 
 pub(super) fn validate_routes(
@@ -111,9 +114,15 @@ pub(super) fn validate_routes(
                 https_redirect: raw.https_redirect,
                 redirect: raw.redirect,
                 request_id: raw.request_id,
+                rewrite: raw.rewrite,
+                strip_prefix: raw.strip_prefix,
             },
             errs,
         );
+        let error_pages = raw
+            .error_pages
+            .map(|p| error_pages(&format!("{path}.error_pages"), p, errs))
+            .unwrap_or_default();
         let name = raw.name.clone().unwrap_or_else(|| {
             let host = hosts.first().map(|h| h.to_string()).unwrap_or_default();
             format!("{host}{path_prefix}")
@@ -148,6 +157,7 @@ pub(super) fn validate_routes(
                 get_body,
                 filters,
                 edge,
+                error_pages,
             });
         }
     }
@@ -236,7 +246,9 @@ fn header_ops(path: &str, raw: Option<RawHeaderOps>, errs: &mut Errors) -> Heade
     let mut ops = HeaderOps::default();
     for (name, value) in raw.set {
         let n = HeaderName::from_bytes(name.as_bytes());
-        let v = HeaderValue::from_str(&value);
+        let v = HeaderValue::from_str(&value)
+            .map_err(|_| format!("invalid header value {value:?}"))
+            .and_then(|_| super::edge::parse_header_template(&value));
         match (n, v) {
             (Ok(n), _) if is_hop_by_hop(&n) => errs.push(
                 format!("{path}.set"),
@@ -247,10 +259,7 @@ fn header_ops(path: &str, raw: Option<RawHeaderOps>, errs: &mut Errors) -> Heade
                 format!("{path}.set"),
                 format!("invalid header name {name:?}"),
             ),
-            (_, Err(_)) => errs.push(
-                format!("{path}.set.{name}"),
-                format!("invalid header value {value:?}"),
-            ),
+            (_, Err(e)) => errs.push(format!("{path}.set.{name}"), e),
         }
     }
     for (i, name) in raw.remove.iter().enumerate() {

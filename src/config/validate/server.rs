@@ -128,25 +128,76 @@ pub(super) fn validate_purge(raw: RawPurge, errs: &mut Errors) -> PurgeSpec {
     PurgeSpec { allow }
 }
 
-/// `access_log.path`: `-` for stdout, else a file in a directory that exists.
+/// `access_log`: `path` (`-` for stdout, else a file in a directory that exists), `format` and
+/// `fields`.
 pub(super) fn validate_access_log(
     raw: RawAccessLog,
     errs: &mut Errors,
-) -> Option<crate::config::LogTarget> {
-    if raw.path == "-" {
-        return Some(crate::config::LogTarget::Stdout);
-    }
-    let path = std::path::PathBuf::from(&raw.path);
-    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        Some(dir) if !dir.is_dir() => {
-            errs.push(
-                "access_log.path",
-                format!("directory {} does not exist", dir.display()),
-            );
-            None
+) -> Option<crate::config::AccessLogSpec> {
+    let format = log_format(raw.format.as_deref(), raw.fields, errs);
+    let target = if raw.path == "-" {
+        crate::config::LogTarget::Stdout
+    } else {
+        let path = std::path::PathBuf::from(&raw.path);
+        match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(dir) if !dir.is_dir() => {
+                errs.push(
+                    "access_log.path",
+                    format!("directory {} does not exist", dir.display()),
+                );
+                return None;
+            }
+            _ => crate::config::LogTarget::File(path),
         }
-        _ => Some(crate::config::LogTarget::File(path)),
+    };
+    Some(crate::config::AccessLogSpec { target, format })
+}
+
+/// `access_log.format` and `access_log.fields`: `time` always comes first, once.
+fn log_format(
+    format: Option<&str>,
+    fields: Option<Vec<String>>,
+    errs: &mut Errors,
+) -> crate::config::LogFormat {
+    use crate::config::{LogField, LogFormat};
+    match format {
+        None | Some("json") => {}
+        Some("combined") => {
+            if fields.is_some() {
+                errs.push(
+                    "access_log.fields",
+                    "the combined format has fixed fields: fields are for format: json",
+                );
+            }
+            return LogFormat::Combined;
+        }
+        Some(other) => errs.push(
+            "access_log.format",
+            format!("must be json or combined, not {other:?}"),
+        ),
     }
+    let Some(names) = fields else {
+        return LogFormat::default();
+    };
+    let mut out = vec![LogField::Time];
+    for (i, name) in names.iter().enumerate() {
+        match LogField::parse(name) {
+            Some(LogField::Time) => {}
+            Some(field) if out.contains(&field) => errs.push(
+                format!("access_log.fields[{i}]"),
+                format!("{name:?} is listed twice"),
+            ),
+            Some(field) => out.push(field),
+            None => {
+                let known: Vec<&str> = LogField::ALL.iter().map(|(_, n)| *n).collect();
+                errs.push(
+                    format!("access_log.fields[{i}]"),
+                    format!("unknown field {name:?}: one of {}", known.join(", ")),
+                );
+            }
+        }
+    }
+    LogFormat::Json(out)
 }
 
 /// `server.client_ip`: the header and the proxies trusted to write it.
@@ -174,7 +225,50 @@ fn validate_client_ip(raw: RawClientIp, errs: &mut Errors) -> ClientIpSpec {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::Config;
+    use crate::config::{Config, LogField, LogFormat};
+
+    #[test]
+    fn access_log_formats_and_fields_validate_at_their_key_paths() {
+        let base = "listeners: [{listen: \"127.0.0.1:8080\"}]\npools: {p: {backends: \
+                    [\"127.0.0.1:1\"]}}\nroutes: [{hosts: [a.com], pool: p}]\n";
+        let format = |yaml: &str| {
+            Config::from_yaml_str(&format!("{base}access_log: {yaml}\n"))
+                .map(|c| c.access_log.map(|a| a.format))
+        };
+        assert_eq!(
+            format("{path: \"-\"}").expect("valid"),
+            Some(LogFormat::default())
+        );
+        assert_eq!(
+            format("{path: \"-\", format: combined}").expect("valid"),
+            Some(LogFormat::Combined)
+        );
+        assert_eq!(
+            format("{path: \"-\", fields: [status, time, user_agent]}").expect("valid"),
+            Some(LogFormat::Json(vec![
+                LogField::Time,
+                LogField::Status,
+                LogField::UserAgent
+            ])),
+            "time first, once"
+        );
+        let errs = format("{path: \"-\", format: xml, fields: [status, nope, status]}")
+            .expect_err("invalid")
+            .errors;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "access_log.format",
+                "access_log.fields[1]",
+                "access_log.fields[2]"
+            ]
+        );
+        let errs = format("{path: \"-\", format: combined, fields: [status]}")
+            .expect_err("invalid")
+            .errors;
+        assert_eq!(errs[0].path, "access_log.fields");
+    }
 
     #[test]
     fn client_ip_validates_with_every_error_at_its_key_path() {

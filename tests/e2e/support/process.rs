@@ -238,6 +238,19 @@ impl Verge {
         }
     }
 
+    /// Write `config` over this instance's config file (same ports and directory) and send
+    /// SIGHUP: the running process reloads it in place.
+    pub fn reload_with(&self, config: &Config) {
+        let text = config.render(self.http, self.admin, self.dir.path());
+        std::fs::write(&self.config, text).expect("write config");
+        let ok = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "SIGHUP sent");
+    }
+
     /// The directory holding this instance's config (and anything `{dir}` pointed at).
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -1,0 +1,187 @@
+//! The configurable access log through real sockets: chosen JSON fields with `time` first, on
+//! the full path and the hit lane alike; the combined format; the TLS version and scheme of a
+//! TLS listener.
+
+use crate::support::{
+    assert_eventually, fetch, Config, Listener, Origin, Pool, Route, RouteCache, Verge,
+};
+use std::path::Path;
+use std::time::Duration;
+
+/// The access log's lines, once `n` are written.
+async fn lines(v: &Verge, n: usize) -> Vec<String> {
+    let path = v.dir().join("access.log");
+    assert_eventually(
+        Duration::from_secs(5),
+        &format!("{n} access-log lines"),
+        || async {
+            std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        },
+        |got| got.len() >= n,
+    )
+    .await
+}
+
+/// The keys of a JSON line, in the order written.
+fn keys(line: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(line).expect("each line is JSON");
+    let mut keys: Vec<(usize, String)> = v
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(|k| {
+            (
+                line.find(&format!("\"{k}\":")).unwrap_or(usize::MAX),
+                k.clone(),
+            )
+        })
+        .collect();
+    keys.sort();
+    keys.into_iter().map(|(_, k)| k).collect()
+}
+
+#[tokio::test]
+async fn chosen_fields_are_written_in_order_after_the_time_on_misses_and_lane_hits() {
+    let o = Origin::start("o").await;
+    o.set_headers("/c", &[("cache-control", "max-age=600")]);
+    let v = Verge::start(
+        &Config::new()
+            .raw(
+                "access_log: {path: \"{dir}/access.log\", fields: [status, cache, user_agent, \
+                 referer, protocol, scheme, listener, route]}",
+            )
+            .listener(Listener::new().name("front"))
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p").name("site").cache(RouteCache::new())),
+    )
+    .await;
+    let ua = [
+        ("user-agent", "probe/1.0 \"quoted\""),
+        ("referer", "https://r.test/x"),
+    ];
+    assert_eq!(
+        fetch(&v, "/c", &ua).await.cache_status,
+        "verge; fwd=uri-miss; stored"
+    );
+    let hit = fetch(&v, "/c", &ua).await;
+    assert!(
+        hit.cache_status.starts_with("verge; hit"),
+        "{}",
+        hit.cache_status
+    );
+    let got = lines(&v, 2).await;
+    for line in &got {
+        assert_eq!(
+            keys(line),
+            [
+                "time",
+                "status",
+                "cache",
+                "user_agent",
+                "referer",
+                "protocol",
+                "scheme",
+                "listener",
+                "route"
+            ],
+            "{line}"
+        );
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON");
+        assert_eq!(v["user_agent"], "probe/1.0 \"quoted\"");
+        assert_eq!(v["referer"], "https://r.test/x");
+        assert_eq!(v["protocol"], "HTTP/1.1");
+        assert_eq!(v["scheme"], "http");
+        assert_eq!(v["listener"], "front");
+        assert_eq!(v["route"], "site");
+    }
+    let caches: Vec<String> = got
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON")["cache"].to_string())
+        .collect();
+    assert!(caches.contains(&"\"hit\"".to_string()), "{caches:?}");
+    assert!(caches.contains(&"\"miss\"".to_string()), "{caches:?}");
+    assert_eq!(o.hits("/c"), 1);
+    let lane = v.metrics().await.sum("verge_cache_fast_hits_total", &[]);
+    assert_eq!(lane, 1.0, "the hit was the lane's");
+}
+
+#[tokio::test]
+async fn the_combined_format_reads_like_apaches() {
+    let o = Origin::start("o").await;
+    let v = Verge::start(
+        &Config::new()
+            .raw("access_log: {path: \"{dir}/access.log\", format: combined}")
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p")),
+    )
+    .await;
+    let got = fetch(
+        &v,
+        "/a?b=1",
+        &[("user-agent", "agent/2"), ("referer", "https://r.test/")],
+    )
+    .await;
+    let len = got.body.len();
+    let line = lines(&v, 1).await.remove(0);
+    let (start, rest) = line.split_once(" [").expect("a time");
+    assert_eq!(start, "127.0.0.1 - -");
+    let (time, rest) = rest.split_once("] ").expect("the time's end");
+    assert_eq!(time.len(), "04/Dec/2026:10:40:28 +0000".len(), "{time}");
+    assert!(time.ends_with(" +0000"), "{time}");
+    assert_eq!(
+        rest,
+        format!("\"GET /a?b=1 HTTP/1.1\" 200 {len} \"https://r.test/\" \"agent/2\"")
+    );
+}
+
+#[tokio::test]
+async fn a_tls_listener_logs_its_version_and_scheme() {
+    let o = Origin::start("o").await;
+    o.set_headers("/t", &[("cache-control", "max-age=600")]);
+    let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/test-certs");
+    let v = Verge::start(
+        &Config::new()
+            .raw(
+                "access_log: {path: \"{dir}/access.log\", fields: [tls_version, scheme, \
+                 protocol, cache]}",
+            )
+            .listener(
+                Listener::new()
+                    .name("tls")
+                    .tls(&certs.join("server.crt"), &certs.join("server.key")),
+            )
+            .pool(Pool::new("p", &[o.addr]))
+            .route(
+                Route::to("p")
+                    .hosts(&["localhost"])
+                    .cache(RouteCache::new()),
+            ),
+    )
+    .await;
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .http1_only()
+        .build()
+        .expect("client");
+    let url = format!("https://localhost:{}/t", v.http.port());
+    for _ in 0..2 {
+        let r = client.get(&url).send().await.expect("request");
+        assert_eq!(r.status(), 200);
+    }
+    for line in lines(&v, 2).await {
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        assert_eq!(v["tls_version"], "TLSv1.3", "{line}");
+        assert_eq!(v["scheme"], "https");
+        assert_eq!(v["protocol"], "HTTP/1.1");
+    }
+    assert_eq!(o.hits("/t"), 1, "the second was a hit");
+    let lane = v.metrics().await.sum("verge_cache_fast_hits_total", &[]);
+    assert_eq!(
+        lane, 0.0,
+        "the lane leaves hits to the full path when the log wants TLS"
+    );
+}
