@@ -1,0 +1,632 @@
+//! The disk tier (`cache.disk`): whole objects appended to segment files under a byte budget,
+//! an in-memory index of where each is, reads that stream and verify one chunk at a time, and
+//! an index rebuilt from the segments when verge starts.
+//!
+//! - **What goes to disk.** Every object the memory tier stores is written behind it (write
+//!   through, by one writer thread off the request path), so a restart or a crash loses at
+//!   most what was still queued. A refreshed entry (a refetch, a 304) is written again; the
+//!   newest record wins.
+//! - **Eviction.** FIFO over segments: when the budget would be exceeded, the oldest segment
+//!   file is deleted with every object in it (`verge_cache_disk_evictions_total`).
+//! - **Removal.** A purge or an invalidating request removes the object from the index at once
+//!   and appends a tombstone, so it stays removed after a restart.
+//! - **Reads.** A memory miss looks the key up here; a hit reads the head and the first chunk
+//!   (verified), then each further chunk as the client takes it. A checksum mismatch makes the
+//!   lookup a miss (or ends a response already started), drops the object and is counted.
+//! - **Restart.** The index is rebuilt in a background thread by scanning the segments, oldest
+//!   first; lookups are misses until it is done (`verge_cache_disk_rebuild_progress`). Records
+//!   cut short by a crash end the scan of their segment; new records go to a new segment.
+
+mod hit;
+pub mod record;
+pub mod segments;
+
+use crate::cache::stored_meta::StoredMeta;
+use crate::config::DiskSettings;
+use crate::metrics::DISK_METRICS;
+use bytes::Bytes;
+use hit::{BodyLocation, DiskHit};
+use parking_lot::{Mutex, RwLock};
+use pingora_cache::key::{CacheHashKey, HashBinary};
+use pingora_cache::storage::HitHandler;
+use pingora_cache::{CacheKey, CacheMeta};
+use pingora_error::Result;
+use record::{Head, Kind, HEAD_LEN, TRAILER_LEN};
+use segments::{Found, Segments};
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Body bytes the writer's queue may hold; an object that would go over is not written.
+const MAX_QUEUED_BYTES: u64 = 64 << 20;
+/// Jobs the writer's queue may hold.
+const MAX_QUEUED_JOBS: usize = 4096;
+
+/// Where one object's record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Location {
+    segment: u64,
+    offset: u64,
+    internal_len: u32,
+    header_len: u32,
+    body_len: u64,
+    primary: HashBinary,
+}
+
+impl Location {
+    fn of(found: &Found, segment: u64) -> Location {
+        Location {
+            segment,
+            offset: found.offset,
+            internal_len: found.head.internal_len,
+            header_len: found.head.header_len,
+            body_len: found.head.body_len,
+            primary: found.head.primary,
+        }
+    }
+}
+
+/// The index: key → location, URL → its keys, and the removals the writer must respect.
+#[derive(Default)]
+struct Index {
+    entries: HashMap<HashBinary, Location>,
+    variants: HashMap<HashBinary, Vec<HashBinary>>,
+    /// Sequence number of the latest removal of a key (or of a whole URL) whose tombstone is
+    /// not written yet: an object queued before it is not written.
+    removed_keys: HashMap<HashBinary, u64>,
+    removed_urls: HashMap<HashBinary, u64>,
+    /// Keys and URLs removed while the rebuild runs: what it found of them is not taken.
+    removed_while_loading: (HashSet<HashBinary>, HashSet<HashBinary>),
+}
+
+impl Index {
+    fn insert(&mut self, key: HashBinary, loc: Location) {
+        if let Some(old) = self.entries.insert(key, loc) {
+            if old.primary == loc.primary {
+                return;
+            }
+            self.unlink(&key, &old.primary);
+        }
+        let list = self.variants.entry(loc.primary).or_default();
+        if !list.contains(&key) {
+            list.push(key);
+        }
+    }
+
+    fn unlink(&mut self, key: &HashBinary, primary: &HashBinary) {
+        if let Some(list) = self.variants.get_mut(primary) {
+            list.retain(|k| k != key);
+            if list.is_empty() {
+                self.variants.remove(primary);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &HashBinary) -> Option<Location> {
+        let old = self.entries.remove(key)?;
+        self.unlink(key, &old.primary);
+        Some(old)
+    }
+
+    fn remove_url(&mut self, primary: &HashBinary) -> usize {
+        let keys = self.variants.remove(primary).unwrap_or_default();
+        keys.iter()
+            .filter(|k| self.entries.remove(*k).is_some())
+            .count()
+    }
+
+    /// Remove the keys of a deleted segment that still point into it.
+    fn drop_segment(&mut self, segment: u64, keys: &[HashBinary]) -> usize {
+        let mut removed = 0;
+        for k in keys {
+            if self.entries.get(k).is_some_and(|loc| loc.segment == segment) {
+                self.remove(k);
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+enum Job {
+    Object {
+        seq: u64,
+        key: HashBinary,
+        primary: HashBinary,
+        meta: Arc<StoredMeta>,
+        body: Bytes,
+    },
+    Tombstone {
+        seq: u64,
+        kind: Kind,
+        key: HashBinary,
+    },
+    Flush(SyncSender<()>),
+}
+
+/// The disk tier. `'static` (leaked once at startup), with a writer thread and, at start, a
+/// rebuild thread.
+pub struct DiskStore {
+    settings: DiskSettings,
+    index: RwLock<Index>,
+    files: RwLock<HashMap<u64, Arc<File>>>,
+    segments: Mutex<Segments>,
+    jobs: SyncSender<Job>,
+    queued_bytes: AtomicU64,
+    next_seq: AtomicU64,
+    loading: AtomicBool,
+}
+
+impl std::fmt::Debug for DiskStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskStore")
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl DiskStore {
+    /// Open the tier in `settings.path` (created if missing), start its writer, and rebuild
+    /// its index from the segments found there in the background.
+    pub fn open(settings: DiskSettings) -> std::io::Result<&'static DiskStore> {
+        let segments = Segments::open(&settings.path, settings.size, settings.segment_size)?;
+        let found = segments.files();
+        let (jobs, queue) = sync_channel(MAX_QUEUED_JOBS);
+        DISK_METRICS.capacity.set(i64::try_from(settings.size).unwrap_or(i64::MAX));
+        DISK_METRICS.bytes.set(i64::try_from(segments.total()).unwrap_or(i64::MAX));
+        DISK_METRICS.rebuild_progress.set(0.0);
+        let store: &'static DiskStore = Box::leak(Box::new(DiskStore {
+            files: RwLock::new(found.iter().map(|(id, f, _)| (*id, f.clone())).collect()),
+            settings,
+            index: RwLock::default(),
+            segments: Mutex::new(segments),
+            jobs,
+            queued_bytes: AtomicU64::new(0),
+            next_seq: AtomicU64::new(1),
+            loading: AtomicBool::new(true),
+        }));
+        std::thread::Builder::new()
+            .name("verge-disk-writer".into())
+            .spawn(move || store.write_loop(queue))?;
+        std::thread::Builder::new()
+            .name("verge-disk-rebuild".into())
+            .spawn(move || store.rebuild(found))?;
+        Ok(store)
+    }
+
+    /// Largest body written to disk.
+    pub fn max_object_size(&self) -> u64 {
+        self.settings.max_object_size
+    }
+
+    /// Objects in the index.
+    pub fn objects(&self) -> usize {
+        self.index.read().entries.len()
+    }
+
+    /// Bytes in the segment files.
+    pub fn bytes(&self) -> u64 {
+        self.segments.lock().total()
+    }
+
+    /// Whether the index rebuild at start is still running.
+    pub fn is_loading(&self) -> bool {
+        self.loading.load(Ordering::Acquire)
+    }
+
+    fn seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queue `body` with `meta` for writing under `key` (of URL `primary`). Not written when
+    /// it is too large or the queue is full.
+    pub fn write(&self, key: HashBinary, primary: HashBinary, meta: Arc<StoredMeta>, body: Bytes) {
+        let len = body.len() as u64;
+        if len > self.settings.max_object_size {
+            return;
+        }
+        if self.queued_bytes.fetch_add(len, Ordering::AcqRel) + len > MAX_QUEUED_BYTES {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            DISK_METRICS.writes_dropped.inc();
+            return;
+        }
+        let job = Job::Object {
+            seq: self.seq(),
+            key,
+            primary,
+            meta,
+            body,
+        };
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.jobs.try_send(job)
+        {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            DISK_METRICS.writes_dropped.inc();
+        }
+    }
+
+    /// Remove the object under `key` (a purge, a fill thrown away): gone from the index now,
+    /// and after a restart.
+    pub fn remove(&self, key: &HashBinary) {
+        self.removal(Kind::Tombstone, key);
+    }
+
+    /// Remove every variant of the URL `primary`, now and after a restart.
+    pub fn remove_url(&self, primary: &HashBinary) {
+        self.removal(Kind::UrlTombstone, primary);
+    }
+
+    fn removal(&self, kind: Kind, key: &HashBinary) {
+        let seq = {
+            let mut index = self.index.write();
+            let had = match kind {
+                Kind::UrlTombstone => index.remove_url(key) > 0,
+                _ => index.remove(key).is_some(),
+            };
+            let loading = self.is_loading();
+            if loading {
+                let (keys, urls) = &mut index.removed_while_loading;
+                match kind {
+                    Kind::UrlTombstone => urls.insert(*key),
+                    _ => keys.insert(*key),
+                };
+            }
+            // a tombstone only where something of the key may be on disk or on its way there
+            if !(had || loading || self.queued_bytes.load(Ordering::Acquire) > 0) {
+                return;
+            }
+            let seq = self.seq();
+            match kind {
+                Kind::UrlTombstone => index.removed_urls.insert(*key, seq),
+                _ => index.removed_keys.insert(*key, seq),
+            };
+            seq
+        };
+        DISK_METRICS.objects.set(self.objects() as i64);
+        // a tombstone that cannot be queued still removed the key from this process's index
+        let _ = self.jobs.try_send(Job::Tombstone {
+            seq,
+            kind,
+            key: *key,
+        });
+    }
+
+    /// Wait (up to `timeout`) until everything queued so far is written and synced.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (done, wait) = sync_channel(1);
+        if self.jobs.send(Job::Flush(done)).is_err() {
+            return false;
+        }
+        wait.recv_timeout(timeout).is_ok()
+    }
+
+    /// A record failed its checksum: count it and remove it.
+    fn drop_corrupt(&self, key: HashBinary) {
+        DISK_METRICS.corrupt.inc();
+        log::warn!("disk cache: a record failed its checksum; dropped");
+        self.remove(&key);
+    }
+
+    /// Run a blocking read off the async runtime, timed.
+    async fn timed_read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> std::io::Result<T> {
+        let start = Instant::now();
+        let out = tokio::task::spawn_blocking(read)
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        DISK_METRICS
+            .read_seconds
+            .observe(start.elapsed().as_secs_f64());
+        out
+    }
+
+    /// The object under `key`, if the disk tier has a whole, verified one.
+    pub async fn lookup(&'static self, key: &CacheKey) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let combined = key.combined_bin();
+        let found = {
+            let index = self.index.read();
+            index.entries.get(&combined).copied()
+        };
+        let Some(loc) = found else {
+            return Ok(None);
+        };
+        let Some(file) = self.files.read().get(&loc.segment).cloned() else {
+            return Ok(None);
+        };
+        match self
+            .timed_read(move || read_entry(&file, &loc, &combined))
+            .await
+        {
+            Ok(Some((meta, body, first))) => {
+                DISK_METRICS.hits.inc();
+                let end = body.len;
+                let hit = DiskHit {
+                    body: Arc::new(body),
+                    store: self,
+                    key: combined,
+                    cached: first.map(|b| (0, b)),
+                    pos: 0,
+                    end,
+                };
+                Ok(Some((meta, Box::new(hit))))
+            }
+            Ok(None) => {
+                self.drop_corrupt(combined);
+                Ok(None)
+            }
+            Err(e) => {
+                log::warn!("disk cache: read failed: {e}");
+                Ok(None)
+            }
+        }
+    }
+
+    fn write_loop(&'static self, queue: Receiver<Job>) {
+        while let Ok(job) = queue.recv() {
+            match job {
+                Job::Object {
+                    seq,
+                    key,
+                    primary,
+                    meta,
+                    body,
+                } => {
+                    self.write_object(seq, key, primary, &meta, &body);
+                    self.queued_bytes
+                        .fetch_sub(body.len() as u64, Ordering::AcqRel);
+                }
+                Job::Tombstone { seq, kind, key } => self.write_tombstone(seq, kind, key),
+                Job::Flush(done) => {
+                    if let Err(e) = self.segments.lock().sync() {
+                        log::warn!("disk cache: sync failed: {e}");
+                    }
+                    let _ = done.try_send(());
+                }
+            }
+        }
+    }
+
+    fn superseded(index: &Index, seq: u64, key: &HashBinary, primary: &HashBinary) -> bool {
+        index.removed_keys.get(key).is_some_and(|&r| r > seq)
+            || index.removed_urls.get(primary).is_some_and(|&r| r > seq)
+    }
+
+    fn write_object(
+        &'static self,
+        seq: u64,
+        key: HashBinary,
+        primary: HashBinary,
+        meta: &StoredMeta,
+        body: &Bytes,
+    ) {
+        if Self::superseded(&self.index.read(), seq, &key, &primary) {
+            return;
+        }
+        let encoded = meta.to_meta().and_then(|m| {
+            let (internal, header) = m.serialize()?;
+            Ok((internal, header, m.variance()))
+        });
+        let Ok((internal, header, variance)) = encoded else {
+            DISK_METRICS.writes_dropped.inc();
+            return;
+        };
+        let head = Head {
+            kind: Kind::Object,
+            combined: key,
+            primary,
+            variance,
+            written_ms: unix_ms(SystemTime::now()),
+            internal_len: u32::try_from(internal.len()).unwrap_or(u32::MAX),
+            header_len: u32::try_from(header.len()).unwrap_or(u32::MAX),
+            body_len: body.len() as u64,
+        };
+        let mut meta_bytes = internal;
+        meta_bytes.extend_from_slice(&header);
+        let table = record::table(body);
+        let len = head.record_len();
+        let trailer = record::trailer(&table, len);
+        let head_bytes = head.encode(&meta_bytes);
+        let parts: [&[u8]; 5] = [&head_bytes, &meta_bytes, body, &table, &trailer];
+        let Some(at) = self.append(key, &parts, len) else {
+            DISK_METRICS.writes_dropped.inc();
+            return;
+        };
+        let mut index = self.index.write();
+        // removed while it was being written: the tombstone queued behind it takes it out
+        if Self::superseded(&index, seq, &key, &primary) {
+            return;
+        }
+        index.insert(
+            key,
+            Location {
+                segment: at.0,
+                offset: at.1,
+                internal_len: head.internal_len,
+                header_len: head.header_len,
+                body_len: head.body_len,
+                primary,
+            },
+        );
+        DISK_METRICS.objects.set(index.entries.len() as i64);
+    }
+
+    fn write_tombstone(&'static self, seq: u64, kind: Kind, key: HashBinary) {
+        let head = Head {
+            kind,
+            combined: key,
+            primary: key,
+            variance: None,
+            written_ms: unix_ms(SystemTime::now()),
+            internal_len: 0,
+            header_len: 0,
+            body_len: 0,
+        };
+        let len = head.record_len();
+        let head_bytes = head.encode(&[]);
+        let trailer = record::trailer(&[], len);
+        let _ = self.append(key, &[&head_bytes, &trailer], len);
+        let mut index = self.index.write();
+        let pending = match kind {
+            Kind::UrlTombstone => &mut index.removed_urls,
+            _ => &mut index.removed_keys,
+        };
+        if pending.get(&key) == Some(&seq) {
+            pending.remove(&key);
+        }
+    }
+
+    /// Append a record; apply the segments it deleted to the index. Returns (segment, offset).
+    fn append(&self, key: HashBinary, parts: &[&[u8]], len: u64) -> Option<(u64, u64)> {
+        let mut segments = self.segments.lock();
+        let appended = segments.append(key, parts, len);
+        DISK_METRICS.bytes.set(i64::try_from(segments.total()).unwrap_or(i64::MAX));
+        drop(segments);
+        let appended = match appended {
+            Ok(a) => a,
+            Err(e) => {
+                log::warn!("disk cache: write failed: {e}");
+                return None;
+            }
+        };
+        DISK_METRICS.write_bytes.inc_by(len);
+        {
+            let mut files = self.files.write();
+            if let Some((id, file)) = &appended.created {
+                files.insert(*id, file.clone());
+            }
+            for seg in &appended.dropped {
+                files.remove(&seg.id);
+            }
+        }
+        if !appended.dropped.is_empty() {
+            let mut index = self.index.write();
+            let dropped: usize = appended
+                .dropped
+                .iter()
+                .map(|seg| index.drop_segment(seg.id, &seg.keys))
+                .sum();
+            DISK_METRICS.evictions.inc_by(dropped as u64);
+            DISK_METRICS.objects.set(index.entries.len() as i64);
+        }
+        Some((appended.segment, appended.offset))
+    }
+
+    /// Scan the segments found at start, oldest first, then take what they hold into the index
+    /// (what was written or removed since start wins).
+    fn rebuild(&'static self, found: Vec<(u64, Arc<File>, u64)>) {
+        let started = Instant::now();
+        let total: u64 = found.iter().map(|(_, _, len)| len).sum::<u64>().max(1);
+        let mut scanned = 0u64;
+        let mut rebuilt = Index::default();
+        let mut keys_by_segment: Vec<(u64, Vec<HashBinary>)> = Vec::new();
+        for (id, file, len) in &found {
+            let mut keys = Vec::new();
+            segments::scan(file, *len, |f| match f.head.kind {
+                Kind::Object => {
+                    keys.push(f.head.combined);
+                    rebuilt.insert(f.head.combined, Location::of(&f, *id));
+                }
+                Kind::Tombstone => {
+                    rebuilt.remove(&f.head.combined);
+                }
+                Kind::UrlTombstone => {
+                    rebuilt.remove_url(&f.head.primary);
+                }
+            });
+            DISK_METRICS.read_bytes.inc_by(*len);
+            keys_by_segment.push((*id, keys));
+            scanned += len;
+            DISK_METRICS
+                .rebuild_progress
+                .set(scanned as f64 / total as f64);
+        }
+        let mut segments = self.segments.lock();
+        for (id, keys) in keys_by_segment {
+            for k in keys {
+                segments.note_key(id, k);
+            }
+        }
+        let mut index = self.index.write();
+        let (gone_keys, gone_urls) = std::mem::take(&mut index.removed_while_loading);
+        for (key, loc) in rebuilt.entries {
+            let keep = segments.contains(loc.segment)
+                && !index.entries.contains_key(&key)
+                && !gone_keys.contains(&key)
+                && !gone_urls.contains(&loc.primary);
+            if keep {
+                index.insert(key, loc);
+            }
+        }
+        self.loading.store(false, Ordering::Release);
+        DISK_METRICS.objects.set(index.entries.len() as i64);
+        DISK_METRICS.rebuild_progress.set(1.0);
+        log::info!(
+            "disk cache: index rebuilt, {} objects in {} ms",
+            index.entries.len(),
+            started.elapsed().as_millis()
+        );
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// An object read back for a hit: its meta, where its body is, and its first chunk.
+type Entry = (CacheMeta, BodyLocation, Option<Bytes>);
+
+/// Read and verify a record's head, meta, checksum table and first chunk (blocking).
+/// `Ok(None)`: the record is not what was written under `key`.
+fn read_entry(file: &Arc<File>, loc: &Location, key: &HashBinary) -> std::io::Result<Option<Entry>> {
+    let meta_len = loc.internal_len as usize + loc.header_len as usize;
+    let mut head_meta = vec![0u8; HEAD_LEN + meta_len];
+    file.read_exact_at(&mut head_meta, loc.offset)?;
+    let Ok(head) = Head::decode(&head_meta) else {
+        return Ok(None);
+    };
+    let (head_bytes, meta) = head_meta.split_at(HEAD_LEN);
+    let whole = Head::verify(head_bytes, meta).is_ok()
+        && head.kind == Kind::Object
+        && head.combined == *key
+        && head.body_len == loc.body_len
+        && head.meta_len() == meta_len;
+    if !whole {
+        return Ok(None);
+    }
+    let mut table = vec![0u8; head.table_len() + TRAILER_LEN];
+    file.read_exact_at(&mut table, loc.offset + head.table_offset())?;
+    let Ok(crcs) = record::verify_table(&head, &table) else {
+        return Ok(None);
+    };
+    let (internal, header) = meta.split_at(loc.internal_len as usize);
+    let Ok(cache_meta) = CacheMeta::deserialize(internal, header) else {
+        return Ok(None);
+    };
+    let body = BodyLocation {
+        file: file.clone(),
+        offset: loc.offset + head.body_offset(),
+        len: head.body_len,
+        crcs,
+    };
+    let first = if head.body_len > 0 {
+        match body.read_chunk(0)? {
+            Some(chunk) => Some(chunk),
+            None => return Ok(None),
+        }
+    } else {
+        None
+    };
+    DISK_METRICS
+        .read_bytes
+        .inc_by((head_meta.len() + table.len()) as u64);
+    Ok(Some((cache_meta, body, first)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,245 @@
+//! Unit tests of the disk tier: write, read back, seek, corruption, removal, budget, rebuild.
+
+use super::*;
+use crate::cache::stored_meta::StoredMeta;
+use pingora_http::ResponseHeader;
+
+fn settings(dir: &std::path::Path, size: u64, segment_size: u64) -> DiskSettings {
+    DiskSettings {
+        path: dir.to_path_buf(),
+        size,
+        max_object_size: size / 4,
+        segment_size,
+    }
+}
+
+async fn open(s: &DiskSettings) -> &'static DiskStore {
+    let store = DiskStore::open(s.clone()).expect("open");
+    for _ in 0..500 {
+        if !store.is_loading() {
+            return store;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the rebuild did not finish");
+}
+
+fn meta(tag: &str) -> Arc<StoredMeta> {
+    let now = SystemTime::now();
+    let mut h = ResponseHeader::build(200, None).expect("h");
+    h.append_header("X-Tag", tag).expect("h");
+    h.append_header("cache-control", "max-age=60").expect("h");
+    let m = CacheMeta::new(now + Duration::from_secs(60), now - Duration::from_secs(3), 1, 2, h);
+    Arc::new(StoredMeta::from_meta(&m).expect("meta"))
+}
+
+fn key(name: &str) -> CacheKey {
+    CacheKey::new(name.to_string(), "t")
+}
+
+fn put(store: &DiskStore, k: &CacheKey, body: &[u8]) {
+    store.write(
+        k.combined_bin(),
+        k.primary_bin(),
+        meta(&k.primary_key_str().unwrap_or_default()),
+        Bytes::copy_from_slice(body),
+    );
+}
+
+fn body(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+}
+
+async fn read_all(hit: &mut HitHandler) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(b) = hit.read_body().await? {
+        out.extend_from_slice(&b);
+    }
+    Ok(out)
+}
+
+async fn get(store: &'static DiskStore, k: &CacheKey) -> Option<(CacheMeta, Vec<u8>)> {
+    let (meta, mut hit) = store.lookup(k).await.expect("lookup")?;
+    Some((meta, read_all(&mut hit).await.expect("read")))
+}
+
+fn flush(store: &DiskStore) {
+    assert!(store.flush(Duration::from_secs(5)), "flushed");
+}
+
+#[tokio::test]
+async fn an_object_comes_back_whole_after_a_restart_and_ranges_seek() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = settings(dir.path(), 64 << 20, 8 << 20);
+    let store = open(&s).await;
+    let big = body(record::CHUNK * 2 + 1000, 7);
+    let k = key("/big");
+    put(store, &k, &big);
+    flush(store);
+    let (m, got) = get(store, &k).await.expect("hit");
+    assert_eq!(got, big);
+    assert_eq!(m.headers().get("x-tag").map(|v| v.as_bytes()), Some(&b"/big"[..]));
+    assert_eq!((m.stale_while_revalidate_sec(), m.stale_if_error_sec()), (1, 2));
+    // a range inside the third chunk, and one across chunks
+    let (_, mut hit) = store.lookup(&k).await.expect("lookup").expect("hit");
+    for (start, end) in [(2 * record::CHUNK + 10, 2 * record::CHUNK + 20), (100, record::CHUNK + 5)] {
+        hit.seek(start, Some(end)).expect("seek");
+        assert_eq!(read_all(&mut hit).await.expect("read"), &big[start..end]);
+    }
+    // another process on the same directory: the index comes back from the segments
+    let again = open(&s).await;
+    let (m2, got) = get(again, &k).await.expect("hit after restart");
+    assert_eq!(got, big, "byte-identical");
+    assert_eq!(m2.created(), m.created(), "the same fetch time: Age carries on");
+    assert_eq!(m2.fresh_until(), m.fresh_until());
+    assert_eq!(m2.headers(), m.headers());
+    assert!(again.lookup(&key("/other")).await.expect("lookup").is_none());
+}
+
+/// Flip one byte of the segment holding the only record, at `at` bytes into its body.
+fn corrupt_body(dir: &std::path::Path, at: u64) {
+    let seg = std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .expect("a segment");
+    let mut bytes = std::fs::read(&seg).expect("read");
+    let head = Head::decode(&bytes).expect("head");
+    let i = (head.body_offset() + at) as usize;
+    bytes[i] ^= 0x20;
+    std::fs::write(&seg, bytes).expect("write");
+}
+
+#[tokio::test]
+async fn a_corrupted_body_is_a_miss_or_an_error_never_garbage_and_is_dropped() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = settings(dir.path(), 64 << 20, 8 << 20);
+    let store = open(&s).await;
+    let k = key("/small");
+    put(store, &k, &body(5000, 1));
+    flush(store);
+    corrupt_body(dir.path(), 4000);
+    assert!(store.lookup(&k).await.expect("lookup").is_none(), "a miss");
+    assert_eq!(store.objects(), 0, "dropped");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let s = settings(dir.path(), 64 << 20, 8 << 20);
+    let store = open(&s).await;
+    let k = key("/large");
+    let large = body(record::CHUNK * 3, 2);
+    put(store, &k, &large);
+    flush(store);
+    corrupt_body(dir.path(), record::CHUNK as u64 * 2 + 5);
+    let (_, mut hit) = store.lookup(&k).await.expect("lookup").expect("the first chunk is fine");
+    let mut read = Vec::new();
+    let err = loop {
+        match hit.read_body().await {
+            Ok(Some(b)) => read.extend_from_slice(&b),
+            Ok(None) => panic!("a corrupted body must not end like a whole one"),
+            Err(e) => break e,
+        }
+    };
+    assert!(err.to_string().contains("checksum"), "{err}");
+    assert_eq!(read, &large[..record::CHUNK * 2], "only verified bytes were handed out");
+    assert!(store.lookup(&k).await.expect("lookup").is_none(), "dropped");
+    // ... and it stays dropped after a restart
+    flush(store);
+    let again = open(&s).await;
+    assert!(again.lookup(&k).await.expect("lookup").is_none());
+}
+
+#[tokio::test]
+async fn removals_persist_and_newer_records_win() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = settings(dir.path(), 64 << 20, 8 << 20);
+    let store = open(&s).await;
+    let a = key("/a");
+    let mut fr = key("/u");
+    fr.set_variance_key([1; 16]);
+    let mut en = key("/u");
+    en.set_variance_key([2; 16]);
+    let c = key("/c");
+    for k in [&a, &fr, &en, &c] {
+        put(store, k, b"first");
+    }
+    put(store, &c, b"second");
+    store.remove(&a.combined_bin());
+    store.remove_url(&en.primary_bin());
+    flush(store);
+    for k in [&a, &fr, &en] {
+        assert!(store.lookup(k).await.expect("lookup").is_none());
+    }
+    assert_eq!(get(store, &c).await.expect("hit").1, b"second");
+    let again = open(&s).await;
+    for k in [&a, &fr, &en] {
+        assert!(again.lookup(k).await.expect("lookup").is_none(), "removed for good");
+    }
+    assert_eq!(get(again, &c).await.expect("hit").1, b"second", "the newest record");
+    assert_eq!(again.objects(), 1);
+    // a write queued before a removal is not written after it
+    put(again, &a, b"late");
+    again.remove(&a.combined_bin());
+    flush(again);
+    assert!(again.lookup(&a).await.expect("lookup").is_none());
+}
+
+fn files_total(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+#[tokio::test]
+async fn the_budget_holds_by_dropping_the_oldest_segment() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = settings(dir.path(), 4 << 20, 1 << 20);
+    let store = open(&s).await;
+    let keys: Vec<CacheKey> = (0..40).map(|i| key(&format!("/o{i}"))).collect();
+    for (i, k) in keys.iter().enumerate() {
+        put(store, k, &body(200 << 10, i as u8));
+        flush(store);
+        assert!(files_total(dir.path()) <= 4 << 20, "over budget after {i}");
+        assert!(store.bytes() <= 4 << 20);
+    }
+    assert!(store.lookup(&keys[0]).await.expect("lookup").is_none(), "the oldest went");
+    let (_, last) = get(store, &keys[39]).await.expect("the newest stays");
+    assert_eq!(last, body(200 << 10, 39));
+    assert!(store.objects() >= 10 && store.objects() <= 20, "{}", store.objects());
+}
+
+#[tokio::test]
+async fn a_torn_record_at_the_end_is_not_indexed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = settings(dir.path(), 64 << 20, 8 << 20);
+    let store = open(&s).await;
+    let (a, b) = (key("/a"), key("/b"));
+    put(store, &a, b"whole");
+    put(store, &b, &body(10_000, 3));
+    flush(store);
+    // cut the last record short, as a crash in the middle of its write would
+    let seg = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .next()
+        .expect("segment");
+    let len = std::fs::metadata(&seg).expect("meta").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .expect("open")
+        .set_len(len - 100)
+        .expect("truncate");
+    let again = open(&s).await;
+    assert_eq!(get(again, &a).await.expect("hit").1, b"whole");
+    assert!(again.lookup(&b).await.expect("lookup").is_none(), "torn: never served");
+    // new records go to a new segment, after the torn one
+    put(again, &b, b"refetched");
+    flush(again);
+    let third = open(&s).await;
+    assert_eq!(get(third, &b).await.expect("hit").1, b"refetched");
+}
