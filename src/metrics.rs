@@ -2,8 +2,8 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// All metrics. Names and labels are part of verge's interface: change them with care.
@@ -565,26 +565,53 @@ pub struct DiskMetrics {
 pub static DISK_METRICS: Lazy<DiskMetrics> = Lazy::new(|| {
     let r = &METRICS.registry;
     DiskMetrics {
-        hits: plain_counter(r, "verge_cache_disk_hits_total", "Lookups answered from the disk tier"),
-        bytes: plain_gauge(r, "verge_cache_disk_bytes", "Bytes in the disk tier's segment files"),
-        capacity: plain_gauge(r, "verge_cache_disk_capacity_bytes", "The disk tier's byte budget"),
-        objects: plain_gauge(r, "verge_cache_disk_objects", "Objects in the disk tier's index"),
+        hits: plain_counter(
+            r,
+            "verge_cache_disk_hits_total",
+            "Lookups answered from the disk tier",
+        ),
+        bytes: plain_gauge(
+            r,
+            "verge_cache_disk_bytes",
+            "Bytes in the disk tier's segment files",
+        ),
+        capacity: plain_gauge(
+            r,
+            "verge_cache_disk_capacity_bytes",
+            "The disk tier's byte budget",
+        ),
+        objects: plain_gauge(
+            r,
+            "verge_cache_disk_objects",
+            "Objects in the disk tier's index",
+        ),
         evictions: plain_counter(
             r,
             "verge_cache_disk_evictions_total",
             "Objects dropped with the oldest segment to stay within the disk budget",
         ),
-        read_bytes: plain_counter(r, "verge_cache_disk_read_bytes_total", "Bytes read from the disk tier"),
-        write_bytes: plain_counter(r, "verge_cache_disk_write_bytes_total", "Bytes written to the disk tier"),
+        read_bytes: plain_counter(
+            r,
+            "verge_cache_disk_read_bytes_total",
+            "Bytes read from the disk tier",
+        ),
+        write_bytes: plain_counter(
+            r,
+            "verge_cache_disk_write_bytes_total",
+            "Bytes written to the disk tier",
+        ),
         read_seconds: registered(
             r,
             "verge_cache_disk_read_seconds",
             Histogram::with_opts(
-                HistogramOpts::new("verge_cache_disk_read_seconds", "One read from the disk tier")
-                    .buckets(vec![
-                        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                        0.1, 0.25, 1.0,
-                    ]),
+                HistogramOpts::new(
+                    "verge_cache_disk_read_seconds",
+                    "One read from the disk tier",
+                )
+                .buckets(vec![
+                    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 1.0,
+                ]),
             ),
         ),
         rebuild_progress: registered(

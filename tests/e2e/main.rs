@@ -12,6 +12,7 @@ mod conformance_rules;
 mod control;
 mod control_limits;
 mod directives;
+mod disk_tier;
 mod edge;
 mod eviction;
 mod filters;

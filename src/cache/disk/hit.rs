@@ -68,7 +68,10 @@ impl DiskHit {
             }
             Ok(None) => {
                 self.store.drop_corrupt(self.key);
-                Error::e_explain(ErrorType::InternalError, "disk cache: chunk checksum mismatch")
+                Error::e_explain(
+                    ErrorType::InternalError,
+                    "disk cache: chunk checksum mismatch",
+                )
             }
             Err(e) => Error::e_because(ErrorType::InternalError, "disk cache: read failed", e),
         }

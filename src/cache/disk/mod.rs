@@ -8,8 +8,9 @@
 //!   newest record wins.
 //! - **Eviction.** FIFO over segments: when the budget would be exceeded, the oldest segment
 //!   file is deleted with every object in it (`verge_cache_disk_evictions_total`).
-//! - **Removal.** A purge or an invalidating request removes the object from the index at once
-//!   and appends a tombstone, so it stays removed after a restart.
+//! - **Removal.** A purge or an invalidating request removes the object from the index and
+//!   appends a tombstone at once (not through the queue), so it stays removed after a restart or
+//!   a crash; a write queued before the removal is skipped.
 //! - **Reads.** A memory miss looks the key up here; a hit reads the head and the first chunk
 //!   (verified), then each further chunk as the client takes it. A checksum mismatch makes the
 //!   lookup a miss (or ends a response already started), drops the object and is counted.
@@ -123,7 +124,11 @@ impl Index {
     fn drop_segment(&mut self, segment: u64, keys: &[HashBinary]) -> usize {
         let mut removed = 0;
         for k in keys {
-            if self.entries.get(k).is_some_and(|loc| loc.segment == segment) {
+            if self
+                .entries
+                .get(k)
+                .is_some_and(|loc| loc.segment == segment)
+            {
                 self.remove(k);
                 removed += 1;
             }
@@ -140,7 +145,8 @@ enum Job {
         meta: Arc<StoredMeta>,
         body: Bytes,
     },
-    Tombstone {
+    /// Every job queued before the removal `seq` of `key` is done: forget the removal.
+    Forget {
         seq: u64,
         kind: Kind,
         key: HashBinary,
@@ -176,8 +182,12 @@ impl DiskStore {
         let segments = Segments::open(&settings.path, settings.size, settings.segment_size)?;
         let found = segments.files();
         let (jobs, queue) = sync_channel(MAX_QUEUED_JOBS);
-        DISK_METRICS.capacity.set(i64::try_from(settings.size).unwrap_or(i64::MAX));
-        DISK_METRICS.bytes.set(i64::try_from(segments.total()).unwrap_or(i64::MAX));
+        DISK_METRICS
+            .capacity
+            .set(i64::try_from(settings.size).unwrap_or(i64::MAX));
+        DISK_METRICS
+            .bytes
+            .set(i64::try_from(segments.total()).unwrap_or(i64::MAX));
         DISK_METRICS.rebuild_progress.set(0.0);
         let store: &'static DiskStore = Box::leak(Box::new(DiskStore {
             files: RwLock::new(found.iter().map(|(id, f, _)| (*id, f.clone())).collect()),
@@ -286,8 +296,10 @@ impl DiskStore {
             seq
         };
         DISK_METRICS.objects.set(self.objects() as i64);
-        // a tombstone that cannot be queued still removed the key from this process's index
-        let _ = self.jobs.try_send(Job::Tombstone {
+        // written now, not queued: a purge holds after a crash right after it
+        self.write_tombstone(kind, *key);
+        // (if this cannot be queued, the removal is remembered for good: a few bytes)
+        let _ = self.jobs.try_send(Job::Forget {
             seq,
             kind,
             key: *key,
@@ -380,7 +392,16 @@ impl DiskStore {
                     self.queued_bytes
                         .fetch_sub(body.len() as u64, Ordering::AcqRel);
                 }
-                Job::Tombstone { seq, kind, key } => self.write_tombstone(seq, kind, key),
+                Job::Forget { seq, kind, key } => {
+                    let mut index = self.index.write();
+                    let pending = match kind {
+                        Kind::UrlTombstone => &mut index.removed_urls,
+                        _ => &mut index.removed_keys,
+                    };
+                    if pending.get(&key) == Some(&seq) {
+                        pending.remove(&key);
+                    }
+                }
                 Job::Flush(done) => {
                     if let Err(e) = self.segments.lock().sync() {
                         log::warn!("disk cache: sync failed: {e}");
@@ -437,8 +458,11 @@ impl DiskStore {
             return;
         };
         let mut index = self.index.write();
-        // removed while it was being written: the tombstone queued behind it takes it out
+        // removed while it was being written, perhaps with its tombstone before this record:
+        // another tombstone after it keeps it out after a restart
         if Self::superseded(&index, seq, &key, &primary) {
+            drop(index);
+            self.write_tombstone(Kind::Tombstone, key);
             return;
         }
         index.insert(
@@ -455,7 +479,7 @@ impl DiskStore {
         DISK_METRICS.objects.set(index.entries.len() as i64);
     }
 
-    fn write_tombstone(&'static self, seq: u64, kind: Kind, key: HashBinary) {
+    fn write_tombstone(&self, kind: Kind, key: HashBinary) {
         let head = Head {
             kind,
             combined: key,
@@ -470,21 +494,15 @@ impl DiskStore {
         let head_bytes = head.encode(&[]);
         let trailer = record::trailer(&[], len);
         let _ = self.append(key, &[&head_bytes, &trailer], len);
-        let mut index = self.index.write();
-        let pending = match kind {
-            Kind::UrlTombstone => &mut index.removed_urls,
-            _ => &mut index.removed_keys,
-        };
-        if pending.get(&key) == Some(&seq) {
-            pending.remove(&key);
-        }
     }
 
     /// Append a record; apply the segments it deleted to the index. Returns (segment, offset).
     fn append(&self, key: HashBinary, parts: &[&[u8]], len: u64) -> Option<(u64, u64)> {
         let mut segments = self.segments.lock();
         let appended = segments.append(key, parts, len);
-        DISK_METRICS.bytes.set(i64::try_from(segments.total()).unwrap_or(i64::MAX));
+        DISK_METRICS
+            .bytes
+            .set(i64::try_from(segments.total()).unwrap_or(i64::MAX));
         drop(segments);
         let appended = match appended {
             Ok(a) => a,
@@ -583,7 +601,11 @@ type Entry = (CacheMeta, BodyLocation, Option<Bytes>);
 
 /// Read and verify a record's head, meta, checksum table and first chunk (blocking).
 /// `Ok(None)`: the record is not what was written under `key`.
-fn read_entry(file: &Arc<File>, loc: &Location, key: &HashBinary) -> std::io::Result<Option<Entry>> {
+fn read_entry(
+    file: &Arc<File>,
+    loc: &Location,
+    key: &HashBinary,
+) -> std::io::Result<Option<Entry>> {
     let meta_len = loc.internal_len as usize + loc.header_len as usize;
     let mut head_meta = vec![0u8; HEAD_LEN + meta_len];
     file.read_exact_at(&mut head_meta, loc.offset)?;

@@ -148,7 +148,9 @@ impl Head {
             k.copy_from_slice(&bytes[at..at + 16]);
             k
         };
-        let u32_at = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let u32_at = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
         let u64_at = |at: usize| {
             let mut b = [0u8; 8];
             b.copy_from_slice(&bytes[at..at + 8]);
@@ -250,16 +252,28 @@ mod tests {
         let bytes = h.encode(&meta[..12]);
         assert_eq!(Head::decode(&bytes), Ok(h.clone()));
         assert_eq!(Head::verify(&bytes, &meta[..12]), Ok(()));
-        assert_eq!(Head::verify(&bytes, b"internalheaD"), Err(RecordError::Checksum));
+        assert_eq!(
+            Head::verify(&bytes, b"internalheaD"),
+            Err(RecordError::Checksum)
+        );
         let mut flipped = bytes;
         flipped[75] ^= 1; // the body length
-        assert_eq!(Head::verify(&flipped, &meta[..12]), Err(RecordError::Checksum));
+        assert_eq!(
+            Head::verify(&flipped, &meta[..12]),
+            Err(RecordError::Checksum)
+        );
         let mut other = bytes;
         other[0] = b'X';
         assert_eq!(Head::decode(&other), Err(RecordError::NotARecord));
         assert_eq!(Head::decode(&bytes[..40]), Err(RecordError::NotARecord));
-        let plain = Head { variance: None, ..h };
-        assert_eq!(Head::decode(&plain.encode(b"")).map(|h| h.variance), Ok(None));
+        let plain = Head {
+            variance: None,
+            ..h
+        };
+        assert_eq!(
+            Head::decode(&plain.encode(b"")).map(|h| h.variance),
+            Ok(None)
+        );
     }
 
     #[test]
@@ -267,7 +281,10 @@ mod tests {
         let h = head(CHUNK as u64 * 2 + 1);
         assert_eq!(h.body_offset(), (HEAD_LEN + 12) as u64);
         assert_eq!(h.table_len(), 12);
-        assert_eq!(h.record_len(), h.body_offset() + h.body_len + 12 + TRAILER_LEN as u64);
+        assert_eq!(
+            h.record_len(),
+            h.body_offset() + h.body_len + 12 + TRAILER_LEN as u64
+        );
         assert_eq!(head(0).table_len(), 0);
         assert_eq!(chunk_count(CHUNK as u64), 1);
     }
@@ -280,9 +297,15 @@ mod tests {
         let mut closing = t.clone();
         closing.extend_from_slice(&trailer(&t, h.record_len()));
         let crcs = verify_table(&h, &closing).expect("complete");
-        assert_eq!(crcs, vec![chunk_crc(&body[..CHUNK]), chunk_crc(&body[CHUNK..])]);
+        assert_eq!(
+            crcs,
+            vec![chunk_crc(&body[..CHUNK]), chunk_crc(&body[CHUNK..])]
+        );
         // cut short, or closing a record of another length, or a flipped table
-        assert_eq!(verify_table(&h, &closing[..closing.len() - 1]), Err(RecordError::Incomplete));
+        assert_eq!(
+            verify_table(&h, &closing[..closing.len() - 1]),
+            Err(RecordError::Incomplete)
+        );
         let other = head(body.len() as u64 + 1);
         assert!(verify_table(&other, &closing).is_err());
         closing[0] ^= 1;

@@ -328,7 +328,10 @@ mod tests {
         let rec = record(8, &[8; 900]);
         let a = s.append([8; 16], &[&rec], len).expect("append");
         assert_eq!((a.segment, a.dropped.len()), (5, 1));
-        assert!(s.append([9; 16], &[&rec], len * 6).is_err(), "larger than the budget");
+        assert!(
+            s.append([9; 16], &[&rec], len * 6).is_err(),
+            "larger than the budget"
+        );
     }
 
     #[test]

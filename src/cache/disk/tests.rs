@@ -29,7 +29,13 @@ fn meta(tag: &str) -> Arc<StoredMeta> {
     let mut h = ResponseHeader::build(200, None).expect("h");
     h.append_header("X-Tag", tag).expect("h");
     h.append_header("cache-control", "max-age=60").expect("h");
-    let m = CacheMeta::new(now + Duration::from_secs(60), now - Duration::from_secs(3), 1, 2, h);
+    let m = CacheMeta::new(
+        now + Duration::from_secs(60),
+        now - Duration::from_secs(3),
+        1,
+        2,
+        h,
+    );
     Arc::new(StoredMeta::from_meta(&m).expect("meta"))
 }
 
@@ -78,11 +84,20 @@ async fn an_object_comes_back_whole_after_a_restart_and_ranges_seek() {
     flush(store);
     let (m, got) = get(store, &k).await.expect("hit");
     assert_eq!(got, big);
-    assert_eq!(m.headers().get("x-tag").map(|v| v.as_bytes()), Some(&b"/big"[..]));
-    assert_eq!((m.stale_while_revalidate_sec(), m.stale_if_error_sec()), (1, 2));
+    assert_eq!(
+        m.headers().get("x-tag").map(|v| v.as_bytes()),
+        Some(&b"/big"[..])
+    );
+    assert_eq!(
+        (m.stale_while_revalidate_sec(), m.stale_if_error_sec()),
+        (1, 2)
+    );
     // a range inside the third chunk, and one across chunks
     let (_, mut hit) = store.lookup(&k).await.expect("lookup").expect("hit");
-    for (start, end) in [(2 * record::CHUNK + 10, 2 * record::CHUNK + 20), (100, record::CHUNK + 5)] {
+    for (start, end) in [
+        (2 * record::CHUNK + 10, 2 * record::CHUNK + 20),
+        (100, record::CHUNK + 5),
+    ] {
         hit.seek(start, Some(end)).expect("seek");
         assert_eq!(read_all(&mut hit).await.expect("read"), &big[start..end]);
     }
@@ -90,10 +105,18 @@ async fn an_object_comes_back_whole_after_a_restart_and_ranges_seek() {
     let again = open(&s).await;
     let (m2, got) = get(again, &k).await.expect("hit after restart");
     assert_eq!(got, big, "byte-identical");
-    assert_eq!(m2.created(), m.created(), "the same fetch time: Age carries on");
+    assert_eq!(
+        m2.created(),
+        m.created(),
+        "the same fetch time: Age carries on"
+    );
     assert_eq!(m2.fresh_until(), m.fresh_until());
     assert_eq!(m2.headers(), m.headers());
-    assert!(again.lookup(&key("/other")).await.expect("lookup").is_none());
+    assert!(again
+        .lookup(&key("/other"))
+        .await
+        .expect("lookup")
+        .is_none());
 }
 
 /// Flip one byte of the segment holding the only record, at `at` bytes into its body.
@@ -131,7 +154,11 @@ async fn a_corrupted_body_is_a_miss_or_an_error_never_garbage_and_is_dropped() {
     put(store, &k, &large);
     flush(store);
     corrupt_body(dir.path(), record::CHUNK as u64 * 2 + 5);
-    let (_, mut hit) = store.lookup(&k).await.expect("lookup").expect("the first chunk is fine");
+    let (_, mut hit) = store
+        .lookup(&k)
+        .await
+        .expect("lookup")
+        .expect("the first chunk is fine");
     let mut read = Vec::new();
     let err = loop {
         match hit.read_body().await {
@@ -141,7 +168,11 @@ async fn a_corrupted_body_is_a_miss_or_an_error_never_garbage_and_is_dropped() {
         }
     };
     assert!(err.to_string().contains("checksum"), "{err}");
-    assert_eq!(read, &large[..record::CHUNK * 2], "only verified bytes were handed out");
+    assert_eq!(
+        read,
+        &large[..record::CHUNK * 2],
+        "only verified bytes were handed out"
+    );
     assert!(store.lookup(&k).await.expect("lookup").is_none(), "dropped");
     // ... and it stays dropped after a restart
     flush(store);
@@ -173,9 +204,16 @@ async fn removals_persist_and_newer_records_win() {
     assert_eq!(get(store, &c).await.expect("hit").1, b"second");
     let again = open(&s).await;
     for k in [&a, &fr, &en] {
-        assert!(again.lookup(k).await.expect("lookup").is_none(), "removed for good");
+        assert!(
+            again.lookup(k).await.expect("lookup").is_none(),
+            "removed for good"
+        );
     }
-    assert_eq!(get(again, &c).await.expect("hit").1, b"second", "the newest record");
+    assert_eq!(
+        get(again, &c).await.expect("hit").1,
+        b"second",
+        "the newest record"
+    );
     assert_eq!(again.objects(), 1);
     // a write queued before a removal is not written after it
     put(again, &a, b"late");
@@ -205,10 +243,17 @@ async fn the_budget_holds_by_dropping_the_oldest_segment() {
         assert!(files_total(dir.path()) <= 4 << 20, "over budget after {i}");
         assert!(store.bytes() <= 4 << 20);
     }
-    assert!(store.lookup(&keys[0]).await.expect("lookup").is_none(), "the oldest went");
+    assert!(
+        store.lookup(&keys[0]).await.expect("lookup").is_none(),
+        "the oldest went"
+    );
     let (_, last) = get(store, &keys[39]).await.expect("the newest stays");
     assert_eq!(last, body(200 << 10, 39));
-    assert!(store.objects() >= 10 && store.objects() <= 20, "{}", store.objects());
+    assert!(
+        store.objects() >= 10 && store.objects() <= 20,
+        "{}",
+        store.objects()
+    );
 }
 
 #[tokio::test]
@@ -236,7 +281,10 @@ async fn a_torn_record_at_the_end_is_not_indexed() {
         .expect("truncate");
     let again = open(&s).await;
     assert_eq!(get(again, &a).await.expect("hit").1, b"whole");
-    assert!(again.lookup(&b).await.expect("lookup").is_none(), "torn: never served");
+    assert!(
+        again.lookup(&b).await.expect("lookup").is_none(),
+        "torn: never served"
+    );
     // new records go to a new segment, after the torn one
     put(again, &b, b"refetched");
     flush(again);

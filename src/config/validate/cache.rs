@@ -32,7 +32,9 @@ pub(super) fn validate_cache(raw: RawCache, errs: &mut Errors) -> CacheSettings 
         lock_timeout,
         lock_wait,
         hit_lane: raw.hit_lane.unwrap_or(d.hit_lane),
-        disk: raw.disk.map(|disk| validate_disk(disk, max_object_size, errs)),
+        disk: raw
+            .disk
+            .map(|disk| validate_disk(disk, max_object_size, errs)),
     }
 }
 
@@ -47,7 +49,10 @@ const MAX_DEFAULT_SEGMENT_SIZE: u64 = 256 << 20;
 fn validate_disk(raw: RawDiskCache, memory_max_object: u64, errs: &mut Errors) -> DiskSettings {
     let path = raw.path.unwrap_or_default();
     if path.trim().is_empty() {
-        errs.push("cache.disk.path", "is required (a directory for the segment files)");
+        errs.push(
+            "cache.disk.path",
+            "is required (a directory for the segment files)",
+        );
     }
     let size = raw.size.map_or(0, |s| s.0);
     if size < MIN_DISK_SIZE {
@@ -284,7 +289,11 @@ mod tests {
         let disk = c.cache.disk.expect("disk");
         assert_eq!(disk.path, std::path::PathBuf::from("/var/cache/verge"));
         assert_eq!(disk.size, 1 << 30);
-        assert_eq!(disk.max_object_size, 1 << 20, "defaults to the memory tier's");
+        assert_eq!(
+            disk.max_object_size,
+            1 << 20,
+            "defaults to the memory tier's"
+        );
         assert_eq!(disk.segment_size, 64 << 20, "a sixteenth of the budget");
         let errs = Config::from_yaml_str(&format!(
             "{base}cache: {{disk: {{size: 1MiB, max_object_size: 2MiB, segment_size: 1KiB, sise: 1}}}}\n"
@@ -292,7 +301,10 @@ mod tests {
         .expect_err("invalid")
         .errors;
         let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-        assert!(text[0].starts_with("cache.disk: unknown field `sise`"), "{text:#?}");
+        assert!(
+            text[0].starts_with("cache.disk: unknown field `sise`"),
+            "{text:#?}"
+        );
         for p in [
             "cache.disk.path: is required",
             "cache.disk.size: is required and must be at least 4MiB",

@@ -1,0 +1,282 @@
+//! The disk tier (`cache.disk`) as a client and the origin see it: objects survive a restart
+//! (SIGTERM or `kill -9`) byte for byte with their `Age` carrying on, a corrupted record is a
+//! miss and never garbage, ranges are served from disk, the disk budget holds while filling
+//! eight times over, and a purge before a restart still holds after it.
+
+use crate::support::metrics::metric_eventually;
+use crate::support::{fetch, fetch_with, Cache, Config, Origin, Pool, Route, RouteCache, Verge};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A verge caching everything for 300 s, with 1 MiB of memory over `disk` (`cache.disk`).
+fn config(o: &Origin, disk: &str) -> Config {
+    Config::new()
+        .cache(
+            Cache::new()
+                .memory(1 << 20)
+                .max_object_size("512KiB")
+                .set("disk", disk),
+        )
+        .pool(Pool::new("p", &[o.addr]))
+        .route(Route::to("p").cache(RouteCache::new().default_ttl("300s")))
+        .purge_allow(&["127.0.0.1/32"])
+}
+
+const DISK: &str = "{path: disk, size: 16MiB, segment_size: 1MiB}";
+
+/// Wait until the disk tier holds `n` objects (written behind the memory tier).
+async fn disk_objects(v: &Verge, n: usize) {
+    metric_eventually(
+        v,
+        Duration::from_secs(10),
+        "verge_cache_disk_objects",
+        &[],
+        |x| x == Some(n as f64),
+    )
+    .await;
+}
+
+/// Wait until the index rebuild after a start is done.
+async fn rebuilt(v: &Verge) {
+    metric_eventually(
+        v,
+        Duration::from_secs(10),
+        "verge_cache_disk_rebuild_progress",
+        &[],
+        |x| x == Some(1.0),
+    )
+    .await;
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir.join("disk"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+fn disk_usage(dir: &Path) -> u64 {
+    segments(dir)
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn purge() -> reqwest::Method {
+    reqwest::Method::from_bytes(b"PURGE").expect("method")
+}
+
+fn age(got: &crate::support::Got) -> u64 {
+    got.age.unwrap_or(0)
+}
+
+#[tokio::test]
+async fn objects_come_back_from_disk_after_sigterm_and_kill_9_byte_identical_with_age() {
+    let o = Origin::start("o").await;
+    o.set_body_size(300_000); // two checksummed chunks each
+    let mut v = Verge::start(&config(&o, DISK)).await;
+    let paths: Vec<String> = (0..4).map(|i| format!("/d/{i}")).collect();
+    let mut first = Vec::new();
+    for p in &paths {
+        let got = fetch(&v, p, &[]).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.cache_status, "verge; fwd=uri-miss; stored", "{p}");
+        first.push(got);
+    }
+    disk_objects(&v, paths.len()).await;
+    // the passing of time is what Age is about
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    v.restart_graceful().await;
+    rebuilt(&v).await;
+    for (p, before) in paths.iter().zip(&first) {
+        let got = fetch(&v, p, &[]).await;
+        assert!(
+            got.cache_status.starts_with("verge; hit"),
+            "{p}: {}",
+            got.cache_status
+        );
+        assert_eq!(got.body, before.body, "{p}: byte-identical");
+        assert_eq!(got.header("etag"), before.header("etag"));
+        assert_eq!(got.header("content-type"), before.header("content-type"));
+        assert!(
+            age(&got) >= age(before) + 2,
+            "{p}: Age carries on: {:?}",
+            got.age
+        );
+        assert_eq!(o.hits(p), 1, "{p}: the origin was asked once");
+    }
+    let m = v.metrics().await;
+    assert!(m.value("verge_cache_disk_hits_total", &[]) >= Some(paths.len() as f64));
+
+    // more objects, then kill -9 once they are on disk: every one comes back whole
+    let more: Vec<String> = (0..4).map(|i| format!("/k/{i}")).collect();
+    let mut bodies = Vec::new();
+    for p in &more {
+        bodies.push(fetch(&v, p, &[]).await.body);
+    }
+    disk_objects(&v, paths.len() + more.len()).await;
+    v.restart().await; // SIGKILL
+    rebuilt(&v).await;
+    for (p, body) in more.iter().zip(&bodies) {
+        let got = fetch(&v, p, &[]).await;
+        assert!(
+            got.cache_status.starts_with("verge; hit"),
+            "{p}: {}",
+            got.cache_status
+        );
+        assert_eq!(&got.body, body, "{p}");
+        assert_eq!(o.hits(p), 1, "{p}");
+    }
+}
+
+/// Flip one byte in the middle of every segment's data.
+fn corrupt_segments(dir: &Path) {
+    for seg in segments(dir) {
+        let mut bytes = std::fs::read(&seg).expect("read segment");
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x55;
+        std::fs::write(&seg, bytes).expect("write segment");
+    }
+}
+
+#[tokio::test]
+async fn a_corrupted_record_is_a_miss_not_garbage() {
+    let o = Origin::start("o").await;
+    o.set_body_size(5000);
+    let mut v = Verge::start(&config(&o, DISK)).await;
+    let first = fetch(&v, "/c", &[]).await;
+    disk_objects(&v, 1).await;
+    v.stop_graceful();
+    corrupt_segments(v.dir());
+    v.start_again().await;
+    rebuilt(&v).await;
+    let got = fetch(&v, "/c", &[]).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.cache_status, "verge; fwd=uri-miss; stored", "a miss");
+    assert_eq!(o.hits("/c"), 2, "fetched again");
+    assert_ne!(
+        got.body, first.body,
+        "the origin's new answer (it counts requests)"
+    );
+    assert!(got.body.starts_with("origin=o uri=/c n=2"), "not garbage");
+    metric_eventually(
+        &v,
+        Duration::from_secs(5),
+        "verge_cache_disk_corrupt_total",
+        &[],
+        |x| x == Some(1.0),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_range_is_served_from_a_disk_object() {
+    let o = Origin::start("o").await;
+    o.set_body_size(400_000);
+    let mut v = Verge::start(&config(&o, DISK)).await;
+    let whole = fetch(&v, "/r", &[]).await.body;
+    disk_objects(&v, 1).await;
+    v.restart_graceful().await;
+    rebuilt(&v).await;
+    for (start, end) in [(300_000usize, 300_099usize), (262_100, 262_199), (0, 9)] {
+        let range = format!("bytes={start}-{end}");
+        let got = fetch(&v, "/r", &[("range", &range)]).await;
+        assert_eq!(got.status, 206, "{range}");
+        assert_eq!(got.body, &whole[start..=end], "{range}");
+        assert!(
+            got.cache_status.starts_with("verge; hit"),
+            "{}",
+            got.cache_status
+        );
+    }
+    assert_eq!(o.hits("/r"), 1);
+    let m = v.metrics().await;
+    assert!(m.value("verge_cache_disk_hits_total", &[]) >= Some(3.0));
+}
+
+#[tokio::test]
+async fn the_disk_budget_holds_while_filling_eight_times_over() {
+    const BUDGET: u64 = 4 << 20;
+    let o = Origin::start("o").await;
+    o.set_body_size(64 << 10);
+    let v = Verge::start(&config(
+        &o,
+        "{path: disk, size: 4MiB, segment_size: 256KiB}",
+    ))
+    .await;
+    let dir = v.dir().to_path_buf();
+    let (done_tx, mut done) = tokio::sync::watch::channel(false);
+    let watcher = tokio::spawn(async move {
+        let mut most = 0;
+        loop {
+            most = most.max(disk_usage(&dir));
+            if *done.borrow() {
+                return most;
+            }
+            tokio::select! {
+                _ = done.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+    });
+    let objects = 8 * BUDGET / (64 << 10);
+    for i in 0..objects {
+        let got = fetch(&v, &format!("/f/{i}"), &[]).await;
+        assert_eq!(got.status, 200);
+    }
+    metric_eventually(
+        &v,
+        Duration::from_secs(10),
+        "verge_cache_disk_evictions_total",
+        &[],
+        |x| x.is_some_and(|n| n > 0.0),
+    )
+    .await;
+    let _ = done_tx.send(true);
+    let most = watcher.await.expect("watcher");
+    assert!(most > BUDGET / 2, "the disk tier was used: {most}");
+    assert!(most <= BUDGET, "never over the budget: {most} > {BUDGET}");
+    let m = v.metrics().await;
+    assert!(m.value("verge_cache_disk_bytes", &[]) <= Some(BUDGET as f64));
+    assert_eq!(
+        m.value("verge_cache_disk_capacity_bytes", &[]),
+        Some(BUDGET as f64)
+    );
+}
+
+#[tokio::test]
+async fn a_url_purged_before_a_restart_is_not_served_after_it() {
+    let o = Origin::start("o").await;
+    let mut v = Verge::start(&config(&o, DISK)).await;
+    for p in ["/p", "/q"] {
+        fetch(&v, p, &[]).await;
+    }
+    disk_objects(&v, 2).await;
+    let purged = fetch_with(&v, purge(), "/p", &[]).await;
+    assert_eq!(purged.status, 200);
+    disk_objects(&v, 1).await;
+    v.restart_graceful().await;
+    rebuilt(&v).await;
+    let got = fetch(&v, "/p", &[]).await;
+    assert_eq!(
+        got.cache_status, "verge; fwd=uri-miss; stored",
+        "purged for good"
+    );
+    assert_eq!(o.hits("/p"), 2);
+    assert!(fetch(&v, "/q", &[])
+        .await
+        .cache_status
+        .starts_with("verge; hit"));
+    assert_eq!(o.hits("/q"), 1);
+    // a kill -9 right after a purge: the purge is on disk too
+    fetch_with(&v, purge(), "/q", &[]).await;
+    disk_objects(&v, 1).await; // only /p (stored again) is left
+    v.restart().await;
+    rebuilt(&v).await;
+    assert_eq!(
+        fetch(&v, "/q", &[]).await.cache_status,
+        "verge; fwd=uri-miss; stored"
+    );
+}
