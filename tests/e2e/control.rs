@@ -17,15 +17,15 @@ const NODE: &str = "node-token-0123456789abcdef";
 const PURGER: &str = "purge-token-0123456789abcdef";
 
 /// A `verge control` process with its own data directory, restartable on the same port.
-struct Cp {
+pub(crate) struct Cp {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     config: PathBuf,
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Cp {
-    async fn start() -> Cp {
+    pub(crate) async fn start() -> Cp {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr = ports::addr();
         let yaml = format!(
@@ -62,7 +62,7 @@ impl Cp {
         assert!(ok, "control plane not ready: {:?}", self.child.try_wait());
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -99,12 +99,12 @@ impl Cp {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    async fn put_policy(&self, doc: Value, if_match: u64) -> (u16, Value) {
+    pub(crate) async fn put_policy(&self, doc: Value, if_match: u64) -> (u16, Value) {
         self.send("PUT", "/v1/policy", OPS, Some(doc), Some(if_match))
             .await
     }
 
-    async fn purge(&self, body: Value) -> u64 {
+    pub(crate) async fn purge(&self, body: Value) -> u64 {
         let (status, v) = self
             .send("POST", "/v1/invalidations", OPS, Some(body), None)
             .await;
@@ -113,7 +113,7 @@ impl Cp {
     }
 
     /// Wait until every one of `n` nodes reports the control plane's head.
-    async fn converged(&self, n: usize) -> bool {
+    pub(crate) async fn converged(&self, n: usize) -> bool {
         eventually(Duration::from_secs(15), || async {
             let (_, v) = self.send("GET", "/v1/nodes", OPS, None, None).await;
             let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
@@ -129,7 +129,7 @@ impl Drop for Cp {
     }
 }
 
-fn policy(origin: &Origin, route_cache: Value) -> Value {
+pub(crate) fn policy(origin: &Origin, route_cache: Value) -> Value {
     json!({
         "pools": {"o": {"backends": [origin.addr.to_string()]}},
         "routes": [{"hosts": ["*"], "pool": "o", "cache": route_cache}],

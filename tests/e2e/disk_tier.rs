@@ -280,3 +280,63 @@ async fn a_url_purged_before_a_restart_is_not_served_after_it() {
         "verge; fwd=uri-miss; stored"
     );
 }
+
+async fn site(v: &Verge, path: &str) -> crate::support::Got {
+    crate::support::get(v, "site.test", path).await
+}
+
+/// A control-plane purge the node applied is on disk with the node's snapshot
+/// (`control.state_file`): after a restart with the control plane down, an object fetched
+/// before the purge and still in the disk tier is not served.
+#[tokio::test]
+async fn a_control_plane_purge_applied_before_a_restart_holds_after_it() {
+    use crate::control::{policy, Cp};
+    use crate::support::config::Control;
+    use serde_json::json;
+    let o = Origin::start("o").await;
+    let mut cp = Cp::start().await;
+    let control = Control::new(
+        &format!("http://{}", cp.addr),
+        "disk-node",
+        &cp.dir.path().join("node.token"),
+    )
+    .state_file("{dir}/snapshot.json")
+    .wait("5s");
+    let config = Config::new()
+        .cache(
+            Cache::new()
+                .memory(1 << 20)
+                .max_object_size("512KiB")
+                .set("disk", DISK),
+        )
+        .control(control);
+    let mut v = Verge::start(&config).await;
+    cp.put_policy(policy(&o, json!({"default_ttl": "300s"})), 0)
+        .await;
+    assert!(cp.converged(1).await);
+    assert_eq!(site(&v, "/i").await.status, 200);
+    assert!(site(&v, "/kept").await.cache_status.ends_with("stored"));
+    disk_objects(&v, 2).await;
+    cp.purge(json!({"kind": "url", "target": "site.test/i"}))
+        .await;
+    assert!(cp.converged(1).await);
+    // the purge reclaims memory; the disk tier still holds the old object
+    disk_objects(&v, 2).await;
+
+    cp.kill();
+    v.restart_graceful().await;
+    rebuilt(&v).await;
+    let got = site(&v, "/i").await;
+    assert_eq!(got.status, 200);
+    assert!(
+        !got.cache_status.starts_with("verge; hit"),
+        "{}",
+        got.cache_status
+    );
+    assert_eq!(o.hits("/i"), 2, "fetched again, not served from disk");
+    assert!(site(&v, "/kept")
+        .await
+        .cache_status
+        .starts_with("verge; hit"));
+    assert_eq!(o.hits("/kept"), 1);
+}
