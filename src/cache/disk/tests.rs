@@ -47,7 +47,7 @@ fn put(store: &DiskStore, k: &CacheKey, body: &[u8]) {
     store.write(
         k.combined_bin(),
         k.primary_bin(),
-        meta(&k.primary_key_str().unwrap_or_default()),
+        meta(k.primary_key_str().unwrap_or_default()),
         Bytes::copy_from_slice(body),
     );
 }
