@@ -1,5 +1,6 @@
 //! The background service that makes the disk tier's queued writes durable when the node stops
-//! (SIGTERM, SIGQUIT, or the end of an upgrade handover), so a restart finds them.
+//! (SIGTERM, or SIGQUIT at an upgrade), then lets the directory go, so a restart or the new
+//! process of an upgrade finds them.
 
 use crate::cache::disk::DiskStore;
 use async_trait::async_trait;
@@ -10,7 +11,8 @@ use std::time::Duration;
 /// How long the flush at shutdown may take.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Waits for shutdown, then writes and syncs everything queued for the disk tier.
+/// Waits for shutdown, then writes and syncs everything queued for the disk tier and releases
+/// its directory (requests still being answered read on; nothing more is written).
 pub struct DiskFlush {
     disk: &'static DiskStore,
 }
@@ -27,7 +29,7 @@ impl BackgroundService for DiskFlush {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let _ = shutdown.changed().await;
         let disk = self.disk;
-        let flushed = tokio::task::spawn_blocking(move || disk.flush(FLUSH_TIMEOUT))
+        let flushed = tokio::task::spawn_blocking(move || disk.close(FLUSH_TIMEOUT))
             .await
             .unwrap_or(false);
         if !flushed {

@@ -27,6 +27,8 @@ use crate::config::DiskSettings;
 use crate::metrics::DISK_METRICS;
 use bytes::Bytes;
 use hit::{BodyLocation, DiskHit};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use parking_lot::{Mutex, RwLock};
 use pingora_cache::key::{CacheHashKey, HashBinary};
 use pingora_cache::storage::HitHandler;
@@ -46,6 +48,8 @@ use std::time::{Duration, Instant, SystemTime};
 const MAX_QUEUED_BYTES: u64 = 64 << 20;
 /// Jobs the writer's queue may hold.
 const MAX_QUEUED_JOBS: usize = 4096;
+/// The file in the tier's directory whose `flock` says which process owns the directory.
+const LOCK_FILE: &str = "lock";
 
 /// Where one object's record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +149,11 @@ enum Job {
         meta: Arc<StoredMeta>,
         body: Bytes,
     },
+    /// A removal made before this process owned the directory.
+    Tombstone {
+        kind: Kind,
+        key: HashBinary,
+    },
     /// Every job queued before the removal `seq` of `key` is done: forget the removal.
     Forget {
         seq: u64,
@@ -160,7 +169,10 @@ pub struct DiskStore {
     settings: DiskSettings,
     index: RwLock<Index>,
     files: RwLock<HashMap<u64, Arc<File>>>,
-    segments: Mutex<Segments>,
+    /// `None` until this process holds the directory's lock (see [`DiskStore::open`]).
+    segments: Mutex<Option<Segments>>,
+    /// The directory's lock, held for the life of the process.
+    lock: Mutex<Option<Flock<File>>>,
     jobs: SyncSender<Job>,
     queued_bytes: AtomicU64,
     next_seq: AtomicU64,
@@ -178,34 +190,83 @@ impl std::fmt::Debug for DiskStore {
 impl DiskStore {
     /// Open the tier in `settings.path` (created if missing), start its writer, and rebuild
     /// its index from the segments found there in the background.
+    ///
+    /// One process at a time owns the directory, through an exclusive `flock` on its `lock`
+    /// file, held until the process exits. During an upgrade (`--upgrade`) the old process
+    /// still holds it: the new one answers disk misses and writes nothing until the old one
+    /// has exited, then scans everything the old one wrote and takes over.
     pub fn open(settings: DiskSettings) -> std::io::Result<&'static DiskStore> {
-        let segments = Segments::open(&settings.path, settings.size, settings.segment_size)?;
-        let found = segments.files();
+        std::fs::create_dir_all(&settings.path)?;
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(settings.path.join(LOCK_FILE))?;
         let (jobs, queue) = sync_channel(MAX_QUEUED_JOBS);
         DISK_METRICS
             .capacity
             .set(i64::try_from(settings.size).unwrap_or(i64::MAX));
-        DISK_METRICS
-            .bytes
-            .set(i64::try_from(segments.total()).unwrap_or(i64::MAX));
         DISK_METRICS.rebuild_progress.set(0.0);
         let store: &'static DiskStore = Box::leak(Box::new(DiskStore {
-            files: RwLock::new(found.iter().map(|(id, f, _)| (*id, f.clone())).collect()),
+            files: RwLock::default(),
             settings,
             index: RwLock::default(),
-            segments: Mutex::new(segments),
+            segments: Mutex::new(None),
+            lock: Mutex::new(None),
             jobs,
             queued_bytes: AtomicU64::new(0),
             next_seq: AtomicU64::new(1),
             loading: AtomicBool::new(true),
         }));
+        let waiting = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
+            Ok(held) => {
+                store.take_over(held)?;
+                None
+            }
+            Err((file, Errno::EWOULDBLOCK)) => {
+                log::warn!(
+                    "disk cache: {} is in use by another process (an upgrade?); \
+                     taking it over when that process exits",
+                    store.settings.path.display()
+                );
+                Some(file)
+            }
+            Err((_, e)) => return Err(e.into()),
+        };
         std::thread::Builder::new()
             .name("verge-disk-writer".into())
-            .spawn(move || store.write_loop(queue))?;
+            .spawn(move || {
+                if let Some(file) = waiting {
+                    let taken = Flock::lock(file, FlockArg::LockExclusive)
+                        .map_err(|(_, e)| std::io::Error::from(e))
+                        .and_then(|held| store.take_over(held));
+                    if let Err(e) = taken {
+                        log::error!("disk cache: cannot take over: {e}");
+                        return;
+                    }
+                }
+                store.write_loop(queue)
+            })?;
+        Ok(store)
+    }
+
+    /// With the directory's lock held: open the segments and rebuild the index from them.
+    fn take_over(&'static self, held: Flock<File>) -> std::io::Result<()> {
+        let s = &self.settings;
+        let segments = Segments::open(&s.path, s.size, s.segment_size)?;
+        let found = segments.files();
+        DISK_METRICS
+            .bytes
+            .set(i64::try_from(segments.total()).unwrap_or(i64::MAX));
+        self.files
+            .write()
+            .extend(found.iter().map(|(id, f, _)| (*id, f.clone())));
+        *self.segments.lock() = Some(segments);
+        *self.lock.lock() = Some(held);
         std::thread::Builder::new()
             .name("verge-disk-rebuild".into())
-            .spawn(move || store.rebuild(found))?;
-        Ok(store)
+            .spawn(move || self.rebuild(found))?;
+        Ok(())
     }
 
     /// Largest body written to disk.
@@ -220,7 +281,7 @@ impl DiskStore {
 
     /// Bytes in the segment files.
     pub fn bytes(&self) -> u64 {
-        self.segments.lock().total()
+        self.segments.lock().as_ref().map_or(0, Segments::total)
     }
 
     /// Whether the index rebuild at start is still running.
@@ -296,8 +357,11 @@ impl DiskStore {
             seq
         };
         DISK_METRICS.objects.set(self.objects() as i64);
-        // written now, not queued: a purge holds after a crash right after it
-        self.write_tombstone(kind, *key);
+        // written now, not queued: a purge holds after a crash right after it (queued only
+        // while another process still owns the directory)
+        if !self.write_tombstone(kind, *key) {
+            let _ = self.jobs.try_send(Job::Tombstone { kind, key: *key });
+        }
         // (if this cannot be queued, the removal is remembered for good: a few bytes)
         let _ = self.jobs.try_send(Job::Forget {
             seq,
@@ -313,6 +377,16 @@ impl DiskStore {
             return false;
         }
         wait.recv_timeout(timeout).is_ok()
+    }
+
+    /// Write and sync what is queued (up to `timeout`), then let the directory go: nothing
+    /// more is written, and another process (the new one of an upgrade) may take it over.
+    /// Reads go on from the files already open.
+    pub fn close(&self, timeout: Duration) -> bool {
+        let flushed = self.flush(timeout);
+        *self.segments.lock() = None;
+        *self.lock.lock() = None;
+        flushed
     }
 
     /// A record failed its checksum: count it and remove it.
@@ -392,6 +466,9 @@ impl DiskStore {
                     self.queued_bytes
                         .fetch_sub(body.len() as u64, Ordering::AcqRel);
                 }
+                Job::Tombstone { kind, key } => {
+                    self.write_tombstone(kind, key);
+                }
                 Job::Forget { seq, kind, key } => {
                     let mut index = self.index.write();
                     let pending = match kind {
@@ -403,7 +480,8 @@ impl DiskStore {
                     }
                 }
                 Job::Flush(done) => {
-                    if let Err(e) = self.segments.lock().sync() {
+                    let synced = self.segments.lock().as_ref().map(Segments::sync);
+                    if let Some(Err(e)) = synced {
                         log::warn!("disk cache: sync failed: {e}");
                     }
                     let _ = done.try_send(());
@@ -479,7 +557,8 @@ impl DiskStore {
         DISK_METRICS.objects.set(index.entries.len() as i64);
     }
 
-    fn write_tombstone(&self, kind: Kind, key: HashBinary) {
+    /// Append a tombstone; `false` if it could not be written.
+    fn write_tombstone(&self, kind: Kind, key: HashBinary) -> bool {
         let head = Head {
             kind,
             combined: key,
@@ -493,17 +572,20 @@ impl DiskStore {
         let len = head.record_len();
         let head_bytes = head.encode(&[]);
         let trailer = record::trailer(&[], len);
-        let _ = self.append(key, &[&head_bytes, &trailer], len);
+        self.append(key, &[&head_bytes, &trailer], len).is_some()
     }
 
     /// Append a record; apply the segments it deleted to the index. Returns (segment, offset).
     fn append(&self, key: HashBinary, parts: &[&[u8]], len: u64) -> Option<(u64, u64)> {
-        let mut segments = self.segments.lock();
-        let appended = segments.append(key, parts, len);
-        DISK_METRICS
-            .bytes
-            .set(i64::try_from(segments.total()).unwrap_or(i64::MAX));
-        drop(segments);
+        let appended = {
+            let mut guard = self.segments.lock();
+            let segments = guard.as_mut()?;
+            let appended = segments.append(key, parts, len);
+            DISK_METRICS
+                .bytes
+                .set(i64::try_from(segments.total()).unwrap_or(i64::MAX));
+            appended
+        };
         let appended = match appended {
             Ok(a) => a,
             Err(e) => {
@@ -564,6 +646,9 @@ impl DiskStore {
                 .set(scanned as f64 / total as f64);
         }
         let mut segments = self.segments.lock();
+        let Some(segments) = segments.as_mut() else {
+            return;
+        };
         for (id, keys) in keys_by_segment {
             for k in keys {
                 segments.note_key(id, k);

@@ -73,6 +73,11 @@ fn flush(store: &DiskStore) {
     assert!(store.flush(Duration::from_secs(5)), "flushed");
 }
 
+/// As the process would at exit: write what is queued and let the directory go.
+fn close(store: &DiskStore) {
+    assert!(store.close(Duration::from_secs(5)), "closed");
+}
+
 #[tokio::test]
 async fn an_object_comes_back_whole_after_a_restart_and_ranges_seek() {
     let dir = tempfile::tempdir().expect("dir");
@@ -102,6 +107,7 @@ async fn an_object_comes_back_whole_after_a_restart_and_ranges_seek() {
         assert_eq!(read_all(&mut hit).await.expect("read"), &big[start..end]);
     }
     // another process on the same directory: the index comes back from the segments
+    close(store);
     let again = open(&s).await;
     let (m2, got) = get(again, &k).await.expect("hit after restart");
     assert_eq!(got, big, "byte-identical");
@@ -175,7 +181,7 @@ async fn a_corrupted_body_is_a_miss_or_an_error_never_garbage_and_is_dropped() {
     );
     assert!(store.lookup(&k).await.expect("lookup").is_none(), "dropped");
     // ... and it stays dropped after a restart
-    flush(store);
+    close(store);
     let again = open(&s).await;
     assert!(again.lookup(&k).await.expect("lookup").is_none());
 }
@@ -202,6 +208,7 @@ async fn removals_persist_and_newer_records_win() {
         assert!(store.lookup(k).await.expect("lookup").is_none());
     }
     assert_eq!(get(store, &c).await.expect("hit").1, b"second");
+    close(store);
     let again = open(&s).await;
     for k in [&a, &fr, &en] {
         assert!(
@@ -264,13 +271,13 @@ async fn a_torn_record_at_the_end_is_not_indexed() {
     let (a, b) = (key("/a"), key("/b"));
     put(store, &a, b"whole");
     put(store, &b, &body(10_000, 3));
-    flush(store);
+    close(store);
     // cut the last record short, as a crash in the middle of its write would
     let seg = std::fs::read_dir(dir.path())
         .expect("dir")
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .next()
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
         .expect("segment");
     let len = std::fs::metadata(&seg).expect("meta").len();
     std::fs::OpenOptions::new()
@@ -287,7 +294,54 @@ async fn a_torn_record_at_the_end_is_not_indexed() {
     );
     // new records go to a new segment, after the torn one
     put(again, &b, b"refetched");
-    flush(again);
+    close(again);
     let third = open(&s).await;
     assert_eq!(get(third, &b).await.expect("hit").1, b"refetched");
+}
+
+#[tokio::test]
+async fn a_second_process_takes_the_directory_over_when_the_first_lets_it_go() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = settings(dir.path(), 64 << 20, 8 << 20);
+    let old = open(&s).await;
+    let (x, y, z) = (key("/x"), key("/y"), key("/z"));
+    put(old, &x, b"from the old process");
+    flush(old);
+    // the new process of an upgrade: the old one still owns the directory
+    let new = DiskStore::open(s.clone()).expect("open");
+    put(new, &y, b"queued by the new process");
+    put(old, &z, b"written by the old one meanwhile");
+    flush(old);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(new.is_loading(), "waits for the old process");
+    assert!(
+        new.lookup(&x).await.expect("lookup").is_none(),
+        "a miss meanwhile"
+    );
+    assert_eq!(new.bytes(), 0, "nothing written");
+    close(old);
+    let mut waited = 0;
+    while new.is_loading() {
+        waited += 1;
+        assert!(waited < 500, "the new process took over");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    flush(new);
+    assert_eq!(get(new, &x).await.expect("x").1, b"from the old process");
+    assert_eq!(
+        get(new, &z).await.expect("z").1,
+        b"written by the old one meanwhile"
+    );
+    assert_eq!(
+        get(new, &y).await.expect("y").1,
+        b"queued by the new process"
+    );
+    // the old process reads on from the files it has open, and writes nothing more
+    assert_eq!(get(old, &x).await.expect("x").1, b"from the old process");
+    put(old, &key("/late"), b"after close");
+    old.flush(Duration::from_secs(1));
+    close(new);
+    let third = open(&s).await;
+    assert!(third.lookup(&key("/late")).await.expect("lookup").is_none());
+    assert_eq!(third.objects(), 3);
 }
