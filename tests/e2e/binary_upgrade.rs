@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn signal(name: &str, pid: u32) -> bool {
+pub(crate) fn signal(name: &str, pid: u32) -> bool {
     Command::new("kill")
         .args([format!("-{name}"), pid.to_string()])
         .status()
@@ -18,9 +18,9 @@ fn signal(name: &str, pid: u32) -> bool {
 
 /// Kills the processes it names when the test ends, whatever happened (the new process of an
 /// upgrade is not the test's child).
-struct Reaper {
-    child: Child,
-    pid_file: std::path::PathBuf,
+pub(crate) struct Reaper {
+    pub(crate) child: Child,
+    pub(crate) pid_file: std::path::PathBuf,
 }
 
 impl Drop for Reaper {

@@ -4,9 +4,12 @@
 //! eight times over, and a purge before a restart still holds after it.
 
 use crate::support::metrics::metric_eventually;
-use crate::support::{fetch, fetch_with, Cache, Config, Origin, Pool, Route, RouteCache, Verge};
+use crate::support::{
+    fetch, fetch_with, Cache, Config, Metrics, Origin, Pool, Route, RouteCache, Verge,
+};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A verge caching everything for 300 s, with 1 MiB of memory over `disk` (`cache.disk`).
 fn config(o: &Origin, disk: &str) -> Config {
@@ -344,4 +347,141 @@ async fn a_control_plane_purge_applied_before_a_restart_holds_after_it() {
         .cache_status
         .starts_with("verge; hit"));
     assert_eq!(o.hits("/kept"), 1);
+}
+
+/// Poll the admin listener at `admin` until `holds` is true of a scrape.
+async fn admin_metric(admin: SocketAddr, name: &str, holds: impl Fn(Option<f64>) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // the admin listener is not up at first, and moves to the new process in an upgrade
+        let text = match crate::support::client()
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+        {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let last = Metrics::parse(&text).value(name, &[]);
+        if holds(last) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name}: {last:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `verge upgrade` with clients reading cached objects all through it: no request fails or
+/// gets a wrong body, the new process takes the disk tier over once the old one has let it go,
+/// and from then on every object is a hit again, without the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upgrade_hands_the_disk_tier_over_with_requests_in_flight() {
+    use crate::binary_upgrade::{signal, Reaper};
+    use crate::support::fetch::send;
+    use crate::support::process::{verge_bin, Launch, TestConfig};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let o = Origin::start("o").await;
+    o.set_body_size(20_000);
+    let cfg = TestConfig::write(&config(&o, DISK).raw(
+        "server: {threads: 2, grace_period: 1s, graceful_shutdown_timeout: 1s, \
+         pid_file: \"{dir}/verge.pid\", upgrade_sock: \"{dir}/upgrade.sock\"}",
+    ));
+    let mut node = Reaper {
+        child: Launch::verge().spawn(&cfg.path),
+        pid_file: cfg.dir.path().join("verge.pid"),
+    };
+    let (http, admin) = (cfg.http, cfg.admin);
+    admin_metric(admin, "verge_cache_disk_rebuild_progress", |x| {
+        x == Some(1.0)
+    })
+    .await;
+    let paths: Vec<String> = (0..20).map(|i| format!("/u/{i}")).collect();
+    for p in &paths {
+        assert_eq!(
+            send(http, reqwest::Method::GET, None, p, &[]).await.status,
+            200
+        );
+    }
+    admin_metric(admin, "verge_cache_disk_objects", |x| x == Some(20.0)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, bad) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for t in 0..4 {
+        let (stop, ok, bad, paths) = (stop.clone(), ok.clone(), bad.clone(), paths.clone());
+        load.push(tokio::spawn(async move {
+            let mut i = t;
+            while !stop.load(Ordering::Relaxed) {
+                let p = &paths[i % paths.len()];
+                let got = send(http, reqwest::Method::GET, None, p, &[]).await;
+                let whole = got.status == 200
+                    && got.body.len() == 20_000
+                    && got.body.starts_with(&format!("origin=o uri={p} n="));
+                let counter = if whole { &ok } else { &bad };
+                counter.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let path = cfg.path.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(verge_bin())
+            .args(["upgrade", "-c"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("verge upgrade")
+    })
+    .await
+    .expect("join");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "the old process did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // the new process has taken the directory over and rebuilt its index
+    admin_metric(admin, "verge_cache_disk_rebuild_progress", |x| {
+        x == Some(1.0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.expect("load task");
+    }
+    assert_eq!(
+        bad.load(Ordering::Relaxed),
+        0,
+        "every answer whole and right"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 0);
+    // every object is on disk again (some refetched during the handover), and served from it
+    admin_metric(admin, "verge_cache_disk_objects", |x| x == Some(20.0)).await;
+    let asked: Vec<u64> = paths.iter().map(|p| o.hits(p)).collect();
+    for p in &paths {
+        let got = send(http, reqwest::Method::GET, None, p, &[]).await;
+        assert!(
+            got.cache_status.starts_with("verge; hit"),
+            "{p}: {}",
+            got.cache_status
+        );
+    }
+    let after: Vec<u64> = paths.iter().map(|p| o.hits(p)).collect();
+    assert_eq!(asked, after, "no origin request once handed over");
+    let m = Metrics::scrape(admin).await;
+    assert_eq!(m.value("verge_cache_disk_corrupt_total", &[]), Some(0.0));
+    let new: u32 = std::fs::read_to_string(&node.pid_file)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(signal("0", new), "the new process runs");
 }
