@@ -605,7 +605,11 @@ impl Storage for MemoryStorage {
     ) -> Result<bool> {
         let bin = key.combined_bin();
         let Some(old) = self.get(&bin) else {
-            return Ok(false);
+            // an object only on disk is refreshed there
+            return Ok(self.disk.is_some_and(|disk| {
+                StoredMeta::from_meta(meta)
+                    .is_ok_and(|stored| disk.update_meta(&bin, Arc::new(stored)))
+            }));
         };
         let meta = Arc::new(
             StoredMeta::from_meta(meta).map_err(|e| storage_error("cannot store meta", e))?,

@@ -349,6 +349,38 @@ async fn a_control_plane_purge_applied_before_a_restart_holds_after_it() {
     assert_eq!(o.hits("/kept"), 1);
 }
 
+/// A stale object that only the disk tier holds is revalidated once: the 304's headers are
+/// written to disk with the same body, so after another restart it is fresh, without the origin.
+#[tokio::test]
+async fn a_304_for_a_disk_object_is_kept_on_disk() {
+    let o = Origin::start("o").await;
+    o.set_etag("/e", "\"v1\"");
+    o.set_headers_stale("/e", &[("cache-control", "max-age=60")]);
+    let mut v = Verge::start(&config(&o, DISK)).await;
+    let first = fetch(&v, "/e", &[]).await;
+    disk_objects(&v, 1).await;
+    o.set_headers("/e", &[("cache-control", "max-age=60")]);
+    v.restart_graceful().await;
+    rebuilt(&v).await;
+    let got = fetch(&v, "/e", &[]).await;
+    assert_eq!(got.body, first.body, "the stored body, revalidated");
+    assert_eq!(o.not_modified("/e"), 1, "revalidated with the origin");
+    v.restart_graceful().await;
+    rebuilt(&v).await;
+    let got = fetch(&v, "/e", &[]).await;
+    assert!(
+        got.cache_status.starts_with("verge; hit"),
+        "{}",
+        got.cache_status
+    );
+    assert_eq!(got.body, first.body);
+    assert_eq!(
+        (o.hits("/e"), o.not_modified("/e")),
+        (2, 1),
+        "fresh from disk"
+    );
+}
+
 /// Poll the admin listener at `admin` until `holds` is true of a scrape.
 async fn admin_metric(admin: SocketAddr, name: &str, holds: impl Fn(Option<f64>) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -5,7 +5,8 @@
 //! - **What goes to disk.** Every object the memory tier stores is written behind it (write
 //!   through, by one writer thread off the request path), so a restart or a crash loses at
 //!   most what was still queued. A refreshed entry (a refetch, a 304) is written again; the
-//!   newest record wins.
+//!   newest record wins. A 304 for an object only on disk appends it again with the new
+//!   headers, its body copied chunk by chunk.
 //! - **Eviction.** FIFO over segments: when the budget would be exceeded, the oldest segment
 //!   file is deleted with every object in it (`verge_cache_disk_evictions_total`).
 //! - **Removal.** A purge or an invalidating request removes the object from the index and
@@ -21,6 +22,7 @@
 mod hit;
 pub mod record;
 pub mod segments;
+mod writer;
 
 use crate::cache::stored_meta::StoredMeta;
 use crate::config::DiskSettings;
@@ -40,7 +42,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -148,6 +150,14 @@ enum Job {
         primary: HashBinary,
         meta: Arc<StoredMeta>,
         body: Bytes,
+    },
+    /// A 304 refreshed an object that is only on disk: append it again with the new meta.
+    Rewrite {
+        seq: u64,
+        key: HashBinary,
+        meta: Arc<StoredMeta>,
+        from: Location,
+        file: Arc<File>,
     },
     /// A removal made before this process owned the directory.
     Tombstone {
@@ -319,6 +329,26 @@ impl DiskStore {
         }
     }
 
+    /// A 304 refreshed the object under `key`, which only the disk tier holds: queue it to be
+    /// written again with `meta` (its body copied on disk). `false` if there is no such object
+    /// or the queue is full.
+    pub fn update_meta(&self, key: &HashBinary, meta: Arc<StoredMeta>) -> bool {
+        let Some(from) = self.index.read().entries.get(key).copied() else {
+            return false;
+        };
+        let Some(file) = self.files.read().get(&from.segment).cloned() else {
+            return false;
+        };
+        let job = Job::Rewrite {
+            seq: self.seq(),
+            key: *key,
+            meta,
+            from,
+            file,
+        };
+        self.jobs.try_send(job).is_ok()
+    }
+
     /// Remove the object under `key` (a purge, a fill thrown away): gone from the index now,
     /// and after a restart.
     pub fn remove(&self, key: &HashBinary) {
@@ -450,229 +480,6 @@ impl DiskStore {
                 Ok(None)
             }
         }
-    }
-
-    fn write_loop(&'static self, queue: Receiver<Job>) {
-        while let Ok(job) = queue.recv() {
-            match job {
-                Job::Object {
-                    seq,
-                    key,
-                    primary,
-                    meta,
-                    body,
-                } => {
-                    self.write_object(seq, key, primary, &meta, &body);
-                    self.queued_bytes
-                        .fetch_sub(body.len() as u64, Ordering::AcqRel);
-                }
-                Job::Tombstone { kind, key } => {
-                    self.write_tombstone(kind, key);
-                }
-                Job::Forget { seq, kind, key } => {
-                    let mut index = self.index.write();
-                    let pending = match kind {
-                        Kind::UrlTombstone => &mut index.removed_urls,
-                        _ => &mut index.removed_keys,
-                    };
-                    if pending.get(&key) == Some(&seq) {
-                        pending.remove(&key);
-                    }
-                }
-                Job::Flush(done) => {
-                    let synced = self.segments.lock().as_ref().map(Segments::sync);
-                    if let Some(Err(e)) = synced {
-                        log::warn!("disk cache: sync failed: {e}");
-                    }
-                    let _ = done.try_send(());
-                }
-            }
-        }
-    }
-
-    fn superseded(index: &Index, seq: u64, key: &HashBinary, primary: &HashBinary) -> bool {
-        index.removed_keys.get(key).is_some_and(|&r| r > seq)
-            || index.removed_urls.get(primary).is_some_and(|&r| r > seq)
-    }
-
-    fn write_object(
-        &'static self,
-        seq: u64,
-        key: HashBinary,
-        primary: HashBinary,
-        meta: &StoredMeta,
-        body: &Bytes,
-    ) {
-        if Self::superseded(&self.index.read(), seq, &key, &primary) {
-            return;
-        }
-        let encoded = meta.to_meta().and_then(|m| {
-            let (internal, header) = m.serialize()?;
-            Ok((internal, header, m.variance()))
-        });
-        let Ok((internal, header, variance)) = encoded else {
-            DISK_METRICS.writes_dropped.inc();
-            return;
-        };
-        let head = Head {
-            kind: Kind::Object,
-            combined: key,
-            primary,
-            variance,
-            written_ms: unix_ms(SystemTime::now()),
-            internal_len: u32::try_from(internal.len()).unwrap_or(u32::MAX),
-            header_len: u32::try_from(header.len()).unwrap_or(u32::MAX),
-            body_len: body.len() as u64,
-        };
-        let mut meta_bytes = internal;
-        meta_bytes.extend_from_slice(&header);
-        let table = record::table(body);
-        let len = head.record_len();
-        let trailer = record::trailer(&table, len);
-        let head_bytes = head.encode(&meta_bytes);
-        let parts: [&[u8]; 5] = [&head_bytes, &meta_bytes, body, &table, &trailer];
-        let Some(at) = self.append(key, &parts, len) else {
-            DISK_METRICS.writes_dropped.inc();
-            return;
-        };
-        let mut index = self.index.write();
-        // removed while it was being written, perhaps with its tombstone before this record:
-        // another tombstone after it keeps it out after a restart
-        if Self::superseded(&index, seq, &key, &primary) {
-            drop(index);
-            self.write_tombstone(Kind::Tombstone, key);
-            return;
-        }
-        index.insert(
-            key,
-            Location {
-                segment: at.0,
-                offset: at.1,
-                internal_len: head.internal_len,
-                header_len: head.header_len,
-                body_len: head.body_len,
-                primary,
-            },
-        );
-        DISK_METRICS.objects.set(index.entries.len() as i64);
-    }
-
-    /// Append a tombstone; `false` if it could not be written.
-    fn write_tombstone(&self, kind: Kind, key: HashBinary) -> bool {
-        let head = Head {
-            kind,
-            combined: key,
-            primary: key,
-            variance: None,
-            written_ms: unix_ms(SystemTime::now()),
-            internal_len: 0,
-            header_len: 0,
-            body_len: 0,
-        };
-        let len = head.record_len();
-        let head_bytes = head.encode(&[]);
-        let trailer = record::trailer(&[], len);
-        self.append(key, &[&head_bytes, &trailer], len).is_some()
-    }
-
-    /// Append a record; apply the segments it deleted to the index. Returns (segment, offset).
-    fn append(&self, key: HashBinary, parts: &[&[u8]], len: u64) -> Option<(u64, u64)> {
-        let appended = {
-            let mut guard = self.segments.lock();
-            let segments = guard.as_mut()?;
-            let appended = segments.append(key, parts, len);
-            DISK_METRICS
-                .bytes
-                .set(i64::try_from(segments.total()).unwrap_or(i64::MAX));
-            appended
-        };
-        let appended = match appended {
-            Ok(a) => a,
-            Err(e) => {
-                log::warn!("disk cache: write failed: {e}");
-                return None;
-            }
-        };
-        DISK_METRICS.write_bytes.inc_by(len);
-        {
-            let mut files = self.files.write();
-            if let Some((id, file)) = &appended.created {
-                files.insert(*id, file.clone());
-            }
-            for seg in &appended.dropped {
-                files.remove(&seg.id);
-            }
-        }
-        if !appended.dropped.is_empty() {
-            let mut index = self.index.write();
-            let dropped: usize = appended
-                .dropped
-                .iter()
-                .map(|seg| index.drop_segment(seg.id, &seg.keys))
-                .sum();
-            DISK_METRICS.evictions.inc_by(dropped as u64);
-            DISK_METRICS.objects.set(index.entries.len() as i64);
-        }
-        Some((appended.segment, appended.offset))
-    }
-
-    /// Scan the segments found at start, oldest first, then take what they hold into the index
-    /// (what was written or removed since start wins).
-    fn rebuild(&'static self, found: Vec<(u64, Arc<File>, u64)>) {
-        let started = Instant::now();
-        let total: u64 = found.iter().map(|(_, _, len)| len).sum::<u64>().max(1);
-        let mut scanned = 0u64;
-        let mut rebuilt = Index::default();
-        let mut keys_by_segment: Vec<(u64, Vec<HashBinary>)> = Vec::new();
-        for (id, file, len) in &found {
-            let mut keys = Vec::new();
-            segments::scan(file, *len, |f| match f.head.kind {
-                Kind::Object => {
-                    keys.push(f.head.combined);
-                    rebuilt.insert(f.head.combined, Location::of(&f, *id));
-                }
-                Kind::Tombstone => {
-                    rebuilt.remove(&f.head.combined);
-                }
-                Kind::UrlTombstone => {
-                    rebuilt.remove_url(&f.head.primary);
-                }
-            });
-            DISK_METRICS.read_bytes.inc_by(*len);
-            keys_by_segment.push((*id, keys));
-            scanned += len;
-            DISK_METRICS
-                .rebuild_progress
-                .set(scanned as f64 / total as f64);
-        }
-        let mut segments = self.segments.lock();
-        let Some(segments) = segments.as_mut() else {
-            return;
-        };
-        for (id, keys) in keys_by_segment {
-            for k in keys {
-                segments.note_key(id, k);
-            }
-        }
-        let mut index = self.index.write();
-        let (gone_keys, gone_urls) = std::mem::take(&mut index.removed_while_loading);
-        for (key, loc) in rebuilt.entries {
-            let keep = segments.contains(loc.segment)
-                && !index.entries.contains_key(&key)
-                && !gone_keys.contains(&key)
-                && !gone_urls.contains(&loc.primary);
-            if keep {
-                index.insert(key, loc);
-            }
-        }
-        self.loading.store(false, Ordering::Release);
-        DISK_METRICS.objects.set(index.entries.len() as i64);
-        DISK_METRICS.rebuild_progress.set(1.0);
-        log::info!(
-            "disk cache: index rebuilt, {} objects in {} ms",
-            index.entries.len(),
-            started.elapsed().as_millis()
-        );
     }
 }
 

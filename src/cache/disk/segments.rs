@@ -132,6 +132,19 @@ impl Segments {
         parts: &[&[u8]],
         len: u64,
     ) -> std::io::Result<Appended> {
+        self.append_with(key, len, |mut out| {
+            parts.iter().try_for_each(|p| out.write_all(p))
+        })
+    }
+
+    /// [`Segments::append`], with the record's `len` bytes written by `write`. A `write` that
+    /// fails leaves a torn record: nothing more goes into that segment.
+    pub fn append_with(
+        &mut self,
+        key: HashBinary,
+        len: u64,
+        write: impl FnOnce(&File) -> std::io::Result<()>,
+    ) -> std::io::Result<Appended> {
         if len > self.budget {
             return Err(std::io::Error::other("record larger than the disk budget"));
         }
@@ -180,9 +193,7 @@ impl Segments {
             return Err(std::io::Error::other("no segment to write to"));
         };
         let offset = seg.len;
-        let mut out = &*seg.file;
-        let written = parts.iter().try_for_each(|p| out.write_all(p));
-        if let Err(e) = written {
+        if let Err(e) = write(&seg.file) {
             // a torn record: nothing more goes into this segment (the scan stops before it)
             let len = seg.file.metadata().map_or(seg.len, |m| m.len());
             self.total += len - seg.len;

@@ -345,3 +345,61 @@ async fn a_second_process_takes_the_directory_over_when_the_first_lets_it_go() {
     assert!(third.lookup(&key("/late")).await.expect("lookup").is_none());
     assert_eq!(third.objects(), 3);
 }
+
+#[tokio::test]
+async fn a_304_on_a_disk_object_rewrites_its_headers_and_keeps_its_body() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = settings(dir.path(), 64 << 20, 8 << 20);
+    let store = open(&s).await;
+    let k = key("/revalidated");
+    let big = body(record::CHUNK + 77, 9);
+    put(store, &k, &big);
+    flush(store);
+    assert!(store.update_meta(&k.combined_bin(), meta("refreshed")));
+    flush(store);
+    let (m, got) = get(store, &k).await.expect("hit");
+    assert_eq!(got, big, "the same body");
+    assert_eq!(
+        m.headers().get("x-tag").map(|v| v.as_bytes()),
+        Some(&b"refreshed"[..])
+    );
+    close(store);
+    let again = open(&s).await;
+    let (m, got) = get(again, &k).await.expect("hit after restart");
+    assert_eq!(got, big);
+    assert_eq!(
+        m.headers().get("x-tag").map(|v| v.as_bytes()),
+        Some(&b"refreshed"[..])
+    );
+    assert!(!again.update_meta(&key("/absent").combined_bin(), meta("x")));
+    // a body that went bad is not copied: the object is dropped instead
+    corrupt_body_of(dir.path(), &k, 10);
+    assert!(again.update_meta(&k.combined_bin(), meta("again")));
+    flush(again);
+    assert!(again.lookup(&k).await.expect("lookup").is_none());
+}
+
+/// Flip a byte `at` bytes into the body of the newest record of `k`.
+fn corrupt_body_of(dir: &std::path::Path, k: &CacheKey, at: u64) {
+    let mut newest = None;
+    for seg in std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+    {
+        if !seg.extension().is_some_and(|x| x == "seg") {
+            continue;
+        }
+        let file = File::open(&seg).expect("open");
+        let len = file.metadata().expect("meta").len();
+        segments::scan(&file, len, |f| {
+            if f.head.combined == k.combined_bin() {
+                newest = Some((seg.clone(), f.offset + f.head.body_offset() + at));
+            }
+        });
+    }
+    let (seg, i) = newest.expect("a record");
+    let mut bytes = std::fs::read(&seg).expect("read");
+    bytes[i as usize] ^= 1;
+    std::fs::write(&seg, bytes).expect("write");
+}
