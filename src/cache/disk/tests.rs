@@ -387,7 +387,7 @@ fn corrupt_body_of(dir: &std::path::Path, k: &CacheKey, at: u64) {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
     {
-        if !seg.extension().is_some_and(|x| x == "seg") {
+        if seg.extension().is_none_or(|x| x != "seg") {
             continue;
         }
         let file = File::open(&seg).expect("open");
