@@ -563,45 +563,46 @@ pub struct DiskMetrics {
 
 /// The disk tier's metrics (see [`DiskMetrics`]).
 pub static DISK_METRICS: Lazy<DiskMetrics> = Lazy::new(|| {
-    let r = &METRICS.registry;
+    // a handle on the same registry (a `Registry` is shared, not copied, by `clone`)
+    let registry = METRICS.registry.clone();
     DiskMetrics {
         hits: plain_counter(
-            r,
+            &registry,
             "verge_cache_disk_hits_total",
             "Lookups answered from the disk tier",
         ),
         bytes: plain_gauge(
-            r,
+            &registry,
             "verge_cache_disk_bytes",
             "Bytes in the disk tier's segment files",
         ),
         capacity: plain_gauge(
-            r,
+            &registry,
             "verge_cache_disk_capacity_bytes",
             "The disk tier's byte budget",
         ),
         objects: plain_gauge(
-            r,
+            &registry,
             "verge_cache_disk_objects",
             "Objects in the disk tier's index",
         ),
         evictions: plain_counter(
-            r,
+            &registry,
             "verge_cache_disk_evictions_total",
             "Objects dropped with the oldest segment to stay within the disk budget",
         ),
         read_bytes: plain_counter(
-            r,
+            &registry,
             "verge_cache_disk_read_bytes_total",
             "Bytes read from the disk tier",
         ),
         write_bytes: plain_counter(
-            r,
+            &registry,
             "verge_cache_disk_write_bytes_total",
             "Bytes written to the disk tier",
         ),
         read_seconds: registered(
-            r,
+            &registry,
             "verge_cache_disk_read_seconds",
             Histogram::with_opts(
                 HistogramOpts::new(
@@ -615,7 +616,7 @@ pub static DISK_METRICS: Lazy<DiskMetrics> = Lazy::new(|| {
             ),
         ),
         rebuild_progress: registered(
-            r,
+            &registry,
             "verge_cache_disk_rebuild_progress",
             Gauge::new(
                 "verge_cache_disk_rebuild_progress",
@@ -623,12 +624,12 @@ pub static DISK_METRICS: Lazy<DiskMetrics> = Lazy::new(|| {
             ),
         ),
         corrupt: plain_counter(
-            r,
+            &registry,
             "verge_cache_disk_corrupt_total",
             "Disk records that failed their checksum, dropped and answered as misses",
         ),
         writes_dropped: plain_counter(
-            r,
+            &registry,
             "verge_cache_disk_writes_dropped_total",
             "Objects not written to the disk tier (writer queue full, or the write failed)",
         ),
