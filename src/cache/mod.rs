@@ -90,6 +90,9 @@ impl CacheEngine {
             storage = storage.with_disk(disk);
         }
         let storage: &'static MemoryStorage = Box::leak(Box::new(storage));
+        if let Some(disk) = disk {
+            disk.promote_into(storage);
+        }
         Ok(Box::leak(Box::new(CacheEngine {
             storage,
             eviction,

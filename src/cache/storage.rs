@@ -206,14 +206,16 @@ impl MemoryStorage {
                 }
             }
         }
+        // the disk tier first: a disk hit promoted meanwhile is then either refused (it asks the
+        // disk index under the shard lock) or already in the variant list taken below
+        if let Some(disk) = self.disk {
+            disk.remove_url(primary);
+        }
         let combined = self
             .variant_shard(primary)
             .write()
             .remove(primary)
             .unwrap_or_default();
-        if let Some(disk) = self.disk {
-            disk.remove_url(primary);
-        }
         combined
             .iter()
             .filter_map(|c| self.remove_entry(c))
@@ -430,6 +432,47 @@ impl MemoryStorage {
             key.set_primary_bin_override(primary);
             predictor.mark_uncacheable(&key, NoCacheReason::ResponseTooLarge);
         }
+    }
+}
+
+impl super::disk::Promote for MemoryStorage {
+    fn promote_limit(&self) -> usize {
+        self.max_object_size
+    }
+
+    /// Admitted like a fetched object (the eviction manager may refuse it), never written back
+    /// to disk, and never over an entry or a fill of the key.
+    fn promote(
+        &self,
+        key: CompactCacheKey,
+        meta: Arc<StoredMeta>,
+        body: Bytes,
+        still_on_disk: &dyn Fn() -> bool,
+    ) {
+        let combined = key.combined_bin();
+        let size = entry_size(&meta, body.len());
+        let entry = Entry {
+            meta,
+            body,
+            size,
+            key: key.clone(),
+        };
+        let store = |entry: Entry| {
+            let mut maps = self.shard(&combined).write();
+            let taken = maps.entries.contains_key(&combined) || maps.fills.contains_key(&combined);
+            if taken || !still_on_disk() {
+                return false;
+            }
+            self.insert_locked(&mut maps, combined, entry);
+            true
+        };
+        let Some(eviction) = self.eviction else {
+            store(entry);
+            return;
+        };
+        eviction.admit_new_with(CacheEntryKey::key_only(key), size, |victims| {
+            self.drop_victims(victims, &combined) && store(entry)
+        });
     }
 }
 

@@ -116,7 +116,25 @@ async fn objects_come_back_from_disk_after_sigterm_and_kill_9_byte_identical_wit
         assert_eq!(o.hits(p), 1, "{p}: the origin was asked once");
     }
     let m = v.metrics().await;
-    assert!(m.value("verge_cache_disk_hits_total", &[]) >= Some(paths.len() as f64));
+    let disk_hits = m.value("verge_cache_disk_hits_total", &[]);
+    assert!(disk_hits >= Some(paths.len() as f64));
+    // read whole from disk, each was promoted to memory (three of these fit in 1 MiB): the
+    // last one read is a memory hit now
+    let (p, before) = (&paths[3], &first[3]);
+    let got = fetch(&v, p, &[]).await;
+    assert!(
+        got.cache_status.starts_with("verge; hit"),
+        "{p}: {}",
+        got.cache_status
+    );
+    assert_eq!(got.body, before.body, "{p}");
+    let m = v.metrics().await;
+    assert_eq!(
+        m.value("verge_cache_disk_hits_total", &[]),
+        disk_hits,
+        "from memory"
+    );
+    assert_eq!(m.value("verge_cache_objects", &[]), Some(3.0));
 
     // more objects, then kill -9 once they are on disk: every one comes back whole
     let more: Vec<String> = (0..4).map(|i| format!("/k/{i}")).collect();

@@ -3,7 +3,7 @@
 //! holds its start.
 
 use super::record::{chunk_crc, CHUNK};
-use super::DiskStore;
+use super::{DiskStore, Promotion};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_cache::key::HashBinary;
@@ -50,6 +50,8 @@ pub struct DiskHit {
     pub(super) cached: Option<(usize, Bytes)>,
     pub(super) pos: u64,
     pub(super) end: u64,
+    /// Collecting the body for the memory tier, while it is read whole and in order.
+    pub(super) promote: Option<Promotion>,
 }
 
 impl DiskHit {
@@ -82,6 +84,11 @@ impl DiskHit {
 impl HandleHit for DiskHit {
     async fn read_body(&mut self) -> Result<Option<Bytes>> {
         if self.pos >= self.end {
+            if self.end == self.body.len {
+                if let Some(promotion) = self.promote.take() {
+                    promotion.finish(self.store, self.key);
+                }
+            }
             return Ok(None);
         }
         let i = (self.pos / CHUNK as u64) as usize;
@@ -93,7 +100,11 @@ impl HandleHit for DiskHit {
             return Error::e_explain(ErrorType::InternalError, "disk cache: short chunk");
         }
         self.pos = start + to as u64;
-        Ok(Some(chunk.slice(from..to)))
+        let piece = chunk.slice(from..to);
+        if let Some(promotion) = &mut self.promote {
+            promotion.add(piece.clone());
+        }
+        Ok(Some(piece))
     }
 
     async fn finish(
@@ -114,6 +125,10 @@ impl HandleHit for DiskHit {
         let end = end.map_or(len, |e| (e as u64).min(len));
         if start as u64 > end {
             return Error::e_explain(ErrorType::InternalError, "seek start past end");
+        }
+        if start != 0 || end != len || self.pos != 0 {
+            // a range, or a second pass: not the whole body in order
+            self.promote = None;
         }
         self.pos = start as u64;
         self.end = end;

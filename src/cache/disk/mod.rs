@@ -13,7 +13,8 @@
 //!   appends a tombstone at once (not through the queue), so it stays removed after a restart or
 //!   a crash; a write queued before the removal is skipped.
 //! - **Reads.** A memory miss looks the key up here; a hit reads the head and the first chunk
-//!   (verified), then each further chunk as the client takes it. A checksum mismatch makes the
+//!   (verified), then each further chunk as the client takes it, and a hit read whole is
+//!   promoted to the memory tier ([`Promote`]). A checksum mismatch makes the
 //!   lookup a miss (or ends a response already started), drops the object and is counted.
 //! - **Restart.** The index is rebuilt in a background thread by scanning the segments, oldest
 //!   first; lookups are misses until it is done (`verge_cache_disk_rebuild_progress`). Records
@@ -32,7 +33,7 @@ use hit::{BodyLocation, DiskHit};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use parking_lot::{Mutex, RwLock};
-use pingora_cache::key::{CacheHashKey, HashBinary};
+use pingora_cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
 use pingora_cache::storage::HitHandler;
 use pingora_cache::{CacheKey, CacheMeta};
 use pingora_error::Result;
@@ -173,6 +174,48 @@ enum Job {
     Flush(SyncSender<()>),
 }
 
+/// Where a disk hit read whole is copied, so the next hits come from memory: the memory tier.
+pub trait Promote: Sync {
+    /// The largest body worth promoting (the memory tier's `max_object_size`).
+    fn promote_limit(&self) -> usize;
+    /// Store `body` with `meta` under `key`, if the memory tier admits it, nothing newer is
+    /// stored or being fetched there, and `still_on_disk()` (asked under the memory tier's lock,
+    /// so a purge cannot slip in between) says the disk tier still holds what was read.
+    fn promote(
+        &self,
+        key: CompactCacheKey,
+        meta: Arc<StoredMeta>,
+        body: Bytes,
+        still_on_disk: &dyn Fn() -> bool,
+    );
+}
+
+/// A disk hit being collected for promotion (see [`Promote`]).
+pub(crate) struct Promotion {
+    to: &'static dyn Promote,
+    key: CompactCacheKey,
+    meta: Arc<StoredMeta>,
+    from: Location,
+    chunks: Vec<Bytes>,
+}
+
+impl Promotion {
+    /// Keep a piece of the body, read in order from its start.
+    pub(crate) fn add(&mut self, piece: Bytes) {
+        self.chunks.push(piece);
+    }
+
+    /// The whole body was read: hand it to the memory tier.
+    pub(crate) fn finish(self, store: &DiskStore, combined: HashBinary) {
+        let mut body = bytes::BytesMut::with_capacity(self.chunks.iter().map(Bytes::len).sum());
+        self.chunks.iter().for_each(|c| body.extend_from_slice(c));
+        let from = self.from;
+        let still_on_disk = || store.index.read().entries.get(&combined) == Some(&from);
+        self.to
+            .promote(self.key, self.meta, body.freeze(), &still_on_disk);
+    }
+}
+
 /// The disk tier. `'static` (leaked once at startup), with a writer thread and, at start, a
 /// rebuild thread.
 pub struct DiskStore {
@@ -187,6 +230,8 @@ pub struct DiskStore {
     queued_bytes: AtomicU64,
     next_seq: AtomicU64,
     loading: AtomicBool,
+    /// Where disk hits are promoted (the memory tier), once it exists.
+    promote: std::sync::OnceLock<&'static dyn Promote>,
 }
 
 impl std::fmt::Debug for DiskStore {
@@ -227,6 +272,7 @@ impl DiskStore {
             queued_bytes: AtomicU64::new(0),
             next_seq: AtomicU64::new(1),
             loading: AtomicBool::new(true),
+            promote: std::sync::OnceLock::new(),
         }));
         let waiting = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
             Ok(held) => {
@@ -277,6 +323,15 @@ impl DiskStore {
             .name("verge-disk-rebuild".into())
             .spawn(move || self.rebuild(found))?;
         Ok(())
+    }
+
+    /// Copy disk hits read whole into `to` (the memory tier).
+    pub fn promote_into(&self, to: &'static dyn Promote) {
+        let _ = self.promote.set(to);
+    }
+
+    fn promoter(&self) -> Option<&'static dyn Promote> {
+        self.promote.get().copied()
     }
 
     /// Largest body written to disk.
@@ -461,6 +516,17 @@ impl DiskStore {
             Ok(Some((meta, body, first))) => {
                 DISK_METRICS.hits.inc();
                 let end = body.len;
+                let promote = self.promoter().and_then(|to| {
+                    let fits = usize::try_from(end).is_ok_and(|n| n <= to.promote_limit());
+                    let stored = StoredMeta::from_meta(&meta).ok()?;
+                    fits.then(|| Promotion {
+                        to,
+                        key: key.to_compact(),
+                        meta: Arc::new(stored),
+                        from: loc,
+                        chunks: Vec::new(),
+                    })
+                });
                 let hit = DiskHit {
                     body: Arc::new(body),
                     store: self,
@@ -468,6 +534,7 @@ impl DiskStore {
                     cached: first.map(|b| (0, b)),
                     pos: 0,
                     end,
+                    promote,
                 };
                 Ok(Some((meta, Box::new(hit))))
             }

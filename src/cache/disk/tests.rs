@@ -403,3 +403,104 @@ fn corrupt_body_of(dir: &std::path::Path, k: &CacheKey, at: u64) {
     bytes[i as usize] ^= 1;
     std::fs::write(&seg, bytes).expect("write");
 }
+
+/// The memory and disk tiers together, as `CacheEngine` builds them.
+fn engine(dir: &std::path::Path) -> &'static crate::cache::CacheEngine {
+    let settings = crate::config::CacheSettings {
+        disk: Some(settings(dir, 64 << 20, 8 << 20)),
+        ..crate::config::CacheSettings::default()
+    };
+    crate::cache::CacheEngine::new(settings).expect("engine")
+}
+
+async fn loaded(disk: &DiskStore) {
+    for _ in 0..500 {
+        if !disk.is_loading() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the rebuild did not finish");
+}
+
+#[tokio::test]
+async fn a_disk_hit_read_whole_is_promoted_to_memory_unless_purged_or_a_range() {
+    use pingora_cache::storage::Storage;
+    let dir = tempfile::tempdir().expect("dir");
+    let first = engine(dir.path());
+    let disk = first.disk.expect("disk");
+    loaded(disk).await;
+    let span = pingora_cache::trace::Span::inactive().handle();
+    let (whole, purged, ranged) = (key("/whole"), key("/purged"), key("/ranged"));
+    for k in [&whole, &purged, &ranged] {
+        let m = meta("x").to_meta().expect("meta");
+        let mut miss = first
+            .storage
+            .get_miss_handler(k, &m, &span)
+            .await
+            .expect("miss");
+        miss.write_body(Bytes::from(body(300_000, 5)), true)
+            .await
+            .expect("write");
+        miss.finish().await.expect("finish");
+    }
+    close(disk);
+    // a restart: memory is empty, the disk tier has all three
+    let next = engine(dir.path());
+    let disk = next.disk.expect("disk");
+    loaded(disk).await;
+    let s = next.storage;
+    assert_eq!((s.objects(), disk.objects()), (0, 3));
+
+    let (_, mut hit) = s
+        .lookup(&whole, &span)
+        .await
+        .expect("lookup")
+        .expect("disk hit");
+    assert!(
+        !s.contains(&whole.combined_bin()),
+        "not before the body is read"
+    );
+    assert_eq!(read_all(&mut hit).await.expect("read"), body(300_000, 5));
+    assert!(s.contains(&whole.combined_bin()), "promoted");
+    assert_eq!(
+        next.tracked_bytes() as u64,
+        s.bytes(),
+        "admitted by eviction"
+    );
+    let (_, mut again) = s
+        .lookup(&whole, &span)
+        .await
+        .expect("lookup")
+        .expect("memory hit");
+    assert_eq!(read_all(&mut again).await.expect("read"), body(300_000, 5));
+
+    let (_, mut hit) = s
+        .lookup(&purged, &span)
+        .await
+        .expect("lookup")
+        .expect("disk hit");
+    assert_eq!(next.invalidate(&purged), 0, "nothing in memory yet");
+    read_all(&mut hit).await.expect("read");
+    assert!(
+        !s.contains(&purged.combined_bin()),
+        "a purge during the read wins"
+    );
+    assert!(s.lookup(&purged, &span).await.expect("lookup").is_none());
+
+    let (_, mut hit) = s
+        .lookup(&ranged, &span)
+        .await
+        .expect("lookup")
+        .expect("disk hit");
+    hit.seek(10, Some(20)).expect("seek");
+    assert_eq!(
+        read_all(&mut hit).await.expect("read"),
+        &body(300_000, 5)[10..20]
+    );
+    assert!(
+        !s.contains(&ranged.combined_bin()),
+        "a range is not the whole body"
+    );
+    assert_eq!(next.tracked_bytes() as u64, s.bytes());
+}
