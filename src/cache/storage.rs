@@ -7,6 +7,8 @@
 //! out with all of them. With a disk tier (`super::disk`), every stored object is also written
 //! there, a memory miss looks there, and removals reach it.
 
+mod promote;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::RwLock;
@@ -432,47 +434,6 @@ impl MemoryStorage {
             key.set_primary_bin_override(primary);
             predictor.mark_uncacheable(&key, NoCacheReason::ResponseTooLarge);
         }
-    }
-}
-
-impl super::disk::Promote for MemoryStorage {
-    fn promote_limit(&self) -> usize {
-        self.max_object_size
-    }
-
-    /// Admitted like a fetched object (the eviction manager may refuse it), never written back
-    /// to disk, and never over an entry or a fill of the key.
-    fn promote(
-        &self,
-        key: CompactCacheKey,
-        meta: Arc<StoredMeta>,
-        body: Bytes,
-        still_on_disk: &dyn Fn() -> bool,
-    ) {
-        let combined = key.combined_bin();
-        let size = entry_size(&meta, body.len());
-        let entry = Entry {
-            meta,
-            body,
-            size,
-            key: key.clone(),
-        };
-        let store = |entry: Entry| {
-            let mut maps = self.shard(&combined).write();
-            let taken = maps.entries.contains_key(&combined) || maps.fills.contains_key(&combined);
-            if taken || !still_on_disk() {
-                return false;
-            }
-            self.insert_locked(&mut maps, combined, entry);
-            true
-        };
-        let Some(eviction) = self.eviction else {
-            store(entry);
-            return;
-        };
-        eviction.admit_new_with(CacheEntryKey::key_only(key), size, |victims| {
-            self.drop_victims(victims, &combined) && store(entry)
-        });
     }
 }
 
