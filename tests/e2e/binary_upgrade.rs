@@ -16,6 +16,22 @@ pub(crate) fn signal(name: &str, pid: u32) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Run `verge upgrade -c config` (it signals the node named by the config's pid file and
+/// follows the handover) and return what it printed and its status.
+pub(crate) async fn upgrade(config: &std::path::Path) -> std::process::Output {
+    let path = config.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        Command::new(verge_bin())
+            .args(["upgrade", "-c"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("verge upgrade")
+    })
+    .await
+    .expect("join")
+}
+
 /// Kills the processes it names when the test ends, whatever happened (the new process of an
 /// upgrade is not the test's child).
 pub(crate) struct Reaper {
@@ -110,17 +126,7 @@ async fn an_upgrade_under_load_fails_no_request() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = ok.load(Ordering::Relaxed);
 
-    let path = cfg.path.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(verge_bin())
-            .args(["upgrade", "-c"])
-            .arg(&path)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("verge upgrade")
-    })
-    .await
-    .expect("join");
+    let out = upgrade(&cfg.path).await;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(
         out.status.code(),

@@ -426,9 +426,9 @@ async fn admin_metric(admin: SocketAddr, name: &str, holds: impl Fn(Option<f64>)
 /// and from then on every object is a hit again, without the origin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upgrade_hands_the_disk_tier_over_with_requests_in_flight() {
-    use crate::binary_upgrade::{signal, Reaper};
+    use crate::binary_upgrade::{signal, upgrade, Reaper};
     use crate::support::fetch::send;
-    use crate::support::process::{verge_bin, Launch, TestConfig};
+    use crate::support::process::{Launch, TestConfig};
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
     let o = Origin::start("o").await;
@@ -475,17 +475,7 @@ async fn an_upgrade_hands_the_disk_tier_over_with_requests_in_flight() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let path = cfg.path.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(verge_bin())
-            .args(["upgrade", "-c"])
-            .arg(&path)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("verge upgrade")
-    })
-    .await
-    .expect("join");
+    let out = upgrade(&cfg.path).await;
     assert_eq!(
         out.status.code(),
         Some(0),
