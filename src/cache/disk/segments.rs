@@ -6,7 +6,7 @@ use super::record::{self, Head, Kind, RecordError, HEAD_LEN, TRAILER_LEN};
 use pingora_cache::key::HashBinary;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -115,10 +115,11 @@ impl Segments {
         self.list.iter().any(|s| s.id == id)
     }
 
-    /// Note that `key` was found in segment `id` by a scan, so dropping the segment drops it.
-    pub fn note_key(&mut self, id: u64, key: HashBinary) {
+    /// Note that `keys` were found in segment `id` by a scan, so dropping the segment drops
+    /// them.
+    pub fn note_keys(&mut self, id: u64, keys: Vec<HashBinary>) {
         if let Some(s) = self.list.iter_mut().find(|s| s.id == id) {
-            s.keys.push(key);
+            s.keys.extend(keys);
         }
     }
 
@@ -233,10 +234,12 @@ pub struct Found {
 /// whole (a torn write) or not a record. Checks each head's checksum and trailer, not bodies
 /// (those are checked when read). Returns the bytes scanned.
 pub fn scan(file: &File, len: u64, mut visit: impl FnMut(Found)) -> u64 {
+    // one sequential pass: small bodies are read through the buffer, large ones seeked over
+    let mut reader = BufReader::with_capacity(SCAN_BUFFER, At { file, pos: 0 });
     let mut offset = 0u64;
-    let mut head_buf = [0u8; HEAD_LEN];
+    let mut buffers = ScanBuffers::default();
     while offset + HEAD_LEN as u64 <= len {
-        match read_record_head(file, offset, len, &mut head_buf) {
+        match read_record_head(&mut reader, offset, len, &mut buffers) {
             Ok(head) => {
                 let next = offset + head.record_len();
                 visit(Found { head, offset });
@@ -248,26 +251,74 @@ pub fn scan(file: &File, len: u64, mut visit: impl FnMut(Found)) -> u64 {
     offset
 }
 
+/// Reads `file` from `pos` on with `pread`, leaving the file's own position alone (a segment's
+/// file is shared with the writer and with readers).
+struct At<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl Read for At<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for At<'_> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        self.pos = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(_) => None,
+        }
+        .ok_or_else(|| std::io::Error::other("seek out of range"))?;
+        Ok(self.pos)
+    }
+}
+
+/// Bytes a scan reads at once.
+const SCAN_BUFFER: usize = 1 << 20;
+
+/// What the scan reuses from one record to the next.
+struct ScanBuffers {
+    head: [u8; HEAD_LEN],
+    meta: Vec<u8>,
+    table: Vec<u8>,
+}
+
+impl Default for ScanBuffers {
+    fn default() -> Self {
+        ScanBuffers {
+            head: [0; HEAD_LEN],
+            meta: Vec::new(),
+            table: Vec::new(),
+        }
+    }
+}
+
+/// Read the record at `offset`, where `reader` stands, up to its end.
 fn read_record_head(
-    file: &File,
+    reader: &mut BufReader<At<'_>>,
     offset: u64,
     len: u64,
-    head_buf: &mut [u8; HEAD_LEN],
+    b: &mut ScanBuffers,
 ) -> Result<Head, RecordError> {
-    file.read_exact_at(head_buf, offset)
-        .map_err(|_| RecordError::Incomplete)?;
-    let head = Head::decode(head_buf)?;
+    let incomplete = |_| RecordError::Incomplete;
+    reader.read_exact(&mut b.head).map_err(incomplete)?;
+    let head = Head::decode(&b.head)?;
     if offset + head.record_len() > len {
         return Err(RecordError::Incomplete);
     }
-    let mut meta = vec![0u8; head.meta_len()];
-    file.read_exact_at(&mut meta, offset + HEAD_LEN as u64)
-        .map_err(|_| RecordError::Incomplete)?;
-    Head::verify(head_buf, &meta)?;
-    let mut table = vec![0u8; head.table_len() + TRAILER_LEN];
-    file.read_exact_at(&mut table, offset + head.table_offset())
-        .map_err(|_| RecordError::Incomplete)?;
-    record::verify_table(&head, &table)?;
+    b.meta.resize(head.meta_len(), 0);
+    reader.read_exact(&mut b.meta).map_err(incomplete)?;
+    Head::verify(&b.head, &b.meta)?;
+    let skip = i64::try_from(head.body_len).map_err(|_| RecordError::Incomplete)?;
+    reader.seek_relative(skip).map_err(incomplete)?;
+    b.table.resize(head.table_len() + TRAILER_LEN, 0);
+    reader.read_exact(&mut b.table).map_err(incomplete)?;
+    record::verify_table(&head, &b.table)?;
     if head.kind != Kind::Object && head.body_len != 0 {
         return Err(RecordError::NotARecord);
     }

@@ -323,20 +323,30 @@ impl DiskStore {
         let Some(segments) = segments.as_mut() else {
             return;
         };
+        let all_there = keys_by_segment.iter().all(|(id, _)| segments.contains(*id));
+        let live: std::collections::HashSet<u64> = keys_by_segment
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| segments.contains(*id))
+            .collect();
         for (id, keys) in keys_by_segment {
-            for k in keys {
-                segments.note_key(id, k);
-            }
+            segments.note_keys(id, keys);
         }
         let mut index = self.index.write();
         let (gone_keys, gone_urls) = std::mem::take(&mut index.removed_while_loading);
-        for (key, loc) in rebuilt.entries {
-            let keep = segments.contains(loc.segment)
-                && !index.entries.contains_key(&key)
-                && !gone_keys.contains(&key)
-                && !gone_urls.contains(&loc.primary);
-            if keep {
-                index.insert(key, loc);
+        if index.entries.is_empty() && gone_keys.is_empty() && gone_urls.is_empty() && all_there {
+            // nothing happened meanwhile: the rebuilt index is the index
+            index.entries = rebuilt.entries;
+            index.variants = rebuilt.variants;
+        } else {
+            for (key, loc) in rebuilt.entries {
+                let keep = live.contains(&loc.segment)
+                    && !index.entries.contains_key(&key)
+                    && !gone_keys.contains(&key)
+                    && !gone_urls.contains(&loc.primary);
+                if keep {
+                    index.insert(key, loc);
+                }
             }
         }
         self.loading.store(false, Ordering::Release);
