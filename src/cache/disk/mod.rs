@@ -92,6 +92,8 @@ struct Index {
 }
 
 impl Index {
+    /// A key without variance is its URL's own (pingora's combined key is then the primary
+    /// key): only keys with variance are listed under their URL.
     fn insert(&mut self, key: HashBinary, loc: Location) {
         if let Some(old) = self.entries.insert(key, loc) {
             if old.primary == loc.primary {
@@ -99,13 +101,18 @@ impl Index {
             }
             self.unlink(&key, &old.primary);
         }
-        let list = self.variants.entry(loc.primary).or_default();
-        if !list.contains(&key) {
-            list.push(key);
+        if key != loc.primary {
+            let list = self.variants.entry(loc.primary).or_default();
+            if !list.contains(&key) {
+                list.push(key);
+            }
         }
     }
 
     fn unlink(&mut self, key: &HashBinary, primary: &HashBinary) {
+        if key == primary {
+            return;
+        }
         if let Some(list) = self.variants.get_mut(primary) {
             list.retain(|k| k != key);
             if list.is_empty() {
@@ -122,7 +129,13 @@ impl Index {
 
     fn remove_url(&mut self, primary: &HashBinary) -> usize {
         let keys = self.variants.remove(primary).unwrap_or_default();
+        let own = self
+            .entries
+            .get(primary)
+            .is_some_and(|loc| loc.primary == *primary)
+            .then_some(*primary);
         keys.iter()
+            .chain(own.iter())
             .filter(|k| self.entries.remove(*k).is_some())
             .count()
     }
