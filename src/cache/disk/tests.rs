@@ -227,6 +227,10 @@ async fn removals_persist_and_newer_records_win() {
     again.remove(&a.combined_bin());
     flush(again);
     assert!(again.lookup(&a).await.expect("lookup").is_none());
+    // a URL without variants goes the same way
+    again.remove_url(&c.primary_bin());
+    assert!(again.lookup(&c).await.expect("lookup").is_none());
+    assert_eq!(again.objects(), 0);
 }
 
 fn files_total(dir: &std::path::Path) -> u64 {
