@@ -585,3 +585,68 @@ async fn after_kill_9_in_the_middle_of_fills_only_whole_objects_are_served() {
     let m = v.metrics().await;
     assert_eq!(m.value("verge_cache_disk_corrupt_total", &[]), Some(0.0));
 }
+
+/// Two clients stream a response while its origin still sends it (the fetching one and one
+/// collapsed onto the fill); once whole it is written to disk, and after a restart it is a hit
+/// from disk with the same bytes.
+#[tokio::test]
+async fn a_streamed_fill_reaches_the_disk_once_whole() {
+    use crate::support::{RawOrigin, Step};
+    let o = RawOrigin::start().await;
+    let pieces: Vec<Vec<u8>> = (0..3u8).map(|i| vec![b'a' + i; 100_000]).collect();
+    let body: Vec<u8> = pieces.concat();
+    let mut steps = vec![Step::Write(
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 300000\r\n\r\n".to_vec(),
+    )];
+    steps.push(Step::Piece(pieces[0].clone()));
+    steps.push(Step::Gate);
+    steps.extend(pieces[1..].iter().map(|p| Step::Piece(p.clone())));
+    o.set("/s", steps);
+    let cfg = Config::new()
+        .cache(
+            Cache::new()
+                .memory(1 << 20)
+                .max_object_size("512KiB")
+                .set("disk", DISK),
+        )
+        .pool(Pool::new("p", &[o.addr]))
+        .route(Route::to("p").cache(RouteCache::new()));
+    let mut v = Verge::start(&cfg).await;
+    let get = || {
+        crate::support::client()
+            .get(v.url("/s"))
+            .header("host", "c.test")
+            .send()
+    };
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let mut r = get().await.expect("response head");
+        let first = r.chunk().await.expect("read").expect("first bytes");
+        readers.push((r, first.to_vec()));
+    }
+    let m = v.metrics().await;
+    assert_eq!(
+        m.value("verge_cache_disk_objects", &[]),
+        Some(0.0),
+        "not whole yet"
+    );
+    o.open_gate();
+    for (mut r, mut got) in readers {
+        while let Some(b) = r.chunk().await.expect("read") {
+            got.extend_from_slice(&b);
+        }
+        assert_eq!(got, body, "each reader got the whole body");
+    }
+    assert_eq!(o.hits("/s"), 1);
+    disk_objects(&v, 1).await;
+    v.restart_graceful().await;
+    rebuilt(&v).await;
+    let got = fetch(&v, "/s", &[]).await;
+    assert!(
+        got.cache_status.starts_with("verge; hit"),
+        "{}",
+        got.cache_status
+    );
+    assert_eq!(got.body.as_bytes(), &body[..]);
+    assert_eq!(o.hits("/s"), 1, "from disk");
+}
