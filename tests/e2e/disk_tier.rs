@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// A verge caching everything for 300 s, with 1 MiB of memory over `disk` (`cache.disk`).
-fn config(o: &Origin, disk: &str) -> Config {
+fn config(origin: SocketAddr, disk: &str) -> Config {
     Config::new()
         .cache(
             Cache::new()
@@ -20,7 +20,7 @@ fn config(o: &Origin, disk: &str) -> Config {
                 .max_object_size("512KiB")
                 .set("disk", disk),
         )
-        .pool(Pool::new("p", &[o.addr]))
+        .pool(Pool::new("p", &[origin]))
         .route(Route::to("p").cache(RouteCache::new().default_ttl("300s")))
         .purge_allow(&["127.0.0.1/32"])
 }
@@ -84,7 +84,7 @@ fn age(got: &crate::support::Got) -> u64 {
 async fn objects_come_back_from_disk_after_sigterm_and_kill_9_byte_identical_with_age() {
     let o = Origin::start("o").await;
     o.set_body_size(300_000); // two checksummed chunks each
-    let mut v = Verge::start(&config(&o, DISK)).await;
+    let mut v = Verge::start(&config(o.addr, DISK)).await;
     let paths: Vec<String> = (0..4).map(|i| format!("/d/{i}")).collect();
     let mut first = Vec::new();
     for p in &paths {
@@ -171,7 +171,7 @@ fn corrupt_segments(dir: &Path) {
 async fn a_corrupted_record_is_a_miss_not_garbage() {
     let o = Origin::start("o").await;
     o.set_body_size(5000);
-    let mut v = Verge::start(&config(&o, DISK)).await;
+    let mut v = Verge::start(&config(o.addr, DISK)).await;
     let first = fetch(&v, "/c", &[]).await;
     disk_objects(&v, 1).await;
     v.stop_graceful();
@@ -201,7 +201,7 @@ async fn a_corrupted_record_is_a_miss_not_garbage() {
 async fn a_range_is_served_from_a_disk_object() {
     let o = Origin::start("o").await;
     o.set_body_size(400_000);
-    let mut v = Verge::start(&config(&o, DISK)).await;
+    let mut v = Verge::start(&config(o.addr, DISK)).await;
     let whole = fetch(&v, "/r", &[]).await.body;
     disk_objects(&v, 1).await;
     v.restart_graceful().await;
@@ -228,7 +228,7 @@ async fn the_disk_budget_holds_while_filling_eight_times_over() {
     let o = Origin::start("o").await;
     o.set_body_size(64 << 10);
     let v = Verge::start(&config(
-        &o,
+        o.addr,
         "{path: disk, size: 4MiB, segment_size: 256KiB}",
     ))
     .await;
@@ -275,7 +275,7 @@ async fn the_disk_budget_holds_while_filling_eight_times_over() {
 #[tokio::test]
 async fn a_url_purged_before_a_restart_is_not_served_after_it() {
     let o = Origin::start("o").await;
-    let mut v = Verge::start(&config(&o, DISK)).await;
+    let mut v = Verge::start(&config(o.addr, DISK)).await;
     for p in ["/p", "/q"] {
         fetch(&v, p, &[]).await;
     }
@@ -374,7 +374,7 @@ async fn a_304_for_a_disk_object_is_kept_on_disk() {
     let o = Origin::start("o").await;
     o.set_etag("/e", "\"v1\"");
     o.set_headers_stale("/e", &[("cache-control", "max-age=60")]);
-    let mut v = Verge::start(&config(&o, DISK)).await;
+    let mut v = Verge::start(&config(o.addr, DISK)).await;
     let first = fetch(&v, "/e", &[]).await;
     disk_objects(&v, 1).await;
     o.set_headers("/e", &[("cache-control", "max-age=60")]);
@@ -433,7 +433,7 @@ async fn an_upgrade_hands_the_disk_tier_over_with_requests_in_flight() {
     use std::sync::Arc;
     let o = Origin::start("o").await;
     o.set_body_size(20_000);
-    let cfg = TestConfig::write(&config(&o, DISK).raw(
+    let cfg = TestConfig::write(&config(o.addr, DISK).raw(
         "server: {threads: 2, grace_period: 1s, graceful_shutdown_timeout: 1s, \
          pid_file: \"{dir}/verge.pid\", upgrade_sock: \"{dir}/upgrade.sock\"}",
     ));
@@ -532,7 +532,11 @@ async fn an_upgrade_hands_the_disk_tier_over_with_requests_in_flight() {
 async fn after_kill_9_in_the_middle_of_fills_only_whole_objects_are_served() {
     let o = Origin::start("o").await;
     o.set_body_size(400_000);
-    let mut v = Verge::start(&config(&o, "{path: disk, size: 64MiB, segment_size: 4MiB}")).await;
+    let mut v = Verge::start(&config(
+        o.addr,
+        "{path: disk, size: 64MiB, segment_size: 4MiB}",
+    ))
+    .await;
     let paths: Vec<String> = (0..40).map(|i| format!("/m/{i}")).collect();
     let http = v.http;
     let mut fills = Vec::new();
@@ -602,16 +606,7 @@ async fn a_streamed_fill_reaches_the_disk_once_whole() {
     steps.push(Step::Gate);
     steps.extend(pieces[1..].iter().map(|p| Step::Piece(p.clone())));
     o.set("/s", steps);
-    let cfg = Config::new()
-        .cache(
-            Cache::new()
-                .memory(1 << 20)
-                .max_object_size("512KiB")
-                .set("disk", DISK),
-        )
-        .pool(Pool::new("p", &[o.addr]))
-        .route(Route::to("p").cache(RouteCache::new()));
-    let mut v = Verge::start(&cfg).await;
+    let mut v = Verge::start(&config(o.addr, DISK)).await;
     let get = || {
         crate::support::client()
             .get(v.url("/s"))
