@@ -260,9 +260,10 @@ impl DiskStore {
     /// its index from the segments found there in the background.
     ///
     /// One process at a time owns the directory, through an exclusive `flock` on its `lock`
-    /// file, held until the process exits. During an upgrade (`--upgrade`) the old process
-    /// still holds it: the new one answers disk misses and writes nothing until the old one
-    /// has exited, then scans everything the old one wrote and takes over.
+    /// file, held until the process exits or [`DiskStore::close`]s it. During an upgrade
+    /// (`--upgrade`) the old process still holds it: the new one answers disk misses and
+    /// writes nothing until the old one lets it go (at the start of its shutdown), then scans
+    /// everything the old one wrote and takes over.
     pub fn open(settings: DiskSettings) -> std::io::Result<&'static DiskStore> {
         std::fs::create_dir_all(&settings.path)?;
         let lock_file = std::fs::OpenOptions::new()
