@@ -12,6 +12,7 @@ use crate::control::store::{FileStore, Store};
 use crate::control::store_settings::StoreSettings;
 use crate::ingress::Ingress;
 use crate::metrics::METRICS;
+use crate::node::disk_flush::DiskFlush;
 use crate::node::health_checks::HealthService;
 use crate::node::listeners::{check_bindable, BindError, ListenAddr, ListenerWatch};
 use crate::node::poller::{publish_position, ControlPoller};
@@ -62,6 +63,9 @@ pub enum ServeError {
     /// A listener's certificate or key does not load, does not match, or is not valid now.
     #[error("{0}")]
     Certificates(crate::config::ConfigErrors),
+    /// The disk tier's directory cannot be created or read.
+    #[error("cache.disk: {0}")]
+    DiskCache(std::io::Error),
     /// A listening address cannot be bound (in use, or not permitted).
     #[error(transparent)]
     Bind(#[from] BindError),
@@ -325,7 +329,7 @@ pub fn build_server_with_filters(
     let mut server = Server::new_with_opt_and_conf(pingora_opt, server_conf(config, opts));
     server.bootstrap();
     let conf = server.configuration.clone();
-    let cache = CacheEngine::new(config.cache);
+    let cache = CacheEngine::new(config.cache.clone()).map_err(ServeError::DiskCache)?;
     let access_log = match &config.access_log {
         None => None,
         Some(spec) => {
@@ -367,6 +371,12 @@ pub fn build_server_with_filters(
         "verge cache reclaim",
         ReclaimService::new(snapshot.clone(), cache),
     ));
+    if let Some(disk) = cache.disk {
+        server.add_service(background_service(
+            "verge disk cache flush",
+            DiskFlush::new(disk),
+        ));
+    }
     if let Some(spec) = &config.control {
         server.add_service(background_service(
             "verge control poller",

@@ -139,6 +139,29 @@ impl S3FifoEviction {
         apply(&gone)
     }
 
+    /// Admit `item`, which is not tracked yet, as [`S3FifoEviction::admit_with`] does; `apply`
+    /// says whether the storage kept it, and if not it is untracked again under the same lock.
+    /// Nothing happens (`false`) when `item` is tracked already. For entries that come from
+    /// elsewhere than a fetch (a disk hit promoted to memory).
+    pub fn admit_new_with(
+        &self,
+        item: CacheEntryKey,
+        weight: usize,
+        apply: impl FnOnce(&[CacheEntryKey]) -> bool,
+    ) -> bool {
+        let (id, hashes) = identify_owned(&item);
+        let mut shard = self.shard(&hashes).lock();
+        if shard.entries.contains_key(&id) {
+            return false;
+        }
+        let gone = shard.admit(item, id, hashes, weight, &self.totals);
+        let kept = apply(&gone);
+        if !kept {
+            shard.take(&id, &self.totals);
+        }
+        kept
+    }
+
     /// Give a tracked entry a new weight (its stored headers changed size, after a 304) and run
     /// `apply` with what must leave (possibly `item` itself, if it no longer fits) under the
     /// shard's lock, as in [`S3FifoEviction::admit_with`]. Frequency is not touched: the request

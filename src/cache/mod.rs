@@ -4,6 +4,7 @@
 
 pub mod cache_status;
 pub mod collapse;
+pub mod disk;
 pub mod early_refresh;
 pub mod eviction;
 pub mod fill;
@@ -48,6 +49,8 @@ pub struct CacheEngine {
     /// Hit-for-pass: URLs whose last response was uncacheable for a lasting reason skip the
     /// lookup and the miss lock until a response says otherwise (LRU, 16 × 4096 URLs).
     pub predictor: &'static Predictor<16>,
+    /// The disk tier under memory (`cache.disk`), if configured.
+    pub disk: Option<&'static disk::DiskStore>,
     /// Keys being refreshed early (XFetch) right now: one refresh per key at a time.
     pub refreshing: &'static early_refresh::RefreshSet,
     /// The `cache:` block it was built from.
@@ -64,7 +67,8 @@ impl std::fmt::Debug for CacheEngine {
 
 impl CacheEngine {
     /// Build the engine. Its parts live for the rest of the process (leaked once at startup).
-    pub fn new(settings: CacheSettings) -> &'static CacheEngine {
+    /// A disk tier that cannot be opened (its directory cannot be created or read) is an error.
+    pub fn new(settings: CacheSettings) -> std::io::Result<&'static CacheEngine> {
         let memory = usize::try_from(settings.memory).unwrap_or(usize::MAX);
         let max_object = usize::try_from(settings.max_object_size).unwrap_or(usize::MAX);
         let eviction: &'static S3FifoEviction =
@@ -75,19 +79,29 @@ impl CacheEngine {
             4096,
             Some(rfc9111::transient_no_cache_reason),
         )));
-        let storage: &'static MemoryStorage = Box::leak(Box::new(
-            MemoryStorage::new(max_object)
-                .with_eviction(eviction)
-                .with_predictor(predictor),
-        ));
-        Box::leak(Box::new(CacheEngine {
+        let disk = match &settings.disk {
+            Some(d) => Some(disk::DiskStore::open(d.clone())?),
+            None => None,
+        };
+        let mut storage = MemoryStorage::new(max_object)
+            .with_eviction(eviction)
+            .with_predictor(predictor);
+        if let Some(disk) = disk {
+            storage = storage.with_disk(disk);
+        }
+        let storage: &'static MemoryStorage = Box::leak(Box::new(storage));
+        if let Some(disk) = disk {
+            disk.promote_into(storage);
+        }
+        Ok(Box::leak(Box::new(CacheEngine {
             storage,
             eviction,
             lock,
             predictor,
+            disk,
             refreshing: Box::leak(Box::default()),
             settings,
-        }))
+        })))
     }
 
     /// Bytes the eviction manager accounts for (headers + body + overhead).
@@ -445,7 +459,7 @@ mod tests {
     #[tokio::test]
     async fn invalidate_removes_every_variant_and_its_accounting() {
         use pingora_cache::eviction::CacheEntryKey;
-        let engine = CacheEngine::new(CacheSettings::default());
+        let engine = CacheEngine::new(CacheSettings::default()).expect("engine");
         let span = pingora_cache::trace::Span::inactive().handle();
         let now = SystemTime::now();
         let meta = || {

@@ -4,7 +4,10 @@
 //! the storage admits each finished object itself, under the eviction shard's lock, dropping the
 //! victims before the newcomer is stored, so the stored bytes never exceed `cache.memory`. A
 //! second index maps each primary key (the URL) to its stored variants, so one URL can be taken
-//! out with all of them.
+//! out with all of them. With a disk tier (`super::disk`), every stored object is also written
+//! there, a memory miss looks there, and removals reach it.
+
+mod promote;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -20,6 +23,7 @@ use pingora_cache::storage::{
 use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheMeta, NoCacheReason};
 
+use super::disk::DiskStore;
 use super::eviction::S3FifoEviction;
 use super::fill::{Fill, Sealed};
 use super::pending::PendingFetches;
@@ -109,6 +113,8 @@ pub struct MemoryStorage {
     /// Fetches in progress that the hit lane may wait on; told when a fill starts and when a
     /// response is stored.
     pub pending: PendingFetches,
+    /// The disk tier under this one, if configured.
+    disk: Option<&'static DiskStore>,
 }
 
 impl MemoryStorage {
@@ -125,7 +131,14 @@ impl MemoryStorage {
             eviction: None,
             predictor: None,
             pending: PendingFetches::default(),
+            disk: None,
         }
+    }
+
+    /// Write every stored object through to `disk`, and look there on a miss.
+    pub fn with_disk(mut self, disk: &'static DiskStore) -> Self {
+        self.disk = Some(disk);
+        self
     }
 
     /// Admit every finished object through `eviction` before storing it.
@@ -195,6 +208,11 @@ impl MemoryStorage {
                 }
             }
         }
+        // the disk tier first: a disk hit promoted meanwhile is then either refused (it asks the
+        // disk index under the shard lock) or already in the variant list taken below
+        if let Some(disk) = self.disk {
+            disk.remove_url(primary);
+        }
         let combined = self
             .variant_shard(primary)
             .write()
@@ -235,6 +253,9 @@ impl MemoryStorage {
     /// there. Returns the removed entry's key, for the eviction manager.
     pub fn discard(&self, combined: &HashBinary) -> Option<CompactCacheKey> {
         self.revoke_fills(combined);
+        if let Some(disk) = self.disk {
+            disk.remove(combined);
+        }
         self.remove_entry(combined).map(|e| e.key.clone())
     }
 
@@ -375,6 +396,13 @@ impl MemoryStorage {
 
     /// Store a finished fill's body, admitted by the eviction manager (see the module doc).
     fn commit(&self, fill: &Fill, body: Bytes) -> MissFinishType {
+        if let Some(disk) = self.disk {
+            disk.write(fill.key, fill.primary, fill.meta.clone(), body.clone());
+            // purged meanwhile: either seen here, or its removal comes after the write
+            if fill.is_revoked() {
+                disk.remove(&fill.key);
+            }
+        }
         let size = entry_size(&fill.meta, body.len());
         let entry = Entry {
             meta: fill.meta.clone(),
@@ -469,7 +497,10 @@ impl Storage for MemoryStorage {
             return Ok(Some((meta, Box::new(fill.reader()))));
         }
         let Some(entry) = entry else {
-            return Ok(None);
+            return match self.disk {
+                Some(disk) => disk.lookup(key).await,
+                None => Ok(None),
+            };
         };
         let meta = entry
             .meta
@@ -558,6 +589,9 @@ impl Storage for MemoryStorage {
         let key = target.key().combined_bin();
         if matches!(purge_type, PurgeType::Invalidation) {
             self.revoke_fills(&key);
+            if let Some(disk) = self.disk {
+                disk.remove(&key);
+            }
         }
         Ok(match self.remove_entry(&key) {
             Some(_) => PurgeOutcome::Purged(None),
@@ -575,12 +609,19 @@ impl Storage for MemoryStorage {
     ) -> Result<bool> {
         let bin = key.combined_bin();
         let Some(old) = self.get(&bin) else {
-            return Ok(false);
+            // an object only on disk is refreshed there
+            return Ok(self.disk.is_some_and(|disk| {
+                StoredMeta::from_meta(meta)
+                    .is_ok_and(|stored| disk.update_meta(&bin, Arc::new(stored)))
+            }));
         };
         let meta = Arc::new(
             StoredMeta::from_meta(meta).map_err(|e| storage_error("cannot store meta", e))?,
         );
         let size = entry_size(&meta, old.body.len());
+        if let Some(disk) = self.disk {
+            disk.write(bin, old.key.primary_bin(), meta.clone(), old.body.clone());
+        }
         let entry = Entry {
             meta,
             body: old.body.clone(),

@@ -122,7 +122,7 @@ pub struct ControlSpec {
 }
 
 /// The shared cache: one memory budget for every route that caches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheSettings {
     /// Bytes of headers + bodies + per-entry overhead kept in memory.
     pub memory: u64,
@@ -136,6 +136,22 @@ pub struct CacheSettings {
     /// hit lane). `false` sends every request through Pingora's phases; the responses are the
     /// same but for `Date`.
     pub hit_lane: bool,
+    /// The disk tier under memory (`cache.disk`); `None`: memory only.
+    pub disk: Option<DiskSettings>,
+}
+
+/// `cache.disk`: where and how much the disk tier keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSettings {
+    /// The directory holding the segment files (created if missing).
+    pub path: PathBuf,
+    /// Bytes of segment files on disk, never exceeded.
+    pub size: u64,
+    /// Larger objects are not written to disk.
+    pub max_object_size: u64,
+    /// Bytes after which a segment is closed and the next one started; the budget is kept by
+    /// deleting the oldest segment.
+    pub segment_size: u64,
 }
 
 impl Default for CacheSettings {
@@ -146,6 +162,7 @@ impl Default for CacheSettings {
             lock_timeout: Duration::from_secs(10),
             lock_wait: Duration::from_secs(5),
             hit_lane: true,
+            disk: None,
         }
     }
 }

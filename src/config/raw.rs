@@ -73,6 +73,17 @@ pub struct RawCache {
     pub lock_timeout: Option<ConfDuration>,
     pub lock_wait: Option<ConfDuration>,
     pub hit_lane: Option<bool>,
+    pub disk: Option<RawDiskCache>,
+}
+
+/// `cache.disk`: the disk tier under the memory tier.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiskCache {
+    pub path: Option<String>,
+    pub size: Option<ConfSize>,
+    pub max_object_size: Option<ConfSize>,
+    pub segment_size: Option<ConfSize>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -16,6 +16,7 @@ pub const NODE_PATHS: &[&[&str]] = &[
     &["control", "state_file"],
     &["control", "verify_keys", "*"],
     &["access_log", "path"],
+    &["cache", "disk", "path"],
     &["listeners", "*", "tls", "cert"],
     &["listeners", "*", "tls", "key"],
     &["listeners", "*", "tls", "certificates", "*", "cert"],
@@ -80,6 +81,7 @@ mod tests {
         let mut doc: Value = serde_yaml::from_str(
             "server: {pid_file: run/verge.pid, upgrade_sock: /run/verge.sock}\n\
              access_log: {path: '-'}\n\
+             cache: {disk: {path: cache/disk}}\n\
              control: {url: 'http://c', state_file: state.json, verify_keys: [k/a.pub, /k/b.pub]}\n\
              listeners:\n\
              - {listen: ':80'}\n\
@@ -106,6 +108,10 @@ mod tests {
             Some("/run/verge.sock")
         );
         assert_eq!(at("access_log.path").as_deref(), Some("-"));
+        assert_eq!(
+            at("cache.disk.path").as_deref(),
+            Some("/etc/verge/cache/disk")
+        );
         assert_eq!(
             at("control.state_file").as_deref(),
             Some("/etc/verge/state.json")

@@ -3,6 +3,7 @@
 //! entries, config reloads on SIGHUP, and the watch that every listener is bound; plus the
 //! snapshot writer they share, readiness, and the signals a running node answers.
 
+pub mod disk_flush;
 pub mod health_checks;
 pub mod listeners;
 pub mod poller;

@@ -9,18 +9,34 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn signal(name: &str, pid: u32) -> bool {
+pub(crate) fn signal(name: &str, pid: u32) -> bool {
     Command::new("kill")
         .args([format!("-{name}"), pid.to_string()])
         .status()
         .is_ok_and(|s| s.success())
 }
 
+/// Run `verge upgrade -c config` (it signals the node named by the config's pid file and
+/// follows the handover) and return what it printed and its status.
+pub(crate) async fn upgrade(config: &std::path::Path) -> std::process::Output {
+    let path = config.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        Command::new(verge_bin())
+            .args(["upgrade", "-c"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("verge upgrade")
+    })
+    .await
+    .expect("join")
+}
+
 /// Kills the processes it names when the test ends, whatever happened (the new process of an
 /// upgrade is not the test's child).
-struct Reaper {
-    child: Child,
-    pid_file: std::path::PathBuf,
+pub(crate) struct Reaper {
+    pub(crate) child: Child,
+    pub(crate) pid_file: std::path::PathBuf,
 }
 
 impl Drop for Reaper {
@@ -110,17 +126,7 @@ async fn an_upgrade_under_load_fails_no_request() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = ok.load(Ordering::Relaxed);
 
-    let path = cfg.path.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(verge_bin())
-            .args(["upgrade", "-c"])
-            .arg(&path)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("verge upgrade")
-    })
-    .await
-    .expect("join");
+    let out = upgrade(&cfg.path).await;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(
         out.status.code(),

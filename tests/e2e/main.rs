@@ -14,6 +14,7 @@ mod control_etcd;
 mod control_limits;
 mod control_security;
 mod directives;
+mod disk_tier;
 mod edge;
 mod edge_logs;
 mod edge_pages;

@@ -32,6 +32,52 @@ pub(super) fn validate_cache(raw: RawCache, errs: &mut Errors) -> CacheSettings 
         lock_timeout,
         lock_wait,
         hit_lane: raw.hit_lane.unwrap_or(d.hit_lane),
+        disk: raw
+            .disk
+            .map(|disk| validate_disk(disk, max_object_size, errs)),
+    }
+}
+
+/// The smallest disk tier: a few segments of the smallest size.
+const MIN_DISK_SIZE: u64 = 4 << 20;
+const MIN_SEGMENT_SIZE: u64 = 64 << 10;
+const MAX_DEFAULT_SEGMENT_SIZE: u64 = 256 << 20;
+
+/// `cache.disk`: a directory, a byte budget of at least 4MiB, objects up to a quarter of it
+/// (default: `cache.max_object_size`), segments of at most half of it (default: a sixteenth,
+/// between 1MiB and 256MiB), so dropping the oldest segment never empties the tier.
+fn validate_disk(raw: RawDiskCache, memory_max_object: u64, errs: &mut Errors) -> DiskSettings {
+    let path = raw.path.unwrap_or_default();
+    if path.trim().is_empty() {
+        errs.push(
+            "cache.disk.path",
+            "is required (a directory for the segment files)",
+        );
+    }
+    let size = raw.size.map_or(0, |s| s.0);
+    if size < MIN_DISK_SIZE {
+        errs.push("cache.disk.size", "is required and must be at least 4MiB");
+    }
+    let max_object_size = raw.max_object_size.map_or(memory_max_object, |s| s.0);
+    if max_object_size == 0 || max_object_size > size / 4 {
+        errs.push(
+            "cache.disk.max_object_size",
+            "must be greater than zero and at most a quarter of cache.disk.size",
+        );
+    }
+    let default_segment = (size / 16).clamp(1 << 20, MAX_DEFAULT_SEGMENT_SIZE);
+    let segment_size = raw.segment_size.map_or(default_segment, |s| s.0);
+    if segment_size < MIN_SEGMENT_SIZE || segment_size > size / 2 {
+        errs.push(
+            "cache.disk.segment_size",
+            "must be at least 64KiB and at most half of cache.disk.size",
+        );
+    }
+    DiskSettings {
+        path: path.into(),
+        size,
+        max_object_size,
+        segment_size,
     }
 }
 
@@ -228,6 +274,46 @@ fn query_key(path: &str, value: serde_yaml::Value, errs: &mut Errors) -> QueryKe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_disk_tier_validates_with_key_paths() {
+        let base = "listeners: [{listen: \"127.0.0.1:8080\"}]\n\
+                    pools: {p: {backends: [\"127.0.0.1:1\"]}}\n\
+                    routes: [{hosts: [a.com], pool: p}]\n";
+        let c = Config::from_yaml_str(base).expect("valid");
+        assert_eq!(c.cache.disk, None, "memory only unless configured");
+        let c = Config::from_yaml_str(&format!(
+            "{base}cache: {{max_object_size: 1MiB, disk: {{path: /var/cache/verge, size: 1GiB}}}}\n"
+        ))
+        .expect("valid");
+        let disk = c.cache.disk.expect("disk");
+        assert_eq!(disk.path, std::path::PathBuf::from("/var/cache/verge"));
+        assert_eq!(disk.size, 1 << 30);
+        assert_eq!(
+            disk.max_object_size,
+            1 << 20,
+            "defaults to the memory tier's"
+        );
+        assert_eq!(disk.segment_size, 64 << 20, "a sixteenth of the budget");
+        let errs = Config::from_yaml_str(&format!(
+            "{base}cache: {{disk: {{size: 1MiB, max_object_size: 2MiB, segment_size: 1KiB, sise: 1}}}}\n"
+        ))
+        .expect_err("invalid")
+        .errors;
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text[0].starts_with("cache.disk: unknown field `sise`"),
+            "{text:#?}"
+        );
+        for p in [
+            "cache.disk.path: is required",
+            "cache.disk.size: is required and must be at least 4MiB",
+            "cache.disk.max_object_size: must be greater than zero",
+            "cache.disk.segment_size: must be at least 64KiB",
+        ] {
+            assert!(text.iter().any(|t| t.starts_with(p)), "{p}: {text:#?}");
+        }
+    }
 
     #[test]
     fn route_cache_rules_validate() {

@@ -209,6 +209,36 @@ impl Verge {
             .await;
     }
 
+    /// Stop the process as an operator would (SIGTERM) and wait until it has exited.
+    pub fn stop_graceful(&mut self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "SIGTERM sent");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().ok().flatten().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "verge still running 20 s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Start the process again (after [`Verge::stop_graceful`]) with the same config, ports
+    /// and state directory.
+    pub async fn start_again(&mut self) {
+        self.child = self.launch.spawn(&self.config);
+        self.wait_ready().await;
+    }
+
+    /// SIGTERM, then start again with the same config, ports and state directory.
+    pub async fn restart_graceful(&mut self) {
+        self.stop_graceful();
+        self.start_again().await;
+    }
+
     async fn wait_ready(&mut self) {
         self.wait_until(|status, _| status == 200).await;
     }

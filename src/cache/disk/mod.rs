@@ -1,0 +1,627 @@
+//! The disk tier (`cache.disk`): whole objects appended to segment files under a byte budget,
+//! an in-memory index of where each is, reads that stream and verify one chunk at a time, and
+//! an index rebuilt from the segments when verge starts.
+//!
+//! - **What goes to disk.** Every object the memory tier stores is written behind it (write
+//!   through, by one writer thread off the request path), so a restart or a crash loses at
+//!   most what was still queued. A refreshed entry (a refetch, a 304) is written again; the
+//!   newest record wins. A 304 for an object only on disk appends it again with the new
+//!   headers, its body copied chunk by chunk.
+//! - **Eviction.** FIFO over segments: when the budget would be exceeded, the oldest segment
+//!   file is deleted with every object in it (`verge_cache_disk_evictions_total`).
+//! - **Removal.** A purge or an invalidating request removes the object from the index and
+//!   appends a tombstone at once (not through the queue), so it stays removed after a restart or
+//!   a crash; a write queued before the removal is skipped.
+//! - **Reads.** A memory miss looks the key up here; a hit reads the head and the first chunk
+//!   (verified), then each further chunk as the client takes it, and a hit read whole is
+//!   promoted to the memory tier ([`Promote`]). A checksum mismatch makes the
+//!   lookup a miss (or ends a response already started), drops the object and is counted.
+//! - **Restart.** The index is rebuilt in a background thread by scanning the segments, oldest
+//!   first; lookups are misses until it is done (`verge_cache_disk_rebuild_progress`). Records
+//!   cut short by a crash end the scan of their segment; new records go to a new segment.
+
+mod hit;
+pub mod record;
+pub mod segments;
+mod writer;
+
+use crate::cache::stored_meta::StoredMeta;
+use crate::config::DiskSettings;
+use crate::metrics::DISK_METRICS;
+use bytes::Bytes;
+use hit::{BodyLocation, DiskHit};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use parking_lot::{Mutex, RwLock};
+use pingora_cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
+use pingora_cache::storage::HitHandler;
+use pingora_cache::{CacheKey, CacheMeta};
+use pingora_error::Result;
+use record::{Head, Kind, HEAD_LEN, TRAILER_LEN};
+use segments::{Found, Segments};
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Body bytes the writer's queue may hold; an object that would go over is not written.
+const MAX_QUEUED_BYTES: u64 = 64 << 20;
+/// Jobs the writer's queue may hold.
+const MAX_QUEUED_JOBS: usize = 4096;
+/// The file in the tier's directory whose `flock` says which process owns the directory.
+const LOCK_FILE: &str = "lock";
+
+/// Where one object's record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Location {
+    segment: u64,
+    offset: u64,
+    internal_len: u32,
+    header_len: u32,
+    body_len: u64,
+    primary: HashBinary,
+}
+
+impl Location {
+    fn of(found: &Found, segment: u64) -> Location {
+        Location {
+            segment,
+            offset: found.offset,
+            internal_len: found.head.internal_len,
+            header_len: found.head.header_len,
+            body_len: found.head.body_len,
+            primary: found.head.primary,
+        }
+    }
+}
+
+/// The index: key → location, URL → its keys, and the removals the writer must respect.
+#[derive(Default)]
+struct Index {
+    entries: HashMap<HashBinary, Location>,
+    variants: HashMap<HashBinary, Vec<HashBinary>>,
+    /// Sequence number of the latest removal of a key (or of a whole URL) whose tombstone is
+    /// not written yet: an object queued before it is not written.
+    removed_keys: HashMap<HashBinary, u64>,
+    removed_urls: HashMap<HashBinary, u64>,
+    /// Keys and URLs removed while the rebuild runs: what it found of them is not taken.
+    removed_while_loading: (HashSet<HashBinary>, HashSet<HashBinary>),
+}
+
+impl Index {
+    /// A key without variance is its URL's own (pingora's combined key is then the primary
+    /// key): only keys with variance are listed under their URL.
+    fn insert(&mut self, key: HashBinary, loc: Location) {
+        if let Some(old) = self.entries.insert(key, loc) {
+            if old.primary == loc.primary {
+                return;
+            }
+            self.unlink(&key, &old.primary);
+        }
+        if key != loc.primary {
+            let list = self.variants.entry(loc.primary).or_default();
+            if !list.contains(&key) {
+                list.push(key);
+            }
+        }
+    }
+
+    fn unlink(&mut self, key: &HashBinary, primary: &HashBinary) {
+        if key == primary {
+            return;
+        }
+        if let Some(list) = self.variants.get_mut(primary) {
+            list.retain(|k| k != key);
+            if list.is_empty() {
+                self.variants.remove(primary);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &HashBinary) -> Option<Location> {
+        let old = self.entries.remove(key)?;
+        self.unlink(key, &old.primary);
+        Some(old)
+    }
+
+    fn remove_url(&mut self, primary: &HashBinary) -> usize {
+        let keys = self.variants.remove(primary).unwrap_or_default();
+        let own = self
+            .entries
+            .get(primary)
+            .is_some_and(|loc| loc.primary == *primary)
+            .then_some(*primary);
+        keys.iter()
+            .chain(own.iter())
+            .filter(|k| self.entries.remove(*k).is_some())
+            .count()
+    }
+
+    /// Remove the keys of a deleted segment that still point into it.
+    fn drop_segment(&mut self, segment: u64, keys: &[HashBinary]) -> usize {
+        let mut removed = 0;
+        for k in keys {
+            if self
+                .entries
+                .get(k)
+                .is_some_and(|loc| loc.segment == segment)
+            {
+                self.remove(k);
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+enum Job {
+    Object {
+        seq: u64,
+        key: HashBinary,
+        primary: HashBinary,
+        meta: Arc<StoredMeta>,
+        body: Bytes,
+    },
+    /// A 304 refreshed an object that is only on disk: append it again with the new meta.
+    Rewrite {
+        seq: u64,
+        key: HashBinary,
+        meta: Arc<StoredMeta>,
+        from: Location,
+        file: Arc<File>,
+    },
+    /// A removal made before this process owned the directory.
+    Tombstone {
+        kind: Kind,
+        key: HashBinary,
+    },
+    /// Every job queued before the removal `seq` of `key` is done: forget the removal.
+    Forget {
+        seq: u64,
+        kind: Kind,
+        key: HashBinary,
+    },
+    Flush(SyncSender<()>),
+}
+
+/// Where a disk hit read whole is copied, so the next hits come from memory: the memory tier.
+pub trait Promote: Sync {
+    /// The largest body worth promoting (the memory tier's `max_object_size`).
+    fn promote_limit(&self) -> usize;
+    /// Store `body` with `meta` under `key`, if the memory tier admits it, nothing newer is
+    /// stored or being fetched there, and `still_on_disk()` (asked under the memory tier's lock,
+    /// so a purge cannot slip in between) says the disk tier still holds what was read.
+    fn promote(
+        &self,
+        key: CompactCacheKey,
+        meta: Arc<StoredMeta>,
+        body: Bytes,
+        still_on_disk: &dyn Fn() -> bool,
+    );
+}
+
+/// A disk hit being collected for promotion (see [`Promote`]).
+pub(crate) struct Promotion {
+    to: &'static dyn Promote,
+    key: CompactCacheKey,
+    meta: Arc<StoredMeta>,
+    from: Location,
+    chunks: Vec<Bytes>,
+}
+
+impl Promotion {
+    /// Keep a piece of the body, read in order from its start.
+    pub(crate) fn add(&mut self, piece: Bytes) {
+        self.chunks.push(piece);
+    }
+
+    /// The whole body was read: hand it to the memory tier.
+    pub(crate) fn finish(self, store: &DiskStore, combined: HashBinary) {
+        let mut body = bytes::BytesMut::with_capacity(self.chunks.iter().map(Bytes::len).sum());
+        self.chunks.iter().for_each(|c| body.extend_from_slice(c));
+        let from = self.from;
+        let still_on_disk = || store.index.read().entries.get(&combined) == Some(&from);
+        self.to
+            .promote(self.key, self.meta, body.freeze(), &still_on_disk);
+    }
+}
+
+/// The disk tier. `'static` (leaked once at startup), with a writer thread and, at start, a
+/// rebuild thread.
+pub struct DiskStore {
+    settings: DiskSettings,
+    index: RwLock<Index>,
+    files: RwLock<HashMap<u64, Arc<File>>>,
+    /// `None` until this process holds the directory's lock (see [`DiskStore::open`]).
+    segments: Mutex<Option<Segments>>,
+    /// The directory's lock, held for the life of the process.
+    lock: Mutex<Option<Flock<File>>>,
+    jobs: SyncSender<Job>,
+    queued_bytes: AtomicU64,
+    next_seq: AtomicU64,
+    loading: AtomicBool,
+    /// Where disk hits are promoted (the memory tier), once it exists.
+    promote: std::sync::OnceLock<&'static dyn Promote>,
+}
+
+impl std::fmt::Debug for DiskStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskStore")
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl DiskStore {
+    /// Open the tier in `settings.path` (created if missing), start its writer, and rebuild
+    /// its index from the segments found there in the background.
+    ///
+    /// One process at a time owns the directory, through an exclusive `flock` on its `lock`
+    /// file, held until the process exits or [`DiskStore::close`]s it. During an upgrade
+    /// (`--upgrade`) the old process still holds it: the new one answers disk misses and
+    /// writes nothing until the old one lets it go (at the start of its shutdown), then scans
+    /// everything the old one wrote and takes over.
+    pub fn open(settings: DiskSettings) -> std::io::Result<&'static DiskStore> {
+        std::fs::create_dir_all(&settings.path)?;
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(settings.path.join(LOCK_FILE))?;
+        let (jobs, queue) = sync_channel(MAX_QUEUED_JOBS);
+        DISK_METRICS
+            .capacity
+            .set(i64::try_from(settings.size).unwrap_or(i64::MAX));
+        DISK_METRICS.rebuild_progress.set(0.0);
+        let store: &'static DiskStore = Box::leak(Box::new(DiskStore {
+            files: RwLock::default(),
+            settings,
+            index: RwLock::default(),
+            segments: Mutex::new(None),
+            lock: Mutex::new(None),
+            jobs,
+            queued_bytes: AtomicU64::new(0),
+            next_seq: AtomicU64::new(1),
+            loading: AtomicBool::new(true),
+            promote: std::sync::OnceLock::new(),
+        }));
+        let waiting = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
+            Ok(held) => {
+                store.take_over(held)?;
+                None
+            }
+            Err((file, Errno::EWOULDBLOCK)) => {
+                log::warn!(
+                    "disk cache: {} is in use by another process (an upgrade?); \
+                     taking it over when that process exits",
+                    store.settings.path.display()
+                );
+                Some(file)
+            }
+            Err((_, e)) => return Err(e.into()),
+        };
+        std::thread::Builder::new()
+            .name("verge-disk-writer".into())
+            .spawn(move || {
+                if let Some(file) = waiting {
+                    let taken = Flock::lock(file, FlockArg::LockExclusive)
+                        .map_err(|(_, e)| std::io::Error::from(e))
+                        .and_then(|held| store.take_over(held));
+                    if let Err(e) = taken {
+                        log::error!("disk cache: cannot take over: {e}");
+                        return;
+                    }
+                }
+                store.write_loop(queue)
+            })?;
+        Ok(store)
+    }
+
+    /// With the directory's lock held: open the segments and rebuild the index from them.
+    fn take_over(&'static self, held: Flock<File>) -> std::io::Result<()> {
+        let s = &self.settings;
+        let segments = Segments::open(&s.path, s.size, s.segment_size)?;
+        let found = segments.files();
+        DISK_METRICS
+            .bytes
+            .set(i64::try_from(segments.total()).unwrap_or(i64::MAX));
+        self.files
+            .write()
+            .extend(found.iter().map(|(id, f, _)| (*id, f.clone())));
+        *self.segments.lock() = Some(segments);
+        *self.lock.lock() = Some(held);
+        std::thread::Builder::new()
+            .name("verge-disk-rebuild".into())
+            .spawn(move || self.rebuild(found))?;
+        Ok(())
+    }
+
+    /// Copy disk hits read whole into `to` (the memory tier).
+    pub fn promote_into(&self, to: &'static dyn Promote) {
+        let _ = self.promote.set(to);
+    }
+
+    fn promoter(&self) -> Option<&'static dyn Promote> {
+        self.promote.get().copied()
+    }
+
+    /// Largest body written to disk.
+    pub fn max_object_size(&self) -> u64 {
+        self.settings.max_object_size
+    }
+
+    /// Objects in the index.
+    pub fn objects(&self) -> usize {
+        self.index.read().entries.len()
+    }
+
+    /// Bytes in the segment files.
+    pub fn bytes(&self) -> u64 {
+        self.segments.lock().as_ref().map_or(0, Segments::total)
+    }
+
+    /// Whether the index rebuild at start is still running.
+    pub fn is_loading(&self) -> bool {
+        self.loading.load(Ordering::Acquire)
+    }
+
+    fn seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queue `body` with `meta` for writing under `key` (of URL `primary`). Not written when
+    /// it is too large or the queue is full.
+    pub fn write(&self, key: HashBinary, primary: HashBinary, meta: Arc<StoredMeta>, body: Bytes) {
+        let len = body.len() as u64;
+        if len > self.settings.max_object_size {
+            return;
+        }
+        if self.queued_bytes.fetch_add(len, Ordering::AcqRel) + len > MAX_QUEUED_BYTES {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            DISK_METRICS.writes_dropped.inc();
+            return;
+        }
+        let job = Job::Object {
+            seq: self.seq(),
+            key,
+            primary,
+            meta,
+            body,
+        };
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.jobs.try_send(job)
+        {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            DISK_METRICS.writes_dropped.inc();
+        }
+    }
+
+    /// A 304 refreshed the object under `key`, which only the disk tier holds: queue it to be
+    /// written again with `meta` (its body copied on disk). `false` if there is no such object
+    /// or the queue is full.
+    pub fn update_meta(&self, key: &HashBinary, meta: Arc<StoredMeta>) -> bool {
+        let Some(from) = self.index.read().entries.get(key).copied() else {
+            return false;
+        };
+        let Some(file) = self.files.read().get(&from.segment).cloned() else {
+            return false;
+        };
+        let job = Job::Rewrite {
+            seq: self.seq(),
+            key: *key,
+            meta,
+            from,
+            file,
+        };
+        self.jobs.try_send(job).is_ok()
+    }
+
+    /// Remove the object under `key` (a purge, a fill thrown away): gone from the index now,
+    /// and after a restart.
+    pub fn remove(&self, key: &HashBinary) {
+        self.removal(Kind::Tombstone, key);
+    }
+
+    /// Remove every variant of the URL `primary`, now and after a restart.
+    pub fn remove_url(&self, primary: &HashBinary) {
+        self.removal(Kind::UrlTombstone, primary);
+    }
+
+    fn removal(&self, kind: Kind, key: &HashBinary) {
+        let seq = {
+            let mut index = self.index.write();
+            let had = match kind {
+                Kind::UrlTombstone => index.remove_url(key) > 0,
+                _ => index.remove(key).is_some(),
+            };
+            let loading = self.is_loading();
+            if loading {
+                let (keys, urls) = &mut index.removed_while_loading;
+                match kind {
+                    Kind::UrlTombstone => urls.insert(*key),
+                    _ => keys.insert(*key),
+                };
+            }
+            // a tombstone only where something of the key may be on disk or on its way there
+            if !(had || loading || self.queued_bytes.load(Ordering::Acquire) > 0) {
+                return;
+            }
+            let seq = self.seq();
+            match kind {
+                Kind::UrlTombstone => index.removed_urls.insert(*key, seq),
+                _ => index.removed_keys.insert(*key, seq),
+            };
+            seq
+        };
+        DISK_METRICS.objects.set(self.objects() as i64);
+        // written now, not queued: a purge holds after a crash right after it (queued only
+        // while another process still owns the directory)
+        if !self.write_tombstone(kind, *key) {
+            let _ = self.jobs.try_send(Job::Tombstone { kind, key: *key });
+        }
+        // (if this cannot be queued, the removal is remembered for good: a few bytes)
+        let _ = self.jobs.try_send(Job::Forget {
+            seq,
+            kind,
+            key: *key,
+        });
+    }
+
+    /// Wait (up to `timeout`) until everything queued so far is written and synced.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (done, wait) = sync_channel(1);
+        if self.jobs.send(Job::Flush(done)).is_err() {
+            return false;
+        }
+        wait.recv_timeout(timeout).is_ok()
+    }
+
+    /// Write and sync what is queued (up to `timeout`), then let the directory go: nothing
+    /// more is written, and another process (the new one of an upgrade) may take it over.
+    /// Reads go on from the files already open.
+    pub fn close(&self, timeout: Duration) -> bool {
+        let flushed = self.flush(timeout);
+        *self.segments.lock() = None;
+        *self.lock.lock() = None;
+        flushed
+    }
+
+    /// A record failed its checksum: count it and remove it.
+    fn drop_corrupt(&self, key: HashBinary) {
+        DISK_METRICS.corrupt.inc();
+        log::warn!("disk cache: a record failed its checksum; dropped");
+        self.remove(&key);
+    }
+
+    /// Run a blocking read off the async runtime, timed.
+    async fn timed_read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> std::io::Result<T> {
+        let start = Instant::now();
+        let out = tokio::task::spawn_blocking(read)
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        DISK_METRICS
+            .read_seconds
+            .observe(start.elapsed().as_secs_f64());
+        out
+    }
+
+    /// The object under `key`, if the disk tier has a whole, verified one.
+    pub async fn lookup(&'static self, key: &CacheKey) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let combined = key.combined_bin();
+        let found = {
+            let index = self.index.read();
+            index.entries.get(&combined).copied()
+        };
+        let Some(loc) = found else {
+            return Ok(None);
+        };
+        let Some(file) = self.files.read().get(&loc.segment).cloned() else {
+            return Ok(None);
+        };
+        match self
+            .timed_read(move || read_entry(&file, &loc, &combined))
+            .await
+        {
+            Ok(Some((meta, body, first))) => {
+                DISK_METRICS.hits.inc();
+                let end = body.len;
+                let promote = self.promoter().and_then(|to| {
+                    let fits = usize::try_from(end).is_ok_and(|n| n <= to.promote_limit());
+                    let stored = StoredMeta::from_meta(&meta).ok()?;
+                    fits.then(|| Promotion {
+                        to,
+                        key: key.to_compact(),
+                        meta: Arc::new(stored),
+                        from: loc,
+                        chunks: Vec::new(),
+                    })
+                });
+                let hit = DiskHit {
+                    body: Arc::new(body),
+                    store: self,
+                    key: combined,
+                    cached: first.map(|b| (0, b)),
+                    pos: 0,
+                    end,
+                    promote,
+                };
+                Ok(Some((meta, Box::new(hit))))
+            }
+            Ok(None) => {
+                self.drop_corrupt(combined);
+                Ok(None)
+            }
+            Err(e) => {
+                log::warn!("disk cache: read failed: {e}");
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// An object read back for a hit: its meta, where its body is, and its first chunk.
+type Entry = (CacheMeta, BodyLocation, Option<Bytes>);
+
+/// Read and verify a record's head, meta, checksum table and first chunk (blocking).
+/// `Ok(None)`: the record is not what was written under `key`.
+fn read_entry(
+    file: &Arc<File>,
+    loc: &Location,
+    key: &HashBinary,
+) -> std::io::Result<Option<Entry>> {
+    let meta_len = loc.internal_len as usize + loc.header_len as usize;
+    let mut head_meta = vec![0u8; HEAD_LEN + meta_len];
+    file.read_exact_at(&mut head_meta, loc.offset)?;
+    let Ok(head) = Head::decode(&head_meta) else {
+        return Ok(None);
+    };
+    let (head_bytes, meta) = head_meta.split_at(HEAD_LEN);
+    let whole = Head::verify(head_bytes, meta).is_ok()
+        && head.kind == Kind::Object
+        && head.combined == *key
+        && head.body_len == loc.body_len
+        && head.meta_len() == meta_len;
+    if !whole {
+        return Ok(None);
+    }
+    let mut table = vec![0u8; head.table_len() + TRAILER_LEN];
+    file.read_exact_at(&mut table, loc.offset + head.table_offset())?;
+    let Ok(crcs) = record::verify_table(&head, &table) else {
+        return Ok(None);
+    };
+    let (internal, header) = meta.split_at(loc.internal_len as usize);
+    let Ok(cache_meta) = CacheMeta::deserialize(internal, header) else {
+        return Ok(None);
+    };
+    let body = BodyLocation {
+        file: file.clone(),
+        offset: loc.offset + head.body_offset(),
+        len: head.body_len,
+        crcs,
+    };
+    let first = if head.body_len > 0 {
+        match body.read_chunk(0)? {
+            Some(chunk) => Some(chunk),
+            None => return Ok(None),
+        }
+    } else {
+        None
+    };
+    DISK_METRICS
+        .read_bytes
+        .inc_by((head_meta.len() + table.len()) as u64);
+    Ok(Some((cache_meta, body, first)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,510 @@
+//! Unit tests of the disk tier: write, read back, seek, corruption, removal, budget, rebuild.
+
+use super::*;
+use crate::cache::stored_meta::StoredMeta;
+use pingora_http::ResponseHeader;
+
+fn settings(dir: &std::path::Path, size: u64, segment_size: u64) -> DiskSettings {
+    DiskSettings {
+        path: dir.to_path_buf(),
+        size,
+        max_object_size: size / 4,
+        segment_size,
+    }
+}
+
+async fn open(s: &DiskSettings) -> &'static DiskStore {
+    let store = DiskStore::open(s.clone()).expect("open");
+    for _ in 0..500 {
+        if !store.is_loading() {
+            return store;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the rebuild did not finish");
+}
+
+fn meta(tag: &str) -> Arc<StoredMeta> {
+    let now = SystemTime::now();
+    let mut h = ResponseHeader::build(200, None).expect("h");
+    h.append_header("X-Tag", tag).expect("h");
+    h.append_header("cache-control", "max-age=60").expect("h");
+    let m = CacheMeta::new(
+        now + Duration::from_secs(60),
+        now - Duration::from_secs(3),
+        1,
+        2,
+        h,
+    );
+    Arc::new(StoredMeta::from_meta(&m).expect("meta"))
+}
+
+fn key(name: &str) -> CacheKey {
+    CacheKey::new(name.to_string(), "t")
+}
+
+fn put(store: &DiskStore, k: &CacheKey, body: &[u8]) {
+    store.write(
+        k.combined_bin(),
+        k.primary_bin(),
+        meta(k.primary_key_str().unwrap_or_default()),
+        Bytes::copy_from_slice(body),
+    );
+}
+
+fn body(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+}
+
+async fn read_all(hit: &mut HitHandler) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(b) = hit.read_body().await? {
+        out.extend_from_slice(&b);
+    }
+    Ok(out)
+}
+
+async fn get(store: &'static DiskStore, k: &CacheKey) -> Option<(CacheMeta, Vec<u8>)> {
+    let (meta, mut hit) = store.lookup(k).await.expect("lookup")?;
+    Some((meta, read_all(&mut hit).await.expect("read")))
+}
+
+fn flush(store: &DiskStore) {
+    assert!(store.flush(Duration::from_secs(5)), "flushed");
+}
+
+/// As the process would at exit: write what is queued and let the directory go.
+fn close(store: &DiskStore) {
+    assert!(store.close(Duration::from_secs(5)), "closed");
+}
+
+#[tokio::test]
+async fn an_object_comes_back_whole_after_a_restart_and_ranges_seek() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = settings(dir.path(), 64 << 20, 8 << 20);
+    let store = open(&s).await;
+    let big = body(record::CHUNK * 2 + 1000, 7);
+    let k = key("/big");
+    put(store, &k, &big);
+    flush(store);
+    let (m, got) = get(store, &k).await.expect("hit");
+    assert_eq!(got, big);
+    assert_eq!(
+        m.headers().get("x-tag").map(|v| v.as_bytes()),
+        Some(&b"/big"[..])
+    );
+    assert_eq!(
+        (m.stale_while_revalidate_sec(), m.stale_if_error_sec()),
+        (1, 2)
+    );
+    // a range inside the third chunk, and one across chunks
+    let (_, mut hit) = store.lookup(&k).await.expect("lookup").expect("hit");
+    for (start, end) in [
+        (2 * record::CHUNK + 10, 2 * record::CHUNK + 20),
+        (100, record::CHUNK + 5),
+    ] {
+        hit.seek(start, Some(end)).expect("seek");
+        assert_eq!(read_all(&mut hit).await.expect("read"), &big[start..end]);
+    }
+    // another process on the same directory: the index comes back from the segments
+    close(store);
+    let again = open(&s).await;
+    let (m2, got) = get(again, &k).await.expect("hit after restart");
+    assert_eq!(got, big, "byte-identical");
+    assert_eq!(
+        m2.created(),
+        m.created(),
+        "the same fetch time: Age carries on"
+    );
+    assert_eq!(m2.fresh_until(), m.fresh_until());
+    assert_eq!(m2.headers(), m.headers());
+    assert!(again
+        .lookup(&key("/other"))
+        .await
+        .expect("lookup")
+        .is_none());
+}
+
+/// Flip one byte of the segment holding the only record, at `at` bytes into its body.
+fn corrupt_body(dir: &std::path::Path, at: u64) {
+    let seg = std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .expect("a segment");
+    let mut bytes = std::fs::read(&seg).expect("read");
+    let head = Head::decode(&bytes).expect("head");
+    let i = (head.body_offset() + at) as usize;
+    bytes[i] ^= 0x20;
+    std::fs::write(&seg, bytes).expect("write");
+}
+
+#[tokio::test]
+async fn a_corrupted_body_is_a_miss_or_an_error_never_garbage_and_is_dropped() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = settings(dir.path(), 64 << 20, 8 << 20);
+    let store = open(&s).await;
+    let k = key("/small");
+    put(store, &k, &body(5000, 1));
+    flush(store);
+    corrupt_body(dir.path(), 4000);
+    assert!(store.lookup(&k).await.expect("lookup").is_none(), "a miss");
+    assert_eq!(store.objects(), 0, "dropped");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let s = settings(dir.path(), 64 << 20, 8 << 20);
+    let store = open(&s).await;
+    let k = key("/large");
+    let large = body(record::CHUNK * 3, 2);
+    put(store, &k, &large);
+    flush(store);
+    corrupt_body(dir.path(), record::CHUNK as u64 * 2 + 5);
+    let (_, mut hit) = store
+        .lookup(&k)
+        .await
+        .expect("lookup")
+        .expect("the first chunk is fine");
+    let mut read = Vec::new();
+    let err = loop {
+        match hit.read_body().await {
+            Ok(Some(b)) => read.extend_from_slice(&b),
+            Ok(None) => panic!("a corrupted body must not end like a whole one"),
+            Err(e) => break e,
+        }
+    };
+    assert!(err.to_string().contains("checksum"), "{err}");
+    assert_eq!(
+        read,
+        &large[..record::CHUNK * 2],
+        "only verified bytes were handed out"
+    );
+    assert!(store.lookup(&k).await.expect("lookup").is_none(), "dropped");
+    // ... and it stays dropped after a restart
+    close(store);
+    let again = open(&s).await;
+    assert!(again.lookup(&k).await.expect("lookup").is_none());
+}
+
+#[tokio::test]
+async fn removals_persist_and_newer_records_win() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = settings(dir.path(), 64 << 20, 8 << 20);
+    let store = open(&s).await;
+    let a = key("/a");
+    let mut fr = key("/u");
+    fr.set_variance_key([1; 16]);
+    let mut en = key("/u");
+    en.set_variance_key([2; 16]);
+    let c = key("/c");
+    for k in [&a, &fr, &en, &c] {
+        put(store, k, b"first");
+    }
+    put(store, &c, b"second");
+    store.remove(&a.combined_bin());
+    store.remove_url(&en.primary_bin());
+    flush(store);
+    for k in [&a, &fr, &en] {
+        assert!(store.lookup(k).await.expect("lookup").is_none());
+    }
+    assert_eq!(get(store, &c).await.expect("hit").1, b"second");
+    close(store);
+    let again = open(&s).await;
+    for k in [&a, &fr, &en] {
+        assert!(
+            again.lookup(k).await.expect("lookup").is_none(),
+            "removed for good"
+        );
+    }
+    assert_eq!(
+        get(again, &c).await.expect("hit").1,
+        b"second",
+        "the newest record"
+    );
+    assert_eq!(again.objects(), 1);
+    // a write queued before a removal is not written after it
+    put(again, &a, b"late");
+    again.remove(&a.combined_bin());
+    flush(again);
+    assert!(again.lookup(&a).await.expect("lookup").is_none());
+    // a URL without variants goes the same way
+    again.remove_url(&c.primary_bin());
+    assert!(again.lookup(&c).await.expect("lookup").is_none());
+    assert_eq!(again.objects(), 0);
+}
+
+fn files_total(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+#[tokio::test]
+async fn the_budget_holds_by_dropping_the_oldest_segment() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = settings(dir.path(), 4 << 20, 1 << 20);
+    let store = open(&s).await;
+    let keys: Vec<CacheKey> = (0..40).map(|i| key(&format!("/o{i}"))).collect();
+    for (i, k) in keys.iter().enumerate() {
+        put(store, k, &body(200 << 10, i as u8));
+        flush(store);
+        assert!(files_total(dir.path()) <= 4 << 20, "over budget after {i}");
+        assert!(store.bytes() <= 4 << 20);
+    }
+    assert!(
+        store.lookup(&keys[0]).await.expect("lookup").is_none(),
+        "the oldest went"
+    );
+    let (_, last) = get(store, &keys[39]).await.expect("the newest stays");
+    assert_eq!(last, body(200 << 10, 39));
+    assert!(
+        store.objects() >= 10 && store.objects() <= 20,
+        "{}",
+        store.objects()
+    );
+}
+
+#[tokio::test]
+async fn a_torn_record_at_the_end_is_not_indexed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = settings(dir.path(), 64 << 20, 8 << 20);
+    let store = open(&s).await;
+    let (a, b) = (key("/a"), key("/b"));
+    put(store, &a, b"whole");
+    put(store, &b, &body(10_000, 3));
+    close(store);
+    // cut the last record short, as a crash in the middle of its write would
+    let seg = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .expect("segment");
+    let len = std::fs::metadata(&seg).expect("meta").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .expect("open")
+        .set_len(len - 100)
+        .expect("truncate");
+    let again = open(&s).await;
+    assert_eq!(get(again, &a).await.expect("hit").1, b"whole");
+    assert!(
+        again.lookup(&b).await.expect("lookup").is_none(),
+        "torn: never served"
+    );
+    // new records go to a new segment, after the torn one
+    put(again, &b, b"refetched");
+    close(again);
+    let third = open(&s).await;
+    assert_eq!(get(third, &b).await.expect("hit").1, b"refetched");
+}
+
+#[tokio::test]
+async fn a_second_process_takes_the_directory_over_when_the_first_lets_it_go() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = settings(dir.path(), 64 << 20, 8 << 20);
+    let old = open(&s).await;
+    let (x, y, z) = (key("/x"), key("/y"), key("/z"));
+    put(old, &x, b"from the old process");
+    flush(old);
+    // the new process of an upgrade: the old one still owns the directory
+    let new = DiskStore::open(s.clone()).expect("open");
+    put(new, &y, b"queued by the new process");
+    put(old, &z, b"written by the old one meanwhile");
+    flush(old);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(new.is_loading(), "waits for the old process");
+    assert!(
+        new.lookup(&x).await.expect("lookup").is_none(),
+        "a miss meanwhile"
+    );
+    assert_eq!(new.bytes(), 0, "nothing written");
+    close(old);
+    let mut waited = 0;
+    while new.is_loading() {
+        waited += 1;
+        assert!(waited < 500, "the new process took over");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    flush(new);
+    assert_eq!(get(new, &x).await.expect("x").1, b"from the old process");
+    assert_eq!(
+        get(new, &z).await.expect("z").1,
+        b"written by the old one meanwhile"
+    );
+    assert_eq!(
+        get(new, &y).await.expect("y").1,
+        b"queued by the new process"
+    );
+    // the old process reads on from the files it has open, and writes nothing more
+    assert_eq!(get(old, &x).await.expect("x").1, b"from the old process");
+    put(old, &key("/late"), b"after close");
+    old.flush(Duration::from_secs(1));
+    close(new);
+    let third = open(&s).await;
+    assert!(third.lookup(&key("/late")).await.expect("lookup").is_none());
+    assert_eq!(third.objects(), 3);
+}
+
+#[tokio::test]
+async fn a_304_on_a_disk_object_rewrites_its_headers_and_keeps_its_body() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = settings(dir.path(), 64 << 20, 8 << 20);
+    let store = open(&s).await;
+    let k = key("/revalidated");
+    let big = body(record::CHUNK + 77, 9);
+    put(store, &k, &big);
+    flush(store);
+    assert!(store.update_meta(&k.combined_bin(), meta("refreshed")));
+    flush(store);
+    let (m, got) = get(store, &k).await.expect("hit");
+    assert_eq!(got, big, "the same body");
+    assert_eq!(
+        m.headers().get("x-tag").map(|v| v.as_bytes()),
+        Some(&b"refreshed"[..])
+    );
+    close(store);
+    let again = open(&s).await;
+    let (m, got) = get(again, &k).await.expect("hit after restart");
+    assert_eq!(got, big);
+    assert_eq!(
+        m.headers().get("x-tag").map(|v| v.as_bytes()),
+        Some(&b"refreshed"[..])
+    );
+    assert!(!again.update_meta(&key("/absent").combined_bin(), meta("x")));
+    // a body that went bad is not copied: the object is dropped instead
+    corrupt_body_of(dir.path(), &k, 10);
+    assert!(again.update_meta(&k.combined_bin(), meta("again")));
+    flush(again);
+    assert!(again.lookup(&k).await.expect("lookup").is_none());
+}
+
+/// Flip a byte `at` bytes into the body of the newest record of `k`.
+fn corrupt_body_of(dir: &std::path::Path, k: &CacheKey, at: u64) {
+    let mut newest = None;
+    for seg in std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+    {
+        if seg.extension().is_none_or(|x| x != "seg") {
+            continue;
+        }
+        let file = File::open(&seg).expect("open");
+        let len = file.metadata().expect("meta").len();
+        segments::scan(&file, len, |f| {
+            if f.head.combined == k.combined_bin() {
+                newest = Some((seg.clone(), f.offset + f.head.body_offset() + at));
+            }
+        });
+    }
+    let (seg, i) = newest.expect("a record");
+    let mut bytes = std::fs::read(&seg).expect("read");
+    bytes[i as usize] ^= 1;
+    std::fs::write(&seg, bytes).expect("write");
+}
+
+/// The memory and disk tiers together, as `CacheEngine` builds them.
+fn engine(dir: &std::path::Path) -> &'static crate::cache::CacheEngine {
+    let settings = crate::config::CacheSettings {
+        disk: Some(settings(dir, 64 << 20, 8 << 20)),
+        ..crate::config::CacheSettings::default()
+    };
+    crate::cache::CacheEngine::new(settings).expect("engine")
+}
+
+async fn loaded(disk: &DiskStore) {
+    for _ in 0..500 {
+        if !disk.is_loading() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the rebuild did not finish");
+}
+
+#[tokio::test]
+async fn a_disk_hit_read_whole_is_promoted_to_memory_unless_purged_or_a_range() {
+    use pingora_cache::storage::Storage;
+    let dir = tempfile::tempdir().expect("dir");
+    let first = engine(dir.path());
+    let disk = first.disk.expect("disk");
+    loaded(disk).await;
+    let span = pingora_cache::trace::Span::inactive().handle();
+    let (whole, purged, ranged) = (key("/whole"), key("/purged"), key("/ranged"));
+    for k in [&whole, &purged, &ranged] {
+        let m = meta("x").to_meta().expect("meta");
+        let mut miss = first
+            .storage
+            .get_miss_handler(k, &m, &span)
+            .await
+            .expect("miss");
+        miss.write_body(Bytes::from(body(300_000, 5)), true)
+            .await
+            .expect("write");
+        miss.finish().await.expect("finish");
+    }
+    close(disk);
+    // a restart: memory is empty, the disk tier has all three
+    let next = engine(dir.path());
+    let disk = next.disk.expect("disk");
+    loaded(disk).await;
+    let s = next.storage;
+    assert_eq!((s.objects(), disk.objects()), (0, 3));
+
+    let (_, mut hit) = s
+        .lookup(&whole, &span)
+        .await
+        .expect("lookup")
+        .expect("disk hit");
+    assert!(
+        !s.contains(&whole.combined_bin()),
+        "not before the body is read"
+    );
+    assert_eq!(read_all(&mut hit).await.expect("read"), body(300_000, 5));
+    assert!(s.contains(&whole.combined_bin()), "promoted");
+    assert_eq!(
+        next.tracked_bytes() as u64,
+        s.bytes(),
+        "admitted by eviction"
+    );
+    let (_, mut again) = s
+        .lookup(&whole, &span)
+        .await
+        .expect("lookup")
+        .expect("memory hit");
+    assert_eq!(read_all(&mut again).await.expect("read"), body(300_000, 5));
+
+    let (_, mut hit) = s
+        .lookup(&purged, &span)
+        .await
+        .expect("lookup")
+        .expect("disk hit");
+    assert_eq!(next.invalidate(&purged), 0, "nothing in memory yet");
+    read_all(&mut hit).await.expect("read");
+    assert!(
+        !s.contains(&purged.combined_bin()),
+        "a purge during the read wins"
+    );
+    assert!(s.lookup(&purged, &span).await.expect("lookup").is_none());
+
+    let (_, mut hit) = s
+        .lookup(&ranged, &span)
+        .await
+        .expect("lookup")
+        .expect("disk hit");
+    hit.seek(10, Some(20)).expect("seek");
+    assert_eq!(
+        read_all(&mut hit).await.expect("read"),
+        &body(300_000, 5)[10..20]
+    );
+    assert!(
+        !s.contains(&ranged.combined_bin()),
+        "a range is not the whole body"
+    );
+    assert_eq!(next.tracked_bytes() as u64, s.bytes());
+}
