@@ -1,8 +1,8 @@
 //! Configuration: raw YAML types, validation that reports every error with its key path, and loading.
 
 pub mod certificates;
-pub mod keys;
 mod edge;
+pub mod keys;
 mod log_format;
 mod model;
 mod raw;

@@ -1,7 +1,7 @@
 //! The control plane's HTTP JSON API (`/v1/...`), with bearer-token scopes, on Pingora's HTTP app.
 
-use super::liveness::judge;
 use super::audit::{AuditEntry, AuditLog};
+use super::liveness::judge;
 use super::plane::{ControlPlane, InvalidationRequest, PlaneError};
 use super::purge_scope;
 use super::settings::{Scope, Token};

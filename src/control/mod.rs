@@ -2,13 +2,13 @@
 //! format it shares with nodes.
 
 pub mod api;
-pub mod cli_output;
 pub mod audit;
+pub mod cli_output;
 pub mod client;
-pub mod liveness;
 mod etcd_leader;
 pub mod etcd_store;
 mod etcd_watch;
+pub mod liveness;
 pub mod plane;
 pub mod purge_scope;
 pub mod settings;

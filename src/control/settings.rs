@@ -1,8 +1,8 @@
 //! The `verge control` config file: raw serde types and their validation (every error, with its key).
 
 use super::purge_scope::HostPattern;
-use crate::config::keys::{read_signing_key, SigningKey};
 use super::store_settings::{validate_store, StoreSettings};
+use crate::config::keys::{read_signing_key, SigningKey};
 use crate::config::secret::{read_secret, SecretSource};
 use crate::config::units::{ConfDuration, ConfSize};
 use crate::config::{relative_paths, ConfigError, ConfigErrors};

@@ -316,8 +316,8 @@ async fn site(v: &Verge, path: &str) -> crate::support::Got {
 /// before the purge and still in the disk tier is not served.
 #[tokio::test]
 async fn a_control_plane_purge_applied_before_a_restart_holds_after_it() {
-    use crate::support::control_plane::{policy, Cp};
     use crate::support::config::Control;
+    use crate::support::control_plane::{policy, Cp};
     use serde_json::json;
     let o = Origin::start("o").await;
     let mut cp = Cp::start().await;
