@@ -24,6 +24,12 @@ async fn replica_with(etcd: &EtcdCluster, prefix: &str, extra_yaml: &str) -> Cp 
     Cp::start_with(&cfg).await
 }
 
+/// A policy document that differs from the one at `version` (the same document again writes
+/// nothing).
+fn next_policy(o: &Origin, version: u64) -> Value {
+    policy(o, json!({"max_ttl": format!("{}h", version + 1)}))
+}
+
 /// `GET path` on a replica, as the ops token.
 async fn read(cp: &Cp, path: &str) -> Value {
     let (status, v) = cp.send("GET", path, OPS, None, None).await;
@@ -72,7 +78,7 @@ async fn replicas_share_policy_purges_and_compare_and_set() {
     let n = node(&b, "on-b").await;
 
     // A policy written through A reaches the node polling B.
-    let (status, v) = a.put_policy(policy(&o, json!({})), 0).await;
+    let (status, v) = a.put_policy(next_policy(&o, 0), 0).await;
     assert_eq!(status, 200, "{v}");
     assert!(node_at(&b, 1, 0).await, "the node on B applied A's policy");
     assert_eq!(get(&n, "/p").await.0, 200);
@@ -142,13 +148,13 @@ async fn etcd_member_and_quorum_loss_and_a_replica_restart() {
     let a = replica(&etcd, "/faults/").await;
     let mut b = replica(&etcd, "/faults/").await;
     let n = node(&b, "on-b").await;
-    assert_eq!(a.put_policy(policy(&o, json!({})), 0).await.0, 200);
+    assert_eq!(a.put_policy(next_policy(&o, 0), 0).await.0, 200);
     assert!(node_at(&b, 1, 0).await);
     assert_eq!(get(&n, "/p").await.0, 200);
 
     // One member down: writes still commit, and still reach the node.
     etcd.kill(0);
-    let (status, v) = a.put_policy(policy(&o, json!({})), 1).await;
+    let (status, v) = a.put_policy(next_policy(&o, 1), 1).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(
         a.purge(json!({"kind": "url", "target": "site.test/p"}))
@@ -163,7 +169,7 @@ async fn etcd_member_and_quorum_loss_and_a_replica_restart() {
 
     // Two down, no quorum: writes are refused with 503, never a 2xx; reads and the node go on.
     etcd.kill(1);
-    let (status, v) = a.put_policy(policy(&o, json!({})), 2).await;
+    let (status, v) = a.put_policy(next_policy(&o, 2), 2).await;
     assert_eq!(status, 503, "{v}");
     let (status, v) = b
         .send(
@@ -183,7 +189,7 @@ async fn etcd_member_and_quorum_loss_and_a_replica_restart() {
     // Quorum back: writes commit again.
     etcd.start_stopped().await;
     let ok = eventually(Duration::from_secs(15), || async {
-        a.put_policy(policy(&o, json!({})), 2).await.0 == 200
+        a.put_policy(next_policy(&o, 2), 2).await.0 == 200
     })
     .await;
     assert!(ok, "writes commit once the quorum is back");
@@ -200,7 +206,7 @@ async fn etcd_member_and_quorum_loss_and_a_replica_restart() {
             .await,
         3
     );
-    assert_eq!(a.put_policy(policy(&o, json!({})), 3).await.0, 200);
+    assert_eq!(a.put_policy(next_policy(&o, 3), 3).await.0, 200);
     b.restart().await;
     assert!(
         node_at(&b, 4, 3).await,
@@ -278,7 +284,7 @@ async fn a_replica_behind_a_compaction_or_on_a_wiped_etcd_reads_everything_again
     let a = replica(&etcd, "/resync/").await;
     let b = replica(&etcd, "/resync/").await;
     let _n = node(&b, "on-b").await;
-    assert_eq!(a.put_policy(policy(&o, json!({})), 0).await.0, 200);
+    assert_eq!(a.put_policy(next_policy(&o, 0), 0).await.0, 200);
     assert!(node_at(&b, 1, 0).await);
 
     // B stops answering and etcd drops its connection (no ping answered: 1 s + 1 s); then A
@@ -288,7 +294,7 @@ async fn a_replica_behind_a_compaction_or_on_a_wiped_etcd_reads_everything_again
     for target in ["a", "b", "c"] {
         a.purge(json!({"kind": "tag", "target": target})).await;
     }
-    assert_eq!(a.put_policy(policy(&o, json!({})), 1).await.0, 200);
+    assert_eq!(a.put_policy(next_policy(&o, 1), 1).await.0, 200);
     etcd.compact().await;
     signal(b.pid(), "-CONT");
     assert!(
@@ -311,7 +317,7 @@ async fn a_replica_behind_a_compaction_or_on_a_wiped_etcd_reads_everything_again
     assert!(resynced(&b, "cluster_changed").await);
     assert!(holds(&a, 0, 0).await && holds(&b, 0, 0).await);
     let ok = eventually(Duration::from_secs(10), || async {
-        b.put_policy(policy(&o, json!({})), 0).await.0 == 200
+        b.put_policy(next_policy(&o, 0), 0).await.0 == 200
     })
     .await;
     assert!(ok, "the new store takes writes from version 0");
