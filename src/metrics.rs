@@ -88,6 +88,9 @@ pub struct Metrics {
     /// `http_status`, `too_large`, `checksum`, `signature`, `decode`, `older`, `invalid_policy`,
     /// `invalid_invalidation`, `build`; `state_file` at start).
     pub snapshot_rejected: IntCounterVec,
+    /// `verge_snapshot_failovers_total`: times a node with several `control.urls` moved on to
+    /// the next replica after a failed or refused poll.
+    pub snapshot_failovers: IntCounter,
     /// `verge_control_policy_version` (control plane): head policy version.
     pub control_policy_version: IntGauge,
     /// `verge_control_invalidation_seq` (control plane): head invalidation sequence.
@@ -399,6 +402,11 @@ impl Metrics {
                 "verge_snapshot_rejected_total",
                 "Snapshots or polls refused, by reason",
                 &["reason"],
+            ),
+            snapshot_failovers: plain_counter(
+                &node,
+                "verge_snapshot_failovers_total",
+                "Times this node moved on to the next control-plane replica",
             ),
             control_policy_version: plain_gauge(
                 &control,

@@ -106,8 +106,9 @@ pub struct Policy {
 /// A node's link to `verge control`.
 #[derive(Debug, Clone)]
 pub struct ControlSpec {
-    /// Base URL of the control plane, e.g. `http://127.0.0.1:9900`.
-    pub url: String,
+    /// Base URLs of the control plane's replicas, e.g. `http://127.0.0.1:9900`, in the order
+    /// they are tried; a node fails over to the next on any failed or refused poll.
+    pub urls: Vec<String>,
     /// This node's name in the control plane's `/v1/nodes`.
     pub node_id: String,
     /// Bearer token with the `read` scope, if the control plane requires one.

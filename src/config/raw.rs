@@ -55,7 +55,8 @@ pub struct RawPolicy {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawControl {
-    pub url: String,
+    pub url: Option<String>,
+    pub urls: Option<Vec<String>>,
     pub node_id: Option<String>,
     pub token_file: Option<String>,
     pub token_env: Option<String>,

@@ -15,7 +15,7 @@ use crate::snapshot::{ControlState, Snapshot};
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -161,6 +161,8 @@ pub struct ControlPoller {
     readiness: Arc<Readiness>,
     /// Unix ms when the snapshot served now was swapped in (start, for a restored one).
     applied_ms: AtomicU64,
+    /// Which of `spec.urls` the node polls now (it moves on after a failed or refused poll).
+    source: AtomicUsize,
 }
 
 impl ControlPoller {
@@ -176,7 +178,30 @@ impl ControlPoller {
             writer,
             readiness,
             applied_ms: AtomicU64::new(unix_ms(SystemTime::now())),
+            source: AtomicUsize::new(0),
         }
+    }
+
+    /// The control-plane replica polled now.
+    fn url(&self) -> &str {
+        let urls = &self.spec.urls;
+        urls.get(self.source.load(Ordering::Relaxed) % urls.len().max(1))
+            .map_or("", String::as_str)
+    }
+
+    /// Move on to the next replica, if there is another; the position asked for stays the
+    /// one this node serves, so any replica continues where the last one left off.
+    fn fail_over(&self, reason: &str) {
+        if self.spec.urls.len() < 2 {
+            return;
+        }
+        let failed = self.url().to_string();
+        self.source.fetch_add(1, Ordering::Relaxed);
+        METRICS.snapshot_failovers.inc();
+        log::warn!(
+            "control plane {failed} failed ({reason}); polling {} next",
+            self.url()
+        );
     }
 
     fn request(
@@ -185,7 +210,7 @@ impl ControlPoller {
         method: reqwest::Method,
         path: &str,
     ) -> reqwest::RequestBuilder {
-        let r = client.request(method, format!("{}{path}", self.spec.url));
+        let r = client.request(method, format!("{}{path}", self.url()));
         match &self.spec.token {
             Some(t) => r.bearer_auth(t),
             None => r,
@@ -213,7 +238,7 @@ impl ControlPoller {
             .send()
             .await
             .map_err(|e| {
-                log::warn!("control plane {} unreachable: {e}", self.spec.url);
+                log::warn!("control plane {} unreachable: {e}", self.url());
                 "unreachable"
             })?;
         match resp.status().as_u16() {
@@ -343,7 +368,13 @@ impl BackgroundService for ControlPoller {
                 return;
             }
         };
+        if self.spec.urls.is_empty() {
+            log::error!("control poller has no control-plane URL");
+            return;
+        }
         let mut backoff = Duration::from_millis(100);
+        // failed polls since the last good one: the backoff grows once every replica failed
+        let mut failed = 0usize;
         loop {
             // A report before every poll: after an applied snapshot it is the receipt, after an
             // idle round it says the node is alive, and after a failure it tells a control plane
@@ -357,14 +388,21 @@ impl BackgroundService for ControlPoller {
                 r = self.poll_once(&client) => r,
             };
             match outcome {
-                Ok(_) => backoff = Duration::from_millis(100),
+                Ok(_) => {
+                    backoff = Duration::from_millis(100);
+                    failed = 0;
+                }
                 Err(reason) => {
                     METRICS.snapshot_rejected.with_label_values(&[reason]).inc();
+                    self.fail_over(reason);
+                    failed += 1;
                     tokio::select! {
                         _ = shutdown.changed() => return,
                         _ = tokio::time::sleep(jittered(backoff, unit_random())) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    if failed % self.spec.urls.len() == 0 {
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
                 }
             }
         }

@@ -6,7 +6,7 @@
 use crate::control::get;
 use crate::support::control_plane::{node, policy, Cp, CpConfig, OPS};
 use crate::support::etcd::EtcdCluster;
-use crate::support::{eventually, Metrics, Origin};
+use crate::support::{eventually, Config, Metrics, Origin, Verge};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -377,4 +377,47 @@ async fn one_elected_replica_does_retention_and_another_takes_over_when_it_dies(
     assert!(compacted, "the new leader compacted");
     replicas[l].restart().await;
     assert!(retained_from(&replicas[0], &replicas[1], 6).await);
+}
+
+#[tokio::test]
+async fn a_node_with_several_urls_fails_over_between_replicas_and_keeps_serving() {
+    let Some(etcd) = EtcdCluster::start(1).await else {
+        return;
+    };
+    let o = Origin::start("o").await;
+    o.set_headers("/p", &[("cache-control", "max-age=300")]);
+    let mut a = replica(&etcd, "/failover/").await;
+    let b = replica(&etcd, "/failover/").await;
+    assert_eq!(a.put_policy(next_policy(&o, 0), 0).await.0, 200);
+    // the first URL answers nothing at all: the node starts on the second
+    let dead = format!("http://{}", crate::support::ports::addr());
+    let urls = [dead.as_str(), &a.url(""), &b.url("")];
+    let n = Verge::start(&Config::new().control(a.control("multi").urls(&urls))).await;
+    assert_eq!(get(&n, "/p").await.0, 200);
+    assert!(node_at(&a, 1, 0).await, "the node reports to A");
+
+    // A dies: the node goes on with B from the position it has, and keeps serving meanwhile
+    a.kill();
+    assert_eq!(
+        get(&n, "/p").await.0,
+        200,
+        "served from the last good snapshot"
+    );
+    assert_eq!(o.hits("/p"), 1);
+    let seq = b
+        .purge(json!({"kind": "url", "target": "site.test/p"}))
+        .await;
+    assert_eq!(seq, 1);
+    assert!(
+        refetched(&n, &o, "/p", 2).await,
+        "B's purge reached the node"
+    );
+    assert_eq!(b.put_policy(next_policy(&o, 1), 1).await.0, 200);
+    assert!(node_at(&b, 2, 1).await, "the node reports to B");
+    let failovers = n
+        .metrics()
+        .await
+        .value("verge_snapshot_failovers_total", &[])
+        .unwrap_or(0.0);
+    assert!(failovers >= 2.0, "the dead URL, then A: {failovers}");
 }
