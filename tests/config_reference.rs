@@ -100,7 +100,7 @@ fn braced_fields(cell: &str) -> Vec<String> {
             c if depth == 1 && naming && (c.is_ascii_lowercase() || c == '_') => word.push(c),
             _ => {}
         }
-        if !word.is_empty() && !(c.is_ascii_lowercase() || c == '_') {
+        if !(word.is_empty() || c.is_ascii_lowercase() || c == '_') {
             fields.push(std::mem::take(&mut word));
         }
     }
