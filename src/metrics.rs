@@ -107,6 +107,9 @@ pub struct Metrics {
     pub control_node_seq_lag: IntGaugeVec,
     /// `verge_control_node_policy_lag{node}` (control plane): policy versions a node is behind.
     pub control_node_policy_lag: IntGaugeVec,
+    /// `verge_control_node_rejecting{node}` (control plane): 1 while a node's last report
+    /// carries a snapshot it refused (a NACK).
+    pub control_node_rejecting: IntGaugeVec,
     /// `verge_control_node_report_age_seconds{node}` (control plane): since the node's last report.
     pub control_node_report_age: IntGaugeVec,
     /// `verge_cache_admission_rejections_total`: new objects not kept, because the
@@ -445,6 +448,12 @@ impl Metrics {
                 &control,
                 "verge_control_node_policy_lag",
                 "Policy versions a node is behind",
+                &["node"],
+            ),
+            control_node_rejecting: gauge(
+                &control,
+                "verge_control_node_rejecting",
+                "1 while a node reports a snapshot it refused",
                 &["node"],
             ),
             control_node_report_age: gauge(

@@ -5,7 +5,8 @@
 use crate::cache::early_refresh::unit_random;
 use crate::config::{Config, ControlSpec, Policy};
 use crate::control::wire::{
-    unix_ms, AppliedReport, Position, SnapshotMessage, CHECKSUM_FIELD, SIGNATURE_FIELD,
+    unix_ms, AppliedReport, Position, RejectedSnapshot, SnapshotMessage, CHECKSUM_FIELD,
+    SIGNATURE_FIELD,
 };
 use crate::metrics::METRICS;
 use crate::node::readiness::Readiness;
@@ -163,6 +164,8 @@ pub struct ControlPoller {
     applied_ms: AtomicU64,
     /// Which of `spec.urls` the node polls now (it moves on after a failed or refused poll).
     source: AtomicUsize,
+    /// The last snapshot refused since one was applied: sent with every report (the NACK).
+    rejected: parking_lot::Mutex<Option<RejectedSnapshot>>,
 }
 
 impl ControlPoller {
@@ -179,6 +182,7 @@ impl ControlPoller {
             readiness,
             applied_ms: AtomicU64::new(unix_ms(SystemTime::now())),
             source: AtomicUsize::new(0),
+            rejected: parking_lot::Mutex::new(None),
         }
     }
 
@@ -287,9 +291,14 @@ impl ControlPoller {
             })
             .map_err(|r| {
                 log::warn!("snapshot {} rejected: {r}", msg.position());
+                if !matches!(r, Rejection::Older { .. }) {
+                    let nack = RejectedSnapshot::new(msg.position(), r.reason(), &r.to_string());
+                    *self.rejected.lock() = Some(nack);
+                }
                 r.reason()
             })?;
         // Already current, or now current: the node serves what the control plane has.
+        *self.rejected.lock() = None;
         self.readiness.mark_received();
         let Some(snapshot) = stored else {
             return Ok(false);
@@ -323,6 +332,7 @@ impl ControlPoller {
             policy_version: position.policy_version,
             seq: position.seq,
             applied_at_ms: self.applied_ms.load(Ordering::Relaxed),
+            rejected: self.rejected.lock().clone(),
         };
         let path = format!(
             "/v1/nodes/{}/applied?wait={}ms",
