@@ -153,6 +153,11 @@ pub struct DiskSettings {
     /// Bytes after which a segment is closed and the next one started; the budget is kept by
     /// deleting the oldest segment.
     pub segment_size: u64,
+    /// Requests an object must have had (the fetch counts as the first) before it is written to
+    /// disk, as nginx's `proxy_cache_min_uses`: 1 writes every stored object through; 2 (the
+    /// default) keeps one-time requests, such as a crawler's sweep, from pushing the warm set
+    /// out of the disk tier.
+    pub min_uses: u32,
 }
 
 impl Default for CacheSettings {

@@ -85,6 +85,7 @@ pub struct RawDiskCache {
     pub size: Option<ConfSize>,
     pub max_object_size: Option<ConfSize>,
     pub segment_size: Option<ConfSize>,
+    pub min_uses: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]

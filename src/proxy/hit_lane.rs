@@ -390,6 +390,7 @@ impl HitLane {
         }
         let route = route.clone();
         drop(snapshot);
+        self.cache.storage.served(&combined, &entry);
         let (eviction_key, weight) = entry.eviction_key();
         self.cache
             .eviction
