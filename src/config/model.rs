@@ -335,6 +335,8 @@ pub struct ServerSettings {
     /// Where routes' edge rules read the client's address when a trusted proxy connects
     /// (`None`: always the connection's).
     pub client_ip: Option<ClientIpSpec>,
+    /// The process log's level (`RUST_LOG`, when set, wins).
+    pub log_level: log::LevelFilter,
 }
 
 /// `server.client_ip`: a client address from a header written by trusted proxies.

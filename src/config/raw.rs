@@ -148,6 +148,7 @@ pub struct RawServer {
     pub error_log: Option<String>,
     pub ca_file: Option<String>,
     pub client_ip: Option<RawClientIp>,
+    pub log_level: Option<String>,
 }
 
 /// `server.client_ip: {header: X-Forwarded-For, trusted_proxies: [10.0.0.0/8]}`.

@@ -124,7 +124,28 @@ pub(super) fn validate_server(raw: RawServer, errs: &mut Errors) -> ServerSettin
         }
     }
     let client_ip = raw.client_ip.map(|c| validate_client_ip(c, errs));
+    let log_level = match raw
+        .log_level
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("info") => log::LevelFilter::Info,
+        Some("error") => log::LevelFilter::Error,
+        Some("warn") => log::LevelFilter::Warn,
+        Some("debug") => log::LevelFilter::Debug,
+        Some("trace") => log::LevelFilter::Trace,
+        Some("off") => log::LevelFilter::Off,
+        Some(other) => {
+            errs.push(
+                "server.log_level",
+                format!("{other:?} is not one of error, warn, info, debug, trace, off"),
+            );
+            log::LevelFilter::Info
+        }
+    };
     ServerSettings {
+        log_level,
         client_ip,
         threads,
         grace_period,
@@ -389,5 +410,19 @@ mod tests {
             errs,
             ["control: set url (or urls: one per control-plane replica)"]
         );
+    }
+
+    #[test]
+    fn log_level_is_one_of_the_levels() {
+        let doc = |level: &str| {
+            format!("listeners: [{{listen: \"127.0.0.1:8080\"}}]\npools: {{p: {{backends: [\"127.0.0.1:1\"]}}}}\nroutes: [{{hosts: [a.com], pool: p}}]\nserver: {{log_level: {level}}}\n")
+        };
+        let c = Config::from_yaml_str(&doc("DEBUG")).expect("valid");
+        assert_eq!(c.server.log_level, log::LevelFilter::Debug);
+        let errs = Config::from_yaml_str(&doc("loud"))
+            .expect_err("invalid")
+            .errors;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].path, "server.log_level");
     }
 }
