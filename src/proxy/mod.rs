@@ -4,6 +4,8 @@
 
 pub mod caching;
 pub mod client_address;
+pub mod compression;
+pub mod content_coding;
 pub mod context;
 pub mod deadline;
 pub mod edge;
@@ -45,6 +47,9 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// The most ranges one request may ask for (Pingora's default).
+const MAX_RANGES: usize = 200;
 
 /// What the proxy knows about the listener a request came in on.
 #[derive(Debug, Clone)]
@@ -206,8 +211,21 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        let rules = ctx.route.as_ref().and_then(|r| r.spec.cache.as_ref());
-        crate::cache::request_variance(meta, req, rules.map(|r| &r.key), ctx.filters.cache_key())
+        let route = ctx.route.as_ref().map(|r| &r.spec);
+        let rules = route.and_then(|r| r.cache.as_ref());
+        // a compressing route stores one encoding for every client: its variants do not
+        // follow the client's Accept-Encoding
+        let coding = match route.is_some_and(|r| r.compression.is_some()) {
+            true => crate::cache::AcceptEncodingVary::Ignored,
+            false => crate::cache::AcceptEncodingVary::Normalised,
+        };
+        crate::cache::request_variance(
+            meta,
+            req,
+            rules.map(|r| &r.key),
+            ctx.filters.cache_key(),
+            coding,
+        )
     }
 
     async fn cache_hit_filter(
@@ -343,11 +361,47 @@ impl ProxyHttp for EdgeProxy {
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
         deadline::body_arrived(&mut ctx.deadline, end_of_stream)?;
+        let route = ctx.route_name().to_string();
+        compression::origin_body(body, end_of_stream, &route, &mut ctx.transcoding)?;
+        Ok(None)
+    }
+
+    fn range_header_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora_proxy::RangeType {
+        let compresses = ctx
+            .route
+            .as_ref()
+            .is_some_and(|r| r.spec.compression.is_some());
+        if compresses {
+            match compression::range_allowed(session, resp) {
+                Ok(true) => {}
+                Ok(false) => return pingora_proxy::RangeType::None,
+                Err(e) => {
+                    log::warn!("compression: {e}");
+                    return pingora_proxy::RangeType::None;
+                }
+            }
+        }
+        pingora_proxy::range_header_filter(session.req_header(), resp, Some(MAX_RANGES))
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        compression::client_body(body, end_of_stream, &mut ctx.transcoding)?;
         Ok(None)
     }
 
@@ -365,6 +419,8 @@ impl ProxyHttp for EdgeProxy {
         let vars = self.header_vars(session, ctx, &route.spec.request_headers);
         headers::prepare_upstream(upstream, route, ctx, client, &vars, trusted)?;
         request_id::set_upstream(upstream, ctx)?;
+        let compression = route.spec.compression.as_ref();
+        compression::upstream_request(upstream, compression, session.cache.enabled())?;
         self.filters.upstream_phase(session, upstream, ctx).await?;
         ctx.upstream_sent_at = Some(Instant::now());
         ctx.fetch_started = Some(std::time::SystemTime::now());
@@ -393,7 +449,15 @@ impl ProxyHttp for EdgeProxy {
                 host,
             );
         }
-        origin_response::head_arrived(session, upstream, ctx)
+        origin_response::head_arrived(session, upstream, ctx)?;
+        if let Some(route) = ctx.route.clone() {
+            if let Some(spec) = route.spec.compression.as_ref() {
+                let fills = session.cache.enabled();
+                let req = session.req_header();
+                compression::origin_head(req, upstream, spec, fills, &mut ctx.transcoding)?;
+            }
+        }
+        Ok(())
     }
 
     async fn response_filter(
@@ -419,6 +483,10 @@ impl ProxyHttp for EdgeProxy {
             resp.remove_header(name);
         }
         if let Some(route) = ctx.route.clone() {
+            if route.spec.compression.is_some() {
+                let req = session.req_header();
+                compression::client_head(req, resp, &route.spec.name, &mut ctx.transcoding)?;
+            }
             if let Some(rules) = route.spec.cache.as_ref() {
                 caching::response_fields(session, resp, ctx, rules)?;
             }
