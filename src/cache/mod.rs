@@ -579,16 +579,43 @@ mod tests {
         let req = RequestHeader::build("GET", b"/", None).expect("r");
         let part = |v: &str| vec![("device".to_string(), v.to_string())];
         let rules = CacheKeyRules::default();
-        assert_eq!(request_variance(&plain, &req, Some(&rules), &[], AcceptEncodingVary::Normalised), None);
-        let mobile = request_variance(&plain, &req, Some(&rules), &part("mobile"), AcceptEncodingVary::Normalised);
+        assert_eq!(
+            request_variance(
+                &plain,
+                &req,
+                Some(&rules),
+                &[],
+                AcceptEncodingVary::Normalised
+            ),
+            None
+        );
+        let mobile = request_variance(
+            &plain,
+            &req,
+            Some(&rules),
+            &part("mobile"),
+            AcceptEncodingVary::Normalised,
+        );
         assert!(mobile.is_some());
         assert_eq!(
             mobile,
-            request_variance(&plain, &req, None, &part("mobile"), AcceptEncodingVary::Normalised)
+            request_variance(
+                &plain,
+                &req,
+                None,
+                &part("mobile"),
+                AcceptEncodingVary::Normalised
+            )
         );
         assert_ne!(
             mobile,
-            request_variance(&plain, &req, None, &part("desktop"), AcceptEncodingVary::Normalised)
+            request_variance(
+                &plain,
+                &req,
+                None,
+                &part("desktop"),
+                AcceptEncodingVary::Normalised
+            )
         );
         // a filter part never equals a header of the same name
         let mut with_header = RequestHeader::build("GET", b"/", None).expect("r");
@@ -599,7 +626,13 @@ mod tests {
         };
         assert_ne!(
             mobile,
-            request_variance(&plain, &with_header, Some(&by_header), &[], AcceptEncodingVary::Normalised)
+            request_variance(
+                &plain,
+                &with_header,
+                Some(&by_header),
+                &[],
+                AcceptEncodingVary::Normalised
+            )
         );
     }
 
@@ -672,9 +705,8 @@ mod tests {
         let plain = CacheMeta::new(now, now, 0, 0, ResponseHeader::build(200, None).expect("h"));
         assert_eq!(variance(&plain, &req("en", "gzip")), None);
         // a compressing route: one variant whatever the client accepts
-        let ignored = |r: &RequestHeader| {
-            request_variance(&meta, r, None, &[], AcceptEncodingVary::Ignored)
-        };
+        let ignored =
+            |r: &RequestHeader| request_variance(&meta, r, None, &[], AcceptEncodingVary::Ignored);
         let en_any = ignored(&req("en", "gzip")).expect("varies on the language");
         assert_eq!(Some(en_any), ignored(&req("en", "identity")));
         assert_ne!(Some(en_any), ignored(&req("fr", "gzip")));

@@ -162,7 +162,14 @@ mod tests {
         let json = MediaRange::parse("application/json").expect("type");
         assert!(json.matches("application/json"));
         assert!(!json.matches("application/json5"));
-        for bad in ["text", "text/", "/html", "text/html; charset=utf-8", "a b/c", "*/"] {
+        for bad in [
+            "text",
+            "text/",
+            "/html",
+            "text/html; charset=utf-8",
+            "a b/c",
+            "*/",
+        ] {
             assert!(MediaRange::parse(bad).is_err(), "{bad}");
         }
     }

@@ -1,5 +1,6 @@
 //! Route compression in Pingora's phases (`routes[].compression`), through the decisions in
-//! [`super::content_coding`] and pingora-core's encoders and decoders:
+//! [`super::content_coding`], pingora-core's gzip encoder and decoder, and
+//! [`super::brotli_codec`]:
 //!
 //! - a request that may fill the cache asks the origin for `br, gzip` (one stored encoding,
 //!   whatever the client accepts);
@@ -10,6 +11,7 @@
 //!   does not (`response_filter`, `response_body_filter`); a range is served from the stored
 //!   bytes in the first case, and ignored (a whole `200`) in the second.
 
+use super::brotli_codec::{BrotliDecoder, BrotliEncoder};
 use super::content_coding::{self, AcceptEncoding, Fill, Serve, UPSTREAM_ACCEPT_ENCODING};
 use crate::cache::storage::stored_body_len;
 use crate::config::{Coding, CompressionSpec};
@@ -41,7 +43,9 @@ impl Codec {
 
 impl std::fmt::Debug for Codec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Codec").field("coding", &self.coding).finish()
+        f.debug_struct("Codec")
+            .field("coding", &self.coding)
+            .finish()
     }
 }
 
@@ -54,15 +58,24 @@ pub struct Transcoding {
     serve: Option<Codec>,
 }
 
-fn algorithm(coding: Coding) -> Algorithm {
+/// A compressor for `coding` (gzip: pingora-core's; brotli: [`BrotliEncoder`]).
+fn compressor(coding: Coding, level: u32) -> Result<Box<dyn Encode + Send + Sync>> {
     match coding {
-        Coding::Br => Algorithm::Brotli,
-        Coding::Gzip => Algorithm::Gzip,
+        Coding::Br => Ok(Box::new(BrotliEncoder::new(level))),
+        Coding::Gzip => Algorithm::Gzip
+            .compressor(level)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no gzip compressor")),
     }
 }
 
-fn missing_codec(what: &'static str) -> Box<Error> {
-    Error::explain(ErrorType::InternalError, what)
+/// A decoder for `coding` (gzip: pingora-core's; brotli: [`BrotliDecoder`]).
+fn decoder(coding: Coding) -> Result<Box<dyn Encode + Send + Sync>> {
+    match coding {
+        Coding::Br => Ok(Box::new(BrotliDecoder::new())),
+        Coding::Gzip => Algorithm::Gzip
+            .decompressor(true)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no gzip decoder")),
+    }
 }
 
 /// `upstream_request_filter`: a request that may fill the cache asks for every coding verge
@@ -100,9 +113,7 @@ pub fn origin_head(
     let head = req.method == http::Method::HEAD;
     match content_coding::fill_decision(spec, head, upstream) {
         Fill::Compress(c) if fills || client_accepts(req).accepts(c) => {
-            let encoder = algorithm(c)
-                .compressor(spec.level)
-                .ok_or_else(|| missing_codec("no compressor for the route's coding"))?;
+            let encoder = compressor(c, spec.level)?;
             content_coding::compressed_head(upstream, c)?;
             state.fill = Some(Codec { coding: c, encoder });
         }
@@ -129,7 +140,10 @@ pub fn origin_body(
     if end {
         let (_, input, output, _) = codec.encoder.stat();
         let labels = [route, codec.coding.token()];
-        METRICS.compressed_responses.with_label_values(&labels).inc();
+        METRICS
+            .compressed_responses
+            .with_label_values(&labels)
+            .inc();
         METRICS
             .compression_input_bytes
             .with_label_values(&labels)
@@ -194,12 +208,9 @@ pub fn client_head(
         return Ok(());
     };
     content_coding::decoded_head(resp)?;
-    let bodiless = req.method == http::Method::HEAD
-        || matches!(resp.status.as_u16(), 204 | 304);
+    let bodiless = req.method == http::Method::HEAD || matches!(resp.status.as_u16(), 204 | 304);
     if !bodiless {
-        let encoder = algorithm(coding)
-            .decompressor(true)
-            .ok_or_else(|| missing_codec("no decoder for a coding verge reads"))?;
+        let encoder = decoder(coding)?;
         state.serve = Some(Codec { coding, encoder });
         METRICS
             .decompressed_responses

@@ -120,8 +120,7 @@ pub fn no_transform(resp: &ResponseHeader) -> bool {
 /// Whether a response of this status can carry a body verge may compress (not `1xx`, `204`,
 /// `205`, `206` or `304`).
 fn has_whole_body(status: StatusCode) -> bool {
-    !status.is_informational()
-        && !matches!(status.as_u16(), 204 | 205 | 206 | 304)
+    !status.is_informational() && !matches!(status.as_u16(), 204 | 205 | 206 | 304)
 }
 
 /// What happens to an origin's response before it is stored (or streamed on).
@@ -291,7 +290,10 @@ mod tests {
         let none = AcceptEncoding::parse(std::iter::empty());
         assert!(!none.accepts(Coding::Br) && !none.accepts(Coding::Gzip));
         // several lines are one list
-        let lines = [HeaderValue::from_static("gzip;q=0"), HeaderValue::from_static("br")];
+        let lines = [
+            HeaderValue::from_static("gzip;q=0"),
+            HeaderValue::from_static("br"),
+        ];
         let a = AcceptEncoding::parse(lines.iter());
         assert!(a.accepts(Coding::Br) && !a.accepts(Coding::Gzip));
     }
@@ -299,25 +301,48 @@ mod tests {
     #[test]
     fn a_response_is_compressed_only_when_every_condition_holds() {
         let spec = CompressionSpec::default();
-        let text = [("content-type", "text/html; charset=utf-8"), ("content-length", "5000")];
-        assert_eq!(fill_decision(&spec, false, &resp(&text)), Fill::Compress(Coding::Br));
+        let text = [
+            ("content-type", "text/html; charset=utf-8"),
+            ("content-length", "5000"),
+        ];
+        assert_eq!(
+            fill_decision(&spec, false, &resp(&text)),
+            Fill::Compress(Coding::Br)
+        );
         // no length announced: compressed
         let streamed = resp(&[("content-type", "application/json")]);
-        assert_eq!(fill_decision(&spec, false, &streamed), Fill::Compress(Coding::Br));
+        assert_eq!(
+            fill_decision(&spec, false, &streamed),
+            Fill::Compress(Coding::Br)
+        );
         let refused: [&[(&str, &str)]; 8] = [
             &[("content-type", "image/png"), ("content-length", "5000")],
             &[("content-type", "text/html"), ("content-length", "1023")],
             &[("content-type", "text/html"), ("content-length", "0")],
             &[("content-type", "text/html"), ("content-encoding", "gzip")],
             &[("content-type", "text/html"), ("content-encoding", "zstd")],
-            &[("content-type", "text/html"), ("cache-control", "max-age=60, No-Transform")],
-            &[("content-type", "text/html"), ("content-range", "bytes 0-1/2")],
+            &[
+                ("content-type", "text/html"),
+                ("cache-control", "max-age=60, No-Transform"),
+            ],
+            &[
+                ("content-type", "text/html"),
+                ("content-range", "bytes 0-1/2"),
+            ],
             &[("content-length", "5000")],
         ];
         for fields in refused {
-            assert_eq!(fill_decision(&spec, false, &resp(fields)), Fill::AsSent, "{fields:?}");
+            assert_eq!(
+                fill_decision(&spec, false, &resp(fields)),
+                Fill::AsSent,
+                "{fields:?}"
+            );
         }
-        assert_eq!(fill_decision(&spec, true, &resp(&text)), Fill::AsSent, "HEAD");
+        assert_eq!(
+            fill_decision(&spec, true, &resp(&text)),
+            Fill::AsSent,
+            "HEAD"
+        );
         for status in [204, 206, 304] {
             let mut r = resp(&text);
             r.set_status(status).expect("status");
@@ -327,8 +352,14 @@ mod tests {
         r.set_status(404).expect("status");
         assert_eq!(fill_decision(&spec, false, &r), Fill::Compress(Coding::Br));
         // identity is no coding
-        let identity = resp(&[("content-type", "text/css"), ("content-encoding", "identity")]);
-        assert_eq!(fill_decision(&spec, false, &identity), Fill::Compress(Coding::Br));
+        let identity = resp(&[
+            ("content-type", "text/css"),
+            ("content-encoding", "identity"),
+        ]);
+        assert_eq!(
+            fill_decision(&spec, false, &identity),
+            Fill::Compress(Coding::Br)
+        );
         // the route's own types, coding and size
         let custom = CompressionSpec {
             coding: Coding::Gzip,
@@ -337,7 +368,10 @@ mod tests {
             types: vec![MediaRange::AnySubtype("image".into())],
         };
         let png = resp(&[("content-type", "image/png"), ("content-length", "10")]);
-        assert_eq!(fill_decision(&custom, false, &png), Fill::Compress(Coding::Gzip));
+        assert_eq!(
+            fill_decision(&custom, false, &png),
+            Fill::Compress(Coding::Gzip)
+        );
         assert_eq!(fill_decision(&custom, false, &resp(&text)), Fill::AsSent);
     }
 
@@ -370,8 +404,14 @@ mod tests {
     fn a_stored_coding_is_decoded_only_for_clients_that_do_not_accept_it() {
         let br = resp(&[("content-encoding", "br"), ("content-length", "10")]);
         assert_eq!(serve_decision(&accept("br"), &br), Serve::AsStored);
-        assert_eq!(serve_decision(&accept("gzip"), &br), Serve::Decode(Coding::Br));
-        assert_eq!(serve_decision(&accept("br;q=0, *"), &br), Serve::Decode(Coding::Br));
+        assert_eq!(
+            serve_decision(&accept("gzip"), &br),
+            Serve::Decode(Coding::Br)
+        );
+        assert_eq!(
+            serve_decision(&accept("br;q=0, *"), &br),
+            Serve::Decode(Coding::Br)
+        );
         let none = AcceptEncoding::default();
         assert_eq!(serve_decision(&none, &br), Serve::Decode(Coding::Br));
         let gz = resp(&[("content-encoding", "GZIP")]);
@@ -381,10 +421,17 @@ mod tests {
         for fields in [
             &[("content-encoding", "zstd")][..],
             &[("content-encoding", "gzip, br")],
-            &[("content-encoding", "gzip"), ("cache-control", "no-transform")],
+            &[
+                ("content-encoding", "gzip"),
+                ("cache-control", "no-transform"),
+            ],
             &[("content-type", "text/plain")],
         ] {
-            assert_eq!(serve_decision(&none, &resp(fields)), Serve::AsStored, "{fields:?}");
+            assert_eq!(
+                serve_decision(&none, &resp(fields)),
+                Serve::AsStored,
+                "{fields:?}"
+            );
         }
         let mut r = resp(&[
             ("content-encoding", "br"),

@@ -2,6 +2,7 @@
 //! method delegates to the modules beside it (caching, peers, headers, filters, error pages, the
 //! finish shared with the hit lane), which hold the logic, mostly as pure functions.
 
+pub mod brotli_codec;
 pub mod caching;
 pub mod client_address;
 pub mod compression;

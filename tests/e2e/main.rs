@@ -13,6 +13,7 @@ mod control;
 mod control_limits;
 mod directives;
 mod edge;
+mod edge_compression;
 mod edge_logs;
 mod edge_pages;
 mod edge_rewrites;

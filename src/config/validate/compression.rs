@@ -128,8 +128,14 @@ routes:
             ],
             "{errs:#?}"
         );
-        assert!(errs[1].message.contains("br levels are 1 to 11"), "{errs:#?}");
-        assert!(errs[7].message.contains("unknown field `speed`"), "{errs:#?}");
+        assert!(
+            errs[1].message.contains("br levels are 1 to 11"),
+            "{errs:#?}"
+        );
+        assert!(
+            errs[7].message.contains("unknown field `speed`"),
+            "{errs:#?}"
+        );
     }
 
     #[test]
