@@ -268,7 +268,7 @@ async fn what_must_not_be_compressed_goes_as_the_origin_sent_it() {
             } else {
                 &original[..]
             };
-            assert_bytes(&got.body, &expected, &format!("{path} #{round}"));
+            assert_bytes(&got.body, expected, &format!("{path} #{round}"));
             assert!(!got.varies_on_accept_encoding(), "{path}: one form for all");
         }
         assert_eq!(o.hits(path), 1, "{path} is stored");
@@ -497,5 +497,60 @@ async fn compression_turned_on_by_a_reload_applies_without_a_restart() {
         &before.body,
         &original,
         "the entry stored before is served as stored",
+    );
+}
+
+#[tokio::test]
+async fn compression_from_a_control_plane_policy_applies_and_is_validated() {
+    use crate::edge::ControlPlane;
+    let o = Origin::start("o").await;
+    let original = page();
+    o.set_body("/p", original.clone());
+    o.set_headers("/p", &[("cache-control", "max-age=600")]);
+    let cp = ControlPlane::start().await;
+    let v = Verge::start(&Config::new().control(cp.node("compression-node"))).await;
+    let route = |compression: serde_json::Value| {
+        ControlPlane::policy(
+            o.addr,
+            serde_json::json!({"cache": {}, "compression": compression}),
+        )
+    };
+    // an invalid block is refused where the policy is written, with its key path
+    let refused = crate::support::client()
+        .put(format!("http://{}/v1/policy", cp.addr))
+        .bearer_auth(crate::edge::OPS)
+        .header("if-match", "\"0\"")
+        .json(&route(serde_json::json!({"algorithm": "zstd"})))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(refused.status().as_u16(), 422);
+    let text = refused.text().await.unwrap_or_default();
+    assert!(text.contains("routes[0].compression.algorithm"), "{text}");
+
+    cp.put_policy(
+        route(serde_json::json!({"algorithm": "gzip", "level": 5})),
+        0,
+    )
+    .await;
+    crate::support::assert_eventually(
+        Duration::from_secs(15),
+        "the policy's compression applies",
+        || async {
+            get(&v, "/p", Some("gzip"))
+                .await
+                .header("content-encoding")
+                .map(str::to_string)
+        },
+        |ce| ce.as_deref() == Some("gzip"),
+    )
+    .await;
+    let gz = get(&v, "/p", Some("gzip")).await;
+    assert_bytes(&decode(Algorithm::Gzip, &gz.body), &original, "gzip body");
+    let plain = get(&v, "/p", None).await;
+    assert_bytes(&plain.body, &original, "decoded for an identity client");
+    assert_eq!(
+        o.seen_for("/p")[0].header("accept-encoding"),
+        Some("br, gzip")
     );
 }
