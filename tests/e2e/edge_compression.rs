@@ -498,6 +498,31 @@ async fn compression_turned_on_by_a_reload_applies_without_a_restart() {
         &original,
         "the entry stored before is served as stored",
     );
+
+    // and off again: the compressed entry is not handed, coded, to clients that do not take it
+    v.reload_with(&plain);
+    crate::support::assert_eventually(
+        Duration::from_secs(10),
+        "the reload turns compression off",
+        || async {
+            let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            get(&v, &format!("/after?n={i}"), Some("br"))
+                .await
+                .header("content-encoding")
+                .map(str::to_string)
+        },
+        |ce| ce.is_none(),
+    )
+    .await;
+    let fetched = o.hits("/after");
+    let identity = get(&v, "/after?fresh", None).await;
+    assert_eq!(identity.header("content-encoding"), None);
+    assert_bytes(&identity.body, &original, "fetched again for this client");
+    assert_eq!(
+        o.hits("/after"),
+        fetched + 1,
+        "its own variant, from the origin"
+    );
 }
 
 #[tokio::test]
