@@ -110,7 +110,8 @@ pub fn origin_head(
         }
         return Ok(());
     }
-    let head = req.method == http::Method::HEAD;
+    // a fill asks for the whole response even for a HEAD (pingora sends GET), and stores it
+    let head = req.method == http::Method::HEAD && !fills;
     match content_coding::fill_decision(spec, head, upstream) {
         Fill::Compress(c) if fills || client_accepts(req).accepts(c) => {
             let encoder = compressor(c, spec.level)?;

@@ -132,8 +132,8 @@ pub enum Fill {
     Compress(Coding),
 }
 
-/// Whether an origin's response is compressed: the route compresses, the request is not a
-/// HEAD, the status has a whole body, there is no `Content-Encoding` or `Content-Range`, no
+/// Whether an origin's response is compressed: the origin was not asked with HEAD
+/// (`head_request`; a fill behind a client's HEAD asks with GET), the status has a whole body, there is no `Content-Encoding` or `Content-Range`, no
 /// `no-transform`, a `Content-Type` in the route's types, and a `Content-Length` (when
 /// announced) of at least `min_size`. A body without `Content-Length` is compressed: a
 /// streamed body is seldom tiny, and its size is only known at its end.

@@ -367,8 +367,8 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
         deadline::body_arrived(&mut ctx.deadline, end_of_stream)?;
-        let route = ctx.route_name().to_string();
-        compression::origin_body(body, end_of_stream, &route, &mut ctx.transcoding)?;
+        let route = ctx.route.as_ref().map_or("", |r| r.spec.name.as_str());
+        compression::origin_body(body, end_of_stream, route, &mut ctx.transcoding)?;
         Ok(None)
     }
 

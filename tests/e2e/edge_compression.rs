@@ -1,7 +1,7 @@
 //! Route compression through real sockets: one stored encoding per object, asked of the origin
 //! as `br, gzip` and compressed on fill when the origin sends none; served as stored to clients
 //! that accept it and decoded for the others, byte for byte; what must not be compressed is
-//! not; ranges, HEAD, revalidation and a reload behave as docs/edge-features.md says.
+//! not; ranges, HEAD, revalidation, reloads and policies behave as docs/edge-features.md says.
 
 use crate::support::{Config, Origin, Pool, RawOrigin, Route, RouteCache, Step, Verge};
 use pingora_core::protocols::http::compression::Algorithm;
@@ -578,4 +578,44 @@ async fn compression_from_a_control_plane_policy_applies_and_is_validated() {
         o.seen_for("/p")[0].header("accept-encoding"),
         Some("br, gzip")
     );
+}
+
+#[tokio::test]
+async fn a_head_first_then_a_get_gets_the_compressed_object() {
+    let o = Origin::start("o").await;
+    let original = page();
+    o.set_body("/h", original.clone());
+    o.set_headers("/h", &[("cache-control", "max-age=600")]);
+    let v = Verge::start(
+        &Config::new()
+            .pool(Pool::new("p", &[o.addr]))
+            .route(compressing_route("{}")),
+    )
+    .await;
+    let head = send(
+        &v,
+        reqwest::Method::HEAD,
+        "/h",
+        &[("accept-encoding", "br")],
+    )
+    .await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(
+        head.header("content-encoding"),
+        Some("br"),
+        "the fill behind a HEAD fetched and compressed the whole body"
+    );
+    let got = get(&v, "/h", Some("br")).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.header("content-encoding"), Some("br"));
+    assert_bytes(
+        &decode(Algorithm::Brotli, &got.body),
+        &original,
+        "GET after HEAD",
+    );
+    let plain = get(&v, "/h", None).await;
+    assert_bytes(&plain.body, &original, "decoded");
+    let methods: Vec<String> = o.seen_for("/h").iter().map(|s| s.method.clone()).collect();
+    assert_eq!(methods, ["GET"], "one fetch, a GET");
 }
