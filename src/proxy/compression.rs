@@ -22,7 +22,7 @@ use pingora_cache::CachePhase;
 use pingora_core::protocols::http::compression::{Algorithm, Encode};
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::Session;
+use pingora_proxy::{RangeType, Session};
 
 /// A body being re-encoded on its way (compressed into the cache, or decoded for a client).
 struct Codec {
@@ -170,11 +170,31 @@ fn decodes(req: &RequestHeader, resp: &ResponseHeader) -> Option<Coding> {
     }
 }
 
-/// `range_header_filter`, before the range is applied: `false` when the response goes to this
-/// client decoded (the range is ignored: offsets into the stored bytes mean nothing in the
-/// decoded ones). Otherwise a stored coded response, whose length was unknown when it was
-/// stored, announces it, so its ranges can be served from the stored bytes.
-pub fn range_allowed(session: &mut Session, resp: &mut ResponseHeader) -> Result<bool> {
+/// The most ranges one request may ask for (Pingora's default).
+const MAX_RANGES: usize = 200;
+
+/// `range_header_filter`: the range to serve (Pingora's single- and multi-range rules), except
+/// on a compressing route where the response goes to this client decoded: then none, and the
+/// whole response goes out.
+pub fn range_type(session: &mut Session, resp: &mut ResponseHeader, compresses: bool) -> RangeType {
+    if compresses {
+        match range_allowed(session, resp) {
+            Ok(true) => {}
+            Ok(false) => return RangeType::None,
+            Err(e) => {
+                log::warn!("compression: no range served: {e}");
+                return RangeType::None;
+            }
+        }
+    }
+    pingora_proxy::range_header_filter(session.req_header(), resp, Some(MAX_RANGES))
+}
+
+/// Before a range is applied: `false` when the response goes to this client decoded (offsets
+/// into the stored bytes mean nothing in the decoded ones). Otherwise a stored coded response,
+/// whose length was unknown when it was stored, announces it, so its ranges can be served from
+/// the stored bytes.
+fn range_allowed(session: &mut Session, resp: &mut ResponseHeader) -> Result<bool> {
     if decodes(session.req_header(), resp).is_some() {
         return Ok(false);
     }

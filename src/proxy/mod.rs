@@ -49,9 +49,6 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// The most ranges one request may ask for (Pingora's default).
-const MAX_RANGES: usize = 200;
-
 /// What the proxy knows about the listener a request came in on.
 #[derive(Debug, Clone)]
 pub struct ListenerInfo {
@@ -382,17 +379,7 @@ impl ProxyHttp for EdgeProxy {
             .route
             .as_ref()
             .is_some_and(|r| r.spec.compression.is_some());
-        if compresses {
-            match compression::range_allowed(session, resp) {
-                Ok(true) => {}
-                Ok(false) => return pingora_proxy::RangeType::None,
-                Err(e) => {
-                    log::warn!("compression: {e}");
-                    return pingora_proxy::RangeType::None;
-                }
-            }
-        }
-        pingora_proxy::range_header_filter(session.req_header(), resp, Some(MAX_RANGES))
+        compression::range_type(session, resp, compresses)
     }
 
     fn response_body_filter(

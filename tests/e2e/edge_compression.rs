@@ -108,6 +108,16 @@ fn compressing_route(compression: &str) -> Route {
         .set("compression", compression)
 }
 
+/// verge in front of `origin` with one caching route, `site`, with this `compression` block.
+async fn compressing_verge(origin: std::net::SocketAddr, compression: &str) -> Verge {
+    Verge::start(
+        &Config::new()
+            .pool(Pool::new("p", &[origin]))
+            .route(compressing_route(compression)),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn one_stored_object_serves_br_gzip_and_identity_clients_byte_for_byte() {
     let o = Origin::start("o").await;
@@ -121,12 +131,7 @@ async fn one_stored_object_serves_br_gzip_and_identity_clients_byte_for_byte() {
         ],
     );
     o.set_etag("/page.html", "\"v1\"");
-    let v = Verge::start(
-        &Config::new()
-            .pool(Pool::new("p", &[o.addr]))
-            .route(compressing_route("{}")),
-    )
-    .await;
+    let v = compressing_verge(o.addr, "{}").await;
 
     // the miss: the origin is asked for br and gzip, whatever the client sent
     let br = get(&v, "/page.html", Some("gzip;q=0.5, br")).await;
@@ -252,12 +257,7 @@ async fn what_must_not_be_compressed_goes_as_the_origin_sent_it() {
             &[("content-type", content_type), ("cache-control", cc)],
         );
     }
-    let v = Verge::start(
-        &Config::new()
-            .pool(Pool::new("p", &[o.addr]))
-            .route(compressing_route("{min_size: 1KiB}")),
-    )
-    .await;
+    let v = compressing_verge(o.addr, "{min_size: 1KiB}").await;
     for (path, _, _) in cases {
         for round in 0..2 {
             let got = get(&v, path, Some("br, gzip")).await;
@@ -292,12 +292,7 @@ async fn an_origin_gzip_body_is_stored_as_sent_and_decoded_for_clients_without_g
             ("etag", "\"css1\""),
         ],
     );
-    let v = Verge::start(
-        &Config::new()
-            .pool(Pool::new("p", &[o.addr]))
-            .route(compressing_route("{algorithm: br, level: 4}")),
-    )
-    .await;
+    let v = compressing_verge(o.addr, "{algorithm: br, level: 4}").await;
     let gz = get(&v, "/app.css", Some("gzip")).await;
     assert_eq!(gz.header("content-encoding"), Some("gzip"));
     assert_bytes(&gz.body, &gzipped, "stored as the origin sent it");
@@ -332,12 +327,7 @@ async fn a_range_is_served_from_the_stored_bytes_or_ignored_when_verge_decodes()
     let original = page();
     o.set_body("/doc.txt", original.clone());
     o.set_headers("/doc.txt", &[("cache-control", "max-age=600")]);
-    let v = Verge::start(
-        &Config::new()
-            .pool(Pool::new("p", &[o.addr]))
-            .route(compressing_route("{algorithm: gzip}")),
-    )
-    .await;
+    let v = compressing_verge(o.addr, "{algorithm: gzip}").await;
     let whole = get(&v, "/doc.txt", Some("gzip")).await;
     assert_eq!(whole.header("content-encoding"), Some("gzip"));
     assert_bytes(&decode(Algorithm::Gzip, &whole.body), &original, "body");
@@ -388,12 +378,7 @@ async fn a_revalidation_keeps_the_stored_encoding() {
             ("cache-control", "max-age=60"),
         ],
     );
-    let v = Verge::start(
-        &Config::new()
-            .pool(Pool::new("p", &[o.addr]))
-            .route(compressing_route("{}")),
-    )
-    .await;
+    let v = compressing_verge(o.addr, "{}").await;
     let first = get(&v, "/news.json", Some("br")).await;
     assert_eq!(first.header("content-encoding"), Some("br"));
 
@@ -430,12 +415,7 @@ async fn a_streamed_body_without_length_is_compressed() {
             Step::Write(b"0\r\n\r\n".to_vec()),
         ],
     );
-    let v = Verge::start(
-        &Config::new()
-            .pool(Pool::new("p", &[o.addr]))
-            .route(compressing_route("{min_size: 100KiB}")),
-    )
-    .await;
+    let v = compressing_verge(o.addr, "{min_size: 100KiB}").await;
     let expected = format!("{piece}{piece}").into_bytes();
     let br = get(&v, "/stream", Some("br")).await;
     assert_eq!(br.header("content-encoding"), Some("br"));
@@ -586,12 +566,7 @@ async fn a_head_first_then_a_get_gets_the_compressed_object() {
     let original = page();
     o.set_body("/h", original.clone());
     o.set_headers("/h", &[("cache-control", "max-age=600")]);
-    let v = Verge::start(
-        &Config::new()
-            .pool(Pool::new("p", &[o.addr]))
-            .route(compressing_route("{}")),
-    )
-    .await;
+    let v = compressing_verge(o.addr, "{}").await;
     let head = send(
         &v,
         reqwest::Method::HEAD,
