@@ -230,8 +230,12 @@ pub enum Serve {
     Decode(Coding),
 }
 
-/// How a response with this head goes to a client with this `Accept-Encoding`.
+/// How a response with this head goes to a client with this `Accept-Encoding`. A `206` from
+/// the origin (a part of a coded body cannot be decoded alone) goes as it is.
 pub fn serve_decision(accept: &AcceptEncoding, resp: &ResponseHeader) -> Serve {
+    if resp.status == StatusCode::PARTIAL_CONTENT {
+        return Serve::AsStored;
+    }
     match content_coding(resp) {
         Some(Ok(c)) if !accept.accepts(c) && !no_transform(resp) => Serve::Decode(c),
         _ => Serve::AsStored,
@@ -433,6 +437,12 @@ mod tests {
                 "{fields:?}"
             );
         }
+        let mut part = resp(&[
+            ("content-encoding", "gzip"),
+            ("content-range", "bytes 0-9/99"),
+        ]);
+        part.set_status(206).expect("status");
+        assert_eq!(serve_decision(&none, &part), Serve::AsStored);
         let mut r = resp(&[
             ("content-encoding", "br"),
             ("content-length", "10"),

@@ -437,15 +437,16 @@ impl ProxyHttp for EdgeProxy {
                 host,
             );
         }
-        origin_response::head_arrived(session, upstream, ctx)?;
         if let Some(route) = ctx.route.clone() {
             if let Some(spec) = route.spec.compression.as_ref() {
+                // first: a compressed body has no Content-Length, so its size is checked as
+                // it streams (head_arrived), like any body of unknown length
                 let fills = session.cache.enabled();
                 let req = session.req_header();
                 compression::origin_head(req, upstream, spec, fills, &mut ctx.transcoding)?;
             }
         }
-        Ok(())
+        origin_response::head_arrived(session, upstream, ctx)
     }
 
     async fn response_filter(

@@ -594,3 +594,35 @@ async fn a_head_first_then_a_get_gets_the_compressed_object() {
     let methods: Vec<String> = o.seen_for("/h").iter().map(|s| s.method.clone()).collect();
     assert_eq!(methods, ["GET"], "one fetch, a GET");
 }
+
+#[tokio::test]
+async fn a_compressed_body_over_the_object_size_limit_reaches_the_client_whole_unstored() {
+    let o = Origin::start("o").await;
+    // text that compresses only about twice: still over the 16 KiB limit once compressed
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let noisy: Vec<u8> = (0..12_000)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            format!("{x:016x}\n").into_bytes()
+        })
+        .collect();
+    o.set_body("/big.txt", noisy.clone());
+    o.set_headers("/big.txt", &[("cache-control", "max-age=600")]);
+    let v = Verge::start(
+        &Config::new()
+            .cache(crate::support::Cache::new().max_object_size("16KiB"))
+            .pool(Pool::new("p", &[o.addr]))
+            .route(compressing_route("{}")),
+    )
+    .await;
+    let br = get(&v, "/big.txt", Some("br")).await;
+    assert_eq!(br.status, 200);
+    assert_eq!(br.header("content-encoding"), Some("br"));
+    assert!(br.body.len() > 16 * 1024, "{} bytes", br.body.len());
+    assert_bytes(&decode(Algorithm::Brotli, &br.body), &noisy, "whole");
+    let plain = get(&v, "/big.txt", None).await;
+    assert_bytes(&plain.body, &noisy, "whole, decoded");
+    assert_eq!(o.hits("/big.txt"), 2, "too large to store");
+}
