@@ -189,6 +189,19 @@ async fn one_stored_object_serves_br_gzip_and_identity_clients_byte_for_byte() {
             plain.headers
         );
     }
+    // the weak validator answers conditional requests, whichever form the client gets
+    for accept in ["br", "identity"] {
+        let not_modified = send(
+            &v,
+            reqwest::Method::GET,
+            "/page.html",
+            &[("accept-encoding", accept), ("if-none-match", "W/\"v1\"")],
+        )
+        .await;
+        assert_eq!(not_modified.status, 304, "{accept}");
+        assert!(not_modified.body.is_empty());
+        assert_eq!(not_modified.header("etag"), Some("W/\"v1\""), "{accept}");
+    }
     let star = get(&v, "/page.html", Some("*")).await;
     assert_eq!(star.header("content-encoding"), Some("br"));
     assert_bytes(&star.body, &br.body, "body");
