@@ -139,6 +139,18 @@ pub struct Metrics {
     pub filter_responses: IntCounterVec,
     /// `verge_rate_limited_total{route}`: requests answered 429 by a route's `rate_limit`.
     pub rate_limited: IntCounterVec,
+    /// `verge_compressed_responses_total{route,coding}`: origin responses verge compressed
+    /// before storing them (`routes[].compression`; `coding` is `br` or `gzip`).
+    pub compressed_responses: IntCounterVec,
+    /// `verge_compression_input_bytes_total{route,coding}`: body bytes of those responses as the
+    /// origin sent them (counted when a body ends).
+    pub compression_input_bytes: IntCounterVec,
+    /// `verge_compression_output_bytes_total{route,coding}`: the same bodies compressed. Saved
+    /// = input - output.
+    pub compression_output_bytes: IntCounterVec,
+    /// `verge_decompressed_responses_total{route,coding}`: responses decoded on the way to a
+    /// client whose `Accept-Encoding` does not take the stored coding.
+    pub decompressed_responses: IntCounterVec,
 }
 
 /// Registers a metric built from the constant names and labels in this file. Building fails
@@ -508,6 +520,30 @@ impl Metrics {
                 "verge_rate_limited_total",
                 "Requests answered 429 by a route's rate limit, by route",
                 &["route"],
+            ),
+            compressed_responses: counter(
+                &node,
+                "verge_compressed_responses_total",
+                "Origin responses compressed before they were stored, by route and coding",
+                &["route", "coding"],
+            ),
+            compression_input_bytes: counter(
+                &node,
+                "verge_compression_input_bytes_total",
+                "Body bytes of compressed responses before compression, by route and coding",
+                &["route", "coding"],
+            ),
+            compression_output_bytes: counter(
+                &node,
+                "verge_compression_output_bytes_total",
+                "Body bytes of compressed responses after compression, by route and coding",
+                &["route", "coding"],
+            ),
+            decompressed_responses: counter(
+                &node,
+                "verge_decompressed_responses_total",
+                "Responses decoded for clients that do not accept their coding, by route and coding",
+                &["route", "coding"],
             ),
             node_registry: node,
             control_registry: control,

@@ -741,6 +741,14 @@ fn entry_size(meta: &StoredMeta, body: usize) -> usize {
     meta.size() + body + ENTRY_OVERHEAD
 }
 
+/// The length of the whole stored body a hit reads, when it reads a stored entry (`None`: a
+/// fill still streaming in, whose length is not known yet).
+pub fn stored_body_len(hit: &HitHandler) -> Option<usize> {
+    hit.as_any()
+        .downcast_ref::<MemoryHit>()
+        .map(|h| h.body.len())
+}
+
 /// Reads a stored body without copying; supports ranges through `seek`.
 struct MemoryHit {
     body: Bytes,

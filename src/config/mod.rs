@@ -1,6 +1,7 @@
 //! Configuration: raw YAML types, validation that reports every error with its key path, and loading.
 
 pub mod certificates;
+mod compression;
 mod edge;
 pub mod keys;
 mod log_format;
@@ -11,6 +12,7 @@ pub mod secret;
 pub mod units;
 mod validate;
 
+pub use compression::*;
 pub use edge::*;
 pub use log_format::*;
 pub use model::*;

@@ -672,6 +672,8 @@ pub struct RouteSpec {
     pub edge: EdgeRules,
     /// Pages for verge's own error answers on this route, by status (before the listener's).
     pub error_pages: ErrorPages,
+    /// Compression of stored responses and decompression for clients (`None`: off).
+    pub compression: Option<super::CompressionSpec>,
 }
 
 /// A route's edge rules, applied after routing and before the cache, in this order: access

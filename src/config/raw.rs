@@ -371,6 +371,21 @@ pub struct RawRoute {
     pub request_id: Option<RawRequestId>,
     pub rewrite: Option<RawRewrite>,
     pub error_pages: Option<BTreeMap<StatusKey, RawErrorPage>>,
+    pub compression: Option<RawCompression>,
+}
+
+/// `routes[].compression: {algorithm: br, level: 5, min_size: 1KiB, types: [text/*]}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompression {
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// `br` (default) or `gzip`: the coding an uncompressed response is stored in.
+    pub algorithm: Option<String>,
+    pub level: Option<u32>,
+    pub min_size: Option<ConfSize>,
+    /// Media types (`type/subtype` or `type/*`) compressed; absent: the default list.
+    pub types: Option<Vec<String>>,
 }
 
 /// `routes[].rewrite: {path: {from: "^/old/(.*)$", to: "/new/$1"}, host: origin.internal}`.

@@ -1,6 +1,7 @@
 //! Turns a raw YAML document into a validated `Config`, collecting every error with its key path.
 
 mod cache;
+mod compression;
 mod decode;
 mod edge;
 mod error_pages;
