@@ -32,6 +32,7 @@ pub const CONTROL_PATHS: &[&[&str]] = &[
     &["signing_key"],
     &["audit_log"],
     &["tokens", "*", "token_file"],
+    &["store", "etcd", "auth", "password_file"],
 ];
 
 /// Rewrite every relative path at `keys` in `doc` as one under `base`. Absolute paths, `-`

@@ -261,10 +261,13 @@ impl EtcdStore {
             .map_err(|e| unavailable(format!("cannot start the etcd client's runtime: {e}")))?;
         let handle = runtime.handle().clone();
         let endpoints = settings.endpoints.clone();
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(settings.timeout)
             .with_timeout(settings.timeout)
             .with_keep_alive(Duration::from_secs(5), settings.timeout);
+        if let Some(auth) = &settings.auth {
+            options = options.with_user(auth.user.clone(), auth.password.clone());
+        }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         handle.spawn(async move {
             let _ = tx.send(Client::connect(endpoints, Some(options)).await);

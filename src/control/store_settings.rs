@@ -14,7 +14,34 @@ struct RawEtcd {
     prefix: Option<String>,
     timeout: Option<ConfDuration>,
     tls: Option<serde_yaml::Value>,
-    auth: Option<serde_yaml::Value>,
+    auth: Option<RawEtcdAuth>,
+}
+
+/// `store.etcd.auth` as written: a user and where its password is kept.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEtcdAuth {
+    user: String,
+    password_file: Option<String>,
+    password_env: Option<String>,
+}
+
+/// An etcd user and its password (never printed).
+#[derive(Clone, PartialEq)]
+pub struct EtcdAuth {
+    /// The etcd user.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for EtcdAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdAuth")
+            .field("user", &self.user)
+            .field("password", &"<hidden>")
+            .finish()
+    }
 }
 
 /// Where the control plane keeps policy and invalidations.
@@ -35,6 +62,8 @@ pub struct EtcdSettings {
     pub prefix: String,
     /// Longest wait for one etcd call (a write that takes longer gets 503).
     pub timeout: Duration,
+    /// The user the replica authenticates as, on a cluster with authentication enabled.
+    pub auth: Option<EtcdAuth>,
 }
 
 /// Validate `store:` (absent: the file store), pushing every error with its key path.
@@ -111,16 +140,39 @@ pub(super) fn validate_store(
             "not supported yet (planned: CA, client certificate and key)".into(),
         );
     }
-    if etcd.auth.is_some() {
-        push(
-            "store.etcd.auth",
-            "not supported yet (planned: user and password from a file or the environment)".into(),
-        );
-    }
+    let auth = etcd.auth.and_then(|a| etcd_auth(a, push));
     StoreSettings::Etcd(EtcdSettings {
         endpoints,
         prefix,
         timeout,
+        auth,
+    })
+}
+
+/// `store.etcd.auth`: the user, and its password from exactly one of a file or a variable.
+fn etcd_auth(raw: RawEtcdAuth, push: &mut dyn FnMut(&str, String)) -> Option<EtcdAuth> {
+    use crate::config::secret::{read_secret, SecretSource};
+    if raw.user.trim().is_empty() {
+        push("store.etcd.auth.user", "must not be empty".into());
+    }
+    let password = match (&raw.password_file, &raw.password_env) {
+        (Some(file), None) => read_secret(SecretSource::File(std::path::Path::new(file)))
+            .map_err(|e| push("store.etcd.auth.password_file", e.to_string()))
+            .ok(),
+        (None, Some(var)) => read_secret(SecretSource::Env(var))
+            .map_err(|e| push("store.etcd.auth.password_env", e.to_string()))
+            .ok(),
+        _ => {
+            push(
+                "store.etcd.auth",
+                "set exactly one of password_file, password_env".into(),
+            );
+            None
+        }
+    };
+    Some(EtcdAuth {
+        user: raw.user,
+        password: password?,
     })
 }
 
@@ -154,6 +206,7 @@ mod tests {
                 ],
                 prefix: "/cp1/".into(),
                 timeout: Duration::from_secs(2),
+                auth: None,
             })
         );
         let e = ControlSettings::from_yaml_str(
@@ -167,7 +220,7 @@ mod tests {
             "store.etcd.prefix:",
             "store.etcd.timeout: must be greater than zero",
             "store.etcd.tls: not supported yet",
-            "store.etcd.auth: not supported yet",
+            "store.etcd.auth: set exactly one of password_file, password_env",
         ] {
             assert!(e.contains(needle), "{needle} missing in {e}");
         }

@@ -421,3 +421,47 @@ async fn a_node_with_several_urls_fails_over_between_replicas_and_keeps_serving(
         .unwrap_or(0.0);
     assert!(failovers >= 2.0, "the dead URL, then A: {failovers}");
 }
+
+#[tokio::test]
+async fn replicas_log_in_to_an_etcd_with_authentication() {
+    let Some(etcd) = EtcdCluster::start(1).await else {
+        return;
+    };
+    etcd.enable_auth("etcd-root-password").await;
+    let o = Origin::start("o").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let password = dir.path().join("etcd.password");
+    std::fs::write(&password, "etcd-root-password\n").expect("password file");
+    let auth = format!(
+        "store:\n  etcd:\n    endpoints: {}\n    prefix: /auth/\n    timeout: 2s\n    auth: {{user: root, password_file: {}}}",
+        etcd.endpoints_yaml(),
+        password.display()
+    );
+    let a = Cp::start_with(&CpConfig::new().yaml(&auth)).await;
+    let b = Cp::start_with(&CpConfig::new().yaml(&auth)).await;
+    let n = node(&b, "on-b").await;
+    assert_eq!(a.put_policy(next_policy(&o, 0), 0).await.0, 200);
+    assert!(
+        node_at(&b, 1, 0).await,
+        "a write through A reached B's node"
+    );
+    assert_eq!(get(&n, "/p").await.0, 200);
+    // without the password, etcd refuses the replica's first read: it does not start
+    let cfg = dir.path().join("control.yaml");
+    let without = format!(
+        "listen: \"{}\"\ndata_dir: {}\ninsecure_no_auth: true\nstore:\n  etcd:\n    endpoints: {}\n    prefix: /auth/\n    timeout: 2s\n",
+        crate::support::ports::addr(),
+        dir.path().join("data").display(),
+        etcd.endpoints_yaml()
+    );
+    std::fs::write(&cfg, without).expect("config");
+    let out = std::process::Command::new(crate::support::process::verge_bin())
+        .args(["control", "-c"])
+        .arg(&cfg)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("verge control");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without credentials: {err}");
+    assert!(err.contains("etcd"), "{err}");
+}

@@ -176,6 +176,31 @@ impl EtcdCluster {
         format!("http://127.0.0.1:{}{path}", m.client)
     }
 
+    /// Turn authentication on: user `root` (with the root role) and `password`; from then on
+    /// every client must log in.
+    pub async fn enable_auth(&self, password: &str) {
+        use serde_json::json;
+        for (path, body) in [
+            (
+                "/v3/auth/user/add",
+                json!({"name": "root", "password": password}),
+            ),
+            (
+                "/v3/auth/user/grant",
+                json!({"user": "root", "role": "root"}),
+            ),
+            ("/v3/auth/enable", json!({})),
+        ] {
+            let r = super::client()
+                .post(self.gateway(path))
+                .json(&body)
+                .send()
+                .await
+                .expect("auth call");
+            assert_eq!(r.status(), 200, "{path}");
+        }
+    }
+
     /// Compact etcd's history up to its current revision (physically: a watch from before it
     /// gets `compact_revision`).
     pub async fn compact(&self) {
