@@ -193,6 +193,8 @@ fn listener_service(
         tls: spec.tls.is_some(),
         max_body: spec.limits.max_body,
         send_timeout: spec.limits.send_timeout,
+        body_timeout: spec.limits.body_timeout,
+        body_min_rate: spec.limits.body_min_rate,
     };
     let edge = EdgeProxy::new(snapshot.clone(), info, cache)
         .with_forwarding_trust(spec.trusted_forwarding.clone())

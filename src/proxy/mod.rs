@@ -61,6 +61,10 @@ pub struct ListenerInfo {
     /// Longest an HTTP/2 stream may go without being able to send the client more of its
     /// response (HTTP/1 clients have the front door's body guard for this).
     pub send_timeout: std::time::Duration,
+    /// Longest wait for the next piece of an HTTP/2 request body (HTTP/1: the body guard).
+    pub body_timeout: std::time::Duration,
+    /// Slowest average pace of an HTTP/2 request body, bytes per second (0: none).
+    pub body_min_rate: u64,
 }
 
 /// The proxy for one listener. Cheap to clone: the snapshot handle is shared.
@@ -186,6 +190,8 @@ impl ProxyHttp for EdgeProxy {
             // Pingora times each wait for the client's flow-control window with this: a stream
             // the client stops reading fails, and a fill it started goes on for the others
             session.set_write_timeout(Some(self.listener.send_timeout));
+            // and HTTP/2 has no read timeout: the wait for each piece of a request body
+            session.downstream_body_timeout = Some(self.listener.body_timeout);
         }
         ctx.listener_pages = self.listener_pages();
         if edge::refused_by_listener(session, ctx, &self.listener.name, &self.snapshot).await? {
@@ -315,6 +321,10 @@ impl ProxyHttp for EdgeProxy {
         if let Err(e) = request_body::count(ctx, body, self.listener.max_body) {
             session.set_keepalive(None);
             return Err(e);
+        }
+        if session.is_http2() {
+            let (idle, min_rate) = (self.listener.body_timeout, self.listener.body_min_rate);
+            request_body::keeps_h2_pace(ctx, idle, min_rate)?;
         }
         Ok(())
     }
@@ -509,6 +519,9 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let code = error_page::failure_status(e);
+        if session.is_http2() {
+            request_body::count_h2_idle_body(e);
+        }
         // Once a final response head is out (including one a failed filter wrote in
         // on_response), only closing the connection is left.
         if code > 0 && !error_page::final_head_sent(session.response_written()) {

@@ -63,6 +63,58 @@ pub fn count(
     Ok(())
 }
 
+/// Whether an HTTP/2 request body keeps its listener's pace (the front door's body guard reads
+/// HTTP/1 bodies only): `received` bytes `elapsed` after the request's head may take `idle` plus
+/// one second per `min_rate` bytes (Apache's `mod_reqtimeout` rule, as for HTTP/1). The wait for
+/// each next piece is bounded by Pingora (`Session::downstream_body_timeout`).
+pub fn h2_pace(
+    received: u64,
+    elapsed: std::time::Duration,
+    idle: std::time::Duration,
+    min_rate: u64,
+) -> Result<(), BodyRefusal> {
+    if min_rate == 0 {
+        return Ok(());
+    }
+    let earned = std::time::Duration::from_millis(received.saturating_mul(1000) / min_rate);
+    if elapsed > idle + earned {
+        return Err(BodyRefusal::TooSlow);
+    }
+    Ok(())
+}
+
+/// [`h2_pace`] for the request in `ctx` (its body so far, since its head): a body too slow is
+/// counted and refused with 408.
+pub fn keeps_h2_pace(
+    ctx: &RequestCtx,
+    idle: std::time::Duration,
+    min_rate: u64,
+) -> pingora_error::Result<()> {
+    let elapsed = ctx
+        .started
+        .map_or(std::time::Duration::ZERO, |s| s.elapsed());
+    h2_pace(ctx.body_bytes, elapsed, idle, min_rate).or_else(|refusal| {
+        METRICS
+            .rejected
+            .with_label_values(&[refusal.reason()])
+            .inc();
+        Error::e_explain(ErrorType::HTTPStatus(refusal.status()), refusal.to_string())
+    })
+}
+
+/// Count an HTTP/2 request failed by Pingora's wait for the next piece of its body
+/// (`Session::downstream_body_timeout`), as the body guard counts an idle HTTP/1 body.
+pub fn count_h2_idle_body(e: &Error) {
+    if e.esource() == &pingora_error::ErrorSource::Downstream
+        && e.etype() == &ErrorType::ReadTimedout
+    {
+        METRICS
+            .rejected
+            .with_label_values(&[BodyRefusal::Idle.reason()])
+            .inc();
+    }
+}
+
 /// Why the front door stopped a request body as Pingora read it (`crate::ingress`'s body
 /// guard): the client gets [`BodyRefusal::status`] unless a response has started, and the
 /// connection closes either way. It travels to `fail_to_proxy` inside the read's I/O error.
@@ -107,6 +159,16 @@ impl BodyRefusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_http2_body_earns_a_second_per_min_rate_bytes_after_the_idle_grace() {
+        let s = std::time::Duration::from_secs;
+        assert_eq!(h2_pace(0, s(1), s(1), 100), Ok(()));
+        assert_eq!(h2_pace(0, s(2), s(1), 100), Err(BodyRefusal::TooSlow));
+        assert_eq!(h2_pace(200, s(3), s(1), 100), Ok(()));
+        assert_eq!(h2_pace(200, s(4), s(1), 100), Err(BodyRefusal::TooSlow));
+        assert_eq!(h2_pace(0, s(3600), s(1), 0), Ok(()), "no minimum");
+    }
 
     #[test]
     fn only_get_and_head_bodies_are_touched() {

@@ -620,3 +620,99 @@ async fn an_http2_client_that_stops_reading_holds_a_fill_back_for_send_timeout_a
     };
     assert!(given_up, "the stalled stream is still open");
 }
+
+// ---- 8, over HTTP/2: a request body that drips gets cut off ----
+
+/// An h2c verge with a 1 s body timeout and a 100 bytes/s minimum.
+async fn h2c_paced(o: &Origin) -> Verge {
+    let limits = Limits::new()
+        .set("body_timeout", "1s")
+        .set("body_min_rate", "100");
+    Verge::start(
+        &Config::new()
+            .listener(Listener::new().h2c().limits(limits))
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p")),
+    )
+    .await
+}
+
+/// Open stream 1 with a POST of `length` bytes for `path` (its body still to come).
+async fn h2_post(v: &Verge, path: &str, length: usize) -> H2Conn {
+    let mut c = H2Conn::open(v.http).await;
+    let length = length.to_string();
+    let fields: Vec<(&str, &[u8])> = vec![
+        (":method", b"POST"),
+        (":scheme", b"http"),
+        (":authority", b"c.test"),
+        (":path", path.as_bytes()),
+        ("content-length", length.as_bytes()),
+    ];
+    let head = h2_wire::frame(
+        h2_wire::HEADERS,
+        h2_wire::END_HEADERS,
+        1,
+        &h2_wire::block(&fields),
+    );
+    assert!(c.send(&head).await);
+    c
+}
+
+#[tokio::test]
+async fn an_http2_body_that_goes_idle_or_drips_gets_408_and_a_fair_one_goes_through() {
+    let o = Origin::start("o").await;
+    let v = h2c_paced(&o).await;
+
+    // three bytes, then nothing: cut off after the body timeout
+    let mut c = h2_post(&v, "/idle", 10).await;
+    assert!(c.send(&h2_wire::frame(h2_wire::DATA, 0, 1, b"abc")).await);
+    let outcome = c.reader.outcome(1, Duration::from_secs(5)).await;
+    assert_eq!(outcome, Outcome::Status(408), "an idle HTTP/2 body");
+    sum_eventually(
+        &v,
+        Duration::from_secs(5),
+        REJECTED,
+        &[("reason", "body_idle_timeout")],
+        |n| n >= 1.0,
+    )
+    .await;
+
+    // one byte every 600 ms: never idle, but far below 100 bytes/s
+    let mut c = h2_post(&v, "/drip", 100).await;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        if !c.send(&h2_wire::frame(h2_wire::DATA, 0, 1, b"x")).await {
+            break;
+        }
+    }
+    let outcome = c.reader.outcome(1, Duration::from_secs(5)).await;
+    assert_eq!(outcome, Outcome::Status(408), "a dripping HTTP/2 body");
+    sum_eventually(
+        &v,
+        Duration::from_secs(5),
+        REJECTED,
+        &[("reason", "body_too_slow")],
+        |n| n >= 1.0,
+    )
+    .await;
+    assert!(
+        o.seen_for("/drip").iter().all(|r| r.body_len < 100),
+        "no whole dripped body reached the origin"
+    );
+
+    // 50 bytes every 400 ms (125 bytes/s): slow, but above the minimum and never idle
+    let mut c = h2_post(&v, "/fair", 200).await;
+    for i in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let flags = if i == 3 { h2_wire::END_STREAM } else { 0 };
+        assert!(
+            c.send(&h2_wire::frame(h2_wire::DATA, flags, 1, &[b'y'; 50]))
+                .await
+        );
+    }
+    let outcome = c.reader.outcome(1, Duration::from_secs(10)).await;
+    assert_eq!(outcome, Outcome::Status(200));
+    let seen = o.seen_for("/fair");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body_len, 200);
+}

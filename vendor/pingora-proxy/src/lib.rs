@@ -607,6 +607,28 @@ pub struct Session {
     upstream_write_pending_time: Duration,
     /// Flag that is set when the shutdown process has begun.
     shutdown_flag: Arc<AtomicBool>,
+    /// (verge) Longest wait for the next request body bytes from the client; `None`: no limit
+    /// beyond the session's own read timeout (HTTP/2 has none).
+    pub downstream_body_timeout: Option<Duration>,
+}
+
+/// (verge) The next request body bytes from the client, or `ReadTimedout` when none arrive
+/// within `timeout` while the body is not done.
+pub(crate) async fn read_downstream_body(
+    downstream: &mut HttpSession,
+    timeout: Option<Duration>,
+    body_done: bool,
+) -> Result<Option<Bytes>> {
+    match timeout.filter(|_| !body_done) {
+        Some(t) => match time::timeout(t, downstream.read_body_or_idle(false)).await {
+            Ok(read) => read,
+            Err(_) => Error::e_explain(
+                ReadTimedout,
+                format!("no request body bytes from the client for {t:?}"),
+            ),
+        },
+        None => downstream.read_body_or_idle(body_done).await,
+    }
 }
 
 impl Session {
@@ -634,6 +656,7 @@ impl Session {
             downstream_task_seen_upgraded: false,
             upstream_write_pending_time: Duration::ZERO,
             shutdown_flag,
+            downstream_body_timeout: None,
         }
     }
 

@@ -432,7 +432,7 @@ where
             let upgraded = session.was_upgraded();
 
             tokio::select! {
-                body = session.downstream_session.read_body_or_idle(downstream_state.is_done()), if downstream_state.can_poll() => {
+                body = read_downstream_body(&mut session.downstream_session, session.downstream_body_timeout, downstream_state.is_done()), if downstream_state.can_poll() => {
                     let body = match body {
                         Ok(b) => b,
                         Err(e) => {

@@ -565,7 +565,7 @@ where
                 // only try to send to pipe if there is capacity to avoid deadlock
                 // Otherwise deadlock could happen if both upstream and downstream are blocked
                 // on sending to their corresponding pipes which are both full.
-                body = session.downstream_session.read_body_or_idle(downstream_state.is_done()),
+                body = read_downstream_body(&mut session.downstream_session, session.downstream_body_timeout, downstream_state.is_done()),
                     if downstream_state.can_poll() && send_permit.is_ok() => {
 
                     debug!("downstream event");

@@ -584,7 +584,7 @@ where
             // But we don't need to do the same because the h2 client_body pipe is unbounded (never block)
             tokio::select! {
                 // NOTE: cannot avoid this copy since h2 owns the buf
-                body = session.downstream_session.read_body_or_idle(downstream_state.is_done()), if downstream_state.can_poll() => {
+                body = read_downstream_body(&mut session.downstream_session, session.downstream_body_timeout, downstream_state.is_done()), if downstream_state.can_poll() => {
                     debug!("downstream event");
                     let body = match body {
                         Ok(b) => b,
