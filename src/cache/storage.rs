@@ -193,7 +193,7 @@ impl MemoryStorage {
     }
 
     /// The front door answered a request with `servable`, found under `combined`: one more
-    /// use (see [`MemoryStorage::used`]).
+    /// use: at the disk tier's `min_uses`, the entry is queued for disk (once).
     pub fn served(&self, combined: &HashBinary, servable: &Servable) {
         self.used(combined, &servable.entry);
     }
