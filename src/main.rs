@@ -174,6 +174,7 @@ fn main() -> ExitCode {
                     c.pools.len(),
                     c.routes.len()
                 );
+                print_warnings(&config, &c.warnings());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -230,12 +231,30 @@ fn check_policy(path: &std::path::Path) -> ExitCode {
                 p.pools.len(),
                 p.routes.len()
             );
+            print_warnings(path, &p.warnings());
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprint!("{}: {e}", path.display());
             ExitCode::from(2)
         }
+    }
+}
+
+/// `verge check`'s warnings, on stderr after the `ok` line: the config is valid and runs, but
+/// something in it is probably not what was meant (a class budget its routes can exceed).
+fn print_warnings(path: &std::path::Path, warnings: &[verge::config::classes::ConfigWarning]) {
+    if warnings.is_empty() {
+        return;
+    }
+    let n = warnings.len();
+    eprintln!(
+        "{}: {n} warning{}",
+        path.display(),
+        if n == 1 { "" } else { "s" }
+    );
+    for w in warnings {
+        eprintln!("  {w}");
     }
 }
 
@@ -254,6 +273,9 @@ fn control(path: &std::path::Path) -> anyhow::Result<()> {
 
 fn serve(path: &std::path::Path, upgrade: bool, daemon: bool) -> anyhow::Result<()> {
     let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for w in config.warnings() {
+        log::warn!("{}: {w}", path.display());
+    }
     // the plain binary registers no filters: a route with `filters:` is refused here
     verge::Verge::builder(config)
         .options(verge::RunOptions { upgrade, daemon })

@@ -161,6 +161,7 @@ pub fn lane_rules<'r>(route: &'r Route, filters: &Filters) -> Option<&'r RouteCa
         response_headers,   // edits every response: the full path applies them
         timeouts: _,        // the origin only
         cache,
+        class: _,          // a metrics label
         filters: selected, // user filters see hits too: the full path runs them
         get_body: _,       // the lane takes no request with a body
         edge,

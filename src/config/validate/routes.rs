@@ -14,9 +14,15 @@ use http::{HeaderName, HeaderValue};
 
 use std::collections::{BTreeMap, HashSet};
 
+/// The names routes may refer to: every pool and class written, valid or not.
+pub(super) struct Declared<'a> {
+    pub pools: &'a HashSet<String>,
+    pub classes: &'a HashSet<String>,
+}
+
 pub(super) fn validate_routes(
     value: Option<serde_yaml::Value>,
-    pools: &HashSet<String>,
+    declared: &Declared<'_>,
     errs: &mut Errors,
 ) -> Vec<RouteSpec> {
     let Some(value) = value else {
@@ -52,7 +58,7 @@ pub(super) fn validate_routes(
         if let Err(e) = check_path_prefix(&path_prefix) {
             errs.push(format!("{path}.path"), e);
         }
-        if !pools.contains(&raw.pool) {
+        if !declared.pools.contains(&raw.pool) {
             errs.push(
                 format!("{path}.pool"),
                 format!("unknown pool {:?}", raw.pool),
@@ -76,6 +82,29 @@ pub(super) fn validate_routes(
         );
         let timeouts = route_timeouts(raw.timeouts.as_ref(), &format!("{path}.timeouts"), errs);
         let cache = validate_route_cache(&format!("{path}.cache"), raw.cache, errs);
+        if let Some(class) = raw.class.as_deref() {
+            if !declared.classes.contains(class) {
+                let known: Vec<&str> = declared.classes.iter().map(String::as_str).collect();
+                errs.push(
+                    format!("{path}.class"),
+                    format!(
+                        "unknown class {class:?} (declared under classes: {})",
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            let mut known = known;
+                            known.sort_unstable();
+                            known.join(", ")
+                        }
+                    ),
+                );
+            } else if cache.is_none() {
+                errs.push(
+                    format!("{path}.class"),
+                    "the route does not cache: a class budgets cached responses",
+                );
+            }
+        }
         let get_body = match raw.get_body.as_deref() {
             None | Some("drop") => GetBodyPolicy::Drop,
             Some("reject") => GetBodyPolicy::Reject,
@@ -154,6 +183,7 @@ pub(super) fn validate_routes(
                 response_headers,
                 timeouts,
                 cache,
+                class: raw.class,
                 get_body,
                 filters,
                 edge,
