@@ -66,6 +66,7 @@ pub fn decide(
             Some(&key_pq),
             &entry.header.headers,
             entry.created,
+            None,
         );
         match verdict {
             Verdict::Valid => {}

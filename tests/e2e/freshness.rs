@@ -1,8 +1,11 @@
 //! Freshness you can prove: content classes and their budgets (`verge check` warnings), the
 //! served-staleness metrics per class, and version-guarded purges across nodes.
 
+use crate::support::metrics::sum_eventually;
 use crate::support::process::verge_bin;
+use crate::support::{fetch, Config, Metrics, Origin, Pool, Route, RouteCache, Verge};
 use std::process::Command;
+use std::time::Duration;
 
 /// `verge check` names a route whose TTL and stale windows exceed its class's budget, as a
 /// warning (exit 0), and refuses a route naming an unknown class, at its key path (exit 2).
@@ -72,5 +75,150 @@ routes:
         stderr
             .contains("routes[0].class: unknown class \"prices\" (declared under classes: pages)"),
         "{stderr}"
+    );
+}
+
+/// A histogram bucket's count (`le` as Prometheus writes it).
+fn bucket(m: &Metrics, name: &str, labels: &[(&str, &str)], le: &str) -> f64 {
+    let mut all = labels.to_vec();
+    all.push(("le", le));
+    m.value(&format!("{name}_bucket"), &all).unwrap_or(0.0)
+}
+
+/// Every state an answer from the cache can be in is counted under its route's class, with how
+/// far past expiry the stale ones were and how far through their lifetime all of them were.
+/// Entries are made stale by an upstream `Age`, not by sleeping.
+#[tokio::test]
+async fn every_served_state_is_counted_per_class_with_its_staleness() {
+    let o = Origin::start("o").await;
+    // fresh: a quarter of its 60 s lifetime gone on arrival
+    o.set_headers(
+        "/p/fresh",
+        &[("cache-control", "max-age=60"), ("age", "15")],
+    );
+    // stale by 35 s on arrival, each with one way to be served stale
+    let stale = |extra: &str| format!("max-age=10{extra}");
+    let swr = stale(", stale-while-revalidate=600");
+    let sie = stale(", stale-if-error=600");
+    o.set_headers("/p/swr", &[("cache-control", &swr), ("age", "45")]);
+    o.set_headers("/p/sie", &[("cache-control", &sie), ("age", "45")]);
+    o.set_headers(
+        "/p/reval",
+        &[("cache-control", "max-age=10"), ("age", "45")],
+    );
+    o.set_etag("/p/reval", "\"r1\"");
+    o.set_headers("/plain", &[("cache-control", "max-age=60")]);
+    let v = Verge::start(
+        &Config::new()
+            .raw("classes: {prices: {budget: 1h}}")
+            .pool(Pool::new("p", &[o.addr]))
+            .route(
+                Route::to("p")
+                    .name("priced")
+                    .path("/p")
+                    .cache(RouteCache::new().set("stale_if_disconnected", "0s"))
+                    .set("class", "prices"),
+            )
+            .route(Route::to("p").name("plain").cache(RouteCache::new())),
+    )
+    .await;
+    for path in ["/p/fresh", "/p/swr", "/p/sie", "/p/reval", "/plain"] {
+        let first = fetch(&v, path, &[]).await;
+        assert!(
+            first.cache_status.contains("fwd=uri-miss"),
+            "{path}: {}",
+            first.cache_status
+        );
+    }
+    let fresh = fetch(&v, "/p/fresh", &[]).await;
+    assert!(
+        fresh.cache_status.contains("; hit"),
+        "{}",
+        fresh.cache_status
+    );
+    let swr = fetch(&v, "/p/swr", &[]).await;
+    assert!(
+        swr.cache_status.contains("hit; fwd=stale"),
+        "{}",
+        swr.cache_status
+    );
+    let reval = fetch(&v, "/p/reval", &[]).await;
+    assert!(
+        reval.cache_status.contains("fwd-status=304"),
+        "{}",
+        reval.cache_status
+    );
+    assert_eq!(o.not_modified("/p/reval"), 1);
+    let plain = fetch(&v, "/plain", &[]).await;
+    assert!(
+        plain.cache_status.contains("; hit"),
+        "{}",
+        plain.cache_status
+    );
+    // the SWR refresh has gone out before the origin stops
+    let refreshed =
+        crate::support::eventually(Duration::from_secs(10), || async { o.hits("/p/swr") == 2 })
+            .await;
+    assert!(
+        refreshed,
+        "the stale-while-revalidate refresh reached the origin"
+    );
+    o.set_status("/p/sie", 500);
+    let sie = fetch(&v, "/p/sie", &[]).await;
+    assert_eq!(sie.status, 200, "served stale instead of the origin's 500");
+    assert!(
+        sie.cache_status.contains("hit; fwd=stale"),
+        "{}",
+        sie.cache_status
+    );
+
+    let served = "verge_cache_served_total";
+    let prices = |state| [("class", "prices"), ("state", state)];
+    let m = sum_eventually(
+        &v,
+        Duration::from_secs(5),
+        served,
+        &[("class", "prices")],
+        |n| n == 4.0,
+    )
+    .await;
+    for state in [
+        "fresh",
+        "stale-while-revalidate",
+        "stale-if-error",
+        "revalidated",
+    ] {
+        assert_eq!(m.value(served, &prices(state)), Some(1.0), "{state}");
+    }
+    assert_eq!(
+        m.value(served, &[("class", "none"), ("state", "fresh")]),
+        Some(1.0),
+        "a route without a class counts as none"
+    );
+    // 35 s past expiry (plus the test's own time), for both stale answers only
+    let past = "verge_cache_served_stale_seconds";
+    for state in ["stale-while-revalidate", "stale-if-error"] {
+        let labels = prices(state);
+        assert_eq!(bucket(&m, past, &labels, "30"), 0.0, "{state}");
+        assert_eq!(bucket(&m, past, &labels, "60"), 1.0, "{state}");
+        assert_eq!(bucket(&m, past, &labels, "+Inf"), 1.0, "{state}");
+    }
+    assert!(!m.has(&format!("{past}_count"), &prices("fresh")));
+    assert!(!m.has(&format!("{past}_count"), &prices("revalidated")));
+    // age ÷ lifetime: the fresh hit a quarter in (and a little), the stale ones 4.5 times over
+    let ratio = "verge_cache_served_age_ratio";
+    let class = [("class", "prices")];
+    assert_eq!(bucket(&m, ratio, &class, "0.25"), 0.0);
+    assert_eq!(bucket(&m, ratio, &class, "0.5"), 1.0, "the fresh hit");
+    assert_eq!(
+        bucket(&m, ratio, &class, "1"),
+        1.0,
+        "only the fresh hit was within its lifetime"
+    );
+    assert_eq!(bucket(&m, ratio, &class, "5"), 4.0);
+    assert_eq!(
+        m.sum("verge_cache_served_after_invalidation_total", &[]),
+        0.0,
+        "no answer came from a purged entry"
     );
 }

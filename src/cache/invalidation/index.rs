@@ -22,13 +22,15 @@ impl Mark {
         *slot = Some(slot.map_or(at, |t| t.max(at)));
     }
 
-    /// What this mark says about an entry whose origin fetch started at `created`.
-    fn verdict(&self, created: SystemTime) -> Verdict {
-        if self.hard.is_some_and(|t| created < t) {
+    /// What this mark says about an entry whose origin fetch started at `created`, counting
+    /// only invalidations applied no later than `as_of` (`None`: all of them).
+    fn verdict(&self, created: SystemTime, as_of: Option<SystemTime>) -> Verdict {
+        let applies = |t: &SystemTime| created < *t && as_of.is_none_or(|cut| *t <= cut);
+        if self.hard.as_ref().is_some_and(applies) {
             Verdict::Invalid
         } else {
             match self.soft {
-                Some(t) if created < t => Verdict::Stale { since: t },
+                Some(t) if applies(&t) => Verdict::Stale { since: t },
                 _ => Verdict::Valid,
             }
         }
@@ -191,17 +193,33 @@ impl InvalidationIndex {
         tags: impl Iterator<Item = &'a str>,
         created: SystemTime,
     ) -> Verdict {
-        let mut v = self.all.verdict(created);
+        self.verdict_as_of(host, path_query, tags, created, None)
+    }
+
+    /// [`verdict`](Self::verdict) counting only the invalidations this node applied no later
+    /// than `as_of` (`None`: all): what the index said when a request arrived, for the check
+    /// that no answer came from an entry it refused (`cache::freshness`). As marks keep the
+    /// latest time per target, a target purged again after `as_of` hides its earlier purge:
+    /// the check may miss such an answer, never count a right one.
+    pub fn verdict_as_of<'a>(
+        &self,
+        host: &str,
+        path_query: &str,
+        tags: impl Iterator<Item = &'a str>,
+        created: SystemTime,
+        as_of: Option<SystemTime>,
+    ) -> Verdict {
+        let mut v = self.all.verdict(created, as_of);
         if let Some(h) = self.hosts.get(host) {
-            v = v.stronger(h.whole.verdict(created));
+            v = v.stronger(h.whole.verdict(created, as_of));
             if let Some(m) = h.urls.get(path_query) {
-                v = v.stronger(m.verdict(created));
+                v = v.stronger(m.verdict(created, as_of));
             }
             if !h.prefixes.is_empty() {
                 let limit = h.longest_prefix.min(path_query.len());
                 for end in (1..=limit).filter(|&e| segment_boundary(path_query, e)) {
                     if let Some(m) = h.prefixes.get(&path_query[..end]) {
-                        v = v.stronger(m.verdict(created));
+                        v = v.stronger(m.verdict(created, as_of));
                     }
                 }
             }
@@ -209,7 +227,7 @@ impl InvalidationIndex {
         if !self.tags.is_empty() {
             for t in tags {
                 if let Some(m) = self.tags.get(t) {
-                    v = v.stronger(m.verdict(created));
+                    v = v.stronger(m.verdict(created, as_of));
                 }
             }
         }
