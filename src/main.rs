@@ -70,6 +70,10 @@ enum Command {
         /// Required with `all`.
         #[arg(long)]
         confirm_all: bool,
+        /// With one `url`: the origin object's new ETag. Only entries carrying another version
+        /// (or none) are invalidated; a node whose entry already carries it keeps it.
+        #[arg(long, value_name = "ETAG")]
+        expected_version: Option<String>,
         /// Return once every live node has applied the purge, or fail (exit 6) naming the
         /// nodes that have not within TIMEOUT (default 30s).
         #[arg(long, value_name = "TIMEOUT", num_args = 0..=1, require_equals = true,
@@ -126,9 +130,20 @@ fn main() -> ExitCode {
             targets,
             soft,
             confirm_all,
+            expected_version,
             wait,
             control,
-        } => ops::purge(&control, kind, targets, soft, confirm_all, wait),
+        } => ops::purge(
+            &control,
+            kind,
+            targets,
+            ops::PurgeFlags {
+                soft,
+                confirm_all,
+                expected_version,
+            },
+            wait,
+        ),
         Command::Nodes { control } => ops::nodes(&control),
         Command::Reload { config, timeout } => {
             lifecycle::reload(&config, Duration::from_secs(timeout))

@@ -171,6 +171,7 @@ mod tests {
             soft,
             created_ms: 0,
             id: None,
+            expected_version: None,
         }
     }
 

@@ -136,6 +136,7 @@ mod tests {
                     soft: false,
                     created_ms: 0,
                     id: None,
+                    expected_version: None,
                 },
                 t0 + Duration::from_secs(1),
             )

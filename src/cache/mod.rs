@@ -26,7 +26,7 @@ pub mod unsafe_methods;
 #[cfg(test)]
 mod xorshift;
 
-use crate::cache::invalidation::index::{response_tags, InvalidationIndex, Verdict};
+use crate::cache::invalidation::index::{response_tags, EntryFacts, InvalidationIndex, Verdict};
 use crate::config::{CacheKeyRules, CacheSettings};
 use crate::metrics::METRICS;
 use eviction::S3FifoEviction;
@@ -245,7 +245,8 @@ pub fn invalidation_override(
 
 /// What the invalidation index says about a stored entry with these stored `headers`, admitted
 /// at `created` (its fetch start, when recorded, counts instead), counting the invalidations
-/// applied no later than `as_of` (`None`: all). Counts nothing.
+/// applied no later than `as_of` (`None`: all). Its `ETag` is its version for purges with an
+/// `expected_version`. Counts nothing.
 pub fn invalidation_verdict(
     index: &InvalidationIndex,
     host: &str,
@@ -258,11 +259,17 @@ pub fn invalidation_verdict(
     if index.is_empty() {
         return Verdict::Valid;
     }
-    let fetched = rfc9111::fetched_at(headers).unwrap_or(created);
+    let entry = EntryFacts {
+        created: rfc9111::fetched_at(headers).unwrap_or(created),
+        version: headers
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(invalidation::version_of),
+    };
     let tags = response_tags(headers, &rfc9111::TAG_HEADERS);
-    let mut verdict = index.verdict_as_of(host, path_query, tags, fetched, as_of);
+    let mut verdict = index.verdict_as_of(host, path_query, tags, &entry, as_of);
     if let Some(k) = key_path_query.filter(|k| *k != path_query) {
-        let by_key = index.verdict_as_of(host, k, std::iter::empty(), fetched, as_of);
+        let by_key = index.verdict_as_of(host, k, std::iter::empty(), &entry, as_of);
         verdict = verdict.stronger(by_key);
     }
     verdict

@@ -222,3 +222,122 @@ async fn every_served_state_is_counted_per_class_with_its_staleness() {
         "no answer came from a purged entry"
     );
 }
+
+/// A purge carrying the origin object's new version (`expected_version`: its ETag) removes the
+/// entries of older versions and keeps those that already carry it, on every node; a late
+/// duplicate of it evicts nothing fetched since, and a redelivery by id counts once in the
+/// apply lag.
+#[tokio::test]
+async fn a_version_guarded_purge_removes_older_entries_and_keeps_newer_ones_on_three_nodes() {
+    use crate::support::control_plane::{node, policy, Cp, OPS};
+    use serde_json::json;
+    let o = Origin::start("o").await;
+    o.set_headers("/v", &[("cache-control", "max-age=300")]);
+    o.set_etag("/v", "\"v1\"");
+    let cp = Cp::start().await;
+    let nodes = [
+        node(&cp, "n1").await,
+        node(&cp, "n2").await,
+        node(&cp, "n3").await,
+    ];
+    let (status, body) = cp.put_policy(policy(&o, json!({})), 0).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(cp.converged(3).await, "nodes did not apply the policy");
+    let get = |i: usize| crate::support::get(&nodes[i], "site.test", "/v");
+    // n1 and n2 hold version 1; the origin moves on, and n3 fetches version 2
+    for i in [0, 1] {
+        assert_eq!(get(i).await.header("etag"), Some("\"v1\""));
+    }
+    o.set_etag("/v", "\"v2\"");
+    assert_eq!(get(2).await.header("etag"), Some("\"v2\""));
+    assert_eq!(o.hits("/v"), 3);
+
+    let purge = json!({"kind": "url", "target": "site.test/v", "expected_version": "\"v2\"",
+                       "id": "v2-published"});
+    let (status, first) = cp
+        .send("POST", "/v1/invalidations", OPS, Some(purge.clone()), None)
+        .await;
+    assert_eq!(status, 202, "{first}");
+    assert!(cp.converged(3).await, "nodes did not apply the purge");
+    let after: Vec<_> = [get(0).await, get(1).await, get(2).await].into();
+    for (i, g) in after.iter().enumerate() {
+        assert_eq!(g.header("etag"), Some("\"v2\""), "n{}", i + 1);
+    }
+    assert!(
+        after[0].cache_status.contains("fwd=uri-miss"),
+        "{}",
+        after[0].cache_status
+    );
+    assert!(
+        after[1].cache_status.contains("fwd=uri-miss"),
+        "{}",
+        after[1].cache_status
+    );
+    assert!(
+        after[2].cache_status.contains("; hit"),
+        "n3 kept version 2: {}",
+        after[2].cache_status
+    );
+    assert_eq!(o.hits("/v"), 5, "n1 and n2 refetched, n3 did not");
+
+    // the pipeline redelivers the event (same id: nothing new), then a late copy without an id
+    let (status, again) = cp
+        .send("POST", "/v1/invalidations", OPS, Some(purge.clone()), None)
+        .await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["duplicate"], json!([true]));
+    let late = json!({"kind": "url", "target": "site.test/v", "expected_version": "W/\"v2\""});
+    let late_seq = cp.purge(late).await;
+    assert_eq!(
+        late_seq,
+        first["seq"].as_u64().expect("seq") + 1,
+        "a new invalidation"
+    );
+    assert!(cp.converged(3).await, "nodes did not apply the late purge");
+    for i in 0..3 {
+        let g = get(i).await;
+        assert!(
+            g.cache_status.contains("; hit"),
+            "n{}: {}",
+            i + 1,
+            g.cache_status
+        );
+    }
+    assert_eq!(o.hits("/v"), 5, "the late purge evicted nothing fresh");
+
+    // an unguarded purge still removes everything
+    cp.purge(json!({"kind": "url", "target": "site.test/v"}))
+        .await;
+    assert!(cp.converged(3).await);
+    for i in 0..3 {
+        assert!(get(i).await.cache_status.contains("fwd=uri-miss"));
+    }
+    assert_eq!(o.hits("/v"), 8);
+
+    for n in &nodes {
+        let m = n.metrics().await;
+        // three invalidations applied, the redelivery not among them
+        assert_eq!(
+            m.value("verge_invalidation_apply_lag_seconds_count", &[]),
+            Some(3.0),
+            "{}",
+            m.text
+        );
+        assert_eq!(
+            m.sum("verge_cache_served_after_invalidation_total", &[]),
+            0.0
+        );
+    }
+
+    // a guard on anything but one URL is refused, with the reason
+    for bad in [
+        json!({"kind": "prefix", "target": "site.test/", "expected_version": "\"v2\""}),
+        json!({"kind": "url", "targets": ["site.test/a", "site.test/b"], "expected_version": "\"v2\""}),
+        json!({"kind": "url", "target": "site.test/v", "expected_version": "\"a b\""}),
+    ] {
+        let (status, v) = cp
+            .send("POST", "/v1/invalidations", OPS, Some(bad.clone()), None)
+            .await;
+        assert_eq!(status, 400, "{bad}: {v}");
+    }
+}
