@@ -1,6 +1,6 @@
 //! The `verge` command line: `serve` runs the proxy, `control` the control plane, `check`
 //! validates a config; `reload` and `upgrade` signal a running node; `policy`, `purge` and
-//! `nodes` talk to a running control plane.
+//! `nodes` talk to a running control plane; `verify` asks nodes' admin listeners.
 
 #![cfg_attr(
     not(test),
@@ -9,6 +9,7 @@
 
 mod lifecycle;
 mod ops;
+mod verify;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -82,6 +83,23 @@ enum Command {
         #[command(flatten)]
         control: ops::ControlArgs,
     },
+    /// Ask each node's admin listener what it would serve for each URL (stored version, age,
+    /// invalidations applied), without fetching from the origin, and name the nodes that would
+    /// serve another version: the one given, else the one most nodes serve. Exit 1 if any.
+    Verify {
+        /// URLs (`host/path?query`).
+        #[arg(required = true)]
+        urls: Vec<String>,
+        /// A node's admin listener (`host:port`); once per node.
+        #[arg(long = "node", required = true, value_name = "ADMIN")]
+        nodes: Vec<String>,
+        /// The version every node should serve: the origin object's current ETag.
+        #[arg(long, value_name = "ETAG")]
+        expected_version: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show every node: alive, late or dead, its applied policy version and invalidation
     /// sequence, its lag and when it last reported.
     Nodes {
@@ -145,6 +163,12 @@ fn main() -> ExitCode {
             wait,
         ),
         Command::Nodes { control } => ops::nodes(&control),
+        Command::Verify {
+            urls,
+            nodes,
+            expected_version,
+            json,
+        } => verify::verify(urls, nodes, expected_version, json),
         Command::Reload { config, timeout } => {
             lifecycle::reload(&config, Duration::from_secs(timeout))
         }

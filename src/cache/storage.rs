@@ -185,6 +185,13 @@ impl MemoryStorage {
         (head.content_length == entry.body.len()).then_some(Servable { entry })
     }
 
+    /// The entry stored under `combined` in memory, whether or not a plain hit may be answered
+    /// from it (what the admin listener's `/cache/` reports, for `verge verify`).
+    pub fn stored(&self, combined: &HashBinary) -> Option<Servable> {
+        let entry = self.shard(combined).read().entries.get(combined)?.clone();
+        Some(Servable { entry })
+    }
+
     /// Whether a response for this combined key is being fetched into the store right now.
     pub fn is_filling(&self, combined: &HashBinary) -> bool {
         let maps = self.shard(combined).read();

@@ -341,3 +341,88 @@ async fn a_version_guarded_purge_removes_older_entries_and_keeps_newer_ones_on_t
         assert_eq!(status, 400, "{bad}: {v}");
     }
 }
+
+/// `verge verify` asks each node's admin listener what it would serve, without any node
+/// fetching from the origin, and names the node kept behind on an older version.
+#[tokio::test]
+async fn verify_names_the_node_that_serves_an_older_version() {
+    let o = Origin::start("o").await;
+    o.set_headers("/v", &[("cache-control", "max-age=300")]);
+    o.set_etag("/v", "\"v1\"");
+    let nodes = [
+        crate::support::cached_verge(o.addr, RouteCache::new()).await,
+        crate::support::cached_verge(o.addr, RouteCache::new()).await,
+        crate::support::cached_verge(o.addr, RouteCache::new()).await,
+    ];
+    // the third node caches version 1; the origin moves on before the others fetch
+    assert_eq!(
+        fetch(&nodes[2], "/v", &[]).await.header("etag"),
+        Some("\"v1\"")
+    );
+    o.set_etag("/v", "\"v2\"");
+    for n in &nodes[..2] {
+        assert_eq!(fetch(n, "/v", &[]).await.header("etag"), Some("\"v2\""));
+    }
+    let hits = o.hits("/v");
+    let verify = |extra: &[&str]| {
+        let mut cmd = Command::new(verge_bin());
+        cmd.args(["verify", "c.test/v", "c.test/never-fetched"]);
+        for n in &nodes {
+            cmd.args(["--node", &n.admin.to_string()]);
+        }
+        cmd.args(extra).output().expect("run verge verify")
+    };
+    for extra in [&[][..], &["--expected-version", "\"v2\""][..]] {
+        let out = verify(extra);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stdout}");
+        let behind = format!("c.test/v\t{}\tfresh\t\"v1\"", nodes[2].admin);
+        let line = stdout.lines().find(|l| l.starts_with(&behind));
+        assert!(
+            line.is_some_and(|l| l.ends_with("serves version v1, not v2")),
+            "{extra:?}: {stdout}"
+        );
+        for n in &nodes[..2] {
+            let ok = format!("c.test/v\t{}\tfresh\t\"v2\"", n.admin);
+            assert!(
+                stdout
+                    .lines()
+                    .any(|l| l.starts_with(&ok) && l.ends_with("\tok")),
+                "{stdout}"
+            );
+        }
+        // a URL no node holds is a miss everywhere, not a divergence
+        assert_eq!(
+            stdout
+                .lines()
+                .filter(|l| l.starts_with("c.test/never-fetched\t")
+                    && l.contains("\tmiss\t")
+                    && l.ends_with("\tok"))
+                .count(),
+            3,
+            "{stdout}"
+        );
+    }
+    let out = verify(&["--expected-version", "\"v1\"", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["divergent"], 2, "{doc}");
+    assert_eq!(
+        o.hits("/v"),
+        hits,
+        "no node fetched from the origin to answer"
+    );
+    // all on one version: nothing diverges
+    let one = [&nodes[0], &nodes[1]];
+    let out = Command::new(verge_bin())
+        .args(["verify", "c.test/v", "--node", &one[0].admin.to_string()])
+        .args(["--node", &one[1].admin.to_string()])
+        .output()
+        .expect("run verge verify");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
