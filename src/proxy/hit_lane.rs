@@ -272,7 +272,7 @@ pub struct Answer {
     host: String,
     key: pingora_cache::key::HashBinary,
     /// The entry it came from, for the freshness metrics.
-    entry: crate::cache::storage::Servable,
+    entry: Servable,
     /// What the access log records of the request, kept only when one is written.
     logged: Option<Logged>,
 }

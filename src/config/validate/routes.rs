@@ -84,19 +84,16 @@ pub(super) fn validate_routes(
         let cache = validate_route_cache(&format!("{path}.cache"), raw.cache, errs);
         if let Some(class) = raw.class.as_deref() {
             if !declared.classes.contains(class) {
-                let known: Vec<&str> = declared.classes.iter().map(String::as_str).collect();
+                let mut known: Vec<&str> = declared.classes.iter().map(String::as_str).collect();
+                known.sort_unstable();
+                let known = if known.is_empty() {
+                    "no classes are declared".to_string()
+                } else {
+                    format!("declared under classes: {}", known.join(", "))
+                };
                 errs.push(
                     format!("{path}.class"),
-                    format!(
-                        "unknown class {class:?} (declared under classes: {})",
-                        if known.is_empty() {
-                            "none".to_string()
-                        } else {
-                            let mut known = known;
-                            known.sort_unstable();
-                            known.join(", ")
-                        }
-                    ),
+                    format!("unknown class {class:?} ({known})"),
                 );
             } else if cache.is_none() {
                 errs.push(
