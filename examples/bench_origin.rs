@@ -6,6 +6,8 @@
 //! cargo run --release --example bench_origin -- --listen 127.0.0.1:9100 --max-age 3600
 //! curl -si 127.0.0.1:9100/obj/1024/a      # 1024 bytes, Cache-Control: public, max-age=3600, ETag
 //! curl -si 127.0.0.1:9100/nostore/1024/a  # 1024 bytes, Cache-Control: no-store
+//! curl -si 127.0.0.1:9100/text/16384/a    # 16 KiB of HTML text (cacheable, compressible)
+//! curl -si 127.0.0.1:9100/gztext/16384/a  # the same text gzipped, Content-Encoding: gzip
 //! curl -s  127.0.0.1:9100/slow/200/k      # answers after 200 ms (cacheable)
 //! curl -s  127.0.0.1:9100/stats           # {"total": N, "paths": {"/obj/1024/a": 1, ...}}
 //! curl -s  127.0.0.1:9100/stats/total     # {"total": N}: cheap to read after a run of unique keys
@@ -44,16 +46,31 @@ struct Counts {
 /// What the origin answers with, decided from the path alone.
 #[derive(Debug, PartialEq, Eq)]
 enum Endpoint {
-    Object { size: usize, key: String },
-    NoStore { size: usize },
-    Slow { ms: u64, key: String },
+    Object {
+        size: usize,
+        key: String,
+    },
+    /// HTML text of `size` bytes; `gzip`: sent gzipped (`Content-Encoding: gzip`).
+    Text {
+        size: usize,
+        key: String,
+        gzip: bool,
+    },
+    NoStore {
+        size: usize,
+    },
+    Slow {
+        ms: u64,
+        key: String,
+    },
     Stats,
     StatsTotal,
     NotFound,
 }
 
-/// `/obj/<size>/<key>`, `/nostore/<size>/<key>`, `/slow/<ms>/<key>`, `/stats`, `/stats/total`;
-/// anything else (or a size/ms out of range) is `NotFound`.
+/// `/obj/<size>/<key>`, `/text/<size>/<key>`, `/gztext/<size>/<key>`, `/nostore/<size>/<key>`,
+/// `/slow/<ms>/<key>`, `/stats`, `/stats/total`; anything else (or a size/ms out of range) is
+/// `NotFound`.
 fn endpoint(path: &str) -> Endpoint {
     match path {
         "/stats" => return Endpoint::Stats,
@@ -69,6 +86,14 @@ fn endpoint(path: &str) -> Endpoint {
             Ok(size) if size <= MAX_OBJECT => Endpoint::Object {
                 size,
                 key: key.to_string(),
+            },
+            _ => Endpoint::NotFound,
+        },
+        "text" | "gztext" => match n.parse::<usize>() {
+            Ok(size) if size <= MAX_OBJECT => Endpoint::Text {
+                size,
+                key: key.to_string(),
+                gzip: kind == "gztext",
             },
             _ => Endpoint::NotFound,
         },
@@ -102,6 +127,8 @@ fn if_none_match(header: &str, tag: &str) -> bool {
 
 struct Origin {
     body: Bytes,
+    /// HTML text, as long as `body`: what `/text/…` and `/gztext/…` slice.
+    text: Bytes,
     cache_control: String,
     counts: RefCell<Counts>,
 }
@@ -169,6 +196,24 @@ impl Origin {
                 }
                 response(200, &headers, self.body.slice(..size))
             }
+            Endpoint::Text { size, key, gzip } => {
+                let tag = etag(size, &key);
+                let mut headers = vec![
+                    ("content-type", "text/html; charset=utf-8"),
+                    ("cache-control", self.cache_control.as_str()),
+                    ("etag", tag.as_str()),
+                ];
+                if inm.is_some_and(|v| if_none_match(v, &tag)) {
+                    return response(304, &headers, Bytes::new());
+                }
+                let mut body = self.text.slice(..size);
+                if gzip {
+                    // only on misses: the proxies store it
+                    body = gzipped(&body);
+                    headers.push(("content-encoding", "gzip"));
+                }
+                response(200, &headers, body)
+            }
             Endpoint::NoStore { size } => response(
                 200,
                 &[
@@ -198,6 +243,42 @@ impl Origin {
             ),
         }
     }
+}
+
+/// `len` bytes of HTML-like text that compresses about as well as a real page (a few times,
+/// not a hundred): lines with varying numbers and words.
+fn html_text(len: usize) -> Bytes {
+    const WORDS: [&str; 16] = [
+        "cache", "origin", "edge", "request", "response", "header", "body", "stale", "fresh",
+        "purge", "route", "pool", "listener", "metric", "proxy", "client",
+    ];
+    let mut out = String::with_capacity(len + 128);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut line = 0u64;
+    while out.len() < len {
+        out.push_str(&format!("<p class=\"l{}\">", line % 7));
+        for _ in 0..8 {
+            // xorshift: the same text on every run
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.push_str(WORDS[(x % 16) as usize]);
+            out.push_str(&format!(" {} ", x % 1000));
+        }
+        out.push_str("</p>\n");
+        line += 1;
+    }
+    out.truncate(len);
+    Bytes::from(out)
+}
+
+/// `body` gzipped (level 6).
+fn gzipped(body: &[u8]) -> Bytes {
+    use pingora_core::protocols::http::compression::Algorithm;
+    Algorithm::Gzip
+        .compressor(6)
+        .and_then(|mut c| c.encode(body, true).ok())
+        .unwrap_or_default()
 }
 
 async fn serve(listener: TcpListener, origin: Rc<Origin>) -> anyhow::Result<()> {
@@ -239,6 +320,7 @@ fn main() -> anyhow::Result<()> {
     }
     let origin = Rc::new(Origin {
         body: Bytes::from(vec![b'v'; MAX_OBJECT]),
+        text: html_text(MAX_OBJECT),
         cache_control: format!("public, max-age={max_age}"),
         counts: RefCell::default(),
     });
@@ -281,6 +363,14 @@ mod tests {
             Endpoint::Slow {
                 ms: 200,
                 key: "k".into()
+            }
+        );
+        assert_eq!(
+            endpoint("/gztext/16384/k"),
+            Endpoint::Text {
+                size: 16384,
+                key: "k".into(),
+                gzip: true
             }
         );
         assert_eq!(endpoint("/stats"), Endpoint::Stats);

@@ -139,7 +139,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    verge::node::log_level::init();
     let cli = Cli::parse();
     match cli.command {
         Command::Policy { action, control } => ops::policy(&control, action),

@@ -88,6 +88,9 @@ pub struct Metrics {
     /// `http_status`, `too_large`, `checksum`, `signature`, `decode`, `older`, `invalid_policy`,
     /// `invalid_invalidation`, `build`; `state_file` at start).
     pub snapshot_rejected: IntCounterVec,
+    /// `verge_snapshot_failovers_total`: times a node with several `control.urls` moved on to
+    /// the next replica after a failed or refused poll.
+    pub snapshot_failovers: IntCounter,
     /// `verge_control_policy_version` (control plane): head policy version.
     pub control_policy_version: IntGauge,
     /// `verge_control_invalidation_seq` (control plane): head invalidation sequence.
@@ -104,6 +107,9 @@ pub struct Metrics {
     pub control_node_seq_lag: IntGaugeVec,
     /// `verge_control_node_policy_lag{node}` (control plane): policy versions a node is behind.
     pub control_node_policy_lag: IntGaugeVec,
+    /// `verge_control_node_rejecting{node}` (control plane): 1 while a node's last report
+    /// carries a snapshot it refused (a NACK).
+    pub control_node_rejecting: IntGaugeVec,
     /// `verge_control_node_report_age_seconds{node}` (control plane): since the node's last report.
     pub control_node_report_age: IntGaugeVec,
     /// `verge_cache_admission_rejections_total`: new objects not kept, because the
@@ -149,6 +155,18 @@ pub struct Metrics {
     /// `verge_invalidation_apply_lag_seconds`: from the control plane accepting an invalidation
     /// to this node applying it.
     pub invalidation_apply_lag: Histogram,
+    /// `verge_compressed_responses_total{route,coding}`: origin responses verge compressed
+    /// before storing them (`routes[].compression`; `coding` is `br` or `gzip`).
+    pub compressed_responses: IntCounterVec,
+    /// `verge_compression_input_bytes_total{route,coding}`: body bytes of those responses as the
+    /// origin sent them (counted when a body ends).
+    pub compression_input_bytes: IntCounterVec,
+    /// `verge_compression_output_bytes_total{route,coding}`: the same bodies compressed. Saved
+    /// = input - output.
+    pub compression_output_bytes: IntCounterVec,
+    /// `verge_decompressed_responses_total{route,coding}`: responses decoded on the way to a
+    /// client whose `Accept-Encoding` does not take the stored coding.
+    pub decompressed_responses: IntCounterVec,
 }
 
 /// Registers a metric built from the constant names and labels in this file. Building fails
@@ -455,6 +473,11 @@ impl Metrics {
                 "Snapshots or polls refused, by reason",
                 &["reason"],
             ),
+            snapshot_failovers: plain_counter(
+                &node,
+                "verge_snapshot_failovers_total",
+                "Times this node moved on to the next control-plane replica",
+            ),
             control_policy_version: plain_gauge(
                 &control,
                 "verge_control_policy_version",
@@ -492,6 +515,12 @@ impl Metrics {
                 &control,
                 "verge_control_node_policy_lag",
                 "Policy versions a node is behind",
+                &["node"],
+            ),
+            control_node_rejecting: gauge(
+                &control,
+                "verge_control_node_rejecting",
+                "1 while a node reports a snapshot it refused",
                 &["node"],
             ),
             control_node_report_age: gauge(
@@ -563,6 +592,30 @@ impl Metrics {
                 &["class"],
             ),
             invalidation_apply_lag,
+            compressed_responses: counter(
+                &node,
+                "verge_compressed_responses_total",
+                "Origin responses compressed before they were stored, by route and coding",
+                &["route", "coding"],
+            ),
+            compression_input_bytes: counter(
+                &node,
+                "verge_compression_input_bytes_total",
+                "Body bytes of compressed responses before compression, by route and coding",
+                &["route", "coding"],
+            ),
+            compression_output_bytes: counter(
+                &node,
+                "verge_compression_output_bytes_total",
+                "Body bytes of compressed responses after compression, by route and coding",
+                &["route", "coding"],
+            ),
+            decompressed_responses: counter(
+                &node,
+                "verge_decompressed_responses_total",
+                "Responses decoded for clients that do not accept their coding, by route and coding",
+                &["route", "coding"],
+            ),
             node_registry: node,
             control_registry: control,
         }

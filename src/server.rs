@@ -313,6 +313,7 @@ pub fn build_server_with_filters(
         // With --upgrade the sockets come from the running process, which still holds them.
         check_bindable(&sockets)?;
     }
+    crate::node::log_level::apply(config.server.log_level);
     let readiness = Arc::new(Readiness::new(config.control.is_some()));
     let snapshot = shared_snapshot(config, filters, &readiness)?;
     let writer = SnapshotWriter::new(

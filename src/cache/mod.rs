@@ -333,7 +333,17 @@ fn normalize_accept_encoding(value: &str) -> String {
 /// The variant a request selects for a stored response that carries `Vary`, or `None` when the
 /// response does not vary.
 pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
-    vary_builder(meta, req).finalize()
+    vary_builder(meta, req, AcceptEncodingVary::Normalised).finalize()
+}
+
+/// How a stored response's `Vary: Accept-Encoding` selects variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptEncodingVary {
+    /// By the codings the request accepts (`gzip, deflate, br` and `br;q=1, gzip` share one).
+    Normalised,
+    /// Not at all: the route stores one encoding and serves every client from it
+    /// (`routes[].compression`).
+    Ignored,
 }
 
 /// The variant a request selects: the stored response's `Vary` plus the route's key headers and
@@ -343,7 +353,7 @@ pub fn variance_with_rules(
     req: &RequestHeader,
     rules: &CacheKeyRules,
 ) -> Option<HashBinary> {
-    request_variance(meta, req, Some(rules), &[])
+    request_variance(meta, req, Some(rules), &[], AcceptEncodingVary::Normalised)
 }
 
 /// The variant a request selects: the stored response's `Vary`, the route's key headers and
@@ -355,8 +365,9 @@ pub fn request_variance(
     req: &RequestHeader,
     rules: Option<&CacheKeyRules>,
     filter_parts: &[(String, String)],
+    coding: AcceptEncodingVary,
 ) -> Option<HashBinary> {
-    let mut builder = vary_builder(meta, req);
+    let mut builder = vary_builder(meta, req, coding);
     if let Some(rules) = rules {
         key_rules::add_key_inputs(&mut builder, rules, req);
     }
@@ -366,7 +377,11 @@ pub fn request_variance(
     builder.finalize()
 }
 
-fn vary_builder(meta: &CacheMeta, req: &RequestHeader) -> VarianceBuilder<'static> {
+fn vary_builder(
+    meta: &CacheMeta,
+    req: &RequestHeader,
+    coding: AcceptEncodingVary,
+) -> VarianceBuilder<'static> {
     let mut names: Vec<String> = meta
         .headers()
         .get_all(http::header::VARY)
@@ -375,6 +390,7 @@ fn vary_builder(meta: &CacheMeta, req: &RequestHeader) -> VarianceBuilder<'stati
         .flat_map(|v| v.split(','))
         .map(|n| n.trim().to_ascii_lowercase())
         .filter(|n| !n.is_empty())
+        .filter(|n| coding == AcceptEncodingVary::Normalised || n != "accept-encoding")
         .collect();
     let mut builder = VarianceBuilder::new();
     if names.is_empty() {
@@ -589,16 +605,43 @@ mod tests {
         let req = RequestHeader::build("GET", b"/", None).expect("r");
         let part = |v: &str| vec![("device".to_string(), v.to_string())];
         let rules = CacheKeyRules::default();
-        assert_eq!(request_variance(&plain, &req, Some(&rules), &[]), None);
-        let mobile = request_variance(&plain, &req, Some(&rules), &part("mobile"));
+        assert_eq!(
+            request_variance(
+                &plain,
+                &req,
+                Some(&rules),
+                &[],
+                AcceptEncodingVary::Normalised
+            ),
+            None
+        );
+        let mobile = request_variance(
+            &plain,
+            &req,
+            Some(&rules),
+            &part("mobile"),
+            AcceptEncodingVary::Normalised,
+        );
         assert!(mobile.is_some());
         assert_eq!(
             mobile,
-            request_variance(&plain, &req, None, &part("mobile"))
+            request_variance(
+                &plain,
+                &req,
+                None,
+                &part("mobile"),
+                AcceptEncodingVary::Normalised
+            )
         );
         assert_ne!(
             mobile,
-            request_variance(&plain, &req, None, &part("desktop"))
+            request_variance(
+                &plain,
+                &req,
+                None,
+                &part("desktop"),
+                AcceptEncodingVary::Normalised
+            )
         );
         // a filter part never equals a header of the same name
         let mut with_header = RequestHeader::build("GET", b"/", None).expect("r");
@@ -609,7 +652,13 @@ mod tests {
         };
         assert_ne!(
             mobile,
-            request_variance(&plain, &with_header, Some(&by_header), &[])
+            request_variance(
+                &plain,
+                &with_header,
+                Some(&by_header),
+                &[],
+                AcceptEncodingVary::Normalised
+            )
         );
     }
 
@@ -681,5 +730,19 @@ mod tests {
         assert_ne!(Some(en), variance(&meta, &req("fr", "gzip, br")));
         let plain = CacheMeta::new(now, now, 0, 0, ResponseHeader::build(200, None).expect("h"));
         assert_eq!(variance(&plain, &req("en", "gzip")), None);
+        // a compressing route: one variant whatever the client accepts
+        let ignored =
+            |r: &RequestHeader| request_variance(&meta, r, None, &[], AcceptEncodingVary::Ignored);
+        let en_any = ignored(&req("en", "gzip")).expect("varies on the language");
+        assert_eq!(Some(en_any), ignored(&req("en", "identity")));
+        assert_ne!(Some(en_any), ignored(&req("fr", "gzip")));
+        let mut only = ResponseHeader::build(200, None).expect("h");
+        only.insert_header("vary", "Accept-Encoding").expect("h");
+        let only = CacheMeta::new(now, now, 0, 0, only);
+        let r = req("en", "br");
+        assert_eq!(
+            request_variance(&only, &r, None, &[], AcceptEncodingVary::Ignored),
+            None
+        );
     }
 }

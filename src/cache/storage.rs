@@ -4,8 +4,8 @@
 //! the storage admits each finished object itself, under the eviction shard's lock, dropping the
 //! victims before the newcomer is stored, so the stored bytes never exceed `cache.memory`. A
 //! second index maps each primary key (the URL) to its stored variants, so one URL can be taken
-//! out with all of them. With a disk tier (`super::disk`), every stored object is also written
-//! there, a memory miss looks there, and removals reach it.
+//! out with all of them. With a disk tier (`super::disk`), a stored object is also written there
+//! at its `cache.disk.min_uses`-th request, a memory miss looks there, and removals reach it.
 
 mod promote;
 
@@ -31,7 +31,7 @@ use super::stored_meta::{ClientHead, StoredMeta};
 use pingora_error::{Error, ErrorType, Result};
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Bytes charged per entry on top of its metadata and body: the entry and its map slots, the
@@ -78,7 +78,13 @@ struct Entry {
     size: usize,
     /// The key it was written under (primary slot: no variance), as the eviction manager knows it.
     key: CompactCacheKey,
+    /// Requests it has had, the fetch included, counted up to the disk tier's `min_uses`; at
+    /// [`WRITTEN`] once it is on its way to disk (or came from there).
+    uses: AtomicU32,
 }
+
+/// [`Entry::uses`] of an entry written to (or read from) the disk tier.
+const WRITTEN: u32 = u32::MAX;
 
 /// One shard: the stored entries, and the fills in flight (usually none; more than one for a
 /// key only when requests bypassed the miss lock or a refetch was forced). Both under one lock,
@@ -135,7 +141,8 @@ impl MemoryStorage {
         }
     }
 
-    /// Write every stored object through to `disk`, and look there on a miss.
+    /// Write stored objects to `disk` (at their `cache.disk.min_uses`-th request), and look there
+    /// on a miss.
     pub fn with_disk(mut self, disk: &'static DiskStore) -> Self {
         self.disk = Some(disk);
         self
@@ -192,6 +199,45 @@ impl MemoryStorage {
         Some(Servable { entry })
     }
 
+    /// The front door answered a request with `servable`, found under `combined`: one more
+    /// use (see [`MemoryStorage::used`]).
+    pub fn served(&self, combined: &HashBinary, servable: &Servable) {
+        self.used(combined, &servable.entry);
+    }
+
+    /// One more request for `entry`, stored under `combined`: at the disk tier's `min_uses`, it
+    /// is queued for disk (once).
+    fn used(&self, combined: &HashBinary, entry: &Entry) {
+        let Some(disk) = self.disk else {
+            return;
+        };
+        let min_uses = disk.min_uses();
+        let reached = entry
+            .uses
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n != WRITTEN).then(|| if n + 1 >= min_uses { WRITTEN } else { n + 1 })
+            })
+            .is_ok_and(|before| before + 1 >= min_uses);
+        if reached {
+            disk.write(
+                *combined,
+                entry.key.primary_bin(),
+                entry.meta.clone(),
+                entry.body.clone(),
+            );
+        }
+    }
+
+    /// After removing `entry` (a purge): a disk write a request queued for it may have raced
+    /// the removal of its disk copy, so remove that again.
+    fn removed_from_disk_too(&self, combined: &HashBinary, entry: &Entry) {
+        if let Some(disk) = self.disk {
+            if entry.uses.load(Ordering::Acquire) == WRITTEN {
+                disk.remove(combined);
+            }
+        }
+    }
+
     /// Whether a response for this combined key is being fetched into the store right now.
     pub fn is_filling(&self, combined: &HashBinary) -> bool {
         let maps = self.shard(combined).read();
@@ -227,8 +273,11 @@ impl MemoryStorage {
             .unwrap_or_default();
         combined
             .iter()
-            .filter_map(|c| self.remove_entry(c))
-            .map(|e| e.key.clone())
+            .filter_map(|c| {
+                let entry = self.remove_entry(c)?;
+                self.removed_from_disk_too(c, &entry);
+                Some(entry.key.clone())
+            })
             .collect()
     }
 
@@ -263,7 +312,9 @@ impl MemoryStorage {
         if let Some(disk) = self.disk {
             disk.remove(combined);
         }
-        self.remove_entry(combined).map(|e| e.key.clone())
+        let entry = self.remove_entry(combined)?;
+        self.removed_from_disk_too(combined, &entry);
+        Some(entry.key.clone())
     }
 
     /// Keep every fill of `combined` in flight from being stored.
@@ -403,11 +454,16 @@ impl MemoryStorage {
 
     /// Store a finished fill's body, admitted by the eviction manager (see the module doc).
     fn commit(&self, fill: &Fill, body: Bytes) -> MissFinishType {
+        let mut uses = 1;
         if let Some(disk) = self.disk {
-            disk.write(fill.key, fill.primary, fill.meta.clone(), body.clone());
-            // purged meanwhile: either seen here, or its removal comes after the write
-            if fill.is_revoked() {
-                disk.remove(&fill.key);
+            // the fetch is the first use; a refetch of an object on disk replaces it there
+            if disk.min_uses() <= 1 || disk.holds(&fill.key) {
+                uses = WRITTEN;
+                disk.write(fill.key, fill.primary, fill.meta.clone(), body.clone());
+                // purged meanwhile: either seen here, or its removal comes after the write
+                if fill.is_revoked() {
+                    disk.remove(&fill.key);
+                }
             }
         }
         let size = entry_size(&fill.meta, body.len());
@@ -416,6 +472,7 @@ impl MemoryStorage {
             body,
             size,
             key: fill.compact.clone(),
+            uses: AtomicU32::new(uses),
         };
         let Some(eviction) = self.eviction else {
             self.settle(fill, Some(entry));
@@ -509,6 +566,7 @@ impl Storage for MemoryStorage {
                 None => Ok(None),
             };
         };
+        self.used(&bin, &entry);
         let meta = entry
             .meta
             .to_meta()
@@ -601,7 +659,12 @@ impl Storage for MemoryStorage {
             }
         }
         Ok(match self.remove_entry(&key) {
-            Some(_) => PurgeOutcome::Purged(None),
+            Some(entry) => {
+                if matches!(purge_type, PurgeType::Invalidation) {
+                    self.removed_from_disk_too(&key, &entry);
+                }
+                PurgeOutcome::Purged(None)
+            }
             None => PurgeOutcome::NotFound,
         })
     }
@@ -626,14 +689,22 @@ impl Storage for MemoryStorage {
             StoredMeta::from_meta(meta).map_err(|e| storage_error("cannot store meta", e))?,
         );
         let size = entry_size(&meta, old.body.len());
+        // a revalidation is a request too: the refreshed entry counts it
+        let mut uses = old.uses.load(Ordering::Acquire);
         if let Some(disk) = self.disk {
-            disk.write(bin, old.key.primary_bin(), meta.clone(), old.body.clone());
+            if uses == WRITTEN || uses + 1 >= disk.min_uses() {
+                uses = WRITTEN;
+                disk.write(bin, old.key.primary_bin(), meta.clone(), old.body.clone());
+            } else {
+                uses += 1;
+            }
         }
         let entry = Entry {
             meta,
             body: old.body.clone(),
             size,
             key: old.key.clone(),
+            uses: AtomicU32::new(uses),
         };
         let replace = |victims: &[CacheEntryKey]| {
             let keep = self.drop_victims(victims, &bin);
@@ -675,6 +746,14 @@ impl Storage for MemoryStorage {
 
 fn entry_size(meta: &StoredMeta, body: usize) -> usize {
     meta.size() + body + ENTRY_OVERHEAD
+}
+
+/// The length of the whole stored body a hit reads, when it reads a stored entry (`None`: a
+/// fill still streaming in, whose length is not known yet).
+pub fn stored_body_len(hit: &HitHandler) -> Option<usize> {
+    hit.as_any()
+        .downcast_ref::<MemoryHit>()
+        .map(|h| h.body.len())
 }
 
 /// Reads a stored body without copying; supports ranges through `seek`.

@@ -2,6 +2,7 @@
 
 pub mod certificates;
 pub mod classes;
+mod compression;
 mod edge;
 pub mod keys;
 mod log_format;
@@ -12,6 +13,7 @@ pub mod secret;
 pub mod units;
 mod validate;
 
+pub use compression::*;
 pub use edge::*;
 pub use log_format::*;
 pub use model::*;

@@ -110,8 +110,9 @@ pub struct Policy {
 /// A node's link to `verge control`.
 #[derive(Debug, Clone)]
 pub struct ControlSpec {
-    /// Base URL of the control plane, e.g. `http://127.0.0.1:9900`.
-    pub url: String,
+    /// Base URLs of the control plane's replicas, e.g. `http://127.0.0.1:9900`, in the order
+    /// they are tried; a node fails over to the next on any failed or refused poll.
+    pub urls: Vec<String>,
     /// This node's name in the control plane's `/v1/nodes`.
     pub node_id: String,
     /// Bearer token with the `read` scope, if the control plane requires one.
@@ -156,6 +157,11 @@ pub struct DiskSettings {
     /// Bytes after which a segment is closed and the next one started; the budget is kept by
     /// deleting the oldest segment.
     pub segment_size: u64,
+    /// Requests an object must have had (the fetch counts as the first) before it is written to
+    /// disk, as nginx's `proxy_cache_min_uses`: 1 writes every stored object through; 2 (the
+    /// default) keeps one-time requests, such as a crawler's sweep, from pushing the warm set
+    /// out of the disk tier.
+    pub min_uses: u32,
 }
 
 impl Default for CacheSettings {
@@ -333,6 +339,8 @@ pub struct ServerSettings {
     /// Where routes' edge rules read the client's address when a trusted proxy connects
     /// (`None`: always the connection's).
     pub client_ip: Option<ClientIpSpec>,
+    /// The process log's level (`RUST_LOG`, when set, wins).
+    pub log_level: log::LevelFilter,
 }
 
 /// `server.client_ip`: a client address from a header written by trusted proxies.
@@ -670,6 +678,8 @@ pub struct RouteSpec {
     pub edge: EdgeRules,
     /// Pages for verge's own error answers on this route, by status (before the listener's).
     pub error_pages: ErrorPages,
+    /// Compression of stored responses and decompression for clients (`None`: off).
+    pub compression: Option<super::CompressionSpec>,
 }
 
 /// A route's edge rules, applied after routing and before the cache, in this order: access

@@ -64,7 +64,8 @@ pub struct RawClass {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawControl {
-    pub url: String,
+    pub url: Option<String>,
+    pub urls: Option<Vec<String>>,
     pub node_id: Option<String>,
     pub token_file: Option<String>,
     pub token_env: Option<String>,
@@ -93,6 +94,7 @@ pub struct RawDiskCache {
     pub size: Option<ConfSize>,
     pub max_object_size: Option<ConfSize>,
     pub segment_size: Option<ConfSize>,
+    pub min_uses: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -155,6 +157,7 @@ pub struct RawServer {
     pub error_log: Option<String>,
     pub ca_file: Option<String>,
     pub client_ip: Option<RawClientIp>,
+    pub log_level: Option<String>,
 }
 
 /// `server.client_ip: {header: X-Forwarded-For, trusted_proxies: [10.0.0.0/8]}`.
@@ -379,6 +382,21 @@ pub struct RawRoute {
     pub request_id: Option<RawRequestId>,
     pub rewrite: Option<RawRewrite>,
     pub error_pages: Option<BTreeMap<StatusKey, RawErrorPage>>,
+    pub compression: Option<RawCompression>,
+}
+
+/// `routes[].compression: {algorithm: br, level: 5, min_size: 1KiB, types: [text/*]}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompression {
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// `br` (default) or `gzip`: the coding an uncompressed response is stored in.
+    pub algorithm: Option<String>,
+    pub level: Option<u32>,
+    pub min_size: Option<ConfSize>,
+    /// Media types (`type/subtype` or `type/*`) compressed; absent: the default list.
+    pub types: Option<Vec<String>>,
 }
 
 /// `routes[].rewrite: {path: {from: "^/old/(.*)$", to: "/new/$1"}, host: origin.internal}`.

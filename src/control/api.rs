@@ -447,6 +447,7 @@ impl ControlApi {
                             "policy_lag": head.policy_version.saturating_sub(n.applied.policy_version),
                             "seq_lag": head.seq.saturating_sub(n.applied.seq),
                             "current": n.applied.policy_version == head.policy_version && n.applied.seq == head.seq,
+                            "rejected": n.applied.rejected,
                         })
                     })
                     .collect();

@@ -137,6 +137,7 @@ pub fn nodes_table(body: &Value, times: Times) -> String {
                 times.at(u64_of(n, "applied_at_ms")),
                 times.at(u64_of(n, "reported_ms")),
                 duration(u64_of(n, "poll_interval_ms")),
+                refused(&n["rejected"]),
             ]
         })
         .collect();
@@ -149,10 +150,25 @@ pub fn nodes_table(body: &Value, times: Times) -> String {
             "APPLIED AT",
             "LAST REPORT",
             "POLLS EVERY",
+            "REFUSED",
         ],
         &rows,
     ));
     out
+}
+
+/// The snapshot a node refused (its NACK), as `3.7 invalid_policy: why`; `-` when none.
+fn refused(rejected: &Value) -> String {
+    if rejected.is_null() {
+        return "-".into();
+    }
+    format!(
+        "{}.{} {}: {}",
+        u64_of(rejected, "policy_version"),
+        u64_of(rejected, "seq"),
+        text_of(rejected, "reason"),
+        text_of(rejected, "error")
+    )
 }
 
 fn behind(policy_lag: u64, seq_lag: u64) -> String {

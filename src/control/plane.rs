@@ -5,7 +5,7 @@ use super::settings::ControlSettings;
 use super::store::{PolicyVersion, Record, Store, StoreChange, StoreError, StoreState};
 use super::wire::{
     check_expected_version, parse_target, unix_ms, AppliedReport, Invalidation, InvalidationKind,
-    Position, SnapshotMessage, Target,
+    Position, RejectedSnapshot, SnapshotMessage, Target,
 };
 use crate::config::{ConfigErrors, Policy};
 use crate::metrics::METRICS;
@@ -80,7 +80,7 @@ pub struct Accepted {
 pub const MAX_ID_LEN: usize = 256;
 
 /// A node as the control plane sees it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct NodeStatus {
     /// What the node last said it applied.
     pub applied: AppliedReport,
@@ -689,7 +689,31 @@ impl ControlPlane {
         applied: AppliedReport,
         poll_interval: Option<Duration>,
     ) {
+        let mut applied = applied;
+        if let Some(r) = &mut applied.rejected {
+            // what a node sends is kept per node: bounded whatever it sends
+            *r = RejectedSnapshot::new(
+                Position {
+                    policy_version: r.policy_version,
+                    seq: r.seq,
+                },
+                &r.reason,
+                &r.error,
+            );
+        }
         let mut st = self.state.lock();
+        let was_rejecting = st.nodes.get(node).and_then(|n| n.applied.rejected.as_ref());
+        if let Some(r) = &applied.rejected {
+            if was_rejecting != Some(r) {
+                log::warn!(
+                    "node {node} refused snapshot {}.{} ({}): {}",
+                    r.policy_version,
+                    r.seq,
+                    r.reason,
+                    r.error
+                );
+            }
+        }
         st.nodes.insert(
             node.to_string(),
             NodeStatus {
@@ -725,6 +749,10 @@ impl ControlPlane {
                 .control_node_policy_lag
                 .with_label_values(&[id])
                 .set(gauge(policy_lag));
+            METRICS
+                .control_node_rejecting
+                .with_label_values(&[id])
+                .set(i64::from(n.applied.rejected.is_some()));
             let age = now.duration_since(n.reported).map_or(0, |d| d.as_secs());
             METRICS
                 .control_node_report_age
@@ -733,7 +761,10 @@ impl ControlPlane {
         }
         (
             st.head,
-            st.nodes.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            st.nodes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         )
     }
 }

@@ -7,7 +7,7 @@ use crate::config::secret::{read_secret, SecretSource};
 use crate::config::units::{ConfDuration, ConfSize};
 use crate::config::{relative_paths, ConfigError, ConfigErrors};
 use serde::Deserialize;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,6 +35,8 @@ struct RawControlSettings {
     signing_key: Option<String>,
     audit_log: Option<String>,
     store: Option<serde_yaml::Value>,
+    #[serde(default)]
+    tenants: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,6 +49,8 @@ struct RawToken {
     scopes: Vec<String>,
     #[serde(default)]
     hosts: Vec<String>,
+    #[serde(default)]
+    tenants: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,7 +112,7 @@ pub struct Token {
     pub secret: String,
     /// What it may do.
     pub scopes: HashSet<Scope>,
-    /// The hosts it may purge (empty: any).
+    /// The hosts it may purge (empty: any): its own `hosts` and those of its `tenants`.
     pub hosts: Vec<HostPattern>,
 }
 
@@ -193,6 +197,25 @@ impl ControlSettings {
     }
 }
 
+/// Host patterns from a list at `path`, each bad one reported at `path[j]`.
+fn host_patterns(
+    push: &mut dyn FnMut(&str, String),
+    path: &str,
+    list: &[String],
+) -> Vec<HostPattern> {
+    let mut hosts = Vec::new();
+    for (j, h) in list.iter().enumerate() {
+        match HostPattern::parse(h) {
+            Some(p) => hosts.push(p),
+            None => push(
+                &format!("{path}[{j}]"),
+                format!("{h:?} is not a host or *.domain"),
+            ),
+        }
+    }
+    hosts
+}
+
 fn validate(raw: RawControlSettings) -> Result<ControlSettings, Vec<ConfigError>> {
     let mut errs = Vec::new();
     let mut push = |path: &str, message: String| errs.push(ConfigError::new(path, message));
@@ -201,6 +224,14 @@ fn validate(raw: RawControlSettings) -> Result<ControlSettings, Vec<ConfigError>
         push("listen", format!("{listen_text:?} is not ip:port"));
         SocketAddr::from(([127, 0, 0, 1], 9900))
     });
+    let mut tenants = BTreeMap::new();
+    for (name, list) in &raw.tenants {
+        let path = format!("tenants.{name}");
+        if list.is_empty() {
+            push(&path, "a tenant needs at least one host".into());
+        }
+        tenants.insert(name.clone(), host_patterns(&mut push, &path, list));
+    }
     let mut tokens = Vec::new();
     let mut names = HashSet::new();
     for (i, t) in raw.tokens.into_iter().enumerate() {
@@ -246,20 +277,21 @@ fn validate(raw: RawControlSettings) -> Result<ControlSettings, Vec<ConfigError>
                 ),
             }
         }
-        let mut hosts = Vec::new();
-        for (j, h) in t.hosts.iter().enumerate() {
-            match HostPattern::parse(h) {
-                Some(p) => hosts.push(p),
+        let mut hosts = host_patterns(&mut push, &format!("{path}.hosts"), &t.hosts);
+        for (j, name) in t.tenants.iter().enumerate() {
+            match tenants.get(name) {
+                Some(patterns) => hosts.extend(patterns.iter().cloned()),
                 None => push(
-                    &format!("{path}.hosts[{j}]"),
-                    format!("{h:?} is not a host or *.domain"),
+                    &format!("{path}.tenants[{j}]"),
+                    format!("unknown tenant {name:?} (tenants: defines them)"),
                 ),
             }
         }
-        if !hosts.is_empty() && scopes.contains(&Scope::PurgeAll) {
+        if (!t.hosts.is_empty() || !t.tenants.is_empty()) && scopes.contains(&Scope::PurgeAll) {
             push(
                 &format!("{path}.hosts"),
-                "a token limited to hosts cannot have purge:all (it reaches every host)".into(),
+                "a token limited to hosts or tenants cannot have purge:all (it reaches every host)"
+                    .into(),
             );
         }
         if let Some(secret) = secret {
@@ -402,11 +434,28 @@ mod tests {
         .to_string();
         for needle in [
             "tokens[0].hosts[1]: \"bad host\" is not a host",
-            "tokens[0].hosts: a token limited to hosts cannot have purge:all",
+            "tokens[0].hosts: a token limited to hosts or tenants cannot have purge:all",
             "signing_key: /nonexistent/key.pem",
         ] {
             assert!(e.contains(needle), "{needle} missing in {e}");
         }
+        let e = ControlSettings::from_yaml_str(
+            "tenants: {shop: [shop.test, '*.shop.test'], empty: [], bad: ['no such host']}\ntokens:\n  - {name: a, token: aaaaaaaaaaaaaaaaaaaa, scopes: [purge], tenants: [shop, nope]}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "tenants.empty: a tenant needs at least one host",
+            "tenants.bad[0]: \"no such host\" is not a host",
+            "tokens[0].tenants[1]: unknown tenant \"nope\"",
+        ] {
+            assert!(e.contains(needle), "{needle} missing in {e}");
+        }
+        let ok = ControlSettings::from_yaml_str(
+            "tenants: {shop: [shop.test, '*.shop.test']}\ntokens:\n  - {name: a, token: aaaaaaaaaaaaaaaaaaaa, scopes: [purge], hosts: [blog.test], tenants: [shop]}\n",
+        )
+        .expect("valid");
+        assert_eq!(ok.tokens[0].hosts.len(), 3, "its hosts and its tenant's");
         let e = ControlSettings::from_yaml_str("tokens: []\n").unwrap_err();
         assert!(e.to_string().contains("insecure_no_auth"));
         let e = ControlSettings::from_yaml_str("bogus: 1\n").unwrap_err();

@@ -79,7 +79,7 @@ impl SnapshotMessage {
 }
 
 /// What a node reports after applying a snapshot (`POST /v1/nodes/<id>/applied`).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AppliedReport {
     /// The policy version in force on the node.
@@ -88,6 +88,43 @@ pub struct AppliedReport {
     pub seq: u64,
     /// When the node swapped the snapshot in (Unix milliseconds).
     pub applied_at_ms: u64,
+    /// The last snapshot the node refused since it applied one (a NACK), if any. Left out of
+    /// the report when there is none, so a control plane that predates it reads the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<RejectedSnapshot>,
+}
+
+/// A snapshot a node refused to apply: where it would have taken the node, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RejectedSnapshot {
+    /// The policy version the refused message carried.
+    pub policy_version: u64,
+    /// Its invalidation sequence.
+    pub seq: u64,
+    /// The `verge_snapshot_rejected_total` reason (`invalid_policy`, `build`, ...).
+    pub reason: String,
+    /// The error, as the node logged it (at most [`MAX_REJECTION_ERROR`] bytes).
+    pub error: String,
+}
+
+/// Longest rejection error a node sends and a control plane keeps.
+pub const MAX_REJECTION_ERROR: usize = 1024;
+
+impl RejectedSnapshot {
+    /// The rejection, its error cut to [`MAX_REJECTION_ERROR`] bytes on a character boundary.
+    pub fn new(at: Position, reason: &str, error: &str) -> RejectedSnapshot {
+        let mut end = error.len().min(MAX_REJECTION_ERROR);
+        while !error.is_char_boundary(end) {
+            end -= 1;
+        }
+        RejectedSnapshot {
+            policy_version: at.policy_version,
+            seq: at.seq,
+            reason: reason.chars().take(64).collect(),
+            error: error[..end].to_string(),
+        }
+    }
 }
 
 /// The field that carries a snapshot message's checksum, so a node applies only the bytes the

@@ -6,6 +6,7 @@
 pub mod disk_flush;
 pub mod health_checks;
 pub mod listeners;
+pub mod log_level;
 pub mod poller;
 pub mod readiness;
 pub mod reclaim;

@@ -5,7 +5,8 @@
 use crate::cache::early_refresh::unit_random;
 use crate::config::{Config, ControlSpec, Policy};
 use crate::control::wire::{
-    unix_ms, AppliedReport, Position, SnapshotMessage, CHECKSUM_FIELD, SIGNATURE_FIELD,
+    unix_ms, AppliedReport, Position, RejectedSnapshot, SnapshotMessage, CHECKSUM_FIELD,
+    SIGNATURE_FIELD,
 };
 use crate::metrics::METRICS;
 use crate::node::readiness::Readiness;
@@ -15,7 +16,7 @@ use crate::snapshot::{ControlState, Snapshot};
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -180,6 +181,10 @@ pub struct ControlPoller {
     readiness: Arc<Readiness>,
     /// Unix ms when the snapshot served now was swapped in (start, for a restored one).
     applied_ms: AtomicU64,
+    /// Which of `spec.urls` the node polls now (it moves on after a failed or refused poll).
+    source: AtomicUsize,
+    /// The last snapshot refused since one was applied: sent with every report (the NACK).
+    rejected: parking_lot::Mutex<Option<RejectedSnapshot>>,
 }
 
 impl ControlPoller {
@@ -195,7 +200,31 @@ impl ControlPoller {
             writer,
             readiness,
             applied_ms: AtomicU64::new(unix_ms(SystemTime::now())),
+            source: AtomicUsize::new(0),
+            rejected: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// The control-plane replica polled now.
+    fn url(&self) -> &str {
+        let urls = &self.spec.urls;
+        urls.get(self.source.load(Ordering::Relaxed) % urls.len().max(1))
+            .map_or("", String::as_str)
+    }
+
+    /// Move on to the next replica, if there is another; the position asked for stays the
+    /// one this node serves, so any replica continues where the last one left off.
+    fn fail_over(&self, reason: &str) {
+        if self.spec.urls.len() < 2 {
+            return;
+        }
+        let failed = self.url().to_string();
+        self.source.fetch_add(1, Ordering::Relaxed);
+        METRICS.snapshot_failovers.inc();
+        log::warn!(
+            "control plane {failed} failed ({reason}); polling {} next",
+            self.url()
+        );
     }
 
     fn request(
@@ -204,7 +233,7 @@ impl ControlPoller {
         method: reqwest::Method,
         path: &str,
     ) -> reqwest::RequestBuilder {
-        let r = client.request(method, format!("{}{path}", self.spec.url));
+        let r = client.request(method, format!("{}{path}", self.url()));
         match &self.spec.token {
             Some(t) => r.bearer_auth(t),
             None => r,
@@ -232,7 +261,7 @@ impl ControlPoller {
             .send()
             .await
             .map_err(|e| {
-                log::warn!("control plane {} unreachable: {e}", self.spec.url);
+                log::warn!("control plane {} unreachable: {e}", self.url());
                 "unreachable"
             })?;
         match resp.status().as_u16() {
@@ -283,9 +312,14 @@ impl ControlPoller {
             })
             .map_err(|r| {
                 log::warn!("snapshot {} rejected: {r}", msg.position());
+                if !matches!(r, Rejection::Older { .. }) {
+                    let nack = RejectedSnapshot::new(msg.position(), r.reason(), &r.to_string());
+                    *self.rejected.lock() = Some(nack);
+                }
                 r.reason()
             })?;
         // Already current, or now current: the node serves what the control plane has.
+        *self.rejected.lock() = None;
         self.readiness.mark_received();
         let Some(snapshot) = stored else {
             return Ok(false);
@@ -320,6 +354,7 @@ impl ControlPoller {
             policy_version: position.policy_version,
             seq: position.seq,
             applied_at_ms: self.applied_ms.load(Ordering::Relaxed),
+            rejected: self.rejected.lock().clone(),
         };
         let path = format!(
             "/v1/nodes/{}/applied?wait={}ms",
@@ -365,7 +400,13 @@ impl BackgroundService for ControlPoller {
                 return;
             }
         };
+        if self.spec.urls.is_empty() {
+            log::error!("control poller has no control-plane URL");
+            return;
+        }
         let mut backoff = Duration::from_millis(100);
+        // failed polls since the last good one: the backoff grows once every replica failed
+        let mut failed = 0usize;
         loop {
             // A report before every poll: after an applied snapshot it is the receipt, after an
             // idle round it says the node is alive, and after a failure it tells a control plane
@@ -379,14 +420,21 @@ impl BackgroundService for ControlPoller {
                 r = self.poll_once(&client) => r,
             };
             match outcome {
-                Ok(_) => backoff = Duration::from_millis(100),
+                Ok(_) => {
+                    backoff = Duration::from_millis(100);
+                    failed = 0;
+                }
                 Err(reason) => {
                     METRICS.snapshot_rejected.with_label_values(&[reason]).inc();
+                    self.fail_over(reason);
+                    failed += 1;
                     tokio::select! {
                         _ = shutdown.changed() => return,
                         _ = tokio::time::sleep(jittered(backoff, unit_random())) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    if failed % self.spec.urls.len() == 0 {
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
                 }
             }
         }

@@ -176,6 +176,7 @@ impl FileReloader {
                 .map_err(|e| ReloadError::Build(e.to_string()))?;
             Ok(Some((snapshot, Some(new.clone()))))
         })?;
+        crate::node::log_level::apply(new.server.log_level);
         METRICS.config_info.reset();
         METRICS
             .config_info

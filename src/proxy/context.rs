@@ -83,6 +83,9 @@ pub struct RequestCtx {
     pub rewritten: Option<String>,
     /// The listener's error pages (`listeners[].error_pages`), for answers verge writes itself.
     pub listener_pages: Option<ErrorPages>,
+    /// Bodies compressed on their way into the cache or decoded for the client
+    /// (`routes[].compression`).
+    pub transcoding: super::compression::Transcoding,
 }
 
 impl RequestCtx {

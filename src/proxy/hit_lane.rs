@@ -167,6 +167,7 @@ pub fn lane_rules<'r>(route: &'r Route, filters: &Filters) -> Option<&'r RouteCa
         get_body: _,       // the lane takes no request with a body
         edge,
         error_pages: _, // verge's own errors: the lane writes none
+        compression: _, // what it stores encoded carries `Vary`, which the lane never serves
     } = &**spec;
     let EdgeRules {
         deny,           // refuses clients of a hit too: the full path
@@ -394,6 +395,7 @@ impl HitLane {
         }
         let route = route.clone();
         drop(snapshot);
+        self.cache.storage.served(&combined, &entry);
         let (eviction_key, weight) = entry.eviction_key();
         self.cache
             .eviction

@@ -2,8 +2,11 @@
 //! method delegates to the modules beside it (caching, peers, headers, filters, error pages, the
 //! finish shared with the hit lane), which hold the logic, mostly as pure functions.
 
+pub mod brotli_codec;
 pub mod caching;
 pub mod client_address;
+pub mod compression;
+pub mod content_coding;
 pub mod context;
 pub mod deadline;
 pub mod edge;
@@ -214,8 +217,21 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        let rules = ctx.route.as_ref().and_then(|r| r.spec.cache.as_ref());
-        crate::cache::request_variance(meta, req, rules.map(|r| &r.key), ctx.filters.cache_key())
+        let route = ctx.route.as_ref().map(|r| &r.spec);
+        let rules = route.and_then(|r| r.cache.as_ref());
+        // a compressing route stores one encoding for every client: its variants do not
+        // follow the client's Accept-Encoding
+        let coding = match route.is_some_and(|r| r.compression.is_some()) {
+            true => crate::cache::AcceptEncodingVary::Ignored,
+            false => crate::cache::AcceptEncodingVary::Normalised,
+        };
+        crate::cache::request_variance(
+            meta,
+            req,
+            rules.map(|r| &r.key),
+            ctx.filters.cache_key(),
+            coding,
+        )
     }
 
     async fn cache_hit_filter(
@@ -351,11 +367,37 @@ impl ProxyHttp for EdgeProxy {
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
         deadline::body_arrived(&mut ctx.deadline, end_of_stream)?;
+        let route = ctx.route.as_ref().map_or("", |r| r.spec.name.as_str());
+        compression::origin_body(body, end_of_stream, route, &mut ctx.transcoding)?;
+        Ok(None)
+    }
+
+    fn range_header_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora_proxy::RangeType {
+        let compresses = ctx
+            .route
+            .as_ref()
+            .is_some_and(|r| r.spec.compression.is_some());
+        compression::range_type(session, resp, compresses)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        compression::client_body(body, end_of_stream, &mut ctx.transcoding)?;
         Ok(None)
     }
 
@@ -373,6 +415,8 @@ impl ProxyHttp for EdgeProxy {
         let vars = self.header_vars(session, ctx, &route.spec.request_headers);
         headers::prepare_upstream(upstream, route, ctx, client, &vars, trusted)?;
         request_id::set_upstream(upstream, ctx)?;
+        let compression = route.spec.compression.as_ref();
+        compression::upstream_request(upstream, compression, session.cache.enabled())?;
         self.filters.upstream_phase(session, upstream, ctx).await?;
         ctx.upstream_sent_at = Some(Instant::now());
         ctx.fetch_started = Some(std::time::SystemTime::now());
@@ -401,6 +445,15 @@ impl ProxyHttp for EdgeProxy {
                 host,
             );
         }
+        if let Some(route) = ctx.route.clone() {
+            if let Some(spec) = route.spec.compression.as_ref() {
+                // first: a compressed body has no Content-Length, so its size is checked as
+                // it streams (head_arrived), like any body of unknown length
+                let fills = session.cache.enabled();
+                let req = session.req_header();
+                compression::origin_head(req, upstream, spec, fills, &mut ctx.transcoding)?;
+            }
+        }
         origin_response::head_arrived(session, upstream, ctx)
     }
 
@@ -427,6 +480,10 @@ impl ProxyHttp for EdgeProxy {
             resp.remove_header(name);
         }
         if let Some(route) = ctx.route.clone() {
+            if route.spec.compression.is_some() {
+                let req = session.req_header();
+                compression::client_head(req, resp, &route.spec.name, &mut ctx.transcoding)?;
+            }
             if let Some(rules) = route.spec.cache.as_ref() {
                 caching::response_fields(session, resp, ctx, rules)?;
             }

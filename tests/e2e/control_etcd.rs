@@ -6,7 +6,7 @@
 use crate::control::get;
 use crate::support::control_plane::{node, policy, Cp, CpConfig, OPS};
 use crate::support::etcd::EtcdCluster;
-use crate::support::{eventually, Metrics, Origin};
+use crate::support::{eventually, Config, Metrics, Origin, Verge};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -22,6 +22,12 @@ async fn replica_with(etcd: &EtcdCluster, prefix: &str, extra_yaml: &str) -> Cp 
         etcd.endpoints_yaml()
     ));
     Cp::start_with(&cfg).await
+}
+
+/// A policy document that differs from the one at `version` (the same document again writes
+/// nothing).
+fn next_policy(o: &Origin, version: u64) -> Value {
+    policy(o, json!({"max_ttl": format!("{}h", version + 1)}))
 }
 
 /// `GET path` on a replica, as the ops token.
@@ -72,7 +78,7 @@ async fn replicas_share_policy_purges_and_compare_and_set() {
     let n = node(&b, "on-b").await;
 
     // A policy written through A reaches the node polling B.
-    let (status, v) = a.put_policy(policy(&o, json!({})), 0).await;
+    let (status, v) = a.put_policy(next_policy(&o, 0), 0).await;
     assert_eq!(status, 200, "{v}");
     assert!(node_at(&b, 1, 0).await, "the node on B applied A's policy");
     assert_eq!(get(&n, "/p").await.0, 200);
@@ -142,13 +148,13 @@ async fn etcd_member_and_quorum_loss_and_a_replica_restart() {
     let a = replica(&etcd, "/faults/").await;
     let mut b = replica(&etcd, "/faults/").await;
     let n = node(&b, "on-b").await;
-    assert_eq!(a.put_policy(policy(&o, json!({})), 0).await.0, 200);
+    assert_eq!(a.put_policy(next_policy(&o, 0), 0).await.0, 200);
     assert!(node_at(&b, 1, 0).await);
     assert_eq!(get(&n, "/p").await.0, 200);
 
     // One member down: writes still commit, and still reach the node.
     etcd.kill(0);
-    let (status, v) = a.put_policy(policy(&o, json!({})), 1).await;
+    let (status, v) = a.put_policy(next_policy(&o, 1), 1).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(
         a.purge(json!({"kind": "url", "target": "site.test/p"}))
@@ -163,7 +169,7 @@ async fn etcd_member_and_quorum_loss_and_a_replica_restart() {
 
     // Two down, no quorum: writes are refused with 503, never a 2xx; reads and the node go on.
     etcd.kill(1);
-    let (status, v) = a.put_policy(policy(&o, json!({})), 2).await;
+    let (status, v) = a.put_policy(next_policy(&o, 2), 2).await;
     assert_eq!(status, 503, "{v}");
     let (status, v) = b
         .send(
@@ -183,7 +189,7 @@ async fn etcd_member_and_quorum_loss_and_a_replica_restart() {
     // Quorum back: writes commit again.
     etcd.start_stopped().await;
     let ok = eventually(Duration::from_secs(15), || async {
-        a.put_policy(policy(&o, json!({})), 2).await.0 == 200
+        a.put_policy(next_policy(&o, 2), 2).await.0 == 200
     })
     .await;
     assert!(ok, "writes commit once the quorum is back");
@@ -200,7 +206,7 @@ async fn etcd_member_and_quorum_loss_and_a_replica_restart() {
             .await,
         3
     );
-    assert_eq!(a.put_policy(policy(&o, json!({})), 3).await.0, 200);
+    assert_eq!(a.put_policy(next_policy(&o, 3), 3).await.0, 200);
     b.restart().await;
     assert!(
         node_at(&b, 4, 3).await,
@@ -278,7 +284,7 @@ async fn a_replica_behind_a_compaction_or_on_a_wiped_etcd_reads_everything_again
     let a = replica(&etcd, "/resync/").await;
     let b = replica(&etcd, "/resync/").await;
     let _n = node(&b, "on-b").await;
-    assert_eq!(a.put_policy(policy(&o, json!({})), 0).await.0, 200);
+    assert_eq!(a.put_policy(next_policy(&o, 0), 0).await.0, 200);
     assert!(node_at(&b, 1, 0).await);
 
     // B stops answering and etcd drops its connection (no ping answered: 1 s + 1 s); then A
@@ -288,7 +294,7 @@ async fn a_replica_behind_a_compaction_or_on_a_wiped_etcd_reads_everything_again
     for target in ["a", "b", "c"] {
         a.purge(json!({"kind": "tag", "target": target})).await;
     }
-    assert_eq!(a.put_policy(policy(&o, json!({})), 1).await.0, 200);
+    assert_eq!(a.put_policy(next_policy(&o, 1), 1).await.0, 200);
     etcd.compact().await;
     signal(b.pid(), "-CONT");
     assert!(
@@ -311,7 +317,7 @@ async fn a_replica_behind_a_compaction_or_on_a_wiped_etcd_reads_everything_again
     assert!(resynced(&b, "cluster_changed").await);
     assert!(holds(&a, 0, 0).await && holds(&b, 0, 0).await);
     let ok = eventually(Duration::from_secs(10), || async {
-        b.put_policy(policy(&o, json!({})), 0).await.0 == 200
+        b.put_policy(next_policy(&o, 0), 0).await.0 == 200
     })
     .await;
     assert!(ok, "the new store takes writes from version 0");
@@ -371,4 +377,47 @@ async fn one_elected_replica_does_retention_and_another_takes_over_when_it_dies(
     assert!(compacted, "the new leader compacted");
     replicas[l].restart().await;
     assert!(retained_from(&replicas[0], &replicas[1], 6).await);
+}
+
+#[tokio::test]
+async fn a_node_with_several_urls_fails_over_between_replicas_and_keeps_serving() {
+    let Some(etcd) = EtcdCluster::start(1).await else {
+        return;
+    };
+    let o = Origin::start("o").await;
+    o.set_headers("/p", &[("cache-control", "max-age=300")]);
+    let mut a = replica(&etcd, "/failover/").await;
+    let b = replica(&etcd, "/failover/").await;
+    assert_eq!(a.put_policy(next_policy(&o, 0), 0).await.0, 200);
+    // the first URL answers nothing at all: the node starts on the second
+    let dead = format!("http://{}", crate::support::ports::addr());
+    let urls = [dead.as_str(), &a.url(""), &b.url("")];
+    let n = Verge::start(&Config::new().control(a.control("multi").urls(&urls))).await;
+    assert_eq!(get(&n, "/p").await.0, 200);
+    assert!(node_at(&a, 1, 0).await, "the node reports to A");
+
+    // A dies: the node goes on with B from the position it has, and keeps serving meanwhile
+    a.kill();
+    assert_eq!(
+        get(&n, "/p").await.0,
+        200,
+        "served from the last good snapshot"
+    );
+    assert_eq!(o.hits("/p"), 1);
+    let seq = b
+        .purge(json!({"kind": "url", "target": "site.test/p"}))
+        .await;
+    assert_eq!(seq, 1);
+    assert!(
+        refetched(&n, &o, "/p", 2).await,
+        "B's purge reached the node"
+    );
+    assert_eq!(b.put_policy(next_policy(&o, 1), 1).await.0, 200);
+    assert!(node_at(&b, 2, 1).await, "the node reports to B");
+    let failovers = n
+        .metrics()
+        .await
+        .value("verge_snapshot_failovers_total", &[])
+        .unwrap_or(0.0);
+    assert!(failovers >= 2.0, "the dead URL, then A: {failovers}");
 }

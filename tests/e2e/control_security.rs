@@ -2,7 +2,7 @@
 //! and applied only when one of the node's keys verifies them (key rotation included); a state
 //! file that carries the same checksum and signature and is refused, whole, when it does not
 //! verify; a node without a good state file and without its control plane is not ready and
-//! answers 503; purges limited by the token's scope and hosts; every API call audited.
+//! answers 503; purges limited by the token's scope, hosts and tenants; every API call audited.
 
 use crate::support::config::Control;
 use crate::support::control_plane::{
@@ -301,12 +301,15 @@ async fn purge_as(cp: &Cp, token: &str, body: Value) -> u16 {
 async fn a_token_purges_only_within_its_scope_and_hosts_and_every_call_is_audited() {
     const NARROW: &str = "narrow-token-0123456789abcdef";
     const SHOP: &str = "shop-token-0123456789abcdef";
+    const BLOGS: &str = "blogs-token-0123456789abcdef";
     let o = Origin::start("o").await;
     o.set_headers("/a", &[("cache-control", "max-age=300")]);
     let cp = Cp::start_with(
         &CpConfig::new()
             .token("narrow", NARROW, &["purge:url"], &[])
             .token("shop", SHOP, &["purge"], &["shop.test", "*.shop.test"])
+            .yaml("tenants: {blogs: [blog.test, '*.blog.test']}")
+            .tenant_token("blogs", BLOGS, &["purge:url"], &["blogs"])
             .audit_log("audit/control.jsonl"),
     )
     .await;
@@ -331,6 +334,10 @@ async fn a_token_purges_only_within_its_scope_and_hosts_and_every_call_is_audite
         ("shop", SHOP, url("cdn.shop.test/a.css"), 202),
         ("shop", SHOP, url("site.test/a"), 403),
         ("shop", SHOP, tag.clone(), 403),
+        // limited to its tenant's hosts
+        ("blogs", BLOGS, url("www.blog.test/post"), 202),
+        ("blogs", BLOGS, url("shop.test/a"), 403),
+        ("blogs", BLOGS, host("blog.test"), 403),
         (
             "unknown",
             "wrong-token-0123456789abcdef",
@@ -349,7 +356,7 @@ async fn a_token_purges_only_within_its_scope_and_hosts_and_every_call_is_audite
     let (_, log) = cp.send("GET", "/v1/invalidations", OPS, None, None).await;
     assert_eq!(
         log["invalidations"].as_array().map(Vec::len),
-        Some(4),
+        Some(5),
         "{log}"
     );
     assert!(cp.converged(1).await);

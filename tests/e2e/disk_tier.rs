@@ -1,7 +1,8 @@
 //! The disk tier (`cache.disk`) as a client and the origin see it: objects survive a restart
 //! (SIGTERM or `kill -9`) byte for byte with their `Age` carrying on, a corrupted record is a
 //! miss and never garbage, ranges are served from disk, the disk budget holds while filling
-//! eight times over, and a purge before a restart still holds after it.
+//! eight times over, a purge before a restart still holds after it, and a one-time sweep does
+//! not push the warm set off disk (`min_uses`).
 
 use crate::support::metrics::metric_eventually;
 use crate::support::{
@@ -25,7 +26,10 @@ fn config(origin: SocketAddr, disk: &str) -> Config {
         .purge_allow(&["127.0.0.1/32"])
 }
 
-const DISK: &str = "{path: disk, size: 16MiB, segment_size: 1MiB}";
+/// Every stored object goes to disk (`min_uses: 1`): these tests are about what the disk tier
+/// does with what reaches it; [`a_one_time_sweep_does_not_push_the_warm_set_off_disk`] is
+/// about the default admission.
+const DISK: &str = "{path: disk, size: 16MiB, segment_size: 1MiB, min_uses: 1}";
 
 /// Wait until the disk tier holds `n` objects (written behind the memory tier).
 async fn disk_objects(v: &Verge, n: usize) {
@@ -229,7 +233,7 @@ async fn the_disk_budget_holds_while_filling_eight_times_over() {
     o.set_body_size(64 << 10);
     let v = Verge::start(&config(
         o.addr,
-        "{path: disk, size: 4MiB, segment_size: 256KiB}",
+        "{path: disk, size: 4MiB, segment_size: 256KiB, min_uses: 1}",
     ))
     .await;
     let dir = v.dir().to_path_buf();
@@ -534,7 +538,7 @@ async fn after_kill_9_in_the_middle_of_fills_only_whole_objects_are_served() {
     o.set_body_size(400_000);
     let mut v = Verge::start(&config(
         o.addr,
-        "{path: disk, size: 64MiB, segment_size: 4MiB}",
+        "{path: disk, size: 64MiB, segment_size: 4MiB, min_uses: 1}",
     ))
     .await;
     let paths: Vec<String> = (0..40).map(|i| format!("/m/{i}")).collect();
@@ -644,4 +648,50 @@ async fn a_streamed_fill_reaches_the_disk_once_whole() {
     );
     assert_eq!(got.body.as_bytes(), &body[..]);
     assert_eq!(o.hits("/s"), 1, "from disk");
+}
+
+/// Fill the warm set (each path asked twice), then sweep `sweep` other paths once each, restart,
+/// and return how many of the warm paths the origin was asked for again.
+async fn warm_refetched_after_a_sweep(disk: &str, sweep: u64) -> u64 {
+    let o = Origin::start("o").await;
+    o.set_body_size(64 << 10);
+    let mut v = Verge::start(&config(o.addr, disk)).await;
+    let warm: Vec<String> = (0..4).map(|i| format!("/w/{i}")).collect();
+    for p in &warm {
+        for _ in 0..2 {
+            assert_eq!(fetch(&v, p, &[]).await.status, 200);
+        }
+    }
+    disk_objects(&v, warm.len()).await;
+    for i in 0..sweep {
+        assert_eq!(fetch(&v, &format!("/s/{i}"), &[]).await.status, 200);
+    }
+    v.restart_graceful().await;
+    rebuilt(&v).await;
+    for p in &warm {
+        assert_eq!(fetch(&v, p, &[]).await.status, 200);
+    }
+    // the last swept path was asked once: with the default admission it never reached disk
+    let last = format!("/s/{}", sweep - 1);
+    assert_eq!(fetch(&v, &last, &[]).await.status, 200);
+    let swept_refetched = o.hits(&last) == 2;
+    let refetched = warm.iter().filter(|p| o.hits(p) > 1).count() as u64;
+    assert_eq!(
+        swept_refetched,
+        !disk.contains("min_uses: 1"),
+        "a path asked once reaches disk only with min_uses: 1"
+    );
+    refetched
+}
+
+#[tokio::test]
+async fn a_one_time_sweep_does_not_push_the_warm_set_off_disk() {
+    // 4 MiB of disk, and a sweep of 6 MiB of 64 KiB objects asked for once each
+    let sweep = 6 * (1 << 20) / (64 << 10);
+    // the default, min_uses 2: the sweep never reaches disk, the warm set is all there
+    let default = "{path: disk, size: 4MiB, segment_size: 256KiB}";
+    assert_eq!(warm_refetched_after_a_sweep(default, sweep).await, 0);
+    // every object written through: the sweep pushes the oldest segments, warm set included, out
+    let through = "{path: disk, size: 4MiB, segment_size: 256KiB, min_uses: 1}";
+    assert_eq!(warm_refetched_after_a_sweep(through, sweep).await, 4);
 }

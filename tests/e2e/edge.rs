@@ -414,7 +414,7 @@ impl Drop for ControlPlane {
     }
 }
 
-const OPS: &str = "ops-token-0123456789abcdef";
+pub(crate) const OPS: &str = "ops-token-0123456789abcdef";
 
 impl ControlPlane {
     pub(crate) async fn start() -> ControlPlane {

@@ -16,6 +16,7 @@ mod control_security;
 mod directives;
 mod disk_tier;
 mod edge;
+mod edge_compression;
 mod edge_logs;
 mod edge_pages;
 mod edge_rewrites;

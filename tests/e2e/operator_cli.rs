@@ -442,3 +442,61 @@ async fn nodes_and_the_control_plane_each_export_only_their_own_series() {
         );
     }
 }
+
+/// `verge_control_node_rejecting{node}` on the control plane, after `verge nodes` refreshed it.
+async fn rejecting(cp: &Cp, node: &str) -> Option<f64> {
+    assert_eq!(cli(cp, &["nodes"], "ops.token").code, Some(0));
+    let text = reqwest::get(format!("http://{}/metrics", cp.addr))
+        .await
+        .expect("control metrics")
+        .text()
+        .await
+        .expect("body");
+    Metrics::parse(&text).value("verge_control_node_rejecting", &[("node", node)])
+}
+
+#[tokio::test]
+async fn a_node_that_refuses_a_policy_says_which_and_why_until_it_applies_one() {
+    let o = Origin::start("o").await;
+    o.set_headers("/r", &[("cache-control", "max-age=300")]);
+    let cp = Cp::start().await;
+    let n = node_polling(&cp, "picky", "1s").await;
+    assert_eq!(cp.put_policy(policy(&o, json!({})), 0).await.0, 200);
+    assert!(cp.converged(1).await);
+    assert_eq!(get(&n, "/r").await.0, 200);
+
+    // a policy the control plane accepts but this node cannot apply: a filter it does not have
+    let mut bad = policy(&o, json!({}));
+    bad["routes"][0]["filters"] = json!(["no_such_filter"]);
+    assert_eq!(cp.put_policy(bad, 1).await.0, 200);
+    let row = assert_eventually(
+        Duration::from_secs(10),
+        "the node reports its refusal",
+        || async { node_row(&cp, "picky") },
+        |row| row["rejected"]["policy_version"] == json!(2),
+    )
+    .await;
+    assert_eq!(row["policy_version"], json!(1), "{row}");
+    assert_eq!(row["current"], json!(false), "{row}");
+    assert_eq!(row["rejected"]["reason"], json!("invalid_policy"), "{row}");
+    let error = row["rejected"]["error"].as_str().unwrap_or("");
+    assert!(error.contains("no_such_filter"), "{row}");
+    let table = cli(&cp, &["nodes"], "ops.token").out;
+    assert!(table.contains("REFUSED"), "{table}");
+    assert!(table.contains("2.0 invalid_policy: "), "{table}");
+    assert_eq!(rejecting(&cp, "picky").await, Some(1.0));
+    // it kept serving what it had
+    assert_eq!(get(&n, "/r").await.0, 200);
+    assert_eq!(o.hits("/r"), 1);
+
+    // a policy it can apply clears the refusal
+    assert_eq!(
+        cp.put_policy(policy(&o, json!({"max_ttl": "1h"})), 2)
+            .await
+            .0,
+        200
+    );
+    assert!(cp.converged(1).await);
+    assert!(node_row(&cp, "picky")["rejected"].is_null());
+    assert_eq!(rejecting(&cp, "picky").await, Some(0.0));
+}

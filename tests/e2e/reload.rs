@@ -25,8 +25,12 @@ impl Drop for Node {
 
 impl Node {
     async fn start(config: &Config) -> Node {
+        Node::start_with(Launch::verge(), config).await
+    }
+
+    async fn start_with(launch: Launch, config: &Config) -> Node {
         let cfg = TestConfig::write(config);
-        let child = Launch::verge().spawn(&cfg.path);
+        let child = launch.spawn(&cfg.path);
         let mut node = Node { child, cfg };
         let deadline = Instant::now() + Duration::from_secs(20);
         while get_status(node.cfg.admin, "/readyz").await != Some(200) {
@@ -231,4 +235,62 @@ async fn verge_reload_reports_the_outcome_and_refuses_socket_changes() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("nothing was signalled"), "{err}");
     assert_eq!(node.status().await["reload"]["attempts"], 2);
+}
+
+/// A `server:` block with `log_level: LEVEL` (the kit's own settings otherwise).
+fn server_logging(level: &str) -> String {
+    format!(
+        "server: {{threads: 2, grace_period: 0s, graceful_shutdown_timeout: 1s, pid_file: \
+         \"{{dir}}/verge.pid\", upgrade_sock: \"{{dir}}/upgrade.sock\", log_level: {level}}}"
+    )
+}
+
+#[tokio::test]
+async fn server_log_level_sets_the_process_log_and_a_reload_changes_it() {
+    let o = Origin::start("o").await;
+    let at = |level: &str| config(&o, level, "o", &[]).raw(&server_logging(level));
+    // without RUST_LOG, the file's level rules
+    let mut node = Node::start_with(Launch::verge().env("RUST_LOG", ""), &at("warn")).await;
+    let stderr = node.child.stderr.take().expect("stderr");
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let read =
+        |seen: &std::sync::mpsc::Receiver<String>| -> Vec<String> { seen.try_iter().collect() };
+    node.rewrite(&at("info"));
+    node.hangup();
+    assert_eq!(node.reload_attempt(1).await["outcome"], "success");
+    // the SIGHUP line is logged at info before the reload, the outcome at info after it
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut log = read(&seen);
+    while !log.iter().any(|l| l.contains("config reloaded from")) {
+        assert!(Instant::now() < deadline, "no reload line at info: {log:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        log.extend(read(&seen));
+    }
+    assert!(
+        !log.iter().any(|l| l.contains("SIGHUP received")),
+        "at warn, the info line before the reload is not written: {log:?}"
+    );
+    // back to warn: a reload's own info line is no longer written
+    node.rewrite(&at("warn"));
+    node.hangup();
+    assert_eq!(node.reload_attempt(2).await["outcome"], "success");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after: Vec<String> = read(&seen);
+    assert!(
+        !after.iter().any(|l| l.contains("config reloaded from")),
+        "at warn again: {after:?}"
+    );
+    assert!(
+        after.iter().any(|l| l.contains("SIGHUP received")),
+        "the SIGHUP line came while the level was still info: {after:?}"
+    );
 }

@@ -2,9 +2,11 @@
 //! an in-memory index of where each is, reads that stream and verify one chunk at a time, and
 //! an index rebuilt from the segments when verge starts.
 //!
-//! - **What goes to disk.** Every object the memory tier stores is written behind it (write
-//!   through, by one writer thread off the request path), so a restart or a crash loses at
-//!   most what was still queued. A refreshed entry (a refetch, a 304) is written again; the
+//! - **What goes to disk.** An object the memory tier stores is written behind it at its
+//!   `min_uses`-th request (by one writer thread off the request path; the memory storage
+//!   counts), so one-time requests never displace the warm set, and a restart or a crash loses
+//!   what was asked for only once and what was still queued. A refreshed entry (a refetch of
+//!   an object on disk, a 304) is written again; the
 //!   newest record wins. A 304 for an object only on disk appends it again with the new
 //!   headers, its body copied chunk by chunk.
 //! - **Eviction.** FIFO over segments: when the budget would be exceeded, the oldest segment
@@ -351,6 +353,17 @@ impl DiskStore {
     /// Largest body written to disk.
     pub fn max_object_size(&self) -> u64 {
         self.settings.max_object_size
+    }
+
+    /// Requests an object must have had before it is written (`cache.disk.min_uses`).
+    pub fn min_uses(&self) -> u32 {
+        self.settings.min_uses
+    }
+
+    /// Whether the index holds an object under `key` (a refetch of it is written again at
+    /// once, whatever `min_uses` says, so the disk copy follows the fresh one).
+    pub fn holds(&self, key: &HashBinary) -> bool {
+        self.index.read().entries.contains_key(key)
     }
 
     /// Objects in the index.

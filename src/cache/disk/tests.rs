@@ -10,6 +10,7 @@ fn settings(dir: &std::path::Path, size: u64, segment_size: u64) -> DiskSettings
         size,
         max_object_size: size / 4,
         segment_size,
+        min_uses: 1,
     }
 }
 

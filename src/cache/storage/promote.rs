@@ -8,6 +8,7 @@ use crate::cache::stored_meta::StoredMeta;
 use bytes::Bytes;
 use pingora_cache::eviction::CacheEntryKey;
 use pingora_cache::key::{CacheHashKey, CompactCacheKey};
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 impl Promote for MemoryStorage {
@@ -31,6 +32,7 @@ impl Promote for MemoryStorage {
             body,
             size,
             key: key.clone(),
+            uses: AtomicU32::new(super::WRITTEN),
         };
         let store = |entry: Entry| {
             let mut maps = self.shard(&combined).write();

@@ -73,11 +73,16 @@ fn validate_disk(raw: RawDiskCache, memory_max_object: u64, errs: &mut Errors) -
             "must be at least 64KiB and at most half of cache.disk.size",
         );
     }
+    let min_uses = raw.min_uses.unwrap_or(2);
+    if !(1..=100).contains(&min_uses) {
+        errs.push("cache.disk.min_uses", "must be between 1 and 100");
+    }
     DiskSettings {
         path: path.into(),
         size,
         max_object_size,
         segment_size,
+        min_uses,
     }
 }
 

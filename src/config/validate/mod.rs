@@ -2,6 +2,7 @@
 
 mod cache;
 mod classes;
+mod compression;
 mod decode;
 mod edge;
 mod error_pages;

@@ -2,6 +2,7 @@
 //! rules in `edge.rs`).
 
 use super::cache::validate_route_cache;
+use super::compression::compression;
 use super::edge::{edge_rules, RawEdge};
 use super::error_pages::error_pages;
 use super::timeouts::route_timeouts;
@@ -149,6 +150,9 @@ pub(super) fn validate_routes(
             .error_pages
             .map(|p| error_pages(&format!("{path}.error_pages"), p, errs))
             .unwrap_or_default();
+        let compression = raw
+            .compression
+            .and_then(|c| compression(&format!("{path}.compression"), c, errs));
         let name = raw.name.clone().unwrap_or_else(|| {
             let host = hosts.first().map(|h| h.to_string()).unwrap_or_default();
             format!("{host}{path_prefix}")
@@ -185,6 +189,7 @@ pub(super) fn validate_routes(
                 filters,
                 edge,
                 error_pages,
+                compression,
             });
         }
     }

@@ -13,17 +13,47 @@ use std::time::Duration;
 
 pub(super) fn validate_control(raw: RawControl, errs: &mut Errors) -> Option<ControlSpec> {
     let before = errs.len();
-    let url = raw.url.trim_end_matches('/').to_string();
-    match url.parse::<http::Uri>() {
-        Ok(u) if u.scheme_str() == Some("http") || u.scheme_str() == Some("https") => {
-            if u.host().is_none() {
-                errs.push("control.url", format!("{url:?} has no host"));
-            }
+    let (key, given) = match (raw.url, raw.urls) {
+        (Some(url), None) => ("control.url", vec![url]),
+        (None, Some(urls)) => ("control.urls", urls),
+        (Some(_), Some(_)) => {
+            errs.push("control", "set url or urls, not both");
+            ("control.urls", Vec::new())
         }
-        _ => errs.push(
-            "control.url",
-            format!("{url:?} is not an http:// or https:// URL"),
-        ),
+        (None, None) => {
+            errs.push(
+                "control",
+                "set url (or urls: one per control-plane replica)",
+            );
+            ("control.urls", Vec::new())
+        }
+    };
+    let mut urls: Vec<String> = Vec::new();
+    for (i, url) in given.iter().enumerate() {
+        let at = if key == "control.url" {
+            key.to_string()
+        } else {
+            format!("{key}[{i}]")
+        };
+        let url = url.trim_end_matches('/').to_string();
+        match url.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("http") || u.scheme_str() == Some("https") => {
+                if u.host().is_none() {
+                    errs.push(at.clone(), format!("{url:?} has no host"));
+                }
+            }
+            _ => errs.push(
+                at.clone(),
+                format!("{url:?} is not an http:// or https:// URL"),
+            ),
+        }
+        if urls.contains(&url) {
+            errs.push(at, format!("{url:?} is listed twice"));
+        }
+        urls.push(url);
+    }
+    if key == "control.urls" && given.is_empty() && errs.len() == before {
+        errs.push(key, "list at least one control-plane URL");
     }
     let node_id = raw.node_id.unwrap_or_else(|| {
         std::fs::read_to_string("/etc/hostname")
@@ -67,7 +97,7 @@ pub(super) fn validate_control(raw: RawControl, errs: &mut Errors) -> Option<Con
         }
     }
     (errs.len() == before).then_some(ControlSpec {
-        url,
+        urls,
         node_id,
         token,
         state_file,
@@ -94,7 +124,28 @@ pub(super) fn validate_server(raw: RawServer, errs: &mut Errors) -> ServerSettin
         }
     }
     let client_ip = raw.client_ip.map(|c| validate_client_ip(c, errs));
+    let log_level = match raw
+        .log_level
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("info") => log::LevelFilter::Info,
+        Some("error") => log::LevelFilter::Error,
+        Some("warn") => log::LevelFilter::Warn,
+        Some("debug") => log::LevelFilter::Debug,
+        Some("trace") => log::LevelFilter::Trace,
+        Some("off") => log::LevelFilter::Off,
+        Some(other) => {
+            errs.push(
+                "server.log_level",
+                format!("{other:?} is not one of error, warn, info, debug, trace, off"),
+            );
+            log::LevelFilter::Info
+        }
+    };
     ServerSettings {
+        log_level,
         client_ip,
         threads,
         grace_period,
@@ -319,5 +370,59 @@ mod tests {
             "{}",
             errs[0].message
         );
+    }
+
+    #[test]
+    fn control_urls_list_replicas_and_each_bad_one_is_named() {
+        let doc = |control: &str| {
+            format!("listeners: [{{listen: \"127.0.0.1:8080\"}}]\ncontrol: {control}\n")
+        };
+        let good = Config::from_yaml_str(&doc(
+            "{urls: [\"http://10.0.0.1:9900/\", \"https://cp.example\"]}",
+        ))
+        .expect("valid");
+        assert_eq!(
+            good.control.expect("control").urls,
+            ["http://10.0.0.1:9900", "https://cp.example"]
+        );
+        let one = Config::from_yaml_str(&doc("{url: \"http://10.0.0.1:9900\"}")).expect("valid");
+        assert_eq!(one.control.expect("control").urls, ["http://10.0.0.1:9900"]);
+        let control_errors = |control: &str| -> Vec<String> {
+            let errs = Config::from_yaml_str(&doc(control))
+                .expect_err("invalid")
+                .errors;
+            errs.iter()
+                .filter(|e| e.path.starts_with("control"))
+                .map(|e| format!("{}: {}", e.path, e.message))
+                .collect()
+        };
+        let errs = control_errors("{urls: [\"http://a:1\", \"ftp://b\", \"http://a:1/\"]}");
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].starts_with("control.urls[1]: "), "{errs:?}");
+        assert!(errs[1].starts_with("control.urls[2]: "), "{errs:?}");
+        assert!(errs[1].contains("listed twice"), "{errs:?}");
+        let errs = control_errors("{urls: []}");
+        assert_eq!(errs, ["control.urls: list at least one control-plane URL"]);
+        let errs = control_errors("{url: \"http://a:1\", urls: [\"http://b:1\"]}");
+        assert_eq!(errs, ["control: set url or urls, not both"]);
+        let errs = control_errors("{node_id: n}");
+        assert_eq!(
+            errs,
+            ["control: set url (or urls: one per control-plane replica)"]
+        );
+    }
+
+    #[test]
+    fn log_level_is_one_of_the_levels() {
+        let doc = |level: &str| {
+            format!("listeners: [{{listen: \"127.0.0.1:8080\"}}]\npools: {{p: {{backends: [\"127.0.0.1:1\"]}}}}\nroutes: [{{hosts: [a.com], pool: p}}]\nserver: {{log_level: {level}}}\n")
+        };
+        let c = Config::from_yaml_str(&doc("DEBUG")).expect("valid");
+        assert_eq!(c.server.log_level, log::LevelFilter::Debug);
+        let errs = Config::from_yaml_str(&doc("loud"))
+            .expect_err("invalid")
+            .errors;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].path, "server.log_level");
     }
 }

@@ -524,6 +524,12 @@ impl Control {
         )
     }
 
+    /// `urls` in place of `url`: the control plane's replicas, in the order the node tries them.
+    pub fn urls(mut self, urls: &[&str]) -> Control {
+        self.0 .0.remove("url");
+        Control(self.0.put("urls", list(urls)))
+    }
+
     pub fn state_file(self, path: &str) -> Control {
         Control(self.0.put("state_file", text(path)))
     }

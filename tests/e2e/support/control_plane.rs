@@ -56,15 +56,38 @@ impl CpConfig {
     }
 
     /// One more token, limited to `hosts` when there are any.
-    pub fn token(mut self, name: &str, secret: &str, scopes: &[&str], hosts: &[&str]) -> CpConfig {
+    pub fn token(self, name: &str, secret: &str, scopes: &[&str], hosts: &[&str]) -> CpConfig {
+        self.token_with(name, secret, scopes, &[("hosts", hosts)])
+    }
+
+    /// One more token, limited to the hosts of `tenants` (defined with [`CpConfig::yaml`]).
+    pub fn tenant_token(
+        self,
+        name: &str,
+        secret: &str,
+        scopes: &[&str],
+        tenants: &[&str],
+    ) -> CpConfig {
+        self.token_with(name, secret, scopes, &[("tenants", tenants)])
+    }
+
+    fn token_with(
+        mut self,
+        name: &str,
+        secret: &str,
+        scopes: &[&str],
+        limits: &[(&str, &[&str])],
+    ) -> CpConfig {
         let strings =
             |items: &[&str]| Yaml::Sequence(items.iter().map(|s| Yaml::from(*s)).collect());
         let mut t = Mapping::new();
         t.insert("name".into(), name.into());
         t.insert("token".into(), secret.into());
         t.insert("scopes".into(), strings(scopes));
-        if !hosts.is_empty() {
-            t.insert("hosts".into(), strings(hosts));
+        for (key, items) in limits {
+            if !items.is_empty() {
+                t.insert((*key).into(), strings(items));
+            }
         }
         self.tokens.push(Yaml::Mapping(t));
         self

@@ -1,6 +1,7 @@
 //! A real origin for tests: counts requests per path, echoes what it received, and can be
 //! stopped, restarted on the same port, or told to fail its health checks. Per path it can
-//! answer with another status, extra headers, or an ETag it honours with 304 Not Modified.
+//! answer with another status, extra headers, a fixed body, or an ETag it honours with 304 Not
+//! Modified.
 
 use super::lock;
 use bytes::Bytes;
@@ -55,6 +56,8 @@ struct State {
     delay_ms: AtomicU64,
     /// Pad every response body to at least this many bytes.
     body_size: AtomicU64,
+    /// A fixed body per path, sent instead of the echo.
+    bodies: Mutex<BTreeMap<String, Bytes>>,
 }
 
 pub struct Origin {
@@ -123,10 +126,13 @@ async fn handle(
         body.push_str(&".".repeat(body_size - body.len()));
     }
     let etag = lock(&state.etags).get(&path).cloned();
+    // If-None-Match compares weakly (RFC 9110 §13.1.2): `W/"a"` matches `"a"`
+    let opaque = |t: &str| t.trim().trim_start_matches("W/").to_string();
     let matches_etag = etag.as_deref().is_some_and(|tag| {
-        if_none_match
-            .as_deref()
-            .is_some_and(|inm| inm.split(',').any(|t| t.trim() == tag || t.trim() == "*"))
+        if_none_match.as_deref().is_some_and(|inm| {
+            inm.split(',')
+                .any(|t| opaque(t) == opaque(tag) || t.trim() == "*")
+        })
     });
     let status = if matches_etag {
         *lock(&state.not_modified).entry(path.clone()).or_default() += 1;
@@ -134,21 +140,27 @@ async fn handle(
     } else {
         lock(&state.status).get(&path).copied().unwrap_or(200)
     };
+    let extra = lock(&state.headers).get(&path).cloned().unwrap_or_default();
+    let typed = extra
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
     let mut builder = Response::builder()
         .status(status)
-        .header("x-origin", state.name.as_str())
-        .header("content-type", "text/plain");
+        .header("x-origin", state.name.as_str());
+    if !typed {
+        builder = builder.header("content-type", "text/plain");
+    }
     if let Some(tag) = etag {
         builder = builder.header("etag", tag);
     }
-    let extra = lock(&state.headers).get(&path).cloned().unwrap_or_default();
     for (k, v) in extra {
         builder = builder.header(k, v);
     }
+    let fixed = lock(&state.bodies).get(&path).cloned();
     let body = if status == 304 {
         Bytes::new()
     } else {
-        Bytes::from(body)
+        fixed.unwrap_or_else(|| Bytes::from(body))
     };
     Ok(builder.body(Full::new(body)).unwrap_or_default())
 }
@@ -256,6 +268,12 @@ impl Origin {
         let mut all = headers.to_vec();
         all.push(("age", &age));
         self.set_headers(path, &all);
+    }
+
+    /// Answer requests for `path` with this body (instead of the echo). A `content-type` among
+    /// [`set_headers`](Self::set_headers) replaces the default `text/plain`.
+    pub fn set_body(&self, path: &str, body: impl Into<Bytes>) {
+        lock(&self.state.bodies).insert(path.to_string(), body.into());
     }
 
     /// Answer requests for `path` with this status.
