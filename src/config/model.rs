@@ -376,6 +376,36 @@ pub struct ListenerSpec {
     pub trusted_forwarding: ForwardingTrust,
     /// Pages for verge's own error answers on this listener, by status (a route's come first).
     pub error_pages: ErrorPages,
+    /// Client addresses refused with 403 on every request of this listener, before routing
+    /// (`deny` wins over `allow`).
+    pub deny: Vec<IpNet>,
+    /// When not empty: only these client addresses get through this listener.
+    pub allow: Vec<IpNet>,
+}
+
+impl ListenerSpec {
+    /// Whether the listener's `allow`/`deny` refuse this client address.
+    pub fn refuses(&self, client: Option<std::net::IpAddr>) -> bool {
+        refused_by(&self.deny, &self.allow, client)
+    }
+
+    /// Whether the listener has access rules (a hit then needs the full path).
+    pub fn has_access_rules(&self) -> bool {
+        !self.deny.is_empty() || !self.allow.is_empty()
+    }
+}
+
+/// Whether `deny` or `allow` refuse `client`: a denied address, or one outside a non-empty
+/// `allow`; with rules and no address to check (not TCP), refused.
+fn refused_by(deny: &[IpNet], allow: &[IpNet], client: Option<std::net::IpAddr>) -> bool {
+    if deny.is_empty() && allow.is_empty() {
+        return false;
+    }
+    let Some(ip) = client else {
+        return true;
+    };
+    deny.iter().any(|n| n.contains(ip))
+        || (!allow.is_empty() && !allow.iter().any(|n| n.contains(ip)))
 }
 
 /// Server-side TLS for a listener.
@@ -707,14 +737,7 @@ pub struct EdgeRules {
 impl EdgeRules {
     /// Whether the client address is refused by `allow`/`deny`.
     pub fn refuses(&self, client: Option<std::net::IpAddr>) -> bool {
-        if self.deny.is_empty() && self.allow.is_empty() {
-            return false;
-        }
-        let Some(ip) = client else {
-            return true; // no address to check (not TCP): refused where rules exist
-        };
-        self.deny.iter().any(|n| n.contains(ip))
-            || (!self.allow.is_empty() && !self.allow.iter().any(|n| n.contains(ip)))
+        refused_by(&self.deny, &self.allow, client)
     }
 }
 

@@ -185,6 +185,10 @@ pub struct RawListener {
     pub limits: Option<RawLimits>,
     pub trusted_forwarding: Option<RawTrustedForwarding>,
     pub error_pages: Option<BTreeMap<StatusKey, RawErrorPage>>,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
 }
 
 /// `listeners[].trusted_forwarding: {from: [CIDR], fields: [name]}`.

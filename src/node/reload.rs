@@ -69,10 +69,13 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     if running.listeners.len() != new.listeners.len() {
         changed.push("listeners".to_string());
     } else {
-        // error pages are read per request from the snapshot, and certificates (with the
-        // minimum version) are re-read from it (`tls_certificates`): a reload applies them
+        // error pages and access rules are read per request from the snapshot, and
+        // certificates (with the minimum version) are re-read from it (`tls_certificates`): a
+        // reload applies them
         let sockets = |l: &crate::config::ListenerSpec| crate::config::ListenerSpec {
             error_pages: Default::default(),
+            deny: Vec::new(),
+            allow: Vec::new(),
             tls: l.tls.as_ref().map(|t| crate::config::TlsSpec {
                 cert: Default::default(),
                 key: Default::default(),

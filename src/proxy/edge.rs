@@ -16,6 +16,27 @@ use pingora_error::Result;
 use pingora_proxy::Session;
 use std::time::Instant;
 
+/// Apply the listener's access rules (`listeners[].allow`/`deny`), before routing; `true` when
+/// verge refused the request here (403).
+pub async fn refused_by_listener(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    listener: &str,
+    snapshot: &SharedSnapshot,
+) -> Result<bool> {
+    let refused = {
+        let current = snapshot.load();
+        let Some(spec) = current.config.listeners.iter().find(|l| l.name == listener) else {
+            return Ok(false);
+        };
+        spec.has_access_rules() && spec.refuses(rule_client(session, snapshot))
+    };
+    if refused {
+        answer(session, ctx, 403, "verge: forbidden", &[]).await?;
+    }
+    Ok(refused)
+}
+
 /// Apply the routed request's edge rules; `true` when verge answered it here. `tls`: the
 /// listener terminates TLS. The client address is the connection's, or the one trusted proxies
 /// name (`server.client_ip`, in `snapshot`'s config).

@@ -347,6 +347,14 @@ impl HitLane {
     fn try_answer(&self, req: &PlainRequest<'_>, last: bool, waited: bool) -> Option<Lane> {
         let host = canonical_host(req.host)?;
         let snapshot = self.snapshot.load();
+        // a listener's access rules refuse clients of a hit too: the full path applies them
+        let listeners = &snapshot.config.listeners;
+        if listeners
+            .iter()
+            .any(|l| l.name == self.listener && l.has_access_rules())
+        {
+            return None;
+        }
         let route = snapshot.table.lookup(&host, req.path)?;
         let rules = lane_rules(route, &self.filters)?;
         let view = req.view();

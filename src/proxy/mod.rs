@@ -188,6 +188,9 @@ impl ProxyHttp for EdgeProxy {
             session.set_write_timeout(Some(self.listener.send_timeout));
         }
         ctx.listener_pages = self.listener_pages();
+        if edge::refused_by_listener(session, ctx, &self.listener.name, &self.snapshot).await? {
+            return Ok(true);
+        }
         if request_routing::answered_before_routing(session, ctx, &self.snapshot, self.cache)
             .await?
         {

@@ -1,6 +1,7 @@
 //! A route's edge rules through real sockets: redirects (with the request's path and query),
 //! the HTTPS redirect of plain listeners, `allow`/`deny` by client address, request ids and
-//! rate limits. Each is answered by verge before the cache and the origin.
+//! rate limits, and a listener's own `allow`/`deny`. Each is answered by verge before the cache
+//! and the origin.
 
 use crate::support::wire::{Conn, Response};
 use crate::support::{fetch, Config, Listener, Origin, Pool, Route, RouteCache, Verge};
@@ -513,4 +514,54 @@ async fn edge_rules_from_the_control_plane_apply_without_a_restart_and_buckets_o
         .await;
     becomes("127.0.0.2", 200).await;
     assert_eq!(status("127.0.0.1").await, 429);
+}
+
+#[tokio::test]
+async fn a_listeners_allow_and_deny_refuse_clients_before_routing_even_on_hits() {
+    let o = Origin::start("o").await;
+    o.set_headers("/c", &[("cache-control", "max-age=600")]);
+    let config = |listener: Listener| {
+        Config::new()
+            .listener(listener)
+            .pool(Pool::new("p", &[o.addr]))
+            .route(
+                Route::to("p")
+                    .hosts(&["site.test"])
+                    .cache(RouteCache::new()),
+            )
+    };
+    let guarded = Listener::new()
+        .set("deny", r#"["127.0.0.2"]"#)
+        .set("allow", r#"["127.0.0.0/24"]"#);
+    let v = Verge::start(&config(guarded)).await;
+    // stored, then a hit for an allowed client
+    for _ in 0..2 {
+        let r = request(v.http, "127.0.0.1", "site.test", "/c", "").await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(o.hits("/c"), 1);
+    // refused whether the answer would be a hit, a miss or no route at all
+    for (from, host, path) in [
+        ("127.0.0.2", "site.test", "/c"),
+        ("127.0.1.1", "site.test", "/c"),
+        ("127.0.0.2", "site.test", "/other"),
+        ("127.0.0.2", "nowhere.test", "/c"),
+    ] {
+        let r = request(v.http, from, host, path, "").await;
+        assert_eq!(r.status, 403, "{from} {host}{path}");
+        assert_eq!(String::from_utf8_lossy(&r.body), "verge: forbidden\n");
+    }
+    assert_eq!(o.hits("/c"), 1);
+    assert_eq!(o.hits("/other"), 0);
+    // a reload lifts the rules: the same client gets the stored response
+    v.reload_with(&config(Listener::new()));
+    let lifted = crate::support::eventually(Duration::from_secs(10), || async {
+        request(v.http, "127.0.0.2", "site.test", "/c", "")
+            .await
+            .status
+            == 200
+    })
+    .await;
+    assert!(lifted, "the reload applied the listener without rules");
+    assert_eq!(o.hits("/c"), 1, "served from the cache");
 }

@@ -93,6 +93,8 @@ pub(super) fn validate_listeners(
             .error_pages
             .map(|p| super::error_pages::error_pages(&format!("{path}.error_pages"), p, errs))
             .unwrap_or_default();
+        let deny = super::address_blocks(&format!("{path}.deny"), &raw.deny, errs);
+        let allow = super::address_blocks(&format!("{path}.allow"), &raw.allow, errs);
         out.push(ListenerSpec {
             name,
             addr,
@@ -101,6 +103,8 @@ pub(super) fn validate_listeners(
             limits,
             trusted_forwarding,
             error_pages,
+            deny,
+            allow,
         });
     }
     out
