@@ -200,7 +200,7 @@ impl MemoryStorage {
     }
 
     /// The front door answered a request with `servable`, found under `combined`: one more
-    /// use (see [`MemoryStorage::used`]).
+    /// use (see `MemoryStorage::used`).
     pub fn served(&self, combined: &HashBinary, servable: &Servable) {
         self.used(combined, &servable.entry);
     }
