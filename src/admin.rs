@@ -1,4 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz`, `/status` (JSON) and `/metrics` (Prometheus text).
+//! The admin listener: `/healthz`, `/readyz`, `/status` (JSON), `/metrics` (Prometheus text)
+//! and `/cache/HOST/PATH?QUERY` (what the node would serve for a URL, for `verge verify`).
 
 use crate::cache::CacheEngine;
 use crate::metrics::METRICS;
@@ -7,6 +8,7 @@ use crate::node::reload::FileReloader;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use async_trait::async_trait;
 use http::{header, HeaderValue, Response, StatusCode};
+use pingora_cache::key::CacheHashKey;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde_json::{json, Value};
@@ -180,9 +182,90 @@ impl ServeHttp for AdminApp {
                 crate::node::poller::refresh_age_gauge();
                 reply(200, "text/plain; version=0.0.4", METRICS.render_node())
             }
+            p if p.starts_with("/cache/") => {
+                let uri = &session.req_header().uri;
+                let target = match uri.query() {
+                    Some(q) => format!("{}?{q}", &p["/cache/".len()..]),
+                    None => p["/cache/".len()..].to_string(),
+                };
+                let (status, doc) = cache_entry_json(&snapshot, self.cache, &target);
+                let body = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+                reply(status, "application/json", body)
+            }
             _ => reply(404, "text/plain", b"not found\n".to_vec()),
         }
     }
+}
+
+/// What this node would serve for `target` (`host/path?query`) right now, from memory and
+/// without asking the origin: the route and class, whether an entry is stored (under `http` or
+/// `https`), its `ETag`, age and freshness left, what the applied invalidations say of it, and
+/// the node's control-plane position. Only the entry without `Vary` variance is looked at.
+pub fn cache_entry_json(snapshot: &Snapshot, cache: &CacheEngine, target: &str) -> (u16, Value) {
+    let position = json!({
+        "policy_version": snapshot.control.position.policy_version,
+        "invalidation_seq": snapshot.control.position.seq,
+    });
+    let (host, path_query) = match target.find(['/', '?']) {
+        Some(i) if target.as_bytes()[i] == b'/' => (&target[..i], &target[i..]),
+        _ => (target, "/"),
+    };
+    let host = crate::http_syntax::host::canonical_host(host).unwrap_or_default();
+    let path = path_query.split('?').next().unwrap_or("/");
+    let route = snapshot.table.lookup(&host, path);
+    let Some((route, rules)) = route.and_then(|r| r.spec.cache.as_ref().map(|c| (r, c))) else {
+        let doc = json!({"url": target, "error": "no caching route for this URL",
+                         "control": position});
+        return (404, doc);
+    };
+    let pq = crate::proxy::rewrite::key_target(route.spec.edge.rewrite.path.as_ref(), path_query);
+    let found = ["http", "https"].into_iter().find_map(|scheme| {
+        let key = crate::cache::route_cache_key(scheme, &host, &pq, &rules.key);
+        cache
+            .storage
+            .stored(&key.combined_bin())
+            .map(|entry| (scheme, entry))
+    });
+    let mut doc = json!({
+        "url": format!("{host}{path_query}"),
+        "route": route.spec.name,
+        "class": route.spec.class,
+        "stored": found.is_some(),
+        "control": position,
+    });
+    let Some((scheme, entry)) = found else {
+        doc["serves"] = json!("miss");
+        return (200, doc);
+    };
+    let meta = entry.meta();
+    let now = std::time::SystemTime::now();
+    let headers = &meta.header().headers;
+    let key_pq = crate::cache::key_rules::key_path_and_query(&pq, &rules.key.query);
+    let verdict = crate::cache::invalidation_verdict(
+        &snapshot.control.invalidations,
+        &host,
+        &pq,
+        Some(&key_pq),
+        headers,
+        meta.created(),
+        None,
+    );
+    let ttl = crate::cache::cache_status::ttl_left(meta.fresh_until(), now);
+    use crate::cache::invalidation::index::Verdict;
+    let (invalidation, serves) = match verdict {
+        Verdict::Invalid => ("invalid", "refetch"),
+        Verdict::Stale { .. } => ("stale", "stale"),
+        Verdict::Valid if ttl >= 0 => ("valid", "fresh"),
+        Verdict::Valid => ("valid", "stale"),
+    };
+    doc["scheme"] = json!(scheme);
+    doc["etag"] = json!(headers.get(header::ETAG).and_then(|v| v.to_str().ok()));
+    doc["status"] = json!(meta.header().status.as_u16());
+    doc["age"] = json!(meta.age(now).as_secs());
+    doc["ttl"] = json!(ttl);
+    doc["invalidation"] = json!(invalidation);
+    doc["serves"] = json!(serves);
+    (200, doc)
 }
 
 /// When this process started (first asked at start-up by the admin app), for `uptime_seconds`.

@@ -1,6 +1,6 @@
 //! The `verge` command line: `serve` runs the proxy, `control` the control plane, `check`
 //! validates a config; `reload` and `upgrade` signal a running node; `policy`, `purge` and
-//! `nodes` talk to a running control plane.
+//! `nodes` talk to a running control plane; `verify` asks nodes' admin listeners.
 
 #![cfg_attr(
     not(test),
@@ -9,6 +9,7 @@
 
 mod lifecycle;
 mod ops;
+mod verify;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -70,6 +71,10 @@ enum Command {
         /// Required with `all`.
         #[arg(long)]
         confirm_all: bool,
+        /// With one `url`: the origin object's new ETag. Only entries carrying another version
+        /// (or none) are invalidated; a node whose entry already carries it keeps it.
+        #[arg(long, value_name = "ETAG")]
+        expected_version: Option<String>,
         /// Return once every live node has applied the purge, or fail (exit 6) naming the
         /// nodes that have not within TIMEOUT (default 30s).
         #[arg(long, value_name = "TIMEOUT", num_args = 0..=1, require_equals = true,
@@ -77,6 +82,23 @@ enum Command {
         wait: Option<String>,
         #[command(flatten)]
         control: ops::ControlArgs,
+    },
+    /// Ask each node's admin listener what it would serve for each URL (stored version, age,
+    /// invalidations applied), without fetching from the origin, and name the nodes that would
+    /// serve another version: the one given, else the one most nodes serve. Exit 1 if any.
+    Verify {
+        /// URLs (`host/path?query`).
+        #[arg(required = true)]
+        urls: Vec<String>,
+        /// A node's admin listener (`host:port`); once per node.
+        #[arg(long = "node", required = true, value_name = "ADMIN")]
+        nodes: Vec<String>,
+        /// The version every node should serve: the origin object's current ETag.
+        #[arg(long, value_name = "ETAG")]
+        expected_version: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Show every node: alive, late or dead, its applied policy version and invalidation
     /// sequence, its lag and when it last reported.
@@ -126,10 +148,27 @@ fn main() -> ExitCode {
             targets,
             soft,
             confirm_all,
+            expected_version,
             wait,
             control,
-        } => ops::purge(&control, kind, targets, soft, confirm_all, wait),
+        } => ops::purge(
+            &control,
+            kind,
+            targets,
+            ops::PurgeFlags {
+                soft,
+                confirm_all,
+                expected_version,
+            },
+            wait,
+        ),
         Command::Nodes { control } => ops::nodes(&control),
+        Command::Verify {
+            urls,
+            nodes,
+            expected_version,
+            json,
+        } => verify::verify(urls, nodes, expected_version, json),
         Command::Reload { config, timeout } => {
             lifecycle::reload(&config, Duration::from_secs(timeout))
         }
@@ -174,6 +213,7 @@ fn main() -> ExitCode {
                     c.pools.len(),
                     c.routes.len()
                 );
+                print_warnings(&config, &c.warnings());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -230,12 +270,30 @@ fn check_policy(path: &std::path::Path) -> ExitCode {
                 p.pools.len(),
                 p.routes.len()
             );
+            print_warnings(path, &p.warnings());
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprint!("{}: {e}", path.display());
             ExitCode::from(2)
         }
+    }
+}
+
+/// `verge check`'s warnings, on stderr after the `ok` line: the config is valid and runs, but
+/// something in it is probably not what was meant (a class budget its routes can exceed).
+fn print_warnings(path: &std::path::Path, warnings: &[verge::config::classes::ConfigWarning]) {
+    if warnings.is_empty() {
+        return;
+    }
+    let n = warnings.len();
+    eprintln!(
+        "{}: {n} warning{}",
+        path.display(),
+        if n == 1 { "" } else { "s" }
+    );
+    for w in warnings {
+        eprintln!("  {w}");
     }
 }
 
@@ -254,6 +312,9 @@ fn control(path: &std::path::Path) -> anyhow::Result<()> {
 
 fn serve(path: &std::path::Path, upgrade: bool, daemon: bool) -> anyhow::Result<()> {
     let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for w in config.warnings() {
+        log::warn!("{}: {w}", path.display());
+    }
     // the plain binary registers no filters: a route with `filters:` is refused here
     verge::Verge::builder(config)
         .options(verge::RunOptions { upgrade, daemon })

@@ -139,6 +139,22 @@ pub struct Metrics {
     pub filter_responses: IntCounterVec,
     /// `verge_rate_limited_total{route}`: requests answered 429 by a route's `rate_limit`.
     pub rate_limited: IntCounterVec,
+    /// `verge_cache_served_total{class,state}`: answers from the cache by content class
+    /// (`none`: a route without one) and state: `fresh`, `stale-while-revalidate`,
+    /// `stale-if-error`, `revalidated` (see `cache::freshness`).
+    pub cache_served: IntCounterVec,
+    /// `verge_cache_served_stale_seconds{class,state}`: how long past expiry the stale answers
+    /// (`stale-while-revalidate`, `stale-if-error`) were.
+    pub cache_served_stale: HistogramVec,
+    /// `verge_cache_served_age_ratio{class}`: an answer's age ÷ its freshness lifetime (above 1:
+    /// served stale).
+    pub cache_served_age_ratio: HistogramVec,
+    /// `verge_cache_served_after_invalidation_total{class}`: answers from entries that an
+    /// invalidation applied before the request arrived should have refused. Must stay 0.
+    pub cache_served_after_invalidation: IntCounterVec,
+    /// `verge_invalidation_apply_lag_seconds`: from the control plane accepting an invalidation
+    /// to this node applying it.
+    pub invalidation_apply_lag: Histogram,
     /// `verge_compressed_responses_total{route,coding}`: origin responses verge compressed
     /// before storing them (`routes[].compression`; `coding` is `br` or `gzip`).
     pub compressed_responses: IntCounterVec,
@@ -239,6 +255,45 @@ impl Metrics {
                     10.0, 30.0,
                 ]),
                 &["route"],
+            ),
+        );
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            registered(
+                &node,
+                name,
+                HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                    labels,
+                ),
+            )
+        };
+        let stale_buckets = [
+            0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
+        ];
+        let cache_served_stale = histogram(
+            "verge_cache_served_stale_seconds",
+            "How long past expiry stale answers from the cache were, by class and state",
+            &["class", "state"],
+            &stale_buckets,
+        );
+        let ratio_buckets = [0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.5, 2.0, 5.0, 10.0, 100.0];
+        let cache_served_age_ratio = histogram(
+            "verge_cache_served_age_ratio",
+            "Age of answers from the cache divided by their freshness lifetime, by class",
+            &["class"],
+            &ratio_buckets,
+        );
+        let invalidation_apply_lag = registered(
+            &node,
+            "verge_invalidation_apply_lag_seconds",
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "verge_invalidation_apply_lag_seconds",
+                    "Time from the control plane accepting an invalidation to this node applying it",
+                )
+                .buckets(vec![
+                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+                ]),
             ),
         );
         let config_loaded = plain_gauge(
@@ -521,6 +576,22 @@ impl Metrics {
                 "Requests answered 429 by a route's rate limit, by route",
                 &["route"],
             ),
+            cache_served: counter(
+                &node,
+                "verge_cache_served_total",
+                "Answers from the cache, by content class and freshness state",
+                &["class", "state"],
+            ),
+            cache_served_stale,
+            cache_served_age_ratio,
+            cache_served_after_invalidation: counter(
+                &node,
+                "verge_cache_served_after_invalidation_total",
+                "Answers from entries an invalidation applied before the request should have \
+                 refused (must stay 0)",
+                &["class"],
+            ),
+            invalidation_apply_lag,
             compressed_responses: counter(
                 &node,
                 "verge_compressed_responses_total",

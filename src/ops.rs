@@ -288,19 +288,31 @@ fn written(out: Out, answer: &Value, note: &str) {
     }
 }
 
-/// `verge purge KIND TARGET... [--soft] [--wait[=TIMEOUT]]`
+/// How `verge purge` purges.
+pub struct PurgeFlags {
+    /// Mark stale instead of removing.
+    pub soft: bool,
+    /// `--confirm-all`, which purging everything needs.
+    pub confirm_all: bool,
+    /// The origin object's new ETag (`--expected-version`).
+    pub expected_version: Option<String>,
+}
+
+/// `verge purge KIND TARGET... [--soft] [--expected-version ETAG] [--wait[=TIMEOUT]]`
 pub fn purge(
     args: &ControlArgs,
     kind: PurgeKind,
     targets: Vec<String>,
-    soft: bool,
-    confirm_all: bool,
+    flags: PurgeFlags,
     wait: Option<String>,
 ) -> ExitCode {
-    let mut body = json!({ "kind": kind.as_str(), "soft": soft });
+    let mut body = json!({ "kind": kind.as_str(), "soft": flags.soft });
+    if let Some(v) = flags.expected_version {
+        body["expected_version"] = Value::from(v);
+    }
     match kind {
         PurgeKind::All => {
-            if !confirm_all {
+            if !flags.confirm_all {
                 return fail("purging everything needs --confirm-all", 2);
             }
             body["confirm"] = Value::from("all");

@@ -83,6 +83,7 @@ const TOP: &[&str] = &[
     "server",
     "embed",
     "ops",
+    "verify",
     "lifecycle",
     "lib",
     "main",

@@ -73,6 +73,7 @@ fn nodes() -> &'static Nodes {
                 soft: false,
                 created_ms: 0,
                 id: None,
+                expected_version: None,
             };
             index.apply(&inv, applied_at).expect("invalidation");
         }
@@ -321,6 +322,7 @@ fn target_invariants(kind: InvalidationKind, text: &str) {
             soft,
             created_ms: 0,
             id: None,
+            expected_version: None,
         };
         let at = now();
         assert_eq!(index.apply(&inv, at), Ok(()));

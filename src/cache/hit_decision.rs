@@ -66,6 +66,7 @@ pub fn decide(
             Some(&key_pq),
             &entry.header.headers,
             entry.created,
+            None,
         );
         match verdict {
             Verdict::Valid => {}
@@ -135,6 +136,7 @@ mod tests {
                     soft: false,
                     created_ms: 0,
                     id: None,
+                    expected_version: None,
                 },
                 t0 + Duration::from_secs(1),
             )

@@ -8,6 +8,7 @@ pub mod disk;
 pub mod early_refresh;
 pub mod eviction;
 pub mod fill;
+pub mod freshness;
 pub mod hit_decision;
 pub mod http_date;
 pub mod invalidation;
@@ -25,7 +26,7 @@ pub mod unsafe_methods;
 #[cfg(test)]
 mod xorshift;
 
-use crate::cache::invalidation::index::{response_tags, InvalidationIndex, Verdict};
+use crate::cache::invalidation::index::{response_tags, EntryFacts, InvalidationIndex, Verdict};
 use crate::config::{CacheKeyRules, CacheSettings};
 use crate::metrics::METRICS;
 use eviction::S3FifoEviction;
@@ -167,7 +168,7 @@ impl CacheEngine {
             let Some((host, pq)) = rfc9111::entry_url(headers) else {
                 return false;
             };
-            invalidation_verdict(index, host, pq, None, headers, stored.created())
+            invalidation_verdict(index, host, pq, None, headers, stored.created(), None)
                 == Verdict::Invalid
         });
         for k in &removed {
@@ -225,6 +226,7 @@ pub fn invalidation_override(
         key_path_query,
         meta.headers(),
         meta.created(),
+        None,
     );
     match verdict {
         Verdict::Valid => None,
@@ -242,7 +244,9 @@ pub fn invalidation_override(
 }
 
 /// What the invalidation index says about a stored entry with these stored `headers`, admitted
-/// at `created` (its fetch start, when recorded, counts instead). Counts nothing.
+/// at `created` (its fetch start, when recorded, counts instead), counting the invalidations
+/// applied no later than `as_of` (`None`: all). Its `ETag` is its version for purges with an
+/// `expected_version`. Counts nothing.
 pub fn invalidation_verdict(
     index: &InvalidationIndex,
     host: &str,
@@ -250,15 +254,23 @@ pub fn invalidation_verdict(
     key_path_query: Option<&str>,
     headers: &http::HeaderMap,
     created: std::time::SystemTime,
+    as_of: Option<std::time::SystemTime>,
 ) -> Verdict {
     if index.is_empty() {
         return Verdict::Valid;
     }
-    let fetched = rfc9111::fetched_at(headers).unwrap_or(created);
+    let entry = EntryFacts {
+        created: rfc9111::fetched_at(headers).unwrap_or(created),
+        version: headers
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(invalidation::version_of),
+    };
     let tags = response_tags(headers, &rfc9111::TAG_HEADERS);
-    let mut verdict = index.verdict(host, path_query, tags, fetched);
+    let mut verdict = index.verdict_as_of(host, path_query, tags, &entry, as_of);
     if let Some(k) = key_path_query.filter(|k| *k != path_query) {
-        verdict = verdict.stronger(index.verdict(host, k, std::iter::empty(), fetched));
+        let by_key = index.verdict_as_of(host, k, std::iter::empty(), &entry, as_of);
+        verdict = verdict.stronger(by_key);
     }
     verdict
 }

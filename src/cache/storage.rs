@@ -192,6 +192,13 @@ impl MemoryStorage {
         (head.content_length == entry.body.len()).then_some(Servable { entry })
     }
 
+    /// The entry stored under `combined` in memory, whether or not a plain hit may be answered
+    /// from it (what the admin listener's `/cache/` reports, for `verge verify`).
+    pub fn stored(&self, combined: &HashBinary) -> Option<Servable> {
+        let entry = self.shard(combined).read().entries.get(combined)?.clone();
+        Some(Servable { entry })
+    }
+
     /// The front door answered a request with `servable`, found under `combined`: one more
     /// use: at the disk tier's `min_uses`, the entry is queued for disk (once).
     pub fn served(&self, combined: &HashBinary, servable: &Servable) {

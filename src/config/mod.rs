@@ -1,6 +1,7 @@
 //! Configuration: raw YAML types, validation that reports every error with its key path, and loading.
 
 pub mod certificates;
+pub mod classes;
 mod compression;
 mod edge;
 pub mod keys;
@@ -138,8 +139,14 @@ impl Config {
         Config {
             pools: policy.pools.clone(),
             routes: policy.routes.clone(),
+            classes: policy.classes.clone(),
             ..self.clone()
         }
+    }
+
+    /// Routes whose class budget their configuration can exceed (`verge check` prints them).
+    pub fn warnings(&self) -> Vec<classes::ConfigWarning> {
+        classes::budget_warnings(&self.routes, &self.classes)
     }
 
     /// The pool a route points at (validation guarantees it exists).
@@ -181,6 +188,11 @@ impl Policy {
         }
         let yaml = serde_yaml::to_value(value).map_err(|e| one(e.to_string()))?;
         validate::validate_policy(yaml).map_err(ConfigErrors::new)
+    }
+
+    /// Routes whose class budget their configuration can exceed (`verge check` prints them).
+    pub fn warnings(&self) -> Vec<classes::ConfigWarning> {
+        classes::budget_warnings(&self.routes, &self.classes)
     }
 
     /// Parse a policy document written as YAML (or JSON) text into its JSON form, without

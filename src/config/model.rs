@@ -22,6 +22,8 @@ pub struct Config {
     pub pools: BTreeMap<String, PoolSpec>,
     /// Routes in config order (`routes:`); matching picks the longest path prefix.
     pub routes: Vec<RouteSpec>,
+    /// Content classes by name (`classes:`), with their staleness budgets.
+    pub classes: BTreeMap<String, super::classes::ContentClass>,
     /// The shared cache (`cache:`).
     pub cache: CacheSettings,
     /// Where policy and invalidations come from; `None` runs from this file alone.
@@ -101,6 +103,8 @@ pub struct Policy {
     pub pools: BTreeMap<String, PoolSpec>,
     /// Routes in policy order.
     pub routes: Vec<RouteSpec>,
+    /// Content classes by name.
+    pub classes: BTreeMap<String, super::classes::ContentClass>,
 }
 
 /// A node's link to `verge control`.
@@ -692,6 +696,8 @@ pub struct RouteSpec {
     pub timeouts: RouteTimeouts,
     /// Cache rules; `None`: the route does not cache.
     pub cache: Option<RouteCache>,
+    /// Its content class (a key of `classes`), the `class` label of its freshness metrics.
+    pub class: Option<String>,
     /// Which registered `Filter`s run on this route, by name, in registration order:
     /// `None` (no `filters:` key) runs every registered filter, `Some([])` none.
     pub filters: Option<Vec<String>>,

@@ -16,6 +16,7 @@ pub struct RawDocument {
     pub upstream_defaults: Option<serde_yaml::Value>,
     pub pools: Option<serde_yaml::Value>,
     pub routes: Option<serde_yaml::Value>,
+    pub classes: Option<serde_yaml::Value>,
     pub cache: Option<serde_yaml::Value>,
     pub control: Option<serde_yaml::Value>,
     pub purge: Option<serde_yaml::Value>,
@@ -49,6 +50,14 @@ pub struct RawPolicy {
     pub upstream_defaults: Option<serde_yaml::Value>,
     pub pools: Option<serde_yaml::Value>,
     pub routes: Option<serde_yaml::Value>,
+    pub classes: Option<serde_yaml::Value>,
+}
+
+/// `classes.<name>: {budget: 30s}`: a content class and its staleness budget.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClass {
+    pub budget: ConfDuration,
 }
 
 /// The node's `control:` block: where its policy and invalidations come from.
@@ -358,6 +367,8 @@ pub struct RawRoute {
     pub response_headers: Option<RawHeaderOps>,
     pub timeouts: Option<RawTimeouts>,
     pub cache: Option<RawRouteCache>,
+    /// The content class (a key of `classes:`) its responses belong to.
+    pub class: Option<String>,
     /// A body on GET or HEAD: `drop` (default), `reject` or `forward`.
     pub get_body: Option<String>,
     /// Names of the registered filters that run on this route (absent: all of them).

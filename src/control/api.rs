@@ -231,6 +231,8 @@ struct PurgeBody {
     invalidations: Option<Vec<PurgeItem>>,
     /// The client's id for a single-target purge (idempotent redelivery).
     id: Option<String>,
+    /// The origin object's new version (`ETag`), for a single URL purge.
+    expected_version: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -242,6 +244,7 @@ struct PurgeItem {
     #[serde(default)]
     soft: bool,
     id: Option<String>,
+    expected_version: Option<String>,
 }
 
 /// Turn any of the accepted purge bodies into requests. `all` needs `"confirm": "all"`.
@@ -263,19 +266,27 @@ fn purge_requests(body: &[u8]) -> Result<Vec<InvalidationRequest>, ApiReply> {
                     "an id names one invalidation: give one per item of \"invalidations\"",
                 ));
             }
+            if b.expected_version.is_some() && targets.len() != 1 {
+                return Err(ApiReply::error(
+                    400,
+                    "an expected_version is one URL's: give one per item of \"invalidations\"",
+                ));
+            }
             out.extend(targets.into_iter().map(|target| InvalidationRequest {
                 kind,
                 target,
                 soft: b.soft,
                 id: b.id.clone(),
+                expected_version: b.expected_version.clone(),
             }));
         }
-        (None, Some(items)) if b.id.is_none() => {
+        (None, Some(items)) if b.id.is_none() && b.expected_version.is_none() => {
             out.extend(items.into_iter().map(|i| InvalidationRequest {
                 kind: i.kind,
                 target: i.target,
                 soft: i.soft,
                 id: i.id,
+                expected_version: i.expected_version,
             }))
         }
         _ => {

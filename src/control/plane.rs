@@ -4,8 +4,8 @@
 use super::settings::ControlSettings;
 use super::store::{PolicyVersion, Record, Store, StoreChange, StoreError, StoreState};
 use super::wire::{
-    parse_target, unix_ms, AppliedReport, Invalidation, InvalidationKind, Position,
-    RejectedSnapshot, SnapshotMessage, Target,
+    check_expected_version, parse_target, unix_ms, AppliedReport, Invalidation, InvalidationKind,
+    Position, RejectedSnapshot, SnapshotMessage, Target,
 };
 use crate::config::{ConfigErrors, Policy};
 use crate::metrics::METRICS;
@@ -60,6 +60,8 @@ pub struct InvalidationRequest {
     pub soft: bool,
     /// The client's id for this invalidation (idempotent redelivery), if it gave one.
     pub id: Option<String>,
+    /// For a URL: the origin object's new version (`ETag`); entries that carry it are kept.
+    pub expected_version: Option<String>,
 }
 
 /// What happened to one requested invalidation.
@@ -93,13 +95,16 @@ struct Bucket {
     at: Instant,
 }
 
+/// What makes two purges the same for coalescing: target, softness and expected version.
+type PurgeKey = (Target, bool, Option<String>);
+
 struct PlaneState {
     policies: VecDeque<PolicyVersion>,
     invalidations: VecDeque<Invalidation>,
     floor: u64,
     head: Position,
     appended_since_compaction: usize,
-    recent: HashMap<(Target, bool), (u64, Instant)>,
+    recent: HashMap<PurgeKey, (u64, Instant)>,
     /// Highest `seq` any node has been sent. An invalidation already delivered is never
     /// coalesced into: content fetched after a node applied it must be purgeable again.
     delivered: u64,
@@ -379,6 +384,11 @@ impl ControlPlane {
                 Ok(t) => targets.push(t),
                 Err(e) => problems.push(format!("targets[{i}] ({:?}): {e}", r.target)),
             }
+            if let Some(v) = &r.expected_version {
+                if let Err(e) = check_expected_version(r.kind, v) {
+                    problems.push(format!("targets[{i}]: {e}"));
+                }
+            }
             if let Some(id) = &r.id {
                 if id.is_empty()
                     || id.len() > MAX_ID_LEN
@@ -412,7 +422,7 @@ impl ControlPlane {
         let mut next = st.head.seq;
         let mut out = Vec::with_capacity(requests.len());
         let mut fresh = Vec::new();
-        let mut batch_keys: HashMap<(Target, bool), u64> = HashMap::new();
+        let mut batch_keys: HashMap<PurgeKey, u64> = HashMap::new();
         let mut batch_ids: HashMap<&str, u64> = HashMap::new();
         for (r, t) in requests.iter().zip(targets) {
             let known =
@@ -426,7 +436,7 @@ impl ControlPlane {
                 });
                 continue;
             }
-            let key = (t, r.soft);
+            let key = (t, r.soft, r.expected_version.clone());
             let coalesced = st
                 .recent
                 .get(&key)
@@ -454,6 +464,7 @@ impl ControlPlane {
                 soft: r.soft,
                 created_ms,
                 id: r.id.clone(),
+                expected_version: r.expected_version.clone(),
             });
             out.push(Accepted {
                 seq: next,
@@ -805,6 +816,7 @@ mod tests {
             kind,
             target: target.into(),
             soft: false,
+            expected_version: None,
         }
     }
 
@@ -1050,6 +1062,7 @@ mod tests {
             soft: false,
             created_ms: 1,
             id: id.map(str::to_string),
+            expected_version: None,
         };
         let at = cp.snapshot_for(None).unwrap().position();
         cp.apply_change(StoreChange::Records(vec![

@@ -146,6 +146,7 @@ mod tests {
             target: target.into(),
             soft: false,
             id: None,
+            expected_version: None,
         }]
     }
 

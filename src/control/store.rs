@@ -330,6 +330,7 @@ mod tests {
             soft: false,
             created_ms: seq,
             id: None,
+            expected_version: None,
         }
     }
 

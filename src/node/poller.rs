@@ -152,6 +152,25 @@ pub fn next_state(
     )))
 }
 
+/// `verge_invalidation_apply_lag_seconds`: for each invalidation `msg` brought that this node
+/// had not applied (after seq `applied_after`), the time from the control plane accepting it to
+/// `now`. Seqs only grow, so each is observed once, whether its purge was sent once or
+/// redelivered under the same id (the control plane gives a redelivery the first one's seq).
+/// The first full snapshot of a node that had applied nothing is not counted: those purges
+/// were accepted before it had anything cached.
+fn observe_apply_lag(msg: &SnapshotMessage, applied_after: u64, now: SystemTime) {
+    if msg.full && applied_after == 0 {
+        return;
+    }
+    let now_ms = unix_ms(now);
+    for inv in msg.invalidations.iter().filter(|i| i.seq > applied_after) {
+        let lag_ms = now_ms.saturating_sub(inv.created_ms);
+        METRICS
+            .invalidation_apply_lag
+            .observe(Duration::from_millis(lag_ms).as_secs_f64());
+    }
+}
+
 /// The sidecar service.
 pub struct ControlPoller {
     spec: ControlSpec,
@@ -275,9 +294,11 @@ impl ControlPoller {
         LAST_CONTACT_MS.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
         let now = SystemTime::now();
         let registered = self.writer.filters();
+        let mut applied_after = 0;
         let stored = self
             .writer
             .update(|current, base| {
+                applied_after = current.control.position.seq;
                 let Some((config, state)) = next_state(current, base, &msg, now)? else {
                     return Ok(None);
                 };
@@ -304,6 +325,7 @@ impl ControlPoller {
             return Ok(false);
         };
         let position = snapshot.control.position;
+        observe_apply_lag(&msg, applied_after, now);
         METRICS
             .snapshot_applied
             .with_label_values(&[if msg.full { "full" } else { "delta" }])

@@ -5,6 +5,7 @@
 pub use crate::access_log::Seen;
 use crate::access_log::{key_hex, AccessLog, Record};
 use crate::cache::collapse::LockWait;
+pub use crate::cache::freshness::{Served, ServedState};
 use crate::metrics::{RequestOutcome, METRICS};
 use crate::snapshot::{Route, SharedSnapshot};
 use pingora_cache::CachePhase;
@@ -45,6 +46,9 @@ pub struct Finished<'a> {
     pub client: Option<IpAddr>,
     /// Its `X-Request-Id`, on routes that give one.
     pub request_id: Option<&'a str>,
+    /// The stored entry it was answered from, when it counts as a lookup answered from the
+    /// cache (the freshness metrics, `cache::freshness`).
+    pub served: Option<Served<'a>>,
     /// What the access log may record of the request and its connection.
     pub seen: Seen<'a>,
 }
@@ -82,10 +86,23 @@ pub fn finish(f: &Finished<'_>, log: Option<&AccessLog>, snapshot: &SharedSnapsh
             .with_label_values(&[route, wait.as_str()])
             .inc();
     }
+    if f.served.is_none() && log.is_none() {
+        return;
+    }
+    let snapshot = snapshot.load();
+    if let Some(served) = &f.served {
+        let class = f
+            .route
+            .and_then(|r| r.spec.class.as_deref())
+            .unwrap_or(crate::config::classes::NO_CLASS);
+        let now = SystemTime::now();
+        let received = f.elapsed.and_then(|e| now.checked_sub(e)).unwrap_or(now);
+        let index = &snapshot.control.invalidations;
+        crate::cache::freshness::record(class, served, now, received, index);
+    }
     let Some(log) = log else {
         return;
     };
-    let snapshot = snapshot.load();
     log.log(&Record {
         time: Some(SystemTime::now()),
         client: f.client.map(|ip| ip.to_string()),

@@ -21,6 +21,7 @@ use super::filter::Filters;
 use super::finish::{finish, Finished, Seen};
 use crate::access_log::AccessLog;
 use crate::cache::collapse::LockWait;
+use crate::cache::freshness::{Served, ServedState};
 use crate::cache::hit_decision::{self, HitDecision, StoredEntry};
 use crate::cache::request_view::RequestView;
 use crate::cache::storage::Servable;
@@ -161,6 +162,7 @@ pub fn lane_rules<'r>(route: &'r Route, filters: &Filters) -> Option<&'r RouteCa
         response_headers,   // edits every response: the full path applies them
         timeouts: _,        // the origin only
         cache,
+        class: _,          // a metrics label
         filters: selected, // user filters see hits too: the full path runs them
         get_body: _,       // the lane takes no request with a body
         edge,
@@ -270,6 +272,8 @@ pub struct Answer {
     route: Arc<Route>,
     host: String,
     key: pingora_cache::key::HashBinary,
+    /// The entry it came from, for the freshness metrics.
+    entry: Servable,
     /// What the access log records of the request, kept only when one is written.
     logged: Option<Logged>,
 }
@@ -404,14 +408,14 @@ impl HitLane {
         self.cache
             .eviction
             .access(&eviction_key, weight, meta.fresh_until());
-        let answer = self.build(&entry, req, now, last, route, host, combined, waited);
+        let answer = self.build(entry, req, now, last, route, host, combined, waited);
         Some(Lane::Answer(answer))
     }
 
     #[allow(clippy::too_many_arguments)]
     fn build(
         &self,
-        entry: &Servable,
+        entry: Servable,
         req: &PlainRequest<'_>,
         now: SystemTime,
         last: bool,
@@ -476,6 +480,7 @@ impl HitLane {
             route,
             host,
             key,
+            entry,
         }
     }
 
@@ -494,6 +499,7 @@ impl HitLane {
     pub fn record(&self, answer: &Answer, sent: bool, client: Option<IpAddr>, elapsed: Duration) {
         let route: &Route = &answer.route;
         let logged = answer.logged.as_ref();
+        let meta = answer.entry.meta();
         let finished = Finished {
             route: Some(route),
             host: &answer.host,
@@ -511,6 +517,13 @@ impl HitLane {
             elapsed: Some(elapsed),
             client,
             request_id: None, // the lane declines routes that give ids (`lane_rules`)
+            served: Some(Served {
+                state: ServedState::Fresh, // the lane serves fresh entries only
+                header: meta.header(),
+                created: meta.created(),
+                age: meta.age(SystemTime::now()),
+                fresh_until: meta.fresh_until(),
+            }),
             seen: Seen {
                 user_agent: logged.and_then(|l| l.user_agent.as_deref()),
                 referer: logged.and_then(|l| l.referer.as_deref()),

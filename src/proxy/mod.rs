@@ -575,6 +575,18 @@ impl ProxyHttp for EdgeProxy {
             elapsed: ctx.started.map(|t| t.elapsed()),
             client: client_ip(session),
             request_id: ctx.request_id.as_deref(),
+            // a background refresh serves no client
+            served: (counted && session.subrequest_ctx.is_none())
+                .then(|| finish::ServedState::of(phase))
+                .flatten()
+                .zip(session.cache.maybe_cache_meta())
+                .map(|(state, meta)| finish::Served {
+                    state,
+                    header: meta.response_header(),
+                    created: meta.created(),
+                    age: meta.age(),
+                    fresh_until: meta.fresh_until(),
+                }),
             seen: finish::Seen {
                 user_agent: field(http::header::USER_AGENT),
                 referer: field(http::header::REFERER),

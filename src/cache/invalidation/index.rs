@@ -9,28 +9,75 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-/// The latest hard and soft invalidation times recorded for one target.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The latest hard and soft invalidation times recorded for one target, and the latest
+/// version-guarded ones (a purge with `expected_version`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Mark {
     hard: Option<SystemTime>,
     soft: Option<SystemTime>,
+    hard_guarded: Option<Guard>,
+    soft_guarded: Option<Guard>,
+}
+
+/// A version-guarded invalidation: entries fetched before `at` are refused unless they carry
+/// `version`. Only the latest is kept: the newest version known is the one to carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Guard {
+    at: SystemTime,
+    version: String,
+}
+
+/// What an invalidation verdict reads of a stored entry.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryFacts<'a> {
+    /// When its origin fetch started.
+    pub created: SystemTime,
+    /// Its version: the stored `ETag`, as [`version_of`](super::version_of) gives it.
+    pub version: Option<&'a str>,
 }
 
 impl Mark {
-    fn record(&mut self, soft: bool, at: SystemTime) {
-        let slot = if soft { &mut self.soft } else { &mut self.hard };
-        *slot = Some(slot.map_or(at, |t| t.max(at)));
+    fn record(&mut self, soft: bool, at: SystemTime, version: Option<&str>) {
+        match version {
+            None => {
+                let slot = if soft { &mut self.soft } else { &mut self.hard };
+                *slot = Some(slot.map_or(at, |t| t.max(at)));
+            }
+            Some(v) => {
+                let slot = if soft {
+                    &mut self.soft_guarded
+                } else {
+                    &mut self.hard_guarded
+                };
+                if slot.as_ref().is_none_or(|g| g.at <= at) {
+                    *slot = Some(Guard {
+                        at,
+                        version: super::version_of(v).to_string(),
+                    });
+                }
+            }
+        }
     }
 
-    /// What this mark says about an entry whose origin fetch started at `created`.
-    fn verdict(&self, created: SystemTime) -> Verdict {
-        if self.hard.is_some_and(|t| created < t) {
-            Verdict::Invalid
-        } else {
-            match self.soft {
-                Some(t) if created < t => Verdict::Stale { since: t },
-                _ => Verdict::Valid,
-            }
+    /// What this mark says about `entry`, counting only invalidations applied no later than
+    /// `as_of` (`None`: all of them).
+    fn verdict(&self, entry: &EntryFacts<'_>, as_of: Option<SystemTime>) -> Verdict {
+        let applies = |t: &SystemTime| entry.created < *t && as_of.is_none_or(|cut| *t <= cut);
+        let refuses = |g: &Guard| applies(&g.at) && entry.version != Some(g.version.as_str());
+        if self.hard.as_ref().is_some_and(applies)
+            || self.hard_guarded.as_ref().is_some_and(refuses)
+        {
+            return Verdict::Invalid;
+        }
+        let soft = self.soft.filter(applies);
+        let guarded = self
+            .soft_guarded
+            .as_ref()
+            .filter(|g| refuses(g))
+            .map(|g| g.at);
+        match soft.max(guarded) {
+            Some(since) => Verdict::Stale { since },
+            None => Verdict::Valid,
         }
     }
 }
@@ -98,7 +145,7 @@ impl InvalidationIndex {
         if matches!(target, Target::Host(_) | Target::All) {
             self.drop_covered(&target, inv.soft, applied_ms);
         }
-        self.record(&target, inv.soft, applied_at);
+        self.record(&target, inv, applied_at);
         self.applied.push(AppliedInvalidation {
             invalidation: inv.clone(),
             applied_ms,
@@ -124,16 +171,21 @@ impl InvalidationIndex {
         }
     }
 
-    fn record(&mut self, target: &Target, soft: bool, at: SystemTime) {
+    fn record(&mut self, target: &Target, inv: &Invalidation, at: SystemTime) {
+        let (soft, version) = (inv.soft, inv.expected_version.as_deref());
         match target {
-            Target::All => self.all.record(soft, at),
-            Target::Tag(t) => self.tags.entry(t.clone()).or_default().record(soft, at),
+            Target::All => self.all.record(soft, at, version),
+            Target::Tag(t) => self
+                .tags
+                .entry(t.clone())
+                .or_default()
+                .record(soft, at, version),
             Target::Host(h) => self
                 .hosts
                 .entry(h.clone())
                 .or_default()
                 .whole
-                .record(soft, at),
+                .record(soft, at, version),
             Target::Url { host, path_query } => self
                 .hosts
                 .entry(host.clone())
@@ -141,7 +193,7 @@ impl InvalidationIndex {
                 .urls
                 .entry(path_query.clone())
                 .or_default()
-                .record(soft, at),
+                .record(soft, at, version),
             Target::Prefix { host, prefix } => {
                 let marks = self.hosts.entry(host.clone()).or_default();
                 marks.longest_prefix = marks.longest_prefix.max(prefix.len());
@@ -149,7 +201,7 @@ impl InvalidationIndex {
                     .prefixes
                     .entry(prefix.clone())
                     .or_default()
-                    .record(soft, at);
+                    .record(soft, at, version);
             }
         }
     }
@@ -160,7 +212,7 @@ impl InvalidationIndex {
         let mut index = InvalidationIndex::default();
         for a in list {
             if let Ok(target) = parse_target(a.invalidation.kind, &a.invalidation.target) {
-                index.record(&target, a.invalidation.soft, from_unix_ms(a.applied_ms));
+                index.record(&target, &a.invalidation, from_unix_ms(a.applied_ms));
                 index.applied.push(a);
             }
         }
@@ -191,17 +243,37 @@ impl InvalidationIndex {
         tags: impl Iterator<Item = &'a str>,
         created: SystemTime,
     ) -> Verdict {
-        let mut v = self.all.verdict(created);
+        let entry = EntryFacts {
+            created,
+            version: None,
+        };
+        self.verdict_as_of(host, path_query, tags, &entry, None)
+    }
+
+    /// [`verdict`](Self::verdict) counting only the invalidations this node applied no later
+    /// than `as_of` (`None`: all): what the index said when a request arrived, for the check
+    /// that no answer came from an entry it refused (`cache::freshness`). As marks keep the
+    /// latest time per target, a target purged again after `as_of` hides its earlier purge:
+    /// the check may miss such an answer, never count a right one.
+    pub fn verdict_as_of<'a>(
+        &self,
+        host: &str,
+        path_query: &str,
+        tags: impl Iterator<Item = &'a str>,
+        entry: &EntryFacts<'_>,
+        as_of: Option<SystemTime>,
+    ) -> Verdict {
+        let mut v = self.all.verdict(entry, as_of);
         if let Some(h) = self.hosts.get(host) {
-            v = v.stronger(h.whole.verdict(created));
+            v = v.stronger(h.whole.verdict(entry, as_of));
             if let Some(m) = h.urls.get(path_query) {
-                v = v.stronger(m.verdict(created));
+                v = v.stronger(m.verdict(entry, as_of));
             }
             if !h.prefixes.is_empty() {
                 let limit = h.longest_prefix.min(path_query.len());
                 for end in (1..=limit).filter(|&e| segment_boundary(path_query, e)) {
                     if let Some(m) = h.prefixes.get(&path_query[..end]) {
-                        v = v.stronger(m.verdict(created));
+                        v = v.stronger(m.verdict(entry, as_of));
                     }
                 }
             }
@@ -209,7 +281,7 @@ impl InvalidationIndex {
         if !self.tags.is_empty() {
             for t in tags {
                 if let Some(m) = self.tags.get(t) {
-                    v = v.stronger(m.verdict(created));
+                    v = v.stronger(m.verdict(entry, as_of));
                 }
             }
         }
@@ -282,6 +354,7 @@ mod tests {
             soft,
             created_ms: 0,
             id: None,
+            expected_version: None,
         }
     }
 
@@ -402,6 +475,49 @@ mod tests {
         let seqs: Vec<u64> = ix.applied().iter().map(|a| a.invalidation.seq).collect();
         assert_eq!(seqs, [8]);
         assert_eq!(ix.verdict("b.com", "/1", none(), t(35)), Verdict::Invalid);
+    }
+
+    #[test]
+    fn a_version_guarded_purge_keeps_entries_that_carry_the_version() {
+        let guarded = |seq, version: &str, soft| Invalidation {
+            expected_version: Some(version.into()),
+            ..inv(seq, InvalidationKind::Url, "a.com/x", soft)
+        };
+        let entry = |created, version| EntryFacts { created, version };
+        let verdict = |ix: &InvalidationIndex, e: EntryFacts<'_>| {
+            ix.verdict_as_of("a.com", "/x", std::iter::empty(), &e, None)
+        };
+        let mut ix = InvalidationIndex::default();
+        ix.apply(&guarded(1, "\"v2\"", false), t(10)).unwrap();
+        // older versions, and entries without one, go
+        assert_eq!(verdict(&ix, entry(t(5), Some("v1"))), Verdict::Invalid);
+        assert_eq!(verdict(&ix, entry(t(5), None)), Verdict::Invalid);
+        // an entry that already carries the new version stays, however old its fetch
+        assert_eq!(verdict(&ix, entry(t(5), Some("v2"))), Verdict::Valid);
+        assert_eq!(verdict(&ix, entry(t(15), Some("v1"))), Verdict::Valid);
+        // a late duplicate of the same purge does not evict what was fetched since
+        ix.apply(&guarded(2, "W/\"v2\"", false), t(20)).unwrap();
+        assert_eq!(verdict(&ix, entry(t(15), Some("v2"))), Verdict::Valid);
+        assert_eq!(verdict(&ix, entry(t(15), Some("v1"))), Verdict::Invalid);
+        // a newer version supersedes it
+        ix.apply(&guarded(3, "v3", false), t(30)).unwrap();
+        assert_eq!(verdict(&ix, entry(t(25), Some("v2"))), Verdict::Invalid);
+        assert_eq!(verdict(&ix, entry(t(25), Some("v3"))), Verdict::Valid);
+        // the guard survives a rebuild from what was applied (the state file)
+        let again = InvalidationIndex::from_applied(ix.applied().to_vec());
+        assert_eq!(verdict(&again, entry(t(25), Some("v3"))), Verdict::Valid);
+        assert_eq!(verdict(&again, entry(t(25), Some("v2"))), Verdict::Invalid);
+        // soft: stale unless it carries the version; a plain purge ignores versions
+        let mut soft = InvalidationIndex::default();
+        soft.apply(&guarded(1, "v2", true), t(10)).unwrap();
+        assert_eq!(
+            verdict(&soft, entry(t(5), Some("v1"))),
+            Verdict::Stale { since: t(10) }
+        );
+        assert_eq!(verdict(&soft, entry(t(5), Some("v2"))), Verdict::Valid);
+        soft.apply(&inv(2, InvalidationKind::Url, "a.com/x", false), t(12))
+            .unwrap();
+        assert_eq!(verdict(&soft, entry(t(5), Some("v2"))), Verdict::Invalid);
     }
 
     #[test]

@@ -142,6 +142,40 @@ pub struct Invalidation {
     /// the same id gets this `seq` back and purges nothing again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// For a URL: the origin object's new version (its `ETag`). Only entries that carry
+    /// another version (or none) are invalidated; one already carrying it is kept, so a late
+    /// or duplicated purge does not evict fresh content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_version: Option<String>,
+}
+
+/// An entity tag as versions compare: without a weak prefix (`W/`) or its quotes, so `"v2"`,
+/// `W/"v2"` and `v2` are the same version.
+pub fn version_of(etag: &str) -> &str {
+    let t = etag.trim();
+    let t = t.strip_prefix("W/").unwrap_or(t);
+    t.strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(t)
+}
+
+/// Why an `expected_version` cannot be used, if it cannot.
+pub fn check_expected_version(kind: InvalidationKind, version: &str) -> Result<(), String> {
+    if kind != InvalidationKind::Url {
+        return Err("expected_version applies to url purges only".into());
+    }
+    let v = version_of(version);
+    if v.is_empty() || v.len() > 1024 {
+        return Err("expected_version must be an entity tag of 1 to 1024 bytes".into());
+    }
+    // RFC 9110 §8.8.3 etagc: '!', '#' to '~', or obs-text
+    let etagc = |b: u8| b == 0x21 || (0x23..=0x7e).contains(&b) || b >= 0x80;
+    if !v.bytes().all(etagc) {
+        return Err(
+            "expected_version must be an entity tag (no spaces, quotes or controls)".into(),
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -168,6 +202,23 @@ mod tests {
         );
         let t = parse_target(InvalidationKind::Url, "example.com?q").unwrap();
         assert!(matches!(t, Target::Url { path_query, .. } if path_query == "/?q"));
+    }
+
+    #[test]
+    fn versions_compare_without_weakness_or_quotes() {
+        for tag in ["\"v2\"", "W/\"v2\"", "v2", " \"v2\" "] {
+            assert_eq!(version_of(tag), "v2", "{tag}");
+        }
+        assert!(check_expected_version(InvalidationKind::Url, "\"abc-1\"").is_ok());
+        assert!(check_expected_version(InvalidationKind::Prefix, "\"a\"")
+            .unwrap_err()
+            .contains("url purges only"));
+        for bad in ["", "\"\"", "a b", "a\"b", "\"x\u{7}\""] {
+            assert!(
+                check_expected_version(InvalidationKind::Url, bad).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Turns a raw YAML document into a validated `Config`, collecting every error with its key path.
 
 mod cache;
+mod classes;
 mod compression;
 mod decode;
 mod edge;
@@ -177,10 +178,16 @@ fn validate_document(doc: RawDocument, content_tag: &str, errs: &mut Errors) -> 
         .and_then(|raw| server::validate_access_log(raw, errs));
     // A node fed by a control plane may start without any routes of its own.
     let policy_optional = control.is_some() && doc.pools.is_none() && doc.routes.is_none();
-    let (pools, routes) = if policy_optional {
-        (BTreeMap::new(), Vec::new())
+    let sections = if policy_optional {
+        PolicySections::default()
     } else {
-        validate_policy_sections(doc.upstream_defaults, doc.pools, doc.routes, errs)
+        validate_policy_sections(
+            doc.upstream_defaults,
+            doc.pools,
+            doc.routes,
+            doc.classes,
+            errs,
+        )
     };
 
     let cache = doc
@@ -195,8 +202,9 @@ fn validate_document(doc: RawDocument, content_tag: &str, errs: &mut Errors) -> 
         server,
         admin,
         listeners,
-        pools,
-        routes,
+        pools: sections.pools,
+        routes: sections.routes,
+        classes: sections.classes,
         control,
         purge,
         access_log,
@@ -208,9 +216,18 @@ fn validate_document(doc: RawDocument, content_tag: &str, errs: &mut Errors) -> 
 pub(super) fn validate_policy(value: serde_yaml::Value) -> Result<Policy, Vec<ConfigError>> {
     let mut errs = Errors::default();
     let policy = errs.decode::<RawPolicy>("", value).map(|raw| {
-        let (pools, routes) =
-            validate_policy_sections(raw.upstream_defaults, raw.pools, raw.routes, &mut errs);
-        Policy { pools, routes }
+        let sections = validate_policy_sections(
+            raw.upstream_defaults,
+            raw.pools,
+            raw.routes,
+            raw.classes,
+            &mut errs,
+        );
+        Policy {
+            pools: sections.pools,
+            routes: sections.routes,
+            classes: sections.classes,
+        }
     });
     match errs.finish(None, policy)? {
         Some(policy) => Ok(policy),
@@ -218,13 +235,23 @@ pub(super) fn validate_policy(value: serde_yaml::Value) -> Result<Policy, Vec<Co
     }
 }
 
-/// The sections a node config and a policy document share: defaults, pools and routes.
+/// What a node config and a policy document share, validated.
+#[derive(Default)]
+struct PolicySections {
+    pools: BTreeMap<String, PoolSpec>,
+    routes: Vec<RouteSpec>,
+    classes: BTreeMap<String, crate::config::classes::ContentClass>,
+}
+
+/// The sections a node config and a policy document share: defaults, pools, routes and
+/// content classes.
 fn validate_policy_sections(
     upstream_defaults: Option<serde_yaml::Value>,
     pools: Option<serde_yaml::Value>,
     routes: Option<serde_yaml::Value>,
+    classes: Option<serde_yaml::Value>,
     errs: &mut Errors,
-) -> (BTreeMap<String, PoolSpec>, Vec<RouteSpec>) {
+) -> PolicySections {
     let defaults = upstream_defaults
         .and_then(|v| errs.decode::<RawUpstreamDefaults>("upstream_defaults", v))
         .unwrap_or_default();
@@ -236,10 +263,20 @@ fn validate_policy_sections(
     );
     let mut declared_pools = HashSet::new();
     let pools = pools::validate_pools(pools, default_timeouts, &mut declared_pools, errs);
-    // Routes are checked against every declared pool, valid or not, so that one broken pool
-    // is reported once rather than again for each route that uses it.
-    let routes = routes::validate_routes(routes, &declared_pools, errs);
-    (pools, routes)
+    let mut declared_classes = HashSet::new();
+    let classes = classes::validate_classes(classes, &mut declared_classes, errs);
+    // Routes are checked against every declared pool and class, valid or not, so that one
+    // broken pool is reported once rather than again for each route that uses it.
+    let declared = routes::Declared {
+        pools: &declared_pools,
+        classes: &declared_classes,
+    };
+    let routes = routes::validate_routes(routes, &declared, errs);
+    PolicySections {
+        pools,
+        routes,
+        classes,
+    }
 }
 
 fn fnv_hex(text: &str) -> String {

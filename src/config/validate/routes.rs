@@ -15,9 +15,15 @@ use http::{HeaderName, HeaderValue};
 
 use std::collections::{BTreeMap, HashSet};
 
+/// The names routes may refer to: every pool and class written, valid or not.
+pub(super) struct Declared<'a> {
+    pub pools: &'a HashSet<String>,
+    pub classes: &'a HashSet<String>,
+}
+
 pub(super) fn validate_routes(
     value: Option<serde_yaml::Value>,
-    pools: &HashSet<String>,
+    declared: &Declared<'_>,
     errs: &mut Errors,
 ) -> Vec<RouteSpec> {
     let Some(value) = value else {
@@ -53,7 +59,7 @@ pub(super) fn validate_routes(
         if let Err(e) = check_path_prefix(&path_prefix) {
             errs.push(format!("{path}.path"), e);
         }
-        if !pools.contains(&raw.pool) {
+        if !declared.pools.contains(&raw.pool) {
             errs.push(
                 format!("{path}.pool"),
                 format!("unknown pool {:?}", raw.pool),
@@ -77,6 +83,26 @@ pub(super) fn validate_routes(
         );
         let timeouts = route_timeouts(raw.timeouts.as_ref(), &format!("{path}.timeouts"), errs);
         let cache = validate_route_cache(&format!("{path}.cache"), raw.cache, errs);
+        if let Some(class) = raw.class.as_deref() {
+            if !declared.classes.contains(class) {
+                let mut known: Vec<&str> = declared.classes.iter().map(String::as_str).collect();
+                known.sort_unstable();
+                let known = if known.is_empty() {
+                    "no classes are declared".to_string()
+                } else {
+                    format!("declared under classes: {}", known.join(", "))
+                };
+                errs.push(
+                    format!("{path}.class"),
+                    format!("unknown class {class:?} ({known})"),
+                );
+            } else if cache.is_none() {
+                errs.push(
+                    format!("{path}.class"),
+                    "the route does not cache: a class budgets cached responses",
+                );
+            }
+        }
         let get_body = match raw.get_body.as_deref() {
             None | Some("drop") => GetBodyPolicy::Drop,
             Some("reject") => GetBodyPolicy::Reject,
@@ -158,6 +184,7 @@ pub(super) fn validate_routes(
                 response_headers,
                 timeouts,
                 cache,
+                class: raw.class,
                 get_body,
                 filters,
                 edge,
