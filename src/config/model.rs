@@ -30,6 +30,9 @@ pub struct Config {
     pub purge: Option<PurgeSpec>,
     /// Where the access log goes and its format; `None`: no access log.
     pub access_log: Option<super::log_format::AccessLogSpec>,
+    /// This node's place in its fleet's ring (`tier:`); `None`: it shields no one and asks no
+    /// other node.
+    pub tier: Option<super::tier::TierSpec>,
     /// The file this config was loaded from (`None`: built from text), for error messages.
     pub source: Option<PathBuf>,
 }
@@ -101,6 +104,8 @@ pub struct Policy {
     pub pools: BTreeMap<String, PoolSpec>,
     /// Routes in policy order.
     pub routes: Vec<RouteSpec>,
+    /// The fleet's ring (`tier:`), which replaces the one in a node's file.
+    pub tier: Option<super::tier::TierRing>,
 }
 
 /// A node's link to `verge control`.

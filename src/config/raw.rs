@@ -20,6 +20,7 @@ pub struct RawDocument {
     pub control: Option<serde_yaml::Value>,
     pub purge: Option<serde_yaml::Value>,
     pub access_log: Option<serde_yaml::Value>,
+    pub tier: Option<serde_yaml::Value>,
 }
 
 /// `access_log: {path: /var/log/verge/access.log, format: json, fields: [time, ...]}` (`-`
@@ -49,6 +50,42 @@ pub struct RawPolicy {
     pub upstream_defaults: Option<serde_yaml::Value>,
     pub pools: Option<serde_yaml::Value>,
     pub routes: Option<serde_yaml::Value>,
+    pub tier: Option<serde_yaml::Value>,
+}
+
+/// The node's `tier:` block: who this node is in the ring of verge nodes that shield each
+/// other, the key of the hop marker, and (unless the control plane's policy carries them) the
+/// ring's members and how they are reached.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    #[serde(rename = "self")]
+    pub self_id: String,
+    pub secret_file: String,
+    pub members: Option<Vec<RawTierMember>>,
+    pub hop_window: Option<ConfDuration>,
+    pub timeouts: Option<RawTimeouts>,
+    pub health_check: Option<RawHealthCheck>,
+    pub passive: Option<RawPassive>,
+}
+
+/// A policy's `tier:` block: the ring every node of the fleet shares.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTierRing {
+    pub members: Vec<RawTierMember>,
+    pub hop_window: Option<ConfDuration>,
+    pub timeouts: Option<RawTimeouts>,
+    pub health_check: Option<RawHealthCheck>,
+    pub passive: Option<RawPassive>,
+}
+
+/// `tier.members[]`: a node of the ring and its data-plane listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTierMember {
+    pub id: String,
+    pub addr: String,
 }
 
 /// The node's `control:` block: where its policy and invalidations come from.

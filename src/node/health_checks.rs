@@ -30,7 +30,7 @@ impl BackgroundService for HealthService {
         loop {
             let snapshot = self.snapshot.load_full();
             known.retain(|_, w| w.strong_count() > 0);
-            for pool in snapshot.pools.values() {
+            for pool in snapshot.all_pools() {
                 let Some(interval) = pool.health_interval() else {
                     continue;
                 };

@@ -89,6 +89,7 @@ mod tests {
         let empty = c.with_policy(&Policy {
             pools: Default::default(),
             routes: Vec::new(),
+            tier: None,
         });
         let none = Snapshot::build(&empty, None).expect("empty snapshot");
         assert!(fed.verdict(&none).unwrap_err().contains("control plane"));

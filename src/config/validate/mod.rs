@@ -10,6 +10,7 @@ mod locate;
 mod pools;
 mod routes;
 mod server;
+mod tier;
 mod timeouts;
 
 #[cfg(test)]
@@ -188,6 +189,10 @@ fn validate_document(doc: RawDocument, content_tag: &str, errs: &mut Errors) -> 
         .and_then(|v| errs.decode::<RawCache>("cache", v))
         .unwrap_or_default();
     let cache = cache::validate_cache(cache, errs);
+    let tier = doc
+        .tier
+        .and_then(|v| errs.decode::<RawTier>("tier", v))
+        .and_then(|raw| tier::validate_node_tier(raw, errs));
 
     Config {
         cache,
@@ -200,6 +205,7 @@ fn validate_document(doc: RawDocument, content_tag: &str, errs: &mut Errors) -> 
         control,
         purge,
         access_log,
+        tier,
         source: None,
     }
 }
@@ -210,7 +216,14 @@ pub(super) fn validate_policy(value: serde_yaml::Value) -> Result<Policy, Vec<Co
     let policy = errs.decode::<RawPolicy>("", value).map(|raw| {
         let (pools, routes) =
             validate_policy_sections(raw.upstream_defaults, raw.pools, raw.routes, &mut errs);
-        Policy { pools, routes }
+        let tier = raw
+            .tier
+            .and_then(|v| tier::validate_policy_tier(v, &mut errs));
+        Policy {
+            pools,
+            routes,
+            tier,
+        }
     });
     match errs.finish(None, policy)? {
         Some(policy) => Ok(policy),
