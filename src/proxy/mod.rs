@@ -520,8 +520,11 @@ impl ProxyHttp for EdgeProxy {
             if let Some(rules) = route.spec.cache.as_ref() {
                 caching::response_fields(session, resp, ctx, rules)?;
             }
-            let vars = self.header_vars(session, ctx, &route.spec.response_headers);
-            headers::apply_response_ops(resp, &route.spec.response_headers, &vars)?;
+            if ctx.tier.hop.is_none() {
+                // (a hop's answer goes to a member, which applies them for its client)
+                let vars = self.header_vars(session, ctx, &route.spec.response_headers);
+                headers::apply_response_ops(resp, &route.spec.response_headers, &vars)?;
+            }
         }
         request_id::set_response(resp, ctx)?;
         let result = self.filters.response_phase(session, resp, ctx).await;
@@ -587,7 +590,13 @@ impl ProxyHttp for EdgeProxy {
             logged_lookup: (caches && !ctx.edge_answered).then_some(lookup),
             source: response_source(phase, ctx.upstream_sent_at.is_some()),
             lock_wait: counted.then(|| caching::lock_wait(session, ctx)).flatten(),
-            backend: ctx.tried.last().copied(),
+            // an owner in the tier ring that answered, else the last origin backend tried
+            backend: ctx
+                .tier
+                .owner
+                .as_ref()
+                .map(|(_, addr)| *addr)
+                .or(ctx.tried.last().copied()),
             key: key.as_ref().map(|k| &k[..]),
             origin_ms: ctx.origin_ms,
             elapsed: ctx.started.map(|t| t.elapsed()),

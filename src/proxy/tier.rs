@@ -196,6 +196,10 @@ pub fn owner_answered(upstream: &mut ResponseHeader, ctx: &mut RequestCtx) {
     }
     ctx.tier.answered = true;
     METRICS.tier_requests.with_label_values(&["answered"]).inc();
+    if let Some((ring, addr)) = &ctx.tier.owner {
+        // the owner's failure streak ends
+        ring.pool.report_connect_success(addr);
+    }
     let statuses: Vec<String> = upstream
         .headers
         .get_all("cache-status")
@@ -265,14 +269,9 @@ pub fn count_avoided_fetch(ctx: &RequestCtx, phase: pingora_cache::CachePhase) {
     }
 }
 
-/// `connected_to_upstream` with an owner: its failure streak ends. True when the connection
-/// was an owner's.
+/// `connected_to_upstream`: true when the connection was an owner's. Its failure streak does
+/// not end here but when it answers: an owner that accepts connections and then says nothing
+/// is skipped like one that refuses them.
 pub fn owner_connected(ctx: &RequestCtx) -> bool {
-    match &ctx.tier.owner {
-        Some((ring, addr)) => {
-            ring.pool.report_connect_success(addr);
-            true
-        }
-        None => false,
-    }
+    ctx.tier.owner.is_some()
 }

@@ -20,6 +20,12 @@ struct Fleet {
 
 impl Fleet {
     async fn start(origin: SocketAddr) -> Fleet {
+        Self::start_with(origin, &[], "{connect: 500ms}").await
+    }
+
+    /// Three nodes, with `others` in the ring too (`x0`, `x1`, …: members that are not verge),
+    /// and the ring's `timeouts`.
+    async fn start_with(origin: SocketAddr, others: &[SocketAddr], timeouts: &str) -> Fleet {
         let key_dir = tempfile::tempdir().expect("tmp");
         let key = key_dir.path().join("tier.key");
         std::fs::write(&key, SECRET).expect("key");
@@ -29,6 +35,12 @@ impl Fleet {
             .iter()
             .enumerate()
             .map(|(i, (http, _))| format!("{{id: n{i}, addr: \"{http}\"}}"))
+            .chain(
+                others
+                    .iter()
+                    .enumerate()
+                    .map(|(i, addr)| format!("{{id: x{i}, addr: \"{addr}\"}}")),
+            )
             .collect();
         let mut nodes = Vec::new();
         for (i, (http, admin)) in addrs.iter().enumerate() {
@@ -36,7 +48,7 @@ impl Fleet {
                 .pool(Pool::new("p", &[origin]))
                 .route(Route::to("p").cache(RouteCache::new()))
                 .raw(&format!(
-                    "tier: {{self: n{i}, secret_file: \"{}\", members: [{}], timeouts: {{connect: 500ms}}}}",
+                    "tier: {{self: n{i}, secret_file: \"{}\", members: [{}], timeouts: {timeouts}}}",
                     key.display(),
                     members.join(", ")
                 ));
@@ -208,6 +220,17 @@ async fn a_child_stores_the_owners_answer_with_both_hops_named_and_its_age() {
     assert!(entries[0].starts_with("verge; hit"), "{entries:?}");
     assert!(age.is_some_and(|a| a >= 2), "{age:?}");
     assert_eq!(o.hits("/aged"), 1);
+    // `/status` and the metrics say which member each node is
+    let (_, body) = fleet.node(child).admin_get("/status").await;
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+    assert_eq!(doc["tier"]["self"], format!("n{child}"));
+    assert_eq!(doc["tier"]["members"].as_array().map(Vec::len), Some(3));
+    let m = fleet.node(child).metrics().await;
+    let me = format!("n{child}");
+    assert_eq!(
+        m.value("verge_tier_member_info", &[("self", &me)]),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -381,5 +404,40 @@ async fn a_request_that_looped_twice_goes_to_the_origin() {
     assert_eq!(
         m.sum("verge_tier_requests_total", &[("outcome", "loop")]),
         1.0
+    );
+}
+
+#[tokio::test]
+async fn a_silent_owner_times_out_to_the_origin_and_is_skipped_after_a_few() {
+    // a ring member that accepts connections and never answers
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    let o = Origin::start("o").await;
+    let fleet = Fleet::start_with(o.addr, &[silent_addr], "{connect: 500ms, read: 400ms}").await;
+    for i in 0..60 {
+        let path = format!("/quiet{i}");
+        o.set_headers(&path, &[("cache-control", "max-age=60")]);
+        let (status, entries, _) = get(fleet.node(0), &path, &[]).await;
+        assert_eq!(status, 200, "{path}: {entries:?}");
+        assert_eq!(o.hits(&path), 1, "{path}: one fetch, whoever made it");
+    }
+    let m = fleet.node(0).metrics().await;
+    let errors = m.sum("verge_tier_requests_total", &[("outcome", "error")]);
+    assert!(errors >= 1.0, "some keys were the silent member's");
+    assert!(
+        errors <= 3.0,
+        "after 3 failures in a row the member is skipped, not asked again: {errors}"
+    );
+    assert!(
+        m.sum("verge_backend_ejections_total", &[("pool", "(tier)")]) >= 1.0,
+        "the silent member was ejected"
     );
 }
