@@ -3,6 +3,7 @@
 //! once for the fleet; a dead owner leaves requests to the origin; a client's hop marker is
 //! ignored; `Cache-Status` names both hops and `Age` carries through.
 
+use crate::support::control_plane::{policy, Cp};
 use crate::support::ports;
 use crate::support::{client, Config, Origin, Pool, Route, RouteCache, Verge};
 use std::net::SocketAddr;
@@ -144,15 +145,12 @@ fn marker(from: &str, seq: u64, path: &str) -> String {
         .expect("sign")
 }
 
-#[tokio::test]
-async fn concurrent_cold_requests_across_the_fleet_fetch_once() {
-    let o = Origin::start("o").await;
-    o.set_headers("/cold", &[("cache-control", "max-age=60")]);
-    o.set_delay_ms(300);
-    let fleet = Fleet::start(o.addr).await;
-    let tasks: Vec<_> = (0..200)
+/// `n` concurrent GETs for `path` spread over `nodes`; each must get a 200. Returns how many
+/// came through an owner (two `Cache-Status` entries).
+async fn burst(nodes: &[&Verge], path: &str, n: usize) -> usize {
+    let tasks: Vec<_> = (0..n)
         .map(|i| {
-            let url = fleet.node(i % 3).url("/cold");
+            let url = nodes[i % nodes.len()].url(path);
             tokio::spawn(async move {
                 let r = client().get(url).header("host", HOST).send().await?;
                 let status = r.status().as_u16();
@@ -174,6 +172,17 @@ async fn concurrent_cold_requests_across_the_fleet_fetch_once() {
             through_owner += 1;
         }
     }
+    through_owner
+}
+
+#[tokio::test]
+async fn concurrent_cold_requests_across_the_fleet_fetch_once() {
+    let o = Origin::start("o").await;
+    o.set_headers("/cold", &[("cache-control", "max-age=60")]);
+    o.set_delay_ms(300);
+    let fleet = Fleet::start(o.addr).await;
+    let nodes: Vec<&Verge> = (0..3).map(|i| fleet.node(i)).collect();
+    let through_owner = burst(&nodes, "/cold", 200).await;
     assert_eq!(o.hits("/cold"), 1, "one origin fetch for the whole fleet");
     assert!(
         through_owner >= 1,
@@ -439,5 +448,61 @@ async fn a_silent_owner_times_out_to_the_origin_and_is_skipped_after_a_few() {
     assert!(
         m.sum("verge_backend_ejections_total", &[("pool", "(tier)")]) >= 1.0,
         "the silent member was ejected"
+    );
+}
+
+#[tokio::test]
+async fn the_ring_comes_with_the_policy_and_a_purged_object_is_fetched_once_for_the_fleet() {
+    let o = Origin::start("o").await;
+    o.set_headers("/obj", &[("cache-control", "max-age=300")]);
+    o.set_delay_ms(300);
+    let cp = Cp::start().await;
+    let key_dir = tempfile::tempdir().expect("tmp");
+    let key = key_dir.path().join("tier.key");
+    std::fs::write(&key, SECRET).expect("key");
+    let addrs: Vec<(SocketAddr, SocketAddr)> =
+        (0..3).map(|_| (ports::addr(), ports::addr())).collect();
+    let members: Vec<serde_json::Value> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, (http, _))| serde_json::json!({"id": format!("n{i}"), "addr": http.to_string()}))
+        .collect();
+    let mut doc = policy(&o, serde_json::json!({}));
+    doc["tier"] = serde_json::json!({"members": members});
+    assert_eq!(cp.put_policy(doc, 0).await.0, 200);
+    let mut nodes = Vec::new();
+    for (i, (http, admin)) in addrs.iter().enumerate() {
+        // the node's file names only its id and key: the ring is the policy's
+        let config = Config::new()
+            .control(cp.control(&format!("n{i}")))
+            .raw(&format!(
+                "tier: {{self: n{i}, secret_file: \"{}\"}}",
+                key.display()
+            ));
+        nodes.push(Verge::start_on(&config, *http, *admin).await);
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        let (_, body) = node.admin_get("/status").await;
+        let doc: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+        assert_eq!(doc["tier"]["self"], format!("n{i}"), "{body}");
+        assert_eq!(doc["tier"]["members"].as_array().map(Vec::len), Some(3));
+    }
+    let refs: Vec<&Verge> = nodes.iter().collect();
+    assert!(
+        burst(&refs, "/obj", 60).await >= 1,
+        "children went to the owner"
+    );
+    assert_eq!(o.hits("/obj"), 1);
+    // a purge every node has applied, then a burst on all of them: one refetch for the fleet
+    let seq = cp
+        .purge(serde_json::json!({"kind": "url", "target": "c.test/obj"}))
+        .await;
+    assert!(seq >= 1);
+    assert!(cp.converged(3).await, "every node applied the purge");
+    burst(&refs, "/obj", 60).await;
+    assert_eq!(
+        o.hits("/obj"),
+        2,
+        "one origin fetch per object after the purge"
     );
 }
