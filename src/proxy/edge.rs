@@ -58,9 +58,10 @@ pub async fn answered(
     // limit and the redirects to its client (here the client is that member); only the rewrite,
     // which decides what the upstream is asked for, applies again
     let hop = ctx.tier.hop.is_some();
-    let reads_client = !hop && !edge.deny.is_empty()
-        || !edge.allow.is_empty()
-        || edge.rate_limit.as_ref().map(|r| &r.key) == Some(&RateKey::ClientIp);
+    let reads_client = !hop
+        && (!edge.deny.is_empty()
+            || !edge.allow.is_empty()
+            || edge.rate_limit.as_ref().map(|r| &r.key) == Some(&RateKey::ClientIp));
     let client = if reads_client {
         rule_client(session, snapshot)
     } else {

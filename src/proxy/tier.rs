@@ -185,7 +185,7 @@ pub fn hop_request(
     };
     upstream.insert_header(HOP_FIELD, marker)?;
     upstream.append_header(CDN_LOOP_FIELD, CDN_TOKEN)?;
-    Ok(())
+    super::headers::body_framing(upstream, ctx)
 }
 
 /// `upstream_response_filter` for an owner's answer: counted, and its `Cache-Status` kept

@@ -13,15 +13,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The ring's settings as either document writes them.
-struct RingParts {
-    members: Vec<RawTierMember>,
-    hop_window: Option<crate::config::units::ConfDuration>,
-    timeouts: Option<RawTimeouts>,
-    health_check: Option<RawHealthCheck>,
-    passive: Option<RawPassive>,
-}
-
 /// A node file's `tier:` block.
 pub(super) fn validate_node_tier(raw: RawTier, errs: &mut Errors) -> Option<TierSpec> {
     let before = errs.len();
@@ -47,7 +38,8 @@ pub(super) fn validate_node_tier(raw: RawTier, errs: &mut Errors) -> Option<Tier
     };
     let ring = match raw.members {
         Some(members) => {
-            let parts = RingParts {
+            // the file's ring, as a policy would write it
+            let parts = RawTierRing {
                 members,
                 hop_window: raw.hop_window,
                 timeouts: raw.timeouts,
@@ -97,17 +89,10 @@ pub(super) fn validate_policy_tier(
     errs: &mut Errors,
 ) -> Option<TierRing> {
     let raw = errs.decode::<RawTierRing>("tier", value)?;
-    let parts = RingParts {
-        members: raw.members,
-        hop_window: raw.hop_window,
-        timeouts: raw.timeouts,
-        health_check: raw.health_check,
-        passive: raw.passive,
-    };
-    validate_ring("tier", parts, errs)
+    validate_ring("tier", raw, errs)
 }
 
-fn validate_ring(path: &str, raw: RingParts, errs: &mut Errors) -> Option<TierRing> {
+fn validate_ring(path: &str, raw: RawTierRing, errs: &mut Errors) -> Option<TierRing> {
     let before = errs.len();
     if raw.members.is_empty() {
         errs.push(
