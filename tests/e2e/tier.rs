@@ -506,3 +506,54 @@ async fn the_ring_comes_with_the_policy_and_a_purged_object_is_fetched_once_for_
         "one origin fetch per object after the purge"
     );
 }
+
+#[tokio::test]
+async fn a_head_then_a_get_through_the_owner_get_whole_answers() {
+    let o = Origin::start("o").await;
+    let fleet = Fleet::start(o.addr).await;
+    let head = |path: String| {
+        let url = fleet.node(0).url(&path);
+        async move {
+            let r = client()
+                .head(url)
+                .header("host", HOST)
+                .send()
+                .await
+                .expect("HEAD");
+            let cs = r
+                .headers()
+                .get("cache-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            (r.status().as_u16(), cs)
+        }
+    };
+    // a HEAD that node 0 sent to another member
+    let mut found = None;
+    for i in 0..64 {
+        let path = format!("/head{i}");
+        o.set_headers(&path, &[("cache-control", "max-age=60")]);
+        let (status, cs) = head(path.clone()).await;
+        assert_eq!(status, 200, "{cs}");
+        if cs.starts_with("verge/n") {
+            found = Some(path);
+            break;
+        }
+    }
+    let path = found.expect("a HEAD went through an owner");
+    for node in 0..3 {
+        let (status, _, _) = get(fleet.node(node), &path, &[]).await;
+        assert_eq!(status, 200);
+        let body = client()
+            .get(fleet.node(node).url(&path))
+            .header("host", HOST)
+            .send()
+            .await
+            .expect("GET")
+            .text()
+            .await
+            .expect("body");
+        assert!(body.starts_with("origin=o uri="), "node {node}: {body:?}");
+    }
+}
