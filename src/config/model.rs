@@ -212,6 +212,9 @@ pub struct RouteCache {
     pub client_revalidation: bool,
     /// Refresh fresh entries in the background before they expire (XFetch); `None`: off.
     pub early_refresh: Option<EarlyRefresh>,
+    /// On a node in a tier ring, misses for keys another member owns go to that owner
+    /// (`tier: false`: this route's misses go to the origin).
+    pub tier: bool,
 }
 
 /// XFetch early refresh (`routes[].cache.early_refresh`): a fresh hit refreshes its entry in
@@ -269,6 +272,7 @@ impl Default for RouteCache {
             key: CacheKeyRules::default(),
             client_revalidation: true,
             early_refresh: None,
+            tier: true,
         }
     }
 }

@@ -146,6 +146,7 @@ pub struct RawRouteCache {
     pub key: Option<RawCacheKey>,
     pub client_revalidation: Option<bool>,
     pub early_refresh: Option<RawEarlyRefresh>,
+    pub tier: Option<bool>,
 }
 
 /// `routes[].cache.early_refresh`: XFetch probabilistic refresh of fresh entries.

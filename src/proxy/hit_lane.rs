@@ -207,6 +207,7 @@ pub fn lane_rules<'r>(route: &'r Route, filters: &Filters) -> Option<&'r RouteCa
         key,                       // key variants from request fields: the full path
         client_revalidation: _,    // read by `request_directives::for_route`
         early_refresh,             // a hit may start a refresh: the full path
+        tier: _,                   // where misses go: the lane serves hits only
     } = rules;
     let lane = edge_free
         && early_refresh.is_none()

@@ -118,16 +118,22 @@ pub fn scheme(ctx: &RequestCtx, listener: &'static str) -> &'static str {
     ctx.tier.hop.as_ref().map_or(listener, |h| h.scheme)
 }
 
-/// `upstream_peer`: the key's owner when this miss goes to it. Not for a verified hop (an owner
-/// never forwards), after the owner failed, for anything but a `GET`/`HEAD` the cache handles,
-/// when this node owns the key, or when `CDN-Loop` shows a loop.
+/// `upstream_peer`: the key's owner when this miss goes to it. Not on a route with
+/// `cache.tier: false`, for a verified hop (an owner never forwards), after the owner failed,
+/// for anything but a `GET`/`HEAD` the cache handles, when this node owns the key, or when
+/// `CDN-Loop` shows a loop.
 pub fn owner_peer(
     session: &Session,
     ctx: &mut RequestCtx,
     snapshot: &Snapshot,
 ) -> Option<Box<HttpPeer>> {
     let ring = snapshot.tier.as_ref()?;
-    if ctx.tier.hop.is_some() || ctx.tier.gave_up || !session.cache.enabled() {
+    let route_opts_in = ctx
+        .route
+        .as_ref()
+        .and_then(|r| r.spec.cache.as_ref())
+        .is_some_and(|c| c.tier);
+    if !route_opts_in || ctx.tier.hop.is_some() || ctx.tier.gave_up || !session.cache.enabled() {
         return None;
     }
     let req = session.req_header();

@@ -48,6 +48,11 @@ impl Fleet {
             let config = Config::new()
                 .pool(Pool::new("p", &[origin]))
                 .route(Route::to("p").cache(RouteCache::new()))
+                .route(
+                    Route::to("p")
+                        .path("/local")
+                        .cache(RouteCache::new().set("tier", "false")),
+                )
                 .raw(&format!(
                     "tier: {{self: n{i}, secret_file: \"{}\", members: [{}], timeouts: {timeouts}}}",
                     key.display(),
@@ -556,4 +561,19 @@ async fn a_head_then_a_get_through_the_owner_get_whole_answers() {
             .expect("body");
         assert!(body.starts_with("origin=o uri="), "node {node}: {body:?}");
     }
+}
+
+#[tokio::test]
+async fn a_route_that_opts_out_fetches_on_every_node() {
+    let o = Origin::start("o").await;
+    o.set_headers("/local/x", &[("cache-control", "max-age=60")]);
+    o.set_delay_ms(300);
+    let fleet = Fleet::start(o.addr).await;
+    let nodes: Vec<&Verge> = (0..3).map(|i| fleet.node(i)).collect();
+    assert_eq!(
+        burst(&nodes, "/local/x", 30).await,
+        0,
+        "no answer came through an owner"
+    );
+    assert_eq!(o.hits("/local/x"), 3, "each node fetched for itself");
 }
