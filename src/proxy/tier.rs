@@ -53,9 +53,7 @@ impl TierState {
 }
 
 fn unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    crate::unix_time::unix_ms(SystemTime::now()) / 1000
 }
 
 /// First thing in `request_filter`: take any hop marker off the request (no client's marker
