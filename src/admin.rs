@@ -153,12 +153,36 @@ pub fn status_json(snapshot: &Snapshot) -> Value {
         "ready": snapshot.ready(),
         "routes": routes,
         "pools": pools,
+        "tier": snapshot.tier.as_deref().map(tier_json),
         "control": {
             "policy_version": snapshot.control.position.policy_version,
             "invalidation_seq": snapshot.control.position.seq,
             "invalidations": snapshot.control.invalidations.len(),
             "from_control_plane": snapshot.control.policy.is_some(),
         },
+    })
+}
+
+/// The tier ring as `/status` shows it: this node's id and every member with its state.
+fn tier_json(ring: &crate::upstream::tier::Ring) -> Value {
+    let members: Vec<Value> = ring
+        .spec
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "addr": m.addr.to_string(),
+                "self": m.id == ring.self_id,
+                "healthy": ring.pool.is_healthy(&m.addr),
+                "ejected": ring.pool.is_ejected(&m.addr),
+            })
+        })
+        .collect();
+    json!({
+        "self": ring.self_id,
+        "hop_window_secs": ring.hop_window().as_secs(),
+        "members": members,
     })
 }
 

@@ -33,6 +33,23 @@ pub struct Metrics {
     pub backend_healthy: IntGaugeVec,
     /// `verge_no_healthy_backend_total{pool}`: requests answered 502 because nothing was usable.
     pub no_backend: IntCounterVec,
+    /// `verge_tier_requests_total{outcome}`: misses this node sent to the key's owner in its
+    /// tier ring: `answered` (the owner's response head came), `connect_failure` and `error`
+    /// (the request went on to the origin); `loop`: a miss whose `CDN-Loop` already named verge
+    /// twice, sent to the origin instead of an owner.
+    pub tier_requests: IntCounterVec,
+    /// `verge_tier_hops_received_total{result}`: requests carrying a hop marker: `verified`, or
+    /// why it was ignored (`malformed`, `bad_mac`, `expired`, `not_member`, `no_ring`).
+    pub tier_hops_received: IntCounterVec,
+    /// `verge_tier_owner_behind_total`: verified hops from a member whose invalidation position
+    /// is ahead of this node's: the stored copy was not served to it.
+    pub tier_owner_behind: IntCounter,
+    /// `verge_tier_origin_fetches_avoided_total`: hops this node, as a key's owner, answered from
+    /// its cache (or from a fetch another request started): origin fetches the fleet did not
+    /// make.
+    pub tier_fetches_avoided: IntCounter,
+    /// `verge_tier_member_info{self}`: 1 while this node is a member of a tier ring.
+    pub tier_member: IntGaugeVec,
     /// `verge_downstream_connections{listener}`: open client connections.
     pub connections_open: IntGaugeVec,
     /// `verge_downstream_connections_total{listener}`: accepted client connections.
@@ -372,6 +389,34 @@ impl Metrics {
                 "verge_no_healthy_backend_total",
                 "Requests answered 502 because no backend of the pool was usable",
                 &["pool"],
+            ),
+            tier_requests: counter(
+                &node,
+                "verge_tier_requests_total",
+                "Misses sent to the key's owner in the tier ring, by outcome",
+                &["outcome"],
+            ),
+            tier_hops_received: counter(
+                &node,
+                "verge_tier_hops_received_total",
+                "Requests carrying a tier hop marker, by whether it verified",
+                &["result"],
+            ),
+            tier_owner_behind: plain_counter(
+                &node,
+                "verge_tier_owner_behind_total",
+                "Hops from a member ahead of this node's invalidation position (stored copy not served)",
+            ),
+            tier_fetches_avoided: plain_counter(
+                &node,
+                "verge_tier_origin_fetches_avoided_total",
+                "Hops this node answered as owner from its cache: origin fetches avoided",
+            ),
+            tier_member: gauge(
+                &node,
+                "verge_tier_member_info",
+                "1 while this node is a member of a tier ring",
+                &["self"],
             ),
             connections_open: gauge(
                 &node,

@@ -5,6 +5,7 @@ use crate::config::{Config, RouteSpec};
 use crate::control::wire::Position;
 use crate::routing::RouteTable;
 use crate::upstream::pool::{Pool, PoolBuildError};
+use crate::upstream::tier::Ring;
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     /// What came from the control plane (defaults when the node runs from its file alone).
     pub control: ControlState,
+    /// The tier ring this node is a member of (`tier:`), if any.
+    pub tier: Option<Arc<Ring>>,
 }
 
 /// The control plane's part of a snapshot: its position, the policy document, invalidations.
@@ -99,7 +102,14 @@ impl Snapshot {
             table.insert(&spec.hosts, &spec.path_prefix, route.clone());
             routes.push(route);
         }
+        let tier = match &config.tier {
+            Some(spec) => {
+                Ring::build(spec, previous.and_then(|p| p.tier.as_deref()))?.map(Arc::new)
+            }
+            None => None,
+        };
         Ok(Snapshot {
+            tier,
             version: config.version.clone(),
             built_at: SystemTime::now(),
             table,
@@ -118,6 +128,11 @@ impl Snapshot {
     /// True when every pool has finished its first health-check pass.
     pub fn ready(&self) -> bool {
         self.pools.values().all(|p| p.has_been_checked())
+    }
+
+    /// Every pool with live health state: the routes' pools, and the tier ring's members.
+    pub fn all_pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.pools.values().chain(self.tier.iter().map(|t| &t.pool))
     }
 }
 

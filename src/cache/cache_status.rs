@@ -21,9 +21,24 @@ pub fn cache_status(
     request_forced: bool,
     detail: Option<&str>,
 ) -> String {
+    named_status(CACHE_NAME, phase, ttl_left, stored, request_forced, detail)
+}
+
+/// verge's cache identifier in `Cache-Status` (RFC 9211 §2), for the answers a client gets.
+pub const CACHE_NAME: &str = "verge";
+
+/// [`cache_status`] under the identifier `name`.
+fn named_status(
+    name: &str,
+    phase: pingora_cache::CachePhase,
+    ttl_left: Option<i64>,
+    stored: bool,
+    request_forced: bool,
+    detail: Option<&str>,
+) -> String {
     use pingora_cache::CachePhase as P;
     let forward = |usual: &'static str| if request_forced { "request" } else { usual };
-    let mut s = String::from("verge");
+    let mut s = String::from(name);
     match phase {
         P::Hit => {
             s.push_str("; hit");
@@ -91,6 +106,12 @@ pub struct Outcome {
 
 /// The `Cache-Status` value for `o` at `now`.
 pub fn value(o: &Outcome, now: SystemTime) -> String {
+    value_named(CACHE_NAME, o, now)
+}
+
+/// The `Cache-Status` value for `o` at `now`, under the cache identifier `name` (a tier owner
+/// answering a hop names itself `verge/<id>`, so the client's field tells the hops apart).
+pub fn value_named(name: &str, o: &Outcome, now: SystemTime) -> String {
     use pingora_cache::CachePhase as P;
     let ttl_left = match o.phase {
         P::Hit | P::Stale | P::StaleUpdating => o.fresh_until.map(|f| ttl_left(f, now)),
@@ -102,7 +123,7 @@ pub fn value(o: &Outcome, now: SystemTime) -> String {
         None if o.early_refresh => (o.phase, Some("early-refresh")),
         None => (o.phase, o.lock_wait.and_then(|w| w.detail())),
     };
-    cache_status(phase, ttl_left, o.stored, o.request_forced, detail)
+    named_status(name, phase, ttl_left, o.stored, o.request_forced, detail)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ mod model;
 mod raw;
 pub mod relative_paths;
 pub mod secret;
+mod tier;
 pub mod units;
 mod validate;
 
@@ -17,6 +18,7 @@ pub use compression::*;
 pub use edge::*;
 pub use log_format::*;
 pub use model::*;
+pub use tier::*;
 #[cfg(test)]
 pub(crate) use validate::parse_host_pattern;
 pub(crate) use validate::valid_name;
@@ -134,12 +136,21 @@ impl Config {
         })
     }
 
-    /// The same config with its pools and routes replaced by a control plane's policy.
+    /// The same config with its pools and routes replaced by a control plane's policy, and its
+    /// tier ring too when the policy has one (the node keeps its own id and hop key).
     pub fn with_policy(&self, policy: &Policy) -> Config {
+        let tier = self.tier.as_ref().map(|t| match &policy.tier {
+            Some(ring) => TierSpec {
+                ring: Some(ring.clone()),
+                ..t.clone()
+            },
+            None => t.clone(),
+        });
         Config {
             pools: policy.pools.clone(),
             routes: policy.routes.clone(),
             classes: policy.classes.clone(),
+            tier,
             ..self.clone()
         }
     }

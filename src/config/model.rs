@@ -32,6 +32,9 @@ pub struct Config {
     pub purge: Option<PurgeSpec>,
     /// Where the access log goes and its format; `None`: no access log.
     pub access_log: Option<super::log_format::AccessLogSpec>,
+    /// This node's place in its fleet's ring (`tier:`); `None`: it shields no one and asks no
+    /// other node.
+    pub tier: Option<super::tier::TierSpec>,
     /// The file this config was loaded from (`None`: built from text), for error messages.
     pub source: Option<PathBuf>,
 }
@@ -105,6 +108,8 @@ pub struct Policy {
     pub routes: Vec<RouteSpec>,
     /// Content classes by name.
     pub classes: BTreeMap<String, super::classes::ContentClass>,
+    /// The fleet's ring (`tier:`), which replaces the one in a node's file.
+    pub tier: Option<super::tier::TierRing>,
 }
 
 /// A node's link to `verge control`.
@@ -211,6 +216,9 @@ pub struct RouteCache {
     pub client_revalidation: bool,
     /// Refresh fresh entries in the background before they expire (XFetch); `None`: off.
     pub early_refresh: Option<EarlyRefresh>,
+    /// On a node in a tier ring, misses for keys another member owns go to that owner
+    /// (`tier: false`: this route's misses go to the origin).
+    pub tier: bool,
 }
 
 /// XFetch early refresh (`routes[].cache.early_refresh`): a fresh hit refreshes its entry in
@@ -268,6 +276,7 @@ impl Default for RouteCache {
             key: CacheKeyRules::default(),
             client_revalidation: true,
             early_refresh: None,
+            tier: true,
         }
     }
 }

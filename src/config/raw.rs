@@ -21,6 +21,7 @@ pub struct RawDocument {
     pub control: Option<serde_yaml::Value>,
     pub purge: Option<serde_yaml::Value>,
     pub access_log: Option<serde_yaml::Value>,
+    pub tier: Option<serde_yaml::Value>,
 }
 
 /// `access_log: {path: /var/log/verge/access.log, format: json, fields: [time, ...]}` (`-`
@@ -51,6 +52,7 @@ pub struct RawPolicy {
     pub pools: Option<serde_yaml::Value>,
     pub routes: Option<serde_yaml::Value>,
     pub classes: Option<serde_yaml::Value>,
+    pub tier: Option<serde_yaml::Value>,
 }
 
 /// `classes.<name>: {budget: 30s}`: a content class and its staleness budget.
@@ -58,6 +60,41 @@ pub struct RawPolicy {
 #[serde(deny_unknown_fields)]
 pub struct RawClass {
     pub budget: ConfDuration,
+}
+
+/// The node's `tier:` block: who this node is in the ring of verge nodes that shield each
+/// other, the key of the hop marker, and (unless the control plane's policy carries them) the
+/// ring's members and how they are reached.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    #[serde(rename = "self")]
+    pub self_id: String,
+    pub secret_file: String,
+    pub members: Option<Vec<RawTierMember>>,
+    pub hop_window: Option<ConfDuration>,
+    pub timeouts: Option<RawTimeouts>,
+    pub health_check: Option<RawHealthCheck>,
+    pub passive: Option<RawPassive>,
+}
+
+/// A policy's `tier:` block: the ring every node of the fleet shares.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTierRing {
+    pub members: Vec<RawTierMember>,
+    pub hop_window: Option<ConfDuration>,
+    pub timeouts: Option<RawTimeouts>,
+    pub health_check: Option<RawHealthCheck>,
+    pub passive: Option<RawPassive>,
+}
+
+/// `tier.members[]`: a node of the ring and its data-plane listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTierMember {
+    pub id: String,
+    pub addr: String,
 }
 
 /// The node's `control:` block: where its policy and invalidations come from.
@@ -118,6 +155,7 @@ pub struct RawRouteCache {
     pub key: Option<RawCacheKey>,
     pub client_revalidation: Option<bool>,
     pub early_refresh: Option<RawEarlyRefresh>,
+    pub tier: Option<bool>,
 }
 
 /// `routes[].cache.early_refresh`: XFetch probabilistic refresh of fresh entries.

@@ -16,6 +16,7 @@ pub const NODE_PATHS: &[&[&str]] = &[
     &["control", "state_file"],
     &["control", "verify_keys", "*"],
     &["access_log", "path"],
+    &["tier", "secret_file"],
     &["cache", "disk", "path"],
     &["listeners", "*", "tls", "cert"],
     &["listeners", "*", "tls", "key"],

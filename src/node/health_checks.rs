@@ -1,4 +1,5 @@
-//! The background service that runs active health checks for every pool of the current snapshot.
+//! The background service that runs active health checks for every pool of the current snapshot
+//! (the tier ring's members too), and publishes the node's tier role.
 
 use crate::metrics::METRICS;
 use crate::snapshot::SharedSnapshot;
@@ -27,10 +28,15 @@ impl HealthService {
 impl BackgroundService for HealthService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut known: HashMap<usize, Weak<Pool>> = HashMap::new();
+        let mut seen_snapshot = 0usize;
         loop {
             let snapshot = self.snapshot.load_full();
+            if Arc::as_ptr(&snapshot) as usize != seen_snapshot {
+                seen_snapshot = Arc::as_ptr(&snapshot) as usize;
+                publish_tier_role(&snapshot);
+            }
             known.retain(|_, w| w.strong_count() > 0);
-            for pool in snapshot.pools.values() {
+            for pool in snapshot.all_pools() {
                 let Some(interval) = pool.health_interval() else {
                     continue;
                 };
@@ -47,6 +53,17 @@ impl BackgroundService for HealthService {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
+    }
+}
+
+/// `verge_tier_member_info{self}`: this node's id while it is a member of a tier ring.
+fn publish_tier_role(snapshot: &crate::snapshot::Snapshot) {
+    METRICS.tier_member.reset();
+    if let Some(ring) = &snapshot.tier {
+        METRICS
+            .tier_member
+            .with_label_values(&[&ring.self_id])
+            .set(1);
     }
 }
 

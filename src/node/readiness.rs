@@ -90,6 +90,7 @@ mod tests {
             pools: Default::default(),
             routes: Vec::new(),
             classes: Default::default(),
+            tier: None,
         });
         let none = Snapshot::build(&empty, None).expect("empty snapshot");
         assert!(fed.verdict(&none).unwrap_err().contains("control plane"));

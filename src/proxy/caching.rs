@@ -180,7 +180,8 @@ pub fn status(session: &Session, ctx: &RequestCtx) -> String {
         phase,
         CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating
     );
-    cache_status::value(
+    cache_status::value_named(
+        ctx.tier.cache_name(),
         &cache_status::Outcome {
             phase,
             fresh_until: from_cache.then(|| session.cache.cache_meta().fresh_until()),
@@ -213,7 +214,8 @@ pub fn response_fields(
         // say so rather than promise keep-alive and then close
         session.set_keepalive(None);
     }
-    resp.insert_header("cache-status", status(session, ctx))?;
+    let value = super::tier::cache_status_chain(ctx, status(session, ctx));
+    resp.insert_header("cache-status", value)?;
     Ok(())
 }
 

@@ -86,6 +86,8 @@ pub struct RequestCtx {
     /// Bodies compressed on their way into the cache or decoded for the client
     /// (`routes[].compression`).
     pub transcoding: super::compression::Transcoding,
+    /// The tier ring's part in this request: a verified hop, or the owner a miss went to.
+    pub tier: super::tier::TierState,
 }
 
 impl RequestCtx {

@@ -54,19 +54,24 @@ pub async fn answered(
         let sent = session.req_header().headers.get(request_id::HEADER);
         ctx.request_id = Some(request_id::for_request(spec, sent));
     }
-    let reads_client = !edge.deny.is_empty()
-        || !edge.allow.is_empty()
-        || edge.rate_limit.as_ref().map(|r| &r.key) == Some(&RateKey::ClientIp);
+    // a verified tier hop: the member that forwarded it applied the access rules, the rate
+    // limit and the redirects to its client (here the client is that member); only the rewrite,
+    // which decides what the upstream is asked for, applies again
+    let hop = ctx.tier.hop.is_some();
+    let reads_client = !hop
+        && (!edge.deny.is_empty()
+            || !edge.allow.is_empty()
+            || edge.rate_limit.as_ref().map(|r| &r.key) == Some(&RateKey::ClientIp));
     let client = if reads_client {
         rule_client(session, snapshot)
     } else {
         None
     };
-    if edge.refuses(client) {
+    if !hop && edge.refuses(client) {
         answer(session, ctx, 403, "verge: forbidden", &[]).await?;
         return Ok(true);
     }
-    if let Some(spec) = &edge.rate_limit {
+    if let Some(spec) = edge.rate_limit.as_ref().filter(|_| !hop) {
         let mut buf = [0; 16];
         let headers = &session.req_header().headers;
         let key = rate_limit::bucket_key(&spec.key, client, headers, &mut buf);
@@ -89,7 +94,7 @@ pub async fn answered(
         path: uri.path(),
         query: uri.query(),
     };
-    if let Some((status, location)) = redirect_for(edge, &parts) {
+    if let Some((status, location)) = redirect_for(edge, &parts).filter(|_| !hop) {
         let text = format!("verge: moved to {location}");
         answer(session, ctx, status, &text, &[("location", &location)]).await?;
         return Ok(true);

@@ -261,8 +261,13 @@ pub fn prepare_upstream(
         upstream.set_uri(uri);
     }
     apply_request_ops(upstream, &route.spec.request_headers, vars)?;
+    body_framing(upstream, ctx)
+}
+
+/// A request body discarded as it arrives (`drop_body`) is announced upstream as an explicit
+/// empty length.
+pub fn body_framing(upstream: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
     if ctx.drop_body {
-        // the body is discarded as it arrives; say so with an explicit empty length
         upstream.remove_header(&http::header::TRANSFER_ENCODING);
         upstream.insert_header(http::header::CONTENT_LENGTH, "0")?;
     }

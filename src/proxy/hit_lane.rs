@@ -30,6 +30,7 @@ use crate::config::{EdgeRules, Rewrite, RouteCache, RouteSpec};
 use crate::http_syntax::{host::canonical_host, scheme, target};
 use crate::metrics::METRICS;
 use crate::snapshot::{Route, SharedSnapshot};
+use crate::upstream::hop_marker::HOP_FIELD;
 use bytes::{Bytes, BytesMut};
 use http::{Method, Version};
 use pingora_cache::eviction::EvictionManager;
@@ -91,8 +92,9 @@ impl<'a> PlainRequest<'a> {
 
 /// Read a whole request head (and nothing after it) into `lines`. `None` when the answer would
 /// not have the lane's shape: anything but HTTP/1.1 in origin form with exactly one `Host`, a
-/// target the full path refuses, a field in `SHAPING_FIELDS`, or a `Connection` option other
-/// than `keep-alive` and `close`. Pure.
+/// target the full path refuses, a field in `SHAPING_FIELDS`, a tier hop marker (checked, and
+/// answered under the owner's own `Cache-Status` name, by the full path), or a `Connection`
+/// option other than `keep-alive` and `close`. Pure.
 pub fn plain_request<'a>(
     head: &'a [u8],
     lines: &'a mut [httparse::Header<'a>],
@@ -133,7 +135,9 @@ pub fn plain_request<'a>(
                     return None;
                 }
             }
-        } else if SHAPING_FIELDS.iter().any(|d| name.eq_ignore_ascii_case(d)) {
+        } else if SHAPING_FIELDS.iter().any(|d| name.eq_ignore_ascii_case(d))
+            || name.eq_ignore_ascii_case(HOP_FIELD)
+        {
             return None;
         }
     }
@@ -205,6 +209,7 @@ pub fn lane_rules<'r>(route: &'r Route, filters: &Filters) -> Option<&'r RouteCa
         key,                       // key variants from request fields: the full path
         client_revalidation: _,    // read by `request_directives::for_route`
         early_refresh,             // a hit may start a refresh: the full path
+        tier: _,                   // where misses go: the lane serves hits only
     } = rules;
     let lane = edge_free
         && early_refresh.is_none()
@@ -593,6 +598,7 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nConnection: x-hop\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nVerge-Tier-Hop: b 1 0 http 00\r\n\r\n",
             // a pipelined second request, or an unfinished head
             "GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\n",

@@ -25,6 +25,7 @@ pub mod request_body;
 pub mod request_id;
 pub mod request_routing;
 pub mod rewrite;
+pub mod tier;
 pub mod upstream_error;
 
 pub use context::{LaneWaited, RequestCtx};
@@ -113,8 +114,10 @@ impl EdgeProxy {
         self
     }
 
-    fn scheme(&self) -> &'static str {
-        scheme(self.listener.tls)
+    /// The scheme the client used: the listener's, or for a verified tier hop, the one the
+    /// forwarding member's client used (the key and the rules see the same request there).
+    fn scheme(&self, ctx: &RequestCtx) -> &'static str {
+        tier::scheme(ctx, scheme(self.listener.tls))
     }
 
     /// The values `ops` may name for this request (the client address only when read).
@@ -131,7 +134,7 @@ impl EdgeProxy {
                 .flatten(),
             request_id: ctx.request_id.as_deref(),
             route: ctx.route_name(),
-            scheme: self.scheme(),
+            scheme: self.scheme(ctx),
             host: &ctx.host,
         }
     }
@@ -197,12 +200,14 @@ impl ProxyHttp for EdgeProxy {
         if edge::refused_by_listener(session, ctx, &self.listener.name, &self.snapshot).await? {
             return Ok(true);
         }
+        tier::receive(session.req_header_mut(), ctx, &self.snapshot.load());
         if request_routing::answered_before_routing(session, ctx, &self.snapshot, self.cache)
             .await?
         {
             return Ok(true);
         }
-        if edge::answered(session, ctx, self.listener.tls, &self.snapshot).await? {
+        let tls = self.scheme(ctx) == "https";
+        if edge::answered(session, ctx, tls, &self.snapshot).await? {
             return Ok(true);
         }
         // after routing, before the cache and the origin
@@ -217,7 +222,7 @@ impl ProxyHttp for EdgeProxy {
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
-        Ok(caching::key(self.scheme(), session.req_header(), ctx))
+        Ok(caching::key(self.scheme(ctx), session.req_header(), ctx))
     }
 
     fn cache_vary_filter(
@@ -255,6 +260,11 @@ impl ProxyHttp for EdgeProxy {
         let mut forced =
             caching::hit_override(&snapshot, session.req_header(), meta, is_fresh, ctx);
         drop(snapshot);
+        if ctx.tier.behind {
+            // a hop from a member that knows of invalidations this node has not applied yet:
+            // what is stored here may be one of those, so it is fetched anew
+            forced = Some(ForcedFreshness::ForceMiss);
+        }
         if forced.is_none() && refresh::early_refresh_turn(session) {
             // this is an early refresh: have the entry revalidated (and not served stale)
             forced = Some(ForcedFreshness::ForceExpired);
@@ -334,6 +344,9 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        if let Some(owner) = tier::owner_peer(session, ctx, &self.snapshot.load()) {
+            return Ok(owner);
+        }
         peer::select(session, ctx)
     }
 
@@ -344,6 +357,9 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
+        if tier::awaiting_owner(ctx) {
+            return tier::owner_failed(ctx, e, false);
+        }
         peer::on_connect_failure(session, ctx, e)
     }
 
@@ -355,6 +371,9 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
+        if tier::awaiting_owner(ctx) {
+            return tier::owner_failed(ctx, e, true);
+        }
         upstream_error::while_proxying(peer, session, e, ctx, client_reused)
     }
 
@@ -368,8 +387,10 @@ impl ProxyHttp for EdgeProxy {
         _digest: Option<&pingora_core::protocols::Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(route), Some(addr)) = (ctx.route.as_ref(), ctx.tried.last()) {
-            route.pool.report_connect_success(addr);
+        if !tier::owner_connected(ctx) {
+            if let (Some(route), Some(addr)) = (ctx.route.as_ref(), ctx.tried.last()) {
+                route.pool.report_connect_success(addr);
+            }
         }
         #[cfg(unix)]
         return deadline::watch_connection(&mut ctx.deadline, fd);
@@ -423,6 +444,14 @@ impl ProxyHttp for EdgeProxy {
         let Some(route) = ctx.route.as_ref() else {
             return Ok(());
         };
+        if let Some((ring, _)) = ctx.tier.owner.clone() {
+            let seq = self.snapshot.load().control.position.seq;
+            tier::hop_request(upstream, ctx, &ring, self.scheme(ctx), seq)?;
+            request_id::set_upstream(upstream, ctx)?;
+            ctx.upstream_sent_at = Some(Instant::now());
+            ctx.fetch_started = Some(std::time::SystemTime::now());
+            return Ok(());
+        }
         let client = client_ip(session);
         let trusted = self.forwarding_trust.fields_for(client);
         let vars = self.header_vars(session, ctx, &route.spec.request_headers);
@@ -446,13 +475,14 @@ impl ProxyHttp for EdgeProxy {
         if origin_response::is_interim(upstream) {
             return upstream_error::count_informational(&mut ctx.informational);
         }
+        tier::owner_answered(upstream, ctx);
         if !session.req_header().method.is_safe() {
             let snapshot = self.snapshot.load();
             let (req, host) = (session.req_header(), &ctx.host);
             caching::invalidate_after_unsafe(
                 self.cache,
                 &snapshot,
-                self.scheme(),
+                self.scheme(ctx),
                 req,
                 upstream,
                 host,
@@ -500,8 +530,11 @@ impl ProxyHttp for EdgeProxy {
             if let Some(rules) = route.spec.cache.as_ref() {
                 caching::response_fields(session, resp, ctx, rules)?;
             }
-            let vars = self.header_vars(session, ctx, &route.spec.response_headers);
-            headers::apply_response_ops(resp, &route.spec.response_headers, &vars)?;
+            if ctx.tier.hop.is_none() {
+                // (a hop's answer goes to a member, which applies them for its client)
+                let vars = self.header_vars(session, ctx, &route.spec.response_headers);
+                headers::apply_response_ops(resp, &route.spec.response_headers, &vars)?;
+            }
         }
         request_id::set_response(resp, ctx)?;
         let result = self.filters.response_phase(session, resp, ctx).await;
@@ -544,6 +577,7 @@ impl ProxyHttp for EdgeProxy {
         // a request a filter or an edge rule answered never reached the cache
         let counted = caches && !ctx.filters.answered() && !ctx.edge_answered;
         let phase = session.cache.phase();
+        tier::count_avoided_fetch(ctx, phase);
         let lookup = lookup_result(phase, ctx.stored, ctx.bypass.is_some());
         let key = self
             .access_log
@@ -569,7 +603,13 @@ impl ProxyHttp for EdgeProxy {
             logged_lookup: (caches && !ctx.edge_answered).then_some(lookup),
             source: response_source(phase, ctx.upstream_sent_at.is_some()),
             lock_wait: counted.then(|| caching::lock_wait(session, ctx)).flatten(),
-            backend: ctx.tried.last().copied(),
+            // an owner in the tier ring that answered, else the last origin backend tried
+            backend: ctx
+                .tier
+                .owner
+                .as_ref()
+                .map(|(_, addr)| *addr)
+                .or(ctx.tried.last().copied()),
             key: key.as_ref().map(|k| &k[..]),
             origin_ms: ctx.origin_ms,
             elapsed: ctx.started.map(|t| t.elapsed()),
@@ -591,7 +631,7 @@ impl ProxyHttp for EdgeProxy {
                 user_agent: field(http::header::USER_AGENT),
                 referer: field(http::header::REFERER),
                 protocol: finish::protocol_name(req.version),
-                scheme: self.scheme(),
+                scheme: self.scheme(ctx),
                 listener: &self.listener.name,
                 tls_version: tls_version.as_deref(),
             },

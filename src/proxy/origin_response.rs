@@ -39,9 +39,14 @@ pub fn head_arrived(
     if let (Some(route), Some(at)) = (ctx.route.as_ref(), ctx.upstream_sent_at) {
         let elapsed = at.elapsed().as_secs_f64();
         ctx.origin_ms = Some(elapsed * 1000.0);
+        // an owner in the tier ring answered: its time is the ring's, not the origin pool's
+        let pool = match ctx.tier.owner {
+            Some(_) => crate::config::TIER_POOL,
+            None => route.pool.name(),
+        };
         METRICS
             .upstream_latency
-            .with_label_values(&[route.pool.name()])
+            .with_label_values(&[pool])
             .observe(elapsed);
     }
     Ok(())

@@ -40,5 +40,6 @@ mod refresh;
 mod reload;
 mod routing;
 mod streaming;
+mod tier;
 mod tls;
 mod upgrade;

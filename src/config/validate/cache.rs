@@ -136,6 +136,7 @@ pub(super) fn validate_route_cache(
         early_refresh: raw
             .early_refresh
             .map(|e| early_refresh(&format!("{path}.early_refresh"), e, errs)),
+        tier: raw.tier.unwrap_or(true),
     };
     if let Some(m) = c.max_ttl {
         for (name, ttl) in [

@@ -11,6 +11,7 @@ mod locate;
 mod pools;
 mod routes;
 mod server;
+mod tier;
 mod timeouts;
 
 #[cfg(test)]
@@ -195,6 +196,10 @@ fn validate_document(doc: RawDocument, content_tag: &str, errs: &mut Errors) -> 
         .and_then(|v| errs.decode::<RawCache>("cache", v))
         .unwrap_or_default();
     let cache = cache::validate_cache(cache, errs);
+    let tier = doc
+        .tier
+        .and_then(|v| errs.decode::<RawTier>("tier", v))
+        .and_then(|raw| tier::validate_node_tier(raw, errs));
 
     Config {
         cache,
@@ -208,6 +213,7 @@ fn validate_document(doc: RawDocument, content_tag: &str, errs: &mut Errors) -> 
         control,
         purge,
         access_log,
+        tier,
         source: None,
     }
 }
@@ -223,10 +229,14 @@ pub(super) fn validate_policy(value: serde_yaml::Value) -> Result<Policy, Vec<Co
             raw.classes,
             &mut errs,
         );
+        let tier = raw
+            .tier
+            .and_then(|v| tier::validate_policy_tier(v, &mut errs));
         Policy {
             pools: sections.pools,
             routes: sections.routes,
             classes: sections.classes,
+            tier,
         }
     });
     match errs.finish(None, policy)? {

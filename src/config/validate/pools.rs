@@ -43,7 +43,7 @@ pub(super) fn validate_pools(
     out
 }
 
-fn validate_pool(
+pub(super) fn validate_pool(
     name: &str,
     path: &str,
     raw: RawPool,

@@ -122,8 +122,13 @@ pub struct TestConfig {
 
 impl TestConfig {
     pub fn write(config: &Config) -> TestConfig {
+        Self::write_on(config, ports::addr(), ports::addr())
+    }
+
+    /// [`TestConfig::write`] for listener and admin addresses chosen beforehand (nodes that
+    /// must know each other's addresses before any starts).
+    pub fn write_on(config: &Config, http: SocketAddr, admin: SocketAddr) -> TestConfig {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (http, admin) = (ports::addr(), ports::addr());
         let path = dir.path().join("verge.yaml");
         std::fs::write(&path, config.render(http, admin, dir.path())).expect("write config");
         TestConfig {
@@ -158,14 +163,26 @@ impl Verge {
         v
     }
 
+    /// Start `verge serve` with `config` on a listener and an admin address chosen beforehand
+    /// (see [`ports::addr`]). Waits until `/readyz` answers 200.
+    pub async fn start_on(config: &Config, http: SocketAddr, admin: SocketAddr) -> Verge {
+        let mut v = Self::from_written(Launch::verge(), TestConfig::write_on(config, http, admin));
+        v.wait_ready().await;
+        v
+    }
+
     /// `launch` started with `config`, not waited for.
     fn spawned(launch: Launch, config: &Config) -> Verge {
+        Self::from_written(launch, TestConfig::write(config))
+    }
+
+    fn from_written(launch: Launch, written: TestConfig) -> Verge {
         let TestConfig {
             dir,
             path,
             http,
             admin,
-        } = TestConfig::write(config);
+        } = written;
         Verge {
             child: launch.spawn(&path),
             http,
