@@ -151,8 +151,12 @@ COUNTER_FUNCS = {"rate", "irate", "increase", "resets"}
 
 def load_metrics():
     """Every metric series name a verge process can expose -> its label names."""
-    text = open(METRICS_RS, encoding="utf-8").read()
-    text = text.split("#[cfg(test)]")[0]
+    # src/metrics.rs and its submodules (src/metrics/*.rs), test code left out
+    sub = os.path.join(ROOT, "src", "metrics")
+    files = [METRICS_RS] + sorted(
+        os.path.join(sub, f) for f in (os.listdir(sub) if os.path.isdir(sub) else []) if f.endswith(".rs")
+    )
+    text = "\n".join(open(f, encoding="utf-8").read().split("#[cfg(test)]")[0] for f in files)
     code = re.sub(r"//[^\n]*", "", text)
     matches = list(CTOR.finditer(code))
     declared = {}

@@ -5,6 +5,7 @@ pub mod classes;
 mod compression;
 mod edge;
 pub mod keys;
+mod listener;
 mod log_format;
 mod model;
 mod raw;
