@@ -74,6 +74,10 @@ fn braced_fields(cell: &str) -> Vec<String> {
     let Some(start) = cell.find('{') else {
         return Vec::new();
     };
+    // `map name → {a, b}`: the braces are the fields of each value, not of the key itself
+    if cell[..start].contains('→') {
+        return Vec::new();
+    }
     let mut fields = Vec::new();
     let mut depth = 0;
     let mut word = String::new();
@@ -294,6 +298,7 @@ fn braced_types_name_their_fields() {
         ["addr", "weight"]
     );
     assert!(braced_fields("bool").is_empty());
+    assert!(braced_fields("map name → `{budget: duration}`").is_empty());
 }
 
 #[test]
