@@ -52,7 +52,7 @@ use pingora_cache::CacheKey;
 use pingora_error::{Error, ErrorType, Result};
 use std::any::Any;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -200,6 +200,9 @@ pub struct Fill {
     wake: watch::Sender<()>,
     /// The storage's count of bytes held by fills.
     inflight: &'static AtomicU64,
+    /// Requests for the object so far: the fetch, and each other request that read the fill
+    /// (the stored entry starts its count of uses from it; see `cache.disk.min_uses`).
+    pub uses: AtomicU32,
 }
 
 impl Fill {
@@ -237,6 +240,7 @@ impl Fill {
             }),
             wake,
             inflight,
+            uses: AtomicU32::new(1),
         })
     }
 

@@ -458,10 +458,11 @@ impl MemoryStorage {
 
     /// Store a finished fill's body, admitted by the eviction manager (see the module doc).
     fn commit(&self, fill: &Fill, body: Bytes) -> MissFinishType {
-        let mut uses = 1;
+        // the fetch and the requests that read its fill
+        let mut uses = fill.uses.load(Ordering::Acquire);
         if let Some(disk) = self.disk {
-            // the fetch is the first use; a refetch of an object on disk replaces it there
-            if disk.min_uses() <= 1 || disk.holds(&fill.key) {
+            // a refetch of an object on disk replaces it there
+            if uses >= disk.min_uses() || disk.holds(&fill.key) {
                 uses = WRITTEN;
                 disk.write(fill.key, fill.primary, fill.meta.clone(), body.clone());
                 // purged meanwhile: either seen here, or its removal comes after the write
@@ -558,6 +559,8 @@ impl Storage for MemoryStorage {
             }
         };
         if let Some(fill) = fill {
+            // another request for the object while it is fetched: a use of what it becomes
+            fill.uses.fetch_add(1, Ordering::AcqRel);
             let meta = fill
                 .meta
                 .to_meta()
