@@ -38,28 +38,64 @@ static EMPTY_HEADER: Lazy<Option<Vec<u8>>> = Lazy::new(|| {
         .map(|(_, h)| h)
 });
 
-/// A copy of `header` whose field names and values own their bytes. A header parsed from the
-/// origin's response shares one buffer (the whole read buffer, several KiB) with every value in
-/// it; stored as it is, each entry would keep that buffer alive (about 9 KiB per entry,
-/// measured, against a few hundred bytes of fields).
+/// A copy of `header` whose field names and values live in one allocation of their own size,
+/// which every field of the copy shares. A header parsed from the origin's response shares one
+/// buffer (the whole read buffer, several KiB) with every value in it; stored as it is, each
+/// entry would keep that buffer alive (about 9 KiB per entry, measured, against a few hundred
+/// bytes of fields). One small allocation per name and value would cost their allocator
+/// overhead on every field instead.
 fn owned_header(header: &ResponseHeader) -> Result<ResponseHeader> {
-    let own = |v: &http::HeaderValue| {
-        let mut copy = http::HeaderValue::from_bytes(v.as_bytes())
+    let fields = header.headers.len();
+    let cased = header.has_case();
+    // (name, value) spans in `all`; without case only values are copied
+    let mut spans = Vec::with_capacity(fields);
+    let total: usize = if cased {
+        header
+            .case_header_iter()
+            .map(|(n, v)| n.as_slice().len() + v.len())
+            .sum()
+    } else {
+        header.headers.values().map(http::HeaderValue::len).sum()
+    };
+    let mut all = bytes::BytesMut::with_capacity(total);
+    let mut keep = |name: &[u8], value: &[u8], all: &mut bytes::BytesMut| {
+        let n = all.len();
+        all.extend_from_slice(name);
+        let v = all.len();
+        all.extend_from_slice(value);
+        spans.push((n..v, v..all.len()));
+    };
+    if cased {
+        for (name, value) in header.case_header_iter() {
+            keep(name.as_slice(), value.as_bytes(), &mut all);
+        }
+    } else {
+        for value in header.headers.values() {
+            keep(b"", value.as_bytes(), &mut all);
+        }
+    }
+    let all = all.freeze();
+    let value = |i: usize, sensitive: bool| {
+        let (_, v) = spans
+            .get(i)
+            .ok_or_else(|| meta_error("stored header changed while copied"))?;
+        let mut copy = http::HeaderValue::from_maybe_shared(all.slice(v.clone()))
             .map_err(|_| meta_error("stored header value is invalid"))?;
-        copy.set_sensitive(v.is_sensitive());
+        copy.set_sensitive(sensitive);
         Ok::<_, Box<Error>>(copy)
     };
-    let fields = header.headers.len();
-    let mut copy = if header.has_case() {
+    let mut copy = if cased {
         let mut copy = ResponseHeader::build(header.status, Some(fields))?;
-        for (name, value) in header.case_header_iter() {
-            copy.append_header(bytes::Bytes::copy_from_slice(name.as_slice()), own(value)?)?;
+        for (i, (_, v)) in header.case_header_iter().enumerate() {
+            let name = spans.get(i).map(|(n, _)| all.slice(n.clone()));
+            let name = name.ok_or_else(|| meta_error("stored header changed while copied"))?;
+            copy.append_header(name, value(i, v.is_sensitive())?)?;
         }
         copy
     } else {
         let mut copy = ResponseHeader::build_no_case(header.status, Some(fields))?;
-        for (name, value) in header.headers.iter() {
-            copy.append_header(name.clone(), own(value)?)?;
+        for (i, (name, v)) in header.headers.iter().enumerate() {
+            copy.append_header(name.clone(), value(i, v.is_sensitive())?)?;
         }
         copy
     };
