@@ -103,6 +103,11 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl Config {
+    /// The listener named `name`, if there is one.
+    pub fn listener(&self, name: &str) -> Option<&ListenerSpec> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+
     /// Parse and validate YAML text.
     pub fn from_yaml_str(text: &str) -> Result<Config, ConfigErrors> {
         validate::validate_yaml(text, None).map_err(ConfigErrors::new)

@@ -24,7 +24,7 @@
 use super::watched_stream::StreamWatch;
 use crate::http_syntax::chunked::ChunkedBody;
 use crate::metrics::METRICS;
-use crate::proxy::request_body::BodyRefusal;
+use crate::proxy::request_body::{pace_allowance, BodyRefusal};
 use pingora_core::protocols::Stream;
 use std::future::Future;
 use std::io;
@@ -177,11 +177,11 @@ impl BodyGuard {
     /// When the current wait for the client ends, and what it is refused as then.
     fn deadline(&self, start: Instant) -> (Instant, BodyRefusal) {
         let idle = (start + self.pace.idle, BodyRefusal::Idle);
-        if self.pace.min_rate == 0 {
+        let Some(allowed) = pace_allowance(self.received, self.pace.idle, self.pace.min_rate)
+        else {
             return idle;
-        }
-        let earned = Duration::from_millis(self.received.saturating_mul(1000) / self.pace.min_rate);
-        let left = (self.pace.idle + earned).saturating_sub(self.waited);
+        };
+        let left = allowed.saturating_sub(self.waited);
         let slow = (start + left, BodyRefusal::TooSlow);
         if slow.0 < idle.0 {
             slow

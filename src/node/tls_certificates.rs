@@ -276,9 +276,7 @@ impl CertificateReload {
         for certs in &self.listeners {
             let spec = snapshot
                 .config
-                .listeners
-                .iter()
-                .find(|l| l.name == certs.listener)
+                .listener(&certs.listener)
                 .and_then(|l| l.tls.as_ref());
             let Some(spec) = spec else { continue };
             let now = stamps(spec);

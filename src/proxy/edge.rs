@@ -16,8 +16,9 @@ use pingora_error::Result;
 use pingora_proxy::Session;
 use std::time::Instant;
 
-/// Apply the listener's access rules (`listeners[].allow`/`deny`), before routing; `true` when
-/// verge refused the request here (403).
+/// The listener's part of a request, before routing: its error pages for the request's answers,
+/// and its access rules (`listeners[].allow`/`deny`); `true` when verge refused the request here
+/// (403).
 pub async fn refused_by_listener(
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -26,10 +27,11 @@ pub async fn refused_by_listener(
 ) -> Result<bool> {
     let refused = {
         let current = snapshot.load();
-        let Some(spec) = current.config.listeners.iter().find(|l| l.name == listener) else {
+        let Some(spec) = current.config.listener(listener) else {
             return Ok(false);
         };
-        spec.has_access_rules() && spec.refuses(rule_client(session, snapshot))
+        ctx.listener_pages = (!spec.error_pages.is_empty()).then(|| spec.error_pages.clone());
+        spec.has_access_rules() && spec.refuses(client_of(session, &current.config))
     };
     if refused {
         answer(session, ctx, 403, "verge: forbidden", &[]).await?;
@@ -121,8 +123,12 @@ pub async fn answered(
 /// The client address a route's rules read: the connection's, or the one trusted proxies name
 /// (`server.client_ip`, in `snapshot`'s config).
 pub fn rule_client(session: &Session, snapshot: &SharedSnapshot) -> Option<std::net::IpAddr> {
-    let current = snapshot.load();
-    let trusted = current.config.server.client_ip.as_ref();
+    client_of(session, &snapshot.load().config)
+}
+
+/// [`rule_client`] under `config`.
+fn client_of(session: &Session, config: &crate::config::Config) -> Option<std::net::IpAddr> {
+    let trusted = config.server.client_ip.as_ref();
     client_address(client_ip(session), &session.req_header().headers, trusted)
 }
 

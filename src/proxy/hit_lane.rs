@@ -353,11 +353,8 @@ impl HitLane {
         let host = canonical_host(req.host)?;
         let snapshot = self.snapshot.load();
         // a listener's access rules refuse clients of a hit too: the full path applies them
-        let listeners = &snapshot.config.listeners;
-        if listeners
-            .iter()
-            .any(|l| l.name == self.listener && l.has_access_rules())
-        {
+        let listener = snapshot.config.listener(&self.listener);
+        if listener.is_some_and(|l| l.has_access_rules()) {
             return None;
         }
         let route = snapshot.table.lookup(&host, req.path)?;

@@ -138,17 +138,6 @@ impl EdgeProxy {
             host: &ctx.host,
         }
     }
-
-    /// This listener's error pages in the current snapshot (`None`: it has none).
-    fn listener_pages(&self) -> Option<crate::config::ErrorPages> {
-        let snapshot = self.snapshot.load();
-        let spec = snapshot
-            .config
-            .listeners
-            .iter()
-            .find(|l| l.name == self.listener.name)?;
-        (!spec.error_pages.is_empty()).then(|| spec.error_pages.clone())
-    }
 }
 
 #[async_trait]
@@ -196,7 +185,6 @@ impl ProxyHttp for EdgeProxy {
             // and HTTP/2 has no read timeout: the wait for each piece of a request body
             session.downstream_body_timeout = Some(self.listener.body_timeout);
         }
-        ctx.listener_pages = self.listener_pages();
         if edge::refused_by_listener(session, ctx, &self.listener.name, &self.snapshot).await? {
             return Ok(true);
         }

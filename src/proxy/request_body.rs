@@ -63,6 +63,18 @@ pub fn count(
     Ok(())
 }
 
+/// The time a body that sent `received` bytes may take in all under the listener's pace:
+/// `idle` plus one second per `min_rate` bytes (Apache's `mod_reqtimeout` rule); `None` with no
+/// minimum rate. The one rule behind HTTP/1's body guard and [`h2_pace`].
+pub fn pace_allowance(
+    received: u64,
+    idle: std::time::Duration,
+    min_rate: u64,
+) -> Option<std::time::Duration> {
+    let earned = received.saturating_mul(1000).checked_div(min_rate)?;
+    Some(idle + std::time::Duration::from_millis(earned))
+}
+
 /// Whether an HTTP/2 request body keeps its listener's pace (the front door's body guard reads
 /// HTTP/1 bodies only): `received` bytes `elapsed` after the request's head may take `idle` plus
 /// one second per `min_rate` bytes (Apache's `mod_reqtimeout` rule, as for HTTP/1). The wait for
@@ -73,14 +85,10 @@ pub fn h2_pace(
     idle: std::time::Duration,
     min_rate: u64,
 ) -> Result<(), BodyRefusal> {
-    if min_rate == 0 {
-        return Ok(());
+    match pace_allowance(received, idle, min_rate) {
+        Some(allowed) if elapsed > allowed => Err(BodyRefusal::TooSlow),
+        _ => Ok(()),
     }
-    let earned = std::time::Duration::from_millis(received.saturating_mul(1000) / min_rate);
-    if elapsed > idle + earned {
-        return Err(BodyRefusal::TooSlow);
-    }
-    Ok(())
 }
 
 /// [`h2_pace`] for the request in `ctx` (its body so far, since its head): a body too slow is
