@@ -3,6 +3,7 @@
 //! is stored, the `Cache-Status` a client sees, and what an unsafe method takes out.
 
 use super::context::{waited_on_fetch, RequestCtx};
+use super::refresh;
 use crate::cache::collapse::LockWait;
 use crate::cache::hit_decision::{self, HitDecision, StoredEntry};
 use crate::cache::request_directives::{self, RequestDirectives};
@@ -11,8 +12,10 @@ use crate::cache::{cache_status, key_rules, rfc9111, unsafe_methods, CacheEngine
 use crate::http_syntax::path_and_query;
 use crate::metrics::METRICS;
 use crate::snapshot::Snapshot;
+use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness};
 use pingora_cache::{NoCacheReason, RespCacheable};
+use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use std::time::{Duration, SystemTime};
@@ -113,6 +116,65 @@ pub fn hit_override(
         }
         HitDecision::ServeStale => Some(ForcedFreshness::ForceFresh),
     }
+}
+
+/// `cache_hit_filter`: how the stored entry the lookup found is treated ([`hit_override`]), a
+/// tier hop from a member ahead of this node, early refreshes, and the head a background
+/// refresh will be built from.
+pub fn hit_filter(
+    engine: &'static CacheEngine,
+    snapshot: &Snapshot,
+    session: &mut Session,
+    meta: &CacheMeta,
+    is_fresh: bool,
+    ctx: &mut RequestCtx,
+) -> Result<Option<ForcedFreshness>> {
+    let mut forced = hit_override(snapshot, session.req_header(), meta, is_fresh, ctx);
+    if ctx.tier.behind {
+        // a hop from a member that knows of invalidations this node has not applied yet:
+        // what is stored here may be one of those, so it is fetched anew
+        forced = Some(ForcedFreshness::ForceMiss);
+    }
+    if forced.is_none() && refresh::early_refresh_turn(session) {
+        // this is an early refresh: have the entry revalidated (and not served stale)
+        forced = Some(ForcedFreshness::ForceExpired);
+    }
+    let served_fresh = match forced {
+        None => is_fresh,
+        Some(ForcedFreshness::ForceFresh) => true,
+        Some(_) => false,
+    };
+    if served_fresh && forced.is_none() && session.subrequest_ctx.is_none() {
+        refresh::maybe_refresh_early(engine, session, meta, ctx)?;
+    }
+    if !served_fresh
+        && !matches!(forced, Some(ForcedFreshness::ForceMiss))
+        && !ctx.h2_head_downgraded
+    {
+        // pingora may refresh this entry in the background (stale-while-revalidate), from
+        // this request's head
+        ctx.h2_head_downgraded = refresh::h1_head_for_subrequest(session.req_header_mut())?;
+    }
+    Ok(forced)
+}
+
+/// `cache_vary_filter`: the variant of the stored response this request selects.
+pub fn variance(meta: &CacheMeta, ctx: &RequestCtx, req: &RequestHeader) -> Option<HashBinary> {
+    let route = ctx.route.as_ref().map(|r| &r.spec);
+    let rules = route.and_then(|r| r.cache.as_ref());
+    // a compressing route stores one encoding for every client: its variants do not
+    // follow the client's Accept-Encoding
+    let coding = match route.is_some_and(|r| r.compression.is_some()) {
+        true => crate::cache::AcceptEncodingVary::Ignored,
+        false => crate::cache::AcceptEncodingVary::Normalised,
+    };
+    crate::cache::request_variance(
+        meta,
+        req,
+        rules.map(|r| &r.key),
+        ctx.filters.cache_key(),
+        coding,
+    )
 }
 
 /// `response_cache_filter`: may `resp` be stored, and with what meta.

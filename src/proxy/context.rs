@@ -13,6 +13,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// What the proxy knows about the listener a request came in on.
+#[derive(Debug, Clone)]
+pub struct ListenerInfo {
+    /// The listener's name (metrics label).
+    pub name: String,
+    /// Whether it terminates TLS (the scheme in cache keys and `X-Forwarded-Proto`).
+    pub tls: bool,
+    /// Largest request body accepted; a streamed (chunked) body over it fails with 413.
+    pub max_body: u64,
+    /// Longest an HTTP/2 stream may go without being able to send the client more of its
+    /// response (HTTP/1 clients have the front door's body guard for this).
+    pub send_timeout: Duration,
+    /// Longest wait for the next piece of an HTTP/2 request body (HTTP/1: the body guard).
+    pub body_timeout: Duration,
+    /// Slowest average pace of an HTTP/2 request body, bytes per second (0: none).
+    pub body_min_rate: u64,
+}
+
 /// How long the hit lane waited for another request's fetch before handing a request to
 /// Pingora (passed through the session's connection context; the cache lock's wait is
 /// shortened by it).

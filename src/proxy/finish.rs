@@ -2,13 +2,18 @@
 //! count and the access-log line. Pingora's `logging` phase and the hit lane both finish here,
 //! so both count and log alike.
 
+use super::context::{client_ip, RequestCtx};
+use super::{caching, tier};
 pub use crate::access_log::Seen;
 use crate::access_log::{key_hex, AccessLog, Record};
 use crate::cache::collapse::LockWait;
 pub use crate::cache::freshness::{Served, ServedState};
+use crate::http_syntax::path_and_query;
 use crate::metrics::{RequestOutcome, METRICS};
 use crate::snapshot::{Route, SharedSnapshot};
+use pingora_cache::key::CacheHashKey;
 use pingora_cache::CachePhase;
+use pingora_proxy::Session;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
@@ -51,6 +56,80 @@ pub struct Finished<'a> {
     pub served: Option<Served<'a>>,
     /// What the access log may record of the request and its connection.
     pub seen: Seen<'a>,
+}
+
+/// Pingora's `logging` phase: how the request went, as [`finish`] counts and logs it.
+pub fn record(
+    session: &Session,
+    ctx: &mut RequestCtx,
+    listener: &str,
+    scheme: &'static str,
+    access_log: Option<&AccessLog>,
+    snapshot: &SharedSnapshot,
+) {
+    if let Some(d) = ctx.deadline.as_mut() {
+        d.disarm();
+    }
+    let caches = ctx.route.as_ref().is_some_and(|r| r.spec.cache.is_some());
+    // a request a filter or an edge rule answered never reached the cache
+    let counted = caches && !ctx.filters.answered() && !ctx.edge_answered;
+    let phase = session.cache.phase();
+    tier::count_avoided_fetch(ctx, phase);
+    let lookup = lookup_result(phase, ctx.stored, ctx.bypass.is_some());
+    let key = access_log
+        .and_then(|_| session.cache.maybe_cache_key())
+        .map(|k| k.combined_bin());
+    let req = session.req_header();
+    let field = |name| req.headers.get(name).and_then(|v| v.to_str().ok());
+    let tls_version = access_log
+        .and(session.digest())
+        .and_then(|d| d.ssl_digest.as_ref())
+        .map(|d| tls_version_name(&d.version));
+    let finished = Finished {
+        route: ctx.route.as_deref(),
+        host: &ctx.host,
+        method: req.method.as_str(),
+        path: path_and_query(&req.uri),
+        status: session.response_written().map_or(0, |r| r.status.as_u16()),
+        body_bytes: session.body_bytes_sent(),
+        lookup: counted.then_some(lookup),
+        logged_lookup: (caches && !ctx.edge_answered).then_some(lookup),
+        source: response_source(phase, ctx.upstream_sent_at.is_some()),
+        lock_wait: counted.then(|| caching::lock_wait(session, ctx)).flatten(),
+        // an owner in the tier ring that answered, else the last origin backend tried
+        backend: ctx
+            .tier
+            .owner
+            .as_ref()
+            .map(|(_, addr)| *addr)
+            .or(ctx.tried.last().copied()),
+        key: key.as_ref().map(|k| &k[..]),
+        origin_ms: ctx.origin_ms,
+        elapsed: ctx.started.map(|t| t.elapsed()),
+        client: client_ip(session),
+        request_id: ctx.request_id.as_deref(),
+        // a background refresh serves no client
+        served: (counted && session.subrequest_ctx.is_none())
+            .then(|| ServedState::of(phase))
+            .flatten()
+            .zip(session.cache.maybe_cache_meta())
+            .map(|(state, meta)| Served {
+                state,
+                header: meta.response_header(),
+                created: meta.created(),
+                age: meta.age(),
+                fresh_until: meta.fresh_until(),
+            }),
+        seen: Seen {
+            user_agent: field(http::header::USER_AGENT),
+            referer: field(http::header::REFERER),
+            protocol: protocol_name(req.version),
+            scheme,
+            listener,
+            tls_version: tls_version.as_deref(),
+        },
+    };
+    finish(&finished, access_log, snapshot);
 }
 
 /// A protocol version as logs write it.

@@ -5,6 +5,7 @@
 pub mod brotli_codec;
 pub mod caching;
 pub mod client_address;
+pub mod client_head;
 pub mod compression;
 pub mod content_coding;
 pub mod context;
@@ -27,21 +28,20 @@ pub mod request_routing;
 pub mod rewrite;
 pub mod tier;
 pub mod upstream_error;
+pub mod upstream_request;
 
-pub use context::{LaneWaited, RequestCtx};
+pub use context::{LaneWaited, ListenerInfo, RequestCtx};
 
 use crate::access_log::AccessLog;
-use crate::cache::{rfc9111, CacheEngine};
-use crate::http_syntax::{path_and_query, scheme};
+use crate::cache::CacheEngine;
+use crate::http_syntax::scheme;
 use crate::snapshot::SharedSnapshot;
 use async_trait::async_trait;
 use bytes::Bytes;
-use context::client_ip;
 use filter::Filters;
-use finish::{finish, lookup_result, response_source, Finished};
 use pingora_cache::key::CacheHashKey;
 use pingora_cache::{
-    key::HashBinary, CacheKey, CacheMeta, CachePhase, ForcedFreshness, HitHandler, RespCacheable,
+    key::HashBinary, CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable,
 };
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, Result};
@@ -49,24 +49,6 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// What the proxy knows about the listener a request came in on.
-#[derive(Debug, Clone)]
-pub struct ListenerInfo {
-    /// The listener's name (metrics label).
-    pub name: String,
-    /// Whether it terminates TLS (the scheme in cache keys and `X-Forwarded-Proto`).
-    pub tls: bool,
-    /// Largest request body accepted; a streamed (chunked) body over it fails with 413.
-    pub max_body: u64,
-    /// Longest an HTTP/2 stream may go without being able to send the client more of its
-    /// response (HTTP/1 clients have the front door's body guard for this).
-    pub send_timeout: std::time::Duration,
-    /// Longest wait for the next piece of an HTTP/2 request body (HTTP/1: the body guard).
-    pub body_timeout: std::time::Duration,
-    /// Slowest average pace of an HTTP/2 request body, bytes per second (0: none).
-    pub body_min_rate: u64,
-}
 
 /// The proxy for one listener. Cheap to clone: the snapshot handle is shared.
 pub struct EdgeProxy {
@@ -118,25 +100,6 @@ impl EdgeProxy {
     /// forwarding member's client used (the key and the rules see the same request there).
     fn scheme(&self, ctx: &RequestCtx) -> &'static str {
         tier::scheme(ctx, scheme(self.listener.tls))
-    }
-
-    /// The values `ops` may name for this request (the client address only when read).
-    fn header_vars<'a>(
-        &'a self,
-        session: &Session,
-        ctx: &'a RequestCtx,
-        ops: &crate::config::HeaderOps,
-    ) -> headers::HeaderVars<'a> {
-        headers::HeaderVars {
-            client_ip: ops
-                .reads_client_ip()
-                .then(|| edge::rule_client(session, &self.snapshot))
-                .flatten(),
-            request_id: ctx.request_id.as_deref(),
-            route: ctx.route_name(),
-            scheme: self.scheme(ctx),
-            host: &ctx.host,
-        }
     }
 }
 
@@ -219,21 +182,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        let route = ctx.route.as_ref().map(|r| &r.spec);
-        let rules = route.and_then(|r| r.cache.as_ref());
-        // a compressing route stores one encoding for every client: its variants do not
-        // follow the client's Accept-Encoding
-        let coding = match route.is_some_and(|r| r.compression.is_some()) {
-            true => crate::cache::AcceptEncodingVary::Ignored,
-            false => crate::cache::AcceptEncodingVary::Normalised,
-        };
-        crate::cache::request_variance(
-            meta,
-            req,
-            rules.map(|r| &r.key),
-            ctx.filters.cache_key(),
-            coding,
-        )
+        caching::variance(meta, ctx, req)
     }
 
     async fn cache_hit_filter(
@@ -245,35 +194,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
         let snapshot = self.snapshot.load();
-        let mut forced =
-            caching::hit_override(&snapshot, session.req_header(), meta, is_fresh, ctx);
-        drop(snapshot);
-        if ctx.tier.behind {
-            // a hop from a member that knows of invalidations this node has not applied yet:
-            // what is stored here may be one of those, so it is fetched anew
-            forced = Some(ForcedFreshness::ForceMiss);
-        }
-        if forced.is_none() && refresh::early_refresh_turn(session) {
-            // this is an early refresh: have the entry revalidated (and not served stale)
-            forced = Some(ForcedFreshness::ForceExpired);
-        }
-        let served_fresh = match forced {
-            None => is_fresh,
-            Some(ForcedFreshness::ForceFresh) => true,
-            Some(_) => false,
-        };
-        if served_fresh && forced.is_none() && session.subrequest_ctx.is_none() {
-            refresh::maybe_refresh_early(self.cache, session, meta, ctx)?;
-        }
-        if !served_fresh
-            && !matches!(forced, Some(ForcedFreshness::ForceMiss))
-            && !ctx.h2_head_downgraded
-        {
-            // pingora may refresh this entry in the background (stale-while-revalidate), from
-            // this request's head
-            ctx.h2_head_downgraded = refresh::h1_head_for_subrequest(session.req_header_mut())?;
-        }
-        Ok(forced)
+        caching::hit_filter(self.cache, &snapshot, session, meta, is_fresh, ctx)
     }
 
     async fn proxy_upstream_filter(
@@ -429,27 +350,11 @@ impl ProxyHttp for EdgeProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(route) = ctx.route.as_ref() else {
-            return Ok(());
-        };
-        if let Some((ring, _)) = ctx.tier.owner.clone() {
-            let seq = self.snapshot.load().control.position.seq;
-            tier::hop_request(upstream, ctx, &ring, self.scheme(ctx), seq)?;
-            request_id::set_upstream(upstream, ctx)?;
-            ctx.upstream_sent_at = Some(Instant::now());
-            ctx.fetch_started = Some(std::time::SystemTime::now());
-            return Ok(());
+        let (snapshot, trust) = (&self.snapshot, &self.forwarding_trust);
+        if upstream_request::prepare(session, upstream, ctx, snapshot, self.scheme(ctx), trust)? {
+            self.filters.upstream_phase(session, upstream, ctx).await?;
+            upstream_request::sent(ctx);
         }
-        let client = client_ip(session);
-        let trusted = self.forwarding_trust.fields_for(client);
-        let vars = self.header_vars(session, ctx, &route.spec.request_headers);
-        headers::prepare_upstream(upstream, route, ctx, client, &vars, trusted)?;
-        request_id::set_upstream(upstream, ctx)?;
-        let compression = route.spec.compression.as_ref();
-        compression::upstream_request(upstream, compression, session.cache.enabled())?;
-        self.filters.upstream_phase(session, upstream, ctx).await?;
-        ctx.upstream_sent_at = Some(Instant::now());
-        ctx.fetch_started = Some(std::time::SystemTime::now());
         Ok(())
     }
 
@@ -476,15 +381,6 @@ impl ProxyHttp for EdgeProxy {
                 host,
             );
         }
-        if let Some(route) = ctx.route.clone() {
-            if let Some(spec) = route.spec.compression.as_ref() {
-                // first: a compressed body has no Content-Length, so its size is checked as
-                // it streams (head_arrived), like any body of unknown length
-                let fills = session.cache.enabled();
-                let req = session.req_header();
-                compression::origin_head(req, upstream, spec, fills, &mut ctx.transcoding)?;
-            }
-        }
         origin_response::head_arrived(session, upstream, ctx)
     }
 
@@ -503,28 +399,7 @@ impl ProxyHttp for EdgeProxy {
             // 1xx heads pass through as the origin sent them
             return Ok(());
         }
-        if !ctx.unstored_fields.is_empty() && session.cache.phase() == CachePhase::Miss {
-            // this head is the stored one: give the fetching client what the origin sent
-            headers::restore_fields(resp, std::mem::take(&mut ctx.unstored_fields))?;
-        }
-        for name in &rfc9111::CLIENT_HIDDEN_HEADERS {
-            resp.remove_header(name);
-        }
-        if let Some(route) = ctx.route.clone() {
-            if route.spec.compression.is_some() {
-                let req = session.req_header();
-                compression::client_head(req, resp, &route.spec.name, &mut ctx.transcoding)?;
-            }
-            if let Some(rules) = route.spec.cache.as_ref() {
-                caching::response_fields(session, resp, ctx, rules)?;
-            }
-            if ctx.tier.hop.is_none() {
-                // (a hop's answer goes to a member, which applies them for its client)
-                let vars = self.header_vars(session, ctx, &route.spec.response_headers);
-                headers::apply_response_ops(resp, &route.spec.response_headers, &vars)?;
-            }
-        }
-        request_id::set_response(resp, ctx)?;
+        client_head::prepare(session, resp, ctx, self.scheme(ctx), &self.snapshot)?;
         let result = self.filters.response_phase(session, resp, ctx).await;
         if result.is_err() {
             // a failed response is not cached, even when its body already streamed into storage
@@ -558,72 +433,15 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        if let Some(d) = ctx.deadline.as_mut() {
-            d.disarm();
-        }
-        let caches = ctx.route.as_ref().is_some_and(|r| r.spec.cache.is_some());
-        // a request a filter or an edge rule answered never reached the cache
-        let counted = caches && !ctx.filters.answered() && !ctx.edge_answered;
-        let phase = session.cache.phase();
-        tier::count_avoided_fetch(ctx, phase);
-        let lookup = lookup_result(phase, ctx.stored, ctx.bypass.is_some());
-        let key = self
-            .access_log
-            .as_ref()
-            .and_then(|_| session.cache.maybe_cache_key())
-            .map(|k| k.combined_bin());
-        let req = session.req_header();
-        let field = |name| req.headers.get(name).and_then(|v| v.to_str().ok());
-        let tls_version = self
-            .access_log
-            .as_ref()
-            .and(session.digest())
-            .and_then(|d| d.ssl_digest.as_ref())
-            .map(|d| finish::tls_version_name(&d.version));
-        let finished = Finished {
-            route: ctx.route.as_deref(),
-            host: &ctx.host,
-            method: req.method.as_str(),
-            path: path_and_query(&req.uri),
-            status: session.response_written().map_or(0, |r| r.status.as_u16()),
-            body_bytes: session.body_bytes_sent(),
-            lookup: counted.then_some(lookup),
-            logged_lookup: (caches && !ctx.edge_answered).then_some(lookup),
-            source: response_source(phase, ctx.upstream_sent_at.is_some()),
-            lock_wait: counted.then(|| caching::lock_wait(session, ctx)).flatten(),
-            // an owner in the tier ring that answered, else the last origin backend tried
-            backend: ctx
-                .tier
-                .owner
-                .as_ref()
-                .map(|(_, addr)| *addr)
-                .or(ctx.tried.last().copied()),
-            key: key.as_ref().map(|k| &k[..]),
-            origin_ms: ctx.origin_ms,
-            elapsed: ctx.started.map(|t| t.elapsed()),
-            client: client_ip(session),
-            request_id: ctx.request_id.as_deref(),
-            // a background refresh serves no client
-            served: (counted && session.subrequest_ctx.is_none())
-                .then(|| finish::ServedState::of(phase))
-                .flatten()
-                .zip(session.cache.maybe_cache_meta())
-                .map(|(state, meta)| finish::Served {
-                    state,
-                    header: meta.response_header(),
-                    created: meta.created(),
-                    age: meta.age(),
-                    fresh_until: meta.fresh_until(),
-                }),
-            seen: finish::Seen {
-                user_agent: field(http::header::USER_AGENT),
-                referer: field(http::header::REFERER),
-                protocol: finish::protocol_name(req.version),
-                scheme: self.scheme(ctx),
-                listener: &self.listener.name,
-                tls_version: tls_version.as_deref(),
-            },
-        };
-        finish(&finished, self.access_log.as_deref(), &self.snapshot);
+        let scheme = self.scheme(ctx);
+        let log = self.access_log.as_deref();
+        finish::record(
+            session,
+            ctx,
+            &self.listener.name,
+            scheme,
+            log,
+            &self.snapshot,
+        );
     }
 }

@@ -1,10 +1,10 @@
-//! What happens when an origin's response head arrives, before the cache decides on it: the
-//! whole-response deadline ends where no body follows, the body-size check is deferred for
-//! streamed bodies, hop-by-hop fields go, a 304 is kept for the refresh, and the origin's
-//! latency is measured.
+//! What happens when an origin's response head arrives, before the cache decides on it: a
+//! compressing route's coding is settled, the whole-response deadline ends where no body
+//! follows, the body-size check is deferred for streamed bodies, hop-by-hop fields go, a 304 is
+//! kept for the refresh, and the origin's latency is measured.
 
 use super::context::RequestCtx;
-use super::{deadline, headers};
+use super::{compression, deadline, headers};
 use crate::metrics::METRICS;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
@@ -22,6 +22,15 @@ pub fn head_arrived(
     upstream: &mut ResponseHeader,
     ctx: &mut RequestCtx,
 ) -> Result<()> {
+    if let Some(route) = ctx.route.clone() {
+        if let Some(spec) = route.spec.compression.as_ref() {
+            // first: a compressed body has no Content-Length, so its size is checked as it
+            // streams (below), like any body of unknown length
+            let fills = session.cache.enabled();
+            let req = session.req_header();
+            compression::origin_head(req, upstream, spec, fills, &mut ctx.transcoding)?;
+        }
+    }
     let tunnel = upstream.status == http::StatusCode::SWITCHING_PROTOCOLS;
     // a tunnel (101) has no end to wait for; a head without a body is the whole response
     if ctx.deadline.is_some() && (tunnel || !deadline::body_follows(upstream)) {
