@@ -142,8 +142,12 @@ impl ProxyHttp for EdgeProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if session.is_http2() {
-            // Pingora times each wait for the client's flow-control window with this: a stream
-            // the client stops reading fails, and a fill it started goes on for the others
+            // Responses served from a fill go out through the vendored crate's cancel-safe
+            // HTTP/2 proxy tasks: while this stream waits for the client's flow-control window,
+            // the origin's body keeps going into the cache, so a fill runs at the origin's pace
+            // for every other reader (as over HTTP/1, see the front door)
+            session.set_proxy_tasks_enabled(true);
+            // a stream whose window stays shut this long is reset; a fill it started goes on
             session.set_write_timeout(Some(self.listener.send_timeout));
             // and HTTP/2 has no read timeout: the wait for each piece of a request body
             session.downstream_body_timeout = Some(self.listener.body_timeout);

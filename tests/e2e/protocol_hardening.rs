@@ -518,12 +518,12 @@ async fn every_cheap_frame_type_has_a_budget() {
 const BIG: u64 = 6 << 20;
 
 /// An origin with a cacheable `BIG` object at `path`, and verge caching it on `listener`, whose
-/// `send_timeout` is one second.
-async fn big_object(path: &str, listener: Listener) -> (Origin, Verge) {
+/// `send_timeout` is `send_timeout`.
+async fn big_object(path: &str, listener: Listener, send_timeout: &str) -> (Origin, Verge) {
     let o = Origin::start("o").await;
     o.set_headers(path, &[("cache-control", "max-age=60")]);
     o.set_body_size(BIG);
-    let limits = Limits::new().set("send_timeout", "1s");
+    let limits = Limits::new().set("send_timeout", send_timeout);
     let v = Verge::start(
         &Config::new()
             .listener(listener.limits(limits))
@@ -537,6 +537,14 @@ async fn big_object(path: &str, listener: Listener) -> (Origin, Verge) {
 /// Once the stalled client's request reached the origin, another reader of `path` gets all of
 /// it, from that one origin fetch.
 async fn another_reader_gets_everything(o: &Origin, v: &Verge, path: &str) {
+    wait_for_the_fill(o, path).await;
+    let other = fetch(v, path, &[]).await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.body.len() as u64, BIG);
+    assert_eq!(o.hits(path), 1, "one fetch from the origin");
+}
+
+async fn wait_for_the_fill(o: &Origin, path: &str) {
     assert_eventually(
         Duration::from_secs(10),
         "the origin was asked",
@@ -544,15 +552,11 @@ async fn another_reader_gets_everything(o: &Origin, v: &Verge, path: &str) {
         |hits| *hits == 1,
     )
     .await;
-    let other = fetch(v, path, &[]).await;
-    assert_eq!(other.status, 200);
-    assert_eq!(other.body.len() as u64, BIG);
-    assert_eq!(o.hits(path), 1, "one fetch from the origin");
 }
 
 #[tokio::test]
 async fn a_client_that_stops_reading_does_not_stall_the_fill_for_the_others() {
-    let (o, v) = big_object("/big", Listener::new()).await;
+    let (o, v) = big_object("/big", Listener::new(), "1s").await;
     // the client whose request starts the fill, and which then reads nothing at all
     let mut stalled = TcpStream::connect(v.http).await.expect("connect");
     stalled
@@ -592,13 +596,11 @@ async fn a_client_that_stops_reading_does_not_stall_the_fill_for_the_others() {
     assert_eq!(o.hits("/big"), 1);
 }
 
-#[tokio::test]
-async fn an_http2_client_that_stops_reading_holds_a_fill_back_for_send_timeout_at_most() {
-    let (o, v) = big_object("/big2", Listener::new().h2c()).await;
-    // an HTTP/2 client that starts the fill and never opens its flow-control window: verge can
-    // send it 64 KiB, no more
+/// Open stream 1 on a new HTTP/2 connection with a GET for `path`, and never open the
+/// flow-control window: verge can send it 64 KiB, no more.
+async fn stalled_h2_get(v: &Verge, path: &str) -> H2Conn {
     let mut stalled = H2Conn::open(v.http).await;
-    let fields = h2_wire::get_fields("/big2");
+    let fields = h2_wire::get_fields(path);
     let fields: Vec<(&str, &[u8])> = fields.iter().map(|(n, v)| (*n, v.as_slice())).collect();
     let headers = h2_wire::frame(
         h2_wire::HEADERS,
@@ -607,18 +609,85 @@ async fn an_http2_client_that_stops_reading_holds_a_fill_back_for_send_timeout_a
         &h2_wire::block(&fields),
     );
     assert!(stalled.send(&headers).await);
-    another_reader_gets_everything(&o, &v, "/big2").await;
-    // the stalled stream was given up on: reset, or the connection ended
-    let started = tokio::time::Instant::now();
-    let given_up = loop {
-        match stalled.reader.next_frame(Duration::from_secs(10)).await {
-            Some(f) if f.kind == h2_wire::RST_STREAM && f.stream == 1 => break true,
-            Some(f) if f.kind == h2_wire::GOAWAY => break true,
+    stalled
+}
+
+/// Whether verge gave stream 1 of `c` up (reset it, or ended the connection) within `within`.
+async fn given_up(c: &mut H2Conn, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match c.reader.next_frame(left).await {
+            Some(f) if f.kind == h2_wire::RST_STREAM && f.stream == 1 => return true,
+            Some(f) if f.kind == h2_wire::GOAWAY => return true,
             Some(_) => {}
-            None => break started.elapsed() < Duration::from_secs(10),
+            // a closed connection, or nothing more within the time
+            None => return tokio::time::Instant::now() < deadline,
         }
-    };
-    assert!(given_up, "the stalled stream is still open");
+    }
+}
+
+#[tokio::test]
+async fn an_http2_client_that_stops_reading_does_not_stall_the_fill_for_the_others() {
+    // the stalled stream may stay open for a minute: if the fill waited for it, the other
+    // readers below would not be served within their (much shorter) bound
+    let (o, v) = big_object("/big2", Listener::new().h2c(), "60s").await;
+    let mut stalled = stalled_h2_get(&v, "/big2").await;
+    wait_for_the_fill(&o, "/big2").await;
+    let bound = Duration::from_secs(20);
+
+    // another reader over HTTP/1
+    let h1 = tokio::time::timeout(bound, fetch(&v, "/big2", &[]))
+        .await
+        .expect("an HTTP/1 reader got its answer while the stalled stream is open");
+    assert_eq!(h1.status, 200);
+    assert_eq!(h1.body.len() as u64, BIG, "the whole body over HTTP/1");
+
+    // and one over HTTP/2 (for the same host, c.test, on the listener's port)
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .resolve("c.test", v.http)
+        .build()
+        .expect("client");
+    let h2 = tokio::time::timeout(bound, async {
+        let r = c
+            .get(format!("http://c.test:{}/big2", v.http.port()))
+            .send()
+            .await
+            .expect("answered");
+        (r.status(), r.bytes().await.expect("whole body"))
+    })
+    .await
+    .expect("an HTTP/2 reader got its answer while the stalled stream is open");
+    assert_eq!(h2.0, 200);
+    assert_eq!(h2.1.len() as u64, BIG, "the whole body over HTTP/2");
+
+    assert_eq!(o.hits("/big2"), 1, "one fetch from the origin");
+    assert!(
+        !given_up(&mut stalled, Duration::from_millis(500)).await,
+        "the stalled stream is still open (send_timeout is 60 s)"
+    );
+    // and the object was stored whole
+    let again = fetch(&v, "/big2", &[]).await;
+    assert!(
+        again.cache_status.starts_with("verge; hit"),
+        "{}",
+        again.cache_status
+    );
+    assert_eq!(again.body.len() as u64, BIG);
+    assert_eq!(o.hits("/big2"), 1);
+}
+
+#[tokio::test]
+async fn an_http2_stream_that_takes_nothing_in_for_send_timeout_is_reset_and_the_fill_goes_on() {
+    let (o, v) = big_object("/big3", Listener::new().h2c(), "1s").await;
+    let mut stalled = stalled_h2_get(&v, "/big3").await;
+    wait_for_the_fill(&o, "/big3").await;
+    assert!(
+        given_up(&mut stalled, Duration::from_secs(10)).await,
+        "the stalled stream is still open"
+    );
+    another_reader_gets_everything(&o, &v, "/big3").await;
 }
 
 // ---- 8, over HTTP/2: a request body that drips gets cut off ----

@@ -86,6 +86,7 @@ const MAX_SHUTDOWN_NOTIFY_SHARDS: usize = 256;
 type DownstreamCustomMessageReader =
     Box<dyn futures::Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>;
 
+mod h2_proxy_tasks;
 mod proxy_cache;
 mod proxy_common;
 mod proxy_custom;
@@ -610,15 +611,27 @@ pub struct Session {
     /// (verge) Longest wait for the next request body bytes from the client; `None`: no limit
     /// beyond the session's own read timeout (HTTP/2 has none).
     pub downstream_body_timeout: Option<Duration>,
+    /// (verge) The proxy task queue of an HTTP/2 downstream session (pingora-core has none).
+    h2_proxy_tasks: h2_proxy_tasks::H2ProxyTasks,
 }
 
 /// (verge) The next request body bytes from the client, or `ReadTimedout` when none arrive
 /// within `timeout` while the body is not done.
 pub(crate) async fn read_downstream_body(
     downstream: &mut HttpSession,
+    h2_proxy_tasks: &mut h2_proxy_tasks::H2ProxyTasks,
     timeout: Option<Duration>,
     body_done: bool,
 ) -> Result<Option<Bytes>> {
+    // while the HTTP/2 proxy task queue holds the stream's writer, watch for the client closing
+    // the stream there (as `read_body_or_idle` does on the session's writer)
+    let closed = h2_proxy_tasks
+        .stream_closed()
+        .filter(|_| body_done || downstream.is_body_done());
+    if let Some(closed) = closed {
+        let reason = closed.await?;
+        return Error::e_explain(H2Error, format!("Client closed H2, reason: {reason}"));
+    }
     match timeout.filter(|_| !body_done) {
         Some(t) => match time::timeout(t, downstream.read_body_or_idle(false)).await {
             Ok(read) => read,
@@ -657,6 +670,7 @@ impl Session {
             upstream_write_pending_time: Duration::ZERO,
             shutdown_flag,
             downstream_body_timeout: None,
+            h2_proxy_tasks: Default::default(),
         }
     }
 
@@ -887,8 +901,29 @@ impl Session {
         self.downstream_response_task_filter(&mut task, &mut seen_upgraded)
             .await?;
         self.downstream_task_seen_upgraded = seen_upgraded;
-        self.downstream_session.send_downstream_proxy_task(task);
+        if self.h2_proxy_tasks_on() {
+            self.h2_proxy_tasks.push(task);
+        } else {
+            self.downstream_session.send_downstream_proxy_task(task);
+        }
         Ok(())
+    }
+
+    /// (verge) Whether this session writes its response through the cancel-safe proxy task
+    /// API: pingora-core's for HTTP/1 (and subrequests), verge's queue for HTTP/2.
+    pub fn supports_proxy_task_api(&self) -> bool {
+        self.downstream_session.supports_proxy_task_api() || self.h2_proxy_tasks_on()
+    }
+
+    fn h2_proxy_tasks_on(&self) -> bool {
+        self.h2_proxy_tasks.enabled() && self.downstream_session.is_http2()
+    }
+
+    /// (verge) Response body bytes sent to the client, including those an HTTP/2 session sent
+    /// through the proxy task queue (which holds the stream's writer, so the session's own
+    /// count misses them).
+    pub fn body_bytes_sent(&self) -> usize {
+        self.downstream_session.body_bytes_sent() + self.h2_proxy_tasks.body_bytes_sent()
     }
 
     /// Enable or disable the cancel-safe proxy task API for this session.
@@ -898,12 +933,16 @@ impl Session {
     /// basis.
     pub fn set_proxy_tasks_enabled(&mut self, enabled: bool) {
         self.downstream_session.set_proxy_tasks_enabled(enabled);
+        self.h2_proxy_tasks.set_enabled(enabled);
     }
 
     /// Check if there are pending downstream tasks queued for writing.
     /// Used for backpressure - don't queue more cache tasks if we have pending writes.
     /// Returns false for sessions that don't support the proxy task API.
     pub fn has_pending_downstream_tasks(&self) -> bool {
+        if self.h2_proxy_tasks_on() {
+            return self.h2_proxy_tasks.has_pending();
+        }
         self.downstream_session.supports_proxy_task_api()
             && self.downstream_session.has_pending_downstream_proxy_tasks()
     }
@@ -912,7 +951,11 @@ impl Session {
     /// in a select! loop while waiting for upstream tasks.
     /// For sessions that don't support the proxy task API, this is a no-op.
     pub async fn write_downstream_proxy_tasks(&mut self) -> Result<bool> {
-        if self.downstream_session.supports_proxy_task_api() {
+        if self.h2_proxy_tasks_on() {
+            self.h2_proxy_tasks
+                .write(&mut self.downstream_session)
+                .await
+        } else if self.downstream_session.supports_proxy_task_api() {
             self.downstream_session.write_downstream_proxy_tasks().await
         } else {
             Ok(false)

@@ -432,7 +432,7 @@ where
             let upgraded = session.was_upgraded();
 
             tokio::select! {
-                body = read_downstream_body(&mut session.downstream_session, session.downstream_body_timeout, downstream_state.is_done()), if downstream_state.can_poll() => {
+                body = read_downstream_body(&mut session.downstream_session, &mut session.h2_proxy_tasks, session.downstream_body_timeout, downstream_state.is_done()), if downstream_state.can_poll() => {
                     let body = match body {
                         Ok(b) => b,
                         Err(e) => {
@@ -542,7 +542,7 @@ where
                         &mut serve_from_cache,
                         &mut range_body_filter, true).await?;
 
-                    if session.downstream_session.supports_proxy_task_api() {
+                    if session.supports_proxy_task_api() {
                         session.send_downstream_proxy_task(task).await?;
                     } else {
                         match session.write_response_tasks(vec![task]).await {

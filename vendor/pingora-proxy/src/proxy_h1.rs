@@ -565,7 +565,7 @@ where
                 // only try to send to pipe if there is capacity to avoid deadlock
                 // Otherwise deadlock could happen if both upstream and downstream are blocked
                 // on sending to their corresponding pipes which are both full.
-                body = read_downstream_body(&mut session.downstream_session, session.downstream_body_timeout, downstream_state.is_done()),
+                body = read_downstream_body(&mut session.downstream_session, &mut session.h2_proxy_tasks, session.downstream_body_timeout, downstream_state.is_done()),
                     if downstream_state.can_poll() && send_permit.is_ok() => {
 
                     debug!("downstream event");
@@ -696,7 +696,7 @@ where
                         &mut range_body_filter, true).await?;
                     debug!("serve_from_cache task {task:?}");
 
-                    if session.downstream_session.supports_proxy_task_api() {
+                    if session.supports_proxy_task_api() {
                         session.send_downstream_proxy_task(task).await?;
                     } else {
                         match session.write_response_tasks(vec![task]).await {

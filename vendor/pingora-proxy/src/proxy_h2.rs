@@ -584,7 +584,7 @@ where
             // But we don't need to do the same because the h2 client_body pipe is unbounded (never block)
             tokio::select! {
                 // NOTE: cannot avoid this copy since h2 owns the buf
-                body = read_downstream_body(&mut session.downstream_session, session.downstream_body_timeout, downstream_state.is_done()), if downstream_state.can_poll() => {
+                body = read_downstream_body(&mut session.downstream_session, &mut session.h2_proxy_tasks, session.downstream_body_timeout, downstream_state.is_done()), if downstream_state.can_poll() => {
                     debug!("downstream event");
                     let body = match body {
                         Ok(b) => b,
@@ -723,7 +723,7 @@ where
                         &mut range_body_filter, true).await?;
                     debug!("serve_from_cache task {task:?}");
 
-                    if session.downstream_session.supports_proxy_task_api() {
+                    if session.supports_proxy_task_api() {
                         session.send_downstream_proxy_task(task).await?;
                     } else {
                         match session.write_response_tasks(vec![task]).await {
@@ -1092,7 +1092,16 @@ where
          * downstream stream handles referenced while a downstream RST_STREAM goes
          * unobserved, pinning the downstream connection window credit until the
          * write completes. */
-        if let Some(stream_close) = session.downstream_session.watch_h2_stream_close() {
+        // (verge) the HTTP/2 proxy task queue may hold the stream's writer: watch it there
+        let stream_close: Option<futures::future::BoxFuture<'_, Result<h2::Reason>>> =
+            match session.h2_proxy_tasks.stream_closed() {
+                Some(closed) => Some(Box::pin(closed)),
+                None => session
+                    .downstream_session
+                    .watch_h2_stream_close()
+                    .map(|idle| Box::pin(idle) as _),
+            };
+        if let Some(stream_close) = stream_close {
             tokio::select! {
                 biased;
                 res = write_body(client_body, data, end, write_timeout) => {
