@@ -554,6 +554,18 @@ async fn wait_for_the_fill(o: &Origin, path: &str) {
     .await;
 }
 
+/// The object at `path` was stored whole, from the one origin fetch.
+async fn stored_whole(o: &Origin, v: &Verge, path: &str) {
+    let again = fetch(v, path, &[]).await;
+    assert!(
+        again.cache_status.starts_with("verge; hit"),
+        "{}",
+        again.cache_status
+    );
+    assert_eq!(again.body.len() as u64, BIG);
+    assert_eq!(o.hits(path), 1);
+}
+
 #[tokio::test]
 async fn a_client_that_stops_reading_does_not_stall_the_fill_for_the_others() {
     let (o, v) = big_object("/big", Listener::new(), "1s").await;
@@ -585,15 +597,7 @@ async fn a_client_that_stops_reading_does_not_stall_the_fill_for_the_others() {
         |n| n >= 1.0,
     )
     .await;
-    // and the object was stored whole
-    let again = fetch(&v, "/big", &[]).await;
-    assert!(
-        again.cache_status.starts_with("verge; hit"),
-        "{}",
-        again.cache_status
-    );
-    assert_eq!(again.body.len() as u64, BIG);
-    assert_eq!(o.hits("/big"), 1);
+    stored_whole(&o, &v, "/big").await;
 }
 
 /// Open stream 1 on a new HTTP/2 connection with a GET for `path`, and never open the
@@ -667,15 +671,7 @@ async fn an_http2_client_that_stops_reading_does_not_stall_the_fill_for_the_othe
         !given_up(&mut stalled, Duration::from_millis(500)).await,
         "the stalled stream is still open (send_timeout is 60 s)"
     );
-    // and the object was stored whole
-    let again = fetch(&v, "/big2", &[]).await;
-    assert!(
-        again.cache_status.starts_with("verge; hit"),
-        "{}",
-        again.cache_status
-    );
-    assert_eq!(again.body.len() as u64, BIG);
-    assert_eq!(o.hits("/big2"), 1);
+    stored_whole(&o, &v, "/big2").await;
 }
 
 #[tokio::test]
