@@ -544,6 +544,7 @@ async fn another_reader_gets_everything(o: &Origin, v: &Verge, path: &str) {
     assert_eq!(o.hits(path), 1, "one fetch from the origin");
 }
 
+/// Wait until the stalled client's request for `path` reached the origin: the fill is on.
 async fn wait_for_the_fill(o: &Origin, path: &str) {
     assert_eventually(
         Duration::from_secs(10),
