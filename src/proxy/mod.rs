@@ -247,12 +247,12 @@ impl ProxyHttp for EdgeProxy {
         let snapshot = self.snapshot.load();
         let mut forced =
             caching::hit_override(&snapshot, session.req_header(), meta, is_fresh, ctx);
-        drop(snapshot);
-        if ctx.tier.behind {
+        if tier::stored_copy_too_old(ctx, meta, &snapshot) {
             // a hop from a member that knows of invalidations this node has not applied yet:
             // what is stored here may be one of those, so it is fetched anew
             forced = Some(ForcedFreshness::ForceMiss);
         }
+        drop(snapshot);
         if forced.is_none() && refresh::early_refresh_turn(session) {
             // this is an early refresh: have the entry revalidated (and not served stale)
             forced = Some(ForcedFreshness::ForceExpired);
@@ -433,7 +433,7 @@ impl ProxyHttp for EdgeProxy {
             return Ok(());
         };
         if let Some((ring, _)) = ctx.tier.owner.clone() {
-            let seq = self.snapshot.load().control.position.seq;
+            let seq = ring.known_position(self.snapshot.load().control.position.seq);
             tier::hop_request(upstream, ctx, &ring, self.scheme(ctx), seq)?;
             request_id::set_upstream(upstream, ctx)?;
             ctx.upstream_sent_at = Some(Instant::now());

@@ -577,3 +577,227 @@ async fn a_route_that_opts_out_fetches_on_every_node() {
     );
     assert_eq!(o.hits("/local/x"), 3, "each node fetched for itself");
 }
+
+/// `n` concurrent GETs for `path` on `node`, each with `fields`: their `Cache-Status` values
+/// (every answer must be a 200).
+async fn burst_with(node: &Verge, path: &str, n: usize, fields: &[(&str, String)]) -> Vec<String> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let mut req = client().get(node.url(path)).header("host", HOST);
+            for (k, v) in fields {
+                req = req.header(*k, v);
+            }
+            tokio::spawn(async move {
+                let r = req.send().await?;
+                let status = r.status().as_u16();
+                let cs = r
+                    .headers()
+                    .get("cache-status")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                r.bytes().await.map(|_| (status, cs))
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        let (status, cs) = t.await.expect("join").expect("request");
+        assert_eq!(status, 200, "{cs}");
+        out.push(cs);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_burst_of_hops_ahead_of_the_owner_is_one_refetch_whose_copy_serves_the_rest() {
+    let o = Origin::start("o").await;
+    let fleet = Fleet::start(o.addr).await;
+    o.set_headers("/lag", &[("cache-control", "max-age=60")]);
+    let owner = owner_via_node0(&fleet, "/lag").await;
+    assert_eq!(o.hits("/lag"), 1);
+    o.set_delay_ms(300);
+    let from = if owner == 1 { "n2" } else { "n1" };
+    // members at position 5, the owner at 0: its copy may be older than a purge they applied,
+    // so the first hop refetches and the others wait on that fetch and get its answer
+    let marker5 = marker(from, 5, "/lag");
+    let statuses = burst_with(
+        fleet.node(owner),
+        "/lag",
+        20,
+        &[("verge-tier-hop", marker5.clone())],
+    )
+    .await;
+    assert_eq!(o.hits("/lag"), 2, "one refetch for the burst: {statuses:?}");
+    // a hop at 5 later: the copy was fetched after the owner heard of 5
+    let (_, entries, _) = get(fleet.node(owner), "/lag", &[("verge-tier-hop", &marker5)]).await;
+    assert!(
+        entries[0].starts_with(&format!("verge/n{owner}; hit")),
+        "{entries:?}"
+    );
+    // and so is a hop behind 5
+    let (_, entries, _) = get(
+        fleet.node(owner),
+        "/lag",
+        &[("verge-tier-hop", &marker(from, 3, "/lag"))],
+    )
+    .await;
+    assert!(
+        entries[0].starts_with(&format!("verge/n{owner}; hit")),
+        "{entries:?}"
+    );
+    assert_eq!(o.hits("/lag"), 2);
+    // one at 6 is ahead of anything the copy reflects: fetched anew
+    let (_, entries, _) = get(
+        fleet.node(owner),
+        "/lag",
+        &[("verge-tier-hop", &marker(from, 6, "/lag"))],
+    )
+    .await;
+    assert!(
+        entries[0].starts_with(&format!("verge/n{owner}; fwd=")),
+        "{entries:?}"
+    );
+    assert_eq!(o.hits("/lag"), 3);
+}
+
+#[tokio::test]
+async fn a_member_passes_on_the_position_a_hop_showed_it() {
+    let o = Origin::start("o").await;
+    let fleet = Fleet::start(o.addr).await;
+    // a key node 1 stores as its owner, and node 0 has not asked for
+    let mut path = None;
+    for i in 0..64 {
+        let p = format!("/pass{i}");
+        o.set_headers(&p, &[("cache-control", "max-age=60")]);
+        let (_, entries, _) = get(fleet.node(1), &p, &[]).await;
+        if entries.len() == 1 {
+            path = Some(p);
+            break;
+        }
+    }
+    let path = path.expect("node 1 owns one of the probed keys");
+    assert_eq!(o.hits(&path), 1);
+    // a member at position 5 shows node 0 its position (a hop for another key, which node 0
+    // serves itself)
+    o.set_headers("/other", &[("cache-control", "max-age=60")]);
+    let (status, _, _) = get(
+        fleet.node(0),
+        "/other",
+        &[("verge-tier-hop", &marker("n2", 5, "/other"))],
+    )
+    .await;
+    assert_eq!(status, 200);
+    // node 0's own miss on node 1's key: its hop says 5, node 1 (at 0) does not serve its copy
+    let (status, entries, _) = get(fleet.node(0), &path, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert!(entries[0].starts_with("verge/n1; fwd="), "{entries:?}");
+    assert_eq!(o.hits(&path), 2, "node 1 fetched anew");
+    let m = fleet.node(1).metrics().await;
+    assert_eq!(m.sum("verge_tier_owner_behind_total", &[]), 1.0);
+}
+
+#[tokio::test]
+async fn a_purge_the_owner_has_not_applied_never_reaches_clients_and_is_one_refetch() {
+    let o = Origin::start("o").await;
+    let cp = Cp::start().await;
+    let key_dir = tempfile::tempdir().expect("tmp");
+    let key = key_dir.path().join("tier.key");
+    std::fs::write(&key, SECRET).expect("key");
+    let addrs: Vec<(SocketAddr, SocketAddr)> =
+        (0..3).map(|_| (ports::addr(), ports::addr())).collect();
+    let members: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, (http, _))| format!("{{id: n{i}, addr: \"{http}\"}}"))
+        .collect();
+    let ring_members: Vec<serde_json::Value> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, (http, _))| serde_json::json!({"id": format!("n{i}"), "addr": http.to_string()}))
+        .collect();
+    let mut doc = policy(&o, serde_json::json!({}));
+    doc["tier"] = serde_json::json!({ "members": ring_members });
+    assert_eq!(cp.put_policy(doc, 0).await.0, 200);
+    // n0 runs from its own file, the same route and ring, and never hears of a purge: an owner
+    // that lags; n1 and n2 follow the control plane
+    let ring = format!(
+        "tier: {{self: n0, secret_file: \"{}\", members: [{}]}}",
+        key.display(),
+        members.join(", ")
+    );
+    let lagging = Config::new()
+        .pool(Pool::new("o", &[o.addr]))
+        .route(Route::to("o").cache(RouteCache::new()))
+        .raw(&ring);
+    let mut nodes = vec![Verge::start_on(&lagging, addrs[0].0, addrs[0].1).await];
+    for (i, (http, admin)) in addrs.iter().enumerate().skip(1) {
+        let config = Config::new()
+            .control(cp.control(&format!("n{i}")))
+            .raw(&format!(
+                "tier: {{self: n{i}, secret_file: \"{}\"}}",
+                key.display()
+            ));
+        nodes.push(Verge::start_on(&config, *http, *admin).await);
+    }
+    // a key n0 owns, stored on all three
+    let mut path = None;
+    for i in 0..64 {
+        let p = format!("/purged{i}");
+        o.set_headers(&p, &[("cache-control", "max-age=300")]);
+        o.set_body(&p, "v1");
+        let (_, entries, _) = get(&nodes[1], &p, &[]).await;
+        if entries.first().is_some_and(|e| e.starts_with("verge/n0;")) {
+            path = Some(p);
+            break;
+        }
+    }
+    let path = path.expect("n0 owns one of the probed keys");
+    let (_, entries, _) = get(&nodes[2], &path, &[]).await;
+    assert!(entries[0].starts_with("verge/n0; hit"), "{entries:?}");
+    assert_eq!(o.hits(&path), 1);
+    // the object changes and is purged; n1 and n2 apply the purge, n0 does not
+    o.set_body(&path, "v2");
+    o.set_delay_ms(300);
+    let seq = cp
+        .purge(serde_json::json!({"kind": "url", "target": format!("{HOST}{path}")}))
+        .await;
+    assert!(seq >= 1);
+    assert!(cp.converged(2).await, "n1 and n2 applied the purge");
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let url = nodes[1 + i % 2].url(&path);
+            tokio::spawn(async move {
+                let r = client().get(url).header("host", HOST).send().await?;
+                let status = r.status().as_u16();
+                r.text().await.map(|body| (status, body))
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (status, body) = t.await.expect("join").expect("request");
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "v2"),
+            "no client gets the purged copy"
+        );
+    }
+    assert_eq!(
+        o.hits(&path),
+        2,
+        "one origin fetch for both children's hops to the lagging owner"
+    );
+    // n0 itself has not applied the purge, but holds the new copy now
+    let body = client()
+        .get(nodes[0].url(&path))
+        .header("host", HOST)
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(body, "v2");
+    assert_eq!(o.hits(&path), 2);
+}
