@@ -19,6 +19,54 @@ struct Fleet {
     _key_dir: tempfile::TempDir,
 }
 
+/// A ring of three members `n0`..`n2` not started yet: their listener and admin addresses, and
+/// the key file they share.
+struct RingPlan {
+    addrs: Vec<(SocketAddr, SocketAddr)>,
+    key: std::path::PathBuf,
+    key_dir: tempfile::TempDir,
+}
+
+impl RingPlan {
+    fn new() -> RingPlan {
+        let key_dir = tempfile::tempdir().expect("tmp");
+        let key = key_dir.path().join("tier.key");
+        std::fs::write(&key, SECRET).expect("key");
+        RingPlan {
+            addrs: (0..3).map(|_| (ports::addr(), ports::addr())).collect(),
+            key,
+            key_dir,
+        }
+    }
+
+    /// The members as YAML flow maps.
+    fn members_yaml(&self) -> Vec<String> {
+        self.addrs
+            .iter()
+            .enumerate()
+            .map(|(i, (http, _))| format!("{{id: n{i}, addr: \"{http}\"}}"))
+            .collect()
+    }
+
+    /// The members as a policy's JSON.
+    fn members_json(&self) -> serde_json::Value {
+        self.addrs
+            .iter()
+            .enumerate()
+            .map(|(i, (http, _))| serde_json::json!({"id": format!("n{i}"), "addr": http.to_string()}))
+            .collect()
+    }
+
+    /// A node file's `tier:` block for member `i`, naming only its id and key (the ring comes
+    /// with the policy).
+    fn self_only(&self, i: usize) -> String {
+        format!(
+            "tier: {{self: n{i}, secret_file: \"{}\"}}",
+            self.key.display()
+        )
+    }
+}
+
 impl Fleet {
     async fn start(origin: SocketAddr) -> Fleet {
         Self::start_with(origin, &[], "{connect: 500ms}").await
@@ -27,15 +75,10 @@ impl Fleet {
     /// Three nodes, with `others` in the ring too (`x0`, `x1`, …: members that are not verge),
     /// and the ring's `timeouts`.
     async fn start_with(origin: SocketAddr, others: &[SocketAddr], timeouts: &str) -> Fleet {
-        let key_dir = tempfile::tempdir().expect("tmp");
-        let key = key_dir.path().join("tier.key");
-        std::fs::write(&key, SECRET).expect("key");
-        let addrs: Vec<(SocketAddr, SocketAddr)> =
-            (0..3).map(|_| (ports::addr(), ports::addr())).collect();
-        let members: Vec<String> = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, (http, _))| format!("{{id: n{i}, addr: \"{http}\"}}"))
+        let plan = RingPlan::new();
+        let members: Vec<String> = plan
+            .members_yaml()
+            .into_iter()
             .chain(
                 others
                     .iter()
@@ -44,7 +87,7 @@ impl Fleet {
             )
             .collect();
         let mut nodes = Vec::new();
-        for (i, (http, admin)) in addrs.iter().enumerate() {
+        for (i, (http, admin)) in plan.addrs.iter().enumerate() {
             let config = Config::new()
                 .pool(Pool::new("p", &[origin]))
                 .route(Route::to("p").cache(RouteCache::new()))
@@ -55,14 +98,14 @@ impl Fleet {
                 )
                 .raw(&format!(
                     "tier: {{self: n{i}, secret_file: \"{}\", members: [{}], timeouts: {timeouts}}}",
-                    key.display(),
+                    plan.key.display(),
                     members.join(", ")
                 ));
             nodes.push(Some(Verge::start_on(&config, *http, *admin).await));
         }
         Fleet {
             nodes,
-            _key_dir: key_dir,
+            _key_dir: plan.key_dir,
         }
     }
 
@@ -150,14 +193,24 @@ fn marker(from: &str, seq: u64, path: &str) -> String {
         .expect("sign")
 }
 
-/// `n` concurrent GETs for `path` spread over `nodes`; each must get a 200. Returns how many
-/// came through an owner (two `Cache-Status` entries).
-async fn burst(nodes: &[&Verge], path: &str, n: usize) -> usize {
+/// `n` concurrent GETs for `path` spread over `nodes`, each with `fields`; each must get a 200.
+/// Returns each answer's `Cache-Status` and body.
+async fn burst_answers(
+    nodes: &[&Verge],
+    path: &str,
+    n: usize,
+    fields: &[(&str, String)],
+) -> Vec<(String, String)> {
     let tasks: Vec<_> = (0..n)
         .map(|i| {
-            let url = nodes[i % nodes.len()].url(path);
+            let mut req = client()
+                .get(nodes[i % nodes.len()].url(path))
+                .header("host", HOST);
+            for (k, v) in fields {
+                req = req.header(*k, v);
+            }
             tokio::spawn(async move {
-                let r = client().get(url).header("host", HOST).send().await?;
+                let r = req.send().await?;
                 let status = r.status().as_u16();
                 let cs = r
                     .headers()
@@ -165,19 +218,27 @@ async fn burst(nodes: &[&Verge], path: &str, n: usize) -> usize {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("")
                     .to_string();
-                r.bytes().await.map(|_| (status, cs))
+                r.text().await.map(|body| (status, cs, body))
             })
         })
         .collect();
-    let mut through_owner = 0;
+    let mut out = Vec::new();
     for t in tasks {
-        let (status, cs) = t.await.expect("join").expect("request");
+        let (status, cs, body) = t.await.expect("join").expect("request");
         assert_eq!(status, 200, "{cs}");
-        if cs.starts_with("verge/n") {
-            through_owner += 1;
-        }
+        out.push((cs, body));
     }
-    through_owner
+    out
+}
+
+/// `n` concurrent GETs for `path` spread over `nodes`; each must get a 200. Returns how many
+/// came through an owner (two `Cache-Status` entries).
+async fn burst(nodes: &[&Verge], path: &str, n: usize) -> usize {
+    burst_answers(nodes, path, n, &[])
+        .await
+        .iter()
+        .filter(|(cs, _)| cs.starts_with("verge/n"))
+        .count()
 }
 
 #[tokio::test]
@@ -462,28 +523,16 @@ async fn the_ring_comes_with_the_policy_and_a_purged_object_is_fetched_once_for_
     o.set_headers("/obj", &[("cache-control", "max-age=300")]);
     o.set_delay_ms(300);
     let cp = Cp::start().await;
-    let key_dir = tempfile::tempdir().expect("tmp");
-    let key = key_dir.path().join("tier.key");
-    std::fs::write(&key, SECRET).expect("key");
-    let addrs: Vec<(SocketAddr, SocketAddr)> =
-        (0..3).map(|_| (ports::addr(), ports::addr())).collect();
-    let members: Vec<serde_json::Value> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, (http, _))| serde_json::json!({"id": format!("n{i}"), "addr": http.to_string()}))
-        .collect();
+    let plan = RingPlan::new();
     let mut doc = policy(&o, serde_json::json!({}));
-    doc["tier"] = serde_json::json!({"members": members});
+    doc["tier"] = serde_json::json!({"members": plan.members_json()});
     assert_eq!(cp.put_policy(doc, 0).await.0, 200);
     let mut nodes = Vec::new();
-    for (i, (http, admin)) in addrs.iter().enumerate() {
+    for (i, (http, admin)) in plan.addrs.iter().enumerate() {
         // the node's file names only its id and key: the ring is the policy's
         let config = Config::new()
             .control(cp.control(&format!("n{i}")))
-            .raw(&format!(
-                "tier: {{self: n{i}, secret_file: \"{}\"}}",
-                key.display()
-            ));
+            .raw(&plan.self_only(i));
         nodes.push(Verge::start_on(&config, *http, *admin).await);
     }
     for (i, node) in nodes.iter().enumerate() {
@@ -578,37 +627,6 @@ async fn a_route_that_opts_out_fetches_on_every_node() {
     assert_eq!(o.hits("/local/x"), 3, "each node fetched for itself");
 }
 
-/// `n` concurrent GETs for `path` on `node`, each with `fields`: their `Cache-Status` values
-/// (every answer must be a 200).
-async fn burst_with(node: &Verge, path: &str, n: usize, fields: &[(&str, String)]) -> Vec<String> {
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let mut req = client().get(node.url(path)).header("host", HOST);
-            for (k, v) in fields {
-                req = req.header(*k, v);
-            }
-            tokio::spawn(async move {
-                let r = req.send().await?;
-                let status = r.status().as_u16();
-                let cs = r
-                    .headers()
-                    .get("cache-status")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string();
-                r.bytes().await.map(|_| (status, cs))
-            })
-        })
-        .collect();
-    let mut out = Vec::new();
-    for t in tasks {
-        let (status, cs) = t.await.expect("join").expect("request");
-        assert_eq!(status, 200, "{cs}");
-        out.push(cs);
-    }
-    out
-}
-
 #[tokio::test]
 async fn a_burst_of_hops_ahead_of_the_owner_is_one_refetch_whose_copy_serves_the_rest() {
     let o = Origin::start("o").await;
@@ -621,44 +639,29 @@ async fn a_burst_of_hops_ahead_of_the_owner_is_one_refetch_whose_copy_serves_the
     // members at position 5, the owner at 0: its copy may be older than a purge they applied,
     // so the first hop refetches and the others wait on that fetch and get its answer
     let marker5 = marker(from, 5, "/lag");
-    let statuses = burst_with(
-        fleet.node(owner),
+    let answers = burst_answers(
+        &[fleet.node(owner)],
         "/lag",
         20,
         &[("verge-tier-hop", marker5.clone())],
     )
     .await;
-    assert_eq!(o.hits("/lag"), 2, "one refetch for the burst: {statuses:?}");
-    // a hop at 5 later: the copy was fetched after the owner heard of 5
-    let (_, entries, _) = get(fleet.node(owner), "/lag", &[("verge-tier-hop", &marker5)]).await;
-    assert!(
-        entries[0].starts_with(&format!("verge/n{owner}; hit")),
-        "{entries:?}"
-    );
-    // and so is a hop behind 5
-    let (_, entries, _) = get(
-        fleet.node(owner),
-        "/lag",
-        &[("verge-tier-hop", &marker(from, 3, "/lag"))],
-    )
-    .await;
-    assert!(
-        entries[0].starts_with(&format!("verge/n{owner}; hit")),
-        "{entries:?}"
-    );
-    assert_eq!(o.hits("/lag"), 2);
+    assert_eq!(o.hits("/lag"), 2, "one refetch for the burst: {answers:?}");
+    // later hops at 5 and behind it: the copy was fetched after the owner heard of 5, a hit;
     // one at 6 is ahead of anything the copy reflects: fetched anew
-    let (_, entries, _) = get(
-        fleet.node(owner),
-        "/lag",
-        &[("verge-tier-hop", &marker(from, 6, "/lag"))],
-    )
-    .await;
-    assert!(
-        entries[0].starts_with(&format!("verge/n{owner}; fwd=")),
-        "{entries:?}"
-    );
-    assert_eq!(o.hits("/lag"), 3);
+    for (seq, outcome, hits) in [(5, "hit", 2), (3, "hit", 2), (6, "fwd=", 3)] {
+        let (_, entries, _) = get(
+            fleet.node(owner),
+            "/lag",
+            &[("verge-tier-hop", &marker(from, seq, "/lag"))],
+        )
+        .await;
+        assert!(
+            entries[0].starts_with(&format!("verge/n{owner}; {outcome}")),
+            "at {seq}: {entries:?}"
+        );
+        assert_eq!(o.hits("/lag"), hits, "at {seq}");
+    }
 }
 
 #[tokio::test]
@@ -702,43 +705,26 @@ async fn a_member_passes_on_the_position_a_hop_showed_it() {
 async fn a_purge_the_owner_has_not_applied_never_reaches_clients_and_is_one_refetch() {
     let o = Origin::start("o").await;
     let cp = Cp::start().await;
-    let key_dir = tempfile::tempdir().expect("tmp");
-    let key = key_dir.path().join("tier.key");
-    std::fs::write(&key, SECRET).expect("key");
-    let addrs: Vec<(SocketAddr, SocketAddr)> =
-        (0..3).map(|_| (ports::addr(), ports::addr())).collect();
-    let members: Vec<String> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, (http, _))| format!("{{id: n{i}, addr: \"{http}\"}}"))
-        .collect();
-    let ring_members: Vec<serde_json::Value> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, (http, _))| serde_json::json!({"id": format!("n{i}"), "addr": http.to_string()}))
-        .collect();
+    let plan = RingPlan::new();
     let mut doc = policy(&o, serde_json::json!({}));
-    doc["tier"] = serde_json::json!({ "members": ring_members });
+    doc["tier"] = serde_json::json!({ "members": plan.members_json() });
     assert_eq!(cp.put_policy(doc, 0).await.0, 200);
     // n0 runs from its own file, the same route and ring, and never hears of a purge: an owner
     // that lags; n1 and n2 follow the control plane
-    let ring = format!(
-        "tier: {{self: n0, secret_file: \"{}\", members: [{}]}}",
-        key.display(),
-        members.join(", ")
-    );
     let lagging = Config::new()
         .pool(Pool::new("o", &[o.addr]))
         .route(Route::to("o").cache(RouteCache::new()))
-        .raw(&ring);
-    let mut nodes = vec![Verge::start_on(&lagging, addrs[0].0, addrs[0].1).await];
-    for (i, (http, admin)) in addrs.iter().enumerate().skip(1) {
+        .raw(&format!(
+            "tier: {{self: n0, secret_file: \"{}\", members: [{}]}}",
+            plan.key.display(),
+            plan.members_yaml().join(", ")
+        ));
+    let (http, admin) = plan.addrs[0];
+    let mut nodes = vec![Verge::start_on(&lagging, http, admin).await];
+    for (i, (http, admin)) in plan.addrs.iter().enumerate().skip(1) {
         let config = Config::new()
             .control(cp.control(&format!("n{i}")))
-            .raw(&format!(
-                "tier: {{self: n{i}, secret_file: \"{}\"}}",
-                key.display()
-            ));
+            .raw(&plan.self_only(i));
         nodes.push(Verge::start_on(&config, *http, *admin).await);
     }
     // a key n0 owns, stored on all three
@@ -765,23 +751,8 @@ async fn a_purge_the_owner_has_not_applied_never_reaches_clients_and_is_one_refe
         .await;
     assert!(seq >= 1);
     assert!(cp.converged(2).await, "n1 and n2 applied the purge");
-    let tasks: Vec<_> = (0..40)
-        .map(|i| {
-            let url = nodes[1 + i % 2].url(&path);
-            tokio::spawn(async move {
-                let r = client().get(url).header("host", HOST).send().await?;
-                let status = r.status().as_u16();
-                r.text().await.map(|body| (status, body))
-            })
-        })
-        .collect();
-    for t in tasks {
-        let (status, body) = t.await.expect("join").expect("request");
-        assert_eq!(
-            (status, body.as_str()),
-            (200, "v2"),
-            "no client gets the purged copy"
-        );
+    for (cs, body) in burst_answers(&[&nodes[1], &nodes[2]], &path, 40, &[]).await {
+        assert_eq!(body, "v2", "no client gets the purged copy: {cs}");
     }
     assert_eq!(
         o.hits(&path),
@@ -789,15 +760,7 @@ async fn a_purge_the_owner_has_not_applied_never_reaches_clients_and_is_one_refe
         "one origin fetch for both children's hops to the lagging owner"
     );
     // n0 itself has not applied the purge, but holds the new copy now
-    let body = client()
-        .get(nodes[0].url(&path))
-        .header("host", HOST)
-        .send()
-        .await
-        .expect("GET")
-        .text()
-        .await
-        .expect("body");
-    assert_eq!(body, "v2");
+    let answers = burst_answers(&[&nodes[0]], &path, 1, &[]).await;
+    assert_eq!(answers[0].1, "v2", "{answers:?}");
     assert_eq!(o.hits(&path), 2);
 }
