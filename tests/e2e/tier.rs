@@ -764,3 +764,49 @@ async fn a_purge_the_owner_has_not_applied_never_reaches_clients_and_is_one_refe
     assert_eq!(answers[0].1, "v2", "{answers:?}");
     assert_eq!(o.hits(&path), 2);
 }
+
+#[tokio::test]
+async fn an_owner_killed_during_a_burst_leaves_every_request_answered_without_a_storm() {
+    let o = Origin::start("o").await;
+    let mut fleet = Fleet::start(o.addr).await;
+    let paths: Vec<String> = (0..40).map(|i| format!("/mid{i}")).collect();
+    for p in &paths {
+        o.set_headers(p, &[("cache-control", "max-age=60")]);
+    }
+    o.set_delay_ms(600);
+    // 5 requests for each of 40 cold keys on node 0; node 1 dies while its keys' fetches run
+    let node0 = fleet.node(0);
+    let tasks: Vec<_> = paths
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(p.clone(), 5))
+        .map(|p| {
+            let req = client().get(node0.url(&p)).header("host", HOST);
+            tokio::spawn(async move {
+                let r = req.send().await?;
+                let status = r.status().as_u16();
+                r.bytes().await.map(|_| (p, status))
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    fleet.kill(1);
+    for t in tasks {
+        let (p, status) = t.await.expect("join").expect("request");
+        assert_eq!(status, 200, "{p}");
+    }
+    // each key: at most the dead owner's fetch and node 0's own, whatever the key's owner was
+    for p in &paths {
+        assert!((1..=2).contains(&o.hits(p)), "{p}: {}", o.hits(p));
+    }
+    let m = fleet.node(0).metrics().await;
+    let failed = m.sum("verge_tier_requests_total", &[("outcome", "error")])
+        + m.sum(
+            "verge_tier_requests_total",
+            &[("outcome", "connect_failure")],
+        );
+    assert!(failed >= 1.0, "some of the 40 keys were node 1's");
+    assert!(
+        failed <= 40.0,
+        "node 0's waiters did not each try the dead owner: {failed}"
+    );
+}
