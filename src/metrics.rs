@@ -45,7 +45,7 @@ pub struct Metrics {
     /// why it was ignored (`malformed`, `bad_mac`, `expired`, `not_member`, `no_ring`).
     pub tier_hops_received: IntCounterVec,
     /// `verge_tier_owner_behind_total`: verified hops from a member whose invalidation position
-    /// is ahead of this node's: the stored copy was not served to it.
+    /// is ahead of this node's: a stored copy older than that position was not served to it.
     pub tier_owner_behind: IntCounter,
     /// `verge_tier_origin_fetches_avoided_total`: hops this node, as a key's owner, answered from
     /// its cache (or from a fetch another request started): origin fetches the fleet did not
@@ -408,7 +408,7 @@ impl Metrics {
             tier_owner_behind: plain_counter(
                 &node,
                 "verge_tier_owner_behind_total",
-                "Hops from a member ahead of this node's invalidation position (stored copy not served)",
+                "Hops from a member ahead of this node's invalidation position (older copies not served)",
             ),
             tier_fetches_avoided: plain_counter(
                 &node,

@@ -3,7 +3,7 @@
 //! is stored, the `Cache-Status` a client sees, and what an unsafe method takes out.
 
 use super::context::{waited_on_fetch, RequestCtx};
-use super::refresh;
+use super::{refresh, tier};
 use crate::cache::collapse::LockWait;
 use crate::cache::hit_decision::{self, HitDecision, StoredEntry};
 use crate::cache::request_directives::{self, RequestDirectives};
@@ -130,7 +130,7 @@ pub fn hit_filter(
     ctx: &mut RequestCtx,
 ) -> Result<Option<ForcedFreshness>> {
     let mut forced = hit_override(snapshot, session.req_header(), meta, is_fresh, ctx);
-    if ctx.tier.behind {
+    if tier::stored_copy_too_old(ctx, meta, snapshot) {
         // a hop from a member that knows of invalidations this node has not applied yet:
         // what is stored here may be one of those, so it is fetched anew
         forced = Some(ForcedFreshness::ForceMiss);

@@ -5,6 +5,7 @@
 use super::context::RequestCtx;
 use super::peer::{build_peer, clamp_connect};
 use crate::cache::cache_status::CACHE_NAME;
+use crate::cache::rfc9111;
 use crate::config::RouteTimeouts;
 use crate::http_syntax::path_and_query;
 use crate::metrics::METRICS;
@@ -12,6 +13,7 @@ use crate::snapshot::Snapshot;
 use crate::upstream::hop_marker::{self, Hop, Signed, CDN_LOOP_FIELD, CDN_TOKEN, HOP_FIELD};
 use crate::upstream::tier::{Owner, Ring};
 use pingora_cache::key::CacheHashKey;
+use pingora_cache::CacheMeta;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -32,8 +34,8 @@ pub struct TierState {
     pub hop: Option<Hop>,
     /// This node's `Cache-Status` identifier when it answers a hop (`verge/<id>`).
     pub owner_name: Option<String>,
-    /// A hop from a member ahead of this node's invalidation position: the stored copy is not
-    /// served to it.
+    /// A hop from a member ahead of this node's invalidation position: a stored copy is served
+    /// to it only if fetched after this node heard of that position ([`stored_copy_too_old`]).
     pub behind: bool,
     /// The owner the current attempt goes to.
     pub owner: Option<(Arc<Ring>, SocketAddr)>,
@@ -94,8 +96,10 @@ pub fn receive(req: &mut RequestHeader, ctx: &mut RequestCtx, snapshot: &Snapsho
                 .tier_hops_received
                 .with_label_values(&["verified"])
                 .inc();
-            if hop.seq > snapshot.control.position.seq {
+            let applied = snapshot.control.position.seq;
+            if hop.seq > applied {
                 METRICS.tier_owner_behind.inc();
+                ring.learned.learn(hop.seq, applied, SystemTime::now());
                 ctx.tier.behind = true;
             }
             ctx.tier.owner_name = Some(format!("{CACHE_NAME}/{}", ring.self_id));
@@ -109,6 +113,21 @@ pub fn receive(req: &mut RequestHeader, ctx: &mut RequestCtx, snapshot: &Snapsho
                 .inc();
         }
     }
+}
+
+/// `cache_hit_filter`, for a hop from a member ahead of this node's invalidations: whether the
+/// stored copy may predate one of the invalidations that member applied (its fetch started
+/// before this node heard of that member's position), so it must be fetched anew. The first
+/// such hop refetches; the hops that wait on that fetch find a copy new enough.
+pub fn stored_copy_too_old(ctx: &RequestCtx, meta: &CacheMeta, snapshot: &Snapshot) -> bool {
+    let (Some(hop), true) = (ctx.tier.hop.as_ref(), ctx.tier.behind) else {
+        return false;
+    };
+    let Some(ring) = snapshot.tier.as_ref() else {
+        return true;
+    };
+    let fetched = rfc9111::fetched_at(meta.headers()).unwrap_or_else(|| meta.created());
+    !ring.learned.covers(hop.seq, fetched)
 }
 
 /// The scheme the client used: a verified hop's (its sender's client), else the listener's.

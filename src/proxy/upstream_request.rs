@@ -26,7 +26,7 @@ pub fn prepare(
         return Ok(false);
     };
     if let Some((ring, _)) = ctx.tier.owner.clone() {
-        let seq = snapshot.load().control.position.seq;
+        let seq = ring.known_position(snapshot.load().control.position.seq);
         tier::hop_request(upstream, ctx, &ring, scheme, seq)?;
         request_id::set_upstream(upstream, ctx)?;
         sent(ctx);

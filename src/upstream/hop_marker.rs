@@ -1,5 +1,5 @@
 //! The tier's hop marker: the field a ring member puts on a request it forwards to a key's
-//! owner, keyed-BLAKE2b over who sent it, when, the invalidation position it has applied, the
+//! owner, keyed-BLAKE2b over who sent it, when, the invalidation position it knows, the
 //! scheme the client used and the request's method, host and target, so an owner trusts it only
 //! from a member that holds the ring's key and only for a short window. Also RFC 8586
 //! `CDN-Loop` counting.
@@ -154,7 +154,8 @@ pub struct Signed<'a> {
     pub node: &'a str,
     /// When it was sent (unix seconds).
     pub at: u64,
-    /// The invalidation sequence the sender has applied.
+    /// The sender's invalidation position: the sequence it has applied, or a later one a hop
+    /// showed it.
     pub seq: u64,
     /// The scheme the client used with the sender (`http` or `https`).
     pub scheme: &'a str,
@@ -171,7 +172,7 @@ pub struct Signed<'a> {
 pub struct Hop {
     /// The member that forwarded it.
     pub from: String,
-    /// The invalidation sequence that member had applied.
+    /// That member's invalidation position (see [`Signed::seq`]).
     pub seq: u64,
     /// The scheme its client used.
     pub scheme: &'static str,

@@ -3,6 +3,7 @@
 
 use super::hop_marker::HopKey;
 use super::pool::{Pool, PoolBuildError};
+use super::tier_positions::LearnedPositions;
 use crate::config::{TierMember, TierRing, TierSpec};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ pub struct Ring {
     pub pool: Arc<Pool>,
     /// The key hop markers are made and checked with.
     pub key: HopKey,
+    /// Invalidation positions ahead of this node's that hops showed it (kept across rebuilds).
+    pub learned: Arc<LearnedPositions>,
 }
 
 /// Who fetches a key this node misses.
@@ -35,7 +38,8 @@ pub enum Owner {
 impl Ring {
     /// The ring for `spec`, or `None` when there is none or this node is not one of its
     /// members (it then neither forwards nor accepts hops). The pool of `previous` is reused
-    /// when its spec did not change, so it keeps its health and ejection state.
+    /// when its spec did not change, so it keeps its health and ejection state; what it learned
+    /// from hops is always kept.
     pub fn build(spec: &TierSpec, previous: Option<&Ring>) -> Result<Option<Ring>, PoolBuildError> {
         let Some(ring) = &spec.ring else {
             return Ok(None);
@@ -58,6 +62,7 @@ impl Ring {
             self_addr: me.addr,
             pool,
             key: HopKey::derive(&spec.secret.0),
+            learned: previous.map(|p| p.learned.clone()).unwrap_or_default(),
         }))
     }
 
@@ -89,6 +94,12 @@ impl Ring {
     /// The hop window.
     pub fn hop_window(&self) -> Duration {
         self.spec.hop_window
+    }
+
+    /// The invalidation position this node's hops carry: what it has `applied`, or a later one
+    /// a hop showed it.
+    pub fn known_position(&self, applied: u64) -> u64 {
+        applied.max(self.learned.highest())
     }
 }
 
@@ -137,6 +148,26 @@ mod tests {
         assert!(rings[0].is_other_member("b"));
         assert!(!rings[0].is_other_member("a"));
         assert!(!rings[0].is_other_member("z"));
+    }
+
+    #[test]
+    fn what_hops_showed_a_node_outlives_its_snapshot_and_goes_into_its_own_hops() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let c = tier_config("a", &dir);
+        let spec = c.tier.as_ref().expect("tier");
+        let first = Ring::build(spec, None).expect("build").expect("member");
+        assert_eq!(first.known_position(3), 3);
+        first.learned.learn(9, 3, std::time::SystemTime::UNIX_EPOCH);
+        assert_eq!(first.known_position(3), 9);
+        assert_eq!(
+            first.known_position(12),
+            12,
+            "applied beyond what it heard of"
+        );
+        let next = Ring::build(spec, Some(&first))
+            .expect("build")
+            .expect("member");
+        assert_eq!(next.known_position(3), 9, "kept across a new snapshot");
     }
 
     #[test]

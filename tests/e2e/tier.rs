@@ -19,6 +19,54 @@ struct Fleet {
     _key_dir: tempfile::TempDir,
 }
 
+/// A ring of three members `n0`..`n2` not started yet: their listener and admin addresses, and
+/// the key file they share.
+struct RingPlan {
+    addrs: Vec<(SocketAddr, SocketAddr)>,
+    key: std::path::PathBuf,
+    key_dir: tempfile::TempDir,
+}
+
+impl RingPlan {
+    fn new() -> RingPlan {
+        let key_dir = tempfile::tempdir().expect("tmp");
+        let key = key_dir.path().join("tier.key");
+        std::fs::write(&key, SECRET).expect("key");
+        RingPlan {
+            addrs: (0..3).map(|_| (ports::addr(), ports::addr())).collect(),
+            key,
+            key_dir,
+        }
+    }
+
+    /// The members as YAML flow maps.
+    fn members_yaml(&self) -> Vec<String> {
+        self.addrs
+            .iter()
+            .enumerate()
+            .map(|(i, (http, _))| format!("{{id: n{i}, addr: \"{http}\"}}"))
+            .collect()
+    }
+
+    /// The members as a policy's JSON.
+    fn members_json(&self) -> serde_json::Value {
+        self.addrs
+            .iter()
+            .enumerate()
+            .map(|(i, (http, _))| serde_json::json!({"id": format!("n{i}"), "addr": http.to_string()}))
+            .collect()
+    }
+
+    /// A node file's `tier:` block for member `i`, naming only its id and key (the ring comes
+    /// with the policy).
+    fn self_only(&self, i: usize) -> String {
+        format!(
+            "tier: {{self: n{i}, secret_file: \"{}\"}}",
+            self.key.display()
+        )
+    }
+}
+
 impl Fleet {
     async fn start(origin: SocketAddr) -> Fleet {
         Self::start_with(origin, &[], "{connect: 500ms}").await
@@ -27,15 +75,10 @@ impl Fleet {
     /// Three nodes, with `others` in the ring too (`x0`, `x1`, …: members that are not verge),
     /// and the ring's `timeouts`.
     async fn start_with(origin: SocketAddr, others: &[SocketAddr], timeouts: &str) -> Fleet {
-        let key_dir = tempfile::tempdir().expect("tmp");
-        let key = key_dir.path().join("tier.key");
-        std::fs::write(&key, SECRET).expect("key");
-        let addrs: Vec<(SocketAddr, SocketAddr)> =
-            (0..3).map(|_| (ports::addr(), ports::addr())).collect();
-        let members: Vec<String> = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, (http, _))| format!("{{id: n{i}, addr: \"{http}\"}}"))
+        let plan = RingPlan::new();
+        let members: Vec<String> = plan
+            .members_yaml()
+            .into_iter()
             .chain(
                 others
                     .iter()
@@ -44,7 +87,7 @@ impl Fleet {
             )
             .collect();
         let mut nodes = Vec::new();
-        for (i, (http, admin)) in addrs.iter().enumerate() {
+        for (i, (http, admin)) in plan.addrs.iter().enumerate() {
             let config = Config::new()
                 .pool(Pool::new("p", &[origin]))
                 .route(Route::to("p").cache(RouteCache::new()))
@@ -55,14 +98,14 @@ impl Fleet {
                 )
                 .raw(&format!(
                     "tier: {{self: n{i}, secret_file: \"{}\", members: [{}], timeouts: {timeouts}}}",
-                    key.display(),
+                    plan.key.display(),
                     members.join(", ")
                 ));
             nodes.push(Some(Verge::start_on(&config, *http, *admin).await));
         }
         Fleet {
             nodes,
-            _key_dir: key_dir,
+            _key_dir: plan.key_dir,
         }
     }
 
@@ -150,14 +193,24 @@ fn marker(from: &str, seq: u64, path: &str) -> String {
         .expect("sign")
 }
 
-/// `n` concurrent GETs for `path` spread over `nodes`; each must get a 200. Returns how many
-/// came through an owner (two `Cache-Status` entries).
-async fn burst(nodes: &[&Verge], path: &str, n: usize) -> usize {
+/// `n` concurrent GETs for `path` spread over `nodes`, each with `fields`; each must get a 200.
+/// Returns each answer's `Cache-Status` and body.
+async fn burst_answers(
+    nodes: &[&Verge],
+    path: &str,
+    n: usize,
+    fields: &[(&str, String)],
+) -> Vec<(String, String)> {
     let tasks: Vec<_> = (0..n)
         .map(|i| {
-            let url = nodes[i % nodes.len()].url(path);
+            let mut req = client()
+                .get(nodes[i % nodes.len()].url(path))
+                .header("host", HOST);
+            for (k, v) in fields {
+                req = req.header(*k, v);
+            }
             tokio::spawn(async move {
-                let r = client().get(url).header("host", HOST).send().await?;
+                let r = req.send().await?;
                 let status = r.status().as_u16();
                 let cs = r
                     .headers()
@@ -165,19 +218,27 @@ async fn burst(nodes: &[&Verge], path: &str, n: usize) -> usize {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("")
                     .to_string();
-                r.bytes().await.map(|_| (status, cs))
+                r.text().await.map(|body| (status, cs, body))
             })
         })
         .collect();
-    let mut through_owner = 0;
+    let mut out = Vec::new();
     for t in tasks {
-        let (status, cs) = t.await.expect("join").expect("request");
+        let (status, cs, body) = t.await.expect("join").expect("request");
         assert_eq!(status, 200, "{cs}");
-        if cs.starts_with("verge/n") {
-            through_owner += 1;
-        }
+        out.push((cs, body));
     }
-    through_owner
+    out
+}
+
+/// `n` concurrent GETs for `path` spread over `nodes`; each must get a 200. Returns how many
+/// came through an owner (two `Cache-Status` entries).
+async fn burst(nodes: &[&Verge], path: &str, n: usize) -> usize {
+    burst_answers(nodes, path, n, &[])
+        .await
+        .iter()
+        .filter(|(cs, _)| cs.starts_with("verge/n"))
+        .count()
 }
 
 #[tokio::test]
@@ -462,28 +523,16 @@ async fn the_ring_comes_with_the_policy_and_a_purged_object_is_fetched_once_for_
     o.set_headers("/obj", &[("cache-control", "max-age=300")]);
     o.set_delay_ms(300);
     let cp = Cp::start().await;
-    let key_dir = tempfile::tempdir().expect("tmp");
-    let key = key_dir.path().join("tier.key");
-    std::fs::write(&key, SECRET).expect("key");
-    let addrs: Vec<(SocketAddr, SocketAddr)> =
-        (0..3).map(|_| (ports::addr(), ports::addr())).collect();
-    let members: Vec<serde_json::Value> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, (http, _))| serde_json::json!({"id": format!("n{i}"), "addr": http.to_string()}))
-        .collect();
+    let plan = RingPlan::new();
     let mut doc = policy(&o, serde_json::json!({}));
-    doc["tier"] = serde_json::json!({"members": members});
+    doc["tier"] = serde_json::json!({"members": plan.members_json()});
     assert_eq!(cp.put_policy(doc, 0).await.0, 200);
     let mut nodes = Vec::new();
-    for (i, (http, admin)) in addrs.iter().enumerate() {
+    for (i, (http, admin)) in plan.addrs.iter().enumerate() {
         // the node's file names only its id and key: the ring is the policy's
         let config = Config::new()
             .control(cp.control(&format!("n{i}")))
-            .raw(&format!(
-                "tier: {{self: n{i}, secret_file: \"{}\"}}",
-                key.display()
-            ));
+            .raw(&plan.self_only(i));
         nodes.push(Verge::start_on(&config, *http, *admin).await);
     }
     for (i, node) in nodes.iter().enumerate() {
@@ -576,4 +625,188 @@ async fn a_route_that_opts_out_fetches_on_every_node() {
         "no answer came through an owner"
     );
     assert_eq!(o.hits("/local/x"), 3, "each node fetched for itself");
+}
+
+#[tokio::test]
+async fn a_burst_of_hops_ahead_of_the_owner_is_one_refetch_whose_copy_serves_the_rest() {
+    let o = Origin::start("o").await;
+    let fleet = Fleet::start(o.addr).await;
+    o.set_headers("/lag", &[("cache-control", "max-age=60")]);
+    let owner = owner_via_node0(&fleet, "/lag").await;
+    assert_eq!(o.hits("/lag"), 1);
+    o.set_delay_ms(300);
+    let from = if owner == 1 { "n2" } else { "n1" };
+    // members at position 5, the owner at 0: its copy may be older than a purge they applied,
+    // so the first hop refetches and the others wait on that fetch and get its answer
+    let marker5 = marker(from, 5, "/lag");
+    let answers = burst_answers(
+        &[fleet.node(owner)],
+        "/lag",
+        20,
+        &[("verge-tier-hop", marker5.clone())],
+    )
+    .await;
+    assert_eq!(o.hits("/lag"), 2, "one refetch for the burst: {answers:?}");
+    // later hops at 5 and behind it: the copy was fetched after the owner heard of 5, a hit;
+    // one at 6 is ahead of anything the copy reflects: fetched anew
+    for (seq, outcome, hits) in [(5, "hit", 2), (3, "hit", 2), (6, "fwd=", 3)] {
+        let (_, entries, _) = get(
+            fleet.node(owner),
+            "/lag",
+            &[("verge-tier-hop", &marker(from, seq, "/lag"))],
+        )
+        .await;
+        assert!(
+            entries[0].starts_with(&format!("verge/n{owner}; {outcome}")),
+            "at {seq}: {entries:?}"
+        );
+        assert_eq!(o.hits("/lag"), hits, "at {seq}");
+    }
+}
+
+#[tokio::test]
+async fn a_member_passes_on_the_position_a_hop_showed_it() {
+    let o = Origin::start("o").await;
+    let fleet = Fleet::start(o.addr).await;
+    // a key node 1 stores as its owner, and node 0 has not asked for
+    let mut path = None;
+    for i in 0..64 {
+        let p = format!("/pass{i}");
+        o.set_headers(&p, &[("cache-control", "max-age=60")]);
+        let (_, entries, _) = get(fleet.node(1), &p, &[]).await;
+        if entries.len() == 1 {
+            path = Some(p);
+            break;
+        }
+    }
+    let path = path.expect("node 1 owns one of the probed keys");
+    assert_eq!(o.hits(&path), 1);
+    // a member at position 5 shows node 0 its position (a hop for another key, which node 0
+    // serves itself)
+    o.set_headers("/other", &[("cache-control", "max-age=60")]);
+    let (status, _, _) = get(
+        fleet.node(0),
+        "/other",
+        &[("verge-tier-hop", &marker("n2", 5, "/other"))],
+    )
+    .await;
+    assert_eq!(status, 200);
+    // node 0's own miss on node 1's key: its hop says 5, node 1 (at 0) does not serve its copy
+    let (status, entries, _) = get(fleet.node(0), &path, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert!(entries[0].starts_with("verge/n1; fwd="), "{entries:?}");
+    assert_eq!(o.hits(&path), 2, "node 1 fetched anew");
+    let m = fleet.node(1).metrics().await;
+    assert_eq!(m.sum("verge_tier_owner_behind_total", &[]), 1.0);
+}
+
+#[tokio::test]
+async fn a_purge_the_owner_has_not_applied_never_reaches_clients_and_is_one_refetch() {
+    let o = Origin::start("o").await;
+    let cp = Cp::start().await;
+    let plan = RingPlan::new();
+    let mut doc = policy(&o, serde_json::json!({}));
+    doc["tier"] = serde_json::json!({ "members": plan.members_json() });
+    assert_eq!(cp.put_policy(doc, 0).await.0, 200);
+    // n0 runs from its own file, the same route and ring, and never hears of a purge: an owner
+    // that lags; n1 and n2 follow the control plane
+    let lagging = Config::new()
+        .pool(Pool::new("o", &[o.addr]))
+        .route(Route::to("o").cache(RouteCache::new()))
+        .raw(&format!(
+            "tier: {{self: n0, secret_file: \"{}\", members: [{}]}}",
+            plan.key.display(),
+            plan.members_yaml().join(", ")
+        ));
+    let (http, admin) = plan.addrs[0];
+    let mut nodes = vec![Verge::start_on(&lagging, http, admin).await];
+    for (i, (http, admin)) in plan.addrs.iter().enumerate().skip(1) {
+        let config = Config::new()
+            .control(cp.control(&format!("n{i}")))
+            .raw(&plan.self_only(i));
+        nodes.push(Verge::start_on(&config, *http, *admin).await);
+    }
+    // a key n0 owns, stored on all three
+    let mut path = None;
+    for i in 0..64 {
+        let p = format!("/purged{i}");
+        o.set_headers(&p, &[("cache-control", "max-age=300")]);
+        o.set_body(&p, "v1");
+        let (_, entries, _) = get(&nodes[1], &p, &[]).await;
+        if entries.first().is_some_and(|e| e.starts_with("verge/n0;")) {
+            path = Some(p);
+            break;
+        }
+    }
+    let path = path.expect("n0 owns one of the probed keys");
+    let (_, entries, _) = get(&nodes[2], &path, &[]).await;
+    assert!(entries[0].starts_with("verge/n0; hit"), "{entries:?}");
+    assert_eq!(o.hits(&path), 1);
+    // the object changes and is purged; n1 and n2 apply the purge, n0 does not
+    o.set_body(&path, "v2");
+    o.set_delay_ms(300);
+    let seq = cp
+        .purge(serde_json::json!({"kind": "url", "target": format!("{HOST}{path}")}))
+        .await;
+    assert!(seq >= 1);
+    assert!(cp.converged(2).await, "n1 and n2 applied the purge");
+    for (cs, body) in burst_answers(&[&nodes[1], &nodes[2]], &path, 40, &[]).await {
+        assert_eq!(body, "v2", "no client gets the purged copy: {cs}");
+    }
+    assert_eq!(
+        o.hits(&path),
+        2,
+        "one origin fetch for both children's hops to the lagging owner"
+    );
+    // n0 itself has not applied the purge, but holds the new copy now
+    let answers = burst_answers(&[&nodes[0]], &path, 1, &[]).await;
+    assert_eq!(answers[0].1, "v2", "{answers:?}");
+    assert_eq!(o.hits(&path), 2);
+}
+
+#[tokio::test]
+async fn an_owner_killed_during_a_burst_leaves_every_request_answered_without_a_storm() {
+    let o = Origin::start("o").await;
+    let mut fleet = Fleet::start(o.addr).await;
+    let paths: Vec<String> = (0..40).map(|i| format!("/mid{i}")).collect();
+    for p in &paths {
+        o.set_headers(p, &[("cache-control", "max-age=60")]);
+    }
+    o.set_delay_ms(600);
+    // 5 requests for each of 40 cold keys on node 0; node 1 dies while its keys' fetches run
+    let node0 = fleet.node(0);
+    let tasks: Vec<_> = paths
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(p.clone(), 5))
+        .map(|p| {
+            let req = client().get(node0.url(&p)).header("host", HOST);
+            tokio::spawn(async move {
+                let r = req.send().await?;
+                let status = r.status().as_u16();
+                r.bytes().await.map(|_| (p, status))
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    fleet.kill(1);
+    for t in tasks {
+        let (p, status) = t.await.expect("join").expect("request");
+        assert_eq!(status, 200, "{p}");
+    }
+    // each key: at most the dead owner's fetch and node 0's own, whatever the key's owner was
+    for p in &paths {
+        assert!((1..=2).contains(&o.hits(p)), "{p}: {}", o.hits(p));
+    }
+    let m = fleet.node(0).metrics().await;
+    let failed = m.sum("verge_tier_requests_total", &[("outcome", "error")])
+        + m.sum(
+            "verge_tier_requests_total",
+            &[("outcome", "connect_failure")],
+        );
+    assert!(failed >= 1.0, "some of the 40 keys were node 1's");
+    assert!(
+        failed <= 40.0,
+        "node 0's waiters did not each try the dead owner: {failed}"
+    );
 }
