@@ -7,6 +7,8 @@
 //! oversized heads to us. After the head, the connection stays watched
 //! (`ingress/body_guard.rs`): the request body's chunked framing is checked strictly and its
 //! pace kept, as Pingora reads it.
+//! On a TLS listener the handshake comes first, run here (`ingress/tls_handshake.rs`) so that a
+//! reload's ALPN applies to new connections.
 //! HTTP/2 connections (ALPN `h2`, or h2c when enabled) go to Pingora, whose H2 limits are
 //! bounded, with their frames counted against a budget on the way (`ingress/h2_frames.rs`).
 
@@ -30,11 +32,13 @@ use tokio::time::Instant;
 
 mod body_guard;
 mod h2_frames;
+mod tls_handshake;
 mod watched_stream;
 
 use body_guard::BodyGuard;
 pub use body_guard::{BodyFraming, BodyPace};
 use h2_frames::{FrameBudget, FrameBudgetSpec};
+pub use tls_handshake::TlsHandshake;
 use watched_stream::Watched;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -237,6 +241,7 @@ pub struct Ingress {
     listener: String,
     h2c: bool,
     hits: Option<HitLane>,
+    tls: Option<TlsHandshake>,
 }
 
 impl Ingress {
@@ -248,7 +253,14 @@ impl Ingress {
             listener,
             h2c,
             hits: None,
+            tls: None,
         }
+    }
+
+    /// Terminate TLS on each connection before anything else (see [`TlsHandshake`]).
+    pub fn with_tls(mut self, tls: TlsHandshake) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Answer plain hits in the front door (see [`crate::proxy::hit_lane`]).
@@ -429,6 +441,9 @@ impl ServerApp for Ingress {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        if let Some(tls) = &self.tls {
+            stream = tls.accept(stream).await?;
+        }
         METRICS
             .connections_total
             .with_label_values(&[&self.listener])
