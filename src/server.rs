@@ -205,7 +205,8 @@ fn listener_service(
     options.h2_idle_timeout = Some(spec.limits.keepalive_timeout);
     proxy.server_options = Some(options);
     proxy.h2_options = Some(h2_options(&spec.limits.h2));
-    let mut ingress = Ingress::new(proxy, spec.limits, spec.name.clone(), spec.h2c);
+    let mut ingress = Ingress::new(proxy, spec.limits, spec.name.clone(), spec.h2c)
+        .with_proxy_protocol(spec.proxy_protocol.clone());
     if cache.settings.hit_lane {
         ingress = ingress.with_hit_lane(
             HitLane::new(

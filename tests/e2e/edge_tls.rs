@@ -95,6 +95,18 @@ impl Tls {
         tls12_only: bool,
         alpn: &[&str],
     ) -> std::io::Result<Tls> {
+        Self::connect_after(addr, b"", sni, tls12_only, alpn).await
+    }
+
+    /// [`connect`](Self::connect), sending `preamble` (a PROXY protocol header) before the
+    /// handshake.
+    async fn connect_after(
+        addr: SocketAddr,
+        preamble: &[u8],
+        sni: &str,
+        tls12_only: bool,
+        alpn: &[&str],
+    ) -> std::io::Result<Tls> {
         pingora_core::tls::install_default_crypto_provider();
         let builder = if tls12_only {
             ClientConfig::builder_with_protocol_versions(&[&version::TLS12])
@@ -107,7 +119,8 @@ impl Tls {
             .with_no_client_auth();
         config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         let name = ServerName::try_from(sni.to_string()).expect("server name");
-        let tcp = TcpStream::connect(addr).await?;
+        let mut tcp = TcpStream::connect(addr).await?;
+        tcp.write_all(preamble).await?;
         let stream = TlsConnector::from(Arc::new(config))
             .connect(name, tcp)
             .await?;
@@ -437,4 +450,42 @@ async fn a_reload_changes_alpn_for_new_connections_and_open_ones_stay() {
     for path in ["/1", "/2", "/3", "/4", "/5", "/6"] {
         assert_eq!(o.hits(path), 1, "{path} at the origin");
     }
+}
+
+#[tokio::test]
+async fn a_proxy_protocol_header_comes_before_the_handshake() {
+    let o = Origin::start("o").await;
+    let v = Verge::start(
+        &Config::new()
+            .listener(
+                Listener::new()
+                    .name("tls")
+                    .set(
+                        "tls",
+                        &format!(
+                            "{{cert: \"{}\", key: \"{}\"}}",
+                            cert("server.crt").display(),
+                            cert("server.key").display()
+                        ),
+                    )
+                    .set("proxy_protocol", "{from: [127.0.0.1]}"),
+            )
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p")),
+    )
+    .await;
+    let header = b"PROXY TCP4 198.51.100.9 127.0.0.1 40000 443\r\n";
+    let mut c = Tls::connect_after(v.http, header, "localhost", false, &["http/1.1"])
+        .await
+        .expect("a handshake after the header");
+    assert_eq!(c.get("localhost", "/p").await.status, 200);
+    let seen = o.seen_for("/p");
+    assert_eq!(
+        seen.last().and_then(|s| s.header("x-forwarded-for")),
+        Some("198.51.100.9")
+    );
+    assert!(
+        Tls::connect(v.http, "localhost", false, &[]).await.is_err(),
+        "a trusted source without a header is closed"
+    );
 }

@@ -89,6 +89,9 @@ pub(super) fn validate_listeners(
             .trusted_forwarding
             .map(|t| validate_trusted_forwarding(&format!("{path}.trusted_forwarding"), t, errs))
             .unwrap_or_default();
+        let proxy_protocol = raw.proxy_protocol.map(|p| ProxyProtocol {
+            from: proxy_sources(&format!("{path}.proxy_protocol.from"), &p.from, errs),
+        });
         let error_pages = raw
             .error_pages
             .map(|p| super::error_pages::error_pages(&format!("{path}.error_pages"), p, errs))
@@ -102,12 +105,21 @@ pub(super) fn validate_listeners(
             tls,
             limits,
             trusted_forwarding,
+            proxy_protocol,
             error_pages,
             deny,
             allow,
         });
     }
     out
+}
+
+/// The proxies whose PROXY protocol header a listener reads: at least one address or block.
+fn proxy_sources(path: &str, from: &[String], errs: &mut Errors) -> Vec<IpNet> {
+    if from.is_empty() {
+        errs.push(path, "list the proxies' addresses");
+    }
+    super::address_blocks(path, from, errs)
 }
 
 /// The hops whose forwarding fields a listener keeps: addresses, and the forwarding fields
