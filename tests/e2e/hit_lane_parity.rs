@@ -101,20 +101,23 @@ fn without_clock(text: &str) -> String {
     out
 }
 
+/// Every path the test fills on both verges.
+const FILLED: [&str; 7] = [
+    "/p",
+    "/p?b=2&a=1",
+    "/pub/x",
+    "/q",
+    "/z/text",
+    "/z/gz",
+    "/z/small",
+];
+
 #[tokio::test]
 async fn hit_lane_parity() {
     let (on, on_origin) = verge(true).await;
     let (off, off_origin) = verge(false).await;
     let fill = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x.test\r\n\r\n");
-    for path in [
-        "/p",
-        "/p?b=2&a=1",
-        "/pub/x",
-        "/q",
-        "/z/text",
-        "/z/gz",
-        "/z/small",
-    ] {
+    for path in FILLED {
         let (a, b) = (
             exchange(&on, &fill(path)).await,
             exchange(&off, &fill(path)).await,
@@ -176,15 +179,7 @@ async fn hit_lane_parity() {
             }
         }
     }
-    for path in [
-        "/p",
-        "/p?b=2&a=1",
-        "/pub/x",
-        "/q",
-        "/z/text",
-        "/z/gz",
-        "/z/small",
-    ] {
+    for path in FILLED {
         assert_eq!(
             on_origin.hits(path),
             off_origin.hits(path),
