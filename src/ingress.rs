@@ -261,8 +261,8 @@ impl Ingress {
         }
     }
 
-    /// Read the PROXY protocol header of connections from these sources first (see
-    /// [`proxy_protocol`]).
+    /// Read the PROXY protocol header of connections from these sources first
+    /// (`ingress/proxy_protocol.rs`).
     pub fn with_proxy_protocol(mut self, spec: Option<ProxyProtocol>) -> Self {
         self.proxy_protocol = spec;
         self

@@ -562,6 +562,31 @@ routes: [{hosts: ["*"], pool: p}]
     }
 
     #[test]
+    fn proxy_protocol_names_its_sources() {
+        let yaml = |from: &str| {
+            format!(
+                "listeners:\n  - listen: 127.0.0.1:8080\n    proxy_protocol: {{from: {from}}}\n\
+                 pools: {{p: {{backends: [\"127.0.0.1:1\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p}}]\n"
+            )
+        };
+        let c = Config::from_yaml_str(&yaml("[10.0.0.0/8, 192.0.2.1]")).expect("valid");
+        let spec = c.listeners[0].proxy_protocol.as_ref().expect("read");
+        assert!(spec.trusts("10.9.8.7".parse().expect("ip")));
+        assert!(spec.trusts("192.0.2.1".parse().expect("ip")));
+        assert!(!spec.trusts("192.0.2.2".parse().expect("ip")));
+        for (from, path) in [
+            ("[]", "listeners[0].proxy_protocol.from"),
+            ("[10.0.0.0/8, nope]", "listeners[0].proxy_protocol.from[1]"),
+        ] {
+            let errs = Config::from_yaml_str(&yaml(from))
+                .expect_err("invalid")
+                .errors;
+            let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+            assert_eq!(paths, [path], "{from}");
+        }
+    }
+
+    #[test]
     fn h2_limits_validate() {
         let good = r#"
 listeners:
