@@ -1,7 +1,8 @@
 //! The access log: one line per request, JSON (the configured fields, `time` first) or the
 //! combined format, written by a background thread to a file (reopened when logrotate moves it)
 //! or stdout; never blocks a request (lines are dropped and counted when the writer falls
-//! behind).
+//! behind). The format is the one in the config that served the request, so a reload switches
+//! it from the next line on; the target is the one opened at start.
 
 use crate::config::{AccessLogSpec, LogField, LogFormat};
 use crate::metrics::METRICS;
@@ -20,6 +21,7 @@ pub use crate::config::LogTarget;
 #[derive(Debug)]
 pub struct AccessLog {
     tx: SyncSender<String>,
+    /// The format of lines whose config names none (an embedding's log, not the config's).
     format: LogFormat,
 }
 
@@ -38,19 +40,27 @@ impl AccessLog {
         })
     }
 
-    /// Queue one line; drops it (and counts it) rather than wait when the writer is behind.
-    pub fn log(&self, record: &Record<'_>) {
-        if self.tx.try_send(record.line(&self.format)).is_err() {
+    /// Queue one line in `format` (the serving config's `access_log.format`; `None`: the one
+    /// the log started with); drops it (and counts it) rather than wait when the writer is
+    /// behind.
+    pub fn log(&self, record: &Record<'_>, format: Option<&LogFormat>) {
+        let line = record.line(format.unwrap_or(&self.format));
+        if self.tx.try_send(line).is_err() {
             METRICS.access_log_dropped.inc();
         }
     }
 
-    /// Whether lines carry this field.
-    pub fn writes(&self, field: LogField) -> bool {
-        match &self.format {
-            LogFormat::Json(fields) => fields.contains(&field),
-            LogFormat::Combined => false,
-        }
+    /// The format lines take under `config`: its `access_log.format`, else the start's.
+    pub fn format_under<'a>(&'a self, config: &'a crate::config::Config) -> &'a LogFormat {
+        config
+            .access_log
+            .as_ref()
+            .map_or(&self.format, |spec| &spec.format)
+    }
+
+    /// Whether lines written under `config` carry this field.
+    pub fn writes(&self, config: &crate::config::Config, field: LogField) -> bool {
+        self.format_under(config).writes(field)
     }
 }
 
@@ -469,7 +479,7 @@ mod tests {
             path: "/1",
             ..Record::default()
         };
-        log.log(&rec);
+        log.log(&rec, None);
         let wait_for = |p: &std::path::Path, needle: &str| {
             for _ in 0..100 {
                 if std::fs::read_to_string(p).is_ok_and(|t| t.contains(needle)) {
@@ -483,12 +493,17 @@ mod tests {
         std::fs::rename(&path, dir.path().join("access.log.1")).unwrap();
         // the writer notices the move within a second and opens a new file at the path
         std::thread::sleep(Duration::from_millis(1300));
-        log.log(&Record { path: "/2", ..rec });
+        log.log(&Record { path: "/2", ..rec }, Some(&LogFormat::Combined));
         assert!(
-            wait_for(&path, "\"/2\""),
+            wait_for(&path, "GET /2 "),
             "a new file was opened at the path"
         );
         let old = std::fs::read_to_string(dir.path().join("access.log.1")).unwrap();
-        assert!(old.contains("\"/1\"") && !old.contains("\"/2\""), "{old}");
+        assert!(old.contains("\"/1\"") && !old.contains("/2"), "{old}");
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            new.starts_with("- - - [-] \"GET /2 \""),
+            "the format asked for: {new}"
+        );
     }
 }

@@ -7,10 +7,13 @@
 //! oversized heads to us. After the head, the connection stays watched
 //! (`ingress/body_guard.rs`): the request body's chunked framing is checked strictly and its
 //! pace kept, as Pingora reads it.
+//! A listener's PROXY protocol header comes first (`ingress/proxy_protocol.rs`), then on a TLS
+//! listener the handshake, run here (`ingress/tls_handshake.rs`) so that a
+//! reload's ALPN applies to new connections.
 //! HTTP/2 connections (ALPN `h2`, or h2c when enabled) go to Pingora, whose H2 limits are
 //! bounded, with their frames counted against a budget on the way (`ingress/h2_frames.rs`).
 
-use crate::config::Limits;
+use crate::config::{Limits, ProxyProtocol};
 use crate::http_syntax::request_line;
 use crate::metrics::METRICS;
 use crate::proxy::hit_lane::{HitLane, Lane};
@@ -30,11 +33,14 @@ use tokio::time::Instant;
 
 mod body_guard;
 mod h2_frames;
+mod proxy_protocol;
+mod tls_handshake;
 mod watched_stream;
 
 use body_guard::BodyGuard;
 pub use body_guard::{BodyFraming, BodyPace};
 use h2_frames::{FrameBudget, FrameBudgetSpec};
+pub use tls_handshake::TlsHandshake;
 use watched_stream::Watched;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -237,6 +243,8 @@ pub struct Ingress {
     listener: String,
     h2c: bool,
     hits: Option<HitLane>,
+    tls: Option<TlsHandshake>,
+    proxy_protocol: Option<ProxyProtocol>,
 }
 
 impl Ingress {
@@ -248,7 +256,22 @@ impl Ingress {
             listener,
             h2c,
             hits: None,
+            tls: None,
+            proxy_protocol: None,
         }
+    }
+
+    /// Read the PROXY protocol header of connections from these sources first
+    /// (`ingress/proxy_protocol.rs`).
+    pub fn with_proxy_protocol(mut self, spec: Option<ProxyProtocol>) -> Self {
+        self.proxy_protocol = spec;
+        self
+    }
+
+    /// Terminate TLS on each connection before anything else (see [`TlsHandshake`]).
+    pub fn with_tls(mut self, tls: TlsHandshake) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Answer plain hits in the front door (see [`crate::proxy::hit_lane`]).
@@ -429,6 +452,22 @@ impl ServerApp for Ingress {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        if let Some(spec) = &self.proxy_protocol {
+            let timeout = self.limits.header_timeout;
+            if let Err(e) = proxy_protocol::accept(spec, &mut stream, timeout).await {
+                log::debug!("listener {}: {e}", self.listener);
+                if e != proxy_protocol::BadHeader::Closed {
+                    METRICS
+                        .rejected
+                        .with_label_values(&["proxy_protocol"])
+                        .inc();
+                }
+                return None;
+            }
+        }
+        if let Some(tls) = &self.tls {
+            stream = tls.accept(stream).await?;
+        }
         METRICS
             .connections_total
             .with_label_values(&[&self.listener])

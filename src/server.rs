@@ -3,14 +3,14 @@
 use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
 use crate::cache::CacheEngine;
-use crate::config::{Alpn, Config, H2Limits, ListenerSpec};
+use crate::config::{Config, H2Limits, ListenerSpec};
 use crate::control::api::ControlApi;
 use crate::control::etcd_store::EtcdStore;
 use crate::control::plane::ControlPlane;
 use crate::control::settings::ControlSettings;
 use crate::control::store::{FileStore, Store};
 use crate::control::store_settings::StoreSettings;
-use crate::ingress::Ingress;
+use crate::ingress::{Ingress, TlsHandshake};
 use crate::metrics::METRICS;
 use crate::node::disk_flush::DiskFlush;
 use crate::node::health_checks::HealthService;
@@ -20,7 +20,7 @@ use crate::node::readiness::Readiness;
 use crate::node::reclaim::ReclaimService;
 use crate::node::reload::{FileReloader, ReloadService};
 use crate::node::state_file::StateJournal;
-use crate::node::tls_certificates::{CertificateReload, ListenerCertificates, MinimumVersion};
+use crate::node::tls_certificates::{CertificateReload, ListenerCertificates};
 use crate::node::writer::SnapshotWriter;
 use crate::proxy::filter::Filters;
 use crate::proxy::hit_lane::HitLane;
@@ -29,10 +29,8 @@ use crate::snapshot::{ControlState, SharedSnapshot, Snapshot};
 use arc_swap::ArcSwap;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
-use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig, Listeners};
 use pingora_core::protocols::http::v2::server::{default_h2_options, H2Options};
-use pingora_core::protocols::ALPN;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
@@ -207,7 +205,8 @@ fn listener_service(
     options.h2_idle_timeout = Some(spec.limits.keepalive_timeout);
     proxy.server_options = Some(options);
     proxy.h2_options = Some(h2_options(&spec.limits.h2));
-    let mut ingress = Ingress::new(proxy, spec.limits, spec.name.clone(), spec.h2c);
+    let mut ingress = Ingress::new(proxy, spec.limits, spec.name.clone(), spec.h2c)
+        .with_proxy_protocol(spec.proxy_protocol.clone());
     if cache.settings.hit_lane {
         ingress = ingress.with_hit_lane(
             HitLane::new(
@@ -220,49 +219,23 @@ fn listener_service(
             .with_listener_name(&spec.name),
         );
     }
-    let mut min_version = None;
-    let mut endpoint = ListenerConfig::tcp(spec.addr.to_string()).l4_buffer(L4BufferSettings {
+    let endpoint = ListenerConfig::tcp(spec.addr.to_string()).l4_buffer(L4BufferSettings {
         read: Some(CLIENT_READ_BUFFER),
         write: None,
     });
-    match &spec.tls {
-        None => {}
-        Some(tls) => {
-            let err = |reason: String| ServeError::Tls {
+    if let Some(tls) = &spec.tls {
+        // the certificate of each handshake comes from the listener's set (SNI, reloads); the
+        // ingress runs the handshake, so the ALPN of a reload applies too
+        let resolver =
+            ListenerCertificates::load(&spec.name, tls).map_err(|reason| ServeError::Tls {
                 listener: spec.name.clone(),
                 reason,
-            };
-            let cert = tls
-                .cert
-                .to_str()
-                .ok_or_else(|| err("cert path is not UTF-8".into()))?;
-            let key = tls
-                .key
-                .to_str()
-                .ok_or_else(|| err("key path is not UTF-8".into()))?;
-            let mut settings =
-                TlsSettings::intermediate(cert, key).map_err(|e| err(e.to_string()))?;
-            // the certificate of each handshake comes from the listener's set (SNI, reloads)
-            let resolver = ListenerCertificates::load(&spec.name, tls).map_err(err)?;
-            settings.set_cert_resolver(resolver.clone());
-            min_version = Some(MinimumVersion::new(
-                resolver.clone(),
-                spec.limits.header_timeout,
-            ));
-            certificates.push(resolver);
-            settings.set_alpn(match tls.alpn {
-                Alpn::H2H1 => ALPN::H2H1,
-                Alpn::H1 => ALPN::H1,
-                Alpn::H2 => ALPN::H2,
-            });
-            endpoint = endpoint.tls(settings);
-        }
+            })?;
+        certificates.push(resolver.clone());
+        ingress = ingress.with_tls(TlsHandshake::new(resolver, spec.limits.header_timeout));
     }
     let mut listeners = Listeners::new();
     listeners.add_listener(endpoint);
-    if let Some(check) = min_version {
-        listeners.set_pre_tls_callback(check);
-    }
     let service =
         Service::with_listeners(format!("verge listener {}", spec.name), listeners, ingress);
     Ok(service)

@@ -68,6 +68,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "ingress",
         &[
             "proxy",
+            "node",
             "snapshot",
             "cache",
             "config",

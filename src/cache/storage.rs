@@ -193,7 +193,8 @@ impl MemoryStorage {
             maps.entries.get(combined)?.clone()
         };
         let head = entry.meta.client_head()?;
-        (head.content_length == entry.body.len()).then_some(Servable { entry })
+        let whole = head.content_length.is_none_or(|n| n == entry.body.len());
+        whole.then_some(Servable { entry })
     }
 
     /// The entry stored under `combined` in memory, whether or not a plain hit may be answered

@@ -3,6 +3,7 @@
 //! header reparse of `CacheMeta::deserialize`, and a write skips the header compression of
 //! `CacheMeta::serialize`.
 
+use crate::config::Coding;
 use http::Version;
 use once_cell::sync::Lazy;
 use pingora_cache::key::HashBinary;
@@ -121,19 +122,49 @@ pub struct StoredMeta {
     client_head: Option<ClientHead>,
 }
 
-/// The HTTP/1.1 head of a stored `200` with a `Content-Length`, no `Vary` and no variance, as
-/// every hit sends it before the per-request fields: status line and stored fields in their
-/// stored order and case, without the fields verge keeps from clients
-/// ([`super::rfc9111::CLIENT_HIDDEN_HEADERS`]) and without `Age`, `Accept-Ranges` and
-/// `Connection`, which each response sets. No final empty line.
+/// The HTTP/1.1 head of a stored `200` with no variance, as every hit sends it before the
+/// per-request fields: status line and stored fields in their stored order and case, without
+/// the fields verge keeps from clients ([`super::rfc9111::CLIENT_HIDDEN_HEADERS`]) and without
+/// `Age`, `Accept-Ranges` and `Connection`, which each response sets. No final empty line.
+///
+/// Its `Vary` is none, or only `Accept-Encoding` on a body stored in a content coding verge
+/// decodes (`br`, `gzip`): what a compressing route stores, served as stored to a client that
+/// accepts the coding. Otherwise it has one `Content-Length` and no `Transfer-Encoding`; a
+/// coded body verge compressed as it stored it has none, and its hits announce the stored
+/// length after the stored fields, as the full path does.
 #[derive(Debug)]
 pub struct ClientHead {
     /// The bytes, ending with the last stored field's CRLF.
     pub bytes: bytes::Bytes,
-    /// The `Content-Length` it announces.
-    pub content_length: usize,
+    /// The `Content-Length` it announces; `None`: a coded body stored without one.
+    pub content_length: Option<usize>,
     /// Whether it carries a `Date` (a response stored without one gets the time it is served).
     pub has_date: bool,
+    /// The content coding of a body stored under `Vary: Accept-Encoding`.
+    pub coding: Option<Coding>,
+}
+
+/// The coding of a head whose only `Vary` is `Accept-Encoding` and whose `Content-Encoding` is
+/// one coding verge decodes: `Some(None)` for a head without `Vary`, `None` for any other.
+fn varied_coding(fields: &http::HeaderMap) -> Option<Option<Coding>> {
+    use http::header::{CONTENT_ENCODING, VARY};
+    let mut varies = fields
+        .get_all(VARY)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|n| !n.is_empty());
+    match (varies.next(), varies.next()) {
+        (None, _) => Some(None),
+        (Some(name), None) if name.eq_ignore_ascii_case(b"accept-encoding") => {
+            let mut codings = fields.get_all(CONTENT_ENCODING).iter();
+            match (codings.next(), codings.next()) {
+                (Some(one), None) => one.to_str().ok().and_then(Coding::from_token).map(Some),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
 }
 
 impl ClientHead {
@@ -141,26 +172,32 @@ impl ClientHead {
     fn of(header: &ResponseHeader, variance: Option<HashBinary>) -> Option<ClientHead> {
         use http::header;
         let fields = &header.headers;
-        if header.status != http::StatusCode::OK
-            || variance.is_some()
-            || fields.contains_key(header::VARY)
-            || fields.contains_key(header::TRANSFER_ENCODING)
-            || fields.get_all(header::CONTENT_LENGTH).iter().count() != 1
-        {
+        if header.status != http::StatusCode::OK || variance.is_some() {
             return None;
         }
-        let content_length = fields
-            .get(header::CONTENT_LENGTH)?
-            .to_str()
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
+        let coding = varied_coding(fields)?;
+        let lengths = fields.get_all(header::CONTENT_LENGTH).iter().count();
+        let content_length = match lengths {
+            1 if !fields.contains_key(header::TRANSFER_ENCODING) => Some(
+                fields
+                    .get(header::CONTENT_LENGTH)?
+                    .to_str()
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()?,
+            ),
+            // the full path takes a coded body's length from the stored bytes (and drops a
+            // stored `Transfer-Encoding`)
+            0 if coding.is_some() => None,
+            _ => return None,
+        };
         let mut client = header.clone();
         for name in super::rfc9111::CLIENT_HIDDEN_HEADERS.iter().chain([
             &header::AGE,
             &header::ACCEPT_RANGES,
             &header::CONNECTION,
+            &header::TRANSFER_ENCODING,
         ]) {
             client.remove_header(name);
         }
@@ -171,6 +208,7 @@ impl ClientHead {
             bytes: bytes.freeze(),
             content_length,
             has_date: fields.contains_key(header::DATE),
+            coding,
         })
     }
 }
@@ -305,6 +343,69 @@ mod tests {
         header.append_header("x-multi", "a").expect("h");
         header.append_header("x-multi", "b").expect("h");
         CacheMeta::new(now + Duration::from_secs(60), now, 7, 9, header)
+    }
+
+    /// The client head of a stored `200` with these fields (and this variance).
+    fn client_head(fields: &[(&str, &str)], variance: Option<HashBinary>) -> Option<ClientHead> {
+        let mut header = ResponseHeader::build(200, None).expect("header");
+        for (name, value) in fields {
+            header.append_header(name.to_string(), *value).expect("h");
+        }
+        ClientHead::of(&header, variance)
+    }
+
+    #[test]
+    fn a_coded_body_under_vary_accept_encoding_alone_has_a_client_head() {
+        let plain = client_head(&[("content-length", "5")], None).expect("plain");
+        assert_eq!((plain.content_length, plain.coding), (Some(5), None));
+        // what a compressing route stores when it compressed the body: no length
+        let compressed = [
+            ("content-encoding", "br"),
+            ("vary", "Accept-Encoding"),
+            ("transfer-encoding", "chunked"),
+        ];
+        let head = client_head(&compressed, None).expect("coded");
+        assert_eq!((head.content_length, head.coding), (None, Some(Coding::Br)));
+        let text = String::from_utf8_lossy(&head.bytes).to_ascii_lowercase();
+        assert!(!text.contains("transfer-encoding"), "{text}");
+        // the origin's compressed body keeps its length
+        let sent = [
+            ("content-encoding", "x-gzip"),
+            ("content-length", "9"),
+            ("vary", "accept-encoding"),
+        ];
+        let head = client_head(&sent, None).expect("coded");
+        assert_eq!(
+            (head.content_length, head.coding),
+            (Some(9), Some(Coding::Gzip))
+        );
+        for other in [
+            // another field varies, or the coding is not one verge decodes, or there are two
+            &[
+                ("vary", "Accept-Encoding, Cookie"),
+                ("content-encoding", "br"),
+            ][..],
+            &[
+                ("vary", "Accept-Encoding"),
+                ("vary", "Origin"),
+                ("content-encoding", "br"),
+            ],
+            &[("vary", "*"), ("content-length", "1")],
+            &[("vary", "Accept-Encoding"), ("content-encoding", "zstd")],
+            &[
+                ("vary", "Accept-Encoding"),
+                ("content-encoding", "gzip, br"),
+            ],
+            &[("vary", "Accept-Encoding"), ("content-length", "1")],
+            // a body without a coding needs its length
+            &[("transfer-encoding", "chunked")],
+        ] {
+            assert!(client_head(other, None).is_none(), "{other:?}");
+        }
+        assert!(
+            client_head(&compressed, Some([7; 16])).is_none(),
+            "a variant"
+        );
     }
 
     fn wire(meta: &CacheMeta) -> String {

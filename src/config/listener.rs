@@ -1,5 +1,6 @@
 //! Validated listener types: the address, TLS termination, request-head limits and client
-//! timeouts, access rules, error pages and the trusted hops in front of a listener.
+//! timeouts, access rules, error pages and the trusted hops (forwarding fields, the PROXY
+//! protocol) in front of a listener.
 
 use super::edge::ErrorPages;
 use super::model::{refused_by, IpNet};
@@ -22,6 +23,8 @@ pub struct ListenerSpec {
     pub limits: Limits,
     /// The hops in front of this listener whose forwarding fields are kept.
     pub trusted_forwarding: ForwardingTrust,
+    /// The PROXY protocol from these sources (`None`: not read).
+    pub proxy_protocol: Option<ProxyProtocol>,
     /// Pages for verge's own error answers on this listener, by status (a route's come first).
     pub error_pages: ErrorPages,
     /// Client addresses refused with 403 on every request of this listener, before routing
@@ -164,6 +167,21 @@ pub struct ForwardingTrust {
     pub from: Vec<IpNet>,
     /// The fields they may set (dropped for everyone else).
     pub fields: Vec<http::HeaderName>,
+}
+
+/// `listeners[].proxy_protocol`: connections from these sources start with a PROXY protocol
+/// header (version 1 or 2) naming the client they carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyProtocol {
+    /// The proxies' addresses.
+    pub from: Vec<IpNet>,
+}
+
+impl ProxyProtocol {
+    /// Whether a connection from `peer` carries a header.
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        self.from.iter().any(|net| net.contains(peer))
+    }
 }
 
 impl ForwardingTrust {

@@ -28,6 +28,16 @@ pub enum LogFormat {
     Combined,
 }
 
+impl LogFormat {
+    /// Whether its lines carry this field (the combined format names none of them).
+    pub fn writes(&self, field: LogField) -> bool {
+        match self {
+            LogFormat::Json(fields) => fields.contains(&field),
+            LogFormat::Combined => false,
+        }
+    }
+}
+
 impl Default for LogFormat {
     fn default() -> Self {
         LogFormat::Json(LogField::DEFAULT.to_vec())

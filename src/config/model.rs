@@ -1,6 +1,8 @@
 //! Validated config types: what the rest of verge consumes. Built only by `validate`.
 
-pub use super::listener::{ForwardingTrust, H2Limits, Limits, ListenerSpec, TlsSpec};
+pub use super::listener::{
+    ForwardingTrust, H2Limits, Limits, ListenerSpec, ProxyProtocol, TlsSpec,
+};
 
 use super::edge::{ErrorPages, HeaderOps, Rewrite};
 use http::HeaderName;

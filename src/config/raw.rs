@@ -222,6 +222,7 @@ pub struct RawListener {
     pub tls: Option<RawListenerTls>,
     pub limits: Option<RawLimits>,
     pub trusted_forwarding: Option<RawTrustedForwarding>,
+    pub proxy_protocol: Option<RawProxyProtocol>,
     pub error_pages: Option<BTreeMap<StatusKey, RawErrorPage>>,
     #[serde(default)]
     pub allow: Vec<String>,
@@ -235,6 +236,13 @@ pub struct RawListener {
 pub struct RawTrustedForwarding {
     pub from: Vec<String>,
     pub fields: Vec<String>,
+}
+
+/// `listeners[].proxy_protocol: {from: [CIDR]}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxyProtocol {
+    pub from: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

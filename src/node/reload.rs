@@ -59,8 +59,8 @@ impl ReloadError {
 
 /// The keys of `new` that differ from `running` and that only a new process can apply: the
 /// listening sockets and their TLS and limits, the admin listener, the `server:` settings
-/// Pingora reads at start, the cache (its memory is allocated once), the access log, and the
-/// control-plane link.
+/// Pingora reads at start, the cache (its memory is allocated once), the access log's target
+/// (turning it on or off, or another file), and the control-plane link.
 pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     fn differs<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
         format!("{a:?}") != format!("{b:?}")
@@ -70,18 +70,19 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
         changed.push("listeners".to_string());
     } else {
         // error pages and access rules are read per request from the snapshot, and
-        // certificates (with the minimum version) are re-read from it (`tls_certificates`): a
-        // reload applies them
+        // certificates (with the minimum version and ALPN) are re-read from it
+        // (`tls_certificates`) for new handshakes: a reload applies them
         let sockets = |l: &crate::config::ListenerSpec| crate::config::ListenerSpec {
             error_pages: Default::default(),
             deny: Vec::new(),
             allow: Vec::new(),
-            tls: l.tls.as_ref().map(|t| crate::config::TlsSpec {
+            // only whether it terminates TLS: everything in its TLS spec applies on a reload
+            tls: l.tls.as_ref().map(|_| crate::config::TlsSpec {
                 cert: Default::default(),
                 key: Default::default(),
                 certificates: Vec::new(),
                 min_version: Default::default(),
-                ..t.clone()
+                alpn: Default::default(),
             }),
             ..l.clone()
         };
@@ -107,7 +108,12 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
         ("server.error_log", a.error_log == b.error_log),
         ("server.ca_file", a.ca_file == b.ca_file),
         ("cache", running.cache == new.cache),
-        ("access_log", !differs(&running.access_log, &new.access_log)),
+        // the format is read per request from the snapshot; the file or stdout is opened once
+        (
+            "access_log.path",
+            running.access_log.as_ref().map(|a| &a.target)
+                == new.access_log.as_ref().map(|a| &a.target),
+        ),
         ("control", !differs(&running.control, &new.control)),
     ] {
         if !same {
@@ -319,6 +325,24 @@ mod tests {
         assert!(
             restart_only_changes(&a, &pages).is_empty(),
             "a listener's error pages apply on reload"
+        );
+        let log = |yaml: &str| {
+            Config::from_yaml_str(&format!("{BASE}access_log: {yaml}\n")).expect("log")
+        };
+        let json = log("{path: '-', fields: [status]}");
+        assert!(
+            restart_only_changes(&json, &log("{path: '-', format: combined}")).is_empty(),
+            "the format applies on reload"
+        );
+        assert_eq!(
+            restart_only_changes(&json, &a),
+            vec!["access_log.path"],
+            "turning the log off"
+        );
+        let file = format!("{{path: {:?}}}", std::env::temp_dir().join("a.log"));
+        assert_eq!(
+            restart_only_changes(&json, &log(&file)),
+            vec!["access_log.path"]
         );
     }
 }

@@ -1,16 +1,14 @@
 //! A TLS listener's certificates: the one each handshake gets, chosen by SNI (exact name, then
 //! `*.` wildcard, then the default); the minimum TLS version, checked on the client's hello
-//! before the handshake; and the background service that re-reads them when a reload changes
+//! before the handshake; the ALPN protocols new handshakes offer; and the background service that re-reads them when a reload changes
 //! them or their files change, swapping them in for new handshakes while open connections keep
 //! theirs.
 
 use crate::config::certificates::load_certified_key;
-use crate::config::{TlsSpec, TlsVersion};
+use crate::config::{Alpn, TlsSpec, TlsVersion};
 use crate::snapshot::SharedSnapshot;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora_core::listeners::PreTlsProcess;
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::Peek;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
@@ -187,9 +185,10 @@ impl MinimumVersion {
     }
 }
 
-#[async_trait]
-impl PreTlsProcess for MinimumVersion {
-    async fn process(&self, stream: &mut L4Stream) -> pingora_error::Result<()> {
+impl MinimumVersion {
+    /// Check the hello waiting on `stream` (peeked: the handshake reads it again); an error
+    /// drops the connection.
+    pub async fn check<S: Peek + Send>(&self, stream: &mut S) -> pingora_error::Result<()> {
         if self.certificates.current.load().spec.min_version != TlsVersion::V1_3 {
             return Ok(());
         }
@@ -233,6 +232,12 @@ impl ListenerCertificates {
             listener: name.to_string(),
             current: ArcSwap::from_pointee(CertificateSet::load(spec)?),
         }))
+    }
+
+    /// The protocols its current spec offers through ALPN (a reload changes them with the
+    /// certificates, for new handshakes).
+    pub fn alpn(&self) -> Alpn {
+        self.current.load().spec.alpn
     }
 
     /// Load `spec` again if it or its files changed since the set in use was loaded: `Ok(true)`

@@ -159,7 +159,12 @@ pub fn origin_body(
 }
 
 fn client_accepts(req: &RequestHeader) -> AcceptEncoding {
-    AcceptEncoding::parse(req.headers.get_all(ACCEPT_ENCODING))
+    AcceptEncoding::parse(
+        req.headers
+            .get_all(ACCEPT_ENCODING)
+            .iter()
+            .map(http::HeaderValue::as_bytes),
+    )
 }
 
 /// Whether the response goes to this client decoded.

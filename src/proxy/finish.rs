@@ -182,26 +182,30 @@ pub fn finish(f: &Finished<'_>, log: Option<&AccessLog>, snapshot: &SharedSnapsh
     let Some(log) = log else {
         return;
     };
-    log.log(&Record {
-        time: Some(SystemTime::now()),
-        client: f.client.map(|ip| ip.to_string()),
-        host: f.host,
-        method: f.method,
-        path: f.path,
-        status: f.status,
-        bytes: f.body_bytes,
-        route: f.route.map(|r| r.spec.name.as_str()),
-        pool: f.route.map(|r| r.pool.name()),
-        backend: f.backend.map(|a| a.to_string()),
-        cache: f.logged_lookup,
-        key: f.key.map(key_hex),
-        origin_ms: f.origin_ms,
-        total_ms: f.elapsed.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-        config: &snapshot.version,
-        seq: snapshot.control.position.seq,
-        request_id: f.request_id,
-        seen: f.seen,
-    });
+    let format = log.format_under(&snapshot.config);
+    log.log(
+        &Record {
+            time: Some(SystemTime::now()),
+            client: f.client.map(|ip| ip.to_string()),
+            host: f.host,
+            method: f.method,
+            path: f.path,
+            status: f.status,
+            bytes: f.body_bytes,
+            route: f.route.map(|r| r.spec.name.as_str()),
+            pool: f.route.map(|r| r.pool.name()),
+            backend: f.backend.map(|a| a.to_string()),
+            cache: f.logged_lookup,
+            key: f.key.map(key_hex),
+            origin_ms: f.origin_ms,
+            total_ms: f.elapsed.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+            config: &snapshot.version,
+            seq: snapshot.control.position.seq,
+            request_id: f.request_id,
+            seen: f.seen,
+        },
+        Some(format),
+    );
 }
 
 /// The `result` label of `verge_cache_lookups_total` for a request that ended in `phase`

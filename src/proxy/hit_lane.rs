@@ -10,6 +10,10 @@
 //! ([`lane_rules`]): a new field does not compile until someone decides what the lane does
 //! with it.
 //!
+//! A stored compressed body (a compressing route's, under `Vary: Accept-Encoding`) is served
+//! here as stored to a client whose `Accept-Encoding` takes its coding; decoding it for another
+//! client is Pingora's phases' work.
+//!
 //! What it leaves to Pingora: conditional and range requests, bodies, upgrades and other
 //! connection options (those change the answer's shape, not the cache's say), HTTP/1.0 and
 //! HTTP/2, pipelined bytes, stale or invalidated entries, responses still being fetched. What it
@@ -17,6 +21,7 @@
 //! `Connection`), except `Date`: the stored one goes out, as RFC 9111 asks, where Pingora's
 //! writer stamps the time of sending.
 
+use super::content_coding::AcceptEncoding;
 use super::filter::Filters;
 use super::finish::{finish, Finished, Seen};
 use crate::access_log::AccessLog;
@@ -26,7 +31,7 @@ use crate::cache::hit_decision::{self, HitDecision, StoredEntry};
 use crate::cache::request_view::RequestView;
 use crate::cache::storage::Servable;
 use crate::cache::{self, cache_status, request_directives, rfc9111, CacheEngine};
-use crate::config::{EdgeRules, Rewrite, RouteCache, RouteSpec};
+use crate::config::{EdgeRules, LogField, Rewrite, RouteCache, RouteSpec};
 use crate::http_syntax::{host::canonical_host, scheme, target};
 use crate::metrics::METRICS;
 use crate::snapshot::{Route, SharedSnapshot};
@@ -171,7 +176,8 @@ pub fn lane_rules<'r>(route: &'r Route, filters: &Filters) -> Option<&'r RouteCa
         get_body: _,       // the lane takes no request with a body
         edge,
         error_pages: _, // verge's own errors: the lane writes none
-        compression: _, // what it stores encoded carries `Vary`, which the lane never serves
+        compression: _, // a coded entry is served as stored to clients taking its coding
+                        // (`coded_for`); decoding is the full path's
     } = &**spec;
     let EdgeRules {
         deny,           // refuses clients of a hit too: the full path
@@ -219,18 +225,35 @@ pub fn lane_rules<'r>(route: &'r Route, filters: &Filters) -> Option<&'r RouteCa
     lane.then_some(rules)
 }
 
+/// Whether the lane may send `entry` as stored, as far as its content coding goes: a body
+/// without one, or one stored under `Vary: Accept-Encoding` in a coding the client accepts, on
+/// a route that compresses now (then its key has no `Accept-Encoding` variant; once the route
+/// stops compressing, that `Vary` selects variants again, which is the full path's to do). A
+/// client that does not take the coding is the full path's too: it decodes.
+fn coded_for(entry: &Servable, route: &Route, view: &RequestView<'_>) -> bool {
+    match entry.head().and_then(|h| h.coding) {
+        None => true,
+        Some(coding) => {
+            route.spec.compression.is_some()
+                && AcceptEncoding::parse(view.values("accept-encoding")).accepts(coding)
+        }
+    }
+}
+
 /// The response head a hit sends: the stored head, then `Date` (only when none was stored),
-/// `Accept-Ranges`, `Age`, `Cache-Status` and `Connection`, as the full path adds them and in
-/// its order. Pure.
+/// `Accept-Ranges`, `Age`, `Content-Length` (only for a coded body stored without one:
+/// `length`), `Cache-Status` and `Connection`, as the full path adds them and in its order.
+/// Pure.
 pub fn response_head(
     stored: &[u8],
+    length: Option<usize>,
     date: Option<&[u8]>,
     age: u64,
     cache_status: &str,
     close: bool,
 ) -> BytesMut {
     let date_len = date.map_or(0, |d| d.len() + 8);
-    let mut out = BytesMut::with_capacity(stored.len() + date_len + cache_status.len() + 96);
+    let mut out = BytesMut::with_capacity(stored.len() + date_len + cache_status.len() + 128);
     out.extend_from_slice(stored);
     if let Some(date) = date {
         out.extend_from_slice(b"Date: ");
@@ -239,6 +262,10 @@ pub fn response_head(
     }
     out.extend_from_slice(b"Accept-Ranges: bytes\r\nAge: ");
     out.extend_from_slice(itoa::Buffer::new().format(age).as_bytes());
+    if let Some(length) = length {
+        out.extend_from_slice(b"\r\nContent-Length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+    }
     out.extend_from_slice(b"\r\ncache-status: ");
     out.extend_from_slice(cache_status.as_bytes());
     out.extend_from_slice(if close {
@@ -299,9 +326,9 @@ pub struct HitLane {
     scheme: &'static str,
     /// The listener's name, for the access log.
     listener: String,
-    /// The access log records the TLS version, which the lane does not read: the full path
-    /// answers.
-    declines: bool,
+    /// The listener terminates TLS: when the access log (as the serving config has it) records
+    /// the TLS version, which the lane does not read, the full path answers.
+    tls: bool,
 }
 
 impl HitLane {
@@ -314,10 +341,6 @@ impl HitLane {
         access_log: Option<Arc<AccessLog>>,
         tls: bool,
     ) -> Self {
-        let declines = tls
-            && access_log
-                .as_ref()
-                .is_some_and(|log| log.writes(crate::config::LogField::TlsVersion));
         HitLane {
             snapshot,
             cache,
@@ -325,7 +348,7 @@ impl HitLane {
             access_log,
             scheme: scheme(tls),
             listener: String::new(),
-            declines,
+            tls,
         }
     }
 
@@ -340,9 +363,6 @@ impl HitLane {
     /// keep-alive request limit, or shutdown). Counts the hit with the eviction manager, as a
     /// Pingora hit does.
     pub fn answer(&self, head: &[u8], last: bool, waited: bool) -> Lane {
-        if self.declines {
-            return Lane::Decline;
-        }
         let mut lines = [httparse::EMPTY_HEADER; MAX_FIELDS];
         plain_request(head, &mut lines)
             .and_then(|req| self.try_answer(&req, last, waited))
@@ -352,6 +372,14 @@ impl HitLane {
     fn try_answer(&self, req: &PlainRequest<'_>, last: bool, waited: bool) -> Option<Lane> {
         let host = canonical_host(req.host)?;
         let snapshot = self.snapshot.load();
+        if self.tls
+            && self
+                .access_log
+                .as_ref()
+                .is_some_and(|log| log.writes(&snapshot.config, LogField::TlsVersion))
+        {
+            return None;
+        }
         // a listener's access rules refuse clients of a hit too: the full path applies them
         let listener = snapshot.config.listener(&self.listener);
         if listener.is_some_and(|l| l.has_access_rules()) {
@@ -379,6 +407,9 @@ impl HitLane {
             // a response already streaming in is Pingora's to stream to this client
             return (!storage.is_filling(&combined)).then_some(Lane::Wait(fetched));
         };
+        if !coded_for(&entry, route, &view) {
+            return None;
+        }
         let meta = entry.meta();
         let now = SystemTime::now();
         if meta.fresh_until() < now {
@@ -446,8 +477,15 @@ impl HitLane {
             Some(h) if !h.has_date => Some(pingora_core::protocols::http::date::get_cached_date()),
             _ => None,
         };
+        // a coded body stored without a length announces the stored bytes' (`servable` checked
+        // that the entry is whole)
+        let length = entry
+            .head()
+            .filter(|h| h.content_length.is_none())
+            .map(|_| entry.body().len());
         let head = response_head(
             stored,
+            length,
             date.as_ref().map(|d| d.as_bytes()),
             meta.age(now).as_secs(),
             &status,
@@ -659,15 +697,21 @@ mod tests {
     #[test]
     fn the_head_adds_what_the_full_path_adds() {
         let stored = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nDate: D\r\n";
-        let head = response_head(stored, None, 7, "verge; hit; ttl=3", false);
+        let head = response_head(stored, None, None, 7, "verge; hit; ttl=3", false);
         assert_eq!(
             &head[..],
             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nDate: D\r\nAccept-Ranges: bytes\r\nAge: 7\r\ncache-status: verge; hit; ttl=3\r\nConnection: keep-alive\r\n\r\n"
         );
-        let head = response_head(b"HTTP/1.1 200 OK\r\n", Some(b"N"), 0, "s", true);
+        let head = response_head(b"HTTP/1.1 200 OK\r\n", None, Some(b"N"), 0, "s", true);
         assert_eq!(
             &head[..],
             b"HTTP/1.1 200 OK\r\nDate: N\r\nAccept-Ranges: bytes\r\nAge: 0\r\ncache-status: s\r\nConnection: close\r\n\r\n"
+        );
+        let coded = b"HTTP/1.1 200 OK\r\ncontent-encoding: br\r\n";
+        let head = response_head(coded, Some(42), None, 0, "s", false);
+        assert_eq!(
+            &head[..],
+            b"HTTP/1.1 200 OK\r\ncontent-encoding: br\r\nAccept-Ranges: bytes\r\nAge: 0\r\nContent-Length: 42\r\ncache-status: s\r\nConnection: keep-alive\r\n\r\n"
         );
     }
 }

@@ -1,6 +1,6 @@
 //! The configurable access log through real sockets: chosen JSON fields with `time` first, on
 //! the full path and the hit lane alike; the combined format; the TLS version and scheme of a
-//! TLS listener.
+//! TLS listener; a reload switching the format.
 
 use crate::support::{
     assert_eventually, fetch, Config, Listener, Origin, Pool, Route, RouteCache, Verge,
@@ -184,4 +184,82 @@ async fn a_tls_listener_logs_its_version_and_scheme() {
         lane, 0.0,
         "the lane leaves hits to the full path when the log wants TLS"
     );
+}
+
+#[tokio::test]
+async fn a_reload_switches_the_format_from_the_next_line_on() {
+    let o = Origin::start("o").await;
+    o.set_headers("/c", &[("cache-control", "max-age=600")]);
+    let config = |log: &str| {
+        Config::new()
+            .raw(&format!(
+                "access_log: {{path: \"{{dir}}/access.log\", {log}}}"
+            ))
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p").cache(RouteCache::new()))
+    };
+    let v = Verge::start(&config("fields: [path, cache]")).await;
+    fetch(&v, "/c", &[]).await;
+    fetch(&v, "/c", &[]).await;
+    let before = lines(&v, 2).await;
+    // each line is written when its response ends: the miss's may come after the hit's
+    let mut caches = Vec::new();
+    for line in &before {
+        assert_eq!(keys(line), ["time", "path", "cache"], "{line}");
+        let (_, end) = line.split_once("\"path\":\"/c\",\"cache\":").expect("/c");
+        caches.push(end.to_string());
+    }
+    caches.sort();
+    assert_eq!(caches, ["\"hit\"}", "\"miss\"}"]);
+
+    v.reload_with(&config("format: combined"));
+    // the reload is applied in the background: ask until a line comes out combined
+    let vr = &v;
+    let mut n = 0;
+    assert_eventually(
+        Duration::from_secs(10),
+        "a line in the combined format",
+        || {
+            n += 1;
+            async move {
+                fetch(vr, &format!("/p{n}"), &[("user-agent", "agent/3")]).await;
+                lines(vr, n + 2).await.pop().unwrap_or_default()
+            }
+        },
+        |last| last.starts_with("127.0.0.1 - - ["),
+    )
+    .await;
+    // a hit from the lane writes the new format too
+    let lane = || async { v.metrics().await.sum("verge_cache_fast_hits_total", &[]) };
+    let lane_before = lane().await;
+    let hit = fetch(&v, "/c", &[("user-agent", "agent/3")]).await;
+    assert_eq!(lane().await, lane_before + 1.0, "the lane answered it");
+    assert!(
+        hit.cache_status.starts_with("verge; hit"),
+        "{}",
+        hit.cache_status
+    );
+    let after = lines(&v, n + 3).await;
+    assert_eq!(
+        &after[..2],
+        &before[..],
+        "lines already written stay as they were"
+    );
+    let last = after.last().cloned().unwrap_or_default();
+    let request = format!(
+        "\"GET /c HTTP/1.1\" 200 {} \"-\" \"agent/3\"",
+        hit.body.len()
+    );
+    assert!(
+        last.starts_with("127.0.0.1 - - [") && last.ends_with(&request),
+        "{last}"
+    );
+    for line in &after[2..] {
+        // each line is whole: JSON before the switch, combined after it
+        assert!(
+            line.starts_with("{\"time\":") || line.starts_with("127.0.0.1 - - ["),
+            "{line}"
+        );
+    }
+    assert_eq!(o.hits("/c"), 1);
 }

@@ -1,6 +1,6 @@
 //! TLS listeners through real sockets, with a rustls client: certificates chosen by SNI with a
-//! default, the minimum TLS version and ALPN, and certificates swapped by a reload or a file
-//! renewal without dropping open connections.
+//! default, the minimum TLS version and ALPN, and certificates and ALPN changed by a reload (or
+//! certificates by a file renewal) without dropping open connections.
 
 use crate::support::wire::{parse, Response};
 use crate::support::{assert_eventually, Config, Listener, Origin, Pool, Route, Verge};
@@ -95,6 +95,18 @@ impl Tls {
         tls12_only: bool,
         alpn: &[&str],
     ) -> std::io::Result<Tls> {
+        Self::connect_after(addr, b"", sni, tls12_only, alpn).await
+    }
+
+    /// [`connect`](Self::connect), sending `preamble` (a PROXY protocol header) before the
+    /// handshake.
+    async fn connect_after(
+        addr: SocketAddr,
+        preamble: &[u8],
+        sni: &str,
+        tls12_only: bool,
+        alpn: &[&str],
+    ) -> std::io::Result<Tls> {
         pingora_core::tls::install_default_crypto_provider();
         let builder = if tls12_only {
             ClientConfig::builder_with_protocol_versions(&[&version::TLS12])
@@ -107,7 +119,8 @@ impl Tls {
             .with_no_client_auth();
         config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         let name = ServerName::try_from(sni.to_string()).expect("server name");
-        let tcp = TcpStream::connect(addr).await?;
+        let mut tcp = TcpStream::connect(addr).await?;
+        tcp.write_all(preamble).await?;
         let stream = TlsConnector::from(Arc::new(config))
             .connect(name, tcp)
             .await?;
@@ -324,4 +337,155 @@ async fn a_reload_or_a_renewed_file_swaps_certificates_and_open_connections_stay
     .await;
     assert_eq!(open.get("second.test", "/3").await.status, 200);
     assert_eq!(o.hits("/1") + o.hits("/2") + o.hits("/3"), 3);
+}
+
+/// An HTTP/2 client on a connection that negotiated `h2`.
+async fn h2_client(tls: Tls) -> h2::client::SendRequest<bytes::Bytes> {
+    let (send, connection) = h2::client::handshake(tls.stream)
+        .await
+        .expect("HTTP/2 handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    send
+}
+
+/// `GET path` as one more stream of an HTTP/2 connection; its status, once the body is read.
+async fn h2_get(send: &h2::client::SendRequest<bytes::Bytes>, path: &str) -> u16 {
+    let mut ready = send
+        .clone()
+        .ready()
+        .await
+        .expect("the connection takes a stream");
+    let request = http::Request::get(format!("https://localhost{path}"))
+        .body(())
+        .expect("request");
+    let (response, _) = ready.send_request(request, true).expect("sent");
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("a response in time")
+        .expect("a response");
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    while let Some(piece) = body.data().await {
+        let piece = piece.expect("body");
+        let _ = body.flow_control().release_capacity(piece.len());
+    }
+    status
+}
+
+#[tokio::test]
+async fn a_reload_changes_alpn_for_new_connections_and_open_ones_stay() {
+    let o = Origin::start("o").await;
+    let config = |alpn: &str| {
+        Config::new()
+            .listener(Listener::new().name("tls").set(
+                "tls",
+                &format!(
+                    "{{cert: \"{}\", key: \"{}\", alpn: {alpn}}}",
+                    cert("server.crt").display(),
+                    cert("server.key").display()
+                ),
+            ))
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p"))
+    };
+    let both = ["h2", "http/1.1"];
+    let v = Verge::start(&config("[h2, http/1.1]")).await;
+    let first = Tls::connect(v.http, "localhost", false, &both)
+        .await
+        .expect("handshake");
+    assert_eq!(first.alpn().as_deref(), Some("h2"));
+    let h2 = h2_client(first).await;
+    assert_eq!(h2_get(&h2, "/1").await, 200);
+    let mut h1 = Tls::connect(v.http, "localhost", false, &["http/1.1"])
+        .await
+        .expect("handshake");
+    assert_eq!(h1.alpn().as_deref(), Some("http/1.1"));
+    assert_eq!(h1.get("localhost", "/2").await.status, 200);
+
+    // only HTTP/1.1 from now on
+    v.reload_with(&config("[http/1.1]"));
+    let http = v.http;
+    let agreed = |offer: &'static [&'static str]| async move {
+        match Tls::connect(http, "localhost", false, offer).await {
+            Ok(c) => c.alpn().unwrap_or_else(|| "none".into()),
+            Err(_) => "refused".into(),
+        }
+    };
+    assert_eventually(
+        Duration::from_secs(10),
+        "a client offering h2 and http/1.1 gets http/1.1",
+        || agreed(&["h2", "http/1.1"]),
+        |p| p == "http/1.1",
+    )
+    .await;
+    let mut c = Tls::connect(v.http, "localhost", false, &both)
+        .await
+        .expect("handshake");
+    assert_eq!(c.get("localhost", "/3").await.status, 200);
+    assert_eq!(agreed(&["h2"]).await, "refused", "no protocol in common");
+    assert_eq!(
+        h2_get(&h2, "/4").await,
+        200,
+        "the HTTP/2 connection opened before the reload still serves"
+    );
+
+    // only HTTP/2 from now on
+    v.reload_with(&config("[h2]"));
+    assert_eventually(
+        Duration::from_secs(10),
+        "a client offering only http/1.1 is refused",
+        || agreed(&["http/1.1"]),
+        |p| p == "refused",
+    )
+    .await;
+    assert_eq!(agreed(&["h2", "http/1.1"]).await, "h2");
+    assert_eq!(
+        h1.get("localhost", "/5").await.status,
+        200,
+        "the HTTP/1.1 connection opened before the reloads still serves"
+    );
+    assert_eq!(h2_get(&h2, "/6").await, 200);
+    for path in ["/1", "/2", "/3", "/4", "/5", "/6"] {
+        assert_eq!(o.hits(path), 1, "{path} at the origin");
+    }
+}
+
+#[tokio::test]
+async fn a_proxy_protocol_header_comes_before_the_handshake() {
+    let o = Origin::start("o").await;
+    let v = Verge::start(
+        &Config::new()
+            .listener(
+                Listener::new()
+                    .name("tls")
+                    .set(
+                        "tls",
+                        &format!(
+                            "{{cert: \"{}\", key: \"{}\"}}",
+                            cert("server.crt").display(),
+                            cert("server.key").display()
+                        ),
+                    )
+                    .set("proxy_protocol", "{from: [127.0.0.1]}"),
+            )
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p")),
+    )
+    .await;
+    let header = b"PROXY TCP4 198.51.100.9 127.0.0.1 40000 443\r\n";
+    let mut c = Tls::connect_after(v.http, header, "localhost", false, &["http/1.1"])
+        .await
+        .expect("a handshake after the header");
+    assert_eq!(c.get("localhost", "/p").await.status, 200);
+    let seen = o.seen_for("/p");
+    assert_eq!(
+        seen.last().and_then(|s| s.header("x-forwarded-for")),
+        Some("198.51.100.9")
+    );
+    assert!(
+        Tls::connect(v.http, "localhost", false, &[]).await.is_err(),
+        "a trusted source without a header is closed"
+    );
 }

@@ -5,6 +5,7 @@
 
 use crate::support::wire::Conn;
 use crate::support::{Cache, Config, Origin, Pool, Route, RouteCache, Verge};
+use pingora_core::protocols::http::compression::Algorithm;
 use std::time::Duration;
 
 /// A verge with the lane on or off, in front of its own origin (each origin numbers its
@@ -17,6 +18,17 @@ async fn verge(lane: bool) -> (Verge, Origin) {
             &[("cache-control", "max-age=600"), ("etag", "\"v1\"")],
         );
     }
+    // on a compressing route: a text verge compresses as it stores it (no length), one the
+    // origin sent compressed (with its length), and one too small to compress
+    let cached = [("cache-control", "max-age=600"), ("etag", "\"z1\"")];
+    o.set_headers("/z/text", &cached);
+    o.set_body("/z/text", page());
+    let mut gzipped = cached.to_vec();
+    gzipped.push(("content-encoding", "gzip"));
+    o.set_headers("/z/gz", &gzipped);
+    o.set_body("/z/gz", gzip(&page()));
+    o.set_headers("/z/small", &cached);
+    o.set_body("/z/small", "tiny");
     let v = Verge::start(
         &Config::new()
             .cache(Cache::new().set("hit_lane", if lane { "true" } else { "false" }))
@@ -27,24 +39,51 @@ async fn verge(lane: bool) -> (Verge, Origin) {
                     .path("/pub")
                     .cache(RouteCache::new().public()),
             )
+            .route(
+                Route::to("p")
+                    .name("compressed")
+                    .path("/z")
+                    .cache(RouteCache::new())
+                    .set("compression", "{}"),
+            )
             .route(Route::to("p").name("private").cache(RouteCache::new())),
     )
     .await;
     (v, o)
 }
 
-/// The raw response to `request` on a new connection, with its `Date` line taken out.
-async fn exchange(v: &Verge, request: &str) -> String {
+/// A text body of about 20 KB that compresses well.
+fn page() -> Vec<u8> {
+    (0..400)
+        .map(|i| format!("<p>line {i}: the quick brown fox jumps over the lazy dog</p>\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    let mut encoder = Algorithm::Gzip.compressor(6).expect("gzip");
+    encoder.encode(body, true).expect("compressed").to_vec()
+}
+
+/// The raw response to `request` on a new connection: its head as text with the `Date` line
+/// taken out, and its body's bytes as sent (compressed ones included).
+async fn exchange(v: &Verge, request: &str) -> (String, Vec<u8>) {
     let head_only = request.starts_with("HEAD ");
     let mut c = Conn::open(v.http, None).await;
     c.send(request.as_bytes()).await;
     let parsed = c.read_response(Duration::from_secs(5), head_only).await;
     assert!(parsed.is_complete(), "{request:?}: {parsed:?}");
-    let text = String::from_utf8_lossy(&c.bytes).into_owned();
-    text.split("\r\n")
+    let end = c
+        .bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(c.bytes.len(), |i| i + 4);
+    let head = String::from_utf8_lossy(&c.bytes[..end])
+        .split("\r\n")
         .filter(|line| !line.to_ascii_lowercase().starts_with("date:"))
         .collect::<Vec<_>>()
-        .join("\r\n")
+        .join("\r\n");
+    (head, c.bytes[end..].to_vec())
 }
 
 /// `text` with the digits of `Age` and of `ttl=` blanked: the only parts that depend on the
@@ -62,18 +101,29 @@ fn without_clock(text: &str) -> String {
     out
 }
 
+/// Every path the test fills on both verges.
+const FILLED: [&str; 7] = [
+    "/p",
+    "/p?b=2&a=1",
+    "/pub/x",
+    "/q",
+    "/z/text",
+    "/z/gz",
+    "/z/small",
+];
+
 #[tokio::test]
 async fn hit_lane_parity() {
     let (on, on_origin) = verge(true).await;
     let (off, off_origin) = verge(false).await;
     let fill = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x.test\r\n\r\n");
-    for path in ["/p", "/p?b=2&a=1", "/pub/x", "/q"] {
+    for path in FILLED {
         let (a, b) = (
             exchange(&on, &fill(path)).await,
             exchange(&off, &fill(path)).await,
         );
         assert_eq!(a, b, "the fill of {path}");
-        assert!(a.contains("fwd=uri-miss; stored"), "{a}");
+        assert!(a.0.contains("fwd=uri-miss; stored"), "{}", a.0);
     }
     let requests = [
         "GET /p HTTP/1.1\r\nHost: x.test\r\n\r\n",
@@ -91,6 +141,18 @@ async fn hit_lane_parity() {
         // what changes the shape of the answer
         "GET /p HTTP/1.1\r\nHost: x.test\r\nIf-None-Match: \"v1\"\r\n\r\n",
         "GET /p HTTP/1.1\r\nHost: x.test\r\nRange: bytes=0-3\r\n\r\n",
+        // stored compressed: as stored to a client that takes the coding, decoded for others
+        "GET /z/text HTTP/1.1\r\nHost: x.test\r\nAccept-Encoding: br\r\n\r\n",
+        "GET /z/text HTTP/1.1\r\nHost: x.test\r\nAccept-Encoding: gzip, br;q=0.5\r\n\r\n",
+        "HEAD /z/text HTTP/1.1\r\nHost: x.test\r\nAccept-Encoding: *\r\n\r\n",
+        "GET /z/text HTTP/1.1\r\nHost: x.test\r\nAccept-Encoding: gzip\r\n\r\n",
+        "GET /z/text HTTP/1.1\r\nHost: x.test\r\n\r\n",
+        "GET /z/text HTTP/1.1\r\nHost: x.test\r\nAccept-Encoding: br\r\nRange: bytes=0-9\r\n\r\n",
+        "GET /z/gz HTTP/1.1\r\nHost: x.test\r\nAccept-Encoding: gzip, deflate, br\r\n\r\n",
+        "GET /z/gz HTTP/1.1\r\nHost: x.test\r\nAccept-Encoding: x-gzip\r\nConnection: close\r\n\r\n",
+        "GET /z/gz HTTP/1.1\r\nHost: x.test\r\nAccept-Encoding: gzip;q=0, br\r\n\r\n",
+        "GET /z/small HTTP/1.1\r\nHost: x.test\r\nAccept-Encoding: br\r\n\r\n",
+        "GET /z/small HTTP/1.1\r\nHost: x.test\r\n\r\n",
     ];
     for request in requests {
         // Age and ttl count whole seconds on each verge's clock, from when each stored its
@@ -105,15 +167,19 @@ async fn hit_lane_parity() {
             }
             tries += 1;
             assert!(
-                without_clock(&a) == without_clock(&b),
-                "{request:?}\nlane on:\n{a}\nlane off:\n{b}"
+                without_clock(&a.0) == without_clock(&b.0) && a.1 == b.1,
+                "{request:?}\nlane on:\n{}{}\nlane off:\n{}{}",
+                a.0,
+                String::from_utf8_lossy(&a.1),
+                b.0,
+                String::from_utf8_lossy(&b.1)
             );
             if tries == 5 {
                 break;
             }
         }
     }
-    for path in ["/p", "/p?b=2&a=1", "/pub/x", "/q"] {
+    for path in FILLED {
         assert_eq!(
             on_origin.hits(path),
             off_origin.hits(path),
@@ -125,6 +191,14 @@ async fn hit_lane_parity() {
     assert!(
         lane_on >= 4.0,
         "the lane answered the plain hits: {lane_on}"
+    );
+    let coded = on
+        .metrics()
+        .await
+        .sum("verge_cache_fast_hits_total", &[("route", "compressed")]);
+    assert!(
+        coded >= 7.0,
+        "the lane answered the compressing route's hits, but for the decoded ones: {coded}"
     );
     assert_eq!(lane_off, 0.0, "hit_lane: false");
 }

@@ -19,6 +19,7 @@ mod edge;
 mod edge_compression;
 mod edge_logs;
 mod edge_pages;
+mod edge_proxy_protocol;
 mod edge_rewrites;
 mod edge_tls;
 mod eviction;

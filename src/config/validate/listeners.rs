@@ -89,6 +89,9 @@ pub(super) fn validate_listeners(
             .trusted_forwarding
             .map(|t| validate_trusted_forwarding(&format!("{path}.trusted_forwarding"), t, errs))
             .unwrap_or_default();
+        let proxy_protocol = raw.proxy_protocol.map(|p| ProxyProtocol {
+            from: proxy_sources(&format!("{path}.proxy_protocol.from"), &p.from, errs),
+        });
         let error_pages = raw
             .error_pages
             .map(|p| super::error_pages::error_pages(&format!("{path}.error_pages"), p, errs))
@@ -102,12 +105,21 @@ pub(super) fn validate_listeners(
             tls,
             limits,
             trusted_forwarding,
+            proxy_protocol,
             error_pages,
             deny,
             allow,
         });
     }
     out
+}
+
+/// The proxies whose PROXY protocol header a listener reads: at least one address or block.
+fn proxy_sources(path: &str, from: &[String], errs: &mut Errors) -> Vec<IpNet> {
+    if from.is_empty() {
+        errs.push(path, "list the proxies' addresses");
+    }
+    super::address_blocks(path, from, errs)
 }
 
 /// The hops whose forwarding fields a listener keeps: addresses, and the forwarding fields
@@ -547,6 +559,31 @@ routes: [{hosts: ["*"], pool: p}]
                 "listeners[1].trusted_forwarding.fields",
             ]
         );
+    }
+
+    #[test]
+    fn proxy_protocol_names_its_sources() {
+        let yaml = |from: &str| {
+            format!(
+                "listeners:\n  - listen: 127.0.0.1:8080\n    proxy_protocol: {{from: {from}}}\n\
+                 pools: {{p: {{backends: [\"127.0.0.1:1\"]}}}}\nroutes: [{{hosts: [\"*\"], pool: p}}]\n"
+            )
+        };
+        let c = Config::from_yaml_str(&yaml("[10.0.0.0/8, 192.0.2.1]")).expect("valid");
+        let spec = c.listeners[0].proxy_protocol.as_ref().expect("read");
+        assert!(spec.trusts("10.9.8.7".parse().expect("ip")));
+        assert!(spec.trusts("192.0.2.1".parse().expect("ip")));
+        assert!(!spec.trusts("192.0.2.2".parse().expect("ip")));
+        for (from, path) in [
+            ("[]", "listeners[0].proxy_protocol.from"),
+            ("[10.0.0.0/8, nope]", "listeners[0].proxy_protocol.from[1]"),
+        ] {
+            let errs = Config::from_yaml_str(&yaml(from))
+                .expect_err("invalid")
+                .errors;
+            let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+            assert_eq!(paths, [path], "{from}");
+        }
     }
 
     #[test]
