@@ -20,11 +20,12 @@
 use super::etcd_leader::{self, Leadership};
 use super::etcd_watch::{self, Delivered, Loaded};
 use super::store::{ChangeSink, PolicyVersion, Record, Store, StoreError, StoreState};
-use super::store_settings::EtcdSettings;
+use super::store_settings::{EtcdSettings, EtcdTls};
 use super::wire::Invalidation;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, GetResponse, KeyValue,
-    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions,
+    GetResponse, Identity, KeyValue, SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse,
+    TxnResponse,
 };
 use parking_lot::Mutex;
 use std::future::Future;
@@ -158,10 +159,13 @@ fn never_sent(e: &etcd_client::Error) -> bool {
 }
 
 /// Whether a call may work if sent again: the member was down, the leader changed, the
-/// connection broke (gRPC `Unavailable`).
+/// connection broke (gRPC `Unavailable`). A certificate refused on either side is not: sending the
+/// call again cannot help.
 fn retryable(e: &etcd_client::Error) -> bool {
     match e {
-        etcd_client::Error::GRpcStatus(s) => format!("{:?}", s.code()) == "Unavailable",
+        etcd_client::Error::GRpcStatus(s) => {
+            format!("{:?}", s.code()) == "Unavailable" && !s.message().contains("certificate")
+        }
         etcd_client::Error::TransportError(_) => true,
         _ => false,
     }
@@ -223,7 +227,10 @@ pub(super) async fn get(
     loop {
         let mut c = client.clone();
         match c.get(key.clone(), options.clone()).await {
-            Err(e) if retryable(&e) => tokio::time::sleep(RETRY_PAUSE).await,
+            Err(e) if retryable(&e) => {
+                log::debug!("etcd read of {key}: {e:?}; sending it again");
+                tokio::time::sleep(RETRY_PAUSE).await
+            }
             result => return result.map_err(unavailable),
         }
     }
@@ -237,6 +244,19 @@ fn json(value: &impl serde::Serialize) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Unavailable(format!("encoding: {e}")))
 }
 
+/// The client TLS settings: trust only `tls.ca` (no system roots), present the replica's
+/// certificate when it has one.
+fn tls_options(tls: &EtcdTls) -> TlsOptions {
+    let mut options = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca));
+    if let Some((cert, key)) = &tls.identity {
+        options = options.identity(Identity::from_pem(cert, key));
+    }
+    if let Some(name) = &tls.server_name {
+        options = options.domain_name(name.clone());
+    }
+    options
+}
+
 /// The store on etcd. One per `verge control` process.
 pub struct EtcdStore {
     runtime: Option<tokio::runtime::Runtime>,
@@ -244,6 +264,8 @@ pub struct EtcdStore {
     client: Client,
     keys: Keys,
     timeout: Duration,
+    /// The members' URLs (for messages).
+    endpoints: Vec<String>,
     /// Revision and cluster id of the last `load`, where the watch starts.
     loaded: Mutex<Option<Loaded>>,
     delivered: Arc<Delivered>,
@@ -268,6 +290,9 @@ impl EtcdStore {
         if let Some(auth) = &settings.auth {
             options = options.with_user(auth.user.clone(), auth.password.clone());
         }
+        if let Some(tls) = &settings.tls {
+            options = options.with_tls(tls_options(tls));
+        }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         handle.spawn(async move {
             let _ = tx.send(Client::connect(endpoints, Some(options)).await);
@@ -282,6 +307,7 @@ impl EtcdStore {
             client,
             keys: Keys::new(&settings.prefix),
             timeout: settings.timeout,
+            endpoints: settings.endpoints.clone(),
             loaded: Mutex::new(None),
             delivered: Arc::new(Delivered::default()),
             leadership: Arc::new(Leadership::default()),
@@ -385,8 +411,9 @@ fn first_kv(responses: &[TxnOpResponse]) -> Option<KeyValue> {
 
 impl Store for EtcdStore {
     fn load(&self) -> Result<StoreState, StoreError> {
-        let (state, loaded) =
-            self.run(|client, keys| async move { etcd_watch::list(&client, &keys).await })?;
+        let (state, loaded) = self
+            .run(|client, keys| async move { etcd_watch::list(&client, &keys).await })
+            .map_err(|e| unavailable(format!("etcd {:?}: first read: {e}", self.endpoints)))?;
         self.delivered.advance(loaded.revision);
         *self.loaded.lock() = Some(loaded);
         Ok(state)

@@ -5,7 +5,7 @@
 
 use crate::control::get;
 use crate::support::control_plane::{node, policy, Cp, CpConfig, OPS};
-use crate::support::etcd::EtcdCluster;
+use crate::support::etcd::{EtcdCerts, EtcdCluster};
 use crate::support::{eventually, Config, Metrics, Origin, Verge};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -447,21 +447,85 @@ async fn replicas_log_in_to_an_etcd_with_authentication() {
     );
     assert_eq!(get(&n, "/p").await.0, 200);
     // without the password, etcd refuses the replica's first read: it does not start
-    let cfg = dir.path().join("control.yaml");
-    let without = format!(
-        "listen: \"{}\"\ndata_dir: {}\ninsecure_no_auth: true\nstore:\n  etcd:\n    endpoints: {}\n    prefix: /auth/\n    timeout: 2s\n",
-        crate::support::ports::addr(),
-        dir.path().join("data").display(),
+    let store = format!(
+        "store:\n  etcd:\n    endpoints: {}\n    prefix: /auth/\n    timeout: 2s\n",
         etcd.endpoints_yaml()
     );
-    std::fs::write(&cfg, without).expect("config");
+    let err = refused_to_start(&store);
+    assert!(err.contains("etcd"), "{err}");
+}
+
+/// Start `verge control` with `store_yaml` and expect it to exit with an error: its stderr.
+fn refused_to_start(store_yaml: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("control.yaml");
+    let text = format!(
+        "listen: \"{}\"\ndata_dir: {}\ninsecure_no_auth: true\n{store_yaml}",
+        crate::support::ports::addr(),
+        dir.path().join("data").display(),
+    );
+    std::fs::write(&cfg, text).expect("config");
     let out = std::process::Command::new(crate::support::process::verge_bin())
         .args(["control", "-c"])
         .arg(&cfg)
         .env("RUST_LOG", "error")
         .output()
         .expect("verge control");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "started without credentials: {err}");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "it started: {err}");
+    err
+}
+
+#[tokio::test]
+async fn replicas_reach_an_etcd_on_mutual_tls_and_refuse_a_wrong_ca() {
+    let certs = EtcdCerts::generate();
+    let file = |f: &str| certs.path(f).display().to_string();
+    let (ca, cert, key, other_ca) = (
+        file("ca.crt"),
+        file("client.crt"),
+        file("client.key"),
+        file("other-ca.crt"),
+    );
+    let Some(etcd) = EtcdCluster::start_tls(3, certs).await else {
+        return;
+    };
+    let o = Origin::start("o").await;
+    o.set_headers("/p", &[("cache-control", "max-age=300")]);
+    let store = |tls: &str| {
+        format!(
+            "store:\n  etcd:\n    endpoints: {}\n    prefix: /tls/\n    timeout: 2s\n    tls: {tls}\n",
+            etcd.endpoints_yaml()
+        )
+    };
+    let good = store(&format!("{{ca: {ca}, cert: {cert}, key: {key}}}"));
+    let a = Cp::start_with(&CpConfig::new().yaml(&good)).await;
+    let b = Cp::start_with(&CpConfig::new().yaml(&good)).await;
+    let n = node(&b, "on-b").await;
+    assert_eq!(a.put_policy(next_policy(&o, 0), 0).await.0, 200);
+    assert!(
+        node_at(&b, 1, 0).await,
+        "A's write over TLS reached B's node"
+    );
+    assert_eq!(get(&n, "/p").await.0, 200);
+    let seq = b
+        .purge(json!({"kind": "url", "target": "site.test/p"}))
+        .await;
+    assert_eq!(seq, 1);
+    assert!(
+        refetched(&n, &o, "/p", 2).await,
+        "B's purge reached the node"
+    );
+    assert!(holds(&a, 1, 1).await, "and A");
+
+    // a CA that did not sign the members' certificate: the replica does not start, and says why
+    let err = refused_to_start(&store(&format!(
+        "{{ca: {other_ca}, cert: {cert}, key: {key}}}"
+    )));
+    assert!(
+        err.contains("etcd") && err.contains("invalid peer certificate: UnknownIssuer"),
+        "{err}"
+    );
+    // the right CA but no client certificate: etcd refuses the handshake
+    let err = refused_to_start(&store(&format!("{{ca: {ca}}}")));
     assert!(err.contains("etcd"), "{err}");
 }
