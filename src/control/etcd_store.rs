@@ -51,6 +51,8 @@ pub(super) enum KeyKind {
     Invalidation,
     /// `P floor`
     Floor,
+    /// `P epoch`: the store's identity
+    Epoch,
     /// Anything else (left alone).
     Other,
 }
@@ -84,6 +86,9 @@ impl Keys {
     fn floor(&self) -> String {
         format!("{}floor", self.prefix)
     }
+    pub(super) fn epoch(&self) -> String {
+        format!("{}epoch", self.prefix)
+    }
     /// The election of the replica doing retention (etcd puts candidates' keys below it).
     fn election(&self) -> String {
         format!("{}leader", self.prefix)
@@ -96,6 +101,7 @@ impl Keys {
             b"policy" => KeyKind::Policy,
             b"seq" => KeyKind::Seq,
             b"floor" => KeyKind::Floor,
+            b"epoch" => KeyKind::Epoch,
             r if r.starts_with(b"history/") => KeyKind::History,
             r if r.starts_with(b"inv/") => KeyKind::Invalidation,
             _ => KeyKind::Other,
@@ -120,7 +126,7 @@ impl Keys {
             KeyKind::Floor => Record::Floor {
                 seq: number(kv.value()).map_err(bad)?,
             },
-            KeyKind::Policy | KeyKind::Seq | KeyKind::Other => return Ok(None),
+            KeyKind::Policy | KeyKind::Seq | KeyKind::Epoch | KeyKind::Other => return Ok(None),
         }))
     }
 
@@ -128,6 +134,9 @@ impl Keys {
     pub(super) fn state(&self, kvs: &[KeyValue]) -> Result<StoreState, StoreError> {
         let mut state = StoreState::default();
         for kv in kvs {
+            if self.kind(kv.key()) == KeyKind::Epoch {
+                state.epoch = Some(String::from_utf8_lossy(kv.value()).into_owned());
+            }
             match self.record(kv)? {
                 Some(Record::Policy(p)) => state.policies.push(p),
                 Some(Record::Invalidation(i)) => state.invalidations.push(i),
@@ -172,7 +181,7 @@ fn retryable(e: &etcd_client::Error) -> bool {
 }
 
 /// Pause between two attempts of one call.
-const RETRY_PAUSE: Duration = Duration::from_millis(50);
+pub(super) const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// Commit the compare-and-set `t`: `Ok(Ok(()))` when it committed, `Ok(Err(response))` when
 /// its compare failed. An attempt that failed where it may still have committed (a leader
@@ -208,7 +217,7 @@ async fn commit(
 }
 
 /// A transaction without a compare that matters (sent again like a read).
-async fn txn(client: &Client, t: Txn) -> Result<TxnResponse, StoreError> {
+pub(super) async fn txn(client: &Client, t: Txn) -> Result<TxnResponse, StoreError> {
     loop {
         let mut c = client.clone();
         match c.txn(t.clone()).await {
@@ -498,7 +507,7 @@ impl Store for EtcdStore {
     }
 
     fn subscribe(&self, sink: ChangeSink) {
-        let Some(loaded) = *self.loaded.lock() else {
+        let Some(loaded) = self.loaded.lock().clone() else {
             log::error!("etcd store: subscribe before load; no changes will be delivered");
             return;
         };
@@ -567,6 +576,7 @@ mod tests {
         assert_eq!(k.kind(k.invalidation(3).as_bytes()), KeyKind::Invalidation);
         assert_eq!(k.kind(b"/verge/seq"), KeyKind::Seq);
         assert_eq!(k.kind(b"/verge/floor"), KeyKind::Floor);
+        assert_eq!(k.kind(b"/verge/epoch"), KeyKind::Epoch);
         assert_eq!(k.kind(b"/verge/else"), KeyKind::Other);
         assert_eq!(k.kind(b"/other/policy"), KeyKind::Other);
         assert_eq!(number(b"00000000000000000042"), Ok(42));

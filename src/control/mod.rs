@@ -5,6 +5,7 @@ pub mod api;
 pub mod audit;
 pub mod cli_output;
 pub mod client;
+mod etcd_epoch;
 mod etcd_leader;
 pub mod etcd_store;
 mod etcd_watch;

@@ -11,6 +11,7 @@ use crate::config::{ConfigErrors, Policy};
 use crate::metrics::METRICS;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
@@ -112,6 +113,8 @@ struct PlaneState {
     nodes: BTreeMap<String, NodeStatus>,
     /// Client ids of the retained invalidations, with their `seq`.
     ids: HashMap<String, u64>,
+    /// The store's epoch: positions from another one mean nothing here.
+    epoch: Option<String>,
 }
 
 /// Compare-and-set attempts for a batch of invalidations when other replicas append first.
@@ -142,6 +145,9 @@ pub struct ControlPlane {
     store: Box<dyn Store>,
     state: Mutex<PlaneState>,
     head: watch::Sender<Position>,
+    /// Full reads of a shared store taken in: a long-poll wakes on one even when the head
+    /// looks the same (it may be another epoch's).
+    resets: AtomicU64,
 }
 
 impl ControlPlane {
@@ -156,6 +162,7 @@ impl ControlPlane {
             policies,
             invalidations,
             floor,
+            epoch,
         } = loaded;
         let ids = ids_of(invalidations.iter());
         let plane = Arc::new(ControlPlane {
@@ -170,8 +177,10 @@ impl ControlPlane {
                 buckets: HashMap::new(),
                 nodes: BTreeMap::new(),
                 ids,
+                epoch,
             }),
             head: watch::channel(head).0,
+            resets: AtomicU64::new(0),
             settings,
             store,
         });
@@ -539,6 +548,7 @@ impl ControlPlane {
             policies: st.policies.iter().cloned().collect(),
             invalidations: keep.clone(),
             floor,
+            epoch: st.epoch.clone(),
         };
         self.store.rewrite(&state)?;
         // ids are remembered as long as their invalidations are retained
@@ -589,9 +599,12 @@ impl ControlPlane {
                 st.policies = state.policies.into();
                 st.invalidations = state.invalidations.into();
                 st.floor = state.floor;
+                st.epoch = state.epoch;
                 // what was delivered before the reset says nothing about the new content
                 st.delivered = st.head.seq;
                 st.recent.clear();
+                self.resets.fetch_add(1, Ordering::SeqCst);
+                self.head.send_replace(st.head);
             }
         }
         while st.policies.len() > self.settings.policy_history {
@@ -604,10 +617,22 @@ impl ControlPlane {
         self.compact_when_due(&mut st);
     }
 
-    /// What a node at `after` needs, or `None` when it is current.
+    /// What a node at `after` in this plane's epoch needs, or `None` when it is current.
     pub fn snapshot_for(&self, after: Option<Position>) -> Option<SnapshotMessage> {
+        let epoch = self.state.lock().epoch.clone();
+        self.snapshot_in(epoch.as_deref(), after)
+    }
+
+    /// What a node at `after` in `epoch` needs: from another epoch, everything.
+    pub fn snapshot_in(
+        &self,
+        epoch: Option<&str>,
+        after: Option<Position>,
+    ) -> Option<SnapshotMessage> {
         let mut st = self.state.lock();
-        let msg = Self::snapshot_locked(&st, after, self.settings.invalidation_retention)?;
+        let after = after.filter(|_| st.epoch.as_deref() == epoch);
+        let mut msg = Self::snapshot_locked(&st, after, self.settings.invalidation_retention)?;
+        msg.epoch.clone_from(&st.epoch);
         st.delivered = st.delivered.max(msg.seq);
         Some(msg)
     }
@@ -626,6 +651,7 @@ impl ControlPlane {
             policy: st.policies.back().map(|p| p.document.clone()),
             invalidations: st.invalidations.iter().cloned().collect(),
             retention_secs,
+            epoch: None,
         };
         let Some(after) = after else {
             return Some(full(st));
@@ -649,25 +675,29 @@ impl ControlPlane {
             policy,
             invalidations: st.invalidations.iter().skip(start).cloned().collect(),
             retention_secs,
+            epoch: None,
         })
     }
 
-    /// Long-poll: answer at once when there is news for `after`, else wait up to `wait`.
+    /// Long-poll: answer at once when there is news for a node at `after` in `epoch`, else
+    /// wait up to `wait`.
     pub async fn wait_snapshot(
         &self,
         after: Option<Position>,
+        epoch: Option<&str>,
         wait: Duration,
     ) -> Option<SnapshotMessage> {
         let mut rx = self.head.subscribe();
-        if let Some(msg) = self.snapshot_for(after) {
+        let resets = self.resets.load(Ordering::SeqCst);
+        if let Some(msg) = self.snapshot_in(epoch, after) {
             return Some(msg);
         }
         let wait = wait.min(self.settings.max_wait);
-        let news = |h: &Position| Some(*h) != after;
+        let news = |h: &Position| Some(*h) != after || self.resets.load(Ordering::SeqCst) != resets;
         if tokio::time::timeout(wait, rx.wait_for(news)).await.is_err() {
             return None;
         }
-        self.snapshot_for(after)
+        self.snapshot_in(epoch, after)
     }
 
     /// Invalidations after `seq` still in the log.
@@ -1111,12 +1141,14 @@ mod tests {
         let cp = open(dir.path());
         let at = cp.snapshot_for(None).unwrap().position();
         assert!(cp
-            .wait_snapshot(Some(at), Duration::from_millis(20))
+            .wait_snapshot(Some(at), None, Duration::from_millis(20))
             .await
             .is_none());
         let cp2 = cp.clone();
-        let waiter =
-            tokio::spawn(async move { cp2.wait_snapshot(Some(at), Duration::from_secs(30)).await });
+        let waiter = tokio::spawn(async move {
+            cp2.wait_snapshot(Some(at), None, Duration::from_secs(30))
+                .await
+        });
         tokio::time::sleep(Duration::from_millis(20)).await;
         cp.invalidate(&[purge(InvalidationKind::Host, "a.com")], "t")
             .unwrap();

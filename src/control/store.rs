@@ -54,6 +54,9 @@ pub struct StoreState {
     pub invalidations: Vec<Invalidation>,
     /// Highest sequence number compacted away (0: none).
     pub floor: u64,
+    /// The store's identity (a shared store's random id, written once and replaced when the
+    /// store was wiped or restored); positions from another epoch mean nothing here.
+    pub epoch: Option<String>,
 }
 
 impl StoreState {
@@ -393,6 +396,7 @@ mod tests {
             policies: vec![policy(3)],
             invalidations: vec![inv(4), inv(5)],
             floor: 3,
+            epoch: None,
         };
         s.rewrite(&state).unwrap();
         s.append(&[Record::Invalidation(inv(6))]).unwrap();

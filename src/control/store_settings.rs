@@ -97,7 +97,7 @@ pub struct EtcdSettings {
     /// The user the replica authenticates as, on a cluster with authentication enabled.
     pub auth: Option<EtcdAuth>,
     /// Client TLS (the endpoints are then `https://`).
-    pub tls: Option<EtcdTls>,
+    pub tls: Option<Box<EtcdTls>>,
 }
 
 /// Validate `store:` (absent: the file store), pushing every error with its key path.
@@ -179,7 +179,7 @@ pub(super) fn validate_store(
     if timeout.is_zero() {
         push("store.etcd.timeout", "must be greater than zero".into());
     }
-    let tls = etcd.tls.and_then(|t| etcd_tls(t, push));
+    let tls = etcd.tls.and_then(|t| etcd_tls(t, push)).map(Box::new);
     let auth = etcd.auth.and_then(|a| etcd_auth(a, push));
     StoreSettings::Etcd(EtcdSettings {
         endpoints,

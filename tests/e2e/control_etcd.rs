@@ -281,9 +281,10 @@ async fn a_replica_behind_a_compaction_or_on_a_wiped_etcd_reads_everything_again
         return;
     };
     let o = Origin::start("o").await;
+    o.set_headers("/p", &[("cache-control", "max-age=300")]);
     let a = replica(&etcd, "/resync/").await;
     let b = replica(&etcd, "/resync/").await;
-    let _n = node(&b, "on-b").await;
+    let n = node(&b, "on-b").await;
     assert_eq!(a.put_policy(next_policy(&o, 0), 0).await.0, 200);
     assert!(node_at(&b, 1, 0).await);
 
@@ -311,7 +312,13 @@ async fn a_replica_behind_a_compaction_or_on_a_wiped_etcd_reads_everything_again
     );
 
     // etcd wiped: a new cluster id. Both replicas read everything again and take the empty
-    // store, rather than keep answering from what no longer exists.
+    // store, rather than keep answering from what no longer exists; the node, at 2.3 of the old
+    // epoch, takes the new one's full snapshot and then its purge number 1.
+    assert_eq!(get(&n, "/p").await.0, 200);
+    assert_eq!(get(&n, "/p").await.0, 200);
+    let hits = o.hits("/p");
+    let epoch_before = read(&a, "/v1/snapshot").await["epoch"].clone();
+    assert!(epoch_before.is_string(), "an etcd plane has an epoch");
     etcd.wipe().await;
     assert!(resynced(&a, "cluster_changed").await);
     assert!(resynced(&b, "cluster_changed").await);
@@ -322,6 +329,21 @@ async fn a_replica_behind_a_compaction_or_on_a_wiped_etcd_reads_everything_again
     .await;
     assert!(ok, "the new store takes writes from version 0");
     assert!(holds(&a, 1, 0).await);
+    let epoch_after = read(&a, "/v1/snapshot").await["epoch"].clone();
+    assert!(
+        epoch_after.is_string() && epoch_after != epoch_before,
+        "{epoch_after}"
+    );
+    assert_eq!(read(&b, "/v1/snapshot").await["epoch"], epoch_after);
+    let seq = a
+        .purge(json!({"kind": "url", "target": "site.test/p"}))
+        .await;
+    assert_eq!(seq, 1);
+    assert!(
+        refetched(&n, &o, "/p", hits + 1).await,
+        "the node applied the new epoch's purge 1"
+    );
+    assert!(node_at(&b, 1, 1).await, "and reports the new epoch's head");
 }
 
 #[tokio::test]
@@ -528,4 +550,44 @@ async fn replicas_reach_an_etcd_on_mutual_tls_and_refuse_a_wrong_ca() {
     // the right CA but no client certificate: etcd refuses the handshake
     let err = refused_to_start(&store(&format!("{{ca: {ca}}}")));
     assert!(err.contains("etcd"), "{err}");
+}
+
+#[tokio::test]
+async fn writes_waiting_for_a_lost_quorum_do_not_hold_the_api_workers() {
+    let Some(mut etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let o = Origin::start("o").await;
+    // one API worker: a write waiting on etcd there would hold every other request
+    let a = replica_with(&etcd, "/workers/", "threads: 1").await;
+    assert_eq!(a.put_policy(next_policy(&o, 0), 0).await.0, 200);
+    etcd.kill(0);
+    etcd.kill(1);
+    let writes: Vec<_> = ["a", "b", "c", "d"]
+        .into_iter()
+        .map(|target| {
+            let url = a.url("/v1/invalidations");
+            tokio::spawn(async move {
+                crate::support::client()
+                    .post(url)
+                    .bearer_auth(OPS)
+                    .json(&json!({"kind": "tag", "target": target}))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // reads and long-polls are answered while the writes still wait for a quorum
+    assert_eq!(read(&a, "/v1/policy").await["version"], json!(1));
+    let (status, v) = a
+        .send("GET", "/v1/snapshot?after=0.0&wait=0ms", OPS, None, None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let waiting = writes.iter().filter(|w| !w.is_finished()).count();
+    assert!(waiting > 0, "the reads were answered before the writes");
+    for w in writes {
+        assert_eq!(w.await.expect("task").expect("answer"), 503);
+    }
 }
