@@ -18,6 +18,7 @@
 //! (no quorum, no member reachable) is an error, and the API answers 503.
 
 use super::etcd_leader::{self, Leadership};
+use super::etcd_receipts::{self, ReceiptLeases};
 use super::etcd_watch::{self, Delivered, Loaded};
 use super::store::{ChangeSink, PolicyVersion, Record, Store, StoreError, StoreState};
 use super::store_settings::{EtcdSettings, EtcdTls};
@@ -53,6 +54,8 @@ pub(super) enum KeyKind {
     Floor,
     /// `P epoch`: the store's identity
     Epoch,
+    /// `P nodes/<id>`: a node's receipt, under its lease
+    Receipt,
     /// Anything else (left alone).
     Other,
 }
@@ -89,6 +92,15 @@ impl Keys {
     pub(super) fn epoch(&self) -> String {
         format!("{}epoch", self.prefix)
     }
+    fn receipt(&self, node: &str) -> String {
+        format!("{}nodes/{node}", self.prefix)
+    }
+    /// The node a receipt key is for.
+    pub(super) fn receipt_node(&self, key: &[u8]) -> Option<String> {
+        let rest = key.strip_prefix(self.prefix.as_bytes())?;
+        let node = rest.strip_prefix(b"nodes/")?;
+        Some(String::from_utf8_lossy(node).into_owned())
+    }
     /// The election of the replica doing retention (etcd puts candidates' keys below it).
     fn election(&self) -> String {
         format!("{}leader", self.prefix)
@@ -104,6 +116,7 @@ impl Keys {
             b"epoch" => KeyKind::Epoch,
             r if r.starts_with(b"history/") => KeyKind::History,
             r if r.starts_with(b"inv/") => KeyKind::Invalidation,
+            r if r.starts_with(b"nodes/") => KeyKind::Receipt,
             _ => KeyKind::Other,
         }
     }
@@ -126,7 +139,9 @@ impl Keys {
             KeyKind::Floor => Record::Floor {
                 seq: number(kv.value()).map_err(bad)?,
             },
-            KeyKind::Policy | KeyKind::Seq | KeyKind::Epoch | KeyKind::Other => return Ok(None),
+            KeyKind::Policy | KeyKind::Seq | KeyKind::Epoch | KeyKind::Receipt | KeyKind::Other => {
+                return Ok(None)
+            }
         }))
     }
 
@@ -136,6 +151,9 @@ impl Keys {
         for kv in kvs {
             if self.kind(kv.key()) == KeyKind::Epoch {
                 state.epoch = Some(String::from_utf8_lossy(kv.value()).into_owned());
+            }
+            if let Some(node) = self.receipt_node(kv.key()) {
+                state.receipts.insert(node, kv.value().to_vec());
             }
             match self.record(kv)? {
                 Some(Record::Policy(p)) => state.policies.push(p),
@@ -279,6 +297,7 @@ pub struct EtcdStore {
     loaded: Mutex<Option<Loaded>>,
     delivered: Arc<Delivered>,
     leadership: Arc<Leadership>,
+    receipts: Arc<ReceiptLeases>,
 }
 
 impl EtcdStore {
@@ -320,6 +339,7 @@ impl EtcdStore {
             loaded: Mutex::new(None),
             delivered: Arc::new(Delivered::default()),
             leadership: Arc::new(Leadership::default()),
+            receipts: Arc::default(),
         })
     }
 
@@ -500,6 +520,25 @@ impl Store for EtcdStore {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn put_receipt(&self, node: &str, receipt: Vec<u8>, ttl: Duration) {
+        let (client, keys, leases) = (
+            self.client.clone(),
+            self.keys.clone(),
+            self.receipts.clone(),
+        );
+        let node = node.to_string();
+        let timeout = self.timeout;
+        self.handle.spawn(async move {
+            let key = keys.receipt(&node);
+            let put = etcd_receipts::put(&client, &leases, &node, key, receipt, ttl);
+            match tokio::time::timeout(timeout, put).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::warn!("node {node}: receipt not written to etcd: {e}"),
+                Err(_) => log::warn!("node {node}: receipt not written to etcd within {timeout:?}"),
+            }
+        });
     }
 
     fn may_compact(&self) -> bool {

@@ -105,7 +105,7 @@ async fn list_after(
 
 /// One change for the plane, and the revision it brings the plane to.
 struct Delivery {
-    change: Option<StoreChange>,
+    changes: Vec<StoreChange>,
     revision: i64,
     reset: bool,
 }
@@ -126,7 +126,7 @@ pub(super) fn start(
         .name("verge-etcd-apply".into())
         .spawn(move || {
             for d in rx {
-                if let Some(change) = d.change {
+                for change in d.changes {
                     sink(change);
                 }
                 delivered.set(d.revision, d.reset);
@@ -269,12 +269,13 @@ fn step(keys: &Keys, at: &mut Loaded, resp: &WatchResponse) -> Step {
         // a progress notification: every event up to its revision was sent
         at.revision = h.revision();
         return Step::Deliver(Delivery {
-            change: None,
+            changes: Vec::new(),
             revision: at.revision,
             reset: false,
         });
     }
     let mut records = Vec::new();
+    let mut receipts = Vec::new();
     for ev in resp.events() {
         let Some(kv) = ev.kv() else { continue };
         if keys.kind(kv.key()) == KeyKind::Epoch {
@@ -291,6 +292,12 @@ fn step(keys: &Keys, at: &mut Loaded, resp: &WatchResponse) -> Step {
             }
         }
         at.revision = at.revision.max(kv.mod_revision());
+        if let Some(node) = keys.receipt_node(kv.key()) {
+            // a delete is the node's lease expiring
+            let put = ev.event_type() == EventType::Put;
+            receipts.push((node, put.then(|| kv.value().to_vec())));
+            continue;
+        }
         if ev.event_type() != EventType::Put {
             continue; // deletions are retention's: the floor record says what they cover
         }
@@ -305,8 +312,12 @@ fn step(keys: &Keys, at: &mut Loaded, resp: &WatchResponse) -> Step {
         Record::Invalidation(i) => (1, i.seq),
         Record::Floor { seq } => (2, *seq),
     });
+    let mut changes = vec![StoreChange::Records(records)];
+    if !receipts.is_empty() {
+        changes.push(StoreChange::Receipts(receipts));
+    }
     Step::Deliver(Delivery {
-        change: Some(StoreChange::Records(records)),
+        changes,
         revision: at.revision,
         reset: false,
     })
@@ -325,7 +336,7 @@ async fn relist(
         match tokio::time::timeout(timeout, list_after(client, keys, before)).await {
             Ok(Ok((state, loaded))) => {
                 let d = Delivery {
-                    change: Some(StoreChange::Reset(state)),
+                    changes: vec![StoreChange::Reset(state)],
                     revision: loaded.revision,
                     reset: true,
                 };

@@ -7,6 +7,7 @@ pub mod cli_output;
 pub mod client;
 mod etcd_epoch;
 mod etcd_leader;
+mod etcd_receipts;
 pub mod etcd_store;
 mod etcd_watch;
 pub mod liveness;

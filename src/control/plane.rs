@@ -1,11 +1,13 @@
 //! The control plane's state machine: versioned policy (compare-and-set), the invalidation log,
 //! snapshots and deltas for nodes, and what each node reported it applied.
 
+mod receipts;
+
 use super::settings::ControlSettings;
 use super::store::{PolicyVersion, Record, Store, StoreChange, StoreError, StoreState};
 use super::wire::{
     check_expected_version, parse_target, unix_ms, AppliedReport, Invalidation, InvalidationKind,
-    Position, RejectedSnapshot, SnapshotMessage, Target,
+    Position, SnapshotMessage, Target,
 };
 use crate::config::{ConfigErrors, Policy};
 use crate::metrics::METRICS;
@@ -163,6 +165,7 @@ impl ControlPlane {
             invalidations,
             floor,
             epoch,
+            receipts,
         } = loaded;
         let ids = ids_of(invalidations.iter());
         let plane = Arc::new(ControlPlane {
@@ -175,7 +178,7 @@ impl ControlPlane {
                 recent: HashMap::new(),
                 delivered: 0,
                 buckets: HashMap::new(),
-                nodes: BTreeMap::new(),
+                nodes: receipts::decode_all(receipts),
                 ids,
                 epoch,
             }),
@@ -549,6 +552,7 @@ impl ControlPlane {
             invalidations: keep.clone(),
             floor,
             epoch: st.epoch.clone(),
+            receipts: Default::default(),
         };
         self.store.rewrite(&state)?;
         // ids are remembered as long as their invalidations are retained
@@ -593,6 +597,7 @@ impl ControlPlane {
                     }
                 }
             }
+            StoreChange::Receipts(list) => receipts::take(&mut st, list),
             StoreChange::Reset(state) => {
                 st.head = head_of(&state);
                 st.ids = ids_of(state.invalidations.iter());
@@ -600,6 +605,7 @@ impl ControlPlane {
                 st.invalidations = state.invalidations.into();
                 st.floor = state.floor;
                 st.epoch = state.epoch;
+                st.nodes = receipts::decode_all(state.receipts);
                 // what was delivered before the reset says nothing about the new content
                 st.delivered = st.head.seq;
                 st.recent.clear();
@@ -705,97 +711,6 @@ impl ControlPlane {
         let st = self.state.lock();
         let start = st.invalidations.partition_point(|i| i.seq <= seq);
         st.invalidations.iter().skip(start).cloned().collect()
-    }
-
-    /// Record what a node applied.
-    pub fn report(&self, node: &str, applied: AppliedReport) {
-        self.report_polling(node, applied, None);
-    }
-
-    /// Record what a node applied, and the wait of its long polls (it reports before each).
-    pub fn report_polling(
-        &self,
-        node: &str,
-        applied: AppliedReport,
-        poll_interval: Option<Duration>,
-    ) {
-        let mut applied = applied;
-        if let Some(r) = &mut applied.rejected {
-            // what a node sends is kept per node: bounded whatever it sends
-            *r = RejectedSnapshot::new(
-                Position {
-                    policy_version: r.policy_version,
-                    seq: r.seq,
-                },
-                &r.reason,
-                &r.error,
-            );
-        }
-        let mut st = self.state.lock();
-        let was_rejecting = st.nodes.get(node).and_then(|n| n.applied.rejected.as_ref());
-        if let Some(r) = &applied.rejected {
-            if was_rejecting != Some(r) {
-                log::warn!(
-                    "node {node} refused snapshot {}.{} ({}): {}",
-                    r.policy_version,
-                    r.seq,
-                    r.reason,
-                    r.error
-                );
-            }
-        }
-        st.nodes.insert(
-            node.to_string(),
-            NodeStatus {
-                applied,
-                reported: SystemTime::now(),
-                poll_interval,
-            },
-        );
-    }
-
-    /// How often a node is expected to report: its long-poll wait, capped by `max_wait` (the
-    /// cap itself when it did not say).
-    pub fn expected_interval(&self, status: &NodeStatus) -> Duration {
-        let cap = self.settings.max_wait;
-        status.poll_interval.map_or(cap, |w| w.min(cap))
-    }
-
-    /// Every node that reported, with the head to compare against; refreshes the lag gauges.
-    pub fn nodes(&self) -> (Position, Vec<(String, NodeStatus)>) {
-        let st = self.state.lock();
-        let now = SystemTime::now();
-        for (id, n) in &st.nodes {
-            let seq_lag = st.head.seq.saturating_sub(n.applied.seq);
-            let policy_lag = st
-                .head
-                .policy_version
-                .saturating_sub(n.applied.policy_version);
-            METRICS
-                .control_node_seq_lag
-                .with_label_values(&[id])
-                .set(gauge(seq_lag));
-            METRICS
-                .control_node_policy_lag
-                .with_label_values(&[id])
-                .set(gauge(policy_lag));
-            METRICS
-                .control_node_rejecting
-                .with_label_values(&[id])
-                .set(i64::from(n.applied.rejected.is_some()));
-            let age = now.duration_since(n.reported).map_or(0, |d| d.as_secs());
-            METRICS
-                .control_node_report_age
-                .with_label_values(&[id])
-                .set(gauge(age));
-        }
-        (
-            st.head,
-            st.nodes
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        )
     }
 }
 

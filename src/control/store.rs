@@ -57,6 +57,9 @@ pub struct StoreState {
     /// The store's identity (a shared store's random id, written once and replaced when the
     /// store was wiped or restored); positions from another epoch mean nothing here.
     pub epoch: Option<String>,
+    /// Nodes' receipts a shared store holds (under each node's lease), by node id: what every
+    /// replica lists in `/v1/nodes`.
+    pub receipts: std::collections::BTreeMap<String, Vec<u8>>,
 }
 
 impl StoreState {
@@ -120,6 +123,8 @@ pub enum StoreChange {
     /// The whole content, read again: after the store's history was compacted past what was
     /// delivered, or after it went back in time or changed identity (a wipe or a restore).
     Reset(StoreState),
+    /// Nodes' receipts written (by any replica) or gone (their lease expired: `None`).
+    Receipts(Vec<(String, Option<Vec<u8>>)>),
 }
 
 /// Where a shared store delivers its changes.
@@ -151,6 +156,10 @@ pub trait Store: Send + Sync {
     fn sync(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Keep node `node`'s receipt where every replica sees it, until `ttl` passes without the
+    /// node reporting again (a shared store; others keep receipts in memory). Never waits: a
+    /// receipt that cannot be written is logged and the next report tries again.
+    fn put_receipt(&self, _node: &str, _receipt: Vec<u8>, _ttl: std::time::Duration) {}
 }
 
 /// The embedded store: `<dir>/control.log`, one JSON record per line.
@@ -396,7 +405,7 @@ mod tests {
             policies: vec![policy(3)],
             invalidations: vec![inv(4), inv(5)],
             floor: 3,
-            epoch: None,
+            ..StoreState::default()
         };
         s.rewrite(&state).unwrap();
         s.append(&[Record::Invalidation(inv(6))]).unwrap();

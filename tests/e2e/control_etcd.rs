@@ -4,7 +4,7 @@
 //! restarted replica loses nothing.
 
 use crate::control::get;
-use crate::support::control_plane::{node, policy, Cp, CpConfig, OPS};
+use crate::support::control_plane::{node, node_polling, policy, Cp, CpConfig, OPS};
 use crate::support::etcd::{EtcdCerts, EtcdCluster};
 use crate::support::{eventually, Config, Metrics, Origin, Verge};
 use serde_json::{json, Value};
@@ -590,4 +590,54 @@ async fn writes_waiting_for_a_lost_quorum_do_not_hold_the_api_workers() {
     for w in writes {
         assert_eq!(w.await.expect("task").expect("answer"), 503);
     }
+}
+
+/// The node ids `cp` lists in `/v1/nodes`.
+async fn listed(cp: &Cp) -> Vec<String> {
+    read(cp, "/v1/nodes").await["nodes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n["node"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn every_replica_lists_every_node_and_a_dead_one_disappears_with_its_lease() {
+    let Some(etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let o = Origin::start("o").await;
+    let a = replica(&etcd, "/receipts/").await;
+    let b = replica(&etcd, "/receipts/").await;
+    assert_eq!(a.put_policy(next_policy(&o, 0), 0).await.0, 200);
+    // polls of 1 s: a receipt's lease is 3 s
+    let _on_a = node_polling(&a, "on-a", "1s").await;
+    let on_b = node_polling(&b, "on-b", "1s").await;
+    let both = eventually(Duration::from_secs(10), || async {
+        listed(&a).await == ["on-a", "on-b"] && listed(&b).await == ["on-a", "on-b"]
+    })
+    .await;
+    assert!(both, "A: {:?}, B: {:?}", listed(&a).await, listed(&b).await);
+    // what a node polling B applied is what A lists for it
+    let on_a_view = read(&a, "/v1/nodes").await;
+    let entry = on_a_view["nodes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["node"] == json!("on-b")).cloned())
+        .expect("on-b on A");
+    assert_eq!(entry["policy_version"], json!(1), "{entry}");
+
+    // the node on B dies: once its lease expires, neither replica lists it
+    drop(on_b);
+    let gone = eventually(Duration::from_secs(15), || async {
+        listed(&a).await == ["on-a"] && listed(&b).await == ["on-a"]
+    })
+    .await;
+    assert!(gone, "A: {:?}, B: {:?}", listed(&a).await, listed(&b).await);
+    // the living node stays listed on both, past several lease lengths
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(listed(&a).await, ["on-a"]);
+    assert_eq!(listed(&b).await, ["on-a"]);
 }
