@@ -641,3 +641,251 @@ async fn every_replica_lists_every_node_and_a_dead_one_disappears_with_its_lease
     assert_eq!(listed(&a).await, ["on-a"]);
     assert_eq!(listed(&b).await, ["on-a"]);
 }
+
+/// What one writer of the fault run got acknowledged.
+#[derive(Default)]
+struct Acked {
+    /// Policy writes that got 200: (version, document).
+    policies: Vec<(u64, Value)>,
+    /// Purges that got 202: (seq, tag).
+    purges: Vec<(u64, String)>,
+}
+
+/// Write until `stop`: policy compare-and-sets (`policy_writer`) or tag purges, each to the
+/// next replica of `urls` in turn; only what got a 2xx is recorded. Unique documents and tags
+/// tell every write apart.
+async fn writer(
+    id: usize,
+    urls: Vec<String>,
+    base: Value,
+    policy_writer: bool,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Acked {
+    let client = crate::support::client();
+    let mut acked = Acked::default();
+    let mut n = 0usize;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        n += 1;
+        let url = &urls[(id + n) % urls.len()];
+        if policy_writer {
+            let current = client
+                .get(format!("{url}/v1/policy"))
+                .bearer_auth(OPS)
+                .send()
+                .await;
+            let Ok(r) = current else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let version = r
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|v| v["version"].as_u64());
+            let Some(version) = version else { continue };
+            let mut doc = base.clone();
+            // a long max_ttl (the node's cached /p must not expire during the check)
+            let ttl = 1_000_000 + id * 100_000 + n;
+            doc["routes"][0]["cache"] = json!({"max_ttl": format!("{ttl}s")});
+            let sent = client
+                .put(format!("{url}/v1/policy"))
+                .bearer_auth(OPS)
+                .header("if-match", format!("\"{version}\""))
+                .json(&doc)
+                .send()
+                .await;
+            if let Ok(r) = sent {
+                if r.status() == 200 {
+                    let v: Value = r.json().await.expect("answer");
+                    acked
+                        .policies
+                        .push((v["version"].as_u64().expect("version"), doc));
+                }
+            }
+        } else {
+            let tag = format!("w{id}-{n}");
+            let sent = client
+                .post(format!("{url}/v1/invalidations"))
+                .bearer_auth(OPS)
+                .json(&json!({"kind": "tag", "target": tag}))
+                .send()
+                .await;
+            if let Ok(r) = sent {
+                if r.status() == 202 {
+                    let v: Value = r.json().await.expect("answer");
+                    acked.purges.push((v["seq"].as_u64().expect("seq"), tag));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    acked
+}
+
+/// The history checker: every acknowledged write is in the final history exactly once, at the
+/// version or `seq` it was acknowledged with; versions and `seq`s are dense and strictly
+/// increasing (one writer per version); every replica holds the same history.
+async fn check_history(replicas: &[Cp], acked: &[Acked]) -> (u64, u64) {
+    let first = &replicas[0];
+    let versions: Vec<u64> = read(first, "/v1/policy/history").await["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .filter_map(|v| v["version"].as_u64())
+        .collect();
+    let head_version = versions.len() as u64;
+    assert_eq!(
+        versions,
+        (1..=head_version).collect::<Vec<_>>(),
+        "policy versions dense and strictly increasing"
+    );
+    let mut documents = Vec::new();
+    for v in &versions {
+        documents.push(read(first, &format!("/v1/policy/versions/{v}")).await["policy"].clone());
+    }
+    let log = read(first, "/v1/invalidations").await;
+    let log: Vec<(u64, String)> = log["invalidations"]
+        .as_array()
+        .expect("invalidations")
+        .iter()
+        .map(|i| {
+            (
+                i["seq"].as_u64().expect("seq"),
+                i["target"].as_str().expect("target").to_string(),
+            )
+        })
+        .collect();
+    let head_seq = log.len() as u64;
+    let seqs: Vec<u64> = log.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (1..=head_seq).collect::<Vec<_>>(), "seqs dense");
+    let mut targets: Vec<&String> = log.iter().map(|(_, t)| t).collect();
+    targets.sort();
+    targets.dedup();
+    assert_eq!(targets.len(), log.len(), "no purge twice in the log");
+    for (i, doc) in documents.iter().enumerate() {
+        let twice = documents[i + 1..].iter().any(|d| d == doc);
+        assert!(!twice, "a policy document at two versions: {doc}");
+    }
+    for a in acked {
+        for (version, doc) in &a.policies {
+            let at = usize::try_from(*version - 1).expect("version");
+            assert_eq!(&documents[at], doc, "acknowledged version {version}");
+        }
+        for (seq, tag) in &a.purges {
+            let at = usize::try_from(*seq - 1).expect("seq");
+            assert_eq!(&log[at].1, tag, "acknowledged seq {seq}");
+        }
+    }
+    for r in &replicas[1..] {
+        assert!(
+            holds(r, head_version, head_seq).await,
+            "every replica at the head"
+        );
+        assert_eq!(
+            read(r, "/v1/invalidations").await,
+            read(first, "/v1/invalidations").await
+        );
+        assert_eq!(
+            read(r, "/v1/policy/history").await,
+            read(first, "/v1/policy/history").await
+        );
+    }
+    (head_version, head_seq)
+}
+
+#[tokio::test]
+async fn faults_under_a_write_mix_lose_no_acknowledged_write() {
+    let Some(mut etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let o = Origin::start("o").await;
+    o.set_headers("/p", &[("cache-control", "max-age=300")]);
+    let extra = "policy_history: 100000";
+    let mut replicas = vec![
+        replica_with(&etcd, "/faults-mix/", extra).await,
+        replica_with(&etcd, "/faults-mix/", extra).await,
+        replica_with(&etcd, "/faults-mix/", extra).await,
+    ];
+    assert_eq!(replicas[0].put_policy(next_policy(&o, 0), 0).await.0, 200);
+    let urls: Vec<String> = replicas.iter().map(|r| r.url("")).collect();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        // each node lists the replicas starting from its own
+        let order: Vec<&str> = (0..3).map(|k| urls[(i + k) % 3].as_str()).collect();
+        let control = replicas[i]
+            .control(&format!("n{i}"))
+            .urls(&order)
+            .wait("1s");
+        nodes.push(Verge::start(&Config::new().control(control)).await);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let base = policy(&o, json!({}));
+    let writers: Vec<_> = (0..4)
+        .map(|id| tokio::spawn(writer(id, urls.clone(), base.clone(), id < 2, stop.clone())))
+        .collect();
+    let pause = || tokio::time::sleep(Duration::from_secs(2));
+    pause().await;
+    // a replica dies and comes back
+    replicas[2].kill();
+    pause().await;
+    replicas[2].restart().await;
+    pause().await;
+    // the elected one dies and comes back
+    let mut l = None;
+    for (i, r) in replicas.iter().enumerate() {
+        if leader(r).await == 1.0 {
+            l = Some(i);
+        }
+    }
+    let l = l.expect("a leader");
+    replicas[l].kill();
+    pause().await;
+    replicas[l].restart().await;
+    pause().await;
+    // one etcd member dies and comes back
+    etcd.kill(1);
+    pause().await;
+    etcd.start_stopped().await;
+    pause().await;
+    // two die: no quorum, writes get 503; then they come back
+    etcd.kill(0);
+    etcd.kill(2);
+    pause().await;
+    etcd.start_stopped().await;
+    pause().await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.push(w.await.expect("writer"));
+    }
+    let policies: usize = acked.iter().map(|a| a.policies.len()).sum();
+    let purges: usize = acked.iter().map(|a| a.purges.len()).sum();
+    assert!(
+        policies > 5 && purges > 5,
+        "{policies} policies, {purges} purges acknowledged"
+    );
+    // settle: every replica catches up with etcd
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (version, seq) = check_history(&replicas, &acked).await;
+    eprintln!("fault run: {policies} policy writes and {purges} purges acknowledged; head {version}.{seq}");
+    // every node converged to the head, as every replica sees it
+    for r in &replicas {
+        assert!(holds(r, version, seq).await);
+        assert!(r.converged(3).await, "every node at {version}.{seq}");
+    }
+    // and no purge is lost on a node: a URL purge now is refetched by every node
+    for n in &nodes {
+        assert_eq!(get(n, "/p").await.0, 200);
+    }
+    let hits = o.hits("/p");
+    replicas[1]
+        .purge(json!({"kind": "url", "target": "site.test/p"}))
+        .await;
+    for (i, n) in nodes.iter().enumerate() {
+        assert!(
+            refetched(n, &o, "/p", hits + i as u64 + 1).await,
+            "node {i}"
+        );
+    }
+    assert_eq!(o.hits("/p"), hits + 3, "each node refetched once");
+}
