@@ -853,6 +853,18 @@ async fn faults_under_a_write_mix_lose_no_acknowledged_write() {
     pause().await;
     etcd.start_stopped().await;
     pause().await;
+    // everything restarts: every member and every replica
+    for r in replicas.iter_mut() {
+        r.kill();
+    }
+    for i in 0..3 {
+        etcd.kill(i);
+    }
+    etcd.start_stopped().await;
+    for r in replicas.iter_mut() {
+        r.restart().await;
+    }
+    pause().await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut acked = Vec::new();
     for w in writers {
