@@ -4,10 +4,13 @@
 //! delivers the deletion).
 //!
 //! The replica a node reports to writes its receipt. It grants the node a lease of `ttl` and
-//! writes with it; later reports write with the same lease while it has more than two thirds
-//! of its time left, and a new lease is granted after that, so the key lives as long as the
-//! node keeps reporting, and expires between two thirds of `ttl` and `ttl` after its last
-//! report. A node that moves to another replica is written under that replica's lease; the old
+//! writes with it; while that lease has more than two thirds of its time left, later reports
+//! are written (with the same lease) only when urgent (another policy version, another
+//! refusal), and the first report after that grants a new lease and writes. So the key lives
+//! as long as the node keeps reporting and expires between two thirds of `ttl` and `ttl` after
+//! its last report, and a purge does not make every node's receipt a write: the `seq` other
+//! replicas list for a node may be up to a third of `ttl` old (the replica it polls has it
+//! now). A node that moves to another replica is written under that replica's lease; the old
 //! one expires with nothing attached.
 
 use super::etcd_store::unavailable;
@@ -37,7 +40,8 @@ impl Held {
     }
 }
 
-/// Write `receipt` at `key` under node `node`'s lease (a new one when it has none fresh).
+/// Write `receipt` at `key` under node `node`'s lease (a new one when it has none fresh); with
+/// a fresh lease, only when `urgent`.
 pub(super) async fn put(
     client: &Client,
     leases: &ReceiptLeases,
@@ -45,9 +49,13 @@ pub(super) async fn put(
     key: String,
     receipt: Vec<u8>,
     ttl: Duration,
+    urgent: bool,
 ) -> Result<(), StoreError> {
     let held = leases.held.lock().get(node).copied();
     if let Some(h) = held.filter(|h| h.fresh(ttl)) {
+        if !urgent {
+            return Ok(());
+        }
         let options = PutOptions::new().with_lease(h.id);
         match client
             .clone()

@@ -522,7 +522,7 @@ impl Store for EtcdStore {
         true
     }
 
-    fn put_receipt(&self, node: &str, receipt: Vec<u8>, ttl: Duration) {
+    fn put_receipt(&self, node: &str, receipt: Vec<u8>, ttl: Duration, urgent: bool) {
         let (client, keys, leases) = (
             self.client.clone(),
             self.keys.clone(),
@@ -532,7 +532,7 @@ impl Store for EtcdStore {
         let timeout = self.timeout;
         self.handle.spawn(async move {
             let key = keys.receipt(&node);
-            let put = etcd_receipts::put(&client, &leases, &node, key, receipt, ttl);
+            let put = etcd_receipts::put(&client, &leases, &node, key, receipt, ttl, urgent);
             match tokio::time::timeout(timeout, put).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => log::warn!("node {node}: receipt not written to etcd: {e}"),

@@ -157,9 +157,18 @@ pub trait Store: Send + Sync {
         Ok(())
     }
     /// Keep node `node`'s receipt where every replica sees it, until `ttl` passes without the
-    /// node reporting again (a shared store; others keep receipts in memory). Never waits: a
-    /// receipt that cannot be written is logged and the next report tries again.
-    fn put_receipt(&self, _node: &str, _receipt: Vec<u8>, _ttl: std::time::Duration) {}
+    /// node reporting again (a shared store; others keep receipts in memory). A store may
+    /// write only every so often unless the receipt is `urgent` (a new node, another policy
+    /// version, another refusal). Never waits: a receipt that cannot be written is logged and
+    /// the next report tries again.
+    fn put_receipt(
+        &self,
+        _node: &str,
+        _receipt: Vec<u8>,
+        _ttl: std::time::Duration,
+        _urgent: bool,
+    ) {
+    }
 }
 
 /// The embedded store: `<dir>/control.log`, one JSON record per line.

@@ -134,10 +134,15 @@ impl ControlPlane {
             poll_interval,
         };
         if self.store.shared() {
-            // every replica lists it until the node stops reporting for a few intervals
+            // every replica lists it until the node stops reporting for a few intervals; a new
+            // `seq` alone can wait for the lease's renewal (purges are many, nodes too)
             let ttl = (self.expected_interval(&status) * LEASE_INTERVALS).max(MIN_LEASE);
+            let urgent = st.nodes.get(node).is_none_or(|was| {
+                was.applied.policy_version != status.applied.policy_version
+                    || was.applied.rejected != status.applied.rejected
+            });
             match serde_json::to_vec(&Receipt::of(&status)) {
-                Ok(bytes) => self.store.put_receipt(node, bytes, ttl),
+                Ok(bytes) => self.store.put_receipt(node, bytes, ttl, urgent),
                 Err(e) => log::error!("node {node}: receipt not encoded: {e}"),
             }
         }
