@@ -459,14 +459,7 @@ async fn replicas_log_in_to_an_etcd_with_authentication() {
         etcd.endpoints_yaml(),
         password.display()
     );
-    let a = Cp::start_with(&CpConfig::new().yaml(&auth)).await;
-    let b = Cp::start_with(&CpConfig::new().yaml(&auth)).await;
-    let n = node(&b, "on-b").await;
-    assert_eq!(a.put_policy(next_policy(&o, 0), 0).await.0, 200);
-    assert!(
-        node_at(&b, 1, 0).await,
-        "a write through A reached B's node"
-    );
+    let (_a, _b, n) = two_replicas_share_a_write(&auth, &o).await;
     assert_eq!(get(&n, "/p").await.0, 200);
     // without the password, etcd refuses the replica's first read: it does not start
     let store = format!(
@@ -475,6 +468,20 @@ async fn replicas_log_in_to_an_etcd_with_authentication() {
     );
     let err = refused_to_start(&store);
     assert!(err.contains("etcd"), "{err}");
+}
+
+/// Two replicas with `store_yaml` and a node on the second: a policy written through the first
+/// reaches the node.
+async fn two_replicas_share_a_write(store_yaml: &str, o: &Origin) -> (Cp, Cp, Verge) {
+    let a = Cp::start_with(&CpConfig::new().yaml(store_yaml)).await;
+    let b = Cp::start_with(&CpConfig::new().yaml(store_yaml)).await;
+    let n = node(&b, "on-b").await;
+    assert_eq!(a.put_policy(next_policy(o, 0), 0).await.0, 200);
+    assert!(
+        node_at(&b, 1, 0).await,
+        "a write through A reached B's node"
+    );
+    (a, b, n)
 }
 
 /// Start `verge control` with `store_yaml` and expect it to exit with an error: its stderr.
@@ -520,14 +527,7 @@ async fn replicas_reach_an_etcd_on_mutual_tls_and_refuse_a_wrong_ca() {
         )
     };
     let good = store(&format!("{{ca: {ca}, cert: {cert}, key: {key}}}"));
-    let a = Cp::start_with(&CpConfig::new().yaml(&good)).await;
-    let b = Cp::start_with(&CpConfig::new().yaml(&good)).await;
-    let n = node(&b, "on-b").await;
-    assert_eq!(a.put_policy(next_policy(&o, 0), 0).await.0, 200);
-    assert!(
-        node_at(&b, 1, 0).await,
-        "A's write over TLS reached B's node"
-    );
+    let (a, b, n) = two_replicas_share_a_write(&good, &o).await;
     assert_eq!(get(&n, "/p").await.0, 200);
     let seq = b
         .purge(json!({"kind": "url", "target": "site.test/p"}))
