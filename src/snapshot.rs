@@ -47,6 +47,8 @@ pub struct Snapshot {
 pub struct ControlState {
     /// The policy version and invalidation sequence this snapshot reflects.
     pub position: Position,
+    /// The control plane's store epoch that position belongs to (`None`: it has none).
+    pub epoch: Option<Arc<str>>,
     /// The policy document in force (`None`: the file's pools and routes).
     pub policy: Option<Arc<serde_json::Value>>,
     /// Invalidations applied and still remembered, for the cache to consult on lookups.

@@ -86,6 +86,7 @@ fn nodes() -> &'static Nodes {
             invalidations: std::sync::Arc::new(index),
             retention: Duration::from_secs(3600),
             awaiting: false,
+            epoch: None,
         };
         let advanced = Snapshot::build_with(&config, None, state).expect("advanced snapshot");
         Nodes {
@@ -156,7 +157,13 @@ fn verdict_for(index: &InvalidationIndex, target: &Target, at: SystemTime) -> Ve
 
 fn message_invariants(current: &Snapshot, base: &Config, msg: &SnapshotMessage) {
     let now = now();
-    let have = current.control.position;
+    // a full message from another store epoch starts over from nothing
+    let other_epoch = msg.epoch.as_deref() != current.control.epoch.as_deref();
+    let have = if other_epoch {
+        Position::default()
+    } else {
+        current.control.position
+    };
     let got = msg.position();
     let new: Vec<&Invalidation> = msg
         .invalidations
@@ -191,6 +198,10 @@ fn message_invariants(current: &Snapshot, base: &Config, msg: &SnapshotMessage) 
                 i.seq == seq && (i.seq > got.seq || parse_target(i.kind, &i.target).is_err())
             });
             assert!(bad, "invalidation {seq} refused for no reason: {reason}");
+            return;
+        }
+        Err(Rejection::Epoch { .. }) => {
+            assert!(other_epoch && !msg.full, "refused for its epoch: {msg:?}");
             return;
         }
         Err(e @ Rejection::Build(_)) => panic!("next_state does not build: {e}"),

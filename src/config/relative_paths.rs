@@ -34,6 +34,9 @@ pub const CONTROL_PATHS: &[&[&str]] = &[
     &["audit_log"],
     &["tokens", "*", "token_file"],
     &["store", "etcd", "auth", "password_file"],
+    &["store", "etcd", "tls", "ca"],
+    &["store", "etcd", "tls", "cert"],
+    &["store", "etcd", "tls", "key"],
 ];
 
 /// Rewrite every relative path at `keys` in `doc` as one under `base`. Absolute paths, `-`

@@ -356,10 +356,10 @@ impl ControlApi {
                 Err(r) => Err(r),
                 Ok(doc) => {
                     let if_match = req.if_match.as_deref().and_then(parse_if_match);
-                    match self.plane.put_policy(doc, if_match, who) {
-                        Ok(p) => Ok(ApiReply::json(200, json!({"version": p.version, "unchanged": if_match == Some(p.version)})).with_etag(p.version)),
-                        Err(e) => Err(plane_error(e)),
-                    }
+                    let who = who.to_string();
+                    self.write(move |plane| plane.put_policy(doc, if_match, &who))
+                        .await
+                        .map(|p| ApiReply::json(200, json!({"version": p.version, "unchanged": if_match == Some(p.version)})).with_etag(p.version))
                 }
             },
             ("GET", ["v1", "policy", "history"]) => need(Scope::Read).map(|()| {
@@ -379,25 +379,36 @@ impl ControlApi {
                     .ok_or_else(|| ApiReply::error(404, format!("policy version {v} is not kept")))?;
                 Ok(ApiReply::json(200, policy_json(&p)).with_etag(p.version))
             }),
-            ("POST", ["v1", "policy", "rollback"]) => need(Scope::PolicyWrite).and_then(|()| {
+            ("POST", ["v1", "policy", "rollback"]) => match need(Scope::PolicyWrite).and_then(|()| {
                 #[derive(Deserialize)]
                 #[serde(deny_unknown_fields)]
                 struct Rollback {
                     version: u64,
                 }
-                let body: Rollback = serde_json::from_slice(&req.body)
-                    .map_err(|e| ApiReply::error(400, format!("expected {{\"version\": N}}: {e}")))?;
-                let if_match = req.if_match.as_deref().and_then(parse_if_match);
-                let p = self.plane.rollback(body.version, if_match, who).map_err(plane_error)?;
-                Ok(ApiReply::json(200, json!({"version": p.version, "rollback_of": body.version, "unchanged": if_match == Some(p.version)})).with_etag(p.version))
-            }),
-            ("POST", ["v1", "invalidations"]) => purge_requests(&req.body).and_then(|requests| {
+                serde_json::from_slice::<Rollback>(&req.body)
+                    .map_err(|e| ApiReply::error(400, format!("expected {{\"version\": N}}: {e}")))
+            }) {
+                Err(r) => Err(r),
+                Ok(body) => {
+                    let (version, who) = (body.version, who.to_string());
+                    let if_match = req.if_match.as_deref().and_then(parse_if_match);
+                    self.write(move |plane| plane.rollback(version, if_match, &who))
+                        .await
+                        .map(|p| ApiReply::json(200, json!({"version": p.version, "rollback_of": version, "unchanged": if_match == Some(p.version)})).with_etag(p.version))
+                }
+            },
+            ("POST", ["v1", "invalidations"]) => match purge_requests(&req.body).and_then(|requests| {
                 if let Some(t) = token {
                     purge_scope::authorize(t, &requests).map_err(|e| ApiReply::error(403, e))?;
                 }
-                let accepted = self.plane.invalidate(&requests, who).map_err(plane_error)?;
+                Ok(requests)
+            }) {
+                Err(r) => Err(r),
+                Ok(requests) => {
+                    let who = who.to_string();
+                    self.write(move |plane| plane.invalidate(&requests, &who)).await.map(|accepted| {
                 let seq = accepted.iter().map(|a| a.seq).max().unwrap_or(0);
-                Ok(ApiReply::json(
+                ApiReply::json(
                     202,
                     json!({
                         "seq": seq,
@@ -405,8 +416,10 @@ impl ControlApi {
                         "coalesced": accepted.iter().map(|a| a.coalesced).collect::<Vec<_>>(),
                         "duplicate": accepted.iter().map(|a| a.duplicate).collect::<Vec<_>>(),
                     }),
-                ))
-            }),
+                )
+                    })
+                }
+            },
             ("GET", ["v1", "invalidations"]) => need(Scope::Read).and_then(|()| {
                 let after = match query_param(&req.query, "after") {
                     None => 0,
@@ -461,6 +474,23 @@ impl ControlApi {
         result.unwrap_or_else(|r| r)
     }
 
+    /// Run a write on a blocking thread, off the API's async workers: it waits for the store
+    /// (an fsync, or etcd for up to `store.etcd.timeout`), and a burst of writes while etcd has
+    /// no quorum must not hold the workers that answer long-polls and reads.
+    async fn write<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&ControlPlane) -> Result<T, PlaneError> + Send + 'static,
+    ) -> Result<T, ApiReply> {
+        let plane = self.plane.clone();
+        match tokio::task::spawn_blocking(move || write(&plane)).await {
+            Ok(result) => result.map_err(plane_error),
+            Err(e) => Err(ApiReply::error(
+                500,
+                format!("the write did not finish: {e}"),
+            )),
+        }
+    }
+
     async fn snapshot(&self, req: &ApiRequest) -> Result<ApiReply, ApiReply> {
         let after = match query_param(&req.query, "after") {
             None | Some("") => None,
@@ -470,7 +500,8 @@ impl ControlApi {
             None | Some("") => Duration::ZERO,
             Some(v) => parse_duration(v).map_err(|e| ApiReply::error(400, e))?,
         };
-        match self.plane.wait_snapshot(after, wait).await {
+        let epoch = query_param(&req.query, "epoch").filter(|e| !e.is_empty());
+        match self.plane.wait_snapshot(after, epoch, wait).await {
             Some(msg) => {
                 let mut r = ApiReply::json(200, serde_json::to_value(&msg).unwrap_or(Value::Null));
                 r.checksum = true;

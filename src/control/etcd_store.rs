@@ -18,13 +18,15 @@
 //! (no quorum, no member reachable) is an error, and the API answers 503.
 
 use super::etcd_leader::{self, Leadership};
+use super::etcd_receipts::{self, ReceiptLeases};
 use super::etcd_watch::{self, Delivered, Loaded};
 use super::store::{ChangeSink, PolicyVersion, Record, Store, StoreError, StoreState};
-use super::store_settings::EtcdSettings;
+use super::store_settings::{EtcdSettings, EtcdTls};
 use super::wire::Invalidation;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, GetResponse, KeyValue,
-    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions,
+    GetResponse, Identity, KeyValue, SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse,
+    TxnResponse,
 };
 use parking_lot::Mutex;
 use std::future::Future;
@@ -50,6 +52,10 @@ pub(super) enum KeyKind {
     Invalidation,
     /// `P floor`
     Floor,
+    /// `P epoch`: the store's identity
+    Epoch,
+    /// `P nodes/<id>`: a node's receipt, under its lease
+    Receipt,
     /// Anything else (left alone).
     Other,
 }
@@ -83,6 +89,18 @@ impl Keys {
     fn floor(&self) -> String {
         format!("{}floor", self.prefix)
     }
+    pub(super) fn epoch(&self) -> String {
+        format!("{}epoch", self.prefix)
+    }
+    fn receipt(&self, node: &str) -> String {
+        format!("{}nodes/{node}", self.prefix)
+    }
+    /// The node a receipt key is for.
+    pub(super) fn receipt_node(&self, key: &[u8]) -> Option<String> {
+        let rest = key.strip_prefix(self.prefix.as_bytes())?;
+        let node = rest.strip_prefix(b"nodes/")?;
+        Some(String::from_utf8_lossy(node).into_owned())
+    }
     /// The election of the replica doing retention (etcd puts candidates' keys below it).
     fn election(&self) -> String {
         format!("{}leader", self.prefix)
@@ -95,8 +113,10 @@ impl Keys {
             b"policy" => KeyKind::Policy,
             b"seq" => KeyKind::Seq,
             b"floor" => KeyKind::Floor,
+            b"epoch" => KeyKind::Epoch,
             r if r.starts_with(b"history/") => KeyKind::History,
             r if r.starts_with(b"inv/") => KeyKind::Invalidation,
+            r if r.starts_with(b"nodes/") => KeyKind::Receipt,
             _ => KeyKind::Other,
         }
     }
@@ -119,7 +139,9 @@ impl Keys {
             KeyKind::Floor => Record::Floor {
                 seq: number(kv.value()).map_err(bad)?,
             },
-            KeyKind::Policy | KeyKind::Seq | KeyKind::Other => return Ok(None),
+            KeyKind::Policy | KeyKind::Seq | KeyKind::Epoch | KeyKind::Receipt | KeyKind::Other => {
+                return Ok(None)
+            }
         }))
     }
 
@@ -127,6 +149,12 @@ impl Keys {
     pub(super) fn state(&self, kvs: &[KeyValue]) -> Result<StoreState, StoreError> {
         let mut state = StoreState::default();
         for kv in kvs {
+            if self.kind(kv.key()) == KeyKind::Epoch {
+                state.epoch = Some(String::from_utf8_lossy(kv.value()).into_owned());
+            }
+            if let Some(node) = self.receipt_node(kv.key()) {
+                state.receipts.insert(node, kv.value().to_vec());
+            }
             match self.record(kv)? {
                 Some(Record::Policy(p)) => state.policies.push(p),
                 Some(Record::Invalidation(i)) => state.invalidations.push(i),
@@ -158,17 +186,20 @@ fn never_sent(e: &etcd_client::Error) -> bool {
 }
 
 /// Whether a call may work if sent again: the member was down, the leader changed, the
-/// connection broke (gRPC `Unavailable`).
+/// connection broke (gRPC `Unavailable`). A certificate refused on either side is not: sending the
+/// call again cannot help.
 fn retryable(e: &etcd_client::Error) -> bool {
     match e {
-        etcd_client::Error::GRpcStatus(s) => format!("{:?}", s.code()) == "Unavailable",
+        etcd_client::Error::GRpcStatus(s) => {
+            format!("{:?}", s.code()) == "Unavailable" && !s.message().contains("certificate")
+        }
         etcd_client::Error::TransportError(_) => true,
         _ => false,
     }
 }
 
 /// Pause between two attempts of one call.
-const RETRY_PAUSE: Duration = Duration::from_millis(50);
+pub(super) const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// Commit the compare-and-set `t`: `Ok(Ok(()))` when it committed, `Ok(Err(response))` when
 /// its compare failed. An attempt that failed where it may still have committed (a leader
@@ -204,7 +235,7 @@ async fn commit(
 }
 
 /// A transaction without a compare that matters (sent again like a read).
-async fn txn(client: &Client, t: Txn) -> Result<TxnResponse, StoreError> {
+pub(super) async fn txn(client: &Client, t: Txn) -> Result<TxnResponse, StoreError> {
     loop {
         let mut c = client.clone();
         match c.txn(t.clone()).await {
@@ -223,7 +254,10 @@ pub(super) async fn get(
     loop {
         let mut c = client.clone();
         match c.get(key.clone(), options.clone()).await {
-            Err(e) if retryable(&e) => tokio::time::sleep(RETRY_PAUSE).await,
+            Err(e) if retryable(&e) => {
+                log::debug!("etcd read of {key}: {e:?}; sending it again");
+                tokio::time::sleep(RETRY_PAUSE).await
+            }
             result => return result.map_err(unavailable),
         }
     }
@@ -237,6 +271,19 @@ fn json(value: &impl serde::Serialize) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Unavailable(format!("encoding: {e}")))
 }
 
+/// The client TLS settings: trust only `tls.ca` (no system roots), present the replica's
+/// certificate when it has one.
+fn tls_options(tls: &EtcdTls) -> TlsOptions {
+    let mut options = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca));
+    if let Some((cert, key)) = &tls.identity {
+        options = options.identity(Identity::from_pem(cert, key));
+    }
+    if let Some(name) = &tls.server_name {
+        options = options.domain_name(name.clone());
+    }
+    options
+}
+
 /// The store on etcd. One per `verge control` process.
 pub struct EtcdStore {
     runtime: Option<tokio::runtime::Runtime>,
@@ -244,10 +291,13 @@ pub struct EtcdStore {
     client: Client,
     keys: Keys,
     timeout: Duration,
+    /// The members' URLs (for messages).
+    endpoints: Vec<String>,
     /// Revision and cluster id of the last `load`, where the watch starts.
     loaded: Mutex<Option<Loaded>>,
     delivered: Arc<Delivered>,
     leadership: Arc<Leadership>,
+    receipts: Arc<ReceiptLeases>,
 }
 
 impl EtcdStore {
@@ -268,6 +318,9 @@ impl EtcdStore {
         if let Some(auth) = &settings.auth {
             options = options.with_user(auth.user.clone(), auth.password.clone());
         }
+        if let Some(tls) = &settings.tls {
+            options = options.with_tls(tls_options(tls));
+        }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         handle.spawn(async move {
             let _ = tx.send(Client::connect(endpoints, Some(options)).await);
@@ -282,9 +335,11 @@ impl EtcdStore {
             client,
             keys: Keys::new(&settings.prefix),
             timeout: settings.timeout,
+            endpoints: settings.endpoints.clone(),
             loaded: Mutex::new(None),
             delivered: Arc::new(Delivered::default()),
             leadership: Arc::new(Leadership::default()),
+            receipts: Arc::default(),
         })
     }
 
@@ -385,8 +440,9 @@ fn first_kv(responses: &[TxnOpResponse]) -> Option<KeyValue> {
 
 impl Store for EtcdStore {
     fn load(&self) -> Result<StoreState, StoreError> {
-        let (state, loaded) =
-            self.run(|client, keys| async move { etcd_watch::list(&client, &keys).await })?;
+        let (state, loaded) = self
+            .run(|client, keys| async move { etcd_watch::list(&client, &keys).await })
+            .map_err(|e| unavailable(format!("etcd {:?}: first read: {e}", self.endpoints)))?;
         self.delivered.advance(loaded.revision);
         *self.loaded.lock() = Some(loaded);
         Ok(state)
@@ -466,12 +522,31 @@ impl Store for EtcdStore {
         true
     }
 
+    fn put_receipt(&self, node: &str, receipt: Vec<u8>, ttl: Duration, urgent: bool) {
+        let (client, keys, leases) = (
+            self.client.clone(),
+            self.keys.clone(),
+            self.receipts.clone(),
+        );
+        let node = node.to_string();
+        let timeout = self.timeout;
+        self.handle.spawn(async move {
+            let key = keys.receipt(&node);
+            let put = etcd_receipts::put(&client, &leases, &node, key, receipt, ttl, urgent);
+            match tokio::time::timeout(timeout, put).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::warn!("node {node}: receipt not written to etcd: {e}"),
+                Err(_) => log::warn!("node {node}: receipt not written to etcd within {timeout:?}"),
+            }
+        });
+    }
+
     fn may_compact(&self) -> bool {
         self.leadership.fence().is_some()
     }
 
     fn subscribe(&self, sink: ChangeSink) {
-        let Some(loaded) = *self.loaded.lock() else {
+        let Some(loaded) = self.loaded.lock().clone() else {
             log::error!("etcd store: subscribe before load; no changes will be delivered");
             return;
         };
@@ -540,6 +615,7 @@ mod tests {
         assert_eq!(k.kind(k.invalidation(3).as_bytes()), KeyKind::Invalidation);
         assert_eq!(k.kind(b"/verge/seq"), KeyKind::Seq);
         assert_eq!(k.kind(b"/verge/floor"), KeyKind::Floor);
+        assert_eq!(k.kind(b"/verge/epoch"), KeyKind::Epoch);
         assert_eq!(k.kind(b"/verge/else"), KeyKind::Other);
         assert_eq!(k.kind(b"/other/policy"), KeyKind::Other);
         assert_eq!(number(b"00000000000000000042"), Ok(42));

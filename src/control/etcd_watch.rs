@@ -10,9 +10,13 @@
 //!   still get deltas from where they are); then watch from the new read. This happens only
 //!   when the watch fell behind etcd's compaction, not on every compaction.
 //! - A revision lower than one already seen, or another cluster id, means etcd was wiped or
-//!   restored: the same full read replaces the plane's state.
+//!   restored: the same full read replaces the plane's state, and when that read confirms it
+//!   (a linearizable read at a lower revision, or another cluster) while `P epoch` is still the
+//!   old one (a restore), the epoch is replaced, so nodes resync in full (`etcd_epoch.rs`).
+//! - `P epoch` changed or deleted by anyone: read everything again.
 
-use super::etcd_store::{get, Keys};
+use super::etcd_epoch;
+use super::etcd_store::{get, KeyKind, Keys};
 use super::store::{ChangeSink, Record, StoreChange, StoreError, StoreState};
 use crate::metrics::METRICS;
 use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchResponse};
@@ -21,12 +25,14 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 /// Where a full read left the store: the watch starts after `revision`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Loaded {
     /// The revision the read was served at.
     pub revision: i64,
     /// The etcd cluster that served it.
     pub cluster_id: u64,
+    /// `P epoch` as the read found it.
+    pub epoch: Option<String>,
 }
 
 /// The newest revision whose changes the plane has taken in; `sync` waits on it.
@@ -59,30 +65,47 @@ impl Delivered {
     }
 }
 
-/// Read everything under the prefix at one revision.
+/// Read everything under the prefix at one revision (writing `P epoch` first if there is none).
 pub(super) async fn list(client: &Client, keys: &Keys) -> Result<(StoreState, Loaded), StoreError> {
+    etcd_epoch::ensure(client, keys, None).await?;
     let got = get(
         client,
         keys.prefix().to_string(),
         Some(GetOptions::new().with_prefix()),
     )
     .await?;
-    let loaded = got.header().map_or(
-        Loaded {
-            revision: 0,
-            cluster_id: 0,
-        },
-        |h| Loaded {
-            revision: h.revision(),
-            cluster_id: h.cluster_id(),
-        },
-    );
-    Ok((keys.state(got.kvs())?, loaded))
+    let state = keys.state(got.kvs())?;
+    let loaded = Loaded {
+        revision: got.header().map_or(0, |h| h.revision()),
+        cluster_id: got.header().map_or(0, |h| h.cluster_id()),
+        epoch: state.epoch.clone(),
+    };
+    Ok((state, loaded))
+}
+
+/// Read everything again after the watch at `before` met a compaction, a cancel, a changed
+/// cluster or a revision gone back. When the (linearizable) read confirms that etcd is another
+/// cluster or went back in time, but still holds `before`'s epoch (a restore from a backup),
+/// the epoch is replaced and read again.
+async fn list_after(
+    client: &Client,
+    keys: &Keys,
+    before: &Loaded,
+) -> Result<(StoreState, Loaded), StoreError> {
+    let (state, loaded) = list(client, keys).await?;
+    let moved = loaded.cluster_id != before.cluster_id || loaded.revision < before.revision;
+    match &before.epoch {
+        Some(old) if moved && loaded.epoch.as_ref() == Some(old) => {
+            etcd_epoch::ensure(client, keys, Some(old)).await?;
+            list(client, keys).await
+        }
+        _ => Ok((state, loaded)),
+    }
 }
 
 /// One change for the plane, and the revision it brings the plane to.
 struct Delivery {
-    change: Option<StoreChange>,
+    changes: Vec<StoreChange>,
     revision: i64,
     reset: bool,
 }
@@ -103,7 +126,7 @@ pub(super) fn start(
         .name("verge-etcd-apply".into())
         .spawn(move || {
             for d in rx {
-                if let Some(change) = d.change {
+                for change in d.changes {
                     sink(change);
                 }
                 delivered.set(d.revision, d.reset);
@@ -177,7 +200,7 @@ async fn watch(
                         .control_store_resyncs
                         .with_label_values(&[reason])
                         .inc();
-                    match relist(&client, &keys, &tx, timeout).await {
+                    match relist(&client, &keys, &at, &tx, timeout).await {
                         Some(now) => at = now,
                         None => return,
                     }
@@ -246,15 +269,35 @@ fn step(keys: &Keys, at: &mut Loaded, resp: &WatchResponse) -> Step {
         // a progress notification: every event up to its revision was sent
         at.revision = h.revision();
         return Step::Deliver(Delivery {
-            change: None,
+            changes: Vec::new(),
             revision: at.revision,
             reset: false,
         });
     }
     let mut records = Vec::new();
+    let mut receipts = Vec::new();
     for ev in resp.events() {
         let Some(kv) = ev.kv() else { continue };
+        if keys.kind(kv.key()) == KeyKind::Epoch {
+            let now = (ev.event_type() == EventType::Put).then(|| kv.value());
+            if now != at.epoch.as_ref().map(|e| e.as_bytes()) {
+                return Step::Relist(
+                    format!(
+                        "epoch changed from {:?} to {:?}",
+                        at.epoch,
+                        now.map(String::from_utf8_lossy)
+                    ),
+                    "epoch_changed",
+                );
+            }
+        }
         at.revision = at.revision.max(kv.mod_revision());
+        if let Some(node) = keys.receipt_node(kv.key()) {
+            // a delete is the node's lease expiring
+            let put = ev.event_type() == EventType::Put;
+            receipts.push((node, put.then(|| kv.value().to_vec())));
+            continue;
+        }
         if ev.event_type() != EventType::Put {
             continue; // deletions are retention's: the floor record says what they cover
         }
@@ -269,8 +312,12 @@ fn step(keys: &Keys, at: &mut Loaded, resp: &WatchResponse) -> Step {
         Record::Invalidation(i) => (1, i.seq),
         Record::Floor { seq } => (2, *seq),
     });
+    let mut changes = vec![StoreChange::Records(records)];
+    if !receipts.is_empty() {
+        changes.push(StoreChange::Receipts(receipts));
+    }
     Step::Deliver(Delivery {
-        change: Some(StoreChange::Records(records)),
+        changes,
         revision: at.revision,
         reset: false,
     })
@@ -280,15 +327,16 @@ fn step(keys: &Keys, at: &mut Loaded, resp: &WatchResponse) -> Step {
 async fn relist(
     client: &Client,
     keys: &Keys,
+    before: &Loaded,
     tx: &mpsc::Sender<Delivery>,
     timeout: Duration,
 ) -> Option<Loaded> {
     let mut backoff = BACKOFF_MIN;
     loop {
-        match tokio::time::timeout(timeout, list(client, keys)).await {
+        match tokio::time::timeout(timeout, list_after(client, keys, before)).await {
             Ok(Ok((state, loaded))) => {
                 let d = Delivery {
-                    change: Some(StoreChange::Reset(state)),
+                    changes: vec![StoreChange::Reset(state)],
                     revision: loaded.revision,
                     reset: true,
                 };

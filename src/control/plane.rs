@@ -1,16 +1,19 @@
 //! The control plane's state machine: versioned policy (compare-and-set), the invalidation log,
 //! snapshots and deltas for nodes, and what each node reported it applied.
 
+mod receipts;
+
 use super::settings::ControlSettings;
 use super::store::{PolicyVersion, Record, Store, StoreChange, StoreError, StoreState};
 use super::wire::{
     check_expected_version, parse_target, unix_ms, AppliedReport, Invalidation, InvalidationKind,
-    Position, RejectedSnapshot, SnapshotMessage, Target,
+    Position, SnapshotMessage, Target,
 };
 use crate::config::{ConfigErrors, Policy};
 use crate::metrics::METRICS;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
@@ -112,6 +115,8 @@ struct PlaneState {
     nodes: BTreeMap<String, NodeStatus>,
     /// Client ids of the retained invalidations, with their `seq`.
     ids: HashMap<String, u64>,
+    /// The store's epoch: positions from another one mean nothing here.
+    epoch: Option<String>,
 }
 
 /// Compare-and-set attempts for a batch of invalidations when other replicas append first.
@@ -142,6 +147,9 @@ pub struct ControlPlane {
     store: Box<dyn Store>,
     state: Mutex<PlaneState>,
     head: watch::Sender<Position>,
+    /// Full reads of a shared store taken in: a long-poll wakes on one even when the head
+    /// looks the same (it may be another epoch's).
+    resets: AtomicU64,
 }
 
 impl ControlPlane {
@@ -156,6 +164,8 @@ impl ControlPlane {
             policies,
             invalidations,
             floor,
+            epoch,
+            receipts,
         } = loaded;
         let ids = ids_of(invalidations.iter());
         let plane = Arc::new(ControlPlane {
@@ -168,10 +178,12 @@ impl ControlPlane {
                 recent: HashMap::new(),
                 delivered: 0,
                 buckets: HashMap::new(),
-                nodes: BTreeMap::new(),
+                nodes: receipts::decode_all(receipts),
                 ids,
+                epoch,
             }),
             head: watch::channel(head).0,
+            resets: AtomicU64::new(0),
             settings,
             store,
         });
@@ -539,6 +551,8 @@ impl ControlPlane {
             policies: st.policies.iter().cloned().collect(),
             invalidations: keep.clone(),
             floor,
+            epoch: st.epoch.clone(),
+            receipts: Default::default(),
         };
         self.store.rewrite(&state)?;
         // ids are remembered as long as their invalidations are retained
@@ -583,15 +597,20 @@ impl ControlPlane {
                     }
                 }
             }
+            StoreChange::Receipts(list) => receipts::take(&mut st, list),
             StoreChange::Reset(state) => {
                 st.head = head_of(&state);
                 st.ids = ids_of(state.invalidations.iter());
                 st.policies = state.policies.into();
                 st.invalidations = state.invalidations.into();
                 st.floor = state.floor;
+                st.epoch = state.epoch;
+                st.nodes = receipts::decode_all(state.receipts);
                 // what was delivered before the reset says nothing about the new content
                 st.delivered = st.head.seq;
                 st.recent.clear();
+                self.resets.fetch_add(1, Ordering::SeqCst);
+                self.head.send_replace(st.head);
             }
         }
         while st.policies.len() > self.settings.policy_history {
@@ -604,10 +623,22 @@ impl ControlPlane {
         self.compact_when_due(&mut st);
     }
 
-    /// What a node at `after` needs, or `None` when it is current.
+    /// What a node at `after` in this plane's epoch needs, or `None` when it is current.
     pub fn snapshot_for(&self, after: Option<Position>) -> Option<SnapshotMessage> {
+        let epoch = self.state.lock().epoch.clone();
+        self.snapshot_in(epoch.as_deref(), after)
+    }
+
+    /// What a node at `after` in `epoch` needs: from another epoch, everything.
+    pub fn snapshot_in(
+        &self,
+        epoch: Option<&str>,
+        after: Option<Position>,
+    ) -> Option<SnapshotMessage> {
         let mut st = self.state.lock();
-        let msg = Self::snapshot_locked(&st, after, self.settings.invalidation_retention)?;
+        let after = after.filter(|_| st.epoch.as_deref() == epoch);
+        let mut msg = Self::snapshot_locked(&st, after, self.settings.invalidation_retention)?;
+        msg.epoch.clone_from(&st.epoch);
         st.delivered = st.delivered.max(msg.seq);
         Some(msg)
     }
@@ -626,6 +657,7 @@ impl ControlPlane {
             policy: st.policies.back().map(|p| p.document.clone()),
             invalidations: st.invalidations.iter().cloned().collect(),
             retention_secs,
+            epoch: None,
         };
         let Some(after) = after else {
             return Some(full(st));
@@ -649,25 +681,29 @@ impl ControlPlane {
             policy,
             invalidations: st.invalidations.iter().skip(start).cloned().collect(),
             retention_secs,
+            epoch: None,
         })
     }
 
-    /// Long-poll: answer at once when there is news for `after`, else wait up to `wait`.
+    /// Long-poll: answer at once when there is news for a node at `after` in `epoch`, else
+    /// wait up to `wait`.
     pub async fn wait_snapshot(
         &self,
         after: Option<Position>,
+        epoch: Option<&str>,
         wait: Duration,
     ) -> Option<SnapshotMessage> {
         let mut rx = self.head.subscribe();
-        if let Some(msg) = self.snapshot_for(after) {
+        let resets = self.resets.load(Ordering::SeqCst);
+        if let Some(msg) = self.snapshot_in(epoch, after) {
             return Some(msg);
         }
         let wait = wait.min(self.settings.max_wait);
-        let news = |h: &Position| Some(*h) != after;
+        let news = |h: &Position| Some(*h) != after || self.resets.load(Ordering::SeqCst) != resets;
         if tokio::time::timeout(wait, rx.wait_for(news)).await.is_err() {
             return None;
         }
-        self.snapshot_for(after)
+        self.snapshot_in(epoch, after)
     }
 
     /// Invalidations after `seq` still in the log.
@@ -675,97 +711,6 @@ impl ControlPlane {
         let st = self.state.lock();
         let start = st.invalidations.partition_point(|i| i.seq <= seq);
         st.invalidations.iter().skip(start).cloned().collect()
-    }
-
-    /// Record what a node applied.
-    pub fn report(&self, node: &str, applied: AppliedReport) {
-        self.report_polling(node, applied, None);
-    }
-
-    /// Record what a node applied, and the wait of its long polls (it reports before each).
-    pub fn report_polling(
-        &self,
-        node: &str,
-        applied: AppliedReport,
-        poll_interval: Option<Duration>,
-    ) {
-        let mut applied = applied;
-        if let Some(r) = &mut applied.rejected {
-            // what a node sends is kept per node: bounded whatever it sends
-            *r = RejectedSnapshot::new(
-                Position {
-                    policy_version: r.policy_version,
-                    seq: r.seq,
-                },
-                &r.reason,
-                &r.error,
-            );
-        }
-        let mut st = self.state.lock();
-        let was_rejecting = st.nodes.get(node).and_then(|n| n.applied.rejected.as_ref());
-        if let Some(r) = &applied.rejected {
-            if was_rejecting != Some(r) {
-                log::warn!(
-                    "node {node} refused snapshot {}.{} ({}): {}",
-                    r.policy_version,
-                    r.seq,
-                    r.reason,
-                    r.error
-                );
-            }
-        }
-        st.nodes.insert(
-            node.to_string(),
-            NodeStatus {
-                applied,
-                reported: SystemTime::now(),
-                poll_interval,
-            },
-        );
-    }
-
-    /// How often a node is expected to report: its long-poll wait, capped by `max_wait` (the
-    /// cap itself when it did not say).
-    pub fn expected_interval(&self, status: &NodeStatus) -> Duration {
-        let cap = self.settings.max_wait;
-        status.poll_interval.map_or(cap, |w| w.min(cap))
-    }
-
-    /// Every node that reported, with the head to compare against; refreshes the lag gauges.
-    pub fn nodes(&self) -> (Position, Vec<(String, NodeStatus)>) {
-        let st = self.state.lock();
-        let now = SystemTime::now();
-        for (id, n) in &st.nodes {
-            let seq_lag = st.head.seq.saturating_sub(n.applied.seq);
-            let policy_lag = st
-                .head
-                .policy_version
-                .saturating_sub(n.applied.policy_version);
-            METRICS
-                .control_node_seq_lag
-                .with_label_values(&[id])
-                .set(gauge(seq_lag));
-            METRICS
-                .control_node_policy_lag
-                .with_label_values(&[id])
-                .set(gauge(policy_lag));
-            METRICS
-                .control_node_rejecting
-                .with_label_values(&[id])
-                .set(i64::from(n.applied.rejected.is_some()));
-            let age = now.duration_since(n.reported).map_or(0, |d| d.as_secs());
-            METRICS
-                .control_node_report_age
-                .with_label_values(&[id])
-                .set(gauge(age));
-        }
-        (
-            st.head,
-            st.nodes
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        )
     }
 }
 
@@ -1111,12 +1056,14 @@ mod tests {
         let cp = open(dir.path());
         let at = cp.snapshot_for(None).unwrap().position();
         assert!(cp
-            .wait_snapshot(Some(at), Duration::from_millis(20))
+            .wait_snapshot(Some(at), None, Duration::from_millis(20))
             .await
             .is_none());
         let cp2 = cp.clone();
-        let waiter =
-            tokio::spawn(async move { cp2.wait_snapshot(Some(at), Duration::from_secs(30)).await });
+        let waiter = tokio::spawn(async move {
+            cp2.wait_snapshot(Some(at), None, Duration::from_secs(30))
+                .await
+        });
         tokio::time::sleep(Duration::from_millis(20)).await;
         cp.invalidate(&[purge(InvalidationKind::Host, "a.com")], "t")
             .unwrap();

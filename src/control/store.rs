@@ -54,6 +54,12 @@ pub struct StoreState {
     pub invalidations: Vec<Invalidation>,
     /// Highest sequence number compacted away (0: none).
     pub floor: u64,
+    /// The store's identity (a shared store's random id, written once and replaced when the
+    /// store was wiped or restored); positions from another epoch mean nothing here.
+    pub epoch: Option<String>,
+    /// Nodes' receipts a shared store holds (under each node's lease), by node id: what every
+    /// replica lists in `/v1/nodes`.
+    pub receipts: std::collections::BTreeMap<String, Vec<u8>>,
 }
 
 impl StoreState {
@@ -117,6 +123,8 @@ pub enum StoreChange {
     /// The whole content, read again: after the store's history was compacted past what was
     /// delivered, or after it went back in time or changed identity (a wipe or a restore).
     Reset(StoreState),
+    /// Nodes' receipts written (by any replica) or gone (their lease expired: `None`).
+    Receipts(Vec<(String, Option<Vec<u8>>)>),
 }
 
 /// Where a shared store delivers its changes.
@@ -147,6 +155,19 @@ pub trait Store: Send + Sync {
     /// compare-and-set starts from the newest state.
     fn sync(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+    /// Keep node `node`'s receipt where every replica sees it, until `ttl` passes without the
+    /// node reporting again (a shared store; others keep receipts in memory). A store may
+    /// write only every so often unless the receipt is `urgent` (a new node, another policy
+    /// version, another refusal). Never waits: a receipt that cannot be written is logged and
+    /// the next report tries again.
+    fn put_receipt(
+        &self,
+        _node: &str,
+        _receipt: Vec<u8>,
+        _ttl: std::time::Duration,
+        _urgent: bool,
+    ) {
     }
 }
 
@@ -393,6 +414,7 @@ mod tests {
             policies: vec![policy(3)],
             invalidations: vec![inv(4), inv(5)],
             floor: 3,
+            ..StoreState::default()
         };
         s.rewrite(&state).unwrap();
         s.append(&[Record::Invalidation(inv(6))]).unwrap();

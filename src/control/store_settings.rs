@@ -13,8 +13,40 @@ struct RawEtcd {
     endpoints: Vec<String>,
     prefix: Option<String>,
     timeout: Option<ConfDuration>,
-    tls: Option<serde_yaml::Value>,
+    tls: Option<RawEtcdTls>,
     auth: Option<RawEtcdAuth>,
+}
+
+/// `store.etcd.tls` as written: PEM files (relative to the config file).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEtcdTls {
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    server_name: Option<String>,
+}
+
+/// Client TLS to etcd: the CA that signed the members' certificates and, for clusters that
+/// ask for client certificates (`--client-cert-auth`), the replica's own certificate and key.
+#[derive(Clone, PartialEq)]
+pub struct EtcdTls {
+    /// PEM: the certificate authority (or authorities) the members' certificates chain to.
+    pub ca: Vec<u8>,
+    /// PEM: the replica's certificate chain and private key (mutual TLS).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name the members' certificates are checked against, instead of the endpoint's host.
+    pub server_name: Option<String>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("ca", &format!("{} bytes", self.ca.len()))
+            .field("identity", &self.identity.as_ref().map(|_| "<hidden>"))
+            .field("server_name", &self.server_name)
+            .finish()
+    }
 }
 
 /// `store.etcd.auth` as written: a user and where its password is kept.
@@ -64,6 +96,8 @@ pub struct EtcdSettings {
     pub timeout: Duration,
     /// The user the replica authenticates as, on a cluster with authentication enabled.
     pub auth: Option<EtcdAuth>,
+    /// Client TLS (the endpoints are then `https://`).
+    pub tls: Option<Box<EtcdTls>>,
 }
 
 /// Validate `store:` (absent: the file store), pushing every error with its key path.
@@ -99,23 +133,34 @@ pub(super) fn validate_store(
             "list at least one member (http://host:port)".into(),
         );
     }
+    let scheme = if etcd.tls.is_some() { "https" } else { "http" };
     let mut endpoints = Vec::new();
     for (i, e) in etcd.endpoints.iter().enumerate() {
         let key = format!("store.etcd.endpoints[{i}]");
         let e = e.trim();
-        if e.starts_with("https://") {
-            push(&key, "https endpoints need store.etcd.tls, which is not supported yet; use http:// on a private network".into());
+        let other = if etcd.tls.is_some() {
+            "http://"
+        } else {
+            "https://"
+        };
+        if e.starts_with(other) {
+            let why = if etcd.tls.is_some() {
+                "with store.etcd.tls every endpoint is https://host:port"
+            } else {
+                "https endpoints need store.etcd.tls (at least its ca)"
+            };
+            push(&key, why.into());
             continue;
         }
-        let url = if e.starts_with("http://") {
+        let url = if e.contains("://") {
             e.to_string()
         } else {
-            format!("http://{e}")
+            format!("{scheme}://{e}")
         };
         if is_host_port(&url) {
             endpoints.push(url);
         } else {
-            push(&key, format!("{e:?} is not http://host:port"));
+            push(&key, format!("{e:?} is not {scheme}://host:port"));
         }
     }
     let prefix = etcd.prefix.unwrap_or_else(|| "/verge/".into());
@@ -134,18 +179,97 @@ pub(super) fn validate_store(
     if timeout.is_zero() {
         push("store.etcd.timeout", "must be greater than zero".into());
     }
-    if etcd.tls.is_some() {
-        push(
-            "store.etcd.tls",
-            "not supported yet (planned: CA, client certificate and key)".into(),
-        );
-    }
+    let tls = etcd.tls.and_then(|t| etcd_tls(t, push)).map(Box::new);
     let auth = etcd.auth.and_then(|a| etcd_auth(a, push));
     StoreSettings::Etcd(EtcdSettings {
         endpoints,
         prefix,
         timeout,
         auth,
+        tls,
+    })
+}
+
+/// What a PEM file must hold.
+#[derive(Clone, Copy)]
+enum Pem {
+    Certificates,
+    PrivateKey,
+}
+
+/// Read the PEM file at `key` and check it holds what it should.
+fn read_pem(
+    path: &str,
+    what: Pem,
+    key: &str,
+    push: &mut dyn FnMut(&str, String),
+) -> Option<Vec<u8>> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| push(key, format!("cannot read {path:?}: {e}")))
+        .ok()?;
+    let ok = match what {
+        Pem::Certificates => {
+            let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut bytes.as_slice()).collect();
+            certs.is_ok_and(|c| !c.is_empty())
+        }
+        Pem::PrivateKey => matches!(
+            rustls_pemfile::private_key(&mut bytes.as_slice()),
+            Ok(Some(_))
+        ),
+    };
+    if !ok {
+        let want = match what {
+            Pem::Certificates => "a PEM certificate",
+            Pem::PrivateKey => "a PEM private key",
+        };
+        push(key, format!("{path:?} does not hold {want}"));
+        return None;
+    }
+    Some(bytes)
+}
+
+/// `store.etcd.tls`: the CA (required), and a client certificate with its key, or neither.
+fn etcd_tls(raw: RawEtcdTls, push: &mut dyn FnMut(&str, String)) -> Option<EtcdTls> {
+    let ca = match &raw.ca {
+        Some(path) => read_pem(path, Pem::Certificates, "store.etcd.tls.ca", push),
+        None => {
+            push(
+                "store.etcd.tls.ca",
+                "required: the CA file that signed the members' certificates".into(),
+            );
+            None
+        }
+    };
+    let identity = match (&raw.cert, &raw.key) {
+        (Some(cert), Some(key)) => Some((
+            read_pem(cert, Pem::Certificates, "store.etcd.tls.cert", push),
+            read_pem(key, Pem::PrivateKey, "store.etcd.tls.key", push),
+        )),
+        (None, None) => None,
+        _ => {
+            push(
+                "store.etcd.tls",
+                "cert and key go together (a client certificate and its private key)".into(),
+            );
+            None
+        }
+    };
+    if let Some(name) = &raw.server_name {
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            push(
+                "store.etcd.tls.server_name",
+                format!("{name:?} is not a host name"),
+            );
+        }
+    }
+    let identity = match identity {
+        Some((cert, key)) => Some((cert?, key?)),
+        None => None,
+    };
+    Some(EtcdTls {
+        ca: ca?,
+        identity,
+        server_name: raw.server_name,
     })
 }
 
@@ -207,10 +331,11 @@ mod tests {
                 prefix: "/cp1/".into(),
                 timeout: Duration::from_secs(2),
                 auth: None,
+                tls: None,
             })
         );
         let e = ControlSettings::from_yaml_str(
-            "insecure_no_auth: true\nstore:\n  etcd:\n    endpoints: [\"https://a:1\", \"nope/x\"]\n    prefix: verge\n    timeout: 0s\n    tls: {ca: x}\n    auth: {user: u}\n",
+            "insecure_no_auth: true\nstore:\n  etcd:\n    endpoints: [\"https://a:1\", \"nope/x\"]\n    prefix: verge\n    timeout: 0s\n    auth: {user: u}\n",
         )
         .unwrap_err()
         .to_string();
@@ -219,7 +344,6 @@ mod tests {
             "store.etcd.endpoints[1]: \"nope/x\" is not http://host:port",
             "store.etcd.prefix:",
             "store.etcd.timeout: must be greater than zero",
-            "store.etcd.tls: not supported yet",
             "store.etcd.auth: set exactly one of password_file, password_env",
         ] {
             assert!(e.contains(needle), "{needle} missing in {e}");
@@ -238,5 +362,54 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("store.etcd: unknown field `bogus`"), "{e}");
+    }
+
+    #[test]
+    fn tls_reads_its_pem_files_and_switches_endpoints_to_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = "conf/test-certs/server.crt";
+        let key = "conf/test-certs/server.key";
+        let yaml = |tls: &str| {
+            format!(
+                "insecure_no_auth: true\nstore:\n  etcd:\n    endpoints: [127.0.0.1:2379, \"https://h:1\"]\n    tls: {tls}\n"
+            )
+        };
+        let s = ControlSettings::from_yaml_str(&yaml(&format!(
+            "{{ca: {cert}, cert: {cert}, key: {key}, server_name: localhost}}"
+        )))
+        .unwrap();
+        let StoreSettings::Etcd(e) = s.store else {
+            panic!("etcd")
+        };
+        assert_eq!(e.endpoints, ["https://127.0.0.1:2379", "https://h:1"]);
+        let tls = e.tls.unwrap();
+        assert_eq!(tls.ca, std::fs::read(cert).unwrap());
+        assert_eq!(tls.server_name.as_deref(), Some("localhost"));
+        assert!(tls.identity.is_some());
+        assert!(
+            !format!("{tls:?}").contains("PRIVATE"),
+            "the key is not printed"
+        );
+
+        let not_pem = dir.path().join("x.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let e = ControlSettings::from_yaml_str(&format!(
+            "insecure_no_auth: true\nstore:\n  etcd:\n    endpoints: [\"http://a:1\"]\n    tls: {{ca: {}, cert: {cert}}}\n",
+            not_pem.display()
+        ))
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "store.etcd.endpoints[0]: with store.etcd.tls every endpoint is https://",
+            "does not hold a PEM certificate",
+            "store.etcd.tls: cert and key go together",
+        ] {
+            assert!(e.contains(needle), "{needle} missing in {e}");
+        }
+        let e = ControlSettings::from_yaml_str(&yaml(&format!("{{cert: {cert}, key: {cert}}}")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.etcd.tls.ca: required"), "{e}");
+        assert!(e.contains("store.etcd.tls.key: \"conf/test-certs/server.crt\" does not hold a PEM private key"), "{e}");
     }
 }

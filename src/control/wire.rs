@@ -66,6 +66,10 @@ pub struct SnapshotMessage {
     pub invalidations: Vec<Invalidation>,
     /// How long the control plane keeps invalidations; nodes forget theirs after the same time.
     pub retention_secs: u64,
+    /// The identity of the store the positions come from (a shared store's epoch). A full
+    /// message from another epoch replaces a node's state even when its position is lower.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 impl SnapshotMessage {

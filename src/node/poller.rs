@@ -58,6 +58,14 @@ pub enum Rejection {
     /// The policy validated but its pools could not be built.
     #[error("cannot build the snapshot: {0}")]
     Build(String),
+    /// A delta from another store epoch than the node's (only a full message starts over).
+    #[error("a delta from epoch {got}, but this node is in epoch {have}")]
+    Epoch {
+        /// The node's epoch.
+        have: String,
+        /// The message's.
+        got: String,
+    },
 }
 
 impl Rejection {
@@ -68,6 +76,7 @@ impl Rejection {
             Rejection::InvalidPolicy(_) => "invalid_policy",
             Rejection::InvalidInvalidation { .. } => "invalid_invalidation",
             Rejection::Build(_) => "build",
+            Rejection::Epoch { .. } => "epoch",
         }
     }
 }
@@ -93,8 +102,21 @@ pub fn next_state(
     msg: &SnapshotMessage,
     now: SystemTime,
 ) -> Result<Option<(Config, ControlState)>, Rejection> {
-    let have = current.control.position;
     let got = msg.position();
+    // a full message from another epoch (the store was wiped or restored) starts over: its
+    // positions say nothing about this node's
+    let new_epoch = msg.epoch.as_deref() != current.control.epoch.as_deref();
+    if new_epoch && !msg.full {
+        return Err(Rejection::Epoch {
+            have: current.control.epoch.as_deref().unwrap_or("none").into(),
+            got: msg.epoch.clone().unwrap_or_else(|| "none".into()),
+        });
+    }
+    let have = if new_epoch {
+        Position::default()
+    } else {
+        current.control.position
+    };
     if !got.is_at_or_after(&have) {
         return Err(Rejection::Older { have, got });
     }
@@ -144,6 +166,11 @@ pub fn next_state(
         config,
         ControlState {
             position: got,
+            epoch: if new_epoch {
+                msg.epoch.as_deref().map(Arc::from)
+            } else {
+                current.control.epoch.clone()
+            },
             policy,
             invalidations: Arc::new(index),
             retention,
@@ -250,12 +277,14 @@ impl ControlPoller {
         } else {
             position.to_string()
         };
+        let epoch = self.writer.snapshot().load().control.epoch.clone();
+        let epoch = epoch.map(|e| format!("&epoch={e}")).unwrap_or_default();
         let wait_ms = self.spec.wait.as_millis();
         let resp = self
             .request(
                 client,
                 reqwest::Method::GET,
-                &format!("/v1/snapshot?after={after}&wait={wait_ms}ms"),
+                &format!("/v1/snapshot?after={after}{epoch}&wait={wait_ms}ms"),
             )
             .timeout(self.spec.wait + Duration::from_secs(10))
             .send()
@@ -485,5 +514,52 @@ mod tests {
             "waits differ from one node to the next: {spread:?}"
         );
         assert!(spread.iter().all(|d| *d >= b / 2 && *d <= b));
+    }
+
+    fn msg(full: bool, version: u64, seq: u64, epoch: &str) -> SnapshotMessage {
+        serde_json::from_value(serde_json::json!({
+            "full": full, "policy_version": version, "seq": seq, "retention_secs": 3600,
+            "epoch": epoch,
+            "policy": {"pools": {"p": {"backends": ["127.0.0.1:9"]}},
+                       "routes": [{"hosts": ["*"], "pool": "p"}]},
+            "invalidations": (1..=seq).map(|s| serde_json::json!({"seq": s, "kind": "url",
+                "target": format!("a.test/{s}"), "soft": false, "created_ms": 1})).collect::<Vec<_>>(),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_full_message_from_another_epoch_starts_over_and_a_delta_from_one_is_refused() {
+        let base = Config::from_yaml_str(
+            "listeners: [{listen: \"127.0.0.1:1\"}]\ncontrol: {url: \"http://127.0.0.1:2\"}\n",
+        )
+        .unwrap();
+        let now = SystemTime::now();
+        let step = |current: &Snapshot, m: &SnapshotMessage| {
+            let (config, state) = next_state(current, &base, m, now).unwrap().unwrap();
+            Snapshot::build_with(&config, Some(current), state).unwrap()
+        };
+        let empty = Snapshot::build_with(&base, None, ControlState::default()).unwrap();
+        let at = step(&empty, &msg(true, 5, 3, "e1"));
+        assert_eq!(at.control.position.to_string(), "5.3");
+        assert_eq!(at.control.epoch.as_deref(), Some("e1"));
+        // the same epoch, lower: refused as before
+        let older = next_state(&at, &base, &msg(true, 1, 1, "e1"), now).unwrap_err();
+        assert_eq!(older.reason(), "older");
+        // another epoch, lower: taken, with every invalidation it carries
+        let wiped = step(&at, &msg(true, 1, 1, "e2"));
+        assert_eq!(wiped.control.position.to_string(), "1.1");
+        assert_eq!(wiped.control.epoch.as_deref(), Some("e2"));
+        let seqs: Vec<u64> = wiped
+            .control
+            .invalidations
+            .applied()
+            .iter()
+            .map(|a| a.invalidation.seq)
+            .collect();
+        assert!(seqs.contains(&1), "{seqs:?}");
+        // a delta from yet another epoch cannot be applied
+        let delta = next_state(&wiped, &base, &msg(false, 1, 2, "e3"), now).unwrap_err();
+        assert_eq!(delta.reason(), "epoch");
     }
 }

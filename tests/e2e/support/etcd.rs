@@ -21,6 +21,100 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     dir: tempfile::TempDir,
     token: String,
+    /// Client TLS with client certificates (`--client-cert-auth`), when started so.
+    tls: Option<EtcdCerts>,
+    /// What the kit reaches the members' HTTP gateway with (trusting their CA when on TLS).
+    http: reqwest::Client,
+}
+
+/// PEM files for an etcd on TLS, made with the `openssl` command in a temporary directory: a
+/// CA, the members' certificate (for `127.0.0.1`) and a client certificate it signed, and a
+/// second CA that signed nothing of this cluster.
+pub struct EtcdCerts {
+    dir: tempfile::TempDir,
+}
+
+impl EtcdCerts {
+    /// Generate them (EC P-256 keys, valid two days).
+    pub fn generate() -> EtcdCerts {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("the openssl command (scripts/setup installs it)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for ca in ["ca", "other-ca"] {
+            let subject = format!("/CN=verge test {ca}");
+            let (key, crt) = (format!("{ca}.key"), format!("{ca}.crt"));
+            let mut args = vec!["req", "-x509"];
+            args.extend(ec);
+            args.extend([
+                "-keyout", &key, "-out", &crt, "-days", "2", "-subj", &subject,
+            ]);
+            args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+            args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+            openssl(&args);
+        }
+        // the members' certificate is also their client certificate (the gateway dials itself)
+        for (name, ext) in [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n",
+            ),
+            (
+                "client",
+                "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
+            ),
+        ] {
+            let (key, csr, crt) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"));
+            let extfile = format!("{name}.ext");
+            std::fs::write(d.join(&extfile), ext).expect("extension file");
+            let subject = format!("/CN=verge test {name}");
+            let mut args = vec!["req"];
+            args.extend(ec);
+            args.extend(["-keyout", &key, "-out", &csr, "-subj", &subject]);
+            openssl(&args);
+            openssl(&[
+                "x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", &crt, "-days", "2", "-extfile", &extfile,
+            ]);
+        }
+        EtcdCerts { dir }
+    }
+
+    /// The path of one of the files (`ca.crt`, `server.key`, `client.crt`, `other-ca.crt`, ...).
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// A client trusting the CA and presenting the client certificate.
+    fn http_client(&self) -> reqwest::Client {
+        let read = |f: &str| std::fs::read(self.path(f)).expect("certificate file");
+        let ca = reqwest::Certificate::from_pem(&read("ca.crt")).expect("CA");
+        let mut identity = read("client.crt");
+        identity.extend(read("client.key"));
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .add_root_certificate(ca)
+            .identity(reqwest::Identity::from_pem(&identity).expect("client identity"))
+            .build()
+            .expect("client")
+    }
 }
 
 /// The etcd binary: `$VERGE_ETCD`, else `etcd` on the `PATH`, else `/usr/bin/etcd`.
@@ -40,6 +134,16 @@ impl EtcdCluster {
     /// Start `n` members and wait until each answers `/health`. `None` (with a message) when
     /// there is no etcd binary outside CI; in CI (`CI` set) a missing binary fails the test.
     pub async fn start(n: usize) -> Option<EtcdCluster> {
+        Self::start_with(n, None).await
+    }
+
+    /// Start `n` members serving clients on TLS only, asking them for a certificate signed by
+    /// `certs`' CA.
+    pub async fn start_tls(n: usize, certs: EtcdCerts) -> Option<EtcdCluster> {
+        Self::start_with(n, Some(certs)).await
+    }
+
+    async fn start_with(n: usize, tls: Option<EtcdCerts>) -> Option<EtcdCluster> {
         if etcd_bin().is_none() {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -60,6 +164,10 @@ impl EtcdCluster {
             members,
             dir: tempfile::tempdir().expect("tempdir"),
             token: format!("verge-test-{}-{}", std::process::id(), ports::port()),
+            http: tls
+                .as_ref()
+                .map_or_else(super::client, EtcdCerts::http_client),
+            tls,
         };
         for i in 0..n {
             cluster.spawn(i);
@@ -75,9 +183,18 @@ impl EtcdCluster {
         let urls: Vec<String> = self
             .members
             .iter()
-            .map(|m| format!("\"http://127.0.0.1:{}\"", m.client))
+            .map(|m| format!("\"{}://127.0.0.1:{}\"", self.scheme(), m.client))
             .collect();
         format!("[{}]", urls.join(", "))
+    }
+
+    /// `https` on TLS, else `http`.
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     fn spawn(&mut self, i: usize) {
@@ -90,10 +207,21 @@ impl EtcdCluster {
         let log = std::fs::File::create(self.dir.path().join(format!("{}.log", m.name)))
             .expect("etcd log file");
         let bin = etcd_bin().expect("etcd binary");
-        let client_url = format!("http://127.0.0.1:{}", m.client);
+        let client_url = format!("{}://127.0.0.1:{}", self.scheme(), m.client);
         let peer_url = format!("http://127.0.0.1:{}", m.peer);
         let data_dir = self.dir.path().join(&m.name);
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        if let Some(certs) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(certs.path("server.crt"))
+                .arg("--key-file")
+                .arg(certs.path("server.key"))
+                .arg("--trusted-ca-file")
+                .arg(certs.path("ca.crt"))
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
@@ -124,11 +252,15 @@ impl EtcdCluster {
     }
 
     async fn wait_healthy(&self, i: usize) {
-        let url = format!("http://127.0.0.1:{}/health", self.members[i].client);
+        let url = format!(
+            "{}://127.0.0.1:{}/health",
+            self.scheme(),
+            self.members[i].client
+        );
         let ok = eventually(Duration::from_secs(30), || {
             let url = url.clone();
             async move {
-                match super::client().get(url).send().await {
+                match self.http.get(url).send().await {
                     Ok(r) => r.text().await.is_ok_and(|t| t.contains("\"true\"")),
                     Err(_) => false,
                 }
@@ -173,7 +305,7 @@ impl EtcdCluster {
             .iter()
             .find(|m| m.child.is_some())
             .expect("a running member");
-        format!("http://127.0.0.1:{}{path}", m.client)
+        format!("{}://127.0.0.1:{}{path}", self.scheme(), m.client)
     }
 
     /// Turn authentication on: user `root` (with the root role) and `password`; from then on
@@ -191,7 +323,8 @@ impl EtcdCluster {
             ),
             ("/v3/auth/enable", json!({})),
         ] {
-            let r = super::client()
+            let r = self
+                .http
                 .post(self.gateway(path))
                 .json(&body)
                 .send()
@@ -204,7 +337,8 @@ impl EtcdCluster {
     /// Compact etcd's history up to its current revision (physically: a watch from before it
     /// gets `compact_revision`).
     pub async fn compact(&self) {
-        let range: serde_json::Value = super::client()
+        let range: serde_json::Value = self
+            .http
             .post(self.gateway("/v3/kv/range"))
             .json(&serde_json::json!({"key": "AA=="}))
             .send()
@@ -214,7 +348,8 @@ impl EtcdCluster {
             .await
             .expect("range answer");
         let revision = range["header"]["revision"].clone();
-        let r = super::client()
+        let r = self
+            .http
             .post(self.gateway("/v3/kv/compaction"))
             .json(&serde_json::json!({"revision": revision, "physical": true}))
             .send()
