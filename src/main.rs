@@ -71,6 +71,20 @@ enum Command {
         /// Required with `all`.
         #[arg(long)]
         confirm_all: bool,
+        /// Stage the purge (`all` is staged unless --at-once): one wave per --wave, a share of
+        /// the live nodes (`10%`, counted from the first wave) or node ids (`edge-1,edge-2`),
+        /// then the rest. Default for `all`: 10%, then the rest.
+        #[arg(long = "wave", value_name = "SHARE|NODES")]
+        waves: Vec<String>,
+        /// Staged: how long to wait after every node of a wave applied it (default 60s).
+        #[arg(long, value_name = "DURATION")]
+        hold: Option<String>,
+        /// Staged: how long a wave waits for its nodes before the purge stalls (default 5m).
+        #[arg(long, value_name = "DURATION")]
+        ack_timeout: Option<String>,
+        /// Purge everything on every node at once (break-glass), not in waves.
+        #[arg(long)]
+        at_once: bool,
         /// With one `url`: the origin object's new ETag. Only entries carrying another version
         /// (or none) are invalidated; a node whose entry already carries it keeps it.
         #[arg(long, value_name = "ETAG")]
@@ -99,6 +113,13 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// List staged purges, show one, or pause, resume or abort one.
+    Staged {
+        #[command(subcommand)]
+        action: Option<ops::StagedAction>,
+        #[command(flatten)]
+        control: ops::ControlArgs,
     },
     /// Show every node: alive, late or dead, its applied policy version and invalidation
     /// sequence, its lag and when it last reported.
@@ -148,6 +169,10 @@ fn main() -> ExitCode {
             targets,
             soft,
             confirm_all,
+            waves,
+            hold,
+            ack_timeout,
+            at_once,
             expected_version,
             wait,
             control,
@@ -159,9 +184,16 @@ fn main() -> ExitCode {
                 soft,
                 confirm_all,
                 expected_version,
+                stages: ops::Stages {
+                    waves,
+                    hold,
+                    ack_timeout,
+                    at_once,
+                },
             },
             wait,
         ),
+        Command::Staged { action, control } => ops::staged(&control, action),
         Command::Nodes { control } => ops::nodes(&control),
         Command::Verify {
             urls,

@@ -2,6 +2,7 @@
 //! control plane's on another.
 
 mod disk;
+mod staged_purge;
 
 pub use disk::{DiskMetrics, DISK_METRICS};
 use once_cell::sync::Lazy;
@@ -9,6 +10,7 @@ use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+pub use staged_purge::{StagedPurgeMetrics, STAGED_PURGE_METRICS};
 
 /// All metrics. Names and labels are part of verge's interface: change them with care.
 pub struct Metrics {

@@ -172,6 +172,7 @@ mod tests {
             created_ms: 0,
             id: None,
             expected_version: None,
+            nodes: None,
         }
     }
 

@@ -2,7 +2,8 @@
 //! the checksum and signature of a snapshot message.
 
 pub use crate::cache::invalidation::{
-    check_expected_version, parse_target, Invalidation, InvalidationKind, Target, MAX_TARGET_LEN,
+    check_expected_version, parse_target, Invalidation, InvalidationKind, NodeSelector, Target,
+    MAX_TARGET_LEN,
 };
 pub use crate::config::keys::{SigningKey, VerifyingKey};
 pub use crate::unix_time::{from_unix_ms, unix_ms};

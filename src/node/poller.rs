@@ -119,12 +119,17 @@ pub fn next_state(
     };
     let retention = Duration::from_secs(msg.retention_secs);
     let mut index = (*current.control.invalidations).clone();
+    let node = base.control.as_ref().map(|c| c.node_id.as_str());
     for inv in msg.invalidations.iter().filter(|i| i.seq > have.seq) {
         if inv.seq > got.seq {
             return Err(Rejection::InvalidInvalidation {
                 seq: inv.seq,
                 reason: format!("beyond the snapshot's own seq {}", got.seq),
             });
+        }
+        // a wave of a staged purge that does not reach this node: its seq still counts
+        if !inv.reaches(node) {
+            continue;
         }
         index
             .apply(inv, now)
@@ -158,12 +163,16 @@ pub fn next_state(
 /// redelivered under the same id (the control plane gives a redelivery the first one's seq).
 /// The first full snapshot of a node that had applied nothing is not counted: those purges
 /// were accepted before it had anything cached.
-fn observe_apply_lag(msg: &SnapshotMessage, applied_after: u64, now: SystemTime) {
+fn observe_apply_lag(msg: &SnapshotMessage, node: &str, applied_after: u64, now: SystemTime) {
     if msg.full && applied_after == 0 {
         return;
     }
     let now_ms = unix_ms(now);
-    for inv in msg.invalidations.iter().filter(|i| i.seq > applied_after) {
+    for inv in msg
+        .invalidations
+        .iter()
+        .filter(|i| i.seq > applied_after && i.reaches(Some(node)))
+    {
         let lag_ms = now_ms.saturating_sub(inv.created_ms);
         METRICS
             .invalidation_apply_lag
@@ -325,7 +334,7 @@ impl ControlPoller {
             return Ok(false);
         };
         let position = snapshot.control.position;
-        observe_apply_lag(&msg, applied_after, now);
+        observe_apply_lag(&msg, &self.spec.node_id, applied_after, now);
         METRICS
             .snapshot_applied
             .with_label_values(&[if msg.full { "full" } else { "delta" }])

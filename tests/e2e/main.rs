@@ -39,6 +39,7 @@ mod readiness;
 mod refresh;
 mod reload;
 mod routing;
+mod staged_purge;
 mod streaming;
 mod tier;
 mod tls;
