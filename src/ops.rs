@@ -78,6 +78,16 @@ impl PurgeKind {
     }
 }
 
+/// The control-plane client `args` name (for `verge verify --from-control`).
+pub fn control_client(args: &ControlArgs) -> Result<ControlClient, String> {
+    client(args)
+}
+
+/// Whether `--json` was given.
+pub fn wants_json(args: &ControlArgs) -> bool {
+    args.json
+}
+
 fn client(args: &ControlArgs) -> Result<ControlClient, String> {
     let base = args
         .control

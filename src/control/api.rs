@@ -524,8 +524,10 @@ impl ControlApi {
                 if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
                     return Err(ApiReply::error(400, "node id: letters, digits, '-', '_', '.'"));
                 }
-                let report: AppliedReport = serde_json::from_slice(&req.body)
+                let mut report: AppliedReport = serde_json::from_slice(&req.body)
                     .map_err(|e| ApiReply::error(400, format!("invalid report: {e}")))?;
+                let peer = req.client.as_deref().and_then(|c| c.parse::<std::net::SocketAddr>().ok());
+                report.admin = report.reachable_admin(peer.map(|p| p.ip()));
                 let poll_interval = report_wait(&req.query)?;
                 self.plane.report_polling(id, report, poll_interval);
                 Ok(ApiReply::json(200, json!({"ok": true})))
@@ -551,6 +553,7 @@ impl ControlApi {
                             "current": n.applied.policy_version == head.policy_version && n.applied.seq == head.seq,
                             "rejected": n.applied.rejected,
                             "staged": self.staged.for_node(id),
+                            "admin": n.applied.admin,
                         })
                     })
                     .collect();

@@ -194,6 +194,8 @@ pub struct ControlPoller {
     source: AtomicUsize,
     /// The last snapshot refused since one was applied: sent with every report (the NACK).
     rejected: parking_lot::Mutex<Option<RejectedSnapshot>>,
+    /// The admin listener's address, sent in every report (for `verge verify`).
+    admin: String,
 }
 
 impl ControlPoller {
@@ -203,7 +205,10 @@ impl ControlPoller {
         // Never heard from the control plane: the snapshot is infinitely old, not 0 s old.
         METRICS.snapshot_age.set(f64::INFINITY);
         let state_file = parking_lot::Mutex::new(StateWriter::new(spec.state_file.clone()));
+        // the admin listener is not reloaded: it needs a restart or an upgrade to change
+        let admin = writer.base().admin.listen.to_string();
         ControlPoller {
+            admin,
             spec,
             state_file,
             writer,
@@ -364,6 +369,7 @@ impl ControlPoller {
             seq: position.seq,
             applied_at_ms: self.applied_ms.load(Ordering::Relaxed),
             rejected: self.rejected.lock().clone(),
+            admin: Some(self.admin.clone()),
         };
         let path = format!(
             "/v1/nodes/{}/applied?wait={}ms",

@@ -23,6 +23,7 @@ mod edge_rewrites;
 mod edge_tls;
 mod eviction;
 mod filters;
+mod fleet_verify;
 mod freshness;
 mod get_body;
 mod h2_limits;
