@@ -68,18 +68,20 @@ pub struct Served<'a> {
     pub age: Duration,
     /// When it stops (or stopped) being fresh.
     pub fresh_until: SystemTime,
+    /// When it was served: when the client got its head (and its `Cache-Status`).
+    pub at: SystemTime,
 }
 
 impl Served<'_> {
     /// How long past its expiry it was served (zero while fresh).
-    pub fn past_expiry(&self, now: SystemTime) -> Duration {
-        now.duration_since(self.fresh_until).unwrap_or_default()
+    pub fn past_expiry(&self) -> Duration {
+        self.at.duration_since(self.fresh_until).unwrap_or_default()
     }
 
     /// Its age ÷ its freshness lifetime (from when its age counts to its expiry); `None` for
     /// an entry with no lifetime at all (stored to be revalidated every time).
-    pub fn age_ratio(&self, now: SystemTime) -> Option<f64> {
-        let epoch = now.checked_sub(self.age)?;
+    pub fn age_ratio(&self) -> Option<f64> {
+        let epoch = self.at.checked_sub(self.age)?;
         let lifetime = self.fresh_until.duration_since(epoch).ok()?;
         (!lifetime.is_zero()).then(|| self.age.as_secs_f64() / lifetime.as_secs_f64())
     }
@@ -111,14 +113,8 @@ pub fn refused_by_invalidation(
 }
 
 /// Count one answer from the cache on a route of content class `class` (`"none"`: no class),
-/// served at `now` for a request that arrived at `received`.
-pub fn record(
-    class: &str,
-    served: &Served<'_>,
-    now: SystemTime,
-    received: SystemTime,
-    index: &InvalidationIndex,
-) {
+/// for a request that arrived at `received`.
+pub fn record(class: &str, served: &Served<'_>, received: SystemTime, index: &InvalidationIndex) {
     let state = served.state.as_str();
     METRICS
         .cache_served
@@ -128,9 +124,9 @@ pub fn record(
         METRICS
             .cache_served_stale
             .with_label_values(&[class, state])
-            .observe(served.past_expiry(now).as_secs_f64());
+            .observe(served.past_expiry().as_secs_f64());
     }
-    if let Some(ratio) = served.age_ratio(now) {
+    if let Some(ratio) = served.age_ratio() {
         METRICS
             .cache_served_age_ratio
             .with_label_values(&[class])
@@ -209,8 +205,9 @@ mod tests {
                 created: t(0),
                 age: Duration::from_secs(age),
                 fresh_until: t(50),
+                at: t(now),
             };
-            (s.age_ratio(t(now)), s.past_expiry(t(now)))
+            (s.age_ratio(), s.past_expiry())
         };
         assert_eq!(served(40, 30), (Some(40.0 / 60.0), Duration::ZERO));
         assert_eq!(served(90, 80), (Some(1.5), Duration::from_secs(30)));
@@ -221,8 +218,9 @@ mod tests {
             created: t(0),
             age: Duration::ZERO,
             fresh_until: t(0) - Duration::from_secs(1),
+            at: t(0),
         };
-        assert_eq!(none.age_ratio(t(0)), None);
+        assert_eq!(none.age_ratio(), None);
     }
 
     /// The counter of answers an applied invalidation should have refused can count: an entry
@@ -236,6 +234,7 @@ mod tests {
             created: t(0),
             age: Duration::from_secs(5),
             fresh_until: t(60),
+            at: t(20),
         };
         let mut index = InvalidationIndex::default();
         assert!(!refused_by_invalidation(&index, &served, t(20)));
@@ -269,8 +268,8 @@ mod tests {
             .cache_served_after_invalidation
             .with_label_values(&["test-refused"])
             .get();
-        record("test-refused", &served, t(20), t(20), &index);
-        record("test-refused", &fresh, t(20), t(20), &index);
+        record("test-refused", &served, t(20), &index);
+        record("test-refused", &fresh, t(20), &index);
         let after = METRICS
             .cache_served_after_invalidation
             .with_label_values(&["test-refused"])

@@ -98,7 +98,7 @@ pub fn finish(f: &Finished<'_>, log: Option<&AccessLog>, snapshot: &SharedSnapsh
         let now = SystemTime::now();
         let received = f.elapsed.and_then(|e| now.checked_sub(e)).unwrap_or(now);
         let index = &snapshot.control.invalidations;
-        crate::cache::freshness::record(class, served, now, received, index);
+        crate::cache::freshness::record(class, served, received, index);
     }
     let Some(log) = log else {
         return;

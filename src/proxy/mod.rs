@@ -516,6 +516,7 @@ impl ProxyHttp for EdgeProxy {
                 compression::client_head(req, resp, &route.spec.name, &mut ctx.transcoding)?;
             }
             if let Some(rules) = route.spec.cache.as_ref() {
+                ctx.served_at = Some(std::time::SystemTime::now());
                 caching::response_fields(session, resp, ctx, rules)?;
             }
             if ctx.tier.hop.is_none() {
@@ -608,12 +609,17 @@ impl ProxyHttp for EdgeProxy {
                 .then(|| finish::ServedState::of(phase))
                 .flatten()
                 .zip(session.cache.maybe_cache_meta())
-                .map(|(state, meta)| finish::Served {
-                    state,
-                    header: meta.response_header(),
-                    created: meta.created(),
-                    age: meta.age(),
-                    fresh_until: meta.fresh_until(),
+                .map(|(state, meta)| {
+                    // measured when the client got the head, as its Cache-Status was
+                    let at = ctx.served_at.unwrap_or_else(std::time::SystemTime::now);
+                    finish::Served {
+                        state,
+                        header: meta.response_header(),
+                        created: meta.created(),
+                        age: at.duration_since(meta.epoch()).unwrap_or_default(),
+                        fresh_until: meta.fresh_until(),
+                        at,
+                    }
                 }),
             seen: finish::Seen {
                 user_agent: field(http::header::USER_AGENT),

@@ -25,6 +25,7 @@ mod eviction;
 mod filters;
 mod fleet_verify;
 mod freshness;
+mod freshness_soak;
 mod get_body;
 mod h2_limits;
 mod hardening;
