@@ -1,9 +1,11 @@
 //! Every Prometheus metric verge exports, declared in one place: a node's on one registry, the
 //! control plane's on another.
 
+mod class_budget;
 mod disk;
 mod staged_purge;
 
+pub use class_budget::{ClassBudgetMetrics, CLASS_BUDGET_METRICS};
 pub use disk::{DiskMetrics, DISK_METRICS};
 use once_cell::sync::Lazy;
 use prometheus::{

@@ -4,9 +4,11 @@
 //! phase that also gives `Cache-Status` and `verge_cache_lookups_total`.
 
 use super::invalidation::index::{InvalidationIndex, Verdict};
-use crate::metrics::METRICS;
+use crate::config::classes::ContentClass;
+use crate::metrics::{CLASS_BUDGET_METRICS, METRICS};
 use pingora_cache::CachePhase;
 use pingora_http::ResponseHeader;
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 /// How fresh an answer from the cache was.
@@ -113,13 +115,25 @@ pub fn refused_by_invalidation(
 }
 
 /// Count one answer from the cache on a route of content class `class` (`"none"`: no class),
-/// for a request that arrived at `received`.
-pub fn record(class: &str, served: &Served<'_>, received: SystemTime, index: &InvalidationIndex) {
+/// for a request that arrived at `received`; `budget` is the class's staleness budget.
+pub fn record(
+    class: &str,
+    budget: Option<Duration>,
+    served: &Served<'_>,
+    received: SystemTime,
+    index: &InvalidationIndex,
+) {
     let state = served.state.as_str();
     METRICS
         .cache_served
         .with_label_values(&[class, state])
         .inc();
+    if budget.is_some_and(|b| served.age > b) {
+        CLASS_BUDGET_METRICS
+            .over_budget
+            .with_label_values(&[class])
+            .inc();
+    }
     if served.state.stale() {
         METRICS
             .cache_served_stale
@@ -140,6 +154,20 @@ pub fn record(class: &str, served: &Served<'_>, received: SystemTime, index: &In
         log::error!(
             "served an entry of class {class} that an applied invalidation refuses (state {state})"
         );
+    }
+}
+
+/// Export each class's budget (`verge_content_class_budget_seconds`), the classes of the
+/// snapshot in force only.
+pub fn publish_budgets(classes: &BTreeMap<String, ContentClass>) {
+    let gauge = &CLASS_BUDGET_METRICS.budget;
+    gauge.reset();
+    for (name, class) in classes {
+        gauge
+            .with_label_values(&[name])
+            .set(class.budget.as_secs_f64());
+        // the counter is exported (at 0) from the start, for every class
+        CLASS_BUDGET_METRICS.over_budget.with_label_values(&[name]);
     }
 }
 
@@ -268,8 +296,8 @@ mod tests {
             .cache_served_after_invalidation
             .with_label_values(&["test-refused"])
             .get();
-        record("test-refused", &served, t(20), &index);
-        record("test-refused", &fresh, t(20), &index);
+        record("test-refused", None, &served, t(20), &index);
+        record("test-refused", None, &fresh, t(20), &index);
         let after = METRICS
             .cache_served_after_invalidation
             .with_label_values(&["test-refused"])

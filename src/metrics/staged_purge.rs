@@ -17,16 +17,16 @@ pub struct StagedPurgeMetrics {
 /// The staged-purge metrics (see [`StagedPurgeMetrics`]).
 pub static STAGED_PURGE_METRICS: Lazy<StagedPurgeMetrics> = Lazy::new(|| {
     // a handle on the same registry (a `Registry` is shared, not copied, by `clone`)
-    let registry = METRICS.control_registry.clone();
+    let control = METRICS.control_registry.clone();
     StagedPurgeMetrics {
         purges: gauge(
-            &registry,
+            &control,
             "verge_control_staged_purges",
             "Staged purges kept by the control plane, by state",
             &["state"],
         ),
         waves_sent: plain_counter(
-            &registry,
+            &control,
             "verge_control_staged_purge_waves_total",
             "Waves of staged purges sent to the nodes",
         ),

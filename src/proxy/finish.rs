@@ -98,7 +98,8 @@ pub fn finish(f: &Finished<'_>, log: Option<&AccessLog>, snapshot: &SharedSnapsh
         let now = SystemTime::now();
         let received = f.elapsed.and_then(|e| now.checked_sub(e)).unwrap_or(now);
         let index = &snapshot.control.invalidations;
-        crate::cache::freshness::record(class, served, received, index);
+        let budget = snapshot.config.classes.get(class).map(|c| c.budget);
+        crate::cache::freshness::record(class, budget, served, received, index);
     }
     let Some(log) = log else {
         return;

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 const MAX_AGE: u64 = 1;
 const SWR: u64 = 2;
 const URLS: usize = 4;
+/// The class's staleness budget: the later stale-if-error answers are older than it.
+const BUDGET: u64 = 3;
 
 /// How the client classes one answer, from its `Cache-Status` and `Age` only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -77,7 +79,7 @@ async fn staleness_metrics_match_what_clients_saw_through_an_origin_outage() {
     }
     let v = Verge::start(
         &Config::new()
-            .raw("classes: {soak: {budget: 2m}}")
+            .raw(&format!("classes: {{soak: {{budget: {BUDGET}s}}}}"))
             .pool(Pool::new("p", &[o.addr]))
             .route(
                 Route::to("p")
@@ -115,6 +117,8 @@ async fn staleness_metrics_match_what_clients_saw_through_an_origin_outage() {
     let start = stored[0];
     let (mut stopped, mut restarted) = (false, false);
     let mut seen: Vec<Seen> = Vec::new();
+    // the Age of every answer from the cache, for the time budget
+    let mut ages: Vec<u64> = Vec::new();
     let (mut before_outage, mut during_outage) = (0, 0);
     for (at, i) in events {
         if !stopped && at >= start + Duration::from_secs_f64(outage_at) {
@@ -129,7 +133,12 @@ async fn staleness_metrics_match_what_clients_saw_through_an_origin_outage() {
             restarted = true;
         }
         tokio::time::sleep_until(at.into()).await;
-        seen.push(classify(&fetch(&v, &paths[i], &[]).await));
+        let got = fetch(&v, &paths[i], &[]).await;
+        let s = classify(&got);
+        if s != Seen::Fetched {
+            ages.push(got.age.unwrap_or(0));
+        }
+        seen.push(s);
     }
     assert_eq!(during_outage, 0, "nothing reached the stopped origin");
 
@@ -218,6 +227,21 @@ async fn staleness_metrics_match_what_clients_saw_through_an_origin_outage() {
     assert_eq!(
         m.value("verge_cache_served_age_ratio_count", &[("class", "soak")]),
         Some(served as f64)
+    );
+    // the time budget: an answer whose Age read N was N to N+1 seconds old
+    let soak = [("class", "soak")];
+    assert_eq!(
+        m.value("verge_content_class_budget_seconds", &soak),
+        Some(BUDGET as f64)
+    );
+    let over = m
+        .value("verge_cache_served_over_budget_total", &soak)
+        .unwrap_or(0.0);
+    let surely = ages.iter().filter(|a| **a > BUDGET).count() as f64;
+    let maybe = ages.iter().filter(|a| **a >= BUDGET).count() as f64;
+    assert!(
+        (surely..=maybe).contains(&over) && surely > 0.0,
+        "over budget {over}, clients saw {surely} to {maybe}"
     );
     assert_eq!(
         m.sum("verge_cache_served_after_invalidation_total", &[]),
