@@ -774,6 +774,9 @@ mod tests {
             "/v1/snapshot",
             "/v1/nodes/{id}/applied",
             "/v1/nodes",
+            "/v1/staged-purges",
+            "/v1/staged-purges/{id}",
+            "/v1/staged-purges/{id}/{op}",
         ] {
             assert!(paths.contains_key(p), "{p} missing from openapi.yaml");
         }

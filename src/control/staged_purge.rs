@@ -736,7 +736,6 @@ mod tests {
         );
         assert_eq!(p.waves[2].seq, None, "nothing after an abort");
         assert!(p.operate("resume", t0).is_err());
-        drop(send);
         assert_eq!(sent.len(), 2);
         assert_eq!(p.to_json()["waves"][2]["state"], "skipped");
     }
