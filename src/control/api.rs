@@ -552,7 +552,7 @@ impl ControlApi {
                             "seq_lag": head.seq.saturating_sub(n.applied.seq),
                             "current": n.applied.policy_version == head.policy_version && n.applied.seq == head.seq,
                             "rejected": n.applied.rejected,
-                            "staged": self.staged.for_node(id),
+                            "staged": self.staged.for_node(id, n.applied.seq),
                             "admin": n.applied.admin,
                         })
                     })

@@ -419,14 +419,11 @@ impl StagedPurge {
         })
     }
 
-    /// The wave that reaches `node`, by number, and whether the node acknowledged it: for
-    /// `verge nodes`.
-    pub fn wave_of(&self, node: &str) -> Option<(usize, bool)> {
+    /// The wave that reaches `node`, by number, and whether the node, at `seq`, applied it:
+    /// for `verge nodes`.
+    pub fn wave_of(&self, node: &str, seq: u64) -> Option<(usize, bool)> {
         let i = self.waves.iter().position(|w| w.selector.reaches(node))?;
-        let w = &self.waves[i];
-        let applied =
-            w.seq.is_some() && (w.acked.is_some() || !w.pending.iter().any(|p| p == node));
-        Some((i + 1, applied))
+        Some((i + 1, self.waves[i].seq.is_some_and(|s| seq >= s)))
     }
 }
 
@@ -575,14 +572,15 @@ impl StagedPurges {
             .map(StagedPurge::to_json)
     }
 
-    /// For `GET /v1/nodes`: the unfinished staged purges that reach `node`, with its wave.
-    pub fn for_node(&self, node: &str) -> Vec<Value> {
+    /// For `GET /v1/nodes`: the unfinished staged purges that reach `node` (which reported
+    /// `seq`), with its wave and whether it applied it.
+    pub fn for_node(&self, node: &str, seq: u64) -> Vec<Value> {
         self.purges
             .lock()
             .iter()
             .filter(|p| !p.phase.is_final())
             .filter_map(|p| {
-                let (wave, applied) = p.wave_of(node)?;
+                let (wave, applied) = p.wave_of(node, seq)?;
                 Some(json!({"id": p.id, "wave": wave, "applied": applied, "state": p.phase.as_str()}))
             })
             .collect()
@@ -788,7 +786,8 @@ mod tests {
             &mut send,
         );
         assert_eq!(p.phase, Phase::Done);
-        assert_eq!(p.wave_of("a"), Some((1, true)));
-        assert_eq!(p.wave_of("new"), Some((2, true)));
+        assert_eq!(p.wave_of("a", 2), Some((1, true)));
+        assert_eq!(p.wave_of("b", 0), Some((2, false)));
+        assert_eq!(p.wave_of("new", 2), Some((2, true)));
     }
 }
