@@ -519,8 +519,12 @@ impl StagedPurges {
         Ok(accepted.first().map_or(0, |a| a.seq))
     }
 
-    /// Move every staged purge on as far as its nodes allow.
+    /// Move every staged purge on as far as its nodes allow (without one under way, nothing
+    /// is looked at).
     pub fn tick(&self) {
+        if self.purges.lock().iter().all(|p| p.phase.is_final()) {
+            return;
+        }
         let views = self.node_views();
         let mut purges = self.purges.lock();
         let now = Instant::now();
