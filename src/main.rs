@@ -10,6 +10,7 @@
 mod lifecycle;
 mod ops;
 mod verify;
+mod verify_metrics;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -71,6 +72,20 @@ enum Command {
         /// Required with `all`.
         #[arg(long)]
         confirm_all: bool,
+        /// Stage the purge (`all` is staged unless --at-once): one wave per --wave, a share of
+        /// the live nodes (`10%`, counted from the first wave) or node ids (`edge-1,edge-2`),
+        /// then the rest. Default for `all`: 10%, then the rest.
+        #[arg(long = "wave", value_name = "SHARE|NODES")]
+        waves: Vec<String>,
+        /// Staged: how long to wait after every node of a wave applied it (default 60s).
+        #[arg(long, value_name = "DURATION")]
+        hold: Option<String>,
+        /// Staged: how long a wave waits for its nodes before the purge stalls (default 5m).
+        #[arg(long, value_name = "DURATION")]
+        ack_timeout: Option<String>,
+        /// Purge everything on every node at once (break-glass), not in waves.
+        #[arg(long)]
+        at_once: bool,
         /// With one `url`: the origin object's new ETag. Only entries carrying another version
         /// (or none) are invalidated; a node whose entry already carries it keeps it.
         #[arg(long, value_name = "ETAG")]
@@ -85,20 +100,39 @@ enum Command {
     },
     /// Ask each node's admin listener what it would serve for each URL (stored version, age,
     /// invalidations applied), without fetching from the origin, and name the nodes that would
-    /// serve another version: the one given, else the one most nodes serve. Exit 1 if any.
+    /// serve another version: the one given, else the origin's current ETag (--origin), else
+    /// the one most nodes serve. Exit 1 if any.
     Verify {
         /// URLs (`host/path?query`).
         #[arg(required = true)]
         urls: Vec<String>,
         /// A node's admin listener (`host:port`); once per node.
-        #[arg(long = "node", required = true, value_name = "ADMIN")]
+        #[arg(long = "node", value_name = "ADMIN")]
         nodes: Vec<String>,
+        /// Ask every node the control plane knows, at the admin address of its receipts.
+        #[arg(long)]
+        from_control: bool,
+        /// The origin (`http://host:port`) whose current ETag of each URL is the expected one.
+        #[arg(long, value_name = "URL")]
+        origin: Option<String>,
         /// The version every node should serve: the origin object's current ETag.
         #[arg(long, value_name = "ETAG")]
         expected_version: Option<String>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        /// Check again every INTERVAL until stopped.
+        #[arg(long, value_name = "INTERVAL")]
+        every: Option<String>,
+        /// With --every: serve `verge_verify_divergent_nodes{class}` on ADDR.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        control: ops::ControlArgs,
+    },
+    /// List staged purges, show one, or pause, resume or abort one.
+    Staged {
+        #[command(subcommand)]
+        action: Option<ops::StagedAction>,
+        #[command(flatten)]
+        control: ops::ControlArgs,
     },
     /// Show every node: alive, late or dead, its applied policy version and invalidation
     /// sequence, its lag and when it last reported.
@@ -148,6 +182,10 @@ fn main() -> ExitCode {
             targets,
             soft,
             confirm_all,
+            waves,
+            hold,
+            ack_timeout,
+            at_once,
             expected_version,
             wait,
             control,
@@ -159,16 +197,54 @@ fn main() -> ExitCode {
                 soft,
                 confirm_all,
                 expected_version,
+                stages: ops::Stages {
+                    waves,
+                    hold,
+                    ack_timeout,
+                    at_once,
+                },
             },
             wait,
         ),
+        Command::Staged { action, control } => ops::staged(&control, action),
         Command::Nodes { control } => ops::nodes(&control),
         Command::Verify {
             urls,
             nodes,
+            from_control,
+            origin,
             expected_version,
-            json,
-        } => verify::verify(urls, nodes, expected_version, json),
+            every,
+            metrics_listen,
+            control,
+        } => {
+            let every = match every.as_deref().map(verge::config::units::parse_duration) {
+                Some(Err(e)) => {
+                    eprintln!("verge: --every: {e}");
+                    return ExitCode::from(2);
+                }
+                Some(Ok(d)) => Some(d),
+                None => None,
+            };
+            let client = match from_control.then(|| ops::control_client(&control)) {
+                Some(Err(e)) => {
+                    eprintln!("verge: {e}");
+                    return ExitCode::from(2);
+                }
+                Some(Ok(c)) => Some(c),
+                None => None,
+            };
+            verify::verify(verify::VerifyArgs {
+                urls,
+                nodes,
+                control: client,
+                origin,
+                expected_version,
+                json: ops::wants_json(&control),
+                every,
+                metrics_listen,
+            })
+        }
         Command::Reload { config, timeout } => {
             lifecycle::reload(&config, Duration::from_secs(timeout))
         }

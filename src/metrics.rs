@@ -1,14 +1,18 @@
 //! Every Prometheus metric verge exports, declared in one place: a node's on one registry, the
 //! control plane's on another.
 
+mod class_budget;
 mod disk;
+mod staged_purge;
 
+pub use class_budget::{ClassBudgetMetrics, CLASS_BUDGET_METRICS};
 pub use disk::{DiskMetrics, DISK_METRICS};
 use once_cell::sync::Lazy;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+pub use staged_purge::{StagedPurgeMetrics, STAGED_PURGE_METRICS};
 
 /// All metrics. Names and labels are part of verge's interface: change them with care.
 pub struct Metrics {

@@ -78,6 +78,16 @@ impl PurgeKind {
     }
 }
 
+/// The control-plane client `args` name (for `verge verify --from-control`).
+pub fn control_client(args: &ControlArgs) -> Result<ControlClient, String> {
+    client(args)
+}
+
+/// Whether `--json` was given.
+pub fn wants_json(args: &ControlArgs) -> bool {
+    args.json
+}
+
 fn client(args: &ControlArgs) -> Result<ControlClient, String> {
     let base = args
         .control
@@ -296,6 +306,165 @@ pub struct PurgeFlags {
     pub confirm_all: bool,
     /// The origin object's new ETag (`--expected-version`).
     pub expected_version: Option<String>,
+    /// Whether and how to stage it.
+    pub stages: Stages,
+}
+
+/// How `verge purge` stages a purge: `--wave`, `--hold`, `--ack-timeout`, `--at-once`.
+pub struct Stages {
+    /// One wave each: `10%` or `node-a,node-b`.
+    pub waves: Vec<String>,
+    /// After each acknowledged wave.
+    pub hold: Option<String>,
+    /// For each wave's acknowledgements.
+    pub ack_timeout: Option<String>,
+    /// `all` at once, not staged.
+    pub at_once: bool,
+}
+
+impl Stages {
+    /// The staged-purge body for `kind`, or `None` when the purge goes to every node at once.
+    fn body(
+        &self,
+        kind: PurgeKind,
+        targets: &[String],
+        soft: bool,
+    ) -> Result<Option<Value>, String> {
+        let asked = !self.waves.is_empty() || self.hold.is_some() || self.ack_timeout.is_some();
+        let staged = match kind {
+            PurgeKind::All => !self.at_once,
+            PurgeKind::Host | PurgeKind::Prefix => asked,
+            PurgeKind::Url | PurgeKind::Tag if asked => {
+                return Err("only all, host and prefix purges are staged".into())
+            }
+            PurgeKind::Url | PurgeKind::Tag => false,
+        };
+        if !staged {
+            if asked {
+                return Err(
+                    "--at-once sends the purge to every node: no --wave, --hold or --ack-timeout"
+                        .into(),
+                );
+            }
+            return Ok(None);
+        }
+        let target = match (kind, targets) {
+            (PurgeKind::All, []) => String::new(),
+            (PurgeKind::All, _) => return Err("purge all takes no target".into()),
+            (_, [one]) => one.clone(),
+            _ => return Err("a staged purge has one target".into()),
+        };
+        let mut body = json!({"kind": kind.as_str(), "target": target, "soft": soft});
+        if !self.waves.is_empty() {
+            let waves: Vec<Value> = self
+                .waves
+                .iter()
+                .map(|w| match w.trim() {
+                    share if share.ends_with('%') => Value::from(share),
+                    ids => Value::from(ids.split(',').map(str::trim).collect::<Vec<_>>()),
+                })
+                .collect();
+            body["waves"] = Value::from(waves);
+        }
+        if let Some(h) = &self.hold {
+            body["hold"] = Value::from(h.as_str());
+        }
+        if let Some(t) = &self.ack_timeout {
+            body["ack_timeout"] = Value::from(t.as_str());
+        }
+        Ok(Some(body))
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StagedAction {
+    /// Show one staged purge, wave by wave.
+    Show { id: u64 },
+    /// Hold a staged purge at its current wave.
+    Pause { id: u64 },
+    /// Go on (a stalled one sends its next wave without the missing acknowledgements).
+    Resume { id: u64 },
+    /// Stop for good: the waves not sent never will be.
+    Abort { id: u64 },
+}
+
+/// One staged purge for people: a line, then a line per wave.
+fn staged_text(p: &Value) -> String {
+    let target = p["target"].as_str().unwrap_or("");
+    let mut out = format!(
+        "staged purge {}: {}{}{} {}, wave {} of {}, hold {}s\n",
+        p["id"],
+        p["kind"].as_str().unwrap_or(""),
+        if target.is_empty() { "" } else { " " },
+        target,
+        p["state"].as_str().unwrap_or(""),
+        p["wave"],
+        p["waves"].as_array().map_or(0, Vec::len),
+        p["hold_secs"],
+    );
+    for w in p["waves"].as_array().into_iter().flatten() {
+        let nodes = match &w["nodes"] {
+            Value::Array(ids) => ids
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => "every other node".into(),
+        };
+        let seq = w["seq"]
+            .as_u64()
+            .map_or(String::new(), |s| format!(" seq {s}"));
+        let pending: Vec<&str> = w["pending"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let pending = if pending.is_empty() {
+            String::new()
+        } else {
+            format!(", not yet applied by {}", pending.join(", "))
+        };
+        out.push_str(&format!(
+            "  wave {}: {} ({}{seq}{pending})\n",
+            w["wave"],
+            nodes,
+            w["state"].as_str().unwrap_or("")
+        ));
+    }
+    if let Some(e) = p["error"].as_str() {
+        out.push_str(&format!("  last error: {e}\n"));
+    }
+    out
+}
+
+/// `verge staged [show|pause|resume|abort ID]`
+pub fn staged(args: &ControlArgs, action: Option<StagedAction>) -> ExitCode {
+    run(args, |c, out| async move {
+        let answer = match action {
+            None => get(&c, "/v1/staged-purges").await?,
+            Some(StagedAction::Show { id }) => get(&c, &format!("/v1/staged-purges/{id}")).await?,
+            Some(StagedAction::Pause { id }) => op(&c, id, "pause").await?,
+            Some(StagedAction::Resume { id }) => op(&c, id, "resume").await?,
+            Some(StagedAction::Abort { id }) => op(&c, id, "abort").await?,
+        };
+        if out.json {
+            out.json(&answer);
+        } else if let Some(list) = answer["staged_purges"].as_array() {
+            if list.is_empty() {
+                println!("no staged purge");
+            }
+            list.iter().for_each(|p| print!("{}", staged_text(p)));
+        } else {
+            print!("{}", staged_text(&answer));
+        }
+        Ok(())
+    })
+}
+
+async fn op(c: &ControlClient, id: u64, op: &str) -> Result<Value, ExitCode> {
+    let path = format!("/v1/staged-purges/{id}/{op}");
+    call(c, Method::POST, &path, Some(&json!({})), None).await
 }
 
 /// `verge purge KIND TARGET... [--soft] [--expected-version ETAG] [--wait[=TIMEOUT]]`
@@ -318,12 +487,36 @@ pub fn purge(
             body["confirm"] = Value::from("all");
         }
         _ if targets.is_empty() => return fail("give at least one target", 2),
-        _ => body["targets"] = Value::from(targets),
+        _ => body["targets"] = Value::from(targets.clone()),
     }
     let wait = match wait.as_deref().map(parse_duration).transpose() {
         Ok(w) => w,
         Err(e) => return fail(format!("--wait: {e}"), 2),
     };
+    let staged = match flags.stages.body(kind, &targets, flags.soft) {
+        Ok(s) => s,
+        Err(e) => return fail(e, 2),
+    };
+    if let Some(mut staged) = staged {
+        if wait.is_some() {
+            return fail(
+                "a staged purge is followed with `verge staged show ID`, not --wait",
+                2,
+            );
+        }
+        if matches!(kind, PurgeKind::All) {
+            staged["confirm"] = Value::from("all");
+        }
+        return run(args, |c, out| async move {
+            let answer = call(&c, Method::POST, "/v1/staged-purges", Some(&staged), None).await?;
+            if out.json {
+                out.json(&answer);
+            } else {
+                print!("{}", staged_text(&answer));
+            }
+            Ok(())
+        });
+    }
     run(args, |c, out| async move {
         let mut answer = call(&c, Method::POST, "/v1/invalidations", Some(&body), None).await?;
         let seq = answer["seq"].as_u64().unwrap_or(0);

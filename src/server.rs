@@ -430,12 +430,12 @@ pub fn build_control_server(
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
-    let mut api = Service::new(
-        "verge control api".to_string(),
-        HttpServer::new_app(ControlApi::new(plane, audit)),
-    );
+    let app = ControlApi::new(plane, audit);
+    let staged = crate::control::staged_purge::StagedPurgeDriver(app.staged_purges());
+    let mut api = Service::new("verge control api".to_string(), HttpServer::new_app(app));
     api.add_tcp(&listen.to_string());
     server.add_service(api);
+    server.add_service(background_service("verge staged purges", staged));
     Ok(server)
 }
 

@@ -74,6 +74,7 @@ fn nodes() -> &'static Nodes {
                 created_ms: 0,
                 id: None,
                 expected_version: None,
+                nodes: None,
             };
             index.apply(&inv, applied_at).expect("invalidation");
         }
@@ -334,6 +335,7 @@ fn target_invariants(kind: InvalidationKind, text: &str) {
             created_ms: 0,
             id: None,
             expected_version: None,
+            nodes: None,
         };
         let at = now();
         assert_eq!(index.apply(&inv, at), Ok(()));

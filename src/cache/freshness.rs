@@ -4,9 +4,11 @@
 //! phase that also gives `Cache-Status` and `verge_cache_lookups_total`.
 
 use super::invalidation::index::{InvalidationIndex, Verdict};
-use crate::metrics::METRICS;
+use crate::config::classes::ContentClass;
+use crate::metrics::{CLASS_BUDGET_METRICS, METRICS};
 use pingora_cache::CachePhase;
 use pingora_http::ResponseHeader;
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 /// How fresh an answer from the cache was.
@@ -68,18 +70,20 @@ pub struct Served<'a> {
     pub age: Duration,
     /// When it stops (or stopped) being fresh.
     pub fresh_until: SystemTime,
+    /// When it was served: when the client got its head (and its `Cache-Status`).
+    pub at: SystemTime,
 }
 
 impl Served<'_> {
     /// How long past its expiry it was served (zero while fresh).
-    pub fn past_expiry(&self, now: SystemTime) -> Duration {
-        now.duration_since(self.fresh_until).unwrap_or_default()
+    pub fn past_expiry(&self) -> Duration {
+        self.at.duration_since(self.fresh_until).unwrap_or_default()
     }
 
     /// Its age ÷ its freshness lifetime (from when its age counts to its expiry); `None` for
     /// an entry with no lifetime at all (stored to be revalidated every time).
-    pub fn age_ratio(&self, now: SystemTime) -> Option<f64> {
-        let epoch = now.checked_sub(self.age)?;
+    pub fn age_ratio(&self) -> Option<f64> {
+        let epoch = self.at.checked_sub(self.age)?;
         let lifetime = self.fresh_until.duration_since(epoch).ok()?;
         (!lifetime.is_zero()).then(|| self.age.as_secs_f64() / lifetime.as_secs_f64())
     }
@@ -111,11 +115,11 @@ pub fn refused_by_invalidation(
 }
 
 /// Count one answer from the cache on a route of content class `class` (`"none"`: no class),
-/// served at `now` for a request that arrived at `received`.
+/// for a request that arrived at `received`; `budget` is the class's staleness budget.
 pub fn record(
     class: &str,
+    budget: Option<Duration>,
     served: &Served<'_>,
-    now: SystemTime,
     received: SystemTime,
     index: &InvalidationIndex,
 ) {
@@ -124,13 +128,19 @@ pub fn record(
         .cache_served
         .with_label_values(&[class, state])
         .inc();
+    if budget.is_some_and(|b| served.age > b) {
+        CLASS_BUDGET_METRICS
+            .over_budget
+            .with_label_values(&[class])
+            .inc();
+    }
     if served.state.stale() {
         METRICS
             .cache_served_stale
             .with_label_values(&[class, state])
-            .observe(served.past_expiry(now).as_secs_f64());
+            .observe(served.past_expiry().as_secs_f64());
     }
-    if let Some(ratio) = served.age_ratio(now) {
+    if let Some(ratio) = served.age_ratio() {
         METRICS
             .cache_served_age_ratio
             .with_label_values(&[class])
@@ -144,6 +154,20 @@ pub fn record(
         log::error!(
             "served an entry of class {class} that an applied invalidation refuses (state {state})"
         );
+    }
+}
+
+/// Export each class's budget (`verge_content_class_budget_seconds`), the classes of the
+/// snapshot in force only.
+pub fn publish_budgets(classes: &BTreeMap<String, ContentClass>) {
+    let gauge = &CLASS_BUDGET_METRICS.budget;
+    gauge.reset();
+    for (name, class) in classes {
+        gauge
+            .with_label_values(&[name])
+            .set(class.budget.as_secs_f64());
+        // the counter is exported (at 0) from the start, for every class
+        CLASS_BUDGET_METRICS.over_budget.with_label_values(&[name]);
     }
 }
 
@@ -172,6 +196,7 @@ mod tests {
             created_ms: 0,
             id: None,
             expected_version: None,
+            nodes: None,
         }
     }
 
@@ -208,8 +233,9 @@ mod tests {
                 created: t(0),
                 age: Duration::from_secs(age),
                 fresh_until: t(50),
+                at: t(now),
             };
-            (s.age_ratio(t(now)), s.past_expiry(t(now)))
+            (s.age_ratio(), s.past_expiry())
         };
         assert_eq!(served(40, 30), (Some(40.0 / 60.0), Duration::ZERO));
         assert_eq!(served(90, 80), (Some(1.5), Duration::from_secs(30)));
@@ -220,8 +246,9 @@ mod tests {
             created: t(0),
             age: Duration::ZERO,
             fresh_until: t(0) - Duration::from_secs(1),
+            at: t(0),
         };
-        assert_eq!(none.age_ratio(t(0)), None);
+        assert_eq!(none.age_ratio(), None);
     }
 
     /// The counter of answers an applied invalidation should have refused can count: an entry
@@ -235,6 +262,7 @@ mod tests {
             created: t(0),
             age: Duration::from_secs(5),
             fresh_until: t(60),
+            at: t(20),
         };
         let mut index = InvalidationIndex::default();
         assert!(!refused_by_invalidation(&index, &served, t(20)));
@@ -268,8 +296,8 @@ mod tests {
             .cache_served_after_invalidation
             .with_label_values(&["test-refused"])
             .get();
-        record("test-refused", &served, t(20), t(20), &index);
-        record("test-refused", &fresh, t(20), t(20), &index);
+        record("test-refused", None, &served, t(20), &index);
+        record("test-refused", None, &fresh, t(20), &index);
         let after = METRICS
             .cache_served_after_invalidation
             .with_label_values(&["test-refused"])

@@ -137,6 +137,7 @@ mod tests {
                     created_ms: 0,
                     id: None,
                     expected_version: None,
+                    nodes: None,
                 },
                 t0 + Duration::from_secs(1),
             )

@@ -5,6 +5,10 @@ use super::liveness::judge;
 use super::plane::{ControlPlane, InvalidationRequest, PlaneError};
 use super::purge_scope;
 use super::settings::{Scope, Token};
+use super::staged_purge::{
+    StagedError, StagedPurges, StagedRequest, WaveSpec, DEFAULT_ACK_TIMEOUT, DEFAULT_HOLD,
+    DEFAULT_WAVES,
+};
 use super::wire::{unix_ms, AppliedReport, InvalidationKind, Position, SigningKey};
 use crate::config::units::parse_duration;
 use crate::metrics::METRICS;
@@ -21,12 +25,23 @@ use std::time::{Duration, SystemTime};
 pub struct ControlApi {
     plane: Arc<ControlPlane>,
     audit: Option<AuditLog>,
+    staged: Arc<StagedPurges>,
 }
 
 impl ControlApi {
     /// The API over `plane`, recording every call in `audit` when there is one.
     pub fn new(plane: Arc<ControlPlane>, audit: Option<AuditLog>) -> Self {
-        ControlApi { plane, audit }
+        let staged = StagedPurges::new(plane.clone());
+        ControlApi {
+            plane,
+            audit,
+            staged,
+        }
+    }
+
+    /// The staged purges this API starts, for the service that moves them on.
+    pub fn staged_purges(&self) -> Arc<StagedPurges> {
+        self.staged.clone()
     }
 
     /// Record a call and its answer in the audit log (probes of `/healthz` and `/metrics` are
@@ -278,6 +293,7 @@ fn purge_requests(body: &[u8]) -> Result<Vec<InvalidationRequest>, ApiReply> {
                 soft: b.soft,
                 id: b.id.clone(),
                 expected_version: b.expected_version.clone(),
+                nodes: None,
             }));
         }
         (None, Some(items)) if b.id.is_none() && b.expected_version.is_none() => {
@@ -287,6 +303,7 @@ fn purge_requests(body: &[u8]) -> Result<Vec<InvalidationRequest>, ApiReply> {
                 soft: i.soft,
                 id: i.id,
                 expected_version: i.expected_version,
+                nodes: None,
             }))
         }
         _ => {
@@ -300,6 +317,62 @@ fn purge_requests(body: &[u8]) -> Result<Vec<InvalidationRequest>, ApiReply> {
         return Err(ApiReply::error(400, "kind all needs \"confirm\": \"all\""));
     }
     Ok(out)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StagedBody {
+    kind: InvalidationKind,
+    #[serde(default)]
+    target: String,
+    #[serde(default)]
+    soft: bool,
+    confirm: Option<String>,
+    waves: Option<Vec<WaveSpec>>,
+    hold: Option<String>,
+    ack_timeout: Option<String>,
+}
+
+/// A staged purge's body as a request, and the invalidation its waves share (for the scope
+/// check). `all` needs `"confirm": "all"`, as an immediate one does.
+fn staged_request(body: &[u8]) -> Result<(StagedRequest, InvalidationRequest), ApiReply> {
+    let b: StagedBody = serde_json::from_slice(body)
+        .map_err(|e| ApiReply::error(400, format!("invalid staged purge body: {e}")))?;
+    if b.kind == InvalidationKind::All && b.confirm.as_deref() != Some("all") {
+        return Err(ApiReply::error(400, "kind all needs \"confirm\": \"all\""));
+    }
+    let duration = |name: &str, v: Option<String>, default: Duration| match v {
+        None => Ok(default),
+        Some(t) => parse_duration(&t).map_err(|e| ApiReply::error(400, format!("{name}: {e}"))),
+    };
+    let request = StagedRequest {
+        kind: b.kind,
+        target: b.target.clone(),
+        soft: b.soft,
+        waves: b
+            .waves
+            .unwrap_or_else(|| vec![WaveSpec::Share(DEFAULT_WAVES.into())]),
+        hold: duration("hold", b.hold, DEFAULT_HOLD)?,
+        ack_timeout: duration("ack_timeout", b.ack_timeout, DEFAULT_ACK_TIMEOUT)?,
+    };
+    let invalidation = InvalidationRequest {
+        kind: b.kind,
+        target: b.target,
+        soft: b.soft,
+        id: None,
+        expected_version: None,
+        nodes: None,
+    };
+    Ok((request, invalidation))
+}
+
+fn staged_error(e: StagedError) -> ApiReply {
+    match e {
+        StagedError::BadRequest(m) => ApiReply::error(400, m),
+        e @ StagedError::NotFound(_) => ApiReply::error(404, e.to_string()),
+        e @ StagedError::Conflict { .. } => ApiReply::error(409, e.to_string()),
+        StagedError::Plane(e) => plane_error(e),
+    }
 }
 
 fn policy_json(p: &super::store::PolicyVersion) -> Value {
@@ -420,6 +493,35 @@ impl ControlApi {
                     })
                 }
             },
+            ("POST", ["v1", "staged-purges"]) => staged_request(&req.body).and_then(|(request, invalidation)| {
+                if let Some(t) = token {
+                    purge_scope::authorize(t, &[invalidation]).map_err(|e| ApiReply::error(403, e))?;
+                }
+                let shown = self.staged.start(request, who).map_err(staged_error)?;
+                Ok(ApiReply::json(202, shown))
+            }),
+            ("GET", ["v1", "staged-purges"]) => need(Scope::Read)
+                .map(|()| ApiReply::json(200, json!({"staged_purges": self.staged.list()}))),
+            ("GET", ["v1", "staged-purges", id]) => need(Scope::Read).and_then(|()| {
+                id.parse::<u64>()
+                    .ok()
+                    .and_then(|id| self.staged.get(id))
+                    .map(|p| ApiReply::json(200, p))
+                    .ok_or_else(|| ApiReply::error(404, format!("no staged purge {id}")))
+            }),
+            ("POST", ["v1", "staged-purges", id, op]) => {
+                let id = id
+                    .parse::<u64>()
+                    .map_err(|_| ApiReply::error(404, format!("no staged purge {id}")));
+                // the scope that may start it may stop it
+                let allowed = |r: &InvalidationRequest| match token {
+                    Some(t) => purge_scope::authorize(t, std::slice::from_ref(r)),
+                    None => Ok(()),
+                };
+                id.and_then(|id| self.staged.operate(id, op, allowed).map_err(staged_error))
+                    .and_then(|r| r.map_err(|e| ApiReply::error(403, e)))
+                    .map(|p| ApiReply::json(200, p))
+            }
             ("GET", ["v1", "invalidations"]) => need(Scope::Read).and_then(|()| {
                 let after = match query_param(&req.query, "after") {
                     None => 0,
@@ -435,8 +537,10 @@ impl ControlApi {
                 if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
                     return Err(ApiReply::error(400, "node id: letters, digits, '-', '_', '.'"));
                 }
-                let report: AppliedReport = serde_json::from_slice(&req.body)
+                let mut report: AppliedReport = serde_json::from_slice(&req.body)
                     .map_err(|e| ApiReply::error(400, format!("invalid report: {e}")))?;
+                let peer = req.client.as_deref().and_then(|c| c.parse::<std::net::SocketAddr>().ok());
+                report.admin = report.reachable_admin(peer.map(|p| p.ip()));
                 let poll_interval = report_wait(&req.query)?;
                 self.plane.report_polling(id, report, poll_interval);
                 Ok(ApiReply::json(200, json!({"ok": true})))
@@ -461,6 +565,8 @@ impl ControlApi {
                             "seq_lag": head.seq.saturating_sub(n.applied.seq),
                             "current": n.applied.policy_version == head.policy_version && n.applied.seq == head.seq,
                             "rejected": n.applied.rejected,
+                            "staged": self.staged.for_node(id, n.applied.seq),
+                            "admin": n.applied.admin,
                         })
                     })
                     .collect();
@@ -699,6 +805,9 @@ mod tests {
             "/v1/snapshot",
             "/v1/nodes/{id}/applied",
             "/v1/nodes",
+            "/v1/staged-purges",
+            "/v1/staged-purges/{id}",
+            "/v1/staged-purges/{id}/{op}",
         ] {
             assert!(paths.contains_key(p), "{p} missing from openapi.yaml");
         }

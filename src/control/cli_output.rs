@@ -154,7 +154,35 @@ pub fn nodes_table(body: &Value, times: Times) -> String {
         ],
         &rows,
     ));
+    out.push_str(&staged_lines(&nodes));
     out
+}
+
+/// The unfinished staged purges, with the wave each node is in and whether it applied it:
+/// `staged purge 1 (holding): edge-1 wave 1 applied, edge-2 wave 2 waiting`.
+fn staged_lines(nodes: &[Value]) -> String {
+    let mut purges: std::collections::BTreeMap<u64, (String, Vec<String>)> = Default::default();
+    for n in nodes {
+        for s in n["staged"].as_array().into_iter().flatten() {
+            let entry = purges
+                .entry(u64_of(s, "id"))
+                .or_insert_with(|| (text_of(s, "state"), Vec::new()));
+            let applied = if s["applied"] == Value::Bool(true) {
+                "applied"
+            } else {
+                "waiting"
+            };
+            entry.1.push(format!(
+                "{} wave {} {applied}",
+                text_of(n, "node"),
+                u64_of(s, "wave")
+            ));
+        }
+    }
+    purges
+        .iter()
+        .map(|(id, (state, nodes))| format!("staged purge {id} ({state}): {}\n", nodes.join(", ")))
+        .collect()
 }
 
 /// The snapshot a node refused (its NACK), as `3.7 invalid_policy: why`; `-` when none.

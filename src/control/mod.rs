@@ -14,6 +14,7 @@ pub mod liveness;
 pub mod plane;
 pub mod purge_scope;
 pub mod settings;
+pub mod staged_purge;
 pub mod store;
 pub mod store_settings;
 pub mod wire;

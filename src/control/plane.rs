@@ -7,7 +7,7 @@ use super::settings::ControlSettings;
 use super::store::{PolicyVersion, Record, Store, StoreChange, StoreError, StoreState};
 use super::wire::{
     check_expected_version, parse_target, unix_ms, AppliedReport, Invalidation, InvalidationKind,
-    Position, SnapshotMessage, Target,
+    NodeSelector, Position, SnapshotMessage, Target,
 };
 use crate::config::{ConfigErrors, Policy};
 use crate::metrics::METRICS;
@@ -65,6 +65,8 @@ pub struct InvalidationRequest {
     pub id: Option<String>,
     /// For a URL: the origin object's new version (`ETag`); entries that carry it are kept.
     pub expected_version: Option<String>,
+    /// The nodes it reaches, when it is one wave of a staged purge; `None`: every node.
+    pub nodes: Option<NodeSelector>,
 }
 
 /// What happened to one requested invalidation.
@@ -98,8 +100,9 @@ struct Bucket {
     at: Instant,
 }
 
-/// What makes two purges the same for coalescing: target, softness and expected version.
-type PurgeKey = (Target, bool, Option<String>);
+/// What makes two purges the same for coalescing: target, softness, expected version and the
+/// nodes it reaches.
+type PurgeKey = (Target, bool, Option<String>, Option<NodeSelector>);
 
 struct PlaneState {
     policies: VecDeque<PolicyVersion>,
@@ -448,7 +451,7 @@ impl ControlPlane {
                 });
                 continue;
             }
-            let key = (t, r.soft, r.expected_version.clone());
+            let key = (t, r.soft, r.expected_version.clone(), r.nodes.clone());
             let coalesced = st
                 .recent
                 .get(&key)
@@ -477,6 +480,7 @@ impl ControlPlane {
                 created_ms,
                 id: r.id.clone(),
                 expected_version: r.expected_version.clone(),
+                nodes: r.nodes.clone(),
             });
             out.push(Accepted {
                 seq: next,
@@ -762,6 +766,7 @@ mod tests {
             target: target.into(),
             soft: false,
             expected_version: None,
+            nodes: None,
         }
     }
 
@@ -1008,6 +1013,7 @@ mod tests {
             created_ms: 1,
             id: id.map(str::to_string),
             expected_version: None,
+            nodes: None,
         };
         let at = cp.snapshot_for(None).unwrap().position();
         cp.apply_change(StoreChange::Records(vec![

@@ -147,6 +147,7 @@ mod tests {
             soft: false,
             id: None,
             expected_version: None,
+            nodes: None,
         }]
     }
 

@@ -352,6 +352,7 @@ mod tests {
             created_ms: seq,
             id: None,
             expected_version: None,
+            nodes: None,
         }
     }
 

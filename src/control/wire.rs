@@ -2,7 +2,8 @@
 //! the checksum and signature of a snapshot message.
 
 pub use crate::cache::invalidation::{
-    check_expected_version, parse_target, Invalidation, InvalidationKind, Target, MAX_TARGET_LEN,
+    check_expected_version, parse_target, Invalidation, InvalidationKind, NodeSelector, Target,
+    MAX_TARGET_LEN,
 };
 pub use crate::config::keys::{SigningKey, VerifyingKey};
 pub use crate::unix_time::{from_unix_ms, unix_ms};
@@ -96,6 +97,24 @@ pub struct AppliedReport {
     /// the report when there is none, so a control plane that predates it reads the rest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<RejectedSnapshot>,
+    /// The node's admin listener (`host:port`), where `verge verify` asks what it would serve.
+    /// An unspecified address (`0.0.0.0:9901`) gets the address the report came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
+}
+
+impl AppliedReport {
+    /// The admin address as others reach it: an unspecified IP (listening on every address)
+    /// replaced by `peer`'s, the address the report came from. Anything that is not an
+    /// `ip:port` is dropped.
+    pub fn reachable_admin(&self, peer: Option<std::net::IpAddr>) -> Option<String> {
+        let addr: std::net::SocketAddr = self.admin.as_deref()?.parse().ok()?;
+        match (addr.ip().is_unspecified(), peer) {
+            (false, _) => Some(addr.to_string()),
+            (true, Some(ip)) => Some(std::net::SocketAddr::new(ip, addr.port()).to_string()),
+            (true, None) => None,
+        }
+    }
 }
 
 /// A snapshot a node refused to apply: where it would have taken the node, and why.

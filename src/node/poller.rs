@@ -141,12 +141,17 @@ pub fn next_state(
     };
     let retention = Duration::from_secs(msg.retention_secs);
     let mut index = (*current.control.invalidations).clone();
+    let node = base.control.as_ref().map(|c| c.node_id.as_str());
     for inv in msg.invalidations.iter().filter(|i| i.seq > have.seq) {
         if inv.seq > got.seq {
             return Err(Rejection::InvalidInvalidation {
                 seq: inv.seq,
                 reason: format!("beyond the snapshot's own seq {}", got.seq),
             });
+        }
+        // a wave of a staged purge that does not reach this node: its seq still counts
+        if !inv.reaches(node) {
+            continue;
         }
         index
             .apply(inv, now)
@@ -185,12 +190,16 @@ pub fn next_state(
 /// redelivered under the same id (the control plane gives a redelivery the first one's seq).
 /// The first full snapshot of a node that had applied nothing is not counted: those purges
 /// were accepted before it had anything cached.
-fn observe_apply_lag(msg: &SnapshotMessage, applied_after: u64, now: SystemTime) {
+fn observe_apply_lag(msg: &SnapshotMessage, node: &str, applied_after: u64, now: SystemTime) {
     if msg.full && applied_after == 0 {
         return;
     }
     let now_ms = unix_ms(now);
-    for inv in msg.invalidations.iter().filter(|i| i.seq > applied_after) {
+    for inv in msg
+        .invalidations
+        .iter()
+        .filter(|i| i.seq > applied_after && i.reaches(Some(node)))
+    {
         let lag_ms = now_ms.saturating_sub(inv.created_ms);
         METRICS
             .invalidation_apply_lag
@@ -212,6 +221,8 @@ pub struct ControlPoller {
     source: AtomicUsize,
     /// The last snapshot refused since one was applied: sent with every report (the NACK).
     rejected: parking_lot::Mutex<Option<RejectedSnapshot>>,
+    /// The admin listener's address, sent in every report (for `verge verify`).
+    admin: String,
 }
 
 impl ControlPoller {
@@ -221,7 +232,10 @@ impl ControlPoller {
         // Never heard from the control plane: the snapshot is infinitely old, not 0 s old.
         METRICS.snapshot_age.set(f64::INFINITY);
         let state_file = parking_lot::Mutex::new(StateWriter::new(spec.state_file.clone()));
+        // the admin listener is not reloaded: it needs a restart or an upgrade to change
+        let admin = writer.base().admin.listen.to_string();
         ControlPoller {
+            admin,
             spec,
             state_file,
             writer,
@@ -354,7 +368,7 @@ impl ControlPoller {
             return Ok(false);
         };
         let position = snapshot.control.position;
-        observe_apply_lag(&msg, applied_after, now);
+        observe_apply_lag(&msg, &self.spec.node_id, applied_after, now);
         METRICS
             .snapshot_applied
             .with_label_values(&[if msg.full { "full" } else { "delta" }])
@@ -384,6 +398,7 @@ impl ControlPoller {
             seq: position.seq,
             applied_at_ms: self.applied_ms.load(Ordering::Relaxed),
             rejected: self.rejected.lock().clone(),
+            admin: Some(self.admin.clone()),
         };
         let path = format!(
             "/v1/nodes/{}/applied?wait={}ms",

@@ -18,6 +18,7 @@ impl SnapshotWriter {
     /// A writer for `snapshot`, whose file config is `base`; `filters` are the names of the
     /// user filters this binary registered (routes may select only these).
     pub fn new(snapshot: SharedSnapshot, base: Config, filters: Vec<String>) -> Arc<Self> {
+        crate::cache::freshness::publish_budgets(&snapshot.load().config.classes);
         Arc::new(SnapshotWriter {
             snapshot,
             base: Mutex::new(base),
@@ -55,6 +56,7 @@ impl SnapshotWriter {
         let next = Arc::new(next);
         // The single swap: readers see the old snapshot or the new one, never a mix.
         self.snapshot.store(next.clone());
+        crate::cache::freshness::publish_budgets(&next.config.classes);
         if let Some(b) = new_base {
             *base = b;
         }

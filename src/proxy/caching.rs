@@ -254,7 +254,7 @@ pub fn status(session: &Session, ctx: &RequestCtx) -> String {
             early_refresh: ctx.early_refresh,
             lock_wait: lock_wait(session, ctx),
         },
-        SystemTime::now(),
+        ctx.served_at.unwrap_or_else(SystemTime::now),
     )
 }
 

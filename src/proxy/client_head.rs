@@ -33,6 +33,7 @@ pub fn prepare(
             compression::client_head(req, resp, &route.spec.name, &mut ctx.transcoding)?;
         }
         if let Some(rules) = route.spec.cache.as_ref() {
+            ctx.served_at = Some(std::time::SystemTime::now());
             caching::response_fields(session, resp, ctx, rules)?;
         }
         if ctx.tier.hop.is_none() {

@@ -81,6 +81,9 @@ pub struct RequestCtx {
     pub request_forced: bool,
     /// This fresh hit started an early (XFetch) refresh of its entry.
     pub early_refresh: bool,
+    /// When the response head went to the client: the instant its `Cache-Status` speaks of,
+    /// and the served-staleness metrics measure at.
+    pub served_at: Option<std::time::SystemTime>,
     /// The whole-response deadline (`timeouts.total`), from the first connect attempt.
     pub deadline: Option<ResponseDeadline>,
     /// Origin fields the stored form of this response leaves out (`Age`, fields named by

@@ -113,12 +113,17 @@ pub fn record(
             .then(|| ServedState::of(phase))
             .flatten()
             .zip(session.cache.maybe_cache_meta())
-            .map(|(state, meta)| Served {
-                state,
-                header: meta.response_header(),
-                created: meta.created(),
-                age: meta.age(),
-                fresh_until: meta.fresh_until(),
+            .map(|(state, meta)| {
+                // measured when the client got the head, as its Cache-Status was
+                let at = ctx.served_at.unwrap_or_else(SystemTime::now);
+                Served {
+                    state,
+                    header: meta.response_header(),
+                    created: meta.created(),
+                    age: at.duration_since(meta.epoch()).unwrap_or_default(),
+                    fresh_until: meta.fresh_until(),
+                    at,
+                }
             }),
         seen: Seen {
             user_agent: field(http::header::USER_AGENT),
@@ -177,7 +182,8 @@ pub fn finish(f: &Finished<'_>, log: Option<&AccessLog>, snapshot: &SharedSnapsh
         let now = SystemTime::now();
         let received = f.elapsed.and_then(|e| now.checked_sub(e)).unwrap_or(now);
         let index = &snapshot.control.invalidations;
-        crate::cache::freshness::record(class, served, now, received, index);
+        let budget = snapshot.config.classes.get(class).map(|c| c.budget);
+        crate::cache::freshness::record(class, budget, served, received, index);
     }
     let Some(log) = log else {
         return;

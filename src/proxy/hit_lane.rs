@@ -557,12 +557,16 @@ impl HitLane {
             elapsed: Some(elapsed),
             client,
             request_id: None, // the lane declines routes that give ids (`lane_rules`)
-            served: Some(Served {
-                state: ServedState::Fresh, // the lane serves fresh entries only
-                header: meta.header(),
-                created: meta.created(),
-                age: meta.age(SystemTime::now()),
-                fresh_until: meta.fresh_until(),
+            served: Some({
+                let at = SystemTime::now();
+                Served {
+                    state: ServedState::Fresh, // the lane serves fresh entries only
+                    header: meta.header(),
+                    created: meta.created(),
+                    age: meta.age(at),
+                    fresh_until: meta.fresh_until(),
+                    at,
+                }
             }),
             seen: Seen {
                 user_agent: logged.and_then(|l| l.user_agent.as_deref()),

@@ -355,6 +355,7 @@ mod tests {
             created_ms: 0,
             id: None,
             expected_version: None,
+            nodes: None,
         }
     }
 
@@ -481,6 +482,7 @@ mod tests {
     fn a_version_guarded_purge_keeps_entries_that_carry_the_version() {
         let guarded = |seq, version: &str, soft| Invalidation {
             expected_version: Some(version.into()),
+            nodes: None,
             ..inv(seq, InvalidationKind::Url, "a.com/x", soft)
         };
         let entry = |created, version| EntryFacts { created, version };

@@ -147,6 +147,42 @@ pub struct Invalidation {
     /// or duplicated purge does not evict fresh content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_version: Option<String>,
+    /// The nodes that apply it, when it is one wave of a staged purge; absent: every node.
+    /// A node it does not reach skips it (its `seq` still counts as applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<NodeSelector>,
+}
+
+/// Which nodes apply an invalidation: one wave of a staged purge (`{"only": [...]}`), or its
+/// last wave, every node but those of the earlier ones (`{"except": [...]}`), so nodes that
+/// joined meanwhile are reached too.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum NodeSelector {
+    /// Only these node ids.
+    Only(Vec<String>),
+    /// Every node but these.
+    Except(Vec<String>),
+}
+
+impl NodeSelector {
+    /// Whether the node named `node` applies it.
+    pub fn reaches(&self, node: &str) -> bool {
+        match self {
+            NodeSelector::Only(ids) => ids.iter().any(|n| n == node),
+            NodeSelector::Except(ids) => !ids.iter().any(|n| n == node),
+        }
+    }
+}
+
+impl Invalidation {
+    /// Whether the node named `node` applies it (a node without a name applies every one).
+    pub fn reaches(&self, node: Option<&str>) -> bool {
+        match (&self.nodes, node) {
+            (Some(sel), Some(node)) => sel.reaches(node),
+            _ => true,
+        }
+    }
 }
 
 /// An entity tag as versions compare: without a weak prefix (`W/`) or its quotes, so `"v2"`,
