@@ -29,10 +29,10 @@ fn config(origin: SocketAddr, disk: &str) -> Config {
 /// Every stored object goes to disk (`min_uses: 1`): these tests are about what the disk tier
 /// does with what reaches it; [`a_one_time_sweep_does_not_push_the_warm_set_off_disk`] is
 /// about the default admission.
-const DISK: &str = "{path: disk, size: 16MiB, segment_size: 1MiB, min_uses: 1}";
+pub(crate) const DISK: &str = "{path: disk, size: 16MiB, segment_size: 1MiB, min_uses: 1}";
 
 /// Wait until the disk tier holds `n` objects (written behind the memory tier).
-async fn disk_objects(v: &Verge, n: usize) {
+pub(crate) async fn disk_objects(v: &Verge, n: usize) {
     metric_eventually(
         v,
         Duration::from_secs(10),
@@ -44,7 +44,7 @@ async fn disk_objects(v: &Verge, n: usize) {
 }
 
 /// Wait until the index rebuild after a start is done.
-async fn rebuilt(v: &Verge) {
+pub(crate) async fn rebuilt(v: &Verge) {
     metric_eventually(
         v,
         Duration::from_secs(10),
@@ -55,7 +55,7 @@ async fn rebuilt(v: &Verge) {
     .await;
 }
 
-fn segments(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir.join("disk"))
         .map(|d| {
             d.filter_map(|e| e.ok())
@@ -68,7 +68,7 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-fn disk_usage(dir: &Path) -> u64 {
+pub(crate) fn disk_usage(dir: &Path) -> u64 {
     segments(dir)
         .iter()
         .filter_map(|p| std::fs::metadata(p).ok())
@@ -311,7 +311,7 @@ async fn a_url_purged_before_a_restart_is_not_served_after_it() {
     );
 }
 
-async fn site(v: &Verge, path: &str) -> crate::support::Got {
+pub(crate) async fn site(v: &Verge, path: &str) -> crate::support::Got {
     crate::support::get(v, "site.test", path).await
 }
 
