@@ -100,3 +100,86 @@ async fn a_large_object_reaches_disk_at_its_second_fetch() {
     assert_eq!(third.body, second.body);
     assert_eq!(o.hits("/twice"), 2);
 }
+
+/// Bytes in the disk tier's directory that are not whole segments yet: objects streaming in.
+fn streaming_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir.join("disk"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A chunked response (no `Content-Length`) outgrows the memory tier while its client streams
+/// it: its bytes are on disk before the origin has sent the rest, the client gets it whole, and
+/// the next request is a disk hit, after a restart too (a streaming reader of a fill that goes
+/// to disk).
+#[tokio::test]
+async fn a_large_fill_streams_to_disk_while_its_client_reads_it() {
+    use crate::support::{RawOrigin, Step};
+    let o = RawOrigin::start().await;
+    let pieces: Vec<Vec<u8>> = (0..6u8).map(|i| vec![b'a' + i; 500_000]).collect();
+    let body: Vec<u8> = pieces.concat();
+    let chunk = |p: &[u8]| {
+        let mut framed = format!("{:x}\r\n", p.len()).into_bytes();
+        framed.extend_from_slice(p);
+        framed.extend_from_slice(b"\r\n");
+        framed
+    };
+    let mut steps = vec![Step::Write(
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec(),
+    )];
+    steps.extend(pieces[..3].iter().map(|p| Step::Piece(chunk(p))));
+    steps.push(Step::Gate);
+    steps.extend(pieces[3..].iter().map(|p| Step::Piece(chunk(p))));
+    steps.push(Step::Write(b"0\r\n\r\n".to_vec()));
+    o.set("/s", steps);
+    let mut v = Verge::start(&config(o.addr, 1)).await;
+    let mut r = crate::support::client()
+        .get(v.url("/s"))
+        .header("host", "c.test")
+        .send()
+        .await
+        .expect("response head");
+    let mut got = r
+        .chunk()
+        .await
+        .expect("read")
+        .expect("first bytes")
+        .to_vec();
+    // half the body has arrived: it is on disk already (not whole, so not in the index)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while streaming_bytes(v.dir()) < 1_000_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            streaming_bytes(v.dir())
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let m = v.metrics().await;
+    assert_eq!(m.value("verge_cache_disk_objects", &[]), Some(0.0));
+    o.open_gate();
+    while let Some(b) = r.chunk().await.expect("read") {
+        got.extend_from_slice(&b);
+    }
+    assert_eq!(got, body, "the client got the whole body");
+    disk_objects(&v, 1).await;
+    assert_eq!(streaming_bytes(v.dir()), 0, "the object is a segment now");
+    let hit = fetch(&v, "/s", &[]).await;
+    assert!(is_hit(&hit.cache_status), "{}", hit.cache_status);
+    assert_eq!(hit.body.as_bytes(), &body[..]);
+    v.restart_graceful().await;
+    rebuilt(&v).await;
+    // (without a Content-Length, pingora answers a range with the whole body, as for an
+    // object in memory)
+    let hit = fetch(&v, "/s", &[]).await;
+    assert!(is_hit(&hit.cache_status), "{}", hit.cache_status);
+    assert_eq!(hit.body.as_bytes(), &body[..]);
+    assert_eq!(o.hits("/s"), 1, "fetched once");
+}

@@ -316,8 +316,8 @@ pub(crate) async fn site(v: &Verge, path: &str) -> crate::support::Got {
 }
 
 /// A control-plane purge the node applied is on disk with the node's snapshot
-/// (`control.state_file`): after a restart with the control plane down, an object fetched
-/// before the purge and still in the disk tier is not served.
+/// (`control.state_file`) and its sweep removes the disk copy: after a restart with the control
+/// plane down, the object fetched before the purge is not served.
 #[tokio::test]
 async fn a_control_plane_purge_applied_before_a_restart_holds_after_it() {
     use crate::support::config::Control;
@@ -350,8 +350,8 @@ async fn a_control_plane_purge_applied_before_a_restart_holds_after_it() {
     cp.purge(json!({"kind": "url", "target": "site.test/i"}))
         .await;
     assert!(cp.converged(1).await);
-    // the purge reclaims memory; the disk tier still holds the old object
-    disk_objects(&v, 2).await;
+    // the purge's sweep takes the old object out of memory and off disk
+    disk_objects(&v, 1).await;
 
     cp.kill();
     v.restart_graceful().await;
