@@ -3,11 +3,9 @@
 //! their space comes back: segments left dead are deleted, one left mostly dead is compacted
 //! (its live object copied forward, byte for byte), so `verge_cache_disk_bytes` falls.
 
-use crate::disk_tier::{disk_objects, disk_usage, rebuilt, segments, DISK};
-use crate::support::config::Control;
-use crate::support::control_plane::{policy, Cp};
+use crate::disk_tier::{controlled_node_with_disk, disk_objects, disk_usage, rebuilt, segments};
 use crate::support::metrics::metric_eventually;
-use crate::support::{get, Cache, Config, Origin, Verge};
+use crate::support::{get, Origin, Verge};
 use serde_json::json;
 use std::time::Duration;
 
@@ -39,26 +37,7 @@ async fn hard_invalidations_of_every_kind_free_the_disk_copies_and_their_space()
     for i in 0..3 {
         o.set_headers(&format!("/t/{i}"), &[("surrogate-key", "sale")]);
     }
-    let mut cp = Cp::start().await;
-    let control = Control::new(
-        &format!("http://{}", cp.addr),
-        "disk-node",
-        &cp.dir.path().join("node.token"),
-    )
-    .state_file("{dir}/snapshot.json")
-    .wait("5s");
-    let config = Config::new()
-        .cache(
-            Cache::new()
-                .memory(1 << 20)
-                .max_object_size("512KiB")
-                .set("disk", DISK),
-        )
-        .control(control);
-    let mut v = Verge::start(&config).await;
-    cp.put_policy(policy(&o, json!({"default_ttl": "300s"})), 0)
-        .await;
-    assert!(cp.converged(1).await);
+    let (mut cp, mut v) = controlled_node_with_disk(&o).await;
     // written in this order, three to a segment: /x (a prefix), /t (a tag), other.test's /h
     // (a host), /k (two of three purged by URL), /z (kept)
     let groups: [(&str, &str); 5] = [

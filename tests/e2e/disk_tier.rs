@@ -315,16 +315,15 @@ pub(crate) async fn site(v: &Verge, path: &str) -> crate::support::Got {
     crate::support::get(v, "site.test", path).await
 }
 
-/// A control-plane purge the node applied is on disk with the node's snapshot
-/// (`control.state_file`) and its sweep removes the disk copy: after a restart with the control
-/// plane down, the object fetched before the purge is not served.
-#[tokio::test]
-async fn a_control_plane_purge_applied_before_a_restart_holds_after_it() {
+/// A control plane, and a node of it with [`DISK`] that keeps its snapshot in a state file,
+/// serving `o` for every host with a TTL of 300 s.
+pub(crate) async fn controlled_node_with_disk(
+    o: &Origin,
+) -> (crate::support::control_plane::Cp, Verge) {
     use crate::support::config::Control;
     use crate::support::control_plane::{policy, Cp};
     use serde_json::json;
-    let o = Origin::start("o").await;
-    let mut cp = Cp::start().await;
+    let cp = Cp::start().await;
     let control = Control::new(
         &format!("http://{}", cp.addr),
         "disk-node",
@@ -340,10 +339,21 @@ async fn a_control_plane_purge_applied_before_a_restart_holds_after_it() {
                 .set("disk", DISK),
         )
         .control(control);
-    let mut v = Verge::start(&config).await;
-    cp.put_policy(policy(&o, json!({"default_ttl": "300s"})), 0)
+    let v = Verge::start(&config).await;
+    cp.put_policy(policy(o, json!({"default_ttl": "300s"})), 0)
         .await;
     assert!(cp.converged(1).await);
+    (cp, v)
+}
+
+/// A control-plane purge the node applied is on disk with the node's snapshot
+/// (`control.state_file`) and its sweep removes the disk copy: after a restart with the control
+/// plane down, the object fetched before the purge is not served.
+#[tokio::test]
+async fn a_control_plane_purge_applied_before_a_restart_holds_after_it() {
+    use serde_json::json;
+    let o = Origin::start("o").await;
+    let (mut cp, mut v) = controlled_node_with_disk(&o).await;
     assert_eq!(site(&v, "/i").await.status, 200);
     assert!(site(&v, "/kept").await.cache_status.ends_with("stored"));
     disk_objects(&v, 2).await;

@@ -73,7 +73,7 @@ pub(super) enum ToDisk {
     /// The body still fits memory.
     Undecided,
     /// Streaming to disk as it arrives.
-    Streaming(crate::cache::disk::DiskFill),
+    Streaming(Box<crate::cache::disk::DiskFill>),
     /// Not stored anywhere.
     No,
 }
@@ -123,7 +123,7 @@ impl MemoryMiss {
         if let Some(d) =
             disk.start_fill(self.fill.key, self.fill.primary, &self.fill.meta, expected)
         {
-            self.to_disk = ToDisk::Streaming(d);
+            self.to_disk = ToDisk::Streaming(Box::new(d));
             self.seed = so_far;
         }
     }
