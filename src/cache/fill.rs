@@ -259,6 +259,23 @@ impl Fill {
         self.state.lock().held
     }
 
+    /// The response's `Content-Length`, if it has one.
+    pub fn expected_len(&self) -> Option<usize> {
+        self.expected_len
+    }
+
+    /// Body bytes appended so far.
+    pub fn written(&self) -> usize {
+        self.state.lock().written
+    }
+
+    /// Every body byte appended so far, when the fill still holds them all (it is not
+    /// oversize yet, or nothing has arrived).
+    pub fn body_so_far(&self) -> Option<Vec<Bytes>> {
+        let st = self.state.lock();
+        (st.base() == 0 && st.phase == Phase::Writing).then(|| st.chunks.iter().cloned().collect())
+    }
+
     /// Append a piece of the body.
     pub fn append(&self, data: Bytes) -> Appended {
         let mut out = Appended::default();

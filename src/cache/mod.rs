@@ -105,6 +105,13 @@ impl CacheEngine {
         })))
     }
 
+    /// The largest body the cache stores: `cache.max_object_size`, or the disk tier's own cap
+    /// when it is larger (such bodies stream to disk).
+    pub fn max_stored_body(&self) -> usize {
+        let disk = self.disk.map_or(0, |d| d.max_object_size());
+        usize::try_from(self.settings.max_object_size.max(disk)).unwrap_or(usize::MAX)
+    }
+
     /// Bytes the eviction manager accounts for (headers + body + overhead).
     pub fn tracked_bytes(&self) -> usize {
         self.eviction.total_size()
@@ -160,22 +167,28 @@ impl CacheEngine {
 }
 
 impl CacheEngine {
-    /// Remove from memory every entry a hard invalidation in `index` makes unusable, so purged
-    /// bytes come back without waiting for a request or eviction. Returns how many went.
+    /// Remove from memory and from the disk tier every entry a hard invalidation in `index`
+    /// makes unusable, so purged bytes come back without waiting for a request or eviction
+    /// (blocking: the disk tier's sweep reads each object's stored headers). Returns how many
+    /// went (an object in both tiers counts twice).
     pub fn reclaim(&self, index: &InvalidationIndex) -> usize {
-        let removed = self.storage.remove_where(|stored| {
-            let headers = &stored.header().headers;
+        let invalid = |headers: &http::HeaderMap, created| {
             let Some((host, pq)) = rfc9111::entry_url(headers) else {
                 return false;
             };
-            invalidation_verdict(index, host, pq, None, headers, stored.created(), None)
-                == Verdict::Invalid
-        });
+            invalidation_verdict(index, host, pq, None, headers, created, None) == Verdict::Invalid
+        };
+        let removed = self
+            .storage
+            .remove_where(|stored| invalid(&stored.header().headers, stored.created()));
         for k in &removed {
             self.eviction
                 .remove(CacheEntryKeyRef::from_entry_id(k, None));
         }
-        removed.len()
+        let on_disk = self.disk.map_or(0, |disk| {
+            disk.remove_where(|meta| invalid(meta.headers(), meta.created()))
+        });
+        removed.len() + on_disk
     }
 }
 

@@ -11,7 +11,7 @@ mod handlers;
 mod promote;
 
 pub use handlers::stored_body_len;
-use handlers::{MemoryHit, MemoryMiss};
+use handlers::{MemoryHit, MemoryMiss, ToDisk};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -648,6 +648,9 @@ impl Storage for MemoryStorage {
             fill,
             storage: self,
             finished: false,
+            to_disk: ToDisk::Undecided,
+            seed: Vec::new(),
+            marked: false,
         }))
     }
 

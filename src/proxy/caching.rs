@@ -55,9 +55,9 @@ pub fn enable(session: &mut Session, ctx: &mut RequestCtx, engine: &'static Cach
         lock,
         Some(overrides),
     );
-    session.cache.set_max_file_size_bytes(
-        usize::try_from(engine.settings.max_object_size).unwrap_or(usize::MAX),
-    );
+    session
+        .cache
+        .set_max_file_size_bytes(engine.max_stored_body());
 }
 
 /// `cache_key_callback`: the key under the route's key rules.

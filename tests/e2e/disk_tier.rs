@@ -29,10 +29,10 @@ fn config(origin: SocketAddr, disk: &str) -> Config {
 /// Every stored object goes to disk (`min_uses: 1`): these tests are about what the disk tier
 /// does with what reaches it; [`a_one_time_sweep_does_not_push_the_warm_set_off_disk`] is
 /// about the default admission.
-const DISK: &str = "{path: disk, size: 16MiB, segment_size: 1MiB, min_uses: 1}";
+pub(crate) const DISK: &str = "{path: disk, size: 16MiB, segment_size: 1MiB, min_uses: 1}";
 
 /// Wait until the disk tier holds `n` objects (written behind the memory tier).
-async fn disk_objects(v: &Verge, n: usize) {
+pub(crate) async fn disk_objects(v: &Verge, n: usize) {
     metric_eventually(
         v,
         Duration::from_secs(10),
@@ -44,7 +44,7 @@ async fn disk_objects(v: &Verge, n: usize) {
 }
 
 /// Wait until the index rebuild after a start is done.
-async fn rebuilt(v: &Verge) {
+pub(crate) async fn rebuilt(v: &Verge) {
     metric_eventually(
         v,
         Duration::from_secs(10),
@@ -55,7 +55,7 @@ async fn rebuilt(v: &Verge) {
     .await;
 }
 
-fn segments(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir.join("disk"))
         .map(|d| {
             d.filter_map(|e| e.ok())
@@ -68,7 +68,7 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-fn disk_usage(dir: &Path) -> u64 {
+pub(crate) fn disk_usage(dir: &Path) -> u64 {
     segments(dir)
         .iter()
         .filter_map(|p| std::fs::metadata(p).ok())
@@ -311,20 +311,19 @@ async fn a_url_purged_before_a_restart_is_not_served_after_it() {
     );
 }
 
-async fn site(v: &Verge, path: &str) -> crate::support::Got {
+pub(crate) async fn site(v: &Verge, path: &str) -> crate::support::Got {
     crate::support::get(v, "site.test", path).await
 }
 
-/// A control-plane purge the node applied is on disk with the node's snapshot
-/// (`control.state_file`): after a restart with the control plane down, an object fetched
-/// before the purge and still in the disk tier is not served.
-#[tokio::test]
-async fn a_control_plane_purge_applied_before_a_restart_holds_after_it() {
+/// A control plane, and a node of it with [`DISK`] that keeps its snapshot in a state file,
+/// serving `o` for every host with a TTL of 300 s.
+pub(crate) async fn controlled_node_with_disk(
+    o: &Origin,
+) -> (crate::support::control_plane::Cp, Verge) {
     use crate::support::config::Control;
     use crate::support::control_plane::{policy, Cp};
     use serde_json::json;
-    let o = Origin::start("o").await;
-    let mut cp = Cp::start().await;
+    let cp = Cp::start().await;
     let control = Control::new(
         &format!("http://{}", cp.addr),
         "disk-node",
@@ -340,18 +339,29 @@ async fn a_control_plane_purge_applied_before_a_restart_holds_after_it() {
                 .set("disk", DISK),
         )
         .control(control);
-    let mut v = Verge::start(&config).await;
-    cp.put_policy(policy(&o, json!({"default_ttl": "300s"})), 0)
+    let v = Verge::start(&config).await;
+    cp.put_policy(policy(o, json!({"default_ttl": "300s"})), 0)
         .await;
     assert!(cp.converged(1).await);
+    (cp, v)
+}
+
+/// A control-plane purge the node applied is on disk with the node's snapshot
+/// (`control.state_file`) and its sweep removes the disk copy: after a restart with the control
+/// plane down, the object fetched before the purge is not served.
+#[tokio::test]
+async fn a_control_plane_purge_applied_before_a_restart_holds_after_it() {
+    use serde_json::json;
+    let o = Origin::start("o").await;
+    let (mut cp, mut v) = controlled_node_with_disk(&o).await;
     assert_eq!(site(&v, "/i").await.status, 200);
     assert!(site(&v, "/kept").await.cache_status.ends_with("stored"));
     disk_objects(&v, 2).await;
     cp.purge(json!({"kind": "url", "target": "site.test/i"}))
         .await;
     assert!(cp.converged(1).await);
-    // the purge reclaims memory; the disk tier still holds the old object
-    disk_objects(&v, 2).await;
+    // the purge's sweep takes the old object out of memory and off disk
+    disk_objects(&v, 1).await;
 
     cp.kill();
     v.restart_graceful().await;

@@ -14,6 +14,8 @@ mod control_etcd;
 mod control_limits;
 mod control_security;
 mod directives;
+mod disk_large;
+mod disk_reclaim;
 mod disk_tier;
 mod edge;
 mod edge_compression;

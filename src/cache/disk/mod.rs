@@ -8,12 +8,14 @@
 //!   what was asked for only once and what was still queued. A refreshed entry (a refetch of
 //!   an object on disk, a 304) is written again; the
 //!   newest record wins. A 304 for an object only on disk appends it again with the new
-//!   headers, its body copied chunk by chunk.
+//!   headers, its body copied chunk by chunk. An object too large for the memory tier streams
+//!   to a file of its own as it arrives, which becomes a segment once whole ([`DiskFill`]).
 //! - **Eviction.** FIFO over segments: when the budget would be exceeded, the oldest segment
 //!   file is deleted with every object in it (`verge_cache_disk_evictions_total`).
 //! - **Removal.** A purge or an invalidating request removes the object from the index and
 //!   appends a tombstone at once (not through the queue), so it stays removed after a restart or
-//!   a crash; a write queued before the removal is skipped.
+//!   a crash; a write queued before the removal is skipped. A hard invalidation's sweep removes
+//!   every object it matches, and segments left mostly dead are compacted (`reclaim`).
 //! - **Reads.** A memory miss looks the key up here; a hit reads the head and the first chunk
 //!   (verified), then each further chunk as the client takes it, and a hit read whole is
 //!   promoted to the memory tier ([`Promote`]). A checksum mismatch makes the
@@ -23,9 +25,13 @@
 //!   cut short by a crash end the scan of their segment; new records go to a new segment.
 
 mod hit;
+mod reclaim;
 pub mod record;
 pub mod segments;
+mod stream;
 mod writer;
+
+pub use stream::DiskFill;
 
 use crate::cache::stored_meta::StoredMeta;
 use crate::config::DiskSettings;
@@ -68,6 +74,13 @@ struct Location {
 }
 
 impl Location {
+    /// The whole record's length on disk.
+    fn record_len(&self) -> u64 {
+        let meta = u64::from(self.internal_len) + u64::from(self.header_len);
+        let table = record::chunk_count(self.body_len) as u64 * 4;
+        HEAD_LEN as u64 + meta + self.body_len + table + TRAILER_LEN as u64
+    }
+
     fn of(found: &Found, segment: u64) -> Location {
         Location {
             segment,
@@ -91,13 +104,18 @@ struct Index {
     removed_urls: HashMap<HashBinary, u64>,
     /// Keys and URLs removed while the rebuild runs: what it found of them is not taken.
     removed_while_loading: (HashSet<HashBinary>, HashSet<HashBinary>),
+    /// Bytes of the records in the index, per segment (the rest of a segment is dead:
+    /// removed, rewritten since, or tombstones).
+    live: HashMap<u64, u64>,
 }
 
 impl Index {
     /// A key without variance is its URL's own (pingora's combined key is then the primary
     /// key): only keys with variance are listed under their URL.
     fn insert(&mut self, key: HashBinary, loc: Location) {
+        *self.live.entry(loc.segment).or_default() += loc.record_len();
         if let Some(old) = self.entries.insert(key, loc) {
+            self.unaccount(&old);
             if old.primary == loc.primary {
                 return;
             }
@@ -123,10 +141,23 @@ impl Index {
         }
     }
 
+    /// A record left the index: its bytes are no longer live.
+    fn unaccount(&mut self, old: &Location) {
+        if let Some(live) = self.live.get_mut(&old.segment) {
+            *live = live.saturating_sub(old.record_len());
+        }
+    }
+
     fn remove(&mut self, key: &HashBinary) -> Option<Location> {
         let old = self.entries.remove(key)?;
+        self.unaccount(&old);
         self.unlink(key, &old.primary);
         Some(old)
+    }
+
+    /// Live bytes of segment `id` (see [`Index::live`]).
+    fn live_bytes(&self, id: u64) -> u64 {
+        self.live.get(&id).copied().unwrap_or(0)
     }
 
     fn remove_url(&mut self, primary: &HashBinary) -> usize {
@@ -136,16 +167,20 @@ impl Index {
             .get(primary)
             .is_some_and(|loc| loc.primary == *primary)
             .then_some(*primary);
-        keys.iter()
-            .chain(own.iter())
-            .filter(|k| self.entries.remove(*k).is_some())
-            .count()
+        let mut removed = 0;
+        for k in keys.iter().chain(own.iter()) {
+            if let Some(old) = self.entries.remove(k) {
+                self.unaccount(&old);
+                removed += 1;
+            }
+        }
+        removed
     }
 
     /// Remove the keys of a deleted segment that still point into it.
-    fn drop_segment(&mut self, segment: u64, keys: &[HashBinary]) -> usize {
+    fn drop_segment(&mut self, segment: u64, keys: &[(HashBinary, HashBinary)]) -> usize {
         let mut removed = 0;
-        for k in keys {
+        for (k, _) in keys {
             if self
                 .entries
                 .get(k)
@@ -155,6 +190,7 @@ impl Index {
                 removed += 1;
             }
         }
+        self.live.remove(&segment);
         removed
     }
 }
@@ -187,6 +223,8 @@ enum Job {
         key: HashBinary,
     },
     Flush(SyncSender<()>),
+    /// Objects were removed: compact the segments that are mostly dead (see `reclaim`).
+    Reclaim,
 }
 
 /// Where a disk hit read whole is copied, so the next hits come from memory: the memory tier.
@@ -245,6 +283,14 @@ pub struct DiskStore {
     queued_bytes: AtomicU64,
     next_seq: AtomicU64,
     loading: AtomicBool,
+    /// A [`Job::Reclaim`] is queued.
+    reclaim_queued: AtomicBool,
+    /// Invalidation sweeps running (compaction waits for them: see `reclaim`).
+    sweeping: std::sync::atomic::AtomicU32,
+    /// Fetches of objects too large for memory, counted up to `min_uses` (see `stream`).
+    large_uses: Mutex<HashMap<HashBinary, u32>>,
+    /// Numbers the files objects are streamed to.
+    next_part: AtomicU64,
     /// Where disk hits are promoted (the memory tier), once it exists.
     promote: std::sync::OnceLock<&'static dyn Promote>,
 }
@@ -288,6 +334,10 @@ impl DiskStore {
             queued_bytes: AtomicU64::new(0),
             next_seq: AtomicU64::new(1),
             loading: AtomicBool::new(true),
+            reclaim_queued: AtomicBool::new(false),
+            sweeping: std::sync::atomic::AtomicU32::new(0),
+            large_uses: Mutex::default(),
+            next_part: AtomicU64::new(0),
             promote: std::sync::OnceLock::new(),
         }));
         let waiting = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
@@ -480,6 +530,7 @@ impl DiskStore {
             kind,
             key: *key,
         });
+        self.queue_reclaim();
     }
 
     /// Wait (up to `timeout`) until everything queued so far is written and synced.
@@ -582,6 +633,52 @@ fn unix_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Read and verify a record's head and meta (blocking): `Ok(None)` when the record is not the
+/// object written under `key` at `loc`. Returns the head and the meta's bytes.
+fn read_head(
+    file: &File,
+    loc: &Location,
+    key: &HashBinary,
+) -> std::io::Result<Option<(Head, Vec<u8>)>> {
+    let meta_len = loc.internal_len as usize + loc.header_len as usize;
+    let mut head_meta = vec![0u8; HEAD_LEN + meta_len];
+    file.read_exact_at(&mut head_meta, loc.offset)?;
+    DISK_METRICS.read_bytes.inc_by(head_meta.len() as u64);
+    let Ok(head) = Head::decode(&head_meta) else {
+        return Ok(None);
+    };
+    let (head_bytes, meta) = head_meta.split_at(HEAD_LEN);
+    let whole = Head::verify(head_bytes, meta).is_ok()
+        && head.kind == Kind::Object
+        && head.combined == *key
+        && head.body_len == loc.body_len
+        && head.meta_len() == meta_len;
+    Ok(whole.then_some((head, head_meta)))
+}
+
+/// Read a record's checksum table with its trailer and verify it (blocking): the chunks'
+/// CRCs and the bytes read, or `Ok(None)` when they do not match.
+fn read_table(file: &File, loc: &Location, head: &Head) -> std::io::Result<Option<TableRead>> {
+    let mut table = vec![0u8; head.table_len() + TRAILER_LEN];
+    file.read_exact_at(&mut table, loc.offset + head.table_offset())?;
+    DISK_METRICS.read_bytes.inc_by(table.len() as u64);
+    Ok(record::verify_table(head, &table)
+        .ok()
+        .map(|crcs| (crcs, table)))
+}
+
+/// A record's chunk checksums, and its table and trailer as read.
+type TableRead = (Vec<u32>, Vec<u8>);
+
+/// The meta of the object at `loc`, checked (blocking); `Ok(None)` as [`read_head`].
+fn read_meta(file: &File, loc: &Location, key: &HashBinary) -> std::io::Result<Option<CacheMeta>> {
+    let Some((_, head_meta)) = read_head(file, loc, key)? else {
+        return Ok(None);
+    };
+    let (internal, header) = head_meta[HEAD_LEN..].split_at(loc.internal_len as usize);
+    Ok(CacheMeta::deserialize(internal, header).ok())
+}
+
 /// An object read back for a hit: its meta, where its body is, and its first chunk.
 type Entry = (CacheMeta, BodyLocation, Option<Bytes>);
 
@@ -592,27 +689,13 @@ fn read_entry(
     loc: &Location,
     key: &HashBinary,
 ) -> std::io::Result<Option<Entry>> {
-    let meta_len = loc.internal_len as usize + loc.header_len as usize;
-    let mut head_meta = vec![0u8; HEAD_LEN + meta_len];
-    file.read_exact_at(&mut head_meta, loc.offset)?;
-    let Ok(head) = Head::decode(&head_meta) else {
+    let Some((head, head_meta)) = read_head(file, loc, key)? else {
         return Ok(None);
     };
-    let (head_bytes, meta) = head_meta.split_at(HEAD_LEN);
-    let whole = Head::verify(head_bytes, meta).is_ok()
-        && head.kind == Kind::Object
-        && head.combined == *key
-        && head.body_len == loc.body_len
-        && head.meta_len() == meta_len;
-    if !whole {
-        return Ok(None);
-    }
-    let mut table = vec![0u8; head.table_len() + TRAILER_LEN];
-    file.read_exact_at(&mut table, loc.offset + head.table_offset())?;
-    let Ok(crcs) = record::verify_table(&head, &table) else {
+    let Some((crcs, _)) = read_table(file, loc, &head)? else {
         return Ok(None);
     };
-    let (internal, header) = meta.split_at(loc.internal_len as usize);
+    let (internal, header) = head_meta[HEAD_LEN..].split_at(loc.internal_len as usize);
     let Ok(cache_meta) = CacheMeta::deserialize(internal, header) else {
         return Ok(None);
     };
@@ -630,9 +713,6 @@ fn read_entry(
     } else {
         None
     };
-    DISK_METRICS
-        .read_bytes
-        .inc_by((head_meta.len() + table.len()) as u64);
     Ok(Some((cache_meta, body, first)))
 }
 

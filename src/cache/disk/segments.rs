@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const SUFFIX: &str = ".seg";
+/// The suffix of a file an object is streamed to before it becomes a segment of its own.
+pub const STREAM_SUFFIX: &str = ".part";
 
 /// One segment file.
 pub struct Segment {
@@ -21,8 +23,9 @@ pub struct Segment {
     pub file: Arc<File>,
     /// Bytes in the file, counted against the budget.
     pub len: u64,
-    /// The keys of the objects written to it (some may have been rewritten or removed since).
-    pub keys: Vec<HashBinary>,
+    /// The keys (combined, primary) of the objects written to it (some may have been rewritten
+    /// or removed since).
+    pub keys: Vec<(HashBinary, HashBinary)>,
 }
 
 /// What one append did.
@@ -44,6 +47,9 @@ pub struct Segments {
     segment_size: u64,
     list: VecDeque<Segment>,
     total: u64,
+    /// Bytes reserved by objects being streamed to files of their own (see
+    /// [`Segments::reserve`]), counted against the budget with the segments.
+    reserved: u64,
     next_id: u64,
     /// Whether the newest segment was created by this process (older ones may end in a torn
     /// record, so nothing is appended to them).
@@ -62,6 +68,11 @@ impl Segments {
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             let name = entry.file_name();
+            if name.to_str().is_some_and(|n| n.ends_with(STREAM_SUFFIX)) {
+                // an object a process was streaming when it stopped: never whole
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
             let Some(id) = name
                 .to_str()
                 .and_then(|n| n.strip_suffix(SUFFIX))
@@ -92,14 +103,85 @@ impl Segments {
             segment_size,
             list,
             total,
+            reserved: 0,
             next_id,
             writable: false,
         })
     }
 
-    /// Bytes in all segment files.
+    /// Bytes in all segment files, and reserved for objects being streamed.
     pub fn total(&self) -> u64 {
-        self.total
+        self.total + self.reserved
+    }
+
+    /// The directory of the segment files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Delete the oldest segments until `len` more bytes fit the budget.
+    fn make_room(&mut self, len: u64) -> Vec<Segment> {
+        let mut dropped = Vec::new();
+        while self.total() + len > self.budget {
+            let Some(oldest) = self.list.pop_front() else {
+                break;
+            };
+            if self.list.is_empty() {
+                self.writable = false;
+            }
+            self.total -= oldest.len;
+            // deleted now; readers holding the file keep reading it until they let go
+            let _ = std::fs::remove_file(segment_path(&self.dir, oldest.id));
+            dropped.push(oldest);
+        }
+        dropped
+    }
+
+    /// Reserve `len` bytes of the budget for an object being streamed to a file of its own,
+    /// deleting the oldest segments to make room; returns them (for the index). Refused when
+    /// the reservations alone would exceed the budget.
+    pub fn reserve(&mut self, len: u64) -> std::io::Result<Vec<Segment>> {
+        if self.reserved + len > self.budget {
+            return Err(std::io::Error::other(
+                "disk budget reserved by streaming objects",
+            ));
+        }
+        let dropped = self.make_room(len);
+        self.reserved += len;
+        Ok(dropped)
+    }
+
+    /// Give back `len` reserved bytes (a streamed object was abandoned, or became a segment).
+    pub fn release(&mut self, len: u64) {
+        self.reserved = self.reserved.saturating_sub(len);
+    }
+
+    /// Make the whole record streamed to `part` (`len` bytes, reserved before) the newest
+    /// segment, the object `object` in it; new records go to a segment after it. Returns its
+    /// number.
+    pub fn adopt(
+        &mut self,
+        part: &Path,
+        file: Arc<File>,
+        len: u64,
+        object: (HashBinary, HashBinary),
+    ) -> std::io::Result<u64> {
+        if let Some(last) = self.list.back().filter(|_| self.writable) {
+            let _ = last.file.sync_data();
+        }
+        let id = self.next_id;
+        std::fs::rename(part, segment_path(&self.dir, id))?;
+        self.next_id += 1;
+        self.release(len);
+        self.total += len;
+        self.list.push_back(Segment {
+            id,
+            file,
+            len,
+            keys: vec![object],
+        });
+        self.writable = false;
+        Ok(id)
     }
 
     /// Each segment's number, file and length, oldest first.
@@ -117,23 +199,55 @@ impl Segments {
 
     /// Note that `keys` were found in segment `id` by a scan, so dropping the segment drops
     /// them.
-    pub fn note_keys(&mut self, id: u64, keys: Vec<HashBinary>) {
+    pub fn note_keys(&mut self, id: u64, keys: Vec<(HashBinary, HashBinary)>) {
         if let Some(s) = self.list.iter_mut().find(|s| s.id == id) {
             s.keys.extend(keys);
         }
     }
 
-    /// Append one record made of `parts` (`len` bytes in all) for `key`: into the newest
-    /// segment if it was started by this process and has room, else into a new one; the oldest
-    /// segments are deleted first until the budget holds it. A record larger than the budget
-    /// is refused.
+    /// The segment being written to, if any (it is never compacted).
+    pub fn writable_id(&self) -> Option<u64> {
+        self.list.back().filter(|_| self.writable).map(|s| s.id)
+    }
+
+    /// Each segment's number and length, oldest first.
+    pub fn lengths(&self) -> Vec<(u64, u64)> {
+        self.list.iter().map(|s| (s.id, s.len)).collect()
+    }
+
+    /// The keys (combined, primary) of the objects written to segments older than `id`.
+    pub fn keys_before(&self, id: u64) -> Vec<(HashBinary, HashBinary)> {
+        self.list
+            .iter()
+            .take_while(|s| s.id < id)
+            .flat_map(|s| s.keys.iter().copied())
+            .collect()
+    }
+
+    /// Delete segment `id` now (its records were copied or are dead); readers holding its file
+    /// keep reading it until they let go.
+    pub fn remove(&mut self, id: u64) -> Option<Segment> {
+        let at = self.list.iter().position(|s| s.id == id)?;
+        let seg = self.list.remove(at)?;
+        if self.list.is_empty() {
+            self.writable = false;
+        }
+        self.total -= seg.len;
+        let _ = std::fs::remove_file(segment_path(&self.dir, id));
+        Some(seg)
+    }
+
+    /// Append one record made of `parts` (`len` bytes in all), an object's when `object` says
+    /// its keys (combined, primary): into the newest segment if it was started by this process
+    /// and has room, else into a new one; the oldest segments are deleted first until the
+    /// budget holds it. A record larger than the budget is refused.
     pub fn append(
         &mut self,
-        key: HashBinary,
+        object: Option<(HashBinary, HashBinary)>,
         parts: &[&[u8]],
         len: u64,
     ) -> std::io::Result<Appended> {
-        self.append_with(key, len, |mut out| {
+        self.append_with(object, len, |mut out| {
             parts.iter().try_for_each(|p| out.write_all(p))
         })
     }
@@ -142,31 +256,19 @@ impl Segments {
     /// fails leaves a torn record: nothing more goes into that segment.
     pub fn append_with(
         &mut self,
-        key: HashBinary,
+        object: Option<(HashBinary, HashBinary)>,
         len: u64,
         write: impl FnOnce(&File) -> std::io::Result<()>,
     ) -> std::io::Result<Appended> {
-        if len > self.budget {
+        if len + self.reserved > self.budget {
             return Err(std::io::Error::other("record larger than the disk budget"));
         }
         let full = self
             .list
             .back()
             .is_none_or(|s| !self.writable || (s.len > 0 && s.len + len > self.segment_size));
-        let mut dropped = Vec::new();
         // room for the record, in a new segment or the current one
-        while self.total + len > self.budget {
-            let Some(oldest) = self.list.pop_front() else {
-                break;
-            };
-            if self.list.is_empty() {
-                self.writable = false;
-            }
-            self.total -= oldest.len;
-            // deleted now; readers holding the file keep reading it until they let go
-            let _ = std::fs::remove_file(segment_path(&self.dir, oldest.id));
-            dropped.push(oldest);
-        }
+        let dropped = self.make_room(len);
         let mut created = None;
         if full || !self.writable || self.list.is_empty() {
             if let Some(last) = self.list.back() {
@@ -203,7 +305,7 @@ impl Segments {
             return Err(e);
         }
         seg.len += len;
-        seg.keys.push(key);
+        seg.keys.extend(object);
         self.total += len;
         Ok(Appended {
             segment: seg.id,
@@ -371,11 +473,16 @@ mod tests {
         let mut s = Segments::open(dir.path(), len * 5, len * 2).expect("open");
         for k in 1..=7u8 {
             let rec = record(k, &[k; 900]);
-            let a = s.append([k; 16], &[&rec], len).expect("append");
+            let a = s
+                .append(Some(([k; 16], [k; 16])), &[&rec], len)
+                .expect("append");
             assert!(s.total() <= len * 5, "within the budget");
             if k == 6 {
                 assert_eq!(a.dropped.len(), 1, "the oldest segment went");
-                assert_eq!(a.dropped[0].keys, vec![[1; 16], [2; 16]]);
+                assert_eq!(
+                    a.dropped[0].keys,
+                    vec![([1; 16], [1; 16]), ([2; 16], [2; 16])]
+                );
             }
         }
         assert_eq!(
@@ -388,10 +495,12 @@ mod tests {
         let mut s = Segments::open(dir.path(), len * 5, len * 2).expect("open");
         assert_eq!(s.total(), len * 5);
         let rec = record(8, &[8; 900]);
-        let a = s.append([8; 16], &[&rec], len).expect("append");
+        let a = s
+            .append(Some(([8; 16], [8; 16])), &[&rec], len)
+            .expect("append");
         assert_eq!((a.segment, a.dropped.len()), (5, 1));
         assert!(
-            s.append([9; 16], &[&rec], len * 6).is_err(),
+            s.append(None, &[&rec], len * 6).is_err(),
             "larger than the budget"
         );
     }

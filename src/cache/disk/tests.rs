@@ -509,3 +509,53 @@ async fn a_disk_hit_read_whole_is_promoted_to_memory_unless_purged_or_a_range() 
     );
     assert_eq!(next.tracked_bytes() as u64, s.bytes());
 }
+
+/// A segment under half live is compacted: its live object is copied forward, the segment file
+/// goes, and its tombstone for an object of an older segment still there is written again, so
+/// that object does not come back after a restart.
+#[tokio::test]
+async fn compaction_frees_a_mostly_dead_segment_and_keeps_its_tombstones_working() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = settings(dir.path(), 1 << 20, 32_000);
+    let store = open(&s).await;
+    let keys: Vec<CacheKey> = ["a0", "a1", "a2", "b0", "b1", "b2", "c0", "c1", "c2"]
+        .iter()
+        .map(|n| key(n))
+        .collect();
+    // segments of three: a*, then b* with the tombstone of a0, then c*
+    for (i, k) in keys.iter().enumerate().take(6) {
+        put(store, k, &body(10_000, i as u8));
+    }
+    flush(store);
+    store.remove(&keys[0].combined_bin());
+    for (i, k) in keys.iter().enumerate().skip(6) {
+        put(store, k, &body(10_000, i as u8));
+    }
+    flush(store);
+    assert_eq!(files_total(dir.path()), store.bytes());
+    let before = store.bytes();
+    // b0 and b1 go: the b segment is a third live and is compacted
+    store.remove(&keys[3].combined_bin());
+    store.remove(&keys[4].combined_bin());
+    flush(store);
+    assert!(
+        store.bytes() < before - 20_000,
+        "{} vs {before}",
+        store.bytes()
+    );
+    assert_eq!(files_total(dir.path()), store.bytes());
+    let (_, b2) = get(store, &keys[5]).await.expect("b2 copied forward");
+    assert_eq!(b2, body(10_000, 5));
+    close(store);
+
+    let store = open(&s).await;
+    assert!(get(store, &keys[0]).await.is_none(), "a0 stays removed");
+    for i in [3, 4] {
+        assert!(get(store, &keys[i]).await.is_none(), "{i} stays removed");
+    }
+    for i in [1, 2, 5, 6, 7, 8] {
+        let (_, got) = get(store, &keys[i]).await.expect("kept");
+        assert_eq!(got, body(10_000, i as u8), "{i}");
+    }
+    assert_eq!(store.objects(), 6);
+}

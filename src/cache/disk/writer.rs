@@ -19,7 +19,7 @@ use std::time::{Instant, SystemTime};
 
 /// The head of an object record for `meta` and a body of `body_len` bytes, with the meta's
 /// bytes (pingora's encoding).
-fn object_head(
+pub(super) fn object_head(
     key: HashBinary,
     primary: HashBinary,
     meta: &StoredMeta,
@@ -40,6 +40,31 @@ fn object_head(
     let mut bytes = internal;
     bytes.extend_from_slice(&header);
     Some((head, bytes))
+}
+
+/// Copy a body of `len` bytes at `at` in `file` to `out`, one chunk at a time, each checked
+/// against `crcs`; a mismatch sets `corrupt` and fails the copy.
+pub(super) fn copy_body(
+    file: &File,
+    at: u64,
+    len: u64,
+    crcs: &[u32],
+    mut out: &File,
+    corrupt: &std::cell::Cell<bool>,
+) -> std::io::Result<()> {
+    let mut chunk = vec![0u8; record::CHUNK.min(usize::try_from(len).unwrap_or(usize::MAX))];
+    for (i, crc) in crcs.iter().enumerate() {
+        let start = i as u64 * record::CHUNK as u64;
+        let n = (len - start).min(record::CHUNK as u64) as usize;
+        file.read_exact_at(&mut chunk[..n], at + start)?;
+        DISK_METRICS.read_bytes.inc_by(n as u64);
+        if record::chunk_crc(&chunk[..n]) != *crc {
+            corrupt.set(true);
+            return Err(std::io::Error::other("chunk checksum mismatch"));
+        }
+        out.write_all(&chunk[..n])?;
+    }
+    Ok(())
 }
 
 impl DiskStore {
@@ -77,6 +102,7 @@ impl DiskStore {
                         pending.remove(&key);
                     }
                 }
+                Job::Reclaim => self.reclaim(),
                 Job::Flush(done) => {
                     let synced = self.segments.lock().as_ref().map(Segments::sync);
                     if let Some(Err(e)) = synced {
@@ -88,7 +114,12 @@ impl DiskStore {
         }
     }
 
-    fn superseded(index: &Index, seq: u64, key: &HashBinary, primary: &HashBinary) -> bool {
+    pub(super) fn superseded(
+        index: &Index,
+        seq: u64,
+        key: &HashBinary,
+        primary: &HashBinary,
+    ) -> bool {
         index.removed_keys.get(key).is_some_and(|&r| r > seq)
             || index.removed_urls.get(primary).is_some_and(|&r| r > seq)
     }
@@ -113,7 +144,7 @@ impl DiskStore {
         let trailer = record::trailer(&table, len);
         let head_bytes = head.encode(&meta_bytes);
         let parts: [&[u8]; 5] = [&head_bytes, &meta_bytes, body, &table, &trailer];
-        let written = self.append_with(key, len, |mut out| {
+        let written = self.append_with(Some((key, primary)), len, |mut out| {
             parts.iter().try_for_each(|p| out.write_all(p))
         });
         let Some(at) = written else {
@@ -125,7 +156,7 @@ impl DiskStore {
 
     /// Take a record just written at `at` into the index, unless its key was removed after it
     /// was queued (or, with `only_over`, the index moved on from that location meanwhile).
-    fn index_written(
+    pub(super) fn index_written(
         &self,
         seq: u64,
         key: HashBinary,
@@ -194,21 +225,10 @@ impl DiskStore {
         let head_bytes = head.encode(&meta_bytes);
         let body_at = from.offset + old.body_offset();
         let corrupt = std::cell::Cell::new(false);
-        let written = self.append_with(key, len, |mut out| {
+        let written = self.append_with(Some((key, from.primary)), len, |mut out| {
             out.write_all(&head_bytes)?;
             out.write_all(&meta_bytes)?;
-            let mut chunk = vec![0u8; record::CHUNK];
-            for (i, crc) in crcs.iter().enumerate() {
-                let start = i as u64 * record::CHUNK as u64;
-                let n = (from.body_len - start).min(record::CHUNK as u64) as usize;
-                file.read_exact_at(&mut chunk[..n], body_at + start)?;
-                DISK_METRICS.read_bytes.inc_by(n as u64);
-                if record::chunk_crc(&chunk[..n]) != *crc {
-                    corrupt.set(true);
-                    return Err(std::io::Error::other("chunk checksum mismatch"));
-                }
-                out.write_all(&chunk[..n])?;
-            }
+            copy_body(file, body_at, from.body_len, &crcs, out, &corrupt)?;
             out.write_all(table)?;
             out.write_all(&trailer)
         });
@@ -236,25 +256,25 @@ impl DiskStore {
         let len = head.record_len();
         let head_bytes = head.encode(&[]);
         let trailer = record::trailer(&[], len);
-        self.append_with(key, len, |mut out| {
+        self.append_with(None, len, |mut out| {
             out.write_all(&head_bytes)?;
             out.write_all(&trailer)
         })
         .is_some()
     }
 
-    /// Append a record of `len` bytes that `write` writes; apply the segments it deleted to
-    /// the index. Returns (segment, offset).
-    fn append_with(
+    /// Append a record of `len` bytes that `write` writes (an object's when `object` says its
+    /// keys); apply the segments it deleted to the index. Returns (segment, offset).
+    pub(super) fn append_with(
         &self,
-        key: HashBinary,
+        object: Option<(HashBinary, HashBinary)>,
         len: u64,
         write: impl FnOnce(&File) -> std::io::Result<()>,
     ) -> Option<(u64, u64)> {
         let appended = {
             let mut guard = self.segments.lock();
             let segments = guard.as_mut()?;
-            let appended = segments.append_with(key, len, write);
+            let appended = segments.append_with(object, len, write);
             DISK_METRICS
                 .bytes
                 .set(i64::try_from(segments.total()).unwrap_or(i64::MAX));
@@ -268,26 +288,33 @@ impl DiskStore {
             }
         };
         DISK_METRICS.write_bytes.inc_by(len);
+        if let Some((id, file)) = &appended.created {
+            self.files.write().insert(*id, file.clone());
+        }
+        let evicted = self.forget_segments(&appended.dropped);
+        DISK_METRICS.evictions.inc_by(evicted as u64);
+        Some((appended.segment, appended.offset))
+    }
+
+    /// Segments were deleted: drop their files and what the index still had in them. Returns
+    /// how many objects went with them.
+    pub(super) fn forget_segments(&self, dropped: &[segments::Segment]) -> usize {
+        if dropped.is_empty() {
+            return 0;
+        }
         {
             let mut files = self.files.write();
-            if let Some((id, file)) = &appended.created {
-                files.insert(*id, file.clone());
-            }
-            for seg in &appended.dropped {
+            for seg in dropped {
                 files.remove(&seg.id);
             }
         }
-        if !appended.dropped.is_empty() {
-            let mut index = self.index.write();
-            let dropped: usize = appended
-                .dropped
-                .iter()
-                .map(|seg| index.drop_segment(seg.id, &seg.keys))
-                .sum();
-            DISK_METRICS.evictions.inc_by(dropped as u64);
-            DISK_METRICS.objects.set(index.entries.len() as i64);
-        }
-        Some((appended.segment, appended.offset))
+        let mut index = self.index.write();
+        let gone: usize = dropped
+            .iter()
+            .map(|seg| index.drop_segment(seg.id, &seg.keys))
+            .sum();
+        DISK_METRICS.objects.set(index.entries.len() as i64);
+        gone
     }
 
     /// Scan the segments found at start, oldest first, then take what they hold into the index
@@ -297,12 +324,12 @@ impl DiskStore {
         let total: u64 = found.iter().map(|(_, _, len)| len).sum::<u64>().max(1);
         let mut scanned = 0u64;
         let mut rebuilt = Index::default();
-        let mut keys_by_segment: Vec<(u64, Vec<HashBinary>)> = Vec::new();
+        let mut keys_by_segment: Vec<(u64, Vec<(HashBinary, HashBinary)>)> = Vec::new();
         for (id, file, len) in &found {
             let mut keys = Vec::new();
             segments::scan(file, *len, |f| match f.head.kind {
                 Kind::Object => {
-                    keys.push(f.head.combined);
+                    keys.push((f.head.combined, f.head.primary));
                     rebuilt.insert(f.head.combined, Location::of(&f, *id));
                 }
                 Kind::Tombstone => {
@@ -338,6 +365,7 @@ impl DiskStore {
             // nothing happened meanwhile: the rebuilt index is the index
             index.entries = rebuilt.entries;
             index.variants = rebuilt.variants;
+            index.live = rebuilt.live;
         } else {
             for (key, loc) in rebuilt.entries {
                 let keep = live.contains(&loc.segment)
@@ -350,6 +378,8 @@ impl DiskStore {
             }
         }
         self.loading.store(false, Ordering::Release);
+        // what the last process left dead (or what was removed meanwhile) can go now
+        self.queue_reclaim();
         DISK_METRICS.objects.set(index.entries.len() as i64);
         DISK_METRICS.rebuild_progress.set(1.0);
         log::info!(

@@ -67,15 +67,66 @@ impl HandleHit for MemoryHit {
     }
 }
 
+/// Whether a body too large for the memory tier goes to the disk tier (see
+/// `crate::cache::disk::DiskFill`).
+pub(super) enum ToDisk {
+    /// The body still fits memory.
+    Undecided,
+    /// Streaming to disk as it arrives.
+    Streaming(Box<crate::cache::disk::DiskFill>),
+    /// Not stored anywhere.
+    No,
+}
+
 /// Writes a response body into its fill, where readers stream it. Writing does not fail while
 /// anyone can still read the fill (see `super::fill`); the entry is stored only by `finish`, and only when the body is complete,
 /// matches its `Content-Length`, fits `max_object_size` and was not purged meanwhile. Dropped
-/// without `finish` (the fetch failed): every reader of the fill gets an error.
+/// without `finish` (the fetch failed): every reader of the fill gets an error. A body larger
+/// than `max_object_size` streams to the disk tier as it arrives, when there is one that takes
+/// it ([`ToDisk`]).
 pub(super) struct MemoryMiss {
     pub(super) fill: Arc<Fill>,
     pub(super) tag: U64WriteId,
     pub(super) storage: &'static MemoryStorage,
     pub(super) finished: bool,
+    /// Body pieces the fill held when streaming to disk started, written with the next piece.
+    pub(super) seed: Vec<Bytes>,
+    pub(super) to_disk: ToDisk,
+    /// The URL was remembered as too large to store.
+    pub(super) marked: bool,
+}
+
+impl MemoryMiss {
+    /// Before `len` more bytes are appended: once the body outgrows the memory tier, start
+    /// streaming it (from its first byte, which the fill still holds) to the disk tier.
+    fn decide_disk(&mut self, len: usize) {
+        if !matches!(self.to_disk, ToDisk::Undecided) {
+            return;
+        }
+        let max = self.storage.max_object_size;
+        let outgrows =
+            self.fill.expected_len().is_some_and(|n| n > max) || self.fill.written() + len > max;
+        if !outgrows {
+            return;
+        }
+        self.to_disk = ToDisk::No;
+        let Some(disk) = self.storage.disk else {
+            return;
+        };
+        if self.fill.is_revoked() {
+            return;
+        }
+        let Some(so_far) = self.fill.body_so_far() else {
+            return;
+        };
+        let expected = self.fill.expected_len().map(|n| n as u64);
+        if let Some(d) =
+            disk.start_fill(self.fill.key, self.fill.primary, &self.fill.meta, expected)
+        {
+            self.to_disk = ToDisk::Streaming(Box::new(d));
+            self.seed = so_far;
+        }
+    }
 }
 
 #[async_trait]
@@ -83,8 +134,28 @@ impl HandleMiss for MemoryMiss {
     /// Fails only when an oversize body has no reader left (see `Appended::orphaned`): pingora
     /// then ends a fetch nobody would see.
     async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        self.decide_disk(data.len());
+        if let ToDisk::Streaming(d) = &mut self.to_disk {
+            let mut ok = true;
+            for piece in std::mem::take(&mut self.seed) {
+                ok = ok && d.push(piece).await;
+            }
+            if !(ok && d.push(data.clone()).await) {
+                self.to_disk = ToDisk::No;
+            }
+        }
         let appended = self.fill.append(data);
-        if appended.became_oversize {
+        // too large for every tier: remembered, so the next requests bypass the cache (a body
+        // the disk tier did not take for now, such as at its first fetch, is not)
+        let cap = self.storage.disk.map_or(0, |d| d.max_object_size());
+        let cap = cap.max(self.storage.max_object_size as u64);
+        let too_large = if self.storage.disk.is_some() {
+            !self.marked && self.fill.written() as u64 > cap
+        } else {
+            appended.became_oversize
+        };
+        if too_large {
+            self.marked = true;
             self.storage.mark_too_large(self.fill.primary);
         }
         if appended.orphaned {
@@ -99,6 +170,7 @@ impl HandleMiss for MemoryMiss {
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
         self.finished = true;
         let fill = self.fill.clone();
+        let to_disk = std::mem::replace(&mut self.to_disk, ToDisk::No);
         let outcome = match fill.seal() {
             Sealed::Broken => {
                 self.storage.forget(&fill);
@@ -108,6 +180,14 @@ impl HandleMiss for MemoryMiss {
                 );
             }
             Sealed::NotStored => {
+                if let ToDisk::Streaming(d) = to_disk {
+                    // whole and not purged: on disk before the readers see the end
+                    // (a purge while it was finishing removes it again)
+                    let kept = !fill.is_revoked() && d.finish().await;
+                    if let Some(disk) = self.storage.disk.filter(|_| kept && fill.is_revoked()) {
+                        disk.remove(&fill.key);
+                    }
+                }
                 self.storage.forget(&fill);
                 MissFinishType::Appended(0, Some(0))
             }

@@ -1,0 +1,245 @@
+//! Giving disk space back: the sweep of a hard invalidation (every object whose stored headers
+//! it matches is removed, by URL, prefix, host or tag), and compaction, which deletes the
+//! segments that are mostly dead after copying what is still live in them forward.
+//!
+//! - **Live bytes.** The index counts, per segment, the bytes of the records it points to. A
+//!   segment (other than the one being written) under half live is compacted after removals,
+//!   and after the rebuild at start: its live objects are appended again (verified chunk by
+//!   chunk, as they were written), then the file is deleted, so `verge_cache_disk_bytes` falls
+//!   and the budget holds more live objects.
+//! - **Tombstones.** A tombstone in a compacted segment keeps older records of its key from
+//!   coming back after a restart. It is written again only where that can happen: the key is
+//!   not in the index and an older segment still holds a record of it (a URL tombstone, as one
+//!   tombstone per such key). Everything copied is synced before the segment is deleted, so a
+//!   crash never loses a tombstone that a deleted segment held.
+
+use super::record::{Head, Kind};
+use super::writer::copy_body;
+use super::{read_head, read_meta, read_table, DiskStore, Location};
+use crate::metrics::DISK_METRICS;
+use pingora_cache::key::HashBinary;
+use pingora_cache::CacheMeta;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a sweep waits for the index rebuild at start (what the rebuild finds is only swept
+/// once it is in the index).
+const SWEEP_WAITS_FOR_REBUILD: Duration = Duration::from_secs(60);
+
+/// What copying one record forward did.
+enum Moved {
+    /// Copied (or no longer in the index: nothing to copy).
+    Done,
+    /// The record failed its checksums: dropped.
+    Corrupt,
+    /// It could not be written: the segment is kept.
+    Failed,
+}
+
+impl DiskStore {
+    /// Remove every object for which `judge(meta)` says so (a hard invalidation): reads each
+    /// object's head and meta, not its body (blocking). Returns how many went.
+    pub fn remove_where(&'static self, mut judge: impl FnMut(&CacheMeta) -> bool) -> usize {
+        let started = Instant::now();
+        while self.is_loading() && started.elapsed() < SWEEP_WAITS_FOR_REBUILD {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // no compaction until the sweep is done: it would copy objects the sweep then removes
+        self.sweeping.fetch_add(1, Ordering::AcqRel);
+        let entries: Vec<(HashBinary, Location)> = {
+            let index = self.index.read();
+            index.entries.iter().map(|(k, l)| (*k, *l)).collect()
+        };
+        let files: HashMap<u64, Arc<File>> = self.files.read().clone();
+        let mut removed = 0;
+        for (key, loc) in entries {
+            let Some(file) = files.get(&loc.segment) else {
+                continue;
+            };
+            // a record that cannot be read is left to the lookup, which drops it
+            let Ok(Some(meta)) = read_meta(file, &loc, &key) else {
+                continue;
+            };
+            if !judge(&meta) || self.index.read().entries.get(&key) != Some(&loc) {
+                continue;
+            }
+            self.remove(&key);
+            removed += 1;
+        }
+        self.sweeping.fetch_sub(1, Ordering::AcqRel);
+        self.queue_reclaim();
+        removed
+    }
+
+    /// Have the writer compact the segments that are mostly dead (once, however often asked
+    /// before it gets to it).
+    pub(super) fn queue_reclaim(&self) {
+        if self.sweeping.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        if !self.reclaim_queued.swap(true, Ordering::AcqRel)
+            && self.jobs.try_send(super::Job::Reclaim).is_err()
+        {
+            self.reclaim_queued.store(false, Ordering::Release);
+        }
+    }
+
+    /// (The writer.) Compact every segment but the one being written whose live bytes are
+    /// under half its length, oldest first.
+    pub(super) fn reclaim(&'static self) {
+        self.reclaim_queued.store(false, Ordering::Release);
+        // until the rebuild is done, the index does not know what is live; a sweep queues
+        // another reclaim when it is done
+        if self.is_loading() || self.sweeping.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        let candidates: Vec<u64> = {
+            let segments = self.segments.lock();
+            let Some(segments) = segments.as_ref() else {
+                return;
+            };
+            let writable = segments.writable_id();
+            let index = self.index.read();
+            segments
+                .lengths()
+                .into_iter()
+                .filter(|&(id, len)| Some(id) != writable && index.live_bytes(id) * 2 < len)
+                .map(|(id, _)| id)
+                .collect()
+        };
+        for id in candidates {
+            if !self.compact(id) {
+                break;
+            }
+        }
+    }
+
+    /// Copy what is live in segment `id` forward, with the tombstones still needed, then delete
+    /// it. `false` if that could not be done (a write failed).
+    fn compact(&'static self, id: u64) -> bool {
+        let Some(file) = self.files.read().get(&id).cloned() else {
+            return true;
+        };
+        let Some(len) = self.segments.lock().as_ref().and_then(|s| {
+            s.lengths()
+                .into_iter()
+                .find_map(|(i, len)| (i == id).then_some(len))
+        }) else {
+            return true;
+        };
+        // copying the live objects must not push older live ones out of the budget
+        let live = self.index.read().live_bytes(id);
+        let room = self
+            .segments
+            .lock()
+            .as_ref()
+            .is_some_and(|s| s.total() + live <= self.settings.size);
+        if live > 0 && !room {
+            return true;
+        }
+        let mut records = Vec::new();
+        super::segments::scan(&file, len, |found| records.push(found));
+        let mut older: Option<Vec<(HashBinary, HashBinary)>> = None;
+        let mut forwarded = HashSet::new();
+        for found in records {
+            let key = found.head.combined;
+            let ok = match found.head.kind {
+                Kind::Object => match self.relocate(key, Location::of(&found, id), &file) {
+                    Moved::Done => true,
+                    Moved::Corrupt => {
+                        self.drop_corrupt(key);
+                        true
+                    }
+                    Moved::Failed => false,
+                },
+                kind => {
+                    let older = older.get_or_insert_with(|| {
+                        self.segments
+                            .lock()
+                            .as_ref()
+                            .map_or_else(Vec::new, |s| s.keys_before(id))
+                    });
+                    let index = self.index.read();
+                    let covered: Vec<HashBinary> = older
+                        .iter()
+                        .filter(|(c, p)| match kind {
+                            Kind::UrlTombstone => *p == found.head.primary,
+                            _ => *c == key,
+                        })
+                        .map(|(c, _)| *c)
+                        .filter(|c| !index.entries.contains_key(c) && forwarded.insert(*c))
+                        .collect();
+                    drop(index);
+                    covered
+                        .into_iter()
+                        .all(|c| self.write_tombstone(Kind::Tombstone, c))
+                }
+            };
+            if !ok {
+                return false;
+            }
+        }
+        let mut guard = self.segments.lock();
+        let Some(segments) = guard.as_mut() else {
+            return false;
+        };
+        // what was copied is durable before the only other copy goes
+        if let Err(e) = segments.sync() {
+            log::warn!("disk cache: sync failed: {e}");
+            return false;
+        }
+        let Some(gone) = segments.remove(id) else {
+            return true;
+        };
+        DISK_METRICS
+            .bytes
+            .set(i64::try_from(segments.total()).unwrap_or(i64::MAX));
+        drop(guard);
+        self.forget_segments(&[gone]);
+        true
+    }
+
+    /// Append the object at `from` in `file` again, as it is, checked chunk by chunk, and point
+    /// the index to the copy (unless it moved on meanwhile).
+    fn relocate(&'static self, key: HashBinary, from: Location, file: &File) -> Moved {
+        // a removal from now on is after this copy (see `index_written`)
+        let seq = self.seq();
+        if self.index.read().entries.get(&key) != Some(&from) {
+            return Moved::Done;
+        }
+        let head: Head;
+        let head_meta: Vec<u8>;
+        let (crcs, table) = match read_head(file, &from, &key) {
+            Ok(Some((h, bytes))) => {
+                head = h;
+                head_meta = bytes;
+                match read_table(file, &from, &head) {
+                    Ok(Some(t)) => t,
+                    Ok(None) => return Moved::Corrupt,
+                    Err(_) => return Moved::Failed,
+                }
+            }
+            Ok(None) => return Moved::Corrupt,
+            Err(_) => return Moved::Failed,
+        };
+        let corrupt = std::cell::Cell::new(false);
+        let body_at = from.offset + head.body_offset();
+        let written = self.append_with(Some((key, head.primary)), head.record_len(), |mut out| {
+            out.write_all(&head_meta)?;
+            copy_body(file, body_at, head.body_len, &crcs, out, &corrupt)?;
+            out.write_all(&table)
+        });
+        match written {
+            Some(at) => {
+                self.index_written(seq, key, &head, at, Some(from));
+                Moved::Done
+            }
+            None if corrupt.get() => Moved::Corrupt,
+            None => Moved::Failed,
+        }
+    }
+}
