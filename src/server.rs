@@ -350,7 +350,7 @@ pub fn build_server_with_filters(
     if let Some(disk) = cache.disk {
         server.add_service(background_service(
             "verge disk cache flush",
-            DiskFlush::new(disk),
+            DiskFlush::new(disk, cache.storage),
         ));
     }
     if let Some(spec) = &config.control {

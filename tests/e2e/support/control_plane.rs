@@ -229,6 +229,22 @@ impl Cp {
         v["seq"].as_u64().expect("seq")
     }
 
+    /// [`Cp::purge`], retried while the store answers 503 (a store coming back from a lost
+    /// quorum: its watch may lag for a moment, and such a refusal wrote nothing), for up to 15 s.
+    pub async fn purge_once_the_store_answers(&self, body: Value) -> u64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let (status, v) = self
+                .send("POST", "/v1/invalidations", OPS, Some(body.clone()), None)
+                .await;
+            if status != 503 || std::time::Instant::now() > deadline {
+                assert_eq!(status, 202, "{v}");
+                return v["seq"].as_u64().expect("seq");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Wait until every one of `n` nodes reports the control plane's head.
     pub async fn converged(&self, n: usize) -> bool {
         eventually(Duration::from_secs(15), || async {
