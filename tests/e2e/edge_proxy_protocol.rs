@@ -3,6 +3,7 @@
 //! see; a trusted source without a header is closed; anyone else is read as it comes. (Before
 //! TLS: `edge_tls`.)
 
+use crate::support::metrics::metric_eventually;
 use crate::support::wire::Conn;
 use crate::support::{assert_eventually, Config, Listener, Origin, Pool, Route, RouteCache, Verge};
 use std::net::{IpAddr, Ipv4Addr};
@@ -85,6 +86,15 @@ async fn a_trusted_proxys_header_names_the_client_everything_after_sees() {
 
     // a fill, then a hit the lane answers, each logged with its own carried client
     assert_eq!(status(&v, None, &v1("198.51.100.1"), "/h").await, Some(200));
+    // (the client can have the whole body a moment before the fill is stored)
+    metric_eventually(
+        &v,
+        Duration::from_secs(5),
+        "verge_cache_objects",
+        &[],
+        |n| n == Some(1.0),
+    )
+    .await;
     let lane_before = v.metrics().await.sum("verge_cache_fast_hits_total", &[]);
     assert_eq!(status(&v, None, &v1("198.51.100.2"), "/h").await, Some(200));
     let lane_after = v.metrics().await.sum("verge_cache_fast_hits_total", &[]);
