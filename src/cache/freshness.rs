@@ -89,14 +89,16 @@ impl Served<'_> {
     }
 }
 
-/// Whether `served` came from an entry that an invalidation this node applied no later than
-/// `received` (when the request arrived) refuses: a hard one reaching its URL or its tags,
-/// fetched before it. Such an answer is a bug; `verge_cache_served_after_invalidation_total`
-/// counts them. An invalidation applied while the request was under way does not count.
+/// Whether `served` came from an entry that an invalidation of `index` refuses: a hard one
+/// reaching its URL or its tags, fetched before it. Such an answer is a bug;
+/// `verge_cache_served_after_invalidation_total` counts them. `index` is the one the decision to
+/// serve it read (`received`: `None`, every invalidation counts), or, where that is not known,
+/// the node's current one with `received` the moment the request arrived (an invalidation
+/// applied while the request was under way does not count).
 pub fn refused_by_invalidation(
     index: &InvalidationIndex,
     served: &Served<'_>,
-    received: SystemTime,
+    received: Option<SystemTime>,
 ) -> bool {
     let headers = &served.header.headers;
     let Some((host, path_query)) = super::rfc9111::entry_url(headers) else {
@@ -109,7 +111,7 @@ pub fn refused_by_invalidation(
         None,
         headers,
         served.created,
-        Some(received),
+        received,
     );
     verdict == Verdict::Invalid
 }
@@ -120,7 +122,7 @@ pub fn record(
     class: &str,
     budget: Option<Duration>,
     served: &Served<'_>,
-    received: SystemTime,
+    received: Option<SystemTime>,
     index: &InvalidationIndex,
 ) {
     let state = served.state.as_str();
@@ -265,39 +267,41 @@ mod tests {
             at: t(20),
         };
         let mut index = InvalidationIndex::default();
-        assert!(!refused_by_invalidation(&index, &served, t(20)));
+        assert!(!refused_by_invalidation(&index, &served, Some(t(20))));
         index
             .apply(&purge(1, "a.com/x", false), t(10))
             .expect("apply");
         // the purge was applied before the request arrived: a refused answer
-        assert!(refused_by_invalidation(&index, &served, t(20)));
+        assert!(refused_by_invalidation(&index, &served, Some(t(20))));
         // a request that arrived before it was applied was right to get the entry
-        assert!(!refused_by_invalidation(&index, &served, t(5)));
+        assert!(!refused_by_invalidation(&index, &served, Some(t(5))));
+        // judged by the index its decision read, every invalidation in it counts
+        assert!(refused_by_invalidation(&index, &served, None));
         // an entry fetched after the purge is what the purge asked for
         let fresh = Served {
             created: t(11),
             ..served
         };
-        assert!(!refused_by_invalidation(&index, &fresh, t(20)));
+        assert!(!refused_by_invalidation(&index, &fresh, Some(t(20))));
         // another URL, or a soft purge (stale entries may answer), is not counted
         let other = stored("a.com/y");
         let other = Served {
             header: &other,
             ..served
         };
-        assert!(!refused_by_invalidation(&index, &other, t(20)));
+        assert!(!refused_by_invalidation(&index, &other, Some(t(20))));
         let mut soft = InvalidationIndex::default();
         soft.apply(&purge(1, "a.com/x", true), t(10))
             .expect("apply");
-        assert!(!refused_by_invalidation(&soft, &served, t(20)));
+        assert!(!refused_by_invalidation(&soft, &served, Some(t(20))));
 
         // and `record` counts it in the metric, under the route's class
         let before = METRICS
             .cache_served_after_invalidation
             .with_label_values(&["test-refused"])
             .get();
-        record("test-refused", None, &served, t(20), &index);
-        record("test-refused", None, &fresh, t(20), &index);
+        record("test-refused", None, &served, Some(t(20)), &index);
+        record("test-refused", None, &fresh, Some(t(20)), &index);
         let after = METRICS
             .cache_served_after_invalidation
             .with_label_values(&["test-refused"])

@@ -109,6 +109,9 @@ pub struct RequestCtx {
     pub transcoding: super::compression::Transcoding,
     /// The tier ring's part in this request: a verified hop, or the owner a miss went to.
     pub tier: super::tier::TierState,
+    /// The snapshot whose invalidations the hit decision read (the freshness check judges the
+    /// answer by the same ones).
+    pub decided_with: Option<Arc<crate::snapshot::Snapshot>>,
 }
 
 impl RequestCtx {

@@ -10,7 +10,7 @@ use crate::cache::collapse::LockWait;
 pub use crate::cache::freshness::{Served, ServedState};
 use crate::http_syntax::path_and_query;
 use crate::metrics::{RequestOutcome, METRICS};
-use crate::snapshot::{Route, SharedSnapshot};
+use crate::snapshot::{Route, SharedSnapshot, Snapshot};
 use pingora_cache::key::CacheHashKey;
 use pingora_cache::CachePhase;
 use pingora_proxy::Session;
@@ -56,6 +56,8 @@ pub struct Finished<'a> {
     pub served: Option<Served<'a>>,
     /// What the access log may record of the request and its connection.
     pub seen: Seen<'a>,
+    /// The snapshot whose invalidations decided to serve [`Finished::served`], when known.
+    pub decided_with: Option<&'a Snapshot>,
 }
 
 /// Pingora's `logging` phase: how the request went, as [`finish`] counts and logs it.
@@ -133,6 +135,7 @@ pub fn record(
             listener,
             tls_version: tls_version.as_deref(),
         },
+        decided_with: ctx.decided_with.as_deref(),
     };
     finish(&finished, access_log, snapshot);
 }
@@ -179,9 +182,15 @@ pub fn finish(f: &Finished<'_>, log: Option<&AccessLog>, snapshot: &SharedSnapsh
             .route
             .and_then(|r| r.spec.class.as_deref())
             .unwrap_or(crate::config::classes::NO_CLASS);
-        let now = SystemTime::now();
-        let received = f.elapsed.and_then(|e| now.checked_sub(e)).unwrap_or(now);
-        let index = &snapshot.control.invalidations;
+        let (index, received) = match f.decided_with {
+            // what the decision to serve it knew of: refusing those was its job
+            Some(decided) => (&decided.control.invalidations, None),
+            None => {
+                let now = SystemTime::now();
+                let received = f.elapsed.and_then(|e| now.checked_sub(e)).unwrap_or(now);
+                (&snapshot.control.invalidations, Some(received))
+            }
+        };
         let budget = snapshot.config.classes.get(class).map(|c| c.budget);
         crate::cache::freshness::record(class, budget, served, received, index);
     }

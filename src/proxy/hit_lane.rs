@@ -34,7 +34,7 @@ use crate::cache::{self, cache_status, request_directives, rfc9111, CacheEngine}
 use crate::config::{EdgeRules, LogField, Rewrite, RouteCache, RouteSpec};
 use crate::http_syntax::{host::canonical_host, scheme, target};
 use crate::metrics::METRICS;
-use crate::snapshot::{Route, SharedSnapshot};
+use crate::snapshot::{Route, SharedSnapshot, Snapshot};
 use crate::upstream::hop_marker::HOP_FIELD;
 use bytes::{Bytes, BytesMut};
 use http::{Method, Version};
@@ -306,6 +306,8 @@ pub struct Answer {
     key: pingora_cache::key::HashBinary,
     /// The entry it came from, for the freshness metrics.
     entry: Servable,
+    /// The snapshot the decision to serve it read (the freshness check judges by it).
+    decided_with: Arc<Snapshot>,
     /// What the access log records of the request, kept only when one is written.
     logged: Option<Logged>,
 }
@@ -435,20 +437,21 @@ impl HitLane {
             return None;
         }
         let route = route.clone();
-        drop(snapshot);
+        let decided_with = arc_swap::Guard::into_inner(snapshot);
         self.cache.storage.served(&combined, &entry);
         let (eviction_key, weight) = entry.eviction_key();
         self.cache
             .eviction
             .access(&eviction_key, weight, meta.fresh_until());
-        let answer = self.build(entry, req, now, last, route, host, combined, waited);
+        let found = (entry, decided_with);
+        let answer = self.build(found, req, now, last, route, host, combined, waited);
         Some(Lane::Answer(answer))
     }
 
     #[allow(clippy::too_many_arguments)]
     fn build(
         &self,
-        entry: Servable,
+        (entry, decided_with): (Servable, Arc<Snapshot>),
         req: &PlainRequest<'_>,
         now: SystemTime,
         last: bool,
@@ -503,6 +506,7 @@ impl HitLane {
             body,
             close,
             collapsed: waited,
+            decided_with,
             head_only,
             logged: self.access_log.is_some().then(|| {
                 let field = |name: &str| {
@@ -576,6 +580,7 @@ impl HitLane {
                 listener: &self.listener,
                 tls_version: None, // a log that wants it has the lane decline
             },
+            decided_with: Some(&answer.decided_with),
         };
         finish(&finished, self.access_log.as_deref(), &self.snapshot);
         METRICS

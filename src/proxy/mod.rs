@@ -197,8 +197,10 @@ impl ProxyHttp for EdgeProxy {
         is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
-        let snapshot = self.snapshot.load();
-        caching::hit_filter(self.cache, &snapshot, session, meta, is_fresh, ctx)
+        let snapshot = self.snapshot.load_full();
+        let forced = caching::hit_filter(self.cache, &snapshot, session, meta, is_fresh, ctx);
+        ctx.decided_with = Some(snapshot);
+        forced
     }
 
     async fn proxy_upstream_filter(
