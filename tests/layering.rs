@@ -85,6 +85,7 @@ const TOP: &[&str] = &[
     "embed",
     "ops",
     "verify",
+    "verify_metrics",
     "lifecycle",
     "lib",
     "main",
