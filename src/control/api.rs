@@ -493,13 +493,22 @@ impl ControlApi {
                     })
                 }
             },
-            ("POST", ["v1", "staged-purges"]) => staged_request(&req.body).and_then(|(request, invalidation)| {
+            ("POST", ["v1", "staged-purges"]) => match staged_request(&req.body).and_then(|(request, invalidation)| {
                 if let Some(t) = token {
                     purge_scope::authorize(t, &[invalidation]).map_err(|e| ApiReply::error(403, e))?;
                 }
-                let shown = self.staged.start(request, who).map_err(staged_error)?;
-                Ok(ApiReply::json(202, shown))
-            }),
+                Ok(request)
+            }) {
+                Err(r) => Err(r),
+                Ok(request) => {
+                    // its first wave is a store write: off the API workers, as every write
+                    let (staged, who) = (self.staged.clone(), who.to_string());
+                    blocking(move || staged.start(request, &who))
+                        .await
+                        .and_then(|r| r.map_err(staged_error))
+                        .map(|shown| ApiReply::json(202, shown))
+                }
+            },
             ("GET", ["v1", "staged-purges"]) => need(Scope::Read)
                 .map(|()| ApiReply::json(200, json!({"staged_purges": self.staged.list()}))),
             ("GET", ["v1", "staged-purges", id]) => need(Scope::Read).and_then(|()| {
@@ -588,13 +597,9 @@ impl ControlApi {
         write: impl FnOnce(&ControlPlane) -> Result<T, PlaneError> + Send + 'static,
     ) -> Result<T, ApiReply> {
         let plane = self.plane.clone();
-        match tokio::task::spawn_blocking(move || write(&plane)).await {
-            Ok(result) => result.map_err(plane_error),
-            Err(e) => Err(ApiReply::error(
-                500,
-                format!("the write did not finish: {e}"),
-            )),
-        }
+        blocking(move || write(&plane))
+            .await
+            .and_then(|r| r.map_err(plane_error))
     }
 
     async fn snapshot(&self, req: &ApiRequest) -> Result<ApiReply, ApiReply> {
@@ -620,6 +625,15 @@ impl ControlApi {
             }
         }
     }
+}
+
+/// Run `work` (a store write: it may wait on etcd) on a blocking thread, not an API worker.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiReply> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiReply::error(500, format!("the write did not finish: {e}")))
 }
 
 /// The HTTP response for `reply`; a snapshot message is signed with `key` when there is one.

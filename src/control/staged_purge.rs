@@ -608,7 +608,9 @@ pub struct StagedPurgeDriver(pub Arc<StagedPurges>);
 impl BackgroundService for StagedPurgeDriver {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         loop {
-            self.0.tick();
+            // a wave is a store write (it may wait on etcd): not on this service's runtime
+            let purges = self.0.clone();
+            let _ = tokio::task::spawn_blocking(move || purges.tick()).await;
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
