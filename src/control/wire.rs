@@ -81,11 +81,31 @@ impl SnapshotMessage {
             seq: self.seq,
         }
     }
+
+    /// The message for a node that does not say it skips waves ([`FEATURE_WAVES`]): one older
+    /// than staged purges, which ignores `nodes` and would apply every wave. The waves that
+    /// name their nodes are left out (such a node is never named: it is in the last wave,
+    /// which it applies as any purge); their `seq`s still count, as the message's `seq` says.
+    pub fn without_named_waves(mut self) -> SnapshotMessage {
+        self.invalidations
+            .retain(|i| !matches!(i.nodes, Some(NodeSelector::Only(_))));
+        self
+    }
 }
 
+/// What a node says it does, in its reports and its snapshot polls (`features`): it skips the
+/// waves of a staged purge that do not name it. A node without it (older than staged purges)
+/// applies every wave, so the control plane puts it in the last wave only, and leaves the
+/// earlier waves out of the snapshots it sends it.
+pub const FEATURE_WAVES: &str = "waves";
+
 /// What a node reports after applying a snapshot (`POST /v1/nodes/<id>/applied`).
+///
+/// Fields a control plane does not know are ignored, and fields a node does not send take
+/// their defaults, so nodes and control planes of different versions read each other's
+/// reports. A control plane from before that (which refused unknown fields) names the fields
+/// it knows in its refusal, and the node sends it only those ([`AppliedReport::fields_known`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct AppliedReport {
     /// The policy version in force on the node.
     pub policy_version: u64,
@@ -101,9 +121,45 @@ pub struct AppliedReport {
     /// An unspecified address (`0.0.0.0:9901`) gets the address the report came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<String>,
+    /// What the node does that older nodes do not ([`FEATURE_WAVES`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 impl AppliedReport {
+    /// Whether the node skips the waves of a staged purge that do not name it.
+    pub fn applies_waves(&self) -> bool {
+        self.features.iter().any(|f| f == FEATURE_WAVES)
+    }
+
+    /// The fields a control plane that refused a report for an unknown field says it knows:
+    /// serde's `unknown field `x`, expected one of `a`, `b`` in its answer. `None` when the
+    /// answer is not such a refusal.
+    pub fn fields_known(refusal: &str) -> Option<Vec<String>> {
+        let (_, rest) = refusal.split_once("unknown field `")?;
+        let (_, expected) = rest.split_once("expected ")?;
+        let expected = expected.strip_prefix("one of ").unwrap_or(expected);
+        let mut fields = Vec::new();
+        let mut rest = expected;
+        while let Some(start) = rest.strip_prefix('`') {
+            let (name, after) = start.split_once('`')?;
+            fields.push(name.to_string());
+            rest = after
+                .trim_start_matches(|c: char| c == ',' || c == ' ')
+                .trim_start_matches("or ");
+        }
+        (!fields.is_empty()).then_some(fields)
+    }
+
+    /// The report as JSON, with only `fields` when given (what an older control plane knows).
+    pub fn to_json_with(&self, fields: Option<&[String]>) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        if let (Some(fields), Some(map)) = (fields, v.as_object_mut()) {
+            map.retain(|k, _| fields.iter().any(|f| f == k));
+        }
+        v
+    }
+
     /// The admin address as others reach it: an unspecified IP (listening on every address)
     /// replaced by `peer`'s, the address the report came from. Anything that is not an
     /// `ip:port` is dropped.
@@ -119,7 +175,6 @@ impl AppliedReport {
 
 /// A snapshot a node refused to apply: where it would have taken the node, and why.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct RejectedSnapshot {
     /// The policy version the refused message carried.
     pub policy_version: u64,
