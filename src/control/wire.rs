@@ -345,4 +345,123 @@ mod tests {
         assert!(!q.is_at_or_after(&p));
         assert!(!p.is_at_or_after(&q));
     }
+
+    /// The report as a control plane from before `admin` and `features` read it: it refused
+    /// fields it did not know.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct OldReport {
+        policy_version: u64,
+        seq: u64,
+        applied_at_ms: u64,
+        #[serde(default)]
+        rejected: Option<RejectedSnapshot>,
+    }
+
+    fn new_report() -> AppliedReport {
+        AppliedReport {
+            policy_version: 3,
+            seq: 9,
+            applied_at_ms: 1000,
+            rejected: None,
+            admin: Some("10.0.0.1:9901".into()),
+            features: vec![FEATURE_WAVES.into()],
+        }
+    }
+
+    #[test]
+    fn reports_of_old_and_new_nodes_decode_and_unknown_fields_are_ignored() {
+        // an old node: no admin, no features; it applies every wave
+        let old: AppliedReport =
+            serde_json::from_str(r#"{"policy_version":3,"seq":9,"applied_at_ms":1000}"#).unwrap();
+        assert_eq!(old.admin, None);
+        assert!(old.features.is_empty() && !old.applies_waves());
+        // a new node
+        let new: AppliedReport =
+            serde_json::from_value(serde_json::to_value(new_report()).unwrap()).unwrap();
+        assert_eq!(new, new_report());
+        assert!(new.applies_waves());
+        // a node newer than this control plane: its fields are ignored
+        let newer: AppliedReport = serde_json::from_str(
+            r#"{"policy_version":3,"seq":9,"applied_at_ms":1000,"features":["waves","x"],
+                "uptime_s":5,"rejected":{"policy_version":4,"seq":9,"reason":"build","error":"e","hint":1}}"#,
+        )
+        .unwrap();
+        assert!(newer.applies_waves());
+        assert_eq!(newer.rejected.map(|r| r.reason), Some("build".into()));
+    }
+
+    #[test]
+    fn a_control_plane_that_refuses_new_fields_gets_only_those_it_names() {
+        let report = new_report();
+        // what an old control plane answers to the new report (serde's own words)
+        let refusal = serde_json::from_value::<OldReport>(report.to_json_with(None))
+            .unwrap_err()
+            .to_string();
+        let api_answer = serde_json::json!({"error": format!("invalid report: {refusal}")});
+        let known = AppliedReport::fields_known(&api_answer.to_string()).unwrap();
+        assert_eq!(
+            known,
+            ["policy_version", "seq", "applied_at_ms", "rejected"]
+        );
+        let old: OldReport = serde_json::from_value(report.to_json_with(Some(&known))).unwrap();
+        assert_eq!(
+            (old.policy_version, old.seq, old.applied_at_ms),
+            (3, 9, 1000)
+        );
+        // serde's two- and one-field forms, and anything else
+        assert_eq!(
+            AppliedReport::fields_known("unknown field `x`, expected `a` or `b` at line 1"),
+            Some(vec!["a".to_string(), "b".to_string()])
+        );
+        assert_eq!(
+            AppliedReport::fields_known("unknown field `x`, expected `a`"),
+            Some(vec!["a".to_string()])
+        );
+        assert_eq!(AppliedReport::fields_known("missing field `seq`"), None);
+    }
+
+    fn inv_json(seq: u64, nodes: Option<serde_json::Value>) -> serde_json::Value {
+        let mut v = serde_json::json!({"seq": seq, "kind": "all", "target": "", "soft": false,
+            "created_ms": 1});
+        if let Some(n) = nodes {
+            v["nodes"] = n;
+        }
+        v
+    }
+
+    #[test]
+    fn invalidations_and_snapshots_of_old_and_new_control_planes_decode() {
+        // an old control plane's purge (no id, no version, no nodes): every node applies it
+        let old: Invalidation = serde_json::from_value(inv_json(1, None)).unwrap();
+        assert!(old.reaches(Some("n1")) && old.nodes.is_none());
+        // a wave as a control plane from before the store kept staged purges writes it: still
+        // applied by the nodes it names only
+        let wave: Invalidation =
+            serde_json::from_value(inv_json(2, Some(serde_json::json!({"only": ["n1"]})))).unwrap();
+        assert!(wave.reaches(Some("n1")) && !wave.reaches(Some("n2")));
+        let rest: Invalidation =
+            serde_json::from_value(inv_json(3, Some(serde_json::json!({"except": ["n1"]}))))
+                .unwrap();
+        assert!(!rest.reaches(Some("n1")) && rest.reaches(Some("n2")));
+        // a newer control plane's fields are ignored, in an invalidation and in a message
+        let mut newer = inv_json(4, None);
+        newer["priority"] = serde_json::json!(1);
+        let msg: SnapshotMessage = serde_json::from_value(serde_json::json!({
+            "full": false, "policy_version": 1, "seq": 4, "retention_secs": 60,
+            "invalidations": [inv_json(2, Some(serde_json::json!({"only": ["n1"]}))),
+                              inv_json(3, Some(serde_json::json!({"except": ["n1"]}))), newer],
+            "shard": "x"
+        }))
+        .unwrap();
+        assert_eq!(msg.invalidations.len(), 3);
+        // a message from before epochs: none
+        assert_eq!(msg.epoch, None);
+        // for a node older than waves: the named wave is left out, the rest stays, the seq too
+        let for_old = msg.without_named_waves();
+        let seqs: Vec<u64> = for_old.invalidations.iter().map(|i| i.seq).collect();
+        assert_eq!(seqs, [3, 4]);
+        assert_eq!(for_old.seq, 4);
+    }
 }
