@@ -159,7 +159,12 @@ impl Keys {
                 state.receipts.insert(node, kv.value().to_vec());
             }
             if let Some(id) = etcd_staged::id_of(self, kv.key()) {
-                state.staged.insert(id, etcd_staged::stored(kv)?);
+                match etcd_staged::stored(kv) {
+                    Ok(s) => {
+                        state.staged.insert(id, s);
+                    }
+                    Err(e) => log::error!("etcd store: skipping a staged purge: {e}"),
+                }
             }
             match self.record(kv)? {
                 Some(Record::Policy(p)) => state.policies.push(p),
