@@ -365,7 +365,7 @@ async fn on_etcd_every_replica_shows_a_staged_purge_and_another_finishes_it_when
 
     // started through a replica that does not drive staged purges
     let s = (l + 1) % 3;
-    let body = json!({"kind": "all", "confirm": "all", "waves": [["n1"], ["n2"]], "hold": "6s"});
+    let body = json!({"kind": "all", "confirm": "all", "waves": [["n1"], ["n2"]], "hold": "10s"});
     let (status, started) = replicas[s]
         .send("POST", "/v1/staged-purges", OPS, Some(body), None)
         .await;
@@ -389,6 +389,9 @@ async fn on_etcd_every_replica_shows_a_staged_purge_and_another_finishes_it_when
     assert_eq!(served_from_cache(&nodes).await, [false, true, true]);
 
     // the driver dies during the hold: another replica is elected and goes on
+    let before = staged(&replicas[l], id).await;
+    assert_eq!(before["state"], "holding", "{before}");
+    assert_eq!(before["waves"][1]["seq"], Value::Null, "{before}");
     replicas[l].kill();
     let others: Vec<usize> = (0..3).filter(|&i| i != l).collect();
     assert!(
