@@ -600,8 +600,10 @@ impl Store for EtcdStore {
             self.keys.clone(),
             loaded,
             sink,
-            self.delivered.clone(),
-            self.staged.clone(),
+            etcd_watch::Watched {
+                delivered: self.delivered.clone(),
+                staged: self.staged.clone(),
+            },
             self.timeout,
         );
         // the lease outlives a member's loss and a leader change, but not a dead replica for long

@@ -111,6 +111,15 @@ struct Delivery {
     reset: bool,
 }
 
+/// What the watch keeps current besides the plane: how far it delivered (what `sync` waits
+/// for), and the staged purges (the store's own).
+pub(super) struct Watched {
+    /// The revision delivered.
+    pub delivered: std::sync::Arc<Delivered>,
+    /// The staged purges.
+    pub staged: std::sync::Arc<StagedMap>,
+}
+
 /// Start the watch on `handle`, delivering to `sink` on a thread of its own (the sink takes
 /// the plane's lock, which a writer holds while it waits for etcd on this runtime).
 pub(super) fn start(
@@ -119,10 +128,10 @@ pub(super) fn start(
     keys: Keys,
     from: Loaded,
     sink: ChangeSink,
-    delivered: std::sync::Arc<Delivered>,
-    staged: std::sync::Arc<StagedMap>,
+    watched: Watched,
     timeout: Duration,
 ) {
+    let Watched { delivered, staged } = watched;
     let (tx, rx) = mpsc::channel::<Delivery>();
     let spawned = std::thread::Builder::new()
         .name("verge-etcd-apply".into())

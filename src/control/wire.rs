@@ -145,7 +145,7 @@ impl AppliedReport {
             let (name, after) = start.split_once('`')?;
             fields.push(name.to_string());
             rest = after
-                .trim_start_matches(|c: char| c == ',' || c == ' ')
+                .trim_start_matches([',', ' '])
                 .trim_start_matches("or ");
         }
         (!fields.is_empty()).then_some(fields)
