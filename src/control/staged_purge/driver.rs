@@ -271,7 +271,12 @@ impl StagedPurges {
                 log::debug!("staged purge {id}: {e}");
                 return;
             }
-            if next != purge {
+            // an error already shown is not written again each tick (its text may change:
+            // a spent budget says how long to wait)
+            let mut only_error = next.clone();
+            only_error.error.clone_from(&purge.error);
+            let moved = only_error != purge || purge.error.is_none() != next.error.is_none();
+            if moved {
                 if let Err(e) = self.put(id, Some(&next), Some(revision), true) {
                     log::debug!("staged purge {id}: not moved on: {e}");
                 }
