@@ -289,6 +289,14 @@ pub fn build_server_with_filters(
         check_bindable(&sockets)?;
     }
     crate::node::log_level::apply(config.server.log_level);
+    // an HTTP/2 stream reset inside pingora-proxy for `send_timeout` counts as an HTTP/1
+    // connection cut off for it does (src/ingress/body_guard.rs)
+    pingora_proxy::on_h2_send_timeout(|| {
+        crate::metrics::METRICS
+            .rejected
+            .with_label_values(&["send_timeout"])
+            .inc();
+    });
     let readiness = Arc::new(Readiness::new(config.control.is_some()));
     let snapshot = shared_snapshot(config, filters, &readiness)?;
     let writer = SnapshotWriter::new(

@@ -9,7 +9,7 @@ use super::staged_purge::{
     StagedError, StagedPurges, StagedRequest, WaveSpec, DEFAULT_ACK_TIMEOUT, DEFAULT_HOLD,
     DEFAULT_WAVES,
 };
-use super::wire::{unix_ms, AppliedReport, InvalidationKind, Position, SigningKey};
+use super::wire::{unix_ms, AppliedReport, InvalidationKind, Position, SigningKey, FEATURE_WAVES};
 use crate::config::units::parse_duration;
 use crate::metrics::METRICS;
 use async_trait::async_trait;
@@ -519,17 +519,29 @@ impl ControlApi {
                     .ok_or_else(|| ApiReply::error(404, format!("no staged purge {id}")))
             }),
             ("POST", ["v1", "staged-purges", id, op]) => {
-                let id = id
-                    .parse::<u64>()
-                    .map_err(|_| ApiReply::error(404, format!("no staged purge {id}")));
                 // the scope that may start it may stop it
-                let allowed = |r: &InvalidationRequest| match token {
-                    Some(t) => purge_scope::authorize(t, std::slice::from_ref(r)),
-                    None => Ok(()),
-                };
-                id.and_then(|id| self.staged.operate(id, op, allowed).map_err(staged_error))
-                    .and_then(|r| r.map_err(|e| ApiReply::error(403, e)))
-                    .map(|p| ApiReply::json(200, p))
+                let checked = id
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(|id| Some((id, self.staged.request_of(id)?)))
+                    .ok_or_else(|| ApiReply::error(404, format!("no staged purge {id}")))
+                    .and_then(|(id, r)| match token {
+                        Some(t) => purge_scope::authorize(t, std::slice::from_ref(&r))
+                            .map(|()| id)
+                            .map_err(|e| ApiReply::error(403, e)),
+                        None => Ok(id),
+                    });
+                match checked {
+                    Err(r) => Err(r),
+                    Ok(id) => {
+                        // a store write: off the API workers, as every write
+                        let (staged, op) = (self.staged.clone(), op.to_string());
+                        blocking(move || staged.operate(id, &op))
+                            .await
+                            .and_then(|r| r.map_err(staged_error))
+                            .map(|p| ApiReply::json(200, p))
+                    }
+                }
             }
             ("GET", ["v1", "invalidations"]) => need(Scope::Read).and_then(|()| {
                 let after = match query_param(&req.query, "after") {
@@ -612,8 +624,16 @@ impl ControlApi {
             Some(v) => parse_duration(v).map_err(|e| ApiReply::error(400, e))?,
         };
         let epoch = query_param(&req.query, "epoch").filter(|e| !e.is_empty());
+        // a node older than staged purges does not say it skips waves not naming it
+        let applies_waves = query_param(&req.query, "features")
+            .is_some_and(|f| f.split(',').any(|f| f == FEATURE_WAVES));
         match self.plane.wait_snapshot(after, epoch, wait).await {
             Some(msg) => {
+                let msg = if applies_waves {
+                    msg
+                } else {
+                    msg.without_named_waves()
+                };
                 let mut r = ApiReply::json(200, serde_json::to_value(&msg).unwrap_or(Value::Null));
                 r.checksum = true;
                 Ok(r)

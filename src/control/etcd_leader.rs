@@ -1,6 +1,7 @@
-//! Which replica does retention on etcd: one elected leader (etcd's election API, under a
-//! lease this replica keeps alive), and the fencing token its retention writes carry (the
-//! election key's create revision), so a replica that lost the leadership cannot compact.
+//! Which replica does retention and drives staged purges on etcd: one elected leader (etcd's
+//! election API, under a lease this replica keeps alive), and the fencing token its retention
+//! writes and its staged-purge writes carry (the election key's create revision), so a replica
+//! that lost the leadership can neither compact nor write a wave.
 
 use crate::metrics::METRICS;
 use etcd_client::{Client, LeaderKey};
@@ -45,7 +46,7 @@ pub(super) fn start(
         let id = format!("{}-{now}", std::process::id());
         loop {
             if let Err(e) = campaign(client.clone(), &election, &id, &leadership, ttl).await {
-                log::warn!("etcd store: retention leadership: {e}");
+                log::warn!("etcd store: leadership (retention, staged purges): {e}");
             }
             leadership.set(None);
             tokio::time::sleep(RETRY).await;
@@ -90,12 +91,12 @@ async fn campaign(
     };
     if let Some(key) = key {
         log::info!(
-            "etcd store: this replica does retention (leader at revision {})",
+            "etcd store: this replica does retention and drives staged purges (leader at revision {})",
             key.rev()
         );
         leadership.set(Some(key));
     }
     let _ = alive.await;
-    log::warn!("etcd store: the retention leadership's lease was lost");
+    log::warn!("etcd store: the leadership's lease was lost");
     Ok(())
 }

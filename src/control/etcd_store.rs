@@ -19,8 +19,11 @@
 
 use super::etcd_leader::{self, Leadership};
 use super::etcd_receipts::{self, ReceiptLeases};
+use super::etcd_staged::{self, StagedMap};
 use super::etcd_watch::{self, Delivered, Loaded};
-use super::store::{ChangeSink, PolicyVersion, Record, Store, StoreError, StoreState};
+use super::store::{
+    ChangeSink, PolicyVersion, Record, StagedStored, StagedWrite, Store, StoreError, StoreState,
+};
 use super::store_settings::{EtcdSettings, EtcdTls};
 use super::wire::Invalidation;
 use etcd_client::{
@@ -61,7 +64,7 @@ pub(super) enum KeyKind {
 }
 
 /// Numbers in keys are zero-padded so that key order is numeric order.
-fn padded(n: u64) -> String {
+pub(super) fn padded(n: u64) -> String {
     format!("{n:020}")
 }
 
@@ -80,10 +83,10 @@ impl Keys {
     fn history(&self, version: u64) -> String {
         format!("{}history/{}", self.prefix, padded(version))
     }
-    fn seq(&self) -> String {
+    pub(super) fn seq(&self) -> String {
         format!("{}seq", self.prefix)
     }
-    fn invalidation(&self, seq: u64) -> String {
+    pub(super) fn invalidation(&self, seq: u64) -> String {
         format!("{}inv/{}", self.prefix, padded(seq))
     }
     fn floor(&self) -> String {
@@ -155,11 +158,19 @@ impl Keys {
             if let Some(node) = self.receipt_node(kv.key()) {
                 state.receipts.insert(node, kv.value().to_vec());
             }
+            if let Some(id) = etcd_staged::id_of(self, kv.key()) {
+                match etcd_staged::stored(kv) {
+                    Ok(s) => {
+                        state.staged.insert(id, s);
+                    }
+                    Err(e) => log::error!("etcd store: skipping a staged purge: {e}"),
+                }
+            }
             match self.record(kv)? {
                 Some(Record::Policy(p)) => state.policies.push(p),
                 Some(Record::Invalidation(i)) => state.invalidations.push(i),
                 Some(Record::Floor { seq }) => state.floor = state.floor.max(seq),
-                None => {}
+                Some(Record::Staged { .. }) | None => {}
             }
         }
         state.policies.sort_by_key(|p| p.version);
@@ -172,7 +183,7 @@ impl Keys {
 }
 
 /// A decimal number stored as text.
-fn number(value: &[u8]) -> Result<u64, String> {
+pub(super) fn number(value: &[u8]) -> Result<u64, String> {
     std::str::from_utf8(value)
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -206,7 +217,7 @@ pub(super) const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// change, a broken connection) is sent again; if the first did commit, the retry's compare
 /// fails, and reading back `mine` (a key `t` writes, with the value it writes) tells that the
 /// commit was this one. The caller's timeout bounds the attempts.
-async fn commit(
+pub(super) async fn commit(
     client: &Client,
     t: Txn,
     mine: (String, Vec<u8>),
@@ -298,6 +309,7 @@ pub struct EtcdStore {
     delivered: Arc<Delivered>,
     leadership: Arc<Leadership>,
     receipts: Arc<ReceiptLeases>,
+    staged: Arc<StagedMap>,
 }
 
 impl EtcdStore {
@@ -340,6 +352,7 @@ impl EtcdStore {
             delivered: Arc::new(Delivered::default()),
             leadership: Arc::new(Leadership::default()),
             receipts: Arc::default(),
+            staged: Arc::default(),
         })
     }
 
@@ -445,6 +458,7 @@ impl Store for EtcdStore {
             .map_err(|e| unavailable(format!("etcd {:?}: first read: {e}", self.endpoints)))?;
         self.delivered.advance(loaded.revision);
         *self.loaded.lock() = Some(loaded);
+        self.staged.replace(state.staged.clone());
         Ok(state)
     }
 
@@ -545,6 +559,36 @@ impl Store for EtcdStore {
         self.leadership.fence().is_some()
     }
 
+    fn staged(&self) -> std::collections::BTreeMap<u64, StagedStored> {
+        self.staged.all()
+    }
+
+    /// One transaction (`etcd_staged.rs`): the staged purge's compare and put, the wave's
+    /// invalidations compared and put as `append` does, and for a driver's write the leader's
+    /// fencing token.
+    fn put_staged(&self, write: &StagedWrite, records: &[Record]) -> Result<(), StoreError> {
+        let fence = match (write.fenced, self.leadership.fence()) {
+            (false, _) => None,
+            (true, None) => return Err(StoreError::NotDriver),
+            (true, Some(f)) => Some(f),
+        };
+        let mut batch = Vec::with_capacity(records.len());
+        for r in records {
+            let Record::Invalidation(i) = r else {
+                return Err(unavailable("etcd store: a wave carries invalidations only"));
+            };
+            batch.push((i.seq, json(i)?));
+        }
+        let (map, write) = (self.staged.clone(), write.clone());
+        self.run(move |client, keys| async move {
+            etcd_staged::put(&client, &keys, &map, &write, batch, fence).await
+        })
+    }
+
+    fn drives_staged(&self) -> bool {
+        self.leadership.fence().is_some()
+    }
+
     fn subscribe(&self, sink: ChangeSink) {
         let Some(loaded) = self.loaded.lock().clone() else {
             log::error!("etcd store: subscribe before load; no changes will be delivered");
@@ -556,7 +600,10 @@ impl Store for EtcdStore {
             self.keys.clone(),
             loaded,
             sink,
-            self.delivered.clone(),
+            etcd_watch::Watched {
+                delivered: self.delivered.clone(),
+                staged: self.staged.clone(),
+            },
             self.timeout,
         );
         // the lease outlives a member's loss and a leader change, but not a dead replica for long

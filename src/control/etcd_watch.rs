@@ -16,6 +16,7 @@
 //! - `P epoch` changed or deleted by anyone: read everything again.
 
 use super::etcd_epoch;
+use super::etcd_staged::{self, StagedMap};
 use super::etcd_store::{get, KeyKind, Keys};
 use super::store::{ChangeSink, Record, StoreChange, StoreError, StoreState};
 use crate::metrics::METRICS;
@@ -110,6 +111,15 @@ struct Delivery {
     reset: bool,
 }
 
+/// What the watch keeps current besides the plane: how far it delivered (what `sync` waits
+/// for), and the staged purges (the store's own).
+pub(super) struct Watched {
+    /// The revision delivered.
+    pub delivered: std::sync::Arc<Delivered>,
+    /// The staged purges.
+    pub staged: std::sync::Arc<StagedMap>,
+}
+
 /// Start the watch on `handle`, delivering to `sink` on a thread of its own (the sink takes
 /// the plane's lock, which a writer holds while it waits for etcd on this runtime).
 pub(super) fn start(
@@ -118,9 +128,10 @@ pub(super) fn start(
     keys: Keys,
     from: Loaded,
     sink: ChangeSink,
-    delivered: std::sync::Arc<Delivered>,
+    watched: Watched,
     timeout: Duration,
 ) {
+    let Watched { delivered, staged } = watched;
     let (tx, rx) = mpsc::channel::<Delivery>();
     let spawned = std::thread::Builder::new()
         .name("verge-etcd-apply".into())
@@ -136,7 +147,7 @@ pub(super) fn start(
         log::error!("etcd store: cannot start the thread applying changes: {e}");
         return;
     }
-    handle.spawn(watch(client, keys, from, tx, timeout));
+    handle.spawn(watch(client, keys, from, tx, staged, timeout));
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -148,6 +159,7 @@ async fn watch(
     keys: Keys,
     mut at: Loaded,
     tx: mpsc::Sender<Delivery>,
+    staged: std::sync::Arc<StagedMap>,
     timeout: Duration,
 ) {
     let mut backoff = BACKOFF_MIN;
@@ -187,7 +199,7 @@ async fn watch(
                 }
             };
             backoff = BACKOFF_MIN;
-            match step(&keys, &mut at, &resp) {
+            match step(&keys, &mut at, &resp, &staged) {
                 Step::Deliver(d) => {
                     if tx.send(d).is_err() {
                         return; // the plane is gone
@@ -200,7 +212,7 @@ async fn watch(
                         .control_store_resyncs
                         .with_label_values(&[reason])
                         .inc();
-                    match relist(&client, &keys, &at, &tx, timeout).await {
+                    match relist(&client, &keys, &at, &tx, &staged, timeout).await {
                         Some(now) => at = now,
                         None => return,
                     }
@@ -221,7 +233,7 @@ enum Step {
 }
 
 /// What one watch response means for a plane at `at`.
-fn step(keys: &Keys, at: &mut Loaded, resp: &WatchResponse) -> Step {
+fn step(keys: &Keys, at: &mut Loaded, resp: &WatchResponse, staged: &StagedMap) -> Step {
     if resp.compact_revision() > 0 {
         return Step::Relist(
             format!(
@@ -292,6 +304,13 @@ fn step(keys: &Keys, at: &mut Loaded, resp: &WatchResponse) -> Step {
             }
         }
         at.revision = at.revision.max(kv.mod_revision());
+        if let Some(id) = etcd_staged::id_of(keys, kv.key()) {
+            // staged purges are the store's own: taken in here, before the delivery that
+            // `sync` waits for
+            let put = ev.event_type() == EventType::Put;
+            staged.apply(id, put.then(|| kv.value()), kv.mod_revision());
+            continue;
+        }
         if let Some(node) = keys.receipt_node(kv.key()) {
             // a delete is the node's lease expiring
             let put = ev.event_type() == EventType::Put;
@@ -311,6 +330,7 @@ fn step(keys: &Keys, at: &mut Loaded, resp: &WatchResponse) -> Step {
         Record::Policy(p) => (0, p.version),
         Record::Invalidation(i) => (1, i.seq),
         Record::Floor { seq } => (2, *seq),
+        Record::Staged { id, .. } => (3, *id),
     });
     let mut changes = vec![StoreChange::Records(records)];
     if !receipts.is_empty() {
@@ -329,12 +349,14 @@ async fn relist(
     keys: &Keys,
     before: &Loaded,
     tx: &mpsc::Sender<Delivery>,
+    staged: &StagedMap,
     timeout: Duration,
 ) -> Option<Loaded> {
     let mut backoff = BACKOFF_MIN;
     loop {
         match tokio::time::timeout(timeout, list_after(client, keys, before)).await {
             Ok(Ok((state, loaded))) => {
+                staged.replace(state.staged.clone());
                 let d = Delivery {
                     changes: vec![StoreChange::Reset(state)],
                     revision: loaded.revision,

@@ -8,6 +8,7 @@ pub mod client;
 mod etcd_epoch;
 mod etcd_leader;
 mod etcd_receipts;
+mod etcd_staged;
 pub mod etcd_store;
 mod etcd_watch;
 pub mod liveness;

@@ -169,6 +169,7 @@ impl ControlPlane {
             floor,
             epoch,
             receipts,
+            .. // staged purges: the store keeps them (`Store::staged`)
         } = loaded;
         let ids = ids_of(invalidations.iter());
         let plane = Arc::new(ControlPlane {
@@ -361,6 +362,22 @@ impl ControlPlane {
         requests: &[InvalidationRequest],
         who: &str,
     ) -> Result<Vec<Accepted>, PlaneError> {
+        self.invalidate_through(requests, who, &mut |records| self.store.append(records))
+    }
+
+    /// The store, for what keeps its own records in it (staged purges).
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// `invalidate`, with the new invalidations committed by `append` instead of a plain
+    /// append (a staged purge's wave commits its own record with them).
+    pub fn invalidate_through(
+        &self,
+        requests: &[InvalidationRequest],
+        who: &str,
+        append: &mut dyn FnMut(&[Record]) -> Result<(), StoreError>,
+    ) -> Result<Vec<Accepted>, PlaneError> {
         let mut attempt = 0;
         let result = loop {
             attempt += 1;
@@ -370,7 +387,7 @@ impl ControlPlane {
                 .store
                 .sync()
                 .map_err(PlaneError::Store)
-                .and_then(|()| self.invalidate_inner(requests, who));
+                .and_then(|()| self.invalidate_inner(requests, who, append));
             match result {
                 Err(PlaneError::Store(StoreError::Conflict { .. }))
                     if attempt < APPEND_ATTEMPTS =>
@@ -388,6 +405,7 @@ impl ControlPlane {
         &self,
         requests: &[InvalidationRequest],
         who: &str,
+        append: &mut dyn FnMut(&[Record]) -> Result<(), StoreError>,
     ) -> Result<Vec<Accepted>, PlaneError> {
         if requests.is_empty() {
             return Err(PlaneError::BadRequest("no invalidation given".into()));
@@ -490,7 +508,7 @@ impl ControlPlane {
         }
         if !fresh.is_empty() {
             let records: Vec<Record> = fresh.iter().cloned().map(Record::Invalidation).collect();
-            if let Err(e) = self.store.append(&records) {
+            if let Err(e) = append(&records) {
                 // the write was refused (a lost race, or a store that could not commit)
                 // and answered as such: the budget is not spent
                 if let Some(b) = st.buckets.get_mut(who) {
@@ -556,7 +574,7 @@ impl ControlPlane {
             invalidations: keep.clone(),
             floor,
             epoch: st.epoch.clone(),
-            receipts: Default::default(),
+            ..StoreState::default()
         };
         self.store.rewrite(&state)?;
         // ids are remembered as long as their invalidations are retained

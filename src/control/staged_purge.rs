@@ -2,20 +2,26 @@
 //! wave at a time. The first waves are shares or named groups of the live nodes; the last is
 //! every other node. The next wave goes out once every node of the current one acknowledged it
 //! (in its receipt) and a hold time passed. A staged purge can be paused, resumed or aborted.
+//!
+//! A staged purge lives in the store (`Store::put_staged`): the file store's log, or etcd,
+//! where every replica sees it. Each change is a compare-and-set on what the writer read, and a
+//! wave is written in one commit with the staged purge's record of it, so a wave written is
+//! recorded and never written twice. Any replica starts, shows, pauses, resumes and aborts
+//! one; only the replica that drives staged purges (`Store::drives_staged`: the elected leader
+//! on etcd, whose fencing token every one of its writes carries) writes the later waves
+//! (`driver.rs`).
 
-use super::liveness::{judge, Liveness};
-use super::plane::{ControlPlane, InvalidationRequest, PlaneError};
-use super::wire::{unix_ms, InvalidationKind, NodeSelector};
-use crate::metrics::STAGED_PURGE_METRICS;
-use async_trait::async_trait;
-use parking_lot::Mutex;
-use pingora_core::server::ShutdownWatch;
-use pingora_core::services::background::BackgroundService;
-use serde::Deserialize;
+mod driver;
+
+pub use driver::{StagedPurgeDriver, StagedPurges};
+
+use super::liveness::Liveness;
+use super::plane::{InvalidationRequest, PlaneError};
+use super::wire::{InvalidationKind, NodeSelector};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 /// How a wave picks its nodes, as the API takes it: `"10%"` or a list of node ids.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -55,7 +61,8 @@ pub struct StagedRequest {
 }
 
 /// Where a staged purge stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// Sending a wave, or waiting for its nodes to acknowledge it.
     Running,
@@ -95,19 +102,24 @@ impl Phase {
         Phase::Done,
     ];
 
-    fn is_final(self) -> bool {
+    pub(crate) fn is_final(self) -> bool {
         matches!(self, Phase::Aborted | Phase::Done)
     }
 }
 
-/// One wave: which nodes, and how far it got.
-#[derive(Debug, Clone)]
+/// One wave: which nodes, and how far it got (times in Unix milliseconds, so that another
+/// replica or a restarted one goes on from them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Wave {
     selector: NodeSelector,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     seq: Option<u64>,
-    sent: Option<(Instant, u64)>,
-    acked: Option<Instant>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sent_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    acked_ms: Option<u64>,
     /// Nodes of the wave that have not reported its `seq` yet (at the last look).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pending: Vec<String>,
 }
 
@@ -120,19 +132,27 @@ pub struct NodeView {
     pub seq: u64,
     /// Alive, late or dead.
     pub liveness: Liveness,
+    /// Whether it skips the waves that do not name it (its reports say so); a node older than
+    /// staged purges applies every wave, so it is only ever in the last one.
+    pub applies_waves: bool,
 }
 
-/// One staged purge.
-#[derive(Debug)]
+/// One staged purge, as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StagedPurge {
     id: u64,
-    request: StagedRequest,
-    who: String,
+    kind: InvalidationKind,
+    target: String,
+    soft: bool,
+    hold_ms: u64,
+    ack_timeout_ms: u64,
+    by: String,
     created_ms: u64,
     waves: Vec<Wave>,
     current: usize,
     phase: Phase,
     /// The last error sending a wave (a spent purge budget, a store failure), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
 
@@ -160,12 +180,15 @@ pub enum StagedError {
     Plane(#[from] PlaneError),
 }
 
-/// Split `nodes` (the live ones, in id order) into waves by `specs`; the last wave is every
-/// node not in an earlier one. `known` are all node ids that ever reported.
+/// Split `nodes` (the live ones that skip waves not naming them, in id order) into waves by
+/// `specs`; the last wave is every node not in an earlier one. `known` are all node ids that
+/// ever reported, `old` those whose reports do not say they skip waves (they apply every wave,
+/// so they can only be in the last).
 pub fn plan_waves(
     specs: &[WaveSpec],
     nodes: &[String],
     known: &BTreeSet<String>,
+    old: &BTreeSet<String>,
 ) -> Result<Vec<NodeSelector>, String> {
     let mut taken: Vec<String> = Vec::new();
     let mut waves = Vec::new();
@@ -204,6 +227,12 @@ pub fn plan_waves(
                     if taken.contains(id) {
                         return Err(format!("waves[{i}]: node {id:?} is in an earlier wave"));
                     }
+                    if old.contains(id) {
+                        return Err(format!(
+                            "waves[{i}]: node {id:?} runs a version that applies every wave: \
+                             it can only be in the last one"
+                        ));
+                    }
                 }
                 ids.clone()
             }
@@ -218,20 +247,38 @@ pub fn plan_waves(
     Ok(waves)
 }
 
+/// The client id of a staged purge's wave: a wave sent again (after a crash between its write
+/// and its record on the file store) is a redelivery, and purges nothing twice.
+fn wave_client_id(id: u64, created_ms: u64, wave: usize) -> String {
+    format!("staged-{id}-{created_ms}-wave-{}", wave + 1)
+}
+
 impl StagedPurge {
-    fn new(id: u64, request: StagedRequest, who: &str, waves: Vec<NodeSelector>) -> StagedPurge {
+    /// A new staged purge `id` of `request` by `who`, over `waves`, none sent yet.
+    pub fn new(
+        id: u64,
+        request: &StagedRequest,
+        who: &str,
+        waves: Vec<NodeSelector>,
+        now_ms: u64,
+    ) -> StagedPurge {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         StagedPurge {
             id,
-            request,
-            who: who.to_string(),
-            created_ms: unix_ms(SystemTime::now()),
+            kind: request.kind,
+            target: request.target.clone(),
+            soft: request.soft,
+            hold_ms: ms(request.hold),
+            ack_timeout_ms: ms(request.ack_timeout),
+            by: who.to_string(),
+            created_ms: now_ms,
             waves: waves
                 .into_iter()
                 .map(|selector| Wave {
                     selector,
                     seq: None,
-                    sent: None,
-                    acked: None,
+                    sent_ms: None,
+                    acked_ms: None,
                     pending: Vec::new(),
                 })
                 .collect(),
@@ -241,62 +288,74 @@ impl StagedPurge {
         }
     }
 
-    /// The invalidation request of wave `i`.
-    fn wave_request(&self, i: usize) -> Option<InvalidationRequest> {
+    /// Its id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Who started it (each wave is charged to their purge budget).
+    pub fn by(&self) -> &str {
+        &self.by
+    }
+
+    /// Where it stands.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The state the store keeps.
+    pub fn to_state(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    /// A stored state, read back.
+    pub fn from_state(state: &Value) -> Result<StagedPurge, String> {
+        StagedPurge::deserialize(state).map_err(|e| e.to_string())
+    }
+
+    /// The invalidation request of wave `i`, with its client id.
+    pub fn wave_request(&self, i: usize) -> Option<InvalidationRequest> {
         let wave = self.waves.get(i)?;
         Some(InvalidationRequest {
-            kind: self.request.kind,
-            target: self.request.target.clone(),
-            soft: self.request.soft,
-            id: None,
+            kind: self.kind,
+            target: self.target.clone(),
+            soft: self.soft,
+            id: Some(wave_client_id(self.id, self.created_ms, i)),
             expected_version: None,
             nodes: Some(wave.selector.clone()),
         })
     }
 
-    /// Move on as far as the nodes allow: send the current wave, see who acknowledged it, hold,
-    /// go to the next. `send` writes one wave's invalidation and returns its `seq`.
-    fn step(
-        &mut self,
-        now: Instant,
-        nodes: &[NodeView],
-        send: &mut dyn FnMut(&InvalidationRequest, &str) -> Result<u64, PlaneError>,
-    ) {
+    /// Wave `i` was written as `seq` at `now_ms`.
+    pub fn record_sent(&mut self, i: usize, seq: u64, now_ms: u64) {
+        if let Some(w) = self.waves.get_mut(i) {
+            w.seq = Some(seq);
+            w.sent_ms = Some(now_ms);
+        }
+        self.error = None;
+    }
+
+    /// A wave could not be written (a spent budget, a store failure): shown until one is.
+    pub fn record_error(&mut self, error: String) {
+        self.error = Some(error);
+    }
+
+    /// Move on as far as the nodes allow at `now_ms`: see who acknowledged the current wave,
+    /// hold, go to the next. `Some(i)`: wave `i` is to be written now (nothing moves on until
+    /// it is recorded as sent).
+    pub fn advance(&mut self, now_ms: u64, nodes: &[NodeView]) -> Option<usize> {
         loop {
             if matches!(self.phase, Phase::Paused | Phase::Stalled) || self.phase.is_final() {
-                return;
+                return None;
             }
             let Some(wave) = self.waves.get(self.current) else {
                 self.phase = Phase::Done;
-                return;
+                return None;
             };
             let Some(seq) = wave.seq else {
-                let Some(request) = self.wave_request(self.current) else {
-                    return;
-                };
-                match send(&request, &self.who) {
-                    Ok(seq) => {
-                        let wave = &mut self.waves[self.current];
-                        wave.seq = Some(seq);
-                        wave.sent = Some((now, unix_ms(SystemTime::now())));
-                        self.error = None;
-                        STAGED_PURGE_METRICS.waves_sent.inc();
-                        log::info!(
-                            "staged purge {}: wave {} of {} sent as seq {seq}",
-                            self.id,
-                            self.current + 1,
-                            self.waves.len()
-                        );
-                    }
-                    Err(e) => {
-                        // a spent budget or a store failure: tried again on the next step
-                        self.error = Some(e.to_string());
-                        return;
-                    }
-                }
-                continue;
+                return Some(self.current);
             };
-            if wave.acked.is_none() {
+            if wave.acked_ms.is_none() {
                 let pending: Vec<String> = match &wave.selector {
                     NodeSelector::Only(ids) => ids
                         .iter()
@@ -312,41 +371,41 @@ impl StagedPurge {
                         .map(|n| n.id.clone())
                         .collect(),
                 };
-                let sent_at = wave.sent.map_or(now, |(at, _)| at);
+                let sent_ms = wave.sent_ms.unwrap_or(now_ms);
                 let wave = &mut self.waves[self.current];
                 wave.pending = pending;
                 if !wave.pending.is_empty() {
-                    if now.duration_since(sent_at) >= self.request.ack_timeout {
+                    if now_ms.saturating_sub(sent_ms) >= self.ack_timeout_ms {
                         log::warn!(
-                            "staged purge {}: wave {} not acknowledged by {:?} within {:?}: stalled",
+                            "staged purge {}: wave {} not acknowledged by {:?} within {}ms: stalled",
                             self.id,
                             self.current + 1,
                             wave.pending,
-                            self.request.ack_timeout
+                            self.ack_timeout_ms
                         );
                         self.phase = Phase::Stalled;
                     }
-                    return;
+                    return None;
                 }
-                wave.acked = Some(now);
+                wave.acked_ms = Some(now_ms);
             }
             if self.current + 1 == self.waves.len() {
                 self.phase = Phase::Done;
                 log::info!("staged purge {}: every wave acknowledged", self.id);
-                return;
+                return None;
             }
-            let acked = self.waves[self.current].acked.unwrap_or(now);
-            if now.duration_since(acked) < self.request.hold {
+            let acked = self.waves[self.current].acked_ms.unwrap_or(now_ms);
+            if now_ms.saturating_sub(acked) < self.hold_ms {
                 self.phase = Phase::Holding;
-                return;
+                return None;
             }
             self.phase = Phase::Running;
             self.current += 1;
         }
     }
 
-    /// Pause, resume or abort.
-    fn operate(&mut self, op: &str, now: Instant) -> Result<(), StagedError> {
+    /// Pause, resume or abort at `now_ms`.
+    pub fn operate(&mut self, op: &str, now_ms: u64) -> Result<(), StagedError> {
         let refuse = |s: &StagedPurge, op: &'static str| StagedError::Conflict {
             id: s.id,
             phase: s.phase.as_str(),
@@ -361,7 +420,7 @@ impl StagedPurge {
             "resume" if self.phase == Phase::Stalled => {
                 // the operator takes the missing acknowledgements on themselves
                 if let Some(w) = self.waves.get_mut(self.current) {
-                    w.acked = Some(now);
+                    w.acked_ms = Some(now_ms);
                 }
                 self.phase = Phase::Running;
             }
@@ -384,7 +443,7 @@ impl StagedPurge {
             NodeSelector::Only(ids) => (json!(ids), Value::Null),
             NodeSelector::Except(ids) => (json!("rest"), json!(ids)),
         };
-        let state = match (w.seq, w.acked) {
+        let state = match (w.seq, w.acked_ms) {
             (None, _) if self.phase == Phase::Aborted || i < self.current => "skipped",
             (None, _) => "waiting",
             (Some(_), None) => "sent",
@@ -396,7 +455,7 @@ impl StagedPurge {
             "except": except,
             "state": state,
             "seq": w.seq,
-            "sent_ms": w.sent.map(|(_, ms)| ms),
+            "sent_ms": w.sent_ms,
             "pending": w.pending,
         })
     }
@@ -405,16 +464,16 @@ impl StagedPurge {
     pub fn to_json(&self) -> Value {
         json!({
             "id": self.id,
-            "kind": self.request.kind.as_str(),
-            "target": self.request.target,
-            "soft": self.request.soft,
+            "kind": self.kind.as_str(),
+            "target": self.target,
+            "soft": self.soft,
             "state": self.phase.as_str(),
             "wave": (self.current + 1).min(self.waves.len()),
             "waves": self.waves.iter().enumerate().map(|(i, w)| self.wave_json(i, w)).collect::<Vec<_>>(),
-            "hold_secs": self.request.hold.as_secs_f64(),
-            "ack_timeout_secs": self.request.ack_timeout.as_secs_f64(),
+            "hold_secs": self.hold_ms as f64 / 1000.0,
+            "ack_timeout_secs": self.ack_timeout_ms as f64 / 1000.0,
             "created_ms": self.created_ms,
-            "by": self.who,
+            "by": self.by,
             "error": self.error,
         })
     }
@@ -424,198 +483,6 @@ impl StagedPurge {
     pub fn wave_of(&self, node: &str, seq: u64) -> Option<(usize, bool)> {
         let i = self.waves.iter().position(|w| w.selector.reaches(node))?;
         Some((i + 1, self.waves[i].seq.is_some_and(|s| seq >= s)))
-    }
-}
-
-/// The staged purges of one control plane, and what drives them.
-pub struct StagedPurges {
-    plane: Arc<ControlPlane>,
-    purges: Mutex<Vec<StagedPurge>>,
-}
-
-impl StagedPurges {
-    /// No staged purge yet.
-    pub fn new(plane: Arc<ControlPlane>) -> Arc<StagedPurges> {
-        let purges = Arc::new(StagedPurges {
-            plane,
-            purges: Mutex::new(Vec::new()),
-        });
-        purges.publish(&[]);
-        purges
-    }
-
-    /// The nodes that reported, as the waves see them.
-    fn node_views(&self) -> Vec<NodeView> {
-        let (_, nodes) = self.plane.nodes();
-        let now = SystemTime::now();
-        nodes
-            .into_iter()
-            .map(|(id, n)| {
-                let age = now.duration_since(n.reported).unwrap_or_default();
-                NodeView {
-                    id,
-                    seq: n.applied.seq,
-                    liveness: judge(age, self.plane.expected_interval(&n)),
-                }
-            })
-            .collect()
-    }
-
-    /// Plan the waves over the live nodes and send the first; the new staged purge as the API
-    /// shows it.
-    pub fn start(&self, request: StagedRequest, who: &str) -> Result<Value, StagedError> {
-        if !matches!(
-            request.kind,
-            InvalidationKind::All | InvalidationKind::Host | InvalidationKind::Prefix
-        ) {
-            return Err(StagedError::BadRequest(format!(
-                "only all, host and prefix purges are staged, not {}",
-                request.kind.as_str()
-            )));
-        }
-        let views = self.node_views();
-        let known: BTreeSet<String> = views.iter().map(|n| n.id.clone()).collect();
-        let live: Vec<String> = views
-            .iter()
-            .filter(|n| n.liveness != Liveness::Dead)
-            .map(|n| n.id.clone())
-            .collect();
-        let waves = plan_waves(&request.waves, &live, &known).map_err(StagedError::BadRequest)?;
-        let mut purges = self.purges.lock();
-        let id = purges.last().map_or(1, |p| p.id + 1);
-        let mut purge = StagedPurge::new(id, request, who, waves);
-        // the first wave is written now, so a refused one (a bad target, a spent budget) is
-        // answered as such and nothing is staged
-        let first = purge
-            .wave_request(0)
-            .ok_or_else(|| StagedError::BadRequest("no wave".into()))?;
-        let seq = self.send(&first, who)?;
-        purge.waves[0].seq = Some(seq);
-        purge.waves[0].sent = Some((Instant::now(), unix_ms(SystemTime::now())));
-        STAGED_PURGE_METRICS.waves_sent.inc();
-        log::info!(
-            "staged purge {id} by {who}: {} {:?} in {} wave(s); wave 1 sent as seq {seq}",
-            purge.request.kind.as_str(),
-            purge.request.target,
-            purge.waves.len()
-        );
-        purge.step(Instant::now(), &views, &mut |r, w| self.send(r, w));
-        let shown = purge.to_json();
-        purges.push(purge);
-        while purges.len() > KEPT {
-            match purges.iter().position(|p| p.phase.is_final()) {
-                Some(i) => {
-                    purges.remove(i);
-                }
-                None => break,
-            }
-        }
-        self.publish(&purges);
-        Ok(shown)
-    }
-
-    fn send(&self, request: &InvalidationRequest, who: &str) -> Result<u64, PlaneError> {
-        let accepted = self.plane.invalidate(std::slice::from_ref(request), who)?;
-        Ok(accepted.first().map_or(0, |a| a.seq))
-    }
-
-    /// Move every staged purge on as far as its nodes allow (without one under way, nothing
-    /// is looked at).
-    pub fn tick(&self) {
-        if self.purges.lock().iter().all(|p| p.phase.is_final()) {
-            return;
-        }
-        let views = self.node_views();
-        let mut purges = self.purges.lock();
-        let now = Instant::now();
-        for p in purges.iter_mut() {
-            p.step(now, &views, &mut |r, w| self.send(r, w));
-        }
-        self.publish(&purges);
-    }
-
-    /// Pause, resume or abort staged purge `id`, for a caller who may `allowed` it; it as the
-    /// API shows it afterwards.
-    pub fn operate(
-        &self,
-        id: u64,
-        op: &str,
-        allowed: impl FnOnce(&InvalidationRequest) -> Result<(), String>,
-    ) -> Result<Result<Value, String>, StagedError> {
-        let mut purges = self.purges.lock();
-        let purge = purges
-            .iter_mut()
-            .find(|p| p.id == id)
-            .ok_or(StagedError::NotFound(id))?;
-        if let Some(request) = purge.wave_request(0) {
-            if let Err(e) = allowed(&request) {
-                return Ok(Err(e));
-            }
-        }
-        purge.operate(op, Instant::now())?;
-        let shown = purge.to_json();
-        self.publish(&purges);
-        Ok(Ok(shown))
-    }
-
-    /// Every staged purge kept, oldest first, as the API shows them.
-    pub fn list(&self) -> Vec<Value> {
-        self.purges
-            .lock()
-            .iter()
-            .map(StagedPurge::to_json)
-            .collect()
-    }
-
-    /// One staged purge, as the API shows it.
-    pub fn get(&self, id: u64) -> Option<Value> {
-        self.purges
-            .lock()
-            .iter()
-            .find(|p| p.id == id)
-            .map(StagedPurge::to_json)
-    }
-
-    /// For `GET /v1/nodes`: the unfinished staged purges that reach `node` (which reported
-    /// `seq`), with its wave and whether it applied it.
-    pub fn for_node(&self, node: &str, seq: u64) -> Vec<Value> {
-        self.purges
-            .lock()
-            .iter()
-            .filter(|p| !p.phase.is_final())
-            .filter_map(|p| {
-                let (wave, applied) = p.wave_of(node, seq)?;
-                Some(json!({"id": p.id, "wave": wave, "applied": applied, "state": p.phase.as_str()}))
-            })
-            .collect()
-    }
-
-    fn publish(&self, purges: &[StagedPurge]) {
-        for phase in Phase::ALL {
-            let n = purges.iter().filter(|p| p.phase == phase).count();
-            STAGED_PURGE_METRICS
-                .purges
-                .with_label_values(&[phase.as_str()])
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
-        }
-    }
-}
-
-/// The background service that moves staged purges on, a few times a second.
-pub struct StagedPurgeDriver(pub Arc<StagedPurges>);
-
-#[async_trait]
-impl BackgroundService for StagedPurgeDriver {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        loop {
-            // a wave is a store write (it may wait on etcd): not on this service's runtime
-            let purges = self.0.clone();
-            let _ = tokio::task::spawn_blocking(move || purges.tick()).await;
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            }
-        }
     }
 }
 
@@ -635,7 +502,8 @@ mod tests {
     fn shares_round_up_and_the_last_wave_is_the_rest() {
         let nodes = ids(&["a", "b", "c"]);
         let known: BTreeSet<String> = nodes.iter().cloned().collect();
-        let w = plan_waves(&[share("10%")], &nodes, &known).unwrap();
+        let none = BTreeSet::new();
+        let w = plan_waves(&[share("10%")], &nodes, &known, &none).unwrap();
         assert_eq!(
             w,
             vec![
@@ -643,7 +511,13 @@ mod tests {
                 NodeSelector::Except(ids(&["a"]))
             ]
         );
-        let w = plan_waves(&[share("33%"), share("66%"), share("100%")], &nodes, &known).unwrap();
+        let w = plan_waves(
+            &[share("33%"), share("66%"), share("100%")],
+            &nodes,
+            &known,
+            &none,
+        )
+        .unwrap();
         assert_eq!(
             w,
             vec![
@@ -653,12 +527,13 @@ mod tests {
             ]
         );
         // a share that adds no node makes no wave
-        let w = plan_waves(&[share("10%"), share("20%")], &nodes, &known).unwrap();
+        let w = plan_waves(&[share("10%"), share("20%")], &nodes, &known, &none).unwrap();
         assert_eq!(w.len(), 2);
         let w = plan_waves(
             &[WaveSpec::Nodes(ids(&["c"])), share("50%")],
             &nodes,
             &known,
+            &none,
         )
         .unwrap();
         assert_eq!(
@@ -671,7 +546,7 @@ mod tests {
         );
         // no live node: one wave, to everyone
         assert_eq!(
-            plan_waves(&[share("10%")], &[], &known).unwrap(),
+            plan_waves(&[share("10%")], &[], &known, &none).unwrap(),
             vec![NodeSelector::Except(vec![])]
         );
         for bad in [
@@ -682,8 +557,26 @@ mod tests {
             vec![WaveSpec::Nodes(ids(&["a"])), WaveSpec::Nodes(ids(&["a"]))],
             vec![WaveSpec::Nodes(vec![])],
         ] {
-            assert!(plan_waves(&bad, &nodes, &known).is_err(), "{bad:?}");
+            assert!(plan_waves(&bad, &nodes, &known, &none).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_node_that_applies_every_wave_is_only_in_the_last() {
+        let nodes = ids(&["a", "b"]);
+        let known: BTreeSet<String> = ids(&["a", "b", "old"]).into_iter().collect();
+        let old: BTreeSet<String> = ids(&["old"]).into_iter().collect();
+        // shares are taken from the nodes that skip waves; the old one is in the rest
+        let w = plan_waves(&[share("50%")], &nodes, &known, &old).unwrap();
+        assert_eq!(
+            w,
+            vec![
+                NodeSelector::Only(ids(&["a"])),
+                NodeSelector::Except(ids(&["a"]))
+            ]
+        );
+        let err = plan_waves(&[WaveSpec::Nodes(ids(&["old"]))], &nodes, &known, &old).unwrap_err();
+        assert!(err.contains("applies every wave"), "{err}");
     }
 
     fn request(hold: u64) -> StagedRequest {
@@ -702,6 +595,15 @@ mod tests {
             id: id.into(),
             seq,
             liveness: Liveness::Alive,
+            applies_waves: true,
+        }
+    }
+
+    /// Move `p` on at `now` (seconds), writing each wave it asks for as the next `seq`.
+    fn run(p: &mut StagedPurge, now: u64, nodes: &[NodeView], next: &mut u64) {
+        while let Some(i) = p.advance(now * 1000, nodes) {
+            *next += 1;
+            p.record_sent(i, *next, now * 1000);
         }
     }
 
@@ -712,35 +614,29 @@ mod tests {
             NodeSelector::Only(ids(&["b"])),
             NodeSelector::Except(ids(&["a", "b"])),
         ];
-        let mut p = StagedPurge::new(1, request(5), "ops", waves);
-        let mut sent = Vec::new();
+        let mut p = StagedPurge::new(1, &request(5), "ops", waves, 0);
         let mut next = 10;
-        let mut send = |r: &InvalidationRequest, _: &str| {
-            next += 1;
-            sent.push((next, r.nodes.clone()));
-            Ok(next)
-        };
-        let t0 = Instant::now();
-        p.step(t0, &[view("a", 0), view("b", 0)], &mut send);
+        run(&mut p, 0, &[view("a", 0), view("b", 0)], &mut next);
         assert_eq!(p.phase, Phase::Running);
         assert_eq!(p.waves[0].seq, Some(11));
         assert_eq!(p.waves[0].pending, ids(&["a"]));
+        let r = p.wave_request(0).unwrap();
+        assert_eq!(r.nodes, Some(NodeSelector::Only(ids(&["a"]))));
+        assert_eq!(r.id.as_deref(), Some("staged-1-0-wave-1"));
         // a acknowledged: hold
-        p.step(t0, &[view("a", 11), view("b", 0)], &mut send);
+        run(&mut p, 0, &[view("a", 11), view("b", 0)], &mut next);
         assert_eq!(p.phase, Phase::Holding);
         assert_eq!(p.waves[1].seq, None);
-        p.step(t0 + Duration::from_secs(5), &[view("a", 11)], &mut send);
+        run(&mut p, 5, &[view("a", 11)], &mut next);
         assert_eq!(p.waves[1].seq, Some(12));
         assert_eq!(p.phase, Phase::Running);
-        p.operate("abort", t0).unwrap();
-        p.step(
-            t0 + Duration::from_secs(60),
-            &[view("a", 12), view("b", 12)],
-            &mut send,
-        );
+        // what the store keeps reads back as the same staged purge, and goes on from there
+        let mut p = StagedPurge::from_state(&p.to_state()).unwrap();
+        p.operate("abort", 6_000).unwrap();
+        run(&mut p, 60, &[view("a", 12), view("b", 12)], &mut next);
         assert_eq!(p.waves[2].seq, None, "nothing after an abort");
-        assert!(p.operate("resume", t0).is_err());
-        assert_eq!(sent.len(), 2);
+        assert!(p.operate("resume", 60_000).is_err());
+        assert_eq!(next, 12);
         assert_eq!(p.to_json()["waves"][2]["state"], "skipped");
     }
 
@@ -750,18 +646,13 @@ mod tests {
             NodeSelector::Only(ids(&["a"])),
             NodeSelector::Except(ids(&["a"])),
         ];
-        let mut p = StagedPurge::new(1, request(0), "ops", waves);
+        let mut p = StagedPurge::new(1, &request(0), "ops", waves, 0);
         let mut next = 0;
-        let mut send = |_: &InvalidationRequest, _: &str| {
-            next += 1;
-            Ok(next)
-        };
-        let t0 = Instant::now();
-        p.step(t0, &[view("a", 0)], &mut send);
-        p.step(t0 + Duration::from_secs(11), &[view("a", 0)], &mut send);
+        run(&mut p, 0, &[view("a", 0)], &mut next);
+        run(&mut p, 11, &[view("a", 0)], &mut next);
         assert_eq!(p.phase, Phase::Stalled);
-        assert!(p.operate("pause", t0).is_err());
-        p.operate("resume", t0).unwrap();
+        assert!(p.operate("pause", 11_000).is_err());
+        p.operate("resume", 11_000).unwrap();
         let b_late = NodeView {
             liveness: Liveness::Late,
             ..view("b", 0)
@@ -770,27 +661,15 @@ mod tests {
             liveness: Liveness::Dead,
             ..view("b", 0)
         };
-        p.step(
-            t0 + Duration::from_secs(12),
-            &[view("a", 0), b_late.clone()],
-            &mut send,
-        );
+        run(&mut p, 12, &[view("a", 0), b_late.clone()], &mut next);
         assert_eq!(p.waves[1].seq, Some(2));
         assert_eq!(p.waves[1].pending, ids(&["b"]));
-        p.operate("pause", t0).unwrap();
-        p.step(
-            t0 + Duration::from_secs(13),
-            &[view("a", 2), b_dead.clone()],
-            &mut send,
-        );
+        p.operate("pause", 12_000).unwrap();
+        run(&mut p, 13, &[view("a", 2), b_dead.clone()], &mut next);
         assert_eq!(p.phase, Phase::Paused);
-        p.operate("resume", t0).unwrap();
+        p.operate("resume", 13_000).unwrap();
         // a dead node is not waited for: it applies the rest wave from the log when back
-        p.step(
-            t0 + Duration::from_secs(13),
-            &[view("a", 2), b_dead],
-            &mut send,
-        );
+        run(&mut p, 13, &[view("a", 2), b_dead], &mut next);
         assert_eq!(p.phase, Phase::Done);
         assert_eq!(p.wave_of("a", 2), Some((1, true)));
         assert_eq!(p.wave_of("b", 0), Some((2, false)));

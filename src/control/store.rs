@@ -43,6 +43,39 @@ pub enum Record {
         /// The highest sequence number dropped.
         seq: u64,
     },
+    /// A staged purge as it now stands (the last record of an id wins), or gone (`None`).
+    Staged {
+        /// The staged purge's id.
+        id: u64,
+        /// Its state, as the staged-purge module writes it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<serde_json::Value>,
+    },
+}
+
+/// A staged purge as a store holds it: its state and the revision of the write that put it
+/// there (what the next write compares).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagedStored {
+    /// Its state, as the staged-purge module writes it.
+    pub state: serde_json::Value,
+    /// The write that put it there (etcd: the key's modification revision).
+    pub revision: u64,
+}
+
+/// One write of a staged purge: compared against what the store holds, committed with the
+/// invalidation of a wave when there is one, all or nothing.
+#[derive(Debug, Clone)]
+pub struct StagedWrite {
+    /// The staged purge's id.
+    pub id: u64,
+    /// Its new state; `None` removes it.
+    pub state: Option<serde_json::Value>,
+    /// The revision the writer read; `None`: the id must not exist yet.
+    pub expected: Option<u64>,
+    /// A driver's write: committed only while this replica drives staged purges (on a shared
+    /// store: the elected leader, compared by its fencing token).
+    pub fenced: bool,
 }
 
 /// Everything a store holds, in write order.
@@ -60,6 +93,8 @@ pub struct StoreState {
     /// Nodes' receipts a shared store holds (under each node's lease), by node id: what every
     /// replica lists in `/v1/nodes`.
     pub receipts: std::collections::BTreeMap<String, Vec<u8>>,
+    /// Staged purges, by id.
+    pub staged: std::collections::BTreeMap<u64, StagedStored>,
 }
 
 impl StoreState {
@@ -68,6 +103,13 @@ impl StoreState {
             Record::Policy(p) => self.policies.push(p),
             Record::Invalidation(i) => self.invalidations.push(i),
             Record::Floor { seq } => self.floor = self.floor.max(seq),
+            Record::Staged { id, state } => {
+                let revision = self.staged.values().map(|s| s.revision).max().unwrap_or(0) + 1;
+                match state {
+                    Some(state) => self.staged.insert(id, StagedStored { state, revision }),
+                    None => self.staged.remove(&id),
+                };
+            }
         }
     }
 }
@@ -94,6 +136,16 @@ pub enum StoreError {
         /// Why it does not decode.
         reason: String,
     },
+    /// A staged purge changed (or was created) since the writer read it: nothing was written.
+    #[error("staged purge {id} changed meanwhile")]
+    StagedChanged {
+        /// The staged purge.
+        id: u64,
+    },
+    /// This replica does not drive staged purges (no longer the elected leader): a driver's
+    /// write was not committed.
+    #[error("not the replica that drives staged purges")]
+    NotDriver,
     /// Another writer committed first: the compare-and-set failed and nothing was written.
     /// `current` is the policy version (a policy write) or the last `seq` (invalidations).
     #[error("another writer committed first (current: {current})")]
@@ -169,12 +221,26 @@ pub trait Store: Send + Sync {
         _urgent: bool,
     ) {
     }
+    /// The staged purges this store holds, by id (from memory: a shared store's watch keeps it
+    /// current; `sync` first to see every commit made before).
+    fn staged(&self) -> std::collections::BTreeMap<u64, StagedStored>;
+    /// Commit `write` if its compare holds, with `records` (a wave's invalidations, appended
+    /// as `append` does) in the same commit. Once it returns, `staged` shows it.
+    fn put_staged(&self, write: &StagedWrite, records: &[Record]) -> Result<(), StoreError>;
+    /// Whether this replica drives staged purges now (on a shared store, only the elected
+    /// leader).
+    fn drives_staged(&self) -> bool {
+        true
+    }
 }
 
 /// The embedded store: `<dir>/control.log`, one JSON record per line.
 pub struct FileStore {
     dir: PathBuf,
     log: parking_lot::Mutex<Option<File>>,
+    /// The staged purges in the log (what `load` found, then every write): compaction
+    /// writes them again.
+    staged: parking_lot::Mutex<std::collections::BTreeMap<u64, StagedStored>>,
 }
 
 impl FileStore {
@@ -187,6 +253,7 @@ impl FileStore {
         Ok(FileStore {
             dir: dir.to_path_buf(),
             log: parking_lot::Mutex::new(None),
+            staged: parking_lot::Mutex::new(Default::default()),
         })
     }
 
@@ -290,12 +357,87 @@ impl Store for FileStore {
                 }
             }
         }
+        self.staged.lock().clone_from(&state.staged);
         Ok(state)
     }
 
     fn append(&self, records: &[Record]) -> Result<(), StoreError> {
-        let path = self.log_path();
         let mut guard = self.log.lock();
+        self.append_locked(&mut guard, records)
+    }
+
+    fn rewrite(&self, state: &StoreState) -> Result<(), StoreError> {
+        let path = self.log_path();
+        let tmp = self.dir.join("control.log.tmp");
+        let mut records = vec![Record::Floor { seq: state.floor }];
+        records.extend(state.policies.iter().cloned().map(Record::Policy));
+        records.extend(
+            state
+                .invalidations
+                .iter()
+                .cloned()
+                .map(Record::Invalidation),
+        );
+        let mut guard = self.log.lock();
+        // the staged purges are this store's own: whatever the plane compacts, they stay
+        let staged = self.staged.lock().clone();
+        records.extend(staged.into_iter().map(|(id, s)| Record::Staged {
+            id,
+            state: Some(s.state),
+        }));
+        let mut f = File::create(&tmp).map_err(self.io(&tmp))?;
+        f.write_all(&encode(&records))
+            .and_then(|()| f.sync_all())
+            .map_err(self.io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(self.io(&path))?;
+        self.sync_dir()?;
+        *guard = Some(self.open_append()?);
+        Ok(())
+    }
+
+    fn staged(&self) -> std::collections::BTreeMap<u64, StagedStored> {
+        self.staged.lock().clone()
+    }
+
+    /// One process writes this store, so the compare is against memory, under the log's lock;
+    /// the wave's invalidations and the staged purge's record go out in one write and fsync.
+    fn put_staged(&self, write: &StagedWrite, records: &[Record]) -> Result<(), StoreError> {
+        let mut guard = self.log.lock();
+        let revision = {
+            let staged = self.staged.lock();
+            if staged.get(&write.id).map(|s| s.revision) != write.expected {
+                return Err(StoreError::StagedChanged { id: write.id });
+            }
+            staged.values().map(|s| s.revision).max().unwrap_or(0) + 1
+        };
+        let mut all = records.to_vec();
+        all.push(Record::Staged {
+            id: write.id,
+            state: write.state.clone(),
+        });
+        self.append_locked(&mut guard, &all)?;
+        let mut staged = self.staged.lock();
+        match &write.state {
+            Some(state) => staged.insert(
+                write.id,
+                StagedStored {
+                    state: state.clone(),
+                    revision,
+                },
+            ),
+            None => staged.remove(&write.id),
+        };
+        Ok(())
+    }
+}
+
+impl FileStore {
+    fn append_locked(
+        &self,
+        guard: &mut Option<File>,
+        records: &[Record],
+    ) -> Result<(), StoreError> {
+        let path = self.log_path();
         if guard.is_none() {
             *guard = Some(self.open_append()?);
             // A new file's directory entry must be durable too.
@@ -312,29 +454,6 @@ impl Store for FileStore {
             *guard = None;
         }
         result.map_err(self.io(&path))
-    }
-
-    fn rewrite(&self, state: &StoreState) -> Result<(), StoreError> {
-        let path = self.log_path();
-        let tmp = self.dir.join("control.log.tmp");
-        let mut records = vec![Record::Floor { seq: state.floor }];
-        records.extend(state.policies.iter().cloned().map(Record::Policy));
-        records.extend(
-            state
-                .invalidations
-                .iter()
-                .cloned()
-                .map(Record::Invalidation),
-        );
-        let mut guard = self.log.lock();
-        let mut f = File::create(&tmp).map_err(self.io(&tmp))?;
-        f.write_all(&encode(&records))
-            .and_then(|()| f.sync_all())
-            .map_err(self.io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(self.io(&path))?;
-        self.sync_dir()?;
-        *guard = Some(self.open_append()?);
-        Ok(())
     }
 }
 

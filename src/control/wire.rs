@@ -81,11 +81,31 @@ impl SnapshotMessage {
             seq: self.seq,
         }
     }
+
+    /// The message for a node that does not say it skips waves ([`FEATURE_WAVES`]): one older
+    /// than staged purges, which ignores `nodes` and would apply every wave. The waves that
+    /// name their nodes are left out (such a node is never named: it is in the last wave,
+    /// which it applies as any purge); their `seq`s still count, as the message's `seq` says.
+    pub fn without_named_waves(mut self) -> SnapshotMessage {
+        self.invalidations
+            .retain(|i| !matches!(i.nodes, Some(NodeSelector::Only(_))));
+        self
+    }
 }
 
+/// What a node says it does, in its reports and its snapshot polls (`features`): it skips the
+/// waves of a staged purge that do not name it. A node without it (older than staged purges)
+/// applies every wave, so the control plane puts it in the last wave only, and leaves the
+/// earlier waves out of the snapshots it sends it.
+pub const FEATURE_WAVES: &str = "waves";
+
 /// What a node reports after applying a snapshot (`POST /v1/nodes/<id>/applied`).
+///
+/// Fields a control plane does not know are ignored, and fields a node does not send take
+/// their defaults, so nodes and control planes of different versions read each other's
+/// reports. A control plane from before that (which refused unknown fields) names the fields
+/// it knows in its refusal, and the node sends it only those ([`AppliedReport::fields_known`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct AppliedReport {
     /// The policy version in force on the node.
     pub policy_version: u64,
@@ -101,9 +121,45 @@ pub struct AppliedReport {
     /// An unspecified address (`0.0.0.0:9901`) gets the address the report came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<String>,
+    /// What the node does that older nodes do not ([`FEATURE_WAVES`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 impl AppliedReport {
+    /// Whether the node skips the waves of a staged purge that do not name it.
+    pub fn applies_waves(&self) -> bool {
+        self.features.iter().any(|f| f == FEATURE_WAVES)
+    }
+
+    /// The fields a control plane that refused a report for an unknown field says it knows:
+    /// serde's `unknown field `x`, expected one of `a`, `b`` in its answer. `None` when the
+    /// answer is not such a refusal.
+    pub fn fields_known(refusal: &str) -> Option<Vec<String>> {
+        let (_, rest) = refusal.split_once("unknown field `")?;
+        let (_, expected) = rest.split_once("expected ")?;
+        let expected = expected.strip_prefix("one of ").unwrap_or(expected);
+        let mut fields = Vec::new();
+        let mut rest = expected;
+        while let Some(start) = rest.strip_prefix('`') {
+            let (name, after) = start.split_once('`')?;
+            fields.push(name.to_string());
+            rest = after
+                .trim_start_matches([',', ' '])
+                .trim_start_matches("or ");
+        }
+        (!fields.is_empty()).then_some(fields)
+    }
+
+    /// The report as JSON, with only `fields` when given (what an older control plane knows).
+    pub fn to_json_with(&self, fields: Option<&[String]>) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        if let (Some(fields), Some(map)) = (fields, v.as_object_mut()) {
+            map.retain(|k, _| fields.iter().any(|f| f == k));
+        }
+        v
+    }
+
     /// The admin address as others reach it: an unspecified IP (listening on every address)
     /// replaced by `peer`'s, the address the report came from. Anything that is not an
     /// `ip:port` is dropped.
@@ -119,7 +175,6 @@ impl AppliedReport {
 
 /// A snapshot a node refused to apply: where it would have taken the node, and why.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct RejectedSnapshot {
     /// The policy version the refused message carried.
     pub policy_version: u64,
@@ -289,5 +344,124 @@ mod tests {
         };
         assert!(!q.is_at_or_after(&p));
         assert!(!p.is_at_or_after(&q));
+    }
+
+    /// The report as a control plane from before `admin` and `features` read it: it refused
+    /// fields it did not know.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct OldReport {
+        policy_version: u64,
+        seq: u64,
+        applied_at_ms: u64,
+        #[serde(default)]
+        rejected: Option<RejectedSnapshot>,
+    }
+
+    fn new_report() -> AppliedReport {
+        AppliedReport {
+            policy_version: 3,
+            seq: 9,
+            applied_at_ms: 1000,
+            rejected: None,
+            admin: Some("10.0.0.1:9901".into()),
+            features: vec![FEATURE_WAVES.into()],
+        }
+    }
+
+    #[test]
+    fn reports_of_old_and_new_nodes_decode_and_unknown_fields_are_ignored() {
+        // an old node: no admin, no features; it applies every wave
+        let old: AppliedReport =
+            serde_json::from_str(r#"{"policy_version":3,"seq":9,"applied_at_ms":1000}"#).unwrap();
+        assert_eq!(old.admin, None);
+        assert!(old.features.is_empty() && !old.applies_waves());
+        // a new node
+        let new: AppliedReport =
+            serde_json::from_value(serde_json::to_value(new_report()).unwrap()).unwrap();
+        assert_eq!(new, new_report());
+        assert!(new.applies_waves());
+        // a node newer than this control plane: its fields are ignored
+        let newer: AppliedReport = serde_json::from_str(
+            r#"{"policy_version":3,"seq":9,"applied_at_ms":1000,"features":["waves","x"],
+                "uptime_s":5,"rejected":{"policy_version":4,"seq":9,"reason":"build","error":"e","hint":1}}"#,
+        )
+        .unwrap();
+        assert!(newer.applies_waves());
+        assert_eq!(newer.rejected.map(|r| r.reason), Some("build".into()));
+    }
+
+    #[test]
+    fn a_control_plane_that_refuses_new_fields_gets_only_those_it_names() {
+        let report = new_report();
+        // what an old control plane answers to the new report (serde's own words)
+        let refusal = serde_json::from_value::<OldReport>(report.to_json_with(None))
+            .unwrap_err()
+            .to_string();
+        let api_answer = serde_json::json!({"error": format!("invalid report: {refusal}")});
+        let known = AppliedReport::fields_known(&api_answer.to_string()).unwrap();
+        assert_eq!(
+            known,
+            ["policy_version", "seq", "applied_at_ms", "rejected"]
+        );
+        let old: OldReport = serde_json::from_value(report.to_json_with(Some(&known))).unwrap();
+        assert_eq!(
+            (old.policy_version, old.seq, old.applied_at_ms),
+            (3, 9, 1000)
+        );
+        // serde's two- and one-field forms, and anything else
+        assert_eq!(
+            AppliedReport::fields_known("unknown field `x`, expected `a` or `b` at line 1"),
+            Some(vec!["a".to_string(), "b".to_string()])
+        );
+        assert_eq!(
+            AppliedReport::fields_known("unknown field `x`, expected `a`"),
+            Some(vec!["a".to_string()])
+        );
+        assert_eq!(AppliedReport::fields_known("missing field `seq`"), None);
+    }
+
+    fn inv_json(seq: u64, nodes: Option<serde_json::Value>) -> serde_json::Value {
+        let mut v = serde_json::json!({"seq": seq, "kind": "all", "target": "", "soft": false,
+            "created_ms": 1});
+        if let Some(n) = nodes {
+            v["nodes"] = n;
+        }
+        v
+    }
+
+    #[test]
+    fn invalidations_and_snapshots_of_old_and_new_control_planes_decode() {
+        // an old control plane's purge (no id, no version, no nodes): every node applies it
+        let old: Invalidation = serde_json::from_value(inv_json(1, None)).unwrap();
+        assert!(old.reaches(Some("n1")) && old.nodes.is_none());
+        // a wave as a control plane from before the store kept staged purges writes it: still
+        // applied by the nodes it names only
+        let wave: Invalidation =
+            serde_json::from_value(inv_json(2, Some(serde_json::json!({"only": ["n1"]})))).unwrap();
+        assert!(wave.reaches(Some("n1")) && !wave.reaches(Some("n2")));
+        let rest: Invalidation =
+            serde_json::from_value(inv_json(3, Some(serde_json::json!({"except": ["n1"]}))))
+                .unwrap();
+        assert!(!rest.reaches(Some("n1")) && rest.reaches(Some("n2")));
+        // a newer control plane's fields are ignored, in an invalidation and in a message
+        let mut newer = inv_json(4, None);
+        newer["priority"] = serde_json::json!(1);
+        let msg: SnapshotMessage = serde_json::from_value(serde_json::json!({
+            "full": false, "policy_version": 1, "seq": 4, "retention_secs": 60,
+            "invalidations": [inv_json(2, Some(serde_json::json!({"only": ["n1"]}))),
+                              inv_json(3, Some(serde_json::json!({"except": ["n1"]}))), newer],
+            "shard": "x"
+        }))
+        .unwrap();
+        assert_eq!(msg.invalidations.len(), 3);
+        // a message from before epochs: none
+        assert_eq!(msg.epoch, None);
+        // for a node older than waves: the named wave is left out, the rest stays, the seq too
+        let for_old = msg.without_named_waves();
+        let seqs: Vec<u64> = for_old.invalidations.iter().map(|i| i.seq).collect();
+        assert_eq!(seqs, [3, 4]);
+        assert_eq!(for_old.seq, 4);
     }
 }

@@ -6,7 +6,7 @@ use crate::cache::early_refresh::unit_random;
 use crate::config::{Config, ControlSpec, Policy};
 use crate::control::wire::{
     unix_ms, AppliedReport, Position, RejectedSnapshot, SnapshotMessage, CHECKSUM_FIELD,
-    SIGNATURE_FIELD,
+    FEATURE_WAVES, SIGNATURE_FIELD,
 };
 use crate::metrics::METRICS;
 use crate::node::readiness::Readiness;
@@ -223,6 +223,9 @@ pub struct ControlPoller {
     rejected: parking_lot::Mutex<Option<RejectedSnapshot>>,
     /// The admin listener's address, sent in every report (for `verge verify`).
     admin: String,
+    /// The report fields each control-plane URL knows, for those older than the report (they
+    /// refused a field they did not know, and named the ones they do).
+    report_fields: parking_lot::Mutex<std::collections::HashMap<String, Vec<String>>>,
 }
 
 impl ControlPoller {
@@ -243,6 +246,7 @@ impl ControlPoller {
             applied_ms: AtomicU64::new(unix_ms(SystemTime::now())),
             source: AtomicUsize::new(0),
             rejected: parking_lot::Mutex::new(None),
+            report_fields: parking_lot::Mutex::new(Default::default()),
         }
     }
 
@@ -298,7 +302,9 @@ impl ControlPoller {
             .request(
                 client,
                 reqwest::Method::GET,
-                &format!("/v1/snapshot?after={after}{epoch}&wait={wait_ms}ms"),
+                &format!(
+                    "/v1/snapshot?after={after}{epoch}&wait={wait_ms}ms&features={FEATURE_WAVES}"
+                ),
             )
             .timeout(self.spec.wait + Duration::from_secs(10))
             .send()
@@ -399,24 +405,50 @@ impl ControlPoller {
             applied_at_ms: self.applied_ms.load(Ordering::Relaxed),
             rejected: self.rejected.lock().clone(),
             admin: Some(self.admin.clone()),
+            features: vec![FEATURE_WAVES.to_string()],
         };
         let path = format!(
             "/v1/nodes/{}/applied?wait={}ms",
             self.spec.node_id,
             self.spec.wait.as_millis()
         );
-        let sent = self
-            .request(client, reqwest::Method::POST, &path)
-            .timeout(Duration::from_secs(5))
-            .json(&report)
-            .send()
-            .await;
-        match sent {
-            Ok(r) if !r.status().is_success() => {
-                log::warn!("control plane answered {} to a report", r.status());
+        // a control plane older than a field refuses the report, naming the fields it knows:
+        // the report goes again with those only, and so do the next ones to it
+        for _ in 0..2 {
+            let url = self.url().to_string();
+            let fields = self.report_fields.lock().get(&url).cloned();
+            let sent = self
+                .request(client, reqwest::Method::POST, &path)
+                .timeout(Duration::from_secs(5))
+                .json(&report.to_json_with(fields.as_deref()))
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status() == reqwest::StatusCode::BAD_REQUEST => {
+                    let answer = r.text().await.unwrap_or_default();
+                    match AppliedReport::fields_known(&answer) {
+                        Some(known) if fields.as_ref() != Some(&known) => {
+                            log::info!(
+                                "control plane {url} knows the report fields {known:?} only"
+                            );
+                            self.report_fields.lock().insert(url, known);
+                        }
+                        _ => {
+                            log::warn!("control plane answered 400 to a report: {answer}");
+                            return;
+                        }
+                    }
+                }
+                Ok(r) if !r.status().is_success() => {
+                    log::warn!("control plane answered {} to a report", r.status());
+                    return;
+                }
+                Ok(_) => return,
+                Err(e) => {
+                    log::debug!("cannot report where this node stands: {e}");
+                    return;
+                }
             }
-            Ok(_) => {}
-            Err(e) => log::debug!("cannot report where this node stands: {e}"),
         }
     }
 }

@@ -16,7 +16,7 @@ async fn replica(etcd: &EtcdCluster, prefix: &str) -> Cp {
 }
 
 /// A replica on `etcd` under `prefix`, with more top-level settings.
-async fn replica_with(etcd: &EtcdCluster, prefix: &str, extra_yaml: &str) -> Cp {
+pub(crate) async fn replica_with(etcd: &EtcdCluster, prefix: &str, extra_yaml: &str) -> Cp {
     let cfg = CpConfig::new().yaml(&format!(
         "{extra_yaml}\nstore:\n  etcd:\n    endpoints: {}\n    prefix: {prefix}\n    timeout: 2s",
         etcd.endpoints_yaml()
@@ -234,7 +234,7 @@ async fn resynced(cp: &Cp, reason: &str) -> bool {
 }
 
 /// `verge_control_leader` on `cp` (0 when it cannot be read).
-async fn leader(cp: &Cp) -> f64 {
+pub(crate) async fn leader(cp: &Cp) -> f64 {
     let Ok(r) = crate::support::client()
         .get(cp.url("/metrics"))
         .send()

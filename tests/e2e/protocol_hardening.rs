@@ -684,6 +684,15 @@ async fn an_http2_stream_that_takes_nothing_in_for_send_timeout_is_reset_and_the
         given_up(&mut stalled, Duration::from_secs(10)).await,
         "the stalled stream is still open"
     );
+    // counted as an HTTP/1 connection cut off for send_timeout is
+    sum_eventually(
+        &v,
+        Duration::from_secs(5),
+        REJECTED,
+        &[("reason", "send_timeout")],
+        |n| n == 1.0,
+    )
+    .await;
     another_reader_gets_everything(&o, &v, "/big3").await;
 }
 

@@ -20,7 +20,19 @@ use pingora_core::protocols::http::{HttpTask, ServerSession};
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
+use std::sync::OnceLock;
 use tokio::time::{timeout_at, Instant};
+
+/// Called for each HTTP/2 stream given up on because it took no body bytes for the session's
+/// write timeout (the stream is then reset), so the crate's user can count it: this crate
+/// cannot reach the user's metrics, and on a cache fill the error does not end the request.
+static SEND_TIMEOUT_HOOK: OnceLock<fn()> = OnceLock::new();
+
+/// Set the function called for each HTTP/2 stream reset because it took nothing in for the
+/// session's write timeout. Only the first call takes effect; false for a later one.
+pub fn on_h2_send_timeout(hook: fn()) -> bool {
+    SEND_TIMEOUT_HOOK.set(hook).is_ok()
+}
 
 /// The queued response tasks of one HTTP/2 downstream stream, and its body writer once the
 /// head is out.
@@ -133,6 +145,9 @@ impl H2ProxyTasks {
                             Some(t) => match timeout_at(since + t, wait).await {
                                 Ok(got) => got,
                                 Err(_) => {
+                                    if let Some(hook) = SEND_TIMEOUT_HOOK.get() {
+                                        hook();
+                                    }
                                     return Error::e_explain(
                                         WriteTimedout,
                                         format!("the h2 stream took no body bytes for {t:?}"),
