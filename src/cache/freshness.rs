@@ -4,10 +4,10 @@
 //! phase that also gives `Cache-Status` and `verge_cache_lookups_total`.
 
 use super::invalidation::index::{InvalidationIndex, Verdict};
+use super::stored_meta::StoredHead;
 use crate::config::classes::ContentClass;
 use crate::metrics::{CLASS_BUDGET_METRICS, METRICS};
 use pingora_cache::CachePhase;
-use super::stored_meta::StoredHead;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 

@@ -38,11 +38,14 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Bytes charged per entry on top of its metadata and body: the entry and its map slots, the
-/// eviction record and key copies, the variant index, and allocator slack. Calibrated against
-/// RSS: filling 16,384 entries of 1 KiB (or of 64 KiB) with ten header fields grows RSS by about
-/// 6.5 KiB per entry beyond the body, which this and [`StoredMeta::size`] together account for.
-pub const ENTRY_OVERHEAD: usize = 3072;
+/// Bytes charged per entry on top of its metadata ([`StoredMeta::size`]: the struct and its
+/// stored head) and body: the entry and the two `Arc` headers, its map slot, its eviction
+/// record and queue position, its share of the frequency sketch, and allocator slack.
+/// Calibrated against RSS with the `bench_origin` objects (five origin fields, three of verge's:
+/// about 460 bytes of metadata): RSS grows by 0.98 KiB per entry beyond the body for 65,536
+/// entries of 16 KiB, 1.19 KiB for 16,384 of 64 KiB and 1.15 KiB for 4,096 of 1 KiB, and this
+/// plus the metadata charges about 1.2 KiB.
+pub const ENTRY_OVERHEAD: usize = 768;
 const SHARDS: usize = 64;
 
 /// A stored response found by [`MemoryStorage::servable`].
@@ -508,14 +511,10 @@ impl MemoryStorage {
             self.settle(fill, Some(entry));
             return MissFinishType::Created(size);
         };
-        eviction.admit_with(
-            CacheEntryKey::key_only(key_of(fill.key)),
-            size,
-            |victims| {
-                let keep = self.drop_victims(victims, &fill.key);
-                self.settle(fill, keep.then_some(entry));
-            },
-        );
+        eviction.admit_with(CacheEntryKey::key_only(key_of(fill.key)), size, |victims| {
+            let keep = self.drop_victims(victims, &fill.key);
+            self.settle(fill, keep.then_some(entry));
+        });
         // already admitted: pingora's `increment_weight(key, 0, Some(0))` changes nothing
         MissFinishType::Appended(0, Some(0))
     }

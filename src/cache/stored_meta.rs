@@ -120,7 +120,8 @@ impl StoredHead for ResponseHeader {
 }
 
 /// A stored entry's response header, parsed from its stored bytes the first time it is asked
-/// for, and then kept for as long as this lives (one request), never in the entry.
+/// for, and then kept for as long as this lives (one request), never in the entry. Its fields
+/// keep no name case: the checks that read it look fields up by name.
 #[derive(Debug)]
 pub struct HeadOnDemand<'a> {
     meta: &'a StoredMeta,
@@ -139,7 +140,7 @@ impl<'a> HeadOnDemand<'a> {
 
 impl StoredHead for HeadOnDemand<'_> {
     fn header(&self) -> &ResponseHeader {
-        self.parsed.get_or_init(|| self.meta.header())
+        self.parsed.get_or_init(|| self.meta.header_as(false))
     }
 }
 
@@ -219,7 +220,10 @@ fn varied_coding(fields: &http::HeaderMap) -> Option<Option<Coding>> {
 fn lines(wire: &[u8], from: usize) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let mut start = from;
-    while let Some(n) = wire.get(start..).and_then(|rest| rest.iter().position(|b| *b == b'\n')) {
+    while let Some(n) = wire
+        .get(start..)
+        .and_then(|rest| rest.iter().position(|b| *b == b'\n'))
+    {
         out.push(start..start + n + 1);
         start += n + 1;
     }
@@ -257,14 +261,19 @@ fn with_client_head(wire: &[u8], client: &[u8]) -> Option<(Vec<u8>, usize)> {
     if taken.contains(&false) {
         return None;
     }
-    let in_order = order.iter().enumerate().all(|(i, &at)| usize::from(at) == i);
+    let in_order = order
+        .iter()
+        .enumerate()
+        .all(|(i, &at)| usize::from(at) == i);
     let order_len = if in_order { 0 } else { 2 * order.len() };
     let mut head = Vec::with_capacity(client.len() + wire.len() + order_len);
     head.extend_from_slice(client);
     left_out.iter().for_each(|l| head.extend_from_slice(l));
     let lines_end = head.len();
     if !in_order {
-        order.iter().for_each(|at| head.extend_from_slice(&at.to_le_bytes()));
+        order
+            .iter()
+            .for_each(|at| head.extend_from_slice(&at.to_le_bytes()));
     }
     Some((head, lines_end))
 }
@@ -327,7 +336,7 @@ impl StoredMeta {
 
     /// A fresh `CacheMeta` equal to the one stored.
     pub fn to_meta(&self) -> Result<CacheMeta> {
-        let header = self.parse_header()?;
+        let header = self.parse_header(self.cased)?;
         let Some(internal) = &self.internal else {
             let f = &self.fields;
             let mut meta = CacheMeta::new(
@@ -356,7 +365,12 @@ impl StoredMeta {
     /// The stored response header, parsed from the stored bytes. (Stored bytes that do not
     /// parse, which verge never writes, give a header with the stored status and no fields.)
     pub fn header(&self) -> ResponseHeader {
-        self.parse_header().unwrap_or_else(|e| {
+        self.header_as(self.cased)
+    }
+
+    /// [`StoredMeta::header`], with its fields' name case only if `cased` (and stored).
+    fn header_as(&self, cased: bool) -> ResponseHeader {
+        self.parse_header(cased).unwrap_or_else(|e| {
             log::error!("a stored response head does not parse: {e}");
             let (mut parts, ()) = http::Response::new(()).into_parts();
             parts.status = self.status;
@@ -364,7 +378,8 @@ impl StoredMeta {
         })
     }
 
-    fn parse_header(&self) -> Result<ResponseHeader> {
+    fn parse_header(&self, cased: bool) -> Result<ResponseHeader> {
+        let cased = cased && self.cased;
         let invalid = || meta_error("stored response head is invalid");
         let from = if self.client.is_some() {
             STATUS_LINE.len()
@@ -374,7 +389,7 @@ impl StoredMeta {
         let end = self.lines_end as usize;
         let head = &self.head;
         let spans = lines(head.get(..end).ok_or_else(invalid)?, from);
-        let mut header = if self.cased {
+        let mut header = if cased {
             ResponseHeader::build(self.status, Some(spans.len()))?
         } else {
             ResponseHeader::build_no_case(self.status, Some(spans.len()))?
@@ -389,7 +404,7 @@ impl StoredMeta {
             }
             let value = HeaderValue::from_maybe_shared(head.slice(value)).map_err(|_| invalid())?;
             let name = span.start..span.start + colon;
-            if self.cased {
+            if cased {
                 header.append_header(head.slice(name), value)
             } else {
                 let name = HeaderName::from_bytes(&head[name]).map_err(|_| invalid())?;
@@ -781,6 +796,6 @@ mod head_tests {
         assert!(lazy.parsed.get().is_none());
         let first: *const ResponseHeader = lazy.header();
         assert!(std::ptr::eq(first, lazy.header()), "parsed once");
-        assert_eq!(h1(lazy.header()), h1(&interleaved()));
+        assert_eq!(lazy.header().headers, interleaved().headers);
     }
 }

@@ -48,8 +48,10 @@ impl Promote for MemoryStorage {
             store(entry);
             return;
         };
-        eviction.admit_new_with(CacheEntryKey::key_only(super::key_of(combined)), size, |victims| {
-            self.drop_victims(victims, &combined) && store(entry)
-        });
+        eviction.admit_new_with(
+            CacheEntryKey::key_only(super::key_of(combined)),
+            size,
+            |victims| self.drop_victims(victims, &combined) && store(entry),
+        );
     }
 }
