@@ -75,7 +75,7 @@ pub fn decide(
             Verdict::Invalid => return HitDecision::Invalidated,
         }
     }
-    if directives.credentials && !super::rfc9111::shared_with_credentials(entry.header.header()) {
+    if directives.credentials && !entry.header.shared_with_credentials() {
         return HitDecision::NotShared;
     }
     if directives.is_empty() {
@@ -85,7 +85,7 @@ pub fn decide(
         directives,
         entry.age,
         entry.fresh_until,
-        request_directives::forbids_stale(entry.header.header()),
+        entry.header.forbids_stale(),
         now,
     ) {
         HitVerdict::AsStored => HitDecision::AsStored,

@@ -82,6 +82,10 @@ struct ClientFacts {
     content_length: Option<usize>,
     has_date: bool,
     coding: Option<Coding>,
+    /// [`StoredHead::shared_with_credentials`], decided when stored.
+    shared_with_credentials: bool,
+    /// [`StoredHead::forbids_stale`], decided when stored.
+    forbids_stale: bool,
 }
 
 /// The HTTP/1.1 head of a stored `200` with no variance, as every hit sends it before the
@@ -111,6 +115,18 @@ pub struct ClientHead<'a> {
 pub trait StoredHead: std::fmt::Debug + Sync {
     /// The response header.
     fn header(&self) -> &ResponseHeader;
+
+    /// Whether it may answer a request that carries credentials
+    /// ([`super::rfc9111::shared_with_credentials`]).
+    fn shared_with_credentials(&self) -> bool {
+        super::rfc9111::shared_with_credentials(self.header())
+    }
+
+    /// Whether its directives forbid serving it stale
+    /// ([`super::request_directives::forbids_stale`]).
+    fn forbids_stale(&self) -> bool {
+        super::request_directives::forbids_stale(self.header())
+    }
 }
 
 impl StoredHead for ResponseHeader {
@@ -138,9 +154,25 @@ impl<'a> HeadOnDemand<'a> {
     }
 }
 
+/// The two per-request checks read what was decided when the entry was stored (an entry the
+/// hit lane answers always has a client head); only the invalidation checks parse the head.
 impl StoredHead for HeadOnDemand<'_> {
     fn header(&self) -> &ResponseHeader {
         self.parsed.get_or_init(|| self.meta.header_as(false))
+    }
+
+    fn shared_with_credentials(&self) -> bool {
+        match self.meta.client {
+            Some(c) => c.shared_with_credentials,
+            None => super::rfc9111::shared_with_credentials(self.header()),
+        }
+    }
+
+    fn forbids_stale(&self) -> bool {
+        match self.meta.client {
+            Some(c) => c.forbids_stale,
+            None => super::request_directives::forbids_stale(self.header()),
+        }
     }
 }
 
@@ -189,6 +221,8 @@ fn client_head_of(
         content_length,
         has_date: fields.contains_key(header::DATE),
         coding,
+        shared_with_credentials: super::rfc9111::shared_with_credentials(header),
+        forbids_stale: super::request_directives::forbids_stale(header),
     };
     Some((bytes, facts))
 }
@@ -797,5 +831,29 @@ mod head_tests {
         let first: *const ResponseHeader = lazy.header();
         assert!(std::ptr::eq(first, lazy.header()), "parsed once");
         assert_eq!(lazy.header().headers, interleaved().headers);
+    }
+
+    #[test]
+    fn the_lanes_checks_read_what_was_decided_when_stored() {
+        for cc in [
+            "max-age=60",
+            "public, max-age=60",
+            "s-maxage=60, must-revalidate",
+            "max-age=60, proxy-revalidate",
+            "no-cache=\"x\", max-age=5",
+        ] {
+            let mut h = ResponseHeader::build(200, None).expect("header");
+            h.append_header("Cache-Control", cc).expect("h");
+            h.append_header("Content-Length", "1").expect("h");
+            let meta = stored(h.clone());
+            assert!(meta.client_head().is_some(), "{cc}");
+            let lazy = HeadOnDemand::new(&meta);
+            assert_eq!(
+                (lazy.shared_with_credentials(), lazy.forbids_stale()),
+                (h.shared_with_credentials(), h.forbids_stale()),
+                "{cc}"
+            );
+            assert!(lazy.parsed.get().is_none(), "{cc}: decided without parsing");
+        }
     }
 }

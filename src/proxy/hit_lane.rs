@@ -477,7 +477,7 @@ impl HitLane {
             },
             now,
         );
-        let stored = entry.head().map_or(&[][..], |h| &h.bytes[..]);
+        let stored = entry.head().map_or(&[][..], |h| h.bytes);
         let date = match entry.head() {
             Some(h) if !h.has_date => Some(pingora_core::protocols::http::date::get_cached_date()),
             _ => None,
