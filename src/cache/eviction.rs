@@ -15,7 +15,7 @@
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use pingora_cache::eviction::{CacheEntryKey, CacheEntryKeyRef, EvictionManager};
+use pingora_cache::eviction::{CacheEntryId, CacheEntryKey, CacheEntryKeyRef, EvictionManager};
 use pingora_cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
 use pingora_error::Result;
 use std::collections::{HashMap, VecDeque};
@@ -197,11 +197,42 @@ impl S3FifoEviction {
 }
 
 /// Identity of a tracked entry: the logical key's hash plus the storage's entry id, if any, so a
-/// key-only identity never matches an identified entry (as the trait requires).
+/// key-only identity never matches an identified entry (as the trait requires). Byte arrays
+/// only (25 bytes, no padding): it is the key of every record and of every queue position.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 struct EntryId {
     key: HashBinary,
-    entry: Option<u64>,
+    /// The storage's entry id (little-endian), when `identified`.
+    entry: [u8; 8],
+    identified: bool,
+}
+
+impl EntryId {
+    fn new(key: HashBinary, entry: Option<u64>) -> Self {
+        EntryId {
+            key,
+            entry: entry.unwrap_or(0).to_le_bytes(),
+            identified: entry.is_some(),
+        }
+    }
+
+    fn hashes(&self) -> KeyHashes {
+        KeyHashes::of(&self.key)
+    }
+
+    /// The entry as a key handed back to the storage (a victim): its combined hash stands for
+    /// the whole logical key, which is all the storage and pingora's purge ask of it.
+    fn to_key(self) -> CacheEntryKey {
+        let key = CompactCacheKey {
+            primary: self.key,
+            variance: None,
+            user_tag: Box::default(),
+        };
+        let id = self
+            .identified
+            .then(|| CacheEntryId::new(u64::from_le_bytes(self.entry)));
+        CacheEntryKey::from_entry_id(key, id)
+    }
 }
 
 /// Hashes derived once from a key: two for the sketch rows, one byte for the shard.
@@ -229,7 +260,7 @@ impl KeyHashes {
 
 fn identify(key: &CompactCacheKey, entry: Option<u64>) -> (EntryId, KeyHashes) {
     let bin = key.combined_bin();
-    (EntryId { key: bin, entry }, KeyHashes::of(&bin))
+    (EntryId::new(bin, entry), KeyHashes::of(&bin))
 }
 
 fn identify_owned(item: &CacheEntryKey) -> (EntryId, KeyHashes) {
@@ -242,14 +273,14 @@ enum Queue {
     Main,
 }
 
+/// What a shard keeps per tracked entry, beside its [`EntryId`] (from which its key and hashes
+/// are derived when needed): 24 bytes.
 struct Entry {
-    key: CacheEntryKey,
-    hashes: KeyHashes,
     weight: usize,
-    freq: u8,
-    queue: Queue,
     /// Sequence number of this entry's live position in its queue; older positions are stale.
     seq: u64,
+    freq: u8,
+    queue: Queue,
 }
 
 /// One shard: S3-FIFO queues over a byte budget, plus its own sketch and ghost queue (a key
@@ -380,13 +411,13 @@ impl Shard {
         if let Some(entry) = self.take(id, totals) {
             if entry.queue == Queue::Small {
                 let cap = self.entries.len().max(MIN_GHOST);
-                self.ghost.insert(entry.hashes.h1, cap);
+                self.ghost.insert(id.hashes().h1, cap);
             }
             totals
                 .evicted_bytes
                 .fetch_add(entry.weight, Ordering::Relaxed);
             totals.evicted_items.fetch_add(1, Ordering::Relaxed);
-            out.push(entry.key);
+            out.push(id.to_key());
         }
     }
 
@@ -445,10 +476,9 @@ impl Shard {
             // small FIFO and make every newcomer bounce off it.
             let main_victim = self
                 .next_victim()
-                .and_then(|v| self.entries.get(&v))
-                .filter(|e| e.queue == Queue::Main);
+                .filter(|v| self.entries.get(v).is_some_and(|e| e.queue == Queue::Main));
             if let Some(victim) = main_victim {
-                let victim_freq = self.sketch.estimate(&victim.hashes);
+                let victim_freq = self.sketch.estimate(&victim.hashes());
                 if candidate_freq < victim_freq {
                     totals.rejected_items.fetch_add(1, Ordering::Relaxed);
                     out.push(item);
@@ -465,12 +495,10 @@ impl Shard {
         self.entries.insert(
             id,
             Entry {
-                key: item,
-                hashes,
                 weight,
+                seq: 0,
                 freq: 0,
                 queue,
-                seq: 0,
             },
         );
         self.bytes += weight;

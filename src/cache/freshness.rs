@@ -4,10 +4,10 @@
 //! phase that also gives `Cache-Status` and `verge_cache_lookups_total`.
 
 use super::invalidation::index::{InvalidationIndex, Verdict};
+use super::stored_meta::StoredHead;
 use crate::config::classes::ContentClass;
 use crate::metrics::{CLASS_BUDGET_METRICS, METRICS};
 use pingora_cache::CachePhase;
-use pingora_http::ResponseHeader;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
@@ -63,7 +63,7 @@ pub struct Served<'a> {
     /// How fresh it was.
     pub state: ServedState,
     /// The entry's stored response head (its URL, tags and fetch time, for the check).
-    pub header: &'a ResponseHeader,
+    pub header: &'a dyn StoredHead,
     /// When the entry was admitted.
     pub created: SystemTime,
     /// Its age when served.
@@ -100,7 +100,7 @@ pub fn refused_by_invalidation(
     served: &Served<'_>,
     received: Option<SystemTime>,
 ) -> bool {
-    let headers = &served.header.headers;
+    let headers = &served.header.header().headers;
     let Some((host, path_query)) = super::rfc9111::entry_url(headers) else {
         return false;
     };
@@ -177,6 +177,7 @@ pub fn publish_budgets(classes: &BTreeMap<String, ContentClass>) {
 mod tests {
     use super::*;
     use crate::cache::invalidation::{Invalidation, InvalidationKind};
+    use pingora_http::ResponseHeader;
 
     fn t(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + secs)

@@ -5,8 +5,8 @@
 use super::invalidation::index::{InvalidationIndex, Verdict};
 use super::key_rules::key_path_and_query;
 use super::request_directives::{self, HitVerdict, RequestDirectives};
+use super::stored_meta::StoredHead;
 use crate::config::RouteCache;
-use pingora_http::ResponseHeader;
 use std::time::{Duration, SystemTime};
 
 /// What a stored entry may do for a request, beyond its own freshness.
@@ -34,8 +34,9 @@ pub enum HitDecision {
 /// The stored entry a request found, as the decision reads it.
 #[derive(Debug, Clone, Copy)]
 pub struct StoredEntry<'a> {
-    /// Its stored response head.
-    pub header: &'a ResponseHeader,
+    /// Its stored response head (read only when an invalidation, the request's credentials or
+    /// its directives call for it).
+    pub header: &'a dyn StoredHead,
     /// When it was admitted (its recorded fetch start counts instead, when there is one).
     pub created: SystemTime,
     /// Its age now.
@@ -64,7 +65,7 @@ pub fn decide(
             host,
             path_and_query,
             Some(&key_pq),
-            &entry.header.headers,
+            &entry.header.header().headers,
             entry.created,
             None,
         );
@@ -74,7 +75,7 @@ pub fn decide(
             Verdict::Invalid => return HitDecision::Invalidated,
         }
     }
-    if directives.credentials && !super::rfc9111::shared_with_credentials(entry.header) {
+    if directives.credentials && !entry.header.shared_with_credentials() {
         return HitDecision::NotShared;
     }
     if directives.is_empty() {
@@ -84,7 +85,7 @@ pub fn decide(
         directives,
         entry.age,
         entry.fresh_until,
-        request_directives::forbids_stale(entry.header),
+        entry.header.forbids_stale(),
         now,
     ) {
         HitVerdict::AsStored => HitDecision::AsStored,
@@ -98,6 +99,7 @@ mod tests {
     use super::*;
     use crate::cache::invalidation::{Invalidation, InvalidationKind};
     use crate::cache::request_directives::MaxStale;
+    use pingora_http::ResponseHeader;
 
     fn entry(
         header: &ResponseHeader,

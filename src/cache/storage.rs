@@ -38,11 +38,14 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Bytes charged per entry on top of its metadata and body: the entry and its map slots, the
-/// eviction record and key copies, the variant index, and allocator slack. Calibrated against
-/// RSS: filling 16,384 entries of 1 KiB (or of 64 KiB) with ten header fields grows RSS by about
-/// 6.5 KiB per entry beyond the body, which this and [`StoredMeta::size`] together account for.
-pub const ENTRY_OVERHEAD: usize = 3072;
+/// Bytes charged per entry on top of its metadata ([`StoredMeta::size`]: the struct and its
+/// stored head) and body: the entry and the two `Arc` headers, its map slot, its eviction
+/// record and queue position, its share of the frequency sketch, and allocator slack.
+/// Calibrated against RSS with the `bench_origin` objects (five origin fields, three of verge's:
+/// about 460 bytes of metadata): RSS grows by 0.98 KiB per entry beyond the body for 65,536
+/// entries of 16 KiB, 1.19 KiB for 16,384 of 64 KiB and 1.15 KiB for 4,096 of 1 KiB, and this
+/// plus the metadata charges about 1.2 KiB.
+pub const ENTRY_OVERHEAD: usize = 768;
 const SHARDS: usize = 64;
 
 /// A stored response found by [`MemoryStorage::servable`].
@@ -57,7 +60,7 @@ impl Servable {
     }
 
     /// The head a hit sends (present: checked when it was found).
-    pub fn head(&self) -> Option<&ClientHead> {
+    pub fn head(&self) -> Option<ClientHead<'_>> {
         self.entry.meta.client_head()
     }
 
@@ -69,7 +72,7 @@ impl Servable {
     /// The entry as the eviction manager tracks it, and the weight pingora reports for a hit.
     pub fn eviction_key(&self) -> (CacheEntryKey, usize) {
         (
-            CacheEntryKey::from_entry_id(self.entry.key.clone(), None),
+            CacheEntryKey::key_only(key_of(self.entry.combined)),
             self.entry.body.len() + ENTRY_OVERHEAD,
         )
     }
@@ -80,8 +83,10 @@ struct Entry {
     meta: Arc<StoredMeta>,
     body: Bytes,
     size: usize,
-    /// The key it was written under (primary slot: no variance), as the eviction manager knows it.
-    key: CompactCacheKey,
+    /// The key it is stored under (primary + variance).
+    combined: HashBinary,
+    /// Its URL's key (the same as `combined` for an entry without variance).
+    primary: HashBinary,
     /// Requests it has had, the fetch included, counted up to the disk tier's `min_uses`; at
     /// [`WRITTEN`] once it is on its way to disk (or came from there).
     uses: AtomicU32,
@@ -89,6 +94,17 @@ struct Entry {
 
 /// [`Entry::uses`] of an entry written to (or read from) the disk tier.
 const WRITTEN: u32 = u32::MAX;
+
+/// The key the eviction manager knows a stored entry by: its combined hash, which stands for
+/// the whole key (the eviction manager and the storage ask a key for nothing else), with no
+/// copy of the URL's host to allocate.
+fn key_of(combined: HashBinary) -> CompactCacheKey {
+    CompactCacheKey {
+        primary: combined,
+        variance: None,
+        user_tag: Box::default(),
+    }
+}
 
 /// One shard: the stored entries, and the fills in flight (usually none; more than one for a
 /// key only when requests bypassed the miss lock or a refetch was forced). Both under one lock,
@@ -101,7 +117,8 @@ struct ShardMaps {
 }
 
 type Shard = RwLock<ShardMaps>;
-/// Primary key → the combined keys of its stored variants (the primary slot included).
+/// Primary key → the combined keys of its stored variants, when it has any (an entry stored
+/// without variance sits under its primary key itself and is not listed).
 type VariantShard = RwLock<HashMap<HashBinary, Vec<HashBinary>>>;
 
 /// The storage. `'static` (leaked once at startup) because pingora-cache requires it.
@@ -172,12 +189,14 @@ impl MemoryStorage {
         &self.variants[primary[0] as usize % SHARDS]
     }
 
-    /// How many variants of this primary key (URL) are stored.
+    /// How many variants of this primary key (URL) are stored, the primary slot included.
     pub fn variant_count(&self, primary: &HashBinary) -> usize {
-        self.variant_shard(primary)
+        let variants = self
+            .variant_shard(primary)
             .read()
             .get(primary)
-            .map_or(0, Vec::len)
+            .map_or(0, Vec::len);
+        variants + usize::from(self.contains(primary))
     }
 
     /// The stored response under `combined`, when a plain hit on it may be answered straight
@@ -226,7 +245,7 @@ impl MemoryStorage {
         if reached {
             disk.write(
                 *combined,
-                entry.key.primary_bin(),
+                entry.primary,
                 entry.meta.clone(),
                 entry.body.clone(),
             );
@@ -271,17 +290,18 @@ impl MemoryStorage {
         if let Some(disk) = self.disk {
             disk.remove_url(primary);
         }
-        let combined = self
+        let mut combined = self
             .variant_shard(primary)
             .write()
             .remove(primary)
             .unwrap_or_default();
+        combined.push(*primary);
         combined
             .iter()
             .filter_map(|c| {
                 let entry = self.remove_entry(c)?;
                 self.removed_from_disk_too(c, &entry);
-                Some(entry.key.clone())
+                Some(key_of(*c))
             })
             .collect()
     }
@@ -303,7 +323,7 @@ impl MemoryStorage {
                     continue;
                 }
                 if self.remove_if_same(&key, &entry) {
-                    removed.push(entry.key.clone());
+                    removed.push(key_of(key));
                 }
             }
         }
@@ -319,7 +339,7 @@ impl MemoryStorage {
         }
         let entry = self.remove_entry(combined)?;
         self.removed_from_disk_too(combined, &entry);
-        Some(entry.key.clone())
+        Some(key_of(*combined))
     }
 
     /// Keep every fill of `combined` in flight from being stored.
@@ -356,7 +376,7 @@ impl MemoryStorage {
     /// Store `entry` under `key` in the locked shard `maps` (replacing what was there).
     fn insert_locked(&self, maps: &mut ShardMaps, key: HashBinary, entry: Entry) {
         let size = entry.size as u64;
-        let primary = entry.key.primary_bin();
+        let primary = entry.primary;
         match maps.entries.insert(key, Arc::new(entry)) {
             Some(old) => {
                 // one step each way, so a reader of the gauge never sees both sizes at once
@@ -370,6 +390,9 @@ impl MemoryStorage {
             None => {
                 self.bytes.fetch_add(size, Ordering::Relaxed);
                 self.objects.fetch_add(1, Ordering::Relaxed);
+                if key == primary {
+                    return;
+                }
                 // under the entry shard's lock, so a concurrent remove of this key cannot
                 // interleave between the two maps (lock order: entry shard, then variant shard)
                 let mut index = self.variant_shard(&primary).write();
@@ -386,7 +409,10 @@ impl MemoryStorage {
         let old = maps.entries.remove(key)?;
         self.bytes.fetch_sub(old.size as u64, Ordering::Relaxed);
         self.objects.fetch_sub(1, Ordering::Relaxed);
-        let primary = old.key.primary_bin();
+        let primary = old.primary;
+        if *key == primary {
+            return Some(old);
+        }
         let mut index = self.variant_shard(&primary).write();
         if let Some(list) = index.get_mut(&primary) {
             list.retain(|c| c != key);
@@ -477,21 +503,18 @@ impl MemoryStorage {
             meta: fill.meta.clone(),
             body,
             size,
-            key: fill.compact.clone(),
+            combined: fill.key,
+            primary: fill.primary,
             uses: AtomicU32::new(uses),
         };
         let Some(eviction) = self.eviction else {
             self.settle(fill, Some(entry));
             return MissFinishType::Created(size);
         };
-        eviction.admit_with(
-            CacheEntryKey::key_only(fill.compact.clone()),
-            size,
-            |victims| {
-                let keep = self.drop_victims(victims, &fill.key);
-                self.settle(fill, keep.then_some(entry));
-            },
-        );
+        eviction.admit_with(CacheEntryKey::key_only(key_of(fill.key)), size, |victims| {
+            let keep = self.drop_victims(victims, &fill.key);
+            self.settle(fill, keep.then_some(entry));
+        });
         // already admitted: pingora's `increment_weight(key, 0, Some(0))` changes nothing
         MissFinishType::Appended(0, Some(0))
     }
@@ -705,7 +728,7 @@ impl Storage for MemoryStorage {
         if let Some(disk) = self.disk {
             if uses == WRITTEN || uses + 1 >= disk.min_uses() {
                 uses = WRITTEN;
-                disk.write(bin, old.key.primary_bin(), meta.clone(), old.body.clone());
+                disk.write(bin, old.primary, meta.clone(), old.body.clone());
             } else {
                 uses += 1;
             }
@@ -714,7 +737,8 @@ impl Storage for MemoryStorage {
             meta,
             body: old.body.clone(),
             size,
-            key: old.key.clone(),
+            combined: old.combined,
+            primary: old.primary,
             uses: AtomicU32::new(uses),
         };
         let replace = |victims: &[CacheEntryKey]| {
@@ -738,7 +762,7 @@ impl Storage for MemoryStorage {
         let current = || self.get(&bin).is_some_and(|e| Arc::ptr_eq(&e, &old));
         Ok(eviction
             .resize_with(
-                &CacheEntryKey::key_only(old.key.clone()),
+                &CacheEntryKey::key_only(key_of(bin)),
                 current,
                 size,
                 replace,
@@ -898,8 +922,9 @@ mod tests {
         assert_eq!(s.objects(), 4);
         let removed = s.remove_all_variants(&primary);
         assert_eq!(removed.len(), 3);
-        assert!(removed.contains(&en.to_compact()));
-        assert!(removed.contains(&primary_slot.to_compact()));
+        let removed: Vec<HashBinary> = removed.iter().map(|k| k.combined_bin()).collect();
+        assert!(removed.contains(&en.combined_bin()));
+        assert!(removed.contains(&primary_slot.combined_bin()));
         for k in [&primary_slot, &en, &fr] {
             assert!(s.lookup(k, &span).await.expect("lookup").is_none());
         }

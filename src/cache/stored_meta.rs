@@ -1,16 +1,22 @@
-//! How a cache entry's metadata is kept in memory: pingora's internal fields plus the response
-//! header already parsed, so a hit rebuilds its `CacheMeta` without the zstd decompression and
-//! header reparse of `CacheMeta::deserialize`, and a write skips the header compression of
-//! `CacheMeta::serialize`.
+//! How a cache entry's metadata is kept in memory: pingora's internal fields, and the response
+//! head in its HTTP/1.1 wire form, in one allocation of its own size (the head a plain hit sends
+//! comes first, so a hit writes it as it is). pingora's `ResponseHeader` (a field map and a
+//! name-case map, several times the size of the head) is parsed back from those bytes only when
+//! something asks for one: a hit or a revalidation through pingora's phases, a purge that reads
+//! tags, the admin listener. A hit rebuilds its `CacheMeta` without the zstd decompression of
+//! `CacheMeta::deserialize`, and a write skips the header compression of `CacheMeta::serialize`.
 
 use crate::config::Coding;
-use http::Version;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode, Version};
 use once_cell::sync::Lazy;
 use pingora_cache::key::HashBinary;
 use pingora_cache::CacheMeta;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use serde::Serialize;
+use std::ops::Range;
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
 /// pingora-cache's `InternalMetaV2`, field for field in its order, so `rmp_serde` encodes it to
@@ -39,87 +45,47 @@ static EMPTY_HEADER: Lazy<Option<Vec<u8>>> = Lazy::new(|| {
         .map(|(_, h)| h)
 });
 
-/// A copy of `header` whose field names and values live in one allocation of their own size,
-/// which every field of the copy shares. A header parsed from the origin's response shares one
-/// buffer (the whole read buffer, several KiB) with every value in it; stored as it is, each
-/// entry would keep that buffer alive (about 9 KiB per entry, measured, against a few hundred
-/// bytes of fields). One small allocation per name and value would cost their allocator
-/// overhead on every field instead.
-fn owned_header(header: &ResponseHeader) -> Result<ResponseHeader> {
-    let fields = header.headers.len();
-    let cased = header.has_case();
-    // (name, value) spans in `all`; without case only values are copied
-    let mut spans = Vec::with_capacity(fields);
-    let total: usize = if cased {
-        header
-            .case_header_iter()
-            .map(|(n, v)| n.as_slice().len() + v.len())
-            .sum()
-    } else {
-        header.headers.values().map(http::HeaderValue::len).sum()
-    };
-    let mut all = bytes::BytesMut::with_capacity(total);
-    let mut keep = |name: &[u8], value: &[u8], all: &mut bytes::BytesMut| {
-        let n = all.len();
-        all.extend_from_slice(name);
-        let v = all.len();
-        all.extend_from_slice(value);
-        spans.push((n..v, v..all.len()));
-    };
-    if cased {
-        for (name, value) in header.case_header_iter() {
-            keep(name.as_slice(), value.as_bytes(), &mut all);
-        }
-    } else {
-        for value in header.headers.values() {
-            keep(b"", value.as_bytes(), &mut all);
-        }
-    }
-    let all = all.freeze();
-    let value = |i: usize, sensitive: bool| {
-        let (_, v) = spans
-            .get(i)
-            .ok_or_else(|| meta_error("stored header changed while copied"))?;
-        let mut copy = http::HeaderValue::from_maybe_shared(all.slice(v.clone()))
-            .map_err(|_| meta_error("stored header value is invalid"))?;
-        copy.set_sensitive(sensitive);
-        Ok::<_, Box<Error>>(copy)
-    };
-    let mut copy = if cased {
-        let mut copy = ResponseHeader::build(header.status, Some(fields))?;
-        for (i, (_, v)) in header.case_header_iter().enumerate() {
-            let name = spans.get(i).map(|(n, _)| all.slice(n.clone()));
-            let name = name.ok_or_else(|| meta_error("stored header changed while copied"))?;
-            copy.append_header(name, value(i, v.is_sensitive())?)?;
-        }
-        copy
-    } else {
-        let mut copy = ResponseHeader::build_no_case(header.status, Some(fields))?;
-        for (i, (name, v)) in header.headers.iter().enumerate() {
-            copy.append_header(name.clone(), value(i, v.is_sensitive())?)?;
-        }
-        copy
-    };
-    copy.set_version(header.version);
-    copy.set_reason_phrase(header.get_reason_phrase())?;
-    Ok(copy)
-}
-
-/// Bytes a stored header field costs beyond its name and value: a slot in the header map and
-/// one in its case map (about 100 bytes each), and the allocations of its owned copies.
-const FIELD_OVERHEAD: usize = 256;
+/// The status line a [`ClientHead`] starts with.
+const STATUS_LINE: &[u8] = b"HTTP/1.1 200 OK\r\n";
 
 /// One entry's metadata, ready to become a `CacheMeta` again.
+///
+/// `head` holds the stored fields as `Name: value\r\n` lines, names in their stored case. For an
+/// entry with a [`ClientHead`] it is that head (status line and the fields a hit sends, in the
+/// order it sends them), then the stored fields a hit does not send, then, when that is not
+/// the stored order, the stored order: for each stored field in turn, the index of its line, as
+/// a little-endian `u16`. For any other entry it is the stored fields alone, in stored order.
 #[derive(Debug)]
 pub struct StoredMeta {
     fields: InternalMetaV2,
     /// pingora's encoding of `fields`, kept only for an entry `CacheMeta::new` cannot rebuild
     /// (revalidated or refetched: `updated` or `provenance` differ from `created`).
-    internal: Option<Vec<u8>>,
-    header: ResponseHeader,
-    /// The head a plain hit sends (see [`ClientHead`]); `None` when the entry is not one the
-    /// front door may answer by itself.
-    client_head: Option<ClientHead>,
+    internal: Option<Box<[u8]>>,
+    head: Bytes,
+    /// Where the field lines end in `head` (and the stored order, if any, begins).
+    lines_end: u32,
+    status: StatusCode,
+    /// HTTP/1.0 (otherwise HTTP/1.1, as pingora's header serialization keeps it).
+    http10: bool,
+    /// Whether the header kept its field names' case (`false`: an HTTP/2 response).
+    cased: bool,
+    /// What a plain hit needs beside the bytes of its [`ClientHead`]; `None` when the entry is
+    /// not one the front door may answer by itself.
+    client: Option<ClientFacts>,
+}
+
+/// A [`ClientHead`] as [`StoredMeta`] keeps it, beside its bytes.
+#[derive(Debug, Clone, Copy)]
+struct ClientFacts {
+    /// Where the head ends in [`StoredMeta::head`].
+    end: u32,
+    content_length: Option<usize>,
+    has_date: bool,
+    coding: Option<Coding>,
+    /// [`StoredHead::shared_with_credentials`], decided when stored.
+    shared_with_credentials: bool,
+    /// [`StoredHead::forbids_stale`], decided when stored.
+    forbids_stale: bool,
 }
 
 /// The HTTP/1.1 head of a stored `200` with no variance, as every hit sends it before the
@@ -132,16 +98,133 @@ pub struct StoredMeta {
 /// accepts the coding. Otherwise it has one `Content-Length` and no `Transfer-Encoding`; a
 /// coded body verge compressed as it stored it has none, and its hits announce the stored
 /// length after the stored fields, as the full path does.
-#[derive(Debug)]
-pub struct ClientHead {
+#[derive(Debug, Clone, Copy)]
+pub struct ClientHead<'a> {
     /// The bytes, ending with the last stored field's CRLF.
-    pub bytes: bytes::Bytes,
+    pub bytes: &'a [u8],
     /// The `Content-Length` it announces; `None`: a coded body stored without one.
     pub content_length: Option<usize>,
     /// Whether it carries a `Date` (a response stored without one gets the time it is served).
     pub has_date: bool,
     /// The content coding of a body stored under `Vary: Accept-Encoding`.
     pub coding: Option<Coding>,
+}
+
+/// A stored response head, as the checks that read one get it: a `ResponseHeader` at hand, or a
+/// stored entry's, parsed when first asked for ([`HeadOnDemand`]).
+pub trait StoredHead: std::fmt::Debug + Sync {
+    /// The response header.
+    fn header(&self) -> &ResponseHeader;
+
+    /// Whether it may answer a request that carries credentials
+    /// ([`super::rfc9111::shared_with_credentials`]).
+    fn shared_with_credentials(&self) -> bool {
+        super::rfc9111::shared_with_credentials(self.header())
+    }
+
+    /// Whether its directives forbid serving it stale
+    /// ([`super::request_directives::forbids_stale`]).
+    fn forbids_stale(&self) -> bool {
+        super::request_directives::forbids_stale(self.header())
+    }
+}
+
+impl StoredHead for ResponseHeader {
+    fn header(&self) -> &ResponseHeader {
+        self
+    }
+}
+
+/// A stored entry's response header, parsed from its stored bytes the first time it is asked
+/// for, and then kept for as long as this lives (one request), never in the entry. Its fields
+/// keep no name case: the checks that read it look fields up by name.
+#[derive(Debug)]
+pub struct HeadOnDemand<'a> {
+    meta: &'a StoredMeta,
+    parsed: OnceLock<ResponseHeader>,
+}
+
+impl<'a> HeadOnDemand<'a> {
+    /// The head of `meta`, not parsed yet.
+    pub fn new(meta: &'a StoredMeta) -> Self {
+        HeadOnDemand {
+            meta,
+            parsed: OnceLock::new(),
+        }
+    }
+}
+
+/// The two per-request checks read what was decided when the entry was stored (an entry the
+/// hit lane answers always has a client head); only the invalidation checks parse the head.
+impl StoredHead for HeadOnDemand<'_> {
+    fn header(&self) -> &ResponseHeader {
+        self.parsed.get_or_init(|| self.meta.header_as(false))
+    }
+
+    fn shared_with_credentials(&self) -> bool {
+        match self.meta.client {
+            Some(c) => c.shared_with_credentials,
+            None => super::rfc9111::shared_with_credentials(self.header()),
+        }
+    }
+
+    fn forbids_stale(&self) -> bool {
+        match self.meta.client {
+            Some(c) => c.forbids_stale,
+            None => super::request_directives::forbids_stale(self.header()),
+        }
+    }
+}
+
+/// The client head of `header` as it is sent, and its facts (`end` left at 0), when a hit on it
+/// can be answered as stored.
+fn client_head_of(
+    header: &ResponseHeader,
+    variance: Option<HashBinary>,
+) -> Option<(Vec<u8>, ClientFacts)> {
+    use http::header;
+    let fields = &header.headers;
+    if header.status != StatusCode::OK || variance.is_some() {
+        return None;
+    }
+    let coding = varied_coding(fields)?;
+    let lengths = fields.get_all(header::CONTENT_LENGTH).iter().count();
+    let content_length = match lengths {
+        1 if !fields.contains_key(header::TRANSFER_ENCODING) => Some(
+            fields
+                .get(header::CONTENT_LENGTH)?
+                .to_str()
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?,
+        ),
+        // the full path takes a coded body's length from the stored bytes (and drops a
+        // stored `Transfer-Encoding`)
+        0 if coding.is_some() => None,
+        _ => return None,
+    };
+    let mut client = header.clone();
+    for name in super::rfc9111::CLIENT_HIDDEN_HEADERS.iter().chain([
+        &header::AGE,
+        &header::ACCEPT_RANGES,
+        &header::CONNECTION,
+        &header::TRANSFER_ENCODING,
+    ]) {
+        client.remove_header(name);
+    }
+    let mut bytes = Vec::with_capacity(512);
+    bytes.extend_from_slice(STATUS_LINE);
+    client.header_to_h1_wire(&mut bytes);
+    let facts = ClientFacts {
+        end: 0,
+        content_length,
+        has_date: fields.contains_key(header::DATE),
+        coding,
+        shared_with_credentials: super::rfc9111::shared_with_credentials(header),
+        forbids_stale: super::request_directives::forbids_stale(header),
+    };
+    Some((bytes, facts))
 }
 
 /// The coding of a head whose only `Vary` is `Accept-Encoding` and whose `Content-Encoding` is
@@ -167,50 +250,66 @@ fn varied_coding(fields: &http::HeaderMap) -> Option<Option<Coding>> {
     }
 }
 
-impl ClientHead {
-    /// The head for `header`, when a hit on it can be answered as stored.
-    fn of(header: &ResponseHeader, variance: Option<HashBinary>) -> Option<ClientHead> {
-        use http::header;
-        let fields = &header.headers;
-        if header.status != http::StatusCode::OK || variance.is_some() {
-            return None;
-        }
-        let coding = varied_coding(fields)?;
-        let lengths = fields.get_all(header::CONTENT_LENGTH).iter().count();
-        let content_length = match lengths {
-            1 if !fields.contains_key(header::TRANSFER_ENCODING) => Some(
-                fields
-                    .get(header::CONTENT_LENGTH)?
-                    .to_str()
-                    .ok()?
-                    .trim()
-                    .parse()
-                    .ok()?,
-            ),
-            // the full path takes a coded body's length from the stored bytes (and drops a
-            // stored `Transfer-Encoding`)
-            0 if coding.is_some() => None,
-            _ => return None,
-        };
-        let mut client = header.clone();
-        for name in super::rfc9111::CLIENT_HIDDEN_HEADERS.iter().chain([
-            &header::AGE,
-            &header::ACCEPT_RANGES,
-            &header::CONNECTION,
-            &header::TRANSFER_ENCODING,
-        ]) {
-            client.remove_header(name);
-        }
-        let mut bytes = bytes::BytesMut::with_capacity(256);
-        bytes.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-        client.header_to_h1_wire(&mut bytes);
-        Some(ClientHead {
-            bytes: bytes.freeze(),
-            content_length,
-            has_date: fields.contains_key(header::DATE),
-            coding,
-        })
+/// The `Name: value\r\n` lines of `wire` (each with its CRLF), from `from` on.
+fn lines(wire: &[u8], from: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = from;
+    while let Some(n) = wire
+        .get(start..)
+        .and_then(|rest| rest.iter().position(|b| *b == b'\n'))
+    {
+        out.push(start..start + n + 1);
+        start += n + 1;
     }
+    out
+}
+
+/// The stored head for a header whose field lines (in stored order) are `wire`, with a client
+/// head: that head, the lines it leaves out, and the stored order when it differs (see
+/// [`StoredMeta`]). `None` when the client head is not made of stored lines (never), or the
+/// header has more fields than the order can count.
+fn with_client_head(wire: &[u8], client: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let stored = lines(wire, 0);
+    let sent = lines(client, STATUS_LINE.len());
+    let mut taken = vec![false; sent.len()];
+    let mut order = Vec::with_capacity(stored.len());
+    let mut left_out = Vec::new();
+    for line in &stored {
+        let line = &wire[line.clone()];
+        let found = sent
+            .iter()
+            .enumerate()
+            .position(|(j, s)| !taken[j] && &client[s.clone()] == line);
+        let at = match found {
+            Some(j) => {
+                taken[j] = true;
+                j
+            }
+            None => {
+                left_out.push(line);
+                sent.len() + left_out.len() - 1
+            }
+        };
+        order.push(u16::try_from(at).ok()?);
+    }
+    if taken.contains(&false) {
+        return None;
+    }
+    let in_order = order
+        .iter()
+        .enumerate()
+        .all(|(i, &at)| usize::from(at) == i);
+    let order_len = if in_order { 0 } else { 2 * order.len() };
+    let mut head = Vec::with_capacity(client.len() + wire.len() + order_len);
+    head.extend_from_slice(client);
+    left_out.iter().for_each(|l| head.extend_from_slice(l));
+    let lines_end = head.len();
+    if !in_order {
+        order
+            .iter()
+            .for_each(|at| head.extend_from_slice(&at.to_le_bytes()));
+    }
+    Some((head, lines_end))
 }
 
 fn meta_error(context: &'static str) -> Box<Error> {
@@ -237,26 +336,41 @@ impl StoredMeta {
         } else {
             Some(
                 rmp_serde::encode::to_vec(&fields)
-                    .map_err(|_| meta_error("cannot encode cache meta"))?,
+                    .map_err(|_| meta_error("cannot encode cache meta"))?
+                    .into_boxed_slice(),
             )
         };
-        let mut header = owned_header(meta.response_header())?;
-        // what pingora's header serialization keeps: HTTP/1.x version, canonical reason phrase
-        if header.version != Version::HTTP_10 {
-            header.set_version(Version::HTTP_11);
-        }
-        header.set_reason_phrase(None)?;
-        let client_head = ClientHead::of(&header, fields.variance);
+        let header = meta.response_header();
+        let mut wire = Vec::with_capacity(512);
+        header.header_to_h1_wire(&mut wire);
+        let arranged = client_head_of(header, fields.variance).and_then(|(client, facts)| {
+            let (head, lines_end) = with_client_head(&wire, &client)?;
+            let end = u32::try_from(client.len()).ok()?;
+            Some((head, lines_end, ClientFacts { end, ..facts }))
+        });
+        let (head, lines_end, client) = match arranged {
+            Some((head, lines_end, facts)) => (head, lines_end, Some(facts)),
+            None => {
+                let end = wire.len();
+                (wire, end, None)
+            }
+        };
         Ok(StoredMeta {
             fields,
             internal,
-            header,
-            client_head,
+            lines_end: u32::try_from(lines_end).map_err(|_| meta_error("stored head too large"))?,
+            head: Bytes::from(head.into_boxed_slice()),
+            status: header.status,
+            // what pingora's header serialization keeps: HTTP/1.x version, canonical reason
+            http10: header.version == Version::HTTP_10,
+            cased: header.has_case(),
+            client,
         })
     }
 
     /// A fresh `CacheMeta` equal to the one stored.
     pub fn to_meta(&self) -> Result<CacheMeta> {
+        let header = self.parse_header(self.cased)?;
         let Some(internal) = &self.internal else {
             let f = &self.fields;
             let mut meta = CacheMeta::new(
@@ -264,7 +378,7 @@ impl StoredMeta {
                 f.created,
                 f.stale_while_revalidate_sec,
                 f.stale_if_error_sec,
-                self.header.clone(),
+                header,
             );
             if let Some(v) = f.variance {
                 meta.set_variance(v);
@@ -278,18 +392,83 @@ impl StoredMeta {
             .as_deref()
             .ok_or_else(|| meta_error("header serializer unavailable"))?;
         let mut meta = CacheMeta::deserialize(internal, empty)?;
-        *meta.response_header_mut() = self.header.clone();
+        *meta.response_header_mut() = header;
         Ok(meta)
     }
 
-    /// The stored response header.
-    pub fn header(&self) -> &ResponseHeader {
-        &self.header
+    /// The stored response header, parsed from the stored bytes. (Stored bytes that do not
+    /// parse, which verge never writes, give a header with the stored status and no fields.)
+    pub fn header(&self) -> ResponseHeader {
+        self.header_as(self.cased)
+    }
+
+    /// [`StoredMeta::header`], with its fields' name case only if `cased` (and stored).
+    fn header_as(&self, cased: bool) -> ResponseHeader {
+        self.parse_header(cased).unwrap_or_else(|e| {
+            log::error!("a stored response head does not parse: {e}");
+            let (mut parts, ()) = http::Response::new(()).into_parts();
+            parts.status = self.status;
+            ResponseHeader::from(parts)
+        })
+    }
+
+    fn parse_header(&self, cased: bool) -> Result<ResponseHeader> {
+        let cased = cased && self.cased;
+        let invalid = || meta_error("stored response head is invalid");
+        let from = if self.client.is_some() {
+            STATUS_LINE.len()
+        } else {
+            0
+        };
+        let end = self.lines_end as usize;
+        let head = &self.head;
+        let spans = lines(head.get(..end).ok_or_else(invalid)?, from);
+        let mut header = if cased {
+            ResponseHeader::build(self.status, Some(spans.len()))?
+        } else {
+            ResponseHeader::build_no_case(self.status, Some(spans.len()))?
+        };
+        let mut add = |span: &Range<usize>| {
+            let line = &head[span.clone()];
+            let colon = line.iter().position(|b| *b == b':').ok_or_else(invalid)?;
+            // `Name: value\r\n`
+            let value = span.start + colon + 2..span.end - 2;
+            if value.start > value.end {
+                return Err(invalid());
+            }
+            let value = HeaderValue::from_maybe_shared(head.slice(value)).map_err(|_| invalid())?;
+            let name = span.start..span.start + colon;
+            if cased {
+                header.append_header(head.slice(name), value)
+            } else {
+                let name = HeaderName::from_bytes(&head[name]).map_err(|_| invalid())?;
+                header.append_header(name, value)
+            }
+        };
+        let order = head.get(end..).unwrap_or_default();
+        if order.is_empty() {
+            spans.iter().try_for_each(|s| add(s).map(drop))?;
+        } else {
+            for at in order.chunks_exact(2) {
+                let at = usize::from(u16::from_le_bytes([at[0], at[1]]));
+                add(spans.get(at).ok_or_else(invalid)?)?;
+            }
+        }
+        if self.http10 {
+            header.set_version(Version::HTTP_10);
+        }
+        Ok(header)
     }
 
     /// The head a plain hit on this entry sends, if the front door may answer it by itself.
-    pub fn client_head(&self) -> Option<&ClientHead> {
-        self.client_head.as_ref()
+    pub fn client_head(&self) -> Option<ClientHead<'_>> {
+        let c = self.client?;
+        Some(ClientHead {
+            bytes: self.head.get(..c.end as usize)?,
+            content_length: c.content_length,
+            has_date: c.has_date,
+            coding: c.coding,
+        })
     }
 
     /// Until when the entry is fresh (pingora's `CacheMeta::fresh_until`).
@@ -310,21 +489,12 @@ impl StoredMeta {
             .unwrap_or_default()
     }
 
-    /// Bytes charged for this metadata: the internal fields, the header as it would be sent plus
-    /// what holding each field costs (two map slots, with its name's case, and the owned name
-    /// and value), and the client head kept for plain hits.
+    /// Bytes charged for this metadata: itself, its stored head and pingora's encoding of its
+    /// fields when kept. (What holding it costs beyond that is in the storage's per-entry charge.)
     pub fn size(&self) -> usize {
-        let fields: usize = self
-            .header
-            .headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 4 + FIELD_OVERHEAD)
-            .sum();
-        std::mem::size_of::<InternalMetaV2>()
-            + self.internal.as_ref().map_or(0, Vec::len)
-            + 16
-            + fields
-            + self.client_head.as_ref().map_or(0, |h| h.bytes.len())
+        std::mem::size_of::<Self>()
+            + self.head.len()
+            + self.internal.as_ref().map_or(0, |i| i.len())
     }
 }
 
@@ -345,13 +515,31 @@ mod tests {
         CacheMeta::new(now + Duration::from_secs(60), now, 7, 9, header)
     }
 
-    /// The client head of a stored `200` with these fields (and this variance).
-    fn client_head(fields: &[(&str, &str)], variance: Option<HashBinary>) -> Option<ClientHead> {
+    /// The client head of a stored `200` with these fields (and this variance), as stored.
+    fn client_head(fields: &[(&str, &str)], variance: Option<HashBinary>) -> Option<Owned> {
         let mut header = ResponseHeader::build(200, None).expect("header");
         for (name, value) in fields {
             header.append_header(name.to_string(), *value).expect("h");
         }
-        ClientHead::of(&header, variance)
+        let now = SystemTime::now();
+        let mut meta = CacheMeta::new(now, now, 0, 0, header);
+        if let Some(v) = variance {
+            meta.set_variance_key(v);
+        }
+        let stored = StoredMeta::from_meta(&meta).expect("store");
+        let head = stored.client_head()?;
+        Some(Owned {
+            bytes: head.bytes.to_vec(),
+            content_length: head.content_length,
+            coding: head.coding,
+        })
+    }
+
+    /// A [`ClientHead`] copied out of its entry.
+    struct Owned {
+        bytes: Vec<u8>,
+        content_length: Option<usize>,
+        coding: Option<Coding>,
     }
 
     #[test]
@@ -511,7 +699,8 @@ mod tests {
             .expect("h");
         let now = SystemTime::now();
         let stored = StoredMeta::from_meta(&CacheMeta::new(now, now, 0, 0, header)).expect("store");
-        let value = stored.header().headers.get("x-shared").expect("kept");
+        let header = stored.header();
+        let value = header.headers.get("x-shared").expect("kept");
         assert_eq!(value.as_bytes(), b"vvv");
         let shared = read.as_ptr_range();
         assert!(
@@ -533,5 +722,138 @@ mod tests {
         let wire = wire(&back);
         assert!(wire.contains("Content-Type: text/plain"), "{wire}");
         assert!(stored.size() > "Content-Type: text/plain".len());
+    }
+}
+
+/// The stored head is parsed back into the header it was made from, field for field, in the
+/// same order and case, and a hit's head is the header as the full path sends it.
+#[cfg(test)]
+mod head_tests {
+    use super::*;
+    use http::header;
+
+    fn h1(header: &ResponseHeader) -> Vec<u8> {
+        let mut buf = Vec::new();
+        header.header_to_h1_wire(&mut buf);
+        buf
+    }
+
+    fn stored(header: ResponseHeader) -> StoredMeta {
+        let now = SystemTime::now();
+        StoredMeta::from_meta(&CacheMeta::new(now, now, 0, 0, header)).expect("store")
+    }
+
+    /// The head a hit sent before heads were kept as bytes: the header without the fields
+    /// clients never get, in the order that removing them leaves.
+    fn sent(header: &ResponseHeader) -> Vec<u8> {
+        let mut client = header.clone();
+        for name in crate::cache::rfc9111::CLIENT_HIDDEN_HEADERS.iter().chain([
+            &header::AGE,
+            &header::ACCEPT_RANGES,
+            &header::CONNECTION,
+            &header::TRANSFER_ENCODING,
+        ]) {
+            client.remove_header(name);
+        }
+        let mut buf = STATUS_LINE.to_vec();
+        client.header_to_h1_wire(&mut buf);
+        buf
+    }
+
+    fn interleaved() -> ResponseHeader {
+        let mut h = ResponseHeader::build(200, None).expect("header");
+        for (name, value) in [
+            ("Content-Type", "text/html"),
+            ("Accept-Ranges", "bytes"),
+            ("surrogate-key", "a b"),
+            ("X-Multi", "1"),
+            ("ETag", "\"v1\""),
+            ("x-multi", "2"),
+            ("Age", "3"),
+            ("X-Empty", ""),
+            ("Content-Length", "5"),
+            ("Cache-Tag", "t1"),
+            ("X-Multi", " 3"),
+        ] {
+            h.append_header(name.to_string(), value).expect("h");
+        }
+        h.insert_header(crate::cache::rfc9111::ENTRY_URL, "example.com/a")
+            .expect("h");
+        h
+    }
+
+    #[test]
+    fn fields_a_hit_does_not_send_keep_their_place() {
+        let header = interleaved();
+        let meta = stored(header.clone());
+        let head = meta.client_head().expect("a plain 200");
+        assert_eq!(head.bytes, &sent(&header)[..]);
+        assert_eq!(head.content_length, Some(5));
+        let back = meta.header();
+        assert_eq!(h1(&back), h1(&header));
+        assert_eq!(back.headers, header.headers);
+        let again = meta.to_meta().expect("load");
+        assert_eq!(h1(again.response_header()), h1(&header));
+    }
+
+    #[test]
+    fn other_heads_round_trip_too() {
+        // not a 200: no client head, the fields as they are
+        let mut gone = interleaved();
+        gone.set_status(404).expect("status");
+        let meta = stored(gone.clone());
+        assert!(meta.client_head().is_none());
+        let back = meta.header();
+        assert_eq!((back.status, h1(&back)), (gone.status, h1(&gone)));
+        // no name case (HTTP/2): titled standard names, the others as the map keeps them
+        let mut plain = ResponseHeader::build_no_case(200, None).expect("header");
+        plain.append_header("content-length", "2").expect("h");
+        plain.append_header("x-a", "1").expect("h");
+        plain.append_header("x-fetch-ms", "4").expect("h");
+        let meta = stored(plain.clone());
+        let back = meta.header();
+        assert!(!back.has_case());
+        assert_eq!(back.headers, plain.headers);
+        assert_eq!(meta.client_head().expect("head").bytes, &sent(&plain)[..]);
+        // HTTP/1.0 stays HTTP/1.0; no fields at all
+        let mut old = ResponseHeader::build(200, None).expect("header");
+        old.set_version(http::Version::HTTP_10);
+        let back = stored(old).header();
+        assert_eq!(back.version, http::Version::HTTP_10);
+        assert!(back.headers.is_empty());
+    }
+
+    #[test]
+    fn a_hit_reads_the_head_only_when_asked() {
+        let meta = stored(interleaved());
+        let lazy = HeadOnDemand::new(&meta);
+        assert!(lazy.parsed.get().is_none());
+        let first: *const ResponseHeader = lazy.header();
+        assert!(std::ptr::eq(first, lazy.header()), "parsed once");
+        assert_eq!(lazy.header().headers, interleaved().headers);
+    }
+
+    #[test]
+    fn the_lanes_checks_read_what_was_decided_when_stored() {
+        for cc in [
+            "max-age=60",
+            "public, max-age=60",
+            "s-maxage=60, must-revalidate",
+            "max-age=60, proxy-revalidate",
+            "no-cache=\"x\", max-age=5",
+        ] {
+            let mut h = ResponseHeader::build(200, None).expect("header");
+            h.append_header("Cache-Control", cc).expect("h");
+            h.append_header("Content-Length", "1").expect("h");
+            let meta = stored(h.clone());
+            assert!(meta.client_head().is_some(), "{cc}");
+            let lazy = HeadOnDemand::new(&meta);
+            assert_eq!(
+                (lazy.shared_with_credentials(), lazy.forbids_stale()),
+                (h.shared_with_credentials(), h.forbids_stale()),
+                "{cc}"
+            );
+            assert!(lazy.parsed.get().is_none(), "{cc}: decided without parsing");
+        }
     }
 }

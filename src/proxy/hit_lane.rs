@@ -30,6 +30,7 @@ use crate::cache::freshness::{Served, ServedState};
 use crate::cache::hit_decision::{self, HitDecision, StoredEntry};
 use crate::cache::request_view::RequestView;
 use crate::cache::storage::Servable;
+use crate::cache::stored_meta::HeadOnDemand;
 use crate::cache::{self, cache_status, request_directives, rfc9111, CacheEngine};
 use crate::config::{EdgeRules, LogField, Rewrite, RouteCache, RouteSpec};
 use crate::http_syntax::{host::canonical_host, scheme, target};
@@ -417,8 +418,9 @@ impl HitLane {
         if meta.fresh_until() < now {
             return None;
         }
+        let header = HeadOnDemand::new(meta);
         let stored = StoredEntry {
-            header: meta.header(),
+            header: &header,
             created: meta.created(),
             age: meta.age(now),
             fresh_until: meta.fresh_until(),
@@ -475,7 +477,7 @@ impl HitLane {
             },
             now,
         );
-        let stored = entry.head().map_or(&[][..], |h| &h.bytes[..]);
+        let stored = entry.head().map_or(&[][..], |h| h.bytes);
         let date = match entry.head() {
             Some(h) if !h.has_date => Some(pingora_core::protocols::http::date::get_cached_date()),
             _ => None,
@@ -544,6 +546,7 @@ impl HitLane {
         let route: &Route = &answer.route;
         let logged = answer.logged.as_ref();
         let meta = answer.entry.meta();
+        let header = HeadOnDemand::new(meta);
         let finished = Finished {
             route: Some(route),
             host: &answer.host,
@@ -565,7 +568,7 @@ impl HitLane {
                 let at = SystemTime::now();
                 Served {
                     state: ServedState::Fresh, // the lane serves fresh entries only
-                    header: meta.header(),
+                    header: &header,
                     created: meta.created(),
                     age: meta.age(at),
                     fresh_until: meta.fresh_until(),

@@ -31,7 +31,8 @@ impl Promote for MemoryStorage {
             meta,
             body,
             size,
-            key: key.clone(),
+            combined,
+            primary: key.primary_bin(),
             uses: AtomicU32::new(super::WRITTEN),
         };
         let store = |entry: Entry| {
@@ -47,8 +48,10 @@ impl Promote for MemoryStorage {
             store(entry);
             return;
         };
-        eviction.admit_new_with(CacheEntryKey::key_only(key), size, |victims| {
-            self.drop_victims(victims, &combined) && store(entry)
-        });
+        eviction.admit_new_with(
+            CacheEntryKey::key_only(super::key_of(combined)),
+            size,
+            |victims| self.drop_victims(victims, &combined) && store(entry),
+        );
     }
 }
