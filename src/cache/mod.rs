@@ -291,13 +291,19 @@ pub fn invalidation_verdict(
 /// The cache key: scheme, canonical host and the exact path and query the origin will be asked
 /// for. Parts are length-prefixed so no two different requests can collide. HEAD shares GET's key.
 /// The host is also the user tag, for host-wide purges.
+///
+/// The primary hash (BLAKE2) is computed here, once, and kept in the key: pingora-cache and
+/// the storage ask a key for it about a dozen times per miss (lookup, lock, predictor, fill,
+/// eviction, finish), and would hash the primary anew each time.
 pub fn cache_key(scheme: &str, host: &str, path_and_query: &str) -> CacheKey {
     let mut primary = Vec::with_capacity(scheme.len() + host.len() + path_and_query.len() + 12);
     for part in [scheme, host, path_and_query] {
         primary.extend_from_slice(&(part.len() as u32).to_be_bytes());
         primary.extend_from_slice(part.as_bytes());
     }
-    CacheKey::new(primary, host)
+    let mut key = CacheKey::new(primary, host);
+    key.set_primary_bin_override(key.primary_bin());
+    key
 }
 
 /// The cache key under a route's key rules: the query enters as the rules say (`key.query`).
@@ -495,6 +501,21 @@ mod tests {
             a.combined_bin(),
             cache_key("http", "a.com", "/x?y").combined_bin()
         );
+    }
+
+    #[test]
+    fn the_kept_primary_hash_is_pingoras_hash_of_the_primary() {
+        // entries on disk and in the eviction manager are found by this hash: computing it
+        // once must give what pingora-cache would compute from the primary each time
+        let key = cache_key("https", "a.com", "/x?y");
+        assert_eq!(
+            key.primary_bin(),
+            pingora_cache::key::hash_key(key.primary_key())
+        );
+        let mut varied = key.clone();
+        varied.set_variance_key([3; 16]);
+        assert_eq!(varied.primary_bin(), key.primary_bin());
+        assert_ne!(varied.combined_bin(), key.combined_bin());
     }
 
     #[tokio::test]

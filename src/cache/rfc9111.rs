@@ -218,9 +218,10 @@ pub static CLIENT_HIDDEN_HEADERS: [http::HeaderName; 7] = [
 
 /// Record the URL an entry is stored under (`host` + path and query, as keyed).
 pub fn set_entry_url(meta: &mut CacheMeta, host: &str, path_query: &str) {
-    let _ = meta
-        .response_header_mut()
-        .insert_header(ENTRY_URL, format!("{host}{path_query}"));
+    let mut url = String::with_capacity(host.len() + path_query.len());
+    url.push_str(host);
+    url.push_str(path_query);
+    let _ = meta.response_header_mut().insert_header(ENTRY_URL, url);
 }
 
 /// The host and path-and-query an entry is stored under, if recorded.
@@ -232,10 +233,10 @@ pub fn entry_url(headers: &http::HeaderMap) -> Option<(&str, &str)> {
 
 /// Record how long the fetch behind `meta` took (to its response head).
 pub fn set_fetch_duration(meta: &mut CacheMeta, took: Duration) {
-    // A decimal number is always a valid header value.
+    let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
     let _ = meta
         .response_header_mut()
-        .insert_header(FETCH_MS, took.as_millis().to_string());
+        .insert_header(FETCH_MS, http::HeaderValue::from(ms));
 }
 
 /// How long the fetch behind a stored entry took, if recorded.
@@ -248,11 +249,10 @@ pub fn fetch_duration(meta: &CacheMeta) -> Option<Duration> {
 pub fn set_fetched_at(meta: &mut CacheMeta, started: SystemTime) {
     let ms = started
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    // A decimal number is always a valid header value.
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let _ = meta
         .response_header_mut()
-        .insert_header(FETCHED_AT, ms.to_string());
+        .insert_header(FETCHED_AT, http::HeaderValue::from(ms));
 }
 
 /// When the fetch behind a stored entry started, if recorded.
@@ -601,6 +601,22 @@ mod tests {
             out.headers.get(FETCH_MS).map(|v| v.as_bytes()),
             Some(&b"1234"[..])
         );
+    }
+
+    #[test]
+    fn fetch_times_and_entry_urls_round_trip() {
+        let now = SystemTime::now();
+        let r = resp(200, &[("cache-control", "max-age=60")]);
+        let mut m = response_meta(&r, false, &rules(), now).expect("c");
+        let started = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_000_000_123);
+        set_fetched_at(&mut m, started);
+        assert_eq!(fetched_at(m.headers()), Some(started));
+        assert_eq!(
+            m.headers().get(FETCHED_AT).map(|v| v.as_bytes()),
+            Some(&b"1764000000123"[..])
+        );
+        set_entry_url(&mut m, "a.com", "/x?y=1");
+        assert_eq!(entry_url(m.headers()), Some(("a.com", "/x?y=1")));
     }
 
     #[test]
