@@ -14,6 +14,7 @@ pub mod edge;
 pub mod error_page;
 pub mod filter;
 pub mod finish;
+pub mod gzip_codec;
 pub mod headers;
 pub mod hit_lane;
 pub mod origin_response;
