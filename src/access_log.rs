@@ -7,9 +7,11 @@
 
 use crate::config::{LogField, LogFormat, LogTarget};
 use crate::metrics::METRICS;
+use parking_lot::Mutex;
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -25,6 +27,10 @@ const QUEUE: usize = 65_536;
 pub struct LogSink {
     tx: SyncSender<String>,
     target: LogTarget,
+    /// The writer's end, until the first line starts its thread: the file is opened at start,
+    /// but a thread started then would not outlive `--daemon`'s fork.
+    writer: Mutex<Option<(Receiver<String>, Output)>>,
+    started: AtomicBool,
 }
 
 impl LogSink {
@@ -34,14 +40,30 @@ impl LogSink {
     pub fn open(target: &LogTarget) -> std::io::Result<Arc<LogSink>> {
         let out = Output::open(target)?;
         let (tx, rx) = sync_channel(QUEUE);
-        let watched = target.clone();
-        std::thread::Builder::new()
-            .name("verge-access-log".into())
-            .spawn(move || write_loop(rx, out, watched))?;
         Ok(Arc::new(LogSink {
             tx,
             target: target.clone(),
+            writer: Mutex::new(Some((rx, out))),
+            started: AtomicBool::new(false),
         }))
+    }
+
+    /// Start the writer thread, once.
+    fn start(&self) {
+        let Some((rx, out)) = self.writer.lock().take() else {
+            return;
+        };
+        self.started.store(true, Ordering::Release);
+        let target = self.target.clone();
+        if let Err(e) = std::thread::Builder::new()
+            .name("verge-access-log".into())
+            .spawn(move || write_loop(rx, out, target))
+        {
+            log::error!(
+                "cannot start the access log's writer for {}: {e}",
+                self.target
+            );
+        }
     }
 
     /// Where its lines go.
@@ -52,6 +74,9 @@ impl LogSink {
     /// Queue `record`'s line in `format` (the serving config's `access_log.format`); drops it
     /// (and counts it) rather than wait when the writer is behind.
     pub fn log(&self, record: &Record<'_>, format: &LogFormat) {
+        if !self.started.load(Ordering::Acquire) {
+            self.start();
+        }
         let mut line = record.line(format);
         line.push('\n');
         if self.tx.try_send(line).is_err() {
@@ -60,6 +85,7 @@ impl LogSink {
     }
 }
 
+#[derive(Debug)]
 enum Output {
     Stdout(std::io::Stdout),
     File { writer: BufWriter<File>, inode: u64 },

@@ -251,6 +251,22 @@ async fn access_log_path_that_cannot_be_opened_refuses_the_reload_and_the_old_fi
     .await;
 }
 
+/// `verge reload` with the same config (log at `access.log`), then one request with user agent
+/// `agent`: its line must be the only one in the file at the path.
+async fn reload_then_request(v: &Verge, o: &Origin, agent: &str) {
+    let (code, err) = v.verge_reload_with(&config(o, "one", Some("access.log")));
+    assert_eq!(code, Some(0), "{err}");
+    fetch(v, &format!("/m/{agent}"), &[("user-agent", agent)]).await;
+    let path = v.dir().join("access.log");
+    assert_eventually(
+        Duration::from_secs(5),
+        "the line in the file at the path",
+        || async { agents(&path) },
+        |got| got == &[agent],
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn access_log_rotated_by_mv_and_reload_goes_to_the_new_file_at_once() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -272,16 +288,7 @@ async fn access_log_rotated_by_mv_and_reload_goes_to_the_new_file_at_once() {
     std::fs::File::create(&path).expect("create");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
     let created = std::fs::metadata(&path).expect("created").ino();
-    let (code, err) = v.verge_reload_with(&config(&o, "one", Some("access.log")));
-    assert_eq!(code, Some(0), "{err}");
-    fetch(&v, "/m/2", &[("user-agent", "second")]).await;
-    assert_eventually(
-        Duration::from_secs(5),
-        "the next line in the new file",
-        || async { agents(&path) },
-        |got| got == &["second"],
-    )
-    .await;
+    reload_then_request(&v, &o, "second").await;
     let meta = std::fs::metadata(&path).expect("new file");
     assert_eq!(meta.ino(), created, "the file logrotate created is written");
     assert_eq!(meta.mode() & 0o777, 0o640, "with the mode it was given");
@@ -289,16 +296,7 @@ async fn access_log_rotated_by_mv_and_reload_goes_to_the_new_file_at_once() {
 
     // without `create`: the reload creates it
     std::fs::rename(&path, &rotated).expect("mv again");
-    let (code, err) = v.verge_reload_with(&config(&o, "one", Some("access.log")));
-    assert_eq!(code, Some(0), "{err}");
-    fetch(&v, "/m/3", &[("user-agent", "third")]).await;
-    assert_eventually(
-        Duration::from_secs(5),
-        "a new file at the path",
-        || async { agents(&path) },
-        |got| got == &["third"],
-    )
-    .await;
+    reload_then_request(&v, &o, "third").await;
     assert_eq!(agents(&rotated), ["second"]);
 
     // the rotated file is closed once nothing writes to it
