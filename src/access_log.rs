@@ -1,69 +1,91 @@
 //! The access log: one line per request, JSON (the configured fields, `time` first) or the
 //! combined format, written by a background thread to a file (reopened when logrotate moves it)
 //! or stdout; never blocks a request (lines are dropped and counted when the writer falls
-//! behind). The format is the one in the config that served the request, so a reload switches
-//! it from the next line on; the target is the one opened at start.
+//! behind). A [`LogSink`] is one opened destination; the config snapshot that serves a request
+//! carries the sink and the format its line takes, so a reload switches both from the next line
+//! on, and a sink no snapshot holds any more writes what it was given and closes.
 
-use crate::config::{AccessLogSpec, LogField, LogFormat};
+use crate::config::{LogField, LogFormat, LogTarget};
 use crate::metrics::METRICS;
+use parking_lot::Mutex;
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Lines buffered between requests and the writer thread.
 const QUEUE: usize = 65_536;
 
-pub use crate::config::LogTarget;
-
-/// A running access log.
+/// One opened destination of the access log (a file or stdout) and the thread writing to it.
+/// Lines are written whole and in the order they were queued. When the last handle is dropped
+/// (no snapshot, hence no request, can queue a line any more), the thread writes what is still
+/// queued, flushes and closes the file.
 #[derive(Debug)]
-pub struct AccessLog {
+pub struct LogSink {
     tx: SyncSender<String>,
-    /// The format of lines whose config names none (an embedding's log, not the config's).
-    format: LogFormat,
+    target: LogTarget,
+    /// The writer's end, until the first line starts its thread: the file is opened at start,
+    /// but a thread started then would not outlive `--daemon`'s fork.
+    writer: Mutex<Option<(Receiver<String>, Output)>>,
+    started: AtomicBool,
 }
 
-impl AccessLog {
-    /// Open the target and start the writer thread.
-    pub fn start(spec: AccessLogSpec) -> std::io::Result<AccessLog> {
-        let target = spec.target;
-        let out = Output::open(&target)?;
+impl LogSink {
+    /// Open `target` (a file is created if missing and appended to) and start its writer
+    /// thread. A file already open in another sink is opened again: this is how a reload
+    /// reopens the log after logrotate moved it.
+    pub fn open(target: &LogTarget) -> std::io::Result<Arc<LogSink>> {
+        let out = Output::open(target)?;
         let (tx, rx) = sync_channel(QUEUE);
-        std::thread::Builder::new()
-            .name("verge-access-log".into())
-            .spawn(move || write_loop(rx, out, target))?;
-        Ok(AccessLog {
+        Ok(Arc::new(LogSink {
             tx,
-            format: spec.format,
-        })
+            target: target.clone(),
+            writer: Mutex::new(Some((rx, out))),
+            started: AtomicBool::new(false),
+        }))
     }
 
-    /// Queue one line in `format` (the serving config's `access_log.format`; `None`: the one
-    /// the log started with); drops it (and counts it) rather than wait when the writer is
-    /// behind.
-    pub fn log(&self, record: &Record<'_>, format: Option<&LogFormat>) {
-        let line = record.line(format.unwrap_or(&self.format));
+    /// Start the writer thread, once.
+    fn start(&self) {
+        let Some((rx, out)) = self.writer.lock().take() else {
+            return;
+        };
+        self.started.store(true, Ordering::Release);
+        let target = self.target.clone();
+        if let Err(e) = std::thread::Builder::new()
+            .name("verge-access-log".into())
+            .spawn(move || write_loop(rx, out, target))
+        {
+            log::error!(
+                "cannot start the access log's writer for {}: {e}",
+                self.target
+            );
+        }
+    }
+
+    /// Where its lines go.
+    pub fn target(&self) -> &LogTarget {
+        &self.target
+    }
+
+    /// Queue `record`'s line in `format` (the serving config's `access_log.format`); drops it
+    /// (and counts it) rather than wait when the writer is behind.
+    pub fn log(&self, record: &Record<'_>, format: &LogFormat) {
+        if !self.started.load(Ordering::Acquire) {
+            self.start();
+        }
+        let mut line = record.line(format);
+        line.push('\n');
         if self.tx.try_send(line).is_err() {
             METRICS.access_log_dropped.inc();
         }
     }
-
-    /// The format lines take under `config`: its `access_log.format`, else the start's.
-    pub fn format_under<'a>(&'a self, config: &'a crate::config::Config) -> &'a LogFormat {
-        config
-            .access_log
-            .as_ref()
-            .map_or(&self.format, |spec| &spec.format)
-    }
-
-    /// Whether lines written under `config` carry this field.
-    pub fn writes(&self, config: &crate::config::Config, field: LogField) -> bool {
-        self.format_under(config).writes(field)
-    }
 }
 
+#[derive(Debug)]
 enum Output {
     Stdout(std::io::Stdout),
     File { writer: BufWriter<File>, inode: u64 },
@@ -85,10 +107,13 @@ impl Output {
         })
     }
 
+    /// Write one line (with its newline) in one piece: the buffer is flushed before a line
+    /// that does not fit, never in the middle of one, so another sink appending to the same
+    /// file (a reload's, while this one drains) never tears it.
     fn write_line(&mut self, line: &str) -> std::io::Result<()> {
         match self {
-            Output::Stdout(s) => writeln!(s.lock(), "{line}"),
-            Output::File { writer, .. } => writeln!(writer, "{line}"),
+            Output::Stdout(s) => s.lock().write_all(line.as_bytes()),
+            Output::File { writer, .. } => writer.write_all(line.as_bytes()),
         }
     }
 
@@ -116,37 +141,38 @@ fn write_loop(rx: Receiver<String>, mut out: Output, target: LogTarget) {
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(line) => {
-                if let Err(e) = out.write_line(&line) {
-                    log::error!("access log write failed: {e}");
+                write_line(&mut out, &line);
+                for line in rx.try_iter().take(4096) {
+                    write_line(&mut out, &line);
                 }
-                continue_draining(&rx, &mut out);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                let _ = out.flush();
+                // every sender is gone and every line they queued was received: close
+                if let Err(e) = out.flush() {
+                    log::error!("access log write failed: {e}");
+                }
                 return;
             }
         }
-        let _ = out.flush();
+        if let Err(e) = out.flush() {
+            log::error!("access log write failed: {e}");
+        }
         if checked.elapsed() >= Duration::from_secs(1) {
             checked = Instant::now();
             if out.rotated(&target) {
-                let _ = out.flush();
                 match Output::open(&target) {
                     Ok(o) => out = o,
-                    Err(e) => log::error!("cannot reopen the access log: {e}"),
+                    Err(e) => log::error!("cannot reopen the access log {target}: {e}"),
                 }
             }
         }
     }
 }
 
-/// Write whatever else is already queued before flushing once.
-fn continue_draining(rx: &Receiver<String>, out: &mut Output) {
-    for line in rx.try_iter().take(4096) {
-        if let Err(e) = out.write_line(&line) {
-            log::error!("access log write failed: {e}");
-        }
+fn write_line(out: &mut Output, line: &str) {
+    if let Err(e) = out.write_line(line) {
+        log::error!("access log write failed: {e}");
     }
 }
 
@@ -464,38 +490,36 @@ mod tests {
         );
     }
 
+    /// Wait until the file at `p` holds something `done` accepts.
+    fn wait_for(p: &std::path::Path, done: impl Fn(&str) -> bool) -> bool {
+        for _ in 0..200 {
+            if std::fs::read_to_string(p).is_ok_and(|t| done(&t)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     #[test]
     fn file_log_is_written_and_reopened_after_rotation() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.log");
-        let log = AccessLog::start(AccessLogSpec {
-            target: LogTarget::File(path.clone()),
-            format: LogFormat::default(),
-        })
-        .unwrap();
+        let sink = LogSink::open(&LogTarget::File(path.clone())).unwrap();
         let rec = Record {
             host: "a",
             method: "GET",
             path: "/1",
             ..Record::default()
         };
-        log.log(&rec, None);
-        let wait_for = |p: &std::path::Path, needle: &str| {
-            for _ in 0..100 {
-                if std::fs::read_to_string(p).is_ok_and(|t| t.contains(needle)) {
-                    return true;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            false
-        };
-        assert!(wait_for(&path, "\"/1\""));
+        sink.log(&rec, &LogFormat::default());
+        assert!(wait_for(&path, |t| t.contains("\"/1\"")));
         std::fs::rename(&path, dir.path().join("access.log.1")).unwrap();
         // the writer notices the move within a second and opens a new file at the path
         std::thread::sleep(Duration::from_millis(1300));
-        log.log(&Record { path: "/2", ..rec }, Some(&LogFormat::Combined));
+        sink.log(&Record { path: "/2", ..rec }, &LogFormat::Combined);
         assert!(
-            wait_for(&path, "GET /2 "),
+            wait_for(&path, |t| t.contains("GET /2 ")),
             "a new file was opened at the path"
         );
         let old = std::fs::read_to_string(dir.path().join("access.log.1")).unwrap();
@@ -505,5 +529,48 @@ mod tests {
             new.starts_with("- - - [-] \"GET /2 \""),
             "the format asked for: {new}"
         );
+    }
+
+    #[test]
+    fn sinks_sharing_a_file_write_whole_lines_and_a_dropped_one_writes_all_it_was_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let target = LogTarget::File(path.clone());
+        // a reload opens the same file again while the old sink still drains
+        let sinks = [
+            LogSink::open(&target).unwrap(),
+            LogSink::open(&target).unwrap(),
+        ];
+        let long = "x".repeat(3000);
+        std::thread::scope(|scope| {
+            for (s, sink) in sinks.iter().enumerate() {
+                let long = &long;
+                scope.spawn(move || {
+                    for i in 0..4000 {
+                        let path = format!("/{s}/{i}/{long}");
+                        let rec = Record {
+                            path: &path,
+                            ..Record::default()
+                        };
+                        sink.log(&rec, &LogFormat::Json(vec![LogField::Path]));
+                    }
+                });
+            }
+        });
+        drop(sinks);
+        assert!(
+            wait_for(&path, |t| t.lines().count() >= 8000),
+            "every queued line is written after the sinks are dropped"
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("a whole line");
+            assert!(
+                seen.insert(v["path"].as_str().unwrap_or("").to_string()),
+                "{line}"
+            );
+        }
+        assert_eq!(seen.len(), 8000, "none lost, none twice");
     }
 }

@@ -306,7 +306,7 @@ impl Ingress {
             }
         };
         let sent = write_both(stream, &answer.head, &answer.body).await.is_ok();
-        let client = hits
+        let client = answer
             .logs()
             .then(|| stream.get_socket_digest())
             .flatten()

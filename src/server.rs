@@ -1,6 +1,6 @@
 //! Assembles a Pingora `Server` from a validated config: listeners, admin, health checks.
 
-use crate::access_log::AccessLog;
+use crate::access_log::LogSink;
 use crate::admin::AdminApp;
 use crate::cache::CacheEngine;
 use crate::config::{Config, H2Limits, ListenerSpec};
@@ -135,7 +135,13 @@ fn shared_snapshot(
     filters: &Filters,
     readiness: &Readiness,
 ) -> Result<SharedSnapshot, ServeError> {
-    let snapshot = starting_snapshot(config, filters, readiness)?;
+    let mut snapshot = starting_snapshot(config, filters, readiness)?;
+    // the access log is opened once here; a reload opens its destination anew
+    if let Some(spec) = &config.access_log {
+        let sink = LogSink::open(&spec.target)
+            .map_err(|e| ServeError::AccessLog(format!("{}: {e}", spec.target)))?;
+        snapshot.access_log = Some(sink);
+    }
     METRICS
         .config_info
         .with_label_values(&[&config.version])
@@ -182,7 +188,6 @@ fn listener_service(
     spec: &ListenerSpec,
     snapshot: &SharedSnapshot,
     cache: &'static CacheEngine,
-    access_log: &Option<Arc<AccessLog>>,
     filters: &Filters,
     certificates: &mut Vec<Arc<ListenerCertificates>>,
 ) -> Result<Service<Ingress>, ServeError> {
@@ -196,7 +201,6 @@ fn listener_service(
     };
     let edge = EdgeProxy::new(snapshot.clone(), info, cache)
         .with_forwarding_trust(spec.trusted_forwarding.clone())
-        .with_access_log(access_log.clone())
         .with_filters(filters.clone());
     let mut proxy = pingora_proxy::http_proxy(conf, edge);
     let mut options = HttpServerOptions::default();
@@ -209,14 +213,8 @@ fn listener_service(
         .with_proxy_protocol(spec.proxy_protocol.clone());
     if cache.settings.hit_lane {
         ingress = ingress.with_hit_lane(
-            HitLane::new(
-                snapshot.clone(),
-                cache,
-                filters.clone(),
-                access_log.clone(),
-                spec.tls.is_some(),
-            )
-            .with_listener_name(&spec.name),
+            HitLane::new(snapshot.clone(), cache, filters.clone(), spec.tls.is_some())
+                .with_listener_name(&spec.name),
         );
     }
     let endpoint = ListenerConfig::tcp(spec.addr.to_string()).l4_buffer(L4BufferSettings {
@@ -314,14 +312,6 @@ pub fn build_server_with_filters(
     server.bootstrap();
     let conf = server.configuration.clone();
     let cache = CacheEngine::new(config.cache.clone()).map_err(ServeError::DiskCache)?;
-    let access_log = match &config.access_log {
-        None => None,
-        Some(spec) => {
-            Some(Arc::new(AccessLog::start(spec.clone()).map_err(|e| {
-                ServeError::AccessLog(format!("{:?}: {e}", spec.target))
-            })?))
-        }
-    };
     let mut certificates = Vec::new();
     for spec in &config.listeners {
         server.add_service(listener_service(
@@ -329,7 +319,6 @@ pub fn build_server_with_filters(
             spec,
             &snapshot,
             cache,
-            &access_log,
             filters,
             &mut certificates,
         )?);

@@ -1,7 +1,8 @@
 //! The one immutable value the hot path reads: routing table and pools, swapped whole via `ArcSwap`.
 
+use crate::access_log::LogSink;
 use crate::cache::invalidation::index::InvalidationIndex;
-use crate::config::{Config, RouteSpec};
+use crate::config::{Config, LogField, LogFormat, RouteSpec};
 use crate::control::wire::Position;
 use crate::routing::RouteTable;
 use crate::upstream::pool::{Pool, PoolBuildError};
@@ -40,6 +41,10 @@ pub struct Snapshot {
     pub control: ControlState,
     /// The tier ring this node is a member of (`tier:`), if any.
     pub tier: Option<Arc<Ring>>,
+    /// Where access-log lines of the requests it serves go (`None`: the log is off). Opened at
+    /// start and by each reload (before the swap); every other snapshot keeps its previous's
+    /// while `access_log.path` is the same. The sink closes when no snapshot holds it.
+    pub access_log: Option<Arc<LogSink>>,
 }
 
 /// The control plane's part of a snapshot: its position, the policy document, invalidations.
@@ -110,8 +115,16 @@ impl Snapshot {
             }
             None => None,
         };
+        // the same destination as before: the sink already open (a reload opens its own)
+        let access_log = previous.and_then(|p| p.access_log.clone()).filter(|sink| {
+            config
+                .access_log
+                .as_ref()
+                .is_some_and(|spec| &spec.target == sink.target())
+        });
         Ok(Snapshot {
             tier,
+            access_log,
             version: config.version.clone(),
             built_at: SystemTime::now(),
             table,
@@ -120,6 +133,17 @@ impl Snapshot {
             control,
             config: Arc::new(config.clone()),
         })
+    }
+
+    /// The access log's destination and the format of its lines, when the log is on.
+    pub fn log(&self) -> Option<(&LogSink, &LogFormat)> {
+        let spec = self.config.access_log.as_ref()?;
+        Some((self.access_log.as_deref()?, &spec.format))
+    }
+
+    /// Whether the access log is on and its lines carry `field`.
+    pub fn logs_field(&self, field: LogField) -> bool {
+        self.log().is_some_and(|(_, format)| format.writes(field))
     }
 
     /// The route with this `name` (names are unique in a validated config).

@@ -6,8 +6,19 @@
 pub enum LogTarget {
     /// Standard output (`path: -`).
     Stdout,
-    /// Appended to this file; reopened within a second when it is moved or removed (logrotate).
+    /// Appended to this file; reopened within a second when it is moved or removed (logrotate),
+    /// and on every reload.
     File(std::path::PathBuf),
+}
+
+impl std::fmt::Display for LogTarget {
+    /// As `access_log.path` writes it: the file's path, or `-`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogTarget::Stdout => f.write_str("-"),
+            LogTarget::File(p) => write!(f, "{}", p.display()),
+        }
+    }
 }
 
 /// `access_log:`: where lines go, and how they are written.

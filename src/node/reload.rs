@@ -1,8 +1,11 @@
 //! In-place config reload (SIGHUP, `verge reload`): re-read the config file, validate it, and
 //! swap a new snapshot in the way a control-plane update does. Pools whose spec did not change
-//! keep their health state and upstream connections; the cache is untouched. What only a new
-//! process can change (sockets, threads, the cache's size...) is refused, naming the keys.
+//! keep their health state and upstream connections; the cache is untouched. The access log's
+//! destination is opened anew (another file, on or off, or the same path after logrotate moved
+//! it) before the swap. What only a new process can change (sockets, threads, the cache's
+//! size...) is refused, naming the keys.
 
+use crate::access_log::LogSink;
 use crate::config::{Config, ConfigErrors};
 use crate::metrics::METRICS;
 use crate::node::poller::config_for;
@@ -36,6 +39,14 @@ pub enum ReloadError {
     /// The file validates but its pools could not be built.
     #[error("cannot build the new snapshot: {0}")]
     Build(String),
+    /// The access log's destination cannot be opened; the old one keeps being written.
+    #[error("access_log.path: cannot open {path}: {reason}")]
+    AccessLog {
+        /// The file (`-`: stdout).
+        path: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl ReloadError {
@@ -44,7 +55,7 @@ impl ReloadError {
         match self {
             ReloadError::NoFile | ReloadError::Invalid(_) => "invalid",
             ReloadError::NeedsRestart(_) => "needs_restart",
-            ReloadError::Build(_) => "failed",
+            ReloadError::Build(_) | ReloadError::AccessLog { .. } => "failed",
         }
     }
 
@@ -59,8 +70,8 @@ impl ReloadError {
 
 /// The keys of `new` that differ from `running` and that only a new process can apply: the
 /// listening sockets and their TLS and limits, the admin listener, the `server:` settings
-/// Pingora reads at start, the cache (its memory is allocated once), the access log's target
-/// (turning it on or off, or another file), and the control-plane link.
+/// Pingora reads at start, the cache (its memory is allocated once), and the control-plane link.
+/// (The access log's `path` is not among them: a reload opens it anew.)
 pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     fn differs<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
         format!("{a:?}") != format!("{b:?}")
@@ -108,12 +119,6 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
         ("server.error_log", a.error_log == b.error_log),
         ("server.ca_file", a.ca_file == b.ca_file),
         ("cache", running.cache == new.cache),
-        // the format is read per request from the snapshot; the file or stdout is opened once
-        (
-            "access_log.path",
-            running.access_log.as_ref().map(|a| &a.target)
-                == new.access_log.as_ref().map(|a| &a.target),
-        ),
         ("control", !differs(&running.control, &new.control)),
     ] {
         if !same {
@@ -181,8 +186,21 @@ impl FileReloader {
                     .map_err(|e| ReloadError::Build(e.to_string()))?,
                 None => new.clone(),
             };
-            let snapshot = Snapshot::build_with(&serving, Some(current), current.control.clone())
-                .map_err(|e| ReloadError::Build(e.to_string()))?;
+            let mut snapshot =
+                Snapshot::build_with(&serving, Some(current), current.control.clone())
+                    .map_err(|e| ReloadError::Build(e.to_string()))?;
+            // opened before the swap: one that cannot be is refused with nothing changed
+            snapshot.access_log = match &serving.access_log {
+                Some(spec) => {
+                    Some(
+                        LogSink::open(&spec.target).map_err(|e| ReloadError::AccessLog {
+                            path: spec.target.to_string(),
+                            reason: e.to_string(),
+                        })?,
+                    )
+                }
+                None => None,
+            };
             Ok(Some((snapshot, Some(new.clone()))))
         })?;
         crate::node::log_level::apply(new.server.log_level);
@@ -334,15 +352,14 @@ mod tests {
             restart_only_changes(&json, &log("{path: '-', format: combined}")).is_empty(),
             "the format applies on reload"
         );
-        assert_eq!(
-            restart_only_changes(&json, &a),
-            vec!["access_log.path"],
-            "turning the log off"
+        assert!(
+            restart_only_changes(&json, &a).is_empty(),
+            "turning the log off applies on reload"
         );
         let file = format!("{{path: {:?}}}", std::env::temp_dir().join("a.log"));
-        assert_eq!(
-            restart_only_changes(&json, &log(&file)),
-            vec!["access_log.path"]
+        assert!(
+            restart_only_changes(&json, &log(&file)).is_empty(),
+            "another file applies on reload"
         );
     }
 }

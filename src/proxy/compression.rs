@@ -1,5 +1,5 @@
 //! Route compression in Pingora's phases (`routes[].compression`), through the decisions in
-//! [`super::content_coding`], pingora-core's gzip encoder and decoder, and
+//! [`super::content_coding`], pingora-core's gzip encoder, [`super::gzip_codec`] and
 //! [`super::brotli_codec`]:
 //!
 //! - a request that may fill the cache asks the origin for `br, gzip` (one stored encoding,
@@ -13,6 +13,7 @@
 
 use super::brotli_codec::{BrotliDecoder, BrotliEncoder};
 use super::content_coding::{self, AcceptEncoding, Fill, Serve, UPSTREAM_ACCEPT_ENCODING};
+use super::gzip_codec::GzipDecoder;
 use crate::cache::storage::stored_body_len;
 use crate::config::{Coding, CompressionSpec};
 use crate::metrics::METRICS;
@@ -68,13 +69,11 @@ fn compressor(coding: Coding, level: u32) -> Result<Box<dyn Encode + Send + Sync
     }
 }
 
-/// A decoder for `coding` (gzip: pingora-core's; brotli: [`BrotliDecoder`]).
-fn decoder(coding: Coding) -> Result<Box<dyn Encode + Send + Sync>> {
+/// A decoder for `coding` ([`GzipDecoder`], [`BrotliDecoder`]).
+fn decoder(coding: Coding) -> Box<dyn Encode + Send + Sync> {
     match coding {
-        Coding::Br => Ok(Box::new(BrotliDecoder::new())),
-        Coding::Gzip => Algorithm::Gzip
-            .decompressor(true)
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no gzip decoder")),
+        Coding::Br => Box::new(BrotliDecoder::new()),
+        Coding::Gzip => Box::new(GzipDecoder::new()),
     }
 }
 
@@ -236,7 +235,7 @@ pub fn client_head(
     content_coding::decoded_head(resp)?;
     let bodiless = req.method == http::Method::HEAD || matches!(resp.status.as_u16(), 204 | 304);
     if !bodiless {
-        let encoder = decoder(coding)?;
+        let encoder = decoder(coding);
         state.serve = Some(Codec { coding, encoder });
         METRICS
             .decompressed_responses

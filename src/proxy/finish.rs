@@ -5,7 +5,7 @@
 use super::context::{client_ip, RequestCtx};
 use super::{caching, tier};
 pub use crate::access_log::Seen;
-use crate::access_log::{key_hex, AccessLog, Record};
+use crate::access_log::{key_hex, Record};
 use crate::cache::collapse::LockWait;
 pub use crate::cache::freshness::{Served, ServedState};
 use crate::http_syntax::path_and_query;
@@ -66,9 +66,11 @@ pub fn record(
     ctx: &mut RequestCtx,
     listener: &str,
     scheme: &'static str,
-    access_log: Option<&AccessLog>,
     snapshot: &SharedSnapshot,
 ) {
+    // the snapshot in force now says whether the line is written, where and how
+    let snapshot = snapshot.load();
+    let logs = snapshot.log().is_some();
     if let Some(d) = ctx.deadline.as_mut() {
         d.disarm();
     }
@@ -78,13 +80,15 @@ pub fn record(
     let phase = session.cache.phase();
     tier::count_avoided_fetch(ctx, phase);
     let lookup = lookup_result(phase, ctx.stored, ctx.bypass.is_some());
-    let key = access_log
-        .and_then(|_| session.cache.maybe_cache_key())
+    let key = logs
+        .then(|| session.cache.maybe_cache_key())
+        .flatten()
         .map(|k| k.combined_bin());
     let req = session.req_header();
     let field = |name| req.headers.get(name).and_then(|v| v.to_str().ok());
-    let tls_version = access_log
-        .and(session.digest())
+    let tls_version = logs
+        .then(|| session.digest())
+        .flatten()
         .and_then(|d| d.ssl_digest.as_ref())
         .map(|d| tls_version_name(&d.version));
     let finished = Finished {
@@ -137,7 +141,7 @@ pub fn record(
         },
         decided_with: ctx.decided_with.as_deref(),
     };
-    finish(&finished, access_log, snapshot);
+    finish(&finished, &snapshot);
 }
 
 /// A protocol version as logs write it.
@@ -156,8 +160,9 @@ pub fn tls_version_name(version: &str) -> String {
     version.replace('_', ".")
 }
 
-/// Count `f` in the metrics and write its access-log line (when there is a log).
-pub fn finish(f: &Finished<'_>, log: Option<&AccessLog>, snapshot: &SharedSnapshot) {
+/// Count `f` in the metrics and write its access-log line where `snapshot` (the one in force
+/// when the request ends) sends it, in its format (when its log is on).
+pub fn finish(f: &Finished<'_>, snapshot: &Snapshot) {
     let route = f.route.map_or("", |r| r.spec.name.as_str());
     METRICS.record_request(&RequestOutcome {
         route,
@@ -173,10 +178,10 @@ pub fn finish(f: &Finished<'_>, log: Option<&AccessLog>, snapshot: &SharedSnapsh
             .with_label_values(&[route, wait.as_str()])
             .inc();
     }
+    let log = snapshot.log();
     if f.served.is_none() && log.is_none() {
         return;
     }
-    let snapshot = snapshot.load();
     if let Some(served) = &f.served {
         let class = f
             .route
@@ -194,10 +199,9 @@ pub fn finish(f: &Finished<'_>, log: Option<&AccessLog>, snapshot: &SharedSnapsh
         let budget = snapshot.config.classes.get(class).map(|c| c.budget);
         crate::cache::freshness::record(class, budget, served, received, index);
     }
-    let Some(log) = log else {
+    let Some((log, format)) = log else {
         return;
     };
-    let format = log.format_under(&snapshot.config);
     log.log(
         &Record {
             time: Some(SystemTime::now()),
@@ -219,7 +223,7 @@ pub fn finish(f: &Finished<'_>, log: Option<&AccessLog>, snapshot: &SharedSnapsh
             request_id: f.request_id,
             seen: f.seen,
         },
-        Some(format),
+        format,
     );
 }
 

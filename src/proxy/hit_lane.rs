@@ -24,7 +24,6 @@
 use super::content_coding::AcceptEncoding;
 use super::filter::Filters;
 use super::finish::{finish, Finished, Seen};
-use crate::access_log::AccessLog;
 use crate::cache::collapse::LockWait;
 use crate::cache::freshness::{Served, ServedState};
 use crate::cache::hit_decision::{self, HitDecision, StoredEntry};
@@ -307,10 +306,18 @@ pub struct Answer {
     key: pingora_cache::key::HashBinary,
     /// The entry it came from, for the freshness metrics.
     entry: Servable,
-    /// The snapshot the decision to serve it read (the freshness check judges by it).
+    /// The snapshot the decision to serve it read: the freshness check judges by it, and its
+    /// access log (destination and format) takes the line.
     decided_with: Arc<Snapshot>,
     /// What the access log records of the request, kept only when one is written.
     logged: Option<Logged>,
+}
+
+impl Answer {
+    /// Whether it gets an access-log line (the caller then looks up the client's address).
+    pub fn logs(&self) -> bool {
+        self.logged.is_some()
+    }
 }
 
 /// What the access log records of a request the lane answered.
@@ -325,7 +332,6 @@ pub struct HitLane {
     snapshot: SharedSnapshot,
     cache: &'static CacheEngine,
     filters: Filters,
-    access_log: Option<Arc<AccessLog>>,
     scheme: &'static str,
     /// The listener's name, for the access log.
     listener: String,
@@ -341,14 +347,12 @@ impl HitLane {
         snapshot: SharedSnapshot,
         cache: &'static CacheEngine,
         filters: Filters,
-        access_log: Option<Arc<AccessLog>>,
         tls: bool,
     ) -> Self {
         HitLane {
             snapshot,
             cache,
             filters,
-            access_log,
             scheme: scheme(tls),
             listener: String::new(),
             tls,
@@ -375,12 +379,7 @@ impl HitLane {
     fn try_answer(&self, req: &PlainRequest<'_>, last: bool, waited: bool) -> Option<Lane> {
         let host = canonical_host(req.host)?;
         let snapshot = self.snapshot.load();
-        if self.tls
-            && self
-                .access_log
-                .as_ref()
-                .is_some_and(|log| log.writes(&snapshot.config, LogField::TlsVersion))
-        {
+        if self.tls && snapshot.logs_field(LogField::TlsVersion) {
             return None;
         }
         // a listener's access rules refuse clients of a hit too: the full path applies them
@@ -502,6 +501,19 @@ impl HitLane {
         } else {
             entry.body().clone()
         };
+        let logged = decided_with.log().is_some().then(|| {
+            let field = |name: &str| {
+                req.fields
+                    .iter()
+                    .find(|f| f.name.eq_ignore_ascii_case(name))
+                    .map(|f| String::from_utf8_lossy(f.value).into_owned())
+            };
+            Logged {
+                path: req.path_and_query.to_string(),
+                user_agent: field("user-agent"),
+                referer: field("referer"),
+            }
+        });
         Answer {
             head: head.freeze(),
             body_len: body.len(),
@@ -510,19 +522,7 @@ impl HitLane {
             collapsed: waited,
             decided_with,
             head_only,
-            logged: self.access_log.is_some().then(|| {
-                let field = |name: &str| {
-                    req.fields
-                        .iter()
-                        .find(|f| f.name.eq_ignore_ascii_case(name))
-                        .map(|f| String::from_utf8_lossy(f.value).into_owned())
-                };
-                Logged {
-                    path: req.path_and_query.to_string(),
-                    user_agent: field("user-agent"),
-                    referer: field("referer"),
-                }
-            }),
+            logged,
             route,
             host,
             key,
@@ -533,11 +533,6 @@ impl HitLane {
     /// How long a request may wait for another's fetch (`cache.lock_wait`).
     pub fn lock_wait(&self) -> Duration {
         self.cache.settings.lock_wait
-    }
-
-    /// Whether it writes an access log (the caller then looks up the client's address).
-    pub fn logs(&self) -> bool {
-        self.access_log.is_some()
     }
 
     /// Count a hit this lane answered (`sent`: the whole response was written), through the
@@ -585,7 +580,8 @@ impl HitLane {
             },
             decided_with: Some(&answer.decided_with),
         };
-        finish(&finished, self.access_log.as_deref(), &self.snapshot);
+        // the line goes where the snapshot that served it sends lines, in its format
+        finish(&finished, &answer.decided_with);
         METRICS
             .cache_fast_hits
             .with_label_values(&[route.spec.name.as_str()])

@@ -14,6 +14,7 @@ pub mod edge;
 pub mod error_page;
 pub mod filter;
 pub mod finish;
+pub mod gzip_codec;
 pub mod headers;
 pub mod hit_lane;
 pub mod origin_response;
@@ -32,7 +33,6 @@ pub mod upstream_request;
 
 pub use context::{LaneWaited, ListenerInfo, RequestCtx};
 
-use crate::access_log::AccessLog;
 use crate::cache::CacheEngine;
 use crate::http_syntax::scheme;
 use crate::snapshot::SharedSnapshot;
@@ -47,7 +47,6 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use std::sync::Arc;
 use std::time::Instant;
 
 /// The proxy for one listener. Cheap to clone: the snapshot handle is shared.
@@ -55,7 +54,6 @@ pub struct EdgeProxy {
     snapshot: SharedSnapshot,
     listener: ListenerInfo,
     cache: &'static CacheEngine,
-    access_log: Option<Arc<AccessLog>>,
     filters: Filters,
     forwarding_trust: headers::ForwardingTrust,
 }
@@ -71,7 +69,6 @@ impl EdgeProxy {
             snapshot,
             listener,
             cache,
-            access_log: None,
             filters: Filters::default(),
             forwarding_trust: headers::ForwardingTrust::default(),
         }
@@ -87,12 +84,6 @@ impl EdgeProxy {
     /// Run these user filters on the routes that select them.
     pub fn with_filters(mut self, filters: Filters) -> Self {
         self.filters = filters;
-        self
-    }
-
-    /// Write one JSON line per request to `log`.
-    pub fn with_access_log(mut self, log: Option<Arc<AccessLog>>) -> Self {
-        self.access_log = log;
         self
     }
 
@@ -440,14 +431,6 @@ impl ProxyHttp for EdgeProxy {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let scheme = self.scheme(ctx);
-        let log = self.access_log.as_deref();
-        finish::record(
-            session,
-            ctx,
-            &self.listener.name,
-            scheme,
-            log,
-            &self.snapshot,
-        );
+        finish::record(session, ctx, &self.listener.name, scheme, &self.snapshot);
     }
 }

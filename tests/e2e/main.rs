@@ -2,6 +2,7 @@
 
 mod support;
 
+mod access_log_reload;
 mod admin;
 mod balancing;
 mod binary_upgrade;

@@ -298,6 +298,28 @@ impl Verge {
         assert!(ok, "SIGHUP sent");
     }
 
+    /// Write `config` over this instance's config file and run `verge reload -c` on it, which
+    /// returns once the running process has applied or refused it: its exit code and stderr.
+    pub fn verge_reload_with(&self, config: &Config) -> (Option<i32>, String) {
+        let text = config.render(self.http, self.admin, self.dir.path());
+        std::fs::write(&self.config, text).expect("write config");
+        let out = Command::new(verge_bin())
+            .args(["reload", "-c"])
+            .arg(&self.config)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("verge reload");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The directory holding this instance's config (and anything `{dir}` pointed at).
     pub fn dir(&self) -> &Path {
         self.dir.path()
