@@ -24,6 +24,7 @@
 //!   first; lookups are misses until it is done (`verge_cache_disk_rebuild_progress`). Records
 //!   cut short by a crash end the scan of their segment; new records go to a new segment.
 
+pub mod checkpoint;
 mod hit;
 mod reclaim;
 pub mod record;
@@ -223,6 +224,8 @@ enum Job {
         key: HashBinary,
     },
     Flush(SyncSender<()>),
+    /// Write a checkpoint of the index now (at close); says whether it was written.
+    Checkpoint(SyncSender<bool>),
     /// Objects were removed: compact the segments that are mostly dead (see `reclaim`).
     Reclaim,
 }
@@ -293,6 +296,29 @@ pub struct DiskStore {
     next_part: AtomicU64,
     /// Where disk hits are promoted (the memory tier), once it exists.
     promote: std::sync::OnceLock<&'static dyn Promote>,
+    /// Bytes appended since the last index checkpoint.
+    changed_since_checkpoint: AtomicU64,
+    /// Streamed objects between becoming a segment and entering the index (no checkpoint
+    /// is written meanwhile).
+    adopting: std::sync::atomic::AtomicU32,
+    /// What the index rebuild at start did, once it is done.
+    rebuild_report: Mutex<Option<RebuildReport>>,
+}
+
+/// What the index rebuild at start did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RebuildReport {
+    /// Objects in the index when it was done.
+    pub objects: usize,
+    /// Objects taken from the index checkpoint (0: none was used).
+    pub from_checkpoint: usize,
+    /// A checkpoint was there but could not be used (damaged, or not matching the segments):
+    /// every segment was scanned.
+    pub checkpoint_rejected: bool,
+    /// Bytes of segments scanned (those after the checkpoint, or all of them).
+    pub scanned_bytes: u64,
+    /// How long it took.
+    pub elapsed: Duration,
 }
 
 impl std::fmt::Debug for DiskStore {
@@ -339,6 +365,9 @@ impl DiskStore {
             large_uses: Mutex::default(),
             next_part: AtomicU64::new(0),
             promote: std::sync::OnceLock::new(),
+            changed_since_checkpoint: AtomicU64::new(0),
+            adopting: std::sync::atomic::AtomicU32::new(0),
+            rebuild_report: Mutex::new(None),
         }));
         let waiting = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
             Ok(held) => {
@@ -424,6 +453,11 @@ impl DiskStore {
     /// Bytes in the segment files.
     pub fn bytes(&self) -> u64 {
         self.segments.lock().as_ref().map_or(0, Segments::total)
+    }
+
+    /// What the index rebuild at start did, once it is done.
+    pub fn rebuild_report(&self) -> Option<RebuildReport> {
+        self.rebuild_report.lock().clone()
     }
 
     /// Whether the index rebuild at start is still running.
@@ -545,8 +579,15 @@ impl DiskStore {
     /// Write and sync what is queued (up to `timeout`), then let the directory go: nothing
     /// more is written, and another process (the new one of an upgrade) may take it over.
     /// Reads go on from the files already open.
+    ///
+    /// A checkpoint of the index is written after the flush, so the next start (or the new
+    /// process) loads it and scans only what is written after it.
     pub fn close(&self, timeout: Duration) -> bool {
         let flushed = self.flush(timeout);
+        let (done, wait) = sync_channel(1);
+        if self.jobs.send(Job::Checkpoint(done)).is_ok() {
+            let _ = wait.recv_timeout(timeout);
+        }
         *self.segments.lock() = None;
         *self.lock.lock() = None;
         flushed
