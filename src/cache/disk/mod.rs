@@ -108,6 +108,9 @@ struct Index {
     /// Bytes of the records in the index, per segment (the rest of a segment is dead:
     /// removed, rewritten since, or tombstones).
     live: HashMap<u64, u64>,
+    /// Keys hit on disk since their record was written: copied forward rather than evicted
+    /// when their segment is the oldest and has to go (see `reclaim`).
+    hit: HashSet<HashBinary>,
 }
 
 impl Index {
@@ -115,6 +118,7 @@ impl Index {
     /// key): only keys with variance are listed under their URL.
     fn insert(&mut self, key: HashBinary, loc: Location) {
         *self.live.entry(loc.segment).or_default() += loc.record_len();
+        self.hit.remove(&key);
         if let Some(old) = self.entries.insert(key, loc) {
             self.unaccount(&old);
             if old.primary == loc.primary {
@@ -150,6 +154,7 @@ impl Index {
     }
 
     fn remove(&mut self, key: &HashBinary) -> Option<Location> {
+        self.hit.remove(key);
         let old = self.entries.remove(key)?;
         self.unaccount(&old);
         self.unlink(key, &old.primary);
@@ -170,6 +175,7 @@ impl Index {
             .then_some(*primary);
         let mut removed = 0;
         for k in keys.iter().chain(own.iter()) {
+            self.hit.remove(k);
             if let Some(old) = self.entries.remove(k) {
                 self.unaccount(&old);
                 removed += 1;
@@ -593,6 +599,17 @@ impl DiskStore {
         flushed
     }
 
+    /// The object at `loc` was hit: it gets a second chance when its segment goes.
+    fn note_hit(&self, key: &HashBinary, loc: &Location) {
+        if self.index.read().hit.contains(key) {
+            return;
+        }
+        let mut index = self.index.write();
+        if index.entries.get(key) == Some(loc) {
+            index.hit.insert(*key);
+        }
+    }
+
     /// A record failed its checksum: count it and remove it.
     fn drop_corrupt(&self, key: HashBinary) {
         DISK_METRICS.corrupt.inc();
@@ -634,6 +651,7 @@ impl DiskStore {
         {
             Ok(Some((meta, body, first))) => {
                 DISK_METRICS.hits.inc();
+                self.note_hit(&combined, &loc);
                 let end = body.len;
                 let promote = self.promoter().and_then(|to| {
                     let fits = usize::try_from(end).is_ok_and(|n| n <= to.promote_limit());

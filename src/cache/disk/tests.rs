@@ -683,3 +683,56 @@ async fn a_damaged_or_stale_checkpoint_falls_back_to_a_full_scan() {
     assert_eq!(get(sixth, &x).await.expect("x").1, b"x");
     assert!(sixth.lookup(&a).await.expect("lookup").is_none());
 }
+
+/// Writes `rounds` × 20 cold objects of 1,000 bytes through a 64 KiB tier (about three times
+/// over), reading the warm set back after each round when `reread`.
+async fn warm_left_after_a_scan(reread: bool) -> usize {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = settings(dir.path(), 64 << 10, 16 << 10);
+    let store = open(&s).await;
+    let warm: Vec<CacheKey> = (0..4).map(|i| key(&format!("/warm{i}"))).collect();
+    warm.iter().for_each(|k| put(store, k, &body(1000, 7)));
+    flush(store);
+    for round in 0..8 {
+        for k in &warm {
+            if reread || round == 0 {
+                assert_eq!(get(store, k).await.expect("warm").1, body(1000, 7));
+            }
+        }
+        for i in 0..20 {
+            put(store, &key(&format!("/cold{round}-{i}")), &body(1000, 1));
+        }
+        flush(store);
+        assert!(files_total(dir.path()) <= 64 << 10, "within the budget");
+    }
+    let mut left = 0;
+    for k in &warm {
+        if let Some((_, got)) = get(store, k).await {
+            assert_eq!(got, body(1000, 7), "whole after its copies");
+            left += 1;
+        }
+    }
+    assert!(
+        store
+            .lookup(&key("/cold0-0"))
+            .await
+            .expect("lookup")
+            .is_none(),
+        "the scan's first objects went"
+    );
+    left
+}
+
+#[tokio::test]
+async fn objects_hit_on_disk_get_a_second_chance_when_their_segment_goes() {
+    assert_eq!(
+        warm_left_after_a_scan(true).await,
+        4,
+        "a warm set read again survives a one-time scan three times the tier"
+    );
+    assert_eq!(
+        warm_left_after_a_scan(false).await,
+        0,
+        "hit once long ago: its second chance is used up, FIFO takes it"
+    );
+}

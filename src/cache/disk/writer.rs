@@ -160,6 +160,7 @@ impl DiskStore {
         };
         let table = record::table(body);
         let len = head.record_len();
+        self.make_room_keeping_hits(len);
         let trailer = record::trailer(&table, len);
         let head_bytes = head.encode(&meta_bytes);
         let parts: [&[u8]; 5] = [&head_bytes, &meta_bytes, body, &table, &trailer];
@@ -240,6 +241,7 @@ impl DiskStore {
         };
         let table = &old_table[..old.table_len()];
         let len = head.record_len();
+        self.make_room_keeping_hits(len);
         let trailer = record::trailer(table, len);
         let head_bytes = head.encode(&meta_bytes);
         let body_at = from.offset + old.body_offset();
