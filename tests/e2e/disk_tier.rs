@@ -1,8 +1,8 @@
 //! The disk tier (`cache.disk`) as a client and the origin see it: objects survive a restart
 //! (SIGTERM or `kill -9`) byte for byte with their `Age` carrying on, a corrupted record is a
 //! miss and never garbage, ranges are served from disk, the disk budget holds while filling
-//! eight times over, a purge before a restart still holds after it, and a one-time sweep does
-//! not push the warm set off disk (`min_uses`).
+//! eight times over, a purge before a restart still holds after it (with the index checkpoint
+//! too), and a one-time sweep does not push the warm set off disk (`min_uses`).
 
 use crate::support::metrics::metric_eventually;
 use crate::support::{
@@ -311,6 +311,39 @@ async fn a_url_purged_before_a_restart_is_not_served_after_it() {
     );
 }
 
+/// The index checkpoint a clean stop wrote, and a purge made after it: a `kill -9` leaves the
+/// checkpoint, which still lists the object, and the purge's tombstone after it. The purge
+/// wins: the restart scans what followed the checkpoint.
+#[tokio::test]
+async fn a_purge_made_after_the_index_checkpoint_holds_after_a_kill_9() {
+    let o = Origin::start("o").await;
+    let mut v = Verge::start(&config(o.addr, DISK)).await;
+    for p in ["/p", "/q"] {
+        fetch(&v, p, &[]).await;
+    }
+    disk_objects(&v, 2).await;
+    v.restart_graceful().await;
+    rebuilt(&v).await;
+    let checkpoint = v.dir().join("disk").join("index.ckpt");
+    assert!(checkpoint.exists(), "written when the node stopped");
+    let purged = fetch_with(&v, purge(), "/p", &[]).await;
+    assert_eq!(purged.status, 200);
+    disk_objects(&v, 1).await;
+    v.restart().await;
+    rebuilt(&v).await;
+    assert_eq!(
+        fetch(&v, "/p", &[]).await.cache_status,
+        "verge; fwd=uri-miss; stored",
+        "purged after the checkpoint, not served from it"
+    );
+    assert_eq!(o.hits("/p"), 2);
+    assert!(fetch(&v, "/q", &[])
+        .await
+        .cache_status
+        .starts_with("verge; hit"));
+    assert_eq!(o.hits("/q"), 1, "the checkpoint's other object is served");
+}
+
 pub(crate) async fn site(v: &Verge, path: &str) -> crate::support::Got {
     crate::support::get(v, "site.test", path).await
 }
@@ -374,6 +407,43 @@ async fn a_control_plane_purge_applied_before_a_restart_holds_after_it() {
         got.cache_status
     );
     assert_eq!(o.hits("/i"), 2, "fetched again, not served from disk");
+    assert!(site(&v, "/kept")
+        .await
+        .cache_status
+        .starts_with("verge; hit"));
+    assert_eq!(o.hits("/kept"), 1);
+}
+
+/// A control-plane purge applied after the index checkpoint (written at a clean stop), then a
+/// `kill -9` with the control plane down: the object the checkpoint still lists is not served.
+#[tokio::test]
+async fn a_control_plane_purge_after_the_index_checkpoint_holds_after_a_kill_9() {
+    use serde_json::json;
+    let o = Origin::start("o").await;
+    let (mut cp, mut v) = controlled_node_with_disk(&o).await;
+    assert_eq!(site(&v, "/i").await.status, 200);
+    assert!(site(&v, "/kept").await.cache_status.ends_with("stored"));
+    disk_objects(&v, 2).await;
+    v.restart_graceful().await;
+    rebuilt(&v).await;
+    assert!(v.dir().join("disk").join("index.ckpt").exists());
+    assert!(cp.converged(1).await);
+    cp.purge(json!({"kind": "url", "target": "site.test/i"}))
+        .await;
+    assert!(cp.converged(1).await);
+    disk_objects(&v, 1).await;
+
+    cp.kill();
+    v.restart().await;
+    rebuilt(&v).await;
+    let got = site(&v, "/i").await;
+    assert_eq!(got.status, 200);
+    assert!(
+        !got.cache_status.starts_with("verge; hit"),
+        "{}",
+        got.cache_status
+    );
+    assert_eq!(o.hits("/i"), 2, "fetched again, not served from the checkpoint");
     assert!(site(&v, "/kept")
         .await
         .cache_status

@@ -10,8 +10,10 @@
 //!   newest record wins. A 304 for an object only on disk appends it again with the new
 //!   headers, its body copied chunk by chunk. An object too large for the memory tier streams
 //!   to a file of its own as it arrives, which becomes a segment once whole ([`DiskFill`]).
-//! - **Eviction.** FIFO over segments: when the budget would be exceeded, the oldest segment
-//!   file is deleted with every object in it (`verge_cache_disk_evictions_total`).
+//! - **Eviction.** FIFO over segments with a second chance: when the budget would be exceeded,
+//!   the oldest segment file is deleted (`verge_cache_disk_evictions_total`), after the objects
+//!   in it that were hit since they were written are copied forward (up to half of it;
+//!   `verge_cache_disk_second_chance_total`, see `reclaim`).
 //! - **Removal.** A purge or an invalidating request removes the object from the index and
 //!   appends a tombstone at once (not through the queue), so it stays removed after a restart or
 //!   a crash; a write queued before the removal is skipped. A hard invalidation's sweep removes
@@ -20,9 +22,11 @@
 //!   (verified), then each further chunk as the client takes it, and a hit read whole is
 //!   promoted to the memory tier ([`Promote`]). A checksum mismatch makes the
 //!   lookup a miss (or ends a response already started), drops the object and is counted.
-//! - **Restart.** The index is rebuilt in a background thread by scanning the segments, oldest
-//!   first; lookups are misses until it is done (`verge_cache_disk_rebuild_progress`). Records
-//!   cut short by a crash end the scan of their segment; new records go to a new segment.
+//! - **Restart.** The index is rebuilt in a background thread from the index checkpoint
+//!   (`checkpoint`, written periodically and at close) and a scan of the segments written after
+//!   it, oldest first (every segment without a usable checkpoint); lookups are misses until it
+//!   is done (`verge_cache_disk_rebuild_progress`). Records cut short by a crash end the scan of
+//!   their segment; new records go to a new segment.
 
 pub mod checkpoint;
 mod hit;

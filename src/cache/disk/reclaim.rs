@@ -1,6 +1,8 @@
 //! Giving disk space back: the sweep of a hard invalidation (every object whose stored headers
-//! it matches is removed, by URL, prefix, host or tag), and compaction, which deletes the
-//! segments that are mostly dead after copying what is still live in them forward.
+//! it matches is removed, by URL, prefix, host or tag), compaction, which deletes the
+//! segments that are mostly dead after copying what is still live in them forward, and the
+//! second chance of eviction, which copies forward the objects hit since they were written
+//! before the oldest segment goes.
 //!
 //! - **Live bytes.** The index counts, per segment, the bytes of the records it points to. A
 //!   segment (other than the one being written) under half live is compacted after removals,
