@@ -317,7 +317,7 @@ async fn a_url_purged_before_a_restart_is_not_served_after_it() {
 #[tokio::test]
 async fn a_purge_made_after_the_index_checkpoint_holds_after_a_kill_9() {
     let o = Origin::start("o").await;
-    let mut v = Verge::start(&config(o.addr, DISK)).await;
+    let mut v = Verge::start(&config(o.addr, DISK).raw(TIME_TO_STOP)).await;
     for p in ["/p", "/q"] {
         fetch(&v, p, &[]).await;
     }
@@ -326,8 +326,8 @@ async fn a_purge_made_after_the_index_checkpoint_holds_after_a_kill_9() {
     rebuilt(&v).await;
     let checkpoint = v.dir().join("disk").join("index.ckpt");
     assert!(checkpoint.exists(), "written when the node stopped");
-    let purged = fetch_with(&v, purge(), "/p", &[]).await;
-    assert_eq!(purged.status, 200);
+    // (only on disk: the purge removes it there, and answers 404 since memory had none)
+    fetch_with(&v, purge(), "/p", &[]).await;
     disk_objects(&v, 1).await;
     v.restart().await;
     rebuilt(&v).await;
@@ -353,6 +353,20 @@ pub(crate) async fn site(v: &Verge, path: &str) -> crate::support::Got {
 pub(crate) async fn controlled_node_with_disk(
     o: &Origin,
 ) -> (crate::support::control_plane::Cp, Verge) {
+    controlled_node_with_disk_and(o, |c| c).await
+}
+
+/// The server block of a node given time to stop: with the tests' `grace_period: 0s`, pingora
+/// may shut the background runtime down before the disk tier's flush service has started to
+/// close the tier (and write the index checkpoint) at SIGTERM.
+const TIME_TO_STOP: &str = "server: {threads: 2, grace_period: 1s, graceful_shutdown_timeout: 5s, \
+                            pid_file: \"{dir}/verge.pid\", upgrade_sock: \"{dir}/upgrade.sock\"}";
+
+/// [`controlled_node_with_disk`], its config changed by `with`.
+async fn controlled_node_with_disk_and(
+    o: &Origin,
+    with: impl FnOnce(Config) -> Config,
+) -> (crate::support::control_plane::Cp, Verge) {
     use crate::support::config::Control;
     use crate::support::control_plane::{policy, Cp};
     use serde_json::json;
@@ -372,7 +386,7 @@ pub(crate) async fn controlled_node_with_disk(
                 .set("disk", DISK),
         )
         .control(control);
-    let v = Verge::start(&config).await;
+    let v = Verge::start(&with(config)).await;
     cp.put_policy(policy(o, json!({"default_ttl": "300s"})), 0)
         .await;
     assert!(cp.converged(1).await);
@@ -420,7 +434,7 @@ async fn a_control_plane_purge_applied_before_a_restart_holds_after_it() {
 async fn a_control_plane_purge_after_the_index_checkpoint_holds_after_a_kill_9() {
     use serde_json::json;
     let o = Origin::start("o").await;
-    let (mut cp, mut v) = controlled_node_with_disk(&o).await;
+    let (mut cp, mut v) = controlled_node_with_disk_and(&o, |c| c.raw(TIME_TO_STOP)).await;
     assert_eq!(site(&v, "/i").await.status, 200);
     assert!(site(&v, "/kept").await.cache_status.ends_with("stored"));
     disk_objects(&v, 2).await;
