@@ -457,7 +457,11 @@ async fn a_control_plane_purge_after_the_index_checkpoint_holds_after_a_kill_9()
         "{}",
         got.cache_status
     );
-    assert_eq!(o.hits("/i"), 2, "fetched again, not served from the checkpoint");
+    assert_eq!(
+        o.hits("/i"),
+        2,
+        "fetched again, not served from the checkpoint"
+    );
     assert!(site(&v, "/kept")
         .await
         .cache_status

@@ -28,6 +28,9 @@ pub struct Segment {
     pub keys: Vec<(HashBinary, HashBinary)>,
 }
 
+/// A segment's number, file, length and the keys (combined, primary) written to it.
+pub type SegmentView = (u64, Arc<File>, u64, Vec<(HashBinary, HashBinary)>);
+
 /// What one append did.
 pub struct Appended {
     /// The segment the record went to.
@@ -194,7 +197,7 @@ impl Segments {
 
     /// Each segment's number, file, length and the keys written to it, oldest first (what the
     /// index checkpoint covers).
-    pub fn covered(&self) -> Vec<(u64, Arc<File>, u64, Vec<(HashBinary, HashBinary)>)> {
+    pub fn covered(&self) -> Vec<SegmentView> {
         self.list
             .iter()
             .map(|s| (s.id, s.file.clone(), s.len, s.keys.clone()))
@@ -203,10 +206,7 @@ impl Segments {
 
     /// The oldest segment (number, file, length, keys written to it) when adding `len` bytes
     /// would delete it to keep the budget, and it is not the one being written.
-    pub fn next_to_go(
-        &self,
-        len: u64,
-    ) -> Option<(u64, Arc<File>, u64, Vec<(HashBinary, HashBinary)>)> {
+    pub fn next_to_go(&self, len: u64) -> Option<SegmentView> {
         if self.total() + len <= self.budget || self.list.len() < 2 {
             return None;
         }
