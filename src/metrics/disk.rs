@@ -36,6 +36,17 @@ pub struct DiskMetrics {
     /// `verge_cache_disk_writes_dropped_total`: objects not written to disk because the
     /// writer's queue was full (or the write failed).
     pub writes_dropped: IntCounter,
+    /// `verge_cache_disk_rebuild_seconds`: how long the index rebuild at start took.
+    pub rebuild_seconds: Gauge,
+    /// `verge_cache_disk_checkpoints_total`: index checkpoints written.
+    pub checkpoints: IntCounter,
+    /// `verge_cache_disk_checkpoint_rejected_total`: index checkpoints found at start that
+    /// could not be used (damaged, or not matching the segments): the rebuild scanned
+    /// every segment instead.
+    pub checkpoint_rejected: IntCounter,
+    /// `verge_cache_disk_second_chance_total`: objects hit on disk since they were written,
+    /// copied forward when their segment was the oldest and had to go.
+    pub second_chance: IntCounter,
 }
 
 /// The disk tier's metrics (see [`DiskMetrics`]).
@@ -109,6 +120,29 @@ pub static DISK_METRICS: Lazy<DiskMetrics> = Lazy::new(|| {
             &registry,
             "verge_cache_disk_writes_dropped_total",
             "Objects not written to the disk tier (writer queue full, or the write failed)",
+        ),
+        rebuild_seconds: registered(
+            &registry,
+            "verge_cache_disk_rebuild_seconds",
+            Gauge::new(
+                "verge_cache_disk_rebuild_seconds",
+                "How long the disk tier's index rebuild at start took",
+            ),
+        ),
+        checkpoints: plain_counter(
+            &registry,
+            "verge_cache_disk_checkpoints_total",
+            "Index checkpoints of the disk tier written",
+        ),
+        checkpoint_rejected: plain_counter(
+            &registry,
+            "verge_cache_disk_checkpoint_rejected_total",
+            "Index checkpoints not used at start (damaged or stale): every segment was scanned",
+        ),
+        second_chance: plain_counter(
+            &registry,
+            "verge_cache_disk_second_chance_total",
+            "Objects hit on disk copied forward instead of evicted with the oldest segment",
         ),
     }
 });

@@ -1,8 +1,8 @@
 //! The disk tier (`cache.disk`) as a client and the origin see it: objects survive a restart
 //! (SIGTERM or `kill -9`) byte for byte with their `Age` carrying on, a corrupted record is a
 //! miss and never garbage, ranges are served from disk, the disk budget holds while filling
-//! eight times over, a purge before a restart still holds after it, and a one-time sweep does
-//! not push the warm set off disk (`min_uses`).
+//! eight times over, a purge before a restart still holds after it (with the index checkpoint
+//! too), and a one-time sweep does not push the warm set off disk (`min_uses`).
 
 use crate::support::metrics::metric_eventually;
 use crate::support::{
@@ -311,6 +311,39 @@ async fn a_url_purged_before_a_restart_is_not_served_after_it() {
     );
 }
 
+/// The index checkpoint a clean stop wrote, and a purge made after it: a `kill -9` leaves the
+/// checkpoint, which still lists the object, and the purge's tombstone after it. The purge
+/// wins: the restart scans what followed the checkpoint.
+#[tokio::test]
+async fn a_purge_made_after_the_index_checkpoint_holds_after_a_kill_9() {
+    let o = Origin::start("o").await;
+    let mut v = Verge::start(&config(o.addr, DISK).raw(TIME_TO_STOP)).await;
+    for p in ["/p", "/q"] {
+        fetch(&v, p, &[]).await;
+    }
+    disk_objects(&v, 2).await;
+    v.restart_graceful().await;
+    rebuilt(&v).await;
+    let checkpoint = v.dir().join("disk").join("index.ckpt");
+    assert!(checkpoint.exists(), "written when the node stopped");
+    // (only on disk: the purge removes it there, and answers 404 since memory had none)
+    fetch_with(&v, purge(), "/p", &[]).await;
+    disk_objects(&v, 1).await;
+    v.restart().await;
+    rebuilt(&v).await;
+    assert_eq!(
+        fetch(&v, "/p", &[]).await.cache_status,
+        "verge; fwd=uri-miss; stored",
+        "purged after the checkpoint, not served from it"
+    );
+    assert_eq!(o.hits("/p"), 2);
+    assert!(fetch(&v, "/q", &[])
+        .await
+        .cache_status
+        .starts_with("verge; hit"));
+    assert_eq!(o.hits("/q"), 1, "the checkpoint's other object is served");
+}
+
 pub(crate) async fn site(v: &Verge, path: &str) -> crate::support::Got {
     crate::support::get(v, "site.test", path).await
 }
@@ -319,6 +352,20 @@ pub(crate) async fn site(v: &Verge, path: &str) -> crate::support::Got {
 /// serving `o` for every host with a TTL of 300 s.
 pub(crate) async fn controlled_node_with_disk(
     o: &Origin,
+) -> (crate::support::control_plane::Cp, Verge) {
+    controlled_node_with_disk_and(o, |c| c).await
+}
+
+/// The server block of a node given time to stop: with the tests' `grace_period: 0s`, pingora
+/// may shut the background runtime down before the disk tier's flush service has started to
+/// close the tier (and write the index checkpoint) at SIGTERM.
+const TIME_TO_STOP: &str = "server: {threads: 2, grace_period: 1s, graceful_shutdown_timeout: 5s, \
+                            pid_file: \"{dir}/verge.pid\", upgrade_sock: \"{dir}/upgrade.sock\"}";
+
+/// [`controlled_node_with_disk`], its config changed by `with`.
+async fn controlled_node_with_disk_and(
+    o: &Origin,
+    with: impl FnOnce(Config) -> Config,
 ) -> (crate::support::control_plane::Cp, Verge) {
     use crate::support::config::Control;
     use crate::support::control_plane::{policy, Cp};
@@ -339,7 +386,7 @@ pub(crate) async fn controlled_node_with_disk(
                 .set("disk", DISK),
         )
         .control(control);
-    let v = Verge::start(&config).await;
+    let v = Verge::start(&with(config)).await;
     cp.put_policy(policy(o, json!({"default_ttl": "300s"})), 0)
         .await;
     assert!(cp.converged(1).await);
@@ -365,8 +412,14 @@ async fn a_control_plane_purge_applied_before_a_restart_holds_after_it() {
 
     cp.kill();
     v.restart_graceful().await;
-    rebuilt(&v).await;
-    let got = site(&v, "/i").await;
+    purged_i_refetched_and_kept_served(&v, &o).await;
+}
+
+/// After the restart: `/i`, purged before it, is fetched again, not served from disk; `/kept`
+/// is a hit.
+async fn purged_i_refetched_and_kept_served(v: &Verge, o: &Origin) {
+    rebuilt(v).await;
+    let got = site(v, "/i").await;
     assert_eq!(got.status, 200);
     assert!(
         !got.cache_status.starts_with("verge; hit"),
@@ -374,11 +427,35 @@ async fn a_control_plane_purge_applied_before_a_restart_holds_after_it() {
         got.cache_status
     );
     assert_eq!(o.hits("/i"), 2, "fetched again, not served from disk");
-    assert!(site(&v, "/kept")
+    assert!(site(v, "/kept")
         .await
         .cache_status
         .starts_with("verge; hit"));
     assert_eq!(o.hits("/kept"), 1);
+}
+
+/// A control-plane purge applied after the index checkpoint (written at a clean stop), then a
+/// `kill -9` with the control plane down: the object the checkpoint still lists is not served.
+#[tokio::test]
+async fn a_control_plane_purge_after_the_index_checkpoint_holds_after_a_kill_9() {
+    use serde_json::json;
+    let o = Origin::start("o").await;
+    let (mut cp, mut v) = controlled_node_with_disk_and(&o, |c| c.raw(TIME_TO_STOP)).await;
+    assert_eq!(site(&v, "/i").await.status, 200);
+    assert!(site(&v, "/kept").await.cache_status.ends_with("stored"));
+    disk_objects(&v, 2).await;
+    v.restart_graceful().await;
+    rebuilt(&v).await;
+    assert!(v.dir().join("disk").join("index.ckpt").exists());
+    assert!(cp.converged(1).await);
+    cp.purge(json!({"kind": "url", "target": "site.test/i"}))
+        .await;
+    assert!(cp.converged(1).await);
+    disk_objects(&v, 1).await;
+
+    cp.kill();
+    v.restart().await;
+    purged_i_refetched_and_kept_served(&v, &o).await;
 }
 
 /// A stale object that only the disk tier holds is revalidated once: the 304's headers are

@@ -10,8 +10,10 @@
 //!   newest record wins. A 304 for an object only on disk appends it again with the new
 //!   headers, its body copied chunk by chunk. An object too large for the memory tier streams
 //!   to a file of its own as it arrives, which becomes a segment once whole ([`DiskFill`]).
-//! - **Eviction.** FIFO over segments: when the budget would be exceeded, the oldest segment
-//!   file is deleted with every object in it (`verge_cache_disk_evictions_total`).
+//! - **Eviction.** FIFO over segments with a second chance: when the budget would be exceeded,
+//!   the oldest segment file is deleted (`verge_cache_disk_evictions_total`), after the objects
+//!   in it that were hit since they were written are copied forward (up to half of it;
+//!   `verge_cache_disk_second_chance_total`, see `reclaim`).
 //! - **Removal.** A purge or an invalidating request removes the object from the index and
 //!   appends a tombstone at once (not through the queue), so it stays removed after a restart or
 //!   a crash; a write queued before the removal is skipped. A hard invalidation's sweep removes
@@ -20,10 +22,13 @@
 //!   (verified), then each further chunk as the client takes it, and a hit read whole is
 //!   promoted to the memory tier ([`Promote`]). A checksum mismatch makes the
 //!   lookup a miss (or ends a response already started), drops the object and is counted.
-//! - **Restart.** The index is rebuilt in a background thread by scanning the segments, oldest
-//!   first; lookups are misses until it is done (`verge_cache_disk_rebuild_progress`). Records
-//!   cut short by a crash end the scan of their segment; new records go to a new segment.
+//! - **Restart.** The index is rebuilt in a background thread from the index checkpoint
+//!   (`checkpoint`, written periodically and at close) and a scan of the segments written after
+//!   it, oldest first (every segment without a usable checkpoint); lookups are misses until it
+//!   is done (`verge_cache_disk_rebuild_progress`). Records cut short by a crash end the scan of
+//!   their segment; new records go to a new segment.
 
+pub mod checkpoint;
 mod hit;
 mod reclaim;
 pub mod record;
@@ -107,6 +112,9 @@ struct Index {
     /// Bytes of the records in the index, per segment (the rest of a segment is dead:
     /// removed, rewritten since, or tombstones).
     live: HashMap<u64, u64>,
+    /// Keys hit on disk since their record was written: copied forward rather than evicted
+    /// when their segment is the oldest and has to go (see `reclaim`).
+    hit: HashSet<HashBinary>,
 }
 
 impl Index {
@@ -114,6 +122,7 @@ impl Index {
     /// key): only keys with variance are listed under their URL.
     fn insert(&mut self, key: HashBinary, loc: Location) {
         *self.live.entry(loc.segment).or_default() += loc.record_len();
+        self.hit.remove(&key);
         if let Some(old) = self.entries.insert(key, loc) {
             self.unaccount(&old);
             if old.primary == loc.primary {
@@ -149,6 +158,7 @@ impl Index {
     }
 
     fn remove(&mut self, key: &HashBinary) -> Option<Location> {
+        self.hit.remove(key);
         let old = self.entries.remove(key)?;
         self.unaccount(&old);
         self.unlink(key, &old.primary);
@@ -169,6 +179,7 @@ impl Index {
             .then_some(*primary);
         let mut removed = 0;
         for k in keys.iter().chain(own.iter()) {
+            self.hit.remove(k);
             if let Some(old) = self.entries.remove(k) {
                 self.unaccount(&old);
                 removed += 1;
@@ -223,6 +234,8 @@ enum Job {
         key: HashBinary,
     },
     Flush(SyncSender<()>),
+    /// Write a checkpoint of the index now (at close); says whether it was written.
+    Checkpoint(SyncSender<bool>),
     /// Objects were removed: compact the segments that are mostly dead (see `reclaim`).
     Reclaim,
 }
@@ -293,6 +306,29 @@ pub struct DiskStore {
     next_part: AtomicU64,
     /// Where disk hits are promoted (the memory tier), once it exists.
     promote: std::sync::OnceLock<&'static dyn Promote>,
+    /// Bytes appended since the last index checkpoint.
+    changed_since_checkpoint: AtomicU64,
+    /// Streamed objects between becoming a segment and entering the index (no checkpoint
+    /// is written meanwhile).
+    adopting: std::sync::atomic::AtomicU32,
+    /// What the index rebuild at start did, once it is done.
+    rebuild_report: Mutex<Option<RebuildReport>>,
+}
+
+/// What the index rebuild at start did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RebuildReport {
+    /// Objects in the index when it was done.
+    pub objects: usize,
+    /// Objects taken from the index checkpoint (0: none was used).
+    pub from_checkpoint: usize,
+    /// A checkpoint was there but could not be used (damaged, or not matching the segments):
+    /// every segment was scanned.
+    pub checkpoint_rejected: bool,
+    /// Bytes of segments scanned (those after the checkpoint, or all of them).
+    pub scanned_bytes: u64,
+    /// How long it took.
+    pub elapsed: Duration,
 }
 
 impl std::fmt::Debug for DiskStore {
@@ -339,6 +375,9 @@ impl DiskStore {
             large_uses: Mutex::default(),
             next_part: AtomicU64::new(0),
             promote: std::sync::OnceLock::new(),
+            changed_since_checkpoint: AtomicU64::new(0),
+            adopting: std::sync::atomic::AtomicU32::new(0),
+            rebuild_report: Mutex::new(None),
         }));
         let waiting = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
             Ok(held) => {
@@ -424,6 +463,11 @@ impl DiskStore {
     /// Bytes in the segment files.
     pub fn bytes(&self) -> u64 {
         self.segments.lock().as_ref().map_or(0, Segments::total)
+    }
+
+    /// What the index rebuild at start did, once it is done.
+    pub fn rebuild_report(&self) -> Option<RebuildReport> {
+        self.rebuild_report.lock().clone()
     }
 
     /// Whether the index rebuild at start is still running.
@@ -545,11 +589,29 @@ impl DiskStore {
     /// Write and sync what is queued (up to `timeout`), then let the directory go: nothing
     /// more is written, and another process (the new one of an upgrade) may take it over.
     /// Reads go on from the files already open.
+    ///
+    /// A checkpoint of the index is written after the flush, so the next start (or the new
+    /// process) loads it and scans only what is written after it.
     pub fn close(&self, timeout: Duration) -> bool {
         let flushed = self.flush(timeout);
+        let (done, wait) = sync_channel(1);
+        if self.jobs.send(Job::Checkpoint(done)).is_ok() {
+            let _ = wait.recv_timeout(timeout);
+        }
         *self.segments.lock() = None;
         *self.lock.lock() = None;
         flushed
+    }
+
+    /// The object at `loc` was hit: it gets a second chance when its segment goes.
+    fn note_hit(&self, key: &HashBinary, loc: &Location) {
+        if self.index.read().hit.contains(key) {
+            return;
+        }
+        let mut index = self.index.write();
+        if index.entries.get(key) == Some(loc) {
+            index.hit.insert(*key);
+        }
     }
 
     /// A record failed its checksum: count it and remove it.
@@ -593,6 +655,7 @@ impl DiskStore {
         {
             Ok(Some((meta, body, first))) => {
                 DISK_METRICS.hits.inc();
+                self.note_hit(&combined, &loc);
                 let end = body.len;
                 let promote = self.promoter().and_then(|to| {
                     let fits = usize::try_from(end).is_ok_and(|n| n <= to.promote_limit());

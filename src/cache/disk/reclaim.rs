@@ -1,6 +1,8 @@
 //! Giving disk space back: the sweep of a hard invalidation (every object whose stored headers
-//! it matches is removed, by URL, prefix, host or tag), and compaction, which deletes the
-//! segments that are mostly dead after copying what is still live in them forward.
+//! it matches is removed, by URL, prefix, host or tag), compaction, which deletes the
+//! segments that are mostly dead after copying what is still live in them forward, and the
+//! second chance of eviction, which copies forward the objects hit since they were written
+//! before the oldest segment goes.
 //!
 //! - **Live bytes.** The index counts, per segment, the bytes of the records it points to. A
 //!   segment (other than the one being written) under half live is compacted after removals,
@@ -29,6 +31,10 @@ use std::time::{Duration, Instant};
 /// How long a sweep waits for the index rebuild at start (what the rebuild finds is only swept
 /// once it is in the index).
 const SWEEP_WAITS_FOR_REBUILD: Duration = Duration::from_secs(60);
+
+/// The most segments one append deletes with a second chance for their hit objects (more are
+/// deleted oldest first, as they are).
+const SECOND_CHANCES_PER_APPEND: usize = 4;
 
 /// What copying one record forward did.
 enum Moved {
@@ -73,6 +79,77 @@ impl DiskStore {
         self.sweeping.fetch_sub(1, Ordering::AcqRel);
         self.queue_reclaim();
         removed
+    }
+
+    /// (The writer, before appending `len` bytes.) While the append would delete the oldest
+    /// segment to keep the budget, and it holds objects hit since they were written: delete it
+    /// now, copying those objects forward (up to half of its bytes, the others dropped), so a
+    /// one-time scan that reaches disk does not push out what is read again.
+    pub(super) fn make_room_keeping_hits(&'static self, len: u64) {
+        for _ in 0..SECOND_CHANCES_PER_APPEND {
+            let Some((id, file, seg_len, keys)) = self
+                .segments
+                .lock()
+                .as_ref()
+                .and_then(|s| s.next_to_go(len))
+            else {
+                return;
+            };
+            let hit: Vec<(HashBinary, Location)> = {
+                let index = self.index.read();
+                let mut room = seg_len / 2;
+                let mut taken = HashSet::new();
+                let mut hit = Vec::new();
+                for (key, _) in &keys {
+                    let Some(loc) = index.entries.get(key).filter(|l| l.segment == id) else {
+                        continue;
+                    };
+                    if index.hit.contains(key) && loc.record_len() <= room && taken.insert(*key) {
+                        room -= loc.record_len();
+                        hit.push((*key, *loc));
+                    }
+                }
+                hit
+            };
+            if hit.is_empty() {
+                // the append deletes it as it is
+                return;
+            }
+            let gone = {
+                let mut guard = self.segments.lock();
+                let Some(segments) = guard.as_mut() else {
+                    return;
+                };
+                let gone = segments.remove(id);
+                DISK_METRICS
+                    .bytes
+                    .set(i64::try_from(segments.total()).unwrap_or(i64::MAX));
+                gone
+            };
+            let Some(gone) = gone else {
+                return;
+            };
+            // copied from the file still open (readers keep reading it too)
+            for (key, from) in hit {
+                match self.relocate(key, from, &file) {
+                    Moved::Done => {
+                        let moved = self
+                            .index
+                            .read()
+                            .entries
+                            .get(&key)
+                            .is_some_and(|l| l.segment != id);
+                        if moved {
+                            DISK_METRICS.second_chance.inc();
+                        }
+                    }
+                    Moved::Corrupt => self.drop_corrupt(key),
+                    Moved::Failed => {}
+                }
+            }
+            let evicted = self.forget_segments(&[gone]);
+            DISK_METRICS.evictions.inc_by(evicted as u64);
+        }
     }
 
     /// Have the writer compact the segments that are mostly dead (once, however often asked

@@ -28,6 +28,9 @@ pub struct Segment {
     pub keys: Vec<(HashBinary, HashBinary)>,
 }
 
+/// A segment's number, file, length and the keys (combined, primary) written to it.
+pub type SegmentView = (u64, Arc<File>, u64, Vec<(HashBinary, HashBinary)>);
+
 /// What one append did.
 pub struct Appended {
     /// The segment the record went to.
@@ -192,6 +195,26 @@ impl Segments {
             .collect()
     }
 
+    /// Each segment's number, file, length and the keys written to it, oldest first (what the
+    /// index checkpoint covers).
+    pub fn covered(&self) -> Vec<SegmentView> {
+        self.list
+            .iter()
+            .map(|s| (s.id, s.file.clone(), s.len, s.keys.clone()))
+            .collect()
+    }
+
+    /// The oldest segment (number, file, length, keys written to it) when adding `len` bytes
+    /// would delete it to keep the budget, and it is not the one being written.
+    pub fn next_to_go(&self, len: u64) -> Option<SegmentView> {
+        if self.total() + len <= self.budget || self.list.len() < 2 {
+            return None;
+        }
+        self.list
+            .front()
+            .map(|s| (s.id, s.file.clone(), s.len, s.keys.clone()))
+    }
+
     /// Whether segment `id` still exists.
     pub fn contains(&self, id: u64) -> bool {
         self.list.iter().any(|s| s.id == id)
@@ -335,10 +358,16 @@ pub struct Found {
 /// Visit every whole record of a segment of `len` bytes, in order, until the first that is not
 /// whole (a torn write) or not a record. Checks each head's checksum and trailer, not bodies
 /// (those are checked when read). Returns the bytes scanned.
-pub fn scan(file: &File, len: u64, mut visit: impl FnMut(Found)) -> u64 {
+pub fn scan(file: &File, len: u64, visit: impl FnMut(Found)) -> u64 {
+    scan_from(file, 0, len, visit)
+}
+
+/// [`scan`], from the record at `start` on (where an earlier scan, or the index checkpoint,
+/// stopped). Returns the offset it stopped at.
+pub fn scan_from(file: &File, start: u64, len: u64, mut visit: impl FnMut(Found)) -> u64 {
     // one sequential pass: small bodies are read through the buffer, large ones seeked over
-    let mut reader = BufReader::with_capacity(SCAN_BUFFER, At { file, pos: 0 });
-    let mut offset = 0u64;
+    let mut reader = BufReader::with_capacity(SCAN_BUFFER, At { file, pos: start });
+    let mut offset = start;
     let mut buffers = ScanBuffers::default();
     while offset + HEAD_LEN as u64 <= len {
         match read_record_head(&mut reader, offset, len, &mut buffers) {

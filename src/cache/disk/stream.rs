@@ -246,6 +246,8 @@ impl DiskFill {
         let file = self.file.clone();
         let path = self.path.clone();
         let object = (head.combined, head.primary);
+        // no checkpoint between the segment and its index entry (see `checkpoint`)
+        let _adopting = Adopting::start(store);
         let adopted = tokio::task::spawn_blocking(move || {
             file.sync_data()?;
             let mut guard = store.segments.lock();
@@ -269,6 +271,23 @@ impl DiskFill {
         store.files.write().insert(id, self.file.clone());
         store.index_written(self.seq, head.combined, &head, (id, 0), None);
         true
+    }
+}
+
+/// A streamed object between becoming a segment and entering the index (dropped, even when
+/// the fill's future is, once it is in or abandoned).
+struct Adopting(&'static DiskStore);
+
+impl Adopting {
+    fn start(store: &'static DiskStore) -> Adopting {
+        store.adopting.fetch_add(1, Ordering::AcqRel);
+        Adopting(store)
+    }
+}
+
+impl Drop for Adopting {
+    fn drop(&mut self) {
+        self.0.adopting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -559,3 +559,180 @@ async fn compaction_frees_a_mostly_dead_segment_and_keeps_its_tombstones_working
     }
     assert_eq!(store.objects(), 6);
 }
+
+/// As a crash would leave it: what is queued is written, then the directory is let go without
+/// a checkpoint.
+fn crash(store: &DiskStore) {
+    flush(store);
+    *store.segments.lock() = None;
+    *store.lock.lock() = None;
+}
+
+fn report(store: &DiskStore) -> RebuildReport {
+    store.rebuild_report().expect("rebuilt")
+}
+
+#[tokio::test]
+async fn a_checkpoint_and_a_scan_of_what_followed_it_bring_the_index_back() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = settings(dir.path(), 64 << 20, 8 << 20);
+    let first = open(&s).await;
+    let (a, b, d) = (key("/a"), key("/b"), key("/d"));
+    let mut fr = key("/u");
+    fr.set_variance_key([1; 16]);
+    let mut en = key("/u");
+    en.set_variance_key([2; 16]);
+    for k in [&a, &b, &fr, &en] {
+        put(first, k, b"first");
+    }
+    // (enough that the segment stays mostly live after the purges below: not compacted)
+    let filler: Vec<CacheKey> = (0..8).map(|i| key(&format!("/f{i}"))).collect();
+    filler.iter().for_each(|k| put(first, k, b"filler"));
+    close(first);
+    assert!(
+        dir.path().join(checkpoint::FILE).exists(),
+        "written at close"
+    );
+
+    let second = open(&s).await;
+    let r = report(second);
+    assert_eq!((r.from_checkpoint, r.scanned_bytes), (12, 0), "{r:?}");
+    assert!(!r.checkpoint_rejected);
+    // after the checkpoint: a new object, a newer record, a purge, a URL purge; then a crash
+    put(second, &d, b"after");
+    put(second, &b, b"second");
+    second.remove(&a.combined_bin());
+    second.remove_url(&en.primary_bin());
+    crash(second);
+
+    let third = open(&s).await;
+    let r = report(third);
+    assert_eq!(r.from_checkpoint, 12, "{r:?}");
+    assert!(
+        r.scanned_bytes > 0,
+        "what followed the checkpoint is scanned"
+    );
+    for k in [&a, &fr, &en] {
+        assert!(
+            third.lookup(k).await.expect("lookup").is_none(),
+            "a purge after the checkpoint wins over it"
+        );
+    }
+    assert_eq!(get(third, &b).await.expect("b").1, b"second");
+    assert_eq!(get(third, &d).await.expect("d").1, b"after");
+    assert_eq!(third.objects(), 10);
+    close(third);
+
+    let fourth = open(&s).await;
+    let r = report(fourth);
+    assert_eq!((r.from_checkpoint, r.scanned_bytes), (10, 0), "{r:?}");
+    assert_eq!(get(fourth, &b).await.expect("b").1, b"second");
+    assert!(fourth.lookup(&a).await.expect("lookup").is_none());
+}
+
+#[tokio::test]
+async fn a_damaged_or_stale_checkpoint_falls_back_to_a_full_scan() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = settings(dir.path(), 64 << 20, 8 << 20);
+    let ckpt = dir.path().join(checkpoint::FILE);
+    let first = open(&s).await;
+    let (a, b, c, x) = (key("/a"), key("/b"), key("/c"), key("/x"));
+    put(first, &a, b"a");
+    put(first, &b, b"b");
+    close(first);
+
+    // a flipped bit: not used, counted, everything scanned
+    let mut bytes = std::fs::read(&ckpt).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&ckpt, &bytes).expect("write");
+    let second = open(&s).await;
+    let r = report(second);
+    assert!(r.checkpoint_rejected, "{r:?}");
+    assert_eq!((r.from_checkpoint, r.objects), (0, 2), "{r:?}");
+    assert_eq!(get(second, &a).await.expect("a").1, b"a");
+    close(second);
+
+    // an older checkpoint (a crash before the next one was renamed in) is still good
+    let older = std::fs::read(&ckpt).expect("read");
+    let third = open(&s).await;
+    put(third, &c, b"c");
+    close(third);
+    std::fs::write(&ckpt, &older).expect("write");
+    let fourth = open(&s).await;
+    let r = report(fourth);
+    assert!(!r.checkpoint_rejected && r.from_checkpoint == 2, "{r:?}");
+    assert_eq!(get(fourth, &c).await.expect("c").1, b"c");
+    crash(fourth);
+
+    // segments that are not the ones it saw (the directory emptied, numbers starting over)
+    for entry in std::fs::read_dir(dir.path()).expect("dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "seg") {
+            std::fs::remove_file(path).expect("rm");
+        }
+    }
+    let fifth = open(&s).await;
+    put(fifth, &x, b"x");
+    crash(fifth);
+    std::fs::write(&ckpt, &older).expect("write");
+    let sixth = open(&s).await;
+    let r = report(sixth);
+    assert!(r.checkpoint_rejected, "{r:?}");
+    assert_eq!(r.objects, 1, "{r:?}");
+    assert_eq!(get(sixth, &x).await.expect("x").1, b"x");
+    assert!(sixth.lookup(&a).await.expect("lookup").is_none());
+}
+
+/// Writes `rounds` × 20 cold objects of 1,000 bytes through a 64 KiB tier (about three times
+/// over), reading the warm set back after each round when `reread`.
+async fn warm_left_after_a_scan(reread: bool) -> usize {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = settings(dir.path(), 64 << 10, 16 << 10);
+    let store = open(&s).await;
+    let warm: Vec<CacheKey> = (0..4).map(|i| key(&format!("/warm{i}"))).collect();
+    warm.iter().for_each(|k| put(store, k, &body(1000, 7)));
+    flush(store);
+    for round in 0..8 {
+        for k in &warm {
+            if reread || round == 0 {
+                assert_eq!(get(store, k).await.expect("warm").1, body(1000, 7));
+            }
+        }
+        for i in 0..20 {
+            put(store, &key(&format!("/cold{round}-{i}")), &body(1000, 1));
+        }
+        flush(store);
+        assert!(files_total(dir.path()) <= 64 << 10, "within the budget");
+    }
+    let mut left = 0;
+    for k in &warm {
+        if let Some((_, got)) = get(store, k).await {
+            assert_eq!(got, body(1000, 7), "whole after its copies");
+            left += 1;
+        }
+    }
+    assert!(
+        store
+            .lookup(&key("/cold0-0"))
+            .await
+            .expect("lookup")
+            .is_none(),
+        "the scan's first objects went"
+    );
+    left
+}
+
+#[tokio::test]
+async fn objects_hit_on_disk_get_a_second_chance_when_their_segment_goes() {
+    assert_eq!(
+        warm_left_after_a_scan(true).await,
+        4,
+        "a warm set read again survives a one-time scan three times the tier"
+    );
+    assert_eq!(
+        warm_left_after_a_scan(false).await,
+        0,
+        "hit once long ago: its second chance is used up, FIFO takes it"
+    );
+}

@@ -2,20 +2,22 @@
 //! only on disk) and tombstones are appended in the order they were queued, and at start the
 //! segments found are scanned into the index.
 
+use super::checkpoint::CheckpointClock;
 use super::record::{self, Head, Kind};
 use super::segments::{self, Segments};
-use super::{unix_ms, DiskStore, Index, Job, Location};
+use super::{unix_ms, DiskStore, Index, Job, Location, RebuildReport};
 use crate::cache::stored_meta::StoredMeta;
 use crate::metrics::DISK_METRICS;
 use bytes::Bytes;
 use pingora_cache::key::HashBinary;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The head of an object record for `meta` and a body of `body_len` bytes, with the meta's
 /// bytes (pingora's encoding).
@@ -69,7 +71,16 @@ pub(super) fn copy_body(
 
 impl DiskStore {
     pub(super) fn write_loop(&'static self, queue: Receiver<Job>) {
-        while let Ok(job) = queue.recv() {
+        let mut clock = CheckpointClock::default();
+        loop {
+            let job = match queue.recv_timeout(Duration::from_secs(1)) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.checkpoint_if_due(&mut clock);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
             match job {
                 Job::Object {
                     seq,
@@ -103,6 +114,13 @@ impl DiskStore {
                     }
                 }
                 Job::Reclaim => self.reclaim(),
+                Job::Checkpoint(done) => {
+                    let written = self.write_checkpoint();
+                    if written {
+                        clock = CheckpointClock::default();
+                    }
+                    let _ = done.try_send(written);
+                }
                 Job::Flush(done) => {
                     let synced = self.segments.lock().as_ref().map(Segments::sync);
                     if let Some(Err(e)) = synced {
@@ -111,6 +129,7 @@ impl DiskStore {
                     let _ = done.try_send(());
                 }
             }
+            self.checkpoint_if_due(&mut clock);
         }
     }
 
@@ -141,6 +160,7 @@ impl DiskStore {
         };
         let table = record::table(body);
         let len = head.record_len();
+        self.make_room_keeping_hits(len);
         let trailer = record::trailer(&table, len);
         let head_bytes = head.encode(&meta_bytes);
         let parts: [&[u8]; 5] = [&head_bytes, &meta_bytes, body, &table, &trailer];
@@ -221,6 +241,7 @@ impl DiskStore {
         };
         let table = &old_table[..old.table_len()];
         let len = head.record_len();
+        self.make_room_keeping_hits(len);
         let trailer = record::trailer(table, len);
         let head_bytes = head.encode(&meta_bytes);
         let body_at = from.offset + old.body_offset();
@@ -288,6 +309,8 @@ impl DiskStore {
             }
         };
         DISK_METRICS.write_bytes.inc_by(len);
+        self.changed_since_checkpoint
+            .fetch_add(len, Ordering::AcqRel);
         if let Some((id, file)) = &appended.created {
             self.files.write().insert(*id, file.clone());
         }
@@ -317,17 +340,56 @@ impl DiskStore {
         gone
     }
 
-    /// Scan the segments found at start, oldest first, then take what they hold into the index
-    /// (what was written or removed since start wins).
+    /// Rebuild the index from the segments found at start, oldest first: from the checkpoint
+    /// and a scan of what was written after it, or, without a usable checkpoint, from a scan of
+    /// every segment; then take what they hold into the index (what was written or removed
+    /// since start wins).
     pub(super) fn rebuild(&'static self, found: Vec<(u64, Arc<File>, u64)>) {
         let started = Instant::now();
         let total: u64 = found.iter().map(|(_, _, len)| len).sum::<u64>().max(1);
-        let mut scanned = 0u64;
+        let mut done = 0u64;
         let mut rebuilt = Index::default();
         let mut keys_by_segment: Vec<(u64, Vec<(HashBinary, HashBinary)>)> = Vec::new();
+        // where the scan of each segment starts: after what the checkpoint covers
+        let mut scan_from: HashMap<u64, u64> = HashMap::new();
+        let mut report = RebuildReport::default();
+        match Self::read_checkpoint(&self.settings.path, &found) {
+            Ok(Some(checkpoint)) => {
+                let on_disk: HashSet<u64> = found.iter().map(|(id, _, _)| *id).collect();
+                for seg in checkpoint.segments {
+                    if on_disk.contains(&seg.id) {
+                        scan_from.insert(seg.id, seg.len);
+                        done += seg.len;
+                        keys_by_segment.push((seg.id, seg.keys));
+                    }
+                }
+                for (key, loc) in checkpoint.entries {
+                    let within = scan_from
+                        .get(&loc.segment)
+                        .is_some_and(|&len| loc.offset + loc.record_len() <= len);
+                    if within {
+                        rebuilt.insert(key, loc);
+                    }
+                }
+                report.from_checkpoint = rebuilt.entries.len();
+            }
+            Ok(None) => {}
+            Err(e) => {
+                DISK_METRICS.checkpoint_rejected.inc();
+                report.checkpoint_rejected = true;
+                log::warn!("disk cache: index checkpoint not used ({e}); scanning every segment");
+            }
+        }
+        DISK_METRICS
+            .rebuild_progress
+            .set(done as f64 / total as f64);
         for (id, file, len) in &found {
+            let start = scan_from.get(id).copied().unwrap_or(0);
+            if start >= *len {
+                continue;
+            }
             let mut keys = Vec::new();
-            segments::scan(file, *len, |f| match f.head.kind {
+            segments::scan_from(file, start, *len, |f| match f.head.kind {
                 Kind::Object => {
                     keys.push((f.head.combined, f.head.primary));
                     rebuilt.insert(f.head.combined, Location::of(&f, *id));
@@ -339,12 +401,13 @@ impl DiskStore {
                     rebuilt.remove_url(&f.head.primary);
                 }
             });
-            DISK_METRICS.read_bytes.inc_by(*len);
+            DISK_METRICS.read_bytes.inc_by(len - start);
             keys_by_segment.push((*id, keys));
-            scanned += len;
+            report.scanned_bytes += len - start;
+            done += len - start;
             DISK_METRICS
                 .rebuild_progress
-                .set(scanned as f64 / total as f64);
+                .set(done as f64 / total as f64);
         }
         let mut segments = self.segments.lock();
         let Some(segments) = segments.as_mut() else {
@@ -377,15 +440,24 @@ impl DiskStore {
                 }
             }
         }
+        report.objects = index.entries.len();
+        report.elapsed = started.elapsed();
+        log::info!(
+            "disk cache: index rebuilt, {} objects ({} from the checkpoint, {} bytes scanned) \
+             in {} ms",
+            report.objects,
+            report.from_checkpoint,
+            report.scanned_bytes,
+            report.elapsed.as_millis()
+        );
+        DISK_METRICS
+            .rebuild_seconds
+            .set(report.elapsed.as_secs_f64());
+        *self.rebuild_report.lock() = Some(report);
         self.loading.store(false, Ordering::Release);
         // what the last process left dead (or what was removed meanwhile) can go now
         self.queue_reclaim();
         DISK_METRICS.objects.set(index.entries.len() as i64);
         DISK_METRICS.rebuild_progress.set(1.0);
-        log::info!(
-            "disk cache: index rebuilt, {} objects in {} ms",
-            index.entries.len(),
-            started.elapsed().as_millis()
-        );
     }
 }
