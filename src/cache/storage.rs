@@ -686,10 +686,11 @@ impl Storage for MemoryStorage {
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let key = target.key().combined_bin();
+        let mut on_disk = false;
         if matches!(purge_type, PurgeType::Invalidation) {
             self.revoke_fills(&key);
             if let Some(disk) = self.disk {
-                disk.remove(&key);
+                on_disk = disk.remove(&key);
             }
         }
         Ok(match self.remove_entry(&key) {
@@ -699,6 +700,8 @@ impl Storage for MemoryStorage {
                 }
                 PurgeOutcome::Purged(None)
             }
+            // an object only on disk was stored too: its purge found it
+            None if on_disk => PurgeOutcome::Purged(None),
             None => PurgeOutcome::NotFound,
         })
     }

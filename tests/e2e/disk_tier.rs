@@ -326,8 +326,9 @@ async fn a_purge_made_after_the_index_checkpoint_holds_after_a_kill_9() {
     rebuilt(&v).await;
     let checkpoint = v.dir().join("disk").join("index.ckpt");
     assert!(checkpoint.exists(), "written when the node stopped");
-    // (only on disk: the purge removes it there, and answers 404 since memory had none)
-    fetch_with(&v, purge(), "/p", &[]).await;
+    // only on disk: the purge finds it there, removes it and says so
+    let purged = fetch_with(&v, purge(), "/p", &[]).await;
+    assert_eq!(purged.status, 200, "a disk-only object was purged");
     disk_objects(&v, 1).await;
     v.restart().await;
     rebuilt(&v).await;

@@ -527,8 +527,9 @@ impl DiskStore {
 
     /// Remove the object under `key` (a purge, a fill thrown away): gone from the index now,
     /// and after a restart.
-    pub fn remove(&self, key: &HashBinary) {
-        self.removal(Kind::Tombstone, key);
+    /// Whether the tier held it.
+    pub fn remove(&self, key: &HashBinary) -> bool {
+        self.removal(Kind::Tombstone, key)
     }
 
     /// Remove every variant of the URL `primary`, now and after a restart.
@@ -536,8 +537,9 @@ impl DiskStore {
         self.removal(Kind::UrlTombstone, primary);
     }
 
-    fn removal(&self, kind: Kind, key: &HashBinary) {
-        let seq = {
+    /// Whether the tier held something of `key`.
+    fn removal(&self, kind: Kind, key: &HashBinary) -> bool {
+        let (had, seq) = {
             let mut index = self.index.write();
             let had = match kind {
                 Kind::UrlTombstone => index.remove_url(key) > 0,
@@ -553,14 +555,14 @@ impl DiskStore {
             }
             // a tombstone only where something of the key may be on disk or on its way there
             if !(had || loading || self.queued_bytes.load(Ordering::Acquire) > 0) {
-                return;
+                return false;
             }
             let seq = self.seq();
             match kind {
                 Kind::UrlTombstone => index.removed_urls.insert(*key, seq),
                 _ => index.removed_keys.insert(*key, seq),
             };
-            seq
+            (had, seq)
         };
         DISK_METRICS.objects.set(self.objects() as i64);
         // written now, not queued: a purge holds after a crash right after it (queued only
@@ -575,6 +577,7 @@ impl DiskStore {
             key: *key,
         });
         self.queue_reclaim();
+        had
     }
 
     /// Wait (up to `timeout`) until everything queued so far is written and synced.
