@@ -291,20 +291,13 @@ pub fn invalidation_verdict(
 /// The cache key: scheme, canonical host and the exact path and query the origin will be asked
 /// for. Parts are length-prefixed so no two different requests can collide. HEAD shares GET's key.
 /// The host is also the user tag, for host-wide purges.
-///
-/// The key's hash is computed here, once: pingora-cache would otherwise hash the primary key
-/// again on every use (the lookup, the lock, the predictor, its release: about seven times per
-/// request that reaches the origin).
 pub fn cache_key(scheme: &str, host: &str, path_and_query: &str) -> CacheKey {
     let mut primary = Vec::with_capacity(scheme.len() + host.len() + path_and_query.len() + 12);
     for part in [scheme, host, path_and_query] {
         primary.extend_from_slice(&(part.len() as u32).to_be_bytes());
         primary.extend_from_slice(part.as_bytes());
     }
-    let hash = pingora_cache::key::hash_key(&primary);
-    let mut key = CacheKey::new(primary, host);
-    key.set_primary_bin_override(hash);
-    key
+    CacheKey::new(primary, host)
 }
 
 /// The cache key under a route's key rules: the query enters as the rules say (`key.query`).
@@ -490,20 +483,6 @@ mod tests {
     use pingora_cache::storage::Storage;
     use pingora_http::ResponseHeader;
     use std::time::{Duration, SystemTime};
-
-    #[test]
-    fn the_precomputed_hash_is_the_one_pingora_would_compute() {
-        let key = cache_key("https", "a.com", "/x?y");
-        let recomputed = CacheKey::new(key.primary_key().to_vec(), "a.com");
-        assert_eq!(key.primary_bin(), recomputed.primary_bin());
-        assert_eq!(key.combined_bin(), recomputed.combined_bin());
-        let mut varied = key.clone();
-        varied.set_variance_key([7; 16]);
-        let mut recomputed_varied = recomputed.clone();
-        recomputed_varied.set_variance_key([7; 16]);
-        assert_eq!(varied.combined_bin(), recomputed_varied.combined_bin());
-        assert_ne!(varied.combined_bin(), key.combined_bin());
-    }
 
     #[test]
     fn keys_are_framed() {
