@@ -76,8 +76,12 @@ pub fn check_path(method: &str, path: &str) -> Result<(), BadTarget> {
     if bytes.first() != Some(&b'/') {
         return Err(BadTarget::NotOriginForm);
     }
-    // Decode once, checking each byte as the origin would see it after one decoding pass.
-    let mut decoded = Vec::with_capacity(bytes.len());
+    // Decode once, checking each byte as the origin would see it after one decoding pass, and
+    // each decoded segment for `.` and `..` (without keeping the decoded path: no allocation).
+    let mut dot_segment = false;
+    // the decoded bytes of the current segment, as far as `.` / `..` go: how many dots so far,
+    // or None once it holds anything else
+    let mut dots: Option<u8> = Some(0);
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -99,13 +103,15 @@ pub fn check_path(method: &str, path: &str) -> Result<(), BadTarget> {
             b'\\' if encoded => return Err(BadTarget::EncodedSeparator),
             b'\\' => return Err(BadTarget::Backslash),
             0..=0x1f | 0x7f => return Err(BadTarget::ControlByte),
-            _ => decoded.push(value),
+            b'/' => {
+                dot_segment |= matches!(dots, Some(1 | 2));
+                dots = Some(0);
+            }
+            b'.' => dots = dots.map(|n| n.saturating_add(1)),
+            _ => dots = None,
         }
     }
-    if decoded
-        .split(|&b| b == b'/')
-        .any(|seg| seg == b"." || seg == b"..")
-    {
+    if dot_segment || matches!(dots, Some(1 | 2)) {
         return Err(BadTarget::DotSegment);
     }
     Ok(())
@@ -114,6 +120,69 @@ pub fn check_path(method: &str, path: &str) -> Result<(), BadTarget> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The check as it was first written (decoding the whole path, then splitting it): the
+    /// allocation-free one must agree with it on every path.
+    fn check_path_by_decoding(path: &str) -> Result<(), BadTarget> {
+        let bytes = path.as_bytes();
+        if bytes.first() != Some(&b'/') {
+            return Err(BadTarget::NotOriginForm);
+        }
+        let mut decoded = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            let (value, encoded) = if bytes[i] == b'%' {
+                let (Some(h), Some(l)) = (
+                    bytes.get(i + 1).copied().and_then(hex),
+                    bytes.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return Err(BadTarget::BadPercentEncoding);
+                };
+                i += 3;
+                (h << 4 | l, true)
+            } else {
+                i += 1;
+                (bytes[i - 1], false)
+            };
+            match value {
+                b'/' | b'\\' if encoded => return Err(BadTarget::EncodedSeparator),
+                b'\\' => return Err(BadTarget::Backslash),
+                0..=0x1f | 0x7f => return Err(BadTarget::ControlByte),
+                _ => decoded.push(value),
+            }
+        }
+        if decoded
+            .split(|&b| b == b'/')
+            .any(|seg| seg == b"." || seg == b"..")
+        {
+            return Err(BadTarget::DotSegment);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_streaming_check_agrees_with_decoding_the_whole_path() {
+        let parts = [
+            "/", ".", "a", "%2e", "%2E", "%2f", "%", "\\", "%5c", "%00", "...",
+        ];
+        let mut paths = vec![String::new()];
+        for _ in 0..4 {
+            let longer: Vec<String> = paths
+                .iter()
+                .flat_map(|p| parts.iter().map(move |x| format!("{p}{x}")))
+                .collect();
+            paths.extend(longer);
+            paths.dedup();
+        }
+        for tail in &paths {
+            let path = format!("/{tail}");
+            assert_eq!(
+                check_path("GET", &path),
+                check_path_by_decoding(&path),
+                "{path}"
+            );
+        }
+    }
 
     #[test]
     fn ordinary_paths_pass() {

@@ -8,6 +8,7 @@ use crate::snapshot::Route;
 use http::header::{HeaderName, HeaderValue, HOST, VIA as VIA_HEADER};
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
+use std::io::Write;
 use std::net::IpAddr;
 
 /// What verge adds to `Via`.
@@ -62,37 +63,53 @@ pub fn set_forwarding_headers(
         req.remove_header(name);
     }
     // what a trusted hop set is kept; verge's own value otherwise
-    let kept = |req: &RequestHeader, name: &str| {
-        req.headers.contains_key(name) && trusted.iter().any(|t| t.as_str() == name)
+    let kept = |req: &RequestHeader, name: &HeaderName| {
+        trusted.contains(name) && req.headers.contains_key(name)
     };
     if let Some(ip) = client_ip {
-        let chain = kept(req, "x-forwarded-for").then(|| {
-            let hops: Vec<&[u8]> = req
-                .headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .map(|v| v.as_bytes())
-                .collect();
-            hops.join(&b", "[..])
-        });
-        let mut value = chain.unwrap_or_default();
+        let mut value = Vec::with_capacity(48);
+        if kept(req, &X_FORWARDED_FOR) {
+            for (i, hop) in req.headers.get_all(&X_FORWARDED_FOR).iter().enumerate() {
+                if i > 0 {
+                    value.extend_from_slice(b", ");
+                }
+                value.extend_from_slice(hop.as_bytes());
+            }
+        }
         if !value.is_empty() {
             value.extend_from_slice(b", ");
         }
-        value.extend_from_slice(ip.to_string().as_bytes());
+        // written in place: no string for the address on its own
+        write!(value, "{ip}")
+            .map_err(|e| Error::because(ErrorType::InternalError, "x-forwarded-for", e))?;
         req.insert_header("x-forwarded-for", value)?;
     }
-    if !kept(req, "x-forwarded-proto") {
-        req.insert_header("x-forwarded-proto", scheme)?;
+    if !kept(req, &X_FORWARDED_PROTO) {
+        match scheme {
+            // the usual two without copying them
+            "https" => req.insert_header("x-forwarded-proto", HeaderValue::from_static("https"))?,
+            "http" => req.insert_header("x-forwarded-proto", HeaderValue::from_static("http"))?,
+            other => req.insert_header("x-forwarded-proto", other)?,
+        }
     }
-    if !host.is_empty() && !kept(req, "x-forwarded-host") {
+    if !host.is_empty() && !kept(req, &X_FORWARDED_HOST) {
         req.insert_header("x-forwarded-host", host)?;
     }
-    append_via(req.headers.get(VIA_HEADER).map(|v| v.as_bytes()))
-        .map(|via| req.insert_header(VIA_HEADER, via))
-        .transpose()?;
+    match req.headers.get(VIA_HEADER).map(|v| v.as_bytes()) {
+        Some(existing) if !existing.is_empty() => {
+            let via = append_via(Some(existing));
+            via.map(|via| req.insert_header(VIA_HEADER, via))
+                .transpose()?;
+        }
+        // the usual case, without copying the value
+        _ => req.insert_header(VIA_HEADER, HeaderValue::from_static(VIA))?,
+    }
     Ok(())
 }
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// The `Via` value after verge's hop is appended to an existing one.
 fn append_via(existing: Option<&[u8]>) -> Option<Vec<u8>> {
