@@ -11,7 +11,7 @@ use super::wire::{
 };
 use crate::config::{ConfigErrors, Policy};
 use crate::metrics::METRICS;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -148,7 +148,12 @@ pub struct ControlPlane {
     /// Listener, tokens, rate limits and retention.
     pub settings: ControlSettings,
     store: Box<dyn Store>,
+    /// What readers and long-polls take, never held while the store commits.
     state: Mutex<PlaneState>,
+    /// One write (or compaction) at a time on this replica, held while the store commits: it
+    /// keeps a file store's log in order, and on etcd the transaction's compare decides
+    /// between replicas.
+    writes: Mutex<()>,
     head: watch::Sender<Position>,
     /// Full reads of a shared store taken in: a long-poll wakes on one even when the head
     /// looks the same (it may be another epoch's).
@@ -185,6 +190,7 @@ impl ControlPlane {
                 ids,
                 epoch,
             }),
+            writes: Mutex::new(()),
             head: watch::channel(head).0,
             resets: AtomicU64::new(0),
             settings,
@@ -284,36 +290,39 @@ impl ControlPlane {
             Policy::from_json(&document).map_err(PlaneError::Invalid)?;
             // a shared store: start from everything other replicas committed
             self.store.sync()?;
-            let mut st = self.state.lock();
-            if given != st.head.policy_version {
-                return Err(PlaneError::Conflict {
-                    current: st.head.policy_version,
-                    given,
-                });
-            }
-            // The document in force again: nothing is written, the version stays.
-            if let Some(current) = st.policies.back().filter(|p| p.document == document) {
-                return Ok((current.clone(), false));
-            }
-            let version = PolicyVersion {
-                version: st.head.policy_version + 1,
-                document,
-                written_ms: unix_ms(SystemTime::now()),
-                author: author.to_string(),
-                rollback_of,
+            let _writing = self.writes.lock();
+            let version = {
+                let st = self.state.lock();
+                if given != st.head.policy_version {
+                    return Err(PlaneError::Conflict {
+                        current: st.head.policy_version,
+                        given,
+                    });
+                }
+                // The document in force again: nothing is written, the version stays.
+                if let Some(current) = st.policies.back().filter(|p| p.document == document) {
+                    return Ok((current.clone(), false));
+                }
+                PolicyVersion {
+                    version: st.head.policy_version + 1,
+                    document,
+                    written_ms: unix_ms(SystemTime::now()),
+                    author: author.to_string(),
+                    rollback_of,
+                }
             };
+            // the state's lock is free while the store commits: reads and long-polls go on
             self.store
                 .append(&[Record::Policy(version.clone())])
                 .map_err(|e| match e {
                     StoreError::Conflict { current } => PlaneError::Conflict { current, given },
                     e => PlaneError::Store(e),
                 })?;
-            st.policies.push_back(version.clone());
-            while st.policies.len() > self.settings.policy_history {
-                st.policies.pop_front();
+            let mut st = self.state.lock();
+            // (the watch of a shared store may have taken this very commit in already)
+            if self.take_policy(&mut st, version.clone()) {
+                self.publish_head(st.head);
             }
-            st.head.policy_version = version.version;
-            self.publish_head(st.head);
             Ok((version, true))
         })();
         match &result {
@@ -418,6 +427,7 @@ impl ControlPlane {
         if !problems.is_empty() {
             return Err(PlaneError::BadRequest(problems.join("; ")));
         }
+        let writing = self.writes.lock();
         let mut st = self.state.lock();
         // a redelivery costs no purge budget: it purges nothing
         let redelivered = requests
@@ -488,40 +498,48 @@ impl ControlPlane {
                 duplicate: false,
             });
         }
-        if !fresh.is_empty() {
-            let records: Vec<Record> = fresh.iter().cloned().map(Record::Invalidation).collect();
-            if let Err(e) = self.store.append(&records) {
-                // the write was refused (a lost race, or a store that could not commit)
-                // and answered as such: the budget is not spent
-                if let Some(b) = st.buckets.get_mut(who) {
-                    b.tokens += charged as f64;
-                }
-                return Err(e.into());
-            }
-            // With a shared store another replica may already have sent any earlier
-            // invalidation to its nodes, so only this batch's own repeats coalesce.
-            if !self.store.shared() {
-                for (key, seq) in batch_keys {
-                    st.recent.insert(key, (seq, now));
-                }
-            }
-            for (id, seq) in batch_ids {
-                st.ids.insert(id.to_string(), seq);
-            }
-            st.appended_since_compaction += fresh.len();
-            st.invalidations.extend(fresh);
-            st.head.seq = next;
-            self.publish_head(st.head);
-            self.compact_when_due(&mut st);
+        if fresh.is_empty() {
+            return Ok(out);
         }
+        drop(st);
+        // the state's lock is free while the store commits: reads and long-polls go on
+        let records: Vec<Record> = fresh.iter().cloned().map(Record::Invalidation).collect();
+        let appended = self.store.append(&records);
+        let mut st = self.state.lock();
+        if let Err(e) = appended {
+            // the write was refused (a lost race, or a store that could not commit)
+            // and answered as such: the budget is not spent
+            if let Some(b) = st.buckets.get_mut(who) {
+                b.tokens += charged as f64;
+            }
+            return Err(e.into());
+        }
+        // With a shared store another replica may already have sent any earlier
+        // invalidation to its nodes, so only this batch's own repeats coalesce.
+        if !self.store.shared() {
+            for (key, seq) in batch_keys {
+                st.recent.insert(key, (seq, now));
+            }
+        }
+        let before = st.head;
+        // (the watch of a shared store may have taken this very commit in already)
+        for i in fresh {
+            take_invalidation(&mut st, i);
+        }
+        if st.head != before {
+            self.publish_head(st.head);
+        }
+        drop(st);
+        self.compact_when_due(&writing);
         Ok(out)
     }
 
     /// Compact once `compact_after` invalidations were appended since the last time, if this
-    /// control plane may (with a shared store: the elected replica).
-    fn compact_when_due(&self, st: &mut PlaneState) {
-        if st.appended_since_compaction >= self.settings.compact_after && self.store.may_compact() {
-            if let Err(e) = self.compact_locked(st, SystemTime::now()) {
+    /// control plane may (with a shared store: the elected replica). `writing`: no other write.
+    fn compact_when_due(&self, writing: &MutexGuard<'_, ()>) {
+        let due = self.state.lock().appended_since_compaction >= self.settings.compact_after;
+        if due && self.store.may_compact() {
+            if let Err(e) = self.compact_writing(writing, SystemTime::now()) {
                 log::error!("compaction failed (the log keeps growing): {e}");
             }
         }
@@ -529,42 +547,64 @@ impl ControlPlane {
 
     /// Drop invalidations older than the retention and old policy versions from the store.
     pub fn compact(&self, now: SystemTime) -> Result<(), StoreError> {
-        let mut st = self.state.lock();
-        self.compact_locked(&mut st, now)
+        let writing = self.writes.lock();
+        self.compact_writing(&writing, now)
     }
 
-    fn compact_locked(&self, st: &mut PlaneState, now: SystemTime) -> Result<(), StoreError> {
+    /// Compact while this replica writes nothing else (`_writing`), without holding the state's
+    /// lock while the store rewrites.
+    fn compact_writing(
+        &self,
+        _writing: &MutexGuard<'_, ()>,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
         let cutoff = unix_ms(
             now.checked_sub(self.settings.invalidation_retention)
                 .unwrap_or(SystemTime::UNIX_EPOCH),
         );
-        let mut floor = st.floor;
-        let keep: Vec<Invalidation> = st
-            .invalidations
-            .iter()
-            .filter(|i| {
-                let old = i.created_ms < cutoff;
-                if old {
-                    floor = floor.max(i.seq);
-                }
-                !old
-            })
-            .cloned()
-            .collect();
-        let state = StoreState {
-            policies: st.policies.iter().cloned().collect(),
-            invalidations: keep.clone(),
-            floor,
-            epoch: st.epoch.clone(),
-            receipts: Default::default(),
+        let old = |i: &Invalidation| i.created_ms < cutoff;
+        let state = {
+            let st = self.state.lock();
+            let floor = st
+                .invalidations
+                .iter()
+                .filter(|i| old(i))
+                .fold(st.floor, |f, i| f.max(i.seq));
+            StoreState {
+                policies: st.policies.iter().cloned().collect(),
+                invalidations: st
+                    .invalidations
+                    .iter()
+                    .filter(|i| !old(i))
+                    .cloned()
+                    .collect(),
+                floor,
+                epoch: st.epoch.clone(),
+                receipts: Default::default(),
+            }
         };
         self.store.rewrite(&state)?;
+        let mut st = self.state.lock();
+        // (what the watch took in meanwhile is newer than the cutoff)
+        st.invalidations.retain(|i| !old(i));
         // ids are remembered as long as their invalidations are retained
-        st.ids = ids_of(keep.iter());
-        st.invalidations = keep.into();
-        st.floor = floor;
+        st.ids = ids_of(st.invalidations.iter());
+        st.floor = st.floor.max(state.floor);
         st.appended_since_compaction = 0;
         Ok(())
+    }
+
+    /// Add a committed policy version unless this plane has it already; whether it was added.
+    fn take_policy(&self, st: &mut PlaneState, p: PolicyVersion) -> bool {
+        if p.version <= st.head.policy_version {
+            return false;
+        }
+        st.head.policy_version = p.version;
+        st.policies.push_back(p);
+        while st.policies.len() > self.settings.policy_history {
+            st.policies.pop_front();
+        }
+        true
     }
 
     /// Take in what a shared store saw committed (by any replica, this one included: what is
@@ -576,18 +616,10 @@ impl ControlPlane {
             StoreChange::Records(records) => {
                 for r in records {
                     match r {
-                        Record::Policy(p) if p.version > st.head.policy_version => {
-                            st.head.policy_version = p.version;
-                            st.policies.push_back(p);
+                        Record::Policy(p) => {
+                            self.take_policy(&mut st, p);
                         }
-                        Record::Invalidation(i) if i.seq > st.head.seq => {
-                            if let Some(id) = &i.id {
-                                st.ids.insert(id.clone(), i.seq);
-                            }
-                            st.head.seq = i.seq;
-                            st.invalidations.push_back(i);
-                            st.appended_since_compaction += 1;
-                        }
+                        Record::Invalidation(i) => take_invalidation(&mut st, i),
                         Record::Floor { seq } if seq > st.floor => {
                             st.floor = seq;
                             let start = st.invalidations.partition_point(|i| i.seq <= seq);
@@ -623,8 +655,12 @@ impl ControlPlane {
         if st.head != before {
             self.publish_head(st.head);
         }
+        let due = st.appended_since_compaction >= self.settings.compact_after;
+        drop(st);
         // the elected replica compacts what every replica appended
-        self.compact_when_due(&mut st);
+        if due && self.store.may_compact() {
+            self.compact_when_due(&self.writes.lock());
+        }
     }
 
     /// What a node at `after` in this plane's epoch needs, or `None` when it is current.
@@ -716,6 +752,19 @@ impl ControlPlane {
         let start = st.invalidations.partition_point(|i| i.seq <= seq);
         st.invalidations.iter().skip(start).cloned().collect()
     }
+}
+
+/// Add a committed invalidation unless the plane has it already.
+fn take_invalidation(st: &mut PlaneState, i: Invalidation) {
+    if i.seq <= st.head.seq {
+        return;
+    }
+    if let Some(id) = &i.id {
+        st.ids.insert(id.clone(), i.seq);
+    }
+    st.head.seq = i.seq;
+    st.invalidations.push_back(i);
+    st.appended_since_compaction += 1;
 }
 
 fn gauge(v: u64) -> i64 {
@@ -1054,6 +1103,76 @@ mod tests {
         cp.apply_change(StoreChange::Reset(StoreState::default()));
         assert_eq!(cp.head(), Position::default());
         assert!(cp.policy().is_none());
+    }
+
+    /// A file store whose appends wait until the test lets them go: a store stuck committing,
+    /// as etcd without a quorum.
+    struct StuckStore {
+        inner: FileStore,
+        entered: std::sync::mpsc::SyncSender<()>,
+        go: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Store for StuckStore {
+        fn load(&self) -> Result<StoreState, StoreError> {
+            self.inner.load()
+        }
+        fn append(&self, records: &[Record]) -> Result<(), StoreError> {
+            self.entered.send(()).unwrap();
+            self.go.lock().unwrap().recv().unwrap();
+            self.inner.append(records)
+        }
+        fn rewrite(&self, state: &StoreState) -> Result<(), StoreError> {
+            self.inner.rewrite(state)
+        }
+    }
+
+    #[test]
+    fn reads_and_long_polls_are_answered_while_a_write_waits_for_the_store() {
+        use std::sync::mpsc;
+        let dir = tempfile::tempdir().unwrap();
+        let (entered_tx, entered) = mpsc::sync_channel(1);
+        let (go, go_rx) = mpsc::channel();
+        let store = StuckStore {
+            inner: FileStore::open(dir.path()).unwrap(),
+            entered: entered_tx,
+            go: std::sync::Mutex::new(go_rx),
+        };
+        let cp = ControlPlane::open(settings(dir.path()), Box::new(store)).unwrap();
+        let writer = {
+            let cp = cp.clone();
+            std::thread::spawn(move || {
+                cp.invalidate(&[purge(InvalidationKind::Host, "a.com")], "t")
+            })
+        };
+        entered.recv_timeout(Duration::from_secs(10)).unwrap();
+        // the write is in the store: a read, a snapshot and a long-poll are answered meanwhile
+        let (answered_tx, answered) = mpsc::channel();
+        let reader = {
+            let cp = cp.clone();
+            std::thread::spawn(move || {
+                let at = cp.snapshot_for(None).unwrap().position();
+                answered_tx
+                    .send((cp.head(), cp.policy().is_none()))
+                    .unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(cp.wait_snapshot(Some(at), None, Duration::from_secs(30)))
+            })
+        };
+        let (head, no_policy) = answered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("reads answered while the write waits for the store");
+        assert_eq!(head, Position::default());
+        assert!(no_policy);
+        go.send(()).unwrap();
+        let accepted = writer.join().unwrap().unwrap();
+        assert_eq!(accepted[0].seq, 1);
+        // the long-poll that waited through the write wakes with it
+        let msg = reader.join().unwrap().unwrap();
+        assert_eq!((msg.seq, msg.invalidations.len()), (1, 1));
     }
 
     #[tokio::test]
