@@ -86,20 +86,28 @@ pub(super) async fn list(client: &Client, keys: &Keys) -> Result<(StoreState, Lo
 /// Read everything again after the watch at `before` met a compaction, a cancel, a changed
 /// cluster or a revision gone back. When the (linearizable) read confirms that etcd is another
 /// cluster or went back in time, but still holds `before`'s epoch (a restore from a backup),
-/// the epoch is replaced and read again.
+/// the epoch is replaced and read again. The change is a `Restored` when this replica replaced
+/// its epoch so, or another replica did (`P restored` names it).
 async fn list_after(
     client: &Client,
     keys: &Keys,
     before: &Loaded,
-) -> Result<(StoreState, Loaded), StoreError> {
+) -> Result<(StoreChange, Loaded), StoreError> {
     let (state, loaded) = list(client, keys).await?;
     let moved = loaded.cluster_id != before.cluster_id || loaded.revision < before.revision;
     match &before.epoch {
         Some(old) if moved && loaded.epoch.as_ref() == Some(old) => {
             etcd_epoch::ensure(client, keys, Some(old)).await?;
-            list(client, keys).await
+            let (state, loaded) = list(client, keys).await?;
+            Ok((StoreChange::Restored(state), loaded))
         }
-        _ => Ok((state, loaded)),
+        Some(old)
+            if loaded.epoch.as_ref() != Some(old)
+                && etcd_epoch::restored_from(client, keys, old).await? =>
+        {
+            Ok((StoreChange::Restored(state), loaded))
+        }
+        _ => Ok((StoreChange::Reset(state), loaded)),
     }
 }
 
@@ -151,7 +159,27 @@ async fn watch(
     timeout: Duration,
 ) {
     let mut backoff = BACKOFF_MIN;
+    let mut first = true;
     loop {
+        // A stream that broke may have missed a restore whose revisions caught up with this
+        // one's (same cluster id, the epoch replaced by another replica below `at.revision`):
+        // the epoch is read again before watching from where the stream left off.
+        if !std::mem::take(&mut first) {
+            if let Some(now) = epoch_moved(&client, &keys, &at, timeout).await {
+                log::warn!(
+                    "etcd store: epoch changed from {:?} to {now:?}; reading everything again",
+                    at.epoch
+                );
+                METRICS
+                    .control_store_resyncs
+                    .with_label_values(&["epoch_changed"])
+                    .inc();
+                match relist(&client, &keys, &at, &tx, timeout).await {
+                    Some(now) => at = now,
+                    None => return,
+                }
+            }
+        }
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(at.revision + 1)
@@ -323,6 +351,25 @@ fn step(keys: &Keys, at: &mut Loaded, resp: &WatchResponse) -> Step {
     })
 }
 
+/// The epoch in etcd, when it is not `at`'s (`None` also when it cannot be read: the watch
+/// that follows fails the same way and is retried).
+async fn epoch_moved(
+    client: &Client,
+    keys: &Keys,
+    at: &Loaded,
+    timeout: Duration,
+) -> Option<Option<String>> {
+    let got = tokio::time::timeout(timeout, get(client, keys.epoch(), None))
+        .await
+        .ok()?
+        .ok()?;
+    let now = got
+        .kvs()
+        .first()
+        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
+    (now != at.epoch).then_some(now)
+}
+
 /// Read everything again and hand it to the plane; retried until it works or the plane is gone.
 async fn relist(
     client: &Client,
@@ -334,9 +381,9 @@ async fn relist(
     let mut backoff = BACKOFF_MIN;
     loop {
         match tokio::time::timeout(timeout, list_after(client, keys, before)).await {
-            Ok(Ok((state, loaded))) => {
+            Ok(Ok((change, loaded))) => {
                 let d = Delivery {
-                    changes: vec![StoreChange::Reset(state)],
+                    changes: vec![change],
                     revision: loaded.revision,
                     reset: true,
                 };

@@ -2,6 +2,7 @@
 //! snapshots and deltas for nodes, and what each node reported it applied.
 
 mod receipts;
+mod restore;
 
 use super::settings::ControlSettings;
 use super::store::{PolicyVersion, Record, Store, StoreChange, StoreError, StoreState};
@@ -370,6 +371,15 @@ impl ControlPlane {
         requests: &[InvalidationRequest],
         who: &str,
     ) -> Result<Vec<Accepted>, PlaneError> {
+        self.invalidate_as(requests, Some(who))
+    }
+
+    /// `invalidate`, charged to `who`'s purge budget when there is one.
+    fn invalidate_as(
+        &self,
+        requests: &[InvalidationRequest],
+        who: Option<&str>,
+    ) -> Result<Vec<Accepted>, PlaneError> {
         let mut attempt = 0;
         let result = loop {
             attempt += 1;
@@ -396,7 +406,7 @@ impl ControlPlane {
     fn invalidate_inner(
         &self,
         requests: &[InvalidationRequest],
-        who: &str,
+        who: Option<&str>,
     ) -> Result<Vec<Accepted>, PlaneError> {
         if requests.is_empty() {
             return Err(PlaneError::BadRequest("no invalidation given".into()));
@@ -435,7 +445,7 @@ impl ControlPlane {
             .filter(|r| r.id.as_ref().is_some_and(|id| st.ids.contains_key(id)))
             .count();
         let charged = requests.len() - redelivered;
-        if charged > 0 {
+        if let (Some(who), true) = (who, charged > 0) {
             self.take_tokens(&mut st, who, charged)?;
         }
         let now = Instant::now();
@@ -509,7 +519,7 @@ impl ControlPlane {
         if let Err(e) = appended {
             // the write was refused (a lost race, or a store that could not commit)
             // and answered as such: the budget is not spent
-            if let Some(b) = st.buckets.get_mut(who) {
+            if let Some(b) = who.and_then(|who| st.buckets.get_mut(who)) {
                 b.tokens += charged as f64;
             }
             return Err(e.into());
@@ -609,9 +619,10 @@ impl ControlPlane {
 
     /// Take in what a shared store saw committed (by any replica, this one included: what is
     /// already here is skipped by its version or `seq`).
-    pub fn apply_change(&self, change: StoreChange) {
+    pub fn apply_change(self: &Arc<Self>, change: StoreChange) {
         let mut st = self.state.lock();
         let before = st.head;
+        let mut lost = Vec::new();
         match change {
             StoreChange::Records(records) => {
                 for r in records {
@@ -634,19 +645,10 @@ impl ControlPlane {
                 }
             }
             StoreChange::Receipts(list) => receipts::take(&mut st, list),
-            StoreChange::Reset(state) => {
-                st.head = head_of(&state);
-                st.ids = ids_of(state.invalidations.iter());
-                st.policies = state.policies.into();
-                st.invalidations = state.invalidations.into();
-                st.floor = state.floor;
-                st.epoch = state.epoch;
-                st.nodes = receipts::decode_all(state.receipts);
-                // what was delivered before the reset says nothing about the new content
-                st.delivered = st.head.seq;
-                st.recent.clear();
-                self.resets.fetch_add(1, Ordering::SeqCst);
-                self.head.send_replace(st.head);
+            StoreChange::Reset(state) => self.reset(&mut st, state),
+            StoreChange::Restored(state) => {
+                lost = restore::lost_after(&st, &state);
+                self.reset(&mut st, state);
             }
         }
         while st.policies.len() > self.settings.policy_history {
@@ -657,10 +659,29 @@ impl ControlPlane {
         }
         let due = st.appended_since_compaction >= self.settings.compact_after;
         drop(st);
+        if !lost.is_empty() {
+            restore::append_again(self.clone(), lost);
+        }
         // the elected replica compacts what every replica appended
         if due && self.store.may_compact() {
             self.compact_when_due(&self.writes.lock());
         }
+    }
+
+    /// Replace everything with a full read of the store (`Reset`, `Restored`).
+    fn reset(&self, st: &mut PlaneState, state: StoreState) {
+        st.head = head_of(&state);
+        st.ids = ids_of(state.invalidations.iter());
+        st.policies = state.policies.into();
+        st.invalidations = state.invalidations.into();
+        st.floor = state.floor;
+        st.epoch = state.epoch;
+        st.nodes = receipts::decode_all(state.receipts);
+        // what was delivered before the reset says nothing about the new content
+        st.delivered = st.head.seq;
+        st.recent.clear();
+        self.resets.fetch_add(1, Ordering::SeqCst);
+        self.head.send_replace(st.head);
     }
 
     /// What a node at `after` in this plane's epoch needs, or `None` when it is current.
