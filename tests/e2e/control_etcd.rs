@@ -225,6 +225,11 @@ async fn etcd_member_and_quorum_loss_and_a_replica_restart() {
 
 /// Whether `cp` counted a full read of the store for `reason`.
 pub(crate) async fn resynced(cp: &Cp, reason: &str) -> bool {
+    resynced_for(cp, &[reason]).await
+}
+
+/// Whether `cp` counted a full read of the store for one of `reasons`.
+pub(crate) async fn resynced_for(cp: &Cp, reasons: &[&str]) -> bool {
     eventually(Duration::from_secs(15), || async {
         let r = crate::support::client()
             .get(cp.url("/metrics"))
@@ -232,8 +237,10 @@ pub(crate) async fn resynced(cp: &Cp, reason: &str) -> bool {
             .await
             .expect("metrics");
         let m = Metrics::parse(&r.text().await.unwrap_or_default());
-        m.value("verge_control_store_resyncs_total", &[("reason", reason)])
-            .is_some_and(|v| v >= 1.0)
+        reasons.iter().any(|reason| {
+            m.value("verge_control_store_resyncs_total", &[("reason", reason)])
+                .is_some_and(|v| v >= 1.0)
+        })
     })
     .await
 }

@@ -4,7 +4,7 @@
 
 use crate::control::get;
 use crate::control_etcd::{
-    holds, next_policy, node_at, read, refetched, replica, replica_with, resynced, signal,
+    holds, next_policy, node_at, read, refetched, replica, replica_with, resynced_for, signal,
 };
 use crate::support::control_plane::{node, OPS};
 use crate::support::etcd::{have_etcdctl, EtcdCluster};
@@ -49,9 +49,10 @@ async fn a_restore_from_a_backup_takes_a_new_epoch_and_keeps_the_purges_made_aft
     // snapshot's.
     etcd.restore(&backup).await;
     signal(b.pid(), "-CONT");
+    // (A sees the new cluster id, or first the epoch that B replaced)
     assert!(
-        resynced(&a, "cluster_changed").await,
-        "A saw another cluster"
+        resynced_for(&a, &["cluster_changed", "epoch_changed"]).await,
+        "A read everything again"
     );
     // The backup's policy is in force; the purge made after the backup is appended again in
     // the new epoch (by whichever replica saw the restore first; once).
@@ -89,4 +90,59 @@ async fn a_restore_from_a_backup_takes_a_new_epoch_and_keeps_the_purges_made_aft
     assert_eq!(b.put_policy(next_policy(&o, 5), 1).await.0, 200);
     assert_eq!(a.purge(json!({"kind": "tag", "target": "after"})).await, 3);
     assert!(holds(&a, 2, 3).await && holds(&b, 2, 3).await);
+}
+
+#[tokio::test]
+async fn reads_and_long_polls_are_answered_while_writes_are_stuck_without_a_quorum() {
+    let Some(mut etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let o = Origin::start("o").await;
+    let a = replica_with(&etcd, "/stuck/", "threads: 2").await;
+    assert_eq!(a.put_policy(next_policy(&o, 0), 0).await.0, 200);
+    // writers purge in a loop until one is refused, so that when the quorum goes some write is
+    // in its transaction
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let url = a.url("/v1/invalidations");
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for i in 0.. {
+                    if answers.last().is_some_and(|&(s, _)| s != 202) {
+                        break;
+                    }
+                    let r = crate::support::client()
+                        .post(&url)
+                        .bearer_auth(OPS)
+                        .json(&json!({"kind": "tag", "target": format!("w{w}-{i}")}))
+                        .send()
+                        .await;
+                    let status = r.map(|r| r.status().as_u16()).unwrap_or(0);
+                    answers.push((status, i));
+                }
+                answers
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    etcd.kill(0);
+    etcd.kill(1);
+    // a read, a snapshot and a long-poll at the head are answered while the writes wait
+    let head = read(&a, "/v1/snapshot").await;
+    let at = format!("{}.{}", head["policy_version"], head["seq"]);
+    let epoch = head["epoch"].as_str().unwrap_or_default().to_string();
+    let path = format!("/v1/snapshot?after={at}&epoch={epoch}&wait=500ms");
+    let (status, v) = a.send("GET", &path, OPS, None, None).await;
+    assert!(status == 204 || status == 200, "{status} {v}");
+    assert_eq!(read(&a, "/v1/policy").await["version"], json!(1));
+    let waiting = writers.iter().filter(|w| !w.is_finished()).count();
+    assert!(
+        waiting > 0,
+        "the reads were answered while writes waited for a quorum"
+    );
+    for w in writers {
+        let answers = w.await.expect("writer");
+        // the write in flight when the quorum went is refused, never acknowledged
+        assert_eq!(answers.last().map(|a| a.0), Some(503), "{answers:?}");
+    }
 }
