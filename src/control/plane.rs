@@ -383,11 +383,16 @@ impl ControlPlane {
         let mut attempt = 0;
         let result = loop {
             attempt += 1;
-            // a shared store: start from everything other replicas committed, and again when
-            // one of them took the next `seq` first
-            let result = self
-                .store
-                .sync()
+            // A shared store: the append compares `seq` with this replica's, so it commits
+            // only if this replica had taken in every invalidation committed before it (ids
+            // included). The first attempt goes without the catch-up read (a round to etcd's
+            // quorum on a purge's path); after a lost race the replica catches up first.
+            let synced = if attempt == 1 {
+                Ok(())
+            } else {
+                self.store.sync()
+            };
+            let result = synced
                 .map_err(PlaneError::Store)
                 .and_then(|()| self.invalidate_inner(requests, who));
             match result {
@@ -1194,6 +1199,44 @@ mod tests {
         // the long-poll that waited through the write wakes with it
         let msg = reader.join().unwrap().unwrap();
         assert_eq!((msg.seq, msg.invalidations.len()), (1, 1));
+    }
+
+    #[test]
+    fn a_restore_appends_the_invalidations_made_after_the_backup_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = open(dir.path());
+        for target in ["a.com", "b.com", "c.com"] {
+            cp.invalidate(&[purge(InvalidationKind::Host, target)], "t")
+                .unwrap();
+        }
+        // the backup held the first only
+        let backup = StoreState {
+            invalidations: cp.invalidations_after(0)[..1].to_vec(),
+            epoch: Some("new".into()),
+            ..StoreState::default()
+        };
+        cp.apply_change(StoreChange::Restored(backup.clone()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cp.head().seq < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let log = cp.invalidations_after(0);
+        let again: Vec<(u64, &str, Option<&str>)> = log
+            .iter()
+            .map(|i| (i.seq, i.target.as_str(), i.id.as_deref()))
+            .collect();
+        assert_eq!(
+            again,
+            [
+                (1, "a.com", None),
+                (2, "b.com", Some("restored-none-2")),
+                (3, "c.com", Some("restored-none-3")),
+            ]
+        );
+        // a reset that is not a restore (a wipe, a compaction) appends nothing again
+        cp.apply_change(StoreChange::Reset(backup));
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(cp.head().seq, 1);
     }
 
     #[tokio::test]
