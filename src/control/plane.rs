@@ -1,6 +1,7 @@
 //! The control plane's state machine: versioned policy (compare-and-set), the invalidation log,
 //! snapshots and deltas for nodes, and what each node reported it applied.
 
+mod compaction;
 mod receipts;
 mod restore;
 
@@ -12,7 +13,7 @@ use super::wire::{
 };
 use crate::config::{ConfigErrors, Policy};
 use crate::metrics::METRICS;
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -547,66 +548,6 @@ impl ControlPlane {
         drop(st);
         self.compact_when_due(&writing);
         Ok(out)
-    }
-
-    /// Compact once `compact_after` invalidations were appended since the last time, if this
-    /// control plane may (with a shared store: the elected replica). `writing`: no other write.
-    fn compact_when_due(&self, writing: &MutexGuard<'_, ()>) {
-        let due = self.state.lock().appended_since_compaction >= self.settings.compact_after;
-        if due && self.store.may_compact() {
-            if let Err(e) = self.compact_writing(writing, SystemTime::now()) {
-                log::error!("compaction failed (the log keeps growing): {e}");
-            }
-        }
-    }
-
-    /// Drop invalidations older than the retention and old policy versions from the store.
-    pub fn compact(&self, now: SystemTime) -> Result<(), StoreError> {
-        let writing = self.writes.lock();
-        self.compact_writing(&writing, now)
-    }
-
-    /// Compact while this replica writes nothing else (`_writing`), without holding the state's
-    /// lock while the store rewrites.
-    fn compact_writing(
-        &self,
-        _writing: &MutexGuard<'_, ()>,
-        now: SystemTime,
-    ) -> Result<(), StoreError> {
-        let cutoff = unix_ms(
-            now.checked_sub(self.settings.invalidation_retention)
-                .unwrap_or(SystemTime::UNIX_EPOCH),
-        );
-        let old = |i: &Invalidation| i.created_ms < cutoff;
-        let state = {
-            let st = self.state.lock();
-            let floor = st
-                .invalidations
-                .iter()
-                .filter(|i| old(i))
-                .fold(st.floor, |f, i| f.max(i.seq));
-            StoreState {
-                policies: st.policies.iter().cloned().collect(),
-                invalidations: st
-                    .invalidations
-                    .iter()
-                    .filter(|i| !old(i))
-                    .cloned()
-                    .collect(),
-                floor,
-                epoch: st.epoch.clone(),
-                receipts: Default::default(),
-            }
-        };
-        self.store.rewrite(&state)?;
-        let mut st = self.state.lock();
-        // (what the watch took in meanwhile is newer than the cutoff)
-        st.invalidations.retain(|i| !old(i));
-        // ids are remembered as long as their invalidations are retained
-        st.ids = ids_of(st.invalidations.iter());
-        st.floor = st.floor.max(state.floor);
-        st.appended_since_compaction = 0;
-        Ok(())
     }
 
     /// Add a committed policy version unless this plane has it already; whether it was added.
