@@ -119,28 +119,25 @@ impl EtcdCerts {
 
 /// The etcd binary: `$VERGE_ETCD`, else `etcd` on the `PATH`, else `/usr/bin/etcd`.
 fn etcd_bin() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("VERGE_ETCD") {
-        return Some(PathBuf::from(p));
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("etcd"))
-            .find(|p| p.is_file())
-    });
-    on_path.or_else(|| Some(PathBuf::from("/usr/bin/etcd")).filter(|p| p.is_file()))
+    find_binary("VERGE_ETCD", "etcd")
 }
 
 /// The etcdctl binary: `$VERGE_ETCDCTL`, else `etcdctl` on the `PATH`, else `/usr/bin/etcdctl`.
 fn etcdctl_bin() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("VERGE_ETCDCTL") {
+    find_binary("VERGE_ETCDCTL", "etcdctl")
+}
+
+/// `$var`, else `name` on the `PATH`, else `/usr/bin/<name>`.
+fn find_binary(var: &str, name: &str) -> Option<PathBuf> {
+    if let Ok(p) = std::env::var(var) {
         return Some(PathBuf::from(p));
     }
     let on_path = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
-            .map(|d| d.join("etcdctl"))
+            .map(|d| d.join(name))
             .find(|p| p.is_file())
     });
-    on_path.or_else(|| Some(PathBuf::from("/usr/bin/etcdctl")).filter(|p| p.is_file()))
+    on_path.or_else(|| Some(PathBuf::from("/usr/bin").join(name)).filter(|p| p.is_file()))
 }
 
 /// Whether `etcdctl` is there; without it (outside CI) a message says the test was skipped, in
