@@ -163,16 +163,14 @@ async fn watch(
     loop {
         // A stream that broke may have missed a restore whose revisions caught up with this
         // one's (same cluster id, the epoch replaced by another replica below `at.revision`):
-        // the epoch is read again before watching from where the stream left off.
+        // the cluster, revision and epoch are read again before watching from where the
+        // stream left off.
         if !std::mem::take(&mut first) {
-            if let Some(now) = epoch_moved(&client, &keys, &at, timeout).await {
-                log::warn!(
-                    "etcd store: epoch changed from {:?} to {now:?}; reading everything again",
-                    at.epoch
-                );
+            if let Some((why, reason)) = moved_since(&client, &keys, &at, timeout).await {
+                log::warn!("etcd store: {why}; reading everything again");
                 METRICS
                     .control_store_resyncs
-                    .with_label_values(&["epoch_changed"])
+                    .with_label_values(&[reason])
                     .inc();
                 match relist(&client, &keys, &at, &tx, timeout).await {
                     Some(now) => at = now,
@@ -351,23 +349,50 @@ fn step(keys: &Keys, at: &mut Loaded, resp: &WatchResponse) -> Step {
     })
 }
 
-/// The epoch in etcd, when it is not `at`'s (`None` also when it cannot be read: the watch
-/// that follows fails the same way and is retried).
-async fn epoch_moved(
+/// Why to read everything again before watching from `at` after a broken stream: another
+/// cluster, a revision gone back, or another epoch (`None` also when etcd cannot be read: the
+/// watch that follows fails the same way and is retried).
+async fn moved_since(
     client: &Client,
     keys: &Keys,
     at: &Loaded,
     timeout: Duration,
-) -> Option<Option<String>> {
+) -> Option<(String, &'static str)> {
     let got = tokio::time::timeout(timeout, get(client, keys.epoch(), None))
         .await
         .ok()?
         .ok()?;
+    let h = got.header()?;
+    if h.cluster_id() != at.cluster_id {
+        return Some((
+            format!(
+                "cluster id changed from {:x} to {:x}",
+                at.cluster_id,
+                h.cluster_id()
+            ),
+            "cluster_changed",
+        ));
+    }
+    if h.revision() < at.revision {
+        return Some((
+            format!(
+                "revision went back from {} to {}",
+                at.revision,
+                h.revision()
+            ),
+            "revision_back",
+        ));
+    }
     let now = got
         .kvs()
         .first()
         .map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
-    (now != at.epoch).then_some(now)
+    (now != at.epoch).then(|| {
+        (
+            format!("epoch changed from {:?} to {now:?}", at.epoch),
+            "epoch_changed",
+        )
+    })
 }
 
 /// Read everything again and hand it to the plane; retried until it works or the plane is gone.
