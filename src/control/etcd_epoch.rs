@@ -21,8 +21,9 @@ pub(super) fn new_epoch() -> String {
 }
 
 /// Make sure `P epoch` exists, and when `replacing` is the epoch this replica knew from before
-/// a wipe or restore, that it is replaced: compare-and-set, so of several replicas doing it at
-/// once one writes and all read the same. Returns the epoch in force.
+/// a restore, that it is replaced: compare-and-set, so of several replicas doing it at once one
+/// writes and all read the same; `P restored` says which epoch it replaced. Returns the epoch
+/// in force.
 pub(super) async fn ensure(
     client: &Client,
     keys: &Keys,
@@ -36,12 +37,12 @@ pub(super) async fn ensure(
     txn(client, create).await?;
     if let Some(old) = replacing {
         let same = Compare::value(key.clone(), CompareOp::Equal, old);
-        let replace =
-            Txn::new()
-                .when([same])
-                .and_then([TxnOp::put(key.clone(), new_epoch(), None)]);
+        let replace = Txn::new().when([same]).and_then([
+            TxnOp::put(key.clone(), new_epoch(), None),
+            TxnOp::put(keys.restored(), old, None),
+        ]);
         if txn(client, replace).await?.succeeded() {
-            log::warn!("etcd store: epoch {old} replaced (etcd was wiped or restored)");
+            log::warn!("etcd store: epoch {old} replaced (etcd was restored from a backup)");
         }
     }
     let got = get(client, key.clone(), None).await?;
@@ -49,6 +50,19 @@ pub(super) async fn ensure(
         .first()
         .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
         .ok_or_else(|| StoreError::Unavailable(format!("{key} vanished after being written")))
+}
+
+/// Whether `P restored` names `epoch`: a replica replaced it after a restore from a backup.
+pub(super) async fn restored_from(
+    client: &Client,
+    keys: &Keys,
+    epoch: &str,
+) -> Result<bool, StoreError> {
+    let got = get(client, keys.restored(), None).await?;
+    Ok(got
+        .kvs()
+        .first()
+        .is_some_and(|kv| kv.value() == epoch.as_bytes()))
 }
 
 #[cfg(test)]

@@ -95,6 +95,10 @@ impl Keys {
     pub(super) fn epoch(&self) -> String {
         format!("{}epoch", self.prefix)
     }
+    /// `P restored`: the epoch a restore from a backup replaced (written with the new epoch).
+    pub(super) fn restored(&self) -> String {
+        format!("{}restored", self.prefix)
+    }
     fn receipt(&self, node: &str) -> String {
         format!("{}nodes/{node}", self.prefix)
     }

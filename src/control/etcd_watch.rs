@@ -87,20 +87,28 @@ pub(super) async fn list(client: &Client, keys: &Keys) -> Result<(StoreState, Lo
 /// Read everything again after the watch at `before` met a compaction, a cancel, a changed
 /// cluster or a revision gone back. When the (linearizable) read confirms that etcd is another
 /// cluster or went back in time, but still holds `before`'s epoch (a restore from a backup),
-/// the epoch is replaced and read again.
+/// the epoch is replaced and read again. The change is a `Restored` when this replica replaced
+/// its epoch so, or another replica did (`P restored` names it).
 async fn list_after(
     client: &Client,
     keys: &Keys,
     before: &Loaded,
-) -> Result<(StoreState, Loaded), StoreError> {
+) -> Result<(StoreChange, Loaded), StoreError> {
     let (state, loaded) = list(client, keys).await?;
     let moved = loaded.cluster_id != before.cluster_id || loaded.revision < before.revision;
     match &before.epoch {
         Some(old) if moved && loaded.epoch.as_ref() == Some(old) => {
             etcd_epoch::ensure(client, keys, Some(old)).await?;
-            list(client, keys).await
+            let (state, loaded) = list(client, keys).await?;
+            Ok((StoreChange::Restored(state), loaded))
         }
-        _ => Ok((state, loaded)),
+        Some(old)
+            if loaded.epoch.as_ref() != Some(old)
+                && etcd_epoch::restored_from(client, keys, old).await? =>
+        {
+            Ok((StoreChange::Restored(state), loaded))
+        }
+        _ => Ok((StoreChange::Reset(state), loaded)),
     }
 }
 
@@ -163,7 +171,25 @@ async fn watch(
     timeout: Duration,
 ) {
     let mut backoff = BACKOFF_MIN;
+    let mut first = true;
     loop {
+        // A stream that broke may have missed a restore whose revisions caught up with this
+        // one's (same cluster id, the epoch replaced by another replica below `at.revision`):
+        // the cluster, revision and epoch are read again before watching from where the
+        // stream left off.
+        if !std::mem::take(&mut first) {
+            if let Some((why, reason)) = moved_since(&client, &keys, &at, timeout).await {
+                log::warn!("etcd store: {why}; reading everything again");
+                METRICS
+                    .control_store_resyncs
+                    .with_label_values(&[reason])
+                    .inc();
+                match relist(&client, &keys, &at, &tx, &staged, timeout).await {
+                    Some(now) => at = now,
+                    None => return,
+                }
+            }
+        }
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(at.revision + 1)
@@ -343,6 +369,52 @@ fn step(keys: &Keys, at: &mut Loaded, resp: &WatchResponse, staged: &StagedMap) 
     })
 }
 
+/// Why to read everything again before watching from `at` after a broken stream: another
+/// cluster, a revision gone back, or another epoch (`None` also when etcd cannot be read: the
+/// watch that follows fails the same way and is retried).
+async fn moved_since(
+    client: &Client,
+    keys: &Keys,
+    at: &Loaded,
+    timeout: Duration,
+) -> Option<(String, &'static str)> {
+    let got = tokio::time::timeout(timeout, get(client, keys.epoch(), None))
+        .await
+        .ok()?
+        .ok()?;
+    let h = got.header()?;
+    if h.cluster_id() != at.cluster_id {
+        return Some((
+            format!(
+                "cluster id changed from {:x} to {:x}",
+                at.cluster_id,
+                h.cluster_id()
+            ),
+            "cluster_changed",
+        ));
+    }
+    if h.revision() < at.revision {
+        return Some((
+            format!(
+                "revision went back from {} to {}",
+                at.revision,
+                h.revision()
+            ),
+            "revision_back",
+        ));
+    }
+    let now = got
+        .kvs()
+        .first()
+        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
+    (now != at.epoch).then(|| {
+        (
+            format!("epoch changed from {:?} to {now:?}", at.epoch),
+            "epoch_changed",
+        )
+    })
+}
+
 /// Read everything again and hand it to the plane; retried until it works or the plane is gone.
 async fn relist(
     client: &Client,
@@ -355,10 +427,12 @@ async fn relist(
     let mut backoff = BACKOFF_MIN;
     loop {
         match tokio::time::timeout(timeout, list_after(client, keys, before)).await {
-            Ok(Ok((state, loaded))) => {
-                staged.replace(state.staged.clone());
+            Ok(Ok((change, loaded))) => {
+                if let StoreChange::Reset(state) | StoreChange::Restored(state) = &change {
+                    staged.replace(state.staged.clone());
+                }
                 let d = Delivery {
-                    changes: vec![StoreChange::Reset(state)],
+                    changes: vec![change],
                     revision: loaded.revision,
                     reset: true,
                 };

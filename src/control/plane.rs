@@ -1,7 +1,9 @@
 //! The control plane's state machine: versioned policy (compare-and-set), the invalidation log,
 //! snapshots and deltas for nodes, and what each node reported it applied.
 
+mod compaction;
 mod receipts;
+mod restore;
 
 use super::settings::ControlSettings;
 use super::store::{PolicyVersion, Record, Store, StoreChange, StoreError, StoreState};
@@ -148,7 +150,12 @@ pub struct ControlPlane {
     /// Listener, tokens, rate limits and retention.
     pub settings: ControlSettings,
     store: Box<dyn Store>,
+    /// What readers and long-polls take, never held while the store commits.
     state: Mutex<PlaneState>,
+    /// One write (or compaction) at a time on this replica, held while the store commits: it
+    /// keeps a file store's log in order, and on etcd the transaction's compare decides
+    /// between replicas.
+    writes: Mutex<()>,
     head: watch::Sender<Position>,
     /// Full reads of a shared store taken in: a long-poll wakes on one even when the head
     /// looks the same (it may be another epoch's).
@@ -186,6 +193,7 @@ impl ControlPlane {
                 ids,
                 epoch,
             }),
+            writes: Mutex::new(()),
             head: watch::channel(head).0,
             resets: AtomicU64::new(0),
             settings,
@@ -285,36 +293,39 @@ impl ControlPlane {
             Policy::from_json(&document).map_err(PlaneError::Invalid)?;
             // a shared store: start from everything other replicas committed
             self.store.sync()?;
-            let mut st = self.state.lock();
-            if given != st.head.policy_version {
-                return Err(PlaneError::Conflict {
-                    current: st.head.policy_version,
-                    given,
-                });
-            }
-            // The document in force again: nothing is written, the version stays.
-            if let Some(current) = st.policies.back().filter(|p| p.document == document) {
-                return Ok((current.clone(), false));
-            }
-            let version = PolicyVersion {
-                version: st.head.policy_version + 1,
-                document,
-                written_ms: unix_ms(SystemTime::now()),
-                author: author.to_string(),
-                rollback_of,
+            let _writing = self.writes.lock();
+            let version = {
+                let st = self.state.lock();
+                if given != st.head.policy_version {
+                    return Err(PlaneError::Conflict {
+                        current: st.head.policy_version,
+                        given,
+                    });
+                }
+                // The document in force again: nothing is written, the version stays.
+                if let Some(current) = st.policies.back().filter(|p| p.document == document) {
+                    return Ok((current.clone(), false));
+                }
+                PolicyVersion {
+                    version: st.head.policy_version + 1,
+                    document,
+                    written_ms: unix_ms(SystemTime::now()),
+                    author: author.to_string(),
+                    rollback_of,
+                }
             };
+            // the state's lock is free while the store commits: reads and long-polls go on
             self.store
                 .append(&[Record::Policy(version.clone())])
                 .map_err(|e| match e {
                     StoreError::Conflict { current } => PlaneError::Conflict { current, given },
                     e => PlaneError::Store(e),
                 })?;
-            st.policies.push_back(version.clone());
-            while st.policies.len() > self.settings.policy_history {
-                st.policies.pop_front();
+            let mut st = self.state.lock();
+            // (the watch of a shared store may have taken this very commit in already)
+            if self.take_policy(&mut st, version.clone()) {
+                self.publish_head(st.head);
             }
-            st.head.policy_version = version.version;
-            self.publish_head(st.head);
             Ok((version, true))
         })();
         match &result {
@@ -362,6 +373,15 @@ impl ControlPlane {
         requests: &[InvalidationRequest],
         who: &str,
     ) -> Result<Vec<Accepted>, PlaneError> {
+        self.invalidate_as(requests, Some(who))
+    }
+
+    /// `invalidate`, charged to `who`'s purge budget when there is one.
+    fn invalidate_as(
+        &self,
+        requests: &[InvalidationRequest],
+        who: Option<&str>,
+    ) -> Result<Vec<Accepted>, PlaneError> {
         self.invalidate_through(requests, who, &mut |records| self.store.append(records))
     }
 
@@ -370,22 +390,27 @@ impl ControlPlane {
         self.store.as_ref()
     }
 
-    /// `invalidate`, with the new invalidations committed by `append` instead of a plain
+    /// `invalidate_as`, with the new invalidations committed by `append` instead of a plain
     /// append (a staged purge's wave commits its own record with them).
     pub fn invalidate_through(
         &self,
         requests: &[InvalidationRequest],
-        who: &str,
+        who: Option<&str>,
         append: &mut dyn FnMut(&[Record]) -> Result<(), StoreError>,
     ) -> Result<Vec<Accepted>, PlaneError> {
         let mut attempt = 0;
         let result = loop {
             attempt += 1;
-            // a shared store: start from everything other replicas committed, and again when
-            // one of them took the next `seq` first
-            let result = self
-                .store
-                .sync()
+            // A shared store: the append compares `seq` with this replica's, so it commits
+            // only if this replica had taken in every invalidation committed before it (ids
+            // included). The first attempt goes without the catch-up read (a round to etcd's
+            // quorum on a purge's path); after a lost race the replica catches up first.
+            let synced = if attempt == 1 {
+                Ok(())
+            } else {
+                self.store.sync()
+            };
+            let result = synced
                 .map_err(PlaneError::Store)
                 .and_then(|()| self.invalidate_inner(requests, who, append));
             match result {
@@ -404,7 +429,7 @@ impl ControlPlane {
     fn invalidate_inner(
         &self,
         requests: &[InvalidationRequest],
-        who: &str,
+        who: Option<&str>,
         append: &mut dyn FnMut(&[Record]) -> Result<(), StoreError>,
     ) -> Result<Vec<Accepted>, PlaneError> {
         if requests.is_empty() {
@@ -436,6 +461,7 @@ impl ControlPlane {
         if !problems.is_empty() {
             return Err(PlaneError::BadRequest(problems.join("; ")));
         }
+        let writing = self.writes.lock();
         let mut st = self.state.lock();
         // a redelivery costs no purge budget: it purges nothing
         let redelivered = requests
@@ -443,7 +469,7 @@ impl ControlPlane {
             .filter(|r| r.id.as_ref().is_some_and(|id| st.ids.contains_key(id)))
             .count();
         let charged = requests.len() - redelivered;
-        if charged > 0 {
+        if let (Some(who), true) = (who, charged > 0) {
             self.take_tokens(&mut st, who, charged)?;
         }
         let now = Instant::now();
@@ -506,106 +532,69 @@ impl ControlPlane {
                 duplicate: false,
             });
         }
-        if !fresh.is_empty() {
-            let records: Vec<Record> = fresh.iter().cloned().map(Record::Invalidation).collect();
-            if let Err(e) = append(&records) {
-                // the write was refused (a lost race, or a store that could not commit)
-                // and answered as such: the budget is not spent
-                if let Some(b) = st.buckets.get_mut(who) {
-                    b.tokens += charged as f64;
-                }
-                return Err(e.into());
-            }
-            // With a shared store another replica may already have sent any earlier
-            // invalidation to its nodes, so only this batch's own repeats coalesce.
-            if !self.store.shared() {
-                for (key, seq) in batch_keys {
-                    st.recent.insert(key, (seq, now));
-                }
-            }
-            for (id, seq) in batch_ids {
-                st.ids.insert(id.to_string(), seq);
-            }
-            st.appended_since_compaction += fresh.len();
-            st.invalidations.extend(fresh);
-            st.head.seq = next;
-            self.publish_head(st.head);
-            self.compact_when_due(&mut st);
+        if fresh.is_empty() {
+            return Ok(out);
         }
+        drop(st);
+        // the state's lock is free while the store commits: reads and long-polls go on
+        let records: Vec<Record> = fresh.iter().cloned().map(Record::Invalidation).collect();
+        let appended = append(&records);
+        let mut st = self.state.lock();
+        if let Err(e) = appended {
+            // the write was refused (a lost race, or a store that could not commit)
+            // and answered as such: the budget is not spent
+            if let Some(b) = who.and_then(|who| st.buckets.get_mut(who)) {
+                b.tokens += charged as f64;
+            }
+            return Err(e.into());
+        }
+        // With a shared store another replica may already have sent any earlier
+        // invalidation to its nodes, so only this batch's own repeats coalesce.
+        if !self.store.shared() {
+            for (key, seq) in batch_keys {
+                st.recent.insert(key, (seq, now));
+            }
+        }
+        let before = st.head;
+        // (the watch of a shared store may have taken this very commit in already)
+        for i in fresh {
+            take_invalidation(&mut st, i);
+        }
+        if st.head != before {
+            self.publish_head(st.head);
+        }
+        drop(st);
+        self.compact_when_due(&writing);
         Ok(out)
     }
 
-    /// Compact once `compact_after` invalidations were appended since the last time, if this
-    /// control plane may (with a shared store: the elected replica).
-    fn compact_when_due(&self, st: &mut PlaneState) {
-        if st.appended_since_compaction >= self.settings.compact_after && self.store.may_compact() {
-            if let Err(e) = self.compact_locked(st, SystemTime::now()) {
-                log::error!("compaction failed (the log keeps growing): {e}");
-            }
+    /// Add a committed policy version unless this plane has it already; whether it was added.
+    fn take_policy(&self, st: &mut PlaneState, p: PolicyVersion) -> bool {
+        if p.version <= st.head.policy_version {
+            return false;
         }
-    }
-
-    /// Drop invalidations older than the retention and old policy versions from the store.
-    pub fn compact(&self, now: SystemTime) -> Result<(), StoreError> {
-        let mut st = self.state.lock();
-        self.compact_locked(&mut st, now)
-    }
-
-    fn compact_locked(&self, st: &mut PlaneState, now: SystemTime) -> Result<(), StoreError> {
-        let cutoff = unix_ms(
-            now.checked_sub(self.settings.invalidation_retention)
-                .unwrap_or(SystemTime::UNIX_EPOCH),
-        );
-        let mut floor = st.floor;
-        let keep: Vec<Invalidation> = st
-            .invalidations
-            .iter()
-            .filter(|i| {
-                let old = i.created_ms < cutoff;
-                if old {
-                    floor = floor.max(i.seq);
-                }
-                !old
-            })
-            .cloned()
-            .collect();
-        let state = StoreState {
-            policies: st.policies.iter().cloned().collect(),
-            invalidations: keep.clone(),
-            floor,
-            epoch: st.epoch.clone(),
-            ..StoreState::default()
-        };
-        self.store.rewrite(&state)?;
-        // ids are remembered as long as their invalidations are retained
-        st.ids = ids_of(keep.iter());
-        st.invalidations = keep.into();
-        st.floor = floor;
-        st.appended_since_compaction = 0;
-        Ok(())
+        st.head.policy_version = p.version;
+        st.policies.push_back(p);
+        while st.policies.len() > self.settings.policy_history {
+            st.policies.pop_front();
+        }
+        true
     }
 
     /// Take in what a shared store saw committed (by any replica, this one included: what is
     /// already here is skipped by its version or `seq`).
-    pub fn apply_change(&self, change: StoreChange) {
+    pub fn apply_change(self: &Arc<Self>, change: StoreChange) {
         let mut st = self.state.lock();
         let before = st.head;
+        let mut lost = Vec::new();
         match change {
             StoreChange::Records(records) => {
                 for r in records {
                     match r {
-                        Record::Policy(p) if p.version > st.head.policy_version => {
-                            st.head.policy_version = p.version;
-                            st.policies.push_back(p);
+                        Record::Policy(p) => {
+                            self.take_policy(&mut st, p);
                         }
-                        Record::Invalidation(i) if i.seq > st.head.seq => {
-                            if let Some(id) = &i.id {
-                                st.ids.insert(id.clone(), i.seq);
-                            }
-                            st.head.seq = i.seq;
-                            st.invalidations.push_back(i);
-                            st.appended_since_compaction += 1;
-                        }
+                        Record::Invalidation(i) => take_invalidation(&mut st, i),
                         Record::Floor { seq } if seq > st.floor => {
                             st.floor = seq;
                             let start = st.invalidations.partition_point(|i| i.seq <= seq);
@@ -620,19 +609,10 @@ impl ControlPlane {
                 }
             }
             StoreChange::Receipts(list) => receipts::take(&mut st, list),
-            StoreChange::Reset(state) => {
-                st.head = head_of(&state);
-                st.ids = ids_of(state.invalidations.iter());
-                st.policies = state.policies.into();
-                st.invalidations = state.invalidations.into();
-                st.floor = state.floor;
-                st.epoch = state.epoch;
-                st.nodes = receipts::decode_all(state.receipts);
-                // what was delivered before the reset says nothing about the new content
-                st.delivered = st.head.seq;
-                st.recent.clear();
-                self.resets.fetch_add(1, Ordering::SeqCst);
-                self.head.send_replace(st.head);
+            StoreChange::Reset(state) => self.reset(&mut st, state),
+            StoreChange::Restored(state) => {
+                lost = restore::lost_after(&st, &state);
+                self.reset(&mut st, state);
             }
         }
         while st.policies.len() > self.settings.policy_history {
@@ -641,8 +621,31 @@ impl ControlPlane {
         if st.head != before {
             self.publish_head(st.head);
         }
+        let due = st.appended_since_compaction >= self.settings.compact_after;
+        drop(st);
+        if !lost.is_empty() {
+            restore::append_again(self.clone(), lost);
+        }
         // the elected replica compacts what every replica appended
-        self.compact_when_due(&mut st);
+        if due && self.store.may_compact() {
+            self.compact_when_due(&self.writes.lock());
+        }
+    }
+
+    /// Replace everything with a full read of the store (`Reset`, `Restored`).
+    fn reset(&self, st: &mut PlaneState, state: StoreState) {
+        st.head = head_of(&state);
+        st.ids = ids_of(state.invalidations.iter());
+        st.policies = state.policies.into();
+        st.invalidations = state.invalidations.into();
+        st.floor = state.floor;
+        st.epoch = state.epoch;
+        st.nodes = receipts::decode_all(state.receipts);
+        // what was delivered before the reset says nothing about the new content
+        st.delivered = st.head.seq;
+        st.recent.clear();
+        self.resets.fetch_add(1, Ordering::SeqCst);
+        self.head.send_replace(st.head);
     }
 
     /// What a node at `after` in this plane's epoch needs, or `None` when it is current.
@@ -734,6 +737,19 @@ impl ControlPlane {
         let start = st.invalidations.partition_point(|i| i.seq <= seq);
         st.invalidations.iter().skip(start).cloned().collect()
     }
+}
+
+/// Add a committed invalidation unless the plane has it already.
+fn take_invalidation(st: &mut PlaneState, i: Invalidation) {
+    if i.seq <= st.head.seq {
+        return;
+    }
+    if let Some(id) = &i.id {
+        st.ids.insert(id.clone(), i.seq);
+    }
+    st.head.seq = i.seq;
+    st.invalidations.push_back(i);
+    st.appended_since_compaction += 1;
 }
 
 fn gauge(v: u64) -> i64 {
@@ -1072,6 +1088,114 @@ mod tests {
         cp.apply_change(StoreChange::Reset(StoreState::default()));
         assert_eq!(cp.head(), Position::default());
         assert!(cp.policy().is_none());
+    }
+
+    /// A file store whose appends wait until the test lets them go: a store stuck committing,
+    /// as etcd without a quorum.
+    struct StuckStore {
+        inner: FileStore,
+        entered: std::sync::mpsc::SyncSender<()>,
+        go: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Store for StuckStore {
+        fn load(&self) -> Result<StoreState, StoreError> {
+            self.inner.load()
+        }
+        fn append(&self, records: &[Record]) -> Result<(), StoreError> {
+            self.entered.send(()).unwrap();
+            self.go.lock().unwrap().recv().unwrap();
+            self.inner.append(records)
+        }
+        fn rewrite(&self, state: &StoreState) -> Result<(), StoreError> {
+            self.inner.rewrite(state)
+        }
+    }
+
+    #[test]
+    fn reads_and_long_polls_are_answered_while_a_write_waits_for_the_store() {
+        use std::sync::mpsc;
+        let dir = tempfile::tempdir().unwrap();
+        let (entered_tx, entered) = mpsc::sync_channel(1);
+        let (go, go_rx) = mpsc::channel();
+        let store = StuckStore {
+            inner: FileStore::open(dir.path()).unwrap(),
+            entered: entered_tx,
+            go: std::sync::Mutex::new(go_rx),
+        };
+        let cp = ControlPlane::open(settings(dir.path()), Box::new(store)).unwrap();
+        let writer = {
+            let cp = cp.clone();
+            std::thread::spawn(move || {
+                cp.invalidate(&[purge(InvalidationKind::Host, "a.com")], "t")
+            })
+        };
+        entered.recv_timeout(Duration::from_secs(10)).unwrap();
+        // the write is in the store: a read, a snapshot and a long-poll are answered meanwhile
+        let (answered_tx, answered) = mpsc::channel();
+        let reader = {
+            let cp = cp.clone();
+            std::thread::spawn(move || {
+                let at = cp.snapshot_for(None).unwrap().position();
+                answered_tx
+                    .send((cp.head(), cp.policy().is_none()))
+                    .unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(cp.wait_snapshot(Some(at), None, Duration::from_secs(30)))
+            })
+        };
+        let (head, no_policy) = answered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("reads answered while the write waits for the store");
+        assert_eq!(head, Position::default());
+        assert!(no_policy);
+        go.send(()).unwrap();
+        let accepted = writer.join().unwrap().unwrap();
+        assert_eq!(accepted[0].seq, 1);
+        // the long-poll that waited through the write wakes with it
+        let msg = reader.join().unwrap().unwrap();
+        assert_eq!((msg.seq, msg.invalidations.len()), (1, 1));
+    }
+
+    #[test]
+    fn a_restore_appends_the_invalidations_made_after_the_backup_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = open(dir.path());
+        for target in ["a.com", "b.com", "c.com"] {
+            cp.invalidate(&[purge(InvalidationKind::Host, target)], "t")
+                .unwrap();
+        }
+        // the backup held the first only
+        let backup = StoreState {
+            invalidations: cp.invalidations_after(0)[..1].to_vec(),
+            epoch: Some("new".into()),
+            ..StoreState::default()
+        };
+        cp.apply_change(StoreChange::Restored(backup.clone()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cp.head().seq < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let log = cp.invalidations_after(0);
+        let again: Vec<(u64, &str, Option<&str>)> = log
+            .iter()
+            .map(|i| (i.seq, i.target.as_str(), i.id.as_deref()))
+            .collect();
+        assert_eq!(
+            again,
+            [
+                (1, "a.com", None),
+                (2, "b.com", Some("restored-none-2")),
+                (3, "c.com", Some("restored-none-3")),
+            ]
+        );
+        // a reset that is not a restore (a wipe, a compaction) appends nothing again
+        cp.apply_change(StoreChange::Reset(backup));
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(cp.head().seq, 1);
     }
 
     #[tokio::test]

@@ -175,6 +175,9 @@ pub enum StoreChange {
     /// The whole content, read again: after the store's history was compacted past what was
     /// delivered, or after it went back in time or changed identity (a wipe or a restore).
     Reset(StoreState),
+    /// As `Reset`, after this replica saw the store restored from a backup (it went back in
+    /// time with the data's epoch): what the replica held beyond it was written after the backup.
+    Restored(StoreState),
     /// Nodes' receipts written (by any replica) or gone (their lease expired: `None`).
     Receipts(Vec<(String, Option<Vec<u8>>)>),
 }

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 /// A replica on `etcd` under `prefix`.
-async fn replica(etcd: &EtcdCluster, prefix: &str) -> Cp {
+pub(crate) async fn replica(etcd: &EtcdCluster, prefix: &str) -> Cp {
     replica_with(etcd, prefix, "").await
 }
 
@@ -26,19 +26,19 @@ pub(crate) async fn replica_with(etcd: &EtcdCluster, prefix: &str, extra_yaml: &
 
 /// A policy document that differs from the one at `version` (the same document again writes
 /// nothing).
-fn next_policy(o: &Origin, version: u64) -> Value {
+pub(crate) fn next_policy(o: &Origin, version: u64) -> Value {
     policy(o, json!({"max_ttl": format!("{}h", version + 1)}))
 }
 
 /// `GET path` on a replica, as the ops token.
-async fn read(cp: &Cp, path: &str) -> Value {
+pub(crate) async fn read(cp: &Cp, path: &str) -> Value {
     let (status, v) = cp.send("GET", path, OPS, None, None).await;
     assert_eq!(status, 200, "{path}: {v}");
     v
 }
 
 /// Wait until `cp` holds policy `version` and invalidations up to `seq`.
-async fn holds(cp: &Cp, version: u64, seq: u64) -> bool {
+pub(crate) async fn holds(cp: &Cp, version: u64, seq: u64) -> bool {
     eventually(Duration::from_secs(10), || async {
         let (_, p) = cp.send("GET", "/v1/policy", OPS, None, None).await;
         let (_, i) = cp.send("GET", "/v1/invalidations", OPS, None, None).await;
@@ -53,12 +53,17 @@ async fn holds(cp: &Cp, version: u64, seq: u64) -> bool {
 }
 
 /// Wait until `cp` holds policy `version` and `seq`, and its one node applied them.
-async fn node_at(cp: &Cp, version: u64, seq: u64) -> bool {
+pub(crate) async fn node_at(cp: &Cp, version: u64, seq: u64) -> bool {
     holds(cp, version, seq).await && cp.converged(1).await
 }
 
 /// Fetch `path` through `n` until the origin has seen `hits` requests for it.
-async fn refetched(n: &crate::support::Verge, o: &Origin, path: &str, hits: u64) -> bool {
+pub(crate) async fn refetched(
+    n: &crate::support::Verge,
+    o: &Origin,
+    path: &str,
+    hits: u64,
+) -> bool {
     eventually(Duration::from_secs(10), || async {
         get(n, path).await;
         o.hits(path) >= hits
@@ -219,7 +224,12 @@ async fn etcd_member_and_quorum_loss_and_a_replica_restart() {
 }
 
 /// Whether `cp` counted a full read of the store for `reason`.
-async fn resynced(cp: &Cp, reason: &str) -> bool {
+pub(crate) async fn resynced(cp: &Cp, reason: &str) -> bool {
+    resynced_for(cp, &[reason]).await
+}
+
+/// Whether `cp` counted a full read of the store for one of `reasons`.
+pub(crate) async fn resynced_for(cp: &Cp, reasons: &[&str]) -> bool {
     eventually(Duration::from_secs(15), || async {
         let r = crate::support::client()
             .get(cp.url("/metrics"))
@@ -227,8 +237,10 @@ async fn resynced(cp: &Cp, reason: &str) -> bool {
             .await
             .expect("metrics");
         let m = Metrics::parse(&r.text().await.unwrap_or_default());
-        m.value("verge_control_store_resyncs_total", &[("reason", reason)])
-            .is_some_and(|v| v >= 1.0)
+        reasons.iter().any(|reason| {
+            m.value("verge_control_store_resyncs_total", &[("reason", reason)])
+                .is_some_and(|v| v >= 1.0)
+        })
     })
     .await
 }
@@ -265,7 +277,7 @@ async fn retained_from(a: &Cp, b: &Cp, from: u64) -> bool {
 }
 
 /// Send SIGSTOP or SIGCONT to a process.
-fn signal(pid: u32, sig: &str) {
+pub(crate) fn signal(pid: u32, sig: &str) {
     let ok = std::process::Command::new("kill")
         .args([sig, &pid.to_string()])
         .status()

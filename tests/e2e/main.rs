@@ -12,6 +12,7 @@ mod config_files;
 mod conformance_rules;
 mod control;
 mod control_etcd;
+mod control_etcd_recovery;
 mod control_limits;
 mod control_security;
 mod directives;

@@ -119,7 +119,7 @@ impl StagedPurges {
         let mut written = None;
         let accepted = self.plane.invalidate_through(
             std::slice::from_ref(&request),
-            purge.by(),
+            Some(purge.by()),
             &mut |records| {
                 let seq = records.iter().find_map(|r| match r {
                     Record::Invalidation(inv) => Some(inv.seq),
