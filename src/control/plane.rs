@@ -773,7 +773,7 @@ fn count_write<T>(kind: &str, result: &Result<T, PlaneError>) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::store::FileStore;
+    use super::super::store::{FileStore, StagedStored, StagedWrite};
     use super::*;
     use serde_json::json;
 
@@ -1109,6 +1109,12 @@ mod tests {
         }
         fn rewrite(&self, state: &StoreState) -> Result<(), StoreError> {
             self.inner.rewrite(state)
+        }
+        fn staged(&self) -> std::collections::BTreeMap<u64, StagedStored> {
+            self.inner.staged()
+        }
+        fn put_staged(&self, write: &StagedWrite, records: &[Record]) -> Result<(), StoreError> {
+            self.inner.put_staged(write, records)
         }
     }
 
