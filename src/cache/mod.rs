@@ -131,12 +131,13 @@ impl CacheEngine {
     /// Remove a URL (the key's primary part) with every stored variant, from storage and from
     /// the eviction manager's accounting. Returns how many entries went.
     pub fn invalidate(&self, key: &CacheKey) -> usize {
-        let removed = self.storage.remove_all_variants(&key.primary_bin());
+        let (removed, on_disk) = self.storage.remove_all_variants(&key.primary_bin());
         for k in &removed {
             self.eviction
                 .remove(CacheEntryKeyRef::from_entry_id(k, None));
         }
-        removed.len()
+        // an object may be in both tiers: counted once
+        removed.len().max(on_disk)
     }
 
     /// The response of a request that is filling the cache failed before it reached the client

@@ -275,8 +275,8 @@ impl MemoryStorage {
 
     /// Remove every stored variant of a primary key (a URL), not only the primary slot. Fills of
     /// the URL still in flight are not stored when they finish. Returns the keys removed, for
-    /// the eviction manager.
-    pub fn remove_all_variants(&self, primary: &HashBinary) -> Vec<CompactCacheKey> {
+    /// the eviction manager, and how many objects of it the disk tier held.
+    pub fn remove_all_variants(&self, primary: &HashBinary) -> (Vec<CompactCacheKey>, usize) {
         for shard in self.shards.iter() {
             let maps = shard.read();
             for fill in maps.fills.values().flatten() {
@@ -287,23 +287,22 @@ impl MemoryStorage {
         }
         // the disk tier first: a disk hit promoted meanwhile is then either refused (it asks the
         // disk index under the shard lock) or already in the variant list taken below
-        if let Some(disk) = self.disk {
-            disk.remove_url(primary);
-        }
+        let on_disk = self.disk.map_or(0, |disk| disk.remove_url(primary));
         let mut combined = self
             .variant_shard(primary)
             .write()
             .remove(primary)
             .unwrap_or_default();
         combined.push(*primary);
-        combined
+        let in_memory = combined
             .iter()
             .filter_map(|c| {
                 let entry = self.remove_entry(c)?;
                 self.removed_from_disk_too(c, &entry);
                 Some(key_of(*c))
             })
-            .collect()
+            .collect();
+        (in_memory, on_disk)
     }
 
     /// Remove every entry for which `judge(meta)` says so, one shard at a time, without holding
@@ -923,7 +922,7 @@ mod tests {
         store(s, &en, b"y").await;
         assert_eq!(s.variant_count(&primary), 3);
         assert_eq!(s.objects(), 4);
-        let removed = s.remove_all_variants(&primary);
+        let (removed, _) = s.remove_all_variants(&primary);
         assert_eq!(removed.len(), 3);
         let removed: Vec<HashBinary> = removed.iter().map(|k| k.combined_bin()).collect();
         assert!(removed.contains(&en.combined_bin()));
@@ -934,7 +933,7 @@ mod tests {
         assert!(s.lookup(&other, &span).await.expect("lookup").is_some());
         assert_eq!(s.objects(), 1);
         assert_eq!(s.variant_count(&primary), 0);
-        assert!(s.remove_all_variants(&primary).is_empty());
+        assert!(s.remove_all_variants(&primary).0.is_empty());
         // a single purge keeps the index in step
         let compact = other.to_compact();
         s.purge(

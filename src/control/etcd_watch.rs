@@ -279,25 +279,8 @@ fn step(keys: &Keys, at: &mut Loaded, resp: &WatchResponse, staged: &StagedMap) 
     let Some(h) = resp.header() else {
         return Step::Nothing;
     };
-    if h.cluster_id() != at.cluster_id {
-        return Step::Relist(
-            format!(
-                "cluster id changed from {:x} to {:x}",
-                at.cluster_id,
-                h.cluster_id()
-            ),
-            "cluster_changed",
-        );
-    }
-    if h.revision() < at.revision {
-        return Step::Relist(
-            format!(
-                "revision went back from {} to {}",
-                at.revision,
-                h.revision()
-            ),
-            "revision_back",
-        );
+    if let Some((why, reason)) = history_moved(at, h.cluster_id(), h.revision()) {
+        return Step::Relist(why, reason);
     }
     if resp.created() {
         // its header is the store's revision now, not how far this stream has delivered
@@ -383,25 +366,8 @@ async fn moved_since(
         .ok()?
         .ok()?;
     let h = got.header()?;
-    if h.cluster_id() != at.cluster_id {
-        return Some((
-            format!(
-                "cluster id changed from {:x} to {:x}",
-                at.cluster_id,
-                h.cluster_id()
-            ),
-            "cluster_changed",
-        ));
-    }
-    if h.revision() < at.revision {
-        return Some((
-            format!(
-                "revision went back from {} to {}",
-                at.revision,
-                h.revision()
-            ),
-            "revision_back",
-        ));
+    if let Some(moved) = history_moved(at, h.cluster_id(), h.revision()) {
+        return Some(moved);
     }
     let now = got
         .kvs()
@@ -411,6 +377,27 @@ async fn moved_since(
         (
             format!("epoch changed from {:?} to {now:?}", at.epoch),
             "epoch_changed",
+        )
+    })
+}
+
+/// Whether an answer from etcd (its cluster id and revision) comes from another history than
+/// `at`'s: another cluster, or a revision gone back (a wipe or a restore). Why, and the
+/// resync's reason label.
+fn history_moved(at: &Loaded, cluster_id: u64, revision: i64) -> Option<(String, &'static str)> {
+    if cluster_id != at.cluster_id {
+        return Some((
+            format!(
+                "cluster id changed from {:x} to {cluster_id:x}",
+                at.cluster_id
+            ),
+            "cluster_changed",
+        ));
+    }
+    (revision < at.revision).then(|| {
+        (
+            format!("revision went back from {} to {revision}", at.revision),
+            "revision_back",
         )
     })
 }

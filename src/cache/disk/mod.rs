@@ -529,21 +529,22 @@ impl DiskStore {
     /// and after a restart.
     /// Whether the tier held it.
     pub fn remove(&self, key: &HashBinary) -> bool {
-        self.removal(Kind::Tombstone, key)
+        self.removal(Kind::Tombstone, key) > 0
     }
 
     /// Remove every variant of the URL `primary`, now and after a restart.
-    pub fn remove_url(&self, primary: &HashBinary) {
-        self.removal(Kind::UrlTombstone, primary);
+    /// How many objects (variants) of it the tier held.
+    pub fn remove_url(&self, primary: &HashBinary) -> usize {
+        self.removal(Kind::UrlTombstone, primary)
     }
 
-    /// Whether the tier held something of `key`.
-    fn removal(&self, kind: Kind, key: &HashBinary) -> bool {
+    /// How many objects of `key` the tier held.
+    fn removal(&self, kind: Kind, key: &HashBinary) -> usize {
         let (had, seq) = {
             let mut index = self.index.write();
             let had = match kind {
-                Kind::UrlTombstone => index.remove_url(key) > 0,
-                _ => index.remove(key).is_some(),
+                Kind::UrlTombstone => index.remove_url(key),
+                _ => usize::from(index.remove(key).is_some()),
             };
             let loading = self.is_loading();
             if loading {
@@ -554,8 +555,8 @@ impl DiskStore {
                 };
             }
             // a tombstone only where something of the key may be on disk or on its way there
-            if !(had || loading || self.queued_bytes.load(Ordering::Acquire) > 0) {
-                return false;
+            if !(had > 0 || loading || self.queued_bytes.load(Ordering::Acquire) > 0) {
+                return 0;
             }
             let seq = self.seq();
             match kind {

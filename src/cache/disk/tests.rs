@@ -485,7 +485,11 @@ async fn a_disk_hit_read_whole_is_promoted_to_memory_unless_purged_or_a_range() 
         .await
         .expect("lookup")
         .expect("disk hit");
-    assert_eq!(next.invalidate(&purged), 0, "nothing in memory yet");
+    assert_eq!(
+        next.invalidate(&purged),
+        1,
+        "on disk only, nothing in memory yet"
+    );
     read_all(&mut hit).await.expect("read");
     assert!(
         !s.contains(&purged.combined_bin()),
