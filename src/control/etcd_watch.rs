@@ -178,13 +178,8 @@ async fn watch(
         // the cluster, revision and epoch are read again before watching from where the
         // stream left off.
         if !std::mem::take(&mut first) {
-            if let Some((why, reason)) = moved_since(&client, &keys, &at, timeout).await {
-                log::warn!("etcd store: {why}; reading everything again");
-                METRICS
-                    .control_store_resyncs
-                    .with_label_values(&[reason])
-                    .inc();
-                match relist(&client, &keys, &at, &tx, &staged, timeout).await {
+            if let Some(moved) = moved_since(&client, &keys, &at, timeout).await {
+                match relist(&client, &keys, &at, &tx, &staged, timeout, moved).await {
                     Some(now) => at = now,
                     None => return,
                 }
@@ -233,12 +228,7 @@ async fn watch(
                 }
                 Step::Nothing => {}
                 Step::Relist(why, reason) => {
-                    log::warn!("etcd store: {why}; reading everything again");
-                    METRICS
-                        .control_store_resyncs
-                        .with_label_values(&[reason])
-                        .inc();
-                    match relist(&client, &keys, &at, &tx, &staged, timeout).await {
+                    match relist(&client, &keys, &at, &tx, &staged, timeout, (why, reason)).await {
                         Some(now) => at = now,
                         None => return,
                     }
@@ -402,7 +392,8 @@ fn history_moved(at: &Loaded, cluster_id: u64, revision: i64) -> Option<(String,
     })
 }
 
-/// Read everything again and hand it to the plane; retried until it works or the plane is gone.
+/// Read everything again and hand it to the plane, for the reason given (logged and counted);
+/// retried until it works or the plane is gone.
 async fn relist(
     client: &Client,
     keys: &Keys,
@@ -410,7 +401,13 @@ async fn relist(
     tx: &mpsc::Sender<Delivery>,
     staged: &StagedMap,
     timeout: Duration,
+    (why, reason): (String, &'static str),
 ) -> Option<Loaded> {
+    log::warn!("etcd store: {why}; reading everything again");
+    METRICS
+        .control_store_resyncs
+        .with_label_values(&[reason])
+        .inc();
     let mut backoff = BACKOFF_MIN;
     loop {
         match tokio::time::timeout(timeout, list_after(client, keys, before)).await {
