@@ -40,6 +40,20 @@
 //! next write fails and
 //! pingora ends the fetch, so an abandoned oversize download costs the origin at most about one
 //! window more.
+//!
+//! Spilling: a fill that streams to the disk tier as well (`Fill::start_spill`, a [`Spill`]:
+//! the `.part` file of `crate::cache::disk::DiskFill`) stays open to new readers after it turns
+//! oversize, until it is revoked, fails, gives the spill up or completes. A reader that
+//! attaches late starts at the first byte: what memory let go it reads back from the spill, one
+//! whole chunk at a time, verified against the checksum taken when it was written; the rest it
+//! reads from memory like everyone else, so it ends like every other reader (an error when the
+//! fetch fails). The rule that makes this safe: memory never lets go of a byte the spill does
+//! not hold whole yet (the miss handler writes each piece to the spill before appending it, and
+//! tells the fill how much the spill holds). So a spilling fill holds at most the window plus
+//! one spill chunk and the piece being added; a reader behind memory does not keep bytes in
+//! memory and is never left behind (it reads on from the spill, so it keeps the fetch going).
+//! When the spill is given up (a disk write failed), nobody attaches any more, the window rule
+//! is back, and a reader behind memory gets an error, never a body with a hole.
 
 use super::stored_meta::StoredMeta;
 use async_trait::async_trait;
@@ -60,6 +74,25 @@ use tokio::sync::watch;
 pub const MIN_LAG_WINDOW: usize = 4 << 20;
 /// The most one read hands out at once when a reader is behind by several chunks.
 const MAX_READ: usize = 1 << 20;
+
+/// Where a fill's body is also written as it arrives (the disk tier's `.part` file), in
+/// chunks of [`Spill::chunk_len`] bytes that can be read back, verified, by a reader that
+/// attached after memory let them go (see the module doc).
+#[async_trait]
+pub trait Spill: Send + Sync {
+    /// The length of every chunk (the last one of the body aside).
+    fn chunk_len(&self) -> usize;
+    /// Read whole chunk `i` back, verified against what was written: an error when it cannot
+    /// be read or is not what was written.
+    async fn read_chunk(&self, i: usize) -> Result<Bytes>;
+}
+
+/// A spill and how much of the body it holds so far.
+struct Spilled {
+    source: Arc<dyn Spill>,
+    /// Body bytes, from the first, written whole to the spill (a multiple of its chunk length).
+    durable: usize,
+}
 
 /// Where a fill is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +138,8 @@ struct State {
     oversize: bool,
     /// Read positions of the attached readers (`None`: a free slot).
     readers: Vec<Option<usize>>,
+    /// The body is also being written to a spill: nothing it does not hold yet is let go.
+    spill: Option<Spilled>,
 }
 
 /// `body` in an allocation of its own size. A chunk read from the origin can be a slice of a
@@ -148,11 +183,15 @@ impl State {
     }
 
     /// Drop the chunks everyone has read, and anything more than `window` behind the newest
-    /// byte. Returns how many bytes were let go.
+    /// byte, but never a byte a spill does not hold yet (a late reader reads it from memory).
+    /// Returns how many bytes were let go.
     fn trim(&mut self, window: usize) -> usize {
         let slowest = self.readers.iter().flatten().min().copied();
         let floor = self.written.saturating_sub(window);
-        let keep_from = slowest.unwrap_or(self.written).max(floor);
+        let mut keep_from = slowest.unwrap_or(self.written).max(floor);
+        if let Some(spill) = &self.spill {
+            keep_from = keep_from.min(spill.durable);
+        }
         let mut freed = 0;
         while let (Some(chunk), Some(&start)) = (self.chunks.front(), self.starts.front()) {
             if start + chunk.len() > keep_from {
@@ -194,6 +233,9 @@ pub struct Fill {
     /// Readers may still attach: writing, not oversize, not revoked, not failed. Stays set
     /// while a complete body is being stored, so a lookup always finds the fill or its entry.
     open: AtomicBool,
+    /// Readers may attach through the spill: writing to one, not revoked, not failed. Stays
+    /// set while the spill becomes a stored object (as `open`).
+    spilling: AtomicBool,
     /// Purged while in flight: not to be stored.
     revoked: AtomicBool,
     state: Mutex<State>,
@@ -228,6 +270,7 @@ impl Fill {
             max_body,
             window: max_body.max(MIN_LAG_WINDOW),
             open: AtomicBool::new(!oversize),
+            spilling: AtomicBool::new(false),
             revoked: AtomicBool::new(false),
             state: Mutex::new(State {
                 chunks: VecDeque::new(),
@@ -237,6 +280,7 @@ impl Fill {
                 phase: Phase::Writing,
                 oversize,
                 readers: Vec::new(),
+                spill: None,
             }),
             wake,
             inflight,
@@ -244,9 +288,37 @@ impl Fill {
         })
     }
 
-    /// Whether a new request may read this fill: still writing, not oversize, not revoked.
+    /// Whether a new request may read this fill: still writing, not revoked, and either not
+    /// oversize or streaming to a spill that holds what memory let go.
     pub fn is_open(&self) -> bool {
-        self.open.load(Ordering::Acquire)
+        self.open.load(Ordering::Acquire) || self.spilling.load(Ordering::SeqCst)
+    }
+
+    /// The body, from its first byte, is also written to `spill` from now on: readers may
+    /// attach after memory let its start go, and memory keeps what `spill` does not hold yet.
+    /// Nothing changes for a fill purged or failed meanwhile.
+    pub fn start_spill(&self, spill: Arc<dyn Spill>) {
+        let mut st = self.state.lock();
+        if st.phase != Phase::Writing || self.is_revoked() {
+            return;
+        }
+        st.spill = Some(Spilled {
+            source: spill,
+            durable: 0,
+        });
+        self.spilling.store(true, Ordering::SeqCst);
+        // a purge that marked the fill meanwhile did not see the flag
+        if self.is_revoked() {
+            self.spilling.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// The spill was given up (a write failed): no reader attaches through it any more, and
+    /// readers behind what memory holds get an error, not a body with a hole.
+    pub fn abandon_spill(&self) {
+        self.spilling.store(false, Ordering::SeqCst);
+        self.state.lock().spill = None;
+        self.wake.send_replace(());
     }
 
     /// The fill's phase.
@@ -278,6 +350,12 @@ impl Fill {
 
     /// Append a piece of the body.
     pub fn append(&self, data: Bytes) -> Appended {
+        self.append_spilled(data, None)
+    }
+
+    /// Append a piece of the body, the spill now holding its first `durable` bytes whole
+    /// (`None`: as before).
+    pub fn append_spilled(&self, data: Bytes, durable: Option<usize>) -> Appended {
         let mut out = Appended::default();
         if data.is_empty() {
             return out;
@@ -287,6 +365,9 @@ impl Fill {
             let mut st = self.state.lock();
             if st.phase != Phase::Writing {
                 return out;
+            }
+            if let (Some(spill), Some(durable)) = (st.spill.as_mut(), durable) {
+                spill.durable = spill.durable.max(durable);
             }
             let start = st.written;
             st.chunks.push_back(data);
@@ -302,8 +383,10 @@ impl Fill {
             if st.oversize {
                 let freed = st.trim(self.window);
                 self.inflight.fetch_sub(freed as u64, Ordering::Relaxed);
+                // a reader behind memory reads on from the spill
                 let base = st.base();
-                out.orphaned = !st.readers.iter().flatten().any(|&p| p >= base);
+                let spilling = st.spill.is_some();
+                out.orphaned = !st.readers.iter().flatten().any(|&p| p >= base || spilling);
             }
         }
         self.wake.send_replace(());
@@ -313,24 +396,27 @@ impl Fill {
     /// Purged while in flight: readers already attached finish reading it, but it is not
     /// stored and no new reader attaches.
     pub fn revoke(&self) {
-        self.revoked.store(true, Ordering::Release);
+        self.revoked.store(true, Ordering::SeqCst);
         self.open.store(false, Ordering::Release);
+        self.spilling.store(false, Ordering::SeqCst);
     }
 
     /// Whether the fill was purged while in flight.
     pub fn is_revoked(&self) -> bool {
-        self.revoked.load(Ordering::Acquire)
+        self.revoked.load(Ordering::SeqCst)
     }
 
     /// The fetch failed: every reader gets an error from now on.
     pub fn fail(&self) {
         self.open.store(false, Ordering::Release);
+        self.spilling.store(false, Ordering::SeqCst);
         {
             let mut st = self.state.lock();
             if st.phase == Phase::Done {
                 return;
             }
             st.phase = Phase::Failed;
+            st.spill = None;
             let freed = st.clear();
             self.inflight.fetch_sub(freed as u64, Ordering::Relaxed);
         }
@@ -375,6 +461,7 @@ impl Fill {
     /// Readers may finish: everything written is all there is.
     pub fn complete(&self) {
         self.open.store(false, Ordering::Release);
+        self.spilling.store(false, Ordering::SeqCst);
         {
             let mut st = self.state.lock();
             if st.phase != Phase::Writing {
@@ -389,9 +476,10 @@ impl Fill {
     pub fn reader(self: &Arc<Self>) -> PartialHit {
         let (slot, pos) = {
             let mut st = self.state.lock();
-            // only the writer's own reader can come after bytes were let go, and it comes
-            // before the first byte: everyone else attaches to open (never trimmed) fills
-            let pos = st.base();
+            // bytes let go are read back from the spill; without one, only the writer's own
+            // reader can come after bytes were let go, and it comes before the first byte:
+            // everyone else attaches to open (never trimmed) fills
+            let pos = if st.spill.is_some() { 0 } else { st.base() };
             let slot = match st.readers.iter().position(Option::is_none) {
                 Some(i) => {
                     st.readers[i] = Some(pos);
@@ -425,8 +513,19 @@ fn read_error(context: &'static str) -> Box<Error> {
     Error::explain(ErrorType::InternalError, context)
 }
 
+/// What [`PartialHit::look`] found.
+enum Look {
+    /// The read's answer.
+    Ready(Result<Option<Bytes>>),
+    /// Memory let the next bytes go: read them back from this spill.
+    Spilled(Arc<dyn Spill>),
+    /// Nothing new yet.
+    Wait,
+}
+
 /// Reads a fill as it arrives. Reading waits for the writer; a failed fetch, or falling more
-/// than the lag window behind an oversize fill, is an error.
+/// than the lag window behind an oversize fill that does not spill, is an error. What memory
+/// let go of a spilling fill is read back from the spill, one verified chunk at a time.
 pub struct PartialHit {
     fill: Arc<Fill>,
     wake: watch::Receiver<()>,
@@ -440,6 +539,62 @@ impl PartialHit {
     pub fn position(&self) -> usize {
         self.pos
     }
+
+    /// What the next read gets, as the fill stands now.
+    fn look(&mut self) -> Look {
+        let mut st = self.fill.state.lock();
+        if st.phase == Phase::Failed {
+            return Look::Ready(Err(read_error(
+                "the origin fetch this response streams from failed",
+            )));
+        }
+        if self.end.is_some_and(|e| self.pos >= e) {
+            return Look::Ready(Ok(None));
+        }
+        if self.pos < st.base() {
+            // let go of memory: only a spill that holds it whole has it now
+            return match st.spill.as_ref().filter(|s| self.pos < s.durable) {
+                Some(spill) => Look::Spilled(spill.source.clone()),
+                None => Look::Ready(Err(read_error(
+                    "fell too far behind an oversize response that is not being stored",
+                ))),
+            };
+        }
+        let end = self.end.map_or(st.written, |e| e.min(st.written));
+        if self.pos < end {
+            let bytes = st.read(self.pos, end);
+            self.pos += bytes.len();
+            if let Some(p) = st.readers.get_mut(self.slot) {
+                *p = Some(self.pos);
+            }
+            return Look::Ready(Ok(Some(bytes)));
+        }
+        if st.phase == Phase::Done {
+            return Look::Ready(Ok(None));
+        }
+        Look::Wait
+    }
+
+    /// The bytes from `self.pos` to the end of the spill's chunk that holds it (or to this
+    /// reader's end), which memory no longer holds.
+    async fn read_spilled(&mut self, spill: Arc<dyn Spill>) -> Result<Bytes> {
+        let len = spill.chunk_len().max(1);
+        let i = self.pos / len;
+        let chunk = spill.read_chunk(i).await?;
+        let start = i * len;
+        let to = self
+            .end
+            .map_or(chunk.len(), |e| e.saturating_sub(start).min(chunk.len()));
+        let from = self.pos - start;
+        if from >= to {
+            return Err(read_error("a chunk read back from the spill is short"));
+        }
+        self.pos = start + to;
+        if let Some(p) = self.fill.state.lock().readers.get_mut(self.slot) {
+            *p = Some(self.pos);
+        }
+        Ok(chunk.slice(from..to))
+    }
 }
 
 #[async_trait]
@@ -448,30 +603,10 @@ impl HandleHit for PartialHit {
         loop {
             // mark the current version seen before looking, so a write after the look wakes us
             self.wake.borrow_and_update();
-            {
-                let mut st = self.fill.state.lock();
-                if st.phase == Phase::Failed {
-                    return Err(read_error(
-                        "the origin fetch this response streams from failed",
-                    ));
-                }
-                if self.pos < st.base() {
-                    return Err(read_error(
-                        "fell too far behind an oversize response that is not being stored",
-                    ));
-                }
-                let end = self.end.map_or(st.written, |e| e.min(st.written));
-                if self.pos < end {
-                    let bytes = st.read(self.pos, end);
-                    self.pos += bytes.len();
-                    if let Some(p) = st.readers.get_mut(self.slot) {
-                        *p = Some(self.pos);
-                    }
-                    return Ok(Some(bytes));
-                }
-                if self.end.is_some_and(|e| self.pos >= e) || st.phase == Phase::Done {
-                    return Ok(None);
-                }
+            match self.look() {
+                Look::Ready(out) => return out,
+                Look::Spilled(spill) => return self.read_spilled(spill).await.map(Some),
+                Look::Wait => {}
             }
             if self.wake.changed().await.is_err() {
                 // the sender lives in the fill this reader holds: cannot happen
@@ -499,7 +634,7 @@ impl HandleHit for PartialHit {
             return Error::e_explain(ErrorType::InternalError, "seek start past end");
         }
         let mut st = self.fill.state.lock();
-        if start < st.base() {
+        if start < st.base() && st.spill.is_none() {
             return Error::e_explain(
                 ErrorType::InternalError,
                 "seek into a part of an oversize response already let go",
@@ -738,5 +873,238 @@ mod tests {
         f2.append(Bytes::from_static(b"ghij"));
         f2.complete();
         assert_eq!(waiter.await.expect("join").expect("range"), b"hi");
+    }
+
+    /// A spill in memory: whole chunks of `len` bytes, each read back as written (or, when
+    /// `corrupt`, as an error, which is what a checksum mismatch is).
+    struct ChunkSpill {
+        len: usize,
+        body: Mutex<Vec<u8>>,
+        corrupt: AtomicBool,
+        reads: AtomicU32,
+    }
+
+    impl ChunkSpill {
+        fn new(len: usize) -> Arc<ChunkSpill> {
+            Arc::new(ChunkSpill {
+                len,
+                body: Mutex::new(Vec::new()),
+                corrupt: AtomicBool::new(false),
+                reads: AtomicU32::new(0),
+            })
+        }
+
+        /// Take `data`: the bytes it now holds in whole chunks, as the disk tier's fill.
+        fn push(&self, data: &[u8]) -> usize {
+            let mut body = self.body.lock();
+            body.extend_from_slice(data);
+            body.len() / self.len * self.len
+        }
+    }
+
+    #[async_trait]
+    impl Spill for ChunkSpill {
+        fn chunk_len(&self) -> usize {
+            self.len
+        }
+
+        async fn read_chunk(&self, i: usize) -> Result<Bytes> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            if self.corrupt.load(Ordering::Relaxed) {
+                return Err(read_error("checksum mismatch"));
+            }
+            let body = self.body.lock();
+            let chunk = body.get(i * self.len..(i + 1) * self.len);
+            chunk
+                .map(Bytes::copy_from_slice)
+                .ok_or_else(|| read_error("not written"))
+        }
+    }
+
+    const SPILL_CHUNK: usize = 256 << 10;
+    const PIECE: usize = 100_000;
+
+    fn piece(i: usize) -> Bytes {
+        Bytes::from(
+            (0..PIECE)
+                .map(|j| (i * 7 + j / 1000) as u8)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// Append `n` pieces, numbered from `from`, pushed to `spill` first (as the memory tier's
+    /// miss handler does), with `own` keeping up; returns the bytes appended.
+    async fn spill_pieces(
+        f: &Fill,
+        spill: &ChunkSpill,
+        own: &mut PartialHit,
+        from: usize,
+        n: usize,
+    ) -> Vec<u8> {
+        let mut body = Vec::new();
+        for i in from..from + n {
+            let p = piece(i);
+            let durable = spill.push(&p);
+            body.extend_from_slice(&p);
+            assert!(!f.append_spilled(p, Some(durable)).orphaned);
+            while own.position() < f.written() {
+                own.read_body().await.expect("own").expect("bytes");
+            }
+            let st = f.state.lock();
+            assert!(st.base() <= durable, "let go of {} unspilled", st.base());
+            assert!(
+                st.held <= MIN_LAG_WINDOW + SPILL_CHUNK + PIECE,
+                "held {} over the window",
+                st.held
+            );
+        }
+        body
+    }
+
+    #[tokio::test]
+    async fn a_spilling_fill_never_lets_go_of_bytes_the_spill_does_not_hold_yet() {
+        let f = fill(None, 1000, counter());
+        let mut own = f.reader();
+        let spill = ChunkSpill::new(SPILL_CHUNK);
+        f.start_spill(spill.clone());
+        assert!(f.is_open(), "readers may attach through the spill");
+        // the spill lags (its chunk not written yet): memory keeps everything after it
+        for i in 0..60 {
+            assert!(!f.append_spilled(piece(i), Some(0)).orphaned);
+            while own.position() < f.written() {
+                own.read_body().await.expect("own").expect("bytes");
+            }
+        }
+        assert_eq!(f.held(), f.written(), "nothing is on the spill: all kept");
+        // it catches up: memory lets go down to the window, never past what it holds
+        let all: Vec<u8> = f.body_so_far().expect("all held").concat();
+        let spilled = spill.push(&all);
+        assert!(!f.append_spilled(piece(60), Some(spilled)).orphaned);
+        let base = f.state.lock().base();
+        assert!(
+            base > 0 && base <= spilled,
+            "base {base}, spilled {spilled}"
+        );
+        // without a spill, the same fill lets go of everything its readers have read
+        let plain = fill(None, 1000, counter());
+        let mut r = plain.reader();
+        for i in 0..60 {
+            plain.append(piece(i));
+            while r.position() < plain.written() {
+                r.read_body().await.expect("r").expect("bytes");
+            }
+        }
+        assert!(plain.held() <= PIECE);
+    }
+
+    #[tokio::test]
+    async fn a_late_reader_reads_what_memory_let_go_from_the_spill_then_follows_the_fill() {
+        let f = fill(None, 1000, counter());
+        let mut own = f.reader();
+        let spill = ChunkSpill::new(SPILL_CHUNK);
+        f.start_spill(spill.clone());
+        let mut body = spill_pieces(&f, &spill, &mut own, 0, 80).await;
+        assert!(f.state.lock().base() > SPILL_CHUNK, "the start left memory");
+        let mut late = f.reader();
+        let mut ranged = f.reader();
+        ranged
+            .seek(10, Some(SPILL_CHUNK + 5))
+            .expect("a range the spill holds");
+        assert_eq!(
+            read_all(&mut ranged).await.expect("range"),
+            &body[10..SPILL_CHUNK + 5]
+        );
+        let mut got = Vec::new();
+        while got.len() < body.len() {
+            got.extend_from_slice(&late.read_body().await.expect("late").expect("bytes"));
+        }
+        assert!(
+            spill.reads.load(Ordering::Relaxed) > 0,
+            "read from the spill"
+        );
+        // caught up: it follows the fill as it arrives
+        body.extend(spill_pieces(&f, &spill, &mut own, 80, 10).await);
+        assert!(matches!(f.seal(), Sealed::NotStored));
+        f.complete();
+        got.extend(read_all(&mut late).await.expect("late"));
+        assert!(got == body, "byte-identical");
+        assert!(read_all(&mut own).await.expect("own").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_given_up_or_corrupt_spill_is_an_error_for_a_reader_behind_memory() {
+        let f = fill(None, 1000, counter());
+        let mut own = f.reader();
+        let spill = ChunkSpill::new(SPILL_CHUNK);
+        f.start_spill(spill.clone());
+        spill_pieces(&f, &spill, &mut own, 0, 80).await;
+        let mut late = f.reader();
+        spill.corrupt.store(true, Ordering::Relaxed);
+        assert!(late.read_body().await.is_err(), "a bad chunk is an error");
+        spill.corrupt.store(false, Ordering::Relaxed);
+        let mut behind = f.reader();
+        assert!(behind.read_body().await.expect("read").is_some());
+        f.abandon_spill();
+        assert!(!f.is_open(), "nobody attaches any more");
+        // the writer goes on without the spill (nobody is orphaned: `own` keeps up)
+        for i in 80..90 {
+            assert!(!f.append(piece(i)).orphaned);
+            while own.position() < f.written() {
+                own.read_body().await.expect("own").expect("bytes");
+            }
+        }
+        f.complete();
+        assert!(
+            read_all(&mut behind).await.is_err(),
+            "an error, never a body with a hole"
+        );
+        assert!(read_all(&mut own).await.expect("own").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_purged_or_failed_fill_takes_no_new_readers_through_its_spill() {
+        let f = fill(None, 1000, counter());
+        let mut own = f.reader();
+        let spill = ChunkSpill::new(SPILL_CHUNK);
+        f.start_spill(spill.clone());
+        spill_pieces(&f, &spill, &mut own, 0, 50).await;
+        let mut attached = f.reader();
+        f.revoke();
+        assert!(!f.is_open());
+        assert!(attached.read_body().await.expect("reads on").is_some());
+        let later = fill(None, 1000, counter());
+        later.revoke();
+        later.start_spill(ChunkSpill::new(SPILL_CHUNK));
+        assert!(!later.is_open(), "a spill after the purge changes nothing");
+        let failed = fill(None, 1000, counter());
+        let mut own = failed.reader();
+        let spill = ChunkSpill::new(SPILL_CHUNK);
+        failed.start_spill(spill.clone());
+        spill_pieces(&failed, &spill, &mut own, 0, 50).await;
+        let mut late = failed.reader();
+        failed.fail();
+        assert!(!failed.is_open());
+        assert!(read_all(&mut late).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_reader_behind_memory_keeps_a_spilling_fetch_going() {
+        let f = fill(None, 1000, counter());
+        let mut own = f.reader();
+        let spill = ChunkSpill::new(SPILL_CHUNK);
+        f.start_spill(spill.clone());
+        spill_pieces(&f, &spill, &mut own, 0, 80).await;
+        let late = f.reader();
+        drop(own);
+        let p = piece(80);
+        let durable = spill.push(&p);
+        assert!(
+            !f.append_spilled(p, Some(durable)).orphaned,
+            "the late reader reads on from the spill"
+        );
+        drop(late);
+        let p = piece(81);
+        let durable = spill.push(&p);
+        assert!(f.append_spilled(p, Some(durable)).orphaned, "nobody left");
     }
 }

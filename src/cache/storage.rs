@@ -657,6 +657,18 @@ impl Storage for MemoryStorage {
             self.max_object_size,
             &self.inflight,
         );
+        let mut miss = Box::new(MemoryMiss {
+            tag: U64WriteId::from(id),
+            fill: fill.clone(),
+            storage: self,
+            finished: false,
+            to_disk: ToDisk::Undecided,
+            seed: Vec::new(),
+            marked: false,
+        });
+        // a `Content-Length` over the memory tier's cap: streaming to disk starts before the
+        // fill can be found, so a request between the head and the body attaches to it too
+        miss.decide_disk(0);
         self.shard(&fill.key)
             .write()
             .fills
@@ -665,15 +677,7 @@ impl Storage for MemoryStorage {
             .push(fill.clone());
         // the head is here: requests held in the hit lane can now read the body as it streams
         self.pending.progressed(&fill.key);
-        Ok(Box::new(MemoryMiss {
-            tag: U64WriteId::from(id),
-            fill,
-            storage: self,
-            finished: false,
-            to_disk: ToDisk::Undecided,
-            seed: Vec::new(),
-            marked: false,
-        }))
+        Ok(miss)
     }
 
     /// An invalidation also keeps fills of the key in flight from being stored; an eviction

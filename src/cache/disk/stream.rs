@@ -5,7 +5,11 @@
 //! checksum table, the trailer and the head (which needs the body's length) are written, the
 //! file is synced and renamed to the newest segment, and the object enters the index. A fetch
 //! that fails, or a purge meanwhile, leaves nothing; a crash leaves a `.part`, deleted at the
-//! next start. The fetch's readers stream it from the memory tier's fill meanwhile.
+//! next start. The fetch's readers stream it from the memory tier's fill meanwhile; a request
+//! that arrives after the fill's memory window let the start of the body go attaches to the
+//! fill too, and reads those bytes back from this file ([`PartChunks`]: whole chunks only,
+//! each verified against its checksum, through a file descriptor it holds, so it reads on
+//! after the rename, or after a purge deleted the file).
 //!
 //! Admission: with `min_uses` above 1, such an object is streamed at its `min_uses`-th fetch
 //! (the tier remembers, in a bounded table, how often large objects were fetched), so a sweep
@@ -15,10 +19,14 @@ use super::record::{self, chunk_crc, Head, CHUNK, HEAD_LEN};
 use super::segments::STREAM_SUFFIX;
 use super::writer::object_head;
 use super::DiskStore;
+use crate::cache::fill::Spill;
 use crate::cache::stored_meta::StoredMeta;
 use crate::metrics::DISK_METRICS;
+use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
 use pingora_cache::key::HashBinary;
+use pingora_error::{Error, ErrorType, Result};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -27,6 +35,53 @@ use std::sync::Arc;
 
 /// Large objects whose fetches the tier counts for admission; the table starts over when full.
 const MAX_COUNTED: usize = 65_536;
+
+/// The body chunks of a `.part` file, as late readers of the fill read them back: each one
+/// verified against the checksum taken when it was written. Holds the file open, so a reader
+/// keeps reading when it is renamed into a segment (or deleted).
+pub struct PartChunks {
+    store: &'static DiskStore,
+    file: Arc<File>,
+    /// Where the body starts in the file.
+    body_at: u64,
+    /// The checksum of each whole chunk handed to the file.
+    crcs: Mutex<Vec<u32>>,
+}
+
+#[async_trait]
+impl Spill for PartChunks {
+    fn chunk_len(&self) -> usize {
+        CHUNK
+    }
+
+    async fn read_chunk(&self, i: usize) -> Result<Bytes> {
+        let Some(crc) = self.crcs.lock().get(i).copied() else {
+            return Error::e_explain(ErrorType::InternalError, "disk cache: chunk not written");
+        };
+        let file = self.file.clone();
+        let at = self.body_at + (i * CHUNK) as u64;
+        let read = self
+            .store
+            .timed_read(move || {
+                let mut buf = vec![0u8; CHUNK];
+                file.read_exact_at(&mut buf, at).map(|()| buf)
+            })
+            .await;
+        match read {
+            Ok(buf) => {
+                DISK_METRICS.read_bytes.inc_by(buf.len() as u64);
+                if chunk_crc(&buf) != crc {
+                    return Error::e_explain(
+                        ErrorType::InternalError,
+                        "disk cache: chunk checksum mismatch in an object streaming in",
+                    );
+                }
+                Ok(Bytes::from(buf))
+            }
+            Err(e) => Error::e_because(ErrorType::InternalError, "disk cache: read failed", e),
+        }
+    }
+}
 
 /// One object being streamed to disk (see the module doc). Dropped before
 /// [`DiskFill::finish`], it deletes its file and gives its reservation back.
@@ -42,7 +97,8 @@ pub struct DiskFill {
     written: u64,
     /// The chunk being filled.
     pending: BytesMut,
-    crcs: Vec<u32>,
+    /// The file's whole chunks, with their checksums, for late readers.
+    part: Arc<PartChunks>,
     /// Budget reserved so far.
     reserved: u64,
     done: bool,
@@ -91,16 +147,23 @@ impl DiskStore {
             .open(&path)
             .map_err(|e| log::warn!("disk cache: cannot stream an object to disk: {e}"))
             .ok()?;
+        let file = Arc::new(file);
+        let part = Arc::new(PartChunks {
+            store: self,
+            file: file.clone(),
+            body_at: (HEAD_LEN + meta_bytes.len()) as u64,
+            crcs: Mutex::new(Vec::new()),
+        });
         Some(DiskFill {
             store: self,
             seq: self.seq(),
             head,
             meta_bytes,
-            file: Arc::new(file),
+            file,
             path,
             written: 0,
             pending: BytesMut::new(),
-            crcs: Vec::new(),
+            part,
             reserved: 0,
             done: false,
         })
@@ -143,6 +206,17 @@ impl DiskFill {
         (HEAD_LEN + self.meta_bytes.len()) as u64
     }
 
+    /// The body's chunks as they are written, for readers of the fill that attach late.
+    pub fn chunks(&self) -> Arc<dyn Spill> {
+        self.part.clone()
+    }
+
+    /// Body bytes, from the first, written to the file in whole chunks by the pushes so far
+    /// (all of them succeeded: a failed one ends the object).
+    pub fn readable(&self) -> u64 {
+        self.written
+    }
+
     /// Write each piece at its offset (`extra` more bytes of the budget reserved first), off
     /// the async runtime.
     async fn write_at(&mut self, pieces: Vec<(u64, Bytes)>, extra: u64) -> bool {
@@ -177,7 +251,10 @@ impl DiskFill {
         if chunks.is_empty() {
             return true;
         }
-        self.crcs.extend(chunks.iter().map(|c| chunk_crc(c)));
+        self.part
+            .crcs
+            .lock()
+            .extend(chunks.iter().map(|c| chunk_crc(c)));
         let mut at = self.body_at() + self.written;
         let start = at;
         let pieces: Vec<(u64, Bytes)> = chunks
@@ -218,15 +295,16 @@ impl DiskFill {
             return false;
         }
         let last = self.pending.split().freeze();
+        let mut crcs = self.part.crcs.lock().clone();
         if !last.is_empty() {
-            self.crcs.push(chunk_crc(&last));
+            crcs.push(chunk_crc(&last));
         }
         let body_len = self.written + last.len() as u64;
         let head = Head {
             body_len,
             ..self.head.clone()
         };
-        let table: Vec<u8> = self.crcs.iter().flat_map(|c| c.to_le_bytes()).collect();
+        let table: Vec<u8> = crcs.iter().flat_map(|c| c.to_le_bytes()).collect();
         let len = head.record_len();
         let trailer = record::trailer(&table, len);
         let mut start = head.encode(&self.meta_bytes).to_vec();

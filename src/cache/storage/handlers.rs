@@ -98,8 +98,9 @@ pub(super) struct MemoryMiss {
 
 impl MemoryMiss {
     /// Before `len` more bytes are appended: once the body outgrows the memory tier, start
-    /// streaming it (from its first byte, which the fill still holds) to the disk tier.
-    fn decide_disk(&mut self, len: usize) {
+    /// streaming it (from its first byte, which the fill still holds) to the disk tier, where
+    /// requests that come later read what memory let go of (`Fill::start_spill`).
+    pub(super) fn decide_disk(&mut self, len: usize) {
         if !matches!(self.to_disk, ToDisk::Undecided) {
             return;
         }
@@ -123,6 +124,7 @@ impl MemoryMiss {
         if let Some(d) =
             disk.start_fill(self.fill.key, self.fill.primary, &self.fill.meta, expected)
         {
+            self.fill.start_spill(d.chunks());
             self.to_disk = ToDisk::Streaming(Box::new(d));
             self.seed = so_far;
         }
@@ -135,16 +137,22 @@ impl HandleMiss for MemoryMiss {
     /// then ends a fetch nobody would see.
     async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
         self.decide_disk(data.len());
+        let mut durable = None;
         if let ToDisk::Streaming(d) = &mut self.to_disk {
             let mut ok = true;
             for piece in std::mem::take(&mut self.seed) {
                 ok = ok && d.push(piece).await;
             }
-            if !(ok && d.push(data.clone()).await) {
+            if ok && d.push(data.clone()).await {
+                durable = usize::try_from(d.readable()).ok();
+            } else {
+                // readers that came through the disk and are behind memory get an error
                 self.to_disk = ToDisk::No;
+                self.fill.abandon_spill();
             }
         }
-        let appended = self.fill.append(data);
+        // pushed to disk first: memory lets go only of what the file holds
+        let appended = self.fill.append_spilled(data, durable);
         // too large for every tier: remembered, so the next requests bypass the cache (a body
         // the disk tier did not take for now, such as at its first fetch, is not)
         let cap = self.storage.disk.map_or(0, |d| d.max_object_size());
