@@ -476,10 +476,10 @@ impl Fill {
     pub fn reader(self: &Arc<Self>) -> PartialHit {
         let (slot, pos) = {
             let mut st = self.state.lock();
-            // bytes let go are read back from the spill; without one, only the writer's own
-            // reader can come after bytes were let go, and it comes before the first byte:
-            // everyone else attaches to open (never trimmed) fills
-            let pos = if st.spill.is_some() { 0 } else { st.base() };
+            // from the first byte, always: what memory let go is read back from the spill; a
+            // reader that attached as the fill turned oversize (or gave its spill up) and
+            // lost the start gets an error on its first read, never a body without its start
+            let pos = 0;
             let slot = match st.readers.iter().position(Option::is_none) {
                 Some(i) => {
                     st.readers[i] = Some(pos);
@@ -1106,5 +1106,23 @@ mod tests {
         let p = piece(81);
         let durable = spill.push(&p);
         assert!(f.append_spilled(p, Some(durable)).orphaned, "nobody left");
+    }
+
+    /// A reader that gets to a fill after its start was let go (it turned oversize, or gave
+    /// its spill up, between the lookup and the attach) gets an error, never a body that
+    /// starts in the middle.
+    #[tokio::test]
+    async fn a_reader_that_attaches_after_the_start_left_memory_errs() {
+        let f = fill(None, 1000, counter());
+        let mut own = f.reader();
+        for i in 0..60 {
+            f.append(piece(i));
+            while own.position() < f.written() {
+                own.read_body().await.expect("own").expect("bytes");
+            }
+        }
+        assert!(f.state.lock().base() > 0);
+        let mut late = f.reader();
+        assert!(late.read_body().await.is_err());
     }
 }
