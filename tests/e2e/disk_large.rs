@@ -1,7 +1,9 @@
 //! Objects larger than the memory tier's `max_object_size` live on the disk tier under its own
 //! cap (`cache.disk.max_object_size`): the fetch streams to disk as the body arrives while its
 //! client is served, later requests are disk hits (ranges seek), a restart keeps them, and a
-//! body over the disk tier's cap is served whole and stored nowhere.
+//! body over the disk tier's cap is served whole and stored nowhere. A request that arrives
+//! while such an object streams to disk attaches to that fetch (one origin request), even after
+//! the start of the body left memory: it reads that from the `.part` file.
 
 use crate::disk_tier::{disk_objects, rebuilt};
 use crate::support::{fetch, Cache, Config, Origin, Pool, Route, RouteCache, Verge};
@@ -432,4 +434,60 @@ async fn after_a_purge_during_a_large_fill_new_requests_do_not_attach() {
     assert!(a.await.expect("join").expect("a") == body);
     assert!(c.await.expect("join").expect("c") == body);
     assert_eq!(o.hits("/purged"), 2);
+}
+
+/// With `min_uses: 2`, a large object is not streamed to disk at its first fetch: a request
+/// during that fetch, once the start of the body left memory, fetches it itself, as before
+/// (a guard: nothing attaches to a fill that nothing on disk backs).
+#[tokio::test]
+async fn a_request_during_a_first_fetch_not_admitted_to_disk_fetches_again() {
+    use crate::support::raw_origin::Script;
+    use crate::support::Step;
+    let o = crate::support::RawOrigin::start().await;
+    let body = large_body();
+    let gated = gated_steps(&body, false);
+    // the first fetch waits at the gate; any later one sends everything at once
+    let ungated: Vec<Step> = gated
+        .iter()
+        .filter(|s| !matches!(s, Step::Gate))
+        .cloned()
+        .collect();
+    o.set(
+        "/twice",
+        Script::new(move |asked| {
+            if asked.n == 1 {
+                gated.clone()
+            } else {
+                ungated.clone()
+            }
+        }),
+    );
+    let mut config = attach_config(o.addr);
+    config = config.cache(Cache::new().memory(1 << 20).max_object_size("64KiB").set(
+        "disk",
+        "{path: disk, size: 64MiB, segment_size: 1MiB, max_object_size: 16MiB, min_uses: 2}",
+    ));
+    let v = Verge::start(&config).await;
+    let (_, a) = read_in_background(&v, "/twice", &[]).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while o.pieces_sent("/twice") < BEFORE_GATE + 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the origin sent the start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        streaming_bytes(v.dir()),
+        0,
+        "not streamed at its first fetch"
+    );
+    let (status, b) = read_in_background(&v, "/twice", &[]).await;
+    assert_eq!(status, 200);
+    let b = b.await.expect("join").expect("b");
+    assert!(b == body, "b: byte-identical");
+    assert_eq!(o.hits("/twice"), 2, "b fetched it itself");
+    o.open_gate();
+    assert!(a.await.expect("join").expect("a") == body);
+    disk_objects(&v, 1).await;
 }
