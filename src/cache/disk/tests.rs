@@ -1,4 +1,5 @@
-//! Unit tests of the disk tier: write, read back, seek, corruption, removal, budget, rebuild.
+//! Unit tests of the disk tier: write, read back, seek, corruption, removal, budget, rebuild,
+//! and requests that attach to an object streaming to disk.
 
 use super::*;
 use crate::cache::stored_meta::StoredMeta;
@@ -739,4 +740,122 @@ async fn objects_hit_on_disk_get_a_second_chance_when_their_segment_goes() {
         0,
         "hit once long ago: its second chance is used up, FIFO takes it"
     );
+}
+
+/// The memory tier capped at 64 KiB over a disk tier that takes objects of up to 16 MiB.
+fn small_memory_engine(dir: &std::path::Path) -> &'static crate::cache::CacheEngine {
+    let settings = crate::config::CacheSettings {
+        max_object_size: 64 << 10,
+        disk: Some(settings(dir, 64 << 20, 8 << 20)),
+        ..crate::config::CacheSettings::default()
+    };
+    crate::cache::CacheEngine::new(settings).expect("engine")
+}
+
+fn meta_of_len(len: Option<usize>) -> CacheMeta {
+    let now = SystemTime::now();
+    let mut h = ResponseHeader::build(200, None).expect("h");
+    if let Some(len) = len {
+        h.append_header("content-length", len.to_string())
+            .expect("h");
+    }
+    CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, h)
+}
+
+/// Write `body` in 64 KiB pieces, `own` (the fetching request's reader) keeping up.
+async fn write_keeping_up(
+    miss: &mut pingora_cache::storage::MissHandler,
+    own: &mut HitHandler,
+    body: &[u8],
+) -> Result<()> {
+    for piece in body.chunks(64 << 10) {
+        miss.write_body(Bytes::copy_from_slice(piece), false)
+            .await?;
+        let mut got = 0;
+        while got < piece.len() {
+            got += own.read_body().await?.map_or(0, |b| b.len());
+        }
+    }
+    Ok(())
+}
+
+/// A response whose `Content-Length` is over the memory tier's cap streams to disk from its
+/// head on: a request between the head and the first body byte attaches to it as well.
+#[tokio::test]
+async fn a_request_between_the_head_and_the_body_of_a_large_object_attaches() {
+    use pingora_cache::storage::Storage;
+    let dir = tempfile::tempdir().expect("dir");
+    let engine = small_memory_engine(dir.path());
+    loaded(engine.disk.expect("disk")).await;
+    let s = engine.storage;
+    let span = pingora_cache::trace::Span::inactive().handle();
+    let k = key("/early");
+    let whole = body(2 << 20, 9);
+    let m = meta_of_len(Some(whole.len()));
+    let mut miss = s.get_miss_handler(&k, &m, &span).await.expect("miss");
+    let (_, mut own) = s
+        .lookup_streaming_write(&k, miss.streaming_write_tag(), &span)
+        .await
+        .expect("lookup")
+        .expect("own reader");
+    let (_, mut early) = s
+        .lookup(&k, &span)
+        .await
+        .expect("lookup")
+        .expect("attached before the first body byte");
+    write_keeping_up(&mut miss, &mut own, &whole)
+        .await
+        .expect("write");
+    miss.finish().await.expect("finish");
+    assert!(read_all(&mut early).await.expect("early") == whole);
+    assert!(read_all(&mut own).await.expect("own").is_empty());
+}
+
+/// A body without `Content-Length` that outgrows the disk tier's cap while streaming to it:
+/// the disk fill is given up, a reader that attached through the disk and is behind memory
+/// gets an error (never a body with a hole), later requests do not attach, and the fetching
+/// client still gets everything.
+#[tokio::test]
+async fn a_disk_fill_given_up_fails_the_readers_behind_memory() {
+    use pingora_cache::storage::Storage;
+    let dir = tempfile::tempdir().expect("dir");
+    let engine = small_memory_engine(dir.path());
+    loaded(engine.disk.expect("disk")).await;
+    let s = engine.storage;
+    let span = pingora_cache::trace::Span::inactive().handle();
+    let k = key("/chunked");
+    let whole = body(18 << 20, 3);
+    let mut miss = s
+        .get_miss_handler(&k, &meta_of_len(None), &span)
+        .await
+        .expect("miss");
+    let (_, mut own) = s
+        .lookup_streaming_write(&k, miss.streaming_write_tag(), &span)
+        .await
+        .expect("lookup")
+        .expect("own reader");
+    let (head, rest) = whole.split_at(10 << 20);
+    write_keeping_up(&mut miss, &mut own, head)
+        .await
+        .expect("write");
+    // past the lag window: the start is on disk only
+    let (_, mut late) = s
+        .lookup(&k, &span)
+        .await
+        .expect("lookup")
+        .expect("attached through the disk");
+    let first = late.read_body().await.expect("late").expect("bytes");
+    assert!(first[..] == whole[..first.len()]);
+    write_keeping_up(&mut miss, &mut own, rest)
+        .await
+        .expect("the fetching client reads on");
+    assert!(
+        s.lookup(&k, &span).await.expect("lookup").is_none(),
+        "nobody attaches once the disk fill is given up"
+    );
+    let held = s.inflight_bytes();
+    assert!(held <= (4 << 20) + (64 << 10), "memory held: {held}");
+    miss.finish().await.expect("finish");
+    assert!(read_all(&mut own).await.expect("own").is_empty());
+    assert!(read_all(&mut late).await.is_err(), "an error, not a hole");
 }
