@@ -93,7 +93,7 @@ fn never_stored(status: u16) -> bool {
 
 /// The field whose directives a shared cache obeys: a usable `CDN-Cache-Control`,
 /// `Surrogate-Control`, then `Cache-Control`.
-fn governing(resp: &ResponseHeader) -> Option<CacheControl> {
+fn governing(resp: &ResponseHeader) -> Option<std::sync::Arc<CacheControl>> {
     governing_cache_control(resp)
 }
 
@@ -219,7 +219,7 @@ fn response_invariants(
             rules.stale_if_disconnected.as_secs().max(60)
         );
     }
-    if cc.as_ref().is_some_and(refuses_stale) {
+    if cc.as_deref().is_some_and(refuses_stale) {
         assert_eq!(
             meta.stale_if_error_sec(),
             0,

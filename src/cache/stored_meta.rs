@@ -10,6 +10,7 @@ use crate::config::Coding;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode, Version};
 use once_cell::sync::Lazy;
+use pingora_cache::cache_control::InterpretCacheControl;
 use pingora_cache::key::HashBinary;
 use pingora_cache::CacheMeta;
 use pingora_error::{Error, ErrorType, Result};
@@ -216,13 +217,17 @@ fn client_head_of(
     let mut bytes = Vec::with_capacity(512);
     bytes.extend_from_slice(STATUS_LINE);
     client.header_to_h1_wire(&mut bytes);
+    // what `rfc9111::shared_with_credentials` and `request_directives::forbids_stale` say, from
+    // one parse of the governing directives (each of them parses them anew)
+    let governing = super::rfc9111::governing_cache_control(header);
+    let cc = governing.as_deref();
     let facts = ClientFacts {
         end: 0,
         content_length,
         has_date: fields.contains_key(header::DATE),
         coding,
-        shared_with_credentials: super::rfc9111::shared_with_credentials(header),
-        forbids_stale: super::request_directives::forbids_stale(header),
+        shared_with_credentials: cc.is_some_and(|c| c.allow_caching_authorized_req()),
+        forbids_stale: cc.is_some_and(super::rfc9111::refuses_stale),
     };
     Some((bytes, facts))
 }
@@ -370,7 +375,22 @@ impl StoredMeta {
 
     /// A fresh `CacheMeta` equal to the one stored.
     pub fn to_meta(&self) -> Result<CacheMeta> {
-        let header = self.parse_header(self.cased)?;
+        self.meta_with(self.parse_header(self.cased)?)
+    }
+
+    /// A `CacheMeta` with the stored fields (freshness, times, variance) and the stored status,
+    /// but a response head without any header fields: for a caller that reads none of it
+    /// (the storage's `lookup_streaming_write`, whose meta pingora discards).
+    pub fn to_meta_without_head(&self) -> Result<CacheMeta> {
+        let mut header = ResponseHeader::build_no_case(self.status, Some(0))?;
+        if self.http10 {
+            header.set_version(Version::HTTP_10);
+        }
+        self.meta_with(header)
+    }
+
+    /// The stored fields around `header`.
+    fn meta_with(&self, header: ResponseHeader) -> Result<CacheMeta> {
         let Some(internal) = &self.internal else {
             let f = &self.fields;
             let mut meta = CacheMeta::new(
@@ -682,6 +702,24 @@ mod tests {
         let theirs = CacheMeta::deserialize(&i, &h).expect("deserialize");
         assert_same(&theirs, &back);
         assert_eq!(wire(&back), wire(&theirs));
+    }
+
+    #[test]
+    fn a_meta_without_its_head_keeps_every_other_field() {
+        let mut simple = sample();
+        simple.set_variance_key([9; 16]);
+        simple.set_epoch_override(SystemTime::now() - Duration::from_secs(30));
+        for meta in [simple, revalidated()] {
+            let stored = StoredMeta::from_meta(&meta).expect("store");
+            let bare = stored.to_meta_without_head().expect("load");
+            assert!(bare.headers().is_empty());
+            let mut headless = stored.to_meta().expect("load");
+            assert!(!headless.headers().is_empty());
+            let status = headless.response_header().status;
+            *headless.response_header_mut() =
+                ResponseHeader::build_no_case(status, Some(0)).expect("header");
+            assert_same(&headless, &bare);
+        }
     }
 
     #[test]
