@@ -9,11 +9,16 @@ use std::net::SocketAddr;
 
 /// 64 KiB objects in memory; up to 4 MiB on disk.
 fn config(origin: SocketAddr, min_uses: u32) -> Config {
+    config_sized(origin, min_uses, "32MiB", "4MiB")
+}
+
+/// [`config`] with `size` of disk and objects up to `max` on it.
+fn config_sized(origin: SocketAddr, min_uses: u32, size: &str, max: &str) -> Config {
     Config::new()
         .cache(Cache::new().memory(1 << 20).max_object_size("64KiB").set(
             "disk",
             &format!(
-                "{{path: disk, size: 32MiB, segment_size: 1MiB, max_object_size: 4MiB, \
+                "{{path: disk, size: {size}, segment_size: 1MiB, max_object_size: {max}, \
                  min_uses: {min_uses}}}"
             ),
         ))
@@ -79,13 +84,24 @@ async fn a_body_over_the_disk_cap_is_served_whole_and_stored_nowhere() {
     assert!(parts <= 1, "only the lock file: {parts} entries");
 }
 
-/// With the default admission (`min_uses: 2`), a large object goes to disk at its second
-/// fetch, not its first.
+/// With the default admission (`min_uses: 2`), a large object goes to disk at its first fetch
+/// while the disk has free room, and at its second once the disk is full.
 #[tokio::test]
-async fn a_large_object_reaches_disk_at_its_second_fetch() {
+async fn a_large_object_reaches_disk_at_its_second_fetch_once_the_disk_is_full() {
     let o = Origin::start("o").await;
     o.set_body_size(300_000);
-    let v = Verge::start(&config(o.addr, 2)).await;
+    // 4 MiB of disk in 1 MiB segments: full (within a segment of the budget) past 3 MiB
+    let v = Verge::start(&config_sized(o.addr, 2, "4MiB", "1MiB")).await;
+    let fill = 11;
+    for i in 0..fill {
+        assert_eq!(fetch(&v, &format!("/once/{i}"), &[]).await.status, 200);
+    }
+    // each asked once, all written: the disk had room
+    disk_objects(&v, fill).await;
+    assert!(
+        is_hit(&fetch(&v, "/once/0", &[]).await.cache_status),
+        "on disk after one fetch"
+    );
     let first = fetch(&v, "/twice", &[]).await;
     assert_eq!(first.status, 200);
     let second = fetch(&v, "/twice", &[]).await;
@@ -94,7 +110,7 @@ async fn a_large_object_reaches_disk_at_its_second_fetch() {
         "not stored at its first fetch"
     );
     assert_eq!(o.hits("/twice"), 2);
-    disk_objects(&v, 1).await;
+    disk_objects(&v, fill + 1).await;
     let third = fetch(&v, "/twice", &[]).await;
     assert!(is_hit(&third.cache_status), "{}", third.cache_status);
     assert_eq!(third.body, second.body);
