@@ -165,6 +165,8 @@ impl Verge {
         server.run(RunArgs {
             shutdown_signal: Box::new(signals),
         });
+        // the disk tier's close, if the runtimes stopped before its service finished it
+        crate::node::disk_flush::close_at_exit();
         std::process::exit(0)
     }
 

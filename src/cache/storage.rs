@@ -466,6 +466,7 @@ impl MemoryStorage {
         remove_fill(&mut maps, fill);
         match entry {
             Some(entry) if !fill.is_revoked() => {
+                self.count_late_uses(fill, &entry);
                 self.insert_locked(&mut maps, fill.key, entry);
                 drop(maps);
                 self.pending.progressed(&fill.key);
@@ -474,6 +475,32 @@ impl MemoryStorage {
             None => {
                 self.remove_locked(&mut maps, &fill.key);
             }
+        }
+    }
+
+    /// Under the shard's write lock, as `fill` becomes `entry`: requests that found the fill
+    /// after `commit` read its uses (the fill is findable until now) are uses of the entry too,
+    /// and may bring it to the disk tier's `min_uses` (without this, a second request racing
+    /// the first one's commit was lost, and the object never went to disk).
+    fn count_late_uses(&self, fill: &Fill, entry: &Entry) {
+        let Some(disk) = self.disk else {
+            return;
+        };
+        let counted = entry.uses.load(Ordering::Acquire);
+        let now = fill.uses.load(Ordering::Acquire);
+        if counted == WRITTEN || now <= counted {
+            return;
+        }
+        if now >= disk.min_uses() {
+            entry.uses.store(WRITTEN, Ordering::Release);
+            disk.write(
+                fill.key,
+                fill.primary,
+                fill.meta.clone(),
+                entry.body.clone(),
+            );
+        } else {
+            entry.uses.store(now, Ordering::Release);
         }
     }
 
@@ -487,8 +514,10 @@ impl MemoryStorage {
         // the fetch and the requests that read its fill
         let mut uses = fill.uses.load(Ordering::Acquire);
         if let Some(disk) = self.disk {
-            // a refetch of an object on disk replaces it there
-            if uses >= disk.min_uses() || disk.holds(&fill.key) {
+            // a refetch of an object on disk replaces it there; while the disk has free room,
+            // every stored object goes there at once (see `DiskStore::has_room`)
+            if uses >= disk.min_uses() || disk.holds(&fill.key) || disk.has_room(body.len() as u64)
+            {
                 uses = WRITTEN;
                 disk.write(fill.key, fill.primary, fill.meta.clone(), body.clone());
                 // purged meanwhile: either seen here, or its removal comes after the write
@@ -577,13 +606,16 @@ impl Storage for MemoryStorage {
                     .and_then(|list| list.iter().rev().find(|f| f.is_open()).cloned())
             };
             match fill {
-                Some(fill) => (Some(fill), None),
+                Some(fill) => {
+                    // another request for the object while it is fetched: a use of what it
+                    // becomes, counted under the lock so `settle` sees it
+                    fill.uses.fetch_add(1, Ordering::AcqRel);
+                    (Some(fill), None)
+                }
                 None => (None, maps.entries.get(&bin).cloned()),
             }
         };
         if let Some(fill) = fill {
-            // another request for the object while it is fetched: a use of what it becomes
-            fill.uses.fetch_add(1, Ordering::AcqRel);
             let meta = fill
                 .meta
                 .to_meta()

@@ -11,11 +11,16 @@ use std::net::SocketAddr;
 
 /// 64 KiB objects in memory; up to 4 MiB on disk.
 fn config(origin: SocketAddr, min_uses: u32) -> Config {
+    config_sized(origin, min_uses, "32MiB", "4MiB")
+}
+
+/// [`config`] with `size` of disk and objects up to `max` on it.
+fn config_sized(origin: SocketAddr, min_uses: u32, size: &str, max: &str) -> Config {
     Config::new()
         .cache(Cache::new().memory(1 << 20).max_object_size("64KiB").set(
             "disk",
             &format!(
-                "{{path: disk, size: 32MiB, segment_size: 1MiB, max_object_size: 4MiB, \
+                "{{path: disk, size: {size}, segment_size: 1MiB, max_object_size: {max}, \
                  min_uses: {min_uses}}}"
             ),
         ))
@@ -81,13 +86,24 @@ async fn a_body_over_the_disk_cap_is_served_whole_and_stored_nowhere() {
     assert!(parts <= 1, "only the lock file: {parts} entries");
 }
 
-/// With the default admission (`min_uses: 2`), a large object goes to disk at its second
-/// fetch, not its first.
+/// With the default admission (`min_uses: 2`), a large object goes to disk at its first fetch
+/// while the disk has free room, and at its second once the disk is full.
 #[tokio::test]
-async fn a_large_object_reaches_disk_at_its_second_fetch() {
+async fn a_large_object_reaches_disk_at_its_second_fetch_once_the_disk_is_full() {
     let o = Origin::start("o").await;
     o.set_body_size(300_000);
-    let v = Verge::start(&config(o.addr, 2)).await;
+    // 4 MiB of disk in 1 MiB segments: full (within a segment of the budget) past 3 MiB
+    let v = Verge::start(&config_sized(o.addr, 2, "4MiB", "1MiB")).await;
+    let fill = 11;
+    for i in 0..fill {
+        assert_eq!(fetch(&v, &format!("/once/{i}"), &[]).await.status, 200);
+    }
+    // each asked once, all written: the disk had room
+    disk_objects(&v, fill).await;
+    assert!(
+        is_hit(&fetch(&v, "/once/0", &[]).await.cache_status),
+        "on disk after one fetch"
+    );
     let first = fetch(&v, "/twice", &[]).await;
     assert_eq!(first.status, 200);
     let second = fetch(&v, "/twice", &[]).await;
@@ -96,7 +112,7 @@ async fn a_large_object_reaches_disk_at_its_second_fetch() {
         "not stored at its first fetch"
     );
     assert_eq!(o.hits("/twice"), 2);
-    disk_objects(&v, 1).await;
+    disk_objects(&v, fill + 1).await;
     let third = fetch(&v, "/twice", &[]).await;
     assert!(is_hit(&third.cache_status), "{}", third.cache_status);
     assert_eq!(third.body, second.body);
@@ -436,9 +452,9 @@ async fn after_a_purge_during_a_large_fill_new_requests_do_not_attach() {
     assert_eq!(o.hits("/purged"), 2);
 }
 
-/// With `min_uses: 2`, a large object is not streamed to disk at its first fetch: a request
-/// during that fetch, once the start of the body left memory, fetches it itself, as before
-/// (a guard: nothing attaches to a fill that nothing on disk backs).
+/// With `min_uses: 2` and the tier full, a large object is not streamed to disk at its first
+/// fetch: a request during that fetch, once the start of the body left memory, fetches it
+/// itself, as before (a guard: nothing attaches to a fill that nothing on disk backs).
 #[tokio::test]
 async fn a_request_during_a_first_fetch_not_admitted_to_disk_fetches_again() {
     use crate::support::raw_origin::Script;
@@ -462,12 +478,29 @@ async fn a_request_during_a_first_fetch_not_admitted_to_disk_fetches_again() {
             }
         }),
     );
+    // min_uses applies once the tier has no room for the object: 7 objects of 2 MiB leave
+    // less than its 12 MiB of the 24 MiB
+    let fillers = 7;
+    for i in 0..fillers {
+        let mut whole =
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 2097152\r\n\r\n"
+                .to_vec();
+        whole.extend(std::iter::repeat_n(b'f', 2 << 20));
+        o.set(
+            &format!("/filler/{i}"),
+            Script::new(move |_| vec![Step::Write(whole.clone())]),
+        );
+    }
     let mut config = attach_config(o.addr);
     config = config.cache(Cache::new().memory(1 << 20).max_object_size("64KiB").set(
         "disk",
-        "{path: disk, size: 64MiB, segment_size: 1MiB, max_object_size: 16MiB, min_uses: 2}",
+        "{path: disk, size: 24MiB, segment_size: 1MiB, max_object_size: 16MiB, min_uses: 2}",
     ));
     let v = Verge::start(&config).await;
+    for i in 0..fillers {
+        assert_eq!(fetch(&v, &format!("/filler/{i}"), &[]).await.status, 200);
+    }
+    disk_objects(&v, fillers).await;
     let (_, a) = read_in_background(&v, "/twice", &[]).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while o.pieces_sent("/twice") < BEFORE_GATE + 1 {
@@ -489,5 +522,4 @@ async fn a_request_during_a_first_fetch_not_admitted_to_disk_fetches_again() {
     assert_eq!(o.hits("/twice"), 2, "b fetched it itself");
     o.open_gate();
     assert!(a.await.expect("join").expect("a") == body);
-    disk_objects(&v, 1).await;
 }

@@ -759,15 +759,25 @@ async fn warm_refetched_after_a_sweep(disk: &str, sweep: u64) -> u64 {
     for p in &warm {
         assert_eq!(fetch(&v, p, &[]).await.status, 200);
     }
-    // the last swept path was asked once: with the default admission it never reached disk
+    // the last swept path was asked once, once the disk was full: with the default admission
+    // it never reached disk
     let last = format!("/s/{}", sweep - 1);
     assert_eq!(fetch(&v, &last, &[]).await.status, 200);
     let swept_refetched = o.hits(&last) == 2;
     let refetched = warm.iter().filter(|p| o.hits(p) > 1).count() as u64;
+    let through = disk.contains("min_uses: 1");
     assert_eq!(
-        swept_refetched,
-        !disk.contains("min_uses: 1"),
-        "a path asked once reaches disk only with min_uses: 1"
+        swept_refetched, !through,
+        "a path asked once when the disk is full reaches disk only with min_uses: 1"
+    );
+    // the first swept path was asked once while the disk had free room: written at once
+    // whatever min_uses says, and kept (with the default admission nothing came after it to
+    // push it out; written through, the rest of the sweep did)
+    assert_eq!(fetch(&v, "/s/0", &[]).await.status, 200);
+    assert_eq!(
+        o.hits("/s/0"),
+        if through { 2 } else { 1 },
+        "a path asked once while the disk had room is on disk"
     );
     refetched
 }
@@ -776,10 +786,44 @@ async fn warm_refetched_after_a_sweep(disk: &str, sweep: u64) -> u64 {
 async fn a_one_time_sweep_does_not_push_the_warm_set_off_disk() {
     // 4 MiB of disk, and a sweep of 6 MiB of 64 KiB objects asked for once each
     let sweep = 6 * (1 << 20) / (64 << 10);
-    // the default, min_uses 2: the sweep never reaches disk, the warm set is all there
+    // the default, min_uses 2: the sweep reaches disk only while the disk has free room (its
+    // first objects), never once the disk is full, and the warm set is all there
     let default = "{path: disk, size: 4MiB, segment_size: 256KiB}";
     assert_eq!(warm_refetched_after_a_sweep(default, sweep).await, 0);
     // every object written through: the sweep pushes the oldest segments, warm set included, out
     let through = "{path: disk, size: 4MiB, segment_size: 256KiB, min_uses: 1}";
     assert_eq!(warm_refetched_after_a_sweep(through, sweep).await, 4);
+}
+
+/// With `server.grace_period: 0s` and `graceful_shutdown_timeout: 0s`, Pingora stops its
+/// runtimes right after SIGTERM, dropping the disk tier's flush service before (or while) it
+/// closes the tier: the close runs at exit anyway, so the index checkpoint is written, and a
+/// restart serves every object from disk.
+#[tokio::test]
+async fn sigterm_without_grace_still_closes_the_disk_tier_with_a_checkpoint() {
+    let o = Origin::start("o").await;
+    o.set_body_size(16 << 10);
+    let no_grace = "server: {threads: 2, grace_period: 0s, graceful_shutdown_timeout: 0s, \
+                    pid_file: \"{dir}/verge.pid\", upgrade_sock: \"{dir}/upgrade.sock\"}";
+    let mut v = Verge::start(&config(o.addr, DISK).raw(no_grace)).await;
+    let paths: Vec<String> = (0..20).map(|i| format!("/g/{i}")).collect();
+    for p in &paths {
+        assert_eq!(fetch(&v, p, &[]).await.status, 200);
+    }
+    disk_objects(&v, paths.len()).await;
+    let checkpoint = v.dir().join("disk").join("index.ckpt");
+    assert!(!checkpoint.exists(), "no checkpoint yet (none is due)");
+    v.stop_graceful();
+    assert!(checkpoint.exists(), "the checkpoint written at close");
+    v.start_again().await;
+    rebuilt(&v).await;
+    for p in &paths {
+        let got = fetch(&v, p, &[]).await;
+        assert!(
+            got.cache_status.starts_with("verge; hit"),
+            "{p}: {}",
+            got.cache_status
+        );
+        assert_eq!(o.hits(p), 1, "{p} from disk");
+    }
 }

@@ -2,10 +2,14 @@
 //! an in-memory index of where each is, reads that stream and verify one chunk at a time, and
 //! an index rebuilt from the segments when verge starts.
 //!
-//! - **What goes to disk.** An object the memory tier stores is written behind it at its
-//!   `min_uses`-th request (by one writer thread off the request path; the memory storage
-//!   counts), so one-time requests never displace the warm set, and a restart or a crash loses
-//!   what was asked for only once and what was still queued. A refreshed entry (a refetch of
+//! - **What goes to disk.** An object the memory tier stores is written behind it (by one
+//!   writer thread off the request path) at once while the tier has free room
+//!   ([`DiskStore::has_room`]: such a write evicts nothing, so admitting a one-time object
+//!   costs a write and no warm object, and an object evicted from memory before its second
+//!   request is not lost to the tier), and at its `min_uses`-th request once the tier is full
+//!   (the memory storage counts), so one-time requests then never displace the warm set. A
+//!   restart or a crash loses what was still queued, and, once full, what was asked for only
+//!   once. A refreshed entry (a refetch of
 //!   an object on disk, a 304) is written again; the
 //!   newest record wins. A 304 for an object only on disk appends it again with the new
 //!   headers, its body copied chunk by chunk. An object too large for the memory tier streams
@@ -17,7 +21,8 @@
 //! - **Removal.** A purge or an invalidating request removes the object from the index and
 //!   appends a tombstone at once (not through the queue), so it stays removed after a restart or
 //!   a crash; a write queued before the removal is skipped. A hard invalidation's sweep removes
-//!   every object it matches, and segments left mostly dead are compacted (`reclaim`).
+//!   every object it matches, in batches (one index step, one tombstone append, one sync
+//!   each), and segments left mostly dead are compacted (`reclaim`).
 //! - **Reads.** A memory miss looks the key up here; a hit reads the head and the first chunk
 //!   (verified), then each further chunk as the client takes it, and a hit read whole is
 //!   promoted to the memory tier ([`Promote`]). A checksum mismatch makes the
@@ -227,11 +232,10 @@ enum Job {
         kind: Kind,
         key: HashBinary,
     },
-    /// Every job queued before the removal `seq` of `key` is done: forget the removal.
+    /// Every job queued before each removal (`seq`, `key`) is done: forget the removals.
     Forget {
-        seq: u64,
         kind: Kind,
-        key: HashBinary,
+        removals: Vec<(u64, HashBinary)>,
     },
     Flush(SyncSender<()>),
     /// Write a checkpoint of the index now (at close); says whether it was written.
@@ -294,6 +298,12 @@ pub struct DiskStore {
     lock: Mutex<Option<Flock<File>>>,
     jobs: SyncSender<Job>,
     queued_bytes: AtomicU64,
+    /// Bytes in the segment files (and reserved by streamed objects), as the writer last saw
+    /// them: what [`DiskStore::has_room`] reads without the segments' lock.
+    used: AtomicU64,
+    /// The files came within a segment of the budget (see [`DiskStore::has_room`]); cleared
+    /// when they are back under half of it.
+    filled: AtomicBool,
     next_seq: AtomicU64,
     loading: AtomicBool,
     /// A [`Job::Reclaim`] is queued.
@@ -308,6 +318,10 @@ pub struct DiskStore {
     promote: std::sync::OnceLock<&'static dyn Promote>,
     /// Bytes appended since the last index checkpoint.
     changed_since_checkpoint: AtomicU64,
+    /// Whether [`DiskStore::close`] is done, and whether it flushed (held while it runs).
+    closed: Mutex<Option<bool>>,
+    /// Appends of tombstones (a sweep's batch is one): what the tests count.
+    tombstone_appends: AtomicU64,
     /// Streamed objects between becoming a segment and entering the index (no checkpoint
     /// is written meanwhile).
     adopting: std::sync::atomic::AtomicU32,
@@ -368,6 +382,8 @@ impl DiskStore {
             lock: Mutex::new(None),
             jobs,
             queued_bytes: AtomicU64::new(0),
+            used: AtomicU64::new(0),
+            filled: AtomicBool::new(false),
             next_seq: AtomicU64::new(1),
             loading: AtomicBool::new(true),
             reclaim_queued: AtomicBool::new(false),
@@ -377,6 +393,8 @@ impl DiskStore {
             promote: std::sync::OnceLock::new(),
             changed_since_checkpoint: AtomicU64::new(0),
             adopting: std::sync::atomic::AtomicU32::new(0),
+            closed: Mutex::new(None),
+            tombstone_appends: AtomicU64::new(0),
             rebuild_report: Mutex::new(None),
         }));
         let waiting = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
@@ -416,9 +434,7 @@ impl DiskStore {
         let s = &self.settings;
         let segments = Segments::open(&s.path, s.size, s.segment_size)?;
         let found = segments.files();
-        DISK_METRICS
-            .bytes
-            .set(i64::try_from(segments.total()).unwrap_or(i64::MAX));
+        self.note_total(segments.total());
         self.files
             .write()
             .extend(found.iter().map(|(id, f, _)| (*id, f.clone())));
@@ -447,6 +463,33 @@ impl DiskStore {
     /// Requests an object must have had before it is written (`cache.disk.min_uses`).
     pub fn min_uses(&self) -> u32 {
         self.settings.min_uses
+    }
+
+    /// Bytes in the segment files now (`total`, from the segments under their lock): kept for
+    /// [`DiskStore::has_room`] and in `verge_cache_disk_bytes`.
+    fn note_total(&self, total: u64) {
+        self.used.store(total, Ordering::Release);
+        let size = self.settings.size;
+        if total.saturating_add(self.settings.segment_size) > size {
+            self.filled.store(true, Ordering::Release);
+        } else if total <= size / 2 {
+            self.filled.store(false, Ordering::Release);
+        }
+        DISK_METRICS
+            .bytes
+            .set(i64::try_from(total).unwrap_or(i64::MAX));
+    }
+
+    /// Whether an object of `len` bytes is written at its first store rather than at its
+    /// `min_uses`-th request: while the tier has free room (it has not come within a segment
+    /// of its budget since it was last under half of it, and `len` fits with what is written
+    /// and queued), a write evicts nothing, so admitting a one-time object costs a write and
+    /// no warm object; once full, every write evicts the oldest segment, and `min_uses` keeps
+    /// one-time requests from doing so (see the module doc).
+    pub fn has_room(&self, len: u64) -> bool {
+        !self.filled.load(Ordering::Acquire)
+            && self.used.load(Ordering::Acquire) + self.queued_bytes.load(Ordering::Acquire) + len
+                <= self.settings.size
     }
 
     /// Whether the index holds an object under `key` (a refetch of it is written again at
@@ -573,9 +616,8 @@ impl DiskStore {
         }
         // (if this cannot be queued, the removal is remembered for good: a few bytes)
         let _ = self.jobs.try_send(Job::Forget {
-            seq,
             kind,
-            key: *key,
+            removals: vec![(seq, *key)],
         });
         self.queue_reclaim();
         had
@@ -596,7 +638,16 @@ impl DiskStore {
     ///
     /// A checkpoint of the index is written after the flush, so the next start (or the new
     /// process) loads it and scans only what is written after it.
+    ///
+    /// Closing again waits for the first close to be done and returns what it did (the node
+    /// closes the tier as its shutdown starts, and again at exit in case that was cut short).
+    /// A checkpoint cut short (`timeout`, or the process killed) leaves the previous one, which
+    /// the next start loads before scanning the segments written after it.
     pub fn close(&self, timeout: Duration) -> bool {
+        let mut closed = self.closed.lock();
+        if let Some(flushed) = *closed {
+            return flushed;
+        }
         let flushed = self.flush(timeout);
         let (done, wait) = sync_channel(1);
         if self.jobs.send(Job::Checkpoint(done)).is_ok() {
@@ -604,6 +655,7 @@ impl DiskStore {
         }
         *self.segments.lock() = None;
         *self.lock.lock() = None;
+        *closed = Some(flushed);
         flushed
     }
 

@@ -17,7 +17,7 @@
 
 use super::record::{Head, Kind};
 use super::writer::copy_body;
-use super::{read_head, read_meta, read_table, DiskStore, Location};
+use super::{read_head, read_meta, read_table, DiskStore, Job, Location};
 use crate::metrics::DISK_METRICS;
 use pingora_cache::key::HashBinary;
 use pingora_cache::CacheMeta;
@@ -31,6 +31,10 @@ use std::time::{Duration, Instant};
 /// How long a sweep waits for the index rebuild at start (what the rebuild finds is only swept
 /// once it is in the index).
 const SWEEP_WAITS_FOR_REBUILD: Duration = Duration::from_secs(60);
+
+/// Objects a sweep removes at once: one step under the index's lock, one append of their
+/// tombstones and one sync (see [`DiskStore::remove_batch`]).
+pub(super) const SWEEP_BATCH: usize = 1024;
 
 /// The most segments one append deletes with a second chance for their hit objects (more are
 /// deleted oldest first, as they are).
@@ -62,6 +66,7 @@ impl DiskStore {
         };
         let files: HashMap<u64, Arc<File>> = self.files.read().clone();
         let mut removed = 0;
+        let mut batch = Vec::with_capacity(SWEEP_BATCH);
         for (key, loc) in entries {
             let Some(file) = files.get(&loc.segment) else {
                 continue;
@@ -70,14 +75,67 @@ impl DiskStore {
             let Ok(Some(meta)) = read_meta(file, &loc, &key) else {
                 continue;
             };
-            if !judge(&meta) || self.index.read().entries.get(&key) != Some(&loc) {
+            if !judge(&meta) {
                 continue;
             }
-            self.remove(&key);
-            removed += 1;
+            batch.push((key, loc));
+            if batch.len() == SWEEP_BATCH {
+                removed += self.remove_batch(&batch);
+                batch.clear();
+            }
         }
+        removed += self.remove_batch(&batch);
         self.sweeping.fetch_sub(1, Ordering::AcqRel);
         self.queue_reclaim();
+        removed
+    }
+
+    /// Remove the objects of a sweep's batch that are still where the sweep read them (a
+    /// newer write of a key is not what the sweep judged): out of the index in one step under
+    /// its lock, then their tombstones appended in one write and synced once, before this
+    /// returns (a lone removal writes its tombstone before it returns too, unsynced; the
+    /// sweep's are synced as well, in one `fdatasync` per batch). Returns how many went.
+    pub(super) fn remove_batch(&self, batch: &[(HashBinary, Location)]) -> usize {
+        if batch.is_empty() {
+            return 0;
+        }
+        let mut tombstones = Vec::with_capacity(batch.len());
+        {
+            let mut index = self.index.write();
+            let loading = self.is_loading();
+            for (key, loc) in batch {
+                if index.entries.get(key) != Some(loc) {
+                    continue;
+                }
+                index.remove(key);
+                if loading {
+                    index.removed_while_loading.0.insert(*key);
+                }
+                let seq = self.seq();
+                index.removed_keys.insert(*key, seq);
+                tombstones.push((seq, *key));
+            }
+            DISK_METRICS.objects.set(index.entries.len() as i64);
+        }
+        if tombstones.is_empty() {
+            return 0;
+        }
+        let keys: Vec<HashBinary> = tombstones.iter().map(|(_, k)| *k).collect();
+        if !self.write_tombstones(Kind::Tombstone, &keys, true) {
+            // (another process still owns the directory: written when this one takes over)
+            for key in keys {
+                let _ = self.jobs.try_send(Job::Tombstone {
+                    kind: Kind::Tombstone,
+                    key,
+                });
+            }
+        }
+        let removed = tombstones.len();
+        // (if this cannot be queued, the removals are remembered for good: a few bytes each)
+        let _ = self.jobs.try_send(Job::Forget {
+            kind: Kind::Tombstone,
+            removals: tombstones,
+        });
         removed
     }
 
@@ -121,9 +179,7 @@ impl DiskStore {
                     return;
                 };
                 let gone = segments.remove(id);
-                DISK_METRICS
-                    .bytes
-                    .set(i64::try_from(segments.total()).unwrap_or(i64::MAX));
+                self.note_total(segments.total());
                 gone
             };
             let Some(gone) = gone else {
@@ -272,9 +328,7 @@ impl DiskStore {
         let Some(gone) = segments.remove(id) else {
             return true;
         };
-        DISK_METRICS
-            .bytes
-            .set(i64::try_from(segments.total()).unwrap_or(i64::MAX));
+        self.note_total(segments.total());
         drop(guard);
         self.forget_segments(&[gone]);
         true

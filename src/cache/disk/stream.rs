@@ -105,9 +105,11 @@ pub struct DiskFill {
 }
 
 impl DiskStore {
-    /// Count one more fetch of the large object `key`: whether it has had `min_uses` now.
-    fn admit_large(&self, key: &HashBinary) -> bool {
-        if self.settings.min_uses <= 1 {
+    /// Count one more fetch of the large object `key` (of `expected` bytes, when known):
+    /// whether it has had `min_uses` now, or the tier has room for it (see
+    /// [`DiskStore::has_room`]).
+    fn admit_large(&self, key: &HashBinary, expected: Option<u64>) -> bool {
+        if self.settings.min_uses <= 1 || self.has_room(expected.unwrap_or(0)) {
             return true;
         }
         let mut counted = self.large_uses.lock();
@@ -133,7 +135,9 @@ impl DiskStore {
         meta: &StoredMeta,
         expected: Option<u64>,
     ) -> Option<DiskFill> {
-        if expected.is_some_and(|n| n > self.settings.max_object_size) || !self.admit_large(&key) {
+        if expected.is_some_and(|n| n > self.settings.max_object_size)
+            || !self.admit_large(&key, expected)
+        {
             return None;
         }
         let (head, meta_bytes) = object_head(key, primary, meta, 0)?;
@@ -177,9 +181,7 @@ impl DiskStore {
                 return false;
             };
             let reserved = segments.reserve(len);
-            DISK_METRICS
-                .bytes
-                .set(i64::try_from(segments.total()).unwrap_or(i64::MAX));
+            self.note_total(segments.total());
             match reserved {
                 Ok(dropped) => dropped,
                 Err(_) => return false,
@@ -193,9 +195,7 @@ impl DiskStore {
     fn release(&self, len: u64) {
         if let Some(segments) = self.segments.lock().as_mut() {
             segments.release(len);
-            DISK_METRICS
-                .bytes
-                .set(i64::try_from(segments.total()).unwrap_or(i64::MAX));
+            self.note_total(segments.total());
         }
     }
 }

@@ -858,4 +858,47 @@ async fn a_disk_fill_given_up_fails_the_readers_behind_memory() {
     miss.finish().await.expect("finish");
     assert!(read_all(&mut own).await.expect("own").is_empty());
     assert!(read_all(&mut late).await.is_err(), "an error, not a hole");
+
+/// A hard invalidation's sweep removes in batches: one tombstone append (and one sync) per
+/// `SWEEP_BATCH` objects, not one per object, and what it removed stays removed after a
+/// crash right after it.
+#[tokio::test]
+async fn a_sweep_appends_its_tombstones_in_batches_that_hold_after_a_crash() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = settings(dir.path(), 64 << 20, 8 << 20);
+    let store = open(&s).await;
+    let n = reclaim::SWEEP_BATCH * 2 + 10;
+    let swept: Vec<CacheKey> = (0..n).map(|i| key(&format!("/s{i}"))).collect();
+    let kept = key("/kept");
+    for (i, k) in swept.iter().enumerate() {
+        put(store, k, &body(100, i as u8));
+        if i % 1000 == 999 {
+            flush(store); // (the queue holds 4096 jobs)
+        }
+    }
+    put(store, &kept, b"kept");
+    flush(store);
+    assert_eq!(store.objects(), n + 1);
+    let before = store.tombstone_appends.load(Ordering::Relaxed);
+    let removed = store.remove_where(|m| {
+        m.headers()
+            .get("x-tag")
+            .is_some_and(|t| t.as_bytes().starts_with(b"/s"))
+    });
+    assert_eq!(removed, n);
+    assert_eq!(
+        store.tombstone_appends.load(Ordering::Relaxed) - before,
+        3,
+        "one append per batch"
+    );
+    assert_eq!(store.objects(), 1);
+    crash(store);
+
+    let store = open(&s).await;
+    assert_eq!(store.objects(), 1, "the swept objects stay removed");
+    for k in swept.iter().step_by(97) {
+        assert!(get(store, k).await.is_none());
+    }
+    let (_, got) = get(store, &kept).await.expect("kept");
+    assert_eq!(got, b"kept");
 }

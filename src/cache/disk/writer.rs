@@ -103,14 +103,16 @@ impl DiskStore {
                 Job::Tombstone { kind, key } => {
                     self.write_tombstone(kind, key);
                 }
-                Job::Forget { seq, kind, key } => {
+                Job::Forget { kind, removals } => {
                     let mut index = self.index.write();
                     let pending = match kind {
                         Kind::UrlTombstone => &mut index.removed_urls,
                         _ => &mut index.removed_keys,
                     };
-                    if pending.get(&key) == Some(&seq) {
-                        pending.remove(&key);
+                    for (seq, key) in removals {
+                        if pending.get(&key) == Some(&seq) {
+                            pending.remove(&key);
+                        }
                     }
                 }
                 Job::Reclaim => self.reclaim(),
@@ -264,24 +266,47 @@ impl DiskStore {
 
     /// Append a tombstone; `false` if it could not be written.
     pub(super) fn write_tombstone(&self, kind: Kind, key: HashBinary) -> bool {
-        let head = Head {
-            kind,
-            combined: key,
-            primary: key,
-            variance: None,
-            written_ms: unix_ms(SystemTime::now()),
-            internal_len: 0,
-            header_len: 0,
-            body_len: 0,
+        self.write_tombstones(kind, &[key], false)
+    }
+
+    /// Append the tombstones of `keys` in one write (one record each, back to back), and with
+    /// `sync` make them durable before returning (one `fdatasync`, outside the segments' lock);
+    /// `false` if they could not be written.
+    pub(super) fn write_tombstones(&self, kind: Kind, keys: &[HashBinary], sync: bool) -> bool {
+        let written_ms = unix_ms(SystemTime::now());
+        let mut bytes = Vec::new();
+        for key in keys {
+            let head = Head {
+                kind,
+                combined: *key,
+                primary: *key,
+                variance: None,
+                written_ms,
+                internal_len: 0,
+                header_len: 0,
+                body_len: 0,
+            };
+            let len = head.record_len();
+            bytes.extend_from_slice(&head.encode(&[]));
+            bytes.extend_from_slice(&record::trailer(&[], len));
+        }
+        self.tombstone_appends.fetch_add(1, Ordering::Relaxed);
+        let Some((segment, _)) =
+            self.append_with(None, bytes.len() as u64, |mut out| out.write_all(&bytes))
+        else {
+            return false;
         };
-        let len = head.record_len();
-        let head_bytes = head.encode(&[]);
-        let trailer = record::trailer(&[], len);
-        self.append_with(None, len, |mut out| {
-            out.write_all(&head_bytes)?;
-            out.write_all(&trailer)
-        })
-        .is_some()
+        if !sync {
+            return true;
+        }
+        let file = self.files.read().get(&segment).cloned();
+        match file.map(|f| f.sync_data()) {
+            Some(Err(e)) => {
+                log::warn!("disk cache: sync failed: {e}");
+                false
+            }
+            _ => true,
+        }
     }
 
     /// Append a record of `len` bytes that `write` writes (an object's when `object` says its
@@ -296,9 +321,7 @@ impl DiskStore {
             let mut guard = self.segments.lock();
             let segments = guard.as_mut()?;
             let appended = segments.append_with(object, len, write);
-            DISK_METRICS
-                .bytes
-                .set(i64::try_from(segments.total()).unwrap_or(i64::MAX));
+            self.note_total(segments.total());
             appended
         };
         let appended = match appended {
