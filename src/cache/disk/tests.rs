@@ -858,6 +858,7 @@ async fn a_disk_fill_given_up_fails_the_readers_behind_memory() {
     miss.finish().await.expect("finish");
     assert!(read_all(&mut own).await.expect("own").is_empty());
     assert!(read_all(&mut late).await.is_err(), "an error, not a hole");
+}
 
 /// A hard invalidation's sweep removes in batches: one tombstone append (and one sync) per
 /// `SWEEP_BATCH` objects, not one per object, and what it removed stays removed after a
