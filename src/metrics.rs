@@ -3,6 +3,7 @@
 
 mod class_budget;
 mod disk;
+mod route_counters;
 mod staged_purge;
 
 pub use class_budget::{ClassBudgetMetrics, CLASS_BUDGET_METRICS};
@@ -12,6 +13,7 @@ use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+pub use route_counters::RouteCounters;
 pub use staged_purge::{StagedPurgeMetrics, STAGED_PURGE_METRICS};
 
 /// All metrics. Names and labels are part of verge's interface: change them with care.
@@ -702,6 +704,8 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(Metrics::new);
 pub struct RequestOutcome<'a> {
     /// The route's name (`""` when none matched).
     pub route: &'a str,
+    /// The route's kept series (`None`: counted by label).
+    pub counters: Option<&'a RouteCounters>,
     /// The status sent (0: none).
     pub status: u16,
     /// The `verge_cache_lookups_total` result, on routes that cache and that a filter did not
@@ -718,6 +722,9 @@ pub struct RequestOutcome<'a> {
 impl Metrics {
     /// Count one finished request.
     pub fn record_request(&self, o: &RequestOutcome<'_>) {
+        if let Some(c) = o.counters {
+            return c.record(self, o);
+        }
         let mut buf = itoa::Buffer::new();
         self.requests
             .with_label_values(&[o.route, buf.format(o.status)])

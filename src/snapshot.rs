@@ -4,6 +4,7 @@ use crate::access_log::LogSink;
 use crate::cache::invalidation::index::InvalidationIndex;
 use crate::config::{Config, LogField, LogFormat, RouteSpec};
 use crate::control::wire::Position;
+use crate::metrics::RouteCounters;
 use crate::routing::RouteTable;
 use crate::upstream::pool::{Pool, PoolBuildError};
 use crate::upstream::tier::Ring;
@@ -20,6 +21,8 @@ pub struct Route {
     pub spec: Arc<RouteSpec>,
     /// The pool it forwards to.
     pub pool: Arc<Pool>,
+    /// Its per-request series, resolved once.
+    pub counters: Arc<RouteCounters>,
 }
 
 /// Everything a request needs from configuration, built once and never mutated.
@@ -102,9 +105,14 @@ impl Snapshot {
                     reason: format!("route {:?} names a pool that does not exist", spec.name),
                 });
             };
+            let class = spec
+                .class
+                .as_deref()
+                .unwrap_or(crate::config::classes::NO_CLASS);
             let route = Arc::new(Route {
                 spec: Arc::new(spec.clone()),
                 pool,
+                counters: Arc::new(RouteCounters::new(&spec.name, class)),
             });
             table.insert(&spec.hosts, &spec.path_prefix, route.clone());
             routes.push(route);

@@ -38,18 +38,26 @@ fn named_status(
 ) -> String {
     use pingora_cache::CachePhase as P;
     let forward = |usual: &'static str| if request_forced { "request" } else { usual };
-    let mut s = String::from(name);
+    // one allocation: the longest value ("; hit; fwd=stale; ttl=-9223372036854775808; stored")
+    // plus a detail
+    let mut s = String::with_capacity(name.len() + 64 + detail.map_or(0, str::len));
+    s.push_str(name);
+    let push_ttl = |s: &mut String, t: i64| {
+        use std::fmt::Write;
+        // writing into a String does not fail
+        let _ = write!(s, "; ttl={t}");
+    };
     match phase {
         P::Hit => {
             s.push_str("; hit");
             if let Some(t) = ttl_left {
-                s.push_str(&format!("; ttl={t}"));
+                push_ttl(&mut s, t);
             }
         }
         P::Stale | P::StaleUpdating => {
             s.push_str("; hit; fwd=stale");
             if let Some(t) = ttl_left {
-                s.push_str(&format!("; ttl={t}"));
+                push_ttl(&mut s, t);
             }
         }
         P::Miss => {
@@ -77,7 +85,8 @@ fn named_status(
         s.push_str("; stored");
     }
     if let Some(d) = detail {
-        s.push_str(&format!("; detail={d}"));
+        s.push_str("; detail=");
+        s.push_str(d);
     }
     s
 }

@@ -13,12 +13,13 @@
 //! size goes through [`S3FifoEviction::resize_with`]. Hits call [`EvictionManager::access`];
 //! invalidations that removed an entry call [`EvictionManager::remove`].
 
+use crate::cache::KeyMap;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use pingora_cache::eviction::{CacheEntryId, CacheEntryKey, CacheEntryKeyRef, EvictionManager};
 use pingora_cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
 use pingora_error::Result;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
@@ -291,7 +292,7 @@ struct Shard {
     bytes: usize,
     small_bytes: usize,
     main_bytes: usize,
-    entries: HashMap<EntryId, Entry>,
+    entries: KeyMap<EntryId, Entry>,
     /// FIFO positions `(entry, seq)`; a position whose seq no longer matches is skipped.
     small: VecDeque<(EntryId, u64)>,
     main: VecDeque<(EntryId, u64)>,
@@ -310,7 +311,7 @@ impl Shard {
             bytes: 0,
             small_bytes: 0,
             main_bytes: 0,
-            entries: HashMap::new(),
+            entries: KeyMap::default(),
             small: VecDeque::new(),
             main: VecDeque::new(),
             stale_positions: 0,
@@ -550,7 +551,7 @@ impl Shard {
 #[derive(Default)]
 struct Ghost {
     order: VecDeque<(u64, u64)>,
-    live: HashMap<u64, u64>,
+    live: KeyMap<u64, u64>,
     next_seq: u64,
 }
 
@@ -813,10 +814,12 @@ mod tests {
         let budget = 256 * KIB;
         let m = S3FifoEviction::with_shards(budget, 4);
         let shard_budget = m.shard_budget();
-        let mut model: HashMap<CacheEntryKey, usize> = HashMap::new();
+        let mut model: std::collections::HashMap<CacheEntryKey, usize> = Default::default();
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         // drop what the manager let go; true when that includes `mine`
-        let apply = |model: &mut HashMap<CacheEntryKey, usize>, mine: &CacheEntryKey, gone| {
+        let apply = |model: &mut std::collections::HashMap<CacheEntryKey, usize>,
+                     mine: &CacheEntryKey,
+                     gone| {
             let gone: Vec<CacheEntryKey> = gone;
             for g in &gone {
                 assert!(

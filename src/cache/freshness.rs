@@ -6,7 +6,7 @@
 use super::invalidation::index::{InvalidationIndex, Verdict};
 use super::stored_meta::StoredHead;
 use crate::config::classes::ContentClass;
-use crate::metrics::{CLASS_BUDGET_METRICS, METRICS};
+use crate::metrics::{RouteCounters, CLASS_BUDGET_METRICS, METRICS};
 use pingora_cache::CachePhase;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -117,19 +117,24 @@ pub fn refused_by_invalidation(
 }
 
 /// Count one answer from the cache on a route of content class `class` (`"none"`: no class),
-/// for a request that arrived at `received`; `budget` is the class's staleness budget.
+/// for a request that arrived at `received`; `budget` is the class's staleness budget;
+/// `counters`, the route's kept series (which label `class` too), spare the label lookups.
 pub fn record(
     class: &str,
+    counters: Option<&RouteCounters>,
     budget: Option<Duration>,
     served: &Served<'_>,
     received: Option<SystemTime>,
     index: &InvalidationIndex,
 ) {
     let state = served.state.as_str();
-    METRICS
-        .cache_served
-        .with_label_values(&[class, state])
-        .inc();
+    match counters {
+        Some(c) if served.state == ServedState::Fresh => c.served_fresh().inc(),
+        _ => METRICS
+            .cache_served
+            .with_label_values(&[class, state])
+            .inc(),
+    }
     if budget.is_some_and(|b| served.age > b) {
         CLASS_BUDGET_METRICS
             .over_budget
@@ -143,10 +148,13 @@ pub fn record(
             .observe(served.past_expiry().as_secs_f64());
     }
     if let Some(ratio) = served.age_ratio() {
-        METRICS
-            .cache_served_age_ratio
-            .with_label_values(&[class])
-            .observe(ratio);
+        match counters {
+            Some(c) => c.age_ratio().observe(ratio),
+            None => METRICS
+                .cache_served_age_ratio
+                .with_label_values(&[class])
+                .observe(ratio),
+        }
     }
     if !index.is_empty() && refused_by_invalidation(index, served, received) {
         METRICS
@@ -301,8 +309,8 @@ mod tests {
             .cache_served_after_invalidation
             .with_label_values(&["test-refused"])
             .get();
-        record("test-refused", None, &served, Some(t(20)), &index);
-        record("test-refused", None, &fresh, Some(t(20)), &index);
+        record("test-refused", None, None, &served, Some(t(20)), &index);
+        record("test-refused", None, None, &fresh, Some(t(20)), &index);
         let after = METRICS
             .cache_served_after_invalidation
             .with_label_values(&["test-refused"])

@@ -26,6 +26,12 @@ pub mod unsafe_methods;
 #[cfg(test)]
 mod xorshift;
 
+/// A hash map keyed by cache-key hashes (or the entry ids derived from them), hashed with
+/// foldhash's randomly seeded quality hasher: a hit looks keys up about seven times, and the
+/// standard SipHash cost ~150 instructions each (issue #19's hot-hit profile). Still seeded per
+/// process, so a client cannot pick URLs that collide in the table.
+pub type KeyMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
+
 use crate::cache::invalidation::index::{response_tags, EntryFacts, InvalidationIndex, Verdict};
 use crate::config::{CacheKeyRules, CacheSettings};
 use crate::metrics::METRICS;

@@ -2,16 +2,16 @@
 //! that became the cache lock's writer registers its key; waiters wake when the response's head
 //! arrives (it starts streaming into the cache), when it is stored, and when that request ends.
 
+use crate::cache::KeyMap;
 use parking_lot::Mutex;
 use pingora_cache::key::HashBinary;
-use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::watch;
 
 /// The fetches in progress.
 #[derive(Default)]
 pub struct PendingFetches {
-    map: Mutex<HashMap<HashBinary, Arc<watch::Sender<()>>>>,
+    map: Mutex<KeyMap<HashBinary, Arc<watch::Sender<()>>>>,
 }
 
 /// One registered fetch; dropping it (the fetching request ended) wakes whoever still waits.

@@ -10,6 +10,7 @@
 mod handlers;
 mod promote;
 
+use crate::cache::KeyMap;
 pub use handlers::stored_body_len;
 use handlers::{MemoryHit, MemoryMiss, ToDisk};
 
@@ -34,7 +35,6 @@ use super::pending::PendingFetches;
 use super::stored_meta::{ClientHead, StoredMeta};
 use pingora_error::{Error, ErrorType, Result};
 use std::any::Any;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -112,14 +112,14 @@ fn key_of(combined: HashBinary) -> CompactCacheKey {
 /// entry in one step.
 #[derive(Default)]
 struct ShardMaps {
-    entries: HashMap<HashBinary, Arc<Entry>>,
-    fills: HashMap<HashBinary, Vec<Arc<Fill>>>,
+    entries: KeyMap<HashBinary, Arc<Entry>>,
+    fills: KeyMap<HashBinary, Vec<Arc<Fill>>>,
 }
 
 type Shard = RwLock<ShardMaps>;
 /// Primary key → the combined keys of its stored variants, when it has any (an entry stored
 /// without variance sits under its primary key itself and is not listed).
-type VariantShard = RwLock<HashMap<HashBinary, Vec<HashBinary>>>;
+type VariantShard = RwLock<KeyMap<HashBinary, Vec<HashBinary>>>;
 
 /// The storage. `'static` (leaked once at startup) because pingora-cache requires it.
 pub struct MemoryStorage {
@@ -149,7 +149,7 @@ impl MemoryStorage {
     pub fn new(max_object_size: usize) -> Self {
         MemoryStorage {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
-            variants: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            variants: (0..SHARDS).map(|_| RwLock::default()).collect(),
             max_object_size,
             bytes: AtomicU64::new(0),
             objects: AtomicU64::new(0),

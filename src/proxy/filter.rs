@@ -340,6 +340,7 @@ impl FilterCtx<'_> {
             self.state.route = Some(Arc::new(Route {
                 spec: current.spec.clone(),
                 pool: pool.clone(),
+                counters: current.counters.clone(),
             }));
         }
         Ok(())

@@ -166,6 +166,7 @@ pub fn finish(f: &Finished<'_>, snapshot: &Snapshot) {
     let route = f.route.map_or("", |r| r.spec.name.as_str());
     METRICS.record_request(&RequestOutcome {
         route,
+        counters: f.route.map(|r| &*r.counters),
         status: f.status,
         lookup: f.lookup,
         source: f.source,
@@ -197,7 +198,8 @@ pub fn finish(f: &Finished<'_>, snapshot: &Snapshot) {
             }
         };
         let budget = snapshot.config.classes.get(class).map(|c| c.budget);
-        crate::cache::freshness::record(class, budget, served, received, index);
+        let counters = f.route.map(|r| &*r.counters);
+        crate::cache::freshness::record(class, counters, budget, served, received, index);
     }
     let Some((log, format)) = log else {
         return;

@@ -33,7 +33,6 @@ use crate::cache::stored_meta::HeadOnDemand;
 use crate::cache::{self, cache_status, request_directives, rfc9111, CacheEngine};
 use crate::config::{EdgeRules, LogField, Rewrite, RouteCache, RouteSpec};
 use crate::http_syntax::{host::canonical_host, scheme, target};
-use crate::metrics::METRICS;
 use crate::snapshot::{Route, SharedSnapshot, Snapshot};
 use crate::upstream::hop_marker::HOP_FIELD;
 use bytes::{Bytes, BytesMut};
@@ -160,7 +159,11 @@ pub fn plain_request<'a>(
 /// classified here, with no `..`, so a new one fails to compile until it is. `None`: the route
 /// does not cache, or something on it acts on a hit beyond what the lane does.
 pub fn lane_rules<'r>(route: &'r Route, filters: &Filters) -> Option<&'r RouteCache> {
-    let Route { spec, pool: _ } = route; // a hit never reaches the pool
+    let Route {
+        spec,
+        pool: _,     // a hit never reaches the pool
+        counters: _, // series, not a rule
+    } = route;
     let RouteSpec {
         name: _,            // a label
         hosts: _,           // routing, done before the lane looks
@@ -582,10 +585,7 @@ impl HitLane {
         };
         // the line goes where the snapshot that served it sends lines, in its format
         finish(&finished, &answer.decided_with);
-        METRICS
-            .cache_fast_hits
-            .with_label_values(&[route.spec.name.as_str()])
-            .inc();
+        route.counters.fast_hits().inc();
     }
 }
 
