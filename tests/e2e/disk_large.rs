@@ -478,14 +478,14 @@ async fn a_request_during_a_first_fetch_not_admitted_to_disk_fetches_again() {
             }
         }),
     );
-    // min_uses applies once the tier has no room for the object: 7 objects of 2 MiB leave
-    // less than its 12 MiB of the 24 MiB
+    // min_uses applies once the tier has no room for the object: 7 objects of 8 MiB leave
+    // less than its 12 MiB of the 64 MiB
     let fillers = 7;
     for i in 0..fillers {
         let mut whole =
-            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 2097152\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 8388608\r\n\r\n"
                 .to_vec();
-        whole.extend(std::iter::repeat_n(b'f', 2 << 20));
+        whole.extend(std::iter::repeat_n(b'f', 8 << 20));
         o.set(
             &format!("/filler/{i}"),
             Script::new(move |_| vec![Step::Write(whole.clone())]),
@@ -494,7 +494,7 @@ async fn a_request_during_a_first_fetch_not_admitted_to_disk_fetches_again() {
     let mut config = attach_config(o.addr);
     config = config.cache(Cache::new().memory(1 << 20).max_object_size("64KiB").set(
         "disk",
-        "{path: disk, size: 24MiB, segment_size: 1MiB, max_object_size: 16MiB, min_uses: 2}",
+        "{path: disk, size: 64MiB, segment_size: 1MiB, max_object_size: 16MiB, min_uses: 2}",
     ));
     let v = Verge::start(&config).await;
     for i in 0..fillers {
