@@ -44,7 +44,7 @@ impl DiskFlush {
 /// (flush, checkpoint, let the directory go). Pingora drops a background service's task when
 /// it stops the runtimes, right after the grace period: with `server.grace_period: 0s` (and a
 /// short `graceful_shutdown_timeout`) [`DiskFlush`] may not have started its close, or may be
-/// in the middle of it. Then this does it, or waits for it to end (up to [`CLOSE_TIMEOUT`]
+/// in the middle of it. Then this does it, or waits for it to end (up to 30 s
 /// for the flush and again for the checkpoint).
 pub fn close_at_exit() {
     if let Some(disk) = FLUSHED.get() {
