@@ -18,7 +18,7 @@ pub fn canonical_host(raw: &str) -> Option<String> {
     if let Some(rest) = raw.strip_prefix('[') {
         return canonical_ipv6(rest);
     }
-    let (host, port) = match last_colon(raw.as_bytes()) {
+    let (host, port) = match raw.bytes().rposition(|b| b == b':') {
         Some(i) => (&raw.as_bytes()[..i], Some(&raw[i + 1..])),
         None => (raw.as_bytes(), None),
     };
@@ -55,11 +55,6 @@ pub fn canonical_host(raw: &str) -> Option<String> {
     } else {
         host.to_owned()
     })
-}
-
-/// The position of the last `:` in `bytes`.
-fn last_colon(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().rposition(|&b| b == b':')
 }
 
 /// The canonical form of an IPv6 literal after its `[`: `[address]`, in its one canonical

@@ -36,11 +36,6 @@ pub struct RouteCounters {
     age_ratio: OnceLock<Histogram>,
 }
 
-/// `slot`'s series, resolved through `resolve` the first time.
-fn kept<T: Clone>(slot: &OnceLock<T>, resolve: impl FnOnce() -> T) -> &T {
-    slot.get_or_init(resolve)
-}
-
 impl RouteCounters {
     /// The series of route `route`, whose content class is `class` (`"none"`: no class).
     pub fn new(route: &str, class: &str) -> RouteCounters {
@@ -51,23 +46,15 @@ impl RouteCounters {
         }
     }
 
-    /// The route's name, as its series label it.
-    pub fn route(&self) -> &str {
-        &self.route
-    }
-
-    /// The content class its series of answers from the cache are labelled with.
-    pub fn class(&self) -> &str {
-        &self.class
-    }
-
     /// Count one finished request of this route: `verge_requests_total` (the 200s' series
     /// kept), `verge_cache_lookups_total`, `verge_response_body_bytes_total` and
     /// `verge_request_duration_seconds`, as [`Metrics::record_request`] does by label.
     pub fn record(&self, m: &Metrics, o: &RequestOutcome<'_>) {
         let route = self.route.as_str();
         if o.status == 200 {
-            kept(&self.ok, || m.requests.with_label_values(&[route, "200"])).inc();
+            self.ok
+                .get_or_init(|| m.requests.with_label_values(&[route, "200"]))
+                .inc();
         } else {
             let mut buf = itoa::Buffer::new();
             m.requests
@@ -76,41 +63,37 @@ impl RouteCounters {
         }
         if let Some(result) = o.lookup {
             match LOOKUP_RESULTS.iter().position(|r| *r == result) {
-                Some(i) => kept(&self.lookups[i], || {
-                    m.cache_lookups.with_label_values(&[route, result])
-                })
-                .inc(),
+                Some(i) => self.lookups[i]
+                    .get_or_init(|| m.cache_lookups.with_label_values(&[route, result]))
+                    .inc(),
                 None => m.cache_lookups.with_label_values(&[route, result]).inc(),
             }
         }
         match BODY_SOURCES.iter().position(|s| *s == o.source) {
-            Some(i) => kept(&self.bytes[i], || {
-                m.response_bytes.with_label_values(&[route, o.source])
-            })
-            .inc_by(o.body_bytes),
+            Some(i) => self.bytes[i]
+                .get_or_init(|| m.response_bytes.with_label_values(&[route, o.source]))
+                .inc_by(o.body_bytes),
             None => m
                 .response_bytes
                 .with_label_values(&[route, o.source])
                 .inc_by(o.body_bytes),
         }
         if let Some(elapsed) = o.elapsed {
-            kept(&self.duration, || {
-                m.request_duration.with_label_values(&[route])
-            })
-            .observe(elapsed.as_secs_f64());
+            self.duration
+                .get_or_init(|| m.request_duration.with_label_values(&[route]))
+                .observe(elapsed.as_secs_f64());
         }
     }
 
     /// `verge_cache_fast_hits_total{route}`.
     pub fn fast_hits(&self) -> &IntCounter {
-        kept(&self.fast_hits, || {
-            METRICS.cache_fast_hits.with_label_values(&[&self.route])
-        })
+        self.fast_hits
+            .get_or_init(|| METRICS.cache_fast_hits.with_label_values(&[&self.route]))
     }
 
     /// `verge_cache_served_total{class,state="fresh"}`.
     pub fn served_fresh(&self) -> &IntCounter {
-        kept(&self.served_fresh, || {
+        self.served_fresh.get_or_init(|| {
             METRICS
                 .cache_served
                 .with_label_values(&[&self.class, "fresh"])
@@ -119,7 +102,7 @@ impl RouteCounters {
 
     /// `verge_cache_served_age_ratio{class}`.
     pub fn age_ratio(&self) -> &Histogram {
-        kept(&self.age_ratio, || {
+        self.age_ratio.get_or_init(|| {
             METRICS
                 .cache_served_age_ratio
                 .with_label_values(&[&self.class])
