@@ -7,6 +7,7 @@
 //! out with all of them. With a disk tier (`super::disk`), a stored object is also written there
 //! at its `cache.disk.min_uses`-th request, a memory miss looks there, and removals reach it.
 
+mod commit;
 mod handlers;
 mod promote;
 
@@ -26,7 +27,7 @@ use pingora_cache::storage::{
     PurgeType, Storage,
 };
 use pingora_cache::trace::SpanHandle;
-use pingora_cache::{CacheMeta, NoCacheReason};
+use pingora_cache::CacheMeta;
 
 use super::disk::DiskStore;
 use super::eviction::S3FifoEviction;
@@ -439,132 +440,6 @@ impl MemoryStorage {
     fn get(&self, key: &HashBinary) -> Option<Arc<Entry>> {
         self.shard(key).read().entries.get(key).cloned()
     }
-
-    /// Drop what the eviction manager let go, except `own` (the key being written or updated);
-    /// returns whether `own` may stay.
-    fn drop_victims(&self, victims: &[CacheEntryKey], own: &HashBinary) -> bool {
-        let mut keep = true;
-        for victim in victims {
-            let key = victim.key().combined_bin();
-            if key == *own {
-                keep = false;
-            } else {
-                self.remove_entry(&key);
-            }
-        }
-        keep
-    }
-
-    /// Take `fill` out of the in-flight map and, in the same step (so a lookup finds one or
-    /// the other), store `entry` in its place (`Some`), or remove whatever is stored there
-    /// (`None`: the eviction manager let the key go). A fill purged meanwhile stores nothing:
-    /// a purge marks fills before it takes this lock to remove the entry, so either this sees
-    /// the mark or the purge removes what this stored. (The eviction manager may then track the
-    /// key until it is evicted: more tracked than stored, never the other way round.)
-    fn settle(&self, fill: &Fill, entry: Option<Entry>) {
-        let mut maps = self.shard(&fill.key).write();
-        remove_fill(&mut maps, fill);
-        match entry {
-            Some(entry) if !fill.is_revoked() => {
-                self.count_late_uses(fill, &entry);
-                self.insert_locked(&mut maps, fill.key, entry);
-                drop(maps);
-                self.pending.progressed(&fill.key);
-            }
-            Some(_) => {}
-            None => {
-                self.remove_locked(&mut maps, &fill.key);
-            }
-        }
-    }
-
-    /// Under the shard's write lock, as `fill` becomes `entry`: requests that found the fill
-    /// after `commit` read its uses (the fill is findable until now) are uses of the entry too,
-    /// and may bring it to the disk tier's `min_uses` (without this, a second request racing
-    /// the first one's commit was lost, and the object never went to disk).
-    fn count_late_uses(&self, fill: &Fill, entry: &Entry) {
-        let Some(disk) = self.disk else {
-            return;
-        };
-        let counted = entry.uses.load(Ordering::Acquire);
-        let now = fill.uses.load(Ordering::Acquire);
-        if counted == WRITTEN || now <= counted {
-            return;
-        }
-        if now >= disk.min_uses() {
-            entry.uses.store(WRITTEN, Ordering::Release);
-            disk.write(
-                fill.key,
-                fill.primary,
-                fill.meta.clone(),
-                entry.body.clone(),
-            );
-        } else {
-            entry.uses.store(now, Ordering::Release);
-        }
-    }
-
-    /// Take `fill` out of the in-flight map, storing nothing.
-    fn forget(&self, fill: &Fill) {
-        remove_fill(&mut self.shard(&fill.key).write(), fill);
-    }
-
-    /// Store a finished fill's body, admitted by the eviction manager (see the module doc).
-    fn commit(&self, fill: &Fill, body: Bytes) -> MissFinishType {
-        // the fetch and the requests that read its fill
-        let mut uses = fill.uses.load(Ordering::Acquire);
-        if let Some(disk) = self.disk {
-            // a refetch of an object on disk replaces it there; while the disk has free room,
-            // every stored object goes there at once (see `DiskStore::has_room`)
-            if uses >= disk.min_uses() || disk.holds(&fill.key) || disk.has_room(body.len() as u64)
-            {
-                uses = WRITTEN;
-                disk.write(fill.key, fill.primary, fill.meta.clone(), body.clone());
-                // purged meanwhile: either seen here, or its removal comes after the write
-                if fill.is_revoked() {
-                    disk.remove(&fill.key);
-                }
-            }
-        }
-        let size = entry_size(&fill.meta, body.len());
-        let entry = Entry {
-            meta: fill.meta.clone(),
-            body,
-            size,
-            combined: fill.key,
-            primary: fill.primary,
-            uses: AtomicU32::new(uses),
-        };
-        let Some(eviction) = self.eviction else {
-            self.settle(fill, Some(entry));
-            return MissFinishType::Created(size);
-        };
-        eviction.admit_with(CacheEntryKey::key_only(key_of(fill.key)), size, |victims| {
-            let keep = self.drop_victims(victims, &fill.key);
-            self.settle(fill, keep.then_some(entry));
-        });
-        // already admitted: pingora's `increment_weight(key, 0, Some(0))` changes nothing
-        MissFinishType::Appended(0, Some(0))
-    }
-
-    /// A fill outgrew `max_object_size`: remember the URL as too large, as pingora does when
-    /// its own size check trips, so the next requests bypass the cache (and the lock).
-    fn mark_too_large(&self, primary: HashBinary) {
-        if let Some(predictor) = self.predictor {
-            let mut key = CacheKey::new(Vec::<u8>::new(), "");
-            key.set_primary_bin_override(primary);
-            predictor.mark_uncacheable(&key, NoCacheReason::ResponseTooLarge);
-        }
-    }
-}
-
-fn remove_fill(maps: &mut ShardMaps, fill: &Fill) {
-    if let Some(list) = maps.fills.get_mut(&fill.key) {
-        list.retain(|f| f.id != fill.id);
-        if list.is_empty() {
-            maps.fills.remove(&fill.key);
-        }
-    }
 }
 
 fn storage_error(context: &'static str, e: Box<Error>) -> Box<Error> {
@@ -829,6 +704,7 @@ mod tests {
     use super::*;
     use pingora_cache::eviction::EvictionManager;
     use pingora_cache::predictor::CacheablePredictor;
+    use pingora_cache::NoCacheReason;
     use pingora_http::ResponseHeader;
     use std::time::{Duration, SystemTime};
 

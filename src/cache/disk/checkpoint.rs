@@ -25,8 +25,9 @@
 //!   those, applied on top of the checkpoint, ends where a full scan would, tombstones (purges
 //!   made after the checkpoint) included.
 
+use super::index::Location;
 use super::record::HEAD_LEN;
-use super::{DiskStore, Location};
+use super::DiskStore;
 use crate::metrics::DISK_METRICS;
 use pingora_cache::key::HashBinary;
 use std::collections::HashMap;

@@ -1,11 +1,14 @@
 //! A hit served from the disk tier: the body is read one checksummed chunk at a time (never the
 //! whole object), each chunk verified before it is handed out; a range seeks to the chunk that
-//! holds its start.
+//! holds its start. A hit read whole is promoted to the memory tier ([`Promote`]).
 
+use super::index::Location;
 use super::record::{chunk_crc, CHUNK};
-use super::{DiskStore, Promotion};
+use super::DiskStore;
+use crate::cache::stored_meta::StoredMeta;
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora_cache::key::CompactCacheKey;
 use pingora_cache::key::HashBinary;
 use pingora_cache::storage::{HandleHit, Storage};
 use pingora_cache::trace::SpanHandle;
@@ -15,6 +18,48 @@ use std::any::Any;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+
+/// Where a disk hit read whole is copied, so the next hits come from memory: the memory tier.
+pub trait Promote: Sync {
+    /// The largest body worth promoting (the memory tier's `max_object_size`).
+    fn promote_limit(&self) -> usize;
+    /// Store `body` with `meta` under `key`, if the memory tier admits it, nothing newer is
+    /// stored or being fetched there, and `still_on_disk()` (asked under the memory tier's lock,
+    /// so a purge cannot slip in between) says the disk tier still holds what was read.
+    fn promote(
+        &self,
+        key: CompactCacheKey,
+        meta: Arc<StoredMeta>,
+        body: Bytes,
+        still_on_disk: &dyn Fn() -> bool,
+    );
+}
+
+/// A disk hit being collected for promotion (see [`Promote`]).
+pub(crate) struct Promotion {
+    pub(super) to: &'static dyn Promote,
+    pub(super) key: CompactCacheKey,
+    pub(super) meta: Arc<StoredMeta>,
+    pub(super) from: Location,
+    pub(super) chunks: Vec<Bytes>,
+}
+
+impl Promotion {
+    /// Keep a piece of the body, read in order from its start.
+    pub(crate) fn add(&mut self, piece: Bytes) {
+        self.chunks.push(piece);
+    }
+
+    /// The whole body was read: hand it to the memory tier.
+    pub(crate) fn finish(self, store: &DiskStore, combined: HashBinary) {
+        let mut body = bytes::BytesMut::with_capacity(self.chunks.iter().map(Bytes::len).sum());
+        self.chunks.iter().for_each(|c| body.extend_from_slice(c));
+        let from = self.from;
+        let still_on_disk = || store.index.read().entries.get(&combined) == Some(&from);
+        self.to
+            .promote(self.key, self.meta, body.freeze(), &still_on_disk);
+    }
+}
 
 /// Where a record's body is, and how to check it.
 pub struct BodyLocation {

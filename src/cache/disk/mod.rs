@@ -33,33 +33,39 @@
 //!   is done (`verge_cache_disk_rebuild_progress`). Records cut short by a crash end the scan of
 //!   their segment; new records go to a new segment.
 
+mod admission;
 pub mod checkpoint;
 mod hit;
+mod index;
+mod read;
 mod reclaim;
 pub mod record;
 pub mod segments;
 mod stream;
 mod writer;
 
+pub use hit::Promote;
 pub use stream::DiskFill;
 
 use crate::cache::stored_meta::StoredMeta;
 use crate::config::DiskSettings;
 use crate::metrics::DISK_METRICS;
+use admission::UseSketch;
 use bytes::Bytes;
-use hit::{BodyLocation, DiskHit};
+use hit::{DiskHit, Promotion};
+use index::{Index, Location};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use parking_lot::{Mutex, RwLock};
-use pingora_cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
+use pingora_cache::key::{CacheHashKey, HashBinary};
 use pingora_cache::storage::HitHandler;
 use pingora_cache::{CacheKey, CacheMeta};
 use pingora_error::Result;
-use record::{Head, Kind, HEAD_LEN, TRAILER_LEN};
-use segments::{Found, Segments};
-use std::collections::{HashMap, HashSet};
+use read::read_entry;
+use record::Kind;
+use segments::Segments;
+use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -71,145 +77,6 @@ const MAX_QUEUED_BYTES: u64 = 64 << 20;
 const MAX_QUEUED_JOBS: usize = 4096;
 /// The file in the tier's directory whose `flock` says which process owns the directory.
 const LOCK_FILE: &str = "lock";
-
-/// Where one object's record is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Location {
-    segment: u64,
-    offset: u64,
-    internal_len: u32,
-    header_len: u32,
-    body_len: u64,
-    primary: HashBinary,
-}
-
-impl Location {
-    /// The whole record's length on disk.
-    fn record_len(&self) -> u64 {
-        let meta = u64::from(self.internal_len) + u64::from(self.header_len);
-        let table = record::chunk_count(self.body_len) as u64 * 4;
-        HEAD_LEN as u64 + meta + self.body_len + table + TRAILER_LEN as u64
-    }
-
-    fn of(found: &Found, segment: u64) -> Location {
-        Location {
-            segment,
-            offset: found.offset,
-            internal_len: found.head.internal_len,
-            header_len: found.head.header_len,
-            body_len: found.head.body_len,
-            primary: found.head.primary,
-        }
-    }
-}
-
-/// The index: key → location, URL → its keys, and the removals the writer must respect.
-#[derive(Default)]
-struct Index {
-    entries: HashMap<HashBinary, Location>,
-    variants: HashMap<HashBinary, Vec<HashBinary>>,
-    /// Sequence number of the latest removal of a key (or of a whole URL) whose tombstone is
-    /// not written yet: an object queued before it is not written.
-    removed_keys: HashMap<HashBinary, u64>,
-    removed_urls: HashMap<HashBinary, u64>,
-    /// Keys and URLs removed while the rebuild runs: what it found of them is not taken.
-    removed_while_loading: (HashSet<HashBinary>, HashSet<HashBinary>),
-    /// Bytes of the records in the index, per segment (the rest of a segment is dead:
-    /// removed, rewritten since, or tombstones).
-    live: HashMap<u64, u64>,
-    /// Keys hit on disk since their record was written: copied forward rather than evicted
-    /// when their segment is the oldest and has to go (see `reclaim`).
-    hit: HashSet<HashBinary>,
-}
-
-impl Index {
-    /// A key without variance is its URL's own (pingora's combined key is then the primary
-    /// key): only keys with variance are listed under their URL.
-    fn insert(&mut self, key: HashBinary, loc: Location) {
-        *self.live.entry(loc.segment).or_default() += loc.record_len();
-        self.hit.remove(&key);
-        if let Some(old) = self.entries.insert(key, loc) {
-            self.unaccount(&old);
-            if old.primary == loc.primary {
-                return;
-            }
-            self.unlink(&key, &old.primary);
-        }
-        if key != loc.primary {
-            let list = self.variants.entry(loc.primary).or_default();
-            if !list.contains(&key) {
-                list.push(key);
-            }
-        }
-    }
-
-    fn unlink(&mut self, key: &HashBinary, primary: &HashBinary) {
-        if key == primary {
-            return;
-        }
-        if let Some(list) = self.variants.get_mut(primary) {
-            list.retain(|k| k != key);
-            if list.is_empty() {
-                self.variants.remove(primary);
-            }
-        }
-    }
-
-    /// A record left the index: its bytes are no longer live.
-    fn unaccount(&mut self, old: &Location) {
-        if let Some(live) = self.live.get_mut(&old.segment) {
-            *live = live.saturating_sub(old.record_len());
-        }
-    }
-
-    fn remove(&mut self, key: &HashBinary) -> Option<Location> {
-        self.hit.remove(key);
-        let old = self.entries.remove(key)?;
-        self.unaccount(&old);
-        self.unlink(key, &old.primary);
-        Some(old)
-    }
-
-    /// Live bytes of segment `id` (see [`Index::live`]).
-    fn live_bytes(&self, id: u64) -> u64 {
-        self.live.get(&id).copied().unwrap_or(0)
-    }
-
-    fn remove_url(&mut self, primary: &HashBinary) -> usize {
-        let keys = self.variants.remove(primary).unwrap_or_default();
-        let own = self
-            .entries
-            .get(primary)
-            .is_some_and(|loc| loc.primary == *primary)
-            .then_some(*primary);
-        let mut removed = 0;
-        for k in keys.iter().chain(own.iter()) {
-            self.hit.remove(k);
-            if let Some(old) = self.entries.remove(k) {
-                self.unaccount(&old);
-                removed += 1;
-            }
-        }
-        removed
-    }
-
-    /// Remove the keys of a deleted segment that still point into it.
-    fn drop_segment(&mut self, segment: u64, keys: &[(HashBinary, HashBinary)]) -> usize {
-        let mut removed = 0;
-        for (k, _) in keys {
-            if self
-                .entries
-                .get(k)
-                .is_some_and(|loc| loc.segment == segment)
-            {
-                self.remove(k);
-                removed += 1;
-            }
-        }
-        self.live.remove(&segment);
-        removed
-    }
-}
 
 enum Job {
     Object {
@@ -244,48 +111,6 @@ enum Job {
     Reclaim,
 }
 
-/// Where a disk hit read whole is copied, so the next hits come from memory: the memory tier.
-pub trait Promote: Sync {
-    /// The largest body worth promoting (the memory tier's `max_object_size`).
-    fn promote_limit(&self) -> usize;
-    /// Store `body` with `meta` under `key`, if the memory tier admits it, nothing newer is
-    /// stored or being fetched there, and `still_on_disk()` (asked under the memory tier's lock,
-    /// so a purge cannot slip in between) says the disk tier still holds what was read.
-    fn promote(
-        &self,
-        key: CompactCacheKey,
-        meta: Arc<StoredMeta>,
-        body: Bytes,
-        still_on_disk: &dyn Fn() -> bool,
-    );
-}
-
-/// A disk hit being collected for promotion (see [`Promote`]).
-pub(crate) struct Promotion {
-    to: &'static dyn Promote,
-    key: CompactCacheKey,
-    meta: Arc<StoredMeta>,
-    from: Location,
-    chunks: Vec<Bytes>,
-}
-
-impl Promotion {
-    /// Keep a piece of the body, read in order from its start.
-    pub(crate) fn add(&mut self, piece: Bytes) {
-        self.chunks.push(piece);
-    }
-
-    /// The whole body was read: hand it to the memory tier.
-    pub(crate) fn finish(self, store: &DiskStore, combined: HashBinary) {
-        let mut body = bytes::BytesMut::with_capacity(self.chunks.iter().map(Bytes::len).sum());
-        self.chunks.iter().for_each(|c| body.extend_from_slice(c));
-        let from = self.from;
-        let still_on_disk = || store.index.read().entries.get(&combined) == Some(&from);
-        self.to
-            .promote(self.key, self.meta, body.freeze(), &still_on_disk);
-    }
-}
-
 /// The disk tier. `'static` (leaked once at startup), with a writer thread and, at start, a
 /// rebuild thread.
 pub struct DiskStore {
@@ -310,8 +135,9 @@ pub struct DiskStore {
     reclaim_queued: AtomicBool,
     /// Invalidation sweeps running (compaction waits for them: see `reclaim`).
     sweeping: std::sync::atomic::AtomicU32,
-    /// Fetches of objects too large for memory, counted up to `min_uses` (see `stream`).
-    large_uses: Mutex<HashMap<HashBinary, u32>>,
+    /// Requests of objects not written yet, across memory evictions, and fetches of objects
+    /// too large for memory: counted toward `min_uses` (see `admission`).
+    uses: UseSketch,
     /// Numbers the files objects are streamed to.
     next_part: AtomicU64,
     /// Where disk hits are promoted (the memory tier), once it exists.
@@ -370,6 +196,7 @@ impl DiskStore {
             .write(true)
             .open(settings.path.join(LOCK_FILE))?;
         let (jobs, queue) = sync_channel(MAX_QUEUED_JOBS);
+        let uses = UseSketch::for_budget(settings.size);
         DISK_METRICS
             .capacity
             .set(i64::try_from(settings.size).unwrap_or(i64::MAX));
@@ -388,7 +215,7 @@ impl DiskStore {
             loading: AtomicBool::new(true),
             reclaim_queued: AtomicBool::new(false),
             sweeping: std::sync::atomic::AtomicU32::new(0),
-            large_uses: Mutex::default(),
+            uses,
             next_part: AtomicU64::new(0),
             promote: std::sync::OnceLock::new(),
             changed_since_checkpoint: AtomicU64::new(0),
@@ -458,38 +285,6 @@ impl DiskStore {
     /// Largest body written to disk.
     pub fn max_object_size(&self) -> u64 {
         self.settings.max_object_size
-    }
-
-    /// Requests an object must have had before it is written (`cache.disk.min_uses`).
-    pub fn min_uses(&self) -> u32 {
-        self.settings.min_uses
-    }
-
-    /// Bytes in the segment files now (`total`, from the segments under their lock): kept for
-    /// [`DiskStore::has_room`] and in `verge_cache_disk_bytes`.
-    fn note_total(&self, total: u64) {
-        self.used.store(total, Ordering::Release);
-        let size = self.settings.size;
-        if total.saturating_add(self.settings.segment_size) > size {
-            self.filled.store(true, Ordering::Release);
-        } else if total <= size / 2 {
-            self.filled.store(false, Ordering::Release);
-        }
-        DISK_METRICS
-            .bytes
-            .set(i64::try_from(total).unwrap_or(i64::MAX));
-    }
-
-    /// Whether an object of `len` bytes is written at its first store rather than at its
-    /// `min_uses`-th request: while the tier has free room (it has not come within a segment
-    /// of its budget since it was last under half of it, and `len` fits with what is written
-    /// and queued), a write evicts nothing, so admitting a one-time object costs a write and
-    /// no warm object; once full, every write evicts the oldest segment, and `min_uses` keeps
-    /// one-time requests from doing so (see the module doc).
-    pub fn has_room(&self, len: u64) -> bool {
-        !self.filled.load(Ordering::Acquire)
-            && self.used.load(Ordering::Acquire) + self.queued_bytes.load(Ordering::Acquire) + len
-                <= self.settings.size
     }
 
     /// Whether the index holds an object under `key` (a refetch of it is written again at
@@ -750,89 +545,6 @@ impl DiskStore {
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Read and verify a record's head and meta (blocking): `Ok(None)` when the record is not the
-/// object written under `key` at `loc`. Returns the head and the meta's bytes.
-fn read_head(
-    file: &File,
-    loc: &Location,
-    key: &HashBinary,
-) -> std::io::Result<Option<(Head, Vec<u8>)>> {
-    let meta_len = loc.internal_len as usize + loc.header_len as usize;
-    let mut head_meta = vec![0u8; HEAD_LEN + meta_len];
-    file.read_exact_at(&mut head_meta, loc.offset)?;
-    DISK_METRICS.read_bytes.inc_by(head_meta.len() as u64);
-    let Ok(head) = Head::decode(&head_meta) else {
-        return Ok(None);
-    };
-    let (head_bytes, meta) = head_meta.split_at(HEAD_LEN);
-    let whole = Head::verify(head_bytes, meta).is_ok()
-        && head.kind == Kind::Object
-        && head.combined == *key
-        && head.body_len == loc.body_len
-        && head.meta_len() == meta_len;
-    Ok(whole.then_some((head, head_meta)))
-}
-
-/// Read a record's checksum table with its trailer and verify it (blocking): the chunks'
-/// CRCs and the bytes read, or `Ok(None)` when they do not match.
-fn read_table(file: &File, loc: &Location, head: &Head) -> std::io::Result<Option<TableRead>> {
-    let mut table = vec![0u8; head.table_len() + TRAILER_LEN];
-    file.read_exact_at(&mut table, loc.offset + head.table_offset())?;
-    DISK_METRICS.read_bytes.inc_by(table.len() as u64);
-    Ok(record::verify_table(head, &table)
-        .ok()
-        .map(|crcs| (crcs, table)))
-}
-
-/// A record's chunk checksums, and its table and trailer as read.
-type TableRead = (Vec<u32>, Vec<u8>);
-
-/// The meta of the object at `loc`, checked (blocking); `Ok(None)` as [`read_head`].
-fn read_meta(file: &File, loc: &Location, key: &HashBinary) -> std::io::Result<Option<CacheMeta>> {
-    let Some((_, head_meta)) = read_head(file, loc, key)? else {
-        return Ok(None);
-    };
-    let (internal, header) = head_meta[HEAD_LEN..].split_at(loc.internal_len as usize);
-    Ok(CacheMeta::deserialize(internal, header).ok())
-}
-
-/// An object read back for a hit: its meta, where its body is, and its first chunk.
-type Entry = (CacheMeta, BodyLocation, Option<Bytes>);
-
-/// Read and verify a record's head, meta, checksum table and first chunk (blocking).
-/// `Ok(None)`: the record is not what was written under `key`.
-fn read_entry(
-    file: &Arc<File>,
-    loc: &Location,
-    key: &HashBinary,
-) -> std::io::Result<Option<Entry>> {
-    let Some((head, head_meta)) = read_head(file, loc, key)? else {
-        return Ok(None);
-    };
-    let Some((crcs, _)) = read_table(file, loc, &head)? else {
-        return Ok(None);
-    };
-    let (internal, header) = head_meta[HEAD_LEN..].split_at(loc.internal_len as usize);
-    let Ok(cache_meta) = CacheMeta::deserialize(internal, header) else {
-        return Ok(None);
-    };
-    let body = BodyLocation {
-        file: file.clone(),
-        offset: loc.offset + head.body_offset(),
-        len: head.body_len,
-        crcs,
-    };
-    let first = if head.body_len > 0 {
-        match body.read_chunk(0)? {
-            Some(chunk) => Some(chunk),
-            None => return Ok(None),
-        }
-    } else {
-        None
-    };
-    Ok(Some((cache_meta, body, first)))
 }
 
 #[cfg(test)]

@@ -15,9 +15,11 @@
 //!   tombstone per such key). Everything copied is synced before the segment is deleted, so a
 //!   crash never loses a tombstone that a deleted segment held.
 
+use super::index::Location;
+use super::read::{read_head, read_meta, read_table};
 use super::record::{Head, Kind};
 use super::writer::copy_body;
-use super::{read_head, read_meta, read_table, DiskStore, Job, Location};
+use super::{DiskStore, Job};
 use crate::metrics::DISK_METRICS;
 use pingora_cache::key::HashBinary;
 use pingora_cache::CacheMeta;

@@ -12,7 +12,7 @@
 //! after the rename, or after a purge deleted the file).
 //!
 //! Admission: with `min_uses` above 1, such an object is streamed at its `min_uses`-th fetch
-//! (the tier remembers, in a bounded table, how often large objects were fetched), so a sweep
+//! (the tier counts their fetches in its admission sketch, see `admission`), so a sweep
 //! of large files once each does not push the warm set out.
 
 use super::record::{self, chunk_crc, Head, CHUNK, HEAD_LEN};
@@ -32,9 +32,6 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-
-/// Large objects whose fetches the tier counts for admission; the table starts over when full.
-const MAX_COUNTED: usize = 65_536;
 
 /// The body chunks of a `.part` file, as late readers of the fill read them back: each one
 /// verified against the checksum taken when it was written. Holds the file open, so a reader
@@ -105,26 +102,6 @@ pub struct DiskFill {
 }
 
 impl DiskStore {
-    /// Count one more fetch of the large object `key` (of `expected` bytes, when known):
-    /// whether it has had `min_uses` now, or the tier has room for it (see
-    /// [`DiskStore::has_room`]).
-    fn admit_large(&self, key: &HashBinary, expected: Option<u64>) -> bool {
-        if self.settings.min_uses <= 1 || self.has_room(expected.unwrap_or(0)) {
-            return true;
-        }
-        let mut counted = self.large_uses.lock();
-        if counted.len() >= MAX_COUNTED {
-            counted.clear();
-        }
-        let uses = counted.entry(*key).or_insert(0);
-        *uses += 1;
-        if *uses >= self.settings.min_uses {
-            counted.remove(key);
-            return true;
-        }
-        false
-    }
-
     /// Start streaming an object of `expected` bytes (when known) to disk. `None` when the
     /// tier does not take it: too large, not admitted yet, or not writable (another process
     /// still owns the directory, or the file cannot be created).

@@ -1,6 +1,7 @@
 //! Unit tests of the disk tier: write, read back, seek, corruption, removal, budget, rebuild,
 //! and requests that attach to an object streaming to disk.
 
+use super::record::Head;
 use super::*;
 use crate::cache::stored_meta::StoredMeta;
 use pingora_http::ResponseHeader;
@@ -902,4 +903,60 @@ async fn a_sweep_appends_its_tombstones_in_batches_that_hold_after_a_crash() {
     }
     let (_, got) = get(store, &kept).await.expect("kept");
     assert_eq!(got, b"kept");
+}
+
+/// Once the disk is full (`min_uses: 2`), an object fetched once, evicted from memory, then
+/// fetched again has had two requests: its second fetch writes it to disk, though memory never
+/// saw both (the count of its first stay is kept by the tier's admission sketch).
+#[tokio::test]
+async fn an_object_evicted_from_memory_keeps_its_count_toward_the_disk() {
+    use pingora_cache::storage::Storage;
+    let dir = tempfile::tempdir().expect("dir");
+    let settings = crate::config::CacheSettings {
+        memory: 256 << 10,
+        disk: Some(DiskSettings {
+            min_uses: 2,
+            ..settings(dir.path(), 1 << 20, 256 << 10)
+        }),
+        ..crate::config::CacheSettings::default()
+    };
+    let engine = crate::cache::CacheEngine::new(settings).expect("engine");
+    let disk = engine.disk.expect("disk");
+    loaded(disk).await;
+    // fill the tier past one segment short of its budget: from now on, `min_uses` applies
+    for i in 0..40 {
+        put(disk, &key(&format!("/filler{i}")), &body(20_000, 3));
+    }
+    flush(disk);
+    assert!(!disk.has_room(0), "the tier is full");
+    let span = &pingora_cache::trace::Span::inactive().handle();
+    let fetch = |k: CacheKey| async move {
+        let m = meta("x").to_meta().expect("meta");
+        let mut miss = engine
+            .storage
+            .get_miss_handler(&k, &m, span)
+            .await
+            .expect("miss");
+        miss.write_body(Bytes::from(body(10_000, 9)), true)
+            .await
+            .expect("write");
+        miss.finish().await.expect("finish");
+    };
+    let tail = key("/tail");
+    fetch(tail.clone()).await;
+    assert!(engine.storage.contains(&tail.combined_bin()), "in memory");
+    // other one-time objects push it out of the 256 KiB memory tier
+    for i in 0..60 {
+        fetch(key(&format!("/other{i}"))).await;
+    }
+    assert!(!engine.storage.contains(&tail.combined_bin()), "evicted");
+    flush(disk);
+    assert!(
+        !disk.holds(&tail.combined_bin()),
+        "one request: not on disk"
+    );
+    // its second request is a miss again: it reaches `min_uses` and goes to disk
+    fetch(tail.clone()).await;
+    flush(disk);
+    assert!(disk.holds(&tail.combined_bin()), "two requests: on disk");
 }

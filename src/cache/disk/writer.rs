@@ -3,9 +3,10 @@
 //! segments found are scanned into the index.
 
 use super::checkpoint::CheckpointClock;
+use super::index::{Index, Location};
 use super::record::{self, Head, Kind};
 use super::segments::{self, Segments};
-use super::{unix_ms, DiskStore, Index, Job, Location, RebuildReport};
+use super::{unix_ms, DiskStore, Job, RebuildReport};
 use crate::cache::stored_meta::StoredMeta;
 use crate::metrics::DISK_METRICS;
 use bytes::Bytes;
