@@ -2,8 +2,12 @@
 //! one workload, for issue #18 "The library". Not part of verge's workspace: see README.md.
 //!
 //! ```text
-//! disk-compare <verge|foyer> <budget MiB> [objects] [reads] [dir]
+//! disk-compare <verge|foyer|foyer-uring> <budget MiB> [objects] [reads] [dir]
 //! ```
+//! `foyer-uring` is foyer with its io_uring engine instead of its default (psync). With
+//! `COLD=1` in the environment, the page cache is dropped between the write and the reopen
+//! (`sync`, then `3` into `/proc/sys/vm/drop_caches`; needs root), so recovery and reads come
+//! from the device, not from memory.
 //! One run: write `objects` bodies of 64 KiB into a fresh directory with a disk budget of
 //! `budget` MiB (batches, waiting for each to be written), close cleanly, then a *new process*
 //! (this binary with `--reopen`) opens the same directory, times the index recovery, measures
@@ -15,7 +19,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use foyer::{
     BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
-    HybridCachePolicy, Load, RecoverMode,
+    HybridCachePolicy, Load, RecoverMode, UringIoEngineConfig,
 };
 use pingora_cache::key::CacheHashKey;
 use pingora_cache::{CacheKey, CacheMeta};
@@ -53,10 +57,10 @@ fn parse() -> anyhow::Result<(Run, bool)> {
     }
     let system = args
         .first()
-        .context("usage: disk-compare <verge|foyer> <budget MiB> [objects] [reads] [dir]")?
+        .context("usage: disk-compare <verge|foyer|foyer-uring> <budget MiB> [objects] [reads] [dir]")?
         .clone();
-    if system != "verge" && system != "foyer" {
-        bail!("the system is verge or foyer");
+    if !["verge", "foyer", "foyer-uring"].contains(&system.as_str()) {
+        bail!("the system is verge, foyer or foyer-uring");
     }
     let budget: u64 = args.get(1).context("budget MiB")?.parse::<u64>()? << 20;
     let objects = args.get(2).map_or(Ok(20_000), |a| a.parse())?;
@@ -127,15 +131,19 @@ async fn foyer_open(run: &Run) -> anyhow::Result<HybridCache<u128, Bytes>> {
     let device = FsDeviceBuilder::new(&run.dir)
         .with_capacity(usize::try_from(run.budget)?)
         .build()?;
-    let cache = HybridCacheBuilder::new()
+    let storage = HybridCacheBuilder::new()
         .with_policy(HybridCachePolicy::WriteOnInsertion)
         .memory(1 << 20)
         .with_weighter(|_: &u128, v: &Bytes| v.len())
         .storage()
         .with_engine_config(BlockEngineConfig::new(device).with_block_size(UNIT as usize))
-        .with_recover_mode(RecoverMode::Quiet)
-        .build()
-        .await?;
+        .with_recover_mode(RecoverMode::Quiet);
+    let storage = if run.system == "foyer-uring" {
+        storage.with_io_engine_config(UringIoEngineConfig::new())
+    } else {
+        storage
+    };
+    let cache = storage.build().await?;
     Ok(cache)
 }
 
@@ -148,9 +156,10 @@ fn settings_line(run: &Run) -> String {
         ),
         _ => format!(
             "foyer =0.22.6 HybridCache<u128, Bytes>: WriteOnInsertion, memory 1 MiB, FsDevice {} MiB \
-             (buffered, psync engine), block {} MiB, other BlockEngineConfig defaults, RecoverMode::Quiet, \
+             (buffered, {} engine), block {} MiB, other BlockEngineConfig defaults, RecoverMode::Quiet, \
              batches of {FOYER_BATCH} then Store::wait",
             run.budget >> 20,
+            if run.system == "foyer-uring" { "io_uring (UringIoEngineConfig defaults)" } else { "psync" },
             UNIT >> 20
         ),
     }
@@ -397,6 +406,16 @@ fn main() -> anyhow::Result<()> {
     println!("{}", settings_line(&run));
     runtime.block_on(write_phase(&run))?;
     drop(runtime);
+    if std::env::var_os("COLD").is_some_and(|v| v == "1") {
+        // the reopen reads from the device: nothing of the files stays in the page cache
+        let synced = std::process::Command::new("sync").status()?;
+        if !synced.success() {
+            bail!("sync failed: {synced}");
+        }
+        std::fs::write("/proc/sys/vm/drop_caches", "3\n")
+            .context("COLD=1 drops the page cache: needs root")?;
+        println!("page cache dropped before the reopen");
+    }
     let status = std::process::Command::new(std::env::current_exe()?)
         .arg("--reopen")
         .args(std::env::args().skip(1))
