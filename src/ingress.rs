@@ -14,6 +14,7 @@
 //! bounded, with their frames counted against a budget on the way (`ingress/h2_frames.rs`).
 
 use crate::config::{Limits, ProxyProtocol};
+use crate::http_syntax::head_index::HeadIndex;
 use crate::http_syntax::request_line;
 use crate::metrics::METRICS;
 use crate::proxy::hit_lane::{HitLane, Lane};
@@ -80,6 +81,14 @@ fn reject(status: u16, reason: &'static str) -> HeadScan {
 /// ([`request_line::parse`]) and RFC 9112 framing rules. Each line is judged once it is whole,
 /// so a decision never depends on how the network split the bytes. Pure: looks only at `buf`.
 pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
+    scan_head_indexed(buf, limits, &mut HeadIndex::new())
+}
+
+/// [`scan_head`], noting in `index` where the request line's parts and each field line lie, so
+/// that the hit lane reads the head without parsing it again. `index` describes `buf` when the
+/// scan is [`HeadScan::Complete`].
+pub fn scan_head_indexed(buf: &[u8], limits: &Limits, index: &mut HeadIndex) -> HeadScan {
+    index.clear();
     // RFC 9112 §2.2: ignore empty lines before the request line.
     let mut pos = 0;
     while pos < buf.len() && (buf[pos] == b'\r' || buf[pos] == b'\n') {
@@ -87,6 +96,9 @@ pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
     }
     if pos > 64 {
         return reject(400, "bad_request_line");
+    }
+    if pos > 0 && !crlf_lines(&buf[..pos]) {
+        index.lenient_bytes = true;
     }
     let Some(line_end) = find_lf(&buf[pos..]) else {
         // a line's own CR may already be here without its LF: it does not count toward the limit
@@ -101,9 +113,16 @@ pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
         return reject(414, "request_line_too_long");
     }
     let http10 = match request_line::parse(request_line) {
-        Ok(line) => line.http10,
+        Ok(line) => {
+            // `parse` took three parts split by single spaces: the method, then the target
+            let method_end = pos + line.method.len();
+            let target = method_end + 1;
+            index.set_request_line((pos, method_end), (target, target + line.target.len()));
+            line.http10
+        }
         Err(bad) => return reject(400, bad.reason()),
     };
+    index.http10 = http10;
     pos += line_end + 1;
     let headers_start = pos;
 
@@ -123,6 +142,7 @@ pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
             }
             return HeadScan::Incomplete;
         };
+        let line_start = pos;
         let line = trim_cr(&buf[pos..pos + end]);
         pos += end + 1;
         if pos - headers_start > limits.max_headers_size {
@@ -148,10 +168,25 @@ pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
         if name.is_empty() || !name.iter().all(|b| is_tchar(*b)) {
             return reject(400, "bad_header");
         }
-        let value = line[colon + 1..].trim_ascii();
-        if value.iter().any(|b| *b == b'\r' || *b == 0) {
-            return reject(400, "bad_header");
+        let raw_value = &line[colon + 1..];
+        // a value of tabs and visible or non-ASCII bytes holds no CR or NUL
+        if !raw_value.iter().all(|b| is_field_value_byte(*b)) {
+            index.lenient_bytes = true;
+            if raw_value
+                .trim_ascii()
+                .iter()
+                .any(|b| *b == b'\r' || *b == 0)
+            {
+                return reject(400, "bad_header");
+            }
         }
+        let value_from = colon + 1 + (raw_value.len() - raw_value.trim_ascii_start().len());
+        let value = line[value_from..].trim_ascii_end();
+        let value_start = line_start + value_from;
+        index.push_field(
+            (line_start, line_start + colon),
+            (value_start, value_start + value.len()),
+        );
         if name.eq_ignore_ascii_case(b"content-length") {
             content_lengths += 1 + value.iter().filter(|b| **b == b',').count();
             declared_length = std::str::from_utf8(value)
@@ -194,6 +229,7 @@ pub fn scan_head(buf: &[u8], limits: &Limits) -> HeadScan {
         (0, None) => BodyFraming::None,
         _ => BodyFraming::Chunked,
     };
+    index.complete(pos);
     HeadScan::Complete {
         head_len: pos,
         body,
@@ -217,6 +253,23 @@ fn trim_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
+/// Whether `prefix` (CR and LF bytes) is a run of empty lines as `httparse` reads them: each
+/// CR followed by an LF.
+fn crlf_lines(prefix: &[u8]) -> bool {
+    let mut bytes = prefix.iter();
+    while let Some(b) = bytes.next() {
+        if *b == b'\r' && bytes.next() != Some(&b'\n') {
+            return false;
+        }
+    }
+    true
+}
+
+/// A byte `httparse` takes in a field value (RFC 9110's `field-vchar`, `obs-text`, SP, HTAB).
+fn is_field_value_byte(b: u8) -> bool {
+    b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
+}
+
 /// RFC 9110 token characters.
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -224,8 +277,9 @@ fn is_tchar(b: u8) -> bool {
 
 /// What reading one request head produced.
 enum Head {
+    /// A whole head is in the buffer, followed by `buf.len() - head_len` bytes of what comes
+    /// next; the index says where its parts lie.
     Ready {
-        buf: BytesMut,
         head_len: usize,
         body: BodyFraming,
     },
@@ -285,13 +339,13 @@ impl Ingress {
     async fn answer_hit(
         &self,
         stream: &mut Client,
-        head: &[u8],
+        (head, index): (&[u8], &HeadIndex),
         last: bool,
         waited: &mut Option<Duration>,
     ) -> Option<bool> {
         let hits = self.hits.as_ref()?;
         let started = std::time::Instant::now();
-        let answer = match hits.answer(head, last, false) {
+        let answer = match hits.answer(head, index, last, false) {
             Lane::Answer(answer) => answer,
             Lane::Decline => return None,
             Lane::Wait(mut fetched) => {
@@ -299,7 +353,7 @@ impl Ingress {
                 let limit = hits.lock_wait();
                 let _ = tokio::time::timeout(limit, fetched.changed()).await;
                 *waited = Some(started.elapsed());
-                match hits.answer(head, last, true) {
+                match hits.answer(head, index, last, true) {
                     Lane::Answer(answer) => answer,
                     Lane::Decline | Lane::Wait(_) => return None,
                 }
@@ -334,18 +388,19 @@ impl Ingress {
         }
     }
 
-    /// Read one head. `deadline` bounds the whole head; `idle` bounds the wait for its first byte;
-    /// `served` counts the requests already answered on the connection.
+    /// Read one head into `buf` (empty), noting where its parts lie in `index`. `deadline`
+    /// bounds the whole head; `idle` bounds the wait for its first byte; `served` counts the
+    /// requests already answered on the connection.
     async fn read_head(
         &self,
         stream: &mut Client,
+        (buf, index): (&mut BytesMut, &mut HeadIndex),
         idle: Duration,
         served: u32,
         shutdown: &ShutdownWatch,
     ) -> Head {
         let limits = &self.limits;
         let cap = limits.max_request_line + limits.max_headers_size + 128;
-        let mut buf = BytesMut::with_capacity(4096);
         let mut deadline: Option<Instant> = None;
         let mut shutdown = shutdown.clone();
         // A connection's first request is awaited even during a shutdown: the client has sent
@@ -361,7 +416,7 @@ impl Ingress {
                 buf.reserve(4096);
             }
             let read = tokio::select! {
-                r = tokio::time::timeout_at(wait_until, stream.read_buf(&mut buf)) => r,
+                r = tokio::time::timeout_at(wait_until, stream.read_buf(&mut *buf)) => r,
                 _ = shutdown.changed(), if buf.is_empty() && !first => return Head::Closed,
             };
             match read {
@@ -378,14 +433,8 @@ impl Ingress {
             if deadline.is_none() {
                 deadline = Some(Instant::now() + limits.header_timeout);
             }
-            match scan_head(&buf, limits) {
-                HeadScan::Complete { head_len, body } => {
-                    return Head::Ready {
-                        buf,
-                        head_len,
-                        body,
-                    }
-                }
+            match scan_head_indexed(buf, limits, index) {
+                HeadScan::Complete { head_len, body } => return Head::Ready { head_len, body },
                 HeadScan::Reject { status, reason } => return Head::Reject { status, reason },
                 HeadScan::Incomplete if buf.len() > cap => {
                     return Head::Reject {
@@ -517,26 +566,32 @@ impl ServerApp for Ingress {
         };
         let guard = BodyGuard::new(pace, self.limits.max_headers_size, self.limits.send_timeout);
         let mut stream = Watched::new(stream, guard);
+        // The head buffer, kept from one request to the next while the hit lane answers them
+        // (a request it leaves takes the buffer to Pingora), and where the head's parts lie.
+        let mut buf = BytesMut::new();
+        let mut index = HeadIndex::new();
         loop {
-            match self.read_head(&mut stream, idle, served, shutdown).await {
+            buf.clear();
+            let into = (&mut buf, &mut index);
+            match self
+                .read_head(&mut stream, into, idle, served, shutdown)
+                .await
+            {
                 Head::Closed => return None,
                 Head::Reject { status, reason } => {
                     METRICS.rejected.with_label_values(&[reason]).inc();
                     write_rejection(&mut stream, status).await;
                     return None;
                 }
-                Head::Ready {
-                    buf,
-                    head_len,
-                    body,
-                } => {
+                Head::Ready { head_len, body } => {
                     // reuses left after this request (0: it is the connection's last)
                     let reuses = self.limits.keepalive_requests.saturating_sub(served + 1);
                     let last = reuses == 0 || *shutdown.borrow();
                     served = served.saturating_add(1);
                     idle = self.limits.keepalive_timeout;
                     let mut waited = None;
-                    match self.answer_hit(&mut stream, &buf, last, &mut waited).await {
+                    let head = (&buf[..], &index);
+                    match self.answer_hit(&mut stream, head, last, &mut waited).await {
                         Some(true) => continue,
                         Some(false) => return None,
                         None => {}
@@ -566,7 +621,7 @@ impl ServerApp for Ingress {
                     // (without them, one stalled client stalls everyone reading the fill). A
                     // client that takes nothing in is cut off by the body guard's send timeout.
                     session.set_proxy_tasks_enabled(true);
-                    session.set_pipelined_prefix(buf);
+                    session.set_pipelined_prefix(std::mem::take(&mut buf));
                     let reused = self.proxy.process_new_http(session, shutdown).await?;
                     stream = Watched::recover(reused.consume().0)?;
                 }
@@ -582,6 +637,11 @@ impl ServerApp for Ingress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::{request_directives, rfc9111};
+    use crate::config::RouteCache;
+    use crate::http_syntax::head_index::MAX_FIELDS;
+    use crate::proxy::hit_lane::{plain_request, PlainRequest, SHAPING_FIELDS};
+    use http::Method;
 
     fn scan(text: &str) -> HeadScan {
         scan_head(text.as_bytes(), &Limits::default())
@@ -742,6 +802,378 @@ mod tests {
             scan("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"),
             HeadScan::Complete { .. }
         ));
+    }
+
+    /// Scan `text` as the front door does and hand what the hit lane reads of it (`None` also
+    /// when the scan did not find a whole head: the lane is never asked) to `check`.
+    fn with_plain(text: &str, check: impl FnOnce(Option<&PlainRequest<'_>>)) {
+        let mut index = HeadIndex::new();
+        let scanned = scan_head_indexed(text.as_bytes(), &Limits::default(), &mut index);
+        let plain = matches!(scanned, HeadScan::Complete { .. })
+            .then(|| plain_request(text.as_bytes(), &index))
+            .flatten();
+        check(plain.as_ref());
+    }
+
+    #[test]
+    fn a_plain_get_or_head_is_read() {
+        with_plain(
+            "GET /a/b?x=1 HTTP/1.1\r\nHost: Example.com\r\nAccept: */*\r\n\r\n",
+            |r| {
+                let r = r.expect("plain");
+                assert_eq!(r.method, Method::GET);
+                assert_eq!(
+                    (r.path_and_query, r.path, r.host, r.close),
+                    ("/a/b?x=1", "/a/b", "Example.com", false)
+                );
+                assert_eq!(r.view().values("accept").collect::<Vec<_>>(), [b"*/*"]);
+            },
+        );
+        with_plain(
+            "HEAD / HTTP/1.1\r\nhost: a\r\nConnection: Close\r\nCookie: c=1\r\n\r\n",
+            |r| {
+                let r = r.expect("plain");
+                assert!(r.head_only() && r.close && r.view().contains("cookie"));
+            },
+        );
+        with_plain(
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+            |r| assert!(r.is_some()),
+        );
+    }
+
+    #[test]
+    fn a_different_shape_of_answer_goes_the_full_way() {
+        for head in [
+            "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+            "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /a/../b HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nIf-None-Match: \"x\"\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nIf-Modified-Since: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nRange: bytes=0-1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: x-hop\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nVerge-Tier-Hop: b 1 0 http 00\r\n\r\n",
+            // a pipelined second request, or an unfinished head
+            "GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\n",
+        ] {
+            with_plain(head, |r| assert_eq!(r, None, "{head:?}"));
+        }
+    }
+
+    #[test]
+    fn the_cache_rules_decide_on_the_lanes_view_as_on_the_full_path() {
+        let rules = RouteCache::default();
+        let public = RouteCache {
+            public: true,
+            ..RouteCache::default()
+        };
+        for (head, bypass_private, bypass_public) in [
+            ("GET / HTTP/1.1\r\nHost: a\r\n\r\n", false, false),
+            ("POST / HTTP/1.1\r\nHost: a\r\n\r\n", true, true),
+            ("PURGE / HTTP/1.1\r\nHost: a\r\n\r\n", true, true),
+            // credentials are decided against the stored entry (`hit_decision::decide`)
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: x\r\n\r\n",
+                false,
+                false,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nCookie: c=1\r\n\r\n",
+                true,
+                false,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nCache-Control: no-store\r\n\r\n",
+                true,
+                true,
+            ),
+        ] {
+            with_plain(head, |r| {
+                let r = r.expect("plain");
+                let view = r.view();
+                assert_eq!(
+                    rfc9111::request_bypass(&view, &rules).is_some(),
+                    bypass_private,
+                    "{head:?}"
+                );
+                assert_eq!(
+                    rfc9111::request_bypass(&view, &public).is_some(),
+                    bypass_public,
+                    "{head:?}"
+                );
+                let authorized = head.contains("Authorization");
+                assert_eq!(
+                    request_directives::for_route(&view, &rules).credentials,
+                    authorized,
+                    "{head:?}"
+                );
+                assert!(!request_directives::for_route(&view, &public).credentials);
+            });
+        }
+    }
+
+    /// What the lane makes of a head: method, target, path, host, close and the field lines.
+    type Reading<'a> = (
+        Method,
+        &'a str,
+        &'a str,
+        &'a str,
+        bool,
+        Vec<(&'a [u8], &'a [u8])>,
+    );
+
+    fn reading<'a>(r: &PlainRequest<'a>) -> Reading<'a> {
+        let fields = r.fields.iter();
+        let lines = fields.map(|f| (f.name(r.head), f.value(r.head))).collect();
+        (
+            r.method.clone(),
+            r.path_and_query,
+            r.path,
+            r.host,
+            r.close,
+            lines,
+        )
+    }
+
+    /// The hit lane's reading of a head before the scan indexed it: `httparse` over the buffer,
+    /// then `http`'s target parse and the path checks.
+    fn httparse_plain_request<'a>(
+        head: &'a [u8],
+        lines: &'a mut [httparse::Header<'a>],
+    ) -> Option<Reading<'a>> {
+        let mut req = httparse::Request::new(lines);
+        match req.parse(head) {
+            Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+            _ => return None,
+        }
+        let method = http::Method::from_bytes(req.method?.as_bytes()).ok()?;
+        if req.version? != 1 {
+            return None;
+        }
+        let target = req.path?;
+        if target.contains('#') {
+            return None;
+        }
+        let parsed = http::uri::PathAndQuery::try_from(target).ok()?;
+        if parsed.as_str() != target
+            || crate::http_syntax::target::check_path(method.as_str(), parsed.path()).is_err()
+        {
+            return None;
+        }
+        let path = &target[..parsed.path().len()];
+        let (mut host, mut close) = (None, false);
+        let fields: &'a [httparse::Header<'a>] = req.headers;
+        for field in fields {
+            let name = field.name;
+            if name.eq_ignore_ascii_case("host") {
+                if host.is_some() {
+                    return None;
+                }
+                host = Some(std::str::from_utf8(field.value).ok()?);
+            } else if name.eq_ignore_ascii_case("connection") {
+                for option in field.value.split(|b| *b == b',') {
+                    let option = option.trim_ascii();
+                    if option.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !option.eq_ignore_ascii_case(b"keep-alive") && !option.is_empty() {
+                        return None;
+                    }
+                }
+            } else if SHAPING_FIELDS.iter().any(|d| name.eq_ignore_ascii_case(d))
+                // the tier's hop marker
+                || name.eq_ignore_ascii_case("verge-tier-hop")
+            {
+                return None;
+            }
+        }
+        let lines = fields
+            .iter()
+            .map(|f| (f.name.as_bytes(), f.value))
+            .collect();
+        Some((method, target, path, host?, close, lines))
+    }
+
+    #[test]
+    fn the_lane_reads_the_scanned_head_as_httparse_read_it() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        fn pick(next: &mut dyn FnMut(usize) -> usize, from: &[&'static str]) -> &'static str {
+            from[next(from.len())]
+        }
+        const PREFIXES: &[&str] = &["", "", "", "\r\n", "\n", "\r", "\r\r\n", "\n\r\n", "\r\n\r"];
+        const METHODS: &[&str] = &["GET", "GET", "HEAD", "POST", "OPTIONS", "PURGE", "gET"];
+        const TARGETS: &[&str] = &[
+            "/",
+            "/a/b?x=1",
+            "*",
+            "/a<b",
+            "/a?x=\"1\"",
+            "/a`b",
+            "/a?b`c",
+            "/{j}",
+            "/a?<",
+            "/%41",
+            "/a/../b",
+            "/a#f",
+            "/a?b?c",
+            "/~!$&'()*+,;=:@",
+            "/a\\b",
+            "/?a\\b",
+            "/a%2Fb",
+        ];
+        const VERSIONS: &[&str] = &["HTTP/1.1", "HTTP/1.1", "HTTP/1.0"];
+        const ENDS: &[&str] = &["\r\n", "\r\n", "\r\n", "\n", "\r\r\n"];
+        const NAMES: &[&str] = &[
+            "Host",
+            "host",
+            "HOST",
+            "Connection",
+            "Accept",
+            "Cookie",
+            "Cache-Control",
+            "Range",
+            "If-None-Match",
+            "Content-Length",
+            "Transfer-Encoding",
+            "Expect",
+            "Verge-Tier-Hop",
+            "X-A",
+            "User-Agent",
+            "X A",
+            "",
+            "Accept-Encoding",
+        ];
+        const SEPARATORS: &[&str] = &[":", ": ", ": ", ":\t", ":  ", " :"];
+        const VALUES: &[&str] = &[
+            "a",
+            "example.com",
+            "close",
+            "keep-alive",
+            "Close, keep-alive",
+            "x-hop",
+            "0",
+            "5",
+            "chunked",
+            "no-store",
+            "",
+            " ",
+            "a b",
+            "a\t",
+            "\x01",
+            "a\x0c",
+            "\x0cb",
+            "\x7f",
+            "a\rb",
+            "\r",
+            "\0",
+            "\u{e9}",
+            "caf\u{e9}.com",
+            "*/*",
+            "\"x\"",
+            "a,b",
+        ];
+        let limits = Limits::default();
+        let (mut complete, mut plain) = (0, 0);
+        for round in 0..200_000 {
+            let mut head = String::new();
+            head.push_str(pick(&mut next, PREFIXES));
+            head.push_str(pick(&mut next, METHODS));
+            head.push(' ');
+            head.push_str(pick(&mut next, TARGETS));
+            head.push(' ');
+            head.push_str(pick(&mut next, VERSIONS));
+            head.push_str(pick(&mut next, ENDS));
+            // around `MAX_FIELDS` now and then, of names the lane takes
+            let many = round % 50 == 0;
+            let fields = if many { 60 + next(8) } else { next(5) };
+            let host_first = next(4) != 0;
+            for i in 0..fields {
+                if i == 0 && host_first {
+                    head.push_str("Host: a\r\n");
+                    continue;
+                }
+                head.push_str(if many {
+                    pick(&mut next, &["Accept", "X-A", "Cookie"])
+                } else {
+                    pick(&mut next, NAMES)
+                });
+                head.push_str(pick(&mut next, SEPARATORS));
+                for _ in 0..next(3) {
+                    head.push_str(pick(&mut next, VALUES));
+                }
+                head.push_str(pick(&mut next, ENDS));
+            }
+            head.push_str(pick(&mut next, ENDS));
+            head.push_str(pick(&mut next, &["", "", "", "GET", "x"]));
+            let buf = head.as_bytes();
+            let mut index = HeadIndex::new();
+            if !matches!(
+                scan_head_indexed(buf, &limits, &mut index),
+                HeadScan::Complete { .. }
+            ) {
+                // never offered to the lane
+                continue;
+            }
+            complete += 1;
+            // `httparse` with as many slots as the lane had
+            let mut old_lines = [httparse::EMPTY_HEADER; MAX_FIELDS];
+            let old = httparse_plain_request(buf, &mut old_lines);
+            let new = plain_request(buf, &index).as_ref().map(reading);
+            assert_eq!(new, old, "{head:?}");
+            plain += usize::from(new.is_some());
+        }
+        // the generator reaches both outcomes often
+        assert!(complete > 40_000 && plain > 2_000, "{complete} {plain}");
+    }
+
+    #[test]
+    fn the_index_says_where_the_parts_lie() {
+        let head = b"\r\nGET /a?b HTTP/1.1\r\nHost:  x \r\nX-Empty:\r\nA:\tb c\t\n\r\n";
+        let mut index = HeadIndex::new();
+        let scanned = scan_head_indexed(head, &Limits::default(), &mut index);
+        assert!(matches!(scanned, HeadScan::Complete { head_len, .. } if head_len == head.len()));
+        assert_eq!(index.head_len(), Some(head.len()));
+        assert_eq!(index.method(head), Some(&b"GET"[..]));
+        assert_eq!(index.target(head), Some(&b"/a?b"[..]));
+        assert!(!index.http10 && !index.lenient_bytes);
+        let fields: Vec<_> = index
+            .fields()
+            .expect("indexed")
+            .iter()
+            .map(|f| (f.name(head), f.value(head)))
+            .collect();
+        assert_eq!(
+            fields,
+            [(&b"Host"[..], &b"x"[..]), (b"X-Empty", b""), (b"A", b"b c"),]
+        );
+        // bytes the scan takes and `httparse` refuses are flagged
+        for lenient in [
+            "\rGET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nX: a\x01\r\n\r\n",
+            "GET / HTTP/1.1\r\nX: a\r\r\n\r\n",
+        ] {
+            let scanned = scan_head_indexed(lenient.as_bytes(), &Limits::default(), &mut index);
+            assert!(matches!(scanned, HeadScan::Complete { .. }), "{lenient:?}");
+            assert!(index.lenient_bytes, "{lenient:?}");
+        }
+        // an unfinished head is not whole
+        scan_head_indexed(
+            b"GET / HTTP/1.1\r\nHost: a\r\n",
+            &Limits::default(),
+            &mut index,
+        );
+        assert_eq!(index.head_len(), None);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The request as the cache's decisions read it: method, version and fields. Both ways in fill
-//! it: the full path from Pingora's parsed head, the hit lane from its own `httparse` pass over
-//! the raw head. Every request rule (bypass, directives) takes this view, so a rule added for
-//! one path holds for the other by construction.
+//! it: the full path from Pingora's parsed head, the hit lane from the field lines the front
+//! door's scan found in the raw head. Every request rule (bypass, directives) takes this view,
+//! so a rule added for one path holds for the other by construction.
 
+use crate::http_syntax::head_index::FieldSpan;
 use http::{HeaderMap, Method, Version};
 use pingora_cache::cache_control::CacheControl;
 use pingora_http::RequestHeader;
@@ -19,8 +20,9 @@ pub struct RequestView<'a> {
 enum Fields<'a> {
     /// Pingora's parsed head.
     Map(&'a HeaderMap),
-    /// Field lines as `httparse` found them, in order.
-    Lines(&'a [httparse::Header<'a>]),
+    /// Field lines where the front door's scan found them in the raw head (the first slice),
+    /// in order.
+    Indexed(&'a [u8], &'a [FieldSpan]),
 }
 
 impl<'a> RequestView<'a> {
@@ -33,16 +35,17 @@ impl<'a> RequestView<'a> {
         }
     }
 
-    /// The view of a head read by `httparse` (the hit lane).
-    pub fn from_lines(
+    /// The view of a raw `head` whose field lines lie at `fields` (the hit lane).
+    pub fn from_index(
         method: &'a Method,
         version: Version,
-        lines: &'a [httparse::Header<'a>],
+        head: &'a [u8],
+        fields: &'a [FieldSpan],
     ) -> Self {
         RequestView {
             method,
             version,
-            fields: Fields::Lines(lines),
+            fields: Fields::Indexed(head, fields),
         }
     }
 
@@ -58,19 +61,20 @@ impl<'a> RequestView<'a> {
 
     /// The values of every field line named `name` (lowercase), in order.
     pub fn values(&self, name: &'static str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let (map, lines) = match self.fields {
+        let (map, indexed) = match self.fields {
             Fields::Map(m) => (Some(m), None),
-            Fields::Lines(l) => (None, Some(l)),
+            Fields::Indexed(head, spans) => (None, Some((head, spans))),
         };
         let from_map = map
             .into_iter()
             .flat_map(move |m| m.get_all(name).into_iter().map(|v| v.as_bytes()));
-        let from_lines = lines.into_iter().flat_map(move |l| {
-            l.iter()
-                .filter(move |f| f.name.eq_ignore_ascii_case(name))
-                .map(|f| f.value)
+        let from_index = indexed.into_iter().flat_map(move |(head, spans)| {
+            spans
+                .iter()
+                .filter(move |f| f.name(head).eq_ignore_ascii_case(name.as_bytes()))
+                .map(move |f| f.value(head))
         });
-        from_map.chain(from_lines)
+        from_map.chain(from_index)
     }
 
     /// Whether the request has a field named `name` (lowercase).
@@ -82,12 +86,12 @@ impl<'a> RequestView<'a> {
     pub fn cache_control(&self) -> Option<CacheControl> {
         match self.fields {
             Fields::Map(m) => CacheControl::from_headers_named("cache-control", m),
-            Fields::Lines(_) => {
+            Fields::Indexed(..) => {
                 let mut lines = self.values("cache-control").peekable();
                 lines.peek()?;
                 let mut map = HeaderMap::new();
                 for value in lines {
-                    // a value httparse accepted but `http` does not is no directive of ours
+                    // a value the scan took but `http` does not is no directive of ours
                     if let Ok(v) = http::HeaderValue::from_bytes(value) {
                         map.append(http::header::CACHE_CONTROL, v);
                     }
@@ -101,14 +105,22 @@ impl<'a> RequestView<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http_syntax::head_index::HeadIndex;
 
     #[test]
     fn both_parsers_give_the_same_view() {
         let raw = b"GET /a HTTP/1.1\r\nHost: a\r\nCache-Control: max-age=5\r\ncookie: x=1\r\nCache-Control: no-cache\r\n\r\n";
-        let mut lines = [httparse::EMPTY_HEADER; 8];
-        let mut parsed = httparse::Request::new(&mut lines);
-        parsed.parse(raw).expect("head");
-        let lane = RequestView::from_lines(&Method::GET, Version::HTTP_11, parsed.headers);
+        // the field lines as the front door's scan indexes them: name, then value after ": "
+        let mut index = HeadIndex::new();
+        let mut at = raw.iter().position(|b| *b == b'\n').expect("line") + 1;
+        while raw[at] != b'\r' {
+            let end = at + raw[at..].iter().position(|b| *b == b'\r').expect("end");
+            let colon = at + raw[at..end].iter().position(|b| *b == b':').expect(":");
+            index.push_field((at, colon), (colon + 2, end));
+            at = end + 2;
+        }
+        let spans = index.fields().expect("indexed");
+        let lane = RequestView::from_index(&Method::GET, Version::HTTP_11, raw, spans);
 
         let mut req = RequestHeader::build("GET", b"/a", None).expect("req");
         req.append_header("host", "a").expect("h");

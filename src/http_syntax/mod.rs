@@ -4,6 +4,7 @@
 pub mod chunked;
 pub mod fields;
 pub mod h2_request;
+pub mod head_index;
 pub mod host;
 pub mod request_line;
 pub mod target;

@@ -32,7 +32,8 @@ use crate::cache::storage::Servable;
 use crate::cache::stored_meta::HeadOnDemand;
 use crate::cache::{self, cache_status, request_directives, rfc9111, CacheEngine};
 use crate::config::{EdgeRules, LogField, Rewrite, RouteCache, RouteSpec};
-use crate::http_syntax::{host::canonical_host, scheme, target};
+use crate::http_syntax::head_index::{FieldSpan, HeadIndex};
+use crate::http_syntax::{host::canonical_host, scheme};
 use crate::snapshot::{Route, SharedSnapshot, Snapshot};
 use crate::upstream::hop_marker::HOP_FIELD;
 use bytes::{Bytes, BytesMut};
@@ -44,14 +45,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// Most header fields a request may have and still be parsed here.
-const MAX_FIELDS: usize = 64;
-
 /// Request fields that change the shape of the answer rather than the cache's say, which the
 /// lane leaves to Pingora: preconditions (304/412), ranges (206), bodies and their framing,
 /// `Expect`, and upgrades. (Credentials, cookies, methods, WebSocket handshakes and cache
 /// directives are the cache's rules, decided by the functions both paths call.)
-const SHAPING_FIELDS: [&str; 11] = [
+pub const SHAPING_FIELDS: [&str; 11] = [
     "if-match",
     "if-none-match",
     "if-modified-since",
@@ -64,6 +62,29 @@ const SHAPING_FIELDS: [&str; 11] = [
     "transfer-encoding",
     "http2-settings",
 ];
+
+/// The path of an origin-form `target` (or `*`), when `http`'s `PathAndQuery` takes the target as
+/// it is (what Pingora's request head holds): no fragment, and none of the bytes it refuses
+/// (`<`, `>` and `` ` `` in the path; `"`, `<` and `>` in the query; controls and spaces). The
+/// same as parsing it with `PathAndQuery::try_from`, without the copy that makes. Pure.
+pub fn origin_path(target: &str) -> Option<&str> {
+    /// `http`'s longest URI.
+    const MAX_LEN: usize = u16::MAX as usize - 1;
+    if target == "*" {
+        return Some(target);
+    }
+    if !target.starts_with('/') || target.len() > MAX_LEN {
+        return None;
+    }
+    let (path, query) = target.split_at(target.find('?').unwrap_or(target.len()));
+    let path_ok = path.bytes().all(
+        |b| matches!(b, b'!' | b'"' | b'$'..=b';' | b'=' | b'@'..=b'_' | b'a'..=b'~' | 0x80..),
+    );
+    let query_ok = query
+        .bytes()
+        .all(|b| matches!(b, b'!' | b'$'..=b';' | b'=' | b'?'..=b'~' | 0x80..));
+    (path_ok && query_ok).then_some(path)
+}
 
 /// A request whose answer, if it is a hit, has the shape the lane writes.
 #[derive(Debug, PartialEq, Eq)]
@@ -78,14 +99,16 @@ pub struct PlainRequest<'a> {
     pub host: &'a str,
     /// The client asked to close the connection after this response.
     pub close: bool,
-    /// Every field line, in order.
-    pub fields: &'a [httparse::Header<'a>],
+    /// The raw head.
+    pub head: &'a [u8],
+    /// Where every field line lies in `head`, in order.
+    pub fields: &'a [FieldSpan],
 }
 
 impl<'a> PlainRequest<'a> {
     /// The view the cache's rules read.
     pub fn view(&'a self) -> RequestView<'a> {
-        RequestView::from_lines(&self.method, Version::HTTP_11, self.fields)
+        RequestView::from_index(&self.method, Version::HTTP_11, self.head, self.fields)
     }
 
     /// `HEAD`: the head alone.
@@ -94,44 +117,34 @@ impl<'a> PlainRequest<'a> {
     }
 }
 
-/// Read a whole request head (and nothing after it) into `lines`. `None` when the answer would
-/// not have the lane's shape: anything but HTTP/1.1 in origin form with exactly one `Host`, a
-/// target the full path refuses, a field in `SHAPING_FIELDS`, a tier hop marker (checked, and
-/// answered under the owner's own `Cache-Status` name, by the full path), or a `Connection`
-/// option other than `keep-alive` and `close`. Pure.
-pub fn plain_request<'a>(
-    head: &'a [u8],
-    lines: &'a mut [httparse::Header<'a>],
-) -> Option<PlainRequest<'a>> {
-    let mut req = httparse::Request::new(lines);
-    match req.parse(head) {
-        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
-        _ => return None,
-    }
-    let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
-    if req.version? != 1 {
+/// Read a whole request head (and nothing after it) from where the front door's scan found its
+/// parts (`index`, which must describe `head`: the scan checked every line, so nothing is
+/// parsed again here). `None` when the answer would not have the lane's shape: anything but
+/// HTTP/1.1 in origin form with exactly one `Host`, a target `http` would not take as it is, a
+/// field in `SHAPING_FIELDS`, a tier hop marker (checked, and answered under the owner's own
+/// `Cache-Status` name, by the full path), a `Connection` option other than `keep-alive` and
+/// `close`, more than 64 fields (`head_index::MAX_FIELDS`), or bytes Pingora's parser
+/// (`httparse`) would refuse. Pure.
+pub fn plain_request<'a>(head: &'a [u8], index: &'a HeadIndex) -> Option<PlainRequest<'a>> {
+    if index.head_len() != Some(head.len()) || index.lenient_bytes || index.http10 {
         return None;
     }
-    let target = req.path?;
-    if target.contains('#') {
-        return None;
-    }
-    let parsed = http::uri::PathAndQuery::try_from(target).ok()?;
-    if parsed.as_str() != target || target::check_path(method.as_str(), parsed.path()).is_err() {
-        return None;
-    }
-    let path = &target[..parsed.path().len()];
+    let method = Method::from_bytes(index.method(head)?).ok()?;
+    let target = std::str::from_utf8(index.target(head)?).ok()?;
+    // the scan checked the target and its path (`request_line::parse`): left are the bytes
+    // `http` refuses
+    let path = origin_path(target)?;
+    let fields = index.fields()?;
     let (mut host, mut close) = (None, false);
-    let fields: &'a [httparse::Header<'a>] = req.headers;
     for field in fields {
-        let name = field.name;
-        if name.eq_ignore_ascii_case("host") {
+        let (name, value) = (field.name(head), field.value(head));
+        if name.eq_ignore_ascii_case(b"host") {
             if host.is_some() {
                 return None;
             }
-            host = Some(std::str::from_utf8(field.value).ok()?);
-        } else if name.eq_ignore_ascii_case("connection") {
-            for option in field.value.split(|b| *b == b',') {
+            host = Some(std::str::from_utf8(value).ok()?);
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for option in value.split(|b| *b == b',') {
                 let option = option.trim_ascii();
                 if option.eq_ignore_ascii_case(b"close") {
                     close = true;
@@ -139,8 +152,10 @@ pub fn plain_request<'a>(
                     return None;
                 }
             }
-        } else if SHAPING_FIELDS.iter().any(|d| name.eq_ignore_ascii_case(d))
-            || name.eq_ignore_ascii_case(HOP_FIELD)
+        } else if SHAPING_FIELDS
+            .iter()
+            .any(|d| name.eq_ignore_ascii_case(d.as_bytes()))
+            || name.eq_ignore_ascii_case(HOP_FIELD.as_bytes())
         {
             return None;
         }
@@ -151,6 +166,7 @@ pub fn plain_request<'a>(
         path,
         host: host?,
         close,
+        head,
         fields,
     })
 }
@@ -372,9 +388,8 @@ impl HitLane {
     /// uninvalidated stored response. `last`: this response must close the connection (the
     /// keep-alive request limit, or shutdown). Counts the hit with the eviction manager, as a
     /// Pingora hit does.
-    pub fn answer(&self, head: &[u8], last: bool, waited: bool) -> Lane {
-        let mut lines = [httparse::EMPTY_HEADER; MAX_FIELDS];
-        plain_request(head, &mut lines)
+    pub fn answer(&self, head: &[u8], index: &HeadIndex, last: bool, waited: bool) -> Lane {
+        plain_request(head, index)
             .and_then(|req| self.try_answer(&req, last, waited))
             .unwrap_or(Lane::Decline)
     }
@@ -505,11 +520,9 @@ impl HitLane {
             entry.body().clone()
         };
         let logged = decided_with.log().is_some().then(|| {
-            let field = |name: &str| {
-                req.fields
-                    .iter()
-                    .find(|f| f.name.eq_ignore_ascii_case(name))
-                    .map(|f| String::from_utf8_lossy(f.value).into_owned())
+            let field = |name: &'static str| {
+                let value = req.view().values(name).next()?;
+                Some(String::from_utf8_lossy(value).into_owned())
             };
             Logged {
                 path: req.path_and_query.to_string(),
@@ -593,113 +606,57 @@ impl HitLane {
 mod tests {
     use super::*;
 
-    /// Parse `text` and hand the plain request (if any) to `check`.
-    fn with_plain(text: &str, check: impl FnOnce(Option<&PlainRequest<'_>>)) {
-        let mut lines = [httparse::EMPTY_HEADER; MAX_FIELDS];
-        check(plain_request(text.as_bytes(), &mut lines).as_ref());
-    }
+    // How the lane reads heads (`plain_request`) is tested with the front door's scan, which
+    // indexes them, in `ingress.rs`.
 
     #[test]
-    fn a_plain_get_or_head_is_read() {
-        with_plain(
-            "GET /a/b?x=1 HTTP/1.1\r\nHost: Example.com\r\nAccept: */*\r\n\r\n",
-            |r| {
-                let r = r.expect("plain");
-                assert_eq!(r.method, Method::GET);
-                assert_eq!(
-                    (r.path_and_query, r.path, r.host, r.close),
-                    ("/a/b?x=1", "/a/b", "Example.com", false)
-                );
-                assert_eq!(r.view().values("accept").collect::<Vec<_>>(), [b"*/*"]);
-            },
-        );
-        with_plain(
-            "HEAD / HTTP/1.1\r\nhost: a\r\nConnection: Close\r\nCookie: c=1\r\n\r\n",
-            |r| {
-                let r = r.expect("plain");
-                assert!(r.head_only() && r.close && r.view().contains("cookie"));
-            },
-        );
-        with_plain(
-            "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
-            |r| assert!(r.is_some()),
-        );
-    }
-
-    #[test]
-    fn a_different_shape_of_answer_goes_the_full_way() {
-        for head in [
-            "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
-            "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
-            "GET / HTTP/1.1\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-            "GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n",
-            "GET /a/../b HTTP/1.1\r\nHost: a\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nIf-None-Match: \"x\"\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nIf-Modified-Since: x\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nRange: bytes=0-1\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nConnection: x-hop\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nVerge-Tier-Hop: b 1 0 http 00\r\n\r\n",
-            // a pipelined second request, or an unfinished head
-            "GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\n",
-        ] {
-            with_plain(head, |r| assert_eq!(r, None, "{head:?}"));
-        }
-    }
-
-    #[test]
-    fn the_cache_rules_decide_on_the_lanes_view_as_on_the_full_path() {
-        let rules = RouteCache::default();
-        let public = RouteCache {
-            public: true,
-            ..RouteCache::default()
+    fn origin_path_agrees_with_http_on_every_target() {
+        // what the lane did before: parse with `PathAndQuery`, which copies the target
+        let reference = |target: &str| -> Option<usize> {
+            if target.contains('#') {
+                return None;
+            }
+            let parsed = http::uri::PathAndQuery::try_from(target).ok()?;
+            (parsed.as_str() == target).then(|| parsed.path().len())
         };
-        for (head, bypass_private, bypass_public) in [
-            ("GET / HTTP/1.1\r\nHost: a\r\n\r\n", false, false),
-            ("POST / HTTP/1.1\r\nHost: a\r\n\r\n", true, true),
-            ("PURGE / HTTP/1.1\r\nHost: a\r\n\r\n", true, true),
-            // credentials are decided against the stored entry (`hit_decision::decide`)
-            (
-                "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: x\r\n\r\n",
-                false,
-                false,
-            ),
-            (
-                "GET / HTTP/1.1\r\nHost: a\r\nCookie: c=1\r\n\r\n",
-                true,
-                false,
-            ),
-            (
-                "GET / HTTP/1.1\r\nHost: a\r\nCache-Control: no-store\r\n\r\n",
-                true,
-                true,
-            ),
-        ] {
-            with_plain(head, |r| {
-                let r = r.expect("plain");
-                let view = r.view();
-                assert_eq!(
-                    rfc9111::request_bypass(&view, &rules).is_some(),
-                    bypass_private,
-                    "{head:?}"
-                );
-                assert_eq!(
-                    rfc9111::request_bypass(&view, &public).is_some(),
-                    bypass_public,
-                    "{head:?}"
-                );
-                let authorized = head.contains("Authorization");
-                assert_eq!(
-                    request_directives::for_route(&view, &rules).credentials,
-                    authorized,
-                    "{head:?}"
-                );
-                assert!(!request_directives::for_route(&view, &public).credentials);
-            });
+        const ALPHABET: &[u8] = b"/a?=&%2#<>`\"{}|^ ~!$;:@[]\x7f\t\xc3\xa9*.";
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut checked = 0;
+        for round in 0..200_000 {
+            let len = (next() % 10) as usize;
+            let mut bytes: Vec<u8> = (0..len)
+                .map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize])
+                .collect();
+            // most targets the lane sees start with a slash
+            if round % 4 != 0 {
+                bytes.insert(0, b'/');
+            }
+            let Ok(target) = std::str::from_utf8(&bytes) else {
+                continue;
+            };
+            let ours = origin_path(target);
+            if target.starts_with('/') || target == "*" {
+                assert_eq!(ours.map(str::len), reference(target), "{target:?}");
+                if let Some(path) = ours {
+                    assert!(target.starts_with(path), "{target:?}");
+                }
+                checked += 1;
+            } else {
+                // not origin form: the front door refused it before the lane could look
+                assert_eq!(ours, None, "{target:?}");
+            }
         }
+        assert!(checked > 100_000);
+        let long = format!("/{}", "a".repeat(70_000));
+        assert_eq!(origin_path(&long).map(str::len), reference(&long));
+        let longest = format!("/{}", "a".repeat(65_533));
+        assert_eq!(origin_path(&longest).map(str::len), reference(&longest));
     }
 
     #[test]
