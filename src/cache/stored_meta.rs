@@ -1091,7 +1091,7 @@ mod head_tests {
 
     #[test]
     fn the_stored_head_is_the_one_made_from_a_copy_of_the_header() {
-        let mut rng = crate::cache::xorshift::Rng(0x5eed_0f_4ead);
+        let mut rng = crate::cache::xorshift::Rng(0x005e_ed0f_4ead);
         let (mut with_client, mut out_of_order) = (0, 0);
         for _ in 0..10_000 {
             let (header, variance) = generated(&mut rng);
