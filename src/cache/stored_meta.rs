@@ -177,12 +177,9 @@ impl StoredHead for HeadOnDemand<'_> {
     }
 }
 
-/// The client head of `header` as it is sent, and its facts (`end` left at 0), when a hit on it
-/// can be answered as stored.
-fn client_head_of(
-    header: &ResponseHeader,
-    variance: Option<HashBinary>,
-) -> Option<(Vec<u8>, ClientFacts)> {
+/// The facts of `header`'s client head (`end` left at 0), when a hit on it can be answered as
+/// stored.
+fn client_facts(header: &ResponseHeader, variance: Option<HashBinary>) -> Option<ClientFacts> {
     use http::header;
     let fields = &header.headers;
     if header.status != StatusCode::OK || variance.is_some() {
@@ -205,31 +202,135 @@ fn client_head_of(
         0 if coding.is_some() => None,
         _ => return None,
     };
-    let mut client = header.clone();
-    for name in super::rfc9111::CLIENT_HIDDEN_HEADERS.iter().chain([
-        &header::AGE,
-        &header::ACCEPT_RANGES,
-        &header::CONNECTION,
-        &header::TRANSFER_ENCODING,
-    ]) {
-        client.remove_header(name);
-    }
-    let mut bytes = Vec::with_capacity(512);
-    bytes.extend_from_slice(STATUS_LINE);
-    client.header_to_h1_wire(&mut bytes);
     // what `rfc9111::shared_with_credentials` and `request_directives::forbids_stale` say, from
     // one parse of the governing directives (each of them parses them anew)
     let governing = super::rfc9111::governing_cache_control(header);
     let cc = governing.as_deref();
-    let facts = ClientFacts {
+    Some(ClientFacts {
         end: 0,
         content_length,
         has_date: fields.contains_key(header::DATE),
         coding,
         shared_with_credentials: cc.is_some_and(|c| c.allow_caching_authorized_req()),
         forbids_stale: cc.is_some_and(super::rfc9111::refuses_stale),
-    };
-    Some((bytes, facts))
+    })
+}
+
+/// The fields a [`ClientHead`] leaves out besides [`super::rfc9111::CLIENT_HIDDEN_HEADERS`]:
+/// each response sets its own.
+static ALSO_NOT_SENT: [HeaderName; 4] = [
+    http::header::AGE,
+    http::header::ACCEPT_RANGES,
+    http::header::CONNECTION,
+    http::header::TRANSFER_ENCODING,
+];
+
+/// The fields a [`ClientHead`] leaves out, in the order they are removed from a copy of the
+/// stored header. The order matters: `HeaderMap` removes a name by moving its last name into
+/// its place, and the client head is in the order that leaves.
+fn not_sent() -> impl Iterator<Item = &'static HeaderName> {
+    super::rfc9111::CLIENT_HIDDEN_HEADERS
+        .iter()
+        .chain(&ALSO_NOT_SENT)
+}
+
+/// The client head of `header` as it is sent: status line, then a copy of `header` without the
+/// fields [`not_sent`] names, in wire form. What [`arranged`] reads off the stored lines
+/// without the copy; kept for a header whose wire form has more lines than it has fields
+/// (never: a field value holds no line break).
+fn client_head_by_clone(header: &ResponseHeader) -> Vec<u8> {
+    let mut client = header.clone();
+    for name in not_sent() {
+        client.remove_header(name);
+    }
+    let mut bytes = Vec::with_capacity(512);
+    bytes.extend_from_slice(STATUS_LINE);
+    client.header_to_h1_wire(&mut bytes);
+    bytes
+}
+
+/// One field name's lines in a stored head's wire form (a name's values are adjacent there).
+struct NameLines<'a> {
+    name: &'a HeaderName,
+    /// Its first line's index, and the number of lines.
+    first: usize,
+    count: usize,
+    /// Where its lines are in the wire form.
+    bytes: Range<usize>,
+    /// Whether the client head sends it.
+    sent: bool,
+}
+
+/// The stored head of `header`, whose field lines are `wire` (its wire form), with the client
+/// head first (see [`StoredMeta`]), with where that head ends and where the lines end. The
+/// same bytes as [`with_client_head`] over [`client_head_by_clone`]'s head, but read off
+/// `wire` and the order of `header`'s names: the copy of the header, its removals and its
+/// second serialisation are not made. `None` as there.
+fn arranged(header: &ResponseHeader, wire: &[u8]) -> Option<(Vec<u8>, usize, usize)> {
+    let spans = lines(wire, 0);
+    if spans.len() != header.headers.len() {
+        let client = client_head_by_clone(header);
+        let (head, lines_end) = with_client_head(wire, &client)?;
+        return Some((head, client.len(), lines_end));
+    }
+    if spans.len() > usize::from(u16::MAX) + 1 {
+        // more lines than the stored order can count
+        return None;
+    }
+    // line `i` of the wire form is the map's `i`th value, names in map order
+    let mut names: Vec<NameLines<'_>> = Vec::with_capacity(header.headers.keys_len());
+    for (line, ((name, _), span)) in header.headers.iter().zip(&spans).enumerate() {
+        match names.last_mut() {
+            Some(last) if last.name == name => {
+                last.count += 1;
+                last.bytes.end = span.end;
+            }
+            _ => names.push(NameLines {
+                name,
+                first: line,
+                count: 1,
+                bytes: span.clone(),
+                sent: true,
+            }),
+        }
+    }
+    // the client head's names, removed as `HeaderMap::remove` does: the last one moves in
+    let mut sent: Vec<usize> = (0..names.len()).collect();
+    for gone in not_sent() {
+        if let Some(at) = sent.iter().position(|&n| names[n].name == gone) {
+            names[sent.swap_remove(at)].sent = false;
+        }
+    }
+    // the client's lines, then the others in stored order; the stored order after them when
+    // that differs (the client's names are not the first ones in their stored order)
+    let in_order = sent.iter().enumerate().all(|(i, &n)| i == n);
+    let order_len = if in_order { 0 } else { 2 * spans.len() };
+    let mut head = Vec::with_capacity(STATUS_LINE.len() + wire.len() + order_len);
+    head.extend_from_slice(STATUS_LINE);
+    for &n in &sent {
+        head.extend_from_slice(&wire[names[n].bytes.clone()]);
+    }
+    let client_end = head.len();
+    for n in names.iter().filter(|n| !n.sent) {
+        head.extend_from_slice(&wire[n.bytes.clone()]);
+    }
+    let lines_end = head.len();
+    if !in_order {
+        // where each stored line is among the head's lines
+        let mut place = vec![0u16; spans.len()];
+        let mut next = 0u16;
+        let unsent = names.iter().filter(|n| !n.sent);
+        for n in sent.iter().map(|&n| &names[n]).chain(unsent) {
+            for at in &mut place[n.first..n.first + n.count] {
+                *at = next;
+                next = next.wrapping_add(1);
+            }
+        }
+        place
+            .iter()
+            .for_each(|at| head.extend_from_slice(&at.to_le_bytes()));
+    }
+    Some((head, client_end, lines_end))
 }
 
 /// The coding of a head whose only `Vary` is `Accept-Encoding` and whose `Content-Encoding` is
@@ -348,9 +449,9 @@ impl StoredMeta {
         let header = meta.response_header();
         let mut wire = Vec::with_capacity(512);
         header.header_to_h1_wire(&mut wire);
-        let arranged = client_head_of(header, fields.variance).and_then(|(client, facts)| {
-            let (head, lines_end) = with_client_head(&wire, &client)?;
-            let end = u32::try_from(client.len()).ok()?;
+        let arranged = client_facts(header, fields.variance).and_then(|facts| {
+            let (head, client_end, lines_end) = arranged(header, &wire)?;
+            let end = u32::try_from(client_end).ok()?;
             Some((head, lines_end, ClientFacts { end, ..facts }))
         });
         let (head, lines_end, client) = match arranged {
@@ -859,6 +960,161 @@ mod head_tests {
         let back = stored(old).header();
         assert_eq!(back.version, http::Version::HTTP_10);
         assert!(back.headers.is_empty());
+    }
+
+    /// `from_meta` as it was before the stored head was read off the wire form: a copy of the
+    /// header without the fields a hit does not send, serialised, its lines matched to the
+    /// stored ones ([`with_client_head`]).
+    fn from_meta_by_clone(meta: &CacheMeta) -> StoredMeta {
+        let mut stored = StoredMeta::from_meta(meta).expect("store");
+        let header = meta.response_header();
+        let mut wire = Vec::new();
+        header.header_to_h1_wire(&mut wire);
+        let arranged = client_facts(header, meta.variance()).and_then(|facts| {
+            let client = client_head_by_clone(header);
+            let (head, lines_end) = with_client_head(&wire, &client)?;
+            let end = u32::try_from(client.len()).ok()?;
+            Some((head, lines_end, ClientFacts { end, ..facts }))
+        });
+        let (head, lines_end, client) = match arranged {
+            Some((head, lines_end, facts)) => (head, lines_end, Some(facts)),
+            None => {
+                let end = wire.len();
+                (wire, end, None)
+            }
+        };
+        stored.head = Bytes::from(head);
+        stored.lines_end = u32::try_from(lines_end).expect("small");
+        stored.client = client;
+        stored
+    }
+
+    /// A response head drawn from fields a stored response may carry: the ones a hit does
+    /// not send among them, names in varied case, several values per name (adjacent or not),
+    /// fields replaced and removed on the way (so the map's order is not the order added),
+    /// with and without name case, mostly `200`s a hit could be answered with.
+    fn generated(rng: &mut crate::cache::xorshift::Rng) -> (ResponseHeader, Option<HashBinary>) {
+        const NAMES: &[&str] = &[
+            "Content-Type",
+            "content-length",
+            "Content-Length",
+            "ETag",
+            "Cache-Control",
+            "Date",
+            "Age",
+            "age",
+            "Accept-Ranges",
+            "Connection",
+            "Transfer-Encoding",
+            "Vary",
+            "Content-Encoding",
+            "Surrogate-Key",
+            "cache-tag",
+            "Cache-Groups",
+            "Surrogate-Control",
+            "verge-fetched-at",
+            "verge-entry-url",
+            "verge-fetch-ms",
+            "X-Multi",
+            "x-multi",
+            "X-A",
+            "Set-Cookie",
+            "Last-Modified",
+            "server",
+        ];
+        const VALUES: &[&str] = &[
+            "1",
+            "12",
+            " 3",
+            "a b",
+            "",
+            "\"v1\"",
+            "gzip",
+            "br",
+            "Accept-Encoding",
+            "max-age=60",
+            "public, max-age=5, must-revalidate",
+            "chunked",
+            "close",
+        ];
+        const FRAMING: &[&str] = &[
+            "content-length",
+            "transfer-encoding",
+            "vary",
+            "content-encoding",
+        ];
+        let mut fields: Vec<(&str, &str)> = (0..rng.below(20))
+            .map(|_| {
+                (
+                    NAMES[rng.below(NAMES.len())],
+                    VALUES[rng.below(VALUES.len())],
+                )
+            })
+            .collect();
+        // a third as drawn, a third with one length, a third coded under `Vary: Accept-Encoding`
+        let framing: &[(&str, &str)] = match rng.below(3) {
+            0 => &[],
+            1 => &[("Content-Length", "12")],
+            _ => &[("Content-Encoding", "br"), ("Vary", "Accept-Encoding")],
+        };
+        if !framing.is_empty() {
+            fields.retain(|(n, _)| !FRAMING.contains(&n.to_ascii_lowercase().as_str()));
+            for field in framing {
+                let at = rng.below(fields.len() + 1);
+                fields.insert(at, *field);
+            }
+        }
+        let status = if rng.below(8) == 0 { 404 } else { 200 };
+        let mut header = if rng.below(4) == 0 {
+            ResponseHeader::build_no_case(status, None).expect("header")
+        } else {
+            ResponseHeader::build(status, None).expect("header")
+        };
+        for (name, value) in fields {
+            match rng.below(10) {
+                0 => header
+                    .insert_header(name.to_string(), value)
+                    .expect("field"),
+                1 => {
+                    header.remove_header(name);
+                }
+                _ => {
+                    header
+                        .append_header(name.to_string(), value)
+                        .expect("field");
+                }
+            }
+        }
+        let variance = (rng.below(10) == 0).then_some([1; 16]);
+        (header, variance)
+    }
+
+    #[test]
+    fn the_stored_head_is_the_one_made_from_a_copy_of_the_header() {
+        let mut rng = crate::cache::xorshift::Rng(0x005e_ed0f_4ead);
+        let (mut with_client, mut out_of_order) = (0, 0);
+        for _ in 0..10_000 {
+            let (header, variance) = generated(&mut rng);
+            let now = SystemTime::now();
+            let mut meta = CacheMeta::new(now, now, 0, 0, header);
+            if let Some(v) = variance {
+                meta.set_variance_key(v);
+            }
+            let ours = StoredMeta::from_meta(&meta).expect("store");
+            let theirs = from_meta_by_clone(&meta);
+            assert_eq!(format!("{ours:?}"), format!("{theirs:?}"));
+            assert_eq!(h1(&ours.header()), h1(meta.response_header()));
+            if let Some(client) = ours.client_head() {
+                with_client += 1;
+                assert_eq!(client.bytes, &sent(meta.response_header())[..]);
+                out_of_order += usize::from(ours.lines_end as usize != ours.head.len());
+            }
+        }
+        // the draw reaches the cases: client heads, and ones out of stored order
+        assert!(
+            with_client > 2_000 && out_of_order > 500,
+            "{with_client} {out_of_order}"
+        );
     }
 
     #[test]
