@@ -139,7 +139,7 @@ async fn foyer_open(run: &Run) -> anyhow::Result<HybridCache<u128, Bytes>> {
         .with_engine_config(BlockEngineConfig::new(device).with_block_size(UNIT as usize))
         .with_recover_mode(RecoverMode::Quiet);
     let storage = if run.system == "foyer-uring" {
-        storage.with_io_engine_config(UringIoEngineConfig::new())
+        storage.with_io_engine_config(Box::new(UringIoEngineConfig::new()) as Box<dyn foyer::IoEngineConfig>)
     } else {
         storage
     };
