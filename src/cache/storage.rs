@@ -93,6 +93,11 @@ struct Entry {
     uses: AtomicU32,
 }
 
+/// The largest body the hit lane reads from the disk tier on the request's thread (from the
+/// page cache, never waiting for the device); a larger one is Pingora's path's, which reads it
+/// a chunk at a time.
+pub const LANE_DISK_READ: usize = 1 << 20;
+
 /// [`Entry::uses`] of an entry written to (or read from) the disk tier.
 const WRITTEN: u32 = u32::MAX;
 
@@ -215,6 +220,22 @@ impl MemoryStorage {
         let head = entry.meta.client_head()?;
         let whole = head.content_length.is_none_or(|n| n == entry.body.len());
         whole.then_some(Servable { entry })
+    }
+
+    /// The object under `key` moved up from the disk tier on the request's thread, then
+    /// [`servable`](Self::servable): for the hit lane, when the page cache holds its whole
+    /// record, its body is at most [`LANE_DISK_READ`] bytes, `worth` accepts its meta and the
+    /// memory tier admits it (see [`DiskStore::promote_now`]).
+    pub fn servable_from_disk(
+        &self,
+        key: &CacheKey,
+        worth: impl FnOnce(&StoredMeta) -> bool,
+    ) -> Option<Servable> {
+        let disk = self.disk?;
+        let promoted = disk.promote_now(key, LANE_DISK_READ, worth);
+        promoted
+            .then(|| self.servable(&key.combined_bin()))
+            .flatten()
     }
 
     /// The entry stored under `combined` in memory, whether or not a plain hit may be answered

@@ -24,9 +24,12 @@ pub struct DiskMetrics {
     pub read_bytes: IntCounter,
     /// `verge_cache_disk_write_bytes_total`: bytes appended to segment files.
     pub write_bytes: IntCounter,
-    /// `verge_cache_disk_read_seconds`: one disk read (a lookup's head and first chunk, or
-    /// one later chunk of a body).
+    /// `verge_cache_disk_read_seconds`: one disk read (a lookup's head and first chunk, one
+    /// later chunk of a body, or the hit lane's whole record).
     pub read_seconds: Histogram,
+    /// `verge_cache_disk_reads_waited_total`: disk reads the page cache could not answer
+    /// whole, run again on the blocking pool (the rest were read on the request's thread).
+    pub reads_waited: IntCounter,
     /// `verge_cache_disk_rebuild_progress`: share of the segment bytes found at start that the
     /// index rebuild has scanned (1: done; the disk tier answers misses until then).
     pub rebuild_progress: Gauge,
@@ -102,6 +105,11 @@ pub static DISK_METRICS: Lazy<DiskMetrics> = Lazy::new(|| {
                     0.25, 1.0,
                 ]),
             ),
+        ),
+        reads_waited: plain_counter(
+            &registry,
+            "verge_cache_disk_reads_waited_total",
+            "Disk-tier reads that waited for the device, on the blocking pool",
         ),
         rebuild_progress: registered(
             &registry,

@@ -413,14 +413,19 @@ impl HitLane {
         }
         let key = cache::route_cache_key(self.scheme, &host, req.path_and_query, &rules.key);
         let combined = key.combined_bin();
-        let Some(entry) = self.cache.storage.servable(&combined) else {
+        let now = SystemTime::now();
+        let storage = self.cache.storage;
+        let found = storage.servable(&combined).or_else(|| {
+            // a fresh object on disk, read now if the page cache holds it
+            storage.servable_from_disk(&key, |meta| meta.fresh_until() >= now)
+        });
+        let Some(entry) = found else {
             if waited {
                 return None;
             }
             // Another request may be fetching it. Subscribe first, then look: a head that
             // arrives after the look still wakes this request.
-            let fetched = self.cache.storage.pending.wait_for(&combined)?;
-            let storage = self.cache.storage;
+            let fetched = storage.pending.wait_for(&combined)?;
             if storage.servable(&combined).is_some() {
                 return self.try_answer(req, last, true);
             }
@@ -431,7 +436,6 @@ impl HitLane {
             return None;
         }
         let meta = entry.meta();
-        let now = SystemTime::now();
         if meta.fresh_until() < now {
             return None;
         }

@@ -161,6 +161,70 @@ async fn objects_come_back_from_disk_after_sigterm_and_kill_9_byte_identical_wit
     }
 }
 
+/// A plain request for a fresh object on disk (and in the page cache) is answered by the
+/// front door's hit lane, which reads the record whole, verifies it and moves it to memory;
+/// a range still goes Pingora's way and seeks on disk; a stale object on disk is never the
+/// lane's (it revalidates on the full path).
+#[tokio::test]
+async fn the_hit_lane_answers_a_disk_hit_and_moves_it_to_memory() {
+    let o = Origin::start("o").await;
+    o.set_body_size(300_000); // two checksummed chunks
+    o.set_etag("/stale", "\"s1\"");
+    o.set_headers_stale("/stale", &[("cache-control", "max-age=60")]);
+    let mut v = Verge::start(&config(o.addr, DISK)).await;
+    let first = fetch(&v, "/lane", &[]).await;
+    let ranged = fetch(&v, "/ranged", &[]).await;
+    fetch(&v, "/stale", &[]).await;
+    disk_objects(&v, 3).await;
+    o.set_headers("/stale", &[("cache-control", "max-age=60")]);
+    v.restart_graceful().await;
+    rebuilt(&v).await;
+    let lane_hits = |m: &Metrics| m.sum("verge_cache_fast_hits_total", &[]);
+    let disk_hits = |m: &Metrics| m.sum("verge_cache_disk_hits_total", &[]);
+
+    let got = fetch(&v, "/lane", &[]).await;
+    assert!(
+        got.cache_status.starts_with("verge; hit"),
+        "{}",
+        got.cache_status
+    );
+    assert_eq!(got.body, first.body, "byte-identical");
+    assert_eq!(got.header("etag"), first.header("etag"));
+    let m = v.metrics().await;
+    assert_eq!(
+        (lane_hits(&m), disk_hits(&m)),
+        (1.0, 1.0),
+        "the lane's disk hit"
+    );
+    let got = fetch(&v, "/lane", &[]).await;
+    assert_eq!(got.body, first.body);
+    let m = v.metrics().await;
+    assert_eq!(
+        (lane_hits(&m), disk_hits(&m)),
+        (2.0, 1.0),
+        "then from memory"
+    );
+
+    // a range is Pingora's to answer: it seeks within the disk object
+    let got = fetch(&v, "/ranged", &[("range", "bytes=262140-262149")]).await;
+    assert_eq!(got.status, 206);
+    assert_eq!(got.body, ranged.body[262_140..262_150]);
+    let m = v.metrics().await;
+    assert_eq!((lane_hits(&m), disk_hits(&m)), (2.0, 2.0));
+
+    // stale on disk: revalidated (a 304) on the full path, not answered by the lane
+    let got = fetch(&v, "/stale", &[]).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(o.not_modified("/stale"), 1, "revalidated with the origin");
+    let m = v.metrics().await;
+    assert_eq!(lane_hits(&m), 2.0, "a stale object is not the lane's");
+    assert_eq!(
+        (o.hits("/lane"), o.hits("/ranged")),
+        (1, 1),
+        "the origin was asked once for each"
+    );
+}
+
 /// Flip one byte in the middle of every segment's data.
 fn corrupt_segments(dir: &Path) {
     for seg in segments(dir) {

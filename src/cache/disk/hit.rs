@@ -3,6 +3,7 @@
 //! holds its start. A hit read whole is promoted to the memory tier ([`Promote`]).
 
 use super::index::Location;
+use super::nowait::{read_one_at, Wait};
 use super::record::{chunk_crc, CHUNK};
 use super::DiskStore;
 use crate::cache::stored_meta::StoredMeta;
@@ -16,7 +17,6 @@ use pingora_cache::CacheKey;
 use pingora_error::{Error, ErrorType, Result};
 use std::any::Any;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 /// Where a disk hit read whole is copied, so the next hits come from memory: the memory tier.
@@ -26,13 +26,14 @@ pub trait Promote: Sync {
     /// Store `body` with `meta` under `key`, if the memory tier admits it, nothing newer is
     /// stored or being fetched there, and `still_on_disk()` (asked under the memory tier's lock,
     /// so a purge cannot slip in between) says the disk tier still holds what was read.
+    /// `true`: the memory tier now holds it.
     fn promote(
         &self,
         key: CompactCacheKey,
         meta: Arc<StoredMeta>,
         body: Bytes,
         still_on_disk: &dyn Fn() -> bool,
-    );
+    ) -> bool;
 }
 
 /// A disk hit being collected for promotion (see [`Promote`]).
@@ -56,7 +57,9 @@ impl Promotion {
         self.chunks.iter().for_each(|c| body.extend_from_slice(c));
         let from = self.from;
         let still_on_disk = || store.index.read().entries.get(&combined) == Some(&from);
-        self.to
+        // refused (the memory tier's admission, or a newer entry): the next hit reads the disk
+        let _ = self
+            .to
             .promote(self.key, self.meta, body.freeze(), &still_on_disk);
     }
 }
@@ -74,12 +77,12 @@ pub struct BodyLocation {
 }
 
 impl BodyLocation {
-    /// Read and verify chunk `i` (blocking). `None`: the bytes are not what was written.
-    pub fn read_chunk(&self, i: usize) -> std::io::Result<Option<Bytes>> {
+    /// Read and verify chunk `i`. `None`: the bytes are not what was written.
+    pub(crate) fn read_chunk(&self, i: usize, wait: Wait) -> std::io::Result<Option<Bytes>> {
         let start = i as u64 * CHUNK as u64;
         let len = (self.len - start.min(self.len)).min(CHUNK as u64) as usize;
         let mut buf = vec![0u8; len];
-        self.file.read_exact_at(&mut buf, self.offset + start)?;
+        read_one_at(&self.file, &mut buf, self.offset + start, wait)?;
         crate::metrics::DISK_METRICS.read_bytes.inc_by(len as u64);
         let ok = self.crcs.get(i).is_some_and(|&c| c == chunk_crc(&buf));
         Ok(ok.then(|| Bytes::from(buf)))
@@ -107,7 +110,10 @@ impl DiskHit {
             }
         }
         let body = self.body.clone();
-        let read = self.store.timed_read(move || body.read_chunk(i)).await;
+        let read = self
+            .store
+            .timed_read(move |wait| body.read_chunk(i, wait))
+            .await;
         match read {
             Ok(Some(bytes)) => {
                 self.cached = Some((i, bytes.clone()));

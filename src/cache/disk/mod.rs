@@ -37,6 +37,7 @@ mod admission;
 pub mod checkpoint;
 mod hit;
 mod index;
+mod nowait;
 mod read;
 mod reclaim;
 pub mod record;
@@ -56,12 +57,13 @@ use hit::{DiskHit, Promotion};
 use index::{Index, Location};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
+use nowait::Wait;
 use parking_lot::{Mutex, RwLock};
 use pingora_cache::key::{CacheHashKey, HashBinary};
 use pingora_cache::storage::HitHandler;
 use pingora_cache::{CacheKey, CacheMeta};
 use pingora_error::Result;
-use read::read_entry;
+use read::{read_entry, read_whole};
 use record::Kind;
 use segments::Segments;
 use std::collections::HashMap;
@@ -472,19 +474,82 @@ impl DiskStore {
         self.remove(&key);
     }
 
-    /// Run a blocking read off the async runtime, timed.
+    /// Run a read, timed: on the request's thread when the page cache holds what it reads
+    /// ([`Wait::Never`]), else again off the async runtime, on the blocking pool
+    /// (`verge_cache_disk_reads_waited_total`).
     async fn timed_read<T: Send + 'static>(
         &self,
-        read: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+        read: impl Fn(Wait) -> std::io::Result<T> + Send + 'static,
     ) -> std::io::Result<T> {
         let start = Instant::now();
-        let out = tokio::task::spawn_blocking(read)
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let out = match read(Wait::Never) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                DISK_METRICS.reads_waited.inc();
+                tokio::task::spawn_blocking(move || read(Wait::Allowed))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            }
+            done => done,
+        };
         DISK_METRICS
             .read_seconds
             .observe(start.elapsed().as_secs_f64());
         out
+    }
+
+    /// Move the object under `key` to the memory tier now, if it is on disk, its whole record
+    /// is in the page cache (this never waits for the device: it runs on the request's
+    /// thread), its body is at most `limit` bytes and within the memory tier's cap, `worth`
+    /// says yes to its meta, and the memory tier admits it. The hit lane's disk hit: `true`
+    /// when the memory tier now holds the object, counted as a disk hit. A record that fails
+    /// its checksums is dropped and counted, as on every read.
+    pub fn promote_now(
+        &'static self,
+        key: &CacheKey,
+        limit: usize,
+        worth: impl FnOnce(&StoredMeta) -> bool,
+    ) -> bool {
+        let Some(to) = self.promoter() else {
+            return false;
+        };
+        let combined = key.combined_bin();
+        let Some(loc) = self.index.read().entries.get(&combined).copied() else {
+            return false;
+        };
+        let fits = usize::try_from(loc.body_len).is_ok_and(|n| n <= limit.min(to.promote_limit()));
+        let Some(file) = self.files.read().get(&loc.segment).cloned() else {
+            return false;
+        };
+        if !fits {
+            return false;
+        }
+        let start = Instant::now();
+        let (meta, body) = match read_whole(&file, &loc, &combined, Wait::Never) {
+            Ok(Some(read)) => read,
+            Ok(None) => {
+                self.drop_corrupt(combined);
+                return false;
+            }
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::WouldBlock {
+                    log::warn!("disk cache: read failed: {e}");
+                }
+                return false;
+            }
+        };
+        DISK_METRICS
+            .read_seconds
+            .observe(start.elapsed().as_secs_f64());
+        let Some(stored) = StoredMeta::from_meta(&meta).ok().filter(|m| worth(m)) else {
+            return false;
+        };
+        let still_on_disk = || self.index.read().entries.get(&combined) == Some(&loc);
+        let promoted = to.promote(key.to_compact(), Arc::new(stored), body, &still_on_disk);
+        if promoted {
+            DISK_METRICS.hits.inc();
+            self.note_hit(&combined, &loc);
+        }
+        promoted
     }
 
     /// The object under `key`, if the disk tier has a whole, verified one.
@@ -501,7 +566,7 @@ impl DiskStore {
             return Ok(None);
         };
         match self
-            .timed_read(move || read_entry(&file, &loc, &combined))
+            .timed_read(move |wait| read_entry(&file, &loc, &combined, wait))
             .await
         {
             Ok(Some((meta, body, first))) => {

@@ -16,6 +16,7 @@
 //!   crash never loses a tombstone that a deleted segment held.
 
 use super::index::Location;
+use super::nowait::Wait;
 use super::read::{read_head, read_meta, read_table};
 use super::record::{Head, Kind};
 use super::writer::copy_body;
@@ -346,11 +347,11 @@ impl DiskStore {
         }
         let head: Head;
         let head_meta: Vec<u8>;
-        let (crcs, table) = match read_head(file, &from, &key) {
+        let (crcs, table) = match read_head(file, &from, &key, Wait::Allowed) {
             Ok(Some((h, bytes))) => {
                 head = h;
                 head_meta = bytes;
-                match read_table(file, &from, &head) {
+                match read_table(file, &from, &head, Wait::Allowed) {
                     Ok(Some(t)) => t,
                     Ok(None) => return Moved::Corrupt,
                     Err(_) => return Moved::Failed,

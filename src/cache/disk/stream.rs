@@ -15,6 +15,7 @@
 //! (the tier counts their fetches in its admission sketch, see `admission`), so a sweep
 //! of large files once each does not push the warm set out.
 
+use super::nowait::read_one_at;
 use super::record::{self, chunk_crc, Head, CHUNK, HEAD_LEN};
 use super::segments::STREAM_SUFFIX;
 use super::writer::object_head;
@@ -59,9 +60,9 @@ impl Spill for PartChunks {
         let at = self.body_at + (i * CHUNK) as u64;
         let read = self
             .store
-            .timed_read(move || {
+            .timed_read(move |wait| {
                 let mut buf = vec![0u8; CHUNK];
-                file.read_exact_at(&mut buf, at).map(|()| buf)
+                read_one_at(&file, &mut buf, at, wait).map(|()| buf)
             })
             .await;
         match read {

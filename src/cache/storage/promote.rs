@@ -24,7 +24,7 @@ impl Promote for MemoryStorage {
         meta: Arc<StoredMeta>,
         body: Bytes,
         still_on_disk: &dyn Fn() -> bool,
-    ) {
+    ) -> bool {
         let combined = key.combined_bin();
         let size = entry_size(&meta, body.len());
         let entry = Entry {
@@ -45,13 +45,12 @@ impl Promote for MemoryStorage {
             true
         };
         let Some(eviction) = self.eviction else {
-            store(entry);
-            return;
+            return store(entry);
         };
         eviction.admit_new_with(
             CacheEntryKey::key_only(super::key_of(combined)),
             size,
             |victims| self.drop_victims(victims, &combined) && store(entry),
-        );
+        )
     }
 }
