@@ -542,9 +542,9 @@ where
         {
             // reserve tx capacity ahead to avoid deadlock, see below
 
-            let send_permit = tx
-                .try_reserve()
-                .or_err(InternalError, "try_reserve() body pipe for upstream");
+            // (verge: the bare `TrySendError`, not a boxed `pingora_error::Error` built and
+            // dropped on every turn the pipe is closed or full; see vendor/README.md, 4.)
+            let send_permit = tx.try_reserve();
 
             // Use optional futures to allow using optional channels in select branches
             let custom_inject_rx_recv: OptionFuture<_> = downstream_custom_message_inject_rx
