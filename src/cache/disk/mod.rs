@@ -516,13 +516,12 @@ impl DiskStore {
         let Some(loc) = self.index.read().entries.get(&combined).copied() else {
             return false;
         };
-        let fits = usize::try_from(loc.body_len).is_ok_and(|n| n <= limit.min(to.promote_limit()));
+        if usize::try_from(loc.body_len).map_or(true, |n| n > limit.min(to.promote_limit())) {
+            return false;
+        }
         let Some(file) = self.files.read().get(&loc.segment).cloned() else {
             return false;
         };
-        if !fits {
-            return false;
-        }
         let start = Instant::now();
         let (meta, body) = match read_whole(&file, &loc, &combined, Wait::Never) {
             Ok(Some(read)) => read,
