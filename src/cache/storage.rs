@@ -29,7 +29,7 @@ use pingora_cache::storage::{
 use pingora_cache::trace::SpanHandle;
 use pingora_cache::CacheMeta;
 
-use super::disk::DiskStore;
+use super::disk::{DiskStore, Promoted};
 use super::eviction::S3FifoEviction;
 use super::fill::{Fill, Sealed};
 use super::pending::PendingFetches;
@@ -55,6 +55,14 @@ pub struct Servable {
 }
 
 impl Servable {
+    /// `entry`, if a plain hit may be answered from it: it has a [`ClientHead`] and its body is
+    /// as long as that head announces.
+    fn whole(entry: Arc<Entry>) -> Option<Self> {
+        let head = entry.meta.client_head()?;
+        let whole = head.content_length.is_none_or(|n| n == entry.body.len());
+        whole.then_some(Servable { entry })
+    }
+
     /// Its metadata.
     pub fn meta(&self) -> &StoredMeta {
         &self.entry.meta
@@ -217,25 +225,36 @@ impl MemoryStorage {
             }
             maps.entries.get(combined)?.clone()
         };
-        let head = entry.meta.client_head()?;
-        let whole = head.content_length.is_none_or(|n| n == entry.body.len());
-        whole.then_some(Servable { entry })
+        Servable::whole(entry)
     }
 
-    /// The object under `key` moved up from the disk tier on the request's thread, then
-    /// [`servable`](Self::servable): for the hit lane, when the page cache holds its whole
-    /// record, its body is at most [`LANE_DISK_READ`] bytes, `worth` accepts its meta and the
-    /// memory tier admits it (see [`DiskStore::promote_now`]).
+    /// The object under `key` read from the disk tier on the request's thread, for the hit
+    /// lane, when the page cache holds its whole record, its body is at most
+    /// [`LANE_DISK_READ`] bytes and `worth` accepts its meta (see [`DiskStore::promote_now`]):
+    /// moved up to memory and found there ([`servable`](Self::servable)), or, when the memory
+    /// tier's admission turns it away, served once from what was read, as Pingora's path
+    /// serves such a hit, without reading it a second time.
     pub fn servable_from_disk(
         &self,
         key: &CacheKey,
         worth: impl FnOnce(&StoredMeta) -> bool,
     ) -> Option<Servable> {
         let disk = self.disk?;
-        let promoted = disk.promote_now(key, LANE_DISK_READ, worth);
-        promoted
-            .then(|| self.servable(&key.combined_bin()))
-            .flatten()
+        match disk.promote_now(key, LANE_DISK_READ, worth)? {
+            Promoted::Held => self.servable(&key.combined_bin()),
+            Promoted::NotAdmitted(meta, body) => {
+                let size = entry_size(&meta, body.len());
+                Servable::whole(Arc::new(Entry {
+                    meta,
+                    body,
+                    size,
+                    combined: key.combined_bin(),
+                    primary: key.primary_bin(),
+                    uses: AtomicU32::new(WRITTEN),
+                }))
+            }
+            Promoted::Superseded => None,
+        }
     }
 
     /// The entry stored under `combined` in memory, whether or not a plain hit may be answered

@@ -225,6 +225,53 @@ async fn the_hit_lane_answers_a_disk_hit_and_moves_it_to_memory() {
     );
 }
 
+/// A disk hit the memory tier's admission turns away (its TinyLFU: memory is full of objects
+/// asked for more often) is still the lane's: answered from the record it read, which is read
+/// once, not thrown away and read again on Pingora's path.
+#[tokio::test]
+async fn the_hit_lane_answers_a_disk_hit_the_memory_tier_turns_away() {
+    let o = Origin::start("o").await;
+    o.set_body_size(300_000); // three fit in the 1 MiB memory tier, four do not
+    let v = Verge::start(&config(o.addr, DISK)).await;
+    let cold = fetch(&v, "/cold", &[]).await;
+    // three hot objects, each asked for five times: the fourth pushes /cold out of memory
+    for hot in ["/h1", "/h2", "/h3"] {
+        for _ in 0..5 {
+            fetch(&v, hot, &[]).await;
+        }
+    }
+    disk_objects(&v, 4).await;
+    let m = v.metrics().await;
+    let lane_hits = |m: &Metrics| m.sum("verge_cache_fast_hits_total", &[]);
+    let disk_reads = |m: &Metrics| m.sum("verge_cache_disk_read_seconds_count", &[]);
+    let refused = |m: &Metrics| m.sum("verge_cache_admission_rejections_total", &[]);
+    let disk_hits = |m: &Metrics| m.sum("verge_cache_disk_hits_total", &[]);
+    let before = (lane_hits(&m), disk_reads(&m), refused(&m), disk_hits(&m));
+
+    let got = fetch(&v, "/cold", &[]).await;
+    assert_eq!(got.status, 200);
+    assert!(
+        got.cache_status.starts_with("verge; hit"),
+        "{}",
+        got.cache_status
+    );
+    assert_eq!(got.body, cold.body, "byte-identical");
+    assert_eq!(got.header("etag"), cold.header("etag"));
+    let m = v.metrics().await;
+    assert_eq!(
+        refused(&m) - before.2,
+        1.0,
+        "the memory tier's admission turned /cold away"
+    );
+    assert_eq!(
+        (lane_hits(&m) - before.0, disk_hits(&m) - before.3),
+        (1.0, 1.0),
+        "answered by the lane, one disk hit"
+    );
+    assert_eq!(disk_reads(&m) - before.1, 1.0, "the record was read once");
+    assert_eq!(o.hits("/cold"), 1, "never fetched again");
+}
+
 /// Flip one byte in the middle of every segment's data.
 fn corrupt_segments(dir: &Path) {
     for seg in segments(dir) {

@@ -26,14 +26,26 @@ pub trait Promote: Sync {
     /// Store `body` with `meta` under `key`, if the memory tier admits it, nothing newer is
     /// stored or being fetched there, and `still_on_disk()` (asked under the memory tier's lock,
     /// so a purge cannot slip in between) says the disk tier still holds what was read.
-    /// `true`: the memory tier now holds it.
     fn promote(
         &self,
         key: CompactCacheKey,
         meta: Arc<StoredMeta>,
         body: Bytes,
         still_on_disk: &dyn Fn() -> bool,
-    ) -> bool;
+    ) -> Promoted;
+}
+
+/// What the memory tier made of a [`Promote::promote`].
+pub enum Promoted {
+    /// It holds the object now.
+    Held,
+    /// Its admission turned the object away, and nothing newer is stored or being fetched
+    /// under the key, and the disk tier still holds what was read: the object as it was read,
+    /// handed back so that the request that read it can be answered from it.
+    NotAdmitted(Arc<StoredMeta>, Bytes),
+    /// The memory tier holds or is fetching something newer under the key, or the disk tier no
+    /// longer holds what was read (a purge, an eviction): the object read is not to be served.
+    Superseded,
 }
 
 /// A disk hit being collected for promotion (see [`Promote`]).
@@ -57,7 +69,8 @@ impl Promotion {
         self.chunks.iter().for_each(|c| body.extend_from_slice(c));
         let from = self.from;
         let still_on_disk = || store.index.read().entries.get(&combined) == Some(&from);
-        // refused (the memory tier's admission, or a newer entry): the next hit reads the disk
+        // refused (the memory tier's admission, or a newer entry): the next hit reads the disk;
+        // this hit was served as it streamed
         let _ = self
             .to
             .promote(self.key, self.meta, body.freeze(), &still_on_disk);

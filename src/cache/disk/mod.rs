@@ -45,7 +45,7 @@ pub mod segments;
 mod stream;
 mod writer;
 
-pub use hit::Promote;
+pub use hit::{Promote, Promoted};
 pub use stream::DiskFill;
 
 use crate::cache::stored_meta::StoredMeta;
@@ -500,55 +500,51 @@ impl DiskStore {
     /// Move the object under `key` to the memory tier now, if it is on disk, its whole record
     /// is in the page cache (this never waits for the device: it runs on the request's
     /// thread), its body is at most `limit` bytes and within the memory tier's cap, `worth`
-    /// says yes to its meta, and the memory tier admits it. The hit lane's disk hit: `true`
-    /// when the memory tier now holds the object, counted as a disk hit. A record that fails
-    /// its checksums is dropped and counted, as on every read.
+    /// says yes to its meta, and the memory tier admits it. The hit lane's disk hit, counted as
+    /// one when the memory tier now holds the object ([`Promoted::Held`]) or its admission
+    /// turned the object away and handed it back to be served once
+    /// ([`Promoted::NotAdmitted`]); `None` when there was nothing to read or nothing to
+    /// serve. A record that fails its checksums is dropped and counted, as on every read.
     pub fn promote_now(
         &'static self,
         key: &CacheKey,
         limit: usize,
         worth: impl FnOnce(&StoredMeta) -> bool,
-    ) -> bool {
-        let Some(to) = self.promoter() else {
-            return false;
-        };
+    ) -> Option<Promoted> {
+        let to = self.promoter()?;
         let combined = key.combined_bin();
-        let Some(loc) = self.index.read().entries.get(&combined).copied() else {
-            return false;
-        };
+        let loc = self.index.read().entries.get(&combined).copied()?;
         if usize::try_from(loc.body_len).map_or(true, |n| n > limit.min(to.promote_limit())) {
-            return false;
+            return None;
         }
-        let Some(file) = self.files.read().get(&loc.segment).cloned() else {
-            return false;
-        };
+        let file = self.files.read().get(&loc.segment).cloned()?;
         let start = Instant::now();
         let (meta, body) = match read_whole(&file, &loc, &combined, Wait::Never) {
             Ok(Some(read)) => read,
             Ok(None) => {
                 self.drop_corrupt(combined);
-                return false;
+                return None;
             }
             Err(e) => {
                 if e.kind() != std::io::ErrorKind::WouldBlock {
                     log::warn!("disk cache: read failed: {e}");
                 }
-                return false;
+                return None;
             }
         };
         DISK_METRICS
             .read_seconds
             .observe(start.elapsed().as_secs_f64());
-        let Some(stored) = StoredMeta::from_meta(&meta).ok().filter(|m| worth(m)) else {
-            return false;
-        };
+        let stored = StoredMeta::from_meta(&meta).ok().filter(|m| worth(m))?;
         let still_on_disk = || self.index.read().entries.get(&combined) == Some(&loc);
-        let promoted = to.promote(key.to_compact(), Arc::new(stored), body, &still_on_disk);
-        if promoted {
-            DISK_METRICS.hits.inc();
-            self.note_hit(&combined, &loc);
+        match to.promote(key.to_compact(), Arc::new(stored), body, &still_on_disk) {
+            Promoted::Superseded => None,
+            served => {
+                DISK_METRICS.hits.inc();
+                self.note_hit(&combined, &loc);
+                Some(served)
+            }
         }
-        promoted
     }
 
     /// The object under `key`, if the disk tier has a whole, verified one.
