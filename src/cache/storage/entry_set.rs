@@ -66,12 +66,6 @@ impl EntrySet {
     pub(super) fn iter(&self) -> impl Iterator<Item = (&HashBinary, &Arc<Entry>)> {
         self.set.iter().map(|s| (&s.0.combined, &s.0))
     }
-
-    /// Slots allocated (for the memory accounting tests).
-    #[cfg(test)]
-    pub(super) fn capacity(&self) -> usize {
-        self.set.capacity()
-    }
 }
 
 #[cfg(test)]
