@@ -8,10 +8,12 @@
 //! at its `cache.disk.min_uses`-th request, a memory miss looks there, and removals reach it.
 
 mod commit;
+mod entry_set;
 mod handlers;
 mod promote;
 
 use crate::cache::KeyMap;
+use entry_set::EntrySet;
 pub use handlers::stored_body_len;
 use handlers::{MemoryHit, MemoryMiss, ToDisk};
 
@@ -41,11 +43,15 @@ use std::sync::Arc;
 
 /// Bytes charged per entry on top of its metadata ([`StoredMeta::size`]: the struct and its
 /// stored head) and body: the entry and the two `Arc` headers, its map slot, its eviction
-/// record and queue position, its share of the frequency sketch, and allocator slack.
-/// Calibrated against RSS with the `bench_origin` objects (five origin fields, three of verge's:
-/// about 460 bytes of metadata): RSS grows by 0.98 KiB per entry beyond the body for 65,536
-/// entries of 16 KiB, 1.19 KiB for 16,384 of 64 KiB and 1.15 KiB for 4,096 of 1 KiB, and this
-/// plus the metadata charges about 1.2 KiB.
+/// record and queue position, its share of the frequency sketch, and allocator slack (the
+/// breakdown is in docs/benchmarks.md, "Where an entry's memory goes").
+/// Calibrated against memory growth with the `bench_origin` objects (five origin fields, three
+/// of verge's: about 450 bytes of metadata), so this plus the metadata, about 1.19 KiB, is at
+/// or above it: with glibc's malloc RSS grew by 0.98 KiB per entry beyond the body for 65,536
+/// entries of 16 KiB, 1.19 KiB for 16,384 of 64 KiB and 1.15 KiB for 4,096 of 1 KiB; with
+/// mimalloc (the binary's allocator) PSS grows by 0.98–1.01 KiB for the 16 KiB objects and
+/// 1.14–1.26 KiB for the 64 KiB ones (`scripts/bench --scenario memory,memory64`), the latter
+/// around the charge, partly the frequency sketch (sized for 2 KiB objects).
 pub const ENTRY_OVERHEAD: usize = 768;
 const SHARDS: usize = 64;
 
@@ -87,15 +93,17 @@ impl Servable {
     }
 }
 
-/// One stored response: its metadata and the whole body.
+/// One stored response: its metadata and the whole body. `repr(C)` with `combined` first: a
+/// lookup compares it ([`entry_set::EntrySet`] keeps no copy), and a hit's clone of the `Arc`
+/// then touches the same 32 bytes. What it is charged ([`Entry::size`]) is derived, not kept.
+#[repr(C)]
 struct Entry {
-    meta: Arc<StoredMeta>,
-    body: Bytes,
-    size: usize,
     /// The key it is stored under (primary + variance).
     combined: HashBinary,
     /// Its URL's key (the same as `combined` for an entry without variance).
     primary: HashBinary,
+    meta: Arc<StoredMeta>,
+    body: Bytes,
     /// Requests it has had, the fetch included, counted up to the disk tier's `min_uses`; at
     /// [`WRITTEN`] once it is on its way to disk (or came from there).
     uses: AtomicU32,
@@ -126,7 +134,7 @@ fn key_of(combined: HashBinary) -> CompactCacheKey {
 /// entry in one step.
 #[derive(Default)]
 struct ShardMaps {
-    entries: KeyMap<HashBinary, Arc<Entry>>,
+    entries: EntrySet,
     fills: KeyMap<HashBinary, Vec<Arc<Fill>>>,
 }
 
@@ -242,17 +250,13 @@ impl MemoryStorage {
         let disk = self.disk?;
         match disk.promote_now(key, LANE_DISK_READ, worth)? {
             Promoted::Held => self.servable(&key.combined_bin()),
-            Promoted::NotAdmitted(meta, body) => {
-                let size = entry_size(&meta, body.len());
-                Servable::whole(Arc::new(Entry {
-                    meta,
-                    body,
-                    size,
-                    combined: key.combined_bin(),
-                    primary: key.primary_bin(),
-                    uses: AtomicU32::new(WRITTEN),
-                }))
-            }
+            Promoted::NotAdmitted(meta, body) => Servable::whole(Arc::new(Entry {
+                meta,
+                body,
+                combined: key.combined_bin(),
+                primary: key.primary_bin(),
+                uses: AtomicU32::new(WRITTEN),
+            })),
             Promoted::Superseded => None,
         }
     }
@@ -413,14 +417,15 @@ impl MemoryStorage {
             .sum()
     }
 
-    /// Store `entry` under `key` in the locked shard `maps` (replacing what was there).
-    fn insert_locked(&self, maps: &mut ShardMaps, key: HashBinary, entry: Entry) {
-        let size = entry.size as u64;
+    /// Store `entry` under its key in the locked shard `maps` (replacing what was there).
+    fn insert_locked(&self, maps: &mut ShardMaps, entry: Entry) {
+        let size = entry.size() as u64;
+        let key = entry.combined;
         let primary = entry.primary;
-        match maps.entries.insert(key, Arc::new(entry)) {
+        match maps.entries.insert(Arc::new(entry)) {
             Some(old) => {
                 // one step each way, so a reader of the gauge never sees both sizes at once
-                let old = old.size as u64;
+                let old = old.size() as u64;
                 if size >= old {
                     self.bytes.fetch_add(size - old, Ordering::Relaxed);
                 } else {
@@ -447,7 +452,7 @@ impl MemoryStorage {
     /// Remove the entry under `key` from the locked shard `maps`.
     fn remove_locked(&self, maps: &mut ShardMaps, key: &HashBinary) -> Option<Arc<Entry>> {
         let old = maps.entries.remove(key)?;
-        self.bytes.fetch_sub(old.size as u64, Ordering::Relaxed);
+        self.bytes.fetch_sub(old.size() as u64, Ordering::Relaxed);
         self.objects.fetch_sub(1, Ordering::Relaxed);
         let primary = old.primary;
         if *key == primary {
@@ -692,7 +697,6 @@ impl Storage for MemoryStorage {
         let entry = Entry {
             meta,
             body: old.body.clone(),
-            size,
             combined: old.combined,
             primary: old.primary,
             uses: AtomicU32::new(uses),
@@ -704,7 +708,7 @@ impl Storage for MemoryStorage {
                 return false;
             }
             if keep {
-                self.insert_locked(&mut maps, bin, entry);
+                self.insert_locked(&mut maps, entry);
             } else {
                 self.remove_locked(&mut maps, &bin);
             }
@@ -737,6 +741,14 @@ impl Storage for MemoryStorage {
 
 fn entry_size(meta: &StoredMeta, body: usize) -> usize {
     meta.size() + body + ENTRY_OVERHEAD
+}
+
+impl Entry {
+    /// What it is charged against the byte budget ([`entry_size`]); the same for its whole
+    /// life, as its meta and body never change.
+    fn size(&self) -> usize {
+        entry_size(&self.meta, self.body.len())
+    }
 }
 
 #[cfg(test)]
@@ -1216,5 +1228,12 @@ mod tests {
         assert!(!s.update_meta(&key, &meta, &span).await.expect("update"));
         assert_eq!((s.objects(), s.bytes()), (0, 0));
         assert_eq!((eviction.total_items(), eviction.total_size()), (0, 0));
+    }
+
+    /// The entry and its `Arc` header fill a 96-byte size class of the allocator (with the
+    /// charge kept in it, 112).
+    #[test]
+    fn an_entry_with_its_arc_header_is_96_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>() + 16, 96);
     }
 }

@@ -51,7 +51,7 @@ impl MemoryStorage {
         match entry {
             Some(entry) if !fill.is_revoked() => {
                 self.count_late_uses(fill, &entry, counted);
-                self.insert_locked(&mut maps, fill.key, entry);
+                self.insert_locked(&mut maps, entry);
                 drop(maps);
                 self.pending.progressed(&fill.key);
             }
@@ -122,7 +122,6 @@ impl MemoryStorage {
         let entry = Entry {
             meta: fill.meta.clone(),
             body,
-            size,
             combined: fill.key,
             primary: fill.primary,
             uses: AtomicU32::new(uses),

@@ -31,7 +31,6 @@ impl Promote for MemoryStorage {
         let entry = Entry {
             meta,
             body,
-            size,
             combined,
             primary: key.primary_bin(),
             uses: AtomicU32::new(super::WRITTEN),
@@ -54,7 +53,7 @@ impl Promote for MemoryStorage {
             let Some(entry) = entry.take() else {
                 return false;
             };
-            self.insert_locked(&mut maps, combined, entry);
+            self.insert_locked(&mut maps, entry);
             true
         };
         let held = match self.eviction {
