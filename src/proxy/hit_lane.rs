@@ -415,10 +415,15 @@ impl HitLane {
         let combined = key.combined_bin();
         let now = SystemTime::now();
         let storage = self.cache.storage;
-        let found = storage.servable(&combined).or_else(|| {
-            // a fresh object on disk, read now if the page cache holds it
-            storage.servable_from_disk(&key, |meta| meta.fresh_until() >= now)
-        });
+        // a fresh object on disk is read now if the page cache holds it; its admission to
+        // memory (or its refusal) counted this request, as a fetched object's does
+        let (found, from_disk) = match storage.servable(&combined) {
+            Some(entry) => (Some(entry), false),
+            None => (
+                storage.servable_from_disk(&key, |meta| meta.fresh_until() >= now),
+                true,
+            ),
+        };
         let Some(entry) = found else {
             if waited {
                 return None;
@@ -462,10 +467,12 @@ impl HitLane {
         let route = route.clone();
         let decided_with = arc_swap::Guard::into_inner(snapshot);
         self.cache.storage.served(&combined, &entry);
-        let (eviction_key, weight) = entry.eviction_key();
-        self.cache
-            .eviction
-            .access(&eviction_key, weight, meta.fresh_until());
+        if !from_disk {
+            let (eviction_key, weight) = entry.eviction_key();
+            self.cache
+                .eviction
+                .access(&eviction_key, weight, meta.fresh_until());
+        }
         let found = (entry, decided_with);
         let answer = self.build(found, req, now, last, route, host, combined, waited);
         Some(Lane::Answer(answer))

@@ -104,13 +104,7 @@ async fn objects_come_back_from_disk_after_sigterm_and_kill_9_byte_identical_wit
     rebuilt(&v).await;
     for (p, before) in paths.iter().zip(&first) {
         let got = fetch(&v, p, &[]).await;
-        assert!(
-            got.cache_status.starts_with("verge; hit"),
-            "{p}: {}",
-            got.cache_status
-        );
-        assert_eq!(got.body, before.body, "{p}: byte-identical");
-        assert_eq!(got.header("etag"), before.header("etag"));
+        assert_same_hit(&got, before, p);
         assert_eq!(got.header("content-type"), before.header("content-type"));
         assert!(
             age(&got) >= age(before) + 2,
@@ -174,16 +168,16 @@ async fn lane_hits_reach(v: &Verge, n: f64) -> Metrics {
     .await
 }
 
-/// `got` is a `200` hit with `first`'s body, byte for byte, and its `ETag`.
-fn assert_same_hit(got: &Got, first: &Got) {
-    assert_eq!(got.status, 200);
+/// `got` (for `what`) is a `200` hit with `first`'s body, byte for byte, and its `ETag`.
+fn assert_same_hit(got: &Got, first: &Got, what: &str) {
+    assert_eq!(got.status, 200, "{what}");
     assert!(
         got.cache_status.starts_with("verge; hit"),
-        "{}",
+        "{what}: {}",
         got.cache_status
     );
-    assert_eq!(got.body, first.body, "byte-identical");
-    assert_eq!(got.header("etag"), first.header("etag"));
+    assert_eq!(got.body, first.body, "{what}: byte-identical");
+    assert_eq!(got.header("etag"), first.header("etag"), "{what}");
 }
 
 /// A plain request for a fresh object on disk (and in the page cache) is answered by the
@@ -208,7 +202,7 @@ async fn the_hit_lane_answers_a_disk_hit_and_moves_it_to_memory() {
     let disk_hits = |m: &Metrics| m.sum("verge_cache_disk_hits_total", &[]);
 
     let got = fetch(&v, "/lane", &[]).await;
-    assert_same_hit(&got, &first);
+    assert_same_hit(&got, &first, "/lane");
     let m = lane_hits_reach(&v, 1.0).await;
     assert_eq!(
         (lane_hits(&m), disk_hits(&m)),
@@ -268,7 +262,7 @@ async fn the_hit_lane_answers_a_disk_hit_the_memory_tier_turns_away() {
     let before = (lane_hits(&m), disk_reads(&m), refused(&m), disk_hits(&m));
 
     let got = fetch(&v, "/cold", &[]).await;
-    assert_same_hit(&got, &cold);
+    assert_same_hit(&got, &cold, "/cold");
     let m = lane_hits_reach(&v, 13.0).await;
     assert_eq!(
         refused(&m) - before.2,
