@@ -250,13 +250,9 @@ impl MemoryStorage {
         let disk = self.disk?;
         match disk.promote_now(key, LANE_DISK_READ, worth)? {
             Promoted::Held => self.servable(&key.combined_bin()),
-            Promoted::NotAdmitted(meta, body) => Servable::whole(Arc::new(Entry {
-                meta,
-                body,
-                combined: key.combined_bin(),
-                primary: key.primary_bin(),
-                uses: AtomicU32::new(WRITTEN),
-            })),
+            Promoted::NotAdmitted(meta, body) => {
+                Servable::whole(Arc::new(Entry::from_disk(key, meta, body)))
+            }
             Promoted::Superseded => None,
         }
     }
@@ -744,6 +740,17 @@ fn entry_size(meta: &StoredMeta, body: usize) -> usize {
 }
 
 impl Entry {
+    /// An object read from the disk tier under `key`: already written there, never again.
+    fn from_disk(key: &impl CacheHashKey, meta: Arc<StoredMeta>, body: Bytes) -> Self {
+        Entry {
+            meta,
+            body,
+            combined: key.combined_bin(),
+            primary: key.primary_bin(),
+            uses: AtomicU32::new(WRITTEN),
+        }
+    }
+
     /// What it is charged against the byte budget ([`entry_size`]); the same for its whole
     /// life, as its meta and body never change.
     fn size(&self) -> usize {

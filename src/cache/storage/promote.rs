@@ -9,7 +9,6 @@ use crate::cache::stored_meta::StoredMeta;
 use bytes::Bytes;
 use pingora_cache::eviction::CacheEntryKey;
 use pingora_cache::key::{CacheHashKey, CompactCacheKey};
-use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 impl Promote for MemoryStorage {
@@ -28,13 +27,7 @@ impl Promote for MemoryStorage {
     ) -> Promoted {
         let combined = key.combined_bin();
         let size = entry_size(&meta, body.len());
-        let entry = Entry {
-            meta,
-            body,
-            combined,
-            primary: key.primary_bin(),
-            uses: AtomicU32::new(super::WRITTEN),
-        };
+        let entry = Entry::from_disk(&key, meta, body);
         // nothing newer in memory, and the disk tier still holds what was read
         let current = |maps: &super::ShardMaps| {
             !(maps.entries.contains_key(&combined) || maps.fills.contains_key(&combined))
