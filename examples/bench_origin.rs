@@ -69,6 +69,7 @@ enum Endpoint {
 }
 
 /// `/obj/<size>/<key>`, `/text/<size>/<key>`, `/gztext/<size>/<key>`, `/nostore/<size>/<key>`,
+/// `/api/<size>/<key>` (as `nostore`),
 /// `/slow/<ms>/<key>`, `/stats`, `/stats/total`; anything else (or a size/ms out of range) is
 /// `NotFound`.
 fn endpoint(path: &str) -> Endpoint {
@@ -97,7 +98,8 @@ fn endpoint(path: &str) -> Endpoint {
             },
             _ => Endpoint::NotFound,
         },
-        "nostore" => match n.parse::<usize>() {
+        // `api`: the same answer, asked for on a route that does not cache (scenario `api`)
+        "nostore" | "api" => match n.parse::<usize>() {
             Ok(size) if size <= MAX_OBJECT => Endpoint::NoStore { size },
             _ => Endpoint::NotFound,
         },

@@ -18,6 +18,7 @@ use crate::http_syntax::head_index::HeadIndex;
 use crate::http_syntax::request_line;
 use crate::metrics::METRICS;
 use crate::proxy::hit_lane::{HitLane, Lane};
+use crate::proxy::pass_lane::PassLane;
 use crate::proxy::EdgeProxy;
 use crate::proxy::LaneWaited;
 use async_trait::async_trait;
@@ -297,6 +298,7 @@ pub struct Ingress {
     listener: String,
     h2c: bool,
     hits: Option<HitLane>,
+    passes: Option<PassLane>,
     tls: Option<TlsHandshake>,
     proxy_protocol: Option<ProxyProtocol>,
 }
@@ -310,6 +312,7 @@ impl Ingress {
             listener,
             h2c,
             hits: None,
+            passes: None,
             tls: None,
             proxy_protocol: None,
         }
@@ -331,6 +334,13 @@ impl Ingress {
     /// Answer plain hits in the front door (see [`crate::proxy::hit_lane`]).
     pub fn with_hit_lane(mut self, hits: HitLane) -> Self {
         self.hits = Some(hits);
+        self
+    }
+
+    /// Proxy plain requests on routes that do not cache in the front door (see
+    /// [`crate::proxy::pass_lane`]).
+    pub fn with_pass_lane(mut self, passes: PassLane) -> Self {
+        self.passes = Some(passes);
         self
     }
 
@@ -360,11 +370,7 @@ impl Ingress {
             }
         };
         let sent = write_both(stream, &answer.head, &answer.body).await.is_ok();
-        let client = answer
-            .logs()
-            .then(|| stream.get_socket_digest())
-            .flatten()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let client = answer.logs().then(|| peer_ip(stream)).flatten();
         hits.record(&answer, sent, client, started.elapsed());
         Some(sent && !answer.close)
     }
@@ -446,6 +452,12 @@ impl Ingress {
             }
         }
     }
+}
+
+/// The client connection's peer address.
+fn peer_ip(stream: &Client) -> Option<std::net::IpAddr> {
+    let digest = stream.get_socket_digest()?;
+    digest.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
 }
 
 /// Write `head` then `body` with as few writes as the socket takes (vectored: one `writev` for a
@@ -595,6 +607,14 @@ impl ServerApp for Ingress {
                         Some(true) => continue,
                         Some(false) => return None,
                         None => {}
+                    }
+                    if let Some(passes) = self.passes.as_ref().filter(|_| waited.is_none()) {
+                        let client = peer_ip(&stream);
+                        match passes.serve(&mut stream, head, last, client).await {
+                            Some(true) => continue,
+                            Some(false) => return None,
+                            None => {}
+                        }
                     }
                     // the body bytes that came with the head are judged before routing
                     if let Err(refusal) = stream.watch.start(body, &buf[head_len..]) {

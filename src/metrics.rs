@@ -83,6 +83,9 @@ pub struct Metrics {
     /// `verge_cache_fast_hits_total{route}`: the hits among `verge_cache_lookups_total{result=
     /// "hit"}` that the front door answered itself (`proxy::hit_lane`), without Pingora's phases.
     pub cache_fast_hits: IntCounterVec,
+    /// `verge_fast_passes_total{route}`: requests on routes that do not cache that the front
+    /// door proxied itself (`proxy::pass_lane`), without Pingora's phases.
+    pub fast_passes: IntCounterVec,
     /// `verge_cache_bytes`: bytes held by the cache (headers + bodies + per-entry overhead).
     pub cache_bytes: IntGauge,
     /// `verge_cache_inflight_bytes`: body bytes held by responses still being fetched (readers
@@ -462,6 +465,12 @@ impl Metrics {
                 &node,
                 "verge_cache_fast_hits_total",
                 "Cache hits answered by the front door's hit lane, by route",
+                &["route"],
+            ),
+            fast_passes: counter(
+                &node,
+                "verge_fast_passes_total",
+                "Requests proxied by the front door's pass lane, by route",
                 &["route"],
             ),
             cache_bytes: plain_gauge(&node, "verge_cache_bytes", "Bytes held by the cache"),

@@ -24,11 +24,13 @@ use crate::node::tls_certificates::{CertificateReload, ListenerCertificates};
 use crate::node::writer::SnapshotWriter;
 use crate::proxy::filter::Filters;
 use crate::proxy::hit_lane::HitLane;
+use crate::proxy::pass_lane::PassLane;
 use crate::proxy::{EdgeProxy, ListenerInfo};
 use crate::snapshot::{ControlState, SharedSnapshot, Snapshot};
 use arc_swap::ArcSwap;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
+use pingora_core::connectors::ConnectorOptions;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig, Listeners};
 use pingora_core::protocols::http::v2::server::{default_h2_options, H2Options};
 use pingora_core::server::configuration::{Opt, ServerConf};
@@ -215,6 +217,20 @@ fn listener_service(
         ingress = ingress.with_hit_lane(
             HitLane::new(snapshot.clone(), cache, filters.clone(), spec.tls.is_some())
                 .with_listener_name(&spec.name),
+        );
+    }
+    if cache.settings.pass_lane {
+        let options = ConnectorOptions::from_server_conf(conf);
+        ingress = ingress.with_pass_lane(
+            PassLane::new(
+                snapshot.clone(),
+                filters.clone(),
+                options,
+                conf.max_retries,
+                spec.trusted_forwarding.clone(),
+                spec.tls.is_some(),
+            )
+            .with_listener_name(&spec.name),
         );
     }
     let endpoint = ListenerConfig::tcp(spec.addr.to_string()).l4_buffer(L4BufferSettings {

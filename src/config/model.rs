@@ -150,6 +150,10 @@ pub struct CacheSettings {
     /// hit lane). `false` sends every request through Pingora's phases; the responses are the
     /// same but for `Date`.
     pub hit_lane: bool,
+    /// Proxy plain requests on routes that do not cache in the front door, without Pingora's
+    /// per-request session (the pass lane). `false` sends them through Pingora's phases; the
+    /// responses and what the origin receives are the same.
+    pub pass_lane: bool,
     /// The disk tier under memory (`cache.disk`); `None`: memory only.
     pub disk: Option<DiskSettings>,
 }
@@ -181,6 +185,7 @@ impl Default for CacheSettings {
             lock_timeout: Duration::from_secs(10),
             lock_wait: Duration::from_secs(5),
             hit_lane: true,
+            pass_lane: true,
             disk: None,
         }
     }

@@ -120,6 +120,7 @@ pub struct RawCache {
     pub lock_timeout: Option<ConfDuration>,
     pub lock_wait: Option<ConfDuration>,
     pub hit_lane: Option<bool>,
+    pub pass_lane: Option<bool>,
     pub disk: Option<RawDiskCache>,
 }
 

@@ -32,6 +32,7 @@ pub struct RouteCounters {
     bytes: [OnceLock<IntCounter>; BODY_SOURCES.len()],
     duration: OnceLock<Histogram>,
     fast_hits: OnceLock<IntCounter>,
+    fast_passes: OnceLock<IntCounter>,
     served_fresh: OnceLock<IntCounter>,
     age_ratio: OnceLock<Histogram>,
 }
@@ -89,6 +90,12 @@ impl RouteCounters {
     pub fn fast_hits(&self) -> &IntCounter {
         self.fast_hits
             .get_or_init(|| METRICS.cache_fast_hits.with_label_values(&[&self.route]))
+    }
+
+    /// `verge_fast_passes_total{route}`.
+    pub fn fast_passes(&self) -> &IntCounter {
+        self.fast_passes
+            .get_or_init(|| METRICS.fast_passes.with_label_values(&[&self.route]))
     }
 
     /// `verge_cache_served_total{class,state="fresh"}`.

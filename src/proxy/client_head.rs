@@ -24,9 +24,7 @@ pub fn prepare(
         // this head is the stored one: give the fetching client what the origin sent
         headers::restore_fields(resp, std::mem::take(&mut ctx.unstored_fields))?;
     }
-    for name in &rfc9111::CLIENT_HIDDEN_HEADERS {
-        resp.remove_header(name);
-    }
+    hide_fields(resp);
     if let Some(route) = ctx.route.clone() {
         if route.spec.compression.is_some() {
             let req = session.req_header();
@@ -44,6 +42,13 @@ pub fn prepare(
         }
     }
     request_id::set_response(resp, ctx)
+}
+
+/// The fields no client sees (verge's own bookkeeping in stored heads).
+pub fn hide_fields(resp: &mut ResponseHeader) {
+    for name in &rfc9111::CLIENT_HIDDEN_HEADERS {
+        resp.remove_header(name);
+    }
 }
 
 /// The values `ops` may name for this request (the client address only when `ops` read it).

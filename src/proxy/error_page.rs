@@ -70,17 +70,29 @@ async fn write_local(
     body: Bytes,
     fields: &[(&'static str, &str)],
 ) -> Result<()> {
+    let resp = local_head(status, content_type, body.len(), fields)?;
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// The head of an answer verge writes itself, before the writer adds `Date` and `Connection`
+/// (the connection closes after it).
+pub fn local_head(
+    status: u16,
+    content_type: &[u8],
+    body_len: usize,
+    fields: &[(&'static str, &str)],
+) -> Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(status, Some(4 + fields.len()))?;
     for (name, value) in fields {
         resp.insert_header(*name, *value)?;
     }
     resp.insert_header("content-type", content_type.to_vec())?;
-    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("content-length", body_len.to_string())?;
     resp.insert_header("cache-control", "no-store")?;
     resp.insert_header("server", "verge")?;
-    session.set_keepalive(None);
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await
+    Ok(resp)
 }
 
 /// The status a client gets for a failure verge could not proxy around (0: none, the client

@@ -18,6 +18,7 @@ pub mod gzip_codec;
 pub mod headers;
 pub mod hit_lane;
 pub mod origin_response;
+pub mod pass_lane;
 pub mod peer;
 pub mod purge;
 pub mod rate_limit;

@@ -31,14 +31,22 @@ pub fn head_arrived(
             compression::origin_head(req, upstream, spec, fills, &mut ctx.transcoding)?;
         }
     }
+    // before pingora's cache write: a streamed body without Content-Length that outgrows
+    // cache.max_object_size must reach the client whole (see the function's doc)
+    crate::cache::defer_body_size_check(&mut session.cache, upstream);
+    final_head(upstream, ctx);
+    Ok(())
+}
+
+/// The part of [`head_arrived`] that needs no session (all of it for a route that neither
+/// caches nor compresses: the pass lane's): the deadline, hop-by-hop fields, a kept 304 and
+/// the origin's latency.
+pub fn final_head(upstream: &mut ResponseHeader, ctx: &mut RequestCtx) {
     let tunnel = upstream.status == http::StatusCode::SWITCHING_PROTOCOLS;
     // a tunnel (101) has no end to wait for; a head without a body is the whole response
     if ctx.deadline.is_some() && (tunnel || !deadline::body_follows(upstream)) {
         ctx.deadline = None;
     }
-    // before pingora's cache write: a streamed body without Content-Length that outgrows
-    // cache.max_object_size must reach the client whole (see the function's doc)
-    crate::cache::defer_body_size_check(&mut session.cache, upstream);
     if !tunnel {
         headers::strip_connection_listed(upstream);
     }
@@ -58,5 +66,4 @@ pub fn head_arrived(
             .with_label_values(&[pool])
             .observe(elapsed);
     }
-    Ok(())
 }

@@ -7,8 +7,9 @@ use crate::config::{PoolSpec, RouteTimeouts, Timeouts};
 use crate::metrics::METRICS;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
+use pingora_http::RequestHeader;
 use pingora_proxy::Session;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use std::time::Instant;
 
@@ -51,15 +52,20 @@ pub fn build_peer(pool: &PoolSpec, route: &RouteTimeouts, addr: SocketAddr) -> H
 /// already), as a peer with the route's timeouts, within what the whole-response deadline
 /// leaves. The deadline starts with the first attempt.
 pub fn select(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    select_for(session.req_header(), client_ip(session), ctx)
+}
+
+/// [`select`] for the request `req` from `client` (the pass lane's, outside a session).
+pub fn select_for(
+    req: &RequestHeader,
+    client: Option<IpAddr>,
+    ctx: &mut RequestCtx,
+) -> Result<Box<HttpPeer>> {
     let Some(route) = ctx.route.clone() else {
         return Error::e_explain(ErrorType::InternalError, "no route chosen");
     };
     let pool = &route.pool;
-    let key = crate::upstream::pool::hash_input(
-        &pool.spec.selection,
-        session.req_header(),
-        client_ip(session),
-    );
+    let key = crate::upstream::pool::hash_input(&pool.spec.selection, req, client);
     let Some(addr) = pool.select(&key, &ctx.tried) else {
         METRICS.no_backend.with_label_values(&[pool.name()]).inc();
         // the pool is internal: the log and the metric name it, the client's page does not
@@ -86,8 +92,14 @@ pub fn select(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> 
 
 /// `fail_to_connect`: count the failure against the backend (passive ejection after N in a
 /// row), and retry on another backend for idempotent requests while attempts are left.
-pub fn on_connect_failure(
-    session: &Session,
+pub fn on_connect_failure(session: &Session, ctx: &mut RequestCtx, e: Box<Error>) -> Box<Error> {
+    let idempotent = session.req_header().method.is_idempotent();
+    on_connect_failure_for(idempotent, ctx, e)
+}
+
+/// [`on_connect_failure`] for a request whose method is `idempotent` or not.
+pub fn on_connect_failure_for(
+    idempotent: bool,
     ctx: &mut RequestCtx,
     mut e: Box<Error>,
 ) -> Box<Error> {
@@ -110,7 +122,6 @@ pub fn on_connect_failure(
             .with_label_values(&[pool.name(), &label])
             .inc();
     }
-    let idempotent = session.req_header().method.is_idempotent();
     let attempts_left = ctx.tried.len() <= pool.spec.retries;
     if idempotent && attempts_left {
         METRICS.retries.with_label_values(&[pool.name()]).inc();

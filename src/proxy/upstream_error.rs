@@ -89,6 +89,21 @@ pub fn while_proxying(
     ctx: &mut RequestCtx,
     client_reused: bool,
 ) -> Box<Error> {
+    // a retry resends the request body only while all of it is still buffered
+    let resendable =
+        session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
+    while_proxying_for(peer, resendable, e, ctx, client_reused)
+}
+
+/// [`while_proxying`] for a request that could (`resendable`: idempotent, its body still
+/// buffered) or could not be sent again.
+pub fn while_proxying_for(
+    peer: &HttpPeer,
+    resendable: bool,
+    e: Box<Error>,
+    ctx: &mut RequestCtx,
+    client_reused: bool,
+) -> Box<Error> {
     // a connection cut by the whole-response deadline is a timeout, never retried
     let over_deadline = ctx.deadline.as_mut().and_then(|d| {
         d.disarm();
@@ -110,8 +125,7 @@ pub fn while_proxying(
         .deadline
         .as_ref()
         .is_some_and(|d| d.expired(Instant::now()))
-        || !session.req_header().method.is_idempotent()
-        || session.as_ref().retry_buffer_truncated()
+        || !resendable
     {
         e.set_retry(false);
     } else {

@@ -5,10 +5,11 @@
 use super::client_head::header_vars;
 use super::context::{client_ip, RequestCtx};
 use super::{compression, headers, request_id, tier};
-use crate::snapshot::SharedSnapshot;
+use crate::snapshot::{Route, SharedSnapshot};
 use pingora_error::Result;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
+use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
 /// `upstream_request_filter`, before the user filters. `true`: the head goes to the origin,
@@ -33,13 +34,26 @@ pub fn prepare(
         return Ok(false);
     }
     let client = client_ip(session);
-    let trusted = trust.fields_for(client);
     let vars = header_vars(session, ctx, scheme, snapshot, &route.spec.request_headers);
-    headers::prepare_upstream(upstream, &route, ctx, client, &vars, trusted)?;
-    request_id::set_upstream(upstream, ctx)?;
+    to_origin(upstream, (&route, ctx), client, &vars, trust)?;
     let compression = route.spec.compression.as_ref();
     compression::upstream_request(upstream, compression, session.cache.enabled())?;
     Ok(true)
+}
+
+/// The part of [`prepare`] for a head going to the origin that needs no session: the
+/// forwarding fields for `client` (those `trust` lets its hop set kept), the route's edits and
+/// the request id. The pass lane calls it for the routes it takes (no compression, no tier).
+pub fn to_origin(
+    upstream: &mut RequestHeader,
+    (route, ctx): (&Route, &RequestCtx),
+    client: Option<IpAddr>,
+    vars: &headers::HeaderVars<'_>,
+    trust: &headers::ForwardingTrust,
+) -> Result<()> {
+    let trusted = trust.fields_for(client);
+    headers::prepare_upstream(upstream, route, ctx, client, vars, trusted)?;
+    request_id::set_upstream(upstream, ctx)
 }
 
 /// The head is on its way: the origin's latency and the fetch time count from here.

@@ -41,6 +41,7 @@ mod limits;
 mod operator_cli;
 mod origin_deadline;
 mod origin_faults;
+mod pass_lane_parity;
 mod protocol_hardening;
 mod readiness;
 mod refresh;

@@ -32,6 +32,7 @@ pub(super) fn validate_cache(raw: RawCache, errs: &mut Errors) -> CacheSettings 
         lock_timeout,
         lock_wait,
         hit_lane: raw.hit_lane.unwrap_or(d.hit_lane),
+        pass_lane: raw.pass_lane.unwrap_or(d.pass_lane),
         disk: raw
             .disk
             .map(|disk| validate_disk(disk, max_object_size, errs)),

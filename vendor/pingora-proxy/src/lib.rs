@@ -99,6 +99,7 @@ pub mod subrequest;
 use subrequest::{BodyMode, Ctx as SubrequestCtx};
 
 pub use h2_proxy_tasks::on_h2_send_timeout;
+pub use proxy_common::{h1_upstream_request_after_filter, h1_upstream_request_before_filter};
 pub use proxy_cache::range_filter::{range_header_filter, MultiRangeInfo, RangeType};
 pub use proxy_purge::PurgeStatus;
 pub use proxy_trait::{FailToProxy, ProxyHttp, ProxyWarnLogContext};

@@ -893,3 +893,31 @@ mod tests {
         assert!(!ds.can_poll());
     }
 }
+
+/// verge's patch: what `proxy_1to1` does to an HTTP/1.1 request head before
+/// `upstream_request_filter`, for a caller that proxies a plain HTTP/1.1 request outside the
+/// session (verge's pass lane): the version set to 1.1 and the head sanitized by `policy`.
+pub fn h1_upstream_request_before_filter(
+    req: &mut RequestHeader,
+    policy: HttpUpstreamRequestPolicy,
+) -> Result<()> {
+    req.set_version(http::Version::HTTP_11);
+    sanitize_h1_upstream_request(req, policy, true).map_err(|e| e.into_down())
+}
+
+/// verge's patch: what `proxy_1to1` does to the head after `upstream_request_filter` (the
+/// standard authority policy): authority reconciled, `Host` restored when the request had one,
+/// authority validated, and the body framing completed (`has_body`).
+pub fn h1_upstream_request_after_filter(
+    req: &mut RequestHeader,
+    downstream_had_host: bool,
+    has_body: bool,
+) -> Result<()> {
+    reconcile_upstream_authority(req).map_err(|e| e.into_in())?;
+    let target_has_authority = raw_target_authority(req.raw_path()).authority().is_some();
+    if downstream_had_host || req.uri.authority().is_some() || target_has_authority {
+        set_h1_host_from_authority(req).map_err(|e| e.into_in())?;
+    }
+    pingora_core::protocols::http::authority::validate_request_authority(req).map_err(|e| e.into_in())?;
+    finalize_h1_upstream_request_framing(req, has_body)
+}
