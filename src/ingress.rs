@@ -17,7 +17,8 @@ use crate::config::{Limits, ProxyProtocol};
 use crate::http_syntax::head_index::HeadIndex;
 use crate::http_syntax::request_line;
 use crate::metrics::METRICS;
-use crate::proxy::hit_lane::{HitLane, Lane};
+use crate::proxy::hit_lane::{plain_request, HitLane, Lane, PlainRequest};
+use crate::proxy::lane_route::{LaneRoutes, Routed};
 use crate::proxy::pass_lane::PassLane;
 use crate::proxy::EdgeProxy;
 use crate::proxy::LaneWaited;
@@ -297,6 +298,7 @@ pub struct Ingress {
     limits: Limits,
     listener: String,
     h2c: bool,
+    routes: Option<LaneRoutes>,
     hits: Option<HitLane>,
     passes: Option<PassLane>,
     tls: Option<TlsHandshake>,
@@ -311,6 +313,7 @@ impl Ingress {
             limits,
             listener,
             h2c,
+            routes: None,
             hits: None,
             passes: None,
             tls: None,
@@ -328,6 +331,12 @@ impl Ingress {
     /// Terminate TLS on each connection before anything else (see [`TlsHandshake`]).
     pub fn with_tls(mut self, tls: TlsHandshake) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Route plain requests for the lanes (one of them at least must be added for any to run).
+    pub fn with_lane_routes(mut self, routes: LaneRoutes) -> Self {
+        self.routes = Some(routes);
         self
     }
 
@@ -349,13 +358,13 @@ impl Ingress {
     async fn answer_hit(
         &self,
         stream: &mut Client,
-        (head, index): (&[u8], &HeadIndex),
+        (req, routed): (&PlainRequest<'_>, &Routed),
         last: bool,
         waited: &mut Option<Duration>,
     ) -> Option<bool> {
         let hits = self.hits.as_ref()?;
         let started = std::time::Instant::now();
-        let answer = match hits.answer(head, index, last, false) {
+        let answer = match hits.answer(req, routed, last, false) {
             Lane::Answer(answer) => answer,
             Lane::Decline => return None,
             Lane::Wait(mut fetched) => {
@@ -363,7 +372,7 @@ impl Ingress {
                 let limit = hits.lock_wait();
                 let _ = tokio::time::timeout(limit, fetched.changed()).await;
                 *waited = Some(started.elapsed());
-                match hits.answer(head, index, last, true) {
+                match hits.answer(req, routed, last, true) {
                     Lane::Answer(answer) => answer,
                     Lane::Decline | Lane::Wait(_) => return None,
                 }
@@ -602,20 +611,32 @@ impl ServerApp for Ingress {
                     served = served.saturating_add(1);
                     idle = self.limits.keepalive_timeout;
                     let mut waited = None;
-                    let head = (&buf[..], &index);
-                    match self.answer_hit(&mut stream, head, last, &mut waited).await {
-                        Some(true) => continue,
-                        Some(false) => return None,
-                        None => {}
-                    }
-                    if let Some(passes) = self.passes.as_ref().filter(|_| waited.is_none()) {
-                        let client = peer_ip(&stream);
-                        match passes.serve(&mut stream, head, last, client).await {
+                    // a plain request, read and routed once for the lanes
+                    let plain = self.routes.as_ref().and_then(|routes| {
+                        let req = plain_request(&buf[..], &index)?;
+                        let routed = routes.route(&req)?;
+                        Some((req, routed, routes))
+                    });
+                    if let Some((req, routed, routes)) = &plain {
+                        let started = std::time::Instant::now();
+                        let lane = (req, routed);
+                        match self.answer_hit(&mut stream, lane, last, &mut waited).await {
                             Some(true) => continue,
                             Some(false) => return None,
                             None => {}
                         }
+                        if let Some(passes) = self.passes.as_ref().filter(|_| waited.is_none()) {
+                            let client = peer_ip(&stream);
+                            let served =
+                                passes.serve(&mut stream, lane, routes, last, client, started);
+                            match served.await {
+                                Some(true) => continue,
+                                Some(false) => return None,
+                                None => {}
+                            }
+                        }
                     }
+                    drop(plain);
                     // the body bytes that came with the head are judged before routing
                     if let Err(refusal) = stream.watch.start(body, &buf[head_len..]) {
                         write_rejection(&mut stream, refusal.status()).await;

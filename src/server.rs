@@ -24,6 +24,7 @@ use crate::node::tls_certificates::{CertificateReload, ListenerCertificates};
 use crate::node::writer::SnapshotWriter;
 use crate::proxy::filter::Filters;
 use crate::proxy::hit_lane::HitLane;
+use crate::proxy::lane_route::LaneRoutes;
 use crate::proxy::pass_lane::PassLane;
 use crate::proxy::{EdgeProxy, ListenerInfo};
 use crate::snapshot::{ControlState, SharedSnapshot, Snapshot};
@@ -213,6 +214,10 @@ fn listener_service(
     proxy.h2_options = Some(h2_options(&spec.limits.h2));
     let mut ingress = Ingress::new(proxy, spec.limits, spec.name.clone(), spec.h2c)
         .with_proxy_protocol(spec.proxy_protocol.clone());
+    if cache.settings.hit_lane || cache.settings.pass_lane {
+        let tls = spec.tls.is_some();
+        ingress = ingress.with_lane_routes(LaneRoutes::new(snapshot.clone(), &spec.name, tls));
+    }
     if cache.settings.hit_lane {
         ingress = ingress.with_hit_lane(
             HitLane::new(snapshot.clone(), cache, filters.clone(), spec.tls.is_some())

@@ -24,6 +24,7 @@
 use super::content_coding::AcceptEncoding;
 use super::filter::Filters;
 use super::finish::{finish, Finished, Seen};
+use super::lane_route::Routed;
 use crate::cache::collapse::LockWait;
 use crate::cache::freshness::{Served, ServedState};
 use crate::cache::hit_decision::{self, HitDecision, StoredEntry};
@@ -31,9 +32,9 @@ use crate::cache::request_view::RequestView;
 use crate::cache::storage::Servable;
 use crate::cache::stored_meta::HeadOnDemand;
 use crate::cache::{self, cache_status, request_directives, rfc9111, CacheEngine};
-use crate::config::{EdgeRules, LogField, Rewrite, RouteCache, RouteSpec};
+use crate::config::{EdgeRules, Rewrite, RouteCache, RouteSpec};
 use crate::http_syntax::head_index::{FieldSpan, HeadIndex};
-use crate::http_syntax::{host::canonical_host, scheme};
+use crate::http_syntax::scheme;
 use crate::snapshot::{Route, SharedSnapshot, Snapshot};
 use crate::upstream::hop_marker::HOP_FIELD;
 use bytes::{Bytes, BytesMut};
@@ -354,9 +355,6 @@ pub struct HitLane {
     scheme: &'static str,
     /// The listener's name, for the access log.
     listener: String,
-    /// The listener terminates TLS: when the access log (as the serving config has it) records
-    /// the TLS version, which the lane does not read, the full path answers.
-    tls: bool,
 }
 
 impl HitLane {
@@ -374,7 +372,6 @@ impl HitLane {
             filters,
             scheme: scheme(tls),
             listener: String::new(),
-            tls,
         }
     }
 
@@ -384,34 +381,36 @@ impl HitLane {
         self
     }
 
-    /// The answer to the request in `head`, if it is a plain request for a fresh, servable,
-    /// uninvalidated stored response. `last`: this response must close the connection (the
-    /// keep-alive request limit, or shutdown). Counts the hit with the eviction manager, as a
-    /// Pingora hit does.
-    pub fn answer(&self, head: &[u8], index: &HeadIndex, last: bool, waited: bool) -> Lane {
-        plain_request(head, index)
-            .and_then(|req| self.try_answer(&req, last, waited))
+    /// The answer to the plain request `req` (routed by [`super::lane_route::LaneRoutes`]), if it asks for
+    /// a fresh, servable, uninvalidated stored response. `last`: this response must close the
+    /// connection (the keep-alive request limit, or shutdown). Counts the hit with the eviction
+    /// manager, as a Pingora hit does.
+    pub fn answer(
+        &self,
+        req: &PlainRequest<'_>,
+        routed: &Routed,
+        last: bool,
+        waited: bool,
+    ) -> Lane {
+        self.try_answer(req, routed, last, waited)
             .unwrap_or(Lane::Decline)
     }
 
-    fn try_answer(&self, req: &PlainRequest<'_>, last: bool, waited: bool) -> Option<Lane> {
-        let host = canonical_host(req.host)?;
-        let snapshot = self.snapshot.load();
-        if self.tls && snapshot.logs_field(LogField::TlsVersion) {
-            return None;
-        }
-        // a listener's access rules refuse clients of a hit too: the full path applies them
-        let listener = snapshot.config.listener(&self.listener);
-        if listener.is_some_and(|l| l.has_access_rules()) {
-            return None;
-        }
-        let route = snapshot.table.lookup(&host, req.path)?;
+    fn try_answer(
+        &self,
+        req: &PlainRequest<'_>,
+        routed: &Routed,
+        last: bool,
+        waited: bool,
+    ) -> Option<Lane> {
+        let (host, route) = (&routed.host, &routed.route);
         let rules = lane_rules(route, &self.filters)?;
+        let snapshot = self.snapshot.load();
         let view = req.view();
         if rfc9111::request_bypass(&view, rules).is_some() {
             return None;
         }
-        let key = cache::route_cache_key(self.scheme, &host, req.path_and_query, &rules.key);
+        let key = cache::route_cache_key(self.scheme, host, req.path_and_query, &rules.key);
         let combined = key.combined_bin();
         let now = SystemTime::now();
         let storage = self.cache.storage;
@@ -432,7 +431,7 @@ impl HitLane {
             // arrives after the look still wakes this request.
             let fetched = storage.pending.wait_for(&combined)?;
             if storage.servable(&combined).is_some() {
-                return self.try_answer(req, last, true);
+                return self.try_answer(req, routed, last, true);
             }
             // a response already streaming in is Pingora's to stream to this client
             return (!storage.is_filling(&combined)).then_some(Lane::Wait(fetched));
@@ -454,7 +453,7 @@ impl HitLane {
         let directives = request_directives::for_route(&view, rules);
         let decision = hit_decision::decide(
             &snapshot.control.invalidations,
-            &host,
+            host,
             req.path_and_query,
             rules,
             &directives,
@@ -474,6 +473,7 @@ impl HitLane {
                 .access(&eviction_key, weight, meta.fresh_until());
         }
         let found = (entry, decided_with);
+        let host = host.clone();
         let answer = self.build(found, req, now, last, route, host, combined, waited);
         Some(Lane::Answer(answer))
     }

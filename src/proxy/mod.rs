@@ -17,6 +17,7 @@ pub mod finish;
 pub mod gzip_codec;
 pub mod headers;
 pub mod hit_lane;
+pub mod lane_route;
 pub mod origin_response;
 pub mod pass_lane;
 pub mod peer;

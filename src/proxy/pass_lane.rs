@@ -23,14 +23,14 @@ use super::context::RequestCtx;
 use super::filter::Filters;
 use super::finish::{finish, Finished, Seen};
 use super::headers::{ForwardingTrust, HeaderVars};
-use super::hit_lane::{plain_request, PlainRequest};
+use super::hit_lane::PlainRequest;
+use super::lane_route::{LaneRoutes, Routed};
 use super::{
     client_address, client_head, error_page, origin_response, peer, request_id, upstream_error,
     upstream_request,
 };
-use crate::config::{EdgeRules, LogField, Rewrite, RouteSpec};
-use crate::http_syntax::head_index::HeadIndex;
-use crate::http_syntax::{host::canonical_host, scheme};
+use crate::config::{EdgeRules, Rewrite, RouteSpec};
+use crate::http_syntax::scheme;
 use crate::snapshot::{Route, SharedSnapshot};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, Method, Version};
@@ -202,10 +202,8 @@ pub struct PassLane {
     trust: ForwardingTrust,
     max_retries: usize,
     scheme: &'static str,
-    /// The listener's name, for the access log and its rules.
+    /// The listener's name, for the access log.
     listener: String,
-    /// The listener terminates TLS (the lane declines when the log records its version).
-    tls: bool,
 }
 
 /// One request the lane is proxying: what the finish needs, kept as it goes.
@@ -239,56 +237,45 @@ impl PassLane {
             max_retries,
             scheme: scheme(tls),
             listener: String::new(),
-            tls,
         }
     }
 
-    /// Name the listener (its rules, and the access log's lines).
+    /// Name the listener in the access log's lines.
     pub fn with_listener_name(mut self, name: &str) -> Self {
         self.listener = name.to_string();
         self
     }
 
-    /// Proxy the request in `head` if the lane takes it: `None` when it goes the full way
-    /// (nothing was read or written), else whether the client connection stays open. `last`:
-    /// the response must close the connection; `client`: the connection's peer address.
+    /// Proxy the plain request `req` (routed by `routes`) if the lane takes it: `None` when it
+    /// goes the full way (nothing was read or written), else whether the client connection
+    /// stays open. `last`: the response must close the connection; `client`: the connection's
+    /// peer address; `started`: when its head was read.
+    #[allow(clippy::too_many_arguments)]
     pub async fn serve<S: AsyncWrite + Unpin + Send>(
         &self,
         stream: &mut S,
-        (head, index): (&[u8], &HeadIndex),
+        (req, routed): (&PlainRequest<'_>, &Routed),
+        routes: &LaneRoutes,
         last: bool,
         client: Option<IpAddr>,
+        started: Instant,
     ) -> Option<bool> {
-        let started = Instant::now();
-        let req = plain_request(head, index)?;
         if req.method != Method::GET && req.method != Method::HEAD {
             return None;
         }
-        let host = canonical_host(req.host)?;
-        let route = {
-            let snapshot = self.snapshot.load();
-            if self.tls && snapshot.logs_field(LogField::TlsVersion) {
-                return None;
-            }
-            let listener = snapshot.config.listener(&self.listener);
-            if listener.is_some_and(|l| l.has_access_rules() || !l.error_pages.is_empty()) {
-                return None;
-            }
-            let route = snapshot.table.lookup(&host, req.path)?;
-            if !pass_rules(route, &self.filters) {
-                return None;
-            }
-            route.clone()
-        };
+        let route = &routed.route;
+        if !pass_rules(route, &self.filters) || routes.has_error_pages() {
+            return None;
+        }
         let ctx = RequestCtx {
-            host,
+            host: routed.host.clone(),
             route: Some(route.clone()),
             started: Some(started),
             ..RequestCtx::default()
         };
         let mut exchange = Exchange {
-            req: &req,
-            route: &route,
+            req,
+            route,
             ctx,
             client,
             status: 0,
@@ -309,29 +296,40 @@ impl PassLane {
         stream: &mut S,
         x: &mut Exchange<'_>,
     ) -> Result<Ended> {
-        let client_req = request_header(x.req)?;
-        let vars_client = {
+        // the client's head, as Pingora's reader builds it; each attempt sends its own copy
+        let mut client_req = Some(request_header(x.req)?);
+        // the address the route's header edits may name (`server.client_ip`), when they do
+        let reads_client = x.route.spec.request_headers.reads_client_ip();
+        let vars_client = if !reads_client {
+            None
+        } else {
             let snapshot = self.snapshot.load();
             let trusted = snapshot.config.server.client_ip.as_ref();
-            client_address::client_address(x.client, &client_req.headers, trusted)
+            let headers = client_req.as_ref().map(|r| &r.headers);
+            headers.and_then(|h| client_address::client_address(x.client, h, trusted))
         };
         let mut retries = 0;
         loop {
             retries += 1;
-            let peer = peer::select_for(&client_req, x.client, &mut x.ctx)?;
+            let head = match client_req.take() {
+                Some(head) => head,
+                None => request_header(x.req)?,
+            };
+            let peer = peer::select_for(&head, x.client, &mut x.ctx)?;
             let (mut upstream, reused) = match self.connector.get_http_session(&*peer).await {
                 Ok(connected) => connected,
                 Err(mut e) => {
                     e.as_up();
                     let e = peer::on_connect_failure_for(true, &mut x.ctx, e).into_up();
                     if e.retry() && retries < self.max_retries {
+                        client_req = Some(head);
                         continue;
                     }
                     return Err(e);
                 }
             };
             let result = self
-                .exchange(stream, x, (&client_req, vars_client), &mut upstream, &peer)
+                .exchange(stream, x, (head, vars_client), &mut upstream, &peer)
                 .await;
             match result {
                 Ok((ended, upstream_reusable)) => {
@@ -361,7 +359,7 @@ impl PassLane {
         &self,
         stream: &mut S,
         x: &mut Exchange<'_>,
-        (client_req, vars_client): (&RequestHeader, Option<IpAddr>),
+        (mut head, vars_client): (RequestHeader, Option<IpAddr>),
         upstream: &mut HttpSession,
         peer: &HttpPeer,
     ) -> Result<(Ended, bool)> {
@@ -375,7 +373,6 @@ impl PassLane {
         super::deadline::watch_connection(&mut x.ctx.deadline, upstream.id())?;
         upstream.read_timeout = peer.options.read_timeout;
         upstream.write_timeout = peer.options.write_timeout;
-        let mut head = client_req.clone();
         pingora_proxy::h1_upstream_request_before_filter(
             &mut head,
             peer.options.http_upstream_request_policy,

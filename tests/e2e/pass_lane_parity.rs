@@ -123,7 +123,7 @@ async fn verge(lane: bool) -> (Verge, RawOrigin) {
                     .strip_prefix()
                     .set(
                         "request_headers",
-                        "{set: {x-edge: verge}, remove: [x-debug]}",
+                        r#"{set: {x-edge: verge, x-client: "${client_ip}"}, remove: [x-debug]}"#,
                     )
                     .set("rewrite", r#"{host: "Origin.Internal:8443"}"#),
             )

@@ -1,0 +1,61 @@
+//! How the front door's lanes route a plain request, once for both: its canonical host and its
+//! route, when the listener lets a lane answer at all.
+
+use super::hit_lane::PlainRequest;
+use crate::config::LogField;
+use crate::http_syntax::host::canonical_host;
+use crate::snapshot::{Route, SharedSnapshot};
+use std::sync::Arc;
+
+/// A plain request's canonical host and the route the table gives it.
+pub struct Routed {
+    /// The canonical host (lowercase, no port).
+    pub host: String,
+    /// The route.
+    pub route: Arc<Route>,
+}
+
+/// The routing the lanes of one listener share.
+pub struct LaneRoutes {
+    snapshot: SharedSnapshot,
+    listener: String,
+    /// The listener terminates TLS.
+    tls: bool,
+}
+
+impl LaneRoutes {
+    /// Routing for the listener `listener` (terminating TLS or not) serving `snapshot`.
+    pub fn new(snapshot: SharedSnapshot, listener: &str, tls: bool) -> Self {
+        LaneRoutes {
+            snapshot,
+            listener: listener.to_string(),
+            tls,
+        }
+    }
+
+    /// The route of `req`, as the full path would pick it. `None` (the full path answers) when
+    /// the host is not one the table reads, no route matches, the listener's access rules must
+    /// judge the client (they refuse clients of every lane too), or the access log records the
+    /// TLS version, which the lanes do not read.
+    pub fn route(&self, req: &PlainRequest<'_>) -> Option<Routed> {
+        let host = canonical_host(req.host)?;
+        let snapshot = self.snapshot.load();
+        if self.tls && snapshot.logs_field(LogField::TlsVersion) {
+            return None;
+        }
+        let listener = snapshot.config.listener(&self.listener);
+        if listener.is_some_and(|l| l.has_access_rules()) {
+            return None;
+        }
+        let route = snapshot.table.lookup(&host, req.path)?.clone();
+        Some(Routed { host, route })
+    }
+
+    /// Whether the listener answers verge's own errors with pages of its own (`error_pages`):
+    /// the pass lane then leaves failures, and so its requests, to the full path.
+    pub fn has_error_pages(&self) -> bool {
+        let snapshot = self.snapshot.load();
+        let listener = snapshot.config.listener(&self.listener);
+        listener.is_some_and(|l| !l.error_pages.is_empty())
+    }
+}
