@@ -32,10 +32,10 @@ use super::{
 use crate::config::{EdgeRules, Rewrite, RouteSpec};
 use crate::http_syntax::scheme;
 use crate::snapshot::{Route, SharedSnapshot};
+use crate::upstream::idle_pool::IdlePool;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, Method, Version};
-use pingora_core::connectors::http::v1::Connector;
-use pingora_core::connectors::ConnectorOptions;
+use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::protocols::http::v1::client::HttpSession;
 use pingora_core::protocols::UniqueID;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
@@ -198,7 +198,10 @@ enum Ended {
 pub struct PassLane {
     snapshot: SharedSnapshot,
     filters: Filters,
-    connector: Connector,
+    /// Connects to origins (Pingora's, as the full path's).
+    transport: TransportConnector,
+    /// Origin connections kept between requests.
+    idle: IdlePool,
     trust: ForwardingTrust,
     max_retries: usize,
     scheme: &'static str,
@@ -232,7 +235,8 @@ impl PassLane {
         PassLane {
             snapshot,
             filters,
-            connector: Connector::new(Some(options)),
+            idle: IdlePool::new(options.keepalive_pool_size),
+            transport: TransportConnector::new(Some(options)),
             trust,
             max_retries,
             scheme: scheme(tls),
@@ -316,8 +320,13 @@ impl PassLane {
                 None => request_header(x.req)?,
             };
             let peer = peer::select_for(&head, x.client, &mut x.ctx)?;
-            let (mut upstream, reused) = match self.connector.get_http_session(&*peer).await {
-                Ok(connected) => connected,
+            let key = peer.reuse_hash();
+            let connected = match self.idle.take(key) {
+                Some(stream) => Ok((stream, true)),
+                None => self.transport.new_stream(&*peer).await.map(|s| (s, false)),
+            };
+            let (mut upstream, reused) = match connected {
+                Ok((stream, reused)) => (HttpSession::new_with_options(stream, &*peer), reused),
                 Err(mut e) => {
                     e.as_up();
                     let e = peer::on_connect_failure_for(true, &mut x.ctx, e).into_up();
@@ -334,10 +343,10 @@ impl PassLane {
             match result {
                 Ok((ended, upstream_reusable)) => {
                     if upstream_reusable {
-                        let idle = peer.idle_timeout();
-                        self.connector
-                            .release_http_session(upstream, &*peer, idle)
-                            .await;
+                        upstream.respect_keepalive();
+                        if let Some(stream) = upstream.reuse().await {
+                            self.idle.put(key, stream, peer.idle_timeout());
+                        }
                     }
                     return Ok(ended);
                 }

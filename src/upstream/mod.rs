@@ -3,6 +3,7 @@
 //! positions learned from hops.
 
 pub mod hop_marker;
+pub mod idle_pool;
 pub mod pool;
 pub mod tier;
 pub mod tier_positions;

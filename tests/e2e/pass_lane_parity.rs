@@ -4,7 +4,7 @@
 //! read the same request heads, byte for byte. The origin's answers cover every framing, an
 //! interim head, hop-by-hop fields, a status verge refuses, a cut body and a dead backend.
 
-use crate::support::raw_origin::{Asked, RawOrigin, Script, Step};
+use crate::support::raw_origin::{good, Asked, RawOrigin, Script, Step};
 use crate::support::wire::{dechunk, head_end, Conn};
 use crate::support::{Cache, Config, Pool, Route, Verge};
 use std::time::Duration;
@@ -227,4 +227,42 @@ async fn pass_lane_parity() {
             "{series} {{status={status}}}"
         );
     }
+}
+
+#[tokio::test]
+async fn the_pass_lane_keeps_origin_connections_and_drops_those_the_origin_closed() {
+    let o = RawOrigin::start().await;
+    // a good answer, after which the origin closes the connection verge may have kept
+    o.set(
+        "/bye",
+        Script::new(|asked: &Asked| {
+            let mut steps = good(asked);
+            steps.push(Step::Close);
+            steps
+        }),
+    );
+    let v = Verge::start(
+        &Config::new()
+            .pool(Pool::new("p", &[o.addr]))
+            .route(Route::to("p")),
+    )
+    .await;
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x.test\r\n\r\n");
+    for _ in 0..5 {
+        let answer = exchange(&v, &get("/keep")).await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    }
+    assert_eq!(o.connections(), 1, "five requests, one origin connection");
+    assert!(exchange(&v, &get("/bye"))
+        .await
+        .starts_with("HTTP/1.1 200 "));
+    // the kept connection is closed now: the next request takes a new one, without an error
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(exchange(&v, &get("/keep"))
+        .await
+        .starts_with("HTTP/1.1 200 "));
+    assert_eq!(o.connections(), 2);
+    let m = v.metrics().await;
+    assert_eq!(m.sum("verge_upstream_errors_total", &[]), 0.0);
+    assert_eq!(m.sum("verge_fast_passes_total", &[]), 7.0);
 }
