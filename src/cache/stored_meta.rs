@@ -79,6 +79,8 @@ pub struct StoredMeta {
     head: Bytes,
     /// Where the field lines end in `head` (and the stored order, if any, begins).
     lines_end: u32,
+    /// How many bytes fewer the own fields' tokens made `head`.
+    tokenised: u32,
     status: StatusCode,
     /// HTTP/1.0 (otherwise HTTP/1.1, as pingora's header serialization keeps it).
     http10: bool,
@@ -299,12 +301,13 @@ struct NameLines<'a> {
 /// same bytes as [`with_client_head`] over [`client_head_by_clone`]'s head, but read off
 /// `wire` and the order of `header`'s names: the copy of the header, its removals and its
 /// second serialisation are not made. `None` as there.
-fn arranged(header: &ResponseHeader, wire: &[u8]) -> Option<(Vec<u8>, usize, usize)> {
+fn arranged(header: &ResponseHeader, wire: &[u8]) -> Option<(Vec<u8>, usize, usize, usize)> {
     let spans = lines(wire, 0);
     if spans.len() != header.headers.len() {
         let client = client_head_by_clone(header);
         let (head, lines_end) = with_client_head(wire, &client)?;
-        return Some((head, client.len(), lines_end));
+        let (head, lines_end, tokenised) = compacted(head, client.len(), lines_end);
+        return Some((head, client.len(), lines_end, tokenised));
     }
     if spans.len() > usize::from(u16::MAX) + 1 {
         // more lines than the stored order can count
@@ -338,15 +341,22 @@ fn arranged(header: &ResponseHeader, wire: &[u8]) -> Option<(Vec<u8>, usize, usi
     // that differs (the client's names are not the first ones in their stored order)
     let in_order = sent.iter().enumerate().all(|(i, &n)| i == n);
     let order_len = if in_order { 0 } else { 2 * spans.len() };
-    let mut head = Vec::with_capacity(STATUS_LINE.len() + wire.len() + order_len);
+    // the lines a hit does not send, own fields' ones to be kept with their tokens
+    let unsent = || {
+        names
+            .iter()
+            .filter(|n| !n.sent)
+            .flat_map(|n| &spans[n.first..n.first + n.count])
+            .map(|line| &wire[line.clone()])
+    };
+    let tokenised: usize = unsent().filter_map(own_token).map(|(_, len)| len - 1).sum();
+    let mut head = Vec::with_capacity(STATUS_LINE.len() + wire.len() + order_len - tokenised);
     head.extend_from_slice(STATUS_LINE);
     for &n in &sent {
         head.extend_from_slice(&wire[names[n].bytes.clone()]);
     }
     let client_end = head.len();
-    for n in names.iter().filter(|n| !n.sent) {
-        head.extend_from_slice(&wire[n.bytes.clone()]);
-    }
+    unsent().for_each(|line| push_line(&mut head, line));
     let lines_end = head.len();
     if !in_order {
         // where each stored line is among the head's lines
@@ -363,7 +373,7 @@ fn arranged(header: &ResponseHeader, wire: &[u8]) -> Option<(Vec<u8>, usize, usi
             .iter()
             .for_each(|at| head.extend_from_slice(&at.to_le_bytes()));
     }
-    Some((head, client_end, lines_end))
+    Some((head, client_end, lines_end, tokenised))
 }
 
 /// The coding of a head whose only `Vary` is `Accept-Encoding` and whose `Content-Encoding` is
@@ -391,16 +401,18 @@ fn varied_coding(fields: &http::HeaderMap) -> Option<Option<Coding>> {
 
 /// The `Name: value\r\n` lines of `wire` (each with its CRLF), from `from` on.
 fn lines(wire: &[u8], from: usize) -> Vec<Range<usize>> {
-    let mut out = Vec::new();
+    line_spans(wire, from).collect()
+}
+
+/// [`lines`], one at a time.
+fn line_spans(wire: &[u8], from: usize) -> impl Iterator<Item = Range<usize>> + '_ {
     let mut start = from;
-    while let Some(n) = wire
-        .get(start..)
-        .and_then(|rest| rest.iter().position(|b| *b == b'\n'))
-    {
-        out.push(start..start + n + 1);
-        start += n + 1;
-    }
-    out
+    std::iter::from_fn(move || {
+        let n = wire.get(start..)?.iter().position(|b| *b == b'\n')?;
+        let line = start..start + n + 1;
+        start = line.end;
+        Some(line)
+    })
 }
 
 /// The stored head for a header whose field lines (in stored order) are `wire`, with a client
@@ -470,6 +482,10 @@ fn own_field(token: u8) -> Option<&'static HeaderName> {
 /// The token of a wire-form line of an own field (`Name: value\r\n`, the name exactly as in
 /// [`OWN_FIELDS`]), and the bytes it stands for.
 fn own_token(line: &[u8]) -> Option<(u8, usize)> {
+    // all three begin so: one comparison turns most lines away
+    if !line.starts_with(b"verge-") {
+        return None;
+    }
     OWN_FIELDS.iter().zip(1u8..).find_map(|(name, token)| {
         let rest = line.strip_prefix(name.as_str().as_bytes())?;
         rest.starts_with(b": ")
@@ -477,43 +493,52 @@ fn own_token(line: &[u8]) -> Option<(u8, usize)> {
     })
 }
 
+/// How many bytes fewer the own fields' tokens make `lines` ([`push_tokenised`]).
+fn token_savings(lines: &[u8]) -> usize {
+    line_spans(lines, 0)
+        .filter_map(|s| own_token(&lines[s]))
+        .map(|(_, len)| len - 1)
+        .sum()
+}
+
+/// Append `line` to `out`, with its token if it is an own field's.
+fn push_line(out: &mut Vec<u8>, line: &[u8]) {
+    match own_token(line) {
+        Some((token, len)) => {
+            out.push(token);
+            out.extend_from_slice(&line[len..]);
+        }
+        None => out.extend_from_slice(line),
+    }
+}
+
+/// Append `lines` to `out`, each own field's line with its token.
+fn push_tokenised(out: &mut Vec<u8>, lines: &[u8]) {
+    let mut rest = 0;
+    for line in line_spans(lines, 0) {
+        push_line(out, &lines[line.clone()]);
+        rest = line.end;
+    }
+    // an unended last line as it is (a wire form has none)
+    out.extend_from_slice(&lines[rest..]);
+}
+
 /// `head` (see [`StoredMeta`]) with each own field's line between `from` and `lines_end` kept
-/// as its token, and where its lines now end. The same head when there is none.
-fn compacted(head: Vec<u8>, from: usize, lines_end: usize) -> (Vec<u8>, usize) {
-    let Some(field_lines) = head.get(..lines_end) else {
-        return (head, lines_end);
+/// as its token, where its lines now end, and how many bytes fewer it is. The same head when
+/// there is none.
+fn compacted(head: Vec<u8>, from: usize, lines_end: usize) -> (Vec<u8>, usize, usize) {
+    let Some(own) = head.get(from..lines_end) else {
+        return (head, lines_end, 0);
     };
-    let spans = lines(field_lines, from);
-    let tokens: Vec<_> = spans.iter().map(|s| own_token(&head[s.clone()])).collect();
-    let saved: usize = tokens.iter().flatten().map(|(_, len)| len - 1).sum();
+    let saved = token_savings(own);
     if saved == 0 {
-        return (head, lines_end);
+        return (head, lines_end, 0);
     }
     let mut out = Vec::with_capacity(head.len() - saved);
     out.extend_from_slice(&head[..from]);
-    for (span, token) in spans.iter().zip(&tokens) {
-        match token {
-            Some((token, len)) => {
-                out.push(*token);
-                out.extend_from_slice(&head[span.start + len..span.end]);
-            }
-            None => out.extend_from_slice(&head[span.clone()]),
-        }
-    }
-    // whatever follows the last line (the stored order) as it is
-    let rest = spans.last().map_or(from, |s| s.end);
-    out.extend_from_slice(&head[rest..]);
-    (out, lines_end - saved)
-}
-
-/// How many bytes the tokens among `field_lines` stand for beyond themselves (0 for a head
-/// without any).
-fn tokenised_bytes(field_lines: &[u8]) -> usize {
-    lines(field_lines, 0)
-        .iter()
-        .filter_map(|s| own_field(field_lines[s.start]))
-        .map(|name| name.as_str().len() + 1)
-        .sum()
+    push_tokenised(&mut out, own);
+    out.extend_from_slice(&head[lines_end..]);
+    (out, lines_end - saved, saved)
 }
 
 /// `meta`'s internal fields, as pingora encodes them.
@@ -554,19 +579,19 @@ impl StoredMeta {
         let mut wire = Vec::with_capacity(512);
         header.header_to_h1_wire(&mut wire);
         let arranged = client_facts(header, fields.variance).and_then(|facts| {
-            let (head, client_end, lines_end) = arranged(header, &wire)?;
+            let (head, client_end, lines_end, tokenised) = arranged(header, &wire)?;
             let end = u32::try_from(client_end).ok()?;
-            Some((head, lines_end, ClientFacts { end, ..facts }))
+            Some((head, lines_end, tokenised, ClientFacts { end, ..facts }))
         });
-        let (head, lines_end, client) = match arranged {
-            Some((head, lines_end, facts)) => (head, lines_end, Some(facts)),
+        let (head, lines_end, tokenised, client) = match arranged {
+            Some((head, lines_end, tokenised, facts)) => (head, lines_end, tokenised, Some(facts)),
             None => {
                 let end = wire.len();
-                (wire, end, None)
+                let (head, lines_end, tokenised) = compacted(wire, 0, end);
+                (head, lines_end, tokenised, None)
             }
         };
-        let own_from = client.map_or(0, |c| c.end as usize);
-        let (head, lines_end) = compacted(head, own_from, lines_end);
+        let too_large = || meta_error("stored head too large");
         Ok(StoredMeta {
             fresh_until: fields.fresh_until,
             created: fields.created,
@@ -575,7 +600,8 @@ impl StoredMeta {
             stale_if_error_sec: fields.stale_if_error_sec,
             variance: fields.variance,
             refreshed,
-            lines_end: u32::try_from(lines_end).map_err(|_| meta_error("stored head too large"))?,
+            lines_end: u32::try_from(lines_end).map_err(|_| too_large())?,
+            tokenised: u32::try_from(tokenised).map_err(|_| too_large())?,
             head: Bytes::from(head.into_boxed_slice()),
             status: header.status,
             // what pingora's header serialization keeps: HTTP/1.x version, canonical reason
@@ -747,7 +773,7 @@ impl StoredMeta {
     pub fn size(&self) -> usize {
         CHARGED_STRUCT_BYTES
             + self.head.len()
-            + tokenised_bytes(self.head.get(..self.lines_end as usize).unwrap_or_default())
+            + self.tokenised as usize
             + self.refreshed.as_ref().map_or(0, |r| r.encoded.len())
     }
 }
@@ -1170,6 +1196,7 @@ mod head_tests {
         };
         stored.head = Bytes::from(head);
         stored.lines_end = u32::try_from(lines_end).expect("small");
+        stored.tokenised = 0;
         stored.client = client;
         stored
     }
@@ -1290,10 +1317,6 @@ mod head_tests {
             let mut theirs = from_meta_by_clone(&meta);
             // the head before its own fields were tokenised: parsed to the same header, and
             // charged as that head was
-            assert_eq!(
-                tokenised_bytes(&theirs.head[..theirs.lines_end as usize]),
-                0
-            );
             assert_eq!(ours.size(), theirs.size());
             assert_eq!(h1(&theirs.header()), h1(meta.response_header()));
             for cased in [false, true] {
@@ -1302,11 +1325,13 @@ mod head_tests {
                 assert_eq!(a.headers, b.headers);
             }
             let from = theirs.client.map_or(0, |c| c.end as usize);
-            let (head, lines_end) =
+            let (head, lines_end, saved) =
                 compacted(theirs.head.to_vec(), from, theirs.lines_end as usize);
-            tokenised += usize::from(head.len() < theirs.head.len());
+            assert_eq!(head.len() + saved, theirs.head.len());
+            tokenised += usize::from(saved > 0);
             theirs.head = Bytes::from(head);
             theirs.lines_end = u32::try_from(lines_end).expect("small");
+            theirs.tokenised = u32::try_from(saved).expect("small");
             assert_eq!(format!("{ours:?}"), format!("{theirs:?}"));
             assert_eq!(h1(&ours.header()), h1(meta.response_header()));
             if let Some(client) = ours.client_head() {
@@ -1348,6 +1373,8 @@ mod head_tests {
         assert!(stored.head.len() <= 256 && wire.len() + STATUS_LINE.len() > 256);
         assert_eq!(h1(&stored.header()), wire);
         assert_eq!(stored.size(), 176 + STATUS_LINE.len() + wire.len());
+        // `own_token` turns away a line not starting so without comparing names
+        assert!(OWN_FIELDS.iter().all(|n| n.as_str().starts_with("verge-")));
         let client = stored.client_head().expect("a plain 200").bytes;
         assert_eq!(client, &sent(meta.response_header())[..]);
     }
