@@ -49,9 +49,10 @@ use std::sync::Arc;
 /// of verge's: about 450 bytes of metadata), so this plus the metadata, about 1.19 KiB, is at
 /// or above it: with glibc's malloc RSS grew by 0.98 KiB per entry beyond the body for 65,536
 /// entries of 16 KiB, 1.19 KiB for 16,384 of 64 KiB and 1.15 KiB for 4,096 of 1 KiB; with
-/// mimalloc (the binary's allocator) PSS grows by 0.98–1.01 KiB for the 16 KiB objects and
-/// 1.14–1.26 KiB for the 64 KiB ones (`scripts/bench --scenario memory,memory64`), the latter
-/// around the charge, partly the frequency sketch (sized for 2 KiB objects).
+/// mimalloc (the binary's allocator) PSS grows by 0.86–0.89 KiB for the 16 KiB objects and
+/// 1.01–1.12 KiB for the 64 KiB ones (`scripts/bench --scenario memory,memory64`; 0.95–1.01
+/// and 1.14–1.26 before the metadata's struct and head each took a size class less, with the
+/// same charge), the latter partly the frequency sketch (sized for 2 KiB objects).
 pub const ENTRY_OVERHEAD: usize = 768;
 const SHARDS: usize = 64;
 
