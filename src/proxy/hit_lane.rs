@@ -24,7 +24,7 @@
 use super::content_coding::AcceptEncoding;
 use super::filter::Filters;
 use super::finish::{finish, Finished, Seen};
-use super::lane_route::Routed;
+use super::lane_route::{edge_free, Routed};
 use crate::cache::collapse::LockWait;
 use crate::cache::freshness::{Served, ServedState};
 use crate::cache::hit_decision::{self, HitDecision, StoredEntry};
@@ -32,7 +32,7 @@ use crate::cache::request_view::RequestView;
 use crate::cache::storage::Servable;
 use crate::cache::stored_meta::HeadOnDemand;
 use crate::cache::{self, cache_status, request_directives, rfc9111, CacheEngine};
-use crate::config::{EdgeRules, Rewrite, RouteCache, RouteSpec};
+use crate::config::{RouteCache, RouteSpec};
 use crate::http_syntax::head_index::{FieldSpan, HeadIndex};
 use crate::http_syntax::scheme;
 use crate::snapshot::{Route, SharedSnapshot, Snapshot};
@@ -199,26 +199,6 @@ pub fn lane_rules<'r>(route: &'r Route, filters: &Filters) -> Option<&'r RouteCa
         compression: _, // a coded entry is served as stored to clients taking its coding
                         // (`coded_for`); decoding is the full path's
     } = &**spec;
-    let EdgeRules {
-        deny,           // refuses clients of a hit too: the full path
-        allow,          // likewise
-        rate_limit,     // counts hits too: the full path
-        https_redirect, // answers instead of the hit: the full path
-        redirect,       // likewise
-        request_id,     // every response carries one: the full path
-        rewrite,
-    } = edge;
-    let Rewrite {
-        path: rewrite_path, // the key reads the rewritten path: the full path
-        host: _,            // the forwarded request only
-    } = rewrite;
-    let edge_free = deny.is_empty()
-        && allow.is_empty()
-        && rate_limit.is_none()
-        && !https_redirect
-        && redirect.is_none()
-        && request_id.is_none()
-        && rewrite_path.is_none();
     let rules = cache.as_ref()?;
     let RouteCache {
         default_ttl: _,            // decided when the entry was stored
@@ -237,7 +217,8 @@ pub fn lane_rules<'r>(route: &'r Route, filters: &Filters) -> Option<&'r RouteCa
         early_refresh,             // a hit may start a refresh: the full path
         tier: _,                   // where misses go: the lane serves hits only
     } = rules;
-    let lane = edge_free
+    // every edge rule acts on hits too (refusals, rate limits, redirects, ids, the key's path)
+    let lane = edge_free(edge)
         && early_refresh.is_none()
         && !key.has_variant_inputs()
         && response_headers.is_empty()

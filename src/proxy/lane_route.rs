@@ -2,7 +2,7 @@
 //! route, when the listener lets a lane answer at all.
 
 use super::hit_lane::PlainRequest;
-use crate::config::LogField;
+use crate::config::{EdgeRules, LogField, Rewrite};
 use crate::http_syntax::host::canonical_host;
 use crate::snapshot::{Route, SharedSnapshot};
 use std::sync::Arc;
@@ -58,4 +58,31 @@ impl LaneRoutes {
         let listener = snapshot.config.listener(&self.listener);
         listener.is_some_and(|l| !l.error_pages.is_empty())
     }
+}
+
+/// Whether a route has no edge rule: every one acts before a lane could answer (a refusal, a
+/// rate limit's count, a redirect, a request id on every response, a path rewrite that the key
+/// and the origin read), so the full path applies them. Every field is classified here, with no
+/// `..`: a new rule does not compile until someone says what the lanes do with it.
+pub fn edge_free(edge: &EdgeRules) -> bool {
+    let EdgeRules {
+        deny,
+        allow,
+        rate_limit,
+        https_redirect,
+        redirect,
+        request_id,
+        rewrite,
+    } = edge;
+    let Rewrite {
+        path,
+        host: _, // shapes the forwarded request only (`headers::prepare_upstream`)
+    } = rewrite;
+    deny.is_empty()
+        && allow.is_empty()
+        && rate_limit.is_none()
+        && !https_redirect
+        && redirect.is_none()
+        && request_id.is_none()
+        && path.is_none()
 }

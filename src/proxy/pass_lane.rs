@@ -24,12 +24,12 @@ use super::filter::Filters;
 use super::finish::{finish, Finished, Seen};
 use super::headers::{ForwardingTrust, HeaderVars};
 use super::hit_lane::PlainRequest;
-use super::lane_route::{LaneRoutes, Routed};
+use super::lane_route::{edge_free, LaneRoutes, Routed};
 use super::{
     client_address, client_head, error_page, origin_response, peer, request_id, upstream_error,
     upstream_request,
 };
-use crate::config::{EdgeRules, Rewrite, RouteSpec};
+use crate::config::RouteSpec;
 use crate::http_syntax::scheme;
 use crate::snapshot::{Route, SharedSnapshot};
 use crate::upstream::idle_pool::IdlePool;
@@ -71,27 +71,9 @@ pub fn pass_rules(route: &Route, filters: &Filters) -> bool {
         error_pages, // custom pages for verge's own answers: the full path writes them
         compression, // codings negotiated and transcoded: the full path
     } = &**spec;
-    let EdgeRules {
-        deny,           // refuses clients: the full path
-        allow,          // likewise
-        rate_limit,     // counts requests: the full path
-        https_redirect, // answers instead of the origin: the full path
-        redirect,       // likewise
-        request_id,     // every response carries one: the full path
-        rewrite,
-    } = edge;
-    let Rewrite {
-        path: rewrite_path, // a rewritten target: the full path
-        host: _,            // applied by `headers::prepare_upstream`
-    } = rewrite;
-    let edge_free = deny.is_empty()
-        && allow.is_empty()
-        && rate_limit.is_none()
-        && !https_redirect
-        && redirect.is_none()
-        && request_id.is_none()
-        && rewrite_path.is_none();
-    edge_free
+    // every edge rule acts before the origin is asked (refusals, rate limits, redirects, ids,
+    // the target); `rewrite.host` is applied by `headers::prepare_upstream`, as on the full path
+    edge_free(edge)
         && cache.is_none()
         && response_headers.is_empty()
         && error_pages.is_empty()
