@@ -57,12 +57,12 @@ const STATUS_LINE: &[u8] = b"HTTP/1.1 200 OK\r\n";
 /// order it sends them), then the stored fields a hit does not send, then, when that is not
 /// the stored order, the stored order: for each stored field in turn, the index of its line, as
 /// a little-endian `u16`. For any other entry it is the stored fields alone, in stored order.
-/// Outside a client head, a line of one of verge's own fields ([`OWN_FIELDS`]) is kept with a
-/// one-byte token in place of its name and `: ` ([`compacted`]).
+/// Outside a client head, a line of one of verge's own fields (`OWN_FIELDS`) is kept with a
+/// one-byte token in place of its name and `: ` (`compacted`).
 ///
 /// pingora's `InternalMetaV2` fields are kept apart, without the ones a new entry has equal to
 /// `created` (`updated`, `provenance`) and without the constant `version`: those are kept, with
-/// pingora's encoding, only for an entry `CacheMeta::new` cannot rebuild ([`Refreshed`]).
+/// pingora's encoding, only for an entry `CacheMeta::new` cannot rebuild (`Refreshed`).
 /// 144 bytes: with its `Arc` header it fills a 160-byte size class of the allocator, and the
 /// head of a typical entry (five origin fields, three of verge's) a 256-byte one.
 #[derive(Debug)]
@@ -92,7 +92,7 @@ pub struct StoredMeta {
 }
 
 /// What [`StoredMeta::size`] charges for the struct itself: its size before it dropped the
-/// fields [`Refreshed`] keeps (176 bytes), so the budget holds the same entries as then.
+/// fields `Refreshed` keeps (176 bytes), so the budget holds the same entries as then.
 const CHARGED_STRUCT_BYTES: usize = 176;
 
 /// An entry's internal fields as `CacheMeta::new` does not make them (see [`StoredMeta`]).
@@ -766,7 +766,7 @@ impl StoredMeta {
             .unwrap_or_default()
     }
 
-    /// Bytes charged for this metadata: itself ([`CHARGED_STRUCT_BYTES`]), its stored head as
+    /// Bytes charged for this metadata: itself (`CHARGED_STRUCT_BYTES`), its stored head as
     /// it was before verge's own field names were tokenised, and pingora's encoding of its
     /// fields when kept. (What holding it costs beyond that is in the storage's per-entry
     /// charge.)

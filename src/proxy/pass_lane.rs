@@ -16,8 +16,8 @@
 //! What it leaves to Pingora: routes that cache (a miss takes the cache lock and fills the
 //! cache), edge rules, response header edits, user filters, compression, custom error pages,
 //! TLS origins, listeners with access rules or error pages, and every request the hit lane
-//! leaves for its shape ([`plain_request`]: bodies, ranges, preconditions, upgrades, HTTP/1.0,
-//! HTTP/2, pipelined bytes).
+//! leaves for its shape ([`super::hit_lane::plain_request`]: bodies, ranges, preconditions,
+//! upgrades, HTTP/1.0, HTTP/2, pipelined bytes).
 
 use super::context::RequestCtx;
 use super::filter::Filters;
