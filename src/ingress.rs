@@ -663,7 +663,10 @@ impl ServerApp for Ingress {
                     // client that takes nothing in is cut off by the body guard's send timeout.
                     session.set_proxy_tasks_enabled(true);
                     session.set_pipelined_prefix(std::mem::take(&mut buf));
-                    let reused = self.proxy.process_new_http(session, shutdown).await?;
+                    let reused = self
+                        .proxy
+                        .process_new_http_unboxed(session, shutdown)
+                        .await?;
                     stream = Watched::recover(reused.consume().0)?;
                 }
             }
