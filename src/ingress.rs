@@ -615,9 +615,9 @@ impl ServerApp for Ingress {
                     let plain = self.routes.as_ref().and_then(|routes| {
                         let req = plain_request(&buf[..], &index)?;
                         let routed = routes.route(&req)?;
-                        Some((req, routed, routes))
+                        Some((req, routed))
                     });
-                    if let Some((req, routed, routes)) = &plain {
+                    if let Some((req, routed)) = &plain {
                         let started = std::time::Instant::now();
                         let lane = (req, routed);
                         match self.answer_hit(&mut stream, lane, last, &mut waited).await {
@@ -627,8 +627,7 @@ impl ServerApp for Ingress {
                         }
                         if let Some(passes) = self.passes.as_ref().filter(|_| waited.is_none()) {
                             let client = peer_ip(&stream);
-                            let served =
-                                passes.serve(&mut stream, lane, routes, last, client, started);
+                            let served = passes.serve(&mut stream, lane, last, client, started);
                             match served.await {
                                 Some(true) => continue,
                                 Some(false) => return None,

@@ -220,8 +220,7 @@ fn listener_service(
     }
     if cache.settings.hit_lane {
         ingress = ingress.with_hit_lane(
-            HitLane::new(snapshot.clone(), cache, filters.clone(), spec.tls.is_some())
-                .with_listener_name(&spec.name),
+            HitLane::new(cache, filters.clone(), spec.tls.is_some()).with_listener_name(&spec.name),
         );
     }
     if cache.settings.pass_lane {

@@ -35,7 +35,7 @@ use crate::cache::{self, cache_status, request_directives, rfc9111, CacheEngine}
 use crate::config::{RouteCache, RouteSpec};
 use crate::http_syntax::head_index::{FieldSpan, HeadIndex};
 use crate::http_syntax::scheme;
-use crate::snapshot::{Route, SharedSnapshot, Snapshot};
+use crate::snapshot::{Route, Snapshot};
 use crate::upstream::hop_marker::HOP_FIELD;
 use bytes::{Bytes, BytesMut};
 use http::{Method, Version};
@@ -330,7 +330,6 @@ struct Logged {
 
 /// The hit lane of one listener.
 pub struct HitLane {
-    snapshot: SharedSnapshot,
     cache: &'static CacheEngine,
     filters: Filters,
     scheme: &'static str,
@@ -339,16 +338,10 @@ pub struct HitLane {
 }
 
 impl HitLane {
-    /// The hit lane for a listener serving `snapshot` through `cache`; `tls` picks the key's
-    /// scheme.
-    pub fn new(
-        snapshot: SharedSnapshot,
-        cache: &'static CacheEngine,
-        filters: Filters,
-        tls: bool,
-    ) -> Self {
+    /// The hit lane for a listener serving through `cache` (the snapshot comes with each routed
+    /// request); `tls` picks the key's scheme.
+    pub fn new(cache: &'static CacheEngine, filters: Filters, tls: bool) -> Self {
         HitLane {
-            snapshot,
             cache,
             filters,
             scheme: scheme(tls),
@@ -386,7 +379,7 @@ impl HitLane {
     ) -> Option<Lane> {
         let (host, route) = (&routed.host, &routed.route);
         let rules = lane_rules(route, &self.filters)?;
-        let snapshot = self.snapshot.load();
+        let snapshot = &routed.snapshot;
         let view = req.view();
         if rfc9111::request_bypass(&view, rules).is_some() {
             return None;
@@ -445,7 +438,7 @@ impl HitLane {
             return None;
         }
         let route = route.clone();
-        let decided_with = arc_swap::Guard::into_inner(snapshot);
+        let decided_with = snapshot.clone();
         self.cache.storage.served(&combined, &entry);
         if !from_disk {
             let (eviction_key, weight) = entry.eviction_key();

@@ -4,15 +4,21 @@
 use super::hit_lane::PlainRequest;
 use crate::config::{EdgeRules, LogField, Rewrite};
 use crate::http_syntax::host::canonical_host;
-use crate::snapshot::{Route, SharedSnapshot};
+use crate::snapshot::{Route, SharedSnapshot, Snapshot};
 use std::sync::Arc;
 
-/// A plain request's canonical host and the route the table gives it.
+/// A plain request's canonical host and the route the table gives it, with the snapshot that
+/// routed it (the lanes decide by it too, without loading it again).
 pub struct Routed {
     /// The canonical host (lowercase, no port).
     pub host: String,
     /// The route.
     pub route: Arc<Route>,
+    /// The snapshot the route came from.
+    pub snapshot: Arc<Snapshot>,
+    /// The listener answers verge's own errors with pages of its own (`error_pages`): the pass
+    /// lane then leaves failures, and so its requests, to the full path.
+    pub listener_pages: bool,
 }
 
 /// The routing the lanes of one listener share.
@@ -39,7 +45,7 @@ impl LaneRoutes {
     /// TLS version, which the lanes do not read.
     pub fn route(&self, req: &PlainRequest<'_>) -> Option<Routed> {
         let host = canonical_host(req.host)?;
-        let snapshot = self.snapshot.load();
+        let snapshot = self.snapshot.load_full();
         if self.tls && snapshot.logs_field(LogField::TlsVersion) {
             return None;
         }
@@ -47,16 +53,14 @@ impl LaneRoutes {
         if listener.is_some_and(|l| l.has_access_rules()) {
             return None;
         }
+        let listener_pages = listener.is_some_and(|l| !l.error_pages.is_empty());
         let route = snapshot.table.lookup(&host, req.path)?.clone();
-        Some(Routed { host, route })
-    }
-
-    /// Whether the listener answers verge's own errors with pages of its own (`error_pages`):
-    /// the pass lane then leaves failures, and so its requests, to the full path.
-    pub fn has_error_pages(&self) -> bool {
-        let snapshot = self.snapshot.load();
-        let listener = snapshot.config.listener(&self.listener);
-        listener.is_some_and(|l| !l.error_pages.is_empty())
+        Some(Routed {
+            host,
+            route,
+            snapshot,
+            listener_pages,
+        })
     }
 }
 

@@ -24,7 +24,7 @@ use super::filter::Filters;
 use super::finish::{finish, Finished, Seen};
 use super::headers::{ForwardingTrust, HeaderVars};
 use super::hit_lane::PlainRequest;
-use super::lane_route::{edge_free, LaneRoutes, Routed};
+use super::lane_route::{edge_free, Routed};
 use super::{
     client_address, client_head, error_page, origin_response, peer, request_id, upstream_error,
     upstream_request,
@@ -236,12 +236,10 @@ impl PassLane {
     /// goes the full way (nothing was read or written), else whether the client connection
     /// stays open. `last`: the response must close the connection; `client`: the connection's
     /// peer address; `started`: when its head was read.
-    #[allow(clippy::too_many_arguments)]
     pub async fn serve<S: AsyncWrite + Unpin + Send>(
         &self,
         stream: &mut S,
         (req, routed): (&PlainRequest<'_>, &Routed),
-        routes: &LaneRoutes,
         last: bool,
         client: Option<IpAddr>,
         started: Instant,
@@ -250,7 +248,7 @@ impl PassLane {
             return None;
         }
         let route = &routed.route;
-        if !pass_rules(route, &self.filters) || routes.has_error_pages() {
+        if !pass_rules(route, &self.filters) || routed.listener_pages {
             return None;
         }
         let ctx = RequestCtx {
